@@ -1,0 +1,48 @@
+"""The `waferscope` command: a thin layer over the library API.
+
+Each command group lives in its own module (``cli/data.py``, ``cli/classify.py``, ...). Errors the
+user can fix (:class:`~waferscope.errors.WaferscopeError`) print as one line and exit with code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from waferscope.cli import classify, data, detect, explain, benchmark, export
+from waferscope.errors import WaferscopeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Wafer-map defect analysis: classify, detect anomalies, explain, benchmark.")
+app.add_typer(data.app, name="data")
+app.add_typer(classify.app, name="classify")
+app.add_typer(detect.app, name="detect")
+explain.register(app)  # `explain` and `atlas` are top-level commands
+benchmark.register(app)  # `benchmark`
+export.register(app)  # `export`
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except WaferscopeError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

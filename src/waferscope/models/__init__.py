@@ -1,0 +1,1 @@
+"""Models: backbones, classifiers and anomaly detectors, each created by name via the registry."""

@@ -1,0 +1,1 @@
+"""Backbones written here with torchvision state-dict key names (torchvision does not import beside the CPU torch wheel)."""

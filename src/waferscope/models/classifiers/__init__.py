@@ -1,0 +1,1 @@
+"""Defect-pattern classifiers; importing this package registers them."""
