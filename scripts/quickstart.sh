@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up (see setup.sh) and run the main job on embedded data: the quick benchmark config.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+OUT=${1:-out/quickstart}
+mkdir -p "$OUT"
+waferscope data generate --n 2000 --seed 0 --out "$OUT/synthetic.parquet"
+waferscope data import ../shared/data/wm811k/LSWMD_sample.pkl --out "$OUT/lswmd_sample.parquet" 2>/dev/null \
+  || waferscope data import "$(pwd)/../shared/data/wm811k/wm811k_dev.npz" --out "$OUT/dev.parquet"
+waferscope data info "$OUT/synthetic.parquet"
+waferscope data show "$OUT/synthetic.parquet" --out "$OUT/synthetic_montage.png"
+echo "wrote $OUT"
