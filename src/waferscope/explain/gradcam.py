@@ -1,0 +1,103 @@
+"""Grad-CAM (Selvaraju et al. 2017) and Grad-CAM++ (Chattopadhay et al. 2018), batched.
+
+Both weight the activations ``A`` of a convolutional layer by the gradient of the class score:
+Grad-CAM with the spatial mean of the gradient, Grad-CAM++ with pixel-wise weights that favour
+the positive gradients of every instance of a pattern (several blobs of a Loc wafer, the arms of
+a Scratch). The target layer defaults to the last convolution whose output still has a spatial
+extent of at least 4×4: on 48–64 px wafer inputs the deepest layer is often 2×2 or 4×4, too
+coarse to point at a die.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from waferscope.errors import ConfigError
+
+METHODS = ("gradcam", "gradcam++")
+
+
+def conv_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """Every Conv2d of ``model`` with the output shape it produces for ``example``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    for name, mod in named:
+        hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape))))
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(n, m, shapes[n]) for n, m in named if n in shapes]
+
+
+def find_target_layer(model: nn.Module, example: torch.Tensor, min_size: int = 4) -> str:
+    """Name of the last Conv2d whose output is at least ``min_size`` on each side."""
+    convs = conv_layers(model, example)
+    if not convs:
+        raise ConfigError(f"{type(model).__name__} has no Conv2d layer: Grad-CAM needs a convolutional network")
+    good = [n for n, _, s in convs if len(s) == 4 and min(s[2:]) >= min_size]
+    return good[-1] if good else convs[-1][0]
+
+
+class GradCAM:
+    """Class-activation maps for a batch: ``GradCAM(model)(x, targets)`` → (N, H, W) in [0, 1]."""
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None, method: str = "gradcam"):
+        if method not in METHODS:
+            raise ConfigError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
+        self.model = model
+        self.target_layer = target_layer
+        self.method = method
+
+    def _layer(self, x: torch.Tensor) -> nn.Module:
+        if self.target_layer is None:
+            self.target_layer = find_target_layer(self.model, x)
+        modules = dict(self.model.named_modules())
+        if self.target_layer not in modules:
+            raise ConfigError(f"target layer {self.target_layer!r} not in {type(self.model).__name__}; "
+                              f"convolutions: {', '.join(n for n, m in modules.items() if isinstance(m, nn.Conv2d))}")
+        return modules[self.target_layer]
+
+    def __call__(self, x: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (cams (N, H, W) float32 in [0, 1] at the input's resolution, logits (N, C))."""
+        self.model.eval()
+        layer = self._layer(x)
+        store: dict[str, torch.Tensor] = {}
+        handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+        try:
+            with torch.enable_grad():
+                logits = self.model(x)
+                if targets is None:
+                    targets = logits.argmax(1)
+                targets = torch.as_tensor(targets, dtype=torch.long)
+                chosen = logits.gather(1, targets[:, None]).sum()
+                # Samples are independent in eval mode, so one backward pass serves the whole batch.
+                (grads,) = torch.autograd.grad(chosen, store["a"])
+        finally:
+            handle.remove()
+        acts = store["a"].detach()
+        if self.method == "gradcam":
+            weights = grads.mean(dim=(2, 3), keepdim=True)
+        else:  # Grad-CAM++ with the exponential-score closed form (eq. 19 of the paper)
+            g2, g3 = grads.pow(2), grads.pow(3)
+            denom = 2 * g2 + (acts * g3).sum(dim=(2, 3), keepdim=True)
+            alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+            weights = (alpha * F.relu(grads)).sum(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * acts).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        peak = cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
+        return (cam / peak).numpy().astype(np.float32), logits.detach().numpy()
+
+
+def to_die_grid(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resample one S×S heat map to a wafer's own die grid (bilinear, die centres)."""
+    t = torch.from_numpy(np.ascontiguousarray(cam))[None, None]
+    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
