@@ -25,5 +25,5 @@ def pointing_hit(heat: np.ndarray, mask: np.ndarray, on_wafer: np.ndarray | None
     peak = np.unravel_index(int(np.argmax(h)), h.shape)
     target = mask.astype(bool)
     if tolerance > 0:
-        target = ndimage.binary_dilation(target, iterations=tolerance)
+        target = ndimage.binary_dilation(target, structure=np.ones((3, 3), bool), iterations=tolerance)
     return bool(target[peak])
