@@ -1,1 +1,59 @@
-"""Backbones written here with torchvision state-dict key names (torchvision does not import beside the CPU torch wheel)."""
+"""Backbones written here with torchvision state-dict key names (torchvision does not import beside the CPU torch wheel).
+
+    create_backbone("resnet18")                          # random init, torchvision layout
+    create_backbone("resnet18", pretrained="~/r18.pth")  # a torchvision checkpoint from a local file
+    create_backbone("wafer_resnet18", pretrained="wafer")  # the wafer-domain weights shipped in the package
+
+Every backbone is also in the registry under kind ``"backbone"`` (``registry.available("backbone")``).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from torch import nn
+
+from waferscope import registry
+from waferscope.errors import ConfigError
+from waferscope.models.backbones import convnext, pdn, resnet  # noqa: F401  (registers the backbones)
+from waferscope.models.backbones.checkpoint import load_checkpoint, read_state_dict, save_checkpoint
+from waferscope.models.backbones.feature_extractor import FeatureExtractor
+
+__all__ = ["create_backbone", "FeatureExtractor", "load_checkpoint", "read_state_dict", "save_checkpoint",
+           "wafer_weights_path", "wafer_weights_info"]
+
+
+def wafer_weights_path(name: str) -> Path:
+    """Path of the shipped wafer-domain weights of backbone ``name`` (may not exist)."""
+    return Path(str(resources.files("waferscope") / "weights" / f"{name}.safetensors"))
+
+
+def wafer_weights_info(name: str) -> dict:
+    """The JSON that describes the shipped weights: construction kwargs and training provenance."""
+    path = wafer_weights_path(name).with_suffix(".json")
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def create_backbone(name: str, pretrained: str | Path | bool | None = None, **kwargs) -> nn.Module:
+    """Build backbone ``name``; ``pretrained`` is None (random init), ``"wafer"`` (shipped wafer-domain
+    weights) or a local checkpoint path. ImageNet weights are never downloaded."""
+    factory = registry.get(name, "backbone")
+    if pretrained in (None, False, "", "none"):
+        return factory(**kwargs)
+    if pretrained in (True, "wafer"):
+        path = wafer_weights_path(name)
+        if not path.is_file():
+            shipped = sorted(p.stem for p in path.parent.glob("*.safetensors")) if path.parent.is_dir() else []
+            raise ConfigError(f"no wafer-pretrained weights are shipped for backbone {name!r}; "
+                              f"shipped: {', '.join(shipped) or 'none'}")
+        cfg = dict(wafer_weights_info(name).get("kwargs", {}))
+        cfg.update(kwargs)
+        return load_checkpoint(factory(**cfg), path, drop_head=True)
+    if pretrained == "imagenet":
+        raise ConfigError("ImageNet weights cannot be downloaded here: save a torchvision checkpoint to a "
+                          "local file and pass its path as pretrained=")
+    return load_checkpoint(factory(**kwargs), pretrained, drop_head=True)
