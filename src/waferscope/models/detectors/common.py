@@ -1,0 +1,261 @@
+"""Glue every torch anomaly detector shares: network input, batching, training loop, map post-processing.
+
+Input (:func:`dataset_to_input`)
+    wafer maps: nearest resize to S×S (``preprocess.resize_maps``), then ``onehot3`` (no-die, pass,
+    fail channels); images: antialiased bilinear resize to S×S, values in [0, 1], grey replicated to 3
+    channels. Images are not ImageNet-normalised here: a detector whose backbone expects that passes
+    ``input_norm="imagenet"`` to its FeatureExtractor.
+
+Output (:meth:`TorchDetector.score`)
+    a detector returns an anomaly map per sample at network (or feature) resolution;
+    :func:`postprocess_maps` brings it to S×S, smooths it with a Gaussian (σ = ``sigma`` px per 256 px
+    of input, the σ=4 at 256 px used by PatchCore/STFPM), and for wafer maps sets pixels with no die
+    to 0: **an anomaly only counts on the wafer**. Off-wafer pixels are constant by construction, so a
+    wafer's shape (or the edge between wafer and background) never raises its score. The image score
+    is by default the maximum of that masked map. :func:`maps_to_input_resolution` then upsamples each
+    map bilinearly to that sample's own H×W, so ``DetectionResult.maps[i].shape == dataset.maps[i].shape[:2]``.
+
+Training
+    :func:`seed_everything` and :func:`fit_loop` (Adam, seeded shuffling, optional random dihedral
+    augmentation for wafer maps, tqdm progress on stderr).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from waferscope.base import DetectionResult, Detector
+from waferscope.data import preprocess
+from waferscope.data.classes import NORMAL_LABELS
+from waferscope.errors import DataError
+
+__all__ = ["dataset_to_input", "wafer_valid_masks", "training_normals", "seed_everything", "batch_slices",
+           "fit_loop", "gaussian_blur", "postprocess_maps", "maps_to_input_resolution", "masked_max",
+           "TorchDetector", "progress"]
+
+
+# ---- input --------------------------------------------------------------------------------------
+def _resize_images(images: list[np.ndarray], size: int) -> np.ndarray:
+    out = np.empty((len(images), 3, size, size), dtype=np.float32)
+    for i, img in enumerate(images):
+        x = preprocess.encode_images(img[None])  # (1, C, H, W) in [0, 1]
+        if x.shape[1] == 1:
+            x = np.repeat(x, 3, axis=1)
+        t = torch.from_numpy(x)
+        if t.shape[-2:] != (size, size):
+            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out[i] = t[0].numpy()
+    return out
+
+
+def dataset_to_input(dataset, size: int = 64) -> np.ndarray:
+    """(N, 3, size, size) float32 network input for a WaferDataset of wafer maps or images."""
+    if dataset.kind == "image":
+        return _resize_images(dataset.maps, size)
+    return preprocess.encode(preprocess.resize_maps(dataset.maps, size), "onehot3")
+
+
+def wafer_valid_masks(dataset, size: int) -> np.ndarray | None:
+    """(N, size, size) bool: where a die is (wafer maps); None for images (every pixel counts)."""
+    if dataset.kind == "image":
+        return None
+    return preprocess.resize_maps(dataset.maps, size) != 0
+
+
+def training_normals(dataset, where: str | None = None):
+    """The normal samples (label ``none`` or ``good``) a detector trains on, or a clear DataError."""
+    if len(dataset) == 0:
+        raise DataError("the training set is empty", where or dataset.name)
+    normal = dataset.is_normal
+    if not normal.any():
+        found = ", ".join(f"{k}: {v}" for k, v in dataset.class_counts().items())
+        raise DataError(f"no normal samples to train a detector on (labels {sorted(NORMAL_LABELS)} needed; "
+                        f"found {found})", where or dataset.name)
+    return dataset.subset(normal)
+
+
+# ---- training helpers ---------------------------------------------------------------------------
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed torch (CPU) and return a numpy Generator for everything else."""
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
+    """tqdm to stderr, silent when disabled or when stderr is not a terminal and the job is short."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False,
+                dynamic_ncols=True)
+
+
+def fit_loop(params, step: Callable[[torch.Tensor], torch.Tensor], inputs: np.ndarray, *, epochs: int,
+             batch_size: int, lr: float, seed: int, augment: bool = True, weight_decay: float = 0.0,
+             optimizer: torch.optim.Optimizer | None = None, desc: str = "train", verbose: bool = True,
+             modules: Iterable[torch.nn.Module] = ()) -> list[float]:
+    """Minimise ``step(batch) -> loss`` over ``inputs`` (N, C, S, S) with Adam; returns per-epoch mean loss.
+
+    ``augment`` applies an independent random rotation/flip per sample (wafer patterns have no
+    preferred orientation). ``modules`` are put in train mode for the loop and eval mode after.
+    """
+    rng = seed_everything(seed)
+    opt = optimizer or torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    modules = list(modules)
+    for m in modules:
+        m.train()
+    history: list[float] = []
+    n = len(inputs)
+    bar = progress(range(epochs), desc=desc, enabled=verbose)
+    for _ in bar:
+        order = rng.permutation(n)
+        total, count = 0.0, 0
+        for sl in batch_slices(n, batch_size):
+            batch = inputs[order[sl]]
+            if augment:
+                batch = preprocess.augment_dihedral(batch, rng)
+            x = torch.from_numpy(np.ascontiguousarray(batch))
+            loss = step(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+        history.append(total / max(count, 1))
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{history[-1]:.4g}")
+    for m in modules:
+        m.eval()
+    return history
+
+
+# ---- output -------------------------------------------------------------------------------------
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, H, W) maps, reflect padding, truncated at 4σ."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(math.ceil(4 * sigma)))
+    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
+    if radius < 1:
+        return maps
+    xs = torch.arange(-radius, radius + 1, dtype=maps.dtype)
+    k = torch.exp(-(xs ** 2) / (2 * sigma ** 2))
+    k = k / k.sum()
+    x = maps[:, None]
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def postprocess_maps(maps: torch.Tensor, size: int, sigma: float = 4.0, valid: np.ndarray | None = None) -> torch.Tensor:
+    """(N, h, w) raw maps → (N, size, size): bilinear upsampling, Gaussian smoothing, off-wafer pixels 0.
+
+    ``sigma`` is in pixels per 256 px of input (σ=4 at 256 px → σ=1 at 64 px).
+    """
+    maps = maps.float()
+    if maps.ndim == 4:
+        maps = maps[:, 0]
+    if maps.shape[-2:] != (size, size):
+        maps = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    maps = gaussian_blur(maps, sigma * size / 256.0)
+    if valid is not None:
+        maps = maps * torch.from_numpy(np.ascontiguousarray(valid)).to(maps.dtype)
+    return maps
+
+
+def masked_max(maps: torch.Tensor, valid: np.ndarray | None = None) -> np.ndarray:
+    """Per-map maximum over valid (on-wafer) pixels; a map with no valid pixel scores 0."""
+    flat = maps.reshape(len(maps), -1)
+    if valid is None:
+        return flat.max(1).values.numpy().astype(np.float64)
+    v = torch.from_numpy(np.ascontiguousarray(valid)).reshape(len(maps), -1)
+    out = flat.masked_fill(~v, -math.inf).max(1).values
+    return torch.where(torch.isfinite(out), out, torch.zeros_like(out)).numpy().astype(np.float64)
+
+
+def maps_to_input_resolution(maps: torch.Tensor | np.ndarray, dataset, sigma: float = 0.0) -> list[np.ndarray]:
+    """Upsample each (S×S) map bilinearly to its sample's own H×W (float32 numpy arrays).
+
+    Samples of the same shape are resized together. With ``sigma`` > 0, smooth again at the input
+    resolution (σ per 256 px). For wafer maps, pixels with no die are set to 0 at input resolution too.
+    """
+    maps_t = torch.as_tensor(np.asarray(maps) if not isinstance(maps, torch.Tensor) else maps).float()
+    shapes = [tuple(m.shape[:2]) for m in dataset.maps]
+    out: list[np.ndarray | None] = [None] * len(shapes)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(shapes):
+        groups.setdefault(s, []).append(i)
+    for (h, w), idx in groups.items():
+        sel = maps_t[idx]
+        if sel.shape[-2:] != (h, w):
+            sel = F.interpolate(sel[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        if sigma > 0:
+            sel = gaussian_blur(sel, sigma * max(h, w) / 256.0)
+        arr = sel.numpy().astype(np.float32, copy=False)
+        for j, i in enumerate(idx):
+            a = np.array(arr[j], dtype=np.float32)
+            if dataset.kind == "wafer":
+                a[dataset.maps[i] == 0] = 0.0
+            out[i] = a
+    return out  # type: ignore[return-value]
+
+
+# ---- the base class -----------------------------------------------------------------------------
+class TorchDetector(Detector):
+    """Base for torch detectors: subclasses implement ``fit`` and ``_predict_batch``.
+
+    ``_predict_batch(x)`` gets a float tensor (B, 3, S, S) and returns ``(scores or None, maps)``
+    with maps (B, h, w) at any resolution. ``score`` batches the data under ``torch.inference_mode``,
+    post-processes the maps (see the module docstring) and, when a subclass returns no scores, scores
+    each sample by the maximum of its post-processed map. Subclasses need attributes ``input_size``,
+    ``batch_size`` (inference batch), ``smoothing_sigma`` and ``verbose`` (set them as constructor
+    parameters, or rely on these class defaults).
+    """
+
+    input_size: int = 64
+    batch_size: int = 64
+    smoothing_sigma: float = 4.0
+    verbose: bool = True
+
+    def _predict_batch(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        raise NotImplementedError
+
+    def _eval_modules(self) -> list[torch.nn.Module]:
+        """Modules to switch to eval mode before scoring (default: every nn.Module attribute ending in _)."""
+        return [v for k, v in vars(self).items() if k.endswith("_") and isinstance(v, torch.nn.Module)]
+
+    def score_input(self, inputs: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """Score preprocessed input (N, 3, S, S): image scores and (N, S, S) post-processed maps."""
+        self._check_fitted()
+        for m in self._eval_modules():
+            m.eval()
+        size = inputs.shape[-1]
+        n = len(inputs)
+        scores = np.empty(n, dtype=np.float64)
+        maps = torch.empty((n, size, size), dtype=torch.float32)
+        with torch.inference_mode():
+            slices = list(batch_slices(n, int(self.batch_size)))
+            for sl in progress(slices, desc=f"score {self.registry_name}", enabled=bool(self.verbose) and len(slices) > 4):
+                x = torch.from_numpy(np.ascontiguousarray(inputs[sl]))
+                s, raw = self._predict_batch(x)
+                v = None if valid is None else valid[sl]
+                pm = postprocess_maps(raw, size, float(self.smoothing_sigma), v)
+                maps[sl] = pm
+                scores[sl] = masked_max(pm, v) if s is None else np.asarray(torch.as_tensor(s).float(), dtype=np.float64)
+        return scores, maps
+
+    def score(self, dataset) -> DetectionResult:
+        size = int(self.input_size)
+        inputs = dataset_to_input(dataset, size)
+        scores, maps = self.score_input(inputs, wafer_valid_masks(dataset, size))
+        return DetectionResult(scores=scores, maps=maps_to_input_resolution(maps, dataset))
