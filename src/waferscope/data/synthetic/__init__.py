@@ -1,0 +1,225 @@
+"""Synthetic wafer maps with die-level ground truth: the embedded default data set.
+
+``generate(n, seed)`` returns a :class:`~waferscope.data.dataset.WaferDataset` of round wafers on
+die grids, each with one of the 9 WM-811K classes (or, with ``mixed=True``, one of the 38
+MixedWM38 classes), a per-die ground-truth mask and multi-labels over ``BASE_PATTERNS``.
+
+Ground-truth policy
+-------------------
+* ``mask[r, c]`` is True where the *pattern* made the die fail (``mask="fail"``, the default).
+  Background random fails, which every wafer has, are never in the mask; pattern dies that
+  happened to pass are not either. So ``none`` wafers have an all-False mask, and Random and
+  Near-full wafers have a mask of the dies their wafer-wide excess failed (Random is a pattern
+  like any other: a wafer-wide raised fail density). ``mask="region"`` instead marks every die
+  where the pattern's fail probability is at least 0.2 (passing dies inside a scratch included).
+* Labels: the WM-811K class name; mixed maps are labelled with the ``+``-joined names of their
+  patterns in ``BASE_PATTERNS`` order (``"Center+Edge-Loc+Scratch"``), singles and ``none`` keep
+  their plain name. ``multilabels`` (N×8 over BASE_PATTERNS) is set for every map.
+
+Determinism
+-----------
+Wafer ``i`` draws only from ``numpy.random.default_rng([seed, i])`` (``[seed, i, 1]`` for mixed
+sets), and its class is ``classes[i % len(classes)]``, so the same arguments give byte-identical
+maps on every machine, and ``generate(20)`` starts with the maps of ``generate(10)``. Only
+correctly rounded float operations feed any threshold (see patterns.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from waferscope.data.classes import BASE_PATTERNS, CLASSES, NORMAL, canonical_label
+from waferscope.data.dataset import WaferDataset
+from waferscope.data.synthetic.geometry import FLAT_SIDES, geometry
+from waferscope.data.synthetic.patterns import PATTERNS, Draws, background
+from waferscope.errors import ConfigError
+
+__all__ = ["generate", "MIXED_CLASSES", "GENERATOR_VERSION", "product_catalogue"]
+
+GENERATOR_VERSION = 1
+
+_SHORT = {"Center": "C", "Donut": "D", "Edge-Loc": "EL", "Edge-Ring": "ER", "Loc": "L", "Scratch": "S"}
+
+
+def _mixed_classes() -> tuple[str, ...]:
+    """The 38 MixedWM38 classes: normal, 8 singles, and the 29 2–4-pattern mixes of C, D, EL, ER,
+    L, S where Center excludes Donut and Edge-Loc excludes Edge-Ring."""
+    combinable = [p for p in BASE_PATTERNS if p in _SHORT]
+    out = [NORMAL, *BASE_PATTERNS]
+    for k in (2, 3, 4):
+        for combo in itertools.combinations(combinable, k):
+            s = set(combo)
+            if {"Center", "Donut"} <= s or {"Edge-Loc", "Edge-Ring"} <= s:
+                continue
+            out.append("+".join(combo))
+    return tuple(out)
+
+
+MIXED_CLASSES = _mixed_classes()
+assert len(MIXED_CLASSES) == 38
+
+# ---- die-grid sizes -----------------------------------------------------------------------------
+N_PRODUCTS = 256
+MIN_PATTERN_DIES = 4
+
+
+def _sum3(d: Draws) -> float:
+    """≈ standard normal from three uniforms (range ±3), with no transcendental functions."""
+    return (d() + d() + d() - 1.5) * 2.0
+
+
+@lru_cache(maxsize=1)
+def product_catalogue() -> tuple[tuple[int, int, int, int, int], ...]:
+    """A fixed catalogue of die-grid "products" (rows, cols, edge level, flat side, flat depth).
+
+    Real fabs run a limited set of products, each with its own grid (the dev maps use 21 grids,
+    the full WM-811K a few hundred). Drawing each wafer's grid from a fixed catalogue keeps the
+    geometry cache small and hot. Sizes: geometric mean of rows and cols ~ log-normal around 36
+    dies (5–95 % ≈ 24–54), aspect rows/cols mostly 0.75–1.3 with a few 0.45–2.2 extremes,
+    matching the dev maps (22×24 … 51×50, median 39×34) and spanning the bulk of WM-811K.
+    """
+    d = Draws(np.random.default_rng([20150101, 811]))
+    out = []
+    for _ in range(N_PRODUCTS):
+        z = _sum3(d)
+        diam = 36.0 * (1.0 + 0.25 * z + 0.031 * z * z)  # ≈ 36·exp(0.25 z), without exp
+        if d.chance(0.06):
+            aspect = d(0.45, 2.2)
+        else:
+            aspect = 1.0 + 0.1 * _sum3(d)
+        root = math.sqrt(aspect)
+        rows = max(12, int(diam * root + 0.5))
+        cols = max(12, int(diam / root + 0.5))
+        edge = d.index(3)
+        flat = d.index(len(FLAT_SIDES)) if d.chance(0.2) else -1
+        out.append((rows, cols, edge, flat, d.index(2)))
+    return tuple(out)
+
+
+def _grid_for(d: Draws, size) -> tuple[int, int, int, int, int]:
+    if size is None:
+        return product_catalogue()[d.index(N_PRODUCTS)]
+    rows, cols = size
+    flat = d.index(len(FLAT_SIDES)) if d.chance(0.2) else -1
+    return rows, cols, d.index(3), flat, d.index(2)
+
+
+def _parse_size(size) -> tuple[int, int] | None:
+    if size is None or size == 0 or size == "":
+        return None
+    if isinstance(size, str):
+        parts = size.lower().replace("x", " ").split()
+        size = tuple(int(p) for p in parts) if len(parts) == 2 else int(parts[0])
+    if isinstance(size, (int, np.integer)):
+        size = (int(size), int(size))
+    rows, cols = (int(x) for x in size)
+    if rows < 8 or cols < 8 or rows > 1000 or cols > 1000:
+        raise ConfigError(f"synthetic size must be between 8 and 1000 dies per side, got {rows}×{cols}")
+    return rows, cols
+
+
+def _parse_classes(classes, mixed: bool) -> tuple[str, ...]:
+    allowed = MIXED_CLASSES if mixed else CLASSES
+    if classes is None or classes == "":
+        return allowed
+    if isinstance(classes, str):
+        for sep in ";|":
+            classes = classes.replace(sep, ",")
+        classes = [c for c in classes.split(",") if c.strip()]
+    out = []
+    for c in classes:
+        name = "+".join(canonical_label(p) for p in str(c).split("+"))
+        if name not in allowed:
+            kind = "MixedWM38 (mixed=True)" if mixed else "WM-811K"
+            raise ConfigError(f"unknown synthetic class {c!r}; the {kind} classes are: {', '.join(allowed)}")
+        out.append(name)
+    if not out:
+        raise ConfigError("no synthetic classes given")
+    return tuple(out)
+
+
+def _draw_wafer(rng: np.random.Generator, patterns: tuple[str, ...], size, mask_mode: str):
+    d = Draws(rng)
+    rows, cols, edge, flat, flat_depth = _grid_for(d, size)
+    g = geometry(rows, cols, edge, flat, flat_depth)
+    p_bg = background(g, d)
+    fail = rng.random(g.n_dies) < p_bg
+    m = g.template.copy()
+    mask = np.zeros(rows * cols, dtype=bool)
+    if patterns:
+        # Each pattern must leave a visible trace: redraw one that produced almost no failing
+        # dies (a tiny blob at the rim of a small wafer), as a labeller would not call it one.
+        p_pat = pattern_fail = None
+        for name in patterns:
+            for _ in range(20):
+                p = PATTERNS[name](g, d)
+                hit = rng.random(g.n_dies) < p
+                if np.count_nonzero(hit) >= MIN_PATTERN_DIES:
+                    break
+            p_pat = p if p_pat is None else np.maximum(p_pat, p)
+            pattern_fail = hit if pattern_fail is None else pattern_fail | hit
+        fail |= pattern_fail
+        mask[g.on_index[pattern_fail if mask_mode == "fail" else p_pat >= 0.2]] = True
+    m[g.on_index[fail]] = 2
+    return m.reshape(rows, cols), mask.reshape(rows, cols)
+
+
+def generate(n: int = 1000, seed: int = 0, mixed: bool = False, size=None, classes=None, **kw) -> WaferDataset:
+    """Generate ``n`` synthetic wafer maps with masks and multi-labels.
+
+    Args:
+        n: number of maps. Classes cycle through ``classes`` (balanced).
+        seed: any non-negative int; the same arguments give byte-identical output everywhere.
+        mixed: False → the 9 WM-811K classes; True → the 38 MixedWM38 classes.
+        size: None → die grids drawn from a catalogue of realistic products (12–80 dies across);
+            an int S → S×S grids (52 matches MixedWM38); (rows, cols) or "RxC" → that grid.
+        classes: subset (or repetition, to weight) of the class names to cycle through.
+        mask: "fail" (default) or "region" — see the module docstring.
+    """
+    mask_mode = kw.pop("mask", "fail")
+    if kw:
+        raise ConfigError(f"unknown synthetic option(s) {', '.join(sorted(kw))}; "
+                          "use n, seed, mixed, size, classes, mask")
+    if mask_mode not in ("fail", "region"):
+        raise ConfigError(f"synthetic mask must be 'fail' or 'region', got {mask_mode!r}")
+    try:
+        n, seed = int(n), int(seed)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"synthetic n and seed must be integers ({e})") from None
+    if n < 0 or seed < 0:
+        raise ConfigError(f"synthetic n and seed must be non-negative, got n={n}, seed={seed}")
+    mixed = bool(int(mixed)) if isinstance(mixed, (str, int, np.integer)) else bool(mixed)
+    grid = _parse_size(size)
+    names = _parse_classes(classes, mixed)
+    parts = {name: tuple(p for p in name.split("+") if p != NORMAL) for name in set(names)}
+    stream = [1] if mixed else []
+
+    maps, masks, labels = [], [], []
+    multilabels = np.zeros((n, len(BASE_PATTERNS)), dtype=np.uint8)
+    col = {p: j for j, p in enumerate(BASE_PATTERNS)}
+    for i in range(n):
+        name = names[i % len(names)]
+        m, k = _draw_wafer(np.random.default_rng([seed, i, *stream]), parts[name], grid, mask_mode)
+        maps.append(m)
+        masks.append(k)
+        labels.append(name)
+        for p in parts[name]:
+            multilabels[i, col[p]] = 1
+    meta = {
+        "id": [f"syn-{seed}-{i}" for i in range(n)],
+        "lot": [f"syn-{seed}"] * n,
+        "wafer_index": np.arange(n, dtype=np.float64),
+        "die_size": np.full(n, np.nan),
+        "split": [""] * n,
+        "source": ["synthetic"] * n,
+    }
+    ds = WaferDataset.from_maps(maps, labels, multilabels=multilabels, masks=masks, meta=meta,
+                                source="synthetic", name="synthetic-mixed" if mixed else "synthetic",
+                                validate=False)
+    ds.attrs.update(generator="waferscope.data.synthetic", version=GENERATOR_VERSION, seed=seed,
+                    mixed=mixed, size=grid, mask=mask_mode)
+    return ds

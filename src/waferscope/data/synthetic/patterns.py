@@ -1,0 +1,237 @@
+"""The eight WM-811K defect patterns and the background noise, as per-die fail probabilities.
+
+Every function takes a cached :class:`~waferscope.data.synthetic.geometry.Geometry` and a
+:class:`Draws` source of scalar random numbers and returns a float64 array with one fail
+probability per die (in ``Geometry.on_index`` order). The caller turns probabilities into
+failing dies with one uniform draw per die, so a pattern is a *density*: real defect regions are
+rarely 100 % failing.
+
+Shapes live in wafer coordinates (the unit disk, see geometry.py), so a pattern keeps its
+physical shape on non-square die grids. Only + - × ÷ sqrt and comparisons are used (no sin, cos,
+exp, log, pow: their last bit can differ between machines and flip a die at a threshold).
+Ranges of the random parameters were calibrated against the real dev maps with
+``scripts/calibrate_synthetic.py`` (see docs/synthetic.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from waferscope.data.synthetic.geometry import Geometry
+
+
+class Draws:
+    """Scalar random numbers from a numpy Generator, drawn in blocks (one call per ~64 numbers)."""
+
+    __slots__ = ("rng", "buf", "i")
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.buf: list[float] = []
+        self.i = 0
+
+    def __call__(self, lo: float = 0.0, hi: float = 1.0) -> float:
+        if self.i >= len(self.buf):
+            self.buf = self.rng.random(64).tolist()
+            self.i = 0
+        x = self.buf[self.i]
+        self.i += 1
+        return lo + (hi - lo) * x
+
+    def tri(self, lo: float, hi: float) -> float:
+        """Triangular on [lo, hi], peaked in the middle (mean of two uniforms)."""
+        return lo + (hi - lo) * 0.5 * (self() + self())
+
+    def low(self, lo: float, hi: float) -> float:
+        """Skewed towards lo (product of two uniforms)."""
+        return lo + (hi - lo) * self() * self()
+
+    def chance(self, p: float) -> bool:
+        return self() < p
+
+    def index(self, n: int) -> int:
+        return min(int(self() * n), n - 1)
+
+    def direction(self) -> tuple[float, float]:
+        """A uniformly random unit vector (a, b), without trigonometry (rejection from the square)."""
+        while True:
+            a, b = self(-1.0, 1.0), self(-1.0, 1.0)
+            r2 = a * a + b * b
+            if 0.01 < r2 <= 1.0:
+                r = math.sqrt(r2)  # correctly rounded, unlike pow()
+                return a / r, b / r
+
+    def in_disk(self, radius: float) -> tuple[float, float]:
+        """A uniformly random point of the disk of that radius."""
+        while True:
+            a, b = self(-1.0, 1.0), self(-1.0, 1.0)
+            if a * a + b * b <= 1.0:
+                return a * radius, b * radius
+
+
+def smooth_field(g: Geometry, d: Draws, terms: int = 3) -> np.ndarray:
+    """A random smooth field over the wafer (sum of a few random low-order polynomials), ~[-1, 1]."""
+    k = g.basis.shape[0]
+    out = d(-1.0, 1.0) * g.basis[d.index(k)]
+    for _ in range(terms - 1):
+        out += d(-1.0, 1.0) * g.basis[d.index(k)]
+    return out
+
+
+def _ramp(x: np.ndarray, soft: float) -> np.ndarray:
+    """1 where x <= 1 - soft, falling linearly to 0 at x = 1 (x = normalised distance)."""
+    return np.clip((1.0 - x) / soft, 0.0, 1.0)
+
+
+def _blob_distance(g: Geometry, d: Draws, cu: float, cv: float, radius: float, aspect_max: float,
+                   wobble: float) -> np.ndarray:
+    """Normalised distance from a randomly stretched, wobbly ellipse centred at (cu, cv): 1 = its edge."""
+    a, b = d.direction()
+    asp = d(1.0, aspect_max)
+    du = g.u - cu
+    dv = g.v - cv
+    along = (du * a + dv * b) * (1.0 / (radius * asp))
+    across = (dv * a - du * b) * (asp / radius)
+    dist = np.sqrt(along * along + across * across)
+    if wobble > 0:
+        dist += wobble * smooth_field(g, d, 2)
+    return dist
+
+
+# ---- background ---------------------------------------------------------------------------------
+def background(g: Geometry, d: Draws) -> np.ndarray:
+    """Random fails of a normal wafer: a per-wafer base rate, smooth process gradients and more
+    fails on the outermost dies (real `none` wafers fail ~3–12 % of dies, ~3× more on the rim)."""
+    base = d.tri(0.008, 0.11)
+    amp = d(0.0, 0.7)
+    p = base * np.clip(1.0 + amp * smooth_field(g, d, 3), 0.15, 3.0)
+    rim = d.low(0.0, 0.35)
+    p += rim * (g.ring == 0)
+    p += (rim * d(0.0, 0.5)) * (g.ring == 1)
+    return p
+
+
+# ---- single patterns ----------------------------------------------------------------------------
+def center(g: Geometry, d: Draws) -> np.ndarray:
+    cu, cv = d.in_disk(0.08)
+    dist = _blob_distance(g, d, cu, cv, d(0.1, 0.35), 1.3, d(0.0, 0.15))
+    return d(0.55, 1.0) * _ramp(dist, d(0.2, 0.9))
+
+
+def donut(g: Geometry, d: Draws) -> np.ndarray:
+    cu, cv = d.in_disk(0.1)
+    du = g.u - cu
+    dv = g.v - cv
+    dist = np.sqrt(du * du + dv * dv)
+    mid = d(0.22, 0.6)
+    half_width = d(0.07, 0.22)
+    ring = np.abs(dist - mid) * (1.0 / half_width)
+    ring += d(0.0, 0.2) * smooth_field(g, d, 2)
+    p = d(0.5, 1.0) * _ramp(ring, d(0.2, 0.8))
+    if d.chance(0.5):  # an open ring ("C" shape), common among real donuts
+        a, b = d.direction()
+        cos_dir = (dv * a + du * b) / np.maximum(dist, 1e-9)
+        keep_from = 1.0 - 2.0 * d(0.55, 0.95)  # cosine threshold for the covered share
+        p *= np.clip((cos_dir - keep_from) * 4.0, 0.0, 1.0)
+    return p
+
+
+def _angular(g: Geometry, d: Draws, cos_half_lo: float, cos_half_hi: float) -> np.ndarray:
+    """0 outside a random arc seen from the centre, rising to 1 in its middle."""
+    a, b = d.direction()
+    cos_dir = g.cos_t * a + g.sin_t * b
+    cos_half = d(cos_half_lo, cos_half_hi)
+    return np.clip((cos_dir - cos_half) * (1.0 / (1.0 - cos_half)), 0.0, 1.0)
+
+
+def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
+    t = _angular(g, d, 0.45, 0.97)
+    depth_max = d(1.5, 1.5 + 0.3 * min(g.rows, g.cols) / 2)
+    t = np.sqrt(t) if d.chance(0.5) else t  # blunt (sqrt) or pointed crescent ends
+    depth = depth_max * t + d(0.0, 1.0) * smooth_field(g, d, 2)
+    return d(0.5, 1.0) * np.clip(depth - g.ring, 0.0, 1.0)
+
+
+def edge_ring(g: Geometry, d: Draws) -> np.ndarray:
+    width = d.low(1.0, 4.0)
+    band = np.clip(width - g.ring, 0.0, 1.0)
+    # Coverage around the rim: constant + one- and two-fold modulation (sides, opposite sides).
+    a, b = d.direction()
+    c1 = g.cos_t * a + g.sin_t * b
+    a, b = d.direction()
+    c2 = g.cos_t * a + g.sin_t * b
+    cover = d(0.4, 1.3) + d(0.0, 0.8) * c1 + d(0.0, 0.8) * (2.0 * c2 * c2 - 1.0)
+    return d(0.6, 1.0) * band * np.clip(cover, 0.0, 1.0)
+
+
+def loc(g: Geometry, d: Draws) -> np.ndarray:
+    p = None
+    for _ in range(2 if d.chance(0.2) else 1):
+        cu, cv = d.in_disk(0.8)
+        dist = _blob_distance(g, d, cu, cv, d(0.08, 0.3), 1.8, d(0.0, 0.35))
+        blob = d(0.4, 0.95) * _ramp(dist, d(0.3, 1.0))
+        p = blob if p is None else np.maximum(p, blob)
+    return p
+
+
+def near_full(g: Geometry, d: Draws) -> np.ndarray:
+    p = d(0.75, 0.99) * np.clip(1.0 + d(0.0, 0.3) * smooth_field(g, d, 2), 0.0, 1.0)
+    if d.chance(0.5):  # a region that still passes
+        cu, cv = d.in_disk(0.9)
+        dist = _blob_distance(g, d, cu, cv, d(0.1, 0.4), 1.5, 0.2)
+        p *= 1.0 - d(0.5, 1.0) * _ramp(dist, 0.7)
+    return p
+
+
+def random_pattern(g: Geometry, d: Draws) -> np.ndarray:
+    level = d(0.18, 0.6)
+    return level * np.clip(1.0 + d(0.0, 0.8) * smooth_field(g, d, 3), 0.2, 2.0)
+
+
+def scratch(g: Geometry, d: Draws) -> np.ndarray:
+    """One to three thin, curved, sometimes broken lines (quadratic Bézier curves)."""
+    p = np.zeros(g.n_dies)
+    step = 0.5 * 2.0 / max(g.rows, g.cols)  # half a die in wafer coordinates
+    n_lines = 1 + (d() < 0.3) + (d() < 0.1)
+    for _ in range(n_lines):
+        u0, v0 = d.in_disk(0.9)
+        a, b = d.direction()
+        length = d(0.25, 1.4)
+        u2, v2 = u0 + length * a, v0 + length * b
+        bend = d(-0.35, 0.35) * length
+        u1, v1 = 0.5 * (u0 + u2) - bend * b, 0.5 * (v0 + v2) + bend * a
+        m = int(length * 1.3 / step) + 2
+        t = np.arange(m) * (1.0 / (m - 1))
+        s = 1.0 - t
+        pu = s * s * u0 + 2.0 * s * t * u1 + t * t * u2
+        pv = s * s * v0 + 2.0 * s * t * v1 + t * t * v2
+        keep = np.ones(m, dtype=bool)
+        gap = d(0.0, 0.4)
+        if gap > 0.1:  # broken scratch: drop random runs of ~3 dies
+            seg = (np.arange(m) * (1.0 / 6.0)).astype(np.intp)
+            keep = d.rng.random(seg[-1] + 1)[seg] >= gap
+        ri = np.floor((pu + 1.0) * (g.rows / 2)).astype(np.intp)
+        ci = np.floor((pv + 1.0) * (g.cols / 2)).astype(np.intp)
+        if d.chance(0.25):  # a two-die-wide stretch
+            ri = np.concatenate([ri, ri + 1])
+            ci = np.concatenate([ci, ci])
+            keep = np.concatenate([keep, keep])
+        ok = keep & (ri >= 0) & (ri < g.rows) & (ci >= 0) & (ci < g.cols)
+        die = g.grid_to_die[ri[ok] * g.cols + ci[ok]]
+        die = die[die >= 0]
+        p[die] = np.maximum(p[die], d(0.75, 1.0))
+    return p
+
+
+PATTERNS = {
+    "Center": center,
+    "Donut": donut,
+    "Edge-Loc": edge_loc,
+    "Edge-Ring": edge_ring,
+    "Loc": loc,
+    "Near-full": near_full,
+    "Random": random_pattern,
+    "Scratch": scratch,
+}
