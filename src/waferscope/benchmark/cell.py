@@ -1,0 +1,128 @@
+"""One benchmark cell: a method trained and measured on one data set with one seed.
+
+The record it returns has three groups, kept apart so reruns compare cleanly:
+
+- ``quality`` — deterministic figures rounded to 4 decimals (and ``params``, ``size_bytes``);
+- ``timing`` — wall-clock and memory measurements, which vary from run to run;
+- ``artefacts`` — confusion matrix, ROC/PR points and example maps for the report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from waferscope import registry
+from waferscope.base import DetectionResult
+from waferscope.benchmark import measure, quality as Q
+from waferscope.benchmark.config import BenchmarkConfig, MethodSpec
+from waferscope.benchmark.protocol import LoadedDataset, folds, normal_folds
+from waferscope.data.dataset import WaferDataset
+
+SEED_PARAMS = ("seed", "random_state")
+
+
+def make_estimator(method: MethodSpec, kind: str, seed: int):
+    cls = registry.get(method.model, kind)
+    params = dict(method.params)
+    names = cls._param_names() if hasattr(cls, "_param_names") else []
+    for name in SEED_PARAMS:  # the cell's seed, unless the config pins one
+        if name in names and name not in params:
+            params[name] = seed
+    return cls(**params)
+
+
+def _concat_results(parts: list[DetectionResult]) -> DetectionResult:
+    return DetectionResult(scores=np.concatenate([np.asarray(p.scores, dtype=np.float64) for p in parts]),
+                           maps=[m for p in parts for m in p.maps])
+
+
+def _fit(est, train: WaferDataset, task: str):
+    return est.fit(train.normal() if task == "detection" else train)
+
+
+def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset, seed: int, run_dir: Path,
+             progress=None) -> dict:
+    task, kind = config.task, config.kind
+    measure.reset_peak_rss()
+    rss0 = measure.rss_mb()
+    train_s = 0.0
+    y_true, y_pred, results, tests = [], [], [], []
+    est = None
+    classes = None
+    cell_folds = folds(loaded, seed)
+    for k, (train, test) in enumerate(cell_folds):
+        if progress:
+            progress(f"fold {k + 1}/{len(cell_folds)}: fit on {len(train)} maps" if len(cell_folds) > 1
+                     else f"fit on {len(train.normal()) if task == 'detection' else len(train)} maps")
+        measure.seed_everything(seed, config.threads)
+        est = make_estimator(method, kind, seed)
+        t0 = time.perf_counter()
+        _fit(est, train, task)
+        train_s += time.perf_counter() - t0
+        if task == "classification":
+            proba = est.predict_proba(test)
+            classes = list(est.classes_)
+            y_pred.append(np.asarray(classes, dtype=object)[np.asarray(proba).argmax(1)])
+            y_true.append(test.labels)
+        else:
+            results.append(est.score(test))
+        tests.append(test)
+    test_all = tests[0] if len(tests) == 1 else WaferDataset.concat(tests, name=loaded.name)
+
+    if task == "classification":
+        yt, yp = np.concatenate(y_true).astype(str), np.concatenate(y_pred).astype(str)
+        from waferscope.data.classes import CLASSES
+
+        order = [c for c in CLASSES if c in set(classes) | set(yt)] + sorted(set(classes) | set(yt) - set(CLASSES))
+        qual, art = Q.classification_quality(yt, yp, order)
+    else:
+        result = _concat_results(results)
+        qual, art = Q.detection_quality(result, test_all)
+        art["examples"] = Q.detection_examples(result, test_all, config.examples)
+        if loaded.spec.threshold_folds:
+            qual["image_f1_kfold_threshold"], art["threshold"] = _kfold_threshold_f1(
+                config, method, cell_folds[-1][0], result, test_all, seed, loaded.spec.threshold_folds)
+
+    saved = est.save(run_dir)
+    qual["params"] = measure.count_parameters(est)
+    qual["size_bytes"] = measure.dir_bytes(saved)
+
+    timing = {"train_s": round(train_s, 3)}
+    if config.speed_enabled:
+        if progress:
+            progress("speed")
+        timing.update(_speed(config, est, tests[-1], task))
+    peak = measure.peak_rss_mb()
+    timing["peak_rss_mb"] = None if peak is None else round(peak, 1)
+    timing["peak_extra_mb"] = None if peak is None or rss0 is None else round(max(peak - rss0, 0.0), 1)
+    return {"method": method.name, "label": method.label, "model": method.model, "params": method.params,
+            "dataset": loaded.name, "seed": seed, "n_test": len(test_all), "n_folds": len(cell_folds),
+            "quality": qual, "timing": timing, "artefacts": art, "run_dir": str(run_dir)}
+
+
+def _kfold_threshold_f1(config, method, train, result, test, seed, n_folds) -> tuple[float, dict]:
+    """Seed 004's rule: per fold of the normal training maps, fit on the rest and take the highest
+    held-out score; the threshold is the mean over folds; F1 of the test maps at that threshold."""
+    normal = train.normal()
+    maxima = []
+    for tr, va in normal_folds(normal, n_folds, seed):
+        measure.seed_everything(seed, config.threads)
+        est = make_estimator(method, config.kind, seed).fit(normal.subset(tr))
+        maxima.append(float(np.max(est.score(normal.subset(va)).scores)))
+    thr = float(np.mean(maxima))
+    y = ~test.is_normal
+    return Q.rnd(Q.f1_at(y, np.asarray(result.scores, dtype=np.float64), thr)), {"value": Q.rnd(thr), "fold_maxima": [Q.rnd(m) for m in maxima]}
+
+
+def _speed(config: BenchmarkConfig, est, test: WaferDataset, task: str) -> dict:
+    call = est.predict_proba if task == "classification" else est.score
+    one = test.subset([0])
+    lat = measure.latency_ms(call, one, config.repeats)
+    n, bs = config.speed_n, config.batch_size
+    idx = np.arange(n) % len(test)
+    batches = [test.subset(idx[i:i + bs]) for i in range(0, n, bs)]
+    return {"latency_ms": round(lat, 3), "throughput_wps": round(measure.throughput(call, batches, n), 1),
+            "speed_batch_size": bs, "speed_n": n}

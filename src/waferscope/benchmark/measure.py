@@ -1,0 +1,152 @@
+"""Measurements around a model: determinism settings, peak memory, size, parameters, speed.
+
+Peak memory is the process's resident-set high-water mark (``VmHWM``) over one cell. Linux lets a
+process reset its own mark (``echo 5 > /proc/self/clear_refs``), so each cell starts from the
+memory already in use (Python, torch, the loaded data sets) and its peak includes that baseline;
+``peak_extra_mb`` is the growth above the RSS at the cell's start. Where the reset is not
+available the mark covers the whole run so far (reported as such in the environment).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    # warn_only: a model using an op without a deterministic CPU kernel still runs (and warns).
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{field}:\s+(\d+)\s+kB", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the high-water mark to the current RSS; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mb() -> float | None:
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
+def peak_rss_mb() -> float | None:
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024
+
+
+def torch_modules(est: Any) -> list:
+    """The nn.Module attributes of an estimator (``network_``, ``teacher_``, lists of them...)."""
+    import torch
+
+    found = []
+    for value in vars(est).values():
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+        found += [v for v in items if isinstance(v, torch.nn.Module)]
+    return found
+
+
+def count_parameters(est: Any) -> int:
+    """Parameters of every torch module the estimator holds (each counted once); for models without
+    torch modules, the number of values in the arrays it saves (an SVM's support vectors...)."""
+    mods = torch_modules(est)
+    if mods:
+        seen: dict[int, int] = {}
+        for mod in mods:
+            for p in mod.parameters():
+                seen[id(p)] = p.numel()
+        return int(sum(seen.values()))
+    try:
+        tensors, _ = est._state()
+    except Exception:  # a model that cannot report its state has no countable parameters
+        return 0
+    return int(sum(int(np.prod(np.shape(t))) for t in tensors.values()))
+
+
+def dir_bytes(path: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def latency_ms(call: Callable[[Any], Any], one, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``call(one)`` (one wafer) over ``repeats`` runs."""
+    for _ in range(warmup):
+        call(one)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call(one)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(statistics.median(times))
+
+
+def throughput(call: Callable[[Any], Any], batches: list, n: int) -> float:
+    """Wafers per second over ``n`` wafers given as ``batches`` (one warm-up batch first)."""
+    call(batches[0])
+    t0 = time.perf_counter()
+    for b in batches:
+        call(b)
+    return float(n / max(time.perf_counter() - t0, 1e-9))
+
+
+def environment(threads: int) -> dict:
+    import platform
+
+    import sklearn
+    import torch
+
+    from waferscope import __version__
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"waferscope": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "numpy": np.__version__, "scikit-learn": sklearn.__version__}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return {
+        "versions": versions,
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "peak_memory": "per-cell VmHWM reset via /proc/self/clear_refs" if reset_peak_rss()
+        else "process-lifetime ru_maxrss (reset unavailable)",
+    }

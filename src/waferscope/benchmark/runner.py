@@ -1,0 +1,189 @@
+"""Run a benchmark config: every method × data set × seed, cached per cell, then the result tables.
+
+Layout of the output folder::
+
+    DIR/cells/<key>.json     one finished cell (key = hash of the cell's config + data fingerprint)
+    DIR/runs/<method>__<dataset>__s<seed>/   the trained model of the cell (a run directory)
+    DIR/results.csv|json|md  every cell; quality columns first, timing columns last
+    DIR/quality.csv          the deterministic columns only: byte-identical across reruns
+    DIR/manifest.json        config hash, data fingerprints, environment
+    DIR/index.html           the self-contained report
+
+An interrupted run resumes: finished cells are read back from ``cells/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+from waferscope.benchmark import measure
+from waferscope.benchmark.cell import run_cell
+from waferscope.benchmark.config import BenchmarkConfig, load_config
+from waferscope.benchmark.protocol import LoadedDataset, load_dataset
+from waferscope.benchmark.quality import CLASSIFICATION_COLUMNS, DETECTION_COLUMNS
+from waferscope.utils import atomic_path
+
+CACHE_FORMAT = 1
+ID_COLUMNS = ["method", "model", "dataset", "seed", "n_test"]
+MODEL_COLUMNS = ["params", "size_bytes"]
+TIMING_COLUMNS = ["train_s", "latency_ms", "throughput_wps", "speed_batch_size", "peak_rss_mb", "peak_extra_mb"]
+
+
+def sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cell_key(config: BenchmarkConfig, method, loaded: LoadedDataset, seed: int) -> str:
+    return sha({"format": CACHE_FORMAT, "task": config.task, "model": method.model, "params": method.params,
+                "dataset": loaded.fingerprint, "protocol": loaded.spec.protocol(), "seed": seed,
+                "threads": config.threads, "examples": config.examples,
+                "speed": [config.speed_enabled, config.batch_size, config.speed_n, config.repeats]})
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = False, report: bool = True,
+                  log=_log) -> dict:
+    config = load_config(config_path)  # every config problem surfaces here, before any data or training
+    out = Path(out_dir)
+    for d in config.datasets:
+        if d.missing:
+            log(f"note: skipping data set {d.name!r}: {', '.join(d.missing)} not found (optional)")
+    loaded = [load_dataset(d, config.task, config.path) for d in config.active_datasets]
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+
+    grid = [(m, ds, s) for ds in loaded for m in config.methods for s in config.seeds]
+    records = []
+    for i, (method, ds, seed) in enumerate(grid, 1):
+        key = cell_key(config, method, ds, seed)
+        path = out / "cells" / f"{key}.json"
+        tag = f"[{i}/{len(grid)}] {method.name} × {ds.name} × seed {seed}"
+        if path.is_file() and not force:
+            try:
+                records.append(json.loads(path.read_text()))
+                log(f"{tag}: cached")
+                continue
+            except ValueError:
+                log(f"{tag}: cached cell unreadable, rerunning")
+        t0 = time.perf_counter()
+        run_dir = out / "runs" / f"{method.name}__{ds.name}__s{seed}"
+        rec = run_cell(config, method, ds, seed, run_dir, progress=lambda s: log(f"{tag}: {s}"))
+        rec["key"] = key
+        _write_text(path, json.dumps(rec))
+        records.append(rec)
+        headline = rec["quality"].get("macro_f1" if config.task == "classification" else "image_auroc")
+        log(f"{tag}: done in {time.perf_counter() - t0:.1f} s "
+            f"({'macro F1' if config.task == 'classification' else 'image AUROC'} {headline})")
+
+    manifest = {
+        "name": config.name, "task": config.task, "description": config.description,
+        "config_path": str(config.path), "config_sha256": hashlib.sha256(config.text.encode()).hexdigest(),
+        "datasets": {d.name: {"fingerprint": d.fingerprint, "sources": d.spec.sources, "protocol": d.spec.protocol(),
+                              "parts": d.describe()} for d in loaded},
+        "skipped_datasets": {d.name: d.missing for d in config.datasets if d.missing},
+        "methods": {m.name: {"model": m.model, "params": m.params, "label": m.label} for m in config.methods},
+        "seeds": config.seeds, "speed": {"batch_size": config.batch_size, "n": config.speed_n, "repeats": config.repeats},
+        "environment": measure.environment(config.threads),
+    }
+    write_results(out, config.task, records, manifest)
+    if report:
+        from waferscope.benchmark.report import write_report
+
+        write_report(out)
+        log(f"wrote {out / 'index.html'}")
+    return {"records": records, "manifest": manifest}
+
+
+# ---- tables -----------------------------------------------------------------------------------
+def quality_columns(task: str, records: list[dict]) -> list[str]:
+    cols = list(CLASSIFICATION_COLUMNS if task == "classification" else DETECTION_COLUMNS)
+    if any("image_f1_kfold_threshold" in r["quality"] for r in records):
+        cols.append("image_f1_kfold_threshold")
+    classes: list[str] = []
+    for r in records:
+        classes += [c for c in r["quality"].get("per_class_f1", {}) if c not in classes]
+    return cols + [f"f1[{c}]" for c in classes]
+
+
+def flat_row(rec: dict, qcols: list[str]) -> dict:
+    row = {c: rec.get(c) for c in ID_COLUMNS}
+    q = rec["quality"]
+    for c in qcols:
+        row[c] = q.get("per_class_f1", {}).get(c[3:-1]) if c.startswith("f1[") else q.get(c)
+    for c in MODEL_COLUMNS:
+        row[c] = q.get(c)
+    for c in TIMING_COLUMNS:
+        row[c] = rec["timing"].get(c)
+    return row
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _csv(rows: list[dict], cols: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([_fmt(r[c]) if c not in TIMING_COLUMNS else ("" if r[c] is None else r[c]) for c in cols])
+    return buf.getvalue()
+
+
+def write_results(out: Path, task: str, records: list[dict], manifest: dict) -> None:
+    qcols = quality_columns(task, records)
+    rows = [flat_row(r, qcols) for r in records]
+    all_cols = ID_COLUMNS + qcols + MODEL_COLUMNS + TIMING_COLUMNS
+    _write_text(out / "results.csv", _csv(rows, all_cols))
+    _write_text(out / "quality.csv", _csv(rows, ID_COLUMNS + qcols + MODEL_COLUMNS))
+    _write_text(out / "results.json", json.dumps(
+        {"manifest": manifest, "quality_columns": ID_COLUMNS + qcols + MODEL_COLUMNS, "timing_columns": TIMING_COLUMNS,
+         "rows": rows, "cells": [{k: v for k, v in r.items() if k != "artefacts"} for r in records]}, indent=1))
+    _write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    _write_text(out / "results.md", results_markdown(task, rows, qcols, manifest))
+
+
+def results_markdown(task: str, rows: list[dict], qcols: list[str], manifest: dict) -> str:
+    main = [c for c in qcols if not c.startswith("f1[")]
+    cols = ["method", "dataset", "seed"] + main + ["params", "size_bytes", "train_s", "latency_ms", "throughput_wps", "peak_rss_mb"]
+    head = {"size_bytes": "size (KB)", "train_s": "train (s)", "latency_ms": "latency b=1 (ms)",
+            "throughput_wps": f"wafers/s (b={manifest['speed']['batch_size']})", "peak_rss_mb": "peak RSS (MB)"}
+    lines = [f"# Benchmark `{manifest['name']}` ({task})", "",
+             f"Config SHA-256 `{manifest['config_sha256'][:16]}`; data fingerprints: "
+             + ", ".join(f"{k} `{v['fingerprint']}`" for k, v in manifest["datasets"].items()), "",
+             "| " + " | ".join(head.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        vals = []
+        for c in cols:
+            v = r[c]
+            if c == "size_bytes" and v is not None:
+                v = f"{v / 1024:.1f}"
+            vals.append(_fmt(v))
+        lines.append("| " + " | ".join(vals) + " |")
+    per_class = [c for c in qcols if c.startswith("f1[")]
+    if per_class:
+        lines += ["", "Per-class F1:", "", "| method | dataset | seed | " + " | ".join(c[3:-1] for c in per_class) + " |",
+                  "|" + "---|" * (3 + len(per_class))]
+        for r in rows:
+            lines.append(f"| {r['method']} | {r['dataset']} | {r['seed']} | " + " | ".join(_fmt(r[c]) for c in per_class) + " |")
+    env = manifest["environment"]
+    lines += ["", f"Machine: {env['cpu']} ({env['cpu_count']} CPUs), {env['threads']} thread(s); "
+              + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
+    return "\n".join(lines)
