@@ -1,7 +1,17 @@
 """One entry point for every data source: ``load(spec)`` detects the format and returns a
 :class:`~waferscope.data.dataset.WaferDataset`.
 
-A spec is a path (file or folder) or ``synthetic:n=…,seed=…[,mixed=1]``.
+A spec is ``synthetic:n=…,seed=…[,mixed=1]`` or a path:
+
+- ``*.parquet`` — waferscope's canonical format (:mod:`waferscope.data.io_parquet`)
+- ``*.npz`` — the flat real-map archive (``maps_flat``/``shapes``/``labels``) or MixedWM38
+  (``arr_0`` maps, ``arr_1`` one-hot multi-labels)
+- ``*.pkl`` / ``*.pickle`` — the Kaggle/MIR WM-811K ``LSWMD.pkl`` DataFrame (unpickling runs code:
+  see :mod:`waferscope.data.loaders.lswmd`; import it to Parquet once)
+- a folder — MVTec-AD layout (``train/good``, ``test/<defect>``, ``ground_truth/<defect>``) or one
+  sub-folder per class holding ``*.npy`` maps or rendered ``*.png`` maps
+
+The format is detected from the file's first bytes, not only its suffix.
 """
 
 from __future__ import annotations
@@ -10,6 +20,10 @@ from pathlib import Path
 
 from waferscope.data.dataset import WaferDataset
 from waferscope.errors import DataError
+
+PARQUET_MAGIC = b"PAR1"
+ZIP_MAGIC = b"PK\x03\x04"
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def parse_synthetic_spec(spec: str) -> dict:
@@ -26,6 +40,36 @@ def parse_synthetic_spec(spec: str) -> dict:
     return out
 
 
+def sniff_format(path: Path) -> str:
+    """'parquet', 'npz', 'npy', 'pickle', 'mvtec', 'folders' — or a DataError saying why not."""
+    if path.is_dir():
+        from waferscope.data.loaders.mvtec import looks_like_mvtec
+
+        return "mvtec" if looks_like_mvtec(path) else "folders"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise DataError(f"cannot open ({exc.strerror or exc})", path) from None
+    if not head:
+        raise DataError("the file is empty", path)
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    if head.startswith(ZIP_MAGIC):
+        return "npz"
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    suffix = path.suffix.lower()
+    if head[:1] == b"\x80" or suffix in (".pkl", ".pickle"):  # protocol ≥ 2 starts with PROTO (0x80)
+        return "pickle"
+    if suffix == ".parquet":
+        raise DataError("not a Parquet file (no PAR1 header): truncated or mislabelled", path)
+    if suffix == ".npz":
+        raise DataError("not an .npz archive (no zip header): truncated or mislabelled", path)
+    raise DataError("unrecognised data format (expected .parquet, .npz, .pkl, or a folder of class "
+                    "sub-folders / an MVTec-AD folder)", path)
+
+
 def load(spec: str | Path) -> WaferDataset:
     spec_s = str(spec)
     if spec_s.startswith("synthetic:"):
@@ -35,8 +79,45 @@ def load(spec: str | Path) -> WaferDataset:
     path = Path(spec_s).expanduser()
     if not path.exists():
         raise DataError("no such file or folder", path)
-    if path.is_file() and path.suffix == ".npz":
-        from waferscope.data.loaders.devnpz import load_flat_npz
+    fmt = sniff_format(path)
+    if fmt == "parquet":
+        from waferscope.data.io_parquet import read_parquet
 
+        return read_parquet(path)
+    if fmt == "npz":
+        return _load_npz(path)
+    if fmt == "npy":
+        from waferscope.data.loaders.folders import load_npy_stack
+
+        return load_npy_stack(path)
+    if fmt == "pickle":
+        from waferscope.data.loaders.lswmd import load_lswmd
+
+        return load_lswmd(path)
+    if fmt == "mvtec":
+        from waferscope.data.loaders.mvtec import load_mvtec
+
+        return load_mvtec(path)
+    from waferscope.data.loaders.folders import load_class_folders
+
+    return load_class_folders(path)
+
+
+def _load_npz(path: Path) -> WaferDataset:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            keys = [n[:-4] if n.endswith(".npy") else n for n in z.namelist()]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"cannot read as .npz ({exc})", path) from None
+    from waferscope.data.loaders.devnpz import is_flat_npz, load_flat_npz
+
+    if is_flat_npz(keys):
         return load_flat_npz(path)
-    raise DataError("unrecognised data format", path)
+    from waferscope.data.loaders.mixedwm38 import is_mixedwm38, load_mixedwm38
+
+    if is_mixedwm38(keys):
+        return load_mixedwm38(path)
+    raise DataError(f"unrecognised .npz layout (arrays: {', '.join(sorted(keys)) or 'none'}); expected "
+                    "maps_flat/shapes/labels (flat real maps) or arr_0/arr_1 (MixedWM38)", path)
