@@ -221,3 +221,127 @@ def test_unknown_file_is_a_clear_error(tmp_path):
     e.write_bytes(b"")
     with pytest.raises(DataError, match="empty.parquet: the file is empty"):
         load(e)
+
+
+# ---- MixedWM38 ----------------------------------------------------------------------------------
+def test_mixedwm38_npz_labels_and_multilabels(tmp_path):
+    rng = np.random.default_rng(3)
+    maps = np.stack([_disc_map(52, 52, rng) for _ in range(4)]).astype(np.int32)
+    onehot = np.array([[0] * 8, [1, 0, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0, 0, 1]])
+    path = tmp_path / "Wafer_Map_Datasets.npz"
+    np.savez(path, maps, onehot)  # saved unnamed: arr_0, arr_1, like the original
+    ds = load(path)
+    assert list(ds.labels) == ["none", "Center", "Center+Loc+Scratch", "Random"]
+    assert np.array_equal(ds.multilabels, onehot) and ds.maps[0].dtype == np.uint8
+    assert np.array_equal(ds.maps[2], maps[2])
+
+
+def test_mixedwm38_bad_values(tmp_path):
+    maps = np.ones((2, 52, 52), np.int64)
+    maps[1, 3, 3] = 5
+    path = tmp_path / "m.npz"
+    np.savez(path, maps, np.zeros((2, 8)))
+    with pytest.raises(DataError, match="m.npz: map 1: die values must be"):
+        load(path)
+    np.savez(path, maps[:, 0], np.zeros((2, 8)))
+    with pytest.raises(DataError, match="m.npz: 'arr_0' must be N×H×W"):
+        load(path)
+
+
+# ---- class folders (npy, png) -------------------------------------------------------------------
+def test_class_folders_npy_and_rendered_png_round_trip(tmp_path):
+    from waferscope.data.render import render_map, save_png
+
+    rng = np.random.default_rng(4)
+    originals = {}
+    for cls, scale in (("Center", 1), ("edge_ring", 3)):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            m = _disc_map(27 + i, 30, rng)
+            originals[(cls, i)] = m
+            np.save(tmp_path / cls / f"a{i}.npy", m)
+            save_png(render_map(m, scale=scale), tmp_path / cls / f"b{i}.png")
+    ds = load(tmp_path)
+    assert len(ds) == 8 and set(ds.labels) == {"Center", "Edge-Ring"}
+    for k, m in zip(ds.meta["id"], ds.maps):
+        folder, stem = k.split("/")
+        assert np.array_equal(m, originals[(folder, int(stem[1]))])
+
+
+@pytest.mark.parametrize("palette", [
+    [[0, 0, 0], [127, 127, 127], [255, 255, 255]],
+    [[68, 1, 84], [33, 145, 140], [253, 231, 37]],  # matplotlib viridis: plt.imshow(waferMap)
+    [[10, 10, 60], [90, 160, 90], [250, 240, 200]],  # any 3 colours, by luminance
+])
+def test_png_palettes_decode(tmp_path, palette):
+    from waferscope.data.loaders.folders import decode_png_map
+    from waferscope.data.render import save_png
+
+    m = _disc_map(30, 31, np.random.default_rng(5))
+    path = save_png(np.asarray(palette, np.uint8)[m], tmp_path / "m.png")
+    assert np.array_equal(decode_png_map(path), m)
+
+
+def test_png_with_unknown_colours(tmp_path):
+    from waferscope.data.render import save_png
+
+    (tmp_path / "Loc").mkdir()
+    img = np.random.default_rng(6).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    save_png(img, tmp_path / "Loc" / "photo.png")
+    with pytest.raises(DataError, match=r"photo.png: unknown colours \(\d+: #"):
+        load(tmp_path)
+
+
+def test_npy_map_with_bad_values_names_the_file(tmp_path):
+    (tmp_path / "Loc").mkdir()
+    np.save(tmp_path / "Loc" / "x.npy", np.full((6, 6), 9, np.uint8))
+    with pytest.raises(DataError, match=r"x.npy: die values must be"):
+        load(tmp_path)
+    np.save(tmp_path / "Loc" / "x.npy", np.ones(6, np.uint8))
+    with pytest.raises(DataError, match=r"x.npy: a wafer map must be 2-D"):
+        load(tmp_path)
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="no wafer maps found"):
+        load(tmp_path)
+
+
+# ---- MVTec-AD layout ----------------------------------------------------------------------------
+def _mvtec(root, mask_shape=(16, 20)):
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    for sub in ("train/good", "test/good", "test/crack", "ground_truth/crack"):
+        (root / sub).mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(root / "train/good" / f"{i:03d}.png")
+    Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(root / "test/good/000.png")
+    Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(root / "test/crack/000.png")
+    mask = np.zeros(mask_shape, np.uint8)
+    mask[2:5, 3:9] = 255
+    Image.fromarray(mask).save(root / "ground_truth/crack/000_mask.png")
+    return root
+
+
+def test_mvtec_layout(tmp_path):
+    ds = load(_mvtec(tmp_path / "bottle"))
+    assert ds.kind == "image" and len(ds) == 5
+    assert list(ds.labels) == ["good"] * 4 + ["crack"]
+    assert list(ds.meta["split"]) == ["train"] * 3 + ["test"] * 2
+    assert ds.maps[0].shape == (16, 20, 3)
+    assert ds.masks[0] is None and ds.masks[4].sum() == 18 and ds.masks[4].shape == (16, 20)
+    assert ds.is_normal.sum() == 4
+
+
+def test_mvtec_without_train_good(tmp_path):
+    root = _mvtec(tmp_path / "bottle")
+    for p in (root / "train/good").iterdir():
+        p.unlink()
+    with pytest.raises(DataError, match="bottle: MVTec-AD layout needs normal training images in train/good"):
+        load(root)
+
+
+def test_mvtec_mask_of_wrong_size(tmp_path):
+    with pytest.raises(DataError, match=r"000_mask.png: mask is 8×8 but its image is 16×20"):
+        load(_mvtec(tmp_path / "bottle", mask_shape=(8, 8)))

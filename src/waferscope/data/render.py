@@ -79,10 +79,10 @@ def montage_per_class(dataset, path: str | Path, per_class: int = 8, seed: int =
                               fontsize=9)
     if dataset.kind == "wafer":
         handles = [Patch(facecolor=PALETTE[i] / 255, edgecolor="0.4", label=STATE_NAMES[i]) for i in range(3)]
-        fig.legend(handles=handles, loc="upper center", ncol=3, frameon=False, fontsize=9)
+        fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=9)
     fig.suptitle(title or f"{dataset.name}: {len(dataset)} {'maps' if dataset.kind == 'wafer' else 'images'}",
                  y=0.995, fontsize=10, va="top")
-    fig.tight_layout(rect=(0, 0, 1, 0.96 if dataset.kind == "wafer" else 0.98))
+    fig.tight_layout(rect=(0, 0.035 if dataset.kind == "wafer" else 0, 1, 0.975))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         fig.savefig(tmp, format="png", dpi=100)

@@ -42,24 +42,24 @@ class PickleCodeWarning(UserWarning):
 _warned = False
 
 
-def warn_pickle_once(path: Path) -> None:
+def warn_pickle_once(path: Path, importing: bool = False) -> None:
     global _warned
     if _warned:
         return
     _warned = True
-    warnings.warn(
-        f"{path.name} is a pickle; unpickling can run code named by the file. waferscope only admits "
-        f"numpy/pandas data classes, but load only files you trust, and convert it once: "
-        f"waferscope data import {path} --out {path.with_suffix('.parquet').name}",
-        PickleCodeWarning, stacklevel=3)
+    risk = (f"{path.name} is a pickle; unpickling can run code named by the file. waferscope only admits "
+            "numpy/pandas data classes, but open only pickles you trust")
+    advice = (" (converting it once to Parquet, so later runs never unpickle it)" if importing else
+              f", and convert it once: waferscope data import {path} --out {path.with_suffix('.parquet').name}")
+    warnings.warn(risk + advice, PickleCodeWarning, stacklevel=3)
 
 
-def read_lswmd_frame(path: str | Path) -> pd.DataFrame:
+def read_lswmd_frame(path: str | Path, importing: bool = False) -> pd.DataFrame:
     """Unpickle the DataFrame (legacy module names shimmed) or raise one clear DataError."""
     from waferscope.data.loaders.legacy_pickle import RefusedGlobal, load_legacy_pickle
 
     path = Path(path)
-    warn_pickle_once(path)
+    warn_pickle_once(path, importing)
     try:
         with open(path, "rb") as f:
             obj = load_legacy_pickle(f)
@@ -106,11 +106,11 @@ def _column(df: pd.DataFrame, name: str, default, n: int) -> np.ndarray:
     return arr
 
 
-def iter_lswmd(path: str | Path, batch_size: int = 8192, frame: pd.DataFrame | None = None
-               ) -> tuple[int, Iterator[WaferDataset]]:
+def iter_lswmd(path: str | Path, batch_size: int = 8192, frame: pd.DataFrame | None = None,
+               importing: bool = False) -> tuple[int, Iterator[WaferDataset]]:
     """(row count, iterator of WaferDataset batches). Frees the source maps batch by batch."""
     path = Path(path)
-    df = read_lswmd_frame(path) if frame is None else frame
+    df = read_lswmd_frame(path, importing) if frame is None else frame
     n = len(df)
     row_ids = df.index.to_numpy()
     maps_col = _column(df, MAP_COLUMN, None, n)

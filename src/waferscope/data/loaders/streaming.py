@@ -21,7 +21,7 @@ def iter_batches(spec: str | Path, batch_size: int = 8192) -> tuple[int, Iterato
             if fmt == "pickle":
                 from waferscope.data.loaders.lswmd import iter_lswmd
 
-                return iter_lswmd(path, batch_size)
+                return iter_lswmd(path, batch_size, importing=True)
             if fmt == "parquet":
                 from waferscope.data.io_parquet import iter_parquet, parquet_count
 
