@@ -44,7 +44,8 @@ def load_flat_npz(path: str | Path) -> WaferDataset:
         "lot": extra.get("lot_name", np.full(n, "")).astype(str),
         "wafer_index": extra.get("wafer_index", np.full(n, np.nan)).astype(float),
         "die_size": extra.get("die_size", np.full(n, np.nan)).astype(float),
-        "split": extra.get("train_test", np.full(n, "")).astype(str),
+        # WM-811K's 'Training'/'Test' → 'train'/'test', as every other loader writes the split
+        "split": [{"training": "train"}.get(s.lower(), s.lower()) for s in extra.get("train_test", np.full(n, "")).astype(str)],
         "source": str(path.name),
     }
     return WaferDataset.from_maps(maps, [canonical_label(x) for x in labels.astype(str)], meta=meta,
