@@ -1,0 +1,1 @@
+"""EfficientAD: accurate visual anomaly detection at millisecond-level latencies (Batzner, Heckler & König, WACV 2024)."""

@@ -1,0 +1,1 @@
+"""Reverse Distillation: anomaly detection via reverse distillation from one-class embedding (Deng & Li, CVPR 2022)."""

@@ -1,0 +1,114 @@
+"""Reverse-distillation detectors: ``reverse_distillation`` (wafer ResNet-18 teacher) and
+``reverse_distillation_convnext`` (wafer ConvNeXt teacher, ConvNeXt-block bottleneck and decoder).
+
+Training follows the paper (Adam, lr 0.005, betas (0.5, 0.999)); the anomaly map is the sum over the
+three scales of 1 − cos, upsampled, Gaussian-smoothed (σ = 4 px per 256 px, the paper's σ = 4), and
+the image score its maximum over the wafer.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from waferscope.errors import ConfigError
+from waferscope.models.detectors.common import (TorchDetector, batch_slices, dataset_to_input, fit_loop,
+                                                seed_everything, training_normals)
+from waferscope.models.detectors.reverse_distillation.loss import reverse_distillation_loss
+from waferscope.models.detectors.reverse_distillation.torch_model import (FEATURE_NORMS, STYLES,
+                                                                          ReverseDistillationModel)
+from waferscope.models.detectors.stfpm.detector import (backbone_kwargs, build_backbone, feature_pyramid,
+                                                        load_tensors, state_tensors)
+from waferscope.registry import register
+
+
+@register("reverse_distillation", kind="detector")
+class ReverseDistillationDetector(TorchDetector):
+    def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
+                 layers: Sequence[str] = ("layer1", "layer2", "layer3"), style: str = "resnet",
+                 n_blocks: int = 2, feature_norm: str = "none", input_size: int = 64, epochs: int = 30,
+                 train_batch_size: int = 16, lr: float = 0.005, betas: Sequence[float] = (0.5, 0.999),
+                 weight_decay: float = 0.0, augment: bool = True, smoothing_sigma: float = 4.0,
+                 batch_size: int = 256, seed: int = 0, verbose: bool = True):
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.layers = layers
+        self.style = style
+        self.n_blocks = n_blocks
+        self.feature_norm = feature_norm
+        self.input_size = input_size
+        self.epochs = epochs
+        self.train_batch_size = train_batch_size
+        self.lr = lr
+        self.betas = betas
+        self.weight_decay = weight_decay
+        self.augment = augment
+        self.smoothing_sigma = smoothing_sigma
+        self.batch_size = batch_size
+        self.seed = seed
+        self.verbose = verbose
+
+    def _build(self, kwargs: dict, load_teacher: bool) -> ReverseDistillationModel:
+        if self.style not in STYLES:
+            raise ConfigError(f"unknown style {self.style!r}; choose one of {', '.join(STYLES)}")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ConfigError(f"unknown feature_norm {self.feature_norm!r}; choose one of {', '.join(FEATURE_NORMS)}")
+        if len(self.layers) != 3:
+            raise ConfigError(f"reverse distillation needs 3 encoder layers, got {list(self.layers)}")
+        encoder = feature_pyramid(build_backbone(self.backbone, self.pretrained, kwargs, load=load_teacher),
+                                  self.layers, frozen=True)
+        info = encoder.extractor.feature_info(int(self.input_size))
+        channels = [info[name][0] for name in self.layers]
+        return ReverseDistillationModel(encoder, channels, self.style, int(self.n_blocks), self.feature_norm)
+
+    def fit(self, dataset, **kwargs) -> "ReverseDistillationDetector":
+        normals = training_normals(dataset)
+        seed_everything(self.seed)
+        arch = backbone_kwargs(self.backbone, self.pretrained)
+        model = self._build(arch, load_teacher=True)
+        inputs = dataset_to_input(normals, int(self.input_size))
+        if self.feature_norm == "channel":  # per-channel statistics of the teacher on the training normals
+            with torch.no_grad():
+                feats = [model.encode(torch.from_numpy(inputs[sl])) for sl in batch_slices(len(inputs), 256)]
+            model.feature_norm.calibrate(feats)
+        params = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+        opt = torch.optim.Adam(params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay)
+
+        def step(x: torch.Tensor) -> torch.Tensor:
+            return reverse_distillation_loss(*model.features(x))
+
+        self.loss_history_ = fit_loop(params, step, inputs, epochs=int(self.epochs), batch_size=int(self.train_batch_size),
+                                      lr=self.lr, seed=self.seed, augment=self.augment, optimizer=opt,
+                                      desc=f"fit {self.registry_name}", verbose=bool(self.verbose), modules=[model])
+        self.backbone_kwargs_ = arch
+        self.model_ = model.eval()
+        return self
+
+    def _predict_batch(self, x: torch.Tensor):
+        return None, self.model_(x)
+
+    def _state(self):
+        return state_tensors(self.model_), {"backbone_kwargs": self.backbone_kwargs_, "loss_history": self.loss_history_}
+
+    def _load_state(self, tensors, extras) -> None:
+        self.backbone_kwargs_ = dict(extras.get("backbone_kwargs", {}))
+        self.loss_history_ = list(extras.get("loss_history", []))
+        model = self._build(self.backbone_kwargs_, load_teacher=False)
+        load_tensors(model, tensors, "reverse-distillation")
+        self.model_ = model.eval()
+
+
+@register("reverse_distillation_convnext", kind="detector")
+class ReverseDistillationConvNeXtDetector(ReverseDistillationDetector):
+    """RD with a ConvNeXt teacher; defaults chosen from the measurements in docs/detection_kd.md."""
+
+    def __init__(self, backbone: str = "wafer_convnext", pretrained: str | None = "wafer",
+                 layers: Sequence[str] = ("stage1", "stage2", "stage3"), style: str = "convnext",
+                 n_blocks: int = 2, feature_norm: str = "channel", input_size: int = 64, epochs: int = 30,
+                 train_batch_size: int = 16, lr: float = 0.001, betas: Sequence[float] = (0.9, 0.999),
+                 weight_decay: float = 0.0, augment: bool = True, smoothing_sigma: float = 4.0,
+                 batch_size: int = 256, seed: int = 0, verbose: bool = True):
+        super().__init__(backbone, pretrained, layers, style, n_blocks, feature_norm, input_size, epochs,
+                         train_batch_size, lr, betas, weight_decay, augment, smoothing_sigma, batch_size, seed, verbose)

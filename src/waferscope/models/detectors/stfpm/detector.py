@@ -1,0 +1,132 @@
+"""STFPM detector: fit on normal maps, score → image scores and anomaly maps at input resolution.
+
+Defaults: the shipped wafer-domain ResNet-18 (``wafer_resnet18``, half width, small-input stem) as
+teacher, layers 1–3, product fusion (paper), SGD(lr 0.4, momentum 0.9, wd 1e-4) as in the paper,
+64×64 input (layer1–3 maps of 16/8/4 cells).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from waferscope.errors import ConfigError
+from waferscope.models.backbones import FeatureExtractor, create_backbone, wafer_weights_info
+from waferscope.models.detectors.common import (TorchDetector, dataset_to_input, fit_loop, seed_everything,
+                                                training_normals)
+from waferscope.models.detectors.stfpm.anomaly_map import FUSIONS
+from waferscope.models.detectors.stfpm.loss import stfpm_loss
+from waferscope.models.detectors.stfpm.torch_model import STFPMModel
+from waferscope.registry import register
+
+
+def backbone_kwargs(name: str, pretrained) -> dict:
+    """Construction kwargs of a backbone (those recorded beside shipped wafer weights, if used)."""
+    return dict(wafer_weights_info(name).get("kwargs", {})) if pretrained in (True, "wafer") else {}
+
+
+def build_backbone(name: str, pretrained, kwargs: dict | None = None, load: bool = True) -> torch.nn.Module:
+    """The backbone, with its pretrained weights when ``load`` (a reloaded run restores them itself)."""
+    kwargs = backbone_kwargs(name, pretrained) if kwargs is None else kwargs
+    if load and pretrained not in (None, False, "", "none"):
+        return create_backbone(name, pretrained=pretrained, **kwargs)
+    return create_backbone(name, **kwargs)
+
+
+def feature_pyramid(backbone: torch.nn.Module, layers: Sequence[str], frozen: bool) -> torch.nn.Module:
+    """A module returning the list of the named layers' maps."""
+
+    class Pyramid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.extractor = FeatureExtractor(backbone, layers=list(layers), frozen=frozen)
+
+        def forward(self, x):
+            return list(self.extractor(x).values())
+
+    return Pyramid()
+
+
+def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    from waferscope.errors import RunDirError
+
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise RunDirError(f"weights do not fit this {where} configuration ({str(exc).splitlines()[0][:200]})") from None
+
+
+@register("stfpm", kind="detector")
+class STFPMDetector(TorchDetector):
+    def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
+                 layers: Sequence[str] = ("layer1", "layer2", "layer3"), fusion: str = "product",
+                 input_size: int = 64, epochs: int = 30, train_batch_size: int = 32, optimizer: str = "sgd",
+                 lr: float = 0.4, momentum: float = 0.9, weight_decay: float = 1e-4, augment: bool = True,
+                 smoothing_sigma: float = 0.0, batch_size: int = 256, seed: int = 0, verbose: bool = True):
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.layers = layers
+        self.fusion = fusion
+        self.input_size = input_size
+        self.epochs = epochs
+        self.train_batch_size = train_batch_size
+        self.optimizer = optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.augment = augment
+        self.smoothing_sigma = smoothing_sigma
+        self.batch_size = batch_size
+        self.seed = seed
+        self.verbose = verbose
+
+    def _build(self, kwargs: dict, load_teacher: bool) -> STFPMModel:
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
+        teacher = build_backbone(self.backbone, self.pretrained, kwargs, load=load_teacher)
+        student = build_backbone(self.backbone, None, kwargs)  # same architecture, random init
+        return STFPMModel(feature_pyramid(teacher, self.layers, frozen=True),
+                          feature_pyramid(student, self.layers, frozen=False), self.fusion)
+
+    def fit(self, dataset, **kwargs) -> "STFPMDetector":
+        normals = training_normals(dataset)
+        seed_everything(self.seed)
+        arch = backbone_kwargs(self.backbone, self.pretrained)
+        model = self._build(arch, load_teacher=True)
+        inputs = dataset_to_input(normals, int(self.input_size))
+        params = [p for p in model.student.parameters() if p.requires_grad]
+        if self.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        elif self.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
+
+        def step(x: torch.Tensor) -> torch.Tensor:
+            return stfpm_loss(*model.features(x))
+
+        self.loss_history_ = fit_loop(params, step, inputs, epochs=int(self.epochs), batch_size=int(self.train_batch_size),
+                                      lr=self.lr, seed=self.seed, augment=self.augment, optimizer=opt,
+                                      desc="fit stfpm", verbose=bool(self.verbose), modules=[model])
+        self.backbone_kwargs_ = arch
+        self.model_ = model.eval()
+        return self
+
+    def _predict_batch(self, x: torch.Tensor):
+        return None, self.model_(x)
+
+    def _state(self):
+        return state_tensors(self.model_), {"backbone_kwargs": self.backbone_kwargs_, "loss_history": self.loss_history_}
+
+    def _load_state(self, tensors, extras) -> None:
+        self.backbone_kwargs_ = dict(extras.get("backbone_kwargs", {}))
+        self.loss_history_ = list(extras.get("loss_history", []))
+        model = self._build(self.backbone_kwargs_, load_teacher=False)
+        load_tensors(model, tensors, "STFPM")
+        self.model_ = model.eval()
