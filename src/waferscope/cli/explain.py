@@ -1,9 +1,98 @@
-"""`waferscope explain` command(s)."""
+"""`waferscope explain` and `waferscope atlas`."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's top-level command(s) to the main app."""
+    app.command("explain")(explain_cmd)
+    app.command("atlas")(atlas_cmd)
+
+
+def _load_classifier(run: Optional[Path]):
+    if run is None:
+        from waferscope.models.classifiers import load_default
+
+        return load_default()
+    from waferscope.base import load_run
+
+    return load_run(run, kind="classifier")
+
+
+def explain_cmd(
+    data: str = typer.Option(..., "--data", help="Data spec: a file/folder load() reads, or synthetic:n=…,seed=…"),
+    out: Path = typer.Option(..., "--out", help="Output folder"),
+    run: Optional[Path] = typer.Option(None, "--run", help="Classifier run directory (default: the bundled model)"),
+    method: str = typer.Option("gradcam", "--method", help="gradcam or gradcam++"),
+    denoise: bool = typer.Option(False, "--denoise", help="Also write Grad-CAM-denoised maps (canonical Parquet)"),
+    threshold: str = typer.Option("otsu", "--threshold", help="Denoising relevance threshold: otsu or a quantile like 0.8"),
+    target_layer: Optional[str] = typer.Option(None, "--target-layer", help="Conv layer name (default: chosen automatically)"),
+    max_pictures: int = typer.Option(24, "--max-pictures", help="Overlay PNGs to draw (one per wafer; a montage beyond 8)"),
+) -> None:
+    """Grad-CAM heat maps for a classifier's decisions: overlay PNGs, localisation scores, denoised maps."""
+    import waferscope.data as wd
+    from waferscope import explain as ex
+
+    clf = _load_classifier(run)
+    dataset = wd.load(data)
+    thr: str | float = threshold if threshold == "otsu" else float(threshold)
+    exp = ex.explain(clf, dataset, method=method, target_layer=target_layer)
+    out.mkdir(parents=True, exist_ok=True)
+    denoised = ex.denoise(dataset, exp, thr) if denoise and dataset.kind == "wafer" else None
+    n_pics = min(max_pictures, len(dataset))
+    if n_pics <= 8:
+        for i in range(n_pics):
+            ex.overlay_figure(dataset, exp, [i], out / f"{dataset.ids[i]}.png", denoised)
+    elif n_pics:
+        idx = list(range(n_pics))
+        for k in range(0, n_pics, 8):
+            ex.overlay_figure(dataset, exp, idx[k:k + 8], out / f"overlays_{k // 8:03d}.png", denoised)
+    summary = {"method": method, "target_layer": exp.target_layer, "wafers": len(dataset)}
+    if dataset.masks is not None and any(k is not None for k in dataset.masks):
+        table = ex.localisation_table(exp.heat, dataset)
+        _write_csv(table, out / "localisation.csv")
+        per_class = ex.summarise_localisation(table)
+        _write_csv(per_class, out / "localisation_per_class.csv")
+        summary["localisation_per_class"] = per_class.to_dict(orient="records")
+        if dataset.kind == "wafer":
+            dn = ex.denoising_table(dataset, exp, thr)
+            if not dn.empty:
+                _write_csv(dn, out / "denoising.csv")
+                summary["denoising_f1"] = dn.groupby("method")["f1"].mean().round(4).to_dict()
+    if denoised is not None:
+        from waferscope.data.io_parquet import write_parquet
+
+        write_parquet(denoised, out / "denoised.parquet")
+    from waferscope.utils import atomic_path
+
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
+    typer.echo(f"explained {len(dataset)} wafers with {method} (layer {exp.target_layer}) → {out}")
+
+
+def atlas_cmd(
+    data: str = typer.Option(..., "--data", help="Data spec with labelled wafer maps"),
+    out: Path = typer.Option(..., "--out", help="Output folder"),
+    size: int = typer.Option(48, "--size", help="Grid of normalised wafer coordinates"),
+) -> None:
+    """Per-class map of where failing dies concentrate (atlas.png and atlas.csv)."""
+    import waferscope.data as wd
+    from waferscope.explain import build_atlas, plot_atlas
+
+    atlas = build_atlas(wd.load(data), size=size)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_atlas(atlas, out / "atlas.png")
+    _write_csv(atlas.to_frame(), out / "atlas.csv")
+    typer.echo(f"atlas of {int(atlas.counts.sum())} wafers, {len(atlas.classes)} classes → {out}")
+
+
+def _write_csv(frame, path: Path) -> None:
+    from waferscope.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)

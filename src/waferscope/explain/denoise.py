@@ -3,7 +3,9 @@
 Three methods, compared in ``docs/explain.md`` against the synthetic ground-truth masks:
 
 - ``gradcam``: keep failing dies where the Grad-CAM heat map (at die resolution) is relevant —
-  above the Otsu threshold of the heat map over the wafer's dies (default), or above a quantile.
+  above the Otsu threshold of the heat values of the wafer's failing dies (default), or above a
+  quantile of them. The threshold is taken over failing dies because that is the choice being
+  made: which fails belong to the pattern.
   This is seed 002's "Grad-CAM denoising".
 - ``median``: a 3×3 median filter of the fail indicator on the wafer (the classic baseline).
 - ``components``: drop connected components of failing dies smaller than ``min_size`` dies.
@@ -20,13 +22,13 @@ from waferscope.data.classes import FAIL, PASS
 from waferscope.errors import ConfigError
 
 
-def relevance_threshold(heat: np.ndarray, on_wafer: np.ndarray, threshold: str | float = "otsu") -> float:
+def relevance_threshold(heat: np.ndarray, candidates: np.ndarray, threshold: str | float = "otsu") -> float:
     """The heat value above which a die counts as relevant.
 
-    ``"otsu"`` splits the heat values of the wafer's dies in two by Otsu's method; a float q in
-    (0, 1) keeps the top (1 − q) share of dies; ``"q0.8"`` is the same as 0.8.
+    ``"otsu"`` splits the heat values of the candidate dies in two by Otsu's method; a float q in
+    (0, 1) keeps the top (1 − q) share of them; ``"q0.8"`` is the same as 0.8.
     """
-    vals = heat[on_wafer]
+    vals = heat[candidates]
     if vals.size == 0 or np.ptp(vals) == 0:
         return float(vals.max(initial=0.0))
     if threshold == "otsu":
@@ -41,8 +43,8 @@ def relevance_threshold(heat: np.ndarray, on_wafer: np.ndarray, threshold: str |
 
 def denoise_gradcam(wafer: np.ndarray, heat: np.ndarray, threshold: str | float = "otsu") -> np.ndarray:
     """Keep failing dies whose heat ≥ the relevance threshold; others become pass."""
-    on = wafer > 0
-    keep = heat >= relevance_threshold(heat, on, threshold)
+    fails = wafer == FAIL
+    keep = heat >= relevance_threshold(heat, fails, threshold)
     out = wafer.copy()
     out[(wafer == FAIL) & ~keep] = PASS
     return out

@@ -1,9 +1,10 @@
-"""Grad-CAM (Selvaraju et al. 2017) and Grad-CAM++ (Chattopadhay et al. 2018), batched.
+"""Grad-CAM (Selvaraju et al. 2017), Grad-CAM++ (Chattopadhay et al. 2018) and LayerCAM
+(Jiang et al. 2021), batched.
 
 Both weight the activations ``A`` of a convolutional layer by the gradient of the class score:
 Grad-CAM with the spatial mean of the gradient, Grad-CAM++ with pixel-wise weights that favour
 the positive gradients of every instance of a pattern (several blobs of a Loc wafer, the arms of
-a Scratch). The target layer defaults to the last convolution whose output still has a spatial
+a Scratch), LayerCAM with the positive gradient at every position (finer maps from shallower layers). The target layer defaults to the last convolution whose output still has a spatial
 extent of at least 4×4: on 48–64 px wafer inputs the deepest layer is often 2×2 or 4×4, too
 coarse to point at a die.
 """
@@ -19,7 +20,7 @@ from torch import nn
 
 from waferscope.errors import ConfigError
 
-METHODS = ("gradcam", "gradcam++")
+METHODS = ("gradcam", "gradcam++", "layercam")
 
 
 def conv_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
@@ -86,6 +87,8 @@ class GradCAM:
         acts = store["a"].detach()
         if self.method == "gradcam":
             weights = grads.mean(dim=(2, 3), keepdim=True)
+        elif self.method == "layercam":
+            weights = F.relu(grads)
         else:  # Grad-CAM++ with the exponential-score closed form (eq. 19 of the paper)
             g2, g3 = grads.pow(2), grads.pow(3)
             denom = 2 * g2 + (acts * g3).sum(dim=(2, 3), keepdim=True)
