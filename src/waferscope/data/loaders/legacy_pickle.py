@@ -144,8 +144,25 @@ class _Reduce:
         self.func, self.args = func, args
 
 
+class _Fresh(tuple):
+    """A tuple made on the fly by a __reduce__ (an array's state, its shape). Python 2's cPickle did
+    not memoise objects with a reference count below 2, so these (and the data strings inside)
+    never entered the memo: an unpickler frees them as soon as the array is built."""
+
+
 class _LegacyPickler(pickle._Pickler):  # the Python pickler: its dispatch table can be extended
     dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_fresh_tuple(self, obj: _Fresh):
+        if len(obj) <= 3:
+            for item in obj:
+                self.save(item)
+            self.write((pickle.EMPTY_TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3)[len(obj)])
+            return
+        self.write(pickle.MARK)
+        for item in obj:
+            self.save(item)
+        self.write(pickle.TUPLE)
 
     def save_global_ref(self, obj: _Global, name=None):
         key = (obj.module, obj.name)
@@ -182,6 +199,7 @@ class _LegacyPickler(pickle._Pickler):  # the Python pickler: its dispatch table
         except UnicodeEncodeError:
             pickle._Pickler.save_str(self, obj)
 
+    dispatch[_Fresh] = save_fresh_tuple
     dispatch[_Global] = save_global_ref
     dispatch[_NewObj] = save_newobj
     dispatch[_Reduce] = save_reduce_ref
@@ -189,17 +207,30 @@ class _LegacyPickler(pickle._Pickler):  # the Python pickler: its dispatch table
     dispatch[str] = save_py2_text
 
 
+_DTYPES: dict = {}
+
+
+def _legacy_dtype(dtype: np.dtype) -> "_Build":
+    # One object per dtype, as the pickler memoised numpy's shared dtype instances (BINGET after the first).
+    if dtype not in _DTYPES:
+        _, args, state = dtype.__reduce__()
+        _DTYPES[dtype] = _Build(_Reduce(_Global("numpy", "dtype"), args), state)
+    return _DTYPES[dtype]
+
+
 def _legacy_array(arr: np.ndarray) -> _Reduce | _NewObj:
     """ndarray the way numpy 1.x under Python 2 pickled it (numpy.core.multiarray._reconstruct)."""
     arr = np.asarray(arr)
-    new = _Reduce(_Global("numpy.core.multiarray", "_reconstruct"), (_Global("numpy", "ndarray"), (0,), b"b"))
-    _, dtype_args, dtype_state = arr.dtype.__reduce__()
-    descr = _Reduce(_Global("numpy", "dtype"), dtype_args)
+    descr = _legacy_dtype(arr.dtype)
     if arr.dtype.kind == "O":
         data: Any = [_legacy_value(v) for v in arr.ravel(order="C")]
     else:
         data = np.ascontiguousarray(arr).tobytes()
-    return _Build(new, (1, arr.shape, _Build(descr, dtype_state), False, data))
+    return _Build(_Reduce(_RECONSTRUCT, _EMPTY_ARRAY_ARGS), _Fresh((1, _Fresh(arr.shape), descr, False, data)))
+
+
+_RECONSTRUCT = _Global("numpy.core.multiarray", "_reconstruct")
+_EMPTY_ARRAY_ARGS = (_Global("numpy", "ndarray"), (0,), b"b")
 
 
 class _Build:  # obj (a _Reduce) followed by BUILD(state)
@@ -211,6 +242,7 @@ def _save_build(self: _LegacyPickler, obj: _Build):
     self.save(obj.obj)
     self.save(obj.state)
     self.write(pickle.BUILD)
+    self.memoize(obj)  # a shared dtype is built once, then fetched (BINGET)
 
 
 _LegacyPickler.dispatch[_Build] = _save_build
