@@ -43,12 +43,23 @@ class _BlockManagerShim:
         return BlockManager.__new__(BlockManager, (), [], False)
 
 
+def _reconstructor(cls, base, state):
+    """copyreg._reconstructor (protocols 0/1) — routed through the BlockManager shim's __new__."""
+    if cls is _BlockManagerShim:
+        return cls.__new__(cls)
+    import copyreg
+
+    return copyreg._reconstructor(cls, base, state)
+
+
 class _FrozenNDArray(np.ndarray):
     """pandas < 0.25 pickled some index internals as FrozenNDArray, a read-only ndarray."""
 
 
-def legacy_location(module: str, name: str) -> tuple[str, str] | type:
-    """Today's (module, name) for a name an old pandas/numpy pickle refers to (or a shim class)."""
+def legacy_location(module: str, name: str) -> tuple[str, str] | Any:
+    """Today's (module, name) for a name an old pandas/numpy pickle refers to (or a shim)."""
+    if module in ("copyreg", "copy_reg") and name == "_reconstructor":
+        return _reconstructor
     if module.startswith("numpy.core"):  # numpy 2 moved numpy.core → numpy._core
         return "numpy._core" + module[len("numpy.core"):], name
     if name == "BlockManager" and module.startswith("pandas.core.internals"):
@@ -89,8 +100,13 @@ class LegacyUnpickler(pickle.Unpickler):
     allow-list of what may be constructed."""
 
     def find_class(self, module: str, name: str) -> Any:
+        import _compat_pickle  # Python 2 names (__builtin__, copy_reg) → Python 3, as fix_imports does
+
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         target = legacy_location(module, name)
-        if isinstance(target, type):
+        if not isinstance(target, tuple):
             return target
         module, name = target
         if not _allowed_name(module, name):

@@ -17,6 +17,7 @@ written — never two copies of the whole set.
 
 from __future__ import annotations
 
+import io
 import pickle
 import warnings
 from pathlib import Path
@@ -54,15 +55,39 @@ def warn_pickle_once(path: Path, importing: bool = False) -> None:
     warnings.warn(risk + advice, PickleCodeWarning, stacklevel=3)
 
 
-def read_lswmd_frame(path: str | Path, importing: bool = False) -> pd.DataFrame:
+PROGRESS_MIN_BYTES = 64 << 20  # show an unpickling progress bar for files above this size
+
+
+class _CountingReader(io.RawIOBase):
+    """A raw file that advances a progress bar. Wrapped in a 1 MB BufferedReader, so the C
+    unpickler calls back into Python once per megabyte, not once per opcode."""
+
+    def __init__(self, raw, bar):
+        self.raw, self.bar = raw, bar
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.raw.readinto(b)
+        self.bar.update(n or 0)
+        return n
+
+
+def read_lswmd_frame(path: str | Path, importing: bool = False, progress: bool | None = None) -> pd.DataFrame:
     """Unpickle the DataFrame (legacy module names shimmed) or raise one clear DataError."""
+    from tqdm import tqdm
+
     from waferscope.data.loaders.legacy_pickle import RefusedGlobal, load_legacy_pickle
 
     path = Path(path)
     warn_pickle_once(path, importing)
+    size = path.stat().st_size
+    show = size >= PROGRESS_MIN_BYTES if progress is None else progress
     try:
-        with open(path, "rb") as f:
-            obj = load_legacy_pickle(f)
+        with open(path, "rb", buffering=0) as raw, tqdm(total=size, unit="B", unit_scale=True, disable=not show,
+                                                      desc=f"unpickle {path.name}", mininterval=0.5) as bar:
+            obj = load_legacy_pickle(io.BufferedReader(_CountingReader(raw, bar), buffer_size=1 << 20))
     except RefusedGlobal as exc:
         raise DataError(str(exc), path) from None
     except (EOFError, pickle.UnpicklingError) as exc:
