@@ -345,3 +345,73 @@ def test_mvtec_without_train_good(tmp_path):
 def test_mvtec_mask_of_wrong_size(tmp_path):
     with pytest.raises(DataError, match=r"000_mask.png: mask is 8×8 but its image is 16×20"):
         load(_mvtec(tmp_path / "bottle", mask_shape=(8, 8)))
+
+
+# ---- more pickle layouts ------------------------------------------------------------------------
+def test_legacy_pickle_with_range_index(tmp_path):
+    df = lswmd_frame().reset_index(drop=True)
+    raw = dumps_legacy_dataframe(df)
+    assert b"pandas.indexes.range" in raw
+    path = tmp_path / "r.pkl"
+    path.write_bytes(raw)
+    assert list(load(path).meta["id"]) == [f"r-{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_modern_pickles_of_any_protocol(tmp_path, protocol):
+    df = lswmd_frame()
+    path = tmp_path / "m.pkl"
+    path.write_bytes(pickle.dumps(df, protocol=protocol))
+    ds = load(path)
+    assert list(ds.labels) == ["Loc", "none", "Edge-Ring", "", "Center", "Near-full"]
+
+
+def test_pickle_of_something_else(tmp_path):
+    path = tmp_path / "list.pkl"
+    path.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(DataError, match="list.pkl: expected a pickled pandas DataFrame"):
+        load(path)
+
+
+# ---- misc formats -------------------------------------------------------------------------------
+def test_npy_stack_and_single_map(tmp_path):
+    rng = np.random.default_rng(8)
+    stack = np.stack([_disc_map(20, 20, rng) for _ in range(3)])
+    np.save(tmp_path / "s.npy", stack)
+    np.save(tmp_path / "one.npy", stack[0])
+    assert len(load(tmp_path / "s.npy")) == 3 and set(load(tmp_path / "s.npy").labels) == {""}
+    assert np.array_equal(load(tmp_path / "one.npy").maps[0], stack[0])
+
+
+def test_parquet_without_waferscope_columns(tmp_path):
+    path = tmp_path / "other.parquet"
+    pd.DataFrame({"a": [1, 2]}).to_parquet(path)
+    with pytest.raises(DataError, match="other.parquet: not a waferscope Parquet file: missing column"):
+        load(path)
+
+
+def test_npz_of_unknown_layout(tmp_path):
+    path = tmp_path / "u.npz"
+    np.savez(path, foo=np.zeros(3))
+    with pytest.raises(DataError, match="u.npz: unrecognised .npz layout"):
+        load(path)
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+def test_render_map_palette_and_scale():
+    from waferscope.data.render import PALETTE, render_map
+
+    m = np.array([[0, 1], [2, 1]], np.uint8)
+    rgb = render_map(m, scale=3)
+    assert rgb.shape == (6, 6, 3) and rgb.dtype == np.uint8
+    assert (rgb[0, 0] == PALETTE[0]).all() and (rgb[5, 0] == PALETTE[2]).all() and (rgb[0, 5] == PALETTE[1]).all()
+    assert len({tuple(c) for c in PALETTE}) == 3
+
+
+def test_montage_writes_a_png_and_no_temp(tiny_wafers, tmp_path):
+    from waferscope.data.render import montage_per_class
+
+    out = montage_per_class(tiny_wafers, tmp_path / "m.png", per_class=3)
+    assert out.read_bytes()[:4] == b"\x89PNG" and os.listdir(tmp_path) == ["m.png"]
+    with pytest.raises(DataError, match="output folder does not exist"):
+        montage_per_class(tiny_wafers, tmp_path / "missing" / "m.png")

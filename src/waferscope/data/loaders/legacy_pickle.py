@@ -273,6 +273,9 @@ def _legacy_value(v: Any) -> Any:
 
 
 def _legacy_index(index: pd.Index) -> _Reduce:
+    if isinstance(index, pd.RangeIndex):
+        d = {"start": index.start, "stop": index.stop, "step": index.step, "name": index.name}
+        return _Reduce(_Global("pandas.indexes.base", "_new_Index"), (_Global("pandas.indexes.range", "RangeIndex"), d))
     if index.dtype.kind in "iu":
         cls = _Global("pandas.indexes.numeric", "Int64Index")
         data = _legacy_array(index.to_numpy(dtype=np.int64))
