@@ -132,10 +132,11 @@ def _column(df: pd.DataFrame, name: str, default, n: int) -> np.ndarray:
 
 
 def iter_lswmd(path: str | Path, batch_size: int = 8192, frame: pd.DataFrame | None = None,
-               importing: bool = False) -> tuple[int, Iterator[WaferDataset]]:
-    """(row count, iterator of WaferDataset batches). Frees the source maps batch by batch."""
+               importing: bool = False, progress: bool | None = None) -> tuple[int, Iterator[WaferDataset]]:
+    """(row count, iterator of WaferDataset batches). Frees the source maps batch by batch.
+    ``progress``: unpickling progress bar (None = only for files over 64 MB)."""
     path = Path(path)
-    df = read_lswmd_frame(path, importing) if frame is None else frame
+    df = read_lswmd_frame(path, importing, progress) if frame is None else frame
     n = len(df)
     row_ids = df.index.to_numpy()
     maps_col = _column(df, MAP_COLUMN, None, n)

@@ -11,7 +11,7 @@ from waferscope.data.dataset import WaferDataset
 from waferscope.data.load import load, sniff_format
 
 
-def iter_batches(spec: str | Path, batch_size: int = 8192) -> tuple[int, Iterator[WaferDataset]]:
+def iter_batches(spec: str | Path, batch_size: int = 8192, progress: bool = True) -> tuple[int, Iterator[WaferDataset]]:
     """(total rows, batches). Pickles and Parquet files stream; other sources load then split."""
     spec_s = str(spec)
     if not spec_s.startswith("synthetic:"):
@@ -21,7 +21,7 @@ def iter_batches(spec: str | Path, batch_size: int = 8192) -> tuple[int, Iterato
             if fmt == "pickle":
                 from waferscope.data.loaders.lswmd import iter_lswmd
 
-                return iter_lswmd(path, batch_size, importing=True)
+                return iter_lswmd(path, batch_size, importing=True, progress=None if progress else False)
             if fmt == "parquet":
                 from waferscope.data.io_parquet import iter_parquet, parquet_count
 
@@ -41,7 +41,7 @@ def import_to_parquet(spec: str | Path, out: str | Path, batch_size: int = 8192,
 
     from waferscope.data.io_parquet import write_parquet
 
-    total, batches = iter_batches(spec, batch_size)
+    total, batches = iter_batches(spec, batch_size, progress)
     count = 0
     bar = tqdm(total=total, unit="map", desc=f"import {Path(str(spec)).name}", disable=not progress,
                file=None, dynamic_ncols=True, mininterval=0.5)
