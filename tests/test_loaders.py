@@ -415,3 +415,17 @@ def test_montage_writes_a_png_and_no_temp(tiny_wafers, tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG" and os.listdir(tmp_path) == ["m.png"]
     with pytest.raises(DataError, match="output folder does not exist"):
         montage_per_class(tiny_wafers, tmp_path / "missing" / "m.png")
+
+
+@pytest.mark.parametrize("module, name", [
+    ("pandas", "HDFStore"),  # a pandas class, but it creates files
+    ("numpy", "memmap"),  # a numpy array class that creates files
+    ("pandas.core.frame", "np.lib"),  # dotted names walk attributes to anywhere
+    ("builtins", "eval"),
+    ("pandas.io.pickle", "read_pickle"),
+])
+def test_unpickler_refuses_non_data_names(module, name):
+    from waferscope.data.loaders.legacy_pickle import LegacyUnpickler, RefusedGlobal
+
+    with pytest.raises(RefusedGlobal, match="refusing to load"):
+        LegacyUnpickler(io.BytesIO(b"")).find_class(module, name)

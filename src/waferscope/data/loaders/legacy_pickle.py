@@ -120,23 +120,39 @@ class LegacyUnpickler(pickle.Unpickler):
 
 
 def _allowed_name(module: str, name: str) -> bool:
+    if "." in name:  # protocol 4 resolves dotted names attribute by attribute: no detours
+        return False
     if module == "builtins":
         return name in _SAFE_BUILTINS
     if (module, name) in _SAFE_EXACT:
         return True
     if module == "numpy" or module.startswith(("numpy._core", "numpy.dtypes")):
         return True  # decided on the object below
-    if module == "pandas" or module.startswith(_PANDAS_MODULES):
-        return ".io" not in module
-    return False
+    return module == "pandas" or module.startswith(_PANDAS_MODULES)
+
+
+def _data_bases() -> tuple[type, ...]:
+    """Classes whose subclasses hold data and touch nothing outside the process."""
+    import pandas._libs.internals as libinternals
+    from pandas._libs.arrays import NDArrayBacked
+    from pandas._libs.tslibs import BaseOffset, NaTType, Period, Timedelta, Timestamp
+    from pandas.api.extensions import ExtensionArray, ExtensionDtype
+    from pandas.core.base import PandasObject
+
+    return (np.ndarray, np.dtype, np.generic, PandasObject, ExtensionDtype, ExtensionArray, NDArrayBacked,
+            libinternals.BlockManager, libinternals.Block, libinternals.BlockPlacement,
+            Timestamp, Timedelta, Period, BaseOffset, NaTType)
 
 
 def _allowed_object(module: str, name: str, obj: Any) -> bool:
     if module in ("builtins", "copyreg", "_codecs", "collections", "pyarrow.lib"):
-        return True
-    if isinstance(obj, type):  # data classes: arrays, dtypes, scalars, frames, indexes, blocks
-        return True
-    return name.startswith(_SAFE_FUNCTION_PREFIXES) or name in ("scalar", "new_block")
+        return True  # only the exact names allowed above get here
+    if isinstance(obj, type):
+        # Not every class pandas/numpy export is data: pd.HDFStore / pd.ExcelWriter / np.memmap open files.
+        return issubclass(obj, _data_bases()) and not issubclass(obj, np.memmap)
+    origin = getattr(obj, "__module__", "") or ""
+    return (origin.startswith(("numpy._core", "pandas._libs", "pandas.core"))
+            and (name.startswith(_SAFE_FUNCTION_PREFIXES) or name in ("scalar", "new_block")))
 
 
 def load_legacy_pickle(fileobj) -> Any:
