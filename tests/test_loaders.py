@@ -429,3 +429,17 @@ def test_unpickler_refuses_non_data_names(module, name):
 
     with pytest.raises(RefusedGlobal, match="refusing to load"):
         LegacyUnpickler(io.BytesIO(b"")).find_class(module, name)
+
+
+def test_png_with_two_unknown_colours_is_ambiguous(tmp_path):
+    from waferscope.data.loaders.folders import decode_png_map
+    from waferscope.data.render import save_png
+
+    m = (_disc_map(20, 20, np.random.default_rng(9)) > 0).astype(np.uint8)
+    path = save_png(np.array([[30, 60, 90], [200, 180, 20]], np.uint8)[m], tmp_path / "two.png")
+    with pytest.raises(DataError, match=r"two.png: ambiguous colours \(2: "):
+        decode_png_map(path)
+    # the same two states drawn in the waferscope palette are fine: no die + pass
+    from waferscope.data.render import render_map
+
+    assert np.array_equal(decode_png_map(save_png(render_map(m), tmp_path / "ok.png")), m)

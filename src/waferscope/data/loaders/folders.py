@@ -80,7 +80,10 @@ def decode_png_map(path: str | Path) -> np.ndarray:
             break
     if state_of_colour is None:
         shown = ", ".join(f"#{r:02x}{g:02x}{b:02x}" for r, g, b in colours[:6]) + (" …" if len(colours) > 6 else "")
-        if len(colours) != 3:
+        if len(colours) < 3:
+            raise DataError(f"ambiguous colours ({len(colours)}: {shown}): they match no known palette, and with "
+                            "fewer than 3 colours their die states cannot be told by brightness", path)
+        if len(colours) > 3:
             raise DataError(f"unknown colours ({len(colours)}: {shown}); a rendered wafer map uses the waferscope "
                             "palette, grey 0/127/255, viridis, or exactly 3 colours (darkest = no die, "
                             "brightest = fail)", path)
