@@ -7,8 +7,9 @@ bash scripts/setup.sh
 OUT=${1:-out/quickstart}
 mkdir -p "$OUT"
 waferscope data generate --n 2000 --seed 0 --out "$OUT/synthetic.parquet"
-waferscope data import ../shared/data/wm811k/LSWMD_sample.pkl --out "$OUT/lswmd_sample.parquet" 2>/dev/null \
-  || waferscope data import "$(pwd)/../shared/data/wm811k/wm811k_dev.npz" --out "$OUT/dev.parquet"
+if [ -f ../shared/data/wm811k/wm811k_dev.npz ]; then
+  waferscope data import ../shared/data/wm811k/wm811k_dev.npz --out "$OUT/wm811k_dev.parquet"
+fi
 waferscope data info "$OUT/synthetic.parquet"
 waferscope data show "$OUT/synthetic.parquet" --out "$OUT/synthetic_montage.png"
 echo "wrote $OUT"
