@@ -1,0 +1,257 @@
+"""Training glue shared by every PyTorch classifier: data → tensors, training loop, persistence.
+
+A subclass provides only :meth:`TorchClassifier.build_network` ``(in_chans, n_classes) → nn.Module``.
+Everything else is here:
+
+- preprocessing: nearest resize to ``size``×``size`` then ``encoding`` (``onehot3`` by default: the
+  3-channel no-die / pass / fail input every backbone accepts); both are constructor params, so a
+  saved run reproduces its own preprocessing;
+- training: AdamW with a cosine learning-rate decay, class-imbalance handling (``imbalance``:
+  ``"loss"`` = class-weighted cross-entropy, ``"sampler"`` = class-balanced sampling, ``"none"``),
+  random rotation/flip augmentation (a wafer pattern's class does not change under the 8 symmetries
+  of the square), early stopping on the macro-F1 of a seeded stratified validation split with the
+  best epoch's weights restored;
+- determinism: one ``seed`` drives the split, the batch order, the augmentation and the initial
+  weights;
+- persistence: the network's ``state_dict`` goes to ``weights.safetensors`` (keys ``network.*``).
+
+Hooks for subclasses that change the objective (knowledge distillation, semi-supervised...):
+``fit(dataset, **kwargs)`` stores ``kwargs`` in ``self._fit_kwargs`` before training,
+:meth:`_loss` ``(logits, targets, batch_x)`` computes the training loss of one batch, and
+:meth:`_train_batches` yields ``(batch_x, targets)``. ``network_`` is the fitted ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from typing import Iterator
+
+import numpy as np
+
+from waferscope.base import Classifier
+from waferscope.data.classes import CLASSES, UNLABELLED
+from waferscope.data.preprocess import augment_dihedral, channels, encode, encode_images, resize_maps, stratified_split
+from waferscope.errors import DataError, RunDirError
+
+IMBALANCE_MODES = ("loss", "sampler", "none")
+
+
+def label_order(labels: np.ndarray) -> list[str]:
+    """The classes a model learns: the labels seen, in WM-811K order when they are WM-811K names."""
+    seen = sorted(set(np.asarray(labels, dtype=str).tolist()) - {UNLABELLED})
+    if set(seen) <= set(CLASSES):
+        return [c for c in CLASSES if c in seen]
+    return seen
+
+
+def labelled_for_training(dataset, who: str = "classifier"):
+    """The labelled part of a data set; unlabelled maps are skipped with a note on stderr."""
+    n_unlabelled = int((~dataset.is_labelled).sum())
+    if n_unlabelled:
+        print(f"note: {who}: skipping {n_unlabelled} unlabelled map(s) of {len(dataset)}", file=sys.stderr)
+        dataset = dataset.labelled()
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.name}: no labelled maps to train on")
+    return dataset
+
+
+class TorchClassifier(Classifier):
+    """Base of the PyTorch classifiers; see the module docstring."""
+
+    def __init__(self, size: int = 64, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
+                 lr: float = 2e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
+                 val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True):
+        self.size = size
+        self.encoding = encoding
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.imbalance = imbalance
+        self.augment = augment
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.seed = seed
+        self.progress = progress
+
+    # ---- what subclasses provide -----------------------------------------------------------------
+    def build_network(self, in_chans: int, n_classes: int):
+        raise NotImplementedError
+
+    # ---- preprocessing ---------------------------------------------------------------------------
+    def _in_chans(self, kind: str = "wafer") -> int:
+        return 3 if kind == "image" else channels(self.encoding)
+
+    def resize(self, dataset) -> np.ndarray:
+        """(N, size, size) uint8 die states (or (N, size, size[, C]) uint8 pixels for images)."""
+        return resize_maps(dataset.maps, int(self.size))
+
+    def encode_batch(self, batch: np.ndarray, kind: str = "wafer"):
+        """A resized uint8 batch → the float32 network input tensor (N, C, size, size)."""
+        import torch
+
+        if kind == "image":
+            x = encode_images(batch)
+            if x.shape[1] == 1:  # grey images: replicate to the 3 channels pretrained backbones expect
+                x = np.repeat(x, 3, axis=1)
+            return torch.from_numpy(x)
+        return torch.from_numpy(encode(batch, self.encoding))
+
+    def to_tensor(self, dataset):
+        """The whole data set as network input (for explanations and exports)."""
+        return self.encode_batch(self.resize(dataset), dataset.kind)
+
+    # ---- training --------------------------------------------------------------------------------
+    def _class_weights(self, y: np.ndarray, n_classes: int) -> np.ndarray:
+        counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+        w = np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
+        return w.astype(np.float32)
+
+    def _loss(self, logits, targets, batch_x):
+        """The training loss of one batch (subclasses add terms, e.g. a distillation term on batch_x)."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits, targets, weight=self._loss_weight)
+
+    def _train_batches(self, x_u8: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+                       kind: str) -> Iterator[tuple]:
+        """One epoch of (encoded batch, targets); balanced draws when imbalance == "sampler"."""
+        import torch
+
+        n = len(y)
+        if self.imbalance == "sampler":
+            p = self._class_weights(y, len(self.classes_))[y].astype(np.float64)
+            order = rng.choice(n, size=n, replace=True, p=p / p.sum())
+        else:
+            order = rng.permutation(n)
+        bs = int(self.batch_size)
+        for start in range(0, n, bs):
+            idx = order[start:start + bs]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            xb = x_u8[idx]
+            if self.augment:
+                xb = augment_dihedral(xb, rng, axes=(1, 2))
+            yield self.encode_batch(xb, kind), torch.from_numpy(y[idx].astype(np.int64))
+
+    def fit(self, dataset, **kwargs) -> "TorchClassifier":
+        import torch
+        from tqdm.auto import tqdm
+
+        from waferscope.metrics.classification import macro_f1
+
+        if self.imbalance not in IMBALANCE_MODES:
+            raise ValueError(f"imbalance must be one of {IMBALANCE_MODES}, got {self.imbalance!r}")
+        self._fit_kwargs = kwargs
+        dataset = labelled_for_training(dataset, type(self).__name__)
+        classes = label_order(dataset.labels)
+        index = {c: i for i, c in enumerate(classes)}
+        y_all = np.array([index[c] for c in dataset.labels.astype(str)], dtype=np.int64)
+        x_all = self.resize(dataset)
+        kind = dataset.kind
+
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        use_val = self.val_fraction > 0 and len(y_all) >= 5 * len(classes)
+        if use_val:
+            tr, va = stratified_split(dataset.labels.astype(str), test_size=self.val_fraction, seed=self.seed)
+        else:
+            tr, va = np.arange(len(y_all)), np.arange(0)
+        x_tr, y_tr = x_all[tr], y_all[tr]
+
+        self.classes_ = list(classes)
+        self.in_chans_ = self._in_chans(kind)
+        net = self.build_network(self.in_chans_, len(classes))
+        self._loss_weight = (torch.from_numpy(self._class_weights(y_tr, len(classes)))
+                             if self.imbalance == "loss" else None)
+        steps_per_epoch = max(1, len(y_tr) // int(self.batch_size) + 1)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.epochs * steps_per_epoch + 1,
+                                                    pct_start=0.15)
+        self.network_ = net
+        best = (-1.0, None, 0)  # (val macro-F1, state, epoch)
+        history = []
+        started = time.perf_counter()
+        bar = tqdm(range(self.epochs), desc=f"train {self.registry_name or type(self).__name__}",
+                   disable=not self.progress, file=sys.stderr, leave=False)
+        for epoch in bar:
+            net.train()
+            total, count = 0.0, 0
+            for xb, yb in self._train_batches(x_tr, y_tr, rng, kind):
+                opt.zero_grad(set_to_none=True)
+                loss = self._loss(net(xb), yb, xb)
+                loss.backward()
+                opt.step()
+                if sched.last_epoch < sched.total_steps - 1:
+                    sched.step()
+                total += float(loss.detach()) * len(yb)
+                count += len(yb)
+            entry = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+            if use_val:
+                pred = self._logits(x_all[va], kind).argmax(1).numpy()
+                score = macro_f1(y_all[va].astype(str), pred.astype(str))
+                entry["val_macro_f1"] = score
+                if score > best[0]:
+                    best = (score, copy.deepcopy(net.state_dict()), epoch + 1)
+            history.append(entry)
+            bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "epoch"})
+            if use_val and epoch + 1 - best[2] >= self.patience:
+                break
+        bar.close()
+        if best[1] is not None:
+            net.load_state_dict(best[1])
+        net.eval()
+        self.history_ = history
+        self.best_epoch_ = best[2] if use_val else len(history)
+        self.train_seconds_ = time.perf_counter() - started
+        return self
+
+    # ---- inference -------------------------------------------------------------------------------
+    def _logits(self, x_u8: np.ndarray, kind: str = "wafer", batch_size: int = 1024):
+        import torch
+
+        net = self.network_
+        was_training = net.training
+        net.eval()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(x_u8), batch_size):
+                out.append(net(self.encode_batch(x_u8[start:start + batch_size], kind)))
+        net.train(was_training)
+        n_classes = len(self.classes_)
+        return torch.cat(out) if out else torch.zeros((0, n_classes))
+
+    def predict_proba(self, dataset) -> np.ndarray:
+        import torch
+
+        self._check_fitted()
+        logits = self._logits(self.resize(dataset), dataset.kind)
+        return torch.softmax(logits.float(), dim=1).numpy()
+
+    def n_parameters(self) -> int:
+        self._check_fitted()
+        return int(sum(p.numel() for p in self.network_.parameters()))
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def _state(self):
+        tensors = {f"network.{k}": v for k, v in self.network_.state_dict().items()}
+        extras = {"classes": list(self.classes_), "in_chans": int(self.in_chans_),
+                  "best_epoch": int(getattr(self, "best_epoch_", 0)), "history": getattr(self, "history_", [])}
+        return tensors, extras
+
+    def _load_state(self, tensors, extras) -> None:
+        self.classes_ = list(extras["classes"])
+        self.in_chans_ = int(extras["in_chans"])
+        self.best_epoch_ = int(extras.get("best_epoch", 0))
+        self.history_ = list(extras.get("history", []))
+        net = self.build_network(self.in_chans_, len(self.classes_))
+        state = {k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")}
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise RunDirError(f"the saved weights do not fit {type(self).__name__}({self.get_params()}): "
+                              f"{str(exc).splitlines()[0]}") from None
+        net.eval()
+        self.network_ = net
