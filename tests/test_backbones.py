@@ -102,7 +102,7 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_feature_extractor_shapes_and_frozen():
-    fe = FeatureExtractor(create_backbone("wafer_resnet18"), ("layer2", "layer3"))
+    fe = FeatureExtractor(create_backbone("wafer_resnet18", small_input=True), ("layer2", "layer3"))
     feats = fe(torch.zeros(2, 3, 64, 64))
     assert list(feats) == ["layer2", "layer3"]
     assert feats["layer2"].shape == (2, 64, 16, 16) and feats["layer3"].shape == (2, 128, 8, 8)
