@@ -175,8 +175,14 @@ def test_detection_end_to_end_with_kfold_threshold(tmp_path):
     cfg = write_config(tmp_path, "detection", datasets={
         "pair": {"train": "train.npz", "test": "test.npz"},
         "folds": {"data": "train.npz", "protocol": {"split": 0.4, "threshold_folds": 3}}})
-    run_benchmark(cfg, tmp_path / "d", report=False, log=lambda s: None)
+    run_benchmark(cfg, tmp_path / "d", report=True, log=lambda s: None)
     rows = quality_rows(tmp_path / "d")
+    page = (tmp_path / "d" / "index.html").read_text()
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert "data:image/png;base64," in page and "<script" not in page and "http" not in page.replace(
+        "http-equiv", "")  # self-contained: nothing fetched
+    assert manifest["config_sha256"] in page and manifest["datasets"]["pair"]["fingerprint"] in page
+    assert "Which method?" in page
     assert all(float(r["image_auroc"]) > 0.7 for r in rows), rows
     assert rows[0]["pixel_auroc"] == ""  # no ground-truth masks in these files
     assert any(r["image_f1_kfold_threshold"] for r in rows if r["dataset"] == "folds")

@@ -76,8 +76,10 @@ def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset,
         yt, yp = np.concatenate(y_true).astype(str), np.concatenate(y_pred).astype(str)
         from waferscope.data.classes import CLASSES
 
-        order = [c for c in CLASSES if c in set(classes) | set(yt)] + sorted(set(classes) | set(yt) - set(CLASSES))
+        seen = {str(c) for c in classes} | set(yt.tolist())
+        order = [c for c in CLASSES if c in seen] + sorted(seen - set(CLASSES))
         qual, art = Q.classification_quality(yt, yp, order)
+        art["examples"] = _classification_examples(config, est, tests[-1])
     else:
         result = _concat_results(results)
         qual, art = Q.detection_quality(result, test_all)
@@ -126,3 +128,28 @@ def _speed(config: BenchmarkConfig, est, test: WaferDataset, task: str) -> dict:
     batches = [test.subset(idx[i:i + bs]) for i in range(0, n, bs)]
     return {"latency_ms": round(lat, 3), "throughput_wps": round(measure.throughput(call, batches, n), 1),
             "speed_batch_size": bs, "speed_n": n}
+
+
+def _classification_examples(config: BenchmarkConfig, est, test: WaferDataset) -> list[dict]:
+    """The first test map of each class with the prediction, and a Grad-CAM map when the model is a
+    torch network and :mod:`waferscope.explain` is installed (else no overlay)."""
+    picks = [int(np.flatnonzero(test.labels == c)[0]) for c in sorted(set(test.labels.astype(str)))]
+    picks = picks[: config.examples]
+    if not picks:
+        return []
+    sub = test.subset(picks)
+    proba = np.asarray(est.predict_proba(sub))
+    cams = None
+    if config.gradcam and hasattr(est, "network_") and hasattr(est, "to_tensor"):
+        try:
+            from waferscope.explain.gradcam import GradCAM
+        except ImportError:
+            GradCAM = None
+        if GradCAM is not None:
+            cams, _ = GradCAM(est.network_)(est.to_tensor(sub), proba.argmax(1))
+    out = []
+    for j, i in enumerate(picks):
+        out.append({"index": i, "label": str(test.labels[i]), "pred": str(est.classes_[int(proba[j].argmax())]),
+                    "confidence": Q.rnd(proba[j].max()), "map": np.asarray(test.maps[i]).tolist(),
+                    "gradcam": None if cams is None else np.round(cams[j], 3).tolist()})
+    return out

@@ -26,11 +26,17 @@ def rnd(x) -> float | None:
 
 # ---- classification --------------------------------------------------------------------------
 def classification_quality(y_true, y_pred, classes) -> tuple[dict, dict]:
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    y_true, y_pred = np.asarray(y_true, dtype=str), np.asarray(y_pred, dtype=str)
+    classes = list(dict.fromkeys([str(c) for c in classes] + sorted(set(y_pred.tolist()) - set(map(str, classes)))))
     rep = _report(y_true, y_pred, classes)
     quality = {k: rnd(rep[k]) for k in CLASSIFICATION_COLUMNS}
-    present = set(np.asarray(y_true, dtype=str).tolist())
-    quality["per_class_f1"] = {c: rnd(v["f1"]) for c, v in rep["per_class"].items() if c in present}
-    artefacts = {"confusion": {"classes": rep["classes"], "matrix": rep["confusion_matrix"]}}
+    present = [c for c in classes if c in set(y_true.tolist())]
+    f1s = f1_score(y_true, y_pred, labels=present, average=None, zero_division=0)
+    quality["per_class_f1"] = {c: rnd(f) for c, f in zip(present, f1s)}
+    artefacts = {"confusion": {"classes": classes,
+                               "matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist()}}
     return quality, artefacts
 
 
@@ -88,9 +94,11 @@ def detection_quality(result: DetectionResult, test: WaferDataset) -> tuple[dict
         from waferscope.metrics.detection import evaluate_detection
 
         found = evaluate_detection(result, test)
-        for col in DETECTION_COLUMNS:
-            if col in found:
-                quality[col] = rnd(found[col])
+        names = {"image_auroc": "image_auroc", "image_aupr": "image_aupr", "image_f1": "f1",
+                 "pixel_auroc": "pixel_auroc", "pixel_aupro": "aupro"}
+        for col, key in names.items():
+            if key in found:
+                quality[col] = rnd(found[key])
     except ImportError:
         pass
     quality.setdefault("image_auroc", rnd(roc_auc_score(y, s)))

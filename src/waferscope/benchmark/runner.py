@@ -18,6 +18,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,13 +43,14 @@ def sha(obj) -> str:
 def cell_key(config: BenchmarkConfig, method, loaded: LoadedDataset, seed: int) -> str:
     return sha({"format": CACHE_FORMAT, "task": config.task, "model": method.model, "params": method.params,
                 "dataset": loaded.fingerprint, "protocol": loaded.spec.protocol(), "seed": seed,
-                "threads": config.threads, "examples": config.examples,
+                "threads": config.threads, "examples": config.examples, "gradcam": config.gradcam,
                 "speed": [config.speed_enabled, config.batch_size, config.speed_n, config.repeats]})
 
 
 def _write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
 
 
 def _log(msg: str) -> None:
@@ -175,7 +177,7 @@ def results_markdown(task: str, rows: list[dict], qcols: list[str], manifest: di
             v = r[c]
             if c == "size_bytes" and v is not None:
                 v = f"{v / 1024:.1f}"
-            vals.append(_fmt(v))
+            vals.append(_fmt(v) if c not in TIMING_COLUMNS else ("" if v is None else str(v)))
         lines.append("| " + " | ".join(vals) + " |")
     per_class = [c for c in qcols if c.startswith("f1[")]
     if per_class:

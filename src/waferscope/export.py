@@ -1,0 +1,368 @@
+"""Deployment: export a trained classifier or detector to ONNX (optionally INT8) and run it with
+onnxruntime.
+
+The exported graph starts after the resize: its input ``maps`` is an (N, S, S) ``uint8`` batch of
+die states (0 no die, 1 pass, 2 fail) at the model's input size S, so a deployment only needs the
+nearest-neighbour resize (:func:`waferscope.data.preprocess.resize_maps`). Inside the graph:
+
+- classifiers: one-hot encoding (the model's ``encoding``) → network → softmax → ``probabilities``
+  (N, n_classes) over the classes stored in the model's metadata;
+- detectors: ``onehot3`` → the detector's ``_predict_batch`` (networks, memory-bank distances...) →
+  bilinear upsampling to S×S, Gaussian smoothing, off-wafer pixels set to 0 → ``scores`` (N,) and
+  ``anomaly_maps`` (N, S, S), exactly what :class:`~waferscope.models.detectors.common.TorchDetector` does.
+
+A model can override the generic wrapping with an ``export_module()`` method returning an
+``nn.Module`` from the encoded float input to the same outputs.
+
+INT8 (``quantize(..., mode="static")``) quantizes the convolutions (weights per channel, activations
+calibrated on real or synthetic maps) as QDQ nodes with onnxruntime.quantization; ``mode="dynamic"``
+quantizes Conv/MatMul/Gemm weights and computes activation ranges on the fly.
+docs/benchmark.md records the measured speed-up and the change in scores and accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from waferscope.base import DetectionResult, load_run
+from waferscope.errors import ConfigError, RunDirError, WaferscopeError
+
+META_KEY = "waferscope"
+OPSET = 17
+FIXED_BATCH = 16
+
+
+class ExportError(WaferscopeError):
+    """A model that cannot be exported (not a torch model, images instead of wafer maps...)."""
+
+
+# ---- graph construction -----------------------------------------------------------------------
+def _onehot(x, encoding: str):
+    import torch
+
+    if encoding == "onehot3":
+        return torch.stack([x == 0, x == 1, x == 2], dim=1).to(torch.float32)
+    if encoding == "onehot":
+        return torch.stack([x == 1, x == 2], dim=1).to(torch.float32)
+    if encoding == "single":
+        return (x.to(torch.float32) / 2.0)[:, None]
+    raise ExportError(f"unknown encoding {encoding!r}")
+
+
+def input_size(est) -> int:
+    for name in ("input_size", "size"):
+        if isinstance(getattr(est, name, None), int):
+            return int(getattr(est, name))
+    raise ExportError(f"{type(est).__name__} has no integer input size (size / input_size)")
+
+
+def _module(est):
+    import torch
+    from torch import nn
+
+    size = input_size(est)
+    custom = est.export_module() if hasattr(est, "export_module") else None
+
+    if est.registry_kind == "classifier":
+        encoding = getattr(est, "encoding", "onehot3")
+        net = custom or getattr(est, "network_", None)
+        if not isinstance(net, nn.Module):
+            raise ExportError(f"{est.registry_name}: only torch classifiers (with a network_) export to ONNX")
+
+        class ClassifierGraph(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net
+
+            def forward(self, maps):
+                out = self.net(_onehot(maps, encoding))
+                return out if custom is not None else torch.softmax(out.float(), dim=1)
+
+        return ClassifierGraph().eval(), ["probabilities"], size
+
+    if custom is None and not hasattr(est, "_predict_batch"):
+        raise ExportError(f"{est.registry_name}: only torch detectors (with _predict_batch) export to ONNX")
+    from waferscope.models.detectors.common import gaussian_blur
+
+    sigma = float(getattr(est, "smoothing_sigma", 0.0)) * size / 256.0
+    holder = nn.ModuleList([m for m in vars(est).values() if isinstance(m, nn.Module)])
+
+    class DetectorGraph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.parts = holder  # registers the detector's networks so eval()/export see them
+
+        def forward(self, maps):
+            x = _onehot(maps, "onehot3")
+            if custom is not None:
+                return custom(x)
+            scores, raw = est._predict_batch(x)
+            raw = raw.float()
+            if raw.ndim == 4:
+                raw = raw[:, 0]
+            if tuple(raw.shape[-2:]) != (size, size):
+                raw = torch.nn.functional.interpolate(raw[:, None], size=(size, size), mode="bilinear",
+                                                      align_corners=False)[:, 0]
+            amap = gaussian_blur(raw, sigma) if sigma > 0 else raw
+            valid = maps != 0
+            amap = amap * valid.to(amap.dtype)
+            if scores is None:
+                flat = amap.masked_fill(~valid, float("-inf")).flatten(1).max(1).values
+                scores = torch.where(torch.isfinite(flat), flat, torch.zeros_like(flat))
+            return scores.float(), amap
+
+    return DetectorGraph().eval(), ["scores", "anomaly_maps"], size
+
+
+def metadata(est) -> dict:
+    from waferscope import __version__
+
+    doc = {"kind": est.registry_kind, "name": est.registry_name, "size": input_size(est),
+           "encoding": getattr(est, "encoding", "onehot3"), "waferscope_version": __version__}
+    if est.registry_kind == "classifier":
+        doc["classes"] = [str(c) for c in est.classes_]
+    return doc
+
+
+def probe_maps(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Round wafers with random fails: inputs to check an exported graph against torch."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    on = np.hypot(yy, xx) < size / 2 - 0.5
+    fails = rng.random((n, size, size)) < rng.uniform(0.02, 0.3, (n, 1, 1))
+    return np.where(on, np.where(fails, 2, 1), 0).astype(np.uint8)
+
+
+def _torch_outputs(module, maps: np.ndarray) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        out = module(torch.from_numpy(maps))
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def _onnx_outputs(path, maps: np.ndarray, batch: int | None) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # a failing probe is expected (dynamic batch); we report it ourselves
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return _run_session(sess, maps, batch or len(maps), batch)
+
+
+def _run_session(sess, maps: np.ndarray, chunk: int, fixed: int | None) -> list[np.ndarray]:
+    parts = []
+    for i in range(0, len(maps), chunk):
+        part = maps[i:i + chunk]
+        n = len(part)
+        if fixed and n < fixed:  # a graph traced at a fixed batch: pad with empty (no-die) maps
+            part = np.concatenate([part, np.zeros((fixed - n,) + part.shape[1:], dtype=part.dtype)])
+        parts.append([o[:n] for o in sess.run(None, {"maps": np.ascontiguousarray(part)})])
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def _trace(module, outputs, size, path, batch: int | None) -> None:
+    import torch
+
+    example = torch.from_numpy(probe_maps(batch or 2, size, seed=1))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(module, (example,), path, dynamo=False, opset_version=OPSET, input_names=["maps"],
+                          output_names=outputs,
+                          dynamic_axes=None if batch else {n: {0: "batch"} for n in ["maps", *outputs]})
+
+
+def export_onnx(est, path: str | Path, tolerance: float = 1e-4) -> Path:
+    """Write ``est`` as an ONNX graph (uint8 maps in; probabilities or scores+maps out), atomically.
+
+    The graph is checked against torch on probe wafers at another batch size than the one traced.
+    Models whose code turns the batch size into a Python number (traced as a constant) fail that
+    check with a dynamic batch; they are exported at a fixed batch of ``FIXED_BATCH`` instead, and
+    :class:`OnnxModel` pads the last batch (recorded as ``batch`` in the metadata).
+    """
+    import onnx
+    import torch
+
+    est._check_fitted()
+    for m in (v for v in vars(est).values() if isinstance(v, torch.nn.Module)):
+        m.eval()
+    module, outputs, size = _module(est)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        probe = probe_maps(2 * FIXED_BATCH + 3, size, seed=2)
+        expected = _torch_outputs(module, probe)
+        problem = ""
+        for batch in (None, FIXED_BATCH):
+            try:
+                _trace(module, outputs, size, tmp, batch)
+                got = _onnx_outputs(tmp, probe, batch)
+                err = max(float(np.abs(a - b).max()) for a, b in zip(expected, got))
+                if err <= tolerance:
+                    break
+                problem = f"ONNX and torch outputs differ by {err:.3g} (batch {batch or 'dynamic'})"
+            except Exception as exc:  # exporter or runtime failure on this batch layout
+                problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        else:
+            raise ExportError(f"{est.registry_name}: the exported graph does not reproduce the model ({problem})")
+        model = onnx.load(tmp)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = META_KEY, json.dumps(dict(metadata(est), batch=batch, parity_max_abs_error=err))
+        onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over resized uint8 maps, in small batches."""
+
+    def __init__(self, maps: np.ndarray, batch: int = FIXED_BATCH):
+        n = len(maps) - len(maps) % batch or len(maps)  # whole batches only (fixed-batch graphs)
+        self.batches = iter([{"maps": np.ascontiguousarray(maps[i:i + batch])} for i in range(0, n, batch)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def quantize(src: str | Path, dst: str | Path, mode: str = "static", calibration=None) -> Path:
+    """INT8 copy of an exported model. ``static``: QDQ int8 weights and activations, ranges calibrated
+    on ``calibration`` (a WaferDataset); ``dynamic``: int8 weights, activations quantized on the fly."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    from waferscope.data.preprocess import resize_maps
+
+    src, dst = Path(src), Path(dst)
+    meta = read_metadata(src)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".onnx", dir=dst.parent if dst.parent.exists() else None)
+    os.close(fd)
+    try:
+        if mode == "dynamic":
+            quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+        elif mode == "static":
+            if calibration is None or not len(calibration):
+                raise ConfigError("static INT8 quantization needs calibration maps")
+            maps = resize_maps(calibration.maps, int(meta["size"]))
+            prepared = src
+            try:  # shape inference + graph clean-up, as onnxruntime recommends before static quantization
+                from onnxruntime.quantization.shape_inference import quant_pre_process
+
+                prepared = Path(tmp + ".pre.onnx")
+                quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+            except Exception:  # an older onnxruntime or a graph it cannot pre-process: quantize as is
+                prepared = src
+            quantize_static(str(prepared), tmp, _Calibration(maps, meta.get("batch") or FIXED_BATCH), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            # convolutions only: they hold the compute; quantizing the distance and
+                            # softmax arithmetic after them costs far more accuracy than it saves time
+                            op_types_to_quantize=["Conv"])
+            if prepared != src:
+                prepared.unlink(missing_ok=True)
+        else:
+            raise ConfigError(f"unknown INT8 mode {mode!r}; choose static or dynamic")
+        model = onnx.load(tmp)
+        del model.metadata_props[:]
+        entry = model.metadata_props.add()
+        entry.key, entry.value = META_KEY, json.dumps(dict(meta, int8=mode))
+        onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dst
+
+
+def read_metadata(path: str | Path) -> dict:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError...
+        raise ExportError(f"not an ONNX model ({type(exc).__name__})", path) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if META_KEY not in props:
+        raise ExportError("not a waferscope export (no waferscope metadata in the ONNX file)", path)
+    return json.loads(props[META_KEY])
+
+
+def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", int8: str | None = None,
+               calibration=None) -> Path:
+    """The ``waferscope export`` command: a run directory → an ONNX file (INT8 with ``int8``)."""
+    if fmt != "onnx":
+        raise ConfigError(f"unknown export format {fmt!r}; supported: onnx")
+    est = load_run(run_dir)
+    try:
+        if int8 is None:
+            return export_onnx(est, out)
+        with tempfile.TemporaryDirectory() as tmpdir:
+            fp32 = export_onnx(est, Path(tmpdir) / "model.onnx")
+            return quantize(fp32, out, int8, calibration)
+    except ExportError as exc:
+        raise RunDirError(exc.problem, run_dir) from None
+
+
+# ---- inference --------------------------------------------------------------------------------
+class OnnxModel:
+    """An exported model run by onnxruntime, with the estimator's prediction methods:
+    ``predict_proba`` / ``predict`` for classifiers, ``score`` (also ``predict``) for detectors."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 256):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ExportError("no such ONNX file", self.path)
+        self.meta = read_metadata(self.path)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.kind = self.meta["kind"]
+        self.size = int(self.meta["size"])
+        self.classes_ = self.meta.get("classes")
+        self.batch_size = batch_size
+
+    def run_maps(self, maps_u8: np.ndarray) -> list[np.ndarray]:
+        """Run the graph on an (N, S, S) uint8 batch; outputs concatenated over internal batches."""
+        fixed = self.meta.get("batch")
+        return _run_session(self.session, np.asarray(maps_u8, dtype=np.uint8), fixed or self.batch_size, fixed)
+
+    def _resized(self, dataset) -> np.ndarray:
+        from waferscope.data.preprocess import resize_maps
+
+        if dataset.kind != "wafer":
+            raise ExportError("exported models take wafer maps (die states), not images")
+        return resize_maps(dataset.maps, self.size)
+
+    def predict_proba(self, dataset) -> np.ndarray:
+        if self.kind != "classifier":
+            raise ExportError(f"{self.path.name} holds a detector: use score()")
+        return self.run_maps(self._resized(dataset))[0]
+
+    def score(self, dataset) -> DetectionResult:
+        from waferscope.models.detectors.common import maps_to_input_resolution
+
+        if self.kind != "detector":
+            raise ExportError(f"{self.path.name} holds a classifier: use predict_proba()")
+        scores, maps = self.run_maps(self._resized(dataset))
+        return DetectionResult(scores=scores.astype(np.float64), maps=maps_to_input_resolution(maps, dataset))
+
+    def predict(self, dataset):
+        if self.kind == "detector":
+            return self.score(dataset)
+        return np.asarray(self.classes_, dtype=object)[self.predict_proba(dataset).argmax(1)]
