@@ -135,3 +135,12 @@ def test_bad_configuration_is_a_config_error(data):
     with pytest.raises(ConfigError):
         registry.create("efficientad", kind="detector", verbose=False, penalty="imagenet",
                         **TINY["efficientad"]).fit(train)
+
+
+def test_traced_inference_matches_eager(fitted, data):
+    _, test = data
+    det = fitted["reverse_distillation"]
+    eager = registry.create("reverse_distillation", kind="detector", verbose=False,
+                            **dict(TINY["reverse_distillation"], jit=False))
+    eager.model_, eager.loss_history_, eager.backbone_kwargs_ = det.model_, det.loss_history_, det.backbone_kwargs_
+    np.testing.assert_allclose(eager.score(test).scores, det.score(test).scores, rtol=1e-4, atol=1e-5)

@@ -27,7 +27,7 @@ from waferscope.models.detectors.efficientad.anomaly_map import map_quantiles
 from waferscope.models.detectors.efficientad.loss import (autoencoder_loss, hard_feature_loss, penalty_loss,
                                                           student_autoencoder_loss)
 from waferscope.models.detectors.efficientad.torch_model import AutoEncoder, EfficientADModel
-from waferscope.models.detectors.stfpm.detector import backbone_kwargs, build_backbone, load_tensors, state_tensors
+from waferscope.models.detectors.stfpm.detector import FastInferenceMixin, backbone_kwargs, build_backbone, load_tensors, state_tensors
 from waferscope.registry import register
 
 PENALTIES = ("none", "noise")
@@ -41,12 +41,12 @@ def noise_images(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
 
 
 @register("efficientad", kind="detector")
-class EfficientADDetector(TorchDetector):
+class EfficientADDetector(FastInferenceMixin, TorchDetector):
     def __init__(self, teacher: str = "pdn_small", pretrained: str | None = "wafer", input_size: int = 32,
                  epochs: int = 40, train_batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-5,
                  hard_quantile: float = 0.999, penalty: str = "none", q_a: float = 0.9, q_b: float = 0.995,
                  validation_fraction: float = 0.1, augment: bool = True, smoothing_sigma: float = 0.0,
-                 batch_size: int = 256, seed: int = 0, verbose: bool = True):
+                 batch_size: int = 256, jit: bool = True, seed: int = 0, verbose: bool = True):
         self.teacher = teacher
         self.pretrained = pretrained
         self.input_size = input_size
@@ -62,6 +62,7 @@ class EfficientADDetector(TorchDetector):
         self.augment = augment
         self.smoothing_sigma = smoothing_sigma
         self.batch_size = batch_size
+        self.jit = jit
         self.seed = seed
         self.verbose = verbose
 
@@ -125,11 +126,9 @@ class EfficientADDetector(TorchDetector):
         q = [*map_quantiles(st, self.q_a, self.q_b), *map_quantiles(ae, self.q_a, self.q_b)]
         model.quantiles.copy_(torch.tensor(q, dtype=torch.float32))
         self.teacher_kwargs_ = arch
-        self.model_ = model
+        self.model_ = model.eval()
+        self._fast_model = None
         return self
-
-    def _predict_batch(self, x: torch.Tensor):
-        return None, self.model_(x)
 
     def _state(self):
         return state_tensors(self.model_), {"teacher_kwargs": self.teacher_kwargs_, "loss_history": self.loss_history_}
@@ -140,3 +139,4 @@ class EfficientADDetector(TorchDetector):
         model = self._build(self.teacher_kwargs_, load_teacher=False)
         load_tensors(model, tensors, "EfficientAD")
         self.model_ = model.eval()
+        self._fast_model = None

@@ -19,19 +19,19 @@ from waferscope.models.detectors.common import (TorchDetector, batch_slices, dat
 from waferscope.models.detectors.reverse_distillation.loss import reverse_distillation_loss
 from waferscope.models.detectors.reverse_distillation.torch_model import (FEATURE_NORMS, STYLES,
                                                                           ReverseDistillationModel)
-from waferscope.models.detectors.stfpm.detector import (backbone_kwargs, build_backbone, feature_pyramid,
+from waferscope.models.detectors.stfpm.detector import (FastInferenceMixin, backbone_kwargs, build_backbone, feature_pyramid,
                                                         load_tensors, state_tensors)
 from waferscope.registry import register
 
 
 @register("reverse_distillation", kind="detector")
-class ReverseDistillationDetector(TorchDetector):
+class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  layers: Sequence[str] = ("layer1", "layer2", "layer3"), style: str = "resnet",
                  n_blocks: int = 2, feature_norm: str = "none", input_size: int = 64, epochs: int = 30,
                  train_batch_size: int = 16, lr: float = 0.005, betas: Sequence[float] = (0.5, 0.999),
                  weight_decay: float = 0.0, augment: bool = True, smoothing_sigma: float = 4.0,
-                 batch_size: int = 256, seed: int = 0, verbose: bool = True):
+                 batch_size: int = 256, jit: bool = True, seed: int = 0, verbose: bool = True):
         self.backbone = backbone
         self.pretrained = pretrained
         self.layers = layers
@@ -47,6 +47,7 @@ class ReverseDistillationDetector(TorchDetector):
         self.augment = augment
         self.smoothing_sigma = smoothing_sigma
         self.batch_size = batch_size
+        self.jit = jit
         self.seed = seed
         self.verbose = verbose
 
@@ -84,10 +85,8 @@ class ReverseDistillationDetector(TorchDetector):
                                       desc=f"fit {self.registry_name}", verbose=bool(self.verbose), modules=[model])
         self.backbone_kwargs_ = arch
         self.model_ = model.eval()
+        self._fast_model = None
         return self
-
-    def _predict_batch(self, x: torch.Tensor):
-        return None, self.model_(x)
 
     def _state(self):
         return state_tensors(self.model_), {"backbone_kwargs": self.backbone_kwargs_, "loss_history": self.loss_history_}
@@ -98,6 +97,7 @@ class ReverseDistillationDetector(TorchDetector):
         model = self._build(self.backbone_kwargs_, load_teacher=False)
         load_tensors(model, tensors, "reverse-distillation")
         self.model_ = model.eval()
+        self._fast_model = None
 
 
 @register("reverse_distillation_convnext", kind="detector")
@@ -109,6 +109,7 @@ class ReverseDistillationConvNeXtDetector(ReverseDistillationDetector):
                  n_blocks: int = 2, feature_norm: str = "channel", input_size: int = 64, epochs: int = 30,
                  train_batch_size: int = 16, lr: float = 0.001, betas: Sequence[float] = (0.9, 0.999),
                  weight_decay: float = 0.0, augment: bool = True, smoothing_sigma: float = 4.0,
-                 batch_size: int = 256, seed: int = 0, verbose: bool = True):
+                 batch_size: int = 256, jit: bool = True, seed: int = 0, verbose: bool = True):
         super().__init__(backbone, pretrained, layers, style, n_blocks, feature_norm, input_size, epochs,
-                         train_batch_size, lr, betas, weight_decay, augment, smoothing_sigma, batch_size, seed, verbose)
+                         train_batch_size, lr, betas, weight_decay, augment, smoothing_sigma, batch_size, jit,
+                         seed, verbose)
