@@ -1,7 +1,172 @@
-"""`waferscope classify ...` commands."""
+"""`waferscope classify train | evaluate | predict`.
+
+SPEC is anything :func:`waferscope.data.load` reads (a .parquet/.npz/.pkl file, a folder, or
+``synthetic:n=…,seed=…``). Without ``--run``, ``evaluate`` and ``predict`` use the bundled model.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="classify commands (see issue tracker).")
+from waferscope.errors import ConfigError, DataError
+
+app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-pattern classifiers.")
+
+DATA_HELP = "Data SPEC: a file/folder load() reads, or synthetic:n=…,seed=…"
+
+
+def _load_data(specs: List[str]):
+    from waferscope.data import load
+    from waferscope.data.dataset import WaferDataset
+
+    parts = [load(s) for s in specs]
+    return parts[0] if len(parts) == 1 else WaferDataset.concat(parts, name="+".join(p.name for p in parts))
+
+
+def check_training_labels(dataset, where: str) -> None:
+    """Wafer-map training labels must be WM-811K class names (or empty = unlabelled)."""
+    from waferscope.data.classes import CLASSES, UNLABELLED
+
+    if dataset.kind != "wafer":
+        return
+    names = set(dataset.labels.astype(str).tolist()) - {UNLABELLED}
+    unknown = sorted(names - set(CLASSES))
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:10]) + (" …" if len(unknown) > 10 else "")
+        raise DataError(f"unknown class name(s) in the training labels: {shown}; "
+                        f"expected WM-811K classes: {', '.join(CLASSES)}", where)
+
+
+def _parse_set(pairs: List[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _load_classifier(run: Optional[Path]):
+    if run is None:
+        from waferscope.models.classifiers import load_default
+
+        return load_default()
+    from waferscope.base import load_run
+
+    return load_run(run, kind="classifier")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@app.command()
+def train(
+    data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (repeat to combine sets)"),
+    model: str = typer.Option("cnn", "--model", help="Classifier name: cnn, resnet18, svm-linear, svm-rbf, ..."),
+    out: Path = typer.Option(..., "--out", help="Run directory to write (model.json + weights.safetensors)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (network models)"),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed → same model)"),
+    set_: List[str] = typer.Option([], "--set", help="Any other model parameter, key=value (JSON values)"),
+) -> None:
+    """Train a classifier on labelled maps and save it as a run directory."""
+    from waferscope import registry
+
+    cls = registry.get(model, "classifier")
+    params = _parse_set(set_)
+    params["seed"] = seed
+    if epochs is not None:
+        params["epochs"] = epochs
+    valid = set(cls._param_names())
+    bad = sorted(set(params) - valid)
+    if bad:
+        if bad == ["epochs"]:
+            raise ConfigError(f"{model} has no --epochs (it is not trained by epochs)")
+        raise ConfigError(f"{model} has no parameter(s) {', '.join(bad)}; it takes: {', '.join(sorted(valid))}")
+    dataset = _load_data(data)
+    check_training_labels(dataset, ", ".join(data))
+    clf = cls(**params).fit(dataset)
+    clf.save(out)
+    typer.echo(f"trained {model} on {int(dataset.is_labelled.sum())} maps "
+               f"({', '.join(clf.classes_)}); wrote {out}", err=True)
+
+
+@app.command()
+def evaluate(
+    data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (labelled maps)"),
+    out: Path = typer.Option(..., "--out", help="Output folder: metrics.json and confusion_matrix.png"),
+    run: Optional[Path] = typer.Option(None, "--run", help="Classifier run directory (default: the bundled model)"),
+) -> None:
+    """Accuracy, macro/weighted F1, per-class precision/recall/F1 and a confusion matrix."""
+    from waferscope.metrics.classification import classification_report_dict, save_confusion_matrix_png
+
+    clf = _load_classifier(run)
+    dataset = _load_data(data)
+    n_unlabelled = int((~dataset.is_labelled).sum())
+    if n_unlabelled:
+        typer.echo(f"note: skipping {n_unlabelled} unlabelled map(s) of {len(dataset)}", err=True)
+        dataset = dataset.labelled()
+    if len(dataset) == 0:
+        raise DataError("no labelled maps to evaluate on", ", ".join(data))
+    unseen = sorted(set(dataset.labels.astype(str)) - set(clf.classes_))
+    if unseen:
+        typer.echo(f"note: the model does not know class(es) {', '.join(unseen)}; "
+                   f"those maps count as errors", err=True)
+    pred = clf.predict(dataset)
+    report = classification_report_dict(dataset.labels.astype(str), pred.astype(str), clf.classes_)
+    report.update(model=clf.registry_name, run=str(run) if run else "bundled", data=list(data))
+    out.mkdir(parents=True, exist_ok=True)
+    save_confusion_matrix_png(report["confusion_matrix"], report["classes"], out / "confusion_matrix.png",
+                              title=f"{clf.registry_name} on {dataset.name} (n={len(dataset)})")
+    _atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
+    typer.echo(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+               f"weighted-F1 {report['weighted_f1']:.4f}  (n={len(dataset)}); wrote {out}", err=True)
+
+
+@app.command()
+def predict(
+    data: List[str] = typer.Option(..., "--data", help=DATA_HELP),
+    out: Path = typer.Option(..., "--out", help="Output CSV: id, predicted, one probability column per class"),
+    run: Optional[Path] = typer.Option(None, "--run", help="Classifier run directory (default: the bundled model)"),
+) -> None:
+    """Predict the defect class of every map."""
+    import io
+
+    clf = _load_classifier(run)
+    dataset = _load_data(data)
+    if len(dataset) == 0:
+        raise DataError("no maps to classify", ", ".join(data))
+    proba = clf.predict_proba(dataset)
+    classes = list(clf.classes_)
+    pred = np.asarray(classes, dtype=object)[proba.argmax(1)]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", "predicted", *[f"p_{c}" for c in classes]])
+    for i, row in enumerate(proba):
+        writer.writerow([dataset.ids[i], pred[i], *[f"{p:.6f}" for p in row]])
+    _atomic_write_text(out, buf.getvalue())
+    counts = dict(zip(*np.unique(pred.astype(str), return_counts=True)))
+    typer.echo(f"classified {len(dataset)} maps: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+               + f"; wrote {out}", err=True)
+    sys.stderr.flush()

@@ -46,7 +46,7 @@ def classification_report_dict(y_true: Sequence[str], y_pred: Sequence[str], cla
     y_pred = np.asarray(y_pred, dtype=str)
     classes = [str(c) for c in classes]
     # The confusion matrix also lists predicted classes that are not among ``classes`` (none normally).
-    all_classes = classes + sorted(set(y_true.tolist()) | set(y_pred.tolist()) - set(classes))
+    all_classes = classes + sorted((set(y_true.tolist()) | set(y_pred.tolist())) - set(classes))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=all_classes, zero_division=0)
     used = _labels(y_true, all_classes)
     return {

@@ -154,7 +154,8 @@ class TorchClassifier(Classifier):
 
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        use_val = self.val_fraction > 0 and len(y_all) >= 5 * len(classes)
+        # Early stopping needs a validation split with a few maps of every class; tiny sets train all epochs.
+        use_val = self.val_fraction > 0 and len(y_all) * self.val_fraction >= 2 * len(classes)
         if use_val:
             tr, va = stratified_split(dataset.labels.astype(str), test_size=self.val_fraction, seed=self.seed)
         else:

@@ -1,0 +1,132 @@
+"""Classifiers: fit on tiny synthetic data, class order, save/load round trip, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from waferscope import registry
+from waferscope.base import load_run
+from waferscope.data.classes import CLASSES
+from waferscope.data.dataset import WaferDataset
+from waferscope.data.synthetic import generate
+from waferscope.errors import DataError, RunDirError
+from waferscope.metrics.classification import classification_report_dict, save_confusion_matrix_png
+from waferscope.models.classifiers.torch_base import TorchClassifier, label_order
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def synth() -> WaferDataset:
+    return generate(n=72, seed=3)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_network_classifiers_fit_predict_and_round_trip(name, synth, tmp_path):
+    params = {"epochs": 1, "size": 32, "progress": False, "batch_size": 32}
+    if name == "resnet18":
+        params["width"] = 0.25
+    clf = registry.create(name, "classifier", **params).fit(synth)
+    assert clf.classes_ == list(CLASSES)  # every WM-811K class was seen: CLASSES order
+    proba = clf.predict_proba(synth)
+    assert proba.shape == (len(synth), len(CLASSES))
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    clf.save(tmp_path / "run")
+    doc = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert doc["params"]["size"] == 32 and doc["params"]["encoding"] == "onehot3"
+    again = load_run(tmp_path / "run", kind="classifier")
+    np.testing.assert_array_equal(again.predict_proba(synth), proba)
+    assert list(again.predict(synth)) == list(clf.predict(synth))
+
+
+def test_training_is_deterministic(synth):
+    a = registry.create("cnn", "classifier", epochs=1, size=32, progress=False).fit(synth)
+    b = registry.create("cnn", "classifier", epochs=1, size=32, progress=False).fit(synth)
+    np.testing.assert_array_equal(a.predict_proba(synth), b.predict_proba(synth))
+
+
+def test_classes_are_the_labels_seen_in_wm811k_order(synth):
+    sub = synth.subset(np.isin(synth.labels, ["none", "Scratch", "Center"]))
+    assert label_order(sub.labels) == ["Center", "Scratch", "none"]
+    clf = registry.create("cnn", "classifier", epochs=1, size=32, progress=False).fit(sub)
+    assert clf.classes_ == ["Center", "Scratch", "none"]
+    assert label_order(np.array(["b", "a", ""])) == ["a", "b"]
+
+
+def test_unlabelled_maps_are_skipped_and_all_unlabelled_is_an_error(synth, capsys):
+    labels = synth.labels.copy()
+    labels[:5] = ""
+    ds = WaferDataset(maps=synth.maps, labels=labels, meta=synth.meta)
+    registry.create("cnn", "classifier", epochs=1, size=32, progress=False).fit(ds)
+    assert "skipping 5 unlabelled" in capsys.readouterr().err
+    empty = WaferDataset(maps=synth.maps[:4], labels=np.array([""] * 4, dtype=object), meta=synth.meta.iloc[:4])
+    with pytest.raises(DataError, match="no labelled maps"):
+        registry.create("cnn", "classifier", epochs=1, progress=False).fit(empty)
+
+
+@pytest.mark.parametrize("mode", ["loss", "sampler", "none"])
+def test_imbalance_modes_train(mode, synth):
+    clf = registry.create("cnn", "classifier", epochs=1, size=32, progress=False, imbalance=mode, augment=False)
+    assert clf.fit(synth).predict(synth).shape == (len(synth),)
+
+
+def test_loss_hook_is_used(synth):
+    calls = []
+
+    class Counting(TorchClassifier):
+        def build_network(self, in_chans, n_classes):
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_chans * 16 * 16, n_classes))
+
+        def _loss(self, logits, targets, batch_x):
+            calls.append(batch_x.shape)
+            return super()._loss(logits, targets, batch_x)
+
+    Counting(size=16, epochs=1, progress=False, batch_size=16).fit(synth)
+    assert calls and calls[0][1:] == (3, 16, 16)
+
+
+def test_svm_classifiers_round_trip_without_refit(synth, tmp_path):
+    for name in ("svm-linear", "svm-rbf"):
+        clf = registry.create(name, "classifier", progress=False, n_jobs=1).fit(synth)
+        proba = clf.predict_proba(synth)
+        assert proba.shape == (len(synth), 9)
+        clf.save(tmp_path / name)
+        again = load_run(tmp_path / name, kind="classifier")
+        assert not hasattr(again, "history_")
+        np.testing.assert_array_equal(again.predict_proba(synth), proba)
+        assert (again.predict(synth) == synth.labels).mean() > 0.5  # it learnt something
+
+
+def test_load_refuses_a_detector_run_and_mismatched_weights(synth, tmp_path):
+    clf = registry.create("cnn", "classifier", epochs=1, size=32, progress=False).fit(synth)
+    clf.save(tmp_path / "run")
+    doc = json.loads((tmp_path / "run" / "model.json").read_text())
+    doc["kind"] = "detector"
+    (tmp_path / "run" / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(RunDirError, match="not a classifier"):
+        load_run(tmp_path / "run", kind="classifier")
+    doc["kind"] = "classifier"
+    doc["params"]["width"] = 8  # weights saved at width 16
+    (tmp_path / "run" / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(RunDirError, match="do not fit"):
+        load_run(tmp_path / "run", kind="classifier")
+
+
+def test_report_dict_and_confusion_png(tmp_path):
+    y_true = ["Center", "Center", "Loc", "none", "none", "none"]
+    y_pred = ["Center", "Loc", "Loc", "none", "none", "Center"]
+    rep = classification_report_dict(y_true, y_pred, ["Center", "Donut", "Loc", "none"])
+    assert rep["accuracy"] == pytest.approx(4 / 6)
+    assert rep["per_class"]["Loc"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1}
+    # Donut has no test maps: it is listed but does not drag the macro average down.
+    assert rep["per_class"]["Donut"]["support"] == 0
+    f1s = [rep["per_class"][c]["f1"] for c in ("Center", "Loc", "none")]
+    assert rep["macro_f1"] == pytest.approx(np.mean(f1s))
+    assert rep["confusion_matrix"][0] == [1, 0, 1, 0]
+    png = save_confusion_matrix_png(rep["confusion_matrix"], rep["classes"], tmp_path / "cm.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["cm.png"]  # no temp file left behind

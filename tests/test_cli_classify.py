@@ -1,0 +1,128 @@
+"""`waferscope classify train | evaluate | predict`, including bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from waferscope.cli.main import main
+from waferscope.data.io_parquet import write_parquet
+from waferscope.data.synthetic import generate
+
+torch.set_num_threads(1)
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["waferscope", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One 1-epoch cnn run shared by the tests (trained through the CLI)."""
+    run = tmp_path_factory.mktemp("runs") / "cnn"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sys, "argv", ["waferscope", "classify", "train", "--data", "synthetic:n=45,seed=1",
+                             "--data", "synthetic:n=27,seed=2", "--model", "cnn", "--out", str(run),
+                             "--epochs", "1", "--set", "size=32", "--set", "progress=false"])
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code
+    finally:
+        mp.undo()
+    return run
+
+
+def test_train_writes_a_run(trained_run):
+    doc = json.loads((trained_run / "model.json").read_text())
+    assert doc["kind"] == "classifier" and doc["name"] == "cnn"
+    assert doc["params"]["epochs"] == 1 and doc["params"]["size"] == 32
+    assert (trained_run / "weights.safetensors").stat().st_size > 1000
+
+
+def test_evaluate_writes_metrics_and_confusion_matrix(trained_run, tmp_path, monkeypatch, capsys):
+    code, err = run_cli(monkeypatch, capsys, "classify", "evaluate", "--run", str(trained_run),
+                        "--data", "synthetic:n=36,seed=9", "--out", str(tmp_path / "ev"))
+    assert code == 0, err
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    for key in ("macro_f1", "weighted_f1", "accuracy", "per_class", "confusion_matrix"):
+        assert key in m
+    assert set(m["per_class"]["Center"]) == {"precision", "recall", "f1", "support"}
+    assert np.asarray(m["confusion_matrix"]).sum() == 36
+    assert (tmp_path / "ev" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_writes_one_row_per_map(trained_run, tmp_path, monkeypatch, capsys):
+    ds = generate(n=10, seed=4)
+    path = tmp_path / "maps.parquet"
+    write_parquet(ds, path)
+    code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--run", str(trained_run),
+                        "--data", str(path), "--out", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    rows = list(csv.reader((tmp_path / "p.csv").open()))
+    assert rows[0][:2] == ["id", "predicted"] and len(rows[0]) == 2 + 9
+    assert [r[0] for r in rows[1:]] == list(ds.ids)
+    probs = np.array([[float(x) for x in r[2:]] for r in rows[1:]])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert all(r[1] == rows[0][2 + int(np.argmax(p))][2:] for r, p in zip(rows[1:], probs))
+
+
+def test_unknown_training_class_names_are_listed(tmp_path, monkeypatch, capsys):
+    ds = generate(n=12, seed=0)
+    ds.labels[:2] = "Blob"
+    ds.labels[2] = "Swirl"
+    write_parquet(ds, tmp_path / "bad.parquet")
+    code, err = run_cli(monkeypatch, capsys, "classify", "train", "--data", str(tmp_path / "bad.parquet"),
+                        "--out", str(tmp_path / "run"), "--epochs", "1")
+    assert code == 2
+    assert "'Blob', 'Swirl'" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_model_and_parameter_names(tmp_path, monkeypatch, capsys):
+    code, err = run_cli(monkeypatch, capsys, "classify", "train", "--data", "synthetic:n=9,seed=0",
+                        "--model", "nope", "--out", str(tmp_path / "r"))
+    assert code == 2 and "unknown classifier 'nope'" in err
+    code, err = run_cli(monkeypatch, capsys, "classify", "train", "--data", "synthetic:n=9,seed=0",
+                        "--model", "svm-rbf", "--out", str(tmp_path / "r"), "--epochs", "3")
+    assert code == 2 and "no --epochs" in err
+
+
+def test_detector_or_missing_run_directory_is_refused(trained_run, tmp_path, monkeypatch, capsys):
+    det = tmp_path / "det"
+    det.mkdir()
+    doc = json.loads((trained_run / "model.json").read_text())
+    doc["kind"] = "detector"
+    (det / "model.json").write_text(json.dumps(doc))
+    code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--run", str(det),
+                        "--data", "synthetic:n=3,seed=0", "--out", str(tmp_path / "p.csv"))
+    assert code == 2 and "not a classifier" in err
+    doc["kind"], doc["waferscope_run_format"] = "classifier", 999
+    (det / "model.json").write_text(json.dumps(doc))
+    code, err = run_cli(monkeypatch, capsys, "classify", "evaluate", "--run", str(det),
+                        "--data", "synthetic:n=3,seed=0", "--out", str(tmp_path / "ev"))
+    assert code == 2 and "run format 999" in err
+    code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--run", str(tmp_path / "nothing"),
+                        "--data", "synthetic:n=3,seed=0", "--out", str(tmp_path / "p.csv"))
+    assert code == 2 and "not a run directory" in err
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "ev").exists()
+
+
+def test_bad_die_values_are_reported(trained_run, tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, maps_flat=np.array([0, 1, 7, 1], dtype=np.uint8), shapes=np.array([[2, 2]]),
+             labels=np.array(["none"]))
+    code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--run", str(trained_run),
+                        "--data", str(bad), "--out", str(tmp_path / "p.csv"))
+    assert code == 2 and "die values" in err and "bad.npz" in err
