@@ -237,3 +237,17 @@ def test_cli_check_and_error_exit(tmp_path):
     res = CliRunner().invoke(app, ["benchmark", "--config", str(cfg), "--out", str(tmp_path / "o"), "--check"])
     assert res.exit_code == 0, res.output
     assert "4 cells" in res.output
+
+
+def test_mixed_config_runs_classifiers_and_detectors(tmp_path):
+    from waferscope.benchmark import run_benchmark
+
+    cfg = write_config(tmp_path, seeds=[0], datasets={"pair": {"train": "train.npz", "test": "test.npz"}},
+                       methods={"small": "bench-test-centroid",
+                                "mean": {"task": "detection", "model": "bench-test-meanmap"}})
+    run_benchmark(cfg, tmp_path / "m", report=True, log=lambda s: None)
+    rows = {r["method"]: r for r in quality_rows(tmp_path / "m")}
+    assert rows["small"]["task"] == "classification" and rows["small"]["image_auroc"] == ""
+    assert rows["mean"]["task"] == "detection" and rows["mean"]["image_auroc"] != ""
+    page = (tmp_path / "m" / "index.html").read_text()
+    assert "Classification: results" in page and "Detection: results" in page

@@ -45,7 +45,7 @@ def _fit(est, train: WaferDataset, task: str):
 
 def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset, seed: int, run_dir: Path,
              progress=None) -> dict:
-    task, kind = config.task, config.kind
+    task, kind = method.task, method.kind
     measure.reset_peak_rss()
     rss0 = measure.rss_mb()
     train_s = 0.0
@@ -100,7 +100,7 @@ def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset,
     peak = measure.peak_rss_mb()
     timing["peak_rss_mb"] = None if peak is None else round(peak, 1)
     timing["peak_extra_mb"] = None if peak is None or rss0 is None else round(max(peak - rss0, 0.0), 1)
-    return {"method": method.name, "label": method.label, "model": method.model, "params": method.params,
+    return {"task": task, "method": method.name, "label": method.label, "model": method.model, "params": method.params,
             "dataset": loaded.name, "seed": seed, "n_test": len(test_all), "n_folds": len(cell_folds),
             "quality": qual, "timing": timing, "artefacts": art, "run_dir": str(run_dir)}
 
@@ -112,7 +112,7 @@ def _kfold_threshold_f1(config, method, train, result, test, seed, n_folds) -> t
     maxima = []
     for tr, va in normal_folds(normal, n_folds, seed):
         measure.seed_everything(seed, config.threads)
-        est = make_estimator(method, config.kind, seed).fit(normal.subset(tr))
+        est = make_estimator(method, method.kind, seed).fit(normal.subset(tr))
         maxima.append(float(np.max(est.score(normal.subset(va)).scores)))
     thr = float(np.mean(maxima))
     y = ~test.is_normal

@@ -2,7 +2,7 @@
 
 Schema (docs/benchmark.md has the long version)::
 
-    task: classification            # or detection
+    task: classification            # or detection: the default task of the methods
     name: quick                     # optional, shown in the report
     threads: 2                      # torch/BLAS threads for every cell (part of the cache key)
     seeds: [0]
@@ -18,6 +18,7 @@ Schema (docs/benchmark.md has the long version)::
     methods:
       cnn: {model: cnn, params: {epochs: 3}}
       svm: svm-linear               # shorthand: registry name, default parameters
+      pc: {task: detection, model: patchcore}   # a method may override the task (mixed configs)
 
 Every problem raises one :class:`~waferscope.errors.ConfigError` naming the file and the problem.
 """
@@ -34,7 +35,7 @@ TASKS = {"classification": "classifier", "detection": "detector"}
 TOP_KEYS = {"task", "name", "description", "threads", "seeds", "speed", "datasets", "methods", "report"}
 DATASET_KEYS = {"data", "train", "test", "protocol", "optional", "description"}
 PROTOCOL_KEYS = {"split", "kfold", "threshold_folds"}
-METHOD_KEYS = {"model", "params", "label", "description"}
+METHOD_KEYS = {"model", "params", "label", "description", "task"}
 SPEED_KEYS = {"batch_size", "n", "repeats", "enabled"}
 REPORT_KEYS = {"examples", "gradcam"}
 
@@ -71,6 +72,11 @@ class MethodSpec:
     model: str
     params: dict[str, Any]
     label: str
+    task: str = "classification"
+
+    @property
+    def kind(self) -> str:
+        return TASKS[self.task]
 
 
 @dataclass
@@ -92,8 +98,9 @@ class BenchmarkConfig:
     text: str = ""  # the file as read, hashed into the report
 
     @property
-    def kind(self) -> str:
-        return TASKS[self.task]
+    def tasks(self) -> list[str]:
+        """The tasks of the methods, in TASKS order."""
+        return [t for t in TASKS if any(m.task == t for m in self.methods)]
 
     @property
     def active_datasets(self) -> list[DatasetSpec]:
@@ -181,7 +188,7 @@ def _parse_dataset(path: Path, name: str, body: Any) -> DatasetSpec:
     return ds
 
 
-def _parse_method(path: Path, name: str, body: Any, kind: str) -> MethodSpec:
+def _parse_method(path: Path, name: str, body: Any, default_task: str) -> MethodSpec:
     from waferscope import registry
 
     where = f"methods.{name}"
@@ -190,6 +197,10 @@ def _parse_method(path: Path, name: str, body: Any, kind: str) -> MethodSpec:
     if not isinstance(body, dict) or "model" not in body:
         raise _err(path, f"{where} must be a registry name or a mapping with 'model' (and optional 'params')")
     _check_keys(path, where, body, METHOD_KEYS)
+    task = body.get("task", default_task)
+    if task not in TASKS:
+        raise _err(path, f"{where}.task must be one of {', '.join(TASKS)}, got {task!r}")
+    kind = TASKS[task]
     model = body["model"]
     available = registry.available(kind)
     if model not in available:
@@ -204,7 +215,7 @@ def _parse_method(path: Path, name: str, body: Any, kind: str) -> MethodSpec:
         if bad:
             raise _err(path, f"{where}.params: {model} has no parameter {', '.join(map(repr, bad))}; "
                              f"its parameters: {', '.join(valid) or 'none'}")
-    return MethodSpec(name=str(name), model=model, params=dict(params), label=str(body.get("label", name)))
+    return MethodSpec(name=str(name), model=model, params=dict(params), label=str(body.get("label", name)), task=task)
 
 
 def load_config(path: str | Path) -> BenchmarkConfig:
@@ -256,8 +267,7 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     datasets = [_parse_dataset(path, str(n), b) for n, b in datasets_doc.items()]
     if not any(not d.missing for d in datasets):
         raise _err(path, "every data set is optional and missing: nothing to benchmark")
-    kind = TASKS[task]
-    methods = [_parse_method(path, str(n), b, kind) for n, b in methods_doc.items()]
+    methods = [_parse_method(path, str(n), b, task) for n, b in methods_doc.items()]
     return BenchmarkConfig(
         path=path.resolve(), task=task, name=str(doc.get("name", path.stem)), datasets=datasets,
         methods=methods, seeds=list(seeds),

@@ -45,9 +45,10 @@ class LoadedDataset:
         return {name: {"n": len(ds), "classes": ds.class_counts()} for name, ds in self.parts.items()}
 
 
-def load_dataset(spec: DatasetSpec, task: str, config_path) -> LoadedDataset:
+def load_dataset(spec: DatasetSpec, tasks: list[str] | str, config_path) -> LoadedDataset:
     from waferscope.data import load
 
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     parts = {}
     for key in ("data", "train", "test"):
         src = getattr(spec, key)
@@ -57,11 +58,11 @@ def load_dataset(spec: DatasetSpec, task: str, config_path) -> LoadedDataset:
             ds = load(src)
         except WaferscopeError as exc:
             raise ConfigError(f"datasets.{spec.name}.{key}: {exc}", config_path) from None
-        if task == "classification" and key != "test" and not ds.is_labelled.any():
+        if "classification" in tasks and key != "test" and not ds.is_labelled.any():
             raise ConfigError(f"datasets.{spec.name}.{key}: {src} has no labelled maps to train a classifier", config_path)
         parts[key] = ds
     evaluated = parts.get("test", parts.get("data"))
-    if task == "detection":
+    if "detection" in tasks:
         train = parts.get("train", parts.get("data"))
         if not train.is_normal.any():
             raise ConfigError(f"datasets.{spec.name}: no normal ('none') maps to train a detector on", config_path)

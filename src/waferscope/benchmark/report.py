@@ -18,6 +18,8 @@ import numpy as np
 
 from waferscope.utils import atomic_path
 
+CLASSIFICATION_ONLY = {"accuracy", "macro_f1", "weighted_f1"}
+DETECTION_ONLY = {"image_auroc", "image_aupr", "image_f1", "pixel_auroc", "pixel_aupro", "image_f1_kfold_threshold"}
 HEADLINE = {"classification": ("macro_f1", "macro F1"), "detection": ("image_auroc", "image AUROC")}
 TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
@@ -85,8 +87,11 @@ def _mean_by_method(task: str, records: list[dict], dataset: str) -> list[dict]:
 
 
 # ---- sections ---------------------------------------------------------------------------------
-def _table(doc: dict) -> str:
-    qcols = [c for c in doc["quality_columns"] if c not in ("model", "n_test")]
+def _table(doc: dict, task: str) -> str:
+    rows = [r for r in doc["rows"] if r["task"] == task]
+    other = DETECTION_ONLY if task == "classification" else CLASSIFICATION_ONLY
+    qcols = [c for c in doc["quality_columns"] if c not in ("task", "model", "n_test") and c not in other
+             and not (task == "detection" and c.startswith("f1["))]
     tcols = [c for c in doc["timing_columns"] if c != "speed_batch_size"]
     head = "".join(f"<th>{_esc(c)}</th>" for c in qcols) + "".join(f'<th class="t">{_esc(c)}</th>' for c in tcols)
     # Best value per data set and quality column in bold.
@@ -94,13 +99,13 @@ def _table(doc: dict) -> str:
     for c in qcols[3:]:
         if c in ("params", "size_bytes"):
             continue
-        for r in doc["rows"]:
+        for r in rows:
             v = r.get(c)
             if isinstance(v, (int, float)):
                 k = (r["dataset"], c)
                 best[k] = max(best.get(k, v), v)
     body = []
-    for r in doc["rows"]:
+    for r in rows:
         cells = []
         for c in qcols:
             v = r.get(c)
@@ -301,29 +306,32 @@ th{background:#f3f5f8} .t{background:#fbf8ef;color:#555} table.env td,table.env 
 
 
 def render_report(out: Path) -> str:
-    doc, records = load_benchmark(out)
+    doc, all_records = load_benchmark(out)
     manifest = doc["manifest"]
-    task = manifest["task"]
     datasets = list(manifest["datasets"])
     batch = manifest["speed"]["batch_size"]
+    tasks = [t for t in ("classification", "detection") if any(r.get("task") == t for r in all_records)]
     sections = [
         f"<h1>waferscope benchmark: {_esc(manifest['name'])}</h1>",
-        f"<p class=note>{_esc(manifest.get('description', ''))} Task: {task}; "
+        f"<p class=note>{_esc(manifest.get('description', ''))} "
         f"{len(manifest['methods'])} methods × {len(datasets)} data sets × {len(manifest['seeds'])} seeds. "
         "Quality columns are deterministic (rounded to 4 decimals); shaded columns are timings and vary "
         "between runs.</p>",
-        "<h2>Results</h2>", _table(doc),
-        "<h2>Accuracy vs throughput</h2>", _tradeoff(task, records, datasets, batch) or "<p>no timings measured</p>",
     ]
-    if task == "classification":
-        sections += ["<h2>Confusion matrices</h2>", f"<div class=fig>{_confusions(records)}</div>"]
-        ex = _examples(task, records, datasets)
-        if ex:
-            sections += ["<h2>Example wafers</h2>", ex]
-    else:
-        sections += ["<h2>ROC and precision-recall curves</h2>", _curves(records, datasets),
-                     "<h2>Example wafers and anomaly maps</h2>", _examples(task, records, datasets)]
-    sections += ["<h2>Environment and hashes</h2>", _environment(manifest, records)]
+    for task in tasks:
+        records = [r for r in all_records if r.get("task") == task]
+        sections += [f"<h2>{task.capitalize()}: results</h2>", _table(doc, task),
+                     f"<h2>{task.capitalize()}: accuracy vs throughput</h2>",
+                     _tradeoff(task, records, datasets, batch) or "<p>no timings measured</p>"]
+        if task == "classification":
+            sections += ["<h2>Confusion matrices</h2>", f"<div class=fig>{_confusions(records)}</div>"]
+            ex = _examples(task, records, datasets)
+            if ex:
+                sections += ["<h2>Example wafers (classification)</h2>", ex]
+        else:
+            sections += ["<h2>ROC and precision-recall curves</h2>", _curves(records, datasets),
+                         "<h2>Example wafers and anomaly maps</h2>", _examples(task, records, datasets)]
+    sections += ["<h2>Environment and hashes</h2>", _environment(manifest, all_records)]
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>waferscope benchmark {_esc(manifest['name'])}</title><style>{CSS}</style></head><body>"
             + "\n".join(sections) + "</body></html>")

@@ -31,7 +31,7 @@ from waferscope.benchmark.quality import CLASSIFICATION_COLUMNS, DETECTION_COLUM
 from waferscope.utils import atomic_path
 
 CACHE_FORMAT = 1
-ID_COLUMNS = ["method", "model", "dataset", "seed", "n_test"]
+ID_COLUMNS = ["task", "method", "model", "dataset", "seed", "n_test"]
 MODEL_COLUMNS = ["params", "size_bytes"]
 TIMING_COLUMNS = ["train_s", "latency_ms", "throughput_wps", "speed_batch_size", "peak_rss_mb", "peak_extra_mb"]
 
@@ -41,7 +41,7 @@ def sha(obj) -> str:
 
 
 def cell_key(config: BenchmarkConfig, method, loaded: LoadedDataset, seed: int) -> str:
-    return sha({"format": CACHE_FORMAT, "task": config.task, "model": method.model, "params": method.params,
+    return sha({"format": CACHE_FORMAT, "task": method.task, "model": method.model, "params": method.params,
                 "dataset": loaded.fingerprint, "protocol": loaded.spec.protocol(), "seed": seed,
                 "threads": config.threads, "examples": config.examples, "gradcam": config.gradcam,
                 "speed": [config.speed_enabled, config.batch_size, config.speed_n, config.repeats]})
@@ -64,7 +64,7 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
     for d in config.datasets:
         if d.missing:
             log(f"note: skipping data set {d.name!r}: {', '.join(d.missing)} not found (optional)")
-    loaded = [load_dataset(d, config.task, config.path) for d in config.active_datasets]
+    loaded = [load_dataset(d, config.tasks, config.path) for d in config.active_datasets]
     (out / "cells").mkdir(parents=True, exist_ok=True)
 
     grid = [(m, ds, s) for ds in loaded for m in config.methods for s in config.seeds]
@@ -86,21 +86,21 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
         rec["key"] = key
         _write_text(path, json.dumps(rec))
         records.append(rec)
-        headline = rec["quality"].get("macro_f1" if config.task == "classification" else "image_auroc")
+        cls = method.task == "classification"
         log(f"{tag}: done in {time.perf_counter() - t0:.1f} s "
-            f"({'macro F1' if config.task == 'classification' else 'image AUROC'} {headline})")
+            f"({'macro F1' if cls else 'image AUROC'} {rec['quality'].get('macro_f1' if cls else 'image_auroc')})")
 
     manifest = {
-        "name": config.name, "task": config.task, "description": config.description,
+        "name": config.name, "task": "+".join(config.tasks), "tasks": config.tasks, "description": config.description,
         "config_path": str(config.path), "config_sha256": hashlib.sha256(config.text.encode()).hexdigest(),
         "datasets": {d.name: {"fingerprint": d.fingerprint, "sources": d.spec.sources, "protocol": d.spec.protocol(),
                               "parts": d.describe()} for d in loaded},
         "skipped_datasets": {d.name: d.missing for d in config.datasets if d.missing},
-        "methods": {m.name: {"model": m.model, "params": m.params, "label": m.label} for m in config.methods},
+        "methods": {m.name: {"task": m.task, "model": m.model, "params": m.params, "label": m.label} for m in config.methods},
         "seeds": config.seeds, "speed": {"batch_size": config.batch_size, "n": config.speed_n, "repeats": config.repeats},
         "environment": measure.environment(config.threads),
     }
-    write_results(out, config.task, records, manifest)
+    write_results(out, records, manifest)
     if report:
         from waferscope.benchmark.report import write_report
 
@@ -110,8 +110,9 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
 
 
 # ---- tables -----------------------------------------------------------------------------------
-def quality_columns(task: str, records: list[dict]) -> list[str]:
-    cols = list(CLASSIFICATION_COLUMNS if task == "classification" else DETECTION_COLUMNS)
+def quality_columns(records: list[dict]) -> list[str]:
+    tasks = {r.get("task", "classification") for r in records}
+    cols = (CLASSIFICATION_COLUMNS if "classification" in tasks else []) + (DETECTION_COLUMNS if "detection" in tasks else [])
     if any("image_f1_kfold_threshold" in r["quality"] for r in records):
         cols.append("image_f1_kfold_threshold")
     classes: list[str] = []
@@ -149,8 +150,8 @@ def _csv(rows: list[dict], cols: list[str]) -> str:
     return buf.getvalue()
 
 
-def write_results(out: Path, task: str, records: list[dict], manifest: dict) -> None:
-    qcols = quality_columns(task, records)
+def write_results(out: Path, records: list[dict], manifest: dict) -> None:
+    qcols = quality_columns(records)
     rows = [flat_row(r, qcols) for r in records]
     all_cols = ID_COLUMNS + qcols + MODEL_COLUMNS + TIMING_COLUMNS
     _write_text(out / "results.csv", _csv(rows, all_cols))
@@ -159,33 +160,41 @@ def write_results(out: Path, task: str, records: list[dict], manifest: dict) -> 
         {"manifest": manifest, "quality_columns": ID_COLUMNS + qcols + MODEL_COLUMNS, "timing_columns": TIMING_COLUMNS,
          "rows": rows, "cells": [{k: v for k, v in r.items() if k != "artefacts"} for r in records]}, indent=1))
     _write_text(out / "manifest.json", json.dumps(manifest, indent=1))
-    _write_text(out / "results.md", results_markdown(task, rows, qcols, manifest))
+    _write_text(out / "results.md", results_markdown(rows, qcols, manifest))
 
 
-def results_markdown(task: str, rows: list[dict], qcols: list[str], manifest: dict) -> str:
-    main = [c for c in qcols if not c.startswith("f1[")]
-    cols = ["method", "dataset", "seed"] + main + ["params", "size_bytes", "train_s", "latency_ms", "throughput_wps", "peak_rss_mb"]
+def results_markdown(rows: list[dict], qcols: list[str], manifest: dict) -> str:
+    lines = [f"# Benchmark `{manifest['name']}`", "",
+             f"Config SHA-256 `{manifest['config_sha256'][:16]}`; data fingerprints: "
+             + ", ".join(f"{k} `{v['fingerprint']}`" for k, v in manifest["datasets"].items()), ""]
     head = {"size_bytes": "size (KB)", "train_s": "train (s)", "latency_ms": "latency b=1 (ms)",
             "throughput_wps": f"wafers/s (b={manifest['speed']['batch_size']})", "peak_rss_mb": "peak RSS (MB)"}
-    lines = [f"# Benchmark `{manifest['name']}` ({task})", "",
-             f"Config SHA-256 `{manifest['config_sha256'][:16]}`; data fingerprints: "
-             + ", ".join(f"{k} `{v['fingerprint']}`" for k, v in manifest["datasets"].items()), "",
-             "| " + " | ".join(head.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        vals = []
-        for c in cols:
-            v = r[c]
-            if c == "size_bytes" and v is not None:
-                v = f"{v / 1024:.1f}"
-            vals.append(_fmt(v) if c not in TIMING_COLUMNS else ("" if v is None else str(v)))
-        lines.append("| " + " | ".join(vals) + " |")
-    per_class = [c for c in qcols if c.startswith("f1[")]
-    if per_class:
-        lines += ["", "Per-class F1:", "", "| method | dataset | seed | " + " | ".join(c[3:-1] for c in per_class) + " |",
-                  "|" + "---|" * (3 + len(per_class))]
-        for r in rows:
-            lines.append(f"| {r['method']} | {r['dataset']} | {r['seed']} | " + " | ".join(_fmt(r[c]) for c in per_class) + " |")
+    for task, main in (("classification", CLASSIFICATION_COLUMNS), ("detection", DETECTION_COLUMNS)):
+        trows = [r for r in rows if r["task"] == task]
+        if not trows:
+            continue
+        main = [c for c in qcols if c in main or (task == "detection" and c == "image_f1_kfold_threshold")]
+        cols = ["method", "dataset", "seed"] + main + ["params", "size_bytes", "train_s", "latency_ms",
+                                                       "throughput_wps", "peak_rss_mb"]
+        lines += [f"## {task.capitalize()}", "", "| " + " | ".join(head.get(c, c) for c in cols) + " |",
+                  "|" + "---|" * len(cols)]
+        for r in trows:
+            vals = []
+            for c in cols:
+                v = r[c]
+                if c == "size_bytes" and v is not None:
+                    v = f"{v / 1024:.1f}"
+                vals.append(_fmt(v) if c not in TIMING_COLUMNS else ("" if v is None else str(v)))
+            lines.append("| " + " | ".join(vals) + " |")
+        per_class = [c for c in qcols if c.startswith("f1[")]
+        if per_class and task == "classification":
+            lines += ["", "Per-class F1:", "", "| method | dataset | seed | " + " | ".join(c[3:-1] for c in per_class) + " |",
+                      "|" + "---|" * (3 + len(per_class))]
+            for r in trows:
+                lines.append(f"| {r['method']} | {r['dataset']} | {r['seed']} | "
+                             + " | ".join(_fmt(r[c]) for c in per_class) + " |")
+        lines.append("")
     env = manifest["environment"]
-    lines += ["", f"Machine: {env['cpu']} ({env['cpu_count']} CPUs), {env['threads']} thread(s); "
+    lines += [f"Machine: {env['cpu']} ({env['cpu_count']} CPUs), {env['threads']} thread(s); "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
     return "\n".join(lines)
