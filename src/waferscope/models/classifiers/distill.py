@@ -1,0 +1,336 @@
+"""Knowledge distillation (Hinton, Vinyals & Dean 2015): a compact student learns a teacher's soft targets.
+
+Loss of one batch (student logits ``s``, teacher logits ``t``, temperature ``T``)::
+
+    α · T² · KL(softmax(t/T) ‖ softmax(s/T))  +  (1 − α) · CE(s, y)
+
+The T² factor keeps the soft-target gradients on the scale of the hard-label ones as T grows (their
+magnitude shrinks as 1/T²), so α means the same thing at every temperature.
+
+What makes the student keep its teacher's accuracy here (docs/classification_advanced.md, KD sweep):
+
+- a **transfer set**: the soft-target term needs no label, so unlabelled and synthetic maps
+  (``fit(dataset, transfer=...)`` or the unlabelled maps inside ``dataset``) are distilled too; only
+  the cross-entropy term skips them;
+- **every rotation/flip** of a map is a different transfer example: the teacher's logits are computed
+  once for all 8 dihedral views of every training map and looked up during training (so a long
+  student schedule costs no extra teacher passes);
+- a **longer schedule** than the teacher's (the student learns a smoother target slowly).
+
+The student (:func:`compact_student`) is a narrow CNN sized for throughput: a 4×4 stride-4 "patchify"
+stem (the wafer map's dies are read once, at full resolution, not down-sampled away), two 3×3
+convolutions and a global average pool. ``width`` scales it; at the default width it has < 10 % of the
+``cnn`` teacher's parameters.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from waferscope.data.preprocess import dihedral
+from waferscope.errors import ConfigError, DataError
+from waferscope.models.classifiers.torch_base import TorchClassifier, label_order
+from waferscope.registry import register
+
+IGNORE = -1  # target of a transfer-set map: no label, distilled only
+
+
+def kd_loss(student_logits, teacher_logits, targets, alpha: float, temperature: float, weight=None):
+    """α·T²·KL(p_t^T ‖ p_s^T) + (1−α)·CE(s, y); targets == -1 (no label) are left out of the CE term.
+
+    The KL term is averaged over every sample of the batch (labelled or not), the CE term over the
+    labelled ones (class-weighted when ``weight`` is given).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    alpha = float(alpha)
+    T = float(temperature)
+    total = student_logits.new_zeros(())
+    if alpha > 0:
+        log_ps = F.log_softmax(student_logits / T, dim=1)
+        log_pt = F.log_softmax(teacher_logits.detach() / T, dim=1)
+        kl = F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
+        total = total + alpha * T * T * kl
+    if alpha < 1:
+        labelled = targets != IGNORE
+        if bool(labelled.any()):
+            ce = F.cross_entropy(student_logits[labelled], targets[labelled], weight=weight)
+            total = total + (1.0 - alpha) * ce
+        else:
+            total = total + 0.0 * student_logits.sum()  # keeps the graph for a batch of transfer maps only
+    return total if isinstance(total, torch.Tensor) else torch.as_tensor(total)
+
+
+def compact_student(in_chans: int, n_classes: int, width: int = 7):
+    """Patchify stem (4×4, stride 4, w) → 3×3 conv (2w) → two 3×3 stride-2 convs (3w) → global pool → linear.
+
+    The stem has no padding, so on the one-hot input it can be rewritten to read the raw die states
+    (:meth:`DistilledStudentClassifier.inference_network`). Two stride-2 stages after it give the last
+    features a receptive field spanning most of a 48-px wafer: a pattern's *position* (Center vs Loc
+    vs Edge-Loc) is what the class depends on, and a global pool over small receptive fields loses it.
+    """
+    from torch import nn
+
+    w = int(width)
+
+    def conv_bn_relu(c_in: int, c_out: int, stride: int) -> list:
+        return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True)]
+
+    return nn.Sequential(
+        nn.Conv2d(in_chans, w, 4, stride=4, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+        *conv_bn_relu(w, 2 * w, 1),
+        *conv_bn_relu(2 * w, 3 * w, 2),
+        *conv_bn_relu(3 * w, 3 * w, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3 * w, n_classes),
+    )
+
+
+class _DieStateStem:
+    """Builds the stem that reads die states s ∈ {0, 1, 2} (one float channel) instead of one-hot.
+
+    With one-hot channels (no-die, pass, fail) = (1 − p − f, p, f), p = s(2 − s), f = s(s − 1)/2, a
+    padding-free convolution W is  Σ W₀ + conv(p; W₁ − W₀) + conv(f; W₂ − W₀)
+    = Σ W₀ + conv(s; 2(W₁−W₀) − ½(W₂−W₀)) + conv(s²; ½(W₂−W₀) − (W₁−W₀)): two 1-channel convolutions
+    and a bias, and no 3-channel float tensor to build (the one-hot encoding cost more than the network).
+    """
+
+    @staticmethod
+    def build(conv):
+        import torch
+        from torch import nn
+
+        W = conv.weight.detach()
+        d1, d2 = W[:, 1:2] - W[:, 0:1], W[:, 2:3] - W[:, 0:1]
+        bias = W[:, 0].sum((1, 2)) + (conv.bias.detach() if conv.bias is not None else 0)
+
+        class DieStateStem(nn.Module):
+            def __init__(self):
+                super().__init__()
+                kw = dict(kernel_size=conv.kernel_size, stride=conv.stride, bias=False)
+                self.linear = nn.Conv2d(1, W.shape[0], **kw)
+                self.square = nn.Conv2d(1, W.shape[0], **kw)
+                self.linear.weight.data = 2 * d1 - 0.5 * d2
+                self.square.weight.data = 0.5 * d2 - d1
+                self.bias = nn.Parameter(bias.view(1, -1, 1, 1).clone())
+
+            def forward(self, s):
+                return self.linear(s) + self.square(s * s) + self.bias
+
+        return DieStateStem()
+
+
+def count_parameters(net) -> int:
+    return int(sum(p.numel() for p in net.parameters()))
+
+
+@register("kd_student", kind="classifier")
+class DistilledStudentClassifier(TorchClassifier):
+    """A compact CNN student distilled from a teacher classifier.
+
+    ``teacher``: a run directory of a fitted classifier, or ``None`` to train ``teacher_name`` (with
+    ``teacher_params``) on the same labelled maps first. ``fit(dataset, teacher=<fitted classifier>,
+    transfer=<WaferDataset>)`` overrides both at fit time (the sweep reuses one teacher that way).
+    The student uses the teacher's input size and encoding so both see the very same tensor.
+    """
+
+    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 60, batch_size: int = 128,
+                 lr: float = 4e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
+                 val_fraction: float = 0.1, patience: int = 15, seed: int = 0, progress: bool = True,
+                 width: int = 7, alpha: float = 0.9, temperature: float = 4.0, teacher: str | None = None,
+                 teacher_name: str = "cnn", teacher_params: dict | None = None, use_transfer: bool = True,
+                 transfer_ratio: float = 1.0):
+        super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, imbalance=imbalance, augment=augment,
+                         val_fraction=val_fraction, patience=patience, seed=seed, progress=progress)
+        self.width = width
+        self.alpha = alpha
+        self.temperature = temperature
+        self.teacher = teacher
+        self.teacher_name = teacher_name
+        self.teacher_params = teacher_params
+        self.use_transfer = use_transfer
+        self.transfer_ratio = transfer_ratio
+
+    def build_network(self, in_chans: int, n_classes: int):
+        return compact_student(in_chans, n_classes, self.width)
+
+    # ---- the teacher -----------------------------------------------------------------------------
+    def _resolve_teacher(self, labelled, given):
+        from waferscope import registry
+        from waferscope.base import load_run
+
+        if given is not None:
+            teacher = given
+        elif self.teacher:
+            teacher = load_run(self.teacher, kind="classifier")
+        else:
+            params = dict(self.teacher_params or {})
+            params.setdefault("size", self.size)
+            params.setdefault("encoding", self.encoding)
+            params.setdefault("seed", self.seed)
+            params.setdefault("progress", self.progress)
+            teacher = registry.create(self.teacher_name, "classifier", **params).fit(labelled)
+        if not hasattr(teacher, "network_"):
+            raise ConfigError(f"the teacher {type(teacher).__name__} is not a PyTorch classifier "
+                              "(distillation needs its logits)")
+        if int(teacher.size) != int(self.size) or teacher.encoding != self.encoding:
+            raise ConfigError(f"the teacher reads {teacher.size}px {teacher.encoding} maps, the student "
+                              f"{self.size}px {self.encoding}: set the student's size/encoding to the teacher's")
+        if list(teacher.classes_) != label_order(labelled.labels):
+            raise DataError(f"the teacher knows classes {teacher.classes_}, the training labels are "
+                            f"{label_order(labelled.labels)}")
+        return teacher
+
+    def _teacher_views(self, x_u8: np.ndarray) -> np.ndarray:
+        """Teacher logits for all 8 dihedral views of every map: (N, 8, n_classes) float32."""
+        from tqdm.auto import tqdm
+
+        views = 8 if self.augment else 1
+        out = np.empty((len(x_u8), views, len(self.classes_)), dtype=np.float32)
+        for k in tqdm(range(views), desc="teacher logits", disable=not self.progress, file=sys.stderr,
+                      leave=False):
+            out[:, k] = self._teacher._logits(np.ascontiguousarray(dihedral(x_u8, k, axes=(1, 2))), "wafer").numpy()
+        return out
+
+    # ---- training --------------------------------------------------------------------------------
+    def fit(self, dataset, teacher=None, transfer=None, **kwargs) -> "DistilledStudentClassifier":
+        if dataset.kind != "wafer":
+            raise DataError(f"{dataset.name}: kd_student distils wafer maps, not images")
+        labelled = dataset.labelled()
+        if len(labelled) == 0:
+            raise DataError(f"{dataset.name}: no labelled maps to train on")
+        self._teacher = self._resolve_teacher(labelled, teacher)
+        parts = [dataset.subset(~dataset.is_labelled)] if (~dataset.is_labelled).any() else []
+        if transfer is not None:
+            parts.append(transfer)
+        n_extra = sum(len(p) for p in parts)
+        if self.use_transfer and n_extra:
+            cap = int(round(float(self.transfer_ratio) * len(labelled)))
+            x_extra = np.concatenate([self.resize(p) for p in parts])
+            if len(x_extra) > cap:
+                keep = np.random.default_rng(self.seed).choice(len(x_extra), size=cap, replace=False)
+                x_extra = x_extra[np.sort(keep)]
+            self._x_transfer = x_extra
+        else:
+            self._x_transfer = np.zeros((0, int(self.size), int(self.size)), dtype=np.uint8)
+        self._cache = None
+        try:
+            super().fit(labelled, **kwargs)
+        finally:
+            teacher_params = count_parameters(self._teacher.network_)
+            del self._teacher, self._x_transfer, self._cache
+        self.teacher_parameters_ = teacher_params
+        self.transfer_size_ = int(n_extra if self.use_transfer else 0)
+        return self
+
+    def _train_batches(self, x_u8, y, rng, kind):
+        """Labelled batches, each followed by its share of transfer maps; teacher logits looked up."""
+        import torch
+
+        if self._cache is None:  # first epoch: teacher logits for every view of train + transfer maps
+            x_both = np.concatenate([x_u8, self._x_transfer])
+            self._cache = (x_both, np.concatenate([y, np.full(len(self._x_transfer), IGNORE)]),
+                           self._teacher_views(x_both))
+        x_both, y_both, t_views = self._cache
+        n_lab, n_tr = len(y), len(self._x_transfer)
+        if self.imbalance == "sampler":
+            p = self._class_weights(y, len(self.classes_))[y].astype(np.float64)
+            lab_order = rng.choice(n_lab, size=n_lab, replace=True, p=p / p.sum())
+        else:
+            lab_order = rng.permutation(n_lab)
+        order = np.concatenate([lab_order, n_lab + rng.permutation(n_tr)])
+        order = order[rng.permutation(len(order))]
+        bs = int(self.batch_size)
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            if len(idx) < 2:
+                continue
+            ks = rng.integers(0, t_views.shape[1], size=len(idx))
+            xb = np.empty((len(idx),) + x_both.shape[1:], dtype=np.uint8)
+            for k in np.unique(ks):
+                sel = np.flatnonzero(ks == k)
+                xb[sel] = dihedral(x_both[idx[sel]], int(k), axes=(1, 2))
+            self._batch_teacher_logits = torch.from_numpy(t_views[idx, ks])
+            yield self.encode_batch(xb, kind), torch.from_numpy(y_both[idx].astype(np.int64))
+
+    def _loss(self, logits, targets, batch_x):
+        return kd_loss(logits, self._batch_teacher_logits, targets, self.alpha, self.temperature,
+                       weight=self._loss_weight)
+
+    # ---- fast inference: BatchNorm folded into the convolutions, channels-last, one-hot in torch ----
+    def inference_network(self):
+        """An eval-only copy of the student for prediction: every Conv→BatchNorm pair fused, channels-last,
+        and (one-hot input) a stem that reads the raw die states, see :class:`_DieStateStem`. It takes
+        :meth:`encode_fast`'s input and returns the same logits as ``network_``."""
+        import copy
+
+        import torch
+        from torch import nn
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        self._check_fitted()
+        cached = getattr(self, "_fast", None)
+        if cached is not None and cached[0] is self.network_:
+            return cached[1]
+        fused = []
+        for layer in copy.deepcopy(self.network_).eval():
+            if isinstance(layer, nn.BatchNorm2d) and fused and isinstance(fused[-1], nn.Conv2d):
+                fused[-1] = fuse_conv_bn_eval(fused[-1], layer)
+            else:
+                fused.append(layer)
+        if self._die_state_input(fused[0]):
+            fused[0] = _DieStateStem.build(fused[0])
+        net = nn.Sequential(*fused).eval().to(memory_format=torch.channels_last)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self._fast = (self.network_, net)
+        return net
+
+    def _die_state_input(self, first=None) -> bool:
+        from torch import nn
+
+        first = first if first is not None else self.network_[0]
+        return (self.encoding == "onehot3" and isinstance(first, nn.Conv2d) and first.in_channels == 3
+                and tuple(first.padding) == (0, 0))
+
+    def encode_fast(self, x_u8: np.ndarray):
+        """The input of :meth:`inference_network`: (N, 1, S, S) float die states (or the usual encoding)."""
+        import torch
+
+        if not self._die_state_input():
+            return self.encode_batch(x_u8).contiguous(memory_format=torch.channels_last)
+        return torch.from_numpy(np.ascontiguousarray(x_u8)).to(torch.float32)[:, None]
+
+    def _logits(self, x_u8: np.ndarray, kind: str = "wafer", batch_size: int = 4096):
+        import torch
+
+        if kind != "wafer" or self.network_.training:  # validation during fit: the plain path
+            return super()._logits(x_u8, kind, min(batch_size, 1024))
+        net = self.inference_network()
+        with torch.inference_mode():
+            out = [net(self.encode_fast(x_u8[i:i + batch_size])) for i in range(0, len(x_u8), batch_size)]
+        return torch.cat(out) if out else torch.zeros((0, len(self.classes_)))
+
+    # ---- persistence: the teacher is not needed to predict, only its size is recorded ------------
+    def _state(self):
+        tensors, extras = super()._state()
+        extras["teacher_parameters"] = int(getattr(self, "teacher_parameters_", 0))
+        extras["transfer_size"] = int(getattr(self, "transfer_size_", 0))
+        return tensors, extras
+
+    def _load_state(self, tensors, extras) -> None:
+        super()._load_state(tensors, extras)
+        self.teacher_parameters_ = int(extras.get("teacher_parameters", 0))
+        self.transfer_size_ = int(extras.get("transfer_size", 0))
+
+    @property
+    def parameter_ratio(self) -> float:
+        """Student parameters / teacher parameters."""
+        return self.n_parameters() / max(1, self.teacher_parameters_)
+

@@ -1,0 +1,164 @@
+"""Mixed-type wafer maps (MixedWM38-style): one sigmoid per base pattern instead of one softmax.
+
+A map can carry several defect patterns at once (Center + Edge-Loc + Scratch...). ``multilabel_cnn``
+puts 8 independent sigmoid outputs over :data:`~waferscope.data.classes.BASE_PATTERNS` on the compact
+``cnn`` network and trains them with binary cross-entropy on ``dataset.multilabels`` (N×8); a pattern
+is present when its probability is ≥ ``threshold``. Metrics: per-pattern F1 and the exact-match ratio
+(all 8 decisions right; scikit-learn's subset accuracy).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+
+import numpy as np
+
+from waferscope.data.classes import BASE_PATTERNS, NORMAL
+from waferscope.data.preprocess import augment_dihedral, stratified_split
+from waferscope.errors import DataError
+from waferscope.models.classifiers.cnn import compact_wafer_cnn
+from waferscope.models.classifiers.torch_base import TorchClassifier
+from waferscope.registry import register
+
+
+def multilabel_report(y_true: np.ndarray, y_pred: np.ndarray, patterns=BASE_PATTERNS) -> dict:
+    """Per-pattern precision/recall/F1/support, their macro mean, exact-match ratio and Hamming loss."""
+    from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support
+
+    y_true = np.asarray(y_true).astype(bool)
+    y_pred = np.asarray(y_pred).astype(bool)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    present = s > 0
+    return {
+        "n": int(len(y_true)),
+        "exact_match": float(accuracy_score(y_true, y_pred)),
+        "hamming_loss": float(hamming_loss(y_true, y_pred)),
+        "macro_f1": float(np.mean(f[present])) if present.any() else 0.0,
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "per_pattern": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                               "support": int(s[i])} for i, name in enumerate(patterns)},
+    }
+
+
+def multilabel_names(y: np.ndarray, patterns=BASE_PATTERNS) -> np.ndarray:
+    """(N, 8) bool → labels in the synthetic generator's style: "Center+Scratch", "Loc", "none"."""
+    return np.array(["+".join(p for p, on in zip(patterns, row) if on) or NORMAL for row in np.asarray(y, bool)],
+                    dtype=object)
+
+
+def _val_split(strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified by label combination when every combination can be; otherwise a seeded random split
+    (38 combinations do not all fit into a small validation set)."""
+    try:
+        return stratified_split(strata, fraction, seed)
+    except ValueError:
+        order = np.random.default_rng(seed).permutation(len(strata))
+        n_val = max(1, int(round(fraction * len(strata))))
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+@register("multilabel_cnn", kind="classifier")
+class MultiLabelCNNClassifier(TorchClassifier):
+    """The compact ``cnn`` with 8 sigmoid heads over BASE_PATTERNS, trained with BCE on ``multilabels``."""
+
+    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
+                 lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
+                 val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
+                 width: int = 16, dropout: float = 0.2, threshold: float = 0.5):
+        super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, imbalance=imbalance, augment=augment,
+                         val_fraction=val_fraction, patience=patience, seed=seed, progress=progress)
+        self.width = width
+        self.dropout = dropout
+        self.threshold = threshold
+
+    def build_network(self, in_chans: int, n_classes: int):
+        return compact_wafer_cnn(in_chans, n_classes, self.width, self.dropout)
+
+    def fit(self, dataset, **kwargs) -> "MultiLabelCNNClassifier":
+        """Same recipe as the single-label base (AdamW, one-cycle LR, rotations/flips, early stopping on a
+        stratified validation split, best epoch restored), with BCE and the mean per-pattern F1."""
+        import torch
+        import torch.nn.functional as F
+        from tqdm.auto import tqdm
+
+        if dataset.multilabels is None:
+            raise DataError(f"{dataset.name}: multilabel_cnn needs multi-labels (N×8 over BASE_PATTERNS), "
+                            "e.g. waferscope.data.synthetic.generate(n, seed, mixed=True)")
+        y_all = dataset.multilabels.astype(np.float32)
+        x_all = self.resize(dataset)
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        strata = multilabel_names(y_all)
+        use_val = self.val_fraction > 0 and len(y_all) >= 20
+        tr, va = (_val_split(strata, self.val_fraction, self.seed) if use_val
+                  else (np.arange(len(y_all)), np.arange(0)))
+        self.classes_ = list(BASE_PATTERNS)
+        self.in_chans_ = self._in_chans(dataset.kind)
+        net = self.build_network(self.in_chans_, len(BASE_PATTERNS))
+        self.network_ = net
+        pos = y_all[tr].sum(0)
+        # sqrt of the negative/positive ratio: rare patterns (Near-full, Random) count more, not 30× more
+        pos_weight = (torch.from_numpy(np.sqrt((len(tr) - pos) / np.maximum(pos, 1)).astype(np.float32))
+                      if self.imbalance == "loss" else None)
+        bs = int(self.batch_size)
+        steps = max(1, len(tr) // bs + 1)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.epochs * steps + 1,
+                                                    pct_start=0.15)
+        best, history, started = (-1.0, None, 0), [], time.perf_counter()
+        bar = tqdm(range(self.epochs), desc="train multilabel_cnn", disable=not self.progress, file=sys.stderr,
+                   leave=False)
+        for epoch in bar:
+            net.train()
+            order = tr[rng.permutation(len(tr))]
+            total = 0.0
+            for start in range(0, len(order), bs):
+                idx = order[start:start + bs]
+                if len(idx) < 2:
+                    continue
+                xb = augment_dihedral(x_all[idx], rng, axes=(1, 2)) if self.augment else x_all[idx]
+                loss = F.binary_cross_entropy_with_logits(net(self.encode_batch(xb)), torch.from_numpy(y_all[idx]),
+                                                          pos_weight=pos_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched.last_epoch < sched.total_steps - 1:
+                    sched.step()
+                total += loss.item() * len(idx)
+            entry = {"epoch": epoch + 1, "train_loss": total / max(len(tr), 1)}
+            if use_val:
+                pred = torch.sigmoid(self._logits(x_all[va])).numpy() >= self.threshold
+                score = multilabel_report(y_all[va], pred)["macro_f1"]
+                entry["val_macro_f1"] = score
+                if score > best[0]:
+                    best = (score, copy.deepcopy(net.state_dict()), epoch + 1)
+            history.append(entry)
+            bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "epoch"})
+            if use_val and epoch + 1 - best[2] >= self.patience:
+                break
+        bar.close()
+        if best[1] is not None:
+            net.load_state_dict(best[1])
+        net.eval()
+        self.history_ = history
+        self.best_epoch_ = best[2] if use_val else len(history)
+        self.train_seconds_ = time.perf_counter() - started
+        return self
+
+    def predict_proba(self, dataset) -> np.ndarray:
+        """(N, 8) independent pattern probabilities (rows do not sum to 1)."""
+        import torch
+
+        self._check_fitted()
+        return torch.sigmoid(self._logits(self.resize(dataset), dataset.kind).float()).numpy()
+
+    def predict_multilabel(self, dataset) -> np.ndarray:
+        """(N, 8) bool: which of BASE_PATTERNS each map shows."""
+        return self.predict_proba(dataset) >= float(self.threshold)
+
+    def predict(self, dataset) -> np.ndarray:
+        """Label strings like the mixed synthetic set's: "Center+Edge-Loc", "Scratch", "none"."""
+        return multilabel_names(self.predict_multilabel(dataset), self.classes_)
