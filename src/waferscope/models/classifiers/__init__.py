@@ -20,3 +20,7 @@ def load_default():
     from waferscope.base import load_run
 
     return load_run(DEFAULT_MODEL_DIR, kind="classifier")
+# Advanced classification (docs/classification_advanced.md): distillation, autoencoder variants,
+# pseudo-labelling, mixed-type multi-label.
+from waferscope.models.classifiers import (  # noqa: F401,E402  (registers kd_student, ae_latent, cnn_residual, pseudo_label_cnn, multilabel_cnn)
+    autoencoder_variants, distill, multilabel, semi_supervised)
