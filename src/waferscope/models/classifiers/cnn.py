@@ -42,10 +42,10 @@ class CompactCNNClassifier(TorchClassifier):
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
-                 width: int = 16, dropout: float = 0.2):
+                 tta: bool = False, width: int = 16, dropout: float = 0.2):
         super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
-                         val_fraction=val_fraction, patience=patience, seed=seed, progress=progress)
+                         val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta)
         self.width = width
         self.dropout = dropout
 
@@ -60,10 +60,10 @@ class ResNet18Classifier(TorchClassifier):
     def __init__(self, size: int = 64, encoding: str = "onehot3", epochs: int = 20, batch_size: int = 128,
                  lr: float = 2e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 5, seed: int = 0, progress: bool = True,
-                 width: float = 0.5):
+                 tta: bool = False, width: float = 0.5):
         super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
-                         val_fraction=val_fraction, patience=patience, seed=seed, progress=progress)
+                         val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta)
         self.width = width
 
     def build_network(self, in_chans: int, n_classes: int):

@@ -1,0 +1,157 @@
+"""The fixed classification protocol on the real WM-811K dev maps, and its results table.
+
+Protocol (decided before looking at any test fold, identical for every method):
+
+* the 2,892 real dev maps are split by a stratified 5-fold split (seed 0), so every dev map is
+  tested exactly once, by a model that never saw it;
+* for each fold a model is trained, with its default hyper-parameters, on ``--synthetic`` synthetic
+  maps (``waferscope.data.synthetic.generate(n, seed=1000 + fold)``) plus the other 4/5 of the dev
+  maps, and predicts the held-out 1/5; neural models stop early on a validation split drawn from
+  their own training data, never from the test fold;
+* the 5 test folds' predictions are pooled: macro-F1, weighted-F1 and accuracy are computed over
+  all 2,892 maps (the per-fold spread is reported too);
+* wafers/s is end to end on the test fold (variable-size maps in, probabilities out: resizing and
+  feature extraction included), with ``--threads`` torch threads; train time is the mean per fold.
+
+Each (method, fold) result is cached as JSON under ``--work``, so the evaluation can run in
+pieces (e.g. one process per method) and the table is rebuilt from the cache::
+
+    python scripts/eval_classifiers.py                       # everything, then the table
+    python scripts/eval_classifiers.py --methods cnn --folds 0 1
+    python scripts/eval_classifiers.py --table-only          # rebuild the markdown table
+
+The table goes to ``--table`` (markdown) and the pooled per-class reports to ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
+METHODS = ("svm-linear", "svm-rbf", "cnn", "resnet18")
+N_FOLDS = 5
+
+
+def run_fold(method: str, fold: int, args) -> dict:
+    import torch
+
+    from waferscope import registry
+    from waferscope.data import WaferDataset, load
+    from waferscope.data.preprocess import stratified_kfold
+    from waferscope.data.synthetic import generate
+
+    dev = load(args.dev)
+    train_idx, test_idx = list(stratified_kfold(dev.labels, N_FOLDS, seed=0))[fold]
+    parts = [dev.subset(train_idx)]
+    if args.synthetic:
+        parts.insert(0, generate(args.synthetic, seed=1000 + fold))
+    train = WaferDataset.concat(parts, name="train")
+    test = dev.subset(test_idx)
+    torch.set_num_threads(args.threads)
+    clf = registry.create(method, "classifier", seed=fold, progress=not args.quiet)
+    t0 = time.perf_counter()
+    clf.fit(train)
+    train_s = time.perf_counter() - t0
+    clf.predict_proba(test.subset(np.arange(min(64, len(test)))))  # warm-up (lazy inits, caches)
+    t0 = time.perf_counter()
+    proba = clf.predict_proba(test)
+    infer_s = time.perf_counter() - t0
+    pred = np.asarray(clf.classes_, dtype=object)[proba.argmax(1)]
+    return {
+        "method": method, "fold": fold, "n_train": len(train), "n_test": len(test),
+        "test_index": test_idx.tolist(), "y_true": test.labels.astype(str).tolist(),
+        "y_pred": pred.astype(str).tolist(), "train_seconds": train_s, "wafers_per_second": len(test) / infer_s,
+        "params": int(clf.n_parameters()), "threads": args.threads, "synthetic": args.synthetic,
+        "best_epoch": getattr(clf, "best_epoch_", None),
+    }
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def build_table(work: Path, table: Path, methods) -> str:
+    from waferscope.data.classes import CLASSES
+    from waferscope.metrics.classification import classification_report_dict, macro_f1
+
+    rows, per_class = [], {}
+    for method in methods:
+        folds = [json.loads((work / f"{method}_fold{k}.json").read_text())
+                 for k in range(N_FOLDS) if (work / f"{method}_fold{k}.json").exists()]
+        if not folds:
+            continue
+        y_true = sum((f["y_true"] for f in folds), [])
+        y_pred = sum((f["y_pred"] for f in folds), [])
+        rep = classification_report_dict(y_true, y_pred, CLASSES)
+        write_json(work / f"{method}_pooled_report.json", rep)
+        fold_f1 = [macro_f1(f["y_true"], f["y_pred"], CLASSES) for f in folds]
+        per_class[method] = rep["per_class"]
+        rows.append((method, len(folds), len(y_true), rep["macro_f1"], np.std(fold_f1), rep["weighted_f1"],
+                     rep["accuracy"], folds[0]["params"], np.median([f["wafers_per_second"] for f in folds]),
+                     np.mean([f["train_seconds"] for f in folds]), folds[0]["synthetic"], folds[0]["threads"]))
+    lines = ["| method | folds | dev maps tested | macro-F1 (± fold sd) | weighted-F1 | accuracy | parameters | "
+             "wafers/s | train s / fold |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.4f} (± {r[4]:.3f}) | {r[5]:.4f} | {r[6]:.4f} | "
+                     f"{r[7]:,} | {r[8]:,.0f} | {r[9]:.0f} |")
+    if rows:
+        lines.append("")
+        lines.append(f"Training set per fold: {rows[0][10]} synthetic maps + 4/5 of the dev maps; "
+                     f"{rows[0][11]} torch thread(s); wafers/s = median over folds, end to end.")
+        lines.append("")
+        lines.append("Per-class F1 (pooled over the 5 test folds):")
+        lines.append("")
+        lines.append("| method | " + " | ".join(CLASSES) + " |")
+        lines.append("|---|" + "---|" * len(CLASSES))
+        for m, pc in per_class.items():
+            lines.append(f"| {m} | " + " | ".join(f"{pc[c]['f1']:.3f}" for c in CLASSES) + " |")
+    text = "\n".join(lines) + "\n"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    tmp = table.with_name(f".{table.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, table)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dev", default=DEV)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--folds", nargs="+", type=int, default=list(range(N_FOLDS)))
+    ap.add_argument("--synthetic", type=int, default=6000, help="synthetic maps added to each fold's training set")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path("results/classification"))
+    ap.add_argument("--table", type=Path, default=Path("results/classification/table.md"))
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--force", action="store_true", help="recompute cached folds")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        for method in args.methods:
+            for fold in args.folds:
+                path = args.work / f"{method}_fold{fold}.json"
+                if path.exists() and not args.force:
+                    continue
+                res = run_fold(method, fold, args)
+                write_json(path, res)
+                from waferscope.metrics.classification import macro_f1
+
+                print(f"{method} fold {fold}: macro-F1 {macro_f1(res['y_true'], res['y_pred']):.4f} "
+                      f"train {res['train_seconds']:.0f}s  {res['wafers_per_second']:.0f} wafers/s",
+                      file=sys.stderr, flush=True)
+    print(build_table(args.work, args.table, args.methods if not args.table_only else METHODS))
+
+
+if __name__ == "__main__":
+    main()
