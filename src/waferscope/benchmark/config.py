@@ -14,6 +14,7 @@ Schema (docs/benchmark.md has the long version)::
       dev:
         data: ../../shared/data/wm811k/wm811k_dev.npz   # relative to this file
         protocol: {split: 0.3}      # or {kfold: 5}; detection also {threshold_folds: 5}
+        exclude: [Random]           # classes to drop (optional)
         optional: true              # skip (with a note) when the file is missing
     methods:
       cnn: {model: cnn, params: {epochs: 3}}
@@ -33,7 +34,7 @@ from waferscope.errors import ConfigError
 
 TASKS = {"classification": "classifier", "detection": "detector"}
 TOP_KEYS = {"task", "name", "description", "threads", "seeds", "speed", "datasets", "methods", "report"}
-DATASET_KEYS = {"data", "train", "test", "protocol", "optional", "description"}
+DATASET_KEYS = {"data", "train", "test", "protocol", "optional", "description", "exclude"}
 PROTOCOL_KEYS = {"split", "kfold", "threshold_folds"}
 METHOD_KEYS = {"model", "params", "label", "description", "task"}
 SPEED_KEYS = {"batch_size", "n", "repeats", "enabled"}
@@ -50,6 +51,7 @@ class DatasetSpec:
     kfold: int | None = None
     threshold_folds: int | None = None
     optional: bool = False
+    exclude: list[str] = field(default_factory=list)  # classes dropped from every part (seed 002)
     missing: list[str] = field(default_factory=list)  # optional sources that are absent
 
     @property
@@ -63,6 +65,8 @@ class DatasetSpec:
             out = {"kfold": self.kfold} if self.kfold else {"split": self.split}
         if self.threshold_folds:
             out["threshold_folds"] = self.threshold_folds
+        if self.exclude:
+            out["exclude"] = sorted(self.exclude)
         return out
 
 
@@ -151,6 +155,10 @@ def _parse_dataset(path: Path, name: str, body: Any) -> DatasetSpec:
         raise _err(path, f"{where} must be a data spec or a mapping with data/train/test/protocol")
     _check_keys(path, where, body, DATASET_KEYS)
     ds = DatasetSpec(name=str(name), optional=bool(body.get("optional", False)))
+    exclude = body.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(c, str) for c in exclude):
+        raise _err(path, f"{where}.exclude must be a list of class names, got {exclude!r}")
+    ds.exclude = list(exclude)
     has_data, has_pair = "data" in body, ("train" in body or "test" in body)
     if has_data == has_pair:
         raise _err(path, f"{where}: give either 'data' (split by the protocol) or both 'train' and 'test'")

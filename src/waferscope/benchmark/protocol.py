@@ -58,6 +58,8 @@ def load_dataset(spec: DatasetSpec, tasks: list[str] | str, config_path) -> Load
             ds = load(src)
         except WaferscopeError as exc:
             raise ConfigError(f"datasets.{spec.name}.{key}: {exc}", config_path) from None
+        if spec.exclude:
+            ds = ds.subset(~np.isin(ds.labels.astype(str), spec.exclude))
         if "classification" in tasks and key != "test" and not ds.is_labelled.any():
             raise ConfigError(f"datasets.{spec.name}.{key}: {src} has no labelled maps to train a classifier", config_path)
         parts[key] = ds

@@ -91,7 +91,8 @@ def _table(doc: dict, task: str) -> str:
     rows = [r for r in doc["rows"] if r["task"] == task]
     other = DETECTION_ONLY if task == "classification" else CLASSIFICATION_ONLY
     qcols = [c for c in doc["quality_columns"] if c not in ("task", "model", "n_test") and c not in other
-             and not (task == "detection" and c.startswith("f1["))]
+             and not (task == "detection" and c.startswith("f1["))
+             and (c in ("method", "dataset", "seed") or any(r.get(c) is not None for r in rows))]
     tcols = [c for c in doc["timing_columns"] if c != "speed_batch_size"]
     head = "".join(f"<th>{_esc(c)}</th>" for c in qcols) + "".join(f'<th class="t">{_esc(c)}</th>' for c in tcols)
     # Best value per data set and quality column in bold.

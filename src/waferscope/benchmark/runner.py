@@ -33,7 +33,9 @@ from waferscope.utils import atomic_path
 CACHE_FORMAT = 1
 ID_COLUMNS = ["task", "method", "model", "dataset", "seed", "n_test"]
 MODEL_COLUMNS = ["params", "size_bytes"]
-TIMING_COLUMNS = ["train_s", "latency_ms", "throughput_wps", "speed_batch_size", "peak_rss_mb", "peak_extra_mb"]
+OPTIONAL_COLUMNS = ["image_f1_kfold_threshold", "gradcam_energy", "gradcam_pointing", "denoise_gradcam_f1",
+                    "denoise_median_f1"]
+TIMING_COLUMNS = ["train_s", "train_cpu_s", "latency_ms", "throughput_wps", "speed_batch_size", "peak_rss_mb", "peak_extra_mb"]
 
 
 def sha(obj) -> str:
@@ -113,8 +115,7 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
 def quality_columns(records: list[dict]) -> list[str]:
     tasks = {r.get("task", "classification") for r in records}
     cols = (CLASSIFICATION_COLUMNS if "classification" in tasks else []) + (DETECTION_COLUMNS if "detection" in tasks else [])
-    if any("image_f1_kfold_threshold" in r["quality"] for r in records):
-        cols.append("image_f1_kfold_threshold")
+    cols += [c for c in OPTIONAL_COLUMNS if any(c in r["quality"] for r in records)]
     classes: list[str] = []
     for r in records:
         classes += [c for c in r["quality"].get("per_class_f1", {}) if c not in classes]
@@ -173,7 +174,7 @@ def results_markdown(rows: list[dict], qcols: list[str], manifest: dict) -> str:
         trows = [r for r in rows if r["task"] == task]
         if not trows:
             continue
-        main = [c for c in qcols if c in main or (task == "detection" and c == "image_f1_kfold_threshold")]
+        main = [c for c in qcols if c in main or (c in OPTIONAL_COLUMNS and any(r.get(c) is not None for r in trows))]
         cols = ["method", "dataset", "seed"] + main + ["params", "size_bytes", "train_s", "latency_ms",
                                                        "throughput_wps", "peak_rss_mb"]
         lines += [f"## {task.capitalize()}", "", "| " + " | ".join(head.get(c, c) for c in cols) + " |",
