@@ -55,6 +55,17 @@ def _onehot(x, encoding: str):
     raise ExportError(f"unknown encoding {encoding!r}")
 
 
+def _rot90(x, k: int):
+    """np.rot90(x, k, axes=(-2, -1)) from transposes and flips (ONNX has no rot90)."""
+    if k == 1:
+        return x.transpose(-2, -1).flip(-2)
+    if k == 2:
+        return x.flip(-2).flip(-1)
+    if k == 3:
+        return x.transpose(-2, -1).flip(-1)
+    return x
+
+
 def input_size(est) -> int:
     for name in ("input_size", "size"):
         if isinstance(getattr(est, name, None), int):
@@ -74,15 +85,27 @@ def _module(est):
         net = custom or getattr(est, "network_", None)
         if not isinstance(net, nn.Module):
             raise ExportError(f"{est.registry_name}: only torch classifiers (with a network_) export to ONNX")
+        if custom is None and hasattr(est, "inference_network"):
+            net = est.inference_network()  # the model's own eval copy (Conv-BN folded)
+        views = 8 if getattr(est, "tta", False) else 1  # test-time augmentation: the 8 rotations/flips
 
         class ClassifierGraph(nn.Module):
             def __init__(self):
                 super().__init__()
                 self.net = net
 
-            def forward(self, maps):
+            def one_view(self, maps):
                 out = self.net(_onehot(maps, encoding))
                 return out if custom is not None else torch.softmax(out.float(), dim=1)
+
+            def forward(self, maps):
+                if views == 1:
+                    return self.one_view(maps)
+                total = 0
+                for k in range(8):  # as preprocess.dihedral: rot90 k % 4 times, then flip if k ≥ 4
+                    view = _rot90(maps, k % 4)
+                    total = total + self.one_view(torch.flip(view, dims=(-1,)) if k >= 4 else view)
+                return total / 8.0
 
         return ClassifierGraph().eval(), ["probabilities"], size
 

@@ -69,7 +69,9 @@ def torch_modules(est: Any) -> list:
     import torch
 
     found = []
-    for value in vars(est).values():
+    for name, value in vars(est).items():
+        if name.startswith("_"):  # private caches (e.g. a folded inference copy) would count twice
+            continue
         items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
         found += [v for v in items if isinstance(v, torch.nn.Module)]
     return found
