@@ -116,3 +116,14 @@ def test_fit_loop_is_seeded():
     (h1, w1), (h2, w2) = run(), run()
     assert h1 == h2 and torch.equal(w1, w2)
     assert h1[-1] < h1[0]
+
+
+def test_masked_topk_mean():
+    from waferscope.models.detectors.common import masked_topk_mean
+
+    maps = torch.arange(2 * 10, dtype=torch.float32).reshape(2, 1, 10)
+    valid = np.ones((2, 1, 10), bool)
+    valid[1, 0, 5:] = False  # the second map's top values are off the wafer
+    out = masked_topk_mean(maps, valid, fraction=0.2)
+    assert out[0] == pytest.approx((9 + 8) / 2)
+    assert out[1] == pytest.approx(14.0)  # 20% of 5 valid pixels → the single best, 14

@@ -1,7 +1,338 @@
-"""`waferscope detect ...` commands."""
+"""`waferscope detect train | evaluate | score`: unsupervised anomaly detection.
+
+``train`` fits a detector on the *normal* maps of the data only (label ``none``, or ``good`` for
+MVTec-layout images) and stores a decision threshold next to the run (``threshold.json``):
+``--threshold kfold`` is the K-fold mean-of-max rule (per fold, the maximum score of held-out
+normals; their mean), ``quantile`` the q-quantile of the training normals' own scores (optimistic:
+a detector scores its training data low), ``none`` stores nothing. Without ``--run``, ``evaluate``
+and ``score`` use the bundled detector.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="detect commands (see issue tracker).")
+from waferscope.errors import ConfigError, DataError, RunDirError
+
+app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply unsupervised anomaly detectors.")
+
+DATA_HELP = "Data SPEC: a file/folder load() reads, or synthetic:n=…,seed=…"
+THRESHOLD_JSON = "threshold.json"
+
+
+def _load_data(specs: List[str]):
+    from waferscope.data import load
+    from waferscope.data.dataset import WaferDataset
+
+    parts = [load(s) for s in specs]
+    ds = parts[0] if len(parts) == 1 else WaferDataset.concat(parts, name="+".join(p.name for p in parts))
+    _check_masks(ds, ", ".join(specs))
+    return ds
+
+
+def _check_masks(dataset, where: str) -> None:
+    """Masks must match their map's H×W (loaders check this; data built by hand may not)."""
+    if dataset.masks is None:
+        return
+    for i, (m, k) in enumerate(zip(dataset.maps, dataset.masks)):
+        if k is not None and np.shape(k)[:2] != m.shape[:2]:
+            raise DataError(f"mask of sample {dataset.ids[i]} has shape {np.shape(k)}, its map {m.shape[:2]}", where)
+
+
+def _select_split(dataset, split: str, auto: str, where: str):
+    """Rows of one split: ``auto`` picks ``auto`` ("train"/"test") when the data has both splits."""
+    if split == "all":
+        return dataset
+    splits = dataset.meta["split"].astype(str).str.lower().to_numpy()
+    if split == "auto":
+        if not ({"train", "test"} <= set(splits)):
+            return dataset
+        split = auto
+        typer.echo(f"note: the data has train and test splits; using the {split} split "
+                   f"({int((splits == split).sum())} of {len(dataset)} maps; --split all to use every map)", err=True)
+    if split not in ("train", "test"):
+        raise ConfigError(f"--split must be auto, train, test or all, got {split!r}")
+    sel = splits == split
+    if not sel.any():
+        raise DataError(f"no maps in the {split} split", where)
+    return dataset.subset(sel)
+
+
+def _parse_set(pairs: List[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_detector(run: Optional[Path]):
+    """(detector, run directory used)."""
+    from waferscope.base import load_run
+    from waferscope.models.detectors import DEFAULT_MODEL_DIR, load_default
+
+    if run is None:
+        return load_default(), DEFAULT_MODEL_DIR
+    return load_run(run, kind="detector"), run
+
+
+def read_threshold(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / THRESHOLD_JSON
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        float(doc["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunDirError(f"{THRESHOLD_JSON} is unreadable ({exc})", run_dir) from None
+    return doc
+
+
+def _check_kind(det, dataset, where: str) -> None:
+    mode = getattr(det, "mode_", None) or getattr(det, "input_kind_", None)
+    if mode in ("wafer", "image") and mode != dataset.kind:
+        raise DataError(f"this detector was trained on {mode} data; the data given is {dataset.kind} data", where)
+
+
+@app.command()
+def train(
+    data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (repeat to combine sets; only normal maps are used)"),
+    model: str = typer.Option("autoencoder", "--model", help="Detector name (waferscope.registry.available('detector'))"),
+    out: Path = typer.Option(..., "--out", help="Run directory to write"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (network detectors)"),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed → same model)"),
+    threshold: str = typer.Option("quantile", "--threshold", help="Stored decision threshold: kfold, quantile or none"),
+    quantile: float = typer.Option(0.99, "--quantile", min=0.5, max=1.0, help="q for --threshold quantile"),
+    folds: int = typer.Option(5, "--folds", min=2, help="K for --threshold kfold"),
+    set_: List[str] = typer.Option([], "--set", help="Any other detector parameter, key=value (JSON values)"),
+    split: str = typer.Option("auto", "--split", help="auto (the train split when the data has train and test), train, test or all"),
+) -> None:
+    """Fit a detector on the normal maps of the data and save it as a run directory."""
+    from waferscope import registry
+    from waferscope.metrics.detection import threshold_kfold_mean_of_max, threshold_quantile
+    from waferscope.models.detectors.common import training_normals
+
+    if threshold not in ("kfold", "quantile", "none"):
+        raise ConfigError(f"--threshold must be kfold, quantile or none, got {threshold!r}")
+    cls = registry.get(model, "detector")
+    params = _parse_set(set_)
+    valid = set(cls._param_names())
+    if "seed" in valid:
+        params["seed"] = seed
+    if epochs is not None:
+        params["epochs"] = epochs
+    bad = sorted(set(params) - valid)
+    if bad:
+        if bad == ["epochs"]:
+            raise ConfigError(f"{model} has no --epochs (it is not trained by epochs)")
+        raise ConfigError(f"{model} has no parameter(s) {', '.join(bad)}; it takes: {', '.join(sorted(valid))}")
+    where = ", ".join(data)
+    dataset = _select_split(_load_data(data), split, "train", where)
+    normals = training_normals(dataset, where)
+    skipped = len(dataset) - len(normals)
+    if skipped:
+        typer.echo(f"note: training on the {len(normals)} normal map(s); {skipped} other map(s) not used", err=True)
+    det = cls(**params).fit(normals)
+    thr_doc = None
+    if threshold == "kfold":
+        res = threshold_kfold_mean_of_max(lambda: cls(**params), normals, n_splits=folds, seed=seed)
+        thr_doc = {"threshold": res["threshold"], "method": f"kfold_mean_of_max (k={folds}, seed={seed})",
+                   "per_fold": res["per_fold"]}
+    elif threshold == "quantile":
+        thr_doc = {"threshold": threshold_quantile(det.score(normals).scores, quantile),
+                   "method": f"quantile {quantile} of the training normals' scores"}
+    det.save(out)
+    if thr_doc is not None:
+        _atomic_write_text(out / THRESHOLD_JSON, json.dumps(thr_doc, indent=2))
+    typer.echo(f"trained {model} on {len(normals)} normal maps; wrote {out}"
+               + (f" (threshold {thr_doc['threshold']:.6g}, {thr_doc['method']})" if thr_doc else ""), err=True)
+
+
+@app.command()
+def evaluate(
+    data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (labelled: none/good = normal, anything else = anomalous)"),
+    out: Path = typer.Option(..., "--out", help="Output folder: metrics.json, roc_pr.png, overlays.png"),
+    run: Optional[Path] = typer.Option(None, "--run", help="Detector run directory (default: the bundled detector)"),
+    n_overlays: int = typer.Option(6, "--overlays", min=0, help="How many anomaly-map overlays to draw"),
+    split: str = typer.Option("auto", "--split", help="auto (the test split when the data has train and test), train, test or all"),
+) -> None:
+    """Image AUROC/AUPR, precision/recall/F1 (+ pixel AUROC and AUPRO when masks exist), curves, overlays."""
+    from waferscope.metrics.detection import detection_targets, evaluate_detection, prf_at
+
+    where = ", ".join(data)
+    dataset = _select_split(_load_data(data), split, "test", where)
+    det, run_dir = _load_detector(run)
+    n_unlabelled = int((~dataset.is_labelled).sum())
+    if n_unlabelled:
+        typer.echo(f"note: skipping {n_unlabelled} unlabelled map(s) of {len(dataset)}", err=True)
+        dataset = dataset.labelled()
+    if len(dataset) == 0:
+        raise DataError("no labelled maps to evaluate on", where)
+    idx, y = detection_targets(dataset)
+    if len(np.unique(y)) < 2:
+        raise DataError("evaluation needs both normal (none/good) and anomalous maps; found only "
+                        + ("anomalous" if y[0] else "normal") + " ones", where)
+    _check_kind(det, dataset, where)
+    result = det.score(dataset)
+    metrics = evaluate_detection(result, dataset)
+    thr = read_threshold(run_dir)
+    if thr is not None:
+        at = prf_at(y, result.scores[idx], thr["threshold"])
+        metrics["at_run_threshold"] = {**at, "threshold": thr["threshold"], "method": thr.get("method", "")}
+    metrics.update(model=det.registry_name, run=str(run) if run else "bundled", data=list(data))
+    out.mkdir(parents=True, exist_ok=True)
+    _plot_curves(y, result.scores[idx], out / "roc_pr.png", f"{det.registry_name} on {dataset.name}")
+    if n_overlays:
+        _plot_overlays(dataset, result, out / "overlays.png", n_overlays)
+    _atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    px = f"  pixel AUROC {metrics['pixel_auroc']:.4f}  AUPRO {metrics['aupro']:.4f}" if "pixel_auroc" in metrics else ""
+    typer.echo(f"image AUROC {metrics['image_auroc']:.4f}  AUPR {metrics['image_aupr']:.4f}  "
+               f"best F1 {metrics['f1']:.4f} (P {metrics['precision']:.3f}, R {metrics['recall']:.3f}){px}  "
+               f"(n={len(dataset)}); wrote {out}", err=True)
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("._") or "sample"
+
+
+@app.command()
+def score(
+    data: List[str] = typer.Option(..., "--data", help=DATA_HELP),
+    out: Path = typer.Option(..., "--out", help="Output CSV: id, label, score[, anomalous]"),
+    run: Optional[Path] = typer.Option(None, "--run", help="Detector run directory (default: the bundled detector)"),
+    maps: Optional[Path] = typer.Option(None, "--maps", help="Folder for per-sample anomaly maps (<id>.npy, float32, H×W)"),
+) -> None:
+    """Score every map; optionally write each anomaly map (at the map's own size) as .npy."""
+    where = ", ".join(data)
+    dataset = _load_data(data)
+    if len(dataset) == 0:
+        raise DataError("no maps to score", where)
+    det, run_dir = _load_detector(run)
+    _check_kind(det, dataset, where)
+    result = det.score(dataset)
+    thr = read_threshold(run_dir)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    header = ["id", "label", "score"] + (["anomalous"] if thr else []) + (["map"] if maps else [])
+    writer.writerow(header)
+    names: dict[str, int] = {}
+    if maps is not None:
+        maps.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(result.scores):
+        row = [dataset.ids[i], dataset.labels[i], f"{s:.6g}"]
+        if thr:
+            row.append(int(s >= thr["threshold"]))
+        if maps is not None:
+            base = _safe_name(dataset.ids[i])
+            names[base] = names.get(base, 0) + 1
+            fname = base if names[base] == 1 else f"{base}_{names[base]}"
+            target = maps / f"{fname}.npy"
+            tmp = maps / f".{fname}.npy.tmp"
+            with open(tmp, "wb") as fh:
+                np.save(fh, result.maps[i].astype(np.float32))
+            os.replace(tmp, target)
+            row.append(target.name)
+        writer.writerow(row)
+    _atomic_write_text(out, buf.getvalue())
+    msg = f"scored {len(dataset)} maps"
+    if thr:
+        msg += f", {int((result.scores >= thr['threshold']).sum())} above the run's threshold {thr['threshold']:.6g}"
+    typer.echo(msg + f"; wrote {out}" + (f" and maps in {maps}" if maps else ""), err=True)
+
+
+# ---- figures ------------------------------------------------------------------------------------
+def _plot_curves(y: np.ndarray, s: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+    fpr, tpr, _ = roc_curve(y, s)
+    prec, rec, _ = precision_recall_curve(y, s)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    axes[0].plot(fpr, tpr, lw=1.5, label=f"AUROC {auc(fpr, tpr):.3f}")
+    axes[0].plot([0, 1], [0, 1], "k--", lw=0.8)
+    axes[0].set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC")
+    axes[1].plot(rec, prec, lw=1.5, label=f"anomalous share {y.mean():.2f}")
+    axes[1].set(xlabel="recall", ylabel="precision", title="precision-recall", ylim=(0, 1.02))
+    for ax in axes:
+        ax.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _plot_overlays(dataset, result, path: Path, n: int) -> None:
+    """The highest-scoring anomalous maps, the highest-scoring normal and the lowest-scoring anomalous."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    s = result.scores
+    anomalous = np.flatnonzero(~dataset.is_normal)
+    normal = np.flatnonzero(dataset.is_normal)
+    picks = list(anomalous[np.argsort(-s[anomalous])][: max(1, n - 2)])
+    if len(normal):
+        picks.append(int(normal[np.argmax(s[normal])]))
+    if len(anomalous) > len(picks):
+        picks.append(int(anomalous[np.argmin(s[anomalous])]))
+    picks = picks[:n]
+    fig, axes = plt.subplots(2, len(picks), figsize=(2.2 * len(picks), 4.6), squeeze=False)
+    wafer_cmap = ListedColormap(["white", "#b9d3e6", "#c0392b"])
+    for j, i in enumerate(picks):
+        m = dataset.maps[i]
+        ax0, ax1 = axes[0, j], axes[1, j]
+        if dataset.kind == "wafer":
+            ax0.imshow(m, cmap=wafer_cmap, vmin=0, vmax=2, interpolation="nearest")
+        else:
+            ax0.imshow(m, cmap="gray" if m.ndim == 2 else None)
+        ax0.set_title(f"{dataset.labels[i] or '?'}\nscore {s[i]:.3g}", fontsize=8)
+        ax1.imshow(result.maps[i], cmap="inferno", interpolation="nearest")
+        if dataset.masks is not None and dataset.masks[i] is not None and dataset.masks[i].any():
+            ax1.contour(dataset.masks[i], levels=[0.5], colors="cyan", linewidths=0.7)
+        for ax in (ax0, ax1):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("map")
+    axes[1, 0].set_ylabel("anomaly map")
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _save_fig(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -14,3 +14,16 @@ _HERE = Path(__file__).parent
 
 for _sub in sorted(p.parent.name for p in _HERE.glob("*/detector.py")):
     importlib.import_module(f"{__name__}.{_sub}.detector")
+
+DEFAULT_MODEL_DIR = _HERE.parent.parent / "weights" / "detector_default"
+
+
+def load_default():
+    """The detector shipped with waferscope (scripts/train_bundled_detector.py trains it)."""
+    from waferscope.base import load_run
+    from waferscope.errors import RunDirError
+
+    if not (DEFAULT_MODEL_DIR / "model.json").is_file():
+        raise RunDirError("no bundled detector is installed: pass --run with a run directory from "
+                          "`waferscope detect train`", DEFAULT_MODEL_DIR)
+    return load_run(DEFAULT_MODEL_DIR, kind="detector")

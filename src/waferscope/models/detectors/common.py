@@ -36,7 +36,7 @@ from waferscope.data.classes import NORMAL_LABELS
 from waferscope.errors import DataError
 
 __all__ = ["dataset_to_input", "wafer_valid_masks", "training_normals", "seed_everything", "batch_slices",
-           "fit_loop", "gaussian_blur", "postprocess_maps", "maps_to_input_resolution", "masked_max",
+           "fit_loop", "gaussian_blur", "postprocess_maps", "maps_to_input_resolution", "masked_max", "masked_topk_mean",
            "TorchDetector", "progress"]
 
 
@@ -183,6 +183,26 @@ def masked_max(maps: torch.Tensor, valid: np.ndarray | None = None) -> np.ndarra
     return torch.where(torch.isfinite(out), out, torch.zeros_like(out)).numpy().astype(np.float64)
 
 
+def masked_topk_mean(maps: torch.Tensor, valid: np.ndarray | None = None, fraction: float = 0.02) -> np.ndarray:
+    """Per-map mean of the top ``fraction`` of valid pixel values (at least one pixel).
+
+    Less sensitive than the maximum to one noisy pixel, and still driven by a small defect.
+    """
+    flat = maps.reshape(len(maps), -1)
+    if valid is None:
+        counts = torch.full((len(maps),), flat.shape[1])
+        vals = flat
+    else:
+        v = torch.from_numpy(np.ascontiguousarray(valid)).reshape(len(maps), -1)
+        counts = v.sum(1)
+        vals = flat.masked_fill(~v, -math.inf)
+    k = torch.clamp((counts.float() * fraction).ceil().long(), min=1)
+    top = vals.topk(int(k.max()), dim=1).values
+    keep = torch.arange(top.shape[1])[None, :] < k[:, None]
+    top = torch.where(keep & torch.isfinite(top), top, torch.zeros_like(top))
+    return (top.sum(1) / k.float()).numpy().astype(np.float64)
+
+
 def maps_to_input_resolution(maps: torch.Tensor | np.ndarray, dataset, sigma: float = 0.0) -> list[np.ndarray]:
     """Upsample each (S×S) map bilinearly to its sample's own H×W (float32 numpy arrays).
 
@@ -217,7 +237,7 @@ class TorchDetector(Detector):
     ``_predict_batch(x)`` gets a float tensor (B, 3, S, S) and returns ``(scores or None, maps)``
     with maps (B, h, w) at any resolution. ``score`` batches the data under ``torch.inference_mode``,
     post-processes the maps (see the module docstring) and, when a subclass returns no scores, scores
-    each sample by the maximum of its post-processed map. Subclasses need attributes ``input_size``,
+    each sample with ``_image_scores`` (default: the maximum of its post-processed map). Subclasses need attributes ``input_size``,
     ``batch_size`` (inference batch), ``smoothing_sigma`` and ``verbose`` (set them as constructor
     parameters, or rely on these class defaults).
     """
@@ -229,6 +249,10 @@ class TorchDetector(Detector):
 
     def _predict_batch(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         raise NotImplementedError
+
+    def _image_scores(self, maps: torch.Tensor, valid: np.ndarray | None) -> np.ndarray:
+        """Image scores from post-processed (N, S, S) maps when _predict_batch returns none."""
+        return masked_max(maps, valid)
 
     def _eval_modules(self) -> list[torch.nn.Module]:
         """Modules to switch to eval mode before scoring (default: every nn.Module attribute ending in _)."""
@@ -251,7 +275,7 @@ class TorchDetector(Detector):
                 v = None if valid is None else valid[sl]
                 pm = postprocess_maps(raw, size, float(self.smoothing_sigma), v)
                 maps[sl] = pm
-                scores[sl] = masked_max(pm, v) if s is None else np.asarray(torch.as_tensor(s).float(), dtype=np.float64)
+                scores[sl] = self._image_scores(pm, v) if s is None else np.asarray(torch.as_tensor(s).float(), dtype=np.float64)
         return scores, maps
 
     def score(self, dataset) -> DetectionResult:

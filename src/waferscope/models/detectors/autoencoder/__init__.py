@@ -1,0 +1,1 @@
+"""Convolutional autoencoder anomaly detector (reconstruction error on normal maps)."""

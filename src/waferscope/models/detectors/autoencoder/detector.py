@@ -1,0 +1,100 @@
+"""The ``autoencoder`` detector: train a conv autoencoder on normal maps, score by reconstruction error.
+
+Wafer maps: input onehot3 (no-die, pass, fail); the network reconstructs one channel, the logit of
+"this die fails", trained with BCE over the dies only (the wafer outline is given in the input, so
+no capacity is spent reproducing it and no error arises off the wafer). The anomaly map is the
+*excess* failure, ``max(0, fail − p(fail))`` per die: dies failing where a normal wafer would not. A
+die that passes where the model expected a failure is not an anomaly of any WM-811K pattern.
+
+Images: the network reconstructs RGB (sigmoid), trained with MSE; the anomaly map is the squared
+error averaged over channels.
+
+Image score: the maps are smoothed (Gaussian σ = ``smoothing_sigma`` px per 256 px, σ=1 px at 64 px),
+which turns isolated random fails — present on every normal wafer — into low values and keeps
+clusters high; the score is the mean of the top ``topk_fraction`` (2%) of on-wafer pixels. Compared
+with the maximum, that is robust to a single noisy pixel yet still driven by a small defect.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from waferscope.models.detectors.autoencoder.torch_model import ConvAutoencoder
+from waferscope.models.detectors.common import (TorchDetector, dataset_to_input, fit_loop, masked_topk_mean,
+                                                 training_normals)
+from waferscope.registry import register
+
+
+@register("autoencoder", kind="detector")
+class AutoencoderDetector(TorchDetector):
+    def __init__(self, input_size: int = 64, base_channels: int = 32, latent_dim: int = 64, epochs: int = 40,
+                 train_batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 1e-5, augment: bool = True,
+                 topk_fraction: float = 0.02, smoothing_sigma: float = 4.0, batch_size: int = 256, seed: int = 0,
+                 verbose: bool = True):
+        self.input_size = input_size
+        self.base_channels = base_channels
+        self.latent_dim = latent_dim
+        self.epochs = epochs
+        self.train_batch_size = train_batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.augment = augment
+        self.topk_fraction = topk_fraction
+        self.smoothing_sigma = smoothing_sigma
+        self.batch_size = batch_size
+        self.seed = seed
+        self.verbose = verbose
+
+    def _build(self, mode: str) -> ConvAutoencoder:
+        return ConvAutoencoder(self.input_size, 3, 1 if mode == "wafer" else 3, self.base_channels, self.latent_dim)
+
+    def _loss(self, model: ConvAutoencoder, x: torch.Tensor, mode: str) -> torch.Tensor:
+        out = model(x)
+        if mode == "wafer":
+            die = 1.0 - x[:, 0]
+            bce = F.binary_cross_entropy_with_logits(out[:, 0], x[:, 2], reduction="none")
+            return (bce * die).sum() / die.sum().clamp(min=1.0)
+        return F.mse_loss(torch.sigmoid(out), x)
+
+    def fit(self, dataset, **kwargs) -> "AutoencoderDetector":
+        normals = training_normals(dataset)
+        mode = "image" if dataset.kind == "image" else "wafer"
+        inputs = dataset_to_input(normals, int(self.input_size))
+        torch.manual_seed(self.seed)
+        model = self._build(mode)
+        history = fit_loop(model.parameters(), lambda x: self._loss(model, x, mode), inputs, epochs=int(self.epochs),
+                           batch_size=int(self.train_batch_size), lr=float(self.lr), seed=int(self.seed),
+                           augment=bool(self.augment) and mode == "wafer", weight_decay=float(self.weight_decay),
+                           desc="train autoencoder", verbose=bool(self.verbose), modules=[model])
+        model.eval()
+        self.model_ = model
+        self.mode_ = mode
+        self.train_loss_ = [round(float(h), 6) for h in history]
+        self.n_train_ = len(normals)
+        return self
+
+    def _predict_batch(self, x: torch.Tensor):
+        out = self.model_(x)
+        if self.mode_ == "wafer":
+            return None, (x[:, 2] - torch.sigmoid(out[:, 0])).clamp(min=0.0)
+        return None, ((torch.sigmoid(out) - x) ** 2).mean(1)
+
+    def _image_scores(self, maps: torch.Tensor, valid: np.ndarray | None) -> np.ndarray:
+        return masked_topk_mean(maps, valid, float(self.topk_fraction))
+
+    def _state(self):
+        tensors = {f"model.{k}": v for k, v in self.model_.state_dict().items()}
+        return tensors, {"mode": self.mode_, "train_loss": self.train_loss_, "n_train": self.n_train_}
+
+    def _load_state(self, tensors, extras) -> None:
+        from waferscope.models.backbones.checkpoint import load_state_dict_checked
+
+        self.mode_ = extras["mode"]
+        model = self._build(self.mode_)
+        load_state_dict_checked(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+                                drop_head=False)
+        self.model_ = model.eval()
+        self.train_loss_ = extras.get("train_loss", [])
+        self.n_train_ = extras.get("n_train", 0)
