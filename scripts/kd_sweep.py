@@ -162,7 +162,16 @@ def main(argv=None) -> int:
                 cells.append((w, a, t, True))
         cells.append((w, args.no_transfer_at[0], args.no_transfer_at[1], False))
     rows = []
+    done_json = work / "kd_sweep.json"
+    if done_json.exists():  # resume: keep the cells already measured with the same settings
+        prev = json.loads(done_json.read_text())
+        same = {k: v for k, v in prev.get("args", {}).items() if k not in ("widths", "alphas", "temperatures")}
+        if same == {k: v for k, v in vars(args).items() if k not in ("widths", "alphas", "temperatures")}:
+            rows = prev["rows"]
+    done = {(r["width"], r["alpha"], r["temperature"], r["transfer"]) for r in rows}
     for w, a, t, use_transfer in cells:
+        if (w, a, t, use_transfer) in done:
+            continue
         t0 = time.perf_counter()
         student = DistilledStudentClassifier(width=w, alpha=a, temperature=t, epochs=args.epochs,
                                              use_transfer=use_transfer, progress=False)

@@ -191,11 +191,19 @@ class DistilledStudentClassifier(TorchClassifier):
         """Teacher logits for all 8 dihedral views of every map: (N, 8, n_classes) float32."""
         from tqdm.auto import tqdm
 
+        import hashlib
+
         views = 8 if self.augment else 1
+        # A sweep distils many students from one teacher on the same maps: remember the last result.
+        key = (views, x_u8.shape, hashlib.sha1(np.ascontiguousarray(x_u8).data).hexdigest())
+        memo = getattr(self._teacher, "_kd_views_memo", None)
+        if memo is not None and memo[0] == key:
+            return memo[1]
         out = np.empty((len(x_u8), views, len(self.classes_)), dtype=np.float32)
         for k in tqdm(range(views), desc="teacher logits", disable=not self.progress, file=sys.stderr,
                       leave=False):
             out[:, k] = self._teacher._logits(np.ascontiguousarray(dihedral(x_u8, k, axes=(1, 2))), "wafer").numpy()
+        self._teacher._kd_views_memo = (key, out)
         return out
 
     # ---- training --------------------------------------------------------------------------------
