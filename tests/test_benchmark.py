@@ -251,3 +251,26 @@ def test_mixed_config_runs_classifiers_and_detectors(tmp_path):
     assert rows["mean"]["task"] == "detection" and rows["mean"]["image_auroc"] != ""
     page = (tmp_path / "m" / "index.html").read_text()
     assert "Classification: results" in page and "Detection: results" in page
+
+
+@registry.register("bench-test-broken", kind="classifier")
+class BrokenClassifier(Classifier):
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def fit(self, dataset, **kwargs):
+        raise RuntimeError("weights missing")
+
+
+def test_a_failing_cell_is_reported_and_the_rest_written(tmp_path):
+    from waferscope.benchmark import run_benchmark
+    from waferscope.benchmark.runner import BenchmarkIncomplete
+
+    cfg = write_config(tmp_path, seeds=[0], datasets={"pair": {"train": "train.npz", "test": "test.npz"}},
+                       methods={"small": "bench-test-centroid", "broken": "bench-test-broken"})
+    with pytest.raises(BenchmarkIncomplete, match="1 of 2 cells failed"):
+        run_benchmark(cfg, tmp_path / "f", report=True, log=lambda s: None)
+    assert [r["method"] for r in quality_rows(tmp_path / "f")] == ["small"]
+    assert "weights missing" in (tmp_path / "f" / "results.md").read_text()
+    assert "weights missing" in (tmp_path / "f" / "index.html").read_text()
+    assert len(list((tmp_path / "f" / "cells").glob("*.json"))) == 1  # the failure is not cached

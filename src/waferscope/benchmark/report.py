@@ -302,7 +302,7 @@ th{background:#f3f5f8} .t{background:#fbf8ef;color:#555} table.env td,table.env 
 .scroll{overflow-x:auto} img{max-width:100%;margin:6px 10px 6px 0;vertical-align:top}
 .fig{display:flex;flex-wrap:wrap;align-items:flex-start;gap:12px}
 .tree{border-left:3px solid #4a7;padding:4px 12px;font-size:14px;max-width:560px}
-.tree ul{padding-left:18px;margin:6px 0} .tree li{margin:4px 0} .note{color:#666;font-size:13px}
+.tree ul{padding-left:18px;margin:6px 0} .tree li{margin:4px 0} .note{color:#666;font-size:13px} .failed{color:#b00}
 """
 
 
@@ -332,6 +332,10 @@ def render_report(out: Path) -> str:
         else:
             sections += ["<h2>ROC and precision-recall curves</h2>", _curves(records, datasets),
                          "<h2>Example wafers and anomaly maps</h2>", _examples(task, records, datasets)]
+    if manifest.get("failed"):
+        items = "".join(f"<li>{_esc(f['method'])} × {_esc(f['dataset'])} × seed {f['seed']}: {_esc(f['error'])}</li>"
+                        for f in manifest["failed"])
+        sections += [f"<h2>Failed cells</h2><ul class=failed>{items}</ul>"]
     sections += ["<h2>Environment and hashes</h2>", _environment(manifest, all_records)]
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>waferscope benchmark {_esc(manifest['name'])}</title><style>{CSS}</style></head><body>"

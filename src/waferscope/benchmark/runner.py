@@ -28,6 +28,7 @@ from waferscope.benchmark.cell import run_cell
 from waferscope.benchmark.config import BenchmarkConfig, load_config
 from waferscope.benchmark.protocol import LoadedDataset, load_dataset
 from waferscope.benchmark.quality import CLASSIFICATION_COLUMNS, DETECTION_COLUMNS
+from waferscope.errors import WaferscopeError
 from waferscope.utils import atomic_path
 
 CACHE_FORMAT = 1
@@ -70,7 +71,7 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
     (out / "cells").mkdir(parents=True, exist_ok=True)
 
     grid = [(m, ds, s) for ds in loaded for m in config.methods for s in config.seeds]
-    records = []
+    records, failed = [], []
     for i, (method, ds, seed) in enumerate(grid, 1):
         key = cell_key(config, method, ds, seed)
         path = out / "cells" / f"{key}.json"
@@ -84,7 +85,14 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
                 log(f"{tag}: cached cell unreadable, rerunning")
         t0 = time.perf_counter()
         run_dir = out / "runs" / f"{method.name}__{ds.name}__s{seed}"
-        rec = run_cell(config, method, ds, seed, run_dir, progress=lambda s: log(f"{tag}: {s}"))
+        try:
+            rec = run_cell(config, method, ds, seed, run_dir, progress=lambda s: log(f"{tag}: {s}"))
+        except Exception as exc:  # one broken model must not lose the other cells; not cached, so retried
+            problem = str(exc) if isinstance(exc, WaferscopeError) else f"{type(exc).__name__}: {exc}"
+            log(f"{tag}: FAILED: {problem}")
+            failed.append({"task": method.task, "method": method.name, "model": method.model,
+                           "dataset": ds.name, "seed": seed, "error": problem})
+            continue
         rec["key"] = key
         _write_text(path, json.dumps(rec))
         records.append(rec)
@@ -101,6 +109,7 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
         "methods": {m.name: {"task": m.task, "model": m.model, "params": m.params, "label": m.label} for m in config.methods},
         "seeds": config.seeds, "speed": {"batch_size": config.batch_size, "n": config.speed_n, "repeats": config.repeats},
         "environment": measure.environment(config.threads),
+        "failed": failed,
     }
     write_results(out, records, manifest)
     if report:
@@ -108,7 +117,14 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
 
         write_report(out)
         log(f"wrote {out / 'index.html'}")
+    if failed:
+        raise BenchmarkIncomplete(f"{len(failed)} of {len(grid)} cells failed (listed in results.md and the report); "
+                                  "the others are written; rerun to retry only the failed ones", config.path)
     return {"records": records, "manifest": manifest}
+
+
+class BenchmarkIncomplete(WaferscopeError):
+    """Some cells raised an error; results of the others are written."""
 
 
 # ---- tables -----------------------------------------------------------------------------------
@@ -195,6 +211,9 @@ def results_markdown(rows: list[dict], qcols: list[str], manifest: dict) -> str:
                 lines.append(f"| {r['method']} | {r['dataset']} | {r['seed']} | "
                              + " | ".join(_fmt(r[c]) for c in per_class) + " |")
         lines.append("")
+    if manifest.get("failed"):
+        lines += ["## Failed cells", ""] + [f"- {f['method']} × {f['dataset']} × seed {f['seed']}: {f['error']}"
+                                          for f in manifest["failed"]] + [""]
     env = manifest["environment"]
     lines += [f"Machine: {env['cpu']} ({env['cpu_count']} CPUs), {env['threads']} thread(s); "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
