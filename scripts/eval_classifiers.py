@@ -10,6 +10,9 @@ Protocol (decided before looking at any test fold, identical for every method):
   their own training data, never from the test fold;
 * the 5 test folds' predictions are pooled: macro-F1, weighted-F1 and accuracy are computed over
   all 2,892 maps (the per-fold spread is reported too);
+* ``cnn+tta`` / ``resnet18+tta``: the same fitted networks, predictions averaged over the 8
+  rotations/flips; the ensembles in ``ENSEMBLES`` average cached test probabilities of members
+  declared in this file before the evaluation ran;
 * wafers/s is end to end on the test fold (variable-size maps in, probabilities out: resizing and
   feature extraction included), with ``--threads`` torch threads; train time is the mean per fold.
 
@@ -36,6 +39,8 @@ import numpy as np
 
 DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
 METHODS = ("svm-linear", "svm-rbf", "cnn", "resnet18")
+# Probability-averaging ensembles, declared here once (not chosen on the test folds).
+ENSEMBLES = (["cnn+tta", "svm-rbf"], ["cnn+tta", "resnet18+tta", "svm-rbf"])
 N_FOLDS = 5
 
 
@@ -55,7 +60,8 @@ def run_fold(method: str, fold: int, args) -> dict:
     train = WaferDataset.concat(parts, name="train")
     test = dev.subset(test_idx)
     torch.set_num_threads(args.threads)
-    clf = registry.create(method, "classifier", seed=fold, progress=not args.quiet)
+    extra = {"epochs": args.epochs} if args.epochs and "epochs" in registry.get(method, "classifier")._param_names() else {}
+    clf = registry.create(method, "classifier", seed=fold, progress=not args.quiet, **extra)
     t0 = time.perf_counter()
     clf.fit(train)
     train_s = time.perf_counter() - t0
@@ -63,14 +69,44 @@ def run_fold(method: str, fold: int, args) -> dict:
     t0 = time.perf_counter()
     proba = clf.predict_proba(test)
     infer_s = time.perf_counter() - t0
-    pred = np.asarray(clf.classes_, dtype=object)[proba.argmax(1)]
-    return {
+    record = {
         "method": method, "fold": fold, "n_train": len(train), "n_test": len(test),
         "test_index": test_idx.tolist(), "y_true": test.labels.astype(str).tolist(),
-        "y_pred": pred.astype(str).tolist(), "train_seconds": train_s, "wafers_per_second": len(test) / infer_s,
+        "classes": list(clf.classes_), "train_seconds": train_s, "wafers_per_second": len(test) / infer_s,
         "params": int(clf.n_parameters()), "threads": args.threads, "synthetic": args.synthetic,
         "best_epoch": getattr(clf, "best_epoch_", None),
     }
+    records = [dict(record, **_predictions(clf.classes_, proba))]
+    if hasattr(clf, "tta"):  # the same fitted network, prediction averaged over the 8 rotations/flips
+        clf.tta = True
+        t0 = time.perf_counter()
+        proba = clf.predict_proba(test)
+        records.append(dict(record, method=f"{method}+tta", wafers_per_second=len(test) / (time.perf_counter() - t0),
+                            **_predictions(clf.classes_, proba)))
+    return records
+
+
+def _predictions(classes, proba: np.ndarray) -> dict:
+    pred = np.asarray(classes, dtype=object)[proba.argmax(1)]
+    return {"y_pred": pred.astype(str).tolist(), "proba": np.round(proba, 5).tolist()}
+
+
+def ensemble_folds(work: Path, members: list[str]) -> list[dict]:
+    """Mean class probabilities of several methods' cached test predictions (declared, not tuned)."""
+    out = []
+    for k in range(N_FOLDS):
+        paths = [work / f"{m}_fold{k}.json" for m in members]
+        if not all(p.exists() for p in paths):
+            continue
+        recs = [json.loads(p.read_text()) for p in paths]
+        classes = recs[0]["classes"]
+        assert all(r["classes"] == classes for r in recs), "members must share their class order"
+        proba = np.mean([np.asarray(r["proba"]) for r in recs], axis=0)
+        rate = 1.0 / sum(1.0 / r["wafers_per_second"] for r in recs)
+        out.append(dict(recs[0], method=" + ".join(members), wafers_per_second=rate,
+                        train_seconds=sum(r["train_seconds"] for r in recs),
+                        params=sum(r["params"] for r in recs), **_predictions(classes, proba)))
+    return out
 
 
 def write_json(path: Path, obj) -> None:
@@ -84,9 +120,13 @@ def build_table(work: Path, table: Path, methods) -> str:
     from waferscope.metrics.classification import classification_report_dict, macro_f1
 
     rows, per_class = [], {}
-    for method in methods:
-        folds = [json.loads((work / f"{method}_fold{k}.json").read_text())
-                 for k in range(N_FOLDS) if (work / f"{method}_fold{k}.json").exists()]
+    names = [m for base in methods for m in (base, f"{base}+tta")] + [" + ".join(e) for e in ENSEMBLES]
+    for method in names:
+        if " + " in method:
+            folds = ensemble_folds(work, method.split(" + "))
+        else:
+            folds = [json.loads((work / f"{method}_fold{k}.json").read_text())
+                     for k in range(N_FOLDS) if (work / f"{method}_fold{k}.json").exists()]
         if not folds:
             continue
         y_true = sum((f["y_true"] for f in folds), [])
@@ -130,8 +170,9 @@ def main() -> None:
     ap.add_argument("--folds", nargs="+", type=int, default=list(range(N_FOLDS)))
     ap.add_argument("--synthetic", type=int, default=6000, help="synthetic maps added to each fold's training set")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", type=Path, default=Path("results/classification"))
-    ap.add_argument("--table", type=Path, default=Path("results/classification/table.md"))
+    ap.add_argument("--epochs", type=int, default=None, help="override the networks' epochs (smoke tests only)")
+    ap.add_argument("--work", type=Path, default=Path("runs/eval_classifiers"))
+    ap.add_argument("--table", type=Path, default=Path("runs/eval_classifiers/table.md"))
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--force", action="store_true", help="recompute cached folds")
     ap.add_argument("--quiet", action="store_true")
@@ -143,13 +184,13 @@ def main() -> None:
                 path = args.work / f"{method}_fold{fold}.json"
                 if path.exists() and not args.force:
                     continue
-                res = run_fold(method, fold, args)
-                write_json(path, res)
                 from waferscope.metrics.classification import macro_f1
 
-                print(f"{method} fold {fold}: macro-F1 {macro_f1(res['y_true'], res['y_pred']):.4f} "
-                      f"train {res['train_seconds']:.0f}s  {res['wafers_per_second']:.0f} wafers/s",
-                      file=sys.stderr, flush=True)
+                for res in run_fold(method, fold, args):
+                    write_json(args.work / f"{res['method']}_fold{fold}.json", res)
+                    print(f"{res['method']} fold {fold}: macro-F1 {macro_f1(res['y_true'], res['y_pred']):.4f} "
+                          f"train {res['train_seconds']:.0f}s  {res['wafers_per_second']:.0f} wafers/s",
+                          file=sys.stderr, flush=True)
     print(build_table(args.work, args.table, args.methods if not args.table_only else METHODS))
 
 

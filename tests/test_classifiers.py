@@ -110,7 +110,7 @@ def test_load_refuses_a_detector_run_and_mismatched_weights(synth, tmp_path):
     with pytest.raises(RunDirError, match="not a classifier"):
         load_run(tmp_path / "run", kind="classifier")
     doc["kind"] = "classifier"
-    doc["params"]["width"] = 8  # weights saved at width 16
+    doc["params"]["width"] = 8  # weights saved at the default width (24)
     (tmp_path / "run" / "model.json").write_text(json.dumps(doc))
     with pytest.raises(RunDirError, match="do not fit"):
         load_run(tmp_path / "run", kind="classifier")

@@ -1,0 +1,59 @@
+"""End-to-end speed of the bundled classifier: variable-size wafer maps in, class labels out.
+
+    python benchmarks/bench_classify.py                 # bundled model, 2 threads, 20,000 maps
+    python benchmarks/bench_classify.py --run RUN --threads 1 --n 5000
+
+The maps are the real dev maps (22×24 to 51×50 dies in the stored set) repeated to ``--n``, held
+in a WaferDataset as any loader returns them; the timed call is ``classifier.predict(dataset)``
+(nearest resize, one-hot encoding, the network, arg-max). Reported: the best of ``--repeats``
+timed passes after one warm-up pass, and the median. Target: ≥ 5,000 wafers/s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", help="a classifier run directory (default: the bundled model)")
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dev", default=DEV)
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from waferscope.base import load_run
+    from waferscope.data import load
+    from waferscope.models.classifiers import load_default
+
+    torch.set_num_threads(args.threads)
+    clf = load_default() if args.run is None else load_run(args.run, kind="classifier")
+    dev = load(args.dev)
+    data = dev.subset(np.arange(args.n) % len(dev))
+    clf.predict(data.subset(np.arange(min(2048, len(data)))))  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        labels = clf.predict(data)
+        times.append(time.perf_counter() - t0)
+    assert len(labels) == len(data)
+    params = clf.get_params()
+    print(f"model: {clf.registry_name} ({args.run or 'bundled'}), input {params.get('size')}px, "
+          f"{clf.n_parameters():,} parameters")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{args.threads} thread(s); {len(data):,} variable-size maps per pass")
+    print(f"wafers/s: best {len(data) / min(times):,.0f}, median {len(data) / statistics.median(times):,.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""Train the classifier shipped with waferscope and write it to src/waferscope/weights/classifier_default/.
+
+    python scripts/train_bundled_classifier.py            # the bundled model, as committed
+    python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
+
+Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024)``) plus every real WM-811K
+dev map (``/work/shared/data/wm811k/wm811k_dev.npz``), with the ``cnn`` defaults otherwise. The
+result is ``model.json`` + ``weights.safetensors`` (about 0.5 MB), loaded by
+``waferscope.models.classifiers.load_default()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
+OUT = Path(__file__).resolve().parent.parent / "src" / "waferscope" / "weights" / "classifier_default"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--dev", default=DEV)
+    ap.add_argument("--synthetic", type=int, default=6000)
+    ap.add_argument("--model", default="cnn")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from waferscope import registry
+    from waferscope.data import WaferDataset, load
+    from waferscope.data.synthetic import generate
+
+    torch.set_num_threads(args.threads)
+    parts = [generate(args.synthetic, seed=2024)] if args.synthetic else []
+    parts.append(load(args.dev))
+    data = WaferDataset.concat(parts, name="synthetic+wm811k_dev")
+    t0 = time.perf_counter()
+    clf = registry.create(args.model, "classifier", seed=args.seed).fit(data)
+    clf.save(args.out)
+    size = sum(p.stat().st_size for p in args.out.iterdir())
+    print(f"trained {args.model} on {len(data)} maps in {time.perf_counter() - t0:.0f}s "
+          f"(best epoch {getattr(clf, 'best_epoch_', '-')}); wrote {args.out} ({size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
