@@ -1,0 +1,74 @@
+"""Train the detector bundled with waferscope (used by `waferscope detect evaluate/score` without --run).
+
+Training data = the training half of the docs/detection.md protocol: the real dev maps' `none` maps,
+split 50/50 with seed 0 (the first half; the other half and every defect map stay for testing), so
+the protocol figures in the docs describe the bundled model. The decision threshold stored next to
+it (threshold.json) is the K-fold mean-of-max of those normals.
+
+    python scripts/train_bundled_detector.py --detector autoencoder [--set latent_dim=16] [--folds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from waferscope import registry
+from waferscope.data import load
+from waferscope.metrics.detection import threshold_kfold_mean_of_max
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = Path("/work/shared/data/wm811k/wm811k_dev.npz")
+
+
+def protocol_train_normals(seed: int = 0):
+    """The first half of the dev `none` maps (same split as benchmarks/eval_detect_dev.py)."""
+    dev = load(DEV)
+    normal = np.flatnonzero(dev.is_normal)
+    train_idx = np.sort(np.random.default_rng(seed).permutation(normal)[: len(normal) // 2])
+    return dev.subset(train_idx)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--detector", default="autoencoder")
+    ap.add_argument("--set", action="append", default=[], help="detector parameter key=value (JSON value)")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "src/waferscope/weights/detector_default")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    params = {}
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        try:
+            params[k] = json.loads(v)
+        except ValueError:
+            params[k] = v
+    cls = registry.get(args.detector, "detector")
+    if "verbose" in cls._param_names():
+        params.setdefault("verbose", False)
+    normals = protocol_train_normals()
+    t0 = time.perf_counter()
+    det = cls(**params).fit(normals)
+    t_fit = time.perf_counter() - t0
+    thr = threshold_kfold_mean_of_max(lambda: cls(**params), normals, n_splits=args.folds, seed=0)
+    det.save(args.out)
+    doc = {"threshold": thr["threshold"], "method": f"kfold_mean_of_max (k={args.folds}, seed=0)",
+           "per_fold": thr["per_fold"], "trained_on": f"{DEV.name}: first half of the `none` maps (seed 0), n={len(normals)}",
+           "fit_seconds": round(t_fit, 1), "command": "python scripts/train_bundled_detector.py " + " ".join(sys.argv[1:])}
+    tmp = args.out / ".threshold.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, args.out / "threshold.json")
+    print(f"wrote {args.out} (threshold {thr['threshold']:.6g}; fit {t_fit:.0f}s)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
