@@ -142,12 +142,29 @@ def _parse_classes(classes, mixed: bool) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _pair_up(g, fail: np.ndarray, share: float, axis: int, rng: np.random.Generator) -> np.ndarray:
+    """Make a share of background fails two dies long: real normal wafers show adjacent fail
+    pairs (multi-site probing), P(fail | neighbour fails) ≈ 0.12 vs 0.07 overall."""
+    cells = g.on_index[fail]
+    cells = cells[rng.random(len(cells)) < share]
+    if axis == 0:
+        cells = cells[cells % g.cols != g.cols - 1] + 1
+    else:
+        cells = cells[cells < (g.rows - 1) * g.cols] + g.cols
+    die = g.grid_to_die[cells]
+    out = fail.copy()
+    out[die[die >= 0]] = True
+    return out
+
+
 def _draw_wafer(rng: np.random.Generator, patterns: tuple[str, ...], size, mask_mode: str):
     d = Draws(rng)
     rows, cols, edge, flat, flat_depth = _grid_for(d, size)
     g = geometry(rows, cols, edge, flat, flat_depth)
     p_bg = background(g, d)
     fail = rng.random(g.n_dies) < p_bg
+    if d.chance(0.6):
+        fail = _pair_up(g, fail, d(0.05, 0.5), d.index(2), rng)
     m = g.template.copy()
     mask = np.zeros(rows * cols, dtype=bool)
     if patterns:

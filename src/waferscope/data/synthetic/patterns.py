@@ -101,15 +101,27 @@ def _blob_distance(g: Geometry, d: Draws, cu: float, cv: float, radius: float, a
 
 
 # ---- background ---------------------------------------------------------------------------------
+def die_radius(g: Geometry, dies: float) -> float:
+    """A length of ``dies`` die pitches in wafer coordinates (mean of both grid directions)."""
+    return dies * 4.0 / (g.rows + g.cols)
+
+
 def background(g: Geometry, d: Draws) -> np.ndarray:
-    """Random fails of a normal wafer: a per-wafer base rate, smooth process gradients and more
-    fails on the outermost dies (real `none` wafers fail ~3–12 % of dies, ~3× more on the rim)."""
-    base = d.tri(0.008, 0.11)
+    """Random fails of a normal wafer, as measured on the real `none` dev wafers: a per-wafer base
+    rate (3–12 % of dies fail), smooth process gradients, ~3× more fails on the outermost ring,
+    often a few extra fails at the very centre, and a few tiny clusters of 1–5 dies."""
+    base = d.tri(0.005, 0.085)
     amp = d(0.0, 0.7)
     p = base * np.clip(1.0 + amp * smooth_field(g, d, 3), 0.15, 3.0)
     rim = d.low(0.0, 0.35)
     p += rim * (g.ring == 0)
     p += (rim * d(0.0, 0.5)) * (g.ring == 1)
+    if d.chance(0.3):  # centre hot spot: real wafers of every class fail ~2× more at r < 0.1
+        p += d.low(0.0, 0.35) * (g.rho < d(0.04, 0.09))
+    for _ in range(int(d(0.0, 3.5))):  # tiny clusters that no labeller calls a pattern
+        cu, cv = d.in_disk(1.0)
+        dist = _blob_distance(g, d, cu, cv, die_radius(g, d(0.7, 1.6)), 2.0, 0.0)
+        p = np.maximum(p, d(0.4, 0.9) * (dist < 1.0))
     return p
 
 
@@ -125,10 +137,10 @@ def donut(g: Geometry, d: Draws) -> np.ndarray:
     du = g.u - cu
     dv = g.v - cv
     dist = np.sqrt(du * du + dv * dv)
-    mid = d(0.22, 0.6)
-    half_width = d(0.07, 0.22)
+    mid = d(0.25, 0.62)
+    half_width = d(0.1, 0.3)
     ring = np.abs(dist - mid) * (1.0 / half_width)
-    ring += d(0.0, 0.2) * smooth_field(g, d, 2)
+    ring += d(0.0, 0.25) * smooth_field(g, d, 2)
     p = d(0.5, 1.0) * _ramp(ring, d(0.2, 0.8))
     if d.chance(0.5):  # an open ring ("C" shape), common among real donuts
         a, b = d.direction()
@@ -147,31 +159,38 @@ def _angular(g: Geometry, d: Draws, cos_half_lo: float, cos_half_hi: float) -> n
 
 
 def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
-    t = _angular(g, d, 0.45, 0.97)
-    depth_max = d(1.5, 1.5 + 0.3 * min(g.rows, g.cols) / 2)
+    """A crescent hugging the rim: deepest in its middle, 1–6 dies deep, 25–130° long."""
+    t = _angular(g, d, 0.4, 0.97)
+    depth_max = d.low(1.2, 1.2 + 0.3 * min(g.rows, g.cols) / 2)
     t = np.sqrt(t) if d.chance(0.5) else t  # blunt (sqrt) or pointed crescent ends
     depth = depth_max * t + d(0.0, 1.0) * smooth_field(g, d, 2)
-    return d(0.5, 1.0) * np.clip(depth - g.ring, 0.0, 1.0)
+    return d(0.45, 1.0) * np.clip(depth - g.ring, 0.0, 1.0)
 
 
 def edge_ring(g: Geometry, d: Draws) -> np.ndarray:
-    width = d.low(1.0, 4.0)
+    """The outermost 1–3 rings of dies, often not all the way round."""
+    width = d.low(0.7, 2.6)
     band = np.clip(width - g.ring, 0.0, 1.0)
     # Coverage around the rim: constant + one- and two-fold modulation (sides, opposite sides).
     a, b = d.direction()
     c1 = g.cos_t * a + g.sin_t * b
     a, b = d.direction()
     c2 = g.cos_t * a + g.sin_t * b
-    cover = d(0.4, 1.3) + d(0.0, 0.8) * c1 + d(0.0, 0.8) * (2.0 * c2 * c2 - 1.0)
-    return d(0.6, 1.0) * band * np.clip(cover, 0.0, 1.0)
+    cover = d(0.5, 1.4) + d(0.0, 0.8) * c1 + d(0.0, 0.8) * (2.0 * c2 * c2 - 1.0)
+    return d(0.5, 1.0) * band * np.clip(cover, 0.0, 1.0)
 
 
 def loc(g: Geometry, d: Draws) -> np.ndarray:
+    """One to three clusters anywhere: small and dense, or larger and sparse, sometimes elongated."""
     p = None
-    for _ in range(2 if d.chance(0.2) else 1):
-        cu, cv = d.in_disk(0.8)
-        dist = _blob_distance(g, d, cu, cv, d(0.08, 0.3), 1.8, d(0.0, 0.35))
-        blob = d(0.4, 0.95) * _ramp(dist, d(0.3, 1.0))
+    for _ in range(1 + (d() < 0.25) + (d() < 0.08)):
+        cu, cv = d.in_disk(0.92)
+        if d.chance(0.5):  # compact, dense
+            dist = _blob_distance(g, d, cu, cv, die_radius(g, d(1.5, 4.0)), 2.5, d(0.0, 0.2))
+            blob = d(0.7, 1.0) * _ramp(dist, d(0.2, 0.6))
+        else:  # larger, sparser
+            dist = _blob_distance(g, d, cu, cv, d(0.12, 0.35), 2.0, d(0.0, 0.35))
+            blob = d(0.3, 0.8) * _ramp(dist, d(0.3, 1.0))
         p = blob if p is None else np.maximum(p, blob)
     return p
 
@@ -186,7 +205,7 @@ def near_full(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def random_pattern(g: Geometry, d: Draws) -> np.ndarray:
-    level = d(0.18, 0.6)
+    level = d(0.22, 0.65)
     return level * np.clip(1.0 + d(0.0, 0.8) * smooth_field(g, d, 3), 0.2, 2.0)
 
 
@@ -196,11 +215,19 @@ def scratch(g: Geometry, d: Draws) -> np.ndarray:
     step = 0.5 * 2.0 / max(g.rows, g.cols)  # half a die in wafer coordinates
     n_lines = 1 + (d() < 0.3) + (d() < 0.1)
     for _ in range(n_lines):
-        u0, v0 = d.in_disk(0.9)
-        a, b = d.direction()
+        if d.chance(0.4):  # from the rim inwards, like a handling scratch
+            a, b = d.direction()
+            u0, v0 = 0.97 * a, 0.97 * b
+            a2, b2 = d.direction()
+            a, b = -a + 0.8 * a2, -b + 0.8 * b2
+            norm = math.sqrt(a * a + b * b) or 1.0
+            a, b = a / norm, b / norm
+        else:
+            u0, v0 = d.in_disk(0.9)
+            a, b = d.direction()
         length = d(0.25, 1.4)
         u2, v2 = u0 + length * a, v0 + length * b
-        bend = d(-0.35, 0.35) * length
+        bend = d.tri(-0.4, 0.4) * length
         u1, v1 = 0.5 * (u0 + u2) - bend * b, 0.5 * (v0 + v2) + bend * a
         m = int(length * 1.3 / step) + 2
         t = np.arange(m) * (1.0 / (m - 1))
@@ -218,6 +245,11 @@ def scratch(g: Geometry, d: Draws) -> np.ndarray:
             ri = np.concatenate([ri, ri + 1])
             ci = np.concatenate([ci, ci])
             keep = np.concatenate([keep, keep])
+        if d.chance(0.3):  # ragged: stray fails beside the line
+            side = d.rng.random(len(ri)) < d(0.1, 0.4)
+            ri = np.concatenate([ri, ri[side] + d.rng.integers(-1, 2, int(side.sum()))])
+            ci = np.concatenate([ci, ci[side] + d.rng.integers(-1, 2, int(side.sum()))])
+            keep = np.concatenate([keep, keep[side]])
         ok = keep & (ri >= 0) & (ri < g.rows) & (ci >= 0) & (ci < g.cols)
         die = g.grid_to_die[ri[ok] * g.cols + ci[ok]]
         die = die[die >= 0]
