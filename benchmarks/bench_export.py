@@ -3,7 +3,7 @@
     python benchmarks/bench_export.py [--threads 2] [--n 1024] [--out out/bench_export]
 
 Models: the bundled classifier (``waferscope.models.classifiers.load_default()``), a KD student,
-and two detectors (STFPM, PatchCore). Models without a run directory given by ``--run NAME=DIR``
+and two detectors (PatchCore, autoencoder). Models without a run directory given by ``--run NAME=DIR``
 are trained here on seeded synthetic maps with a small budget (the point is the runtime
 comparison, not the best accuracy). Test data: synthetic maps (seed 7) and, if present, the real
 dev maps. INT8 = static QDQ quantization of the convolutions, calibrated on 256 synthetic maps
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-DEV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wm811k" / "wm811k_dev.npz"
 
 # name → (task, registry name, training params) for models trained here when no run is given
 TRAIN = {
-    "kd_student": ("classification", "kd_student", {"epochs": 15, "progress": False}),
-    "stfpm": ("detection", "stfpm", {"epochs": 10, "verbose": False}),
+    "kd_student": ("classification", "kd_student", {"epochs": 10, "progress": False,
+                                                    "teacher_params": {"epochs": 8, "progress": False}}),
     "patchcore": ("detection", "patchcore", {"verbose": False}),
+    "autoencoder": ("detection", "autoencoder", {"epochs": 10, "verbose": False}),
 }
 
 

@@ -164,3 +164,16 @@ def test_export_errors(tmp_path):
     with pytest.raises(ExportError, match="bad.onnx"):
         OnnxModel(tmp_path / "bad.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_in_graph_rotations_match_the_augmentation():
+    """Test-time augmentation inside the graph uses transposes/flips (ONNX has no rot90); they must
+    be preprocess.dihedral's 8 views."""
+    from waferscope.data.preprocess import dihedral
+    from waferscope.export import _rot90
+
+    x = np.arange(2 * 4 * 4).reshape(2, 4, 4)
+    for k in range(8):
+        view = _rot90(torch.from_numpy(x), k % 4)
+        view = torch.flip(view, dims=(-1,)) if k >= 4 else view
+        np.testing.assert_array_equal(view.numpy(), dihedral(x, k, axes=(1, 2)))
