@@ -79,7 +79,7 @@ def eval_semi(args) -> list[dict]:
     labelled = WaferDataset.concat(parts, name="10%dev+synthetic")
     print(f"labelled: {len(labelled_dev)} dev + {args.synthetic} synthetic; unlabelled: {len(unlabelled)} dev",
           file=sys.stderr)
-    common = dict(epochs=args.epochs, progress=False)
+    common = dict(epochs=args.epochs, progress=False, width=args.width)
     rows = [run("cnn, labelled only", CompactCNNClassifier(**common), labelled, test)]
     model = PseudoLabelCNNClassifier(**common, threshold=args.threshold)
     rows.append(run("pseudo_label_cnn (+ unlabelled dev)", model, labelled, test, unlabelled=unlabelled))
@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--ae-epochs", type=int, default=10)
+    ap.add_argument("--width", type=int, default=16, help="semi: the cnn width of every model compared")
     ap.add_argument("--label-fraction", type=float, default=0.1)
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--n", type=int, default=3800, help="multilabel: training maps")

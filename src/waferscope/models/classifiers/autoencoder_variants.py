@@ -216,7 +216,7 @@ class ResidualCNNClassifier(_AEClassifierBase):
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
-                 width: int = 16, dropout: float = 0.2, residual_mode: str = "channel", latent_dim: int = 64,
+                 width: int = 24, dropout: float = 0.2, residual_mode: str = "channel", latent_dim: int = 64,
                  ae_width: int = 16, ae_epochs: int = 10, ae_data: str | None = None, p_augment: float = 0.5,
                  residual_threshold: float = 0.5):
         super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,

@@ -55,15 +55,15 @@ def select_pseudo_labels(view_proba: np.ndarray, threshold: float, labelled_coun
 class PseudoLabelCNNClassifier(CompactCNNClassifier):
     """The compact ``cnn`` self-trained on confident, rotation-consistent pseudo-labels."""
 
-    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
+    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
-                 width: int = 16, dropout: float = 0.2, threshold: float = 0.95, rounds: int = 1,
+                 tta: bool = False, width: int = 24, dropout: float = 0.2, threshold: float = 0.95, rounds: int = 1,
                  max_ratio: float = 3.0):
         super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress,
-                         width=width, dropout=dropout)
+                         tta=tta, width=width, dropout=dropout)
         self.threshold = threshold
         self.rounds = rounds
         self.max_ratio = max_ratio
