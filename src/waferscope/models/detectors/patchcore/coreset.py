@@ -60,13 +60,17 @@ def k_center_greedy(features: torch.Tensor | np.ndarray, n_select: int, projecti
     n_select = int(min(max(n_select, 1), n))
     if projection_dim and projection_dim < x.shape[1]:
         x = x @ gaussian_projection(x.shape[1], projection_dim, seed)
-    x = x.contiguous()
+    # Augmented rows [x, 1] and centre [-2c, ||c||²] give ||x||² + (-2x·c + ||c||²) = ||x - c||² in
+    # one fused matrix-vector pass (addmv); with the running minimum and argmax that is 3 passes per
+    # step over the N candidates, which is what bounds the greedy loop (it is memory-bound).
+    x_aug = torch.cat([x, torch.ones(n, 1)], 1).contiguous()
     sq_norm = (x * x).sum(1)
     gen = torch.Generator().manual_seed(int(seed))
     selected = torch.empty(n_select, dtype=torch.long)
     current = int(torch.randint(n, (1,), generator=gen))
     min_sq_dist = torch.full((n,), float("inf"))
     step = torch.empty(n)
+    centre = torch.empty(x_aug.shape[1])
     iterator = range(n_select)
     if progress:
         from tqdm import tqdm
@@ -74,9 +78,9 @@ def k_center_greedy(features: torch.Tensor | np.ndarray, n_select: int, projecti
         iterator = tqdm(iterator, desc="coreset", unit="pt", mininterval=1.0, leave=False)
     for i in iterator:
         selected[i] = current
-        # ||x - c||^2 = ||x||^2 - 2 x·c + ||c||^2; one matrix-vector product per step.
-        torch.mv(x, x[current], out=step)
-        step.mul_(-2).add_(sq_norm).add_(sq_norm[current])
+        torch.mul(x_aug[current], -2.0, out=centre)
+        centre[-1] = sq_norm[current]
+        torch.addmv(sq_norm, x_aug, centre, out=step)
         torch.minimum(min_sq_dist, step, out=min_sq_dist)
         min_sq_dist[current] = -1.0  # never pick a row twice (duplicates have distance 0 anyway)
         current = int(torch.argmax(min_sq_dist))
