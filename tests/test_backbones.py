@@ -129,3 +129,13 @@ def test_registry_lists_backbones():
     for n in ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "convnext_tiny", "convnext_small",
               "convnext_base", "wafer_resnet18", "wafer_convnext", "pdn_small", "pdn_medium"):
         assert n in names
+
+
+def test_two_extractors_on_one_backbone_and_plain_calls():
+    net = create_backbone("resnet18", width=0.25).eval()
+    shallow = FeatureExtractor(net, ("layer1",))
+    deep = FeatureExtractor(net, ("layer2", "layer3"))
+    x = torch.zeros(1, 3, 64, 64)
+    assert list(deep(x)) == ["layer2", "layer3"]  # shallow's hook must not cut deep's pass short
+    assert list(shallow(x)) == ["layer1"]
+    assert net(x).shape == (1, 1000)  # the backbone itself still runs to the end

@@ -51,6 +51,7 @@ class FeatureExtractor(nn.Module):
             raise ConfigError(f"backbone {type(backbone).__name__} has no layer(s) {unknown}; "
                               f"top-level modules: {', '.join(top)}")
         self._outputs: dict[str, torch.Tensor] = {}
+        self._active = False
         for name, path in zip(self.layers, self._paths):
             names[path].register_forward_hook(self._make_hook(name))
         if input_norm not in (None, "imagenet"):
@@ -64,6 +65,8 @@ class FeatureExtractor(nn.Module):
 
     def _make_hook(self, name: str):
         def hook(_module, _inputs, output):
+            if not self._active:  # another extractor (or a plain call) is running this backbone
+                return
             self._outputs[name] = output
             if len(self._outputs) == len(self.layers):
                 raise _Done
@@ -80,10 +83,13 @@ class FeatureExtractor(nn.Module):
         if self.input_norm == "imagenet":
             x = (x - self.mean) / self.std
         self._outputs = {}
+        self._active = True
         try:
             self.backbone(x)
         except _Done:
             pass
+        finally:
+            self._active = False
         out, self._outputs = self._outputs, {}
         missing = [n for n in self.layers if n not in out]
         if missing:
