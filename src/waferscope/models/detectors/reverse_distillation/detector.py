@@ -28,7 +28,7 @@ from waferscope.registry import register
 class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  layers: Sequence[str] = ("layer1", "layer2", "layer3"), style: str = "resnet",
-                 n_blocks: int = 2, feature_norm: str = "none", input_size: int = 64, epochs: int = 30,
+                 n_blocks: int = 2, feature_norm: str = "none", input_size: int = 64, epochs: int = 6,
                  train_batch_size: int = 16, lr: float = 0.005, betas: Sequence[float] = (0.5, 0.999),
                  weight_decay: float = 0.0, augment: bool = True, smoothing_sigma: float = 4.0,
                  batch_size: int = 256, jit: bool = True, seed: int = 0, verbose: bool = True):
@@ -106,7 +106,7 @@ class ReverseDistillationConvNeXtDetector(ReverseDistillationDetector):
 
     def __init__(self, backbone: str = "wafer_convnext", pretrained: str | None = "wafer",
                  layers: Sequence[str] = ("stage1", "stage2", "stage3"), style: str = "convnext",
-                 n_blocks: int = 2, feature_norm: str = "channel", input_size: int = 64, epochs: int = 30,
+                 n_blocks: int = 2, feature_norm: str = "channel", input_size: int = 64, epochs: int = 6,
                  train_batch_size: int = 16, lr: float = 0.001, betas: Sequence[float] = (0.9, 0.999),
                  weight_decay: float = 0.0, augment: bool = True, smoothing_sigma: float = 4.0,
                  batch_size: int = 256, jit: bool = True, seed: int = 0, verbose: bool = True):

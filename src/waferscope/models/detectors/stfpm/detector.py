@@ -97,7 +97,7 @@ def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where
 class STFPMDetector(FastInferenceMixin, TorchDetector):
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  layers: Sequence[str] = ("layer1", "layer2", "layer3"), fusion: str = "product",
-                 input_size: int = 64, epochs: int = 30, train_batch_size: int = 32, optimizer: str = "sgd",
+                 input_size: int = 64, epochs: int = 8, train_batch_size: int = 32, optimizer: str = "sgd",
                  lr: float = 0.4, momentum: float = 0.9, weight_decay: float = 1e-4, augment: bool = True,
                  smoothing_sigma: float = 0.0, batch_size: int = 256, jit: bool = True, seed: int = 0,
                  verbose: bool = True):
