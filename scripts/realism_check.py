@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
           f"[{time.perf_counter() - t0:.0f}s]")
     result = {"macro_f1": round(float(macro), 4),
               "per_class_f1": {c: round(float(f), 4) for c, f in zip(CLASSES, per_class)},
-              "confusion": cm.tolist(), "classes": list(CLASSES), "args": vars(args),
+              "confusion": cm.tolist(), "predicted": [CLASSES[k] for k in pred], "classes": list(CLASSES), "args": vars(args),
               "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
         with open(args.json, "w") as f:

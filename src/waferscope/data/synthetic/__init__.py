@@ -163,8 +163,8 @@ def _draw_wafer(rng: np.random.Generator, patterns: tuple[str, ...], size, mask_
     g = geometry(rows, cols, edge, flat, flat_depth)
     p_bg = background(g, d)
     fail = rng.random(g.n_dies) < p_bg
-    if d.chance(0.6):
-        fail = _pair_up(g, fail, d(0.05, 0.5), d.index(2), rng)
+    if d.chance(0.5):
+        fail = _pair_up(g, fail, d(0.05, 0.35), d.index(2), rng)
     m = g.template.copy()
     mask = np.zeros(rows * cols, dtype=bool)
     if patterns:

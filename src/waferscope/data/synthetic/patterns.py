@@ -113,23 +113,37 @@ def background(g: Geometry, d: Draws) -> np.ndarray:
     base = d.tri(0.005, 0.085)
     amp = d(0.0, 0.7)
     p = base * np.clip(1.0 + amp * smooth_field(g, d, 3), 0.15, 3.0)
-    rim = d.low(0.0, 0.35)
+    rim = d.low(0.0, 0.5)
     p += rim * (g.ring == 0)
-    p += (rim * d(0.0, 0.5)) * (g.ring == 1)
-    if d.chance(0.3):  # centre hot spot: real wafers of every class fail ~2× more at r < 0.1
-        p += d.low(0.0, 0.35) * (g.rho < d(0.04, 0.09))
-    for _ in range(int(d(0.0, 3.5))):  # tiny clusters that no labeller calls a pattern
-        cu, cv = d.in_disk(1.0)
-        dist = _blob_distance(g, d, cu, cv, die_radius(g, d(0.7, 1.6)), 2.0, 0.0)
-        p = np.maximum(p, d(0.4, 0.9) * (dist < 1.0))
+    p += (rim * d(0.0, 0.3)) * (g.ring == 1)
+    if d.chance(0.25):  # centre hot spot: real wafers of every class fail ~2× more at r < 0.1
+        p += d.low(0.0, 0.3) * (g.rho < d(0.03, 0.07))
+    for _ in range(int(d(0.0, 2.5))):  # tiny clusters that no labeller calls a pattern
+        cells = _neighbourhood(g, g.on_index[d.index(g.n_dies)], 1 + d.chance(0.3))
+        die = cells[d.rng.random(len(cells)) < d(0.3, 0.7)]
+        p[die] = np.maximum(p[die], d(0.5, 1.0))
     return p
+
+
+_OFFSETS = {k: np.array([(dr, dc) for dr in range(-k, k + 1) for dc in range(-k, k + 1)], dtype=np.intp)
+            for k in (1, 2)}
+
+
+def _neighbourhood(g: Geometry, cell: int, k: int) -> np.ndarray:
+    """Die numbers of the (2k+1)×(2k+1) block of grid cells around a cell, on-wafer only."""
+    off = _OFFSETS[k]
+    r = cell // g.cols + off[:, 0]
+    c = cell % g.cols + off[:, 1]
+    ok = (r >= 0) & (r < g.rows) & (c >= 0) & (c < g.cols)
+    die = g.grid_to_die[r[ok] * g.cols + c[ok]]
+    return die[die >= 0]
 
 
 # ---- single patterns ----------------------------------------------------------------------------
 def center(g: Geometry, d: Draws) -> np.ndarray:
     cu, cv = d.in_disk(0.08)
-    dist = _blob_distance(g, d, cu, cv, d(0.1, 0.35), 1.3, d(0.0, 0.15))
-    return d(0.55, 1.0) * _ramp(dist, d(0.2, 0.9))
+    dist = _blob_distance(g, d, cu, cv, d(0.07, 0.32), 1.3, d(0.0, 0.15))
+    return d(0.45, 1.0) * _ramp(dist, d(0.2, 0.9))
 
 
 def donut(g: Geometry, d: Draws) -> np.ndarray:
@@ -137,15 +151,15 @@ def donut(g: Geometry, d: Draws) -> np.ndarray:
     du = g.u - cu
     dv = g.v - cv
     dist = np.sqrt(du * du + dv * dv)
-    mid = d(0.25, 0.62)
+    mid = d(0.3, 0.62)
     half_width = d(0.1, 0.3)
     ring = np.abs(dist - mid) * (1.0 / half_width)
     ring += d(0.0, 0.25) * smooth_field(g, d, 2)
     p = d(0.5, 1.0) * _ramp(ring, d(0.2, 0.8))
-    if d.chance(0.5):  # an open ring ("C" shape), common among real donuts
+    if d.chance(0.35):  # an open ring ("C" shape), common among real donuts
         a, b = d.direction()
         cos_dir = (dv * a + du * b) / np.maximum(dist, 1e-9)
-        keep_from = 1.0 - 2.0 * d(0.55, 0.95)  # cosine threshold for the covered share
+        keep_from = 1.0 - 2.0 * d(0.6, 0.95)  # cosine threshold for the covered share
         p *= np.clip((cos_dir - keep_from) * 4.0, 0.0, 1.0)
     return p
 
@@ -169,15 +183,16 @@ def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
 
 def edge_ring(g: Geometry, d: Draws) -> np.ndarray:
     """The outermost 1–3 rings of dies, often not all the way round."""
-    width = d.low(0.7, 2.6)
+    width = d.low(0.7, 2.2)
     band = np.clip(width - g.ring, 0.0, 1.0)
-    # Coverage around the rim: constant + one- and two-fold modulation (sides, opposite sides).
+    # Coverage around the rim: real Edge-Ring wafers fail on ~45 % of the rim, usually one side
+    # dominant fading towards the other (opposite-side correlation of rim fails ≈ -0.4).
     a, b = d.direction()
     c1 = g.cos_t * a + g.sin_t * b
     a, b = d.direction()
     c2 = g.cos_t * a + g.sin_t * b
-    cover = d(0.5, 1.4) + d(0.0, 0.8) * c1 + d(0.0, 0.8) * (2.0 * c2 * c2 - 1.0)
-    return d(0.5, 1.0) * band * np.clip(cover, 0.0, 1.0)
+    cover = d(0.3, 1.1) + d(0.3, 1.3) * c1 + d(0.0, 0.4) * (2.0 * c2 * c2 - 1.0)
+    return d(0.6, 1.0) * band * np.clip(cover, 0.0, 1.0)
 
 
 def loc(g: Geometry, d: Draws) -> np.ndarray:
@@ -186,11 +201,11 @@ def loc(g: Geometry, d: Draws) -> np.ndarray:
     for _ in range(1 + (d() < 0.25) + (d() < 0.08)):
         cu, cv = d.in_disk(0.92)
         if d.chance(0.5):  # compact, dense
-            dist = _blob_distance(g, d, cu, cv, die_radius(g, d(1.5, 4.0)), 2.5, d(0.0, 0.2))
+            dist = _blob_distance(g, d, cu, cv, die_radius(g, d(2.0, 5.0)), 2.5, d(0.0, 0.2))
             blob = d(0.7, 1.0) * _ramp(dist, d(0.2, 0.6))
         else:  # larger, sparser
-            dist = _blob_distance(g, d, cu, cv, d(0.12, 0.35), 2.0, d(0.0, 0.35))
-            blob = d(0.3, 0.8) * _ramp(dist, d(0.3, 1.0))
+            dist = _blob_distance(g, d, cu, cv, d(0.15, 0.38), 2.0, d(0.0, 0.35))
+            blob = d(0.35, 0.85) * _ramp(dist, d(0.3, 1.0))
         p = blob if p is None else np.maximum(p, blob)
     return p
 
@@ -206,14 +221,14 @@ def near_full(g: Geometry, d: Draws) -> np.ndarray:
 
 def random_pattern(g: Geometry, d: Draws) -> np.ndarray:
     level = d(0.22, 0.65)
-    return level * np.clip(1.0 + d(0.0, 0.8) * smooth_field(g, d, 3), 0.2, 2.0)
+    return level * np.clip(1.0 + d(0.0, 0.5) * smooth_field(g, d, 3), 0.2, 2.0)
 
 
 def scratch(g: Geometry, d: Draws) -> np.ndarray:
     """One to three thin, curved, sometimes broken lines (quadratic Bézier curves)."""
     p = np.zeros(g.n_dies)
     step = 0.5 * 2.0 / max(g.rows, g.cols)  # half a die in wafer coordinates
-    n_lines = 1 + (d() < 0.3) + (d() < 0.1)
+    n_lines = 1 + (d() < 0.2) + (d() < 0.05)
     for _ in range(n_lines):
         if d.chance(0.4):  # from the rim inwards, like a handling scratch
             a, b = d.direction()
@@ -225,9 +240,9 @@ def scratch(g: Geometry, d: Draws) -> np.ndarray:
         else:
             u0, v0 = d.in_disk(0.9)
             a, b = d.direction()
-        length = d(0.25, 1.4)
+        length = d(0.2, 1.4)
         u2, v2 = u0 + length * a, v0 + length * b
-        bend = d.tri(-0.4, 0.4) * length
+        bend = d.tri(-0.3, 0.3) * length
         u1, v1 = 0.5 * (u0 + u2) - bend * b, 0.5 * (v0 + v2) + bend * a
         m = int(length * 1.3 / step) + 2
         t = np.arange(m) * (1.0 / (m - 1))
@@ -236,16 +251,16 @@ def scratch(g: Geometry, d: Draws) -> np.ndarray:
         pv = s * s * v0 + 2.0 * s * t * v1 + t * t * v2
         keep = np.ones(m, dtype=bool)
         gap = d(0.0, 0.4)
-        if gap > 0.1:  # broken scratch: drop random runs of ~3 dies
+        if gap > 0.15:  # broken scratch: drop random runs of ~3 dies
             seg = (np.arange(m) * (1.0 / 6.0)).astype(np.intp)
             keep = d.rng.random(seg[-1] + 1)[seg] >= gap
         ri = np.floor((pu + 1.0) * (g.rows / 2)).astype(np.intp)
         ci = np.floor((pv + 1.0) * (g.cols / 2)).astype(np.intp)
-        if d.chance(0.25):  # a two-die-wide stretch
+        if d.chance(0.15):  # a two-die-wide stretch
             ri = np.concatenate([ri, ri + 1])
             ci = np.concatenate([ci, ci])
             keep = np.concatenate([keep, keep])
-        if d.chance(0.3):  # ragged: stray fails beside the line
+        if d.chance(0.15):  # ragged: stray fails beside the line
             side = d.rng.random(len(ri)) < d(0.1, 0.4)
             ri = np.concatenate([ri, ri[side] + d.rng.integers(-1, 2, int(side.sum()))])
             ci = np.concatenate([ci, ci[side] + d.rng.integers(-1, 2, int(side.sum()))])
@@ -253,7 +268,7 @@ def scratch(g: Geometry, d: Draws) -> np.ndarray:
         ok = keep & (ri >= 0) & (ri < g.rows) & (ci >= 0) & (ci < g.cols)
         die = g.grid_to_die[ri[ok] * g.cols + ci[ok]]
         die = die[die >= 0]
-        p[die] = np.maximum(p[die], d(0.75, 1.0))
+        p[die] = np.maximum(p[die], d(0.65, 1.0))
     return p
 
 
