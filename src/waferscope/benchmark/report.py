@@ -59,6 +59,19 @@ def _wafer_rgb(m) -> np.ndarray:
         return palette[np.asarray(m, dtype=np.uint8)]
 
 
+def _heat_on_wafer(heat, wafer):
+    """A heat map resampled to the wafer's die grid, masked off the wafer (transparent there)."""
+    if heat is None:
+        return None
+    m = np.asarray(wafer)
+    h = np.asarray(heat, dtype=float)
+    if h.shape != m.shape:
+        from skimage.transform import resize
+
+        h = resize(h, m.shape, order=1, mode="edge", anti_aliasing=False)
+    return np.ma.masked_where(m == 0, np.clip(h, 0, None))
+
+
 # ---- data -------------------------------------------------------------------------------------
 def load_benchmark(out: Path) -> tuple[dict, list[dict]]:
     doc = json.loads((out / "results.json").read_text())
@@ -253,15 +266,15 @@ def _examples(task: str, records: list[dict], datasets: list[str]) -> str:
             axes[0, j].imshow(_wafer_rgb(e["map"]), interpolation="nearest")
             axes[0, j].set_title(f"#{e['index']} {e['label']}", fontsize=8)
         for i, r in enumerate(rs, 1):
-            for j, e in enumerate(r["artefacts"]["examples"]):
+            heats = [_heat_on_wafer(e.get("anomaly") if task == "detection" else e.get("gradcam"), e["map"])
+                     for e in r["artefacts"]["examples"]]
+            # One colour scale per method (row), so a normal wafer looks cooler than a defective one.
+            vmax = max([float(h.max()) for h in heats if h is not None and h.count()] or [1.0]) or 1.0
+            for j, (e, h) in enumerate(zip(r["artefacts"]["examples"], heats)):
                 ax = axes[i, j]
-                heat = e.get("anomaly") if task == "detection" else e.get("gradcam")
                 ax.imshow(_wafer_rgb(e["map"]), interpolation="nearest")
-                if heat is not None:
-                    h = np.asarray(heat, dtype=float)
-                    m = np.asarray(e["map"])
-                    ax.imshow(h, cmap="inferno", alpha=0.6, interpolation="bilinear",
-                              extent=(-0.5, m.shape[1] - 0.5, m.shape[0] - 0.5, -0.5))
+                if h is not None:
+                    ax.imshow(h, cmap="inferno", alpha=0.65, vmin=0, vmax=vmax, interpolation="nearest")
                 if task == "detection":
                     ax.set_title(f"{r['method']}: {e['score']:.3g}", fontsize=7)
                 else:
