@@ -90,7 +90,7 @@ def heat_map(rows: list[dict], teacher: dict, path: Path) -> None:
         ax.set_yticks(range(len(alphas)), [f"α={a:g}" for a in alphas], fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="% of teacher macro-F1")
     fig.suptitle(f"KD student / teacher macro-F1 (teacher {teacher['macro_f1']:.3f}, "
-                 f"{teacher['params']:,} params), held-out real dev fold", fontsize=9)
+                 f"{teacher['params']:,} params), held-out real dev fold", fontsize=9, y=1.04)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
