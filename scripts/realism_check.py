@@ -52,7 +52,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=27000, help="synthetic training maps (class-balanced)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", type=int, default=32, help="network input size (maps resized to size×size)")
+    ap.add_argument("--size", type=int, default=48, help="network input size (maps resized to size×size); "
+                    "at least the grid size, so nearest resizing never drops a row of dies")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)

@@ -142,7 +142,7 @@ def _neighbourhood(g: Geometry, cell: int, k: int) -> np.ndarray:
 # ---- single patterns ----------------------------------------------------------------------------
 def center(g: Geometry, d: Draws) -> np.ndarray:
     cu, cv = d.in_disk(0.08)
-    dist = _blob_distance(g, d, cu, cv, d(0.07, 0.32), 1.3, d(0.0, 0.15))
+    dist = _blob_distance(g, d, cu, cv, d(0.09, 0.32), 1.3, d(0.0, 0.15))
     return d(0.45, 1.0) * _ramp(dist, d(0.2, 0.9))
 
 
@@ -174,7 +174,7 @@ def _angular(g: Geometry, d: Draws, cos_half_lo: float, cos_half_hi: float) -> n
 
 def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
     """A crescent hugging the rim: deepest in its middle, 1–6 dies deep, 25–130° long."""
-    t = _angular(g, d, 0.4, 0.97)
+    t = _angular(g, d, 0.4, 0.99)
     depth_max = d.low(1.2, 1.2 + 0.3 * min(g.rows, g.cols) / 2)
     t = np.sqrt(t) if d.chance(0.5) else t  # blunt (sqrt) or pointed crescent ends
     depth = depth_max * t + d(0.0, 1.0) * smooth_field(g, d, 2)
@@ -240,9 +240,12 @@ def scratch(g: Geometry, d: Draws) -> np.ndarray:
         else:
             u0, v0 = d.in_disk(0.9)
             a, b = d.direction()
+        straight = d.chance(0.35)
+        if straight:  # along the die rows or columns (probe-card / handling direction)
+            a, b = (0.0, 1.0 if b > 0 else -1.0) if abs(b) > abs(a) else (1.0 if a > 0 else -1.0, 0.0)
         length = d(0.2, 1.4)
         u2, v2 = u0 + length * a, v0 + length * b
-        bend = d.tri(-0.3, 0.3) * length
+        bend = 0.0 if straight else d.tri(-0.3, 0.3) * length
         u1, v1 = 0.5 * (u0 + u2) - bend * b, 0.5 * (v0 + v2) + bend * a
         m = int(length * 1.3 / step) + 2
         t = np.arange(m) * (1.0 / (m - 1))
