@@ -1,5 +1,6 @@
 """Reverse-distillation detectors: ``reverse_distillation`` (wafer ResNet-18 teacher) and
-``reverse_distillation_convnext`` (wafer ConvNeXt teacher, ConvNeXt-block bottleneck and decoder).
+``reverse_distillation_convnext`` (wafer ConvNeXt teacher; ConvNeXt-block bottleneck/decoder and
+per-channel feature standardisation are options, measured in docs/detection_kd.md).
 
 Training follows the paper (Adam, lr 0.005, betas (0.5, 0.999)); the anomaly map is the sum over the
 three scales of 1 − cos, upsampled, Gaussian-smoothed (σ = 4 px per 256 px, the paper's σ = 4), and
@@ -102,12 +103,17 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
 
 @register("reverse_distillation_convnext", kind="detector")
 class ReverseDistillationConvNeXtDetector(ReverseDistillationDetector):
-    """RD with a ConvNeXt teacher; defaults chosen from the measurements in docs/detection_kd.md."""
+    """RD with a ConvNeXt teacher (stages 1–3 at strides 4/8/16, like ResNet's layer1–3).
+
+    Defaults are the best of the measured variants (docs/detection_kd.md): raw stage outputs, a
+    BatchNorm/basic-block bottleneck and decoder, the paper's Adam settings. ``style="convnext"``
+    (LayerNorm ConvNeXt-block bottleneck/decoder) and ``feature_norm="channel"`` measured worse.
+    """
 
     def __init__(self, backbone: str = "wafer_convnext", pretrained: str | None = "wafer",
-                 layers: Sequence[str] = ("stage1", "stage2", "stage3"), style: str = "convnext",
-                 n_blocks: int = 2, feature_norm: str = "channel", input_size: int = 64, epochs: int = 6,
-                 train_batch_size: int = 16, lr: float = 0.001, betas: Sequence[float] = (0.9, 0.999),
+                 layers: Sequence[str] = ("stage1", "stage2", "stage3"), style: str = "resnet",
+                 n_blocks: int = 2, feature_norm: str = "none", input_size: int = 64, epochs: int = 6,
+                 train_batch_size: int = 16, lr: float = 0.005, betas: Sequence[float] = (0.5, 0.999),
                  weight_decay: float = 0.0, augment: bool = True, smoothing_sigma: float = 4.0,
                  batch_size: int = 256, jit: bool = True, seed: int = 0, verbose: bool = True):
         super().__init__(backbone, pretrained, layers, style, n_blocks, feature_norm, input_size, epochs,
