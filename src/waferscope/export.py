@@ -85,8 +85,8 @@ def _module(est):
         net = custom or getattr(est, "network_", None)
         if not isinstance(net, nn.Module):
             raise ExportError(f"{est.registry_name}: only torch classifiers (with a network_) export to ONNX")
-        if custom is None and hasattr(est, "inference_network"):
-            net = est.inference_network()  # the model's own eval copy (Conv-BN folded)
+        # The plain network_, not a model's own fast inference copy (whose input may differ, e.g. the
+        # KD student's die-state stem): onnxruntime folds Conv-BN and fuses the one-hot itself.
         views = 8 if getattr(est, "tta", False) else 1  # test-time augmentation: the 8 rotations/flips
 
         class ClassifierGraph(nn.Module):
