@@ -43,7 +43,7 @@ def noise_images(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
 @register("efficientad", kind="detector")
 class EfficientADDetector(FastInferenceMixin, TorchDetector):
     def __init__(self, teacher: str = "pdn_small", pretrained: str | None = "wafer", input_size: int = 32,
-                 epochs: int = 40, train_batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-5,
+                 epochs: int = 10, train_batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-5,
                  hard_quantile: float = 0.999, penalty: str = "none", q_a: float = 0.9, q_b: float = 0.995,
                  validation_fraction: float = 0.1, augment: bool = True, smoothing_sigma: float = 0.0,
                  batch_size: int = 256, jit: bool = True, seed: int = 0, verbose: bool = True):
