@@ -60,7 +60,8 @@ def run_fold(method: str, fold: int, args) -> dict:
     train = WaferDataset.concat(parts, name="train")
     test = dev.subset(test_idx)
     torch.set_num_threads(args.threads)
-    extra = {"epochs": args.epochs} if args.epochs and "epochs" in registry.get(method, "classifier")._param_names() else {}
+    takes_epochs = "epochs" in registry.get(method, "classifier")._param_names()
+    extra = {"epochs": args.epochs} if args.epochs and takes_epochs else {}
     clf = registry.create(method, "classifier", seed=fold, progress=not args.quiet, **extra)
     t0 = time.perf_counter()
     clf.fit(train)

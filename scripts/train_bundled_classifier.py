@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--dev", default=DEV)
-    ap.add_argument("--synthetic", type=int, default=6000)
+    ap.add_argument("--synthetic", type=int, default=2000)
     ap.add_argument("--model", default="cnn")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)

@@ -126,3 +126,19 @@ def test_bad_die_values_are_reported(trained_run, tmp_path, monkeypatch, capsys)
     code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--run", str(trained_run),
                         "--data", str(bad), "--out", str(tmp_path / "p.csv"))
     assert code == 2 and "die values" in err and "bad.npz" in err
+
+
+def test_bundled_model_is_small_and_used_without_run(tmp_path, monkeypatch, capsys):
+    from waferscope.data.classes import CLASSES
+    from waferscope.models.classifiers import DEFAULT_MODEL_DIR, load_default
+
+    assert sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir()) < 2_000_000
+    clf = load_default()
+    assert clf.classes_ == list(CLASSES)
+    ds = generate(n=45, seed=77)
+    assert (clf.predict(ds) == ds.labels).mean() > 0.6  # synthetic maps it was not trained on
+    code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--data", "synthetic:n=9,seed=5",
+                        "--out", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    rows = list(csv.reader((tmp_path / "p.csv").open()))
+    assert len(rows) == 10 and rows[0][2:] == [f"p_{c}" for c in CLASSES]

@@ -34,7 +34,8 @@ import numpy as np
 
 from waferscope.base import Classifier
 from waferscope.data.classes import CLASSES, UNLABELLED
-from waferscope.data.preprocess import augment_dihedral, channels, dihedral, encode, encode_images, resize_maps, stratified_split
+from waferscope.data.preprocess import (augment_dihedral, channels, dihedral, encode, encode_images, resize_maps,
+                                        stratified_split)
 from waferscope.errors import DataError, RunDirError
 
 IMBALANCE_MODES = ("loss", "sampler", "none")
