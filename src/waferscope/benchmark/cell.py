@@ -2,7 +2,8 @@
 
 The record it returns has three groups, kept apart so reruns compare cleanly:
 
-- ``quality`` — deterministic figures rounded to 4 decimals (and ``params``, ``size_bytes``);
+- ``quality`` — deterministic figures rounded to 4 decimals (and ``params``; ``size_bytes`` is kept
+  here too but reported with the measured columns: some models store their fit time in the run);
 - ``timing`` — wall-clock and memory measurements, which vary from run to run;
 - ``artefacts`` — confusion matrix, ROC/PR points and example maps for the report.
 """

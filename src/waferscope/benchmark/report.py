@@ -128,7 +128,8 @@ def _table(doc: dict, task: str) -> str:
                 txt = f"{v / 1024:.1f} KB"
             bold = best.get((r["dataset"], c)) == v and isinstance(v, float)
             cells.append(f"<td><b>{txt}</b></td>" if bold else f"<td>{txt}</td>")
-        cells += [f'<td class="t">{_esc(r.get(c))}</td>' for c in tcols]
+        cells += [f'<td class="t">{_esc(f"{r[c] / 1024:.1f} KB" if c == "size_bytes" and r.get(c) is not None else r.get(c))}</td>'
+                  for c in tcols]
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>'
 

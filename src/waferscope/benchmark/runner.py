@@ -33,10 +33,12 @@ from waferscope.utils import atomic_path
 
 CACHE_FORMAT = 1
 ID_COLUMNS = ["task", "method", "model", "dataset", "seed", "n_test"]
-MODEL_COLUMNS = ["params", "size_bytes"]
+MODEL_COLUMNS = ["params"]
+# Measured, not reproduced exactly: timings and memory vary run to run, and the saved run's size can
+# differ by a few bytes (some models record their fit time in model.json).
 OPTIONAL_COLUMNS = ["image_f1_kfold_threshold", "gradcam_energy", "gradcam_pointing", "denoise_gradcam_f1",
                     "denoise_median_f1"]
-TIMING_COLUMNS = ["train_s", "train_cpu_s", "latency_ms", "throughput_wps", "speed_batch_size", "peak_rss_mb", "peak_extra_mb"]
+TIMING_COLUMNS = ["size_bytes", "train_s", "train_cpu_s", "latency_ms", "throughput_wps", "speed_batch_size", "peak_rss_mb", "peak_extra_mb"]
 
 
 def sha(obj) -> str:
@@ -146,7 +148,7 @@ def flat_row(rec: dict, qcols: list[str]) -> dict:
     for c in MODEL_COLUMNS:
         row[c] = q.get(c)
     for c in TIMING_COLUMNS:
-        row[c] = rec["timing"].get(c)
+        row[c] = rec["timing"].get(c, q.get(c))
     return row
 
 
