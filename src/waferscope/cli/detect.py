@@ -291,7 +291,8 @@ def _plot_curves(y: np.ndarray, s: np.ndarray, path: Path, title: str) -> None:
 
 
 def _plot_overlays(dataset, result, path: Path, n: int) -> None:
-    """The highest-scoring anomalous maps, the highest-scoring normal and the lowest-scoring anomalous."""
+    """One map per anomalous class (its highest score), the highest-scoring normal and the
+    lowest-scoring anomalous map; anomaly maps share one colour scale so they compare."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,12 +302,17 @@ def _plot_overlays(dataset, result, path: Path, n: int) -> None:
     s = result.scores
     anomalous = np.flatnonzero(~dataset.is_normal)
     normal = np.flatnonzero(dataset.is_normal)
-    picks = list(anomalous[np.argsort(-s[anomalous])][: max(1, n - 2)])
+    picks: list[int] = []
+    for cls_name in sorted(set(dataset.labels[anomalous].astype(str))):
+        members = anomalous[dataset.labels[anomalous] == cls_name]
+        picks.append(int(members[np.argmax(s[members])]))
+    picks = sorted(picks, key=lambda i: -s[i])[: max(1, n - 2)]
     if len(normal):
         picks.append(int(normal[np.argmax(s[normal])]))
-    if len(anomalous) > len(picks):
+    if len(anomalous) and int(anomalous[np.argmin(s[anomalous])]) not in picks:
         picks.append(int(anomalous[np.argmin(s[anomalous])]))
     picks = picks[:n]
+    vmax = max(float(np.percentile(result.maps[i], 99.5)) for i in picks) or 1.0
     fig, axes = plt.subplots(2, len(picks), figsize=(2.2 * len(picks), 4.6), squeeze=False)
     wafer_cmap = ListedColormap(["white", "#b9d3e6", "#c0392b"])
     for j, i in enumerate(picks):
@@ -317,7 +323,7 @@ def _plot_overlays(dataset, result, path: Path, n: int) -> None:
         else:
             ax0.imshow(m, cmap="gray" if m.ndim == 2 else None)
         ax0.set_title(f"{dataset.labels[i] or '?'}\nscore {s[i]:.3g}", fontsize=8)
-        ax1.imshow(result.maps[i], cmap="inferno", interpolation="nearest")
+        ax1.imshow(result.maps[i], cmap="inferno", interpolation="nearest", vmin=0.0, vmax=vmax)
         if dataset.masks is not None and dataset.masks[i] is not None and dataset.masks[i].any():
             ax1.contour(dataset.masks[i], levels=[0.5], colors="cyan", linewidths=0.7)
         for ax in (ax0, ax1):
