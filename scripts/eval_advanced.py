@@ -49,12 +49,13 @@ def eval_ae(args) -> list[dict]:
     from waferscope.models.classifiers.cnn import CompactCNNClassifier
 
     train, test, _ = fold_data(args.dev, args.synthetic, 0)
-    common = dict(epochs=args.epochs, progress=False)
+    common = dict(epochs=args.epochs, progress=False, width=args.width)
     ae = dict(ae_epochs=args.ae_epochs)
+    latent = {k: v for k, v in common.items() if k != "width"}  # the latent head has no cnn width
     return [
         run("cnn (plain)", CompactCNNClassifier(**common), train, test),
-        run("ae_latent (frozen encoder, AE on all maps)", AELatentClassifier(**common, **ae), train, test),
-        run("ae_latent (fine-tuned encoder)", AELatentClassifier(**common, **ae, finetune=True), train, test),
+        run("ae_latent (frozen encoder, AE on all maps)", AELatentClassifier(**latent, **ae), train, test),
+        run("ae_latent (fine-tuned encoder)", AELatentClassifier(**latent, **ae, finetune=True), train, test),
         run("cnn_residual channel (AE on normal maps)", ResidualCNNClassifier(**common, **ae), train, test),
         run("cnn_residual augment (AE on all maps)", ResidualCNNClassifier(**common, **ae, residual_mode="augment"),
             train, test),
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--ae-epochs", type=int, default=10)
-    ap.add_argument("--width", type=int, default=16, help="semi: the cnn width of every model compared")
+    ap.add_argument("--width", type=int, default=16, help="the cnn width of every CNN compared (ae, semi)")
     ap.add_argument("--label-fraction", type=float, default=0.1)
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--n", type=int, default=3800, help="multilabel: training maps")
