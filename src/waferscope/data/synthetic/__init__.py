@@ -192,7 +192,7 @@ def generate(n: int = 1000, seed: int = 0, mixed: bool = False, size=None, class
         n: number of maps. Classes cycle through ``classes`` (balanced).
         seed: any non-negative int; the same arguments give byte-identical output everywhere.
         mixed: False → the 9 WM-811K classes; True → the 38 MixedWM38 classes.
-        size: None → die grids drawn from a catalogue of realistic products (12–80 dies across);
+        size: None → die grids drawn from a catalogue of realistic products (20–86 dies across);
             an int S → S×S grids (52 matches MixedWM38); (rows, cols) or "RxC" → that grid.
         classes: subset (or repetition, to weight) of the class names to cycle through.
         mask: "fail" (default) or "region" — see the module docstring.
