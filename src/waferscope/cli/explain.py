@@ -32,6 +32,7 @@ def explain_cmd(
     denoise: bool = typer.Option(False, "--denoise", help="Also write Grad-CAM-denoised maps (canonical Parquet)"),
     threshold: str = typer.Option("otsu", "--threshold", help="Denoising relevance threshold: otsu or a quantile like 0.8"),
     target_layer: Optional[str] = typer.Option(None, "--target-layer", help="Conv layer name (default: chosen automatically)"),
+    target: str = typer.Option("predicted", "--target", help="Explain the predicted class, or each wafer's labelled class"),
     max_pictures: int = typer.Option(24, "--max-pictures", help="Overlay PNGs to draw (one per wafer; a montage beyond 8)"),
 ) -> None:
     """Grad-CAM heat maps for a classifier's decisions: overlay PNGs, localisation scores, denoised maps."""
@@ -41,7 +42,7 @@ def explain_cmd(
     clf = _load_classifier(run)
     dataset = wd.load(data)
     thr: str | float = threshold if threshold == "otsu" else float(threshold)
-    exp = ex.explain(clf, dataset, method=method, target_layer=target_layer)
+    exp = ex.explain(clf, dataset, method=method, target_layer=target_layer, target=target)
     out.mkdir(parents=True, exist_ok=True)
     denoised = ex.denoise(dataset, exp, thr) if denoise and dataset.kind == "wafer" else None
     n_pics = min(max_pictures, len(dataset))

@@ -45,8 +45,16 @@ def _network(classifier):
 
 
 def explain(classifier, dataset: WaferDataset, method: str = "gradcam", target_layer: str | None = None,
-            batch_size: int = 256, progress: bool = True) -> Explanation:
-    """Grad-CAM heat maps for the predicted class of every wafer, at die resolution."""
+            batch_size: int = 256, progress: bool = True, target: str = "predicted") -> Explanation:
+    """Grad-CAM heat maps of every wafer at die resolution.
+
+    ``target="predicted"`` explains the class the model chose (why did it say Scratch?);
+    ``target="label"`` explains each wafer's labelled class where the model knows it (falling back
+    to the prediction): the usual protocol when scoring localisation against ground truth
+    (Zhang et al.'s pointing game), so a misclassified wafer still asks "where is the Scratch?".
+    """
+    if target not in ("predicted", "label"):
+        raise ConfigError(f"explanation target must be 'predicted' or 'label', got {target!r}")
     import torch
     from tqdm.auto import tqdm
 
@@ -56,15 +64,26 @@ def explain(classifier, dataset: WaferDataset, method: str = "gradcam", target_l
     x = classifier.to_tensor(dataset)
     cam = GradCAM(net, target_layer=target_layer, method=method)
     heats, logits = [], []
+    classes = list(classifier.classes_)
+    index = {c: i for i, c in enumerate(classes)}
+    wanted = None
+    if target == "label":
+        wanted = np.array([index.get(str(lab), -1) for lab in dataset.labels], dtype=np.int64)
     for start in tqdm(range(0, len(x), batch_size), desc=f"{method}", disable=not progress, file=sys.stderr,
                       leave=False):
-        h, lg = cam(x[start:start + batch_size])
+        xb = x[start:start + batch_size]
+        targets = None
+        if wanted is not None:
+            with torch.no_grad():
+                pred = net(xb).argmax(1).numpy()
+            w = wanted[start:start + batch_size]
+            targets = np.where(w >= 0, w, pred)
+        h, lg = cam(xb, targets)
         heats.append(h)
         logits.append(lg)
     heat_s = np.concatenate(heats)
     logit = np.concatenate(logits)
     proba = torch.softmax(torch.from_numpy(logit), 1).numpy()
-    classes = list(classifier.classes_)
     heat = []
     for i, m in enumerate(dataset.maps):
         h = to_die_grid(heat_s[i], m.shape[:2])
