@@ -170,6 +170,16 @@ def _torch_outputs(module, maps: np.ndarray) -> list[np.ndarray]:
     return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
+def _estimator_outputs(est, maps: np.ndarray) -> list[np.ndarray]:
+    from waferscope.data.dataset import WaferDataset
+
+    ds = WaferDataset.from_maps(list(maps))
+    if est.registry_kind == "classifier":
+        return [np.asarray(est.predict_proba(ds))]
+    res = est.score(ds)
+    return [np.asarray(res.scores, dtype=np.float32), np.stack(res.maps).astype(np.float32)]
+
+
 def _onnx_outputs(path, maps: np.ndarray, batch: int | None) -> list[np.ndarray]:
     import onnxruntime as ort
 
@@ -223,6 +233,13 @@ def export_onnx(est, path: str | Path, tolerance: float = 1e-4) -> Path:
     try:
         probe = probe_maps(2 * FIXED_BATCH + 3, size, seed=2)
         expected = _torch_outputs(module, probe)
+        # The wrapped graph must reproduce the estimator's own predictions, not only itself.
+        reference = _estimator_outputs(est, probe)
+        own_err = max(float(np.abs(a - b).max()) for a, b in zip(expected, reference))
+        if own_err > tolerance:
+            raise ExportError(f"{est.registry_name}: the generic ONNX graph differs from the model's own "
+                              f"predictions by {own_err:.3g} (its scoring is not _predict_batch + masked max); "
+                              "the model needs an export_module()")
         problem = ""
         for batch in (None, FIXED_BATCH):
             try:
