@@ -17,8 +17,9 @@ import os
 import platform
 import statistics
 import time
+from waferscope.data.paths import DEV_MAPS
 
-DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
+DEV = str(DEV_MAPS)
 
 
 def main(argv=None) -> int:

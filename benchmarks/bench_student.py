@@ -23,8 +23,9 @@ import platform
 import time
 
 import numpy as np
+from waferscope.data.paths import DEV_MAPS
 
-DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
+DEV = str(DEV_MAPS)
 
 
 def best_rate(fn, n: int, repeats: int) -> tuple[float, float]:

@@ -26,8 +26,9 @@ from waferscope.data import load
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.synthetic import generate
 from waferscope.metrics.detection import evaluate_detection
+from waferscope.data.paths import DEV_MAPS
 
-DEV = Path("/work/shared/data/wm811k/wm811k_dev.npz")
+DEV = DEV_MAPS
 
 
 def dev_split(seed: int = 0) -> tuple[WaferDataset, WaferDataset]:

@@ -26,8 +26,9 @@ from waferscope.data import load  # noqa: E402
 from waferscope.data.classes import CLASSES  # noqa: E402
 from waferscope.data.render import render_map  # noqa: E402
 from waferscope.data.synthetic import generate  # noqa: E402
+from waferscope.data.paths import DEV_MAPS
 
-DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
+DEV = str(DEV_MAPS)
 RADIAL_BINS = np.linspace(0.0, 1.0001, 11)
 
 

@@ -36,8 +36,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from waferscope.data.paths import DEV_MAPS
 
-DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
+DEV = str(DEV_MAPS)
 METHODS = ("svm-linear", "svm-rbf", "cnn", "resnet18")
 # Probability-averaging ensembles, declared here once (not chosen on the test folds).
 ENSEMBLES = (["cnn+tta", "svm-rbf"], ["cnn+tta", "resnet18+tta", "svm-rbf"])

@@ -22,10 +22,11 @@ import torch
 
 import waferscope.data as wd
 from waferscope import explain as ex
+from waferscope.data.paths import DEV_MAPS
 from waferscope.explain.api import NON_LOCAL_CLASSES
 
 LOCAL_CLASSES = ["Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Scratch"]
-DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wm811k" / "wm811k_dev.npz"
+DEV = DEV_MAPS
 
 
 def main() -> None:

@@ -28,8 +28,9 @@ from waferscope.data import load
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.synthetic import generate
 from waferscope.metrics.detection import evaluate_detection, image_metrics, prf_at, threshold_kfold_mean_of_max
+from waferscope.data.paths import DEV_MAPS
 
-DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
+DEV = str(DEV_MAPS)
 
 CONFIGS = {
     # name: (detector, params)

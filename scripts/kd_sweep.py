@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from waferscope.data.paths import DEV_MAPS
 
-DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
+DEV = str(DEV_MAPS)
 
 
 def fold_data(dev_path: str, n_synthetic: int, n_transfer: int, fold: int = 0, seed: int = 0):

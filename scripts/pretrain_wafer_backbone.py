@@ -32,9 +32,10 @@ from waferscope.data import preprocess
 from waferscope.data.classes import BASE_PATTERNS
 from waferscope.data.synthetic import generate
 from waferscope.models.backbones import create_backbone
+from waferscope.data.paths import DEV_MAPS
 
 ROOT = Path(__file__).resolve().parents[1]
-DEV = Path("/work/shared/data/wm811k/wm811k_dev.npz")
+DEV = DEV_MAPS
 
 
 def to_uint8(ds, size: int) -> np.ndarray:

@@ -26,8 +26,9 @@ from waferscope.data import load
 from waferscope.data.classes import CLASSES
 from waferscope.data.preprocess import augment_dihedral, encode, resize_maps
 from waferscope.data.synthetic import generate
+from waferscope.data.paths import DEV_MAPS
 
-DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
+DEV = str(DEV_MAPS)
 
 
 def small_cnn(n_classes: int, width: int = 16) -> nn.Module:

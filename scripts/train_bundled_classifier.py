@@ -4,7 +4,7 @@
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 
 Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024)``) plus every real WM-811K
-dev map (``/work/shared/data/wm811k/wm811k_dev.npz``), with the ``cnn`` defaults otherwise. The
+dev map (``shared/data/wm811k/wm811k_dev.npz`` beside the repo), with the ``cnn`` defaults otherwise. The
 result is ``model.json`` + ``weights.safetensors`` (about 0.5 MB), loaded by
 ``waferscope.models.classifiers.load_default()``.
 """
@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from waferscope.data.paths import DEV_MAPS
 
-DEV = "/work/shared/data/wm811k/wm811k_dev.npz"
+DEV = str(DEV_MAPS)
 OUT = Path(__file__).resolve().parent.parent / "src" / "waferscope" / "weights" / "classifier_default"
 
 

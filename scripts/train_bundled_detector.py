@@ -23,9 +23,10 @@ import torch
 from waferscope import registry
 from waferscope.data import load
 from waferscope.metrics.detection import threshold_kfold_mean_of_max
+from waferscope.data.paths import DEV_MAPS
 
 ROOT = Path(__file__).resolve().parents[1]
-DEV = Path("/work/shared/data/wm811k/wm811k_dev.npz")
+DEV = DEV_MAPS
 
 
 def protocol_train_normals(seed: int = 0):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from waferscope.data.dataset import WaferDataset
+from waferscope.data.paths import DEV_MAPS
 
-DEV_DATA = Path("/work/shared/data/wm811k")
+DEV_DATA = DEV_MAPS.parent
 
 
 def _disc_map(rows: int, cols: int, rng: np.random.Generator, fail_rate: float = 0.1) -> np.ndarray:
