@@ -28,7 +28,7 @@ from waferscope.models.detectors.efficientad.anomaly_map import map_quantiles
 from waferscope.models.detectors.efficientad.loss import (autoencoder_loss, hard_feature_loss, penalty_loss,
                                                           student_autoencoder_loss)
 from waferscope.models.detectors.efficientad.torch_model import AutoEncoder, EfficientADModel
-from waferscope.models.detectors.stfpm.detector import FastInferenceMixin, backbone_kwargs, build_backbone, load_tensors, state_tensors
+from waferscope.models.detectors.stfpm.detector import FastInferenceMixin, backbone_kwargs, build_backbone
 from waferscope.registry import register
 
 PENALTIES = ("none", "noise")
@@ -43,6 +43,9 @@ def noise_images(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
 
 @register("efficientad", kind="detector")
 class EfficientADDetector(FastInferenceMixin, TorchDetector):
+    _label = "EfficientAD"
+    _arch_key = "teacher_kwargs"
+
     def __init__(self, teacher: str = "pdn_small", pretrained: str | None = "wafer", input_size: int = 32,
                  epochs: int = 10, train_batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-5,
                  hard_quantile: float = 0.999, penalty: str = "noise", q_a: float = 0.9, q_b: float = 0.995,
@@ -131,13 +134,3 @@ class EfficientADDetector(FastInferenceMixin, TorchDetector):
         self._fast_model = None
         return self
 
-    def _state(self):
-        return state_tensors(self.model_), {"teacher_kwargs": self.teacher_kwargs_, "loss_history": self.loss_history_}
-
-    def _load_state(self, tensors, extras) -> None:
-        self.teacher_kwargs_ = dict(extras.get("teacher_kwargs", {}))
-        self.loss_history_ = list(extras.get("loss_history", []))
-        model = self._build(self.teacher_kwargs_, load_teacher=False)
-        load_tensors(model, tensors, "EfficientAD")
-        self.model_ = model.eval()
-        self._fast_model = None

@@ -20,13 +20,15 @@ from waferscope.models.detectors.common import (TorchDetector, batch_slices, dat
 from waferscope.models.detectors.reverse_distillation.loss import reverse_distillation_loss
 from waferscope.models.detectors.reverse_distillation.torch_model import (FEATURE_NORMS, STYLES,
                                                                           ReverseDistillationModel)
-from waferscope.models.detectors.stfpm.detector import (FastInferenceMixin, backbone_kwargs, build_backbone, feature_pyramid,
-                                                        load_tensors, state_tensors)
+from waferscope.models.detectors.stfpm.detector import (FastInferenceMixin, backbone_kwargs, build_backbone,
+                                                        feature_pyramid)
 from waferscope.registry import register
 
 
 @register("reverse_distillation", kind="detector")
 class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
+    _label = "reverse-distillation"
+
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  layers: Sequence[str] = ("layer1", "layer2", "layer3"), style: str = "resnet",
                  n_blocks: int = 2, feature_norm: str = "none", input_size: int = 64, epochs: int = 6,
@@ -89,16 +91,6 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
         self._fast_model = None
         return self
 
-    def _state(self):
-        return state_tensors(self.model_), {"backbone_kwargs": self.backbone_kwargs_, "loss_history": self.loss_history_}
-
-    def _load_state(self, tensors, extras) -> None:
-        self.backbone_kwargs_ = dict(extras.get("backbone_kwargs", {}))
-        self.loss_history_ = list(extras.get("loss_history", []))
-        model = self._build(self.backbone_kwargs_, load_teacher=False)
-        load_tensors(model, tensors, "reverse-distillation")
-        self.model_ = model.eval()
-        self._fast_model = None
 
 
 @register("reverse_distillation_convnext", kind="detector")

@@ -65,9 +65,26 @@ def frozen_for_inference(model: torch.nn.Module, input_size: int) -> torch.jit.S
 
 
 class FastInferenceMixin:
-    """``_predict_batch`` through a traced, frozen copy of ``model_`` when ``jit`` is set."""
+    """What the KD detectors share: ``_predict_batch`` through a traced, frozen copy of ``model_``
+    when ``jit`` is set, and persistence of ``model_`` with the architecture it was built from
+    (stored under ``_arch_key``; ``_build(arch, load_teacher=False)`` rebuilds it for loading)."""
 
     _fast_model = None
+    _arch_key = "backbone_kwargs"
+    _label = "detector"
+
+    def _state(self):
+        return state_tensors(self.model_), {self._arch_key: getattr(self, self._arch_key + "_"),
+                                            "loss_history": self.loss_history_}
+
+    def _load_state(self, tensors, extras) -> None:
+        arch = dict(extras.get(self._arch_key, {}))
+        setattr(self, self._arch_key + "_", arch)
+        self.loss_history_ = list(extras.get("loss_history", []))
+        model = self._build(arch, load_teacher=False)
+        load_tensors(model, tensors, self._label)
+        self.model_ = model.eval()
+        self._fast_model = None
 
     def _network(self):
         if not getattr(self, "jit", False):
@@ -95,6 +112,8 @@ def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where
 
 @register("stfpm", kind="detector")
 class STFPMDetector(FastInferenceMixin, TorchDetector):
+    _label = "STFPM"
+
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  layers: Sequence[str] = ("layer1", "layer2", "layer3"), fusion: str = "product",
                  input_size: int = 64, epochs: int = 8, train_batch_size: int = 32, optimizer: str = "sgd",
@@ -152,13 +171,3 @@ class STFPMDetector(FastInferenceMixin, TorchDetector):
         self._fast_model = None
         return self
 
-    def _state(self):
-        return state_tensors(self.model_), {"backbone_kwargs": self.backbone_kwargs_, "loss_history": self.loss_history_}
-
-    def _load_state(self, tensors, extras) -> None:
-        self.backbone_kwargs_ = dict(extras.get("backbone_kwargs", {}))
-        self.loss_history_ = list(extras.get("loss_history", []))
-        model = self._build(self.backbone_kwargs_, load_teacher=False)
-        load_tensors(model, tensors, "STFPM")
-        self.model_ = model.eval()
-        self._fast_model = None
