@@ -177,3 +177,20 @@ def test_in_graph_rotations_match_the_augmentation():
         view = _rot90(torch.from_numpy(x), k % 4)
         view = torch.flip(view, dims=(-1,)) if k >= 4 else view
         np.testing.assert_array_equal(view.numpy(), dihedral(x, k, axes=(1, 2)))
+
+
+def test_stfpm_with_its_traced_scoring_copy_exports(tmp_path):
+    """STFPM scores through its own TorchScript copy; the exporter must trace the eager network."""
+    import torch
+
+    from waferscope import registry
+    from waferscope.data.synthetic import generate
+    from waferscope.export import OnnxModel, export_onnx
+
+    torch.set_num_threads(1)
+    det = registry.create("stfpm", "detector", pretrained=None, epochs=1, verbose=False)
+    det.fit(generate(n=40, seed=1, classes=["none"]))
+    test = generate(n=6, seed=2)
+    path = export_onnx(det, tmp_path / "stfpm.onnx")
+    assert det.jit  # the caller's detector is untouched
+    np.testing.assert_allclose(OnnxModel(path).score(test).scores, det.score(test).scores, atol=1e-4)

@@ -111,6 +111,14 @@ def _module(est):
 
     if custom is None and not hasattr(est, "_predict_batch"):
         raise ExportError(f"{est.registry_name}: only torch detectors (with _predict_batch) export to ONNX")
+    if getattr(est, "jit", False):
+        # Trace the eager network, not the detector's own TorchScript copy (which cannot be traced
+        # again); a shallow copy shares the fitted weights and leaves the caller's detector as it was.
+        import copy
+
+        est = copy.copy(est)
+        est.jit = False
+        est._fast_model = None
     from waferscope.models.detectors.common import gaussian_blur
 
     sigma = float(getattr(est, "smoothing_sigma", 0.0)) * size / 256.0
