@@ -178,3 +178,11 @@ def test_cli_explain_and_atlas(tiny_classifier, tmp_path):
     res = runner.invoke(app, ["atlas", "--data", "synthetic:n=30,seed=7", "--out", str(tmp_path / "atlas")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "atlas" / "atlas.png").exists() and (tmp_path / "atlas" / "atlas.csv").exists()
+
+
+def test_gradcam_works_on_a_frozen_layer():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    for p in net[0].parameters():
+        p.requires_grad_(False)  # a frozen encoder, as in the ae_latent classifier
+    cams, _ = GradCAM(net, target_layer="0")(torch.rand(2, 1, 8, 8))
+    assert cams.shape == (2, 8, 8) and np.isfinite(cams).all()

@@ -75,7 +75,9 @@ class GradCAM:
         handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
         try:
             with torch.enable_grad():
-                logits = self.model(x)
+                # Grad on the input too, so a frozen target layer (e.g. a pretrained encoder whose
+                # parameters do not require grad) still yields activations autograd can follow.
+                logits = self.model(x.detach().requires_grad_(True))
                 if targets is None:
                     targets = logits.argmax(1)
                 targets = torch.as_tensor(targets, dtype=torch.long)
