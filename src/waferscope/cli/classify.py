@@ -8,28 +8,20 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 import typer
 
+from waferscope.cli.common import load_classifier, load_data, parse_set, write_text_atomic
 from waferscope.errors import ConfigError, DataError
 
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-pattern classifiers.")
 
 DATA_HELP = "Data SPEC: a file/folder load() reads, or synthetic:n=…,seed=…"
 
-
-def _load_data(specs: List[str]):
-    from waferscope.data import load
-    from waferscope.data.dataset import WaferDataset
-
-    parts = [load(s) for s in specs]
-    return parts[0] if len(parts) == 1 else WaferDataset.concat(parts, name="+".join(p.name for p in parts))
 
 
 def check_training_labels(dataset, where: str) -> None:
@@ -46,39 +38,7 @@ def check_training_labels(dataset, where: str) -> None:
                         f"expected WM-811K classes: {', '.join(CLASSES)}", where)
 
 
-def _parse_set(pairs: List[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except ValueError:
-            out[key.strip()] = value
-    return out
 
-
-def _load_classifier(run: Optional[Path]):
-    if run is None:
-        from waferscope.models.classifiers import load_default
-
-        return load_default()
-    from waferscope.base import load_run
-
-    return load_run(run, kind="classifier")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @app.command()
@@ -94,7 +54,7 @@ def train(
     from waferscope import registry
 
     cls = registry.get(model, "classifier")
-    params = _parse_set(set_)
+    params = parse_set(set_)
     params["seed"] = seed
     if epochs is not None:
         params["epochs"] = epochs
@@ -104,7 +64,7 @@ def train(
         if bad == ["epochs"]:
             raise ConfigError(f"{model} has no --epochs (it is not trained by epochs)")
         raise ConfigError(f"{model} has no parameter(s) {', '.join(bad)}; it takes: {', '.join(sorted(valid))}")
-    dataset = _load_data(data)
+    dataset = load_data(data)
     check_training_labels(dataset, ", ".join(data))
     clf = cls(**params).fit(dataset)
     clf.save(out)
@@ -121,8 +81,8 @@ def evaluate(
     """Accuracy, macro/weighted F1, per-class precision/recall/F1 and a confusion matrix."""
     from waferscope.metrics.classification import classification_report_dict, save_confusion_matrix_png
 
-    clf = _load_classifier(run)
-    dataset = _load_data(data)
+    clf = load_classifier(run)
+    dataset = load_data(data)
     n_unlabelled = int((~dataset.is_labelled).sum())
     if n_unlabelled:
         typer.echo(f"note: skipping {n_unlabelled} unlabelled map(s) of {len(dataset)}", err=True)
@@ -139,7 +99,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     save_confusion_matrix_png(report["confusion_matrix"], report["classes"], out / "confusion_matrix.png",
                               title=f"{clf.registry_name} on {dataset.name} (n={len(dataset)})")
-    _atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(report, indent=2))
     typer.echo(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
                f"weighted-F1 {report['weighted_f1']:.4f}  (n={len(dataset)}); wrote {out}", err=True)
 
@@ -153,8 +113,8 @@ def predict(
     """Predict the defect class of every map."""
     import io
 
-    clf = _load_classifier(run)
-    dataset = _load_data(data)
+    clf = load_classifier(run)
+    dataset = load_data(data)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
     proba = clf.predict_proba(dataset)
@@ -165,7 +125,7 @@ def predict(
     writer.writerow(["id", "predicted", *[f"p_{c}" for c in classes]])
     for i, row in enumerate(proba):
         writer.writerow([dataset.ids[i], pred[i], *[f"{p:.6f}" for p in row]])
-    _atomic_write_text(out, buf.getvalue())
+    write_text_atomic(out, buf.getvalue())
     counts = dict(zip(*np.unique(pred.astype(str), return_counts=True)))
     typer.echo(f"classified {len(dataset)} maps: " + ", ".join(f"{k} {v}" for k, v in counts.items())
                + f"; wrote {out}", err=True)

@@ -15,13 +15,13 @@ import io
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 import typer
 
+from waferscope.cli.common import load_data, parse_set, write_text_atomic
 from waferscope.errors import ConfigError, DataError, RunDirError
 
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply unsupervised anomaly detectors.")
@@ -31,11 +31,8 @@ THRESHOLD_JSON = "threshold.json"
 
 
 def _load_data(specs: List[str]):
-    from waferscope.data import load
-    from waferscope.data.dataset import WaferDataset
-
-    parts = [load(s) for s in specs]
-    ds = parts[0] if len(parts) == 1 else WaferDataset.concat(parts, name="+".join(p.name for p in parts))
+    """load_data, plus a check that masks fit their maps (detectors score against them)."""
+    ds = load_data(specs)
     _check_masks(ds, ", ".join(specs))
     return ds
 
@@ -68,29 +65,6 @@ def _select_split(dataset, split: str, auto: str, where: str):
     return dataset.subset(sel)
 
 
-def _parse_set(pairs: List[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except ValueError:
-            out[key.strip()] = value
-    return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _load_detector(run: Optional[Path]):
@@ -142,7 +116,7 @@ def train(
     if threshold not in ("kfold", "quantile", "none"):
         raise ConfigError(f"--threshold must be kfold, quantile or none, got {threshold!r}")
     cls = registry.get(model, "detector")
-    params = _parse_set(set_)
+    params = parse_set(set_)
     valid = set(cls._param_names())
     if "seed" in valid:
         params["seed"] = seed
@@ -170,7 +144,7 @@ def train(
                    "method": f"quantile {quantile} of the training normals' scores"}
     det.save(out)
     if thr_doc is not None:
-        _atomic_write_text(out / THRESHOLD_JSON, json.dumps(thr_doc, indent=2))
+        write_text_atomic(out / THRESHOLD_JSON, json.dumps(thr_doc, indent=2))
     typer.echo(f"trained {model} on {len(normals)} normal maps; wrote {out}"
                + (f" (threshold {thr_doc['threshold']:.6g}, {thr_doc['method']})" if thr_doc else ""), err=True)
 
@@ -211,7 +185,7 @@ def evaluate(
     _plot_curves(y, result.scores[idx], out / "roc_pr.png", f"{det.registry_name} on {dataset.name}")
     if n_overlays:
         _plot_overlays(dataset, result, out / "overlays.png", n_overlays)
-    _atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     px = f"  pixel AUROC {metrics['pixel_auroc']:.4f}  AUPRO {metrics['aupro']:.4f}" if "pixel_auroc" in metrics else ""
     typer.echo(f"image AUROC {metrics['image_auroc']:.4f}  AUPR {metrics['image_aupr']:.4f}  "
                f"best F1 {metrics['f1']:.4f} (P {metrics['precision']:.3f}, R {metrics['recall']:.3f}){px}  "
@@ -260,7 +234,7 @@ def score(
             os.replace(tmp, target)
             row.append(target.name)
         writer.writerow(row)
-    _atomic_write_text(out, buf.getvalue())
+    write_text_atomic(out, buf.getvalue())
     msg = f"scored {len(dataset)} maps"
     if thr:
         msg += f", {int((result.scores >= thr['threshold']).sum())} above the run's threshold {thr['threshold']:.6g}"

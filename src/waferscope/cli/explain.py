@@ -8,20 +8,13 @@ from typing import Optional
 
 import typer
 
+from waferscope.cli.common import load_classifier
+
 
 def register(app: typer.Typer) -> None:
     app.command("explain")(explain_cmd)
     app.command("atlas")(atlas_cmd)
 
-
-def _load_classifier(run: Optional[Path]):
-    if run is None:
-        from waferscope.models.classifiers import load_default
-
-        return load_default()
-    from waferscope.base import load_run
-
-    return load_run(run, kind="classifier")
 
 
 def explain_cmd(
@@ -39,7 +32,7 @@ def explain_cmd(
     import waferscope.data as wd
     from waferscope import explain as ex
 
-    clf = _load_classifier(run)
+    clf = load_classifier(run)
     dataset = wd.load(data)
     thr: str | float = threshold if threshold == "otsu" else float(threshold)
     exp = ex.explain(clf, dataset, method=method, target_layer=target_layer, target=target)
