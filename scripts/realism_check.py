@@ -56,6 +56,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", type=int, default=48, help="network input size (maps resized to size×size); "
                     "at least the grid size, so nearest resizing never drops a row of dies")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--width", type=int, default=16, help="channels of the first conv block (doubles twice)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1)
@@ -77,7 +78,7 @@ def main(argv=None) -> dict:
     y_real = np.array([CLASSES.index(c) for c in real.labels])
     print(f"data: {len(syn)} synthetic, {len(real)} real maps, {time.perf_counter() - t0:.1f}s", file=sys.stderr)
 
-    model = small_cnn(len(CLASSES))
+    model = small_cnn(len(CLASSES), args.width)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * (len(syn) // args.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)

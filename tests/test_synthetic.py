@@ -4,6 +4,8 @@ import hashlib
 
 import numpy as np
 import pytest
+from scipy import ndimage
+from skimage.measure import label, regionprops
 
 from waferscope.data import load
 from waferscope.data.classes import BASE_PATTERNS, CLASSES
@@ -50,7 +52,7 @@ def test_reference_digest_is_stable():
     assert _digest(generate(18, seed=0))[:16] == REFERENCE_DIGEST
 
 
-REFERENCE_DIGEST = "790075cd877da362"
+REFERENCE_DIGEST = "7189d667e10118e0"
 
 
 def test_every_class_generated_balanced_with_valid_values(single):
@@ -81,6 +83,51 @@ def test_normal_wafers_fail_rates_look_like_real_ones(single):
     assert 0.04 < np.median(rates) < 0.11  # real `none` dev wafers: median 7.3 %
     nf = single.fail_rates()[single.labels == "Near-full"]
     assert nf.min() > 0.5
+
+
+def _largest_cluster(mask):
+    props = regionprops(label(mask, connectivity=2))
+    return max(props, key=lambda p: p.area)
+
+
+def _ring(m):
+    """0 for the outermost ring of dies, 1 for the next, ... (-1 off the wafer)."""
+    return ndimage.distance_transform_cdt(np.pad(m > 0, 1), metric="chessboard")[1:-1, 1:-1] - 1
+
+
+def test_pattern_shapes_follow_the_real_classes():
+    # Calibrated on the real dev maps (docs/synthetic.md): scratches are long thin continuous
+    # lines, Loc clusters roundish blobs off the centre, Edge-Loc clusters lie on the outer rings.
+    ds = generate(n=120, seed=4, classes="Scratch|Loc|Edge-Loc")
+    ratio, area = {"Scratch": [], "Loc": []}, {"Scratch": [], "Loc": []}
+    loc_radius, edge_share = [], []
+    for m, k, lab in zip(ds.maps, ds.masks, ds.labels):
+        big = _largest_cluster(k)
+        if lab == "Edge-Loc":
+            edge_share.append((_ring(m)[k] <= 1).mean())
+            continue
+        ratio[lab].append(big.axis_major_length / max(big.axis_minor_length, 1.0) if big.area >= 3 else 0.0)
+        area[lab].append(big.area)
+        if lab == "Loc":
+            h, w = m.shape
+            y, x = big.centroid
+            loc_radius.append(np.hypot((y + 0.5 - h / 2) / (h / 2), (x + 0.5 - w / 2) / (w / 2)))
+    assert np.median(ratio["Scratch"]) > 4.0 and np.median(ratio["Loc"]) < 2.0
+    assert np.median(area["Scratch"]) >= 12  # real: largest cluster median 13–15 dies
+    assert np.quantile(loc_radius, 0.1) > 0.2  # a cluster at the very centre would be Center
+    assert np.median(edge_share) > 0.6
+
+
+def test_normal_wafer_fails_are_mostly_isolated(single):
+    # Real `none` wafers, away from the rim: P(right neighbour fails | die fails) ≈ 0.06.
+    both = first = 0
+    for m, lab in zip(single.maps, single.labels):
+        if lab != "none":
+            continue
+        f = (m == 2) & (_ring(m) >= 2)
+        both += np.count_nonzero(f[:, :-1] & f[:, 1:])
+        first += np.count_nonzero(f[:, :-1])
+    assert 0.02 < both / first < 0.1
 
 
 def test_grid_sizes_span_the_real_range(single):

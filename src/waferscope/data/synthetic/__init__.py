@@ -40,7 +40,7 @@ from waferscope.errors import ConfigError
 
 __all__ = ["generate", "MIXED_CLASSES", "GENERATOR_VERSION", "product_catalogue"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _SHORT = {"Center": "C", "Donut": "D", "Edge-Loc": "EL", "Edge-Ring": "ER", "Loc": "L", "Scratch": "S"}
 
@@ -163,8 +163,8 @@ def _draw_wafer(rng: np.random.Generator, patterns: tuple[str, ...], size, mask_
     g = geometry(rows, cols, edge, flat, flat_depth)
     p_bg = background(g, d)
     fail = rng.random(g.n_dies) < p_bg
-    if d.chance(0.5):
-        fail = _pair_up(g, fail, d(0.05, 0.35), d.index(2), rng)
+    if d.chance(0.35):
+        fail = _pair_up(g, fail, d(0.03, 0.2), d.index(2), rng)
     m = g.template.copy()
     mask = np.zeros(rows * cols, dtype=bool)
     if patterns:

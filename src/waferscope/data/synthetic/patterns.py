@@ -113,13 +113,15 @@ def background(g: Geometry, d: Draws) -> np.ndarray:
     base = d.tri(0.005, 0.085)
     amp = d(0.0, 0.7)
     p = base * np.clip(1.0 + amp * smooth_field(g, d, 3), 0.15, 3.0)
-    rim = d.low(0.0, 0.5)
+    # Rim: the outermost ring of real wafers fails at 8–28 % (10–90 %, median 18 %) whatever the
+    # class, as isolated dies rather than continuous runs.
+    rim = d.tri(0.0, 0.3)
     p += rim * (g.ring == 0)
     p += (rim * d(0.0, 0.3)) * (g.ring == 1)
-    if d.chance(0.25):  # centre hot spot: real wafers of every class fail ~2× more at r < 0.1
-        p += d.low(0.0, 0.3) * (g.rho < d(0.03, 0.07))
-    for _ in range(int(d(0.0, 2.5))):  # tiny clusters that no labeller calls a pattern
-        cells = _neighbourhood(g, g.on_index[d.index(g.n_dies)], 1 + d.chance(0.3))
+    if d.chance(0.4):  # centre hot spot: real wafers of every class fail ~2× more at r < 0.1
+        p += d.low(0.0, 0.4) * (g.rho < d(0.03, 0.1))
+    for _ in range(int(d(0.0, 1.8))):  # tiny clusters that no labeller calls a pattern
+        cells = _neighbourhood(g, g.on_index[d.index(g.n_dies)], 1 + d.chance(0.15))
         die = cells[d.rng.random(len(cells)) < d(0.3, 0.7)]
         p[die] = np.maximum(p[die], d(0.5, 1.0))
     return p
@@ -141,9 +143,16 @@ def _neighbourhood(g: Geometry, cell: int, k: int) -> np.ndarray:
 
 # ---- single patterns ----------------------------------------------------------------------------
 def center(g: Geometry, d: Draws) -> np.ndarray:
+    """A blob at the centre; usually a small dense core in a broad sparse halo, as on real Center
+    wafers (largest fail cluster 8–27 dies, median 13, yet 11 % of all dies fail on average)."""
     cu, cv = d.in_disk(0.08)
-    dist = _blob_distance(g, d, cu, cv, d(0.09, 0.32), 1.3, d(0.0, 0.15))
-    return d(0.45, 1.0) * _ramp(dist, d(0.2, 0.9))
+    core_r = die_radius(g, d(1.6, 4.5))
+    dist = _blob_distance(g, d, cu, cv, core_r, 1.3, d(0.0, 0.15))
+    p = d(0.6, 1.0) * _ramp(dist, d(0.2, 0.8))
+    if d.chance(0.6):
+        halo_r = d(max(0.2, 1.5 * core_r), 0.45)
+        p = np.maximum(p, d(0.1, 0.35) * _ramp(dist * (core_r / halo_r), d(0.3, 1.0)))
+    return p
 
 
 def donut(g: Geometry, d: Draws) -> np.ndarray:
@@ -164,21 +173,44 @@ def donut(g: Geometry, d: Draws) -> np.ndarray:
     return p
 
 
-def _angular(g: Geometry, d: Draws, cos_half_lo: float, cos_half_hi: float) -> np.ndarray:
-    """0 outside a random arc seen from the centre, rising to 1 in its middle."""
+def _angular(g: Geometry, d: Draws, cos_half_lo: float, cos_half_hi: float):
+    """0 outside a random arc seen from the centre, rising to 1 in its middle; and the arc's
+    middle direction as a wafer point (u, v) on the unit circle."""
     a, b = d.direction()
     cos_dir = g.cos_t * a + g.sin_t * b
     cos_half = d(cos_half_lo, cos_half_hi)
-    return np.clip((cos_dir - cos_half) * (1.0 / (1.0 - cos_half)), 0.0, 1.0)
+    return np.clip((cos_dir - cos_half) * (1.0 / (1.0 - cos_half)), 0.0, 1.0), (b, a)
+
+
+def _satellites(g: Geometry, d: Draws, p: np.ndarray, cu: float, cv: float, spread: float,
+                n: int) -> np.ndarray:
+    """Add ``n`` small dense clusters (2–5 dies across) within ``spread`` of (cu, cv): real Loc,
+    Edge-Loc and Center wafers carry more mid-size fail clusters than normal ones (6–15-die
+    clusters per wafer: ~1.1–1.3 vs 0.2)."""
+    for _ in range(n):
+        du, dv = d.in_disk(spread)
+        dist = _blob_distance(g, d, cu + du, cv + dv, die_radius(g, d(1.0, 2.5)), 1.8, 0.0)
+        p = np.maximum(p, d(0.6, 0.95) * (dist <= 1.0))
+    return p
 
 
 def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
-    """A crescent hugging the rim: deepest in its middle, 1–6 dies deep, 25–130° long."""
-    t = _angular(g, d, 0.4, 0.99)
-    depth_max = d.low(1.2, 1.2 + 0.3 * min(g.rows, g.cols) / 2)
-    t = np.sqrt(t) if d.chance(0.5) else t  # blunt (sqrt) or pointed crescent ends
-    depth = depth_max * t + d(0.0, 1.0) * smooth_field(g, d, 2)
-    return d(0.45, 1.0) * np.clip(depth - g.ring, 0.0, 1.0)
+    """A crescent hugging the rim (deepest in its middle, 1–6 dies deep, 25–130° long) or a compact
+    cluster cut by the rim: many real Edge-Loc defects are chunky blobs at the edge, not arcs."""
+    if d.chance(0.45):
+        a, b = d.direction()
+        r0 = d(0.97, 1.1)  # centred on or beyond the rim: most of the cluster lies on the rim
+        dist = _blob_distance(g, d, r0 * a, r0 * b, d(0.12, 0.38), 1.6, d(0.0, 0.3))
+        p = d(0.6, 1.0) * _ramp(dist, d(0.2, 0.7))
+    else:
+        t, (a, b) = _angular(g, d, 0.4, 0.99)
+        depth_max = d.low(1.2, 1.2 + 0.3 * min(g.rows, g.cols) / 2)
+        t = np.sqrt(t) if d.chance(0.5) else t  # blunt (sqrt) or pointed crescent ends
+        depth = depth_max * t + d(0.0, 1.0) * smooth_field(g, d, 2)
+        p = d(0.45, 1.0) * np.clip(depth - g.ring, 0.0, 1.0)
+    if d.chance(0.4):
+        p = _satellites(g, d, p, 0.9 * a, 0.9 * b, 0.12, 1 + d.chance(0.4))
+    return p
 
 
 def edge_ring(g: Geometry, d: Draws) -> np.ndarray:
@@ -196,17 +228,38 @@ def edge_ring(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def loc(g: Geometry, d: Draws) -> np.ndarray:
-    """One to three clusters anywhere: small and dense, or larger and sparse, sometimes elongated."""
+    """One to three roundish clusters anywhere: a dense block, small and dense, larger and sparser,
+    or a dense core in a sparse halo. Real Loc clusters are blobs, not streaks (largest cluster's axis ratio ≈ 2,
+    90 % below 3.5), and larger than scratches (largest cluster 9–60 dies, median ≈ 21)."""
     p = None
-    for _ in range(1 + (d() < 0.25) + (d() < 0.08)):
+    for _ in range(1 + (d() < 0.35) + (d() < 0.12)):
         cu, cv = d.in_disk(0.92)
-        if d.chance(0.5):  # compact, dense
-            dist = _blob_distance(g, d, cu, cv, die_radius(g, d(2.0, 5.0)), 2.5, d(0.0, 0.2))
+        while cu * cu + cv * cv < 0.04:  # a cluster at the very centre is a Center defect
+            cu, cv = d.in_disk(0.92)
+        kind = d()
+        if kind < 0.2:  # an axis-aligned dense block or bar of 1.5–6 × 2–8 dies (reticle-shaped)
+            h, w = d(1.5, 6.0), d(2.0, 8.0)
+            if d.chance(0.5):
+                h, w = w, h
+            du = np.abs(g.u - cu) * (g.rows / h)
+            dv = np.abs(g.v - cv) * (g.cols / w)
+            blob = d(0.75, 1.0) * (np.maximum(du, dv) <= 1.0)
+        elif kind < 0.5:  # compact, dense
+            dist = _blob_distance(g, d, cu, cv, die_radius(g, d(1.8, 6.0)), 1.8, d(0.0, 0.25))
             blob = d(0.7, 1.0) * _ramp(dist, d(0.2, 0.6))
-        else:  # larger, sparser
-            dist = _blob_distance(g, d, cu, cv, d(0.15, 0.38), 2.0, d(0.0, 0.35))
-            blob = d(0.35, 0.85) * _ramp(dist, d(0.3, 1.0))
-        p = blob if p is None else np.maximum(p, blob)
+        elif kind < 0.82:  # larger, sparser
+            dist = _blob_distance(g, d, cu, cv, d(0.12, 0.36), 1.8, d(0.0, 0.35))
+            blob = d(0.5, 0.9) * _ramp(dist, d(0.3, 1.0))
+        else:  # dense core in a sparse halo
+            dist = _blob_distance(g, d, cu, cv, d(0.12, 0.3), 1.5, d(0.0, 0.3))
+            halo = d(0.2, 0.5) * _ramp(dist, 0.6)
+            blob = np.maximum(halo, d(0.75, 1.0) * _ramp(dist * (1.0 / d(0.3, 0.55)), 0.4))
+        if p is None:
+            p, first = blob, (cu, cv)
+        else:
+            p = np.maximum(p, blob)
+    if d.chance(0.5):
+        p = _satellites(g, d, p, first[0], first[1], 0.35, 1 + d.index(3))
     return p
 
 
@@ -220,58 +273,70 @@ def near_full(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def random_pattern(g: Geometry, d: Draws) -> np.ndarray:
-    level = d(0.22, 0.65)
+    level = d(0.27, 0.65)
     return level * np.clip(1.0 + d(0.0, 0.5) * smooth_field(g, d, 3), 0.2, 2.0)
 
 
 def scratch(g: Geometry, d: Draws) -> np.ndarray:
-    """One to three thin, curved, sometimes broken lines (quadratic Bézier curves)."""
+    """One to three thin, curved, sometimes broken lines (quadratic Bézier curves).
+
+    Real scratches are mostly one die wide and continuous: the largest fail cluster of a real
+    Scratch wafer spans 8–37 dies (10–90 %, median 13) and is long and thin (axis ratio ≈ 5), so
+    each curve is sampled at most one die apart along both grid axes (an 8-connected staircase,
+    not a thick 4-connected one) and fails densely.
+    """
     p = np.zeros(g.n_dies)
-    step = 0.5 * 2.0 / max(g.rows, g.cols)  # half a die in wafer coordinates
+    half_r, half_c = g.rows / 2, g.cols / 2
     n_lines = 1 + (d() < 0.2) + (d() < 0.05)
     for _ in range(n_lines):
+        length = d(0.4, 2.0)
         if d.chance(0.4):  # from the rim inwards, like a handling scratch
             a, b = d.direction()
-            u0, v0 = 0.97 * a, 0.97 * b
+            u0, v0 = 0.95 * a, 0.95 * b
             a2, b2 = d.direction()
-            a, b = -a + 0.8 * a2, -b + 0.8 * b2
+            a, b = -a + 0.6 * a2, -b + 0.6 * b2
             norm = math.sqrt(a * a + b * b) or 1.0
             a, b = a / norm, b / norm
-        else:
-            u0, v0 = d.in_disk(0.9)
+        else:  # a chord around a point of the inner wafer: real scratches mostly stay on the wafer
             a, b = d.direction()
-        straight = d.chance(0.35)
+            u0, v0 = d.in_disk(0.8)
+        straight = d.chance(0.15)
         if straight:  # along the die rows or columns (probe-card / handling direction)
             a, b = (0.0, 1.0 if b > 0 else -1.0) if abs(b) > abs(a) else (1.0 if a > 0 else -1.0, 0.0)
-        length = d(0.2, 1.4)
+        if u0 * u0 + v0 * v0 < 0.9:  # chord: (u0, v0) is its middle
+            u0, v0 = u0 - 0.5 * length * a, v0 - 0.5 * length * b
         u2, v2 = u0 + length * a, v0 + length * b
-        bend = 0.0 if straight else d.tri(-0.3, 0.3) * length
+        bend = 0.0 if straight else d.tri(-0.45, 0.45) * length
         u1, v1 = 0.5 * (u0 + u2) - bend * b, 0.5 * (v0 + v2) + bend * a
-        m = int(length * 1.3 / step) + 2
+        # Samples at most one die apart on each axis (bound: the control polygon's extent).
+        span = max((abs(u1 - u0) + abs(u2 - u1)) * half_r, (abs(v1 - v0) + abs(v2 - v1)) * half_c)
+        m = int(span) + 2
         t = np.arange(m) * (1.0 / (m - 1))
         s = 1.0 - t
         pu = s * s * u0 + 2.0 * s * t * u1 + t * t * u2
         pv = s * s * v0 + 2.0 * s * t * v1 + t * t * v2
         keep = np.ones(m, dtype=bool)
-        gap = d(0.0, 0.4)
-        if gap > 0.15:  # broken scratch: drop random runs of ~3 dies
-            seg = (np.arange(m) * (1.0 / 6.0)).astype(np.intp)
-            keep = d.rng.random(seg[-1] + 1)[seg] >= gap
-        ri = np.floor((pu + 1.0) * (g.rows / 2)).astype(np.intp)
-        ci = np.floor((pv + 1.0) * (g.cols / 2)).astype(np.intp)
-        if d.chance(0.15):  # a two-die-wide stretch
-            ri = np.concatenate([ri, ri + 1])
-            ci = np.concatenate([ci, ci])
-            keep = np.concatenate([keep, keep])
+        if d.chance(0.2):  # broken scratch: drop random runs of ~3 dies
+            seg = (np.arange(m) * (1.0 / 3.0)).astype(np.intp)
+            keep = d.rng.random(seg[-1] + 1)[seg] >= d(0.1, 0.35)
+        ri = np.floor((pu + 1.0) * half_r).astype(np.intp)
+        ci = np.floor((pv + 1.0) * half_c).astype(np.intp)
+        if d.chance(0.35):  # a wedge: 2–3 dies wide over one end, thinning out (common on real ones)
+            cut = d(0.25, 1.0)
+            wide = (t < cut) if d.chance(0.5) else (t > 1.0 - cut)
+            shifts = ((1, 0), (0, 1), (-1, 0)) if d.chance(0.4) else ((1, 0), (0, 1))
+            ri = np.concatenate([ri] + [ri[wide] + dr for dr, _ in shifts])
+            ci = np.concatenate([ci] + [ci[wide] + dc for _, dc in shifts])
+            keep = np.concatenate([keep] + [keep[wide]] * len(shifts))
         if d.chance(0.15):  # ragged: stray fails beside the line
-            side = d.rng.random(len(ri)) < d(0.1, 0.4)
+            side = d.rng.random(len(ri)) < d(0.1, 0.3)
             ri = np.concatenate([ri, ri[side] + d.rng.integers(-1, 2, int(side.sum()))])
             ci = np.concatenate([ci, ci[side] + d.rng.integers(-1, 2, int(side.sum()))])
             keep = np.concatenate([keep, keep[side]])
         ok = keep & (ri >= 0) & (ri < g.rows) & (ci >= 0) & (ci < g.cols)
         die = g.grid_to_die[ri[ok] * g.cols + ci[ok]]
         die = die[die >= 0]
-        p[die] = np.maximum(p[die], d(0.65, 1.0))
+        p[die] = np.maximum(p[die], d(0.8, 1.0))
     return p
 
 
