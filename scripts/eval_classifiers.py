@@ -39,9 +39,10 @@ import numpy as np
 from waferscope.data.paths import DEV_MAPS
 
 DEV = str(DEV_MAPS)
-METHODS = ("svm-linear", "svm-rbf", "cnn", "resnet18")
+METHODS = ("svm-linear", "svm-rbf", "cnn", "cnn_fine", "resnet18")
 # Probability-averaging ensembles, declared here once (not chosen on the test folds).
-ENSEMBLES = (["cnn+tta", "svm-rbf"], ["cnn+tta", "resnet18+tta", "svm-rbf"])
+ENSEMBLES = (["cnn+tta", "svm-rbf"], ["cnn+tta", "resnet18+tta", "svm-rbf"], ["cnn_fine+tta", "svm-rbf"],
+             ["cnn_fine+tta", "cnn+tta", "svm-rbf"])
 N_FOLDS = 5
 
 

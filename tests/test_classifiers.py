@@ -25,7 +25,7 @@ def synth() -> WaferDataset:
     return generate(n=72, seed=3)
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+@pytest.mark.parametrize("name", ["cnn", "cnn_fine", "resnet18"])
 def test_network_classifiers_fit_predict_and_round_trip(name, synth, tmp_path):
     params = {"epochs": 1, "size": 32, "progress": False, "batch_size": 32}
     if name == "resnet18":
@@ -41,6 +41,23 @@ def test_network_classifiers_fit_predict_and_round_trip(name, synth, tmp_path):
     again = load_run(tmp_path / "run", kind="classifier")
     np.testing.assert_array_equal(again.predict_proba(synth), proba)
     assert list(again.predict(synth)) == list(clf.predict(synth))
+
+
+def test_fine_head_keeps_half_resolution_and_folds_exactly(synth):
+    """cnn_fine pools a map at half the input size (24×24 at 48 px) and its BatchNorm-folded
+    inference copy (nested Sequentials) returns the training network's logits."""
+    clf = registry.create("cnn_fine", "classifier", epochs=1, size=48, progress=False).fit(synth)
+    net = clf.network_.eval()
+    seen = {}
+    handle = net.fuse.register_forward_hook(lambda m, i, o: seen.__setitem__("shape", tuple(o.shape)))
+    x = clf.to_tensor(synth)
+    with torch.no_grad():
+        reference = net(x)
+    handle.remove()
+    assert seen["shape"][-2:] == (24, 24) and net.explain_layer == "fuse"
+    fast = clf.inference_network()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    torch.testing.assert_close(clf._logits(clf.resize(synth)), reference, atol=1e-4, rtol=1e-4)
 
 
 def test_training_is_deterministic(synth):

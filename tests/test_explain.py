@@ -52,6 +52,10 @@ def test_target_layer_choice_and_errors():
     x = torch.zeros(2, 1, 16, 16)
     net(x)
     assert find_target_layer(net, x) == "1"  # 4×4; the 2×2 layer after it is too coarse
+    net.explain_layer = "0"  # a network may declare the layer to explain (cnn_fine does)
+    assert find_target_layer(net, x) == "0"
+    net.explain_layer = "missing"  # a declared name that is not there falls back to the rule
+    assert find_target_layer(net, x) == "1"
     with pytest.raises(ConfigError, match="no Conv2d"):
         find_target_layer(nn.Sequential(nn.Flatten(), nn.Linear(256, 2)), x)
     with pytest.raises(ConfigError, match="target layer 'nope'"):

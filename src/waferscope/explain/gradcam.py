@@ -40,7 +40,11 @@ def conv_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.M
 
 
 def find_target_layer(model: nn.Module, example: torch.Tensor, min_size: int = 4) -> str:
-    """Name of the last Conv2d whose output is at least ``min_size`` on each side."""
+    """The network's declared ``explain_layer`` if it has one (e.g. ``cnn_fine``'s die-resolution
+    map), else the name of the last Conv2d whose output is at least ``min_size`` on each side."""
+    declared = getattr(model, "explain_layer", None)
+    if declared is not None and declared in dict(model.named_modules()):
+        return declared
     convs = conv_layers(model, example)
     if not convs:
         raise ConfigError(f"{type(model).__name__} has no Conv2d layer: Grad-CAM needs a convolutional network")

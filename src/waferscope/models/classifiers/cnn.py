@@ -1,4 +1,5 @@
-"""Convolutional classifiers: a compact wafer CNN (``cnn``) and a ResNet-18 (``resnet18``).
+"""Convolutional classifiers: a compact wafer CNN (``cnn``), the same CNN with a die-resolution head
+(``cnn_fine``, the bundled model) and a ResNet-18 (``resnet18``).
 
 Both take the 3-channel ``onehot3`` wafer encoding. ``cnn`` is sized for throughput: stride-2
 convolutions halve the map from the first layer on, so a 48×48 wafer costs about 6 M multiply-adds
@@ -55,6 +56,73 @@ class CompactCNNClassifier(TorchClassifier):
 
     def build_network(self, in_chans: int, n_classes: int):
         return compact_wafer_cnn(in_chans, n_classes, self.width, self.dropout)
+
+
+def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: int = 24, dropout: float = 0.2):
+    """``compact_wafer_cnn``'s trunk plus a top-down head that ends at half the input resolution.
+
+    The trunk is the same stride-2 stack (w at S/2, 2w at S/4, 4w, 4w at S/8). The head adds the
+    deep features, upsampled, to 1×1 projections of the S/4 and S/2 features (a feature-pyramid
+    top-down path, Lin et al. 2017) and classifies the global average of that S/2 map (``fuse``).
+    So the last feature map is 24×24 for a 48-px wafer, about one cell per die: its Grad-CAM is a
+    die-resolution map of where the class evidence is, instead of the trunk's 6×6 cells of ~8×8
+    dies. The head costs 1×1 convolutions and element-wise adds only.
+    """
+    import torch.nn.functional as F
+    from torch import nn
+
+    def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                             nn.ReLU(inplace=True))
+
+    def lateral(c_in: int, c_out: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+    class FineHeadNet(nn.Module):
+        explain_layer = "fuse"  # Grad-CAM's default target: the S/2 map the classifier pools
+
+        def __init__(self):
+            super().__init__()
+            w, h = int(width), int(head)
+            self.stem = block(in_chans, w, 2)
+            self.stage2 = block(w, 2 * w, 2)
+            self.stage3 = nn.Sequential(block(2 * w, 4 * w, 2), block(4 * w, 4 * w, 1))
+            self.lateral1, self.lateral2, self.lateral3 = lateral(w, h), lateral(2 * w, h), lateral(4 * w, h)
+            self.fuse = nn.ReLU()
+            self.dropout = nn.Dropout(dropout)
+            self.fc = nn.Linear(h, n_classes)
+
+        def forward(self, x):
+            a = self.stem(x)
+            b = self.stage2(a)
+            d = self.stage3(b)
+            t = F.interpolate(self.lateral3(d), size=b.shape[-2:], mode="nearest") + self.lateral2(b)
+            f = self.fuse(F.interpolate(t, size=a.shape[-2:], mode="bilinear", align_corners=False)
+                          + self.lateral1(a))
+            return self.fc(self.dropout(f.mean((2, 3))))
+
+    return FineHeadNet()
+
+
+@register("cnn_fine", kind="classifier")
+class FineHeadCNNClassifier(CompactCNNClassifier):
+    """``cnn`` with a die-resolution head (:func:`fine_head_wafer_cnn`): the bundled classifier.
+
+    Same training recipe as ``cnn``; ``head`` is the channel count of the S/2 map it pools.
+    """
+
+    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
+                 lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
+                 val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
+                 tta: bool = False, width: int = 24, dropout: float = 0.2, head: int = 24):
+        super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, imbalance=imbalance, augment=augment,
+                         val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta,
+                         width=width, dropout=dropout)
+        self.head = head
+
+    def build_network(self, in_chans: int, n_classes: int):
+        return fine_head_wafer_cnn(in_chans, n_classes, self.width, self.head, self.dropout)
 
 
 @register("resnet18", kind="classifier")

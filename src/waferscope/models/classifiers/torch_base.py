@@ -232,15 +232,21 @@ class TorchClassifier(Classifier):
         cached = getattr(self, "_fast_net", None)
         if cached is not None and cached[0] is self.network_:
             return cached[1]
-        net = copy.deepcopy(self.network_).eval()
-        if isinstance(net, nn.Sequential):
-            layers: list = []
-            for layer in net:
-                if isinstance(layer, nn.BatchNorm2d) and layers and isinstance(layers[-1], nn.Conv2d):
-                    layers[-1] = fuse_conv_bn_eval(layers[-1], layer)
-                else:
-                    layers.append(layer)
-            net = nn.Sequential(*layers).eval()
+        def fold(module):
+            """Conv→BatchNorm pairs inside every nn.Sequential (at any depth) folded into the conv."""
+            if isinstance(module, nn.Sequential):
+                layers: list = []
+                for layer in module:
+                    if isinstance(layer, nn.BatchNorm2d) and layers and isinstance(layers[-1], nn.Conv2d):
+                        layers[-1] = fuse_conv_bn_eval(layers[-1], layer)
+                    else:
+                        layers.append(fold(layer))
+                return nn.Sequential(*layers).eval()
+            for name, child in list(module.named_children()):
+                setattr(module, name, fold(child))
+            return module
+
+        net = fold(copy.deepcopy(self.network_).eval())
         net = net.to(memory_format=torch.channels_last)
         for p in net.parameters():
             p.requires_grad_(False)
