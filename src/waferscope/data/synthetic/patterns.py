@@ -122,7 +122,7 @@ def background(g: Geometry, d: Draws) -> np.ndarray:
         p += d.low(0.0, 0.4) * (g.rho < d(0.03, 0.1))
     for _ in range(int(d(0.0, 1.8))):  # tiny clusters that no labeller calls a pattern
         cells = _neighbourhood(g, g.on_index[d.index(g.n_dies)], 1 + d.chance(0.15))
-        die = cells[d.rng.random(len(cells)) < d(0.3, 0.7)]
+        die = cells[d.rng.random(len(cells)) < d(0.2, 0.55)]
         p[die] = np.maximum(p[die], d(0.5, 1.0))
     return p
 
@@ -237,18 +237,19 @@ def loc(g: Geometry, d: Draws) -> np.ndarray:
         while cu * cu + cv * cv < 0.04:  # a cluster at the very centre is a Center defect
             cu, cv = d.in_disk(0.92)
         kind = d()
-        if kind < 0.2:  # an axis-aligned dense block or bar of 1.5–6 × 2–8 dies (reticle-shaped)
-            h, w = d(1.5, 6.0), d(2.0, 8.0)
+        if kind < 0.3:  # an axis-aligned dense block or bar (reticle-shaped): often a tiny 2×2–3×3
+            # square, which real labellers call Loc while background specks stay sparse
+            h, w = (d(2.0, 3.5), d(2.0, 3.5)) if d.chance(0.4) else (d(1.5, 6.0), d(2.0, 8.0))
             if d.chance(0.5):
                 h, w = w, h
             du = np.abs(g.u - cu) * (g.rows / h)
             dv = np.abs(g.v - cv) * (g.cols / w)
-            blob = d(0.75, 1.0) * (np.maximum(du, dv) <= 1.0)
-        elif kind < 0.5:  # compact, dense
-            dist = _blob_distance(g, d, cu, cv, die_radius(g, d(1.8, 6.0)), 1.8, d(0.0, 0.25))
+            blob = d(0.8, 1.0) * (np.maximum(du, dv) <= 1.0)
+        elif kind < 0.55:  # compact, dense
+            dist = _blob_distance(g, d, cu, cv, die_radius(g, d(1.8, 6.0)), 2.3, d(0.0, 0.25))
             blob = d(0.7, 1.0) * _ramp(dist, d(0.2, 0.6))
         elif kind < 0.82:  # larger, sparser
-            dist = _blob_distance(g, d, cu, cv, d(0.12, 0.36), 1.8, d(0.0, 0.35))
+            dist = _blob_distance(g, d, cu, cv, d(0.12, 0.36), 2.0, d(0.0, 0.35))
             blob = d(0.5, 0.9) * _ramp(dist, d(0.3, 1.0))
         else:  # dense core in a sparse halo
             dist = _blob_distance(g, d, cu, cv, d(0.12, 0.3), 1.5, d(0.0, 0.3))
@@ -289,7 +290,7 @@ def scratch(g: Geometry, d: Draws) -> np.ndarray:
     half_r, half_c = g.rows / 2, g.cols / 2
     n_lines = 1 + (d() < 0.2) + (d() < 0.05)
     for _ in range(n_lines):
-        length = d(0.4, 2.0)
+        length = d(0.35, 1.7)
         if d.chance(0.4):  # from the rim inwards, like a handling scratch
             a, b = d.direction()
             u0, v0 = 0.95 * a, 0.95 * b
