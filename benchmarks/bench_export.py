@@ -3,7 +3,8 @@
     python benchmarks/bench_export.py [--threads 2] [--n 1024] [--out out/bench_export]
 
 Models: the bundled classifier (``waferscope.models.classifiers.load_default()``), a KD student,
-and two detectors (PatchCore, autoencoder). Models without a run directory given by ``--run NAME=DIR``
+the bundled detector (``waferscope.models.detectors.load_default()``, an autoencoder) and four more
+detectors (PatchCore, STFPM, Reverse Distillation, EfficientAD). Models without a run directory given by ``--run NAME=DIR``
 are trained here on seeded synthetic maps with a small budget (the point is the runtime
 comparison, not the best accuracy). Test data: synthetic maps (seed 7) and, if present, the real
 dev maps. INT8 = static QDQ quantization of the convolutions, calibrated on 256 synthetic maps
@@ -28,7 +29,8 @@ TRAIN = {
                                                     "teacher_params": {"epochs": 8, "progress": False}}),
     "patchcore": ("detection", "patchcore", {"verbose": False}),
     "stfpm": ("detection", "stfpm", {"epochs": 4, "verbose": False}),
-    "autoencoder": ("detection", "autoencoder", {"epochs": 10, "verbose": False}),
+    "reverse_distillation": ("detection", "reverse_distillation", {"epochs": 3, "verbose": False}),
+    "efficientad": ("detection", "efficientad", {"epochs": 4, "verbose": False}),
 }
 
 
@@ -106,6 +108,14 @@ def main() -> None:
         models.append(("bundled", "classification", runs.get("bundled") and load_run(runs["bundled"]) or load_default()))
     except Exception as exc:  # the bundled weights are optional for this script
         print(f"note: no bundled classifier ({type(exc).__name__}: {exc})")
+    try:
+        from waferscope.models.detectors import load_default as load_default_detector
+
+        detector = runs.get("bundled_detector") and load_run(runs["bundled_detector"]) or load_default_detector()
+        detector.verbose = False
+        models.append(("bundled_detector", "detection", detector))
+    except Exception as exc:
+        print(f"note: no bundled detector ({type(exc).__name__}: {exc})")
     for name, (task, reg, params) in TRAIN.items():
         if name in runs:
             models.append((name, task, load_run(runs[name])))

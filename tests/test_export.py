@@ -194,3 +194,40 @@ def test_stfpm_with_its_traced_scoring_copy_exports(tmp_path):
     path = export_onnx(det, tmp_path / "stfpm.onnx")
     assert det.jit  # the caller's detector is untouched
     np.testing.assert_allclose(OnnxModel(path).score(test).scores, det.score(test).scores, atol=1e-4)
+
+
+def test_bundled_autoencoder_exports_with_its_topk_score(tmp_path):
+    """The default detector scores by the mean of the top 2 % of its map, not the maximum: the graph
+    must carry that rule (a full sort when traced) and match the detector's own scores."""
+    from waferscope.data.synthetic import generate
+    from waferscope.export import OnnxModel, export_onnx
+    from waferscope.models.detectors import load_default
+
+    torch.set_num_threads(1)
+    det = load_default()
+    det.verbose = False
+    test = generate(n=24, seed=5)
+    model = OnnxModel(export_onnx(det, tmp_path / "ae.onnx"))
+    want, got = det.score(test), model.score(test)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
+    np.testing.assert_allclose(got.maps[3], want.maps[3], atol=1e-4)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("reverse_distillation", dict(pretrained=None, epochs=1, n_blocks=1)),
+    ("efficientad", dict(pretrained=None, epochs=1, input_size=32)),
+    ("reconpatch", dict(epochs=1, max_train_patches=2_000)),
+])
+def test_more_detectors_export(tmp_path, name, params):
+    """RD (its own TorchScript copy), EfficientAD (quantile-normalised maps of two branches) and
+    ReConPatch (memory-bank kNN on modulated features) export through the generic graph."""
+    from waferscope.data.synthetic import generate
+    from waferscope.export import OnnxModel, export_onnx
+
+    torch.set_num_threads(1)
+    det = registry.create(name, "detector", verbose=False, **params)
+    det.fit(generate(n=40, seed=1, classes=["none"]))
+    test = generate(n=19, seed=2)
+    model = OnnxModel(export_onnx(det, tmp_path / f"{name}.onnx"))
+    want, got = det.score(test), model.score(test)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-4, rtol=1e-4)

@@ -143,9 +143,8 @@ def _module(est):
             amap = gaussian_blur(raw, sigma) if sigma > 0 else raw
             valid = maps != 0
             amap = amap * valid.to(amap.dtype)
-            if scores is None:
-                flat = amap.masked_fill(~valid, float("-inf")).flatten(1).max(1).values
-                scores = torch.where(torch.isfinite(flat), flat, torch.zeros_like(flat))
+            if scores is None:  # the detector's own image-score rule (masked max, top-k mean...)
+                scores = est._image_scores_t(amap, valid)
             return scores.float(), amap
 
     return DetectorGraph().eval(), ["scores", "anomaly_maps"], size
@@ -246,7 +245,7 @@ def export_onnx(est, path: str | Path, tolerance: float = 1e-4) -> Path:
         own_err = max(float(np.abs(a - b).max()) for a, b in zip(expected, reference))
         if own_err > tolerance:
             raise ExportError(f"{est.registry_name}: the generic ONNX graph differs from the model's own "
-                              f"predictions by {own_err:.3g} (its scoring is not _predict_batch + masked max); "
+                              f"predictions by {own_err:.3g} (its scoring is not _predict_batch + _image_scores_t); "
                               "the model needs an export_module()")
         problem = ""
         for batch in (None, FIXED_BATCH):

@@ -36,8 +36,8 @@ from waferscope.data.classes import NORMAL_LABELS
 from waferscope.errors import DataError
 
 __all__ = ["dataset_to_input", "wafer_valid_masks", "training_normals", "seed_everything", "batch_slices",
-           "fit_loop", "gaussian_blur", "postprocess_maps", "maps_to_input_resolution", "masked_max", "masked_topk_mean",
-           "TorchDetector", "progress"]
+           "fit_loop", "gaussian_blur", "postprocess_maps", "maps_to_input_resolution", "masked_max", "masked_max_t",
+           "masked_topk_mean", "masked_topk_mean_t", "TorchDetector", "progress"]
 
 
 # ---- input --------------------------------------------------------------------------------------
@@ -187,34 +187,55 @@ def postprocess_maps(maps: torch.Tensor, size: int, sigma: float = 4.0, valid: n
     return maps
 
 
-def masked_max(maps: torch.Tensor, valid: np.ndarray | None = None) -> np.ndarray:
-    """Per-map maximum over valid (on-wafer) pixels; a map with no valid pixel scores 0."""
-    flat = maps.reshape(len(maps), -1)
+def _valid_tensor(valid, like: torch.Tensor) -> torch.Tensor | None:
+    if valid is None or isinstance(valid, torch.Tensor):
+        return valid
+    return torch.from_numpy(np.ascontiguousarray(valid)).reshape(like.shape)
+
+
+def masked_max_t(maps: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-map maximum over valid (on-wafer) pixels as a tensor; a map with no valid pixel scores 0.
+
+    Pure tensor code, so the exported ONNX graph scores exactly as :meth:`TorchDetector.score`.
+    """
+    flat = maps.flatten(1)
     if valid is None:
-        return flat.max(1).values.numpy().astype(np.float64)
-    v = torch.from_numpy(np.ascontiguousarray(valid)).reshape(len(maps), -1)
-    out = flat.masked_fill(~v, -math.inf).max(1).values
-    return torch.where(torch.isfinite(out), out, torch.zeros_like(out)).numpy().astype(np.float64)
+        return flat.max(1).values
+    out = flat.masked_fill(~valid.flatten(1), -math.inf).max(1).values
+    return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
 
 
-def masked_topk_mean(maps: torch.Tensor, valid: np.ndarray | None = None, fraction: float = 0.02) -> np.ndarray:
-    """Per-map mean of the top ``fraction`` of valid pixel values (at least one pixel).
+def masked_topk_mean_t(maps: torch.Tensor, valid: torch.Tensor | None = None, fraction: float = 0.02) -> torch.Tensor:
+    """Per-map mean of the top ``fraction`` of valid pixel values (at least one pixel), as a tensor.
 
     Less sensitive than the maximum to one noisy pixel, and still driven by a small defect.
     """
-    flat = maps.reshape(len(maps), -1)
+    flat = maps.flatten(1)
     if valid is None:
-        counts = torch.full((len(maps),), flat.shape[1])
+        counts = torch.full((flat.shape[0],), flat.shape[1], dtype=torch.long)
         vals = flat
     else:
-        v = torch.from_numpy(np.ascontiguousarray(valid)).reshape(len(maps), -1)
+        v = valid.flatten(1)
         counts = v.sum(1)
         vals = flat.masked_fill(~v, -math.inf)
     k = torch.clamp((counts.float() * fraction).ceil().long(), min=1)
-    top = vals.topk(int(k.max()), dim=1).values
+    # Eager: only the largest k needed by any map. Traced for ONNX, k depends on the input, so take
+    # them all (a full sort); the kept values and the result are the same.
+    k_max = flat.shape[1] if torch.jit.is_tracing() else int(k.max())
+    top = vals.topk(k_max, dim=1).values
     keep = torch.arange(top.shape[1])[None, :] < k[:, None]
     top = torch.where(keep & torch.isfinite(top), top, torch.zeros_like(top))
-    return (top.sum(1) / k.float()).numpy().astype(np.float64)
+    return top.sum(1) / k.float()
+
+
+def masked_max(maps: torch.Tensor, valid: np.ndarray | None = None) -> np.ndarray:
+    """:func:`masked_max_t` with a numpy mask in and float64 scores out."""
+    return masked_max_t(maps, _valid_tensor(valid, maps)).numpy().astype(np.float64)
+
+
+def masked_topk_mean(maps: torch.Tensor, valid: np.ndarray | None = None, fraction: float = 0.02) -> np.ndarray:
+    """:func:`masked_topk_mean_t` with a numpy mask in and float64 scores out."""
+    return masked_topk_mean_t(maps, _valid_tensor(valid, maps), fraction).numpy().astype(np.float64)
 
 
 def maps_to_input_resolution(maps: torch.Tensor | np.ndarray, dataset, sigma: float = 0.0) -> list[np.ndarray]:
@@ -264,9 +285,15 @@ class TorchDetector(Detector):
     def _predict_batch(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         raise NotImplementedError
 
+    def _image_scores_t(self, maps: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Image scores from post-processed (N, S, S) maps when _predict_batch returns none.
+
+        Tensor in, tensor out and traceable: the ONNX export calls it inside the graph.
+        """
+        return masked_max_t(maps, valid)
+
     def _image_scores(self, maps: torch.Tensor, valid: np.ndarray | None) -> np.ndarray:
-        """Image scores from post-processed (N, S, S) maps when _predict_batch returns none."""
-        return masked_max(maps, valid)
+        return self._image_scores_t(maps, _valid_tensor(valid, maps)).numpy().astype(np.float64)
 
     def _eval_modules(self) -> list[torch.nn.Module]:
         """Modules to switch to eval mode before scoring (default: every nn.Module attribute ending in _)."""

@@ -20,14 +20,19 @@ the dev figure as slightly optimistic (the synthetic figure is an independent ch
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
 from waferscope.models.detectors.autoencoder.torch_model import ConvAutoencoder
-from waferscope.models.detectors.common import (TorchDetector, dataset_to_input, fit_loop, masked_topk_mean,
+from waferscope.models.detectors.common import (TorchDetector, dataset_to_input, fit_loop, masked_topk_mean_t,
                                                  training_normals)
 from waferscope.registry import register
+
+
+def _for_inference(model: ConvAutoencoder) -> ConvAutoencoder:
+    """Eval mode, channels-last memory: CPU convolutions, above all the decoder's transposed ones,
+    run ~1.4× faster on NHWC tensors (measured on the bundled model, 256 wafers of 64 px, 1 thread)."""
+    return model.eval().to(memory_format=torch.channels_last)
 
 
 @register("autoencoder", kind="detector")
@@ -71,24 +76,23 @@ class AutoencoderDetector(TorchDetector):
                            batch_size=int(self.train_batch_size), lr=float(self.lr), seed=int(self.seed),
                            augment=bool(self.augment) and mode == "wafer", weight_decay=float(self.weight_decay),
                            desc="train autoencoder", verbose=bool(self.verbose), modules=[model])
-        model.eval()
-        self.model_ = model
+        self.model_ = _for_inference(model)
         self.mode_ = mode
         self.train_loss_ = [round(float(h), 6) for h in history]
         self.n_train_ = len(normals)
         return self
 
     def _predict_batch(self, x: torch.Tensor):
-        out = self.model_(x)
+        out = self.model_(x.contiguous(memory_format=torch.channels_last))
         if self.mode_ == "wafer":
             return None, (x[:, 2] - torch.sigmoid(out[:, 0])).clamp(min=0.0)
         return None, ((torch.sigmoid(out) - x) ** 2).mean(1)
 
-    def _image_scores(self, maps: torch.Tensor, valid: np.ndarray | None) -> np.ndarray:
-        return masked_topk_mean(maps, valid, float(self.topk_fraction))
+    def _image_scores_t(self, maps: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        return masked_topk_mean_t(maps, valid, float(self.topk_fraction))
 
     def _state(self):
-        tensors = {f"model.{k}": v for k, v in self.model_.state_dict().items()}
+        tensors = {f"model.{k}": v.contiguous() for k, v in self.model_.state_dict().items()}
         return tensors, {"mode": self.mode_, "train_loss": self.train_loss_, "n_train": self.n_train_}
 
     def _load_state(self, tensors, extras) -> None:
@@ -98,6 +102,6 @@ class AutoencoderDetector(TorchDetector):
         model = self._build(self.mode_)
         load_state_dict_checked(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
                                 drop_head=False)
-        self.model_ = model.eval()
+        self.model_ = _for_inference(model)
         self.train_loss_ = extras.get("train_loss", [])
         self.n_train_ = extras.get("n_train", 0)

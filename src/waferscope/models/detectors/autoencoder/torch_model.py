@@ -44,7 +44,7 @@ class ConvAutoencoder(nn.Module):
         return self.to_latent(torch.flatten(self.encoder(x), 1))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.from_latent(z).view(len(z), self.bottleneck_channels, self.grid, self.grid)
+        h = self.from_latent(z).view(-1, self.bottleneck_channels, self.grid, self.grid)
         return self.decoder(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
