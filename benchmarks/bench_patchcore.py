@@ -23,8 +23,9 @@ from waferscope import registry
 from waferscope.data.synthetic import generate
 
 CONFIGS = {
-    "fast": dict(backbone="resnet18", backbone_kwargs={"width": 0.25}, embedding_dim=64, coreset_ratio=0.02),
-    "r18": dict(backbone="resnet18", coreset_ratio=0.05),
+    "default": dict(),  # the detector's defaults: the shipped wafer_resnet18
+    "fast": dict(backbone="resnet18", pretrained=None, backbone_kwargs={"width": 0.25}, embedding_dim=64, coreset_ratio=0.02),
+    "r18": dict(backbone="resnet18", pretrained=None, coreset_ratio=0.05),
 }
 
 

@@ -34,16 +34,16 @@ DEV = str(DEV_MAPS)
 
 CONFIGS = {
     # name: (detector, params)
-    "fast": ("patchcore", dict(backbone="resnet18", backbone_kwargs={"width": 0.25}, embedding_dim=64,
+    "fast": ("patchcore", dict(backbone="resnet18", pretrained=None, backbone_kwargs={"width": 0.25}, embedding_dim=64,
                                coreset_ratio=0.02)),
-    "r18": ("patchcore", dict(backbone="resnet18", coreset_ratio=0.05)),
-    "r18_small": ("patchcore", dict(backbone="resnet18", backbone_kwargs={"width": 0.5, "small_input": True},
+    "r18": ("patchcore", dict(backbone="resnet18", pretrained=None, coreset_ratio=0.05)),
+    "r18_small": ("patchcore", dict(backbone="resnet18", pretrained=None, backbone_kwargs={"width": 0.5, "small_input": True},
                                     coreset_ratio=0.02)),
     "wafer_r18": ("patchcore", dict(backbone="wafer_resnet18", pretrained="wafer", coreset_ratio=0.02)),
-    "wrn50": ("patchcore", dict(backbone="wide_resnet50_2", embedding_dim=256, coreset_ratio=0.05)),
-    "recon_fast": ("reconpatch", dict(backbone="resnet18", backbone_kwargs={"width": 0.25}, embedding_dim=64,
+    "wrn50": ("patchcore", dict(backbone="wide_resnet50_2", pretrained=None, embedding_dim=256, coreset_ratio=0.05)),
+    "recon_fast": ("reconpatch", dict(backbone="resnet18", pretrained=None, backbone_kwargs={"width": 0.25}, embedding_dim=64,
                                       representation_dim=64, coreset_ratio=0.02)),
-    "recon_r18": ("reconpatch", dict(backbone="resnet18", coreset_ratio=0.05)),
+    "recon_r18": ("reconpatch", dict(backbone="resnet18", pretrained=None, coreset_ratio=0.05)),
     "recon_wafer_r18": ("reconpatch", dict(backbone="wafer_resnet18", pretrained="wafer", coreset_ratio=0.02)),
 }
 

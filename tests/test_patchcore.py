@@ -14,7 +14,7 @@ from waferscope.models.detectors.patchcore.coreset import coreset_size, k_center
 from waferscope.models.detectors.patchcore.torch_model import (PatchEmbedding, channel_pooling_matrix,
                                                                nearest_memory, reweighted_image_score)
 
-SMALL = dict(backbone="resnet18", backbone_kwargs={"width": 0.25, "small_input": True}, input_size=32, embedding_dim=32,
+SMALL = dict(backbone="resnet18", pretrained=None, backbone_kwargs={"width": 0.25, "small_input": True}, input_size=32, embedding_dim=32,
              coreset_ratio=0.5, batch_size=16, verbose=False)
 
 

@@ -39,7 +39,7 @@ class ReConPatchDetector(PatchCoreDetector):
         random subset of ``contrastive_patches`` candidate patches.
     """
 
-    def __init__(self, backbone: str = "resnet18", pretrained: str | None = None,
+    def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  backbone_kwargs: dict | None = None, layers: Sequence[str] = ("layer2", "layer3"),
                  input_size: int = 64, patch_size: int = 3, embedding_dim: int = 128,
                  coreset_ratio: float = 0.1, max_memory_mb: float = 200.0, coreset_projection_dim: int = 128,
