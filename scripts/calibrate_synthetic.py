@@ -64,6 +64,51 @@ def neighbour_rate(maps) -> float:
     return both / max(first, 1)
 
 
+def _ring(m: np.ndarray) -> np.ndarray:
+    """0 for the outermost ring of dies, 1 for the next, ... (-1 off the wafer)."""
+    return ndimage.distance_transform_cdt(np.pad(m > 0, 1), metric="chessboard")[1:-1, 1:-1] - 1
+
+
+def cluster_stats(m: np.ndarray) -> tuple[float, float, float, float]:
+    """Shape of a wafer's largest 8-connected fail cluster: (dies, axis ratio, share of its dies on
+    the outer two rings, distance of its centroid from the wafer centre). The area and axis ratio
+    use interior dies only (ring >= 2), so a fail-dense rim does not merge into one cluster."""
+    from skimage.measure import label, regionprops
+
+    ring = _ring(m)
+    inner = regionprops(label((m == 2) & (ring >= 2), connectivity=2))
+    big = max(inner, key=lambda p: p.area) if inner else None
+    area = float(big.area) if big is not None else 0.0
+    ratio = big.axis_major_length / max(big.axis_minor_length, 1.0) if big is not None and big.area >= 3 else 0.0
+    every = regionprops(label(m == 2, connectivity=2))
+    if not every:
+        return area, ratio, 0.0, 0.0
+    whole = max(every, key=lambda p: p.area)
+    on_rim = float((ring[tuple(whole.coords.T)] <= 1).mean())
+    h, w = m.shape
+    y, x = whole.centroid
+    return area, float(ratio), on_rim, float(np.hypot((y + 0.5 - h / 2) / (h / 2), (x + 0.5 - w / 2) / (w / 2)))
+
+
+def shape_table(real, syn) -> str:
+    lines = ["| class | largest interior cluster, dies: median (q10–q90) real / syn | its axis ratio (median) real / syn "
+             "| largest cluster's share on the outer 2 rings (median) real / syn | its centre radius (median) real / syn |",
+             "|---|---|---|---|---|"]
+    for c in CLASSES:
+        a, b = real.labels == c, syn.labels == c
+        if not a.any() or not b.any() or c in ("Near-full", "Random"):
+            continue
+        r = np.array([cluster_stats(real.maps[i]) for i in np.flatnonzero(a)])
+        s = np.array([cluster_stats(syn.maps[i]) for i in np.flatnonzero(b)])
+
+        def q(x):
+            return f"{np.median(x):.0f} ({np.quantile(x, 0.1):.0f}–{np.quantile(x, 0.9):.0f})"
+
+        lines.append(f"| {c} | {q(r[:, 0])} / {q(s[:, 0])} | {np.median(r[:, 1]):.1f} / {np.median(s[:, 1]):.1f} "
+                     f"| {np.median(r[:, 2]):.2f} / {np.median(s[:, 2]):.2f} | {np.median(r[:, 3]):.2f} / {np.median(s[:, 3]):.2f} |")
+    return "\n".join(lines)
+
+
 def class_table(real, syn) -> str:
     rr, sr = real.fail_rates(), syn.fail_rates()
     lines = ["| class | n real | real fail rate mean / median / q10–q90 | synthetic mean / median / q10–q90 "
@@ -175,7 +220,7 @@ def main(argv=None) -> None:
     distribution_figure(real, syn, out / "synthetic_vs_real.png")
     size_figure(real, syn, out / "synthetic_sizes.png")
     montage(real, syn, out / "synthetic_montage.png")
-    table = class_table(real, syn)
+    table = class_table(real, syn) + "\n\n" + shape_table(real, syn)
     print(table)
     if args.out_md:
         Path(args.out_md).write_text(table + "\n")

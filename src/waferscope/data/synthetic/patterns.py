@@ -227,34 +227,49 @@ def edge_ring(g: Geometry, d: Draws) -> np.ndarray:
     return d(0.6, 1.0) * band * np.clip(cover, 0.0, 1.0)
 
 
+def _block(g: Geometry, cu: float, cv: float, h: float, w: float) -> np.ndarray:
+    """1.0 on the axis-aligned block of about h × w dies centred at (cu, cv), else 0.0."""
+    du = np.abs(g.u - cu) * (g.rows / h)
+    dv = np.abs(g.v - cv) * (g.cols / w)
+    return (np.maximum(du, dv) <= 1.0).astype(np.float64)
+
+
 def loc(g: Geometry, d: Draws) -> np.ndarray:
-    """One to three roundish clusters anywhere: a dense block, small and dense, larger and sparser,
-    or a dense core in a sparse halo. Real Loc clusters are blobs, not streaks (largest cluster's axis ratio ≈ 2,
-    90 % below 3.5), and larger than scratches (largest cluster 9–60 dies, median ≈ 21)."""
+    """One to three clusters off the centre: a dense block, small and dense, larger and sparser, a
+    dense core in a sparse halo, or a patch of dense fragments. Real Loc clusters are mostly blobs
+    (largest cluster's axis ratio ≈ 2; ~20 % are thick streaks, ~3 dies wide), larger than
+    scratches (largest cluster 9–60 dies, median ≈ 21), and range from 2×2 squares to irregular
+    patches of bars and blocks."""
     p = None
     for _ in range(1 + (d() < 0.35) + (d() < 0.12)):
         cu, cv = d.in_disk(0.92)
         while cu * cu + cv * cv < 0.04:  # a cluster at the very centre is a Center defect
             cu, cv = d.in_disk(0.92)
         kind = d()
-        if kind < 0.3:  # an axis-aligned dense block or bar (reticle-shaped): often a tiny 2×2–3×3
+        if kind < 0.25:  # an axis-aligned dense block or bar (reticle-shaped): often a tiny 2×2–3×3
             # square, which real labellers call Loc while background specks stay sparse
             h, w = (d(2.0, 3.5), d(2.0, 3.5)) if d.chance(0.4) else (d(1.5, 6.0), d(2.0, 8.0))
             if d.chance(0.5):
                 h, w = w, h
-            du = np.abs(g.u - cu) * (g.rows / h)
-            dv = np.abs(g.v - cv) * (g.cols / w)
-            blob = d(0.8, 1.0) * (np.maximum(du, dv) <= 1.0)
-        elif kind < 0.55:  # compact, dense
+            blob = d(0.8, 1.0) * _block(g, cu, cv, h, w)
+        elif kind < 0.5:  # compact, dense
             dist = _blob_distance(g, d, cu, cv, die_radius(g, d(1.8, 6.0)), 2.3, d(0.0, 0.25))
             blob = d(0.7, 1.0) * _ramp(dist, d(0.2, 0.6))
-        elif kind < 0.82:  # larger, sparser
+        elif kind < 0.72:  # larger, sparser
             dist = _blob_distance(g, d, cu, cv, d(0.12, 0.36), 2.0, d(0.0, 0.35))
             blob = d(0.5, 0.9) * _ramp(dist, d(0.3, 1.0))
-        else:  # dense core in a sparse halo
+        elif kind < 0.86:  # dense core in a sparse halo
             dist = _blob_distance(g, d, cu, cv, d(0.12, 0.3), 1.5, d(0.0, 0.3))
             halo = d(0.2, 0.5) * _ramp(dist, 0.6)
             blob = np.maximum(halo, d(0.75, 1.0) * _ramp(dist * (1.0 / d(0.3, 0.55)), 0.4))
+        else:  # a patch of dense bars and blocks over a sparse region
+            spread = d(0.12, 0.3)
+            dist = _blob_distance(g, d, cu, cv, spread, 1.5, d(0.0, 0.3))
+            blob = d(0.1, 0.35) * _ramp(dist, 0.6)
+            for _ in range(4 + d.index(7)):
+                fu, fv = d.in_disk(spread)
+                h, w = (d(1.0, 2.5), d(2.0, 5.0)) if d.chance(0.5) else (d(2.0, 5.0), d(1.0, 2.5))
+                blob = np.maximum(blob, d(0.75, 1.0) * _block(g, cu + fu, cv + fv, h, w))
         if p is None:
             p, first = blob, (cu, cv)
         else:
