@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from waferscope.cli.main import main
+from clitools import call, invoke
 from waferscope.data.io_parquet import write_parquet
 from waferscope.data.synthetic import generate
 
@@ -18,29 +17,16 @@ torch.set_num_threads(1)
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["waferscope", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
+    code, _, err = invoke(capsys, *args)
+    return code, err
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """One 1-epoch cnn run shared by the tests (trained through the CLI)."""
     run = tmp_path_factory.mktemp("runs") / "cnn"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(sys, "argv", ["waferscope", "classify", "train", "--data", "synthetic:n=45,seed=1",
-                             "--data", "synthetic:n=27,seed=2", "--model", "cnn", "--out", str(run),
-                             "--epochs", "1", "--set", "size=32", "--set", "progress=false"])
-    try:
-        main()
-    except SystemExit as exc:
-        assert not exc.code
-    finally:
-        mp.undo()
+    assert call("classify", "train", "--data", "synthetic:n=45,seed=1", "--data", "synthetic:n=27,seed=2",
+                "--model", "cnn", "--out", run, "--epochs", "1", "--set", "size=32", "--set", "progress=false") == 0
     return run
 
 

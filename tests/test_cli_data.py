@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from waferscope.cli.main import main
+from clitools import invoke as run
 from waferscope.data import load
 from waferscope.data.io_parquet import write_parquet
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["waferscope", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_info_json_is_one_object(capsys, tiny_wafers, tmp_path):

@@ -4,42 +4,25 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from waferscope.cli.main import main
+from clitools import call, invoke
 
 FAST_AE = ["--model", "autoencoder", "--epochs", "2", "--set", "input_size=32", "--set", "verbose=false"]
 
 
 def run_cli(args, capsys):
-    old = sys.argv
-    sys.argv = ["waferscope", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return code, captured.err
+    code, _, err = invoke(capsys, *args)
+    return code, err
 
 
 @pytest.fixture(scope="module")
 def wafer_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "ae"
-    old = sys.argv
-    sys.argv = ["waferscope", "detect", "train", "--data", "synthetic:n=54,seed=3", "--out", str(run), *FAST_AE]
-    try:
-        main()
-    except SystemExit as exc:
-        assert not exc.code
-    finally:
-        sys.argv = old
+    assert call("detect", "train", "--data", "synthetic:n=54,seed=3", "--out", run, *FAST_AE) == 0
     return run
 
 
