@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="a fitted kd_student run directory (default: an untrained student)")
     ap.add_argument("--width", type=int, default=7)
+    ap.add_argument("--arch", default="cnn", choices=["cnn", "patchify", "separable"])
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=2)
@@ -61,15 +62,15 @@ def main(argv=None) -> int:
     from waferscope.data import WaferDataset, load
     from waferscope.data.classes import CLASSES
     from waferscope.data.preprocess import resize_maps
-    from waferscope.models.classifiers.distill import DistilledStudentClassifier, compact_student
+    from waferscope.models.classifiers.distill import DistilledStudentClassifier
 
     torch.set_num_threads(args.threads)
     if args.run:
         model = load_run(args.run, kind="classifier")
     else:
-        model = DistilledStudentClassifier(width=args.width, size=args.size)
+        model = DistilledStudentClassifier(width=args.width, size=args.size, arch=args.arch)
         model.classes_, model.in_chans_ = list(CLASSES), 3
-        model.network_ = compact_student(3, len(CLASSES), args.width).eval()
+        model.network_ = model.build_network(3, len(CLASSES)).eval()
         model.teacher_parameters_ = 0
     try:
         dev = load(args.dev)
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
         "from resized maps": best_rate(lambda: model._logits(x_u8), len(x), args.repeats),
         "from raw maps": best_rate(lambda: model.predict_proba(data), len(x), args.repeats),
     }
-    print(f"kd_student width {model.width}, {model.n_parameters():,} parameters, {model.size}px input; "
+    print(f"kd_student {getattr(model, 'arch', 'patchify')} width {model.width}, {model.n_parameters():,} parameters, {model.size}px input; "
           f"{args.n:,} {source}; torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}")
     try:
         import os

@@ -10,7 +10,7 @@ from waferscope.data.synthetic import generate
 from waferscope.errors import ConfigError
 from waferscope.models.classifiers.cnn import CompactCNNClassifier, compact_wafer_cnn
 from waferscope.models.classifiers.distill import (IGNORE, DistilledStudentClassifier, compact_student,
-                                                   count_parameters, kd_loss)
+                                                   count_parameters, kd_loss, teacher_shaped_student)
 
 SMALL = dict(size=16, epochs=1, batch_size=16, progress=False, val_fraction=0.0)
 
@@ -55,6 +55,26 @@ def test_mixture_and_unlabelled_targets():
 def test_student_widths_stay_under_a_tenth_of_the_teacher(width):
     teacher = count_parameters(compact_wafer_cnn(3, 9))
     assert count_parameters(compact_student(3, 9, width)) <= 0.1 * teacher
+    assert count_parameters(teacher_shaped_student(3, 9, width)) <= 0.1 * teacher
+
+
+def test_default_student_is_under_a_tenth_of_the_default_teacher():
+    student = DistilledStudentClassifier()
+    teacher = CompactCNNClassifier(**(student.teacher_params or {}))
+    n_student = count_parameters(student.build_network(3, 9))
+    assert n_student <= 0.1 * count_parameters(teacher.build_network(3, 9))
+    assert n_student > 0.05 * count_parameters(teacher.build_network(3, 9))  # not needlessly small either
+
+
+def test_no_die_padding_is_the_state_outside_the_wafer():
+    from waferscope.data.preprocess import encode
+    from waferscope.models.classifiers.distill import NoDiePad
+
+    x = torch.from_numpy(encode(np.full((1, 4, 4), 2, dtype=np.uint8), "onehot3"))
+    padded = NoDiePad(1)(x)
+    assert padded.shape == (1, 3, 6, 6)
+    assert torch.equal(padded[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))  # no die
+    assert torch.equal(padded[0, :, 1:-1, 1:-1], x[0])
 
 
 def test_fit_save_load_round_trip(tmp_path):
@@ -65,6 +85,7 @@ def test_fit_save_load_round_trip(tmp_path):
     student = DistilledStudentClassifier(**SMALL, width=4, alpha=0.9, temperature=4.0).fit(
         data, teacher=teacher, transfer=transfer)
     assert student.transfer_size_ == 18
+    assert student.history_[0]["train_loss"] > 0
     assert student.parameter_ratio <= 0.1
     proba = student.predict_proba(data)
     assert proba.shape == (36, 9) and np.allclose(proba.sum(1), 1, atol=1e-5)
@@ -92,13 +113,14 @@ def test_teacher_with_another_input_size_is_refused():
         DistilledStudentClassifier(**SMALL).fit(data, teacher=teacher)
 
 
-def test_fast_inference_path_matches_the_network():
+@pytest.mark.parametrize("arch", ["cnn", "patchify"])
+def test_fast_inference_path_matches_the_network(arch):
     from waferscope.data.preprocess import encode
 
     torch.manual_seed(0)
-    model = DistilledStudentClassifier(width=5)
+    model = DistilledStudentClassifier(width=5, arch=arch)
     model.classes_, model.in_chans_ = list(range(9)), 3
-    model.network_ = compact_student(3, 9, 5)
+    model.network_ = model.build_network(3, 9)
     for layer in model.network_:  # non-trivial BatchNorm statistics, so the folding is really tested
         if isinstance(layer, torch.nn.BatchNorm2d):
             layer.running_mean.uniform_(-1, 1)
@@ -111,3 +133,28 @@ def test_fast_inference_path_matches_the_network():
         ref = model.network_(torch.from_numpy(encode(x, "onehot3")))
     assert model.encode_fast(x).shape == (20, 1, 48, 48)  # die states, not one-hot
     assert torch.allclose(model._logits(x), ref, atol=1e-4)
+
+
+def test_synthetic_transfer_maps_are_distilled_without_their_labels():
+    data = generate(27, seed=4, size=(20, 20))
+    teacher = CompactCNNClassifier(**SMALL).fit(data)
+    student = DistilledStudentClassifier(**SMALL, width=3, transfer_synthetic=40, transfer_ratio=None)
+    seen = {}
+    original = student._teacher_views
+
+    def spy(x_u8):
+        seen["n"] = len(x_u8)
+        return original(x_u8)
+
+    student._teacher_views = spy
+    student.fit(data, teacher=teacher)
+    assert student.transfer_size_ == 40
+    assert seen["n"] == 27 + 40  # the teacher labels every training and transfer map
+    capped = DistilledStudentClassifier(**SMALL, width=3, transfer_synthetic=40, transfer_ratio=1.0).fit(
+        data, teacher=teacher)
+    assert capped.transfer_size_ == 27
+
+
+def test_unknown_arch_is_a_config_error():
+    with pytest.raises(ConfigError, match="arch"):
+        DistilledStudentClassifier(arch="mlp").build_network(3, 9)

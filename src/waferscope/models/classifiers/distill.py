@@ -25,6 +25,7 @@ convolutions and a global average pool. ``width`` scales it; at the default widt
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -64,7 +65,7 @@ def kd_loss(student_logits, teacher_logits, targets, alpha: float, temperature: 
     return total if isinstance(total, torch.Tensor) else torch.as_tensor(total)
 
 
-def compact_student(in_chans: int, n_classes: int, width: int = 7):
+def compact_student(in_chans: int, n_classes: int, width: int = 7, head: int = 0):
     """Patchify stem (4×4, stride 4, w) → 3×3 conv (2w) → two 3×3 stride-2 convs (3w) → global pool → linear.
 
     The stem has no padding, so on the one-hot input it can be rewritten to read the raw die states
@@ -85,10 +86,115 @@ def compact_student(in_chans: int, n_classes: int, width: int = 7):
         *conv_bn_relu(w, 2 * w, 1),
         *conv_bn_relu(2 * w, 3 * w, 2),
         *conv_bn_relu(3 * w, 3 * w, 2),
+        *wide_head(3 * w, head),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(3 * w, n_classes),
+        nn.Linear(head or 3 * w, n_classes),
     )
+
+
+def wide_head(c_in: int, head: int) -> list:
+    """``head`` > 0: a 1×1 Conv-BN-ReLU expansion to ``head`` channels before the global pool (as in
+    MobileNetV3's last stage): the pooled features become a wide non-linear summary of the small
+    last feature map for ~(c_in + 11)·head parameters and almost no compute (it runs on 3×3 cells)."""
+    from torch import nn
+
+    if not head:
+        return []
+    return [nn.Conv2d(c_in, int(head), 1, bias=False), nn.BatchNorm2d(int(head)), nn.ReLU(inplace=True)]
+
+
+def teacher_shaped_student(in_chans: int, n_classes: int, width: int = 7, encoding: str = "onehot3"):
+    """The ``cnn`` teacher's layout at a reduced width: 3×3 convs of widths w, 2w, 4w (stride 2) and 4w
+    (stride 1), global average pool, linear (no dropout: soft targets regularise enough).
+
+    Same inductive bias as the teacher (same receptive fields, same down-sampling), so the student can
+    imitate the teacher's function rather than approximate it with a different one. The map is padded
+    by :class:`NoDiePad` (the area outside a wafer holds no dies) and the convolutions themselves have
+    no padding, which lets :meth:`DistilledStudentClassifier.inference_network` read raw die states.
+    At w = 7 it has 12,070 parameters on 9 classes (8.8 % of the width-24 ``cnn``).
+    """
+    from torch import nn
+
+    w = int(width)
+
+    def block(c_in: int, c_out: int, stride: int, pad: bool = True) -> list:
+        conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1 if pad else 0, bias=False)
+        return [conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+    return nn.Sequential(
+        NoDiePad(1, no_die_channel=0 if encoding == "onehot3" else None),
+        *block(in_chans, w, 2, pad=False),
+        *block(w, 2 * w, 2),
+        *block(2 * w, 4 * w, 2),
+        *block(4 * w, 4 * w, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * w, n_classes),
+    )
+
+
+def separable_student(in_chans: int, n_classes: int, width: int = 18, encoding: str = "onehot3"):
+    """The teacher's layout (widths w, 2w, 4w, 4w; strides 2, 2, 2, 1) with depthwise-separable 3×3
+    convolutions after the stem: ~2.5× the channels of :func:`teacher_shaped_student` for the same
+    parameters. At w = 18: 11,439 parameters on 9 classes."""
+    from torch import nn
+
+    w = int(width)
+
+    def separable(c_in: int, c_out: int, stride: int) -> list:
+        return [nn.Conv2d(c_in, c_in, 3, stride=stride, padding=1, groups=c_in, bias=False), nn.BatchNorm2d(c_in),
+                nn.ReLU(inplace=True), nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True)]
+
+    return nn.Sequential(
+        NoDiePad(1, no_die_channel=0 if encoding == "onehot3" else None),
+        nn.Conv2d(in_chans, w, 3, stride=2, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+        *separable(w, 2 * w, 2),
+        *separable(2 * w, 4 * w, 2),
+        *separable(4 * w, 4 * w, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * w, n_classes),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _no_die_pad_class():
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class NoDiePad(nn.Module):
+        """Pads a map by ``pad`` pixels of "no die": channel ``no_die_channel`` = 1 and the others 0
+        (one-hot3); ``None``: zeros (encodings whose no-die state is the zero vector, raw die states)."""
+
+        def __init__(self, pad: int, no_die_channel: int | None = 0):
+            super().__init__()
+            self.pad = int(pad)
+            self.no_die_channel = no_die_channel
+
+        def forward(self, x):
+            p = (self.pad,) * 4
+            c = self.no_die_channel
+            if c is None:
+                return F.pad(x, p)
+            parts = [F.pad(x[:, :c], p), F.pad(x[:, c:c + 1], p, value=1.0), F.pad(x[:, c + 1:], p)]
+            return torch.cat([t for t in parts if t.shape[1]], dim=1)
+
+        def extra_repr(self):
+            return f"pad={self.pad}, no_die_channel={self.no_die_channel}"
+
+    return NoDiePad
+
+
+def NoDiePad(pad: int, no_die_channel: int | None = 0):  # noqa: N802 (a module factory, used like a class)
+    """An ``nn.Module`` padding a map with "no die" pixels (see ``_no_die_pad_class``)."""
+    return _no_die_pad_class()(pad, no_die_channel)
+
+
+def _is_no_die_pad(layer) -> bool:
+    return type(layer) is _no_die_pad_class()
 
 
 class _DieStateStem:
@@ -125,6 +231,53 @@ class _DieStateStem:
         return DieStateStem()
 
 
+def noisy_copies(x_u8: np.ndarray, copies: int, rng: np.random.Generator) -> np.ndarray:
+    """``copies`` re-drawn versions of every (N, S, S) die-state map: each copy turns a random share
+    (0–6 %, drawn per map) of its passing dies to fail and a random share (0–30 %) of its failing dies
+    to pass. The wafer outline and the pattern's place stay, so the copies stay near the real maps;
+    the teacher (not the original label) says what each copy is — transfer examples for the soft term."""
+    if copies <= 0 or len(x_u8) == 0:
+        return np.zeros((0,) + x_u8.shape[1:], dtype=np.uint8)
+    out = []
+    for _ in range(copies):
+        to_fail = rng.uniform(0.0, 0.06, size=(len(x_u8), 1, 1))
+        to_pass = rng.uniform(0.0, 0.30, size=(len(x_u8), 1, 1))
+        u = rng.random(x_u8.shape)
+        copy = x_u8.copy()
+        copy[(x_u8 == 1) & (u < to_fail)] = 2
+        copy[(x_u8 == 2) & (u < to_pass)] = 1
+        out.append(copy)
+    return np.concatenate(out)
+
+
+def prune_into(teacher_net, student_net) -> None:
+    """Initialise a narrower network of the same layout from the teacher (structured pruning): in every
+    Conv→BatchNorm pair keep the output channels with the largest |BN scale|, and in the next layer
+    the matching input channels; the classifier keeps the matching features. Raises ConfigError when
+    the two layouts differ."""
+    import torch
+    from torch import nn
+
+    t_layers = [m for m in teacher_net.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    s_layers = [m for m in student_net.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    if [type(m) for m in t_layers] != [type(m) for m in s_layers]:
+        raise ConfigError("init_from_teacher needs a teacher of the student's layout (the `cnn` classifier)")
+    keep_in = torch.arange(t_layers[0].in_channels)
+    with torch.no_grad():
+        for i, (t, st) in enumerate(zip(t_layers, s_layers)):
+            if isinstance(t, nn.Conv2d):
+                bn = t_layers[i + 1]
+                keep_out = torch.argsort(bn.weight.abs(), descending=True)[:st.out_channels].sort().values
+                st.weight.copy_(t.weight[keep_out][:, keep_in])
+            elif isinstance(t, nn.BatchNorm2d):
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(st, name).copy_(getattr(t, name)[keep_out])
+                keep_in = keep_out
+            else:  # the classifier after the global pool
+                st.weight.copy_(t.weight[:, keep_in])
+                st.bias.copy_(t.bias)
+
+
 def count_parameters(net) -> int:
     return int(sum(p.numel() for p in net.parameters()))
 
@@ -144,7 +297,8 @@ class DistilledStudentClassifier(TorchClassifier):
                  val_fraction: float = 0.1, patience: int = 15, seed: int = 0, progress: bool = True,
                  width: int = 7, alpha: float = 0.9, temperature: float = 4.0, teacher: str | None = None,
                  teacher_name: str = "cnn", teacher_params: dict | None = None, use_transfer: bool = True,
-                 transfer_ratio: float = 1.0):
+                 transfer_ratio: float = 1.0, arch: str = "cnn", transfer_synthetic: int = 0,
+                 noisy_copies: int = 0, init_from_teacher: bool = False, head: int = 0):
         super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress)
@@ -156,9 +310,25 @@ class DistilledStudentClassifier(TorchClassifier):
         self.teacher_params = teacher_params
         self.use_transfer = use_transfer
         self.transfer_ratio = transfer_ratio
+        self.arch = arch
+        self.transfer_synthetic = transfer_synthetic
+        self.noisy_copies = noisy_copies
+        self.init_from_teacher = init_from_teacher
+        self.head = head
 
     def build_network(self, in_chans: int, n_classes: int):
-        return compact_student(in_chans, n_classes, self.width)
+        if self.arch == "cnn":
+            net = teacher_shaped_student(in_chans, n_classes, self.width, self.encoding)
+            teacher = getattr(self, "_teacher", None)
+            if self.init_from_teacher and teacher is not None:
+                prune_into(teacher.network_, net)
+            return net
+        if self.arch == "patchify":
+            return compact_student(in_chans, n_classes, self.width, self.head)
+        if self.arch == "separable":
+            return separable_student(in_chans, n_classes, self.width, self.encoding)
+        raise ConfigError(f"kd_student arch must be 'cnn' (the teacher's layout, narrower) or 'patchify', "
+                          f"got {self.arch!r}")
 
     # ---- the teacher -----------------------------------------------------------------------------
     def _resolve_teacher(self, labelled, given):
@@ -217,10 +387,16 @@ class DistilledStudentClassifier(TorchClassifier):
         parts = [dataset.subset(~dataset.is_labelled)] if (~dataset.is_labelled).any() else []
         if transfer is not None:
             parts.append(transfer)
+        if self.use_transfer and int(self.transfer_synthetic) > 0:
+            from waferscope.data.synthetic import generate
+
+            # Synthetic maps only the teacher labels (their own labels are dropped): more inputs on
+            # which the student sees the teacher's function, from a seed the training data do not use.
+            parts.append(generate(int(self.transfer_synthetic), seed=10_000 + int(self.seed)))
         n_extra = sum(len(p) for p in parts)
         if self.use_transfer and n_extra:
-            cap = int(round(float(self.transfer_ratio) * len(labelled)))
             x_extra = np.concatenate([self.resize(p) for p in parts])
+            cap = len(x_extra) if self.transfer_ratio is None else int(round(float(self.transfer_ratio) * len(labelled)))
             if len(x_extra) > cap:
                 keep = np.random.default_rng(self.seed).choice(len(x_extra), size=cap, replace=False)
                 x_extra = x_extra[np.sort(keep)]
@@ -232,9 +408,10 @@ class DistilledStudentClassifier(TorchClassifier):
             super().fit(labelled, **kwargs)
         finally:
             teacher_params = count_parameters(self._teacher.network_)
+            n_transfer = len(self._x_transfer)
             del self._teacher, self._x_transfer, self._cache
         self.teacher_parameters_ = teacher_params
-        self.transfer_size_ = int(n_extra if self.use_transfer else 0)
+        self.transfer_size_ = n_transfer
         return self
 
     def _train_batches(self, x_u8, y, rng, kind):
@@ -242,11 +419,13 @@ class DistilledStudentClassifier(TorchClassifier):
         import torch
 
         if self._cache is None:  # first epoch: teacher logits for every view of train + transfer maps
-            x_both = np.concatenate([x_u8, self._x_transfer])
-            self._cache = (x_both, np.concatenate([y, np.full(len(self._x_transfer), IGNORE)]),
-                           self._teacher_views(x_both))
+            noisy = noisy_copies(x_u8, int(self.noisy_copies), np.random.default_rng(self.seed + 7))
+            extra = np.concatenate([noisy, self._x_transfer])
+            x_both = np.concatenate([x_u8, extra])
+            self._cache = (x_both, np.concatenate([y, np.full(len(extra), IGNORE)]), self._teacher_views(x_both))
+            self.noisy_transfer_size_ = len(noisy)
         x_both, y_both, t_views = self._cache
-        n_lab, n_tr = len(y), len(self._x_transfer)
+        n_lab, n_tr = len(y), len(x_both) - len(y)
         if self.imbalance == "sampler":
             p = self._class_weights(y, len(self.classes_))[y].astype(np.float64)
             lab_order = rng.choice(n_lab, size=n_lab, replace=True, p=p / p.sum())
@@ -292,7 +471,10 @@ class DistilledStudentClassifier(TorchClassifier):
                 fused[-1] = fuse_conv_bn_eval(fused[-1], layer)
             else:
                 fused.append(layer)
-        if self._die_state_input(fused[0]):
+        if _is_no_die_pad(fused[0]) and len(fused) > 1 and self._die_state_input(fused[1]):
+            fused[0] = NoDiePad(fused[0].pad, None)  # die state 0 = no die
+            fused[1] = _DieStateStem.build(fused[1])
+        elif self._die_state_input(fused[0]):
             fused[0] = _DieStateStem.build(fused[0])
         net = nn.Sequential(*fused).eval().to(memory_format=torch.channels_last)
         for p in net.parameters():
@@ -303,7 +485,8 @@ class DistilledStudentClassifier(TorchClassifier):
     def _die_state_input(self, first=None) -> bool:
         from torch import nn
 
-        first = first if first is not None else self.network_[0]
+        if first is None:
+            first = self.network_[1] if _is_no_die_pad(self.network_[0]) else self.network_[0]
         return (self.encoding == "onehot3" and isinstance(first, nn.Conv2d) and first.in_channels == 3
                 and tuple(first.padding) == (0, 0))
 
