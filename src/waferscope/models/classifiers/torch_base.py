@@ -253,7 +253,7 @@ class TorchClassifier(Classifier):
         self._fast_net = (self.network_, net)
         return net
 
-    def _logits(self, x_u8: np.ndarray, kind: str = "wafer", batch_size: int = 1024):
+    def _logits(self, x_u8: np.ndarray, kind: str = "wafer", batch_size: int = 128):
         """Logits of a resized uint8 batch; after fitting through :meth:`inference_network`."""
         import torch
 
