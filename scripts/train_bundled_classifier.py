@@ -4,7 +4,8 @@
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 
 Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024)``) plus every real WM-811K
-dev map (``shared/data/wm811k/wm811k_dev.npz`` beside the repo), with the ``cnn`` defaults otherwise. The
+dev map (``shared/data/wm811k/wm811k_dev.npz`` beside the repo), with the ``cnn_fine`` defaults otherwise
+(the compact CNN with a die-resolution head: its Grad-CAM maps are 24×24 at 48 px). The
 result is ``model.json`` + ``weights.safetensors`` (about 0.5 MB), loaded by
 ``waferscope.models.classifiers.load_default()``.
 """
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--dev", default=DEV)
     ap.add_argument("--synthetic", type=int, default=2000)
-    ap.add_argument("--model", default="cnn")
+    ap.add_argument("--model", default="cnn_fine")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
