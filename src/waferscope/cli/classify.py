@@ -44,7 +44,7 @@ def check_training_labels(dataset, where: str) -> None:
 @app.command()
 def train(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (repeat to combine sets)"),
-    model: str = typer.Option("cnn", "--model", help="Classifier name: cnn, resnet18, svm-linear, svm-rbf, ..."),
+    model: str = typer.Option("cnn_fine", "--model", help="Classifier name: cnn_fine (the bundled architecture), cnn, resnet18, svm-linear, svm-rbf, ..."),
     out: Path = typer.Option(..., "--out", help="Run directory to write (model.json + weights.safetensors)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (network models)"),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed → same model)"),
