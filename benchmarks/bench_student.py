@@ -47,8 +47,9 @@ def best_rate(fn, n: int, repeats: int) -> tuple[float, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="a fitted kd_student run directory (default: an untrained student)")
-    ap.add_argument("--width", type=int, default=7)
-    ap.add_argument("--arch", default="cnn", choices=["cnn", "patchify", "separable"])
+    ap.add_argument("--width", type=int, default=None, help="default: kd_student's")
+    ap.add_argument("--arch", default=None, choices=["cnn", "patchify", "separable"], help="default: kd_student's")
+    ap.add_argument("--head", type=int, default=None, help="default: kd_student's")
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=2)
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
     if args.run:
         model = load_run(args.run, kind="classifier")
     else:
-        model = DistilledStudentClassifier(width=args.width, size=args.size, arch=args.arch)
+        given = {k: getattr(args, k) for k in ("width", "arch", "head") if getattr(args, k) is not None}
+        model = DistilledStudentClassifier(size=args.size, **given)
         model.classes_, model.in_chans_ = list(CLASSES), 3
         model.network_ = model.build_network(3, len(CLASSES)).eval()
         model.teacher_parameters_ = 0

@@ -116,6 +116,20 @@ def load_results(work: Path) -> tuple[dict, list[dict]]:
     return teachers, rows
 
 
+def variant(c: dict) -> str:
+    """What else distinguishes a cell: early stopping, the wide head, teacher init, noisy copies, no val split."""
+    notes = ["full schedule" if c.get("patience") else "early stop (patience 15)"]
+    if c.get("head"):
+        notes.append(f"1×1 head {c['head']}")
+    if c.get("init"):
+        notes.append("init from teacher")
+    if c.get("noisy"):
+        notes.append(f"{c['noisy']} noisy copies")
+    if c.get("val_fraction") is not None:
+        notes.append(f"val fraction {c['val_fraction']:g}")
+    return ", ".join(notes)
+
+
 def agreement(a: list, b: list) -> float:
     return float(np.mean(np.asarray(a) == np.asarray(b)))
 
@@ -129,9 +143,9 @@ def report(work: Path, png: Path | None) -> None:
     print(f"Teacher `cnn` (bundled configuration), {t_params:,} parameters; macro-F1 per fold: "
           + ", ".join(f"{k}: {t['macro_f1']:.3f}" for k, t in sorted(teachers.items())))
     print()
-    print("| arch | width | params (% of teacher) | α | T | epochs | transfer maps | folds | student macro-F1 | "
+    print("| arch | width | variant | params (% of teacher) | α | T | epochs | transfer maps | folds | student macro-F1 | "
           "teacher macro-F1 | retention mean | retention per fold | agreement with teacher |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     summary = []
     for key, rs in sorted(cells.items(), key=lambda kv: (kv[1][0]["arch"], kv[1][0]["width"], kv[0])):
         rs = sorted(rs, key=lambda r: r["fold"])
@@ -141,7 +155,7 @@ def report(work: Path, png: Path | None) -> None:
         s_f1 = np.mean([r["macro_f1"] for r in rs])
         t_f1 = np.mean([teachers[r["fold"]]["macro_f1"] for r in rs])
         summary.append((key, c, rs, ret))
-        print(f"| {c['arch']} | {c['width']} | {c['student_params']:,} ({100 * c['student_params'] / t_params:.1f} %) | "
+        print(f"| {c['arch']} | {c['width']} | {variant(c)} | {c['student_params']:,} ({100 * c['student_params'] / t_params:.1f} %) | "
               f"{c['alpha']:g} | {c['temperature']:g} | {c['epochs']} | {c['transfer']:,} | "
               f"{','.join(str(r['fold']) for r in rs)} | {s_f1:.3f} | {t_f1:.3f} | **{np.mean(ret):.1f}** | "
               f"{' / '.join(f'{x:.1f}' for x in ret)} | {100 * np.mean(agr):.1f} % |")
@@ -163,7 +177,7 @@ def figure(summary, teachers, png: Path) -> None:
     ax.axvline(100, color="0.7", lw=0.6)
     ax.set_yticks(range(len(summary)), [
         f"{c['arch']} w{c['width']} ({c['student_params']:,} p), α {c['alpha']:g}, T {c['temperature']:g}, "
-        f"{c['epochs']} ep, transfer {c['transfer']:,}" for _, c, _, _ in summary], fontsize=7)
+        f"{c['epochs']} ep, transfer {c['transfer']:,}; {variant(c)}" for _, c, _, _ in summary], fontsize=7)
     ax.set_xlabel("student macro-F1 / teacher macro-F1 (%) — diamond: mean over folds, dots: folds")
     ax.set_title("kd_student retention on held-out real dev folds (teacher: bundled cnn config)", fontsize=9)
     ax.invert_yaxis()
