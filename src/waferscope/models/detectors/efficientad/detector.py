@@ -50,7 +50,7 @@ class EfficientADDetector(FastInferenceMixin, TorchDetector):
                  epochs: int = 10, train_batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-5,
                  hard_quantile: float = 0.999, penalty: str = "noise", q_a: float = 0.9, q_b: float = 0.995,
                  validation_fraction: float = 0.1, augment: bool = True, smoothing_sigma: float = 0.0,
-                 batch_size: int = 256, jit: bool = True, seed: int = 0, verbose: bool = True):
+                 batch_size: int = 128, jit: bool = True, seed: int = 0, verbose: bool = True):
         self.teacher = teacher
         self.pretrained = pretrained
         self.input_size = input_size
