@@ -21,7 +21,7 @@ import numpy as np
 from waferscope.base import DetectionResult, Detector
 from waferscope.errors import ConfigError, DataError
 from waferscope.models.detectors.common import batch_slices, progress, training_normals
-from waferscope.models.detectors.pattern_stats.features import FEATURE_NAMES, _grid, extract, local_fail_rate
+from waferscope.models.detectors.pattern_stats.features import FEATURE_NAMES, _grid, local_fail_rate, pattern_features
 from waferscope.registry import register
 
 _CHUNK = 1024  # maps per progress step
@@ -47,10 +47,18 @@ class PatternStatsDetector(Detector):
         self.shrinkage = shrinkage
         self.verbose = verbose
 
-    def _features(self, maps, desc: str) -> np.ndarray:
+    def _statistics(self, maps, desc: str, per_map) -> np.ndarray:
+        """(N, len(FEATURE_NAMES)) statistics of ``maps``. Each map's local fail rate is computed once
+        and also handed to ``per_map(wafer, local_rate)`` (ring baseline at fit, anomaly map at scoring)."""
+        feats = np.zeros((len(maps), len(FEATURE_NAMES)))
         chunks = list(batch_slices(len(maps), _CHUNK))
-        parts = [extract(maps[sl]) for sl in progress(chunks, desc=desc, enabled=bool(self.verbose) and len(chunks) > 4)]
-        return np.concatenate(parts) if parts else extract([])
+        for sl in progress(chunks, desc=desc, enabled=bool(self.verbose) and len(chunks) > 4):
+            for i in range(sl.start, sl.stop):
+                wafer = np.asarray(maps[i])
+                local = local_fail_rate(wafer)
+                feats[i] = pattern_features(wafer, local)
+                per_map(wafer, local)
+        return feats
 
     def fit(self, dataset, **kwargs) -> "PatternStatsDetector":
         from sklearn.covariance import LedoitWolf, ShrunkCovariance
@@ -62,43 +70,47 @@ class PatternStatsDetector(Detector):
                             dataset.name)
         if self.shrinkage is not None and not 0.0 <= float(self.shrinkage) <= 1.0:
             raise ConfigError(f"shrinkage must be None or in [0, 1], got {self.shrinkage}")
-        feats = self._features(normals.maps, "pattern_stats fit")
+        ring_total, ring_count = np.zeros(5), np.zeros(5)
+
+        def add_to_ring_baseline(wafer: np.ndarray, local: np.ndarray) -> None:
+            ring, _, _ = _grid(*wafer.shape)
+            on = (wafer > 0).ravel()
+            ring_total[:] += np.bincount(ring[on], weights=local.ravel()[on], minlength=5)
+            ring_count[:] += np.bincount(ring[on], minlength=5)
+
+        feats = self._statistics(normals.maps, "pattern_stats fit", add_to_ring_baseline)
+        std = feats.std(0)
         self.mean_ = feats.mean(0)
-        self.scale_ = np.where(feats.std(0) > 1e-12, feats.std(0), 1.0)
+        self.scale_ = np.where(std > 1e-12, std, 1.0)
         z = (feats - self.mean_) / self.scale_
         cov = LedoitWolf() if self.shrinkage is None else ShrunkCovariance(shrinkage=float(self.shrinkage))
         cov.fit(z)
         self.location_ = cov.location_
         self.precision_ = cov.precision_
-        self.ring_baseline_ = self._ring_baseline(normals.maps)
+        # the mean local fail rate of the normal maps' dies in each radial ring
+        self.ring_baseline_ = ring_total / np.maximum(ring_count, 1)
         self.n_train_ = len(normals)
         return self
-
-    @staticmethod
-    def _ring_baseline(maps) -> np.ndarray:
-        """Mean local fail rate of the normal maps' dies in each radial ring."""
-        total, count = np.zeros(5), np.zeros(5)
-        for m in maps:
-            ring, _, _ = _grid(*m.shape)
-            on = (m > 0).ravel()
-            total += np.bincount(ring[on], weights=local_fail_rate(m).ravel()[on], minlength=5)
-            count += np.bincount(ring[on], minlength=5)
-        return total / np.maximum(count, 1)
 
     def _distances(self, feats: np.ndarray) -> np.ndarray:
         d = (feats - self.mean_) / self.scale_ - self.location_
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision_, d), 0.0))
 
-    def anomaly_map(self, wafer: np.ndarray) -> np.ndarray:
+    def anomaly_map(self, wafer: np.ndarray, local_rate: np.ndarray | None = None) -> np.ndarray:
+        """Per die, the local fail rate above the normals' baseline for its ring; 0 off the wafer."""
+        wafer = np.asarray(wafer)
+        local = local_fail_rate(wafer) if local_rate is None else local_rate
         ring, _, _ = _grid(*wafer.shape)
-        excess = local_fail_rate(wafer) - self.ring_baseline_[ring].reshape(wafer.shape)
+        excess = local - self.ring_baseline_[ring].reshape(wafer.shape)
         return np.where(wafer > 0, np.clip(excess, 0.0, None), 0.0).astype(np.float32)
 
     def score(self, dataset) -> DetectionResult:
         self._check_fitted()
         _require_wafers(dataset)
-        scores = self._distances(self._features(dataset.maps, "score pattern_stats"))
-        return DetectionResult(scores=scores, maps=[self.anomaly_map(np.asarray(m)) for m in dataset.maps])
+        maps: list[np.ndarray] = []
+        feats = self._statistics(dataset.maps, "score pattern_stats",
+                                 lambda wafer, local: maps.append(self.anomaly_map(wafer, local)))
+        return DetectionResult(scores=self._distances(feats), maps=maps)
 
     def _state(self):
         tensors = {name: np.asarray(getattr(self, name + "_"), dtype=np.float64)

@@ -69,8 +69,12 @@ def _cluster_shape(rows: np.ndarray, cols: np.ndarray, member: np.ndarray, h: in
     return radius, elongation, length, float(compactness)
 
 
-def pattern_features(wafer: np.ndarray) -> np.ndarray:
-    """The :data:`FEATURE_NAMES` statistics of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
+def pattern_features(wafer: np.ndarray, local_rate: np.ndarray | None = None) -> np.ndarray:
+    """The :data:`FEATURE_NAMES` statistics of one (H, W) die-state map (0 no die, 1 pass, 2 fail).
+
+    ``local_rate``: the map's :func:`local_fail_rate` when the caller already has it (the detector
+    reuses it for the anomaly map), computed here otherwise.
+    """
     wafer = np.asarray(wafer)
     h, w = wafer.shape
     ring, rows, cols = _grid(h, w)
@@ -90,12 +94,8 @@ def pattern_features(wafer: np.ndarray) -> np.ndarray:
     else:
         shape, largest, second, clusters = (0.0, 0.0, 0.0, 0.0), 0.0, 0.0, 0.0
     rate = fail.sum() / n_on
-    local = local_fail_rate(wafer).ravel()[on]
+    local = (local_fail_rate(wafer) if local_rate is None else local_rate).ravel()[on]
     local_max = float(local.max()) if local.size else 0.0
     return np.array([*per_ring, np.sqrt(largest), np.sqrt(second), clusters, *shape, local_max, local_max - rate,
                      rate], dtype=np.float64)
 
-
-def extract(maps) -> np.ndarray:
-    """(N, len(FEATURE_NAMES)) statistics of a sequence of maps."""
-    return np.stack([pattern_features(m) for m in maps]) if len(maps) else np.zeros((0, len(FEATURE_NAMES)))
