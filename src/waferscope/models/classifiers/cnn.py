@@ -14,6 +14,14 @@ from waferscope.models.classifiers.torch_base import TorchClassifier
 from waferscope.registry import register
 
 
+def conv_bn_relu(c_in: int, c_out: int, stride: int) -> list:
+    """3×3 convolution (no bias: BatchNorm follows), BatchNorm, ReLU — the block both wafer CNNs stack."""
+    from torch import nn
+
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True)]
+
+
 def compact_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, dropout: float = 0.2):
     """Conv-BN-ReLU blocks of widths w, 2w, 4w (each stride 2) and 4w (stride 1), global average pool.
 
@@ -23,16 +31,12 @@ def compact_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, dropout: f
     """
     from torch import nn
 
-    def block(c_in: int, c_out: int, stride: int) -> list:
-        return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True)]
-
     w = int(width)
     return nn.Sequential(
-        *block(in_chans, w, 2),
-        *block(w, 2 * w, 2),
-        *block(2 * w, 4 * w, 2),
-        *block(4 * w, 4 * w, 1),
+        *conv_bn_relu(in_chans, w, 2),
+        *conv_bn_relu(w, 2 * w, 2),
+        *conv_bn_relu(2 * w, 4 * w, 2),
+        *conv_bn_relu(4 * w, 4 * w, 1),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Dropout(dropout),
@@ -72,8 +76,7 @@ def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: in
     from torch import nn
 
     def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                             nn.ReLU(inplace=True))
+        return nn.Sequential(*conv_bn_relu(c_in, c_out, stride))
 
     def lateral(c_in: int, c_out: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
