@@ -73,3 +73,17 @@ def test_errors():
     images = WaferDataset.from_maps([np.zeros((20, 20, 3), np.uint8)] * 3, ["good"] * 3, kind="image")
     with pytest.raises(DataError, match="not images"):
         det.fit(images)
+
+
+def test_run_with_another_feature_list_is_refused(tmp_path):
+    import json
+
+    from waferscope.errors import RunDirError
+
+    det = registry.create("pattern_stats", "detector", verbose=False).fit(generate(n=60, seed=21, classes=["none"]))
+    run = det.save(tmp_path / "run")
+    doc = json.loads((run / "model.json").read_text())
+    doc["extras"]["features"] = doc["extras"]["features"][:-1]
+    (run / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(RunDirError, match="another feature list"):
+        load_run(run, kind="detector")
