@@ -3,9 +3,11 @@
     python scripts/train_bundled_classifier.py            # the bundled model, as committed
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 
-Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024)``) plus every real WM-811K
-dev map (``shared/data/wm811k/wm811k_dev.npz`` beside the repo), with the ``cnn_fine`` defaults otherwise
-(the compact CNN with a die-resolution head: its Grad-CAM maps are 24×24 at 48 px). The
+Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024, mask=--mask)``) plus every
+real WM-811K dev map (``shared/data/wm811k/wm811k_dev.npz`` beside the repo), with the ``cnn_fine``
+defaults otherwise (the compact CNN with a die-resolution head: its Grad-CAM maps are 48×48 at 48
+px, and its localisation loss teaches them to sit on the synthetic maps' masks; the real maps have
+no masks and train the classification loss only). The
 result is ``model.json`` + ``weights.safetensors`` (about 0.5 MB), loaded by
 ``waferscope.models.classifiers.load_default()``.
 """
@@ -25,24 +27,29 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--dev", default=DEV)
-    ap.add_argument("--synthetic", type=int, default=2000)
+    ap.add_argument("--synthetic", type=int, default=6000)
+    ap.add_argument("--mask", choices=("fail", "region"), default="fail",
+                    help="the synthetic maps' per-die masks, which cnn_fine's localisation loss learns from")
     ap.add_argument("--model", default="cnn_fine")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", nargs="*", default=[], help="model parameters as name=value (experiments)")
     args = ap.parse_args(argv)
 
     import torch
+    import yaml
 
     from waferscope import registry
     from waferscope.data import WaferDataset, load
     from waferscope.data.synthetic import generate
 
     torch.set_num_threads(args.threads)
-    parts = [generate(args.synthetic, seed=2024)] if args.synthetic else []
+    parts = [generate(args.synthetic, seed=2024, mask=args.mask)] if args.synthetic else []
     parts.append(load(args.dev))
     data = WaferDataset.concat(parts, name="synthetic+wm811k_dev")
     t0 = time.perf_counter()
-    clf = registry.create(args.model, "classifier", seed=args.seed).fit(data)
+    clf = registry.create(args.model, "classifier", seed=args.seed,
+                          **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}).fit(data)
     clf.save(args.out)
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"trained {args.model} on {len(data)} maps in {time.perf_counter() - t0:.0f}s "

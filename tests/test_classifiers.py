@@ -43,8 +43,8 @@ def test_network_classifiers_fit_predict_and_round_trip(name, synth, tmp_path):
     assert list(again.predict(synth)) == list(clf.predict(synth))
 
 
-def test_fine_head_keeps_half_resolution_and_folds_exactly(synth):
-    """cnn_fine pools a map at half the input size (24×24 at 48 px) and its BatchNorm-folded
+def test_fine_head_keeps_full_resolution_and_folds_exactly(synth):
+    """cnn_fine pools a map at the input size (48×48 at 48 px) and its BatchNorm-folded
     inference copy (nested Sequentials) returns the training network's logits."""
     clf = registry.create("cnn_fine", "classifier", epochs=1, size=48, progress=False).fit(synth)
     net = clf.network_.eval()
@@ -54,10 +54,72 @@ def test_fine_head_keeps_half_resolution_and_folds_exactly(synth):
     with torch.no_grad():
         reference = net(x)
     handle.remove()
-    assert seen["shape"][-2:] == (24, 24) and net.explain_layer == "fuse"
+    assert seen["shape"][-2:] == (48, 48) and net.explain_layer == "fuse"
     fast = clf.inference_network()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
     torch.testing.assert_close(clf._logits(clf.resize(synth)), reference, atol=1e-4, rtol=1e-4)
+
+
+def test_class_evidence_map_is_grad_cam(synth):
+    """The localisation loss trains the very map Grad-CAM shows: ReLU of the analytic class evidence,
+    peak-normalised and upsampled, equals GradCAM at the declared layer."""
+    from waferscope.explain.gradcam import GradCAM
+    from waferscope.models.classifiers.cnn import class_evidence_map
+
+    clf = registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, dropout=0.0).fit(synth)
+    net = clf.network_.eval()
+    x = clf.to_tensor(synth)[:8]
+    targets = torch.arange(8) % len(clf.classes_)
+    cams, _ = GradCAM(net)(x, targets)
+    net.train()  # the map is kept while training (dropout 0: the same forward pass otherwise)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    with torch.no_grad():
+        net(x)
+        ev = torch.relu(class_evidence_map(net, targets))
+    net.eval()
+    ev = ev / ev.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    np.testing.assert_allclose(cams, ev.numpy(), atol=1e-4)
+
+
+def test_localisation_loss_rewards_evidence_on_the_mask():
+    from waferscope.models.classifiers.cnn import localisation_loss
+
+    mask = torch.zeros(2, 8, 8)
+    mask[:, 2:4, 2:4] = 1
+    on = torch.ones(2, 8, 8)
+    inside, outside = mask * 3.0 - 1.0, (1 - mask) * 3.0 - 1.0
+    assert float(localisation_loss(inside, mask, on)) < 1e-6
+    assert float(localisation_loss(outside, mask, on)) == pytest.approx(1.0)
+    assert float(localisation_loss(outside, torch.zeros(2, 8, 8), on)) == 0.0  # no mask, no term
+    # evidence off the wafer does not count: everywhere-positive evidence on a wafer that is only the mask
+    assert float(localisation_loss(torch.ones(2, 8, 8), mask, mask)) < 1e-6
+    assert float(localisation_loss(torch.ones(2, 8, 8), mask, on)) > 0.8
+
+
+def test_training_masks_turn_with_their_maps(synth):
+    """With ``localise``, each batch's masks (in ``_batch_masks``) are its maps' masks after the same
+    random rotation/flip: here the mask is exactly the failing dies, so it must equal the fail channel."""
+    clf = registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, batch_size=16)
+    fails = WaferDataset(maps=synth.maps, labels=synth.labels, meta=synth.meta,
+                         masks=[m == 2 for m in synth.maps])
+    clf._train_masks = clf._training_masks(fails)
+    clf.classes_ = list(CLASSES)
+    x = clf.resize(fails)
+    batches = 0
+    for xb, _ in clf._train_batches(x, np.zeros(len(x), np.int64), np.random.default_rng(0), "wafer"):
+        np.testing.assert_array_equal(clf._batch_masks.numpy(), xb[:, 2].numpy())
+        batches += 1
+    assert batches == 5  # 72 maps in batches of 16: four full ones and one of 8
+    plain = registry.create("cnn_fine", "classifier", localise=0.0)
+    assert plain._training_masks(fails) is None  # localise=0 trains without masks
+
+
+def test_localisation_term_changes_training(synth):
+    runs = [registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, localise=w).fit(synth)
+            for w in (0.0, 1.0)]
+    assert runs[0].history_[0]["train_loss"] != runs[1].history_[0]["train_loss"]
 
 
 def test_training_is_deterministic(synth):

@@ -10,6 +10,9 @@ stem, at ``width`` × the usual channel counts.
 
 from __future__ import annotations
 
+import numpy as np
+
+from waferscope.data.preprocess import resize_maps
 from waferscope.models.classifiers.torch_base import TorchClassifier
 from waferscope.registry import register
 
@@ -62,15 +65,18 @@ class CompactCNNClassifier(TorchClassifier):
         return compact_wafer_cnn(in_chans, n_classes, self.width, self.dropout)
 
 
-def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: int = 24, dropout: float = 0.2):
-    """``compact_wafer_cnn``'s trunk plus a top-down head that ends at half the input resolution.
+def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: int = 24, dropout: float = 0.2,
+                        input_kernel: int = 3):
+    """``compact_wafer_cnn``'s trunk plus a top-down head that ends at the input resolution.
 
     The trunk is the same stride-2 stack (w at S/2, 2w at S/4, 4w, 4w at S/8). The head adds the
-    deep features, upsampled, to 1×1 projections of the S/4 and S/2 features (a feature-pyramid
-    top-down path, Lin et al. 2017) and classifies the global average of that S/2 map (``fuse``).
-    So the last feature map is 24×24 for a 48-px wafer, about one cell per die: its Grad-CAM is a
-    die-resolution map of where the class evidence is, instead of the trunk's 6×6 cells of ~8×8
-    dies. The head costs 1×1 convolutions and element-wise adds only.
+    deep features, upsampled, to 1×1 projections of the S/4 and S/2 features and of the input
+    itself (a feature-pyramid top-down path, Lin et al. 2017) and classifies the global average of
+    that S×S map (``fuse``). So the last feature map has one cell per input pixel — per die for
+    wafers up to S dies across: its Grad-CAM is a die-resolution map of where the class evidence
+    is. (At S/2, even a perfect map of a one-die-wide scratch resampled to the die grid keeps only
+    half its mass on the scratch.) The head costs 1×1 convolutions and element-wise adds only; on
+    the one-hot input the input projection is a learned value per die state.
     """
     import torch.nn.functional as F
     from torch import nn
@@ -78,11 +84,14 @@ def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: in
     def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
         return nn.Sequential(*conv_bn_relu(c_in, c_out, stride))
 
-    def lateral(c_in: int, c_out: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+    def lateral(c_in: int, c_out: int, k: int = 1) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out))
+
+    def up(t, like):
+        return F.interpolate(t, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
     class FineHeadNet(nn.Module):
-        explain_layer = "fuse"  # Grad-CAM's default target: the S/2 map the classifier pools
+        explain_layer = "fuse"  # Grad-CAM's default target: the S×S map the classifier pools
 
         def __init__(self):
             super().__init__()
@@ -90,42 +99,111 @@ def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: in
             self.stem = block(in_chans, w, 2)
             self.stage2 = block(w, 2 * w, 2)
             self.stage3 = nn.Sequential(block(2 * w, 4 * w, 2), block(4 * w, 4 * w, 1))
+            self.lateral0 = lateral(in_chans, h, int(input_kernel))
             self.lateral1, self.lateral2, self.lateral3 = lateral(w, h), lateral(2 * w, h), lateral(4 * w, h)
             self.fuse = nn.ReLU()
             self.dropout = nn.Dropout(dropout)
             self.fc = nn.Linear(h, n_classes)
+            self.last_map = None  # while training: the fused map of the last batch (for a map loss)
 
         def forward(self, x):
             a = self.stem(x)
             b = self.stage2(a)
             d = self.stage3(b)
             t = F.interpolate(self.lateral3(d), size=b.shape[-2:], mode="nearest") + self.lateral2(b)
-            f = self.fuse(F.interpolate(t, size=a.shape[-2:], mode="bilinear", align_corners=False)
-                          + self.lateral1(a))
+            t = up(t, a) + self.lateral1(a)
+            f = self.fuse(up(t, x) + self.lateral0(x))
+            # kept for the localisation loss while training only (a graph tensor cannot be deep-copied)
+            self.last_map = f if self.training else None
             return self.fc(self.dropout(f.mean((2, 3))))
 
     return FineHeadNet()
+
+
+def class_evidence_map(net, targets):
+    """Grad-CAM of ``fine_head_wafer_cnn`` for ``targets`` before its ReLU, differentiable.
+
+    The logits are ``fc(mean(f))``, so the gradient of class c's logit with respect to the fused
+    map ``f`` is ``fc.weight[c] / (H·W)`` at every cell and Grad-CAM is ``ReLU(Σ_k w_ck f_k)`` up to
+    that constant: this computes ``Σ_k w_ck f_k`` for the last training batch, (N, H, W).
+    """
+    import torch
+
+    return torch.einsum("nkhw,nk->nhw", net.last_map, net.fc.weight[targets])
+
+
+def localisation_loss(evidence, masks, on_wafer):
+    """Mean over maps with a non-empty mask of 1 − (energy share in the mask + soft Dice) / 2.
+
+    ``evidence``: (N, H, W) pre-ReLU class evidence; ``masks``: (N, H, W) 0/1; ``on_wafer``: (N, H, W)
+    0/1. The energy share is the localisation metric itself (ReLU mass on mask dies / on all dies);
+    the soft Dice of the peak-normalised map adds coverage, so the evidence spreads over the whole
+    pattern rather than one die of it. Both are scale-free, so the classifier's logits keep their
+    own scale. Maps without a mask (e.g. normal wafers) contribute nothing.
+    """
+    import torch
+
+    cam = torch.relu(evidence) * on_wafer
+    has = masks.flatten(1).amax(1) > 0
+    if not bool(has.any()):
+        return evidence.sum() * 0.0
+    cam, masks = cam[has], masks[has]
+    energy = (cam * masks).sum((1, 2)) / cam.sum((1, 2)).clamp_min(1e-6)
+    norm = cam / cam.flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
+    dice = 2 * (norm * masks).sum((1, 2)) / (norm.sum((1, 2)) + masks.sum((1, 2))).clamp_min(1e-6)
+    return (1 - (energy + dice) / 2).mean()
 
 
 @register("cnn_fine", kind="classifier")
 class FineHeadCNNClassifier(CompactCNNClassifier):
     """``cnn`` with a die-resolution head (:func:`fine_head_wafer_cnn`): the bundled classifier.
 
-    Same training recipe as ``cnn``; ``head`` is the channel count of the S/2 map it pools.
+    Same training recipe as ``cnn``; ``head`` is the channel count of the S×S map it pools.
+    ``localise`` > 0 adds, for training maps that carry per-die masks (synthetic maps do; real ones
+    need none), ``localise`` × :func:`localisation_loss` of the true class's Grad-CAM against the
+    mask: the network is taught to put its class evidence on the pattern's dies, not on the clean
+    wafer around them (which a global-average classifier otherwise also uses as evidence).
     """
 
-    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
+    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 40, batch_size: int = 64,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
-                 tta: bool = False, width: int = 24, dropout: float = 0.2, head: int = 24):
+                 tta: bool = False, width: int = 24, dropout: float = 0.2, head: int = 24, localise: float = 3.0,
+                 input_kernel: int = 3):
         super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta,
                          width=width, dropout=dropout)
         self.head = head
+        self.localise = localise
+        self.input_kernel = input_kernel
 
     def build_network(self, in_chans: int, n_classes: int):
-        return fine_head_wafer_cnn(in_chans, n_classes, self.width, self.head, self.dropout)
+        return fine_head_wafer_cnn(in_chans, n_classes, self.width, self.head, self.dropout, self.input_kernel)
+
+    def fit(self, dataset, **kwargs) -> "FineHeadCNNClassifier":
+        super().fit(dataset, **kwargs)
+        self.network_.last_map = None
+        return self
+
+    def _training_masks(self, dataset):
+        # on_wafer in _loss reads the onehot3 no-die channel; other encodings train without masks
+        if not self.localise or dataset.kind != "wafer" or self.encoding != "onehot3" or dataset.masks is None:
+            return None
+        if not any(k is not None and k.any() for k in dataset.masks):
+            return None
+        blank = [np.zeros(m.shape[:2], np.uint8) for m in dataset.maps]
+        masks = [b if k is None else k.astype(np.uint8) for b, k in zip(blank, dataset.masks)]
+        return resize_maps(masks, int(self.size))
+
+    def _loss(self, logits, targets, batch_x):
+        loss = super()._loss(logits, targets, batch_x)
+        masks = getattr(self, "_batch_masks", None)
+        if not self.localise or masks is None:
+            return loss
+        evidence = class_evidence_map(self.network_, targets)
+        on_wafer = 1.0 - batch_x[:, 0]  # onehot3 channel 0 marks positions without a die
+        return loss + float(self.localise) * localisation_loss(evidence, masks, on_wafer)
 
 
 @register("resnet18", kind="classifier")

@@ -19,8 +19,9 @@ Everything else is here:
 
 Hooks for subclasses that change the objective (knowledge distillation, semi-supervised...):
 ``fit(dataset, **kwargs)`` stores ``kwargs`` in ``self._fit_kwargs`` before training,
-:meth:`_loss` ``(logits, targets, batch_x)`` computes the training loss of one batch, and
-:meth:`_train_batches` yields ``(batch_x, targets)``. ``network_`` is the fitted ``nn.Module``.
+:meth:`_loss` ``(logits, targets, batch_x)`` computes the training loss of one batch,
+:meth:`_train_batches` yields ``(batch_x, targets)`` and :meth:`_training_masks` can supply
+per-die masks that follow their maps through batching and augmentation. ``network_`` is the fitted ``nn.Module``.
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ class TorchClassifier(Classifier):
 
         return F.cross_entropy(logits, targets, weight=self._loss_weight)
 
+    def _training_masks(self, dataset) -> np.ndarray | None:
+        """Per-die masks resized like the maps, (N, size, size) uint8, for a loss that uses them;
+        None (the default) trains without. While training, each batch's masks, turned with their
+        maps, are in ``self._batch_masks`` when :meth:`_loss` runs."""
+        return None
+
     def _train_batches(self, x_u8: np.ndarray, y: np.ndarray, rng: np.random.Generator,
                        kind: str) -> Iterator[tuple]:
         """One epoch of (encoded batch, targets); balanced draws when imbalance == "sampler"."""
@@ -137,12 +144,17 @@ class TorchClassifier(Classifier):
         else:
             order = rng.permutation(n)
         bs = int(self.batch_size)
+        masks = getattr(self, "_train_masks", None)
         for start in range(0, n, bs):
             idx = order[start:start + bs]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             xb = x_u8[idx]
-            if self.augment:
+            if masks is not None:  # a map and its mask turn together (one draw per map, as without masks)
+                both = np.stack([xb, masks[idx]], axis=1)
+                both = augment_dihedral(both, rng, axes=(2, 3)) if self.augment else both
+                xb, self._batch_masks = both[:, 0], torch.from_numpy(both[:, 1].astype(np.float32))
+            elif self.augment:
                 xb = augment_dihedral(xb, rng, axes=(1, 2))
             yield self.encode_batch(xb, kind), torch.from_numpy(y[idx].astype(np.int64))
 
@@ -171,6 +183,8 @@ class TorchClassifier(Classifier):
         else:
             tr, va = np.arange(len(y_all)), np.arange(0)
         x_tr, y_tr = x_all[tr], y_all[tr]
+        masks = self._training_masks(dataset)
+        self._train_masks = None if masks is None else masks[tr]
 
         self.classes_ = list(classes)
         self.in_chans_ = self._in_chans(kind)
@@ -211,6 +225,7 @@ class TorchClassifier(Classifier):
             if use_val and epoch + 1 - best[2] >= self.patience:
                 break
         bar.close()
+        self._train_masks = self._batch_masks = None
         if best[1] is not None:
             net.load_state_dict(best[1])
         net.eval()
