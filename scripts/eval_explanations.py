@@ -14,7 +14,7 @@ passing dies inside it included) and ``mask=fail`` (only the dies the pattern ma
 counted over every die of the wafer, the heat map being Grad-CAM bilinearly resampled to the die
 grid. Denoising keeps failing dies, so it is scored against the ``fail`` masks. An "oracle" row
 gives the ceiling of a map that is exactly the region mask but only as fine as a 6×6 / 12×12 /
-24×24 feature map at 48 px, to show what a layer's resolution allows.
+24×24 / 48×48 feature map at 48 px, to show what a layer's resolution allows.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main() -> None:
         score(labelled.heat, f"{method} (true class)")
         if method == "gradcam":
             exps["gradcam-true"] = labelled
-    for cells in (6, 12, 24):
+    for cells in (6, 12, 24, 48):
         score(oracle_heat(local_region, cells), f"oracle: region mask at {cells}x{cells}")
     for run in args.detector_runs:
         from waferscope.base import load_run
@@ -123,8 +123,16 @@ def main() -> None:
     ex.overlay_figure(local, exps["gradcam"], idx, out / "img" / "explain_gradcam_examples.png",
                       denoised=ex.denoise(local, exps["gradcam"]))
     if DEV.exists():
-        atlas = ex.build_atlas(wd.load(DEV))
+        dev = wd.load(DEV)
+        atlas = ex.build_atlas(dev)
         ex.plot_atlas(atlas, out / "img" / "atlas_wm811k_dev.png")
+        # Real maps have no masks: show the first two dev maps of each localised class (file order,
+        # whatever the prediction) so the heat maps can be judged by eye on real wafers too.
+        pick = np.concatenate([np.flatnonzero(dev.labels == c)[:2] for c in LOCAL_CLASSES])
+        real = dev.subset(pick)
+        real_exp = ex.explain(clf, real, method="gradcam", progress=False)
+        ex.overlay_figure(real, real_exp, list(range(len(real))), out / "img" / "explain_gradcam_real_examples.png",
+                          denoised=ex.denoise(real, real_exp))
 
     t0 = time.perf_counter()
     ex.explain(clf, data, method="gradcam", progress=False)  # every map, localised or not

@@ -102,6 +102,26 @@ def test_localisation_scores():
     assert energy_in_mask(heat2, mask) == 0.0 and not pointing_hit(heat2, mask)
 
 
+@pytest.mark.parametrize("shape", [(30, 41), (48, 48), (70, 55)])
+def test_die_grid_heat_is_the_mean_of_the_pixels_that_showed_each_die(shape):
+    """to_die_grid inverts the nearest resize the network saw: a per-die heat map resized to 48 px and
+    brought back is unchanged wherever every die was shown (grids up to 48 dies), and a die left
+    out of a wider grid takes the pixel nearest to it."""
+    from waferscope.data.preprocess import resize_map
+    from waferscope.explain.gradcam import to_die_grid
+
+    heat = np.random.default_rng(0).random(shape).astype(np.float32)
+    back = to_die_grid(resize_map(heat, 48), shape)
+    assert back.shape == shape
+    rows_shown = np.isin(np.arange(shape[0]), resize_map(np.arange(shape[0])[:, None], (48, 1))[:, 0])
+    cols_shown = np.isin(np.arange(shape[1]), resize_map(np.arange(shape[1])[None, :], (1, 48))[0])
+    both = rows_shown[:, None] & cols_shown[None, :]
+    np.testing.assert_allclose(back[both], heat[both], rtol=1e-6)  # every die shown: exactly its heat
+    assert both.all() == (max(shape) <= 48)
+    if not both.all():
+        assert np.isin(back, heat).all()  # every die shows some pixel's own value: nothing blurred
+
+
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory):
     from waferscope.data.synthetic import generate

@@ -19,7 +19,7 @@ ENCODINGS = ("onehot", "single", "onehot3")
 
 
 @lru_cache(maxsize=4096)
-def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+def nearest_index(n_in: int, n_out: int) -> np.ndarray:
     # Sample at pixel centres: output pixel j covers input coordinate (j + 0.5) * n_in / n_out.
     idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp)
     return np.minimum(idx, n_in - 1)
@@ -28,14 +28,14 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
 def resize_map(m: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of one map (or mask, or H×W×C image) to ``size``."""
     h_out, w_out = (size, size) if isinstance(size, int) else size
-    ri = _nearest_index(m.shape[0], h_out)
-    ci = _nearest_index(m.shape[1], w_out)
+    ri = nearest_index(m.shape[0], h_out)
+    ci = nearest_index(m.shape[1], w_out)
     return m[ri[:, None], ci[None, :]]
 
 
 @lru_cache(maxsize=4096)
 def _flat_index(h: int, w: int, size: int) -> np.ndarray:
-    return (_nearest_index(h, size)[:, None] * w + _nearest_index(w, size)[None, :]).ravel()
+    return (nearest_index(h, size)[:, None] * w + nearest_index(w, size)[None, :]).ravel()
 
 
 def resize_maps(maps: Sequence[np.ndarray], size: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -11,6 +11,7 @@ coarse to point at a die.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from waferscope.data.preprocess import nearest_index
 from waferscope.errors import ConfigError
 
 METHODS = ("gradcam", "gradcam++", "layercam")
@@ -106,7 +108,25 @@ class GradCAM:
         return (cam / peak).numpy().astype(np.float32), logits.detach().numpy()
 
 
+@lru_cache(maxsize=1024)
+def _pixels_to_dies(n_dies: int, size: int) -> np.ndarray:
+    """(n_dies, size) averaging matrix: die d's value is the mean over the pixels that show die d.
+
+    The network saw the wafer through a nearest resize (``resize_maps``), which copies each die to
+    one or more pixels; averaging those pixels is the exact inverse. A die no pixel shows (grids
+    wider than the input) takes the pixel nearest its centre.
+    """
+    shown = nearest_index(n_dies, size)
+    pool = np.zeros((n_dies, size), np.float32)
+    pool[shown, np.arange(size)] = 1.0
+    for die in np.flatnonzero(pool.sum(1) == 0):
+        pool[die, min(size - 1, int((die + 0.5) * size / n_dies))] = 1.0
+    return pool / pool.sum(1, keepdims=True)
+
+
 def to_die_grid(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resample one S×S heat map to a wafer's own die grid (bilinear, die centres)."""
-    t = torch.from_numpy(np.ascontiguousarray(cam))[None, None]
-    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+    """One S×S heat map → the wafer's own die grid: each die gets the mean heat of the pixels
+    that showed it to the network (see :func:`_pixels_to_dies`)."""
+    rows = _pixels_to_dies(int(shape[0]), cam.shape[0])
+    cols = _pixels_to_dies(int(shape[1]), cam.shape[1])
+    return (rows @ np.asarray(cam, np.float32) @ cols.T).astype(np.float32)
