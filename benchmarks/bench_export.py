@@ -84,7 +84,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1024, help="test maps (synthetic)")
     ap.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR to use instead of training NAME")
     ap.add_argument("--out", default="out/bench_export")
+    ap.add_argument("--only", default=None, help="comma-separated model names to measure (default: all), "
+                    "e.g. bundled,bundled_detector,kd_student")
     args = ap.parse_args()
+    only = None if args.only is None else set(args.only.split(","))
 
     import torch
 
@@ -102,21 +105,28 @@ def main() -> None:
     runs = dict(r.split("=", 1) for r in args.run)
 
     models = []
+    wanted = (lambda name: only is None or name in only)
     try:
         from waferscope.models.classifiers import load_default
 
+        if not wanted("bundled"):
+            raise LookupError("not asked for (--only)")
         models.append(("bundled", "classification", runs.get("bundled") and load_run(runs["bundled"]) or load_default()))
     except Exception as exc:  # the bundled weights are optional for this script
         print(f"note: no bundled classifier ({type(exc).__name__}: {exc})")
     try:
         from waferscope.models.detectors import load_default as load_default_detector
 
+        if not wanted("bundled_detector"):
+            raise LookupError("not asked for (--only)")
         detector = runs.get("bundled_detector") and load_run(runs["bundled_detector"]) or load_default_detector()
         detector.verbose = False
         models.append(("bundled_detector", "detection", detector))
     except Exception as exc:
         print(f"note: no bundled detector ({type(exc).__name__}: {exc})")
     for name, (task, reg, params) in TRAIN.items():
+        if not wanted(name):
+            continue
         if name in runs:
             models.append((name, task, load_run(runs[name])))
             continue

@@ -21,6 +21,7 @@ pieces (e.g. one process per method) and the table is rebuilt from the cache::
 
     python scripts/eval_classifiers.py                       # everything, then the table
     python scripts/eval_classifiers.py --methods cnn --folds 0 1
+    python scripts/eval_classifiers.py --methods cnn_fine:localise=0   # an ablation of one setting
     python scripts/eval_classifiers.py --table-only          # rebuild the markdown table
 
 The table goes to ``--table`` (markdown) and the pooled per-class reports to ``--work``.
@@ -46,6 +47,16 @@ ENSEMBLES = (["cnn+tta", "svm-rbf"], ["cnn+tta", "resnet18+tta", "svm-rbf"], ["c
 N_FOLDS = 5
 
 
+def parse_method(method: str) -> tuple[str, dict]:
+    """``name`` or ``name:param=value,param=value`` (an ablation of one setting; cached under that
+    whole string) → (registry name, constructor overrides)."""
+    import yaml
+
+    name, _, spec = method.partition(":")
+    params = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in spec.split(",") if kv)}
+    return name, params
+
+
 def run_fold(method: str, fold: int, args) -> dict:
     import torch
 
@@ -62,9 +73,10 @@ def run_fold(method: str, fold: int, args) -> dict:
     train = WaferDataset.concat(parts, name="train")
     test = dev.subset(test_idx)
     torch.set_num_threads(args.threads)
-    takes_epochs = "epochs" in registry.get(method, "classifier")._param_names()
+    name, params = parse_method(method)
+    takes_epochs = "epochs" in registry.get(name, "classifier")._param_names()
     extra = {"epochs": args.epochs} if args.epochs and takes_epochs else {}
-    clf = registry.create(method, "classifier", seed=fold, progress=not args.quiet, **extra)
+    clf = registry.create(name, "classifier", seed=fold, progress=not args.quiet, **params, **extra)
     t0 = time.perf_counter()
     clf.fit(train)
     train_s = time.perf_counter() - t0
