@@ -40,7 +40,7 @@ from waferscope.errors import ConfigError
 
 __all__ = ["generate", "MIXED_CLASSES", "GENERATOR_VERSION", "product_catalogue"]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 _SHORT = {"Center": "C", "Donut": "D", "Edge-Loc": "EL", "Edge-Ring": "ER", "Loc": "L", "Scratch": "S"}
 
