@@ -101,6 +101,7 @@ def _blob_distance(g: Geometry, d: Draws, cu: float, cv: float, radius: float, a
 
 
 CENTRE_BUMP_P = 0.8
+LOC_MIN_R2 = 0.01
 CENTRE_BUMP_K = (0.0, 3.5)
 CENTRE_BUMP_R = (0.15, 0.4)
 
@@ -253,7 +254,7 @@ def loc(g: Geometry, d: Draws) -> np.ndarray:
     p = None
     for _ in range(1 + (d() < 0.35) + (d() < 0.12)):
         cu, cv = d.in_disk(0.92)
-        while cu * cu + cv * cv < 0.04:  # a cluster at the very centre is a Center defect
+        while cu * cu + cv * cv < LOC_MIN_R2:  # a cluster at the very centre is a Center defect
             cu, cv = d.in_disk(0.92)
         kind = d()
         if kind < 0.25:  # an axis-aligned dense block or bar (reticle-shaped): often a tiny 2×2–3×3
