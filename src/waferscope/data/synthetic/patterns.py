@@ -102,6 +102,9 @@ def _blob_distance(g: Geometry, d: Draws, cu: float, cv: float, radius: float, a
 
 CENTRE_BUMP_P = 0.8
 LOC_MIN_R2 = 0.01
+RING_COVER = (0.3, 1.1)
+EDGE_ARC_COS = (0.4, 0.99)
+EDGE_BLOB_P = 0.3
 CENTRE_BUMP_K = (0.0, 3.5)
 CENTRE_BUMP_R = (0.15, 0.4)
 
@@ -208,13 +211,13 @@ def _satellites(g: Geometry, d: Draws, p: np.ndarray, cu: float, cv: float, spre
 def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
     """A crescent hugging the rim (deepest in its middle, 1–6 dies deep, 25–130° long) or a compact
     cluster cut by the rim: many real Edge-Loc defects are chunky blobs at the edge, not arcs."""
-    if d.chance(0.45):
+    if d.chance(EDGE_BLOB_P):
         a, b = d.direction()
         r0 = d(0.97, 1.1)  # centred on or beyond the rim: most of the cluster lies on the rim
         dist = _blob_distance(g, d, r0 * a, r0 * b, d(0.12, 0.38), 1.6, d(0.0, 0.3))
         p = d(0.6, 1.0) * _ramp(dist, d(0.2, 0.7))
     else:
-        t, (a, b) = _angular(g, d, 0.4, 0.99)
+        t, (a, b) = _angular(g, d, *EDGE_ARC_COS)
         depth_max = d.low(1.2, 1.2 + 0.3 * min(g.rows, g.cols) / 2)
         t = np.sqrt(t) if d.chance(0.5) else t  # blunt (sqrt) or pointed crescent ends
         depth = depth_max * t + d(0.0, 1.0) * smooth_field(g, d, 2)
@@ -234,7 +237,7 @@ def edge_ring(g: Geometry, d: Draws) -> np.ndarray:
     c1 = g.cos_t * a + g.sin_t * b
     a, b = d.direction()
     c2 = g.cos_t * a + g.sin_t * b
-    cover = d(0.3, 1.1) + d(0.3, 1.3) * c1 + d(0.0, 0.4) * (2.0 * c2 * c2 - 1.0)
+    cover = d(*RING_COVER) + d(0.3, 1.3) * c1 + d(0.0, 0.4) * (2.0 * c2 * c2 - 1.0)
     return d(0.6, 1.0) * band * np.clip(cover, 0.0, 1.0)
 
 
