@@ -105,6 +105,7 @@ LOC_MIN_R2 = 0.01
 RING_COVER = (0.3, 1.1)
 EDGE_ARC_COS = (0.4, 0.99)
 EDGE_BLOB_P = 0.3
+LOC_DENSE = (0.5, 0.9)
 CENTRE_BUMP_K = (0.0, 3.5)
 CENTRE_BUMP_R = (0.15, 0.4)
 
@@ -265,17 +266,17 @@ def loc(g: Geometry, d: Draws) -> np.ndarray:
             h, w = (d(2.0, 3.5), d(2.0, 3.5)) if d.chance(0.4) else (d(1.5, 6.0), d(2.0, 8.0))
             if d.chance(0.5):
                 h, w = w, h
-            blob = d(0.8, 1.0) * _block(g, cu, cv, h, w)
+            blob = d(*LOC_DENSE) * _block(g, cu, cv, h, w)
         elif kind < 0.5:  # compact, dense
             dist = _blob_distance(g, d, cu, cv, die_radius(g, d(1.8, 6.0)), 2.3, d(0.0, 0.25))
-            blob = d(0.7, 1.0) * _ramp(dist, d(0.2, 0.6))
+            blob = d(*LOC_DENSE) * _ramp(dist, d(0.2, 0.6))
         elif kind < 0.72:  # larger, sparser
             dist = _blob_distance(g, d, cu, cv, d(0.12, 0.36), 2.0, d(0.0, 0.35))
             blob = d(0.5, 0.9) * _ramp(dist, d(0.3, 1.0))
         elif kind < 0.86:  # dense core in a sparse halo
             dist = _blob_distance(g, d, cu, cv, d(0.12, 0.3), 1.5, d(0.0, 0.3))
             halo = d(0.2, 0.5) * _ramp(dist, 0.6)
-            blob = np.maximum(halo, d(0.75, 1.0) * _ramp(dist * (1.0 / d(0.3, 0.55)), 0.4))
+            blob = np.maximum(halo, d(*LOC_DENSE) * _ramp(dist * (1.0 / d(0.3, 0.55)), 0.4))
         else:  # a patch of dense bars and blocks over a sparse region
             spread = d(0.12, 0.3)
             dist = _blob_distance(g, d, cu, cv, spread, 1.5, d(0.0, 0.3))
@@ -283,7 +284,7 @@ def loc(g: Geometry, d: Draws) -> np.ndarray:
             for _ in range(4 + d.index(7)):
                 fu, fv = d.in_disk(spread)
                 h, w = (d(1.0, 2.5), d(2.0, 5.0)) if d.chance(0.5) else (d(2.0, 5.0), d(1.0, 2.5))
-                blob = np.maximum(blob, d(0.75, 1.0) * _block(g, cu + fu, cv + fv, h, w))
+                blob = np.maximum(blob, d(*LOC_DENSE) * _block(g, cu + fu, cv + fv, h, w))
         if p is None:
             p, first = blob, (cu, cv)
         else:
