@@ -100,6 +100,16 @@ def _blob_distance(g: Geometry, d: Draws, cu: float, cv: float, radius: float, a
     return dist
 
 
+CENTRE_BUMP_P = 0.8
+LOC_MIN_R2 = 0.01
+RING_COVER = (0.3, 1.1)
+EDGE_ARC_COS = (0.4, 0.99)
+EDGE_BLOB_P = 0.3
+LOC_DENSE = (0.5, 0.9)
+CENTRE_BUMP_K = (0.0, 3.5)
+CENTRE_BUMP_R = (0.15, 0.4)
+
+
 # ---- background ---------------------------------------------------------------------------------
 def die_radius(g: Geometry, dies: float) -> float:
     """A length of ``dies`` die pitches in wafer coordinates (mean of both grid directions)."""
@@ -118,6 +128,11 @@ def background(g: Geometry, d: Draws) -> np.ndarray:
     rim = d.tri(0.0, 0.3)
     p += rim * (g.ring == 0)
     p += (rim * d(0.0, 0.3)) * (g.ring == 1)
+    # Radial process non-uniformity: real wafers of every class fail more towards the centre
+    # (fail rate at r < 0.15 / at 0.3 ≤ r < 0.8: median 1.5–1.9, q90 3.4–4.3, per class), a
+    # broad bump of the base rate, not a dense core.
+    if d.chance(CENTRE_BUMP_P):
+        p += (base * d.tri(*CENTRE_BUMP_K)) * _ramp(g.rho * (1.0 / d(*CENTRE_BUMP_R)), 1.0)
     if d.chance(0.4):  # centre hot spot: real wafers of every class fail ~2× more at r < 0.1
         p += d.low(0.0, 0.4) * (g.rho < d(0.03, 0.1))
     for _ in range(int(d(0.0, 1.8))):  # tiny clusters that no labeller calls a pattern
@@ -197,13 +212,13 @@ def _satellites(g: Geometry, d: Draws, p: np.ndarray, cu: float, cv: float, spre
 def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
     """A crescent hugging the rim (deepest in its middle, 1–6 dies deep, 25–130° long) or a compact
     cluster cut by the rim: many real Edge-Loc defects are chunky blobs at the edge, not arcs."""
-    if d.chance(0.45):
+    if d.chance(EDGE_BLOB_P):
         a, b = d.direction()
         r0 = d(0.97, 1.1)  # centred on or beyond the rim: most of the cluster lies on the rim
         dist = _blob_distance(g, d, r0 * a, r0 * b, d(0.12, 0.38), 1.6, d(0.0, 0.3))
         p = d(0.6, 1.0) * _ramp(dist, d(0.2, 0.7))
     else:
-        t, (a, b) = _angular(g, d, 0.4, 0.99)
+        t, (a, b) = _angular(g, d, *EDGE_ARC_COS)
         depth_max = d.low(1.2, 1.2 + 0.3 * min(g.rows, g.cols) / 2)
         t = np.sqrt(t) if d.chance(0.5) else t  # blunt (sqrt) or pointed crescent ends
         depth = depth_max * t + d(0.0, 1.0) * smooth_field(g, d, 2)
@@ -223,7 +238,7 @@ def edge_ring(g: Geometry, d: Draws) -> np.ndarray:
     c1 = g.cos_t * a + g.sin_t * b
     a, b = d.direction()
     c2 = g.cos_t * a + g.sin_t * b
-    cover = d(0.3, 1.1) + d(0.3, 1.3) * c1 + d(0.0, 0.4) * (2.0 * c2 * c2 - 1.0)
+    cover = d(*RING_COVER) + d(0.3, 1.3) * c1 + d(0.0, 0.4) * (2.0 * c2 * c2 - 1.0)
     return d(0.6, 1.0) * band * np.clip(cover, 0.0, 1.0)
 
 
@@ -243,7 +258,7 @@ def loc(g: Geometry, d: Draws) -> np.ndarray:
     p = None
     for _ in range(1 + (d() < 0.35) + (d() < 0.12)):
         cu, cv = d.in_disk(0.92)
-        while cu * cu + cv * cv < 0.04:  # a cluster at the very centre is a Center defect
+        while cu * cu + cv * cv < LOC_MIN_R2:  # a cluster at the very centre is a Center defect
             cu, cv = d.in_disk(0.92)
         kind = d()
         if kind < 0.25:  # an axis-aligned dense block or bar (reticle-shaped): often a tiny 2×2–3×3
@@ -251,17 +266,17 @@ def loc(g: Geometry, d: Draws) -> np.ndarray:
             h, w = (d(2.0, 3.5), d(2.0, 3.5)) if d.chance(0.4) else (d(1.5, 6.0), d(2.0, 8.0))
             if d.chance(0.5):
                 h, w = w, h
-            blob = d(0.8, 1.0) * _block(g, cu, cv, h, w)
+            blob = d(*LOC_DENSE) * _block(g, cu, cv, h, w)
         elif kind < 0.5:  # compact, dense
             dist = _blob_distance(g, d, cu, cv, die_radius(g, d(1.8, 6.0)), 2.3, d(0.0, 0.25))
-            blob = d(0.7, 1.0) * _ramp(dist, d(0.2, 0.6))
+            blob = d(*LOC_DENSE) * _ramp(dist, d(0.2, 0.6))
         elif kind < 0.72:  # larger, sparser
             dist = _blob_distance(g, d, cu, cv, d(0.12, 0.36), 2.0, d(0.0, 0.35))
             blob = d(0.5, 0.9) * _ramp(dist, d(0.3, 1.0))
         elif kind < 0.86:  # dense core in a sparse halo
             dist = _blob_distance(g, d, cu, cv, d(0.12, 0.3), 1.5, d(0.0, 0.3))
             halo = d(0.2, 0.5) * _ramp(dist, 0.6)
-            blob = np.maximum(halo, d(0.75, 1.0) * _ramp(dist * (1.0 / d(0.3, 0.55)), 0.4))
+            blob = np.maximum(halo, d(*LOC_DENSE) * _ramp(dist * (1.0 / d(0.3, 0.55)), 0.4))
         else:  # a patch of dense bars and blocks over a sparse region
             spread = d(0.12, 0.3)
             dist = _blob_distance(g, d, cu, cv, spread, 1.5, d(0.0, 0.3))
@@ -269,7 +284,7 @@ def loc(g: Geometry, d: Draws) -> np.ndarray:
             for _ in range(4 + d.index(7)):
                 fu, fv = d.in_disk(spread)
                 h, w = (d(1.0, 2.5), d(2.0, 5.0)) if d.chance(0.5) else (d(2.0, 5.0), d(1.0, 2.5))
-                blob = np.maximum(blob, d(0.75, 1.0) * _block(g, cu + fu, cv + fv, h, w))
+                blob = np.maximum(blob, d(*LOC_DENSE) * _block(g, cu + fu, cv + fv, h, w))
         if p is None:
             p, first = blob, (cu, cv)
         else:
