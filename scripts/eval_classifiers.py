@@ -50,11 +50,10 @@ N_FOLDS = 5
 def parse_method(method: str) -> tuple[str, dict]:
     """``name`` or ``name:param=value,param=value`` (an ablation of one setting; cached under that
     whole string) → (registry name, constructor overrides)."""
-    import yaml
+    from waferscope.cli.common import parse_set
 
     name, _, spec = method.partition(":")
-    params = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in spec.split(",") if kv)}
-    return name, params
+    return name, parse_set([kv for kv in spec.split(",") if kv])
 
 
 def run_fold(method: str, fold: int, args) -> dict:

@@ -11,8 +11,8 @@ anomaly-map localisation beside Grad-CAM, example overlays and the defect atlas 
 Localisation is scored against both ground truths the generator gives for the very same maps:
 ``mask=region`` (every die where the pattern's fail probability is ≥ 0.2: the pattern's extent,
 passing dies inside it included) and ``mask=fail`` (only the dies the pattern made fail). Energy is
-counted over every die of the wafer, the heat map being Grad-CAM bilinearly resampled to the die
-grid. Denoising keeps failing dies, so it is scored against the ``fail`` masks. An "oracle" row
+counted over every die of the wafer, the heat map being Grad-CAM brought to the die grid by
+``to_die_grid`` (each die: the mean of the pixels that showed it). Denoising keeps failing dies, so it is scored against the ``fail`` masks. An "oracle" row
 gives the ceiling of a map that is exactly the region mask but only as fine as a 6×6 / 12×12 /
 24×24 / 48×48 feature map at 48 px, to show what a layer's resolution allows.
 """

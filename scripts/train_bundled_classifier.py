@@ -37,9 +37,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    import yaml
 
     from waferscope import registry
+    from waferscope.cli.common import parse_set
     from waferscope.data import WaferDataset, load
     from waferscope.data.synthetic import generate
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     data = WaferDataset.concat(parts, name="synthetic+wm811k_dev")
     t0 = time.perf_counter()
     clf = registry.create(args.model, "classifier", seed=args.seed,
-                          **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}).fit(data)
+                          **parse_set(args.set)).fit(data)
     clf.save(args.out)
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"trained {args.model} on {len(data)} maps in {time.perf_counter() - t0:.0f}s "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from waferscope.data.preprocess import resize_maps
+from waferscope.errors import ConfigError
 from waferscope.models.classifiers.torch_base import TorchClassifier
 from waferscope.registry import register
 
@@ -184,6 +185,10 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         return fine_head_wafer_cnn(in_chans, n_classes, self.width, self.head, self.dropout, self.input_kernel)
 
     def fit(self, dataset, **kwargs) -> "FineHeadCNNClassifier":
+        if not (isinstance(self.input_kernel, int) and self.input_kernel > 0 and self.input_kernel % 2 == 1):
+            raise ConfigError(f"cnn_fine input_kernel must be a positive odd integer (1, 3, ...), got {self.input_kernel!r}")
+        if not float(self.localise) >= 0:
+            raise ConfigError(f"cnn_fine localise must be a weight >= 0, got {self.localise!r}")
         super().fit(dataset, **kwargs)
         self.network_.last_map = None
         return self
@@ -194,18 +199,17 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
             return None
         if not any(k is not None and k.any() for k in dataset.masks):
             return None
-        blank = [np.zeros(m.shape[:2], np.uint8) for m in dataset.maps]
-        masks = [b if k is None else k.astype(np.uint8) for b, k in zip(blank, dataset.masks)]
+        masks = [np.zeros(m.shape[:2], np.uint8) if k is None else k.astype(np.uint8)
+                 for m, k in zip(dataset.maps, dataset.masks)]
         return resize_maps(masks, int(self.size))
 
     def _loss(self, logits, targets, batch_x):
         loss = super()._loss(logits, targets, batch_x)
-        masks = getattr(self, "_batch_masks", None)
-        if not self.localise or masks is None:
+        if self._batch_masks is None:  # no masks: _training_masks returned None (e.g. localise=0)
             return loss
         evidence = class_evidence_map(self.network_, targets)
         on_wafer = 1.0 - batch_x[:, 0]  # onehot3 channel 0 marks positions without a die
-        return loss + float(self.localise) * localisation_loss(evidence, masks, on_wafer)
+        return loss + float(self.localise) * localisation_loss(evidence, self._batch_masks, on_wafer)
 
 
 @register("resnet18", kind="classifier")

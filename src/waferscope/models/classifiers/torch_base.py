@@ -185,6 +185,7 @@ class TorchClassifier(Classifier):
         x_tr, y_tr = x_all[tr], y_all[tr]
         masks = self._training_masks(dataset)
         self._train_masks = None if masks is None else masks[tr]
+        self._batch_masks = None
 
         self.classes_ = list(classes)
         self.in_chans_ = self._in_chans(kind)
