@@ -116,6 +116,14 @@ def test_training_masks_turn_with_their_maps(synth):
     assert plain._training_masks(fails) is None  # localise=0 trains without masks
 
 
+@pytest.mark.parametrize("bad", [{"input_kernel": 2}, {"input_kernel": 0}, {"localise": -1.0}])
+def test_fine_head_rejects_bad_settings_before_training(bad, synth):
+    from waferscope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="input_kernel|localise"):
+        registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, **bad).fit(synth)
+
+
 def test_localisation_term_changes_training(synth):
     runs = [registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, localise=w).fit(synth)
             for w in (0.0, 1.0)]
