@@ -43,21 +43,62 @@ def test_network_classifiers_fit_predict_and_round_trip(name, synth, tmp_path):
     assert list(again.predict(synth)) == list(clf.predict(synth))
 
 
-def test_fine_head_keeps_full_resolution_and_folds_exactly(synth):
-    """cnn_fine pools a map at the input size (48×48 at 48 px) and its BatchNorm-folded
-    inference copy (nested Sequentials) returns the training network's logits."""
-    clf = registry.create("cnn_fine", "classifier", epochs=1, size=48, progress=False).fit(synth)
+@pytest.mark.parametrize("relu_stride", [1, 2, 4])
+def test_fine_head_keeps_full_resolution_and_folds_exactly(synth, relu_stride):
+    """cnn_fine pools a map at the input size (48×48 at 48 px) while gradients are on (training,
+    Grad-CAM); prediction skips that map and pools the linear levels from their means, and its
+    BatchNorm-folded inference copy (nested Sequentials) returns the same logits."""
+    clf = registry.create("cnn_fine", "classifier", epochs=1, size=48, progress=False,
+                          relu_stride=relu_stride).fit(synth)
     net = clf.network_.eval()
-    seen = {}
-    handle = net.fuse.register_forward_hook(lambda m, i, o: seen.__setitem__("shape", tuple(o.shape)))
+    seen = []
+    handle = net.fuse.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
     x = clf.to_tensor(synth)
+    with torch.enable_grad():
+        reference = net(x).detach()
     with torch.no_grad():
-        reference = net(x)
+        shortcut = net(x)
     handle.remove()
-    assert seen["shape"][-2:] == (48, 48) and net.explain_layer == "fuse"
+    assert seen == [(len(x), clf.head, 48, 48)] and net.explain_layer == "fuse"  # the shortcut never built it
+    torch.testing.assert_close(shortcut, reference, atol=1e-5, rtol=1e-5)
     fast = clf.inference_network()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
     torch.testing.assert_close(clf._logits(clf.resize(synth)), reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size,kernel,relu_stride", [(47, 5, 2), (33, 1, 4), (45, 3, 4), (40, 3, 1)])
+def test_fine_head_shortcut_is_exact_for_any_size_and_kernel(size, kernel, relu_stride):
+    """Odd sizes make the bilinear upsamples' mean weights non-uniform, wide input kernels make the
+    window sums cut several border rows: the no-gradient mean still equals the explicit map's."""
+    from waferscope.models.classifiers.cnn import fine_head_wafer_cnn
+
+    torch.manual_seed(0)
+    net = fine_head_wafer_cnn(3, 9, input_kernel=kernel, relu_stride=relu_stride)
+    for m in net.modules():  # non-trivial BatchNorm statistics, so the affine tail matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-1, 1)
+    net.eval()
+    x = torch.nn.functional.one_hot(torch.randint(0, 3, (6, size, size)), 3).permute(0, 3, 1, 2).float()
+    with torch.enable_grad():
+        explicit = net(x).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), explicit, atol=1e-4, rtol=1e-4)
+
+
+def test_fine_head_runs_saved_before_relu_stride_keep_their_maths(synth, tmp_path):
+    """Runs saved before ``relu_stride`` existed had the ReLU at S×S and the same weight names: they
+    load as ``relu_stride=1`` and predict exactly what they predicted, not silently something else."""
+    clf = registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, relu_stride=1).fit(synth)
+    clf.save(tmp_path / "run")
+    doc = json.loads((tmp_path / "run" / "model.json").read_text())
+    del doc["params"]["relu_stride"], doc["extras"]["head_design"]
+    (tmp_path / "run" / "model.json").write_text(json.dumps(doc))
+    old = load_run(tmp_path / "run", kind="classifier")
+    assert old.relu_stride == 1
+    np.testing.assert_allclose(old.predict_proba(synth), clf.predict_proba(synth), atol=1e-6)
 
 
 def test_class_evidence_map_is_grad_cam(synth):
@@ -116,11 +157,11 @@ def test_training_masks_turn_with_their_maps(synth):
     assert plain._training_masks(fails) is None  # localise=0 trains without masks
 
 
-@pytest.mark.parametrize("bad", [{"input_kernel": 2}, {"input_kernel": 0}, {"localise": -1.0}])
+@pytest.mark.parametrize("bad", [{"input_kernel": 2}, {"input_kernel": 0}, {"localise": -1.0}, {"relu_stride": 3}])
 def test_fine_head_rejects_bad_settings_before_training(bad, synth):
     from waferscope.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="input_kernel|localise"):
+    with pytest.raises(ConfigError, match="input_kernel|localise|relu_stride"):
         registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, **bad).fit(synth)
 
 

@@ -10,6 +10,8 @@ stem, at ``width`` × the usual channel counts.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from waferscope.data.preprocess import resize_maps
@@ -67,29 +69,41 @@ class CompactCNNClassifier(TorchClassifier):
 
 
 def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: int = 24, dropout: float = 0.2,
-                        input_kernel: int = 3):
+                        input_kernel: int = 3, relu_stride: int = 4):
     """``compact_wafer_cnn``'s trunk plus a top-down head that ends at the input resolution.
 
     The trunk is the same stride-2 stack (w at S/2, 2w at S/4, 4w, 4w at S/8). The head adds the
-    deep features, upsampled, to 1×1 projections of the S/4 and S/2 features and of the input
-    itself (a feature-pyramid top-down path, Lin et al. 2017) and classifies the global average of
-    that S×S map (``fuse``). So the last feature map has one cell per input pixel — per die for
-    wafers up to S dies across: its Grad-CAM is a die-resolution map of where the class evidence
-    is. (At S/2, even a perfect map of a one-die-wide scratch resampled to the die grid keeps only
-    half its mass on the scratch.) The head costs 1×1 convolutions and element-wise adds only; on
-    the one-hot input the input projection is a learned value per die state.
+    deep features, upsampled, to projections of the shallower levels (a feature-pyramid top-down
+    path, Lin et al. 2017): 1×1 projections of the S/4 and S/2 features and an
+    ``input_kernel``×``input_kernel`` projection of the input itself, ending in ``fuse``, an S×S map.
+    The classifier is a linear layer on the global average of ``fuse``, so the map it pools has one
+    cell per input pixel — per die for wafers up to S dies across — and its Grad-CAM,
+    ``ReLU(Σ_k w_ck fuse_k)``, is a die-resolution map of where the class evidence is.
+
+    The head has one non-linearity (``coarse``, a ReLU) at the level of stride ``relu_stride``
+    (1 = S, 2 = S/2, 4 = S/4); below it the head is linear. On the one-hot input the finer levels
+    then add learned per-class die-state filters that sharpen the coarse evidence to single dies.
+    Why linear: the mean of a linear map is the same linear map of the means, so prediction (no
+    gradient needed) pools ``coarse`` with the bilinear upsamples' exact weights and the finer
+    projections through window sums of their inputs, and never builds the finer maps. With the
+    ReLU at S (``relu_stride=1``, the design of the first localisation-trained model) that
+    element-wise S×S work cost more than the whole trunk (2,228 vs 8,275 wafers/s, see
+    docs/classification.md). Training and Grad-CAM (gradients on) build ``fuse`` explicitly; a test
+    checks both paths give the same logits.
     """
+    import torch
     import torch.nn.functional as F
     from torch import nn
+
+    if relu_stride not in (1, 2, 4):
+        raise ConfigError(f"cnn_fine relu_stride must be 1, 2 or 4 (the head level of the ReLU), got {relu_stride!r}")
+    relu_level = {1: 0, 2: 1, 4: 2}[relu_stride]
 
     def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
         return nn.Sequential(*conv_bn_relu(c_in, c_out, stride))
 
     def lateral(c_in: int, c_out: int, k: int = 1) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out))
-
-    def up(t, like):
-        return F.interpolate(t, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
     class FineHeadNet(nn.Module):
         explain_layer = "fuse"  # Grad-CAM's default target: the S×S map the classifier pools
@@ -102,7 +116,8 @@ def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: in
             self.stage3 = nn.Sequential(block(2 * w, 4 * w, 2), block(4 * w, 4 * w, 1))
             self.lateral0 = lateral(in_chans, h, int(input_kernel))
             self.lateral1, self.lateral2, self.lateral3 = lateral(w, h), lateral(2 * w, h), lateral(4 * w, h)
-            self.fuse = nn.ReLU()
+            self.coarse = nn.ReLU(inplace=True)
+            self.fuse = nn.Identity()  # names the S×S map for Grad-CAM hooks
             self.dropout = nn.Dropout(dropout)
             self.fc = nn.Linear(h, n_classes)
             self.last_map = None  # while training: the fused map of the last batch (for a map loss)
@@ -110,15 +125,102 @@ def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: in
         def forward(self, x):
             a = self.stem(x)
             b = self.stage2(a)
-            d = self.stage3(b)
-            t = F.interpolate(self.lateral3(d), size=b.shape[-2:], mode="nearest") + self.lateral2(b)
-            t = up(t, a) + self.lateral1(a)
-            f = self.fuse(up(t, x) + self.lateral0(x))
-            # kept for the localisation loss while training only (a graph tensor cannot be deep-copied)
-            self.last_map = f if self.training else None
-            return self.fc(self.dropout(f.mean((2, 3))))
+            feats = (x, a, b, self.stage3(b))
+            laterals = (self.lateral0, self.lateral1, self.lateral2)
+            explicit = self.training or torch.is_grad_enabled()
+            t = self.lateral3(feats[3])
+            for level in (2, 1, 0):
+                if level < relu_level and not explicit:
+                    break
+                mode = "nearest" if level == 2 else "bilinear"
+                t = F.interpolate(t, size=feats[level].shape[-2:], mode=mode,
+                                  align_corners=None if mode == "nearest" else False)
+                t = t + laterals[level](feats[level])
+                if level == relu_level:
+                    t = self.coarse(t)
+            if explicit:
+                f = self.fuse(t)
+                # kept for the localisation loss while training only (a graph tensor cannot be deep-copied)
+                self.last_map = f if self.training else None
+                pooled = f.mean((2, 3))
+            else:  # the same mean, from the linear levels' means
+                sizes = [feats[level].shape[-2] for level in range(relu_level - 1, -1, -1)]
+                pooled = mean_of_upsampled(t, sizes)
+                for level in range(relu_level):
+                    pooled = pooled + mean_of_projection(laterals[level], feats[level])
+            return self.fc(self.dropout(pooled))
 
     return FineHeadNet()
+
+
+@lru_cache(maxsize=32)
+def _upsample_mean_weights(sizes: tuple[int, ...]):
+    """(sizes[0],) weights: the mean of a chain of 1-D linear upsamples (align_corners=False)
+    from ``sizes[0]`` cells through ``sizes[1:]``, as a weighting of the first level's cells."""
+    import torch
+    import torch.nn.functional as F
+
+    weights = torch.full((sizes[-1],), 1.0 / sizes[-1], dtype=torch.float64)
+    for n_in, n_out in zip(sizes[-2::-1], sizes[:0:-1]):
+        step = F.interpolate(torch.eye(n_in, dtype=torch.float64)[:, None, :], size=n_out, mode="linear",
+                             align_corners=False)[:, 0, :]  # (n_in, n_out): input cell i's share of output j
+        weights = step @ weights
+    return weights.float()
+
+
+def mean_of_upsampled(g, sizes):
+    """The spatial mean of ``g`` bilinearly upsampled (align_corners=False) to each size in
+    ``sizes`` in turn (square maps), without building the upsampled maps: a bilinear upsample is
+    separable and linear, so the mean is a fixed weighting of ``g``'s cells — uniform for exact 2×
+    steps, the bundled model's case."""
+    if not sizes:
+        return g.mean((2, 3))
+    wr = _upsample_mean_weights((g.shape[-2], *sizes))
+    wc = _upsample_mean_weights((g.shape[-1], *sizes))
+    if bool((wr == wr[0]).all()) and bool((wc == wc[0]).all()):
+        return g.mean((2, 3))
+    return ((g * wc.to(g.dtype)).sum(3) * wr.to(g.dtype)).sum(2)
+
+
+def mean_of_projection(projection, x):
+    """``projection(x).mean((2, 3))`` for a stride-1 ``Conv2d`` (zero padding) followed by
+    per-channel affine layers (eval-mode BatchNorm), without the full-size output.
+
+    The spatial mean of a convolution is the kernel applied to the sums of the input over its
+    shifted windows. With padding, kernel tap (i, j) sees every input cell except a few border rows
+    and columns, so each window sum is the total minus those thin bands (plus their overlap): one
+    pass over the input, the rest touches only the border.
+    """
+    import torch
+
+    conv, rest = projection[0], projection[1:]
+    kh, kw = conv.kernel_size
+    ph, pw = conv.padding
+    h, w = x.shape[-2:]
+    out_h, out_w = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    total = x.sum((2, 3))
+
+    def kept(tap, pad, out, n):  # the input cells kernel tap `tap` reads: [lo, hi)
+        return min(max(tap - pad, 0), n), min(max(tap - pad + out, 0), n)
+
+    row_ranges = [kept(i, ph, out_h, h) for i in range(kh)]
+    col_ranges = [kept(j, pw, out_w, w) for j in range(kw)]
+    cols_out = [x[:, :, :, :c0].sum((2, 3)) + x[:, :, :, c1:].sum((2, 3)) for c0, c1 in col_ranges]
+    taps = []
+    for r0, r1 in row_ranges:
+        band = torch.cat([x[:, :, :r0], x[:, :, r1:]], 2).sum(2)  # (N, C, W): column sums of the rows left out
+        rows_out = band.sum(2)
+        for (c0, c1), col_out in zip(col_ranges, cols_out):
+            corner = band[:, :, :c0].sum(2) + band[:, :, c1:].sum(2)
+            taps.append(total - rows_out - col_out + corner)
+    windows = torch.stack(taps, -1).reshape(x.shape[0], x.shape[1], kh, kw)
+    pooled = torch.einsum("nckl,ockl->no", windows, conv.weight) / (out_h * out_w)
+    if conv.bias is not None:
+        pooled = pooled + conv.bias
+    pooled = pooled[:, :, None, None]
+    for layer in rest:
+        pooled = layer(pooled)
+    return pooled[:, :, 0, 0]
 
 
 def class_evidence_map(net, targets):
@@ -172,7 +274,7 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 10, seed: int = 0, progress: bool = True,
                  tta: bool = False, width: int = 24, dropout: float = 0.2, head: int = 24, localise: float = 3.0,
-                 input_kernel: int = 3):
+                 input_kernel: int = 3, relu_stride: int = 4):
         super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta,
@@ -180,9 +282,11 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         self.head = head
         self.localise = localise
         self.input_kernel = input_kernel
+        self.relu_stride = relu_stride
 
     def build_network(self, in_chans: int, n_classes: int):
-        return fine_head_wafer_cnn(in_chans, n_classes, self.width, self.head, self.dropout, self.input_kernel)
+        return fine_head_wafer_cnn(in_chans, n_classes, self.width, self.head, self.dropout, self.input_kernel,
+                                   self.relu_stride)
 
     def fit(self, dataset, **kwargs) -> "FineHeadCNNClassifier":
         if not (isinstance(self.input_kernel, int) and self.input_kernel > 0 and self.input_kernel % 2 == 1):
@@ -192,6 +296,17 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         super().fit(dataset, **kwargs)
         self.network_.last_map = None
         return self
+
+    def _state(self):
+        tensors, extras = super()._state()
+        extras["head_design"] = 2  # relu_stride is a parameter
+        return tensors, extras
+
+    def _load_state(self, tensors, extras) -> None:
+        if extras.get("head_design") is None:
+            # saved before relu_stride existed: those runs had the ReLU at S×S (same weight names)
+            self.relu_stride = 1
+        super()._load_state(tensors, extras)
 
     def _training_masks(self, dataset):
         # on_wafer in _loss reads the onehot3 no-die channel; other encodings train without masks
