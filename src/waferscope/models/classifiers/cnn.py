@@ -95,6 +95,8 @@ def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: in
     import torch.nn.functional as F
     from torch import nn
 
+    if not (isinstance(input_kernel, int) and input_kernel > 0 and input_kernel % 2 == 1):
+        raise ConfigError(f"cnn_fine input_kernel must be a positive odd integer (1, 3, ...), got {input_kernel!r}")
     if relu_stride not in (1, 2, 4):
         raise ConfigError(f"cnn_fine relu_stride must be 1, 2 or 4 (the head level of the ReLU), got {relu_stride!r}")
     relu_level = {1: 0, 2: 1, 4: 2}[relu_stride]
@@ -114,7 +116,7 @@ def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: in
             self.stem = block(in_chans, w, 2)
             self.stage2 = block(w, 2 * w, 2)
             self.stage3 = nn.Sequential(block(2 * w, 4 * w, 2), block(4 * w, 4 * w, 1))
-            self.lateral0 = lateral(in_chans, h, int(input_kernel))
+            self.lateral0 = lateral(in_chans, h, input_kernel)
             self.lateral1, self.lateral2, self.lateral3 = lateral(w, h), lateral(2 * w, h), lateral(4 * w, h)
             self.coarse = nn.ReLU(inplace=True)
             self.fuse = nn.Identity()  # names the S×S map for Grad-CAM hooks
@@ -156,7 +158,8 @@ def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: in
 @lru_cache(maxsize=32)
 def _upsample_mean_weights(sizes: tuple[int, ...]):
     """(sizes[0],) weights: the mean of a chain of 1-D linear upsamples (align_corners=False)
-    from ``sizes[0]`` cells through ``sizes[1:]``, as a weighting of the first level's cells."""
+    from ``sizes[0]`` cells through ``sizes[1:]``, as a weighting of the first level's cells;
+    None when they are uniform (then the mean is the plain mean)."""
     import torch
     import torch.nn.functional as F
 
@@ -165,7 +168,7 @@ def _upsample_mean_weights(sizes: tuple[int, ...]):
         step = F.interpolate(torch.eye(n_in, dtype=torch.float64)[:, None, :], size=n_out, mode="linear",
                              align_corners=False)[:, 0, :]  # (n_in, n_out): input cell i's share of output j
         weights = step @ weights
-    return weights.float()
+    return None if bool(torch.allclose(weights, weights[0], rtol=0, atol=1e-12)) else weights.float()
 
 
 def mean_of_upsampled(g, sizes):
@@ -173,13 +176,12 @@ def mean_of_upsampled(g, sizes):
     ``sizes`` in turn (square maps), without building the upsampled maps: a bilinear upsample is
     separable and linear, so the mean is a fixed weighting of ``g``'s cells — uniform for exact 2×
     steps, the bundled model's case."""
-    if not sizes:
+    wr = _upsample_mean_weights((g.shape[-2], *sizes)) if sizes else None
+    wc = _upsample_mean_weights((g.shape[-1], *sizes)) if sizes else None
+    if wr is None and wc is None:
         return g.mean((2, 3))
-    wr = _upsample_mean_weights((g.shape[-2], *sizes))
-    wc = _upsample_mean_weights((g.shape[-1], *sizes))
-    if bool((wr == wr[0]).all()) and bool((wc == wc[0]).all()):
-        return g.mean((2, 3))
-    return ((g * wc.to(g.dtype)).sum(3) * wr.to(g.dtype)).sum(2)
+    rows = g.mean(2) if wr is None else (g * wr.to(g.dtype)[:, None]).sum(2)  # (N, C, W)
+    return rows.mean(2) if wc is None else (rows * wc.to(g.dtype)).sum(2)
 
 
 def mean_of_projection(projection, x):
@@ -289,8 +291,6 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
                                    self.relu_stride)
 
     def fit(self, dataset, **kwargs) -> "FineHeadCNNClassifier":
-        if not (isinstance(self.input_kernel, int) and self.input_kernel > 0 and self.input_kernel % 2 == 1):
-            raise ConfigError(f"cnn_fine input_kernel must be a positive odd integer (1, 3, ...), got {self.input_kernel!r}")
         if not float(self.localise) >= 0:
             raise ConfigError(f"cnn_fine localise must be a weight >= 0, got {self.localise!r}")
         super().fit(dataset, **kwargs)
