@@ -40,10 +40,13 @@ import numpy as np
 from waferscope.data.paths import DEV_MAPS
 
 DEV = str(DEV_MAPS)
-METHODS = ("svm-linear", "svm-rbf", "cnn", "cnn_fine", "resnet18")
+METHODS = ("svm-linear", "svm-rbf", "gbm", "cnn", "cnn_fine", "resnet18")
 # Probability-averaging ensembles, declared here once (not chosen on the test folds).
 ENSEMBLES = (["cnn+tta", "svm-rbf"], ["cnn+tta", "resnet18+tta", "svm-rbf"], ["cnn_fine+tta", "svm-rbf"],
-             ["cnn_fine+tta", "cnn+tta", "svm-rbf"])
+             ["cnn_fine+tta", "cnn+tta", "svm-rbf"],
+             # Added after the runs above had been seen (so these are not blind choices): the
+             # feature trees with one network.
+             ["gbm", "resnet18+tta"], ["gbm", "cnn_fine+tta"], ["gbm", "cnn+tta"])
 N_FOLDS = 5
 
 

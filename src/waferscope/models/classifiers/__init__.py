@@ -2,6 +2,7 @@
 
 - ``cnn``, ``resnet18``: PyTorch networks on the resized one-hot wafer map (:mod:`.cnn`)
 - ``svm-linear``, ``svm-rbf``: the handcrafted WM-811K features + one-vs-one SVM (:mod:`.svm`)
+- ``gbm``: gradient-boosted trees on the 120 extended features (:mod:`.gbm`)
 
 :func:`load_default` returns the bundled default classifier.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from waferscope.models.classifiers import cnn, svm  # noqa: F401  (registers cnn, resnet18, svm-*)
+from waferscope.models.classifiers import cnn, gbm, svm  # noqa: F401  (registers cnn, resnet18, gbm, svm-*)
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent.parent / "weights" / "classifier_default"
 

@@ -21,7 +21,8 @@ import numpy as np
 from waferscope.base import DetectionResult, Detector
 from waferscope.errors import ConfigError, DataError
 from waferscope.models.detectors.common import batch_slices, progress, training_normals
-from waferscope.models.detectors.pattern_stats.features import FEATURE_NAMES, _grid, local_fail_rate, pattern_features
+from waferscope.features.pattern_stats import FEATURE_NAMES, local_fail_rate, pattern_features
+from waferscope.models.detectors.pattern_stats.anomaly_map import add_to_ring_baseline, excess_fail_map
 from waferscope.registry import register
 
 _CHUNK = 1024  # maps per progress step
@@ -71,14 +72,8 @@ class PatternStatsDetector(Detector):
         if self.shrinkage is not None and not 0.0 <= float(self.shrinkage) <= 1.0:
             raise ConfigError(f"shrinkage must be None or in [0, 1], got {self.shrinkage}")
         ring_total, ring_count = np.zeros(5), np.zeros(5)
-
-        def add_to_ring_baseline(wafer: np.ndarray, local: np.ndarray) -> None:
-            ring, _, _ = _grid(*wafer.shape)
-            on = (wafer > 0).ravel()
-            ring_total[:] += np.bincount(ring[on], weights=local.ravel()[on], minlength=5)
-            ring_count[:] += np.bincount(ring[on], minlength=5)
-
-        feats = self._statistics(normals.maps, "pattern_stats fit", add_to_ring_baseline)
+        feats = self._statistics(normals.maps, "pattern_stats fit",
+                                 lambda wafer, local: add_to_ring_baseline(ring_total, ring_count, wafer, local))
         std = feats.std(0)
         self.mean_ = feats.mean(0)
         self.scale_ = np.where(std > 1e-12, std, 1.0)
@@ -98,11 +93,7 @@ class PatternStatsDetector(Detector):
 
     def anomaly_map(self, wafer: np.ndarray, local_rate: np.ndarray | None = None) -> np.ndarray:
         """Per die, the local fail rate above the normals' baseline for its ring; 0 off the wafer."""
-        wafer = np.asarray(wafer)
-        local = local_fail_rate(wafer) if local_rate is None else local_rate
-        ring, _, _ = _grid(*wafer.shape)
-        excess = local - self.ring_baseline_[ring].reshape(wafer.shape)
-        return np.where(wafer > 0, np.clip(excess, 0.0, None), 0.0).astype(np.float32)
+        return excess_fail_map(wafer, self.ring_baseline_, local_rate)
 
     def score(self, dataset) -> DetectionResult:
         self._check_fitted()

@@ -1,0 +1,1 @@
+"""``pattern_contrast``: trees that tell the user's normal maps from simulated defects (see detector.py)."""

@@ -1,0 +1,74 @@
+"""Gradient-boosted trees as plain arrays: fitted by scikit-learn, stored in safetensors, walked with numpy.
+
+scikit-learn's ``HistGradientBoostingClassifier`` keeps its trees in private predictor objects that
+only pickle can save. :func:`flatten_trees` copies them into a few flat arrays (feature, threshold,
+missing-value direction, children, leaf flag, leaf value; one entry per node of every tree), which
+safetensors stores as they are, and :func:`tree_scores` walks them for a batch of rows. Used by the
+``gbm`` classifier and the ``pattern_contrast`` detector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TREE_ARRAYS = ("feature", "threshold", "missing_left", "left", "right", "is_leaf", "value")
+STATE_ARRAYS = (*TREE_ARRAYS, "roots", "tree_class", "baseline")
+
+
+def flatten_trees(model) -> dict[str, np.ndarray]:
+    """The fitted trees of a scikit-learn ``HistGradientBoostingClassifier`` as flat arrays.
+
+    Nodes of all trees are concatenated; ``left``/``right`` are global node indices, ``roots`` the
+    first node of each tree and ``tree_class`` the class whose score the tree adds to. Categorical
+    splits are not used by this model (all features are numeric).
+    """
+    parts = {k: [] for k in TREE_ARRAYS}
+    roots, tree_class, offset = [], [], 0
+    for trees in model._predictors:  # one list per boosting iteration: a tree per class
+        for k, tree in enumerate(trees):
+            nodes = tree.nodes
+            if nodes["is_categorical"].any():
+                raise ValueError("categorical splits are not supported")
+            roots.append(offset)
+            tree_class.append(k)
+            parts["feature"].append(nodes["feature_idx"].astype(np.int64))
+            parts["threshold"].append(nodes["num_threshold"].astype(np.float64))
+            parts["missing_left"].append(nodes["missing_go_to_left"].astype(np.bool_))
+            parts["left"].append(nodes["left"].astype(np.int64) + offset)
+            parts["right"].append(nodes["right"].astype(np.int64) + offset)
+            parts["is_leaf"].append(nodes["is_leaf"].astype(np.bool_))
+            parts["value"].append(nodes["value"].astype(np.float64))
+            offset += len(nodes)
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    out["roots"] = np.asarray(roots, dtype=np.int64)
+    out["tree_class"] = np.asarray(tree_class, dtype=np.int64)
+    out["baseline"] = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
+    return out
+
+
+def tree_scores(trees: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Sum of the leaf values each class's trees give each row of ``x``, plus the baseline.
+
+    All trees are walked together: ``node`` holds, per row and tree, the current node; each step
+    moves every non-leaf one level down (``x <= threshold`` goes left, a missing value goes where
+    training sent it), so the loop runs once per level of the deepest tree.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    node = np.broadcast_to(trees["roots"], (len(x), len(trees["roots"]))).copy()
+    rows = np.arange(len(x))[:, None]
+    while True:
+        inner = ~trees["is_leaf"][node]
+        if not inner.any():
+            break
+        value = x[rows, trees["feature"][node]]
+        go_left = np.where(np.isnan(value), trees["missing_left"][node], value <= trees["threshold"][node])
+        node = np.where(inner, np.where(go_left, trees["left"][node], trees["right"][node]), node)
+    n_trees_per_iteration = len(trees["baseline"])
+    leaf_values = trees["value"][node]
+    scores = np.zeros((len(x), n_trees_per_iteration))
+    for k in range(n_trees_per_iteration):
+        scores[:, k] = leaf_values[:, trees["tree_class"] == k].sum(axis=1)
+    scores += trees["baseline"]
+    # Two classes: one tree per iteration scores the second class (binary log loss), i.e. the
+    # softmax of (0, score).
+    return np.c_[np.zeros(len(x)), scores] if n_trees_per_iteration == 1 else scores
