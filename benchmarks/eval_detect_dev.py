@@ -1,7 +1,7 @@
 """Detection quality of registered detectors under the protocol of docs/detection.md.
 
 Protocol (seeded, the same for every detector):
-- real dev maps (wm811k_dev.npz): the 500 `none` maps are split 50/50 (seed 0); detectors train on
+- real dev maps (wm811k_dev.npz): the 500 `none` maps are split 50/50 (seed 0, `--split-seed`); detectors train on
   the first half only (optionally plus synthetic `none` maps, --synthetic-normals N); the test set is
   the other 250 `none` maps (normal) + all 2,392 maps of the 8 defect classes (anomalous).
 - synthetic maps (pixel metrics): train on generate(N, seed=11, classes=["none"]), test on
@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--param", action="append", default=[], help="constructor parameter key=value (JSON value)")
     ap.add_argument("--synthetic-normals", type=int, default=0, help="add N synthetic none maps to the real training normals")
     ap.add_argument("--skip-synthetic", action="store_true")
+    ap.add_argument("--split-seed", type=int, default=0, help="seed of the 50/50 split of the dev none maps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="append the result as one JSON line to this file")
     args = ap.parse_args()
@@ -65,7 +66,7 @@ def main() -> None:
     params = parse_params(args.param)
     params.setdefault("verbose", False)
 
-    train, test = dev_split()
+    train, test = dev_split(args.split_seed)
     if args.synthetic_normals:
         train = WaferDataset.concat([train, generate(args.synthetic_normals, seed=10, classes=["none"])])
     det = registry.create(args.detector, "detector", **params)
@@ -82,7 +83,8 @@ def main() -> None:
     normal_scores = res.scores[test.is_normal]
     per_class = {c: round(float(roc_auc_score(np.r_[np.zeros(len(normal_scores)), np.ones((test.labels == c).sum())],
                                                np.r_[normal_scores, res.scores[test.labels == c]])), 4) for c in classes}
-    out = {"detector": args.detector, "params": params, "synthetic_normals": args.synthetic_normals,
+    out = {"detector": args.detector, "params": params, "split_seed": args.split_seed,
+           "synthetic_normals": args.synthetic_normals,
            "n_train": len(train), "fit_s": round(t_fit, 1), "score_maps_per_s": round(len(test) / t_score, 1),
            "real_dev": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in real.items()},
            "real_dev_auroc_per_class": per_class}

@@ -40,7 +40,11 @@ class PatternContrastDetector(Detector):
     """Gradient-boosted trees separating normal maps from generator-simulated defects.
 
     n_synthetic
-        synthetic maps added at fit (the generator's 9 classes in equal shares: 8/9 defects, 1/9 normal).
+        synthetic maps added at fit, the generator's classes in equal shares (by default its 8 defect
+        patterns and its normal wafers, so 8/9 defects and 1/9 normal).
+    patterns
+        the defect patterns to simulate (``"|"``-separated or a list of WM-811K names; None = all 8).
+        Leaving one out measures how the detector does on a defect type it never saw simulated.
     max_iter, learning_rate, max_leaf_nodes, l2_regularization
         the boosting settings (scikit-learn's names).
     seed
@@ -49,10 +53,11 @@ class PatternContrastDetector(Detector):
         feature-extraction processes; progress bars.
     """
 
-    def __init__(self, n_synthetic: int = 7500, max_iter: int = 300, learning_rate: float = 0.05,
+    def __init__(self, n_synthetic: int = 7500, patterns: str | list[str] | None = None, max_iter: int = 300, learning_rate: float = 0.05,
                  max_leaf_nodes: int = 15, l2_regularization: float = 1.0, seed: int = 0, n_jobs: int = -1,
                  verbose: bool = True):
         self.n_synthetic = n_synthetic
+        self.patterns = patterns
         self.max_iter = max_iter
         self.learning_rate = learning_rate
         self.max_leaf_nodes = max_leaf_nodes
@@ -73,7 +78,7 @@ class PatternContrastDetector(Detector):
         normals = training_normals(dataset)
         if int(self.n_synthetic) < 9:
             raise ConfigError(f"n_synthetic must be at least 9 (one map per generator class), got {self.n_synthetic}")
-        synthetic = generate(int(self.n_synthetic), seed=self.seed)
+        synthetic = generate(int(self.n_synthetic), seed=self.seed, classes=self._synthetic_classes())
         train = WaferDataset.concat([normals, synthetic], name="pattern_contrast training")
         anomalous = ~train.is_normal
         trees = HistGradientBoostingClassifier(
@@ -84,6 +89,16 @@ class PatternContrastDetector(Detector):
         self.ring_baseline_ = ring_baseline(normals.maps)
         self.n_train_ = len(normals)
         return self
+
+    def _synthetic_classes(self) -> list[str]:
+        from waferscope.data.classes import BASE_PATTERNS, NORMAL
+
+        chosen = list(BASE_PATTERNS) if self.patterns is None else (
+            self.patterns.split("|") if isinstance(self.patterns, str) else list(self.patterns))
+        unknown = sorted(set(chosen) - set(BASE_PATTERNS))
+        if unknown or not chosen:
+            raise ConfigError(f"patterns must be WM-811K defect names from {list(BASE_PATTERNS)}, got {self.patterns!r}")
+        return [*chosen, NORMAL]
 
     def score(self, dataset) -> DetectionResult:
         self._check_fitted()
