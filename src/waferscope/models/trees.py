@@ -15,6 +15,22 @@ TREE_ARRAYS = ("feature", "threshold", "missing_left", "left", "right", "is_leaf
 STATE_ARRAYS = (*TREE_ARRAYS, "roots", "tree_class", "baseline")
 
 
+def fit_trees(x: np.ndarray, y: np.ndarray, max_iter: int, learning_rate: float, max_leaf_nodes: int,
+              l2_regularization: float, seed: int) -> dict[str, np.ndarray]:
+    """Fit scikit-learn's ``HistGradientBoostingClassifier`` and return its trees as arrays.
+
+    Balanced class weights (both users face imbalance: rare defect classes, or few normals against
+    many simulated defects) and no early stopping, so the result does not depend on a random
+    validation split.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    model = HistGradientBoostingClassifier(
+        max_iter=max_iter, learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
+        l2_regularization=l2_regularization, class_weight="balanced", early_stopping=False, random_state=seed)
+    return flatten_trees(model.fit(x, y))
+
+
 def flatten_trees(model) -> dict[str, np.ndarray]:
     """The fitted trees of a scikit-learn ``HistGradientBoostingClassifier`` as flat arrays.
 

@@ -22,7 +22,7 @@ from waferscope.base import Classifier
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import extract_features, feature_names
 from waferscope.models.classifiers.torch_base import label_order, labelled_for_training
-from waferscope.models.trees import STATE_ARRAYS, flatten_trees, tree_scores
+from waferscope.models.trees import STATE_ARRAYS, fit_trees, tree_scores
 from waferscope.registry import register
 
 @register("gbm", kind="classifier")
@@ -46,19 +46,14 @@ class GradientBoostingClassifier(Classifier):
                                 feature_set=self.feature_set)
 
     def fit(self, dataset, **kwargs) -> "GradientBoostingClassifier":
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
         feature_names(self.feature_set)  # an unknown set fails before the features are computed
         dataset = labelled_for_training(dataset, type(self).__name__)
         classes = label_order(dataset.labels)
         index = {c: i for i, c in enumerate(classes)}
         y = np.array([index[c] for c in dataset.labels.astype(str)], dtype=np.int64)
-        model = HistGradientBoostingClassifier(
-            max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
-            l2_regularization=self.l2_regularization, class_weight="balanced", early_stopping=False,
-            random_state=self.seed).fit(self.features(dataset), y)
+        self.trees_ = fit_trees(self.features(dataset), y, self.max_iter, self.learning_rate, self.max_leaf_nodes,
+                                self.l2_regularization, self.seed)
         self.classes_ = list(classes)
-        self.trees_ = flatten_trees(model)
         return self
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:

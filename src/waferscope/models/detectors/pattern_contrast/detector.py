@@ -29,7 +29,7 @@ from waferscope.features.handcrafted import extract_features, feature_names
 from waferscope.models.detectors.common import training_normals
 from waferscope.models.detectors.pattern_stats.anomaly_map import excess_fail_map, ring_baseline
 from waferscope.models.detectors.pattern_stats.detector import _require_wafers
-from waferscope.models.trees import STATE_ARRAYS, flatten_trees, tree_scores
+from waferscope.models.trees import STATE_ARRAYS, fit_trees, tree_scores
 from waferscope.registry import register
 
 FEATURE_SET = "pattern"
@@ -70,8 +70,6 @@ class PatternContrastDetector(Detector):
         return extract_features(maps, n_jobs=self.n_jobs, progress=bool(self.verbose), feature_set=FEATURE_SET)
 
     def fit(self, dataset, **kwargs) -> "PatternContrastDetector":
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
         from waferscope.data.synthetic import generate
 
         _require_wafers(dataset)
@@ -81,11 +79,8 @@ class PatternContrastDetector(Detector):
         synthetic = generate(int(self.n_synthetic), seed=self.seed, classes=self._synthetic_classes())
         train = WaferDataset.concat([normals, synthetic], name="pattern_contrast training")
         anomalous = ~train.is_normal
-        trees = HistGradientBoostingClassifier(
-            max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
-            l2_regularization=self.l2_regularization, class_weight="balanced", early_stopping=False,
-            random_state=self.seed).fit(self._features(train.maps), anomalous)
-        self.trees_ = flatten_trees(trees)
+        self.trees_ = fit_trees(self._features(train.maps), anomalous, self.max_iter, self.learning_rate,
+                                self.max_leaf_nodes, self.l2_regularization, self.seed)
         self.ring_baseline_ = ring_baseline(normals.maps)
         self.n_train_ = len(normals)
         return self
