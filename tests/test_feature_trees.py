@@ -140,6 +140,9 @@ def test_pattern_contrast_errors():
     images = WaferDataset.from_maps([np.zeros((20, 20, 3), np.uint8)] * 3, ["good"] * 3, kind="image")
     with pytest.raises(DataError, match="not images"):
         det.fit(images)
+    with pytest.raises(ConfigError, match="patterns must be"):
+        registry.create("pattern_contrast", "detector", n_synthetic=90, patterns="Center|Blob", verbose=False).fit(
+            generate(n=10, seed=3, classes=["none"]))
     with pytest.raises(ConfigError, match="n_synthetic"):
         registry.create("pattern_contrast", "detector", n_synthetic=3, verbose=False).fit(
             generate(n=10, seed=3, classes=["none"]))
