@@ -136,8 +136,8 @@ def _chunk(maps: Sequence[np.ndarray], feature_set: str = "wm811k") -> np.ndarra
 
 def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: bool = False,
                      chunk_size: int = 256, feature_set: str = "wm811k") -> np.ndarray:
-    """(N, F) float64 features (F = 59 for ``"wm811k"``, 120 for ``"extended"``, 61 for ``"pattern"``); chunks of maps go to
-    ``n_jobs`` worker processes (joblib) for large sets.
+    """(N, F) float64 features (F = 59 for ``"wm811k"``, 120 for ``"extended"``, 61 for ``"pattern"``);
+    chunks of maps go to ``n_jobs`` worker processes (joblib) for large sets.
 
     The Radon transform dominates the cost (a few ms per map), so below a few hundred maps the
     process start-up is not worth it and the work stays in this process.

@@ -62,7 +62,8 @@ _KERNEL = np.ones((3, 3), dtype=np.int16)
 
 @lru_cache(maxsize=1024)
 def _geometry(h: int, w: int):
-    """Per cell of an h×w grid: normalised offsets dy, dx, radius, angle, ring, sector and annulus (cached per shape)."""
+    """Per cell of an h×w grid: normalised offsets dy, dx, radius, angle, ring, sector and annulus
+    (cached per shape)."""
     yy, xx = np.mgrid[:h, :w]
     dy, dx = (yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2)
     radius, angle = np.hypot(dy, dx), np.arctan2(dy, dx)
@@ -113,7 +114,8 @@ def shape_features(wafer: np.ndarray) -> np.ndarray:
     on, fail = wafer > 0, wafer == 2
     n_on, n_fail = max(int(on.sum()), 1), int(fail.sum())
     rate = n_fail / n_on
-    out: list[float] = list(np.bincount(ring[fail], minlength=N_RINGS) / np.maximum(np.bincount(ring[on], minlength=N_RINGS), 1))
+    dies_per_ring = np.maximum(np.bincount(ring[on], minlength=N_RINGS), 1)
+    out: list[float] = list(np.bincount(ring[fail], minlength=N_RINGS) / dies_per_ring)
 
     threshold = max(0.25, 2 * rate)
     for k in range(len(ANNULI)):

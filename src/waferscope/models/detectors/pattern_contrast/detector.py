@@ -53,9 +53,9 @@ class PatternContrastDetector(Detector):
         feature-extraction processes; progress bars.
     """
 
-    def __init__(self, n_synthetic: int = 7500, patterns: str | list[str] | None = None, max_iter: int = 300, learning_rate: float = 0.05,
-                 max_leaf_nodes: int = 15, l2_regularization: float = 1.0, seed: int = 0, n_jobs: int = -1,
-                 verbose: bool = True):
+    def __init__(self, n_synthetic: int = 7500, patterns: str | list[str] | None = None, max_iter: int = 300,
+                 learning_rate: float = 0.05, max_leaf_nodes: int = 15, l2_regularization: float = 1.0,
+                 seed: int = 0, n_jobs: int = -1, verbose: bool = True):
         self.n_synthetic = n_synthetic
         self.patterns = patterns
         self.max_iter = max_iter
@@ -92,7 +92,8 @@ class PatternContrastDetector(Detector):
             self.patterns.split("|") if isinstance(self.patterns, str) else list(self.patterns))
         unknown = sorted(set(chosen) - set(BASE_PATTERNS))
         if unknown or not chosen:
-            raise ConfigError(f"patterns must be WM-811K defect names from {list(BASE_PATTERNS)}, got {self.patterns!r}")
+            raise ConfigError(f"patterns must be WM-811K defect names from {list(BASE_PATTERNS)}, "
+                              f"got {self.patterns!r}")
         return [*chosen, NORMAL]
 
     def score(self, dataset) -> DetectionResult:
