@@ -51,8 +51,8 @@ def main(argv=None) -> int:
         cpu.append(time.process_time() - c0)
     assert len(labels) == len(data)
     params = clf.get_params()
-    print(f"model: {clf.registry_name} ({args.run or 'bundled'}), input {params.get('size')}px, "
-          f"{clf.n_parameters():,} parameters")
+    size = f"input {params['size']}px" if params.get("size") else "features of each map's own die grid"
+    print(f"model: {clf.registry_name} ({args.run or 'bundled'}), {size}, {clf.n_parameters():,} parameters")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} thread(s); {len(data):,} variable-size maps per pass")
     print(f"wafers/s: best {len(data) / min(times):,.0f}, median {len(data) / statistics.median(times):,.0f}")
