@@ -11,7 +11,7 @@ from waferscope.base import load_run
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.synthetic import generate
 from waferscope.errors import DataError
-from waferscope.models.detectors.pattern_stats.features import FEATURE_NAMES, pattern_features
+from waferscope.features.pattern_stats import FEATURE_NAMES, pattern_features
 
 
 def _disc(n: int = 31) -> np.ndarray:

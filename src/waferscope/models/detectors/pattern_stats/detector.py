@@ -1,6 +1,6 @@
 """The ``pattern_stats`` detector: a Gaussian fitted to pattern statistics of normal wafer maps.
 
-Fit: the :mod:`.features` statistics (radial fail profile, size / position / shape of the largest
+Fit: the :mod:`waferscope.features.pattern_stats` statistics (radial fail profile, size / position / shape of the largest
 failing cluster, cluster count, local fail-rate peak) of every normal training map, standardised,
 and a Gaussian with a Ledoit-Wolf shrunk covariance (scikit-learn) — the feature-space density model
 of Rippel et al. (ICPR 2020), here on wafer statistics instead of CNN features. Score: the Mahalanobis
