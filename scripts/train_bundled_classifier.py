@@ -1,6 +1,9 @@
-"""Train the classifier shipped with waferscope and write it to src/waferscope/weights/classifier_default/.
+"""Train the classifiers shipped with waferscope: the fast one (``cnn_fine``) in
+src/waferscope/weights/classifier_default/ and the accurate one (``gbm``) in classifier_accurate/.
 
-    python scripts/train_bundled_classifier.py --threads 1  # the bundled model, as committed
+    python scripts/train_bundled_classifier.py --threads 1  # the fast bundled model, as committed
+    python scripts/train_bundled_classifier.py --model gbm --threads 2 \
+        --out src/waferscope/weights/classifier_accurate   # the accurate bundled model, as committed
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 
 Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024, mask=--mask)``) plus every

@@ -128,3 +128,24 @@ def test_bundled_model_is_small_and_used_without_run(tmp_path, monkeypatch, caps
     assert code == 0, err
     rows = list(csv.reader((tmp_path / "p.csv").open()))
     assert len(rows) == 10 and rows[0][2:] == [f"p_{c}" for c in CLASSES]
+
+
+def test_accurate_bundled_model_and_bundled_option_errors(tmp_path, monkeypatch, capsys):
+    from waferscope.data.classes import CLASSES
+    from waferscope.errors import ConfigError
+    from waferscope.models.classifiers import BUNDLED, load_default
+
+    assert sum(p.stat().st_size for p in BUNDLED["accurate"].iterdir()) < 5_000_000
+    clf = load_default("accurate")
+    assert clf.registry_name == "gbm" and clf.classes_ == list(CLASSES)
+    ds = generate(n=45, seed=77)
+    assert (clf.predict(ds) == ds.labels).mean() > 0.7  # synthetic maps it was not trained on
+    code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--bundled", "accurate",
+                        "--data", "synthetic:n=9,seed=5", "--out", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    assert len(list(csv.reader((tmp_path / "p.csv").open()))) == 10
+    with pytest.raises(ConfigError, match="unknown bundled classifier"):
+        load_default("tiny")
+    code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--bundled", "accurate", "--run", str(tmp_path),
+                        "--data", "synthetic:n=9,seed=5", "--out", str(tmp_path / "q.csv"))
+    assert code == 2 and "not both" in err and not (tmp_path / "q.csv").exists()

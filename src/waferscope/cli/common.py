@@ -41,12 +41,15 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.write(text)
 
 
-def load_classifier(run: Optional[Path]):
-    """The classifier in a run directory, or the bundled one when no run is given."""
+def load_classifier(run: Optional[Path], bundled: Optional[str] = None):
+    """The classifier in a run directory, or a bundled one (``fast`` unless ``bundled`` says
+    ``accurate``) when no run is given."""
+    if run is not None and bundled is not None:
+        raise ConfigError("give --run or --bundled, not both")
     if run is None:
         from waferscope.models.classifiers import load_default
 
-        return load_default()
+        return load_default(bundled or "fast")
     from waferscope.base import load_run
 
     return load_run(run, kind="classifier")

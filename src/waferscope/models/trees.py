@@ -47,17 +47,18 @@ def flatten_trees(model) -> dict[str, np.ndarray]:
                 raise ValueError("categorical splits are not supported")
             roots.append(offset)
             tree_class.append(k)
-            parts["feature"].append(nodes["feature_idx"].astype(np.int64))
+            # int32 indices halve the stored size (a model has well under 2**31 nodes)
+            parts["feature"].append(nodes["feature_idx"].astype(np.int32))
             parts["threshold"].append(nodes["num_threshold"].astype(np.float64))
             parts["missing_left"].append(nodes["missing_go_to_left"].astype(np.bool_))
-            parts["left"].append(nodes["left"].astype(np.int64) + offset)
-            parts["right"].append(nodes["right"].astype(np.int64) + offset)
+            parts["left"].append(nodes["left"].astype(np.int32) + np.int32(offset))
+            parts["right"].append(nodes["right"].astype(np.int32) + np.int32(offset))
             parts["is_leaf"].append(nodes["is_leaf"].astype(np.bool_))
             parts["value"].append(nodes["value"].astype(np.float64))
             offset += len(nodes)
     out = {k: np.concatenate(v) for k, v in parts.items()}
-    out["roots"] = np.asarray(roots, dtype=np.int64)
-    out["tree_class"] = np.asarray(tree_class, dtype=np.int64)
+    out["roots"] = np.asarray(roots, dtype=np.int32)
+    out["tree_class"] = np.asarray(tree_class, dtype=np.int32)
     out["baseline"] = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
     return out
 
