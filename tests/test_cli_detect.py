@@ -134,3 +134,22 @@ def test_mvtec_mask_of_wrong_size(tmp_path, capsys):
     code, err = run_cli(["detect", "evaluate", "--data", tmp_path / "cat", "--out", tmp_path / "ev",
                          "--run", tmp_path / "nowhere"], capsys)
     assert code == 2 and "mask is 20×24 but its image is 24×24" in err
+
+
+def test_accurate_bundled_detector(tmp_path, capsys):
+    from waferscope.models.detectors import BUNDLED, load_default
+
+    det = load_default("accurate")
+    assert det.registry_name == "pattern_contrast"
+    assert sum(p.stat().st_size for p in BUNDLED["accurate"].iterdir()) < 2_000_000
+    code, err = run_cli(["detect", "score", "--bundled", "accurate", "--data", "synthetic:n=18,seed=5",
+                         "--out", tmp_path / "s.csv"], capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert len(rows) == 18
+    code, err = run_cli(["detect", "score", "--bundled", "accurate", "--run", tmp_path, "--data",
+                         "synthetic:n=3,seed=0", "--out", tmp_path / "t.csv"], capsys)
+    assert code == 2 and "not both" in err and not (tmp_path / "t.csv").exists()
+    code, err = run_cli(["detect", "score", "--bundled", "tiny", "--data", "synthetic:n=3,seed=0",
+                         "--out", tmp_path / "u.csv"], capsys)
+    assert code == 2 and "unknown bundled detector" in err

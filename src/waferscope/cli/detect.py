@@ -5,7 +5,8 @@ MVTec-layout images) and stores a decision threshold next to the run (``threshol
 ``--threshold kfold`` is the K-fold mean-of-max rule (per fold, the maximum score of held-out
 normals; their mean), ``quantile`` the q-quantile of the training normals' own scores (optimistic:
 a detector scores its training data low), ``none`` stores nothing. Without ``--run``, ``evaluate``
-and ``score`` use the bundled detector.
+and ``score`` use a bundled detector: ``--bundled fast`` (the default, the autoencoder) or
+``--bundled accurate`` (``pattern_contrast``, wafer maps only).
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ def _select_split(dataset, split: str, auto: str, where: str):
 
 
 
-def _load_detector(run: Optional[Path]):
-    """(detector, run directory used)."""
+def _load_detector(run: Optional[Path], bundled: Optional[str] = None):
+    """(detector, run directory used): the run given, or a bundled one (``fast`` unless ``bundled``)."""
     from waferscope.base import load_run
-    from waferscope.models.detectors import DEFAULT_MODEL_DIR, load_default
+    from waferscope.models.detectors import BUNDLED, load_default
 
+    if run is not None and bundled is not None:
+        raise ConfigError("give --run or --bundled, not both")
     if run is None:
-        return load_default(), DEFAULT_MODEL_DIR
+        which = bundled or "fast"
+        return load_default(which), BUNDLED.get(which)
     return load_run(run, kind="detector"), run
 
 
@@ -153,7 +157,9 @@ def train(
 def evaluate(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (labelled: none/good = normal, anything else = anomalous)"),
     out: Path = typer.Option(..., "--out", help="Output folder: metrics.json, roc_pr.png, overlays.png"),
-    run: Optional[Path] = typer.Option(None, "--run", help="Detector run directory (default: the bundled detector)"),
+    run: Optional[Path] = typer.Option(None, "--run", help="Detector run directory (default: a bundled detector)"),
+    bundled: Optional[str] = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; autoencoder, "
+                                          "maps and images) or 'accurate' (pattern_contrast, wafer maps only)"),
     n_overlays: int = typer.Option(6, "--overlays", min=0, help="How many anomaly-map overlays to draw"),
     split: str = typer.Option("auto", "--split", help="auto (the test split when the data has train and test), train, test or all"),
 ) -> None:
@@ -162,7 +168,7 @@ def evaluate(
 
     where = ", ".join(data)
     dataset = _select_split(_load_data(data), split, "test", where)
-    det, run_dir = _load_detector(run)
+    det, run_dir = _load_detector(run, bundled)
     n_unlabelled = int((~dataset.is_labelled).sum())
     if n_unlabelled:
         typer.echo(f"note: skipping {n_unlabelled} unlabelled map(s) of {len(dataset)}", err=True)
@@ -200,7 +206,9 @@ def _safe_name(s: str) -> str:
 def score(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Output CSV: id, label, score[, anomalous]"),
-    run: Optional[Path] = typer.Option(None, "--run", help="Detector run directory (default: the bundled detector)"),
+    run: Optional[Path] = typer.Option(None, "--run", help="Detector run directory (default: a bundled detector)"),
+    bundled: Optional[str] = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; autoencoder, "
+                                          "maps and images) or 'accurate' (pattern_contrast, wafer maps only)"),
     maps: Optional[Path] = typer.Option(None, "--maps", help="Folder for per-sample anomaly maps (<id>.npy, float32, H×W)"),
 ) -> None:
     """Score every map; optionally write each anomaly map (at the map's own size) as .npy."""
@@ -208,7 +216,7 @@ def score(
     dataset = _load_data(data)
     if len(dataset) == 0:
         raise DataError("no maps to score", where)
-    det, run_dir = _load_detector(run)
+    det, run_dir = _load_detector(run, bundled)
     _check_kind(det, dataset, where)
     result = det.score(dataset)
     thr = read_threshold(run_dir)

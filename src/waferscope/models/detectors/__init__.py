@@ -16,14 +16,20 @@ for _sub in sorted(p.parent.name for p in _HERE.glob("*/detector.py")):
     importlib.import_module(f"{__name__}.{_sub}.detector")
 
 DEFAULT_MODEL_DIR = _HERE.parent.parent / "weights" / "detector_default"
+# The two detectors shipped with waferscope (scripts/train_bundled_detector.py trains both, on the
+# protocol's 250 training normals): "fast" is the autoencoder (wafer maps and images; dev image AUROC
+# 0.929) and "accurate" is pattern_contrast (wafer maps only; 0.986).
+BUNDLED = {"fast": DEFAULT_MODEL_DIR, "accurate": DEFAULT_MODEL_DIR.parent / "detector_accurate"}
 
 
-def load_default():
-    """The detector shipped with waferscope (scripts/train_bundled_detector.py trains it)."""
+def load_default(which: str = "fast"):
+    """A detector shipped with waferscope: ``"fast"`` (the default) or ``"accurate"`` (:data:`BUNDLED`)."""
     from waferscope.base import load_run
-    from waferscope.errors import RunDirError
+    from waferscope.errors import ConfigError, RunDirError
 
-    if not (DEFAULT_MODEL_DIR / "model.json").is_file():
+    if which not in BUNDLED:
+        raise ConfigError(f"unknown bundled detector {which!r}; choose one of {', '.join(BUNDLED)}")
+    if not (BUNDLED[which] / "model.json").is_file():
         raise RunDirError("no bundled detector is installed: pass --run with a run directory from "
-                          "`waferscope detect train`", DEFAULT_MODEL_DIR)
-    return load_run(DEFAULT_MODEL_DIR, kind="detector")
+                          "`waferscope detect train`", BUNDLED[which])
+    return load_run(BUNDLED[which], kind="detector")
