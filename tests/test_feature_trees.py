@@ -146,3 +146,30 @@ def test_pattern_contrast_errors():
     with pytest.raises(ConfigError, match="n_synthetic"):
         registry.create("pattern_contrast", "detector", n_synthetic=3, verbose=False).fit(
             generate(n=10, seed=3, classes=["none"]))
+
+
+def test_damaged_trees_are_refused_and_large_batches_are_chunked(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from waferscope.models import trees as tree_module
+
+    train, test = generate(n=90, seed=31), generate(n=40, seed=32)
+    clf = registry.create("gbm", "classifier", max_iter=5, n_jobs=1, progress=False).fit(train)
+    x = clf.features(test)
+    whole = clf.decision_function(x)
+    old = tree_module.ROWS_PER_CHUNK
+    tree_module.ROWS_PER_CHUNK = 7
+    try:
+        np.testing.assert_array_equal(clf.decision_function(x), whole)
+    finally:
+        tree_module.ROWS_PER_CHUNK = old
+    run = clf.save(tmp_path / "run")
+    weights = load_file(run / "weights.safetensors")
+    weights["left"] = weights["left"] + 10_000_000
+    save_file(weights, run / "weights.safetensors")
+    with pytest.raises(RunDirError, match="damaged: tree left index out of range"):
+        load_run(run, kind="classifier")
+    del weights["roots"]
+    save_file(weights, run / "weights.safetensors")
+    with pytest.raises(RunDirError, match="missing tree arrays: roots"):
+        load_run(run, kind="classifier")

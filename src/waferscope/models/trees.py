@@ -63,14 +63,39 @@ def flatten_trees(model) -> dict[str, np.ndarray]:
     return out
 
 
+def check_trees(trees: dict[str, np.ndarray], n_features: int) -> None:
+    """Raise ValueError unless the arrays form trees a walk can follow (a damaged or foreign run
+    file would otherwise fail deep inside numpy indexing)."""
+    missing = [k for k in STATE_ARRAYS if k not in trees]
+    if missing:
+        raise ValueError(f"missing tree arrays: {', '.join(missing)}")
+    n_nodes = len(trees["feature"])
+    if any(len(trees[k]) != n_nodes for k in TREE_ARRAYS):
+        raise ValueError("tree arrays of different lengths")
+    inner = ~trees["is_leaf"].astype(bool)
+    for name, bound in (("left", n_nodes), ("right", n_nodes), ("feature", n_features)):
+        index = trees[name][inner]
+        if index.size and (index.min() < 0 or index.max() >= bound):
+            raise ValueError(f"tree {name} index out of range")
+    if trees["roots"].size == 0 or trees["roots"].min() < 0 or trees["roots"].max() >= n_nodes:
+        raise ValueError("tree roots out of range")
+
+
+ROWS_PER_CHUNK = 512  # rows walked at once: temporaries are rows × trees, so memory stays ~100 MB
+
+
 def tree_scores(trees: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """Sum of the leaf values each class's trees give each row of ``x``, plus the baseline.
 
     All trees are walked together: ``node`` holds, per row and tree, the current node; each step
     moves every non-leaf one level down (``x <= threshold`` goes left, a missing value goes where
-    training sent it), so the loop runs once per level of the deepest tree.
+    training sent it), so the loop runs once per level of the deepest tree. Rows go in chunks so
+    that memory does not grow with the number of maps.
     """
     x = np.asarray(x, dtype=np.float64)
+    if len(x) > ROWS_PER_CHUNK:
+        return np.concatenate([tree_scores(trees, x[i:i + ROWS_PER_CHUNK])
+                               for i in range(0, len(x), ROWS_PER_CHUNK)])
     node = np.broadcast_to(trees["roots"], (len(x), len(trees["roots"]))).copy()
     rows = np.arange(len(x))[:, None]
     while True:

@@ -22,7 +22,7 @@ from waferscope.base import Classifier
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import extract_features, feature_names
 from waferscope.models.classifiers.torch_base import label_order, labelled_for_training
-from waferscope.models.trees import STATE_ARRAYS, fit_trees, tree_scores
+from waferscope.models.trees import STATE_ARRAYS, check_trees, fit_trees, tree_scores
 from waferscope.registry import register
 
 @register("gbm", kind="classifier")
@@ -81,12 +81,14 @@ class GradientBoostingClassifier(Classifier):
                                    "n_features": len(feature_names(self.feature_set))}
 
     def _load_state(self, tensors, extras) -> None:
-        try:
-            trees = {k: tensors[k].numpy() for k in STATE_ARRAYS}
-        except KeyError as exc:
-            raise RunDirError(f"the saved gradient-boosting state lacks {exc}") from None
-        if int(extras.get("n_features", -1)) != len(feature_names(self.feature_set)):
+        n_features = len(feature_names(self.feature_set))
+        if int(extras.get("n_features", -1)) != n_features:
             raise RunDirError(f"the saved trees use {extras.get('n_features')} features, but feature set "
-                              f"{self.feature_set!r} has {len(feature_names(self.feature_set))}")
+                              f"{self.feature_set!r} has {n_features}")
+        trees = {k: tensors[k].numpy() for k in STATE_ARRAYS if k in tensors}
+        try:
+            check_trees(trees, n_features)
+        except ValueError as exc:
+            raise RunDirError(f"the saved gradient-boosting state is damaged: {exc}") from None
         self.classes_ = list(extras["classes"])
         self.trees_ = trees

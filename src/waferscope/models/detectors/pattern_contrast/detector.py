@@ -29,7 +29,7 @@ from waferscope.features.handcrafted import extract_features, feature_names
 from waferscope.models.detectors.common import training_normals
 from waferscope.models.detectors.pattern_stats.anomaly_map import excess_fail_map, ring_baseline
 from waferscope.models.detectors.pattern_stats.detector import _require_wafers
-from waferscope.models.trees import STATE_ARRAYS, fit_trees, tree_scores
+from waferscope.models.trees import STATE_ARRAYS, check_trees, fit_trees, tree_scores
 from waferscope.registry import register
 
 FEATURE_SET = "pattern"
@@ -112,9 +112,11 @@ class PatternContrastDetector(Detector):
     def _load_state(self, tensors, extras) -> None:
         if list(extras.get("features", [])) != list(feature_names(FEATURE_SET)):
             raise RunDirError("pattern_contrast run computed with another feature list; refit it")
+        trees = {k: tensors[k].numpy() for k in STATE_ARRAYS if k in tensors}
         try:
-            self.trees_ = {k: tensors[k].numpy() for k in STATE_ARRAYS}
+            check_trees(trees, len(feature_names(FEATURE_SET)))
             self.ring_baseline_ = tensors["ring_baseline"].numpy()
-        except KeyError as exc:
-            raise RunDirError(f"the saved pattern_contrast state lacks {exc}") from None
+        except (ValueError, KeyError) as exc:
+            raise RunDirError(f"the saved pattern_contrast state is damaged: {exc}") from None
+        self.trees_ = trees
         self.n_train_ = int(extras.get("n_train", 0))
