@@ -23,6 +23,8 @@ pieces (e.g. one process per method) and the table is rebuilt from the cache::
     python scripts/eval_classifiers.py --methods cnn --folds 0 1
     python scripts/eval_classifiers.py --methods cnn_fine:localise=0   # an ablation of one setting
     python scripts/eval_classifiers.py --table-only          # rebuild the markdown table
+    python scripts/eval_classifiers.py --methods gbm --group-by-lot --work results/classification_lots
+                                                             # folds that keep each lot on one side
 
 The table goes to ``--table`` (markdown) and the pooled per-class reports to ``--work``.
 """
@@ -64,11 +66,13 @@ def run_fold(method: str, fold: int, args) -> dict:
 
     from waferscope import registry
     from waferscope.data import WaferDataset, load
-    from waferscope.data.preprocess import stratified_kfold
+    from waferscope.data.preprocess import grouped_stratified_kfold, stratified_kfold
     from waferscope.data.synthetic import generate
 
     dev = load(args.dev)
-    train_idx, test_idx = list(stratified_kfold(dev.labels, N_FOLDS, seed=0))[fold]
+    folds = (grouped_stratified_kfold(dev.labels, dev.meta["lot"], N_FOLDS, seed=0) if args.group_by_lot
+             else stratified_kfold(dev.labels, N_FOLDS, seed=0))
+    train_idx, test_idx = list(folds)[fold]
     parts = [dev.subset(train_idx)]
     if args.synthetic:
         parts.insert(0, generate(args.synthetic, seed=1000 + fold))
@@ -194,6 +198,8 @@ def main() -> None:
     ap.add_argument("--table", type=Path, default=Path("runs/eval_classifiers/table.md"))
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--force", action="store_true", help="recompute cached folds")
+    ap.add_argument("--group-by-lot", action="store_true",
+                    help="folds keep each wafer lot on one side (a stricter protocol; use its own --work)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

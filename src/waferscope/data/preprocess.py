@@ -130,3 +130,14 @@ def stratified_kfold(labels: np.ndarray, n_splits: int = 5, seed: int = 0) -> It
     labels = np.asarray(labels).astype(str)
     skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     yield from skf.split(np.zeros(len(labels)), labels)
+
+
+def grouped_stratified_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int = 5,
+                             seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Seeded stratified K-fold that keeps every group (e.g. a wafer lot) on one side of each split,
+    so maps of one lot never sit in training and test at once."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.asarray(labels).astype(str)
+    sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    yield from sgkf.split(np.zeros(len(labels)), labels, np.asarray(groups).astype(str))
