@@ -138,7 +138,7 @@ def test_pattern_contrast_errors():
     with pytest.raises(DataError, match="no normal samples"):
         det.fit(generate(n=20, seed=3, classes=["Center"]))
     images = WaferDataset.from_maps([np.zeros((20, 20, 3), np.uint8)] * 3, ["good"] * 3, kind="image")
-    with pytest.raises(DataError, match="not images"):
+    with pytest.raises(DataError, match="pattern_contrast models die-state wafer maps, not images"):
         det.fit(images)
     with pytest.raises(ConfigError, match="patterns must be"):
         registry.create("pattern_contrast", "detector", n_synthetic=90, patterns="Center|Blob", verbose=False).fit(

@@ -80,6 +80,13 @@ def training_normals(dataset, where: str | None = None):
     return dataset.subset(normal)
 
 
+def require_wafer_maps(dataset, detector: str) -> None:
+    """A clear DataError when a die-statistics detector is given images instead of wafer maps."""
+    if dataset.kind != "wafer":
+        raise DataError(f"{detector} models die-state wafer maps, not images; use autoencoder, stfpm, "
+                        "reverse_distillation, efficientad or patchcore for images", dataset.name)
+
+
 # ---- training helpers ---------------------------------------------------------------------------
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed torch (CPU) and return a numpy Generator for everything else."""

@@ -26,9 +26,8 @@ from waferscope.base import DetectionResult, Detector
 from waferscope.data import WaferDataset
 from waferscope.errors import ConfigError, RunDirError
 from waferscope.features.handcrafted import extract_features, feature_names
-from waferscope.models.detectors.common import training_normals
+from waferscope.models.detectors.common import require_wafer_maps, training_normals
 from waferscope.models.detectors.pattern_stats.anomaly_map import excess_fail_map, ring_baseline
-from waferscope.models.detectors.pattern_stats.detector import _require_wafers
 from waferscope.models.trees import STATE_ARRAYS, check_trees, fit_trees, tree_scores
 from waferscope.registry import register
 
@@ -72,7 +71,7 @@ class PatternContrastDetector(Detector):
     def fit(self, dataset, **kwargs) -> "PatternContrastDetector":
         from waferscope.data.synthetic import generate
 
-        _require_wafers(dataset)
+        require_wafer_maps(dataset, "pattern_contrast")
         normals = training_normals(dataset)
         if int(self.n_synthetic) < 9:
             raise ConfigError(f"n_synthetic must be at least 9 (one map per generator class), got {self.n_synthetic}")
@@ -98,7 +97,7 @@ class PatternContrastDetector(Detector):
 
     def score(self, dataset) -> DetectionResult:
         self._check_fitted()
-        _require_wafers(dataset)
+        require_wafer_maps(dataset, "pattern_contrast")
         if len(dataset) == 0:
             return DetectionResult(scores=np.zeros(0), maps=[])
         log_odds = tree_scores(self.trees_, self._features(dataset.maps))[:, 1]

@@ -20,18 +20,12 @@ import numpy as np
 
 from waferscope.base import DetectionResult, Detector
 from waferscope.errors import ConfigError, DataError
-from waferscope.models.detectors.common import batch_slices, progress, training_normals
+from waferscope.models.detectors.common import batch_slices, progress, require_wafer_maps, training_normals
 from waferscope.features.pattern_stats import FEATURE_NAMES, local_fail_rate, pattern_features
 from waferscope.models.detectors.pattern_stats.anomaly_map import add_to_ring_baseline, excess_fail_map
 from waferscope.registry import register
 
 _CHUNK = 1024  # maps per progress step
-
-
-def _require_wafers(dataset) -> None:
-    if dataset.kind != "wafer":
-        raise DataError("pattern_stats models die-state wafer maps, not images; use autoencoder, stfpm, "
-                        "reverse_distillation, efficientad or patchcore for images", dataset.name)
 
 
 @register("pattern_stats", kind="detector")
@@ -64,7 +58,7 @@ class PatternStatsDetector(Detector):
     def fit(self, dataset, **kwargs) -> "PatternStatsDetector":
         from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
-        _require_wafers(dataset)
+        require_wafer_maps(dataset, "pattern_stats")
         normals = training_normals(dataset)
         if len(normals) < 2:
             raise DataError(f"pattern_stats needs at least 2 normal maps to fit a covariance, got {len(normals)}",
@@ -97,7 +91,7 @@ class PatternStatsDetector(Detector):
 
     def score(self, dataset) -> DetectionResult:
         self._check_fitted()
-        _require_wafers(dataset)
+        require_wafer_maps(dataset, "pattern_stats")
         maps: list[np.ndarray] = []
         feats = self._statistics(dataset.maps, "score pattern_stats",
                                  lambda wafer, local: maps.append(self.anomaly_map(wafer, local)))
