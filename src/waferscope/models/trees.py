@@ -81,6 +81,19 @@ def check_trees(trees: dict[str, np.ndarray], n_features: int) -> None:
         raise ValueError("tree roots out of range")
 
 
+def load_trees(tensors, n_features: int, owner: str) -> dict[str, np.ndarray]:
+    """The tree arrays of a saved run (``tensors`` as read from safetensors), checked by
+    :func:`check_trees`; a RunDirError naming ``owner`` when they are missing or damaged."""
+    from waferscope.errors import RunDirError
+
+    trees = {k: tensors[k].numpy() for k in STATE_ARRAYS if k in tensors}
+    try:
+        check_trees(trees, n_features)
+    except ValueError as exc:
+        raise RunDirError(f"the saved {owner} state is damaged: {exc}") from None
+    return trees
+
+
 ROWS_PER_CHUNK = 512  # rows walked at once: temporaries are rows × trees, so memory stays ~100 MB
 
 

@@ -17,12 +17,13 @@ loading a run never unpickles; a test checks the walk against scikit-learn's own
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import softmax
 
 from waferscope.base import Classifier
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import extract_features, feature_names
 from waferscope.models.classifiers.torch_base import label_order, labelled_for_training
-from waferscope.models.trees import STATE_ARRAYS, check_trees, fit_trees, tree_scores
+from waferscope.models.trees import fit_trees, load_trees, tree_scores
 from waferscope.registry import register
 
 @register("gbm", kind="classifier")
@@ -46,7 +47,6 @@ class GradientBoostingClassifier(Classifier):
                                 feature_set=self.feature_set)
 
     def fit(self, dataset, **kwargs) -> "GradientBoostingClassifier":
-        feature_names(self.feature_set)  # an unknown set fails before the features are computed
         dataset = labelled_for_training(dataset, type(self).__name__)
         classes = label_order(dataset.labels)
         index = {c: i for i, c in enumerate(classes)}
@@ -65,10 +65,7 @@ class GradientBoostingClassifier(Classifier):
         self._check_fitted()
         if len(dataset) == 0:
             return np.zeros((0, len(self.classes_)))
-        raw = self.decision_function(self.features(dataset))
-        raw -= raw.max(axis=1, keepdims=True)
-        proba = np.exp(raw)
-        return proba / proba.sum(axis=1, keepdims=True)
+        return softmax(self.decision_function(self.features(dataset)), axis=1)
 
     def n_parameters(self) -> int:
         """Stored numbers that define the model: per node a feature, threshold and leaf value."""
@@ -85,10 +82,5 @@ class GradientBoostingClassifier(Classifier):
         if int(extras.get("n_features", -1)) != n_features:
             raise RunDirError(f"the saved trees use {extras.get('n_features')} features, but feature set "
                               f"{self.feature_set!r} has {n_features}")
-        trees = {k: tensors[k].numpy() for k in STATE_ARRAYS if k in tensors}
-        try:
-            check_trees(trees, n_features)
-        except ValueError as exc:
-            raise RunDirError(f"the saved gradient-boosting state is damaged: {exc}") from None
+        self.trees_ = load_trees(tensors, n_features, "gradient-boosting")
         self.classes_ = list(extras["classes"])
-        self.trees_ = trees

@@ -28,7 +28,7 @@ from waferscope.errors import ConfigError, RunDirError
 from waferscope.features.handcrafted import extract_features, feature_names
 from waferscope.models.detectors.common import require_wafer_maps, training_normals
 from waferscope.models.detectors.pattern_stats.anomaly_map import excess_fail_map, ring_baseline
-from waferscope.models.trees import STATE_ARRAYS, check_trees, fit_trees, tree_scores
+from waferscope.models.trees import fit_trees, load_trees, tree_scores
 from waferscope.registry import register
 
 FEATURE_SET = "pattern"
@@ -111,11 +111,8 @@ class PatternContrastDetector(Detector):
     def _load_state(self, tensors, extras) -> None:
         if list(extras.get("features", [])) != list(feature_names(FEATURE_SET)):
             raise RunDirError("pattern_contrast run computed with another feature list; refit it")
-        trees = {k: tensors[k].numpy() for k in STATE_ARRAYS if k in tensors}
-        try:
-            check_trees(trees, len(feature_names(FEATURE_SET)))
-            self.ring_baseline_ = tensors["ring_baseline"].numpy()
-        except (ValueError, KeyError) as exc:
-            raise RunDirError(f"the saved pattern_contrast state is damaged: {exc}") from None
-        self.trees_ = trees
+        if "ring_baseline" not in tensors:
+            raise RunDirError("the saved pattern_contrast state is damaged: no ring_baseline")
+        self.trees_ = load_trees(tensors, len(feature_names(FEATURE_SET)), "pattern_contrast")
+        self.ring_baseline_ = tensors["ring_baseline"].numpy()
         self.n_train_ = int(extras.get("n_train", 0))
