@@ -95,21 +95,19 @@ def wafer_features(wafer: np.ndarray) -> np.ndarray:
     return np.concatenate([density_features(m), radon_features(m), geometry_features(m)])
 
 
-def extended_features(wafer: np.ndarray) -> np.ndarray:
-    """The 120 ``extended`` features: these 59, the 15 pattern statistics and the 46 shape features."""
-    from waferscope.features.pattern_stats import pattern_features
-    from waferscope.features.shape import shape_features
-
-    return np.concatenate([wafer_features(wafer), pattern_features(wafer), shape_features(wafer)])
-
-
 def pattern_shape_features(wafer: np.ndarray) -> np.ndarray:
     """The 61 ``pattern`` features: the 15 pattern statistics and the 46 shape features (no Radon
-    transform, so about 4× cheaper than ``extended``)."""
+    transform, so about 4× cheaper than ``extended``). Imported here, not at the top, so that loading
+    this module (every CLI start) does not pull in scipy.ndimage."""
     from waferscope.features.pattern_stats import pattern_features
     from waferscope.features.shape import shape_features
 
     return np.concatenate([pattern_features(wafer), shape_features(wafer)])
+
+
+def extended_features(wafer: np.ndarray) -> np.ndarray:
+    """The 120 ``extended`` features: these 59 followed by the 61 ``pattern`` features."""
+    return np.concatenate([wafer_features(wafer), pattern_shape_features(wafer)])
 
 
 FEATURE_SETS = {"wm811k": wafer_features, "extended": extended_features, "pattern": pattern_shape_features}
@@ -117,16 +115,14 @@ FEATURE_SETS = {"wm811k": wafer_features, "extended": extended_features, "patter
 
 def feature_names(feature_set: str = "wm811k") -> tuple[str, ...]:
     """Names of the columns :func:`extract_features` returns for ``feature_set`` (see :data:`FEATURE_SETS`)."""
-    from waferscope.features import pattern_stats, shape
-
-    stats = tuple(f"stats_{n}" for n in pattern_stats.FEATURE_NAMES)
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {feature_set!r}; expected one of {sorted(FEATURE_SETS)}")
     if feature_set == "wm811k":
         return tuple(FEATURE_NAMES)
-    if feature_set == "extended":
-        return tuple(FEATURE_NAMES) + stats + shape.FEATURE_NAMES
-    if feature_set == "pattern":
-        return stats + shape.FEATURE_NAMES
-    raise ValueError(f"unknown feature set {feature_set!r}; expected one of {sorted(FEATURE_SETS)}")
+    from waferscope.features import pattern_stats, shape
+
+    pattern = tuple(f"stats_{n}" for n in pattern_stats.FEATURE_NAMES) + shape.FEATURE_NAMES
+    return pattern if feature_set == "pattern" else tuple(FEATURE_NAMES) + pattern
 
 
 def _chunk(maps: Sequence[np.ndarray], feature_set: str = "wm811k") -> np.ndarray:
