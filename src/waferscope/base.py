@@ -151,6 +151,20 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
     return est
 
 
+def load_bundled(bundled: dict[str, Path], which: str, kind: str) -> Estimator:
+    """One of the models shipped with waferscope: ``bundled`` maps a name (``fast``, ``accurate``)
+    to its run directory inside the package; an unknown name or a missing model is a clear error."""
+    from waferscope.errors import ConfigError
+
+    if which not in bundled:
+        raise ConfigError(f"unknown bundled {kind} {which!r}; choose one of {', '.join(bundled)}")
+    if not (Path(bundled[which]) / MODEL_JSON).is_file():
+        command = "classify" if kind == "classifier" else "detect"
+        raise RunDirError(f"no bundled {kind} is installed: pass --run with a run directory from "
+                          f"`waferscope {command} train`", bundled[which])
+    return load_run(bundled[which], kind=kind)
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}

@@ -41,15 +41,23 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.write(text)
 
 
-def load_classifier(run: Optional[Path], bundled: Optional[str] = None):
-    """The classifier in a run directory, or a bundled one (``fast`` unless ``bundled`` says
-    ``accurate``) when no run is given."""
+def load_model(run: Optional[Path], bundled: Optional[str], kind: str):
+    """(model, its run directory): the ``kind`` in ``run``, or a bundled one (``fast`` unless
+    ``bundled`` names another) when no run is given. Giving both is an error."""
+    from waferscope.base import load_bundled, load_run
+
     if run is not None and bundled is not None:
         raise ConfigError("give --run or --bundled, not both")
-    if run is None:
-        from waferscope.models.classifiers import load_default
+    if run is not None:
+        return load_run(run, kind=kind), run
+    if kind == "classifier":
+        from waferscope.models.classifiers import BUNDLED
+    else:
+        from waferscope.models.detectors import BUNDLED
+    which = bundled or "fast"
+    return load_bundled(BUNDLED, which, kind), BUNDLED[which]
 
-        return load_default(bundled or "fast")
-    from waferscope.base import load_run
 
-    return load_run(run, kind="classifier")
+def load_classifier(run: Optional[Path], bundled: Optional[str] = None):
+    """The classifier in a run directory, or a bundled one (see :func:`load_model`)."""
+    return load_model(run, bundled, "classifier")[0]

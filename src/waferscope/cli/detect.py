@@ -22,7 +22,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import load_data, parse_set, write_text_atomic
+from waferscope.cli.common import load_data, load_model, parse_set, write_text_atomic
 from waferscope.errors import ConfigError, DataError, RunDirError
 
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply unsupervised anomaly detectors.")
@@ -66,19 +66,6 @@ def _select_split(dataset, split: str, auto: str, where: str):
     return dataset.subset(sel)
 
 
-
-
-def _load_detector(run: Optional[Path], bundled: Optional[str] = None):
-    """(detector, run directory used): the run given, or a bundled one (``fast`` unless ``bundled``)."""
-    from waferscope.base import load_run
-    from waferscope.models.detectors import BUNDLED, load_default
-
-    if run is not None and bundled is not None:
-        raise ConfigError("give --run or --bundled, not both")
-    if run is None:
-        which = bundled or "fast"
-        return load_default(which), BUNDLED.get(which)
-    return load_run(run, kind="detector"), run
 
 
 def read_threshold(run_dir: Path) -> dict | None:
@@ -168,7 +155,7 @@ def evaluate(
 
     where = ", ".join(data)
     dataset = _select_split(_load_data(data), split, "test", where)
-    det, run_dir = _load_detector(run, bundled)
+    det, run_dir = load_model(run, bundled, "detector")
     n_unlabelled = int((~dataset.is_labelled).sum())
     if n_unlabelled:
         typer.echo(f"note: skipping {n_unlabelled} unlabelled map(s) of {len(dataset)}", err=True)
@@ -216,7 +203,7 @@ def score(
     dataset = _load_data(data)
     if len(dataset) == 0:
         raise DataError("no maps to score", where)
-    det, run_dir = _load_detector(run, bundled)
+    det, run_dir = load_model(run, bundled, "detector")
     _check_kind(det, dataset, where)
     result = det.score(dataset)
     thr = read_threshold(run_dir)

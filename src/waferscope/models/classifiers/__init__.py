@@ -23,12 +23,9 @@ BUNDLED = {"fast": DEFAULT_MODEL_DIR, "accurate": _WEIGHTS / "classifier_accurat
 
 def load_default(which: str = "fast"):
     """A classifier shipped with waferscope: ``"fast"`` (the default) or ``"accurate"`` (:data:`BUNDLED`)."""
-    from waferscope.base import load_run
-    from waferscope.errors import ConfigError
+    from waferscope.base import load_bundled
 
-    if which not in BUNDLED:
-        raise ConfigError(f"unknown bundled classifier {which!r}; choose one of {', '.join(BUNDLED)}")
-    return load_run(BUNDLED[which], kind="classifier")
+    return load_bundled(BUNDLED, which, "classifier")
 # Advanced classification (docs/classification_advanced.md): distillation, autoencoder variants,
 # pseudo-labelling, mixed-type multi-label.
 from waferscope.models.classifiers import (  # noqa: F401,E402  (registers kd_student, ae_latent, cnn_residual, pseudo_label_cnn, multilabel_cnn)

@@ -24,12 +24,6 @@ BUNDLED = {"fast": DEFAULT_MODEL_DIR, "accurate": DEFAULT_MODEL_DIR.parent / "de
 
 def load_default(which: str = "fast"):
     """A detector shipped with waferscope: ``"fast"`` (the default) or ``"accurate"`` (:data:`BUNDLED`)."""
-    from waferscope.base import load_run
-    from waferscope.errors import ConfigError, RunDirError
+    from waferscope.base import load_bundled
 
-    if which not in BUNDLED:
-        raise ConfigError(f"unknown bundled detector {which!r}; choose one of {', '.join(BUNDLED)}")
-    if not (BUNDLED[which] / "model.json").is_file():
-        raise RunDirError("no bundled detector is installed: pass --run with a run directory from "
-                          "`waferscope detect train`", BUNDLED[which])
-    return load_run(BUNDLED[which], kind="detector")
+    return load_bundled(BUNDLED, which, "detector")
