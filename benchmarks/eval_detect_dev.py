@@ -41,6 +41,16 @@ def dev_split(seed: int = 0) -> tuple[WaferDataset, WaferDataset]:
     return dev.subset(train_idx), dev.subset(test_mask)
 
 
+def per_class_auroc(scores: np.ndarray, test: WaferDataset) -> dict[str, float]:
+    """AUROC of each defect class's maps against the test set's normal maps."""
+    from sklearn.metrics import roc_auc_score
+
+    labels, normal = np.asarray(test.labels).astype(str), test.is_normal
+    return {c: float(roc_auc_score(np.r_[np.zeros(normal.sum()), np.ones((labels == c).sum())],
+                                   np.r_[scores[normal], scores[labels == c]]))
+            for c in sorted(set(labels[~normal]))}
+
+
 def parse_params(items: list[str]) -> dict:
     out = {}
     for it in items:
@@ -77,12 +87,7 @@ def main() -> None:
     res = det.score(test)
     t_score = time.perf_counter() - t0
     real = evaluate_detection(res, test)
-    classes = sorted(set(test.labels) - {"none"})
-    from sklearn.metrics import roc_auc_score
-
-    normal_scores = res.scores[test.is_normal]
-    per_class = {c: round(float(roc_auc_score(np.r_[np.zeros(len(normal_scores)), np.ones((test.labels == c).sum())],
-                                               np.r_[normal_scores, res.scores[test.labels == c]])), 4) for c in classes}
+    per_class = {c: round(v, 4) for c, v in per_class_auroc(res.scores, test).items()}
     out = {"detector": args.detector, "params": params, "split_seed": args.split_seed,
            "synthetic_normals": args.synthetic_normals,
            "n_train": len(train), "fit_s": round(t_fit, 1), "score_maps_per_s": round(len(test) / t_score, 1),

@@ -15,11 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_detect_dev import dev_split  # noqa: E402  (the protocol's split, shared with that script)
+from eval_detect_dev import dev_split, per_class_auroc  # noqa: E402  (the protocol, shared with that script)
 
 from waferscope import registry  # noqa: E402
 from waferscope.data.classes import BASE_PATTERNS  # noqa: E402
@@ -31,16 +30,14 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     train, test = dev_split(args.split_seed)
-    labels, normal = test.labels.astype(str), test.is_normal
     results = {}
     print("| left out | image AUROC, all 8 classes | AUROC of the left-out class vs normals |\n|---|---:|---:|")
     for left_out in [None, *BASE_PATTERNS]:
         patterns = None if left_out is None else [p for p in BASE_PATTERNS if p != left_out]
         det = registry.create("pattern_contrast", "detector", patterns=patterns, verbose=False).fit(train)
         scores = det.score(test).scores
-        per_class = {c: float(roc_auc_score(np.r_[np.zeros(normal.sum()), np.ones((labels == c).sum())],
-                                            np.r_[scores[normal], scores[labels == c]])) for c in BASE_PATTERNS}
-        overall = float(roc_auc_score(~normal, scores))
+        per_class = per_class_auroc(scores, test)
+        overall = float(roc_auc_score(~test.is_normal, scores))
         results[left_out or "none left out"] = {"image_auroc": overall, "per_class": per_class}
         shown = f"{per_class[left_out]:.3f}" if left_out else "—"
         print(f"| {left_out or 'none left out'} | {overall:.3f} | {shown} |", flush=True)
