@@ -57,12 +57,21 @@ def local_fail_rate(wafer: np.ndarray) -> np.ndarray:
     return fails / np.maximum(dies, 1e-6)
 
 
+def principal_axes(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float]:
+    """Standard deviations along the minor and major principal axes of a set of die positions
+    (0, 0 for fewer than 3 dies)."""
+    if len(rows) < 3:
+        return 0.0, 0.0
+    minor, major = np.sqrt(np.clip(np.linalg.eigvalsh(np.cov(np.stack([rows, cols]).astype(np.float64))), 0, None))
+    return float(minor), float(major)
+
+
 def _cluster_shape(rows: np.ndarray, cols: np.ndarray, member: np.ndarray, h: int, w: int) -> tuple[float, ...]:
     radius = float(np.hypot((rows.mean() - (h - 1) / 2) / (h / 2), (cols.mean() - (w - 1) / 2) / (w / 2)))
     if len(rows) > 2:
-        minor, major = np.sqrt(np.clip(np.linalg.eigvalsh(np.cov(np.stack([rows, cols]))), 0, None))
+        minor, major = principal_axes(rows, cols)
         elongation = float(np.log((major + 0.5) / (minor + 0.5)))
-        length = 4 * float(major) / max(h, w)
+        length = 4 * major / max(h, w)
     else:
         elongation, length = 0.0, len(rows) / max(h, w)
     boundary = int((member & ~ndimage.binary_erosion(member, _FOUR)).sum())

@@ -38,6 +38,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
+from waferscope.features.pattern_stats import principal_axes
+
 N_RINGS, N_SECTORS = 10, 24
 ANNULI = ("inner", "middle", "outer")
 ANNULUS_EDGES = np.array([0.0, 0.4, 0.75])
@@ -84,14 +86,6 @@ def longest_circular_run(flags: np.ndarray) -> int:
         current = current + 1 if flag else 0
         best = max(best, current)
     return best
-
-
-def _axes(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float]:
-    """Standard deviations along the minor and major principal axes of a set of die positions."""
-    if len(rows) < 3:
-        return 0.0, 0.0
-    minor, major = np.sqrt(np.clip(np.linalg.eigvalsh(np.cov(np.stack([rows, cols]).astype(np.float64))), 0, None))
-    return float(minor), float(major)
 
 
 def _sector_stats(fail, on, sector, in_annulus, threshold) -> list[float]:
@@ -159,7 +153,7 @@ def _cluster_features(fail, radius, angle, h: int, w: int, n_fail: int) -> list[
             break
         box = boxes[index]
         rows, cols = np.nonzero(labels[box] == index + 1)
-        minor, major = _axes(rows, cols)
+        minor, major = principal_axes(rows, cols)
         length = 4 * major / diameter
         n_long += length > LONG_CLUSTER
         if length > longest:
