@@ -27,8 +27,8 @@ classes that get confused is finer:
   of all dies, and the spread of the fails' radii.
 
 Radii are normalised so that the die grid's inscribed ellipse is r = 1. Everything is computed on the
-map's own die grid (no resize), rotation-invariant except the sector statistics' start angle (which
-only the run lengths and maxima use, so they are invariant too). Pure numpy/scipy, about 1 ms per map.
+map's own die grid (no resize). The features are nearly rotation-invariant: only the sector
+statistics depend, slightly, on where the 24 sectors start. Pure numpy/scipy, about 1 ms per map.
 """
 
 from __future__ import annotations
