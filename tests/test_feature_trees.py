@@ -129,6 +129,13 @@ def test_pattern_contrast_fit_score_save_load(tmp_path):
         assert a.shape == m.shape and a.dtype == np.float32 and (a[m == 0] == 0).all()
     again = load_run(det.save(tmp_path / "run"), kind="detector").score(test)
     np.testing.assert_array_equal(again.scores, res.scores)
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(tmp_path / "run" / "weights.safetensors")
+    del weights["ring_baseline"]
+    save_file(weights, tmp_path / "run" / "weights.safetensors")
+    with pytest.raises(RunDirError, match="pattern_contrast state is damaged: no ring_baseline"):
+        load_run(tmp_path / "run", kind="detector")
     refit = registry.create("pattern_contrast", "detector", n_synthetic=450, max_iter=60, n_jobs=1, verbose=False)
     np.testing.assert_array_equal(refit.fit(train).score(test).scores, res.scores)   # seeded
 
