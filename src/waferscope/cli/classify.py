@@ -16,13 +16,14 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import load_classifier, load_data, parse_set, write_text_atomic
+from waferscope.cli.common import DATA_HELP, load_classifier, load_data, parse_set, write_text_atomic
 from waferscope.errors import ConfigError, DataError
 
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-pattern classifiers.")
 
-DATA_HELP = "Data SPEC: a file/folder load() reads, or synthetic:n=…,seed=…"
-
+RUN_OPTION = typer.Option(None, "--run", help="Classifier run directory (default: a bundled model)")
+BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; cnn_fine, ~9,000 "
+                              "wafers/s) or 'accurate' (gbm, ~250 wafers/s, +0.12 macro-F1)")
 
 
 def check_training_labels(dataset, where: str) -> None:
@@ -37,9 +38,6 @@ def check_training_labels(dataset, where: str) -> None:
         shown = ", ".join(repr(u) for u in unknown[:10]) + (" …" if len(unknown) > 10 else "")
         raise DataError(f"unknown class name(s) in the training labels: {shown}; "
                         f"expected WM-811K classes: {', '.join(CLASSES)}", where)
-
-
-
 
 
 @app.command()
@@ -78,9 +76,8 @@ def train(
 def evaluate(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (labelled maps)"),
     out: Path = typer.Option(..., "--out", help="Output folder: metrics.json and confusion_matrix.png"),
-    run: Optional[Path] = typer.Option(None, "--run", help="Classifier run directory (default: a bundled model)"),
-    bundled: Optional[str] = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; cnn_fine, "
-                                          "~9,000 wafers/s) or 'accurate' (gbm, ~250 wafers/s, +0.12 macro-F1)"),
+    run: Optional[Path] = RUN_OPTION,
+    bundled: Optional[str] = BUNDLED_OPTION,
 ) -> None:
     """Accuracy, macro/weighted F1, per-class precision/recall/F1 and a confusion matrix."""
     from waferscope.metrics.classification import classification_report_dict, save_confusion_matrix_png
@@ -112,9 +109,8 @@ def evaluate(
 def predict(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Output CSV: id, predicted, one probability column per class"),
-    run: Optional[Path] = typer.Option(None, "--run", help="Classifier run directory (default: a bundled model)"),
-    bundled: Optional[str] = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; cnn_fine, "
-                                          "~9,000 wafers/s) or 'accurate' (gbm, ~250 wafers/s, +0.12 macro-F1)"),
+    run: Optional[Path] = RUN_OPTION,
+    bundled: Optional[str] = BUNDLED_OPTION,
 ) -> None:
     """Predict the defect class of every map."""
     import io

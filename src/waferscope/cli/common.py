@@ -9,6 +9,8 @@ from typing import List, Optional
 
 from waferscope.errors import ConfigError
 
+DATA_HELP = "Data SPEC: a file/folder load() reads, or synthetic:n=…,seed=…"
+
 
 def load_data(specs: List[str]):
     """Load one spec, or concatenate several into one data set."""

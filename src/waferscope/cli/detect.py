@@ -22,12 +22,14 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import load_data, load_model, parse_set, write_text_atomic
+from waferscope.cli.common import DATA_HELP, load_data, load_model, parse_set, write_text_atomic
 from waferscope.errors import ConfigError, DataError, RunDirError
 
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply unsupervised anomaly detectors.")
 
-DATA_HELP = "Data SPEC: a file/folder load() reads, or synthetic:n=…,seed=…"
+RUN_OPTION = typer.Option(None, "--run", help="Detector run directory (default: a bundled detector)")
+BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; autoencoder, maps and "
+                              "images) or 'accurate' (pattern_contrast, wafer maps only)")
 THRESHOLD_JSON = "threshold.json"
 
 
@@ -144,9 +146,8 @@ def train(
 def evaluate(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (labelled: none/good = normal, anything else = anomalous)"),
     out: Path = typer.Option(..., "--out", help="Output folder: metrics.json, roc_pr.png, overlays.png"),
-    run: Optional[Path] = typer.Option(None, "--run", help="Detector run directory (default: a bundled detector)"),
-    bundled: Optional[str] = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; autoencoder, "
-                                          "maps and images) or 'accurate' (pattern_contrast, wafer maps only)"),
+    run: Optional[Path] = RUN_OPTION,
+    bundled: Optional[str] = BUNDLED_OPTION,
     n_overlays: int = typer.Option(6, "--overlays", min=0, help="How many anomaly-map overlays to draw"),
     split: str = typer.Option("auto", "--split", help="auto (the test split when the data has train and test), train, test or all"),
 ) -> None:
@@ -173,7 +174,7 @@ def evaluate(
     if thr is not None:
         at = prf_at(y, result.scores[idx], thr["threshold"])
         metrics["at_run_threshold"] = {**at, "threshold": thr["threshold"], "method": thr.get("method", "")}
-    metrics.update(model=det.registry_name, run=str(run) if run else "bundled", data=list(data))
+    metrics.update(model=det.registry_name, run=str(run) if run else f"bundled ({bundled or 'fast'})", data=list(data))
     out.mkdir(parents=True, exist_ok=True)
     _plot_curves(y, result.scores[idx], out / "roc_pr.png", f"{det.registry_name} on {dataset.name}")
     if n_overlays:
@@ -193,9 +194,8 @@ def _safe_name(s: str) -> str:
 def score(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Output CSV: id, label, score[, anomalous]"),
-    run: Optional[Path] = typer.Option(None, "--run", help="Detector run directory (default: a bundled detector)"),
-    bundled: Optional[str] = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; autoencoder, "
-                                          "maps and images) or 'accurate' (pattern_contrast, wafer maps only)"),
+    run: Optional[Path] = RUN_OPTION,
+    bundled: Optional[str] = BUNDLED_OPTION,
     maps: Optional[Path] = typer.Option(None, "--maps", help="Folder for per-sample anomaly maps (<id>.npy, float32, H×W)"),
 ) -> None:
     """Score every map; optionally write each anomaly map (at the map's own size) as .npy."""

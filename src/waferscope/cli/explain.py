@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from waferscope.cli.common import load_classifier
+from waferscope.cli.common import DATA_HELP, load_classifier
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def explain_cmd(
-    data: str = typer.Option(..., "--data", help="Data spec: a file/folder load() reads, or synthetic:n=…,seed=…"),
+    data: str = typer.Option(..., "--data", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Output folder"),
     run: Optional[Path] = typer.Option(None, "--run", help="Classifier run directory (default: the bundled model)"),
     method: str = typer.Option("gradcam", "--method", help="gradcam or gradcam++"),
