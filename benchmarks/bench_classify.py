@@ -16,7 +16,7 @@ import argparse
 import os
 import platform
 import statistics
-import time
+from timing import timed_passes  # benchmarks/timing.py
 from waferscope.data.paths import DEV_MAPS
 
 DEV = str(DEV_MAPS)
@@ -42,14 +42,9 @@ def main(argv=None) -> int:
     clf = load_default() if args.run is None else load_run(args.run, kind="classifier")
     dev = load(args.dev)
     data = dev.subset(np.arange(args.n) % len(dev))
-    clf.predict(data.subset(np.arange(min(2048, len(data)))))  # warm-up
-    times, cpu = [], []
-    for _ in range(args.repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        labels = clf.predict(data)
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    assert len(labels) == len(data)
+    warm = np.arange(min(2048, len(data)))
+    assert len(clf.predict(data.subset(warm))) == len(warm)  # warm-up, and one label per map
+    times, cpu = timed_passes(lambda: clf.predict(data), args.repeats)
     params = clf.get_params()
     size = f"input {params['size']}px" if params.get("size") else "features of each map's own die grid"
     print(f"model: {clf.registry_name} ({args.run or 'bundled'}), {size}, {clf.n_parameters():,} parameters")

@@ -20,6 +20,7 @@ import argparse  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from timing import timed_passes  # noqa: E402  (benchmarks/timing.py)
 
 
 def best_rate(fn, n: int, repeat: int) -> tuple[float, float, float]:
@@ -28,13 +29,8 @@ def best_rate(fn, n: int, repeat: int) -> tuple[float, float, float]:
     t = time.perf_counter()
     fn()
     cold = n / (time.perf_counter() - t)
-    best = best_cpu = 0.0
-    for _ in range(repeat):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        best = max(best, n / (time.perf_counter() - t))
-        best_cpu = max(best_cpu, n / max(time.process_time() - c, 1e-9))
-    return cold, best, best_cpu
+    walls, cpus = timed_passes(fn, repeat)
+    return cold, n / min(walls), n / max(min(cpus), 1e-9)
 
 
 def main(argv=None) -> None:

@@ -15,10 +15,10 @@ import argparse
 import json
 import platform
 import sys
-import time
 import traceback
 
 import torch
+from timing import timed_passes  # benchmarks/timing.py
 
 from waferscope import registry
 from waferscope.data.synthetic import generate
@@ -45,11 +45,7 @@ def main() -> None:
             params = {k: v for k, v in {"epochs": 1, "verbose": False}.items() if k in valid}
             det = cls(**params).fit(train)
             det.score(test.subset(range(min(256, len(test)))))  # warm-up
-            best = float("inf")
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                det.score(test)
-                best = min(best, time.perf_counter() - t0)
+            best = min(timed_passes(lambda: det.score(test), args.repeats)[0])
             row = {"detector": name, "wafers_per_s": round(args.n / best, 1),
                    "batch_size": getattr(det, "batch_size", None), "input_size": getattr(det, "input_size", None),
                    "threads": args.threads, "n": args.n}

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import timed_passes  # benchmarks/timing.py
 
 
 # name → (task, registry name, training params) for models trained here when no run is given
@@ -35,12 +35,7 @@ TRAIN = {
 
 
 def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timed_passes(fn, repeats)[0])
 
 
 def quality(task: str, out, data) -> float:

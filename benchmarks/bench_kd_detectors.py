@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+from timing import timed_passes  # benchmarks/timing.py
 
 from waferscope import registry
 from waferscope.data import load
@@ -57,17 +58,9 @@ def throughput(det, data: WaferDataset, repeats: int, threads: int) -> tuple[flo
     rate does not (much): 2 × it is what 2 idle cores would give with perfect scaling.
     """
     det.score(data.subset(np.arange(min(64, len(data)))))  # warm-up (and tracing)
-    best = np.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        det.score(data)
-        best = min(best, time.perf_counter() - t)
+    best = min(timed_passes(lambda: det.score(data), repeats)[0])
     torch.set_num_threads(1)
-    best_cpu = np.inf
-    for _ in range(repeats):
-        c = time.process_time()
-        det.score(data)
-        best_cpu = min(best_cpu, time.process_time() - c)
+    best_cpu = min(timed_passes(lambda: det.score(data), repeats)[1])
     torch.set_num_threads(threads)
     return len(data) / best, len(data) / best_cpu
 

@@ -18,6 +18,7 @@ import os
 import time
 
 import torch
+from timing import timed_passes  # benchmarks/timing.py
 
 from waferscope import registry
 from waferscope.data.synthetic import generate
@@ -49,12 +50,7 @@ def main() -> None:
         test = generate(args.score_n, seed=1)
         det = registry.create(args.detector, kind="detector", **params).fit(train)
         det.score(test.subset(range(256)))  # warm-up
-        times, cpu = [], []
-        for _ in range(2):
-            t, c = time.perf_counter(), time.process_time()
-            det.score(test)
-            times.append(time.perf_counter() - t)
-            cpu.append(time.process_time() - c)
+        times, cpu = timed_passes(lambda: det.score(test), 2)
         # On a shared machine wall time measures the neighbours too; CPU seconds (all threads of this
         # process) bound what an idle machine with `threads` cores would do: n / (cpu / threads).
         out["throughput"] = {"n": len(test), "seconds_best": round(min(times), 2),

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
-import numpy as np
+from timing import timed_passes  # benchmarks/timing.py
 from waferscope.data.paths import DEV_MAPS
 
 DEV = str(DEV_MAPS)
@@ -35,13 +34,8 @@ def best_rate(fn, n: int, repeats: int) -> tuple[float, float]:
     wafers per CPU-second × cores is what the same cores would do unshared (the batches are
     data-parallel, so it scales with cores up to memory bandwidth)."""
     fn()  # warm-up (allocator, thread pool)
-    best_wall = best_cpu = float("inf")
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        best_wall = min(best_wall, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    return n / best_wall, n / best_cpu
+    walls, cpus = timed_passes(fn, repeats)
+    return n / min(walls), n / min(cpus)
 
 
 def main(argv=None) -> int:
