@@ -270,13 +270,23 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
     need none), ``localise`` × :func:`localisation_loss` of the true class's Grad-CAM against the
     mask: the network is taught to put its class evidence on the pattern's dies, not on the clean
     wafer around them (which a global-average classifier otherwise also uses as evidence).
+
+    ``teacher`` (a run directory, ``bundled:accurate``, or a classifier name such as ``gbm``, which is
+    then trained on the same maps first; or ``fit(dataset, teacher=<fitted classifier>)``) distils a
+    slower, more accurate classifier into this fast network: every training map gets the teacher's
+    probabilities as soft targets (loss: :func:`~waferscope.models.classifiers.distill.kd_loss` with
+    ``distil_alpha``, ``distil_temperature``), and ``distil_synthetic`` extra synthetic maps, from a
+    seed no training set uses, show the student the teacher's function on maps the teacher did not
+    fit. On the real dev maps the ``gbm`` teacher lifts ``cnn_fine`` by several macro-F1 points
+    (docs/classification.md, "Distilling gbm into cnn_fine"); the student keeps its speed.
     """
 
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 40, batch_size: int = 64,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 10, seed: int = 0, progress: bool = True,
                  tta: bool = False, width: int = 24, dropout: float = 0.2, head: int = 24, localise: float = 3.0,
-                 input_kernel: int = 3, relu_stride: int = 4):
+                 input_kernel: int = 3, relu_stride: int = 4, teacher: str | None = None,
+                 distil_alpha: float = 0.8, distil_temperature: float = 2.0, distil_synthetic: int = 0):
         super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta,
@@ -285,27 +295,72 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         self.localise = localise
         self.input_kernel = input_kernel
         self.relu_stride = relu_stride
+        self.teacher = teacher
+        self.distil_alpha = distil_alpha
+        self.distil_temperature = distil_temperature
+        self.distil_synthetic = distil_synthetic
 
     def build_network(self, in_chans: int, n_classes: int):
         return fine_head_wafer_cnn(in_chans, n_classes, self.width, self.head, self.dropout, self.input_kernel,
                                    self.relu_stride)
 
-    def fit(self, dataset, **kwargs) -> "FineHeadCNNClassifier":
+    def fit(self, dataset, teacher=None, **kwargs) -> "FineHeadCNNClassifier":
         if not float(self.localise) >= 0:
             raise ConfigError(f"cnn_fine localise must be a weight >= 0, got {self.localise!r}")
-        super().fit(dataset, **kwargs)
+        self._teacher = None
+        if teacher is not None or self.teacher:
+            dataset = self._with_teacher(dataset, teacher)
+        try:
+            super().fit(dataset, **kwargs)
+        finally:
+            self._teacher = None
         self.network_.last_map = None
         return self
+
+    def _with_teacher(self, dataset, teacher):
+        """Resolve the teacher; the training maps plus ``distil_synthetic`` transfer maps."""
+        from waferscope.data import WaferDataset
+        from waferscope.data.classes import CLASSES
+        from waferscope.data.synthetic import generate
+        from waferscope.models.classifiers.distill import fitted_teacher
+        from waferscope.models.classifiers.torch_base import label_order, labelled_for_training
+
+        if not 0 <= float(self.distil_alpha) <= 1 or not float(self.distil_temperature) > 0:
+            raise ConfigError(f"cnn_fine distils with 0 <= distil_alpha <= 1 and distil_temperature > 0, got "
+                              f"{self.distil_alpha!r} and {self.distil_temperature!r}")
+        labelled = labelled_for_training(dataset, type(self).__name__)
+        self._teacher = teacher if teacher is not None else fitted_teacher(
+            self.teacher, labelled, seed=int(self.seed), progress=bool(self.progress))
+        self.distilled_from_ = (type(self._teacher).__name__ if teacher is not None else str(self.teacher))
+        n_extra = int(self.distil_synthetic)
+        if n_extra <= 0 or labelled.kind != "wafer":
+            return labelled
+        known = [c for c in label_order(labelled.labels) if c in CLASSES]
+        # A seed the training data do not use, so the teacher's targets on them are predictions, not
+        # its fit to its own training maps.
+        transfer = generate(n_extra, seed=20_000 + int(self.seed), classes=known)
+        return WaferDataset.concat([labelled, transfer], name=f"{labelled.name}+{n_extra} transfer maps")
+
+    def _soft_targets(self, dataset):
+        if getattr(self, "_teacher", None) is None:
+            return None
+        from waferscope.models.classifiers.distill import teacher_log_proba
+
+        return teacher_log_proba(self._teacher, dataset, self.classes_)
 
     def _state(self):
         tensors, extras = super()._state()
         extras["head_design"] = 2  # relu_stride is a parameter
+        if getattr(self, "distilled_from_", None):
+            extras["distilled_from"] = self.distilled_from_
         return tensors, extras
 
     def _load_state(self, tensors, extras) -> None:
         if extras.get("head_design") is None:
             # saved before relu_stride existed: those runs had the ReLU at S×S (same weight names)
             self.relu_stride = 1
+        if extras.get("distilled_from"):
+            self.distilled_from_ = extras["distilled_from"]
         super()._load_state(tensors, extras)
 
     def _training_masks(self, dataset):

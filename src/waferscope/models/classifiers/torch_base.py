@@ -20,8 +20,9 @@ Everything else is here:
 Hooks for subclasses that change the objective (knowledge distillation, semi-supervised...):
 ``fit(dataset, **kwargs)`` stores ``kwargs`` in ``self._fit_kwargs`` before training,
 :meth:`_loss` ``(logits, targets, batch_x)`` computes the training loss of one batch,
-:meth:`_train_batches` yields ``(batch_x, targets)`` and :meth:`_training_masks` can supply
-per-die masks that follow their maps through batching and augmentation. ``network_`` is the fitted ``nn.Module``.
+:meth:`_train_batches` yields ``(batch_x, targets)``, :meth:`_training_masks` can supply
+per-die masks and :meth:`_soft_targets` a teacher's soft targets, both following their maps through
+batching and augmentation. ``network_`` is the fitted ``nn.Module``.
 """
 
 from __future__ import annotations
@@ -123,15 +124,30 @@ class TorchClassifier(Classifier):
         return w.astype(np.float32)
 
     def _loss(self, logits, targets, batch_x):
-        """The training loss of one batch (subclasses add terms, e.g. a distillation term on batch_x)."""
+        """The training loss of one batch (subclasses add terms, e.g. a distillation term on batch_x):
+        class-weighted cross-entropy, or with a teacher's soft targets (:meth:`_soft_targets`) the
+        distillation loss :func:`~waferscope.models.classifiers.distill.kd_loss`."""
         import torch.nn.functional as F
 
+        if getattr(self, "_batch_soft", None) is not None:
+            from waferscope.models.classifiers.distill import kd_loss
+
+            return kd_loss(logits, self._batch_soft, targets, self.distil_alpha, self.distil_temperature,
+                           weight=self._loss_weight)
         return F.cross_entropy(logits, targets, weight=self._loss_weight)
 
     def _training_masks(self, dataset) -> np.ndarray | None:
         """Per-die masks resized like the maps, (N, size, size) uint8, for a loss that uses them;
         None (the default) trains without. While training, each batch's masks, turned with their
         maps, are in ``self._batch_masks`` when :meth:`_loss` runs."""
+        return None
+
+    def _soft_targets(self, dataset) -> np.ndarray | None:
+        """(N, n_classes) float32 log-probabilities of a teacher for every map of ``dataset`` (columns in
+        ``self.classes_`` order), for a distillation term in :meth:`_loss`; None (the default) trains on
+        the labels alone. A subclass that returns them defines ``distil_alpha`` and
+        ``distil_temperature``. They follow their maps through batching; a rotated or flipped map keeps
+        its targets (its class does not change under the 8 symmetries of the square)."""
         return None
 
     def _train_batches(self, x_u8: np.ndarray, y: np.ndarray, rng: np.random.Generator,
@@ -147,10 +163,13 @@ class TorchClassifier(Classifier):
             order = rng.permutation(n)
         bs = int(self.batch_size)
         masks = getattr(self, "_train_masks", None)
+        soft = getattr(self, "_train_soft", None)
         for start in range(0, n, bs):
             idx = order[start:start + bs]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
+            if soft is not None:
+                self._batch_soft = torch.from_numpy(soft[idx])
             xb = x_u8[idx]
             if masks is not None:  # a map and its mask turn together (one draw per map, as without masks)
                 both = np.stack([xb, masks[idx]], axis=1)
@@ -191,6 +210,9 @@ class TorchClassifier(Classifier):
 
         self.classes_ = list(classes)
         self.in_chans_ = self._in_chans(kind)
+        soft = self._soft_targets(dataset)
+        self._train_soft = None if soft is None else soft[tr]
+        self._batch_soft = None
         net = self.build_network(self.in_chans_, len(classes))
         self._loss_weight = (torch.from_numpy(self._class_weights(y_tr, len(classes)))
                              if self.imbalance == "loss" else None)
@@ -228,7 +250,7 @@ class TorchClassifier(Classifier):
             if use_val and epoch + 1 - best[2] >= self.patience:
                 break
         bar.close()
-        self._train_masks = self._batch_masks = None
+        self._train_masks = self._batch_masks = self._train_soft = self._batch_soft = None
         if best[1] is not None:
             net.load_state_dict(best[1])
         net.eval()
