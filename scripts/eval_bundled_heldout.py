@@ -5,12 +5,15 @@ models were trained; the other 180 maps were never seen by either model, so they
 held-out check on real wafers (some of their lots do appear in the dev set).
 
     python scripts/eval_bundled_heldout.py
+    python scripts/eval_bundled_heldout.py --run RUN [--run RUN2]   # also these run directories
 
-Prints accuracy, macro-F1 over the classes present and per-class F1 for each bundled model.
+Prints accuracy, macro-F1 over the classes present and per-class F1 for each bundled model (and
+each ``--run``).
 """
 
 from __future__ import annotations
 
+import argparse
 import warnings
 
 import numpy as np
@@ -25,7 +28,12 @@ def key(wafer: np.ndarray) -> bytes:
     return bytes(np.asarray(wafer.shape, np.int32)) + np.ascontiguousarray(wafer).tobytes()
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", action="append", default=[], help="a classifier run directory to check as well")
+    args = ap.parse_args(argv)
+    from waferscope.base import load_run
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sample = load(str(DEV_MAPS.parent / "LSWMD_sample.pkl"))
@@ -36,8 +44,10 @@ def main() -> int:
     classes = sorted(set(y))
     print(f"{len(held)} of {len(sample)} sample maps are not in the dev set; classes: "
           + ", ".join(f"{c} {int((y == c).sum())}" for c in classes))
-    for name in BUNDLED:
-        pred = load_default(name).predict(held).astype(str)
+    models = [(name, lambda name=name: load_default(name)) for name in BUNDLED]
+    models += [(run, lambda run=run: load_run(run, kind="classifier")) for run in args.run]
+    for name, loader in models:
+        pred = loader().predict(held).astype(str)
         per = f1_score(y, pred, labels=classes, average=None, zero_division=0)
         print(f"{name:9s} accuracy {accuracy_score(y, pred):.3f}  macro-F1 {per.mean():.3f}  "
               + "  ".join(f"{c} {v:.2f}" for c, v in zip(classes, per)))
