@@ -1,9 +1,13 @@
 """Train the classifiers shipped with waferscope: the fast one (``cnn_fine``) in
-src/waferscope/weights/classifier_default/ and the accurate one (``gbm``) in classifier_accurate/.
+src/waferscope/weights/classifier_default/, the accurate one (``gbm``) in classifier_accurate/ and
+``cnn_fine`` distilled from the accurate one in classifier_distilled/.
 
     python scripts/train_bundled_classifier.py --threads 1  # the fast bundled model, as committed
     python scripts/train_bundled_classifier.py --model gbm --threads 2 \
         --out src/waferscope/weights/classifier_accurate   # the accurate bundled model, as committed
+    python scripts/train_bundled_classifier.py --threads 1 --synthetic 0 \
+        --set teacher=bundled:accurate distil_synthetic=12000 epochs=15 \
+        --out src/waferscope/weights/classifier_distilled  # the distilled one (after the accurate one)
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 
 Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024, mask=--mask)``) plus every

@@ -149,3 +149,19 @@ def test_accurate_bundled_model_and_bundled_option_errors(tmp_path, monkeypatch,
     code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--bundled", "accurate", "--run", str(tmp_path),
                         "--data", "synthetic:n=9,seed=5", "--out", str(tmp_path / "q.csv"))
     assert code == 2 and "not both" in err and not (tmp_path / "q.csv").exists()
+
+
+def test_distilled_bundled_model_is_cnn_fine_taught_by_gbm(tmp_path, monkeypatch, capsys):
+    from waferscope.data.classes import CLASSES
+    from waferscope.models.classifiers import BUNDLED, load_default
+
+    assert sum(p.stat().st_size for p in BUNDLED["distilled"].iterdir()) < 1_000_000
+    clf = load_default("distilled")
+    assert clf.registry_name == "cnn_fine" and clf.classes_ == list(CLASSES)
+    assert clf.distilled_from_ == "bundled:accurate"
+    ds = generate(n=45, seed=77)
+    assert (clf.predict(ds) == ds.labels).mean() > 0.7  # synthetic maps it was not trained on
+    code, err = run_cli(monkeypatch, capsys, "classify", "evaluate", "--bundled", "distilled",
+                        "--data", "synthetic:n=18,seed=5", "--out", str(tmp_path / "ev"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"] == "bundled (distilled)"

@@ -2,7 +2,8 @@
 
 SPEC is anything :func:`waferscope.data.load` reads (a .parquet/.npz/.pkl file, a folder, or
 ``synthetic:n=…,seed=…``). Without ``--run``, ``evaluate`` and ``predict`` use a bundled model:
-``--bundled fast`` (the default, ``cnn_fine``) or ``--bundled accurate`` (``gbm``).
+``--bundled fast`` (the default, ``cnn_fine``), ``--bundled distilled`` (``cnn_fine`` distilled
+from ``gbm``) or ``--bundled accurate`` (``gbm``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-p
 
 RUN_OPTION = typer.Option(None, "--run", help="Classifier run directory (default: a bundled model)")
 BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; cnn_fine, ~9,000 "
-                              "wafers/s) or 'accurate' (gbm, ~250 wafers/s, +0.12 macro-F1)")
+                              "wafers/s, the model `explain` uses), 'distilled' (cnn_fine distilled from "
+                              "gbm: as fast, more accurate) or 'accurate' (gbm, ~250 wafers/s, the most "
+                              "accurate)")
 
 
 def check_training_labels(dataset, where: str) -> None:

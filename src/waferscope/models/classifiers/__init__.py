@@ -15,14 +15,17 @@ from waferscope.models.classifiers import cnn, gbm, svm  # noqa: F401  (register
 
 _WEIGHTS = Path(__file__).resolve().parent.parent.parent / "weights"
 DEFAULT_MODEL_DIR = _WEIGHTS / "classifier_default"
-# The two classifiers shipped with waferscope (scripts/train_bundled_classifier.py trains both):
-# "fast" (cnn_fine: ~9,000 wafers/s, Grad-CAM explanations; 5-fold dev macro-F1 0.755) and
-# "accurate" (gbm: ~250 wafers/s, no Grad-CAM; 5-fold dev macro-F1 0.874).
-BUNDLED = {"fast": DEFAULT_MODEL_DIR, "accurate": _WEIGHTS / "classifier_accurate"}
+# The classifiers shipped with waferscope (scripts/train_bundled_classifier.py trains each):
+# "fast" (cnn_fine: ~9,000 wafers/s, Grad-CAM trained to sit on the pattern; 5-fold dev macro-F1 0.755),
+# "distilled" (the same network distilled from gbm: as fast, more accurate, its Grad-CAM less
+# focused; docs/classification.md) and "accurate" (gbm: ~250 wafers/s, no Grad-CAM; 0.874).
+BUNDLED = {"fast": DEFAULT_MODEL_DIR, "distilled": _WEIGHTS / "classifier_distilled",
+           "accurate": _WEIGHTS / "classifier_accurate"}
 
 
 def load_default(which: str = "fast"):
-    """A classifier shipped with waferscope: ``"fast"`` (the default) or ``"accurate"`` (:data:`BUNDLED`)."""
+    """A classifier shipped with waferscope: ``"fast"`` (the default), ``"distilled"`` or ``"accurate"``
+    (:data:`BUNDLED`)."""
     from waferscope.base import load_bundled
 
     return load_bundled(BUNDLED, which, "classifier")
