@@ -50,10 +50,13 @@ def test_tiny_run_with_all_training_options_is_deterministic(realism, tmp_path):
     real = tmp_path / "real.npz"
     _write_real(real)
     args = ["--n", "90", "--epochs", "2", "--width", "4", "--batch", "30", "--size", "32", "--grid", "4",
-            "--fresh-per-epoch", "--ema", "0.9", "--die-noise", "0.05", "--real", str(real)]
+            "--ema", "0.9", "--die-noise", "0.05", "--real", str(real)]
     first, second = realism.main(args), realism.main(args)
+    assert first["args"]["fresh_per_epoch"] is True  # the default since 2026-11-24
     assert first["predicted"] == second["predicted"]
     assert 0.0 <= first["macro_f1"] <= 1.0
+    same_maps = realism.main(args + ["--no-fresh-per-epoch", "--no-tta"])
+    assert same_maps["args"]["fresh_per_epoch"] is False
 
 
 def _write_real(path):
