@@ -4,8 +4,13 @@
 If the generator's classes look like the real ones, a classifier that never saw a real wafer
 still classifies real wafers well. Acceptance: macro-F1 >= 0.80 on the 2,892 real dev maps.
 
-    python scripts/realism_check.py        # 45k maps, 48 px, width 24, 4 epochs, 1 thread: ~8 min CPU
-    python scripts/realism_check.py --n 27000 --epochs 3 --width 16   # quick comparison run: ~2 min CPU
+    python scripts/realism_check.py        # 6 epochs × 45k fresh maps, 48 px, width 24, 1 thread: ~13 min CPU
+    python scripts/realism_check.py --n 27000 --epochs 3 --width 16   # quick comparison run: ~2.5 min CPU
+
+Every epoch trains on --n maps never shown before (``--no-fresh-per-epoch``: the same maps every
+epoch, the recipe before 2026-11-24, with ``--epochs 4``). Optional, off by default and not
+helpful in the measurements of docs/synthetic.md: ``--ema DECAY`` (score a moving average of the
+weights), ``--die-noise RATE`` (flip a few dies pass <-> fail on every training map).
 
 Prints per-class precision/recall/F1 and the confusion matrix (rows = real class, columns =
 prediction) of the softmax averaged over the 8 rotations/flips of each real map, and the
@@ -50,19 +55,47 @@ def to_input(maps, size: int) -> np.ndarray:
     return encode(resize_maps(maps, size), "onehot3")
 
 
+def flip_dies(maps, max_rate: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Die noise: on each map flip a random share (drawn uniformly in [0, max_rate]) of its dies
+    pass <-> fail, so the CNN does not lean on the exact background fail rate of the generator."""
+    out = []
+    for m, rate in zip(maps, rng.uniform(0.0, max_rate, len(maps))):
+        flip = (m > 0) & (rng.random(m.shape) < rate)
+        noisy = m.copy()
+        noisy[flip] = 3 - noisy[flip]  # 1 (pass) <-> 2 (fail)
+        out.append(noisy)
+    return out
+
+
+# Seed of the synthetic maps of epoch e with --fresh-per-epoch: epoch 0 uses --seed itself (the same
+# maps as without the flag); later epochs are far from any seed a user would pass to --seed.
+EPOCH_SEED_STRIDE = 100_000
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed + EPOCH_SEED_STRIDE * epoch
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=45000, help="synthetic training maps (class-balanced)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=48, help="network input size (maps resized to size×size); "
                     "at least the grid size, so nearest resizing never drops a row of dies")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--width", type=int, default=24, help="channels of the first conv block (doubles twice)")
     ap.add_argument("--grid", type=int, default=6, help="spatial grid of the flattened head (size/8 keeps "
                     "the last feature map unpooled)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fresh-per-epoch", action=argparse.BooleanOptionalAction, default=True,
+                    help="draw --n new synthetic maps for every epoch (seed --seed + %d × epoch) instead "
+                    "of showing the same maps every epoch" % EPOCH_SEED_STRIDE)
+    ap.add_argument("--ema", type=float, default=0.0, help="evaluate an exponential moving average of the "
+                    "weights with this decay per step (0 = off; e.g. 0.995)")
+    ap.add_argument("--die-noise", type=float, default=0.0, help="flip up to this share of each training "
+                    "map's dies pass <-> fail (per-map share uniform in [0, value]; 0 = off)")
     ap.add_argument("--real", default=DEV, help="real labelled maps to evaluate on")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
     ap.add_argument("--no-tta", action="store_true", help="score the plain prediction only (by default the "
@@ -76,8 +109,17 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(args.seed)
     t0, c0 = time.perf_counter(), time.process_time()
     syn = generate(args.n, seed=args.seed)
-    x_syn = resize_maps(syn.maps, args.size)
-    y_syn = np.array([CLASSES.index(c) for c in syn.labels])
+    noise_rng = np.random.default_rng([args.seed, 1])  # separate stream: --die-noise 0 leaves the rest unchanged
+
+    def training_maps(epoch: int):
+        """(resized maps, class indices) of one epoch: fresh maps if asked, die noise if asked."""
+        nonlocal syn
+        if args.fresh_per_epoch and epoch > 0:
+            syn = generate(args.n, seed=epoch_seed(args.seed, epoch))
+        maps = flip_dies(syn.maps, args.die_noise, noise_rng) if args.die_noise > 0 else syn.maps
+        return resize_maps(maps, args.size), np.array([CLASSES.index(c) for c in syn.labels])
+
+    x_syn, y_syn = training_maps(0)
     real = load(args.real)
     x_real = to_input(real.maps, args.size)
     y_real = np.array([CLASSES.index(c) for c in real.labels])
@@ -88,8 +130,14 @@ def main(argv=None) -> dict:
     steps = args.epochs * (len(syn) // args.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
+    averaged = None
+    if args.ema > 0:  # one network: a running average of its own weights
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
     step = 0
     for epoch in range(args.epochs):
+        if epoch > 0 and (args.fresh_per_epoch or args.die_noise > 0):
+            x_syn, y_syn = training_maps(epoch)
         model.train()
         order = rng.permutation(len(syn))
         total = 0.0
@@ -102,11 +150,22 @@ def main(argv=None) -> dict:
             loss.backward()
             opt.step()
             sched.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             step += 1
             total += loss.item()
         print(f"epoch {epoch + 1}/{args.epochs}: loss {total / (b + 1):.3f} ({time.perf_counter() - t0:.0f}s)",
               file=sys.stderr)
 
+    if averaged is not None:
+        # BatchNorm statistics must be recomputed for the averaged weights (averaging the running
+        # statistics of the changing network scored 0.47 on the quick check): one pass over up to
+        # 100 batches of the last epoch's training maps, augmented as in training.
+        from torch.optim.swa_utils import update_bn
+        model = averaged.module
+        n_bn = min(len(x_syn) // args.batch, 100) * args.batch
+        update_bn((torch.from_numpy(encode(augment_dihedral(x_syn[i:i + args.batch], rng), "onehot3"))
+                   for i in range(0, n_bn, args.batch)), model)
     model.eval()
 
     def probabilities(x: np.ndarray) -> np.ndarray:
