@@ -52,7 +52,7 @@ def test_distillation_uses_the_teacher_and_adds_transfer_maps(synth, tmp_path):
     student = registry.create("cnn_fine", "classifier", distil_synthetic=18, **FAST).fit(synth, teacher=teacher)
     assert teacher.seen == len(synth) + 18  # every training map and every transfer map got soft targets
     assert student.history_[0]["train_loss"] != plain.history_[0]["train_loss"]
-    assert student.distilled_from_ == "RecordingTeacher"
+    assert student.distilled_from_ == "RecordingTeacher" and plain.distilled_from_ is None
     student.save(tmp_path / "run")
     again = load_run(tmp_path / "run", kind="classifier")
     assert again.distilled_from_ == "RecordingTeacher"

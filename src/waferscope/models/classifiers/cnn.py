@@ -308,6 +308,7 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         if not float(self.localise) >= 0:
             raise ConfigError(f"cnn_fine localise must be a weight >= 0, got {self.localise!r}")
         self._teacher = None
+        self.distilled_from_ = None  # a refit without a teacher must not keep an earlier teacher's name
         if teacher is not None or self.teacher:
             dataset = self._with_teacher(dataset, teacher)
         try:
