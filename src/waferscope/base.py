@@ -152,7 +152,7 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
 
 
 def load_bundled(bundled: dict[str, Path], which: str, kind: str) -> Estimator:
-    """One of the models shipped with waferscope: ``bundled`` maps a name (``fast``, ``accurate``)
+    """One of the models shipped with waferscope: ``bundled`` maps a name (``fast``, ``accurate``, …)
     to its run directory inside the package; an unknown name or a missing model is a clear error."""
     from waferscope.errors import ConfigError
 

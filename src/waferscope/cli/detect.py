@@ -68,8 +68,6 @@ def _select_split(dataset, split: str, auto: str, where: str):
     return dataset.subset(sel)
 
 
-
-
 def read_threshold(run_dir: Path) -> dict | None:
     path = Path(run_dir) / THRESHOLD_JSON
     if not path.is_file():

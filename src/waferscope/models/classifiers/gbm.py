@@ -26,6 +26,7 @@ from waferscope.models.classifiers.torch_base import label_order, labelled_for_t
 from waferscope.models.trees import fit_trees, load_trees, tree_scores
 from waferscope.registry import register
 
+
 @register("gbm", kind="classifier")
 class GradientBoostingClassifier(Classifier):
     """Histogram gradient boosting on the extended wafer features (see the module docstring)."""
