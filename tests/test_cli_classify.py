@@ -165,3 +165,13 @@ def test_distilled_bundled_model_is_cnn_fine_taught_by_gbm(tmp_path, monkeypatch
                         "--data", "synthetic:n=18,seed=5", "--out", str(tmp_path / "ev"))
     assert code == 0, err
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"] == "bundled (distilled)"
+
+
+def test_usage_errors_are_one_message_not_a_traceback(capsys):
+    from clitools import invoke
+
+    code, _, err = invoke(capsys, "classify", "train", "--data", "synthetic:n=9,seed=1", "--set", "epochs=1",
+                          "seed=2", "--out", "unused")
+    assert code == 2 and "unexpected extra argument" in err and "Traceback" not in err
+    code, _, err = invoke(capsys, "classify", "predict", "--no-such-option")
+    assert code == 2 and "No such option" in err and "Traceback" not in err

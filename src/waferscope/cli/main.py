@@ -33,15 +33,27 @@ def main() -> None:
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors (unknown option, extra argument) arrive here in non-standalone mode
+        if isinstance(exc, _usage_error_types()):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, typer.Abort):
             sys.exit(130)
         raise
+
+
+def _usage_error_types() -> tuple[type, ...]:
+    """The ClickException classes a usage error can be: typer >= 0.2x raises those of its vendored
+    copy of click (``typer._click``), older typer those of click itself."""
+    import importlib
+
+    types = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            types.append(importlib.import_module(module).ClickException)
+        except ImportError:
+            pass
+    return tuple(types)
 
 
 if __name__ == "__main__":
