@@ -15,7 +15,8 @@ from waferscope.data.dataset import WaferDataset
 from waferscope.data.synthetic import generate
 from waferscope.errors import DataError, RunDirError
 from waferscope.metrics.classification import classification_report_dict, save_confusion_matrix_png
-from waferscope.models.classifiers.torch_base import TorchClassifier, label_order
+from waferscope.models.classifiers.common import label_order
+from waferscope.models.classifiers.torch_base import TorchClassifier
 
 torch.set_num_threads(1)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from waferscope.data.preprocess import resize_maps
 from waferscope.errors import ConfigError
+from waferscope.models.classifiers.common import label_order, labelled_for_training
 from waferscope.models.classifiers.torch_base import TorchClassifier
 from waferscope.registry import register
 
@@ -324,7 +325,6 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         from waferscope.data.classes import CLASSES
         from waferscope.data.synthetic import generate
         from waferscope.models.classifiers.distill import fitted_teacher
-        from waferscope.models.classifiers.torch_base import label_order, labelled_for_training
 
         if not 0 <= float(self.distil_alpha) <= 1 or not float(self.distil_temperature) > 0:
             raise ConfigError(f"cnn_fine distils with 0 <= distil_alpha <= 1 and distil_temperature > 0, got "

@@ -40,7 +40,8 @@ import numpy as np
 
 from waferscope.data.preprocess import dihedral
 from waferscope.errors import ConfigError, DataError
-from waferscope.models.classifiers.torch_base import TorchClassifier, label_order
+from waferscope.models.classifiers.common import label_order
+from waferscope.models.classifiers.torch_base import TorchClassifier
 from waferscope.registry import register
 
 IGNORE = -1  # target of a transfer-set map: no label, distilled only
@@ -249,7 +250,6 @@ class _DieStateStem:
 
     @staticmethod
     def build(conv):
-        import torch
         from torch import nn
 
         W = conv.weight.detach()

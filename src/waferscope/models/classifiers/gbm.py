@@ -22,7 +22,7 @@ from scipy.special import softmax
 from waferscope.base import Classifier
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import extract_features, feature_names
-from waferscope.models.classifiers.torch_base import label_order, labelled_for_training
+from waferscope.models.classifiers.common import label_order, labelled_for_training
 from waferscope.models.trees import fit_trees, load_trees, tree_scores
 from waferscope.registry import register
 

@@ -16,7 +16,7 @@ import numpy as np
 from waferscope.base import Classifier
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import N_FEATURES, extract_features
-from waferscope.models.classifiers.torch_base import label_order, labelled_for_training
+from waferscope.models.classifiers.common import label_order, labelled_for_training
 from waferscope.registry import register
 
 # The SVC's fitted arrays, stored as they are ("_"-prefixed ones are libsvm's internal copies).

@@ -35,32 +35,13 @@ from typing import Iterator
 import numpy as np
 
 from waferscope.base import Classifier
-from waferscope.data.classes import CLASSES, UNLABELLED
 from waferscope.data.preprocess import (augment_dihedral, channels, dihedral, encode, encode_images, resize_maps,
                                         stratified_split)
-from waferscope.errors import DataError, RunDirError
+from waferscope.errors import RunDirError
+from waferscope.models.classifiers.common import label_order, labelled_for_training
 
 IMBALANCE_MODES = ("loss", "sampler", "none")
 _ONEHOT3 = np.eye(3, dtype=np.float32)
-
-
-def label_order(labels: np.ndarray) -> list[str]:
-    """The classes a model learns: the labels seen, in WM-811K order when they are WM-811K names."""
-    seen = sorted(set(np.asarray(labels, dtype=str).tolist()) - {UNLABELLED})
-    if set(seen) <= set(CLASSES):
-        return [c for c in CLASSES if c in seen]
-    return seen
-
-
-def labelled_for_training(dataset, who: str = "classifier"):
-    """The labelled part of a data set; unlabelled maps are skipped with a note on stderr."""
-    n_unlabelled = int((~dataset.is_labelled).sum())
-    if n_unlabelled:
-        print(f"note: {who}: skipping {n_unlabelled} unlabelled map(s) of {len(dataset)}", file=sys.stderr)
-        dataset = dataset.labelled()
-    if len(dataset) == 0:
-        raise DataError(f"{dataset.name}: no labelled maps to train on")
-    return dataset
 
 
 class TorchClassifier(Classifier):
@@ -143,8 +124,8 @@ class TorchClassifier(Classifier):
         return None
 
     def _soft_targets(self, dataset) -> np.ndarray | None:
-        """(N, n_classes) float32 log-probabilities of a teacher for every map of ``dataset`` (columns in
-        ``self.classes_`` order), for a distillation term in :meth:`_loss`; None (the default) trains on
+        """(N, n_classes) float32 log-probabilities of a teacher for every map of ``dataset`` (the maps
+        ``fit`` trains on, its validation split left out; columns in ``self.classes_`` order), for a distillation term in :meth:`_loss`; None (the default) trains on
         the labels alone. A subclass that returns them defines ``distil_alpha`` and
         ``distil_temperature``. They follow their maps through batching; a rotated or flipped map keeps
         its targets (its class does not change under the 8 symmetries of the square)."""
@@ -210,8 +191,8 @@ class TorchClassifier(Classifier):
 
         self.classes_ = list(classes)
         self.in_chans_ = self._in_chans(kind)
-        soft = self._soft_targets(dataset)
-        self._train_soft = None if soft is None else soft[tr]
+        # Only the training part: validation maps are scored on hard labels, so a teacher need not see them.
+        self._train_soft = self._soft_targets(dataset.subset(tr))
         self._batch_soft = None
         net = self.build_network(self.in_chans_, len(classes))
         self._loss_weight = (torch.from_numpy(self._class_weights(y_tr, len(classes)))

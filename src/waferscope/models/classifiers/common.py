@@ -1,0 +1,34 @@
+"""What every classifier does with its training labels, whatever its model family (trees, SVM, torch).
+
+:func:`labelled_for_training` keeps the labelled maps (with a note about the skipped ones) and
+:func:`label_order` fixes the class order a model learns, so every classifier's ``classes_`` and
+probability columns agree for the same training labels.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from waferscope.data.classes import CLASSES, UNLABELLED
+from waferscope.errors import DataError
+
+
+def label_order(labels: np.ndarray) -> list[str]:
+    """The classes a model learns: the labels seen, in WM-811K order when they are WM-811K names."""
+    seen = sorted(set(np.asarray(labels, dtype=str).tolist()) - {UNLABELLED})
+    if set(seen) <= set(CLASSES):
+        return [c for c in CLASSES if c in seen]
+    return seen
+
+
+def labelled_for_training(dataset, who: str = "classifier"):
+    """The labelled part of a data set; unlabelled maps are skipped with a note on stderr."""
+    n_unlabelled = int((~dataset.is_labelled).sum())
+    if n_unlabelled:
+        print(f"note: {who}: skipping {n_unlabelled} unlabelled map(s) of {len(dataset)}", file=sys.stderr)
+        dataset = dataset.labelled()
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.name}: no labelled maps to train on")
+    return dataset
