@@ -6,6 +6,7 @@ held-out check on real wafers (some of their lots do appear in the dev set).
 
     python scripts/eval_bundled_heldout.py
     python scripts/eval_bundled_heldout.py --run RUN [--run RUN2]   # also these run directories
+    python scripts/eval_bundled_heldout.py --prior estimate         # with a class-prior correction
 
 Prints accuracy, macro-F1 over the classes present and per-class F1 for each bundled model (and
 each ``--run``).
@@ -31,8 +32,10 @@ def key(wafer: np.ndarray) -> bytes:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="append", default=[], help="a classifier run directory to check as well")
+    ap.add_argument("--prior", default="balanced", help="class mix for the predictions, as `classify predict --prior`")
     args = ap.parse_args(argv)
     from waferscope.base import load_run
+    from waferscope.models.classifiers.prior import apply_prior
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -47,7 +50,9 @@ def main(argv=None) -> int:
     models = [(name, lambda name=name: load_default(name)) for name in BUNDLED]
     models += [(run, lambda run=run: load_run(run, kind="classifier")) for run in args.run]
     for name, loader in models:
-        pred = loader().predict(held).astype(str)
+        model = loader()
+        proba, _ = apply_prior(model, model.predict_proba(held), args.prior)
+        pred = np.asarray(model.classes_)[proba.argmax(1)].astype(str)
         per = f1_score(y, pred, labels=classes, average=None, zero_division=0)
         print(f"{name:9s} accuracy {accuracy_score(y, pred):.3f}  macro-F1 {per.mean():.3f}  "
               + "  ".join(f"{c} {v:.2f}" for c, v in zip(classes, per)))

@@ -27,6 +27,9 @@ BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'fast' (de
                               "wafers/s, the model `explain` uses), 'distilled' (cnn_fine distilled from "
                               "gbm: as fast, more accurate) or 'accurate' (gbm, ~250 wafers/s, the most "
                               "accurate)")
+PRIOR_OPTION = typer.Option("balanced", "--prior", help="Class mix of these wafers: 'balanced' (the model's "
+                            "own, default), 'wm811k' (85 % none, like a fab's stream), 'estimate' (learnt "
+                            "from these maps without labels), 'Center=3,none=85,...' or a .json file")
 
 
 def check_training_labels(dataset, where: str) -> None:
@@ -81,11 +84,14 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Output folder: metrics.json and confusion_matrix.png"),
     run: Optional[Path] = RUN_OPTION,
     bundled: Optional[str] = BUNDLED_OPTION,
+    prior: str = PRIOR_OPTION,
 ) -> None:
     """Accuracy, macro/weighted F1, per-class precision/recall/F1 and a confusion matrix."""
     from waferscope.metrics.classification import classification_report_dict, save_confusion_matrix_png
+    from waferscope.models.classifiers.prior import apply_prior, parse_prior
 
     clf = load_classifier(run, bundled)
+    parse_prior(prior, clf.classes_)  # a bad --prior fails before the maps are read and scored
     dataset = load_data(data)
     n_unlabelled = int((~dataset.is_labelled).sum())
     if n_unlabelled:
@@ -97,9 +103,11 @@ def evaluate(
     if unseen:
         typer.echo(f"note: the model does not know class(es) {', '.join(unseen)}; "
                    f"those maps count as errors", err=True)
-    pred = clf.predict(dataset)
+    proba, used_prior = apply_prior(clf, clf.predict_proba(dataset), prior)
+    pred = np.asarray(clf.classes_, dtype=object)[proba.argmax(1)]
     report = classification_report_dict(dataset.labels.astype(str), pred.astype(str), clf.classes_)
-    report.update(model=clf.registry_name, run=str(run) if run else f"bundled ({bundled or 'fast'})", data=list(data))
+    report.update(model=clf.registry_name, run=str(run) if run else f"bundled ({bundled or 'fast'})", data=list(data),
+                  prior=prior, prior_used=None if used_prior is None else dict(zip(clf.classes_, used_prior.round(6).tolist())))
     out.mkdir(parents=True, exist_ok=True)
     save_confusion_matrix_png(report["confusion_matrix"], report["classes"], out / "confusion_matrix.png",
                               title=f"{clf.registry_name} on {dataset.name} (n={len(dataset)})")
@@ -114,15 +122,22 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Output CSV: id, predicted, one probability column per class"),
     run: Optional[Path] = RUN_OPTION,
     bundled: Optional[str] = BUNDLED_OPTION,
+    prior: str = PRIOR_OPTION,
 ) -> None:
     """Predict the defect class of every map."""
     import io
 
+    from waferscope.models.classifiers.prior import apply_prior, parse_prior
+
     clf = load_classifier(run, bundled)
+    parse_prior(prior, clf.classes_)
     dataset = load_data(data)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
-    proba = clf.predict_proba(dataset)
+    proba, used_prior = apply_prior(clf, clf.predict_proba(dataset), prior)
+    if used_prior is not None:
+        typer.echo(f"class mix ({prior}): " + ", ".join(f"{c} {p:.3f}" for c, p in zip(clf.classes_, used_prior)),
+                   err=True)
     classes = list(clf.classes_)
     pred = np.asarray(classes, dtype=object)[proba.argmax(1)]
     buf = io.StringIO()

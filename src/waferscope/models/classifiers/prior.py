@@ -1,0 +1,143 @@
+"""Class-prior adaptation: the class mix a classifier assumes versus the mix of the wafers it classifies.
+
+Every single-label waferscope classifier is trained class-balanced (class-weighted loss or
+``class_weight="balanced"``), so its probabilities answer "which class, if every class were equally
+common?". A fab's wafers are not like that: about 85 % of the labelled WM-811K maps are ``none``.
+Then the few normal maps a balanced model calls Loc or Scratch outnumber the real Loc and Scratch
+maps, and those classes' precision collapses. Bayes' rule moves the probabilities to another class
+mix without retraining (Saerens, Latinne & Decaestecker, "Adjusting the outputs of a classifier to new
+a priori probabilities: a simple procedure", Neural Computation 14(1), 2002)::
+
+    p_target(c | x)  ∝  p_model(c | x) · π_target(c) / π_model(c)
+
+``π_target`` can be given (:data:`WM811K_LABELLED_COUNTS`, or the user's own mix) or estimated from the
+maps being classified, without labels, by the EM procedure of the same paper
+(:func:`estimate_prior`): alternate "adjust the probabilities to the current prior" and "the prior
+is the mean adjusted probability" until it settles. It needs a batch (a few hundred maps or more) whose
+mix is the one to adapt to.
+
+A prior spec (CLI ``--prior``, :func:`resolve_prior`) is one of
+
+* ``balanced`` — no change (the default);
+* ``wm811k`` — the class mix of the 172,950 labelled WM-811K maps;
+* ``estimate`` — EM on the maps being classified;
+* ``Center=3,none=85,…`` — weights per class (normalised; every class of the model must be named);
+* a ``.json`` file holding such a ``{class: weight}`` object.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from waferscope.errors import ConfigError
+
+# Labelled maps per class in the full LSWMD.pkl (Wu et al. 2015): what a fab's own stream looks like
+# far more than the balanced dev set does.
+WM811K_LABELLED_COUNTS = {"none": 147_431, "Edge-Ring": 9_680, "Edge-Loc": 5_189, "Center": 4_294, "Loc": 3_593,
+                          "Scratch": 1_193, "Random": 866, "Donut": 555, "Near-full": 149}
+PRIOR_SPECS = ("balanced", "wm811k", "estimate")
+
+
+def model_prior(classifier) -> np.ndarray:
+    """The class mix ``classifier``'s probabilities assume: uniform for a class-balanced model.
+
+    Raises ConfigError for models whose probabilities are not a single-label posterior under a known
+    mix (multi-label sigmoid heads; a torch model trained with ``imbalance="none"``)."""
+    if getattr(classifier, "registry_name", "") == "multilabel_cnn":
+        raise ConfigError("a class prior applies to single-label classifiers; multilabel_cnn scores each "
+                          "pattern on its own")
+    if getattr(classifier, "imbalance", "loss") == "none":
+        raise ConfigError("a class prior needs a class-balanced model; this one was trained with "
+                          "imbalance='none', so its probabilities carry its training set's class mix")
+    n = len(classifier.classes_)
+    return np.full(n, 1.0 / n)
+
+
+def parse_prior(spec: str, classes) -> np.ndarray | str | None:
+    """A prior spec → a probability vector over ``classes``, ``"estimate"``, or None (``balanced``)."""
+    classes = list(classes)
+    text = str(spec).strip()
+    if text in ("", "balanced"):
+        return None
+    if text == "estimate":
+        return "estimate"
+    if text == "wm811k":
+        weights = {c: WM811K_LABELLED_COUNTS.get(c) for c in classes}
+        missing = [c for c, w in weights.items() if w is None]
+        if missing:
+            raise ConfigError(f"--prior wm811k: the WM-811K mix has no class {', '.join(missing)} "
+                              f"(it knows {', '.join(WM811K_LABELLED_COUNTS)})")
+    elif text.endswith(".json"):
+        path = Path(text)
+        try:
+            weights = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: prior file not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable JSON object of class weights ({exc})") from None
+        if not isinstance(weights, dict):
+            raise ConfigError(f"{path}: expected a JSON object {{class: weight}}, got {type(weights).__name__}")
+    elif "=" in text:
+        weights = {}
+        for part in text.split(","):
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip():
+                raise ConfigError(f"--prior {spec!r}: expected Class=weight pairs separated by commas")
+            weights[name.strip()] = value.strip()
+    else:
+        raise ConfigError(f"--prior {spec!r}: expected one of {', '.join(PRIOR_SPECS)}, Class=weight pairs, "
+                          f"or a .json file")
+    unknown = sorted(set(weights) - set(classes))
+    missing = [c for c in classes if c not in weights]
+    if unknown or missing:
+        raise ConfigError(f"--prior {spec!r}: "
+                          + (f"unknown class(es) {', '.join(unknown)}; " if unknown else "")
+                          + (f"no weight for {', '.join(missing)}; " if missing else "")
+                          + f"the model's classes are {', '.join(classes)}")
+    try:
+        vector = np.array([float(weights[c]) for c in classes])
+    except (TypeError, ValueError):
+        raise ConfigError(f"--prior {spec!r}: every weight must be a number") from None
+    if not np.all(np.isfinite(vector)) or (vector < 0).any() or vector.sum() <= 0:
+        raise ConfigError(f"--prior {spec!r}: weights must be finite, non-negative and not all zero")
+    return vector / vector.sum()
+
+
+def adjust_to_prior(proba: np.ndarray, base: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Probabilities under class mix ``base`` → the same evidence under ``target`` (rows sum to 1)."""
+    scaled = np.asarray(proba, np.float64) * (np.asarray(target, np.float64) / np.asarray(base, np.float64))
+    total = scaled.sum(1, keepdims=True)
+    # a row whose every class got prior 0 keeps its original probabilities rather than dividing by 0
+    return np.where(total > 0, scaled / np.where(total > 0, total, 1.0), proba)
+
+
+def estimate_prior(proba: np.ndarray, base: np.ndarray, max_iter: int = 1000,
+                   tol: float = 1e-7) -> tuple[np.ndarray, int]:
+    """EM estimate of the class mix of the maps behind ``proba`` (no labels): (prior, iterations)."""
+    proba = np.asarray(proba, np.float64)
+    if len(proba) == 0:
+        raise ConfigError("--prior estimate needs at least one map")
+    prior = np.asarray(base, np.float64).copy()
+    for step in range(1, max_iter + 1):
+        updated = adjust_to_prior(proba, base, prior).mean(0)
+        if np.abs(updated - prior).max() < tol:
+            return updated, step
+        prior = updated
+    return prior, max_iter
+
+
+def apply_prior(classifier, proba: np.ndarray, spec: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``classifier``'s probabilities moved to the class mix ``spec``: (probabilities, the prior used,
+    or None when nothing changed)."""
+    if spec is None:
+        return proba, None
+    target = parse_prior(spec, classifier.classes_)
+    if target is None:
+        return proba, None
+    base = model_prior(classifier)
+    if isinstance(target, str):  # "estimate"
+        target, _ = estimate_prior(proba, base)
+    return adjust_to_prior(proba, base, target), target
