@@ -92,6 +92,8 @@ def test_model_prior_refuses_models_without_a_known_mix():
     assert model_prior(SimpleNamespace(classes_=CLASSES, imbalance="loss")).tolist() == pytest.approx([1 / 3] * 3)
     with pytest.raises(ConfigError, match="imbalance='none'"):
         model_prior(SimpleNamespace(classes_=CLASSES, imbalance="none"))
+    with pytest.raises(ConfigError, match="Platt"):
+        model_prior(SimpleNamespace(classes_=CLASSES, registry_name="svm-rbf"))
     with pytest.raises(ConfigError, match="multilabel_cnn"):
         model_prior(SimpleNamespace(classes_=CLASSES, registry_name="multilabel_cnn"))
     proba = np.array([[0.2, 0.3, 0.5]])
