@@ -27,6 +27,8 @@ pieces (e.g. one process per method) and the table is rebuilt from the cache::
     python scripts/eval_classifiers.py --table-only          # rebuild the markdown table
     python scripts/eval_classifiers.py --methods gbm --group-by-lot --work results/classification_lots
                                                              # folds that keep each lot on one side
+    python scripts/eval_classifiers.py --methods gbm --train-fraction 0.25 --work results/classification_lc25
+                                                             # a learning curve: 1/4 of the real training maps
 
 The table goes to ``--table`` (markdown) and the pooled per-class reports to ``--work``.
 """
@@ -78,6 +80,11 @@ def run_fold(method: str, fold: int, args) -> dict:
     folds = (grouped_stratified_kfold(dev.labels, dev.meta["lot"], N_FOLDS, seed=0) if args.group_by_lot
              else stratified_kfold(dev.labels, N_FOLDS, seed=0))
     train_idx, test_idx = list(folds)[fold]
+    if args.train_fraction < 1:  # a learning curve: a stratified part of the fold's real training maps
+        from waferscope.data.preprocess import stratified_split
+
+        kept, _ = stratified_split(dev.labels[train_idx], test_size=1 - args.train_fraction, seed=fold)
+        train_idx = train_idx[kept]
     parts = [dev.subset(train_idx)]
     if args.synthetic:
         parts.insert(0, generate(args.synthetic, seed=1000 + fold))
@@ -100,7 +107,7 @@ def run_fold(method: str, fold: int, args) -> dict:
         "test_index": test_idx.tolist(), "y_true": test.labels.astype(str).tolist(),
         "classes": list(clf.classes_), "train_seconds": train_s, "wafers_per_second": len(test) / infer_s,
         "params": int(clf.n_parameters()), "threads": args.threads, "synthetic": args.synthetic,
-        "best_epoch": getattr(clf, "best_epoch_", None),
+        "best_epoch": getattr(clf, "best_epoch_", None), "train_fraction": args.train_fraction,
     }
     records = [dict(record, **_predictions(clf.classes_, proba))]
     if hasattr(clf, "tta"):  # the same fitted network, prediction averaged over the 8 rotations/flips
@@ -205,14 +212,23 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="recompute cached folds")
     ap.add_argument("--group-by-lot", action="store_true",
                     help="folds keep each wafer lot on one side (a stricter protocol; use its own --work)")
+    ap.add_argument("--train-fraction", type=float, default=1.0,
+                    help="train on this stratified fraction of each fold's real training maps (a learning "
+                         "curve; the test folds stay whole; use its own --work)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
+    if not 0 < args.train_fraction <= 1:
+        ap.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         for method in args.methods:
             for fold in args.folds:
                 path = args.work / f"{method}_fold{fold}.json"
                 if path.exists() and not args.force:
+                    cached = json.loads(path.read_text()).get("train_fraction", 1.0)
+                    if cached != args.train_fraction:
+                        sys.exit(f"error: {path}: cached with --train-fraction {cached}, not "
+                                 f"{args.train_fraction}; use another --work (or --force)")
                     continue
                 from waferscope.metrics.classification import macro_f1
 

@@ -137,6 +137,16 @@ def test_cli_evaluate_records_the_prior(small_gbm, tmp_path, capsys):
     assert sum(report["prior_used"].values()) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_check_prior_fails_before_scoring():
+    from waferscope.models.classifiers.prior import check_prior
+
+    check_prior(SimpleNamespace(classes_=CLASSES, registry_name="svm-rbf"), "balanced")  # nothing to apply
+    with pytest.raises(ConfigError, match="Platt"):
+        check_prior(SimpleNamespace(classes_=CLASSES, registry_name="svm-rbf"), "estimate")
+    with pytest.raises(ConfigError, match="no weight for none"):
+        check_prior(SimpleNamespace(classes_=CLASSES), "Center=1,Loc=2")
+
+
 def test_cli_bad_prior_is_one_line_and_writes_nothing(small_gbm, tmp_path, capsys):
     code, _, err = invoke(capsys, "classify", "predict", "--run", small_gbm, "--data", "synthetic:n=9,seed=5",
                           "--out", tmp_path / "p.csv", "--prior", "none=1")

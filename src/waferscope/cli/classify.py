@@ -88,10 +88,10 @@ def evaluate(
 ) -> None:
     """Accuracy, macro/weighted F1, per-class precision/recall/F1 and a confusion matrix."""
     from waferscope.metrics.classification import classification_report_dict, save_confusion_matrix_png
-    from waferscope.models.classifiers.prior import apply_prior, parse_prior
+    from waferscope.models.classifiers.prior import apply_prior, check_prior
 
     clf = load_classifier(run, bundled)
-    parse_prior(prior, clf.classes_)  # a bad --prior fails before the maps are read and scored
+    check_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     dataset = load_data(data)
     n_unlabelled = int((~dataset.is_labelled).sum())
     if n_unlabelled:
@@ -127,10 +127,10 @@ def predict(
     """Predict the defect class of every map."""
     import io
 
-    from waferscope.models.classifiers.prior import apply_prior, parse_prior
+    from waferscope.models.classifiers.prior import apply_prior, check_prior
 
     clf = load_classifier(run, bundled)
-    parse_prior(prior, clf.classes_)
+    check_prior(clf, prior)
     dataset = load_data(data)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))

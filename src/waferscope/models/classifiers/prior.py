@@ -134,6 +134,13 @@ def estimate_prior(proba: np.ndarray, base: np.ndarray, max_iter: int = 1000,
     return prior, max_iter
 
 
+def check_prior(classifier, spec: str | None) -> None:
+    """Raise ConfigError now if ``spec`` is malformed or ``classifier`` cannot take a prior, before
+    any map is read or scored."""
+    if spec is not None and parse_prior(spec, classifier.classes_) is not None:
+        model_prior(classifier)
+
+
 def apply_prior(classifier, proba: np.ndarray, spec: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     """``classifier``'s probabilities moved to the class mix ``spec``: (probabilities, the prior used,
     or None when nothing changed)."""
