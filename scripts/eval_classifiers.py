@@ -172,7 +172,8 @@ def build_table(work: Path, table: Path, methods) -> str:
         per_class[method] = rep["per_class"]
         rows.append((method, len(folds), len(y_true), rep["macro_f1"], np.std(fold_f1), rep["weighted_f1"],
                      rep["accuracy"], folds[0]["params"], np.median([f["wafers_per_second"] for f in folds]),
-                     np.mean([f["train_seconds"] for f in folds]), folds[0]["synthetic"], folds[0]["threads"]))
+                     np.mean([f["train_seconds"] for f in folds]), folds[0]["synthetic"], folds[0]["threads"],
+                     folds[0].get("train_fraction", 1.0)))
     lines = ["| method | folds | dev maps tested | macro-F1 (± fold sd) | weighted-F1 | accuracy | parameters | "
              "wafers/s | train s / fold |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -181,7 +182,8 @@ def build_table(work: Path, table: Path, methods) -> str:
                      f"{r[7]:,} | {r[8]:,.0f} | {r[9]:.0f} |")
     if rows:
         lines.append("")
-        lines.append(f"Training set per fold: {rows[0][10]} synthetic maps + 4/5 of the dev maps; "
+        share = "4/5 of the dev maps" if rows[0][12] == 1 else f"{rows[0][12]:g} of 4/5 of the dev maps (stratified)"
+        lines.append(f"Training set per fold: {rows[0][10]} synthetic maps + {share}; "
                      f"{rows[0][11]} torch thread(s); wafers/s = median over folds, end to end.")
         lines.append("")
         lines.append("Per-class F1 (pooled over each method's test folds, see the folds column):")
