@@ -274,3 +274,27 @@ def test_a_failing_cell_is_reported_and_the_rest_written(tmp_path):
     assert "weights missing" in (tmp_path / "f" / "results.md").read_text()
     assert "weights missing" in (tmp_path / "f" / "index.html").read_text()
     assert len(list((tmp_path / "f" / "cells").glob("*.json"))) == 1  # the failure is not cached
+
+
+def test_class_mix_columns_weight_the_maps_like_wm811k():
+    from types import SimpleNamespace
+
+    from waferscope.benchmark.quality import class_mix_quality
+    from waferscope.data.classes import CLASSES
+
+    classes = list(CLASSES)
+    y = np.repeat(classes, 20)
+    proba = np.eye(len(classes))[[classes.index(c) for c in y]] * 0.999 + 0.001 / len(classes)  # confident
+    # two of the 20 normal maps look like Loc: harmless on a balanced test set, costly when none is 85 %
+    none_rows = np.flatnonzero(y == "none")[:2]
+    proba[none_rows] = 0.01
+    proba[none_rows, classes.index("Loc")] = 0.5
+    proba[none_rows, classes.index("none")] = 0.42
+    model = SimpleNamespace(classes_=classes, registry_name="gbm")
+    q = class_mix_quality(y, proba, classes, model)
+    balanced = float(np.mean([1.0] * 7 + [2 * 20 / 42, 2 * 18 / 38]))  # Loc: P 20/22, none: R 18/20
+    assert q["macro_f1_wm811k_mix"] < balanced - 0.05
+    assert q["macro_f1_wm811k_mix_prior"] == 1.0  # the prior tips the two maps back to none
+    svm = SimpleNamespace(classes_=classes, registry_name="svm-rbf")
+    assert class_mix_quality(y, proba, classes, svm)["macro_f1_wm811k_mix_prior"] is None
+    assert class_mix_quality(y[:40], proba[:40], classes, model) == {}  # not every class present

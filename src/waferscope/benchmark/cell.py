@@ -53,6 +53,7 @@ def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset,
     y_true, y_pred, results, tests = [], [], [], []
     est = None
     classes = None
+    probas: list | None = []
     cell_folds = folds(loaded, seed)
     for k, (train, test) in enumerate(cell_folds):
         if progress:
@@ -65,10 +66,14 @@ def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset,
         train_s += time.perf_counter() - t0
         train_cpu_s += time.process_time() - c0
         if task == "classification":
-            proba = est.predict_proba(test)
+            proba = np.asarray(est.predict_proba(test))
+            if classes is not None and list(est.classes_) != classes:
+                probas = None  # folds that learnt different classes: no pooled probabilities
             classes = list(est.classes_)
-            y_pred.append(np.asarray(classes, dtype=object)[np.asarray(proba).argmax(1)])
+            y_pred.append(np.asarray(classes, dtype=object)[proba.argmax(1)])
             y_true.append(test.labels)
+            if probas is not None:
+                probas.append(proba)
         else:
             results.append(est.score(test))
         tests.append(test)
@@ -81,6 +86,8 @@ def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset,
         seen = {str(c) for c in classes} | set(yt.tolist())
         order = [c for c in CLASSES if c in seen] + sorted(seen - set(CLASSES))
         qual, art = Q.classification_quality(yt, yp, order)
+        if probas:
+            qual.update(Q.class_mix_quality(yt, np.vstack(probas), classes, est))
         art["examples"] = _classification_examples(config, est, tests[-1])
         qual.update(_gradcam_quality(config, est, tests[-1]))
     else:

@@ -18,7 +18,7 @@ import numpy as np
 
 from waferscope.utils import atomic_path
 
-CLASSIFICATION_ONLY = {"accuracy", "macro_f1", "weighted_f1"}
+CLASSIFICATION_ONLY = {"accuracy", "macro_f1", "weighted_f1", "macro_f1_wm811k_mix", "macro_f1_wm811k_mix_prior"}
 DETECTION_ONLY = {"image_auroc", "image_aupr", "image_f1", "pixel_auroc", "pixel_aupro", "image_f1_kfold_threshold"}
 HEADLINE = {"classification": ("macro_f1", "macro F1"), "detection": ("image_auroc", "image AUROC")}
 TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]

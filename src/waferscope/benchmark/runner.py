@@ -36,8 +36,8 @@ ID_COLUMNS = ["task", "method", "model", "dataset", "seed", "n_test"]
 MODEL_COLUMNS = ["params"]
 # Measured, not reproduced exactly: timings and memory vary run to run, and the saved run's size can
 # differ by a few bytes (some models record their fit time in model.json).
-OPTIONAL_COLUMNS = ["image_f1_kfold_threshold", "gradcam_energy", "gradcam_pointing", "denoise_gradcam_f1",
-                    "denoise_median_f1"]
+OPTIONAL_COLUMNS = ["macro_f1_wm811k_mix", "macro_f1_wm811k_mix_prior", "image_f1_kfold_threshold", "gradcam_energy",
+                    "gradcam_pointing", "denoise_gradcam_f1", "denoise_median_f1"]
 TIMING_COLUMNS = ["size_bytes", "train_s", "train_cpu_s", "latency_ms", "throughput_wps", "speed_batch_size", "peak_rss_mb", "peak_extra_mb"]
 
 
