@@ -298,3 +298,17 @@ def test_class_mix_columns_weight_the_maps_like_wm811k():
     svm = SimpleNamespace(classes_=classes, registry_name="svm-rbf")
     assert class_mix_quality(y, proba, classes, svm)["macro_f1_wm811k_mix_prior"] is None
     assert class_mix_quality(y[:40], proba[:40], classes, model) == {}  # not every class present
+
+
+def test_decision_guide_names_the_best_method_for_a_mostly_normal_stream():
+    from waferscope.benchmark.report import _decision_tree
+
+    def point(name, quality, mix=None, mix_prior=None):
+        return {"method": name, "quality": quality, "throughput": 100.0, "latency": None, "size": None,
+                "mix": mix, "mix_prior": mix_prior}
+
+    html = _decision_tree("classification", [point("a", 0.9, 0.70, 0.80), point("b", 0.8, 0.75, None)])
+    assert "Mostly normal wafers" in html and "<b>a</b> with <code>--prior wm811k</code> (macro F1 0.800" in html
+    html = _decision_tree("classification", [point("a", 0.9, 0.70, 0.60), point("b", 0.8, 0.75, None)])
+    assert "<b>b</b> (macro F1 0.750" in html
+    assert "Mostly normal" not in _decision_tree("classification", [point("a", 0.9)])
