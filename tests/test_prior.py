@@ -135,6 +135,23 @@ def test_cli_evaluate_records_the_prior(small_gbm, tmp_path, capsys):
     report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert report["prior"] == "estimate"
     assert sum(report["prior_used"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert 0 <= report["macro_f1_wm811k_mix"] <= 1 and "WM-811K class mix" in err  # all 9 classes present
+
+
+def test_class_mix_macro_f1_reweights_the_test_maps():
+    from waferscope.metrics.classification import class_mix_macro_f1
+
+    y = np.array(["a"] * 10 + ["b"] * 10)
+    pred = y.copy()
+    pred[0] = "b"  # one a → b error: costs b's precision little when b is common, a lot when it is rare
+    common_b = class_mix_macro_f1(y, pred, {"a": 1, "b": 9})
+    rare_b = class_mix_macro_f1(y, pred, {"a": 9, "b": 1})
+    assert common_b > rare_b
+    # a balanced mix weights nothing: the plain macro-F1
+    from sklearn.metrics import f1_score
+
+    assert class_mix_macro_f1(y, pred, {"a": 5, "b": 5}) == pytest.approx(f1_score(y, pred, average="macro"))
+    assert class_mix_macro_f1(y[:10], pred[:10], {"a": 1, "b": 1}) is None  # b missing from the test set
 
 
 def test_check_prior_fails_before_scoring():

@@ -41,32 +41,28 @@ def classification_quality(y_true, y_pred, classes) -> tuple[dict, dict]:
 
 
 def class_mix_quality(y_true, proba: np.ndarray, classes, estimator) -> dict:
-    """Macro-F1 as if the test maps came in the class mix of the labelled WM-811K maps (85 % ``none``):
-    each map weighted by (its class's WM-811K share) / (its class's share of the test set), without
-    (``macro_f1_wm811k_mix``) and with (``…_prior``) the ``--prior wm811k`` correction. Only when the
-    test set has every WM-811K class; the prior column stays empty for a model that refuses a prior."""
-    from sklearn.metrics import f1_score
-
+    """Macro-F1 as if the test maps came in the class mix of the labelled WM-811K maps (85 % ``none``;
+    :func:`~waferscope.metrics.classification.class_mix_macro_f1`), without (``macro_f1_wm811k_mix``)
+    and with (``…_prior``) the ``--prior wm811k`` correction. Only when the test set has every WM-811K
+    class; the prior column stays empty for a model that refuses a prior."""
     from waferscope.errors import ConfigError
+    from waferscope.metrics.classification import class_mix_macro_f1
     from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS, apply_prior
 
-    y_true, classes = np.asarray(y_true, dtype=str), [str(c) for c in classes]
-    if set(y_true.tolist()) != set(WM811K_LABELLED_COUNTS) or set(classes) != set(WM811K_LABELLED_COUNTS):
+    names = np.asarray([str(c) for c in classes])
+    if set(names.tolist()) != set(WM811K_LABELLED_COUNTS):
         return {}
-    share = {c: float(np.mean(y_true == c)) for c in classes}
-    total = sum(WM811K_LABELLED_COUNTS.values())
-    weight = np.array([WM811K_LABELLED_COUNTS[c] / total / share[c] for c in y_true])
-    names = np.asarray(classes)
 
     def mix_f1(p):
-        return rnd(f1_score(y_true, names[np.asarray(p).argmax(1)], labels=classes, average="macro",
-                            sample_weight=weight, zero_division=0))
+        return rnd(class_mix_macro_f1(y_true, names[np.asarray(p).argmax(1)], WM811K_LABELLED_COUNTS))
 
-    out = {"macro_f1_wm811k_mix": mix_f1(proba), "macro_f1_wm811k_mix_prior": None}
+    out = {"macro_f1_wm811k_mix": mix_f1(proba)}
+    if out["macro_f1_wm811k_mix"] is None:
+        return {}
     try:
         out["macro_f1_wm811k_mix_prior"] = mix_f1(apply_prior(estimator, np.asarray(proba), "wm811k")[0])
     except ConfigError:  # e.g. the SVMs: their probabilities are not class-balanced
-        pass
+        out["macro_f1_wm811k_mix_prior"] = None
     return out
 
 

@@ -28,6 +28,20 @@ def accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
     return float(accuracy_score(np.asarray(y_true, dtype=str), np.asarray(y_pred, dtype=str)))
 
 
+def class_mix_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], mix: dict[str, float]) -> float | None:
+    """Macro-F1 as if the test maps came in class mix ``mix`` ({class: count or share}): each map is
+    weighted by its class's share of ``mix`` over its share of the test set. None unless the test set
+    has every class of ``mix`` (and nothing else) to re-weight."""
+    y_true, y_pred = np.asarray(y_true, dtype=str), np.asarray(y_pred, dtype=str)
+    classes = [str(c) for c in mix]
+    if set(y_true.tolist()) != set(classes):
+        return None
+    total = float(sum(mix.values()))
+    share = {c: float(np.mean(y_true == c)) for c in classes}
+    weight = np.array([mix[c] / total / share[c] for c in y_true])
+    return float(f1_score(y_true, y_pred, labels=classes, average="macro", sample_weight=weight, zero_division=0))
+
+
 def _labels(y_true: Sequence[str], classes: Sequence[str] | None) -> list[str]:
     """The classes that count in the averages: those given, restricted to ones present in y_true.
 
