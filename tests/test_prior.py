@@ -170,3 +170,19 @@ def test_cli_bad_prior_is_one_line_and_writes_nothing(small_gbm, tmp_path, capsy
     assert code == 2
     assert err.startswith("error:") and "no weight for Center" in err and "Traceback" not in err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_cli_evaluate_multilabel_run_keeps_its_own_decision_and_refuses_a_prior(tmp_path, capsys):
+    from waferscope.data.synthetic import generate
+    from waferscope.registry import create
+
+    run = tmp_path / "ml"
+    create("multilabel_cnn", "classifier", epochs=1, size=32, progress=False).fit(
+        generate(36, seed=1, mixed=True)).save(run)
+    code, _, err = invoke(capsys, "classify", "evaluate", "--run", run, "--data", "synthetic:n=18,seed=2,mixed=1",
+                          "--out", tmp_path / "ev")
+    assert code == 0, err
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["prior_used"] is None
+    code, _, err = invoke(capsys, "classify", "evaluate", "--run", run, "--data", "synthetic:n=18,seed=2,mixed=1",
+                          "--out", tmp_path / "ev2", "--prior", "estimate")
+    assert code == 2 and "multilabel_cnn" in err and not (tmp_path / "ev2").exists()

@@ -89,7 +89,7 @@ def evaluate(
     """Accuracy, macro/weighted F1, per-class precision/recall/F1 and a confusion matrix."""
     from waferscope.metrics.classification import (class_mix_macro_f1, classification_report_dict,
                                                    save_confusion_matrix_png)
-    from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS, apply_prior, check_prior
+    from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS, apply_prior, check_prior, parse_prior
 
     clf = load_classifier(run, bundled)
     check_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
@@ -104,8 +104,11 @@ def evaluate(
     if unseen:
         typer.echo(f"note: the model does not know class(es) {', '.join(unseen)}; "
                    f"those maps count as errors", err=True)
-    proba, used_prior = apply_prior(clf, clf.predict_proba(dataset), prior)
-    pred = np.asarray(clf.classes_, dtype=object)[proba.argmax(1)]
+    if parse_prior(prior, clf.classes_) is None:  # the model's own decision (a multi-label one joins names)
+        pred, used_prior = clf.predict(dataset), None
+    else:
+        proba, used_prior = apply_prior(clf, clf.predict_proba(dataset), prior)
+        pred = np.asarray(clf.classes_, dtype=object)[proba.argmax(1)]
     report = classification_report_dict(dataset.labels.astype(str), pred.astype(str), clf.classes_)
     report.update(model=clf.registry_name, run=str(run) if run else f"bundled ({bundled or 'fast'})", data=list(data),
                   prior=prior, prior_used=None if used_prior is None else dict(zip(clf.classes_, used_prior.round(6).tolist())),
