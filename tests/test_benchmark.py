@@ -295,7 +295,7 @@ def test_class_mix_columns_weight_the_maps_like_wm811k():
     balanced = float(np.mean([1.0] * 7 + [2 * 20 / 42, 2 * 18 / 38]))  # Loc: P 20/22, none: R 18/20
     assert q["macro_f1_wm811k_mix"] < balanced - 0.05
     assert q["macro_f1_wm811k_mix_prior"] == 1.0  # the prior tips the two maps back to none
-    svm = SimpleNamespace(classes_=classes, registry_name="svm-rbf")
+    svm = SimpleNamespace(classes_=classes, registry_name="svm-rbf", prior_refusal="Platt-scaled")
     assert class_mix_quality(y, proba, classes, svm)["macro_f1_wm811k_mix_prior"] is None
     assert class_mix_quality(y[:40], proba[:40], classes, model) == {}  # not every class present
 

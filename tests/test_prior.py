@@ -88,16 +88,25 @@ def test_em_recovers_the_class_mix_without_labels():
     assert adjusted > balanced + 0.02
 
 
+def _refusing(name, **params):
+    from waferscope.registry import create
+
+    model = create(name, "classifier", **params)
+    model.classes_ = CLASSES
+    return model
+
+
 def test_model_prior_refuses_models_without_a_known_mix():
-    assert model_prior(SimpleNamespace(classes_=CLASSES, imbalance="loss")).tolist() == pytest.approx([1 / 3] * 3)
-    with pytest.raises(ConfigError, match="imbalance='none'"):
-        model_prior(SimpleNamespace(classes_=CLASSES, imbalance="none"))
-    with pytest.raises(ConfigError, match="Platt"):
-        model_prior(SimpleNamespace(classes_=CLASSES, registry_name="svm-rbf"))
-    with pytest.raises(ConfigError, match="multilabel_cnn"):
-        model_prior(SimpleNamespace(classes_=CLASSES, registry_name="multilabel_cnn"))
+    assert model_prior(_refusing("cnn")).tolist() == pytest.approx([1 / 3] * 3)  # class-weighted loss
+    assert model_prior(_refusing("gbm")).tolist() == pytest.approx([1 / 3] * 3)
+    with pytest.raises(ConfigError, match="cnn cannot take a class prior: .*imbalance='none'"):
+        model_prior(_refusing("cnn", imbalance="none"))
+    with pytest.raises(ConfigError, match="svm-rbf cannot take a class prior: .*Platt"):
+        model_prior(_refusing("svm-rbf"))
+    with pytest.raises(ConfigError, match="multilabel_cnn cannot take a class prior"):
+        model_prior(_refusing("multilabel_cnn"))
     proba = np.array([[0.2, 0.3, 0.5]])
-    same, used = apply_prior(SimpleNamespace(classes_=CLASSES), proba, "balanced")
+    same, used = apply_prior(_refusing("svm-rbf"), proba, "balanced")
     assert same is proba and used is None
 
 
@@ -157,9 +166,9 @@ def test_class_mix_macro_f1_reweights_the_test_maps():
 def test_check_prior_fails_before_scoring():
     from waferscope.models.classifiers.prior import check_prior
 
-    check_prior(SimpleNamespace(classes_=CLASSES, registry_name="svm-rbf"), "balanced")  # nothing to apply
+    check_prior(_refusing("svm-rbf"), "balanced")  # nothing to apply
     with pytest.raises(ConfigError, match="Platt"):
-        check_prior(SimpleNamespace(classes_=CLASSES, registry_name="svm-rbf"), "estimate")
+        check_prior(_refusing("svm-rbf"), "estimate")
     with pytest.raises(ConfigError, match="no weight for none"):
         check_prior(SimpleNamespace(classes_=CLASSES), "Center=1,Loc=2")
 

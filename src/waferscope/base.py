@@ -184,6 +184,9 @@ class Classifier(Estimator):
     """fit(dataset) on labelled maps; predict_proba → (N, n_classes) over ``classes_``."""
 
     registry_kind = "classifier"
+    # Why a class prior (models/classifiers/prior.py) cannot move this model's probabilities, or None
+    # when they are class-balanced posteriors (every classifier trained with class weights).
+    prior_refusal: str | None = None
 
     def fit(self, dataset, **kwargs) -> "Classifier":
         raise NotImplementedError

@@ -63,6 +63,8 @@ def _val_split(strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarr
 class MultiLabelCNNClassifier(TorchClassifier):
     """The compact ``cnn`` with 8 sigmoid heads over BASE_PATTERNS, trained with BCE on ``multilabels``."""
 
+    prior_refusal = "multilabel_cnn scores each pattern on its own (sigmoid heads), not one class of several"
+
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,

@@ -44,19 +44,13 @@ PRIOR_SPECS = ("balanced", "wm811k", "estimate")
 def model_prior(classifier) -> np.ndarray:
     """The class mix ``classifier``'s probabilities assume: uniform for a class-balanced model.
 
-    Raises ConfigError for models whose probabilities are not a single-label posterior under a known
-    mix (multi-label sigmoid heads; the SVMs; a torch model trained with ``imbalance="none"``)."""
-    if getattr(classifier, "registry_name", "") == "multilabel_cnn":
-        raise ConfigError("a class prior applies to single-label classifiers; multilabel_cnn scores each "
-                          "pattern on its own")
-    if str(getattr(classifier, "registry_name", "")).startswith("svm"):
-        # libsvm fits its Platt scaling without the class weights, pairwise, so the SVMs' probabilities
-        # are not balanced posteriors: on the WM-811K mix the correction lowered svm-rbf 0.647 → 0.601.
-        raise ConfigError("a class prior needs class-balanced probabilities; the SVMs' Platt-scaled "
-                          "ones are not (docs/classification.md, 'The class mix of your wafers')")
-    if getattr(classifier, "imbalance", "loss") == "none":
-        raise ConfigError("a class prior needs a class-balanced model; this one was trained with "
-                          "imbalance='none', so its probabilities carry its training set's class mix")
+    Raises ConfigError when the model says its probabilities are not class-balanced posteriors
+    (``Classifier.prior_refusal``: the SVMs, multi-label heads, a network trained with
+    ``imbalance="none"``)."""
+    refusal = getattr(classifier, "prior_refusal", None)
+    if refusal:
+        name = getattr(classifier, "registry_name", None) or type(classifier).__name__
+        raise ConfigError(f"{name} cannot take a class prior: {refusal}")
     n = len(classifier.classes_)
     return np.full(n, 1.0 / n)
 

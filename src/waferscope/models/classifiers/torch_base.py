@@ -47,6 +47,12 @@ _ONEHOT3 = np.eye(3, dtype=np.float32)
 class TorchClassifier(Classifier):
     """Base of the PyTorch classifiers; see the module docstring."""
 
+    @property
+    def prior_refusal(self) -> str | None:
+        if self.imbalance == "none":
+            return "it was trained with imbalance='none', so its probabilities carry its training set's class mix"
+        return None
+
     def __init__(self, size: int = 64, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 2e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
