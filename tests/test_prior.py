@@ -133,6 +133,7 @@ def test_cli_predict_with_a_prior(small_gbm, tmp_path, capsys):
                           "--out", tmp_path / "q.csv")
     plain = np.array([[float(v) for v in r[2:]] for r in list(csv.reader((tmp_path / "q.csv").open()))[1:]])
     assert code == 0 and not np.allclose(plain, probs)
+    assert "rough guess" not in err
     none = rows[0].index("p_none") - 2
     assert (probs[:, none] >= plain[:, none] - 1e-6).all()  # an 85 % none mix raises every map's p(none)
 
@@ -238,3 +239,10 @@ def test_prior_shift_script_scores_cached_folds(tmp_path):
     assert wm["given"]["macro_f1_mean"] > wm["balanced"]["macro_f1_mean"] + 0.05
     assert wm["estimated_mix"]["none"] > 0.7
     assert "| toy | wm811k |" in (tmp_path / "shift.md").read_text()
+
+
+def test_cli_estimate_on_a_small_batch_says_it_is_a_rough_guess(small_gbm, tmp_path, capsys):
+    code, _, err = invoke(capsys, "classify", "predict", "--run", small_gbm, "--data", "synthetic:n=18,seed=5",
+                          "--out", tmp_path / "p.csv", "--prior", "estimate")
+    assert code == 0 and "note: --prior estimate on 18 maps is a rough guess" in err
+    assert "class mix (estimate):" in err and (tmp_path / "p.csv").is_file()

@@ -32,6 +32,15 @@ PRIOR_OPTION = typer.Option("balanced", "--prior", help="Class mix of these wafe
                             "from these maps without labels), 'Center=3,none=85,...' or a .json file")
 
 
+def note_small_estimate(prior: str, n_maps: int) -> None:
+    """``--prior estimate`` learns the class mix from the batch itself: say so when the batch is small."""
+    from waferscope.models.classifiers.prior import MIN_MAPS_TO_ESTIMATE
+
+    if prior.strip() == "estimate" and n_maps < MIN_MAPS_TO_ESTIMATE:
+        typer.echo(f"note: --prior estimate on {n_maps} maps is a rough guess; it needs a batch of a few "
+                   f"hundred maps in the mix to adapt to (or give the mix: --prior wm811k / Class=w,...)", err=True)
+
+
 def check_training_labels(dataset, where: str) -> None:
     """Wafer-map training labels must be WM-811K class names (or empty = unlabelled)."""
     from waferscope.data.classes import CLASSES, UNLABELLED
@@ -107,6 +116,7 @@ def evaluate(
     if parse_prior(prior, clf.classes_) is None:  # the model's own decision (a multi-label one joins names)
         pred, used_prior = clf.predict(dataset), None
     else:
+        note_small_estimate(prior, len(dataset))
         proba, used_prior = apply_prior(clf, clf.predict_proba(dataset), prior)
         pred = np.asarray(clf.classes_, dtype=object)[proba.argmax(1)]
     report = classification_report_dict(dataset.labels.astype(str), pred.astype(str), clf.classes_)
@@ -144,6 +154,7 @@ def predict(
     dataset = load_data(data)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
+    note_small_estimate(prior, len(dataset))
     proba, used_prior = apply_prior(clf, clf.predict_proba(dataset), prior)
     if used_prior is not None:
         typer.echo(f"class mix ({prior}): " + ", ".join(f"{c} {p:.3f}" for c, p in zip(clf.classes_, used_prior)),

@@ -39,6 +39,8 @@ from waferscope.errors import ConfigError
 WM811K_LABELLED_COUNTS = {"none": 147_431, "Edge-Ring": 9_680, "Edge-Loc": 5_189, "Center": 4_294, "Loc": 3_593,
                           "Scratch": 1_193, "Random": 866, "Donut": 555, "Near-full": 149}
 PRIOR_SPECS = ("balanced", "wm811k", "estimate")
+# Below this many maps the EM estimate of a nine-class mix rests on a handful of maps per class.
+MIN_MAPS_TO_ESTIMATE = 200
 
 
 def model_prior(classifier) -> np.ndarray:
