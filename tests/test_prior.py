@@ -164,14 +164,14 @@ def test_class_mix_macro_f1_reweights_the_test_maps():
     assert class_mix_macro_f1(y[:10], pred[:10], {"a": 1, "b": 1}) is None  # b missing from the test set
 
 
-def test_check_prior_fails_before_scoring():
-    from waferscope.models.classifiers.prior import check_prior
+def test_resolve_prior_fails_before_scoring():
+    from waferscope.models.classifiers.prior import resolve_prior
 
-    check_prior(_refusing("svm-rbf"), "balanced")  # nothing to apply
+    assert resolve_prior(_refusing("svm-rbf"), "balanced") is None  # nothing to apply
     with pytest.raises(ConfigError, match="Platt"):
-        check_prior(_refusing("svm-rbf"), "estimate")
+        resolve_prior(_refusing("svm-rbf"), "estimate")
     with pytest.raises(ConfigError, match="no weight for none"):
-        check_prior(SimpleNamespace(classes_=CLASSES), "Center=1,Loc=2")
+        resolve_prior(SimpleNamespace(classes_=CLASSES), "Center=1,Loc=2")
 
 
 def test_cli_bad_prior_is_one_line_and_writes_nothing(small_gbm, tmp_path, capsys):

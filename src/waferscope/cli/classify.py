@@ -32,11 +32,11 @@ PRIOR_OPTION = typer.Option("balanced", "--prior", help="Class mix of these wafe
                             "from these maps without labels), 'Center=3,none=85,...' or a .json file")
 
 
-def note_small_estimate(prior: str, n_maps: int) -> None:
+def note_small_estimate(shift, n_maps: int) -> None:
     """``--prior estimate`` learns the class mix from the batch itself: say so when the batch is small."""
     from waferscope.models.classifiers.prior import MIN_MAPS_TO_ESTIMATE
 
-    if prior.strip() == "estimate" and n_maps < MIN_MAPS_TO_ESTIMATE:
+    if shift.estimates and n_maps < MIN_MAPS_TO_ESTIMATE:
         typer.echo(f"note: --prior estimate on {n_maps} maps is a rough guess; it needs a batch of a few "
                    f"hundred maps in the mix to adapt to (or give the mix: --prior wm811k / Class=w,...)", err=True)
 
@@ -98,10 +98,10 @@ def evaluate(
     """Accuracy, macro/weighted F1, per-class precision/recall/F1 and a confusion matrix."""
     from waferscope.metrics.classification import (class_mix_macro_f1, classification_report_dict,
                                                    save_confusion_matrix_png)
-    from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS, apply_prior, check_prior, parse_prior
+    from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS, resolve_prior
 
     clf = load_classifier(run, bundled)
-    check_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
+    shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     dataset = load_data(data)
     n_unlabelled = int((~dataset.is_labelled).sum())
     if n_unlabelled:
@@ -113,15 +113,16 @@ def evaluate(
     if unseen:
         typer.echo(f"note: the model does not know class(es) {', '.join(unseen)}; "
                    f"those maps count as errors", err=True)
-    if parse_prior(prior, clf.classes_) is None:  # the model's own decision (a multi-label one joins names)
+    if shift is None:  # the model's own decision (a multi-label one joins names)
         pred, used_prior = clf.predict(dataset), None
     else:
-        note_small_estimate(prior, len(dataset))
-        proba, used_prior = apply_prior(clf, clf.predict_proba(dataset), prior)
+        note_small_estimate(shift, len(dataset))
+        proba, used_prior = shift.apply(clf.predict_proba(dataset))
         pred = np.asarray(clf.classes_, dtype=object)[proba.argmax(1)]
     report = classification_report_dict(dataset.labels.astype(str), pred.astype(str), clf.classes_)
     report.update(model=clf.registry_name, run=str(run) if run else f"bundled ({bundled or 'fast'})", data=list(data),
-                  prior=prior, prior_used=None if used_prior is None else dict(zip(clf.classes_, used_prior.round(6).tolist())),
+                  prior=prior,
+                  prior_used=None if used_prior is None else dict(zip(clf.classes_, used_prior.round(6).tolist())),
                   # the same predictions weighted to a fab-like mix (85 % none); None unless all 9 classes are here
                   macro_f1_wm811k_mix=class_mix_macro_f1(dataset.labels.astype(str), pred.astype(str),
                                                          WM811K_LABELLED_COUNTS))
@@ -147,16 +148,17 @@ def predict(
     """Predict the defect class of every map."""
     import io
 
-    from waferscope.models.classifiers.prior import apply_prior, check_prior
+    from waferscope.models.classifiers.prior import resolve_prior
 
     clf = load_classifier(run, bundled)
-    check_prior(clf, prior)
+    shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     dataset = load_data(data)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
-    note_small_estimate(prior, len(dataset))
-    proba, used_prior = apply_prior(clf, clf.predict_proba(dataset), prior)
-    if used_prior is not None:
+    proba = clf.predict_proba(dataset)
+    if shift is not None:
+        note_small_estimate(shift, len(dataset))
+        proba, used_prior = shift.apply(proba)
         typer.echo(f"class mix ({prior}): " + ", ".join(f"{c} {p:.3f}" for c, p in zip(clf.classes_, used_prior)),
                    err=True)
     classes = list(clf.classes_)

@@ -16,7 +16,8 @@ maps being classified, without labels, by the EM procedure of the same paper
 is the mean adjusted probability" until it settles. It needs a batch (a few hundred maps or more) whose
 mix is the one to adapt to.
 
-A prior spec (CLI ``--prior``, :func:`resolve_prior`) is one of
+A prior spec (CLI ``--prior``; :func:`resolve_prior` checks it against a model once, before any map
+is scored, and :meth:`PriorShift.apply` moves that model's probabilities) is one of
 
 * ``balanced`` — no change (the default);
 * ``wm811k`` — the class mix of the 172,950 labelled WM-811K maps;
@@ -28,6 +29,7 @@ A prior spec (CLI ``--prior``, :func:`resolve_prior`) is one of
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -130,22 +132,35 @@ def estimate_prior(proba: np.ndarray, base: np.ndarray, max_iter: int = 1000,
     return prior, max_iter
 
 
-def check_prior(classifier, spec: str | None) -> None:
-    """Raise ConfigError now if ``spec`` is malformed or ``classifier`` cannot take a prior, before
-    any map is read or scored."""
-    if spec is not None and parse_prior(spec, classifier.classes_) is not None:
-        model_prior(classifier)
+@dataclass(frozen=True)
+class PriorShift:
+    """A ``--prior`` resolved for one model: the mix its probabilities assume (``base``) and the mix
+    to move them to (``target``: a vector over the model's classes, or ``"estimate"``)."""
+
+    base: np.ndarray
+    target: np.ndarray | str
+
+    @property
+    def estimates(self) -> bool:
+        return isinstance(self.target, str)
+
+    def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the probabilities under the target mix, the target mix used — estimated from ``proba``
+        itself for ``"estimate"``)."""
+        target = estimate_prior(proba, self.base)[0] if self.estimates else self.target
+        return adjust_to_prior(proba, self.base, target), target
+
+
+def resolve_prior(classifier, spec: str | None) -> PriorShift | None:
+    """``spec`` checked against ``classifier``: None when it changes nothing (``balanced``), else the
+    shift to apply. A malformed spec, or a model that cannot take a prior, raises ConfigError here,
+    so callers resolve before reading and scoring maps."""
+    target = None if spec is None else parse_prior(spec, classifier.classes_)
+    return None if target is None else PriorShift(model_prior(classifier), target)
 
 
 def apply_prior(classifier, proba: np.ndarray, spec: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     """``classifier``'s probabilities moved to the class mix ``spec``: (probabilities, the prior used,
     or None when nothing changed)."""
-    if spec is None:
-        return proba, None
-    target = parse_prior(spec, classifier.classes_)
-    if target is None:
-        return proba, None
-    base = model_prior(classifier)
-    if isinstance(target, str):  # "estimate"
-        target, _ = estimate_prior(proba, base)
-    return adjust_to_prior(proba, base, target), target
+    shift = resolve_prior(classifier, spec)
+    return (proba, None) if shift is None else shift.apply(proba)
