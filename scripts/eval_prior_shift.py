@@ -68,7 +68,8 @@ def mixes(classes: list[str], y: np.ndarray) -> dict[str, np.ndarray]:
 def score_mix(classes, y, proba, mix, draws: int, size: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     names = np.asarray(classes)
-    codes = np.searchsorted(names, y) if list(names) == sorted(names) else np.array([classes.index(c) for c in y])
+    index = {c: i for i, c in enumerate(classes)}
+    codes = np.array([index[c] for c in y])
     base = np.full(len(classes), 1.0 / len(classes))
     present = mix > 0
     results = {"balanced": [], "given": [], "estimate": []}
