@@ -18,7 +18,8 @@ DEFAULT_MODEL_DIR = _WEIGHTS / "classifier_default"
 # The classifiers shipped with waferscope (scripts/train_bundled_classifier.py trains each):
 # "fast" (cnn_fine: ~9,000 wafers/s, Grad-CAM trained to sit on the pattern; 5-fold dev macro-F1 0.755),
 # "distilled" (the same network distilled from gbm without the localisation loss: as fast, more
-# accurate, its Grad-CAM not trained to sit on the pattern; docs/classification.md) and "accurate" (gbm: ~250 wafers/s, no Grad-CAM; 0.874).
+# accurate, its Grad-CAM not trained to sit on the pattern; docs/classification.md) and
+# "accurate" (gbm: ~250 wafers/s, no Grad-CAM; 0.874).
 BUNDLED = {"fast": DEFAULT_MODEL_DIR, "distilled": _WEIGHTS / "classifier_distilled",
            "accurate": _WEIGHTS / "classifier_accurate"}
 
