@@ -1,4 +1,4 @@
-"""scripts/plot_learning_curve.py on fake eval_classifiers caches."""
+"""The learning-curve scripts: plot_learning_curve.py on fake caches, eval_classifiers.py --train-fraction checks."""
 
 from __future__ import annotations
 
@@ -36,3 +36,28 @@ def test_learning_curve_png_from_cached_folds(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[0] == "100" and lines[1].split()[0] == "400"  # sorted by training maps
     assert float(lines[1].split()[-1]) > float(lines[0].split()[-1])  # fewer errors, higher macro-F1
+
+
+def test_a_folder_without_cached_folds_is_named(tmp_path):
+    import pytest
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"empty: no cached folds for 'gbm'"):
+        _load().main(["--method", "gbm", "--work", str(tmp_path / "empty"), "--out", str(tmp_path / "lc.png")])
+    assert not (tmp_path / "lc.png").exists()
+
+
+def test_eval_classifiers_refuses_a_bad_or_mismatched_train_fraction(tmp_path):
+    import subprocess
+    import sys
+
+    script = str(SCRIPT.parent / "eval_classifiers.py")
+    bad = subprocess.run([sys.executable, script, "--train-fraction", "1.5", "--work", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--train-fraction must be in (0, 1], got 1.5" in bad.stderr
+    (tmp_path / "gbm_fold0.json").write_text(json.dumps({"train_fraction": 0.5}))
+    mismatch = subprocess.run([sys.executable, script, "--methods", "gbm", "--folds", "0", "--train-fraction", "0.25",
+                               "--work", str(tmp_path)], capture_output=True, text=True)
+    assert mismatch.returncode == 1
+    assert "gbm_fold0.json: cached with --train-fraction 0.5, not 0.25; use another --work" in mismatch.stderr
+    assert "Traceback" not in mismatch.stderr

@@ -246,3 +246,10 @@ def test_cli_estimate_on_a_small_batch_says_it_is_a_rough_guess(small_gbm, tmp_p
                           "--out", tmp_path / "p.csv", "--prior", "estimate")
     assert code == 0 and "note: --prior estimate on 18 maps is a rough guess" in err
     assert "class mix (estimate):" in err and (tmp_path / "p.csv").is_file()
+
+
+def test_prior_shift_script_names_a_folder_without_cached_folds(tmp_path):
+    with pytest.raises(SystemExit, match=r"no cached folds for 'gbm'; run scripts/eval_classifiers.py first"):
+        _script("eval_prior_shift").main(["--methods", "gbm", "--work", str(tmp_path),
+                                          "--out", str(tmp_path / "shift.md")])
+    assert not (tmp_path / "shift.md").exists()
