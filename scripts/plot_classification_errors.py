@@ -2,7 +2,7 @@
 
 Reads the per-fold caches that scripts/eval_classifiers.py writes (test indices and predictions),
 pools them and draws, for each of the ``--pairs`` most frequent (label → prediction) confusions,
-the first ``--per-pair`` maps in dev order.
+the first ``--per-pair`` maps in dev order, and prints how many maps each pair has.
 
     python scripts/plot_classification_errors.py --method gbm --work results/classification \
         --out docs/img/classification_gbm_errors.png
@@ -23,21 +23,22 @@ from waferscope.data.render import render_map
 from waferscope.utils import atomic_path
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", default="gbm")
+    ap.add_argument("--data", default=str(DEV_MAPS), help="the maps the folds index (default: the dev maps)")
     ap.add_argument("--work", type=Path, default=Path("results/classification"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--per-pair", type=int, default=8)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dev = load(str(DEV_MAPS))
+    dev = load(args.data)
     truth = dev.labels.astype(str)
     pred = np.full(len(dev), "", dtype=object)
     for fold_file in sorted(args.work.glob(f"{args.method}_fold*.json")):
@@ -45,7 +46,13 @@ def main() -> int:
         pred[doc["test_index"]] = doc["y_pred"]
     if (pred == "").any():
         raise SystemExit(f"error: {args.work}: {args.method} has not been run on every fold")
-    pairs = [p for p, _ in Counter((t, p) for t, p in zip(truth, pred) if t != p).most_common(args.pairs)]
+    confusions = Counter((t, p) for t, p in zip(truth, pred) if t != p)
+    print(f"{args.method}: {sum(confusions.values())} errors on {len(dev)} maps; most frequent:")
+    for (label, predicted), count in confusions.most_common(args.pairs):
+        print(f"  {label} -> {predicted}: {count}")
+    pairs = [p for p, _ in confusions.most_common(args.pairs)]
+    if not pairs:
+        raise SystemExit(f"error: {args.work}: {args.method} made no errors, so there is nothing to draw")
     fig, axes = plt.subplots(len(pairs), args.per_pair, figsize=(1.6 * args.per_pair, 1.8 * len(pairs)),
                              squeeze=False)
     for row, (label, predicted) in enumerate(pairs):
