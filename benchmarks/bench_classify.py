@@ -1,6 +1,7 @@
 """End-to-end speed of the bundled classifier: variable-size wafer maps in, class labels out.
 
-    python benchmarks/bench_classify.py                 # bundled model, 2 threads, 20,000 maps
+    python benchmarks/bench_classify.py                 # the default bundled model, 2 threads, 20,000 maps
+    python benchmarks/bench_classify.py --bundled fast  # another bundled one
     python benchmarks/bench_classify.py --run RUN --threads 1 --n 5000
 
 The maps are the real dev maps (22×24 to 51×50 dies in the stored set) repeated to ``--n``, held
@@ -24,7 +25,8 @@ DEV = str(DEV_MAPS)
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", help="a classifier run directory (default: the bundled model)")
+    ap.add_argument("--run", help="a classifier run directory (default: a bundled model)")
+    ap.add_argument("--bundled", help="without --run: which bundled model (default: the one `classify` uses)")
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
@@ -36,10 +38,13 @@ def main(argv=None) -> int:
 
     from waferscope.base import load_run
     from waferscope.data import load
-    from waferscope.models.classifiers import load_default
+    from waferscope.models.classifiers import DEFAULT_FOR_LABELS, load_default
 
     torch.set_num_threads(args.threads)
-    clf = load_default() if args.run is None else load_run(args.run, kind="classifier")
+    if args.run is not None and args.bundled is not None:
+        raise SystemExit("error: give --run or --bundled, not both")
+    which = args.bundled or DEFAULT_FOR_LABELS
+    clf = load_default(which) if args.run is None else load_run(args.run, kind="classifier")
     dev = load(args.dev)
     data = dev.subset(np.arange(args.n) % len(dev))
     warm = np.arange(min(2048, len(data)))
@@ -47,7 +52,7 @@ def main(argv=None) -> int:
     times, cpu = timed_passes(lambda: clf.predict(data), args.repeats)
     params = clf.get_params()
     size = f"input {params['size']}px" if params.get("size") else "features of each map's own die grid"
-    print(f"model: {clf.registry_name} ({args.run or 'bundled'}), {size}, {clf.n_parameters():,} parameters")
+    print(f"model: {clf.registry_name} ({args.run or f'bundled: {which}'}), {size}, {clf.n_parameters():,} parameters")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} thread(s); {len(data):,} variable-size maps per pass")
     print(f"wafers/s: best {len(data) / min(times):,.0f}, median {len(data) / statistics.median(times):,.0f}")

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_export.py [--threads 2] [--n 1024] [--out out/bench_export]
 
-Models: the bundled classifier (``waferscope.models.classifiers.load_default()``), a KD student,
+Models: the default bundled classifier (``waferscope.models.classifiers.load_default()``), a KD student,
 the bundled detector (``waferscope.models.detectors.load_default()``, an autoencoder) and four more
 detectors (PatchCore, STFPM, Reverse Distillation, EfficientAD). Models without a run directory given by ``--run NAME=DIR``
 are trained here on seeded synthetic maps with a small budget (the point is the runtime

@@ -99,9 +99,9 @@ def main() -> None:
 
         clf = load_run(args.run, kind="classifier")
     else:
-        from waferscope.models.classifiers import load_default
+        from waferscope.models.classifiers import DEFAULT_FOR_EXPLANATIONS, load_default
 
-        clf = load_default()
+        clf = load_default(DEFAULT_FOR_EXPLANATIONS)
     data = wd.load(f"synthetic:n={args.n},seed={args.seed}")
     keep = ~np.isin(data.labels, NON_LOCAL_CLASSES)
     local = data.subset(keep)

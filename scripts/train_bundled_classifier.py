@@ -1,5 +1,5 @@
 """Train the classifiers shipped with waferscope: the fast one (``cnn_fine``) in
-src/waferscope/weights/classifier_default/, the accurate one (``gbm``) in classifier_accurate/ and
+src/waferscope/weights/classifier_fast/, the accurate one (``gbm``) in classifier_accurate/ and
 ``cnn_fine`` distilled from the accurate one in classifier_distilled/.
 
     python scripts/train_bundled_classifier.py --threads 1  # the fast bundled model, as committed
@@ -18,7 +18,7 @@ no masks and train the classification loss only). 12,000 synthetic maps rather t
 localisation of Scratch on held-out synthetic seeds rose from 0.70–0.73 to 0.73–0.76 (docs/explain.md).
 Thread count changes float summation order, so the committed weights are reproduced with the
 thread count they were trained with (1). The result is ``model.json`` + ``weights.safetensors`` (about 0.5 MB), loaded by
-``waferscope.models.classifiers.load_default()``.
+``waferscope.models.classifiers.load_default("fast")``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from waferscope.data.paths import DEV_MAPS
 
 DEV = str(DEV_MAPS)
-OUT = Path(__file__).resolve().parent.parent / "src" / "waferscope" / "weights" / "classifier_default"
+OUT = Path(__file__).resolve().parent.parent / "src" / "waferscope" / "weights" / "classifier_fast"
 
 
 def main(argv=None) -> int:

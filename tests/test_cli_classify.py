@@ -116,11 +116,12 @@ def test_bad_die_values_are_reported(trained_run, tmp_path, monkeypatch, capsys)
 
 def test_bundled_model_is_small_and_used_without_run(tmp_path, monkeypatch, capsys):
     from waferscope.data.classes import CLASSES
-    from waferscope.models.classifiers import DEFAULT_MODEL_DIR, load_default
+    from waferscope.models.classifiers import BUNDLED, DEFAULT_FOR_LABELS, load_default
 
-    assert sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir()) < 2_000_000
-    clf = load_default()
-    assert clf.classes_ == list(CLASSES)
+    assert DEFAULT_FOR_LABELS == "distilled"  # labels come from the more accurate of the two fast networks
+    assert sum(p.stat().st_size for p in BUNDLED["fast"].iterdir()) < 2_000_000
+    clf = load_default("fast")
+    assert clf.classes_ == list(CLASSES) and clf.registry_name == "cnn_fine" and clf.localise > 0
     ds = generate(n=45, seed=77)
     assert (clf.predict(ds) == ds.labels).mean() > 0.6  # synthetic maps it was not trained on
     code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--data", "synthetic:n=9,seed=5",
@@ -128,6 +129,14 @@ def test_bundled_model_is_small_and_used_without_run(tmp_path, monkeypatch, caps
     assert code == 0, err
     rows = list(csv.reader((tmp_path / "p.csv").open()))
     assert len(rows) == 10 and rows[0][2:] == [f"p_{c}" for c in CLASSES]
+    # without --run or --bundled, predict's probabilities are the distilled model's, not the fast one's
+    expected = load_default("distilled").predict_proba(generate(n=9, seed=5))
+    assert np.allclose(np.array([r[2:] for r in rows[1:]], dtype=float), expected, atol=1e-6)
+    assert not np.allclose(expected, clf.predict_proba(generate(n=9, seed=5)), atol=1e-3)
+    code, err = run_cli(monkeypatch, capsys, "classify", "evaluate", "--data", "synthetic:n=9,seed=5",
+                        "--out", str(tmp_path / "ev"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"] == "bundled (distilled)"
 
 
 def test_accurate_bundled_model_and_bundled_option_errors(tmp_path, monkeypatch, capsys):

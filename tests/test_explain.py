@@ -199,6 +199,7 @@ def test_cli_explain_and_atlas(tiny_classifier, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["wafers"] == 10 and "denoising_f1" in summary
     assert (out / "localisation.csv").exists() and (out / "denoised.parquet").exists()
+    assert summary["model"] == str(run)
     res = runner.invoke(app, ["atlas", "--data", "synthetic:n=30,seed=7", "--out", str(tmp_path / "atlas")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "atlas" / "atlas.png").exists() and (tmp_path / "atlas" / "atlas.csv").exists()
@@ -210,3 +211,16 @@ def test_gradcam_works_on_a_frozen_layer():
         p.requires_grad_(False)  # a frozen encoder, as in the ae_latent classifier
     cams, _ = GradCAM(net, target_layer="0")(torch.rand(2, 1, 8, 8))
     assert cams.shape == (2, 8, 8) and np.isfinite(cams).all()
+
+
+def test_cli_explain_defaults_to_the_bundled_model_trained_to_localise(tmp_path):
+    from waferscope.cli.main import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["explain", "--data", "synthetic:n=4,seed=6", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["model"] == "bundled (fast)"
+    res = runner.invoke(app, ["explain", "--bundled", "distilled", "--data", "synthetic:n=4,seed=6",
+                              "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["model"] == "bundled (distilled)"

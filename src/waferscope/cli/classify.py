@@ -2,8 +2,8 @@
 
 SPEC is anything :func:`waferscope.data.load` reads (a .parquet/.npz/.pkl file, a folder, or
 ``synthetic:n=…,seed=…``). Without ``--run``, ``evaluate`` and ``predict`` use a bundled model:
-``--bundled fast`` (the default, ``cnn_fine``), ``--bundled distilled`` (``cnn_fine`` distilled
-from ``gbm``) or ``--bundled accurate`` (``gbm``).
+``--bundled distilled`` (the default: ``cnn_fine`` distilled from ``gbm``), ``--bundled fast``
+(``cnn_fine`` trained to localise, the model ``explain`` uses) or ``--bundled accurate`` (``gbm``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from waferscope.errors import ConfigError, DataError
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-pattern classifiers.")
 
 RUN_OPTION = typer.Option(None, "--run", help="Classifier run directory (default: a bundled model)")
-BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; cnn_fine, ~9,000 "
-                              "wafers/s, the model `explain` uses), 'distilled' (cnn_fine distilled from "
-                              "gbm: as fast, more accurate) or 'accurate' (gbm, ~250 wafers/s, the most "
-                              "accurate)")
+BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'distilled' (default; cnn_fine "
+                              "distilled from gbm, ~9,000 wafers/s), 'fast' (the same network trained so "
+                              "that its Grad-CAM sits on the pattern, the model `explain` uses; less "
+                              "accurate) or 'accurate' (gbm, ~250 wafers/s, the most accurate)")
 PRIOR_OPTION = typer.Option("balanced", "--prior", help="Class mix of these wafers: 'balanced' (the model's "
                             "own, default), 'wm811k' (85 % none, like a fab's stream), 'estimate' (learnt "
                             "from these maps without labels), 'Center=3,none=85,...' or a .json file")
@@ -98,9 +98,10 @@ def evaluate(
     """Accuracy, macro/weighted F1, per-class precision/recall/F1 and a confusion matrix."""
     from waferscope.metrics.classification import (class_mix_macro_f1, classification_report_dict,
                                                    save_confusion_matrix_png)
+    from waferscope.models.classifiers import DEFAULT_FOR_LABELS
     from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS, resolve_prior
 
-    clf = load_classifier(run, bundled)
+    clf = load_classifier(run, bundled, DEFAULT_FOR_LABELS)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     dataset = load_data(data)
     n_unlabelled = int((~dataset.is_labelled).sum())
@@ -120,7 +121,8 @@ def evaluate(
         proba, used_prior = shift.apply(clf.predict_proba(dataset))
         pred = np.asarray(clf.classes_, dtype=object)[proba.argmax(1)]
     report = classification_report_dict(dataset.labels.astype(str), pred.astype(str), clf.classes_)
-    report.update(model=clf.registry_name, run=str(run) if run else f"bundled ({bundled or 'fast'})", data=list(data),
+    report.update(model=clf.registry_name, run=str(run) if run else f"bundled ({bundled or DEFAULT_FOR_LABELS})",
+                  data=list(data),
                   prior=prior,
                   prior_used=None if used_prior is None else dict(zip(clf.classes_, used_prior.round(6).tolist())),
                   # the same predictions weighted to a fab-like mix (85 % none); None unless all 9 classes are here
@@ -148,9 +150,10 @@ def predict(
     """Predict the defect class of every map."""
     import io
 
+    from waferscope.models.classifiers import DEFAULT_FOR_LABELS
     from waferscope.models.classifiers.prior import resolve_prior
 
-    clf = load_classifier(run, bundled)
+    clf = load_classifier(run, bundled, DEFAULT_FOR_LABELS)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     dataset = load_data(data)
     if len(dataset) == 0:

@@ -43,8 +43,8 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.write(text)
 
 
-def load_model(run: Optional[Path], bundled: Optional[str], kind: str):
-    """(model, its run directory): the ``kind`` in ``run``, or a bundled one (``fast`` unless
+def load_model(run: Optional[Path], bundled: Optional[str], kind: str, default: str = "fast"):
+    """(model, its run directory): the ``kind`` in ``run``, or a bundled one (``default`` unless
     ``bundled`` names another) when no run is given. Giving both is an error."""
     from waferscope.base import load_bundled, load_run
 
@@ -56,10 +56,11 @@ def load_model(run: Optional[Path], bundled: Optional[str], kind: str):
         from waferscope.models.classifiers import BUNDLED
     else:
         from waferscope.models.detectors import BUNDLED
-    which = bundled or "fast"
+    which = bundled or default
     return load_bundled(BUNDLED, which, kind), BUNDLED[which]
 
 
-def load_classifier(run: Optional[Path], bundled: Optional[str] = None):
-    """The classifier in a run directory, or a bundled one (see :func:`load_model`)."""
-    return load_model(run, bundled, "classifier")[0]
+def load_classifier(run: Optional[Path], bundled: Optional[str], default: str):
+    """The classifier in a run directory, or a bundled one: ``bundled`` if given, else ``default``
+    (``classify`` and ``explain`` default to different ones; see ``models.classifiers.BUNDLED``)."""
+    return load_model(run, bundled, "classifier", default)[0]
