@@ -239,7 +239,7 @@ def main() -> None:
                     print(f"{res['method']} fold {fold}: macro-F1 {macro_f1(res['y_true'], res['y_pred']):.4f} "
                           f"train {res['train_seconds']:.0f}s  {res['wafers_per_second']:.0f} wafers/s",
                           file=sys.stderr, flush=True)
-    print(build_table(args.work, args.table, args.methods if not args.table_only else METHODS))
+    print(build_table(args.work, args.table, args.methods))
 
 
 if __name__ == "__main__":
