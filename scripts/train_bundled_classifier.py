@@ -6,7 +6,7 @@ src/waferscope/weights/classifier_fast/, the accurate one (``gbm``) in classifie
     python scripts/train_bundled_classifier.py --model gbm --threads 2 \
         --out src/waferscope/weights/classifier_accurate   # the accurate bundled model, as committed
     python scripts/train_bundled_classifier.py --threads 1 --synthetic 0 \
-        --set teacher=bundled:accurate distil_synthetic=12000 epochs=20 localise=0 \
+        --set teacher=bundled:accurate distil_synthetic=12000 epochs=30 localise=0 \
         --out src/waferscope/weights/classifier_distilled  # the distilled one (after the accurate one)
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 

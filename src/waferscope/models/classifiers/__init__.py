@@ -16,13 +16,13 @@ from waferscope.models.classifiers import cnn, gbm, svm  # noqa: F401  (register
 _WEIGHTS = Path(__file__).resolve().parent.parent.parent / "weights"
 # The classifiers shipped with waferscope (scripts/train_bundled_classifier.py trains each):
 # "fast" (cnn_fine: ~9,000 wafers/s, Grad-CAM trained to sit on the pattern; 5-fold dev macro-F1 0.755),
-# "distilled" (the same network distilled from gbm without the localisation loss: as fast, 0.826, its
+# "distilled" (the same network distilled from gbm without the localisation loss: as fast, 0.837, its
 # Grad-CAM not trained to sit on the pattern; docs/classification.md) and
 # "accurate" (gbm: ~250 wafers/s, no Grad-CAM; 0.874).
 BUNDLED = {"fast": _WEIGHTS / "classifier_fast", "distilled": _WEIGHTS / "classifier_distilled",
            "accurate": _WEIGHTS / "classifier_accurate"}
 # Which one a command uses when given neither --run nor --bundled. Labels come from the distilled
-# network: at the same speed it beats "fast" by 0.07 macro-F1 on the 5-fold dev protocol (0.826 vs
+# network: at the same speed it beats "fast" by 0.08 macro-F1 on the 5-fold dev protocol (0.837 vs
 # 0.755). Explanations come from "fast", the only network trained so that its Grad-CAM sits on the
 # pattern (docs/explain.md); so the two commands may name different classes for an arguable map.
 DEFAULT_FOR_LABELS = "distilled"
