@@ -20,6 +20,7 @@ import numpy as np
 from waferscope.data import load
 from waferscope.data.paths import DEV_MAPS
 from waferscope.data.render import render_map
+from waferscope.errors import WaferscopeError
 from waferscope.utils import atomic_path
 
 
@@ -38,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dev = load(args.data)
+    try:
+        dev = load(args.data)
+    except WaferscopeError as exc:  # a missing or unreadable --data: one line, not a traceback
+        raise SystemExit(f"error: {exc}") from None
     truth = dev.labels.astype(str)
     pred = np.full(len(dev), "", dtype=object)
     for fold_file in sorted(args.work.glob(f"{args.method}_fold*.json")):

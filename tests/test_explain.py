@@ -224,3 +224,15 @@ def test_cli_explain_defaults_to_the_bundled_model_trained_to_localise(tmp_path)
                               "--out", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["model"] == "bundled (distilled)"
+
+
+def test_cli_explain_refuses_an_unknown_bundled_name_or_both_sources(tmp_path, capsys):
+    from clitools import invoke
+
+    code, _, err = invoke(capsys, "explain", "--bundled", "tiny", "--data", "synthetic:n=4,seed=6",
+                          "--out", str(tmp_path / "a"))
+    assert code == 2 and "unknown bundled classifier 'tiny'" in err
+    code, _, err = invoke(capsys, "explain", "--bundled", "fast", "--run", str(tmp_path), "--data",
+                          "synthetic:n=4,seed=6", "--out", str(tmp_path / "b"))
+    assert code == 2 and "not both" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

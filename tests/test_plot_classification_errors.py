@@ -58,3 +58,9 @@ def test_a_method_without_errors_says_so(tmp_path):
     with pytest.raises(SystemExit, match="made no errors"):
         _load().main(["--data", DATA, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "e.png")])
     assert not (tmp_path / "e.png").exists()
+
+
+def test_unreadable_data_is_one_error_naming_the_file(tmp_path):
+    with pytest.raises(SystemExit, match=r"error: .*missing\.npz"):
+        _load().main(["--data", str(tmp_path / "missing.npz"), "--work", str(tmp_path), "--out", str(tmp_path / "e.png")])
+    assert not (tmp_path / "e.png").exists()
