@@ -1,7 +1,7 @@
 """End-to-end speed of the bundled classifier: variable-size wafer maps in, class labels out.
 
     python benchmarks/bench_classify.py                 # the default bundled model, 2 threads, 20,000 maps
-    python benchmarks/bench_classify.py --bundled fast  # another bundled one
+    python benchmarks/bench_classify.py --bundled gbm   # another bundled one
     python benchmarks/bench_classify.py --run RUN --threads 1 --n 5000
 
 The maps are the real dev maps (22×24 to 51×50 dies in the stored set) repeated to ``--n``, held

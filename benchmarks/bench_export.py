@@ -3,7 +3,7 @@
     python benchmarks/bench_export.py [--threads 2] [--n 1024] [--out out/bench_export]
 
 Models: the default bundled classifier (``waferscope.models.classifiers.load_default()``), a KD student,
-the bundled detector (``waferscope.models.detectors.load_default()``, an autoencoder) and four more
+the bundled detector (``waferscope.models.detectors.load_default("autoencoder")``) and four more
 detectors (PatchCore, STFPM, Reverse Distillation, EfficientAD). Models without a run directory given by ``--run NAME=DIR``
 are trained here on seeded synthetic maps with a small budget (the point is the runtime
 comparison, not the best accuracy). Test data: synthetic maps (seed 7) and, if present, the real
@@ -114,7 +114,7 @@ def main() -> None:
 
         if not wanted("bundled_detector"):
             raise LookupError("not asked for (--only)")
-        detector = runs.get("bundled_detector") and load_run(runs["bundled_detector"]) or load_default_detector()
+        detector = runs.get("bundled_detector") and load_run(runs["bundled_detector"]) or load_default_detector("autoencoder")
         detector.verbose = False
         models.append(("bundled_detector", "detection", detector))
     except Exception as exc:

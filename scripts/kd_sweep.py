@@ -37,7 +37,7 @@ from waferscope.data.paths import DEV_MAPS
 
 DEV = str(DEV_MAPS)
 N_FOLDS = 5
-# The bundled classifier's configuration (src/waferscope/weights/classifier_fast/model.json).
+# The bundled classifier's configuration (src/waferscope/weights/classifier_cnn_gradcam/model.json).
 TEACHER = dict(size=48, encoding="onehot3", epochs=25, batch_size=64, lr=3e-3, weight_decay=1e-4,
                imbalance="loss", augment=True, val_fraction=0.1, patience=6, width=24, dropout=0.2)
 

@@ -1,13 +1,13 @@
 """Train the classifiers shipped with waferscope: the fast one (``cnn_fine``) in
-src/waferscope/weights/classifier_fast/, the accurate one (``gbm``) in classifier_accurate/ and
-``cnn_fine`` distilled from the accurate one in classifier_distilled/.
+src/waferscope/weights/classifier_cnn_gradcam/, the accurate one (``gbm``) in classifier_gbm/ and
+``cnn_fine`` distilled from the accurate one in classifier_cnn_distilled/.
 
     python scripts/train_bundled_classifier.py --threads 1  # the fast bundled model, as committed
     python scripts/train_bundled_classifier.py --model gbm --threads 2 \
-        --out src/waferscope/weights/classifier_accurate   # the accurate bundled model, as committed
+        --out src/waferscope/weights/classifier_gbm   # the accurate bundled model, as committed
     python scripts/train_bundled_classifier.py --threads 1 --synthetic 0 \
-        --set teacher=bundled:accurate distil_synthetic=12000 epochs=30 localise=0 \
-        --out src/waferscope/weights/classifier_distilled  # the distilled one (after the accurate one)
+        --set teacher=bundled:gbm distil_synthetic=12000 epochs=30 localise=0 \
+        --out src/waferscope/weights/classifier_cnn_distilled  # the distilled one (after the accurate one)
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 
 Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024, mask=--mask)``) plus every
@@ -18,7 +18,7 @@ no masks and train the classification loss only). 12,000 synthetic maps rather t
 localisation of Scratch on held-out synthetic seeds rose from 0.70–0.73 to 0.73–0.76 (docs/explain.md).
 Thread count changes float summation order, so the committed weights are reproduced with the
 thread count they were trained with (1). The result is ``model.json`` + ``weights.safetensors`` (about 0.5 MB), loaded by
-``waferscope.models.classifiers.load_default("fast")``.
+``waferscope.models.classifiers.load_default("cnn_gradcam")``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from waferscope.data.paths import DEV_MAPS
 
 DEV = str(DEV_MAPS)
-OUT = Path(__file__).resolve().parent.parent / "src" / "waferscope" / "weights" / "classifier_fast"
+OUT = Path(__file__).resolve().parent.parent / "src" / "waferscope" / "weights" / "classifier_cnn_gradcam"
 
 
 def main(argv=None) -> int:

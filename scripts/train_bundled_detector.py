@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="detector parameter key=value (JSON value)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "src/waferscope/weights/detector_default")
+    ap.add_argument("--out", type=Path, default=ROOT / "src/waferscope/weights/detector_autoencoder")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = {}

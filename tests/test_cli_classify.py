@@ -118,9 +118,9 @@ def test_bundled_model_is_small_and_used_without_run(tmp_path, monkeypatch, caps
     from waferscope.data.classes import CLASSES
     from waferscope.models.classifiers import BUNDLED, DEFAULT_FOR_LABELS, load_default
 
-    assert DEFAULT_FOR_LABELS == "distilled"  # labels come from the more accurate of the two fast networks
-    assert sum(p.stat().st_size for p in BUNDLED["fast"].iterdir()) < 2_000_000
-    clf = load_default("fast")
+    assert DEFAULT_FOR_LABELS == "cnn_distilled"  # labels come from the more accurate of the two fast networks
+    assert sum(p.stat().st_size for p in BUNDLED["cnn_gradcam"].iterdir()) < 2_000_000
+    clf = load_default("cnn_gradcam")
     assert clf.classes_ == list(CLASSES) and clf.registry_name == "cnn_fine" and clf.localise > 0
     ds = generate(n=45, seed=77)
     assert (clf.predict(ds) == ds.labels).mean() > 0.6  # synthetic maps it was not trained on
@@ -130,13 +130,13 @@ def test_bundled_model_is_small_and_used_without_run(tmp_path, monkeypatch, caps
     rows = list(csv.reader((tmp_path / "p.csv").open()))
     assert len(rows) == 10 and rows[0][2:] == [f"p_{c}" for c in CLASSES]
     # without --run or --bundled, predict's probabilities are the distilled model's, not the fast one's
-    expected = load_default("distilled").predict_proba(generate(n=9, seed=5))
+    expected = load_default("cnn_distilled").predict_proba(generate(n=9, seed=5))
     assert np.allclose(np.array([r[2:] for r in rows[1:]], dtype=float), expected, atol=1e-6)
     assert not np.allclose(expected, clf.predict_proba(generate(n=9, seed=5)), atol=1e-3)
     code, err = run_cli(monkeypatch, capsys, "classify", "evaluate", "--data", "synthetic:n=9,seed=5",
                         "--out", str(tmp_path / "ev"))
     assert code == 0, err
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"] == "bundled (distilled)"
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"] == "bundled (cnn_distilled)"
 
 
 def test_accurate_bundled_model_and_bundled_option_errors(tmp_path, monkeypatch, capsys):
@@ -144,18 +144,18 @@ def test_accurate_bundled_model_and_bundled_option_errors(tmp_path, monkeypatch,
     from waferscope.errors import ConfigError
     from waferscope.models.classifiers import BUNDLED, load_default
 
-    assert sum(p.stat().st_size for p in BUNDLED["accurate"].iterdir()) < 5_000_000
-    clf = load_default("accurate")
+    assert sum(p.stat().st_size for p in BUNDLED["gbm"].iterdir()) < 5_000_000
+    clf = load_default("gbm")
     assert clf.registry_name == "gbm" and clf.classes_ == list(CLASSES)
     ds = generate(n=45, seed=77)
     assert (clf.predict(ds) == ds.labels).mean() > 0.7  # synthetic maps it was not trained on
-    code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--bundled", "accurate",
+    code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--bundled", "gbm",
                         "--data", "synthetic:n=9,seed=5", "--out", str(tmp_path / "p.csv"))
     assert code == 0, err
     assert len(list(csv.reader((tmp_path / "p.csv").open()))) == 10
     with pytest.raises(ConfigError, match="unknown bundled classifier"):
         load_default("tiny")
-    code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--bundled", "accurate", "--run", str(tmp_path),
+    code, err = run_cli(monkeypatch, capsys, "classify", "predict", "--bundled", "gbm", "--run", str(tmp_path),
                         "--data", "synthetic:n=9,seed=5", "--out", str(tmp_path / "q.csv"))
     assert code == 2 and "not both" in err and not (tmp_path / "q.csv").exists()
 
@@ -164,16 +164,18 @@ def test_distilled_bundled_model_is_cnn_fine_taught_by_gbm(tmp_path, monkeypatch
     from waferscope.data.classes import CLASSES
     from waferscope.models.classifiers import BUNDLED, load_default
 
-    assert sum(p.stat().st_size for p in BUNDLED["distilled"].iterdir()) < 1_000_000
-    clf = load_default("distilled")
+    assert sum(p.stat().st_size for p in BUNDLED["cnn_distilled"].iterdir()) < 1_000_000
+    clf = load_default("cnn_distilled")
     assert clf.registry_name == "cnn_fine" and clf.classes_ == list(CLASSES)
     assert clf.distilled_from_ == "bundled:accurate"
     ds = generate(n=45, seed=77)
     assert (clf.predict(ds) == ds.labels).mean() > 0.7  # synthetic maps it was not trained on
+    # the old name still works: a deprecation note, and outputs name the model by its new name
     code, err = run_cli(monkeypatch, capsys, "classify", "evaluate", "--bundled", "distilled",
                         "--data", "synthetic:n=18,seed=5", "--out", str(tmp_path / "ev"))
     assert code == 0, err
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"] == "bundled (distilled)"
+    assert "'distilled' is now called 'cnn_distilled'" in err
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"] == "bundled (cnn_distilled)"
 
 
 def test_usage_errors_are_one_message_not_a_traceback(capsys):

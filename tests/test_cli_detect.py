@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from clitools import call, invoke
+from waferscope.data.synthetic import generate
 
 FAST_AE = ["--model", "autoencoder", "--epochs", "2", "--set", "input_size=32", "--set", "verbose=false"]
 
@@ -136,18 +137,23 @@ def test_mvtec_mask_of_wrong_size(tmp_path, capsys):
     assert code == 2 and "mask is 20×24 but its image is 24×24" in err
 
 
-def test_accurate_bundled_detector(tmp_path, capsys):
+def test_default_bundled_detector_is_pattern_contrast_for_wafers(tmp_path, capsys):
     from waferscope.models.detectors import BUNDLED, load_default
 
-    det = load_default("accurate")
+    det = load_default()
     assert det.registry_name == "pattern_contrast"
-    assert sum(p.stat().st_size for p in BUNDLED["accurate"].iterdir()) < 2_000_000
-    code, err = run_cli(["detect", "score", "--bundled", "accurate", "--data", "synthetic:n=18,seed=5",
-                         "--out", tmp_path / "s.csv"], capsys)
+    assert sum(p.stat().st_size for p in BUNDLED["pattern_contrast"].iterdir()) < 2_000_000
+    code, err = run_cli(["detect", "score", "--data", "synthetic:n=18,seed=5", "--out", tmp_path / "s.csv"], capsys)
     assert code == 0, err
     rows = list(csv.DictReader((tmp_path / "s.csv").open()))
     assert len(rows) == 18
-    code, err = run_cli(["detect", "score", "--bundled", "accurate", "--run", tmp_path, "--data",
+    expected = det.score(generate(n=18, seed=5)).scores
+    assert np.allclose([float(r["score"]) for r in rows], expected, rtol=1e-5)
+    # the old name is an alias with a deprecation note
+    code, err = run_cli(["detect", "score", "--bundled", "accurate", "--data", "synthetic:n=4,seed=5",
+                         "--out", tmp_path / "old.csv"], capsys)
+    assert code == 0 and "'accurate' is now called 'pattern_contrast'" in err
+    code, err = run_cli(["detect", "score", "--bundled", "pattern_contrast", "--run", tmp_path, "--data",
                          "synthetic:n=3,seed=0", "--out", tmp_path / "t.csv"], capsys)
     assert code == 2 and "not both" in err and not (tmp_path / "t.csv").exists()
     code, err = run_cli(["detect", "score", "--bundled", "tiny", "--data", "synthetic:n=3,seed=0",

@@ -69,7 +69,7 @@ def test_alpha_zero_is_the_plain_loss(synth):
 def test_teacher_named_by_registry_or_bundled(synth):
     trained = fitted_teacher("svm-linear", synth)
     assert trained.classes_ and hasattr(trained, "predict_proba")
-    bundled = fitted_teacher("bundled:accurate", synth)
+    bundled = fitted_teacher("bundled:gbm", synth)
     assert bundled.registry_name == "gbm"
     with pytest.raises(ConfigError, match="unknown bundled"):
         fitted_teacher("bundled:nope", synth)

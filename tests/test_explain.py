@@ -219,11 +219,11 @@ def test_cli_explain_defaults_to_the_bundled_model_trained_to_localise(tmp_path)
     runner = CliRunner()
     res = runner.invoke(app, ["explain", "--data", "synthetic:n=4,seed=6", "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "a" / "summary.json").read_text())["model"] == "bundled (fast)"
-    res = runner.invoke(app, ["explain", "--bundled", "distilled", "--data", "synthetic:n=4,seed=6",
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["model"] == "bundled (cnn_gradcam)"
+    res = runner.invoke(app, ["explain", "--bundled", "cnn_distilled", "--data", "synthetic:n=4,seed=6",
                               "--out", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["model"] == "bundled (distilled)"
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["model"] == "bundled (cnn_distilled)"
 
 
 def test_cli_explain_refuses_an_unknown_bundled_name_or_both_sources(tmp_path, capsys):
@@ -232,7 +232,7 @@ def test_cli_explain_refuses_an_unknown_bundled_name_or_both_sources(tmp_path, c
     code, _, err = invoke(capsys, "explain", "--bundled", "tiny", "--data", "synthetic:n=4,seed=6",
                           "--out", str(tmp_path / "a"))
     assert code == 2 and "unknown bundled classifier 'tiny'" in err
-    code, _, err = invoke(capsys, "explain", "--bundled", "fast", "--run", str(tmp_path), "--data",
+    code, _, err = invoke(capsys, "explain", "--bundled", "cnn_gradcam", "--run", str(tmp_path), "--data",
                           "synthetic:n=4,seed=6", "--out", str(tmp_path / "b"))
     assert code == 2 and "not both" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -204,7 +204,7 @@ def test_bundled_autoencoder_exports_with_its_topk_score(tmp_path):
     from waferscope.models.detectors import load_default
 
     torch.set_num_threads(1)
-    det = load_default()
+    det = load_default("autoencoder")
     det.verbose = False
     test = generate(n=24, seed=5)
     model = OnnxModel(export_onnx(det, tmp_path / "ae.onnx"))

@@ -151,13 +151,31 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
     return est
 
 
-def load_bundled(bundled: dict[str, Path], which: str, kind: str) -> Estimator:
-    """One of the models shipped with waferscope: ``bundled`` maps a name (``fast``, ``accurate``, …)
-    to its run directory inside the package; an unknown name or a missing model is a clear error."""
+def resolve_bundled_name(bundled: dict[str, Path], which: str, kind: str,
+                         aliases: dict[str, str] | None = None) -> str:
+    """The current name of a bundled model: ``which`` itself, or the model an old name (an alias)
+    stands for, with a deprecation note on stderr. An unknown name is a clear error."""
+    import sys
+
     from waferscope.errors import ConfigError
 
+    aliases = aliases or {}
+    if which in aliases:
+        new = aliases[which]
+        print(f"note: bundled {kind} {which!r} is now called {new!r}; the old name will be removed",
+              file=sys.stderr)
+        return new
     if which not in bundled:
         raise ConfigError(f"unknown bundled {kind} {which!r}; choose one of {', '.join(bundled)}")
+    return which
+
+
+def load_bundled(bundled: dict[str, Path], which: str, kind: str,
+                 aliases: dict[str, str] | None = None) -> Estimator:
+    """One of the models shipped with waferscope: ``bundled`` maps a name (``gbm``,
+    ``pattern_contrast``, …) to its run directory inside the package, ``aliases`` old names to new
+    ones; an unknown name or a missing model is a clear error."""
+    which = resolve_bundled_name(bundled, which, kind, aliases)
     if not (Path(bundled[which]) / MODEL_JSON).is_file():
         command = "classify" if kind == "classifier" else "detect"
         raise RunDirError(f"no bundled {kind} is installed: pass --run with a run directory from "

@@ -2,8 +2,8 @@
 
 SPEC is anything :func:`waferscope.data.load` reads (a .parquet/.npz/.pkl file, a folder, or
 ``synthetic:n=…,seed=…``). Without ``--run``, ``evaluate`` and ``predict`` use a bundled model:
-``--bundled distilled`` (the default: ``cnn_fine`` distilled from ``gbm``), ``--bundled fast``
-(``cnn_fine`` trained to localise, the model ``explain`` uses) or ``--bundled accurate`` (``gbm``).
+``--bundled cnn_distilled`` (the default: ``cnn_fine`` distilled from ``gbm``), ``--bundled cnn_gradcam``
+(``cnn_fine`` trained to localise, the model ``explain`` uses) or ``--bundled gbm`` (the most accurate).
 """
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import DATA_HELP, load_classifier, load_data, parse_set, write_text_atomic
+from waferscope.cli.common import (DATA_HELP, load_classifier, load_data, load_model_described, parse_set,
+                                   write_text_atomic)
 from waferscope.errors import ConfigError, DataError
 
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-pattern classifiers.")
 
 RUN_OPTION = typer.Option(None, "--run", help="Classifier run directory (default: a bundled model)")
-BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'distilled' (default; cnn_fine "
-                              "distilled from gbm, ~9,000 wafers/s), 'fast' (the same network trained so "
-                              "that its Grad-CAM sits on the pattern, the model `explain` uses; less "
-                              "accurate) or 'accurate' (gbm, ~250 wafers/s, the most accurate)")
+BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'cnn_distilled' (default; cnn_fine "
+                              "distilled from gbm, ~9,000 wafers/s), 'cnn_gradcam' (the same network trained "
+                              "so that its Grad-CAM sits on the pattern, the model `explain` uses; less "
+                              "accurate) or 'gbm' (gradient-boosted trees, ~250 wafers/s, the most accurate)")
 PRIOR_OPTION = typer.Option("balanced", "--prior", help="Class mix of these wafers: 'balanced' (the model's "
                             "own, default), 'wm811k' (85 % none, like a fab's stream), 'estimate' (learnt "
                             "from these maps without labels), 'Center=3,none=85,...' or a .json file")
@@ -101,7 +102,7 @@ def evaluate(
     from waferscope.models.classifiers import DEFAULT_FOR_LABELS
     from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS, resolve_prior
 
-    clf = load_classifier(run, bundled, DEFAULT_FOR_LABELS)
+    clf, _, described = load_model_described(run, bundled, "classifier", DEFAULT_FOR_LABELS)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     dataset = load_data(data)
     n_unlabelled = int((~dataset.is_labelled).sum())
@@ -121,7 +122,7 @@ def evaluate(
         proba, used_prior = shift.apply(clf.predict_proba(dataset))
         pred = np.asarray(clf.classes_, dtype=object)[proba.argmax(1)]
     report = classification_report_dict(dataset.labels.astype(str), pred.astype(str), clf.classes_)
-    report.update(model=clf.registry_name, run=str(run) if run else f"bundled ({bundled or DEFAULT_FOR_LABELS})",
+    report.update(model=clf.registry_name, run=described,
                   data=list(data),
                   prior=prior,
                   prior_used=None if used_prior is None else dict(zip(clf.classes_, used_prior.round(6).tolist())),

@@ -43,21 +43,31 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.write(text)
 
 
-def load_model(run: Optional[Path], bundled: Optional[str], kind: str, default: str = "fast"):
-    """(model, its run directory): the ``kind`` in ``run``, or a bundled one (``default`` unless
-    ``bundled`` names another) when no run is given. Giving both is an error."""
-    from waferscope.base import load_bundled, load_run
+def load_model(run: Optional[Path], bundled: Optional[str], kind: str, default: Optional[str] = None):
+    """(model, its run directory): the ``kind`` in ``run``, or a bundled one (``bundled`` if given,
+    else ``default``, else the package's default) when no run is given. Giving both is an error."""
+    model, run_dir, _ = load_model_described(run, bundled, kind, default)
+    return model, run_dir
+
+
+def load_model_described(run: Optional[Path], bundled: Optional[str], kind: str,
+                         default: Optional[str] = None):
+    """:func:`load_model` plus how to name the model in outputs: the run directory, or
+    ``bundled (<current name>)`` — resolved once, so every output names the model that ran."""
+    from waferscope.base import load_run, resolve_bundled_name
 
     if run is not None and bundled is not None:
         raise ConfigError("give --run or --bundled, not both")
     if run is not None:
-        return load_run(run, kind=kind), run
+        return load_run(run, kind=kind), run, str(run)
     if kind == "classifier":
-        from waferscope.models.classifiers import BUNDLED
+        from waferscope.models.classifiers import BUNDLED, BUNDLED_ALIASES, DEFAULT_FOR_LABELS as fallback
     else:
-        from waferscope.models.detectors import BUNDLED
-    which = bundled or default
-    return load_bundled(BUNDLED, which, kind), BUNDLED[which]
+        from waferscope.models.detectors import BUNDLED, BUNDLED_ALIASES, DEFAULT_DETECTOR as fallback
+    from waferscope.base import load_bundled
+
+    which = resolve_bundled_name(BUNDLED, bundled or default or fallback, kind, BUNDLED_ALIASES)
+    return load_bundled(BUNDLED, which, kind), BUNDLED[which], f"bundled ({which})"
 
 
 def load_classifier(run: Optional[Path], bundled: Optional[str], default: str):

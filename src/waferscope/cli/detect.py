@@ -5,8 +5,8 @@ MVTec-layout images) and stores a decision threshold next to the run (``threshol
 ``--threshold kfold`` is the K-fold mean-of-max rule (per fold, the maximum score of held-out
 normals; their mean), ``quantile`` the q-quantile of the training normals' own scores (optimistic:
 a detector scores its training data low), ``none`` stores nothing. Without ``--run``, ``evaluate``
-and ``score`` use a bundled detector: ``--bundled fast`` (the default, the autoencoder) or
-``--bundled accurate`` (``pattern_contrast``, wafer maps only).
+and ``score`` use a bundled detector: ``pattern_contrast`` (the default, the best on the real dev
+maps) or ``--bundled autoencoder``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import DATA_HELP, load_data, load_model, parse_set, write_text_atomic
+from waferscope.cli.common import DATA_HELP, load_data, load_model_described, parse_set, write_text_atomic
 from waferscope.errors import ConfigError, DataError, RunDirError
 
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply unsupervised anomaly detectors.")
 
 RUN_OPTION = typer.Option(None, "--run", help="Detector run directory (default: a bundled detector)")
-BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; autoencoder, maps and "
-                              "images) or 'accurate' (pattern_contrast, wafer maps only)")
+BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'pattern_contrast' (default; trees on "
+                              "wafer-pattern features) or 'autoencoder' (a network; exports to ONNX)")
 THRESHOLD_JSON = "threshold.json"
 
 
@@ -38,6 +38,11 @@ def _load_data(specs: List[str]):
     ds = load_data(specs)
     _check_masks(ds, ", ".join(specs))
     return ds
+
+
+def _load_detector(run: Optional[Path], bundled: Optional[str]):
+    """The detector a command scores with: ``--run``, ``--bundled``, or the bundled default."""
+    return load_model_described(run, bundled, "detector")
 
 
 def _check_masks(dataset, where: str) -> None:
@@ -154,7 +159,7 @@ def evaluate(
 
     where = ", ".join(data)
     dataset = _select_split(_load_data(data), split, "test", where)
-    det, run_dir = load_model(run, bundled, "detector")
+    det, run_dir, described = _load_detector(run, bundled)
     n_unlabelled = int((~dataset.is_labelled).sum())
     if n_unlabelled:
         typer.echo(f"note: skipping {n_unlabelled} unlabelled map(s) of {len(dataset)}", err=True)
@@ -172,7 +177,7 @@ def evaluate(
     if thr is not None:
         at = prf_at(y, result.scores[idx], thr["threshold"])
         metrics["at_run_threshold"] = {**at, "threshold": thr["threshold"], "method": thr.get("method", "")}
-    metrics.update(model=det.registry_name, run=str(run) if run else f"bundled ({bundled or 'fast'})", data=list(data))
+    metrics.update(model=det.registry_name, run=described, data=list(data))
     out.mkdir(parents=True, exist_ok=True)
     _plot_curves(y, result.scores[idx], out / "roc_pr.png", f"{det.registry_name} on {dataset.name}")
     if n_overlays:
@@ -201,7 +206,7 @@ def score(
     dataset = _load_data(data)
     if len(dataset) == 0:
         raise DataError("no maps to score", where)
-    det, run_dir = load_model(run, bundled, "detector")
+    det, run_dir, _ = _load_detector(run, bundled)
     _check_kind(det, dataset, where)
     result = det.score(dataset)
     thr = read_threshold(run_dir)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from waferscope.cli.common import DATA_HELP, load_classifier
+from waferscope.cli.common import DATA_HELP, load_model_described
 
 
 def register(app: typer.Typer) -> None:
@@ -21,9 +21,9 @@ def explain_cmd(
     data: str = typer.Option(..., "--data", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Output folder"),
     run: Optional[Path] = typer.Option(None, "--run", help="Classifier run directory (default: a bundled model)"),
-    bundled: Optional[str] = typer.Option(None, "--bundled", help="Without --run: 'fast' (default; the bundled "
-                                          "network trained so that its Grad-CAM sits on the pattern) or "
-                                          "'distilled' (the `classify` default; its Grad-CAM is not trained to)"),
+    bundled: Optional[str] = typer.Option(None, "--bundled", help="Without --run: 'cnn_gradcam' (default; the "
+                                          "bundled network trained so that its Grad-CAM sits on the pattern) or "
+                                          "'cnn_distilled' (the `classify` default; its Grad-CAM is not trained to)"),
     method: str = typer.Option("gradcam", "--method", help="gradcam or gradcam++"),
     denoise: bool = typer.Option(False, "--denoise", help="Also write Grad-CAM-denoised maps (canonical Parquet)"),
     threshold: str = typer.Option("otsu", "--threshold", help="Denoising relevance threshold: otsu or a quantile like 0.8"),
@@ -36,7 +36,7 @@ def explain_cmd(
     from waferscope import explain as ex
     from waferscope.models.classifiers import DEFAULT_FOR_EXPLANATIONS
 
-    clf = load_classifier(run, bundled, DEFAULT_FOR_EXPLANATIONS)
+    clf, _, described = load_model_described(run, bundled, "classifier", DEFAULT_FOR_EXPLANATIONS)
     dataset = wd.load(data)
     thr: str | float = threshold if threshold == "otsu" else float(threshold)
     exp = ex.explain(clf, dataset, method=method, target_layer=target_layer, target=target)
@@ -50,7 +50,7 @@ def explain_cmd(
         idx = list(range(n_pics))
         for k in range(0, n_pics, 8):
             ex.overlay_figure(dataset, exp, idx[k:k + 8], out / f"overlays_{k // 8:03d}.png", denoised)
-    summary = {"model": str(run) if run else f"bundled ({bundled or DEFAULT_FOR_EXPLANATIONS})", "method": method,
+    summary = {"model": described, "method": method,
                "target_layer": exp.target_layer, "wafers": len(dataset)}
     if dataset.masks is not None and any(k is not None for k in dataset.masks):
         table = ex.localisation_table(exp.heat, dataset)

@@ -272,7 +272,7 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
     mask: the network is taught to put its class evidence on the pattern's dies, not on the clean
     wafer around them (which a global-average classifier otherwise also uses as evidence).
 
-    ``teacher`` (a run directory, ``bundled:accurate``, or a classifier name such as ``gbm``, which is
+    ``teacher`` (a run directory, ``bundled:gbm``, or a classifier name such as ``gbm``, which is
     then trained on the same maps first; or ``fit(dataset, teacher=<fitted classifier>)``) distils a
     slower, more accurate classifier into this fast network: every training map gets the teacher's
     probabilities as soft targets (loss: :func:`~waferscope.models.classifiers.distill.kd_loss` with

@@ -75,8 +75,8 @@ def kd_loss(student_logits, teacher_logits, targets, alpha: float, temperature: 
 
 
 def fitted_teacher(spec: str, labelled, seed: int = 0, progress: bool = False):
-    """A fitted classifier to distil from, named by ``spec``: a run directory, ``bundled:fast`` /
-    ``bundled:accurate``, or a registered classifier name (then trained on ``labelled`` first, with its
+    """A fitted classifier to distil from, named by ``spec``: a run directory, ``bundled:cnn_gradcam`` /
+    ``bundled:gbm``, or a registered classifier name (then trained on ``labelled`` first, with its
     defaults and ``seed``). Any classifier can teach: only its ``predict_proba`` is used."""
     from waferscope import registry
     from waferscope.base import load_run

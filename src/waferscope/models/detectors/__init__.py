@@ -15,15 +15,22 @@ _HERE = Path(__file__).parent
 for _sub in sorted(p.parent.name for p in _HERE.glob("*/detector.py")):
     importlib.import_module(f"{__name__}.{_sub}.detector")
 
-DEFAULT_MODEL_DIR = _HERE.parent.parent / "weights" / "detector_default"
-# The two detectors shipped with waferscope (scripts/train_bundled_detector.py trains both, on the
-# protocol's 250 training normals): "fast" is the autoencoder (wafer maps and images; dev image AUROC
-# 0.929) and "accurate" is pattern_contrast (wafer maps only; 0.986).
-BUNDLED = {"fast": DEFAULT_MODEL_DIR, "accurate": DEFAULT_MODEL_DIR.parent / "detector_accurate"}
+_WEIGHTS = _HERE.parent.parent / "weights"
+# The detectors shipped with waferscope, named by method (scripts/train_bundled_detector.py trains
+# both on the dev protocol's 250 training normals; figures in docs/detection.md):
+# "pattern_contrast": trees on 61 pattern features, real normals vs simulated defects (dev image AUROC
+#   0.986, ~1,100 wafers/s), the default: the best real-wafer quality above 1,000 wafers/s;
+# "autoencoder": a convolutional autoencoder on the die grid (0.929, ~1,400 wafers/s; exports to ONNX).
+# Both are trained on wafer maps; ordinary images need a run from `waferscope detect train`.
+BUNDLED = {"pattern_contrast": _WEIGHTS / "detector_pattern_contrast",
+           "autoencoder": _WEIGHTS / "detector_autoencoder"}
+BUNDLED_ALIASES = {"accurate": "pattern_contrast", "fast": "autoencoder"}
+DEFAULT_DETECTOR = "pattern_contrast"
 
 
-def load_default(which: str = "fast"):
-    """A detector shipped with waferscope: ``"fast"`` (the default) or ``"accurate"`` (:data:`BUNDLED`)."""
+def load_default(which: str = DEFAULT_DETECTOR):
+    """A detector shipped with waferscope, by name (:data:`BUNDLED`; old names in
+    :data:`BUNDLED_ALIASES` still work)."""
     from waferscope.base import load_bundled
 
-    return load_bundled(BUNDLED, which, "detector")
+    return load_bundled(BUNDLED, which, "detector", aliases=BUNDLED_ALIASES)
