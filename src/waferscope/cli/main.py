@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from waferscope.cli import classify, data, detect, explain, benchmark, export
+from waferscope.cli import classify, data, detect, evaluate, explain, benchmark, export
 from waferscope.errors import WaferscopeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.add_typer(data.app, name="data")
 app.add_typer(classify.app, name="classify")
 app.add_typer(detect.app, name="detect")
+evaluate.register_all()
+app.add_typer(evaluate.app, name="evaluate")
 explain.register(app)  # `explain` and `atlas` are top-level commands
 benchmark.register(app)  # `benchmark`
 export.register(app)  # `export`
