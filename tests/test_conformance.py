@@ -1,0 +1,314 @@
+"""Conformance: every registered classifier and detector honours the estimator contract (base.py).
+
+After scikit-learn's ``parametrize_with_checks``: the checks are parametrised over
+``registry.available("classifier")`` and ``registry.available("detector")``, so a newly registered
+model is checked without touching this file, except for one line in :data:`TINY`: its tiny
+configuration (a few constructor params that make it fit in a second or two). A registered model
+with no entry there fails ``test_has_tiny_params``, and every other check of it fails too; nothing
+is skipped silently.
+
+Checks, per model (one fitted model per name, shared across checks by a module-scoped cache):
+
+- ``fit`` returns ``self``; it adds only learned attributes ending in ``_``; ``get_params`` round-trips
+  through the constructor; ``clone`` gives an unfitted twin with equal params;
+- classifiers: ``predict_proba`` is (N, n_classes) in [0, 1] with rows summing to 1 (multi-label
+  models: per-pattern probabilities, no sum), ``predict`` names classes from ``classes_``;
+  detectors: N finite scores and one anomaly map per sample at that sample's own H×W;
+- ``save`` → ``load_run`` gives the same outputs (to 1e-6);
+- two fits with the same seed give identical outputs;
+- bad input (an empty data set, a die value 7, images to a wafer-only model) is refused with a
+  :class:`~waferscope.errors.WaferscopeError`, never an IndexError/ValueError from deep inside;
+- ONNX export: where supported, the exported graph reproduces the model within export.py's own
+  tolerance; where not, ``export_onnx`` raises a clear ExportError.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from waferscope import registry
+from waferscope.base import _jsonable, load_run
+from waferscope.data.dataset import WaferDataset
+from waferscope.data.synthetic import generate
+from waferscope.errors import WaferscopeError
+
+# ---- the one place a model's tiny configuration lives --------------------------------------------
+# name -> constructor params that make the model fit in about a second on tiny data. Keys that start
+# with "_" are tags, not params:
+#   _wafer_only: the model reads die states only, so images must be refused with a WaferscopeError;
+#   _onnx: export_onnx is expected to succeed (True) or to refuse with an ExportError (False);
+#   _multilabel: predict_proba gives independent per-pattern probabilities (rows need not sum to 1).
+_NET = dict(epochs=1, size=16, batch_size=16, progress=False)
+_AE = dict(val_fraction=0.0, ae_epochs=1, latent_dim=8, ae_width=4)
+_BANK = dict(backbone="resnet18", pretrained=None, backbone_kwargs={"width": 0.25, "small_input": True},
+             input_size=16, embedding_dim=16, coreset_ratio=0.5, batch_size=16, verbose=False)
+TINY: dict[str, dict] = {
+    # classifiers
+    "ae_latent": dict(_NET, **_AE, hidden=8, _wafer_only=True, _onnx=True),
+    "cnn": dict(_NET, width=4, _onnx=True),
+    "cnn_fine": dict(_NET, width=4, head=4, _onnx=True),
+    "cnn_residual": dict(_NET, **_AE, width=4, _wafer_only=True, _onnx=True),
+    "gbm": dict(max_iter=3, max_leaf_nodes=4, n_jobs=1, progress=False, _wafer_only=True, _onnx=False),
+    "kd_student": dict(_NET, width=4, head=8, teacher_params={"epochs": 1, "width": 4}, _wafer_only=True,
+                       _onnx=True),
+    "multilabel_cnn": dict(_NET, width=4, _onnx=True, _multilabel=True),
+    "pseudo_label_cnn": dict(_NET, width=4, rounds=1, _wafer_only=True, _onnx=True),
+    "resnet18": dict(_NET, width=0.25, _onnx=True),
+    "svm-linear": dict(n_jobs=1, progress=False, _wafer_only=True, _onnx=False),
+    "svm-rbf": dict(n_jobs=1, progress=False, _wafer_only=True, _onnx=False),
+    # detectors
+    "autoencoder": dict(input_size=16, base_channels=4, latent_dim=4, epochs=1, train_batch_size=8, verbose=False,
+                        _onnx=True),
+    "efficientad": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8, verbose=False, _onnx=True),
+    "patchcore": dict(_BANK, _onnx=True),
+    "pattern_contrast": dict(n_synthetic=18, max_iter=3, max_leaf_nodes=4, n_jobs=1, verbose=False,
+                             _wafer_only=True, _onnx=False),
+    "pattern_stats": dict(verbose=False, _wafer_only=True, _onnx=False),
+    "reconpatch": dict(_BANK, representation_dim=16, projection_dim=8, epochs=1, steps_per_epoch=2,
+                       contrastive_batch_size=32, _onnx=True),
+    "reverse_distillation": dict(pretrained=None, input_size=32, epochs=1, train_batch_size=8, n_blocks=1,
+                                 verbose=False, _onnx=True),
+    "reverse_distillation_convnext": dict(pretrained=None, input_size=32, epochs=1, train_batch_size=8,
+                                          n_blocks=1, verbose=False, _onnx=True),
+    "stfpm": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8, verbose=False, _onnx=True),
+}
+
+MODELS = [(name, kind) for kind in ("classifier", "detector") for name in registry.available(kind)]
+IDS = [name for name, _ in MODELS]
+
+
+def tiny_params(name: str) -> dict:
+    """The constructor params of ``name``'s tiny configuration; a model without one is a failure."""
+    if name not in TINY:
+        pytest.fail(f"registered model {name!r} has no tiny configuration: add an entry to TINY in "
+                    "tests/test_conformance.py (docs/contributing.md, 'Adding a model')")
+    return {k: v for k, v in TINY[name].items() if not k.startswith("_")}
+
+
+def tag(name: str, key: str, default=False):
+    return TINY.get(name, {}).get(f"_{key}", default)
+
+
+# ---- tiny data -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data():
+    torch.set_num_threads(1)
+    train = generate(27, seed=0, size=(24, 24))  # 3 maps of each of the 9 classes, with multi-labels
+    normals = generate(12, seed=1, size=(24, 24), classes=["none"])
+    test = generate(9, seed=2)  # the product catalogue's grids: every map has its own H×W
+    return {"classifier": train, "detector": normals, "test": test}
+
+
+def _empty(ds: WaferDataset) -> WaferDataset:
+    return ds.subset(np.arange(0))
+
+
+def _with_die_seven(ds: WaferDataset) -> WaferDataset:
+    """A copy of ``ds`` whose first map has a die of value 7 (built without from_maps' validation,
+    as a caller constructing WaferDataset directly can)."""
+    maps = [m.copy() for m in ds.maps]
+    on = np.argwhere(maps[0] == 1)
+    maps[0][tuple(on[len(on) // 2])] = 7
+    return WaferDataset(maps=maps, labels=ds.labels.copy(), meta=ds.meta.copy(), multilabels=ds.multilabels,
+                        masks=ds.masks, kind=ds.kind, name="die-seven")
+
+
+def _as_images(ds: WaferDataset) -> WaferDataset:
+    """The same samples as RGB images (the MVTec-AD kind), with "good" for normal maps."""
+    palette = np.array([[0, 0, 0], [40, 200, 40], [220, 30, 30]], dtype=np.uint8)
+    labels = ["good" if lab == "none" else lab for lab in ds.labels]
+    return WaferDataset.from_maps([palette[m] for m in ds.maps], labels, kind="image", name="images")
+
+
+def _outputs(est, ds) -> list[np.ndarray]:
+    if est.registry_kind == "classifier":
+        return [np.asarray(est.predict_proba(ds))]
+    res = est.score(ds)
+    return [np.asarray(res.scores)] + [np.asarray(m) for m in res.maps]
+
+
+def _assert_same(a: list[np.ndarray], b: list[np.ndarray], atol: float = 1e-6) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.shape == y.shape
+        np.testing.assert_allclose(x, y, rtol=0, atol=atol)
+
+
+# ---- one fitted model per name, shared by the checks ---------------------------------------------
+_CACHE: dict[str, tuple] = {}
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    """fitted(name, kind) → (unfitted twin, fitted estimator, value fit returned, attributes fit added)."""
+
+    def get(name: str, kind: str):
+        if name not in _CACHE:
+            params = tiny_params(name)
+            est = registry.create(name, kind, **params)
+            before = set(vars(est))
+            out = est.fit(data[kind])
+            _CACHE[name] = (registry.create(name, kind, **params), est, out, set(vars(est)) - before)
+        return _CACHE[name]
+
+    yield get
+    _CACHE.clear()
+
+
+# ---- checks --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_has_tiny_params(name, kind):
+    params = tiny_params(name)
+    unknown = set(params) - set(registry.get(name, kind)._param_names())
+    assert not unknown, f"TINY[{name!r}] names parameters the constructor does not take: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_params_and_clone(name, kind):
+    params = tiny_params(name)
+    est = registry.create(name, kind, **params)
+    assert not est.is_fitted
+    got = est.get_params()
+    assert set(got) == set(type(est)._param_names())
+    assert all(got[k] is params[k] or got[k] == params[k] for k in params), "params not stored unchanged"
+    rebuilt = type(est)(**got)
+    assert _jsonable(rebuilt.get_params()) == _jsonable(got)
+    twin = est.clone()
+    assert type(twin) is type(est) and twin is not est
+    assert _jsonable(twin.get_params()) == _jsonable(got)
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_fit_returns_self_and_learned_state_ends_in_underscore(name, kind, fitted):
+    unfitted, est, out, added = fitted(name, kind)
+    assert out is est, "fit() must return self"
+    assert est.is_fitted
+    public = sorted(a for a in added if not a.startswith("_"))
+    assert public, "fit() learned no attribute ending in '_'"
+    bad = [a for a in public if not a.endswith("_")]
+    assert not bad, f"fit() set public attributes not ending in '_': {bad}"
+    assert _jsonable(est.get_params()) == _jsonable(unfitted.get_params()), "fit() changed the params"
+    twin = est.clone()
+    assert not twin.is_fitted, "clone() of a fitted model must be unfitted"
+    assert _jsonable(twin.get_params()) == _jsonable(est.get_params())
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_outputs(name, kind, fitted, data):
+    _, est, _, _ = fitted(name, kind)
+    test = data["test"]
+    n = len(test)
+    if kind == "classifier":
+        proba = np.asarray(est.predict_proba(test))
+        assert proba.shape == (n, len(est.classes_))
+        assert np.all(np.isfinite(proba)) and proba.min() >= 0 and proba.max() <= 1 + 1e-6
+        if not tag(name, "multilabel"):
+            np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+            pred = np.asarray(est.predict(test))
+            assert pred.shape == (n,)
+            assert set(pred.tolist()) <= set(est.classes_)
+        else:
+            assert len(est.predict(test)) == n
+    else:
+        res = est.score(test)
+        scores = np.asarray(res.scores)
+        assert scores.shape == (n,) and np.all(np.isfinite(scores))
+        assert len(res.maps) == n
+        for amap, wafer in zip(res.maps, test.maps):
+            assert amap.shape == wafer.shape[:2]
+            assert np.all(np.isfinite(amap))
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_save_load_round_trip(name, kind, fitted, data, tmp_path):
+    _, est, _, _ = fitted(name, kind)
+    est.save(tmp_path / "run")
+    again = load_run(tmp_path / "run", kind=kind)
+    assert type(again) is type(est)
+    assert _jsonable(again.get_params()) == _jsonable(est.get_params())
+    if kind == "classifier":
+        assert list(again.classes_) == list(est.classes_)
+    _assert_same(_outputs(again, data["test"]), _outputs(est, data["test"]))
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_same_seed_same_outputs(name, kind, fitted, data):
+    _, est, _, _ = fitted(name, kind)
+    refit = est.clone().fit(data[kind])
+    _assert_same(_outputs(refit, data["test"]), _outputs(est, data["test"]), atol=0)
+
+
+def _refused(call, what: str) -> WaferscopeError:
+    try:
+        call()
+    except WaferscopeError as exc:
+        assert str(exc).strip(), f"{what}: the error has no message"
+        return exc
+    except Exception as exc:  # an error from deep inside numpy/torch/sklearn is a failure
+        pytest.fail(f"{what}: raised {type(exc).__name__} ({exc}) instead of a WaferscopeError")
+    pytest.fail(f"{what}: accepted without an error")
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_refuses_an_empty_training_set(name, kind, data):
+    est = registry.create(name, kind, **tiny_params(name))
+    _refused(lambda: est.fit(_empty(data[kind])), "fit on an empty data set")
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_empty_input_gives_empty_output(name, kind, fitted, data):
+    _, est, _, _ = fitted(name, kind)
+    empty = _empty(data["test"])
+    try:
+        out = _outputs(est, empty)
+    except WaferscopeError:
+        return  # refusing clearly is fine too
+    if kind == "classifier":
+        assert out[0].shape == (0, len(est.classes_))
+    else:
+        assert out[0].shape == (0,) and len(out) == 1
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_refuses_a_die_value_of_seven(name, kind, fitted, data):
+    _, est, _, _ = fitted(name, kind)
+    bad = _with_die_seven(data["test"])
+    exc = _refused(lambda: _outputs(est, bad), "predict on a map with die value 7")
+    assert "7" in str(exc), f"the message should name the bad value: {exc}"
+    twin = registry.create(name, kind, **tiny_params(name))
+    train = _with_die_seven(data[kind])
+    _refused(lambda: twin.fit(train), "fit on a map with die value 7")
+
+
+@pytest.mark.parametrize("name,kind", [m for m in MODELS if tag(m[0], "wafer_only")],
+                         ids=[n for n, _ in MODELS if tag(n, "wafer_only")])
+def test_wafer_only_model_refuses_images(name, kind, fitted, data):
+    _, est, _, _ = fitted(name, kind)
+    images = _as_images(data[kind])
+    _refused(lambda: registry.create(name, kind, **tiny_params(name)).fit(images), "fit on images")
+    _refused(lambda: _outputs(est, _as_images(data["test"])), "predict on images")
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_onnx_export_parity_or_clear_refusal(name, kind, fitted, data, tmp_path):
+    from waferscope.export import ExportError, OnnxModel, export_onnx
+
+    _, est, _, _ = fitted(name, kind)
+    path = tmp_path / "model.onnx"
+    if not tag(name, "onnx"):
+        with pytest.raises(ExportError, match=name):
+            export_onnx(est, path)
+        assert not path.exists()
+        return
+    tolerance = 1e-4  # export_onnx's own default parity tolerance
+    model = OnnxModel(export_onnx(est, path, tolerance=tolerance))
+    test = data["test"]
+    if kind == "classifier":
+        np.testing.assert_allclose(model.predict_proba(test), est.predict_proba(test), atol=tolerance, rtol=0)
+    else:
+        want, got = est.score(test), model.score(test)
+        np.testing.assert_allclose(got.scores, want.scores, atol=tolerance, rtol=tolerance)
+        for a, b in zip(got.maps, want.maps):
+            np.testing.assert_allclose(a, b, atol=tolerance, rtol=tolerance)
