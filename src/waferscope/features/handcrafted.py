@@ -138,8 +138,11 @@ def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: boo
     The Radon transform dominates the cost (a few ms per map), so below a few hundred maps the
     process start-up is not worth it and the work stays in this process.
     """
+    from waferscope.data.dataset import validate_wafer_maps
+
     maps = list(maps)
     feature_names(feature_set)  # reject an unknown set before any work
+    validate_wafer_maps(maps)  # die states 0/1/2 only: a clear DataError, not a failure deep in skimage
     if len(maps) < 2 * chunk_size or n_jobs == 1:
         return _chunk(maps, feature_set)
     from joblib import Parallel, delayed

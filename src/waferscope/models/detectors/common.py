@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from waferscope.base import DetectionResult, Detector
 from waferscope.data import preprocess
 from waferscope.data.classes import NORMAL_LABELS
+from waferscope.data.dataset import validate_wafer_maps
 from waferscope.errors import DataError
 
 __all__ = ["dataset_to_input", "wafer_valid_masks", "training_normals", "seed_everything", "batch_slices",
@@ -58,6 +59,7 @@ def dataset_to_input(dataset, size: int = 64) -> np.ndarray:
     """(N, 3, size, size) float32 network input for a WaferDataset of wafer maps or images."""
     if dataset.kind == "image":
         return _resize_images(dataset.maps, size)
+    validate_wafer_maps(dataset.maps, dataset.name)  # a die value 7: a clear DataError, not an IndexError
     return preprocess.encode(preprocess.resize_maps(dataset.maps, size), "onehot3")
 
 
@@ -81,10 +83,12 @@ def training_normals(dataset, where: str | None = None):
 
 
 def require_wafer_maps(dataset, detector: str) -> None:
-    """A clear DataError when a die-statistics detector is given images instead of wafer maps."""
+    """A clear DataError when a die-statistics detector is given images instead of wafer maps, or
+    maps with die values other than 0/1/2."""
     if dataset.kind != "wafer":
         raise DataError(f"{detector} models die-state wafer maps, not images; use autoencoder, stfpm, "
                         "reverse_distillation, efficientad or patchcore for images", dataset.name)
+    validate_wafer_maps(dataset.maps, dataset.name)
 
 
 # ---- training helpers ---------------------------------------------------------------------------
