@@ -23,8 +23,23 @@ def label_order(labels: np.ndarray) -> list[str]:
     return seen
 
 
+def require_wafer_maps(dataset, who: str) -> None:
+    """A clear DataError unless ``dataset`` holds valid die-state wafer maps (for models that read die
+    states only: images, or a die value other than 0/1/2, are refused before any numpy/torch work)."""
+    from waferscope.data.dataset import validate_wafer_maps
+
+    if dataset.kind != "wafer":
+        raise DataError(f"{who} reads die-state wafer maps, not images", dataset.name)
+    validate_wafer_maps(dataset.maps, dataset.name)
+
+
 def labelled_for_training(dataset, who: str = "classifier"):
-    """The labelled part of a data set; unlabelled maps are skipped with a note on stderr."""
+    """The labelled part of a data set; unlabelled maps are skipped with a note on stderr. Wafer maps
+    must hold die states 0/1/2 only (a clear DataError otherwise)."""
+    from waferscope.data.dataset import validate_wafer_maps
+
+    if dataset.kind == "wafer":
+        validate_wafer_maps(dataset.maps, dataset.name)
     n_unlabelled = int((~dataset.is_labelled).sum())
     if n_unlabelled:
         print(f"note: {who}: skipping {n_unlabelled} unlabelled map(s) of {len(dataset)}", file=sys.stderr)

@@ -22,7 +22,7 @@ from scipy.special import softmax
 from waferscope.base import Classifier
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import extract_features, feature_names
-from waferscope.models.classifiers.common import label_order, labelled_for_training
+from waferscope.models.classifiers.common import label_order, labelled_for_training, require_wafer_maps
 from waferscope.models.trees import fit_trees, load_trees, tree_scores
 from waferscope.registry import register
 
@@ -44,6 +44,7 @@ class GradientBoostingClassifier(Classifier):
         self.progress = progress
 
     def features(self, dataset) -> np.ndarray:
+        require_wafer_maps(dataset, self.registry_name or type(self).__name__)
         return extract_features(dataset.maps, n_jobs=self.n_jobs, progress=self.progress,
                                 feature_set=self.feature_set)
 

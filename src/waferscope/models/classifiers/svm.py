@@ -16,7 +16,7 @@ import numpy as np
 from waferscope.base import Classifier
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import N_FEATURES, extract_features
-from waferscope.models.classifiers.common import label_order, labelled_for_training
+from waferscope.models.classifiers.common import label_order, labelled_for_training, require_wafer_maps
 from waferscope.registry import register
 
 # The SVC's fitted arrays, stored as they are ("_"-prefixed ones are libsvm's internal copies).
@@ -51,6 +51,7 @@ class _SVMClassifier(Classifier):
                    decision_function_shape="ovo", probability=True, random_state=self.seed)
 
     def features(self, dataset) -> np.ndarray:
+        require_wafer_maps(dataset, self.registry_name or type(self).__name__)
         return extract_features(dataset.maps, n_jobs=self.n_jobs, progress=self.progress)
 
     def fit(self, dataset, **kwargs) -> "_SVMClassifier":
