@@ -27,6 +27,7 @@ import numpy as np
 from waferscope.data.preprocess import augment_dihedral, encode
 from waferscope.errors import DataError
 from waferscope.models.classifiers.cnn import compact_wafer_cnn
+from waferscope.models.classifiers.common import require_wafer_maps
 from waferscope.models.classifiers.torch_base import TorchClassifier
 from waferscope.registry import register
 
@@ -129,12 +130,22 @@ class _AEClassifierBase(TorchClassifier):
 
     def fit(self, dataset, unlabelled=None, **kwargs):
         """``unlabelled``: extra maps (any labels) used only to train the autoencoder."""
+        import torch
+
         if dataset.kind != "wafer":
             raise DataError(f"{dataset.name}: the autoencoder variants take wafer maps, not images")
+        for part in (dataset, unlabelled):  # die states 0/1/2 before the autoencoder sees them
+            if part is not None:
+                require_wafer_maps(part, self.registry_name or type(self).__name__)
+        torch.manual_seed(self.seed)  # the autoencoder's initial weights too, not only its training
         self.ae_ = build_autoencoder(self._in_chans(), int(self.size), self.latent_dim, self.ae_width)
         self.ae_history_ = train_autoencoder(self.ae_, self._ae_training_maps(dataset, unlabelled), self.encoding,
                                              self.ae_epochs, seed=self.seed, progress=self.progress)
         return super().fit(dataset, **kwargs)
+
+    def predict_proba(self, dataset) -> np.ndarray:
+        require_wafer_maps(dataset, self.registry_name or type(self).__name__)
+        return super().predict_proba(dataset)
 
     # The whole autoencoder is saved beside the classifier network (``ae.*``), so a reloaded run can
     # still show residual maps and reconstructions, whatever the variant keeps of it in its network.
