@@ -26,6 +26,7 @@ from waferscope.data.dataset import WaferDataset
 from waferscope.data.preprocess import dihedral
 from waferscope.errors import DataError
 from waferscope.models.classifiers.cnn import CompactCNNClassifier
+from waferscope.models.classifiers.common import require_wafer_maps
 from waferscope.registry import register
 
 
@@ -104,6 +105,10 @@ class PseudoLabelCNNClassifier(CompactCNNClassifier):
                 super().fit(WaferDataset.concat([labelled, pseudo], name="labelled+pseudo"), **kwargs)
         self.pseudo_rounds_ = rounds_log
         return self
+
+    def predict_proba(self, dataset) -> np.ndarray:
+        require_wafer_maps(dataset, "pseudo_label_cnn")
+        return super().predict_proba(dataset)
 
     def _state(self):
         tensors, extras = super()._state()
