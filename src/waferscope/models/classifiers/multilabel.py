@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from waferscope.data.classes import BASE_PATTERNS, NORMAL
+from waferscope.data.dataset import validate_wafer_maps
 from waferscope.data.preprocess import augment_dihedral, stratified_split
 from waferscope.errors import DataError
 from waferscope.models.classifiers.cnn import compact_wafer_cnn
@@ -86,6 +87,10 @@ class MultiLabelCNNClassifier(TorchClassifier):
         import torch.nn.functional as F
         from tqdm.auto import tqdm
 
+        if len(dataset) == 0:
+            raise DataError(f"{dataset.name}: no maps to train on")
+        if dataset.kind == "wafer":
+            validate_wafer_maps(dataset.maps, dataset.name)
         if dataset.multilabels is None:
             raise DataError(f"{dataset.name}: multilabel_cnn needs multi-labels (N×8 over BASE_PATTERNS), "
                             "e.g. waferscope.data.synthetic.generate(n, seed, mixed=True)")
@@ -156,6 +161,13 @@ class MultiLabelCNNClassifier(TorchClassifier):
 
         self._check_fitted()
         return torch.sigmoid(self._logits(self.resize(dataset), dataset.kind).float()).numpy()
+
+    def export_module(self):
+        """The ONNX graph's network: one-hot input → the 8 sigmoid pattern probabilities (the generic
+        classifier graph would apply a softmax)."""
+        import torch
+
+        return torch.nn.Sequential(self.network_, torch.nn.Sigmoid()).eval()
 
     def predict_multilabel(self, dataset) -> np.ndarray:
         """(N, 8) bool: which of BASE_PATTERNS each map shows."""
