@@ -77,14 +77,18 @@ def _module(est):
     import torch
     from torch import nn
 
-    size = input_size(est)
     custom = est.export_module() if hasattr(est, "export_module") else None
+    # What cannot export is said first (a tree or SVM model has no input size either, which would
+    # otherwise be the error it got).
+    if est.registry_kind == "classifier" and not isinstance(custom or getattr(est, "network_", None), nn.Module):
+        raise ExportError(f"{est.registry_name}: only torch classifiers (with a network_) export to ONNX")
+    if est.registry_kind != "classifier" and custom is None and not hasattr(est, "_predict_batch"):
+        raise ExportError(f"{est.registry_name}: only torch detectors (with _predict_batch) export to ONNX")
+    size = input_size(est)
 
     if est.registry_kind == "classifier":
         encoding = getattr(est, "encoding", "onehot3")
         net = custom or getattr(est, "network_", None)
-        if not isinstance(net, nn.Module):
-            raise ExportError(f"{est.registry_name}: only torch classifiers (with a network_) export to ONNX")
         # The plain network_, not a model's own fast inference copy (whose input may differ, e.g. the
         # KD student's die-state stem): onnxruntime folds Conv-BN and fuses the one-hot itself.
         views = 8 if getattr(est, "tta", False) else 1  # test-time augmentation: the 8 rotations/flips
@@ -109,8 +113,6 @@ def _module(est):
 
         return ClassifierGraph().eval(), ["probabilities"], size
 
-    if custom is None and not hasattr(est, "_predict_batch"):
-        raise ExportError(f"{est.registry_name}: only torch detectors (with _predict_batch) export to ONNX")
     if getattr(est, "jit", False):
         # Trace the eager network, not the detector's own TorchScript copy (which cannot be traced
         # again); a shallow copy shares the fitted weights and leaves the caller's detector as it was.
