@@ -13,7 +13,9 @@ def register(app: typer.Typer) -> None:
 
 def _summary(obj) -> str:
     lines = (obj.__doc__ or "").strip().splitlines()
-    return lines[0].rstrip(".") if lines else ""
+    if lines:
+        return lines[0].rstrip(".")
+    return "" if getattr(obj, "__module__", "").startswith("waferscope.") else f"{obj.__module__}.{obj.__qualname__}"
 
 
 def model_table() -> list[dict]:
