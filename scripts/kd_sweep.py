@@ -10,7 +10,8 @@ Protocol (the classification protocol of scripts/eval_classifiers.py, per fold):
 - every student of that fold distils that same teacher on the same training data (seed k) and is
   scored on the same test fold; retention = student macro-F1 / teacher macro-F1 on that fold;
 - a student cell = (arch, width, α, T, epochs, transfer): ``transfer`` = how many synthetic maps
-  (labels dropped, ``kd_student(transfer_synthetic=n)``) the teacher labels for the soft term only.
+  (labels dropped, ``kd_student.fit(..., transfer=generate(n, seed=10_000 + k))``) the teacher labels
+  for the soft term only.
   The student's 8 rotations/flips of every map are further transfer views (always on).
 
 Each (cell, fold) result is cached as JSON under ``--work/cells``, so the sweep runs in pieces and
@@ -71,10 +72,6 @@ def cell_key(c: dict) -> str:
         key += f"_p{c['patience']}"
     if c.get("head"):
         key += f"_h{c['head']}"
-    if c.get("init"):
-        key += "_init"
-    if c.get("noisy"):
-        key += f"_n{c['noisy']}"
     if c.get("val_fraction") is not None:
         key += f"_v{c['val_fraction']:g}"
     return key
@@ -117,7 +114,8 @@ def load_results(work: Path) -> tuple[dict, list[dict]]:
 
 
 def variant(c: dict) -> str:
-    """What else distinguishes a cell: early stopping, the wide head, teacher init, noisy copies, no val split."""
+    """What else distinguishes a cell: early stopping, the wide head, teacher init, noisy copies, no val split
+    (the last three from cells cached before those kd_student options were removed)."""
     notes = ["full schedule" if c.get("patience") else "early stop (patience 15)"]
     if c.get("head"):
         notes.append(f"1×1 head {c['head']}")
@@ -203,12 +201,8 @@ def main(argv=None) -> int:
                     help="unlabelled synthetic maps in the transfer set (soft term only)")
     ap.add_argument("--lr", type=float, nargs="+", default=[4e-3])
     ap.add_argument("--patience", type=int, default=None, help="student early-stopping patience (default: the model's)")
-    ap.add_argument("--noisy-copies", type=int, default=0,
-                    help="re-drawn (die-noise) copies of every training map in the transfer set")
     ap.add_argument("--heads", type=int, nargs="+", default=[0],
                     help="1×1 expansion channels before the global pool (patchify arch; 0 = none)")
-    ap.add_argument("--init-from-teacher", action="store_true",
-                    help="start the student from the teacher's largest-|BN scale| channels (arch cnn)")
     ap.add_argument("--val-fraction", type=float, default=None,
                     help="student validation split (default: the model's; 0 = train on all, keep the last epoch)")
     ap.add_argument("--work", default="runs/kd_sweep5")
@@ -225,12 +219,12 @@ def main(argv=None) -> int:
 
     import torch
 
+    from waferscope.data.synthetic import generate
     from waferscope.models.classifiers.distill import DistilledStudentClassifier
 
     torch.set_num_threads(args.threads)
     grid = [dict(arch=a, width=w, alpha=al, temperature=(t if al > 0 else 1.0), epochs=e, transfer=n, lr=lr,
-                 patience=args.patience, val_fraction=args.val_fraction, noisy=args.noisy_copies,
-                 init=args.init_from_teacher, head=h)
+                 patience=args.patience, val_fraction=args.val_fraction, head=h)
             for a, w, al, t, e, n, lr, h in itertools.product(args.arch, args.widths, args.alphas, args.temperatures,
                                                               args.epochs, args.transfer, args.lr, args.heads)]
     grid = list({cell_key(c): c for c in grid}.values())  # α = 0 ignores T: one cell
@@ -246,8 +240,10 @@ def main(argv=None) -> int:
             extra = {k: c[k] for k in ("patience", "val_fraction") if c[k] is not None}
             student = DistilledStudentClassifier(
                 arch=c["arch"], width=c["width"], alpha=c["alpha"], temperature=c["temperature"], epochs=c["epochs"],
-                lr=c["lr"], transfer_synthetic=c["transfer"], noisy_copies=c["noisy"], init_from_teacher=c["init"], head=c["head"], transfer_ratio=None, seed=fold, progress=False, **extra)
-            student.fit(train, teacher=teacher)
+                lr=c["lr"], head=c["head"], transfer_ratio=None, seed=fold, progress=False, **extra)
+            # unlabelled synthetic transfer maps, from a seed the training data do not use
+            transfer = generate(c["transfer"], seed=10_000 + fold) if c["transfer"] else None
+            student.fit(train, teacher=teacher, transfer=transfer)
             row = {"key": cell_key(c), **c, "fold": fold, "student_params": student.n_parameters(),
                    "teacher_params": t_info["params"], **scores(student, test),
                    "best_epoch": student.best_epoch_, "epochs_run": len(student.history_),

@@ -11,7 +11,7 @@ from waferscope.base import load_run
 from waferscope.data.classes import CLASSES
 from waferscope.data.synthetic import generate
 from waferscope.errors import ConfigError, DataError
-from waferscope.models.classifiers.distill import fitted_teacher, teacher_log_proba
+from waferscope.models.classifiers.teachers import fitted_teacher, teacher_log_proba
 
 torch.set_num_threads(1)
 FAST = {"epochs": 1, "size": 32, "progress": False, "batch_size": 32}

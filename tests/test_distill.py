@@ -9,8 +9,9 @@ from waferscope.base import load_run
 from waferscope.data.synthetic import generate
 from waferscope.errors import ConfigError
 from waferscope.models.classifiers.cnn import CompactCNNClassifier, compact_wafer_cnn
-from waferscope.models.classifiers.distill import (IGNORE, DistilledStudentClassifier, compact_student,
-                                                   count_parameters, kd_loss, teacher_shaped_student)
+from waferscope.models.classifiers.distill import (DistilledStudentClassifier, compact_student, count_parameters,
+                                                   teacher_shaped_student)
+from waferscope.models.classifiers.losses import IGNORE, kd_loss
 
 SMALL = dict(size=16, epochs=1, batch_size=16, progress=False, val_fraction=0.0)
 
@@ -135,10 +136,11 @@ def test_fast_inference_path_matches_the_network(arch):
     assert torch.allclose(model._logits(x), ref, atol=1e-4)
 
 
-def test_synthetic_transfer_maps_are_distilled_without_their_labels():
+def test_transfer_maps_are_distilled_without_their_labels():
     data = generate(27, seed=4, size=(20, 20))
+    transfer = generate(40, seed=5, size=(20, 20))
     teacher = CompactCNNClassifier(**SMALL).fit(data)
-    student = DistilledStudentClassifier(**SMALL, width=3, transfer_synthetic=40, transfer_ratio=None)
+    student = DistilledStudentClassifier(**SMALL, width=3, transfer_ratio=None)
     seen = {}
     original = student._teacher_views
 
@@ -147,14 +149,35 @@ def test_synthetic_transfer_maps_are_distilled_without_their_labels():
         return original(x_u8)
 
     student._teacher_views = spy
-    student.fit(data, teacher=teacher)
+    student.fit(data, teacher=teacher, transfer=transfer)
     assert student.transfer_size_ == 40
     assert seen["n"] == 27 + 40  # the teacher labels every training and transfer map
-    capped = DistilledStudentClassifier(**SMALL, width=3, transfer_synthetic=40, transfer_ratio=1.0).fit(
-        data, teacher=teacher)
+    capped = DistilledStudentClassifier(**SMALL, width=3, transfer_ratio=1.0).fit(
+        data, teacher=teacher, transfer=transfer)
     assert capped.transfer_size_ == 27
 
 
 def test_unknown_arch_is_a_config_error():
     with pytest.raises(ConfigError, match="arch"):
         DistilledStudentClassifier(arch="mlp").build_network(3, 9)
+
+
+def test_a_run_saved_with_a_removed_option_loads_when_it_was_off(tmp_path):
+    import json
+
+    from waferscope.base import load_run
+    from waferscope.errors import RunDirError
+
+    data = generate(18, seed=4, size=(20, 20))
+    teacher = CompactCNNClassifier(**SMALL).fit(data)
+    student = DistilledStudentClassifier(**SMALL, width=3).fit(data, teacher=teacher)
+    student.save(tmp_path / "run")
+    doc_path = tmp_path / "run" / "model.json"
+    doc = json.loads(doc_path.read_text())
+    doc["params"].update(transfer_synthetic=0, noisy_copies=0, init_from_teacher=False)
+    doc_path.write_text(json.dumps(doc))
+    assert np.allclose(load_run(tmp_path / "run").predict_proba(data), student.predict_proba(data))
+    doc["params"]["noisy_copies"] = 2
+    doc_path.write_text(json.dumps(doc))
+    with pytest.raises(RunDirError, match="noisy_copies"):
+        load_run(tmp_path / "run")

@@ -141,7 +141,15 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
     if kind is not None and doc.get("kind") != kind:
         raise RunDirError(f"this run holds a {doc.get('kind')} ({doc.get('name')}), not a {kind}", run_dir)
     cls = registry.get(doc["name"], doc["kind"])
-    est = cls(**doc["params"])
+    # Options removed since the run was saved (measured as no help) are dropped if they were off;
+    # a run that used one cannot be rebuilt faithfully and says so.
+    params = dict(doc["params"])
+    for name, off in getattr(cls, "removed_params", {}).items():
+        if name in params:
+            if params.pop(name) != off:
+                raise RunDirError(f"this {doc['name']} run uses the option {name!r}, which waferscope no "
+                                  f"longer has; retrain it", run_dir)
+    est = cls(**params)
     wpath = Path(run_dir) / WEIGHTS
     try:
         tensors = load_file(str(wpath)) if wpath.exists() else {}

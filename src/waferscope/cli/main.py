@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from waferscope.cli import classify, data, detect, evaluate, explain, benchmark, export
+from waferscope.cli import classify, data, detect, evaluate, explain, benchmark, export, models
 from waferscope.errors import WaferscopeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,6 +24,7 @@ app.add_typer(evaluate.app, name="evaluate")
 explain.register(app)  # `explain` and `atlas` are top-level commands
 benchmark.register(app)  # `benchmark`
 export.register(app)  # `export`
+models.register(app)  # `models`
 
 
 def main() -> None:

@@ -30,6 +30,10 @@ BUNDLED_ALIASES = {"distilled": "cnn_distilled", "fast": "cnn_gradcam", "accurat
 # Explanations come from "cnn_gradcam", the only network trained so that its Grad-CAM sits on the
 # pattern; so the two commands may name different classes for an arguable map.
 DEFAULT_FOR_LABELS = "cnn_distilled"
+# One line each for `waferscope models`.
+BUNDLED_SUMMARY = {"cnn_distilled": "cnn_fine distilled from the bundled gbm: fast, the default for labels",
+                   "cnn_gradcam": "cnn_fine with a Grad-CAM localisation loss: the default for explanations",
+                   "gbm": "boosted trees on 120 wafer features: the most accurate, ~250 wafers/s"}
 DEFAULT_FOR_EXPLANATIONS = "cnn_gradcam"
 
 

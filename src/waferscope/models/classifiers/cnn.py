@@ -275,7 +275,7 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
     ``teacher`` (a run directory, ``bundled:gbm``, or a classifier name such as ``gbm``, which is
     then trained on the same maps first; or ``fit(dataset, teacher=<fitted classifier>)``) distils a
     slower, more accurate classifier into this fast network: every training map gets the teacher's
-    probabilities as soft targets (loss: :func:`~waferscope.models.classifiers.distill.kd_loss` with
+    probabilities as soft targets (loss: :func:`~waferscope.models.classifiers.losses.kd_loss` with
     ``distil_alpha``, ``distil_temperature``), and ``distil_synthetic`` extra synthetic maps, from a
     seed no training set uses, show the student the teacher's function on maps the teacher did not
     fit. On the 5-fold real dev protocol a ``gbm`` teacher lifts ``cnn_fine`` from 0.755 to 0.798
@@ -325,7 +325,7 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         from waferscope.data import WaferDataset
         from waferscope.data.classes import CLASSES
         from waferscope.data.synthetic import generate
-        from waferscope.models.classifiers.distill import fitted_teacher
+        from waferscope.models.classifiers.teachers import fitted_teacher
 
         if not 0 <= float(self.distil_alpha) <= 1 or not float(self.distil_temperature) > 0:
             raise ConfigError(f"cnn_fine distils with 0 <= distil_alpha <= 1 and distil_temperature > 0, got "
@@ -346,7 +346,7 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
     def _soft_targets(self, dataset):
         if getattr(self, "_teacher", None) is None:
             return None
-        from waferscope.models.classifiers.distill import teacher_log_proba
+        from waferscope.models.classifiers.teachers import teacher_log_proba
 
         return teacher_log_proba(self._teacher, dataset, self.classes_)
 

@@ -18,10 +18,10 @@ What the sweep measured (docs/classification_advanced.md, section 1; 5 folds of 
   ``patience`` defaults to the number of epochs (the best validation epoch is still kept);
 - **every rotation/flip** of a map is a transfer example: the teacher's logits are computed once for
   all 8 dihedral views of every training map and looked up during training;
-- extra transfer maps did *not* help: synthetic maps (``transfer_synthetic``) cost 1–2 points (they
-  are not the distribution the student is tested on) and die-noise copies of the training maps
-  (``noisy_copies``) about 1; both stay available, as does ``fit(dataset, transfer=...)`` for real
-  unlabelled maps (what WM-811K's 78 % unlabelled maps would be). That is with a ``cnn`` teacher,
+- extra transfer maps did *not* help: synthetic maps cost 1–2 points (they are not the distribution
+  the student is tested on), die-noise copies of the training maps about 1, and initialising the
+  student by pruning the teacher nothing; those options were removed. ``fit(dataset, transfer=...)``
+  stays, for real unlabelled maps (what WM-811K's 78 % unlabelled maps would be). That is with a ``cnn`` teacher,
   which sees the maps as the student does; with the feature-based ``gbm`` as teacher, synthetic
   transfer maps are what carry its knowledge into ``cnn_fine`` (+0.043 macro-F1:
   ``cnn_fine(teacher=...)``, docs/classification.md).
@@ -41,71 +41,9 @@ import numpy as np
 from waferscope.data.preprocess import dihedral
 from waferscope.errors import ConfigError, DataError
 from waferscope.models.classifiers.common import label_order
+from waferscope.models.classifiers.losses import IGNORE, kd_loss
 from waferscope.models.classifiers.torch_base import TorchClassifier
 from waferscope.registry import register
-
-IGNORE = -1  # target of a transfer-set map: no label, distilled only
-
-
-def kd_loss(student_logits, teacher_logits, targets, alpha: float, temperature: float, weight=None):
-    """α·T²·KL(p_t^T ‖ p_s^T) + (1−α)·CE(s, y); targets == -1 (no label) are left out of the CE term.
-
-    The KL term is averaged over every sample of the batch (labelled or not), the CE term over the
-    labelled ones (class-weighted when ``weight`` is given).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    alpha = float(alpha)
-    T = float(temperature)
-    total = student_logits.new_zeros(())
-    if alpha > 0:
-        log_ps = F.log_softmax(student_logits / T, dim=1)
-        log_pt = F.log_softmax(teacher_logits.detach() / T, dim=1)
-        kl = F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
-        total = total + alpha * T * T * kl
-    if alpha < 1:
-        labelled = targets != IGNORE
-        if bool(labelled.any()):
-            ce = F.cross_entropy(student_logits[labelled], targets[labelled], weight=weight)
-            total = total + (1.0 - alpha) * ce
-        else:
-            total = total + 0.0 * student_logits.sum()  # keeps the graph for a batch of transfer maps only
-    return total if isinstance(total, torch.Tensor) else torch.as_tensor(total)
-
-
-def fitted_teacher(spec: str, labelled, seed: int = 0, progress: bool = False):
-    """A fitted classifier to distil from, named by ``spec``: a run directory, ``bundled:cnn_gradcam`` /
-    ``bundled:gbm``, or a registered classifier name (then trained on ``labelled`` first, with its
-    defaults and ``seed``). Any classifier can teach: only its ``predict_proba`` is used."""
-    from waferscope import registry
-    from waferscope.base import load_run
-
-    spec = str(spec)
-    if spec.startswith("bundled:"):
-        from waferscope.models.classifiers import load_default
-
-        return load_default(spec.partition(":")[2])
-    if spec in registry.available("classifier"):
-        cls = registry.get(spec, "classifier")
-        params = {k: v for k, v in {"seed": seed, "progress": progress}.items() if k in cls._param_names()}
-        return cls(**params).fit(labelled)
-    return load_run(spec, kind="classifier")
-
-
-def teacher_log_proba(teacher, dataset, classes: list[str]) -> np.ndarray:
-    """(N, len(classes)) float32 log-probabilities of ``teacher`` for ``dataset``, columns in the
-    student's ``classes`` order (classes the student does not learn are dropped and the rest
-    renormalised); a student class the teacher does not know is a clear error."""
-    missing = sorted(set(classes) - set(teacher.classes_))
-    if missing:
-        raise DataError(f"the teacher ({type(teacher).__name__}) does not know class(es) {', '.join(missing)} "
-                        f"of the training labels; it knows {', '.join(teacher.classes_)}")
-    proba = np.asarray(teacher.predict_proba(dataset), dtype=np.float64)
-    proba = proba[:, [list(teacher.classes_).index(c) for c in classes]]
-    proba /= np.clip(proba.sum(1, keepdims=True), 1e-12, None)
-    return np.log(np.clip(proba, 1e-6, None)).astype(np.float32)
-
 
 def compact_student(in_chans: int, n_classes: int, width: int = 7, head: int = 0):
     """Patchify stem (4×4, stride 4, w) → 3×3 conv (2w) → two 3×3 stride-2 convs (3w) → global pool → linear.
@@ -272,53 +210,6 @@ class _DieStateStem:
         return DieStateStem()
 
 
-def noisy_copies(x_u8: np.ndarray, copies: int, rng: np.random.Generator) -> np.ndarray:
-    """``copies`` re-drawn versions of every (N, S, S) die-state map: each copy turns a random share
-    (0–6 %, drawn per map) of its passing dies to fail and a random share (0–30 %) of its failing dies
-    to pass. The wafer outline and the pattern's place stay, so the copies stay near the real maps;
-    the teacher (not the original label) says what each copy is — transfer examples for the soft term."""
-    if copies <= 0 or len(x_u8) == 0:
-        return np.zeros((0,) + x_u8.shape[1:], dtype=np.uint8)
-    out = []
-    for _ in range(copies):
-        to_fail = rng.uniform(0.0, 0.06, size=(len(x_u8), 1, 1))
-        to_pass = rng.uniform(0.0, 0.30, size=(len(x_u8), 1, 1))
-        u = rng.random(x_u8.shape)
-        copy = x_u8.copy()
-        copy[(x_u8 == 1) & (u < to_fail)] = 2
-        copy[(x_u8 == 2) & (u < to_pass)] = 1
-        out.append(copy)
-    return np.concatenate(out)
-
-
-def prune_into(teacher_net, student_net) -> None:
-    """Initialise a narrower network of the same layout from the teacher (structured pruning): in every
-    Conv→BatchNorm pair keep the output channels with the largest |BN scale|, and in the next layer
-    the matching input channels; the classifier keeps the matching features. Raises ConfigError when
-    the two layouts differ."""
-    import torch
-    from torch import nn
-
-    t_layers = [m for m in teacher_net.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
-    s_layers = [m for m in student_net.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
-    if [type(m) for m in t_layers] != [type(m) for m in s_layers]:
-        raise ConfigError("init_from_teacher needs a teacher of the student's layout (the `cnn` classifier)")
-    keep_in = torch.arange(t_layers[0].in_channels)
-    with torch.no_grad():
-        for i, (t, st) in enumerate(zip(t_layers, s_layers)):
-            if isinstance(t, nn.Conv2d):
-                bn = t_layers[i + 1]
-                keep_out = torch.argsort(bn.weight.abs(), descending=True)[:st.out_channels].sort().values
-                st.weight.copy_(t.weight[keep_out][:, keep_in])
-            elif isinstance(t, nn.BatchNorm2d):
-                for name in ("weight", "bias", "running_mean", "running_var"):
-                    getattr(st, name).copy_(getattr(t, name)[keep_out])
-                keep_in = keep_out
-            else:  # the classifier after the global pool
-                st.weight.copy_(t.weight[:, keep_in])
-                st.bias.copy_(t.bias)
-
-
 def count_parameters(net) -> int:
     return int(sum(p.numel() for p in net.parameters()))
 
@@ -333,13 +224,16 @@ class DistilledStudentClassifier(TorchClassifier):
     The student uses the teacher's input size and encoding so both see the very same tensor.
     """
 
+    # Options measured as no help and removed (name → the value that meant "off"): runs saved with
+    # them off still load.
+    removed_params = {"transfer_synthetic": 0, "noisy_copies": 0, "init_from_teacher": False}
+
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 60, batch_size: int = 128,
                  lr: float = 4e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 60, seed: int = 0, progress: bool = True,
                  width: int = 7, alpha: float = 0.9, temperature: float = 4.0, teacher: str | None = None,
                  teacher_name: str = "cnn", teacher_params: dict | None = None, use_transfer: bool = True,
-                 transfer_ratio: float | None = None, arch: str = "patchify", transfer_synthetic: int = 0,
-                 noisy_copies: int = 0, init_from_teacher: bool = False, head: int = 128):
+                 transfer_ratio: float | None = None, arch: str = "patchify", head: int = 128):
         super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress)
@@ -352,18 +246,11 @@ class DistilledStudentClassifier(TorchClassifier):
         self.use_transfer = use_transfer
         self.transfer_ratio = transfer_ratio
         self.arch = arch
-        self.transfer_synthetic = transfer_synthetic
-        self.noisy_copies = noisy_copies
-        self.init_from_teacher = init_from_teacher
         self.head = head
 
     def build_network(self, in_chans: int, n_classes: int):
         if self.arch == "cnn":
-            net = teacher_shaped_student(in_chans, n_classes, self.width, self.encoding)
-            teacher = getattr(self, "_teacher", None)
-            if self.init_from_teacher and teacher is not None:
-                prune_into(teacher.network_, net)
-            return net
+            return teacher_shaped_student(in_chans, n_classes, self.width, self.encoding)
         if self.arch == "patchify":
             return compact_student(in_chans, n_classes, self.width, self.head)
         if self.arch == "separable":
@@ -428,12 +315,6 @@ class DistilledStudentClassifier(TorchClassifier):
         parts = [dataset.subset(~dataset.is_labelled)] if (~dataset.is_labelled).any() else []
         if transfer is not None:
             parts.append(transfer)
-        if self.use_transfer and int(self.transfer_synthetic) > 0:
-            from waferscope.data.synthetic import generate
-
-            # Synthetic maps only the teacher labels (their own labels are dropped): more inputs on
-            # which the student sees the teacher's function, from a seed the training data do not use.
-            parts.append(generate(int(self.transfer_synthetic), seed=10_000 + int(self.seed)))
         n_extra = sum(len(p) for p in parts)
         if self.use_transfer and n_extra:
             x_extra = np.concatenate([self.resize(p) for p in parts])
@@ -460,11 +341,9 @@ class DistilledStudentClassifier(TorchClassifier):
         import torch
 
         if self._cache is None:  # first epoch: teacher logits for every view of train + transfer maps
-            noisy = noisy_copies(x_u8, int(self.noisy_copies), np.random.default_rng(self.seed + 7))
-            extra = np.concatenate([noisy, self._x_transfer])
+            extra = self._x_transfer
             x_both = np.concatenate([x_u8, extra])
             self._cache = (x_both, np.concatenate([y, np.full(len(extra), IGNORE)]), self._teacher_views(x_both))
-            self.noisy_transfer_size_ = len(noisy)
         x_both, y_both, t_views = self._cache
         n_lab, n_tr = len(y), len(x_both) - len(y)
         if self.imbalance == "sampler":

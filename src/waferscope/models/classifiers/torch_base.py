@@ -39,6 +39,7 @@ from waferscope.data.preprocess import (augment_dihedral, channels, dihedral, en
                                         stratified_split)
 from waferscope.errors import RunDirError
 from waferscope.models.classifiers.common import label_order, labelled_for_training
+from waferscope.models.classifiers.losses import kd_loss
 
 IMBALANCE_MODES = ("loss", "sampler", "none")
 _ONEHOT3 = np.eye(3, dtype=np.float32)
@@ -113,12 +114,10 @@ class TorchClassifier(Classifier):
     def _loss(self, logits, targets, batch_x):
         """The training loss of one batch (subclasses add terms, e.g. a distillation term on batch_x):
         class-weighted cross-entropy, or with a teacher's soft targets (:meth:`_soft_targets`) the
-        distillation loss :func:`~waferscope.models.classifiers.distill.kd_loss`."""
+        distillation loss :func:`~waferscope.models.classifiers.losses.kd_loss`."""
         import torch.nn.functional as F
 
         if getattr(self, "_batch_soft", None) is not None:
-            from waferscope.models.classifiers.distill import kd_loss
-
             return kd_loss(logits, self._batch_soft, targets, self.distil_alpha, self.distil_temperature,
                            weight=self._loss_weight)
         return F.cross_entropy(logits, targets, weight=self._loss_weight)

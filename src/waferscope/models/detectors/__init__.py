@@ -26,6 +26,9 @@ BUNDLED = {"pattern_contrast": _WEIGHTS / "detector_pattern_contrast",
            "autoencoder": _WEIGHTS / "detector_autoencoder"}
 BUNDLED_ALIASES = {"accurate": "pattern_contrast", "fast": "autoencoder"}
 DEFAULT_DETECTOR = "pattern_contrast"
+# One line each for `waferscope models`.
+BUNDLED_SUMMARY = {"pattern_contrast": "trees: your normal maps vs simulated defects; the default",
+                   "autoencoder": "convolutional autoencoder; exports to ONNX"}
 
 
 def load_default(which: str = DEFAULT_DETECTOR):

@@ -37,6 +37,8 @@ def _for_inference(model: ConvAutoencoder) -> ConvAutoencoder:
 
 @register("autoencoder", kind="detector")
 class AutoencoderDetector(TorchDetector):
+    """Convolutional autoencoder on the one-hot die grid; the anomaly map is its reconstruction error."""
+
     def __init__(self, input_size: int = 64, base_channels: int = 32, latent_dim: int = 16, epochs: int = 30,
                  train_batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 1e-5, augment: bool = True,
                  topk_fraction: float = 0.02, smoothing_sigma: float = 16.0, batch_size: int = 256, seed: int = 0,

@@ -43,6 +43,8 @@ def noise_images(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
 
 @register("efficientad", kind="detector")
 class EfficientADDetector(FastInferenceMixin, TorchDetector):
+    """EfficientAD (Batzner et al. 2024): a PDN student and an autoencoder regress a frozen PDN teacher."""
+
     _label = "EfficientAD"
     _arch_key = "teacher_kwargs"
 

@@ -27,6 +27,8 @@ from waferscope.registry import register
 
 @register("reverse_distillation", kind="detector")
 class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
+    """Reverse Distillation (Deng & Li 2022): a decoder student rebuilds a frozen encoder's features."""
+
     _label = "reverse-distillation"
 
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",

@@ -112,6 +112,8 @@ def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where
 
 @register("stfpm", kind="detector")
 class STFPMDetector(FastInferenceMixin, TorchDetector):
+    """STFPM (Wang et al. 2021): a student regresses a frozen teacher's feature pyramid; the gap is the map."""
+
     _label = "STFPM"
 
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",

@@ -1,0 +1,43 @@
+"""Teachers for distillation: resolve a teacher spec to a fitted classifier and read its soft targets.
+
+Any classifier can teach (only ``predict_proba`` is used), so this module depends on no network code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from waferscope.errors import DataError
+
+
+def fitted_teacher(spec: str, labelled, seed: int = 0, progress: bool = False):
+    """A fitted classifier to distil from, named by ``spec``: a run directory, ``bundled:cnn_gradcam`` /
+    ``bundled:gbm``, or a registered classifier name (then trained on ``labelled`` first, with its
+    defaults and ``seed``). Any classifier can teach: only its ``predict_proba`` is used."""
+    from waferscope import registry
+    from waferscope.base import load_run
+
+    spec = str(spec)
+    if spec.startswith("bundled:"):
+        from waferscope.models.classifiers import load_default
+
+        return load_default(spec.partition(":")[2])
+    if spec in registry.available("classifier"):
+        cls = registry.get(spec, "classifier")
+        params = {k: v for k, v in {"seed": seed, "progress": progress}.items() if k in cls._param_names()}
+        return cls(**params).fit(labelled)
+    return load_run(spec, kind="classifier")
+
+
+def teacher_log_proba(teacher, dataset, classes: list[str]) -> np.ndarray:
+    """(N, len(classes)) float32 log-probabilities of ``teacher`` for ``dataset``, columns in the
+    student's ``classes`` order (classes the student does not learn are dropped and the rest
+    renormalised); a student class the teacher does not know is a clear error."""
+    missing = sorted(set(classes) - set(teacher.classes_))
+    if missing:
+        raise DataError(f"the teacher ({type(teacher).__name__}) does not know class(es) {', '.join(missing)} "
+                        f"of the training labels; it knows {', '.join(teacher.classes_)}")
+    proba = np.asarray(teacher.predict_proba(dataset), dtype=np.float64)
+    proba = proba[:, [list(teacher.classes_).index(c) for c in classes]]
+    proba /= np.clip(proba.sum(1, keepdims=True), 1e-12, None)
+    return np.log(np.clip(proba, 1e-6, None)).astype(np.float32)
