@@ -78,6 +78,28 @@ TINY: dict[str, dict] = {
 MODELS = [(name, kind) for kind in ("classifier", "detector") for name in registry.available(kind)]
 IDS = [name for name, _ in MODELS]
 
+# Known failures still to fix, as (check, model) → reason; strict, so a fix that lands makes them fail
+# until the entry is removed. Only for failures in code this branch may not touch yet.
+_TORCH_BASE = ("torch_base.py (locked for the integrator's refactor until 20:30 UTC): TorchClassifier.resize "
+               "does not check die states, so a 7 is resized away or hits an IndexError")
+XFAIL: dict[tuple[str, str], str] = {
+    **{("die_seven", n): _TORCH_BASE for n in ("cnn", "cnn_fine", "kd_student", "multilabel_cnn", "resnet18")},
+    ("images", "kd_student"): ("distill.py (locked until 20:30 UTC): kd_student refuses images at fit but "
+                               "predict_proba runs them into its 1-channel die-state stem (RuntimeError)"),
+}
+
+
+def models(check: str, where=lambda name: True) -> list:
+    """MODELS as pytest params for ``check``, with XFAIL entries marked xfail(strict=True)."""
+    out = []
+    for name, kind in MODELS:
+        if not where(name):
+            continue
+        reason = XFAIL.get((check, name))
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        out.append(pytest.param(name, kind, id=name, marks=marks))
+    return out
+
 
 def tiny_params(name: str) -> dict:
     """The constructor params of ``name``'s tiny configuration; a model without one is a failure."""
@@ -271,7 +293,7 @@ def test_empty_input_gives_empty_output(name, kind, fitted, data):
         assert out[0].shape == (0,) and len(out) == 1
 
 
-@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+@pytest.mark.parametrize("name,kind", models("die_seven"))
 def test_refuses_a_die_value_of_seven(name, kind, fitted, data):
     _, est, _, _ = fitted(name, kind)
     bad = _with_die_seven(data["test"])
@@ -282,8 +304,7 @@ def test_refuses_a_die_value_of_seven(name, kind, fitted, data):
     _refused(lambda: twin.fit(train), "fit on a map with die value 7")
 
 
-@pytest.mark.parametrize("name,kind", [m for m in MODELS if tag(m[0], "wafer_only")],
-                         ids=[n for n, _ in MODELS if tag(n, "wafer_only")])
+@pytest.mark.parametrize("name,kind", models("images", lambda name: tag(name, "wafer_only")))
 def test_wafer_only_model_refuses_images(name, kind, fitted, data):
     _, est, _, _ = fitted(name, kind)
     images = _as_images(data[kind])
