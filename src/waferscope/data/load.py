@@ -58,7 +58,8 @@ def _sniff_text(path: Path) -> str | None:
             text = f.read(4096).decode("utf-8-sig", errors="replace")
     except OSError:
         return None
-    body = re.sub(r"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>]*>", "", text, flags=re.S).lstrip()
+    # skip the XML declaration, comments and a DOCTYPE (with its internal subset) to the root element
+    body = re.sub(r"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^\[>]*(\[.*?\])?\s*>", "", text, flags=re.S).lstrip()
     root = re.match(r"<(?:[\w.-]+:)?([\w.-]+)", body)
     if root:
         return XML_ROOTS.get(root.group(1))
@@ -68,7 +69,8 @@ def _sniff_text(path: Path) -> str | None:
     if looks_like_klarf(text):
         return "klarf"
     first_line = text.splitlines()[0] if text.strip() else ""
-    return "dielist" if looks_like_dielist(first_line) else None
+    # any .csv goes to the die-list reader too, so a header lacking a column is named as such
+    return "dielist" if looks_like_dielist(first_line) or path.suffix.lower() == ".csv" else None
 
 
 def sniff_format(path: Path) -> str:
@@ -112,8 +114,6 @@ def sniff_format(path: Path) -> str:
                         "Maps (SEMI G85)", path)
     if suffix in (".klarf", ".klf", ".000", ".001"):
         raise DataError("not a KLARF file: it does not start with a FileVersion line", path)
-    if suffix == ".csv":
-        raise DataError("unrecognised CSV: a die list needs a header with lot,wafer,x,y,bin", path)
     raise DataError("unrecognised data format (expected .parquet, .npz, .pkl, an STDF/E142/G85/KLARF "
                     "map file, a lot,wafer,x,y,bin CSV, or a folder of class sub-folders / an "
                     "MVTec-AD folder)", path)

@@ -67,13 +67,16 @@ def _read(path: Path):
         keyword = _KEYWORD_OF_VARIABLE.get(variable, variable)
         raise DataError(f"line {position[0]}: the file lacks its {keyword} line (needed at this point)", path) from None
     except (ValueError, TypeError, IndexError, AttributeError) as exc:
-        if "version not valid" in str(exc) or "Unable to read this format" in str(exc):
+        if "version not valid" in str(exc):
             raise DataError(f"line 1: only KLARF 1.1/1.2 files can be read ({exc})", path) from None
         detail = re.sub(r"^invalid literal for (int|float)\(\)( with base 10)?: ", "not a number: ", str(exc))
         if isinstance(exc, (TypeError, IndexError)):
             detail = f"a record is missing fields ({detail})"
         raise DataError(f"line {position[0]}: {detail}", path) from None
     except Exception as exc:  # klarf-reader raises bare Exception for a file it cannot parse
+        if "Unable to read this format" in str(exc):  # its check that line 1 is FileVersion
+            raise DataError("line 1: only KLARF 1.1/1.2 files can be read (they start with FileVersion; "
+                            "KLARF 1.8 'Record FileRecord' files are not supported)", path) from None
         raise DataError(f"line {position[0]}: {exc}", path) from None
 
 
