@@ -106,7 +106,7 @@ def test_stdf_wafer_without_wrr_is_kept_and_unknown_records_skipped(tmp_path):
     assert ds.maps[0].tolist() == [[1], [2]]
 
 
-def test_stdf_detected_without_suffix_and_big_endian_rejected_clearly(tmp_path):
+def test_stdf_detected_without_suffix_and_other_versions_rejected_clearly(tmp_path):
     path = F.write(tmp_path / "noext", F.stdf_bytes("L", {"W1": B1}))
     assert sniff_format(path) == "stdf" and len(load(path)) == 1
     v3 = F.write(tmp_path / "v3.stdf", struct.pack("<HBBBB", 2, 0, 10, 2, 3))
@@ -190,7 +190,7 @@ def test_parse_bin_mapping_forms():
     assert parse_bin_mapping(None) is None
     assert parse_bin_mapping("1,2,5-7") == BinMapping(frozenset({1, 2, 5, 6, 7}))
     assert parse_bin_mapping("1/2-4").fail_bins == frozenset({2, 3, 4})
-    assert parse_bin_mapping([1, 2]) == parse_bin_mapping(2 - 1) or True
+    assert parse_bin_mapping([1, 2]) == parse_bin_mapping("1-2")
     assert parse_bin_mapping(3).pass_bins == frozenset({3})
     for bad in ("a", "1/2/3", "/2", "5-3", "1,2/2"):
         with pytest.raises(DataError, match="bad pass_bins"):
@@ -385,3 +385,14 @@ def test_cli_strict_pass_bins_error_and_failed_import_writes_nothing(capsys, tmp
     code, _, err = run(capsys, "data", "info", path, "--pass-bins", "x")
     assert code == 2 and err.strip().splitlines() == ["error: bad pass_bins value 'x': expected bin numbers or "
                                                       "ranges like 1,2,5-7 (and optionally /FAIL-BINS for a strict mapping)"]
+
+
+def test_classify_predict_and_detect_score_read_fab_files_with_pass_bins(capsys, tmp_path):
+    path = F.write(tmp_path / "lot.stdf", F.stdf_bytes("LOT1", {"W01": F.disc_bins(30, 0), "W02": F.disc_bins(30, 1)}))
+    for command, out in (("classify predict", "p.csv"), ("detect score", "s.csv")):
+        code, _, err = run(capsys, *command.split(), "--data", path, "--pass-bins", "1,3", "--out", tmp_path / out)
+        assert code == 0, err
+        ids = [line.split(",")[0] for line in (tmp_path / out).read_text().splitlines()[1:]]
+        assert ids == ["LOT1-W01", "LOT1-W02"], command
+    code, _, err = run(capsys, "detect", "score", "--data", path, "--pass-bins", "1/3", "--out", tmp_path / "x.csv")
+    assert code == 2 and err.startswith(f"error: {path}: record ") and not (tmp_path / "x.csv").exists()

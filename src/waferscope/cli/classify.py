@@ -17,7 +17,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import DATA_HELP, load_classifier, load_data, parse_set, write_text_atomic
+from waferscope.cli.common import DATA_HELP, PASS_BINS_HELP, load_classifier, load_data, parse_set, write_text_atomic
 from waferscope.errors import ConfigError, DataError
 
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-pattern classifiers.")
@@ -103,7 +103,7 @@ def evaluate(
 
     clf = load_classifier(run, bundled, DEFAULT_FOR_LABELS)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
-    dataset = load_data(data)
+    dataset = load_data(data, pass_bins)
     n_unlabelled = int((~dataset.is_labelled).sum())
     if n_unlabelled:
         typer.echo(f"note: skipping {n_unlabelled} unlabelled map(s) of {len(dataset)}", err=True)
@@ -146,6 +146,7 @@ def predict(
     run: Optional[Path] = RUN_OPTION,
     bundled: Optional[str] = BUNDLED_OPTION,
     prior: str = PRIOR_OPTION,
+    pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
 ) -> None:
     """Predict the defect class of every map."""
     import io
@@ -155,7 +156,7 @@ def predict(
 
     clf = load_classifier(run, bundled, DEFAULT_FOR_LABELS)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
-    dataset = load_data(data)
+    dataset = load_data(data, pass_bins)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
     proba = clf.predict_proba(dataset)
