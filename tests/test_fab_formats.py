@@ -230,9 +230,9 @@ def _stdf_case(case: str) -> tuple[bytes, str]:
     recs = _good_stdf()
     if case == "truncated_record":
         data = b"".join(recs[:5])
-        return data[:-7], r"record 5 \(PRR\) at byte \d+: truncated: REC_LEN says \d+ bytes, \d+ remain"
+        return data[:-7], r"record 5 \(PRR at byte \d+\): truncated: REC_LEN says \d+ bytes, \d+ remain"
     if case == "truncated_header":
-        return b"".join(recs[:5]) + b"\x10\x00", r"record 6 at byte \d+: truncated record header \(2 of 4 bytes\)"
+        return b"".join(recs[:5]) + b"\x10\x00", r"record 6 \(at byte \d+\): truncated record header \(2 of 4 bytes\)"
     if case == "short_prr":  # a PRR whose REC_LEN ends before X_COORD: a record missing its fields
         short = F.stdf_record(5, 20, struct.pack("<BBBHHH", 1, 1, 0, 1, 1, 1))
         return b"".join(recs[:3] + [short]), r"record 4 \(PRR at byte \d+\): the record ends before its X_COORD field"
@@ -365,7 +365,7 @@ def test_cli_import_and_info_for_each_format(capsys, tmp_path, fmt):
 
 @pytest.mark.parametrize("name, content, message", [
     ("bad.csv", "lot,wafer,x,y,bin\nL,1,0,0,1\nL,1,1,0,x\n", "line 3: bin 'x' is not a number"),
-    ("bad.stdf", b"".join(_good_stdf()[:5])[:-7], "record 5 (PRR) at byte"),
+    ("bad.stdf", b"".join(_good_stdf()[:5])[:-7], "record 5 (PRR at byte 72): truncated"),
     ("bad.xml", F.g85_text("L", {"W1": B1}).replace('Rows="9"', 'Rows="4"'), "9 rows of bin codes, the header says 4"),
     ("bad.klarf", F.klarf_text("L", {"W1": [(9, 9, 1)]}, PLAN), "outside the SampleTestPlan"),
 ])

@@ -10,7 +10,7 @@ Bin mapping (``load(path, pass_bins=...)``, CLI ``--pass-bins``), one syntax for
   error (strict: a bin nobody mapped is reported instead of silently becoming a fail).
 
 Grid: die coordinates ``(x, y)`` become array index ``[y - min(y), x - min(x)]``, so column 0 is the
-smallest x and row 0 the smallest y (row index grows with y, the usual prober orientation where
+smallest x and row 0 the smallest y (row index grows with y, a common prober orientation where
 y increases down the wafer). Positions no die was reported at are 0 (no die).
 """
 

@@ -59,12 +59,12 @@ def _scan_records(data: bytes, path: Path) -> list[tuple[int, int, int]]:
     while offset < len(data):
         number += 1
         if len(data) - offset < 4:
-            raise DataError(f"record {number} at byte {offset}: truncated record header "
+            raise DataError(f"record {number} (at byte {offset}): truncated record header "
                             f"({len(data) - offset} of 4 bytes)", path)
         (length,) = struct.unpack_from(length_format, data, offset)
         rec_typ, rec_sub = data[offset + 2], data[offset + 3]
         if offset + 4 + length > len(data):
-            raise DataError(f"record {number} ({_name(rec_typ, rec_sub)}) at byte {offset}: truncated: "
+            raise DataError(f"record {number} ({_name(rec_typ, rec_sub)} at byte {offset}): truncated: "
                             f"REC_LEN says {length} bytes, {len(data) - offset - 4} remain", path)
         records.append((offset, rec_typ, rec_sub))
         offset += 4 + length
