@@ -7,6 +7,7 @@ shape back.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from pathlib import Path
 
@@ -32,36 +33,52 @@ def states(bins: np.ndarray, pass_bins=(1,)) -> np.ndarray:
     return np.where(bins == 0, 0, np.where(np.isin(bins, pass_bins), 1, 2)).astype(np.uint8)
 
 
-# ---- STDF V4 (little-endian, CPU_TYPE 2) ---------------------------------------------------------
+# ---- STDF V4 (little-endian CPU_TYPE 2 unless big_endian()) ---------------------------------------
+
+_ORDER = ["<"]  # byte order of the records being written; big_endian() switches it to ">"
+
+
+@contextlib.contextmanager
+def big_endian():
+    """Write STDF records big-endian (CPU_TYPE 1, as Sun/68k testers did) inside the block."""
+    _ORDER[0] = ">"
+    try:
+        yield
+    finally:
+        _ORDER[0] = "<"
+
+
+def _pack(fmt: str, *values) -> bytes:
+    return struct.pack(_ORDER[0] + fmt.lstrip("<"), *values)
 
 
 def _cn(text: str) -> bytes:
     raw = text.encode("ascii")
-    return struct.pack("<B", len(raw)) + raw
+    return _pack("B", len(raw)) + raw
 
 
 def stdf_record(rec_typ: int, rec_sub: int, body: bytes) -> bytes:
     """Header (REC_LEN U2, REC_TYP U1, REC_SUB U1) + body, STDF V4 § 'Record header'."""
-    return struct.pack("<HBB", len(body), rec_typ, rec_sub) + body
+    return _pack("<HBB", len(body), rec_typ, rec_sub) + body
 
 
 def far() -> bytes:
-    return stdf_record(0, 10, struct.pack("<BB", 2, 4))  # CPU_TYPE 2 (little-endian), STDF_VER 4
+    return stdf_record(0, 10, _pack("BB", 2 if _ORDER[0] == "<" else 1, 4))  # CPU_TYPE (2 little-, 1 big-endian), STDF_VER 4
 
 
 def mir(lot: str) -> bytes:
     # SETUP_T, START_T, STAT_NUM, MODE_COD, RTST_COD, PROT_COD, BURN_TIM, CMOD_COD, then the Cn fields
-    body = struct.pack("<IIBcccHc", 1_700_000_000, 1_700_000_100, 1, b"P", b" ", b" ", 65535, b" ")
+    body = _pack("<IIBcccHc", 1_700_000_000, 1_700_000_100, 1, b"P", b" ", b" ", 65535, b" ")
     body += _cn(lot) + _cn("PART-A") + _cn("node1") + _cn("TESTER") + _cn("job") + _cn("1")
     return stdf_record(1, 10, body)
 
 
 def wir(wafer_id: str, head: int = 1) -> bytes:
-    return stdf_record(2, 10, struct.pack("<BBI", head, 255, 1_700_000_200) + _cn(wafer_id))
+    return stdf_record(2, 10, _pack("<BBI", head, 255, 1_700_000_200) + _cn(wafer_id))
 
 
 def pir(head: int = 1, site: int = 1) -> bytes:
-    return stdf_record(5, 10, struct.pack("<BB", head, site))
+    return stdf_record(5, 10, _pack("<BB", head, site))
 
 
 def prr(x: int, y: int, hard_bin: int, soft_bin: int | None = None, part_flg: int | None = None,
@@ -69,19 +86,19 @@ def prr(x: int, y: int, hard_bin: int, soft_bin: int | None = None, part_flg: in
     """Part results; PART_FLG bit 3 set when the die failed (hard bin ≠ 1) unless given."""
     if part_flg is None:
         part_flg = 0 if hard_bin == 1 else 0x08
-    body = struct.pack("<BBBHHHhhI", head, site, part_flg, 10, hard_bin,
+    body = _pack("<BBBHHHhhI", head, site, part_flg, 10, hard_bin,
                        hard_bin if soft_bin is None else soft_bin, x, y, 12)
-    body += _cn(f"{x}_{y}") + _cn("") + struct.pack("<B", 0)  # PART_ID, PART_TXT, empty PART_FIX
+    body += _cn(f"{x}_{y}") + _cn("") + _pack("<B", 0)  # PART_ID, PART_TXT, empty PART_FIX
     return stdf_record(5, 20, body)
 
 
 def wrr(wafer_id: str, count: int, good: int, head: int = 1) -> bytes:
-    body = struct.pack("<BBIIIIII", head, 255, 1_700_000_900, count, 0, 0, good, 0) + _cn(wafer_id)
+    body = _pack("<BBIIIIII", head, 255, 1_700_000_900, count, 0, 0, good, 0) + _cn(wafer_id)
     return stdf_record(2, 20, body)
 
 
 def mrr() -> bytes:
-    return stdf_record(1, 20, struct.pack("<Ic", 1_700_001_000, b" ") + _cn("") + _cn(""))
+    return stdf_record(1, 20, _pack("<Ic", 1_700_001_000, b" ") + _cn("") + _cn(""))
 
 
 def stdf_bytes(lot: str, wafers: dict[str, np.ndarray], x0: int = -4, y0: int = 2) -> bytes:

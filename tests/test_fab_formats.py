@@ -114,6 +114,14 @@ def test_stdf_detected_without_suffix_and_other_versions_rejected_clearly(tmp_pa
         load(v3)
 
 
+def test_stdf_big_endian_file_reads_the_same(tmp_path):
+    with F.big_endian():
+        data = F.stdf_bytes("LOT1", {"W01": B1})
+    assert data[:4] == b"\x00\x02\x00\x0a" and data[4] == 1  # REC_LEN big-endian, CPU_TYPE 1
+    ds = load(F.write(tmp_path / "be.stdf", data))
+    assert np.array_equal(ds.maps[0], F.states(B1)) and ds.meta.loc[0, "id"] == "LOT1-W01"
+
+
 def test_e142_fixed_width_hex_and_integer2_codes(tmp_path):
     for bin_type in ("HexaDecimal", "Integer2"):
         path = F.write(tmp_path / f"{bin_type}.xml", F.e142_text("L", {"W1": B1}, bin_type=bin_type))
