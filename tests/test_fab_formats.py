@@ -376,6 +376,8 @@ def test_cli_import_and_info_for_each_format(capsys, tmp_path, fmt):
     ("bad.stdf", b"".join(_good_stdf()[:5])[:-7], "record 5 (PRR at byte 72): truncated"),
     ("bad.xml", F.g85_text("L", {"W1": B1}).replace('Rows="9"', 'Rows="4"'), "9 rows of bin codes, the header says 4"),
     ("bad.klarf", F.klarf_text("L", {"W1": [(9, 9, 1)]}, PLAN), "outside the SampleTestPlan"),
+    ("e142.xml", F.e142_text("L", {"W1": B1}).replace('Dimension X="9"', 'Dimension X="8"'),
+     "SubstrateMap 1 ('W1'): row 1: 9 dies, expected 8 (the header's column count)"),
 ])
 def test_cli_bad_file_is_one_error_line_exit_2(capsys, tmp_path, name, content, message):
     path = F.write(tmp_path / name, content)
