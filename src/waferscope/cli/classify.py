@@ -17,8 +17,8 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import (DATA_HELP, load_classifier, load_data, load_model_described, parse_set,
-                                   write_text_atomic)
+from waferscope.cli.common import (DATA_HELP, PASS_BINS_HELP, load_classifier, load_data, load_model_described,
+                                   parse_set, write_text_atomic)
 from waferscope.errors import ConfigError, DataError
 
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-pattern classifiers.")
@@ -147,6 +147,7 @@ def predict(
     run: Optional[Path] = RUN_OPTION,
     bundled: Optional[str] = BUNDLED_OPTION,
     prior: str = PRIOR_OPTION,
+    pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
 ) -> None:
     """Predict the defect class of every map."""
     import io
@@ -156,7 +157,7 @@ def predict(
 
     clf = load_classifier(run, bundled, DEFAULT_FOR_LABELS)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
-    dataset = load_data(data)
+    dataset = load_data(data, pass_bins)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
     proba = clf.predict_proba(dataset)

@@ -10,14 +10,17 @@ from typing import List, Optional
 from waferscope.errors import ConfigError
 
 DATA_HELP = "Data SPEC: a file/folder load() reads, or synthetic:n=…,seed=…"
+PASS_BINS_HELP = ("Fab map files (STDF, E142, G85, KLARF, CSV die list): bins that pass, e.g. 1,2 or 1-3; "
+                  "'1,2/3-9' also lists the fail bins and makes any other bin an error. Default: each "
+                  "format's own (see docs/data.md).")
 
 
-def load_data(specs: List[str]):
-    """Load one spec, or concatenate several into one data set."""
+def load_data(specs: List[str], pass_bins: Optional[str] = None):
+    """Load one spec, or concatenate several into one data set (``pass_bins``: see ``load``)."""
     from waferscope.data import load
     from waferscope.data.dataset import WaferDataset
 
-    parts = [load(s) for s in specs]
+    parts = [load(s, pass_bins=pass_bins) for s in specs]
     return parts[0] if len(parts) == 1 else WaferDataset.concat(parts, name="+".join(p.name for p in parts))
 
 

@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from waferscope.cli.common import PASS_BINS_HELP
+
 app = typer.Typer(no_args_is_help=True, help="Generate, import, inspect and draw wafer-map data sets.")
 
 
@@ -46,12 +48,13 @@ def import_(
     src: str = typer.Argument(..., help="Any loadable SPEC (LSWMD.pkl, .npz, folder, ...)."),
     out: Path = typer.Option(..., "--out", help="Output .parquet file."),
     batch_size: int = typer.Option(8192, "--batch-size", min=1, help="Rows per Parquet row group."),
+    pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
 ) -> None:
     """Convert any supported source to waferscope's canonical Parquet format (streaming)."""
     from waferscope.data.loaders.streaming import import_to_parquet
 
     _plain_warnings()
-    count = import_to_parquet(src, out, batch_size=batch_size, progress=True)
+    count = import_to_parquet(src, out, batch_size=batch_size, progress=True, pass_bins=pass_bins)
     typer.echo(f"wrote {count} rows to {out}", err=True)
 
 
@@ -59,12 +62,13 @@ def import_(
 def info(
     spec: str = typer.Argument(..., help="Data SPEC."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
 ) -> None:
     """Counts per class, map sizes and fail rates."""
     from waferscope.data import load
 
     _plain_warnings()
-    summary = load(spec).summary()
+    summary = load(spec, pass_bins=pass_bins).summary()
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -94,11 +98,12 @@ def show(
     per_class: int = typer.Option(8, "--per-class", min=1, help="Maps drawn per class."),
     seed: int = typer.Option(0, "--seed", help="Which maps are drawn."),
     title: Optional[str] = typer.Option(None, "--title"),
+    pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
 ) -> None:
     """Draw a montage: a few maps of every class, with a colour legend."""
     from waferscope.data import load
     from waferscope.data.render import montage_per_class
 
     _plain_warnings()
-    montage_per_class(load(spec), out, per_class=per_class, seed=seed, title=title)
+    montage_per_class(load(spec, pass_bins=pass_bins), out, per_class=per_class, seed=seed, title=title)
     typer.echo(f"wrote {out}", err=True)

@@ -22,7 +22,8 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import DATA_HELP, load_data, load_model_described, parse_set, write_text_atomic
+from waferscope.cli.common import (DATA_HELP, PASS_BINS_HELP, load_data, load_model_described, parse_set,
+                                   write_text_atomic)
 from waferscope.errors import ConfigError, DataError, RunDirError
 
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply unsupervised anomaly detectors.")
@@ -33,9 +34,9 @@ BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'pattern_c
 THRESHOLD_JSON = "threshold.json"
 
 
-def _load_data(specs: List[str]):
+def _load_data(specs: List[str], pass_bins: Optional[str] = None):
     """load_data, plus a check that masks fit their maps (detectors score against them)."""
-    ds = load_data(specs)
+    ds = load_data(specs, pass_bins)
     _check_masks(ds, ", ".join(specs))
     return ds
 
@@ -200,10 +201,11 @@ def score(
     run: Optional[Path] = RUN_OPTION,
     bundled: Optional[str] = BUNDLED_OPTION,
     maps: Optional[Path] = typer.Option(None, "--maps", help="Folder for per-sample anomaly maps (<id>.npy, float32, H×W)"),
+    pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
 ) -> None:
     """Score every map; optionally write each anomaly map (at the map's own size) as .npy."""
     where = ", ".join(data)
-    dataset = _load_data(data)
+    dataset = _load_data(data, pass_bins)
     if len(dataset) == 0:
         raise DataError("no maps to score", where)
     det, run_dir, _ = _load_detector(run, bundled)

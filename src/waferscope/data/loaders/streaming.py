@@ -11,8 +11,10 @@ from waferscope.data.dataset import WaferDataset
 from waferscope.data.load import load, sniff_format
 
 
-def iter_batches(spec: str | Path, batch_size: int = 8192, progress: bool = True) -> tuple[int, Iterator[WaferDataset]]:
-    """(total rows, batches). Pickles and Parquet files stream; other sources load then split."""
+def iter_batches(spec: str | Path, batch_size: int = 8192, progress: bool = True,
+                 pass_bins=None) -> tuple[int, Iterator[WaferDataset]]:
+    """(total rows, batches). Pickles and Parquet files stream; other sources load then split
+    (``pass_bins``: the fab formats' bin mapping, see :func:`waferscope.data.load`)."""
     spec_s = str(spec)
     if not spec_s.startswith("synthetic:"):
         path = Path(spec_s).expanduser()
@@ -26,7 +28,7 @@ def iter_batches(spec: str | Path, batch_size: int = 8192, progress: bool = True
                 from waferscope.data.io_parquet import iter_parquet, parquet_count
 
                 return parquet_count(path), iter_parquet(path, batch_size)
-    ds = load(spec)
+    ds = load(spec, pass_bins=pass_bins)
 
     def split() -> Iterator[WaferDataset]:
         for start in range(0, len(ds), batch_size):
@@ -35,13 +37,14 @@ def iter_batches(spec: str | Path, batch_size: int = 8192, progress: bool = True
     return len(ds), split()
 
 
-def import_to_parquet(spec: str | Path, out: str | Path, batch_size: int = 8192, progress: bool = True) -> int:
+def import_to_parquet(spec: str | Path, out: str | Path, batch_size: int = 8192, progress: bool = True,
+                      pass_bins=None) -> int:
     """Convert ``spec`` to Parquet at ``out`` (atomic); returns the number of rows written."""
     from tqdm import tqdm
 
     from waferscope.data.io_parquet import write_parquet
 
-    total, batches = iter_batches(spec, batch_size, progress)
+    total, batches = iter_batches(spec, batch_size, progress, pass_bins)
     count = 0
     bar = tqdm(total=total, unit="map", desc=f"import {Path(str(spec)).name}", disable=not progress,
                file=None, dynamic_ncols=True, mininterval=0.5)

@@ -1,0 +1,223 @@
+"""What every fab wafer-map reader (STDF, SEMI E142, SEMI G85, KLARF, CSV die list) shares: the
+pass/fail bin mapping, turning a list of dies into a die-state grid, and the metadata columns.
+
+Bin mapping (``load(path, pass_bins=...)``, CLI ``--pass-bins``), one syntax for every format:
+
+- ``None`` (default): the format's own default (see each loader; bin 1 = pass, any other bin = fail
+  unless the file itself says which bins pass).
+- ``"1,2,5-7"``: these bins pass, every other bin fails (lenient).
+- ``"1,2/3-9"``: bins left of ``/`` pass, bins right of it fail, and any other bin in the file is an
+  error (strict: a bin nobody mapped is reported instead of silently becoming a fail).
+
+Grid: die coordinates ``(x, y)`` become array index ``[y - min(y), x - min(x)]``, so column 0 is the
+smallest x and row 0 the smallest y (row index grows with y, a common prober orientation where
+y increases down the wafer). Positions no die was reported at are 0 (no die).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from waferscope.errors import DataError
+
+PASS, FAIL = 1, 2
+# A larger span than this is a corrupt coordinate, not a wafer: 300 mm at a 0.1 mm die pitch is 3000.
+MAX_GRID_SPAN = 4096
+
+_RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?$")
+
+
+@dataclass(frozen=True)
+class BinMapping:
+    """Which bins pass; ``fail_bins`` given makes the mapping strict (other bins are errors)."""
+
+    pass_bins: frozenset
+    fail_bins: frozenset | None = None
+
+    @property
+    def strict(self) -> bool:
+        return self.fail_bins is not None
+
+    def state(self, bin_code) -> int:
+        """1 (pass) or 2 (fail); KeyError for a bin a strict mapping does not list."""
+        if bin_code in self.pass_bins:
+            return PASS
+        if self.fail_bins is None or bin_code in self.fail_bins:
+            return FAIL
+        raise KeyError(bin_code)
+
+    def describe(self) -> str:
+        text = ",".join(map(str, sorted(self.pass_bins)))
+        return text + ("/" + ",".join(map(str, sorted(self.fail_bins))) if self.strict else "")
+
+
+DEFAULT_MAPPING = BinMapping(frozenset({1}))
+
+
+def _parse_bin_list(text: str, option: str) -> frozenset:
+    bins: set[int] = set()
+    for token in filter(None, (t.strip() for t in text.split(","))):
+        m = _RANGE.match(token)
+        if not m:
+            raise DataError(f"bad {option} value {token!r}: expected bin numbers or "
+                            "ranges like 1,2,5-7 (and optionally /FAIL-BINS for a strict mapping)")
+        lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if hi < lo:
+            raise DataError(f"bad {option} range {token!r}: the end is below the start")
+        bins.update(range(lo, hi + 1))
+    return frozenset(bins)
+
+
+def parse_bin_mapping(value, option: str = "pass_bins") -> BinMapping | None:
+    """``None`` → None (the format's default); a string ``"1,2"`` / ``"1,2/3-9"``, an int, an
+    iterable of ints or a :class:`BinMapping` → a BinMapping (DataError when malformed)."""
+    if value is None or isinstance(value, BinMapping):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return BinMapping(frozenset({int(value)}))
+    if isinstance(value, str):
+        if value.count("/") > 1:
+            raise DataError(f"bad {option} {value!r}: at most one '/' (PASS-BINS/FAIL-BINS)")
+        pass_text, _, fail_text = value.partition("/")
+        passes = _parse_bin_list(pass_text, option)
+        if not passes:
+            raise DataError(f"bad {option} {value!r}: no pass bin given")
+        fails = _parse_bin_list(fail_text, option) if "/" in value else None
+        if fails is not None and passes & fails:
+            raise DataError(f"bad {option} {value!r}: bins {sorted(passes & fails)} are both pass and fail")
+        return BinMapping(passes, fails)
+    try:
+        return BinMapping(frozenset(int(v) for v in value))
+    except (TypeError, ValueError):
+        raise DataError(f"bad {option} {value!r}: expected a string like '1,2' or '1/2-9', or bin numbers") from None
+
+
+def map_bin(mapping: BinMapping, bin_code, path: Path, where: str) -> int:
+    try:
+        return mapping.state(bin_code)
+    except KeyError:
+        raise DataError(f"{where}: bin {bin_code} is in neither the pass nor the fail bins of the strict "
+                        f"mapping {mapping.describe()}", path) from None
+
+
+def dies_to_grid(dies: Sequence[tuple[int, int, int, str]], path: Path, wafer: str) -> np.ndarray:
+    """``(x, y, state, where)`` dies of one wafer → a uint8 grid (see the module docstring).
+
+    ``where`` ("line 17", "record 42") names the die in the error for a die reported twice."""
+    if not dies:
+        raise DataError(f"wafer {wafer!r}: no dies", path)
+    xs = np.fromiter((d[0] for d in dies), np.int64, len(dies))
+    ys = np.fromiter((d[1] for d in dies), np.int64, len(dies))
+    span_x, span_y = int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1
+    if max(span_x, span_y) > MAX_GRID_SPAN:
+        axis, lo, hi = ("x", xs.min(), xs.max()) if span_x >= span_y else ("y", ys.min(), ys.max())
+        far = dies[int(np.argmax(np.abs(xs - np.median(xs)) if axis == "x" else np.abs(ys - np.median(ys))))]
+        raise DataError(f"{far[3]}: wafer {wafer!r}: die {axis} coordinates span {lo}..{hi}, more than "
+                        f"{MAX_GRID_SPAN} dies: the die at ({far[0]}, {far[1]}) lies outside any wafer grid", path)
+    grid = np.zeros((span_y, span_x), np.uint8)
+    seen: dict[tuple[int, int], int] = {}
+    for i, ((x, y, state, where), r, c) in enumerate(zip(dies, ys - ys.min(), xs - xs.min())):
+        first = seen.setdefault((x, y), i)
+        if first != i:
+            raise DataError(f"{where}: wafer {wafer!r}: die ({x}, {y}) appears twice (first at "
+                            f"{dies[first][3]})", path)
+        grid[r, c] = state
+    return grid
+
+
+def wafer_number(wafer_id: str, fallback: int) -> int:
+    """The number in a wafer id ("W07" → 7, "LOT1-12" → 12); ``fallback`` when there is none."""
+    digits = re.findall(r"\d+", wafer_id)
+    return int(digits[-1]) if digits else fallback
+
+
+def fab_meta(path: Path, lots: Iterable[str], wafer_ids: Iterable[str], fmt: str, **extra) -> dict:
+    """Metadata columns of a fab-format data set: ``id`` = ``<lot>-<wafer id>`` (made unique),
+    ``lot``, ``wafer_index`` (number in the wafer id), ``wafer_id``, ``source``, ``format``."""
+    lots, wafer_ids = [str(v) for v in lots], [str(v) for v in wafer_ids]
+    ids, seen = [], {}
+    for i, (lot, wid) in enumerate(zip(lots, wafer_ids)):
+        base = "-".join(filter(None, (lot, wid))) or f"{path.stem}-{i}"
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return {"id": ids, "lot": lots, "wafer_index": [wafer_number(w, i) for i, w in enumerate(wafer_ids)],
+            "wafer_id": wafer_ids, "source": path.name, "format": fmt, **extra}
+
+
+# ---- array formats (SEMI E142, SEMI G85): rows of bin codes -------------------------------------
+# Code width per BinType when rows are written without separators (both standards allow it for
+# the fixed-width types); Decimal rows are always space-separated.
+CODE_WIDTH = {"ascii": 1, "hexadecimal": 2, "integer2": 4}
+
+
+def split_row(text: str, bin_type: str) -> list[str]:
+    """One row's bin codes: whitespace-separated, or fixed-width chunks for ASCII/hex/Integer2."""
+    kind = bin_type.lower()
+    if kind == "ascii":
+        return list(text.strip("\r\n"))  # a space can be a bin code in an ASCII map; only line breaks go
+    tokens = text.split()
+    width = CODE_WIDTH.get(kind)
+    if width and len(tokens) == 1 and len(tokens[0]) > width:
+        joined = tokens[0]
+        tokens = [joined[i:i + width] for i in range(0, len(joined), width)]
+    return tokens
+
+
+def decode_code(token: str, bin_type: str):
+    """A bin code as an int (Decimal, HexaDecimal, Integer2) or a 1-char str (ASCII); ValueError."""
+    kind = bin_type.lower()
+    if kind == "ascii":
+        return token
+    if kind == "decimal":
+        return int(token, 10)
+    if kind in ("hexadecimal", "integer2"):
+        return int(token, 16)
+    raise ValueError(f"unknown BinType {bin_type!r} (expected Decimal, HexaDecimal, Integer2 or ASCII)")
+
+
+def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str, qualities: dict, mapping: BinMapping | None,
+                     path: Path, where: str, expected_shape: tuple[int | None, int | None]) -> np.ndarray:
+    """Rows of bin codes → die states. ``qualities``: decoded bin code → the file's BinQuality
+    (used when ``mapping`` is None: Pass → pass, Fail → fail, any other quality → no die).
+    ``where`` names the map in errors ("SubstrateMap 'W01'"); rows are numbered from 1."""
+    try:
+        null = decode_code(null_bin.strip() if bin_type.lower() != "ascii" else null_bin, bin_type)
+    except ValueError as exc:
+        raise DataError(f"{where}: NullBin {null_bin!r}: {exc}", path) from None
+    if mapping is not None and bin_type.lower() == "ascii":
+        raise DataError(f"{where}: pass bins are numbers, but this map's BinType is ASCII; leave the "
+                        "pass-bin option unset to use the file's own BinQuality", path)
+    exp_rows, exp_cols = expected_shape
+    if exp_rows is not None and len(rows) != exp_rows:
+        raise DataError(f"{where}: {len(rows)} rows of bin codes, the header says {exp_rows}", path)
+    if not rows:
+        raise DataError(f"{where}: no rows of bin codes", path)
+    grid, width = [], exp_cols
+    for r, text in enumerate(rows, 1):
+        tokens = split_row(text, bin_type)
+        if width is None:
+            width = len(tokens)
+        if len(tokens) != width:
+            raise DataError(f"{where}: row {r}: {len(tokens)} dies, expected {width}"
+                            + (" (the header's column count)" if exp_cols is not None else " (as row 1)"), path)
+        out = []
+        for c, token in enumerate(tokens, 1):
+            try:
+                code = decode_code(token, bin_type)
+            except ValueError:
+                raise DataError(f"{where}: row {r}, column {c}: bin code {token!r} is not a "
+                                f"{bin_type} code", path) from None
+            if code == null:
+                out.append(0)
+            elif mapping is not None:
+                out.append(map_bin(mapping, code, path, f"{where}: row {r}, column {c}"))
+            else:
+                quality = str(qualities.get(code, "fail")).lower()
+                out.append(PASS if quality == "pass" else FAIL if quality == "fail" else 0)
+        grid.append(out)
+    return np.asarray(grid, np.uint8)

@@ -1,0 +1,232 @@
+"""Writers of small fab wafer-map files in each format's real layout, for the loader tests.
+
+A wafer here is a bin array: 0 = no die, any other value = that die's bin. Die (row r, column c)
+sits at coordinates x = x0 + c, y = y0 + r, so a loader mapping min x/y → 0 returns the array's
+shape back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from pathlib import Path
+
+import numpy as np
+
+# ---- a reference wafer ---------------------------------------------------------------------------
+
+
+def disc_bins(size: int = 9, seed: int = 0, fail_bins=(3, 7)) -> np.ndarray:
+    """A round wafer of ``size``×``size`` dies touching every edge: bin 1 mostly, a few fail bins."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    centre = (size - 1) / 2
+    on = (yy - centre) ** 2 + (xx - centre) ** 2 <= (centre + 0.5) ** 2
+    bins = np.where(on, 1, 0)
+    fails = on & (rng.random(on.shape) < 0.25)
+    bins[fails] = rng.choice(fail_bins, size=int(fails.sum()))
+    return bins.astype(np.int64)
+
+
+def states(bins: np.ndarray, pass_bins=(1,)) -> np.ndarray:
+    """The die states a bin-1-passes mapping gives: 0 no die, 1 pass, 2 fail."""
+    return np.where(bins == 0, 0, np.where(np.isin(bins, pass_bins), 1, 2)).astype(np.uint8)
+
+
+# ---- STDF V4 (little-endian CPU_TYPE 2 unless big_endian()) ---------------------------------------
+
+_ORDER = ["<"]  # byte order of the records being written; big_endian() switches it to ">"
+
+
+@contextlib.contextmanager
+def big_endian():
+    """Write STDF records big-endian (CPU_TYPE 1, as Sun/68k testers did) inside the block."""
+    _ORDER[0] = ">"
+    try:
+        yield
+    finally:
+        _ORDER[0] = "<"
+
+
+def _pack(fmt: str, *values) -> bytes:
+    return struct.pack(_ORDER[0] + fmt.lstrip("<"), *values)
+
+
+def _cn(text: str) -> bytes:
+    raw = text.encode("ascii")
+    return _pack("B", len(raw)) + raw
+
+
+def stdf_record(rec_typ: int, rec_sub: int, body: bytes) -> bytes:
+    """Header (REC_LEN U2, REC_TYP U1, REC_SUB U1) + body, STDF V4 § 'Record header'."""
+    return _pack("<HBB", len(body), rec_typ, rec_sub) + body
+
+
+def far() -> bytes:
+    return stdf_record(0, 10, _pack("BB", 2 if _ORDER[0] == "<" else 1, 4))  # CPU_TYPE (2 little-, 1 big-endian), STDF_VER 4
+
+
+def mir(lot: str) -> bytes:
+    # SETUP_T, START_T, STAT_NUM, MODE_COD, RTST_COD, PROT_COD, BURN_TIM, CMOD_COD, then the Cn fields
+    body = _pack("<IIBcccHc", 1_700_000_000, 1_700_000_100, 1, b"P", b" ", b" ", 65535, b" ")
+    body += _cn(lot) + _cn("PART-A") + _cn("node1") + _cn("TESTER") + _cn("job") + _cn("1")
+    return stdf_record(1, 10, body)
+
+
+def wir(wafer_id: str, head: int = 1) -> bytes:
+    return stdf_record(2, 10, _pack("<BBI", head, 255, 1_700_000_200) + _cn(wafer_id))
+
+
+def pir(head: int = 1, site: int = 1) -> bytes:
+    return stdf_record(5, 10, _pack("<BB", head, site))
+
+
+def prr(x: int, y: int, hard_bin: int, soft_bin: int | None = None, part_flg: int | None = None,
+        head: int = 1, site: int = 1) -> bytes:
+    """Part results; PART_FLG bit 3 set when the die failed (hard bin ≠ 1) unless given."""
+    if part_flg is None:
+        part_flg = 0 if hard_bin == 1 else 0x08
+    body = _pack("<BBBHHHhhI", head, site, part_flg, 10, hard_bin,
+                       hard_bin if soft_bin is None else soft_bin, x, y, 12)
+    body += _cn(f"{x}_{y}") + _cn("") + _pack("<B", 0)  # PART_ID, PART_TXT, empty PART_FIX
+    return stdf_record(5, 20, body)
+
+
+def wrr(wafer_id: str, count: int, good: int, head: int = 1) -> bytes:
+    body = _pack("<BBIIIIII", head, 255, 1_700_000_900, count, 0, 0, good, 0) + _cn(wafer_id)
+    return stdf_record(2, 20, body)
+
+
+def mrr() -> bytes:
+    return stdf_record(1, 20, _pack("<Ic", 1_700_001_000, b" ") + _cn("") + _cn(""))
+
+
+def stdf_bytes(lot: str, wafers: dict[str, np.ndarray], x0: int = -4, y0: int = 2) -> bytes:
+    out = [far(), mir(lot)]
+    for wafer_id, bins in wafers.items():
+        out.append(wir(wafer_id))
+        rows, cols = np.nonzero(bins)
+        for r, c in zip(rows, cols):
+            out += [pir(), prr(int(x0 + c), int(y0 + r), int(bins[r, c]))]
+        out.append(wrr(wafer_id, len(rows), int((bins == 1).sum())))
+    out.append(mrr())
+    return b"".join(out)
+
+
+# ---- CSV die list ---------------------------------------------------------------------------------
+
+
+def dielist_text(lots: dict[str, dict[str, np.ndarray]], x0: int = 10, y0: int = -3) -> str:
+    lines = ["lot,wafer,x,y,bin"]
+    for lot, wafers in lots.items():
+        for wafer_id, bins in wafers.items():
+            for r, c in zip(*np.nonzero(bins)):
+                lines.append(f"{lot},{wafer_id},{x0 + c},{y0 + r},{bins[r, c]}")
+    return "\n".join(lines) + "\n"
+
+
+# ---- SEMI G85 (hand-written, as fab tools write it) ------------------------------------------------
+
+
+def g85_text(lot: str, wafers: dict[str, np.ndarray], null_bin: int = 255, qualities: dict | None = None) -> str:
+    qualities = qualities or {1: "Pass", 3: "Fail", 7: "Fail"}
+    parts = ['<?xml version="1.0" encoding="utf-8"?>', "<Maps>"]
+    for wafer_id, bins in wafers.items():
+        rows, cols = bins.shape
+        parts.append(f'  <Map xmlns:semi="http://www.semi.org" SubstrateType="Wafer" SubstrateId="{wafer_id}" '
+                     'FormatRevision="SEMI G85 0703">')
+        parts.append(f'    <Device ProductId="PART-A" LotId="{lot}" WaferSize="200" DeviceSizeX="5" DeviceSizeY="5" '
+                     f'Rows="{rows}" Columns="{cols}" Orientation="0" OriginLocation="0" BinType="Decimal" '
+                     f'NullBin="{null_bin}" CreateDate="20261202193000000">')
+        parts.append('      <ReferenceDevice ReferenceDeviceX="0" ReferenceDeviceY="0"/>')
+        for code, quality in qualities.items():
+            parts.append(f'      <Bin BinCode="{code:03d}" BinCount="{int((bins == code).sum())}" '
+                         f'BinQuality="{quality}" BinDescription="bin {code}"/>')
+        parts.append('      <Data MapName="Map" MapVersion="1">')
+        for row in bins:
+            codes = " ".join(f"{null_bin if v == 0 else v:03d}" for v in row)
+            parts.append(f"        <Row><![CDATA[{codes}]]></Row>")
+        parts += ["      </Data>", "    </Device>", "  </Map>"]
+    parts.append("</Maps>")
+    return "\n".join(parts) + "\n"
+
+
+# ---- SEMI E142 ------------------------------------------------------------------------------------------
+
+
+def e142_text(lot: str, wafers: dict[str, np.ndarray], bin_type: str = "Decimal",
+              qualities: dict | None = None) -> str:
+    """E142-1 V1005 layout: a top wafer layout with a child device layout, a Substrate per wafer
+    and a SubstrateMap whose BinCodeMap overlay holds one BinCode row element per die row."""
+    qualities = qualities or {1: "Pass", 3: "Fail", 7: "Fail"}
+    rows, cols = next(iter(wafers.values())).shape
+    fmt, null = {"Decimal": ("{:03d}", "255"), "HexaDecimal": ("{:02X}", "FF"), "Integer2": ("{:04X}", "FFFF")}[bin_type]
+    sep = " " if bin_type == "Decimal" else ""
+    parts = ['<?xml version="1.0" encoding="UTF-8"?>',
+             '<MapData xmlns="urn:semi-org:xsd.E142-1.V1005.SubstrateMap">',
+             "  <Layouts>",
+             '    <Layout LayoutId="WaferMap" DefaultUnits="mm" TopLevel="true">',
+             '      <Dimension X="1" Y="1"/>', '      <DeviceSize X="200" Y="200"/>',
+             '      <ChildLayouts><ChildLayout LayoutId="Devices"/></ChildLayouts>', "    </Layout>",
+             '    <Layout LayoutId="Devices" DefaultUnits="mm">',
+             f'      <Dimension X="{cols}" Y="{rows}"/>', '      <StepSize X="5" Y="5"/>',
+             "      <ProductId>PART-A</ProductId>", "    </Layout>", "  </Layouts>", "  <Substrates>"]
+    for wafer_id, bins in wafers.items():
+        parts += [f'    <Substrate SubstrateType="Wafer" SubstrateId="{wafer_id}">', f"      <LotId>{lot}</LotId>",
+                  f"      <GoodDevices>{int((bins == 1).sum())}</GoodDevices>", "    </Substrate>"]
+    parts += ["  </Substrates>", "  <SubstrateMaps>"]
+    for wafer_id, bins in wafers.items():
+        parts += [f'    <SubstrateMap SubstrateType="Wafer" SubstrateId="{wafer_id}" LayoutSpecifier="WaferMap/Devices" '
+                  'Orientation="0" OriginLocation="LowerLeft" AxisDirection="UpRight">',
+                  '      <Overlay MapName="SortGrade" MapVersion="1">',
+                  f'        <BinCodeMap BinType="{bin_type}" NullBin="{null}" MapType="2DArray">',
+                  "          <BinDefinitions>"]
+        for code, quality in qualities.items():
+            parts.append(f'            <BinDefinition BinCode="{fmt.format(code)}" BinQuality="{quality}" '
+                         f'BinDescription="bin {code}" BinCount="{int((bins == code).sum())}"/>')
+        parts.append("          </BinDefinitions>")
+        for row in bins:
+            parts.append("          <BinCode>" + sep.join(null if v == 0 else fmt.format(v) for v in row) + "</BinCode>")
+        parts += ["        </BinCodeMap>", "      </Overlay>", "    </SubstrateMap>"]
+    parts += ["  </SubstrateMaps>", "</MapData>"]
+    return "\n".join(parts) + "\n"
+
+
+# ---- KLARF 1.2 ----------------------------------------------------------------------------------------
+
+DEFECT_COLUMNS = ("DEFECTID XREL YREL XINDEX YINDEX XSIZE YSIZE DEFECTAREA DSIZE CLASSNUMBER TEST CLUSTERNUMBER "
+                  "ROUGHBINNUMBER FINEBINNUMBER REVIEWSAMPLE IMAGECOUNT IMAGELIST").split()
+
+
+def klarf_text(lot: str, wafers: dict[str, list[tuple[int, int, int]]], plan: list[tuple[int, int]] | None,
+               pitch: float = 10000.0, diameter_mm: int = 100, centre: float = 50000.0) -> str:
+    """KLARF 1.2: ``wafers`` maps a wafer id to its defects ``(xindex, yindex, classnumber)``;
+    ``plan`` the SampleTestPlan dies (None: no plan)."""
+    lines = ["FileVersion 1 2;", "FileTimestamp 12-02-26 19:30:00;", 'InspectionStationID "KLA" "2367" "TOOL1";',
+             "SampleType WAFER;", "ResultTimestamp 12-02-26 19:30:00;", f'LotID "{lot}";',
+             f"SampleSize 1 {diameter_mm};", 'DeviceID "PART-A";', 'SetupID "RECIPE" 12-02-26 19:00:00;',
+             'StepID "M1";', "SampleOrientationMarkType NOTCH;", "OrientationMarkLocation DOWN;",
+             f"DiePitch {pitch:.10e} {pitch:.10e};", "DieOrigin 0.000000e+00 0.000000e+00;"]
+    for slot, (wafer_id, defects) in enumerate(wafers.items(), 1):
+        lines += [f'WaferID "{wafer_id}";', f"Slot {slot};", f"SampleCenterLocation {centre:.6e} {centre:.6e};",
+                  "InspectionTest 1;"]
+        if plan is not None:
+            lines.append(f"SampleTestPlan {len(plan)}")
+            lines += [f" {x} {y}" for x, y in plan[:-1]] + [f" {plan[-1][0]} {plan[-1][1]};"]
+        lines += ["AreaPerTest 7.853982e+09;", f"DefectRecordSpec {len(DEFECT_COLUMNS)} {' '.join(DEFECT_COLUMNS)};"]
+        if not defects:
+            lines.append("DefectList;")
+        else:
+            lines.append("DefectList")
+            for i, (x, y, cls) in enumerate(defects, 1):
+                end = ";" if i == len(defects) else ""
+                lines.append(f" {i} 1.250e+03 2.500e+03 {x} {y} 5.0 5.0 25.0 5.0 {cls} 1 0 0 0 0 0 0{end}")
+        lines += ["SummarySpec 5 TESTNO NDEFECT DEFDENSITY NDIE NDEFDIE;", "SummaryList",
+                  f" 1 {len(defects)} 1.0e+00 {len(plan or [])} {len({(x, y) for x, y, _ in defects})};"]
+    lines.append("EndOfFile;")
+    return "\n".join(lines) + "\n"
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
