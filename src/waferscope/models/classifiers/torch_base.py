@@ -35,6 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from waferscope.base import Classifier
+from waferscope.data.dataset import validate_wafer_maps
 from waferscope.data.preprocess import (augment_dihedral, channels, dihedral, encode, encode_images, resize_maps,
                                         stratified_split)
 from waferscope.errors import RunDirError
@@ -81,7 +82,10 @@ class TorchClassifier(Classifier):
         return 3 if kind == "image" else channels(self.encoding)
 
     def resize(self, dataset) -> np.ndarray:
-        """(N, size, size) uint8 die states (or (N, size, size[, C]) uint8 pixels for images)."""
+        """(N, size, size) uint8 die states (or (N, size, size[, C]) uint8 pixels for images); a wafer
+        map with a die value other than 0/1/2 is a clear DataError (the resize could drop it silently)."""
+        if dataset.kind == "wafer":
+            validate_wafer_maps(dataset.maps, dataset.name)
         return resize_maps(dataset.maps, int(self.size))
 
     def encode_batch(self, batch: np.ndarray, kind: str = "wafer"):
