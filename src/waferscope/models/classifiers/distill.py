@@ -429,6 +429,11 @@ class DistilledStudentClassifier(TorchClassifier):
         return torch.cat(out) if out else torch.zeros((0, len(self.classes_)))
 
     # ---- persistence: the teacher is not needed to predict, only its size is recorded ------------
+    def predict_proba(self, dataset) -> np.ndarray:
+        if dataset.kind != "wafer":  # fit refuses images; the die-state stem cannot read them either
+            raise DataError(f"{dataset.name}: kd_student reads die-state wafer maps, not images")
+        return super().predict_proba(dataset)
+
     def _state(self):
         tensors, extras = super()._state()
         extras["teacher_parameters"] = int(getattr(self, "teacher_parameters_", 0))
