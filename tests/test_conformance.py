@@ -79,14 +79,8 @@ MODELS = [(name, kind) for kind in ("classifier", "detector") for name in regist
 IDS = [name for name, _ in MODELS]
 
 # Known failures still to fix, as (check, model) → reason; strict, so a fix that lands makes them fail
-# until the entry is removed. Only for failures in code this branch may not touch yet.
-_TORCH_BASE = ("torch_base.py (locked for the integrator's refactor until 20:30 UTC): TorchClassifier.resize "
-               "does not check die states, so a 7 is resized away or hits an IndexError")
-XFAIL: dict[tuple[str, str], str] = {
-    **{("die_seven", n): _TORCH_BASE for n in ("cnn", "cnn_fine", "kd_student", "multilabel_cnn", "resnet18")},
-    ("images", "kd_student"): ("distill.py (locked until 20:30 UTC): kd_student refuses images at fit but "
-                               "predict_proba runs them into its 1-channel die-state stem (RuntimeError)"),
-}
+# until the entry is removed. Only for failures in code this branch may not touch yet (none now).
+XFAIL: dict[tuple[str, str], str] = {}
 
 
 def models(check: str, where=lambda name: True) -> list:
