@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from waferscope.cli import classify, data, detect, explain, benchmark, export
+from waferscope.cli import classify, data, detect, explain, benchmark, export, serve
 from waferscope.errors import WaferscopeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -22,6 +22,7 @@ app.add_typer(detect.app, name="detect")
 explain.register(app)  # `explain` and `atlas` are top-level commands
 benchmark.register(app)  # `benchmark`
 export.register(app)  # `export`
+serve.register(app)  # `serve` (HTTP service + browser page)
 
 
 def main() -> None:
