@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from waferscope import __version__
 from waferscope.data.dataset import WaferDataset, validate_map
 from waferscope.errors import DataError, WaferscopeError
-from waferscope.serve.batcher import Batcher
+from waferscope.serve.batcher import Batcher, MapBatch
 from waferscope.serve.schemas import ClassifyResponse, ErrorResponse, Limits, MapsRequest, ScoreResponse
 
 PICKLE_REFUSAL = ("pickle uploads are refused: unpickling runs arbitrary code. Convert the file once with "
@@ -106,8 +106,8 @@ async def _send_error(send, status: int, message: str) -> None:
 
 
 # ---- parsing ------------------------------------------------------------------------------------
-def parse_json_maps(body: bytes, limits: Limits) -> WaferDataset:
-    """``{"maps": [...], "ids": [...]}`` → a validated WaferDataset, or a RequestError naming the problem."""
+def parse_json_maps(body: bytes, limits: Limits) -> MapBatch:
+    """``{"maps": [...], "ids": [...]}`` → validated maps, or a RequestError naming the problem."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -150,7 +150,7 @@ def parse_json_maps(body: bytes, limits: Limits) -> WaferDataset:
             raise RequestError(f"map {i}: die values must be numbers 0 (no die), 1 (pass) or 2 (fail)")
         out.append(validate_map(arr, None, i))  # DataError → 400 with its own message
     ids = ids or [f"map-{i}" for i in range(len(out))]
-    return WaferDataset.from_maps(out, meta={"id": ids}, source="request", validate=False)
+    return MapBatch(out, ids, [None] * len(out))
 
 
 def _check_side(i: int, shape: tuple[int, int], limits: Limits) -> None:
@@ -164,7 +164,7 @@ def is_pickle(filename: str, head: bytes) -> bool:
     return Path(filename).suffix.lower() in (".pkl", ".pickle", ".pck") or head[:1] == b"\x80"
 
 
-def load_upload(filename: str, data: bytes, limits: Limits) -> WaferDataset:
+def load_upload(filename: str, data: bytes, limits: Limits) -> MapBatch:
     """Write the upload to a private temp file, load it with waferscope.data.load, delete it."""
     from waferscope.data import load
     from waferscope.data.load import sniff_format
@@ -197,7 +197,7 @@ def load_upload(filename: str, data: bytes, limits: Limits) -> WaferDataset:
             _check_side(i, m.shape[:2], limits)
         except RequestError as exc:
             raise RequestError(f"{name}: {exc.message}", exc.status) from None
-    return dataset
+    return MapBatch(list(dataset.maps), [str(i) for i in dataset.ids], _lots(dataset))
 
 
 # ---- the app ------------------------------------------------------------------------------------
@@ -292,10 +292,13 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     async def _http_error(_request, exc: StarletteHTTPException):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
-    async def read_maps(request: Request) -> WaferDataset:
+    async def read_maps(request: Request) -> MapBatch:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
-            return await run_in_threadpool(parse_json_maps, await request.body(), limits)
+            body = await request.body()
+            if len(body) < 256 * 1024:  # a few maps: parsing takes less than handing it to a thread
+                return parse_json_maps(body, limits)
+            return await run_in_threadpool(parse_json_maps, body, limits)
         if ctype == "multipart/form-data":
             try:
                 form = await request.form(max_files=1, max_fields=8)
@@ -316,10 +319,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
             return True
         raise RequestError(f"?{name}= must be 0 or 1, got {value!r}")
 
-    def base_row(ds: WaferDataset, i: int, lots: list, with_map: bool) -> dict:
-        row: dict[str, Any] = {"id": str(ds.ids[i])}
-        if lots[i] is not None:
-            row["lot"] = lots[i]
+    def base_row(ds: MapBatch, i: int, with_map: bool) -> dict:
+        row: dict[str, Any] = {"id": ds.ids[i]}
+        if ds.lots[i] is not None:
+            row["lot"] = ds.lots[i]
         if with_map:
             row["map"] = ds.maps[i].tolist()
         return row
@@ -343,11 +346,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
             raise RequestError(f"too many maps for ?heatmap=1: {len(ds)}, the limit is {limits.max_heatmap_maps} "
                                "(--max-heatmap-maps)", 413)
         out = await asyncio.wrap_future(clf_worker.submit(ds, classify_with_heat if want_heat else None))
-        lots = _lots(ds)
         wafers = []
         for i, item in enumerate(out):
             proba, heat = item if want_heat else (item, None)
-            row = base_row(ds, i, lots, want_maps)
+            row = base_row(ds, i, want_maps)
             row["class"] = classes[int(np.argmax(proba))]
             row["probabilities"] = {c: float(p) for c, p in zip(classes, proba)}
             if heat is not None:
@@ -367,10 +369,9 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
             raise RequestError(f"too many maps for ?heatmap=1: {len(ds)}, the limit is {limits.max_heatmap_maps} "
                                "(--max-heatmap-maps)", 413)
         out = await asyncio.wrap_future(det_worker.submit(ds))
-        lots = _lots(ds)
         wafers = []
         for i, (s, amap) in enumerate(out):
-            row = base_row(ds, i, lots, want_maps)
+            row = base_row(ds, i, want_maps)
             row["score"] = float(s)
             if threshold is not None:
                 row["is_anomalous"] = bool(s >= threshold)
