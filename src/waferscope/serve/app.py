@@ -174,10 +174,12 @@ def load_upload(filename: str, data: bytes, limits: Limits) -> MapBatch:
         raise RequestError(f"{name}: the uploaded file is empty")
     if is_pickle(name, data[:8]):
         raise RequestError(f"{name}: {PICKLE_REFUSAL}", 415)
-    # keep the suffix: some formats are recognised by it; the rest of the name never reaches a path
+    # keep the suffix (some formats are recognised by it) and the stem (loaders derive ids from it),
+    # both reduced to safe characters: the user's name never becomes a path of its own
     suffix = re.sub(r"[^A-Za-z0-9.]", "", Path(name).suffix)[:16]
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem).strip("_")[:64] or "upload"
     with tempfile.TemporaryDirectory(prefix="waferscope-upload-") as tmp:
-        path = Path(tmp) / f"upload{suffix}"
+        path = Path(tmp) / f"{stem}{suffix}"
         path.write_bytes(data)
         try:
             if sniff_format(path) == "pickle":  # belt and braces: never hand a pickle to load()
