@@ -271,3 +271,18 @@ def test_cli_errors(capsys, tmp_path):
         s.listen()
         code, _, err = invoke(capsys, "serve", "--port", s.getsockname()[1])
     assert code == 2 and "cannot listen on 127.0.0.1" in err
+
+
+def test_upload_npy_stack_and_object_arrays(client, tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ones((3, 20, 20), dtype=np.uint8))
+    r = client.post("/v1/score", files={"file": ("stack 7.npy", buf.getvalue())})
+    assert r.status_code == 200 and len(r.json()["wafers"]) == 3
+    assert all(w["id"].startswith("stack_7") for w in r.json()["wafers"])  # ids name the uploaded file
+    # an .npy holding a pickled object array is never unpickled (the loaders use allow_pickle=False)
+    buf = io.BytesIO()
+    np.save(buf, np.array([np.ones((2, 2)), np.ones((3, 3))], dtype=object), allow_pickle=True)
+    r = client.post("/v1/score", files={"file": ("objects.npy", buf.getvalue())})
+    assert r.status_code == 400 and r.json()["error"].startswith("objects.npy: ")
