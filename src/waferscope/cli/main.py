@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from waferscope.cli import classify, data, detect, evaluate, explain, benchmark, export, models
+from waferscope.cli import benchmark, classify, data, detect, evaluate, explain, export, models, serve
 from waferscope.errors import WaferscopeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -25,6 +25,7 @@ explain.register(app)  # `explain` and `atlas` are top-level commands
 benchmark.register(app)  # `benchmark`
 export.register(app)  # `export`
 models.register(app)  # `models`
+serve.register(app)  # `serve` (HTTP service + browser page)
 
 
 def main() -> None:

@@ -1,0 +1,185 @@
+"""Load test of `waferscope serve`: a bounded number of requests from concurrent clients on loopback.
+
+    python benchmarks/bench_serve.py                          # starts the server itself: 10,000 requests, 32 clients
+    python benchmarks/bench_serve.py --url http://127.0.0.1:8000 --requests 2000
+    python benchmarks/bench_serve.py --endpoint classify --maps-per-request 8
+
+Each client is an asyncio task with its own keep-alive HTTP/1.1 connection (a minimal client on
+raw asyncio streams: httpx's pure-Python client spends ~4 ms of CPU per request, as much as the
+server, and on a 2-core machine would measure mostly itself), sending one request at a time and
+the next as soon as the answer arrives, until ``--requests`` are done; with ``--endpoint both`` requests alternate between /v1/classify and /v1/score. The maps are
+seeded synthetic ones (``--seed``), pre-encoded as JSON so the client spends its CPU on HTTP, not
+on encoding. Reported: wafers/s and requests/s over the whole run, p50/p99 latency, the error
+count (any non-200 or transport error), and the server's resident memory (its /health ``rss_bytes``)
+at the start (after a warm-up), the middle and the end: flat memory = no per-request leak.
+
+Note that the load generator runs on the same cores as the server: on a 2-core machine the figures
+are those of client + server sharing the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(threads: int | None) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "waferscope.cli.main", "serve", "--port", str(port)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"error: the server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("error: the server did not answer /health within 60 s")
+
+
+def rss(url: str) -> int:
+    return int(httpx.get(url + "/health", timeout=10).json()["rss_bytes"])
+
+
+def _request(host: str, path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _roundtrip(reader, writer, raw: bytes) -> tuple[int, bytes]:
+    """One request on a keep-alive connection: (status, body). The server always sends Content-Length."""
+    writer.write(raw)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = next(int(v) for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "content-length")
+    return status, await reader.readexactly(length)
+
+
+async def run_load(url: str, bodies: list[bytes], endpoints: list[str], n_requests: int, concurrency: int,
+                   maps_per_request: int, on_half) -> dict:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port or 80
+    raws = [[_request(parts.netloc, ep, b) for b in bodies] for ep in endpoints]
+    latencies: list[float] = []
+    errors: list[str] = []
+    counter = iter(range(n_requests))
+    half = n_requests // 2
+
+    async def worker():
+        reader, writer = await asyncio.open_connection(host, port, limit=2**24)
+        try:
+            for i in counter:  # a shared iterator: the run is bounded at n_requests in all
+                if i == half:
+                    await on_half()
+                raw = raws[i % len(endpoints)][i % len(bodies)]
+                t0 = time.perf_counter()
+                try:
+                    status, body = await _roundtrip(reader, writer, raw)
+                    if status != 200:
+                        errors.append(f"{status} {body[:200]!r}")
+                except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration) as exc:
+                    errors.append(repr(exc))
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port, limit=2**24)
+                latencies.append(time.perf_counter() - t0)
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    wall = time.perf_counter() - t0
+    lat = sorted(latencies)
+    return {"wall_s": wall, "requests": len(lat), "wafers": len(lat) * maps_per_request,
+            "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+            "errors": len(errors), "first_errors": errors[:3]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="a running server (default: start `waferscope serve` on a free loopback port)")
+    ap.add_argument("--requests", type=int, default=10_000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--maps-per-request", type=int, default=1)
+    ap.add_argument("--endpoint", choices=["classify", "score", "both"], default="both")
+    ap.add_argument("--threads", type=int, help="--threads of the server it starts (default: the server's, cores - 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+
+    import waferscope.data as wd
+
+    ds = wd.load(f"synthetic:n={256 * args.maps_per_request},seed={args.seed}")
+    k = args.maps_per_request
+    bodies = [json.dumps({"maps": [m.tolist() for m in ds.maps[i:i + k]],
+                          "ids": [str(x) for x in ds.ids[i:i + k]]}).encode() for i in range(0, len(ds), k)]
+    endpoints = {"classify": ["/v1/classify"], "score": ["/v1/score"], "both": ["/v1/classify", "/v1/score"]}[args.endpoint]
+
+    proc = None
+    if args.url:
+        url = args.url.rstrip("/")
+    else:
+        proc, url = start_server(args.threads)
+    try:
+        health = httpx.get(url + "/health", timeout=10).json()
+        # warm-up: the first calls allocate torch's buffers; memory is measured after them
+        asyncio.run(run_load(url, bodies, endpoints, 200, args.concurrency, k, lambda: asyncio.sleep(0)))
+        mem = {"start": rss(url)}
+
+        async def at_half():
+            async with httpx.AsyncClient() as client:
+                mem["middle"] = int((await client.get(url + "/health")).json()["rss_bytes"])
+
+        res = asyncio.run(run_load(url, bodies, endpoints, args.requests, args.concurrency, k, at_half))
+        mem["end"] = rss(url)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    res.update(rss_mb={k_: round(v / 2**20, 1) for k_, v in mem.items()}, endpoint=args.endpoint,
+               concurrency=args.concurrency, maps_per_request=k,
+               classifier=health["classifier"]["name"], detector=health["detector"]["name"],
+               torch_threads=health.get("torch_threads"),
+               utc=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), loadavg=os.getloadavg())
+    print(f"{res['requests']} requests ({args.endpoint}, {k} map(s) each) from {args.concurrency} clients "
+          f"in {res['wall_s']:.1f} s: {res['wafers'] / res['wall_s']:,.0f} wafers/s "
+          f"({res['requests'] / res['wall_s']:,.0f} requests/s); latency p50 {res['p50_ms']:.1f} ms, "
+          f"p99 {res['p99_ms']:.1f} ms; errors {res['errors']}; server RSS start/middle/end "
+          f"{res['rss_mb']['start']} / {res['rss_mb'].get('middle', '?')} / {res['rss_mb']['end']} MB "
+          f"(classifier {res['classifier']}, detector {res['detector']}, {res['torch_threads']} torch threads)")
+    if res["errors"]:
+        print("first errors:", *res["first_errors"], sep="\n  ")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=2)
+    return 1 if res["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

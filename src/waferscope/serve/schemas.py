@@ -1,0 +1,68 @@
+"""Request/response shapes of the HTTP API and the limits it enforces.
+
+The JSON request body is parsed by hand (``app._parse_json_maps``) rather than by pydantic so that a
+bad map gets the same one-line message :func:`waferscope.data.dataset.validate_map` gives on the
+CLI ("map 3: die values must be 0 (no die), 1 (pass) or 2 (fail); found [7]") instead of a list of
+pydantic locations; these models describe the responses and feed the OpenAPI page (``/docs``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional
+
+from pydantic import BaseModel, Field
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry. Each limit answers with a 4xx that names it and its value."""
+
+    max_maps: int = 1024  # maps per request (one inference batch stays < ~1 s on 2 cores)
+    max_side: int = 512  # rows or columns of one map (WM-811K's largest is 300×202)
+    max_body_bytes: int = 32 * 1024 * 1024  # request body, JSON or upload (checked before parsing)
+    max_heatmap_maps: int = 256  # maps per request with ?heatmap=1 (nested-list heat maps are large)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class MapsRequest(BaseModel):
+    """``{"maps": [[[0,1,2,...], ...], ...], "ids": ["w1", ...]}``: die grids, 0 no die, 1 pass, 2 fail."""
+
+    maps: List[List[List[int]]] = Field(..., description="One or many die grids (rows of die states 0/1/2)")
+    ids: Optional[List[str]] = Field(None, description="One id per map (default: map-0, map-1, ...)")
+
+
+class ClassifiedWafer(BaseModel):
+    id: str
+    lot: Optional[str] = None
+    class_: str = Field(..., alias="class")
+    probabilities: Dict[str, float]
+    heatmap: Optional[List[List[float]]] = Field(None, description="Grad-CAM on the die grid, in [0, 1]")
+    map: Optional[List[List[int]]] = Field(None, description="The die grid itself (with ?maps=1)")
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    classes: List[str]
+    wafers: List[ClassifiedWafer]
+
+
+class ScoredWafer(BaseModel):
+    id: str
+    lot: Optional[str] = None
+    score: float
+    is_anomalous: Optional[bool] = Field(None, description="score >= the run's threshold (absent without one)")
+    heatmap: Optional[List[List[float]]] = Field(None, description="Anomaly map on the die grid")
+    map: Optional[List[List[int]]] = None
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    threshold: Optional[float]
+    wafers: List[ScoredWafer]
+
+
+class ErrorResponse(BaseModel):
+    error: str
