@@ -1,9 +1,89 @@
-"""`waferscope evaluate` sub-commands for detection protocols (:mod:`waferscope.evaluate.detection`)."""
+"""`waferscope evaluate` sub-commands for detection, explanation and synthetic-data protocols
+(:mod:`waferscope.evaluate.detection`, :mod:`.explanations`, :mod:`.synthetic`). Thin: parse, call, write."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from waferscope.cli.common import parse_set, write_text_atomic
+from waferscope.errors import ConfigError
+
+DEV_HELP = "Real labelled dev maps (default: the shared wm811k_dev.npz)"
+
+
+def _append_json_line(path: Path, row: dict) -> None:
+    """Append one JSON line, atomically: the file is either the old one or the old one plus the row."""
+    old = path.read_text() if path.is_file() else ""
+    write_text_atomic(path, old + json.dumps(row, default=float) + "\n")
+
+
+def detector(
+    detector: Optional[str] = typer.Option(None, "--detector", help="Registered detector name"),
+    config: Optional[str] = typer.Option(None, "--config", help="A named configuration (detector + params + "
+                                         "protocol), e.g. patchcore-fast; see evaluate.detection.CONFIGS"),
+    set_: List[str] = typer.Option([], "--set", help="Detector parameter key=value (JSON value); repeatable"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="dev (default), patchcore or kd"),
+    synthetic_normals: Optional[int] = typer.Option(None, "--synthetic-normals", min=0,
+                                                    help="Add N synthetic none maps to the real training normals"),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the 50/50 split of the dev none maps"),
+    skip_synthetic: bool = typer.Option(False, "--skip-synthetic", help="No pixel metrics on synthetic maps"),
+    kfold: bool = typer.Option(False, "--kfold", help="Also the 5-fold mean-of-max threshold and P/R/F1 at it"),
+    data: Optional[str] = typer.Option(None, "--data", help=DEV_HELP),
+    threads: int = typer.Option(2, "--threads", min=1),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Append the result as one JSON line to this file"),
+) -> None:
+    """The detector dev protocol: train on real normals, test on the other normals vs every defect."""
+    from waferscope.evaluate import detection as ev
+
+    if (detector is None) == (config is None):
+        raise ConfigError("give --detector NAME or --config NAME (one of them)")
+    params = parse_set(set_)
+    if config is not None:
+        if config not in ev.CONFIGS:
+            raise ConfigError(f"unknown --config {config!r}; choose one of {', '.join(ev.CONFIGS)}")
+        detector, base, default_protocol = ev.CONFIGS[config]
+        params = {**base, **params}
+    else:
+        default_protocol = "dev"
+    ev.check_detector(detector)
+    proto = ev.protocol_named(protocol or default_protocol, synthetic_normals=synthetic_normals, split_seed=split_seed)
+    dev = ev.load_dev(data)
+    import torch
+
+    torch.set_num_threads(threads)
+    row = ev.evaluate_detector(detector, params, proto, dev=dev, pixel=not skip_synthetic, kfold_threshold=kfold)
+    if config is not None:
+        row["config"] = config
+    typer.echo(json.dumps(row, default=float))
+    if json_out is not None:
+        _append_json_line(json_out, row)
+
+
+def pattern_loo(
+    detector: str = typer.Option("pattern_contrast", "--detector", help="A detector with a `patterns` parameter"),
+    split_seed: int = typer.Option(0, "--split-seed"),
+    data: Optional[str] = typer.Option(None, "--data", help=DEV_HELP),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the table here (JSON records)"),
+) -> None:
+    """Leave one simulated defect pattern out of training; AUROC of that pattern on real maps."""
+    from waferscope.evaluate import detection as ev
+
+    ev.check_detector(detector)
+    dev = ev.load_dev(data)
+    table = ev.leave_one_pattern_out(detector, split_seed=split_seed, dev=dev)
+    typer.echo("| left out | image AUROC, all 8 classes | AUROC of the left-out class vs normals |\n|---|---:|---:|")
+    for row in table.itertuples():
+        shown = "—" if row.left_out == "none left out" else f"{row.left_out_auroc:.3f}"
+        typer.echo(f"| {row.left_out} | {row.image_auroc:.3f} | {shown} |")
+    if json_out is not None:
+        write_text_atomic(json_out, table.to_json(orient="records", indent=1))
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `evaluate` group."""
+    app.command("detector")(detector)
+    app.command("pattern-loo")(pattern_loo)
