@@ -83,7 +83,62 @@ def pattern_loo(
         write_text_atomic(json_out, table.to_json(orient="records", indent=1))
 
 
+def realism(
+    n: int = typer.Option(45000, "--n", help="Synthetic training maps per epoch (class-balanced)"),
+    seed: int = typer.Option(0, "--seed"),
+    size: int = typer.Option(48, "--size", help="Network input size (at least the die grid)"),
+    epochs: int = typer.Option(6, "--epochs"),
+    width: int = typer.Option(24, "--width", help="Channels of the first conv block (doubles twice)"),
+    grid: int = typer.Option(6, "--grid", help="Spatial grid of the flattened head"),
+    batch: int = typer.Option(128, "--batch"),
+    lr: float = typer.Option(3e-3, "--lr"),
+    fresh_per_epoch: bool = typer.Option(True, "--fresh-per-epoch/--no-fresh-per-epoch",
+                                         help="Draw new synthetic maps for every epoch"),
+    ema: float = typer.Option(0.0, "--ema", help="Score an EMA of the weights with this decay (0 = off)"),
+    die_noise: float = typer.Option(0.0, "--die-noise", help="Flip up to this share of dies pass<->fail (0 = off)"),
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="Also score the 8-fold dihedral average"),
+    data: Optional[str] = typer.Option(None, "--data", help=DEV_HELP),
+    threads: int = typer.Option(1, "--threads", min=1),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result here"),
+) -> None:
+    """Train a small CNN on synthetic maps only and score it on real labelled maps (target macro-F1 0.80)."""
+    import torch
+
+    from waferscope.data import load
+    from waferscope.data.paths import DEV_MAPS
+    from waferscope.evaluate.synthetic import realism_check, realism_summary
+
+    real = load(data if data is not None else DEV_MAPS)
+    torch.set_num_threads(threads)
+    result = realism_check(n=n, seed=seed, size=size, epochs=epochs, width=width, grid=grid, batch=batch, lr=lr,
+                           fresh_per_epoch=fresh_per_epoch, ema=ema, die_noise=die_noise, real=real, tta=tta)
+    typer.echo(realism_summary(result))
+    if json_out is not None:
+        write_text_atomic(json_out, json.dumps(result, indent=1))
+
+
+def synthetic_vs_real(
+    n: int = typer.Option(4500, "--n", min=1, help="Synthetic maps (generate(n, seed))"),
+    seed: int = typer.Option(0, "--seed"),
+    data: Optional[str] = typer.Option(None, "--data", help=DEV_HELP),
+    img_dir: Optional[Path] = typer.Option(None, "--img-dir", help="Also write the three figures here (docs/img)"),
+    out_md: Optional[Path] = typer.Option(None, "--out-md", help="Write the Markdown tables here"),
+) -> None:
+    """Synthetic vs real: per-class fail rates, radial profiles, rim, grid sizes, cluster shapes."""
+    from waferscope.data import load
+    from waferscope.data.paths import DEV_MAPS
+    from waferscope.evaluate.synthetic import compare_to_real
+
+    real = load(data if data is not None else DEV_MAPS)
+    table = compare_to_real(real, n=n, seed=seed, img_dir=img_dir)
+    typer.echo(table)
+    if out_md is not None:
+        write_text_atomic(out_md, table + "\n")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `evaluate` group."""
     app.command("detector")(detector)
     app.command("pattern-loo")(pattern_loo)
+    app.command("realism")(realism)
+    app.command("synthetic-vs-real")(synthetic_vs_real)
