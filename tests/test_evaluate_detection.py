@@ -59,3 +59,21 @@ def test_pattern_loo_rejects_a_detector_without_patterns(capsys, tmp_path):
     code, _, err = invoke(capsys, "evaluate", "pattern-loo", "--detector", "pattern_stats", "--json", tmp_path / "t.json")
     assert code == 2 and "no `patterns` parameter" in err
     assert not (tmp_path / "t.json").exists()
+
+
+def test_explanations_rejects_run_and_bundled_together(capsys, tmp_path):
+    out = tmp_path / "docs"
+    code, _, err = invoke(capsys, "evaluate", "explanations", "--run", tmp_path, "--bundled", "fast", "--out", out)
+    assert code == 2 and "give --run or --bundled, not both" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_evaluate_explanations_on_a_few_maps(tmp_path):
+    from waferscope.evaluate.explanations import evaluate_explanations, summary_text
+    from waferscope.models.classifiers import DEFAULT_FOR_EXPLANATIONS, load_default
+
+    result = evaluate_explanations(load_default(DEFAULT_FOR_EXPLANATIONS), n=40, seed=11, out_dir=tmp_path,
+                                   progress=False)
+    assert {"localisation", "denoising_f1", "classification_on_denoised"} <= set(result)
+    assert (tmp_path / "img" / "explain_gradcam_examples.png").is_file()
+    assert "classification on denoised maps" in summary_text(result)

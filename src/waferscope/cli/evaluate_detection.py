@@ -136,9 +136,42 @@ def synthetic_vs_real(
         write_text_atomic(out_md, table + "\n")
 
 
+def explanations(
+    n: int = typer.Option(900, "--n", min=10, help="Synthetic maps with masks (synthetic:n=N,seed=S)"),
+    seed: int = typer.Option(11, "--seed", help="Not a seed the bundled classifier was trained on"),
+    run: Optional[Path] = typer.Option(None, "--run", help="Classifier run directory (default: a bundled one)"),
+    bundled: Optional[str] = typer.Option(None, "--bundled", help="Without --run: which bundled classifier "
+                                          "(default: the one `explain` uses)"),
+    detector_runs: List[Path] = typer.Option([], "--detector-run", help="Detector run dir whose anomaly maps "
+                                             "are scored beside Grad-CAM; repeatable"),
+    out: Path = typer.Option(Path("docs"), "--out", help="Writes OUT/explain_results.json and figures in OUT/img"),
+    threads: int = typer.Option(2, "--threads", min=1, help="Torch threads (the speed target is for 2 cores)"),
+) -> None:
+    """Grad-CAM localisation energy and denoising F1 against the generator's masks (docs/explain.md)."""
+    import torch
+
+    from waferscope.base import load_run
+    from waferscope.cli.common import load_model_described
+    from waferscope.data import load
+    from waferscope.data.paths import DEV_MAPS
+    from waferscope.evaluate.explanations import evaluate_explanations, summary_text
+    from waferscope.models.classifiers import DEFAULT_FOR_EXPLANATIONS
+
+    clf, _, name = load_model_described(run, bundled, "classifier", DEFAULT_FOR_EXPLANATIONS)
+    detectors = [load_run(d, kind="detector") for d in detector_runs]
+    dev = load(DEV_MAPS) if DEV_MAPS.exists() else None  # the atlas and real overlays need the real maps
+    torch.set_num_threads(threads)
+    result = evaluate_explanations(clf, n=n, seed=seed, detectors=detectors, dev=dev, out_dir=out,
+                                   classifier_name=name)
+    typer.echo(summary_text(result))
+    result.pop("tables")
+    write_text_atomic(out / "explain_results.json", json.dumps(result, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `evaluate` group."""
     app.command("detector")(detector)
     app.command("pattern-loo")(pattern_loo)
     app.command("realism")(realism)
+    app.command("explanations")(explanations)
     app.command("synthetic-vs-real")(synthetic_vs_real)
