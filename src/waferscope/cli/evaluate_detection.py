@@ -15,12 +15,6 @@ from waferscope.errors import ConfigError
 DEV_HELP = "Real labelled dev maps (default: the shared wm811k_dev.npz)"
 
 
-def _append_json_line(path: Path, row: dict) -> None:
-    """Append one JSON line, atomically: the file is either the old one or the old one plus the row."""
-    old = path.read_text() if path.is_file() else ""
-    write_text_atomic(path, old + json.dumps(row, default=float) + "\n")
-
-
 def detector(
     detector: Optional[str] = typer.Option(None, "--detector", help="Registered detector name"),
     config: Optional[str] = typer.Option(None, "--config", help="A named configuration (detector + params + "
@@ -37,6 +31,7 @@ def detector(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Append the result as one JSON line to this file"),
 ) -> None:
     """The detector dev protocol: train on real normals, test on the other normals vs every defect."""
+    from waferscope.benchmark.measure import append_json_line
     from waferscope.evaluate import detection as ev
 
     if (detector is None) == (config is None):
@@ -60,7 +55,7 @@ def detector(
         row["config"] = config
     typer.echo(json.dumps(row, default=float))
     if json_out is not None:
-        _append_json_line(json_out, row)
+        append_json_line(json_out, row)
 
 
 def pattern_loo(
