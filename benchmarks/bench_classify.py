@@ -14,10 +14,8 @@ busy shared machine cannot hide: the wall clock there counts other jobs' time). 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-from timing import timed_passes  # benchmarks/timing.py
+
+from waferscope.benchmark.measure import add_speed_arguments, best_rate, environment_line
 from waferscope.data.paths import DEV_MAPS
 
 DEV = str(DEV_MAPS)
@@ -27,9 +25,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="a classifier run directory (default: a bundled model)")
     ap.add_argument("--bundled", help="without --run: which bundled model (default: the one `classify` uses)")
-    ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    add_speed_arguments(ap, n=20000, repeats=5)
     ap.add_argument("--dev", default=DEV)
     args = ap.parse_args(argv)
 
@@ -49,17 +45,14 @@ def main(argv=None) -> int:
     data = dev.subset(np.arange(args.n) % len(dev))
     warm = np.arange(min(2048, len(data)))
     assert len(clf.predict(data.subset(warm))) == len(warm)  # warm-up, and one label per map
-    times, cpu = timed_passes(lambda: clf.predict(data), args.repeats)
+    rate = best_rate(lambda: clf.predict(data), len(data), args.repeats, warmup=False)
     params = clf.get_params()
     size = f"input {params['size']}px" if params.get("size") else "features of each map's own die grid"
     print(f"model: {clf.registry_name} ({args.run or f'bundled: {which}'}), {size}, {clf.n_parameters():,} parameters")
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} thread(s); {len(data):,} variable-size maps per pass")
-    print(f"wafers/s: best {len(data) / min(times):,.0f}, median {len(data) / statistics.median(times):,.0f}")
+    print(f"{environment_line(args.threads)}; {len(data):,} variable-size maps per pass")
+    print(f"wafers/s: best {rate['best']:,.0f}, median {rate['median']:,.0f}")
     # On a machine shared with other jobs the wall clock understates the speed; CPU time does not.
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"wafers per CPU-second (all threads): {len(data) / statistics.median(cpu):,.0f}; "
-          f"load average during the run: {load:.1f}")
+    print(f"wafers per CPU-second (all threads): {rate['per_cpu_s']:,.0f}")
     return 0
 
 

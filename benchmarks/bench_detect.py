@@ -13,29 +13,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import traceback
 
 import torch
-from timing import timed_passes  # benchmarks/timing.py
 
 from waferscope import registry
+from waferscope.benchmark.measure import add_speed_arguments, best_rate, environment_line, markdown_table
 from waferscope.data.synthetic import generate
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--threads", type=int, default=2)
+    add_speed_arguments(ap, n=2000, repeats=2)
     ap.add_argument("--only", default="", help="comma-separated detector names")
-    ap.add_argument("--repeats", type=int, default=2, help="timed passes; the best is reported")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train = generate(200, seed=21, classes=["none"])
     test = generate(args.n, seed=22)
     names = [n for n in registry.available("detector") if not args.only or n in args.only.split(",")]
-    print(f"# {platform.machine()}, torch {torch.__version__}, {args.threads} threads, {args.n} synthetic maps "
+    print(f"# {environment_line(args.threads)}; {args.n} synthetic maps "
           f"(median {int(test.summary()['shape_median'][0])} dies across)", file=sys.stderr)
     rows = []
     for name in names:
@@ -44,9 +41,9 @@ def main() -> None:
             valid = set(cls._param_names())
             params = {k: v for k, v in {"epochs": 1, "verbose": False}.items() if k in valid}
             det = cls(**params).fit(train)
-            det.score(test.subset(range(min(256, len(test)))))  # warm-up
-            best = min(timed_passes(lambda: det.score(test), args.repeats)[0])
-            row = {"detector": name, "wafers_per_s": round(args.n / best, 1),
+            det.score(test.subset(range(min(256, len(test)))))  # warm-up on a subset: a full pass is slow
+            rate = best_rate(lambda: det.score(test), args.n, args.repeats, warmup=False)
+            row = {"detector": name, "wafers_per_s": round(rate["best"], 1),
                    "batch_size": getattr(det, "batch_size", None), "input_size": getattr(det, "input_size", None),
                    "threads": args.threads, "n": args.n}
         except Exception as exc:  # one broken detector must not hide the others' numbers
@@ -55,9 +52,8 @@ def main() -> None:
             continue
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| detector | wafers/s | batch | input |\n|---|---:|---:|---:|", file=sys.stderr)
-    for r in rows:
-        print(f"| {r['detector']} | {r['wafers_per_s']:.0f} | {r['batch_size']} | {r['input_size']} |", file=sys.stderr)
+    print("\n" + markdown_table(rows, {"detector": "detector", "wafers_per_s": "wafers/s", "batch_size": "batch",
+                                       "input_size": "input"}), file=sys.stderr)
 
 
 if __name__ == "__main__":

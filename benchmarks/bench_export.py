@@ -20,7 +20,8 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from timing import timed_passes  # benchmarks/timing.py
+
+from waferscope.benchmark.measure import timed_passes
 
 
 # name → (task, registry name, training params) for models trained here when no run is given

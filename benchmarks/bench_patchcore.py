@@ -18,9 +18,9 @@ import os
 import time
 
 import torch
-from timing import timed_passes  # benchmarks/timing.py
 
 from waferscope import registry
+from waferscope.benchmark.measure import timed_passes
 from waferscope.data.synthetic import generate
 
 CONFIGS = {

@@ -5,7 +5,7 @@
     python benchmarks/bench_student.py --threads 2 --n 20000
 
 Three measurements, each the best of ``--repeats`` timed passes after a warm-up, in wall-clock
-wafers/s and in wafers per CPU-second (see :func:`best_rate`):
+wafers/s and in wafers per CPU-second (``waferscope.benchmark.measure.best_rate``):
 
 - ``network``: the fused network on ready one-hot tensors (the model's own cost);
 - ``from resized maps``: uint8 S×S die states → one-hot in torch → network (a caller that keeps
@@ -19,23 +19,11 @@ The acceptance target is ≥ 20,000 wafers/s on 2 cores.
 from __future__ import annotations
 
 import argparse
-import platform
 
-from timing import timed_passes  # benchmarks/timing.py
+from waferscope.benchmark.measure import add_speed_arguments, best_rate, environment_line
 from waferscope.data.paths import DEV_MAPS
 
 DEV = str(DEV_MAPS)
-
-
-def best_rate(fn, n: int, repeats: int) -> tuple[float, float]:
-    """(wall-clock wafers/s, wafers per CPU-second): the best of ``repeats`` passes after a warm-up.
-
-    On a machine shared with other jobs the wall clock measures the share the scheduler gave us;
-    wafers per CPU-second × cores is what the same cores would do unshared (the batches are
-    data-parallel, so it scales with cores up to memory bandwidth)."""
-    fn()  # warm-up (allocator, thread pool)
-    walls, cpus = timed_passes(fn, repeats)
-    return n / min(walls), n / min(cpus)
 
 
 def main(argv=None) -> int:
@@ -45,9 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default=None, choices=["cnn", "patchify", "separable"], help="default: kd_student's")
     ap.add_argument("--head", type=int, default=None, help="default: kd_student's")
     ap.add_argument("--size", type=int, default=48)
-    ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    add_speed_arguments(ap, n=20000, repeats=5)
     ap.add_argument("--dev", default=DEV)
     args = ap.parse_args(argv)
 
@@ -86,21 +72,19 @@ def main(argv=None) -> int:
             for i in range(0, len(x), 4096):
                 net(x[i:i + 4096])
 
+    # On a machine shared with other jobs the wall clock measures the share the scheduler gave us;
+    # wafers per CPU-second × cores is what the same cores would do unshared (the batches are
+    # data-parallel, so it scales with cores up to memory bandwidth).
     rates = {
         "network": best_rate(network_only, len(x), args.repeats),
         "from resized maps": best_rate(lambda: model._logits(x_u8), len(x), args.repeats),
         "from raw maps": best_rate(lambda: model.predict_proba(data), len(x), args.repeats),
     }
     print(f"kd_student {getattr(model, 'arch', 'patchify')} width {model.width}, {model.n_parameters():,} parameters, {model.size}px input; "
-          f"{args.n:,} {source}; torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}")
-    try:
-        import os
-
-        load = f"load average {os.getloadavg()[0]:.1f}"
-    except OSError:
-        load = "load unknown"
-    print(f"  ({load}; 'per CPU-s × {args.threads}' = what {args.threads} unshared core(s) would do)")
-    for name, (wall, cpu) in rates.items():
+          f"{args.n:,} {source}")
+    print(f"  {environment_line(args.threads)}; 'per CPU-s × {args.threads}' = what {args.threads} unshared core(s) would do")
+    for name, rate in rates.items():
+        wall, cpu = rate["best"], rate["per_cpu_s"]
         print(f"  {name:>18}: {wall:10,.0f} wafers/s wall-clock, {cpu:10,.0f} per CPU-s, "
               f"{cpu * args.threads:10,.0f} per CPU-s × {args.threads}")
     return 0

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from waferscope import registry
@@ -30,11 +29,10 @@ DEV = DEV_MAPS
 
 
 def protocol_train_normals(seed: int = 0):
-    """The first half of the dev `none` maps (same split as benchmarks/eval_detect_dev.py)."""
-    dev = load(DEV)
-    normal = np.flatnonzero(dev.is_normal)
-    train_idx = np.sort(np.random.default_rng(seed).permutation(normal)[: len(normal) // 2])
-    return dev.subset(train_idx)
+    """The training half of the dev `none` maps of the detector dev protocol (`waferscope evaluate detector`)."""
+    from waferscope.evaluate.detection import dev_split
+
+    return dev_split(load(DEV), seed)[0]
 
 
 def main() -> None:

@@ -152,3 +152,82 @@ def environment(threads: int) -> dict:
         "peak_memory": "per-cell VmHWM reset via /proc/self/clear_refs" if reset_peak_rss()
         else "process-lifetime ru_maxrss (reset unavailable)",
     }
+
+
+# --- the harness the speed scripts in benchmarks/ share (was benchmarks/timing.py + copies per script) ---
+
+
+def timed_passes(fn: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
+    """Call ``fn`` ``repeats`` times; return the wall-clock and the CPU seconds of each pass.
+
+    Wall-clock seconds measure the share of the machine a run got; CPU seconds (all threads of this
+    process) do not depend on the neighbours, so on a shared machine both are reported. No warm-up:
+    the caller warms up on what it chooses (a small subset, or one full pass)."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return walls, cpus
+
+
+def best_rate(fn: Callable[[], object], n: int, repeats: int, warmup: bool = True) -> dict[str, float]:
+    """Items per second of ``fn`` (which handles ``n`` items): best and median wall-clock rate and
+    the best rate per CPU-second, over ``repeats`` passes after one warm-up pass (``warmup``)."""
+    if warmup:
+        fn()  # allocator, thread pool, caches
+    walls, cpus = timed_passes(fn, repeats)
+    return {"best": n / max(min(walls), 1e-9), "median": n / max(statistics.median(walls), 1e-9),
+            "per_cpu_s": n / max(min(cpus), 1e-9), "seconds_best": min(walls), "cpu_seconds_best": min(cpus)}
+
+
+def add_speed_arguments(parser, n: int, threads: int = 2, repeats: int = 3) -> None:
+    """The options every speed script takes: ``--n`` items, ``--threads`` torch threads,
+    ``--repeats`` timed passes (``--repeat`` is accepted too: older commands in the docs use it)."""
+    parser.add_argument("--n", type=int, default=n, help=f"items per timed pass (default {n})")
+    parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
+    parser.add_argument("--repeats", "--repeat", dest="repeats", type=int, default=repeats,
+                        help=f"timed passes; the best is reported (default {repeats})")
+
+
+def load_average() -> float:
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def environment_line(threads: int) -> str:
+    """One line naming what the numbers were measured on (printed above every speed table)."""
+    env = environment(threads)
+    return (f"machine: {env['cpu'] or env['platform']}, {env['cpu_count']} cores, torch {env['versions']['torch']}, "
+            f"{threads} thread(s), load average {load_average():.1f}")
+
+
+def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
+    """``rows`` as a Markdown table; ``columns`` maps a row key to its header (numbers right-aligned,
+    rates above 100 without decimals)."""
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+        return str(v)
+
+    keys = list(columns)
+    numeric = [all(isinstance(r.get(k), (int, float)) for r in rows) for k in keys]
+    lines = ["| " + " | ".join(columns[k] for k in keys) + " |",
+             "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def append_json_line(path: str | Path, row: dict) -> None:
+    """Append one JSON line atomically: the file is either the old one or the old one plus the row."""
+    import json
+
+    from waferscope.utils import atomic_path
+
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(old + json.dumps(row, default=float) + "\n")

@@ -10,7 +10,7 @@ Shapes live in wafer coordinates (the unit disk, see geometry.py), so a pattern 
 physical shape on non-square die grids. Only + - × ÷ sqrt and comparisons are used (no sin, cos,
 exp, log, pow: their last bit can differ between machines and flip a die at a threshold).
 Ranges of the random parameters were calibrated against the real dev maps with
-``scripts/calibrate_synthetic.py`` (see docs/synthetic.md).
+``waferscope evaluate synthetic-vs-real`` (see docs/synthetic.md).
 """
 
 from __future__ import annotations

@@ -1,0 +1,205 @@
+"""The detector dev protocol (docs/detection.md) and the leave-one-pattern-out check of ``pattern_contrast``.
+
+Dev protocol (seeded, the same for every detector): the real dev ``none`` maps are split 50/50
+(``split_seed``); detectors train on the first half only, optionally plus synthetic ``none`` maps;
+the test set is the other half of the ``none`` maps (normal) plus every defect map (anomalous).
+Pixel metrics need masks, which only synthetic maps have, so a :class:`Protocol` also says which
+synthetic maps the pixel metrics are computed on and what the detector scoring them was fitted on.
+
+Three protocols are named because the docs' tables were measured with them (the numbers stay
+reproducible): ``dev`` (docs/detection.md), ``patchcore`` (docs/detection_patchcore.md: 2,000
+synthetic training normals of seed 0) and ``kd`` (docs/detection_kd.md: 500 synthetic normals of
+the split seed; pixel metrics from the very detector that was scored on the real maps).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from waferscope.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Which maps a detector trains and is tested on (all seeded)."""
+
+    split_seed: int = 0
+    synthetic_normals: int = 0          # synthetic `none` maps added to the real training normals
+    synthetic_normals_seed: int = 10
+    # Pixel metrics: "separate" fits a second detector on generate(pixel_train_n, pixel_train_seed,
+    # none only); "same" scores the synthetic test maps with the detector fitted for the real maps.
+    pixel_fit: str = "separate"
+    pixel_train_n: int | None = None    # None: max(synthetic_normals, 500)
+    pixel_train_seed: int = 11
+    pixel_test_n: int = 900
+    pixel_test_seed: int = 12
+
+
+PROTOCOLS = {
+    "dev": Protocol(),
+    "patchcore": Protocol(synthetic_normals=2000, synthetic_normals_seed=0, pixel_train_n=2000, pixel_train_seed=0,
+                          pixel_test_seed=1),
+    "kd": Protocol(synthetic_normals=500, synthetic_normals_seed=0, pixel_fit="same", pixel_test_n=450,
+                   pixel_test_seed=123),
+}
+
+# Named detector configurations: (detector, constructor params, protocol) — the PatchCore /
+# ReConPatch variants of docs/detection_patchcore.md (formerly scripts/eval_patchcore.py).
+_FAST = dict(backbone="resnet18", pretrained=None, backbone_kwargs={"width": 0.25}, embedding_dim=64, coreset_ratio=0.02)
+CONFIGS: dict[str, tuple[str, dict, str]] = {
+    "patchcore-fast": ("patchcore", _FAST, "patchcore"),
+    "patchcore-r18": ("patchcore", dict(backbone="resnet18", pretrained=None, coreset_ratio=0.05), "patchcore"),
+    "patchcore-r18-small": ("patchcore", dict(backbone="resnet18", pretrained=None,
+                                              backbone_kwargs={"width": 0.5, "small_input": True}, coreset_ratio=0.02),
+                            "patchcore"),
+    "patchcore-wafer-r18": ("patchcore", dict(backbone="wafer_resnet18", pretrained="wafer", coreset_ratio=0.02),
+                            "patchcore"),
+    "patchcore-wrn50": ("patchcore", dict(backbone="wide_resnet50_2", pretrained=None, embedding_dim=256,
+                                          coreset_ratio=0.05), "patchcore"),
+    "reconpatch-fast": ("reconpatch", dict(_FAST, representation_dim=64), "patchcore"),
+    "reconpatch-r18": ("reconpatch", dict(backbone="resnet18", pretrained=None, coreset_ratio=0.05), "patchcore"),
+    "reconpatch-wafer-r18": ("reconpatch", dict(backbone="wafer_resnet18", pretrained="wafer", coreset_ratio=0.02),
+                             "patchcore"),
+}
+
+
+def protocol_named(name: str, **overrides: Any) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+    return replace(PROTOCOLS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def load_dev(spec=None):
+    """The real labelled dev maps (``spec`` or the shared ``wm811k_dev.npz``), with normals and defects."""
+    from waferscope.data import load
+    from waferscope.data.paths import DEV_MAPS
+
+    spec = DEV_MAPS if spec is None else spec
+    dev = load(spec)
+    if dev.is_normal.sum() < 2 or dev.is_normal.all():
+        raise DataError("the dev protocol needs labelled normal (`none`) and defect maps", str(spec))
+    return dev
+
+
+def dev_split(dev, seed: int = 0):
+    """(train normals, test set): a seeded half of the ``none`` maps vs the rest of the data."""
+    normal = np.flatnonzero(dev.is_normal)
+    train_idx = np.sort(np.random.default_rng(seed).permutation(normal)[: len(normal) // 2])
+    test_mask = np.ones(len(dev), bool)
+    test_mask[train_idx] = False
+    return dev.subset(train_idx), dev.subset(test_mask)
+
+
+def per_class_auroc(scores: np.ndarray, test) -> dict[str, float]:
+    """AUROC of each defect class's maps against the test set's normal maps."""
+    from sklearn.metrics import roc_auc_score
+
+    labels, normal = np.asarray(test.labels).astype(str), test.is_normal
+    return {c: float(roc_auc_score(np.r_[np.zeros(normal.sum()), np.ones((labels == c).sum())],
+                                   np.r_[scores[normal], scores[labels == c]]))
+            for c in sorted(set(labels[~normal]))}
+
+
+def _rounded(metrics: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+
+
+def check_detector(detector: str) -> None:
+    from waferscope import registry
+
+    if detector not in registry.available("detector"):
+        raise ConfigError(f"unknown detector {detector!r}; available: {', '.join(registry.available('detector'))}")
+
+
+def _maker(detector: str, params: dict) -> Callable[[], Any]:
+    from waferscope import registry
+
+    check_detector(detector)
+    params = {"verbose": False, **params}
+    return lambda: registry.create(detector, "detector", **params)
+
+
+def evaluate_detector(detector: str, params: dict | None = None, protocol: Protocol = Protocol(), dev=None,
+                      pixel: bool = True, kfold_threshold: bool = False) -> dict:
+    """Fit ``detector`` (registry name, constructor ``params``) under ``protocol`` and score it.
+
+    Returns one result row: training size and time, scoring speed, the real-dev image metrics
+    overall and per defect class, and (``pixel``) the synthetic image + pixel metrics. With
+    ``kfold_threshold`` also the 5-fold mean-of-max threshold of the training normals and
+    precision/recall/F1 at it on the real test set.
+    """
+    from waferscope.data.dataset import WaferDataset
+    from waferscope.data.synthetic import generate
+    from waferscope.metrics.detection import evaluate_detection, prf_at, threshold_kfold_mean_of_max
+
+    params = dict(params or {})
+    make = _maker(detector, params)
+    if protocol.pixel_fit not in ("separate", "same"):
+        raise ConfigError(f"pixel_fit must be 'separate' or 'same', got {protocol.pixel_fit!r}")
+    dev = load_dev() if dev is None else dev
+    train, test = dev_split(dev, protocol.split_seed)
+    if protocol.synthetic_normals:
+        train = WaferDataset.concat([train, generate(protocol.synthetic_normals, seed=protocol.synthetic_normals_seed,
+                                                     classes=["none"])])
+    det = make()
+    t0 = time.perf_counter()
+    det.fit(train)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = det.score(test)
+    score_s = time.perf_counter() - t0
+    out = {"detector": detector, "params": params, "protocol": asdict(protocol), "n_train": len(train),
+           "fit_s": round(fit_s, 1), "score_maps_per_s": round(len(test) / max(score_s, 1e-9), 1),
+           "real_dev": _rounded(evaluate_detection(res, test)),
+           "real_dev_auroc_per_class": {c: round(v, 4) for c, v in per_class_auroc(res.scores, test).items()}}
+    if kfold_threshold:
+        thr = threshold_kfold_mean_of_max(make, train, n_splits=5, seed=0)
+        out["kfold_threshold"] = thr
+        out["real_at_kfold_threshold"] = prf_at((~test.is_normal).astype(int), res.scores, thr["threshold"])
+    if pixel:
+        syn_test = generate(protocol.pixel_test_n, seed=protocol.pixel_test_seed)
+        if protocol.pixel_fit == "same":
+            det_s = det
+        else:
+            n = protocol.pixel_train_n or max(protocol.synthetic_normals, 500)
+            det_s = make().fit(generate(n, seed=protocol.pixel_train_seed, classes=["none"]))
+        out["synthetic"] = _rounded(evaluate_detection(det_s.score(syn_test), syn_test))
+    return out
+
+
+def leave_one_pattern_out(detector: str = "pattern_contrast", params: dict | None = None, split_seed: int = 0,
+                          dev=None, progress: bool = True) -> pd.DataFrame:
+    """How much a detector trained on simulated defects relies on each simulated pattern.
+
+    For each of the 8 WM-811K defect patterns the detector is trained (dev protocol, real normals)
+    with the other seven simulated and scored on the test maps; ``left_out_auroc`` (that class vs
+    the test normals) says how well it finds a defect type it never saw simulated. The first row
+    simulates all eight. The detector must take a ``patterns`` parameter.
+    """
+    from sklearn.metrics import roc_auc_score
+    from tqdm.auto import tqdm
+
+    from waferscope import registry
+    from waferscope.data.classes import BASE_PATTERNS
+
+    check_detector(detector)
+    if "patterns" not in registry.get(detector, "detector")._param_names():
+        raise ConfigError(f"detector {detector!r} has no `patterns` parameter: it does not simulate defects")
+    dev = load_dev() if dev is None else dev
+    train, test = dev_split(dev, split_seed)
+    rows = []
+    for left_out in tqdm([None, *BASE_PATTERNS], desc="leave one pattern out", disable=not progress):
+        patterns = None if left_out is None else [p for p in BASE_PATTERNS if p != left_out]
+        det = registry.create(detector, "detector", **{"verbose": False, **(params or {}), "patterns": patterns})
+        scores = det.fit(train).score(test).scores
+        per_class = per_class_auroc(scores, test)
+        rows.append({"left_out": left_out or "none left out",
+                     "image_auroc": float(roc_auc_score(~test.is_normal, scores)),
+                     "left_out_auroc": per_class.get(left_out, float("nan")) if left_out else float("nan"),
+                     **{f"auroc_{c}": v for c, v in per_class.items()}})
+    return pd.DataFrame(rows)
