@@ -29,6 +29,8 @@ from pathlib import Path
 from waferscope.data.paths import DEV_MAPS
 
 DEV = str(DEV_MAPS)
+# The second labelled real set (other lots, mostly defects) beside the first; "" leaves it out.
+DEV2 = str(DEV_MAPS.with_name("wm811k_dev2.npz"))
 OUT = Path(__file__).resolve().parent.parent / "src" / "waferscope" / "weights" / "classifier_cnn_gradcam"
 
 
@@ -36,6 +38,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--dev", default=DEV)
+    ap.add_argument("--dev2", default=DEV2, help="second labelled real set, trained on too ('' = none)")
     ap.add_argument("--synthetic", type=int, default=12000)
     ap.add_argument("--mask", choices=("fail", "region"), default="fail",
                     help="the synthetic maps' per-die masks, which cnn_fine's localisation loss learns from")
@@ -55,7 +58,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     parts = [generate(args.synthetic, seed=2024, mask=args.mask)] if args.synthetic else []
     parts.append(load(args.dev))
-    data = WaferDataset.concat(parts, name="synthetic+wm811k_dev")
+    if args.dev2:
+        parts.append(load(args.dev2))
+    data = WaferDataset.concat(parts, name="synthetic+wm811k_dev" + ("+wm811k_dev2" if args.dev2 else ""))
     t0 = time.perf_counter()
     clf = registry.create(args.model, "classifier", seed=args.seed,
                           **parse_set(args.set)).fit(data)
