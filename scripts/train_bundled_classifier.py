@@ -11,7 +11,9 @@ src/waferscope/weights/classifier_cnn_gradcam/, the accurate one (``gbm``) in cl
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 
 Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024, mask=--mask)``) plus every
-real WM-811K dev map (``shared/data/wm811k/wm811k_dev.npz`` beside the repo), with the ``cnn_fine``
+labelled real WM-811K map (``shared/data/wm811k/wm811k_dev.npz`` and, unless ``--dev2 ''``,
+``wm811k_dev2.npz`` beside the repo: 5,406 maps; the bundled ``gbm`` is trained on both since
+2026-12-03, the two networks still on dev only, docs/classification_real.md), with the ``cnn_fine``
 defaults otherwise (the compact CNN with a die-resolution head: its Grad-CAM maps are 48×48 at 48
 px, and its localisation loss teaches them to sit on the synthetic maps' masks; the real maps have
 no masks and train the classification loss only). 12,000 synthetic maps rather than 6,000: the
