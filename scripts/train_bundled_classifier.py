@@ -11,7 +11,9 @@ src/waferscope/weights/classifier_cnn_gradcam/, the accurate one (``gbm``) in cl
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 
 Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024, mask=--mask)``) plus every
-real WM-811K dev map (``shared/data/wm811k/wm811k_dev.npz`` beside the repo), with the ``cnn_fine``
+labelled real WM-811K map (``shared/data/wm811k/wm811k_dev.npz`` and, unless ``--dev2 ''``,
+``wm811k_dev2.npz`` beside the repo: 5,406 maps; the bundled ``gbm`` is trained on both since
+2026-12-03, the two networks still on dev only, docs/classification_real.md), with the ``cnn_fine``
 defaults otherwise (the compact CNN with a die-resolution head: its Grad-CAM maps are 48×48 at 48
 px, and its localisation loss teaches them to sit on the synthetic maps' masks; the real maps have
 no masks and train the classification loss only). 12,000 synthetic maps rather than 6,000: the
@@ -29,6 +31,8 @@ from pathlib import Path
 from waferscope.data.paths import DEV_MAPS
 
 DEV = str(DEV_MAPS)
+# The second labelled real set (other lots, mostly defects) beside the first; "" leaves it out.
+DEV2 = str(DEV_MAPS.with_name("wm811k_dev2.npz"))
 OUT = Path(__file__).resolve().parent.parent / "src" / "waferscope" / "weights" / "classifier_cnn_gradcam"
 
 
@@ -36,6 +40,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--dev", default=DEV)
+    ap.add_argument("--dev2", default=DEV2, help="second labelled real set, trained on too ('' = none)")
     ap.add_argument("--synthetic", type=int, default=12000)
     ap.add_argument("--mask", choices=("fail", "region"), default="fail",
                     help="the synthetic maps' per-die masks, which cnn_fine's localisation loss learns from")
@@ -55,7 +60,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     parts = [generate(args.synthetic, seed=2024, mask=args.mask)] if args.synthetic else []
     parts.append(load(args.dev))
-    data = WaferDataset.concat(parts, name="synthetic+wm811k_dev")
+    if args.dev2:
+        parts.append(load(args.dev2))
+    data = WaferDataset.concat(parts, name="synthetic+wm811k_dev" + ("+wm811k_dev2" if args.dev2 else ""))
     t0 = time.perf_counter()
     clf = registry.create(args.model, "classifier", seed=args.seed,
                           **parse_set(args.set)).fit(data)

@@ -33,7 +33,7 @@ DEFAULT_FOR_LABELS = "cnn_distilled"
 # One line each for `waferscope models`.
 BUNDLED_SUMMARY = {"cnn_distilled": "cnn_fine distilled from the bundled gbm: fast, the default for labels",
                    "cnn_gradcam": "cnn_fine with a Grad-CAM localisation loss: the default for explanations",
-                   "gbm": "boosted trees on 120 wafer features: the most accurate, ~250 wafers/s"}
+                   "gbm": "boosted trees on 120 wafer features, trained on dev + dev2: the most accurate, ~250 wafers/s"}
 DEFAULT_FOR_EXPLANATIONS = "cnn_gradcam"
 
 
