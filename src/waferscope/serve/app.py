@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from waferscope import __version__
 from waferscope.data.dataset import WaferDataset, validate_map
 from waferscope.errors import DataError, WaferscopeError
-from waferscope.serve.batcher import Batcher, MapBatch
+from waferscope.serve.batcher import Batcher, MapBatch, ServiceStopped
 from waferscope.serve.schemas import ClassifyResponse, ErrorResponse, Limits, MapsRequest, ScoreResponse
 
 PICKLE_REFUSAL = ("pickle uploads are refused: unpickling runs arbitrary code. Convert the file once with "
@@ -279,6 +279,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     @app.exception_handler(RequestError)
     async def _request_error(_request, exc: RequestError):
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(ServiceStopped)
+    async def _stopped(_request, exc: ServiceStopped):
+        return JSONResponse({"error": str(exc)}, status_code=503)
 
     @app.exception_handler(WaferscopeError)
     async def _waferscope_error(_request, exc: WaferscopeError):

@@ -22,6 +22,10 @@ from waferscope.data.dataset import WaferDataset
 _STOP = object()
 
 
+class ServiceStopped(RuntimeError):
+    """A request reached a worker that has been closed (the app is shutting down)."""
+
+
 @dataclass
 class MapBatch:
     """The maps of one request, validated. Plain lists, not a WaferDataset: building a data set
@@ -57,16 +61,21 @@ class Batcher:
         self.batch_fn = batch_fn
         self.max_maps = max_maps
         self._queue: queue.Queue = queue.Queue()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"waferscope-{name}", daemon=True)
         self._thread.start()
 
     def submit(self, dataset: MapBatch, fn: Callable[[WaferDataset], list] | None = None) -> Future:
+        # After close() no thread reads the queue: a job put there would wait forever, so refuse it.
+        if self._closed:
+            raise ServiceStopped("the service is shutting down")
         fn = fn or self.batch_fn
         job = _Job(dataset, fn, batchable=fn is self.batch_fn)
         self._queue.put(job)
         return job.future
 
     def close(self) -> None:
+        self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
 
