@@ -69,3 +69,60 @@ def test_cli_heldout_bad_input(capsys, tmp_path):
     code, _, err = invoke(capsys, "evaluate", "heldout", "--sample", tmp_path / "nope.parquet",
                           "--seen", tmp_path / "nope.parquet")
     assert code == 2 and "nope.parquet" in err and "no such file" in err
+
+
+# ---- lot-grouped k-fold ----------------------------------------------------------------------------
+def _labelled_set(tmp_path, name, n, seed, lots):
+    from waferscope.data import WaferDataset
+
+    ds = generate(n, seed=seed)
+    meta = ds.meta.copy()
+    meta["lot"] = [f"L{i % lots}" for i in range(n)]  # the same lot names in both sets: must not merge
+    ds = WaferDataset.from_maps(ds.maps, ds.labels, meta=meta, source=name)
+    path = tmp_path / f"{name}.parquet"
+    write_parquet(ds, path)
+    return ds, path
+
+
+def test_pool_sets_qualifies_lots_by_set(tmp_path):
+    a, _ = _labelled_set(tmp_path, "a", 20, 1, 4)
+    b, _ = _labelled_set(tmp_path, "b", 20, 2, 4)
+    pooled, set_of, groups = ev.pool_sets({"a": a, "b": b})
+    assert len(pooled) == 40 and list(set_of[:1]) == ["a"] and groups[0] == "a:L0" and groups[20] == "b:L0"
+    folds = ev.lot_folds(pooled.labels, groups)
+    tested = np.concatenate([te for _, te in folds])
+    assert sorted(tested) == list(range(40))  # every map tested exactly once
+    for tr, te in folds:
+        assert not set(groups[tr]) & set(groups[te])  # no lot on both sides
+
+
+TINY_GBM = "gbm:max_iter=3,max_leaf_nodes=4,n_jobs=1,progress=false"
+
+
+def test_lot_kfold_caches_and_ensembles(tmp_path):
+    a, _ = _labelled_set(tmp_path, "dev", 45, 1, 9)
+    b, _ = _labelled_set(tmp_path, "dev2", 45, 2, 9)
+    sets = {"dev": a, "dev2": b}
+    rep = ev.lot_kfold([TINY_GBM], sets, synthetic=0, work=tmp_path / "w")[TINY_GBM]
+    assert rep["n"] == 90 and rep["folds"] == 5 and 0 <= rep["macro_f1"] <= 1 and "macro_f1_dev2" in rep
+    caches = sorted((tmp_path / "w").glob("*.json"))
+    assert len(caches) == 5
+    before = [c.stat().st_mtime_ns for c in caches]
+    again = ev.lot_kfold([TINY_GBM], sets, synthetic=0, work=tmp_path / "w")[TINY_GBM]
+    assert again == rep and [c.stat().st_mtime_ns for c in caches] == before  # read from the caches
+    both = ev.lot_kfold([f"{TINY_GBM}+{TINY_GBM}"], sets, synthetic=0, work=tmp_path / "w")
+    assert next(iter(both.values()))["macro_f1"] == pytest.approx(rep["macro_f1"])  # a model averaged with itself
+
+
+def test_cli_classifiers(capsys, tmp_path):
+    _, a = _labelled_set(tmp_path, "dev", 45, 1, 9)
+    _, b = _labelled_set(tmp_path, "dev2", 45, 2, 9)
+    code, out, err = invoke(capsys, "evaluate", "classifiers", TINY_GBM, "--fold", "0", "--synthetic", "20",
+                            "--dev", a, "--dev2", b, "--work", tmp_path / "w", "--json", tmp_path / "r.jsonl")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r.jsonl").read_text())
+    assert rep["folds"] == 1 and rep["n"] < 90 and f"{TINY_GBM}: macro-F1" in out
+    code, _, err = invoke(capsys, "evaluate", "classifiers", "no_such_model", "--dev", a, "--dev2", b)
+    assert code == 2 and "unknown classifier 'no_such_model'" in err
+    code, _, err = invoke(capsys, "evaluate", "classifiers", TINY_GBM, "--fold", "7", "--dev", a, "--dev2", b)
+    assert code == 2 and "--fold must be 0..4, got 7" in err

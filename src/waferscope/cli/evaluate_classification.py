@@ -44,6 +44,45 @@ def heldout(
             append_json_line(json_out, row)
 
 
+def classifiers(
+    methods: List[str] = typer.Argument(..., help="Registered classifier names, each optionally name:param=value,...; "
+                                        "a+b averages the members' cached probabilities"),
+    folds: List[int] = typer.Option([], "--fold", help="Run only this fold (0-4); repeatable (default: all 5)"),
+    synthetic: int = typer.Option(1500, "--synthetic", min=0, help="Synthetic maps added to every fold's training set"),
+    dev: Optional[Path] = typer.Option(None, "--dev", help="First labelled set (default: the shared wm811k_dev.npz)"),
+    dev2: Optional[Path] = typer.Option(None, "--dev2", help="Second labelled set (default: the shared wm811k_dev2.npz)"),
+    work: Path = typer.Option(Path("results/lot_kfold"), "--work", help="Per-(method, fold) caches; reruns reuse them"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads (speeds are per this many)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Append each method's report as one JSON line"),
+) -> None:
+    """Lot-grouped k-fold on the real labelled sets: pooled macro-F1, fold spread, per-class F1, per-set macro-F1."""
+    from waferscope.benchmark.measure import append_json_line
+    from waferscope.data import load
+    from waferscope.data.paths import DEV2_MAPS, DEV_MAPS
+    from waferscope.evaluate import classification as ev
+
+    bad = [k for k in folds if not 0 <= k < ev.N_FOLDS]
+    if bad:
+        raise ConfigError(f"--fold must be 0..{ev.N_FOLDS - 1}, got {bad[0]}")
+    for m in methods:
+        for member in m.split("+"):
+            ev.parse_method(member)
+    import torch
+
+    torch.set_num_threads(threads)
+    sets = {"dev": load(str(dev or DEV_MAPS)), "dev2": load(str(dev2 or DEV2_MAPS))}
+    reports = ev.lot_kfold(methods, sets, folds=folds or range(ev.N_FOLDS), synthetic=synthetic, work=work,
+                           progress=lambda msg: typer.echo(msg, err=True))
+    for method, rep in reports.items():
+        typer.echo(f"{method}: macro-F1 {rep['macro_f1']:.4f} ± {rep['fold_sd']:.4f} over {rep['n']} maps "
+                   f"({rep['folds']} folds); dev {rep.get('macro_f1_dev', float('nan')):.4f}, "
+                   f"dev2 {rep.get('macro_f1_dev2', float('nan')):.4f}; "
+                   + " ".join(f"{c} {v:.3f}" for c, v in rep["per_class_f1"].items()))
+        if json_out is not None:
+            append_json_line(json_out, {"method": method, **rep})
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `evaluate` group."""
     app.command("heldout")(heldout)
+    app.command("classifiers")(classifiers)

@@ -1,9 +1,10 @@
 """Classification protocols on real wafers.
 
-So far: :func:`heldout` — classifiers on the real maps of ``LSWMD_sample.pkl`` that no bundled
+- :func:`heldout` — classifiers on the real maps of ``LSWMD_sample.pkl`` that no bundled
 model trained on (the sample's maps minus every map of the labelled sets they were trained on).
-The lot-grouped k-fold protocol on dev + dev2 still runs from ``scripts/eval_lot_grouped.py``
-(docs/classification_real.md) until it moves here.
+:func:`lot_kfold` — the lot-grouped k-fold protocol on the real labelled sets (dev + dev2 pooled,
+folds that keep every lot on one side, each fold also trained on synthetic maps), with per-fold
+caches so runs can be split, resumed and ensembled without refitting.
 """
 
 from __future__ import annotations
@@ -72,3 +73,145 @@ def load_heldout_sample(sample_path: str | Path, seen_paths: Iterable[str | Path
         warnings.simplefilter("ignore")  # the legacy-pandas shim's notes
         sample = load(str(sample_path))
     return sample, [load(str(p)) for p in seen_paths]
+
+
+# ---- lot-grouped k-fold on the real labelled sets ------------------------------------------------
+N_FOLDS = 5
+
+
+def pool_sets(sets: dict):
+    """Pool named labelled sets (name → WaferDataset) into one, with set-qualified lot groups
+    (``"dev:LOT"``) so that lots of different files never merge, and the set name of every map."""
+    from waferscope.data import WaferDataset
+    from waferscope.errors import DataError
+
+    for name, ds in sets.items():
+        if ds.labels is None or (ds.labels.astype(str) == "").any():
+            raise DataError("the lot-grouped protocol needs labelled maps; some have no label", name)
+    pooled = WaferDataset.concat(list(sets.values()), name="+".join(sets))
+    set_of = np.concatenate([[name] * len(ds) for name, ds in sets.items()]).astype(str)
+    lots = np.concatenate([ds.meta["lot"].astype(str).to_numpy() for ds in sets.values()])
+    groups = np.char.add(np.char.add(set_of, ":"), lots.astype(str))
+    return pooled, set_of, groups
+
+
+def lot_folds(labels, groups, n_splits: int = N_FOLDS, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The protocol's folds: stratified by class, every lot on one side (seeded)."""
+    from waferscope.data.preprocess import grouped_stratified_kfold
+
+    return list(grouped_stratified_kfold(labels, groups, n_splits, seed=seed))
+
+
+def parse_method(method: str) -> tuple[str, dict]:
+    """``name`` or ``name:param=value,param=value`` → (registry name, constructor overrides)."""
+    from waferscope.cli.common import parse_set
+    from waferscope.errors import ConfigError
+    from waferscope import registry
+
+    name, _, spec = method.partition(":")
+    if name not in registry.available("classifier"):
+        raise ConfigError(f"unknown classifier {name!r}; `waferscope models` lists them")
+    return name, parse_set([kv for kv in spec.split(",") if kv])
+
+
+def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Path, seed: int = 0) -> dict:
+    """Fit ``method`` on fold ``fold``'s training lots + ``synthetic`` synthetic maps
+    (``generate(synthetic, seed=1000 + fold)``) and cache its test-fold probabilities under ``work``."""
+    import json
+    import time
+
+    from waferscope import registry
+    from waferscope.data import WaferDataset
+    from waferscope.data.synthetic import generate
+    from waferscope.utils import atomic_path
+
+    cache = work / f"{method.replace('/', '_')}_fold{fold}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    name, params = parse_method(method)
+    train_idx, test_idx = folds[fold]
+    parts = [generate(synthetic, seed=1000 + fold)] if synthetic else []
+    train = WaferDataset.concat(parts + [pooled.subset(train_idx)], name=f"fold{fold}-train")
+    test = pooled.subset(test_idx)
+    t0 = time.perf_counter()
+    clf = registry.create(name, "classifier", seed=seed, **params).fit(train)
+    t1 = time.perf_counter()
+    proba = np.asarray(clf.predict_proba(test), dtype=float)
+    t2 = time.perf_counter()
+    rec = {"method": method, "fold": fold, "synthetic": synthetic, "classes": [str(c) for c in clf.classes_],
+           "test_index": test_idx.tolist(), "proba": proba.round(6).tolist(),
+           "train_seconds": t1 - t0, "wafers_per_second": len(test) / max(t2 - t1, 1e-9)}
+    work.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache) as tmp:
+        tmp.write_text(json.dumps(rec))
+    return rec
+
+
+def lot_kfold_report(records: list[dict], pooled, set_of) -> dict:
+    """Pooled macro-F1 (every map tested once), per-fold spread, per-class F1, macro-F1 per set.
+    ``records`` are one method's fold records, or an ensemble's (probabilities already averaged)."""
+    from sklearn.metrics import f1_score
+
+    y = pooled.labels.astype(str)
+    classes = records[0]["classes"]
+    pred = np.full(len(y), "", dtype=object)
+    per_fold = []
+    for r in records:
+        idx = np.asarray(r["test_index"])
+        p = np.asarray(classes, dtype=object)[np.asarray(r["proba"]).argmax(1)]
+        pred[idx] = p
+        per_fold.append(float(f1_score(y[idx], p.astype(str), labels=classes, average="macro", zero_division=0)))
+    tested = pred != ""
+    yt, pt = y[tested], pred[tested].astype(str)
+    out = {"n": int(tested.sum()), "folds": len(records),
+           "macro_f1": float(f1_score(yt, pt, labels=classes, average="macro", zero_division=0)),
+           "fold_sd": float(np.std(per_fold)), "per_fold": per_fold,
+           "per_class_f1": dict(zip(classes, f1_score(yt, pt, labels=classes, average=None, zero_division=0).round(4).tolist())),
+           "wafers_per_second": float(np.mean([r.get("wafers_per_second", np.nan) for r in records])),
+           "train_seconds": float(np.mean([r.get("train_seconds", np.nan) for r in records]))}
+    for s in np.unique(set_of):
+        m = tested & (set_of == s)
+        if not m.any():  # a partial run (some folds only) may test no map of this set
+            continue
+        present = sorted(set(y[m]))
+        out[f"macro_f1_{s}"] = float(f1_score(y[m], pred[m].astype(str), labels=present, average="macro", zero_division=0))
+    return out
+
+
+def average_records(members: list[list[dict]]) -> list[dict]:
+    """An ensemble's fold records: the members' cached test probabilities averaged per fold."""
+    from waferscope.errors import ConfigError
+
+    out = []
+    for recs in zip(*members):
+        if len({tuple(r["classes"]) for r in recs}) != 1 or len({tuple(r["test_index"]) for r in recs}) != 1:
+            raise ConfigError("ensemble members were cached with different classes or folds")
+        proba = np.mean([np.asarray(r["proba"]) for r in recs], axis=0)
+        out.append({**recs[0], "method": "+".join(r["method"] for r in recs), "proba": proba.tolist(),
+                    "train_seconds": sum(r["train_seconds"] for r in recs),
+                    "wafers_per_second": 1.0 / sum(1.0 / r["wafers_per_second"] for r in recs)})
+    return out
+
+
+def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic: int = 1500,
+              work: str | Path = "results/lot_kfold", seed: int = 0, progress=None) -> dict[str, dict]:
+    """The lot-grouped protocol for each method (``a+b`` averages members' probabilities): name → report."""
+    pooled, set_of, groups = pool_sets(sets)
+    all_folds = lot_folds(pooled.labels, groups)
+    work = Path(work)
+    fold_ids = list(folds)
+    reports = {}
+    for method in methods:
+        members = method.split("+")
+        recs = []
+        for m in members:
+            parse_method(m)  # refuse an unknown name before any fitting
+        for m in members:
+            mrecs = []
+            for k in fold_ids:
+                if progress:
+                    progress(f"{m} fold {k}")
+                mrecs.append(run_lot_fold(m, k, pooled, all_folds, synthetic, work, seed=seed))
+            recs.append(mrecs)
+        reports[method] = lot_kfold_report(recs[0] if len(recs) == 1 else average_records(recs), pooled, set_of)
+    return reports
