@@ -1,0 +1,171 @@
+"""Run an exported ONNX model over Parquet partitions, one result file per input partition.
+
+The same per-partition function serves ``--engine local`` (a loop in this process) and
+``--engine dask`` (one task per partition on a LocalCluster or an existing scheduler), so the two
+paths give identical results by construction. Workers get the ONNX model as bytes (no shared
+file system needed) and cache one onnxruntime session per process with 1 intra-op thread.
+Each result is written to a hidden temp name and renamed, so a failed run leaves no file that
+looks complete.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from waferscope.errors import ConfigError, DataError
+
+STREAM_BATCH = 4096  # rows read from a partition at a time: memory stays flat however big the file
+_SESSIONS: dict[str, object] = {}  # per worker process: model digest -> OnnxModel
+
+
+def list_partitions(spec: str) -> list[Path]:
+    """A directory (its *.parquet), a glob, or one file; sorted so output order is stable."""
+    p = Path(spec)
+    if p.is_dir():
+        files = sorted(p.glob("*.parquet"))
+    elif any(ch in spec for ch in "*?["):
+        files = sorted(Path(f) for f in glob.glob(spec))
+    elif p.is_file():
+        files = [p]
+    else:
+        raise DataError("no such file or directory", spec)
+    if not files:
+        raise DataError("no .parquet partitions match", spec)
+    return files
+
+
+def export_model_bytes(model) -> bytes:
+    from waferscope.export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx")
+        return Path(path).read_bytes()
+
+
+def _session(onnx_bytes: bytes):
+    from waferscope.export import OnnxModel
+
+    key = hashlib.sha256(onnx_bytes).hexdigest()
+    if key not in _SESSIONS:
+        fd, tmp = tempfile.mkstemp(suffix=".onnx")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(onnx_bytes)
+        try:
+            _SESSIONS[key] = OnnxModel(tmp, threads=1)
+        finally:
+            os.unlink(tmp)
+    return _SESSIONS[key]
+
+
+def _result_table(model, ds):
+    import pyarrow as pa
+
+    cols = {"id": pa.array(ds.ids.astype(str))}
+    for extra in ("lot", "wafer"):
+        if extra in ds.meta:
+            cols[extra] = pa.array(ds.meta[extra].astype(str).to_numpy())
+    if model.kind == "classifier":
+        proba = model.predict_proba(ds)
+        classes = list(model.classes_)
+        cols["predicted"] = pa.array(np.asarray(classes, dtype=object)[proba.argmax(1)].astype(str))
+        for j, c in enumerate(classes):
+            cols[f"p_{c}"] = pa.array(proba[:, j].astype(np.float64))
+    else:
+        cols["score"] = pa.array(model.score(ds).scores.astype(np.float64))
+    return pa.table(cols)
+
+
+def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STREAM_BATCH) -> tuple[str, int]:
+    """Score one Parquet partition, streaming it in batches; returns (result file, rows)."""
+    import pyarrow.parquet as pq
+
+    from waferscope.data.io_parquet import iter_parquet
+
+    model = _session(onnx_bytes)
+    final = Path(out_dir) / Path(src).name
+    tmp = Path(out_dir) / f".{final.name}.part-{os.getpid()}"
+    writer, rows = None, 0
+    try:
+        for ds in iter_parquet(src, batch_size=batch):
+            if len(ds) == 0:
+                continue
+            table = _result_table(model, ds)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            rows += len(ds)
+        if writer is None:
+            raise DataError("no maps in this partition", src)
+        writer.close()
+        writer = None
+        os.replace(tmp, final)
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp.exists():
+            tmp.unlink()
+    return str(final), rows
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out must be a directory", out)
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError("output directory is not empty (give --overwrite to replace it)", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _client(scheduler: str | None, workers: int, timeout: float):
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout=timeout), None
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"cannot reach the Dask scheduler within {timeout:g} s ({exc})", scheduler) from None
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=None)
+    return Client(cluster), cluster
+
+
+def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler: str | None = None,
+                   workers: int = 2, overwrite: bool = False, timeout: float = 10.0) -> tuple[list[Path], int]:
+    """Score every partition of ``data`` into ``out`` (one file per partition); (files, rows).
+
+    On any failure the partial results are removed, so ``out`` never looks complete."""
+    if engine not in ("local", "dask"):
+        raise ConfigError(f"unknown engine {engine!r}: expected 'local' or 'dask'")
+    files = list_partitions(data)
+    names = [f.name for f in files]
+    if len(set(names)) != len(names):
+        raise DataError("two partitions share a file name; results are named after their input", data)
+    onnx_bytes = export_model_bytes(model)
+    out = Path(out)
+    if engine == "dask":
+        client, cluster = _client(scheduler, workers, timeout)  # a bad scheduler fails before --out is touched
+    prepare_out(out, overwrite)
+    try:
+        if engine == "local":
+            results = [score_partition(onnx_bytes, str(f), str(out)) for f in files]
+        else:
+            try:
+                blob = client.scatter(onnx_bytes, broadcast=True)
+                futures = [client.submit(score_partition, blob, str(f), str(out), pure=False) for f in files]
+                results = client.gather(futures)
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return [Path(r[0]) for r in results], sum(r[1] for r in results)
