@@ -42,8 +42,12 @@ def list_partitions(spec: str) -> list[Path]:
 
 
 def export_model_bytes(model) -> bytes:
-    from waferscope.export import export_onnx
+    """The ONNX bytes of an estimator (exported and verified now) or of an exported .onnx file."""
+    from waferscope.export import export_onnx, read_metadata
 
+    if isinstance(model, (str, Path)):
+        read_metadata(model)  # a clear error now, not one per worker, if it is no waferscope export
+        return Path(model).read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx")
         return Path(path).read_bytes()
@@ -141,6 +145,8 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
                    workers: int = 2, overwrite: bool = False, timeout: float = 10.0) -> tuple[list[Path], int]:
     """Score every partition of ``data`` into ``out`` (one file per partition); (files, rows).
 
+    ``model`` is an estimator that exports to ONNX, or the path of a `waferscope export` file.
+
     On any failure the partial results are removed, so ``out`` never looks complete."""
     if engine not in ("local", "dask"):
         raise ConfigError(f"unknown engine {engine!r}: expected 'local' or 'dask'")
@@ -160,7 +166,11 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
             try:
                 blob = client.scatter(onnx_bytes, broadcast=True)
                 futures = [client.submit(score_partition, blob, str(f), str(out), pure=False) for f in files]
-                results = client.gather(futures)
+                try:
+                    results = client.gather(futures)
+                except BaseException:
+                    client.cancel(futures)  # the other partitions stop before --out is removed
+                    raise
             finally:
                 client.close()
                 if cluster is not None:
