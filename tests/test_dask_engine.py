@@ -55,6 +55,13 @@ def classifier_onnx(classifier, tmp_path_factory) -> Path:
     return export_onnx(classifier, tmp_path_factory.mktemp("onnx") / "classifier.onnx")
 
 
+@pytest.fixture(scope="module")
+def detector_onnx(detector, tmp_path_factory) -> Path:
+    from waferscope.export import export_onnx
+
+    return export_onnx(detector, tmp_path_factory.mktemp("onnx") / "detector.onnx")
+
+
 def _read_all(files) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in sorted(files)], ignore_index=True)
 
@@ -65,7 +72,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("which", ["classifier", "detector"])
+@pytest.mark.parametrize("which", ["classifier_onnx", "detector_onnx"])
 def test_local_equals_dask(which, partitions, cluster, tmp_path, request):
     model = request.getfixturevalue(which)
     local_files, local_rows = run_partitions(model, str(partitions), tmp_path / "local", engine="local")
@@ -81,7 +88,7 @@ def test_local_equals_dask(which, partitions, cluster, tmp_path, request):
     num = [c for c in a.columns if c.startswith("p_") or c == "score"]
     assert num
     np.testing.assert_allclose(a[num].to_numpy(), b[num].to_numpy(), atol=1e-6, rtol=0)
-    if which == "classifier":
+    if which == "classifier_onnx":
         assert a["predicted"].tolist() == b["predicted"].tolist()
 
 
