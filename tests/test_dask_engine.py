@@ -154,3 +154,18 @@ def test_not_an_onnx_file_is_refused(partitions, tmp_path):
     with pytest.raises(WaferscopeError, match="model.onnx"):
         run_partitions(bogus, str(partitions), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [("classify", "predict"), ("detect", "score", "--bundled", "autoencoder")])
+def test_cli_engine_dask_writes_one_parquet_per_partition(command, partitions, cluster, tmp_path, capsys):
+    from clitools import invoke
+
+    out = tmp_path / "out"
+    code, _, err = invoke(capsys, *command, "--data", partitions, "--out", out, "--engine", "dask",
+                          "--scheduler", cluster.scheduler_address)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [p.name for p in list_partitions(str(partitions))]
+    assert len(_read_all(out.iterdir())) == 6 * PARTS
+    code, _, err = invoke(capsys, *command, "--data", partitions, "--out", out, "--engine", "dask",
+                          "--scheduler", cluster.scheduler_address)
+    assert code != 0 and "not empty" in err

@@ -179,3 +179,26 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
         shutil.rmtree(out, ignore_errors=True)
         raise
     return [Path(r[0]) for r in results], sum(r[1] for r in results)
+
+
+def run_cli(model, data: list[str], out: Path, engine: str, scheduler: str | None, workers: int,
+            overwrite: bool, unsupported: dict[str, bool]) -> str | None:
+    """The ``--engine`` part of ``classify predict`` / ``detect score``: None when the command's own
+    single-process CSV path should run, else the summary line of a partitioned run.
+
+    ``unsupported`` names the command's options that the partitioned path does not implement, so a
+    user who gave one gets an error instead of silently different output."""
+    if engine not in ("local", "dask"):
+        raise ConfigError(f"unknown --engine {engine!r}: expected local or dask")
+    if engine == "local":
+        if scheduler or overwrite:
+            raise ConfigError("--scheduler and --overwrite go with --engine dask")
+        return None
+    given = [name for name, on in unsupported.items() if on]
+    if given:
+        raise ConfigError(f"{', '.join(given)} not supported with --engine dask yet")
+    if len(data) != 1:
+        raise ConfigError("--engine dask takes one --data: a folder of .parquet partitions, a glob or one file")
+    files, rows = run_partitions(model, data[0], out, engine="dask", scheduler=scheduler, workers=workers,
+                                 overwrite=overwrite)
+    return f"scored {rows} maps in {len(files)} partitions with Dask; wrote {out}/ (one .parquet per partition)"
