@@ -118,12 +118,17 @@ def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STRE
     return str(final), rows
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse a bad --out before any cluster is started or model exported."""
     if out.exists() and not out.is_dir():
         raise ConfigError("--out must be a directory", out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError("output directory is not empty (give --overwrite to replace it)", out)
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    check_out(out, overwrite)
     if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError("output directory is not empty (give --overwrite to replace it)", out)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -154,16 +159,18 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         raise DataError("two partitions share a file name; results are named after their input", data)
-    onnx_bytes = export_model_bytes(model)
     out = Path(out)
+    check_out(out, overwrite)
+    onnx_bytes = export_model_bytes(model)
+    client = cluster = None
     if engine == "dask":
         client, cluster = _client(scheduler, workers, timeout)  # a bad scheduler fails before --out is touched
-    prepare_out(out, overwrite)
     try:
-        if engine == "local":
-            results = [score_partition(onnx_bytes, str(f), str(out)) for f in files]
-        else:
-            try:
+        prepare_out(out, overwrite)
+        try:
+            if engine == "local":
+                results = [score_partition(onnx_bytes, str(f), str(out)) for f in files]
+            else:
                 blob = client.scatter(onnx_bytes, broadcast=True)
                 futures = [client.submit(score_partition, blob, str(f), str(out), pure=False) for f in files]
                 try:
@@ -171,13 +178,14 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
                 except BaseException:
                     client.cancel(futures)  # the other partitions stop before --out is removed
                     raise
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+    finally:  # also when --out is refused: a client left open keeps reconnecting to its scheduler
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
     return [Path(r[0]) for r in results], sum(r[1] for r in results)
 
 
