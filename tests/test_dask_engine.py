@@ -85,6 +85,7 @@ def test_local_equals_dask(which, partitions, cluster, tmp_path, request):
     a, b = _read_all(local_files), _read_all(dask_files)
     assert list(a.columns) == list(b.columns)
     assert a["id"].tolist() == b["id"].tolist()
+    assert {"id", "label", "lot", "wafer_index"} <= set(a.columns)
     num = [c for c in a.columns if c.startswith("p_") or c == "score"]
     assert num
     np.testing.assert_allclose(a[num].to_numpy(), b[num].to_numpy(), atol=1e-6, rtol=0)

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from waferscope.errors import ConfigError, DataError
 
@@ -71,10 +72,12 @@ def _session(onnx_bytes: bytes):
 def _result_table(model, ds):
     import pyarrow as pa
 
-    cols = {"id": pa.array(ds.ids.astype(str))}
-    for extra in ("lot", "wafer"):
-        if extra in ds.meta:
-            cols[extra] = pa.array(ds.meta[extra].astype(str).to_numpy())
+    cols = {"id": pa.array(ds.ids.astype(str)),
+            "label": pa.array([str(x) for x in ds.labels], type=pa.string())}  # "" = unlabelled
+    if "lot" in ds.meta:
+        cols["lot"] = pa.array(ds.meta["lot"].astype(str).to_numpy())
+    if "wafer_index" in ds.meta:
+        cols["wafer_index"] = pa.array(pd.to_numeric(ds.meta["wafer_index"], errors="coerce").to_numpy(np.float64))
     if model.kind == "classifier":
         proba = model.predict_proba(ds)
         classes = list(model.classes_)
