@@ -148,14 +148,26 @@ def predict(
     bundled: Optional[str] = BUNDLED_OPTION,
     prior: str = PRIOR_OPTION,
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
+    engine: str = typer.Option("local", "--engine", help="local: this process, one CSV; dask: one Dask task per "
+                               "Parquet partition of --data, --out is a folder of one .parquet per partition"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="--engine dask: an existing scheduler "
+                                            "(tcp://HOST:8786); default: a LocalCluster on this machine"),
+    workers: int = typer.Option(2, "--workers", help="--engine dask without --scheduler: LocalCluster worker processes"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="--engine dask: replace a non-empty --out folder"),
 ) -> None:
     """Predict the defect class of every map."""
     import io
 
     from waferscope.models.classifiers import DEFAULT_FOR_LABELS
     from waferscope.models.classifiers.prior import resolve_prior
+    from waferscope.scale import run_cli
 
     clf = load_classifier(run, bundled, DEFAULT_FOR_LABELS)
+    summary = run_cli(clf, data, out, engine, scheduler, workers, overwrite,
+                      {"--prior": prior != "balanced", "--pass-bins": pass_bins is not None})
+    if summary is not None:
+        typer.echo(summary, err=True)
+        return
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     dataset = load_data(data, pass_bins)
     if len(dataset) == 0:

@@ -202,8 +202,23 @@ def score(
     bundled: Optional[str] = BUNDLED_OPTION,
     maps: Optional[Path] = typer.Option(None, "--maps", help="Folder for per-sample anomaly maps (<id>.npy, float32, H×W)"),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
+    engine: str = typer.Option("local", "--engine", help="local: this process, one CSV; dask: one Dask task per "
+                               "Parquet partition of --data, --out is a folder of one .parquet per partition"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="--engine dask: an existing scheduler "
+                                            "(tcp://HOST:8786); default: a LocalCluster on this machine"),
+    workers: int = typer.Option(2, "--workers", help="--engine dask without --scheduler: LocalCluster worker processes"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="--engine dask: replace a non-empty --out folder"),
 ) -> None:
     """Score every map; optionally write each anomaly map (at the map's own size) as .npy."""
+    from waferscope.scale import run_cli
+
+    if engine != "local":
+        det, _, _ = _load_detector(run, bundled)
+        summary = run_cli(det, data, out, engine, scheduler, workers, overwrite,
+                          {"--maps": maps is not None, "--pass-bins": pass_bins is not None})
+        typer.echo(summary, err=True)
+        return
+    run_cli(None, data, out, engine, scheduler, workers, overwrite, {})  # checks dask-only options
     where = ", ".join(data)
     dataset = _load_data(data, pass_bins)
     if len(dataset) == 0:
