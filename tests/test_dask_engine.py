@@ -170,3 +170,22 @@ def test_cli_engine_dask_writes_one_parquet_per_partition(command, partitions, c
     code, _, err = invoke(capsys, *command, "--data", partitions, "--out", out, "--engine", "dask",
                           "--scheduler", cluster.scheduler_address)
     assert code != 0 and "not empty" in err
+
+
+def test_dask_output_equals_the_plain_cli_csv(partitions, cluster, tmp_path, capsys):
+    """The same maps give the same classes and probabilities (CSV rounding) on both CLI paths."""
+    from clitools import invoke
+
+    first = list_partitions(str(partitions))[0]
+    code, _, err = invoke(capsys, "classify", "predict", "--data", first, "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    code, _, err = invoke(capsys, "classify", "predict", "--data", partitions, "--out", tmp_path / "d",
+                          "--engine", "dask", "--scheduler", cluster.scheduler_address)
+    assert code == 0, err
+    plain = pd.read_csv(tmp_path / "p.csv")
+    dask = pd.read_parquet(tmp_path / "d" / first.name)
+    both = plain.merge(dask, on="id", suffixes=("_csv", "_dask"))
+    assert len(both) == len(plain) == len(dask)
+    assert (both["predicted_csv"] == both["predicted_dask"]).all()
+    for c in [c for c in plain.columns if c.startswith("p_")]:
+        np.testing.assert_allclose(both[f"{c}_csv"], both[f"{c}_dask"], atol=1e-5)  # torch vs onnxruntime, then 6-decimal CSV
