@@ -17,7 +17,8 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import (DATA_HELP, PASS_BINS_HELP, load_classifier, load_data, load_model_described,
+from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, PASS_BINS_HELP, SCHEDULER_OPTION, WORKERS_OPTION,
+                                   load_classifier, load_data, load_model_described,
                                    parse_set, write_text_atomic)
 from waferscope.errors import ConfigError, DataError
 
@@ -148,12 +149,10 @@ def predict(
     bundled: Optional[str] = BUNDLED_OPTION,
     prior: str = PRIOR_OPTION,
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
-    engine: str = typer.Option("local", "--engine", help="local: this process, one CSV; dask: one Dask task per "
-                               "Parquet partition of --data, --out is a folder of one .parquet per partition"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="--engine dask: an existing scheduler "
-                                            "(tcp://HOST:8786); default: a LocalCluster on this machine"),
-    workers: int = typer.Option(2, "--workers", help="--engine dask without --scheduler: LocalCluster worker processes"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="--engine dask: replace a non-empty --out folder"),
+    engine: str = ENGINE_OPTION,
+    scheduler: Optional[str] = SCHEDULER_OPTION,
+    workers: int = WORKERS_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Predict the defect class of every map."""
     import io

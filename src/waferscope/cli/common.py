@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
+import typer
+
 from waferscope.errors import ConfigError
 
 DATA_HELP = "Data SPEC: a file/folder load() reads, or synthetic:n=…,seed=…"
@@ -77,3 +79,12 @@ def load_classifier(run: Optional[Path], bundled: Optional[str], default: str):
     """The classifier in a run directory, or a bundled one: ``bundled`` if given, else ``default``
     (``classify`` and ``explain`` default to different ones; see ``models.classifiers.BUNDLED``)."""
     return load_model(run, bundled, "classifier", default)[0]
+
+
+# The --engine options of `classify predict` and `detect score` (waferscope.scale.run_cli).
+ENGINE_OPTION = typer.Option("local", "--engine", help="local: this process, one CSV; dask: one Dask task per "
+                             "Parquet partition of --data, --out is a folder of one .parquet per partition")
+SCHEDULER_OPTION = typer.Option(None, "--scheduler", help="--engine dask: an existing scheduler "
+                                "(tcp://HOST:8786); default: a LocalCluster on this machine")
+WORKERS_OPTION = typer.Option(2, "--workers", help="--engine dask without --scheduler: LocalCluster worker processes")
+OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="--engine dask: replace a non-empty --out folder")
