@@ -114,6 +114,21 @@ def test_lot_kfold_caches_and_ensembles(tmp_path):
     assert next(iter(both.values()))["macro_f1"] == pytest.approx(rep["macro_f1"])  # a model averaged with itself
 
 
+
+def test_lot_fold_cache_is_refit_when_the_models_params_changed(tmp_path):
+    """A cache written under other parameters (e.g. an old default) is stale and is refit, not reused."""
+    a, _ = _labelled_set(tmp_path, "dev", 45, 1, 9)
+    b, _ = _labelled_set(tmp_path, "dev2", 45, 2, 9)
+    pooled, _, groups = ev.pool_sets({"dev": a, "dev2": b})
+    folds = ev.lot_folds(pooled.labels, groups)
+    rec = ev.run_lot_fold(TINY_GBM, 0, pooled, folds, 0, tmp_path)
+    assert rec["params"]["max_leaf_nodes"] == 4 and "progress" not in rec["params"]
+    cache = tmp_path / f"{TINY_GBM}_fold0.json"
+    stale = dict(rec, params=dict(rec["params"], max_leaf_nodes=15), proba=[[0.0]])
+    cache.write_text(json.dumps(stale))
+    assert ev.run_lot_fold(TINY_GBM, 0, pooled, folds, 0, tmp_path)["proba"] == rec["proba"]
+    assert json.loads(cache.read_text())["params"] == rec["params"]
+
 def test_cli_classifiers(capsys, tmp_path):
     _, a = _labelled_set(tmp_path, "dev", 45, 1, 9)
     _, b = _labelled_set(tmp_path, "dev2", 45, 2, 9)

@@ -114,6 +114,18 @@ def parse_method(method: str) -> tuple[str, dict]:
     return name, parse_set([kv for kv in spec.split(",") if kv])
 
 
+# Constructor parameters that change how a model reports progress or how many cores it uses, not
+# what it learns: left out of a cache's identity.
+NOT_RESULT_PARAMS = ("progress", "verbose", "n_jobs")
+
+
+def resolved_params(clf) -> dict:
+    """``clf``'s full constructor parameters (defaults included) as JSON values, minus NOT_RESULT_PARAMS."""
+    from waferscope.base import _jsonable
+
+    return {k: _jsonable(v) for k, v in sorted(clf.get_params().items()) if k not in NOT_RESULT_PARAMS}
+
+
 def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Path, seed: int = 0) -> dict:
     """Fit ``method`` on fold ``fold``'s training lots + ``synthetic`` synthetic maps
     (``generate(synthetic, seed=1000 + fold)``) and cache its test-fold probabilities under ``work``."""
@@ -125,20 +137,26 @@ def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Pa
     from waferscope.data.synthetic import generate
     from waferscope.utils import atomic_path
 
+    name, params = parse_method(method)
+    clf = registry.create(name, "classifier", seed=seed, **params)
+    resolved = resolved_params(clf)
     cache = work / f"{method.replace('/', '_')}_fold{fold}.json"
     if cache.exists():
-        return json.loads(cache.read_text())
-    name, params = parse_method(method)
+        rec = json.loads(cache.read_text())
+        # A cache made under other defaults (e.g. before a default changed) is stale; caches written
+        # before params were recorded carry none and are trusted.
+        if rec.get("params", resolved) == resolved and rec.get("synthetic", synthetic) == synthetic:
+            return rec
     train_idx, test_idx = folds[fold]
     parts = [generate(synthetic, seed=1000 + fold)] if synthetic else []
     train = WaferDataset.concat(parts + [pooled.subset(train_idx)], name=f"fold{fold}-train")
     test = pooled.subset(test_idx)
     t0 = time.perf_counter()
-    clf = registry.create(name, "classifier", seed=seed, **params).fit(train)
+    clf.fit(train)
     t1 = time.perf_counter()
     proba = np.asarray(clf.predict_proba(test), dtype=float)
     t2 = time.perf_counter()
-    rec = {"method": method, "fold": fold, "synthetic": synthetic, "classes": [str(c) for c in clf.classes_],
+    rec = {"method": method, "params": resolved, "fold": fold, "synthetic": synthetic, "classes": [str(c) for c in clf.classes_],
            "test_index": test_idx.tolist(), "proba": proba.round(6).tolist(),
            "train_seconds": t1 - t0, "wafers_per_second": len(test) / max(t2 - t1, 1e-9)}
     work.mkdir(parents=True, exist_ok=True)
