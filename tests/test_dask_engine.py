@@ -75,8 +75,8 @@ def _free_port() -> int:
 @pytest.mark.parametrize("which", ["classifier_onnx", "detector_onnx"])
 def test_local_equals_dask(which, partitions, cluster, tmp_path, request):
     model = request.getfixturevalue(which)
-    local_files, local_rows = run_partitions(model, str(partitions), tmp_path / "local", engine="local")
-    dask_files, dask_rows = run_partitions(model, str(partitions), tmp_path / "dask", engine="dask",
+    local_files, local_rows, *_ = run_partitions(model, str(partitions), tmp_path / "local", engine="local")
+    dask_files, dask_rows, *_ = run_partitions(model, str(partitions), tmp_path / "dask", engine="dask",
                                            scheduler=cluster.scheduler_address)
     assert local_rows == dask_rows == 6 * PARTS
     assert sorted(f.name for f in local_files) == sorted(f.name for f in dask_files) \
@@ -100,7 +100,7 @@ def test_non_empty_out_refused_unless_overwrite(classifier_onnx, partitions, tmp
     with pytest.raises(WaferscopeError, match="not empty"):
         run_partitions(classifier_onnx, str(partitions), out)
     assert (out / "stale.parquet").exists()
-    files, _ = run_partitions(classifier_onnx, str(partitions), out, overwrite=True)
+    files, *_ = run_partitions(classifier_onnx, str(partitions), out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in files)
 
 
@@ -118,8 +118,8 @@ def test_unreachable_scheduler_is_a_clear_error(classifier_onnx, partitions, tmp
 @pytest.mark.slow
 def test_own_local_cluster_matches_local(classifier, partitions, tmp_path):
     """No --scheduler: run_partitions starts (and stops) its own 2-worker LocalCluster."""
-    local_files, _ = run_partitions(classifier, str(partitions), tmp_path / "local")
-    dask_files, rows = run_partitions(classifier, str(partitions), tmp_path / "dask", engine="dask", workers=2)
+    local_files, *_ = run_partitions(classifier, str(partitions), tmp_path / "local")
+    dask_files, rows, *_ = run_partitions(classifier, str(partitions), tmp_path / "dask", engine="dask", workers=2)
     assert rows == 6 * PARTS
     a, b = _read_all(local_files), _read_all(dask_files)
     assert a["predicted"].tolist() == b["predicted"].tolist()
@@ -144,8 +144,8 @@ def test_corrupt_partition_names_the_file(engine, classifier_onnx, partitions, c
 
 
 def test_onnx_file_gives_the_same_results_as_the_estimator(classifier, classifier_onnx, partitions, tmp_path):
-    a, _ = run_partitions(classifier, str(partitions), tmp_path / "est")
-    b, _ = run_partitions(classifier_onnx, str(partitions), tmp_path / "onnx")
+    a, *_ = run_partitions(classifier, str(partitions), tmp_path / "est")
+    b, *_ = run_partitions(classifier_onnx, str(partitions), tmp_path / "onnx")
     assert _read_all(a).equals(_read_all(b))
 
 
