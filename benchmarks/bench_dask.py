@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         out = args.work / f"out_{engine}_{workers}"
         shutil.rmtree(out, ignore_errors=True)
         t = time.perf_counter()
-        _, rows = run_partitions(model, data, out, engine=engine, workers=workers)
+        rows = run_partitions(model, data, out, engine=engine, workers=workers).rows
         secs = time.perf_counter() - t
         row = {"engine": engine, "workers": workers, "wafers": rows, "seconds": round(secs, 1),
                "wafers_per_second": round(rows / secs), "model": "bundled default classifier"}

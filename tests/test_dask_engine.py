@@ -75,8 +75,8 @@ def _free_port() -> int:
 @pytest.mark.parametrize("which", ["classifier_onnx", "detector_onnx"])
 def test_local_equals_dask(which, partitions, cluster, tmp_path, request):
     model = request.getfixturevalue(which)
-    local_files, local_rows = run_partitions(model, str(partitions), tmp_path / "local", engine="local")
-    dask_files, dask_rows = run_partitions(model, str(partitions), tmp_path / "dask", engine="dask",
+    local_files, local_rows, *_ = run_partitions(model, str(partitions), tmp_path / "local", engine="local")
+    dask_files, dask_rows, *_ = run_partitions(model, str(partitions), tmp_path / "dask", engine="dask",
                                            scheduler=cluster.scheduler_address)
     assert local_rows == dask_rows == 6 * PARTS
     assert sorted(f.name for f in local_files) == sorted(f.name for f in dask_files) \
@@ -100,7 +100,7 @@ def test_non_empty_out_refused_unless_overwrite(classifier_onnx, partitions, tmp
     with pytest.raises(WaferscopeError, match="not empty"):
         run_partitions(classifier_onnx, str(partitions), out)
     assert (out / "stale.parquet").exists()
-    files, _ = run_partitions(classifier_onnx, str(partitions), out, overwrite=True)
+    files, *_ = run_partitions(classifier_onnx, str(partitions), out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in files)
 
 
@@ -118,8 +118,8 @@ def test_unreachable_scheduler_is_a_clear_error(classifier_onnx, partitions, tmp
 @pytest.mark.slow
 def test_own_local_cluster_matches_local(classifier, partitions, tmp_path):
     """No --scheduler: run_partitions starts (and stops) its own 2-worker LocalCluster."""
-    local_files, _ = run_partitions(classifier, str(partitions), tmp_path / "local")
-    dask_files, rows = run_partitions(classifier, str(partitions), tmp_path / "dask", engine="dask", workers=2)
+    local_files, *_ = run_partitions(classifier, str(partitions), tmp_path / "local")
+    dask_files, rows, *_ = run_partitions(classifier, str(partitions), tmp_path / "dask", engine="dask", workers=2)
     assert rows == 6 * PARTS
     a, b = _read_all(local_files), _read_all(dask_files)
     assert a["predicted"].tolist() == b["predicted"].tolist()
@@ -144,8 +144,8 @@ def test_corrupt_partition_names_the_file(engine, classifier_onnx, partitions, c
 
 
 def test_onnx_file_gives_the_same_results_as_the_estimator(classifier, classifier_onnx, partitions, tmp_path):
-    a, _ = run_partitions(classifier, str(partitions), tmp_path / "est")
-    b, _ = run_partitions(classifier_onnx, str(partitions), tmp_path / "onnx")
+    a, *_ = run_partitions(classifier, str(partitions), tmp_path / "est")
+    b, *_ = run_partitions(classifier_onnx, str(partitions), tmp_path / "onnx")
     assert _read_all(a).equals(_read_all(b))
 
 
@@ -189,3 +189,186 @@ def test_dask_output_equals_the_plain_cli_csv(partitions, cluster, tmp_path, cap
     assert (both["predicted_csv"] == both["predicted_dask"]).all()
     for c in [c for c in plain.columns if c.startswith("p_")]:
         np.testing.assert_allclose(both[f"{c}_csv"], both[f"{c}_dask"], atol=1e-5)  # torch vs onnxruntime, then 6-decimal CSV
+
+
+# ---- the plain commands' options on --engine dask: the same output as the single-process path ----
+def _dask(partitions, cluster, out, *args):
+    return ("--data", partitions, "--out", out, *args, "--engine", "dask", "--scheduler", cluster.scheduler_address)
+
+
+def _plain_data(partitions) -> list:
+    """Every partition as a --data of the plain command: the same maps in the same order."""
+    return [a for p in list_partitions(str(partitions)) for a in ("--data", p)]
+
+
+def _mix_line(err: str) -> str:
+    return next(line for line in err.splitlines() if line.startswith("class mix"))
+
+
+@pytest.mark.parametrize("prior", ["wm811k", "estimate", "Center=3,none=85,Loc=2,Edge-Loc=2,Edge-Ring=2,Scratch=1,"
+                                   "Random=1,Donut=1,Near-full=1"])
+def test_prior_on_dask_equals_the_plain_csv(prior, partitions, cluster, tmp_path, capsys):
+    """A given mix is applied per row; ``estimate`` learns one mix from all partitions together, as
+    the plain path does from its whole batch (so the Dask result differs from estimating per partition)."""
+    from clitools import invoke
+
+    code, _, plain_err = invoke(capsys, "classify", "predict", *_plain_data(partitions), "--out", tmp_path / "p.csv",
+                                "--prior", prior)
+    assert code == 0, plain_err
+    code, _, dask_err = invoke(capsys, "classify", "predict", *_dask(partitions, cluster, tmp_path / "d"),
+                               "--prior", prior)
+    assert code == 0, dask_err
+    assert _mix_line(dask_err) == _mix_line(plain_err)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [p.name for p in list_partitions(str(partitions))]
+    plain = pd.read_csv(tmp_path / "p.csv")
+    dask = _read_all((tmp_path / "d").iterdir())
+    assert plain["id"].tolist() == dask["id"].tolist()
+    assert plain["predicted"].tolist() == dask["predicted"].tolist()
+    cols = [c for c in plain.columns if c.startswith("p_")]
+    np.testing.assert_allclose(plain[cols].to_numpy(), dask[cols].to_numpy(), atol=1e-5, rtol=0)
+    if prior != "estimate":
+        return
+    code, _, err = invoke(capsys, "classify", "predict", "--data", list_partitions(str(partitions))[0],
+                          "--out", tmp_path / "one.csv", "--prior", prior)
+    assert code == 0, err
+    assert _mix_line(err) != _mix_line(dask_err)  # the mix of one partition is not the archive's
+
+
+@pytest.mark.parametrize("args, problem", [
+    (("--prior", "Center=1"), "no weight for"),
+    (("--prior", "nonsense"), "expected one of"),
+    (("--pass-bins", "1"), "Parquet partitions hold die states already"),
+])
+def test_bad_classify_options_on_dask_are_one_clear_error(args, problem, partitions, cluster, tmp_path, capsys):
+    from clitools import invoke
+
+    code, _, err = invoke(capsys, "classify", "predict", *_dask(partitions, cluster, tmp_path / "d"), *args)
+    assert code == 2 and problem in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.fixture(scope="module")
+def duplicate_ids(tmp_path_factory) -> Path:
+    """Two partitions whose ids repeat, within and across partitions, and need making file-safe."""
+    src = tmp_path_factory.mktemp("dups")
+    for i, ids in enumerate([["w/1", "w/1", "x"], ["w/1", "x", "lot 7#y"]]):
+        ds = generate(3, seed=30 + i)
+        ds.meta["id"] = ids
+        write_parquet(ds, src / f"part-{i}.parquet")
+    return src
+
+
+@pytest.fixture(scope="module")
+def threshold_run(detector, partitions, tmp_path_factory) -> Path:
+    """The bundled autoencoder as a run directory whose threshold splits the partitions' maps in two
+    (mid-way between two scores, far from both, so torch and onnxruntime agree on every side)."""
+    import json
+    import shutil
+
+    from waferscope.data import load
+    from waferscope.models.detectors import BUNDLED
+
+    run = tmp_path_factory.mktemp("run") / "ae"
+    shutil.copytree(BUNDLED["autoencoder"], run)
+    scores = np.sort(np.concatenate([detector.score(load(str(p))).scores for p in list_partitions(str(partitions))]))
+    k = len(scores) // 3
+    (run / "threshold.json").write_text(json.dumps({"threshold": float(scores[k - 1] + scores[k]) / 2,
+                                                    "method": "test"}))
+    return run
+
+
+def test_maps_on_dask_equal_the_plain_maps(duplicate_ids, cluster, tmp_path, capsys):
+    from clitools import invoke
+
+    det = ("detect", "score", "--bundled", "autoencoder")
+    code, _, err = invoke(capsys, *det, *_plain_data(duplicate_ids), "--out", tmp_path / "p.csv",
+                          "--maps", tmp_path / "pm")
+    assert code == 0, err
+    code, _, err = invoke(capsys, *det, *_dask(duplicate_ids, cluster, tmp_path / "d"), "--maps", tmp_path / "dm")
+    assert code == 0, err
+    assert f"maps in {tmp_path / 'dm'}" in err
+    names = sorted(p.name for p in (tmp_path / "pm").iterdir())
+    assert names == ["lot_7_y.npy", "w_1.npy", "w_1_2.npy", "w_1_3.npy", "x.npy", "x_2.npy"]
+    assert sorted(p.name for p in (tmp_path / "dm").iterdir()) == names  # no temp files or folders left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    for name in names:
+        a, b = np.load(tmp_path / "pm" / name), np.load(tmp_path / "dm" / name)
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    code, _, err = invoke(capsys, *det, *_dask(duplicate_ids, cluster, tmp_path / "d2"), "--maps", tmp_path / "dm")
+    assert code == 2 and f"{tmp_path / 'dm'}: output directory is not empty" in err
+    assert not (tmp_path / "d2").exists()
+    (tmp_path / "dm" / "stale.npy").write_bytes(b"old")
+    code, _, err = invoke(capsys, *det, *_dask(duplicate_ids, cluster, tmp_path / "d"), "--maps", tmp_path / "dm",
+                          "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "dm").iterdir()) == names
+
+
+def test_run_threshold_on_dask_equals_the_plain_csv(threshold_run, partitions, cluster, tmp_path, capsys):
+    from clitools import invoke
+
+    det = ("detect", "score", "--run", threshold_run)
+    code, _, plain_err = invoke(capsys, *det, *_plain_data(partitions), "--out", tmp_path / "p.csv")
+    assert code == 0, plain_err
+    code, _, dask_err = invoke(capsys, *det, *_dask(partitions, cluster, tmp_path / "d"))
+    assert code == 0, dask_err
+    plain = pd.read_csv(tmp_path / "p.csv")
+    dask = _read_all((tmp_path / "d").iterdir())
+    assert dask["above_threshold"].dtype == bool
+    assert 0 < dask["above_threshold"].sum() < len(dask)
+    assert plain["anomalous"].astype(bool).tolist() == dask["above_threshold"].tolist()
+    np.testing.assert_allclose(plain["score"], dask["score"], rtol=1e-5)  # the CSV keeps 6 significant digits
+    above = f"{int(plain['anomalous'].sum())} above the run's threshold"
+    assert above in plain_err and above in dask_err
+
+
+def _image_partition(path: Path) -> None:
+    from waferscope.data.dataset import WaferDataset
+
+    rgb = np.random.default_rng(0).integers(0, 255, size=(8, 8, 3), dtype=np.uint8)
+    write_parquet(WaferDataset(maps=[rgb], labels=np.array(["good"], dtype=object),
+                               meta=pd.DataFrame({"id": ["img-0"]}), kind="image"), path)
+
+
+def test_bad_detect_input_on_dask_is_one_clear_error(partitions, cluster, tmp_path, capsys):
+    """--maps at a file, and a partition of images (the model takes die maps): one error each,
+    naming the file; neither --out nor --maps is left behind."""
+    from clitools import invoke
+
+    det = ("detect", "score", "--bundled", "autoencoder")
+    a_file = tmp_path / "maps.txt"
+    a_file.write_text("not a folder")
+    code, _, err = invoke(capsys, *det, *_dask(partitions, cluster, tmp_path / "d"), "--maps", a_file)
+    assert code == 2 and f"{a_file}: --maps must be a directory" in err
+    assert not (tmp_path / "d").exists()
+    code, _, err = invoke(capsys, *det, "--data", "synthetic:n=2,seed=0", "--out", tmp_path / "p.csv", "--maps", a_file)
+    assert code == 2 and f"{a_file}: --maps must be a directory" in err  # the plain path says the same
+    assert not (tmp_path / "p.csv").exists()
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in list_partitions(str(partitions)):
+        (src / p.name).write_bytes(p.read_bytes())
+    _image_partition(src / "part-999.parquet")
+    code, _, err = invoke(capsys, *det, *_dask(src, cluster, tmp_path / "d"), "--maps", tmp_path / "m")
+    assert code == 2 and "part-999.parquet" in err and "wafer maps" in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "m").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.txt", "src"]  # no hidden staging folder either
+
+
+def test_estimate_failure_in_the_second_pass_leaves_nothing(classifier_onnx, partitions, cluster, tmp_path,
+                                                            monkeypatch):
+    """--prior estimate writes a first pass to a hidden folder in --out: a failure after it removes all."""
+    from waferscope.models.classifiers.prior import PriorShift
+    from waferscope.scale import dask_engine
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dask_engine, "reprior_partition", broken)
+    shift = PriorShift(np.full(9, 1 / 9), "estimate")
+    with pytest.raises(OSError, match="disk full"):
+        run_partitions(classifier_onnx, str(partitions), tmp_path / "out", prior=shift)
+    assert not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -25,3 +26,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def anomaly_map_names(ids) -> list[str]:
+    """The ``<name>.npy`` file of each sample's anomaly map (``detect score --maps``): the id made
+    file-safe; a name met again gets ``_2``, ``_3``, … in the order of ``ids``."""
+    seen: dict[str, int] = {}
+    names = []
+    for sample_id in ids:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", str(sample_id)).strip("._") or "sample"
+        seen[base] = seen.get(base, 0) + 1
+        names.append(f"{base if seen[base] == 1 else f'{base}_{seen[base]}'}.npy")
+    return names
+
+
+def save_npy(path: str | Path, array) -> None:
+    """``array`` as float32 ``.npy`` at ``path``, written to a temp name beside it and renamed."""
+    import numpy as np
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(array, dtype=np.float32))
+    os.replace(tmp, path)

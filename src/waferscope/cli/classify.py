@@ -17,7 +17,8 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, PASS_BINS_HELP, SCHEDULER_OPTION, WORKERS_OPTION,
+from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, PASS_BINS_HELP, PASS_BINS_REFUSED,
+                                   SCHEDULER_OPTION, WORKERS_OPTION,
                                    load_classifier, load_data, load_model_described,
                                    parse_set, write_text_atomic)
 from waferscope.errors import ConfigError, DataError
@@ -41,6 +42,12 @@ def note_small_estimate(shift, n_maps: int) -> None:
     if shift.estimates and n_maps < MIN_MAPS_TO_ESTIMATE:
         typer.echo(f"note: --prior estimate on {n_maps} maps is a rough guess; it needs a batch of a few "
                    f"hundred maps in the mix to adapt to (or give the mix: --prior wm811k / Class=w,...)", err=True)
+
+
+def report_prior(shift, prior: str, classes, used, n_maps: int) -> None:
+    """The class mix ``predict`` moved the probabilities to (and the small-batch note for ``estimate``)."""
+    note_small_estimate(shift, n_maps)
+    typer.echo(f"class mix ({prior}): " + ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, used)), err=True)
 
 
 def check_training_labels(dataset, where: str) -> None:
@@ -162,21 +169,22 @@ def predict(
     from waferscope.scale import run_cli
 
     clf = load_classifier(run, bundled, DEFAULT_FOR_LABELS)
-    summary = run_cli(clf, data, out, engine, scheduler, workers, overwrite,
-                      {"--prior": prior != "balanced", "--pass-bins": pass_bins is not None})
-    if summary is not None:
-        typer.echo(summary, err=True)
-        return
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
+    scaled = run_cli(clf, data, out, engine, scheduler, workers, overwrite,
+                     {"--pass-bins": PASS_BINS_REFUSED} if pass_bins is not None else None, prior=shift)
+    if scaled is not None:
+        if shift is not None:
+            report_prior(shift, prior, clf.classes_, scaled.prior_used, scaled.rows)
+        typer.echo(f"classified {scaled.rows} maps in {len(scaled.files)} partitions with Dask; "
+                   f"wrote {out}/ (one .parquet per partition)", err=True)
+        return
     dataset = load_data(data, pass_bins)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
     proba = clf.predict_proba(dataset)
     if shift is not None:
-        note_small_estimate(shift, len(dataset))
         proba, used_prior = shift.apply(proba)
-        typer.echo(f"class mix ({prior}): " + ", ".join(f"{c} {p:.3f}" for c, p in zip(clf.classes_, used_prior)),
-                   err=True)
+        report_prior(shift, prior, clf.classes_, used_prior, len(dataset))
     classes = list(clf.classes_)
     pred = np.asarray(classes, dtype=object)[proba.argmax(1)]
     buf = io.StringIO()

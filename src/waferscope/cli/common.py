@@ -87,4 +87,8 @@ ENGINE_OPTION = typer.Option("local", "--engine", help="local: this process, one
 SCHEDULER_OPTION = typer.Option(None, "--scheduler", help="--engine dask: an existing scheduler "
                                 "(tcp://HOST:8786); default: a LocalCluster on this machine")
 WORKERS_OPTION = typer.Option(2, "--workers", help="--engine dask without --scheduler: LocalCluster worker processes")
+# --pass-bins on the Dask path (waferscope.scale.run_cli refuses it with this reason).
+PASS_BINS_REFUSED = ("it maps the bins of fab files (STDF, E142, G85, KLARF, CSV die lists), and Parquet "
+                     "partitions hold die states already; convert fab files to Parquet first "
+                     "(waferscope data import FILE --out PART.parquet --pass-bins …) or score them with --engine local")
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="--engine dask: replace a non-empty --out folder")

@@ -15,14 +15,14 @@ import csv
 import io
 import json
 import os
-import re
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 import typer
 
-from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, PASS_BINS_HELP, SCHEDULER_OPTION, WORKERS_OPTION,
+from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, PASS_BINS_HELP, PASS_BINS_REFUSED,
+                                   SCHEDULER_OPTION, WORKERS_OPTION,
                                    load_data, load_model_described, parse_set,
                                    write_text_atomic)
 from waferscope.errors import ConfigError, DataError, RunDirError
@@ -191,10 +191,6 @@ def evaluate(
                f"(n={len(dataset)}); wrote {out}", err=True)
 
 
-def _safe_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("._") or "sample"
-
-
 @app.command()
 def score(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP),
@@ -210,14 +206,21 @@ def score(
 ) -> None:
     """Score every map; optionally write each anomaly map (at the map's own size) as .npy."""
     from waferscope.scale import run_cli
+    from waferscope.scale.dask_engine import check_dir
+    from waferscope.utils import anomaly_map_names, save_npy
 
+    if maps is not None:
+        check_dir(maps, "--maps")
     if engine != "local":
-        det, _, _ = _load_detector(run, bundled)
-        summary = run_cli(det, data, out, engine, scheduler, workers, overwrite,
-                          {"--maps": maps is not None, "--pass-bins": pass_bins is not None})
-        typer.echo(summary, err=True)
+        det, run_dir, _ = _load_detector(run, bundled)
+        thr = read_threshold(run_dir)
+        scaled = run_cli(det, data, out, engine, scheduler, workers, overwrite,
+                         {"--pass-bins": PASS_BINS_REFUSED} if pass_bins is not None else None,
+                         threshold=None if thr is None else float(thr["threshold"]), maps=maps)
+        typer.echo(_score_summary(f"{scaled.rows} maps in {len(scaled.files)} partitions with Dask", scaled.above,
+                                  thr, f"{out}/ (one .parquet per partition)", maps), err=True)
         return
-    run_cli(None, data, out, engine, scheduler, workers, overwrite, {})  # checks dask-only options
+    run_cli(None, data, out, engine, scheduler, workers, overwrite)  # checks dask-only options
     where = ", ".join(data)
     dataset = _load_data(data, pass_bins)
     if len(dataset) == 0:
@@ -230,29 +233,26 @@ def score(
     writer = csv.writer(buf)
     header = ["id", "label", "score"] + (["anomalous"] if thr else []) + (["map"] if maps else [])
     writer.writerow(header)
-    names: dict[str, int] = {}
     if maps is not None:
         maps.mkdir(parents=True, exist_ok=True)
+        names = anomaly_map_names(dataset.ids)
     for i, s in enumerate(result.scores):
         row = [dataset.ids[i], dataset.labels[i], f"{s:.6g}"]
         if thr:
             row.append(int(s >= thr["threshold"]))
         if maps is not None:
-            base = _safe_name(dataset.ids[i])
-            names[base] = names.get(base, 0) + 1
-            fname = base if names[base] == 1 else f"{base}_{names[base]}"
-            target = maps / f"{fname}.npy"
-            tmp = maps / f".{fname}.npy.tmp"
-            with open(tmp, "wb") as fh:
-                np.save(fh, result.maps[i].astype(np.float32))
-            os.replace(tmp, target)
-            row.append(target.name)
+            save_npy(maps / names[i], result.maps[i])
+            row.append(names[i])
         writer.writerow(row)
     write_text_atomic(out, buf.getvalue())
-    msg = f"scored {len(dataset)} maps"
-    if thr:
-        msg += f", {int((result.scores >= thr['threshold']).sum())} above the run's threshold {thr['threshold']:.6g}"
-    typer.echo(msg + f"; wrote {out}" + (f" and maps in {maps}" if maps else ""), err=True)
+    above = int((result.scores >= thr["threshold"]).sum()) if thr else None
+    typer.echo(_score_summary(f"{len(dataset)} maps", above, thr, str(out), maps), err=True)
+
+
+def _score_summary(scored: str, above: Optional[int], thr: Optional[dict], wrote: str, maps: Optional[Path]) -> str:
+    """The last line of ``detect score``, on both engines."""
+    return (f"scored {scored}" + (f", {above} above the run's threshold {thr['threshold']:.6g}" if thr else "")
+            + f"; wrote {wrote}" + (f" and maps in {maps}" if maps else ""))
 
 
 # ---- figures ------------------------------------------------------------------------------------

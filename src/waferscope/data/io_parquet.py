@@ -310,5 +310,16 @@ def iter_parquet(path: str | Path, batch_size: int = DEFAULT_ROW_GROUP) -> Itera
         raise DataError(f"cannot read as Parquet ({exc})", path) from None
 
 
+def read_ids(path: str | Path) -> list[str]:
+    """The sample ids of a file, as read_parquet / iter_parquet give them, without reading the maps."""
+    path = Path(path)
+    pf = _open(path)
+    try:
+        table = pf.read(columns=["id"])
+    except Exception as exc:
+        raise DataError(f"cannot read as Parquet ({exc})", path) from None
+    return _complete_meta(table.to_pandas(), table.num_rows, path.name)["id"].tolist()
+
+
 def parquet_count(path: str | Path) -> int:
     return _open(Path(path)).metadata.num_rows

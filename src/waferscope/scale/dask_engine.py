@@ -16,11 +16,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from waferscope.errors import ConfigError, DataError
+from waferscope.errors import ConfigError, DataError, WaferscopeError
+from waferscope.utils import anomaly_map_names, save_npy
 
 STREAM_BATCH = 4096  # rows read from a partition at a time: memory stays flat however big the file
 _SESSIONS: dict[str, object] = {}  # per worker process: model digest -> OnnxModel
@@ -69,7 +71,29 @@ def _session(onnx_bytes: bytes):
     return _SESSIONS[key]
 
 
-def _result_table(model, ds):
+class ScaleRun(NamedTuple):
+    """What a partitioned run wrote: the result files, the rows scored, the class mix the
+    probabilities were moved to (``prior=``; None without one), how many scores reached
+    ``threshold=`` (None without one)."""
+
+    files: list[Path]
+    rows: int
+    prior_used: np.ndarray | None = None
+    above: int | None = None
+
+
+def _class_columns(classes, proba: np.ndarray) -> dict:
+    import pyarrow as pa
+
+    cols = {"predicted": pa.array(np.asarray(classes, dtype=object)[proba.argmax(1)].astype(str))}
+    for j, c in enumerate(classes):
+        cols[f"p_{c}"] = pa.array(proba[:, j].astype(np.float64))
+    return cols
+
+
+def _result_table(model, ds, shift=None, threshold: float | None = None, map_dir: str | None = None,
+                  map_names: list[str] | None = None):
+    """The result rows of one batch; writes its anomaly maps to ``map_dir``/``map_names`` when given."""
     import pyarrow as pa
 
     cols = {"id": pa.array(ds.ids.astype(str)),
@@ -80,36 +104,34 @@ def _result_table(model, ds):
         cols["wafer_index"] = pa.array(pd.to_numeric(ds.meta["wafer_index"], errors="coerce").to_numpy(np.float64))
     if model.kind == "classifier":
         proba = model.predict_proba(ds)
-        classes = list(model.classes_)
-        cols["predicted"] = pa.array(np.asarray(classes, dtype=object)[proba.argmax(1)].astype(str))
-        for j, c in enumerate(classes):
-            cols[f"p_{c}"] = pa.array(proba[:, j].astype(np.float64))
-    else:
-        cols["score"] = pa.array(model.score(ds).scores.astype(np.float64))
+        if shift is not None:  # a fixed target mix: per row, so per partition = over the whole archive
+            proba = shift.apply(proba)[0]
+        cols.update(_class_columns(model.classes_, proba))
+        return pa.table(cols)
+    result = model.score(ds)
+    cols["score"] = pa.array(result.scores.astype(np.float64))
+    if threshold is not None:
+        cols["above_threshold"] = pa.array(result.scores >= threshold)
+    if map_dir is not None:
+        for name, m in zip(map_names, result.maps):
+            save_npy(Path(map_dir) / name, m)
     return pa.table(cols)
 
 
-def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STREAM_BATCH) -> tuple[str, int]:
-    """Score one Parquet partition, streaming it in batches; returns (result file, rows)."""
+def _write_atomic(final: Path, tables) -> int:
+    """Write an iterable of Arrow tables as one Parquet file, temp then rename; returns the rows."""
     import pyarrow.parquet as pq
 
-    from waferscope.data.io_parquet import iter_parquet
-
-    model = _session(onnx_bytes)
-    final = Path(out_dir) / Path(src).name
-    tmp = Path(out_dir) / f".{final.name}.part-{os.getpid()}"
+    tmp = final.with_name(f".{final.name}.part-{os.getpid()}")
     writer, rows = None, 0
     try:
-        for ds in iter_parquet(src, batch_size=batch):
-            if len(ds) == 0:
-                continue
-            table = _result_table(model, ds)
+        for table in tables:
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table)
-            rows += len(ds)
+            rows += table.num_rows
         if writer is None:
-            raise DataError("no maps in this partition", src)
+            raise DataError("no maps in this partition", final)
         writer.close()
         writer = None
         os.replace(tmp, final)
@@ -118,13 +140,68 @@ def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STRE
             writer.close()
         if tmp.exists():
             tmp.unlink()
+    return rows
+
+
+def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STREAM_BATCH, shift=None,
+                    threshold: float | None = None, map_dir: str | None = None,
+                    map_names: list[str] | None = None) -> tuple[str, int]:
+    """Score one Parquet partition, streaming it in batches; returns (result file, rows).
+
+    ``shift``: a fixed class-prior shift (``PriorShift``) for the probabilities; ``threshold``: adds
+    ``above_threshold``; ``map_dir`` + ``map_names`` (one file name per row): the anomaly maps."""
+    from waferscope.data.io_parquet import iter_parquet
+
+    model = _session(onnx_bytes)
+
+    def tables():
+        done = 0
+        for ds in iter_parquet(src, batch_size=batch):
+            if len(ds):
+                names = None if map_names is None else map_names[done:done + len(ds)]
+                done += len(ds)
+                yield _result_table(model, ds, shift, threshold, map_dir, names)
+
+    final = Path(out_dir) / Path(src).name
+    try:
+        rows = _write_atomic(final, tables())
+    except WaferscopeError as exc:
+        if exc.path is None or exc.path == str(final):  # name the input partition, not our output
+            raise DataError(exc.problem, src) from None
+        raise
     return str(final), rows
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse a bad --out before any cluster is started or model exported."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out must be a directory", out)
+def reprior_partition(src: str, out_dir: str, shift) -> tuple[str, int]:
+    """Second pass of ``--prior estimate``: a partition's raw results with the probabilities moved
+    to ``shift``'s (now fixed) class mix, written to ``out_dir`` under the same name."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(src)
+    classes = [c[2:] for c in table.column_names if c.startswith("p_")]
+    proba = np.column_stack([table.column(f"p_{c}").to_numpy() for c in classes])
+    for name, col in _class_columns(classes, shift.apply(proba)[0]).items():
+        table = table.set_column(table.column_names.index(name), name, col)
+    final = Path(out_dir) / Path(src).name
+    return str(final), _write_atomic(final, [table])
+
+
+def _probabilities(files: list[Path]) -> np.ndarray:
+    """The p_<class> columns of result files, stacked in file order."""
+    import pyarrow.parquet as pq
+
+    cols = [c for c in pq.read_schema(files[0]).names if c.startswith("p_")]
+    return np.concatenate([pq.read_table(f, columns=cols).to_pandas()[cols].to_numpy(np.float64) for f in files])
+
+
+def check_dir(path: Path, option: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} must be a directory", path)
+
+
+def check_out(out: Path, overwrite: bool, option: str = "--out") -> None:
+    """Refuse a bad --out (or --maps) before any cluster is started or model exported."""
+    check_dir(out, option)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError("output directory is not empty (give --overwrite to replace it)", out)
 
@@ -149,13 +226,43 @@ def _client(scheduler: str | None, workers: int, timeout: float):
     return Client(cluster), cluster
 
 
+def _run_tasks(client, fn, arg_lists: list[tuple]) -> list:
+    """``fn(*args)`` for each args: a loop here (no client), else one Dask task each; on a failure
+    the other tasks are cancelled before the error goes up."""
+    if client is None:
+        return [fn(*args) for args in arg_lists]
+    futures = [client.submit(fn, *args, pure=False) for args in arg_lists]
+    try:
+        return client.gather(futures)
+    except BaseException:
+        client.cancel(futures)  # the other partitions stop before the output is removed
+        raise
+
+
+def _map_names(files: list[Path]) -> list[list[str]]:
+    """The anomaly-map file name of every row, per partition: named over the whole archive in
+    partition order, as ``detect score --maps`` names them over its one data set."""
+    from waferscope.data.io_parquet import read_ids
+
+    ids = [read_ids(f) for f in files]
+    names = iter(anomaly_map_names([i for part in ids for i in part]))
+    return [[next(names) for _ in part] for part in ids]
+
+
 def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler: str | None = None,
-                   workers: int = 2, overwrite: bool = False, timeout: float = 10.0) -> tuple[list[Path], int]:
-    """Score every partition of ``data`` into ``out`` (one file per partition); (files, rows).
+                   workers: int = 2, overwrite: bool = False, timeout: float = 10.0, prior=None,
+                   threshold: float | None = None, maps: Path | None = None) -> ScaleRun:
+    """Score every partition of ``data`` into ``out`` (one file per partition).
 
     ``model`` is an estimator that exports to ONNX, or the path of a `waferscope export` file.
+    ``prior``: a ``PriorShift`` (``resolve_prior``) for a classifier's probabilities; ``"estimate"``
+    learns the mix from all partitions at once (a first pass writes the raw probabilities to a hidden
+    folder in ``out``, the mix is estimated here, a second pass writes the adjusted results).
+    ``threshold``: a detector's scores get an ``above_threshold`` column. ``maps``: a detector's
+    anomaly maps, ``<id>.npy`` (float32), written by the workers to a hidden folder beside ``maps``
+    that is renamed to ``maps`` at the end (so ``maps`` must be on a file system the workers see).
 
-    On any failure the partial results are removed, so ``out`` never looks complete."""
+    On any failure the partial results are removed, so ``out`` (and ``maps``) never look complete."""
     if engine not in ("local", "dask"):
         raise ConfigError(f"unknown engine {engine!r}: expected 'local' or 'dask'")
     files = list_partitions(data)
@@ -164,52 +271,78 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
         raise DataError("two partitions share a file name; results are named after their input", data)
     out = Path(out)
     check_out(out, overwrite)
+    if maps is not None:
+        maps = Path(maps)
+        check_out(maps, overwrite, "--maps")
+        if maps.resolve() == out.resolve() or out.resolve() in maps.resolve().parents:
+            raise ConfigError("--maps must not be --out or inside it (--out holds one .parquet per partition)", maps)
     onnx_bytes = export_model_bytes(model)
     client = cluster = None
     if engine == "dask":
         client, cluster = _client(scheduler, workers, timeout)  # a bad scheduler fails before --out is touched
+    staging = None
     try:
         prepare_out(out, overwrite)
         try:
-            if engine == "local":
-                results = [score_partition(onnx_bytes, str(f), str(out)) for f in files]
-            else:
-                blob = client.scatter(onnx_bytes, broadcast=True)
-                futures = [client.submit(score_partition, blob, str(f), str(out), pure=False) for f in files]
-                try:
-                    results = client.gather(futures)
-                except BaseException:
-                    client.cancel(futures)  # the other partitions stop before --out is removed
-                    raise
+            blob = onnx_bytes if client is None else client.scatter(onnx_bytes, broadcast=True)
+            estimate = prior is not None and prior.estimates
+            first_out = out / f".raw-{os.getpid()}" if estimate else out
+            first_out.mkdir(exist_ok=True)
+            map_names = [None] * len(files)
+            if maps is not None:
+                map_names = _map_names(files)
+                maps.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=f".{maps.name}.part-", dir=maps.parent))
+            results = _run_tasks(client, score_partition, [
+                (blob, str(f), str(first_out), STREAM_BATCH, None if estimate else prior, threshold,
+                 None if staging is None else str(staging), n) for f, n in zip(files, map_names)])
+            used = None if prior is None else prior.target
+            if estimate:  # the whole archive's probabilities are small: n × classes floats
+                raw = [Path(r[0]) for r in results]
+                fixed = prior.fixed(_probabilities(raw))
+                used = fixed.target
+                results = _run_tasks(client, reprior_partition, [(str(r), str(out), fixed) for r in raw])
+                shutil.rmtree(first_out)
+            above = None
+            if threshold is not None:
+                import pyarrow.parquet as pq
+
+                above = sum(int(pq.read_table(r[0], columns=["above_threshold"]).column(0).to_numpy().sum())
+                            for r in results)
+            if staging is not None:
+                if maps.exists():
+                    shutil.rmtree(maps)
+                os.replace(staging, maps)
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
     finally:  # also when --out is refused: a client left open keeps reconnecting to its scheduler
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
-    return [Path(r[0]) for r in results], sum(r[1] for r in results)
+    return ScaleRun([Path(r[0]) for r in results], sum(r[1] for r in results), used, above)
 
 
 def run_cli(model, data: list[str], out: Path, engine: str, scheduler: str | None, workers: int,
-            overwrite: bool, unsupported: dict[str, bool]) -> str | None:
+            overwrite: bool, refused: dict[str, str] | None = None, **options) -> ScaleRun | None:
     """The ``--engine`` part of ``classify predict`` / ``detect score``: None when the command's own
-    single-process CSV path should run, else the summary line of a partitioned run.
+    single-process CSV path should run, else what the partitioned run wrote.
 
-    ``unsupported`` names the command's options that the partitioned path does not implement, so a
-    user who gave one gets an error instead of silently different output."""
+    ``refused`` maps each option the user gave that has no meaning on the partitioned path to the
+    reason; ``options`` go to :func:`run_partitions` (``prior``, ``threshold``, ``maps``)."""
     if engine not in ("local", "dask"):
         raise ConfigError(f"unknown --engine {engine!r}: expected local or dask")
     if engine == "local":
         if scheduler or overwrite:
             raise ConfigError("--scheduler and --overwrite go with --engine dask")
         return None
-    given = [name for name, on in unsupported.items() if on]
-    if given:
-        raise ConfigError(f"{', '.join(given)} not supported with --engine dask yet")
+    for name, reason in (refused or {}).items():
+        raise ConfigError(f"{name} does not apply with --engine dask: {reason}")
     if len(data) != 1:
         raise ConfigError("--engine dask takes one --data: a folder of .parquet partitions, a glob or one file")
-    files, rows = run_partitions(model, data[0], out, engine="dask", scheduler=scheduler, workers=workers,
-                                 overwrite=overwrite)
-    return f"scored {rows} maps in {len(files)} partitions with Dask; wrote {out}/ (one .parquet per partition)"
+    return run_partitions(model, data[0], out, engine="dask", scheduler=scheduler, workers=workers,
+                          overwrite=overwrite, **options)
+

@@ -144,10 +144,15 @@ class PriorShift:
     def estimates(self) -> bool:
         return isinstance(self.target, str)
 
+    def fixed(self, proba: np.ndarray) -> "PriorShift":
+        """This shift with its target fixed: for ``"estimate"``, the mix estimated from ``proba``
+        (so it can be applied to parts of that batch, e.g. one partition at a time)."""
+        return PriorShift(self.base, estimate_prior(proba, self.base)[0]) if self.estimates else self
+
     def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the probabilities under the target mix, the target mix used — estimated from ``proba``
         itself for ``"estimate"``)."""
-        target = estimate_prior(proba, self.base)[0] if self.estimates else self.target
+        target = self.fixed(proba).target
         return adjust_to_prior(proba, self.base, target), target
 
 
