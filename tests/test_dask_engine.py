@@ -316,9 +316,9 @@ def test_run_threshold_on_dask_equals_the_plain_csv(threshold_run, partitions, c
     assert code == 0, dask_err
     plain = pd.read_csv(tmp_path / "p.csv")
     dask = _read_all((tmp_path / "d").iterdir())
-    assert dask["above_threshold"].dtype == bool
-    assert 0 < dask["above_threshold"].sum() < len(dask)
-    assert plain["anomalous"].astype(bool).tolist() == dask["above_threshold"].tolist()
+    assert dask["anomalous"].dtype == bool
+    assert 0 < dask["anomalous"].sum() < len(dask)
+    assert plain["anomalous"].astype(bool).tolist() == dask["anomalous"].tolist()
     np.testing.assert_allclose(plain["score"], dask["score"], rtol=1e-5)  # the CSV keeps 6 significant digits
     above = f"{int(plain['anomalous'].sum())} above the run's threshold"
     assert above in plain_err and above in dask_err

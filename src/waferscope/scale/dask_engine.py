@@ -111,7 +111,7 @@ def _result_table(model, ds, shift=None, threshold: float | None = None, map_dir
     result = model.score(ds)
     cols["score"] = pa.array(result.scores.astype(np.float64))
     if threshold is not None:
-        cols["above_threshold"] = pa.array(result.scores >= threshold)
+        cols["anomalous"] = pa.array(result.scores >= threshold)
     if map_dir is not None:
         for name, m in zip(map_names, result.maps):
             save_npy(Path(map_dir) / name, m)
@@ -149,7 +149,7 @@ def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STRE
     """Score one Parquet partition, streaming it in batches; returns (result file, rows).
 
     ``shift``: a fixed class-prior shift (``PriorShift``) for the probabilities; ``threshold``: adds
-    ``above_threshold``; ``map_dir`` + ``map_names`` (one file name per row): the anomaly maps."""
+    ``anomalous``; ``map_dir`` + ``map_names`` (one file name per row): the anomaly maps."""
     from waferscope.data.io_parquet import iter_parquet
 
     model = _session(onnx_bytes)
@@ -258,7 +258,7 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
     ``prior``: a ``PriorShift`` (``resolve_prior``) for a classifier's probabilities; ``"estimate"``
     learns the mix from all partitions at once (a first pass writes the raw probabilities to a hidden
     folder in ``out``, the mix is estimated here, a second pass writes the adjusted results).
-    ``threshold``: a detector's scores get an ``above_threshold`` column. ``maps``: a detector's
+    ``threshold``: a detector's scores get an ``anomalous`` column. ``maps``: a detector's
     anomaly maps, ``<id>.npy`` (float32), written by the workers to a hidden folder beside ``maps``
     that is renamed to ``maps`` at the end (so ``maps`` must be on a file system the workers see).
 
@@ -307,7 +307,7 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
             if threshold is not None:
                 import pyarrow.parquet as pq
 
-                above = sum(int(pq.read_table(r[0], columns=["above_threshold"]).column(0).to_numpy().sum())
+                above = sum(int(pq.read_table(r[0], columns=["anomalous"]).column(0).to_numpy().sum())
                             for r in results)
             if staging is not None:
                 if maps.exists():
