@@ -138,9 +138,56 @@ def cross_set(
                    f"over {rep['n']} maps; " + " ".join(f"{c} {v:.3f}" for c, v in rep["per_class_f1"].items()))
 
 
+def prior_shift(
+    method: str = typer.Argument(..., help="A method already run by `evaluate classifiers` (a+b averages members)"),
+    draws: int = typer.Option(20, "--draws", min=1, help="Draws per class mix"),
+    size: int = typer.Option(20_000, "--size", min=1, help="Maps per draw"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the draws"),
+    dev: Optional[Path] = DEV_OPT, dev2: Optional[Path] = DEV2_OPT, work: Path = WORK_OPT,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report (JSON) to this file"),
+) -> None:
+    """The cached held-out lot-fold predictions re-drawn in other class mixes, scored balanced / given / estimate."""
+    import json
+
+    from waferscope.evaluate import classification as ev
+    from waferscope.evaluate.lot_analysis import prior_shift as run
+    from waferscope.utils import atomic_path
+
+    pooled, _, _ = ev.pool_sets(_sets_and_threads(dev, dev2, 1))
+    report = run(method, pooled.labels, work, draws=draws, size=size, seed=seed)
+    typer.echo("| method | class mix | balanced (default) | `--prior` given mix | `--prior estimate` |\n"
+               "|---|---|---:|---:|---:|")
+    for mix, res in report.items():
+        typer.echo(f"| {method} | {mix} | " + " | ".join(f"{res[k]['macro_f1_mean']:.3f} ± {res[k]['macro_f1_sd']:.3f}"
+                                                         for k in ("balanced", "given", "estimate")) + " |")
+    if json_out is not None:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps({method: report}, indent=1))
+
+
+def errors(
+    method: str = typer.Argument(..., help="A method already run by `evaluate classifiers` (a+b averages members)"),
+    out: Path = typer.Option(..., "--out", help="The gallery PNG"),
+    pairs: int = typer.Option(6, "--pairs", min=1, help="Most frequent confusions to draw"),
+    per_pair: int = typer.Option(8, "--per-pair", min=1, help="Maps drawn per confusion"),
+    dev: Optional[Path] = DEV_OPT, dev2: Optional[Path] = DEV2_OPT, work: Path = WORK_OPT,
+) -> None:
+    """Gallery of the most frequent confusions in the cached lot-fold predictions."""
+    from waferscope.evaluate import classification as ev
+    from waferscope.evaluate.lot_analysis import plot_errors
+
+    pooled, _, _ = ev.pool_sets(_sets_and_threads(dev, dev2, 1))
+    top = plot_errors(method, pooled, work, out, pairs=pairs, per_pair=per_pair)
+    for (label, predicted), count in top:
+        typer.echo(f"  {label} -> {predicted}: {count}")
+    typer.echo(f"wrote {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `evaluate` group."""
     app.command("heldout")(heldout)
     app.command("classifiers")(classifiers)
     app.command("learning-curve")(learning_curve)
     app.command("cross-set")(cross_set)
+    app.command("prior-shift")(prior_shift)
+    app.command("errors")(errors)
