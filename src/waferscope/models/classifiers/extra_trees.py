@@ -18,6 +18,7 @@ from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import feature_names
 from waferscope.models.classifiers.common import label_order, labelled_for_training
 from waferscope.models.classifiers.gbm import GradientBoostingClassifier
+from waferscope.models.trees import check_node_indices
 from waferscope.registry import register
 
 FOREST_ARRAYS = ("feature", "threshold", "left", "right", "value", "roots")
@@ -117,12 +118,9 @@ class ExtraTreesClassifier(GradientBoostingClassifier):
         n = len(trees.get("feature", ()))
         if len(trees) != len(FOREST_ARRAYS) or any(len(trees[k]) != n for k in ("threshold", "left", "right", "value")):
             raise RunDirError("the saved extra-trees state is damaged: missing or mismatched tree arrays")
-        inner = trees["left"] >= 0
-        for name, bound in (("left", n), ("right", n), ("feature", n_features)):
-            ix = trees[name][inner]
-            if ix.size and (ix.min() < 0 or ix.max() >= bound):
-                raise RunDirError(f"the saved extra-trees state is damaged: tree {name} index out of range")
-        if trees["roots"].size == 0 or trees["roots"].min() < 0 or trees["roots"].max() >= n:
-            raise RunDirError("the saved extra-trees state is damaged: tree roots out of range")
+        try:
+            check_node_indices(trees, trees["left"] >= 0, n_features)
+        except ValueError as exc:
+            raise RunDirError(f"the saved extra-trees state is damaged: {exc}") from None
         self.trees_ = trees
         self.classes_ = list(extras["classes"])
