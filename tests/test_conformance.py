@@ -50,6 +50,7 @@ TINY: dict[str, dict] = {
     "cnn": dict(_NET, width=4, _onnx=True),
     "cnn_fine": dict(_NET, width=4, head=4, _onnx=True),
     "cnn_residual": dict(_NET, **_AE, width=4, _wafer_only=True, _onnx=True),
+    "extra_trees": dict(n_estimators=5, n_jobs=1, progress=False, _wafer_only=True, _onnx=False),
     "gbm": dict(max_iter=3, max_leaf_nodes=4, n_jobs=1, progress=False, _wafer_only=True, _onnx=False),
     "kd_student": dict(_NET, width=4, head=8, teacher_params={"epochs": 1, "width": 4}, _wafer_only=True,
                        _onnx=True),

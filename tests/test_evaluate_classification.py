@@ -141,3 +141,63 @@ def test_cli_classifiers(capsys, tmp_path):
     assert code == 2 and "unknown classifier 'no_such_model'" in err
     code, _, err = invoke(capsys, "evaluate", "classifiers", TINY_GBM, "--fold", "7", "--dev", a, "--dev2", b)
     assert code == 2 and "--fold must be 0..4, got 7" in err
+
+
+# ---- lot learning curve and cross-set -----------------------------------------------------------
+def test_lot_subsample_keeps_whole_lots_seeded():
+    groups = np.array([f"L{i % 8}" for i in range(80)])
+    train = np.arange(0, 80, 2)  # the even maps: lots L0, L2, L4, L6
+    part = ev.lot_subsample(train, groups, 0.5, seed=3)
+    lots = set(groups[part])
+    assert len(lots) == 2 and set(part) == set(train[np.isin(groups[train], list(lots))])  # whole lots only
+    assert np.array_equal(part, ev.lot_subsample(train, groups, 0.5, seed=3))
+    assert ev.lot_subsample(train, groups, 1.0, seed=3) is train
+    from waferscope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"must be in \(0, 1\], got 0"):
+        ev.lot_subsample(train, groups, 0, seed=0)
+
+
+def test_learning_curve_trains_on_fewer_maps_with_the_same_test_folds(tmp_path):
+    a, _ = _labelled_set(tmp_path, "dev", 60, 1, 12)
+    b, _ = _labelled_set(tmp_path, "dev2", 60, 2, 12)
+    points = ev.learning_curve(TINY_GBM, {"dev": a, "dev2": b}, [0.25, 1.0], synthetic=10, work=tmp_path / "w")
+    (f_small, small), (f_full, full) = points
+    assert (f_small, f_full) == (0.25, 1.0) and small["n"] == full["n"] == 120  # test folds unchanged
+    assert small["n_real_train"] < full["n_real_train"] == pytest.approx(96)
+    # the full fraction is the plain protocol, read from the same caches
+    assert ev.lot_kfold([TINY_GBM], {"dev": a, "dev2": b}, synthetic=10, work=tmp_path / "w")[TINY_GBM] == full
+    assert len(list((tmp_path / "w").glob("*_frac0.25_fold*.json"))) == 5
+    ev.plot_learning_curve(points, "tiny", tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_learning_curve_and_cross_set(capsys, tmp_path):
+    _, a = _labelled_set(tmp_path, "dev", 45, 1, 9)
+    _, b = _labelled_set(tmp_path, "dev2", 40, 2, 8)
+    code, out, err = invoke(capsys, "evaluate", "learning-curve", TINY_GBM, "--fractions", "0.5", "--fractions", "1",
+                            "--synthetic", "10", "--dev", a, "--dev2", b, "--work", tmp_path / "w",
+                            "--out", tmp_path / "curve.png")
+    assert code == 0, err
+    assert "fraction 0.5:" in out and "fraction 1:" in out and (tmp_path / "curve.png").exists()
+    code, _, err = invoke(capsys, "evaluate", "learning-curve", TINY_GBM, "--fractions", "1.5", "--dev", a,
+                          "--dev2", b)
+    assert code == 2 and "--fractions must be in (0, 1], got 1.5" in err
+    code, out, err = invoke(capsys, "evaluate", "cross-set", TINY_GBM, "--synthetic", "10", "--dev", a,
+                            "--dev2", b, "--work", tmp_path / "w")
+    assert code == 0, err
+    assert "dev->dev2: macro-F1" in out and "over 40 maps" in out and "dev2->dev: macro-F1" in out
+    assert "over 45 maps" in out and len(list((tmp_path / "w").glob("*_cross_*.json"))) == 2
+
+
+def test_cross_set_scores_each_direction_on_all_of_the_other_set(tmp_path):
+    a, _ = _labelled_set(tmp_path, "dev", 30, 1, 6)
+    b, _ = _labelled_set(tmp_path, "dev2", 20, 2, 4)
+    rep = ev.cross_set(TINY_GBM, {"dev": a, "dev2": b}, synthetic=0, work=tmp_path / "w")
+    assert list(rep) == ["dev->dev2", "dev2->dev"]
+    assert rep["dev->dev2"]["n"] == 20 and rep["dev2->dev"]["n"] == 30
+    assert set(rep["dev->dev2"]["per_class_f1"]) == set(b.labels.astype(str))
+    from waferscope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="exactly two"):
+        ev.cross_set(TINY_GBM, {"dev": a}, work=tmp_path / "w")

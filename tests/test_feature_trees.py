@@ -180,3 +180,17 @@ def test_damaged_trees_are_refused_and_large_batches_are_chunked(tmp_path):
     save_file(weights, run / "weights.safetensors")
     with pytest.raises(RunDirError, match="missing tree arrays: roots"):
         load_run(run, kind="classifier")
+
+
+def test_forest_walk_matches_scikit_learn():
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    from waferscope.models.classifiers.extra_trees import flatten_forest, forest_proba
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6))
+    y = (x[:, 0] > 0).astype(int) + 2 * (x[:, 1] > 0.3)
+    forest = ExtraTreesClassifier(n_estimators=20, class_weight="balanced", random_state=0).fit(x, y)
+    x_new = rng.normal(size=(700, 6))                         # > one chunk, unseen rows
+    np.testing.assert_allclose(forest_proba(flatten_forest(forest), x_new), forest.predict_proba(x_new),
+                               atol=1e-6)

@@ -198,58 +198,8 @@ def test_cli_evaluate_multilabel_run_keeps_its_own_decision_and_refuses_a_prior(
     assert code == 2 and "multilabel_cnn" in err and not (tmp_path / "ev2").exists()
 
 
-def _script(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_prior_shift_script_scores_cached_folds(tmp_path):
-    """scripts/eval_prior_shift.py on a fake 5-fold cache: its F1 matches scikit-learn's, and the prior
-    helps a classifier whose only errors are normal maps called defects once normal maps dominate."""
-    from sklearn.metrics import f1_score
-
-    script = _script("eval_prior_shift")
-    rng = np.random.default_rng(0)
-    truth, pred = rng.integers(0, 4, 500), rng.integers(0, 4, 500)
-    np.testing.assert_allclose(script.per_class_f1(truth, pred, 4), f1_score(truth, pred, average=None))
-
-    from waferscope.data.classes import CLASSES
-
-    classes = list(CLASSES)
-    y = np.repeat(classes, 30)
-    proba = np.eye(9)[[classes.index(c) for c in y]] * 0.999 + 0.001 / 9  # confident (else rare classes tip to none)
-    doubtful = np.flatnonzero(y == "none")[:6]  # normal maps that look a little like Loc
-    proba[doubtful] = 0.02
-    proba[doubtful, classes.index("Loc")] = 0.5
-    proba[doubtful, classes.index("none")] = 0.36
-    for k, part in enumerate(np.array_split(np.arange(len(y)), 5)):
-        (tmp_path / f"toy_fold{k}.json").write_text(json.dumps(
-            {"classes": classes, "y_true": y[part].tolist(), "proba": proba[part].tolist()}))
-    assert script.main(["--methods", "toy", "--work", str(tmp_path), "--draws", "3", "--size", "3000",
-                        "--out", str(tmp_path / "shift.md")]) == 0
-    report = json.loads((tmp_path / "shift.json").read_text())["toy"]
-    assert report["dev"]["balanced"]["macro_f1_mean"] > 0.97
-    wm = report["wm811k"]
-    assert wm["given"]["macro_f1_mean"] > wm["balanced"]["macro_f1_mean"] + 0.05
-    assert wm["estimated_mix"]["none"] > 0.7
-    assert "| toy | wm811k |" in (tmp_path / "shift.md").read_text()
-
-
 def test_cli_estimate_on_a_small_batch_says_it_is_a_rough_guess(small_gbm, tmp_path, capsys):
     code, _, err = invoke(capsys, "classify", "predict", "--run", small_gbm, "--data", "synthetic:n=18,seed=5",
                           "--out", tmp_path / "p.csv", "--prior", "estimate")
     assert code == 0 and "note: --prior estimate on 18 maps is a rough guess" in err
     assert "class mix (estimate):" in err and (tmp_path / "p.csv").is_file()
-
-
-def test_prior_shift_script_names_a_folder_without_cached_folds(tmp_path):
-    with pytest.raises(SystemExit, match=r"no cached folds for 'gbm'; run scripts/eval_classifiers.py first"):
-        _script("eval_prior_shift").main(["--methods", "gbm", "--work", str(tmp_path),
-                                          "--out", str(tmp_path / "shift.md")])
-    assert not (tmp_path / "shift.md").exists()

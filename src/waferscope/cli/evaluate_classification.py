@@ -57,8 +57,6 @@ def classifiers(
 ) -> None:
     """Lot-grouped k-fold on the real labelled sets: pooled macro-F1, fold spread, per-class F1, per-set macro-F1."""
     from waferscope.benchmark.measure import append_json_line
-    from waferscope.data import load
-    from waferscope.data.paths import DEV2_MAPS, DEV_MAPS
     from waferscope.evaluate import classification as ev
 
     bad = [k for k in folds if not 0 <= k < ev.N_FOLDS]
@@ -67,10 +65,7 @@ def classifiers(
     for m in methods:
         for member in m.split("+"):
             ev.parse_method(member)
-    import torch
-
-    torch.set_num_threads(threads)
-    sets = {"dev": load(str(dev or DEV_MAPS)), "dev2": load(str(dev2 or DEV2_MAPS))}
+    sets = _sets_and_threads(dev, dev2, threads)
     reports = ev.lot_kfold(methods, sets, folds=folds or range(ev.N_FOLDS), synthetic=synthetic, work=work,
                            progress=lambda msg: typer.echo(msg, err=True))
     for method, rep in reports.items():
@@ -82,7 +77,117 @@ def classifiers(
             append_json_line(json_out, {"method": method, **rep})
 
 
+def _sets_and_threads(dev: Optional[Path], dev2: Optional[Path], threads: int) -> dict:
+    """The two labelled sets (default: the shared files), after setting torch's thread count."""
+    import torch
+
+    from waferscope.data import load
+    from waferscope.data.paths import DEV2_MAPS, DEV_MAPS
+
+    torch.set_num_threads(threads)
+    return {"dev": load(str(dev or DEV_MAPS)), "dev2": load(str(dev2 or DEV2_MAPS))}
+
+
+DEV_OPT = typer.Option(None, "--dev", help="First labelled set (default: the shared wm811k_dev.npz)")
+DEV2_OPT = typer.Option(None, "--dev2", help="Second labelled set (default: the shared wm811k_dev2.npz)")
+WORK_OPT = typer.Option(Path("results/lot_kfold"), "--work", help="Caches; reruns reuse them")
+THREADS_OPT = typer.Option(1, "--threads", min=1, help="torch threads (speeds are per this many)")
+SYNTHETIC_OPT = typer.Option(1500, "--synthetic", min=0, help="Synthetic maps added to every training set")
+
+
+def learning_curve(
+    method: str = typer.Argument(..., help="A registered classifier, optionally name:param=value,..."),
+    fractions: List[float] = typer.Option([0.125, 0.25, 0.5, 1.0], "--fractions", help="Parts of each fold's "
+                                          "real training lots to train on (whole lots, seeded); repeatable"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also draw the curve to this PNG"),
+    synthetic: int = SYNTHETIC_OPT, dev: Optional[Path] = DEV_OPT, dev2: Optional[Path] = DEV2_OPT,
+    work: Path = WORK_OPT, threads: int = THREADS_OPT,
+) -> None:
+    """Lot learning curve: the lot-grouped protocol with each fold's real training maps cut to whole-lot fractions."""
+    from waferscope.evaluate import classification as ev
+
+    ev.parse_method(method)
+    for f in fractions:
+        if not 0 < f <= 1:
+            raise ConfigError(f"--fractions must be in (0, 1], got {f}")
+    sets = _sets_and_threads(dev, dev2, threads)
+    points = ev.learning_curve(method, sets, fractions, synthetic=synthetic, work=work,
+                               progress=lambda msg: typer.echo(msg, err=True))
+    for f, rep in points:
+        typer.echo(f"fraction {f:g}: {rep['n_real_train']:,.0f} real training maps per fold  macro-F1 "
+                   f"{rep['macro_f1']:.4f} ± {rep['fold_sd']:.4f}  dev2 {rep.get('macro_f1_dev2', float('nan')):.4f}  "
+                   + " ".join(f"{c} {v:.3f}" for c, v in rep["per_class_f1"].items()))
+    if out is not None:
+        ev.plot_learning_curve(points, method, out)
+        typer.echo(f"wrote {out}")
+
+
+def cross_set(
+    method: str = typer.Argument(..., help="A registered classifier, optionally name:param=value,..."),
+    synthetic: int = SYNTHETIC_OPT, dev: Optional[Path] = DEV_OPT, dev2: Optional[Path] = DEV2_OPT,
+    work: Path = WORK_OPT, threads: int = THREADS_OPT,
+) -> None:
+    """How much each set adds: train on dev (+ synthetic) → test on all of dev2, and the reverse."""
+    from waferscope.evaluate import classification as ev
+
+    ev.parse_method(method)
+    sets = _sets_and_threads(dev, dev2, threads)
+    for direction, rep in ev.cross_set(method, sets, synthetic=synthetic, work=work,
+                                       progress=lambda msg: typer.echo(msg, err=True)).items():
+        typer.echo(f"{method} {direction}: macro-F1 {rep['macro_f1']:.4f} accuracy {rep['accuracy']:.4f} "
+                   f"over {rep['n']} maps; " + " ".join(f"{c} {v:.3f}" for c, v in rep["per_class_f1"].items()))
+
+
+def prior_shift(
+    method: str = typer.Argument(..., help="A method already run by `evaluate classifiers` (a+b averages members)"),
+    draws: int = typer.Option(20, "--draws", min=1, help="Draws per class mix"),
+    size: int = typer.Option(20_000, "--size", min=1, help="Maps per draw"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the draws"),
+    dev: Optional[Path] = DEV_OPT, dev2: Optional[Path] = DEV2_OPT, work: Path = WORK_OPT,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report (JSON) to this file"),
+) -> None:
+    """The cached held-out lot-fold predictions re-drawn in other class mixes, scored balanced / given / estimate."""
+    import json
+
+    from waferscope.evaluate import classification as ev
+    from waferscope.evaluate.lot_analysis import prior_shift as run
+    from waferscope.utils import atomic_path
+
+    pooled, _, _ = ev.pool_sets(_sets_and_threads(dev, dev2, 1))
+    report = run(method, pooled.labels, work, draws=draws, size=size, seed=seed)
+    typer.echo("| method | class mix | balanced (default) | `--prior` given mix | `--prior estimate` |\n"
+               "|---|---|---:|---:|---:|")
+    for mix, res in report.items():
+        typer.echo(f"| {method} | {mix} | " + " | ".join(f"{res[k]['macro_f1_mean']:.3f} ± {res[k]['macro_f1_sd']:.3f}"
+                                                         for k in ("balanced", "given", "estimate")) + " |")
+    if json_out is not None:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps({method: report}, indent=1))
+
+
+def errors(
+    method: str = typer.Argument(..., help="A method already run by `evaluate classifiers` (a+b averages members)"),
+    out: Path = typer.Option(..., "--out", help="The gallery PNG"),
+    pairs: int = typer.Option(6, "--pairs", min=1, help="Most frequent confusions to draw"),
+    per_pair: int = typer.Option(8, "--per-pair", min=1, help="Maps drawn per confusion"),
+    dev: Optional[Path] = DEV_OPT, dev2: Optional[Path] = DEV2_OPT, work: Path = WORK_OPT,
+) -> None:
+    """Gallery of the most frequent confusions in the cached lot-fold predictions."""
+    from waferscope.evaluate import classification as ev
+    from waferscope.evaluate.lot_analysis import plot_errors
+
+    pooled, _, _ = ev.pool_sets(_sets_and_threads(dev, dev2, 1))
+    top = plot_errors(method, pooled, work, out, pairs=pairs, per_pair=per_pair)
+    for (label, predicted), count in top:
+        typer.echo(f"  {label} -> {predicted}: {count}")
+    typer.echo(f"wrote {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `evaluate` group."""
     app.command("heldout")(heldout)
     app.command("classifiers")(classifiers)
+    app.command("learning-curve")(learning_curve)
+    app.command("cross-set")(cross_set)
+    app.command("prior-shift")(prior_shift)
+    app.command("errors")(errors)

@@ -114,6 +114,25 @@ def parse_method(method: str) -> tuple[str, dict]:
     return name, parse_set([kv for kv in spec.split(",") if kv])
 
 
+def lot_subsample(train_idx: np.ndarray, groups, fraction: float, seed: int) -> np.ndarray:
+    """A seeded part of ``train_idx`` made of WHOLE lots: ``round(fraction * n_lots)`` of its lots (at least one)."""
+    from waferscope.errors import ConfigError
+
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"a training fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return train_idx
+    lots = np.unique(np.asarray(groups)[train_idx])
+    keep = np.random.default_rng(seed).permutation(lots)[:max(1, int(round(fraction * len(lots))))]
+    return train_idx[np.isin(np.asarray(groups)[train_idx], keep)]
+
+
+def fold_cache(work: Path, method: str, fold: int, fraction: float = 1.0) -> Path:
+    """The cache file of one (method, training fraction, fold); fraction 1 is the plain protocol's."""
+    tag = "" if fraction == 1 else f"_frac{fraction:g}"
+    return Path(work) / f"{method.replace('/', '_')}{tag}_fold{fold}.json"
+
+
 # Constructor parameters that change how a model reports progress or how many cores it uses, not
 # what it learns: left out of a cache's identity.
 NOT_RESULT_PARAMS = ("progress", "verbose", "n_jobs")
@@ -126,43 +145,80 @@ def resolved_params(clf) -> dict:
     return {k: _jsonable(v) for k, v in sorted(clf.get_params().items()) if k not in NOT_RESULT_PARAMS}
 
 
-def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Path, seed: int = 0) -> dict:
-    """Fit ``method`` on fold ``fold``'s training lots + ``synthetic`` synthetic maps
-    (``generate(synthetic, seed=1000 + fold)``) and cache its test-fold probabilities under ``work``."""
+def method_params(method: str, seed: int = 0) -> dict:
+    """The resolved parameters ``method`` stands for today (defaults included)."""
+    from waferscope import registry
+
+    name, params = parse_method(method)
+    return resolved_params(registry.create(name, "classifier", seed=seed, **params))
+
+
+def cached_record(cache: Path, params: dict, synthetic: int) -> dict | None:
+    """The record in ``cache`` if it was made with these parameters and synthetic count, else None.
+
+    A cache made under other defaults (e.g. before a default changed) is stale and is refit; caches
+    written before params were recorded carry none and are trusted."""
     import json
+
+    if not cache.exists():
+        return None
+    rec = json.loads(cache.read_text())
+    if rec.get("params", params) == params and rec.get("synthetic", synthetic) == synthetic:
+        return rec
+    return None
+
+
+def fit_and_predict(method: str, train, test, seed: int = 0) -> dict:
+    """Fit ``method`` on ``train``; its test probabilities, classes, parameters and timings as a JSON-able record."""
     import time
 
     from waferscope import registry
-    from waferscope.data import WaferDataset
-    from waferscope.data.synthetic import generate
-    from waferscope.utils import atomic_path
 
     name, params = parse_method(method)
     clf = registry.create(name, "classifier", seed=seed, **params)
     resolved = resolved_params(clf)
-    cache = work / f"{method.replace('/', '_')}_fold{fold}.json"
-    if cache.exists():
-        rec = json.loads(cache.read_text())
-        # A cache made under other defaults (e.g. before a default changed) is stale; caches written
-        # before params were recorded carry none and are trusted.
-        if rec.get("params", resolved) == resolved and rec.get("synthetic", synthetic) == synthetic:
-            return rec
-    train_idx, test_idx = folds[fold]
-    parts = [generate(synthetic, seed=1000 + fold)] if synthetic else []
-    train = WaferDataset.concat(parts + [pooled.subset(train_idx)], name=f"fold{fold}-train")
-    test = pooled.subset(test_idx)
     t0 = time.perf_counter()
     clf.fit(train)
     t1 = time.perf_counter()
     proba = np.asarray(clf.predict_proba(test), dtype=float)
     t2 = time.perf_counter()
-    rec = {"method": method, "params": resolved, "fold": fold, "synthetic": synthetic, "classes": [str(c) for c in clf.classes_],
-           "test_index": test_idx.tolist(), "proba": proba.round(6).tolist(),
-           "train_seconds": t1 - t0, "wafers_per_second": len(test) / max(t2 - t1, 1e-9)}
-    work.mkdir(parents=True, exist_ok=True)
+    return {"method": method, "params": resolved, "classes": [str(c) for c in clf.classes_],
+            "proba": proba.round(6).tolist(),
+            "train_seconds": t1 - t0, "wafers_per_second": len(test) / max(t2 - t1, 1e-9)}
+
+
+def write_record(cache: Path, rec: dict) -> dict:
+    import json
+
+    from waferscope.utils import atomic_path
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp:
         tmp.write_text(json.dumps(rec))
     return rec
+
+
+def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Path, seed: int = 0,
+                 fraction: float = 1.0, groups=None) -> dict:
+    """Fit ``method`` on fold ``fold``'s training lots + ``synthetic`` synthetic maps
+    (``generate(synthetic, seed=1000 + fold)``) and cache its test-fold probabilities under ``work``.
+    ``fraction`` < 1 keeps that part of the training lots (whole lots, seeded by the fold; needs ``groups``)."""
+    from waferscope.data import WaferDataset
+    from waferscope.data.synthetic import generate
+
+    cache = fold_cache(work, method, fold, fraction)
+    rec = cached_record(cache, method_params(method, seed), synthetic)
+    if rec is not None:
+        return rec
+    train_idx, test_idx = folds[fold]
+    if fraction != 1:
+        train_idx = lot_subsample(train_idx, groups, fraction, seed=fold)
+    parts = [generate(synthetic, seed=1000 + fold)] if synthetic else []
+    train = WaferDataset.concat(parts + [pooled.subset(train_idx)], name=f"fold{fold}-train")
+    rec = fit_and_predict(method, train, pooled.subset(test_idx), seed=seed)
+    rec.update(fold=fold, synthetic=synthetic, fraction=fraction, n_real_train=int(len(train_idx)),
+               test_index=test_idx.tolist())
+    return write_record(cache, rec)
 
 
 def lot_kfold_report(records: list[dict], pooled, set_of) -> dict:
@@ -212,8 +268,10 @@ def average_records(members: list[list[dict]]) -> list[dict]:
 
 
 def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic: int = 1500,
-              work: str | Path = "results/lot_kfold", seed: int = 0, progress=None) -> dict[str, dict]:
-    """The lot-grouped protocol for each method (``a+b`` averages members' probabilities): name → report."""
+              work: str | Path = "results/lot_kfold", seed: int = 0, progress=None,
+              fraction: float = 1.0) -> dict[str, dict]:
+    """The lot-grouped protocol for each method (``a+b`` averages members' probabilities): name → report.
+    ``fraction`` < 1 trains each fold on that part of its real training lots (test folds unchanged)."""
     pooled, set_of, groups = pool_sets(sets)
     all_folds = lot_folds(pooled.labels, groups)
     work = Path(work)
@@ -229,7 +287,70 @@ def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic
             for k in fold_ids:
                 if progress:
                     progress(f"{m} fold {k}")
-                mrecs.append(run_lot_fold(m, k, pooled, all_folds, synthetic, work, seed=seed))
+                mrecs.append(run_lot_fold(m, k, pooled, all_folds, synthetic, work, seed=seed,
+                                          fraction=fraction, groups=groups))
             recs.append(mrecs)
         reports[method] = lot_kfold_report(recs[0] if len(recs) == 1 else average_records(recs), pooled, set_of)
+        reports[method]["n_real_train"] = float(np.mean([r.get("n_real_train", np.nan) for r in recs[0]]))
     return reports
+
+
+def learning_curve(method: str, sets: dict, fractions: Iterable[float], **kwargs) -> list[tuple[float, dict]]:
+    """The lot protocol of ``method`` at each training fraction: [(fraction, report)], reports as
+    :func:`lot_kfold`'s plus ``n_real_train`` (mean real training maps per fold)."""
+    return [(f, lot_kfold([method], sets, fraction=f, **kwargs)[method]) for f in fractions]
+
+
+def plot_learning_curve(points: list[tuple[float, dict]], method: str, out: str | Path) -> None:
+    """Macro-F1 and per-class F1 against real training maps per fold (log-2 axis), written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from waferscope.utils import atomic_path
+
+    points = sorted(points, key=lambda p: p[1]["n_real_train"])
+    x = [rep["n_real_train"] for _, rep in points]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c in points[0][1]["per_class_f1"]:
+        ax.plot(x, [rep["per_class_f1"][c] for _, rep in points], lw=1, alpha=0.6, marker=".", label=c)
+    ax.plot(x, [rep["macro_f1"] for _, rep in points], lw=3, color="black", marker="o", label="macro-F1")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [f"{n:,.0f}" for n in x])
+    ax.set_xlabel("real labelled training maps per fold, whole lots (+ synthetic)")
+    ax.set_ylabel("F1 on the held-out lot folds")
+    ax.set_title(f"{method}: lot learning curve on dev + dev2 (5 lot-grouped folds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(Path(out)) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def cross_set(method: str, sets: dict, *, synthetic: int = 1500, work: str | Path = "results/lot_kfold",
+              seed: int = 0, progress=None) -> dict[str, dict]:
+    """How much each set adds: for each ordered pair of the two sets, ``method`` trained on one
+    (+ ``generate(synthetic, seed=1000)``) and scored on all of the other. "A->B" → score_predictions'
+    report; each direction cached under ``work``."""
+    from waferscope.data import WaferDataset
+    from waferscope.data.synthetic import generate
+    from waferscope.errors import ConfigError
+
+    if len(sets) != 2:
+        raise ConfigError(f"the cross-set protocol needs exactly two labelled sets, got {len(sets)}")
+    parse_method(method)
+    out = {}
+    for a, b in (tuple(sets), tuple(sets)[::-1]):
+        cache = Path(work) / f"{method.replace('/', '_')}_cross_{a}_to_{b}.json"
+        rec = cached_record(cache, method_params(method, seed), synthetic)
+        if rec is None:
+            if progress:
+                progress(f"{method} {a} -> {b}")
+            parts = [generate(synthetic, seed=1000)] if synthetic else []
+            train = WaferDataset.concat(parts + [sets[a]], name=f"{a}-train")
+            rec = write_record(cache, {**fit_and_predict(method, train, sets[b], seed=seed), "synthetic": synthetic})
+        pred = np.asarray(rec["classes"])[np.asarray(rec["proba"]).argmax(1)]
+        out[f"{a}->{b}"] = {**score_predictions(sets[b].labels, pred), "train_seconds": rec["train_seconds"]}
+    return out

@@ -72,7 +72,12 @@ def check_trees(trees: dict[str, np.ndarray], n_features: int) -> None:
     n_nodes = len(trees["feature"])
     if any(len(trees[k]) != n_nodes for k in TREE_ARRAYS):
         raise ValueError("tree arrays of different lengths")
-    inner = ~trees["is_leaf"].astype(bool)
+    check_node_indices(trees, ~trees["is_leaf"].astype(bool), n_features)
+
+
+def check_node_indices(trees: dict[str, np.ndarray], inner: np.ndarray, n_features: int) -> None:
+    """ValueError unless the children and features of the ``inner`` nodes, and the roots, are in range."""
+    n_nodes = len(trees["feature"])
     for name, bound in (("left", n_nodes), ("right", n_nodes), ("feature", n_features)):
         index = trees[name][inner]
         if index.size and (index.min() < 0 or index.max() >= bound):

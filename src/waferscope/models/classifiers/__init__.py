@@ -3,6 +3,7 @@
 - ``cnn``, ``resnet18``: PyTorch networks on the resized one-hot wafer map (:mod:`.cnn`)
 - ``svm-linear``, ``svm-rbf``: the handcrafted WM-811K features + one-vs-one SVM (:mod:`.svm`)
 - ``gbm``: gradient-boosted trees on the 120 extended features (:mod:`.gbm`)
+- ``extra_trees``: an extremely-randomised forest on the same features (:mod:`.extra_trees`)
 
 :func:`load_default` returns a bundled classifier (by default the one `classify` uses for labels).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from waferscope.models.classifiers import cnn, gbm, svm  # noqa: F401  (registers cnn, resnet18, gbm, svm-*)
+from waferscope.models.classifiers import cnn, extra_trees, gbm, svm  # noqa: F401  (registers cnn, resnet18, gbm, extra_trees, svm-*)
 
 _WEIGHTS = Path(__file__).resolve().parent.parent.parent / "weights"
 # The classifiers shipped with waferscope, named by what they are (scripts/train_bundled_classifier.py

@@ -1,0 +1,149 @@
+"""Analyses of the cached held-out predictions of the lot-grouped protocol
+(:func:`waferscope.evaluate.classification.lot_kfold`'s per-(method, fold) caches), no refitting:
+
+- :func:`prior_shift` — the pooled predictions re-drawn in other class mixes (``dev``, ``wm811k``,
+  ``defects``, ``half-none``), each draw scored three ways (:mod:`waferscope.models.classifiers.prior`):
+  ``balanced`` (the probabilities as they are), ``given`` (moved to the mix's true proportions) and
+  ``estimate`` (moved to the mix EM estimates from the draw's own probabilities, no labels).
+  Resampling cannot add information the sets lack; it shows what the class mix does to each
+  class's precision and how much of that the prior correction takes back.
+- :func:`plot_errors` — a gallery of the most frequent (label → prediction) confusions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from waferscope.evaluate.classification import N_FOLDS, average_records, fold_cache
+
+
+def pooled_predictions(method: str, work: str | Path, n_maps: int) -> tuple[list[str], np.ndarray]:
+    """(classes, probabilities of every pooled map) from the 5 cached lot folds of ``method``
+    (``a+b`` averages members); a DataError naming ``work`` when a fold was not run."""
+    import json
+
+    from waferscope.errors import DataError
+
+    members = []
+    for m in method.split("+"):
+        paths = [fold_cache(Path(work), m, k) for k in range(N_FOLDS)]
+        missing = [p.name for p in paths if not p.exists()]
+        if missing:
+            raise DataError(f"{m} has not been run on every fold (no {missing[0]}); run "
+                            f"`waferscope evaluate classifiers {m} --work {work}` first", work)
+        members.append([json.loads(p.read_text()) for p in paths])
+    recs = members[0] if len(members) == 1 else average_records(members)
+    proba = np.full((n_maps, len(recs[0]["classes"])), np.nan)
+    for r in recs:
+        proba[np.asarray(r["test_index"])] = r["proba"]
+    if np.isnan(proba[:, 0]).any():
+        raise DataError(f"the cached folds of {method} do not cover the {n_maps} pooled maps; were they run on "
+                        "other sets?", work)
+    return list(recs[0]["classes"]), proba
+
+
+def per_class_f1(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """F1 of each class 0..n-1 from integer labels (scikit-learn's arithmetic, fast enough for
+    thousands of scorings; 0 where a class has no support and no prediction)."""
+    cm = np.bincount(truth * n + pred, minlength=n * n).reshape(n, n)
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(0) + cm.sum(1)
+    return np.divide(2 * tp, denom, out=np.zeros(n), where=denom > 0)
+
+
+def mixes(classes: list[str], y: np.ndarray) -> dict[str, np.ndarray]:
+    """The class mixes of the analysis, as proportions over ``classes``."""
+    from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS
+
+    own = np.array([np.mean(y == c) for c in classes])
+    wm = np.array([WM811K_LABELLED_COUNTS[c] for c in classes], np.float64)
+    defects = np.where(np.array(classes) == "none", 0.0, wm)
+    half = np.where(np.array(classes) == "none", 0.5, 0.5 / (len(classes) - 1))
+    return {"dev": own, "wm811k": wm / wm.sum(), "defects": defects / defects.sum(), "half-none": half}
+
+
+def score_mix(classes, y, proba, mix, draws: int, size: int, seed: int) -> dict:
+    """``draws`` samples of ``size`` maps in the proportions ``mix`` (each class drawn with
+    replacement from its own predictions), scored balanced / given / estimate."""
+    from waferscope.models.classifiers.prior import adjust_to_prior, estimate_prior
+
+    rng = np.random.default_rng(seed)
+    names = np.asarray(classes)
+    codes = np.array([classes.index(c) for c in y])
+    base = np.full(len(classes), 1.0 / len(classes))
+    present = mix > 0
+    results = {"balanced": [], "given": [], "estimate": []}
+    per_class = {k: [] for k in results}
+    estimates = []
+    for _ in range(draws):
+        idx = np.concatenate([rng.choice(np.flatnonzero(y == c), size=max(1, int(round(share * size))))
+                              for c, share in zip(classes, mix) if share > 0])
+        p, truth = proba[idx], codes[idx]
+        estimated, _ = estimate_prior(p, base)
+        estimates.append(estimated)
+        for name, target in (("balanced", base), ("given", mix), ("estimate", estimated)):
+            f1 = per_class_f1(truth, adjust_to_prior(p, base, target).argmax(1), len(classes))[present]
+            results[name].append(f1.mean())
+            per_class[name].append(dict(zip(names[present], f1)))
+    out = {name: {"macro_f1_mean": float(np.mean(v)), "macro_f1_sd": float(np.std(v)),
+                  "per_class": {c: float(np.mean([d[c] for d in per_class[name]])) for c in per_class[name][0]}}
+           for name, v in results.items()}
+    out["estimated_mix"] = dict(zip(classes, np.mean(estimates, 0).round(4).tolist()))
+    out["true_mix"] = dict(zip(classes, mix.round(4).tolist()))
+    return out
+
+
+def prior_shift(method: str, labels, work: str | Path, draws: int = 20, size: int = 20_000,
+                seed: int = 0) -> dict[str, dict]:
+    """Mix name → :func:`score_mix` report for ``method``'s cached lot-fold predictions of the pooled
+    maps whose labels are ``labels`` (the ``dev`` mix is the pooled sets' own)."""
+    y = np.asarray(labels).astype(str)
+    classes, proba = pooled_predictions(method, work, len(y))
+    return {name: score_mix(classes, y, proba, mix, draws, size, seed) for name, mix in mixes(classes, y).items()}
+
+
+def confusions(method: str, pooled, work: str | Path) -> tuple[np.ndarray, Counter]:
+    """(pooled predictions, Counter of (label, prediction) errors) of ``method``'s cached lot folds."""
+    classes, proba = pooled_predictions(method, work, len(pooled))
+    pred = np.asarray(classes)[proba.argmax(1)]
+    truth = pooled.labels.astype(str)
+    return pred, Counter((t, p) for t, p in zip(truth, pred) if t != p)
+
+
+def plot_errors(method: str, pooled, work: str | Path, out: str | Path, pairs: int = 6,
+                per_pair: int = 8) -> list[tuple[tuple[str, str], int]]:
+    """Draw the first ``per_pair`` maps (pooled order) of each of the ``pairs`` most frequent
+    confusions to the PNG ``out`` (atomically); returns [((label, prediction), count)]. A DataError
+    when there is no error to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from waferscope.data.render import render_map
+    from waferscope.errors import DataError
+    from waferscope.utils import atomic_path
+
+    pred, counts = confusions(method, pooled, work)
+    top = counts.most_common(pairs)
+    if not top:
+        raise DataError(f"{method} made no errors, so there is nothing to draw", work)
+    truth = pooled.labels.astype(str)
+    fig, axes = plt.subplots(len(top), per_pair, figsize=(1.6 * per_pair, 1.8 * len(top)), squeeze=False)
+    for row, ((label, predicted), count) in enumerate(top):
+        index = np.flatnonzero((truth == label) & (pred == predicted))
+        for col in range(per_pair):
+            axes[row, col].axis("off")
+            if col < len(index):
+                axes[row, col].imshow(render_map(pooled.maps[index[col]]), interpolation="nearest")
+        axes[row, 0].set_title(f"label {label} → predicted {predicted} ({count} maps)", fontsize=9, loc="left")
+    fig.suptitle(f"{method} errors on the pooled real maps (lot-grouped 5-fold): the {len(top)} most frequent "
+                 f"confusions, first {per_pair} maps each\n(grey = pass, orange = fail)", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(Path(out)) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return top
