@@ -291,7 +291,9 @@ def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic
                                           fraction=fraction, groups=groups))
             recs.append(mrecs)
         reports[method] = lot_kfold_report(recs[0] if len(recs) == 1 else average_records(recs), pooled, set_of)
-        reports[method]["n_real_train"] = float(np.mean([r.get("n_real_train", np.nan) for r in recs[0]]))
+        # caches written before n_real_train was recorded: at fraction 1 it is the fold's training size
+        reports[method]["n_real_train"] = float(np.mean(
+            [r.get("n_real_train", len(all_folds[k][0]) if fraction == 1 else np.nan) for k, r in zip(fold_ids, recs[0])]))
     return reports
 
 
@@ -320,7 +322,7 @@ def plot_learning_curve(points: list[tuple[float, dict]], method: str, out: str 
     ax.set_xticks(x, [f"{n:,.0f}" for n in x])
     ax.set_xlabel("real labelled training maps per fold, whole lots (+ synthetic)")
     ax.set_ylabel("F1 on the held-out lot folds")
-    ax.set_title(f"{method}: lot learning curve on dev + dev2 (5 lot-grouped folds)")
+    ax.set_title(f"{method}: lot learning curve on dev + dev2\n(5 lot-grouped folds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
