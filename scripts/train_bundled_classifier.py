@@ -3,17 +3,17 @@ src/waferscope/weights/classifier_cnn_gradcam/, the accurate one (``gbm``) in cl
 ``cnn_fine`` distilled from the accurate one in classifier_cnn_distilled/.
 
     python scripts/train_bundled_classifier.py --threads 1  # the fast bundled model, as committed
-    python scripts/train_bundled_classifier.py --model gbm --threads 2 \
+    python scripts/train_bundled_classifier.py --model gbm --threads 1 \
         --out src/waferscope/weights/classifier_gbm   # the accurate bundled model, as committed
-    python scripts/train_bundled_classifier.py --threads 1 --synthetic 0 \
-        --set teacher=bundled:gbm distil_synthetic=12000 epochs=30 localise=0 \
+    python scripts/train_bundled_classifier.py --threads 1 --synthetic 1500 \
+        --set teacher=bundled:gbm distil_synthetic=6000 epochs=30 localise=0 \
         --out src/waferscope/weights/classifier_cnn_distilled  # the distilled one (after the accurate one)
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 
 Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024, mask=--mask)``) plus every
 labelled real WM-811K map (``shared/data/wm811k/wm811k_dev.npz`` and, unless ``--dev2 ''``,
 ``wm811k_dev2.npz`` beside the repo: 5,406 maps; the bundled ``gbm`` is trained on both since
-2026-12-03, the two networks still on dev only, docs/classification_real.md), with the ``cnn_fine``
+2026-12-03, and so is the distilled network; ``cnn_gradcam`` still on dev only, docs/classification_real.md), with the ``cnn_fine``
 defaults otherwise (the compact CNN with a die-resolution head: its Grad-CAM maps are 48×48 at 48
 px, and its localisation loss teaches them to sit on the synthetic maps' masks; the real maps have
 no masks and train the classification loss only). 12,000 synthetic maps rather than 6,000: the
