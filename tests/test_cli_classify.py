@@ -167,7 +167,7 @@ def test_distilled_bundled_model_is_cnn_fine_taught_by_gbm(tmp_path, monkeypatch
     assert sum(p.stat().st_size for p in BUNDLED["cnn_distilled"].iterdir()) < 1_000_000
     clf = load_default("cnn_distilled")
     assert clf.registry_name == "cnn_fine" and clf.classes_ == list(CLASSES)
-    assert clf.distilled_from_ == "bundled:accurate"
+    assert clf.distilled_from_ == "bundled:gbm"  # its teacher, the bundled gbm (named "accurate" before 2026-12-03)
     ds = generate(n=45, seed=77)
     assert (clf.predict(ds) == ds.labels).mean() > 0.7  # synthetic maps it was not trained on
     # the old name still works: a deprecation note, and outputs name the model by its new name
