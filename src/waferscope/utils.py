@@ -44,6 +44,8 @@ def save_npy(path: str | Path, array) -> None:
     """``array`` as float32 ``.npy`` at ``path``, written to a temp name beside it and renamed."""
     import numpy as np
 
+    # Not atomic_path: that creates missing parent folders, and a Dask task still running after its
+    # run failed would then re-create the staging folder the driver has just removed.
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:

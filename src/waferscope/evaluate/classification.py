@@ -216,8 +216,7 @@ def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Pa
     parts = [generate(synthetic, seed=1000 + fold)] if synthetic else []
     train = WaferDataset.concat(parts + [pooled.subset(train_idx)], name=f"fold{fold}-train")
     rec = fit_and_predict(method, train, pooled.subset(test_idx), seed=seed)
-    rec.update(fold=fold, synthetic=synthetic, fraction=fraction, n_real_train=int(len(train_idx)),
-               test_index=test_idx.tolist())
+    rec.update(fold=fold, synthetic=synthetic, fraction=fraction, test_index=test_idx.tolist())
     return write_record(cache, rec)
 
 
@@ -291,9 +290,9 @@ def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic
                                           fraction=fraction, groups=groups))
             recs.append(mrecs)
         reports[method] = lot_kfold_report(recs[0] if len(recs) == 1 else average_records(recs), pooled, set_of)
-        # caches written before n_real_train was recorded: at fraction 1 it is the fold's training size
+        # derived from the folds (the subsample is seeded by the fold), so caches need not carry it
         reports[method]["n_real_train"] = float(np.mean(
-            [r.get("n_real_train", len(all_folds[k][0]) if fraction == 1 else np.nan) for k, r in zip(fold_ids, recs[0])]))
+            [len(lot_subsample(all_folds[k][0], groups, fraction, seed=k)) for k in fold_ids]))
     return reports
 
 
