@@ -201,3 +201,48 @@ def test_cross_set_scores_each_direction_on_all_of_the_other_set(tmp_path):
 
     with pytest.raises(ConfigError, match="exactly two"):
         ev.cross_set(TINY_GBM, {"dev": a}, work=tmp_path / "w")
+
+
+# ---- student check ---------------------------------------------------------------------------------
+TINY_CNN = "cnn:size=16,epochs=4,width=4,progress=false"
+TINY_STUDENT = "kd_student:size=16,epochs=1,width=2,head=8,progress=false"
+
+
+def test_student_retention_distils_each_folds_teacher(tmp_path):
+    """One teacher per fold, kept and reused; the student's cache names its teacher and is read back."""
+    from waferscope.evaluate.student import student_retention
+
+    a, _ = _labelled_set(tmp_path, "dev", 45, 1, 9)
+    b, _ = _labelled_set(tmp_path, "dev2", 45, 2, 9)
+    sets, work = {"dev": a, "dev2": b}, tmp_path / "w"
+    rep = student_retention(TINY_CNN, TINY_STUDENT, sets, folds=[0, 1], synthetic=0, work=work)
+    assert rep["folds"] == [0, 1] and len(rep["retention_per_fold"]) == 2
+    assert rep["student_parameters"] < rep["teacher_parameters"]
+    assert rep["parameter_ratio"] == pytest.approx(100 * rep["student_parameters"] / rep["teacher_parameters"])
+    assert 0 <= rep["agreement"] <= 1
+    assert (work / "models" / f"{TINY_CNN}_fold0" / "model.json").is_file()
+    student_cache = work / f"{TINY_STUDENT}@{TINY_CNN}_fold1.json"
+    assert json.loads(student_cache.read_text())["params"]["teacher"]["width"] == 4
+    # the teacher's cache is the plain protocol's: `evaluate classifiers TEACHER` reads it
+    assert ev.lot_kfold([TINY_CNN], sets, folds=[0, 1], synthetic=0, work=work)[TINY_CNN]["macro_f1"] == \
+        pytest.approx(rep["teacher_report"]["macro_f1"])
+    before = student_cache.stat().st_mtime_ns
+    again = student_retention(TINY_CNN, TINY_STUDENT, sets, folds=[0, 1], synthetic=0, work=work)
+    assert json.dumps(again) == json.dumps(rep)  # (a tiny teacher may score 0: NaN retention, equal as text)
+    assert student_cache.stat().st_mtime_ns == before
+
+
+def test_cli_student_and_its_bad_input(capsys, tmp_path):
+    _, a = _labelled_set(tmp_path, "dev", 45, 1, 9)
+    _, b = _labelled_set(tmp_path, "dev2", 45, 2, 9)
+    code, out, err = invoke(capsys, "evaluate", "student", TINY_CNN, TINY_STUDENT, "--fold", "0", "--synthetic", "0",
+                            "--dev", a, "--dev2", b, "--work", tmp_path / "w", "--out", tmp_path / "r.png")
+    assert code == 0, err
+    assert "fold 0: teacher" in out and "retention mean over folds" in out and "parameters" in out
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    code, _, err = invoke(capsys, "evaluate", "student", TINY_CNN, "gbm", "--dev", a, "--dev2", b)
+    assert code == 2 and "gbm does not learn from a teacher" in err and "kd_student" in err
+    code, _, err = invoke(capsys, "evaluate", "student", "no_such_model", TINY_STUDENT, "--dev", a, "--dev2", b)
+    assert code == 2 and "unknown classifier 'no_such_model'" in err
+    code, _, err = invoke(capsys, "evaluate", "student", TINY_CNN, TINY_STUDENT, "--fold", "7", "--dev", a, "--dev2", b)
+    assert code == 2 and "--fold must be 0..4" in err

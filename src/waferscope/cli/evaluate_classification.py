@@ -183,6 +183,45 @@ def errors(
     typer.echo(f"wrote {out}")
 
 
+def student(
+    teacher: str = typer.Argument(..., help="The teacher: a registered classifier, optionally name:param=value,..."),
+    student: str = typer.Argument(..., help="The student: a classifier that learns from a teacher (kd_student, "
+                                  "cnn_fine), optionally name:param=value,..."),
+    folds: List[int] = typer.Option([], "--fold", help="Run only this fold (0-4); repeatable (default: all 5)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also draw teacher vs student per fold to this PNG"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Append the report as one JSON line"),
+    synthetic: int = SYNTHETIC_OPT, dev: Optional[Path] = DEV_OPT, dev2: Optional[Path] = DEV2_OPT,
+    work: Path = WORK_OPT, threads: int = THREADS_OPT,
+) -> None:
+    """Student check on the lot protocol: one teacher per fold, the student distilled from it; retention, size."""
+    from waferscope.benchmark.measure import append_json_line
+    from waferscope.evaluate import classification as ev
+    from waferscope.evaluate.student import check_student, plot_retention, student_retention
+
+    bad = [k for k in folds if not 0 <= k < ev.N_FOLDS]
+    if bad:
+        raise ConfigError(f"--fold must be 0..{ev.N_FOLDS - 1}, got {bad[0]}")
+    ev.parse_method(teacher)
+    check_student(student)
+    sets = _sets_and_threads(dev, dev2, threads)
+    rep = student_retention(teacher, student, sets, folds=folds or range(ev.N_FOLDS), synthetic=synthetic,
+                            work=work, progress=lambda msg: typer.echo(msg, err=True))
+    t, s = rep["teacher_report"], rep["student_report"]
+    for k, tf, sf, r in zip(rep["folds"], t["per_fold"], s["per_fold"], rep["retention_per_fold"]):
+        typer.echo(f"fold {k}: teacher {tf:.4f}  student {sf:.4f}  retention {r:.1f} %")
+    params = (f"; parameters {rep['student_parameters']:,} / {rep['teacher_parameters']:,} = "
+              f"{rep['parameter_ratio']:.1f} %" if rep["parameter_ratio"] else "")
+    typer.echo(f"pooled macro-F1: teacher {t['macro_f1']:.4f}, student {s['macro_f1']:.4f} "
+               f"({rep['retention_pooled']:.1f} %); retention mean over folds {rep['retention_mean']:.1f} %{params}; "
+               f"agreement {100 * rep['agreement']:.1f} %; test-fold wafers/s teacher {t['wafers_per_second']:,.0f}, "
+               f"student {s['wafers_per_second']:,.0f} (the speed benchmark: benchmarks/bench_student.py)")
+    if out is not None:
+        plot_retention(rep, out)
+        typer.echo(f"wrote {out}")
+    if json_out is not None:
+        append_json_line(json_out, rep)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `evaluate` group."""
     app.command("heldout")(heldout)
@@ -191,3 +230,4 @@ def register(app: typer.Typer) -> None:
     app.command("cross-set")(cross_set)
     app.command("prior-shift")(prior_shift)
     app.command("errors")(errors)
+    app.command("student")(student)

@@ -168,8 +168,11 @@ def cached_record(cache: Path, params: dict, synthetic: int) -> dict | None:
     return None
 
 
-def fit_and_predict(method: str, train, test, seed: int = 0) -> dict:
-    """Fit ``method`` on ``train``; its test probabilities, classes, parameters and timings as a JSON-able record."""
+def fit_and_predict(method: str, train, test, seed: int = 0, fit_kwargs: dict | None = None,
+                    save_to: Path | None = None) -> dict:
+    """Fit ``method`` on ``train``; its test probabilities, classes, parameters, size and timings as a
+    JSON-able record. ``fit_kwargs`` go to ``fit`` (e.g. a fitted ``teacher``); ``save_to`` also saves
+    the fitted model there (a run directory)."""
     import time
 
     from waferscope import registry
@@ -178,12 +181,16 @@ def fit_and_predict(method: str, train, test, seed: int = 0) -> dict:
     clf = registry.create(name, "classifier", seed=seed, **params)
     resolved = resolved_params(clf)
     t0 = time.perf_counter()
-    clf.fit(train)
+    clf.fit(train, **(fit_kwargs or {}))
     t1 = time.perf_counter()
     proba = np.asarray(clf.predict_proba(test), dtype=float)
     t2 = time.perf_counter()
+    if save_to is not None:
+        clf.save(save_to)
+    network = getattr(clf, "network_", None)
     return {"method": method, "params": resolved, "classes": [str(c) for c in clf.classes_],
             "proba": proba.round(6).tolist(),
+            "n_parameters": None if network is None else int(sum(p.numel() for p in network.parameters())),
             "train_seconds": t1 - t0, "wafers_per_second": len(test) / max(t2 - t1, 1e-9)}
 
 
@@ -198,25 +205,32 @@ def write_record(cache: Path, rec: dict) -> dict:
     return rec
 
 
-def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Path, seed: int = 0,
-                 fraction: float = 1.0, groups=None) -> dict:
-    """Fit ``method`` on fold ``fold``'s training lots + ``synthetic`` synthetic maps
-    (``generate(synthetic, seed=1000 + fold)``) and cache its test-fold probabilities under ``work``.
-    ``fraction`` < 1 keeps that part of the training lots (whole lots, seeded by the fold; needs ``groups``)."""
+def fold_train_test(pooled, folds, fold: int, synthetic: int, fraction: float = 1.0, groups=None):
+    """(training set, test set) of lot fold ``fold``: its training lots (``fraction`` < 1: that part of
+    them, whole lots seeded by the fold; needs ``groups``) + ``generate(synthetic, seed=1000 + fold)``."""
     from waferscope.data import WaferDataset
     from waferscope.data.synthetic import generate
 
-    cache = fold_cache(work, method, fold, fraction)
-    rec = cached_record(cache, method_params(method, seed), synthetic)
-    if rec is not None:
-        return rec
     train_idx, test_idx = folds[fold]
     if fraction != 1:
         train_idx = lot_subsample(train_idx, groups, fraction, seed=fold)
     parts = [generate(synthetic, seed=1000 + fold)] if synthetic else []
-    train = WaferDataset.concat(parts + [pooled.subset(train_idx)], name=f"fold{fold}-train")
-    rec = fit_and_predict(method, train, pooled.subset(test_idx), seed=seed)
-    rec.update(fold=fold, synthetic=synthetic, fraction=fraction, test_index=test_idx.tolist())
+    return (WaferDataset.concat(parts + [pooled.subset(train_idx)], name=f"fold{fold}-train"),
+            pooled.subset(test_idx))
+
+
+def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Path, seed: int = 0,
+                 fraction: float = 1.0, groups=None, save_to: Path | None = None) -> dict:
+    """Fit ``method`` on fold ``fold``'s training set (:func:`fold_train_test`) and cache its test-fold
+    probabilities under ``work``. With ``save_to``, the fitted model is also kept there (and a cached
+    record without that model is refit)."""
+    cache = fold_cache(work, method, fold, fraction)
+    rec = cached_record(cache, method_params(method, seed), synthetic)
+    if rec is not None and (save_to is None or (Path(save_to) / "model.json").is_file()):
+        return rec
+    train, test = fold_train_test(pooled, folds, fold, synthetic, fraction, groups)
+    rec = fit_and_predict(method, train, test, seed=seed, save_to=save_to)
+    rec.update(fold=fold, synthetic=synthetic, fraction=fraction, test_index=folds[fold][1].tolist())
     return write_record(cache, rec)
 
 
