@@ -81,3 +81,35 @@ def test_bad_distillation_settings_fail_before_training(bad, synth):
     with pytest.raises(ConfigError, match="distil"):
         registry.create("cnn_fine", "classifier", **FAST, **bad).fit(synth, teacher=teacher)
     assert teacher.seen == 0
+
+
+def test_unlabelled_maps_are_real_transfer_maps_labelled_by_the_teacher(synth, capsys):
+    """Unlabelled maps in the training set: the teacher's arg-max labels them (hard term), its
+    probabilities are their soft targets; without a teacher they are skipped with a note."""
+    from waferscope.data import WaferDataset
+
+    unlabelled = generate(n=12, seed=9)
+    unlabelled.labels[:] = ""
+    mixed = WaferDataset.concat([synth, unlabelled])
+    row = np.eye(len(CLASSES))[CLASSES.index("Scratch")] * 0.9 + 0.1 / len(CLASSES)
+    teacher = RecordingTeacher(CLASSES, row)
+    captured = {}
+    cls = registry.get("cnn_fine", "classifier")
+    original = cls._soft_targets
+
+    def spy(self, dataset):  # the maps the network trains on (validation split left out)
+        captured["labels"] = dataset.labels.astype(str)
+        return original(self, dataset)
+
+    cls._soft_targets = spy
+    try:
+        student = registry.create("cnn_fine", "classifier", val_fraction=0.0, **FAST).fit(mixed, teacher=teacher)
+    finally:
+        cls._soft_targets = original
+    # 12 maps labelled once for their hard labels and once for soft targets with the rest
+    assert teacher.seen == 12 + len(mixed)
+    assert len(captured["labels"]) == len(mixed) and (captured["labels"] == "Scratch").sum() == \
+        (synth.labels.astype(str) == "Scratch").sum() + 12
+    assert "skipping" not in capsys.readouterr().err and student.distilled_from_ == "RecordingTeacher"
+    registry.create("cnn_fine", "classifier", **FAST).fit(mixed)
+    assert "skipping 12 unlabelled map(s)" in capsys.readouterr().err

@@ -240,6 +240,17 @@ def test_cli_student_and_its_bad_input(capsys, tmp_path):
     assert code == 0, err
     assert "fold 0: teacher" in out and "retention mean over folds" in out and "parameters" in out
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    # unlabelled transfer maps: a cache of their own beside the plain student's
+    u = generate(12, seed=5)
+    u.labels[:] = ""
+    write_parquet(u, tmp_path / "u.parquet")
+    code, out, err = invoke(capsys, "evaluate", "student", TINY_CNN, TINY_STUDENT, "--fold", "0", "--synthetic", "0",
+                            "--dev", a, "--dev2", b, "--work", tmp_path / "w", "--unlabelled", tmp_path / "u.parquet")
+    assert code == 0, err
+    assert (tmp_path / "w" / f"{TINY_STUDENT}@{TINY_CNN}+12unlabelled_fold0.json").is_file()
+    code, _, err = invoke(capsys, "evaluate", "student", TINY_CNN, TINY_STUDENT, "--fold", "0", "--dev", a,
+                          "--dev2", b, "--work", tmp_path / "w", "--unlabelled", a)
+    assert code == 2 and "must hold unlabelled maps only" in err and "dev.parquet" in err
     code, _, err = invoke(capsys, "evaluate", "student", TINY_CNN, "gbm", "--dev", a, "--dev2", b)
     assert code == 2 and "gbm does not learn from a teacher" in err and "kd_student" in err
     code, _, err = invoke(capsys, "evaluate", "student", "no_such_model", TINY_STUDENT, "--dev", a, "--dev2", b)

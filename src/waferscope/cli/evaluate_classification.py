@@ -190,6 +190,9 @@ def student(
     folds: List[int] = typer.Option([], "--fold", help="Run only this fold (0-4); repeatable (default: all 5)"),
     out: Optional[Path] = typer.Option(None, "--out", help="Also draw teacher vs student per fold to this PNG"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Append the report as one JSON line"),
+    unlabelled: Optional[Path] = typer.Option(None, "--unlabelled", help="Unlabelled maps (e.g. the shared "
+                                              "wm811k_unlabelled.npz) added to every fold's student training "
+                                              "set as transfer maps"),
     synthetic: int = SYNTHETIC_OPT, dev: Optional[Path] = DEV_OPT, dev2: Optional[Path] = DEV2_OPT,
     work: Path = WORK_OPT, threads: int = THREADS_OPT,
 ) -> None:
@@ -204,8 +207,17 @@ def student(
     ev.parse_method(teacher)
     check_student(student)
     sets = _sets_and_threads(dev, dev2, threads)
+    transfer = None
+    if unlabelled is not None:
+        from waferscope.data import load
+        from waferscope.errors import DataError
+
+        transfer = load(str(unlabelled))
+        if transfer.is_labelled.any():
+            raise DataError(f"{int(transfer.is_labelled.sum())} of its {len(transfer)} maps carry labels; "
+                            "--unlabelled must hold unlabelled maps only", unlabelled)
     rep = student_retention(teacher, student, sets, folds=folds or range(ev.N_FOLDS), synthetic=synthetic,
-                            work=work, progress=lambda msg: typer.echo(msg, err=True))
+                            work=work, progress=lambda msg: typer.echo(msg, err=True), unlabelled=transfer)
     t, s = rep["teacher_report"], rep["student_report"]
     for k, tf, sf, r in zip(rep["folds"], t["per_fold"], s["per_fold"], rep["retention_per_fold"]):
         typer.echo(f"fold {k}: teacher {tf:.4f}  student {sf:.4f}  retention {r:.1f} %")

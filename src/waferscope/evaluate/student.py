@@ -44,19 +44,29 @@ def teacher_dir(work: Path, teacher: str, fold: int) -> Path:
     return Path(work) / "models" / fold_cache(work, teacher, fold).stem
 
 
+def student_cache(work: Path, teacher: str, student: str, fold: int, n_unlabelled: int = 0) -> Path:
+    tag = f"+{n_unlabelled}unlabelled" if n_unlabelled else ""
+    return fold_cache(work, f"{student}@{teacher}{tag}", fold)
+
+
 def run_student_fold(teacher: str, student: str, fold: int, pooled, folds, synthetic: int, work: Path,
-                     seed: int = 0) -> tuple[dict, dict]:
-    """(teacher record, student record) of one lot fold, fitted or read from the caches."""
+                     seed: int = 0, unlabelled=None) -> tuple[dict, dict]:
+    """(teacher record, student record) of one lot fold, fitted or read from the caches.
+    ``unlabelled`` maps (a WaferDataset) join the student's training set only, as transfer maps."""
     from waferscope.base import load_run
+    from waferscope.data import WaferDataset
 
     work = Path(work)
     tdir = teacher_dir(work, teacher, fold)
     t_rec = run_lot_fold(teacher, fold, pooled, folds, synthetic, work, seed=seed, save_to=tdir)
-    cache = fold_cache(work, f"{student}@{teacher}", fold)
-    params = {"student": method_params(student, seed), "teacher": t_rec["params"]}
+    n_unlabelled = 0 if unlabelled is None else len(unlabelled)
+    cache = student_cache(work, teacher, student, fold, n_unlabelled)
+    params = {"student": method_params(student, seed), "teacher": t_rec["params"], "unlabelled": n_unlabelled}
     s_rec = cached_record(cache, params, synthetic)
     if s_rec is None:
         train, test = fold_train_test(pooled, folds, fold, synthetic)
+        if n_unlabelled:
+            train = WaferDataset.concat([train, unlabelled], name=f"{train.name}+{n_unlabelled} unlabelled")
         s_rec = fit_and_predict(student, train, test, seed=seed,
                                 fit_kwargs={"teacher": load_run(tdir, kind="classifier")})
         s_rec.update(params=params, teacher=teacher, fold=fold, synthetic=synthetic, fraction=1.0,
@@ -66,10 +76,17 @@ def run_student_fold(teacher: str, student: str, fold: int, pooled, folds, synth
 
 
 def student_retention(teacher: str, student: str, sets: dict, *, folds=range(N_FOLDS), synthetic: int = 1500,
-                      work: str | Path = "results/lot_kfold", seed: int = 0, progress=None) -> dict:
+                      work: str | Path = "results/lot_kfold", seed: int = 0, progress=None,
+                      unlabelled=None) -> dict:
     """The student check on the lot protocol: per-fold and pooled macro-F1 of both, retention,
-    parameter counts and their ratio, agreement with the teacher, test-fold wafers/s."""
+    parameter counts and their ratio, agreement with the teacher, test-fold wafers/s.
+    ``unlabelled`` (a WaferDataset of maps without labels) joins every fold's student training set."""
+    from waferscope.errors import DataError
+
     parse_method(teacher)
+    if unlabelled is not None and unlabelled.is_labelled.any():
+        raise DataError(f"{int(unlabelled.is_labelled.sum())} maps of the transfer set carry labels; "
+                        "it must hold unlabelled maps only", unlabelled.name)
     check_student(student)
     pooled, set_of, groups = pool_sets(sets)
     all_folds = lot_folds(pooled.labels, groups)
@@ -77,14 +94,16 @@ def student_retention(teacher: str, student: str, sets: dict, *, folds=range(N_F
     for k in folds:
         if progress:
             progress(f"{teacher} → {student} fold {k}")
-        pairs.append(run_student_fold(teacher, student, k, pooled, all_folds, synthetic, Path(work), seed=seed))
+        pairs.append(run_student_fold(teacher, student, k, pooled, all_folds, synthetic, Path(work), seed=seed,
+                                      unlabelled=unlabelled))
     t_recs, s_recs = [p[0] for p in pairs], [p[1] for p in pairs]
     t_rep, s_rep = lot_kfold_report(t_recs, pooled, set_of), lot_kfold_report(s_recs, pooled, set_of)
     ratio = lambda s, t: 100 * s / t if t > 0 else float("nan")  # noqa: E731  (a teacher that scores 0 keeps nothing to retain)
     retention = [ratio(s, t) for s, t in zip(s_rep["per_fold"], t_rep["per_fold"])]
     agreement = [float(np.mean(np.argmax(s["proba"], 1) == np.argmax(t["proba"], 1))) for t, s in pairs]
     t_params, s_params = t_recs[0].get("n_parameters"), s_recs[0].get("n_parameters")
-    return {"teacher": teacher, "student": student, "folds": [r["fold"] for r in t_recs],
+    return {"teacher": teacher, "student": student, "unlabelled": 0 if unlabelled is None else len(unlabelled),
+            "folds": [r["fold"] for r in t_recs],
             "teacher_report": t_rep, "student_report": s_rep,
             "retention_per_fold": retention, "retention_mean": float(np.mean(retention)),
             "retention_pooled": ratio(s_rep["macro_f1"], t_rep["macro_f1"]),
