@@ -130,7 +130,12 @@ def lot_subsample(train_idx: np.ndarray, groups, fraction: float, seed: int) -> 
 def fold_cache(work: Path, method: str, fold: int, fraction: float = 1.0) -> Path:
     """The cache file of one (method, training fraction, fold); fraction 1 is the plain protocol's."""
     tag = "" if fraction == 1 else f"_frac{fraction:g}"
-    return Path(work) / f"{method.replace('/', '_')}{tag}_fold{fold}.json"
+    return Path(work) / f"{method_file_stem(method)}{tag}_fold{fold}.json"
+
+
+def method_file_stem(method: str) -> str:
+    """A method spec as a file name (a run-directory teacher may hold slashes)."""
+    return method.replace("/", "_")
 
 
 # Constructor parameters that change how a model reports progress or how many cores it uses, not
@@ -358,7 +363,7 @@ def cross_set(method: str, sets: dict, *, synthetic: int = 1500, work: str | Pat
     parse_method(method)
     out = {}
     for a, b in (tuple(sets), tuple(sets)[::-1]):
-        cache = Path(work) / f"{method.replace('/', '_')}_cross_{a}_to_{b}.json"
+        cache = Path(work) / f"{method_file_stem(method)}_cross_{a}_to_{b}.json"
         rec = cached_record(cache, method_params(method, seed), synthetic)
         if rec is None:
             if progress:
