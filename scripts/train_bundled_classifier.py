@@ -13,7 +13,7 @@ src/waferscope/weights/classifier_cnn_gradcam/, the accurate one (``gbm``) in cl
 Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024, mask=--mask)``) plus every
 labelled real WM-811K map (``shared/data/wm811k/wm811k_dev.npz`` and, unless ``--dev2 ''``,
 ``wm811k_dev2.npz`` beside the repo: 5,406 maps; the bundled ``gbm`` is trained on both since
-2026-12-03, and so is the distilled network; ``cnn_gradcam`` still on dev only, docs/classification_real.md), with the ``cnn_fine``
+2026-12-03, and so are the distilled network and ``cnn_gradcam``, docs/classification_real.md), with the ``cnn_fine``
 defaults otherwise (the compact CNN with a die-resolution head: its Grad-CAM maps are 48×48 at 48
 px, and its localisation loss teaches them to sit on the synthetic maps' masks; the real maps have
 no masks and train the classification loss only). 12,000 synthetic maps rather than 6,000: the
