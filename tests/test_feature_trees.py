@@ -66,6 +66,21 @@ def test_longest_circular_run_wraps_around():
     assert longest_circular_run(np.array([1, 0, 0, 1, 1], bool)) == 3
     assert longest_circular_run(np.zeros(4, bool)) == 0
     assert longest_circular_run(np.ones(4, bool)) == 4
+    assert longest_circular_run(np.array([1, 1, 0, 1, 0, 1, 1, 1, 0], bool)) == 3
+
+
+def test_cluster_axes_match_principal_axes_per_cluster():
+    from scipy import ndimage
+
+    from waferscope.features.pattern_stats import cluster_axes, principal_axes
+
+    fail = np.random.default_rng(3).random((60, 50)) < 0.35  # many clusters, of 1 to dozens of dies
+    labels, n = ndimage.label(fail, structure=np.ones((3, 3), bool))
+    minor, major = cluster_axes(labels, n)
+    expected = np.array([principal_axes(*np.nonzero(labels == k + 1)) for k in range(n)])
+    assert n > 50 and (expected[:, 1] > 0).sum() > 20
+    np.testing.assert_allclose(minor, expected[:, 0], atol=1e-9)
+    np.testing.assert_allclose(major, expected[:, 1], atol=1e-9)
 
 
 def test_feature_sets():

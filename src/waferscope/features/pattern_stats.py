@@ -66,6 +66,34 @@ def principal_axes(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float]:
     return float(minor), float(major)
 
 
+def cluster_axes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster 1..n of a label image: the standard deviations along its minor and major principal
+    axes (0 below 3 dies). :func:`principal_axes` of every cluster at once, equal to it up to rounding.
+
+    Why not a loop over clusters: a noisy wafer has hundreds, and per-cluster ``np.cov`` calls were a
+    third of the feature time. Per-cluster sums (``np.bincount``), centred in a second pass as
+    ``np.cov`` does, and the closed-form eigenvalues of the 2 × 2 covariance ``[[a, b], [b, c]]``:
+    (a + c)/2 ± √(((a − c)/2)² + b²).
+    """
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)
+    member = flat[where] - 1
+    rows, cols = np.divmod(where, labels.shape[1])
+    size = np.bincount(member, minlength=n)
+    mean_r = np.bincount(member, rows, n) / np.maximum(size, 1)
+    mean_c = np.bincount(member, cols, n) / np.maximum(size, 1)
+    dr, dc = rows - mean_r[member], cols - mean_c[member]
+    dof = np.maximum(size - 1, 1)
+    a = np.bincount(member, dr * dr, n) / dof
+    c = np.bincount(member, dc * dc, n) / dof
+    b = np.bincount(member, dr * dc, n) / dof
+    half, spread = (a + c) / 2, np.hypot((a - c) / 2, b)
+    minor, major = np.sqrt(np.clip(half - spread, 0, None)), np.sqrt(np.clip(half + spread, 0, None))
+    small = size < 3
+    minor[small], major[small] = 0.0, 0.0
+    return minor, major
+
+
 def _cluster_shape(rows: np.ndarray, cols: np.ndarray, member: np.ndarray, h: int, w: int) -> tuple[float, ...]:
     radius = float(np.hypot((rows.mean() - (h - 1) / 2) / (h / 2), (cols.mean() - (w - 1) / 2) / (w / 2)))
     if len(rows) > 2:

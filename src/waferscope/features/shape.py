@@ -38,13 +38,14 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from waferscope.features.pattern_stats import principal_axes
+from waferscope.features.pattern_stats import cluster_axes, principal_axes
 
 N_RINGS, N_SECTORS = 10, 24
 ANNULI = ("inner", "middle", "outer")
 ANNULUS_EDGES = np.array([0.0, 0.4, 0.75])
 MAX_CLUSTERS = 12  # clusters examined for the longest one (by size, ≥ 3 dies)
 LONG_CLUSTER = 0.2  # a cluster longer than this share of the wafer diameter counts as long
+_TIE = 1e-9  # lengths closer than this are equal up to rounding
 
 FEATURE_NAMES = tuple(
     [f"ring10_{i}" for i in range(N_RINGS)]
@@ -64,56 +65,55 @@ _KERNEL = np.ones((3, 3), dtype=np.int16)
 
 @lru_cache(maxsize=1024)
 def _geometry(h: int, w: int):
-    """Per cell of an h×w grid: normalised offsets dy, dx, radius, angle, ring, sector and annulus
-    (cached per shape)."""
+    """Per cell of an h×w grid: normalised offsets dy, dx, radius, angle, ring, and the annulus-sector
+    index annulus × N_SECTORS + sector (cached per shape)."""
     yy, xx = np.mgrid[:h, :w]
     dy, dx = (yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2)
     radius, angle = np.hypot(dy, dx), np.arctan2(dy, dx)
     ring = np.clip((radius * N_RINGS).astype(int), 0, N_RINGS - 1)
     sector = ((angle + np.pi) / (2 * np.pi) * N_SECTORS).astype(int) % N_SECTORS
     annulus = np.searchsorted(ANNULUS_EDGES, radius, side="right") - 1
-    return dy, dx, radius, angle, ring, sector, annulus
+    return dy, dx, radius, angle, ring, annulus * N_SECTORS + sector
 
 
 def longest_circular_run(flags: np.ndarray) -> int:
     """Length of the longest run of True in a circular sequence."""
     if flags.all():
         return len(flags)
-    # Start just after a False so no run wraps around the end.
-    rolled = np.roll(flags, -int(np.argmin(flags)) - 1)
-    best = current = 0
-    for flag in rolled:
-        current = current + 1 if flag else 0
-        best = max(best, current)
-    return best
+    # Twice round the circle, so a run that wraps past the end is counted whole.
+    text = "".join("1" if flag else "0" for flag in flags.tolist())
+    return max(map(len, (text + text).split("0")))
 
 
-def _sector_stats(fail, on, sector, in_annulus, threshold) -> list[float]:
-    fails = np.bincount(sector[fail & in_annulus], minlength=N_SECTORS)
-    dies = np.bincount(sector[on & in_annulus], minlength=N_SECTORS)
-    present = dies > 0
-    if not present.any():
-        return [0.0, 0.0, 0.0, 0.0]
-    rate = fails / np.maximum(dies, 1)
-    hot = (rate > threshold) & present
-    return [float(rate.max()), float(rate[present].std()), float(hot.mean()),
-            longest_circular_run(hot) / N_SECTORS]
+def _sector_stats(fail, on, annulus_sector, threshold) -> list[float]:
+    """Highest sector fail rate, its spread, share of hot sectors and longest hot run, per annulus."""
+    fails = np.bincount(annulus_sector[fail], minlength=len(ANNULI) * N_SECTORS).reshape(len(ANNULI), N_SECTORS)
+    dies = np.bincount(annulus_sector[on], minlength=len(ANNULI) * N_SECTORS).reshape(len(ANNULI), N_SECTORS)
+    out: list[float] = []
+    for k in range(len(ANNULI)):
+        present = dies[k] > 0
+        if not present.any():
+            out += [0.0, 0.0, 0.0, 0.0]
+            continue
+        rate = fails[k] / np.maximum(dies[k], 1)
+        hot = (rate > threshold) & present
+        out += [float(rate.max()), float(rate[present].std()), float(hot.mean()),
+                longest_circular_run(hot) / N_SECTORS]
+    return out
 
 
 def shape_features(wafer: np.ndarray) -> np.ndarray:
     """The :data:`FEATURE_NAMES` of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
     wafer = np.asarray(wafer)
     h, w = wafer.shape
-    dy, dx, radius, angle, ring, sector, annulus = _geometry(h, w)
+    dy, dx, radius, angle, ring, annulus_sector = _geometry(h, w)
     on, fail = wafer > 0, wafer == 2
     n_on, n_fail = max(int(on.sum()), 1), int(fail.sum())
     rate = n_fail / n_on
     dies_per_ring = np.maximum(np.bincount(ring[on], minlength=N_RINGS), 1)
     out: list[float] = list(np.bincount(ring[fail], minlength=N_RINGS) / dies_per_ring)
 
-    threshold = max(0.25, 2 * rate)
-    for k in range(len(ANNULI)):
-        out += _sector_stats(fail, on, sector, annulus == k, threshold)
+    out += _sector_stats(fail, on, annulus_sector, max(0.25, 2 * rate))
 
     fail_neighbours = ndimage.convolve(fail.astype(np.int16), _KERNEL, mode="constant") - fail
     die_neighbours = ndimage.convolve(on.astype(np.int16), _KERNEL, mode="constant") - on
@@ -143,30 +143,39 @@ def _cluster_features(fail, radius, angle, h: int, w: int, n_fail: int) -> list[
     if not n:
         return [0.0] * 12
     sizes = np.bincount(labels.ravel())[1:]
+    minor, major = cluster_axes(labels, n)
     order = np.argsort(-sizes, kind="stable")
     boxes = ndimage.find_objects(labels)
     diameter = max(h, w)
-    largest = [0.0] * 9
-    longest, thinness, n_long = 0.0, 0.0, 0
-    for rank, index in enumerate(order[:MAX_CLUSTERS]):
-        if sizes[index] < 3 and rank > 0:
-            break
-        box = boxes[index]
-        rows, cols = np.nonzero(labels[box] == index + 1)
-        minor, major = principal_axes(rows, cols)
-        length = 4 * major / diameter
-        n_long += length > LONG_CLUSTER
-        if length > longest:
-            longest, thinness = length, minor / (major + 0.5)
-        if rank == 0:
-            r = radius[box][rows, cols]
-            a = np.sort(angle[box][rows, cols])
-            gaps = np.diff(np.r_[a, a[0] + 2 * np.pi])
-            box_area = (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
-            largest = [float(r.min()), float(r.max()), float((r >= 0.8).mean()),
-                       float((2 * np.pi - gaps.max()) / (2 * np.pi)), sizes[index] / box_area,
-                       float(np.hypot(np.sin(a).mean(), np.cos(a).mean())), sizes[index] / max(n_fail, 1),
-                       minor / diameter, float((sizes >= 10).sum())]
+    # the longest among the MAX_CLUSTERS largest clusters of >= 3 dies (the largest always counts)
+    examined = order[:MAX_CLUSTERS]
+    examined = examined[(sizes[examined] >= 3) | (np.arange(len(examined)) == 0)]
+    lengths = 4 * major[examined] / diameter
+    longest, thinness, n_long = 0.0, 0.0, int((lengths > LONG_CLUSTER + _TIE).sum())
+    # Small clusters often have equal lengths, and which one counts then came down to np.cov's
+    # rounding: recompute those few candidates as the features were defined (first strictly longest).
+    for index, length in zip(examined, lengths):
+        if length < lengths.max() - _TIE and abs(length - LONG_CLUSTER) > _TIE:
+            continue
+        rows, cols = np.nonzero(labels[boxes[index]] == index + 1)
+        small, big = principal_axes(rows, cols)
+        exact = 4 * big / diameter
+        n_long += abs(length - LONG_CLUSTER) <= _TIE and exact > LONG_CLUSTER
+        if exact > longest and length >= lengths.max() - _TIE:
+            longest, thinness = exact, small / (big + 0.5)
+
+    index = order[0]
+    box = boxes[index]
+    rows, cols = np.nonzero(labels[box] == index + 1)
+    width = principal_axes(rows, cols)[0]
+    r = radius[box][rows, cols]
+    a = np.sort(angle[box][rows, cols])
+    gaps = np.diff(np.r_[a, a[0] + 2 * np.pi])
+    box_area = (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
+    largest = [float(r.min()), float(r.max()), float((r >= 0.8).mean()),
+               float((2 * np.pi - gaps.max()) / (2 * np.pi)), sizes[index] / box_area,
+               float(np.hypot(np.sin(a).mean(), np.cos(a).mean())), sizes[index] / max(n_fail, 1),
+               width / diameter, float((sizes >= 10).sum())]
     return largest + [longest, thinness, float(n_long)]
 
 
