@@ -149,6 +149,27 @@ def test_cli_export_run_dir_fp32_and_int8(tmp_path):
         assert np.abs(proba - est.predict_proba(data)).max() < 0.1
 
 
+def test_cli_export_bundled_by_name(tmp_path, capsys):
+    """`--bundled NAME` exports a shipped model without knowing where the package keeps it."""
+    from clitools import invoke
+    from waferscope.export import OnnxModel
+    from waferscope.models.classifiers import load_default
+
+    out = tmp_path / "default.onnx"
+    code, _, err = invoke(capsys, "export", "--bundled", "cnn_distilled", "--out", out)
+    assert code == 0, err
+    data = wafers(12, 4)
+    np.testing.assert_allclose(OnnxModel(out).predict_proba(data),
+                               load_default("cnn_distilled").predict_proba(data), atol=1e-4)
+    for args, message in [(["--bundled", "fast"], "--bundled takes one of"),
+                          (["--bundled", "gbm"], "only torch classifiers"),
+                          ([], "give --run RUN or --bundled NAME"),
+                          (["--bundled", "gbm", "--run", tmp_path], "give --run RUN or --bundled NAME")]:
+        code, _, err = invoke(capsys, "export", *args, "--out", tmp_path / "x.onnx")
+        assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_export_errors(tmp_path):
     from waferscope.export import ExportError, OnnxModel, export_onnx, export_run
 

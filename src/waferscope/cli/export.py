@@ -1,14 +1,32 @@
-"""`waferscope export --run RUN --format onnx [--int8] --out FILE`: deploy a trained model."""
+"""`waferscope export (--run RUN | --bundled NAME) --format onnx [--int8] --out FILE`: deploy a model."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
+from waferscope.errors import ConfigError
+
+
+def bundled_run_dir(name: str) -> Path:
+    """The run directory of a bundled classifier or detector, by its current name (the names of the
+    two kinds do not overlap; the old adjective names do, so they are refused here)."""
+    from waferscope.models.classifiers import BUNDLED as CLASSIFIERS
+    from waferscope.models.detectors import BUNDLED as DETECTORS
+
+    bundled = {**CLASSIFIERS, **DETECTORS}
+    if name not in bundled:
+        raise ConfigError(f"--bundled takes one of {sorted(bundled)}, got {name!r}")
+    return bundled[name]
+
 
 def export(
-    run: Path = typer.Option(..., "--run", "-r", help="A run directory (model.json + weights.safetensors)."),
+    run: Optional[Path] = typer.Option(None, "--run", "-r", help="A run directory (model.json + weights.safetensors)."),
+    bundled: Optional[str] = typer.Option(None, "--bundled", help="Instead of --run: a bundled model by name "
+                                          "(cnn_distilled, cnn_gradcam, autoencoder export; gbm and "
+                                          "pattern_contrast are trees and do not)."),
     out: Path = typer.Option(..., "--out", "-o", help="The ONNX file to write."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="Export format (onnx)."),
     int8: bool = typer.Option(False, "--int8", help="Quantize to INT8 with onnxruntime."),
@@ -19,12 +37,14 @@ def export(
     """Export a classifier or detector: uint8 die-state maps in, probabilities or (score, map) out."""
     from waferscope.export import export_run
 
+    if (run is None) == (bundled is None):
+        raise ConfigError("give --run RUN or --bundled NAME (one of them)")
     calib = None
     if int8 and int8_mode == "static":
         from waferscope.data import load
 
         calib = load(calibration)
-    path = export_run(run, out, fmt, int8_mode if int8 else None, calib)
+    path = export_run(run if run is not None else bundled_run_dir(bundled), out, fmt, int8_mode if int8 else None, calib)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1024:.1f} KB)")
 
 

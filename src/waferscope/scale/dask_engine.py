@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -206,11 +207,33 @@ def check_out(out: Path, overwrite: bool, option: str = "--out") -> None:
         raise ConfigError("output directory is not empty (give --overwrite to replace it)", out)
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
-    check_out(out, overwrite)
-    if out.is_dir() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _staging_dir(target: Path) -> Path:
+    """A hidden, empty folder beside ``target`` on the same file system: the workers write there and
+    the finished folder is renamed to ``target``, so ``target`` never holds a partial result."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f".{target.name}.part-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename; use the user's default
+    return path
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Replace ``target`` (checked empty or ``--overwrite`` before the run) by the finished ``staging``."""
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+
+
+def _remove_staging(path: Path, settle: float) -> None:
+    """Remove a failed run's staging folder. A Dask task already running when the run failed cannot
+    be stopped and may still be writing into it, so look again for ``settle`` seconds."""
+    deadline = time.monotonic() + settle
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.2)
 
 
 def _client(scheduler: str | None, workers: int, timeout: float):
@@ -256,13 +279,14 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
 
     ``model`` is an estimator that exports to ONNX, or the path of a `waferscope export` file.
     ``prior``: a ``PriorShift`` (``resolve_prior``) for a classifier's probabilities; ``"estimate"``
-    learns the mix from all partitions at once (a first pass writes the raw probabilities to a hidden
-    folder in ``out``, the mix is estimated here, a second pass writes the adjusted results).
+    learns the mix from all partitions at once (a first pass writes the raw probabilities, the mix is
+    estimated here, a second pass writes the adjusted results).
     ``threshold``: a detector's scores get an ``anomalous`` column. ``maps``: a detector's
-    anomaly maps, ``<id>.npy`` (float32), written by the workers to a hidden folder beside ``maps``
-    that is renamed to ``maps`` at the end (so ``maps`` must be on a file system the workers see).
+    anomaly maps, ``<id>.npy`` (float32).
 
-    On any failure the partial results are removed, so ``out`` (and ``maps``) never look complete."""
+    The workers write into hidden folders beside ``out`` and ``maps`` that are renamed to them when
+    every partition is done (so both must be on a file system the workers see): ``out`` and ``maps``
+    appear complete or not at all, and a failed run leaves an existing ``--overwrite`` target as it was."""
     if engine not in ("local", "dask"):
         raise ConfigError(f"unknown engine {engine!r}: expected 'local' or 'dask'")
     files = list_partitions(data)
@@ -280,50 +304,49 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
     client = cluster = None
     if engine == "dask":
         client, cluster = _client(scheduler, workers, timeout)  # a bad scheduler fails before --out is touched
-    staging = None
+    staging = maps_staging = None
     try:
-        prepare_out(out, overwrite)
-        try:
-            blob = onnx_bytes if client is None else client.scatter(onnx_bytes, broadcast=True)
-            estimate = prior is not None and prior.estimates
-            first_out = out / f".raw-{os.getpid()}" if estimate else out
-            first_out.mkdir(exist_ok=True)
-            map_names = [None] * len(files)
-            if maps is not None:
-                map_names = _map_names(files)
-                maps.parent.mkdir(parents=True, exist_ok=True)
-                staging = Path(tempfile.mkdtemp(prefix=f".{maps.name}.part-", dir=maps.parent))
-            results = _run_tasks(client, score_partition, [
-                (blob, str(f), str(first_out), STREAM_BATCH, None if estimate else prior, threshold,
-                 None if staging is None else str(staging), n) for f, n in zip(files, map_names)])
-            used = None if prior is None else prior.target
-            if estimate:  # the whole archive's probabilities are small: n × classes floats
-                raw = [Path(r[0]) for r in results]
-                fixed = prior.fixed(_probabilities(raw))
-                used = fixed.target
-                results = _run_tasks(client, reprior_partition, [(str(r), str(out), fixed) for r in raw])
-                shutil.rmtree(first_out)
-            above = None
-            if threshold is not None:
-                import pyarrow.parquet as pq
+        staging = _staging_dir(out)
+        blob = onnx_bytes if client is None else client.scatter(onnx_bytes, broadcast=True)
+        estimate = prior is not None and prior.estimates
+        first_out = staging / ".raw" if estimate else staging
+        first_out.mkdir(exist_ok=True)
+        map_names = [None] * len(files)
+        if maps is not None:
+            map_names = _map_names(files)
+            maps_staging = _staging_dir(maps)
+        results = _run_tasks(client, score_partition, [
+            (blob, str(f), str(first_out), STREAM_BATCH, None if estimate else prior, threshold,
+             None if maps_staging is None else str(maps_staging), n) for f, n in zip(files, map_names)])
+        used = None if prior is None else prior.target
+        if estimate:  # the whole archive's probabilities are small: n × classes floats
+            raw = [Path(r[0]) for r in results]
+            fixed = prior.fixed(_probabilities(raw))
+            used = fixed.target
+            results = _run_tasks(client, reprior_partition, [(str(r), str(staging), fixed) for r in raw])
+            shutil.rmtree(first_out)
+        above = None
+        if threshold is not None:
+            import pyarrow.parquet as pq
 
-                above = sum(int(pq.read_table(r[0], columns=["anomalous"]).column(0).to_numpy().sum())
-                            for r in results)
-            if staging is not None:
-                if maps.exists():
-                    shutil.rmtree(maps)
-                os.replace(staging, maps)
-        except BaseException:
-            shutil.rmtree(out, ignore_errors=True)
-            raise
+            above = sum(int(pq.read_table(r[0], columns=["anomalous"]).column(0).to_numpy().sum())
+                        for r in results)
+        _publish(staging, out)
+        staging = None
+        if maps_staging is not None:
+            _publish(maps_staging, maps)
+            maps_staging = None
     finally:  # also when --out is refused: a client left open keeps reconnecting to its scheduler
-        if staging is not None and staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        settle = 0.0 if client is None else 2.0
+        for path in (staging, maps_staging):
+            if path is not None:
+                _remove_staging(path, settle)
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
-    return ScaleRun([Path(r[0]) for r in results], sum(r[1] for r in results), used, above)
+    files_written = [out / Path(r[0]).name for r in results]
+    return ScaleRun(files_written, sum(r[1] for r in results), used, above)
 
 
 def run_cli(model, data: list[str], out: Path, engine: str, scheduler: str | None, workers: int,

@@ -17,7 +17,7 @@ from waferscope.models.classifiers import cnn, extra_trees, gbm, svm  # noqa: F4
 _WEIGHTS = Path(__file__).resolve().parent.parent.parent / "weights"
 # The classifiers shipped with waferscope, named by what they are (scripts/train_bundled_classifier.py
 # trains each; figures in docs/classification.md):
-# "cnn_distilled": cnn_fine distilled from the bundled gbm (~9,000 wafers/s), the default for labels;
+# "cnn_distilled": cnn_fine distilled from the bundled gbm (~7,000 wafers/s), the default for labels;
 # "cnn_gradcam": the same network trained with a Grad-CAM localisation loss, so that its heat maps sit
 #   on the pattern (docs/explain.md), the default for explanations;
 # "gbm": gradient-boosted trees on 120 wafer features (~250 wafers/s, no Grad-CAM), the most accurate.
