@@ -155,6 +155,20 @@ def test_pattern_contrast_fit_score_save_load(tmp_path):
     np.testing.assert_array_equal(refit.fit(train).score(test).scores, res.scores)   # seeded
 
 
+def test_pattern_contrast_scores_the_same_in_worker_processes():
+    """A large set is scored in chunks by joblib workers (features, trees and maps); same output, same order."""
+    det = registry.create("pattern_contrast", "detector", n_synthetic=90, max_iter=20, n_jobs=1,
+                          verbose=False).fit(generate(n=30, seed=41, classes=["none"]))
+    test = generate(n=520, seed=43)  # two chunks of 256 and a rest
+    serial = det.score(test)
+    det.n_jobs = 2
+    parallel = det.score(test)
+    np.testing.assert_array_equal(parallel.scores, serial.scores)
+    assert len(parallel.maps) == 520
+    for a, b in zip(parallel.maps, serial.maps):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_pattern_contrast_errors():
     det = registry.create("pattern_contrast", "detector", n_synthetic=90, verbose=False)
     with pytest.raises(DataError, match="no normal samples"):

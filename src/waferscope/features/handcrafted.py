@@ -95,14 +95,16 @@ def wafer_features(wafer: np.ndarray) -> np.ndarray:
     return np.concatenate([density_features(m), radon_features(m), geometry_features(m)])
 
 
-def pattern_shape_features(wafer: np.ndarray) -> np.ndarray:
+def pattern_shape_features(wafer: np.ndarray, local_rate: np.ndarray | None = None) -> np.ndarray:
     """The 61 ``pattern`` features: the 15 pattern statistics and the 46 shape features (no Radon
-    transform, so about 4× cheaper than ``extended``). Imported here, not at the top, so that loading
-    this module (every CLI start) does not pull in scipy.ndimage."""
+    transform, so about 4× cheaper than ``extended``). ``local_rate``: the map's local fail rate when
+    the caller has it already (see :func:`~waferscope.features.pattern_stats.pattern_features`).
+    Imported here, not at the top, so that loading this module (every CLI start) does not pull in
+    scipy.ndimage."""
     from waferscope.features.pattern_stats import pattern_features
     from waferscope.features.shape import shape_features
 
-    return np.concatenate([pattern_features(wafer), shape_features(wafer)])
+    return np.concatenate([pattern_features(wafer, local_rate), shape_features(wafer)])
 
 
 def extended_features(wafer: np.ndarray) -> np.ndarray:
@@ -138,18 +140,26 @@ def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: boo
     The Radon transform dominates the cost (a few ms per map), so below a few hundred maps the
     process start-up is not worth it and the work stays in this process.
     """
+    from functools import partial
+
     from waferscope.data.dataset import validate_wafer_maps
 
     maps = list(maps)
     feature_names(feature_set)  # reject an unknown set before any work
     validate_wafer_maps(maps)  # die states 0/1/2 only: a clear DataError, not a failure deep in skimage
+    return np.concatenate(map_chunks(partial(_chunk, feature_set=feature_set), maps, n_jobs, progress, chunk_size))
+
+
+def map_chunks(fn, maps: list, n_jobs: int = -1, progress: bool = False, chunk_size: int = 256) -> list:
+    """``[fn(chunk), …]`` over consecutive chunks of ``maps``, in order: in ``n_jobs`` worker processes
+    (joblib; ``fn`` must be picklable) when there are at least two chunks' worth, else one call here.
+    The shared runner of the feature extraction and of the feature detectors' per-map work."""
     if len(maps) < 2 * chunk_size or n_jobs == 1:
-        return _chunk(maps, feature_set)
+        return [fn(maps)]
     from joblib import Parallel, delayed
 
     chunks = [maps[i:i + chunk_size] for i in range(0, len(maps), chunk_size)]
-    parts = Parallel(n_jobs=n_jobs, verbose=0)(delayed(_chunk)(c, feature_set) for c in _progress(chunks, progress))
-    return np.concatenate(parts)
+    return Parallel(n_jobs=n_jobs, verbose=0)(delayed(fn)(c) for c in _progress(chunks, progress))
 
 
 def _progress(items: list, enabled: bool):
