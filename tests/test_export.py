@@ -161,7 +161,7 @@ def test_cli_export_bundled_by_name(tmp_path, capsys):
     data = wafers(12, 4)
     np.testing.assert_allclose(OnnxModel(out).predict_proba(data),
                                load_default("cnn_distilled").predict_proba(data), atol=1e-4)
-    for args, message in [(["--bundled", "fast"], "--bundled takes one of"),
+    for args, message in [(["--bundled", "fast"], "unknown bundled model 'fast'"),
                           (["--bundled", "gbm"], "only torch classifiers"),
                           ([], "give --run RUN or --bundled NAME"),
                           (["--bundled", "gbm", "--run", tmp_path], "give --run RUN or --bundled NAME")]:

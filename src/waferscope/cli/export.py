@@ -12,14 +12,13 @@ from waferscope.errors import ConfigError
 
 def bundled_run_dir(name: str) -> Path:
     """The run directory of a bundled classifier or detector, by its current name (the names of the
-    two kinds do not overlap; the old adjective names do, so they are refused here)."""
+    two kinds do not overlap; the old adjective names do, so no aliases here)."""
+    from waferscope.base import resolve_bundled_name
     from waferscope.models.classifiers import BUNDLED as CLASSIFIERS
     from waferscope.models.detectors import BUNDLED as DETECTORS
 
     bundled = {**CLASSIFIERS, **DETECTORS}
-    if name not in bundled:
-        raise ConfigError(f"--bundled takes one of {sorted(bundled)}, got {name!r}")
-    return bundled[name]
+    return bundled[resolve_bundled_name(bundled, name, "model")]
 
 
 def export(

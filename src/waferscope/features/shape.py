@@ -151,17 +151,18 @@ def _cluster_features(fail, radius, angle, h: int, w: int, n_fail: int) -> list[
     examined = order[:MAX_CLUSTERS]
     examined = examined[(sizes[examined] >= 3) | (np.arange(len(examined)) == 0)]
     lengths = 4 * major[examined] / diameter
+    # Small clusters often have equal lengths, and which one counts (or whether one sits on the
+    # LONG_CLUSTER line) then came down to np.cov's rounding: recompute those few candidates as the
+    # features were defined (the first strictly longest wins), the rest from the vectorised axes.
+    near_longest = lengths >= lengths.max() - _TIE
+    near_line = np.abs(lengths - LONG_CLUSTER) <= _TIE
     longest, thinness, n_long = 0.0, 0.0, int((lengths > LONG_CLUSTER + _TIE).sum())
-    # Small clusters often have equal lengths, and which one counts then came down to np.cov's
-    # rounding: recompute those few candidates as the features were defined (first strictly longest).
-    for index, length in zip(examined, lengths):
-        if length < lengths.max() - _TIE and abs(length - LONG_CLUSTER) > _TIE:
-            continue
-        rows, cols = np.nonzero(labels[boxes[index]] == index + 1)
+    for j in np.flatnonzero(near_longest | near_line):
+        rows, cols = np.nonzero(labels[boxes[examined[j]]] == examined[j] + 1)
         small, big = principal_axes(rows, cols)
         exact = 4 * big / diameter
-        n_long += abs(length - LONG_CLUSTER) <= _TIE and exact > LONG_CLUSTER
-        if exact > longest and length >= lengths.max() - _TIE:
+        n_long += near_line[j] and exact > LONG_CLUSTER
+        if near_longest[j] and exact > longest:
             longest, thinness = exact, small / (big + 0.5)
 
     index = order[0]

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import NamedTuple
 
@@ -211,10 +212,9 @@ def _staging_dir(target: Path) -> Path:
     """A hidden, empty folder beside ``target`` on the same file system: the workers write there and
     the finished folder is renamed to ``target``, so ``target`` never holds a partial result."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{target.name}.part-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename; use the user's default
+    # os.mkdir, not tempfile.mkdtemp: mkdtemp's mode 0700 would outlive the rename; this gets the umask's.
+    path = target.parent / f".{target.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
     return path
 
 
