@@ -67,7 +67,7 @@ def pattern_loo(
     """Leave one simulated defect pattern out of training; AUROC of that pattern on real maps."""
     from waferscope.evaluate import detection as ev
 
-    ev.check_detector(detector)
+    ev.check_pattern_detector(detector)  # before the data is read: a wrong detector is the first error
     dev = ev.load_dev(data)
     table = ev.leave_one_pattern_out(detector, split_seed=split_seed, dev=dev)
     typer.echo("| left out | image AUROC, all 8 classes | AUROC of the left-out class vs normals |\n|---|---:|---:|")
@@ -99,14 +99,12 @@ def realism(
     """Train a small CNN on synthetic maps only and score it on real labelled maps (target macro-F1 0.80)."""
     import torch
 
-    from waferscope.data import load
-    from waferscope.data.paths import DEV_MAPS
     from waferscope.evaluate.synthetic import realism_check, realism_summary
 
-    real = load(data if data is not None else DEV_MAPS)
     torch.set_num_threads(threads)
+    # the data (default: the dev maps) is read inside, after the options are checked
     result = realism_check(n=n, seed=seed, size=size, epochs=epochs, width=width, grid=grid, batch=batch, lr=lr,
-                           fresh_per_epoch=fresh_per_epoch, ema=ema, die_noise=die_noise, real=real, tta=tta)
+                           fresh_per_epoch=fresh_per_epoch, ema=ema, die_noise=die_noise, real=data, tta=tta)
     typer.echo(realism_summary(result))
     if json_out is not None:
         write_text_atomic(json_out, json.dumps(result, indent=1))

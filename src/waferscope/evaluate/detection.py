@@ -172,6 +172,16 @@ def evaluate_detector(detector: str, params: dict | None = None, protocol: Proto
     return out
 
 
+def check_pattern_detector(detector: str) -> None:
+    """A clear error, before any data is read, unless ``detector`` is registered and simulates
+    defects (takes a ``patterns`` parameter), as :func:`leave_one_pattern_out` needs."""
+    from waferscope import registry
+
+    check_detector(detector)
+    if "patterns" not in registry.get(detector, "detector")._param_names():
+        raise ConfigError(f"detector {detector!r} has no `patterns` parameter: it does not simulate defects")
+
+
 def leave_one_pattern_out(detector: str = "pattern_contrast", params: dict | None = None, split_seed: int = 0,
                           dev=None, progress: bool = True) -> pd.DataFrame:
     """How much a detector trained on simulated defects relies on each simulated pattern.
@@ -187,9 +197,7 @@ def leave_one_pattern_out(detector: str = "pattern_contrast", params: dict | Non
     from waferscope import registry
     from waferscope.data.classes import BASE_PATTERNS
 
-    check_detector(detector)
-    if "patterns" not in registry.get(detector, "detector")._param_names():
-        raise ConfigError(f"detector {detector!r} has no `patterns` parameter: it does not simulate defects")
+    check_pattern_detector(detector)
     dev = load_dev() if dev is None else dev
     train, test = dev_split(dev, split_seed)
     rows = []

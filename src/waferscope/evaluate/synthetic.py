@@ -89,6 +89,8 @@ def realism_check(n: int = 45000, seed: int = 0, size: int = 48, epochs: int = 6
         raise ConfigError(f"n ({n}) must be at least one batch ({batch})")
     if not 0.0 <= ema < 1.0 or not 0.0 <= die_noise <= 1.0:
         raise ConfigError("ema must be in [0, 1) and die_noise in [0, 1]")
+    # after the settings are checked, so a bad option is the first error even where the data is missing
+    real = load(DEV_MAPS if real is None else real) if not hasattr(real, "maps") else real
     args = SimpleNamespace(**settings)
     from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
@@ -107,7 +109,6 @@ def realism_check(n: int = 45000, seed: int = 0, size: int = 48, epochs: int = 6
         return resize_maps(maps, args.size), np.array([CLASSES.index(c) for c in syn.labels])
 
     x_syn, y_syn = training_maps(0)
-    real = load(DEV_MAPS if real is None else real) if not hasattr(real, "maps") else real
     x_real = to_input(real.maps, args.size)
     y_real = np.array([CLASSES.index(c) for c in real.labels])
     if progress:
