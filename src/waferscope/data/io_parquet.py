@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from waferscope.data.limits import LoadLimits
 from waferscope.data.classes import BASE_PATTERNS
 from waferscope.data.dataset import META_COLUMNS, WaferDataset
 from waferscope.errors import DataError
@@ -284,7 +285,7 @@ def _complete_meta(meta: pd.DataFrame, n: int, source: str) -> pd.DataFrame:
     return meta
 
 
-def read_parquet(path: str | Path) -> WaferDataset:
+def read_parquet(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
     """The whole file as one WaferDataset."""
     path = Path(path)
     pf = _open(path)

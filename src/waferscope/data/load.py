@@ -17,6 +17,10 @@ A spec is ``synthetic:n=…,seed=…[,mixed=1]`` or a path:
 
 The format is detected from the file's first bytes, not only its suffix.
 
+``limits`` (:class:`~waferscope.data.limits.LoadLimits`) bounds the maps, sides and dies one load may
+allocate; each loader checks them from the file's headers before allocating, and ``load`` checks the
+result once more (``None`` = :data:`~waferscope.data.limits.DEFAULT_LIMITS`).
+
 ``pass_bins`` says which bins of a fab file pass (``"1,2"``; ``"1,2/3-9"`` for a strict mapping
 where unlisted bins are errors); ``None`` keeps each format's default. Other sources ignore it.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from waferscope.data.dataset import WaferDataset
+from waferscope.data.limits import LoadLimits, resolve_limits
 from waferscope.errors import DataError
 
 PARQUET_MAGIC = b"PAR1"
@@ -119,8 +124,20 @@ def sniff_format(path: Path) -> str:
                     "MVTec-AD folder)", path)
 
 
-def load(spec: str | Path, pass_bins=None) -> WaferDataset:
-    """The data set at ``spec``; ``pass_bins`` (see the module docstring) applies to fab formats."""
+def load(spec: str | Path, pass_bins=None, limits: LoadLimits | None = None) -> WaferDataset:
+    """The data set at ``spec``; ``pass_bins`` (see the module docstring) applies to fab formats,
+    ``limits`` to everything read from a file."""
+    limits = resolve_limits(limits)
+    dataset = _load(spec, pass_bins, limits)
+    # the loaders refuse oversize input before allocating; this catches any that cannot know sizes early
+    if dataset.kind == "wafer":  # images (a folder of photos) are bounded by their own decoder
+        budget = limits.budget(None if str(spec).startswith("synthetic:") else str(spec))
+        for i, m in enumerate(dataset.maps):
+            budget.add(m.shape, f"map {i}")
+    return dataset
+
+
+def _load(spec: str | Path, pass_bins, limits: LoadLimits) -> WaferDataset:
     from waferscope.data.loaders.fabcommon import parse_bin_mapping
 
     mapping = parse_bin_mapping(pass_bins)
@@ -134,17 +151,17 @@ def load(spec: str | Path, pass_bins=None) -> WaferDataset:
         raise DataError("no such file or folder", path)
     fmt = sniff_format(path)
     if fmt in FAB_FORMATS:
-        return _load_fab(fmt, path, mapping)
+        return _load_fab(fmt, path, mapping, limits)
     if fmt == "parquet":
         from waferscope.data.io_parquet import read_parquet
 
-        return read_parquet(path)
+        return read_parquet(path, limits=limits)
     if fmt == "npz":
-        return _load_npz(path)
+        return _load_npz(path, limits)
     if fmt == "npy":
         from waferscope.data.loaders.folders import load_npy_stack
 
-        return load_npy_stack(path)
+        return load_npy_stack(path, limits=limits)
     if fmt == "pickle":
         from waferscope.data.loaders.lswmd import load_lswmd
 
@@ -158,29 +175,29 @@ def load(spec: str | Path, pass_bins=None) -> WaferDataset:
     return load_class_folders(path)
 
 
-def _load_fab(fmt: str, path: Path, mapping) -> WaferDataset:
+def _load_fab(fmt: str, path: Path, mapping, limits: LoadLimits) -> WaferDataset:
     if fmt == "stdf":
         from waferscope.data.loaders.stdf import load_stdf
 
-        return load_stdf(path, mapping)
+        return load_stdf(path, mapping, limits=limits)
     if fmt == "e142":
         from waferscope.data.loaders.e142 import load_e142
 
-        return load_e142(path, mapping)
+        return load_e142(path, mapping, limits=limits)
     if fmt == "g85":
         from waferscope.data.loaders.semi_g85 import load_g85
 
-        return load_g85(path, mapping)
+        return load_g85(path, mapping, limits=limits)
     if fmt == "klarf":
         from waferscope.data.loaders.klarf import load_klarf
 
-        return load_klarf(path, mapping)
+        return load_klarf(path, mapping, limits=limits)
     from waferscope.data.loaders.dielist import load_dielist
 
-    return load_dielist(path, mapping)
+    return load_dielist(path, mapping, limits=limits)
 
 
-def _load_npz(path: Path) -> WaferDataset:
+def _load_npz(path: Path, limits: LoadLimits) -> WaferDataset:
     import zipfile
 
     try:
@@ -191,10 +208,10 @@ def _load_npz(path: Path) -> WaferDataset:
     from waferscope.data.loaders.devnpz import is_flat_npz, load_flat_npz
 
     if is_flat_npz(keys):
-        return load_flat_npz(path)
+        return load_flat_npz(path, limits=limits)
     from waferscope.data.loaders.mixedwm38 import is_mixedwm38, load_mixedwm38
 
     if is_mixedwm38(keys):
-        return load_mixedwm38(path)
+        return load_mixedwm38(path, limits=limits)
     raise DataError(f"unrecognised .npz layout (arrays: {', '.join(sorted(keys)) or 'none'}); expected "
                     "maps_flat/shapes/labels (flat real maps) or arr_0/arr_1 (MixedWM38)", path)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from waferscope.data.limits import LoadLimits
 from waferscope.data.classes import canonical_label
 from waferscope.data.dataset import WaferDataset
 from waferscope.errors import DataError
@@ -17,7 +18,7 @@ def is_flat_npz(keys: list[str]) -> bool:
     return all(k in keys for k in REQUIRED)
 
 
-def load_flat_npz(path: str | Path) -> WaferDataset:
+def load_flat_npz(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from waferscope.data.limits import LoadLimits
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.loaders.fabcommon import DEFAULT_MAPPING, BinMapping, dies_to_grid, fab_meta, map_bin
 from waferscope.errors import DataError
@@ -34,7 +35,7 @@ def _integer(text: str, what: str, path: Path, line: int) -> int:
                         f"line {line}: {what} is empty", path) from None
 
 
-def load_dielist(path: str | Path, pass_bins: BinMapping | None = None) -> WaferDataset:
+def load_dielist(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
     path = Path(path)
     mapping = pass_bins or DEFAULT_MAPPING
     wafers: dict[tuple[str, str], list] = {}

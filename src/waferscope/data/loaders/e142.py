@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from waferscope.data.limits import LoadLimits
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.loaders.fabcommon import DEFAULT_MAPPING, BinMapping, bin_rows_to_grid, decode_code, fab_meta
 from waferscope.data.loaders.semi_g85 import _int_attr, parse_xml
@@ -46,7 +47,7 @@ def _grandchildren(element, parent: str, name: str) -> list:
     return [] if holder is None else _children(holder, name)
 
 
-def load_e142(path: str | Path, pass_bins: BinMapping | None = None) -> WaferDataset:
+def load_e142(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
     path = Path(path)
     root = parse_xml(path)
     if _local(root.tag) != "MapData":

@@ -9,9 +9,15 @@ Bin mapping (``load(path, pass_bins=...)``, CLI ``--pass-bins``), one syntax for
 - ``"1,2/3-9"``: bins left of ``/`` pass, bins right of it fail, and any other bin in the file is an
   error (strict: a bin nobody mapped is reported instead of silently becoming a fail).
 
-Grid: die coordinates ``(x, y)`` become array index ``[y - min(y), x - min(x)]``, so column 0 is the
-smallest x and row 0 the smallest y (row index grows with y, a common prober orientation where
-y increases down the wafer). Positions no die was reported at are 0 (no die).
+Grid: die coordinates ``(x, y)`` become array index ``[y - min(y), x - min(x)]`` (:func:`dies_to_grid`),
+then :func:`orient_grid` turns that raw grid into waferscope's one stored orientation:
+
+    **the wafer seen from the front (die side), notch (or flat) at the bottom; row 0 is the top row of
+    the picture, column 0 its left column**, as KLA/STDF viewers draw a map by default.
+
+Each loader says, from the file itself (STDF WCR POS_X/POS_Y/WF_FLAT, KLARF OrientationMarkLocation
+and its y-up die indices, G85/E142 orientation and origin), which way its axes point and where the
+notch is; docs/data.md lists the rule per format. Positions no die was reported at are 0 (no die).
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ import numpy as np
 
 from waferscope.errors import DataError
 
+from waferscope.data.limits import MAX_GRID_SPAN  # noqa: F401  (re-exported: loaders import it from here)
+
 PASS, FAIL = 1, 2
-# A larger span than this is a corrupt coordinate, not a wafer: 300 mm at a 0.1 mm die pitch is 3000.
-MAX_GRID_SPAN = 4096
+NOTCH_SIDES = ("down", "up", "left", "right")
 
 _RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?$")
 
@@ -128,6 +135,22 @@ def dies_to_grid(dies: Sequence[tuple[int, int, int, str]], path: Path, wafer: s
                             f"{dies[first][3]})", path)
         grid[r, c] = state
     return grid
+
+
+def orient_grid(grid: np.ndarray, *, y_up: bool, x_right: bool = True, notch: str = "down") -> np.ndarray:
+    """A raw ``[y - min(y), x - min(x)]`` grid → the stored orientation (notch down, front view).
+
+    ``y_up``: the file's positive y points up the wafer (as seen with the file's own notch position);
+    ``x_right``: positive x points right; ``notch``: where the notch/flat is in that same view
+    (``"down"``, ``"up"``, ``"left"``, ``"right"``). The map is flipped so that y grows upwards and x
+    to the right, then rotated so that the notch is at the bottom."""
+    if notch not in NOTCH_SIDES:
+        raise ValueError(f"notch must be one of {NOTCH_SIDES}, got {notch!r}")
+    out = grid[::-1] if y_up else grid
+    out = out if x_right else out[:, ::-1]
+    # np.rot90 (k=1, counter-clockwise) carries the left column to the bottom row; k=-1 the right column
+    k = {"down": 0, "up": 2, "left": 1, "right": -1}[notch]
+    return np.ascontiguousarray(np.rot90(out, k) if k else out)
 
 
 def wafer_number(wafer_id: str, fallback: int) -> int:

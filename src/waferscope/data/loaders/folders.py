@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from waferscope.data.limits import LoadLimits
 from waferscope.data.classes import canonical_label
 from waferscope.data.dataset import WaferDataset, validate_map
 from waferscope.errors import DataError
@@ -125,7 +126,7 @@ def load_class_folders(root: str | Path) -> WaferDataset:
                                   name=root.name, validate=False, where=str(root))
 
 
-def load_npy_stack(path: str | Path) -> WaferDataset:
+def load_npy_stack(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
     """One ``.npy`` file: an N×H×W stack of maps (unlabelled) or a single H×W map."""
     path = Path(path)
     arr = load_npy_map(path)

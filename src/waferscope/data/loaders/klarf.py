@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from waferscope.data.limits import LoadLimits
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.loaders.fabcommon import FAIL, MAX_GRID_SPAN, PASS, BinMapping, dies_to_grid, fab_meta, map_bin
 from waferscope.errors import DataError
@@ -103,7 +104,7 @@ def _dies_on_wafer(content, path: Path) -> list[tuple[int, int]]:
     return dies
 
 
-def load_klarf(path: str | Path, pass_bins: BinMapping | None = None) -> WaferDataset:
+def load_klarf(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
     path = Path(path)
     content = _read(path)
     if not content.wafers:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from waferscope.data.limits import LoadLimits
 from waferscope.data.classes import BASE_PATTERNS, NORMAL
 from waferscope.data.dataset import WaferDataset
 from waferscope.errors import DataError
@@ -31,7 +32,7 @@ def multilabel_name(row: np.ndarray) -> str:
     return "+".join(on) if on else NORMAL
 
 
-def load_mixedwm38(path: str | Path) -> WaferDataset:
+def load_mixedwm38(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:

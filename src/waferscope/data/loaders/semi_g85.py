@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from waferscope.data.limits import LoadLimits
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.loaders.fabcommon import DEFAULT_MAPPING, BinMapping, bin_rows_to_grid, fab_meta
 from waferscope.errors import DataError
@@ -47,7 +48,7 @@ def _int_attr(value, what: str, path: Path, where: str) -> int | None:
         raise DataError(f"{where}: {what} {value!r} is not a number", path) from None
 
 
-def load_g85(path: str | Path, pass_bins: BinMapping | None = None) -> WaferDataset:
+def load_g85(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
     from g85.read import read_wmaps
 
     path = Path(path)

@@ -25,6 +25,7 @@ import io
 import struct
 from pathlib import Path
 
+from waferscope.data.limits import LoadLimits
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.loaders.fabcommon import FAIL, PASS, BinMapping, dies_to_grid, fab_meta, map_bin
 from waferscope.errors import DataError
@@ -117,7 +118,7 @@ def _read_records(data: bytes, path: Path) -> list[tuple[int, str, dict]]:
     return sink.records
 
 
-def load_stdf(path: str | Path, pass_bins: BinMapping | None = None) -> WaferDataset:
+def load_stdf(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
     path = Path(path)
     try:
         data = path.read_bytes()
