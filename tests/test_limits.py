@@ -48,3 +48,53 @@ def test_orient_grid_puts_the_notch_down_and_y_up():
     np.testing.assert_array_equal(orient_grid(raw, y_up=False, notch="up"), raw[::-1, ::-1])
     with pytest.raises(ValueError):
         orient_grid(raw, y_up=True, notch="north")
+
+
+def test_open_binary_reads_through_gzip_bz2_xz_and_one_member_zip(tmp_path):
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    from waferscope.data.compressed import compression_of, inner_suffix, open_binary
+
+    payload = b"FileVersion 1 2;\n" * 100
+    files = {"a.klarf.gz": gzip.compress(payload), "a.klarf.bz2": bz2.compress(payload),
+             "a.klarf.xz": lzma.compress(payload), "plain.klarf": payload}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("lot.klarf", payload)
+    for name in [*files, "a.zip"]:
+        with open_binary(tmp_path / name) as f:
+            assert f.read() == payload, name
+        assert inner_suffix(tmp_path / name) == ".klarf"
+    # renamed: detected by magic bytes, not the suffix
+    (tmp_path / "renamed.txt").write_bytes(gzip.compress(payload))
+    assert compression_of(tmp_path / "renamed.txt") == "gzip"
+
+
+def test_open_binary_stops_a_bomb_at_the_cap(tmp_path):
+    import gzip
+
+    from waferscope.data.compressed import open_binary
+
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(b"\0" * (8 << 20)))  # ~8 kB inflating to 8 MB
+    with pytest.raises(DataError, match="max_decompressed_bytes"):
+        with open_binary(tmp_path / "bomb.gz", LoadLimits(max_decompressed_bytes=1 << 20)) as f:
+            while f.read(1 << 16):
+                pass
+
+
+def test_zip_of_several_files_is_refused_and_npz_is_not_compressed(tmp_path):
+    import zipfile
+
+    from waferscope.data.compressed import compression_of
+
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as z:
+        z.writestr("a.klarf", "x")
+        z.writestr("b.klarf", "y")
+    with pytest.raises(DataError, match="exactly one file"):
+        compression_of(tmp_path / "two.zip")
+    np.savez(tmp_path / "m.npz", a=np.zeros(3))
+    assert compression_of(tmp_path / "m.npz") is None
