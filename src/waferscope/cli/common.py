@@ -17,12 +17,16 @@ PASS_BINS_HELP = ("Fab map files (STDF, E142, G85, KLARF, CSV die list): bins th
                   "format's own (see docs/data.md).")
 
 
-def load_data(specs: List[str], pass_bins: Optional[str] = None):
-    """Load one spec, or concatenate several into one data set (``pass_bins``: see ``load``)."""
+RETEST_HELP = ("STDF dies probed more than once without a retest flag: keep the last result (default), the "
+               "first, or the worst (a fail anywhere fails the die). Retest-flagged results always replace.")
+
+
+def load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None):
+    """Load one spec, or concatenate several into one data set (``pass_bins``, ``retest``: see ``load``)."""
     from waferscope.data import load
     from waferscope.data.dataset import WaferDataset
 
-    parts = [load(s, pass_bins=pass_bins) for s in specs]
+    parts = [load(s, pass_bins=pass_bins, retest=retest) for s in specs]
     return parts[0] if len(parts) == 1 else WaferDataset.concat(parts, name="+".join(p.name for p in parts))
 
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.limits import MAX_GRID_SPAN, LoadLimits, resolve_limits
-from waferscope.data.loaders.fabcommon import FAIL, PASS, BinMapping, fab_meta, map_bin, orient_grid
+from waferscope.data.loaders.fabcommon import FAIL, PASS, BinMapping, fab_meta, map_bin, orient_grid, parse_bin_mapping
 from waferscope.data.loaders.stdf_reader import Fields, Record, StdfStream, record_label
 from waferscope.errors import ConfigError, DataError
 
@@ -350,6 +350,7 @@ def load_stdf(path: str | Path, pass_bins: BinMapping | None = None, limits: Loa
     path = Path(path)
     limits = resolve_limits(limits)
     policy = check_retest(retest)
+    pass_bins = parse_bin_mapping(pass_bins)  # a BinMapping from load(); a string or bins when called directly
     try:
         stream_file = open_binary(path, limits)
     except OSError as exc:
