@@ -213,8 +213,10 @@ def test_same_wafers_dies_and_bins_as_pystdf(tmp_path, order):
 
     path = tmp_path / "ref.stdf"
     with open(path, "wb") as fh:
-        info = write_probe_lot(fh, n_wafers=3, diameter=11, seed=3, order=order, n_ptr=3, reprobe_rate=0.1,
+        # ~250 kB: more than two of the reader's minimum chunks, so records straddle refills
+        info = write_probe_lot(fh, n_wafers=3, diameter=31, seed=3, order=order, n_ptr=3, reprobe_rate=0.1,
                                dtr_per_wafer=1)
+    assert path.stat().st_size > 200_000
 
     class Sink:
         def __init__(self):
@@ -238,6 +240,15 @@ def test_same_wafers_dies_and_bins_as_pystdf(tmp_path, order):
         parser.addSink(sink)
         parser.parse()
     ours = load_stdf(path, pass_bins="1")
+    from waferscope.data.loaders.stdf_reader import StdfStream
+    with open(path, "rb") as fh:  # the smallest chunk the reader takes: many refills, records across them
+        stream = StdfStream(fh, path, chunk=1)
+        prr_offsets = [off for off, typ, sub, _ in stream.records({(5, 20)})]
+    assert len(prr_offsets) == sum(info["prrs"]) and stream.bytes_read == path.stat().st_size
+    cut = tmp_path / "cut.stdf"  # cut inside a PRR past the first chunks: named by its own offset
+    cut.write_bytes(path.read_bytes()[:prr_offsets[-5] + 10])
+    with pytest.raises(DataError, match=rf"\(PRR 5/20\) at byte {prr_offsets[-5]:,}: truncated: REC_LEN says 20 bytes, 6 remain"):
+        load_stdf(cut)
     assert ours.meta["wafer_id"].tolist() == [w[0] for w in sink.wafers] == ["W01", "W02", "W03"]
     for m, (wafer_id, dies, touches), row in zip(ours.maps, sink.wafers, ours.meta.itertuples()):
         xs, ys = [k[0] for k in dies], [k[1] for k in dies]

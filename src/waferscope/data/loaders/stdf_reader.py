@@ -26,7 +26,8 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple
 
 from waferscope.errors import DataError
 
-CHUNK = 1 << 20  # bytes read per refill; a record (≤ 65,539 bytes with its header) always fits
+CHUNK = 4 << 20  # bytes read per refill; a record (≤ 65,539 bytes with its header) always fits
+MAX_RECORD = 4 + 0xFFFF
 
 # STDF V4 (and V4-2007) record types: (REC_TYP, REC_SUB) → name
 RECORD_NAMES = {
@@ -74,7 +75,7 @@ class StdfStream:
 
     def __init__(self, stream: BinaryIO, path: str | Path, reopen: Callable[[], BinaryIO] | None = None,
                  chunk: int = CHUNK):
-        self._f, self.path, self._reopen, self._chunk = stream, Path(path), reopen, max(int(chunk), 1 << 17)
+        self._f, self.path, self._reopen, self._chunk = stream, Path(path), reopen, max(int(chunk), 2 * MAX_RECORD)
         head = self._f.read(6)
         if len(head) < 6 or head[:2] not in (b"\x02\x00", b"\x00\x02") or head[2:4] != b"\x00\x0a":
             raise DataError("not an STDF file: it does not start with a FAR record", self.path)
@@ -141,10 +142,16 @@ class StdfStream:
         buf, pos, base = b"", 0, self.bytes_read
         while True:
             n = len(buf)
-            lim = n - 3
-            # The hot loop: a few byte lookups per record. Written out per byte order because an
-            # index offset per REC_LEN byte costs a tenth of the speed.
+            # The hot loops: a few byte lookups per record, written out per byte order (an index
+            # offset per REC_LEN byte costs a tenth of the speed). Up to ``safe`` any record fits in
+            # the buffer (REC_LEN ≤ 65,535), so the first loop needs no end-of-buffer check; the
+            # second one walks the buffer's last 64 kB with it.
+            safe, lim = n - MAX_RECORD, n - 3
             if little:
+                while pos < safe:
+                    if buf[pos + 2] != skip and (buf[pos + 2] << 8 | buf[pos + 3]) in codes:
+                        yield base + pos, buf[pos + 2], buf[pos + 3], buf[pos + 4:pos + 4 + (buf[pos] | buf[pos + 1] << 8)]
+                    pos += 4 + (buf[pos] | buf[pos + 1] << 8)
                 while pos < lim:
                     end = pos + 4 + (buf[pos] | buf[pos + 1] << 8)
                     if end > n:
@@ -153,6 +160,10 @@ class StdfStream:
                         yield base + pos, buf[pos + 2], buf[pos + 3], buf[pos + 4:end]
                     pos = end
             else:
+                while pos < safe:
+                    if buf[pos + 2] != skip and (buf[pos + 2] << 8 | buf[pos + 3]) in codes:
+                        yield base + pos, buf[pos + 2], buf[pos + 3], buf[pos + 4:pos + 4 + (buf[pos] << 8 | buf[pos + 1])]
+                    pos += 4 + (buf[pos] << 8 | buf[pos + 1])
                 while pos < lim:
                     end = pos + 4 + (buf[pos] << 8 | buf[pos + 1])
                     if end > n:
