@@ -81,7 +81,7 @@ def check_retest(retest) -> str:
     return value
 
 
-@dataclass
+@dataclass(slots=True)
 class _Wafer:
     wafer_id: str
     lot: str
@@ -150,7 +150,6 @@ class _Collector:
         self.implicit: _Wafer | None = None     # dies of a file without WIR/WRR
         self.seen_wir = False
         self.wcr: _Wcr | None = None
-        self.dies_total = 0
         # a per-load cap on distinct dies held before any grid exists (the grids are bounded by budget.add)
         self.die_cap = limits.max_dies if limits.max_dies is not None else None
 
@@ -160,6 +159,10 @@ class _Collector:
         unpack = prr_struct.unpack_from
         mapping, cache = self.mapping, {}
         first, worst = self.retest == "first", self.retest == "worst"
+        cap = self.die_cap if self.die_cap is not None else -1
+        held = 0                     # distinct dies held in the wafers' dicts so far
+        head_of = None               # the head whose wafer ``dies``/``wafer`` are (reset by WIR/WRR)
+        wafer = dies = None
         for item in self.stream.records(WANTED):
             if item[1] == 5:  # PRR: the per-die path, kept short (a production file has millions)
                 body = item[3]
@@ -170,7 +173,9 @@ class _Collector:
                 if x == MISSING_COORD or y == MISSING_COORD:
                     raise self.stream.error(Record(*item), "the die has no X_COORD/Y_COORD (-32768): a part without "
                                             "a wafer position (final test of packaged parts?) cannot go on a map")
-                wafer = self.open.get(head) or self._wafer_for_orphan(Record(*item), head)
+                if head != head_of:
+                    wafer = self.open.get(head) or self._wafer_for_orphan(Record(*item), head)
+                    head_of, dies = head, wafer.dies
                 if mapping is None:
                     if flg & FLAG_NO_VERDICT:
                         state = PASS if hard_bin == 1 else FAIL
@@ -184,23 +189,24 @@ class _Collector:
                 if state == PASS:
                     wafer.good_prrs += 1
                 key = (x + 32768) << 16 | (y + 32768)
-                dies = wafer.dies
                 if key in dies:
                     wafer.reprobed.add(key)
                     if not flg & FLAG_RETEST and (first or (worst and dies[key] == FAIL)):
                         continue
                 else:
-                    self.dies_total += 1
-                    if self.die_cap is not None and self.dies_total > self.die_cap:
-                        raise self.stream.error(Record(*item), f"more than {self.die_cap:,} dies in the file (max_dies); "
+                    held += 1
+                    if held == cap + 1:  # never true without a cap (-1)
+                        raise self.stream.error(Record(*item), f"more than {cap:,} dies in the file (max_dies); "
                                                 "split it or raise the limit")
                 dies[key] = state
-            elif item[1] == 2:
-                {10: self._wir, 20: self._wrr, 30: self._wcr}[item[2]](Record(*item))
-            else:  # MIR
-                f = Fields(Record(*item), self.stream)
-                f.u4(), f.u4(), f.u1(), f.c1(), f.c1(), f.c1(), f.u2(), f.c1()  # SETUP_T … CMOD_COD
-                self.lot = f.need(f.cn("LOT_ID"), "LOT_ID")
+            else:
+                head_of = None  # a WIR/WRR changes which wafer each head is testing
+                if item[1] == 2:
+                    {10: self._wir, 20: self._wrr, 30: self._wcr}[item[2]](Record(*item))
+                else:  # MIR
+                    f = Fields(Record(*item), self.stream)
+                    f.u4(), f.u4(), f.u1(), f.c1(), f.c1(), f.c1(), f.u2(), f.c1()  # SETUP_T … CMOD_COD
+                    self.lot = f.need(f.cn("LOT_ID"), "LOT_ID")
 
     def _map_bin(self, hard_bin: int, rec: Record) -> int:
         try:
