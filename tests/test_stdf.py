@@ -89,6 +89,8 @@ def test_truncated_mpr_names_record_type_number_and_offset(tmp_path, order):
     assert "5 remain in the file" in msg
     with pytest.raises(DataError, match=rf"record {number:,} at byte {mpr_at:,}: truncated record header \(3 of 4"):
         load_stdf(write(tmp_path, "cut2.stdf", data[:mpr_at + 3]))
+    # NUL padding at the end (block-padded writers) is not a cut record
+    assert len(load_stdf(write(tmp_path, "pad.stdf", data + bytes(7)))) == 1
 
 
 def test_count_field_past_the_record_end_is_an_error_not_an_allocation(tmp_path):

@@ -96,10 +96,11 @@ def info(
     if summary.get("per_pattern"):
         typer.echo("base patterns: " + ", ".join(f"{k} {v}" for k, v in summary["per_pattern"].items()))
     if reprobed is not None:
-        per = ", ".join(f"{w} {n}" for w, n in reprobed["per_wafer"].items() if n)
+        hit = [f"{w} {n}" for w, n in reprobed["per_wafer"].items() if n]
+        per = ", ".join(hit[:8]) + (f", … {len(hit) - 8} more wafers" if len(hit) > 8 else "")
         typer.echo(f"re-probed dies (tested more than once, {reprobed['retest']} result kept): {reprobed['total']}"
                    + (f" ({per})" if per else ""))
-        for wafer, note in reprobed["count_checks"].items():
+        for wafer, note in list(reprobed["count_checks"].items())[:8]:
             typer.echo(f"  {wafer}: {note}")
 
 

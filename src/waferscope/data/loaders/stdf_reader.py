@@ -175,7 +175,7 @@ class StdfStream:
             if not more:
                 rest = n - pos
                 self.bytes_read = base + pos
-                if rest == 0:
+                if rest == 0 or not buf[pos:].strip(b"\x00"):  # some writers pad the file's end with NULs
                     return
                 if rest < 4:
                     raise DataError(f"{self.label(base + pos, None, None)}: truncated record header ({rest} of "
