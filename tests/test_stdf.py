@@ -274,3 +274,12 @@ def test_cli_info_reports_reprobed_dies_and_retest_option(capsys, tmp_path):
     assert code == 0 and summary["reprobed_dies"]["total"] == 2 and summary["reprobed_dies"]["retest"] == "first"
     code, out, err = run(capsys, "data", "info", path, "--retest", "best")
     assert code == 2 and err.strip().startswith("error: bad retest 'best'")
+
+
+def test_classify_and_detect_take_the_retest_option(capsys, tmp_path):
+    path = write(tmp_path, "demo.stdf", S.demo_lot([demo_wafer()], results=False)[0])
+    for command in ("classify predict", "detect score"):
+        code, _, err = run(capsys, *command.split(), "--data", path, "--retest", "worst", "--out", tmp_path / "o.csv")
+        assert code == 0, err
+        code, _, err = run(capsys, *command.split(), "--data", path, "--retest", "no", "--out", tmp_path / "x.csv")
+        assert code == 2 and "bad retest 'no'" in err and not (tmp_path / "x.csv").exists(), command

@@ -95,4 +95,19 @@ WORKERS_OPTION = typer.Option(2, "--workers", help="--engine dask without --sche
 PASS_BINS_REFUSED = ("it maps the bins of fab files (STDF, E142, G85, KLARF, CSV die lists), and Parquet "
                      "partitions hold die states already; convert fab files to Parquet first "
                      "(waferscope data import FILE --out PART.parquet --pass-bins …) or score them with --engine local")
+RETEST_REFUSED = ("it chooses among the results of re-probed STDF dies, and Parquet partitions hold die states "
+                  "already; convert STDF files to Parquet first (waferscope data import FILE --out PART.parquet "
+                  "--retest …) or score them with --engine local")
+
+
+def fab_options_refused(pass_bins: Optional[str], retest: Optional[str]) -> Optional[dict]:
+    """The fab-file options given, with why the Dask path refuses them (None when none is given)."""
+    refused = {}
+    if pass_bins is not None:
+        refused["--pass-bins"] = PASS_BINS_REFUSED
+    if retest is not None:
+        refused["--retest"] = RETEST_REFUSED
+    return refused or None
+
+
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="--engine dask: replace a non-empty --out folder")
