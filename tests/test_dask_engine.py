@@ -239,6 +239,7 @@ def test_prior_on_dask_equals_the_plain_csv(prior, partitions, cluster, tmp_path
     (("--prior", "Center=1"), "no weight for"),
     (("--prior", "nonsense"), "expected one of"),
     (("--pass-bins", "1"), "Parquet partitions hold die states already"),
+    (("--retest", "first"), "--retest does not apply with --engine dask"),
 ])
 def test_bad_classify_options_on_dask_are_one_clear_error(args, problem, partitions, cluster, tmp_path, capsys):
     from clitools import invoke

@@ -110,7 +110,7 @@ def test_stdf_detected_without_suffix_and_other_versions_rejected_clearly(tmp_pa
     path = F.write(tmp_path / "noext", F.stdf_bytes("L", {"W1": B1}))
     assert sniff_format(path) == "stdf" and len(load(path)) == 1
     v3 = F.write(tmp_path / "v3.stdf", struct.pack("<HBBBB", 2, 0, 10, 2, 3))
-    with pytest.raises(DataError, match=r"record 1 \(FAR\): STDF_VER is 3"):
+    with pytest.raises(DataError, match=r"record 1 \(FAR 0/10\) at byte 0: STDF_VER is 3"):
         load(v3)
 
 
@@ -238,28 +238,25 @@ def _stdf_case(case: str) -> tuple[bytes, str]:
     recs = _good_stdf()
     if case == "truncated_record":
         data = b"".join(recs[:5])
-        return data[:-7], r"record 5 \(PRR at byte \d+\): truncated: REC_LEN says \d+ bytes, \d+ remain"
+        return data[:-7], r"record 5 \(PRR 5/20\) at byte \d+: truncated: REC_LEN says \d+ bytes, \d+ remain"
     if case == "truncated_header":
-        return b"".join(recs[:5]) + b"\x10\x00", r"record 6 \(at byte \d+\): truncated record header \(2 of 4 bytes\)"
+        return b"".join(recs[:5]) + b"\x10\x00", r"record 6 at byte \d+: truncated record header \(2 of 4 bytes"
     if case == "short_prr":  # a PRR whose REC_LEN ends before X_COORD: a record missing its fields
         short = F.stdf_record(5, 20, struct.pack("<BBBHHH", 1, 1, 0, 1, 1, 1))
-        return b"".join(recs[:3] + [short]), r"record 4 \(PRR at byte \d+\): the record ends before its X_COORD field"
+        return b"".join(recs[:3] + [short]), r"record 4 \(PRR 5/20\) at byte \d+: the record ends before its X_COORD field"
     if case == "no_mir":
-        return b"".join([recs[0]] + recs[2:]), r"record 2 \(WIR at byte 6\): wafer before any MIR record"
+        return b"".join([recs[0]] + recs[2:]), r"record 2 \(WIR 2/10\) at byte 6: wafer before any MIR record"
     if case == "prr_outside_wafer":
-        return b"".join(recs[:2] + [F.pir(), F.prr(0, 0, 1)]), r"record 4 \(PRR at byte \d+\): die result outside a wafer"
-    if case == "duplicate_die":
-        return b"".join(recs[:5] + [F.pir(), F.prr(0, 0, 1)] + recs[7:]), \
-            r"record 7 \(PRR at byte \d+\): wafer 'W1': die \(0, 0\) appears twice \(first at record 5 .*not flagged as a retest"
+        return b"".join(recs[:8] + [F.pir(), F.prr(0, 0, 1)]), r"record 10 \(PRR 5/20\) at byte \d+: die result outside a wafer"
     if case == "missing_coordinates":
-        return b"".join(recs[:3] + [F.prr(-32768, 0, 1)]), r"record 4 \(PRR at byte \d+\): the die has no X_COORD/Y_COORD"
+        return b"".join(recs[:3] + [F.prr(-32768, 0, 1)]), r"record 4 \(PRR 5/20\) at byte \d+: the die has no X_COORD/Y_COORD"
     if case == "not_stdf":
         return b"\x02\x00\x00\x0a", r"not an STDF file"
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["truncated_record", "truncated_header", "short_prr", "no_mir", "prr_outside_wafer",
-                                  "duplicate_die", "missing_coordinates", "not_stdf"])
+                                  "missing_coordinates", "not_stdf"])
 def test_bad_stdf(tmp_path, case):
     data, message = _stdf_case(case)
     path = F.write(tmp_path / "bad.stdf", data)
@@ -373,7 +370,7 @@ def test_cli_import_and_info_for_each_format(capsys, tmp_path, fmt):
 
 @pytest.mark.parametrize("name, content, message", [
     ("bad.csv", "lot,wafer,x,y,bin\nL,1,0,0,1\nL,1,1,0,x\n", "line 3: bin 'x' is not a number"),
-    ("bad.stdf", b"".join(_good_stdf()[:5])[:-7], "record 5 (PRR at byte 72): truncated"),
+    ("bad.stdf", b"".join(_good_stdf()[:5])[:-7], "record 5 (PRR 5/20) at byte 72: truncated"),
     ("bad.xml", F.g85_text("L", {"W1": B1}).replace('Rows="9"', 'Rows="4"'), "9 rows of bin codes, the header says 4"),
     ("bad.klarf", F.klarf_text("L", {"W1": [(9, 9, 1)]}, PLAN), "outside the SampleTestPlan"),
     ("e142.xml", F.e142_text("L", {"W1": B1}).replace('Dimension X="9"', 'Dimension X="8"'),

@@ -17,12 +17,16 @@ PASS_BINS_HELP = ("Fab map files (STDF, E142, G85, KLARF, CSV die list): bins th
                   "format's own (see docs/data.md).")
 
 
-def load_data(specs: List[str], pass_bins: Optional[str] = None):
-    """Load one spec, or concatenate several into one data set (``pass_bins``: see ``load``)."""
+RETEST_HELP = ("STDF dies probed more than once without a retest flag: keep the last result (default), the "
+               "first, or the worst (a fail anywhere fails the die). Retest-flagged results always replace.")
+
+
+def load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None):
+    """Load one spec, or concatenate several into one data set (``pass_bins``, ``retest``: see ``load``)."""
     from waferscope.data import load
     from waferscope.data.dataset import WaferDataset
 
-    parts = [load(s, pass_bins=pass_bins) for s in specs]
+    parts = [load(s, pass_bins=pass_bins, retest=retest) for s in specs]
     return parts[0] if len(parts) == 1 else WaferDataset.concat(parts, name="+".join(p.name for p in parts))
 
 
@@ -91,4 +95,19 @@ WORKERS_OPTION = typer.Option(2, "--workers", help="--engine dask without --sche
 PASS_BINS_REFUSED = ("it maps the bins of fab files (STDF, E142, G85, KLARF, CSV die lists), and Parquet "
                      "partitions hold die states already; convert fab files to Parquet first "
                      "(waferscope data import FILE --out PART.parquet --pass-bins …) or score them with --engine local")
+RETEST_REFUSED = ("it chooses among the results of re-probed STDF dies, and Parquet partitions hold die states "
+                  "already; convert STDF files to Parquet first (waferscope data import FILE --out PART.parquet "
+                  "--retest …) or score them with --engine local")
+
+
+def fab_options_refused(pass_bins: Optional[str], retest: Optional[str]) -> Optional[dict]:
+    """The fab-file options given, with why the Dask path refuses them (None when none is given)."""
+    refused = {}
+    if pass_bins is not None:
+        refused["--pass-bins"] = PASS_BINS_REFUSED
+    if retest is not None:
+        refused["--retest"] = RETEST_REFUSED
+    return refused or None
+
+
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="--engine dask: replace a non-empty --out folder")

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from waferscope.cli.common import PASS_BINS_HELP
+from waferscope.cli.common import PASS_BINS_HELP, RETEST_HELP
 
 app = typer.Typer(no_args_is_help=True, help="Generate, import, inspect and draw wafer-map data sets.")
 
@@ -49,12 +49,13 @@ def import_(
     out: Path = typer.Option(..., "--out", help="Output .parquet file."),
     batch_size: int = typer.Option(8192, "--batch-size", min=1, help="Rows per Parquet row group."),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
+    retest: Optional[str] = typer.Option(None, "--retest", help=RETEST_HELP),
 ) -> None:
     """Convert any supported source to waferscope's canonical Parquet format (streaming)."""
     from waferscope.data.loaders.streaming import import_to_parquet
 
     _plain_warnings()
-    count = import_to_parquet(src, out, batch_size=batch_size, progress=True, pass_bins=pass_bins)
+    count = import_to_parquet(src, out, batch_size=batch_size, progress=True, pass_bins=pass_bins, retest=retest)
     typer.echo(f"wrote {count} rows to {out}", err=True)
 
 
@@ -63,12 +64,17 @@ def info(
     spec: str = typer.Argument(..., help="Data SPEC."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
+    retest: Optional[str] = typer.Option(None, "--retest", help=RETEST_HELP),
 ) -> None:
     """Counts per class, map sizes and fail rates."""
     from waferscope.data import load
 
     _plain_warnings()
-    summary = load(spec, pass_bins=pass_bins).summary()
+    dataset = load(spec, pass_bins=pass_bins, retest=retest)
+    summary = dataset.summary()
+    reprobed = _reprobed(dataset)
+    if reprobed is not None:
+        summary["reprobed_dies"] = reprobed
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -89,6 +95,25 @@ def info(
         typer.echo(line)
     if summary.get("per_pattern"):
         typer.echo("base patterns: " + ", ".join(f"{k} {v}" for k, v in summary["per_pattern"].items()))
+    if reprobed is not None:
+        hit = [f"{w} {n}" for w, n in reprobed["per_wafer"].items() if n]
+        per = ", ".join(hit[:8]) + (f", … {len(hit) - 8} more wafers" if len(hit) > 8 else "")
+        typer.echo(f"re-probed dies (tested more than once, {reprobed['retest']} result kept): {reprobed['total']}"
+                   + (f" ({per})" if per else ""))
+        for wafer, note in list(reprobed["count_checks"].items())[:8]:
+            typer.echo(f"  {wafer}: {note}")
+
+
+def _reprobed(dataset) -> dict | None:
+    """Re-probe counts of a fab data set that reports them (STDF's ``reprobed_dies`` column)."""
+    meta = dataset.meta
+    if "reprobed_dies" not in meta:
+        return None
+    counts = meta["reprobed_dies"].fillna(0).astype(int)
+    checks = meta["count_check"].fillna("") if "count_check" in meta else None
+    return {"total": int(counts.sum()), "per_wafer": dict(zip(meta["id"], counts.tolist())),
+            "retest": str(meta["retest"].iloc[0]) if "retest" in meta and len(meta) else "last",
+            "count_checks": {} if checks is None else {i: c for i, c in zip(meta["id"], checks) if c}}
 
 
 @app.command()
@@ -99,11 +124,12 @@ def show(
     seed: int = typer.Option(0, "--seed", help="Which maps are drawn."),
     title: Optional[str] = typer.Option(None, "--title"),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
+    retest: Optional[str] = typer.Option(None, "--retest", help=RETEST_HELP),
 ) -> None:
     """Draw a montage: a few maps of every class, with a colour legend."""
     from waferscope.data import load
     from waferscope.data.render import montage_per_class
 
     _plain_warnings()
-    montage_per_class(load(spec, pass_bins=pass_bins), out, per_class=per_class, seed=seed, title=title)
+    montage_per_class(load(spec, pass_bins=pass_bins, retest=retest), out, per_class=per_class, seed=seed, title=title)
     typer.echo(f"wrote {out}", err=True)

@@ -124,11 +124,12 @@ def sniff_format(path: Path) -> str:
                     "MVTec-AD folder)", path)
 
 
-def load(spec: str | Path, pass_bins=None, limits: LoadLimits | None = None) -> WaferDataset:
+def load(spec: str | Path, pass_bins=None, limits: LoadLimits | None = None, retest: str | None = None) -> WaferDataset:
     """The data set at ``spec``; ``pass_bins`` (see the module docstring) applies to fab formats,
-    ``limits`` to everything read from a file."""
+    ``limits`` to everything read from a file; ``retest`` ("last" default, "first", "worst"): which
+    result of an STDF die probed twice without a retest flag is kept (other sources ignore it)."""
     limits = resolve_limits(limits)
-    dataset = _load(spec, pass_bins, limits)
+    dataset = _load(spec, pass_bins, limits, retest)
     # the loaders refuse oversize input before allocating; this catches any that cannot know sizes early
     if dataset.kind == "wafer":  # images (a folder of photos) are bounded by their own decoder
         budget = limits.budget(None if str(spec).startswith("synthetic:") else str(spec))
@@ -137,7 +138,7 @@ def load(spec: str | Path, pass_bins=None, limits: LoadLimits | None = None) -> 
     return dataset
 
 
-def _load(spec: str | Path, pass_bins, limits: LoadLimits) -> WaferDataset:
+def _load(spec: str | Path, pass_bins, limits: LoadLimits, retest: str | None = None) -> WaferDataset:
     from waferscope.data.loaders.fabcommon import parse_bin_mapping
 
     mapping = parse_bin_mapping(pass_bins)
@@ -151,7 +152,7 @@ def _load(spec: str | Path, pass_bins, limits: LoadLimits) -> WaferDataset:
         raise DataError("no such file or folder", path)
     fmt = sniff_format(path)
     if fmt in FAB_FORMATS:
-        return _load_fab(fmt, path, mapping, limits)
+        return _load_fab(fmt, path, mapping, limits, retest)
     if fmt == "parquet":
         from waferscope.data.io_parquet import read_parquet
 
@@ -175,11 +176,11 @@ def _load(spec: str | Path, pass_bins, limits: LoadLimits) -> WaferDataset:
     return load_class_folders(path)
 
 
-def _load_fab(fmt: str, path: Path, mapping, limits: LoadLimits) -> WaferDataset:
+def _load_fab(fmt: str, path: Path, mapping, limits: LoadLimits, retest: str | None = None) -> WaferDataset:
     if fmt == "stdf":
         from waferscope.data.loaders.stdf import load_stdf
 
-        return load_stdf(path, mapping, limits=limits)
+        return load_stdf(path, mapping, limits=limits, retest=retest)
     if fmt == "e142":
         from waferscope.data.loaders.e142 import load_e142
 
