@@ -82,7 +82,7 @@ def lot_order(dataset, column: str | None = None) -> list[str]:
         return first.sort_values(kind="stable").index.astype(str).tolist()
     values = dataset.meta[col]
     if not pd.api.types.is_numeric_dtype(values):
-        parsed = pd.to_datetime(values, errors="coerce", utc=True)
+        parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")  # each value its own format
         bad = values.notna() & parsed.isna() & (values.astype(str).str.strip() != "")
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -150,11 +150,11 @@ def lot_summary(dataset, predictions: pd.DataFrame | None = None, *, time: str |
     if "class" in table:
         known = table[table["class"] != UNLABELLED]
         counts = pd.crosstab(known["lot"], known["class"]).reindex(out.index, fill_value=0)
-        n_cls = counts.sum(1)
+        n_cls = counts.sum(axis=1)
         out["classified"] = n_cls
         for c in sorted(counts.columns):
             out[f"share_{c}"] = np.divide(counts[c], n_cls, out=np.full(len(out), np.nan), where=n_cls > 0)
-        top = counts.idxmax(1).where(n_cls > 0, "")
+        top = counts.idxmax(axis=1).where(n_cls > 0, "")
         out["top_class"] = top
     if "anomalous" in table:
         out["anomalous_share"] = g["anomalous"].mean()
@@ -383,7 +383,7 @@ def signature_trend(dataset, predictions: pd.DataFrame | None = None, *, sigma: 
         counts = pd.crosstab(known["lot"], known["class"])
         names = sorted(counts.columns) if classes is None else list(classes)
         counts = counts.reindex(columns=names, fill_value=0)
-        parts += [(c, counts[c], counts.sum(1)) for c in names]
+        parts += [(c, counts[c], counts.sum(axis=1)) for c in names]
     if "anomalous" in table:
         g = table.groupby("lot")["anomalous"]
         parts.append(("anomalous", g.sum().astype(np.int64), g.size()))
@@ -433,7 +433,7 @@ def analyse(dataset, predictions: pd.DataFrame | None = None, *, rings: int = 3,
     trend = signature_trend(dataset, predictions, sigma=sigma, time=time, min_wafers=min_wafers, wafers=wafers)
     flagged = trend[trend["out_of_control"] != ""]
     marks = (flagged["signature"] + " " + flagged["out_of_control"]).groupby(flagged["lot"]).agg(", ".join)
-    summary["out_of_control"] = summary["lot"].map(marks).fillna("")
+    summary["out_of_control"] = [marks.get(x, "") for x in summary["lot"]]
     chosen = summary.sort_values(["wafers", "order"], ascending=[False, True], kind="stable")["lot"].tolist()
     chosen = chosen if map_lots is None else chosen[:map_lots]
     chosen = [x for x in order if x in set(chosen)]  # drawn in time order

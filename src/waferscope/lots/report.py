@@ -56,8 +56,7 @@ def shared_scale(stacks: dict[str, LotStack]) -> float:
 
 def _draw_stack(ax, stack: LotStack, vmax: float):
     plt = _plt()
-    cmap = plt.get_cmap(STACK_CMAP).copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap(STACK_CMAP).with_extremes(bad="white")
     freq = np.ma.masked_invalid(stack.frequency)
     im = ax.imshow(freq, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
@@ -86,14 +85,18 @@ def plot_stack(stack: LotStack, path: Path, vmax: float, row: pd.Series | None =
     bar.set_label("fail frequency (failing wafers / wafers with the die)", fontsize=8)
     if uneven:
         ax2 = axes[0, 1]
-        cmap = plt.get_cmap("Blues").copy()
-        cmap.set_bad("white")
+        cmap = plt.get_cmap("Blues").with_extremes(bad="white")
         im2 = ax2.imshow(np.ma.masked_where(~on, stack.tested), cmap=cmap, vmin=0, vmax=stack.wafers,
                          interpolation="nearest")
         ax2.set_xticks([])
         ax2.set_yticks([])
         ax2.set_title("wafers with a die at each position", fontsize=9)
-        fig.colorbar(im2, ax=ax2, fraction=0.046, pad=0.04).set_label("wafers", fontsize=8)
+        from matplotlib.ticker import MaxNLocator
+
+        bar2 = fig.colorbar(im2, ax=ax2, fraction=0.046, pad=0.04)
+        bar2.locator = MaxNLocator(integer=True)
+        bar2.update_ticks()
+        bar2.set_label("wafers", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -150,8 +153,7 @@ def plot_zone_yield(zones: pd.DataFrame, path: Path, lots: list[str]) -> Path:
     vals = grid.to_numpy(dtype=np.float64)
     lo = np.nanmin(vals) if np.isfinite(vals).any() else 0.0
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 0.9 + 0.3 * len(order)))
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=min(lo, 0.999), vmax=1.0, aspect="auto")
     for (i, j), v in np.ndenumerate(vals):
         if np.isfinite(v):
