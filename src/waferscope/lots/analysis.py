@@ -433,7 +433,9 @@ def analyse(dataset, predictions: pd.DataFrame | None = None, *, rings: int = 3,
     trend = signature_trend(dataset, predictions, sigma=sigma, time=time, min_wafers=min_wafers, wafers=wafers)
     flagged = trend[trend["out_of_control"] != ""]
     marks = (flagged["signature"] + " " + flagged["out_of_control"]).groupby(flagged["lot"]).agg(", ".join)
-    summary["out_of_control"] = [marks.get(x, "") for x in summary["lot"]]
+    # beside the class columns, so that the page's table shows it without scrolling
+    at = summary.columns.get_loc("top_class") + 1 if "top_class" in summary else len(summary.columns)
+    summary.insert(at, "out_of_control", [marks.get(x, "") for x in summary["lot"]])
     chosen = summary.sort_values(["wafers", "order"], ascending=[False, True], kind="stable")["lot"].tolist()
     chosen = chosen if map_lots is None else chosen[:map_lots]
     chosen = [x for x in order if x in set(chosen)]  # drawn in time order

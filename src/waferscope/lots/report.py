@@ -206,12 +206,15 @@ def plot_pareto(pareto: pd.DataFrame, path: Path, lots: list[str], top: int = 10
 
 
 def plot_trend(trend: pd.DataFrame, path: Path, per_row: int = 3) -> Path | None:
-    """One p-chart per signature: each lot's share (points, time order), the centre line p̄ and the
-    ±σ limits (steps, they move with each lot's size); out-of-control lots in vermillion."""
-    if trend.empty:
+    """One p-chart per signature seen in some lot: each lot's share (points, time order), the centre
+    line p̄ and the ±σ limits (steps, they move with each lot's size); out-of-control lots ringed in
+    vermillion. None when no signature is seen."""
+    # a signature no charted lot shows (p̄ = 0) is a flat line at 0: left out (trend.csv keeps it)
+    seen = trend.groupby("signature", sort=False)["count"].sum()
+    sigs = [s for s in dict.fromkeys(trend["signature"]) if seen[s] > 0]
+    if not sigs:
         return None
     plt = _plt()
-    sigs = list(dict.fromkeys(trend["signature"]))
     ncol = min(per_row, len(sigs))
     nrow = math.ceil(len(sigs) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 2.7 * nrow), squeeze=False)
@@ -226,14 +229,12 @@ def plot_trend(trend: pd.DataFrame, path: Path, per_row: int = 3) -> Path | None
         ax.plot(x[ooc], part["p"].to_numpy()[ooc], ls="none", marker="o", ms=6, mfc="none",
                 mec=TREND_COLOURS["ooc"], mew=1.5)
         ax.set_ylim(-0.03, 1.03)
-        ax.set_title(sig, fontsize=9)
+        ax.set_title(f"{sig}: p̄ {part['p_bar'].iloc[0]:.3f}, {int(ooc.sum())} out of control", fontsize=9)
         ax.set_ylabel("share of wafers", fontsize=8)
         if len(x) <= 30:
             ax.set_xticks(x, part["lot"], rotation=60, ha="right", fontsize=6)
         else:
             ax.set_xlabel(f"{len(x)} lots in time order", fontsize=8)
-        ax.text(0.01, 0.97, f"p̄ {part['p_bar'].iloc[0]:.3f}, {int(ooc.sum())} out of control", transform=ax.transAxes,
-                fontsize=7, va="top", bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
     for ax in axes.ravel()[len(sigs):]:
         ax.axis("off")
     from matplotlib.lines import Line2D
@@ -287,13 +288,14 @@ def _fmt(col: str, v) -> tuple[str, str]:
 def html_table(df: pd.DataFrame, max_rows: int = MAX_HTML_ROWS, row_class=None) -> str:
     """A sortable HTML table of ``df`` (at most ``max_rows`` rows), values escaped."""
     cols = list(df.columns)
-    head = "".join(f'<th class="{"t" if df[c].dtype == object else ""}">{html.escape(str(c))}</th>' for c in cols)
+    text_cols = {c for c in cols if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])}
+    head = "".join(f'<th class="{"t" if c in text_cols else ""}">{html.escape(str(c))}</th>' for c in cols)
     body = []
     for _, row in df.head(max_rows).iterrows():
         cells = []
         for c in cols:
             text, key = _fmt(c, row[c])
-            cls = ' class="t"' if df[c].dtype == object else ""
+            cls = ' class="t"' if c in text_cols else ""
             cells.append(f'<td{cls} data-v="{html.escape(key)}">{html.escape(text)}</td>')
         rc = row_class(row) if row_class else ""
         body.append(f'<tr{f" class={chr(34)}{rc}{chr(34)}" if rc else ""}>' + "".join(cells) + "</tr>")
