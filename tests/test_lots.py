@@ -150,6 +150,20 @@ def test_zone_yield_by_hand(three_wafers):
         lots.zone_yield(ds, rings=0)
 
 
+def test_zone_yield_matches_masks_on_many_wafers(tiny_wafers):
+    # the die-area cache and the bincounts against plain per-wafer masks (same die areas, other fails)
+    ds = WaferDataset.concat([tiny_wafers, tiny_wafers.subset(np.arange(12)[::-1])])
+    ds.meta["lot"] = "one"
+    got = lots.zone_yield(ds, rings=4, edge_width=2).set_index("zone")
+    for zone in got.index:
+        fails = passes = 0
+        for m in ds.maps:
+            mask = next(v for (k, z), v in zone_masks(m, 4, 2).items() if z == zone)
+            fails += int((m[mask] == 2).sum())
+            passes += int((m[mask] == 1).sum())
+        assert got.loc[zone, ["pass_dies", "fail_dies"]].tolist() == [passes, fails], zone
+
+
 # ---- bin Pareto ---------------------------------------------------------------------------------
 @pytest.fixture
 def binned():
@@ -229,6 +243,33 @@ def test_analyse_marks_out_of_control_lots():
     assert list(r.stacks) == ["L0", "L1"]  # ties in wafers count: first in time order
 
 
+def test_analyse_picks_lowest_yield_lots():
+    maps = []
+    for bad in (0, 20, 5, 20):  # fail dies per wafer of lots L0..L3
+        for _ in range(2):
+            m = FULL5.copy()
+            m.ravel()[:bad] = 2
+            maps.append(m)
+    ds = _ds(maps + [np.full((5, 5), 2, np.uint8)], [f"L{i // 2}" for i in range(8)] + ["L4"])
+    r = lots.analyse(ds, map_lots=2, map_by="yield", min_wafers=2)
+    assert list(r.stacks) == ["L1", "L3"]  # yield 0.2 each; the 1-wafer L4 (yield 0) is left out
+    assert list(lots.analyse(ds, map_lots=1, map_by="yield").stacks) == ["L4"]
+    with pytest.raises(ConfigError, match="not 'fails'"):
+        lots.analyse(ds, map_by="fails")
+
+
+def test_odd_lot_names_stay_safe(tmp_path):
+    from waferscope.lots.report import write_report
+
+    ds = _ds([FULL5, FULL5, FULL5], ["../a b<script>", "a_b_script", ""])
+    out = write_report(lots.analyse(ds), tmp_path / "r")
+    files = sorted(p.name for p in (out / "maps").iterdir())
+    assert len(files) == 3 and all("/" not in f and "<" not in f for f in files)
+    html = (out / "index.html").read_text()
+    assert html.count("<script>") == 1  # the page's own sorting script; the lot name is escaped
+    assert "&lt;script&gt;" in html and "(no lot)" in html
+
+
 def test_image_data_is_refused():
     img = WaferDataset.from_maps([np.zeros((4, 4, 3), np.uint8)], kind="image")
     with pytest.raises(DataError, match="lot views need wafer maps"):
@@ -290,6 +331,7 @@ def test_cli_with_bundled_models(capsys, tmp_path, lot_parquet):
     (["--bundled", "gbm", "--bundled", "cnn_distilled"], "two classifiers"),
     (["--no-predict", "--bundled", "gbm"], "--no-predict runs no model"),
     (["--no-predict", "--time-column", "shift"], "no time column 'shift'"),
+    (["--no-predict", "--maps-by", "fails"], "--maps-by must be one of"),
 ])
 def test_cli_bad_input_is_one_line(capsys, tmp_path, lot_parquet, args, message):
     if "--data" not in args:

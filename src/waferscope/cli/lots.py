@@ -99,6 +99,8 @@ def lots_cmd(
     min_wafers: int = typer.Option(5, "--min-wafers", min=1, help="Trend: only lots with at least this many "
                                    "classified wafers (a p-chart point from 1-2 wafers says little)"),
     max_maps: int = typer.Option(24, "--max-maps", min=0, help="Stacked maps of this many lots (most wafers first)"),
+    maps_by: str = typer.Option("wafers", "--maps-by", help="Which lots get stacked maps: 'wafers' (most wafers "
+                                "first) or 'yield' (lowest yield first, among lots with ≥ --min-wafers wafers)"),
     time_column: Optional[str] = typer.Option(None, "--time-column", help="Metadata column giving lot time order "
                                               "(default: start_time/test_time/time/timestamp/date if present, "
                                               "else order of first appearance)"),
@@ -111,6 +113,8 @@ def lots_cmd(
 
     if no_predict and (run or bundled):
         raise ConfigError("--no-predict runs no model: leave out --run/--bundled")
+    if maps_by not in lots.analysis.MAP_BY:
+        raise ConfigError(f"--maps-by must be one of {', '.join(lots.analysis.MAP_BY)}, not {maps_by!r}")
     check_out_dir(out, overwrite)  # before any work
     models = None if no_predict else resolve_models(run, bundled)  # bad model options fail before reading data
     dataset = load_lots_data(data, pass_bins)
@@ -124,7 +128,7 @@ def lots_cmd(
                      + (f", anomalous at score ≥ {models['threshold']:.6g} (the run's threshold)"
                         if models["threshold"] is not None else " (no threshold: no anomalous share)"))
     report = lots.analyse(dataset, predictions, rings=rings, edge_width=edge_width, sigma=sigma, time=time_column,
-                          map_lots=max_maps, min_wafers=min_wafers, progress=True)
+                          map_lots=max_maps, map_by=maps_by, min_wafers=min_wafers, progress=True)
     if report.pareto.empty:
         notes.append("no bin codes in these files: no bin Pareto")
     write_report(report, out, overwrite=overwrite, notes=notes, progress=True)

@@ -26,7 +26,7 @@ import pandas as pd
 
 from waferscope.data.classes import UNLABELLED
 from waferscope.errors import ConfigError, DataError
-from waferscope.lots.geometry import ORIGIN_COLUMNS, placements, ring_bounds, zone_masks
+from waferscope.lots.geometry import ORIGIN_COLUMNS, placements, ring_bounds, zone_ids, zone_names
 
 # Metadata columns taken as the time a wafer was tested, first found wins (fab loaders that know
 # the test start time should write ``start_time``).
@@ -35,6 +35,7 @@ NO_LOT = "(no lot)"
 BINS_ATTR = "bins"  # dataset.attrs["bins"]: wafer id → int array of bin codes (see bin_pareto)
 BIN_NAMES_ATTR = "bin_names"  # dataset.attrs["bin_names"]: bin code → name (optional)
 NO_BIN = -1
+MAP_BY = ("wafers", "yield")  # how analyse() picks the lots whose stacked maps it draws
 
 
 def _check_wafers(dataset) -> None:
@@ -262,22 +263,28 @@ def zone_yield(dataset, *, rings: int = 3, edge_width: int = 1, progress: bool =
     if rings < 1 or edge_width < 1:
         raise ConfigError(f"zones need rings ≥ 1 and an edge width ≥ 1 die (got rings={rings}, edge width={edge_width})")
     names = lot_names(dataset)
-    zones = [("ring", f"ring {k + 1}") for k in range(rings)] + [("quadrant", q) for q in
-                                                                 ("top-left", "top-right", "bottom-left", "bottom-right")]
-    zones += [("edge", "edge"), ("edge", "inner")]
-    pos = {z: j for j, z in enumerate(zones)}
+    zones = zone_names(rings)
     counts = np.zeros((len(dataset), len(zones), 2), np.int64)  # [wafer, zone, (pass, fail)]
+    cache: dict[tuple, np.ndarray] = {}  # die area → zone ids: a product's wafers share one die area
     for i, m in enumerate(tqdm(dataset.maps, desc="zone yield", unit="wafer", disable=not progress,
                                file=sys.stderr, leave=False)):
-        for z, mask in zone_masks(m, rings, edge_width).items():
-            counts[i, pos[z], 0] = np.count_nonzero(m[mask] == 1)
-            counts[i, pos[z], 1] = np.count_nonzero(m[mask] == 2)
+        on = m != 0
+        key = (m.shape, np.packbits(on).tobytes())
+        ids = cache.get(key)
+        if ids is None:
+            ids = cache[key] = zone_ids(on, rings, edge_width)
+            if len(cache) > 4096:  # bounded: data sets of ever-different die areas recompute
+                cache.pop(next(iter(cache)))
+        counts[i, :, 0] = np.bincount(ids[:, m == 1].ravel(), minlength=len(zones))
+        counts[i, :, 1] = np.bincount(ids[:, m == 2].ravel(), minlength=len(zones))
     order = lot_order(dataset) if order is None else order
     bounds = ring_bounds(rings)
     rows = []
-    for lot in order:
-        sel = names == lot
-        tot = counts[sel].sum(0)
+    codes = {lot: i for i, lot in enumerate(order)}
+    lot_code = np.array([codes.get(x, -1) for x in names])
+    totals = np.zeros((len(order), len(zones), 2), np.int64)
+    np.add.at(totals, lot_code[lot_code >= 0], counts[lot_code >= 0])
+    for lot, tot in zip(order, totals):
         for j, (kind, zone) in enumerate(zones):
             p, f = int(tot[j, 0]), int(tot[j, 1])
             lo, hi = bounds[int(zone.split()[1]) - 1] if kind == "ring" else (math.nan, math.nan)
@@ -337,8 +344,11 @@ def bin_pareto(dataset, *, fail_only: bool = True, order: list[str] | None = Non
     frame = pd.DataFrame({"lot": np.concatenate(lot_of), "bin": np.concatenate(codes)})
     counts = frame.groupby(["lot", "bin"]).size().rename("dies").reset_index()
     rows = []
+    by_lot = dict(tuple(counts.groupby("lot", sort=False)))
     for lot in (lot_order(dataset) if order is None else order):
-        part = counts[counts["lot"] == lot].sort_values(["dies", "bin"], ascending=[False, True])
+        if lot not in by_lot:
+            continue
+        part = by_lot[lot].sort_values(["dies", "bin"], ascending=[False, True])
         total = part["dies"].sum()
         cum = 0
         for rank, (b, d) in enumerate(zip(part["bin"], part["dies"]), 1):
@@ -389,7 +399,8 @@ def signature_trend(dataset, predictions: pd.DataFrame | None = None, *, sigma: 
         parts.append(("anomalous", g.sum().astype(np.int64), g.size()))
     frames = []
     for sig, count, n in parts:
-        lots = [x for x in order if x in n.index and n[x] >= max(min_wafers, 1)]
+        n_all = n.reindex(order).fillna(0).to_numpy()
+        lots = [x for x, k in zip(order, n_all) if k >= max(min_wafers, 1)]
         if not lots:
             continue
         c, nn = count.reindex(lots).to_numpy(), n.reindex(lots).to_numpy()
@@ -416,13 +427,17 @@ class LotReport:
 
 
 def analyse(dataset, predictions: pd.DataFrame | None = None, *, rings: int = 3, edge_width: int = 1,
-            sigma: float = 3.0, time: str | None = None, map_lots: int | None = 24, min_wafers: int = 1,
-            progress: bool = False) -> LotReport:
+            sigma: float = 3.0, time: str | None = None, map_lots: int | None = 24, map_by: str = "wafers",
+            min_wafers: int = 1, progress: bool = False) -> LotReport:
     """Every lot view of ``dataset``; the summary gains ``out_of_control``: the lot's flagged trend
-    signatures ("Center high, anomalous low"). ``map_lots``: stack the maps of that many lots (those with the
-    most wafers, ties in time order; None = all lots)."""
+    signatures ("Center high, anomalous low"). ``map_lots``: stack the maps of that many lots (None =
+    all), chosen by ``map_by``: ``"wafers"`` (the most wafers first) or ``"yield"`` (the lowest yield
+    first among lots with ≥ ``min_wafers`` wafers); ties by time order, drawn in time order.
+    ``min_wafers`` also limits the trend's lots (:func:`signature_trend`)."""
     _check_wafers(dataset)
     predictions = _check_predictions(dataset, predictions)
+    if map_by not in MAP_BY:
+        raise ConfigError(f"stacked maps are chosen by one of {', '.join(MAP_BY)}, not {map_by!r}")
     if map_lots is not None and map_lots < 0:
         raise ConfigError(f"the number of stacked lot maps must be ≥ 0, got {map_lots}")
     wafers = wafer_table(dataset, predictions)
@@ -436,12 +451,18 @@ def analyse(dataset, predictions: pd.DataFrame | None = None, *, rings: int = 3,
     # beside the class columns, so that the page's table shows it without scrolling
     at = summary.columns.get_loc("top_class") + 1 if "top_class" in summary else len(summary.columns)
     summary.insert(at, "out_of_control", [marks.get(x, "") for x in summary["lot"]])
-    chosen = summary.sort_values(["wafers", "order"], ascending=[False, True], kind="stable")["lot"].tolist()
+    if map_by == "wafers":
+        chosen = summary.sort_values(["wafers", "order"], ascending=[False, True], kind="stable")["lot"].tolist()
+    else:  # lowest yield first, among lots with enough wafers for the stack to mean something
+        pool = summary[summary["wafers"] >= min_wafers]
+        pool = summary if pool.empty else pool
+        chosen = pool.sort_values(["yield", "order"], kind="stable")["lot"].tolist()
     chosen = chosen if map_lots is None else chosen[:map_lots]
     chosen = [x for x in order if x in set(chosen)]  # drawn in time order
     stacks = lot_stacks(dataset, chosen, progress=progress)
     settings = {"rings": rings, "edge_width": edge_width, "sigma": sigma, "min_wafers": min_wafers,
-                "time_column": time_column(dataset.meta, time), "class_source": wafers.attrs.get("class_source"),
+                "time_column": time_column(dataset.meta, time), "map_by": map_by,
+                "class_source": wafers.attrs.get("class_source"),
                 "wafers": len(dataset), "lots": len(summary), "data": dataset.name}
     return LotReport(wafers=wafers, summary=summary, zones=zones, pareto=pareto, trend=trend, stacks=stacks,
                      settings=settings)

@@ -109,35 +109,48 @@ def normalised_radius(shape: tuple[int, int], box: tuple[int, int, int, int]) ->
     return np.sqrt(dr * dr + dc * dc)
 
 
-def zone_masks(m: np.ndarray, rings: int = 3, edge_width: int = 1) -> dict[tuple[str, str], np.ndarray]:
-    """(kind, zone) → bool mask of the dies of map ``m`` in that zone; kinds ``ring`` (``ring 1`` ..
-    ``ring K``), ``quadrant`` (:data:`QUADRANTS`) and ``edge`` (``edge``, ``inner``). Each kind
-    partitions the die area. Empty dict for a map without dies."""
+def zone_names(rings: int) -> list[tuple[str, str]]:
+    """(kind, zone) of every zone, in the order of :func:`zone_ids`' numbers."""
+    return ([("ring", f"ring {k + 1}") for k in range(rings)] + [("quadrant", q) for q in QUADRANTS]
+            + [("edge", "edge"), ("edge", "inner")])
+
+
+def zone_ids(on: np.ndarray, rings: int = 3, edge_width: int = 1) -> np.ndarray:
+    """(3, H, W) int array for the die area ``on`` (bool H×W): per position its ring, quadrant and
+    edge/inner zone as indices into :func:`zone_names` (one layer per kind), −1 where there is no
+    die. Depends on the die area only, so wafers of one product share it."""
     from scipy import ndimage
 
     if rings < 1:
         raise ValueError(f"rings must be ≥ 1, got {rings}")
     if edge_width < 1:
         raise ValueError(f"edge_width must be ≥ 1, got {edge_width}")
-    box = die_box(m)
+    out = np.full((3,) + on.shape, -1, np.int64)
+    box = die_box(on)
     if box is None:
-        return {}
-    on = m != 0
-    rho = normalised_radius(m.shape, box)
-    ring = np.minimum((rho * rings).astype(np.int64), rings - 1)  # ρ ≥ 1 → the outer ring
-    out: dict[tuple[str, str], np.ndarray] = {}
-    for k in range(rings):
-        out[("ring", f"ring {k + 1}")] = on & (ring == k)
+        return out
+    rho = normalised_radius(on.shape, box)
+    out[0][on] = np.minimum((rho * rings).astype(np.int64), rings - 1)[on]  # ρ ≥ 1 → the outer ring
     r0, r1, c0, c1 = box
-    rr, cc = np.mgrid[0:m.shape[0], 0:m.shape[1]]
-    top, left = rr < (r0 + r1) / 2, cc < (c0 + c1) / 2
-    for name, sel in zip(QUADRANTS, (top & left, top & ~left, ~top & left, ~top & ~left)):
-        out[("quadrant", name)] = on & sel
+    rr, cc = np.mgrid[0:on.shape[0], 0:on.shape[1]]
+    # quadrant 0..3 = top-left, top-right, bottom-left, bottom-right (centre row → bottom, column → right)
+    quadrant = 2 * (rr >= (r0 + r1) / 2) + (cc >= (c0 + c1) / 2)
+    out[1][on] = rings + quadrant[on]
     inner = ndimage.binary_erosion(on, structure=ndimage.generate_binary_structure(2, 1),
                                    iterations=edge_width, border_value=0)
-    out[("edge", "edge")] = on & ~inner
-    out[("edge", "inner")] = inner
+    out[2][on] = rings + 4 + inner[on]
     return out
+
+
+def zone_masks(m: np.ndarray, rings: int = 3, edge_width: int = 1) -> dict[tuple[str, str], np.ndarray]:
+    """(kind, zone) → bool mask of the dies of map ``m`` in that zone; kinds ``ring`` (``ring 1`` ..
+    ``ring K``), ``quadrant`` (:data:`QUADRANTS`) and ``edge`` (``edge``, ``inner``). Each kind
+    partitions the die area. Empty dict for a map without dies."""
+    on = np.asarray(m) != 0
+    if not on.any():
+        return {}
+    ids = zone_ids(on, rings, edge_width)
+    return {name: (ids == j).any(0) for j, name in enumerate(zone_names(rings))}
 
 
 def ring_bounds(rings: int) -> list[tuple[float, float]]:

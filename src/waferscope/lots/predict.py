@@ -18,8 +18,16 @@ def predict_wafers(dataset, classifier=None, detector=None, threshold: float | N
     wafers so that a progress bar can follow a large file."""
     from tqdm.auto import tqdm
 
+    from waferscope.errors import DataError
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    for model in (classifier, detector):
+        # a model trained on images (MVTec layout) would score wafer maps without complaint
+        mode = getattr(model, "mode_", None) or getattr(model, "input_kind_", None)
+        if model is not None and mode in ("wafer", "image") and mode != dataset.kind:
+            raise DataError(f"{type(model).__name__} was trained on {mode} data; these are {dataset.kind} data",
+                            dataset.name)
     n = len(dataset)
     out = pd.DataFrame({"id": dataset.ids.astype(str)})
     starts = range(0, n, batch_size)

@@ -304,6 +304,7 @@ def html_table(df: pd.DataFrame, max_rows: int = MAX_HTML_ROWS, row_class=None) 
             + "\n".join(body) + "</tbody></table></div>" + more)
 
 
+_PICKED = {"wafers": "with the most wafers", "yield": "with the lowest yield"}
 _SOURCES = {"predicted": "the classifier's predictions", "label": "the data's own labels"}
 
 
@@ -326,7 +327,7 @@ def render_html(report: LotReport, images: dict[str, str], map_files: dict[str, 
     parts.append(html_table(report.summary, row_class=lambda r: "ooc" if r.get("out_of_control") else ""))
     if "stacks" in images:
         parts.append(f"<h2>Stacked lot maps</h2><p class='note'>Per-die fail frequency across each lot's wafers "
-                     f"({len(report.stacks)} lots with the most wafers, time order), one colour scale shared by all "
+                     f"({len(report.stacks)} lots {_PICKED.get(s.get('map_by'), '')}, in time order), one colour scale shared by all "
                      f"lots; white = no wafer has a die there. Per-lot PNGs:</p>")
         parts.append('<div class="maps">' + " · ".join(f'<a href="{esc(f)}">{esc(lot)}</a>' for lot, f in map_files.items())
                      + "</div>")
