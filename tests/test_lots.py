@@ -184,6 +184,20 @@ def test_bin_pareto_by_hand(binned):
     assert every["bin"].tolist() == [5, 1, 7] and every["dies"].tolist() == [3, 2, 2]  # tie 1/7 by bin code
 
 
+def test_bin_pareto_two_lots_and_pooled(binned):
+    from waferscope.lots.report import pareto_totals
+
+    extra = _ds([np.array([[2, 2], [1, 2]], np.uint8)], ["Q"], id=["w3"])
+    ds = WaferDataset.concat([binned, extra])
+    ds.attrs["bins"] = {**binned.attrs["bins"], "w3": np.array([[9, 7], [1, 7]])}
+    p = lots.bin_pareto(ds)
+    q = p[p["lot"] == "Q"]
+    assert q["bin"].tolist() == [7, 9] and q["dies"].tolist() == [2, 1]
+    pooled = pareto_totals(p)
+    assert pooled["bin"].tolist() == [7, 5, 9] and pooled["dies"].tolist() == [4, 3, 1]  # 7: 2 + 2
+    assert pooled["cum_share"].tolist() == pytest.approx([0.5, 7 / 8, 1.0])
+
+
 def test_bin_pareto_absent_and_bad_bins(binned, three_wafers):
     assert lots.bin_pareto(three_wafers).empty
     binned.attrs["bins"]["w2"] = np.zeros((3, 3), int)

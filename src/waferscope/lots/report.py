@@ -2,7 +2,8 @@
 :class:`~waferscope.lots.analysis.LotReport` (the computing is in :mod:`.analysis`).
 
 :func:`write_report` fills a temp folder beside ``out`` and renames it into place when complete,
-so an interrupted run never leaves a folder that looks finished.
+so an interrupted run never leaves a folder that looks finished. Each ``plot_*`` function takes a
+file path or a binary file object (``io.BytesIO``: what a web page serving the figure needs).
 """
 
 from __future__ import annotations
@@ -174,12 +175,25 @@ def plot_zone_yield(zones: pd.DataFrame, path: Path, lots: list[str]) -> Path:
     return path
 
 
+def pareto_totals(pareto: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto pooled over every lot (lot ``(all lots)``), same columns."""
+    g = pareto.groupby("bin", sort=False).agg(dies=("dies", "sum"), bin_name=("bin_name", "first")).reset_index()
+    g = g.sort_values(["dies", "bin"], ascending=[False, True], kind="stable")
+    g["share"] = g["dies"] / g["dies"].sum()
+    g["cum_share"] = g["share"].cumsum()
+    g["rank"] = np.arange(1, len(g) + 1)
+    g["lot"] = "(all lots)"
+    return g[pareto.columns].reset_index(drop=True)
+
+
 def plot_pareto(pareto: pd.DataFrame, path: Path, lots: list[str], top: int = 10, per_row: int = 3) -> Path | None:
-    """Bar chart of each lot's ``top`` fail bins (dies) with the cumulative share as a line; one panel
-    per lot in ``lots`` that has counted dies (None when none has)."""
+    """Bar chart of the ``top`` fail bins (dies) with the cumulative share as a line: a first panel
+    pooled over all lots, then one per lot in ``lots`` that has counted dies (None when none has)."""
     lots = [x for x in lots if (pareto["lot"] == x).any()]
     if not lots:
         return None
+    pareto = pd.concat([pareto_totals(pareto), pareto], ignore_index=True)
+    lots = ["(all lots)"] + lots
     plt = _plt()
     ncol = min(per_row, len(lots))
     nrow = math.ceil(len(lots) / ncol)
@@ -411,7 +425,7 @@ def write_report(report: LotReport, out: str | Path, *, overwrite: bool = False,
         steps.update()
         if not report.pareto.empty:
             fails = report.pareto.groupby("lot")["dies"].sum()
-            pareto_lots = [x for x in (drawn or report.summary["lot"].tolist()) if x in fails.index][:12]
+            pareto_lots = [x for x in (drawn or report.summary["lot"].tolist()) if x in fails.index][:11]
             if plot_pareto(report.pareto, tmp / "pareto.png", pareto_lots) is not None:
                 images["pareto"] = "pareto.png"
         steps.update()
