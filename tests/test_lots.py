@@ -107,9 +107,10 @@ def test_alignment_by_die_origins():
     assert st.rule == "origin" and st.tested.shape == (4, 3)
     np.testing.assert_array_equal(st.tested[:, 0], [1, 2, 2, 1])
     assert st.fails[1, 0] == 1  # b's [0, 0] is wafer-fixed die (11, 10): canvas row 1
-    # an origin missing on one wafer: the lot is centred instead
-    ds2 = _ds([a, b], ["L", "L"], origin_row=[10, None], origin_col=[10, 10])
-    assert lots.lot_stacks(ds2)["L"].rule == "centre"
+    # an origin missing on one wafer of lot M: M is centred, lot L (origins complete) is not
+    ds2 = _ds([a, b, a, b], ["L", "L", "M", "M"], origin_row=[10, 11, 10, None], origin_col=[10, 10, 10, 10])
+    stacks = lots.lot_stacks(ds2)
+    assert stacks["L"].rule == "origin" and stacks["M"].rule == "centre" and stacks["M"].tested.shape == (3, 3)
 
 
 def test_empty_wafer_and_unknown_lot():

@@ -87,7 +87,8 @@ def lot_order(dataset, column: str | None = None) -> list[str]:
         bad = values.notna() & parsed.isna() & (values.astype(str).str.strip() != "")
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"time column {col!r}: {values.iloc[i]!r} (wafer {dataset.ids[i]}) is neither a number nor a date")
+            raise DataError(f"time column {col!r}: {values.iloc[i]!r} (wafer {dataset.ids[i]}) is neither a "
+                            "number nor a date")
         values = parsed
     start = pd.Series(values.to_numpy()).groupby(lots).min()
     frame = pd.DataFrame({"start": start, "first": first})
@@ -198,13 +199,13 @@ class LotStack:
 
 
 def _origins(meta: pd.DataFrame) -> np.ndarray | None:
-    """(N, 2) origins when every wafer has both :data:`ORIGIN_COLUMNS` (integers), else None."""
+    """(N, 2) float origins (:data:`ORIGIN_COLUMNS`), NaN where a wafer lacks an integer one; None
+    when the metadata has no such columns."""
     if not all(c in meta for c in ORIGIN_COLUMNS):
         return None
-    vals = meta[list(ORIGIN_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    if not np.isfinite(vals).all() or not np.array_equal(vals, np.round(vals)):
-        return None
-    return vals.astype(np.int64)
+    vals = meta[list(ORIGIN_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    vals[~np.isfinite(vals) | (vals != np.round(vals))] = np.nan
+    return vals
 
 
 def stack_maps(maps: list[np.ndarray], origins: np.ndarray | None = None, lot: str = "") -> LotStack:
@@ -226,7 +227,7 @@ def stack_maps(maps: list[np.ndarray], origins: np.ndarray | None = None, lot: s
 
 
 def lot_stacks(dataset, lots: Iterable[str] | None = None, progress: bool = False) -> dict[str, LotStack]:
-    """lot → its :class:`LotStack` (all lots, or those named, in the order given). Origins from the
+    """lot → its :class:`LotStack` (all lots in time order, or those named in the order given). Origins from the
     metadata (:data:`~waferscope.lots.geometry.ORIGIN_COLUMNS`) are used for a lot when all its
     wafers have them; otherwise its wafers are centred."""
     import sys
@@ -236,7 +237,7 @@ def lot_stacks(dataset, lots: Iterable[str] | None = None, progress: bool = Fals
     _check_wafers(dataset)
     names = lot_names(dataset)
     index = pd.Series(np.arange(len(names))).groupby(names).apply(list).to_dict()
-    wanted = list(index) if lots is None else [str(x) for x in lots]
+    wanted = lot_order(dataset) if lots is None else [str(x) for x in lots]
     missing = [x for x in wanted if x not in index]
     if missing:
         raise DataError(f"no lot {missing[0]!r} in {dataset.name}")
@@ -244,7 +245,9 @@ def lot_stacks(dataset, lots: Iterable[str] | None = None, progress: bool = Fals
     out = {}
     for lot in tqdm(wanted, desc="stacked lot maps", unit="lot", disable=not progress, file=sys.stderr, leave=False):
         idx = index[lot]
-        out[lot] = stack_maps([dataset.maps[i] for i in idx], None if origins is None else origins[idx], lot)
+        mine = None if origins is None else origins[idx]
+        mine = mine.astype(np.int64) if mine is not None and np.isfinite(mine).all() else None
+        out[lot] = stack_maps([dataset.maps[i] for i in idx], mine, lot)
     return out
 
 
@@ -261,7 +264,8 @@ def zone_yield(dataset, *, rings: int = 3, edge_width: int = 1, progress: bool =
 
     _check_wafers(dataset)
     if rings < 1 or edge_width < 1:
-        raise ConfigError(f"zones need rings ≥ 1 and an edge width ≥ 1 die (got rings={rings}, edge width={edge_width})")
+        raise ConfigError(f"zones need rings ≥ 1 and an edge width ≥ 1 die (got rings={rings}, "
+                          f"edge width={edge_width})")
     names = lot_names(dataset)
     zones = zone_names(rings)
     counts = np.zeros((len(dataset), len(zones), 2), np.int64)  # [wafer, zone, (pass, fail)]

@@ -270,7 +270,8 @@ def plot_trend(trend: pd.DataFrame, path: Path, per_row: int = 3) -> Path | None
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#222;max-width:1500px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;font-size:12px}th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
+table{border-collapse:collapse;font-size:12px}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
 th{background:#f2f2f2;cursor:pointer;position:sticky;top:0}td.t,th.t{text-align:left}
 tr.ooc td{background:#fde7dc}.scroll{max-height:520px;overflow:auto;display:inline-block;border:1px solid #ccc}
 img{max-width:100%;border:1px solid #eee}.note{color:#555;font-size:13px}.maps{display:flex;flex-wrap:wrap;gap:6px}
@@ -341,10 +342,10 @@ def render_html(report: LotReport, images: dict[str, str], map_files: dict[str, 
     parts.append(html_table(report.summary, row_class=lambda r: "ooc" if r.get("out_of_control") else ""))
     if "stacks" in images:
         parts.append(f"<h2>Stacked lot maps</h2><p class='note'>Per-die fail frequency across each lot's wafers "
-                     f"({len(report.stacks)} lots {_PICKED.get(s.get('map_by'), '')}, in time order), one colour scale shared by all "
-                     f"lots; white = no wafer has a die there. Per-lot PNGs:</p>")
-        parts.append('<div class="maps">' + " · ".join(f'<a href="{esc(f)}">{esc(lot)}</a>' for lot, f in map_files.items())
-                     + "</div>")
+                     f"({len(report.stacks)} lots {_PICKED.get(s.get('map_by'), '')}, in time order), one colour "
+                     f"scale shared by all lots; white = no wafer has a die there. Per-lot PNGs:</p>")
+        links = " · ".join(f'<a href="{esc(f)}">{esc(lot)}</a>' for lot, f in map_files.items())
+        parts.append(f'<div class="maps">{links}</div>')
         parts.append(f'<p><img src="{esc(images["stacks"])}" alt="stacked lot maps"></p>')
     parts.append(f"<h2>Yield by zone</h2><p class='note'>{s['rings']} rings of equal width in normalised radius "
                  f"(ring 1 = centre), quadrants (front view, notch down), edge band {s['edge_width']} die(s) wide. "
