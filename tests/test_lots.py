@@ -283,6 +283,7 @@ def test_odd_lot_names_stay_safe(tmp_path):
     html = (out / "index.html").read_text()
     assert html.count("<script>") == 1  # the page's own sorting script; the lot name is escaped
     assert "&lt;script&gt;" in html and "(no lot)" in html
+    assert "No trend" in html and pd.read_csv(out / "trend.csv").empty  # unlabelled, no models: no classes
 
 
 def test_image_data_is_refused():
