@@ -26,6 +26,7 @@ benchmark.register(app)  # `benchmark`
 export.register(app)  # `export`
 models.register(app)  # `models`
 serve.register(app)  # `serve` (HTTP service + browser page)
+__import__("waferscope.cli.lots", fromlist=["register"]).register(app)  # `lots` (lot summary, stacked maps, zones, trend)
 
 
 def main() -> None:
