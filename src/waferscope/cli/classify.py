@@ -17,7 +17,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, PASS_BINS_HELP, PASS_BINS_REFUSED,
+from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, COLUMNS_HELP, PASS_BINS_HELP, fab_options_refused,
                                    SCHEDULER_OPTION, WORKERS_OPTION,
                                    load_classifier, load_data, load_model_described,
                                    parse_set, write_text_atomic)
@@ -156,6 +156,7 @@ def predict(
     bundled: Optional[str] = BUNDLED_OPTION,
     prior: str = PRIOR_OPTION,
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
+    columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP),
     engine: str = ENGINE_OPTION,
     scheduler: Optional[str] = SCHEDULER_OPTION,
     workers: int = WORKERS_OPTION,
@@ -171,14 +172,14 @@ def predict(
     clf = load_classifier(run, bundled, DEFAULT_FOR_LABELS)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     scaled = run_cli(clf, data, out, engine, scheduler, workers, overwrite,
-                     {"--pass-bins": PASS_BINS_REFUSED} if pass_bins is not None else None, prior=shift)
+                     fab_options_refused(pass_bins, columns), prior=shift)
     if scaled is not None:
         if shift is not None:
             report_prior(shift, prior, clf.classes_, scaled.prior_used, scaled.rows)
         typer.echo(f"classified {scaled.rows} maps in {len(scaled.files)} partitions with Dask; "
                    f"wrote {out}/ (one .parquet per partition)", err=True)
         return
-    dataset = load_data(data, pass_bins)
+    dataset = load_data(data, pass_bins, columns)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
     proba = clf.predict_proba(dataset)

@@ -16,13 +16,17 @@ PASS_BINS_HELP = ("Fab map files (STDF, E142, G85, KLARF, CSV die list): bins th
                   "'1,2/3-9' also lists the fail bins and makes any other bin an error. Default: each "
                   "format's own (see docs/data.md).")
 
+COLUMNS_HELP = ("CSV die lists: which columns hold what, e.g. x=DIE_X,y=DIE_Y,bin=HBIN,wafer=WAFER,lot=LOT "
+                "(also pass_fail=COL, and y_axis=down when y grows downwards). Default: common names "
+                "such as X/DIE_X, HARD_BIN/HBIN/SBIN, PASS_FAIL, WAFER_ID, LOT_ID (see docs/data.md).")
 
-def load_data(specs: List[str], pass_bins: Optional[str] = None):
-    """Load one spec, or concatenate several into one data set (``pass_bins``: see ``load``)."""
+
+def load_data(specs: List[str], pass_bins: Optional[str] = None, columns: Optional[str] = None):
+    """Load one spec, or concatenate several into one data set (``pass_bins``, ``columns``: see ``load``)."""
     from waferscope.data import load
     from waferscope.data.dataset import WaferDataset
 
-    parts = [load(s, pass_bins=pass_bins) for s in specs]
+    parts = [load(s, pass_bins=pass_bins, columns=columns) for s in specs]
     return parts[0] if len(parts) == 1 else WaferDataset.concat(parts, name="+".join(p.name for p in parts))
 
 
@@ -91,4 +95,16 @@ WORKERS_OPTION = typer.Option(2, "--workers", help="--engine dask without --sche
 PASS_BINS_REFUSED = ("it maps the bins of fab files (STDF, E142, G85, KLARF, CSV die lists), and Parquet "
                      "partitions hold die states already; convert fab files to Parquet first "
                      "(waferscope data import FILE --out PART.parquet --pass-bins …) or score them with --engine local")
+COLUMNS_REFUSED = ("it names the columns of CSV die lists, and Parquet partitions have none: import the CSV first "
+                   "(waferscope data import FILE.csv --out PART.parquet --columns …) or score it with --engine local")
+
+
+def fab_options_refused(pass_bins: Optional[str], columns: Optional[str]) -> Optional[dict]:
+    """The fab-file options given, with the reason the Dask path refuses each (None: none given)."""
+    refused = {}
+    if pass_bins is not None:
+        refused["--pass-bins"] = PASS_BINS_REFUSED
+    if columns is not None:
+        refused["--columns"] = COLUMNS_REFUSED
+    return refused or None
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="--engine dask: replace a non-empty --out folder")

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from waferscope.cli.common import PASS_BINS_HELP
+from waferscope.cli.common import COLUMNS_HELP, PASS_BINS_HELP
 
 app = typer.Typer(no_args_is_help=True, help="Generate, import, inspect and draw wafer-map data sets.")
 
@@ -49,12 +49,14 @@ def import_(
     out: Path = typer.Option(..., "--out", help="Output .parquet file."),
     batch_size: int = typer.Option(8192, "--batch-size", min=1, help="Rows per Parquet row group."),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
+    columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP),
 ) -> None:
     """Convert any supported source to waferscope's canonical Parquet format (streaming)."""
     from waferscope.data.loaders.streaming import import_to_parquet
 
     _plain_warnings()
-    count = import_to_parquet(src, out, batch_size=batch_size, progress=True, pass_bins=pass_bins)
+    count = import_to_parquet(src, out, batch_size=batch_size, progress=True, pass_bins=pass_bins,
+                             columns=columns)
     typer.echo(f"wrote {count} rows to {out}", err=True)
 
 
@@ -63,12 +65,13 @@ def info(
     spec: str = typer.Argument(..., help="Data SPEC."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
+    columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP),
 ) -> None:
     """Counts per class, map sizes and fail rates."""
     from waferscope.data import load
 
     _plain_warnings()
-    summary = load(spec, pass_bins=pass_bins).summary()
+    summary = load(spec, pass_bins=pass_bins, columns=columns).summary()
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -99,11 +102,12 @@ def show(
     seed: int = typer.Option(0, "--seed", help="Which maps are drawn."),
     title: Optional[str] = typer.Option(None, "--title"),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
+    columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP),
 ) -> None:
     """Draw a montage: a few maps of every class, with a colour legend."""
     from waferscope.data import load
     from waferscope.data.render import montage_per_class
 
     _plain_warnings()
-    montage_per_class(load(spec, pass_bins=pass_bins), out, per_class=per_class, seed=seed, title=title)
+    montage_per_class(load(spec, pass_bins=pass_bins, columns=columns), out, per_class=per_class, seed=seed, title=title)
     typer.echo(f"wrote {out}", err=True)
