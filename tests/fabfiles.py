@@ -300,3 +300,37 @@ def klarf_text(lot: str, wafers: dict[str, list[tuple[int, int, int]] | None], p
 def write(path: Path, content: str | bytes) -> Path:
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     return path
+
+
+def sparse_disc(size: int = 60, fail_rate: float = 0.015, seed: int = 0, fail_bins=(3, 7)) -> np.ndarray:
+    """A round wafer like a real sort map: bin 1 on the disc, about ``fail_rate`` of it failing."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    centre = (size - 1) / 2
+    on = (yy - centre) ** 2 + (xx - centre) ** 2 <= (centre + 0.5) ** 2
+    bins = np.where(on, 1, 0)
+    fails = on & (rng.random(on.shape) < fail_rate)
+    bins[fails] = rng.choice(fail_bins, size=int(fails.sum()))
+    return bins.astype(np.int64)
+
+
+def compress(data: bytes, kind: str, member: str = "map") -> bytes:
+    """``data`` as a gzip, bzip2, xz file or a zip holding it as its one member."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import zipfile
+
+    if kind == "gzip":
+        return gzip.compress(data, mtime=0)
+    if kind == "bzip2":
+        return bz2.compress(data)
+    if kind == "xz":
+        return lzma.compress(data)
+    if kind == "zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(member, data)
+        return buf.getvalue()
+    raise ValueError(kind)
