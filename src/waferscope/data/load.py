@@ -10,8 +10,9 @@ A spec is ``synthetic:n=…,seed=…[,mixed=1]`` or a path:
   see :mod:`waferscope.data.loaders.lswmd`; import it to Parquet once)
 - fab wafer-map files (see :mod:`waferscope.data.loaders.fabcommon` for the bin mapping and
   grid orientation they share): STDF V4 probe-test files (a FAR record first), SEMI E142 XML
-  (root ``MapData``), SEMI G85 XML (root ``Maps``), KLARF inspection files (``FileVersion`` first),
-  and a CSV die list (header with ``lot,wafer,x,y,bin``)
+  (root ``MapData``), SEMI G85 XML (root ``Map`` or ``Maps``), KLARF inspection files
+  (``FileVersion`` first), and a CSV die list (a header naming x, y and bin or pass/fail columns,
+  see :mod:`waferscope.data.loaders.dielist`)
 - a folder — MVTec-AD layout (``train/good``, ``test/<defect>``, ``ground_truth/<defect>``) or one
   sub-folder per class holding ``*.npy`` maps or rendered ``*.png`` maps
 

@@ -10,7 +10,8 @@ Read: ``LotID`` → ``lot``; ``DiePitch`` → ``die_pitch_x``/``die_pitch_y``; `
 and ``SampleOrientationMarkType``; ``StepID``; ``SampleSize`` and ``DieOrigin``. Each ``WaferID``
 starts a wafer (every wafer of the file is kept; one without a ``DefectList`` is a clean wafer),
 with its ``Slot``, ``SampleCenterLocation``, ``SampleTestPlan``, ``DefectRecordSpec``,
-``DefectList`` and ``SummarySpec``/``SummaryList``.
+``DefectList`` and ``SummarySpec``/``SummaryList``; a ``SampleCenterLocation``, ``SampleTestPlan`` or
+``DefectRecordSpec`` given before the first WaferID serves the wafers after it.
 
 Cross-checks (a mismatch is a DataError naming the line, never a silent zero):
 ``DefectRecordSpec N c1 … cN`` names N columns; every DefectList row has at least N values (one row
@@ -147,6 +148,7 @@ def _parse(text: str, path: Path, limits: LoadLimits) -> _Lot:
     summary_columns: list[str] | None = None
     last_plan: list | None = None
     first_plan: list | None = None
+    lot_centre: tuple | None = None
     first = True
     for rec in _records(text, path):
         key = rec.keyword.lower()
@@ -183,10 +185,13 @@ def _parse(text: str, path: Path, limits: LoadLimits) -> _Lot:
         elif key == "sampleorientationmarktype":
             lot.mark_type = _need(rec, 1, path)[0][0].upper()
         elif key == "waferid":
-            wafer = _Wafer(_need(rec, 1, path)[0][0].strip(), rec.line, plan=last_plan)
+            wafer = _Wafer(_need(rec, 1, path)[0][0].strip(), rec.line, plan=last_plan, centre=lot_centre)
             lot.wafers.append(wafer)
             limits.check_count(len(lot.wafers), path, "wafers")
-        elif key in ("slot", "samplecenterlocation", "sampletestplan", "defectlist", "summarylist") and wafer is None:
+        elif key == "samplecenterlocation" and wafer is None:  # some writers give it once, in the lot header
+            v = _need(rec, 2, path)
+            lot_centre = (_num(v[0], path, "SampleCenterLocation x"), _num(v[1], path, "SampleCenterLocation y"))
+        elif key in ("slot", "defectlist", "summarylist") and wafer is None:
             raise DataError(f"line {rec.line}: {rec.keyword} before any WaferID", path)
         elif key == "slot":
             wafer.slot = _num(_need(rec, 1, path)[0], path, "Slot", int)
@@ -207,7 +212,9 @@ def _parse(text: str, path: Path, limits: LoadLimits) -> _Lot:
                     raise DataError(f"line {v[1 + 2 * i][1]}: SampleTestPlan: die ({die[0]}, {die[1]}) is listed "
                                     "twice", path)
                 seen[die] = i
-            wafer.plan = last_plan = plan
+            if wafer is not None:
+                wafer.plan = plan
+            last_plan = plan  # a plan before any WaferID (in the lot header) serves the wafers after it
             first_plan = first_plan or plan
         elif key == "defectrecordspec":
             v = _need(rec, 1, path)
