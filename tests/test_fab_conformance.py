@@ -37,6 +37,19 @@ def _csv(header: str, rows: list[str]) -> str:
     return "\n".join([header] + rows) + "\n"
 
 
+def _klarf_plan_in_lot_header() -> str:
+    """The plan and centre given once before the first WaferID, as some inspection tools write them."""
+    text = F.klarf_text("L", {"W1": [(0, 0, 1)], "W2": []}, PLAN, plan_per_wafer=False)
+    start = text.index("SampleTestPlan")
+    end = text.index(";", start) + 2
+    plan = text[start:end]
+    text = text[:start] + text[end:]
+    centre = "SampleCenterLocation 5.000000e+04 5.000000e+04;\n"
+    text = text.replace(centre, "")
+    first = text.index("WaferID")
+    return text[:first] + centre + plan + text[first:]
+
+
 def cases() -> dict:
     """name → (file name, content, load kwargs, wafers, dies, fail dies)."""
     d, f = counts(DISC)
@@ -52,6 +65,7 @@ def cases() -> dict:
         "klarf_plan_given_once_for_the_lot": (
             "a.klarf", F.klarf_text("L", {"W1": [], "W2": [(3, 1, 1)], "W3": []}, PLAN, plan_per_wafer=False),
             {}, 3, 33, 1),
+        "klarf_plan_and_centre_in_lot_header": ("a.klarf", _klarf_plan_in_lot_header(), {}, 2, 22, 1),
         "klarf_record_split_over_lines": (
             "a.klarf", F.klarf_text("L", {"W1": [(1, 0, 1)]}, PLAN).replace("DiePitch ", "DiePitch\n  "), {}, 1, 11, 1),
         "klarf_gzip": ("a.klarf.gz", F.compress(F.klarf_text("L", {"W1": [(1, 0, 1)]}, PLAN).encode(), "gzip"),
@@ -303,3 +317,17 @@ def test_cli_columns_option_and_compressed_info(capsys, tmp_path):
     assert code == 2 and "line 1: the header lacks column(s) x, y, bin" in err and "columns option" in err
     code, _, err = run(capsys, "data", "info", path, "--columns", "z=a")
     assert code == 2 and "unknown column role(s) z" in err
+
+
+def test_cli_detect_score_reads_a_csv_export_with_columns(capsys, tmp_path):
+    bins = F.disc_bins(30, seed=2)
+    text = F.dielist_text({"L": {"W1": bins}}, header="LOTNAME,WF,COL_X,ROW_Y,SORT")
+    path = F.write(tmp_path / "export.csv", text)
+    out = tmp_path / "s.csv"
+    code, _, err = run(capsys, "detect", "score", "--data", path, "--columns",
+                       "lot=LOTNAME,wafer=WF,x=COL_X,y=ROW_Y,bin=SORT", "--out", out)
+    assert code == 0, err
+    assert out.read_text().splitlines()[1].startswith("L-W1,")
+    code, _, err = run(capsys, "detect", "score", "--data", path, "--columns", "x=COL_X", "--engine", "dask",
+                       "--out", tmp_path / "dask_out")
+    assert code == 2 and "--columns" in err
