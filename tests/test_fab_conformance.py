@@ -112,6 +112,8 @@ def cases() -> dict:
                                {"columns": {"wafer": "a", "x": "b", "y": "c", "bin": "d"}}, 2, 3, 1),
         "csv_columns_option_string": ("d.csv", _csv("col_a,col_b,sort", ["0,0,1", "1,0,2"]),
                                       {"columns": "x=col_a,y=col_b,bin=sort"}, 1, 2, 1),
+        "csv_named_txt_read_through_columns": ("export.txt", _csv("COLX,ROWY,SORT", ["0,0,1", "1,0,5"]),
+                                               {"columns": "x=COLX,y=ROWY,bin=SORT"}, 1, 2, 1),
         "csv_in_zip": ("d.zip", F.compress(F.dielist_text({"L": {"W1": SMALL}}).encode(), "zip", "dies.csv"),
                        {}, 1, sd, sf),
     }

@@ -159,7 +159,12 @@ def _load(spec: str | Path, pass_bins, limits: LoadLimits, columns=None) -> Wafe
     path = Path(spec_s).expanduser()
     if not path.exists():
         raise DataError("no such file or folder", path)
-    fmt = sniff_format(path, limits)
+    try:
+        fmt = sniff_format(path, limits)
+    except DataError:
+        if not columns or path.is_dir():
+            raise
+        fmt = "dielist"  # the caller named a die list's columns: read it as one whatever its name
     if fmt in FAB_FORMATS:
         return _load_fab(fmt, path, mapping, limits, columns)
     if fmt in BINARY_FORMATS and not path.is_dir():
