@@ -18,6 +18,14 @@ then :func:`orient_grid` turns that raw grid into waferscope's one stored orient
 Each loader says, from the file itself (STDF WCR POS_X/POS_Y/WF_FLAT, KLARF OrientationMarkLocation
 and its y-up die indices, G85/E142 orientation and origin), which way its axes point and where the
 notch is; docs/data.md lists the rule per format. Positions no die was reported at are 0 (no die).
+:func:`notch_from_angle` reads a notch angle (G85/E142: degrees clockwise from the bottom).
+
+Die pitch: a loader whose file states the die size passes ``(x, y)`` per map through
+:func:`oriented_pitch` (a quarter turn swaps them) and :func:`pitch_columns` into the metadata
+columns ``die_pitch_x`` / ``die_pitch_y``, which ``data show`` uses for the die aspect ratio.
+
+Limits: :func:`dies_to_grid` and :func:`bin_rows_to_grid` take a ``budget``
+(:meth:`LoadLimits.budget`) charged with each grid's shape before it is allocated.
 """
 
 from __future__ import annotations
