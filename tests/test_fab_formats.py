@@ -73,9 +73,12 @@ def test_dielist_many_lots_and_offsets_map_min_xy_to_zero(tmp_path):
     assert np.array_equal(ds.maps[1], F.states(B2))
 
 
-def test_dielist_orientation_row_grows_with_y(tmp_path):
+def test_dielist_orientation_y_grows_upwards(tmp_path):
+    # changed deliberately: the old reader put the smallest y on top (upside down against probers'
+    # y-up die coordinates); now y grows upwards unless y_axis=down says otherwise
     path = F.write(tmp_path / "d.csv", "lot,wafer,x,y,bin\nL,1,5,7,1\nL,1,6,8,2\n")
-    assert load(path).maps[0].tolist() == [[1, 0], [0, 2]]  # (x=5,y=7) top-left, (6,8) bottom-right
+    assert load(path).maps[0].tolist() == [[0, 2], [1, 0]]  # (6,8) top-right, (5,7) bottom-left
+    assert load(path, columns={"y_axis": "down"}).maps[0].tolist() == [[1, 0], [0, 2]]
 
 
 def test_dielist_header_any_order_extra_columns_bom(tmp_path):
@@ -168,15 +171,17 @@ def test_klarf_sample_plan_pass_defects_fail_rest_no_die(tmp_path):
     path = F.write(tmp_path / "insp.000", F.klarf_text("LOTK", wafers, PLAN))
     assert sniff_format(path) == "klarf"
     ds = load(path)
-    assert ds.maps[0].tolist() == [[2, 1, 1, 1], [1, 1, 2, 1], [1, 1, 1, 0]]
-    assert ds.maps[1].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]]
+    # YINDEX grows upwards (notch DOWN): y = 2 is the top row (changed deliberately: the old reader
+    # drew KLARF maps upside down)
+    assert ds.maps[0].tolist() == [[1, 1, 1, 0], [1, 1, 2, 1], [2, 1, 1, 1]]
+    assert ds.maps[1].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
     assert ds.meta["id"].tolist() == ["LOTK-W01", "LOTK-W02"] and ds.meta["slot"].tolist() == [1, 2]
 
 
 def test_klarf_pass_bins_apply_to_defect_classes(tmp_path):
     path = F.write(tmp_path / "k.klarf", F.klarf_text("L", {"W1": [(0, 0, 1), (1, 0, 9)]}, PLAN))
-    assert load(path).maps[0][0].tolist() == [2, 2, 1, 1]  # default: every defect fails its die
-    assert load(path, pass_bins="9").maps[0][0].tolist() == [2, 1, 1, 1]  # class 9 = nuisance: die passes
+    assert load(path).maps[0][-1].tolist() == [2, 2, 1, 1]  # default: every defect fails its die (y = 0: bottom row)
+    assert load(path, pass_bins="9").maps[0][-1].tolist() == [2, 1, 1, 1]  # class 9 = nuisance: die passes
     with pytest.raises(DataError, match=r"wafer 'W1': defect 2 \(CLASSNUMBER\): bin 9 is in neither"):
         load(path, pass_bins="0/1")
 
@@ -185,9 +190,10 @@ def test_klarf_without_plan_places_dies_on_the_wafer_disc(tmp_path):
     path = F.write(tmp_path / "k.klarf", F.klarf_text("L", {"W1": [(5, 5, 1)]}, plan=None, pitch=10000,
                                                         diameter_mm=100, centre=50000))
     m = load(path).maps[0]
-    assert m.shape == (10, 10) and m[5, 5] == 2 and m[0, 0] == 0 and (m == 1).sum() + 1 == (m > 0).sum()
+    # die (5, 5): column 5, and row 9 - 5 = 4 because YINDEX grows upwards
+    assert m.shape == (10, 10) and m[4, 5] == 2 and m[0, 0] == 0 and (m == 1).sum() + 1 == (m > 0).sum()
     yy, xx = np.mgrid[:10, :10]
-    on = (xx + 0.5 - 5) ** 2 + (yy + 0.5 - 5) ** 2 <= 25  # die centres within the 50 mm radius
+    on = (xx + 0.5 - 5) ** 2 + (9 - yy + 0.5 - 5) ** 2 <= 25  # die centres within the 50 mm radius
     assert np.array_equal(m > 0, on)
 
 
@@ -271,31 +277,33 @@ def _bad_xml(case: str) -> tuple[str, str]:
         return g85[: len(g85) // 2], r"not well-formed XML \(.*line \d+, column \d+\)"
     if case == "g85_short_row":
         return re.sub(r"(<Row><!\[CDATA\[)\d+ ", r"\g<1>", g85, count=1), \
-            r"Map 1 \('W1'\): row 1: 8 dies, expected 9 \(the header's column count\)"
+            r"Maps/Map\[1\]/Device\[1\]/Data/Row\[1\]: 8 dies, expected 9 \(the header's column count\)"
     if case == "g85_rows_count":
-        return g85.replace('Rows="9"', 'Rows="10"'), r"Map 1 \('W1'\): 9 rows of bin codes, the header says 10"
-    if case == "g85_no_lot":
-        return g85.replace('LotId="L" ', ""), r"Map 1 \('W1'\): the Device lacks its LotId attribute"
+        return g85.replace('Rows="9"', 'Rows="10"'), r"Maps/Map\[1\]/Device\[1\]/Data: 9 rows of bin codes, the header says 10"
+    if case == "g85_no_bintype":
+        return g85.replace('BinType="Decimal" ', ""), r"Maps/Map\[1\]/Device\[1\]: the Device lacks its BinType attribute"
     if case == "g85_bad_code":
-        return re.sub(r"(<Row><!\[CDATA\[)\d+", r"\g<1>0x1", g85, count=1), r"not a number"
+        return re.sub(r"(<Row><!\[CDATA\[)\d+", r"\g<1>0x1", g85, count=1), \
+            r"Maps/Map\[1\]/Device\[1\]/Data/Row\[1\], column 1: bin code '0x1' is not a Decimal code"
     if case == "e142_bad_code":
         return re.sub(r"(<BinCode>\d+ )\d+", r"\g<1>0Z1", e142, count=1), \
-            r"SubstrateMap 1 \('W1'\): row 1, column 2: bin code '0Z1' is not a Decimal code"
+            (r"MapData/SubstrateMaps/SubstrateMap\[1\]/Overlay\[1\]/BinCodeMap\[1\]/BinCode\[1\], column 2: "
+             r"bin code '0Z1' is not a Decimal code")
     if case == "e142_wide_row":
-        return e142.replace("<BinCode>", "<BinCode>255 ", 1), r"row 1: 10 dies, expected 9"
-    if case == "e142_no_lot_substrate":
-        return e142.replace('<Substrate SubstrateType="Wafer" SubstrateId="W1">', '<Substrate SubstrateId="W9">'), \
-            r"SubstrateMap 1 \('W1'\): no Substrates/Substrate with this SubstrateId"
+        return e142.replace("<BinCode>", "<BinCode>255 ", 1), r"BinCodeMap\[1\]/BinCode\[1\]: 10 dies, expected 9"
+    if case == "e142_bad_axis":
+        return e142.replace('AxisDirection="UpRight"', 'AxisDirection="Sideways"'), \
+            r"MapData/SubstrateMaps/SubstrateMap\[1\]: AxisDirection 'sideways' is not UpRight"
     if case == "e142_no_bintype":
-        return e142.replace('BinType="Decimal" ', ""), r"BinCodeMap lacks its BinType attribute"
+        return e142.replace('BinType="Decimal" ', ""), r"BinCodeMap\[1\]: no BinType attribute"
     if case == "xml_entity_bomb":
         return ('<?xml version="1.0"?><!DOCTYPE Maps [<!ENTITY a "aaaa">]><Maps>&a;</Maps>',
                 r"refused unsafe XML")
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["g85_truncated", "g85_short_row", "g85_rows_count", "g85_no_lot", "g85_bad_code",
-                                  "e142_bad_code", "e142_wide_row", "e142_no_lot_substrate", "e142_no_bintype",
+@pytest.mark.parametrize("case", ["g85_truncated", "g85_short_row", "g85_rows_count", "g85_no_bintype", "g85_bad_code",
+                                  "e142_bad_code", "e142_wide_row", "e142_bad_axis", "e142_no_bintype",
                                   "xml_entity_bomb"])
 def test_bad_xml_maps(tmp_path, case):
     text, message = _bad_xml(case)
@@ -311,11 +319,12 @@ DEFECT_LINE = F.klarf_text("L", {"W1": [(0, 0, 1)]}, PLAN).splitlines().index("D
 
 def _bad_klarf(case: str) -> tuple[str, str]:
     good = F.klarf_text("L", {"W1": [(0, 0, 1)]}, PLAN)
-    if case == "no_die_pitch":
-        return good.replace("DiePitch", "#DiePitch"), r"line \d+: the file lacks its DiePitch line"
+    if case == "no_die_pitch":  # needed only without a SampleTestPlan
+        return F.klarf_text("L", {"W1": []}, None).replace("DiePitch", "#DiePitch"), \
+            r"line \d+: wafer 'W1': no SampleTestPlan and no DiePitch line"
     if case == "non_numeric_index":
         return good.replace(" 1 1.250e+03 2.500e+03 0 0 ", " 1 1.250e+03 2.500e+03 a 0 "), \
-            rf"line {DEFECT_LINE}: not a number: 'a'"
+            rf"line {DEFECT_LINE}: XINDEX: 'a' is not a number"
     if case == "defect_outside_plan":
         return F.klarf_text("L", {"W1": [(9, 9, 1)]}, PLAN), \
             r"wafer 'W1': defect 1: its die \(9, 9\) is outside the SampleTestPlan"
@@ -325,7 +334,7 @@ def _bad_klarf(case: str) -> tuple[str, str]:
         return 'Record FileRecord "1.8"\n{\n}\nEndOfFile;\n', r"line 1: only KLARF 1.1/1.2 files can be read"
     if case == "truncated_defect_line":
         return good.replace(" 1 1.250e+03 2.500e+03 0 0 5.0 5.0 25.0 5.0 1 1 0 0 0 0 0 0;", " 1 1.250e+03 2.500e+03 0;"), \
-            rf"line {DEFECT_LINE}: a record is missing fields"
+            rf"line {DEFECT_LINE}: DefectList row with 4 values, the DefectRecordSpec names 17 columns"
     raise AssertionError(case)
 
 
@@ -342,7 +351,7 @@ def test_bad_klarf(tmp_path, case):
 def test_mislabelled_suffixes_say_what_the_file_is_not(tmp_path):
     for name, text, message in (("a.stdf", "hello", "not an STDF file"),
                                 ("a.xml", "<Other/>", "neither MapData"),
-                                ("a.csv", "a,b\n1,2\n", r"line 1: the header lacks column\(s\) lot, wafer, x, y, bin")):
+                                ("a.csv", "a,b\n1,2\n", r"line 1: the header lacks column\(s\) x, y, bin")):
         with pytest.raises(DataError, match=message):
             load(F.write(tmp_path / name, text))
 
@@ -374,7 +383,8 @@ def test_cli_import_and_info_for_each_format(capsys, tmp_path, fmt):
     ("bad.xml", F.g85_text("L", {"W1": B1}).replace('Rows="9"', 'Rows="4"'), "9 rows of bin codes, the header says 4"),
     ("bad.klarf", F.klarf_text("L", {"W1": [(9, 9, 1)]}, PLAN), "outside the SampleTestPlan"),
     ("e142.xml", F.e142_text("L", {"W1": B1}).replace('Dimension X="9"', 'Dimension X="8"'),
-     "SubstrateMap 1 ('W1'): row 1: 9 dies, expected 8 (the header's column count)"),
+     "MapData/SubstrateMaps/SubstrateMap[1]/Overlay[1]/BinCodeMap[1]/BinCode[1]: 9 dies, expected 8 "
+     "(the header's column count)"),
 ])
 def test_cli_bad_file_is_one_error_line_exit_2(capsys, tmp_path, name, content, message):
     path = F.write(tmp_path / name, content)

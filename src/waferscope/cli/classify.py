@@ -17,7 +17,8 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, PASS_BINS_HELP, RETEST_HELP, fab_options_refused,
+from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, COLUMNS_HELP, PASS_BINS_HELP, RETEST_HELP,
+                                   fab_options_refused,
                                    SCHEDULER_OPTION, WORKERS_OPTION,
                                    load_classifier, load_data, load_model_described,
                                    parse_set, write_text_atomic)
@@ -157,6 +158,7 @@ def predict(
     prior: str = PRIOR_OPTION,
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     retest: Optional[str] = typer.Option(None, "--retest", help=RETEST_HELP),
+    columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP),
     engine: str = ENGINE_OPTION,
     scheduler: Optional[str] = SCHEDULER_OPTION,
     workers: int = WORKERS_OPTION,
@@ -172,14 +174,14 @@ def predict(
     clf = load_classifier(run, bundled, DEFAULT_FOR_LABELS)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     scaled = run_cli(clf, data, out, engine, scheduler, workers, overwrite,
-                     fab_options_refused(pass_bins, retest), prior=shift)
+                     fab_options_refused(pass_bins, retest, columns), prior=shift)
     if scaled is not None:
         if shift is not None:
             report_prior(shift, prior, clf.classes_, scaled.prior_used, scaled.rows)
         typer.echo(f"classified {scaled.rows} maps in {len(scaled.files)} partitions with Dask; "
                    f"wrote {out}/ (one .parquet per partition)", err=True)
         return
-    dataset = load_data(data, pass_bins, retest)
+    dataset = load_data(data, pass_bins, retest, columns)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
     proba = clf.predict_proba(dataset)

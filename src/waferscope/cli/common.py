@@ -16,17 +16,21 @@ PASS_BINS_HELP = ("Fab map files (STDF, E142, G85, KLARF, CSV die list): bins th
                   "'1,2/3-9' also lists the fail bins and makes any other bin an error. Default: each "
                   "format's own (see docs/data.md).")
 
+COLUMNS_HELP = ("CSV die lists: which columns hold what, e.g. x=DIE_X,y=DIE_Y,bin=HBIN,wafer=WAFER,lot=LOT "
+                "(also pass_fail=COL, and y_axis=down when y grows downwards). Default: common names "
+                "such as X/DIE_X, HARD_BIN/HBIN/SBIN, PASS_FAIL, WAFER_ID, LOT_ID (see docs/data.md).")
 
 RETEST_HELP = ("STDF dies probed more than once without a retest flag: keep the last result (default), the "
                "first, or the worst (a fail anywhere fails the die). Retest-flagged results always replace.")
 
 
-def load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None):
-    """Load one spec, or concatenate several into one data set (``pass_bins``, ``retest``: see ``load``)."""
+def load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None,
+              columns: Optional[str] = None):
+    """Load one spec, or concatenate several into one data set (``pass_bins``, ``retest``, ``columns``: see ``load``)."""
     from waferscope.data import load
     from waferscope.data.dataset import WaferDataset
 
-    parts = [load(s, pass_bins=pass_bins, retest=retest) for s in specs]
+    parts = [load(s, pass_bins=pass_bins, retest=retest, columns=columns) for s in specs]
     return parts[0] if len(parts) == 1 else WaferDataset.concat(parts, name="+".join(p.name for p in parts))
 
 
@@ -98,16 +102,16 @@ PASS_BINS_REFUSED = ("it maps the bins of fab files (STDF, E142, G85, KLARF, CSV
 RETEST_REFUSED = ("it chooses among the results of re-probed STDF dies, and Parquet partitions hold die states "
                   "already; convert STDF files to Parquet first (waferscope data import FILE --out PART.parquet "
                   "--retest …) or score them with --engine local")
+COLUMNS_REFUSED = ("it names the columns of CSV die lists, and Parquet partitions have none: import the CSV first "
+                   "(waferscope data import FILE.csv --out PART.parquet --columns …) or score it with --engine local")
 
 
-def fab_options_refused(pass_bins: Optional[str], retest: Optional[str]) -> Optional[dict]:
-    """The fab-file options given, with why the Dask path refuses them (None when none is given)."""
-    refused = {}
-    if pass_bins is not None:
-        refused["--pass-bins"] = PASS_BINS_REFUSED
-    if retest is not None:
-        refused["--retest"] = RETEST_REFUSED
-    return refused or None
+def fab_options_refused(pass_bins: Optional[str], retest: Optional[str] = None,
+                        columns: Optional[str] = None) -> Optional[dict]:
+    """The fab-file options given, with the reason the Dask path refuses each (None: none given)."""
+    given = {"--pass-bins": (pass_bins, PASS_BINS_REFUSED), "--retest": (retest, RETEST_REFUSED),
+             "--columns": (columns, COLUMNS_REFUSED)}
+    return {opt: why for opt, (value, why) in given.items() if value is not None} or None
 
 
 OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="--engine dask: replace a non-empty --out folder")

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from waferscope.cli.common import PASS_BINS_HELP, RETEST_HELP
+from waferscope.cli.common import COLUMNS_HELP, PASS_BINS_HELP, RETEST_HELP
 
 app = typer.Typer(no_args_is_help=True, help="Generate, import, inspect and draw wafer-map data sets.")
 
@@ -50,12 +50,14 @@ def import_(
     batch_size: int = typer.Option(8192, "--batch-size", min=1, help="Rows per Parquet row group."),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     retest: Optional[str] = typer.Option(None, "--retest", help=RETEST_HELP),
+    columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP),
 ) -> None:
     """Convert any supported source to waferscope's canonical Parquet format (streaming)."""
     from waferscope.data.loaders.streaming import import_to_parquet
 
     _plain_warnings()
-    count = import_to_parquet(src, out, batch_size=batch_size, progress=True, pass_bins=pass_bins, retest=retest)
+    count = import_to_parquet(src, out, batch_size=batch_size, progress=True, pass_bins=pass_bins, retest=retest,
+                              columns=columns)
     typer.echo(f"wrote {count} rows to {out}", err=True)
 
 
@@ -65,12 +67,13 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     retest: Optional[str] = typer.Option(None, "--retest", help=RETEST_HELP),
+    columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP),
 ) -> None:
     """Counts per class, map sizes and fail rates."""
     from waferscope.data import load
 
     _plain_warnings()
-    dataset = load(spec, pass_bins=pass_bins, retest=retest)
+    dataset = load(spec, pass_bins=pass_bins, retest=retest, columns=columns)
     summary = dataset.summary()
     reprobed = _reprobed(dataset)
     if reprobed is not None:
@@ -125,11 +128,13 @@ def show(
     title: Optional[str] = typer.Option(None, "--title"),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     retest: Optional[str] = typer.Option(None, "--retest", help=RETEST_HELP),
+    columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP),
 ) -> None:
     """Draw a montage: a few maps of every class, with a colour legend."""
     from waferscope.data import load
     from waferscope.data.render import montage_per_class
 
     _plain_warnings()
-    montage_per_class(load(spec, pass_bins=pass_bins, retest=retest), out, per_class=per_class, seed=seed, title=title)
+    montage_per_class(load(spec, pass_bins=pass_bins, retest=retest, columns=columns), out, per_class=per_class,
+                      seed=seed, title=title)
     typer.echo(f"wrote {out}", err=True)

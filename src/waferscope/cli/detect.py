@@ -21,7 +21,8 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, PASS_BINS_HELP, RETEST_HELP, fab_options_refused,
+from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, COLUMNS_HELP, PASS_BINS_HELP, RETEST_HELP,
+                                   fab_options_refused,
                                    SCHEDULER_OPTION, WORKERS_OPTION,
                                    load_data, load_model_described, parse_set,
                                    write_text_atomic)
@@ -35,9 +36,10 @@ BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'pattern_c
 THRESHOLD_JSON = "threshold.json"
 
 
-def _load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None):
+def _load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None,
+               columns: Optional[str] = None):
     """load_data, plus a check that masks fit their maps (detectors score against them)."""
-    ds = load_data(specs, pass_bins, retest)
+    ds = load_data(specs, pass_bins, retest, columns)
     _check_masks(ds, ", ".join(specs))
     return ds
 
@@ -200,6 +202,7 @@ def score(
     maps: Optional[Path] = typer.Option(None, "--maps", help="Folder for per-sample anomaly maps (<id>.npy, float32, H×W)"),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     retest: Optional[str] = typer.Option(None, "--retest", help=RETEST_HELP),
+    columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP),
     engine: str = ENGINE_OPTION,
     scheduler: Optional[str] = SCHEDULER_OPTION,
     workers: int = WORKERS_OPTION,
@@ -216,14 +219,14 @@ def score(
         det, run_dir, _ = _load_detector(run, bundled)
         thr = read_threshold(run_dir)
         scaled = run_cli(det, data, out, engine, scheduler, workers, overwrite,
-                         fab_options_refused(pass_bins, retest),
+                         fab_options_refused(pass_bins, retest, columns),
                          threshold=None if thr is None else float(thr["threshold"]), maps=maps)
         typer.echo(_score_summary(f"{scaled.rows} maps in {len(scaled.files)} partitions with Dask", scaled.above,
                                   thr, f"{out}/ (one .parquet per partition)", maps), err=True)
         return
     run_cli(None, data, out, engine, scheduler, workers, overwrite)  # checks dask-only options
     where = ", ".join(data)
-    dataset = _load_data(data, pass_bins, retest)
+    dataset = _load_data(data, pass_bins, retest, columns)
     if len(dataset) == 0:
         raise DataError("no maps to score", where)
     det, run_dir, _ = _load_detector(run, bundled)

@@ -10,12 +10,18 @@ A spec is ``synthetic:n=…,seed=…[,mixed=1]`` or a path:
   see :mod:`waferscope.data.loaders.lswmd`; import it to Parquet once)
 - fab wafer-map files (see :mod:`waferscope.data.loaders.fabcommon` for the bin mapping and
   grid orientation they share): STDF V4 probe-test files (a FAR record first), SEMI E142 XML
-  (root ``MapData``), SEMI G85 XML (root ``Maps``), KLARF inspection files (``FileVersion`` first),
-  and a CSV die list (header with ``lot,wafer,x,y,bin``)
+  (root ``MapData``), SEMI G85 XML (root ``Map`` or ``Maps``), KLARF inspection files
+  (``FileVersion`` first), and a CSV die list (a header naming x, y and bin or pass/fail columns,
+  see :mod:`waferscope.data.loaders.dielist`)
 - a folder — MVTec-AD layout (``train/good``, ``test/<defect>``, ``ground_truth/<defect>``) or one
   sub-folder per class holding ``*.npy`` maps or rendered ``*.png`` maps
 
-The format is detected from the file's first bytes, not only its suffix.
+The format is detected from the file's first bytes, not only its suffix, and through compression:
+any of these files may be gzip, bzip2 or xz compressed, or the one member of a zip archive
+(:mod:`waferscope.data.compressed`, detected by magic bytes; the inflated size is bounded by
+``limits.max_decompressed_bytes``). Text and XML formats are read from the decompressing stream;
+Parquet, npz, npy and pickle files, which need random access, are inflated into a temporary file
+first (bounded the same way, removed afterwards).
 
 ``limits`` (:class:`~waferscope.data.limits.LoadLimits`) bounds the maps, sides and dies one load may
 allocate; each loader checks them from the file's headers before allocating, and ``load`` checks the
@@ -23,6 +29,9 @@ result once more (``None`` = :data:`~waferscope.data.limits.DEFAULT_LIMITS`).
 
 ``pass_bins`` says which bins of a fab file pass (``"1,2"``; ``"1,2/3-9"`` for a strict mapping
 where unlisted bins are errors); ``None`` keeps each format's default. Other sources ignore it.
+
+``columns`` names the columns of a CSV die list (``{"x": "DIE_X", "bin": "HBIN"}`` or
+``"x=DIE_X,bin=HBIN"``; see :mod:`waferscope.data.loaders.dielist`); other sources ignore it.
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ PARQUET_MAGIC = b"PAR1"
 ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
 FAB_FORMATS = ("stdf", "e142", "g85", "klarf", "dielist")
-XML_ROOTS = {"MapData": "e142", "Maps": "g85"}
+XML_ROOTS = {"MapData": "e142", "Maps": "g85", "Map": "g85"}
+BINARY_FORMATS = ("parquet", "npz", "npy", "pickle")  # need a seekable file: inflated to a temp file
 
 
 def parse_synthetic_spec(spec: str) -> dict:
@@ -54,15 +64,11 @@ def parse_synthetic_spec(spec: str) -> dict:
     return out
 
 
-def _sniff_text(path: Path) -> str | None:
-    """'e142', 'g85', 'klarf' or 'dielist' from a text file's start, else None."""
+def _sniff_text(head: bytes, suffix: str) -> str | None:
+    """'e142', 'g85', 'klarf' or 'dielist' from a text file's first bytes, else None."""
     import re
 
-    try:
-        with open(path, "rb") as f:
-            text = f.read(4096).decode("utf-8-sig", errors="replace")
-    except OSError:
-        return None
+    text = head.decode("utf-8-sig", errors="replace")
     # skip the XML declaration, comments and a DOCTYPE (with its internal subset) to the root element
     body = re.sub(r"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^\[>]*(\[.*?\])?\s*>", "", text, flags=re.S).lstrip()
     root = re.match(r"<(?:[\w.-]+:)?([\w.-]+)", body)
@@ -75,23 +81,25 @@ def _sniff_text(path: Path) -> str | None:
         return "klarf"
     first_line = text.splitlines()[0] if text.strip() else ""
     # any .csv goes to the die-list reader too, so a header lacking a column is named as such
-    return "dielist" if looks_like_dielist(first_line) or path.suffix.lower() == ".csv" else None
+    return "dielist" if looks_like_dielist(first_line) or suffix == ".csv" else None
 
 
-def sniff_format(path: Path) -> str:
+def sniff_format(path: Path, limits: LoadLimits | None = None) -> str:
     """'parquet', 'npz', 'npy', 'pickle', 'mvtec', 'folders', 'stdf', 'e142', 'g85', 'klarf',
-    'dielist' — or a DataError saying why not."""
+    'dielist' — or a DataError saying why not. Compressed files are sniffed by their content."""
+    from waferscope.data.compressed import inner_suffix, peek
+
     if path.is_dir():
         from waferscope.data.loaders.mvtec import looks_like_mvtec
 
         return "mvtec" if looks_like_mvtec(path) else "folders"
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
+        text_head = peek(path, 4096, limits)
     except OSError as exc:
         raise DataError(f"cannot open ({exc.strerror or exc})", path) from None
+    head = text_head[:8]
     if not head:
-        raise DataError("the file is empty", path)
+        raise DataError("the file is empty" + (" (once decompressed)" if path.stat().st_size else ""), path)
     if head.startswith(PARQUET_MAGIC):
         return "parquet"
     if head.startswith(ZIP_MAGIC):
@@ -102,14 +110,14 @@ def sniff_format(path: Path) -> str:
 
     if looks_like_stdf(head):
         return "stdf"
-    suffix = path.suffix.lower()
+    suffix = inner_suffix(path)
     if head[:1] == b"\x80" or suffix in (".pkl", ".pickle"):  # protocol ≥ 2 starts with PROTO (0x80)
         return "pickle"
     if suffix == ".parquet":
         raise DataError("not a Parquet file (no PAR1 header): truncated or mislabelled", path)
     if suffix == ".npz":
         raise DataError("not an .npz archive (no zip header): truncated or mislabelled", path)
-    text_format = _sniff_text(path)
+    text_format = _sniff_text(text_head, suffix)
     if text_format:
         return text_format
     if suffix in (".stdf", ".std"):
@@ -120,16 +128,18 @@ def sniff_format(path: Path) -> str:
     if suffix in (".klarf", ".klf", ".000", ".001"):
         raise DataError("not a KLARF file: it does not start with a FileVersion line", path)
     raise DataError("unrecognised data format (expected .parquet, .npz, .pkl, an STDF/E142/G85/KLARF "
-                    "map file, a lot,wafer,x,y,bin CSV, or a folder of class sub-folders / an "
+                    "map file, an x,y,bin CSV die list, any of these gzip/bzip2/xz/zip compressed, or a folder of class sub-folders / an "
                     "MVTec-AD folder)", path)
 
 
-def load(spec: str | Path, pass_bins=None, limits: LoadLimits | None = None, retest: str | None = None) -> WaferDataset:
+def load(spec: str | Path, pass_bins=None, limits: LoadLimits | None = None, retest: str | None = None,
+         columns=None) -> WaferDataset:
     """The data set at ``spec``; ``pass_bins`` (see the module docstring) applies to fab formats,
-    ``limits`` to everything read from a file; ``retest`` ("last" default, "first", "worst"): which
-    result of an STDF die probed twice without a retest flag is kept (other sources ignore it)."""
+    ``columns`` to CSV die lists, ``limits`` to everything read from a file; ``retest`` ("last"
+    default, "first", "worst"): which result of an STDF die probed twice without a retest flag is
+    kept (other sources ignore it)."""
     limits = resolve_limits(limits)
-    dataset = _load(spec, pass_bins, limits, retest)
+    dataset = _load(spec, pass_bins, limits, retest, columns)
     # the loaders refuse oversize input before allocating; this catches any that cannot know sizes early
     if dataset.kind == "wafer":  # images (a folder of photos) are bounded by their own decoder
         budget = limits.budget(None if str(spec).startswith("synthetic:") else str(spec))
@@ -138,10 +148,12 @@ def load(spec: str | Path, pass_bins=None, limits: LoadLimits | None = None, ret
     return dataset
 
 
-def _load(spec: str | Path, pass_bins, limits: LoadLimits, retest: str | None = None) -> WaferDataset:
+def _load(spec: str | Path, pass_bins, limits: LoadLimits, retest: str | None = None, columns=None) -> WaferDataset:
+    from waferscope.data.loaders.dielist import parse_columns
     from waferscope.data.loaders.fabcommon import parse_bin_mapping
 
     mapping = parse_bin_mapping(pass_bins)
+    columns = parse_columns(columns)
     spec_s = str(spec)
     if spec_s.startswith("synthetic:"):
         from waferscope.data.synthetic import generate
@@ -150,9 +162,49 @@ def _load(spec: str | Path, pass_bins, limits: LoadLimits, retest: str | None = 
     path = Path(spec_s).expanduser()
     if not path.exists():
         raise DataError("no such file or folder", path)
-    fmt = sniff_format(path)
+    try:
+        fmt = sniff_format(path, limits)
+    except DataError:
+        if not columns or path.is_dir():
+            raise
+        fmt = "dielist"  # the caller named a die list's columns: read it as one whatever its name
     if fmt in FAB_FORMATS:
-        return _load_fab(fmt, path, mapping, limits, retest)
+        return _load_fab(fmt, path, mapping, limits, retest, columns)
+    if fmt in BINARY_FORMATS and not path.is_dir():
+        from waferscope.data.compressed import compression_of
+
+        if compression_of(path) is not None:
+            return _load_inflated(fmt, path, limits)
+    return _load_binary(fmt, path, limits)
+
+
+def _load_inflated(fmt: str, path: Path, limits: LoadLimits) -> WaferDataset:
+    """A compressed Parquet/npz/npy/pickle: inflate (bounded) into a temporary file and read that."""
+    import os
+    import shutil
+    import tempfile
+
+    from waferscope.data.compressed import inner_suffix, open_binary
+
+    fd, tmp = tempfile.mkstemp(suffix=inner_suffix(path) or ".bin", prefix=".waferscope-inflate-")
+    try:
+        with os.fdopen(fd, "wb") as out, open_binary(path, limits) as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+        try:
+            dataset = _load_binary(fmt, Path(tmp), limits)
+        except DataError as exc:  # name the file the user gave, not the temporary one
+            raise DataError(exc.problem.replace(tmp, str(path)), f"{path} (decompressed)") from None
+        tmp_name = Path(tmp).name
+        if "source" in dataset.meta:
+            dataset.meta["source"] = dataset.meta["source"].replace(tmp_name, path.name)
+        if dataset.name == Path(tmp).stem:
+            dataset.name = path.name.split(".")[0] or dataset.name
+        return dataset
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _load_binary(fmt: str, path: Path, limits: LoadLimits) -> WaferDataset:
     if fmt == "parquet":
         from waferscope.data.io_parquet import read_parquet
 
@@ -176,7 +228,8 @@ def _load(spec: str | Path, pass_bins, limits: LoadLimits, retest: str | None = 
     return load_class_folders(path)
 
 
-def _load_fab(fmt: str, path: Path, mapping, limits: LoadLimits, retest: str | None = None) -> WaferDataset:
+def _load_fab(fmt: str, path: Path, mapping, limits: LoadLimits, retest: str | None = None,
+              columns: dict | None = None) -> WaferDataset:
     if fmt == "stdf":
         from waferscope.data.loaders.stdf import load_stdf
 
@@ -195,7 +248,7 @@ def _load_fab(fmt: str, path: Path, mapping, limits: LoadLimits, retest: str | N
         return load_klarf(path, mapping, limits=limits)
     from waferscope.data.loaders.dielist import load_dielist
 
-    return load_dielist(path, mapping, limits=limits)
+    return load_dielist(path, mapping, limits=limits, columns=columns)
 
 
 def _load_npz(path: Path, limits: LoadLimits) -> WaferDataset:

@@ -1,7 +1,9 @@
 """Drawing wafer maps: one fixed palette everywhere (figures, overlays, and PNG round trips).
 
 ``render_map`` turns a die-state map into an RGB image; ``montage_per_class`` draws a few maps of
-every class into one PNG with a colour legend. The PNG folder loader decodes images drawn with
+every class into one PNG with a colour legend, each die with the aspect ratio of its die pitch when
+the data set knows it (``die_pitch_x``/``die_pitch_y`` metadata from fab files). Maps are drawn as
+stored: row 0 at the top, notch down (see :mod:`waferscope.data.loaders.fabcommon`). The PNG folder loader decodes images drawn with
 :data:`PALETTE` back to die states exactly.
 """
 
@@ -40,6 +42,21 @@ def render_map(m: np.ndarray, scale: int = 1, palette: np.ndarray = PALETTE) -> 
     return np.ascontiguousarray(rgb)
 
 
+def die_aspect(meta, i: int) -> float:
+    """Height/width of one die of map ``i`` from its ``die_pitch_x``/``die_pitch_y`` metadata (the
+    pitch a fab file states, e.g. KLARF DiePitch, G85 DeviceSizeX/Y, E142 DeviceSize); 1 (square)
+    when unknown."""
+    if meta is None or "die_pitch_x" not in meta or "die_pitch_y" not in meta:
+        return 1.0
+    try:
+        px, py = float(meta["die_pitch_x"].iloc[i]), float(meta["die_pitch_y"].iloc[i])
+    except (TypeError, ValueError):
+        return 1.0
+    if not (np.isfinite(px) and np.isfinite(py) and px > 0 and py > 0):
+        return 1.0
+    return py / px
+
+
 def _class_order(labels: np.ndarray) -> list[str]:
     present = set(labels.astype(str))
     known = [c for c in CLASSES if c in present]
@@ -74,7 +91,9 @@ def montage_per_class(dataset, path: str | Path, per_class: int = 8, seed: int =
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if c < len(pick):
-                ax.imshow(render_map(dataset.maps[pick[c]]), interpolation="nearest")
+                # a die is drawn pitch_y/pitch_x as tall as wide, as a vendor viewer draws it
+                ax.imshow(render_map(dataset.maps[pick[c]]), interpolation="nearest",
+                          aspect=die_aspect(dataset.meta, int(pick[c])))
         axes[r, 0].set_ylabel(f"{cls or '(unlabelled)'}\n(n={len(idx)})", rotation=0, ha="right", va="center",
                               fontsize=9)
     if dataset.kind == "wafer":

@@ -1,74 +1,177 @@
-"""Plain CSV die list: a header ``lot,wafer,x,y,bin`` (any order, any case, extra columns ignored)
-and one row per die; a file may hold many wafers of many lots. Rows are grouped into wafers by
-``(lot, wafer)`` in the order wafers first appear.
+"""CSV die list: one row per die, a header naming the columns; a file may hold many wafers of many
+lots. Rows are grouped into wafers by ``(lot, wafer)`` in the order wafers first appear.
 
-Bins: ``pass_bins`` (default: bin 1 passes, any other bin fails). Grid and orientation:
-:mod:`waferscope.data.loaders.fabcommon` (row 0 = smallest y).
+Columns are found by name, case-insensitively, among the common aliases real exports use (first
+match wins, in this order):
+
+- ``x``: x, die_x, diex, x_coord, xcoord, x_index, xindex, xadr
+- ``y``: y, die_y, diey, y_coord, ycoord, y_index, yindex, yadr (not row/col: those count downwards)
+- ``bin``: hard_bin, hardbin, hbin, hb, hw_bin, bin, bin_code, bincode, then soft bins
+  (soft_bin, softbin, sbin, sb, sw_bin) only when there is no hard bin
+- ``pass_fail`` (used when there is no bin column): pass_fail, passfail, pf, pass —
+  values P/F, PASS/FAIL, 1/0, TRUE/FALSE, GOOD/BAD (any case)
+- ``lot``: lot, lot_id, lotid, lot_no, lotno, lot_number (optional: ``""``)
+- ``wafer``: wafer, wafer_id, waferid, wafer_no, waferno, wafer_number, wafer_num (optional: one wafer)
+
+``columns`` (``load(path, columns={"x": "DIE_X", "bin": "SORT", ...})``, or the string
+``"x=DIE_X,bin=SORT"``) names them explicitly and wins over the aliases; its extra key ``y_axis``
+(``up``, the default, or ``down``) says which way y grows.
+
+Bins: ``pass_bins`` (default: bin 1 passes, any other bin fails). Orientation: y grows upwards
+(as STDF's default and most probers' die coordinates), x to the right, notch down: row 0 of the
+stored map is the largest y (see :mod:`waferscope.data.loaders.fabcommon`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
-from waferscope.data.limits import LoadLimits
 from waferscope.data.dataset import WaferDataset
-from waferscope.data.loaders.fabcommon import DEFAULT_MAPPING, BinMapping, dies_to_grid, fab_meta, map_bin
+from waferscope.data.limits import LoadLimits, resolve_limits
+from waferscope.data.loaders.fabcommon import (DEFAULT_MAPPING, FAIL, PASS, BinMapping, dies_to_grid, fab_meta,
+                                               map_bin, orient_grid)
 from waferscope.errors import DataError
 
-REQUIRED = ("lot", "wafer", "x", "y", "bin")
+ALIASES = {
+    "x": ("x", "die_x", "diex", "x_coord", "xcoord", "x_index", "xindex", "xadr"),
+    "y": ("y", "die_y", "diey", "y_coord", "ycoord", "y_index", "yindex", "yadr"),
+    "bin": ("hard_bin", "hardbin", "hbin", "hb", "hw_bin", "bin", "bin_code", "bincode"),
+    "soft_bin": ("soft_bin", "softbin", "sbin", "sb", "sw_bin"),
+    "pass_fail": ("pass_fail", "passfail", "pf", "pass"),
+    "lot": ("lot", "lot_id", "lotid", "lot_no", "lotno", "lot_number"),
+    "wafer": ("wafer", "wafer_id", "waferid", "wafer_no", "waferno", "wafer_number", "wafer_num"),
+}
+ROLES = ("lot", "wafer", "x", "y", "bin", "pass_fail")
+PASS_WORDS = {"p": PASS, "pass": PASS, "1": PASS, "true": PASS, "good": PASS, "g": PASS,
+              "f": FAIL, "fail": FAIL, "0": FAIL, "false": FAIL, "bad": FAIL, "b": FAIL}
 
 
 def header_columns(first_line: str) -> list[str]:
     return [c.strip().strip('"').lower() for c in first_line.split(",")]
 
 
+def parse_columns(columns) -> dict:
+    """``None``, a dict or ``"x=DIE_X,y=DIE_Y"`` → ``{role: header name}`` (DataError when malformed)."""
+    if columns is None:
+        return {}
+    if isinstance(columns, str):
+        out = {}
+        for part in filter(None, (p.strip() for p in columns.split(","))):
+            role, sep, name = part.partition("=")
+            if not sep or not name.strip():
+                raise DataError(f"bad columns value {part!r}: expected ROLE=COLUMN pairs like x=DIE_X,bin=HBIN")
+            out[role.strip().lower()] = name.strip()
+        columns = out
+    columns = {str(k).lower(): str(v) for k, v in dict(columns).items()}
+    unknown = sorted(set(columns) - set(ROLES) - {"y_axis"})
+    if unknown:
+        raise DataError(f"unknown column role(s) {', '.join(unknown)}: expected {', '.join(ROLES)} or y_axis")
+    if columns.get("y_axis", "up").lower() not in ("up", "down"):
+        raise DataError(f"y_axis must be up or down, got {columns['y_axis']!r}")
+    return columns
+
+
+def find_columns(names: list[str], columns: dict) -> dict:
+    """``{role: index}`` for the header ``names`` (lower-case); explicit ``columns`` first, then aliases."""
+    found: dict = {}
+    for role, name in columns.items():
+        if role in ROLES:
+            if name.lower() not in names:
+                raise KeyError(f"column {name!r} given for {role} is not in the header")
+            found[role] = names.index(name.lower())
+    for role in ("x", "y", "bin", "pass_fail", "lot", "wafer"):
+        if role in found:
+            continue
+        for alias in ALIASES[role] + (ALIASES["soft_bin"] if role == "bin" else ()):
+            if alias in names:
+                found[role] = names.index(alias)
+                break
+    return found
+
+
 def looks_like_dielist(first_line: str) -> bool:
-    return set(REQUIRED) <= set(header_columns(first_line))
+    found = find_columns(header_columns(first_line), {})
+    return {"x", "y"} <= set(found) and ("bin" in found or "pass_fail" in found)
 
 
 def _integer(text: str, what: str, path: Path, line: int) -> int:
     try:
         return int(text.strip())
     except ValueError:
+        try:  # spreadsheet exports write 3.0 for 3
+            value = float(text.strip())
+            if value.is_integer():
+                return int(value)
+        except ValueError:
+            pass
         raise DataError(f"line {line}: {what} {text!r} is not a number" if text.strip() else
                         f"line {line}: {what} is empty", path) from None
 
 
-def load_dielist(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
+def load_dielist(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None,
+                 columns=None) -> WaferDataset:
+    from waferscope.data.compressed import open_binary
+
     path = Path(path)
+    limits = resolve_limits(limits)
+    wanted = parse_columns(columns)
     mapping = pass_bins or DEFAULT_MAPPING
     wafers: dict[tuple[str, str], list] = {}
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: spreadsheet exports add a BOM
+        with open_binary(path, limits) as raw, \
+                io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:  # spreadsheet exports add a BOM
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None:
                 raise DataError("the file is empty", path)
             names = [h.strip().lower() for h in header]
-            missing = [c for c in REQUIRED if c not in names]
+            try:
+                col = find_columns(names, wanted)
+            except KeyError as exc:
+                raise DataError(f"line 1: {exc.args[0]} ({', '.join(header)})", path) from None
+            missing = [r for r in ("x", "y") if r not in col] + ([] if "bin" in col or "pass_fail" in col else ["bin"])
             if missing:
-                raise DataError(f"line 1: the header lacks column(s) {', '.join(missing)} (expected "
-                                f"{','.join(REQUIRED)})", path)
-            col = {c: names.index(c) for c in REQUIRED}
+                raise DataError(f"line 1: the header lacks column(s) {', '.join(missing)} (looked for "
+                                + "; ".join(f"{r}: {', '.join(ALIASES[r][:4])}…" for r in missing)
+                                + "; name them with the columns option, e.g. x=DIE_X,y=DIE_Y,bin=HBIN)", path)
+            if "bin" not in col and pass_bins is not None:
+                raise DataError("pass bins were given but the file has no bin column (only "
+                                f"{header[col['pass_fail']]!r})", path)
             for row in reader:
                 line = reader.line_num
                 if not any(cell.strip() for cell in row):
                     continue  # blank lines (often one at the end) carry no die
                 if len(row) < len(names):
                     raise DataError(f"line {line}: {len(row)} fields, the header has {len(names)}", path)
-                lot, wafer = row[col["lot"]].strip(), row[col["wafer"]].strip()
-                x = _integer(row[col["x"]], "x", path, line)
-                y = _integer(row[col["y"]], "y", path, line)
-                bin_code = _integer(row[col["bin"]], "bin", path, line)
-                state = map_bin(mapping, bin_code, path, f"line {line}")
-                wafers.setdefault((lot, wafer), []).append((x, y, state, f"line {line}"))
+                lot = row[col["lot"]].strip() if "lot" in col else ""
+                wafer = row[col["wafer"]].strip() if "wafer" in col else ""
+                x = _integer(row[col["x"]], header[col["x"]], path, line)
+                y = _integer(row[col["y"]], header[col["y"]], path, line)
+                if "bin" in col:
+                    state = map_bin(mapping, _integer(row[col["bin"]], header[col["bin"]], path, line), path,
+                                    f"line {line}")
+                else:
+                    word = row[col["pass_fail"]].strip().lower()
+                    if word not in PASS_WORDS:
+                        raise DataError(f"line {line}: {header[col['pass_fail']]} {row[col['pass_fail']]!r} is not "
+                                        "P/F, PASS/FAIL, 1/0, TRUE/FALSE or GOOD/BAD", path)
+                    state = PASS_WORDS[word]
+                dies = wafers.get((lot, wafer))
+                if dies is None:
+                    dies = wafers[(lot, wafer)] = []
+                    limits.check_count(len(wafers), path, "wafers")
+                dies.append((x, y, state, f"line {line}"))
     except UnicodeDecodeError as exc:
         raise DataError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", path) from None
     except csv.Error as exc:
         raise DataError(f"not a readable CSV file ({exc})", path) from None
     if not wafers:
         raise DataError("no die rows after the header", path)
-    maps = [dies_to_grid(dies, path, wafer) for (_, wafer), dies in wafers.items()]
+    y_up = wanted.get("y_axis", "up").lower() == "up"
+    budget = limits.budget(path)  # each wafer's coordinate span is charged before its grid is allocated
+    maps = [orient_grid(dies_to_grid(dies, path, wafer or path.stem, budget=budget), y_up=y_up)
+            for (_, wafer), dies in wafers.items()]
     meta = fab_meta(path, [k[0] for k in wafers], [k[1] for k in wafers], "dielist-csv")
     return WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))

@@ -18,6 +18,14 @@ then :func:`orient_grid` turns that raw grid into waferscope's one stored orient
 Each loader says, from the file itself (STDF WCR POS_X/POS_Y/WF_FLAT, KLARF OrientationMarkLocation
 and its y-up die indices, G85/E142 orientation and origin), which way its axes point and where the
 notch is; docs/data.md lists the rule per format. Positions no die was reported at are 0 (no die).
+:func:`notch_from_angle` reads a notch angle (G85/E142: degrees clockwise from the bottom).
+
+Die pitch: a loader whose file states the die size passes ``(x, y)`` per map through
+:func:`oriented_pitch` (a quarter turn swaps them) and :func:`pitch_columns` into the metadata
+columns ``die_pitch_x`` / ``die_pitch_y``, which ``data show`` uses for the die aspect ratio.
+
+Limits: :func:`dies_to_grid` and :func:`bin_rows_to_grid` take a ``budget``
+(:meth:`LoadLimits.budget`) charged with each grid's shape before it is allocated.
 """
 
 from __future__ import annotations
@@ -112,10 +120,12 @@ def map_bin(mapping: BinMapping, bin_code, path: Path, where: str) -> int:
                         f"mapping {mapping.describe()}", path) from None
 
 
-def dies_to_grid(dies: Sequence[tuple[int, int, int, str]], path: Path, wafer: str) -> np.ndarray:
+def dies_to_grid(dies: Sequence[tuple[int, int, int, str]], path: Path, wafer: str, budget=None) -> np.ndarray:
     """``(x, y, state, where)`` dies of one wafer → a uint8 grid (see the module docstring).
 
-    ``where`` ("line 17", "record 42") names the die in the error for a die reported twice."""
+    ``where`` ("line 17", "record 42") names the die in the error for a die reported twice.
+    ``budget`` (a :class:`~waferscope.data.limits.DieBudget`) is charged with the grid's shape
+    before the grid is allocated."""
     if not dies:
         raise DataError(f"wafer {wafer!r}: no dies", path)
     xs = np.fromiter((d[0] for d in dies), np.int64, len(dies))
@@ -126,6 +136,8 @@ def dies_to_grid(dies: Sequence[tuple[int, int, int, str]], path: Path, wafer: s
         far = dies[int(np.argmax(np.abs(xs - np.median(xs)) if axis == "x" else np.abs(ys - np.median(ys))))]
         raise DataError(f"{far[3]}: wafer {wafer!r}: die {axis} coordinates span {lo}..{hi}, more than "
                         f"{MAX_GRID_SPAN} dies: the die at ({far[0]}, {far[1]}) lies outside any wafer grid", path)
+    if budget is not None:
+        budget.add((span_y, span_x), f"wafer {wafer!r}")
     grid = np.zeros((span_y, span_x), np.uint8)
     seen: dict[tuple[int, int], int] = {}
     for i, ((x, y, state, where), r, c) in enumerate(zip(dies, ys - ys.min(), xs - xs.min())):
@@ -153,6 +165,33 @@ def orient_grid(grid: np.ndarray, *, y_up: bool, x_right: bool = True, notch: st
     return np.ascontiguousarray(np.rot90(out, k) if k else out)
 
 
+NOTCH_WORDS = {"down": "down", "bottom": "down", "up": "up", "top": "up", "left": "left", "right": "right"}
+
+
+def notch_from_angle(angle: float, zero: str = "down") -> str:
+    """A notch/flat angle in degrees, measured clockwise (as drawn) from ``zero`` (the side angle 0
+    means), → ``"down"``/``"left"``/``"up"``/``"right"``. ValueError unless a multiple of 90°."""
+    order = ["down", "left", "up", "right"]  # clockwise, as seen on the drawing
+    quarter, rest = divmod(float(angle) % 360, 90)
+    if rest:
+        raise ValueError(f"notch angle {angle:g}° is not a multiple of 90°")
+    return order[(order.index(zero) + int(quarter)) % 4]
+
+
+def oriented_pitch(pitch_x, pitch_y, notch: str) -> tuple:
+    """The die pitch after :func:`orient_grid` with ``notch``: a quarter turn swaps width and height."""
+    return (pitch_y, pitch_x) if notch in ("left", "right") else (pitch_x, pitch_y)
+
+
+def pitch_columns(pitches: list[tuple]) -> dict:
+    """The ``die_pitch_x``/``die_pitch_y`` metadata columns when any map states its die size
+    (``(x, y)`` per map, in the file's units, after :func:`oriented_pitch`; NaN where unknown)."""
+    if not any(px and py for px, py in pitches):
+        return {}
+    return {"die_pitch_x": [float(px) if px and py else float("nan") for px, py in pitches],
+            "die_pitch_y": [float(py) if px and py else float("nan") for px, py in pitches]}
+
+
 def wafer_number(wafer_id: str, fallback: int) -> int:
     """The number in a wafer id ("W07" → 7, "LOT1-12" → 12); ``fallback`` when there is none."""
     digits = re.findall(r"\d+", wafer_id)
@@ -174,20 +213,41 @@ def fab_meta(path: Path, lots: Iterable[str], wafer_ids: Iterable[str], fmt: str
 
 # ---- array formats (SEMI E142, SEMI G85): rows of bin codes -------------------------------------
 # Code width per BinType when rows are written without separators (both standards allow it for
-# the fixed-width types); Decimal rows are always space-separated.
+# the fixed-width types). Decimal codes have no fixed width: without separators the header's column
+# count must say how wide each code is.
 CODE_WIDTH = {"ascii": 1, "hexadecimal": 2, "integer2": 4}
+BIN_TYPES = {"ascii": "Ascii", "decimal": "Decimal", "hexadecimal": "HexaDecimal", "integer2": "Integer2"}
 
 
-def split_row(text: str, bin_type: str) -> list[str]:
-    """One row's bin codes: whitespace-separated, or fixed-width chunks for ASCII/hex/Integer2."""
+def split_row(text: str, bin_type: str, columns: int | None = None) -> list[str]:
+    """One row's bin codes.
+
+    - separated by white space (any BinType): the tokens;
+    - no separators: fixed-width chunks, the width being ``len(row) / columns`` when the header gives
+      the column count, else the BinType's own width (Ascii 1, HexaDecimal 2, Integer2 4). A Decimal
+      row without separators and without a column count is one code.
+    ASCII rows keep spaces as codes when the row is exactly ``columns`` characters long (a space may
+    be a bin code there); only line breaks and the surrounding indentation of CDATA go."""
     kind = bin_type.lower()
     if kind == "ascii":
-        return list(text.strip("\r\n"))  # a space can be a bin code in an ASCII map; only line breaks go
+        raw = text.strip("\r\n")
+        if columns is not None and len(raw) == columns:
+            return list(raw)
+        tokens = raw.split()
+        if len(tokens) > 1 and all(len(t) == 1 for t in tokens):
+            return tokens  # one code per token: separators between single characters
+        return list("".join(tokens)) if tokens else list(raw)
     tokens = text.split()
-    width = CODE_WIDTH.get(kind)
-    if width and len(tokens) == 1 and len(tokens[0]) > width:
-        joined = tokens[0]
-        tokens = [joined[i:i + width] for i in range(0, len(joined), width)]
+    if len(tokens) != 1:
+        return tokens
+    joined = tokens[0]
+    width = None
+    if columns:
+        width = len(joined) // columns if len(joined) % columns == 0 else None
+    if width is None:
+        width = CODE_WIDTH.get(kind)
+    if width and len(joined) > width:
+        return [joined[i:i + width] for i in range(0, len(joined), width)]
     return tokens
 
 
@@ -203,15 +263,23 @@ def decode_code(token: str, bin_type: str):
     raise ValueError(f"unknown BinType {bin_type!r} (expected Decimal, HexaDecimal, Integer2 or ASCII)")
 
 
-def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str, qualities: dict, mapping: BinMapping | None,
-                     path: Path, where: str, expected_shape: tuple[int | None, int | None]) -> np.ndarray:
+def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, qualities: dict,
+                     mapping: BinMapping | None, path: Path, where: str,
+                     expected_shape: tuple[int | None, int | None], row_tag: str = "row", budget=None) -> np.ndarray:
     """Rows of bin codes → die states. ``qualities``: decoded bin code → the file's BinQuality
     (used when ``mapping`` is None: Pass → pass, Fail → fail, any other quality → no die).
-    ``where`` names the map in errors ("SubstrateMap 'W01'"); rows are numbered from 1."""
-    try:
-        null = decode_code(null_bin.strip() if bin_type.lower() != "ascii" else null_bin, bin_type)
-    except ValueError as exc:
-        raise DataError(f"{where}: NullBin {null_bin!r}: {exc}", path) from None
+    ``where`` is the map's element path in errors (``Maps/Map[2]/Device[1]``); row ``r`` is named
+    ``{where}/{row_tag}[r]`` (from 1). ``null_bin`` None: the file names no null bin (every code is
+    a die). ``budget`` is charged with the map's shape before the grid is allocated."""
+    if bin_type.lower() not in BIN_TYPES:
+        raise DataError(f"{where}: unknown BinType {bin_type!r} (expected Ascii, Decimal, HexaDecimal or "
+                        "Integer2)", path)
+    null = None
+    if null_bin is not None:
+        try:
+            null = decode_code(null_bin.strip() if bin_type.lower() != "ascii" else null_bin, bin_type)
+        except ValueError as exc:
+            raise DataError(f"{where}: NullBin {null_bin!r}: {exc}", path) from None
     if mapping is not None and bin_type.lower() == "ascii":
         raise DataError(f"{where}: pass bins are numbers, but this map's BinType is ASCII; leave the "
                         "pass-bin option unset to use the file's own BinQuality", path)
@@ -220,27 +288,93 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str, qualitie
         raise DataError(f"{where}: {len(rows)} rows of bin codes, the header says {exp_rows}", path)
     if not rows:
         raise DataError(f"{where}: no rows of bin codes", path)
-    grid, width = [], exp_cols
+    width = exp_cols
+    if width is None:
+        width = len(split_row(rows[0], bin_type))
+    if budget is not None:
+        budget.add((len(rows), width), where)
+    grid = np.zeros((len(rows), width), np.uint8)
     for r, text in enumerate(rows, 1):
-        tokens = split_row(text, bin_type)
-        if width is None:
-            width = len(tokens)
+        tokens = split_row(text, bin_type, exp_cols)
         if len(tokens) != width:
-            raise DataError(f"{where}: row {r}: {len(tokens)} dies, expected {width}"
+            raise DataError(f"{where}/{row_tag}[{r}]: {len(tokens)} dies, expected {width}"
                             + (" (the header's column count)" if exp_cols is not None else " (as row 1)"), path)
-        out = []
+        out = grid[r - 1]
         for c, token in enumerate(tokens, 1):
             try:
                 code = decode_code(token, bin_type)
             except ValueError:
-                raise DataError(f"{where}: row {r}, column {c}: bin code {token!r} is not a "
-                                f"{bin_type} code", path) from None
+                raise DataError(f"{where}/{row_tag}[{r}], column {c}: bin code {token!r} is not a "
+                                f"{BIN_TYPES[bin_type.lower()]} code", path) from None
             if code == null:
-                out.append(0)
+                out[c - 1] = 0
             elif mapping is not None:
-                out.append(map_bin(mapping, code, path, f"{where}: row {r}, column {c}"))
+                out[c - 1] = map_bin(mapping, code, path, f"{where}/{row_tag}[{r}], column {c}")
             else:
                 quality = str(qualities.get(code, "fail")).lower()
-                out.append(PASS if quality == "pass" else FAIL if quality == "fail" else 0)
-        grid.append(out)
-    return np.asarray(grid, np.uint8)
+                out[c - 1] = PASS if quality == "pass" else FAIL if quality == "fail" else 0
+    return grid
+
+
+# ---- reading text and XML through compression ------------------------------------------------------
+
+
+def read_text(path: Path, limits=None) -> str:
+    """The whole (decompressed, bounded by ``limits.max_decompressed_bytes``) file as text."""
+    from waferscope.data.compressed import open_binary
+
+    with open_binary(path, limits) as fh:
+        raw = fh.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"line {line}: not a UTF-8 text file ({exc.reason} at byte {exc.start})", path) from None
+
+
+def parse_xml(path: Path, limits=None):
+    """The root element, through defusedxml (a map file from outside must not expand entities or
+    fetch URLs) and through compression; one DataError (with XML line/column) when malformed."""
+    from xml.etree.ElementTree import ParseError
+
+    import defusedxml.ElementTree as SafeET
+    from defusedxml import DefusedXmlException
+
+    from waferscope.data.compressed import open_binary
+
+    try:
+        with open_binary(path, limits) as fh:
+            return SafeET.parse(fh).getroot()
+    except ParseError as exc:
+        raise DataError(f"not well-formed XML ({exc})", path) from None
+    except DefusedXmlException as exc:
+        raise DataError(f"refused unsafe XML ({type(exc).__name__}: {exc})", path) from None
+
+
+def xml_local(tag: str) -> str:
+    """An element's name without its namespace."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def xml_children(element, name: str) -> list:
+    return [c for c in element if xml_local(c.tag) == name]
+
+
+def xml_attr(element, name: str):
+    """An attribute by its local name, any case (writers differ: ``LotId``/``LotID``), else None."""
+    want = name.lower()
+    for key, value in element.attrib.items():
+        if xml_local(key).lower() == want:
+            return value
+    return None
+
+
+def xml_number(element, name: str, path: Path, where: str, kind=int):
+    """A numeric attribute (None when absent or empty); DataError naming the element when not a number."""
+    value = xml_attr(element, name)
+    if value is None or not str(value).strip():
+        return None
+    try:
+        return kind(str(value).strip())
+    except ValueError:
+        raise DataError(f"{where}: {name} {value!r} is not a number", path) from None

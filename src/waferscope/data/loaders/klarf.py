@@ -1,44 +1,54 @@
-"""KLARF (KLA Results File) 1.1/1.2 defect-inspection files, read with ``klarf-reader``.
+"""KLARF (KLA Results File) 1.1/1.2 defect-inspection files, parsed here record by record.
 
-Read: ``LotID`` → ``lot``; per wafer ``WaferID`` → ``wafer_id`` and its ``DefectList``, whose
-``XINDEX``/``YINDEX`` give the die each defect lies on; ``SampleTestPlan`` (the inspected dies);
-``DiePitch``, ``SampleSize`` and ``SampleCenterLocation`` when there is no test plan.
+Syntax read: a KLARF 1.x file is a sequence of records ``Keyword value value … ;`` separated by
+white space, with ``"quoted strings"``. Line breaks and indentation carry no meaning: a DefectList
+whose rows are not indented, or a record split over lines, reads the same (klarf-reader, used
+before, kept only lines starting with a space and dropped the others silently). Ids may be quoted
+or not (``WaferID "W1";`` or ``WaferID W1;``). Unknown records are skipped.
+
+Read: ``LotID`` → ``lot``; ``DiePitch`` → ``die_pitch_x``/``die_pitch_y``; ``OrientationMarkLocation``
+and ``SampleOrientationMarkType``; ``StepID``; ``SampleSize`` and ``DieOrigin``. Each ``WaferID``
+starts a wafer (every wafer of the file is kept; one without a ``DefectList`` is a clean wafer),
+with its ``Slot``, ``SampleCenterLocation``, ``SampleTestPlan``, ``DefectRecordSpec``,
+``DefectList`` and ``SummarySpec``/``SummaryList``; a ``SampleCenterLocation``, ``SampleTestPlan`` or
+``DefectRecordSpec`` given before the first WaferID serves the wafers after it.
+
+Cross-checks (a mismatch is a DataError naming the line, never a silent zero):
+``DefectRecordSpec N c1 … cN`` names N columns; every DefectList row has at least N values (one row
+per line; rows wrapped over lines must then have exactly N values each); ``SampleTestPlan n`` lists
+n dies; the ``NDEFECT`` column of the wafer's ``SummaryList`` (summed over its tests) equals the
+number of defect rows read; a SummaryList counting defects with no DefectList is an error.
 
 Die states: a die with a failing defect → fail; an inspected die without one → pass; any other
-position → no die. The inspected dies are the ``SampleTestPlan`` (klarf-reader keeps the file's
-first plan, used for every wafer of the file; a defect on a die outside it is an error). Without a
-plan, the inspected dies are those whose centre lies on the wafer: a disc of diameter
-``SampleSize`` (mm) around ``SampleCenterLocation``, dies of ``DiePitch`` (µm) numbered from
-index 0 at the die origin, the same die-centre convention klarf-reader uses for defect positions.
+position → no die. The inspected dies are the wafer's ``SampleTestPlan`` (else the last plan given
+before it, else the file's first plan; a defect on a die outside the plan is an error). Without a plan, the inspected dies are
+those whose centre lies on the wafer: a disc of diameter ``SampleSize`` (mm) around
+``SampleCenterLocation``, dies of ``DiePitch`` (µm) numbered from index 0 at the die origin.
 
 Bins: KLARF defects carry a class, not a test bin, so ``pass_bins`` applies to ``CLASSNUMBER``:
 defects of a pass class (e.g. nuisance) do not fail their die. Default: every defect fails its die.
 
-Grid and orientation: :mod:`waferscope.data.loaders.fabcommon` (row 0 = smallest YINDEX).
+Orientation: KLARF die indices are y-up (``YINDEX`` grows upwards, ``XINDEX`` to the right) in the
+view where the orientation mark is at ``OrientationMarkLocation`` (UP/DOWN/LEFT/RIGHT; DOWN when
+absent); :func:`fabcommon.orient_grid` turns that view notch down.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from waferscope.data.limits import LoadLimits
 from waferscope.data.dataset import WaferDataset
-from waferscope.data.loaders.fabcommon import FAIL, MAX_GRID_SPAN, PASS, BinMapping, dies_to_grid, fab_meta, map_bin
+from waferscope.data.limits import LoadLimits, resolve_limits
+from waferscope.data.loaders.fabcommon import (FAIL, MAX_GRID_SPAN, PASS, BinMapping, dies_to_grid, fab_meta, map_bin,
+                                               orient_grid, oriented_pitch, pitch_columns, read_text)
 from waferscope.errors import DataError
 
-# klarf-reader keeps header fields in local variables, so a file lacking one fails with
-# "cannot access local variable 'die_pitch'"; these turn that back into the KLARF keyword.
-_KEYWORD_OF_VARIABLE = {
-    "file_version": "FileVersion", "file_timestamp": "FileTimestamp", "inspection_station_id": "InspectionStationID",
-    "result_timestamp": "ResultTimestamp", "lot_id": "LotID", "sample_size": "SampleSize", "step_id": "StepID",
-    "sample_orientation_mark_type": "SampleOrientationMarkType",
-    "orientation_mark_location": "OrientationMarkLocation", "die_pitch": "DiePitch", "die_origin": "DieOrigin",
-    "sample_center_location": "SampleCenterLocation", "wafer_id": "WaferID", "slot": "Slot",
-    "inspection_test": "InspectionTest", "defect_columns": "DefectRecordSpec", "defects": "DefectRecordSpec",
-}
+_TOKEN = re.compile(r'"([^"]*)"|(;)|([^\s;"]+)|(")')
+_MARKS = {"DOWN": "down", "UP": "up", "LEFT": "left", "RIGHT": "right", "BOTTOM": "down", "TOP": "up"}
 
 
 def looks_like_klarf(text: str) -> bool:
@@ -47,58 +57,245 @@ def looks_like_klarf(text: str) -> bool:
     return start.startswith("fileversion") or start.startswith("record filerecord")
 
 
-def _numbered_lines(path: Path, position: list[int]) -> Iterator[str]:
-    """The file's lines, keeping the current line number in ``position[0]`` for error messages."""
-    with open(path, encoding="utf-8", errors="strict") as fh:
-        for number, line in enumerate(fh, 1):
-            position[0] = number
-            yield line
+@dataclass
+class _Record:
+    keyword: str
+    line: int
+    values: list  # (text, line, quoted) per value
 
 
-def _read(path: Path):
-    from klarf_reader.readers.klarf_file_reader import convert_raw_to_klarf_content
+def _records(text: str, path: Path) -> Iterator[_Record]:
+    """The file's records; each value keeps the line it is on."""
+    current: _Record | None = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for m in _TOKEN.finditer(line):
+            quoted, semi, word, stray = m.groups()
+            if stray:
+                raise DataError(f"line {lineno}: a quote '\"' is not closed on its line", path)
+            if semi:
+                if current is not None:
+                    yield current
+                current = None
+            elif current is None:
+                if quoted is not None:
+                    raise DataError(f"line {lineno}: a record starts with a quoted string, not a keyword", path)
+                current = _Record(word, lineno, [])
+            else:
+                current.values.append((quoted if quoted is not None else word, lineno, quoted is not None))
+    if current is not None:
+        raise DataError(f"line {current.line}: the {current.keyword} record has no closing ';' (file truncated?)", path)
 
-    position = [0]
+
+def _num(value, path: Path, what: str, kind=float):
+    text, line, _ = value
     try:
-        return convert_raw_to_klarf_content(raw_content=_numbered_lines(path, position), parse_summary=False)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", path) from None
-    except (UnboundLocalError, NameError) as exc:
-        variable = getattr(exc, "name", None) or (re.findall(r"'(\w+)'", str(exc)) or ["?"])[0]
-        keyword = _KEYWORD_OF_VARIABLE.get(variable, variable)
-        raise DataError(f"line {position[0]}: the file lacks its {keyword} line (needed at this point)", path) from None
-    except (ValueError, TypeError, IndexError, AttributeError) as exc:
-        if "version not valid" in str(exc):
-            raise DataError(f"line 1: only KLARF 1.1/1.2 files can be read ({exc})", path) from None
-        detail = re.sub(r"^invalid literal for (int|float)\(\)( with base 10)?: ", "not a number: ", str(exc))
-        if isinstance(exc, (TypeError, IndexError)):
-            detail = f"a record is missing fields ({detail})"
-        raise DataError(f"line {position[0]}: {detail}", path) from None
-    except Exception as exc:  # klarf-reader raises bare Exception for a file it cannot parse
-        if "Unable to read this format" in str(exc):  # its check that line 1 is FileVersion
-            raise DataError("line 1: only KLARF 1.1/1.2 files can be read (they start with FileVersion; "
-                            "KLARF 1.8 'Record FileRecord' files are not supported)", path) from None
-        raise DataError(f"line {position[0]}: {exc}", path) from None
+        return kind(text)
+    except ValueError:
+        raise DataError(f"line {line}: {what}: {text!r} is not a number", path) from None
 
 
-def _dies_on_wafer(content, path: Path) -> list[tuple[int, int]]:
+def _need(rec: _Record, n: int, path: Path) -> list:
+    if len(rec.values) < n:
+        raise DataError(f"line {rec.line}: {rec.keyword} has {len(rec.values)} value(s), expected {n}", path)
+    return rec.values
+
+
+@dataclass
+class _Wafer:
+    id: str
+    line: int
+    slot: int | None = None
+    centre: tuple | None = None
+    plan: list | None = None
+    defects: list = field(default_factory=list)  # (xindex, yindex, class or None, where)
+    defect_line: int | None = None
+    summary_count: int | None = None
+    summary_line: int | None = None
+
+
+@dataclass
+class _Lot:
+    lot_id: str = ""
+    step_id: str = ""
+    pitch: tuple | None = None
+    origin: tuple = (0.0, 0.0)
+    diameter_mm: float | None = None
+    mark: str = "down"
+    mark_type: str = ""
+    wafers: list = field(default_factory=list)
+
+
+def _defect_rows(rec: _Record, columns: list, path: Path) -> list[tuple[list, int]]:
+    """DefectList values → rows (values, line). One row per line when every line holds at least
+    the spec's column count (IMAGELIST may add values); else consecutive chunks of exactly N."""
+    n = len(columns)
+    by_line: dict[int, list] = {}
+    for v in rec.values:
+        by_line.setdefault(v[1], []).append(v)
+    if all(len(vs) >= n for vs in by_line.values()):
+        return [(vs, line) for line, vs in by_line.items()]
+    if len(rec.values) % n:
+        bad = next(line for line, vs in by_line.items() if len(vs) != n)
+        raise DataError(f"line {bad}: DefectList row with {len(by_line[bad])} values, the DefectRecordSpec "
+                        f"names {n} columns ({len(rec.values)} values in all are not a whole number of rows)", path)
+    return [(rec.values[i:i + n], rec.values[i][1]) for i in range(0, len(rec.values), n)]
+
+
+def _parse(text: str, path: Path, limits: LoadLimits) -> _Lot:
+    lot = _Lot()
+    wafer: _Wafer | None = None
+    columns: list[str] | None = None
+    summary_columns: list[str] | None = None
+    last_plan: list | None = None
+    first_plan: list | None = None
+    lot_centre: tuple | None = None
+    first = True
+    for rec in _records(text, path):
+        key = rec.keyword.lower()
+        if first:
+            first = False
+            if key == "record":
+                raise DataError(f"line {rec.line}: only KLARF 1.1/1.2 files can be read (this is a KLARF 1.8 "
+                                "'Record FileRecord' file)", path)
+            if key != "fileversion":
+                raise DataError(f"line {rec.line}: a KLARF file starts with FileVersion, not {rec.keyword!r}", path)
+            major = _need(rec, 1, path)[0][0]
+            if major != "1":
+                raise DataError(f"line {rec.line}: only KLARF 1.1/1.2 files can be read (FileVersion "
+                                f"{' '.join(v[0] for v in rec.values)})", path)
+            continue
+        if key == "lotid":
+            lot.lot_id = _need(rec, 1, path)[0][0].strip()
+        elif key == "stepid":
+            lot.step_id = _need(rec, 1, path)[0][0].strip()
+        elif key == "diepitch":
+            v = _need(rec, 2, path)
+            lot.pitch = (_num(v[0], path, "DiePitch x"), _num(v[1], path, "DiePitch y"))
+        elif key == "dieorigin":
+            v = _need(rec, 2, path)
+            lot.origin = (_num(v[0], path, "DieOrigin x"), _num(v[1], path, "DieOrigin y"))
+        elif key == "samplesize":
+            v = _need(rec, 2, path)  # SampleSize <shape code> <diameter mm>
+            lot.diameter_mm = _num(v[1], path, "SampleSize diameter")
+        elif key == "orientationmarklocation":
+            mark = _need(rec, 1, path)[0][0].upper()
+            if mark not in _MARKS:
+                raise DataError(f"line {rec.line}: OrientationMarkLocation {mark!r} is not UP, DOWN, LEFT or RIGHT", path)
+            lot.mark = _MARKS[mark]
+        elif key == "sampleorientationmarktype":
+            lot.mark_type = _need(rec, 1, path)[0][0].upper()
+        elif key == "waferid":
+            wafer = _Wafer(_need(rec, 1, path)[0][0].strip(), rec.line, plan=last_plan, centre=lot_centre)
+            lot.wafers.append(wafer)
+            limits.check_count(len(lot.wafers), path, "wafers")
+        elif key == "samplecenterlocation" and wafer is None:  # some writers give it once, in the lot header
+            v = _need(rec, 2, path)
+            lot_centre = (_num(v[0], path, "SampleCenterLocation x"), _num(v[1], path, "SampleCenterLocation y"))
+        elif key in ("slot", "defectlist", "summarylist") and wafer is None:
+            raise DataError(f"line {rec.line}: {rec.keyword} before any WaferID", path)
+        elif key == "slot":
+            wafer.slot = _num(_need(rec, 1, path)[0], path, "Slot", int)
+        elif key == "samplecenterlocation":
+            v = _need(rec, 2, path)
+            wafer.centre = (_num(v[0], path, "SampleCenterLocation x"), _num(v[1], path, "SampleCenterLocation y"))
+        elif key == "sampletestplan":
+            v = _need(rec, 1, path)
+            n = _num(v[0], path, "SampleTestPlan count", int)
+            if len(v) - 1 != 2 * n:
+                raise DataError(f"line {rec.line}: SampleTestPlan says {n} dies but lists "
+                                f"{(len(v) - 1) / 2:g}", path)
+            plan = [(_num(v[i], path, "SampleTestPlan XINDEX", int), _num(v[i + 1], path, "SampleTestPlan YINDEX", int))
+                    for i in range(1, len(v), 2)]
+            seen: dict = {}
+            for i, die in enumerate(plan):
+                if die in seen:
+                    raise DataError(f"line {v[1 + 2 * i][1]}: SampleTestPlan: die ({die[0]}, {die[1]}) is listed "
+                                    "twice", path)
+                seen[die] = i
+            if wafer is not None:
+                wafer.plan = plan
+            last_plan = plan  # a plan before any WaferID (in the lot header) serves the wafers after it
+            first_plan = first_plan or plan
+        elif key == "defectrecordspec":
+            v = _need(rec, 1, path)
+            n = _num(v[0], path, "DefectRecordSpec count", int)
+            columns = [c[0].upper() for c in v[1:]]
+            if len(columns) != n:
+                raise DataError(f"line {rec.line}: DefectRecordSpec says {n} columns but names {len(columns)}", path)
+            missing = [c for c in ("XINDEX", "YINDEX") if c not in columns]
+            if missing:
+                raise DataError(f"line {rec.line}: DefectRecordSpec lacks column(s) {', '.join(missing)}", path)
+        elif key == "defectlist":
+            if wafer.defect_line is not None:
+                raise DataError(f"line {rec.line}: a second DefectList for wafer {wafer.id!r} (first at line "
+                                f"{wafer.defect_line})", path)
+            wafer.defect_line = rec.line
+            if not rec.values:
+                continue
+            if columns is None:
+                raise DataError(f"line {rec.line}: DefectList before any DefectRecordSpec", path)
+            ix, iy = columns.index("XINDEX"), columns.index("YINDEX")
+            ic = columns.index("CLASSNUMBER") if "CLASSNUMBER" in columns else None
+            iid = columns.index("DEFECTID") if "DEFECTID" in columns else None
+            for values, line in _defect_rows(rec, columns, path):
+                did = values[iid][0] if iid is not None else str(len(wafer.defects) + 1)
+                wafer.defects.append((_num(values[ix], path, "XINDEX", int), _num(values[iy], path, "YINDEX", int),
+                                      _num(values[ic], path, "CLASSNUMBER", int) if ic is not None else None,
+                                      f"line {line}: wafer {wafer.id!r}: defect {did}"))
+        elif key == "summaryspec":
+            v = _need(rec, 1, path)
+            summary_columns = [c[0].upper() for c in v[1:]]
+        elif key == "summarylist":
+            if not summary_columns or "NDEFECT" not in summary_columns or not rec.values:
+                continue
+            n = len(summary_columns)
+            if len(rec.values) % n:
+                raise DataError(f"line {rec.line}: SummaryList holds {len(rec.values)} values, not a whole number "
+                                f"of {n}-column rows (SummarySpec)", path)
+            k = summary_columns.index("NDEFECT")
+            wafer.summary_count = (wafer.summary_count or 0) + sum(
+                _num(rec.values[i + k], path, "SummaryList NDEFECT", int) for i in range(0, len(rec.values), n))
+            wafer.summary_line = rec.line
+    if first:
+        raise DataError("the file is empty", path)
+    for w in lot.wafers:  # a wafer before the file's first plan: that plan (as klarf-reader did)
+        if w.plan is None:
+            w.plan = first_plan
+    return lot
+
+
+def _check_counts(wafer: _Wafer, path: Path) -> None:
+    if wafer.summary_count is None or wafer.summary_count == len(wafer.defects):
+        return
+    if wafer.defect_line is None:
+        raise DataError(f"line {wafer.summary_line}: wafer {wafer.id!r}: the SummaryList counts "
+                        f"{wafer.summary_count} defects but the wafer has no DefectList", path)
+    raise DataError(f"line {wafer.defect_line}: wafer {wafer.id!r}: the DefectList holds {len(wafer.defects)} "
+                    f"defect rows, the SummaryList (line {wafer.summary_line}) counts {wafer.summary_count}", path)
+
+
+def _dies_on_wafer(lot: _Lot, wafer: _Wafer, path: Path) -> list[tuple[int, int]]:
     """Die indices whose centre lies on the wafer disc (used when there is no SampleTestPlan)."""
-    pitch_x, pitch_y = content.die_pitch.x, content.die_pitch.y
+    where = f"line {wafer.line}: wafer {wafer.id!r}"
+    if lot.pitch is None:
+        raise DataError(f"{where}: no SampleTestPlan and no DiePitch line: the inspected dies are unknown", path)
+    pitch_x, pitch_y = lot.pitch
     if not (pitch_x > 0 and pitch_y > 0):
         raise DataError(f"DiePitch must be positive, got {pitch_x} {pitch_y}", path)
-    radius = float(content.sample_size) * 1000 / 2  # SampleSize is the diameter in mm; coordinates are µm
-    if radius <= 0:
-        raise DataError(f"SampleSize must be positive to place dies without a SampleTestPlan, got "
-                        f"{content.sample_size}", path)
+    if not lot.diameter_mm or lot.diameter_mm <= 0:
+        raise DataError(f"{where}: SampleSize must give a positive diameter to place dies without a SampleTestPlan", path)
+    if wafer.centre is None:
+        raise DataError(f"{where}: no SampleTestPlan and no SampleCenterLocation: the inspected dies are unknown", path)
+    radius = lot.diameter_mm * 1000 / 2  # SampleSize is the diameter in mm; coordinates are µm
     if 2 * radius / min(pitch_x, pitch_y) > MAX_GRID_SPAN:
         raise DataError(f"a {2 * radius / 1000:g} mm wafer at DiePitch {pitch_x:g} x {pitch_y:g} µm is more "
                         f"than {MAX_GRID_SPAN} dies across (units not µm?)", path)
-    centre = content.wafers[0].sample_center_location
+    cx, cy = wafer.centre
     dies = []
-    for i in range(math.floor((centre.x - radius) / pitch_x) - 1, math.ceil((centre.x + radius) / pitch_x) + 1):
-        for j in range(math.floor((centre.y - radius) / pitch_y) - 1, math.ceil((centre.y + radius) / pitch_y) + 1):
-            dx = i * pitch_x + pitch_x / 2 - centre.x
-            dy = j * pitch_y + pitch_y / 2 - centre.y
+    for i in range(math.floor((cx - radius) / pitch_x) - 1, math.ceil((cx + radius) / pitch_x) + 1):
+        for j in range(math.floor((cy - radius) / pitch_y) - 1, math.ceil((cy + radius) / pitch_y) + 1):
+            dx = i * pitch_x + pitch_x / 2 - cx
+            dy = j * pitch_y + pitch_y / 2 - cy
             if dx * dx + dy * dy <= radius * radius:
                 dies.append((i, j))
     return dies
@@ -106,31 +303,31 @@ def _dies_on_wafer(content, path: Path) -> list[tuple[int, int]]:
 
 def load_klarf(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
     path = Path(path)
-    content = _read(path)
-    if not content.wafers:
-        raise DataError("no wafers (no DefectList after a WaferID)", path)
-    if content.has_sample_test_plan and content.sample_plan_test.x:
-        inspected = list(zip(content.sample_plan_test.x, content.sample_plan_test.y))
-        from_plan = True
-        if len(set(inspected)) != len(inspected):
-            twice = next(d for d in inspected if inspected.count(d) > 1)
-            raise DataError(f"SampleTestPlan: die ({twice[0]}, {twice[1]}) is listed twice", path)
-    else:
-        inspected = _dies_on_wafer(content, path)
-        from_plan = False
+    limits = resolve_limits(limits)
+    lot = _parse(read_text(path, limits), path, limits)
+    if not lot.wafers:
+        raise DataError("no wafers (no WaferID record)", path)
+    budget = limits.budget(path)
     maps = []
-    for wafer in content.wafers:
+    for wafer in lot.wafers:
+        _check_counts(wafer, path)
+        from_plan = wafer.plan is not None
+        inspected = wafer.plan if from_plan else _dies_on_wafer(lot, wafer, path)
         states = {die: PASS for die in inspected}
-        for defect in wafer.defects:
-            die = (defect.x_index, defect.y_index)
-            where = f"wafer {wafer.id!r}: defect {defect.id}"
+        for x, y, cls, where in wafer.defects:
+            die = (x, y)
             if from_plan and die not in states:
-                raise DataError(f"{where}: its die ({die[0]}, {die[1]}) is outside the SampleTestPlan", path)
-            if pass_bins is None or map_bin(pass_bins, defect.class_number, path, f"{where} (CLASSNUMBER)") == FAIL:
+                raise DataError(f"{where}: its die ({x}, {y}) is outside the SampleTestPlan", path)
+            if pass_bins is None or cls is None or map_bin(pass_bins, cls, path, f"{where} (CLASSNUMBER)") == FAIL:
                 states[die] = FAIL
         dies = [(x, y, state, f"die ({x}, {y})") for (x, y), state in states.items()]
-        maps.append(dies_to_grid(dies, path, wafer.id))
-    n = len(content.wafers)
-    meta = fab_meta(path, [content.lot_id] * n, [w.id for w in content.wafers], "klarf",
-                    slot=[w.slot for w in content.wafers], step_id=content.step_id)
+        grid = dies_to_grid(dies, path, wafer.id, budget=budget)
+        maps.append(orient_grid(grid, y_up=True, x_right=True, notch=lot.mark))
+    n = len(lot.wafers)
+    extra = {}
+    if lot.pitch is not None:
+        extra = pitch_columns([oriented_pitch(*lot.pitch, lot.mark)] * n)
+    meta = fab_meta(path, [lot.lot_id] * n, [w.id for w in lot.wafers], "klarf",
+                    slot=[w.slot if w.slot is not None else -1 for w in lot.wafers], step_id=lot.step_id,
+                    orientation_mark=lot.mark_type, **extra)
     return WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))
