@@ -1,0 +1,123 @@
+"""Running the app under uvicorn with connection hygiene: how ``waferscope serve`` (and the tests)
+start it.
+
+uvicorn on its own never closes a connection that has not finished sending its request: 200 idle
+sockets or 50 half-sent headers stay open for good, and llhttp accepts headers of any size. The
+protocol below adds, per connection:
+
+- a read deadline: a request must arrive completely (request line, headers and body) within
+  ``read_timeout`` seconds of its first byte, and a new connection must start one within that time;
+  otherwise the connection is answered 408 (if nothing was answered yet) and closed;
+- a header budget: more than ``max_header_bytes`` of request line + headers is answered 431 and
+  the connection closed.
+
+Keep-alive connections idle after a response are closed by uvicorn's ``timeout_keep_alive``, and
+``limit_concurrency`` caps the open connections + running requests (uvicorn answers 503 beyond it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    read_timeout: float = 10.0  # s from a request's first byte (or the connection's start) to its end
+    keep_alive: float = 5.0  # s an idle keep-alive connection stays open
+    max_header_bytes: int = 16 * 1024  # request line + headers
+    max_connections: int = 256  # open connections + running requests (uvicorn's limit_concurrency)
+
+
+def _raw_response(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type:
+    """An HttpToolsProtocol subclass enforcing ``limits.read_timeout`` and ``limits.max_header_bytes``."""
+
+    class GuardedHttpTools(HttpToolsProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._ws_header_bytes = 0
+            self._ws_too_large = False
+            self._ws_timer = self.loop.call_later(limits.read_timeout, self._ws_expire)
+
+        def _ws_arm(self) -> None:
+            if getattr(self, "_ws_timer", None) is None:
+                self._ws_timer = self.loop.call_later(limits.read_timeout, self._ws_expire)
+
+        def _ws_disarm(self) -> None:
+            timer = getattr(self, "_ws_timer", None)
+            if timer is not None:
+                timer.cancel()
+                self._ws_timer = None
+
+        def _ws_expire(self) -> None:
+            self._ws_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or not self.cycle.response_started:
+                self.transport.write(_raw_response(408, "Request Timeout", "the request did not arrive within "
+                                                   f"{limits.read_timeout:g} s (--read-timeout)"))
+            self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            self._ws_disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._ws_too_large and not self.transport.is_closing():
+                self.transport.write(_raw_response(431, "Request Header Fields Too Large", "request line and headers "
+                                                   f"exceed {limits.max_header_bytes} bytes"))
+                self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            if self._ws_too_large:
+                return  # data_received answers 431 instead
+            super().send_400_response(msg)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._ws_header_bytes = 0
+            self._ws_arm()
+
+        def _ws_count(self, n: int) -> None:
+            self._ws_header_bytes += n
+            if self._ws_header_bytes > limits.max_header_bytes:
+                self._ws_too_large = True
+                raise _HeaderTooLarge()
+
+        def on_url(self, url: bytes) -> None:
+            self._ws_count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._ws_count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def on_message_complete(self) -> None:
+            self._ws_disarm()
+            super().on_message_complete()
+
+    return GuardedHttpTools
+
+
+def uvicorn_config(app, host: str, port: int, limits: ConnectionLimits | None = None, *, access_log: bool = False,
+                   log_level: str = "warning"):
+    import uvicorn
+
+    limits = limits or ConnectionLimits()
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                          http=guarded_protocol(limits), timeout_keep_alive=limits.keep_alive,
+                          limit_concurrency=limits.max_connections, h11_max_incomplete_event_size=limits.max_header_bytes,
+                          timeout_graceful_shutdown=5)
