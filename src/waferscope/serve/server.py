@@ -37,10 +37,6 @@ def _raw_response(status: int, reason: str, message: str) -> bytes:
             "connection: close\r\n\r\n").encode() + body
 
 
-class _HeaderTooLarge(Exception):
-    pass
-
-
 def guarded_protocol(limits: ConnectionLimits) -> type:
     """An HttpToolsProtocol subclass enforcing ``limits.read_timeout`` and ``limits.max_header_bytes``."""
 
@@ -48,7 +44,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._ws_header_bytes = 0
-            self._ws_too_large = False
+            self._ws_headers_done = False
             self._ws_timer = self.loop.call_later(limits.read_timeout, self._ws_expire)
 
         def _ws_arm(self) -> None:
@@ -75,38 +71,24 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            # httptools buffers a header until it is complete, so its callbacks cannot see a 1 MB
+            # header growing: count the raw bytes received while a request's headers are incomplete
+            if not self._ws_headers_done:
+                self._ws_header_bytes += len(data)
             super().data_received(data)
-            if self._ws_too_large and not self.transport.is_closing():
+            if (not self._ws_headers_done and self._ws_header_bytes > limits.max_header_bytes
+                    and not self.transport.is_closing()):
                 self.transport.write(_raw_response(431, "Request Header Fields Too Large", "request line and headers "
                                                    f"exceed {limits.max_header_bytes} bytes"))
                 self.transport.close()
 
-        def send_400_response(self, msg: str) -> None:
-            if self._ws_too_large:
-                return  # data_received answers 431 instead
-            super().send_400_response(msg)
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._ws_header_bytes = 0
-            self._ws_arm()
-
-        def _ws_count(self, n: int) -> None:
-            self._ws_header_bytes += n
-            if self._ws_header_bytes > limits.max_header_bytes:
-                self._ws_too_large = True
-                raise _HeaderTooLarge()
-
-        def on_url(self, url: bytes) -> None:
-            self._ws_count(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._ws_count(len(name) + len(value) + 4)
-            super().on_header(name, value)
+        def on_headers_complete(self) -> None:
+            self._ws_headers_done = True
+            super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             self._ws_disarm()
+            self._ws_headers_done, self._ws_header_bytes = False, 0  # the next request's headers come next
             super().on_message_complete()
 
     return GuardedHttpTools
