@@ -513,3 +513,19 @@ def test_honest_clients_see_no_error_during_attacks(server, tmp_path, bomb, maps
     rss1 = httpx.get(server + "/health").json()["rss_bytes"]
     assert honest_errors == []
     assert latencies and (rss1 - rss0) / MB < 100
+
+
+# ---- the same limits on the command line --------------------------------------------------------------
+def test_cli_max_dies_refuses_before_reading(capsys, tmp_path):
+    from clitools import invoke
+
+    path = huge_parquet(tmp_path / "huge.parquet", n=100, side=4000)  # 1.6 GB of dies if decoded
+    for cmd in (("classify", "predict"), ("detect", "score")):
+        with Bounded(seconds=30, mb=500):  # the bound leaves room for loading the model itself
+            code, _, err = invoke(capsys, *cmd, "--data", path, "--out", tmp_path / "o.csv", "--max-dies", "1000000")
+        assert code != 0 and "max_dies" in err and "Traceback" not in err
+    small = tmp_path / "small.parquet"
+    from waferscope.data.io_parquet import write_parquet
+
+    write_parquet(wd.load("synthetic:n=3,seed=0"), small)
+    assert invoke(capsys, "classify", "predict", "--data", small, "--out", tmp_path / "p.csv", "--max-dies", "1000000")[0] == 0

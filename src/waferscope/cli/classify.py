@@ -18,7 +18,7 @@ import numpy as np
 import typer
 
 from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, PASS_BINS_HELP, PASS_BINS_REFUSED,
-                                   SCHEDULER_OPTION, WORKERS_OPTION,
+                                   MAX_DIES_OPTION, SCHEDULER_OPTION, WORKERS_OPTION,
                                    load_classifier, load_data, load_model_described,
                                    parse_set, write_text_atomic)
 from waferscope.errors import ConfigError, DataError
@@ -160,6 +160,7 @@ def predict(
     scheduler: Optional[str] = SCHEDULER_OPTION,
     workers: int = WORKERS_OPTION,
     overwrite: bool = OVERWRITE_OPTION,
+    max_dies: int = MAX_DIES_OPTION,
 ) -> None:
     """Predict the defect class of every map."""
     import io
@@ -178,7 +179,7 @@ def predict(
         typer.echo(f"classified {scaled.rows} maps in {len(scaled.files)} partitions with Dask; "
                    f"wrote {out}/ (one .parquet per partition)", err=True)
         return
-    dataset = load_data(data, pass_bins)
+    dataset = load_data(data, pass_bins, max_dies)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
     proba = clf.predict_proba(dataset)
