@@ -202,6 +202,7 @@ def check_ids(ids: list, n: int, where: str = '"ids"') -> list[str]:
     return out
 
 
+PIECES_BYTES = 64 * 1024  # bodies above this are parsed in a worker thread, one map at a time
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 
@@ -264,11 +265,11 @@ def loads_in_pieces(text: str, max_maps: int) -> Any:
     return doc
 
 
-def parse_json_maps(body: bytes, limits: Limits, pieces: bool = False) -> MapBatch:
+def parse_json_maps(body: bytes, limits: Limits) -> MapBatch:
     """``{"maps": [...], "ids": [...]}`` → validated maps, or a RequestError naming the problem.
-    ``pieces``: decode the maps one by one (for large bodies, parsed in a worker thread)."""
+    A large body's maps are decoded one by one (:func:`loads_in_pieces`)."""
     try:
-        doc = loads_in_pieces(body.decode("utf-8"), limits.max_maps) if pieces else json.loads(body)
+        doc = loads_in_pieces(body.decode("utf-8"), limits.max_maps) if len(body) > PIECES_BYTES else json.loads(body)
     except RecursionError:
         raise RequestError("the body is not valid JSON for this API: nested too deeply "
                            '(expected {"maps": [grid, ...]}, three levels)') from None
@@ -555,10 +556,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
             body = await request.body()
-            if len(body) < 64 * 1024:  # a few maps: parsing takes less than handing it to a thread
+            if len(body) <= PIECES_BYTES:  # a few maps: parsing takes less than handing it to a thread
                 return parse_json_maps(body, limits)
             async with heavy:
-                return await run_in_threadpool(parse_json_maps, body, limits, True)
+                return await run_in_threadpool(parse_json_maps, body, limits)
         if ctype == "multipart/form-data":
             async with heavy:
                 try:
