@@ -263,6 +263,19 @@ def test_echo_and_total_dies_are_bounded_before_the_model(tmp_path):
     r = c.post("/v1/classify", json=big)
     assert_json_error(r, 413)
     assert "max-dies" in r.json()["error"]
+    # a large body asking for an echo stops being parsed at the first map over the echo limit
+    parsed = []
+    import waferscope.serve.app as serve_app
+
+    real = serve_app.DieCap.grid
+    serve_app.DieCap.grid = lambda self, g: (parsed.append(1), real(self, g))[1]
+    try:
+        many = {"maps": [np.ones((40, 40), int).tolist()] * 200}  # > 64 kB: parsed map by map
+        r = c.post("/v1/classify?maps=1", json=many)
+    finally:
+        serve_app.DieCap.grid = real
+    assert_json_error(r, 413)
+    assert "max-echo-dies" in r.json()["error"] and len(parsed) < 50
 
 
 def test_cross_origin_uploads_are_refused(client, maps):

@@ -207,11 +207,12 @@ _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 
 
-def loads_in_pieces(text: str, max_maps: int) -> Any:
+def loads_in_pieces(text: str, max_maps: int, on_grid=None) -> Any:
     """``json.loads(text)``, except that the elements of a top-level ``"maps"`` list are decoded one
     at a time (and no more than ``max_maps + 1`` of them). One ``json.loads`` of a 32 MB body holds the
     GIL for a second, freezing the event loop even from a worker thread; one grid at a time, other
-    threads run between grids."""
+    threads run between grids. ``on_grid(grid)`` sees each map as it is decoded (and may refuse it:
+    a die cap stops the parse at the first map over it, not after the whole body)."""
     def ws(i: int) -> int:
         return _WS.match(text, i).end()
 
@@ -242,6 +243,8 @@ def loads_in_pieces(text: str, max_maps: int) -> Any:
                 else:
                     while True:
                         item, i = _DECODER.raw_decode(text, i)
+                        if on_grid is not None:
+                            on_grid(item)
                         items.append(item)
                         if len(items) > max_maps:
                             raise RequestError(f"too many maps: more than {max_maps} in one request, the limit "
@@ -265,11 +268,40 @@ def loads_in_pieces(text: str, max_maps: int) -> Any:
     return doc
 
 
-def parse_json_maps(body: bytes, limits: Limits) -> MapBatch:
+class DieCap:
+    """The dies one request may bring: ``--max-dies``, or less when the answer echoes every grid cell
+    (``?maps=1`` / ``?heatmap=1``: ``--max-echo-dies`` per echoed copy). Counted as maps are decoded."""
+
+    def __init__(self, limits: Limits, echo: int = 0):
+        self.cap, self.echo_bound = limits.max_dies, False
+        if echo and limits.max_echo_dies // echo < self.cap:
+            self.cap, self.echo_bound = limits.max_echo_dies // echo, True
+        self.limits, self.echo, self.total = limits, echo, 0
+
+    def add(self, n: int) -> None:
+        self.total += n
+        if self.total > self.cap:
+            raise self.error()
+
+    def error(self) -> "RequestError":
+        if self.echo_bound:
+            return RequestError(f"the answer would echo more than {self.limits.max_echo_dies:,} grid cells "
+                                "(?maps=1 / ?heatmap=1, --max-echo-dies); send fewer or smaller maps", 413)
+        return RequestError(f"too many dies: more than {self.limits.max_dies:,} in one request (--max-dies); "
+                            "split the request", 413)
+
+    def grid(self, grid) -> None:
+        if isinstance(grid, list) and grid and isinstance(grid[0], list):
+            self.add(len(grid) * len(grid[0]))
+
+
+def parse_json_maps(body: bytes, limits: Limits, echo: int = 0) -> MapBatch:
     """``{"maps": [...], "ids": [...]}`` → validated maps, or a RequestError naming the problem.
-    A large body's maps are decoded one by one (:func:`loads_in_pieces`)."""
+    A large body's maps are decoded one by one (:func:`loads_in_pieces`); ``echo``: copies of each
+    grid the answer will hold (bounds the dies, see :class:`DieCap`)."""
     try:
-        doc = loads_in_pieces(body.decode("utf-8"), limits.max_maps) if len(body) > PIECES_BYTES else json.loads(body)
+        doc = (loads_in_pieces(body.decode("utf-8"), limits.max_maps, DieCap(limits, echo).grid)
+               if len(body) > PIECES_BYTES else json.loads(body))
     except RecursionError:
         raise RequestError("the body is not valid JSON for this API: nested too deeply "
                            '(expected {"maps": [grid, ...]}, three levels)') from None
@@ -290,7 +322,7 @@ def parse_json_maps(body: bytes, limits: Limits) -> MapBatch:
                            'wrap it: {"maps": [grid]}')
     ids = doc.get("ids")
     ids = None if ids is None else check_ids(ids, len(maps))
-    dies = 0
+    cap = DieCap(limits, echo)
     out = []
     for i, grid in enumerate(maps):
         if not isinstance(grid, list) or not grid or not all(isinstance(r, list) for r in grid):
@@ -301,10 +333,7 @@ def parse_json_maps(body: bytes, limits: Limits) -> MapBatch:
             raise RequestError(f"map {i}: ragged rows: row 0 has {widths[0]} dies, row {j} has {widths[j]}; "
                                f"every row of a grid must have the same length")
         _check_side(i, (len(grid), widths[0]), limits)
-        dies += len(grid) * widths[0]
-        if dies > limits.max_dies:
-            raise RequestError(f"too many dies: more than {limits.max_dies:,} in one request (--max-dies); "
-                               "split the request", 413)
+        cap.add(len(grid) * widths[0])
         try:
             arr = np.asarray(grid)
         except (ValueError, TypeError, OverflowError) as exc:
@@ -329,14 +358,14 @@ def is_pickle(filename: str, head: bytes) -> bool:
     return Path(filename).suffix.lower() in (".pkl", ".pickle", ".pck") or head[:1] == b"\x80"
 
 
-def load_limits(limits: Limits) -> LoadLimits:
+def load_limits(limits: Limits, echo: int = 0) -> LoadLimits:
     """The service's request limits as the loaders' LoadLimits: checked from each file's headers
     before the maps are allocated."""
-    return LoadLimits(max_maps=limits.max_maps, max_side=limits.max_side, max_dies=limits.max_dies,
+    return LoadLimits(max_maps=limits.max_maps, max_side=limits.max_side, max_dies=DieCap(limits, echo).cap,
                       max_decompressed_bytes=limits.max_decompressed_bytes)
 
 
-def load_upload(filename: str, data: bytes, limits: Limits) -> MapBatch:
+def load_upload(filename: str, data: bytes, limits: Limits, echo: int = 0) -> MapBatch:
     """Write the upload to a private temp file, load it with waferscope.data.load, delete it."""
     from waferscope.data import load
     from waferscope.data.load import sniff_format
@@ -360,7 +389,7 @@ def load_upload(filename: str, data: bytes, limits: Limits) -> MapBatch:
         try:
             if sniff_format(path) == "pickle":  # belt and braces: never hand a pickle to load()
                 raise RequestError(f"{name}: {PICKLE_REFUSAL}", 415)
-            dataset = load(path, limits=load_limits(limits))
+            dataset = load(path, limits=load_limits(limits, echo))
         except WaferscopeError as exc:  # name the user's file, not our temp path
             status = 413 if _LIMIT_WORDS.search(exc.problem) else 400
             raise RequestError(f"{name}: {exc.problem}", status) from None
@@ -552,14 +581,14 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     async def _http_error(_request, exc: StarletteHTTPException):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
-    async def read_maps(request: Request) -> MapBatch:
+    async def read_maps(request: Request, echo: int) -> MapBatch:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
             body = await request.body()
             if len(body) <= PIECES_BYTES:  # a few maps: parsing takes less than handing it to a thread
-                return parse_json_maps(body, limits)
+                return parse_json_maps(body, limits, echo)
             async with heavy:
-                return await run_in_threadpool(parse_json_maps, body, limits)
+                return await run_in_threadpool(parse_json_maps, body, limits, echo)
         if ctype == "multipart/form-data":
             async with heavy:
                 try:
@@ -571,7 +600,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                     raise RequestError('a multipart upload needs one file in the field "file"')
                 data = await upload.read()
                 await form.close()
-                return await run_in_threadpool(load_upload, upload.filename or "upload", data, limits)
+                return await run_in_threadpool(load_upload, upload.filename or "upload", data, limits, echo)
         raise RequestError(f"unsupported Content-Type {ctype or '(none)'!r}: send application/json "
                            '{"maps": [...]} or multipart/form-data with a "file" field', 415)
 
@@ -635,7 +664,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         if want_heat and not has_gradcam:
             raise RequestError(f"this classifier ({classifier.registry_name}) is not a neural network, so it has "
                                "no Grad-CAM heat map; serve a cnn classifier for ?heatmap=1")
-        ds = await read_maps(request)
+        ds = await read_maps(request, int(want_heat) + int(want_maps))
         check_echo(ds, want_heat, want_maps)
         out = await run(clf_worker, ds, classify_with_heat if want_heat else None, t0)
         rows, big = [], ([] if (want_heat or want_maps) else None)
@@ -659,7 +688,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         want_heat, want_maps = flag(q.get("heatmap"), "heatmap"), flag(q.get("maps"), "maps")
         if mode == "image":
             raise RequestError("this detector was trained on images; the service sends it wafer maps")
-        ds = await read_maps(request)
+        ds = await read_maps(request, int(want_heat) + int(want_maps))
         check_echo(ds, want_heat, want_maps)
         out = await run(det_worker, ds, None, t0)
         rows, big = [], ([] if (want_heat or want_maps) else None)

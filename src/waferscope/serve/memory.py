@@ -10,6 +10,7 @@ arenas at 2 and lets allocations above 1 MiB be separate mappings that go back o
 from __future__ import annotations
 
 import ctypes
+import gc
 import ctypes.util
 import logging
 import threading
@@ -65,4 +66,5 @@ class Trimmer:
             while time.monotonic() - self._last < self.quiet_s:
                 time.sleep(self.quiet_s)
             self._event.clear()
+            gc.collect()  # cycles (e.g. a traceback holding a request's frames) before the memory is trimmed
             trim()
