@@ -542,3 +542,16 @@ def test_cli_max_dies_refuses_before_reading(capsys, tmp_path):
 
     write_parquet(wd.load("synthetic:n=3,seed=0"), small)
     assert invoke(capsys, "classify", "predict", "--data", small, "--out", tmp_path / "p.csv", "--max-dies", "1000000")[0] == 0
+
+
+def test_connections_beyond_the_cap_get_a_json_503(maps):
+    with running_server(default_app(), ConnectionLimits(max_connections=4, read_timeout=2.0)) as url:
+        socks = [socket.create_connection(("127.0.0.1", _port(url))) for _ in range(10)]
+        try:
+            answers = [_closed_within(s, 3) for s in socks]
+        finally:
+            for s in socks:
+                s.close()
+        refused = [a for a in answers if a and b" 503 " in a.split(b"\r\n")[0]]
+        assert len(refused) >= 5 and all(b'{"error": "too many open connections' in a for a in refused)
+        assert httpx.post(url + "/v1/classify", json=_body(maps[:1]), timeout=10).status_code == 200

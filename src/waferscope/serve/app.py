@@ -2,13 +2,23 @@
 
     POST /v1/classify   maps → class + probabilities per wafer   (?heatmap=1: Grad-CAM, ?maps=1: the grids)
     POST /v1/score      maps → anomaly score (+ is_anomalous)    (?heatmap=1: anomaly map)
-    GET  /health        status, models, versions, limits
+    GET  /health        status, models, versions, limits, queue, resident memory
     GET  /              the browser page (page.html, self-contained)
+    GET  /docs          the API reference (docs.html, self-contained: no CDN), from /openapi.json
 
 Maps arrive as JSON (``{"maps": [grid, ...], "ids": [...]}``) or as one uploaded file in any format
 :func:`waferscope.data.load` reads, except pickle: unpickling runs code, so an upload is never
 unpickled (convert with ``waferscope data import X.pkl --out X.parquet`` and upload the Parquet).
-Every problem with a request is a 4xx with ``{"error": "<what is wrong>"}``. docs/serve.md.
+
+A service a fab can leave running (issue #28): every size is bounded before it is allocated (an
+upload's stated maps, sides and dies through :class:`~waferscope.data.limits.LoadLimits`; a JSON
+body's dies as it is decoded); everything that could fail later is validated before a request
+joins a batch, and a failure inside a batch fails only its own request (:mod:`.batcher`); heavy
+parsing and large answers run in worker threads (answers streamed), each request has a time budget,
+the model queues are bounded, and large requests take turns with small ones; :class:`Gate` refuses
+cross-origin browser uploads and sheds load; :mod:`.server` closes slow and idle connections and
+bounds headers; :mod:`.memory` gives freed memory back. Every problem is a 4xx/5xx with
+``{"error": "<what is wrong>"}`` and at most one log line. docs/serve.md.
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ protocol below adds, per connection:
 - a header budget: more than ``max_header_bytes`` of request line + headers is answered 431 and
   the connection closed.
 
-Keep-alive connections idle after a response are closed by uvicorn's ``timeout_keep_alive``, and
-``limit_concurrency`` caps the open connections + running requests (uvicorn answers 503 beyond it).
+- a connection cap: beyond ``max_connections`` open connections a new one is answered 503 (JSON)
+  and closed.
+
+Keep-alive connections idle after a response are closed by uvicorn's ``timeout_keep_alive``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class ConnectionLimits:
     read_timeout: float = 10.0  # s from a request's first byte (or the connection's start) to its end
     keep_alive: float = 5.0  # s an idle keep-alive connection stays open
     max_header_bytes: int = 16 * 1024  # request line + headers
-    max_connections: int = 256  # open connections + running requests (uvicorn's limit_concurrency)
+    max_connections: int = 256  # open connections; a new one beyond is answered 503 and closed
 
 
 def _raw_response(status: int, reason: str, message: str) -> bytes:
@@ -45,6 +47,12 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
             super().connection_made(transport)
             self._ws_header_bytes = 0
             self._ws_headers_done = False
+            self._ws_timer = None
+            if len(self.connections) > limits.max_connections:  # answered here so that it is JSON too
+                transport.write(_raw_response(503, "Service Unavailable", "too many open connections "
+                                              f"(the limit is {limits.max_connections}); retry shortly"))
+                transport.close()
+                return
             self._ws_timer = self.loop.call_later(limits.read_timeout, self._ws_expire)
 
         def _ws_arm(self) -> None:
@@ -101,5 +109,7 @@ def uvicorn_config(app, host: str, port: int, limits: ConnectionLimits | None = 
     limits = limits or ConnectionLimits()
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                           http=guarded_protocol(limits), timeout_keep_alive=limits.keep_alive,
-                          limit_concurrency=limits.max_connections, h11_max_incomplete_event_size=limits.max_header_bytes,
+                          # uvicorn's own cap (a plain-text 503) only as a backstop behind the protocol's JSON one
+                          limit_concurrency=2 * limits.max_connections + 64,
+                          h11_max_incomplete_event_size=limits.max_header_bytes,
                           timeout_graceful_shutdown=5)
