@@ -555,3 +555,22 @@ def test_connections_beyond_the_cap_get_a_json_503(maps):
         refused = [a for a in answers if a and b" 503 " in a.split(b"\r\n")[0]]
         assert len(refused) >= 5 and all(b'{"error": "too many open connections' in a for a in refused)
         assert httpx.post(url + "/v1/classify", json=_body(maps[:1]), timeout=10).status_code == 200
+
+
+def test_fast_grid_decoding_agrees_with_json():
+    """fast_grids (bytes + numpy) must give json.loads's grids, and hand anything else to it."""
+    from waferscope.serve.app import parse_json_maps
+
+    rng = np.random.default_rng(0)
+    lim = Limits()
+    for trial in range(40):
+        grids = [rng.integers(0, 3, size=tuple(rng.integers(1, 30, 2))) for _ in range(rng.integers(1, 5))]
+        doc = {"maps": [g.tolist() for g in grids], "ids": [f"w]]]{i}" for i in range(len(grids))]}
+        for kw in ({}, {"separators": (",", ":")}, {"indent": 1}):
+            got = parse_json_maps(json.dumps(doc, **kw).encode(), lim)
+            assert all(np.array_equal(a, b) for a, b in zip(got.maps, grids)) and got.ids == doc["ids"]
+    for bad, words in ((b'{"maps": [[[0,1],[1]]]}', "ragged"), (b'{"maps": [[[0],[1,2,0]]]}', "ragged"),
+                       (b'{"maps": [[[0,1],[1,2]]]]}', "not valid JSON"), (b'{"maps": [[[0,1] [1,2]]]}', "not valid JSON"),
+                       (b'{"maps": [[[0,3]]]}', "found [3]"), (b'{"maps": [[[01]]]}', "not valid JSON")):
+        with pytest.raises(Exception, match=re.escape(words)):
+            parse_json_maps(bad, lim)

@@ -217,12 +217,46 @@ _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 
 
-def loads_in_pieces(text: str, max_maps: int, on_grid=None) -> Any:
+def fast_grids(raw: bytes, start: int, max_maps: int) -> tuple[list[np.ndarray], int] | None:
+    """The ``"maps"`` list at ``raw[start]`` decoded with bytes operations and numpy, and the index
+    after it; None when it is anything but a list of grids of die states 0/1/2 (the JSON decoder then
+    takes it, with its error messages). Exact: each grid is accepted only if its compact JSON equals
+    the text with white space removed. ~5× faster than json + np.asarray, which for small requests
+    cost as much as the model."""
+    end = raw.find(b"]]]", start)
+    if end < 0:
+        return None
+    end += 3
+    compact = raw[start:end].translate(None, b" \t\n\r")
+    if not compact.startswith(b"[[["):
+        return None
+    count = compact.count(b"]],[[") + 1
+    if count > max_maps:
+        raise RequestError(f"too many maps: {count} in one request, the limit is {max_maps} (--max-maps); "
+                           "split the request", 413)
+    grids = []
+    for part in compact[3:-3].split(b"]],[["):
+        rows = part.count(b"],[") + 1
+        digits = part.translate(None, b"[],")
+        if not digits or len(digits) % rows:
+            return None
+        grid = np.frombuffer(digits, np.uint8) - np.uint8(48)  # a non-digit wraps to > 2
+        if grid.max() > 2:
+            return None
+        grid = grid.reshape(rows, len(digits) // rows)
+        if grid_json(grid) != b"[[" + part + b"]]":
+            return None
+        grids.append(grid)
+    return grids, end
+
+
+def loads_in_pieces(text: str, max_maps: int, on_grid=None, raw: bytes | None = None) -> Any:
     """``json.loads(text)``, except that the elements of a top-level ``"maps"`` list are decoded one
     at a time (and no more than ``max_maps + 1`` of them). One ``json.loads`` of a 32 MB body holds the
     GIL for a second, freezing the event loop even from a worker thread; one grid at a time, other
     threads run between grids. ``on_grid(grid)`` sees each map as it is decoded (and may refuse it:
-    a die cap stops the parse at the first map over it, not after the whole body)."""
+    a die cap stops the parse at the first map over it, not after the whole body). ``raw``: the body's
+    bytes when it is ASCII (string and byte positions then agree): :func:`fast_grids` is tried first."""
     def ws(i: int) -> int:
         return _WS.match(text, i).end()
 
@@ -245,7 +279,13 @@ def loads_in_pieces(text: str, max_maps: int, on_grid=None) -> Any:
             i = ws(i)
             expect(i, ":")
             i = ws(i + 1)
-            if key == "maps" and text[i:i + 1] == "[":
+            fast = fast_grids(raw, i, max_maps) if raw is not None and key == "maps" and text[i:i + 1] == "[" else None
+            if fast is not None:
+                value, i = fast
+                if on_grid is not None:
+                    for grid in value:
+                        on_grid(grid)
+            elif key == "maps" and text[i:i + 1] == "[":
                 items: list = []
                 i = ws(i + 1)
                 if text[i:i + 1] == "]":
@@ -301,7 +341,9 @@ class DieCap:
                             "split the request", 413)
 
     def grid(self, grid) -> None:
-        if isinstance(grid, list) and grid and isinstance(grid[0], list):
+        if isinstance(grid, np.ndarray):
+            self.add(grid.size)
+        elif isinstance(grid, list) and grid and isinstance(grid[0], list):
             self.add(len(grid) * len(grid[0]))
 
 
@@ -310,8 +352,8 @@ def parse_json_maps(body: bytes, limits: Limits, echo: int = 0) -> MapBatch:
     A large body's maps are decoded one by one (:func:`loads_in_pieces`); ``echo``: copies of each
     grid the answer will hold (bounds the dies, see :class:`DieCap`)."""
     try:
-        doc = (loads_in_pieces(body.decode("utf-8"), limits.max_maps, DieCap(limits, echo).grid)
-               if len(body) > PIECES_BYTES else json.loads(body))
+        doc = loads_in_pieces(body.decode("utf-8"), limits.max_maps, DieCap(limits, echo).grid,
+                              body if body.isascii() else None)
     except RecursionError:
         raise RequestError("the body is not valid JSON for this API: nested too deeply "
                            '(expected {"maps": [grid, ...]}, three levels)') from None
@@ -335,6 +377,11 @@ def parse_json_maps(body: bytes, limits: Limits, echo: int = 0) -> MapBatch:
     cap = DieCap(limits, echo)
     out = []
     for i, grid in enumerate(maps):
+        if isinstance(grid, np.ndarray):  # from fast_grids: a 2-D uint8 grid of 0/1/2 already
+            _check_side(i, grid.shape, limits)
+            cap.add(grid.size)
+            out.append(grid)
+            continue
         if not isinstance(grid, list) or not grid or not all(isinstance(r, list) for r in grid):
             raise RequestError(f"map {i}: a die grid must be a non-empty list of rows (lists of die states)")
         widths = [len(r) for r in grid]
@@ -473,7 +520,7 @@ def encode_answer(head: dict, rows: list[dict], big: list[list[tuple[str, Any]]]
     out = [prefix]
     size = len(prefix)
     for i, row in enumerate(rows):
-        piece = json.dumps(row).encode()
+        piece = json.dumps(row, allow_nan=False).encode()  # NaN is not JSON: an error, not a broken answer
         if big and big[i]:
             extra = []
             for name, spec in big[i]:
