@@ -134,9 +134,9 @@ class Gate:
             try:
                 size_hint = int(declared)
             except ValueError:
-                return await _send_error(send, 400, "bad Content-Length header")
+                return await _send_error(send, 400, "bad Content-Length header", close=True)
             if size_hint > limits.max_body_bytes:
-                return await _send_error(send, 413, too_big)
+                return await _send_error(send, 413, too_big, close=True)
         if self.inflight >= limits.max_inflight or self.body_bytes + size_hint > limits.max_inflight_body_bytes:
             return await _send_error(send, 503, "the service is busy: too many requests in flight; retry shortly",
                                      retry_after=1)
@@ -152,7 +152,7 @@ class Gate:
                 held += len(chunk)
                 self.body_bytes += len(chunk)
                 if held > limits.max_body_bytes:
-                    return await _send_error(send, 413, too_big)
+                    return await _send_error(send, 413, too_big, close=True)
                 if self.body_bytes > limits.max_inflight_body_bytes:
                     return await _send_error(send, 503, "the service is busy: too much request data in flight; "
                                              "retry shortly", retry_after=1)
@@ -176,12 +176,15 @@ class Gate:
             self.body_bytes -= held
 
 
-async def _send_error(send, status: int, message: str, retry_after: int | None = None) -> None:
+async def _send_error(send, status: int, message: str, retry_after: int | None = None, close: bool = False) -> None:
+    """``close``: for a body the service will not read (too large, or unframed): closing is cheaper
+    than discarding it. Otherwise the connection stays usable and uvicorn discards the unread body,
+    so the client reads the answer instead of a reset."""
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
-    if status >= 400 and status != 503:
+    if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
