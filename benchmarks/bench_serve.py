@@ -15,6 +15,12 @@ at the start (after a warm-up), the middle and the end: flat memory = no per-req
 
 Note that the load generator runs on the same cores as the server: on a 2-core machine the figures
 are those of client + server sharing the CPU.
+
+``--suite`` runs the issue #28 targets in one go against one server: 1-map classify, 64-map classify
+and 1-map score (``--requests`` each; 64-map runs use a 16th of them), and, in the same run, what the
+command line does with the same models on the same maps (``classify predict`` / ``detect score``'s
+model call, ``predict_proba`` / ``score`` on 4,096 maps in a fresh process with the server's torch
+threads), so the service/CLI ratio compares like with like on whatever load the machine has.
 """
 
 from __future__ import annotations
@@ -121,6 +127,78 @@ async def run_load(url: str, bodies: list[bytes], endpoints: list[str], n_reques
             "errors": len(errors), "first_errors": errors[:3]}
 
 
+CLI_RATE = r"""
+import json, sys, time, torch
+from waferscope.cli.serve import resolve_models
+import waferscope.data as wd
+torch.set_num_threads(int(sys.argv[1]))
+m = resolve_models(None, None, None, None, None, None)
+ds = wd.load("synthetic:n=4096,seed=" + sys.argv[2])
+out = {}
+for kind, fn in (("classify", m["classifier"].predict_proba), ("score", m["detector"].score)):
+    fn(ds.subset(range(256)))  # warm-up
+    t = time.perf_counter()
+    fn(ds)
+    out[kind] = len(ds) / (time.perf_counter() - t)
+print(json.dumps(out))
+"""
+
+
+def cli_rates(threads: int, seed: int) -> dict:
+    """wafers/s of the CLI's model calls (what `classify predict` / `detect score` run after loading)."""
+    res = subprocess.run([sys.executable, "-c", CLI_RATE, str(threads), str(seed)], capture_output=True, text=True,
+                         timeout=900, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bodies_for(maps_per_request: int, seed: int) -> list[bytes]:
+    import waferscope.data as wd
+
+    k = maps_per_request
+    ds = wd.load(f"synthetic:n={256 * k},seed={seed}")
+    return [json.dumps({"maps": [m.tolist() for m in ds.maps[i:i + k]],
+                        "ids": [str(x) for x in ds.ids[i:i + k]]}).encode() for i in range(0, len(ds), k)]
+
+
+def suite(args) -> int:
+    proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args.threads)
+    rows = []
+    try:
+        health = httpx.get(url + "/health", timeout=10).json()
+        threads = health.get("torch_threads") or 1
+        load0 = os.getloadavg()
+        cli = cli_rates(threads, args.seed)
+        for endpoint, k in (("classify", 1), ("classify", 64), ("score", 1)):
+            bodies = bodies_for(k, args.seed)
+            eps = [f"/v1/{endpoint}"]
+            n = max(64, args.requests // (16 if k > 1 else 1))
+            asyncio.run(run_load(url, bodies, eps, min(n, 200), args.concurrency, k, lambda: asyncio.sleep(0)))
+            res = asyncio.run(run_load(url, bodies, eps, n, args.concurrency, k, lambda: asyncio.sleep(0)))
+            rate = res["wafers"] / res["wall_s"]
+            rows.append({"endpoint": endpoint, "maps_per_request": k, "wafers_per_s": rate, "p50_ms": res["p50_ms"],
+                         "p99_ms": res["p99_ms"], "errors": res["errors"], "requests": res["requests"],
+                         "cli_wafers_per_s": cli[endpoint], "ratio": rate / cli[endpoint]})
+        rss_end = rss(url)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    out = {"utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "loadavg_start": load0,
+           "loadavg_end": os.getloadavg(), "cpus": os.cpu_count(), "concurrency": args.concurrency,
+           "classifier": health["classifier"]["name"], "detector": health["detector"]["name"],
+           "torch_threads": threads, "server_rss_mb_end": round(rss_end / 2**20, 1), "rows": rows}
+    print(f"{out['utc']}, load average {load0[0]:.2f} → {out['loadavg_end'][0]:.2f} on {out['cpus']} CPUs, "
+          f"{args.concurrency} clients, classifier {out['classifier']}, detector {out['detector']}, {threads} torch thread(s)")
+    print(f"{'endpoint':<10}{'maps/req':>9}{'service w/s':>13}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CLI w/s':>10}{'ratio':>7}")
+    for r in rows:
+        print(f"{r['endpoint']:<10}{r['maps_per_request']:>9}{r['wafers_per_s']:>13,.0f}{r['p50_ms']:>9.1f}"
+              f"{r['p99_ms']:>9.1f}{r['errors']:>8}{r['cli_wafers_per_s']:>10,.0f}{r['ratio']:>7.2f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", help="a running server (default: start `waferscope serve` on a free loopback port)")
@@ -131,7 +209,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="--threads of the server it starts (default: the server's, cores - 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--suite", action="store_true", help="the issue #28 targets + the CLI's rates in one run")
     args = ap.parse_args(argv)
+    if args.suite:
+        return suite(args)
 
     import waferscope.data as wd
 

@@ -28,12 +28,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app):
-    """Real uvicorn serving ``app`` on a free loopback port, in a thread; yields the base URL."""
+def running_server(app, conn=None):
+    """Real uvicorn serving ``app`` on a free loopback port, in a thread, configured as `waferscope
+    serve` configures it (``conn``: a serve.server.ConnectionLimits); yields the base URL."""
     import uvicorn
 
+    from waferscope.serve.server import uvicorn_config
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, conn))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

@@ -248,13 +248,18 @@ def test_cli_model_choice():
 
     det_name = next(iter(DB))
     m = resolve_models(DB[det_name], None, None, None, None, None)  # --run with a detector run
-    assert m["detector_source"] == str(DB[det_name]) and m["classifier_source"] == f"bundled {DEFAULT_FOR_LABELS}"
+    assert m["detector_source"] == str(DB[det_name]) and m["classifier_source"] == f"bundled ({DEFAULT_FOR_LABELS})"
     m = resolve_models(CB[DEFAULT_FOR_LABELS], None, None, None, None, None)  # --run with a classifier run
     assert m["classifier_source"] == str(CB[DEFAULT_FOR_LABELS])
     shared = sorted(set(CB) & set(DB))
     if shared:  # --bundled NAME sets each kind that ships NAME; --detector overrides it
         m = resolve_models(None, shared[0], None, None, None, det_name)
-        assert m["classifier_source"] == f"bundled {shared[0]}" and m["detector_source"] == f"bundled {det_name}"
+        assert m["classifier_source"] == f"bundled ({shared[0]})" and m["detector_source"] == f"bundled ({det_name})"
+    # no options: both name the bundled model that was loaded (this said "bundled None" for the detector)
+    from waferscope.models.detectors import DEFAULT_DETECTOR
+
+    m = resolve_models(None, None, None, None, None, None)
+    assert m["detector_source"] == f"bundled ({DEFAULT_DETECTOR})" and "None" not in m["classifier_source"]
 
 
 def test_cli_errors(capsys, tmp_path):

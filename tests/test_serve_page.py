@@ -55,6 +55,8 @@ def test_page_upload_grid_and_detail(tmp_path):
                                               else (foreign.append(route.request.url), route.abort())))
             page.goto(url + "/")
             page.wait_for_function("document.getElementById('models').textContent.includes('classifier')")
+            models = page.inner_text("#models")  # the real model names, never "bundled None"
+            assert "None" not in models and "bundled (" in models
             page.set_input_files("#file", str(path))
             page.wait_for_selector(".wafer", timeout=20000)
             page.wait_for_function("document.getElementById('status').textContent.includes('36 wafers')")
@@ -89,5 +91,23 @@ def test_page_upload_grid_and_detail(tmp_path):
             assert not foreign, foreign
             if os.environ.get("WAFERSCOPE_SCREENSHOT"):  # regenerate docs/img/serve_page.png
                 page.screenshot(path=str(SCREENSHOT), full_page=False)
+            # /docs renders the API reference with every other host unreachable (an air-gapped network)
+            page.goto(url + "/docs")
+            page.wait_for_function("document.getElementById('ops').textContent.includes('/v1/classify')", timeout=10000)
+            assert "/v1/score" in page.inner_text("#ops") and "heatmap" in page.inner_text("#ops")
+            assert not foreign, foreign
+            # a page on another origin cannot make this browser upload to the service: the no-cors
+            # form POST it can send arrives with its Origin and is refused (403) before it is read
+            evil = browser.new_page()
+            seen = []
+            evil.on("response", lambda r: seen.append((r.url, r.status)))
+            # another origin on loopback (Chromium itself blocks public pages from reaching loopback)
+            evil.goto(url.replace("127.0.0.1", "localhost") + "/health")
+            evil.evaluate("""async (target) => {
+                const fd = new FormData(); fd.append("file", new Blob([new Uint8Array(64)]), "a.npy");
+                try { await fetch(target, {method: "POST", mode: "no-cors", body: fd}); } catch (e) {} }""",
+                          url + "/v1/classify")
+            evil.wait_for_timeout(200)
+            assert (url + "/v1/classify", 403) in seen, seen
         finally:
             browser.close()

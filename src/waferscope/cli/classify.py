@@ -18,8 +18,7 @@ import numpy as np
 import typer
 
 from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, COLUMNS_HELP, PASS_BINS_HELP, RETEST_HELP,
-                                   fab_options_refused,
-                                   SCHEDULER_OPTION, WORKERS_OPTION,
+                                   MAX_DIES_OPTION, SCHEDULER_OPTION, WORKERS_OPTION, fab_options_refused,
                                    load_classifier, load_data, load_model_described,
                                    parse_set, write_text_atomic)
 from waferscope.errors import ConfigError, DataError
@@ -163,6 +162,7 @@ def predict(
     scheduler: Optional[str] = SCHEDULER_OPTION,
     workers: int = WORKERS_OPTION,
     overwrite: bool = OVERWRITE_OPTION,
+    max_dies: int = MAX_DIES_OPTION,
 ) -> None:
     """Predict the defect class of every map."""
     import io
@@ -181,7 +181,7 @@ def predict(
         typer.echo(f"classified {scaled.rows} maps in {len(scaled.files)} partitions with Dask; "
                    f"wrote {out}/ (one .parquet per partition)", err=True)
         return
-    dataset = load_data(data, pass_bins, retest, columns)
+    dataset = load_data(data, pass_bins, retest, columns, max_dies)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
     proba = clf.predict_proba(dataset)

@@ -3,6 +3,7 @@ atomic text output and loading the classifier a command acts on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -23,14 +24,23 @@ COLUMNS_HELP = ("CSV die lists: which columns hold what, e.g. x=DIE_X,y=DIE_Y,bi
 RETEST_HELP = ("STDF dies probed more than once without a retest flag: keep the last result (default), the "
                "first, or the worst (a fail anywhere fails the die). Retest-flagged results always replace.")
 
+# --max-dies of `classify predict` / `detect score`: files from elsewhere are untrusted; their stated
+# sizes are checked against this before the maps are allocated (waferscope.data.limits). 2e9 dies is
+# ~2 GB as uint8: above any real archive that fits in memory, below what a few-kB hostile file states.
+MAX_DIES_OPTION = typer.Option(2_000_000_000, "--max-dies", min=1, help="Refuse input stating more dies "
+                               "(summed over its maps) than this, before reading the maps")
+
 
 def load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None,
-              columns: Optional[str] = None):
-    """Load one spec, or concatenate several into one data set (``pass_bins``, ``retest``, ``columns``: see ``load``)."""
+              columns: Optional[str] = None, max_dies: Optional[int] = None):
+    """Load one spec, or concatenate several into one data set (``pass_bins``, ``retest``, ``columns``:
+    see ``load``; ``max_dies``: the LoadLimits bound on each spec's dies)."""
     from waferscope.data import load
     from waferscope.data.dataset import WaferDataset
+    from waferscope.data.limits import DEFAULT_LIMITS
 
-    parts = [load(s, pass_bins=pass_bins, retest=retest, columns=columns) for s in specs]
+    limits = None if max_dies is None else dataclasses.replace(DEFAULT_LIMITS, max_dies=max_dies)
+    parts = [load(s, pass_bins=pass_bins, retest=retest, columns=columns, limits=limits) for s in specs]
     return parts[0] if len(parts) == 1 else WaferDataset.concat(parts, name="+".join(p.name for p in parts))
 
 

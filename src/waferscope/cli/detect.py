@@ -22,8 +22,7 @@ import numpy as np
 import typer
 
 from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, COLUMNS_HELP, PASS_BINS_HELP, RETEST_HELP,
-                                   fab_options_refused,
-                                   SCHEDULER_OPTION, WORKERS_OPTION,
+                                   MAX_DIES_OPTION, SCHEDULER_OPTION, WORKERS_OPTION, fab_options_refused,
                                    load_data, load_model_described, parse_set,
                                    write_text_atomic)
 from waferscope.errors import ConfigError, DataError, RunDirError
@@ -37,9 +36,9 @@ THRESHOLD_JSON = "threshold.json"
 
 
 def _load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None,
-               columns: Optional[str] = None):
+               columns: Optional[str] = None, max_dies: Optional[int] = None):
     """load_data, plus a check that masks fit their maps (detectors score against them)."""
-    ds = load_data(specs, pass_bins, retest, columns)
+    ds = load_data(specs, pass_bins, retest, columns, max_dies)
     _check_masks(ds, ", ".join(specs))
     return ds
 
@@ -207,6 +206,7 @@ def score(
     scheduler: Optional[str] = SCHEDULER_OPTION,
     workers: int = WORKERS_OPTION,
     overwrite: bool = OVERWRITE_OPTION,
+    max_dies: int = MAX_DIES_OPTION,
 ) -> None:
     """Score every map; optionally write each anomaly map (at the map's own size) as .npy."""
     from waferscope.scale import run_cli
@@ -226,7 +226,7 @@ def score(
         return
     run_cli(None, data, out, engine, scheduler, workers, overwrite)  # checks dask-only options
     where = ", ".join(data)
-    dataset = _load_data(data, pass_bins, retest, columns)
+    dataset = _load_data(data, pass_bins, retest, columns, max_dies)
     if len(dataset) == 0:
         raise DataError("no maps to score", where)
     det, run_dir, _ = _load_detector(run, bundled)

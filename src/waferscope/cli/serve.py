@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -29,7 +29,7 @@ def resolve_models(run: Optional[Path], bundled: Optional[str], classifier_run: 
                    classifier: Optional[str], detector_run: Optional[Path], detector: Optional[str]) -> dict:
     """Load the classifier and detector the options name (see the module docstring)."""
     from waferscope.base import read_run_header
-    from waferscope.cli.common import load_model
+    from waferscope.cli.common import load_model_described
     from waferscope.cli.detect import read_threshold
     from waferscope.models.classifiers import BUNDLED as CLF_BUNDLED, DEFAULT_FOR_LABELS
     from waferscope.models.detectors import BUNDLED as DET_BUNDLED
@@ -56,25 +56,16 @@ def resolve_models(run: Optional[Path], bundled: Optional[str], classifier_run: 
             classifier = bundled
         if bundled in DET_BUNDLED and detector_run is None and detector is None:
             detector = bundled
-    clf, clf_dir = load_model(classifier_run, classifier, "classifier", DEFAULT_FOR_LABELS)
-    det, det_dir = load_model(detector_run, detector, "detector")  # load_model's default detector
+    # the descriptions name the model that was actually loaded ("bundled (cnn_fine)"), resolved by
+    # the same function the CLI uses, so /health and the page never say "bundled None"
+    clf, clf_dir, clf_source = load_model_described(classifier_run, classifier, "classifier", DEFAULT_FOR_LABELS)
+    det, det_dir, det_source = load_model_described(detector_run, detector, "detector")
     thr = read_threshold(det_dir)
     return {
-        "classifier": clf, "classifier_run": clf_dir,
-        "classifier_source": str(classifier_run) if classifier_run else f"bundled {classifier or DEFAULT_FOR_LABELS}",
-        "detector": det, "detector_run": det_dir,
-        "detector_source": str(detector_run) if detector_run else f"bundled {detector or _default_detector()}",
+        "classifier": clf, "classifier_run": clf_dir, "classifier_source": clf_source,
+        "detector": det, "detector_run": det_dir, "detector_source": det_source,
         "threshold": None if thr is None else float(thr["threshold"]),
     }
-
-
-def _default_detector() -> str:
-    """The bundled detector load_model picks by default (read from it, so a rename stays in one place)."""
-    import inspect
-
-    from waferscope.cli.common import load_model
-
-    return str(inspect.signature(load_model).parameters["default"].default)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -106,6 +97,17 @@ def serve_cmd(
     max_side: int = typer.Option(512, "--max-side", min=1, help="Rows or columns of one map"),
     max_body_bytes: int = typer.Option(32 * 1024 * 1024, "--max-body-bytes", min=1024, help="Request body bytes (JSON or upload)"),
     max_heatmap_maps: int = typer.Option(256, "--max-heatmap-maps", min=1, help="Maps per request with ?heatmap=1"),
+    max_dies: int = typer.Option(16 * 1024 * 1024, "--max-dies", min=1, help="Dies summed over one request's maps"),
+    max_echo_dies: int = typer.Option(4 * 1024 * 1024, "--max-echo-dies", min=1, help="Grid cells one answer may echo (?maps=1, ?heatmap=1)"),
+    max_decompressed_bytes: int = typer.Option(64 * 1024 * 1024, "--max-decompressed-bytes", min=1024, help="Bytes an uploaded file may inflate to"),
+    request_timeout: float = typer.Option(60.0, "--request-timeout", min=0.1, help="Seconds a request may take before it is answered 503"),
+    max_queued_dies: int = typer.Option(64 * 1024 * 1024, "--max-queued-dies", min=1, help="Dies waiting per model before new requests get 503 + Retry-After"),
+    max_inflight: int = typer.Option(128, "--max-inflight", min=1, help="POST requests in flight before 503 + Retry-After"),
+    read_timeout: float = typer.Option(10.0, "--read-timeout", min=0.1, help="Seconds a request may take to arrive (headers and body)"),
+    keep_alive: float = typer.Option(5.0, "--keep-alive", min=0.1, help="Seconds an idle keep-alive connection stays open"),
+    max_header_bytes: int = typer.Option(16 * 1024, "--max-header-bytes", min=1024, help="Request line + headers"),
+    max_connections: int = typer.Option(256, "--max-connections", min=1, help="Open connections + running requests"),
+    allow_origin: List[str] = typer.Option([], "--allow-origin", help="A browser origin besides the service's own that may POST (repeatable)"),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (off: it costs throughput)"),
 ) -> None:
     """Serve the classifier and detector over HTTP (JSON API + browser page at /); docs/serve.md."""
@@ -114,20 +116,27 @@ def serve_cmd(
     import uvicorn
 
     from waferscope.serve import Limits, create_app
+    from waferscope.serve.memory import configure
+    from waferscope.serve.server import ConnectionLimits, uvicorn_config
 
     _check_port(host, port)
+    configure()  # before the worker threads exist: malloc arenas capped, large blocks returned on free
     models = resolve_models(run, bundled, classifier_run, classifier, detector_run, detector)
     limits = Limits(max_maps=max_maps, max_side=max_side, max_body_bytes=max_body_bytes,
-                    max_heatmap_maps=max_heatmap_maps)
+                    max_heatmap_maps=max_heatmap_maps, max_dies=max_dies, max_echo_dies=max_echo_dies,
+                    max_decompressed_bytes=max_decompressed_bytes, request_timeout=request_timeout,
+                    max_queued_dies=max_queued_dies, max_inflight=max_inflight)
     app = create_app(models["classifier"], models["detector"], classifier_source=models["classifier_source"],
                      detector_source=models["detector_source"], classifier_run=models["classifier_run"],
                      detector_run=models["detector_run"], threshold=models["threshold"], limits=limits,
                      # leave a core to the event loop: under many small requests HTTP and JSON work is
                      # as large as the model's (1 thread: 617 requests/s on 2 cores, 2 threads: 513)
-                     threads=threads or max(1, (os.cpu_count() or 1) - 1))
+                     threads=threads or max(1, (os.cpu_count() or 1) - 1), allowed_origins=tuple(allow_origin))
     typer.echo(f"waferscope serve: classifier {models['classifier'].registry_name} ({models['classifier_source']}), "
                f"detector {models['detector'].registry_name} ({models['detector_source']}); "
                f"http://{host}:{port}/", err=True)
     # one process, one event loop: the models live in this process and their worker threads batch
     # the requests; more uvicorn workers would load a copy of every model per worker
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=access_log)
+    conn = ConnectionLimits(read_timeout=read_timeout, keep_alive=keep_alive, max_header_bytes=max_header_bytes,
+                            max_connections=max_connections)
+    uvicorn.Server(uvicorn_config(app, host, port, conn, access_log=access_log)).run()

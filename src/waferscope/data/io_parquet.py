@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from waferscope.data.limits import LoadLimits
+from waferscope.data.limits import LoadLimits, resolve_limits
 from waferscope.data.classes import BASE_PATTERNS
 from waferscope.data.dataset import META_COLUMNS, WaferDataset
 from waferscope.errors import DataError
@@ -286,15 +286,72 @@ def _complete_meta(meta: pd.DataFrame, n: int, source: str) -> pd.DataFrame:
 
 
 def read_parquet(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
-    """The whole file as one WaferDataset."""
+    """The whole file as one WaferDataset, its size checked against ``limits`` before the maps are
+    decoded (:func:`check_parquet_limits`), and the decoded bytes counted row group by row group."""
     path = Path(path)
+    limits = resolve_limits(limits)
     pf = _open(path)
     info = _file_info(pf, path)
+    check_parquet_limits(pf, path, limits)
+    cap = limits.max_decompressed_bytes
     try:
-        table = pf.read()
+        parts, decoded = [], 0
+        for i in range(pf.metadata.num_row_groups):  # a row group whose metadata lied stops the read here
+            part = pf.read_row_group(i)
+            decoded += part.nbytes
+            if cap is not None and decoded > cap:
+                raise DataError(f"row group {i}: the data decodes to more than {cap:,} bytes "
+                                "(max_decompressed_bytes)", path)
+            parts.append(part)
+        table = pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table()
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"cannot read as Parquet ({exc})", path) from None
     return table_to_dataset(table, path, info.get("name"))
+
+
+def check_parquet_limits(pf: pq.ParquetFile, path: Path, limits: LoadLimits) -> None:
+    """Refuse a file over ``limits`` from what it states, before any map is decoded: the row count
+    (footer), each map's rows×cols×channels (three small integer columns, read alone), the bytes the
+    row groups state once uncompressed, and the ``map`` column's stated size against what those
+    shapes need (a file whose shapes understate its maps is refused here, not after decoding)."""
+    md = pf.metadata
+    limits.check_count(md.num_rows, path)
+    cap = limits.max_decompressed_bytes
+    stated = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+    if cap is not None and stated > cap:
+        raise DataError(f"the row groups state {stated:,} bytes uncompressed, more than {cap:,} "
+                        "(max_decompressed_bytes)", path)
+    names = pf.schema_arrow.names
+    try:
+        sizes = pf.read(columns=[c for c in ("rows", "cols", "channels") if c in names])
+    except Exception as exc:
+        raise DataError(f"cannot read as Parquet ({exc})", path) from None
+    for col in ("rows", "cols"):
+        if sizes.column(col).null_count:
+            raise DataError(f"column {col!r} has missing values", path)
+    rows = sizes.column("rows").to_numpy().astype(np.int64)
+    cols = sizes.column("cols").to_numpy().astype(np.int64)
+    chans = (sizes.column("channels").fill_null(1).to_numpy().astype(np.int64) if "channels" in names
+             else np.ones(len(rows), np.int64))
+    bad = (rows <= 0) | (cols <= 0) | (chans <= 0)
+    if bad.any():
+        raise DataError(f"row {int(np.flatnonzero(bad)[0])}: empty map", path)
+    budget = limits.budget(path)
+    for i, (r, c, k) in enumerate(zip(rows, cols, chans)):
+        budget.add((r, c) if k == 1 else (r, c, k), f"row {i}")
+    # the map column as stored, uncompressed: the bytes the shapes need + a 4-byte length per value
+    # (+ slack for page headers/levels); more means a row's map is longer than its shape says
+    need = int((rows * cols * chans).sum()) + 16 * len(rows) + (1 << 20)
+    map_stated = 0
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        map_stated += sum(rg.column(j).total_uncompressed_size for j in range(rg.num_columns)
+                          if rg.column(j).path_in_schema == "map")
+    if map_stated > need:
+        raise DataError(f"the 'map' column states {map_stated:,} bytes uncompressed but the rows/cols "
+                        f"columns need about {need:,}: the maps are larger than their shapes say", path)
 
 
 def iter_parquet(path: str | Path, batch_size: int = DEFAULT_ROW_GROUP) -> Iterator[WaferDataset]:

@@ -2,13 +2,23 @@
 
     POST /v1/classify   maps → class + probabilities per wafer   (?heatmap=1: Grad-CAM, ?maps=1: the grids)
     POST /v1/score      maps → anomaly score (+ is_anomalous)    (?heatmap=1: anomaly map)
-    GET  /health        status, models, versions, limits
+    GET  /health        status, models, versions, limits, queue, resident memory
     GET  /              the browser page (page.html, self-contained)
+    GET  /docs          the API reference (docs.html, self-contained: no CDN), from /openapi.json
 
 Maps arrive as JSON (``{"maps": [grid, ...], "ids": [...]}``) or as one uploaded file in any format
 :func:`waferscope.data.load` reads, except pickle: unpickling runs code, so an upload is never
 unpickled (convert with ``waferscope data import X.pkl --out X.parquet`` and upload the Parquet).
-Every problem with a request is a 4xx with ``{"error": "<what is wrong>"}``. docs/serve.md.
+
+A service a fab can leave running (issue #28): every size is bounded before it is allocated (an
+upload's stated maps, sides and dies through :class:`~waferscope.data.limits.LoadLimits`; a JSON
+body's dies as it is decoded); everything that could fail later is validated before a request
+joins a batch, and a failure inside a batch fails only its own request (:mod:`.batcher`); heavy
+parsing and large answers run in worker threads (answers streamed), each request has a time budget,
+the model queues are bounded, and large requests take turns with small ones; :class:`Gate` refuses
+cross-origin browser uploads and sheds load; :mod:`.server` closes slow and idle connections and
+bounds headers; :mod:`.memory` gives freed memory back. Every problem is a 4xx/5xx with
+``{"error": "<what is wrong>"}`` and at most one log line. docs/serve.md.
 """
 
 from __future__ import annotations
@@ -16,26 +26,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from waferscope import __version__
 from waferscope.data.dataset import WaferDataset, validate_map
-from waferscope.errors import DataError, WaferscopeError
-from waferscope.serve.batcher import Batcher, MapBatch, ServiceStopped
+from waferscope.data.limits import LoadLimits
+from waferscope.errors import WaferscopeError
+from waferscope.serve.batcher import Batcher, DeadlineExceeded, MapBatch, QueueFull, ServiceStopped
 from waferscope.serve.schemas import ClassifyResponse, ErrorResponse, Limits, MapsRequest, ScoreResponse
 
+log = logging.getLogger("waferscope.serve")
 PICKLE_REFUSAL = ("pickle uploads are refused: unpickling runs arbitrary code. Convert the file once with "
                   "`waferscope data import FILE.pkl --out FILE.parquet` and upload the Parquet file")
 
@@ -49,67 +63,303 @@ class RequestError(Exception):
         self.status = status
 
 
-# ---- body size ----------------------------------------------------------------------------------
-class BodyLimit:
-    """ASGI middleware: refuse a body over ``max_bytes`` with 413 before anything parses it.
+# ---- the gate: every request passes here first ---------------------------------------------------
+class Gate:
+    """ASGI middleware in front of everything (raw ASGI: it costs microseconds per request).
 
-    A declared Content-Length is checked up front; a chunked body is counted as it arrives. The
-    body is then replayed to the app, so the endpoints see an ordinary request.
+    - Browser safety: a POST whose ``Origin`` is another site, or that the browser marks
+      ``Sec-Fetch-Site: cross-site``/``same-site``, is refused with 403 before its body is read: a page
+      elsewhere cannot make the engineer's browser upload to the service (a no-cors form POST would
+      otherwise be processed). API clients (curl, Python) send neither header and pass.
+    - Load shedding: more than ``max_inflight`` POSTs at once, or more than ``max_inflight_body_bytes``
+      of bodies held, answers 503 + ``Retry-After``.
+    - Body size: a body over ``max_body_bytes`` is refused with 413 (Content-Length up front, chunked as
+      it arrives); the body is then replayed to the app.
+    - Errors: anything that escapes the app is answered 500 ``{"error": ...}`` with one log line,
+      never a traceback per request.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, limits: Limits, allowed_origins: tuple[str, ...] = ()):
         self.app = app
-        self.max_bytes = max_bytes
+        self.limits = limits
+        self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
+        self.inflight = 0
+        self.body_bytes = 0
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_big = f"request body too large: the limit is {self.max_bytes} bytes (--max-body-bytes)"
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+                return await self.app(scope, receive, tracked_send)
+            return await self._post(scope, receive, tracked_send)
+        except Exception as exc:  # noqa: BLE001 — the one place a request's failure stops
+            log.error("%s %s failed: %s: %s", scope.get("method"), scope.get("path"), type(exc).__name__,
+                      str(exc)[:300])
+            if not started:
+                await _send_error(send, 500, f"internal error ({type(exc).__name__}); the request was not processed")
+
+    def _foreign_origin(self, headers: dict) -> str | None:
+        site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
+        origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/").lower()
+        if origin and origin != "null" and origin in self.allowed_origins:
+            return None
+        if site in ("cross-site", "same-site"):
+            return f"Sec-Fetch-Site: {site}"
+        if origin:
+            host = headers.get(b"host", b"").decode("latin-1").lower()
+            if origin == "null" or origin.split("://", 1)[-1] != host:
+                return f"Origin {origin}"
+        return None
+
+    async def _post(self, scope, receive, send):
+        limits = self.limits
+        headers = dict(scope.get("headers") or [])
+        foreign = self._foreign_origin(headers)
+        if foreign:
+            return await _send_error(send, 403, f"cross-origin request refused ({foreign}): the service only "
+                                     "takes uploads from its own page or from non-browser clients")
+        too_big = f"request body too large: the limit is {limits.max_body_bytes} bytes (--max-body-bytes)"
+        declared = headers.get(b"content-length")
+        size_hint = 0
         if declared is not None:
             try:
-                if int(declared) > self.max_bytes:
-                    return await _send_error(send, 413, too_big)
+                size_hint = int(declared)
             except ValueError:
-                return await _send_error(send, 400, "bad Content-Length header")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                return await _send_error(send, 413, too_big)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
+                return await _send_error(send, 400, "bad Content-Length header", close=True)
+            if size_hint > limits.max_body_bytes:
+                return await _send_error(send, 413, too_big, close=True)
+        if self.inflight >= limits.max_inflight or self.body_bytes + size_hint > limits.max_inflight_body_bytes:
+            return await _send_error(send, 503, "the service is busy: too many requests in flight; retry shortly",
+                                     retry_after=1)
+        self.inflight += 1
+        held = 0
+        try:
+            chunks = []
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                held += len(chunk)
+                self.body_bytes += len(chunk)
+                if held > limits.max_body_bytes:
+                    return await _send_error(send, 413, too_big, close=True)
+                if self.body_bytes > limits.max_inflight_body_bytes:
+                    return await _send_error(send, 503, "the service is busy: too much request data in flight; "
+                                             "retry shortly", retry_after=1)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            del chunks
+            replayed = False
 
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
 
-        return await self.app(scope, replay, send)
+            return await self.app(scope, replay, send)
+        finally:
+            self.inflight -= 1
+            self.body_bytes -= held
 
 
-async def _send_error(send, status: int, message: str) -> None:
+async def _send_error(send, status: int, message: str, retry_after: int | None = None, close: bool = False) -> None:
+    """``close``: for a body the service will not read (too large, or unframed): closing is cheaper
+    than discarding it. Otherwise the connection stays usable and uvicorn discards the unread body,
+    so the client reads the answer instead of a reset."""
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 # ---- parsing ------------------------------------------------------------------------------------
-def parse_json_maps(body: bytes, limits: Limits) -> MapBatch:
-    """``{"maps": [...], "ids": [...]}`` → validated maps, or a RequestError naming the problem."""
+MAX_ID_CHARS = 256
+_LIMIT_WORDS = re.compile(r"\((max_maps|max_side|max_dies|max_decompressed_bytes)\)")
+
+
+def check_ids(ids: list, n: int, where: str = '"ids"') -> list[str]:
+    """Ids as short, encodable text (a lone surrogate such as "\ud800" cannot be written as UTF-8:
+    it would fail later, in the answer, for every request of its batch)."""
+    if not isinstance(ids, list) or len(ids) != n:
+        raise RequestError(f'{where} must be a list of {n} strings, one per map')
+    out = []
+    for k, i in enumerate(ids):
+        if isinstance(i, bool) or not isinstance(i, (str, int)):
+            raise RequestError(f"{where}[{k}] must be a string, got {type(i).__name__}")
+        i = str(i)
+        if len(i) > MAX_ID_CHARS:
+            raise RequestError(f"{where}[{k}] is {len(i)} characters long; the limit is {MAX_ID_CHARS}")
+        try:
+            i.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(f"{where}[{k}] is not valid Unicode text (it holds a lone surrogate)") from None
+        out.append(i)
+    return out
+
+
+PIECES_BYTES = 64 * 1024  # bodies above this are parsed in a worker thread, one map at a time
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def fast_grids(raw: bytes, start: int, max_maps: int) -> tuple[list[np.ndarray], int] | None:
+    """The ``"maps"`` list at ``raw[start]`` decoded with bytes operations and numpy, and the index
+    after it; None when it is anything but a list of grids of die states 0/1/2 (the JSON decoder then
+    takes it, with its error messages). Exact: each grid is accepted only if its compact JSON equals
+    the text with white space removed. ~5× faster than json + np.asarray, which for small requests
+    cost as much as the model."""
+    end = raw.find(b"]]]", start)
+    if end < 0:
+        return None
+    end += 3
+    compact = raw[start:end].translate(None, b" \t\n\r")
+    if not compact.startswith(b"[[["):
+        return None
+    count = compact.count(b"]],[[") + 1
+    if count > max_maps:
+        raise RequestError(f"too many maps: {count} in one request, the limit is {max_maps} (--max-maps); "
+                           "split the request", 413)
+    grids = []
+    for part in compact[3:-3].split(b"]],[["):
+        rows = part.count(b"],[") + 1
+        digits = part.translate(None, b"[],")
+        if not digits or len(digits) % rows:
+            return None
+        grid = np.frombuffer(digits, np.uint8) - np.uint8(48)  # a non-digit wraps to > 2
+        if grid.max() > 2:
+            return None
+        grid = grid.reshape(rows, len(digits) // rows)
+        if grid_json(grid) != b"[[" + part + b"]]":
+            return None
+        grids.append(grid)
+    return grids, end
+
+
+def loads_in_pieces(text: str, max_maps: int, on_grid=None, raw: bytes | None = None) -> Any:
+    """``json.loads(text)``, except that the elements of a top-level ``"maps"`` list are decoded one
+    at a time (and no more than ``max_maps + 1`` of them). One ``json.loads`` of a 32 MB body holds the
+    GIL for a second, freezing the event loop even from a worker thread; one grid at a time, other
+    threads run between grids. ``on_grid(grid)`` sees each map as it is decoded (and may refuse it:
+    a die cap stops the parse at the first map over it, not after the whole body). ``raw``: the body's
+    bytes when it is ASCII (string and byte positions then agree): :func:`fast_grids` is tried first."""
+    def ws(i: int) -> int:
+        return _WS.match(text, i).end()
+
+    def expect(i: int, chars: str) -> str:
+        if i >= len(text) or text[i] not in chars:
+            raise ValueError(f"expected {' or '.join(repr(c) for c in chars)} at character {i}")
+        return text[i]
+
+    i = ws(0)
+    if text[i:i + 1] != "{":
+        return json.loads(text)  # not an object: json names the problem, the caller refuses it
+    doc: dict = {}
+    i = ws(i + 1)
+    if text[i:i + 1] == "}":
+        i += 1
+    else:
+        while True:
+            expect(i, '"')
+            key, i = _DECODER.raw_decode(text, i)
+            i = ws(i)
+            expect(i, ":")
+            i = ws(i + 1)
+            fast = fast_grids(raw, i, max_maps) if raw is not None and key == "maps" and text[i:i + 1] == "[" else None
+            if fast is not None:
+                value, i = fast
+                if on_grid is not None:
+                    for grid in value:
+                        on_grid(grid)
+            elif key == "maps" and text[i:i + 1] == "[":
+                items: list = []
+                i = ws(i + 1)
+                if text[i:i + 1] == "]":
+                    i += 1
+                else:
+                    while True:
+                        item, i = _DECODER.raw_decode(text, i)
+                        if on_grid is not None:
+                            on_grid(item)
+                        items.append(item)
+                        if len(items) > max_maps:
+                            raise RequestError(f"too many maps: more than {max_maps} in one request, the limit "
+                                               f"is {max_maps} (--max-maps); split the request", 413)
+                        i = ws(i)
+                        if expect(i, ",]") == "]":
+                            i += 1
+                            break
+                        i = ws(i + 1)
+                value = items
+            else:
+                value, i = _DECODER.raw_decode(text, i)
+            doc[key] = value
+            i = ws(i)
+            if expect(i, ",}") == "}":
+                i += 1
+                break
+            i = ws(i + 1)
+    if ws(i) != len(text):
+        raise ValueError(f"extra data at character {i}")
+    return doc
+
+
+class DieCap:
+    """The dies one request may bring: ``--max-dies``, or less when the answer echoes every grid cell
+    (``?maps=1`` / ``?heatmap=1``: ``--max-echo-dies`` per echoed copy). Counted as maps are decoded."""
+
+    def __init__(self, limits: Limits, echo: int = 0):
+        self.cap, self.echo_bound = limits.max_dies, False
+        if echo and limits.max_echo_dies // echo < self.cap:
+            self.cap, self.echo_bound = limits.max_echo_dies // echo, True
+        self.limits, self.echo, self.total = limits, echo, 0
+
+    def add(self, n: int) -> None:
+        self.total += n
+        if self.total > self.cap:
+            raise self.error()
+
+    def error(self) -> "RequestError":
+        if self.echo_bound:
+            return RequestError(f"the answer would echo more than {self.limits.max_echo_dies:,} grid cells "
+                                "(?maps=1 / ?heatmap=1, --max-echo-dies); send fewer or smaller maps", 413)
+        return RequestError(f"too many dies: more than {self.limits.max_dies:,} in one request (--max-dies); "
+                            "split the request", 413)
+
+    def grid(self, grid) -> None:
+        if isinstance(grid, np.ndarray):
+            self.add(grid.size)
+        elif isinstance(grid, list) and grid and isinstance(grid[0], list):
+            self.add(len(grid) * len(grid[0]))
+
+
+def parse_json_maps(body: bytes, limits: Limits, echo: int = 0) -> MapBatch:
+    """``{"maps": [...], "ids": [...]}`` → validated maps, or a RequestError naming the problem.
+    A large body's maps are decoded one by one (:func:`loads_in_pieces`); ``echo``: copies of each
+    grid the answer will hold (bounds the dies, see :class:`DieCap`)."""
     try:
-        doc = json.loads(body)
+        doc = loads_in_pieces(body.decode("utf-8"), limits.max_maps, DieCap(limits, echo).grid,
+                              body if body.isascii() else None)
+    except RecursionError:
+        raise RequestError("the body is not valid JSON for this API: nested too deeply "
+                           '(expected {"maps": [grid, ...]}, three levels)') from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"the body is not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or "maps" not in doc:
@@ -126,12 +376,15 @@ def parse_json_maps(body: bytes, limits: Limits) -> MapBatch:
         raise RequestError('"maps" must be a list of die grids, each a list of rows; to send one map, '
                            'wrap it: {"maps": [grid]}')
     ids = doc.get("ids")
-    if ids is not None:
-        if not isinstance(ids, list) or len(ids) != len(maps) or not all(isinstance(i, (str, int)) for i in ids):
-            raise RequestError(f'"ids" must be a list of {len(maps)} strings, one per map')
-        ids = [str(i) for i in ids]
+    ids = None if ids is None else check_ids(ids, len(maps))
+    cap = DieCap(limits, echo)
     out = []
     for i, grid in enumerate(maps):
+        if isinstance(grid, np.ndarray):  # from fast_grids: a 2-D uint8 grid of 0/1/2 already
+            _check_side(i, grid.shape, limits)
+            cap.add(grid.size)
+            out.append(grid)
+            continue
         if not isinstance(grid, list) or not grid or not all(isinstance(r, list) for r in grid):
             raise RequestError(f"map {i}: a die grid must be a non-empty list of rows (lists of die states)")
         widths = [len(r) for r in grid]
@@ -140,13 +393,14 @@ def parse_json_maps(body: bytes, limits: Limits) -> MapBatch:
             raise RequestError(f"map {i}: ragged rows: row 0 has {widths[0]} dies, row {j} has {widths[j]}; "
                                f"every row of a grid must have the same length")
         _check_side(i, (len(grid), widths[0]), limits)
+        cap.add(len(grid) * widths[0])
         try:
             arr = np.asarray(grid)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise RequestError(f"map {i}: die values must be numbers 0, 1 or 2 ({exc})") from None
         if arr.ndim != 2:
             raise RequestError(f"map {i}: die values must be numbers 0, 1 or 2, not lists")
-        if arr.dtype == object or arr.dtype.kind in "USb":
+        if arr.dtype == object or arr.dtype.kind in "USbV":
             raise RequestError(f"map {i}: die values must be numbers 0 (no die), 1 (pass) or 2 (fail)")
         out.append(validate_map(arr, None, i))  # DataError → 400 with its own message
     ids = ids or [f"map-{i}" for i in range(len(out))]
@@ -164,12 +418,23 @@ def is_pickle(filename: str, head: bytes) -> bool:
     return Path(filename).suffix.lower() in (".pkl", ".pickle", ".pck") or head[:1] == b"\x80"
 
 
-def load_upload(filename: str, data: bytes, limits: Limits) -> MapBatch:
+def load_limits(limits: Limits, echo: int = 0) -> LoadLimits:
+    """The service's request limits as the loaders' LoadLimits: checked from each file's headers
+    before the maps are allocated."""
+    return LoadLimits(max_maps=limits.max_maps, max_side=limits.max_side, max_dies=DieCap(limits, echo).cap,
+                      max_decompressed_bytes=limits.max_decompressed_bytes)
+
+
+def load_upload(filename: str, data: bytes, limits: Limits, echo: int = 0) -> MapBatch:
     """Write the upload to a private temp file, load it with waferscope.data.load, delete it."""
     from waferscope.data import load
     from waferscope.data.load import sniff_format
 
     name = os.path.basename(filename or "upload") or "upload"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        name = name.encode("utf-8", "replace").decode("utf-8")
     if not data:
         raise RequestError(f"{name}: the uploaded file is empty")
     if is_pickle(name, data[:8]):
@@ -184,22 +449,19 @@ def load_upload(filename: str, data: bytes, limits: Limits) -> MapBatch:
         try:
             if sniff_format(path) == "pickle":  # belt and braces: never hand a pickle to load()
                 raise RequestError(f"{name}: {PICKLE_REFUSAL}", 415)
-            dataset = load(path)
+            dataset = load(path, limits=load_limits(limits, echo))
         except WaferscopeError as exc:  # name the user's file, not our temp path
-            raise RequestError(f"{name}: {exc.problem}") from None
+            status = 413 if _LIMIT_WORDS.search(exc.problem) else 400
+            raise RequestError(f"{name}: {exc.problem}", status) from None
+        except (MemoryError, RecursionError) as exc:
+            raise RequestError(f"{name}: cannot be read within the service's limits ({type(exc).__name__})", 413) from None
     if dataset.kind != "wafer":
         raise RequestError(f"{name}: holds {dataset.kind} data; the service takes wafer maps (die states 0/1/2)")
     if len(dataset) == 0:
         raise RequestError(f"{name}: no maps in the file")
-    if len(dataset) > limits.max_maps:
-        raise RequestError(f"{name}: too many maps: {len(dataset)} in one request, the limit is "
-                           f"{limits.max_maps} (--max-maps); split the file", 413)
-    for i, m in enumerate(dataset.maps):
-        try:
-            _check_side(i, m.shape[:2], limits)
-        except RequestError as exc:
-            raise RequestError(f"{name}: {exc.message}", exc.status) from None
-    return MapBatch(list(dataset.maps), [str(i) for i in dataset.ids], _lots(dataset))
+    ids = check_ids([str(i) for i in dataset.ids], len(dataset), f"{name}: id")
+    lots = [None if lot is None else lot.encode("utf-8", "replace").decode("utf-8") for lot in _lots(dataset)]
+    return MapBatch(list(dataset.maps), ids, lots)
 
 
 # ---- the app ------------------------------------------------------------------------------------
@@ -229,15 +491,84 @@ def _lots(dataset: WaferDataset) -> list[str | None]:
     return [lot if lot and lot != "nan" else None for lot in lots]
 
 
+# ---- answers -------------------------------------------------------------------------------------
+SMALL_ANSWER_MAPS = 256  # answers without echoed grids up to this size are built inline (microseconds)
+
+
+def grid_json(m: np.ndarray) -> bytes:
+    """A uint8 die grid (0/1/2) as JSON rows, built with numpy (a 512×512 grid in ~1 ms, no Python ints)."""
+    h, w = m.shape
+    buf = np.empty((h, 2 * w + 2), np.uint8)
+    buf[:, 0] = ord("[")
+    buf[:, 1:2 * w:2] = m + ord("0")
+    buf[:, 2:2 * w - 1:2] = ord(",")
+    buf[:, 2 * w] = ord("]")
+    buf[:, 2 * w + 1] = ord(",")
+    return b"[" + buf.tobytes()[:-1] + b"]"
+
+
+def float_grid_json(a: np.ndarray, decimals: int) -> bytes:
+    """A float grid as JSON, one row at a time (each row a short call: the event loop is never held
+    for a whole heat map)."""
+    a = np.round(np.asarray(a, dtype=np.float64), decimals)
+    a = np.where(np.isfinite(a), a, 0.0)
+    return b"[" + b",".join(json.dumps(row.tolist()).encode() for row in a) + b"]"
+
+
+def encode_answer(head: dict, rows: list[dict], big: list[list[tuple[str, Any]]] | None, batch_bytes: int = 1 << 18):
+    """The answer ``{**head, "wafers": [...]}`` as chunks of bytes. ``big[i]`` lists the grids of
+    wafer ``i`` to add (name, ``("grid", array)`` or ``("float", array, decimals)``). ASCII-only JSON:
+    it can always be written, whatever text a file's ids hold."""
+    prefix = json.dumps(head)[:-1].encode() + b', "wafers": ['
+    out = [prefix]
+    size = len(prefix)
+    for i, row in enumerate(rows):
+        piece = json.dumps(row, allow_nan=False).encode()  # NaN is not JSON: an error, not a broken answer
+        if big and big[i]:
+            extra = []
+            for name, spec in big[i]:
+                body = grid_json(spec[1]) if spec[0] == "grid" else float_grid_json(spec[1], spec[2])
+                extra.append(b', "' + name.encode() + b'": ' + body)
+            piece = piece[:-1] + b"".join(extra) + b"}"
+        if i:
+            piece = b"," + piece
+        out.append(piece)
+        size += len(piece)
+        if size >= batch_bytes:
+            yield b"".join(out)
+            out, size = [], 0
+    out.append(b"]}")
+    yield b"".join(out)
+
+
+def answer(head: dict, rows: list[dict], big, on_done=None) -> Response:
+    """Small answers are built at once; large ones (echoed grids, many wafers) stream, each chunk
+    built in a worker thread, so a 500 MB answer neither blocks the event loop nor sits in memory."""
+    if not big and len(rows) <= SMALL_ANSWER_MAPS:
+        return Response(b"".join(encode_answer(head, rows, None)), media_type="application/json")
+
+    def chunks():
+        try:
+            yield from encode_answer(head, rows, big)
+        finally:
+            if on_done is not None:
+                on_done()
+
+    return StreamingResponse(chunks(), media_type="application/json")
+
+
 def create_app(classifier, detector, *, classifier_source: str = "", detector_source: str = "",
-               classifier_run=None, detector_run=None, threshold: float | None = None, limits: Limits | None = None, threads: int | None = None,
-               max_batch: int | None = None):
+               classifier_run=None, detector_run=None, threshold: float | None = None, limits: Limits | None = None,
+               threads: int | None = None, max_batch: int | None = None, allowed_origins: tuple[str, ...] = ()):
     """A FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
     ``detector`` (fitted :class:`~waferscope.base.Detector`; ``threshold`` its decision threshold,
     e.g. the run's threshold.json, or None). ``*_source`` say where each came from (shown by /health),
-    ``*_run`` are their run directories (for the version that trained them). Each model is loaded once by the caller and run by one
-    worker thread that batches the queued requests (:mod:`.batcher`). ``threads`` sets torch's
-    intra-op threads (default: leave torch's setting)."""
+    ``*_run`` are their run directories (for the version that trained them). Each model is loaded once
+    by the caller and run by one worker thread that batches the queued requests (:mod:`.batcher`).
+    ``threads`` sets torch's intra-op threads (default: leave torch's setting). ``allowed_origins``:
+    browser origins besides the service's own that may POST (e.g. a proxy's public address)."""
+    from waferscope.serve.memory import Trimmer
+
     limits = limits or Limits()
     if threads:
         import torch
@@ -245,7 +576,13 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         torch.set_num_threads(int(threads))
     classes = [str(c) for c in classifier.classes_]
     has_gradcam = getattr(classifier, "network_", None) is not None and hasattr(classifier, "to_tensor")
-    batch = max_batch or limits.max_maps
+    batch = max_batch or limits.max_batch
+    trimmer = Trimmer()
+    big_dies = 1 << 20  # after a request this large, give freed memory back once things are quiet
+
+    def after_job(dies: int) -> None:
+        if dies >= big_dies:
+            trimmer.request()
 
     def classify_batch(ds: WaferDataset) -> list:
         return list(np.asarray(classifier.predict_proba(ds), dtype=np.float64))
@@ -261,9 +598,11 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         res = detector.score(ds)
         return list(zip(np.asarray(res.scores, dtype=np.float64), res.maps))
 
-    clf_worker = Batcher(classify_batch, batch, "classifier")
-    det_worker = Batcher(score_batch, batch, "detector")
+    common = dict(chunk_maps=limits.chunk_maps, max_queued_dies=limits.max_queued_dies, after_job=after_job)
+    clf_worker = Batcher(classify_batch, batch, "classifier", **common)
+    det_worker = Batcher(score_batch, batch, "detector", **common)
     mode = getattr(detector, "mode_", None) or getattr(detector, "input_kind_", None)
+    heavy = asyncio.Semaphore(2)  # large bodies parsed / files loaded at once: bounds their transient memory
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -271,10 +610,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         clf_worker.close()  # finish the batch in flight, then stop the threads
         det_worker.close()
 
-    app = FastAPI(title="waferscope", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="waferscope", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Wafer-map defect classification and anomaly scoring (docs/serve.md).")
     app.state.limits = limits
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(Gate, limits=limits, allowed_origins=tuple(allowed_origins))
 
     @app.exception_handler(RequestError)
     async def _request_error(_request, exc: RequestError):
@@ -283,6 +622,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     @app.exception_handler(ServiceStopped)
     async def _stopped(_request, exc: ServiceStopped):
         return JSONResponse({"error": str(exc)}, status_code=503)
+
+    @app.exception_handler(QueueFull)
+    async def _full(_request, exc: QueueFull):
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(WaferscopeError)
     async def _waferscope_error(_request, exc: WaferscopeError):
@@ -298,23 +641,26 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     async def _http_error(_request, exc: StarletteHTTPException):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
-    async def read_maps(request: Request) -> MapBatch:
+    async def read_maps(request: Request, echo: int) -> MapBatch:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
             body = await request.body()
-            if len(body) < 256 * 1024:  # a few maps: parsing takes less than handing it to a thread
-                return parse_json_maps(body, limits)
-            return await run_in_threadpool(parse_json_maps, body, limits)
+            if len(body) <= PIECES_BYTES:  # a few maps: parsing takes less than handing it to a thread
+                return parse_json_maps(body, limits, echo)
+            async with heavy:
+                return await run_in_threadpool(parse_json_maps, body, limits, echo)
         if ctype == "multipart/form-data":
-            try:
-                form = await request.form(max_files=1, max_fields=8)
-            except Exception as exc:  # starlette's MultiPartException and friends: a malformed upload
-                raise RequestError(f"cannot read the multipart upload ({getattr(exc, 'message', exc)})") from None
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise RequestError('a multipart upload needs one file in the field "file"')
-            data = await upload.read()
-            return await run_in_threadpool(load_upload, upload.filename or "upload", data, limits)
+            async with heavy:
+                try:
+                    form = await request.form(max_files=1, max_fields=8)
+                except Exception as exc:  # starlette's MultiPartException and friends: a malformed upload
+                    raise RequestError(f"cannot read the multipart upload ({getattr(exc, 'message', exc)})") from None
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise RequestError('a multipart upload needs one file in the field "file"')
+                data = await upload.read()
+                await form.close()
+                return await run_in_threadpool(load_upload, upload.filename or "upload", data, limits, echo)
         raise RequestError(f"unsupported Content-Type {ctype or '(none)'!r}: send application/json "
                            '{"maps": [...]} or multipart/form-data with a "file" field', 415)
 
@@ -325,70 +671,101 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
             return True
         raise RequestError(f"?{name}= must be 0 or 1, got {value!r}")
 
-    def base_row(ds: MapBatch, i: int, with_map: bool) -> dict:
+    def check_echo(ds: MapBatch, want_heat: bool, want_maps: bool) -> None:
+        if want_heat and len(ds) > limits.max_heatmap_maps:
+            raise RequestError(f"too many maps for ?heatmap=1: {len(ds)}, the limit is {limits.max_heatmap_maps} "
+                               "(--max-heatmap-maps)", 413)
+        echoed = sum(m.size for m in ds.maps) * (int(want_heat) + int(want_maps))
+        if echoed > limits.max_echo_dies:
+            raise RequestError(f"the answer would echo {echoed:,} grid cells (?maps=1 / ?heatmap=1), more than "
+                               f"{limits.max_echo_dies:,} (--max-echo-dies); send fewer or smaller maps", 413)
+
+    async def run(worker: Batcher, ds: MapBatch, fn, t0: float):
+        deadline = t0 + limits.request_timeout
+        fut = worker.submit(ds, fn, deadline)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), max(0.0, deadline - time.monotonic()))
+        except (asyncio.TimeoutError, DeadlineExceeded):
+            fut.cancel()  # the worker drops the rest of it at the next chunk
+            raise RequestError(f"the request took longer than its time budget of {limits.request_timeout:g} s "
+                               "(--request-timeout); retry later or send fewer maps", 503) from None
+
+    def base_row(ds: MapBatch, i: int) -> dict:
         row: dict[str, Any] = {"id": ds.ids[i]}
         if ds.lots[i] is not None:
             row["lot"] = ds.lots[i]
-        if with_map:
-            row["map"] = ds.maps[i].tolist()
         return row
 
-    doc_responses = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}}
+    def on_big_answer():
+        trimmer.request()
+
+    doc_responses = {400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                     415: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
     body_doc = {"requestBody": {"content": {
         "application/json": {"schema": MapsRequest.model_json_schema()},
         "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
     }}}
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, responses=doc_responses, openapi_extra=body_doc)
-    async def classify(request: Request, heatmap: str | None = Query(None, description="1: Grad-CAM per wafer"),
-                       maps: str | None = Query(None, description="1: echo each die grid")):
+    def query_doc(heat: str) -> dict:
+        # the query flags are read from request.query_params by hand and only described here: FastAPI's
+        # per-request parameter solving costs as much as the model does for a 1-map request
+        return {**body_doc, "parameters": [
+            {"name": "heatmap", "in": "query", "required": False, "description": heat, "schema": {"type": "string"}},
+            {"name": "maps", "in": "query", "required": False, "description": "1: echo each die grid",
+             "schema": {"type": "string"}}]}
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=doc_responses,
+              openapi_extra=query_doc("1: Grad-CAM per wafer"))
+    async def classify(request: Request):
         """Class and class probabilities of every map."""
-        want_heat, want_maps = flag(heatmap, "heatmap"), flag(maps, "maps")
+        t0 = time.monotonic()
+        q = request.query_params
+        want_heat, want_maps = flag(q.get("heatmap"), "heatmap"), flag(q.get("maps"), "maps")
         if want_heat and not has_gradcam:
             raise RequestError(f"this classifier ({classifier.registry_name}) is not a neural network, so it has "
                                "no Grad-CAM heat map; serve a cnn classifier for ?heatmap=1")
-        ds = await read_maps(request)
-        if want_heat and len(ds) > limits.max_heatmap_maps:
-            raise RequestError(f"too many maps for ?heatmap=1: {len(ds)}, the limit is {limits.max_heatmap_maps} "
-                               "(--max-heatmap-maps)", 413)
-        out = await asyncio.wrap_future(clf_worker.submit(ds, classify_with_heat if want_heat else None))
-        wafers = []
+        ds = await read_maps(request, int(want_heat) + int(want_maps))
+        check_echo(ds, want_heat, want_maps)
+        out = await run(clf_worker, ds, classify_with_heat if want_heat else None, t0)
+        rows, big = [], ([] if (want_heat or want_maps) else None)
         for i, item in enumerate(out):
             proba, heat = item if want_heat else (item, None)
-            row = base_row(ds, i, want_maps)
+            row = base_row(ds, i)
             row["class"] = classes[int(np.argmax(proba))]
             row["probabilities"] = {c: float(p) for c, p in zip(classes, proba)}
-            if heat is not None:
-                row["heatmap"] = np.round(heat.astype(np.float64), 4).tolist()
-            wafers.append(row)
-        return JSONResponse({"model": classifier.registry_name, "classes": classes, "wafers": wafers})
+            rows.append(row)
+            if big is not None:
+                big.append(([("map", ("grid", ds.maps[i]))] if want_maps else [])
+                           + ([("heatmap", ("float", heat, 4))] if want_heat else []))
+        return answer({"model": classifier.registry_name, "classes": classes}, rows, big, on_big_answer)
 
-    @app.post("/v1/score", response_model=ScoreResponse, responses=doc_responses, openapi_extra=body_doc)
-    async def score(request: Request, heatmap: str | None = Query(None, description="1: anomaly map per wafer"),
-                    maps: str | None = Query(None, description="1: echo each die grid")):
+    @app.post("/v1/score", response_model=ScoreResponse, responses=doc_responses,
+              openapi_extra=query_doc("1: anomaly map per wafer"))
+    async def score(request: Request):
         """Anomaly score of every map (higher = more anomalous) and, with a threshold, is_anomalous."""
-        want_heat, want_maps = flag(heatmap, "heatmap"), flag(maps, "maps")
-        ds = await read_maps(request)
+        t0 = time.monotonic()
+        q = request.query_params
+        want_heat, want_maps = flag(q.get("heatmap"), "heatmap"), flag(q.get("maps"), "maps")
         if mode == "image":
             raise RequestError("this detector was trained on images; the service sends it wafer maps")
-        if want_heat and len(ds) > limits.max_heatmap_maps:
-            raise RequestError(f"too many maps for ?heatmap=1: {len(ds)}, the limit is {limits.max_heatmap_maps} "
-                               "(--max-heatmap-maps)", 413)
-        out = await asyncio.wrap_future(det_worker.submit(ds))
-        wafers = []
+        ds = await read_maps(request, int(want_heat) + int(want_maps))
+        check_echo(ds, want_heat, want_maps)
+        out = await run(det_worker, ds, None, t0)
+        rows, big = [], ([] if (want_heat or want_maps) else None)
         for i, (s, amap) in enumerate(out):
-            row = base_row(ds, i, want_maps)
-            row["score"] = float(s)
+            row = base_row(ds, i)
+            row["score"] = float(s) if np.isfinite(s) else None
             if threshold is not None:
                 row["is_anomalous"] = bool(s >= threshold)
-            if want_heat:
-                row["heatmap"] = np.round(np.asarray(amap, dtype=np.float64), 6).tolist()
-            wafers.append(row)
-        return JSONResponse({"model": detector.registry_name, "threshold": threshold, "wafers": wafers})
+            rows.append(row)
+            if big is not None:
+                big.append(([("map", ("grid", ds.maps[i]))] if want_maps else [])
+                           + ([("heatmap", ("float", amap, 6))] if want_heat else []))
+        return answer({"model": detector.registry_name, "threshold": threshold}, rows, big, on_big_answer)
 
     @app.get("/health")
     def health():
-        """Liveness, the models served, versions, limits and the server's resident memory."""
+        """Liveness, the models served, versions, limits, queue and the server's resident memory."""
         import platform
 
         import torch
@@ -398,12 +775,20 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                 "classifier": {**_model_info(classifier, classifier_source, classifier_run), "classes": classes,
                                "gradcam": has_gradcam},
                 "detector": {**_model_info(detector, detector_source, detector_run), "threshold": threshold},
-                "limits": limits.as_dict(), "torch_threads": torch.get_num_threads(), "rss_bytes": _rss_bytes()}
+                "limits": limits.as_dict(), "torch_threads": torch.get_num_threads(), "rss_bytes": _rss_bytes(),
+                "queued_dies": {"classifier": clf_worker.queued_dies, "detector": det_worker.queued_dies}}
 
     page = resources.files("waferscope.serve").joinpath("page.html").read_text(encoding="utf-8")
+    docs_page = resources.files("waferscope.serve").joinpath("docs.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index():
         return HTMLResponse(page)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs():
+        """The API reference, rendered from /openapi.json by a self-contained page (no CDN: it works
+        on an air-gapped network)."""
+        return HTMLResponse(docs_page)
 
     return app

@@ -22,6 +22,15 @@ class Limits:
     max_side: int = 512  # rows or columns of one map (WM-811K's largest is 300×202)
     max_body_bytes: int = 32 * 1024 * 1024  # request body, JSON or upload (checked before parsing)
     max_heatmap_maps: int = 256  # maps per request with ?heatmap=1 (nested-list heat maps are large)
+    max_dies: int = 16 * 1024 * 1024  # dies summed over a request's maps (1,024 maps of 128×128)
+    max_echo_dies: int = 4 * 1024 * 1024  # dies echoed back per request by ?maps=1 / ?heatmap=1
+    max_decompressed_bytes: int = 64 * 1024 * 1024  # an upload's bytes once inflated (npz, .gz, Parquet pages)
+    request_timeout: float = 60.0  # s from the request's arrival to its answer; 503 after that
+    max_queued_dies: int = 64 * 1024 * 1024  # dies waiting per model; 503 + Retry-After beyond
+    max_inflight: int = 128  # POST requests being read, queued or answered at once; 503 beyond
+    max_inflight_body_bytes: int = 128 * 1024 * 1024  # request bodies held at once; 503 beyond
+    max_batch: int = 256  # maps per model call (1-map requests of many clients share one)
+    chunk_maps: int = 64  # a large request runs in chunks of this many maps, taking turns with others
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -127,8 +127,13 @@ def load_class_folders(root: str | Path) -> WaferDataset:
 
 
 def load_npy_stack(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
-    """One ``.npy`` file: an N×H×W stack of maps (unlabelled) or a single H×W map."""
+    """One ``.npy`` file: an N×H×W stack of maps (unlabelled) or a single H×W map. The npy header
+    (shape, dtype) is checked against ``limits`` before the data is read."""
+    from waferscope.data.limits import resolve_limits
+
     path = Path(path)
+    limits = resolve_limits(limits)
+    _check_npy_header(path, limits)
     arr = load_npy_map(path)
     if arr.ndim == 2:
         arr = arr[None]
@@ -137,3 +142,37 @@ def load_npy_stack(path: str | Path, limits: LoadLimits | None = None) -> WaferD
     maps = [validate_map(m, str(path), i) for i, m in enumerate(arr)]
     return WaferDataset.from_maps(maps, None, meta={"id": [f"{path.stem}-{i}" for i in range(len(maps))]},
                                   source=path.name, name=path.stem, validate=False, where=str(path))
+
+
+def _check_npy_header(path: Path, limits: LoadLimits) -> None:
+    """Refuse a stack whose header states more maps, a larger side or more dies than ``limits``
+    allow, or more data than the file holds, before numpy allocates it."""
+    from numpy.lib import format as npformat
+
+    try:
+        with open(path, "rb") as f:
+            version = npformat.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = npformat.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = npformat.read_array_header_2_0(f)
+            else:
+                return  # other versions: np.load reads (and refuses) them itself
+            data_start = f.tell()
+    except (ValueError, EOFError, OSError) as exc:
+        raise DataError(f"cannot read as .npy ({type(exc).__name__}: {exc})", path) from None
+    if dtype.hasobject:
+        return  # np.load(allow_pickle=False) refuses it with its own message
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3:
+        return  # the shape error is raised after loading, with the shape named
+    limits.check_count(int(shape[0]), path)
+    budget = limits.budget(path)
+    for i in range(int(shape[0])):
+        budget.add(shape[1:], f"map {i}")
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    have = path.stat().st_size - data_start
+    if need > have:
+        raise DataError(f"the header states {shape} of {dtype} ({need:,} bytes) but the file holds "
+                        f"{have:,} bytes of data: truncated or corrupt", path)

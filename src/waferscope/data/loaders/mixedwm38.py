@@ -11,11 +11,12 @@ training target for multi-label models; ``is_mixed`` = more than one pattern.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from waferscope.data.limits import LoadLimits
+from waferscope.data.limits import LoadLimits, resolve_limits
 from waferscope.data.classes import BASE_PATTERNS, NORMAL
 from waferscope.data.dataset import WaferDataset
 from waferscope.errors import DataError
@@ -34,10 +35,28 @@ def multilabel_name(row: np.ndarray) -> str:
 
 def load_mixedwm38(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
     path = Path(path)
+    limits = resolve_limits(limits)
+    from waferscope.data.loaders.devnpz import npz_headers, read_member
+
     try:
-        with np.load(path, allow_pickle=False) as z:
-            maps, onehot = z[MAPS_KEY], z[LABELS_KEY]
-    except Exception as exc:  # truncated zip, object arrays (allow_pickle=False), bad header
+        with zipfile.ZipFile(path) as z:
+            # the maps' count and extent from arr_0's npy header, checked before anything is inflated
+            headers = npz_headers(z, path, limits)
+            for key in (MAPS_KEY, LABELS_KEY):
+                if key not in headers:
+                    raise DataError(f"not a MixedWM38 archive: missing {key!r}", path)
+            shape, _ = headers[MAPS_KEY]
+            if len(shape) != 3 or min(shape) == 0:
+                raise DataError(f"'{MAPS_KEY}' must be N×H×W wafer maps, got shape {shape}", path)
+            limits.check_count(shape[0], path)
+            budget = limits.budget(path)
+            for i in range(shape[0]):
+                budget.add(shape[1:], f"map {i}")
+            maps = read_member(z, MAPS_KEY, headers[MAPS_KEY], path, limits)
+            onehot = read_member(z, LABELS_KEY, headers[LABELS_KEY], path, limits)
+    except DataError:
+        raise
+    except Exception as exc:  # truncated zip, bad header
         raise DataError(f"cannot read as .npz ({type(exc).__name__}: {exc})", path) from None
     if maps.ndim != 3 or min(maps.shape) == 0:
         raise DataError(f"'{MAPS_KEY}' must be N×H×W wafer maps, got shape {maps.shape}", path)
