@@ -7,13 +7,11 @@ Why not scikit-image: ``skimage.transform.radon`` warps the whole padded grid on
 (``max(H, W)`` bilinear warps of a (√2·max(H, W))² image), and ``regionprops`` + its convex hull
 (two Qhull calls) cost more than the rest of the 120 features together. Here:
 
-- **Radon** is linear in the map, and only the failing dies are non-zero. Each failing die is
-  *splatted*: the output grid points whose bilinear sample (as ``skimage.transform.warp`` takes it,
-  the same affine matrix and the same floor/ceil weights) touches that die get its weight, in the
-  column the warp sums into. The cost is (failing dies × angles × 16) instead of (padded area ×
-  angles × 4), and the angle set is unchanged.
-- **Geometry**: area and second moments in one pass, the 4-neighbour perimeter with scikit-image's
-  weights, and the convex area as the number of die centres inside or on the hull of the dies'
+- **Radon**: only the failing dies are non-zero, so only the output grid points whose bilinear
+  sample touches one (a few per die and angle) are sampled, with the same affine matrix, the same
+  floor/ceil weights and the same summation order as ``skimage.transform.warp`` + ``sum``. The cost
+  is (failing dies × angles × a few) instead of (padded area × angles), the angle set unchanged.
+- **Geometry**: the 4-neighbour perimeter codes, weighed as scikit-image does, and the convex area as the number of die centres inside or on the hull of the dies'
   edge midpoints (``convex_hull_image``'s definition), the hull found by a monotone chain on
   doubled (integer) coordinates so that "on the hull" is decided exactly.
 
@@ -31,43 +29,59 @@ from numba import njit
 @njit(cache=True, nogil=True)
 def radon_splat(fail_rows, fail_cols, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
     """Sinogram (size × n_angles) of the padded square image whose 1-cells are the failing dies at
-    (fail_rows + pad_r, fail_cols + pad_c); the warp of angle i maps output (col x, row y) to input
-    (cos·x + sin·y + tx, −sin·x + cos·y + ty) as scikit-image's ``radon`` does."""
+    (fail_rows + pad_r, fail_cols + pad_c), bit for bit as scikit-image's ``radon`` computes it.
+
+    Its warp of angle i samples the image at (col, row) = (cos·x + sin·y + tx, −sin·x + cos·y + ty)
+    for every output point (x, y), bilinearly from the floor / ceil neighbours, and the sinogram
+    column x is the sum of those samples down y. Only points whose sample touches a failing die are
+    non-zero: found from the dies (the inverse rotation of each, and the few grid points around
+    it), then each is sampled with the same arithmetic and summed in the same order (y upwards;
+    adding the skipped zeros changes nothing)."""
     n_angles = cos_a.shape[0]
     out = np.zeros((size, n_angles))
+    grid = np.zeros((size, size), dtype=np.bool_)
+    for k in range(fail_rows.shape[0]):
+        grid[fail_rows[k] + pad_r, fail_cols[k] + pad_c] = True
+    seen = np.zeros((size, size), dtype=np.bool_)
+    points = np.empty(16 * fail_rows.shape[0], dtype=np.int64)
     for i in range(n_angles):
         ca, sa = cos_a[i], sin_a[i]
         tx = -center * (ca + sa - 1)
         ty = -center * (ca - sa - 1)
         reach = abs(ca) + abs(sa) + 1e-9  # (a hair more, so rounding never drops an edge point)
+        n = 0
         for k in range(fail_rows.shape[0]):
             py = fail_rows[k] + pad_r
             px = fail_cols[k] + pad_c
-            # the output point that lands exactly on the die (the inverse rotation)
             x0 = ca * (px - tx) - sa * (py - ty)
             y0 = sa * (px - tx) + ca * (py - ty)
-            # the points whose sample touches the die lie in a unit-half-width square around it,
-            # rotated by the angle: within reach of (x0, y0) along each axis
             for y in range(max(math.ceil(y0 - reach), 0), min(math.floor(y0 + reach), size - 1) + 1):
                 for x in range(max(math.ceil(x0 - reach), 0), min(math.floor(x0 + reach), size - 1) + 1):
-                    c_in = ca * x + sa * y + tx
-                    r_in = -sa * x + ca * y + ty
-                    minc, minr = math.floor(c_in), math.floor(r_in)
-                    dc, dr = c_in - minc, r_in - minr
-                    if px == minc:
-                        wx = 1.0 - dc
-                    elif px == minc + 1 and dc > 0.0:
-                        wx = dc
-                    else:
-                        continue
-                    if py == minr:
-                        wy = 1.0 - dr
-                    elif py == minr + 1 and dr > 0.0:
-                        wy = dr
-                    else:
-                        continue
-                    out[x, i] += wy * wx
+                    if not seen[y, x]:
+                        seen[y, x] = True
+                        points[n] = x * size + y
+                        n += 1
+        chosen = np.sort(points[:n])  # column by column, y upwards within a column
+        for j in range(n):
+            x, y = chosen[j] // size, chosen[j] % size
+            seen[y, x] = False
+            c_in = ca * x + sa * y + tx
+            r_in = -sa * x + ca * y + ty
+            minr, minc = math.floor(r_in), math.floor(c_in)
+            maxr, maxc = math.ceil(r_in), math.ceil(c_in)
+            dr, dc = r_in - minr, c_in - minc
+            top = (1 - dc) * _pixel(grid, minr, minc, size) + dc * _pixel(grid, minr, maxc, size)
+            bottom = (1 - dc) * _pixel(grid, maxr, minc, size) + dc * _pixel(grid, maxr, maxc, size)
+            out[x, i] += (1 - dr) * top + dr * bottom
     return out
+
+
+@njit(cache=True, nogil=True)
+def _pixel(grid, r, c, size):  # pragma: no cover - compiled
+    # the padded image's value, 0 outside (warp's constant mode)
+    if r < 0 or c < 0 or r >= size or c >= size:
+        return 0.0
+    return 1.0 if grid[r, c] else 0.0
 
 
 _PERIMETER_WEIGHTS = np.zeros(50)
@@ -82,47 +96,28 @@ def _cross(ox, oy, ax, ay, bx, by):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def region_geometry(region, weights):  # pragma: no cover - compiled
-    """(area, perimeter, major axis, minor axis, eccentricity, convex area) of the True cells of
-    ``region`` (a bool crop holding one region), as ``skimage.measure.regionprops`` defines them."""
+def region_counts(region):  # pragma: no cover - compiled
+    """(histogram of the 4-neighbour perimeter codes, convex area) of the True cells of ``region``
+    (a bool crop holding one region). The codes are scikit-image's ``perimeter``: a border cell
+    (one 4-neighbour erosion removes) scores 1 + 2 per border 4-neighbour + 10 per border diagonal
+    neighbour; the caller weighs the histogram as it does (``histogram @ weights``), so the sum is
+    rounded in the same order."""
     h, w = region.shape
-    area = 0
-    sr = 0.0
-    sc = 0.0
+    hist = np.zeros(50, dtype=np.int64)
     for r in range(h):
         for c in range(w):
-            if region[r, c]:
-                area += 1
-                sr += r
-                sc += c
-    mr, mc = sr / area, sc / area
-    a = 0.0
-    b = 0.0
-    d = 0.0
-    perimeter = 0.0
-    for r in range(h):
-        for c in range(w):
-            if not region[r, c]:
+            if not region[r, c] or not _is_border(region, r, c, h, w):
                 continue
-            a += (r - mr) * (r - mr)
-            b += (r - mr) * (c - mc)
-            d += (c - mc) * (c - mc)
-            if _is_border(region, r, c, h, w):
-                code = 1
-                for dr in range(-1, 2):
-                    for dc in range(-1, 2):
-                        if dr == 0 and dc == 0:
-                            continue
-                        rr, cc = r + dr, c + dc
-                        if 0 <= rr < h and 0 <= cc < w and region[rr, cc] and _is_border(region, rr, cc, h, w):
-                            code += 2 if (dr == 0 or dc == 0) else 10
-                perimeter += weights[code]
-    a, b, d = a / area, b / area, d / area
-    half = (a + d) / 2
-    spread = math.sqrt(((a - d) / 2) ** 2 + b * b)
-    l1, l2 = max(half + spread, 0.0), max(half - spread, 0.0)
-    eccentricity = math.sqrt(1 - l2 / l1) if l1 != 0 else 0.0
-    return area, perimeter, 4 * math.sqrt(l1), 4 * math.sqrt(l2), eccentricity, _convex_area(region, h, w)
+            code = 1
+            for dr in range(-1, 2):
+                for dc in range(-1, 2):
+                    if dr == 0 and dc == 0:
+                        continue
+                    rr, cc = r + dr, c + dc
+                    if 0 <= rr < h and 0 <= cc < w and region[rr, cc] and _is_border(region, rr, cc, h, w):
+                        code += 2 if (dr == 0 or dc == 0) else 10
+            hist[code] += 1
+    return hist, _convex_area(region, h, w)
 
 
 @njit(cache=True, nogil=True)

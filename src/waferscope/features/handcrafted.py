@@ -17,6 +17,7 @@ largest region is chosen by area directly.
 
 from __future__ import annotations
 
+import math
 import warnings
 from functools import lru_cache
 from typing import Sequence
@@ -65,13 +66,6 @@ def _resample_cubic(values: np.ndarray, n: int = N_RADON) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _resampler(n_in: int, n: int = N_RADON) -> np.ndarray:
-    """(n, n_in) matrix of :func:`_resample_cubic`: the cubic spline through n_in points is linear in
-    their values, so resampling many rows is one product (equal to interp1d up to rounding)."""
-    return np.stack([_resample_cubic(row, n) for row in np.eye(n_in)], axis=1)
-
-
-@lru_cache(maxsize=64)
 def _radon_geometry(h: int, w: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
     """Padding, padded side and the per-angle cos / sin of ``skimage.transform.radon(circle=False)``
     for an h × w map at max(h, w) angles (scalar np.cos / np.sin, as it calls them)."""
@@ -97,11 +91,7 @@ def radon_sinogram(fail: np.ndarray) -> np.ndarray:
 
 
 def _radon_summary(sinogram: np.ndarray) -> np.ndarray:
-    n_in = sinogram.shape[0]
-    if n_in < 4:
-        return np.concatenate([_resample_cubic(sinogram.mean(1)), _resample_cubic(sinogram.std(1))]) / 100.0
-    m = _resampler(n_in)
-    return np.concatenate([m @ sinogram.mean(1), m @ sinogram.std(1)]) / 100.0
+    return np.concatenate([_resample_cubic(sinogram.mean(1)), _resample_cubic(sinogram.std(1))]) / 100.0
 
 
 def radon_features(wafer: np.ndarray) -> np.ndarray:
@@ -125,24 +115,36 @@ def radon_features_reference(wafer: np.ndarray) -> np.ndarray:
 
 def geometry_features(wafer: np.ndarray) -> np.ndarray:
     """Normalised shape of the largest 4-connected failing region (zeros when nothing fails): the
-    :func:`geometry_features_reference` numbers up to float rounding, from one compiled pass over
-    the region (:func:`~waferscope.features._kernels.region_geometry`)."""
+    :func:`geometry_features_reference` numbers, bit for bit (the trees split on exact training
+    values, and the perimeter and axis lengths take few distinct values, so one ulp moves a map to
+    the other side of a split). The perimeter codes and the convex area come from one compiled
+    pass (:func:`~waferscope.features._kernels.region_counts`); the moments go through the same
+    scikit-image functions, in the same order, as ``regionprops``.
+    """
     from scipy import ndimage
+    from skimage.measure import inertia_tensor, inertia_tensor_eigvals, moments, moments_central
 
-    from waferscope.features._kernels import _PERIMETER_WEIGHTS, region_geometry
+    from waferscope.features._kernels import _PERIMETER_WEIGHTS, region_counts
 
     fail = np.asarray(wafer) == 2
     if not fail.any():
         return np.zeros(N_GEOMETRY)
     labels, n = ndimage.label(fail, structure=_FOUR)
-    index = int(np.bincount(labels.ravel(), minlength=n + 1)[1:].argmax())  # the first largest, as max() picks
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    index = int(sizes.argmax())  # the first largest, as max() over regionprops picks it
     box = ndimage.find_objects(labels, max_label=index + 1)[index]
-    area, perimeter, major, minor, eccentricity, convex = region_geometry(labels[box] == index + 1,
-                                                                          _PERIMETER_WEIGHTS)
+    region = labels[box] == index + 1
+    hist, convex = region_counts(region)
+    image = region.astype(np.uint8)
+    m = moments(image, 3)
+    mu = moments_central(image, np.asarray([m[1, 0] / m[0, 0], m[0, 1] / m[0, 0]]), order=3)
+    l1, l2 = inertia_tensor_eigvals(region, T=inertia_tensor(region, mu))
+    area = int(sizes[index])
     h, w = fail.shape
     diag = float(np.hypot(h, w))
-    return np.array([area / (h * w), perimeter / diag, major / diag, minor / diag, eccentricity, area / convex],
-                    dtype=np.float64)
+    eccentricity = 0 if l1 == 0 else math.sqrt(1 - l2 / l1)
+    return np.array([area / (h * w), (hist @ _PERIMETER_WEIGHTS) / diag, 4 * math.sqrt(l1) / diag,
+                     4 * math.sqrt(l2) / diag, eccentricity, area / float(convex)], dtype=np.float64)
 
 
 def geometry_features_reference(wafer: np.ndarray) -> np.ndarray:
