@@ -12,6 +12,10 @@ SVM on the same features.
 Persistence without pickle: the fitted trees are flattened into plain arrays
 (:mod:`waferscope.models.trees`), stored as tensors and walked with numpy at prediction time, so
 loading a run never unpickles; a test checks the walk against scikit-learn's own ``predict_proba``.
+
+Calibration: ``set_temperature`` (fitted on lot-grouped out-of-fold predictions, ``waferscope evaluate
+calibrate``) divides the scores before the softmax and is saved with the run; the bundled model's is
+1.499. The arg-max does not change; the class-mix prior (``--prior``) starts from these probabilities.
 """
 
 from __future__ import annotations
