@@ -3,12 +3,19 @@
     python benchmarks/bench_classify.py                 # the default bundled model, 2 threads, 20,000 maps
     python benchmarks/bench_classify.py --bundled gbm   # another bundled one
     python benchmarks/bench_classify.py --run RUN --threads 1 --n 5000
+    python benchmarks/bench_classify.py --bundled gbm --profile  # where a feature model's time goes
 
 The maps are the real dev maps (22×24 to 51×50 dies in the stored set) repeated to ``--n``, held
 in a WaferDataset as any loader returns them; the timed call is ``classifier.predict(dataset)``
 (nearest resize, one-hot encoding, the network, arg-max). Reported: the best of ``--repeats``
 timed passes after one warm-up pass, and the median, plus wafers per CPU-second (the speed a
-busy shared machine cannot hide: the wall clock there counts other jobs' time). Target: ≥ 5,000 wafers/s on 2 cores.
+busy shared machine cannot hide: the wall clock there counts other jobs' time; it counts this
+process only, so feature workers are missing from it — use ``--profile`` for those models).
+Target: ≥ 5,000 wafers/s on 2 cores.
+
+``--profile`` (the feature models, e.g. ``gbm``): CPU milliseconds per map of each feature group and
+of the tree walk, in this one process on the first 1,000 dev maps — the cost a worker pays per map,
+so 2 cores give at most 2,000 / (sum) wafers/s.
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ def main(argv=None) -> int:
     ap.add_argument("--bundled", help="without --run: which bundled model (default: the one `classify` uses)")
     add_speed_arguments(ap, n=20000, repeats=5)
     ap.add_argument("--dev", default=DEV)
+    ap.add_argument("--profile", action="store_true", help="CPU time per map of each feature group (gbm)")
     args = ap.parse_args(argv)
+    if args.profile:
+        return profile(args)
 
     import numpy as np
     import torch
@@ -53,6 +63,43 @@ def main(argv=None) -> int:
     print(f"wafers/s: best {rate['best']:,.0f}, median {rate['median']:,.0f}")
     # On a machine shared with other jobs the wall clock understates the speed; CPU time does not.
     print(f"wafers per CPU-second (all threads): {rate['per_cpu_s']:,.0f}")
+    return 0
+
+
+def profile(args) -> int:
+    """Per-map CPU time of the 120 extended features by group, and of the bundled gbm's tree walk."""
+    import time
+
+    import numpy as np
+
+    from waferscope.benchmark.measure import environment_line
+    from waferscope.data import load
+    from waferscope.features import handcrafted, pattern_stats, shape
+    from waferscope.models.classifiers import load_default
+
+    maps = [np.asarray(m) for m in load(args.dev).maps[:1000]]
+    groups = {"density (13)": handcrafted.density_features, "radon (40)": handcrafted.radon_features,
+              "geometry (6)": handcrafted.geometry_features, "pattern stats (15)": pattern_stats.pattern_features,
+              "shape (46)": shape.shape_features}
+    print(f"{environment_line(1)}; {len(maps)} dev maps, CPU time of this process")
+    total = 0.0
+    for name, fn in groups.items():
+        fn(maps[0])  # compiled kernels load on first use
+        t0 = time.process_time()
+        for m in maps:
+            fn(m)
+        ms = 1e3 * (time.process_time() - t0) / len(maps)
+        total += ms
+        print(f"  {name:20s} {ms:7.3f} ms/map")
+    clf = load_default(args.bundled or "gbm")
+    x = handcrafted.extract_features(maps, n_jobs=1, feature_set="extended")
+    clf.decision_function(x[:2])
+    t0 = time.process_time()
+    clf.decision_function(x)
+    ms = 1e3 * (time.process_time() - t0) / len(maps)
+    total += ms
+    print(f"  {'tree walk':20s} {ms:7.3f} ms/map\n  {'total':20s} {total:7.3f} ms/map: at most "
+          f"{1e3 / total:,.0f} wafers/s per core, {2e3 / total:,.0f} on 2")
     return 0
 
 

@@ -109,3 +109,34 @@ def test_cli_errors_refuses_no_errors_and_missing_caches(tmp_path, capsys):
     assert code == 2 and "made no errors" in err and not (tmp_path / "e.png").exists()
     code, _, err = invoke(capsys, "evaluate", "errors", "svm-rbf", "--out", tmp_path / "e.png", *files)
     assert code == 2 and "svm-rbf has not been run on every fold" in err and not (tmp_path / "e.png").exists()
+
+
+def test_prior_shift_per_fold_with_calibration_on_tiny_caches(tmp_path, capsys):
+    """Per-fold draws (each fold's own held-out maps), a temperature per fold fitted on the others,
+    the smallest estimate - balanced gain and the EM mix error; the CLI prints them."""
+    classes = list(CLASSES)
+    rng = np.random.default_rng(0)
+    y = np.repeat(classes, 20)
+    logits = 4.0 * np.eye(9)[[classes.index(c) for c in y]] + rng.normal(0, 1.5, (len(y), 9))
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    _write_caches(tmp_path, "toy", classes, proba)
+    report = la.prior_shift_folds("toy", y, tmp_path, draws=2, size=400, calibrate=True)
+    assert len(report["temperatures"]) == ev.N_FOLDS and all(t > 0 for t in report["temperatures"])
+    wm = report["wm811k"]
+    assert len(wm["folds"]) == ev.N_FOLDS and 0 <= wm["mix_error"] <= 1
+    gains = [f["estimate"]["macro_f1_mean"] - f["balanced"]["macro_f1_mean"] for f in wm["folds"]]
+    assert wm["min_gain"] == pytest.approx(min(gains))
+    # estimate moves only none's share: the defect classes keep equal shares
+    shares = np.array([wm["folds"][0]["estimated_mix"][c] for c in classes if c != "none"])
+    np.testing.assert_allclose(shares, shares[0], atol=1e-4)
+    sets = _sets(tmp_path)
+    labels = ev.pool_sets(sets)[0].labels.astype(str)
+    few = sorted(set(labels))
+    _write_caches(tmp_path / "w", "gbm", few, np.eye(len(few))[[few.index(c) for c in labels]] * 0.9 + 0.1 / len(few))
+    files = ["--dev", tmp_path / "dev.parquet", "--dev2", tmp_path / "dev2.parquet", "--work", tmp_path / "w"]
+    code, out, err = invoke(capsys, "evaluate", "prior-shift", "gbm", "--per-fold", "--calibrate", "--draws", "2",
+                            "--size", "300", *files)
+    assert code == 0, err
+    assert "temperatures per fold" in out and "| gbm (calibrated) | wm811k |" in out
+    code, _, err = invoke(capsys, "evaluate", "prior-shift", "gbm", "--calibrate", *files)
+    assert code == 2 and "--calibrate needs --per-fold" in err

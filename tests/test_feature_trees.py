@@ -184,26 +184,36 @@ def test_pattern_contrast_errors():
             generate(n=10, seed=3, classes=["none"]))
 
 
-def test_damaged_trees_are_refused_and_large_batches_are_chunked(tmp_path):
+def test_damaged_trees_are_refused_and_the_walk_matches_numpy(tmp_path):
     from safetensors.numpy import load_file, save_file
-
-    from waferscope.models import trees as tree_module
 
     train, test = generate(n=90, seed=31), generate(n=40, seed=32)
     clf = registry.create("gbm", "classifier", max_iter=5, n_jobs=1, progress=False).fit(train)
     x = clf.features(test)
-    whole = clf.decision_function(x)
-    old = tree_module.ROWS_PER_CHUNK
-    tree_module.ROWS_PER_CHUNK = 7
-    try:
-        np.testing.assert_array_equal(clf.decision_function(x), whole)
-    finally:
-        tree_module.ROWS_PER_CHUNK = old
+    x[::5, 3] = np.nan  # missing values go where training sent them
+    # the compiled walk against a plain one, node by node
+    t = clf.trees_
+    expect = np.tile(t["baseline"], (len(x), 1))
+    for i, row in enumerate(x):
+        for root, k in zip(t["roots"], t["tree_class"]):
+            node = root
+            while not t["is_leaf"][node]:
+                v = row[t["feature"][node]]
+                left = t["missing_left"][node] if np.isnan(v) else v <= t["threshold"][node]
+                node = t["left"][node] if left else t["right"][node]
+            expect[i, k] += t["value"][node]
+    np.testing.assert_allclose(clf.decision_function(x), expect, rtol=0, atol=1e-12)
     run = clf.save(tmp_path / "run")
     weights = load_file(run / "weights.safetensors")
     weights["left"] = weights["left"] + 10_000_000
     save_file(weights, run / "weights.safetensors")
     with pytest.raises(RunDirError, match="damaged: tree left index out of range"):
+        load_run(run, kind="classifier")
+    inner = np.flatnonzero(~weights["is_leaf"])
+    weights["left"] = weights["left"] - 10_000_000
+    weights["right"][inner[-1]] = inner[0]  # a cycle: the walk would never end
+    save_file(weights, run / "weights.safetensors")
+    with pytest.raises(RunDirError, match="damaged: tree child index not after its parent"):
         load_run(run, kind="classifier")
     del weights["roots"]
     save_file(weights, run / "weights.safetensors")

@@ -145,15 +145,42 @@ def prior_shift(
     seed: int = typer.Option(0, "--seed", help="Seed of the draws"),
     dev: Optional[Path] = DEV_OPT, dev2: Optional[Path] = DEV2_OPT, work: Path = WORK_OPT,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report (JSON) to this file"),
+    per_fold: bool = typer.Option(False, "--per-fold", help="Draw each lot fold's held-out maps separately and "
+                                  "report the smallest estimate - balanced gain over the folds"),
+    calibrate: bool = typer.Option(False, "--calibrate", help="With --per-fold: first calibrate each fold's "
+                                   "probabilities by a temperature fitted on the other folds"),
 ) -> None:
     """The cached held-out lot-fold predictions re-drawn in other class mixes, scored balanced / given / estimate."""
     import json
 
     from waferscope.evaluate import classification as ev
     from waferscope.evaluate.lot_analysis import prior_shift as run
+    from waferscope.evaluate.lot_analysis import prior_shift_folds
     from waferscope.utils import atomic_path
 
+    if calibrate and not per_fold:
+        raise ConfigError("--calibrate needs --per-fold (the temperature of a fold is fitted on the others)")
     pooled, _, _ = ev.pool_sets(_sets_and_threads(dev, dev2, 1))
+    if per_fold:
+        import numpy as np
+
+        report = prior_shift_folds(method, pooled.labels, work, draws=draws, size=size, seed=seed,
+                                   calibrate=calibrate)
+        if calibrate:
+            typer.echo("temperatures per fold (fitted on the other folds): "
+                       + ", ".join(f"{t:.3f}" for t in report["temperatures"]))
+        typer.echo("| method | class mix | balanced | given mix | estimate | min over folds: estimate - balanced "
+                   "| EM mix error (TV) |\n|---|---|---:|---:|---:|---:|---:|")
+        for mix, res in report.items():
+            if mix == "temperatures":
+                continue
+            mean = {k: np.mean([f[k]["macro_f1_mean"] for f in res["folds"]]) for k in ("balanced", "given", "estimate")}
+            typer.echo(f"| {method}{' (calibrated)' if calibrate else ''} | {mix} | {mean['balanced']:.3f} | "
+                       f"{mean['given']:.3f} | {mean['estimate']:.3f} | {res['min_gain']:+.4f} | {res['mix_error']:.3f} |")
+        if json_out is not None:
+            with atomic_path(json_out) as tmp:
+                tmp.write_text(json.dumps({method: report}, indent=1))
+        return
     report = run(method, pooled.labels, work, draws=draws, size=size, seed=seed)
     typer.echo("| method | class mix | balanced (default) | `--prior` given mix | `--prior estimate` |\n"
                "|---|---|---:|---:|---:|")
@@ -163,6 +190,29 @@ def prior_shift(
     if json_out is not None:
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps({method: report}, indent=1))
+
+
+def calibrate(
+    method: str = typer.Argument(..., help="A method already run by `evaluate classifiers` (its out-of-fold "
+                                 "predictions fit the temperature)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run", help="Store the temperature in this saved run of the "
+                                           "same method (e.g. src/waferscope/weights/classifier_gbm)"),
+    dev: Optional[Path] = DEV_OPT, dev2: Optional[Path] = DEV2_OPT, work: Path = WORK_OPT,
+) -> None:
+    """Fit a temperature on the lot-fold out-of-fold predictions; optionally store it with a saved run."""
+    from waferscope.base import load_run
+    from waferscope.evaluate import classification as ev
+    from waferscope.evaluate.lot_analysis import out_of_fold_temperature
+
+    pooled, _, _ = ev.pool_sets(_sets_and_threads(dev, dev2, 1))
+    temperature = out_of_fold_temperature(method, pooled.labels, work)
+    typer.echo(f"{method}: temperature {temperature:.4f} (out-of-fold, {len(pooled)} maps)")
+    if run_dir is not None:
+        clf = load_run(run_dir, kind="classifier")
+        if not hasattr(clf, "set_temperature"):
+            raise ConfigError(f"{run_dir}: a {clf.registry_name} run cannot store a temperature")
+        clf.set_temperature(round(temperature, 4)).save(run_dir)
+        typer.echo(f"stored in {run_dir}")
 
 
 def errors(
@@ -241,5 +291,6 @@ def register(app: typer.Typer) -> None:
     app.command("learning-curve")(learning_curve)
     app.command("cross-set")(cross_set)
     app.command("prior-shift")(prior_shift)
+    app.command("calibrate")(calibrate)
     app.command("errors")(errors)
     app.command("student")(student)

@@ -7,6 +7,10 @@
   ``estimate`` (moved to the mix EM estimates from the draw's own probabilities, no labels).
   Resampling cannot add information the sets lack; it shows what the class mix does to each
   class's precision and how much of that the prior correction takes back.
+- :func:`prior_shift_folds` — the same, but each lot fold's own held-out maps re-drawn separately
+  (no map of a draw shares a lot with the model's training maps), optionally with the
+  probabilities calibrated by a temperature fitted on the *other* folds: the fold-level check that
+  ``--prior estimate`` never lowers macro-F1, and how far its EM mix is from the true one.
 - :func:`plot_errors` — a gallery of the most frequent (label → prediction) confusions.
 """
 
@@ -20,9 +24,9 @@ import numpy as np
 from waferscope.evaluate.classification import N_FOLDS, average_records, fold_cache
 
 
-def pooled_predictions(method: str, work: str | Path, n_maps: int) -> tuple[list[str], np.ndarray]:
-    """(classes, probabilities of every pooled map) from the 5 cached lot folds of ``method``
-    (``a+b`` averages members); a DataError naming ``work`` when a fold was not run."""
+def fold_records(method: str, work: str | Path) -> list[dict]:
+    """The 5 cached lot-fold records of ``method`` (``a+b`` averages members); a DataError naming
+    ``work`` when a fold was not run."""
     import json
 
     from waferscope.errors import DataError
@@ -35,7 +39,15 @@ def pooled_predictions(method: str, work: str | Path, n_maps: int) -> tuple[list
             raise DataError(f"{m} has not been run on every fold (no {missing[0]}); run "
                             f"`waferscope evaluate classifiers {m} --work {work}` first", work)
         members.append([json.loads(p.read_text()) for p in paths])
-    recs = members[0] if len(members) == 1 else average_records(members)
+    return members[0] if len(members) == 1 else average_records(members)
+
+
+def pooled_predictions(method: str, work: str | Path, n_maps: int) -> tuple[list[str], np.ndarray]:
+    """(classes, probabilities of every pooled map) from the 5 cached lot folds of ``method``
+    (``a+b`` averages members); a DataError naming ``work`` when a fold was not run."""
+    from waferscope.errors import DataError
+
+    recs = fold_records(method, work)
     proba = np.full((n_maps, len(recs[0]["classes"])), np.nan)
     for r in recs:
         proba[np.asarray(r["test_index"])] = r["proba"]
@@ -68,22 +80,26 @@ def mixes(classes: list[str], y: np.ndarray) -> dict[str, np.ndarray]:
 def score_mix(classes, y, proba, mix, draws: int, size: int, seed: int) -> dict:
     """``draws`` samples of ``size`` maps in the proportions ``mix`` (each class drawn with
     replacement from its own predictions), scored balanced / given / estimate."""
-    from waferscope.models.classifiers.prior import adjust_to_prior, estimate_prior
+    from waferscope.models.classifiers.prior import adjust_to_prior, estimate_prior, estimated_target
 
     rng = np.random.default_rng(seed)
     names = np.asarray(classes)
     codes = np.array([classes.index(c) for c in y])
     base = np.full(len(classes), 1.0 / len(classes))
+    # a class with no map here (a small fold) cannot be drawn: the mix of the others, renormalised
+    mix = np.where([np.any(y == c) for c in classes], mix, 0.0)
+    mix = mix / mix.sum()
     present = mix > 0
     results = {"balanced": [], "given": [], "estimate": []}
     per_class = {k: [] for k in results}
-    estimates = []
+    estimates, em_mixes = [], []
     for _ in range(draws):
         idx = np.concatenate([rng.choice(np.flatnonzero(y == c), size=max(1, int(round(share * size))))
                               for c, share in zip(classes, mix) if share > 0])
         p, truth = proba[idx], codes[idx]
-        estimated, _ = estimate_prior(p, base)
+        estimated = estimated_target(p, base, classes.index("none") if "none" in classes else None)
         estimates.append(estimated)
+        em_mixes.append(estimate_prior(p, base)[0])
         for name, target in (("balanced", base), ("given", mix), ("estimate", estimated)):
             f1 = per_class_f1(truth, adjust_to_prior(p, base, target).argmax(1), len(classes))[present]
             results[name].append(f1.mean())
@@ -93,6 +109,8 @@ def score_mix(classes, y, proba, mix, draws: int, size: int, seed: int) -> dict:
            for name, v in results.items()}
     out["estimated_mix"] = dict(zip(classes, np.mean(estimates, 0).round(4).tolist()))
     out["true_mix"] = dict(zip(classes, mix.round(4).tolist()))
+    # how far the full EM mix is from the drawn one: half the L1 distance (total variation)
+    out["em_mix_error"] = float(np.mean([0.5 * np.abs(m - mix).sum() for m in em_mixes]))
     return out
 
 
@@ -103,6 +121,53 @@ def prior_shift(method: str, labels, work: str | Path, draws: int = 20, size: in
     y = np.asarray(labels).astype(str)
     classes, proba = pooled_predictions(method, work, len(y))
     return {name: score_mix(classes, y, proba, mix, draws, size, seed) for name, mix in mixes(classes, y).items()}
+
+
+def out_of_fold_temperature(method: str, labels, work: str | Path) -> float:
+    """The temperature (:func:`~waferscope.models.classifiers.prior.fit_temperature`) of ``method``'s
+    pooled out-of-fold predictions: the calibration to store with a model trained on all the maps."""
+    from waferscope.models.classifiers.prior import fit_temperature
+
+    y = np.asarray(labels).astype(str)
+    classes, proba = pooled_predictions(method, work, len(y))
+    return fit_temperature(proba, np.array([classes.index(c) for c in y]))
+
+
+def prior_shift_folds(method: str, labels, work: str | Path, draws: int = 10, size: int = 2_000, seed: int = 0,
+                      calibrate: bool = False) -> dict[str, dict]:
+    """Mix name → per-fold :func:`score_mix` reports, each fold's own held-out maps drawn in the mix
+    (``dev``: the pooled sets' own mix), plus ``min_gain`` (the smallest estimate − balanced macro-F1
+    over the folds), ``mix_error`` (the folds' mean total-variation distance of the full EM mix from
+    the drawn one) and, with ``calibrate``, each fold's temperature (fitted on the other folds)."""
+    from waferscope.models.classifiers.prior import apply_temperature, fit_temperature
+
+    y = np.asarray(labels).astype(str)
+    recs = fold_records(method, work)
+    classes = list(recs[0]["classes"])
+    codes = np.array([classes.index(c) for c in y])
+    parts = [(np.asarray(r["test_index"]), np.asarray(r["proba"], np.float64)) for r in recs]
+    temperatures = []
+    if calibrate:
+        raw = list(parts)
+        for k, (index, proba) in enumerate(raw):
+            other = [j for j in range(len(raw)) if j != k]
+            t = fit_temperature(np.concatenate([raw[j][1] for j in other]),
+                                np.concatenate([codes[raw[j][0]] for j in other]))
+            parts[k] = (index, apply_temperature(proba, t))
+            temperatures.append(t)
+    out = {}
+    for name, mix in mixes(classes, y).items():
+        folds, errors = [], []
+        for k, (index, proba) in enumerate(parts):
+            report = score_mix(classes, y[index], proba, mix, draws, size, seed + k)
+            folds.append(report)
+            errors.append(report["em_mix_error"])
+        out[name] = {"folds": folds, "min_gain": min(f["estimate"]["macro_f1_mean"] - f["balanced"]["macro_f1_mean"]
+                                                     for f in folds),
+                     "mix_error": float(np.mean(errors))}
+    if calibrate:
+        out["temperatures"] = temperatures
+    return out
 
 
 def confusions(method: str, pooled, work: str | Path) -> tuple[np.ndarray, Counter]:

@@ -10,6 +10,7 @@ safetensors stores as they are, and :func:`tree_scores` walks them for a batch o
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 TREE_ARRAYS = ("feature", "threshold", "missing_left", "left", "right", "is_leaf", "value")
 STATE_ARRAYS = (*TREE_ARRAYS, "roots", "tree_class", "baseline")
@@ -84,6 +85,11 @@ def check_node_indices(trees: dict[str, np.ndarray], inner: np.ndarray, n_featur
             raise ValueError(f"tree {name} index out of range")
     if trees["roots"].size == 0 or trees["roots"].min() < 0 or trees["roots"].max() >= n_nodes:
         raise ValueError("tree roots out of range")
+    # scikit-learn numbers a node's children after the node; requiring it means a walk always ends
+    # (a damaged file with a child pointing back would loop forever)
+    position = np.flatnonzero(inner)
+    if np.any(trees["left"][inner] <= position) or np.any(trees["right"][inner] <= position):
+        raise ValueError("tree child index not after its parent")
 
 
 def load_trees(tensors, n_features: int, owner: str) -> dict[str, np.ndarray]:
@@ -99,36 +105,40 @@ def load_trees(tensors, n_features: int, owner: str) -> dict[str, np.ndarray]:
     return trees
 
 
-ROWS_PER_CHUNK = 512  # rows walked at once: temporaries are rows × trees, so memory stays ~100 MB
+@njit(cache=True, nogil=True)
+def _walk(x, feature, threshold, missing_left, left, right, is_leaf, value, roots, tree_class,
+          n_classes):  # pragma: no cover - compiled
+    scores = np.zeros((x.shape[0], n_classes))
+    # tree by tree, all rows through one tree before the next: its few dozen nodes stay in cache
+    for t in range(roots.shape[0]):
+        for i in range(x.shape[0]):
+            node = roots[t]
+            while not is_leaf[node]:
+                v = x[i, feature[node]]
+                if np.isnan(v):
+                    node = left[node] if missing_left[node] else right[node]
+                elif v <= threshold[node]:
+                    node = left[node]
+                else:
+                    node = right[node]
+            scores[i, tree_class[t]] += value[node]
+    return scores
 
 
 def tree_scores(trees: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """Sum of the leaf values each class's trees give each row of ``x``, plus the baseline.
 
-    All trees are walked together: ``node`` holds, per row and tree, the current node; each step
-    moves every non-leaf one level down (``x <= threshold`` goes left, a missing value goes where
-    training sent it), so the loop runs once per level of the deepest tree. Rows go in chunks so
-    that memory does not grow with the number of maps.
+    A compiled walk (numba): each row goes down every tree from its root (``x <= threshold`` goes
+    left, a missing value goes where training sent it) and adds the leaf's value to the tree's
+    class. About 30 times faster than walking all trees at once with numpy (the way before
+    2026-12-06, ~1 ms per row for the bundled ``gbm``'s 2,700 trees); the scores differ from it only
+    in the order the leaf values are summed (~1e-15).
     """
-    x = np.asarray(x, dtype=np.float64)
-    if len(x) > ROWS_PER_CHUNK:
-        return np.concatenate([tree_scores(trees, x[i:i + ROWS_PER_CHUNK])
-                               for i in range(0, len(x), ROWS_PER_CHUNK)])
-    node = np.broadcast_to(trees["roots"], (len(x), len(trees["roots"]))).copy()
-    rows = np.arange(len(x))[:, None]
-    while True:
-        inner = ~trees["is_leaf"][node]
-        if not inner.any():
-            break
-        value = x[rows, trees["feature"][node]]
-        go_left = np.where(np.isnan(value), trees["missing_left"][node], value <= trees["threshold"][node])
-        node = np.where(inner, np.where(go_left, trees["left"][node], trees["right"][node]), node)
-    n_trees_per_iteration = len(trees["baseline"])
-    leaf_values = trees["value"][node]
-    scores = np.zeros((len(x), n_trees_per_iteration))
-    for k in range(n_trees_per_iteration):
-        scores[:, k] = leaf_values[:, trees["tree_class"] == k].sum(axis=1)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    n_classes = len(trees["baseline"])
+    scores = _walk(x, trees["feature"], trees["threshold"], trees["missing_left"], trees["left"], trees["right"],
+                   trees["is_leaf"], trees["value"], trees["roots"], trees["tree_class"], n_classes)
     scores += trees["baseline"]
     # Two classes: one tree per iteration scores the second class (binary log loss), i.e. the
     # softmax of (0, score).
-    return np.c_[np.zeros(len(x)), scores] if n_trees_per_iteration == 1 else scores
+    return np.c_[np.zeros(len(x)), scores] if n_classes == 1 else scores

@@ -12,6 +12,10 @@ SVM on the same features.
 Persistence without pickle: the fitted trees are flattened into plain arrays
 (:mod:`waferscope.models.trees`), stored as tensors and walked with numpy at prediction time, so
 loading a run never unpickles; a test checks the walk against scikit-learn's own ``predict_proba``.
+
+Calibration: ``set_temperature`` (fitted on lot-grouped out-of-fold predictions, ``waferscope evaluate
+calibrate``) divides the scores before the softmax and is saved with the run; the bundled model's is
+1.499. The arg-max does not change; the class-mix prior (``--prior``) starts from these probabilities.
 """
 
 from __future__ import annotations
@@ -61,6 +65,18 @@ class GradientBoostingClassifier(Classifier):
         self.trees_ = fit_trees(self.features(dataset), y, self.max_iter, self.learning_rate, self.max_leaf_nodes,
                                 self.l2_regularization, self.seed)
         self.classes_ = list(classes)
+        self.temperature_ = 1.0  # uncalibrated until set_temperature (fitted on held-out lot folds)
+        return self
+
+    def set_temperature(self, temperature: float) -> "GradientBoostingClassifier":
+        """Calibrate the probabilities: ``predict_proba`` returns ``softmax(scores / temperature)``
+        (the arg-max is unchanged). Fit it on out-of-fold predictions
+        (:func:`waferscope.models.classifiers.prior.fit_temperature`); it is saved with the model."""
+        self._check_fitted()
+        temperature = float(temperature)
+        if not np.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be a positive number, got {temperature}")
+        self.temperature_ = temperature
         return self
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
@@ -72,7 +88,7 @@ class GradientBoostingClassifier(Classifier):
         self._check_fitted()
         if len(dataset) == 0:
             return np.zeros((0, len(self.classes_)))
-        return softmax(self.decision_function(self.features(dataset)), axis=1)
+        return softmax(self.decision_function(self.features(dataset)) / getattr(self, "temperature_", 1.0), axis=1)
 
     def n_parameters(self) -> int:
         """Stored numbers that define the model: per node a feature, threshold and leaf value."""
@@ -82,7 +98,8 @@ class GradientBoostingClassifier(Classifier):
     # ---- persistence ----------------------------------------------------------------------------
     def _state(self):
         return dict(self.trees_), {"classes": list(self.classes_),
-                                   "n_features": len(feature_names(self.feature_set))}
+                                   "n_features": len(feature_names(self.feature_set)),
+                                   "temperature": float(getattr(self, "temperature_", 1.0))}
 
     def _load_state(self, tensors, extras) -> None:
         n_features = len(feature_names(self.feature_set))
@@ -91,3 +108,7 @@ class GradientBoostingClassifier(Classifier):
                               f"{self.feature_set!r} has {n_features}")
         self.trees_ = load_trees(tensors, n_features, "gradient-boosting")
         self.classes_ = list(extras["classes"])
+        temperature = float(extras.get("temperature", 1.0))  # runs saved before 2026-12-06: uncalibrated
+        if not np.isfinite(temperature) or temperature <= 0:
+            raise RunDirError(f"the saved temperature {temperature} is not a positive number")
+        self.temperature_ = temperature
