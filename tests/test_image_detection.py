@@ -100,3 +100,28 @@ def test_image_protocol_pieces_on_tiny_textures():
     assert 0.0 <= row["max_in_mask"] <= 1.0
     assert len(row["kfold_threshold"]["per_fold"]) == 3 and "f1" in row["test_at_kfold_threshold"]
     assert "image_auroc" in row["baseline_pixel_zscore"] and "image_auroc" in row["baseline_isolation_forest"]
+
+
+def test_texture_contrast_finds_blobs():
+    from sklearn.metrics import roc_auc_score
+
+    train, test = _image_sets()
+    det = registry.create("texture_contrast", "detector", input_size=48, memory_size=2000, max_iter=30,
+                          anomalies_per_image=2, verbose=False).fit(train)
+    res = det.score(test)
+    assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
+    assert all(a.shape == im.shape and np.isfinite(a).all() for a, im in zip(res.maps, test.maps))
+
+
+def test_synthetic_anomalies_are_seeded_and_inside_valid():
+    from waferscope.models.detectors.texture_contrast.synthesis import draem_anomaly, scar_anomaly
+
+    img = np.random.default_rng(0).normal(size=(40, 40)).astype(np.float32)
+    valid = np.zeros((40, 40), bool)
+    valid[5:35, 5:35] = True
+    for make in (lambda r: draem_anomaly(img, [img.T], r, valid), lambda r: scar_anomaly(img, r, valid)):
+        a1, m1 = make(np.random.default_rng(3))
+        a2, m2 = make(np.random.default_rng(3))
+        np.testing.assert_array_equal(a1, a2)
+        assert not (m1 & ~valid).any()
+        np.testing.assert_array_equal(a1[~m1], img[~m1])  # only the masked pixels change
