@@ -76,6 +76,7 @@ TINY: dict[str, dict] = {
     "stfpm": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8, verbose=False, _onnx=True),
     "texture_contrast": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, memory_size=200, max_iter=3,
                              max_leaf_nodes=4, verbose=False, _onnx=False),
+    "texture_padim": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, grid=4, verbose=False, _onnx=False),
     "texture_knn": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, memory_size=200, verbose=False, _onnx=False),
 }
 

@@ -90,12 +90,13 @@ def test_image_detectors_are_declared_and_listed_in_refusals():
         registry.create("pattern_stats", "detector", verbose=False).fit(train)
 
 
-def test_image_protocol_pieces_on_tiny_textures():
+def test_image_protocol_pieces_on_tiny_textures(tmp_path):
     from waferscope.evaluate.detection import evaluate_images
 
     train, test = _image_sets()
     row = evaluate_images("texture_knn", {"input_size": 32, "memory_size": 500}, data=(train, test), kfold=True,
-                          n_splits=3)
+                          n_splits=3, img_path=tmp_path / "maps.png")
+    assert (tmp_path / "maps.png").stat().st_size > 1000
     assert row["test"]["image_auroc"] >= 0.9 and "pixel_auroc" in row["test"] and "aupro" in row["test"]
     assert 0.0 <= row["max_in_mask"] <= 1.0
     assert len(row["kfold_threshold"]["per_fold"]) == 3 and "f1" in row["test_at_kfold_threshold"]

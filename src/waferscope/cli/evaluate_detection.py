@@ -32,6 +32,7 @@ def detector(
                                 "MVTec-layout folder, test on test/ (image + pixel AUROC, AUPRO, per-defect AUROC, "
                                 "max-in-mask rate), pixel z-score and IsolationForest baselines beside it"),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="With --images: skip the two baselines"),
+    png: Optional[Path] = typer.Option(None, "--png", help="With --images: write example anomaly maps here (PNG)"),
     threads: int = typer.Option(2, "--threads", min=1),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Append the result as one JSON line to this file"),
 ) -> None:
@@ -51,7 +52,8 @@ def detector(
         import torch
 
         torch.set_num_threads(threads)
-        row = ev.evaluate_images(detector, parse_set(set_), root=data, kfold=kfold, baselines=not no_baselines)
+        row = ev.evaluate_images(detector, parse_set(set_), root=data, kfold=kfold, baselines=not no_baselines,
+                                 img_path=png)
         typer.echo(json.dumps(row, default=float))
         if json_out is not None:
             append_json_line(json_out, row)

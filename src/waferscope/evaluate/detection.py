@@ -15,6 +15,7 @@ the split seed; pixel metrics from the very detector that was scored on the real
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
@@ -295,7 +296,7 @@ def max_in_mask_rate(maps, test) -> float | None:
 
 
 def evaluate_images(detector: str, params: dict | None = None, root=None, kfold: bool = True, n_splits: int = 5,
-                    seed: int = 0, baselines: bool = True, data=None) -> dict:
+                    seed: int = 0, baselines: bool = True, data=None, img_path=None) -> dict:
     """The real-image protocol: fit ``detector`` on train/good, score test/ (image AUROC/AUPR, pixel
     AUROC, AUPRO in bounded memory, per-defect AUROC, max-in-mask rate, fit time, images/s), and with
     ``kfold`` seed 004's threshold protocol: K-fold mean-of-max threshold on the training normals
@@ -324,6 +325,8 @@ def evaluate_images(detector: str, params: dict | None = None, root=None, kfold:
            "metrics_s": round(metrics_s, 1), "test": _rounded(metrics),
            "test_auroc_per_class": {c: round(v, 4) for c, v in per_class_auroc(res.scores, test).items()},
            "max_in_mask": max_in_mask_rate(res.maps, test)}
+    if img_path is not None:
+        image_examples_png(res, test, img_path)
     if kfold:
         thr = threshold_kfold_mean_of_max(make, train, n_splits=n_splits, seed=seed)
         out["kfold_threshold"] = thr
@@ -335,3 +338,43 @@ def evaluate_images(detector: str, params: dict | None = None, root=None, kfold:
         out["baseline_isolation_forest"] = {"image_auroc": round(float(roc_auc_score(y, baseline_isolation_forest(
             train, test, seed=seed))), 4)}
     return out
+
+
+def image_examples_png(result, test, path, per_class: int = 2, seed: int = 0) -> None:
+    """A PNG of defective test images (``per_class`` of each defect, seeded): image, anomaly map with
+    its maximum marked (+ if inside the mask, x if not), and the ground-truth mask outline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(test.labels).astype(str)
+    picks = []
+    for c in sorted(set(labels[~test.is_normal])):
+        idx = np.flatnonzero(labels == c)
+        picks += list(rng.permutation(idx)[:per_class])
+    normal_idx = np.flatnonzero(test.is_normal)
+    picks += list(rng.permutation(normal_idx)[:per_class])
+    fig, axes = plt.subplots(2, len(picks), figsize=(1.6 * len(picks), 3.6))
+    lo, hi = np.percentile(np.concatenate([np.asarray(result.maps[i]).ravel() for i in picks]), [1, 99.5])
+    for j, i in enumerate(picks):
+        img = np.asarray(test.maps[i])
+        amap = np.asarray(result.maps[i])
+        mask = None if test.masks is None else test.masks[i]
+        y, x = np.unravel_index(int(np.argmax(amap)), amap.shape)
+        hit = mask is not None and bool(mask[y, x])
+        axes[0, j].imshow(img, cmap="gray")
+        axes[1, j].imshow(amap, cmap="inferno", vmin=lo, vmax=hi)
+        for ax in axes[:, j]:
+            if mask is not None and mask.any():
+                ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.6)
+            ax.plot([x], [y], marker="+" if hit else "x", color="lime" if hit else "red", ms=8, mew=1.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, j].set_title(f"{labels[i]}\nscore {result.scores[i]:.2f}", fontsize=7)
+    fig.tight_layout()
+    tmp = Path(path).with_name("." + Path(path).name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
