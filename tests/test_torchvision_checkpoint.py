@@ -59,6 +59,6 @@ def test_patchcore_with_a_torchvision_resnet18_checkpoint(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,layers", [("wide_resnet50_2", ("layer2", "layer3")),
-                                         ("convnext_tiny", ("stage2", "stage3"))])
+                                         ("convnext_tiny", ("features.3", "features.5"))])
 def test_patchcore_with_big_torchvision_checkpoints(name, layers, tmp_path):
     _run(name, layers, tmp_path)

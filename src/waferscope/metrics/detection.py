@@ -159,12 +159,12 @@ def _bin_edges(items, n_bins: int, sample_per_map: int = 4096) -> np.ndarray:
     few bins when the scores have a long tail)."""
     sample = []
     for amap, _, valid in items:
-        v = np.asarray(amap if valid is None else amap[valid], dtype=np.float64).ravel()
+        v = np.asarray(amap if valid is None else amap[valid]).ravel()
         if v.size == 0:
             continue
         step = max(1, v.size // sample_per_map)
-        sample.append(v[::step])
-        sample.append(np.array([v.min(), v.max()]))
+        sample.append(np.array(v[::step], dtype=np.float64))  # a copy: a view would keep every map alive
+        sample.append(np.array([v.min(), v.max()], dtype=np.float64))
     s = np.concatenate(sample)
     edges = np.unique(np.quantile(s, np.linspace(0.0, 1.0, n_bins + 1)[1:-1]))
     return edges
@@ -190,13 +190,17 @@ def binned_pixel_metrics(items_fn, n_bins: int = PIXEL_BINS, max_fpr: float = 0.
     pro_w = np.zeros(nb)          # Σ 1/|region| of defect pixels per bin (÷ R at the end)
     n_regions = 0
     for amap, mask, valid in items_fn():
-        keep = np.ones(mask.shape, bool) if valid is None else valid
-        b = np.searchsorted(edges, np.asarray(amap, dtype=np.float64)[keep], side="right")
-        m = mask[keep]
+        keep = valid
+        a = np.asarray(amap)
+        # compare in the map's own float type (no float64 copy of every pixel); edges rounded to it
+        b = np.searchsorted(edges.astype(a.dtype) if a.dtype.kind == "f" else edges, a[keep] if valid is not None
+                            else a.ravel(), side="right")
+        m = mask[keep] if valid is not None else mask.ravel()
         neg += np.bincount(b[~m], minlength=nb)
         if m.any():
             pos += np.bincount(b[m], minlength=nb)
-            lab = label(mask.astype(bool), connectivity=2)[keep]
+            lab = label(mask.astype(bool), connectivity=2)
+            lab = lab[keep] if valid is not None else lab.ravel()
             sizes = np.bincount(lab)
             present = np.flatnonzero(sizes[1:]) + 1
             n_regions += len(present)
