@@ -170,6 +170,7 @@ class TextureContrastDetector(Detector):
                                 float(self.l2_regularization), int(self.seed))
         self.n_features_ = x.shape[1]
         self.n_train_ = len(normals)
+        self.input_kind_ = normals.kind  # `detect score` refuses the other kind (cli/detect._check_kind)
         return self
 
     # ---- score --------------------------------------------------------------------------------
@@ -196,7 +197,7 @@ class TextureContrastDetector(Detector):
         tensors = dict(self.trees_)
         if self.memory_ is not None:
             tensors.update(memory=self.memory_, mean=self.mean_, scale=self.scale_)
-        return tensors, {"n_features": self.n_features_, "n_train": self.n_train_}
+        return tensors, {"n_features": self.n_features_, "n_train": self.n_train_, "input_kind": self.input_kind_}
 
     def _load_state(self, tensors, extras) -> None:
         self.n_features_ = int(extras.get("n_features", 0))
@@ -208,3 +209,4 @@ class TextureContrastDetector(Detector):
         else:
             self.memory_ = None
         self.n_train_ = int(extras.get("n_train", 0))
+        self.input_kind_ = str(extras.get("input_kind", "image"))

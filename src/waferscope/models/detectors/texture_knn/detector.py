@@ -120,6 +120,7 @@ class TextureKNNDetector(Detector):
         keep = rng.permutation(len(rows))[: int(self.memory_size)]
         self.memory_ = ((rows[torch.from_numpy(np.sort(keep))] - self.mean_) / self.scale_).contiguous()
         self.n_train_ = len(normals)
+        self.input_kind_ = normals.kind  # `detect score` refuses the other kind (cli/detect._check_kind)
         return self
 
     def _maps(self, canvas) -> torch.Tensor:
@@ -151,7 +152,7 @@ class TextureKNNDetector(Detector):
 
     def _state(self):
         return ({"memory": self.memory_, "mean": self.mean_, "scale": self.scale_,
-                 "stats": torch.as_tensor(self.stats_)}, {"n_train": self.n_train_})
+                 "stats": torch.as_tensor(self.stats_)}, {"n_train": self.n_train_, "input_kind": self.input_kind_})
 
     def _load_state(self, tensors, extras) -> None:
         try:
@@ -160,3 +161,4 @@ class TextureKNNDetector(Detector):
         except KeyError as exc:
             raise RunDirError(f"texture_knn run without the {exc.args[0]!r} tensor") from None
         self.n_train_ = int(extras.get("n_train", 0))
+        self.input_kind_ = str(extras.get("input_kind", "image"))

@@ -104,6 +104,7 @@ class TexturePaDiMDetector(Detector):
         self.mean_ = mean.float()
         self.precision_ = torch.linalg.inv(cov).float()
         self.n_train_ = len(normals)
+        self.input_kind_ = normals.kind  # `detect score` refuses the other kind (cli/detect._check_kind)
         return self
 
     def _standardise(self, feats: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,7 @@ class TexturePaDiMDetector(Detector):
 
     def _state(self):
         return ({"mean": self.mean_, "precision": self.precision_, "channel_mean": self.channel_mean_,
-                 "channel_scale": self.channel_scale_}, {"n_train": self.n_train_})
+                 "channel_scale": self.channel_scale_}, {"n_train": self.n_train_, "input_kind": self.input_kind_})
 
     def _load_state(self, tensors, extras) -> None:
         try:
@@ -131,3 +132,4 @@ class TexturePaDiMDetector(Detector):
         except KeyError as exc:
             raise RunDirError(f"texture_padim run without the {exc.args[0]!r} tensor") from None
         self.n_train_ = int(extras.get("n_train", 0))
+        self.input_kind_ = str(extras.get("input_kind", "image"))
