@@ -159,3 +159,17 @@ def test_default_bundled_detector_is_pattern_contrast_for_wafers(tmp_path, capsy
     code, err = run_cli(["detect", "score", "--bundled", "tiny", "--data", "synthetic:n=3,seed=0",
                          "--out", tmp_path / "u.csv"], capsys)
     assert code == 2 and "unknown bundled detector" in err
+
+
+def test_train_without_model_picks_the_image_detector_for_images(tmp_path, capsys):
+    from waferscope.models.detectors.common import image_detectors
+
+    _write_mvtec(tmp_path / "cat")
+    code, err = run_cli(["detect", "train", "--data", tmp_path / "cat", "--out", tmp_path / "run",
+                         "--threshold", "none", "--set", "input_size=24", "--set", "verbose=false"], capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert doc["name"] == image_detectors()[0] == "texture_padim"
+    code, err = run_cli(["detect", "score", "--run", tmp_path / "run", "--data", "synthetic:n=3,seed=0",
+                         "--out", tmp_path / "s.csv"], capsys)
+    assert code == 2 and "trained on image data" in err

@@ -74,6 +74,10 @@ TINY: dict[str, dict] = {
     "reverse_distillation_convnext": dict(pretrained=None, input_size=32, epochs=1, train_batch_size=8,
                                           n_blocks=1, verbose=False, _onnx=True),
     "stfpm": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8, verbose=False, _onnx=True),
+    "texture_contrast": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, memory_size=200, max_iter=3,
+                             max_leaf_nodes=4, verbose=False, _onnx=False),
+    "texture_padim": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, grid=4, verbose=False, _onnx=False),
+    "texture_knn": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, memory_size=200, verbose=False, _onnx=False),
 }
 
 # The package's own models: other test modules register throw-away models (bench-test-*, export-test-*)

@@ -134,3 +134,49 @@ def test_evaluate_detection_with_masks_counts_only_wafer_pixels():
     bad = DetectionResult(scores=res.scores, maps=[a[:8] for a in amaps])
     with pytest.raises(DataError, match="differ in size"):
         evaluate_detection(bad, ds)
+
+
+# ---- binned (bounded-memory) pixel metrics -------------------------------------------------------
+def _blob_data(seed=0, n=6, size=40, quantise=None):
+    rng = np.random.default_rng(seed)
+    maps, masks = [], []
+    for i in range(n):
+        k = np.zeros((size, size + 3 * i), bool)  # every map its own shape
+        if i % 3:
+            y, x = rng.integers(2, size - 12, 2)
+            k[y:y + rng.integers(3, 10), x:x + rng.integers(3, 10)] = True
+        a = rng.normal(size=k.shape) + 1.5 * k
+        if quantise:
+            a = np.round(a * quantise) / quantise  # many ties
+        maps.append(a.astype(np.float32))
+        masks.append(k)
+    return maps, masks
+
+
+@pytest.mark.parametrize("quantise", [None, 4])
+def test_binned_pixel_metrics_match_exact(quantise):
+    from sklearn.metrics import roc_auc_score
+
+    from waferscope.metrics.detection import binned_pixel_metrics
+
+    maps, masks = _blob_data(quantise=quantise)
+    got = binned_pixel_metrics(lambda: ((a, k, None) for a, k in zip(maps, masks)), n_bins=4096)
+    truth = np.concatenate([k.ravel() for k in masks])
+    scores = np.concatenate([a.ravel() for a in maps])
+    # few distinct values → (nearly) every value its own bin; else within a bin's width
+    tol = 1e-5 if quantise else 2e-3
+    assert got["pixel_auroc"] == pytest.approx(roc_auc_score(truth, scores), abs=tol)
+    assert got["aupro"] == pytest.approx(aupro(maps, masks), abs=max(tol, 5e-3))
+
+
+def test_pixel_metrics_binned_and_exact_paths_agree():
+    from waferscope.metrics.detection import pixel_metrics
+
+    maps, masks = _blob_data(seed=3, n=9)
+    labels = ["good" if not k.any() else "crack" for k in masks]
+    ds = WaferDataset.from_maps([np.zeros(k.shape, np.uint8) for k in masks], labels,
+                                masks=[k if k.any() else None for k in masks], kind="image", name="t")
+    exact = pixel_metrics(maps, ds, exact=True)
+    binned = pixel_metrics(maps, ds, exact=False)
+    assert binned["pixel_auroc"] == pytest.approx(exact["pixel_auroc"], abs=2e-3)
+    assert binned["aupro"] == pytest.approx(exact["aupro"], abs=5e-3)

@@ -94,10 +94,14 @@ def _check_kind(det, dataset, where: str) -> None:
         raise DataError(f"this detector was trained on {mode} data; the data given is {dataset.kind} data", where)
 
 
+WAFER_TRAIN_DEFAULT = "autoencoder"  # `detect train` on wafer maps without --model
+
+
 @app.command()
 def train(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (repeat to combine sets; only normal maps are used)"),
-    model: str = typer.Option("autoencoder", "--model", help="Detector name (waferscope.registry.available('detector'))"),
+    model: Optional[str] = typer.Option(None, "--model", help="Detector name (waferscope.registry.available('detector')); "
+                                        "default: autoencoder for wafer maps, the best-ranked image detector for images"),
     out: Path = typer.Option(..., "--out", help="Run directory to write"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (network detectors)"),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed → same model)"),
@@ -110,10 +114,15 @@ def train(
     """Fit a detector on the normal maps of the data and save it as a run directory."""
     from waferscope import registry
     from waferscope.metrics.detection import threshold_kfold_mean_of_max, threshold_quantile
-    from waferscope.models.detectors.common import training_normals
+    from waferscope.models.detectors.common import default_detector_for, training_normals
 
     if threshold not in ("kfold", "quantile", "none"):
         raise ConfigError(f"--threshold must be kfold, quantile or none, got {threshold!r}")
+    where = ", ".join(data)
+    dataset = None
+    if model is None:  # chosen by the data's kind, through the detectors' declared image capability
+        dataset = _select_split(_load_data(data), split, "train", where)
+        model = default_detector_for(dataset.kind, WAFER_TRAIN_DEFAULT)
     cls = registry.get(model, "detector")
     params = parse_set(set_)
     valid = set(cls._param_names())
@@ -126,8 +135,8 @@ def train(
         if bad == ["epochs"]:
             raise ConfigError(f"{model} has no --epochs (it is not trained by epochs)")
         raise ConfigError(f"{model} has no parameter(s) {', '.join(bad)}; it takes: {', '.join(sorted(valid))}")
-    where = ", ".join(data)
-    dataset = _select_split(_load_data(data), split, "train", where)
+    if dataset is None:
+        dataset = _select_split(_load_data(data), split, "train", where)
     normals = training_normals(dataset, where)
     skipped = len(dataset) - len(normals)
     if skipped:

@@ -26,16 +26,38 @@ def detector(
     split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the 50/50 split of the dev none maps"),
     skip_synthetic: bool = typer.Option(False, "--skip-synthetic", help="No pixel metrics on synthetic maps"),
     kfold: bool = typer.Option(False, "--kfold", help="Also the 5-fold mean-of-max threshold and P/R/F1 at it"),
-    data: Optional[str] = typer.Option(None, "--data", help=DEV_HELP),
+    data: Optional[str] = typer.Option(None, "--data", help=DEV_HELP + "; with --images an MVTec-layout folder "
+                                       "(default: the shared magnetic_tile set)"),
+    images: bool = typer.Option(False, "--images", help="The real-image protocol: train on train/good of an "
+                                "MVTec-layout folder, test on test/ (image + pixel AUROC, AUPRO, per-defect AUROC, "
+                                "max-in-mask rate), pixel z-score and IsolationForest baselines beside it"),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="With --images: skip the two baselines"),
+    png: Optional[Path] = typer.Option(None, "--png", help="With --images: write example anomaly maps here (PNG)"),
     threads: int = typer.Option(2, "--threads", min=1),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Append the result as one JSON line to this file"),
 ) -> None:
-    """The detector dev protocol: train on real normals, test on the other normals vs every defect."""
+    """The detector dev protocol: train on real normals, test on the other normals vs every defect
+    (--images: the same on a real MVTec-layout image folder)."""
     from waferscope.benchmark.measure import append_json_line
     from waferscope.evaluate import detection as ev
 
     if (detector is None) == (config is None):
         raise ConfigError("give --detector NAME or --config NAME (one of them)")
+    if images:
+        if config is not None or protocol is not None or synthetic_normals is not None or split_seed is not None \
+                or skip_synthetic:
+            raise ConfigError("--images takes --detector, --set, --kfold, --data, --no-baselines, --threads, --json "
+                              "(not --config/--protocol/--synthetic-normals/--split-seed/--skip-synthetic)")
+        ev.check_detector(detector)
+        import torch
+
+        torch.set_num_threads(threads)
+        row = ev.evaluate_images(detector, parse_set(set_), root=data, kfold=kfold, baselines=not no_baselines,
+                                 img_path=png)
+        typer.echo(json.dumps(row, default=float))
+        if json_out is not None:
+            append_json_line(json_out, row)
+        return
     params = parse_set(set_)
     if config is not None:
         if config not in ev.CONFIGS:

@@ -38,7 +38,8 @@ from waferscope.errors import DataError
 
 __all__ = ["dataset_to_input", "wafer_valid_masks", "training_normals", "seed_everything", "batch_slices",
            "fit_loop", "gaussian_blur", "postprocess_maps", "maps_to_input_resolution", "masked_max", "masked_max_t",
-           "masked_topk_mean", "masked_topk_mean_t", "TorchDetector", "progress"]
+           "masked_topk_mean", "masked_topk_mean_t", "TorchDetector", "progress", "ImageCanvas", "image_canvas",
+           "canvas_maps_to_input", "image_detectors", "default_detector_for"]
 
 
 # ---- input --------------------------------------------------------------------------------------
@@ -82,13 +83,130 @@ def training_normals(dataset, where: str | None = None):
     return dataset.subset(normal)
 
 
+def image_detectors() -> list[str]:
+    """Registered detectors that take images (class attribute ``accepts_images``), best first by
+    their declared ``image_rank`` (lower is better; measured on real images, docs/detection.md)."""
+    from waferscope import registry
+
+    names = [n for n in registry.available("detector") if getattr(registry.get(n, "detector"), "accepts_images", False)]
+    return sorted(names, key=lambda n: (getattr(registry.get(n, "detector"), "image_rank", 100), n))
+
+
+def default_detector_for(kind: str, wafer_default: str) -> str:
+    """The detector ``detect train`` uses without a model name: for images the best-ranked image
+    detector (:func:`image_detectors`), for wafer maps ``wafer_default``."""
+    if kind == "image":
+        names = image_detectors()
+        if names:
+            return names[0]
+    return wafer_default
+
+
 def require_wafer_maps(dataset, detector: str) -> None:
     """A clear DataError when a die-statistics detector is given images instead of wafer maps, or
     maps with die values other than 0/1/2."""
     if dataset.kind != "wafer":
-        raise DataError(f"{detector} models die-state wafer maps, not images; use autoencoder, stfpm, "
-                        "reverse_distillation, efficientad or patchcore for images", dataset.name)
+        raise DataError(f"{detector} models die-state wafer maps, not images; detectors that take images: "
+                        f"{', '.join(image_detectors())}", dataset.name)
     validate_wafer_maps(dataset.maps, dataset.name)
+
+
+# ---- images as images ------------------------------------------------------------------------------
+class ImageCanvas:
+    """Images (or wafer maps) as one-channel network input that keeps each sample's aspect ratio.
+
+    Each sample is resized (antialiased bilinear) so its longer side is ``size`` px, standardised
+    (``normalise="image"``: its own mean/std, which removes lighting differences between shots;
+    ``"dataset"``: the fitted training mean/std), and reflect-padded to ``size``×``size``: the pad
+    continues the image, so no artificial edge appears where the image ends. ``valid`` marks the
+    image's own pixels; anomaly maps are scored only there and cropped back to the image box before
+    upsampling to the sample's native H×W (:func:`canvas_maps_to_input`). Wafer maps become grey
+    (no die 0, pass 0.5, fail 1; nearest resize) with valid = where a die is.
+    """
+
+    def __init__(self, x: np.ndarray, valid: np.ndarray, boxes: list[tuple[int, int, int, int]]):
+        self.x, self.valid, self.boxes = x, valid, boxes
+
+
+def _grey(img: np.ndarray) -> np.ndarray:
+    x = img.astype(np.float32) / 255.0
+    return x.mean(axis=2) if x.ndim == 3 else x
+
+
+def _reflect_pad(t: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Reflect padding of any width (in rounds: one round pads at most side - 1 px); a side of one
+    pixel is replicated."""
+    while top or bottom or left or right:
+        h, w = t.shape[-2:]
+        if (h == 1 and (top or bottom)) or (w == 1 and (left or right)):
+            return F.pad(t, (left, right, top, bottom), mode="replicate")
+        pt, pb, pl, pr = min(top, h - 1), min(bottom, h - 1), min(left, w - 1), min(right, w - 1)
+        t = F.pad(t, (pl, pr, pt, pb), mode="reflect")
+        top, bottom, left, right = top - pt, bottom - pb, left - pl, right - pr
+    return t
+
+
+def image_canvas(dataset, size: int, normalise: str = "image", stats: tuple[float, float] | None = None,
+                 border: int = 0) -> ImageCanvas:
+    """:class:`ImageCanvas` of a dataset (N, 1, size, size). ``stats`` = (mean, std) for ``"dataset"``.
+
+    ``border`` px of each image's own edge are left out of ``valid`` (a frame that is not inspected).
+    """
+    n = len(dataset)
+    x = np.zeros((n, 1, size, size), np.float32)
+    valid = np.zeros((n, size, size), bool)
+    boxes: list[tuple[int, int, int, int]] = []
+    is_wafer = dataset.kind != "image"
+    if is_wafer:
+        validate_wafer_maps(dataset.maps, dataset.name)
+    for i, img in enumerate(dataset.maps):
+        h, w = img.shape[:2]
+        scale = size / max(h, w)
+        nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+        if is_wafer:
+            t = torch.from_numpy(np.asarray(img, np.float32) / 2.0)[None, None]
+            t = F.interpolate(t, size=(nh, nw), mode="nearest")
+            on = F.interpolate(torch.from_numpy(np.asarray(img) != 0).float()[None, None], size=(nh, nw),
+                               mode="nearest")[0, 0] > 0
+        else:
+            t = torch.from_numpy(_grey(img))[None, None]
+            if (nh, nw) != (h, w):
+                t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+            on = torch.ones(nh, nw, dtype=torch.bool)
+        if normalise == "image":
+            t = (t - t.mean()) / (t.std(unbiased=False) + 1e-3)
+        elif normalise == "dataset" and stats is not None:
+            t = (t - stats[0]) / (stats[1] + 1e-3)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        t = _reflect_pad(t, top, size - nh - top, left, size - nw - left)
+        x[i, 0] = t[0, 0].numpy()
+        v = torch.zeros(size, size, dtype=torch.bool)
+        v[top:top + nh, left:left + nw] = on
+        if border > 0:
+            inner = torch.zeros_like(v)
+            b = min(border, (nh - 1) // 2, (nw - 1) // 2)
+            inner[top + b:top + nh - b, left + b:left + nw - b] = True
+            v &= inner
+        valid[i] = v.numpy()
+        boxes.append((top, left, nh, nw))
+    return ImageCanvas(x, valid, boxes)
+
+
+def canvas_maps_to_input(maps: torch.Tensor, canvas: ImageCanvas, dataset) -> list[np.ndarray]:
+    """(N, S, S) maps on the canvas → each sample's own H×W: the image box, upsampled bilinearly;
+    pixels outside ``valid`` (the border frame, off-wafer) are 0."""
+    out = []
+    for i, (top, left, nh, nw) in enumerate(canvas.boxes):
+        m = maps[i] * torch.from_numpy(canvas.valid[i]).to(maps.dtype)
+        m = m[top:top + nh, left:left + nw]
+        h, w = dataset.maps[i].shape[:2]
+        if (nh, nw) != (h, w):
+            m = F.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        a = np.array(m.numpy(), dtype=np.float32)
+        if dataset.kind != "image":
+            a[np.asarray(dataset.maps[i]) == 0] = 0.0
+        out.append(a)
+    return out
 
 
 # ---- training helpers ---------------------------------------------------------------------------
@@ -292,6 +410,10 @@ class TorchDetector(Detector):
     batch_size: int = 64
     smoothing_sigma: float = 4.0
     verbose: bool = True
+    # Declared capabilities (see image_detectors): the torch detectors take images; image_rank orders
+    # them for `detect train` on images (lower = better measured on real images, docs/detection.md).
+    accepts_images: bool = True
+    image_rank: int = 50
 
     def _predict_batch(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Texture kNN: PatchCore-style nearest-neighbour scoring of fixed filter-bank features (no weights)."""

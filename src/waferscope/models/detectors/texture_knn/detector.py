@@ -1,0 +1,164 @@
+"""``texture_knn``: PatchCore's nearest-neighbour scoring on features that need no trained weights.
+
+PatchCore (Roth et al., CVPR 2022) scores a test patch by its distance to the nearest normal patch in
+a memory bank; its strength comes from ImageNet features, which cannot be had offline, and a
+backbone trained on three-state wafer maps does not describe grey-level texture. Here the features
+are a fixed Gaussian-derivative filter bank with local energy (:mod:`.torch_model`), so the detector
+needs no download and no training loop: fitting = computing the normal images' patch features and
+keeping a seeded random ``memory_size`` of them.
+
+Images are handled as images (:func:`~waferscope.models.detectors.common.image_canvas`): grey, aspect
+ratio kept (longer side = ``input_size``), each image standardised by its own mean/std (or the
+training set's, ``normalise="dataset"``), reflect-padded to a square, and scored only inside the
+image box minus a ``border`` frame. The map is the nearest-neighbour distance, upsampled and smoothed
+(σ = ``smoothing_sigma`` px per 256 px); the image score is the mean of the top ``top_fraction`` of
+its valid pixels (1 pixel: the maximum).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from waferscope.base import DetectionResult, Detector
+from waferscope.errors import ConfigError, RunDirError
+from waferscope.models.detectors.common import (batch_slices, canvas_maps_to_input, gaussian_blur, image_canvas,
+                                                masked_topk_mean, progress, seed_everything, training_normals)
+from waferscope.models.detectors.texture_knn.anomaly_map import distance_maps
+from waferscope.models.detectors.texture_knn.torch_model import FilterBank
+from waferscope.registry import register
+
+
+@register("texture_knn", kind="detector")
+class TextureKNNDetector(Detector):
+    """Nearest-neighbour distance of filter-bank patch features to those of normal images.
+
+    input_size
+        the longer side of each image on the network canvas (aspect kept, reflect-padded square).
+    sigmas, energy_window, stride
+        the Gaussian scales (px on the canvas), the local-energy window and the feature stride.
+    memory_size
+        normal patch features kept (seeded random sample of all valid training positions).
+    normalise
+        ``"image"`` (each image's own mean/std: robust to lighting) or ``"dataset"``.
+    border
+        px of each image's edge (on the canvas) left out of scoring: a frame that is not inspected.
+    smoothing_sigma, top_fraction
+        map smoothing (px per 256 px) and the share of the highest map pixels averaged for the score.
+    """
+
+    accepts_images = True
+    image_rank = 10
+
+    def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
+                 stride: int = 4, memory_size: int = 10000, normalise: str = "image", border: int = 0,
+                 smoothing_sigma: float = 4.0, top_fraction: float = 0.0, batch_size: int = 32, seed: int = 0,
+                 verbose: bool = True):
+        self.input_size = input_size
+        self.sigmas = sigmas
+        self.energy_window = energy_window
+        self.stride = stride
+        self.memory_size = memory_size
+        self.normalise = normalise
+        self.border = border
+        self.smoothing_sigma = smoothing_sigma
+        self.top_fraction = top_fraction
+        self.batch_size = batch_size
+        self.seed = seed
+        self.verbose = verbose
+
+    def _check(self) -> None:
+        if self.normalise not in ("image", "dataset"):
+            raise ConfigError(f"normalise must be 'image' or 'dataset', got {self.normalise!r}")
+        if int(self.input_size) < 8 or int(self.stride) < 1 or int(self.memory_size) < 1:
+            raise ConfigError("input_size must be ≥ 8, stride and memory_size ≥ 1")
+        if not list(self.sigmas) or min(float(s) for s in self.sigmas) <= 0:
+            raise ConfigError(f"sigmas must be positive, got {self.sigmas}")
+
+    def _bank(self) -> FilterBank:
+        return FilterBank(self.sigmas, int(self.energy_window), int(self.stride)).eval()
+
+    def _features(self, canvas, desc: str) -> torch.Tensor:
+        bank = self._bank()
+        out = []
+        slices = list(batch_slices(len(canvas.x), int(self.batch_size)))
+        with torch.inference_mode():
+            for sl in progress(slices, desc=desc, enabled=bool(self.verbose) and len(slices) > 4):
+                out.append(bank(torch.from_numpy(canvas.x[sl])))
+        if not out:
+            s = int(self.input_size) // int(self.stride)
+            return torch.zeros((0, bank.out_channels, s, s))
+        return torch.cat(out)
+
+    def _canvas(self, dataset):
+        stats = tuple(self.stats_.tolist()) if self.normalise == "dataset" else None
+        return image_canvas(dataset, int(self.input_size), self.normalise, stats, int(self.border))
+
+    def fit(self, dataset, **kwargs) -> "TextureKNNDetector":
+        self._check()
+        normals = training_normals(dataset)
+        rng = seed_everything(int(self.seed))
+        if self.normalise == "dataset":
+            vals = np.concatenate([np.asarray(m, np.float32).ravel() / (255.0 if dataset.kind == "image" else 2.0)
+                                   for m in normals.maps])
+            self.stats_ = np.array([vals.mean(), vals.std()], np.float64)
+        else:
+            self.stats_ = np.array([0.0, 1.0])
+        canvas = self._canvas(normals)
+        feats = self._features(canvas, "texture_knn fit")
+        n, c, h, w = feats.shape
+        # only positions whose stride cell lies inside the image: the padded mirror is not new data
+        valid = F.avg_pool2d(torch.from_numpy(canvas.valid).float()[:, None], int(self.stride))[:, 0] > 0.5
+        rows = feats.permute(0, 2, 3, 1)[valid]
+        if len(rows) == 0:
+            raise ConfigError("no valid feature positions in the training images (images too small for the stride?)")
+        self.mean_ = rows.mean(0)
+        self.scale_ = rows.std(0).clamp_min(1e-6)
+        keep = rng.permutation(len(rows))[: int(self.memory_size)]
+        self.memory_ = ((rows[torch.from_numpy(np.sort(keep))] - self.mean_) / self.scale_).contiguous()
+        self.n_train_ = len(normals)
+        self.input_kind_ = normals.kind  # `detect score` refuses the other kind (cli/detect._check_kind)
+        return self
+
+    def _maps(self, canvas) -> torch.Tensor:
+        feats = self._features(canvas, "score texture_knn")
+        size = int(self.input_size)
+        if len(feats) == 0:
+            return torch.zeros((0, size, size))
+        msq = (self.memory_ ** 2).sum(1)
+        out = torch.empty((len(feats), size, size))
+        with torch.inference_mode():
+            for sl in batch_slices(len(feats), int(self.batch_size)):
+                f = (feats[sl] - self.mean_[None, :, None, None]) / self.scale_[None, :, None, None]
+                d = distance_maps(f, self.memory_, msq)
+                d = F.interpolate(d[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+                out[sl] = gaussian_blur(d, float(self.smoothing_sigma) * size / 256.0)
+        return out
+
+    def score(self, dataset) -> DetectionResult:
+        self._check_fitted()
+        canvas = self._canvas(dataset)
+        maps = self._maps(canvas)
+        valid = canvas.valid
+        if len(maps) == 0:
+            return DetectionResult(scores=np.zeros(0), maps=[])
+        frac = float(self.top_fraction)
+        scores = masked_topk_mean(maps, valid, frac) if frac > 0 else \
+            masked_topk_mean(maps, valid, 1e-12)  # 1e-12 → one pixel: the maximum over valid pixels
+        return DetectionResult(scores=scores, maps=canvas_maps_to_input(maps, canvas, dataset))
+
+    def _state(self):
+        return ({"memory": self.memory_, "mean": self.mean_, "scale": self.scale_,
+                 "stats": torch.as_tensor(self.stats_)}, {"n_train": self.n_train_, "input_kind": self.input_kind_})
+
+    def _load_state(self, tensors, extras) -> None:
+        try:
+            self.memory_, self.mean_, self.scale_ = tensors["memory"], tensors["mean"], tensors["scale"]
+            self.stats_ = np.asarray(tensors["stats"], np.float64)
+        except KeyError as exc:
+            raise RunDirError(f"texture_knn run without the {exc.args[0]!r} tensor") from None
+        self.n_train_ = int(extras.get("n_train", 0))
+        self.input_kind_ = str(extras.get("input_kind", "image"))

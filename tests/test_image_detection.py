@@ -1,0 +1,128 @@
+"""Images handled as images: the canvas (aspect kept, reflect padding, valid box), texture_knn on tiny
+synthetic textures, the declared image capability, and the real-image protocol's pieces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from waferscope import registry
+from waferscope.data.dataset import WaferDataset
+from waferscope.errors import DataError
+
+
+def _textures(n, seed, defect=False, shape=(30, 44)):
+    """Grey stripe textures with random brightness; ``defect`` adds a dark blob (and its mask)."""
+    rng = np.random.default_rng(seed)
+    imgs, masks = [], []
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    for _ in range(n):
+        base = 0.5 + 0.2 * np.sin(xx * 1.3 + rng.uniform(0, 6)) + rng.normal(0, 0.03, shape) + rng.uniform(-0.1, 0.1)
+        m = np.zeros(shape, bool)
+        if defect:
+            cy, cx = rng.integers(8, shape[0] - 8), rng.integers(8, shape[1] - 8)
+            m = (yy - cy) ** 2 + (xx - cx) ** 2 <= 9
+            base = np.where(m, 0.05, base)
+        imgs.append(np.clip(base * 255, 0, 255).astype(np.uint8))
+        masks.append(m)
+    return imgs, masks
+
+
+def _image_sets():
+    tr, _ = _textures(12, 0)
+    good, _ = _textures(6, 1)
+    bad, masks = _textures(6, 2, defect=True)
+    train = WaferDataset.from_maps(tr, ["good"] * 12, kind="image", name="train")
+    test = WaferDataset.from_maps(good + bad, ["good"] * 6 + ["blob"] * 6, masks=[None] * 6 + masks,
+                                  kind="image", name="test")
+    return train, test
+
+
+def test_canvas_keeps_aspect_and_pads_by_reflection():
+    from waferscope.models.detectors.common import canvas_maps_to_input, image_canvas
+
+    img = np.tile(np.arange(40, dtype=np.uint8)[None, :] * 6, (20, 1))  # 20×40, a horizontal ramp
+    ds = WaferDataset.from_maps([img], ["good"], kind="image", name="ramp")
+    c = image_canvas(ds, 32, normalise="image")
+    top, left, nh, nw = c.boxes[0]
+    assert (nh, nw) == (16, 32) and left == 0 and top == 8  # longer side 32, aspect 1:2 kept
+    assert c.valid[0].sum() == 16 * 32 and c.valid[0, top:top + nh].all()
+    # reflect padding: the row above the box mirrors the box's second row
+    np.testing.assert_allclose(c.x[0, 0, top - 1], c.x[0, 0, top + 1], atol=1e-6)
+    maps = canvas_maps_to_input(torch.from_numpy(c.x[:, 0]), c, ds)
+    assert maps[0].shape == (20, 40)
+    c2 = image_canvas(ds, 32, normalise="image", border=2)
+    assert c2.valid[0].sum() == 12 * 28
+
+
+def test_thin_image_pads_in_rounds():
+    from waferscope.models.detectors.common import image_canvas
+
+    ds = WaferDataset.from_maps([np.full((3, 200), 9, np.uint8)], ["good"], kind="image", name="thin")
+    c = image_canvas(ds, 64)
+    assert c.x.shape == (1, 1, 64, 64) and np.isfinite(c.x).all()
+
+
+def test_texture_knn_finds_blobs_and_localises_them():
+    from sklearn.metrics import roc_auc_score
+
+    train, test = _image_sets()
+    det = registry.create("texture_knn", "detector", input_size=48, memory_size=3000, verbose=False).fit(train)
+    res = det.score(test)
+    assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
+    hits = [m.flat[int(np.argmax(a))] for a, m in zip(res.maps[6:], test.masks[6:])]
+    assert np.mean(hits) >= 0.8
+    assert all(a.shape == im.shape for a, im in zip(res.maps, test.maps))
+
+
+def test_image_detectors_are_declared_and_listed_in_refusals():
+    from waferscope.models.detectors.common import default_detector_for, image_detectors
+
+    names = image_detectors()
+    for n in ("texture_knn", "patchcore", "reconpatch", "stfpm", "autoencoder"):
+        assert n in names
+    assert "pattern_contrast" not in names and "pattern_stats" not in names
+    assert default_detector_for("image", "pattern_contrast") == names[0]
+    assert default_detector_for("wafer", "autoencoder") == "autoencoder"
+    train, _ = _image_sets()
+    with pytest.raises(DataError, match="reconpatch"):
+        registry.create("pattern_stats", "detector", verbose=False).fit(train)
+
+
+def test_image_protocol_pieces_on_tiny_textures(tmp_path):
+    from waferscope.evaluate.detection import evaluate_images
+
+    train, test = _image_sets()
+    row = evaluate_images("texture_knn", {"input_size": 32, "memory_size": 500}, data=(train, test), kfold=True,
+                          n_splits=3, img_path=tmp_path / "maps.png")
+    assert (tmp_path / "maps.png").stat().st_size > 1000
+    assert row["test"]["image_auroc"] >= 0.9 and "pixel_auroc" in row["test"] and "aupro" in row["test"]
+    assert 0.0 <= row["max_in_mask"] <= 1.0
+    assert len(row["kfold_threshold"]["per_fold"]) == 3 and "f1" in row["test_at_kfold_threshold"]
+    assert "image_auroc" in row["baseline_pixel_zscore"] and "image_auroc" in row["baseline_isolation_forest"]
+
+
+def test_texture_contrast_finds_blobs():
+    from sklearn.metrics import roc_auc_score
+
+    train, test = _image_sets()
+    det = registry.create("texture_contrast", "detector", input_size=48, memory_size=2000, max_iter=30,
+                          anomalies_per_image=2, verbose=False).fit(train)
+    res = det.score(test)
+    assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
+    assert all(a.shape == im.shape and np.isfinite(a).all() for a, im in zip(res.maps, test.maps))
+
+
+def test_synthetic_anomalies_are_seeded_and_inside_valid():
+    from waferscope.models.detectors.texture_contrast.synthesis import draem_anomaly, scar_anomaly
+
+    img = np.random.default_rng(0).normal(size=(40, 40)).astype(np.float32)
+    valid = np.zeros((40, 40), bool)
+    valid[5:35, 5:35] = True
+    for make in (lambda r: draem_anomaly(img, [img.T], r, valid), lambda r: scar_anomaly(img, r, valid)):
+        a1, m1 = make(np.random.default_rng(3))
+        a2, m2 = make(np.random.default_rng(3))
+        np.testing.assert_array_equal(a1, a2)
+        assert not (m1 & ~valid).any()
+        np.testing.assert_array_equal(a1[~m1], img[~m1])  # only the masked pixels change
