@@ -57,11 +57,14 @@ def test_predict_writes_one_row_per_map(trained_run, tmp_path, monkeypatch, caps
                         "--data", str(path), "--out", str(tmp_path / "p.csv"))
     assert code == 0, err
     rows = list(csv.reader((tmp_path / "p.csv").open()))
-    assert rows[0][:2] == ["id", "predicted"] and len(rows[0]) == 2 + 9
+    # id, the true label (as detect score writes it), predicted, one p_ per class, the model that ran
+    assert rows[0][:3] == ["id", "label", "predicted"] and len(rows[0]) == 3 + 9 + 1 and rows[0][-1] == "model"
     assert [r[0] for r in rows[1:]] == list(ds.ids)
-    probs = np.array([[float(x) for x in r[2:]] for r in rows[1:]])
+    assert [r[1] for r in rows[1:]] == list(ds.labels)
+    assert {r[-1] for r in rows[1:]} == {str(trained_run)}
+    probs = np.array([[float(x) for x in r[3:-1]] for r in rows[1:]])
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
-    assert all(r[1] == rows[0][2 + int(np.argmax(p))][2:] for r, p in zip(rows[1:], probs))
+    assert all(r[2] == rows[0][3 + int(np.argmax(p))][2:] for r, p in zip(rows[1:], probs))
 
 
 def test_unknown_training_class_names_are_listed(tmp_path, monkeypatch, capsys):

@@ -98,7 +98,7 @@ def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset,
             qual["image_f1_kfold_threshold"], art["threshold"] = _kfold_threshold_f1(
                 config, method, cell_folds[-1][0], result, test_all, seed, loaded.spec.threshold_folds)
 
-    saved = est.save(run_dir)
+    saved = est.save(run_dir, overwrite=True)  # a benchmark rerun replaces its own cells
     qual["params"] = measure.count_parameters(est)
     qual["size_bytes"] = measure.dir_bytes(saved)
 

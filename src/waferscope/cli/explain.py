@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from waferscope.cli.checks import check_out_dir
 from waferscope.cli.common import DATA_HELP, load_model_described
 
 
@@ -36,6 +37,7 @@ def explain_cmd(
     from waferscope import explain as ex
     from waferscope.models.classifiers import DEFAULT_FOR_EXPLANATIONS
 
+    check_out_dir(out)
     clf, _, described = load_model_described(run, bundled, "classifier", DEFAULT_FOR_EXPLANATIONS)
     dataset = wd.load(data)
     thr: str | float = threshold if threshold == "otsu" else float(threshold)
@@ -83,6 +85,7 @@ def atlas_cmd(
     import waferscope.data as wd
     from waferscope.explain import build_atlas, plot_atlas
 
+    check_out_dir(out)
     atlas = build_atlas(wd.load(data), size=size)
     out.mkdir(parents=True, exist_ok=True)
     plot_atlas(atlas, out / "atlas.png")

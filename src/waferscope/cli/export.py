@@ -36,8 +36,11 @@ def export(
     """Export a classifier or detector: uint8 die-state maps in, probabilities or (score, map) out."""
     from waferscope.export import export_run
 
+    from waferscope.cli.checks import check_out_file
+
     if (run is None) == (bundled is None):
         raise ConfigError("give --run RUN or --bundled NAME (one of them)")
+    check_out_file(out, example="model.onnx")
     calib = None
     if int8 and int8_mode == "static":
         from waferscope.data import load

@@ -37,6 +37,13 @@ def main() -> None:
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code)
+    except OSError as exc:
+        # A file the system refused (a folder where a file goes, no permission, disk full): the user's
+        # environment, not a bug. Commands check their outputs before working; this is the fallback.
+        if exc.filename is None:
+            raise
+        typer.secho(f"error: {exc.filename}: {exc.strerror or exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
     except Exception as exc:  # usage errors (unknown option, extra argument) arrive here in non-standalone mode
         if isinstance(exc, _usage_error_types()):
             exc.show()

@@ -1,0 +1,138 @@
+"""Issue #33 (a newcomer's first hour): outputs checked before the work, one `error:` line instead of
+tracebacks, runs not overwritten silently, missing shared data explained, unlabelled known-good
+wafers training a detector with --normal."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clitools import invoke
+from conftest import _disc_map
+from waferscope.data.io_parquet import write_parquet
+from waferscope.data.synthetic import generate
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _one_error_line(code: int, err: str) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [
+    ["classify", "predict", "--data", "synthetic:n=4,seed=0"],
+    ["detect", "score", "--data", "synthetic:n=4,seed=0", "--bundled", "pattern_stats"],
+    ["data", "generate", "--n", "3"],
+    ["data", "show", "synthetic:n=4,seed=0"],
+    ["export", "--bundled", "cnn_distilled"],
+])
+def test_out_that_is_an_existing_folder_fails_first(tmp_path, capsys, args):
+    """Was a 44-line IsADirectoryError after all the work; now one line before any work."""
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    code, _, err = invoke(capsys, *args, "--out", folder)
+    line = _one_error_line(code, err)
+    assert str(folder) in line and "--out is an existing folder; give a file name" in line
+    assert list(folder.iterdir()) == []
+
+
+def test_out_under_a_file_fails_first(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    code, _, err = invoke(capsys, "classify", "evaluate", "--data", "synthetic:n=4,seed=0",
+                          "--out", tmp_path / "f" / "ev")
+    assert "is a file, so nothing can be written under it" in _one_error_line(code, err)
+
+
+def test_lot_folds_with_too_few_lots(tmp_path, capsys):
+    """Synthetic sets are one lot each: 2 lots for 5 lot-grouped folds (was sklearn's ValueError)."""
+    for i, name in enumerate(("a", "b")):
+        write_parquet(generate(n=18, seed=i), tmp_path / f"{name}.parquet")
+    code, _, err = invoke(capsys, "evaluate", "classifiers", "gbm", "--dev", tmp_path / "a.parquet",
+                          "--dev2", tmp_path / "b.parquet", "--synthetic", "0", "--work", tmp_path / "w")
+    line = _one_error_line(code, err)
+    assert "5-fold grouped splits need at least 5 groups (lots)" in line and "come from 2" in line
+
+
+def test_classify_train_refuses_to_overwrite_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text("{}")
+    code, _, err = invoke(capsys, "classify", "train", "--data", "synthetic:n=9,seed=0", "--model", "svm-linear",
+                          "--out", run)
+    assert "already holds a run; give --overwrite" in _one_error_line(code, err)
+    assert (run / "model.json").read_text() == "{}"
+    code, _, err = invoke(capsys, "classify", "train", "--data", "synthetic:n=18,seed=0", "--model", "svm-linear",
+                          "--out", run, "--overwrite")
+    assert code == 0, err
+    assert json.loads((run / "model.json").read_text())["name"] == "svm-linear"
+
+
+def test_library_save_refuses_to_overwrite(tmp_path):
+    from waferscope import registry
+    from waferscope.errors import RunDirError
+
+    clf = registry.create("svm-linear", "classifier").fit(generate(n=18, seed=0))
+    clf.save(tmp_path / "r")
+    with pytest.raises(RunDirError, match="overwrite=True"):
+        clf.save(tmp_path / "r")
+    clf.save(tmp_path / "r", overwrite=True)
+
+
+def test_predict_csv_names_label_and_model(tmp_path, capsys):
+    ds = generate(n=6, seed=2)
+    write_parquet(ds, tmp_path / "m.parquet")
+    code, _, err = invoke(capsys, "classify", "predict", "--data", tmp_path / "m.parquet", "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert [r["label"] for r in rows] == list(ds.labels)
+    assert {r["model"] for r in rows} == {"bundled (cnn_distilled)"}
+
+
+@pytest.mark.parametrize("args, option", [
+    (["evaluate", "classifiers", "gbm", "cnn_fine"], "--dev FILE --dev2 FILE"),
+    (["evaluate", "detector", "--detector", "pattern_contrast"], "--data SPEC"),
+])
+def test_shared_data_missing_says_what_is_needed(tmp_path, args, option):
+    """A fresh clone has no ../shared: the error names the file, where it is looked for, the
+    environment variable and the options to pass one's own."""
+    env = {**os.environ, "WAFERSCOPE_SHARED_DATA": str(tmp_path), "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "waferscope.cli.main", *args], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    line = _one_error_line(proc.returncode, proc.stderr)
+    assert "wm811k_dev.npz" in line and "real labelled WM-811K maps" in line
+    assert str(tmp_path / "wm811k" / "wm811k_dev.npz") in line
+    assert "WAFERSCOPE_SHARED_DATA" in line and option in line
+
+
+def test_unlabelled_known_good_wafers_train_with_normal(tmp_path, capsys):
+    """A fab's known-good wafers carry no label: refused without --normal (with the hint), trained with it."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "good.npy", np.stack([_disc_map(26, 26, rng, fail_rate=0.03) for _ in range(12)]))
+    args = ["detect", "train", "--data", tmp_path / "good.npy", "--model", "pattern_stats", "--out", tmp_path / "r"]
+    code, _, err = invoke(capsys, *args)
+    line = _one_error_line(code, err)
+    assert "no normal samples" in line and "add --normal" in line
+    code, _, err = invoke(capsys, *args, "--normal")
+    assert code == 0, err
+    assert "trained pattern_stats on 12 normal maps" in err
+    assert (tmp_path / "r" / "model.json").is_file() and (tmp_path / "r" / "threshold.json").is_file()
+    code, _, err = invoke(capsys, "detect", "score", "--run", tmp_path / "r", "--data", "synthetic:n=6,seed=1",
+                          "--out", tmp_path / "s.csv")
+    assert code == 0, err
+
+
+def test_normal_refuses_labelled_defects(tmp_path, capsys):
+    code, _, err = invoke(capsys, "detect", "train", "--data", "synthetic:n=9,seed=0", "--model", "pattern_stats",
+                          "--out", tmp_path / "r", "--normal")
+    assert "declared normal, but" in _one_error_line(code, err)
