@@ -136,3 +136,23 @@ def test_normal_refuses_labelled_defects(tmp_path, capsys):
     code, _, err = invoke(capsys, "detect", "train", "--data", "synthetic:n=9,seed=0", "--model", "pattern_stats",
                           "--out", tmp_path / "r", "--normal")
     assert "declared normal, but" in _one_error_line(code, err)
+
+
+def test_explain_pictures_spread_over_classes():
+    """A class-sorted folder: the first 24 rows are one class; the sample takes every class in turn."""
+    from types import SimpleNamespace
+
+    from waferscope.data.dataset import WaferDataset
+    from waferscope.explain import picture_sample
+
+    rng = np.random.default_rng(0)
+    labels = ["Center"] * 30 + ["Donut"] * 5 + ["Loc"] * 2 + [""] * 3  # the unlabelled: by prediction
+    ds = WaferDataset.from_maps([_disc_map(12, 12, rng) for _ in labels], labels)
+    exp = SimpleNamespace(predicted=np.array(["Scratch"] * len(labels), dtype=object))
+    idx = picture_sample(ds, exp, 12, seed=0)
+    got = [labels[i] or "Scratch" for i in idx]
+    assert len(idx) == 12 == len(set(idx))
+    assert got.count("Loc") == 2 and got.count("Scratch") == 3 and got.count("Donut") == 3
+    assert got.count("Center") == 4 and got == sorted(got, key=["Center", "Donut", "Loc", "Scratch"].index)
+    assert picture_sample(ds, exp, 12, seed=0) == idx and picture_sample(ds, exp, 12, seed=1) != idx
+    assert len(picture_sample(ds, exp, 100)) == len(labels)

@@ -97,7 +97,7 @@ def _check_kind(det, dataset, where: str) -> None:
 @app.command()
 def train(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (repeat to combine sets; only normal maps are used)"),
-    model: str = typer.Option("autoencoder", "--model", help="Detector name (waferscope.registry.available('detector'))"),
+    model: str = typer.Option("autoencoder", "--model", help="Detector name (`waferscope models` lists them)"),
     out: Path = typer.Option(..., "--out", help="Run directory to write"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (network detectors)"),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed → same model)"),
