@@ -156,3 +156,17 @@ def test_explain_pictures_spread_over_classes():
     assert got.count("Center") == 4 and got == sorted(got, key=["Center", "Donut", "Loc", "Scratch"].index)
     assert picture_sample(ds, exp, 12, seed=0) == idx and picture_sample(ds, exp, 12, seed=1) != idx
     assert len(picture_sample(ds, exp, 100)) == len(labels)
+
+
+def test_tree_fit_with_progress_grows_the_same_trees():
+    """The boosting bar grows the model with warm_start in steps; the trees must be those of one call."""
+    from waferscope.models.trees import fit_trees
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 6))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int) + (x[:, 2] > 1).astype(int)
+    one = fit_trees(x, y, 17, 0.1, 7, 1.0, 0)
+    stepped = fit_trees(x, y, 17, 0.1, 7, 1.0, 0, progress=True)
+    assert one.keys() == stepped.keys()
+    for k in one:
+        np.testing.assert_array_equal(one[k], stepped[k], err_msg=k)

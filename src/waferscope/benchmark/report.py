@@ -238,9 +238,9 @@ def _what_row_is(p: dict, data_desc: str) -> str:
     """What a row's model is: trained by this benchmark (on how many maps of which data), not a bundled
     model; a row named like a bundled architecture says which bundled model differs from it."""
     n = f"{p['n_train']:,} " if p.get("n_train") else ""
-    folds = f", {p['n_folds']} folds" if (p.get("n_folds") or 1) > 1 else ""
-    params = ", ".join(f"{k}={v}" for k, v in p["params"].items() if k not in ("progress", "verbose"))
-    text = (f"<code>{_esc(p.get('model') or p['method'])}</code>{' (' + _esc(params) + ')' if params else ''} "
+    folds = f" (per fold, {p['n_folds']} folds)" if (p.get("n_folds") or 1) > 1 else ""
+    params = ", ".join(f"{k}={v}" for k, v in p["params"].items() if k not in ("progress", "verbose", "n_jobs"))
+    text = (f"<code>{_esc(p.get('model') or p['method'])}</code>{' (' + _esc(params) + ')' if params else ''}, "
             f"trained here on {n}maps of {_esc(data_desc)}{folds}")
     twins = bundled_of_model(p.get("model"))
     if twins:
@@ -273,14 +273,14 @@ def _decision_tree(task: str, pts: list[dict], batch: int = 0, data_desc: str = 
     best = max(pts, key=lambda p: p["quality"])
     fastest = max(pts, key=lambda p: p["throughput"])
 
-    def desc(p, lead: str):
+    def desc(p):
         bits = [f"{label} {p['quality']:.3f}",
-                f"throughput {p['throughput']:,.0f} wafers/s" + (f" in batches of {batch}" if batch else "")]
+                f"{p['throughput']:,.0f} wafers/s" + (f" in batches of {batch}" if batch else "")]
         if p["latency"] is not None:
-            bits.append(f"latency {p['latency']:.1f} ms for one wafer per call (batch 1)")
+            bits.append(f"{p['latency']:.1f} ms latency for one wafer per call")
         if p["size"] is not None:
             bits.append(f"{p['size'] / 1024:,.0f} KB on disk")
-        return f"<b>{_esc(p['method'])}</b> — {', '.join(bits)}; {lead}"
+        return f"<b>{_esc(p['method'])}</b> ({'; '.join(bits)})"
 
     near = [p for p in pts if p["quality"] >= best["quality"] - 0.01]
     balanced = max(near, key=lambda p: p["throughput"])
@@ -293,7 +293,7 @@ def _decision_tree(task: str, pts: list[dict], batch: int = 0, data_desc: str = 
     realtime = [p for p in pts if p["latency"] is not None and p["latency"] <= 10]
     if realtime:
         leaves.append(("One wafer at a time in ≤ 10 ms, most accurate:", max(realtime, key=lambda p: p["quality"])))
-    items = "".join(f"<li>{_esc(q)} → {desc(p, _what_row_is(p, data_desc))}</li>" for q, p in leaves)
+    items = "".join(f"<li>{_esc(q)} → {desc(p)}</li>" for q, p in leaves)
     # A fab's stream is mostly normal wafers: the best macro-F1 re-weighted to the WM-811K class mix,
     # with or without the --prior correction, whichever is higher for that method.
     mixed = [(max(v for v in (p.get("mix"), p.get("mix_prior")) if v is not None), p) for p in pts
@@ -303,11 +303,15 @@ def _decision_tree(task: str, pts: list[dict], batch: int = 0, data_desc: str = 
         how = " with <code>--prior wm811k</code>" if p.get("mix_prior") is not None and p["mix_prior"] > p["mix"] else ""
         items += (f"<li>Mostly normal wafers (the WM-811K mix, 85 % none)? → <b>{_esc(p['method'])}</b>{how} "
                   f"(macro F1 {score:.3f} on that mix)</li>")
+    named = dict.fromkeys(p["method"] for _, p in leaves)
+    what = "".join(f"<li><b>{_esc(p['method'])}</b>: {_what_row_is(p, data_desc)}</li>"
+                   for p in pts if p["method"] in named)
     return ('<div class="tree"><b>Which method? (from these measurements)</b>'
-            "<p class=note>Every row was trained by this benchmark on the data named here, so these are "
-            "the methods, not the models bundled with waferscope (<code>waferscope models</code>; their figures "
-            "on real maps are in the README).</p>"
-            f"<ul>{items}</ul></div>")
+            f"<ul>{items}</ul><b>What these rows are</b>"
+            "<p class=note>Every row was trained by this benchmark, so these are methods, not the models "
+            "bundled with waferscope (<code>waferscope models</code>; their figures on real maps are in the "
+            "README).</p>"
+            f"<ul>{what}</ul></div>")
 
 
 def _confusions(records: list[dict]) -> str:
@@ -427,9 +431,11 @@ def _environment(manifest: dict, records: list[dict]) -> str:
 
 
 def _data_desc(manifest: dict, ds: str) -> str:
-    """A data set in words: its name and sources (e.g. 'synthetic (synthetic:n=1350,seed=1)')."""
+    """A data set in words: its name and what it holds, e.g. 'synthetic (train: synthetic:n=1350,seed=1)'."""
     d = manifest["datasets"].get(ds, {})
-    sources = d.get("sources") or []
+    sources, parts = d.get("sources") or [], list(d.get("parts") or {})
+    if sources and len(sources) == len(parts) and "train" in parts:
+        return f"{ds} (train: {sources[parts.index('train')]})"
     return f"{ds} ({', '.join(str(s) for s in sources)})" if sources else ds
 
 

@@ -53,6 +53,9 @@ def _plain_metavars(command) -> None:
     for param in getattr(command, "params", []):
         if getattr(param, "is_flag", False):
             param.metavar = ""
+        elif getattr(param, "param_type_name", "") == "argument":
+            param.metavar = param.metavar or param.name.upper()
+            param.display_type_rich = lambda ctx: None  # the name (SPEC) already says it; no <str> beside it
         elif param.metavar is None and getattr(param, "opts", None):
             param.metavar = param.name.rstrip("_").upper()
     make_help = command.get_help_option  # --help is made when help is asked for, not in .params
