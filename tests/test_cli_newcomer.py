@@ -170,3 +170,21 @@ def test_tree_fit_with_progress_grows_the_same_trees():
     assert one.keys() == stepped.keys()
     for k in one:
         np.testing.assert_array_equal(one[k], stepped[k], err_msg=k)
+
+
+def test_report_guide_says_what_rows_are_with_units():
+    """The quick report recommended a cnn_fine trained on 1,350 synthetic maps with nothing saying it is
+    not the bundled model, and printed a batch-1 latency as 'ms/wafer' beside a batch throughput."""
+    from waferscope.benchmark.report import _decision_tree
+
+    pts = [{"method": "cnn_fine", "model": "cnn_fine", "params": {"epochs": 25, "progress": False}, "n_train": 1350,
+            "n_folds": 1, "quality": 0.663, "throughput": 377.0, "latency": 111.5, "size": 570_000.0,
+            "mix": None, "mix_prior": None},
+           {"method": "svm-rbf", "model": "svm-rbf", "params": {}, "n_train": 1350, "n_folds": 1, "quality": 0.70,
+            "throughput": 50.0, "latency": 20.0, "size": 90_000.0, "mix": None, "mix_prior": None}]
+    html = _decision_tree("classification", pts, 256, "synthetic (train: synthetic:n=1350,seed=1)")
+    assert "377 wafers/s in batches of 256" in html and "111.5 ms latency for one wafer per call" in html
+    assert "557 KB on disk" in html and "ms/wafer" not in html
+    assert ("<code>cnn_fine</code> (epochs=25), trained here on 1,350 maps of synthetic (train: "
+            "synthetic:n=1350,seed=1); <i>not</i> the bundled <code>cnn_distilled</code>") in html
+    assert "svm-rbf</b>: <code>svm-rbf</code>, trained here on 1,350 maps" in html and "bundled <code>svm" not in html
