@@ -131,10 +131,10 @@ def test_bundled_model_is_small_and_used_without_run(tmp_path, monkeypatch, caps
                         "--out", str(tmp_path / "p.csv"))
     assert code == 0, err
     rows = list(csv.reader((tmp_path / "p.csv").open()))
-    assert len(rows) == 10 and rows[0][2:] == [f"p_{c}" for c in CLASSES]
+    assert len(rows) == 10 and rows[0][3:-1] == [f"p_{c}" for c in CLASSES] and rows[0][-1] == "model"
     # without --run or --bundled, predict's probabilities are the distilled model's, not the fast one's
     expected = load_default("cnn_distilled").predict_proba(generate(n=9, seed=5))
-    assert np.allclose(np.array([r[2:] for r in rows[1:]], dtype=float), expected, atol=1e-6)
+    assert np.allclose(np.array([r[3:-1] for r in rows[1:]], dtype=float), expected, atol=1e-6)
     assert not np.allclose(expected, clf.predict_proba(generate(n=9, seed=5)), atol=1e-3)
     code, err = run_cli(monkeypatch, capsys, "classify", "evaluate", "--data", "synthetic:n=9,seed=5",
                         "--out", str(tmp_path / "ev"))
