@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     clf = registry.create(args.model, "classifier", seed=args.seed,
                           **parse_set(args.set)).fit(data)
-    clf.save(args.out)
+    clf.save(args.out, overwrite=True)  # this script regenerates the committed bundled weights in place
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"trained {args.model} on {len(data)} maps in {time.perf_counter() - t0:.0f}s "
           f"(best epoch {getattr(clf, 'best_epoch_', '-')}); wrote {args.out} ({size / 1e6:.2f} MB)")

@@ -59,7 +59,7 @@ def main() -> None:
     det = cls(**params).fit(normals)
     t_fit = time.perf_counter() - t0
     thr = threshold_kfold_mean_of_max(lambda: cls(**params), normals, n_splits=args.folds, seed=0)
-    det.save(args.out)
+    det.save(args.out, overwrite=True)  # this script regenerates the committed bundled weights in place
     doc = {"threshold": thr["threshold"], "method": f"kfold_mean_of_max (k={args.folds}, seed=0)",
            "per_fold": thr["per_fold"], "trained_on": f"{DEV.name}: first half of the `none` maps (seed 0), n={len(normals)}",
            "fit_seconds": round(t_fit, 1), "command": "python scripts/train_bundled_detector.py " + " ".join(sys.argv[1:])}

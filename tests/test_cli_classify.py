@@ -57,11 +57,14 @@ def test_predict_writes_one_row_per_map(trained_run, tmp_path, monkeypatch, caps
                         "--data", str(path), "--out", str(tmp_path / "p.csv"))
     assert code == 0, err
     rows = list(csv.reader((tmp_path / "p.csv").open()))
-    assert rows[0][:2] == ["id", "predicted"] and len(rows[0]) == 2 + 9
+    # id, the true label (as detect score writes it), predicted, one p_ per class, the model that ran
+    assert rows[0][:3] == ["id", "label", "predicted"] and len(rows[0]) == 3 + 9 + 1 and rows[0][-1] == "model"
     assert [r[0] for r in rows[1:]] == list(ds.ids)
-    probs = np.array([[float(x) for x in r[2:]] for r in rows[1:]])
+    assert [r[1] for r in rows[1:]] == list(ds.labels)
+    assert {r[-1] for r in rows[1:]} == {str(trained_run)}
+    probs = np.array([[float(x) for x in r[3:-1]] for r in rows[1:]])
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
-    assert all(r[1] == rows[0][2 + int(np.argmax(p))][2:] for r, p in zip(rows[1:], probs))
+    assert all(r[2] == rows[0][3 + int(np.argmax(p))][2:] for r, p in zip(rows[1:], probs))
 
 
 def test_unknown_training_class_names_are_listed(tmp_path, monkeypatch, capsys):
@@ -128,10 +131,10 @@ def test_bundled_model_is_small_and_used_without_run(tmp_path, monkeypatch, caps
                         "--out", str(tmp_path / "p.csv"))
     assert code == 0, err
     rows = list(csv.reader((tmp_path / "p.csv").open()))
-    assert len(rows) == 10 and rows[0][2:] == [f"p_{c}" for c in CLASSES]
+    assert len(rows) == 10 and rows[0][3:-1] == [f"p_{c}" for c in CLASSES] and rows[0][-1] == "model"
     # without --run or --bundled, predict's probabilities are the distilled model's, not the fast one's
     expected = load_default("cnn_distilled").predict_proba(generate(n=9, seed=5))
-    assert np.allclose(np.array([r[2:] for r in rows[1:]], dtype=float), expected, atol=1e-6)
+    assert np.allclose(np.array([r[3:-1] for r in rows[1:]], dtype=float), expected, atol=1e-6)
     assert not np.allclose(expected, clf.predict_proba(generate(n=9, seed=5)), atol=1e-3)
     code, err = run_cli(monkeypatch, capsys, "classify", "evaluate", "--data", "synthetic:n=9,seed=5",
                         "--out", str(tmp_path / "ev"))

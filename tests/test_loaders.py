@@ -271,7 +271,7 @@ def test_class_folders_npy_and_rendered_png_round_trip(tmp_path):
 @pytest.mark.parametrize("palette", [
     [[0, 0, 0], [127, 127, 127], [255, 255, 255]],
     [[68, 1, 84], [33, 145, 140], [253, 231, 37]],  # matplotlib viridis: plt.imshow(waferMap)
-    [[10, 10, 60], [90, 160, 90], [250, 240, 200]],  # any 3 colours, by luminance
+    [[255, 255, 255], [149, 149, 149], [0, 0, 0]],  # matplotlib Greys: white = no die (corners)
 ])
 def test_png_palettes_decode(tmp_path, palette):
     from waferscope.data.loaders.folders import decode_png_map

@@ -127,14 +127,15 @@ def test_cli_predict_with_a_prior(small_gbm, tmp_path, capsys):
     assert code == 0, err
     assert "class mix (wm811k):" in err and "none 0.852" in err
     rows = list(csv.reader(out.open()))
-    probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    p_cols = [j for j, name in enumerate(rows[0]) if name.startswith("p_")]  # id, label, predicted, p_…, model
+    probs = np.array([[float(r[j]) for j in p_cols] for r in rows[1:]])
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
     code, _, err = invoke(capsys, "classify", "predict", "--run", small_gbm, "--data", "synthetic:n=27,seed=5",
                           "--out", tmp_path / "q.csv")
-    plain = np.array([[float(v) for v in r[2:]] for r in list(csv.reader((tmp_path / "q.csv").open()))[1:]])
+    plain = np.array([[float(r[j]) for j in p_cols] for r in list(csv.reader((tmp_path / "q.csv").open()))[1:]])
     assert code == 0 and not np.allclose(plain, probs)
     assert "rough guess" not in err
-    none = rows[0].index("p_none") - 2
+    none = p_cols.index(rows[0].index("p_none"))
     assert (probs[:, none] >= plain[:, none] - 1e-6).all()  # an 85 % none mix raises every map's p(none)
 
 

@@ -75,9 +75,14 @@ class Estimator:
     def _load_state(self, tensors: dict[str, Any], extras: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def save(self, run_dir: str | Path) -> Path:
-        """Write the run directory atomically: a temp folder renamed into place when complete."""
+    def save(self, run_dir: str | Path, overwrite: bool = False) -> Path:
+        """Write the run directory atomically: a temp folder renamed into place when complete.
+
+        An existing non-empty ``run_dir`` is replaced only with ``overwrite=True``: a trained model is
+        often the result of hours, and a typo in a path must not erase it."""
         self._check_fitted()
+        if not overwrite and Path(run_dir).exists() and (not Path(run_dir).is_dir() or any(Path(run_dir).iterdir())):
+            raise RunDirError("already exists and is not empty; save(..., overwrite=True) replaces it", run_dir)
         from safetensors.torch import save_file
         import torch
 

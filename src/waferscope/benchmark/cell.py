@@ -55,7 +55,9 @@ def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset,
     classes = None
     probas: list | None = []
     cell_folds = folds(loaded, seed)
+    n_train = 0
     for k, (train, test) in enumerate(cell_folds):
+        n_train = len(train.normal()) if task == "detection" else len(train)  # what the model learnt from
         if progress:
             progress(f"fold {k + 1}/{len(cell_folds)}: fit on {len(train)} maps" if len(cell_folds) > 1
                      else f"fit on {len(train.normal()) if task == 'detection' else len(train)} maps")
@@ -98,20 +100,22 @@ def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset,
             qual["image_f1_kfold_threshold"], art["threshold"] = _kfold_threshold_f1(
                 config, method, cell_folds[-1][0], result, test_all, seed, loaded.spec.threshold_folds)
 
-    saved = est.save(run_dir)
+    saved = est.save(run_dir, overwrite=True)  # a benchmark rerun replaces its own cells
     qual["params"] = measure.count_parameters(est)
     qual["size_bytes"] = measure.dir_bytes(saved)
 
     timing = {"train_s": round(train_s, 3), "train_cpu_s": round(train_cpu_s, 3)}
     if config.speed_enabled:
         if progress:
-            progress("speed")
+            progress(f"speed: latency at batch 1, throughput of {config.speed_n} wafers in batches of "
+                     f"{config.batch_size}")
         timing.update(_speed(config, est, tests[-1], task))
     peak = measure.peak_rss_mb()
     timing["peak_rss_mb"] = None if peak is None else round(peak, 1)
     timing["peak_extra_mb"] = None if peak is None or rss0 is None else round(max(peak - rss0, 0.0), 1)
     return {"task": task, "method": method.name, "label": method.label, "model": method.model, "params": method.params,
             "dataset": loaded.name, "seed": seed, "n_test": len(test_all), "n_folds": len(cell_folds),
+            "n_train": n_train,
             "quality": qual, "timing": timing, "artefacts": art, "run_dir": str(run_dir)}
 
 

@@ -21,6 +21,44 @@ from waferscope.utils import atomic_path
 CLASSIFICATION_ONLY = {"accuracy", "macro_f1", "weighted_f1", "macro_f1_wm811k_mix", "macro_f1_wm811k_mix_prior"}
 DETECTION_ONLY = {"image_auroc", "image_aupr", "image_f1", "pixel_auroc", "pixel_aupro", "image_f1_kfold_threshold"}
 HEADLINE = {"classification": ("macro_f1", "macro F1"), "detection": ("image_auroc", "image AUROC")}
+# Every column of the tables: a header with its unit, and one line for the glossary.
+COLUMNS = {
+    "method": ("method", "the name of the method in the config (a registered model + parameters)"),
+    "dataset": ("data set", "the config's data set the cell trained and tested on"),
+    "seed": ("seed", "the cell's random seed (same seed → same quality figures)"),
+    "accuracy": ("accuracy", "share of test maps whose class is predicted right (0-1)"),
+    "macro_f1": ("macro F1", "F1 score of every class, averaged with equal weight per class (0-1); rare classes count as much as common ones"),
+    "weighted_f1": ("weighted F1", "per-class F1 averaged with weights = class counts of the test set (0-1)"),
+    "macro_f1_wm811k_mix": ("macro F1, WM-811K mix", "the same predictions weighted to the real WM-811K class mix (85 % none)"),
+    "macro_f1_wm811k_mix_prior": ("… with --prior wm811k", "as before, after moving the probabilities to that class mix (classify predict --prior wm811k)"),
+    "image_auroc": ("image AUROC", "area under the ROC curve of the per-wafer anomaly score, normal vs defective (0.5 = chance, 1 = perfect)"),
+    "image_aupr": ("image AUPR", "area under the precision-recall curve of the per-wafer score (defective = positive)"),
+    "image_f1": ("image F1 (best)", "the best F1 over all thresholds on the test set (optimistic: the threshold sees test labels)"),
+    "image_f1_kfold_threshold": ("image F1 (k-fold thr.)", "F1 at a threshold chosen from training normals only (the honest one)"),
+    "pixel_auroc": ("pixel AUROC", "ROC area of the per-die anomaly map against the true defect mask"),
+    "pixel_aupro": ("pixel AUPRO", "area under the per-region-overlap curve (up to 30 % false-positive rate), normalised to 0-1"),
+    "gradcam_energy": ("Grad-CAM energy", "share of the Grad-CAM heat on the true defect region (0-1)"),
+    "gradcam_pointing": ("Grad-CAM pointing", "share of maps whose hottest die lies on the defect"),
+    "denoise_gradcam_f1": ("denoise F1 (Grad-CAM)", "F1 of the defect dies kept by Grad-CAM denoising, against the mask"),
+    "denoise_median_f1": ("denoise F1 (median)", "the same for a 3×3 median filter (the baseline)"),
+    "params": ("parameters", "numbers that define the trained model (weights, or 3 per tree node)"),
+    "size_bytes": ("size (KB)", "size of the saved run directory on disk, in kilobytes (1 KB = 1,024 bytes)"),
+    "train_s": ("train (s)", "wall-clock seconds to fit (all folds); depends on the machine's load"),
+    "train_cpu_s": ("train CPU (s)", "CPU seconds of this process to fit (steadier than wall time on a busy machine)"),
+    "latency_ms": ("latency, batch 1 (ms)", "milliseconds to classify or score ONE wafer per call (median); what an online, one-at-a-time caller waits"),
+    "throughput_wps": ("throughput (wafers/s)", "wafers per second when calling with batches (batch size in the environment table); what a batch job gets"),
+    "peak_rss_mb": ("peak memory (MB)", "peak resident memory of the benchmark process during the cell"),
+    "peak_extra_mb": ("extra memory (MB)", "peak memory above what the process held when the cell started"),
+    "load_1min": ("load avg (1 min)", "the machine's 1-minute load average when the cell started; above the CPU count, timings are slower"),
+}
+
+
+def _col_head(c: str) -> str:
+    if c.startswith("f1["):
+        return f"F1 {c[3:-1]}"
+    return COLUMNS.get(c, (c, ""))[0]
+
+
 TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
@@ -93,9 +131,11 @@ def _mean_by_method(task: str, records: list[dict], dataset: str) -> list[dict]:
             vals = [r[group].get(col) for r in rs if r[group].get(col) is not None]
             return float(np.mean(vals)) if vals else None
 
-        out.append({"method": name, "quality": mean("quality", key), "throughput": mean("timing", "throughput_wps"),
+        out.append({"method": name, "model": rs[0].get("model"), "params": rs[0].get("params") or {},
+                    "n_train": rs[0].get("n_train"), "n_folds": rs[0].get("n_folds", 1),
+                    "quality": mean("quality", key), "throughput": mean("timing", "throughput_wps"),
                     "latency": mean("timing", "latency_ms"), "size": mean("quality", "size_bytes"),
-                    "memory": mean("timing", "peak_extra_mb"), "params": mean("quality", "params"),
+                    "memory": mean("timing", "peak_extra_mb"), "n_params": mean("quality", "params"),
                     "mix": mean("quality", "macro_f1_wm811k_mix"),
                     "mix_prior": mean("quality", "macro_f1_wm811k_mix_prior")})
     return out
@@ -103,13 +143,15 @@ def _mean_by_method(task: str, records: list[dict], dataset: str) -> list[dict]:
 
 # ---- sections ---------------------------------------------------------------------------------
 def _table(doc: dict, task: str) -> str:
+    """Two tables: quality (deterministic) and speed/size/memory (measured), so the timing columns are
+    not off-screen to the right of 20 quality columns."""
     rows = [r for r in doc["rows"] if r["task"] == task]
     other = DETECTION_ONLY if task == "classification" else CLASSIFICATION_ONLY
     qcols = [c for c in doc["quality_columns"] if c not in ("task", "model", "n_test") and c not in other
              and not (task == "detection" and c.startswith("f1["))
              and (c in ("method", "dataset", "seed") or any(r.get(c) is not None for r in rows))]
-    tcols = [c for c in doc["timing_columns"] if c != "speed_batch_size"]
-    head = "".join(f"<th>{_esc(c)}</th>" for c in qcols) + "".join(f'<th class="t">{_esc(c)}</th>' for c in tcols)
+    tcols = ["method", "dataset", "seed"] + [c for c in doc["timing_columns"] if c != "speed_batch_size"
+                                             and any(r.get(c) is not None for r in rows)]
     # Best value per data set and quality column in bold.
     best: dict = {}
     for c in qcols[3:]:
@@ -120,45 +162,68 @@ def _table(doc: dict, task: str) -> str:
             if isinstance(v, (int, float)):
                 k = (r["dataset"], c)
                 best[k] = max(best.get(k, v), v)
-    body = []
-    for r in rows:
-        cells = []
-        for c in qcols:
-            v = r.get(c)
-            txt = f"{v:.4f}" if isinstance(v, float) else _esc(v)
-            if c == "size_bytes" and v is not None:
-                txt = f"{v / 1024:.1f} KB"
-            bold = best.get((r["dataset"], c)) == v and isinstance(v, float)
-            cells.append(f"<td><b>{txt}</b></td>" if bold else f"<td>{txt}</td>")
-        cells += [f'<td class="t">{_esc(f"{r[c] / 1024:.1f} KB" if c == "size_bytes" and r.get(c) is not None else r.get(c))}</td>'
-                  for c in tcols]
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>'
+
+    def cell(r, c, bold_best: bool) -> str:
+        v = r.get(c)
+        if c == "size_bytes" and v is not None:
+            txt = f"{v / 1024:,.1f}"
+        elif c == "params" and isinstance(v, (int, float)):
+            txt = f"{v:,.0f}"
+        elif c == "throughput_wps" and isinstance(v, (int, float)):
+            txt = f"{v:,.0f}"
+        elif isinstance(v, float):
+            txt = f"{v:.4f}" if c not in doc["timing_columns"] else f"{v:g}"
+        else:
+            txt = _esc(v)
+        bold = bold_best and best.get((r["dataset"], c)) == v and isinstance(v, float)
+        return f"<td><b>{txt}</b></td>" if bold else f"<td>{txt}</td>"
+
+    def table(cols, bold_best, cls=""):
+        head = "".join(f'<th title="{_esc(COLUMNS.get(c, ("", ""))[1])}">{_esc(_col_head(c))}</th>' for c in cols)
+        body = "".join("<tr>" + "".join(cell(r, c, bold_best) for c in cols) + "</tr>" for r in rows)
+        return f'<div class="scroll"><table class="{cls}"><tr>{head}</tr>{body}</table></div>'
+
+    return ("<h3>Quality (deterministic)</h3>" + table(qcols, True)
+            + "<h3>Speed, size and memory (measured; vary with the machine and its load)</h3>"
+            + table(tcols, False, "timing"))
 
 
-def _tradeoff(task: str, records: list[dict], datasets: list[str], batch: int) -> str:
+def _tradeoff(task: str, records: list[dict], datasets: list[str], batch: int, what=None) -> str:
     plt = _plt()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     key, label = HEADLINE[task]
     parts = []
     for ds in datasets:
         pts = [p for p in _mean_by_method(task, records, ds) if p["quality"] is not None and p["throughput"]]
         if not pts:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        fig, ax = plt.subplots(figsize=(6.8, 4.4))
         for i, p in enumerate(pts):
             ax.scatter(p["throughput"], p["quality"], s=60, color=TAB10[i % 10], zorder=3)
             ax.annotate(p["method"], (p["throughput"], p["quality"]), textcoords="offset points", xytext=(6, 4), fontsize=9)
         front = _pareto(pts)
         if len(front) > 1:
             ax.plot([p["throughput"] for p in front], [p["quality"] for p in front], "--", color="#999", zorder=2,
-                    label="Pareto front")
-            ax.legend(loc="lower left", fontsize=8)
+                    label="Pareto front (no other method is both faster and better)")
+            # below the axes: inside, the legend covered a point
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, frameon=False)
         ax.set_xscale("log")
-        ax.set_xlabel(f"throughput (wafers/s, batch {batch}, log scale)")
+        xs = [p["throughput"] for p in pts]
+        ax.set_xlim(min(xs) / 1.6, max(xs) * 2.5)  # room for the labels right of the points
+        ys = [p["quality"] for p in pts]
+        pad = max(0.02, (max(ys) - min(ys)) * 0.12)
+        ax.set_ylim(min(ys) - pad, min(1.0, max(ys) + pad) + pad / 2)
+        # major ticks only (1, 10, 100, ... and 2×, 5×), written 1,000 not 10^3; minor labels collided
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel(f"throughput (wafers/s in batches of {batch}, log scale)")
         ax.set_ylabel(label)
         ax.set_title(f"{ds}: {label} vs throughput")
         ax.grid(alpha=0.3, which="both")
-        parts.append(f"<div class=fig>{_img(fig, f'{ds} accuracy vs throughput')}{_decision_tree(task, pts)}</div>")
+        parts.append(f"<div class=fig>{_img(fig, f'{ds} accuracy vs throughput')}"
+                     f"{_decision_tree(task, pts, batch, what(ds) if what else ds)}</div>")
     return "".join(parts)
 
 
@@ -169,24 +234,59 @@ def _pareto(pts: list[dict]) -> list[dict]:
     return sorted(front, key=lambda p: p["throughput"])
 
 
-def _decision_tree(task: str, pts: list[dict]) -> str:
-    """Seed 001's 'which method for which need' tree, each leaf picked from the measured numbers."""
+def _what_row_is(p: dict, data_desc: str) -> str:
+    """What a row's model is: trained by this benchmark (on how many maps of which data), not a bundled
+    model; a row named like a bundled architecture says which bundled model differs from it."""
+    n = f"{p['n_train']:,} " if p.get("n_train") else ""
+    folds = f" (per fold, {p['n_folds']} folds)" if (p.get("n_folds") or 1) > 1 else ""
+    quiet = ("progress", "verbose", "n_jobs")  # how it ran, not what it is
+    params = ", ".join(f"{k}={v}" for k, v in (p.get("params") or {}).items() if k not in quiet)
+    text = (f"<code>{_esc(p.get('model') or p['method'])}</code>{' (' + _esc(params) + ')' if params else ''}, "
+            f"trained here on {n}maps of {_esc(data_desc)}{folds}")
+    twins = bundled_of_model(p.get("model"))
+    if twins:
+        text += ("; <i>not</i> the bundled " + " or ".join(f"<code>{_esc(t)}</code>" for t in twins)
+                 + " (the same model type, trained differently: <code>waferscope models</code>)")
+    return text
+
+
+def bundled_of_model(model: str | None) -> list[str]:
+    """The bundled models (classifiers and detectors) whose registered model is ``model``."""
+    if not model:
+        return []
+    from waferscope.models import classifiers, detectors
+
+    names = []
+    for pkg in (classifiers, detectors):
+        for name, run_dir in pkg.BUNDLED.items():
+            try:
+                if json.loads((Path(run_dir) / "model.json").read_text()).get("name") == model:
+                    names.append(name)
+            except (OSError, ValueError):
+                continue
+    return names
+
+
+def _decision_tree(task: str, pts: list[dict], batch: int = 0, data_desc: str = "") -> str:
+    """Seed 001's 'which method for which need' tree, each leaf picked from the measured numbers;
+    every leaf says what its model is and gives each number with its unit."""
     label = HEADLINE[task][1]
     best = max(pts, key=lambda p: p["quality"])
     fastest = max(pts, key=lambda p: p["throughput"])
 
     def desc(p):
-        bits = [f"{label} {p['quality']:.3f}", f"{p['throughput']:.0f} wafers/s"]
+        bits = [f"{label} {p['quality']:.3f}",
+                f"{p['throughput']:,.0f} wafers/s" + (f" in batches of {batch}" if batch else "")]
         if p["latency"] is not None:
-            bits.append(f"{p['latency']:.1f} ms/wafer")
+            bits.append(f"{p['latency']:.1f} ms latency for one wafer per call")
         if p["size"] is not None:
-            bits.append(f"{p['size'] / 1024:.0f} KB")
-        return f"<b>{_esc(p['method'])}</b> ({', '.join(bits)})"
+            bits.append(f"{p['size'] / 1024:,.0f} KB on disk")
+        return f"<b>{_esc(p['method'])}</b> ({'; '.join(bits)})"
 
     near = [p for p in pts if p["quality"] >= best["quality"] - 0.01]
     balanced = max(near, key=lambda p: p["throughput"])
     leaves = [("Need the highest accuracy?", best),
-              ("Need the most wafers per second (real-time line)?", fastest),
+              ("Need the most wafers per second (batch jobs)?", fastest),
               (f"Within 0.01 of the best {label}, the fastest:", balanced)]
     sized = [p for p in pts if p["size"] is not None]
     if sized:
@@ -204,7 +304,15 @@ def _decision_tree(task: str, pts: list[dict]) -> str:
         how = " with <code>--prior wm811k</code>" if p.get("mix_prior") is not None and p["mix_prior"] > p["mix"] else ""
         items += (f"<li>Mostly normal wafers (the WM-811K mix, 85 % none)? → <b>{_esc(p['method'])}</b>{how} "
                   f"(macro F1 {score:.3f} on that mix)</li>")
-    return f'<div class="tree"><b>Which method? (from these measurements)</b><ul>{items}</ul></div>'
+    named = dict.fromkeys(p["method"] for _, p in leaves)
+    what = "".join(f"<li><b>{_esc(p['method'])}</b>: {_what_row_is(p, data_desc)}</li>"
+                   for p in pts if p["method"] in named)
+    return ('<div class="tree"><b>Which method? (from these measurements)</b>'
+            f"<ul>{items}</ul><b>What these rows are</b>"
+            "<p class=note>Every row was trained by this benchmark, so these are methods, not the models "
+            "bundled with waferscope (<code>waferscope models</code>; their figures on real maps are in the "
+            "README).</p>"
+            f"<ul>{what}</ul></div>")
 
 
 def _confusions(records: list[dict]) -> str:
@@ -305,6 +413,11 @@ def _environment(manifest: dict, records: list[dict]) -> str:
             ("speed", f"latency: batch 1, median of {manifest['speed']['repeats']} runs; throughput: "
                       f"{manifest['speed']['n']} wafers in batches of {manifest['speed']['batch_size']}"),
             ("peak memory", env["peak_memory"])]
+    load = manifest.get("load_average")
+    if load:
+        rows.append(("load average (1/5/15 min)",
+                     f"at the start {load['start']}, at the end {load['end']} ({env['cpu_count']} CPUs; above that "
+                     "count, other work shares the CPUs and every timing column is slower; quality is unaffected)"))
     for name, d in manifest["datasets"].items():
         parts = "; ".join(f"{k}: {v['n']} maps" for k, v in d["parts"].items())
         rows.append((f"data set {name}", f"fingerprint {d['fingerprint']} — {parts} — protocol {d['protocol']} — "
@@ -318,13 +431,32 @@ def _environment(manifest: dict, records: list[dict]) -> str:
             f"<table><tr><th>method</th><th>dataset</th><th>seed</th><th>key</th></tr>{keys}</table>")
 
 
+def _data_desc(manifest: dict, ds: str) -> str:
+    """A data set in words: its name and what it holds, e.g. 'synthetic (train: synthetic:n=1350,seed=1)'."""
+    d = manifest["datasets"].get(ds, {})
+    sources, parts = d.get("sources") or [], list(d.get("parts") or {})
+    if sources and len(sources) == len(parts) and "train" in parts:
+        return f"{ds} (train: {sources[parts.index('train')]})"
+    return f"{ds} ({', '.join(str(s) for s in sources)})" if sources else ds
+
+
+def _glossary(doc: dict) -> str:
+    used = [c for c in dict.fromkeys(doc["quality_columns"] + doc["timing_columns"]) if c in COLUMNS]
+    items = "".join(f"<tr><th>{_esc(COLUMNS[c][0])}</th><td><code>{_esc(c)}</code></td><td>{_esc(COLUMNS[c][1])}</td></tr>"
+                    for c in used)
+    if any(c.startswith("f1[") for c in doc["quality_columns"]):
+        items += ("<tr><th>F1 CLASS</th><td><code>f1[CLASS]</code></td><td>F1 score of one class: the harmonic mean "
+                  "of its precision and recall (0-1)</td></tr>")
+    return (f"<table class=env><tr><th>header</th><th>column in results.csv</th><th>meaning</th></tr>{items}</table>")
+
+
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#222;max-width:1320px}
 h1{margin-bottom:4px} h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#f3f5f8} .t{background:#fbf8ef;color:#555} table.env td,table.env th{text-align:left;white-space:normal}
-.scroll{overflow-x:auto} img{max-width:100%;margin:6px 10px 6px 0;vertical-align:top}
+.scroll{overflow-x:auto} table.timing td{background:#fbf8ef} img{max-width:100%;margin:6px 10px 6px 0;vertical-align:top}
 .fig{display:flex;flex-wrap:wrap;align-items:flex-start;gap:12px}
 .tree{border-left:3px solid #4a7;padding:4px 12px;font-size:14px;max-width:560px}
 .tree ul{padding-left:18px;margin:6px 0} .tree li{margin:4px 0} .note{color:#666;font-size:13px} .failed{color:#b00}
@@ -348,7 +480,8 @@ def render_report(out: Path) -> str:
         records = [r for r in all_records if r.get("task") == task]
         sections += [f"<h2>{task.capitalize()}: results</h2>", _table(doc, task),
                      f"<h2>{task.capitalize()}: accuracy vs throughput</h2>",
-                     _tradeoff(task, records, datasets, batch) or "<p>no timings measured</p>"]
+                     _tradeoff(task, records, datasets, batch, lambda ds: _data_desc(manifest, ds))
+                     or "<p>no timings measured</p>"]
         if task == "classification":
             sections += ["<h2>Confusion matrices</h2>", f"<div class=fig>{_confusions(records)}</div>"]
             ex = _examples(task, records, datasets)
@@ -361,7 +494,8 @@ def render_report(out: Path) -> str:
         items = "".join(f"<li>{_esc(f['method'])} × {_esc(f['dataset'])} × seed {f['seed']}: {_esc(f['error'])}</li>"
                         for f in manifest["failed"])
         sections += [f"<h2>Failed cells</h2><ul class=failed>{items}</ul>"]
-    sections += ["<h2>Environment and hashes</h2>", _environment(manifest, all_records)]
+    sections += ["<h2>Glossary of the columns</h2>", _glossary(doc),
+                 "<h2>Environment and hashes</h2>", _environment(manifest, all_records)]
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>waferscope benchmark {_esc(manifest['name'])}</title><style>{CSS}</style></head><body>"
             + "\n".join(sections) + "</body></html>")

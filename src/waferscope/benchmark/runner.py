@@ -38,7 +38,8 @@ MODEL_COLUMNS = ["params"]
 # differ by a few bytes (some models record their fit time in model.json).
 OPTIONAL_COLUMNS = ["macro_f1_wm811k_mix", "macro_f1_wm811k_mix_prior", "image_f1_kfold_threshold", "gradcam_energy",
                     "gradcam_pointing", "denoise_gradcam_f1", "denoise_median_f1"]
-TIMING_COLUMNS = ["size_bytes", "train_s", "train_cpu_s", "latency_ms", "throughput_wps", "speed_batch_size", "peak_rss_mb", "peak_extra_mb"]
+TIMING_COLUMNS = ["size_bytes", "train_s", "train_cpu_s", "latency_ms", "throughput_wps", "speed_batch_size", "peak_rss_mb",
+                  "peak_extra_mb", "load_1min"]
 
 
 def sha(obj) -> str:
@@ -62,8 +63,52 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class _Heartbeat:
+    """Logs the current step of a cell with its elapsed time every ``every`` seconds, so a cell that
+    trains for a quarter of an hour (models run with progress bars off) does not look hung."""
+
+    def __init__(self, log, tag: str, every: float = 30.0):
+        import threading
+
+        self.log, self.tag, self.every = log, tag, every
+        self.step, self.t0 = "starting", time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __call__(self, step: str) -> None:  # the cell's progress callback
+        self.step = step
+        self.log(f"{self.tag}: {step}")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.log(f"{self.tag}: {self.step} … still working, {_duration(time.perf_counter() - self.t0)} "
+                     "into this cell")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (None where the OS has none): recorded beside timings,
+    which on a shared machine depend on it."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = False, report: bool = True,
-                  log=_log) -> dict:
+                  log=_log, heartbeat: float = 30.0) -> dict:
     config = load_config(config_path)  # every config problem surfaces here, before any data or training
     out = Path(out_dir)
     for d in config.datasets:
@@ -74,6 +119,7 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
 
     grid = [(m, ds, s) for ds in loaded for m in config.methods for s in config.seeds]
     records, failed = [], []
+    load_start, t_start = load_average(), time.perf_counter()
     for i, (method, ds, seed) in enumerate(grid, 1):
         key = cell_key(config, method, ds, seed)
         path = out / "cells" / f"{key}.json"
@@ -87,8 +133,10 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
                 log(f"{tag}: cached cell unreadable, rerunning")
         t0 = time.perf_counter()
         run_dir = out / "runs" / f"{method.name}__{ds.name}__s{seed}"
+        load_before = load_average()
         try:
-            rec = run_cell(config, method, ds, seed, run_dir, progress=lambda s: log(f"{tag}: {s}"))
+            with _Heartbeat(log, tag, heartbeat) as beat:
+                rec = run_cell(config, method, ds, seed, run_dir, progress=beat)
         except Exception as exc:  # one broken model must not lose the other cells; not cached, so retried
             problem = str(exc) if isinstance(exc, WaferscopeError) else f"{type(exc).__name__}: {exc}"
             log(f"{tag}: FAILED: {problem}")
@@ -96,10 +144,12 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
                            "dataset": ds.name, "seed": seed, "error": problem})
             continue
         rec["key"] = key
+        rec["timing"]["load_avg_before"], rec["timing"]["load_avg_after"] = load_before, load_average()
+        rec["timing"]["load_1min"] = None if load_before is None else load_before[0]
         _write_text(path, json.dumps(rec))
         records.append(rec)
         cls = method.task == "classification"
-        log(f"{tag}: done in {time.perf_counter() - t0:.1f} s "
+        log(f"{tag}: done in {_duration(time.perf_counter() - t0)} "
             f"({'macro F1' if cls else 'image AUROC'} {rec['quality'].get('macro_f1' if cls else 'image_auroc')})")
 
     manifest = {
@@ -111,6 +161,10 @@ def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = Fa
         "methods": {m.name: {"task": m.task, "model": m.model, "params": m.params, "label": m.label} for m in config.methods},
         "seeds": config.seeds, "speed": {"batch_size": config.batch_size, "n": config.speed_n, "repeats": config.repeats},
         "environment": measure.environment(config.threads),
+        # The machine's load beside the timings (1/5/15-min averages): a busy shared machine slows
+        # every timing column; the quality columns do not depend on it.
+        "load_average": {"start": load_start, "end": load_average(),
+                         "wall_s": round(time.perf_counter() - t_start, 1)},
         "failed": failed,
     }
     write_results(out, records, manifest)
@@ -187,14 +241,15 @@ def results_markdown(rows: list[dict], qcols: list[str], manifest: dict) -> str:
              f"Config SHA-256 `{manifest['config_sha256'][:16]}`; data fingerprints: "
              + ", ".join(f"{k} `{v['fingerprint']}`" for k, v in manifest["datasets"].items()), ""]
     head = {"size_bytes": "size (KB)", "train_s": "train (s)", "latency_ms": "latency b=1 (ms)",
-            "throughput_wps": f"wafers/s (b={manifest['speed']['batch_size']})", "peak_rss_mb": "peak RSS (MB)"}
+            "throughput_wps": f"wafers/s (b={manifest['speed']['batch_size']})", "peak_rss_mb": "peak RSS (MB)",
+            "load_1min": "load avg (1 min)"}
     for task, main in (("classification", CLASSIFICATION_COLUMNS), ("detection", DETECTION_COLUMNS)):
         trows = [r for r in rows if r["task"] == task]
         if not trows:
             continue
         main = [c for c in qcols if c in main or (c in OPTIONAL_COLUMNS and any(r.get(c) is not None for r in trows))]
         cols = ["method", "dataset", "seed"] + main + ["params", "size_bytes", "train_s", "latency_ms",
-                                                       "throughput_wps", "peak_rss_mb"]
+                                                       "throughput_wps", "peak_rss_mb", "load_1min"]
         lines += [f"## {task.capitalize()}", "", "| " + " | ".join(head.get(c, c) for c in cols) + " |",
                   "|" + "---|" * len(cols)]
         for r in trows:
@@ -219,4 +274,8 @@ def results_markdown(rows: list[dict], qcols: list[str], manifest: dict) -> str:
     env = manifest["environment"]
     lines += [f"Machine: {env['cpu']} ({env['cpu_count']} CPUs), {env['threads']} thread(s); "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
+    load = manifest.get("load_average")
+    if load:
+        lines += [f"Load average (1/5/15 min) at the start {load['start']}, at the end {load['end']}: timings "
+                  "slow down when it exceeds the CPU count; quality does not change.", ""]
     return "\n".join(lines)

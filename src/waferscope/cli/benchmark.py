@@ -27,7 +27,9 @@ def benchmark(
                    f"{len(cfg.seeds)} seeds = {n} cells)")
         return
     from waferscope.benchmark.runner import run_benchmark
+    from waferscope.cli.checks import check_out_dir
 
+    check_out_dir(out)
     run_benchmark(config, out, force=force, report=report)
     typer.echo(f"wrote {out}/results.csv, results.md" + (", index.html" if report else ""))
 

@@ -17,9 +17,10 @@ from typing import List, Optional
 import numpy as np
 import typer
 
+from waferscope.cli.checks import check_out_dir, check_out_file, check_run_dir
 from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, COLUMNS_HELP, PASS_BINS_HELP, RETEST_HELP,
                                    MAX_DIES_OPTION, SCHEDULER_OPTION, WORKERS_OPTION, fab_options_refused,
-                                   load_classifier, load_data, load_model_described,
+                                   load_data, load_model_described,
                                    parse_set, write_text_atomic)
 from waferscope.errors import ConfigError, DataError
 
@@ -27,9 +28,10 @@ app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-p
 
 RUN_OPTION = typer.Option(None, "--run", help="Classifier run directory (default: a bundled model)")
 BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'cnn_distilled' (default; cnn_fine "
-                              "distilled from gbm, ~9,000 wafers/s), 'cnn_gradcam' (the same network trained "
-                              "so that its Grad-CAM sits on the pattern, the model `explain` uses; less "
-                              "accurate) or 'gbm' (gradient-boosted trees, ~250 wafers/s, the most accurate)")
+                              "distilled from gbm, ~7,000 wafers/s on 2 CPU cores; 8,000-9,000 as an INT8 "
+                              "ONNX export), 'cnn_gradcam' (the same network trained so that its Grad-CAM "
+                              "sits on the pattern, the model `explain` uses; less accurate) or 'gbm' "
+                              "(gradient-boosted trees, ~250 wafers/s, the most accurate)")
 PRIOR_OPTION = typer.Option("balanced", "--prior", help="Class mix of these wafers: 'balanced' (the model's "
                             "own, default), 'wm811k' (85 % none, like a fab's stream), 'estimate' (learnt "
                             "from these maps without labels), 'Center=3,none=85,...' or a .json file")
@@ -77,9 +79,12 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (network models)"),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed → same model)"),
     set_: List[str] = typer.Option([], "--set", help="Any other model parameter, key=value (JSON values)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory at --out"),
 ) -> None:
     """Train a classifier on labelled maps and save it as a run directory."""
     from waferscope import registry
+
+    check_run_dir(out, overwrite)  # before minutes of training, not after
 
     cls = registry.get(model, "classifier")
     params = parse_set(set_)
@@ -94,8 +99,9 @@ def train(
         raise ConfigError(f"{model} has no parameter(s) {', '.join(bad)}; it takes: {', '.join(sorted(valid))}")
     dataset = load_data(data)
     check_training_labels(dataset, ", ".join(data))
+    typer.echo(f"training {model} on {int(dataset.is_labelled.sum())} labelled maps …", err=True)
     clf = cls(**params).fit(dataset)
-    clf.save(out)
+    clf.save(out, overwrite=overwrite)
     typer.echo(f"trained {model} on {int(dataset.is_labelled.sum())} maps "
                f"({', '.join(clf.classes_)}); wrote {out}", err=True)
 
@@ -114,6 +120,7 @@ def evaluate(
     from waferscope.models.classifiers import DEFAULT_FOR_LABELS
     from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS, resolve_prior
 
+    check_out_dir(out)
     clf, _, described = load_model_described(run, bundled, "classifier", DEFAULT_FOR_LABELS)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     dataset = load_data(data)
@@ -155,7 +162,8 @@ def evaluate(
 @app.command()
 def predict(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP),
-    out: Path = typer.Option(..., "--out", help="Output CSV: id, predicted, one probability column per class"),
+    out: Path = typer.Option(..., "--out", help="Output CSV: id, label (the true one when the data has it), "
+                             "predicted, one probability column per class (p_<class>), model (which one ran)"),
     run: Optional[Path] = RUN_OPTION,
     bundled: Optional[str] = BUNDLED_OPTION,
     prior: str = PRIOR_OPTION,
@@ -175,7 +183,9 @@ def predict(
     from waferscope.models.classifiers.prior import resolve_prior
     from waferscope.scale import run_cli
 
-    clf = load_classifier(run, bundled, DEFAULT_FOR_LABELS)
+    if engine == "local":
+        check_out_file(out, example="predictions.csv")
+    clf, _, described = load_model_described(run, bundled, "classifier", DEFAULT_FOR_LABELS)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     scaled = run_cli(clf, data, out, engine, scheduler, workers, overwrite,
                      fab_options_refused(pass_bins, retest, columns), prior=shift)
@@ -196,11 +206,11 @@ def predict(
     pred = np.asarray(classes, dtype=object)[proba.argmax(1)]
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["id", "predicted", *[f"p_{c}" for c in classes]])
+    writer.writerow(["id", "label", "predicted", *[f"p_{c}" for c in classes], "model"])
     for i, row in enumerate(proba):
-        writer.writerow([dataset.ids[i], pred[i], *[f"{p:.6f}" for p in row]])
+        writer.writerow([dataset.ids[i], dataset.labels[i], pred[i], *[f"{p:.6f}" for p in row], described])
     write_text_atomic(out, buf.getvalue())
     counts = dict(zip(*np.unique(pred.astype(str), return_counts=True)))
-    typer.echo(f"classified {len(dataset)} maps: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-               + f"; wrote {out}", err=True)
+    typer.echo(f"classified {len(dataset)} maps with {described}: "
+               + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; wrote {out}", err=True)
     sys.stderr.flush()

@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from waferscope.cli.checks import check_out_file
 from waferscope.cli.common import COLUMNS_HELP, PASS_BINS_HELP, RETEST_HELP
 
 app = typer.Typer(no_args_is_help=True, help="Generate, import, inspect and draw wafer-map data sets.")
@@ -38,6 +39,7 @@ def generate(
     from waferscope.data.io_parquet import write_parquet
     from waferscope.data.synthetic import generate as synth
 
+    check_out_file(out, example="maps.parquet")
     ds = synth(n=n, seed=seed, mixed=mixed)
     write_parquet(ds, out)
     typer.echo(f"wrote {len(ds)} maps to {out}", err=True)
@@ -56,6 +58,7 @@ def import_(
     from waferscope.data.loaders.streaming import import_to_parquet
 
     _plain_warnings()
+    check_out_file(out, example="maps.parquet")
     count = import_to_parquet(src, out, batch_size=batch_size, progress=True, pass_bins=pass_bins, retest=retest,
                               columns=columns)
     typer.echo(f"wrote {count} rows to {out}", err=True)
@@ -135,6 +138,7 @@ def show(
     from waferscope.data.render import montage_per_class
 
     _plain_warnings()
+    check_out_file(out, example="montage.png")
     montage_per_class(load(spec, pass_bins=pass_bins, retest=retest, columns=columns), out, per_class=per_class,
                       seed=seed, title=title)
     typer.echo(f"wrote {out}", err=True)

@@ -21,6 +21,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
+from waferscope.cli.checks import check_out_dir, check_out_file, check_run_dir
 from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, COLUMNS_HELP, PASS_BINS_HELP, RETEST_HELP,
                                    MAX_DIES_OPTION, SCHEDULER_OPTION, WORKERS_OPTION, fab_options_refused,
                                    load_data, load_model_described, parse_set,
@@ -110,14 +111,20 @@ def train(
     folds: int = typer.Option(5, "--folds", min=2, help="K for --threshold kfold"),
     set_: List[str] = typer.Option([], "--set", help="Any other detector parameter, key=value (JSON values)"),
     split: str = typer.Option("auto", "--split", help="auto (the train split when the data has train and test), train, test or all"),
+    normal: bool = typer.Option(False, "--normal", help="Every map given is normal (e.g. a fab's known-good wafers, "
+                                "unlabelled): train on all of them. A map labelled with a defect class is an error"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory at --out"),
 ) -> None:
-    """Fit a detector on the normal maps of the data and save it as a run directory."""
+    """Fit a detector on the normal maps of the data and save it as a run directory.
+
+    Normal maps are those labelled none (good for images); unlabelled known-good wafers need --normal."""
     from waferscope import registry
     from waferscope.metrics.detection import threshold_kfold_mean_of_max, threshold_quantile
     from waferscope.models.detectors.common import default_detector_for, training_normals
 
     if threshold not in ("kfold", "quantile", "none"):
         raise ConfigError(f"--threshold must be kfold, quantile or none, got {threshold!r}")
+    check_run_dir(out, overwrite)  # before the training, not after
     where = ", ".join(data)
     dataset = None
     if model is None:  # chosen by the data's kind, through the detectors' declared image capability
@@ -137,12 +144,22 @@ def train(
         raise ConfigError(f"{model} has no parameter(s) {', '.join(bad)}; it takes: {', '.join(sorted(valid))}")
     if dataset is None:
         dataset = _select_split(_load_data(data), split, "train", where)
-    normals = training_normals(dataset, where)
+    try:
+        normals = training_normals(dataset, where, all_normal=normal)
+    except DataError as exc:
+        if normal or dataset.is_labelled.any():
+            raise
+        raise DataError(exc.problem + "; if every map given is known-good, add --normal", exc.path) from None
     skipped = len(dataset) - len(normals)
     if skipped:
         typer.echo(f"note: training on the {len(normals)} normal map(s); {skipped} other map(s) not used", err=True)
+    typer.echo(f"training {model} on {len(normals)} normal maps …", err=True)
     det = cls(**params).fit(normals)
     thr_doc = None
+    if threshold != "none":
+        typer.echo(f"computing the decision threshold ({threshold}"
+                   + (f", {folds} more fits" if threshold == "kfold" else ", scoring the training maps") + ") …",
+                   err=True)
     if threshold == "kfold":
         res = threshold_kfold_mean_of_max(lambda: cls(**params), normals, n_splits=folds, seed=seed)
         thr_doc = {"threshold": res["threshold"], "method": f"kfold_mean_of_max (k={folds}, seed={seed})",
@@ -150,7 +167,7 @@ def train(
     elif threshold == "quantile":
         thr_doc = {"threshold": threshold_quantile(det.score(normals).scores, quantile),
                    "method": f"quantile {quantile} of the training normals' scores"}
-    det.save(out)
+    det.save(out, overwrite=overwrite)
     if thr_doc is not None:
         write_text_atomic(out / THRESHOLD_JSON, json.dumps(thr_doc, indent=2))
     typer.echo(f"trained {model} on {len(normals)} normal maps; wrote {out}"
@@ -169,6 +186,7 @@ def evaluate(
     """Image AUROC/AUPR, precision/recall/F1 (+ pixel AUROC and AUPRO when masks exist), curves, overlays."""
     from waferscope.metrics.detection import detection_targets, evaluate_detection, prf_at
 
+    check_out_dir(out)
     where = ", ".join(data)
     dataset = _select_split(_load_data(data), split, "test", where)
     det, run_dir, described = _load_detector(run, bundled)
@@ -224,6 +242,9 @@ def score(
 
     if maps is not None:
         check_dir(maps, "--maps")
+        check_out_dir(maps, "--maps")
+    if engine == "local":
+        check_out_file(out, example="scores.csv")
     if engine != "local":
         det, run_dir, _ = _load_detector(run, bundled)
         thr = read_threshold(run_dir)

@@ -29,7 +29,9 @@ def heldout(
     for r in run:
         if not (r / "model.json").is_file():
             raise ConfigError("not a run directory: model.json is missing", r)
-    sample_path = sample or LSWMD_SAMPLE
+    from waferscope.cli.checks import shared_default
+
+    sample_path = shared_default(sample, LSWMD_SAMPLE, "--sample FILE", "labelled maps none of the models trained on")
     seen_paths = seen or [p for p in (DEV_MAPS, DEV2_MAPS) if p.exists()]
     held_sample, seen_sets = ev.load_heldout_sample(sample_path, seen_paths)
     models = {name: (lambda name=name: load_default(name)) for name in BUNDLED}
@@ -84,8 +86,13 @@ def _sets_and_threads(dev: Optional[Path], dev2: Optional[Path], threads: int) -
     from waferscope.data import load
     from waferscope.data.paths import DEV2_MAPS, DEV_MAPS
 
+    from waferscope.cli.checks import shared_default
+
+    own = "a labelled .npz/.parquet/folder of maps with lot names; both sets pooled into lot-grouped folds"
+    dev = shared_default(dev, DEV_MAPS, "--dev FILE --dev2 FILE", own)
+    dev2 = shared_default(dev2, DEV2_MAPS, "--dev FILE --dev2 FILE", own)
     torch.set_num_threads(threads)
-    return {"dev": load(str(dev or DEV_MAPS)), "dev2": load(str(dev2 or DEV2_MAPS))}
+    return {"dev": load(str(dev)), "dev2": load(str(dev2))}
 
 
 DEV_OPT = typer.Option(None, "--dev", help="First labelled set (default: the shared wm811k_dev.npz)")

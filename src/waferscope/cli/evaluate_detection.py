@@ -68,6 +68,11 @@ def detector(
         default_protocol = "dev"
     ev.check_detector(detector)
     proto = ev.protocol_named(protocol or default_protocol, synthetic_normals=synthetic_normals, split_seed=split_seed)
+    if data is None:
+        from waferscope.cli.checks import shared_default
+        from waferscope.data.paths import DEV_MAPS
+
+        shared_default(None, DEV_MAPS, "--data SPEC", "labelled maps: none = normal, any defect class = anomalous")
     dev = ev.load_dev(data)
     import torch
 
@@ -144,7 +149,9 @@ def synthetic_vs_real(
     from waferscope.data.paths import DEV_MAPS
     from waferscope.evaluate.synthetic import compare_to_real
 
-    real = load(data if data is not None else DEV_MAPS)
+    from waferscope.cli.checks import shared_default
+
+    real = load(data if data is not None else shared_default(None, DEV_MAPS, "--data SPEC", "labelled real maps"))
     table = compare_to_real(real, n=n, seed=seed, img_dir=img_dir)
     typer.echo(table)
     if out_md is not None:

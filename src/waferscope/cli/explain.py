@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from waferscope.cli.checks import check_out_dir
 from waferscope.cli.common import DATA_HELP, load_model_described
 
 
@@ -29,25 +30,31 @@ def explain_cmd(
     threshold: str = typer.Option("otsu", "--threshold", help="Denoising relevance threshold: otsu or a quantile like 0.8"),
     target_layer: Optional[str] = typer.Option(None, "--target-layer", help="Conv layer name (default: chosen automatically)"),
     target: str = typer.Option("predicted", "--target", help="Explain the predicted class, or each wafer's labelled class"),
-    max_pictures: int = typer.Option(24, "--max-pictures", help="Overlay PNGs to draw (one per wafer; a montage beyond 8)"),
+    max_pictures: int = typer.Option(24, "--max-pictures", min=0, help="Wafers to draw (spread over the classes: "
+                                     "labels, else the predicted ones); one PNG each up to 8, else montages of 8"),
+    seed: int = typer.Option(0, "--seed", help="Which wafers of each class are drawn"),
 ) -> None:
     """Grad-CAM heat maps for a classifier's decisions: overlay PNGs, localisation scores, denoised maps."""
     import waferscope.data as wd
     from waferscope import explain as ex
     from waferscope.models.classifiers import DEFAULT_FOR_EXPLANATIONS
 
+    check_out_dir(out)
     clf, _, described = load_model_described(run, bundled, "classifier", DEFAULT_FOR_EXPLANATIONS)
     dataset = wd.load(data)
     thr: str | float = threshold if threshold == "otsu" else float(threshold)
     exp = ex.explain(clf, dataset, method=method, target_layer=target_layer, target=target)
     out.mkdir(parents=True, exist_ok=True)
     denoised = ex.denoise(dataset, exp, thr) if denoise and dataset.kind == "wafer" else None
-    n_pics = min(max_pictures, len(dataset))
+    idx = ex.picture_sample(dataset, exp, max_pictures, seed)
+    n_pics = len(idx)
     if n_pics <= 8:
-        for i in range(n_pics):
-            ex.overlay_figure(dataset, exp, [i], out / f"{dataset.ids[i]}.png", denoised)
+        from waferscope.utils import anomaly_map_names
+
+        names = anomaly_map_names(dataset.ids)  # file-safe: ids such as Center/w0 hold a slash
+        for i in idx:
+            ex.overlay_figure(dataset, exp, [i], out / f"{names[i][:-4]}.png", denoised)
     elif n_pics:
-        idx = list(range(n_pics))
         for k in range(0, n_pics, 8):
             ex.overlay_figure(dataset, exp, idx[k:k + 8], out / f"overlays_{k // 8:03d}.png", denoised)
     summary = {"model": described, "method": method,
@@ -83,6 +90,7 @@ def atlas_cmd(
     import waferscope.data as wd
     from waferscope.explain import build_atlas, plot_atlas
 
+    check_out_dir(out)
     atlas = build_atlas(wd.load(data), size=size)
     out.mkdir(parents=True, exist_ok=True)
     plot_atlas(atlas, out / "atlas.png")

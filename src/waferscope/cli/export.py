@@ -36,15 +36,35 @@ def export(
     """Export a classifier or detector: uint8 die-state maps in, probabilities or (score, map) out."""
     from waferscope.export import export_run
 
+    from waferscope.cli.checks import check_out_file
+
     if (run is None) == (bundled is None):
         raise ConfigError("give --run RUN or --bundled NAME (one of them)")
+    check_out_file(out, example="model.onnx")
     calib = None
     if int8 and int8_mode == "static":
         from waferscope.data import load
 
         calib = load(calibration)
     path = export_run(run if run is not None else bundled_run_dir(bundled), out, fmt, int8_mode if int8 else None, calib)
-    typer.echo(f"wrote {path} ({path.stat().st_size / 1024:.1f} KB)")
+    typer.echo(describe_export(path, calibration if int8 and int8_mode == "static" else None))
+
+
+def describe_export(path: Path, calibration: Optional[str]) -> str:
+    """What a deployment must know, read back from the file's own metadata: the input layout, the
+    outputs, and whether INT8 was applied (and calibrated on what)."""
+    from waferscope.export import read_metadata
+
+    meta = read_metadata(path)
+    s, batch = meta["size"], meta.get("batch")
+    precision = ("FP32" if not meta.get("int8") else f"INT8 ({meta['int8']}"
+                 + (f", activations calibrated on {calibration})" if calibration else ", weights only)"))
+    outputs = (f"probabilities (N × {len(meta.get('classes') or [])}: {', '.join(meta.get('classes') or [])})"
+               if meta["kind"] == "classifier" else f"scores (N) and anomaly_maps (N × {s} × {s})")
+    return (f"wrote {path} ({path.stat().st_size / 1024:.1f} KB): {meta['kind']} {meta['name']}, {precision}.\n"
+            f"  input 'maps': uint8, {batch or 'N'} × {s} × {s} die states (0 no die, 1 pass, 2 fail); resize each "
+            f"map to {s} × {s} by nearest neighbour first (waferscope.data.preprocess.resize_maps)"
+            + ("" if batch is None else f"; the batch size is fixed at {batch}") + f"\n  outputs: {outputs}")
 
 
 def register(app: typer.Typer) -> None:

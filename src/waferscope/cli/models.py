@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import textwrap
 
 import typer
 
@@ -11,10 +14,21 @@ def register(app: typer.Typer) -> None:
     app.command("models")(models_cmd)
 
 
+def plain_text(doc: str) -> str:
+    """reStructuredText/Sphinx roles as plain words: ``:class:`~a.b.C``` → C, ````x```` → x, `x` → x."""
+    doc = re.sub(r":[a-z]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`", lambda m: m.group(1).rsplit(".", 1)[-1] if "~" in m.group(0)
+                 else m.group(1), doc)
+    doc = re.sub(r"``([^`]+)``", r"\1", doc)
+    return re.sub(r"`([^`]+)`", r"\1", doc)
+
+
 def _summary(obj) -> str:
-    lines = (obj.__doc__ or "").strip().splitlines()
-    if lines:
-        return lines[0].rstrip(".")
+    """The first sentence of the docstring's first paragraph (which may span lines), in plain text."""
+    paragraph = " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split())
+    if paragraph:
+        text = plain_text(paragraph).replace(" (see the module docstring)", "")
+        first = re.split(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\. (?=[A-Z])|:$", text)[0]  # "et al. 2016" is no end
+        return first.rstrip(".: ")
     return "" if getattr(obj, "__module__", "").startswith("waferscope.") else f"{obj.__module__}.{obj.__qualname__}"
 
 
@@ -53,4 +67,7 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON in
         typer.echo(f"\n{kind}s:")
         for r in (r for r in rows if r["kind"] == kind):
             extra = f" [{r['model']}{', ' + r['default'] if r.get('default') else ''}]" if "model" in r else ""
-            typer.echo(f"  {r['name']:<30}{extra} {r['summary']}")
+            # wrapped to the terminal, continuation lines under the summary: no line is cut off
+            width = max(60, shutil.get_terminal_size((100, 20)).columns)
+            typer.echo(textwrap.fill(f"{extra.strip()} {r['summary']}".strip(), width=width,
+                                     initial_indent=f"  {r['name']:<30} ", subsequent_indent=" " * 33))

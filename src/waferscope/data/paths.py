@@ -14,3 +14,20 @@ DEV_MAPS = SHARED_DATA / "wm811k" / "wm811k_dev.npz"
 LSWMD_SAMPLE = SHARED_DATA / "wm811k" / "LSWMD_sample.pkl"
 DEV2_MAPS = SHARED_DATA / "wm811k" / "wm811k_dev2.npz"
 UNLABELLED_MAPS = SHARED_DATA / "wm811k" / "wm811k_unlabelled.npz"
+
+# What each shared file is, for the message when it is missing (a fresh clone has no ../shared).
+_WHAT = {
+    "wm811k_dev.npz": "2,892 real labelled WM-811K maps (all 9 classes, with lot names)",
+    "wm811k_dev2.npz": "2,514 more real labelled WM-811K maps (other lots)",
+    "LSWMD_sample.pkl": "200 real labelled WM-811K rows in the original LSWMD.pkl layout",
+    "wm811k_unlabelled.npz": "1,534 real unlabelled WM-811K maps",
+}
+
+
+def missing_shared_message(path: Path) -> str:
+    """Why a shared default file is needed and where it is looked for; the caller says how to pass one's own."""
+    what = _WHAT.get(Path(path).name, "a real data file")
+    return (f"this needs the real development data: {Path(path).name} ({what}), looked for at {path}, which "
+            f"does not exist. The shared data folder is ../shared/data beside the checkout, or the folder named "
+            f"by the environment variable WAFERSCOPE_SHARED_DATA (it holds wm811k/); it is not part of the "
+            f"repository (see docs/data.md for the .npz layout: maps_flat, shapes, labels, lot_name)")

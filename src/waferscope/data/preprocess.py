@@ -139,5 +139,9 @@ def grouped_stratified_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: i
     from sklearn.model_selection import StratifiedGroupKFold
 
     labels = np.asarray(labels).astype(str)
+    n_groups = len(np.unique(np.asarray(groups).astype(str)))
+    if n_groups < n_splits:  # sklearn would raise a bare ValueError deep inside the first split
+        raise DataError(f"{n_splits}-fold grouped splits need at least {n_splits} groups (lots), and the "
+                        f"{len(labels)} maps given come from {n_groups}; give maps from more lots")
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     yield from sgkf.split(np.zeros(len(labels)), labels, np.asarray(groups).astype(str))

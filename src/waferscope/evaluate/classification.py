@@ -191,7 +191,7 @@ def fit_and_predict(method: str, train, test, seed: int = 0, fit_kwargs: dict | 
     proba = np.asarray(clf.predict_proba(test), dtype=float)
     t2 = time.perf_counter()
     if save_to is not None:
-        clf.save(save_to)
+        clf.save(save_to, overwrite=True)  # the cache of this (method, fold), recomputed
     network = getattr(clf, "network_", None)
     return {"method": method, "params": resolved, "classes": [str(c) for c in clf.classes_],
             "proba": proba.round(6).tolist(),

@@ -163,6 +163,24 @@ def denoising_table(dataset: WaferDataset, explanation: Explanation, threshold: 
     return pd.DataFrame(rows)
 
 
+def picture_sample(dataset: WaferDataset, explanation: Explanation, n: int, seed: int = 0) -> list[int]:
+    """Up to ``n`` wafers to draw, spread over the classes: taken in turn from each class (the label,
+    or the predicted class of an unlabelled wafer), in a seeded random order within a class. The
+    first ``n`` rows of a class-sorted folder would all be one class. Returned grouped by class."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(dataset.labels).astype(str)
+    groups = np.where(labels != "", labels, np.asarray(explanation.predicted).astype(str))
+    members = {g: list(rng.permutation(np.flatnonzero(groups == g))) for g in sorted(set(groups.tolist()))}
+    picked: dict[str, list[int]] = {g: [] for g in members}
+    total = 0
+    while total < min(n, len(groups)):
+        for g in members:
+            if members[g] and total < n:
+                picked[g].append(int(members[g].pop(0)))
+                total += 1
+    return [i for g in picked for i in sorted(picked[g])]
+
+
 def overlay_figure(dataset: WaferDataset, explanation: Explanation, index: list[int], path, denoised=None):
     """A PNG grid: each wafer, its heat map over the wafer, and (optionally) the denoised map."""
     import matplotlib
@@ -183,8 +201,12 @@ def overlay_figure(dataset: WaferDataset, explanation: Explanation, index: list[
         axes[r, 0].set_title(title, fontsize=8)
         axes[r, 1].imshow(rgb, interpolation="nearest")
         heat = np.ma.masked_where(m == 0, explanation.heat[i]) if dataset.kind == "wafer" else explanation.heat[i]
-        axes[r, 1].imshow(heat, cmap="jet", alpha=0.55, vmin=0, vmax=1, interpolation="bilinear")
+        shown = axes[r, 1].imshow(heat, cmap="jet", alpha=0.55, vmin=0, vmax=1, interpolation="bilinear")
         axes[r, 1].set_title(f"{explanation.method}", fontsize=8)
+        # the scale of the heat: 0 = no relevance for the class, 1 = the map's most relevant die
+        bar = fig.colorbar(shown, ax=axes[r, 1], fraction=0.046, pad=0.03, ticks=[0, 0.5, 1])
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("relevance", fontsize=6)
         if denoised is not None:
             axes[r, 2].imshow(render_map(denoised.maps[i]), interpolation="nearest")
             axes[r, 2].set_title("denoised", fontsize=8)

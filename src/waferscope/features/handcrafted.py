@@ -223,12 +223,19 @@ def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: boo
     return np.concatenate(map_chunks(partial(_chunk, feature_set=feature_set), maps, n_jobs, progress, chunk_size))
 
 
+IN_PROCESS_STEP = 64  # maps per progress step when the work stays in this process
+
+
 def map_chunks(fn, maps: list, n_jobs: int = -1, progress: bool = False, chunk_size: int = 256) -> list:
     """``[fn(chunk), …]`` over consecutive chunks of ``maps``, in order: in ``n_jobs`` worker processes
     (joblib; ``fn`` must be picklable) when there are at least two chunks' worth, else one call here.
     The shared runner of the feature extraction and of the feature detectors' per-map work."""
     if len(maps) < 2 * chunk_size or n_jobs == 1:
-        return [fn(maps)]
+        if not progress or len(maps) <= IN_PROCESS_STEP:
+            return [fn(maps)]
+        # In this process too, a bar: a few hundred maps are already many seconds of Radon transforms.
+        steps = [maps[i:i + IN_PROCESS_STEP] for i in range(0, len(maps), IN_PROCESS_STEP)]
+        return [fn(c) for c in _progress(steps, True)]
     from joblib import Parallel, delayed
 
     chunks = [maps[i:i + chunk_size] for i in range(0, len(maps), chunk_size)]

@@ -1,11 +1,14 @@
 """Folders of wafer maps: ``<root>/<class>/*.npy`` (2-D die-state arrays) and ``<root>/<class>/*.png``
 (rendered maps), plus a single ``.npy`` stack (N×H×W, unlabelled).
 
-PNG maps are decoded to die states 0/1/2 by colour: first against known palettes (waferscope's
-:data:`~waferscope.data.render.PALETTE`, grey 0/127/255 or 0/128/255, raw grey values 0/1/2, and
-matplotlib's default viridis as drawn by ``plt.imshow(waferMap)``); otherwise, when the image has
-exactly three colours, by luminance (darkest = no die, brightest = fail). Anything else is refused:
-guessing the meaning of unknown colours would silently corrupt labels. Maps drawn with an integer
+PNG maps are decoded to die states 0/1/2 by colour: first against waferscope's own
+:data:`~waferscope.data.render.PALETTE` and raw grey values 0/1/2; otherwise, for 2 or 3 colours,
+against matplotlib colour maps (:data:`COLORMAPS`: viridis, jet, plasma, inferno, magma, cividis,
+turbo, Greys, gray, binary, ... as drawn by ``plt.imsave``/``plt.imshow`` of the 0/1/2 array): the
+colours' order along the colour map is the value order, and the image corners (outside the wafer)
+say which end is 'no die'. Brightness alone is not used: jet's middle (green) is its brightest colour
+and Greys runs white → black, so a darkest-to-brightest rule swaps pass and fail. Anything else is
+refused: guessing the meaning of unknown colours would silently corrupt labels. Maps drawn with an integer
 upscale (``render_map(m, scale=s)``) are reduced back to one pixel per die.
 """
 
@@ -24,12 +27,16 @@ from waferscope.errors import DataError
 MAP_SUFFIXES = (".npy", ".png")
 KNOWN_PALETTES = {
     "waferscope": None,  # filled from render.PALETTE at first use (keeps matplotlib out of imports)
-    "grey 0/127/255": np.array([[0, 0, 0], [127, 127, 127], [255, 255, 255]]),
-    "grey 0/128/255": np.array([[0, 0, 0], [128, 128, 128], [255, 255, 255]]),
     "raw 0/1/2": np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2]]),
-    "viridis": np.array([[68, 1, 84], [33, 145, 140], [253, 231, 37]]),
 }
-TOLERANCE = 3  # per channel, for palettes that went through 8-bit rounding
+# matplotlib colour maps a wafer map is commonly drawn with (plt.imsave / plt.imshow of the 0/1/2 array).
+# A map drawn with one of them (or its _r reverse) is decoded by the colours' positions along the colour
+# map: value order = position order. The list is kept short on purpose: matched against every colour map
+# matplotlib has, three arbitrary colours would too often land near some entry of some obscure map.
+COLORMAPS = ("viridis", "jet", "plasma", "inferno", "magma", "cividis", "turbo", "Greys", "gray", "binary",
+             "hot", "bone", "rainbow", "coolwarm", "Blues", "Reds")
+TOLERANCE = 3  # per channel, for palettes that went through 8-bit rounding (imsave truncates, others round)
+_LUTS: dict[str, np.ndarray] = {}
 
 
 def _palettes() -> dict[str, np.ndarray]:
@@ -38,6 +45,73 @@ def _palettes() -> dict[str, np.ndarray]:
 
         KNOWN_PALETTES["waferscope"] = PALETTE.astype(int)
     return KNOWN_PALETTES
+
+
+def _colormap_luts() -> dict[str, np.ndarray]:
+    """name → (N, 3) 0-255 colours of each colour map in :data:`COLORMAPS` (matplotlib imported once)."""
+    if not _LUTS:
+        import matplotlib
+
+        for name in COLORMAPS:
+            cmap = matplotlib.colormaps[name]
+            _LUTS[name] = np.round(cmap(np.linspace(0.0, 1.0, cmap.N))[:, :3] * 255).astype(np.int16)
+    return _LUTS
+
+
+def _colormap_positions(colours: np.ndarray) -> dict[str, np.ndarray]:
+    """For every colour map in which each of ``colours`` appears (within :data:`TOLERANCE`) at a
+    distinct place: name → the colours' positions along it (0..1)."""
+    found = {}
+    for name, lut in _colormap_luts().items():
+        dist = np.abs(colours[:, None, :] - lut[None, :, :]).max(axis=2)  # (colours, N)
+        idx = dist.argmin(axis=1)
+        if (dist[np.arange(len(colours)), idx] <= TOLERANCE).all() and len(set(idx.tolist())) == len(colours):
+            found[name] = idx / (len(lut) - 1)
+    return found
+
+
+def _corner_colour(codes: np.ndarray) -> int | None:
+    """The colour of the four corner pixels when they agree: on a wafer map (a disc in its bounding box)
+    the corners lie outside the wafer, so that colour is 'no die'."""
+    corners = {int(codes[0, 0]), int(codes[0, -1]), int(codes[-1, 0]), int(codes[-1, -1])}
+    return corners.pop() if len(corners) == 1 else None
+
+
+def _states_from_colormaps(colours: np.ndarray, codes: np.ndarray, path: Path) -> np.ndarray | None:
+    """Die state per colour for a map drawn with a matplotlib colour map, None when none matches;
+    DataError when the colours fit colour maps that disagree. Three colours = low/mid/high value =
+    no die/pass/fail: the middle colour along the colour map is 'pass'; the corner colour (outside
+    the wafer) tells which end is 'no die', so reversed maps (``jet_r``, ``Greys`` vs ``gray``) read
+    right; without such a corner, the colour map's own direction does (low end = no die)."""
+    found = _colormap_positions(colours)
+    if not found:
+        return None
+    names = ", ".join(sorted(found))
+    corner = _corner_colour(codes)
+    orders = {tuple(np.argsort(pos).tolist()) for pos in found.values()}  # colours from low to high
+    if len(colours) == 3:
+        if len({o[1] for o in orders}) > 1:  # the matching maps disagree on which colour is 'pass'
+            raise DataError(f"ambiguous colours: they fit the colour maps {names}, which order them differently; "
+                            "save the maps with the waferscope palette (waferscope.data.render.render_map) "
+                            "or as .npy", path)
+        low_to_high = next(iter(orders))
+        if corner is not None and corner != low_to_high[1]:
+            low_to_high = low_to_high if corner == low_to_high[0] else low_to_high[::-1]
+        elif len(orders) > 1:
+            raise DataError(f"ambiguous colours: they fit the colour maps {names} in opposite directions, and "
+                            "the image corners (outside the wafer = no die) do not tell which end is 'no die'",
+                            path)
+        states = np.empty(3, np.uint8)
+        states[list(low_to_high)] = [0, 1, 2]
+        return states
+    # Two colours. plt.imsave/imshow stretch the map's own values over the colour map: a map without
+    # fails (0/1) shows both ends; with vmin=0, vmax=2 it shows the low end and the middle.
+    if corner is None:
+        raise DataError(f"ambiguous colours: 2 colours of the colour map(s) {names} and the image corners do "
+                        "not tell which one is 'no die'", path)
+    states = np.ones(2, np.uint8)
+    states[corner] = 0  # the other colour: pass (a wafer whose every die fails is not a map one draws)
+    return states
 
 
 def _upscale_factor(codes: np.ndarray) -> int:
@@ -79,17 +153,16 @@ def decode_png_map(path: str | Path) -> np.ndarray:
         if (dist.min(axis=1) <= TOLERANCE).all() and len(set(nearest.tolist())) == len(colours):
             state_of_colour = nearest  # every colour is a distinct palette entry
             break
+    if state_of_colour is None and len(colours) in (2, 3):
+        state_of_colour = _states_from_colormaps(colours, codes, path)
     if state_of_colour is None:
         shown = ", ".join(f"#{r:02x}{g:02x}{b:02x}" for r, g, b in colours[:6]) + (" …" if len(colours) > 6 else "")
         if len(colours) < 3:
-            raise DataError(f"ambiguous colours ({len(colours)}: {shown}): they match no known palette, and with "
-                            "fewer than 3 colours their die states cannot be told by brightness", path)
-        if len(colours) > 3:
-            raise DataError(f"unknown colours ({len(colours)}: {shown}); a rendered wafer map uses the waferscope "
-                            "palette, grey 0/127/255, viridis, or exactly 3 colours (darkest = no die, "
-                            "brightest = fail)", path)
-        luminance = colours @ np.array([0.299, 0.587, 0.114])
-        state_of_colour = np.argsort(np.argsort(luminance))
+            raise DataError(f"ambiguous colours ({len(colours)}: {shown}): they match no known palette or colour "
+                            "map, so their die states cannot be told", path)
+        raise DataError(f"unknown colours ({len(colours)}: {shown}); a rendered wafer map uses the waferscope "
+                        "palette, raw grey 0/1/2, or 3 colours of one matplotlib colour map (" + ", ".join(COLORMAPS)
+                        + "; plt.imsave of the 0/1/2 array, no interpolation); save other maps as .npy", path)
     states = np.asarray(state_of_colour, dtype=np.uint8)[codes]
     s = _upscale_factor(states)
     if s > 1:

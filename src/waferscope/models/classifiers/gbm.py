@@ -63,7 +63,7 @@ class GradientBoostingClassifier(Classifier):
         index = {c: i for i, c in enumerate(classes)}
         y = np.array([index[c] for c in dataset.labels.astype(str)], dtype=np.int64)
         self.trees_ = fit_trees(self.features(dataset), y, self.max_iter, self.learning_rate, self.max_leaf_nodes,
-                                self.l2_regularization, self.seed)
+                                self.l2_regularization, self.seed, progress=bool(self.progress))
         self.classes_ = list(classes)
         self.temperature_ = 1.0  # uncalibrated until set_temperature (fitted on held-out lot folds)
         return self

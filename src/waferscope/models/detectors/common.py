@@ -71,10 +71,27 @@ def wafer_valid_masks(dataset, size: int) -> np.ndarray | None:
     return preprocess.resize_maps(dataset.maps, size) != 0
 
 
-def training_normals(dataset, where: str | None = None):
-    """The normal samples (label ``none`` or ``good``) a detector trains on, or a clear DataError."""
+def training_normals(dataset, where: str | None = None, all_normal: bool = False):
+    """The normal samples (label ``none`` or ``good``) a detector trains on, or a clear DataError.
+
+    ``all_normal=True``: the caller vouches that every sample is normal (e.g. a fab's known-good
+    wafers, which carry no label): unlabelled samples are taken as normal (``none`` for wafer maps,
+    ``good`` for images); a sample labelled with a defect class contradicts that and is an error."""
     if len(dataset) == 0:
         raise DataError("the training set is empty", where or dataset.name)
+    if all_normal:
+        import dataclasses
+
+        from waferscope.data.classes import UNLABELLED
+
+        labelled_defect = dataset.is_labelled & ~dataset.is_normal
+        if labelled_defect.any():
+            found = ", ".join(f"{k}: {v}" for k, v in dataset.subset(labelled_defect).class_counts().items())
+            raise DataError(f"all samples were declared normal, but {int(labelled_defect.sum())} are labelled with "
+                            f"a defect class ({found})", where or dataset.name)
+        normal_name = "none" if dataset.kind == "wafer" else "good"
+        labels = np.where(dataset.labels == UNLABELLED, normal_name, dataset.labels).astype(object)
+        return dataclasses.replace(dataset, labels=labels)
     normal = dataset.is_normal
     if not normal.any():
         found = ", ".join(f"{k}: {v}" for k, v in dataset.class_counts().items())

@@ -94,7 +94,7 @@ class PatternContrastDetector(Detector):
         train = WaferDataset.concat([normals, synthetic], name="pattern_contrast training")
         anomalous = ~train.is_normal
         self.trees_ = fit_trees(self._features(train.maps), anomalous, self.max_iter, self.learning_rate,
-                                self.max_leaf_nodes, self.l2_regularization, self.seed)
+                                self.max_leaf_nodes, self.l2_regularization, self.seed, progress=bool(self.verbose))
         self.ring_baseline_ = ring_baseline(normals.maps)
         self.n_train_ = len(normals)
         return self
