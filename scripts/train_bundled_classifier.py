@@ -6,7 +6,7 @@ src/waferscope/weights/classifier_cnn_gradcam/, the accurate one (``gbm``) in cl
     python scripts/train_bundled_classifier.py --model gbm --threads 1 \
         --out src/waferscope/weights/classifier_gbm   # the accurate bundled model, as committed
     python scripts/train_bundled_classifier.py --threads 1 --synthetic 1500 \
-        --set teacher=bundled:gbm distil_synthetic=6000 epochs=30 localise=0 resample=area \
+        --set teacher=bundled:gbm distil_synthetic=6000 epochs=20 localise=0 resample=area \
         orient=canonical synthetic_profile=fab 'distil_classes=Center|Donut|Edge-Loc|Edge-Ring|Loc|Loc|Near-full|Random|Scratch|none|none' \
         --out src/waferscope/weights/classifier_cnn_distilled  # the distilled one (after the accurate one)
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
