@@ -542,6 +542,8 @@ def write_reports(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     with atomic_path(paths["md"]) as tmp:
         Path(tmp).write_text(text)
     plot(table, paths["png"])
+    for p in paths.values():  # the temp files behind atomic_path are private (0600); reports are for reading
+        p.chmod(0o644)
     return paths
 
 
