@@ -6,11 +6,23 @@ src/waferscope/weights/classifier_cnn_gradcam/, the accurate one (``gbm``) in cl
     python scripts/train_bundled_classifier.py --model gbm --threads 1 \
         --out src/waferscope/weights/classifier_gbm   # the accurate bundled model, as committed
     python scripts/train_bundled_classifier.py --threads 1 --synthetic 1500 \
-        --set teacher=bundled:gbm distil_synthetic=6000 epochs=30 localise=0 \
+        --set teacher=bundled:gbm distil_synthetic=6000 epochs=20 localise=0 resample=area \
+        orient=canonical synthetic_profile=fab 'distil_classes=Center|Donut|Edge-Loc|Edge-Ring|Loc|Loc|Near-full|Random|Scratch|none|none' \
         --out src/waferscope/weights/classifier_cnn_distilled  # the distilled one (after the accurate one)
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 
-Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024, mask=--mask)``) plus every
+Since 2026-12-06 (issue 27) the distilled network reads ``resample=area`` input (every pixel the
+no-die / pass / fail fractions of the dies it covers, after cropping to the dies, so a 300-across
+wafer keeps all its fails and a margin of no-die cells changes nothing) in its ``orient=canonical``
+view (the same input, hence the same prediction, for every rotation and flip of a wafer), and its
+6,000 transfer maps come from the ``fab`` synthetic profile (half of them fab-like: 20–300 dies
+across, die aspect 0.5–2, clean wafers with 0–3 % random fails, edge exclusion, margins, clipped
+grids; those learn from their labels, the ``gbm`` teacher labels the rest), with Loc and none drawn
+twice as often. ``--profile`` / ``--synthetic-classes`` set the same for the ``--synthetic`` maps
+(the recipe keeps them as they were, as the lot-grouped protocol draws them).
+
+Training data: ``--synthetic`` synthetic maps (``generate(n, seed=2024, mask=--mask, profile=--profile,
+classes=--synthetic-classes)``) plus every
 labelled real WM-811K map (``shared/data/wm811k/wm811k_dev.npz`` and, unless ``--dev2 ''``,
 ``wm811k_dev2.npz`` beside the repo: 5,406 maps; the bundled ``gbm`` is trained on both since
 2026-12-03, and so are the distilled network and ``cnn_gradcam``, docs/classification_real.md), with the ``cnn_fine``
@@ -44,6 +56,10 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", type=int, default=12000)
     ap.add_argument("--mask", choices=("fail", "region"), default="fail",
                     help="the synthetic maps' per-die masks, which cnn_fine's localisation loss learns from")
+    ap.add_argument("--profile", choices=("wm811k", "fab"), default="wm811k",
+                    help="the synthetic maps' profile (fab: half of them fab-like, see waferscope.data.synthetic)")
+    ap.add_argument("--synthetic-classes", default="",
+                    help="comma-separated classes the synthetic maps cycle through (repeat one to weight it)")
     ap.add_argument("--model", default="cnn_fine")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -58,7 +74,8 @@ def main(argv=None) -> int:
     from waferscope.data.synthetic import generate
 
     torch.set_num_threads(args.threads)
-    parts = [generate(args.synthetic, seed=2024, mask=args.mask)] if args.synthetic else []
+    parts = ([generate(args.synthetic, seed=2024, mask=args.mask, profile=args.profile,
+                       classes=args.synthetic_classes or None)] if args.synthetic else [])
     parts.append(load(args.dev))
     if args.dev2:
         parts.append(load(args.dev2))

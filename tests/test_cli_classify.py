@@ -171,6 +171,8 @@ def test_distilled_bundled_model_is_cnn_fine_taught_by_gbm(tmp_path, monkeypatch
     clf = load_default("cnn_distilled")
     assert clf.registry_name == "cnn_fine" and clf.classes_ == list(CLASSES)
     assert clf.distilled_from_ == "bundled:gbm"  # its teacher, the bundled gbm (named "accurate" before 2026-12-03)
+    # since the issue-27 retrain (2026-12-06): area input in the canonical view, fab-profile transfer maps
+    assert (clf.resample, clf.orient, clf.synthetic_profile) == ("area", "canonical", "fab")
     ds = generate(n=45, seed=77)
     assert (clf.predict(ds) == ds.labels).mean() > 0.7  # synthetic maps it was not trained on
     # the old name still works: a deprecation note, and outputs name the model by its new name

@@ -3,7 +3,10 @@ onnxruntime.
 
 The exported graph starts after the resize: its input ``maps`` is an (N, S, S) ``uint8`` batch of
 die states (0 no die, 1 pass, 2 fail) at the model's input size S, so a deployment only needs the
-nearest-neighbour resize (:func:`waferscope.data.preprocess.resize_maps`). Inside the graph:
+nearest-neighbour resize (:func:`waferscope.data.preprocess.resize_maps`). A classifier trained with
+``resample="area"`` / ``orient="canonical"`` takes what
+:func:`waferscope.data.preprocess.prepare_maps` gives instead ((N, S, S, 3) ``uint8`` no-die/pass/fail
+fractions in the canonical view; both recorded in the metadata). Inside the graph:
 
 - classifiers: one-hot encoding (the model's ``encoding``) → network → softmax → ``probabilities``
   (N, n_classes) over the classes stored in the model's metadata;
@@ -46,6 +49,11 @@ class ExportError(WaferscopeError):
 def _onehot(x, encoding: str):
     import torch
 
+    if x.dim() == 4:  # area fractions (N, S, S, 3) uint8 × 1/255: onehot3 (or onehot without no-die)
+        from waferscope.data.preprocess import AREA_LEVELS
+
+        f = x.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / AREA_LEVELS)
+        return f if encoding == "onehot3" else f[:, 1:]
     if encoding == "onehot3":
         return torch.stack([x == 0, x == 1, x == 2], dim=1).to(torch.float32)
     if encoding == "onehot":
@@ -98,16 +106,17 @@ def _module(est):
                 super().__init__()
                 self.net = net
 
-            def one_view(self, maps):
-                out = self.net(_onehot(maps, encoding))
+            def one_view(self, x):
+                out = self.net(x)
                 return out if custom is not None else torch.softmax(out.float(), dim=1)
 
             def forward(self, maps):
+                x = _onehot(maps, encoding)  # (N, C, S, S): the views below turn the last two axes
                 if views == 1:
-                    return self.one_view(maps)
+                    return self.one_view(x)
                 total = 0
                 for k in range(8):  # as preprocess.dihedral: rot90 k % 4 times, then flip if k ≥ 4
-                    view = _rot90(maps, k % 4)
+                    view = _rot90(x, k % 4)
                     total = total + self.one_view(torch.flip(view, dims=(-1,)) if k >= 4 else view)
                 return total / 8.0
 
@@ -157,6 +166,9 @@ def metadata(est) -> dict:
 
     doc = {"kind": est.registry_kind, "name": est.registry_name, "size": input_size(est),
            "encoding": getattr(est, "encoding", "onehot3"), "waferscope_version": __version__}
+    for name, plain in (("resample", "nearest"), ("orient", "none")):
+        if getattr(est, name, plain) != plain:  # older readers never see the keys of plain models
+            doc[name] = getattr(est, name)
     if est.registry_kind == "classifier":
         doc["classes"] = [str(c) for c in est.classes_]
     return doc
@@ -169,6 +181,16 @@ def probe_maps(n: int, size: int, seed: int = 0) -> np.ndarray:
     on = np.hypot(yy, xx) < size / 2 - 0.5
     fails = rng.random((n, size, size)) < rng.uniform(0.02, 0.3, (n, 1, 1))
     return np.where(on, np.where(fails, 2, 1), 0).astype(np.uint8)
+
+
+def graph_input(meta_or_est, maps) -> np.ndarray:
+    """Maps (any grid) → the graph's uint8 input: the model's resample and orientation
+    (``metadata`` keys or estimator attributes; plain models: the nearest resize)."""
+    from waferscope.data.preprocess import prepare_maps
+
+    get = meta_or_est.get if isinstance(meta_or_est, dict) else (lambda k, d: getattr(meta_or_est, k, d))
+    size = int(get("size", None))
+    return prepare_maps(list(maps), size, get("resample", "nearest"), get("orient", "none"))
 
 
 def _torch_outputs(module, maps: np.ndarray) -> list[np.ndarray]:
@@ -209,10 +231,10 @@ def _run_session(sess, maps: np.ndarray, chunk: int, fixed: int | None) -> list[
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
-def _trace(module, outputs, size, path, batch: int | None) -> None:
+def _trace(module, outputs, size, path, batch: int | None, prepare=lambda maps: maps) -> None:
     import torch
 
-    example = torch.from_numpy(probe_maps(batch or 2, size, seed=1))
+    example = torch.from_numpy(np.ascontiguousarray(prepare(probe_maps(batch or 2, size, seed=1))))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         torch.onnx.export(module, (example,), path, dynamo=False, opset_version=OPSET, input_names=["maps"],
@@ -241,7 +263,8 @@ def export_onnx(est, path: str | Path, tolerance: float = 1e-4) -> Path:
     os.close(fd)
     try:
         probe = probe_maps(2 * FIXED_BATCH + 3, size, seed=2)
-        expected = _torch_outputs(module, probe)
+        prepare = (lambda maps: graph_input(est, maps)) if est.registry_kind == "classifier" else (lambda maps: maps)
+        expected = _torch_outputs(module, prepare(probe))
         # The wrapped graph must reproduce the estimator's own predictions, not only itself.
         reference = _estimator_outputs(est, probe)
         own_err = max(float(np.abs(a - b).max()) for a, b in zip(expected, reference))
@@ -252,8 +275,8 @@ def export_onnx(est, path: str | Path, tolerance: float = 1e-4) -> Path:
         problem = ""
         for batch in (None, FIXED_BATCH):
             try:
-                _trace(module, outputs, size, tmp, batch)
-                got = _onnx_outputs(tmp, probe, batch)
+                _trace(module, outputs, size, tmp, batch, prepare)
+                got = _onnx_outputs(tmp, prepare(probe), batch)
                 err = max(float(np.abs(a - b).max()) for a, b in zip(expected, got))
                 if err <= tolerance:
                     break
@@ -303,7 +326,8 @@ def quantize(src: str | Path, dst: str | Path, mode: str = "static", calibration
         elif mode == "static":
             if calibration is None or not len(calibration):
                 raise ConfigError("static INT8 quantization needs calibration maps")
-            maps = resize_maps(calibration.maps, int(meta["size"]))
+            maps = graph_input(meta, calibration.maps) if meta.get("kind") == "classifier" else \
+                resize_maps(calibration.maps, int(meta["size"]))
             prepared = src
             try:  # shape inference + graph clean-up, as onnxruntime recommends before static quantization
                 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -396,6 +420,8 @@ class OnnxModel:
 
         if dataset.kind != "wafer":
             raise ExportError("exported models take wafer maps (die states), not images")
+        if self.kind == "classifier":
+            return graph_input(self.meta, dataset.maps)
         return resize_maps(dataset.maps, self.size)
 
     def predict_proba(self, dataset) -> np.ndarray:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import typer
 
 app = typer.Typer(no_args_is_help=True, help="Evaluation protocols: real-data k-fold, held-out, learning "
-                  "curve, class-mix shift, detector dev protocol, explanation localisation.")
+                  "curve, class-mix shift, detector dev protocol, explanation localisation, robustness to fab wafers.")
 
 
 def register_all() -> None:
-    from waferscope.cli import evaluate_classification, evaluate_detection
+    from waferscope.cli import evaluate_classification, evaluate_detection, evaluate_robustness
 
     evaluate_classification.register(app)
     evaluate_detection.register(app)
+    evaluate_robustness.register(app)

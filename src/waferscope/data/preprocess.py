@@ -145,3 +145,225 @@ def grouped_stratified_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: i
                         f"{len(labels)} maps given come from {n_groups}; give maps from more lots")
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     yield from sgkf.split(np.zeros(len(labels)), labels, np.asarray(groups).astype(str))
+
+
+# ---- area resampling (the "area" input of the CNN classifiers) ------------------------------------
+# Nearest sampling keeps one die in (H/S)² on a large grid: on a 300-across wafer at S = 48 it shows
+# the network 2.6 % of the dies, so sparse random fails alias into whatever rows and columns the
+# sampler happens to hit (line-like artefacts), and a clean wafer's look depends on its grid size.
+# "area" instead gives every output cell the *fractions* of no-die, pass and fail over the dies it
+# covers (the area average of the onehot3 encoding), after cropping the map to the bounding box of
+# its dies, so a border of no-die cells (an .npy written with a margin vs the same wafer read from a
+# die list, which has none) does not change what the network sees.
+
+RESAMPLE = ("nearest", "area")
+AREA_LEVELS = 255  # fractions are stored as uint8 k/255 (7 KB per 48×48 map instead of 28 KB float32)
+
+
+def die_bbox(m: np.ndarray) -> tuple[int, int, int, int]:
+    """(r0, r1, c0, c1): the rows r0:r1 and columns c0:c1 holding every die of a map (the whole map
+    when it has none)."""
+    on = np.asarray(m) != 0
+    rows = np.flatnonzero(on.any(1))
+    if not len(rows):
+        return 0, m.shape[0], 0, m.shape[1]
+    cols = np.flatnonzero(on.any(0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+@lru_cache(maxsize=4096)
+def area_overlap(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) integer overlaps: input cell h spans [h·n_out, (h+1)·n_out) and output cell i
+    spans [i·n_in, (i+1)·n_in) on a common integer axis, so every weight is exact and the weights of
+    a mirrored axis are the mirrored weights (a flipped map resamples to the flipped result, bit for bit).
+    Each row sums to n_in."""
+    h = np.arange(n_in, dtype=np.int64)
+    i = np.arange(n_out, dtype=np.int64)
+    lo = np.maximum(h[None, :] * n_out, i[:, None] * n_in)
+    hi = np.minimum((h[None, :] + 1) * n_out, (i[:, None] + 1) * n_in)
+    out = np.clip(hi - lo, 0, None).astype(np.float64)
+    out.setflags(write=False)
+    return out
+
+
+def _area_counts(stack: np.ndarray, size: int) -> np.ndarray:
+    """(n, h, w) uint8 die states of one shape → (n, size, size, 3) uint8 fractions."""
+    n, h, w = stack.shape
+    # Every partial sum is an integer ≤ h·w: exact in float32 below 2**24 whatever the summation
+    # order (BLAS blocking, threads), else float64.
+    dt = np.float32 if h * w < 2 ** 24 else np.float64
+    wr, wc = area_overlap(h, size).astype(dt), area_overlap(w, size).T.astype(dt)
+    it = np.int32 if h * w < 2 ** 21 else np.int64  # c·510 + h·w must not overflow
+    counts = [np.rint(wr @ (stack == k).astype(dt) @ wc).astype(it) for k in (1, 2)]
+    counts.insert(0, h * w - counts[0] - counts[1])  # no-die: the rest of each cell (rows sum to h, columns to w)
+    out = np.empty((n, size, size, 3), np.uint8)
+    for k, c in enumerate(counts):
+        out[..., k] = np.floor_divide(c * (2 * AREA_LEVELS) + h * w, 2 * h * w)  # ×255, rounded half up
+    return out
+
+
+def area_resize_map(m: np.ndarray, size: int) -> np.ndarray:
+    """One die map → (size, size, 3) uint8: per output cell the no-die, pass and fail fractions of
+    the cells it covers (×255, rounded half up), after cropping to the dies' bounding box.
+
+    Exact: the overlaps are integers and so is every sum of their products, so the same bytes come
+    out on every machine and thread count, and a rotated or flipped map gives the rotated or flipped
+    result."""
+    r0, r1, c0, c1 = die_bbox(m)
+    return _area_counts(np.asarray(m)[None, r0:r1, c0:c1], size)[0]
+
+
+def area_resize_maps(maps: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Every map → (N, size, size, 3) uint8 fractions (see :func:`area_resize_map`); maps whose
+    cropped grids share a shape are resampled together."""
+    out = np.empty((len(maps), size, size, 3), np.uint8)
+    groups: dict[tuple[int, int], list[int]] = {}
+    crops = []
+    for i, m in enumerate(maps):
+        r0, r1, c0, c1 = die_bbox(m)
+        crops.append(np.asarray(m)[r0:r1, c0:c1])
+        groups.setdefault(crops[-1].shape, []).append(i)
+    for idx in groups.values():
+        for start in range(0, len(idx), 256):  # bounded temporaries
+            part = idx[start:start + 256]
+            out[part] = _area_counts(np.stack([crops[i] for i in part]), size)
+    return out
+
+
+def resample_maps(maps: Sequence[np.ndarray], size: int, resample: str = "nearest") -> np.ndarray:
+    """The CNN input before encoding: (N, S, S) uint8 die states (``nearest``) or (N, S, S, 3) uint8
+    no-die/pass/fail fractions (``area``)."""
+    if resample == "nearest":
+        return resize_maps(maps, size)
+    if resample == "area":
+        return area_resize_maps(maps, size)
+    raise DataError(f"unknown resample {resample!r}; choose one of {', '.join(RESAMPLE)}")
+
+
+def encode_area(batch: np.ndarray, encoding: str = "onehot3") -> np.ndarray:
+    """(N, S, S, 3) uint8 fractions → float32 (N, C, S, S): ``onehot3`` all three channels, ``onehot``
+    pass and fail (the area averages of those encodings)."""
+    x = np.moveaxis(batch, -1, 1).astype(np.float32) * (1.0 / AREA_LEVELS)
+    if encoding == "onehot3":
+        return np.ascontiguousarray(x)
+    if encoding == "onehot":
+        return np.ascontiguousarray(x[:, 1:])
+    raise DataError(f"the area input has the onehot3 or onehot encoding, not {encoding!r}")
+
+
+def area_to_die_grid(heat: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """An S×S heat map of an area-resampled map → the map's own (H, W) die grid: each die gets the
+    overlap-weighted mean of the output cells that covered it; cells outside the dies' bounding box 0."""
+    r0, r1, c0, c1 = die_bbox(m)
+    s = heat.shape[0]
+    wr, wc = area_overlap(r1 - r0, s), area_overlap(c1 - c0, s)
+    out = np.zeros(m.shape[:2], np.float32)
+    out[r0:r1, c0:c1] = (wr.T @ np.asarray(heat, np.float64) @ wc) / (s * s)
+    return out
+
+
+# ---- canonical orientation (exact invariance to the 8 rotations/flips at no inference cost) -------
+# A CNN trained with random rotations/flips is only approximately invariant (the bundled one changed
+# its call on 4-15 % of real maps under a 90° turn). Instead every map is turned, before the network,
+# into the one of its 8 views that maximises a key computed from the view itself: its fail-weighted
+# moments (row, column, row×column), then its die-weighted moments, then its bytes. A turned map
+# has the same 8 views, so it gets the same canonical view, bit for bit, and the same prediction.
+# Integer weights on integer inputs: every key is an exact integer, the same on every machine.
+
+ORIENT = ("none", "canonical")
+
+
+@lru_cache(maxsize=16)
+def _moment_weights(size: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """(S², 3) float64 weights (row, column, row×column coordinates, odd integers centred on the
+    map) and, per view k, how its row/column moments follow from the map's: (source of its row
+    moment 0 = row, 1 = column; its sign; the same for its column moment)."""
+    a = (2 * np.arange(size) - (size - 1)).astype(np.float64)
+    rr, cc = np.meshgrid(a, a, indexing="ij")
+    w = np.stack([rr.ravel(), cc.ravel(), (rr * cc).ravel()], axis=1)
+    rules = []
+    for k in range(8):
+        # the view's row coordinate, read back on the original grid: ±row or ±column
+        idx = np.arange(size * size).reshape(size, size)
+        src = dihedral(idx, k).ravel()  # view pixel p shows original pixel src[p]
+        r_back = np.empty(size * size)
+        c_back = np.empty(size * size)
+        r_back[src] = rr.ravel()
+        c_back[src] = cc.ravel()
+        rule = []
+        for back in (r_back, c_back):
+            for j, base in ((0, rr.ravel()), (1, cc.ravel())):
+                if np.array_equal(back, base):
+                    rule += [j, 1]
+                    break
+                if np.array_equal(back, -base):
+                    rule += [j, -1]
+                    break
+        rules.append(tuple(rule))
+    w.setflags(write=False)
+    return w, rules
+
+
+def canonical_views(x: np.ndarray) -> np.ndarray:
+    """(N,) index k (as in :func:`dihedral`) of each map's canonical view, for a resampled batch:
+    (N, S, S) die states or (N, S, S, 3) area fractions."""
+    n, size = len(x), x.shape[1]
+    if n == 0:
+        return np.zeros(0, np.intp)
+    _, rules = _moment_weights(size)
+    if x.ndim == 4:
+        fail, die = x[..., 2], AREA_LEVELS - x[..., 0]
+    else:
+        fail, die = (x == 2), (x != 0)
+    a = (2 * np.arange(size) - (size - 1)).astype(np.int64)
+    moments = []
+    for img in (fail, die):
+        img = np.asarray(img, np.float32)  # ≤ 255: every product and sum below is an exact integer
+        along_cols = img @ a.astype(np.float32)  # (N, S): Σ_c img[r, c]·a_c, ≤ 255·S² < 2**24
+        moments.append(np.stack([img.sum(2, dtype=np.float64) @ a, img.sum(1, dtype=np.float64) @ a,
+                                 along_cols.astype(np.float64) @ a], axis=1))
+    m = np.rint(np.concatenate(moments)).astype(np.int64)
+    keys = np.empty((n, 8, 6), np.int64)
+    for part, mm in enumerate((m[:n], m[n:])):
+        for k, (jr, sr, jc, sc) in enumerate(rules):
+            keys[:, k, 3 * part] = sr * mm[:, jr]
+            keys[:, k, 3 * part + 1] = sc * mm[:, jc]
+            keys[:, k, 3 * part + 2] = sr * sc * mm[:, 2]
+    best = np.ones((n, 8), bool)
+    for j in range(6):
+        vals = np.where(best, keys[:, :, j], np.iinfo(np.int64).min)
+        best &= vals == vals.max(1, keepdims=True)
+    ks = best.argmax(1)
+    for i in np.flatnonzero(best.sum(1) > 1):  # still tied: the view with the largest bytes (rare)
+        views = {k: np.ascontiguousarray(dihedral(x[i], k, axes=(0, 1))).tobytes() for k in np.flatnonzero(best[i])}
+        ks[i] = max(views, key=lambda k: (views[k], -k))
+    return ks
+
+
+def canonicalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each map of a resampled batch turned into its canonical view; also the view indices."""
+    ks = canonical_views(x)
+    out = np.empty_like(x)
+    for k in range(8):
+        sel = np.flatnonzero(ks == k)
+        if len(sel):
+            out[sel] = dihedral(x[sel], k, axes=(1, 2))
+    return out, ks
+
+
+def undo_view(heat: np.ndarray, k: int) -> np.ndarray:
+    """An S×S map computed on view k of a map, turned back onto the map itself."""
+    for j in range(8):
+        if np.array_equal(dihedral(dihedral(np.arange(4).reshape(2, 2), k), j), np.arange(4).reshape(2, 2)):
+            return np.ascontiguousarray(dihedral(heat, j))
+    raise AssertionError("the 8 views form a group")
+
+
+def prepare_maps(maps: Sequence[np.ndarray], size: int, resample: str = "nearest", orient: str = "none") -> np.ndarray:
+    """The whole CNN input preparation before encoding: resample, then the canonical orientation."""
+    x = resample_maps(maps, size, resample)
+    if orient == "none":
+        return x
+    if orient == "canonical":
+        return canonicalise(x)[0]
+    raise DataError(f"unknown orient {orient!r}; choose one of {', '.join(ORIENT)}")

@@ -85,8 +85,11 @@ def explain(classifier, dataset: WaferDataset, method: str = "gradcam", target_l
     logit = np.concatenate(logits)
     proba = torch.softmax(torch.from_numpy(logit), 1).numpy()
     heat = []
+    # a network whose input is not the plain nearest resize maps its heat back itself (area
+    # resampling of the cropped dies, the canonical rotation/flip undone)
+    own = classifier.heat_to_die_grids(heat_s, dataset) if hasattr(classifier, "heat_to_die_grids") else None
     for i, m in enumerate(dataset.maps):
-        h = to_die_grid(heat_s[i], m.shape[:2])
+        h = own[i] if own is not None else to_die_grid(heat_s[i], m.shape[:2])
         if dataset.kind == "wafer":
             h = np.where(m > 0, h, 0.0).astype(np.float32)  # no die, no evidence
         heat.append(h)

@@ -16,6 +16,17 @@ Ground-truth policy
   patterns in ``BASE_PATTERNS`` order (``"Center+Edge-Loc+Scratch"``), singles and ``none`` keep
   their plain name. ``multilabels`` (N×8 over BASE_PATTERNS) is set for every map.
 
+Profiles
+--------
+``profile="wm811k"`` (the default) draws WM-811K-like wafers: grids of 20–86 dies across, a
+background fail rate of 0.5–8.5 % with the busy outer ring real WM-811K wafers have, the grid
+cropped to the wafer. ``profile="fab"`` draws half of its wafers that way and half as fab
+streams show them, which WM-811K does not (issue 27: a perfectly clean round wafer from a CSV die
+list was called Scratch): grids 20–300 dies across with die aspect ratios 0.5–2, clean wafers of
+0–3 % random fails without a failing rim, rings of edge exclusion (no-die), a margin of no-die
+cells around the wafer (often uneven: an off-centre grid) and grids clipped on one side. Every
+class gets these variations, so a pattern is not told apart from ``none`` by its grid.
+
 Determinism
 -----------
 Wafer ``i`` draws only from ``numpy.random.default_rng([seed, i])`` (``[seed, i, 1]`` for mixed
@@ -35,12 +46,15 @@ import numpy as np
 from waferscope.data.classes import BASE_PATTERNS, CLASSES, NORMAL, canonical_label
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.synthetic.geometry import FLAT_SIDES, geometry
-from waferscope.data.synthetic.patterns import PATTERNS, Draws, background
+from waferscope.data.synthetic.patterns import PATTERNS, Draws, background, smooth_field
 from waferscope.errors import ConfigError
 
-__all__ = ["generate", "MIXED_CLASSES", "GENERATOR_VERSION", "product_catalogue"]
+__all__ = ["generate", "MIXED_CLASSES", "GENERATOR_VERSION", "product_catalogue", "fab_catalogue", "PROFILES",
+           "FAB_SOURCE"]
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4  # 4: profile="fab" (profile="wm811k" gives the bytes of version 3)
+PROFILES = ("wm811k", "fab")
+FAB_SOURCE = "synthetic-fab"  # meta "source" of a profile="fab" map drawn fab-like
 
 _SHORT = {"Center": "C", "Donut": "D", "Edge-Loc": "EL", "Edge-Ring": "ER", "Loc": "L", "Scratch": "S"}
 
@@ -102,6 +116,29 @@ def product_catalogue() -> tuple[tuple[int, int, int, int, int], ...]:
     return tuple(out)
 
 
+N_FAB_PRODUCTS = 96
+FAB_DIAMETER = (20.0, 300.0)
+
+
+@lru_cache(maxsize=1)
+def fab_catalogue() -> tuple[tuple[int, int, int, int, int], ...]:
+    """Fab products (rows, cols, edge level, flat side, flat depth): dies across log-uniform over
+    :data:`FAB_DIAMETER`, die aspect log-uniform 0.5–2 (rows/cols), as in the wm811k catalogue
+    otherwise. A fixed catalogue keeps the geometry cache bounded (a 300×300 geometry is ~10 MB)."""
+    d = Draws(np.random.default_rng([20261206, 27]))
+    lo, hi = FAB_DIAMETER
+    out = []
+    for _ in range(N_FAB_PRODUCTS):
+        diam = lo * (hi / lo) ** d()  # pow is fine here: the catalogue is drawn once, then rounded to ints
+        aspect = 2.0 ** d(-1.0, 1.0)
+        root = math.sqrt(aspect)
+        rows = max(12, int(diam * root + 0.5))
+        cols = max(12, int(diam / root + 0.5))
+        flat = d.index(len(FLAT_SIDES)) if d.chance(0.2) else -1
+        out.append((min(rows, 400), min(cols, 400), d.index(3), flat, d.index(2)))
+    return tuple(out)
+
+
 def _grid_for(d: Draws, size) -> tuple[int, int, int, int, int]:
     if size is None:
         return product_catalogue()[d.index(N_PRODUCTS)]
@@ -159,11 +196,56 @@ def _pair_up(g, fail: np.ndarray, share: float, axis: int, rng: np.random.Genera
     return out
 
 
-def _draw_wafer(rng: np.random.Generator, patterns: tuple[str, ...], size, mask_mode: str):
+def _clean_background(g, d: Draws) -> np.ndarray:
+    """A fab's clean wafer: 0–3 % random fails (a fifth with none at all), no failing rim, sometimes a
+    gentle process gradient."""
+    base = 0.0 if d.chance(0.2) else d(0.0, 0.03)
+    p = np.full(g.n_dies, base)
+    if d.chance(0.5):
+        p = base * np.clip(1.0 + d(0.0, 0.7) * smooth_field(g, d, 3), 0.15, 3.0)
+    if d.chance(0.3):
+        p += d(0.0, 0.03) * (g.ring == 0)
+    return p
+
+
+def _fab_frame(m: np.ndarray, mask: np.ndarray, d: Draws, rng: np.random.Generator, pattern: bool):
+    """Edge exclusion, a (possibly uneven) margin of no-die cells and a clipped side, each with some
+    chance. A change that would take away more than a third of the pattern's dies is skipped."""
+    def keeps_pattern(new_mask) -> bool:
+        return not pattern or np.count_nonzero(new_mask) >= max(MIN_PATTERN_DIES, 2 * np.count_nonzero(mask) // 3)
+
+    if d.chance(0.25):  # edge exclusion: the outer 1–3 rings are not tested (no die)
+        from scipy import ndimage
+
+        k = 1 + d.index(3)
+        inner = ndimage.binary_erosion(np.pad(m > 0, 1), structure=np.ones((3, 3), bool), iterations=k)[1:-1, 1:-1]
+        if inner.any() and keeps_pattern(mask & inner):
+            m, mask = np.where(inner, m, 0).astype(np.uint8), mask & inner
+    if d.chance(0.15):  # a clipped grid: 3–12 % of the rows or columns cut off one side
+        axis, side = d.index(2), d.index(2)
+        n = m.shape[axis]
+        cut = max(1, int(n * d(0.03, 0.12)))
+        keep = slice(cut, n) if side == 0 else slice(0, n - cut)
+        sl = (keep, slice(None)) if axis == 0 else (slice(None), keep)
+        if keeps_pattern(mask[sl]) and (m[sl] > 0).any():
+            m, mask = m[sl], mask[sl]
+    if d.chance(0.3):  # a margin of no-die cells, uneven on the four sides (an off-centre grid)
+        top = max(m.shape) // 10 + 2
+        pads = ((d.index(top), d.index(top)), (d.index(top), d.index(top)))
+        m, mask = np.pad(m, pads), np.pad(mask, pads)
+    return m, mask
+
+
+def _draw_wafer(rng: np.random.Generator, patterns: tuple[str, ...], size, mask_mode: str,
+                profile: str = "wm811k"):
     d = Draws(rng)
-    rows, cols, edge, flat, flat_depth = _grid_for(d, size)
+    fab = profile == "fab" and d.chance(0.5)
+    if fab and size is None:
+        rows, cols, edge, flat, flat_depth = fab_catalogue()[d.index(N_FAB_PRODUCTS)]
+    else:
+        rows, cols, edge, flat, flat_depth = _grid_for(d, size)
     g = geometry(rows, cols, edge, flat, flat_depth)
-    p_bg = background(g, d)
+    p_bg = _clean_background(g, d) if fab and d.chance(0.7) else background(g, d)
     noisier = max((NOISIER_BACKGROUND.get(name, 1.0) for name in patterns), default=1.0)
     if noisier > 1.0:
         # Wafers with a local defect come from less healthy lots: away from their pattern, real
@@ -189,10 +271,14 @@ def _draw_wafer(rng: np.random.Generator, patterns: tuple[str, ...], size, mask_
         fail |= pattern_fail
         mask[g.on_index[pattern_fail if mask_mode == "fail" else p_pat >= 0.2]] = True
     m[g.on_index[fail]] = 2
-    return m.reshape(rows, cols), mask.reshape(rows, cols)
+    m, mask = m.reshape(rows, cols), mask.reshape(rows, cols)
+    if fab:
+        m, mask = _fab_frame(m, mask, d, rng, bool(patterns))
+    return m, mask, fab
 
 
-def generate(n: int = 1000, seed: int = 0, mixed: bool = False, size=None, classes=None, **kw) -> WaferDataset:
+def generate(n: int = 1000, seed: int = 0, mixed: bool = False, size=None, classes=None, profile: str = "wm811k",
+             **kw) -> WaferDataset:
     """Generate ``n`` synthetic wafer maps with masks and multi-labels.
 
     Args:
@@ -203,11 +289,15 @@ def generate(n: int = 1000, seed: int = 0, mixed: bool = False, size=None, class
             an int S → S×S grids (52 matches MixedWM38); (rows, cols) or "RxC" → that grid.
         classes: subset (or repetition, to weight) of the class names to cycle through.
         mask: "fail" (default) or "region" — see the module docstring.
+        profile: "wm811k" (default) or "fab" (half the wafers fab-like: 20–300 dies across, clean
+            low-yield-loss wafers, edge exclusion, margins, clipped grids) — see the module docstring.
     """
     mask_mode = kw.pop("mask", "fail")
     if kw:
         raise ConfigError(f"unknown synthetic option(s) {', '.join(sorted(kw))}; "
                           "use n, seed, mixed, size, classes, mask")
+    if profile not in PROFILES:
+        raise ConfigError(f"synthetic profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if mask_mode not in ("fail", "region"):
         raise ConfigError(f"synthetic mask must be 'fail' or 'region', got {mask_mode!r}")
     try:
@@ -222,12 +312,13 @@ def generate(n: int = 1000, seed: int = 0, mixed: bool = False, size=None, class
     parts = {name: tuple(p for p in name.split("+") if p != NORMAL) for name in set(names)}
     stream = [1] if mixed else []
 
-    maps, masks, labels = [], [], []
+    maps, masks, labels, sources = [], [], [], []
     multilabels = np.zeros((n, len(BASE_PATTERNS)), dtype=np.uint8)
     col = {p: j for j, p in enumerate(BASE_PATTERNS)}
     for i in range(n):
         name = names[i % len(names)]
-        m, k = _draw_wafer(np.random.default_rng([seed, i, *stream]), parts[name], grid, mask_mode)
+        m, k, fab = _draw_wafer(np.random.default_rng([seed, i, *stream]), parts[name], grid, mask_mode, profile)
+        sources.append(FAB_SOURCE if fab else "synthetic")
         maps.append(m)
         masks.append(k)
         labels.append(name)
@@ -239,11 +330,11 @@ def generate(n: int = 1000, seed: int = 0, mixed: bool = False, size=None, class
         "wafer_index": np.arange(n, dtype=np.float64),
         "die_size": np.full(n, np.nan),
         "split": [""] * n,
-        "source": ["synthetic"] * n,
+        "source": sources,
     }
     ds = WaferDataset.from_maps(maps, labels, multilabels=multilabels, masks=masks, meta=meta,
                                 source="synthetic", name="synthetic-mixed" if mixed else "synthetic",
                                 validate=False)
     ds.attrs.update(generator="waferscope.data.synthetic", version=GENERATOR_VERSION, seed=seed,
-                    mixed=mixed, size=grid, mask=mask_mode)
+                    mixed=mixed, size=grid, mask=mask_mode, profile=profile)
     return ds

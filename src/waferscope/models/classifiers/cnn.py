@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from waferscope.data.preprocess import resize_maps
+from waferscope.data.preprocess import area_resize_map, resize_maps
 from waferscope.errors import ConfigError
 from waferscope.models.classifiers.common import label_order, labelled_for_training
 from waferscope.models.classifiers.torch_base import TorchClassifier
@@ -58,10 +58,12 @@ class CompactCNNClassifier(TorchClassifier):
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
-                 tta: bool = False, width: int = 24, dropout: float = 0.2):
+                 tta: bool = False, width: int = 24, dropout: float = 0.2, resample: str = "nearest",
+                 orient: str = "none"):
         super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
-                         val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta)
+                         val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta,
+                         resample=resample, orient=orient)
         self.width = width
         self.dropout = dropout
 
@@ -283,6 +285,14 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
     On the 5-fold real dev protocol a ``gbm`` teacher lifts ``cnn_fine`` from 0.755 to 0.798
     macro-F1 in 12 epochs, 0.808 with ``localise=0`` and 0.837 with ``localise=0`` over 30 epochs
     (docs/classification.md, "Distilling gbm into cnn_fine"); the student keeps its speed.
+
+    Fab wafers (issue 27): ``resample="area"`` and ``orient="canonical"`` (see
+    :mod:`~waferscope.models.classifiers.torch_base`) make the input independent of grid size,
+    margins and rotation; ``synthetic_profile="fab"`` draws the ``distil_synthetic`` maps with
+    :func:`~waferscope.data.synthetic.generate`'s fab profile (half of them fab-like: 20–300 dies
+    across, clean wafers with 0–3 % fails, edge exclusion...), which learn from their own labels
+    (the teacher labels the rest); ``distil_classes`` ("|"-separated, repeats weight) is the class
+    cycle of those maps (default: every training class once).
     """
 
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 40, batch_size: int = 64,
@@ -290,11 +300,13 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
                  val_fraction: float = 0.1, patience: int = 10, seed: int = 0, progress: bool = True,
                  tta: bool = False, width: int = 24, dropout: float = 0.2, head: int = 24, localise: float = 3.0,
                  input_kernel: int = 3, relu_stride: int = 4, teacher: str | None = None,
-                 distil_alpha: float = 0.8, distil_temperature: float = 2.0, distil_synthetic: int = 0):
+                 distil_alpha: float = 0.8, distil_temperature: float = 2.0, distil_synthetic: int = 0,
+                 resample: str = "nearest", orient: str = "none", synthetic_profile: str = "wm811k",
+                 distil_classes: str = ""):
         super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta,
-                         width=width, dropout=dropout)
+                         width=width, dropout=dropout, resample=resample, orient=orient)
         self.head = head
         self.localise = localise
         self.input_kernel = input_kernel
@@ -303,6 +315,8 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         self.distil_alpha = distil_alpha
         self.distil_temperature = distil_temperature
         self.distil_synthetic = distil_synthetic
+        self.synthetic_profile = synthetic_profile
+        self.distil_classes = distil_classes
 
     def build_network(self, in_chans: int, n_classes: int):
         return fine_head_wafer_cnn(in_chans, n_classes, self.width, self.head, self.dropout, self.input_kernel,
@@ -346,9 +360,17 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         parts = [labelled]
         if int(self.distil_synthetic) > 0 and labelled.kind == "wafer":
             known = [c for c in label_order(labelled.labels) if c in CLASSES]
+            if self.distil_classes:  # "|"-separated, a class repeated to draw it more often
+                wanted = [c.strip() for c in str(self.distil_classes).split("|") if c.strip()]
+                unknown = sorted(set(wanted) - set(known))
+                if unknown:
+                    raise ConfigError(f"cnn_fine distil_classes {', '.join(unknown)} are not among the training "
+                                      f"classes {', '.join(known)}")
+                known = wanted
             # A seed the training data do not use, so the teacher's targets on them are predictions, not
             # its fit to its own training maps.
-            parts.append(generate(int(self.distil_synthetic), seed=20_000 + int(self.seed), classes=known))
+            parts.append(generate(int(self.distil_synthetic), seed=20_000 + int(self.seed), classes=known,
+                                  profile=self.synthetic_profile))
         if unlabelled is not None and len(unlabelled):
             # Real transfer maps: the teacher's arg-max is their label for the hard term, its
             # probabilities (_soft_targets) the soft one.
@@ -362,9 +384,18 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
     def _soft_targets(self, dataset):
         if getattr(self, "_teacher", None) is None:
             return None
-        from waferscope.models.classifiers.teachers import teacher_log_proba
+        from waferscope.data.synthetic import FAB_SOURCE
+        from waferscope.models.classifiers.teachers import label_log_proba, teacher_log_proba
 
-        return teacher_log_proba(self._teacher, dataset, self.classes_)
+        # Fab-like synthetic maps (up to 300+ dies across) learn from their own labels: the feature
+        # teacher was fitted on WM-811K-sized maps and needs ~1 s per large map.
+        own = dataset.meta["source"].astype(str).to_numpy() == FAB_SOURCE
+        if not own.any():
+            return teacher_log_proba(self._teacher, dataset, self.classes_)
+        out = label_log_proba(dataset.labels.astype(str), self.classes_)
+        if (~own).any():
+            out[~own] = teacher_log_proba(self._teacher, dataset.subset(np.flatnonzero(~own)), self.classes_)
+        return out
 
     def _state(self):
         tensors, extras = super()._state()
@@ -389,6 +420,10 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
             return None
         masks = [np.zeros(m.shape[:2], np.uint8) if k is None else k.astype(np.uint8)
                  for m, k in zip(dataset.maps, dataset.masks)]
+        if getattr(self, "resample", "nearest") == "area":
+            # the mask's share of each pixel, on the map's own crop: channel 1 of an area resample
+            return np.stack([area_resize_map(np.where(m != 0, 1 + (k > 0), 0).astype(np.uint8), int(self.size))[..., 2]
+                             for m, k in zip(dataset.maps, masks)])
         return resize_maps(masks, int(self.size))
 
     def _loss(self, logits, targets, batch_x):

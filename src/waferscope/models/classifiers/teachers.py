@@ -41,3 +41,17 @@ def teacher_log_proba(teacher, dataset, classes: list[str]) -> np.ndarray:
     proba = proba[:, [list(teacher.classes_).index(c) for c in classes]]
     proba /= np.clip(proba.sum(1, keepdims=True), 1e-12, None)
     return np.log(np.clip(proba, 1e-6, None)).astype(np.float32)
+
+
+def label_log_proba(labels, classes: list[str], smoothing: float = 0.05) -> np.ndarray:
+    """(N, len(classes)) float32 log-probabilities of label-smoothed one-hot targets: soft targets for
+    maps a teacher does not see (``1 - smoothing`` on the label, the rest spread evenly); an unknown
+    label is a clear error."""
+    index = {c: i for i, c in enumerate(classes)}
+    missing = sorted(set(map(str, labels)) - set(index))
+    if missing:
+        raise DataError(f"label(s) {', '.join(missing)} are not among the classes {', '.join(classes)}")
+    k = len(classes)
+    out = np.full((len(labels), k), smoothing / max(k - 1, 1), dtype=np.float64)
+    out[np.arange(len(labels)), [index[str(c)] for c in labels]] = 1.0 - smoothing
+    return np.log(out).astype(np.float32)

@@ -3,9 +3,15 @@
 A subclass provides only :meth:`TorchClassifier.build_network` ``(in_chans, n_classes) → nn.Module``.
 Everything else is here:
 
-- preprocessing: nearest resize to ``size``×``size`` then ``encoding`` (``onehot3`` by default: the
-  3-channel no-die / pass / fail input every backbone accepts); both are constructor params, so a
-  saved run reproduces its own preprocessing;
+- preprocessing: ``resample`` to ``size``×``size`` then ``encoding`` (``onehot3`` by default: the
+  3-channel no-die / pass / fail input every backbone accepts); all three are constructor params, so a
+  saved run reproduces its own preprocessing. ``resample="nearest"`` (the default, and what every run
+  saved before it existed used) samples one die per pixel; ``"area"`` crops the map to its dies and
+  gives each pixel the no-die / pass / fail fractions of the dies it covers
+  (:func:`waferscope.data.preprocess.area_resize_maps`), which keeps every fail of a large grid;
+  ``orient="canonical"`` then turns every map into the one of its 8 rotations/flips that a key of
+  the map itself picks (:func:`waferscope.data.preprocess.canonicalise`), so a turned or flipped
+  wafer gets the same input and the same prediction, at no inference cost (``"none"``: as given);
 - training: AdamW with a one-cycle learning rate (warm-up, then cosine decay), class-imbalance
   handling (``imbalance``: ``"loss"`` = class-weighted cross-entropy, ``"sampler"`` =
   class-balanced sampling, ``"none"``), random rotation/flip augmentation (a wafer pattern's class
@@ -36,9 +42,9 @@ import numpy as np
 
 from waferscope.base import Classifier
 from waferscope.data.dataset import validate_wafer_maps
-from waferscope.data.preprocess import (augment_dihedral, channels, dihedral, encode, encode_images, resize_maps,
-                                        stratified_split)
-from waferscope.errors import RunDirError
+from waferscope.data.preprocess import (AREA_LEVELS, ORIENT, RESAMPLE, augment_dihedral, channels, dihedral, encode,
+                                        encode_images, prepare_maps, resample_maps, stratified_split)
+from waferscope.errors import ConfigError, RunDirError
 from waferscope.models.classifiers.common import label_order, labelled_for_training
 from waferscope.models.classifiers.losses import kd_loss
 
@@ -58,7 +64,7 @@ class TorchClassifier(Classifier):
     def __init__(self, size: int = 64, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 2e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
-                 tta: bool = False):
+                 tta: bool = False, resample: str = "nearest", orient: str = "none"):
         self.size = size
         self.encoding = encoding
         self.epochs = epochs
@@ -72,6 +78,8 @@ class TorchClassifier(Classifier):
         self.seed = seed
         self.progress = progress
         self.tta = tta
+        self.resample = resample
+        self.orient = orient
 
     # ---- what subclasses provide -----------------------------------------------------------------
     def build_network(self, in_chans: int, n_classes: int):
@@ -84,9 +92,19 @@ class TorchClassifier(Classifier):
     def resize(self, dataset) -> np.ndarray:
         """(N, size, size) uint8 die states (or (N, size, size[, C]) uint8 pixels for images); a wafer
         map with a die value other than 0/1/2 is a clear DataError (the resize could drop it silently)."""
-        if dataset.kind == "wafer":
-            validate_wafer_maps(dataset.maps, dataset.name)
-        return resize_maps(dataset.maps, int(self.size))
+        if dataset.kind != "wafer":
+            return resample_maps(dataset.maps, int(self.size))
+        validate_wafer_maps(dataset.maps, dataset.name)
+        resample = getattr(self, "resample", "nearest")
+        if resample not in RESAMPLE:
+            raise ConfigError(f"{type(self).__name__} resample must be one of {', '.join(RESAMPLE)}, got {resample!r}")
+        if resample == "area" and self.encoding not in ("onehot3", "onehot"):
+            raise ConfigError(f"resample='area' gives no-die/pass/fail fractions: it takes encoding onehot3 or "
+                              f"onehot, not {self.encoding!r}")
+        orient = getattr(self, "orient", "none")
+        if orient not in ORIENT:
+            raise ConfigError(f"{type(self).__name__} orient must be one of {', '.join(ORIENT)}, got {orient!r}")
+        return prepare_maps(dataset.maps, int(self.size), resample, orient)
 
     def encode_batch(self, batch: np.ndarray, kind: str = "wafer"):
         """A resized uint8 batch → the float32 network input tensor (N, C, size, size)."""
@@ -97,6 +115,9 @@ class TorchClassifier(Classifier):
             if x.shape[1] == 1:  # grey images: replicate to the 3 channels pretrained backbones expect
                 x = np.repeat(x, 3, axis=1)
             return torch.from_numpy(x)
+        if batch.ndim == 4:  # area-resampled (N, S, S, 3) uint8 fractions: channels-last already
+            x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() * (1.0 / AREA_LEVELS)
+            return x if self.encoding == "onehot3" else x[:, 1:]
         if self.encoding == "onehot3" and batch.ndim == 3:
             # The same values as encode(batch, "onehot3"), built by one table look-up (torch's gather
             # is multi-threaded: 2.5× numpy's here): (N, S, S, 3) seen as (N, 3, S, S) is already the
@@ -104,6 +125,23 @@ class TorchClassifier(Classifier):
             index = torch.from_numpy(np.ascontiguousarray(batch)).int()
             return torch.from_numpy(_ONEHOT3)[index].permute(0, 3, 1, 2)
         return torch.from_numpy(encode(batch, self.encoding))
+
+    def heat_to_die_grids(self, heat: np.ndarray, dataset) -> list[np.ndarray] | None:
+        """(N, S, S) maps computed on the network input (Grad-CAM) → each wafer's own die grid, for an
+        input other than the plain nearest resize (None: the caller's nearest mapping applies)."""
+        resample, orient = getattr(self, "resample", "nearest"), getattr(self, "orient", "none")
+        if dataset.kind != "wafer" or (resample == "nearest" and orient == "none"):
+            return None
+        from waferscope.data.preprocess import area_to_die_grid, canonical_views, undo_view
+        from waferscope.explain.gradcam import to_die_grid
+
+        x = resample_maps(dataset.maps, int(self.size), resample)
+        ks = canonical_views(x) if orient == "canonical" else np.zeros(len(x), np.intp)
+        out = []
+        for h, k, m in zip(heat, ks, dataset.maps):
+            h = undo_view(np.asarray(h), int(k))
+            out.append(area_to_die_grid(h, m) if resample == "area" else to_die_grid(h, m.shape[:2]))
+        return out
 
     def to_tensor(self, dataset):
         """The whole data set as network input (for explanations and exports)."""
@@ -162,7 +200,12 @@ class TorchClassifier(Classifier):
             if soft is not None:
                 self._batch_soft = torch.from_numpy(soft[idx])
             xb = x_u8[idx]
-            if masks is not None:  # a map and its mask turn together (one draw per map, as without masks)
+            if masks is not None and xb.ndim == 4:  # area input: the mask turns as a 4th channel
+                both = np.concatenate([xb, masks[idx][..., None]], axis=-1)
+                both = augment_dihedral(both, rng, axes=(1, 2)) if self.augment else both
+                xb = both[..., :3]
+                self._batch_masks = torch.from_numpy(both[..., 3].astype(np.float32) * (1.0 / AREA_LEVELS))
+            elif masks is not None:  # a map and its mask turn together (one draw per map, as without masks)
                 both = np.stack([xb, masks[idx]], axis=1)
                 both = augment_dihedral(both, rng, axes=(2, 3)) if self.augment else both
                 xb, self._batch_masks = both[:, 0], torch.from_numpy(both[:, 1].astype(np.float32))
