@@ -138,11 +138,13 @@ def exclude_edge(m: np.ndarray, rings: int) -> np.ndarray:
 
 # ---- format writers (small: enough for the loaders to read the map back) ------------------------
 def write_csv(path: Path, maps: list[np.ndarray]) -> None:
-    """CSV die list, one wafer per map: x = column, y = row, bin 1 pass, bin 3 fail."""
+    """CSV die list, one wafer per map: x = column, y up (the die-list convention: row 0 is the largest
+    y, see docs/data.md), bin 1 pass, bin 3 fail."""
     lines = ["lot,wafer,x,y,bin"]
     for i, m in enumerate(maps):
+        top = m.shape[0] - 1
         for r, c in zip(*np.nonzero(m)):
-            lines.append(f"LOT1,W{i:04d},{c},{r},{1 if m[r, c] == 1 else 3}")
+            lines.append(f"LOT1,W{i:04d},{c},{top - r},{1 if m[r, c] == 1 else 3}")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -156,7 +158,8 @@ def _cn(text: str) -> bytes:
 
 
 def write_stdf(path: Path, maps: list[np.ndarray]) -> None:
-    """STDF V4, little-endian: FAR, MIR, then per wafer WIR, a PIR/PRR pair per die (PART_FLG bit 3
+    """STDF V4, little-endian, no WCR (so y grows down the wafer: row = Y_COORD): FAR, MIR, then per
+    wafer WIR, a PIR/PRR pair per die (PART_FLG bit 3
     on a failing die, HARD_BIN 1 or 3), WRR; MRR."""
     out = [_stdf_record(0, 10, struct.pack("<BB", 2, 4)),
            _stdf_record(1, 10, struct.pack("<IIBcccHc", 1_700_000_000, 1_700_000_100, 1, b"P", b" ", b" ", 65535, b" ")
@@ -178,10 +181,11 @@ def write_stdf(path: Path, maps: list[np.ndarray]) -> None:
 
 
 def write_klarf(path: Path, m: np.ndarray) -> None:
-    """KLARF 1.2 of one wafer: every die in the SampleTestPlan (XINDEX = column, YINDEX = row), one
-    defect on every failing die."""
-    plan = [(int(c), int(r)) for r, c in zip(*np.nonzero(m))]
-    fails = [(int(c), int(r)) for r, c in zip(*np.nonzero(m == 2))]
+    """KLARF 1.2 of one wafer: every die in the SampleTestPlan (XINDEX = column, YINDEX up: KLARF's
+    die indices grow upwards, so row 0 is the largest YINDEX), one defect on every failing die."""
+    top = m.shape[0] - 1
+    plan = [(int(c), top - int(r)) for r, c in zip(*np.nonzero(m))]
+    fails = [(int(c), top - int(r)) for r, c in zip(*np.nonzero(m == 2))]
     lines = ["FileVersion 1 2;", "FileTimestamp 12-06-26 00:00:00;", 'InspectionStationID "KLA" "2367" "TOOL1";',
              "SampleType WAFER;", "ResultTimestamp 12-06-26 00:00:00;", 'LotID "LOT1";', "SampleSize 1 300;",
              'DeviceID "PART";', 'SetupID "RECIPE" 12-06-26 00:00:00;', 'StepID "M1";',
