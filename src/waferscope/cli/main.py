@@ -27,6 +27,7 @@ export.register(app)  # `export`
 models.register(app)  # `models`
 serve.register(app)  # `serve` (HTTP service + browser page)
 __import__("waferscope.cli.lots", fromlist=["register"]).register(app)  # `lots` (lot summary, stacked maps, zones, trend)
+__import__("waferscope.cli.search", fromlist=["register"]).register(app)  # `index build`, `search` (similar wafers)
 
 
 def main() -> None:
