@@ -13,7 +13,8 @@ app = typer.Typer(no_args_is_help=True, help="Evaluation protocols: real-data k-
 
 
 def register_all() -> None:
-    from waferscope.cli import evaluate_classification, evaluate_detection
+    from waferscope.cli import evaluate_classification, evaluate_detection, evaluate_retrieval
 
     evaluate_classification.register(app)
     evaluate_detection.register(app)
+    evaluate_retrieval.register(app)
