@@ -126,3 +126,14 @@ def test_cli_index_build_add_search(tmp_path, capsys):
     assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
     code, _, err = invoke(capsys, "index", "build", "--data", "synthetic:n=5,seed=1", "--out", idx, "--embedding", "vgg")
     assert code == 2 and "--embedding" in err
+
+
+def test_cli_evaluate_retrieval(tmp_path, capsys):
+    data = [a for s in (1, 2, 3) for a in ("--data", f"synthetic:n=15,seed={s}")]
+    code, text, err = invoke(capsys, "evaluate", "retrieval", *data, "--methods", "raw,wu2015", "--folds", "3",
+                             "--json", tmp_path / "r.json")
+    assert code == 0, err
+    assert "wu2015" in text and "p@10_defect" in text
+    assert len(json.loads((tmp_path / "r.json").read_text())["per_fold"]) == 6
+    code, _, err = invoke(capsys, "evaluate", "retrieval", "--methods", "vgg")
+    assert code == 2 and "unknown" in err
