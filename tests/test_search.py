@@ -108,7 +108,7 @@ def test_cli_index_build_add_search(tmp_path, capsys):
     idx, out = tmp_path / "idx", tmp_path / "res"
     code, text, err = invoke(capsys, "index", "build", "--data", "synthetic:n=40,seed=1", "--out", idx, "--threads", "1")
     assert code == 0, err
-    assert "40 wafers, embedding features (120 dims)" in text
+    assert "40 wafers, embedding cnn (24 dims)" in text
     code, text, err = invoke(capsys, "index", "build", "--data", "synthetic:n=5,seed=4", "--out", idx, "--add")
     assert code == 0 and "45 wafers" in text, err
     code, text, err = invoke(capsys, "search", "--index", idx, "--query", "synthetic:n=3,seed=2", "-k", "4",

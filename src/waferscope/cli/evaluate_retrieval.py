@@ -28,6 +28,8 @@ def retrieval(
     seed: int = typer.Option(0, "--seed"),
     speed: int = typer.Option(0, "--speed", min=0, help="Also the HNSW-vs-exact check at this many vectors "
                               "(e.g. 100000): recall@k, query p50/p99, build rate, bytes per wafer"),
+    speed_embedding: Optional[str] = typer.Option(None, "--speed-embedding", help="Embedding of the --speed "
+                                                  "vectors (default: the index default)"),
     skip_folds: bool = typer.Option(False, "--skip-folds", help="Only the --speed check"),
     threads: int = typer.Option(2, "--threads", min=1),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-fold table and summary as JSON here"),
@@ -53,7 +55,9 @@ def retrieval(
         typer.echo(summary.to_string(index=False))
         result.update(per_fold=per_fold.to_dict(orient="records"), summary=summary.to_dict(orient="records"))
     if speed:
-        archive, queries = ev.synthetic_vectors(speed, seed=seed, n_jobs=threads)
+        if speed_embedding is not None and speed_embedding not in METHODS[:3]:
+            raise ConfigError(f"--speed-embedding must be one of {', '.join(METHODS[:3])}")
+        archive, queries = ev.synthetic_vectors(speed, seed=seed, n_jobs=threads, embedding=speed_embedding)
         row = ev.ann_speed(archive, queries, k=k)
         typer.echo(json.dumps(row))
         result["speed"] = row

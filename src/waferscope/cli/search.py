@@ -89,7 +89,7 @@ def search_cmd(
                         res["labels"][i, r]])
     write_text_atomic(out / "neighbours.csv", buf.getvalue())
     neighbours = [[index.thumbnail(int(p)) for p in row] for row in res["positions"]]
-    search_montage(ds.maps, ds.ids, neighbours, res, out / "neighbours.png")
+    search_montage(ds.maps, ds.ids, neighbours, res, out / "neighbours.png", query_labels=ds.labels)
     typer.echo(f"{len(ds)} queries × {k} neighbours from {len(index)} wafers → {out / 'neighbours.csv'}, "
                f"{out / 'neighbours.png'}")
 

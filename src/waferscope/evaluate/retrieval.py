@@ -185,18 +185,21 @@ def ann_speed(archive_vectors: np.ndarray, query_vectors: np.ndarray, k: int = 1
             "bytes_per_wafer": round(faiss.serialize_index(hnsw).size / len(x), 1)}
 
 
-def synthetic_vectors(n: int, n_base: int = 2000, noise: float = 0.3, seed: int = 0, progress: bool = False,
-                      n_jobs: int = -1) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_vectors(n: int, n_base: int = 2000, noise: float | None = None, seed: int = 0, progress: bool = False,
+                      n_jobs: int = -1, embedding: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(archive, queries) vectors for the speed check: ``n_base`` synthetic wafers embedded with the
-    default embedding, resampled to ``n`` rows plus Gaussian noise of ``noise`` (standardised units),
-    and 500 queries made the same way. Embedding 10^5 real maps costs ~20 ms each on this machine;
-    the resampling keeps the check short while the vectors keep the embedding's cluster structure."""
+    ``embedding`` (default: the index default), resampled to ``n`` rows plus Gaussian noise of
+    ``noise`` times the mean per-dimension spread (default 0.3), and 500 queries made the same way.
+    Embedding 10^5 real maps costs minutes to half an hour here; the resampling keeps the check short
+    while the vectors keep the embedding's cluster structure."""
     from waferscope.data.synthetic import generate
-    from waferscope.search.embed import make_embedding
+    from waferscope.search.embed import DEFAULT_EMBEDDING, make_embedding
 
+    name = embedding or DEFAULT_EMBEDDING
     ds = generate(n=n_base, seed=seed)
-    emb = make_embedding("features", n_jobs=n_jobs, progress=progress).fit(ds)
+    emb = make_embedding(name, **({"n_jobs": n_jobs, "progress": progress} if name == "features" else {})).fit(ds)
     base = emb.transform(ds)
+    noise = 0.3 * float(base.std(axis=0).mean()) if noise is None else noise
     rng = np.random.default_rng(seed)
     def draw(m):
         return (base[rng.integers(0, len(base), m)] + rng.normal(0, noise, (m, base.shape[1]))).astype(np.float32)

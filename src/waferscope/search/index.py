@@ -36,13 +36,9 @@ _FILES = ("index.json", "vectors.faiss", "ids.npy", "lots.npy", "labels.npy", "e
 
 
 def embedding_signature(embedding) -> str:
-    """What the vectors mean, as a short hash: the embedding's name and parameters, and for the
-    feature embedding the feature names (a new feature set silently changes every vector)."""
-    parts = [embedding.name, json.dumps(embedding.state()[1], sort_keys=True)]
-    if embedding.name == "features":  # the one embedding whose meaning rides on a name list
-        from waferscope.features.handcrafted import feature_names
-
-        parts.append(",".join(feature_names("extended")))
+    """What the vectors mean, as a short hash: the embedding's name, parameters and what else fixes
+    its output (``signature_extra``: the feature names, the bundled network's weights)."""
+    parts = [embedding.name, json.dumps(embedding.state()[1], sort_keys=True), embedding.signature_extra()]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

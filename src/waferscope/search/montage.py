@@ -13,7 +13,7 @@ from waferscope.errors import DataError
 
 
 def search_montage(query_maps, query_ids, neighbour_maps, result: dict, path: str | Path,
-                   max_rows: int = 20, max_cols: int = 10) -> Path:
+                   max_rows: int = 20, max_cols: int = 10, query_labels=None) -> Path:
     """``neighbour_maps[i][j]``: the map of query i's j-th neighbour (None when the index has no map
     for it, e.g. a position -1). At most ``max_rows`` queries and ``max_cols`` neighbours are drawn."""
     import matplotlib
@@ -36,7 +36,8 @@ def search_montage(query_maps, query_ids, neighbour_maps, result: dict, path: st
             if m is not None:
                 ax.imshow(render_map(m), interpolation="nearest")
             if c == 0:
-                ax.set_title(f"query\n{query_ids[r]}"[:40], fontsize=7, color="#0b5394")
+                known = "" if query_labels is None else str(query_labels[r])
+                ax.set_title(f"query {known}".strip() + f"\n{str(query_ids[r])[:28]}", fontsize=7, color="#0b5394")
                 for spine in ax.spines.values():
                     spine.set_color("#0b5394")
                     spine.set_linewidth(2)
