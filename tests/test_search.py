@@ -98,6 +98,8 @@ def test_retrieval_folds_on_synthetic_lots():
     ds = WaferDataset.concat([load(f"synthetic:n=24,seed={s}") for s in range(5)])
     table = retrieval_folds(ds, methods=("raw",), n_splits=5, k=5)
     assert len(table) == 5 and table["p@5_defect"].between(0, 1).all()
+    one = retrieval_folds(ds, methods=("cnn_fold",), n_splits=5, k=5, cnn_epochs=1, max_folds=1)
+    assert len(one) == 1 and 0 <= one["p@5_defect"].iloc[0] <= 1
     with pytest.raises(DataError, match="no lot names"):
         ds2 = ds.subset(np.arange(len(ds)))
         ds2.meta["lot"] = ""

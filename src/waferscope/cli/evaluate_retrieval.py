@@ -12,7 +12,7 @@ from waferscope.cli.common import write_text_atomic
 from waferscope.errors import ConfigError
 
 REAL_DEFAULT = ["../shared/data/wm811k/wm811k_dev.npz", "../shared/data/wm811k/wm811k_dev2.npz"]
-METHODS = ("features", "cnn", "raw", "wu2015")
+METHODS = ("features", "cnn", "raw", "wu2015", "cnn_fold")
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +22,10 @@ def register(app: typer.Typer) -> None:
 def retrieval(
     data: List[str] = typer.Option([], "--data", help="Labelled real maps with lot names (repeatable; default: "
                                    "the shared wm811k_dev.npz + wm811k_dev2.npz)"),
-    methods: str = typer.Option(",".join(METHODS), "--methods", help="Comma list of " + ", ".join(METHODS)),
+    methods: str = typer.Option(",".join(METHODS[:4]), "--methods", help="Comma list of " + ", ".join(METHODS)
+                                + " (cnn_fold: a cnn_fine trained per fold on the archive lots only; slow)"),
+    cnn_epochs: int = typer.Option(15, "--cnn-epochs", min=1, help="cnn_fold: training epochs"),
+    max_folds: Optional[int] = typer.Option(None, "--max-folds", min=1, help="Stop after this many folds"),
     folds: int = typer.Option(5, "--folds", min=2, help="Lot-grouped folds"),
     k: int = typer.Option(10, "-k", "--k", min=1, help="precision@k"),
     seed: int = typer.Option(0, "--seed"),
@@ -50,13 +53,14 @@ def retrieval(
     result: dict = {}
     if not skip_folds:
         ds = load_data(data or REAL_DEFAULT)
-        per_fold = ev.retrieval_folds(ds, chosen, n_splits=folds, k=k, seed=seed, progress=True, n_jobs=threads)
+        per_fold = ev.retrieval_folds(ds, chosen, n_splits=folds, k=k, seed=seed, progress=True, n_jobs=threads,
+                                      cnn_epochs=cnn_epochs, max_folds=max_folds)
         summary = ev.summarise(per_fold)
         typer.echo(summary.to_string(index=False))
         result.update(per_fold=per_fold.to_dict(orient="records"), summary=summary.to_dict(orient="records"))
     if speed:
-        if speed_embedding is not None and speed_embedding not in METHODS[:3]:
-            raise ConfigError(f"--speed-embedding must be one of {', '.join(METHODS[:3])}")
+        if speed_embedding is not None and speed_embedding not in ("features", "cnn", "raw"):
+            raise ConfigError("--speed-embedding must be one of features, cnn or raw")
         archive, queries = ev.synthetic_vectors(speed, seed=seed, n_jobs=threads, embedding=speed_embedding)
         row = ev.ann_speed(archive, queries, k=k)
         typer.echo(json.dumps(row))

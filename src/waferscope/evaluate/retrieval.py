@@ -6,7 +6,9 @@ archive. A neighbour is relevant when it has the query's class. Reported per met
 mAP (average precision over the whole archive ranking) of the defect-class queries, and the same for
 the ``none`` queries apart (a clean wafer's neighbours are mostly clean wafers, which says little).
 
-Methods are embeddings (:mod:`waferscope.search.embed`, ranked by Euclidean distance, exact) plus the
+Methods are embeddings (:mod:`waferscope.search.embed`, ranked by Euclidean distance, exact);
+``cnn_fold``: the ``cnn`` embedding of a ``cnn_fine`` trained on each fold's archive only (the
+honest check of the bundled CNN, which was trained on the real labelled sets); and the
 Wu, Jang & Chen 2015 pipeline (:func:`wu2015_rank`): Radon + geometry features, top-n by Euclidean
 distance, re-ranked by the 2-D normalised correlation of the resized fail maps.
 """
@@ -95,7 +97,8 @@ def _wu_columns() -> np.ndarray:
 
 
 def retrieval_folds(dataset, methods=("features", "cnn", "raw", "wu2015"), n_splits: int = 5, k: int = 10,
-                    seed: int = 0, progress: bool = False, n_jobs: int = -1) -> pd.DataFrame:
+                    seed: int = 0, progress: bool = False, n_jobs: int = -1, cnn_epochs: int = 15,
+                    max_folds: int | None = None) -> pd.DataFrame:
     """Per (method, fold) precision@k and mAP on lot-grouped folds of the labelled wafers of
     ``dataset`` (needs a ``lot`` column); see the module docstring."""
     from waferscope.data.preprocess import grouped_stratified_kfold, resize_maps
@@ -116,12 +119,22 @@ def retrieval_folds(dataset, methods=("features", "cnn", "raw", "wu2015"), n_spl
     if "wu2015" in methods:
         cache["maps32"] = (resize_maps(ds.maps, 32) == 2).reshape(len(ds), -1).astype(np.float32)
     for m in methods:
-        if m not in ("features", "wu2015"):
+        if m not in ("features", "wu2015", "cnn_fold"):
             cache[m] = make_embedding(m).fit(ds).transform(ds)
     rows = []
     for fold, (arch, qry) in enumerate(grouped_stratified_kfold(labels, lots, n_splits=n_splits, seed=seed)):
+        if max_folds is not None and fold >= max_folds:
+            break
         for m in methods:
-            if m == "features":
+            if m == "cnn_fold":
+                from waferscope.registry import create
+                from waferscope.search.embed import CnnEmbedding
+
+                emb = CnnEmbedding()
+                emb._clf = create("cnn_fine", "classifier", epochs=cnn_epochs, progress=progress,
+                                  seed=seed).fit(ds.subset(arch))
+                order = exact_ranking(emb.transform(ds.subset(qry)), emb.transform(ds.subset(arch)))
+            elif m == "features":
                 emb = make_embedding("features").fit(None, raw=cache["feat"][arch])
                 order = exact_ranking(emb.transform(None, raw=cache["feat"][qry]), emb.transform(None, raw=cache["feat"][arch]))
             elif m == "wu2015":
