@@ -126,6 +126,12 @@ def test_cli_index_build_add_search(tmp_path, capsys):
     assert code == 2 and "not a waferscope index folder" in err and len(err.strip().splitlines()) == 1
     code, _, err = invoke(capsys, "search", "--index", idx, "--query", tmp_path / "missing.npz", "--out", out)
     assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
+    code, text, err = invoke(capsys, "index", "build", "--data", "synthetic:n=6,seed=1", "--out", tmp_path / "bare",
+                             "--embedding", "raw", "--no-thumbnails")
+    assert code == 0 and not (tmp_path / "bare" / "thumbs.npy").stat().st_size > 200, err
+    code, _, err = invoke(capsys, "search", "--index", tmp_path / "bare", "--query", "synthetic:n=2,seed=2", "-k", "3",
+                          "--out", tmp_path / "bare_out")
+    assert code == 0 and (tmp_path / "bare_out" / "neighbours.png").exists(), err
     code, _, err = invoke(capsys, "index", "build", "--data", "synthetic:n=5,seed=1", "--out", idx, "--embedding", "vgg")
     assert code == 2 and "--embedding" in err
 

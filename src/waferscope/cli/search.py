@@ -37,6 +37,8 @@ def build_cmd(
     add: bool = typer.Option(False, "--add", help="Add --data to the existing index at --out instead of a new one"),
     embedding: Optional[str] = typer.Option(None, "--embedding", help="features (default), cnn or raw"),
     exact: bool = typer.Option(False, "--exact", help="Brute-force search instead of the HNSW graph"),
+    no_thumbnails: bool = typer.Option(False, "--no-thumbnails", help="Keep no 32×32 map per wafer (1 KB each): "
+                                       "a smaller index, but the montage shows only the queries"),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     threads: int = typer.Option(2, "--threads", min=1),
 ) -> None:
@@ -48,11 +50,12 @@ def build_cmd(
     _threads(threads)
     ds = _wafers(data, pass_bins, "--data")
     if add:
-        if embedding is not None or exact:
-            raise ConfigError("--add keeps the index's own embedding and search kind: drop --embedding/--exact")
+        if embedding is not None or exact or no_thumbnails:
+            raise ConfigError("--add keeps the index's own settings: drop --embedding/--exact/--no-thumbnails")
         index = WaferIndex.load(out).add(ds)
     else:
-        index = WaferIndex(embedding=embedding, exact=exact, n_jobs=threads, progress=True).build(ds)
+        index = WaferIndex(embedding=embedding, exact=exact, thumb_size=0 if no_thumbnails else 32,
+                           n_jobs=threads, progress=True).build(ds)
     index.save(out)
     typer.echo(f"index {out}: {len(index)} wafers, embedding {index.embedding_.name} ({index.index_.d} dims)")
 
