@@ -13,8 +13,9 @@ app = typer.Typer(no_args_is_help=True, help="Evaluation protocols: real-data k-
 
 
 def register_all() -> None:
-    from waferscope.cli import evaluate_classification, evaluate_detection, evaluate_robustness
+    from waferscope.cli import evaluate_classification, evaluate_detection, evaluate_retrieval, evaluate_robustness
 
     evaluate_classification.register(app)
     evaluate_detection.register(app)
     evaluate_robustness.register(app)
+    evaluate_retrieval.register(app)

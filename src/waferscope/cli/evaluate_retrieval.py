@@ -1,0 +1,69 @@
+"""`waferscope evaluate retrieval`: the similarity-search benchmark (:mod:`waferscope.evaluate.retrieval`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from waferscope.cli.common import write_text_atomic
+from waferscope.errors import ConfigError
+
+REAL_DEFAULT = ["../shared/data/wm811k/wm811k_dev.npz", "../shared/data/wm811k/wm811k_dev2.npz"]
+METHODS = ("features", "cnn", "raw", "wu2015", "cnn_fold")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("retrieval")(retrieval)
+
+
+def retrieval(
+    data: List[str] = typer.Option([], "--data", help="Labelled real maps with lot names (repeatable; default: "
+                                   "the shared wm811k_dev.npz + wm811k_dev2.npz)"),
+    methods: str = typer.Option(",".join(METHODS[:4]), "--methods", help="Comma list of " + ", ".join(METHODS)
+                                + " (cnn_fold: a cnn_fine trained per fold on the archive lots only; slow)"),
+    cnn_epochs: int = typer.Option(15, "--cnn-epochs", min=1, help="cnn_fold: training epochs"),
+    max_folds: Optional[int] = typer.Option(None, "--max-folds", min=1, help="Stop after this many folds"),
+    folds: int = typer.Option(5, "--folds", min=2, help="Lot-grouped folds"),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="precision@k"),
+    seed: int = typer.Option(0, "--seed"),
+    speed: int = typer.Option(0, "--speed", min=0, help="Also the HNSW-vs-exact check at this many vectors "
+                              "(e.g. 100000): recall@k, query p50/p99, build rate, bytes per wafer"),
+    speed_embedding: Optional[str] = typer.Option(None, "--speed-embedding", help="Embedding of the --speed "
+                                                  "vectors (default: the index default)"),
+    skip_folds: bool = typer.Option(False, "--skip-folds", help="Only the --speed check"),
+    threads: int = typer.Option(2, "--threads", min=1),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-fold table and summary as JSON here"),
+) -> None:
+    """Precision@k and mAP of similar-wafer retrieval on lot-grouped real folds (queries from held-out
+    lots, same class = relevant, `none` queries apart), per embedding and the Wu 2015 baseline."""
+    from waferscope.cli.common import load_data
+    from waferscope.cli.search import _threads
+    from waferscope.evaluate import retrieval as ev
+
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    bad = [m for m in chosen if m not in METHODS]
+    if bad or not chosen:
+        raise ConfigError(f"--methods: unknown {bad or methods!r}; choose from {', '.join(METHODS)}")
+    if skip_folds and not speed:
+        raise ConfigError("--skip-folds needs --speed N")
+    _threads(threads)
+    result: dict = {}
+    if not skip_folds:
+        ds = load_data(data or REAL_DEFAULT)
+        per_fold = ev.retrieval_folds(ds, chosen, n_splits=folds, k=k, seed=seed, progress=True, n_jobs=threads,
+                                      cnn_epochs=cnn_epochs, max_folds=max_folds)
+        summary = ev.summarise(per_fold)
+        typer.echo(summary.to_string(index=False))
+        result.update(per_fold=per_fold.to_dict(orient="records"), summary=summary.to_dict(orient="records"))
+    if speed:
+        if speed_embedding is not None and speed_embedding not in ("features", "cnn", "raw"):
+            raise ConfigError("--speed-embedding must be one of features, cnn or raw")
+        archive, queries = ev.synthetic_vectors(speed, seed=seed, n_jobs=threads, embedding=speed_embedding)
+        row = ev.ann_speed(archive, queries, k=k)
+        typer.echo(json.dumps(row))
+        result["speed"] = row
+    if json_out is not None:
+        write_text_atomic(json_out, json.dumps(result, indent=1, default=float) + "\n")
