@@ -85,5 +85,21 @@ DEFAULT_LIMITS = LoadLimits()
 UNLIMITED = LoadLimits(max_maps=None, max_side=None, max_dies=None, max_decompressed_bytes=None)
 
 
+def read_npy_header(f):
+    """``(shape, dtype)`` from the header of an ``.npy`` stream at its start, reading no data (so a
+    loader can check the stated size before numpy allocates it); None for a format version other than
+    1.0/2.0 (numpy's own reader then decides). ValueError/EOFError for a malformed header."""
+    from numpy.lib import format as npformat
+
+    version = npformat.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = npformat.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = npformat.read_array_header_2_0(f)
+    else:
+        return None
+    return shape, dtype
+
+
 def resolve_limits(limits: LoadLimits | None) -> LoadLimits:
     return DEFAULT_LIMITS if limits is None else limits

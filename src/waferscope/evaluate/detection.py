@@ -117,6 +117,17 @@ def check_detector(detector: str) -> None:
         raise ConfigError(f"unknown detector {detector!r}; available: {', '.join(registry.available('detector'))}")
 
 
+def _fit_and_score(make, train, test):
+    """A fresh detector fitted on ``train`` and its scores on ``test``, with both wall times (s)."""
+    det = make()
+    t0 = time.perf_counter()
+    det.fit(train)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = det.score(test)
+    return det, res, fit_s, time.perf_counter() - t0
+
+
 def _maker(detector: str, params: dict) -> Callable[[], Any]:
     from waferscope import registry
 
@@ -147,13 +158,7 @@ def evaluate_detector(detector: str, params: dict | None = None, protocol: Proto
     if protocol.synthetic_normals:
         train = WaferDataset.concat([train, generate(protocol.synthetic_normals, seed=protocol.synthetic_normals_seed,
                                                      classes=["none"])])
-    det = make()
-    t0 = time.perf_counter()
-    det.fit(train)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    res = det.score(test)
-    score_s = time.perf_counter() - t0
+    det, res, fit_s, score_s = _fit_and_score(make, train, test)
     out = {"detector": detector, "params": params, "protocol": asdict(protocol), "n_train": len(train),
            "fit_s": round(fit_s, 1), "score_maps_per_s": round(len(test) / max(score_s, 1e-9), 1),
            "real_dev": _rounded(evaluate_detection(res, test)),
@@ -316,13 +321,7 @@ def evaluate_images(detector: str, params: dict | None = None, root=None, kfold:
     params = dict(params or {})
     make = _maker(detector, params)
     train, test = load_image_set(root) if data is None else data
-    det = make()
-    t0 = time.perf_counter()
-    det.fit(train)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    res = det.score(test)
-    score_s = time.perf_counter() - t0
+    det, res, fit_s, score_s = _fit_and_score(make, train, test)
     t0 = time.perf_counter()
     metrics = evaluate_detection(res, test)
     metrics_s = time.perf_counter() - t0

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npformat
 
-from waferscope.data.limits import LoadLimits, resolve_limits
+from waferscope.data.limits import LoadLimits, read_npy_header, resolve_limits
 from waferscope.data.classes import canonical_label
 from waferscope.data.dataset import WaferDataset
 from waferscope.errors import DataError
@@ -100,13 +100,10 @@ def npz_headers(z: zipfile.ZipFile, path: Path, limits: LoadLimits) -> dict[str,
                             f"{cap:,} (max_decompressed_bytes): refused as a possible decompression bomb", path)
         with z.open(info) as f:
             try:
-                version = npformat.read_magic(f)
-                if version == (1, 0):
-                    shape, _, dtype = npformat.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, _, dtype = npformat.read_array_header_2_0(f)
-                else:
-                    raise ValueError(f"unsupported .npy format version {version}")
+                header = read_npy_header(f)
+                if header is None:
+                    raise ValueError("unsupported .npy format version")
+                shape, dtype = header
             except (ValueError, EOFError, zipfile.BadZipFile, OSError) as exc:
                 raise DataError(f"member {info.filename!r}: not a readable .npy header ({exc})", path) from None
         if dtype.hasobject:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from waferscope.data.limits import LoadLimits
+from waferscope.data.limits import LoadLimits, read_npy_header
 from waferscope.data.classes import canonical_label
 from waferscope.data.dataset import WaferDataset, validate_map
 from waferscope.errors import DataError
@@ -220,17 +220,12 @@ def load_npy_stack(path: str | Path, limits: LoadLimits | None = None) -> WaferD
 def _check_npy_header(path: Path, limits: LoadLimits) -> None:
     """Refuse a stack whose header states more maps, a larger side or more dies than ``limits``
     allow, or more data than the file holds, before numpy allocates it."""
-    from numpy.lib import format as npformat
-
     try:
         with open(path, "rb") as f:
-            version = npformat.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = npformat.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = npformat.read_array_header_2_0(f)
-            else:
+            header = read_npy_header(f)
+            if header is None:
                 return  # other versions: np.load reads (and refuses) them itself
+            shape, dtype = header
             data_start = f.tell()
     except (ValueError, EOFError, OSError) as exc:
         raise DataError(f"cannot read as .npy ({type(exc).__name__}: {exc})", path) from None
