@@ -188,3 +188,18 @@ def test_report_guide_says_what_rows_are_with_units():
     assert ("<code>cnn_fine</code> (epochs=25), trained here on 1,350 maps of synthetic (train: "
             "synthetic:n=1350,seed=1); <i>not</i> the bundled <code>cnn_distilled</code>") in html
     assert "svm-rbf</b>: <code>svm-rbf</code>, trained here on 1,350 maps" in html and "bundled <code>svm" not in html
+
+
+@pytest.mark.parametrize("args, needed, looked_at", [
+    (["evaluate", "retrieval"], "wm811k_dev.npz", ("wm811k", "wm811k_dev.npz")),
+    (["evaluate", "detector", "--images", "--detector", "texture_padim"], "Magnetic Tile Defects",
+     ("images", "magnetic_tile")),
+])
+def test_newer_evaluate_commands_say_what_data_they_need(tmp_path, args, needed, looked_at):
+    """The retrieval and device-image protocols name their data, where it is looked for and --data."""
+    env = {**os.environ, "WAFERSCOPE_SHARED_DATA": str(tmp_path), "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "waferscope.cli.main", *args], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    line = _one_error_line(proc.returncode, proc.stderr)
+    assert needed in line and str(tmp_path.joinpath(*looked_at)) in line
+    assert "WAFERSCOPE_SHARED_DATA" in line and "--data" in line

@@ -49,10 +49,14 @@ def detector(
             raise ConfigError("--images takes --detector, --set, --kfold, --data, --no-baselines, --threads, --json "
                               "(not --config/--protocol/--synthetic-normals/--split-seed/--skip-synthetic)")
         ev.check_detector(detector)
+        from waferscope.cli.checks import shared_default
+
+        root = shared_default(None if data is None else Path(data), ev.magnetic_tile_folder(), "--data",
+                              "an MVTec-layout image folder: train/good, test/<defect>, ground_truth/<defect>")
         import torch
 
         torch.set_num_threads(threads)
-        row = ev.evaluate_images(detector, parse_set(set_), root=data, kfold=kfold, baselines=not no_baselines,
+        row = ev.evaluate_images(detector, parse_set(set_), root=root, kfold=kfold, baselines=not no_baselines,
                                  img_path=png)
         typer.echo(json.dumps(row, default=float))
         if json_out is not None:

@@ -11,8 +11,16 @@ import typer
 from waferscope.cli.common import write_text_atomic
 from waferscope.errors import ConfigError
 
-REAL_DEFAULT = ["../shared/data/wm811k/wm811k_dev.npz", "../shared/data/wm811k/wm811k_dev2.npz"]
 METHODS = ("features", "cnn", "raw", "wu2015", "cnn_fold")
+
+
+def _shared_default_sets() -> list[str]:
+    """The shared wm811k_dev.npz + wm811k_dev2.npz, or one error naming what they are and how to pass one's own."""
+    from waferscope.cli.checks import shared_default
+    from waferscope.data.paths import DEV2_MAPS, DEV_MAPS
+
+    own = "--data FILE, repeatable: labelled real maps with lot names"
+    return [str(shared_default(None, path, "--data", own)) for path in (DEV_MAPS, DEV2_MAPS)]
 
 
 def register(app: typer.Typer) -> None:
@@ -52,7 +60,7 @@ def retrieval(
     _threads(threads)
     result: dict = {}
     if not skip_folds:
-        ds = load_data(data or REAL_DEFAULT)
+        ds = load_data(data or _shared_default_sets())
         per_fold = ev.retrieval_folds(ds, chosen, n_splits=folds, k=k, seed=seed, progress=True, n_jobs=threads,
                                       cnn_epochs=cnn_epochs, max_folds=max_folds)
         summary = ev.summarise(per_fold)

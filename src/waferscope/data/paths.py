@@ -21,6 +21,7 @@ _WHAT = {
     "wm811k_dev2.npz": "2,514 more real labelled WM-811K maps (other lots)",
     "LSWMD_sample.pkl": "200 real labelled WM-811K rows in the original LSWMD.pkl layout",
     "wm811k_unlabelled.npz": "1,534 real unlabelled WM-811K maps",
+    "magnetic_tile": "the real Magnetic Tile Defects images in the MVTec-AD layout",
 }
 
 
@@ -29,5 +30,5 @@ def missing_shared_message(path: Path) -> str:
     what = _WHAT.get(Path(path).name, "a real data file")
     return (f"this needs the real development data: {Path(path).name} ({what}), looked for at {path}, which "
             f"does not exist. The shared data folder is ../shared/data beside the checkout, or the folder named "
-            f"by the environment variable WAFERSCOPE_SHARED_DATA (it holds wm811k/); it is not part of the "
+            f"by the environment variable WAFERSCOPE_SHARED_DATA (it holds wm811k/ and images/); it is not part of the "
             f"repository (see docs/data.md for the .npz layout: maps_flat, shapes, labels, lot_name)")

@@ -220,7 +220,8 @@ def leave_one_pattern_out(detector: str = "pattern_contrast", params: dict | Non
 
 
 # ---- real images (MVTec layout) -----------------------------------------------------------------
-def _magnetic_tile():
+def magnetic_tile_folder():
+    """Where the shared Magnetic Tile Defects set (MVTec layout) is looked for."""
     from waferscope.data.paths import SHARED_DATA
 
     return SHARED_DATA / "images" / "magnetic_tile"
@@ -230,7 +231,7 @@ def load_image_set(root=None):
     """(train normals, test set) of an MVTec-layout folder (default: the shared Magnetic Tile set)."""
     from waferscope.data import load
 
-    root = _magnetic_tile() if root is None else root
+    root = magnetic_tile_folder() if root is None else root
     ds = load(str(root))
     if ds.kind != "image":
         raise DataError("the images protocol needs an MVTec-layout image folder", str(root))
@@ -325,7 +326,7 @@ def evaluate_images(detector: str, params: dict | None = None, root=None, kfold:
     t0 = time.perf_counter()
     metrics = evaluate_detection(res, test)
     metrics_s = time.perf_counter() - t0
-    out = {"detector": detector, "params": params, "data": str(root or _magnetic_tile()), "n_train": len(train),
+    out = {"detector": detector, "params": params, "data": str(root or magnetic_tile_folder()), "n_train": len(train),
            "n_test": len(test), "fit_s": round(fit_s, 1), "score_images_per_s": round(len(test) / max(score_s, 1e-9), 1),
            "metrics_s": round(metrics_s, 1), "test": _rounded(metrics),
            "test_auroc_per_class": {c: round(v, 4) for c, v in per_class_auroc(res.scores, test).items()},
