@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 
 from waferscope import __version__
 from waferscope.errors import RunDirError
+from waferscope.utils import replace_folder
 
 RUN_FORMAT = 1
 MODEL_JSON = "model.json"
@@ -104,14 +104,7 @@ class Estimator:
         try:
             save_file(tensors, str(tmp / WEIGHTS))
             (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=2))
-            if run_dir.exists():
-                old = run_dir.with_name(f".{run_dir.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(run_dir, old)
-                os.replace(tmp, run_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, run_dir)
+            replace_folder(tmp, run_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return run_dir

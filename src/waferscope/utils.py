@@ -28,6 +28,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def replace_folder(tmp: Path, dest: Path) -> None:
+    """Put the finished folder ``tmp`` at ``dest``: an existing ``dest`` is moved aside first and removed
+    only once ``tmp`` stands in its place, so ``dest`` is never half old, half new."""
+    import shutil
+
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
 def anomaly_map_names(ids) -> list[str]:
     """The ``<name>.npy`` file of each sample's anomaly map (``detect score --maps``): the id made
     file-safe; a name met again gets ``_2``, ``_3``, … in the order of ``ids``."""

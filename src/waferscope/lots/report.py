@@ -22,6 +22,7 @@ import pandas as pd
 
 from waferscope.errors import ConfigError
 from waferscope.lots.analysis import LotReport, LotStack
+from waferscope.utils import replace_folder
 
 STACK_CMAP = "YlOrRd"  # pale yellow (no fails) → dark red (fails on every wafer); no-die cells stay white
 MAX_HTML_ROWS = 2000  # the page lists at most this many lots; summary.csv has them all
@@ -436,14 +437,7 @@ def write_report(report: LotReport, out: str | Path, *, overwrite: bool = False,
         steps.close()
         (tmp / "index.html").write_text(render_html(report, images, map_files, notes or []), encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the folder is meant to be shared like any output
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
