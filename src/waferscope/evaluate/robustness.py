@@ -34,7 +34,6 @@ A factor whose dev maps are missing says so in its ``note`` and the rest still r
 
 from __future__ import annotations
 
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,36 +147,25 @@ def write_csv(path: Path, maps: list[np.ndarray]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _stdf_record(typ: int, sub: int, body: bytes) -> bytes:
-    return struct.pack("<HBB", len(body), typ, sub) + body
-
-
-def _cn(text: str) -> bytes:
-    raw = text.encode("ascii")
-    return struct.pack("<B", len(raw)) + raw
-
-
 def write_stdf(path: Path, maps: list[np.ndarray]) -> None:
-    """STDF V4, little-endian, no WCR (so y grows down the wafer: row = Y_COORD): FAR, MIR, then per
-    wafer WIR, a PIR/PRR pair per die (PART_FLG bit 3
-    on a failing die, HARD_BIN 1 or 3), WRR; MRR."""
-    out = [_stdf_record(0, 10, struct.pack("<BB", 2, 4)),
-           _stdf_record(1, 10, struct.pack("<IIBcccHc", 1_700_000_000, 1_700_000_100, 1, b"P", b" ", b" ", 65535, b" ")
-                        + _cn("LOT1") + _cn("PART") + _cn("node") + _cn("TESTER") + _cn("job") + _cn("1"))]
-    for i, m in enumerate(maps):
-        wid = f"W{i:04d}"
-        out.append(_stdf_record(2, 10, struct.pack("<BBI", 1, 255, 1_700_000_200) + _cn(wid)))
-        rows, cols = np.nonzero(m)
-        for r, c in zip(rows, cols):
-            fail = m[r, c] == 2
-            out.append(_stdf_record(5, 10, struct.pack("<BB", 1, 1)))
-            out.append(_stdf_record(5, 20, struct.pack("<BBBHHHhhI", 1, 1, 0x08 if fail else 0, 10, 3 if fail else 1,
-                                                       3 if fail else 1, int(c), int(r), 12)
-                                    + _cn(f"{c}_{r}") + _cn("") + struct.pack("<B", 0)))
-        out.append(_stdf_record(2, 20, struct.pack("<BBIIIIII", 1, 255, 1_700_000_900, len(rows), 0, 0,
-                                                   int((m == 1).sum()), 0) + _cn(wid)))
-    out.append(_stdf_record(1, 20, struct.pack("<Ic", 1_700_001_000, b" ") + _cn("") + _cn("")))
-    path.write_bytes(b"".join(out))
+    """STDF V4, little-endian, no WCR (so y grows down the wafer: row = Y_COORD), by the package's
+    :class:`~waferscope.data.loaders.stdf_writer.StdfWriter`: FAR, MIR, then per wafer WIR, a PIR/PRR
+    pair per die (HARD_BIN 1 or 3; PART_FLG bit 3 on a failing die), WRR; MRR."""
+    from waferscope.data.loaders.stdf_writer import StdfWriter
+
+    with open(path, "wb") as fh:
+        w = StdfWriter(fh)
+        w.far()
+        w.mir("LOT1", part="PART")
+        for i, m in enumerate(maps):
+            wid = f"W{i:04d}"
+            w.wir(wid)
+            rows, cols = np.nonzero(m)
+            for r, c in zip(rows, cols):
+                w.pir()
+                w.prr(int(c), int(r), 3 if m[r, c] == 2 else 1)
+            w.wrr(wid, len(rows), int((m == 1).sum()))
+        w.mrr()
 
 
 def write_klarf(path: Path, m: np.ndarray) -> None:
