@@ -229,13 +229,14 @@ def check_ids(ids: list, n: int, where: str = '"ids"') -> list[str]:
 PIECES_BYTES = 64 * 1024  # bodies above this are parsed in a worker thread, one map at a time
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+_COMMA, _ROW_END = np.uint8(ord(",")), np.frombuffer(b"],[", np.uint8)
 
 
 def fast_grids(raw: bytes, start: int, max_maps: int) -> tuple[list[np.ndarray], int] | None:
     """The ``"maps"`` list at ``raw[start]`` decoded with bytes operations and numpy, and the index
     after it; None when it is anything but a list of grids of die states 0/1/2 (the JSON decoder then
-    takes it, with its error messages). Exact: each grid is accepted only if its compact JSON equals
-    the text with white space removed. ~5× faster than json + np.asarray, which for small requests
+    takes it, with its error messages). Exact: each grid is accepted only if every byte of its text
+    (white space removed) is where a grid of single digits 0-2 puts it. ~5× faster than json + np.asarray, which for small requests
     cost as much as the model."""
     end = raw.find(b"]]]", start)
     if end < 0:
@@ -250,15 +251,17 @@ def fast_grids(raw: bytes, start: int, max_maps: int) -> tuple[list[np.ndarray],
                            "split the request", 413)
     grids = []
     for part in compact[3:-3].split(b"]],[["):
+        # rows of w dies are "d,d,…,d" (2w - 1 bytes) joined by "],[": with "],[" appended, the text
+        # is a (rows, 2w + 2) byte array whose every column is known, checked in a few numpy steps
         rows = part.count(b"],[") + 1
-        digits = part.translate(None, b"[],")
-        if not digits or len(digits) % rows:
+        row_bytes, rest = divmod(len(part) + 3, rows)
+        if rest or row_bytes < 4 or row_bytes % 2:
             return None
-        grid = np.frombuffer(digits, np.uint8) - np.uint8(48)  # a non-digit wraps to > 2
-        if grid.max() > 2:
-            return None
-        grid = grid.reshape(rows, len(digits) // rows)
-        if grid_json(grid) != b"[[" + part + b"]]":
+        w = (row_bytes - 2) // 2
+        text = np.frombuffer(part + b"],[", np.uint8).reshape(rows, row_bytes)
+        grid = text[:, 0:2 * w:2] - np.uint8(48)  # a non-digit wraps to > 2
+        if (grid.max() > 2 or (w > 1 and not (text[:, 1:2 * w - 1:2] == _COMMA).all())
+                or not (text[:, 2 * w - 1:] == _ROW_END).all()):
             return None
         grids.append(grid)
     return grids, end
