@@ -137,9 +137,18 @@ def realism(
     from waferscope.evaluate.synthetic import realism_check, realism_summary
 
     torch.set_num_threads(threads)
-    # the data (default: the dev maps) is read inside, after the options are checked
-    result = realism_check(n=n, seed=seed, size=size, epochs=epochs, width=width, grid=grid, batch=batch, lr=lr,
-                           fresh_per_epoch=fresh_per_epoch and not no_fresh, ema=ema, die_noise=die_noise, real=data, tta=tta)
+    from waferscope.cli.checks import shared_default
+    from waferscope.data.paths import DEV_MAPS, SharedDataMissing
+
+    # the data (default: the dev maps) is read inside, after the options are checked; missing shared
+    # data is then said in the command's terms
+    try:
+        result = realism_check(n=n, seed=seed, size=size, epochs=epochs, width=width, grid=grid, batch=batch, lr=lr,
+                               fresh_per_epoch=fresh_per_epoch and not no_fresh, ema=ema, die_noise=die_noise,
+                               real=data, tta=tta)
+    except SharedDataMissing:
+        shared_default(None, DEV_MAPS, "--data SPEC", "labelled real maps, the 9 WM-811K classes")
+        raise
     typer.echo(realism_summary(result))
     if json_out is not None:
         write_text_atomic(json_out, json.dumps(result, indent=1))
