@@ -59,6 +59,7 @@ def test_compare_to_real_tables_and_figures(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["realism", "--n", "10", "--batch", "128"], "at least one batch"),
     (["realism", "--ema", "1.5"], "ema must be in [0, 1)"),
+    (["realism", "--no-fresh-per-epoch", "--n", "10", "--batch", "128"], "at least one batch"),  # old spelling of --same-maps
     (["realism", "--data", "/nonexistent/x.npz"], ""),
     (["synthetic-vs-real", "--data", "/nonexistent/x.npz"], ""),
 ])
