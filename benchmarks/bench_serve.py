@@ -228,6 +228,7 @@ def main(argv=None) -> int:
         # warm-up: the first calls allocate torch's buffers; memory is measured after them
         asyncio.run(run_load(url, bodies, endpoints, 200, args.concurrency, k, lambda: asyncio.sleep(0)))
         mem = {"start": rss(url)}
+        cpu0 = server_cpu(url)
 
         async def at_half():
             async with httpx.AsyncClient() as client:
@@ -235,6 +236,8 @@ def main(argv=None) -> int:
 
         res = asyncio.run(run_load(url, bodies, endpoints, args.requests, args.concurrency, k, at_half))
         mem["end"] = rss(url)
+        cpu1 = server_cpu(url)
+        res["server_cpu_ms_per_wafer"] = None if cpu0 is None or cpu1 is None else 1000 * (cpu1 - cpu0) / res["wafers"]
     finally:
         if proc is not None:
             proc.terminate()
@@ -249,7 +252,9 @@ def main(argv=None) -> int:
           f"({res['requests'] / res['wall_s']:,.0f} requests/s); latency p50 {res['p50_ms']:.1f} ms, "
           f"p99 {res['p99_ms']:.1f} ms; errors {res['errors']}; server RSS start/middle/end "
           f"{res['rss_mb']['start']} / {res['rss_mb'].get('middle', '?')} / {res['rss_mb']['end']} MB "
-          f"(classifier {res['classifier']}, detector {res['detector']}, {res['torch_threads']} torch threads)")
+          f"(classifier {res['classifier']}, detector {res['detector']}, {res['torch_threads']} torch threads); "
+          f"server CPU {res['server_cpu_ms_per_wafer'] or float('nan'):.3f} ms/wafer; load average "
+          f"{res['loadavg'][0]:.2f}")
     if res["errors"]:
         print("first errors:", *res["first_errors"], sep="\n  ")
     if args.json:
