@@ -63,7 +63,7 @@ class Session:
         self.stopped = False
         self.classes = classes
         self.lock = threading.Lock()
-        self._summary_key, self._summary = None, None
+        self._summary_key, self._summary, self._next_summary = None, None, 0.0
         self._lot_cache: dict = {}
         self.opened = time.monotonic()
 
@@ -82,12 +82,18 @@ class Session:
         from waferscope import lots
 
         key = (self.classified, self.scored)
-        if key != self._summary_key:
+        # recomputed as predictions arrive, but at most every 5× its own cost (a 100,000-wafer lot
+        # summary takes ~1 s: it must not eat the core the background predictions and pages need)
+        stale = key != self._summary_key and (self._summary is None or key[0] >= len(self.dataset) and
+                                              key[1] >= len(self.dataset) or time.monotonic() >= self._next_summary)
+        if stale:
+            t0 = time.monotonic()
             frame = self.frame()
             if not self.classified:  # no class yet: lot_summary's class mix needs at least one
                 frame = frame.drop(columns=["class"])
             out = lots.lot_summary(self.dataset, wafers=frame)
             self._summary_key, self._summary = key, out
+            self._next_summary = time.monotonic() + 5 * (time.monotonic() - t0)
         return self._summary
 
     def progress(self) -> dict:
