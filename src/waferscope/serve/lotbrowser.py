@@ -313,7 +313,7 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
     def page(session: Session, q) -> bytes:
         t = filtered(session, q)
         offset = int(_number(q, "offset") or 0)
-        limit = int(_number(q, "limit") or 100)
+        limit = int(_number(q, "limit") or min(100, limits.max_page_maps))
         if offset < 0 or limit < 1:
             raise RequestError("?offset= must be ≥ 0 and ?limit= ≥ 1")
         if limit > limits.max_page_maps:
