@@ -154,3 +154,13 @@ def test_lots_command_on_a_multi_lot_stdf_set_writes_a_bin_pareto(tmp_path):
     total = sum(int((ff.disc_bins(9, seed=10 * k + i) > 1).sum()) for k in range(3) for i in range(3))
     assert pareto["dies"].sum() == total
     assert (out / "pareto.png").is_file()
+
+
+def test_lots_command_on_a_klarf_set_writes_a_pareto_of_defect_classes(tmp_path):
+    plan = [(x, y) for x in range(-3, 4) for y in range(-3, 4)]
+    sets = {"K1": {"W1": [(0, 0, 12), (1, 1, 40)], "W2": [(2, 2, 12)]}, "K2": {"W1": [(-1, 0, 40), (-2, 0, 40)]}}
+    files = [ff.write(tmp_path / f"{lot}.klarf", ff.klarf_text(lot, wafers, plan)) for lot, wafers in sets.items()]
+    out = tmp_path / "report"
+    assert call("lots", "--out", out, "--no-predict", "--min-wafers", "1", "--data", files[0], "--data", files[1]) == 0
+    pareto = pd.read_csv(out / "pareto.csv")
+    assert pareto[["lot", "bin", "dies"]].values.tolist() == [["K1", 12, 2], ["K1", 40, 1], ["K2", 40, 2]]
