@@ -18,6 +18,10 @@ Checks, per model (one fitted model per name, shared across checks by a module-s
 - two fits with the same seed give identical outputs;
 - bad input (an empty data set, a die value 7, images to a wafer-only model) is refused with a
   :class:`~waferscope.errors.WaferscopeError`, never an IndexError/ValueError from deep inside;
+- parameters: every constructor parameter has a constraint (base.py), defaults and the tiny
+  configuration pass it, and a refused value (an arbitrary object; one just outside each declared
+  range or choice) is a ConfigError naming the model, the parameter and what is allowed, from
+  ``set_params`` and from ``fit``;
 - ONNX export: where supported, the exported graph reproduces the model within export.py's own
   tolerance; where not, ``export_onnx`` raises a clear ExportError.
 """
@@ -335,3 +339,63 @@ def test_onnx_export_parity_or_clear_refusal(name, kind, fitted, data, tmp_path)
         np.testing.assert_allclose(got.scores, want.scores, atol=tolerance, rtol=tolerance)
         for a, b in zip(got.maps, want.maps):
             np.testing.assert_allclose(a, b, atol=tolerance, rtol=tolerance)
+
+
+# ---- parameters: declared, validated at set_params and at fit ------------------------------------
+class _NotAParameter:
+    """A value no parameter of any model allows."""
+
+    def __repr__(self) -> str:
+        return "<not a parameter>"
+
+
+def _bad_values(constraints: list) -> list:
+    """Values the constraints refuse: an arbitrary object, and per alternative one just outside it."""
+    from waferscope.base import Interval, Options, _allowed
+
+    out: list = [_NotAParameter()]
+    for c in constraints:
+        if isinstance(c, Interval):
+            step = 1 if c.kind is int else 0.5
+            if c.low is not None:
+                out.append(c.low - step if c.closed in ("both", "left") else c.low)
+            if c.high is not None:
+                out.append(c.high + step if c.closed in ("both", "right") else c.high)
+            if c.multiple_of:
+                out.append((c.low or 0) + c.multiple_of + 1)
+            out.append(True)  # a bool is not a number here
+        elif isinstance(c, Options):
+            out.append("not-an-option")
+    return [v for v in out if not _allowed(v, constraints)]
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_every_parameter_is_declared_and_defaults_are_allowed(name, kind):
+    cls = registry.get(name, kind)
+    undeclared = [p for p, c in cls.parameter_constraints().items() if c is None]
+    assert not undeclared, f"{name}: no constraint for {undeclared} (annotate the type or declare _parameter_constraints)"
+    cls().validate_params()
+    cls(**tiny_params(name)).validate_params()
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_bad_parameters_are_a_config_error_naming_them(name, kind, data):
+    from waferscope.base import _describe
+    from waferscope.errors import ConfigError
+
+    cls = registry.get(name, kind)
+    with pytest.raises(ConfigError, match="no_such_parameter"):
+        cls(**tiny_params(name)).set_params(no_such_parameter=1)
+    for param, constraints in cls.parameter_constraints().items():
+        bad_values = _bad_values(constraints)
+        assert bad_values, f"{name}.{param}: no value is refused"
+        for bad in bad_values:
+            est = cls(**tiny_params(name))
+            with pytest.raises(ConfigError) as info:
+                est.set_params(**{param: bad})
+            msg = str(info.value)
+            assert name in msg and param in msg and _describe(constraints) in msg, msg
+            assert getattr(est, param) is not bad, "set_params stored a refused value"
+            before = dict(tiny_params(name), **{param: bad})
+            with pytest.raises(ConfigError, match=param):
+                cls(**before).fit(data[kind])

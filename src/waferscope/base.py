@@ -8,12 +8,22 @@
   (tensors; no pickle, so loading a run runs no code).
 
 Subclasses implement ``_state()`` → ``(tensors, extras)`` and ``_load_state(tensors, extras)``.
+
+Parameters are validated (after scikit-learn's ``_parameter_constraints`` / ``_validate_params``):
+every constructor parameter has a constraint, from its type annotation (``int``, ``float``, ``bool``,
+``str``, ``dict``, ``Sequence[...]``, ``... | None``) unless the class declares a narrower one in
+``_parameter_constraints`` (an :class:`Interval`, :class:`Options`, ...). ``set_params`` checks the
+values it is given and ``fit`` checks them all before any work, so a bad value is one
+:class:`~waferscope.errors.ConfigError` naming the model, the parameter and what is allowed.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
+import math
+import numbers
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from waferscope import __version__
-from waferscope.errors import RunDirError
+from waferscope.errors import ConfigError, RunDirError
 from waferscope.utils import replace_folder
 
 RUN_FORMAT = 1
@@ -31,11 +41,155 @@ MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
 
 
+# ---- parameter constraints ----------------------------------------------------------------------
+class Interval:
+    """A number of type ``kind`` (int or float; bools are refused) within ``[low, high]`` (None =
+    unbounded; ``closed`` says which ends are included), optionally a multiple of ``multiple_of``."""
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, closed: str = "both",
+                 multiple_of: int | None = None):
+        assert kind in (int, float) and closed in ("both", "left", "right", "neither")
+        self.kind, self.low, self.high, self.closed, self.multiple_of = kind, low, high, closed, multiple_of
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, (bool, np.bool_)):
+            return False
+        if not isinstance(value, numbers.Integral if self.kind is int else numbers.Real):
+            return False
+        if self.kind is float and not math.isfinite(float(value)):
+            return False
+        lo_ok = self.low is None or (value >= self.low if self.closed in ("both", "left") else value > self.low)
+        hi_ok = self.high is None or (value <= self.high if self.closed in ("both", "right") else value < self.high)
+        return lo_ok and hi_ok and (self.multiple_of is None or value % self.multiple_of == 0)
+
+    def __str__(self) -> str:
+        what = "an int" if self.kind is int else "a number"
+        if self.low is None and self.high is None:
+            bounds = ""
+        elif self.high is None:
+            bounds = f" {'>=' if self.closed in ('both', 'left') else '>'} {self.low}"
+        elif self.low is None:
+            bounds = f" {'<=' if self.closed in ('both', 'right') else '<'} {self.high}"
+        else:
+            left = "[" if self.closed in ("both", "left") else "("
+            right = "]" if self.closed in ("both", "right") else ")"
+            bounds = f" in {left}{self.low}, {self.high}{right}"
+        return what + bounds + (f", a multiple of {self.multiple_of}" if self.multiple_of else "")
+
+
+class Options:
+    """One of a fixed set of values (strings, usually)."""
+
+    def __init__(self, *values: Any):
+        self.values = values
+
+    def accepts(self, value: Any) -> bool:
+        return any(type(value) is type(v) and value == v for v in self.values)
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+class _Type:
+    """An instance of ``types`` (bool params also take the ints 0 and 1, as ``--set augment=0`` gives)."""
+
+    def __init__(self, name: str, *types: type):
+        self.name, self.types = name, types
+
+    def accepts(self, value: Any) -> bool:
+        if bool in self.types and isinstance(value, (numbers.Integral, np.bool_)) and value in (0, 1):
+            return True
+        return isinstance(value, self.types)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# What a type annotation in a constructor signature allows, token by token ("int | None" → both).
+_ANNOTATION_CONSTRAINTS: dict[str, Any] = {
+    "int": Interval(int), "float": Interval(float), "bool": _Type("a bool", bool, np.bool_),
+    "str": _Type("a string", str), "None": None, "dict": _Type("a dict", dict),
+}
+_SEQUENCE = _Type("a list or tuple", list, tuple)
+
+
+def _annotation_constraints(annotation: Any) -> list | None:
+    """The constraints an annotation string (``from __future__ import annotations``) implies, or None
+    when it says nothing this module understands."""
+    if not isinstance(annotation, str):
+        return None
+    out: list = []
+    for token in (t.strip() for t in annotation.split("|")):
+        if token in _ANNOTATION_CONSTRAINTS:
+            out.append(_ANNOTATION_CONSTRAINTS[token])
+        elif token.startswith(("Sequence[", "list[", "tuple[")):
+            out.append(_SEQUENCE)
+        else:
+            return None
+    return out
+
+
+def _describe(constraints: list) -> str:
+    return " or ".join("None" if c is None else str(c) for c in constraints)
+
+
+def _allowed(value: Any, constraints: list) -> bool:
+    return any(value is None if c is None else c.accepts(value) for c in constraints)
+
+
 class Estimator:
     registry_name: str = ""
     registry_kind: str = ""
+    # param name -> list of allowed alternatives (Interval, Options, None, ...); merged over the class's
+    # bases, and over the constraints its constructor's annotations imply (see the module docstring).
+    # The shared vocabulary: these names mean the same in every model that takes them.
+    _parameter_constraints: dict[str, list] = {
+        "epochs": [Interval(int, 1)], "batch_size": [Interval(int, 1)], "train_batch_size": [Interval(int, 1)],
+        "input_size": [Interval(int, 1)], "patience": [Interval(int, 0)], "seed": [Interval(int, 0)],
+        "lr": [Interval(float, 0, None, closed="neither")], "learning_rate": [Interval(float, 0, None, closed="neither")],
+        "weight_decay": [Interval(float, 0)], "l2_regularization": [Interval(float, 0)],
+        "smoothing_sigma": [Interval(float, 0)], "max_iter": [Interval(int, 1)], "max_leaf_nodes": [Interval(int, 2)],
+        "val_fraction": [Interval(float, 0, 1, closed="left")],
+        "validation_fraction": [Interval(float, 0, 1, closed="left")],
+    }
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every fit() validates the parameters first, as scikit-learn's _fit_context does, so that
+        # no model needs to remember to (a bad value deep in training would be a traceback).
+        super().__init_subclass__(**kwargs)
+        fit = cls.__dict__.get("fit")
+        if fit is not None and not getattr(fit, "_validates_params", False):
+            @functools.wraps(fit)
+            def validating_fit(self, *args: Any, **kw: Any):
+                self.validate_params()
+                return fit(self, *args, **kw)
+
+            validating_fit._validates_params = True  # type: ignore[attr-defined]
+            cls.fit = validating_fit  # type: ignore[method-assign]
 
     # ---- configuration --------------------------------------------------------------------------
+    @classmethod
+    def parameter_constraints(cls) -> dict[str, list | None]:
+        """Each constructor parameter → its allowed alternatives (None: not declared; the
+        conformance test requires every parameter of a registered model to be declared)."""
+        declared: dict[str, list] = {}
+        for klass in reversed(cls.__mro__):
+            declared.update(vars(klass).get("_parameter_constraints", {}))
+        sig = inspect.signature(cls.__init__)
+        return {name: declared.get(name, _annotation_constraints(sig.parameters[name].annotation))
+                for name in cls._param_names()}
+
+    def _check_param(self, name: str, value: Any, constraints: list | None) -> None:
+        if constraints is not None and not _allowed(value, constraints):
+            model = self.registry_name or type(self).__name__
+            raise ConfigError(f"{model}: parameter {name}={value!r} is not allowed; "
+                              f"{name} must be {_describe(constraints)}")
+
+    def validate_params(self) -> None:
+        """Raise a ConfigError for the first parameter whose value its constraints do not allow."""
+        for name, constraints in self.parameter_constraints().items():
+            self._check_param(name, getattr(self, name), constraints)
+
     @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
@@ -46,10 +200,13 @@ class Estimator:
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> "Estimator":
-        valid = set(self._param_names())
+        constraints = self.parameter_constraints()
         for k, v in params.items():
-            if k not in valid:
-                raise ValueError(f"{type(self).__name__} has no parameter {k!r}")
+            if k not in constraints:
+                raise ConfigError(f"{self.registry_name or type(self).__name__} has no parameter {k!r}; "
+                                  f"its parameters: {', '.join(constraints)}")
+            self._check_param(k, v, constraints[k])
+        for k, v in params.items():
             setattr(self, k, v)
         return self
 

@@ -142,6 +142,7 @@ def train(
         if bad == ["epochs"]:
             raise ConfigError(f"{model} has no --epochs (it is not trained by epochs)")
         raise ConfigError(f"{model} has no parameter(s) {', '.join(bad)}; it takes: {', '.join(sorted(valid))}")
+    cls(**params).validate_params()  # a bad value is refused before the data is read
     if dataset is None:
         dataset = _select_split(_load_data(data), split, "train", where)
     try:

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from waferscope.base import DetectionResult, Detector
+from waferscope.base import DetectionResult, Detector, Interval
 from waferscope.errors import ConfigError, DataError, RunDirError
 from waferscope.models.detectors.common import (batch_slices, canvas_maps_to_input, image_canvas, masked_max,
                                                 progress, training_normals)
@@ -50,6 +50,10 @@ class TexturePaDiMDetector(Detector):
 
     accepts_images = True
     image_rank = 1
+
+    _parameter_constraints = {
+        "input_size": [Interval(int, 8)], "energy_window": [Interval(int, 1)], "stride": [Interval(int, 1)],
+        "grid": [Interval(int, 1)], "shrinkage": [Interval(float, 0)]}
 
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
                  stride: int = 4, grid: int = 32, shrinkage: float = 0.01, smoothing_sigma: float = 4.0,
