@@ -137,9 +137,25 @@ def _allowed(value: Any, constraints: list) -> bool:
     return any(value is None if c is None else c.accepts(value) for c in constraints)
 
 
+# ---- declared capabilities ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tags:
+    """What a model class accepts and offers (after scikit-learn's estimator tags). Callers ask
+    ``est.get_tags()`` instead of probing attributes; tests/test_conformance.py checks every claim
+    against behaviour. A class declares only what differs from its bases, in ``_tags``."""
+
+    input_kinds: tuple[str, ...] = ("wafer",)  # "wafer": die-state maps (0/1/2); "image": RGB/grey images
+    needs_labels: bool = False  # fit needs class labels (classifiers); detectors fit on normal samples
+    multilabel: bool = False  # predict_proba gives independent per-pattern probabilities (rows need not sum to 1)
+    onnx: bool = False  # waferscope.export.export_onnx writes a graph that reproduces the model
+    gradcam: bool = False  # waferscope.explain.explain gives Grad-CAM heat maps (a network_ and to_tensor)
+    temperature: bool = False  # set_temperature(t) stores a calibration temperature in the run
+
+
 class Estimator:
     registry_name: str = ""
     registry_kind: str = ""
+    _tags: dict[str, Any] = {}
     # param name -> list of allowed alternatives (Interval, Options, None, ...); merged over the class's
     # bases, and over the constraints its constructor's annotations imply (see the module docstring).
     # The shared vocabulary: these names mean the same in every model that takes them.
@@ -166,6 +182,25 @@ class Estimator:
 
             validating_fit._validates_params = True  # type: ignore[attr-defined]
             cls.fit = validating_fit  # type: ignore[method-assign]
+
+    # ---- capabilities ---------------------------------------------------------------------------
+    @classmethod
+    def get_tags(cls) -> Tags:
+        """The class's declared capabilities: its ``_tags`` merged over its bases'."""
+        merged: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("_tags", {}))
+        return Tags(**merged)
+
+    def trained_input_kind(self) -> str | None:
+        """The kind of data ("wafer" or "image") a fitted model was trained on, for models that can
+        take both and record it (as ``mode_`` or ``input_kind_``); None when not recorded."""
+        kind = getattr(self, "mode_", None) or getattr(self, "input_kind_", None)
+        return kind if kind in ("wafer", "image") else None
+
+    def export_module(self) -> Any:
+        """A torch module export_onnx should trace instead of the model's own network, or None."""
+        return None
 
     # ---- configuration --------------------------------------------------------------------------
     @classmethod
@@ -365,6 +400,7 @@ class Classifier(Estimator):
     """fit(dataset) on labelled maps; predict_proba → (N, n_classes) over ``classes_``."""
 
     registry_kind = "classifier"
+    _tags = {"needs_labels": True}
     # Why a class prior (models/classifiers/prior.py) cannot move this model's probabilities, or None
     # when they are class-balanced posteriors (every classifier trained with class weights).
     prior_refusal: str | None = None
@@ -378,6 +414,11 @@ class Classifier(Estimator):
     def predict(self, dataset) -> np.ndarray:
         proba = self.predict_proba(dataset)
         return np.asarray(self.classes_, dtype=object)[proba.argmax(1)]
+
+    def heat_to_die_grids(self, heat: np.ndarray, dataset) -> list[np.ndarray] | None:
+        """Grad-CAM heat at the network's input resolution mapped back to each wafer's die grid, for
+        a network whose input is not the plain nearest resize; None: the plain mapping applies."""
+        return None
 
 
 @dataclass

@@ -28,7 +28,7 @@ SEED_PARAMS = ("seed", "random_state")
 def make_estimator(method: MethodSpec, kind: str, seed: int):
     cls = registry.get(method.model, kind)
     params = dict(method.params)
-    names = cls._param_names() if hasattr(cls, "_param_names") else []
+    names = cls._param_names()
     for name in SEED_PARAMS:  # the cell's seed, unless the config pins one
         if name in names and name not in params:
             params[name] = seed
@@ -154,7 +154,7 @@ def _classification_examples(config: BenchmarkConfig, est, test: WaferDataset) -
     sub = test.subset(picks)
     proba = np.asarray(est.predict_proba(sub))
     cams = None
-    if config.gradcam and hasattr(est, "network_") and hasattr(est, "to_tensor"):
+    if config.gradcam and est.get_tags().gradcam:
         try:
             from waferscope.explain.gradcam import GradCAM
         except ImportError:
@@ -177,7 +177,7 @@ def _gradcam_quality(config: BenchmarkConfig, est, test: WaferDataset) -> dict:
     Grad-CAM energy inside the mask, pointing-game hit rate, and the die-level F1 of Grad-CAM
     denoising (fails kept where the heat is relevant) against the mask, with the median filter's
     F1 as the baseline. Over up to GRADCAM_MAX_MAPS defect maps, in order."""
-    if not (config.gradcam and hasattr(est, "network_") and hasattr(est, "to_tensor")) or test.masks is None:
+    if not (config.gradcam and est.get_tags().gradcam) or test.masks is None:
         return {}
     try:
         from waferscope.explain.denoise import denoise_gradcam, denoise_median, die_scores

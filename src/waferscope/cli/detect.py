@@ -90,8 +90,8 @@ def read_threshold(run_dir: Path) -> dict | None:
 
 
 def _check_kind(det, dataset, where: str) -> None:
-    mode = getattr(det, "mode_", None) or getattr(det, "input_kind_", None)
-    if mode in ("wafer", "image") and mode != dataset.kind:
+    mode = det.trained_input_kind()
+    if mode is not None and mode != dataset.kind:
         raise DataError(f"this detector was trained on {mode} data; the data given is {dataset.kind} data", where)
 
 

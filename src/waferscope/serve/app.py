@@ -575,7 +575,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
 
         torch.set_num_threads(int(threads))
     classes = [str(c) for c in classifier.classes_]
-    has_gradcam = getattr(classifier, "network_", None) is not None and hasattr(classifier, "to_tensor")
+    has_gradcam = classifier.get_tags().gradcam
     batch = max_batch or limits.max_batch
     trimmer = Trimmer()
     big_dies = 1 << 20  # after a request this large, give freed memory back once things are quiet
@@ -601,7 +601,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     common = dict(chunk_maps=limits.chunk_maps, max_queued_dies=limits.max_queued_dies, after_job=after_job)
     clf_worker = Batcher(classify_batch, batch, "classifier", **common)
     det_worker = Batcher(score_batch, batch, "detector", **common)
-    mode = getattr(detector, "mode_", None) or getattr(detector, "input_kind_", None)
+    mode = detector.trained_input_kind()
     heavy = asyncio.Semaphore(2)  # large bodies parsed / files loaded at once: bounds their transient memory
 
     @contextlib.asynccontextmanager

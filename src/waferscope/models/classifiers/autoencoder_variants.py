@@ -118,6 +118,7 @@ class _AEClassifierBase(TorchClassifier):
 
     ae_default_data = "all"
 
+    _tags = {"input_kinds": ("wafer",)}  # refuses images (a die-state autoencoder / stem / teacher)
     _parameter_constraints = {
         # the autoencoder halves the map three times and reconstructs die states
         "size": [Interval(int, 8, None, multiple_of=8)], "encoding": [Options("onehot3")],

@@ -234,6 +234,7 @@ class DistilledStudentClassifier(TorchClassifier):
     # them off still load.
     removed_params = {"transfer_synthetic": 0, "noisy_copies": 0, "init_from_teacher": False}
 
+    _tags = {"input_kinds": ("wafer",)}  # refuses images (a die-state autoencoder / stem / teacher)
     _parameter_constraints = {
         "alpha": [Interval(float, 0, 1)], "temperature": [Interval(float, 0, None, closed="neither")],
         "arch": [Options("cnn", "patchify", "separable")],

@@ -69,6 +69,8 @@ def forest_proba(trees: dict[str, np.ndarray], x: np.ndarray, chunk: int = 256) 
 class ExtraTreesClassifier(GradientBoostingClassifier):
     """Extremely-randomised trees on the extended wafer features (see the module docstring)."""
 
+    # set_temperature is inherited from gbm, but the forest's averaged votes are not rescaled by it
+    _tags = {"temperature": False}
     _parameter_constraints = {
         "n_estimators": [Interval(int, 1)],
         # as sklearn's ExtraTreesClassifier takes it

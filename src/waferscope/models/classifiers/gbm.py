@@ -40,6 +40,7 @@ class GradientBoostingClassifier(Classifier):
     the pooled figure, and the trees stay small (about 4 MB).
     """
 
+    _tags = {"temperature": True}
     _parameter_constraints = {"feature_set": [Options(*FEATURE_SETS)]}
 
     def __init__(self, feature_set: str = "extended", max_iter: int = 300, learning_rate: float = 0.05,

@@ -67,6 +67,7 @@ class MultiLabelCNNClassifier(TorchClassifier):
 
     prior_refusal = "multilabel_cnn scores each pattern on its own (sigmoid heads), not one class of several"
 
+    _tags = {"multilabel": True}
     _parameter_constraints = {"threshold": [Interval(float, 0, 1)]}
 
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,

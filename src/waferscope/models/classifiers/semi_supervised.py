@@ -57,6 +57,7 @@ def select_pseudo_labels(view_proba: np.ndarray, threshold: float, labelled_coun
 class PseudoLabelCNNClassifier(CompactCNNClassifier):
     """The compact ``cnn`` self-trained on confident, rotation-consistent pseudo-labels."""
 
+    _tags = {"input_kinds": ("wafer",)}  # refuses images (a die-state autoencoder / stem / teacher)
     _parameter_constraints = {
         "threshold": [Interval(float, 0, 1)], "rounds": [Interval(int, 1)],
         "max_ratio": [Interval(float, 0, None, closed="neither")]}

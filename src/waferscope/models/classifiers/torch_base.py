@@ -55,6 +55,7 @@ _ONEHOT3 = np.eye(3, dtype=np.float32)
 class TorchClassifier(Classifier):
     """Base of the PyTorch classifiers; see the module docstring."""
 
+    _tags = {"onnx": True, "gradcam": True, "input_kinds": ("wafer", "image")}
     _parameter_constraints = {
         "size": [Interval(int, 1)], "encoding": [Options(*ENCODINGS)], "imbalance": [Options(*IMBALANCE_MODES)],
         "resample": [Options(*RESAMPLE)], "orient": [Options(*ORIENT)], "width": [Interval(int, 1)],

@@ -53,7 +53,7 @@ class TextureContrastDetector(Detector):
         the trees (scikit-learn HistGradientBoostingClassifier, balanced classes, no early stopping).
     """
 
-    accepts_images = True
+    _tags = {"input_kinds": ("wafer", "image")}
     image_rank = 5
 
     _parameter_constraints = {

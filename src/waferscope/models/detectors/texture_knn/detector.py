@@ -50,7 +50,7 @@ class TextureKNNDetector(Detector):
         map smoothing (px per 256 px) and the share of the highest map pixels averaged for the score.
     """
 
-    accepts_images = True
+    _tags = {"input_kinds": ("wafer", "image")}
     image_rank = 10
 
     _parameter_constraints = {

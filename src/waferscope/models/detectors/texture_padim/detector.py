@@ -48,7 +48,7 @@ class TexturePaDiMDetector(Detector):
         map smoothing, px per 256 px of canvas.
     """
 
-    accepts_images = True
+    _tags = {"input_kinds": ("wafer", "image")}
     image_rank = 1
 
     _parameter_constraints = {
