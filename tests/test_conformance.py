@@ -458,3 +458,43 @@ def test_temperature_where_declared(name, kind, fitted, data, tmp_path):
     assert not np.allclose(after, before) or np.allclose(before, 1 / before.shape[1]), "the temperature changed nothing"
     np.testing.assert_allclose(load_run(twin.save(tmp_path / "run", overwrite=True)).predict_proba(test), after,
                                atol=1e-6)
+
+
+# ---- detectors own their decision ----------------------------------------------------------------
+DETECTORS = [p for p in models("threshold") if p.values[1] == "detector"]
+
+
+@pytest.mark.parametrize("name,kind", DETECTORS)
+def test_detector_learns_its_threshold_and_decides(name, kind, fitted, data, tmp_path):
+    _, est, _, _ = fitted(name, kind)
+    assert isinstance(est.threshold_, float) and np.isfinite(est.threshold_)
+    assert "quantile" in est.threshold_info_["method"]  # fit's default rule on normal-only data
+    normal_scores = np.asarray(est.score(data["detector"]).scores)
+    assert est.threshold_ == pytest.approx(np.quantile(normal_scores.astype(np.float64), 0.99), rel=1e-9, abs=1e-12)
+    test = data["test"]
+    decisions = est.predict(test)
+    assert decisions.dtype == bool and decisions.shape == (len(test),)
+    np.testing.assert_array_equal(decisions, np.asarray(est.score(test).scores) >= est.threshold_)
+    again = load_run(est.save(tmp_path / "run"), kind=kind)
+    assert again.threshold_ == est.threshold_ and again.threshold_info_ == est.threshold_info_
+    np.testing.assert_array_equal(again.predict(test), decisions)
+
+
+@pytest.mark.parametrize("name,kind", DETECTORS)
+def test_detector_threshold_rules(name, kind, fitted, data):
+    from waferscope.errors import ConfigError
+
+    _, est, _, _ = fitted(name, kind)
+    twin = registry.create(name, kind, **tiny_params(name)).fit(data["detector"], calibrate=False)
+    assert twin.threshold_ is None
+    _refused(lambda: twin.predict(data["test"]), "predict without a threshold")
+    # labelled anomalies given: the best-F1 threshold over them and the normals
+    mixed = WaferDataset.concat([data["detector"], data["test"]], name="mixed")
+    twin.calibrate(mixed)
+    assert "best F1" in twin.threshold_info_["method"]
+    from waferscope.metrics.detection import detection_targets, threshold_best_f1
+
+    idx, y = detection_targets(mixed)
+    assert twin.threshold_ == threshold_best_f1(y, np.asarray(twin.score(mixed.subset(idx)).scores))
+    with pytest.raises(ConfigError, match="rule"):
+        twin.calibrate(mixed, rule="median")

@@ -169,19 +169,36 @@ class Estimator:
         "validation_fraction": [Interval(float, 0, 1, closed="left")],
     }
 
+    # fit() keyword options the contract handles (popped before the model's own fit sees them)
+    _after_fit_options: tuple[str, ...] = ()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Every fit() validates the parameters first, as scikit-learn's _fit_context does, so that
-        # no model needs to remember to (a bad value deep in training would be a traceback).
+        # no model needs to remember to (a bad value deep in training would be a traceback), and
+        # runs the family's _after_fit (a detector learns its threshold_) when it returns. Only the
+        # outermost call does either: a subclass's fit calling super().fit() passes straight through.
         super().__init_subclass__(**kwargs)
         fit = cls.__dict__.get("fit")
-        if fit is not None and not getattr(fit, "_validates_params", False):
+        if fit is not None and not getattr(fit, "_contract_fit", False):
             @functools.wraps(fit)
-            def validating_fit(self, *args: Any, **kw: Any):
+            def contract_fit(self, *args: Any, **kw: Any):
+                if self.__dict__.get("_in_fit"):
+                    return fit(self, *args, **kw)
+                options = {k: kw.pop(k) for k in self._after_fit_options if k in kw}
                 self.validate_params()
-                return fit(self, *args, **kw)
+                self._in_fit = True
+                try:
+                    out = fit(self, *args, **kw)
+                finally:
+                    del self._in_fit
+                self._after_fit(args[0] if args else kw.get("dataset"), **options)
+                return out
 
-            validating_fit._validates_params = True  # type: ignore[attr-defined]
-            cls.fit = validating_fit  # type: ignore[method-assign]
+            contract_fit._contract_fit = True  # type: ignore[attr-defined]
+            cls.fit = contract_fit  # type: ignore[method-assign]
+
+    def _after_fit(self, dataset: Any, **options: Any) -> None:
+        """Called once when the outermost fit() returns (see __init_subclass__)."""
 
     # ---- capabilities ---------------------------------------------------------------------------
     @classmethod
@@ -261,6 +278,13 @@ class Estimator:
             raise RunDirError(f"{type(self).__name__} is not fitted: call fit() or load a run directory")
 
     # ---- persistence ----------------------------------------------------------------------------
+    def _run_header(self) -> dict[str, Any]:
+        """Learned state the contract itself owns, saved as top-level keys of model.json."""
+        return {}
+
+    def _load_run_header(self, doc: dict[str, Any], run_dir: Path) -> None:
+        """Restore what :meth:`_run_header` saved (``doc`` is the whole model.json)."""
+
     def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         raise NotImplementedError
 
@@ -291,6 +315,7 @@ class Estimator:
             "class": type(self).__name__,
             "params": _jsonable(self.get_params()),
             "extras": _jsonable(extras),
+            **_jsonable(self._run_header()),
         }
         tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
         try:
@@ -346,6 +371,7 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
     except Exception as exc:  # safetensors raises several types for a corrupt file
         raise RunDirError(f"{WEIGHTS} is corrupt ({exc})", run_dir) from None
     est._load_state(tensors, doc.get("extras", {}))
+    est._load_run_header(doc, Path(run_dir))
     return est
 
 
@@ -427,13 +453,120 @@ class DetectionResult:
     maps: list[np.ndarray]  # per sample, an anomaly map at the input's own H×W (float32)
 
 
+THRESHOLD_JSON = "threshold.json"  # where runs written before the threshold moved into model.json kept it
+THRESHOLD_RULES = ("auto", "quantile", "best_f1", "kfold")
+
+
+def read_threshold_json(run_dir: str | Path) -> dict | None:
+    """An older run's ``threshold.json`` ({"threshold": float, "method": str, ...}), or None."""
+    path = Path(run_dir) / THRESHOLD_JSON
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        float(doc["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunDirError(f"{THRESHOLD_JSON} is unreadable ({exc})", run_dir) from None
+    return doc
+
+
 class Detector(Estimator):
-    """fit(dataset) on normal samples only; score(dataset) → DetectionResult."""
+    """fit(dataset) on normal samples only; score(dataset) → DetectionResult; predict(dataset) →
+    decisions (True = anomalous: score >= ``threshold_``).
+
+    The decision threshold is learned state of the model (after pyod's ``threshold_`` and
+    anomalib's post-processor): ``fit`` ends by :meth:`calibrate` with the default rule, unless
+    called as ``fit(dataset, calibrate=False)``; :meth:`calibrate` can be rerun with another rule.
+    The threshold and how it was chosen (``threshold_info_``) are saved in model.json; a run
+    written before that keeps them in ``threshold.json``, which load_run still reads.
+    """
 
     registry_kind = "detector"
+    _after_fit_options = ("calibrate",)
 
     def fit(self, dataset, **kwargs) -> "Detector":
         raise NotImplementedError
 
     def score(self, dataset) -> DetectionResult:
         raise NotImplementedError
+
+    # ---- the decision ---------------------------------------------------------------------------
+    def _after_fit(self, dataset: Any, calibrate: bool = True) -> None:
+        if calibrate:
+            self.calibrate(dataset)
+        else:
+            self.set_threshold(None)
+
+    def calibrate(self, dataset, rule: str = "auto", q: float = 0.99, folds: int = 5,
+                  seed: int = 0) -> "Detector":
+        """Learn ``threshold_`` (score >= threshold_ → anomalous) from ``dataset`` by ``rule``:
+
+        - ``"quantile"``: the ``q``-quantile of the normal samples' scores (expected false-positive
+          rate about 1 - q; optimistic on the training normals, which a detector scores low);
+        - ``"best_f1"``: the threshold with the best F1 over the labelled samples (normal vs
+          anomalous; needs both);
+        - ``"kfold"``: seed 004's mean-of-max: per fold of the normals, a clone fitted on the other
+          folds scores the held-out ones; the threshold is the mean of the fold maxima;
+        - ``"auto"`` (what ``fit`` uses): ``best_f1`` when the data holds labelled anomalies, else
+          ``quantile``.
+        """
+        from waferscope.metrics.detection import (detection_targets, threshold_best_f1,
+                                                  threshold_kfold_mean_of_max, threshold_quantile)
+
+        if rule not in THRESHOLD_RULES:
+            raise ConfigError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
+        self._check_fitted()
+        anomalous = dataset.is_labelled & ~dataset.is_normal
+        if rule == "auto":
+            rule = "best_f1" if anomalous.any() and dataset.is_normal.any() else "quantile"
+        if rule == "quantile":
+            normals = dataset.subset(dataset.is_normal)
+            return self.set_threshold(threshold_quantile(self.score(normals).scores, q),
+                                      f"quantile {q} of the training normals' scores")
+        if rule == "best_f1":
+            idx, y = detection_targets(dataset)
+            if len(np.unique(y)) < 2:
+                raise ConfigError("a best-F1 threshold needs labelled normal and anomalous samples")
+            scores = np.asarray(self.score(dataset.subset(idx)).scores)
+            return self.set_threshold(threshold_best_f1(y, scores),
+                                      f"best F1 over {len(idx)} labelled samples ({int(y.sum())} anomalous)")
+        normals = dataset.subset(dataset.is_normal)
+        res = threshold_kfold_mean_of_max(self.clone, normals, n_splits=folds, seed=seed)
+        return self.set_threshold(res["threshold"], f"kfold_mean_of_max (k={folds}, seed={seed})",
+                                  per_fold=res["per_fold"])
+
+    def set_threshold(self, threshold: float | None, method: str = "given", **info: Any) -> "Detector":
+        """Set the decision threshold directly (None: no decisions); ``method`` says how it was chosen."""
+        self.threshold_ = None if threshold is None else float(threshold)
+        self.threshold_info_ = {} if threshold is None else {"method": method, **info}
+        return self
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """Decisions (bool, True = anomalous) for scores this detector gave."""
+        if getattr(self, "threshold_", None) is None:
+            raise RunDirError(f"this {self.registry_name or type(self).__name__} has no decision threshold: "
+                              "fit it (which learns one) or call calibrate(normal samples)")
+        return np.asarray(scores, dtype=np.float64) >= self.threshold_
+
+    def predict(self, dataset) -> np.ndarray:
+        """(N,) bool: is each sample anomalous (score >= threshold_)."""
+        return self.decide(self.score(dataset).scores)
+
+    def _run_header(self) -> dict[str, Any]:
+        thr = getattr(self, "threshold_", None)
+        return {"threshold": None if thr is None else {"value": thr, **getattr(self, "threshold_info_", {})}}
+
+    def _load_run_header(self, doc: dict[str, Any], run_dir: Path) -> None:
+        thr = doc.get("threshold")
+        if "threshold" not in doc:  # written before the threshold moved into model.json
+            old = read_threshold_json(run_dir)
+            thr = None if old is None else {"value": old["threshold"], **{k: v for k, v in old.items()
+                                                                        if k != "threshold"}}
+        if thr is not None and not (isinstance(thr, dict) and isinstance(thr.get("value"), (int, float))):
+            raise RunDirError(f"{MODEL_JSON}: threshold must be {{'value': number, ...}} or null, got {thr!r}",
+                              run_dir)
+        if thr is None:
+            self.set_threshold(None)
+        else:
+            info = {k: v for k, v in thr.items() if k != "value"}
+            self.set_threshold(thr["value"], **{"method": "given", **info})

@@ -562,7 +562,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                threads: int | None = None, max_batch: int | None = None, allowed_origins: tuple[str, ...] = ()):
     """A FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
     ``detector`` (fitted :class:`~waferscope.base.Detector`; ``threshold`` its decision threshold,
-    e.g. the run's threshold.json, or None). ``*_source`` say where each came from (shown by /health),
+    normally ``detector.threshold_``, or None). ``*_source`` say where each came from (shown by /health),
     ``*_run`` are their run directories (for the version that trained them). Each model is loaded once
     by the caller and run by one worker thread that batches the queued requests (:mod:`.batcher`).
     ``threads`` sets torch's intra-op threads (default: leave torch's setting). ``allowed_origins``:
