@@ -378,16 +378,14 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
 def resolve_bundled_name(bundled: dict[str, Path], which: str, kind: str,
                          aliases: dict[str, str] | None = None) -> str:
     """The current name of a bundled model: ``which`` itself, or the model an old name (an alias)
-    stands for, with a deprecation note on stderr. An unknown name is a clear error."""
-    import sys
-
-    from waferscope.errors import ConfigError
+    stands for, with a FutureWarning (the CLI shows it as a note). An unknown name is a clear error."""
+    import warnings
 
     aliases = aliases or {}
     if which in aliases:
         new = aliases[which]
-        print(f"note: bundled {kind} {which!r} is now called {new!r}; the old name will be removed",
-              file=sys.stderr)
+        warnings.warn(f"bundled {kind} {which!r} is now called {new!r}; the old name will be removed",
+                      FutureWarning, stacklevel=3)
         return new
     if which not in bundled:
         raise ConfigError(f"unknown bundled {kind} {which!r}; choose one of {', '.join(bundled)}")
@@ -401,9 +399,8 @@ def load_bundled(bundled: dict[str, Path], which: str, kind: str,
     ones; an unknown name or a missing model is a clear error."""
     which = resolve_bundled_name(bundled, which, kind, aliases)
     if not (Path(bundled[which]) / MODEL_JSON).is_file():
-        command = "classify" if kind == "classifier" else "detect"
-        raise RunDirError(f"no bundled {kind} is installed: pass --run with a run directory from "
-                          f"`waferscope {command} train`", bundled[which])
+        raise RunDirError(f"the bundled {kind} {which!r} is not installed (no {MODEL_JSON}); load a run "
+                          "directory you trained with waferscope.base.load_run instead", bundled[which])
     return load_run(bundled[which], kind=kind)
 
 

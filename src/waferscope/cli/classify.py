@@ -182,7 +182,7 @@ def predict(
 
     from waferscope.models.classifiers import DEFAULT_FOR_LABELS
     from waferscope.models.classifiers.prior import resolve_prior
-    from waferscope.scale import run_cli
+    from waferscope.cli.engine import run_cli
 
     if engine == "local":
         check_out_file(out, example="predictions.csv")

@@ -235,8 +235,8 @@ def score(
     max_dies: int = MAX_DIES_OPTION,
 ) -> None:
     """Score every map; optionally write each anomaly map (at the map's own size) as .npy."""
-    from waferscope.scale import run_cli
-    from waferscope.scale.dask_engine import check_dir
+    from waferscope.cli.engine import run_cli
+    from waferscope.cli.engine import check_dir
     from waferscope.utils import anomaly_map_names, save_npy
 
     if maps is not None:
