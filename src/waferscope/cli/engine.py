@@ -5,8 +5,12 @@ Option checks and their ``--flag`` wording live here; the library names paramete
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from waferscope.errors import ConfigError
+
+if TYPE_CHECKING:
+    from waferscope.scale.dask_engine import ScaleRun
 
 
 def check_dir(path: Path, option: str) -> None:
@@ -22,7 +26,7 @@ def _check_out(out: Path, overwrite: bool, option: str) -> None:
 
 
 def run_cli(model, data: list[str], out: Path, engine: str, scheduler: str | None, workers: int,
-            overwrite: bool, refused: dict[str, str] | None = None, **options) -> "ScaleRun | None":
+            overwrite: bool, refused: dict[str, str] | None = None, **options) -> ScaleRun | None:
     """The ``--engine`` part of ``classify predict`` / ``detect score``: None when the command's own
     single-process CSV path should run, else what the partitioned run wrote.
 

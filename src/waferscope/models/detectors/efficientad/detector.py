@@ -17,7 +17,6 @@ Differences from the paper, each forced by the wafer domain (see docs/detection_
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from waferscope.base import Interval, Options
