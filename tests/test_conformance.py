@@ -480,13 +480,19 @@ def test_detector_learns_its_threshold_and_decides(name, kind, fitted, data, tmp
     np.testing.assert_array_equal(again.predict(test), decisions)
 
 
+def test_fit_without_calibration_learns_no_threshold(data):
+    """fit(..., calibrate=False) is the contract's (base.py), the same for every detector: one cheap one."""
+    det = registry.create("pattern_stats", "detector", **tiny_params("pattern_stats"))
+    assert det.fit(data["detector"], calibrate=False) is det and det.threshold_ is None
+    _refused(lambda: det.predict(data["test"]), "predict without a threshold")
+
+
 @pytest.mark.parametrize("name,kind", DETECTORS)
-def test_detector_threshold_rules(name, kind, fitted, data):
+def test_detector_threshold_rules(name, kind, fitted, data, tmp_path):
     from waferscope.errors import ConfigError
 
     _, est, _, _ = fitted(name, kind)
-    twin = registry.create(name, kind, **tiny_params(name)).fit(data["detector"], calibrate=False)
-    assert twin.threshold_ is None
+    twin = load_run(est.save(tmp_path / "run"), kind=kind).set_threshold(None)  # a copy, not a refit
     _refused(lambda: twin.predict(data["test"]), "predict without a threshold")
     # labelled anomalies given: the best-F1 threshold over them and the normals
     mixed = WaferDataset.concat([data["detector"], data["test"]], name="mixed")
