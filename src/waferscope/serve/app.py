@@ -32,6 +32,7 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -572,14 +573,18 @@ def answer(head: dict, rows: list[dict], big, on_done=None) -> Response:
 
 def create_app(classifier, detector, *, classifier_source: str = "", detector_source: str = "",
                classifier_run=None, detector_run=None, threshold: float | None = None, limits: Limits | None = None,
-               threads: int | None = None, max_batch: int | None = None, allowed_origins: tuple[str, ...] = ()):
+               threads: int | None = None, max_batch: int | None = None, allowed_origins: tuple[str, ...] = (),
+               explainer=None, explainer_source: str = ""):
     """A FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
     ``detector`` (fitted :class:`~waferscope.base.Detector`; ``threshold`` its decision threshold,
     normally ``detector.threshold_``, or None). ``*_source`` say where each came from (shown by /health),
     ``*_run`` are their run directories (for the version that trained them). Each model is loaded once
     by the caller and run by one worker thread that batches the queued requests (:mod:`.batcher`).
     ``threads`` sets torch's intra-op threads (default: leave torch's setting). ``allowed_origins``:
-    browser origins besides the service's own that may POST (e.g. a proxy's public address)."""
+    browser origins besides the service's own that may POST (e.g. a proxy's public address).
+    ``explainer``: a network whose Grad-CAM draws the ``?heatmap=1`` maps when the label model's own
+    would not (the bundled default: its heat is not trained to sit on the pattern, docs/explain.md);
+    it explains the class the label model chose, so the heat always answers "where is that class?"."""
     from waferscope.serve.memory import Trimmer
 
     limits = limits or Limits()
@@ -588,7 +593,8 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
 
         torch.set_num_threads(int(threads))
     classes = [str(c) for c in classifier.classes_]
-    has_gradcam = classifier.get_tags().gradcam
+    heat_model = explainer if explainer is not None else classifier
+    has_gradcam = heat_model.get_tags().gradcam
     batch = max_batch or limits.max_batch
     trimmer = Trimmer()
     big_dies = 1 << 20  # after a request this large, give freed memory back once things are quiet
@@ -604,7 +610,11 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         from waferscope.explain import explain
 
         proba = classify_batch(ds)  # the same probabilities as without ?heatmap (and as the CLI)
-        heat = explain(classifier, ds, progress=False).heat
+        if explainer is None:
+            heat = explain(classifier, ds, progress=False).heat
+        else:  # the explainer's Grad-CAM of the class the label model chose
+            chosen = np.asarray(classes, dtype=object)[np.asarray(proba).argmax(1)]
+            heat = explain(explainer, replace(ds, labels=chosen.astype(str)), progress=False, target="label").heat
         return list(zip(proba, heat))
 
     def score_batch(ds: WaferDataset) -> list:
@@ -790,7 +800,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         return {"status": "ok", "waferscope_version": __version__, "torch_version": torch.__version__,
                 "python_version": platform.python_version(),
                 "classifier": {**_model_info(classifier, classifier_source, classifier_run), "classes": classes,
-                               "gradcam": has_gradcam},
+                               "gradcam": has_gradcam, "gradcam_from": explainer_source or classifier_source},
                 "detector": {**_model_info(detector, detector_source, detector_run), "threshold": threshold},
                 "limits": limits.as_dict(), "torch_threads": torch.get_num_threads(), "rss_bytes": _rss_bytes(),
                 "queued_dies": {"classifier": clf_worker.queued_dies, "detector": det_worker.queued_dies}}
