@@ -626,7 +626,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                explainer=None, explainer_source: str = ""):
     """A FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
     ``detector`` (fitted :class:`~waferscope.base.Detector`; ``threshold`` its decision threshold,
-    e.g. the run's threshold.json, or None). ``*_source`` say where each came from (shown by /health),
+    normally ``detector.threshold_``, or None). ``*_source`` say where each came from (shown by /health),
     ``*_run`` are their run directories (for the version that trained them). Each model is loaded once
     by the caller and run by one worker thread that batches the queued requests (:mod:`.batcher`).
     ``threads`` sets torch's intra-op threads (default: leave torch's setting). ``allowed_origins``:
@@ -643,7 +643,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         torch.set_num_threads(int(threads))
     classes = [str(c) for c in classifier.classes_]
     heat_model = explainer if explainer is not None else classifier
-    has_gradcam = getattr(heat_model, "network_", None) is not None and hasattr(heat_model, "to_tensor")
+    has_gradcam = heat_model.get_tags().gradcam
     batch = max_batch or limits.max_batch
     trimmer = Trimmer()
     big_dies = 1 << 20  # after a request this large, give freed memory back once things are quiet
@@ -673,7 +673,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     common = dict(chunk_maps=limits.chunk_maps, max_queued_dies=limits.max_queued_dies, after_job=after_job)
     clf_worker = Batcher(classify_batch, batch, "classifier", **common)
     det_worker = Batcher(score_batch, batch, "detector", **common)
-    mode = getattr(detector, "mode_", None) or getattr(detector, "input_kind_", None)
+    mode = detector.trained_input_kind()
     heavy = asyncio.Semaphore(2)  # large bodies parsed / files loaded at once: bounds their transient memory
 
     @contextlib.asynccontextmanager
