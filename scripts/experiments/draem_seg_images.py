@@ -25,24 +25,9 @@ p.add_argument("--scar", type=float, default=0.3); p.add_argument("--pnormal", t
 p.add_argument("--sigma", type=float, default=2.0)
 p.add_argument("--save", default="")
 a = p.parse_args()
-def _cache(size):
-    path = f"/tmp/waferscope_canvas{size}.npz"
-    if not os.path.exists(path):
-        from waferscope.evaluate.detection import load_image_set
-        from waferscope.models.detectors.common import image_canvas
-        train, test = load_image_set()
-        ctr, cte = image_canvas(train, size, "image"), image_canvas(test, size, "image")
-        masks = np.zeros((len(test), size, size), np.uint8)
-        for i, (t, l, nh, nw) in enumerate(cte.boxes):
-            m = test.masks[i] if test.masks is not None else None
-            if m is not None:
-                mm = F.interpolate(torch.from_numpy(m.astype(np.float32))[None, None], size=(nh, nw), mode="area")[0, 0]
-                masks[i, t:t + nh, l:l + nw] = mm.numpy() > 0.25
-        np.savez_compressed(path, xtr=ctr.x, vtr=ctr.valid, btr=np.array(ctr.boxes), xte=cte.x, vte=cte.valid,
-                            bte=np.array(cte.boxes), masks=masks, normal=test.is_normal,
-                            labels=np.asarray(test.labels).astype(str))
-    return np.load(path)
-d = _cache(a.size)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _canvas_cache import canvas_cache  # noqa: E402
+d = canvas_cache(a.size)
 xtr, vtr, btr = d["xtr"][:, 0], d["vtr"], d["btr"]
 xte, vte, bte, masks, normal, labels = d["xte"][:, 0], d["vte"], d["bte"], d["masks"], d["normal"], d["labels"]
 S = a.size
