@@ -126,3 +126,28 @@ def test_synthetic_anomalies_are_seeded_and_inside_valid():
         np.testing.assert_array_equal(a1, a2)
         assert not (m1 & ~valid).any()
         np.testing.assert_array_equal(a1[~m1], img[~m1])  # only the masked pixels change
+
+
+def test_texture_padim_calibration_finds_blobs_and_centres_normals(tmp_path):
+    """calibration_folds: per-cell z-scores of held-out normal distances — new normal images score
+    near 0 on average, blobs stand out, the run reloads, and 1 fold is refused."""
+    from sklearn.metrics import roc_auc_score
+
+    from waferscope.base import load_run
+    from waferscope.errors import ConfigError
+
+    train, test = _image_sets()
+    det = registry.create("texture_padim", "detector", input_size=32, sigmas=(1.0, 2.0), stride=2, grid=4,
+                          calibration_folds=3, verbose=False).fit(train)
+    assert det.cell_loc_.shape == (4, 4) and (det.cell_scale_ > 0).all() and (det.cell_loc_ > 0).all()
+    res = det.score(test)
+    assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
+    normal_means = [float(np.mean(m)) for m in res.maps[:6]]
+    assert abs(np.mean(normal_means)) < 1.5  # z-scores, not raw distances (those are ≥ 0 and ~√C)
+    det.save(tmp_path / "run")
+    np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, atol=1e-5)
+    plain = registry.create("texture_padim", "detector", input_size=32, sigmas=(1.0, 2.0), stride=2, grid=4,
+                            verbose=False).fit(train).score(test)
+    assert min(float(np.mean(m)) for m in plain.maps[:6]) > max(normal_means)
+    with pytest.raises(ConfigError, match="calibration_folds"):
+        registry.create("texture_padim", "detector", calibration_folds=1, verbose=False).fit(train)

@@ -44,6 +44,12 @@ class TexturePaDiMDetector(Detector):
     shrinkage
         covariance regularisation: ``cov + shrinkage · mean(diag cov) · I`` per cell (PaDiM adds
         0.01·I); needed because the training images are few for C×C covariances.
+    calibration_folds
+        0: the map is the Mahalanobis distance itself. k ≥ 2: each cell's distance is turned into a
+        z-score against that cell's own distribution of *held-out* distances of the training normals
+        (k folds, each fold scored by the Gaussians of the other folds) — cells whose normal variation
+        is poorly captured (the image edges, few effective samples) otherwise dominate the map
+        maximum; learned from normals only.
     smoothing_sigma
         map smoothing, px per 256 px of canvas.
     """
@@ -56,14 +62,15 @@ class TexturePaDiMDetector(Detector):
         "grid": [Interval(int, 1)], "shrinkage": [Interval(float, 0)]}
 
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
-                 stride: int = 4, grid: int = 32, shrinkage: float = 0.01, smoothing_sigma: float = 4.0,
-                 batch_size: int = 32, verbose: bool = True):
+                 stride: int = 4, grid: int = 32, shrinkage: float = 0.01, calibration_folds: int = 0,
+                 smoothing_sigma: float = 4.0, batch_size: int = 32, verbose: bool = True):
         self.input_size = input_size
         self.sigmas = sigmas
         self.energy_window = energy_window
         self.stride = stride
         self.grid = grid
         self.shrinkage = shrinkage
+        self.calibration_folds = calibration_folds
         self.smoothing_sigma = smoothing_sigma
         self.batch_size = batch_size
         self.verbose = verbose
@@ -75,6 +82,8 @@ class TexturePaDiMDetector(Detector):
             raise ConfigError(f"shrinkage must be positive, got {self.shrinkage}")
         if not list(self.sigmas) or min(float(s) for s in self.sigmas) <= 0:
             raise ConfigError(f"sigmas must be positive, got {self.sigmas}")
+        if int(self.calibration_folds) == 1 or int(self.calibration_folds) < 0:
+            raise ConfigError(f"calibration_folds must be 0 (off) or ≥ 2, got {self.calibration_folds}")
 
     def _grid_features(self, dataset, desc: str):
         canvas = image_canvas(dataset, int(self.input_size), "image")
@@ -99,17 +108,30 @@ class TexturePaDiMDetector(Detector):
         self.channel_mean_ = feats.mean((0, 2, 3))
         self.channel_scale_ = feats.std((0, 2, 3)).clamp_min(1e-6)
         feats = self._standardise(feats)
+        self.mean_, self.precision_ = self._gaussians(feats)
+        k = min(int(self.calibration_folds), len(normals) // 3)  # each fit needs ≥ 2 images
+        if k >= 2:
+            rng = np.random.default_rng(0)
+            held = torch.empty(len(feats), *feats.shape[2:])
+            for fold in np.array_split(rng.permutation(len(feats)), k):
+                rest = np.setdiff1d(np.arange(len(feats)), fold)
+                held[fold] = mahalanobis_maps(feats[fold], *self._gaussians(feats[rest])).sqrt()
+            self.cell_loc_, self.cell_scale_ = held.mean(0), held.std(0).clamp_min(1e-6)
+        else:
+            self.cell_loc_, self.cell_scale_ = torch.zeros(feats.shape[2:]), torch.ones(feats.shape[2:])
+        self.n_train_ = len(normals)
+        self.input_kind_ = normals.kind  # `detect score` refuses the other kind (cli/detect._check_kind)
+        return self
+
+    def _gaussians(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-cell mean (G·G, C) and regularised precision (G·G, C, C) of (N, C, G, G) features."""
         x = feats.double().permute(2, 3, 0, 1).reshape(-1, len(feats), feats.shape[1])  # (cells, N, C)
         mean = x.mean(1)
         d = x - mean[:, None]
         cov = d.transpose(1, 2) @ d / (len(feats) - 1)
         ridge = float(self.shrinkage) * cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-8)
         cov = cov + ridge[:, None, None] * torch.eye(cov.shape[-1], dtype=cov.dtype)
-        self.mean_ = mean.float()
-        self.precision_ = torch.linalg.inv(cov).float()
-        self.n_train_ = len(normals)
-        self.input_kind_ = normals.kind  # `detect score` refuses the other kind (cli/detect._check_kind)
-        return self
+        return mean.float(), torch.linalg.inv(cov).float()
 
     def _standardise(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats - self.channel_mean_[None, :, None, None]) / self.channel_scale_[None, :, None, None]
@@ -121,13 +143,14 @@ class TexturePaDiMDetector(Detector):
         canvas, feats = self._grid_features(dataset, "score texture_padim")
         size = int(self.input_size)
         cell = mahalanobis_maps(self._standardise(feats), self.mean_, self.precision_).sqrt()
+        cell = (cell - self.cell_loc_) / self.cell_scale_
         maps = from_grid(cell, canvas.boxes, size, float(self.smoothing_sigma) * size / 256.0)
         scores = masked_max(maps, canvas.valid)
         return DetectionResult(scores=scores, maps=canvas_maps_to_input(maps, canvas, dataset))
 
     def _state(self):
         return ({"mean": self.mean_, "precision": self.precision_, "channel_mean": self.channel_mean_,
-                 "channel_scale": self.channel_scale_}, {"n_train": self.n_train_, "input_kind": self.input_kind_})
+                 "channel_scale": self.channel_scale_, "cell_loc": self.cell_loc_, "cell_scale": self.cell_scale_}, {"n_train": self.n_train_, "input_kind": self.input_kind_})
 
     def _load_state(self, tensors, extras) -> None:
         try:
@@ -135,5 +158,10 @@ class TexturePaDiMDetector(Detector):
             self.channel_mean_, self.channel_scale_ = tensors["channel_mean"], tensors["channel_scale"]
         except KeyError as exc:
             raise RunDirError(f"texture_padim run without the {exc.args[0]!r} tensor") from None
+        # runs saved before the calibration existed: the identity calibration (plain distances)
+        g = self.mean_.shape[0]
+        side = int(round(g ** 0.5))
+        self.cell_loc_ = tensors.get("cell_loc", torch.zeros(side, side))
+        self.cell_scale_ = tensors.get("cell_scale", torch.ones(side, side))
         self.n_train_ = int(extras.get("n_train", 0))
         self.input_kind_ = str(extras.get("input_kind", "image"))
