@@ -304,7 +304,9 @@ def test_health_names_the_real_models_and_docs_are_offline(client):
 
 
 def test_a_model_failure_is_one_json_500_and_one_log_line(caplog, maps):
-    class Broken:
+    from waferscope.base import Classifier
+
+    class Broken(Classifier):
         registry_name = "broken"
         classes_ = ["a", "b"]
 
