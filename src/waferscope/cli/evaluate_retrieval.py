@@ -25,6 +25,45 @@ def _shared_default_sets() -> list[str]:
 
 def register(app: typer.Typer) -> None:
     app.command("retrieval")(retrieval)
+    app.command("open-set")(open_set)
+
+
+def open_set(
+    data: List[str] = typer.Option([], "--data", help="Labelled real maps with lot names (repeatable; default: "
+                                   "the shared wm811k_dev.npz + wm811k_dev2.npz)"),
+    folds: int = typer.Option(5, "--folds", min=2, help="Lot-grouped folds"),
+    max_folds: Optional[int] = typer.Option(None, "--max-folds", min=1, help="Stop after this many folds"),
+    hidden: Optional[str] = typer.Option(None, "--hidden", help="Comma list of classes to hide in turn (default: "
+                                         "every class but none)"),
+    abstain_rate: float = typer.Option(0.05, "--abstain-rate", min=0.0, max=0.5,
+                                       help="Share of known calibration wafers the threshold sets aside"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(2, "--threads", min=1),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-task table and summary as JSON here"),
+) -> None:
+    """Leave one class out on lot-grouped real folds: AUROC of unknown-vs-known, known-class macro-F1
+    with and without abstention, and how well the hidden class is rediscovered as a cluster."""
+    from waferscope.cli.common import load_data
+    from waferscope.cli.search import _threads
+    from waferscope.evaluate.open_set import open_set_folds, summarise_open_set
+
+    _threads(threads)
+    ds = load_data(data or _shared_default_sets())
+    chosen = tuple(h.strip() for h in hidden.split(",") if h.strip()) if hidden else None
+    if chosen:
+        bad = sorted(set(chosen) - set(ds.labels.astype(str)))
+        if bad:
+            raise ConfigError(f"--hidden: no labelled wafers of {', '.join(bad)} in --data")
+    table = open_set_folds(ds, n_splits=folds, seed=seed, abstain_rate=abstain_rate, max_folds=max_folds,
+                           hidden=chosen, n_jobs=threads, progress=True)
+    summary = summarise_open_set(table)
+    cols = ["hidden", "auroc", "auroc_confidence", "auroc_distance", "f1_closed", "f1_open", "abstain_known",
+            "abstain_hidden", "features_purity", "features_recall", "metric_purity", "metric_recall"]
+    typer.echo(summary[cols].to_string(index=False))
+    if json_out is not None:
+        write_text_atomic(json_out, json.dumps({"per_task": table.to_dict(orient="records"),
+                                                "summary": summary.to_dict(orient="records")}, indent=1,
+                                               default=float) + "\n")
 
 
 def retrieval(
