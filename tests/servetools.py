@@ -18,7 +18,8 @@ def default_app(**kwargs):
     m = resolve_models(None, None, None, None, None, None)
     return create_app(m["classifier"], m["detector"], classifier_source=m["classifier_source"],
                       detector_source=m["detector_source"], classifier_run=m["classifier_run"],
-                      detector_run=m["detector_run"], threshold=m["threshold"], **kwargs)
+                      detector_run=m["detector_run"], threshold=m["threshold"], explainer=m["explainer"],
+                      explainer_source=m["explainer_source"], **kwargs)
 
 
 def free_port() -> int:

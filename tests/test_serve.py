@@ -98,14 +98,22 @@ def test_score_equals_cli_score(client, app, lot, tmp_path):
 
 
 def test_heatmaps(client, lot):
+    """The default service labels with the default model and draws the heat with the explanation
+    network (cnn_gradcam), explaining the class the label model chose."""
+    from dataclasses import replace
+
     from waferscope.cli.common import load_model
     from waferscope.explain import explain
-    from waferscope.models.classifiers import DEFAULT_FOR_LABELS
+    from waferscope.models.classifiers import DEFAULT_FOR_EXPLANATIONS, DEFAULT_FOR_LABELS
 
     few = lot.subset([0, 5, 9])
     cls = client.post("/v1/classify?heatmap=1", json=_json(few)).json()["wafers"]
     clf, _ = load_model(None, None, "classifier", DEFAULT_FOR_LABELS)
-    ref = explain(clf, few, progress=False).heat
+    explainer, _ = load_model(None, DEFAULT_FOR_EXPLANATIONS, "classifier")
+    chosen = np.asarray(clf.classes_, dtype=object)[clf.predict_proba(few).argmax(1)].astype(str)
+    assert [w["class"] for w in cls] == list(chosen)
+    assert client.get("/health").json()["classifier"]["gradcam_from"] == f"bundled ({DEFAULT_FOR_EXPLANATIONS})"
+    ref = explain(explainer, replace(few, labels=chosen), progress=False, target="label").heat
     for w, m, h in zip(cls, few.maps, ref):
         heat = np.array(w["heatmap"])
         assert heat.shape == m.shape and heat.min() >= 0 and heat.max() <= 1

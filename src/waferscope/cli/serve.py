@@ -31,7 +31,7 @@ def resolve_models(run: Optional[Path], bundled: Optional[str], classifier_run: 
     from waferscope.base import read_run_header
     from waferscope.cli.common import load_model_described
     from waferscope.cli.detect import read_threshold
-    from waferscope.models.classifiers import BUNDLED as CLF_BUNDLED, DEFAULT_FOR_LABELS
+    from waferscope.models.classifiers import BUNDLED as CLF_BUNDLED, DEFAULT_FOR_EXPLANATIONS, DEFAULT_FOR_LABELS
     from waferscope.models.detectors import BUNDLED as DET_BUNDLED
 
     if run is not None and bundled is not None:
@@ -61,8 +61,14 @@ def resolve_models(run: Optional[Path], bundled: Optional[str], classifier_run: 
     clf, clf_dir, clf_source = load_model_described(classifier_run, classifier, "classifier", DEFAULT_FOR_LABELS)
     det, det_dir, det_source = load_model_described(detector_run, detector, "detector")
     thr = read_threshold(det_dir)
+    # A bundled label model other than the explanation one gets its heat maps from cnn_gradcam, the
+    # network trained so that its Grad-CAM sits on the pattern (a run of the user's own explains itself).
+    explainer, explainer_source = None, ""
+    if classifier_run is None and clf_source != f"bundled ({DEFAULT_FOR_EXPLANATIONS})":
+        explainer, _, explainer_source = load_model_described(None, DEFAULT_FOR_EXPLANATIONS, "classifier")
     return {
         "classifier": clf, "classifier_run": clf_dir, "classifier_source": clf_source,
+        "explainer": explainer, "explainer_source": explainer_source,
         "detector": det, "detector_run": det_dir, "detector_source": det_source,
         "threshold": None if thr is None else float(thr["threshold"]),
     }
@@ -139,7 +145,8 @@ def serve_cmd(
                      # leave a core to the event loop: under many small requests HTTP and JSON work is
                      # as large as the model's (1 thread: 617 requests/s on 2 cores, 2 threads: 513)
                      threads=threads or max(1, (os.cpu_count() or 1) - 1), allowed_origins=tuple(allow_origin),
-                     index=wafer_index, index_source=str(index) if index is not None else "")
+                     index=wafer_index, index_source=str(index) if index is not None else "",
+                     explainer=models["explainer"], explainer_source=models["explainer_source"])
     typer.echo(f"waferscope serve: classifier {models['classifier'].registry_name} ({models['classifier_source']}), "
                f"detector {models['detector'].registry_name} ({models['detector_source']}); "
                f"http://{host}:{port}/", err=True)

@@ -192,3 +192,119 @@ def _convex_area(region, h, w):  # pragma: no cover - compiled
             if inside:
                 count += 1
     return count
+
+
+@njit(cache=True, nogil=True)
+def grid_radon_summary(fail, cos_a, sin_a, pool_edges, n_bins):  # pragma: no cover - compiled
+    """The ``grid`` Radon features of a batch: (N, S, S) uint8 fail fractions (×255) → (N, 2·K) float64,
+    the mean over angles of each projection offset, then the standard deviation over angles, each
+    averaged into the K bins ``pool_edges[k]:pool_edges[k+1]`` of the offsets and divided by S.
+
+    Each failing cell's centre is projected on every direction and its fraction split linearly
+    between the two nearest offset bins (what the sparse projection matrix did, without building it);
+    only cells with failing dies cost anything."""
+    n, size = fail.shape[0], fail.shape[1]
+    n_angles = cos_a.shape[0]
+    k_bins = pool_edges.shape[0] - 1
+    out = np.zeros((n, 2 * k_bins))
+    sino = np.zeros((n_angles, n_bins))
+    centre = (size - 1) / 2.0
+    half = (n_bins - 1) / 2.0
+    for m in range(n):
+        sino[:, :] = 0.0
+        for r in range(size):
+            for c in range(size):
+                f = fail[m, r, c]
+                if f == 0:
+                    continue
+                w = f / 255.0
+                u = c - centre
+                v = r - centre
+                for a in range(n_angles):
+                    t = u * cos_a[a] + v * sin_a[a] + half
+                    lo = int(math.floor(t))
+                    frac = t - lo
+                    sino[a, lo] += (1.0 - frac) * w
+                    sino[a, lo + 1] += frac * w
+        for k in range(k_bins):
+            acc_mean = 0.0
+            acc_std = 0.0
+            for b in range(pool_edges[k], pool_edges[k + 1]):
+                s1 = 0.0
+                for a in range(n_angles):
+                    s1 += sino[a, b]
+                mean = s1 / n_angles
+                s2 = 0.0
+                for a in range(n_angles):
+                    d = sino[a, b] - mean
+                    s2 += d * d
+                acc_mean += mean
+                acc_std += math.sqrt(s2 / n_angles)
+            width = pool_edges[k + 1] - pool_edges[k]
+            out[m, k] = acc_mean / width / size
+            out[m, k_bins + k] = acc_std / width / size
+    return out
+
+
+@njit(cache=True, nogil=True)
+def grid_local(fail_frac, nodie_frac, fail, die, k, dy, dx, radius):  # pragma: no cover - compiled
+    """Neighbourhood statistics of the ``grid`` features for a batch of (N, S, S) maps: per map
+    (fail cells with ≥ 1 failing 8-neighbour, with ≥ 3, the sum over fail cells of their neighbours'
+    fail share, denoised cells, the highest fail share of a k×k window centred on a die cell, then
+    the fail-fraction-weighted sums of dy, dx, r, r² and the die-fraction-weighted sum of r), and
+    the (N, S, S) denoised mask (fail cells with ≥ 2 failing neighbours). Every sum runs over the
+    cells in one fixed order, so a map gets the same numbers alone or in any batch."""
+    n, s = fail.shape[0], fail.shape[1]
+    stats = np.zeros((n, 10))
+    denoised = np.zeros((n, s, s), dtype=np.bool_)
+    ii_f = np.zeros((s + 1, s + 1))
+    ii_d = np.zeros((s + 1, s + 1))
+    lo, hi = k // 2, k - k // 2  # the window rows r - lo .. r + hi - 1 (as a centred even filter)
+    for m in range(n):
+        for r in range(s):
+            acc_f = 0.0
+            acc_d = 0.0
+            for c in range(s):
+                acc_f += fail_frac[m, r, c]
+                acc_d += 255 - nodie_frac[m, r, c]
+                ii_f[r + 1, c + 1] = ii_f[r, c + 1] + acc_f
+                ii_d[r + 1, c + 1] = ii_d[r, c + 1] + acc_d
+                f = fail_frac[m, r, c] / 255.0
+                rr = radius[r, c]
+                stats[m, 5] += f * dy[r, c]
+                stats[m, 6] += f * dx[r, c]
+                stats[m, 7] += f * rr
+                stats[m, 8] += f * rr * rr
+                stats[m, 9] += (255 - nodie_frac[m, r, c]) / 255.0 * rr
+        best = 0.0
+        for r in range(s):
+            for c in range(s):
+                if fail[m, r, c]:
+                    nb = 0
+                    nd = 0
+                    for dr in range(-1, 2):
+                        for dc in range(-1, 2):
+                            if dr == 0 and dc == 0:
+                                continue
+                            rr, cc = r + dr, c + dc
+                            if 0 <= rr < s and 0 <= cc < s:
+                                nb += fail[m, rr, cc]
+                                nd += die[m, rr, cc]
+                    if nb >= 1:
+                        stats[m, 0] += 1
+                    if nb >= 3:
+                        stats[m, 1] += 1
+                    stats[m, 2] += nb / max(nd, 1)
+                    if nb >= 2:
+                        stats[m, 3] += 1
+                        denoised[m, r, c] = True
+                if die[m, r, c]:
+                    r0, r1 = max(r - lo, 0), min(r + hi, s)
+                    c0, c1 = max(c - lo, 0), min(c + hi, s)
+                    f = ii_f[r1, c1] - ii_f[r0, c1] - ii_f[r1, c0] + ii_f[r0, c0]
+                    d = ii_d[r1, c1] - ii_d[r0, c1] - ii_d[r1, c0] + ii_d[r0, c0]
+                    v = f / max(d, 1.0)
+                    if v > best:
+                        best = v
+        stats[m, 4] = best
+    return stats, denoised

@@ -4,6 +4,7 @@
     POST /v1/score      maps → anomaly score (+ is_anomalous)    (?heatmap=1: anomaly map)
     POST /v1/search     maps → the k most similar archive wafers (lot, id, class, distance) per map,
                         from the similarity index the service was started with (?k=10, at most 100)
+    POST /v1/lots       a whole file for the page's lot browser; GET /v1/lots/{id}/… pages it (.lotbrowser)
     GET  /health        status, models, versions, limits, queue, resident memory
     GET  /              the browser page (page.html, self-contained)
     GET  /docs          the API reference (docs.html, self-contained: no CDN), from /openapi.json
@@ -34,6 +35,7 @@ import re
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from waferscope.serve.batcher import Batcher, DeadlineExceeded, MapBatch, QueueF
 from waferscope.serve.schemas import ClassifyResponse, ErrorResponse, Limits, MapsRequest, ScoreResponse, SearchResponse
 
 log = logging.getLogger("waferscope.serve")
+LOT_UPLOAD_PATH = "/v1/lots"  # the lot browser's file upload: its own body limit (Limits.max_file_bytes)
 PICKLE_REFUSAL = ("pickle uploads are refused: unpickling runs arbitrary code. Convert the file once with "
                   "`waferscope data import FILE.pkl --out FILE.parquet` and upload the Parquet file")
 
@@ -130,7 +133,11 @@ class Gate:
         if foreign:
             return await _send_error(send, 403, f"cross-origin request refused ({foreign}): the service only "
                                      "takes uploads from its own page or from non-browser clients")
-        too_big = f"request body too large: the limit is {limits.max_body_bytes} bytes (--max-body-bytes)"
+        max_body = limits.max_body_bytes
+        too_big = f"request body too large: the limit is {max_body} bytes (--max-body-bytes)"
+        if scope.get("path") == LOT_UPLOAD_PATH:  # a whole file for the lot browser (serve/lotbrowser.py)
+            max_body = limits.max_file_bytes
+            too_big = f"file too large: the limit is {max_body} bytes (Limits.max_file_bytes)"
         declared = headers.get(b"content-length")
         size_hint = 0
         if declared is not None:
@@ -138,7 +145,7 @@ class Gate:
                 size_hint = int(declared)
             except ValueError:
                 return await _send_error(send, 400, "bad Content-Length header", close=True)
-            if size_hint > limits.max_body_bytes:
+            if size_hint > max_body:
                 return await _send_error(send, 413, too_big, close=True)
         if self.inflight >= limits.max_inflight or self.body_bytes + size_hint > limits.max_inflight_body_bytes:
             return await _send_error(send, 503, "the service is busy: too many requests in flight; retry shortly",
@@ -154,7 +161,7 @@ class Gate:
                 chunk = message.get("body", b"")
                 held += len(chunk)
                 self.body_bytes += len(chunk)
-                if held > limits.max_body_bytes:
+                if held > max_body:
                     return await _send_error(send, 413, too_big, close=True)
                 if self.body_bytes > limits.max_inflight_body_bytes:
                     return await _send_error(send, 503, "the service is busy: too much request data in flight; "
@@ -430,6 +437,15 @@ def load_limits(limits: Limits, echo: int = 0) -> LoadLimits:
 
 def load_upload(filename: str, data: bytes, limits: Limits, echo: int = 0) -> MapBatch:
     """Write the upload to a private temp file, load it with waferscope.data.load, delete it."""
+    dataset, name = load_upload_dataset(filename, data, load_limits(limits, echo))
+    ids = check_ids([str(i) for i in dataset.ids], len(dataset), f"{name}: id")
+    lots = [None if lot is None else lot.encode("utf-8", "replace").decode("utf-8") for lot in _lots(dataset)]
+    return MapBatch(list(dataset.maps), ids, lots)
+
+
+def load_upload_dataset(filename: str, data: bytes, limits: LoadLimits) -> tuple[WaferDataset, str]:
+    """(the upload as a WaferDataset, the user's file name): written to a private temp file, loaded
+    with waferscope.data.load within ``limits``, deleted; never unpickled."""
     from waferscope.data import load
     from waferscope.data.load import sniff_format
 
@@ -452,7 +468,7 @@ def load_upload(filename: str, data: bytes, limits: Limits, echo: int = 0) -> Ma
         try:
             if sniff_format(path) == "pickle":  # belt and braces: never hand a pickle to load()
                 raise RequestError(f"{name}: {PICKLE_REFUSAL}", 415)
-            dataset = load(path, limits=load_limits(limits, echo))
+            dataset = load(path, limits=limits)
         except WaferscopeError as exc:  # name the user's file, not our temp path
             status = 413 if _LIMIT_WORDS.search(exc.problem) else 400
             raise RequestError(f"{name}: {exc.problem}", status) from None
@@ -462,9 +478,7 @@ def load_upload(filename: str, data: bytes, limits: Limits, echo: int = 0) -> Ma
         raise RequestError(f"{name}: holds {dataset.kind} data; the service takes wafer maps (die states 0/1/2)")
     if len(dataset) == 0:
         raise RequestError(f"{name}: no maps in the file")
-    ids = check_ids([str(i) for i in dataset.ids], len(dataset), f"{name}: id")
-    lots = [None if lot is None else lot.encode("utf-8", "replace").decode("utf-8") for lot in _lots(dataset)]
-    return MapBatch(list(dataset.maps), ids, lots)
+    return dataset, name
 
 
 # ---- the app ------------------------------------------------------------------------------------
@@ -563,7 +577,7 @@ def answer(head: dict, rows: list[dict], big, on_done=None) -> Response:
 def create_app(classifier, detector, *, classifier_source: str = "", detector_source: str = "",
                classifier_run=None, detector_run=None, threshold: float | None = None, limits: Limits | None = None,
                threads: int | None = None, max_batch: int | None = None, allowed_origins: tuple[str, ...] = (),
-               index=None, index_source: str = ""):
+               index=None, index_source: str = "", explainer=None, explainer_source: str = ""):
     """A FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
     ``detector`` (fitted :class:`~waferscope.base.Detector`; ``threshold`` its decision threshold,
     e.g. the run's threshold.json, or None). ``*_source`` say where each came from (shown by /health),
@@ -572,7 +586,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     ``threads`` sets torch's intra-op threads (default: leave torch's setting). ``allowed_origins``:
     browser origins besides the service's own that may POST (e.g. a proxy's public address).
     ``index``: a loaded :class:`~waferscope.search.WaferIndex` for ``/v1/search`` (None: that route
-    answers 409), ``index_source`` where it came from."""
+    answers 409), ``index_source`` where it came from.
+    ``explainer``: a network whose Grad-CAM draws the ``?heatmap=1`` maps when the label model's own
+    would not (the bundled default: its heat is not trained to sit on the pattern, docs/explain.md);
+    it explains the class the label model chose, so the heat always answers "where is that class?"."""
     from waferscope.serve.memory import Trimmer
 
     limits = limits or Limits()
@@ -581,7 +598,8 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
 
         torch.set_num_threads(int(threads))
     classes = [str(c) for c in classifier.classes_]
-    has_gradcam = getattr(classifier, "network_", None) is not None and hasattr(classifier, "to_tensor")
+    heat_model = explainer if explainer is not None else classifier
+    has_gradcam = getattr(heat_model, "network_", None) is not None and hasattr(heat_model, "to_tensor")
     batch = max_batch or limits.max_batch
     trimmer = Trimmer()
     big_dies = 1 << 20  # after a request this large, give freed memory back once things are quiet
@@ -597,7 +615,11 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         from waferscope.explain import explain
 
         proba = classify_batch(ds)  # the same probabilities as without ?heatmap (and as the CLI)
-        heat = explain(classifier, ds, progress=False).heat
+        if explainer is None:
+            heat = explain(classifier, ds, progress=False).heat
+        else:  # the explainer's Grad-CAM of the class the label model chose
+            chosen = np.asarray(classes, dtype=object)[np.asarray(proba).argmax(1)]
+            heat = explain(explainer, replace(ds, labels=chosen.astype(str)), progress=False, target="label").heat
         return list(zip(proba, heat))
 
     def score_batch(ds: WaferDataset) -> list:
@@ -813,6 +835,9 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                                  for p, d in zip(pos[i], dist[i]) if p >= 0]
             rows.append(row)
         return answer({"index": index_info(), "k": k}, rows, None, on_big_answer)
+    from waferscope.serve.lotbrowser import add_lot_routes
+
+    add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det_worker)
 
     @app.get("/health")
     def health():
@@ -824,7 +849,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         return {"status": "ok", "waferscope_version": __version__, "torch_version": torch.__version__,
                 "python_version": platform.python_version(),
                 "classifier": {**_model_info(classifier, classifier_source, classifier_run), "classes": classes,
-                               "gradcam": has_gradcam},
+                               "gradcam": has_gradcam, "gradcam_from": explainer_source or classifier_source},
                 "detector": {**_model_info(detector, detector_source, detector_run), "threshold": threshold},
                 "index": index_info(),
                 "limits": limits.as_dict(), "torch_threads": torch.get_num_threads(), "rss_bytes": _rss_bytes(),

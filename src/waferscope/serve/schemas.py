@@ -31,6 +31,13 @@ class Limits:
     max_inflight_body_bytes: int = 128 * 1024 * 1024  # request bodies held at once; 503 beyond
     max_batch: int = 256  # maps per model call (1-map requests of many clients share one)
     chunk_maps: int = 64  # a large request runs in chunks of this many maps, taking turns with others
+    # the page's lot browser (POST /v1/lots): a whole file held server-side and paged (serve/lotbrowser.py)
+    max_file_bytes: int = 256 * 1024 * 1024  # body of one POST /v1/lots upload (instead of max_body_bytes)
+    max_file_maps: int = 200_000  # wafers in one uploaded file (a day's production: 100,000 opens)
+    max_file_dies: int = 256 * 1024 * 1024  # dies summed over the file's maps (~256 MB held as uint8)
+    max_file_decompressed_bytes: int = 1024 * 1024 * 1024  # the file's bytes once inflated
+    max_lot_sessions: int = 2  # files held at once; the oldest is dropped (and its predictions stopped)
+    max_page_maps: int = 500  # wafers per page of GET /v1/lots/{id}/wafers (maps echoed: max_echo_dies too)
 
     def as_dict(self) -> dict:
         return asdict(self)

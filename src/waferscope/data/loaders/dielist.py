@@ -13,6 +13,12 @@ match wins, in this order):
 - ``lot``: lot, lot_id, lotid, lot_no, lotno, lot_number (optional: ``""``)
 - ``wafer``: wafer, wafer_id, waferid, wafer_no, waferno, wafer_number, wafer_num (optional: one wafer)
 
+- ``time`` (optional): start_time, test_time, start_t, time, timestamp, date — the wafer's first
+  non-empty value becomes the metadata column ``start_time`` (the lot views' time order)
+
+Lot views (:mod:`waferscope.lots`): every die's bin code (the ``bin`` column) goes to
+``dataset.attrs["bins"]``, and the die coordinates give ``origin_row``/``origin_col``.
+
 ``columns`` (``load(path, columns={"x": "DIE_X", "bin": "SORT", ...})``, or the string
 ``"x=DIE_X,bin=SORT"``) names them explicitly and wins over the aliases; its extra key ``y_axis``
 (``up``, the default, or ``down``) says which way y grows.
@@ -28,10 +34,12 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
+
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.limits import LoadLimits, resolve_limits
-from waferscope.data.loaders.fabcommon import (DEFAULT_MAPPING, FAIL, PASS, BinMapping, dies_to_grid, fab_meta,
-                                               map_bin, orient_grid)
+from waferscope.data.loaders.fabcommon import (DEFAULT_MAPPING, FAIL, PASS, BinMapping, bins_attrs, dies_to_grid,
+                                               fab_meta, grid_origin, map_bin, orient_grid, origin_columns)
 from waferscope.errors import DataError
 
 ALIASES = {
@@ -42,8 +50,9 @@ ALIASES = {
     "pass_fail": ("pass_fail", "passfail", "pf", "pass"),
     "lot": ("lot", "lot_id", "lotid", "lot_no", "lotno", "lot_number"),
     "wafer": ("wafer", "wafer_id", "waferid", "wafer_no", "waferno", "wafer_number", "wafer_num"),
+    "time": ("start_time", "test_time", "start_t", "time", "timestamp", "date"),
 }
-ROLES = ("lot", "wafer", "x", "y", "bin", "pass_fail")
+ROLES = ("lot", "wafer", "x", "y", "bin", "pass_fail", "time")
 PASS_WORDS = {"p": PASS, "pass": PASS, "1": PASS, "true": PASS, "good": PASS, "g": PASS,
               "f": FAIL, "fail": FAIL, "0": FAIL, "false": FAIL, "bad": FAIL, "b": FAIL}
 
@@ -81,7 +90,7 @@ def find_columns(names: list[str], columns: dict) -> dict:
             if name.lower() not in names:
                 raise KeyError(f"column {name!r} given for {role} is not in the header")
             found[role] = names.index(name.lower())
-    for role in ("x", "y", "bin", "pass_fail", "lot", "wafer"):
+    for role in ("x", "y", "bin", "pass_fail", "lot", "wafer", "time"):
         if role in found:
             continue
         for alias in ALIASES[role] + (ALIASES["soft_bin"] if role == "bin" else ()):
@@ -119,6 +128,8 @@ def load_dielist(path: str | Path, pass_bins: BinMapping | None = None, limits: 
     wanted = parse_columns(columns)
     mapping = pass_bins or DEFAULT_MAPPING
     wafers: dict[tuple[str, str], list] = {}
+    bins: dict[tuple[str, str], list] = {}   # each wafer's bin codes, in its dies' order
+    times: dict[tuple[str, str], str] = {}   # each wafer's first non-empty time value
     try:
         with open_binary(path, limits) as raw, \
                 io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:  # spreadsheet exports add a BOM
@@ -149,9 +160,10 @@ def load_dielist(path: str | Path, pass_bins: BinMapping | None = None, limits: 
                 wafer = row[col["wafer"]].strip() if "wafer" in col else ""
                 x = _integer(row[col["x"]], header[col["x"]], path, line)
                 y = _integer(row[col["y"]], header[col["y"]], path, line)
+                code = None
                 if "bin" in col:
-                    state = map_bin(mapping, _integer(row[col["bin"]], header[col["bin"]], path, line), path,
-                                    f"line {line}")
+                    code = _integer(row[col["bin"]], header[col["bin"]], path, line)
+                    state = map_bin(mapping, code, path, f"line {line}")
                 else:
                     word = row[col["pass_fail"]].strip().lower()
                     if word not in PASS_WORDS:
@@ -161,8 +173,12 @@ def load_dielist(path: str | Path, pass_bins: BinMapping | None = None, limits: 
                 dies = wafers.get((lot, wafer))
                 if dies is None:
                     dies = wafers[(lot, wafer)] = []
+                    bins[(lot, wafer)] = []
                     limits.check_count(len(wafers), path, "wafers")
                 dies.append((x, y, state, f"line {line}"))
+                bins[(lot, wafer)].append(code)
+                if "time" in col and (lot, wafer) not in times and row[col["time"]].strip():
+                    times[(lot, wafer)] = row[col["time"]].strip()
     except UnicodeDecodeError as exc:
         raise DataError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start})", path) from None
     except csv.Error as exc:
@@ -171,7 +187,22 @@ def load_dielist(path: str | Path, pass_bins: BinMapping | None = None, limits: 
         raise DataError("no die rows after the header", path)
     y_up = wanted.get("y_axis", "up").lower() == "up"
     budget = limits.budget(path)  # each wafer's coordinate span is charged before its grid is allocated
-    maps = [orient_grid(dies_to_grid(dies, path, wafer or path.stem, budget=budget), y_up=y_up)
-            for (_, wafer), dies in wafers.items()]
-    meta = fab_meta(path, [k[0] for k in wafers], [k[1] for k in wafers], "dielist-csv")
-    return WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))
+    maps, origins, codes = [], [], []
+    for key, dies in wafers.items():
+        grid = dies_to_grid(dies, path, key[1] or path.stem, budget=budget)
+        xs = np.fromiter((d[0] for d in dies), np.int64, len(dies))
+        ys = np.fromiter((d[1] for d in dies), np.int64, len(dies))
+        maps.append(orient_grid(grid, y_up=y_up))
+        origins.append(grid_origin(int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()), y_up=y_up))
+        if "bin" in col:  # the lot views' bin Pareto: every die's code, on the same grid
+            raw = np.full(grid.shape, -1, np.int32)
+            raw[ys - ys.min(), xs - xs.min()] = np.asarray(bins[key], np.int64)
+            codes.append(orient_grid(raw, y_up=y_up))
+    extra = origin_columns(origins)
+    if "time" in col:
+        extra["start_time"] = [times.get(k, "") for k in wafers]
+    meta = fab_meta(path, [k[0] for k in wafers], [k[1] for k in wafers], "dielist-csv", **extra)
+    ds = WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))
+    if codes:
+        ds.attrs.update(bins_attrs(meta["id"], codes))
+    return ds

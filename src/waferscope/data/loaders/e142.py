@@ -20,6 +20,10 @@ run away from it. ``OriginLocation`` ``LowerLeft``/``LowerRight`` with an ``Up�
 lists the bottom row first; ``UpperLeft``/``UpperRight`` with ``Down…`` the top row first (also
 when both are absent); ``…Left`` AxisDirection runs right to left. That drawing is seen with the
 notch at ``Orientation`` degrees measured clockwise from its bottom (0 or absent = notch down).
+
+Bins: every die's bin code goes to ``dataset.attrs["bins"]`` (wafer id → int array of the map's
+shape, -1 where no die; an Ascii code as its code point) and ``BinDescription`` to
+``attrs["bin_names"]``, for the lot views' bin Pareto (:mod:`waferscope.lots`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from pathlib import Path
 
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.limits import LoadLimits, resolve_limits
-from waferscope.data.loaders.fabcommon import (DEFAULT_MAPPING, BinMapping, bin_rows_to_grid, decode_code, fab_meta,
+from waferscope.data.loaders.fabcommon import (DEFAULT_MAPPING, BinMapping, bin_rows_to_grid, bins_attrs, code_names,
+                                               decode_code, fab_meta,
                                                notch_from_angle, orient_grid, oriented_pitch, parse_xml,
                                                pitch_columns, xml_attr, xml_children, xml_local, xml_number)
 from waferscope.errors import DataError
@@ -98,7 +103,7 @@ def load_e142(path: str | Path, pass_bins: BinMapping | None = None, limits: Loa
         raise DataError("no SubstrateMap holds a BinCodeMap overlay", path)
     limits.check_count(len(found), path)
     budget = limits.budget(path)
-    maps, lots, wafer_ids, pitches = [], [], [], []
+    maps, lots, wafer_ids, pitches, codes, names = [], [], [], [], [], {}
     for s, smap, o, b, bin_map in found:
         wafer_id = (xml_attr(smap, "SubstrateId") or "").strip()
         where = f"MapData/SubstrateMaps/SubstrateMap[{s}]"
@@ -112,30 +117,35 @@ def load_e142(path: str | Path, pass_bins: BinMapping | None = None, limits: Loa
         bin_type, null_bin = xml_attr(bin_map, "BinType"), xml_attr(bin_map, "NullBin")
         if bin_type is None:
             raise DataError(f"{map_where}: no BinType attribute", path)
-        qualities = {}
+        qualities, described = {}, {}
         for d, definition in enumerate(_grandchildren(bin_map, "BinDefinitions", "BinDefinition"), 1):
             code = xml_attr(definition, "BinCode")
             d_where = f"{map_where}/BinDefinitions/BinDefinition[{d}]"
             if code is None:
                 raise DataError(f"{d_where}: no BinCode attribute", path)
             try:
-                qualities[decode_code(code if bin_type.lower() == "ascii" else code.strip(), bin_type)] = \
-                    xml_attr(definition, "BinQuality") or ""
+                key = decode_code(code if bin_type.lower() == "ascii" else code.strip(), bin_type)
+                qualities[key] = xml_attr(definition, "BinQuality") or ""
+                described[key] = (xml_attr(definition, "BinDescription") or "").strip()
             except ValueError as exc:
                 raise DataError(f"{d_where}: BinCode {code!r}: {exc}", path) from None
         mapping = pass_bins if pass_bins is not None or qualities else (
             None if bin_type.lower() == "ascii" else DEFAULT_MAPPING)
         rows = [row.text or "" for row in xml_children(bin_map, "BinCode")]
         grid = bin_rows_to_grid(rows, bin_type, null_bin, qualities, mapping, path, map_where, shape,
-                                row_tag="BinCode", budget=budget)
+                                row_tag="BinCode", budget=budget, codes_out=codes)
+        names.update(code_names(qualities, described))
         y_up, x_right = _axes(smap, path, where)
         try:
             notch = notch_from_angle(xml_number(smap, "Orientation", path, where, float) or 0.0)
         except ValueError as exc:
             raise DataError(f"{where}: Orientation: {exc}", path) from None
         maps.append(orient_grid(grid, y_up=y_up, x_right=x_right, notch=notch))
+        codes[-1] = orient_grid(codes[-1], y_up=y_up, x_right=x_right, notch=notch)  # the bins turn with the map
         pitches.append(oriented_pitch(*pitch, notch))
         lots.append(lot_of.get(wafer_id, ""))
         wafer_ids.append(wafer_id)
     meta = fab_meta(path, lots, wafer_ids, "semi-e142", **pitch_columns(pitches))
-    return WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))
+    ds = WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))
+    ds.attrs.update(bins_attrs(meta["id"], codes, names))  # the lot views' bin Pareto (waferscope.lots)
+    return ds

@@ -165,6 +165,50 @@ def orient_grid(grid: np.ndarray, *, y_up: bool, x_right: bool = True, notch: st
     return np.ascontiguousarray(np.rot90(out, k) if k else out)
 
 
+def grid_origin(x_min: int, y_min: int, x_max: int, y_max: int, *, y_up: bool, x_right: bool = True,
+                notch: str = "down") -> tuple[int, int]:
+    """``(origin_row, origin_col)`` of a map built by :func:`dies_to_grid` from dies spanning
+    ``x_min..x_max``, ``y_min..y_max`` and turned by :func:`orient_grid` with the same arguments:
+    the wafer-fixed die coordinate of the stored map's element ``[0, 0]``, in the stored orientation
+    (rows grow down, columns right), as :data:`waferscope.lots.ORIGIN_COLUMNS` defines it.
+
+    The stored grid is the raw ``[y - y_min, x - x_min]`` grid flipped and turned, so its row and
+    column directions are fixed unit steps in (x, y) for a given orientation: a wafer-fixed row
+    coordinate is ``R(x, y) = dr · (x, y)`` and column ``C(x, y) = dc · (x, y)``; element [0, 0] is
+    one of the raw corners. Wafers of one file (one orientation) thus share the frame, and the
+    same physical die lands on the same (row, col) whatever part of the wafer each map covers."""
+    kw = dict(y_up=y_up, x_right=x_right, notch=notch)
+    dx = orient_grid(np.array([[0, 1], [0, 1]]), **kw)  # unit steps, turned as the map is
+    dy = orient_grid(np.array([[0, 0], [1, 1]]), **kw)
+    dr = (int(dx[1, 0] - dx[0, 0]), int(dy[1, 0] - dy[0, 0]))
+    dc = (int(dx[0, 1] - dx[0, 0]), int(dy[0, 1] - dy[0, 0]))
+    cx = orient_grid(np.array([[x_min, x_max], [x_min, x_max]]), **kw)[0, 0]  # the corner at [0, 0]
+    cy = orient_grid(np.array([[y_min, y_min], [y_max, y_max]]), **kw)[0, 0]
+    return int(dr[0] * cx + dr[1] * cy), int(dc[0] * cx + dc[1] * cy)
+
+
+def origin_columns(origins: list[tuple[int, int] | None]) -> dict:
+    """The ``origin_row``/``origin_col`` metadata columns (NaN where a map has none), or {} when no
+    map has one."""
+    if not any(o is not None for o in origins):
+        return {}
+    return {"origin_row": [float("nan") if o is None else o[0] for o in origins],
+            "origin_col": [float("nan") if o is None else o[1] for o in origins]}
+
+
+def bins_attrs(ids: list[str], codes: list[np.ndarray | None], names: dict | None = None) -> dict:
+    """``dataset.attrs`` entries for the lot views' bin Pareto (:data:`waferscope.lots.BINS_ATTR`):
+    ``{"bins": {wafer id: int32 codes of the map's shape, -1 where no die}, "bin_names": {...}}``;
+    {} when no map has codes."""
+    kept = {i: c for i, c in zip(ids, codes) if c is not None}
+    if not kept:
+        return {}
+    out = {"bins": kept}
+    if names:
+        out["bin_names"] = dict(names)
+    return out
+
+
 NOTCH_WORDS = {"down": "down", "bottom": "down", "up": "up", "top": "up", "left": "left", "right": "right"}
 
 
@@ -265,12 +309,15 @@ def decode_code(token: str, bin_type: str):
 
 def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, qualities: dict,
                      mapping: BinMapping | None, path: Path, where: str,
-                     expected_shape: tuple[int | None, int | None], row_tag: str = "row", budget=None) -> np.ndarray:
+                     expected_shape: tuple[int | None, int | None], row_tag: str = "row", budget=None,
+                     codes_out: list | None = None) -> np.ndarray:
     """Rows of bin codes → die states. ``qualities``: decoded bin code → the file's BinQuality
     (used when ``mapping`` is None: Pass → pass, Fail → fail, any other quality → no die).
     ``where`` is the map's element path in errors (``Maps/Map[2]/Device[1]``); row ``r`` is named
     ``{where}/{row_tag}[r]`` (from 1). ``null_bin`` None: the file names no null bin (every code is
-    a die). ``budget`` is charged with the map's shape before the grid is allocated."""
+    a die). ``budget`` is charged with the map's shape before the grid is allocated.
+    ``codes_out``: a list that gets the map's bin codes appended (int32 of the grid's shape, -1
+    where there is no die; an ASCII code is its character's code point, see :func:`code_number`)."""
     if bin_type.lower() not in BIN_TYPES:
         raise DataError(f"{where}: unknown BinType {bin_type!r} (expected Ascii, Decimal, HexaDecimal or "
                         "Integer2)", path)
@@ -294,6 +341,7 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, q
     if budget is not None:
         budget.add((len(rows), width), where)
     grid = np.zeros((len(rows), width), np.uint8)
+    codes = None if codes_out is None else np.full((len(rows), width), -1, np.int32)
     for r, text in enumerate(rows, 1):
         tokens = split_row(text, bin_type, exp_cols)
         if len(tokens) != width:
@@ -313,7 +361,30 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, q
             else:
                 quality = str(qualities.get(code, "fail")).lower()
                 out[c - 1] = PASS if quality == "pass" else FAIL if quality == "fail" else 0
+            if codes is not None and out[c - 1]:
+                codes[r - 1, c - 1] = code_number(code)
+    if codes_out is not None:
+        codes_out.append(codes)
     return grid
+
+
+def code_number(code) -> int:
+    """A decoded bin code as the integer the bin Pareto counts: numbers as they are, an ASCII code
+    (a one-character string) as its code point (``"A"`` → 65; :func:`code_names` names it back)."""
+    return ord(code) if isinstance(code, str) else int(code)
+
+
+def code_names(qualities: dict, names: dict | None = None) -> dict:
+    """``{code number: name}`` for the Pareto: the file's bin name/description when it gives one,
+    else for ASCII codes the character itself (``'A'``)."""
+    out = {}
+    for code in qualities:
+        name = (names or {}).get(code)
+        if name:
+            out[code_number(code)] = str(name)
+        elif isinstance(code, str):
+            out[code_number(code)] = repr(code)
+    return out
 
 
 # ---- reading text and XML through compression ------------------------------------------------------

@@ -28,6 +28,12 @@ those whose centre lies on the wafer: a disc of diameter ``SampleSize`` (mm) aro
 Bins: KLARF defects carry a class, not a test bin, so ``pass_bins`` applies to ``CLASSNUMBER``:
 defects of a pass class (e.g. nuisance) do not fail their die. Default: every defect fails its die.
 
+Lot views (:mod:`waferscope.lots`): ``ResultTimestamp`` (mm-dd-yy hh:mm:ss) → ``start_time``; the
+die indices give ``origin_row``/``origin_col`` (:func:`fabcommon.grid_origin`); when the defects
+carry a ``CLASSNUMBER``, ``dataset.attrs["bins"]`` holds per die the class of its first failing
+defect (else of its first defect; -1 for a die without defects), so the bin Pareto counts failing
+dies by defect class.
+
 Orientation: KLARF die indices are y-up (``YINDEX`` grows upwards, ``XINDEX`` to the right) in the
 view where the orientation mark is at ``OrientationMarkLocation`` (UP/DOWN/LEFT/RIGHT; DOWN when
 absent); :func:`fabcommon.orient_grid` turns that view notch down.
@@ -41,10 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.limits import LoadLimits, resolve_limits
-from waferscope.data.loaders.fabcommon import (FAIL, MAX_GRID_SPAN, PASS, BinMapping, dies_to_grid, fab_meta, map_bin,
-                                               orient_grid, oriented_pitch, pitch_columns, read_text)
+from waferscope.data.loaders.fabcommon import (FAIL, MAX_GRID_SPAN, PASS, BinMapping, bins_attrs, dies_to_grid, fab_meta,
+                                               grid_origin, map_bin, orient_grid, oriented_pitch, origin_columns,
+                                               pitch_columns, read_text)
 from waferscope.errors import DataError
 
 _TOKEN = re.compile(r'"([^"]*)"|(;)|([^\s;"]+)|(")')
@@ -122,6 +131,7 @@ class _Lot:
     diameter_mm: float | None = None
     mark: str = "down"
     mark_type: str = ""
+    timestamp: str = ""  # ResultTimestamp as ISO 8601 ("" when absent or unreadable)
     wafers: list = field(default_factory=list)
 
 
@@ -166,6 +176,8 @@ def _parse(text: str, path: Path, limits: LoadLimits) -> _Lot:
             continue
         if key == "lotid":
             lot.lot_id = _need(rec, 1, path)[0][0].strip()
+        elif key == "resulttimestamp":
+            lot.timestamp = _timestamp(rec)
         elif key == "stepid":
             lot.step_id = _need(rec, 1, path)[0][0].strip()
         elif key == "diepitch":
@@ -264,6 +276,21 @@ def _parse(text: str, path: Path, limits: LoadLimits) -> _Lot:
     return lot
 
 
+def _timestamp(rec: _Record) -> str:
+    """``ResultTimestamp mm-dd-yy hh:mm:ss`` (KLARF 1.x) → ``yyyy-mm-ddThh:mm:ss``; "" when it is
+    not in that form (the time only orders lots: an unreadable one is left out, not guessed)."""
+    m = re.match(r"^(\d{1,2})-(\d{1,2})-(\d{2}|\d{4})$", rec.values[0][0]) if rec.values else None
+    t = re.match(r"^(\d{1,2}):(\d{2}):(\d{2})$", rec.values[1][0]) if len(rec.values) > 1 else None
+    if not m:
+        return ""
+    month, day, year = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    year += 2000 if year < 100 else 0  # KLARF 1.x writes two-digit years
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return ""
+    clock = f"{int(t.group(1)):02d}:{t.group(2)}:{t.group(3)}" if t else "00:00:00"
+    return f"{year:04d}-{month:02d}-{day:02d}T{clock}"
+
+
 def _check_counts(wafer: _Wafer, path: Path) -> None:
     if wafer.summary_count is None or wafer.summary_count == len(wafer.defects):
         return
@@ -308,26 +335,44 @@ def load_klarf(path: str | Path, pass_bins: BinMapping | None = None, limits: Lo
     if not lot.wafers:
         raise DataError("no wafers (no WaferID record)", path)
     budget = limits.budget(path)
-    maps = []
+    has_classes = any(cls is not None for w in lot.wafers for _, _, cls, _ in w.defects)
+    maps, origins, codes = [], [], []
     for wafer in lot.wafers:
         _check_counts(wafer, path)
         from_plan = wafer.plan is not None
         inspected = wafer.plan if from_plan else _dies_on_wafer(lot, wafer, path)
         states = {die: PASS for die in inspected}
+        classes: dict = {}  # die → the CLASSNUMBER it is binned under (see the module docstring)
         for x, y, cls, where in wafer.defects:
             die = (x, y)
             if from_plan and die not in states:
                 raise DataError(f"{where}: its die ({x}, {y}) is outside the SampleTestPlan", path)
-            if pass_bins is None or cls is None or map_bin(pass_bins, cls, path, f"{where} (CLASSNUMBER)") == FAIL:
+            fails = pass_bins is None or cls is None or map_bin(pass_bins, cls, path, f"{where} (CLASSNUMBER)") == FAIL
+            if cls is not None and (die not in classes or (fails and states[die] != FAIL)):
+                classes[die] = cls  # the first failing defect's class; else the first defect's
+            if fails:
                 states[die] = FAIL
         dies = [(x, y, state, f"die ({x}, {y})") for (x, y), state in states.items()]
         grid = dies_to_grid(dies, path, wafer.id, budget=budget)
-        maps.append(orient_grid(grid, y_up=True, x_right=True, notch=lot.mark))
+        xs, ys = [d[0] for d in dies], [d[1] for d in dies]
+        turn = dict(y_up=True, x_right=True, notch=lot.mark)
+        maps.append(orient_grid(grid, **turn))
+        origins.append(grid_origin(min(xs), min(ys), max(xs), max(ys), **turn))
+        if has_classes:
+            raw = np.full(grid.shape, -1, np.int32)
+            for (x, y), cls in classes.items():
+                raw[y - min(ys), x - min(xs)] = cls
+            codes.append(orient_grid(raw, **turn))
     n = len(lot.wafers)
-    extra = {}
+    extra = origin_columns(origins)
+    if lot.timestamp:
+        extra["start_time"] = lot.timestamp
     if lot.pitch is not None:
-        extra = pitch_columns([oriented_pitch(*lot.pitch, lot.mark)] * n)
+        extra.update(pitch_columns([oriented_pitch(*lot.pitch, lot.mark)] * n))
     meta = fab_meta(path, [lot.lot_id] * n, [w.id for w in lot.wafers], "klarf",
                     slot=[w.slot if w.slot is not None else -1 for w in lot.wafers], step_id=lot.step_id,
                     orientation_mark=lot.mark_type, **extra)
-    return WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))
+    ds = WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))
+    if has_classes:
+        ds.attrs.update(bins_attrs(meta["id"], codes))  # the lot views' bin Pareto (waferscope.lots)
+    return ds

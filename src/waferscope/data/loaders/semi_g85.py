@@ -19,6 +19,11 @@ Orientation: the ``Row`` elements are the map as drawn, top row first, left die 
 the flat/notch at ``Orientation`` degrees measured clockwise from the bottom of that drawing
 (0 or absent = notch down, 90 = left, 180 = up, 270 = right). :func:`fabcommon.orient_grid` turns it
 notch down. ``OriginLocation`` only numbers the dies; it does not reorder the drawing.
+
+Bins: every die's bin code is kept in ``dataset.attrs["bins"]`` (wafer id → int array of the map's
+shape, -1 where no die; an Ascii code as its code point) and ``BinDescription`` in
+``attrs["bin_names"]`` (an Ascii code without one is named by its character), for the lot views'
+bin Pareto (:mod:`waferscope.lots`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from pathlib import Path
 
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.limits import LoadLimits, resolve_limits
-from waferscope.data.loaders.fabcommon import (DEFAULT_MAPPING, BinMapping, bin_rows_to_grid, decode_code, fab_meta,
+from waferscope.data.loaders.fabcommon import (DEFAULT_MAPPING, BinMapping, bin_rows_to_grid, bins_attrs, code_names,
+                                               decode_code, fab_meta,
                                                notch_from_angle, orient_grid, oriented_pitch, parse_xml, pitch_columns, xml_attr,
                                                xml_children, xml_local, xml_number)
 from waferscope.errors import DataError
@@ -57,14 +63,14 @@ def load_g85(path: str | Path, pass_bins: BinMapping | None = None, limits: Load
         raise DataError("no Map/Device elements", path)
     limits.check_count(len(devices), path)
     budget = limits.budget(path)
-    maps, lots, wafer_ids, pitches = [], [], [], []
+    maps, lots, wafer_ids, pitches, codes, names = [], [], [], [], [], {}
     for where, map_el, device in devices:
         wafer_id = (xml_attr(map_el, "SubstrateId") or xml_attr(map_el, "WaferId") or "").strip()
         bin_type = xml_attr(device, "BinType")
         if bin_type is None:
             raise DataError(f"{where}: the Device lacks its BinType attribute", path)
         null_bin = xml_attr(device, "NullBin")
-        qualities = {}
+        qualities, described = {}, {}
         for b, bin_el in enumerate(xml_children(device, "Bin"), 1):
             code = xml_attr(bin_el, "BinCode")
             if code is None:
@@ -74,6 +80,7 @@ def load_g85(path: str | Path, pass_bins: BinMapping | None = None, limits: Load
             except ValueError as exc:
                 raise DataError(f"{where}/Bin[{b}]: BinCode {code!r}: {exc}", path) from None
             qualities[key] = xml_attr(bin_el, "BinQuality") or ""
+            described[key] = (xml_attr(bin_el, "BinDescription") or "").strip()
         mapping = pass_bins if pass_bins is not None or qualities else (
             None if bin_type.lower() == "ascii" else DEFAULT_MAPPING)
         data = xml_children(device, "Data")
@@ -86,7 +93,8 @@ def load_g85(path: str | Path, pass_bins: BinMapping | None = None, limits: Load
             rows.append(row.text or "")
         shape = (xml_number(device, "Rows", path, where), xml_number(device, "Columns", path, where))
         grid = bin_rows_to_grid(rows, bin_type, null_bin, qualities, mapping, path, where + "/Data", shape,
-                                row_tag="Row", budget=budget)
+                                row_tag="Row", budget=budget, codes_out=codes)
+        names.update(code_names(qualities, described))
         angle = xml_number(device, "Orientation", path, where, float)
         if angle is None:
             angle = xml_number(device, "FlatNotchLocation", path, where, float)
@@ -95,10 +103,13 @@ def load_g85(path: str | Path, pass_bins: BinMapping | None = None, limits: Load
         except ValueError as exc:
             raise DataError(f"{where}: Orientation: {exc}", path) from None
         maps.append(orient_grid(grid, y_up=False, x_right=True, notch=notch))
+        codes[-1] = orient_grid(codes[-1], y_up=False, x_right=True, notch=notch)  # the bins turn with the map
         pitches.append(oriented_pitch(xml_number(device, "DeviceSizeX", path, where, float),
                                       xml_number(device, "DeviceSizeY", path, where, float), notch))
         lots.append((xml_attr(device, "LotId") or "").strip())
         wafer_ids.append(wafer_id)
     meta = fab_meta(path, lots, wafer_ids, "semi-g85", **pitch_columns(pitches))
-    return WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))
+    ds = WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))
+    ds.attrs.update(bins_attrs(meta["id"], codes, names))  # the lot views' bin Pareto (waferscope.lots)
+    return ds
 

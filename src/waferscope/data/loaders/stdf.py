@@ -11,7 +11,15 @@ are decoded; every PTR/MPR/FTR/GDR/DTR… is skipped by its header length.
 - WIR / WRR (wafer information / results) bracket one wafer per test head; ``WAFER_ID`` (WIR's,
   else WRR's) → ``wafer_id``; a wafer still open at the end of the file (or when its head starts
   another wafer) is kept (an aborted run). WRR ``PART_CNT``/``GOOD_CNT`` are cross-checked.
-- PRR (part results): one die, ``X_COORD``/``Y_COORD``, ``HARD_BIN``, ``PART_FLG``.
+- PRR (part results): one die, ``X_COORD``/``Y_COORD``, ``HARD_BIN``, ``SOFT_BIN``, ``PART_FLG``.
+- HBR / SBR (bin summaries): ``HBIN_NAM``/``SBIN_NAM`` only.
+
+For the lot views (:mod:`waferscope.lots`): every die's HARD_BIN (of the result kept, see
+re-probes) goes to ``dataset.attrs["bins"]`` (wafer id → int array of the map's shape, -1 where no
+die) with the HBR names in ``attrs["bin_names"]``; SOFT_BIN to ``attrs["soft_bins"]`` (names in
+``attrs["soft_bin_names"]``); WIR ``START_T`` / WRR ``FINISH_T`` to the metadata columns
+``start_time`` / ``finish_time`` (UTC, ``yyyy-mm-ddThh:mm:ss``; "" when 0); the die coordinates to
+``origin_row`` / ``origin_col`` (:func:`fabcommon.grid_origin`).
 
 Pass/fail: with no ``pass_bins`` the tester's own verdict is used, PART_FLG bit 3 (0 = passed,
 1 = failed); when the flag is marked invalid (bit 4) HARD_BIN 1 passes. With ``pass_bins`` the
@@ -40,7 +48,8 @@ import numpy as np
 
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.limits import MAX_GRID_SPAN, LoadLimits, resolve_limits
-from waferscope.data.loaders.fabcommon import FAIL, PASS, BinMapping, fab_meta, map_bin, orient_grid, parse_bin_mapping
+from waferscope.data.loaders.fabcommon import (FAIL, PASS, BinMapping, bins_attrs, fab_meta, grid_origin, map_bin,
+                                               orient_grid, origin_columns, parse_bin_mapping)
 from waferscope.data.loaders.stdf_reader import Fields, Record, StdfStream, record_label
 from waferscope.errors import ConfigError, DataError
 
@@ -52,7 +61,8 @@ FLAG_NO_VERDICT = 0x10  # bit 4: the pass/fail bit is not valid
 RETEST_POLICIES = ("last", "first", "worst")
 
 FAR, MIR, WIR, WRR, WCR, PRR = (0, 10), (1, 10), (2, 10), (2, 20), (2, 30), (5, 20)
-WANTED = frozenset({MIR, WIR, WRR, WCR, PRR})
+HBR, SBR = (1, 40), (1, 50)  # bin summaries: only their names are read (the Pareto's bin_names)
+WANTED = frozenset({MIR, WIR, WRR, WCR, PRR, HBR, SBR})
 
 # WCR WF_UNITS → millimetres (0 = unknown units: the pitch is kept as written)
 UNIT_MM = {1: 25.4, 2: 10.0, 3: 1.0, 4: 0.0254}
@@ -87,7 +97,7 @@ class _Wafer:
     lot: str
     head: int | None
     opened_by: Record                              # the WIR (or first PRR) that opened it, for errors
-    dies: dict = field(default_factory=dict)       # (x+32768)<<16 | (y+32768) → state
+    dies: dict = field(default_factory=dict)       # (x+32768)<<16 | (y+32768) → state | hard<<2 | soft<<18
     reprobed: set = field(default_factory=set)
     prrs: int = 0
     good_prrs: int = 0
@@ -98,6 +108,11 @@ class _Wafer:
     n_dies: int = 0            # set when the grid is built (the die dict is then dropped)
     pass_dies: int = 0
     reprobed_count: int = 0
+    hard: np.ndarray | None = None  # HARD_BIN / SOFT_BIN per die on the raw grid, -1 where no die
+    soft: np.ndarray | None = None
+    span: tuple = (0, 0, 0, 0)      # x_min, y_min, x_max, y_max of the die coordinates
+    start_t: int = 0                # WIR START_T / WRR FINISH_T, seconds since 1970 (0: not given)
+    finish_t: int = 0
 
 
 @dataclass
@@ -150,6 +165,7 @@ class _Collector:
         self.implicit: _Wafer | None = None     # dies of a file without WIR/WRR
         self.seen_wir = False
         self.wcr: _Wcr | None = None
+        self.bin_names: dict = {"hard": {}, "soft": {}}  # HBR/SBR HBIN_NAM/SBIN_NAM
         # a per-load cap on distinct dies held before any grid exists (the grids are bounded by budget.add)
         self.die_cap = limits.max_dies if limits.max_dies is not None else None
 
@@ -167,9 +183,9 @@ class _Collector:
             if item[1] == 5:  # PRR: the per-die path, kept short (a production file has millions)
                 body = item[3]
                 if len(body) >= 13:
-                    head, _site, flg, _num, hard_bin, _soft, x, y = unpack(body)
+                    head, _site, flg, _num, hard_bin, soft_bin, x, y = unpack(body)
                 else:
-                    head, flg, hard_bin, x, y = self._short_prr(Record(*item))
+                    head, flg, hard_bin, soft_bin, x, y = self._short_prr(Record(*item))
                 if x == MISSING_COORD or y == MISSING_COORD:
                     raise self.stream.error(Record(*item), "the die has no X_COORD/Y_COORD (-32768): a part without "
                                             "a wafer position (final test of packaged parts?) cannot go on a map")
@@ -191,18 +207,20 @@ class _Collector:
                 key = (x + 32768) << 16 | (y + 32768)
                 if key in dies:
                     wafer.reprobed.add(key)
-                    if not flg & FLAG_RETEST and (first or (worst and dies[key] == FAIL)):
+                    if not flg & FLAG_RETEST and (first or (worst and dies[key] & 3 == FAIL)):
                         continue
                 else:
                     held += 1
                     if held == cap + 1:  # never true without a cap (-1)
                         raise self.stream.error(Record(*item), f"more than {cap:,} dies in the file (max_dies); "
                                                 "split it or raise the limit")
-                dies[key] = state
+                dies[key] = state | hard_bin << 2 | soft_bin << 18  # the bins ride along for the Pareto
             else:
                 head_of = None  # a WIR/WRR changes which wafer each head is testing
                 if item[1] == 2:
                     {10: self._wir, 20: self._wrr, 30: self._wcr}[item[2]](Record(*item))
+                elif item[2] in (40, 50):
+                    self._bin_name(Record(*item), "hard" if item[2] == 40 else "soft")
                 else:  # MIR
                     f = Fields(Record(*item), self.stream)
                     f.u4(), f.u4(), f.u1(), f.c1(), f.c1(), f.c1(), f.u2(), f.c1()  # SETUP_T … CMOD_COD
@@ -222,9 +240,19 @@ class _Collector:
         flg = f.need(f.u1(), "PART_FLG")
         f.u2()  # NUM_TEST
         hard_bin = f.need(f.u2(), "HARD_BIN")
-        f.u2()  # SOFT_BIN
+        soft_bin = f.u2()
         x, y = f.need(f.i2(), "X_COORD"), f.need(f.i2(), "Y_COORD")
-        return head, flg, hard_bin, x, y
+        return head, flg, hard_bin, soft_bin if soft_bin is not None else 0xFFFF, x, y
+
+    def _bin_name(self, rec: Record, kind: str) -> None:
+        """HBR/SBR: HEAD_NUM, SITE_NUM, xBIN_NUM, xBIN_CNT, xBIN_PF, xBIN_NAM; a name only."""
+        f = Fields(rec, self.stream)
+        f.u1(), f.u1()
+        number = f.u2()
+        f.u4(), f.c1()
+        name = f.cn("BIN_NAM")
+        if number is not None and name:
+            self.bin_names[kind].setdefault(int(number), name)
 
     def _wafer_for_orphan(self, rec: Record, head: int) -> _Wafer:
         """The wafer a PRR belongs to when no WIR is open for its head."""
@@ -246,7 +274,8 @@ class _Collector:
     def _wir(self, rec: Record) -> None:
         f = Fields(rec, self.stream)
         head = f.need(f.u1(), "HEAD_NUM")
-        f.u1(), f.u4()  # SITE_GRP, START_T
+        f.u1()  # SITE_GRP
+        start_t = f.u4()
         wafer_id = f.cn("WAFER_ID") or ""
         if self.lot is None:
             raise self.stream.error(rec, "wafer before any MIR record (the lot header)")
@@ -258,6 +287,7 @@ class _Collector:
         if head in self.open:  # its WRR never came (aborted wafer): keep it, start the next one
             self._close(self.open.pop(head))
         wafer = _Wafer(wafer_id, self.lot, head, rec)
+        wafer.start_t = start_t or 0
         self.wafers.append(wafer)
         self.limits.check_count(len(self.wafers), self.path, "wafers")
         self.open[head] = wafer
@@ -270,7 +300,8 @@ class _Collector:
             if len(self.open) != 1:
                 raise self.stream.error(rec, f"WRR for head {head} without a WIR before it")
             wafer = self.open.pop(next(iter(self.open)))
-        f.u1(), f.u4()  # SITE_GRP, FINISH_T
+        f.u1()  # SITE_GRP
+        wafer.finish_t = f.u4() or 0
         part_cnt, _rtst, _abrt, good_cnt = f.u4(), f.u4(), f.u4(), f.u4()
         f.u4()  # FUNC_CNT
         wafer_id = f.cn("WAFER_ID")
@@ -297,7 +328,8 @@ class _Collector:
             raise DataError(f"{where()}: no dies (no PRR between its WIR and WRR)", self.path)
         n = len(wafer.dies)
         keys = np.fromiter(wafer.dies.keys(), np.int64, n)
-        states = np.fromiter(wafer.dies.values(), np.uint8, n)
+        packed = np.fromiter(wafer.dies.values(), np.int64, n)
+        states = (packed & 3).astype(np.uint8)
         xs, ys = (keys >> 16) - 32768, (keys & 0xFFFF) - 32768
         span_x, span_y = int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1
         for axis, values, span in (("x", xs, span_x), ("y", ys, span_y)):
@@ -312,6 +344,11 @@ class _Collector:
         grid = np.zeros((span_y, span_x), np.uint8)
         grid[ys - ys.min(), xs - xs.min()] = states
         wafer.grid = grid
+        for name, codes in (("hard", (packed >> 2) & 0xFFFF), ("soft", packed >> 18)):
+            raw = np.full((span_y, span_x), -1, np.int32)
+            raw[ys - ys.min(), xs - xs.min()] = np.where(codes == 0xFFFF, -1, codes)  # 65535: no bin given
+            setattr(wafer, name, raw)
+        wafer.span = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
         wafer.dies = {}  # the dict is the big part; the grid is all that is kept
         wafer.n_dies, wafer.pass_dies = n, int((states == PASS).sum())
         wafer.reprobed_count = len(wafer.reprobed)
@@ -371,6 +408,7 @@ def load_stdf(path: str | Path, pass_bins: BinMapping | None = None, limits: Loa
     wafers = collector.finish()
     kwargs, orientation = orientation_of(collector.wcr)
     maps = [orient_grid(w.grid, **kwargs) for w in wafers]
+    origins = [grid_origin(*w.span, **kwargs) for w in wafers]
     pitch_x, pitch_y, unit = _pitch(collector.wcr)
     if kwargs["notch"] in ("left", "right"):  # the map is turned a quarter: its columns run along the die height
         pitch_x, pitch_y = pitch_y, pitch_x
@@ -381,12 +419,30 @@ def load_stdf(path: str | Path, pass_bins: BinMapping | None = None, limits: Loa
                     wrr_part_cnt=[np.nan if w.part_cnt is None else w.part_cnt for w in wafers],
                     wrr_good_cnt=[np.nan if w.good_cnt is None else w.good_cnt for w in wafers],
                     count_check=checks, die_pitch_x=[pitch_x] * n, die_pitch_y=[pitch_y] * n,
-                    die_pitch_unit=unit, orientation=orientation, retest=policy)
+                    die_pitch_unit=unit, orientation=orientation, retest=policy,
+                    start_time=[_time(w.start_t) for w in wafers], finish_time=[_time(w.finish_t) for w in wafers],
+                    **origin_columns(origins))
     differing = sum(bool(c) and not c.startswith("no WRR") for c in checks)
     if differing:
         warnings.warn(f"{path}: {differing} of {n} wafers: the WRR counts differ from the dies read "
                       "(see the count_check column)", stacklevel=2)
-    return WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))
+    ds = WaferDataset.from_maps(maps, meta=meta, source=path.name, name=path.stem, where=str(path))
+    # the lot views' bin Pareto (waferscope.lots): HARD_BIN per die, and SOFT_BIN beside it
+    ids = list(meta["id"])
+    ds.attrs.update(bins_attrs(ids, [orient_grid(w.hard, **kwargs) for w in wafers], collector.bin_names["hard"]))
+    ds.attrs["soft_bins"] = {i: orient_grid(w.soft, **kwargs) for i, w in zip(ids, wafers)}
+    if collector.bin_names["soft"]:
+        ds.attrs["soft_bin_names"] = dict(collector.bin_names["soft"])
+    return ds
+
+
+def _time(seconds: int) -> str:
+    """An STDF U4 time (seconds since 1970) as ``yyyy-mm-ddThh:mm:ss``; "" for 0/missing."""
+    import datetime
+
+    if not seconds or seconds == MISSING_U4:
+        return ""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _pitch(wcr: _Wcr | None) -> tuple[float, float, str]:

@@ -9,6 +9,11 @@ so the result does not depend on a random validation split) learns from them. Tr
 feature scaling and cope with features on wildly different scales, which is why they beat the RBF
 SVM on the same features.
 
+``feature_set="grid"``: the 108 :mod:`waferscope.features.grid` features, computed a batch at a time
+on each map's canonical 64 × 64 area-resampled view — the same numbers for every rotation/flip, die
+pitch and margin, at a fraction of the ``extended`` cost; lot-grouped macro-F1 below ``extended``
+(docs/classification_real.md), so the bundled ``gbm`` keeps ``extended``.
+
 Persistence without pickle: the fitted trees are flattened into plain arrays
 (:mod:`waferscope.models.trees`), stored as tensors and walked with numpy at prediction time, so
 loading a run never unpickles; a test checks the walk against scikit-learn's own ``predict_proba``.
