@@ -33,9 +33,16 @@ def main(argv=None) -> int:
     ap.add_argument("--run", help="a classifier run directory (default: a bundled model)")
     ap.add_argument("--bundled", help="without --run: which bundled model (default: the one `classify` uses)")
     add_speed_arguments(ap, n=20000, repeats=5)
-    ap.add_argument("--dev", default=DEV)
+    ap.add_argument("--dev", default=DEV, help="the maps to time (default: the shared WM-811K dev maps)")
     ap.add_argument("--profile", action="store_true", help="CPU time per map of each feature group (gbm)")
     args = ap.parse_args(argv)
+    if args.dev == DEV:  # a fresh clone has no ../shared: say so, not a traceback
+        from waferscope.data.paths import SharedDataMissing, require_shared
+
+        try:
+            require_shared(DEV_MAPS, "--dev FILE (real maps of the sizes you classify; the speed depends on them)")
+        except SharedDataMissing as exc:
+            raise SystemExit(f"error: {exc}") from None
     if args.profile:
         return profile(args)
 

@@ -4,9 +4,8 @@
     python benchmarks/bench_serve.py --url http://127.0.0.1:8000 --requests 2000
     python benchmarks/bench_serve.py --endpoint classify --maps-per-request 8
 
-Each client is an asyncio task with its own keep-alive HTTP/1.1 connection (a minimal client on
-raw asyncio streams: httpx's pure-Python client spends ~4 ms of CPU per request, as much as the
-server, and on a 2-core machine would measure mostly itself), sending one request at a time and
+Each client is an asyncio task with its own keep-alive HTTP/1.1 connection (serveclient.HonestClient,
+shared with bench_soak.py: a minimal client on raw asyncio streams), sending one request at a time and
 the next as soon as the answer arrives, until ``--requests`` are done; with ``--endpoint both`` requests alternate between /v1/classify and /v1/score. The maps are
 seeded synthetic ones (``--seed``), pre-encoded as JSON so the client spends its CPU on HTTP, not
 on encoding. Reported: wafers/s and requests/s over the whole run, p50/p99 latency, the error
@@ -37,6 +36,9 @@ import time
 
 import httpx
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serveclient import HonestClient, request_bytes  # noqa: E402
+
 
 def _free_port() -> int:
     import socket
@@ -53,7 +55,7 @@ def start_server(threads: int | None) -> tuple[subprocess.Popen, str]:
         cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a loaded 2-core machine can take a minute just to import torch
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"error: the server exited: {proc.stderr.read().decode()[-2000:]}")
@@ -63,27 +65,16 @@ def start_server(threads: int | None) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             time.sleep(0.1)
     proc.kill()
-    raise SystemExit("error: the server did not answer /health within 60 s")
+    raise SystemExit("error: the server did not answer /health within 180 s")
+
+
+def server_cpu(url: str) -> float | None:
+    """The server's CPU seconds so far (its /health ``cpu_seconds``; None from a server without it)."""
+    return httpx.get(url + "/health", timeout=10).json().get("cpu_seconds")
 
 
 def rss(url: str) -> int:
     return int(httpx.get(url + "/health", timeout=10).json()["rss_bytes"])
-
-
-def _request(host: str, path: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-
-async def _roundtrip(reader, writer, raw: bytes) -> tuple[int, bytes]:
-    """One request on a keep-alive connection: (status, body). The server always sends Content-Length."""
-    writer.write(raw)
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    length = next(int(v) for k, _, v in (h.partition(":") for h in lines[1:]) if k.lower() == "content-length")
-    return status, await reader.readexactly(length)
 
 
 async def run_load(url: str, bodies: list[bytes], endpoints: list[str], n_requests: int, concurrency: int,
@@ -92,31 +83,18 @@ async def run_load(url: str, bodies: list[bytes], endpoints: list[str], n_reques
 
     parts = urlsplit(url)
     host, port = parts.hostname, parts.port or 80
-    raws = [[_request(parts.netloc, ep, b) for b in bodies] for ep in endpoints]
+    raws = [[request_bytes(parts.netloc, ep, b) for b in bodies] for ep in endpoints]
     latencies: list[float] = []
     errors: list[str] = []
     counter = iter(range(n_requests))
     half = n_requests // 2
 
     async def worker():
-        reader, writer = await asyncio.open_connection(host, port, limit=2**24)
-        try:
+        async with HonestClient(host, port, latencies, errors) as client:
             for i in counter:  # a shared iterator: the run is bounded at n_requests in all
                 if i == half:
                     await on_half()
-                raw = raws[i % len(endpoints)][i % len(bodies)]
-                t0 = time.perf_counter()
-                try:
-                    status, body = await _roundtrip(reader, writer, raw)
-                    if status != 200:
-                        errors.append(f"{status} {body[:200]!r}")
-                except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration) as exc:
-                    errors.append(repr(exc))
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(host, port, limit=2**24)
-                latencies.append(time.perf_counter() - t0)
-        finally:
-            writer.close()
+                await client.send(raws[i % len(endpoints)][i % len(bodies)])
 
     t0 = time.perf_counter()
     await asyncio.gather(*[worker() for _ in range(concurrency)])
@@ -137,9 +115,15 @@ ds = wd.load("synthetic:n=4096,seed=" + sys.argv[2])
 out = {}
 for kind, fn in (("classify", m["classifier"].predict_proba), ("score", m["detector"].score)):
     fn(ds.subset(range(256)))  # warm-up
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     fn(ds)
     out[kind] = len(ds) / (time.perf_counter() - t)
+    # the model's own CPU per wafer in 32-map calls in this process (a busy service's batches; the
+    # 4,096-map call above may run in worker processes, whose CPU process_time does not see)
+    c = time.process_time()
+    for start in range(0, 1024, 32):
+        fn(ds.subset(range(start, start + 32)))
+    out[kind + "_cpu_ms"] = 1000 * (time.process_time() - c) / 1024
 print(json.dumps(out))
 """
 
@@ -173,11 +157,19 @@ def suite(args) -> int:
             eps = [f"/v1/{endpoint}"]
             n = max(64, args.requests // (16 if k > 1 else 1))
             asyncio.run(run_load(url, bodies, eps, min(n, 200), args.concurrency, k, lambda: asyncio.sleep(0)))
+            cpu0, client0 = server_cpu(url), time.process_time()
             res = asyncio.run(run_load(url, bodies, eps, n, args.concurrency, k, lambda: asyncio.sleep(0)))
+            client_cpu, cpu1 = time.process_time() - client0, server_cpu(url)
             rate = res["wafers"] / res["wall_s"]
+            # CPU per wafer: the server's (all its threads) and the load generator's; the server's minus
+            # the model's own (32-map calls, in-process) is the service's overhead, whatever the model
+            srv_ms = None if cpu0 is None or cpu1 is None else 1000 * (cpu1 - cpu0) / res["wafers"]
             rows.append({"endpoint": endpoint, "maps_per_request": k, "wafers_per_s": rate, "p50_ms": res["p50_ms"],
                          "p99_ms": res["p99_ms"], "errors": res["errors"], "requests": res["requests"],
-                         "cli_wafers_per_s": cli[endpoint], "ratio": rate / cli[endpoint]})
+                         "cli_wafers_per_s": cli[endpoint], "ratio": rate / cli[endpoint],
+                         "server_cpu_ms_per_wafer": srv_ms, "cli_cpu_ms_per_wafer": cli[endpoint + "_cpu_ms"],
+                         "overhead_cpu_ms_per_wafer": None if srv_ms is None else srv_ms - cli[endpoint + "_cpu_ms"],
+                         "client_cpu_ms_per_wafer": 1000 * client_cpu / res["wafers"]})
         rss_end = rss(url)
     finally:
         if proc is not None:
@@ -189,10 +181,14 @@ def suite(args) -> int:
            "torch_threads": threads, "server_rss_mb_end": round(rss_end / 2**20, 1), "rows": rows}
     print(f"{out['utc']}, load average {load0[0]:.2f} → {out['loadavg_end'][0]:.2f} on {out['cpus']} CPUs, "
           f"{args.concurrency} clients, classifier {out['classifier']}, detector {out['detector']}, {threads} torch thread(s)")
-    print(f"{'endpoint':<10}{'maps/req':>9}{'service w/s':>13}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CLI w/s':>10}{'ratio':>7}")
+    print(f"{'endpoint':<10}{'maps/req':>9}{'service w/s':>13}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CLI w/s':>10}"
+          f"{'ratio':>7}   CPU ms/wafer: server (model alone, overhead), client")
     for r in rows:
+        cpu = "?" if r["server_cpu_ms_per_wafer"] is None else (
+            f"{r['server_cpu_ms_per_wafer']:.3f} ({r['cli_cpu_ms_per_wafer']:.3f}, {r['overhead_cpu_ms_per_wafer']:.3f})")
         print(f"{r['endpoint']:<10}{r['maps_per_request']:>9}{r['wafers_per_s']:>13,.0f}{r['p50_ms']:>9.1f}"
-              f"{r['p99_ms']:>9.1f}{r['errors']:>8}{r['cli_wafers_per_s']:>10,.0f}{r['ratio']:>7.2f}")
+              f"{r['p99_ms']:>9.1f}{r['errors']:>8}{r['cli_wafers_per_s']:>10,.0f}{r['ratio']:>7.2f}"
+              f"   {cpu}, {r['client_cpu_ms_per_wafer']:.3f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)
@@ -232,6 +228,7 @@ def main(argv=None) -> int:
         # warm-up: the first calls allocate torch's buffers; memory is measured after them
         asyncio.run(run_load(url, bodies, endpoints, 200, args.concurrency, k, lambda: asyncio.sleep(0)))
         mem = {"start": rss(url)}
+        cpu0 = server_cpu(url)
 
         async def at_half():
             async with httpx.AsyncClient() as client:
@@ -239,6 +236,8 @@ def main(argv=None) -> int:
 
         res = asyncio.run(run_load(url, bodies, endpoints, args.requests, args.concurrency, k, at_half))
         mem["end"] = rss(url)
+        cpu1 = server_cpu(url)
+        res["server_cpu_ms_per_wafer"] = None if cpu0 is None or cpu1 is None else 1000 * (cpu1 - cpu0) / res["wafers"]
     finally:
         if proc is not None:
             proc.terminate()
@@ -253,7 +252,9 @@ def main(argv=None) -> int:
           f"({res['requests'] / res['wall_s']:,.0f} requests/s); latency p50 {res['p50_ms']:.1f} ms, "
           f"p99 {res['p99_ms']:.1f} ms; errors {res['errors']}; server RSS start/middle/end "
           f"{res['rss_mb']['start']} / {res['rss_mb'].get('middle', '?')} / {res['rss_mb']['end']} MB "
-          f"(classifier {res['classifier']}, detector {res['detector']}, {res['torch_threads']} torch threads)")
+          f"(classifier {res['classifier']}, detector {res['detector']}, {res['torch_threads']} torch threads); "
+          f"server CPU {res['server_cpu_ms_per_wafer'] or float('nan'):.3f} ms/wafer; load average "
+          f"{res['loadavg'][0]:.2f}")
     if res["errors"]:
         print("first errors:", *res["first_errors"], sep="\n  ")
     if args.json:

@@ -40,7 +40,8 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import _request, _roundtrip, bodies_for, start_server  # noqa: E402
+from bench_serve import bodies_for, start_server  # noqa: E402
+from serveclient import HonestClient, request_bytes  # noqa: E402
 
 MB = 1 << 20
 
@@ -173,23 +174,13 @@ async def soak(url: str, pid: int, args) -> dict:
 
     async def honest(k: int):
         rng = random.Random(k)
-        reader, writer = await asyncio.open_connection(host, port, limit=2**26)
         i = 0
-        while time.monotonic() < t_end:
-            i += 1
-            ep = "/v1/classify" if rng.random() < 0.5 else "/v1/score"
-            body = big64[i % len(big64)] if i % 16 == 0 else small[i % len(small)]
-            t0 = time.perf_counter()
-            try:
-                status, resp = await _roundtrip(reader, writer, _request(f"{host}:{port}", ep, body))
-                if status != 200:
-                    honest_err.append(f"{status} {resp[:200]!r}")
-            except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration) as exc:
-                honest_err.append(repr(exc))
-                writer.close()
-                reader, writer = await asyncio.open_connection(host, port, limit=2**26)
-            honest_lat.append(time.perf_counter() - t0)
-        writer.close()
+        async with HonestClient(host, port, honest_lat, honest_err) as client:
+            while time.monotonic() < t_end:
+                i += 1
+                ep = "/v1/classify" if rng.random() < 0.5 else "/v1/score"
+                body = big64[i % len(big64)] if i % 16 == 0 else small[i % len(small)]
+                await client.send(request_bytes(f"{host}:{port}", ep, body))
 
     async def attacker():
         async with httpx.AsyncClient(base_url=url, timeout=120) as c:

@@ -59,6 +59,7 @@ def test_compare_to_real_tables_and_figures(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["realism", "--n", "10", "--batch", "128"], "at least one batch"),
     (["realism", "--ema", "1.5"], "ema must be in [0, 1)"),
+    (["realism", "--no-fresh-per-epoch", "--n", "10", "--batch", "128"], "at least one batch"),  # old spelling of --same-maps
     (["realism", "--data", "/nonexistent/x.npz"], ""),
     (["synthetic-vs-real", "--data", "/nonexistent/x.npz"], ""),
 ])
@@ -68,3 +69,21 @@ def test_bad_realism_options_give_one_error_and_write_nothing(capsys, tmp_path, 
     code, _, err = invoke(capsys, "evaluate", *args, flag, out)
     assert code == 2 and err.strip().startswith("error:") and message in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_missing_shared_data_says_what_where_and_how_to_pass_ones_own(monkeypatch, tmp_path, capsys):
+    """A fresh clone (no ../shared): the library and `evaluate realism` / `synthetic-vs-real` name the
+    dev file, where it was looked for, WAFERSCOPE_SHARED_DATA and the way to give one's own maps."""
+    from waferscope.data import paths
+
+    missing = tmp_path / "shared" / "wm811k" / "wm811k_dev.npz"
+    monkeypatch.setattr(paths, "DEV_MAPS", missing)
+    for call in (lambda: es.realism_check(n=90, batch=30, epochs=1), lambda: es.compare_to_real(n=10)):
+        with pytest.raises(paths.SharedDataMissing) as info:
+            call()
+        text = str(info.value)
+        assert all(w in text for w in ("wm811k_dev.npz", str(missing), "WAFERSCOPE_SHARED_DATA", "real=", "load()"))
+    for args in (["realism", "--n", "90", "--batch", "30"], ["synthetic-vs-real", "--n", "10"]):
+        code, _, err = invoke(capsys, "evaluate", *args)
+        assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
+        assert all(w in err for w in ("wm811k_dev.npz", str(missing), "WAFERSCOPE_SHARED_DATA", "--data SPEC")), err

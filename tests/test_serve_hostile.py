@@ -557,6 +557,24 @@ def test_connections_beyond_the_cap_get_a_json_503(maps):
         assert httpx.post(url + "/v1/classify", json=_body(maps[:1]), timeout=10).status_code == 200
 
 
+def test_fast_grids_is_exact_under_byte_mutations():
+    """Any one byte changed in a maps list: fast_grids gives json.loads's grids or hands it on (None)."""
+    from waferscope.serve.app import fast_grids
+
+    rng = np.random.default_rng(1)
+    alphabet = b"0123456789,[] -.e"
+    for trial in range(300):
+        grids = [rng.integers(0, 3, size=tuple(rng.integers(1, 6, 2))) for _ in range(rng.integers(1, 3))]
+        text = bytearray(json.dumps([g.tolist() for g in grids], separators=(",", ":")).encode())
+        text[rng.integers(3, len(text) - 3)] = alphabet[rng.integers(len(alphabet))]
+        got = fast_grids(bytes(text), 0, 64)
+        if got is None:
+            continue
+        want = json.loads(bytes(text)[:got[1]])  # accepted: must be valid JSON holding exactly these grids
+        assert len(want) == len(got[0])
+        assert all(np.array_equal(np.asarray(a), b) and np.asarray(a).ndim == 2 for a, b in zip(want, got[0]))
+
+
 def test_fast_grid_decoding_agrees_with_json():
     """fast_grids (bytes + numpy) must give json.loads's grids, and hand anything else to it."""
     from waferscope.serve.app import parse_json_maps

@@ -51,7 +51,7 @@ def shared_default(given: Optional[Path], default: Path, option: str, own: str) 
     if given is not None:
         return given
     if not default.exists():
-        from waferscope.data.paths import missing_shared_message
+        from waferscope.data.paths import SharedDataMissing, missing_shared_message
 
-        raise ConfigError(f"{missing_shared_message(default)}. Or pass your own with {option} ({own})")
+        raise SharedDataMissing(f"{missing_shared_message(default)}. Or pass your own with {option} ({own})")
     return default

@@ -12,12 +12,14 @@ import typer
 
 from waferscope.errors import ConfigError
 
-DATA_HELP = "Data SPEC: a file/folder load() reads, or synthetic:n=…,seed=…"
+DATA_HELP = "Data SPEC: a file/folder load() reads, or synthetic:n=N,seed=S"
 PASS_BINS_HELP = ("Fab map files (STDF, E142, G85, KLARF, CSV die list): bins that pass, e.g. 1,2 or 1-3; "
                   "'1,2/3-9' also lists the fail bins and makes any other bin an error. Default: each "
                   "format's own (see docs/data.md).")
 
-COLUMNS_HELP = ("CSV die lists: which columns hold what, e.g. x=DIE_X,y=DIE_Y,bin=HBIN,wafer=WAFER,lot=LOT "
+# written with ", " between the pairs in the help: a 40-character word is cut by rich at 80 columns
+COLUMNS_HELP = ("CSV die lists: which columns hold what, e.g. x=DIE_X, y=DIE_Y, bin=HBIN, wafer=WAFER, lot=LOT "
+                "(one word: comma-separated, no spaces) "
                 "(also pass_fail=COL, and y_axis=down when y grows downwards). Default: common names "
                 "such as X/DIE_X, HARD_BIN/HBIN/SBIN, PASS_FAIL, WAFER_ID, LOT_ID (see docs/data.md).")
 

@@ -101,7 +101,7 @@ WAFER_TRAIN_DEFAULT = "autoencoder"  # `detect train` on wafer maps without --mo
 @app.command()
 def train(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (repeat to combine sets; only normal maps are used)"),
-    model: Optional[str] = typer.Option(None, "--model", help="Detector name (waferscope.registry.available('detector')); "
+    model: Optional[str] = typer.Option(None, "--model", help="Detector name (`waferscope models` lists them); "
                                         "default: autoencoder for wafer maps, the best-ranked image detector for images"),
     out: Path = typer.Option(..., "--out", help="Run directory to write"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (network detectors)"),

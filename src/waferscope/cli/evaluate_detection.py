@@ -18,7 +18,7 @@ DEV_HELP = "Real labelled dev maps (default: the shared wm811k_dev.npz)"
 def detector(
     detector: Optional[str] = typer.Option(None, "--detector", help="Registered detector name"),
     config: Optional[str] = typer.Option(None, "--config", help="A named configuration (detector + params + "
-                                         "protocol), e.g. patchcore-fast; see evaluate.detection.CONFIGS"),
+                                         "protocol), e.g. patchcore-fast; a wrong name lists them all"),
     set_: List[str] = typer.Option([], "--set", help="Detector parameter key=value (JSON value); repeatable"),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="dev (default), patchcore or kd"),
     synthetic_normals: Optional[int] = typer.Option(None, "--synthetic-normals", min=0,
@@ -118,8 +118,12 @@ def realism(
     grid: int = typer.Option(6, "--grid", help="Spatial grid of the flattened head"),
     batch: int = typer.Option(128, "--batch"),
     lr: float = typer.Option(3e-3, "--lr"),
-    fresh_per_epoch: bool = typer.Option(True, "--fresh-per-epoch/--no-fresh-per-epoch",
-                                         help="Draw new synthetic maps for every epoch"),
+    # --same-maps, not --no-fresh-per-epoch: the help's option column (80 columns) cuts a longer name;
+    # the old spelling stays accepted (hidden) for existing scripts
+    fresh_per_epoch: bool = typer.Option(True, "--fresh-per-epoch/--same-maps",
+                                         help="Draw new synthetic maps for every epoch (--same-maps: one set "
+                                              "for all epochs)"),
+    no_fresh: bool = typer.Option(False, "--no-fresh-per-epoch", hidden=True),
     ema: float = typer.Option(0.0, "--ema", help="Score an EMA of the weights with this decay (0 = off)"),
     die_noise: float = typer.Option(0.0, "--die-noise", help="Flip up to this share of dies pass<->fail (0 = off)"),
     tta: bool = typer.Option(True, "--tta/--no-tta", help="Also score the 8-fold dihedral average"),
@@ -133,9 +137,18 @@ def realism(
     from waferscope.evaluate.synthetic import realism_check, realism_summary
 
     torch.set_num_threads(threads)
-    # the data (default: the dev maps) is read inside, after the options are checked
-    result = realism_check(n=n, seed=seed, size=size, epochs=epochs, width=width, grid=grid, batch=batch, lr=lr,
-                           fresh_per_epoch=fresh_per_epoch, ema=ema, die_noise=die_noise, real=data, tta=tta)
+    from waferscope.cli.checks import shared_default
+    from waferscope.data.paths import DEV_MAPS, SharedDataMissing
+
+    # the data (default: the dev maps) is read inside, after the options are checked; missing shared
+    # data is then said in the command's terms
+    try:
+        result = realism_check(n=n, seed=seed, size=size, epochs=epochs, width=width, grid=grid, batch=batch, lr=lr,
+                               fresh_per_epoch=fresh_per_epoch and not no_fresh, ema=ema, die_noise=die_noise,
+                               real=data, tta=tta)
+    except SharedDataMissing:
+        shared_default(None, DEV_MAPS, "--data SPEC", "labelled real maps, the 9 WM-811K classes")
+        raise
     typer.echo(realism_summary(result))
     if json_out is not None:
         write_text_atomic(json_out, json.dumps(result, indent=1))

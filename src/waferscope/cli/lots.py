@@ -102,7 +102,7 @@ def lots_cmd(
     maps_by: str = typer.Option("wafers", "--maps-by", help="Which lots get stacked maps: 'wafers' (most wafers "
                                 "first) or 'yield' (lowest yield first, among lots with ≥ --min-wafers wafers)"),
     time_column: Optional[str] = typer.Option(None, "--time-column", help="Metadata column giving lot time order "
-                                              "(default: start_time/test_time/time/timestamp/date if present, "
+                                              "(default: the first of start_time, test_time, time, timestamp, date present, "
                                               "else order of first appearance)"),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from waferscope.errors import ConfigError
+
 _REPO = Path(__file__).resolve().parents[3]
 SHARED_DATA = Path(os.environ.get("WAFERSCOPE_SHARED_DATA", _REPO.parent / "shared" / "data"))
 DEV_MAPS = SHARED_DATA / "wm811k" / "wm811k_dev.npz"
@@ -32,3 +34,15 @@ def missing_shared_message(path: Path) -> str:
             f"does not exist. The shared data folder is ../shared/data beside the checkout, or the folder named "
             f"by the environment variable WAFERSCOPE_SHARED_DATA (it holds wm811k/ and images/); it is not part of the "
             f"repository (see docs/data.md for the .npz layout: maps_flat, shapes, labels, lot_name)")
+
+
+class SharedDataMissing(ConfigError):
+    """A shared default data file is not on this machine (a fresh clone has no ../shared)."""
+
+
+def require_shared(path: Path, own: str) -> Path:
+    """``path`` when it exists, else :class:`SharedDataMissing` saying what it is, where it was looked
+    for and how to pass one's own instead (``own``, in the caller's terms)."""
+    if not Path(path).exists():
+        raise SharedDataMissing(f"{missing_shared_message(path)}. Or pass your own: {own}")
+    return Path(path)

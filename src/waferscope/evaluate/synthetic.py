@@ -19,12 +19,23 @@ from torch import nn
 
 from waferscope.data import load
 from waferscope.data.classes import CLASSES
-from waferscope.data.paths import DEV_MAPS
+from waferscope.data import paths
 from waferscope.data.preprocess import augment_dihedral, dihedral, encode, resize_maps
 from waferscope.data.render import render_map
 from waferscope.data.synthetic import generate
 from waferscope.errors import ConfigError
 from waferscope.utils import atomic_path
+
+_OWN_REAL = ("real=, a load() spec (e.g. an .npz or .parquet file) or a WaferDataset of real maps labelled with "
+             "the 9 WM-811K classes")
+
+
+def _real_maps(real):
+    """``real`` as a WaferDataset; None: the shared dev maps (a clear error when they are missing)."""
+    if hasattr(real, "maps"):
+        return real
+    return load(paths.require_shared(paths.DEV_MAPS, _OWN_REAL) if real is None else real)
+
 
 def small_cnn(n_classes: int, width: int = 16, grid: int = 4) -> nn.Module:
     """Four conv blocks (the first three halve the map) and a linear head on the flattened grid×grid map:
@@ -90,7 +101,7 @@ def realism_check(n: int = 45000, seed: int = 0, size: int = 48, epochs: int = 6
     if not 0.0 <= ema < 1.0 or not 0.0 <= die_noise <= 1.0:
         raise ConfigError("ema must be in [0, 1) and die_noise in [0, 1]")
     # after the settings are checked, so a bad option is the first error even where the data is missing
-    real = load(DEV_MAPS if real is None else real) if not hasattr(real, "maps") else real
+    real = _real_maps(real)
     args = SimpleNamespace(**settings)
     from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
@@ -386,7 +397,7 @@ def compare_to_real(real=None, n: int = 4500, seed: int = 0, img_dir: str | Path
     import matplotlib
 
     matplotlib.use("Agg")
-    real = load(DEV_MAPS if real is None else real) if not hasattr(real, "maps") else real
+    real = _real_maps(real)
     syn = generate(n, seed=seed)
     if img_dir is not None:
         out = Path(img_dir)
