@@ -69,8 +69,9 @@ def open_set(
 def retrieval(
     data: List[str] = typer.Option([], "--data", help="Labelled real maps with lot names (repeatable; default: "
                                    "the shared wm811k_dev.npz + wm811k_dev2.npz)"),
-    methods: str = typer.Option(",".join(METHODS[:6]), "--methods", help="Comma list of " + ", ".join(METHODS)
-                                + " (metric, lda: fitted per fold on the archive lots' labels only; cnn: the bundled network, "
+    methods: str = typer.Option(",".join(METHODS[:6]), "--methods", show_default=False,
+                                help="Comma list of " + ", ".join(METHODS) + " (default: all but cnn_fold; metric, "
+                                "lda: fitted per fold on the archive lots' labels only; cnn: the bundled network, "
                                 "trained on these sets, so optimistic; cnn_fold: a cnn_fine trained per fold; slow)"),
     cnn_epochs: int = typer.Option(15, "--cnn-epochs", min=1, help="cnn_fold: training epochs"),
     max_folds: Optional[int] = typer.Option(None, "--max-folds", min=1, help="Stop after this many folds"),
