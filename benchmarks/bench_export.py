@@ -101,7 +101,10 @@ def main() -> None:
     runs = dict(r.split("=", 1) for r in args.run)
 
     models = []
-    wanted = (lambda name: only is None or name in only)
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
     try:
         from waferscope.models.classifiers import load_default
 

@@ -2,8 +2,8 @@
 
 Training data = the training half of the docs/detection.md protocol: the real dev maps' `none` maps,
 split 50/50 with seed 0 (the first half; the other half and every defect map stay for testing), so
-the protocol figures in the docs describe the bundled model. The decision threshold stored next to
-it (threshold.json) is the K-fold mean-of-max of those normals.
+the protocol figures in the docs describe the bundled model. Its decision threshold (the model's
+``threshold_``, saved in model.json) is the K-fold mean-of-max of those normals.
 
     python scripts/train_bundled_detector.py --detector autoencoder [--set latent_dim=16] [--folds 5]
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ import torch
 
 from waferscope import registry
 from waferscope.data import load
-from waferscope.metrics.detection import threshold_kfold_mean_of_max
 from waferscope.data.paths import DEV_MAPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,17 +54,14 @@ def main() -> None:
         params.setdefault("verbose", False)
     normals = protocol_train_normals()
     t0 = time.perf_counter()
-    det = cls(**params).fit(normals)
+    det = cls(**params).fit(normals, calibrate=False)
     t_fit = time.perf_counter() - t0
-    thr = threshold_kfold_mean_of_max(lambda: cls(**params), normals, n_splits=args.folds, seed=0)
+    det.calibrate(normals, rule="kfold", folds=args.folds, seed=0)
+    det.threshold_info_.update(trained_on=f"{DEV.name}: first half of the `none` maps (seed 0), n={len(normals)}",
+                               fit_seconds=round(t_fit, 1),
+                               command="python scripts/train_bundled_detector.py " + " ".join(sys.argv[1:]))
     det.save(args.out, overwrite=True)  # this script regenerates the committed bundled weights in place
-    doc = {"threshold": thr["threshold"], "method": f"kfold_mean_of_max (k={args.folds}, seed=0)",
-           "per_fold": thr["per_fold"], "trained_on": f"{DEV.name}: first half of the `none` maps (seed 0), n={len(normals)}",
-           "fit_seconds": round(t_fit, 1), "command": "python scripts/train_bundled_detector.py " + " ".join(sys.argv[1:])}
-    tmp = args.out / ".threshold.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, args.out / "threshold.json")
-    print(f"wrote {args.out} (threshold {thr['threshold']:.6g}; fit {t_fit:.0f}s)", file=sys.stderr)
+    print(f"wrote {args.out} (threshold {det.threshold_:.6g}; fit {t_fit:.0f}s)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 from waferscope.base import load_run
 from waferscope.data.preprocess import encode, resize_maps
 from waferscope.data.synthetic import generate
-from waferscope.errors import DataError
+from waferscope.errors import ConfigError, DataError
 from waferscope.models.classifiers.autoencoder_variants import (AELatentClassifier, ResidualCNNClassifier,
                                                                 build_autoencoder, train_autoencoder)
 
@@ -72,5 +72,5 @@ def test_channel_mode_needs_normal_maps():
 
 
 def test_bad_mode_is_refused(data):
-    with pytest.raises(ValueError, match="residual_mode"):
+    with pytest.raises(ConfigError, match="residual_mode"):
         ResidualCNNClassifier(**SMALL, residual_mode="both").fit(data)

@@ -191,3 +191,13 @@ def test_usage_errors_are_one_message_not_a_traceback(capsys):
     assert code == 2 and "unexpected extra argument" in err and "Traceback" not in err
     code, _, err = invoke(capsys, "classify", "predict", "--no-such-option")
     assert code == 2 and "No such option" in err and "Traceback" not in err
+
+
+def test_bad_parameter_value_is_one_error_line(tmp_path, capsys):
+    code, out, err = invoke(capsys, "classify", "train", "--data", "synthetic:n=9,seed=0", "--model", "cnn",
+                            "--set", "imbalance=foo", "--out", str(tmp_path / "r"))
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "cnn" in lines[0] and "imbalance" in lines[0] and "'loss', 'sampler', 'none'" in lines[0]
+    assert "Traceback" not in err and not (tmp_path / "r").exists()

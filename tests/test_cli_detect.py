@@ -31,7 +31,43 @@ def test_train_writes_run_and_threshold(wafer_run):
     doc = json.loads((wafer_run / "model.json").read_text())
     assert doc["kind"] == "detector" and doc["name"] == "autoencoder"
     assert doc["extras"]["n_train"] == 6  # the 6 `none` maps of 54 (9 classes)
-    assert "quantile" in json.loads((wafer_run / "threshold.json").read_text())["method"]
+    # the threshold is the model's (model.json), no longer a threshold.json beside it
+    assert "quantile" in doc["threshold"]["method"] and isinstance(doc["threshold"]["value"], float)
+    assert not (wafer_run / "threshold.json").exists()
+
+
+def test_score_decides_with_the_models_threshold_and_old_runs_still_load(wafer_run, tmp_path, capsys):
+    """A run written the old way (threshold.json beside a model.json without "threshold") gives the
+    same threshold, decisions and CSV as the same run written the new way."""
+    import csv
+    import shutil
+
+    from waferscope.base import load_run
+
+    old = tmp_path / "old"
+    shutil.copytree(wafer_run, old)
+    doc = json.loads((old / "model.json").read_text())
+    thr = doc.pop("threshold")
+    (old / "model.json").write_text(json.dumps(doc))
+    (old / "threshold.json").write_text(json.dumps({"threshold": thr["value"], "method": thr["method"]}))
+    new_det, old_det = load_run(wafer_run), load_run(old)
+    assert old_det.threshold_ == new_det.threshold_ == thr["value"]
+    assert old_det.threshold_info_["method"] == thr["method"]
+    rows = {}
+    for name, run in (("new", wafer_run), ("old", old)):
+        code, err = run_cli(["detect", "score", "--run", run, "--data", "synthetic:n=18,seed=7",
+                             "--out", tmp_path / f"{name}.csv"], capsys)
+        assert code == 0, err
+        assert f"above the run's threshold {thr['value']:.6g}" in err
+        rows[name] = list(csv.DictReader(open(tmp_path / f"{name}.csv")))
+    assert rows["new"] == rows["old"]
+    from waferscope.data.synthetic import generate
+
+    want = new_det.predict(generate(18, seed=7))
+    assert [r["anomalous"] for r in rows["new"]] == [str(int(d)) for d in want]
+    # an old run trained with --threshold none has neither: no decisions, no column
+    (old / "threshold.json").unlink()
+    assert load_run(old).threshold_ is None
 
 
 def test_evaluate_wafers_with_masks(wafer_run, tmp_path, capsys):

@@ -38,7 +38,7 @@ def test_help_is_whole(path, capsys, monkeypatch):
     assert code == 0, err
     assert "Usage:" in out
     where = " ".join(("waferscope",) + path) + " --help"
-    assert CUT not in out, f"{where} cuts its text:\n" + "\n".join(l for l in out.splitlines() if CUT in l)
+    assert CUT not in out, f"{where} cuts its text:\n" + "\n".join(line for line in out.splitlines() if CUT in line)
     assert not PLACEHOLDER.search(out), f"{where} shows a type placeholder: {PLACEHOLDER.search(out).group()}"
     assert not SPHINX.search(out), f"{where} shows Sphinx markup: {SPHINX.search(out).group()}"
     # a help that ends mid-sentence: click's short help cuts a docstring's first line with "..."

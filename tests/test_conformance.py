@@ -18,6 +18,14 @@ Checks, per model (one fitted model per name, shared across checks by a module-s
 - two fits with the same seed give identical outputs;
 - bad input (an empty data set, a die value 7, images to a wafer-only model) is refused with a
   :class:`~waferscope.errors.WaferscopeError`, never an IndexError/ValueError from deep inside;
+- parameters: every constructor parameter has a constraint (base.py), defaults and the tiny
+  configuration pass it, and a refused value (an arbitrary object; one just outside each declared
+  range or choice) is a ConfigError naming the model, the parameter and what is allowed, from
+  ``set_params`` and from ``fit``;
+- declared capabilities (base.Tags) hold: a model that takes images fits and predicts on images
+  (one that does not refuses them); Grad-CAM works where declared and is a ConfigError elsewhere; a
+  model that needs labels refuses unlabelled maps; a temperature is stored and changes the outputs;
+  ONNX (below) exports with parity where declared;
 - ONNX export: where supported, the exported graph reproduces the model within export.py's own
   tolerance; where not, ``export_onnx`` raises a clear ExportError.
 """
@@ -35,49 +43,43 @@ from waferscope.data.synthetic import generate
 from waferscope.errors import WaferscopeError
 
 # ---- the one place a model's tiny configuration lives --------------------------------------------
-# name -> constructor params that make the model fit in about a second on tiny data. Keys that start
-# with "_" are tags, not params:
-#   _wafer_only: the model reads die states only, so images must be refused with a WaferscopeError;
-#   _onnx: export_onnx is expected to succeed (True) or to refuse with an ExportError (False);
-#   _multilabel: predict_proba gives independent per-pattern probabilities (rows need not sum to 1).
+# name -> constructor params that make the model fit in about a second on tiny data. What a model
+# accepts and offers is declared on its class (base.Tags, ``get_tags()``) and checked below.
 _NET = dict(epochs=1, size=16, batch_size=16, progress=False)
 _AE = dict(val_fraction=0.0, ae_epochs=1, latent_dim=8, ae_width=4)
 _BANK = dict(backbone="resnet18", pretrained=None, backbone_kwargs={"width": 0.25, "small_input": True},
              input_size=16, embedding_dim=16, coreset_ratio=0.5, batch_size=16, verbose=False)
 TINY: dict[str, dict] = {
     # classifiers
-    "ae_latent": dict(_NET, **_AE, hidden=8, _wafer_only=True, _onnx=True),
-    "cnn": dict(_NET, width=4, _onnx=True),
-    "cnn_fine": dict(_NET, width=4, head=4, _onnx=True),
-    "cnn_residual": dict(_NET, **_AE, width=4, _wafer_only=True, _onnx=True),
-    "extra_trees": dict(n_estimators=5, n_jobs=1, progress=False, _wafer_only=True, _onnx=False),
-    "gbm": dict(max_iter=3, max_leaf_nodes=4, n_jobs=1, progress=False, _wafer_only=True, _onnx=False),
-    "kd_student": dict(_NET, width=4, head=8, teacher_params={"epochs": 1, "width": 4}, _wafer_only=True,
-                       _onnx=True),
-    "multilabel_cnn": dict(_NET, width=4, _onnx=True, _multilabel=True),
-    "pseudo_label_cnn": dict(_NET, width=4, rounds=1, _wafer_only=True, _onnx=True),
-    "resnet18": dict(_NET, width=0.25, _onnx=True),
-    "svm-linear": dict(n_jobs=1, progress=False, _wafer_only=True, _onnx=False),
-    "svm-rbf": dict(n_jobs=1, progress=False, _wafer_only=True, _onnx=False),
+    "ae_latent": dict(_NET, **_AE, hidden=8),
+    "cnn": dict(_NET, width=4),
+    "cnn_fine": dict(_NET, width=4, head=4),
+    "cnn_residual": dict(_NET, **_AE, width=4),
+    "extra_trees": dict(n_estimators=5, n_jobs=1, progress=False),
+    "gbm": dict(max_iter=3, max_leaf_nodes=4, n_jobs=1, progress=False),
+    "kd_student": dict(_NET, width=4, head=8, teacher_params={"epochs": 1, "width": 4}),
+    "multilabel_cnn": dict(_NET, width=4),
+    "pseudo_label_cnn": dict(_NET, width=4, rounds=1),
+    "resnet18": dict(_NET, width=0.25),
+    "svm-linear": dict(n_jobs=1, progress=False),
+    "svm-rbf": dict(n_jobs=1, progress=False),
     # detectors
-    "autoencoder": dict(input_size=16, base_channels=4, latent_dim=4, epochs=1, train_batch_size=8, verbose=False,
-                        _onnx=True),
-    "efficientad": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8, verbose=False, _onnx=True),
-    "patchcore": dict(_BANK, _onnx=True),
-    "pattern_contrast": dict(n_synthetic=18, max_iter=3, max_leaf_nodes=4, n_jobs=1, verbose=False,
-                             _wafer_only=True, _onnx=False),
-    "pattern_stats": dict(verbose=False, _wafer_only=True, _onnx=False),
+    "autoencoder": dict(input_size=16, base_channels=4, latent_dim=4, epochs=1, train_batch_size=8, verbose=False),
+    "efficientad": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8, verbose=False),
+    "patchcore": dict(_BANK),
+    "pattern_contrast": dict(n_synthetic=18, max_iter=3, max_leaf_nodes=4, n_jobs=1, verbose=False),
+    "pattern_stats": dict(verbose=False),
     "reconpatch": dict(_BANK, representation_dim=16, projection_dim=8, epochs=1, steps_per_epoch=2,
-                       contrastive_batch_size=32, _onnx=True),
+                       contrastive_batch_size=32),
     "reverse_distillation": dict(pretrained=None, input_size=32, epochs=1, train_batch_size=8, n_blocks=1,
-                                 verbose=False, _onnx=True),
+                                 verbose=False),
     "reverse_distillation_convnext": dict(pretrained=None, input_size=32, epochs=1, train_batch_size=8,
-                                          n_blocks=1, verbose=False, _onnx=True),
-    "stfpm": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8, verbose=False, _onnx=True),
+                                          n_blocks=1, verbose=False),
+    "stfpm": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8, verbose=False),
     "texture_contrast": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, memory_size=200, max_iter=3,
-                             max_leaf_nodes=4, verbose=False, _onnx=False),
-    "texture_padim": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, grid=4, verbose=False, _onnx=False),
-    "texture_knn": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, memory_size=200, verbose=False, _onnx=False),
+                             max_leaf_nodes=4, verbose=False),
+    "texture_padim": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, grid=4, verbose=False),
+    "texture_knn": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, memory_size=200, verbose=False),
 }
 
 # The package's own models: other test modules register throw-away models (bench-test-*, export-test-*)
@@ -111,8 +113,13 @@ def tiny_params(name: str) -> dict:
     return {k: v for k, v in TINY[name].items() if not k.startswith("_")}
 
 
-def tag(name: str, key: str, default=False):
-    return TINY.get(name, {}).get(f"_{key}", default)
+def tag(name: str, key: str):
+    """The model's declared capability ``key`` (base.Tags)."""
+    kind = dict(MODELS)[name]
+    tags = registry.get(name, kind).get_tags()
+    if key == "wafer_only":
+        return "image" not in tags.input_kinds
+    return getattr(tags, key)
 
 
 # ---- tiny data -----------------------------------------------------------------------------------
@@ -143,7 +150,8 @@ def _as_images(ds: WaferDataset) -> WaferDataset:
     """The same samples as RGB images (the MVTec-AD kind), with "good" for normal maps."""
     palette = np.array([[0, 0, 0], [40, 200, 40], [220, 30, 30]], dtype=np.uint8)
     labels = ["good" if lab == "none" else lab for lab in ds.labels]
-    return WaferDataset.from_maps([palette[m] for m in ds.maps], labels, kind="image", name="images")
+    return WaferDataset.from_maps([palette[m] for m in ds.maps], labels, multilabels=ds.multilabels, kind="image",
+                                  name="images")
 
 
 def _outputs(est, ds) -> list[np.ndarray]:
@@ -335,3 +343,164 @@ def test_onnx_export_parity_or_clear_refusal(name, kind, fitted, data, tmp_path)
         np.testing.assert_allclose(got.scores, want.scores, atol=tolerance, rtol=tolerance)
         for a, b in zip(got.maps, want.maps):
             np.testing.assert_allclose(a, b, atol=tolerance, rtol=tolerance)
+
+
+# ---- parameters: declared, validated at set_params and at fit ------------------------------------
+class _NotAParameter:
+    """A value no parameter of any model allows."""
+
+    def __repr__(self) -> str:
+        return "<not a parameter>"
+
+
+def _bad_values(constraints: list) -> list:
+    """Values the constraints refuse: an arbitrary object, and per alternative one just outside it."""
+    from waferscope.base import Interval, Options, _allowed
+
+    out: list = [_NotAParameter()]
+    for c in constraints:
+        if isinstance(c, Interval):
+            step = 1 if c.kind is int else 0.5
+            if c.low is not None:
+                out.append(c.low - step if c.closed in ("both", "left") else c.low)
+            if c.high is not None:
+                out.append(c.high + step if c.closed in ("both", "right") else c.high)
+            if c.multiple_of:
+                out.append((c.low or 0) + c.multiple_of + 1)
+            out.append(True)  # a bool is not a number here
+        elif isinstance(c, Options):
+            out.append("not-an-option")
+    return [v for v in out if not _allowed(v, constraints)]
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_every_parameter_is_declared_and_defaults_are_allowed(name, kind):
+    cls = registry.get(name, kind)
+    undeclared = [p for p, c in cls.parameter_constraints().items() if c is None]
+    assert not undeclared, f"{name}: no constraint for {undeclared} (annotate the type or declare _parameter_constraints)"
+    cls().validate_params()
+    cls(**tiny_params(name)).validate_params()
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_bad_parameters_are_a_config_error_naming_them(name, kind, data):
+    from waferscope.base import _describe
+    from waferscope.errors import ConfigError
+
+    cls = registry.get(name, kind)
+    with pytest.raises(ConfigError, match="no_such_parameter"):
+        cls(**tiny_params(name)).set_params(no_such_parameter=1)
+    for param, constraints in cls.parameter_constraints().items():
+        bad_values = _bad_values(constraints)
+        assert bad_values, f"{name}.{param}: no value is refused"
+        for bad in bad_values:
+            est = cls(**tiny_params(name))
+            with pytest.raises(ConfigError) as info:
+                est.set_params(**{param: bad})
+            msg = str(info.value)
+            assert name in msg and param in msg and _describe(constraints) in msg, msg
+            assert getattr(est, param) is not bad, "set_params stored a refused value"
+            before = dict(tiny_params(name), **{param: bad})
+            with pytest.raises(ConfigError, match=param):
+                cls(**before).fit(data[kind])
+
+
+# ---- declared capabilities (base.Tags) hold --------------------------------------------------------
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_tags_are_well_formed(name, kind):
+    tags = registry.get(name, kind).get_tags()
+    assert tags.input_kinds and set(tags.input_kinds) <= {"wafer", "image"}
+    assert tags.needs_labels == (kind == "classifier"), "classifiers need labels; detectors fit on normals"
+    assert not (kind == "detector" and (tags.gradcam or tags.multilabel or tags.temperature))
+
+
+@pytest.mark.parametrize("name,kind", models("images", lambda name: not tag(name, "wafer_only")))
+def test_image_model_fits_and_predicts_on_images(name, kind, data):
+    est = registry.create(name, kind, **tiny_params(name)).fit(_as_images(data[kind]))
+    test = _as_images(data["test"])
+    out = _outputs(est, test)
+    assert len(out[0]) == len(test) and np.all(np.isfinite(out[0]))
+
+
+@pytest.mark.parametrize("name,kind", [p for p in models("gradcam") if p.values[1] == "classifier"])
+def test_gradcam_where_declared(name, kind, fitted, data):
+    from waferscope.errors import ConfigError
+    from waferscope.explain import explain
+
+    _, est, _, _ = fitted(name, kind)
+    test = data["test"]
+    if not tag(name, "gradcam"):
+        with pytest.raises(ConfigError, match="Grad-CAM"):
+            explain(est, test, progress=False)
+        return
+    heat = explain(est, test, progress=False).heat
+    assert len(heat) == len(test)
+    for h, m in zip(heat, test.maps):
+        assert h.shape == m.shape[:2] and np.all(np.isfinite(h))
+
+
+@pytest.mark.parametrize("name,kind", [p for p in models("labels") if p.values[1] == "classifier"])
+def test_model_that_needs_labels_refuses_unlabelled_maps(name, kind, data):
+    unlabelled = WaferDataset.from_maps(data[kind].maps, None, name="unlabelled")
+    _refused(lambda: registry.create(name, kind, **tiny_params(name)).fit(unlabelled), "fit on unlabelled maps")
+
+
+@pytest.mark.parametrize("name,kind", [p for p in models("temperature") if p.values[1] == "classifier"])
+def test_temperature_where_declared(name, kind, fitted, data, tmp_path):
+    _, est, _, _ = fitted(name, kind)
+    if not tag(name, "temperature"):
+        return  # nothing claimed (callers such as `evaluate classification calibrate` ask the tag)
+    test = data["test"]
+    before = np.asarray(est.predict_proba(test))
+    twin = load_run(est.save(tmp_path / "run"), kind=kind).set_temperature(3.0)
+    after = np.asarray(twin.predict_proba(test))
+    # (a tiny model may give uniform probabilities, which no temperature moves)
+    assert not np.allclose(after, before) or np.allclose(before, 1 / before.shape[1]), "the temperature changed nothing"
+    np.testing.assert_allclose(load_run(twin.save(tmp_path / "run", overwrite=True)).predict_proba(test), after,
+                               atol=1e-6)
+
+
+# ---- detectors own their decision ----------------------------------------------------------------
+DETECTORS = [p for p in models("threshold") if p.values[1] == "detector"]
+
+
+@pytest.mark.parametrize("name,kind", DETECTORS)
+def test_detector_learns_its_threshold_and_decides(name, kind, fitted, data, tmp_path):
+    _, est, _, _ = fitted(name, kind)
+    assert isinstance(est.threshold_, float) and np.isfinite(est.threshold_)
+    assert "quantile" in est.threshold_info_["method"]  # fit's default rule on normal-only data
+    normal_scores = np.asarray(est.score(data["detector"]).scores)
+    assert est.threshold_ == pytest.approx(np.quantile(normal_scores.astype(np.float64), 0.99), rel=1e-9, abs=1e-12)
+    test = data["test"]
+    decisions = est.predict(test)
+    assert decisions.dtype == bool and decisions.shape == (len(test),)
+    np.testing.assert_array_equal(decisions, np.asarray(est.score(test).scores) >= est.threshold_)
+    again = load_run(est.save(tmp_path / "run"), kind=kind)
+    assert again.threshold_ == est.threshold_ and again.threshold_info_ == est.threshold_info_
+    np.testing.assert_array_equal(again.predict(test), decisions)
+
+
+def test_fit_without_calibration_learns_no_threshold(data):
+    """fit(..., calibrate=False) is the contract's (base.py), the same for every detector: one cheap one."""
+    det = registry.create("pattern_stats", "detector", **tiny_params("pattern_stats"))
+    assert det.fit(data["detector"], calibrate=False) is det and det.threshold_ is None
+    _refused(lambda: det.predict(data["test"]), "predict without a threshold")
+
+
+@pytest.mark.parametrize("name,kind", DETECTORS)
+def test_detector_threshold_rules(name, kind, fitted, data, tmp_path):
+    from waferscope.errors import ConfigError
+
+    _, est, _, _ = fitted(name, kind)
+    twin = load_run(est.save(tmp_path / "run"), kind=kind).set_threshold(None)  # a copy, not a refit
+    _refused(lambda: twin.predict(data["test"]), "predict without a threshold")
+    # labelled anomalies given: the best-F1 threshold over them and the normals
+    mixed = WaferDataset.concat([data["detector"], data["test"]], name="mixed")
+    twin.calibrate(mixed)
+    assert "best F1" in twin.threshold_info_["method"]
+    from waferscope.metrics.detection import detection_targets, threshold_best_f1
+
+    idx, y = detection_targets(mixed)
+    assert twin.threshold_ == threshold_best_f1(y, np.asarray(twin.score(mixed.subset(idx)).scores))
+    with pytest.raises(ConfigError, match="rule"):
+        twin.calibrate(mixed, rule="median")

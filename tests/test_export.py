@@ -27,6 +27,8 @@ def _net(out_ch: int) -> nn.Module:
 
 @registry.register("export-test-cnn", kind="classifier")
 class TinyCNN(Classifier):
+    _tags = {"onnx": True}  # a torch network_: exports like the package's CNNs
+
     def __init__(self, size: int = SIZE, encoding: str = "onehot3"):
         self.size = size
         self.encoding = encoding

@@ -128,7 +128,7 @@ def test_gbm_refuses_a_run_of_another_feature_set(tmp_path):
     (run / "model.json").write_text(json.dumps(doc))
     with pytest.raises(RunDirError, match="features"):
         load_run(run, kind="classifier")
-    with pytest.raises(ValueError, match="unknown feature set"):
+    with pytest.raises(ConfigError, match="feature_set"):
         registry.create("gbm", "classifier", feature_set="nope", progress=False).fit(generate(n=18, seed=3))
 
 

@@ -4,7 +4,6 @@ loopback, and the service's answers against the CLI's (`classify predict`, `dete
 from __future__ import annotations
 
 import csv
-import json
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 

@@ -14,7 +14,6 @@ import logging
 import re
 import resource
 import socket
-import struct
 import threading
 import time
 import warnings

@@ -8,12 +8,22 @@
   (tensors; no pickle, so loading a run runs no code).
 
 Subclasses implement ``_state()`` → ``(tensors, extras)`` and ``_load_state(tensors, extras)``.
+
+Parameters are validated (after scikit-learn's ``_parameter_constraints`` / ``_validate_params``):
+every constructor parameter has a constraint, from its type annotation (``int``, ``float``, ``bool``,
+``str``, ``dict``, ``Sequence[...]``, ``... | None``) unless the class declares a narrower one in
+``_parameter_constraints`` (an :class:`Interval`, :class:`Options`, ...). ``set_params`` checks the
+values it is given and ``fit`` checks them all before any work, so a bad value is one
+:class:`~waferscope.errors.ConfigError` naming the model, the parameter and what is allowed.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
+import math
+import numbers
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from waferscope import __version__
-from waferscope.errors import RunDirError
+from waferscope.errors import ConfigError, RunDirError
 from waferscope.utils import replace_folder
 
 RUN_FORMAT = 1
@@ -31,11 +41,207 @@ MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
 
 
+# ---- parameter constraints ----------------------------------------------------------------------
+class Interval:
+    """A number of type ``kind`` (int or float; bools are refused) within ``[low, high]`` (None =
+    unbounded; ``closed`` says which ends are included), optionally a multiple of ``multiple_of``."""
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, closed: str = "both",
+                 multiple_of: int | None = None):
+        assert kind in (int, float) and closed in ("both", "left", "right", "neither")
+        self.kind, self.low, self.high, self.closed, self.multiple_of = kind, low, high, closed, multiple_of
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, (bool, np.bool_)):
+            return False
+        if not isinstance(value, numbers.Integral if self.kind is int else numbers.Real):
+            return False
+        if self.kind is float and not math.isfinite(float(value)):
+            return False
+        lo_ok = self.low is None or (value >= self.low if self.closed in ("both", "left") else value > self.low)
+        hi_ok = self.high is None or (value <= self.high if self.closed in ("both", "right") else value < self.high)
+        return lo_ok and hi_ok and (self.multiple_of is None or value % self.multiple_of == 0)
+
+    def __str__(self) -> str:
+        what = "an int" if self.kind is int else "a number"
+        if self.low is None and self.high is None:
+            bounds = ""
+        elif self.high is None:
+            bounds = f" {'>=' if self.closed in ('both', 'left') else '>'} {self.low}"
+        elif self.low is None:
+            bounds = f" {'<=' if self.closed in ('both', 'right') else '<'} {self.high}"
+        else:
+            left = "[" if self.closed in ("both", "left") else "("
+            right = "]" if self.closed in ("both", "right") else ")"
+            bounds = f" in {left}{self.low}, {self.high}{right}"
+        return what + bounds + (f", a multiple of {self.multiple_of}" if self.multiple_of else "")
+
+
+class Options:
+    """One of a fixed set of values (strings, usually)."""
+
+    def __init__(self, *values: Any):
+        self.values = values
+
+    def accepts(self, value: Any) -> bool:
+        return any(type(value) is type(v) and value == v for v in self.values)
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+class _Type:
+    """An instance of ``types`` (bool params also take the ints 0 and 1, as ``--set augment=0`` gives)."""
+
+    def __init__(self, name: str, *types: type):
+        self.name, self.types = name, types
+
+    def accepts(self, value: Any) -> bool:
+        if bool in self.types and isinstance(value, (numbers.Integral, np.bool_)) and value in (0, 1):
+            return True
+        return isinstance(value, self.types)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# What a type annotation in a constructor signature allows, token by token ("int | None" → both).
+_ANNOTATION_CONSTRAINTS: dict[str, Any] = {
+    "int": Interval(int), "float": Interval(float), "bool": _Type("a bool", bool, np.bool_),
+    "str": _Type("a string", str), "None": None, "dict": _Type("a dict", dict),
+}
+_SEQUENCE = _Type("a list or tuple", list, tuple)
+
+
+def _annotation_constraints(annotation: Any) -> list | None:
+    """The constraints an annotation string (``from __future__ import annotations``) implies, or None
+    when it says nothing this module understands."""
+    if not isinstance(annotation, str):
+        return None
+    out: list = []
+    for token in (t.strip() for t in annotation.split("|")):
+        if token in _ANNOTATION_CONSTRAINTS:
+            out.append(_ANNOTATION_CONSTRAINTS[token])
+        elif token.startswith(("Sequence[", "list[", "tuple[")):
+            out.append(_SEQUENCE)
+        else:
+            return None
+    return out
+
+
+def _describe(constraints: list) -> str:
+    return " or ".join("None" if c is None else str(c) for c in constraints)
+
+
+def _allowed(value: Any, constraints: list) -> bool:
+    return any(value is None if c is None else c.accepts(value) for c in constraints)
+
+
+# ---- declared capabilities ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tags:
+    """What a model class accepts and offers (after scikit-learn's estimator tags). Callers ask
+    ``est.get_tags()`` instead of probing attributes; tests/test_conformance.py checks every claim
+    against behaviour. A class declares only what differs from its bases, in ``_tags``."""
+
+    input_kinds: tuple[str, ...] = ("wafer",)  # "wafer": die-state maps (0/1/2); "image": RGB/grey images
+    needs_labels: bool = False  # fit needs class labels (classifiers); detectors fit on normal samples
+    multilabel: bool = False  # predict_proba gives independent per-pattern probabilities (rows need not sum to 1)
+    onnx: bool = False  # waferscope.export.export_onnx writes a graph that reproduces the model
+    gradcam: bool = False  # waferscope.explain.explain gives Grad-CAM heat maps (a network_ and to_tensor)
+    temperature: bool = False  # set_temperature(t) stores a calibration temperature in the run
+
+
 class Estimator:
     registry_name: str = ""
     registry_kind: str = ""
+    _tags: dict[str, Any] = {}
+    # param name -> list of allowed alternatives (Interval, Options, None, ...); merged over the class's
+    # bases, and over the constraints its constructor's annotations imply (see the module docstring).
+    # The shared vocabulary: these names mean the same in every model that takes them.
+    _parameter_constraints: dict[str, list] = {
+        "epochs": [Interval(int, 1)], "batch_size": [Interval(int, 1)], "train_batch_size": [Interval(int, 1)],
+        "input_size": [Interval(int, 1)], "patience": [Interval(int, 0)], "seed": [Interval(int, 0)],
+        "lr": [Interval(float, 0, None, closed="neither")], "learning_rate": [Interval(float, 0, None, closed="neither")],
+        "weight_decay": [Interval(float, 0)], "l2_regularization": [Interval(float, 0)],
+        "smoothing_sigma": [Interval(float, 0)], "max_iter": [Interval(int, 1)], "max_leaf_nodes": [Interval(int, 2)],
+        "val_fraction": [Interval(float, 0, 1, closed="left")],
+        "validation_fraction": [Interval(float, 0, 1, closed="left")],
+    }
+
+    # fit() keyword options the contract handles (popped before the model's own fit sees them)
+    _after_fit_options: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every fit() validates the parameters first, as scikit-learn's _fit_context does, so that
+        # no model needs to remember to (a bad value deep in training would be a traceback), and
+        # runs the family's _after_fit (a detector learns its threshold_) when it returns. Only the
+        # outermost call does either: a subclass's fit calling super().fit() passes straight through.
+        super().__init_subclass__(**kwargs)
+        fit = cls.__dict__.get("fit")
+        if fit is not None and not getattr(fit, "_contract_fit", False):
+            @functools.wraps(fit)
+            def contract_fit(self, *args: Any, **kw: Any):
+                if self.__dict__.get("_in_fit"):
+                    return fit(self, *args, **kw)
+                options = {k: kw.pop(k) for k in self._after_fit_options if k in kw}
+                self.validate_params()
+                self._in_fit = True
+                try:
+                    out = fit(self, *args, **kw)
+                finally:
+                    del self._in_fit
+                self._after_fit(args[0] if args else kw.get("dataset"), **options)
+                return out
+
+            contract_fit._contract_fit = True  # type: ignore[attr-defined]
+            cls.fit = contract_fit  # type: ignore[method-assign]
+
+    def _after_fit(self, dataset: Any, **options: Any) -> None:
+        """Called once when the outermost fit() returns (see __init_subclass__)."""
+
+    # ---- capabilities ---------------------------------------------------------------------------
+    @classmethod
+    def get_tags(cls) -> Tags:
+        """The class's declared capabilities: its ``_tags`` merged over its bases'."""
+        merged: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("_tags", {}))
+        return Tags(**merged)
+
+    def trained_input_kind(self) -> str | None:
+        """The kind of data ("wafer" or "image") a fitted model was trained on, for models that can
+        take both and record it (as ``mode_`` or ``input_kind_``); None when not recorded."""
+        kind = getattr(self, "mode_", None) or getattr(self, "input_kind_", None)
+        return kind if kind in ("wafer", "image") else None
+
+    def export_module(self) -> Any:
+        """A torch module export_onnx should trace instead of the model's own network, or None."""
+        return None
 
     # ---- configuration --------------------------------------------------------------------------
+    @classmethod
+    def parameter_constraints(cls) -> dict[str, list | None]:
+        """Each constructor parameter → its allowed alternatives (None: not declared; the
+        conformance test requires every parameter of a registered model to be declared)."""
+        declared: dict[str, list] = {}
+        for klass in reversed(cls.__mro__):
+            declared.update(vars(klass).get("_parameter_constraints", {}))
+        sig = inspect.signature(cls.__init__)
+        return {name: declared.get(name, _annotation_constraints(sig.parameters[name].annotation))
+                for name in cls._param_names()}
+
+    def _check_param(self, name: str, value: Any, constraints: list | None) -> None:
+        if constraints is not None and not _allowed(value, constraints):
+            model = self.registry_name or type(self).__name__
+            raise ConfigError(f"{model}: parameter {name}={value!r} is not allowed; "
+                              f"{name} must be {_describe(constraints)}")
+
+    def validate_params(self) -> None:
+        """Raise a ConfigError for the first parameter whose value its constraints do not allow."""
+        for name, constraints in self.parameter_constraints().items():
+            self._check_param(name, getattr(self, name), constraints)
+
     @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
@@ -46,10 +252,13 @@ class Estimator:
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> "Estimator":
-        valid = set(self._param_names())
+        constraints = self.parameter_constraints()
         for k, v in params.items():
-            if k not in valid:
-                raise ValueError(f"{type(self).__name__} has no parameter {k!r}")
+            if k not in constraints:
+                raise ConfigError(f"{self.registry_name or type(self).__name__} has no parameter {k!r}; "
+                                  f"its parameters: {', '.join(constraints)}")
+            self._check_param(k, v, constraints[k])
+        for k, v in params.items():
             setattr(self, k, v)
         return self
 
@@ -69,6 +278,13 @@ class Estimator:
             raise RunDirError(f"{type(self).__name__} is not fitted: call fit() or load a run directory")
 
     # ---- persistence ----------------------------------------------------------------------------
+    def _run_header(self) -> dict[str, Any]:
+        """Learned state the contract itself owns, saved as top-level keys of model.json."""
+        return {}
+
+    def _load_run_header(self, doc: dict[str, Any], run_dir: Path) -> None:
+        """Restore what :meth:`_run_header` saved (``doc`` is the whole model.json)."""
+
     def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         raise NotImplementedError
 
@@ -99,6 +315,7 @@ class Estimator:
             "class": type(self).__name__,
             "params": _jsonable(self.get_params()),
             "extras": _jsonable(extras),
+            **_jsonable(self._run_header()),
         }
         tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
         try:
@@ -154,22 +371,21 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
     except Exception as exc:  # safetensors raises several types for a corrupt file
         raise RunDirError(f"{WEIGHTS} is corrupt ({exc})", run_dir) from None
     est._load_state(tensors, doc.get("extras", {}))
+    est._load_run_header(doc, Path(run_dir))
     return est
 
 
 def resolve_bundled_name(bundled: dict[str, Path], which: str, kind: str,
                          aliases: dict[str, str] | None = None) -> str:
     """The current name of a bundled model: ``which`` itself, or the model an old name (an alias)
-    stands for, with a deprecation note on stderr. An unknown name is a clear error."""
-    import sys
-
-    from waferscope.errors import ConfigError
+    stands for, with a FutureWarning (the CLI shows it as a note). An unknown name is a clear error."""
+    import warnings
 
     aliases = aliases or {}
     if which in aliases:
         new = aliases[which]
-        print(f"note: bundled {kind} {which!r} is now called {new!r}; the old name will be removed",
-              file=sys.stderr)
+        warnings.warn(f"bundled {kind} {which!r} is now called {new!r}; the old name will be removed",
+                      FutureWarning, stacklevel=3)
         return new
     if which not in bundled:
         raise ConfigError(f"unknown bundled {kind} {which!r}; choose one of {', '.join(bundled)}")
@@ -183,9 +399,8 @@ def load_bundled(bundled: dict[str, Path], which: str, kind: str,
     ones; an unknown name or a missing model is a clear error."""
     which = resolve_bundled_name(bundled, which, kind, aliases)
     if not (Path(bundled[which]) / MODEL_JSON).is_file():
-        command = "classify" if kind == "classifier" else "detect"
-        raise RunDirError(f"no bundled {kind} is installed: pass --run with a run directory from "
-                          f"`waferscope {command} train`", bundled[which])
+        raise RunDirError(f"the bundled {kind} {which!r} is not installed (no {MODEL_JSON}); load a run "
+                          "directory you trained with waferscope.base.load_run instead", bundled[which])
     return load_run(bundled[which], kind=kind)
 
 
@@ -208,6 +423,7 @@ class Classifier(Estimator):
     """fit(dataset) on labelled maps; predict_proba → (N, n_classes) over ``classes_``."""
 
     registry_kind = "classifier"
+    _tags = {"needs_labels": True}
     # Why a class prior (models/classifiers/prior.py) cannot move this model's probabilities, or None
     # when they are class-balanced posteriors (every classifier trained with class weights).
     prior_refusal: str | None = None
@@ -222,6 +438,11 @@ class Classifier(Estimator):
         proba = self.predict_proba(dataset)
         return np.asarray(self.classes_, dtype=object)[proba.argmax(1)]
 
+    def heat_to_die_grids(self, heat: np.ndarray, dataset) -> list[np.ndarray] | None:
+        """Grad-CAM heat at the network's input resolution mapped back to each wafer's die grid, for
+        a network whose input is not the plain nearest resize; None: the plain mapping applies."""
+        return None
+
 
 @dataclass
 class DetectionResult:
@@ -229,13 +450,120 @@ class DetectionResult:
     maps: list[np.ndarray]  # per sample, an anomaly map at the input's own H×W (float32)
 
 
+THRESHOLD_JSON = "threshold.json"  # where runs written before the threshold moved into model.json kept it
+THRESHOLD_RULES = ("auto", "quantile", "best_f1", "kfold")
+
+
+def read_threshold_json(run_dir: str | Path) -> dict | None:
+    """An older run's ``threshold.json`` ({"threshold": float, "method": str, ...}), or None."""
+    path = Path(run_dir) / THRESHOLD_JSON
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        float(doc["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunDirError(f"{THRESHOLD_JSON} is unreadable ({exc})", run_dir) from None
+    return doc
+
+
 class Detector(Estimator):
-    """fit(dataset) on normal samples only; score(dataset) → DetectionResult."""
+    """fit(dataset) on normal samples only; score(dataset) → DetectionResult; predict(dataset) →
+    decisions (True = anomalous: score >= ``threshold_``).
+
+    The decision threshold is learned state of the model (after pyod's ``threshold_`` and
+    anomalib's post-processor): ``fit`` ends by :meth:`calibrate` with the default rule, unless
+    called as ``fit(dataset, calibrate=False)``; :meth:`calibrate` can be rerun with another rule.
+    The threshold and how it was chosen (``threshold_info_``) are saved in model.json; a run
+    written before that keeps them in ``threshold.json``, which load_run still reads.
+    """
 
     registry_kind = "detector"
+    _after_fit_options = ("calibrate",)
 
     def fit(self, dataset, **kwargs) -> "Detector":
         raise NotImplementedError
 
     def score(self, dataset) -> DetectionResult:
         raise NotImplementedError
+
+    # ---- the decision ---------------------------------------------------------------------------
+    def _after_fit(self, dataset: Any, calibrate: bool = True) -> None:
+        if calibrate:
+            self.calibrate(dataset)
+        else:
+            self.set_threshold(None)
+
+    def calibrate(self, dataset, rule: str = "auto", q: float = 0.99, folds: int = 5,
+                  seed: int = 0) -> "Detector":
+        """Learn ``threshold_`` (score >= threshold_ → anomalous) from ``dataset`` by ``rule``:
+
+        - ``"quantile"``: the ``q``-quantile of the normal samples' scores (expected false-positive
+          rate about 1 - q; optimistic on the training normals, which a detector scores low);
+        - ``"best_f1"``: the threshold with the best F1 over the labelled samples (normal vs
+          anomalous; needs both);
+        - ``"kfold"``: seed 004's mean-of-max: per fold of the normals, a clone fitted on the other
+          folds scores the held-out ones; the threshold is the mean of the fold maxima;
+        - ``"auto"`` (what ``fit`` uses): ``best_f1`` when the data holds labelled anomalies, else
+          ``quantile``.
+        """
+        from waferscope.metrics.detection import (detection_targets, threshold_best_f1,
+                                                  threshold_kfold_mean_of_max, threshold_quantile)
+
+        if rule not in THRESHOLD_RULES:
+            raise ConfigError(f"threshold rule must be one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
+        self._check_fitted()
+        anomalous = dataset.is_labelled & ~dataset.is_normal
+        if rule == "auto":
+            rule = "best_f1" if anomalous.any() and dataset.is_normal.any() else "quantile"
+        if rule == "quantile":
+            normals = dataset.subset(dataset.is_normal)
+            return self.set_threshold(threshold_quantile(self.score(normals).scores, q),
+                                      f"quantile {q} of the training normals' scores")
+        if rule == "best_f1":
+            idx, y = detection_targets(dataset)
+            if len(np.unique(y)) < 2:
+                raise ConfigError("a best-F1 threshold needs labelled normal and anomalous samples")
+            scores = np.asarray(self.score(dataset.subset(idx)).scores)
+            return self.set_threshold(threshold_best_f1(y, scores),
+                                      f"best F1 over {len(idx)} labelled samples ({int(y.sum())} anomalous)")
+        normals = dataset.subset(dataset.is_normal)
+        res = threshold_kfold_mean_of_max(self.clone, normals, n_splits=folds, seed=seed)
+        return self.set_threshold(res["threshold"], f"kfold_mean_of_max (k={folds}, seed={seed})",
+                                  per_fold=res["per_fold"])
+
+    def set_threshold(self, threshold: float | None, method: str = "given", **info: Any) -> "Detector":
+        """Set the decision threshold directly (None: no decisions); ``method`` says how it was chosen."""
+        self.threshold_ = None if threshold is None else float(threshold)
+        self.threshold_info_ = {} if threshold is None else {"method": method, **info}
+        return self
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """Decisions (bool, True = anomalous) for scores this detector gave."""
+        if getattr(self, "threshold_", None) is None:
+            raise RunDirError(f"this {self.registry_name or type(self).__name__} has no decision threshold: "
+                              "fit it (which learns one) or call calibrate(normal samples)")
+        return np.asarray(scores, dtype=np.float64) >= self.threshold_
+
+    def predict(self, dataset) -> np.ndarray:
+        """(N,) bool: is each sample anomalous (score >= threshold_)."""
+        return self.decide(self.score(dataset).scores)
+
+    def _run_header(self) -> dict[str, Any]:
+        thr = getattr(self, "threshold_", None)
+        return {"threshold": None if thr is None else {"value": thr, **getattr(self, "threshold_info_", {})}}
+
+    def _load_run_header(self, doc: dict[str, Any], run_dir: Path) -> None:
+        thr = doc.get("threshold")
+        if "threshold" not in doc:  # written before the threshold moved into model.json
+            old = read_threshold_json(run_dir)
+            thr = None if old is None else {"value": old["threshold"], **{k: v for k, v in old.items()
+                                                                        if k != "threshold"}}
+        if thr is not None and not (isinstance(thr, dict) and isinstance(thr.get("value"), (int, float))):
+            raise RunDirError(f"{MODEL_JSON}: threshold must be {{'value': number, ...}} or null, got {thr!r}",
+                              run_dir)
+        if thr is None:
+            self.set_threshold(None)
+        else:
+            info = {k: v for k, v in thr.items() if k != "value"}
+            self.set_threshold(thr["value"], **{"method": "given", **info})

@@ -85,13 +85,13 @@ def _module(est):
     import torch
     from torch import nn
 
-    custom = est.export_module() if hasattr(est, "export_module") else None
     # What cannot export is said first (a tree or SVM model has no input size either, which would
-    # otherwise be the error it got).
+    # otherwise be the error it got): the model's declared tags say whether it exports.
+    if not est.get_tags().onnx:
+        raise ExportError(f"{est.registry_name}: only torch {est.registry_kind}s export to ONNX")
+    custom = est.export_module()
     if est.registry_kind == "classifier" and not isinstance(custom or getattr(est, "network_", None), nn.Module):
         raise ExportError(f"{est.registry_name}: only torch classifiers (with a network_) export to ONNX")
-    if est.registry_kind != "classifier" and custom is None and not hasattr(est, "_predict_batch"):
-        raise ExportError(f"{est.registry_name}: only torch detectors (with _predict_batch) export to ONNX")
     size = input_size(est)
 
     if est.registry_kind == "classifier":

@@ -66,3 +66,22 @@ def save_npy(path: str | Path, array) -> None:
     with open(tmp, "wb") as fh:
         np.save(fh, np.asarray(array, dtype=np.float32))
     os.replace(tmp, path)
+
+
+def parse_params(pairs) -> dict:
+    """``["key=value", ...]`` → model parameters, each value parsed as JSON when it is (``3`` → 3,
+    ``false`` → False, ``[1, 2]`` → a list) and kept as a string otherwise."""
+    import json
+
+    from waferscope.errors import ConfigError
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"a parameter setting must be key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out

@@ -217,12 +217,11 @@ def _parse_method(path: Path, name: str, body: Any, default_task: str) -> Method
     if not isinstance(params, dict):
         raise _err(path, f"{where}.params must be a mapping of parameter names to values")
     cls = registry.get(model, kind)
-    valid = cls._param_names() if hasattr(cls, "_param_names") else None
-    if valid is not None:
-        bad = sorted(set(params) - set(valid))
-        if bad:
-            raise _err(path, f"{where}.params: {model} has no parameter {', '.join(map(repr, bad))}; "
-                             f"its parameters: {', '.join(valid) or 'none'}")
+    valid = cls._param_names()
+    bad = sorted(set(params) - set(valid))
+    if bad:
+        raise _err(path, f"{where}.params: {model} has no parameter {', '.join(map(repr, bad))}; "
+                         f"its parameters: {', '.join(valid) or 'none'}")
     return MethodSpec(name=str(name), model=model, params=dict(params), label=str(body.get("label", name)), task=task)
 
 

@@ -97,6 +97,7 @@ def train(
         if bad == ["epochs"]:
             raise ConfigError(f"{model} has no --epochs (it is not trained by epochs)")
         raise ConfigError(f"{model} has no parameter(s) {', '.join(bad)}; it takes: {', '.join(sorted(valid))}")
+    cls(**params).validate_params()  # a bad value is refused before the data is read
     dataset = load_data(data)
     check_training_labels(dataset, ", ".join(data))
     typer.echo(f"training {model} on {int(dataset.is_labelled.sum())} labelled maps …", err=True)
@@ -181,7 +182,7 @@ def predict(
 
     from waferscope.models.classifiers import DEFAULT_FOR_LABELS
     from waferscope.models.classifiers.prior import resolve_prior
-    from waferscope.scale import run_cli
+    from waferscope.cli.engine import run_cli
 
     if engine == "local":
         check_out_file(out, example="predictions.csv")

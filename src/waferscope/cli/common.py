@@ -4,13 +4,12 @@ atomic text output and loading the classifier a command acts on."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from waferscope.errors import ConfigError
+from waferscope.errors import ConfigError, RunDirError
 
 DATA_HELP = "Data SPEC: a file/folder load() reads, or synthetic:n=N,seed=S"
 PASS_BINS_HELP = ("Fab map files (STDF, E142, G85, KLARF, CSV die list): bins that pass, e.g. 1,2 or 1-3; "
@@ -47,17 +46,13 @@ def load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optiona
 
 
 def parse_set(pairs: List[str]) -> dict:
-    """`--set key=value` options → constructor params (values parsed as JSON when they are)."""
-    out = {}
+    """`--set key=value` options → constructor params (:func:`waferscope.utils.parse_params`)."""
+    from waferscope.utils import parse_params
+
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except ValueError:
-            out[key.strip()] = value
-    return out
+    return parse_params(pairs)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -92,6 +87,10 @@ def load_model_described(run: Optional[Path], bundled: Optional[str], kind: str,
     from waferscope.base import load_bundled
 
     which = resolve_bundled_name(BUNDLED, bundled or default or fallback, kind, BUNDLED_ALIASES)
+    if not (Path(BUNDLED[which]) / "model.json").is_file():
+        command = "classify" if kind == "classifier" else "detect"
+        raise RunDirError(f"no bundled {kind} is installed: pass --run with a run directory from "
+                          f"`waferscope {command} train`", BUNDLED[which])
     return load_bundled(BUNDLED, which, kind), BUNDLED[which], f"bundled ({which})"
 
 

@@ -1,7 +1,8 @@
 """`waferscope detect train | evaluate | score`: unsupervised anomaly detection.
 
 ``train`` fits a detector on the *normal* maps of the data only (label ``none``, or ``good`` for
-MVTec-layout images) and stores a decision threshold next to the run (``threshold.json``):
+MVTec-layout images) and the model learns its decision threshold (``Detector.calibrate``, saved in
+model.json; runs written before keep it in ``threshold.json``, still read):
 ``--threshold kfold`` is the K-fold mean-of-max rule (per fold, the maximum score of held-out
 normals; their mean), ``quantile`` the q-quantile of the training normals' own scores (optimistic:
 a detector scores its training data low), ``none`` stores nothing. Without ``--run``, ``evaluate``
@@ -26,14 +27,13 @@ from waferscope.cli.common import (DATA_HELP, ENGINE_OPTION, OVERWRITE_OPTION, C
                                    MAX_DIES_OPTION, SCHEDULER_OPTION, WORKERS_OPTION, fab_options_refused,
                                    load_data, load_model_described, parse_set,
                                    write_text_atomic)
-from waferscope.errors import ConfigError, DataError, RunDirError
+from waferscope.errors import ConfigError, DataError
 
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply unsupervised anomaly detectors.")
 
 RUN_OPTION = typer.Option(None, "--run", help="Detector run directory (default: a bundled detector)")
 BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'pattern_contrast' (default; trees on "
                               "wafer-pattern features) or 'autoencoder' (a network; exports to ONNX)")
-THRESHOLD_JSON = "threshold.json"
 
 
 def _load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None,
@@ -78,20 +78,27 @@ def _select_split(dataset, split: str, auto: str, where: str):
 
 
 def read_threshold(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / THRESHOLD_JSON
-    if not path.is_file():
+    """A run's decision threshold as {"threshold": value, "method": ...} without loading its
+    weights (kept for callers of the old threshold.json reader; a loaded detector has threshold_)."""
+    from waferscope.base import read_run_header, read_threshold_json
+
+    doc = read_run_header(run_dir)
+    if "threshold" not in doc:
+        return read_threshold_json(run_dir)
+    thr = doc["threshold"]
+    return None if not thr else {"threshold": thr["value"], **{k: v for k, v in thr.items() if k != "value"}}
+
+
+def _threshold(det) -> dict | None:
+    """The detector's own decision threshold as {"threshold": value, "method": ...}, or None."""
+    if det.threshold_ is None:
         return None
-    try:
-        doc = json.loads(path.read_text())
-        float(doc["threshold"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RunDirError(f"{THRESHOLD_JSON} is unreadable ({exc})", run_dir) from None
-    return doc
+    return {"threshold": det.threshold_, "method": det.threshold_info_.get("method", "")}
 
 
 def _check_kind(det, dataset, where: str) -> None:
-    mode = getattr(det, "mode_", None) or getattr(det, "input_kind_", None)
-    if mode in ("wafer", "image") and mode != dataset.kind:
+    mode = det.trained_input_kind()
+    if mode is not None and mode != dataset.kind:
         raise DataError(f"this detector was trained on {mode} data; the data given is {dataset.kind} data", where)
 
 
@@ -119,7 +126,6 @@ def train(
 
     Normal maps are those labelled none (good for images); unlabelled known-good wafers need --normal."""
     from waferscope import registry
-    from waferscope.metrics.detection import threshold_kfold_mean_of_max, threshold_quantile
     from waferscope.models.detectors.common import default_detector_for, training_normals
 
     if threshold not in ("kfold", "quantile", "none"):
@@ -142,6 +148,7 @@ def train(
         if bad == ["epochs"]:
             raise ConfigError(f"{model} has no --epochs (it is not trained by epochs)")
         raise ConfigError(f"{model} has no parameter(s) {', '.join(bad)}; it takes: {', '.join(sorted(valid))}")
+    cls(**params).validate_params()  # a bad value is refused before the data is read
     if dataset is None:
         dataset = _select_split(_load_data(data), split, "train", where)
     try:
@@ -154,22 +161,14 @@ def train(
     if skipped:
         typer.echo(f"note: training on the {len(normals)} normal map(s); {skipped} other map(s) not used", err=True)
     typer.echo(f"training {model} on {len(normals)} normal maps …", err=True)
-    det = cls(**params).fit(normals)
-    thr_doc = None
+    det = cls(**params).fit(normals, calibrate=False)
     if threshold != "none":
         typer.echo(f"computing the decision threshold ({threshold}"
                    + (f", {folds} more fits" if threshold == "kfold" else ", scoring the training maps") + ") …",
                    err=True)
-    if threshold == "kfold":
-        res = threshold_kfold_mean_of_max(lambda: cls(**params), normals, n_splits=folds, seed=seed)
-        thr_doc = {"threshold": res["threshold"], "method": f"kfold_mean_of_max (k={folds}, seed={seed})",
-                   "per_fold": res["per_fold"]}
-    elif threshold == "quantile":
-        thr_doc = {"threshold": threshold_quantile(det.score(normals).scores, quantile),
-                   "method": f"quantile {quantile} of the training normals' scores"}
+        det.calibrate(normals, rule=threshold, q=quantile, folds=folds, seed=seed)
     det.save(out, overwrite=overwrite)
-    if thr_doc is not None:
-        write_text_atomic(out / THRESHOLD_JSON, json.dumps(thr_doc, indent=2))
+    thr_doc = _threshold(det)
     typer.echo(f"trained {model} on {len(normals)} normal maps; wrote {out}"
                + (f" (threshold {thr_doc['threshold']:.6g}, {thr_doc['method']})" if thr_doc else ""), err=True)
 
@@ -203,7 +202,7 @@ def evaluate(
     _check_kind(det, dataset, where)
     result = det.score(dataset)
     metrics = evaluate_detection(result, dataset)
-    thr = read_threshold(run_dir)
+    thr = _threshold(det)
     if thr is not None:
         at = prf_at(y, result.scores[idx], thr["threshold"])
         metrics["at_run_threshold"] = {**at, "threshold": thr["threshold"], "method": thr.get("method", "")}
@@ -236,8 +235,8 @@ def score(
     max_dies: int = MAX_DIES_OPTION,
 ) -> None:
     """Score every map; optionally write each anomaly map (at the map's own size) as .npy."""
-    from waferscope.scale import run_cli
-    from waferscope.scale.dask_engine import check_dir
+    from waferscope.cli.engine import run_cli
+    from waferscope.cli.engine import check_dir
     from waferscope.utils import anomaly_map_names, save_npy
 
     if maps is not None:
@@ -247,7 +246,7 @@ def score(
         check_out_file(out, example="scores.csv")
     if engine != "local":
         det, run_dir, _ = _load_detector(run, bundled)
-        thr = read_threshold(run_dir)
+        thr = _threshold(det)
         scaled = run_cli(det, data, out, engine, scheduler, workers, overwrite,
                          fab_options_refused(pass_bins, retest, columns),
                          threshold=None if thr is None else float(thr["threshold"]), maps=maps)
@@ -262,7 +261,8 @@ def score(
     det, run_dir, _ = _load_detector(run, bundled)
     _check_kind(det, dataset, where)
     result = det.score(dataset)
-    thr = read_threshold(run_dir)
+    thr = _threshold(det)
+    decisions = det.decide(result.scores) if thr else None
     buf = io.StringIO()
     writer = csv.writer(buf)
     header = ["id", "label", "score"] + (["anomalous"] if thr else []) + (["map"] if maps else [])
@@ -273,13 +273,13 @@ def score(
     for i, s in enumerate(result.scores):
         row = [dataset.ids[i], dataset.labels[i], f"{s:.6g}"]
         if thr:
-            row.append(int(s >= thr["threshold"]))
+            row.append(int(decisions[i]))
         if maps is not None:
             save_npy(maps / names[i], result.maps[i])
             row.append(names[i])
         writer.writerow(row)
     write_text_atomic(out, buf.getvalue())
-    above = int((result.scores >= thr["threshold"]).sum()) if thr else None
+    above = int(decisions.sum()) if thr else None
     typer.echo(_score_summary(f"{len(dataset)} maps", above, thr, str(out), maps), err=True)
 
 

@@ -216,7 +216,7 @@ def calibrate(
     typer.echo(f"{method}: temperature {temperature:.4f} (out-of-fold, {len(pooled)} maps)")
     if run_dir is not None:
         clf = load_run(run_dir, kind="classifier")
-        if not hasattr(clf, "set_temperature"):
+        if not clf.get_tags().temperature:
             raise ConfigError(f"{run_dir}: a {clf.registry_name} run cannot store a temperature")
         clf.set_temperature(round(temperature, 4)).save(run_dir)
         typer.echo(f"stored in {run_dir}")

@@ -12,8 +12,8 @@ from waferscope.errors import ConfigError
 
 
 def robustness(
-    run: List[Path] = typer.Option([], "--run", help="A classifier or detector run directory (a detector needs its "
-                                   "threshold.json); repeatable"),
+    run: List[Path] = typer.Option([], "--run", help="A classifier or detector run directory (a detector needs "
+                                   "its decision threshold); repeatable"),
     bundled: List[str] = typer.Option([], "--bundled", help="Only this bundled classifier or detector; repeatable "
                                       "(default: all of them, unless --run is given)"),
     size: str = typer.Option("full", "--size", help="full (the docs' table) or small (a quick check: few wafers, "

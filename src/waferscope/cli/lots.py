@@ -49,7 +49,6 @@ def resolve_models(runs: List[Path], bundled: List[str]) -> dict:
     the bundled defaults fill in a kind nobody named."""
     from waferscope.base import read_run_header
     from waferscope.cli.common import load_model_described
-    from waferscope.cli.detect import read_threshold
     from waferscope.models.classifiers import BUNDLED as CLF_BUNDLED, BUNDLED_ALIASES as CLF_ALIASES
     from waferscope.models.detectors import BUNDLED as DET_BUNDLED, BUNDLED_ALIASES as DET_ALIASES
 
@@ -79,8 +78,7 @@ def resolve_models(runs: List[Path], bundled: List[str]) -> dict:
         model, run_dir, described = load_model_described(run, name, kind)
         out[kind], out[f"{kind}_name"] = model, described
         if kind == "detector":
-            thr = read_threshold(run_dir)
-            out["threshold"] = None if thr is None else float(thr["threshold"])
+            out["threshold"] = model.threshold_  # the detector's own decision threshold, or None
     return out
 
 

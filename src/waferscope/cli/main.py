@@ -8,6 +8,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -86,7 +87,25 @@ def build_command():
     return command
 
 
+_SHOWWARNING = warnings.showwarning
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """The library's FutureWarnings (an old bundled name, ...) as one ``note:`` line; others as usual."""
+    if issubclass(category, FutureWarning):
+        typer.echo(f"note: {message}", err=True)
+    else:
+        _SHOWWARNING(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", FutureWarning)
+        warnings.showwarning = _show_note
+        _main()
+
+
+def _main() -> None:
     try:
         build_command()(standalone_mode=False)
     except WaferscopeError as exc:

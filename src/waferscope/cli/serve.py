@@ -30,7 +30,6 @@ def resolve_models(run: Optional[Path], bundled: Optional[str], classifier_run: 
     """Load the classifier and detector the options name (see the module docstring)."""
     from waferscope.base import read_run_header
     from waferscope.cli.common import load_model_described
-    from waferscope.cli.detect import read_threshold
     from waferscope.models.classifiers import BUNDLED as CLF_BUNDLED, DEFAULT_FOR_EXPLANATIONS, DEFAULT_FOR_LABELS
     from waferscope.models.detectors import BUNDLED as DET_BUNDLED
 
@@ -60,7 +59,6 @@ def resolve_models(run: Optional[Path], bundled: Optional[str], classifier_run: 
     # the same function the CLI uses, so /health and the page never say "bundled None"
     clf, clf_dir, clf_source = load_model_described(classifier_run, classifier, "classifier", DEFAULT_FOR_LABELS)
     det, det_dir, det_source = load_model_described(detector_run, detector, "detector")
-    thr = read_threshold(det_dir)
     # A bundled label model other than the explanation one gets its heat maps from cnn_gradcam, the
     # network trained so that its Grad-CAM sits on the pattern (a run of the user's own explains itself).
     explainer, explainer_source = None, ""
@@ -70,7 +68,7 @@ def resolve_models(run: Optional[Path], bundled: Optional[str], classifier_run: 
         "classifier": clf, "classifier_run": clf_dir, "classifier_source": clf_source,
         "explainer": explainer, "explainer_source": explainer_source,
         "detector": det, "detector_run": det_dir, "detector_source": det_source,
-        "threshold": None if thr is None else float(thr["threshold"]),
+        "threshold": det.threshold_,  # the detector's own decision threshold (None: scores only)
     }
 
 
@@ -94,7 +92,7 @@ def serve_cmd(
     bundled: Optional[str] = typer.Option(None, "--bundled", help="Bundled model name, for each kind that ships one by that name"),
     classifier_run: Optional[Path] = typer.Option(None, "--classifier-run", help="Classifier run directory"),
     classifier: Optional[str] = typer.Option(None, "--classifier", help="Bundled classifier name (default: the `classify` default)"),
-    detector_run: Optional[Path] = typer.Option(None, "--detector-run", help="Detector run directory (its threshold.json gives is_anomalous)"),
+    detector_run: Optional[Path] = typer.Option(None, "--detector-run", help="Detector run directory (its learned threshold gives is_anomalous)"),
     detector: Optional[str] = typer.Option(None, "--detector", help="Bundled detector name (default: the `detect` default)"),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (no authentication: keep it on loopback or behind a proxy)"),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port"),

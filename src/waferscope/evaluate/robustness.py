@@ -6,7 +6,7 @@ Every factor is measured two ways, per level:
   inscribed ellipse, the wafer touching all four grid edges as a die list gives it) with 0–1 %
   random fail dies (uniform per wafer; the ``yield`` factor sets the rate), transformed by the
   factor. The **false-alarm rate** is the share a classifier does not call ``none``, or a detector
-  scores above its stored threshold (``threshold.json``);
+  scores above its own decision threshold (``threshold_``);
 - **real dev maps** (a class-stratified sample of ``wm811k_dev.npz``, which the bundled models
   trained on, so this measures invariance, not generalisation): the same transform, then the
   classifier's macro-F1 (a detector's AUROC of defect vs ``none``), and the share of maps whose
@@ -255,8 +255,6 @@ class Model:
 def bundled_models(names: Iterable[str] = (), runs: Iterable[Path] = ()) -> list[Model]:
     """The bundled classifiers and detectors (``names`` restricts them; both kinds' names are
     accepted) and run directories; a detector without a stored threshold is a clear error."""
-    import json
-
     from waferscope.base import load_run
     from waferscope.models import classifiers, detectors
 
@@ -275,19 +273,18 @@ def bundled_models(names: Iterable[str] = (), runs: Iterable[Path] = ()) -> list
                               f"detectors: {', '.join(detectors.BUNDLED)}")
     out = [Model(n, "classifier", classifiers.load_default(n)) for n in wanted_c]
 
-    def threshold(folder: Path, what: str) -> float:
-        path = Path(folder) / "threshold.json"
-        if not path.is_file():
-            raise ConfigError(f"detector {what} has no threshold.json: the false-alarm rate needs its threshold",
-                              folder)
-        return float(json.loads(path.read_text())["threshold"])
+    def threshold(det, folder: Path, what: str) -> float:
+        if det.threshold_ is None:
+            raise ConfigError(f"detector {what} has no decision threshold: the false-alarm rate needs one", folder)
+        return det.threshold_
 
     for n in wanted_d:
-        out.append(Model(n, "detector", detectors.load_default(n), threshold(detectors.BUNDLED[n], n)))
+        det = detectors.load_default(n)
+        out.append(Model(n, "detector", det, threshold(det, detectors.BUNDLED[n], n)))
     for r in runs:
         est = load_run(r)
         kind = est.registry_kind
-        out.append(Model(str(r), kind, est, threshold(r, str(r)) if kind == "detector" else None))
+        out.append(Model(str(r), kind, est, threshold(est, r, str(r)) if kind == "detector" else None))
     return out
 
 

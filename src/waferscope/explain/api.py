@@ -37,11 +37,13 @@ class Explanation:
 
 
 def _network(classifier):
-    net = getattr(classifier, "network_", None)
-    if net is None or not hasattr(classifier, "to_tensor"):
+    from waferscope.base import Estimator
+
+    if not (isinstance(classifier, Estimator) and classifier.get_tags().gradcam):
         raise ConfigError(f"{type(classifier).__name__} is not a neural network: Grad-CAM needs a CNN classifier "
                           "(e.g. cnn, resnet18, kd_student)")
-    return net
+    classifier._check_fitted()
+    return classifier.network_
 
 
 def explain(classifier, dataset: WaferDataset, method: str = "gradcam", target_layer: str | None = None,
@@ -87,7 +89,7 @@ def explain(classifier, dataset: WaferDataset, method: str = "gradcam", target_l
     heat = []
     # a network whose input is not the plain nearest resize maps its heat back itself (area
     # resampling of the cropped dies, the canonical rotation/flip undone)
-    own = classifier.heat_to_die_grids(heat_s, dataset) if hasattr(classifier, "heat_to_die_grids") else None
+    own = classifier.heat_to_die_grids(heat_s, dataset)
     for i, m in enumerate(dataset.maps):
         h = own[i] if own is not None else to_die_grid(heat_s[i], m.shape[:2])
         if dataset.kind == "wafer":

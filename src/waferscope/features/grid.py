@@ -78,7 +78,6 @@ def _layout(size: int) -> dict:
     yy, xx = np.mgrid[:size, :size].astype(np.float64)
     dy, dx = (yy - centre) / (size / 2), (xx - centre) / (size / 2)
     radius, angle = np.hypot(dy, dx).ravel(), np.arctan2(dy, dx).ravel()
-    cells = size * size
 
     # 13 density regions: bands of a fifth on each side, a 3×3 grid over the centre (as handcrafted.py)
     edges = np.round(np.linspace(0, size, 6)).astype(int)

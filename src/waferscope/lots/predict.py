@@ -24,8 +24,8 @@ def predict_wafers(dataset, classifier=None, detector=None, threshold: float | N
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     for model in (classifier, detector):
         # a model trained on images (MVTec layout) would score wafer maps without complaint
-        mode = getattr(model, "mode_", None) or getattr(model, "input_kind_", None)
-        if model is not None and mode in ("wafer", "image") and mode != dataset.kind:
+        mode = None if model is None else model.trained_input_kind()
+        if mode is not None and mode != dataset.kind:
             raise DataError(f"{type(model).__name__} was trained on {mode} data; these are {dataset.kind} data",
                             dataset.name)
     n = len(dataset)

@@ -1,5 +1,5 @@
 """Scale-out inference: the exported ONNX model run per Parquet partition, locally or on Dask."""
 
-from waferscope.scale.dask_engine import list_partitions, run_cli, run_partitions
+from waferscope.scale.dask_engine import list_partitions, run_partitions
 
-__all__ = ["list_partitions", "run_cli", "run_partitions"]
+__all__ = ["list_partitions", "run_partitions"]

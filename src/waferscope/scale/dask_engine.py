@@ -1,7 +1,7 @@
 """Run an exported ONNX model over Parquet partitions, one result file per input partition.
 
-The same per-partition function serves ``--engine local`` (a loop in this process) and
-``--engine dask`` (one task per partition on a LocalCluster or an existing scheduler), so the two
+The same per-partition function serves ``engine="local"`` (a loop in this process) and
+``engine="dask"`` (one task per partition on a LocalCluster or an existing scheduler), so the two
 paths give identical results by construction. Workers get the ONNX model as bytes (no shared
 file system needed) and cache one onnxruntime session per process with 1 intra-op thread.
 Each result is written to a hidden temp name and renamed, so a failed run leaves no file that
@@ -175,7 +175,7 @@ def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STRE
 
 
 def reprior_partition(src: str, out_dir: str, shift) -> tuple[str, int]:
-    """Second pass of ``--prior estimate``: a partition's raw results with the probabilities moved
+    """Second pass of ``prior="estimate"``: a partition's raw results with the probabilities moved
     to ``shift``'s (now fixed) class mix, written to ``out_dir`` under the same name."""
     import pyarrow.parquet as pq
 
@@ -196,16 +196,13 @@ def _probabilities(files: list[Path]) -> np.ndarray:
     return np.concatenate([pq.read_table(f, columns=cols).to_pandas()[cols].to_numpy(np.float64) for f in files])
 
 
-def check_dir(path: Path, option: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{option} must be a directory", path)
-
-
-def check_out(out: Path, overwrite: bool, option: str = "--out") -> None:
-    """Refuse a bad --out (or --maps) before any cluster is started or model exported."""
-    check_dir(out, option)
+def check_out(out: Path, overwrite: bool, name: str = "out") -> None:
+    """Refuse a bad output folder (parameter ``name``: out or maps) before any cluster is started
+    or model exported."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{name} must be a directory", out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError("output directory is not empty (give --overwrite to replace it)", out)
+        raise ConfigError(f"{name} is not empty (overwrite=True replaces it)", out)
 
 
 def _staging_dir(target: Path) -> Path:
@@ -219,7 +216,7 @@ def _staging_dir(target: Path) -> Path:
 
 
 def _publish(staging: Path, target: Path) -> None:
-    """Replace ``target`` (checked empty or ``--overwrite`` before the run) by the finished ``staging``."""
+    """Replace ``target`` (checked empty, or ``overwrite``, before the run) by the finished ``staging``."""
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
@@ -264,7 +261,7 @@ def _run_tasks(client, fn, arg_lists: list[tuple]) -> list:
 
 def _map_names(files: list[Path]) -> list[list[str]]:
     """The anomaly-map file name of every row, per partition: named over the whole archive in
-    partition order, as ``detect score --maps`` names them over its one data set."""
+    partition order, as the single-process scoring names them over its one data set."""
     from waferscope.data.io_parquet import read_ids
 
     ids = [read_ids(f) for f in files]
@@ -286,7 +283,7 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
 
     The workers write into hidden folders beside ``out`` and ``maps`` that are renamed to them when
     every partition is done (so both must be on a file system the workers see): ``out`` and ``maps``
-    appear complete or not at all, and a failed run leaves an existing ``--overwrite`` target as it was."""
+    appear complete or not at all, and a failed run leaves an existing ``overwrite`` target as it was."""
     if engine not in ("local", "dask"):
         raise ConfigError(f"unknown engine {engine!r}: expected 'local' or 'dask'")
     files = list_partitions(data)
@@ -297,13 +294,13 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
     check_out(out, overwrite)
     if maps is not None:
         maps = Path(maps)
-        check_out(maps, overwrite, "--maps")
+        check_out(maps, overwrite, "maps")
         if maps.resolve() == out.resolve() or out.resolve() in maps.resolve().parents:
-            raise ConfigError("--maps must not be --out or inside it (--out holds one .parquet per partition)", maps)
+            raise ConfigError("maps must not be out or inside it (out holds one .parquet per partition)", maps)
     onnx_bytes = export_model_bytes(model)
     client = cluster = None
     if engine == "dask":
-        client, cluster = _client(scheduler, workers, timeout)  # a bad scheduler fails before --out is touched
+        client, cluster = _client(scheduler, workers, timeout)  # a bad scheduler fails before out is touched
     staging = maps_staging = None
     try:
         staging = _staging_dir(out)
@@ -336,7 +333,7 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
         if maps_staging is not None:
             _publish(maps_staging, maps)
             maps_staging = None
-    finally:  # also when --out is refused: a client left open keeps reconnecting to its scheduler
+    finally:  # also when out is refused: a client left open keeps reconnecting to its scheduler
         settle = 0.0 if client is None else 2.0
         for path in (staging, maps_staging):
             if path is not None:
@@ -347,25 +344,3 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
             cluster.close()
     files_written = [out / Path(r[0]).name for r in results]
     return ScaleRun(files_written, sum(r[1] for r in results), used, above)
-
-
-def run_cli(model, data: list[str], out: Path, engine: str, scheduler: str | None, workers: int,
-            overwrite: bool, refused: dict[str, str] | None = None, **options) -> ScaleRun | None:
-    """The ``--engine`` part of ``classify predict`` / ``detect score``: None when the command's own
-    single-process CSV path should run, else what the partitioned run wrote.
-
-    ``refused`` maps each option the user gave that has no meaning on the partitioned path to the
-    reason; ``options`` go to :func:`run_partitions` (``prior``, ``threshold``, ``maps``)."""
-    if engine not in ("local", "dask"):
-        raise ConfigError(f"unknown --engine {engine!r}: expected local or dask")
-    if engine == "local":
-        if scheduler or overwrite:
-            raise ConfigError("--scheduler and --overwrite go with --engine dask")
-        return None
-    for name, reason in (refused or {}).items():
-        raise ConfigError(f"{name} does not apply with --engine dask: {reason}")
-    if len(data) != 1:
-        raise ConfigError("--engine dask takes one --data: a folder of .parquet partitions, a glob or one file")
-    return run_partitions(model, data[0], out, engine="dask", scheduler=scheduler, workers=workers,
-                          overwrite=overwrite, **options)
-

@@ -629,7 +629,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                index=None, index_source: str = "", explainer=None, explainer_source: str = ""):
     """A FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
     ``detector`` (fitted :class:`~waferscope.base.Detector`; ``threshold`` its decision threshold,
-    e.g. the run's threshold.json, or None). ``*_source`` say where each came from (shown by /health),
+    normally ``detector.threshold_``, or None). ``*_source`` say where each came from (shown by /health),
     ``*_run`` are their run directories (for the version that trained them). Each model is loaded once
     by the caller and run by one worker thread that batches the queued requests (:mod:`.batcher`).
     ``threads`` sets torch's intra-op threads (default: leave torch's setting). ``allowed_origins``:
@@ -648,7 +648,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         torch.set_num_threads(int(threads))
     classes = [str(c) for c in classifier.classes_]
     heat_model = explainer if explainer is not None else classifier
-    has_gradcam = getattr(heat_model, "network_", None) is not None and hasattr(heat_model, "to_tensor")
+    has_gradcam = heat_model.get_tags().gradcam
     batch = max_batch or limits.max_batch
     trimmer = Trimmer()
     big_dies = 1 << 20  # after a request this large, give freed memory back once things are quiet
@@ -681,9 +681,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     search_index = index  # the name `index` is taken by the page route below
     # similar-wafer search: the worker embeds (the costly part, batched like the models); the graph
     # lookup runs under a lock because faiss's search parameters live on the shared index object
-    search_worker = Batcher(lambda ds: list(search_index.embed(ds)), batch, "search", **common) if search_index is not None else None
+    search_worker = (Batcher(lambda ds: list(search_index.embed(ds)), batch, "search", **common)
+                     if search_index is not None else None)
     search_lock = threading.Lock()
-    mode = getattr(detector, "mode_", None) or getattr(detector, "input_kind_", None)
+    mode = detector.trained_input_kind()
     heavy = asyncio.Semaphore(2)  # large bodies parsed / files loaded at once: bounds their transient memory
 
     @contextlib.asynccontextmanager

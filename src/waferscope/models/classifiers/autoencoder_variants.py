@@ -24,6 +24,7 @@ import sys
 
 import numpy as np
 
+from waferscope.base import Interval, Options
 from waferscope.data.preprocess import augment_dihedral, encode
 from waferscope.errors import DataError
 from waferscope.models.classifiers.cnn import compact_wafer_cnn
@@ -116,6 +117,13 @@ class _AEClassifierBase(TorchClassifier):
     """Shared: train the autoencoder on the chosen maps before the classifier's own training."""
 
     ae_default_data = "all"
+
+    _tags = {"input_kinds": ("wafer",)}  # refuses images (a die-state autoencoder / stem / teacher)
+    _parameter_constraints = {
+        # the autoencoder halves the map three times and reconstructs die states
+        "size": [Interval(int, 8, None, multiple_of=8)], "encoding": [Options("onehot3")],
+        "latent_dim": [Interval(int, 1)], "ae_width": [Interval(int, 1)], "ae_epochs": [Interval(int, 1)],
+        "ae_data": [Options(*AE_DATA)], "hidden": [Interval(int, 1)]}
 
     def _ae_training_maps(self, dataset, extra) -> np.ndarray:
         if self.ae_data not in AE_DATA:
@@ -223,6 +231,10 @@ class AELatentClassifier(_AEClassifierBase):
 @register("cnn_residual", kind="classifier")
 class ResidualCNNClassifier(_AEClassifierBase):
     """The compact ``cnn`` helped by the autoencoder's residual map (extra channel or augmentation)."""
+
+    _parameter_constraints = {
+        "residual_mode": [Options("channel", "augment")], "ae_data": [Options(*AE_DATA), None],
+        "p_augment": [Interval(float, 0, 1)]}
 
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,

@@ -14,7 +14,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from waferscope.base import Interval, Options
 from waferscope.data.preprocess import area_resize_map, resize_maps
+from waferscope.data.synthetic import PROFILES
 from waferscope.errors import ConfigError
 from waferscope.models.classifiers.common import label_order, labelled_for_training
 from waferscope.models.classifiers.torch_base import TorchClassifier
@@ -295,6 +297,11 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
     cycle of those maps (default: every training class once).
     """
 
+    _parameter_constraints = {
+        "localise": [Interval(float, 0)], "input_kernel": [Interval(int, 1)], "relu_stride": [Interval(int, 1)],
+        "distil_alpha": [Interval(float, 0, 1)], "distil_temperature": [Interval(float, 0, None, closed="neither")],
+        "distil_synthetic": [Interval(int, 0)], "synthetic_profile": [Options(*PROFILES)]}
+
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 40, batch_size: int = 64,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 10, seed: int = 0, progress: bool = True,
@@ -442,6 +449,8 @@ class ResNet18Classifier(TorchClassifier):
     The defaults (48-px input, a quarter of the usual channel counts: 16/32/64/128) keep a 5-fold
     evaluation within CPU reach; ``width=1.0`` gives torchvision's channel counts.
     """
+
+    _parameter_constraints = {"width": [Interval(float, 0, None, closed="neither")]}
 
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 15, batch_size: int = 64,
                  lr: float = 2e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,

@@ -38,6 +38,7 @@ import sys
 
 import numpy as np
 
+from waferscope.base import Interval, Options
 from waferscope.data.preprocess import dihedral
 from waferscope.errors import ConfigError, DataError
 from waferscope.models.classifiers.common import label_order
@@ -232,6 +233,12 @@ class DistilledStudentClassifier(TorchClassifier):
     # Options measured as no help and removed (name → the value that meant "off"): runs saved with
     # them off still load.
     removed_params = {"transfer_synthetic": 0, "noisy_copies": 0, "init_from_teacher": False}
+
+    _tags = {"input_kinds": ("wafer",)}  # refuses images (a die-state autoencoder / stem / teacher)
+    _parameter_constraints = {
+        "alpha": [Interval(float, 0, 1)], "temperature": [Interval(float, 0, None, closed="neither")],
+        "arch": [Options("cnn", "patchify", "separable")],
+        "transfer_ratio": [Interval(float, 0), None]}
 
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 120, batch_size: int = 128,
                  lr: float = 4e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from waferscope.base import Interval, Options
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import feature_names
 from waferscope.models.classifiers.common import label_order, labelled_for_training
@@ -67,6 +68,13 @@ def forest_proba(trees: dict[str, np.ndarray], x: np.ndarray, chunk: int = 256) 
 @register("extra_trees", kind="classifier")
 class ExtraTreesClassifier(GradientBoostingClassifier):
     """Extremely-randomised trees on the extended wafer features (see the module docstring)."""
+
+    # set_temperature is inherited from gbm, but the forest's averaged votes are not rescaled by it
+    _tags = {"temperature": False}
+    _parameter_constraints = {
+        "n_estimators": [Interval(int, 1)],
+        # as sklearn's ExtraTreesClassifier takes it
+        "max_features": [Options("sqrt", "log2"), Interval(int, 1), Interval(float, 0, 1, closed="right"), None]}
 
     def __init__(self, feature_set: str = "extended", n_estimators: int = 500, max_features: str = "sqrt",
                  seed: int = 0, n_jobs: int = -1, progress: bool = True):

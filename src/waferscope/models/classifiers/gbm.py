@@ -28,9 +28,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import softmax
 
-from waferscope.base import Classifier
+from waferscope.base import Classifier, Options
 from waferscope.errors import RunDirError
-from waferscope.features.handcrafted import extract_features, feature_names
+from waferscope.features.handcrafted import FEATURE_SETS, extract_features, feature_names
 from waferscope.models.classifiers.common import label_order, labelled_for_training, require_wafer_maps
 from waferscope.models.trees import fit_trees, load_trees, tree_scores
 from waferscope.registry import register
@@ -44,6 +44,9 @@ class GradientBoostingClassifier(Classifier):
     0.006 with 15 leaves (docs/classification_real.md); within the fold spread, but never worse on
     the pooled figure, and the trees stay small (about 4 MB).
     """
+
+    _tags = {"temperature": True}
+    _parameter_constraints = {"feature_set": [Options(*FEATURE_SETS)]}
 
     def __init__(self, feature_set: str = "extended", max_iter: int = 300, learning_rate: float = 0.05,
                  max_leaf_nodes: int = 31, l2_regularization: float = 1.0, seed: int = 0, n_jobs: int = -1,

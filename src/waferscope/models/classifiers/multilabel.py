@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from waferscope.base import Interval
 from waferscope.data.classes import BASE_PATTERNS, NORMAL
 from waferscope.data.dataset import validate_wafer_maps
 from waferscope.data.preprocess import augment_dihedral, stratified_split
@@ -65,6 +66,9 @@ class MultiLabelCNNClassifier(TorchClassifier):
     """The compact ``cnn`` with 8 sigmoid heads over BASE_PATTERNS, trained with BCE on ``multilabels``."""
 
     prior_refusal = "multilabel_cnn scores each pattern on its own (sigmoid heads), not one class of several"
+
+    _tags = {"multilabel": True}
+    _parameter_constraints = {"threshold": [Interval(float, 0, 1)]}
 
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,

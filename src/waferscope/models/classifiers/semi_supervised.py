@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+from waferscope.base import Interval
 from waferscope.data.classes import UNLABELLED
 from waferscope.data.dataset import WaferDataset
 from waferscope.data.preprocess import dihedral
@@ -55,6 +56,11 @@ def select_pseudo_labels(view_proba: np.ndarray, threshold: float, labelled_coun
 @register("pseudo_label_cnn", kind="classifier")
 class PseudoLabelCNNClassifier(CompactCNNClassifier):
     """The compact ``cnn`` self-trained on confident, rotation-consistent pseudo-labels."""
+
+    _tags = {"input_kinds": ("wafer",)}  # refuses images (a die-state autoencoder / stem / teacher)
+    _parameter_constraints = {
+        "threshold": [Interval(float, 0, 1)], "rounds": [Interval(int, 1)],
+        "max_ratio": [Interval(float, 0, None, closed="neither")]}
 
     def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,

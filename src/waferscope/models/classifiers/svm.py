@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from waferscope.base import Classifier
+from waferscope.base import Classifier, Interval, Options
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import N_FEATURES, extract_features
 from waferscope.models.classifiers.common import label_order, labelled_for_training, require_wafer_maps
@@ -30,6 +30,10 @@ class _SVMClassifier(Classifier):
     # prior correction lowered svm-rbf's macro-F1 0.647 → 0.601 (docs/classification.md).
     prior_refusal = ("the SVMs' Platt-scaled probabilities are not class-balanced posteriors "
                      "(docs/classification.md, 'The class mix of your wafers')")
+
+    _parameter_constraints = {
+        "C": [Interval(float, 0, None, closed="neither")],
+        "gamma": [Options("scale", "auto"), Interval(float, 0, None, closed="neither")]}
 
     def __init__(self, C: float = 10.0, gamma: str | float = "scale", seed: int = 0, n_jobs: int = -1,
                  progress: bool = True):

@@ -40,10 +40,10 @@ from typing import Iterator
 
 import numpy as np
 
-from waferscope.base import Classifier
+from waferscope.base import Classifier, Interval, Options
 from waferscope.data.dataset import validate_wafer_maps
-from waferscope.data.preprocess import (AREA_LEVELS, ORIENT, RESAMPLE, augment_dihedral, channels, dihedral, encode,
-                                        encode_images, prepare_maps, resample_maps, stratified_split)
+from waferscope.data.preprocess import (AREA_LEVELS, ENCODINGS, ORIENT, RESAMPLE, augment_dihedral, channels, dihedral,
+                                        encode, encode_images, prepare_maps, resample_maps, stratified_split)
 from waferscope.errors import ConfigError, RunDirError
 from waferscope.models.classifiers.common import label_order, labelled_for_training
 from waferscope.models.classifiers.losses import kd_loss
@@ -54,6 +54,12 @@ _ONEHOT3 = np.eye(3, dtype=np.float32)
 
 class TorchClassifier(Classifier):
     """Base of the PyTorch classifiers; see the module docstring."""
+
+    _tags = {"onnx": True, "gradcam": True, "input_kinds": ("wafer", "image")}
+    _parameter_constraints = {
+        "size": [Interval(int, 1)], "encoding": [Options(*ENCODINGS)], "imbalance": [Options(*IMBALANCE_MODES)],
+        "resample": [Options(*RESAMPLE)], "orient": [Options(*ORIENT)], "width": [Interval(int, 1)],
+        "dropout": [Interval(float, 0, 1, closed="left")], "head": [Interval(int, 1)]}
 
     @property
     def prior_refusal(self) -> str | None:

@@ -101,11 +101,11 @@ def training_normals(dataset, where: str | None = None, all_normal: bool = False
 
 
 def image_detectors() -> list[str]:
-    """Registered detectors that take images (class attribute ``accepts_images``), best first by
+    """Registered detectors that take images (their tags' ``input_kinds``), best first by
     their declared ``image_rank`` (lower is better; measured on real images, docs/detection.md)."""
     from waferscope import registry
 
-    names = [n for n in registry.available("detector") if getattr(registry.get(n, "detector"), "accepts_images", False)]
+    names = [n for n in registry.available("detector") if "image" in registry.get(n, "detector").get_tags().input_kinds]
     return sorted(names, key=lambda n: (getattr(registry.get(n, "detector"), "image_rank", 100), n))
 
 
@@ -427,9 +427,10 @@ class TorchDetector(Detector):
     batch_size: int = 64
     smoothing_sigma: float = 4.0
     verbose: bool = True
-    # Declared capabilities (see image_detectors): the torch detectors take images; image_rank orders
-    # them for `detect train` on images (lower = better measured on real images, docs/detection.md).
-    accepts_images: bool = True
+    # Declared capabilities (base.Tags; see image_detectors): the torch detectors take images and export
+    # to ONNX; image_rank orders them for `detect train` on images (lower = better measured on real
+    # images, docs/detection.md).
+    _tags = {"input_kinds": ("wafer", "image"), "onnx": True}
     image_rank: int = 50
 
     def _predict_batch(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from waferscope.base import Interval
 from waferscope.models.detectors.autoencoder.torch_model import ConvAutoencoder
 from waferscope.models.detectors.common import (TorchDetector, dataset_to_input, fit_loop, masked_topk_mean_t,
                                                  training_normals)
@@ -38,6 +39,11 @@ def _for_inference(model: ConvAutoencoder) -> ConvAutoencoder:
 @register("autoencoder", kind="detector")
 class AutoencoderDetector(TorchDetector):
     """Convolutional autoencoder on the one-hot die grid; the anomaly map is its reconstruction error."""
+
+    _parameter_constraints = {
+        "input_size": [Interval(int, 16, None, multiple_of=16)],  # four stride-2 stages
+        "base_channels": [Interval(int, 1)], "latent_dim": [Interval(int, 1)],
+        "topk_fraction": [Interval(float, 0, 1, closed="right")]}
 
     def __init__(self, input_size: int = 64, base_channels: int = 32, latent_dim: int = 16, epochs: int = 30,
                  train_batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 1e-5, augment: bool = True,

@@ -17,9 +17,9 @@ Differences from the paper, each forced by the wafer domain (see docs/detection_
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from waferscope.base import Interval, Options
 from waferscope.errors import ConfigError
 from waferscope.models.backbones import create_backbone
 from waferscope.models.detectors.common import (TorchDetector, batch_slices, dataset_to_input, fit_loop,
@@ -47,6 +47,10 @@ class EfficientADDetector(FastInferenceMixin, TorchDetector):
 
     _label = "EfficientAD"
     _arch_key = "teacher_kwargs"
+
+    _parameter_constraints = {
+        "penalty": [Options(*PENALTIES)], "hard_quantile": [Interval(float, 0, 1)],
+        "q_a": [Interval(float, 0, 1)], "q_b": [Interval(float, 0, 1)]}
 
     def __init__(self, teacher: str = "pdn_small", pretrained: str | None = "wafer", input_size: int = 32,
                  epochs: int = 10, train_batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-5,

@@ -29,7 +29,7 @@ from waferscope.models.detectors.patchcore.coreset import coreset_size, k_center
 from waferscope.models.detectors.patchcore.torch_model import (PatchEmbedding, nearest_memory,
                                                                reweighted_image_score)
 from waferscope.registry import register
-from waferscope.base import DetectionResult
+from waferscope.base import DetectionResult, Interval
 
 # Wafers converted to network input at a time (input for 100k wafers at 64 px would be ~5 GB).
 _CHUNK = 2048
@@ -73,6 +73,12 @@ class PatchCoreDetector(TorchDetector):
     num_neighbors
         b of eq. 7 (paper: 9); 1 turns re-weighting off (score = largest patch distance).
     """
+
+    _parameter_constraints = {
+        "patch_size": [Interval(int, 1)], "embedding_dim": [Interval(int, 1)],
+        "coreset_ratio": [Interval(float, 0, 1, closed="right")],
+        "max_memory_mb": [Interval(float, 0, None, closed="neither")], "coreset_projection_dim": [Interval(int, 1)],
+        "max_train_patches": [Interval(int, 1)], "num_neighbors": [Interval(int, 1)]}
 
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  backbone_kwargs: dict | None = None, layers: Sequence[str] = ("layer2", "layer3"),

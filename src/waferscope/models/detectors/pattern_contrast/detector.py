@@ -24,7 +24,7 @@ from functools import partial
 
 import numpy as np
 
-from waferscope.base import DetectionResult, Detector
+from waferscope.base import DetectionResult, Detector, Interval
 from waferscope.data import WaferDataset
 from waferscope.data.dataset import validate_wafer_maps
 from waferscope.errors import ConfigError, RunDirError
@@ -66,6 +66,8 @@ class PatternContrastDetector(Detector):
     n_jobs, verbose
         feature-extraction processes; progress bars.
     """
+
+    _parameter_constraints = {"n_synthetic": [Interval(int, 1)]}
 
     def __init__(self, n_synthetic: int = 7500, patterns: str | list[str] | None = None, max_iter: int = 300,
                  learning_rate: float = 0.05, max_leaf_nodes: int = 15, l2_regularization: float = 1.0,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from waferscope.base import DetectionResult, Detector
+from waferscope.base import DetectionResult, Detector, Interval
 from waferscope.errors import ConfigError, DataError
 from waferscope.models.detectors.common import batch_slices, progress, require_wafer_maps, training_normals
 from waferscope.features.pattern_stats import FEATURE_NAMES, local_fail_rate, pattern_features
@@ -37,6 +37,8 @@ class PatternStatsDetector(Detector):
     verbose
         a progress bar over large sets.
     """
+
+    _parameter_constraints = {"shrinkage": [Interval(float, 0, 1), None]}
 
     def __init__(self, shrinkage: float | None = None, verbose: bool = True):
         self.shrinkage = shrinkage

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from waferscope.base import Interval
 from waferscope.errors import ConfigError, RunDirError
 from waferscope.models.detectors.patchcore.detector import PatchCoreDetector
 from waferscope.models.detectors.reconpatch.torch_model import ModulationNetwork, train_modulation
@@ -38,6 +39,13 @@ class ReConPatchDetector(PatchCoreDetector):
         training schedule (AdamW); each step draws ``contrastive_batch_size`` patches from a seeded
         random subset of ``contrastive_patches`` candidate patches.
     """
+
+    _parameter_constraints = {
+        "representation_dim": [Interval(int, 1)], "projection_dim": [Interval(int, 1)],
+        "sigma": [Interval(float, 0, None, closed="neither")], "alpha": [Interval(float, 0, 1)],
+        "k_contextual": [Interval(int, 1)], "margin": [Interval(float, 0)], "ema_momentum": [Interval(float, 0, 1)],
+        "contrastive_batch_size": [Interval(int, 1)], "steps_per_epoch": [Interval(int, 1), None],
+        "contrastive_patches": [Interval(int, 1)]}
 
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  backbone_kwargs: dict | None = None, layers: Sequence[str] = ("layer2", "layer3"),

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
+from waferscope.base import Interval, Options
 from waferscope.errors import ConfigError
 from waferscope.models.detectors.common import (TorchDetector, batch_slices, dataset_to_input, fit_loop,
                                                 seed_everything, training_normals)
@@ -30,6 +30,9 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
     """Reverse Distillation (Deng & Li 2022): a decoder student rebuilds a frozen encoder's features."""
 
     _label = "reverse-distillation"
+
+    _parameter_constraints = {
+        "style": [Options(*STYLES)], "feature_norm": [Options(*FEATURE_NORMS)], "n_blocks": [Interval(int, 1)]}
 
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  layers: Sequence[str] = ("layer1", "layer2", "layer3"), style: str = "resnet",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
+from waferscope.base import Interval, Options
 from waferscope.errors import ConfigError
 from waferscope.models.backbones import FeatureExtractor, create_backbone, wafer_weights_info
 from waferscope.models.detectors.common import (TorchDetector, dataset_to_input, fit_loop, seed_everything,
@@ -115,6 +115,9 @@ class STFPMDetector(FastInferenceMixin, TorchDetector):
     """STFPM (Wang et al. 2021): a student regresses a frozen teacher's feature pyramid; the gap is the map."""
 
     _label = "STFPM"
+
+    _parameter_constraints = {
+        "fusion": [Options(*FUSIONS)], "optimizer": [Options("sgd", "adam")], "momentum": [Interval(float, 0, 1)]}
 
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  layers: Sequence[str] = ("layer1", "layer2", "layer3"), fusion: str = "product",

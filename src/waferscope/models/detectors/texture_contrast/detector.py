@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from waferscope.base import DetectionResult, Detector
+from waferscope.base import DetectionResult, Detector, Interval
 from waferscope.errors import ConfigError, RunDirError
 from waferscope.models.detectors.common import (batch_slices, canvas_maps_to_input, gaussian_blur, image_canvas,
                                                 masked_max, progress, seed_everything, training_normals)
@@ -53,8 +53,13 @@ class TextureContrastDetector(Detector):
         the trees (scikit-learn HistGradientBoostingClassifier, balanced classes, no early stopping).
     """
 
-    accepts_images = True
+    _tags = {"input_kinds": ("wafer", "image")}
     image_rank = 5
+
+    _parameter_constraints = {
+        "input_size": [Interval(int, 8)], "energy_window": [Interval(int, 1)], "stride": [Interval(int, 1)],
+        "anomalies_per_image": [Interval(int, 0)], "scar_fraction": [Interval(float, 0, 1)],
+        "max_rows": [Interval(int, 1)], "memory_size": [Interval(int, 1)]}
 
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
                  stride: int = 4, anomalies_per_image: int = 1, scar_fraction: float = 0.3, max_rows: int = 200_000,

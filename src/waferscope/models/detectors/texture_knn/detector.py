@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from waferscope.base import DetectionResult, Detector
+from waferscope.base import DetectionResult, Detector, Interval, Options
 from waferscope.errors import ConfigError, RunDirError
 from waferscope.models.detectors.common import (batch_slices, canvas_maps_to_input, gaussian_blur, image_canvas,
                                                 masked_topk_mean, progress, seed_everything, training_normals)
@@ -50,8 +50,13 @@ class TextureKNNDetector(Detector):
         map smoothing (px per 256 px) and the share of the highest map pixels averaged for the score.
     """
 
-    accepts_images = True
+    _tags = {"input_kinds": ("wafer", "image")}
     image_rank = 10
+
+    _parameter_constraints = {
+        "input_size": [Interval(int, 8)], "energy_window": [Interval(int, 1)], "stride": [Interval(int, 1)],
+        "memory_size": [Interval(int, 1)], "normalise": [Options("image", "dataset")], "border": [Interval(int, 0)],
+        "top_fraction": [Interval(float, 0, 1)]}
 
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
                  stride: int = 4, memory_size: int = 10000, normalise: str = "image", border: int = 0,

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from waferscope.base import DetectionResult, Detector
+from waferscope.base import DetectionResult, Detector, Interval
 from waferscope.errors import ConfigError, DataError, RunDirError
 from waferscope.models.detectors.common import (batch_slices, canvas_maps_to_input, image_canvas, masked_max,
                                                 progress, training_normals)
@@ -48,8 +48,12 @@ class TexturePaDiMDetector(Detector):
         map smoothing, px per 256 px of canvas.
     """
 
-    accepts_images = True
+    _tags = {"input_kinds": ("wafer", "image")}
     image_rank = 1
+
+    _parameter_constraints = {
+        "input_size": [Interval(int, 8)], "energy_window": [Interval(int, 1)], "stride": [Interval(int, 1)],
+        "grid": [Interval(int, 1)], "shrinkage": [Interval(float, 0)]}
 
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
                  stride: int = 4, grid: int = 32, shrinkage: float = 0.01, smoothing_sigma: float = 4.0,
