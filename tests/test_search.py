@@ -11,7 +11,7 @@ import pytest
 from clitools import invoke
 from waferscope.data import load
 from waferscope.data.dataset import WaferDataset
-from waferscope.errors import DataError
+from waferscope.errors import ConfigError, DataError
 from waferscope.evaluate.retrieval import (ann_speed, average_precision, exact_ranking, precision_at_k,
                                            retrieval_folds, score_ranking, wu2015_rank)
 from waferscope.search import WaferIndex
@@ -85,6 +85,44 @@ def test_index_from_another_version_or_embedding_is_refused(archive, tmp_path):
         WaferIndex.load(tmp_path)
 
 
+def test_supervised_embeddings_fit_save_load(archive, tmp_path):
+    from waferscope.search.embed import MetricEmbedding
+    from waferscope.search.metric import MetricHead
+
+    # a head trained on the labels pulls same-class wafers together: on separable toy data the nearest
+    # neighbour of every point has its class
+    rng = np.random.default_rng(0)
+    y = np.repeat(["a", "b", "c"], 40)
+    x = rng.normal(0, 1, (120, 6)) + np.repeat(np.eye(3, 6) * 3, 40, axis=0)
+    head = MetricHead(epochs=20, seed=1).fit(x, y)
+    e = head.transform(x)
+    assert e.shape == (120, 32) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    nn = exact_ranking(e, e)[:, 1]
+    assert (y[nn] == y).mean() > 0.9
+    assert np.array_equal(MetricHead(epochs=20, seed=1).fit(x, y).transform(x), e)  # seeded
+    assert np.array_equal(MetricHead.from_arrays(head.arrays()).transform(x), e)
+    with pytest.raises(DataError, match="inconsistent shapes"):
+        MetricHead.from_arrays({**head.arrays(), "head_b1": np.zeros(3)})
+    # on wafers: each supervised embedding is saved with the index and reloads to the same vectors
+    for name, dim in (("lda", len(set(archive.labels)) - 1), ("metric", 32)):
+        params = {"embedding": name}
+        index = WaferIndex(**params, n_jobs=1)
+        if name == "metric":
+            index._new_embedding = lambda: MetricEmbedding(source="labels", n_jobs=1, epochs=5)
+        index.build(archive)
+        assert index.index_.d == dim
+        index.save(tmp_path / name)
+        back = WaferIndex.load(tmp_path / name)
+        assert np.allclose(back.embed(archive.subset([0, 5])), index.embed(archive.subset([0, 5])), atol=1e-5)
+    unlabelled = WaferDataset.from_maps(list(archive.maps[:4]))
+    with pytest.raises(ConfigError, match="needs labelled wafers of at least two classes"):
+        WaferIndex(embedding="lda").build(unlabelled)
+    with pytest.raises(ConfigError, match="needs labelled wafers"):
+        MetricEmbedding(source="labels").fit(unlabelled)
+    bundled = MetricEmbedding().fit(unlabelled)  # too few labels: the head shipped with waferscope
+    assert bundled.fitted_on_.startswith("bundled") and bundled.transform(unlabelled).shape == (4, 32)
+
+
 def test_hnsw_recall_against_exact():
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 4, (20, 16))
@@ -100,6 +138,10 @@ def test_retrieval_folds_on_synthetic_lots():
     assert len(table) == 5 and table["p@5_defect"].between(0, 1).all()
     one = retrieval_folds(ds, methods=("cnn_fold",), n_splits=5, k=5, cnn_epochs=1, max_folds=1)
     assert len(one) == 1 and 0 <= one["p@5_defect"].iloc[0] <= 1
+    # the supervised embeddings are fitted on the archive folds; on these separable synthetic classes
+    # they rank same-class wafers first far more often than chance (9 classes)
+    sup = retrieval_folds(ds, methods=("lda", "metric"), n_splits=5, k=5, max_folds=1, n_jobs=1)
+    assert sup["method"].tolist() == ["lda", "metric"] and (sup["p@5_defect"] > 0.3).all()
     with pytest.raises(DataError, match="no lot names"):
         ds2 = ds.subset(np.arange(len(ds)))
         ds2.meta["lot"] = ""
@@ -110,7 +152,8 @@ def test_cli_index_build_add_search(tmp_path, capsys):
     idx, out = tmp_path / "idx", tmp_path / "res"
     code, text, err = invoke(capsys, "index", "build", "--data", "synthetic:n=40,seed=1", "--out", idx, "--threads", "1")
     assert code == 0, err
-    assert "40 wafers, embedding cnn (24 dims)" in text
+    # 40 synthetic wafers have fewer than 20 of any class: the bundled head, not one trained on them
+    assert "40 wafers, embedding metric (32 dims, fitted on bundled head" in text
     code, text, err = invoke(capsys, "index", "build", "--data", "synthetic:n=5,seed=4", "--out", idx, "--add")
     assert code == 0 and "45 wafers" in text, err
     code, text, err = invoke(capsys, "search", "--index", idx, "--query", "synthetic:n=3,seed=2", "-k", "4",

@@ -12,7 +12,7 @@ import warnings
 
 import typer
 
-from waferscope.cli import benchmark, classify, data, detect, evaluate, explain, export, lots, models, search, serve
+from waferscope.cli import benchmark, classify, data, detect, discover, evaluate, explain, export, lots, models, search, serve
 from waferscope.errors import WaferscopeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -34,7 +34,7 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
 
 
 # The order `--help` lists the commands in: a user's workflow, not the order they are registered in.
-WORKFLOW = ["data", "classify", "detect", "explain", "atlas", "lots", "index", "search", "evaluate", "benchmark", "export", "serve", "models"]
+WORKFLOW = ["data", "classify", "detect", "explain", "atlas", "lots", "index", "search", "discover", "evaluate", "benchmark", "export", "serve", "models"]
 app.add_typer(data.app, name="data")
 app.add_typer(classify.app, name="classify")
 app.add_typer(detect.app, name="detect")
@@ -47,6 +47,7 @@ models.register(app)  # `models`
 serve.register(app)  # `serve` (HTTP service + browser page)
 lots.register(app)  # `lots` (lot summary, stacked maps, zones, trend)
 search.register(app)  # `index build`, `search` (similar wafers)
+discover.register(app)  # `discover` (clusters of wafers no known class fits)
 
 
 def _plain_metavars(command) -> None:

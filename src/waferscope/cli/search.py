@@ -35,7 +35,11 @@ def build_cmd(
     data: List[str] = typer.Option(..., "--data", help=DATA_HELP + " (the archive; repeatable)"),
     out: Path = typer.Option(..., "--out", help="Index folder to write (replaced if it is an index)"),
     add: bool = typer.Option(False, "--add", help="Add --data to the existing index at --out instead of a new one"),
-    embedding: Optional[str] = typer.Option(None, "--embedding", help="features (default), cnn or raw"),
+    embedding: Optional[str] = typer.Option(None, "--embedding", help="metric (default: a learnt head on the wafer "
+                                            "features), lda, features, cnn or raw (docs/search.md)"),
+    fit_data: List[str] = typer.Option([], "--fit-data", help="Labelled maps the embedding learns from (repeatable; "
+                                       "default: the archive's own labelled wafers, or for 'metric' without enough "
+                                       "labels the head bundled with waferscope)"),
     exact: bool = typer.Option(False, "--exact", help="Brute-force search instead of the HNSW graph"),
     no_thumbnails: bool = typer.Option(False, "--no-thumbnails", help="Keep no 32×32 map per wafer (1 KB each): "
                                        "a smaller index, but the montage shows only the queries"),
@@ -50,14 +54,17 @@ def build_cmd(
     _threads(threads)
     ds = _wafers(data, pass_bins, "--data")
     if add:
-        if embedding is not None or exact or no_thumbnails:
-            raise ConfigError("--add keeps the index's own settings: drop --embedding/--exact/--no-thumbnails")
+        if embedding is not None or exact or no_thumbnails or fit_data:
+            raise ConfigError("--add keeps the index's own settings: drop --embedding/--exact/--no-thumbnails/--fit-data")
         index = WaferIndex.load(out).add(ds)
     else:
+        fit_on = _wafers(fit_data, pass_bins, "--fit-data") if fit_data else None
         index = WaferIndex(embedding=embedding, exact=exact, thumb_size=0 if no_thumbnails else 32,
-                           n_jobs=threads, progress=True).build(ds)
+                           n_jobs=threads, progress=True).build(ds, fit_on=fit_on)
     index.save(out)
-    typer.echo(f"index {out}: {len(index)} wafers, embedding {index.embedding_.name} ({index.index_.d} dims)")
+    fitted = getattr(index.embedding_, "fitted_on_", "")
+    typer.echo(f"index {out}: {len(index)} wafers, embedding {index.embedding_.name} ({index.index_.d} dims"
+               + (f", fitted on {fitted})" if fitted else ")"))
 
 
 def search_cmd(

@@ -116,6 +116,8 @@ def serve_cmd(
     max_connections: int = typer.Option(256, "--max-connections", min=1, help="Open connections + running requests"),
     allow_origin: List[str] = typer.Option([], "--allow-origin", help="A browser origin besides the service's own that may POST (repeatable)"),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (off: it costs throughput)"),
+    index: Optional[Path] = typer.Option(None, "--index", help="A similarity index (`waferscope index build`) "
+                                         "served by POST /v1/search"),
 ) -> None:
     """Serve the classifier and detector over HTTP (JSON API + browser page at /); docs/serve.md."""
     import os
@@ -129,6 +131,11 @@ def serve_cmd(
     _check_port(host, port)
     configure()  # before the worker threads exist: malloc arenas capped, large blocks returned on free
     models = resolve_models(run, bundled, classifier_run, classifier, detector_run, detector)
+    wafer_index = None
+    if index is not None:
+        from waferscope.search import WaferIndex
+
+        wafer_index = WaferIndex.load(index)  # a bad or foreign index stops here with one line
     limits = Limits(max_maps=max_maps, max_side=max_side, max_body_bytes=max_body_bytes,
                     max_heatmap_maps=max_heatmap_maps, max_dies=max_dies, max_echo_dies=max_echo_dies,
                     max_decompressed_bytes=max_decompressed_old or max_decompressed_bytes, request_timeout=request_timeout,
@@ -139,6 +146,7 @@ def serve_cmd(
                      # leave a core to the event loop: under many small requests HTTP and JSON work is
                      # as large as the model's (1 thread: 617 requests/s on 2 cores, 2 threads: 513)
                      threads=threads or max(1, (os.cpu_count() or 1) - 1), allowed_origins=tuple(allow_origin),
+                     index=wafer_index, index_source=str(index) if index is not None else "",
                      explainer=models["explainer"], explainer_source=models["explainer_source"])
     typer.echo(f"waferscope serve: classifier {models['classifier'].registry_name} ({models['classifier_source']}), "
                f"detector {models['detector'].registry_name} ({models['detector_source']}); "

@@ -21,6 +21,8 @@ import pandas as pd
 from waferscope.errors import DataError
 
 NONE_CLASS = "none"
+# Embeddings that learn from class labels: in the benchmark each is fitted on the archive folds only.
+SUPERVISED = ("lda", "metric")
 
 
 def precision_at_k(relevant_sorted: np.ndarray, k: int) -> np.ndarray:
@@ -96,7 +98,7 @@ def _wu_columns() -> np.ndarray:
     return np.array([i for i, n in enumerate(names) if n.startswith(("radon_", "geom_"))])
 
 
-def retrieval_folds(dataset, methods=("features", "cnn", "raw", "wu2015"), n_splits: int = 5, k: int = 10,
+def retrieval_folds(dataset, methods=("metric", "lda", "features", "cnn", "raw", "wu2015"), n_splits: int = 5, k: int = 10,
                     seed: int = 0, progress: bool = False, n_jobs: int = -1, cnn_epochs: int = 15,
                     max_folds: int | None = None) -> pd.DataFrame:
     """Per (method, fold) precision@k and mAP on lot-grouped folds of the labelled wafers of
@@ -113,13 +115,14 @@ def retrieval_folds(dataset, methods=("features", "cnn", "raw", "wu2015"), n_spl
         raise DataError("retrieval folds are grouped by lot; this data set has no lot names", dataset.name)
     labels = ds.labels.astype(str)
     cache: dict = {}
-    needs_features = any(m in ("features", "wu2015") for m in methods)
+    on_features = ("features", "wu2015") + SUPERVISED
+    needs_features = any(m in on_features for m in methods)
     if needs_features:
         cache["feat"] = extract_features(ds.maps, n_jobs=n_jobs, progress=progress, feature_set="extended")
     if "wu2015" in methods:
         cache["maps32"] = (resize_maps(ds.maps, 32) == 2).reshape(len(ds), -1).astype(np.float32)
     for m in methods:
-        if m not in ("features", "wu2015", "cnn_fold"):
+        if m not in on_features + ("cnn_fold",):
             cache[m] = make_embedding(m).fit(ds).transform(ds)
     rows = []
     for fold, (arch, qry) in enumerate(grouped_stratified_kfold(labels, lots, n_splits=n_splits, seed=seed)):
@@ -134,6 +137,12 @@ def retrieval_folds(dataset, methods=("features", "cnn", "raw", "wu2015"), n_spl
                 emb._clf = create("cnn_fine", "classifier", epochs=cnn_epochs, progress=progress,
                                   seed=seed).fit(ds.subset(arch))
                 order = exact_ranking(emb.transform(ds.subset(qry)), emb.transform(ds.subset(arch)))
+            elif m in SUPERVISED:  # fitted on the archive folds' wafers and labels only
+                emb = make_embedding(m)
+                if hasattr(emb, "seed"):
+                    emb.seed = seed
+                emb.fit(None, raw=cache["feat"][arch], labels=labels[arch])
+                order = exact_ranking(emb.transform(None, raw=cache["feat"][qry]), emb.transform(None, raw=cache["feat"][arch]))
             elif m == "features":
                 emb = make_embedding("features").fit(None, raw=cache["feat"][arch])
                 order = exact_ranking(emb.transform(None, raw=cache["feat"][qry]), emb.transform(None, raw=cache["feat"][arch]))
@@ -210,7 +219,10 @@ def synthetic_vectors(n: int, n_base: int = 2000, noise: float | None = None, se
 
     name = embedding or DEFAULT_EMBEDDING
     ds = generate(n=n_base, seed=seed)
-    emb = make_embedding(name, **({"n_jobs": n_jobs, "progress": progress} if name == "features" else {})).fit(ds)
+    from waferscope.search.embed import EMBEDDINGS, FeatureEmbedding
+
+    on_features = issubclass(EMBEDDINGS.get(name, object), FeatureEmbedding)
+    emb = make_embedding(name, **({"n_jobs": n_jobs, "progress": progress} if on_features else {})).fit(ds)
     base = emb.transform(ds)
     noise = 0.3 * float(base.std(axis=0).mean()) if noise is None else noise
     rng = np.random.default_rng(seed)

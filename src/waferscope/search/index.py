@@ -71,9 +71,10 @@ class WaferIndex:
 
     # ---- building --------------------------------------------------------------------------------
     def _new_embedding(self):
-        from waferscope.search.embed import make_embedding
+        from waferscope.search.embed import EMBEDDINGS, FeatureEmbedding, make_embedding
 
-        params = {"n_jobs": self.n_jobs, "progress": self.progress} if self.embedding == "features" else {}
+        on_features = issubclass(EMBEDDINGS.get(self.embedding, object), FeatureEmbedding)
+        params = {"n_jobs": self.n_jobs, "progress": self.progress} if on_features else {}
         return make_embedding(self.embedding, **params)
 
     def _new_faiss(self, dim: int):
@@ -85,12 +86,14 @@ class WaferIndex:
         index.hnsw.efConstruction = int(self.ef_construction)
         return index
 
-    def build(self, dataset) -> "WaferIndex":
-        """A new index of ``dataset``; the embedding learns what it needs (standardisation) from it."""
+    def build(self, dataset, fit_on=None) -> "WaferIndex":
+        """A new index of ``dataset``; the embedding learns what it needs (standardisation, a
+        supervised projection) from ``fit_on`` (default: ``dataset`` itself, e.g. its labelled wafers)."""
         if not len(dataset):
             raise DataError("cannot build an index of an empty data set", dataset.name)
-        self.embedding_ = self._new_embedding().fit(dataset)
+        self.embedding_ = self._new_embedding().fit(dataset if fit_on is None else fit_on)
         vectors = self.embedding_.transform(dataset)
+        getattr(self.embedding_, "forget", lambda: None)()  # an index must not keep its archive alive
         self.index_ = self._new_faiss(vectors.shape[1])
         self.ids_ = np.empty(0, dtype=str)
         self.lots_ = np.empty(0, dtype=str)

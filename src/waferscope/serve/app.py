@@ -2,6 +2,8 @@
 
     POST /v1/classify   maps → class + probabilities per wafer   (?heatmap=1: Grad-CAM, ?maps=1: the grids)
     POST /v1/score      maps → anomaly score (+ is_anomalous)    (?heatmap=1: anomaly map)
+    POST /v1/search     maps → the k most similar archive wafers (lot, id, class, distance) per map,
+                        from the similarity index the service was started with (?k=10, at most 100)
     POST /v1/lots       a whole file for the page's lot browser; GET /v1/lots/{id}/… pages it (.lotbrowser)
     GET  /health        status, models, versions, limits, queue, resident memory
     GET  /              the browser page (page.html, self-contained)
@@ -32,6 +34,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from importlib import resources
@@ -50,7 +53,7 @@ from waferscope.data.dataset import WaferDataset, validate_map
 from waferscope.data.limits import LoadLimits
 from waferscope.errors import WaferscopeError
 from waferscope.serve.batcher import Batcher, DeadlineExceeded, MapBatch, QueueFull, ServiceStopped
-from waferscope.serve.schemas import ClassifyResponse, ErrorResponse, Limits, MapsRequest, ScoreResponse
+from waferscope.serve.schemas import ClassifyResponse, ErrorResponse, Limits, MapsRequest, ScoreResponse, SearchResponse
 
 log = logging.getLogger("waferscope.serve")
 LOT_UPLOAD_PATH = "/v1/lots"  # the lot browser's file upload: its own body limit (Limits.max_file_bytes)
@@ -623,7 +626,7 @@ def answer(head: dict, rows: list[dict], big, on_done=None) -> Response:
 def create_app(classifier, detector, *, classifier_source: str = "", detector_source: str = "",
                classifier_run=None, detector_run=None, threshold: float | None = None, limits: Limits | None = None,
                threads: int | None = None, max_batch: int | None = None, allowed_origins: tuple[str, ...] = (),
-               explainer=None, explainer_source: str = ""):
+               index=None, index_source: str = "", explainer=None, explainer_source: str = ""):
     """A FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
     ``detector`` (fitted :class:`~waferscope.base.Detector`; ``threshold`` its decision threshold,
     normally ``detector.threshold_``, or None). ``*_source`` say where each came from (shown by /health),
@@ -631,6 +634,8 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     by the caller and run by one worker thread that batches the queued requests (:mod:`.batcher`).
     ``threads`` sets torch's intra-op threads (default: leave torch's setting). ``allowed_origins``:
     browser origins besides the service's own that may POST (e.g. a proxy's public address).
+    ``index``: a loaded :class:`~waferscope.search.WaferIndex` for ``/v1/search`` (None: that route
+    answers 409), ``index_source`` where it came from.
     ``explainer``: a network whose Grad-CAM draws the ``?heatmap=1`` maps when the label model's own
     would not (the bundled default: its heat is not trained to sit on the pattern, docs/explain.md);
     it explains the class the label model chose, so the heat always answers "where is that class?"."""
@@ -673,6 +678,12 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     common = dict(chunk_maps=limits.chunk_maps, max_queued_dies=limits.max_queued_dies, after_job=after_job)
     clf_worker = Batcher(classify_batch, batch, "classifier", **common)
     det_worker = Batcher(score_batch, batch, "detector", **common)
+    search_index = index  # the name `index` is taken by the page route below
+    # similar-wafer search: the worker embeds (the costly part, batched like the models); the graph
+    # lookup runs under a lock because faiss's search parameters live on the shared index object
+    search_worker = (Batcher(lambda ds: list(search_index.embed(ds)), batch, "search", **common)
+                     if search_index is not None else None)
+    search_lock = threading.Lock()
     mode = detector.trained_input_kind()
     heavy = asyncio.Semaphore(2)  # large bodies parsed / files loaded at once: bounds their transient memory
 
@@ -681,6 +692,8 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         yield
         clf_worker.close()  # finish the batch in flight, then stop the threads
         det_worker.close()
+        if search_worker is not None:
+            search_worker.close()
 
     app = FastAPI(title="waferscope", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Wafer-map defect classification and anomaly scoring (docs/serve.md).")
@@ -831,6 +844,44 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                            + ([("heatmap", ("float", amap, 6))] if want_heat else []))
         return answer({"model": detector.registry_name, "threshold": threshold}, rows, big, on_big_answer)
 
+    max_k = 100
+
+    def index_info() -> dict | None:
+        if search_index is None:
+            return None
+        return {"embedding": search_index.embedding_.name, "wafers": len(search_index), "source": index_source}
+
+    @app.post("/v1/search", response_model=SearchResponse, responses={**doc_responses, 409: {"model": ErrorResponse}},
+              openapi_extra={**body_doc, "parameters": [
+                  {"name": "k", "in": "query", "required": False, "schema": {"type": "integer"},
+                   "description": f"neighbours per map, 1-{max_k} (default 10)"}]})
+    async def search(request: Request):
+        """The k archive wafers most like each map: their ids, lots, classes and distances."""
+        t0 = time.monotonic()
+        if search_index is None:  # before reading the body: no point receiving maps nobody can look up
+            raise RequestError("this service has no similarity index: start it with `waferscope serve --index DIR` "
+                               "(an index from `waferscope index build`)", 409)
+        raw_k = request.query_params.get("k", "10")
+        if not re.fullmatch(r"[0-9]{1,4}", raw_k) or not 1 <= int(raw_k) <= max_k:
+            raise RequestError(f"?k= must be an integer from 1 to {max_k}, got {raw_k[:20]!r}")
+        k = int(raw_k)
+        ds = await read_maps(request, 0)
+        vectors = np.asarray(await run(search_worker, ds, None, t0), dtype=np.float32)
+
+        def lookup():
+            with search_lock:
+                return search_index.query_vectors(vectors, k)
+
+        pos, dist = await run_in_threadpool(lookup)
+        rows = []
+        for i in range(len(ds)):
+            row = base_row(ds, i)
+            row["neighbours"] = [{"id": str(search_index.ids_[p]), "lot": str(search_index.lots_[p]),
+                                  "class": str(search_index.labels_[p]), "distance": round(float(d), 6)}
+                                 for p, d in zip(pos[i], dist[i]) if p >= 0]
+            rows.append(row)
+        return answer({"index": index_info(), "k": k}, rows, None, on_big_answer)
+
     def direct(endpoint):
         """``endpoint`` as a raw ASGI handler for the Gate's fast path: the same code and answers as
         through FastAPI (its errors mapped by the same :func:`_error_response`)."""
@@ -860,6 +911,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                 "classifier": {**_model_info(classifier, classifier_source, classifier_run), "classes": classes,
                                "gradcam": has_gradcam, "gradcam_from": explainer_source or classifier_source},
                 "detector": {**_model_info(detector, detector_source, detector_run), "threshold": threshold},
+                "index": index_info(),
                 "limits": limits.as_dict(), "torch_threads": torch.get_num_threads(), "rss_bytes": _rss_bytes(),
                 "cpu_seconds": round(time.process_time(), 3),  # the server's CPU so far: benchmarks read CPU per wafer
                 "queued_dies": {"classifier": clf_worker.queued_dies, "detector": det_worker.queued_dies}}

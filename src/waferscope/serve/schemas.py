@@ -80,5 +80,24 @@ class ScoreResponse(BaseModel):
     wafers: List[ScoredWafer]
 
 
+class Neighbour(BaseModel):
+    id: str = Field(..., description="The archive wafer's id")
+    lot: str = Field(..., description="Its lot (empty when the archive had none)")
+    class_: str = Field(..., alias="class", description="Its label in the archive (empty: unlabelled)")
+    distance: float = Field(..., description="Euclidean distance in the index's embedding (smaller: more alike)")
+
+
+class SearchedWafer(BaseModel):
+    id: str
+    lot: Optional[str] = None
+    neighbours: List[Neighbour]
+
+
+class SearchResponse(BaseModel):
+    index: Dict[str, object] = Field(..., description="The index served: embedding, wafers, source")
+    k: int
+    wafers: List[SearchedWafer]
+
+
 class ErrorResponse(BaseModel):
     error: str

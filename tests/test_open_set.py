@@ -1,0 +1,99 @@
+"""Open set (issue #31): the scorer, cluster matching, the leave-one-class-out benchmark and `discover`."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from clitools import invoke
+from waferscope.data import load
+from waferscope.data.dataset import WaferDataset
+from waferscope.errors import ConfigError
+from waferscope.search.open_set import OpenSetScorer, best_cluster, discover_clusters
+
+
+def _toy(rng, centres, n):
+    y = rng.integers(0, len(centres), n)
+    return centres[y] + rng.normal(0, 0.3, (n, centres.shape[1])), y
+
+
+def test_scorer_flags_a_class_it_never_saw():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4, 8) * 3
+    x_tr, y_tr = _toy(rng, centres[:3], 300)
+    x_cal, y_cal = _toy(rng, centres[:3], 200)
+    x_new, _ = _toy(rng, centres[3:], 50)  # the fourth class: unknown
+    x_known, y_known = _toy(rng, centres[:3], 200)
+
+    def proba(x):  # a classifier that only knows three classes: confident even on the fourth
+        logits = -((x[:, None, :] - centres[None, :3]) ** 2).sum(-1)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    s = OpenSetScorer(abstain_rate=0.05).fit(x_tr, y_tr.astype(str), proba(x_cal), x_cal, ["0", "1", "2"])
+    assert ((s.score(proba(x_cal), x_cal) > s.threshold_).mean()) == pytest.approx(0.05, abs=0.02)
+    score = s.score(np.vstack([proba(x_known), proba(x_new)]), np.vstack([x_known, x_new]))
+    truth = np.r_[np.zeros(200), np.ones(50)]
+    assert roc_auc_score(truth, score) > 0.95
+    pred = s.predict(proba(x_new), x_new)
+    assert (pred == "unknown").mean() > 0.8
+    known_pred = s.predict(proba(x_known), x_known)
+    assert (known_pred[known_pred != "unknown"] == y_known[known_pred != "unknown"].astype(str)).all()
+    with pytest.raises(ConfigError):
+        OpenSetScorer(abstain_rate=1.5)
+
+
+def test_best_cluster_and_hdbscan():
+    clusters = np.array([0, 0, 0, 1, 1, -1, 1, 2])
+    target = np.array([1, 1, 0, 0, 0, 1, 0, 0], bool)
+    best = best_cluster(clusters, target)
+    assert best["cluster"] == 0 and best["purity"] == pytest.approx(2 / 3) and best["recall"] == pytest.approx(2 / 3)
+    assert best_cluster(np.full(3, -1), np.ones(3, bool))["cluster"] is None
+    rng = np.random.default_rng(1)
+    blobs = np.vstack([rng.normal(0, 0.1, (30, 2)), rng.normal(5, 0.1, (30, 2))])
+    labels = discover_clusters(blobs, min_cluster_size=5)
+    assert len(set(labels[:30]) - {-1}) == 1 and set(labels[:30]) != set(labels[30:])
+    assert (discover_clusters(blobs[:3], min_cluster_size=5) == -1).all()
+
+
+@pytest.fixture(scope="module")
+def lots():
+    return WaferDataset.concat([load(f"synthetic:n=27,seed={s}") for s in range(5)])
+
+
+def test_open_set_folds_on_synthetic_lots(lots):
+    from waferscope.evaluate.open_set import open_set_folds, summarise_open_set
+
+    table = open_set_folds(lots, n_splits=5, max_folds=1, hidden=("Donut",), n_jobs=1, min_cluster_size=3)
+    assert len(table) == 1 and table["n_hidden"].iloc[0] > 0
+    row = table.iloc[0]
+    for col in ("auroc", "f1_closed", "f1_open", "abstain_known", "features_purity", "metric_recall"):
+        assert 0 <= row[col] <= 1, col
+    assert summarise_open_set(table)["hidden"].tolist() == ["Donut", "mean"]
+
+
+def test_cli_discover_writes_the_page(lots, tmp_path, capsys):
+    from waferscope.data.io_parquet import write_parquet
+
+    known = lots.subset(lots.labels != "Donut")
+    write_parquet(lots, tmp_path / "archive.parquet")
+    write_parquet(known, tmp_path / "known.parquet")
+    code, text, err = invoke(capsys, "discover", "--data", tmp_path / "archive.parquet", "--fit-data",
+                             tmp_path / "known.parquet", "--out", tmp_path / "d", "--min-cluster-size", "3",
+                             "--abstain-rate", "0.1", "--threads", "1")
+    assert code == 0, err
+    assert "fit no known class" in text
+    page = (tmp_path / "d" / "index.html").read_text()
+    assert "Candidate new patterns" in page
+    rows = list(csv.DictReader(open(tmp_path / "d" / "wafers.csv")))
+    assert rows and all(r["predicted"] == "unknown" for r in rows)
+    clusters = list(csv.DictReader(open(tmp_path / "d" / "clusters.csv")))
+    for c in clusters:
+        assert (tmp_path / "d" / f"cluster_{c['cluster']}.png").read_bytes()[:4] == b"\x89PNG"
+    # unlabelled known classes: one clear line
+    write_parquet(WaferDataset.from_maps(list(lots.maps[:6])), tmp_path / "bare.parquet")
+    code, _, err = invoke(capsys, "discover", "--data", tmp_path / "bare.parquet", "--out", tmp_path / "e")
+    assert code == 2 and "at least two classes" in err and len(err.strip().splitlines()) == 1
