@@ -1,5 +1,6 @@
 """The Magnetic Tile canvases (train/test, 128 px etc.) and canvas-resolution masks, cached in /tmp
 for the experiment scripts beside this file."""
+
 import os
 
 import numpy as np
@@ -12,15 +13,25 @@ def canvas_cache(size):
     if not os.path.exists(path):
         from waferscope.evaluate.detection import load_image_set
         from waferscope.models.detectors.common import image_canvas
+
         train, test = load_image_set()
         ctr, cte = image_canvas(train, size, "image"), image_canvas(test, size, "image")
         masks = np.zeros((len(test), size, size), np.uint8)
-        for i, (t, l, nh, nw) in enumerate(cte.boxes):
+        for i, (t, left, nh, nw) in enumerate(cte.boxes):
             m = test.masks[i] if test.masks is not None else None
             if m is not None:
                 mm = F.interpolate(torch.from_numpy(m.astype(np.float32))[None, None], size=(nh, nw), mode="area")[0, 0]
-                masks[i, t:t + nh, l:l + nw] = mm.numpy() > 0.25
-        np.savez_compressed(path, xtr=ctr.x, vtr=ctr.valid, btr=np.array(ctr.boxes), xte=cte.x, vte=cte.valid,
-                            bte=np.array(cte.boxes), masks=masks, normal=test.is_normal,
-                            labels=np.asarray(test.labels).astype(str))
+                masks[i, t : t + nh, left : left + nw] = mm.numpy() > 0.25
+        np.savez_compressed(
+            path,
+            xtr=ctr.x,
+            vtr=ctr.valid,
+            btr=np.array(ctr.boxes),
+            xte=cte.x,
+            vte=cte.valid,
+            bte=np.array(cte.boxes),
+            masks=masks,
+            normal=test.is_normal,
+            labels=np.asarray(test.labels).astype(str),
+        )
     return np.load(path)

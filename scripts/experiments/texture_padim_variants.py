@@ -11,6 +11,7 @@ Metrics on the canvas (masks area-resized, > 0.25), as scripts/experiments/draem
 
 Run from the worktree root: ``PYTHONPATH=src python scripts/experiments/texture_padim_variants.py --sigmas 1,2,4,8``
 """
+
 import argparse
 import os
 import json
@@ -43,7 +44,9 @@ def feats(x, boxes):
     out = []
     with torch.inference_mode():
         for s in range(0, len(x), 32):
-            out.append(to_grid(bank(torch.from_numpy(x[s:s + 32])), [tuple(b) for b in boxes[s:s + 32]], stride, a.grid))
+            out.append(
+                to_grid(bank(torch.from_numpy(x[s : s + 32])), [tuple(b) for b in boxes[s : s + 32]], stride, a.grid)
+            )
     return torch.cat(out)
 
 
@@ -53,18 +56,41 @@ def fit(f):
     dd = x - mean[:, None]
     cov = dd.transpose(1, 2) @ dd / (len(f) - 1)
     ridge = 0.01 * cov.diagonal(dim1=1, dim2=2).mean(1)
-    return mean.float(), torch.linalg.inv(cov + ridge[:, None, None] * torch.eye(cov.shape[-1], dtype=cov.dtype)).float()
+    return mean.float(), torch.linalg.inv(
+        cov + ridge[:, None, None] * torch.eye(cov.shape[-1], dtype=cov.dtype)
+    ).float()
 
 
 def report(maps, name):
     v, masks, normal, labels = d["vte"].astype(bool), d["masks"] > 0, d["normal"], d["labels"]
     sc = np.array([maps[i][v[i]].max() for i in range(len(maps))])
-    hits = [masks[i].flat[np.argmax(np.where(v[i], maps[i], -1e9))] for i in range(len(maps)) if not normal[i] and masks[i].any()]
-    per = {c: round(roc_auc_score(np.r_[np.zeros(normal.sum()), np.ones((labels == c).sum())],
-                                  np.r_[sc[normal], sc[labels == c]]), 3) for c in sorted(set(labels[~normal]))}
-    print(json.dumps({"variant": name, "args": vars(a), "image_auroc": round(roc_auc_score(~normal, sc), 4),
-                      "pixel_auroc": round(roc_auc_score(masks[v], maps[v]), 4),
-                      "max_in_mask": round(float(np.mean(hits)), 3), "per_defect": per}), flush=True)
+    hits = [
+        masks[i].flat[np.argmax(np.where(v[i], maps[i], -1e9))]
+        for i in range(len(maps))
+        if not normal[i] and masks[i].any()
+    ]
+    per = {
+        c: round(
+            roc_auc_score(
+                np.r_[np.zeros(normal.sum()), np.ones((labels == c).sum())], np.r_[sc[normal], sc[labels == c]]
+            ),
+            3,
+        )
+        for c in sorted(set(labels[~normal]))
+    }
+    print(
+        json.dumps(
+            {
+                "variant": name,
+                "args": vars(a),
+                "image_auroc": round(roc_auc_score(~normal, sc), 4),
+                "pixel_auroc": round(roc_auc_score(masks[v], maps[v]), 4),
+                "max_in_mask": round(float(np.mean(hits)), 3),
+                "per_defect": per,
+            }
+        ),
+        flush=True,
+    )
 
 
 ftr, fte = feats(d["xtr"], d["btr"]), feats(d["xte"], d["bte"])
@@ -82,4 +108,6 @@ mapsB = from_grid((cell - mu) / sd, boxes, S, sm).numpy()
 report(mapsB, "B per-cell z (calibration_folds=5)")
 report(from_grid(cell / mu, boxes, S, sm).numpy(), "C per-cell ratio")
 v = d["vte"].astype(bool)
-report(mapsB - np.array([np.median(mapsB[i][v[i]]) for i in range(len(mapsB))])[:, None, None], "D B minus image median")
+report(
+    mapsB - np.array([np.median(mapsB[i][v[i]]) for i in range(len(mapsB))])[:, None, None], "D B minus image median"
+)
