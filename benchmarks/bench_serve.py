@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--maps-per-request", type=int, default=1)
     ap.add_argument("--endpoint", choices=["classify", "score", "both"], default="both")
-    ap.add_argument("--threads", type=int, help="--threads of the server it starts (default: the server's, cores - 1)")
+    ap.add_argument("--threads", type=int, help="--threads of the server it starts (default: the server's, every core)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--suite", action="store_true", help="the issue #28 targets + the CLI's rates in one run")

@@ -96,7 +96,7 @@ def serve_cmd(
     detector: Optional[str] = typer.Option(None, "--detector", help="Bundled detector name (default: the `detect` default)"),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (no authentication: keep it on loopback or behind a proxy)"),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: cores - 1, at least 1)"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: every core)"),
     max_maps: int = typer.Option(1024, "--max-maps", min=1, help="Maps per request"),
     max_side: int = typer.Option(512, "--max-side", min=1, help="Rows or columns of one map"),
     max_body_bytes: int = typer.Option(32 * 1024 * 1024, "--max-body-bytes", min=1024, metavar="BYTES", help="Request body bytes (JSON or upload)"),
@@ -143,9 +143,11 @@ def serve_cmd(
     app = create_app(models["classifier"], models["detector"], classifier_source=models["classifier_source"],
                      detector_source=models["detector_source"], classifier_run=models["classifier_run"],
                      detector_run=models["detector_run"], threshold=models["threshold"], limits=limits,
-                     # leave a core to the event loop: under many small requests HTTP and JSON work is
-                     # as large as the model's (1 thread: 617 requests/s on 2 cores, 2 threads: 513)
-                     threads=threads or max(1, (os.cpu_count() or 1) - 1), allowed_origins=tuple(allow_origin),
+                     # every core: since the request path got lean (JSON requests skip the router), torch
+                     # on 2 threads beats 1 on 2 cores for small and large requests alike (bench_serve
+                     # --suite, idle, 2026-12-06: 1-map 1,586-1,750 vs 1,397-1,633 wafers/s, 64-map
+                     # 3,437 vs 2,499-2,540; the score endpoint unchanged)
+                     threads=threads or max(1, os.cpu_count() or 1), allowed_origins=tuple(allow_origin),
                      index=wafer_index, index_source=str(index) if index is not None else "",
                      explainer=models["explainer"], explainer_source=models["explainer_source"])
     typer.echo(f"waferscope serve: classifier {models['classifier'].registry_name} ({models['classifier_source']}), "
