@@ -319,3 +319,47 @@ def test_lot_browser_opens_a_10000_wafer_file_and_pages(tmp_path):
             page.wait_for_function("document.getElementById('page-info').textContent.includes('of 25')", timeout=20000)
         finally:
             browser.close()
+
+
+def test_detail_panel_lists_similar_archive_wafers_and_their_lots(tmp_path):
+    """`serve --index`: opening a wafer shows its nearest archive wafers (thumbnails, ids, lots, classes,
+    distances, in the order /v1/search gives) and which lots they came from."""
+    sync_playwright = _browser_or_skip()
+    import waferscope.data as wd
+    from waferscope.data import WaferDataset
+    from waferscope.data.io_parquet import write_parquet
+    from waferscope.search import WaferIndex
+
+    archive = WaferDataset.concat([wd.load(f"synthetic:n=12,seed={s}") for s in (1, 2)])
+    index = WaferIndex(n_jobs=1).build(archive)
+    path = tmp_path / "query.parquet"
+    write_parquet(archive.subset([3, 15]), path)
+    app = default_app(index=index, index_source="test-index")
+    from fastapi.testclient import TestClient
+
+    expected = TestClient(app).post("/v1/search?k=8", json={"maps": [archive.maps[3].tolist()]}).json()
+    expected = expected["wafers"][0]["neighbours"]
+    with running_server(app) as url, sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1900})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            _open(page, url, path, 2)
+            page.click(f".wafer[data-id='{archive.ids[3]}']")
+            page.wait_for_selector("#similar[data-ready='1']", timeout=30000)
+            shown = page.eval_on_selector_all("#similar .neighbour", "fs => fs.map(f => [f.dataset.id, f.dataset.lot, f.innerText])")
+            assert [s[0] for s in shown] == [n["id"] for n in expected]
+            assert shown[0][0] == archive.ids[3]  # the archive wafer itself first
+            assert all(n["lot"] == s[1] and n["lot"] in s[2] for n, s in zip(expected, shown))
+            lots_line = page.inner_text("#similar-lots")
+            assert all(n["lot"] in lots_line for n in expected)
+            painted = page.evaluate("""() => [...document.querySelectorAll('#similar canvas')].map(c => {
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; })""")
+            assert len(painted) == 8 and all(n > 0 for n in painted)
+            assert not errors, errors
+            if os.environ.get("WAFERSCOPE_SCREENSHOT"):
+                page.locator("#detail").screenshot(path=str(SCREENSHOT.with_name("serve_similar.png")))
+        finally:
+            browser.close()

@@ -104,3 +104,14 @@ def test_wrong_kind_and_hostile_uploads(client, tmp_path):
 def test_cli_serve_refuses_a_bad_index_in_one_line(capsys, tmp_path):
     code, _, err = invoke(capsys, "serve", "--index", tmp_path, "--port", str(free_port()))
     assert code == 2 and "not a waferscope index folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_search_with_maps_returns_each_neighbours_stored_thumbnail(client, archive, index):
+    r = client.post("/v1/search?k=4&maps=1", json={"maps": [archive.maps[7].tolist()]})
+    assert r.status_code == 200, r.text
+    nbs = r.json()["wafers"][0]["neighbours"]
+    assert len(nbs) == 4
+    top = np.asarray(nbs[0]["map"], dtype=np.uint8)
+    assert top.shape == (index.thumb_size, index.thumb_size)
+    np.testing.assert_array_equal(top, index.thumbnail(7))  # the archive wafer itself comes first
+    assert "map" not in client.post("/v1/search?k=4", json={"maps": [archive.maps[7].tolist()]}).json()["wafers"][0]["neighbours"][0]

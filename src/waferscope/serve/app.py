@@ -854,7 +854,9 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     @app.post("/v1/search", response_model=SearchResponse, responses={**doc_responses, 409: {"model": ErrorResponse}},
               openapi_extra={**body_doc, "parameters": [
                   {"name": "k", "in": "query", "required": False, "schema": {"type": "integer"},
-                   "description": f"neighbours per map, 1-{max_k} (default 10)"}]})
+                   "description": f"neighbours per map, 1-{max_k} (default 10)"},
+                  {"name": "maps", "in": "query", "required": False, "schema": {"type": "string"},
+                   "description": "1: each neighbour's stored thumbnail too"}]})
     async def search(request: Request):
         """The k archive wafers most like each map: their ids, lots, classes and distances."""
         t0 = time.monotonic()
@@ -865,6 +867,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         if not re.fullmatch(r"[0-9]{1,4}", raw_k) or not 1 <= int(raw_k) <= max_k:
             raise RequestError(f"?k= must be an integer from 1 to {max_k}, got {raw_k[:20]!r}")
         k = int(raw_k)
+        want_maps = flag(request.query_params.get("maps"), "maps")  # the neighbours' stored thumbnails
         ds = await read_maps(request, 0)
         vectors = np.asarray(await run(search_worker, ds, None, t0), dtype=np.float32)
 
@@ -879,6 +882,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
             row["neighbours"] = [{"id": str(search_index.ids_[p]), "lot": str(search_index.lots_[p]),
                                   "class": str(search_index.labels_[p]), "distance": round(float(d), 6)}
                                  for p, d in zip(pos[i], dist[i]) if p >= 0]
+            if want_maps:  # small fixed-size thumbnails (the index's thumb_size², e.g. 32 × 32 die states)
+                for n, p in zip(row["neighbours"], [p for p in pos[i] if p >= 0]):
+                    thumb = search_index.thumbnail(int(p))
+                    n["map"] = None if thumb is None else thumb.tolist()
             rows.append(row)
         return answer({"index": index_info(), "k": k}, rows, None, on_big_answer)
 

@@ -85,6 +85,8 @@ class Neighbour(BaseModel):
     lot: str = Field(..., description="Its lot (empty when the archive had none)")
     class_: str = Field(..., alias="class", description="Its label in the archive (empty: unlabelled)")
     distance: float = Field(..., description="Euclidean distance in the index's embedding (smaller: more alike)")
+    map: Optional[List[List[int]]] = Field(None, description="With ?maps=1: its stored thumbnail (die states, "
+                                                              "the index's thumb_size squared; null without thumbnails)")
 
 
 class SearchedWafer(BaseModel):
