@@ -501,6 +501,21 @@ def load_upload_dataset(filename: str, data: bytes, limits: LoadLimits) -> tuple
 
 
 # ---- the app ------------------------------------------------------------------------------------
+async def read_multipart_file(request) -> tuple[str, bytes]:
+    """The one file of a multipart upload (field ``file``): its name and bytes. A malformed upload or
+    a missing file is a :class:`RequestError` (shared by the model routes and the lot browser)."""
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except Exception as exc:  # starlette's MultiPartException and friends: a malformed upload
+        raise RequestError(f"cannot read the multipart upload ({getattr(exc, 'message', exc)})") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise RequestError('a multipart upload needs one file in the field "file"')
+    data = await upload.read()
+    await form.close()
+    return upload.filename or "upload", data
+
+
 async def _within(fut, seconds: float):
     """``await fut`` with a time limit (TimeoutError). asyncio.timeout (3.11+) costs one timer handle;
     wait_for adds a future and callbacks per request."""
@@ -727,16 +742,8 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                 return await run_in_threadpool(parse_json_maps, body, limits, echo)
         if ctype == "multipart/form-data":
             async with heavy:
-                try:
-                    form = await request.form(max_files=1, max_fields=8)
-                except Exception as exc:  # starlette's MultiPartException and friends: a malformed upload
-                    raise RequestError(f"cannot read the multipart upload ({getattr(exc, 'message', exc)})") from None
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise RequestError('a multipart upload needs one file in the field "file"')
-                data = await upload.read()
-                await form.close()
-                return await run_in_threadpool(load_upload, upload.filename or "upload", data, limits, echo)
+                filename, data = await read_multipart_file(request)
+                return await run_in_threadpool(load_upload, filename, data, limits, echo)
         raise RequestError(f"unsupported Content-Type {ctype or '(none)'!r}: send application/json "
                            '{"maps": [...]} or multipart/form-data with a "file" field', 415)
 

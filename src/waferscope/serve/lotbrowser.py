@@ -262,7 +262,8 @@ def lot_views(session: Session, lot: str) -> dict:
 
 def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det_worker) -> None:
     """Mount the lot browser's routes on ``app`` (create_app calls this once)."""
-    from waferscope.serve.app import LOT_UPLOAD_PATH, RequestError, grid_json, load_upload_dataset
+    from waferscope.serve.app import (LOT_UPLOAD_PATH, RequestError, grid_json, load_upload_dataset,
+                                       read_multipart_file)
 
     store = Store(limits.max_lot_sessions)
     classes = [str(c) for c in classifier.classes_]
@@ -293,16 +294,8 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "multipart/form-data":
             raise RequestError('POST /v1/lots takes multipart/form-data with one file in the field "file"', 415)
-        try:
-            form = await request.form(max_files=1, max_fields=8)
-        except Exception as exc:  # starlette's MultiPartException and friends: a malformed upload
-            raise RequestError(f"cannot read the multipart upload ({getattr(exc, 'message', exc)})") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise RequestError('a multipart upload needs one file in the field "file"')
-        data = await upload.read()
-        await form.close()
-        session = await run_in_threadpool(open_file, upload.filename or "upload", data)
+        filename, data = await read_multipart_file(request)
+        session = await run_in_threadpool(open_file, filename, data)
         del data
         return JSONResponse(await run_in_threadpool(head, session))
 
