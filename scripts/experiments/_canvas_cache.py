@@ -35,3 +35,14 @@ def canvas_cache(size):
             labels=np.asarray(test.labels).astype(str),
         )
     return np.load(path)
+
+
+def per_class_auroc(scores, normal, labels):
+    """Image AUROC of each defect class against all normal tiles (both experiment scripts report it)."""
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for c in sorted(set(labels[~normal])):
+        y = np.r_[np.zeros(normal.sum()), np.ones((labels == c).sum())]
+        out[c] = round(roc_auc_score(y, np.r_[scores[normal], scores[labels == c]]), 3)
+    return out

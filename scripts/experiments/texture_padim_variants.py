@@ -33,7 +33,7 @@ a = p.parse_args()
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _canvas_cache import canvas_cache  # noqa: E402
+from _canvas_cache import canvas_cache, per_class_auroc  # noqa: E402
 
 d = canvas_cache(a.size)
 S, stride = a.size, 4
@@ -69,15 +69,7 @@ def report(maps, name):
         for i in range(len(maps))
         if not normal[i] and masks[i].any()
     ]
-    per = {
-        c: round(
-            roc_auc_score(
-                np.r_[np.zeros(normal.sum()), np.ones((labels == c).sum())], np.r_[sc[normal], sc[labels == c]]
-            ),
-            3,
-        )
-        for c in sorted(set(labels[~normal]))
-    }
+    per = per_class_auroc(sc, normal, labels)
     print(
         json.dumps(
             {
