@@ -128,6 +128,16 @@ def _is_border(region, r, c, h, w):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _edge_midpoints(pts, n, r, c):  # pragma: no cover - compiled
+    # the four edge midpoints of cell (r, c), in doubled coordinates, written at pts[n:n + 4]
+    pts[n, 0], pts[n, 1] = 2 * r - 1, 2 * c
+    pts[n + 1, 0], pts[n + 1, 1] = 2 * r + 1, 2 * c
+    pts[n + 2, 0], pts[n + 2, 1] = 2 * r, 2 * c - 1
+    pts[n + 3, 0], pts[n + 3, 1] = 2 * r, 2 * c + 1
+    return n + 4
+
+
+@njit(cache=True, nogil=True)
 def _convex_area(region, h, w):  # pragma: no cover - compiled
     # Candidate points: the four edge midpoints of the first and last cell of every row and column
     # (only those can be on the hull), in doubled coordinates so that every test below is exact.
@@ -141,12 +151,8 @@ def _convex_area(region, h, w):  # pragma: no cover - compiled
                     first = c
                 last = c
         if first >= 0:
-            for c in (first, last):
-                pts[n, 0], pts[n, 1] = 2 * r - 1, 2 * c
-                pts[n + 1, 0], pts[n + 1, 1] = 2 * r + 1, 2 * c
-                pts[n + 2, 0], pts[n + 2, 1] = 2 * r, 2 * c - 1
-                pts[n + 3, 0], pts[n + 3, 1] = 2 * r, 2 * c + 1
-                n += 4
+            n = _edge_midpoints(pts, n, r, first)
+            n = _edge_midpoints(pts, n, r, last)
     for c in range(w):
         first, last = -1, -1
         for r in range(h):
@@ -155,12 +161,8 @@ def _convex_area(region, h, w):  # pragma: no cover - compiled
                     first = r
                 last = r
         if first >= 0:
-            for r in (first, last):
-                pts[n, 0], pts[n, 1] = 2 * r - 1, 2 * c
-                pts[n + 1, 0], pts[n + 1, 1] = 2 * r + 1, 2 * c
-                pts[n + 2, 0], pts[n + 2, 1] = 2 * r, 2 * c - 1
-                pts[n + 3, 0], pts[n + 3, 1] = 2 * r, 2 * c + 1
-                n += 4
+            n = _edge_midpoints(pts, n, first, c)
+            n = _edge_midpoints(pts, n, last, c)
     pts = pts[:n]
     order = np.argsort(pts[:, 0] * (4 * w + 8) + pts[:, 1])
     pts = pts[order]

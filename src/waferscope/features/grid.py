@@ -132,7 +132,7 @@ def _clusters(mask: np.ndarray, layout: dict) -> dict:
     raster position) — so the first cluster of each map is its largest."""
     from scipy import ndimage
 
-    n_maps, size = mask.shape[0], mask.shape[1]
+    size = mask.shape[1]
     structure = np.zeros((3, 3, 3), bool)
     structure[1] = True  # connected within a map, never across maps
     labels, n = ndimage.label(mask, structure=structure)
@@ -171,15 +171,7 @@ def _clusters(mask: np.ndarray, layout: dict) -> dict:
     stats = {"owner": owner, "count": count, "minor": minor, "major": major, "r_min": r_min, "r_max": r_max,
              "edge": np.bincount(member, (r >= 0.8).astype(np.float64), n), "box": box, "boundary": boundary,
              "centre_r": centre_r, "concentration": concentration}
-    out = {k: v[rank] for k, v in stats.items()}
-    out["n_maps"] = n_maps
-    return out
-
-
-def _first_per_map(owner: np.ndarray, n_maps: int) -> tuple[np.ndarray, np.ndarray]:
-    """For clusters sorted by map: (maps that have one, index of each such map's first cluster)."""
-    maps, first = np.unique(owner, return_index=True)
-    return maps, first
+    return {k: v[rank] for k, v in stats.items()}
 
 
 def grid_features_prepared(x: np.ndarray, fail_mask: np.ndarray | None = None,
@@ -189,9 +181,8 @@ def grid_features_prepared(x: np.ndarray, fail_mask: np.ndarray | None = None,
     from waferscope.features._kernels import grid_local, grid_radon_summary
 
     n, size = x.shape[0], x.shape[1]
-    out = np.zeros((n, N_GRID_FEATURES))
     if n == 0:
-        return out
+        return np.zeros((0, N_GRID_FEATURES))
     lay = _layout(size)
     # sums over the fixed regions of the fail and die fractions
     sums = lay["regions"] @ np.concatenate([x[..., 2].reshape(n, -1), 255 - x[..., 0].reshape(n, -1)]).T.astype(np.float32)
@@ -250,7 +241,7 @@ def grid_features_prepared(x: np.ndarray, fail_mask: np.ndarray | None = None,
     c = _clusters(fail, lay)
     block = np.zeros((n, 18))
     if len(c["count"]):
-        maps, first = _first_per_map(c["owner"], n)
+        maps, first = np.unique(c["owner"], return_index=True)  # the maps with a cluster, and their largest
         cnt_c = c["count"]
         second_idx = first + 1
         has_second = (second_idx < len(cnt_c)) & (c["owner"][np.minimum(second_idx, len(cnt_c) - 1)] == maps)
@@ -291,15 +282,14 @@ def grid_features_prepared(x: np.ndarray, fail_mask: np.ndarray | None = None,
     d = _clusters(denoised, lay)
     block = np.zeros((n, 4))
     if len(d["count"]):
-        maps, first = _first_per_map(d["owner"], n)
+        maps, first = np.unique(d["owner"], return_index=True)
         n_denoised = np.maximum(denoised.reshape(n, -1).sum(1), 1)
         block[maps, 0] = np.sqrt(d["count"][first] / n_die[maps])
         block[maps, 1] = d["centre_r"][first]  # its centroid's radius (a cheap stand-in for the mean radius)
         block[:, 2] = 100.0 * np.bincount(d["owner"], minlength=n) / n_die
         block[maps, 3] = d["count"][first] / n_denoised[maps]
     cols.append(block)
-    out[:] = np.concatenate(cols, axis=1)
-    return out
+    return np.concatenate(cols, axis=1)
 
 
 def grid_features(maps, size: int = GRID_SIZE) -> np.ndarray:
