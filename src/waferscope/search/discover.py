@@ -11,7 +11,6 @@ classifier (scikit-learn's ``HistGradientBoostingClassifier``) and the
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from waferscope.errors import ConfigError, DataError
+from waferscope.utils import atomic_path
 
 
 @dataclass
@@ -111,19 +111,15 @@ def _montage(maps, titles, path: Path, cols: int = 8) -> None:
         else:
             ax.axis("off")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", dpi=80)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def write_discovery(archive, table: pd.DataFrame, out: Path, per_cluster: int = 24) -> Path:
     """``out``/wafers.csv (the abstained wafers), clusters.csv, cluster_K.png and index.html."""
-    from waferscope.utils import atomic_path
-
     def write_text_atomic(path: Path, text: str) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")

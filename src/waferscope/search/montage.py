@@ -3,13 +3,11 @@ its lot, distance and (if known) class."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import numpy as np
 
 from waferscope.data.render import render_map
 from waferscope.errors import DataError
+from waferscope.utils import atomic_path
 
 
 def search_montage(query_maps, query_ids, neighbour_maps, result: dict, path: str | Path,
@@ -49,11 +47,9 @@ def search_montage(query_maps, query_ids, neighbour_maps, result: dict, path: st
                 ax.axis("off")
     fig.suptitle("query (left) and its nearest archive wafers: lot, distance, class", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", dpi=90)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=90)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
