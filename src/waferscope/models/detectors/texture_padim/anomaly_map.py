@@ -11,9 +11,9 @@ def to_grid(features: torch.Tensor, boxes, stride: int, grid: int) -> torch.Tens
     so a cell means the same *relative* place of every image whatever its size or aspect ratio."""
     out = torch.empty((len(features), features.shape[1], grid, grid), dtype=features.dtype)
     for i, (top, left, nh, nw) in enumerate(boxes):
-        t, l = top // stride, left // stride
+        r0, c0 = top // stride, left // stride
         h, w = max(1, -(-nh // stride)), max(1, -(-nw // stride))
-        out[i] = F.interpolate(features[i:i + 1, :, t:t + h, l:l + w], size=(grid, grid), mode="bilinear",
+        out[i] = F.interpolate(features[i:i + 1, :, r0:r0 + h, c0:c0 + w], size=(grid, grid), mode="bilinear",
                                align_corners=False)[0]
     return out
 
