@@ -51,6 +51,7 @@ N_RADON = 20
 N_RINGS, N_SECTORS = 10, 24
 ANNULUS_EDGES = (0.0, 0.4, 0.75)
 LONG_CLUSTER = 0.2
+CHUNK = 2048  # maps prepared and computed at once: bounded temporaries (~60 MB at 64 × 64)
 
 _HALF = 128  # ≥ half of a cell (fractions are stored ×255)
 
@@ -297,6 +298,6 @@ def grid_features(maps, size: int = GRID_SIZE) -> np.ndarray:
     from waferscope.data.preprocess import prepare_maps
 
     maps = list(maps)
-    if not maps:
-        return np.zeros((0, N_GRID_FEATURES))
-    return grid_features_prepared(prepare_maps(maps, size, resample="area", orient="canonical"))
+    parts = [grid_features_prepared(prepare_maps(maps[i:i + CHUNK], size, resample="area", orient="canonical"))
+             for i in range(0, len(maps), CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros((0, N_GRID_FEATURES))

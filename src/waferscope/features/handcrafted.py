@@ -185,9 +185,24 @@ def extended_features(wafer: np.ndarray) -> np.ndarray:
     return np.concatenate([wafer_features(wafer), pattern_shape_features(wafer)])
 
 
-FEATURE_SETS = {"wm811k": wafer_features, "extended": extended_features, "pattern": pattern_shape_features,
-                "grid": None}  # grid: computed a batch at a time (:mod:`waferscope.features.grid`)
-GRID_CHUNK = 2048  # maps per batch of the grid features: bounded temporaries (~60 MB)
+def _per_map(one):
+    """A feature set computed map by map, as a function of a list of maps."""
+    def batch(maps: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack([one(m) for m in maps])
+    return batch
+
+
+def _grid(maps: Sequence[np.ndarray]) -> np.ndarray:
+    from waferscope.features.grid import grid_features  # imported when used: it pulls in scipy.sparse
+
+    return grid_features(maps)
+
+
+# name → function of a (non-empty) list of maps returning their (N, F) features
+FEATURE_SETS = {"wm811k": _per_map(wafer_features), "extended": _per_map(extended_features),
+                "pattern": _per_map(pattern_shape_features), "grid": _grid}
+# Sets computed a whole batch at a time cost ~0.2 ms a map: worker chunks at least this large pay off.
+MIN_CHUNK = {"grid": 1024}
 
 
 def feature_names(feature_set: str = "wm811k") -> tuple[str, ...]:
@@ -207,13 +222,7 @@ def feature_names(feature_set: str = "wm811k") -> tuple[str, ...]:
 
 
 def _chunk(maps: Sequence[np.ndarray], feature_set: str = "wm811k") -> np.ndarray:
-    if feature_set == "grid":
-        from waferscope.features.grid import grid_features
-
-        parts = [grid_features(maps[i:i + GRID_CHUNK]) for i in range(0, len(maps), GRID_CHUNK)]
-        return np.concatenate(parts) if parts else np.zeros((0, len(feature_names("grid"))))
-    one = FEATURE_SETS[feature_set]
-    return np.stack([one(m) for m in maps]) if len(maps) else np.zeros((0, len(feature_names(feature_set))))
+    return FEATURE_SETS[feature_set](maps) if len(maps) else np.zeros((0, len(feature_names(feature_set))))
 
 
 def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: bool = False,
@@ -231,8 +240,7 @@ def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: boo
     maps = list(maps)
     feature_names(feature_set)  # reject an unknown set before any work
     validate_wafer_maps(maps)  # die states 0/1/2 only: a clear DataError, not a failure deep in skimage
-    if feature_set == "grid":  # a batch costs ~0.2 ms a map: larger chunks, so workers pay off
-        chunk_size = max(chunk_size, GRID_CHUNK // 2)
+    chunk_size = max(chunk_size, MIN_CHUNK.get(feature_set, 0))
     return np.concatenate(map_chunks(partial(_chunk, feature_set=feature_set), maps, n_jobs, progress, chunk_size))
 
 
