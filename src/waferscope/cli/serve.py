@@ -62,7 +62,7 @@ def resolve_models(run: Optional[Path], bundled: Optional[str], classifier_run: 
     # A bundled label model other than the explanation one gets its heat maps from cnn_gradcam, the
     # network trained so that its Grad-CAM sits on the pattern (a run of the user's own explains itself).
     explainer, explainer_source = None, ""
-    if classifier_run is None and clf_source != f"bundled ({DEFAULT_FOR_EXPLANATIONS})":
+    if classifier_run is None and Path(clf_dir) != Path(CLF_BUNDLED[DEFAULT_FOR_EXPLANATIONS]):
         explainer, _, explainer_source = load_model_described(None, DEFAULT_FOR_EXPLANATIONS, "classifier")
     return {
         "classifier": clf, "classifier_run": clf_dir, "classifier_source": clf_source,
