@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -33,17 +34,51 @@ def test_scorer_flags_a_class_it_never_saw():
         e = np.exp(logits - logits.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
 
-    s = OpenSetScorer(abstain_rate=0.05).fit(x_tr, y_tr.astype(str), proba(x_cal), x_cal, ["0", "1", "2"])
-    assert ((s.score(proba(x_cal), x_cal) > s.threshold_).mean()) == pytest.approx(0.05, abs=0.02)
-    score = s.score(np.vstack([proba(x_known), proba(x_new)]), np.vstack([x_known, x_new]))
+    def sig(x):
+        return {"proba": proba(x), "metric": x, "features": x}
+
+    s = OpenSetScorer(abstain_rate=0.05).fit({"metric": x_tr, "features": x_tr}, y_tr.astype(str), sig(x_cal),
+                                             ["0", "1", "2"])
+    assert ((s.score(sig(x_cal)) > s.threshold_).mean()) == pytest.approx(0.05, abs=0.02)
+    score = s.score(sig(np.vstack([x_known, x_new])))
     truth = np.r_[np.zeros(200), np.ones(50)]
     assert roc_auc_score(truth, score) > 0.95
-    pred = s.predict(proba(x_new), x_new)
+    pred = s.predict(sig(x_new))
     assert (pred == "unknown").mean() > 0.8
-    known_pred = s.predict(proba(x_known), x_known)
+    known_pred = s.predict(sig(x_known))
     assert (known_pred[known_pred != "unknown"] == y_known[known_pred != "unknown"].astype(str)).all()
+    # the state round-trips through plain arrays + JSON-able extras: the same scores
+    arrays, extras = s.state()
+    again = OpenSetScorer.from_state(arrays, json.loads(json.dumps(extras)))
+    np.testing.assert_array_equal(again.score(sig(x_new)), s.score(sig(x_new)))
     with pytest.raises(ConfigError):
         OpenSetScorer(abstain_rate=1.5)
+    with pytest.raises(ConfigError, match="unknown open-set part"):
+        OpenSetScorer(parts=("doubt", "vibes"))
+    with pytest.raises(ConfigError, match="needs metric"):  # a signal missing when scoring: one clear error
+        s.score({"proba": proba(x_new), "metric": None, "features": x_new})
+
+
+def test_feature_distance_catches_what_a_confident_classifier_hides():
+    """A new class the classifier maps confidently onto a known one: doubt alone cannot see it, the
+    feature-space distance part can (why ``feature_knn`` is in the default parts)."""
+    rng = np.random.default_rng(2)
+    x_tr = rng.normal(0, 1, (300, 6))
+    y_tr = (x_tr[:, 0] > 0).astype(int).astype(str)
+    x_cal = rng.normal(0, 1, (200, 6))
+    x_new = rng.normal(0, 1, (60, 6))
+    x_new[:, 3] += 6  # off in a direction the classifier ignores
+    onehot = lambda x: np.stack([x[:, 0] <= 0, x[:, 0] > 0], 1).astype(float) * 0.98 + 0.01  # noqa: E731
+
+    def sig(x):
+        return {"proba": onehot(x), "metric": x[:, :1], "features": x}
+
+    truth = np.r_[np.zeros(200), np.ones(60)]
+    x_test = np.vstack([rng.normal(0, 1, (200, 6)), x_new])
+    doubt_only = OpenSetScorer(parts=("doubt",)).fit({}, y_tr, sig(x_cal), ["0", "1"])
+    with_features = OpenSetScorer(parts=("doubt", "feature_knn")).fit({"features": x_tr}, y_tr, sig(x_cal), ["0", "1"])
+    assert roc_auc_score(truth, doubt_only.score(sig(x_test))) < 0.7
+    assert roc_auc_score(truth, with_features.score(sig(x_test))) > 0.95
 
 
 def test_best_cluster_and_hdbscan():

@@ -13,7 +13,7 @@ again by lot into a training part (80 %) and a calibration part (20 %):
   (threshold: ``abstain_rate`` of the calibration wafers abstained).
 
 On the query fold it reports: AUROC of the open-set score for hidden-class vs known-class wafers (and
-of each of its two parts alone); the known-class macro-F1 of the closed-set prediction and of the
+of each of its parts alone); the known-class macro-F1 of the closed-set prediction and of the
 open-set one (an abstained known wafer counts as a miss); the abstention rate on known wafers and the
 share of hidden-class wafers abstained. Discovery: the abstained query wafers are clustered with
 HDBSCAN (on the ``features`` standardised with the known archive wafers' mean/std, or the ``metric`` vectors) and the cluster best matching
@@ -38,9 +38,11 @@ def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 def open_set_folds(dataset, n_splits: int = 5, seed: int = 0, abstain_rate: float = 0.05, max_folds: int | None = None,
                    hidden: tuple[str, ...] | None = None, min_cluster_size: int = 8, n_jobs: int = -1,
-                   progress: bool = False, features: np.ndarray | None = None) -> pd.DataFrame:
+                   progress: bool = False, features: np.ndarray | None = None, parts: tuple[str, ...] | None = None,
+                   min_samples: int | None = None) -> pd.DataFrame:
     """One row per (fold, hidden class); see the module docstring. ``features``: precomputed
-    ``extended`` features of ``dataset.labelled()`` (else computed here)."""
+    ``extended`` features of ``dataset.labelled()`` (else computed here). ``parts``: the scorer's parts
+    (default :data:`~waferscope.search.open_set.DEFAULT_PARTS`); ``min_samples``: HDBSCAN's."""
     from sklearn.metrics import f1_score, roc_auc_score
 
     from waferscope.data.preprocess import grouped_stratified_kfold
@@ -70,28 +72,28 @@ def open_set_folds(dataset, n_splits: int = 5, seed: int = 0, abstain_rate: floa
     rows = []
     for fold, arch, qry, c in tasks:
         known = arch[labels[arch] != c]
-        model = fit_open_set(feat[known], labels[known], lots[known], seed=seed, abstain_rate=abstain_rate)
-        _, f_q = _standardise(feat[known], feat[qry])
-        v_q = model.embedding.transform(None, raw=feat[qry])
-        p_q = model.classifier.predict_proba(feat[qry])
-        classes, scorer = model.scorer.classes_, model.scorer
-        score = scorer.score(p_q, v_q)
+        model = fit_open_set(feat[known], labels[known], lots[known], seed=seed, abstain_rate=abstain_rate,
+                             parts=parts, maps=None if "detector" not in (parts or ()) else [ds.maps[i] for i in known])
+        scorer = model.scorer
+        score, opened, sig = model.score(feat[qry], maps=[ds.maps[i] for i in qry] if "detector" in scorer.parts else None)
         unknown = labels[qry] == c
-        doubt, dist = scorer._parts(p_q, v_q)
-        closed = classes[p_q.argmax(1)]
-        opened = scorer.predict(p_q, v_q).astype(str)
+        closed = scorer.classes_[sig["proba"].argmax(1)]
         k = ~unknown
         row = {"fold": fold, "hidden": c, "n_hidden": int(unknown.sum()), "n_known": int(k.sum()),
-               "auroc": float(roc_auc_score(unknown, score)),
-               "auroc_confidence": float(roc_auc_score(unknown, doubt)),
-               "auroc_distance": float(roc_auc_score(unknown, np.where(np.isfinite(dist), dist, 1e9))),
-               "f1_closed": float(f1_score(labels[qry][k], closed[k], labels=classes, average="macro", zero_division=0)),
-               "f1_open": float(f1_score(labels[qry][k], opened[k], labels=classes, average="macro", zero_division=0)),
-               "abstain_known": float((opened[k] == "unknown").mean()),
-               "abstain_hidden": float((opened[unknown] == "unknown").mean()) if unknown.any() else float("nan")}
+               "auroc": float(roc_auc_score(unknown, score))}
+        ranks = scorer.ranks(sig)
+        for j, part in enumerate(scorer.parts):  # each part alone (its calibration rank; same order as raw)
+            row[f"auroc_{part}"] = float(roc_auc_score(unknown, ranks[:, j]))
+        row.update({
+            "f1_closed": float(f1_score(labels[qry][k], closed[k], labels=scorer.classes_, average="macro", zero_division=0)),
+            "f1_open": float(f1_score(labels[qry][k], opened[k], labels=scorer.classes_, average="macro", zero_division=0)),
+            "abstain_known": float((opened[k] == "unknown").mean()),
+            "abstain_hidden": float((opened[unknown] == "unknown").mean()) if unknown.any() else float("nan")})
         out = opened == "unknown"
-        for space, vec in (("features", f_q), ("metric", v_q)):
-            clusters = discover_clusters(vec[out], min_cluster_size=min_cluster_size)
+        spaces = {"features": sig["features"] if sig["features"] is not None else _standardise(feat[known], feat[qry])[1],
+                  "metric": sig["metric"] if sig["metric"] is not None else model.embedding.transform(None, raw=feat[qry])}
+        for space, vec in spaces.items():
+            clusters = discover_clusters(vec[out], min_cluster_size=min_cluster_size, min_samples=min_samples)
             best = best_cluster(clusters, unknown[out])
             # recall against every hidden-class wafer of the fold, not only the abstained ones
             hits = best["recall"] * unknown[out].sum()
@@ -99,7 +101,7 @@ def open_set_folds(dataset, n_splits: int = 5, seed: int = 0, abstain_rate: floa
                         f"{space}_clusters": int(clusters.max() + 1) if len(clusters) else 0,
                         f"{space}_cluster_size": best["size"]})
         rows.append(row)
-        if progress:  # each task takes minutes: show its result as soon as it is known
+        if progress:  # each task takes a while: show its result as soon as it is known
             tasks.write(f"fold {fold} hidden {c}: AUROC {row['auroc']:.3f}, macro-F1 open {row['f1_open']:.3f} "
                         f"vs closed {row['f1_closed']:.3f}, cluster purity {row['features_purity']:.2f} "
                         f"recall {row['features_recall']:.2f}")

@@ -11,6 +11,7 @@ classifier (scikit-learn's ``HistGradientBoostingClassifier``) and the
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,42 +22,169 @@ from waferscope.errors import ConfigError, DataError
 from waferscope.utils import atomic_path
 
 
+OPEN_SET_JSON = "open_set.json"  # beside a classifier run's model.json: the abstention travels with the model
+OPEN_SET_ARRAYS = "open_set.safetensors"
+OPEN_SET_FORMAT = 1
+
+
 @dataclass
 class OpenSetModel:
+    """The pieces that decide ``unknown``: the ``metric`` embedding (and its feature standardisation),
+    the fitted :class:`~waferscope.search.open_set.OpenSetScorer`, the classifier whose probabilities
+    it reads (a per-fold stand-in, or None when bound to a saved classifier run that supplies them),
+    and the bundled detector's name when the scorer uses the ``detector`` part."""
+
     embedding: object  # a fitted MetricEmbedding
-    classifier: object  # fitted sklearn classifier on the raw features
     scorer: object  # fitted OpenSetScorer
+    classifier: object = None  # sklearn classifier on the raw features, or None (a run's classifier)
+    detector: str | None = None
 
-    def score(self, feat: np.ndarray):
-        """(open-set scores, predictions with ``unknown``, embedding vectors) of raw features."""
-        vectors = self.embedding.transform(None, raw=feat)
-        proba = self.classifier.predict_proba(feat)
-        return self.scorer.score(proba, vectors), self.scorer.predict(proba, vectors).astype(str), vectors
+    def signals(self, feat: np.ndarray, proba: np.ndarray | None = None, maps=None) -> dict:
+        """The scorer's inputs for wafers with raw ``extended`` features ``feat`` (``proba``: the
+        classifier's probabilities; computed with :attr:`classifier` when not given)."""
+        from waferscope.search.embed import FeatureEmbedding
+
+        if proba is None:
+            proba = self.classifier.predict_proba(feat)
+        need = self.scorer.needs()
+        sig = {"proba": np.asarray(proba, dtype=np.float64),
+               "metric": self.embedding.transform(None, raw=feat) if "metric" in need else None,
+               # the embedding's own standardisation (fitted on the training part), clipped like it
+               "features": FeatureEmbedding.transform(self.embedding, None, raw=feat) if "features" in need else None,
+               "detector": None}
+        if "detector" in need:
+            sig["detector"] = _detector_scores(self.detector, maps)
+        return sig
+
+    def score(self, feat: np.ndarray, proba: np.ndarray | None = None, maps=None):
+        """(open-set scores, predictions with ``unknown``, signals) of wafers with raw features ``feat``."""
+        sig = self.signals(feat, proba, maps)
+        score = self.scorer.score(sig)
+        return score, self.scorer.predict(sig, score).astype(str), sig
 
 
-def fit_open_set(feat: np.ndarray, labels, lots, seed: int = 0, abstain_rate: float = 0.05) -> OpenSetModel:
-    """Train the open-set model on labelled wafers' ``extended`` features (lot-grouped 80/20 split into
-    training and calibration; without lot names each wafer is its own group)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
+def _detector_scores(name: str | None, maps) -> np.ndarray:
+    from waferscope.data import WaferDataset
+    from waferscope.models.detectors import load_default
 
+    if maps is None:
+        raise ConfigError("the open-set scorer's detector part needs the wafer maps")
+    ds = maps if isinstance(maps, WaferDataset) else WaferDataset.from_maps(list(maps))
+    return np.asarray(load_default(name or "pattern_contrast").score(ds).scores, dtype=np.float64)
+
+
+def open_set_split(labels, lots, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(training, calibration) positions: a lot-grouped, class-stratified 80/20 split (without lot
+    names, or with fewer than five lots, each wafer is its own group)."""
     from waferscope.data.preprocess import grouped_stratified_kfold
-    from waferscope.search.embed import MetricEmbedding
-    from waferscope.search.open_set import OpenSetScorer
 
     labels = np.asarray(labels).astype(str)
     lots = np.asarray(lots).astype(str)
-    if len(np.unique(labels)) < 2:
-        raise ConfigError("the open-set model learns the known classes from labelled wafers of at least two classes")
     groups = np.where(lots == "", np.char.add("wafer-", np.arange(len(lots)).astype(str)), lots)
     if len(np.unique(groups)) < 5:  # too few lots to hold a fifth of them out: wafers are the groups
         groups = np.arange(len(lots)).astype(str)
-    tr, cal = next(iter(grouped_stratified_kfold(labels, groups, n_splits=5, seed=seed)))
-    emb = MetricEmbedding(source="labels", seed=seed).fit(None, raw=feat[tr], labels=labels[tr])
+    return next(iter(grouped_stratified_kfold(labels, groups, n_splits=5, seed=seed)))
+
+
+def fit_scorer(feat_tr, labels_tr, feat_cal, proba_cal, classes, seed: int = 0, abstain_rate: float = 0.05,
+               parts: tuple[str, ...] | None = None, maps_cal=None, detector: str | None = None) -> OpenSetModel:
+    """The embedding trained on the training part and the scorer calibrated on the calibration part's
+    classifier probabilities ``proba_cal`` (columns in ``classes`` order); no classifier attached."""
+    from waferscope.search.embed import MetricEmbedding
+    from waferscope.search.open_set import DEFAULT_PARTS, OpenSetScorer
+
+    emb = MetricEmbedding(source="labels", seed=seed).fit(None, raw=feat_tr, labels=labels_tr)
+    scorer = OpenSetScorer(parts=parts or DEFAULT_PARTS, abstain_rate=abstain_rate, seed=seed)
+    model = OpenSetModel(emb, scorer, None, detector)
+    train = {"metric": emb.transform(None, raw=feat_tr), "features": _standardised(emb, feat_tr)}
+    scorer.fit(train, labels_tr, model.signals(feat_cal, proba_cal, maps_cal), [str(c) for c in classes])
+    return model
+
+
+def _standardised(emb, feat):
+    from waferscope.search.embed import FeatureEmbedding
+
+    return FeatureEmbedding.transform(emb, None, raw=feat)
+
+
+def fit_open_set(feat: np.ndarray, labels, lots, seed: int = 0, abstain_rate: float = 0.05,
+                 parts: tuple[str, ...] | None = None, maps=None) -> OpenSetModel:
+    """Train the open-set model on labelled wafers' ``extended`` features (:func:`open_set_split`
+    into training and calibration): the metric head and a gradient-boosted stand-in classifier on the
+    training part, the scorer calibrated on the other. ``maps``: the wafers (for a ``detector`` part)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    labels = np.asarray(labels).astype(str)
+    if len(np.unique(labels)) < 2:
+        raise ConfigError("the open-set model learns the known classes from labelled wafers of at least two classes")
+    tr, cal = open_set_split(labels, lots, seed)
     clf = HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=seed).fit(feat[tr], labels[tr])
-    scorer = OpenSetScorer(abstain_rate=abstain_rate).fit(
-        emb.transform(None, raw=feat[tr]), labels[tr], clf.predict_proba(feat[cal]),
-        emb.transform(None, raw=feat[cal]), clf.classes_.astype(str))
-    return OpenSetModel(emb, clf, scorer)
+    model = fit_scorer(feat[tr], labels[tr], feat[cal], clf.predict_proba(feat[cal]), clf.classes_.astype(str),
+                       seed=seed, abstain_rate=abstain_rate, parts=parts,
+                       maps_cal=None if maps is None else [maps[i] for i in cal])
+    model.classifier = clf
+    return model
+
+
+def save_open_set(model: OpenSetModel, run_dir: Path) -> None:
+    """Write the scorer and its embedding beside a classifier run's model.json (plain arrays + JSON)."""
+    from safetensors.numpy import save_file
+
+    from waferscope import __version__
+    from waferscope.features.handcrafted import feature_names
+
+    run_dir = Path(run_dir)
+    s_arrays, s_extras = model.scorer.state()
+    e_arrays, e_extras = model.embedding.state()
+    arrays = {**{f"scorer.{k}": np.ascontiguousarray(v) for k, v in s_arrays.items()},
+              **{f"embedding.{k}": np.ascontiguousarray(v) for k, v in e_arrays.items()}}
+    doc = {"waferscope_open_set_format": OPEN_SET_FORMAT, "waferscope_version": __version__,
+           "scorer": s_extras, "embedding": {"name": model.embedding.name, **e_extras},
+           "detector": model.detector, "feature_names": list(feature_names("extended"))}
+    with atomic_path(run_dir / OPEN_SET_ARRAYS) as tmp:
+        save_file(arrays, str(tmp))
+    with atomic_path(run_dir / OPEN_SET_JSON) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def has_open_set(run_dir) -> bool:
+    return run_dir is not None and (Path(run_dir) / OPEN_SET_JSON).is_file()
+
+
+def load_open_set(run_dir: Path, classes=None) -> OpenSetModel:
+    """The open-set model saved with a classifier run (:func:`save_open_set`); one clear error when the
+    run has none, is damaged, or was fitted for other classes or another feature set."""
+    from safetensors.numpy import load_file
+
+    from waferscope.features.handcrafted import feature_names
+    from waferscope.search.embed import MetricEmbedding
+    from waferscope.search.open_set import OpenSetScorer
+
+    run_dir = Path(run_dir)
+    path = run_dir / OPEN_SET_JSON
+    if not path.is_file():
+        raise ConfigError(f"the classifier run {run_dir} has no open-set scorer, so it cannot abstain: train it "
+                          "with `waferscope classify train --open-set` (which calibrates one on held-out lots)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        arrays = load_file(str(run_dir / OPEN_SET_ARRAYS))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the open-set scorer: {exc}", path) from None
+    if not isinstance(doc, dict) or doc.get("waferscope_open_set_format") != OPEN_SET_FORMAT:
+        raise DataError(f"not an open-set scorer of format {OPEN_SET_FORMAT}; retrain the run with --open-set", path)
+    if doc.get("feature_names") != list(feature_names("extended")):
+        raise ConfigError(f"{path}: the open-set scorer was fitted on another feature set than this waferscope "
+                          "computes; retrain the run with --open-set")
+    pick = lambda prefix: {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}  # noqa: E731
+    scorer = OpenSetScorer.from_state(pick("scorer."), doc.get("scorer") or {}, path)
+    try:
+        emb = MetricEmbedding.from_state(pick("embedding."), doc.get("embedding") or {})
+    except KeyError as exc:
+        raise DataError(f"damaged open-set embedding: lacks {exc.args[0]}", path) from None
+    if classes is not None and list(scorer.classes_) != [str(c) for c in classes]:
+        raise ConfigError(f"{path}: the open-set scorer knows classes {list(scorer.classes_)}, the classifier "
+                          f"{[str(c) for c in classes]}; retrain the run with --open-set")
+    return OpenSetModel(emb, scorer, None, doc.get("detector"))
 
 
 def discover(archive, fit_on=None, seed: int = 0, abstain_rate: float = 0.05, min_cluster_size: int = 10,
