@@ -132,3 +132,84 @@ def test_cli_discover_writes_the_page(lots, tmp_path, capsys):
     write_parquet(WaferDataset.from_maps(list(lots.maps[:6])), tmp_path / "bare.parquet")
     code, _, err = invoke(capsys, "discover", "--data", tmp_path / "bare.parquet", "--out", tmp_path / "e")
     assert code == 2 and "at least two classes" in err and len(err.strip().splitlines()) == 1
+
+
+def _csv(path):
+    return list(csv.DictReader(open(path)))
+
+
+def test_train_open_set_then_predict_abstains(lots, tmp_path, capsys):
+    """`classify train --open-set` saves a scorer with the run; `predict --abstain` uses it: the hidden
+    class scores higher than the known ones and some of it is answered 'unknown'."""
+    from waferscope.data.io_parquet import write_parquet
+
+    known = lots.subset(lots.labels != "Donut")
+    write_parquet(known, tmp_path / "known.parquet")
+    write_parquet(lots, tmp_path / "all.parquet")
+    run = tmp_path / "run"
+    code, _, err = invoke(capsys, "classify", "train", "--data", tmp_path / "known.parquet", "--model", "gbm",
+                          "--set", "max_iter=40", "--set", "n_jobs=1", "--set", "progress=false", "--open-set",
+                          "--abstain-rate", "0.1", "--out", run)
+    assert code == 0, err
+    assert (run / "open_set.json").is_file() and (run / "open_set.safetensors").is_file()
+    code, _, err = invoke(capsys, "classify", "predict", "--data", tmp_path / "all.parquet", "--run", run,
+                          "--abstain", "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    rows = _csv(tmp_path / "p.csv")
+    assert len(rows) == len(lots) and "open_set_score" in rows[0]
+    donut = [float(r["open_set_score"]) for r in rows if r["label"] == "Donut"]
+    other = [float(r["open_set_score"]) for r in rows if r["label"] != "Donut"]
+    assert np.mean(donut) > np.mean(other) + 0.1
+    assert any(r["predicted"] == "unknown" for r in rows if r["label"] == "Donut")
+    assert "Donut" not in {r["predicted"] for r in rows}  # the run never learnt it
+    # without --abstain: the closed-set answer, no score column
+    code, _, err = invoke(capsys, "classify", "predict", "--data", tmp_path / "all.parquet", "--run", run,
+                          "--out", tmp_path / "q.csv")
+    assert code == 0 and "open_set_score" not in _csv(tmp_path / "q.csv")[0]
+    assert "unknown" not in {r["predicted"] for r in _csv(tmp_path / "q.csv")}
+    # a run without a scorer: one clear line, before the maps are read
+    plain = tmp_path / "plain"
+    code, _, err = invoke(capsys, "classify", "train", "--data", tmp_path / "known.parquet", "--model", "gbm",
+                          "--set", "max_iter=5", "--set", "n_jobs=1", "--set", "progress=false", "--out", plain)
+    assert code == 0, err
+    code, _, err = invoke(capsys, "classify", "predict", "--data", tmp_path / "all.parquet", "--run", plain,
+                          "--abstain", "--out", tmp_path / "r.csv")
+    assert code == 2 and "no open-set scorer" in err and "--open-set" in err and len(err.strip().splitlines()) == 1
+    # a scorer fitted for other classes than the run's: refused
+    (plain / "open_set.json").write_bytes((run / "open_set.json").read_bytes().replace(b'"Center"', b'"Centre"'))
+    (plain / "open_set.safetensors").write_bytes((run / "open_set.safetensors").read_bytes())
+    code, _, err = invoke(capsys, "classify", "predict", "--data", tmp_path / "all.parquet", "--run", plain,
+                          "--abstain", "--out", tmp_path / "r.csv")
+    assert code == 2 and "knows classes" in err
+
+
+def test_train_takes_a_discovered_cluster_as_a_new_class(lots, tmp_path, capsys):
+    from waferscope.base import load_run
+    from waferscope.data.io_parquet import write_parquet
+
+    known = lots.subset(lots.labels != "Donut")
+    write_parquet(lots, tmp_path / "archive.parquet")
+    write_parquet(known, tmp_path / "known.parquet")
+    code, _, err = invoke(capsys, "discover", "--data", tmp_path / "archive.parquet", "--fit-data",
+                          tmp_path / "known.parquet", "--out", tmp_path / "d", "--min-cluster-size", "3",
+                          "--abstain-rate", "0.3", "--threads", "1")
+    assert code == 0, err
+    wafers = _csv(tmp_path / "d" / "wafers.csv")
+    clusters = sorted({int(r["cluster"]) for r in wafers} - {-1})
+    assert clusters, "the synthetic hidden class should form at least one cluster"
+    c = clusters[0]
+    members = {r["id"] for r in wafers if int(r["cluster"]) == c}
+    run = tmp_path / "run"
+    code, _, err = invoke(capsys, "classify", "train", "--data", tmp_path / "known.parquet", "--model", "gbm",
+                          "--set", "max_iter=10", "--set", "n_jobs=1", "--set", "progress=false",
+                          "--add-class", f"Ringlet={tmp_path / 'd'}:{c}", "--out", run)
+    assert code == 0, err
+    assert f"new class Ringlet: {len(members)} wafers" in err
+    assert "Ringlet" in load_run(run).classes_
+    # bad specs and missing clusters: one clear line each
+    for spec, words in ((f"Ringlet={tmp_path / 'd'}", "NAME=DISCOVER_DIR:CLUSTER"),
+                        (f"Ringlet={tmp_path / 'd'}:999", "no cluster 999"),
+                        (f"Ringlet={tmp_path}:0", "not a `waferscope discover` output folder")):
+        code, _, err = invoke(capsys, "classify", "train", "--data", tmp_path / "known.parquet", "--model", "gbm",
+                              "--add-class", spec, "--out", tmp_path / "bad", "--overwrite")
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, (spec, err)

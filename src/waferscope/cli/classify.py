@@ -56,18 +56,29 @@ def report_prior(shift, prior: str, classes, used, n_maps: int) -> None:
     typer.echo(f"class mix ({prior}): " + ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, used)), err=True)
 
 
-def check_training_labels(dataset, where: str) -> None:
-    """Wafer-map training labels must be WM-811K class names (or empty = unlabelled)."""
+def check_training_labels(dataset, where: str, extra: tuple[str, ...] = ()) -> None:
+    """Wafer-map training labels must be WM-811K class names, names given with --add-class (``extra``),
+    or empty = unlabelled."""
     from waferscope.data.classes import CLASSES, UNLABELLED
 
     if dataset.kind != "wafer":
         return
     names = set(dataset.labels.astype(str).tolist()) - {UNLABELLED}
-    unknown = sorted(names - set(CLASSES))
+    unknown = sorted(names - set(CLASSES) - set(extra))
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:10]) + (" …" if len(unknown) > 10 else "")
         raise DataError(f"unknown class name(s) in the training labels: {shown}; "
                         f"expected WM-811K classes: {', '.join(CLASSES)}", where)
+
+
+def parse_add_class(spec: str) -> tuple[str, Path, int]:
+    """``NAME=DISCOVER_DIR:CLUSTER`` → (name, folder, cluster id), or one clear ConfigError."""
+    name, eq, rest = spec.partition("=")
+    folder, colon, cluster = rest.rpartition(":")
+    if not eq or not colon or not name.strip() or not folder or not cluster.strip().isdigit():
+        raise ConfigError(f"--add-class {spec!r}: expected NAME=DISCOVER_DIR:CLUSTER, e.g. "
+                          "Spiral=new_patterns/:3 (a cluster number from the folder's clusters.csv)")
+    return name.strip(), Path(folder), int(cluster)
 
 
 @app.command()
@@ -80,6 +91,14 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed → same model)"),
     set_: List[str] = typer.Option([], "--set", help="Any other model parameter, key=value (JSON values)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory at --out"),
+    open_set: bool = typer.Option(False, "--open-set", help="Also fit an open-set scorer saved with the run, so "
+                                  "`classify predict --abstain` can answer 'unknown': a fifth of the labelled lots "
+                                  "is held out to calibrate it and the classifier trains on the rest (docs/search.md)"),
+    abstain_rate: float = typer.Option(0.05, "--abstain-rate", min=0.001, max=0.5, help="With --open-set: share of "
+                                       "known wafers (held-out lots) the scorer sets aside as unknown"),
+    add_class: List[str] = typer.Option([], "--add-class", help="NAME=DISCOVER_DIR:CLUSTER: train on the wafers of "
+                                        "cluster CLUSTER of a `waferscope discover` output folder as a new class "
+                                        "NAME (repeatable)"),
 ) -> None:
     """Train a classifier on labelled maps and save it as a run directory."""
     from waferscope import registry
@@ -98,11 +117,29 @@ def train(
             raise ConfigError(f"{model} has no --epochs (it is not trained by epochs)")
         raise ConfigError(f"{model} has no parameter(s) {', '.join(bad)}; it takes: {', '.join(sorted(valid))}")
     cls(**params).validate_params()  # a bad value is refused before the data is read
+    added = [parse_add_class(spec) for spec in add_class]  # a bad spec fails before the data is read
     dataset = load_data(data)
-    check_training_labels(dataset, ", ".join(data))
+    check_training_labels(dataset, ", ".join(data), extra=tuple(name for name, _, _ in added))
+    if added:
+        from waferscope.data import WaferDataset
+        from waferscope.search.discover import cluster_as_class
+
+        new = [cluster_as_class(folder, cluster, name) for name, folder, cluster in added]
+        for (name, folder, cluster), part in zip(added, new):
+            typer.echo(f"new class {name}: {len(part)} wafers of cluster {cluster} in {folder}", err=True)
+        dataset = WaferDataset.concat([dataset, *new], name=dataset.name)
     typer.echo(f"training {model} on {int(dataset.is_labelled.sum())} labelled maps …", err=True)
-    clf = cls(**params).fit(dataset)
-    clf.save(out, overwrite=overwrite)
+    if open_set:
+        from waferscope.search.discover import save_open_set, train_with_open_set
+
+        clf, scorer = train_with_open_set(cls(**params), dataset, seed=seed, abstain_rate=abstain_rate, progress=True)
+        clf.save(out, overwrite=overwrite)
+        save_open_set(scorer, out)
+        typer.echo(f"open-set scorer ({', '.join(scorer.scorer.parts)}) calibrated on held-out lots, threshold "
+                   f"{scorer.scorer.threshold_:.4f} (abstains on {abstain_rate:.1%} of known wafers)", err=True)
+    else:
+        clf = cls(**params).fit(dataset)
+        clf.save(out, overwrite=overwrite)
     typer.echo(f"trained {model} on {int(dataset.is_labelled.sum())} maps "
                f"({', '.join(clf.classes_)}); wrote {out}", err=True)
 
@@ -176,6 +213,9 @@ def predict(
     workers: int = WORKERS_OPTION,
     overwrite: bool = OVERWRITE_OPTION,
     max_dies: int = MAX_DIES_OPTION,
+    abstain: bool = typer.Option(False, "--abstain", help="Answer 'unknown' for a wafer that fits none of the "
+                                 "model's classes, with an open_set_score column; needs a run trained with "
+                                 "`classify train --open-set` (docs/search.md)"),
 ) -> None:
     """Predict the defect class of every map."""
     import io
@@ -186,8 +226,15 @@ def predict(
 
     if engine == "local":
         check_out_file(out, example="predictions.csv")
-    clf, _, described = load_model_described(run, bundled, "classifier", DEFAULT_FOR_LABELS)
+    clf, run_dir, described = load_model_described(run, bundled, "classifier", DEFAULT_FOR_LABELS)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
+    open_set = None
+    if abstain:  # the scorer saved with the run, checked before any map is read
+        from waferscope.search.discover import load_open_set
+
+        if engine != "local":
+            raise ConfigError("--abstain runs with --engine local only (the open-set scorer is not in the Dask path)")
+        open_set = load_open_set(run_dir, clf.classes_)
     scaled = run_cli(clf, data, out, engine, scheduler, workers, overwrite,
                      fab_options_refused(pass_bins, retest, columns), prior=shift)
     if scaled is not None:
@@ -200,16 +247,24 @@ def predict(
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
     proba = clf.predict_proba(dataset)
+    own = proba  # the model's own probabilities: what an open-set scorer was calibrated on
     if shift is not None:
         proba, used_prior = shift.apply(proba)
         report_prior(shift, prior, clf.classes_, used_prior, len(dataset))
     classes = list(clf.classes_)
     pred = np.asarray(classes, dtype=object)[proba.argmax(1)]
+    extra_head, extra = [], [[] for _ in range(len(dataset))]
+    if open_set is not None:
+        from waferscope.search.open_set import UNKNOWN
+
+        score, names = open_set.abstain(dataset, own)
+        pred[names == UNKNOWN] = UNKNOWN
+        extra_head, extra = ["open_set_score"], [[f"{s:.4f}"] for s in score]
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["id", "label", "predicted", *[f"p_{c}" for c in classes], "model"])
+    writer.writerow(["id", "label", "predicted", *[f"p_{c}" for c in classes], *extra_head, "model"])
     for i, row in enumerate(proba):
-        writer.writerow([dataset.ids[i], dataset.labels[i], pred[i], *[f"{p:.6f}" for p in row], described])
+        writer.writerow([dataset.ids[i], dataset.labels[i], pred[i], *[f"{p:.6f}" for p in row], *extra[i], described])
     write_text_atomic(out, buf.getvalue())
     counts = dict(zip(*np.unique(pred.astype(str), return_counts=True)))
     typer.echo(f"classified {len(dataset)} maps with {described}: "

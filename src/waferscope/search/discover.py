@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from waferscope.utils import atomic_path
 OPEN_SET_JSON = "open_set.json"  # beside a classifier run's model.json: the abstention travels with the model
 OPEN_SET_ARRAYS = "open_set.safetensors"
 OPEN_SET_FORMAT = 1
+DISCOVERED_MAPS = "wafers.parquet"  # in a `discover` folder: the abstained wafers, row for row with wafers.csv
 
 
 @dataclass
@@ -61,6 +62,18 @@ class OpenSetModel:
         sig = self.signals(feat, proba, maps)
         score = self.scorer.score(sig)
         return score, self.scorer.predict(sig, score).astype(str), sig
+
+
+    def abstain(self, dataset, proba: np.ndarray, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(open-set scores, class names with ``unknown``) of a data set's wafers given the classifier's
+        own probabilities ``proba`` (the ones the scorer was calibrated on)."""
+        from waferscope.features.handcrafted import extract_features
+
+        if dataset.kind != "wafer":
+            raise DataError(f"the open-set scorer reads wafer maps; this data set holds {dataset.kind}s", dataset.name)
+        feat = extract_features(dataset.maps, n_jobs=n_jobs, progress=False, feature_set="extended")
+        score, names, _ = self.score(feat, proba, maps=dataset if "detector" in self.scorer.parts else None)
+        return score, names
 
 
 def _detector_scores(name: str | None, maps) -> np.ndarray:
@@ -126,6 +139,30 @@ def fit_open_set(feat: np.ndarray, labels, lots, seed: int = 0, abstain_rate: fl
     return model
 
 
+def train_with_open_set(classifier, dataset, seed: int = 0, abstain_rate: float = 0.05, n_jobs: int = -1,
+                        progress: bool = False):
+    """Fit ``classifier`` (an unfitted waferscope classifier) and an open-set model for it: the
+    labelled wafers are split by lot (:func:`open_set_split`); the classifier and the metric head
+    learn from the training lots (and any unlabelled wafers), the scorer is calibrated on the
+    classifier's probabilities for the held-out lots. Returns (fitted classifier, OpenSetModel)."""
+    from waferscope.features.handcrafted import extract_features
+
+    lab = np.flatnonzero(dataset.is_labelled)
+    labels = dataset.labels.astype(str)
+    if len(np.unique(labels[lab])) < 2:
+        raise ConfigError("an open-set scorer learns the known classes from labelled wafers of at least two classes")
+    lots = dataset.meta["lot"].fillna("").astype(str).to_numpy() if "lot" in dataset.meta else np.full(len(dataset), "")
+    tr_l, cal_l = open_set_split(labels[lab], lots[lab], seed)
+    cal = lab[cal_l]
+    fit_idx = np.setdiff1d(np.arange(len(dataset)), cal)
+    classifier.fit(dataset.subset(fit_idx))
+    feat = extract_features(dataset.subset(lab).maps, n_jobs=n_jobs, progress=progress, feature_set="extended")
+    proba_cal = classifier.predict_proba(dataset.subset(cal))
+    model = fit_scorer(feat[tr_l], labels[lab][tr_l], feat[cal_l], proba_cal, classifier.classes_, seed=seed,
+                       abstain_rate=abstain_rate)
+    return classifier, model
+
+
 def save_open_set(model: OpenSetModel, run_dir: Path) -> None:
     """Write the scorer and its embedding beside a classifier run's model.json (plain arrays + JSON)."""
     from safetensors.numpy import save_file
@@ -163,7 +200,7 @@ def load_open_set(run_dir: Path, classes=None) -> OpenSetModel:
     run_dir = Path(run_dir)
     path = run_dir / OPEN_SET_JSON
     if not path.is_file():
-        raise ConfigError(f"the classifier run {run_dir} has no open-set scorer, so it cannot abstain: train it "
+        raise ConfigError(f"the classifier at {run_dir} has no open-set scorer, so it cannot abstain: train a run "
                           "with `waferscope classify train --open-set` (which calibrates one on held-out lots)")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -247,7 +284,8 @@ def _montage(maps, titles, path: Path, cols: int = 8) -> None:
 
 
 def write_discovery(archive, table: pd.DataFrame, out: Path, per_cluster: int = 24) -> Path:
-    """``out``/wafers.csv (the abstained wafers), clusters.csv, cluster_K.png and index.html."""
+    """``out``/wafers.csv (the abstained wafers), wafers.parquet (their maps), clusters.csv,
+    cluster_K.png and index.html."""
     def write_text_atomic(path: Path, text: str) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
@@ -258,6 +296,11 @@ def write_discovery(archive, table: pd.DataFrame, out: Path, per_cluster: int = 
     out.mkdir(parents=True, exist_ok=True)
     abstained = table[table["predicted"] == "unknown"]
     write_text_atomic(out / "wafers.csv", abstained.to_csv(index=False))
+    # the abstained wafers themselves, row for row with wafers.csv: a named cluster can be trained on
+    # as a new class straight from this folder (cluster_as_class)
+    from waferscope.data.io_parquet import write_parquet
+
+    write_parquet(archive.subset(abstained.index.to_numpy()), out / DISCOVERED_MAPS)
     rows, sections = [], []
     for c in sorted(set(abstained["cluster"]) - {-1}):
         members = abstained[abstained["cluster"] == c].sort_values("open_set_score", ascending=False)
@@ -285,3 +328,33 @@ def write_discovery(archive, table: pd.DataFrame, out: Path, per_cluster: int = 
             "label its wafers to train on it as a class.</p>" + "".join(sections) + "</body></html>\n")
     write_text_atomic(out / "index.html", page)
     return out
+
+
+def cluster_as_class(folder: Path, cluster: int, name: str):
+    """The wafers of discovered cluster ``cluster`` in a :func:`write_discovery` folder, labelled
+    ``name`` (a new class to train on). One clear error for a missing folder or cluster."""
+    from waferscope.data import load
+
+    folder = Path(folder)
+    if not name.strip() or name.strip() != name or name in ("unknown", ""):
+        raise ConfigError(f"a new class needs a name (not blank, 'unknown' or padded with spaces), got {name!r}")
+    csv_path, maps_path = folder / "wafers.csv", folder / DISCOVERED_MAPS
+    if not csv_path.is_file() or not maps_path.is_file():
+        raise DataError("not a `waferscope discover` output folder (it needs wafers.csv and "
+                        f"{DISCOVERED_MAPS}; folders from before {DISCOVERED_MAPS} existed: rerun discover)", folder)
+    try:
+        table = pd.read_csv(csv_path, dtype={"id": str, "lot": str}, keep_default_na=False)
+        clusters = table["cluster"].astype(int).to_numpy()
+    except (ValueError, KeyError, pd.errors.ParserError) as exc:
+        raise DataError(f"unreadable wafers.csv: {exc}", csv_path) from None
+    maps = load(str(maps_path))
+    if len(maps) != len(table) or list(maps.ids.astype(str)) != table["id"].astype(str).tolist():
+        raise DataError(f"wafers.csv and {DISCOVERED_MAPS} do not list the same wafers (edited by hand?); "
+                        "rerun discover", folder)
+    pick = np.flatnonzero(clusters == int(cluster))
+    if not len(pick):
+        have = sorted(set(clusters.tolist()) - {-1})
+        raise DataError(f"no cluster {cluster} here; the clusters are {have if have else 'none'}", csv_path)
+    chosen = maps.subset(pick)
+    # the cluster is one new class: no per-pattern multi-labels carried over from whatever it was
+    return replace(chosen, labels=np.array([name] * len(chosen), dtype=object), multilabels=None)
