@@ -213,3 +213,40 @@ def test_train_takes_a_discovered_cluster_as_a_new_class(lots, tmp_path, capsys)
         code, _, err = invoke(capsys, "classify", "train", "--data", tmp_path / "known.parquet", "--model", "gbm",
                               "--add-class", spec, "--out", tmp_path / "bad", "--overwrite")
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, (spec, err)
+
+
+def test_service_abstains_with_the_runs_scorer(lots):
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*httpx2.*")
+    from fastapi.testclient import TestClient
+
+    from servetools import default_app
+    from waferscope import registry
+    from waferscope.search.discover import train_with_open_set
+    from waferscope.serve import create_app
+
+    known = lots.subset(lots.labels != "Donut")
+    clf, model = train_with_open_set(registry.get("gbm", "classifier")(max_iter=20, n_jobs=1, progress=False), known,
+                                     abstain_rate=0.1)
+    from waferscope.models.detectors import load_default
+
+    client = TestClient(create_app(clf, load_default(), open_set=model))
+    donut = [m.tolist() for m, y in zip(lots.maps, lots.labels) if y == "Donut"][:6]
+    plain = [m.tolist() for m, y in zip(lots.maps, lots.labels) if y == "none"][:6]
+    r = client.post("/v1/classify?abstain=1", json={"maps": donut + plain})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["open_set"]["threshold"] == pytest.approx(model.scorer.threshold_, abs=1e-6)
+    scores = [w["open_set_score"] for w in doc["wafers"]]
+    assert all(w["class"] in set(clf.classes_) | {"unknown"} for w in doc["wafers"])
+    assert np.mean(scores[:6]) > np.mean(scores[6:])  # the class it never learnt looks stranger
+    for w in doc["wafers"]:
+        assert (w["class"] == "unknown") == (w["open_set_score"] > model.scorer.threshold_)
+    # the same maps without the flag: the closed-set answer, no score
+    r = client.post("/v1/classify", json={"maps": donut})
+    assert r.status_code == 200 and "open_set_score" not in r.json()["wafers"][0]
+    assert client.post("/v1/classify?abstain=2", json={"maps": donut}).status_code == 400
+    # a service whose classifier has no scorer: 409, one JSON error
+    r = TestClient(default_app()).post("/v1/classify?abstain=1", json={"maps": donut})
+    assert r.status_code == 409 and "open-set" in r.json()["error"]

@@ -136,6 +136,11 @@ def serve_cmd(
         from waferscope.search import WaferIndex
 
         wafer_index = WaferIndex.load(index)  # a bad or foreign index stops here with one line
+    from waferscope.search.discover import has_open_set, load_open_set
+
+    # a classifier run trained with --open-set brings its scorer: /v1/classify?abstain=1 uses it
+    open_set = (load_open_set(models["classifier_run"], models["classifier"].classes_)
+                if has_open_set(models["classifier_run"]) else None)
     limits = Limits(max_maps=max_maps, max_side=max_side, max_body_bytes=max_body_bytes,
                     max_heatmap_maps=max_heatmap_maps, max_dies=max_dies, max_echo_dies=max_echo_dies,
                     max_decompressed_bytes=max_decompressed_old or max_decompressed_bytes, request_timeout=request_timeout,
@@ -149,7 +154,7 @@ def serve_cmd(
                      # 3,437 vs 2,499-2,540; the score endpoint unchanged)
                      threads=threads or max(1, os.cpu_count() or 1), allowed_origins=tuple(allow_origin),
                      index=wafer_index, index_source=str(index) if index is not None else "",
-                     explainer=models["explainer"], explainer_source=models["explainer_source"])
+                     explainer=models["explainer"], explainer_source=models["explainer_source"], open_set=open_set)
     typer.echo(f"waferscope serve: classifier {models['classifier'].registry_name} ({models['classifier_source']}), "
                f"detector {models['detector'].registry_name} ({models['detector_source']}); "
                f"http://{host}:{port}/", err=True)

@@ -641,7 +641,7 @@ def answer(head: dict, rows: list[dict], big, on_done=None) -> Response:
 def create_app(classifier, detector, *, classifier_source: str = "", detector_source: str = "",
                classifier_run=None, detector_run=None, threshold: float | None = None, limits: Limits | None = None,
                threads: int | None = None, max_batch: int | None = None, allowed_origins: tuple[str, ...] = (),
-               index=None, index_source: str = "", explainer=None, explainer_source: str = ""):
+               index=None, index_source: str = "", explainer=None, explainer_source: str = "", open_set=None):
     """A FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
     ``detector`` (fitted :class:`~waferscope.base.Detector`; ``threshold`` its decision threshold,
     normally ``detector.threshold_``, or None). ``*_source`` say where each came from (shown by /health),
@@ -653,7 +653,9 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     answers 409), ``index_source`` where it came from.
     ``explainer``: a network whose Grad-CAM draws the ``?heatmap=1`` maps when the label model's own
     would not (the bundled default: its heat is not trained to sit on the pattern, docs/explain.md);
-    it explains the class the label model chose, so the heat always answers "where is that class?"."""
+    it explains the class the label model chose, so the heat always answers "where is that class?".
+    ``open_set``: the classifier run's open-set model (:func:`waferscope.search.discover.load_open_set`)
+    for ``/v1/classify?abstain=1`` (None: that flag answers 409)."""
     from waferscope.serve.memory import Trimmer
 
     limits = limits or Limits()
@@ -685,6 +687,12 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
             chosen = np.asarray(classes, dtype=object)[np.asarray(proba).argmax(1)]
             heat = explain(explainer, replace(ds, labels=chosen.astype(str)), progress=False, target="label").heat
         return list(zip(proba, heat))
+
+    def classify_open(ds: WaferDataset) -> list:
+        # the scorer reads the model's own probabilities (what it was calibrated on) and the maps
+        proba = np.asarray(classifier.predict_proba(ds), dtype=np.float64)
+        score, names = open_set.abstain(ds, proba)
+        return list(zip(proba, score, names))
 
     def score_batch(ds: WaferDataset) -> list:
         res = detector.score(ds)
@@ -805,28 +813,46 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
              "schema": {"type": "string"}}]}
 
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=doc_responses,
-              openapi_extra=query_doc("1: Grad-CAM per wafer"))
+              openapi_extra={**query_doc("1: Grad-CAM per wafer"), "parameters": [
+                  *query_doc("")["parameters"],
+                  {"name": "abstain", "in": "query", "required": False, "schema": {"type": "string"},
+                   "description": "1: 'unknown' for a wafer of no known class, with its open_set_score (a run "
+                   "trained with --open-set)"}]})
     async def classify(request: Request):
         """Class and class probabilities of every map."""
         t0 = time.monotonic()
         want_heat, want_maps = flags(request)
+        want_open = bool(request.scope.get("query_string")) and flag(request.query_params.get("abstain"), "abstain")
+        if want_open and open_set is None:  # before reading the body
+            raise RequestError("this classifier has no open-set scorer, so it cannot abstain: serve a run trained "
+                               "with `waferscope classify train --open-set`", 409)
+        if want_open and want_heat:
+            raise RequestError("?abstain=1 and ?heatmap=1 cannot be combined; ask for one of them")
         if want_heat and not has_gradcam:
             raise RequestError(f"this classifier ({classifier.registry_name}) is not a neural network, so it has "
                                "no Grad-CAM heat map; serve a cnn classifier for ?heatmap=1")
         ds = await read_maps(request, int(want_heat) + int(want_maps))
         check_echo(ds, want_heat, want_maps)
-        out = await run(clf_worker, ds, classify_with_heat if want_heat else None, t0)
+        out = await run(clf_worker, ds, classify_with_heat if want_heat else classify_open if want_open else None, t0)
         rows, big = [], ([] if (want_heat or want_maps) else None)
         for i, item in enumerate(out):
             proba, heat = item if want_heat else (item, None)
+            open_score = None
+            if want_open:
+                proba, open_score, name = item
             row = base_row(ds, i)
-            row["class"] = classes[int(np.argmax(proba))]
+            row["class"] = classes[int(np.argmax(proba))] if open_score is None else str(name)
             row["probabilities"] = {c: float(p) for c, p in zip(classes, proba)}
+            if open_score is not None:
+                row["open_set_score"] = round(float(open_score), 6)
             rows.append(row)
             if big is not None:
                 big.append(([("map", ("grid", ds.maps[i]))] if want_maps else [])
                            + ([("heatmap", ("float", heat, 4))] if want_heat else []))
-        return answer({"model": classifier.registry_name, "classes": classes}, rows, big, on_big_answer)
+        head = {"model": classifier.registry_name, "classes": classes}
+        if want_open:
+            head["open_set"] = {"threshold": round(open_set.scorer.threshold_, 6), "parts": list(open_set.scorer.parts)}
+        return answer(head, rows, big, on_big_answer)
 
     @app.post("/v1/score", response_model=ScoreResponse, responses=doc_responses,
               openapi_extra=query_doc("1: anomaly map per wafer"))

@@ -55,6 +55,8 @@ class ClassifiedWafer(BaseModel):
     lot: Optional[str] = None
     class_: str = Field(..., alias="class")
     probabilities: Dict[str, float]
+    open_set_score: Optional[float] = Field(None, description="With ?abstain=1: how unlike every known class "
+                                            "(class is 'unknown' above the scorer's threshold)")
     heatmap: Optional[List[List[float]]] = Field(None, description="Grad-CAM on the die grid, in [0, 1]")
     map: Optional[List[List[int]]] = Field(None, description="The die grid itself (with ?maps=1)")
 
@@ -62,6 +64,7 @@ class ClassifiedWafer(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str
     classes: List[str]
+    open_set: Optional[Dict[str, object]] = Field(None, description="With ?abstain=1: the scorer's threshold and parts")
     wafers: List[ClassifiedWafer]
 
 
