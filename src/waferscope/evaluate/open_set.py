@@ -37,12 +37,13 @@ def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 
 def open_set_folds(dataset, n_splits: int = 5, seed: int = 0, abstain_rate: float = 0.05, max_folds: int | None = None,
-                   hidden: tuple[str, ...] | None = None, min_cluster_size: int = 8, n_jobs: int = -1,
+                   hidden: tuple[str, ...] | None = None, min_cluster_size: int | None = None, n_jobs: int = -1,
                    progress: bool = False, features: np.ndarray | None = None, parts: tuple[str, ...] | None = None,
-                   min_samples: int | None = None) -> pd.DataFrame:
+                   min_samples: int | None = None, selection: str | None = None) -> pd.DataFrame:
     """One row per (fold, hidden class); see the module docstring. ``features``: precomputed
     ``extended`` features of ``dataset.labelled()`` (else computed here). ``parts``: the scorer's parts
-    (default :data:`~waferscope.search.open_set.DEFAULT_PARTS`); ``min_samples``: HDBSCAN's."""
+    (default :data:`~waferscope.search.open_set.DEFAULT_PARTS`); HDBSCAN's ``min_cluster_size``,
+    ``min_samples``, ``selection``: None takes :mod:`waferscope.search.open_set`'s measured defaults."""
     from sklearn.metrics import f1_score, roc_auc_score
 
     from waferscope.data.preprocess import grouped_stratified_kfold
@@ -69,6 +70,11 @@ def open_set_folds(dataset, n_splits: int = 5, seed: int = 0, abstain_rate: floa
         from tqdm import tqdm
 
         tasks = tqdm(tasks, desc="open set (fold × hidden class)", unit="task")
+    from waferscope.search import open_set as os_
+
+    cluster_args = {"min_cluster_size": os_.MIN_CLUSTER_SIZE if min_cluster_size is None else min_cluster_size,
+                    "min_samples": os_.MIN_SAMPLES if min_samples is None else min_samples,
+                    "selection": selection or os_.CLUSTER_SELECTION}
     rows = []
     for fold, arch, qry, c in tasks:
         known = arch[labels[arch] != c]
@@ -93,7 +99,7 @@ def open_set_folds(dataset, n_splits: int = 5, seed: int = 0, abstain_rate: floa
         spaces = {"features": sig["features"] if sig["features"] is not None else _standardise(feat[known], feat[qry])[1],
                   "metric": sig["metric"] if sig["metric"] is not None else model.embedding.transform(None, raw=feat[qry])}
         for space, vec in spaces.items():
-            clusters = discover_clusters(vec[out], min_cluster_size=min_cluster_size, min_samples=min_samples)
+            clusters = discover_clusters(vec[out], **cluster_args)
             best = best_cluster(clusters, unknown[out])
             # recall against every hidden-class wafer of the fold, not only the abstained ones
             hits = best["recall"] * unknown[out].sum()

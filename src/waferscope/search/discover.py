@@ -224,13 +224,15 @@ def load_open_set(run_dir: Path, classes=None) -> OpenSetModel:
     return OpenSetModel(emb, scorer, None, doc.get("detector"))
 
 
-def discover(archive, fit_on=None, seed: int = 0, abstain_rate: float = 0.05, min_cluster_size: int = 10,
-             n_jobs: int = -1, progress: bool = False) -> pd.DataFrame:
+def discover(archive, fit_on=None, seed: int = 0, abstain_rate: float = 0.05, min_cluster_size: int | None = None,
+             n_jobs: int = -1, progress: bool = False, min_samples: int | None = None,
+             selection: str | None = None) -> pd.DataFrame:
     """Per archive wafer: id, lot, label, predicted class (``unknown`` when abstained), open-set score
     and cluster (-1: not abstained or in no cluster). The known classes are learnt from ``fit_on``
-    (default: the archive's own labelled wafers)."""
+    (default: the archive's own labelled wafers). HDBSCAN settings: ``None`` takes the measured
+    defaults of :mod:`waferscope.search.open_set`."""
     from waferscope.features.handcrafted import extract_features
-    from waferscope.search.open_set import UNKNOWN, discover_clusters
+    from waferscope.search import open_set as os_
 
     if archive.kind != "wafer":
         raise DataError(f"discover needs wafer maps; this data set holds {archive.kind}s", archive.name)
@@ -244,14 +246,16 @@ def discover(archive, fit_on=None, seed: int = 0, abstain_rate: float = 0.05, mi
         fit_feat = extract_features(fit_on.maps, n_jobs=n_jobs, progress=progress, feature_set="extended")
         fit_labels, fit_lots = fit_on.labels, fit_on.meta["lot"].fillna("").astype(str).to_numpy()
     model = fit_open_set(fit_feat, fit_labels, fit_lots, seed=seed, abstain_rate=abstain_rate)
-    score, pred, _ = model.score(feat)
-    out = pred == UNKNOWN
-    mu, sd = fit_feat.mean(0), fit_feat.std(0)
+    score, pred, _ = model.score(feat, maps=archive if "detector" in model.scorer.parts else None)
+    out = pred == os_.UNKNOWN
     # clustered on the standardised features, not the metric head's vectors: the head was trained to
     # collapse the known classes and measured worse at keeping an unseen one together (docs/search.md)
-    z = np.clip((feat[out] - mu) / np.where(sd > 1e-12, sd, 1.0), -8, 8)
+    z = _standardised(model.embedding, feat[out])
     cluster = np.full(len(archive), -1)
-    cluster[out] = discover_clusters(z, min_cluster_size=min_cluster_size)
+    cluster[out] = os_.discover_clusters(
+        z, min_cluster_size=os_.MIN_CLUSTER_SIZE if min_cluster_size is None else min_cluster_size,
+        min_samples=os_.MIN_SAMPLES if min_samples is None else min_samples,
+        selection=selection or os_.CLUSTER_SELECTION)
     return pd.DataFrame({"id": archive.ids.astype(str), "lot": archive.meta["lot"].fillna("").astype(str).to_numpy(),
                          "label": archive.labels.astype(str), "predicted": pred, "open_set_score": score.round(4),
                          "cluster": cluster})
