@@ -35,6 +35,8 @@ def open_set(
     max_folds: Optional[int] = typer.Option(None, "--max-folds", min=1, help="Stop after this many folds"),
     hidden: Optional[str] = typer.Option(None, "--hidden", help="Comma list of classes to hide in turn (default: "
                                          "every class but none)"),
+    parts: Optional[str] = typer.Option(None, "--parts", help="Comma list of the open-set score's parts (default: "
+                                        "doubt,metric_knn,feature_knn; also: detector, the bundled pattern_contrast)"),
     abstain_rate: float = typer.Option(0.05, "--abstain-rate", min=0.0, max=0.5,
                                        help="Share of known calibration wafers the threshold sets aside"),
     seed: int = typer.Option(0, "--seed"),
@@ -47,6 +49,11 @@ def open_set(
     from waferscope.cli.search import _threads
     from waferscope.evaluate.open_set import open_set_folds, summarise_open_set
 
+    from waferscope.search.open_set import OpenSetScorer
+
+    chosen_parts = tuple(p.strip() for p in parts.split(",") if p.strip()) if parts else None
+    if chosen_parts:
+        OpenSetScorer(parts=chosen_parts)  # an unknown part fails before the data is read
     _threads(threads)
     ds = load_data(data or _shared_default_sets())
     chosen = tuple(h.strip() for h in hidden.split(",") if h.strip()) if hidden else None
@@ -55,10 +62,11 @@ def open_set(
         if bad:
             raise ConfigError(f"--hidden: no labelled wafers of {', '.join(bad)} in --data")
     table = open_set_folds(ds, n_splits=folds, seed=seed, abstain_rate=abstain_rate, max_folds=max_folds,
-                           hidden=chosen, n_jobs=threads, progress=True)
+                           hidden=chosen, n_jobs=threads, progress=True, parts=chosen_parts)
     summary = summarise_open_set(table)
-    cols = ["hidden", "auroc", "auroc_confidence", "auroc_distance", "f1_closed", "f1_open", "abstain_known",
-            "abstain_hidden", "features_purity", "features_recall", "metric_purity", "metric_recall"]
+    parts = [c for c in summary.columns if c.startswith("auroc_")]  # each part of the score alone
+    cols = ["hidden", "auroc", *parts, "f1_closed", "f1_open", "abstain_known", "abstain_hidden", "features_purity",
+            "features_recall", "metric_purity", "metric_recall"]
     typer.echo(summary[cols].to_string(index=False))
     if json_out is not None:
         write_text_atomic(json_out, json.dumps({"per_task": table.to_dict(orient="records"),

@@ -147,6 +147,8 @@ def train_with_open_set(classifier, dataset, seed: int = 0, abstain_rate: float 
     classifier's probabilities for the held-out lots. Returns (fitted classifier, OpenSetModel)."""
     from waferscope.features.handcrafted import extract_features
 
+    if dataset.kind != "wafer":  # the scorer reads wafer features; before any training
+        raise DataError(f"an open-set scorer reads wafer maps; this data set holds {dataset.kind}s", dataset.name)
     lab = np.flatnonzero(dataset.is_labelled)
     labels = dataset.labels.astype(str)
     if len(np.unique(labels[lab])) < 2:
