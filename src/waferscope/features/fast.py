@@ -96,7 +96,8 @@ def _footprints_locked(wafer: np.ndarray, tables: tuple) -> tuple[np.ndarray, np
     footprints = _radon_footprints(h, w, pad_r, pad_c, size, cos_a, sin_a, float(size // 2))
     _footprints[key] = footprints
     while len(_footprints) > 1 and sum(f.nbytes + g.nbytes for f, g in _footprints.values()) > FOOTPRINT_CACHE_BYTES:
-        _footprints.popitem(last=False)
+        evicted, _ = _footprints.popitem(last=False)
+        _fails_seen[evicted] = 0  # it must pay for itself again: many large shapes would otherwise rebuild in turn
     return footprints
 
 
