@@ -133,14 +133,16 @@ def _schedule_finished(schedule) -> bool:
 def fit_loop(modules: torch.nn.Module | Sequence[torch.nn.Module], batches: Callable[[int], Iterable],
              step: Callable[[object], tuple[torch.Tensor, float]], *, epochs: int,
              optimizer: torch.optim.Optimizer, schedule=None, ema: EMA | None = None,
-             early_stopping: EarlyStopping | None = None, progress: bool = False, desc: str = "train") -> FitResult:
+             early_stopping: EarlyStopping | None = None, evaluate: Callable[[], dict] | None = None,
+             progress: bool = False, desc: str = "train") -> FitResult:
     """Train for up to ``epochs`` epochs and return the :class:`FitResult`.
 
     ``modules``: put in train mode at the start of every epoch (a validation pass may have switched
     them to eval) and in eval mode at the end; the first one is the network whose weights early
     stopping keeps and EMA averages. ``batches(epoch)``: the batches of epoch ``epoch`` (0-based),
     anything ``step`` accepts. ``step(batch)``: ``(loss, n)``, the batch's loss tensor and how many
-    samples it averages over (the weight of that loss in the epoch's mean).
+    samples it averages over (the weight of that loss in the epoch's mean). ``evaluate()``: figures
+    to add to every epoch's history entry (a held-out metric to watch) that do not steer training.
     """
     from tqdm.auto import tqdm
 
@@ -167,6 +169,8 @@ def fit_loop(modules: torch.nn.Module | Sequence[torch.nn.Module], batches: Call
             total += float(loss.detach()) * n
             count += n
         entry = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+        if evaluate is not None:
+            entry.update(evaluate())
         if early_stopping is not None:
             score = float(early_stopping.validate())
             entry[early_stopping.name] = score

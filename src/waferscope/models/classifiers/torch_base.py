@@ -12,12 +12,12 @@ Everything else is here:
   ``orient="canonical"`` then turns every map into the one of its 8 rotations/flips that a key of
   the map itself picks (:func:`waferscope.data.preprocess.canonicalise`), so a turned or flipped
   wafer gets the same input and the same prediction, at no inference cost (``"none"``: as given);
-- training: AdamW with a one-cycle learning rate (warm-up, then cosine decay), class-imbalance
-  handling (``imbalance``: ``"loss"`` = class-weighted cross-entropy, ``"sampler"`` =
-  class-balanced sampling, ``"none"``), random rotation/flip augmentation (a wafer pattern's class
-  does not change under the 8 symmetries of the square; with ``tta`` the prediction is averaged
-  over them too), early stopping on the macro-F1 of a seeded stratified validation split with the
-  best epoch's weights restored;
+- training: through the shared engine (:func:`waferscope.models.training.fit_loop`): AdamW with a
+  one-cycle learning rate (warm-up, then cosine decay), class-imbalance handling (``imbalance``:
+  ``"loss"`` = class-weighted cross-entropy, ``"sampler"`` = class-balanced sampling, ``"none"``),
+  random rotation/flip augmentation (a wafer pattern's class does not change under the 8 symmetries
+  of the square; with ``tta`` the prediction is averaged over them too), early stopping on the
+  macro-F1 of a seeded stratified validation split with the best epoch's weights restored;
 - inference: Conv→BatchNorm folded, channels-last, in batches under ``torch.inference_mode()``;
 - determinism: one ``seed`` drives the split, the batch order, the augmentation and the initial
   weights;
@@ -28,7 +28,9 @@ Hooks for subclasses that change the objective (knowledge distillation, semi-sup
 :meth:`_loss` ``(logits, targets, batch_x)`` computes the training loss of one batch,
 :meth:`_train_batches` yields ``(batch_x, targets)``, :meth:`_training_masks` can supply
 per-die masks and :meth:`_soft_targets` a teacher's soft targets, both following their maps through
-batching and augmentation. ``network_`` is the fitted ``nn.Module``.
+batching and augmentation. A model with other targets (``multilabel_cnn``) also replaces
+:meth:`_training_targets`, :meth:`_validation_split`, :meth:`_epoch_order`, :meth:`_targets`,
+:meth:`_imbalance_weights` and :meth:`_validation_score`. ``network_`` is the fitted ``nn.Module``.
 """
 
 from __future__ import annotations
