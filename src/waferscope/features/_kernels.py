@@ -310,3 +310,55 @@ def grid_local(fail_frac, nodie_frac, fail, die, k, dy, dx, radius):  # pragma: 
                         best = v
         stats[m, 4] = best
     return stats, denoised
+
+
+@njit(cache=True, nogil=True)
+def canonical_choice(m, rules):  # pragma: no cover - compiled
+    """For :func:`waferscope.data.preprocess.canonical_map`: the dies' bounding box (r0, r1, c0, c1)
+    of a die-state map and the views k (a bool mask of 8) whose key is the largest. The key of view k
+    is (its fail-weighted row, column and row×column moments, then the same die-weighted), computed
+    from the cropped map's moments about its centre with ``rules[k]`` = (source of the view's row
+    moment, its sign, the same for the column); odd integer coordinates keep every value exact."""
+    h, w = m.shape
+    r0, r1, c0, c1 = h, 0, w, 0
+    for r in range(h):
+        for c in range(w):
+            if m[r, c] != 0:
+                r0 = min(r0, r)
+                r1 = max(r1, r + 1)
+                c0 = min(c0, c)
+                c1 = max(c1, c + 1)
+    if r1 == 0:  # no die at all: the whole map
+        r0, r1, c0, c1 = 0, h, 0, w
+    mom = np.zeros(6, dtype=np.int64)
+    for r in range(r0, r1):
+        a = 2 * (r - r0) - (r1 - r0 - 1)
+        for c in range(c0, c1):
+            v = m[r, c]
+            if v == 0:
+                continue
+            b = 2 * (c - c0) - (c1 - c0 - 1)
+            mom[3] += a
+            mom[4] += b
+            mom[5] += a * b
+            if v == 2:
+                mom[0] += a
+                mom[1] += b
+                mom[2] += a * b
+    keys = np.empty((8, 6), dtype=np.int64)
+    for k in range(8):
+        jr, sr, jc, sc = rules[k, 0], rules[k, 1], rules[k, 2], rules[k, 3]
+        for part in range(2):
+            keys[k, 3 * part] = sr * mom[3 * part + jr]
+            keys[k, 3 * part + 1] = sc * mom[3 * part + jc]
+            keys[k, 3 * part + 2] = sr * sc * mom[3 * part + 2]
+    best = np.ones(8, dtype=np.bool_)
+    for j in range(6):
+        top = np.iinfo(np.int64).min
+        for k in range(8):
+            if best[k] and keys[k, j] > top:
+                top = keys[k, j]
+        for k in range(8):
+            if best[k] and keys[k, j] != top:
+                best[k] = False
+    return r0, r1, c0, c1, best
