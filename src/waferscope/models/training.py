@@ -124,8 +124,9 @@ class FitResult:
 
 
 def _schedule_finished(schedule) -> bool:
-    # OneCycleLR raises when stepped past total_steps; an epoch may hold one step more than the
-    # schedule was sized for (a last partial batch), and then the LR simply stays at its end value.
+    # OneCycleLR raises when stepped past total_steps. A schedule sized for exactly the steps taken
+    # would raise at the last one (which only sets the LR for a step that never comes), and one
+    # sized for fewer steps simply holds its end value for the rest.
     total = getattr(schedule, "total_steps", None)
     return total is not None and schedule.last_epoch >= total - 1
 
