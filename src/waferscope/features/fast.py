@@ -705,3 +705,22 @@ def _block_density(fail, r0, r1, c0, c1):  # pragma: no cover - compiled
         for c in range(c0, c1):
             s += fail[r, c]
     return 100.0 * (s / n)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel here and the canonical view's, on a few tiny
+    maps covering both Radon paths. The first time on a machine this takes ~20 s; scripts/setup.sh
+    calls it so that a user's first command does not."""
+    from waferscope.data.preprocess import canonical_map
+
+    rng = np.random.default_rng(0)
+    maps = [rng.choice(np.array([0, 1, 2], np.uint8), size=(9, 7), p=[0.2, 0.5, 0.3]) for _ in range(3)]
+    maps.append(np.full((5, 5), 2, np.uint8))  # every die failing: the footprint table pays at once
+    maps = [canonical_map(m) for m in maps]
+    extended_batch(maps)
+    extended_batch(maps)
+    pattern_batch(maps)
+
+
+if __name__ == "__main__":
+    warm_up()
