@@ -84,3 +84,105 @@ def test_temperature_is_fitted_saved_and_loaded(tmp_path):
     del doc["extras"]["temperature"]  # a run saved before temperatures: uncalibrated
     (tmp_path / "run" / "model.json").write_text(json.dumps(doc))
     np.testing.assert_array_equal(load_run(tmp_path / "run", kind="classifier").predict_proba(test), raw)
+
+
+# ---- the compiled 120 `extended` features (waferscope.features.fast) ------------------------------
+
+def _fab_maps():
+    """The shared sample plus fab-like maps (large grids, margins, clean backgrounds)."""
+    return _maps() + [np.asarray(m) for m in generate(24, seed=12, profile="fab").maps]
+
+
+def test_compiled_extended_features_equal_the_definition():
+    from waferscope.features.fast import extended_batch, pattern_batch
+
+    maps = _fab_maps()
+    fast = extended_batch(maps)
+    np.testing.assert_array_equal(pattern_batch(maps), fast[:, 59:])  # the pattern set: the same pass, no Radon
+    reference = np.stack([hc.extended_features(m) for m in maps])
+    names = hc.feature_names("extended")
+    # the local fail rate is a ratio of counts here, float32 box filters in the reference
+    local = [names.index("stats_local_max"), names.index("stats_local_excess")]
+    np.testing.assert_allclose(fast[:, local], reference[:, local], rtol=0, atol=1e-6)
+    rest = np.setdiff1d(np.arange(len(names)), local)
+    close = np.isclose(fast[:, rest], reference[:, rest], rtol=1e-9, atol=1e-12)
+    # Lengths tied up to rounding (two clusters exactly as long) may pick the other cluster's thinness:
+    # allowed on at most one map in fifty, in that one column, nowhere else.
+    differs = np.argwhere(~close)
+    assert {names[rest[j]] for _, j in differs} <= {"longest_thinness"}, differs
+    assert len(differs) <= len(maps) // 50
+
+
+def test_radon_footprints_give_the_same_numbers_as_pushing_dies(monkeypatch):
+    from waferscope.features import fast
+
+    maps = [np.asarray(m) for m in generate(40, seed=13, profile="fab").maps] + _maps()[:20]
+    monkeypatch.setattr(fast, "FOOTPRINT_MAX_ENTRIES", 0)  # never a table: every die pushed
+    pushed = fast.extended_batch(maps)
+    monkeypatch.setattr(fast, "FOOTPRINT_MAX_ENTRIES", 10**9)
+    monkeypatch.setattr(fast, "_footprints", type(fast._footprints)())
+    monkeypatch.setattr(fast, "_fails_seen", {m.shape: 10**9 for m in maps})  # a table for every shape
+    tabled = fast.extended_batch(maps)
+    assert len(fast._footprints) > 0
+    np.testing.assert_array_equal(tabled, pushed)
+
+
+def test_footprint_cache_is_bounded_by_bytes(monkeypatch):
+    from waferscope.features import fast
+
+    monkeypatch.setattr(fast, "FOOTPRINT_CACHE_BYTES", 2 * 2**20)
+    monkeypatch.setattr(fast, "_footprints", type(fast._footprints)())
+    monkeypatch.setattr(fast, "_fails_seen", {})
+    for side in (20, 24, 28, 32):
+        m = np.full((side, side), 2, np.uint8)  # all dies fail: the table pays off at once
+        fast.extended_features_fast(m)
+    held = sum(f.nbytes + g.nbytes for f, g in fast._footprints.values())
+    assert 0 < held <= 2 * 2**20 and (32, 32) in fast._footprints
+
+
+def test_threaded_features_and_tree_walk_equal_one_thread():
+    from waferscope.models.trees import tree_scores
+
+    maps = [np.asarray(m) for m in generate(600, seed=24).maps]
+    one = hc.extract_features(maps, n_jobs=1, feature_set="extended")
+    np.testing.assert_array_equal(hc.extract_features(maps, n_jobs=2, chunk_size=100, feature_set="extended"), one)
+    clf = registry.create("gbm", "classifier", max_iter=5, n_jobs=1, progress=False).fit(generate(90, seed=25))
+    x = np.tile(one, (4, 1))  # 2,400 rows: two blocks of rows
+    np.testing.assert_array_equal(tree_scores(clf.trees_, x, n_jobs=2), tree_scores(clf.trees_, x, n_jobs=1))
+
+
+# ---- the canonical view on the native grid (gbm's orient="canonical") ------------------------------
+
+def test_canonical_map_is_the_same_for_every_view_and_margin():
+    from waferscope.data.preprocess import canonical_map, dihedral
+
+    maps = _maps()[:50] + [np.asarray(m) for m in generate(10, seed=14, profile="fab").maps]
+    for m in maps:
+        want = canonical_map(m)
+        for k in range(8):
+            view = np.ascontiguousarray(dihedral(m, k))
+            for x in (view, np.pad(view, ((2, 0), (1, 3)))):
+                got = canonical_map(x)
+                assert got.shape == want.shape and np.array_equal(got, want), (m.shape, k)
+
+
+def test_gbm_with_the_canonical_view_predicts_the_same_for_every_view():
+    from waferscope.data.dataset import WaferDataset
+    from waferscope.data.preprocess import dihedral
+
+    clf = registry.create("gbm", "classifier", max_iter=10, n_jobs=1, progress=False).fit(generate(90, seed=26))
+    assert clf.orient == "canonical"
+    test = generate(30, seed=27)
+    want = clf.predict_proba(test)
+    for k in (1, 2, 5):
+        turned = WaferDataset.from_maps([np.ascontiguousarray(dihedral(np.asarray(m), k)) for m in test.maps])
+        np.testing.assert_array_equal(clf.predict_proba(turned), want)
+
+
+def test_a_gbm_run_saved_before_orient_existed_reads_maps_as_given(tmp_path):
+    clf = registry.create("gbm", "classifier", max_iter=3, n_jobs=1, progress=False).fit(generate(60, seed=28))
+    clf.save(tmp_path / "run")
+    doc = json.loads((tmp_path / "run" / "model.json").read_text())
+    del doc["params"]["orient"]
+    (tmp_path / "run" / "model.json").write_text(json.dumps(doc))
+    assert load_run(tmp_path / "run").orient == "none"

@@ -364,6 +364,10 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
             if params.pop(name) != off:
                 raise RunDirError(f"this {doc['name']} run uses the option {name!r}, which waferscope no "
                                   f"longer has; retrain it", run_dir)
+    # Options added since the run was saved take the value that reproduces the old behaviour, which
+    # need not be today's default (e.g. gbm's orient="canonical").
+    for name, before in getattr(cls, "params_before", {}).items():
+        params.setdefault(name, before)
     est = cls(**params)
     wpath = Path(run_dir) / WEIGHTS
     try:

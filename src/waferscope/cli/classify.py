@@ -27,11 +27,12 @@ from waferscope.errors import ConfigError, DataError
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-pattern classifiers.")
 
 RUN_OPTION = typer.Option(None, "--run", help="Classifier run directory (default: a bundled model)")
-BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'cnn_distilled' (default; cnn_fine "
-                              "distilled from gbm, ~7,000 wafers/s on 2 CPU cores; 8,000-9,000 as an INT8 "
-                              "ONNX export), 'cnn_gradcam' (the same network trained so that its Grad-CAM "
-                              "sits on the pattern, the model `explain` uses; less accurate) or 'gbm' "
-                              "(gradient-boosted trees, ~250 wafers/s, the most accurate)")
+BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'gbm' (default; gradient-boosted trees "
+                              "on 120 compiled wafer features, the most accurate, ~8,000 wafers/s on 2 CPU cores "
+                              "for WM-811K-size maps, slower on large grids), 'cnn_distilled' (cnn_fine distilled "
+                              "from gbm, ~7,000 wafers/s at any grid size; 8,000-9,000 as an INT8 ONNX export; "
+                              "the --engine dask default) or 'cnn_gradcam' (the same network trained so that its "
+                              "Grad-CAM sits on the pattern, the model `explain` uses; less accurate)")
 PRIOR_OPTION = typer.Option("balanced", "--prior", help="Class mix of these wafers: 'balanced' (the model's "
                             "own, default), 'wm811k' (85 % none, like a fab's stream), 'estimate' (learnt "
                             "from these maps without labels), 'Center=3,none=85,...' or a .json file")
@@ -220,13 +221,15 @@ def predict(
     """Predict the defect class of every map."""
     import io
 
-    from waferscope.models.classifiers import DEFAULT_FOR_LABELS
+    from waferscope.models.classifiers import DEFAULT_FOR_LABELS, DEFAULT_FOR_ONNX
     from waferscope.models.classifiers.prior import resolve_prior
     from waferscope.cli.engine import run_cli
 
     if engine == "local":
         check_out_file(out, example="predictions.csv")
-    clf, run_dir, described = load_model_described(run, bundled, "classifier", DEFAULT_FOR_LABELS)
+    # The Dask workers run an ONNX export: by default the bundled network, not the trees (no export)
+    default = DEFAULT_FOR_LABELS if engine == "local" else DEFAULT_FOR_ONNX
+    clf, run_dir, described = load_model_described(run, bundled, "classifier", default)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     open_set = None
     if abstain:  # the scorer saved with the run, checked before any map is read
@@ -240,7 +243,8 @@ def predict(
     if scaled is not None:
         if shift is not None:
             report_prior(shift, prior, clf.classes_, scaled.prior_used, scaled.rows)
-        typer.echo(f"classified {scaled.rows} maps in {len(scaled.files)} partitions with Dask; "
+        typer.echo(f"classified {scaled.rows} maps in {len(scaled.files)} partitions with Dask ({described}"
+                   f"{'' if default == DEFAULT_FOR_LABELS or run or bundled else f': {DEFAULT_FOR_LABELS}, the default, does not export to ONNX'}); "
                    f"wrote {out}/ (one .parquet per partition)", err=True)
         return
     dataset = load_data(data, pass_bins, retest, columns, max_dies)

@@ -351,6 +351,24 @@ def canonicalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, ks
 
 
+def canonical_map(m: np.ndarray) -> np.ndarray:
+    """A map on its own die grid, cropped to its dies' bounding box and turned into its canonical view
+    (the same rule as :func:`canonical_views`: fail-weighted moments, then die-weighted moments, then
+    the bytes). Every rotation/flip of a map, and the map with any margin of no-die cells, give the
+    same array. For models that read the native grid (the ``gbm`` features); ~5 µs a map."""
+    from waferscope.features._kernels import canonical_choice
+
+    m = np.ascontiguousarray(m, dtype=np.uint8)
+    _, rules = _moment_weights(2)  # how each view's moments follow from the map's (any size)
+    r0, r1, c0, c1, best = canonical_choice(m, np.asarray(rules, np.int64))
+    m = m[r0:r1, c0:c1]
+    tied = np.flatnonzero(best)
+    if len(tied) == 1:
+        return np.ascontiguousarray(dihedral(m, int(tied[0])))
+    views = {int(k): np.ascontiguousarray(dihedral(m, int(k))) for k in tied}  # a symmetric map (rare)
+    return views[max(views, key=lambda k: (views[k].shape, views[k].tobytes(), -k))]
+
+
 def undo_view(heat: np.ndarray, k: int) -> np.ndarray:
     """An S×S map computed on view k of a map, turned back onto the map itself."""
     for j in range(8):

@@ -249,6 +249,25 @@ def grid_radon_summary(fail, cos_a, sin_a, pool_edges, n_bins):  # pragma: no co
 
 
 @njit(cache=True, nogil=True)
+def neighbour_counts(fail, die, r, c):  # pragma: no cover - compiled
+    """(failing, die) cells among the 8 neighbours of (r, c) of two same-shape 2-D masks (outside: none)."""
+    h, w = fail.shape
+    nf = 0
+    nd = 0
+    for dr in range(-1, 2):
+        for dc in range(-1, 2):
+            if dr == 0 and dc == 0:
+                continue
+            rr, cc = r + dr, c + dc
+            if 0 <= rr < h and 0 <= cc < w:
+                if fail[rr, cc]:
+                    nf += 1
+                if die[rr, cc]:
+                    nd += 1
+    return nf, nd
+
+
+@njit(cache=True, nogil=True)
 def grid_local(fail_frac, nodie_frac, fail, die, k, dy, dx, radius):  # pragma: no cover - compiled
     """Neighbourhood statistics of the ``grid`` features for a batch of (N, S, S) maps: per map
     (fail cells with ≥ 1 failing 8-neighbour, with ≥ 3, the sum over fail cells of their neighbours'
@@ -282,16 +301,7 @@ def grid_local(fail_frac, nodie_frac, fail, die, k, dy, dx, radius):  # pragma: 
         for r in range(s):
             for c in range(s):
                 if fail[m, r, c]:
-                    nb = 0
-                    nd = 0
-                    for dr in range(-1, 2):
-                        for dc in range(-1, 2):
-                            if dr == 0 and dc == 0:
-                                continue
-                            rr, cc = r + dr, c + dc
-                            if 0 <= rr < s and 0 <= cc < s:
-                                nb += fail[m, rr, cc]
-                                nd += die[m, rr, cc]
+                    nb, nd = neighbour_counts(fail[m], die[m], r, c)
                     if nb >= 1:
                         stats[m, 0] += 1
                     if nb >= 3:
@@ -310,3 +320,55 @@ def grid_local(fail_frac, nodie_frac, fail, die, k, dy, dx, radius):  # pragma: 
                         best = v
         stats[m, 4] = best
     return stats, denoised
+
+
+@njit(cache=True, nogil=True)
+def canonical_choice(m, rules):  # pragma: no cover - compiled
+    """For :func:`waferscope.data.preprocess.canonical_map`: the dies' bounding box (r0, r1, c0, c1)
+    of a die-state map and the views k (a bool mask of 8) whose key is the largest. The key of view k
+    is (its fail-weighted row, column and row×column moments, then the same die-weighted), computed
+    from the cropped map's moments about its centre with ``rules[k]`` = (source of the view's row
+    moment, its sign, the same for the column); odd integer coordinates keep every value exact."""
+    h, w = m.shape
+    r0, r1, c0, c1 = h, 0, w, 0
+    for r in range(h):
+        for c in range(w):
+            if m[r, c] != 0:
+                r0 = min(r0, r)
+                r1 = max(r1, r + 1)
+                c0 = min(c0, c)
+                c1 = max(c1, c + 1)
+    if r1 == 0:  # no die at all: the whole map
+        r0, r1, c0, c1 = 0, h, 0, w
+    mom = np.zeros(6, dtype=np.int64)
+    for r in range(r0, r1):
+        a = 2 * (r - r0) - (r1 - r0 - 1)
+        for c in range(c0, c1):
+            v = m[r, c]
+            if v == 0:
+                continue
+            b = 2 * (c - c0) - (c1 - c0 - 1)
+            mom[3] += a
+            mom[4] += b
+            mom[5] += a * b
+            if v == 2:
+                mom[0] += a
+                mom[1] += b
+                mom[2] += a * b
+    keys = np.empty((8, 6), dtype=np.int64)
+    for k in range(8):
+        jr, sr, jc, sc = rules[k, 0], rules[k, 1], rules[k, 2], rules[k, 3]
+        for part in range(2):
+            keys[k, 3 * part] = sr * mom[3 * part + jr]
+            keys[k, 3 * part + 1] = sc * mom[3 * part + jc]
+            keys[k, 3 * part + 2] = sr * sc * mom[3 * part + 2]
+    best = np.ones(8, dtype=np.bool_)
+    for j in range(6):
+        top = np.iinfo(np.int64).min
+        for k in range(8):
+            if best[k] and keys[k, j] > top:
+                top = keys[k, j]
+        for k in range(8):
+            if best[k] and keys[k, j] != top:
+                best[k] = False
+    return r0, r1, c0, c1, best

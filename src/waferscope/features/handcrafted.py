@@ -198,11 +198,28 @@ def _grid(maps: Sequence[np.ndarray]) -> np.ndarray:
     return grid_features(maps)
 
 
-# name → function of a (non-empty) list of maps returning their (N, F) features
-FEATURE_SETS = {"wm811k": _per_map(wafer_features), "extended": _per_map(extended_features),
-                "pattern": _per_map(pattern_shape_features), "grid": _grid}
+def _extended_fast(maps: Sequence[np.ndarray]) -> np.ndarray:
+    from waferscope.features.fast import extended_batch  # imported when used: it compiles numba code
+
+    return extended_batch(maps)
+
+
+def _pattern_fast(maps: Sequence[np.ndarray]) -> np.ndarray:
+    from waferscope.features.fast import pattern_batch
+
+    return pattern_batch(maps)
+
+
+# name → function of a (non-empty) list of maps returning their (N, F) features. ``extended`` runs
+# the compiled implementation (:mod:`.fast`, ~0.1 ms a map), which :func:`extended_features` — the
+# readable definition — matches up to rounding (tests/test_features_fast.py).
+FEATURE_SETS = {"wm811k": _per_map(wafer_features), "extended": _extended_fast,
+                "pattern": _pattern_fast, "grid": _grid}
 # Sets computed a whole batch at a time cost ~0.2 ms a map: worker chunks at least this large pay off.
 MIN_CHUNK = {"grid": 1024}
+# Sets whose work runs in compiled code that releases the GIL: threads, not worker processes (no
+# process start-up, no copy of the maps, one cache of per-shape tables).
+THREADED = {"extended", "pattern"}
 
 
 def feature_names(feature_set: str = "wm811k") -> tuple[str, ...]:
@@ -230,8 +247,8 @@ def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: boo
     """(N, F) float64 features (F = 59 for ``"wm811k"``, 120 for ``"extended"``, 61 for ``"pattern"``);
     chunks of maps go to ``n_jobs`` worker processes (joblib) for large sets.
 
-    The Radon transform dominates the cost (a few ms per map), so below a few hundred maps the
-    process start-up is not worth it and the work stays in this process.
+    Below a few hundred maps the start-up of workers is not worth it and the work stays in this
+    process (``extended``, compiled, runs ~0.1 ms a map, in threads).
     """
     from functools import partial
 
@@ -241,16 +258,19 @@ def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: boo
     feature_names(feature_set)  # reject an unknown set before any work
     validate_wafer_maps(maps)  # die states 0/1/2 only: a clear DataError, not a failure deep in skimage
     chunk_size = max(chunk_size, MIN_CHUNK.get(feature_set, 0))
-    return np.concatenate(map_chunks(partial(_chunk, feature_set=feature_set), maps, n_jobs, progress, chunk_size))
+    return np.concatenate(map_chunks(partial(_chunk, feature_set=feature_set), maps, n_jobs, progress, chunk_size,
+                                     threads=feature_set in THREADED))
 
 
 IN_PROCESS_STEP = 64  # maps per progress step when the work stays in this process
 
 
-def map_chunks(fn, maps: list, n_jobs: int = -1, progress: bool = False, chunk_size: int = 256) -> list:
+def map_chunks(fn, maps: list, n_jobs: int = -1, progress: bool = False, chunk_size: int = 256,
+               threads: bool = False) -> list:
     """``[fn(chunk), …]`` over consecutive chunks of ``maps``, in order: in ``n_jobs`` worker processes
-    (joblib; ``fn`` must be picklable) when there are at least two chunks' worth, else one call here.
-    The shared runner of the feature extraction and of the feature detectors' per-map work."""
+    (joblib; ``fn`` must be picklable) — or threads, when ``fn`` releases the GIL — when there are at
+    least two chunks' worth, else one call here. The shared runner of the feature extraction and of
+    the feature detectors' per-map work."""
     if len(maps) < 2 * chunk_size or n_jobs == 1:
         if not progress or len(maps) <= IN_PROCESS_STEP:
             return [fn(maps)]
@@ -260,7 +280,8 @@ def map_chunks(fn, maps: list, n_jobs: int = -1, progress: bool = False, chunk_s
     from joblib import Parallel, delayed
 
     chunks = [maps[i:i + chunk_size] for i in range(0, len(maps), chunk_size)]
-    return Parallel(n_jobs=n_jobs, verbose=0)(delayed(fn)(c) for c in _progress(chunks, progress))
+    return Parallel(n_jobs=n_jobs, verbose=0, prefer="threads" if threads else None)(
+        delayed(fn)(c) for c in _progress(chunks, progress))
 
 
 def _progress(items: list, enabled: bool):

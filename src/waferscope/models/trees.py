@@ -142,7 +142,10 @@ def _walk(x, feature, threshold, missing_left, left, right, is_leaf, value, root
     return scores
 
 
-def tree_scores(trees: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+PARALLEL_ROWS = 1024  # below this many rows per thread, one thread walks them all
+
+
+def tree_scores(trees: dict[str, np.ndarray], x: np.ndarray, n_jobs: int = 1) -> np.ndarray:
     """Sum of the leaf values each class's trees give each row of ``x``, plus the baseline.
 
     A compiled walk (numba): each row goes down every tree from its root (``x <= threshold`` goes
@@ -150,11 +153,26 @@ def tree_scores(trees: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     class. About 30 times faster than walking all trees at once with numpy (the way before
     2026-12-06, ~1 ms per row for the bundled ``gbm``'s 2,700 trees); the scores differ from it only
     in the order the leaf values are summed (~1e-15).
+
+    ``n_jobs`` (joblib's convention, -1 = every core): large batches are split into row blocks walked
+    in threads (the walk releases the GIL); each row is summed in the same order either way, so the
+    scores are the same bit for bit.
     """
     x = np.ascontiguousarray(x, dtype=np.float64)
     n_classes = len(trees["baseline"])
-    scores = _walk(x, trees["feature"], trees["threshold"], trees["missing_left"], trees["left"], trees["right"],
-                   trees["is_leaf"], trees["value"], trees["roots"], trees["tree_class"], n_classes)
+    args = (trees["feature"], trees["threshold"], trees["missing_left"], trees["left"], trees["right"],
+            trees["is_leaf"], trees["value"], trees["roots"], trees["tree_class"], n_classes)
+    from joblib import effective_n_jobs
+
+    workers = min(effective_n_jobs(n_jobs), len(x) // PARALLEL_ROWS)
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        blocks = np.array_split(np.arange(len(x)), workers)
+        with ThreadPoolExecutor(workers) as pool:
+            scores = np.concatenate(list(pool.map(lambda b: _walk(x[b[0]:b[-1] + 1], *args), blocks)))
+    else:
+        scores = _walk(x, *args)
     scores += trees["baseline"]
     # Two classes: one tree per iteration scores the second class (binary log loss), i.e. the
     # softmax of (0, score).

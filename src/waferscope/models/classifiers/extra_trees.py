@@ -77,8 +77,9 @@ class ExtraTreesClassifier(GradientBoostingClassifier):
         "max_features": [Options("sqrt", "log2"), Interval(int, 1), Interval(float, 0, 1, closed="right"), None]}
 
     def __init__(self, feature_set: str = "extended", n_estimators: int = 500, max_features: str = "sqrt",
-                 seed: int = 0, n_jobs: int = -1, progress: bool = True):
+                 seed: int = 0, n_jobs: int = -1, progress: bool = True, orient: str = "canonical"):
         self.feature_set = feature_set
+        self.orient = orient
         self.n_estimators = n_estimators
         self.max_features = max_features
         self.seed = seed

@@ -29,6 +29,8 @@ import numpy as np
 from scipy.special import softmax
 
 from waferscope.base import Classifier, Options
+from waferscope.data.dataset import validate_wafer_maps
+from waferscope.data.preprocess import ORIENT, canonical_map
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import FEATURE_SETS, extract_features, feature_names
 from waferscope.models.classifiers.common import label_order, labelled_for_training, require_wafer_maps
@@ -46,12 +48,14 @@ class GradientBoostingClassifier(Classifier):
     """
 
     _tags = {"temperature": True}
-    _parameter_constraints = {"feature_set": [Options(*FEATURE_SETS)]}
+    _parameter_constraints = {"feature_set": [Options(*FEATURE_SETS)], "orient": [Options(*ORIENT)]}
+    params_before = {"orient": "none"}  # runs saved before the option existed read the map as given
 
     def __init__(self, feature_set: str = "extended", max_iter: int = 300, learning_rate: float = 0.05,
                  max_leaf_nodes: int = 31, l2_regularization: float = 1.0, seed: int = 0, n_jobs: int = -1,
-                 progress: bool = True):
+                 progress: bool = True, orient: str = "canonical"):
         self.feature_set = feature_set
+        self.orient = orient
         self.max_iter = max_iter
         self.learning_rate = learning_rate
         self.max_leaf_nodes = max_leaf_nodes
@@ -62,8 +66,11 @@ class GradientBoostingClassifier(Classifier):
 
     def features(self, dataset) -> np.ndarray:
         require_wafer_maps(dataset, self.registry_name or type(self).__name__)
-        return extract_features(dataset.maps, n_jobs=self.n_jobs, progress=self.progress,
-                                feature_set=self.feature_set)
+        maps = dataset.maps
+        validate_wafer_maps(maps)  # die states 0/1/2 only, before the canonical view casts to uint8
+        if self.orient == "canonical" and self.feature_set != "grid":  # grid features orient themselves
+            maps = [canonical_map(m) for m in maps]
+        return extract_features(maps, n_jobs=self.n_jobs, progress=self.progress, feature_set=self.feature_set)
 
     def fit(self, dataset, **kwargs) -> "GradientBoostingClassifier":
         dataset = labelled_for_training(dataset, type(self).__name__)
@@ -90,7 +97,7 @@ class GradientBoostingClassifier(Classifier):
     def decision_function(self, x: np.ndarray) -> np.ndarray:
         """Raw per-class scores (before the softmax) of feature rows ``x``."""
         self._check_fitted()
-        return tree_scores(self.trees_, x)
+        return tree_scores(self.trees_, x, n_jobs=self.n_jobs)
 
     def predict_proba(self, dataset) -> np.ndarray:
         self._check_fitted()
