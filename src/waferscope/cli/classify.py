@@ -97,8 +97,8 @@ def train(
                                   "is held out to calibrate it and the classifier trains on the rest (docs/search.md)"),
     abstain_rate: float = typer.Option(0.05, "--abstain-rate", min=0.001, max=0.5, help="With --open-set: share of "
                                        "known wafers (held-out lots) the scorer sets aside as unknown"),
-    add_class: List[str] = typer.Option([], "--add-class", help="NAME=DISCOVER_DIR:CLUSTER: train on the wafers of "
-                                        "cluster CLUSTER of a `waferscope discover` output folder as a new class "
+    add_class: List[str] = typer.Option([], "--add-class", metavar="NAME=DIR:ID", help="Train on the wafers of "
+                                        "cluster ID of a `waferscope discover` output folder DIR as a new class "
                                         "NAME (repeatable)"),
 ) -> None:
     """Train a classifier on labelled maps and save it as a run directory."""
