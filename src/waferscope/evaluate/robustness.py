@@ -451,7 +451,10 @@ def _level_inputs(factor: str, level, settings: Settings, base_clean: list, dev,
     dev_maps = list(dev.maps) if dev is not None else None
     n, b = settings.n_clean, settings.base_size
     if factor == "format":
-        clean = [w for s in settings.format_sizes for w in clean_wafers(max(1, n // len(settings.format_sizes)), s, s, rng_c)]
+        # the same clean wafers in every format (seeded by the factor, not the level): a false alarm that
+        # differs between two formats is then the format's doing, not another draw of wafers
+        rng_f = np.random.default_rng([seed, 2, key[0]])
+        clean = [w for s in settings.format_sizes for w in clean_wafers(max(1, n // len(settings.format_sizes)), s, s, rng_f)]
         with tempfile.TemporaryDirectory(prefix="waferscope-robust-") as tmp:
             back = roundtrip(clean, level, Path(tmp))
             dev_back = None
