@@ -269,8 +269,14 @@ def test_default_classifier_calls_clean_wafers_none_and_ignores_turns():
 
 def test_cli_robustness_writes_the_reports_and_checks_its_options(capsys, tmp_path):
     code, out, err = invoke(capsys, "evaluate", "robustness", "--size", "small", "--bundled", "cnn_distilled",
-                            "--factor", "yield", "--n-clean", "4", "--n-dev", "9", "--threads", "1", "--out", tmp_path)
+                            "--factor", "yield", "--factor", "format", "--format-size", "24", "--n-clean", "4",
+                            "--n-dev", "9", "--threads", "1", "--out", tmp_path)
     assert code == 0, err
     assert "cnn_distilled" in out and (tmp_path / "robustness.csv").is_file() and (tmp_path / "robustness.png").is_file()
+    import pandas as pd
+
+    fmt = pd.read_csv(tmp_path / "robustness.csv").query("factor == 'format'")
+    assert list(fmt.level) == list(rb.FORMATS) and fmt.note.str.startswith("clean wafers 24 across").all()
+    assert (fmt.map_identical == 1.0).all()
     code, out, err = invoke(capsys, "evaluate", "robustness", "--factor", "colour", "--out", tmp_path)
     assert code != 0 and "colour" in (out + err)
