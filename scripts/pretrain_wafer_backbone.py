@@ -32,6 +32,7 @@ from waferscope.data import preprocess
 from waferscope.data.classes import BASE_PATTERNS
 from waferscope.data.synthetic import generate
 from waferscope.models.backbones import create_backbone
+from waferscope.models.training import fit_loop, index_batches, one_cycle, seed_everything
 from waferscope.data.paths import DEV_MAPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +79,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    rng = seed_everything(args.seed)
     t0 = time.perf_counter()
 
     mixed = generate(args.n_mixed, seed=1000 + args.seed, mixed=True)
@@ -94,30 +94,28 @@ def main() -> None:
     model = create_backbone(args.arch, num_classes=len(BASE_PATTERNS))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = int(np.ceil(len(x_train) / args.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch,
-                                                pct_start=0.15)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    history = []
+
+    def batches(epoch: int):
+        for idx in index_batches(rng.permutation(len(x_train)), args.batch_size):
+            x = torch.from_numpy(preprocess.encode(preprocess.augment_dihedral(x_train[idx], rng), "onehot3"))
+            yield x, torch.from_numpy(y_train[idx])
+
+    def step(batch):
+        x, y = batch
+        return loss_fn(model(x), y), len(y)
+
+    def held_out() -> dict:
+        return {"held_out_synthetic_macro_auroc": round(macro_auroc(y_held, predict(model, x_held))[0], 4)}
+
     t1 = time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
-        order = rng.permutation(len(x_train))
-        total = 0.0
-        for s in range(0, len(order), args.batch_size):
-            idx = order[s:s + args.batch_size]
-            xb = preprocess.augment_dihedral(x_train[idx], rng)
-            x = torch.from_numpy(preprocess.encode(xb, "onehot3"))
-            loss = loss_fn(model(x), torch.from_numpy(y_train[idx]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        held_auroc, _ = macro_auroc(y_held, predict(model, x_held))
-        history.append({"epoch": epoch + 1, "train_bce": round(total / len(order), 5),
-                        "held_out_synthetic_macro_auroc": round(held_auroc, 4)})
-        print(f"epoch {epoch + 1}/{args.epochs} bce {total / len(order):.4f} held-out macro AUROC {held_auroc:.4f} "
-              f"({time.perf_counter() - t1:.0f}s)", file=sys.stderr)
+    result = fit_loop(model, batches, step, epochs=args.epochs, optimizer=opt, evaluate=held_out, progress=True,
+                      schedule=one_cycle(opt, args.lr, args.epochs * steps_per_epoch), desc=f"pretrain {args.arch}")
+    history = [{"epoch": h["epoch"], "train_bce": round(h["train_loss"], 5),
+                "held_out_synthetic_macro_auroc": h["held_out_synthetic_macro_auroc"]} for h in result.history]
+    for h in history:
+        print(f"epoch {h['epoch']}/{args.epochs} bce {h['train_bce']:.4f} held-out macro AUROC "
+              f"{h['held_out_synthetic_macro_auroc']:.4f}", file=sys.stderr)
     t_train = time.perf_counter() - t1
 
     metrics: dict = {"held_out_synthetic_mixed_macro_auroc": history[-1]["held_out_synthetic_macro_auroc"]}

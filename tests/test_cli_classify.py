@@ -121,7 +121,7 @@ def test_bundled_model_is_small_and_used_without_run(tmp_path, monkeypatch, caps
     from waferscope.data.classes import CLASSES
     from waferscope.models.classifiers import BUNDLED, DEFAULT_FOR_LABELS, load_default
 
-    assert DEFAULT_FOR_LABELS == "cnn_distilled"  # labels come from the more accurate of the two fast networks
+    assert DEFAULT_FOR_LABELS == "gbm"  # labels come from the most accurate model, fast since its features compile
     assert sum(p.stat().st_size for p in BUNDLED["cnn_gradcam"].iterdir()) < 2_000_000
     clf = load_default("cnn_gradcam")
     assert clf.classes_ == list(CLASSES) and clf.registry_name == "cnn_fine" and clf.localise > 0
@@ -132,14 +132,14 @@ def test_bundled_model_is_small_and_used_without_run(tmp_path, monkeypatch, caps
     assert code == 0, err
     rows = list(csv.reader((tmp_path / "p.csv").open()))
     assert len(rows) == 10 and rows[0][3:-1] == [f"p_{c}" for c in CLASSES] and rows[0][-1] == "model"
-    # without --run or --bundled, predict's probabilities are the distilled model's, not the fast one's
-    expected = load_default("cnn_distilled").predict_proba(generate(n=9, seed=5))
+    # without --run or --bundled, predict's probabilities are gbm's, not the explanation network's
+    expected = load_default("gbm").predict_proba(generate(n=9, seed=5))
     assert np.allclose(np.array([r[3:-1] for r in rows[1:]], dtype=float), expected, atol=1e-6)
     assert not np.allclose(expected, clf.predict_proba(generate(n=9, seed=5)), atol=1e-3)
     code, err = run_cli(monkeypatch, capsys, "classify", "evaluate", "--data", "synthetic:n=9,seed=5",
                         "--out", str(tmp_path / "ev"))
     assert code == 0, err
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"] == "bundled (cnn_distilled)"
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"] == "bundled (gbm)"
 
 
 def test_accurate_bundled_model_and_bundled_option_errors(tmp_path, monkeypatch, capsys):

@@ -18,7 +18,7 @@ def test_models_lists_every_registered_and_bundled_model(capsys):
         assert listed == set(registry.available(kind))
     assert all(r["summary"] for r in rows), [r["name"] for r in rows if not r["summary"]]
     bundled = {r["name"]: r for r in rows if r["kind"].startswith("bundled")}
-    assert bundled["cnn_distilled"]["default"] == "default for classify"
+    assert bundled["gbm"]["default"] == "default for classify"
     assert bundled["pattern_contrast"]["model"] == "pattern_contrast"
     code, out, _ = invoke(capsys, "models")
     assert code == 0 and "bundled detectors:" in out

@@ -96,7 +96,7 @@ def test_predict_csv_names_label_and_model(tmp_path, capsys):
     assert code == 0, err
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert [r["label"] for r in rows] == list(ds.labels)
-    assert {r["model"] for r in rows} == {"bundled (cnn_distilled)"}
+    assert {r["model"] for r in rows} == {"bundled (gbm)"}
 
 
 @pytest.mark.parametrize("args, option", [

@@ -29,7 +29,7 @@ def partitions(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier():
-    return load_model(None, None, "classifier")[0]  # the bundled default (cnn_distilled) exports
+    return load_model(None, "cnn_distilled", "classifier")[0]  # the bundled network that exports to ONNX
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +178,12 @@ def test_dask_output_equals_the_plain_cli_csv(partitions, cluster, tmp_path, cap
     from clitools import invoke
 
     first = list_partitions(str(partitions))[0]
-    code, _, err = invoke(capsys, "classify", "predict", "--data", first, "--out", tmp_path / "p.csv")
+    code, _, err = invoke(capsys, "classify", "predict", "--data", first, "--out", tmp_path / "p.csv", "--bundled", "cnn_distilled")
     assert code == 0, err
     code, _, err = invoke(capsys, "classify", "predict", "--data", partitions, "--out", tmp_path / "d",
                           "--engine", "dask", "--scheduler", cluster.scheduler_address)
     assert code == 0, err
+    assert "bundled (cnn_distilled): gbm, the default, does not export to ONNX" in err  # says which model ran
     plain = pd.read_csv(tmp_path / "p.csv")
     dask = pd.read_parquet(tmp_path / "d" / first.name)
     both = plain.merge(dask, on="id", suffixes=("_csv", "_dask"))
@@ -213,8 +214,9 @@ def test_prior_on_dask_equals_the_plain_csv(prior, partitions, cluster, tmp_path
     the plain path does from its whole batch (so the Dask result differs from estimating per partition)."""
     from clitools import invoke
 
+    # the Dask engine runs the bundled ONNX-exportable network by default; the plain path is given it
     code, _, plain_err = invoke(capsys, "classify", "predict", *_plain_data(partitions), "--out", tmp_path / "p.csv",
-                                "--prior", prior)
+                                "--prior", prior, "--bundled", "cnn_distilled")
     assert code == 0, plain_err
     code, _, dask_err = invoke(capsys, "classify", "predict", *_dask(partitions, cluster, tmp_path / "d"),
                                "--prior", prior)
@@ -230,7 +232,7 @@ def test_prior_on_dask_equals_the_plain_csv(prior, partitions, cluster, tmp_path
     if prior != "estimate":
         return
     code, _, err = invoke(capsys, "classify", "predict", "--data", list_partitions(str(partitions))[0],
-                          "--out", tmp_path / "one.csv", "--prior", prior)
+                          "--out", tmp_path / "one.csv", "--prior", prior, "--bundled", "cnn_distilled")
     assert code == 0, err
     assert _mix_line(err) != _mix_line(dask_err)  # the mix of one partition is not the archive's
 

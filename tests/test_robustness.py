@@ -258,7 +258,9 @@ def test_default_classifier_calls_clean_wafers_none_and_ignores_turns():
     """The bundled default after the issue-27 retrain: clean wafers at 20 and 300 dies across are
     `none`, and a turned real-like map keeps its prediction."""
     settings = dataclasses.replace(rb.SMALL, n_clean=10, sizes=(20, 300), factors=("size", "orientation"))
-    table = rb.run(rb.bundled_models(["cnn_distilled"]), settings, seed=1)
+    from waferscope.models.classifiers import DEFAULT_FOR_LABELS
+
+    table = rb.run(rb.bundled_models([DEFAULT_FOR_LABELS]), settings, seed=1)
     size = table[(table.factor == "size") & table.level.isin(["20", "300"])]
     assert (size.clean_false_alarm == 0).all(), size
     ori = table[table.factor == "orientation"]

@@ -214,7 +214,7 @@ def test_limits_are_configurable(lot):
     from waferscope.serve import create_app
 
     m = resolve_models(None, None, None, None, None, None)
-    small = TestClient(create_app(m["classifier"], m["detector"], threshold=None,
+    small = TestClient(create_app(m["classifier"], m["detector"], threshold=None, explainer=m["explainer"],
                                   limits=Limits(max_maps=4, max_side=60, max_body_bytes=40_000, max_heatmap_maps=2)))
     r = small.post("/v1/classify", json=_json(lot.subset(range(5))))
     assert r.status_code == 413 and "limit is 4" in r.json()["error"]

@@ -180,20 +180,23 @@ def predict(
     """Predict the defect class of every map."""
     import io
 
-    from waferscope.models.classifiers import DEFAULT_FOR_LABELS
+    from waferscope.models.classifiers import DEFAULT_FOR_LABELS, DEFAULT_FOR_ONNX
     from waferscope.models.classifiers.prior import resolve_prior
     from waferscope.cli.engine import run_cli
 
     if engine == "local":
         check_out_file(out, example="predictions.csv")
-    clf, _, described = load_model_described(run, bundled, "classifier", DEFAULT_FOR_LABELS)
+    # The Dask workers run an ONNX export: by default the bundled network, not the trees (no export)
+    default = DEFAULT_FOR_LABELS if engine == "local" else DEFAULT_FOR_ONNX
+    clf, _, described = load_model_described(run, bundled, "classifier", default)
     shift = resolve_prior(clf, prior)  # a bad --prior fails before the maps are read and scored
     scaled = run_cli(clf, data, out, engine, scheduler, workers, overwrite,
                      fab_options_refused(pass_bins, retest, columns), prior=shift)
     if scaled is not None:
         if shift is not None:
             report_prior(shift, prior, clf.classes_, scaled.prior_used, scaled.rows)
-        typer.echo(f"classified {scaled.rows} maps in {len(scaled.files)} partitions with Dask; "
+        typer.echo(f"classified {scaled.rows} maps in {len(scaled.files)} partitions with Dask ({described}"
+                   f"{'' if default == DEFAULT_FOR_LABELS or run or bundled else f': {DEFAULT_FOR_LABELS}, the default, does not export to ONNX'}); "
                    f"wrote {out}/ (one .parquet per partition)", err=True)
         return
     dataset = load_data(data, pass_bins, retest, columns, max_dies)

@@ -218,7 +218,7 @@ def calibrate(
         clf = load_run(run_dir, kind="classifier")
         if not clf.get_tags().temperature:
             raise ConfigError(f"{run_dir}: a {clf.registry_name} run cannot store a temperature")
-        clf.set_temperature(round(temperature, 4)).save(run_dir)
+        clf.set_temperature(round(temperature, 4)).save(run_dir, overwrite=True)  # storing into this run is what was asked
         typer.echo(f"stored in {run_dir}")
 
 

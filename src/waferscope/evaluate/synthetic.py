@@ -24,6 +24,7 @@ from waferscope.data.preprocess import augment_dihedral, dihedral, encode, resiz
 from waferscope.data.render import render_map
 from waferscope.data.synthetic import generate
 from waferscope.errors import ConfigError
+from waferscope.models.training import EMA, fit_loop, index_batches, one_cycle, seed_everything
 from waferscope.utils import atomic_path
 
 _OWN_REAL = ("real=, a load() spec (e.g. an .npz or .parquet file) or a WaferDataset of real maps labelled with "
@@ -105,8 +106,7 @@ def realism_check(n: int = 45000, seed: int = 0, size: int = 48, epochs: int = 6
     args = SimpleNamespace(**settings)
     from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    rng = seed_everything(args.seed)
     t0, c0 = time.perf_counter(), time.process_time()
     syn = generate(args.n, seed=args.seed)
     noise_rng = np.random.default_rng([args.seed, 1])  # separate stream: --die-noise 0 leaves the rest unchanged
@@ -127,36 +127,25 @@ def realism_check(n: int = 45000, seed: int = 0, size: int = 48, epochs: int = 6
 
     model = small_cnn(len(CLASSES), args.width, args.grid)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    steps = args.epochs * (len(syn) // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
-    averaged = None
-    if args.ema > 0:  # one network: a running average of its own weights
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
-    step = 0
-    for epoch in range(args.epochs):
+
+    def batches(epoch: int):
+        """Full batches only, of this epoch's maps (fresh and/or noisy from the second epoch on)."""
+        nonlocal x_syn, y_syn
         if epoch > 0 and (args.fresh_per_epoch or args.die_noise > 0):
             x_syn, y_syn = training_maps(epoch)
-        model.train()
-        order = rng.permutation(len(syn))
-        total = 0.0
-        for b in range(len(syn) // args.batch):
-            idx = order[b * args.batch:(b + 1) * args.batch]
-            xb = torch.from_numpy(encode(augment_dihedral(x_syn[idx], rng), "onehot3"))
-            yb = torch.from_numpy(y_syn[idx])
-            loss = loss_fn(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            step += 1
-            total += loss.item()
-        if progress:
-            print(f"epoch {epoch + 1}/{args.epochs}: loss {total / (b + 1):.3f} ({time.perf_counter() - t0:.0f}s)",
-                  file=sys.stderr)
+        for idx in index_batches(rng.permutation(len(syn)), args.batch, min_size=args.batch):
+            yield torch.from_numpy(encode(augment_dihedral(x_syn[idx], rng), "onehot3")), torch.from_numpy(y_syn[idx])
+
+    def step(batch):
+        xb, yb = batch
+        return loss_fn(model(xb), yb), len(yb)
+
+    # EMA: one network, and a running average of its weights from the first step on
+    averaged = EMA(model, args.ema, from_start=False) if args.ema > 0 else None
+    fit_loop(model, batches, step, epochs=args.epochs, optimizer=opt, ema=averaged, progress=progress,
+             desc="realism: train on synthetic maps",
+             schedule=one_cycle(opt, args.lr, args.epochs * (len(syn) // args.batch)))
 
     if averaged is not None:
         # BatchNorm statistics must be recomputed for the averaged weights (averaging the running

@@ -36,6 +36,7 @@ from waferscope.features._kernels import _PERIMETER_WEIGHTS, region_counts
 from waferscope.features.handcrafted import N_RADON, _band_edges, _radon_geometry, _resample_cubic
 
 N_EXTENDED = 120
+N_PATTERN = 61  # the pattern statistics and shape features, the last 61 of the 120
 
 
 @lru_cache(maxsize=64)
@@ -96,27 +97,31 @@ def _footprints_locked(wafer: np.ndarray, tables: tuple) -> tuple[np.ndarray, np
     footprints = _radon_footprints(h, w, pad_r, pad_c, size, cos_a, sin_a, float(size // 2))
     _footprints[key] = footprints
     while len(_footprints) > 1 and sum(f.nbytes + g.nbytes for f, g in _footprints.values()) > FOOTPRINT_CACHE_BYTES:
-        _footprints.popitem(last=False)
+        evicted, _ = _footprints.popitem(last=False)
+        _fails_seen[evicted] = 0  # it must pay for itself again: many large shapes would otherwise rebuild in turn
     return footprints
 
 
 def extended_features_fast(wafer: np.ndarray) -> np.ndarray:
     """The 120 ``extended`` features of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
-    wafer = np.ascontiguousarray(wafer, dtype=np.uint8)
-    out = np.empty(N_EXTENDED)
-    tables = shape_tables(*wafer.shape)
-    _extended(wafer, *tables, *radon_footprints(wafer, tables), _PERIMETER_WEIGHTS, out)
-    return out
+    return extended_batch([wafer])[0]
 
 
-def extended_batch(maps: Sequence[np.ndarray]) -> np.ndarray:
-    """(N, 120) features of a list of maps."""
-    out = np.empty((len(maps), N_EXTENDED))
+def extended_batch(maps: Sequence[np.ndarray], full: bool = True) -> np.ndarray:
+    """(N, 120) features of a list of maps; ``full=False``: only the 61 ``pattern`` features (N, 61)
+    (the last 61 of the 120; no Radon transform)."""
+    out = np.zeros((len(maps), N_EXTENDED))
     for i, m in enumerate(maps):
         m = np.ascontiguousarray(m, dtype=np.uint8)
         tables = shape_tables(*m.shape)
-        _extended(m, *tables, *radon_footprints(m, tables), _PERIMETER_WEIGHTS, out[i])
-    return out
+        footprints = radon_footprints(m, tables) if full else _NO_FOOTPRINTS
+        _extended(m, *tables, *footprints, _PERIMETER_WEIGHTS, full, out[i])
+    return out if full else out[:, N_EXTENDED - N_PATTERN:]
+
+
+def pattern_batch(maps: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, 61) ``pattern`` features (pattern statistics + shape) of a list of maps."""
+    return extended_batch(maps, full=False)
 
 
 # ---- compiled parts ------------------------------------------------------------------------------
@@ -338,11 +343,8 @@ def _longest_run(hot):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, col_edges, pad_r, pad_c, size,
-              cos_a, sin_a, resample, k_window, footprint_first, footprint_weights, perimeter_weights, out):  # pragma: no cover - compiled
+              cos_a, sin_a, resample, k_window, footprint_first, footprint_weights, perimeter_weights, full, out):  # pragma: no cover - compiled
     h, w = wafer.shape
-    hw = h * w
-    diag = math.hypot(h, w)
-    diameter = max(h, w)
     n_on = 0
     n_fail = 0
     for r in range(h):
@@ -351,15 +353,25 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
                 n_on += 1
             if wafer[r, c] == 2:
                 n_fail += 1
-    n_on1 = max(n_on, 1)
-    rate = n_fail / n_on1
     fail = np.zeros((h, w), dtype=np.bool_)
     for r in range(h):
         for c in range(w):
             fail[r, c] = wafer[r, c] == 2
     labels = np.empty((h, w), dtype=np.int64)
-    sizes = np.empty(hw + 1, dtype=np.int64)
+    sizes = np.empty(h * w + 1, dtype=np.int64)
 
+    if full:  # the 59 handcrafted features; without them, only the 61 `pattern` ones (out[59:])
+        _handcrafted(wafer, fail, n_fail, labels, sizes, row_edges, col_edges, pad_r, pad_c, size, cos_a, sin_a,
+                     resample, footprint_first, footprint_weights, perimeter_weights, out)
+    _pattern(wafer, fail, n_fail, n_on, labels, sizes, ring5, dy, dx, radius, angle, ring10, sector, k_window, out)
+
+
+@njit(cache=True, nogil=True)
+def _handcrafted(wafer, fail, n_fail, labels, sizes, row_edges, col_edges, pad_r, pad_c, size, cos_a, sin_a,
+                 resample, footprint_first, footprint_weights, perimeter_weights, out):  # pragma: no cover - compiled
+    h, w = wafer.shape
+    hw = h * w
+    diag = math.hypot(h, w)
     # -- density (13): fail share ×100 in the 4 edge bands then the 3×3 central blocks
     j = 0
     for band in range(4):
@@ -434,6 +446,15 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
         out[57] = 0.0 if l1 == 0 else math.sqrt(1 - l2 / l1)
         out[58] = area / convex
 
+
+
+@njit(cache=True, nogil=True)
+def _pattern(wafer, fail, n_fail, n_on, labels, sizes, ring5, dy, dx, radius, angle, ring10, sector, k_window,
+             out):  # pragma: no cover - compiled
+    h, w = wafer.shape
+    diameter = max(h, w)
+    n_on1 = max(n_on, 1)
+    rate = n_fail / n_on1
     # -- pattern statistics (15)
     ring_f = np.zeros(5)
     ring_d = np.zeros(5)

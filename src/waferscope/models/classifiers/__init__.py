@@ -16,25 +16,30 @@ from waferscope.models.classifiers import cnn, extra_trees, gbm, svm  # noqa: F4
 
 _WEIGHTS = Path(__file__).resolve().parent.parent.parent / "weights"
 # The classifiers shipped with waferscope, named by what they are (scripts/train_bundled_classifier.py
-# trains each; figures in docs/classification.md):
-# "cnn_distilled": cnn_fine distilled from the bundled gbm (~7,000 wafers/s), the default for labels;
+# trains each; figures in docs/classification_real.md):
+# "gbm": gradient-boosted trees on 120 wafer features of each map's canonical view (compiled
+#   features, ~10,000 wafers/s on 2 cores), the most accurate on real lots and the default for labels;
+# "cnn_distilled": cnn_fine distilled from gbm (~7,000 wafers/s), the model that exports to ONNX (the
+#   Dask engine and `export` run it);
 # "cnn_gradcam": the same network trained with a Grad-CAM localisation loss, so that its heat maps sit
-#   on the pattern (docs/explain.md), the default for explanations;
-# "gbm": gradient-boosted trees on 120 wafer features (~250 wafers/s, no Grad-CAM), the most accurate.
+#   on the pattern (docs/explain.md), the default for explanations.
 BUNDLED = {"cnn_distilled": _WEIGHTS / "classifier_cnn_distilled",
            "cnn_gradcam": _WEIGHTS / "classifier_cnn_gradcam",
            "gbm": _WEIGHTS / "classifier_gbm"}
 # Names used before the bundled models were named by method; they still work, with a deprecation note.
 BUNDLED_ALIASES = {"distilled": "cnn_distilled", "fast": "cnn_gradcam", "accurate": "gbm"}
-# Which one a command uses when given neither --run nor --bundled. Labels come from the distilled
-# network: the best real-wafer quality at the default's speed target (>= 5,000 wafers/s).
+# Which one a command uses when given neither --run nor --bundled. Labels come from gbm: the best
+# lot-grouped real-wafer quality, above the speed target (>= 5,000 wafers/s) since its features are
+# compiled, no clean-wafer false alarms at any size, and the same call for every rotation/flip.
 # Explanations come from "cnn_gradcam", the only network trained so that its Grad-CAM sits on the
-# pattern; so the two commands may name different classes for an arguable map.
-DEFAULT_FOR_LABELS = "cnn_distilled"
+# pattern; so the two commands may name different classes for an arguable map. What runs as ONNX
+# (the Dask engine) needs a network: "cnn_distilled".
+DEFAULT_FOR_LABELS = "gbm"
+DEFAULT_FOR_ONNX = "cnn_distilled"
 # One line each for `waferscope models`.
-BUNDLED_SUMMARY = {"cnn_distilled": "cnn_fine distilled from the bundled gbm: fast, the default for labels",
+BUNDLED_SUMMARY = {"cnn_distilled": "cnn_fine distilled from the bundled gbm: exports to ONNX (the Dask engine's default)",
                    "cnn_gradcam": "cnn_fine with a Grad-CAM localisation loss: the default for explanations",
-                   "gbm": "boosted trees on 120 wafer features, trained on dev + dev2: the most accurate, ~250 wafers/s"}
+                   "gbm": "boosted trees on 120 wafer features, trained on dev + dev2: the most accurate, the default for labels"}
 DEFAULT_FOR_EXPLANATIONS = "cnn_gradcam"
 
 

@@ -20,8 +20,6 @@ high where the autoencoder could not explain a die.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from waferscope.base import Interval, Options
@@ -30,6 +28,7 @@ from waferscope.errors import DataError
 from waferscope.models.classifiers.cnn import compact_wafer_cnn
 from waferscope.models.classifiers.common import require_wafer_maps
 from waferscope.models.classifiers.torch_base import TorchClassifier
+from waferscope.models.training import fit_loop, index_batches, seed_everything
 from waferscope.registry import register
 
 AE_DATA = ("all", "normal")
@@ -83,34 +82,24 @@ def train_autoencoder(ae, x_u8: np.ndarray, encoding: str = "onehot3", epochs: i
     """Fit ``ae`` to reconstruct the (N, S, S) die-state maps (random rotations/flips); returns the loss per epoch."""
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
     if encoding != "onehot3":
         raise ValueError("the autoencoder reconstructs die states: use encoding='onehot3'")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(ae.parameters(), lr=lr, weight_decay=1e-5)
-    history = []
-    ae.train()
-    for _ in tqdm(range(epochs), desc="train autoencoder", disable=not progress, file=sys.stderr, leave=False):
-        order = rng.permutation(len(x_u8))
-        total, count = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            if len(idx) < 2:
-                continue
-            xb = augment_dihedral(x_u8[idx], rng, axes=(1, 2))
-            loss = F.cross_entropy(ae(torch.from_numpy(encode(xb, "onehot3"))), torch.from_numpy(xb.astype(np.int64)))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-        history.append(total / max(count, 1))
-    ae.eval()
+    rng = seed_everything(seed)
+
+    def batches(epoch):
+        for idx in index_batches(rng.permutation(len(x_u8)), batch_size, min_size=2):  # BatchNorm: 2+
+            yield augment_dihedral(x_u8[idx], rng, axes=(1, 2))
+
+    def step(xb):
+        target = torch.from_numpy(xb.astype(np.int64))
+        return F.cross_entropy(ae(torch.from_numpy(encode(xb, "onehot3"))), target), len(xb)
+
+    result = fit_loop(ae, batches, step, epochs=epochs, progress=progress, desc="train autoencoder",
+                      optimizer=torch.optim.AdamW(ae.parameters(), lr=lr, weight_decay=1e-5))
     for p in ae.parameters():
         p.requires_grad_(False)
-    return history
+    return result.losses
 
 
 class _AEClassifierBase(TorchClassifier):

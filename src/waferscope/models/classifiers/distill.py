@@ -44,6 +44,7 @@ from waferscope.errors import ConfigError, DataError
 from waferscope.models.classifiers.common import label_order
 from waferscope.models.classifiers.losses import IGNORE, kd_loss
 from waferscope.models.classifiers.torch_base import TorchClassifier
+from waferscope.models.training import index_batches
 from waferscope.registry import register
 
 def compact_student(in_chans: int, n_classes: int, width: int = 7, head: int = 0):
@@ -358,18 +359,9 @@ class DistilledStudentClassifier(TorchClassifier):
             self._cache = (x_both, np.concatenate([y, np.full(len(extra), IGNORE)]), self._teacher_views(x_both))
         x_both, y_both, t_views = self._cache
         n_lab, n_tr = len(y), len(x_both) - len(y)
-        if self.imbalance == "sampler":
-            p = self._class_weights(y, len(self.classes_))[y].astype(np.float64)
-            lab_order = rng.choice(n_lab, size=n_lab, replace=True, p=p / p.sum())
-        else:
-            lab_order = rng.permutation(n_lab)
-        order = np.concatenate([lab_order, n_lab + rng.permutation(n_tr)])
+        order = np.concatenate([self._epoch_order(y, rng), n_lab + rng.permutation(n_tr)])
         order = order[rng.permutation(len(order))]
-        bs = int(self.batch_size)
-        for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
-            if len(idx) < 2:
-                continue
+        for idx in index_batches(order, int(self.batch_size), min_size=2):  # BatchNorm: 2+
             ks = rng.integers(0, t_views.shape[1], size=len(idx))
             xb = np.empty((len(idx),) + x_both.shape[1:], dtype=np.uint8)
             for k in np.unique(ks):

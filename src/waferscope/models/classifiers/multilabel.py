@@ -9,16 +9,12 @@ is present when its probability is ≥ ``threshold``. Metrics: per-pattern F1 an
 
 from __future__ import annotations
 
-import copy
-import sys
-import time
-
 import numpy as np
 
 from waferscope.base import Interval
 from waferscope.data.classes import BASE_PATTERNS, NORMAL
 from waferscope.data.dataset import validate_wafer_maps
-from waferscope.data.preprocess import augment_dihedral, stratified_split
+from waferscope.data.preprocess import stratified_split
 from waferscope.errors import DataError
 from waferscope.models.classifiers.cnn import compact_wafer_cnn
 from waferscope.models.classifiers.torch_base import TorchClassifier
@@ -84,13 +80,10 @@ class MultiLabelCNNClassifier(TorchClassifier):
     def build_network(self, in_chans: int, n_classes: int):
         return compact_wafer_cnn(in_chans, n_classes, self.width, self.dropout)
 
-    def fit(self, dataset, **kwargs) -> "MultiLabelCNNClassifier":
-        """Same recipe as the single-label base (AdamW, one-cycle LR, rotations/flips, early stopping on a
-        stratified validation split, best epoch restored), with BCE and the mean per-pattern F1."""
-        import torch
-        import torch.nn.functional as F
-        from tqdm.auto import tqdm
-
+    # Training is the single-label base's (training.fit_loop: AdamW, one-cycle LR, rotations/flips,
+    # early stopping on a validation split, best epoch restored); what differs is below: the
+    # targets (N×8 multi-labels), their split, BCE with per-pattern weights and the validation score.
+    def _training_targets(self, dataset) -> tuple:
         if len(dataset) == 0:
             raise DataError(f"{dataset.name}: no maps to train on")
         if dataset.kind == "wafer":
@@ -98,66 +91,39 @@ class MultiLabelCNNClassifier(TorchClassifier):
         if dataset.multilabels is None:
             raise DataError(f"{dataset.name}: multilabel_cnn needs multi-labels (N×8 over BASE_PATTERNS), "
                             "e.g. waferscope.data.synthetic.generate(n, seed, mixed=True)")
-        y_all = dataset.multilabels.astype(np.float32)
-        x_all = self.resize(dataset)
-        torch.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
-        strata = multilabel_names(y_all)
-        use_val = self.val_fraction > 0 and len(y_all) >= 20
-        tr, va = (_val_split(strata, self.val_fraction, self.seed) if use_val
-                  else (np.arange(len(y_all)), np.arange(0)))
-        self.classes_ = list(BASE_PATTERNS)
-        self.in_chans_ = self._in_chans(dataset.kind)
-        net = self.build_network(self.in_chans_, len(BASE_PATTERNS))
-        self.network_ = net
-        pos = y_all[tr].sum(0)
+        return dataset, list(BASE_PATTERNS), dataset.multilabels.astype(np.float32)
+
+    def _validation_split(self, dataset, y_all: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.val_fraction > 0 and len(y_all) >= 20:
+            return _val_split(multilabel_names(y_all), self.val_fraction, self.seed)
+        return np.arange(len(y_all)), np.arange(0)
+
+    def _epoch_order(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return rng.permutation(len(y))  # no class-balanced sampling: a map has several "classes"
+
+    def _targets(self, y: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+
+    def _imbalance_weights(self, y: np.ndarray):
+        import torch
+
+        pos = y.sum(0)
         # sqrt of the negative/positive ratio: rare patterns (Near-full, Random) count more, not 30× more
-        pos_weight = (torch.from_numpy(np.sqrt((len(tr) - pos) / np.maximum(pos, 1)).astype(np.float32))
-                      if self.imbalance == "loss" else None)
-        bs = int(self.batch_size)
-        steps = max(1, len(tr) // bs + 1)
-        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.epochs * steps + 1,
-                                                    pct_start=0.15)
-        best, history, started = (-1.0, None, 0), [], time.perf_counter()
-        bar = tqdm(range(self.epochs), desc="train multilabel_cnn", disable=not self.progress, file=sys.stderr,
-                   leave=False)
-        for epoch in bar:
-            net.train()
-            order = tr[rng.permutation(len(tr))]
-            total = 0.0
-            for start in range(0, len(order), bs):
-                idx = order[start:start + bs]
-                if len(idx) < 2:
-                    continue
-                xb = augment_dihedral(x_all[idx], rng, axes=(1, 2)) if self.augment else x_all[idx]
-                loss = F.binary_cross_entropy_with_logits(net(self.encode_batch(xb)), torch.from_numpy(y_all[idx]),
-                                                          pos_weight=pos_weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched.last_epoch < sched.total_steps - 1:
-                    sched.step()
-                total += loss.item() * len(idx)
-            entry = {"epoch": epoch + 1, "train_loss": total / max(len(tr), 1)}
-            if use_val:
-                pred = torch.sigmoid(self._logits(x_all[va])).numpy() >= self.threshold
-                score = multilabel_report(y_all[va], pred)["macro_f1"]
-                entry["val_macro_f1"] = score
-                if score > best[0]:
-                    best = (score, copy.deepcopy(net.state_dict()), epoch + 1)
-            history.append(entry)
-            bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "epoch"})
-            if use_val and epoch + 1 - best[2] >= self.patience:
-                break
-        bar.close()
-        if best[1] is not None:
-            net.load_state_dict(best[1])
-        net.eval()
-        self.history_ = history
-        self.best_epoch_ = best[2] if use_val else len(history)
-        self.train_seconds_ = time.perf_counter() - started
-        return self
+        return torch.from_numpy(np.sqrt((len(y) - pos) / np.maximum(pos, 1)).astype(np.float32))
+
+    def _loss(self, logits, targets, batch_x):
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=self._loss_weight)
+
+    def _validation_score(self, x_u8: np.ndarray, y: np.ndarray, kind: str) -> float:
+        """The mean per-pattern F1 of the thresholded sigmoids."""
+        import torch
+
+        pred = torch.sigmoid(self._logits(x_u8, kind)).numpy() >= self.threshold
+        return multilabel_report(y, pred)["macro_f1"]
 
     def predict_proba(self, dataset) -> np.ndarray:
         """(N, 8) independent pattern probabilities (rows do not sum to 1)."""

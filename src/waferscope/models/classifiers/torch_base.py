@@ -12,12 +12,12 @@ Everything else is here:
   ``orient="canonical"`` then turns every map into the one of its 8 rotations/flips that a key of
   the map itself picks (:func:`waferscope.data.preprocess.canonicalise`), so a turned or flipped
   wafer gets the same input and the same prediction, at no inference cost (``"none"``: as given);
-- training: AdamW with a one-cycle learning rate (warm-up, then cosine decay), class-imbalance
-  handling (``imbalance``: ``"loss"`` = class-weighted cross-entropy, ``"sampler"`` =
-  class-balanced sampling, ``"none"``), random rotation/flip augmentation (a wafer pattern's class
-  does not change under the 8 symmetries of the square; with ``tta`` the prediction is averaged
-  over them too), early stopping on the macro-F1 of a seeded stratified validation split with the
-  best epoch's weights restored;
+- training: through the shared engine (:func:`waferscope.models.training.fit_loop`): AdamW with a
+  one-cycle learning rate (warm-up, then cosine decay), class-imbalance handling (``imbalance``:
+  ``"loss"`` = class-weighted cross-entropy, ``"sampler"`` = class-balanced sampling, ``"none"``),
+  random rotation/flip augmentation (a wafer pattern's class does not change under the 8 symmetries
+  of the square; with ``tta`` the prediction is averaged over them too), early stopping on the
+  macro-F1 of a seeded stratified validation split with the best epoch's weights restored;
 - inference: Conv→BatchNorm folded, channels-last, in batches under ``torch.inference_mode()``;
 - determinism: one ``seed`` drives the split, the batch order, the augmentation and the initial
   weights;
@@ -28,13 +28,14 @@ Hooks for subclasses that change the objective (knowledge distillation, semi-sup
 :meth:`_loss` ``(logits, targets, batch_x)`` computes the training loss of one batch,
 :meth:`_train_batches` yields ``(batch_x, targets)``, :meth:`_training_masks` can supply
 per-die masks and :meth:`_soft_targets` a teacher's soft targets, both following their maps through
-batching and augmentation. ``network_`` is the fitted ``nn.Module``.
+batching and augmentation. A model with other targets (``multilabel_cnn``) also replaces
+:meth:`_training_targets`, :meth:`_validation_split`, :meth:`_epoch_order`, :meth:`_targets`,
+:meth:`_imbalance_weights` and :meth:`_validation_score`. ``network_`` is the fitted ``nn.Module``.
 """
 
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from typing import Iterator
 
@@ -47,6 +48,7 @@ from waferscope.data.preprocess import (AREA_LEVELS, ENCODINGS, ORIENT, RESAMPLE
 from waferscope.errors import ConfigError, RunDirError
 from waferscope.models.classifiers.common import label_order, labelled_for_training
 from waferscope.models.classifiers.losses import kd_loss
+from waferscope.models.training import EarlyStopping, fit_loop, index_batches, one_cycle, seed_everything
 
 IMBALANCE_MODES = ("loss", "sampler", "none")
 _ONEHOT3 = np.eye(3, dtype=np.float32)
@@ -185,24 +187,28 @@ class TorchClassifier(Classifier):
         the 8 symmetries of the square)."""
         return None
 
-    def _train_batches(self, x_u8: np.ndarray, y: np.ndarray, rng: np.random.Generator,
-                       kind: str) -> Iterator[tuple]:
-        """One epoch of (encoded batch, targets); balanced draws when imbalance == "sampler"."""
-        import torch
-
-        n = len(y)
+    def _epoch_order(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The order of one epoch's training maps: class-balanced draws with replacement when
+        imbalance == "sampler", else a shuffle."""
         if self.imbalance == "sampler":
             p = self._class_weights(y, len(self.classes_))[y].astype(np.float64)
-            order = rng.choice(n, size=n, replace=True, p=p / p.sum())
-        else:
-            order = rng.permutation(n)
-        bs = int(self.batch_size)
+            return rng.choice(len(y), size=len(y), replace=True, p=p / p.sum())
+        return rng.permutation(len(y))
+
+    def _targets(self, y: np.ndarray):
+        """A batch's targets as the tensor :meth:`_loss` takes (class indices here)."""
+        import torch
+
+        return torch.from_numpy(y.astype(np.int64))
+
+    def _train_batches(self, x_u8: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+                       kind: str) -> Iterator[tuple]:
+        """One epoch of (encoded batch, targets) in :meth:`_epoch_order`."""
+        import torch
+
         masks = getattr(self, "_train_masks", None)
         soft = getattr(self, "_train_soft", None)
-        for start in range(0, n, bs):
-            idx = order[start:start + bs]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
+        for idx in index_batches(self._epoch_order(y, rng), int(self.batch_size), min_size=2):  # BatchNorm: 2+
             if soft is not None:
                 self._batch_soft = torch.from_numpy(soft[idx])
             xb = x_u8[idx]
@@ -217,32 +223,51 @@ class TorchClassifier(Classifier):
                 xb, self._batch_masks = both[:, 0], torch.from_numpy(both[:, 1].astype(np.float32))
             elif self.augment:
                 xb = augment_dihedral(xb, rng, axes=(1, 2))
-            yield self.encode_batch(xb, kind), torch.from_numpy(y[idx].astype(np.int64))
+            yield self.encode_batch(xb, kind), self._targets(y[idx])
+
+    # The steps of fit a subclass with other targets replaces (multilabel_cnn: 8 sigmoids, BCE).
+    def _training_targets(self, dataset) -> tuple:
+        """(training set, classes, (N,) int64 class index of every map) of a labelled data set."""
+        dataset = labelled_for_training(dataset, type(self).__name__)
+        classes = label_order(dataset.labels)
+        index = {c: i for i, c in enumerate(classes)}
+        return dataset, classes, np.array([index[c] for c in dataset.labels.astype(str)], dtype=np.int64)
+
+    def _validation_split(self, dataset, y_all: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training, validation) indices: stratified, ``val_fraction`` of the maps; early stopping
+        needs a few maps of every class, so a tiny set trains on everything, all epochs."""
+        if self.val_fraction > 0 and len(y_all) * self.val_fraction >= 2 * n_classes:
+            return stratified_split(dataset.labels.astype(str), test_size=self.val_fraction, seed=self.seed)
+        return np.arange(len(y_all)), np.arange(0)
+
+    def _imbalance_weights(self, y: np.ndarray):
+        """The loss's class weights when imbalance == "loss"."""
+        import torch
+
+        return torch.from_numpy(self._class_weights(y, len(self.classes_)))
+
+    def _validation_score(self, x_u8: np.ndarray, y: np.ndarray, kind: str) -> float:
+        """Macro-F1 of the arg-max class on the validation maps (early stopping's score)."""
+        from waferscope.metrics.classification import macro_f1
+
+        pred = self._logits(x_u8, kind).argmax(1).numpy()
+        return macro_f1(y.astype(str), pred.astype(str))
 
     def fit(self, dataset, **kwargs) -> "TorchClassifier":
+        """Train with :func:`waferscope.models.training.fit_loop`: AdamW, a one-cycle learning rate,
+        early stopping on the validation split (best epoch restored); the loss and batches are
+        :meth:`_loss` and :meth:`_train_batches`."""
         import torch
-        from tqdm.auto import tqdm
-
-        from waferscope.metrics.classification import macro_f1
 
         if self.imbalance not in IMBALANCE_MODES:
             raise ValueError(f"imbalance must be one of {IMBALANCE_MODES}, got {self.imbalance!r}")
         self._fit_kwargs = kwargs
-        dataset = labelled_for_training(dataset, type(self).__name__)
-        classes = label_order(dataset.labels)
-        index = {c: i for i, c in enumerate(classes)}
-        y_all = np.array([index[c] for c in dataset.labels.astype(str)], dtype=np.int64)
+        dataset, classes, y_all = self._training_targets(dataset)
         x_all = self.resize(dataset)
         kind = dataset.kind
 
-        torch.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
-        # Early stopping needs a validation split with a few maps of every class; tiny sets train all epochs.
-        use_val = self.val_fraction > 0 and len(y_all) * self.val_fraction >= 2 * len(classes)
-        if use_val:
-            tr, va = stratified_split(dataset.labels.astype(str), test_size=self.val_fraction, seed=self.seed)
-        else:
-            tr, va = np.arange(len(y_all)), np.arange(0)
+        rng = seed_everything(self.seed)  # before the network is built: its initial weights too
+        tr, va = self._validation_split(dataset, y_all, len(classes))
         x_tr, y_tr = x_all[tr], y_all[tr]
         masks = self._training_masks(dataset)
         self._train_masks = None if masks is None else masks[tr]
@@ -254,49 +279,31 @@ class TorchClassifier(Classifier):
         self._train_soft = self._soft_targets(dataset.subset(tr))
         self._batch_soft = None
         net = self.build_network(self.in_chans_, len(classes))
-        self._loss_weight = (torch.from_numpy(self._class_weights(y_tr, len(classes)))
-                             if self.imbalance == "loss" else None)
+        self._loss_weight = self._imbalance_weights(y_tr) if self.imbalance == "loss" else None
         steps_per_epoch = max(1, len(y_tr) // int(self.batch_size) + 1)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.epochs * steps_per_epoch + 1,
-                                                    pct_start=0.15)
         self.network_ = net
-        best = (-1.0, None, 0)  # (val macro-F1, state, epoch)
-        history = []
+
+        def step(batch):
+            xb, yb = batch
+            return self._loss(net(xb), yb, xb), len(yb)
+
+        stopping = None
+        if len(va):
+            stopping = EarlyStopping(lambda: self._validation_score(x_all[va], y_all[va], kind), int(self.patience),
+                                     name="val_macro_f1")
         started = time.perf_counter()
-        bar = tqdm(range(self.epochs), desc=f"train {self.registry_name or type(self).__name__}",
-                   disable=not self.progress, file=sys.stderr, leave=False)
-        for epoch in bar:
-            net.train()
-            total, count = 0.0, 0
-            for xb, yb in self._train_batches(x_tr, y_tr, rng, kind):
-                opt.zero_grad(set_to_none=True)
-                loss = self._loss(net(xb), yb, xb)
-                loss.backward()
-                opt.step()
-                if sched.last_epoch < sched.total_steps - 1:
-                    sched.step()
-                total += float(loss.detach()) * len(yb)
-                count += len(yb)
-            entry = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
-            if use_val:
-                pred = self._logits(x_all[va], kind).argmax(1).numpy()
-                score = macro_f1(y_all[va].astype(str), pred.astype(str))
-                entry["val_macro_f1"] = score
-                if score > best[0]:
-                    best = (score, copy.deepcopy(net.state_dict()), epoch + 1)
-            history.append(entry)
-            bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "epoch"})
-            if use_val and epoch + 1 - best[2] >= self.patience:
-                break
-        bar.close()
-        self._train_masks = self._batch_masks = self._train_soft = self._batch_soft = None
-        if best[1] is not None:
-            net.load_state_dict(best[1])
-        net.eval()
+        try:
+            result = fit_loop(net, lambda epoch: self._train_batches(x_tr, y_tr, rng, kind), step,
+                              epochs=int(self.epochs), optimizer=opt,
+                              schedule=one_cycle(opt, self.lr, self.epochs * steps_per_epoch + 1),
+                              early_stopping=stopping, progress=bool(self.progress),
+                              desc=f"train {self.registry_name or type(self).__name__}")
+        finally:
+            self._train_masks = self._batch_masks = self._train_soft = self._batch_soft = None
         self._fast_net = None
-        self.history_ = history
-        self.best_epoch_ = best[2] if use_val else len(history)
+        self.history_ = result.history
+        self.best_epoch_ = result.best_epoch
         self.train_seconds_ = time.perf_counter() - started
         return self
 

@@ -16,8 +16,8 @@ Output (:meth:`TorchDetector.score`)
     map bilinearly to that sample's own H×W, so ``DetectionResult.maps[i].shape == dataset.maps[i].shape[:2]``.
 
 Training
-    :func:`seed_everything` and :func:`fit_loop` (Adam, seeded shuffling, optional random dihedral
-    augmentation for wafer maps, tqdm progress on stderr).
+    :func:`fit_loop`: the training engine (:mod:`waferscope.models.training`) with the batches every
+    detector uses (Adam by default, seeded shuffling, optional random dihedral augmentation).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from waferscope.data import preprocess
 from waferscope.data.classes import NORMAL_LABELS
 from waferscope.data.dataset import validate_wafer_maps
 from waferscope.errors import DataError
+from waferscope.models.training import fit_loop as engine_fit_loop
+from waferscope.models.training import index_batches, seed_everything
 
 __all__ = ["dataset_to_input", "wafer_valid_masks", "training_normals", "seed_everything", "batch_slices",
            "fit_loop", "gaussian_blur", "postprocess_maps", "maps_to_input_resolution", "masked_max", "masked_max_t",
@@ -227,10 +229,7 @@ def canvas_maps_to_input(maps: torch.Tensor, canvas: ImageCanvas, dataset) -> li
 
 
 # ---- training helpers ---------------------------------------------------------------------------
-def seed_everything(seed: int) -> np.random.Generator:
-    """Seed torch (CPU) and return a numpy Generator for everything else."""
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)
+# seed_everything is the training engine's (waferscope.models.training), re-exported for the detectors.
 
 
 def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
@@ -250,39 +249,28 @@ def fit_loop(params, step: Callable[[torch.Tensor], torch.Tensor], inputs: np.nd
              batch_size: int, lr: float, seed: int, augment: bool = True, weight_decay: float = 0.0,
              optimizer: torch.optim.Optimizer | None = None, desc: str = "train", verbose: bool = True,
              modules: Iterable[torch.nn.Module] = ()) -> list[float]:
-    """Minimise ``step(batch) -> loss`` over ``inputs`` (N, C, S, S) with Adam; returns per-epoch mean loss.
+    """Minimise ``step(batch) -> loss`` over ``inputs`` (N, C, S, S) with the training engine
+    (:func:`waferscope.models.training.fit_loop`); returns the per-epoch mean loss.
 
-    ``augment`` applies an independent random rotation/flip per sample (wafer patterns have no
-    preferred orientation). ``modules`` are put in train mode for the loop and eval mode after.
+    What the detectors share is their batches: every epoch a seeded shuffle of ``inputs`` (seeded
+    here, from ``seed``), each batch with an independent random rotation/flip per sample when
+    ``augment`` (wafer patterns have no preferred orientation). The optimiser is Adam over
+    ``params`` unless ``optimizer`` is given. ``modules`` are in train mode for the loop and eval
+    mode after.
     """
     rng = seed_everything(seed)
     opt = optimizer or torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    modules = list(modules)
-    for m in modules:
-        m.train()
-    history: list[float] = []
-    n = len(inputs)
-    bar = progress(range(epochs), desc=desc, enabled=verbose)
-    for _ in bar:
-        order = rng.permutation(n)
-        total, count = 0.0, 0
-        for sl in batch_slices(n, batch_size):
-            batch = inputs[order[sl]]
-            if augment:
-                batch = preprocess.augment_dihedral(batch, rng)
-            x = torch.from_numpy(np.ascontiguousarray(batch))
-            loss = step(x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(x)
-            count += len(x)
-        history.append(total / max(count, 1))
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{history[-1]:.4g}")
-    for m in modules:
-        m.eval()
-    return history
+
+    def batches(epoch: int):
+        for idx in index_batches(rng.permutation(len(inputs)), batch_size):
+            batch = preprocess.augment_dihedral(inputs[idx], rng) if augment else inputs[idx]
+            yield torch.from_numpy(np.ascontiguousarray(batch))
+
+    def loss_of(x: torch.Tensor):
+        return step(x), len(x)
+
+    return engine_fit_loop(list(modules), batches, loss_of, epochs=epochs, optimizer=opt, progress=verbose,
+                           desc=desc).losses
 
 
 # ---- output -------------------------------------------------------------------------------------

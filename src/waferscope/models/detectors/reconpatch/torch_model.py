@@ -8,13 +8,11 @@ into the memory bank and is compared at test time.
 
 from __future__ import annotations
 
-import copy
-
-import numpy as np
 import torch
 from torch import nn
 
 from waferscope.models.detectors.reconpatch.loss import mixed_similarity, relaxed_contrastive_loss
+from waferscope.models.training import EMA, fit_loop, seed_everything
 
 
 class ModulationNetwork(nn.Module):
@@ -34,12 +32,6 @@ class ModulationNetwork(nn.Module):
         return h, self.projection(h)
 
 
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
-
-
 def train_modulation(features: torch.Tensor, representation_dim: int, projection_dim: int, *,
                      epochs: int = 3, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-2,
                      sigma: float = 1.0, alpha: float = 0.5, k_contextual: int = 5, margin: float = 1.0,
@@ -48,42 +40,30 @@ def train_modulation(features: torch.Tensor, representation_dim: int, projection
     """Train the online network on normal patch features (N, D); returns it and the per-epoch mean loss.
 
     Each step draws ``batch_size`` random patches (seeded); an epoch is ``N // batch_size`` steps
-    unless ``steps_per_epoch`` caps it.
+    unless ``steps_per_epoch`` caps it. The target network is the training engine's :class:`EMA` of
+    the online one, starting at its initial weights.
     """
-    torch.manual_seed(seed)
+    rng = seed_everything(seed)
     x = torch.as_tensor(features, dtype=torch.float32)
     online = ModulationNetwork(x.shape[1], representation_dim, projection_dim)
-    target = copy.deepcopy(online).requires_grad_(False)
-    opt = torch.optim.AdamW(online.parameters(), lr=lr, weight_decay=weight_decay)
-    rng = np.random.default_rng(seed)
+    target = EMA(online, ema_momentum, from_start=True)
     batch_size = int(min(batch_size, len(x)))
     steps = max(1, len(x) // batch_size)
     if steps_per_epoch:
         steps = min(steps, int(steps_per_epoch))
-    history: list[float] = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=epochs * steps, desc="reconpatch", unit="step", mininterval=1.0, leave=False)
-    for _ in range(int(epochs)):
-        total = 0.0
+    def batches(epoch: int):
         for _ in range(steps):
-            batch = x[torch.from_numpy(rng.choice(len(x), size=batch_size, replace=False))]
-            with torch.no_grad():
-                _, z_target = target(batch)
-                w = mixed_similarity(z_target, sigma=sigma, alpha=alpha, k=k_contextual)
-            _, z = online(batch)
-            loss = relaxed_contrastive_loss(z, w, margin=margin)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema_update(target, online, ema_momentum)
-            total += float(loss.detach())
-            if bar is not None:
-                bar.update(1)
-        history.append(total / steps)
-    if bar is not None:
-        bar.close()
+            yield x[torch.from_numpy(rng.choice(len(x), size=batch_size, replace=False))]
+
+    def step(batch: torch.Tensor):
+        with torch.no_grad():
+            _, z_target = target.module(batch)
+            w = mixed_similarity(z_target, sigma=sigma, alpha=alpha, k=k_contextual)
+        _, z = online(batch)
+        return relaxed_contrastive_loss(z, w, margin=margin), 1  # the epoch's loss: the mean over its steps
+
+    result = fit_loop(online, batches, step, epochs=int(epochs), ema=target, progress=progress, desc="reconpatch",
+                      optimizer=torch.optim.AdamW(online.parameters(), lr=lr, weight_decay=weight_decay))
     online.eval().requires_grad_(False)
-    return online, history
+    return online, result.losses
