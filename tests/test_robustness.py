@@ -134,9 +134,112 @@ def test_transforms_and_writers_round_trip(tmp_path):
     assert rb.clip_rows(m, 0.2).shape == (24, 30)
 
 
+# a stored map small enough to write its files by hand: 3 rows × 4 columns, no die / pass / fail
+_SMALL_MAP = np.array([[1, 2, 0, 0],
+                       [1, 1, 1, 0],
+                       [0, 1, 1, 1]], np.uint8)
+
+
+def _xml(path):
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    for el in root.iter():  # drop the namespace: the tests name elements by their local names
+        el.tag = el.tag.rsplit("}", 1)[-1]
+    return root
+
+
+def _load_map(path):
+    from waferscope.data import load
+
+    return load(path).maps[0]
+
+
+def test_g85_file_says_what_the_spec_says(tmp_path):
+    """The G85 rows are the drawing, top row first, seen with the notch at Orientation degrees clockwise
+    from the bottom; codes 001 pass, 003 fail, 255 the NullBin; the counts are the map's."""
+    rows_of = {0: ["001 003 255 255", "001 001 001 255", "255 001 001 001"],
+               # notch left: the stored map turned a quarter clockwise (its bottom row becomes the left column)
+               90: ["255 001 001", "001 001 003", "001 001 255", "001 255 255"],
+               180: ["001 001 001 255", "255 001 001 001", "255 255 003 001"]}
+    for angle, want in rows_of.items():
+        path = tmp_path / f"g{angle}.xml"
+        rb.write_g85(path, _SMALL_MAP, wafer_id="W07", orientation=angle)
+        root = _xml(path)
+        assert root.tag == "Maps" and [m.get("SubstrateId") for m in root.findall("Map")] == ["W07"]
+        device = root.find("Map/Device")
+        assert (device.get("BinType"), device.get("NullBin"), device.get("Orientation")) == ("Decimal", "255", str(angle))
+        assert (int(device.get("Rows")), int(device.get("Columns"))) == (len(want), len(want[0].split()))
+        assert [r.text.strip() for r in device.findall("Data/Row")] == want, angle
+        bins = {b.get("BinCode"): (b.get("BinQuality"), int(b.get("BinCount"))) for b in device.findall("Bin")}
+        assert bins == {"001": ("Pass", 7), "003": ("Fail", 1)}
+        assert rb.same_map(_load_map(path), _SMALL_MAP), angle
+
+
+def test_g85_file_reads_the_same_in_the_g85_package(tmp_path):
+    """An independent G85 reader (the ``g85`` package) sees the same codes, bin qualities and ids."""
+    from g85.read import read
+
+    rng = np.random.default_rng(4)
+    m = rb.clean_wafer(13, 21, 0.1, rng)
+    rb.write_g85(tmp_path / "g.xml", m, wafer_id="W03")
+    with open(tmp_path / "g.xml") as fh:
+        (wmap,) = read(fh)
+    (device,) = wmap.devices
+    assert wmap.SubstrateId == "W03" and device.NullBin == 255
+    assert np.array_equal(np.array(device.map), np.array([255, 1, 3])[m])
+    assert device.bin_pass == {1: True, 3: False}
+
+
+def test_e142_file_says_what_the_spec_says(tmp_path):
+    """E142 BinCode rows run from the OriginLocation corner along AxisDirection: UpperLeft/DownRight
+    lists the top row first, LowerLeft/UpRight the bottom row first, …Right origins right to left;
+    FF is the NullBin, 01 pass, 03 fail; Dimension is the grid."""
+    want = {("UpperLeft", 0): ("DownRight", ["0103FFFF", "010101FF", "FF010101"]),
+            ("LowerLeft", 0): ("UpRight", ["FF010101", "010101FF", "0103FFFF"]),
+            ("UpperRight", 0): ("DownLeft", ["FFFF0301", "FF010101", "010101FF"]),
+            ("LowerRight", 0): ("UpLeft", ["010101FF", "FF010101", "FFFF0301"]),
+            ("UpperLeft", 270): ("DownRight", ["FFFF01", "FF0101", "030101", "0101FF"])}  # notch right: turned a quarter anticlockwise
+    for (origin, angle), (axis, rows) in want.items():
+        path = tmp_path / f"e_{origin}_{angle}.xml"
+        rb.write_e142(path, _SMALL_MAP, wafer_id="W09", orientation=angle, origin=origin)
+        root = _xml(path)
+        smap = root.find("SubstrateMaps/SubstrateMap")
+        assert (smap.get("OriginLocation"), smap.get("AxisDirection"), smap.get("Orientation")) == (origin, axis, str(angle))
+        dim = root.find("Layouts/Layout[@LayoutId='Devices']/Dimension")
+        assert (int(dim.get("Y")), int(dim.get("X"))) == (len(rows), len(rows[0]) // 2)
+        bin_map = smap.find("Overlay/BinCodeMap")
+        assert (bin_map.get("BinType"), bin_map.get("NullBin")) == ("HexaDecimal", "FF")
+        assert [r.text for r in bin_map.findall("BinCode")] == rows, (origin, angle)
+        defs = {d.get("BinCode"): (d.get("BinQuality"), int(d.get("BinCount")))
+                for d in bin_map.findall("BinDefinitions/BinDefinition")}
+        assert defs == {"01": ("Pass", 7), "03": ("Fail", 1)}
+        assert root.find("Substrates/Substrate").get("SubstrateId") == "W09"
+        assert rb.same_map(_load_map(path), _SMALL_MAP), (origin, angle)
+
+
+@pytest.mark.parametrize("shape", [(17, 23), (31, 31), (40, 9), (300, 300)])
+def test_xml_writers_round_trip_every_orientation_and_origin(tmp_path, shape):
+    """Non-square, odd-sized and 300-across maps come back identical from G85 and E142 whatever the
+    notch angle and the E142 origin corner (a margin of no-die rows included: both keep the grid)."""
+    rng = np.random.default_rng(shape[0])
+    m = np.pad(rb.clean_wafer(*shape, 0.05, rng), ((0, 2), (1, 0)))
+    angles = (0, 90, 180, 270) if shape[0] < 300 else (0, 90)  # the big one: two angles keep it fast
+    for angle in angles:
+        rb.write_g85(tmp_path / "g.xml", m, orientation=angle)
+        assert rb.same_map(_load_map(tmp_path / "g.xml"), m), ("g85", angle)
+        for origin in rb.E142_ORIGINS:
+            rb.write_e142(tmp_path / "e.xml", m, orientation=angle, origin=origin)
+            assert rb.same_map(_load_map(tmp_path / "e.xml"), m), ("e142", angle, origin)
+    with pytest.raises(ConfigError, match="multiple of 90"):
+        rb.write_g85(tmp_path / "g.xml", m, orientation=45)
+    with pytest.raises(ConfigError, match="origin"):
+        rb.write_e142(tmp_path / "e.xml", m, origin="Centre")
+
+
 def test_small_suite_runs_and_gbm_keeps_clean_wafers_clean(tmp_path):
     settings = dataclasses.replace(rb.SMALL, n_clean=8, n_dev=18, sizes=(100,), factors=("size", "orientation", "format"),
-                                   formats=("npy", "csv"))
+                                   formats=("npy", "csv", "g85", "e142"))
     models = rb.bundled_models(["gbm"])
     table = rb.run(models, settings, seed=0)
     assert set(table.factor) >= {"size", "orientation", "format"}
@@ -144,7 +247,8 @@ def test_small_suite_runs_and_gbm_keeps_clean_wafers_clean(tmp_path):
     row = table[(table.factor == "size") & (table.level == "100")].iloc[0]
     assert row.n_clean == 8 and row.clean_false_alarm <= 0.125  # the issue: gbm calls these none
     fmt = table[table.factor == "format"]
-    assert (fmt.map_identical == 1.0).all()
+    assert list(fmt.level) == ["npy", "csv", "g85", "e142"]
+    assert (fmt.map_identical == 1.0).all() and (fmt.clean_false_alarm <= 0.125).all()
     paths = rb.write_reports(table, tmp_path)
     assert all(p.stat().st_size > 0 for p in paths.values())
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
@@ -167,8 +271,14 @@ def test_default_classifier_calls_clean_wafers_none_and_ignores_turns():
 
 def test_cli_robustness_writes_the_reports_and_checks_its_options(capsys, tmp_path):
     code, out, err = invoke(capsys, "evaluate", "robustness", "--size", "small", "--bundled", "cnn_distilled",
-                            "--factor", "yield", "--n-clean", "4", "--n-dev", "9", "--threads", "1", "--out", tmp_path)
+                            "--factor", "yield", "--factor", "format", "--format-size", "24", "--n-clean", "4",
+                            "--n-dev", "9", "--threads", "1", "--out", tmp_path)
     assert code == 0, err
     assert "cnn_distilled" in out and (tmp_path / "robustness.csv").is_file() and (tmp_path / "robustness.png").is_file()
+    import pandas as pd
+
+    fmt = pd.read_csv(tmp_path / "robustness.csv").query("factor == 'format'")
+    assert list(fmt.level) == list(rb.FORMATS) and fmt.note.str.startswith("clean wafers 24 across").all()
+    assert (fmt.map_identical == 1.0).all()
     code, out, err = invoke(capsys, "evaluate", "robustness", "--factor", "colour", "--out", tmp_path)
     assert code != 0 and "colour" in (out + err)

@@ -23,6 +23,8 @@ def robustness(
     n_clean: Optional[int] = typer.Option(None, "--n-clean", min=1, help="Clean wafers per level (overrides --size)"),
     n_dev: Optional[int] = typer.Option(None, "--n-dev", min=9, help="Real dev maps per level, class-stratified "
                                         "(overrides --size)"),
+    format_size: List[int] = typer.Option([], "--format-size", min=2, help="Grid size (dies across) of the format "
+                                          "factor's clean wafers; repeatable (default: 40 and 100)"),
     dev: Optional[Path] = typer.Option(None, "--dev", help="Real labelled dev maps (default: the shared wm811k_dev.npz; "
                                        "when missing, clean wafers only)"),
     seed: int = typer.Option(0, "--seed"),
@@ -46,8 +48,8 @@ def robustness(
         if not (r / "model.json").is_file():
             raise ConfigError("not a run directory: model.json is missing", r)
     settings = rb.FULL if size == "full" else rb.SMALL
-    changes = {k: v for k, v in {"n_clean": n_clean, "n_dev": n_dev, "factors": tuple(factor) or None}.items()
-               if v is not None}
+    changes = {k: v for k, v in {"n_clean": n_clean, "n_dev": n_dev, "factors": tuple(factor) or None,
+                                 "format_sizes": tuple(format_size) or None}.items() if v is not None}
     settings = dataclasses.replace(settings, **changes)
     torch.set_num_threads(threads)
     models = rb.bundled_models(bundled, run)

@@ -25,8 +25,9 @@ Factors (levels in :data:`FULL` / :data:`SMALL`):
 - ``margin``: a border of no-die cells around the grid, even or on two sides only (an off-centre grid);
 - ``clip``: a share of the rows cut off one side of the grid (a partial map);
 - ``edge_exclusion``: the outer 1–3 rings of dies removed (not tested);
-- ``format``: the map written as npy, CSV die list, STDF and KLARF by the small writers below, read
-  back with :func:`waferscope.data.load`; also the share of maps read back identical to the npy map
+- ``format``: the map written as npy, CSV die list, STDF, KLARF, SEMI G85 and SEMI E142 XML by the
+  small writers below (each in its format's own layout and orientation convention), read back with
+  :func:`waferscope.data.load`; also the share of maps read back identical to the npy map
   (exactly, and up to a rotation/flip, to tell an orientation convention from lost dies).
 
 A factor whose dev maps are missing says so in its ``note`` and the rest still runs.
@@ -49,7 +50,7 @@ from waferscope.errors import ConfigError
 
 FACTORS = ("size", "aspect", "yield", "orientation", "margin", "clip", "edge_exclusion", "format")
 ORIENTATIONS = {"rot90": 1, "rot180": 2, "rot270": 3, "flip_lr": 4, "flip_ud": 6}  # index of preprocess.dihedral
-FORMATS = ("npy", "csv", "stdf", "klarf")
+FORMATS = ("npy", "csv", "stdf", "klarf", "g85", "e142")
 CLEAN_RATE = (0.0, 0.01)  # random fail rate of a clean wafer, uniform per wafer
 
 
@@ -168,7 +169,7 @@ def write_stdf(path: Path, maps: list[np.ndarray]) -> None:
         w.mrr()
 
 
-def write_klarf(path: Path, m: np.ndarray) -> None:
+def write_klarf(path: Path, m: np.ndarray, wafer_id: str = "W0000") -> None:
     """KLARF 1.2 of one wafer: every die in the SampleTestPlan (XINDEX = column, YINDEX up: KLARF's
     die indices grow upwards, so row 0 is the largest YINDEX), one defect on every failing die."""
     top = m.shape[0] - 1
@@ -179,7 +180,7 @@ def write_klarf(path: Path, m: np.ndarray) -> None:
              'DeviceID "PART";', 'SetupID "RECIPE" 12-06-26 00:00:00;', 'StepID "M1";',
              "SampleOrientationMarkType NOTCH;", "OrientationMarkLocation DOWN;",
              "DiePitch 1.0000000000e+03 1.0000000000e+03;", "DieOrigin 0.000000e+00 0.000000e+00;",
-             'WaferID "W0000";', "Slot 1;", "SampleCenterLocation 1.500000e+05 1.500000e+05;", "InspectionTest 1;",
+             f'WaferID "{wafer_id}";', "Slot 1;", "SampleCenterLocation 1.500000e+05 1.500000e+05;", "InspectionTest 1;",
              f"SampleTestPlan {len(plan)}"]
     lines += [f" {x} {y}" for x, y in plan[:-1]] + [f" {plan[-1][0]} {plan[-1][1]};"]
     columns = ("DEFECTID XREL YREL XINDEX YINDEX XSIZE YSIZE DEFECTAREA DSIZE CLASSNUMBER TEST CLUSTERNUMBER "
@@ -194,6 +195,104 @@ def write_klarf(path: Path, m: np.ndarray) -> None:
     lines += ["SummarySpec 5 TESTNO NDEFECT DEFDENSITY NDIE NDEFDIE;", "SummaryList",
               f" 1 {len(fails)} 1.0e+00 {len(plan)} {len(fails)};", "EndOfFile;"]
     path.write_text("\n".join(lines) + "\n")
+
+
+# Bin codes of the two XML map formats: pass and fail bins as a sort map gives them, the null bin
+# (no die) the formats' usual one (255 in Decimal, FF in HexaDecimal: the largest code of the type).
+G85_CODES = ("255", "001", "003")  # no die, pass, fail: Decimal, three digits
+E142_CODES = ("FF", "01", "03")  # no die, pass, fail: HexaDecimal, two digits
+# E142 OriginLocation → (AxisDirection, the BinCode rows listed bottom row first, each row right to left)
+E142_ORIGINS = {"UpperLeft": ("DownRight", False, False), "LowerLeft": ("UpRight", True, False),
+                "UpperRight": ("DownLeft", False, True), "LowerRight": ("UpLeft", True, True)}
+
+
+def _drawing(m: np.ndarray, orientation: int) -> np.ndarray:
+    """The stored (notch-down) map turned clockwise so that the notch sits at ``orientation`` degrees
+    clockwise from the bottom: the drawing a G85/E142 file with that Orientation holds."""
+    if orientation % 90:
+        raise ConfigError(f"orientation must be a multiple of 90 degrees, got {orientation}")
+    return np.rot90(m, -(orientation // 90) % 4)  # k < 0 turns clockwise
+
+
+def write_g85(path: Path, m: np.ndarray, wafer_id: str = "W0000", orientation: int = 0) -> None:
+    """SEMI G85 map XML of one wafer, laid out as map servers and the ``g85`` package write it: a
+    ``<Maps>`` root holding the wafer's ``<Map>`` (namespace ``http://www.semi.org``), one ``<Device>``
+    with ``BinType="Decimal"``, ``NullBin="255"``, Rows/Columns, ``OriginLocation="2"`` (upper left,
+    the first code of the first row), a ``<Bin>`` per code (001 Pass, 003 Fail, with its count) and the
+    ``<Data>`` rows in CDATA, three-digit codes separated by a space. The rows are the drawing, top row
+    first (G85 has no axis attribute), seen with the notch at ``orientation`` degrees clockwise from
+    the bottom: 0 writes the stored map as it is."""
+    draw = _drawing(m, orientation)
+    rows, cols = draw.shape
+    n_pass, n_fail = int((m == 1).sum()), int((m == 2).sum())
+    on = np.argwhere(draw > 0)
+    ref = f'      <ReferenceDevice ReferenceDeviceX="{on[0][1]}" ReferenceDeviceY="{on[0][0]}"/>' if len(on) else ""
+    codes = np.asarray(G85_CODES)[draw]
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<Maps>",
+             f'  <Map xmlns="http://www.semi.org" FormatRevision="SEMI G85 0703" SubstrateType="Wafer" '
+             f'SubstrateId="{wafer_id}">',
+             f'    <Device ProductId="PART" LotId="LOT1" WaferSize="300" CreateDate="20261206000000000" '
+             f'DeviceSizeX="1000" DeviceSizeY="1000" Rows="{rows}" Columns="{cols}" OriginLocation="2" '
+             f'Orientation="{orientation}" BinType="Decimal" NullBin="{G85_CODES[0]}" MapType="Array">']
+    lines += [ref] if ref else []
+    lines += [f'      <Bin BinCode="{G85_CODES[1]}" BinCount="{n_pass}" BinQuality="Pass" BinDescription="pass"/>',
+              f'      <Bin BinCode="{G85_CODES[2]}" BinCount="{n_fail}" BinQuality="Fail" BinDescription="fail"/>',
+              '      <Data MapName="Map" MapVersion="1">']
+    lines += ["        <Row><![CDATA[" + " ".join(r) + " ]]></Row>" for r in codes]
+    lines += ["      </Data>", "    </Device>", "  </Map>", "</Maps>"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_e142(path: Path, m: np.ndarray, wafer_id: str = "W0000", orientation: int = 0,
+               origin: str = "UpperLeft") -> None:
+    """SEMI E142 substrate-map XML of one wafer, laid out as wafer-sort map writers produce it
+    (E142-1 V1005 namespace): a top wafer layout with a child device layout whose ``Dimension`` is the
+    grid, the Substrate with its LotId, and a SubstrateMap with a ``SortGrade`` overlay whose
+    ``BinCodeMap`` (``BinType="HexaDecimal"``, ``NullBin="FF"``, BinDefinitions 01 Pass and 03 Fail
+    with their counts) holds one ``<BinCode>`` element per row, two hex digits per die without
+    separators. The rows are numbered from the ``origin`` corner (``UpperLeft`` with AxisDirection
+    ``DownRight``: top row first, the usual wafer-sort layout; ``LowerLeft``/``UpRight`` bottom row
+    first; …Right origins run right to left), seen with the notch at ``orientation`` degrees clockwise
+    from the bottom."""
+    if origin not in E142_ORIGINS:
+        raise ConfigError(f"E142 origin must be one of {', '.join(E142_ORIGINS)}, got {origin!r}")
+    axis, bottom_first, right_to_left = E142_ORIGINS[origin]
+    draw = _drawing(m, orientation)
+    draw = draw[::-1] if bottom_first else draw
+    draw = draw[:, ::-1] if right_to_left else draw
+    rows, cols = draw.shape
+    n_pass, n_fail = int((m == 1).sum()), int((m == 2).sum())
+    codes = np.asarray(E142_CODES)[draw]
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
+             '<MapData xmlns="urn:semi-org:xsd.E142-1.V1005.SubstrateMap">',
+             "  <Layouts>",
+             '    <Layout LayoutId="WaferLayout" DefaultUnits="mm" TopLevel="true">',
+             '      <Dimension X="1" Y="1"/>',
+             '      <ChildLayouts><ChildLayout LayoutId="Devices"/></ChildLayouts>',
+             "    </Layout>",
+             '    <Layout LayoutId="Devices" DefaultUnits="mm">',
+             f'      <Dimension X="{cols}" Y="{rows}"/>', '      <DeviceSize X="1" Y="1"/>',
+             "    </Layout>", "  </Layouts>",
+             "  <Substrates>", f'    <Substrate SubstrateType="Wafer" SubstrateId="{wafer_id}">',
+             "      <LotId>LOT1</LotId>", "    </Substrate>", "  </Substrates>",
+             "  <SubstrateMaps>",
+             f'    <SubstrateMap SubstrateType="Wafer" SubstrateId="{wafer_id}" LayoutSpecifier="WaferLayout/Devices" '
+             f'Orientation="{orientation}" OriginLocation="{origin}" AxisDirection="{axis}">',
+             '      <Overlay MapName="SortGrade" MapVersion="1">',
+             f'        <BinCodeMap BinType="HexaDecimal" NullBin="{E142_CODES[0]}" MapType="2DArray">',
+             "          <BinDefinitions>",
+             f'            <BinDefinition BinCode="{E142_CODES[1]}" BinCount="{n_pass}" BinQuality="Pass" '
+             'BinDescription="pass" Pick="true"/>',
+             f'            <BinDefinition BinCode="{E142_CODES[2]}" BinCount="{n_fail}" BinQuality="Fail" '
+             'BinDescription="fail" Pick="false"/>',
+             "          </BinDefinitions>"]
+    lines += ["          <BinCode>" + "".join(r) + "</BinCode>" for r in codes]
+    lines += ["        </BinCodeMap>", "      </Overlay>", "    </SubstrateMap>", "  </SubstrateMaps>", "</MapData>"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# one file per wafer, as these formats usually come (npy, KLARF, G85, E142), and its writer
+_PER_WAFER = {"klarf": (".klarf", write_klarf), "g85": (".xml", write_g85), "e142": (".xml", write_e142)}
 
 
 def roundtrip(maps: list[np.ndarray], fmt: str, folder: Path) -> list[np.ndarray]:
@@ -212,11 +311,12 @@ def roundtrip(maps: list[np.ndarray], fmt: str, folder: Path) -> list[np.ndarray
     if fmt == "stdf":
         write_stdf(folder / "maps.stdf", maps)
         return list(load(folder / "maps.stdf").maps)
-    if fmt == "klarf":
+    if fmt in _PER_WAFER:
+        suffix, writer = _PER_WAFER[fmt]
         out = []
         for i, m in enumerate(maps):
-            write_klarf(folder / f"w{i}.klarf", m)
-            out.append(load(folder / f"w{i}.klarf").maps[0])
+            writer(folder / f"w{i}{suffix}", m, wafer_id=f"W{i:04d}")
+            out.append(load(folder / f"w{i}{suffix}").maps[0])
         return out
     raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
@@ -351,7 +451,10 @@ def _level_inputs(factor: str, level, settings: Settings, base_clean: list, dev,
     dev_maps = list(dev.maps) if dev is not None else None
     n, b = settings.n_clean, settings.base_size
     if factor == "format":
-        clean = [w for s in settings.format_sizes for w in clean_wafers(max(1, n // len(settings.format_sizes)), s, s, rng_c)]
+        # the same clean wafers in every format (seeded by the factor, not the level): a false alarm that
+        # differs between two formats is then the format's doing, not another draw of wafers
+        rng_f = np.random.default_rng([seed, 2, key[0]])
+        clean = [w for s in settings.format_sizes for w in clean_wafers(max(1, n // len(settings.format_sizes)), s, s, rng_f)]
         with tempfile.TemporaryDirectory(prefix="waferscope-robust-") as tmp:
             back = roundtrip(clean, level, Path(tmp))
             dev_back = None
