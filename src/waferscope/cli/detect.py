@@ -143,6 +143,7 @@ def train(
         params["seed"] = seed
     if epochs is not None:
         params["epochs"] = epochs
+    params = cls.translate_params(params)  # retired names (one release): today's, with a note
     bad = sorted(set(params) - valid)
     if bad:
         if bad == ["epochs"]:

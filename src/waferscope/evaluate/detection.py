@@ -132,7 +132,7 @@ def _maker(detector: str, params: dict) -> Callable[[], Any]:
     from waferscope import registry
 
     check_detector(detector)
-    params = {"verbose": False, **params}
+    params = {"progress": False, **params}
     return lambda: registry.create(detector, "detector", **params)
 
 
@@ -209,7 +209,7 @@ def leave_one_pattern_out(detector: str = "pattern_contrast", params: dict | Non
     rows = []
     for left_out in tqdm([None, *BASE_PATTERNS], desc="leave one pattern out", disable=not progress):
         patterns = None if left_out is None else [p for p in BASE_PATTERNS if p != left_out]
-        det = registry.create(detector, "detector", **{"verbose": False, **(params or {}), "patterns": patterns})
+        det = registry.create(detector, "detector", **{"progress": False, **(params or {}), "patterns": patterns})
         scores = det.fit(train, calibrate=False).score(test).scores
         per_class = per_class_auroc(scores, test)
         rows.append({"left_out": left_out or "none left out",
