@@ -140,7 +140,7 @@ def method_file_stem(method: str) -> str:
 
 # Constructor parameters that change how a model reports progress or how many cores it uses, not
 # what it learns: left out of a cache's identity.
-NOT_RESULT_PARAMS = ("progress", "verbose", "n_jobs")
+NOT_RESULT_PARAMS = ("progress", "n_jobs")
 # classifier params renamed by the one vocabulary (the classes' renamed_params; no classifier takes an old name)
 _RENAMED_CLASSIFIER_PARAMS = {"size": "input_size", "alpha": "distil_alpha", "temperature": "distil_temperature"}
 

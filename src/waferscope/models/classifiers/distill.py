@@ -289,7 +289,7 @@ class DistilledStudentClassifier(TorchClassifier):
             params.setdefault("seed", self.seed)
             params.setdefault("progress", self.progress)
             teacher = registry.create(self.teacher_name, "classifier", **params).fit(labelled)
-        if not hasattr(teacher, "network_"):
+        if not teacher.get_tags().gradcam:  # the declared capability of a network_ on this input (base.Tags)
             raise ConfigError(f"the teacher {type(teacher).__name__} is not a PyTorch classifier "
                               "(distillation needs its logits)")
         if int(teacher.input_size) != int(self.input_size) or teacher.encoding != self.encoding:
