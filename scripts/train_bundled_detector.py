@@ -50,6 +50,7 @@ def main() -> None:
         except ValueError:
             params[k] = v
     cls = registry.get(args.detector, "detector")
+    params = cls.translate_params(params)  # retired names → today's (before the default below)
     if "progress" in cls._param_names():
         params.setdefault("progress", False)
     normals = protocol_train_normals()

@@ -83,3 +83,12 @@ def test_docs_table_lists_the_vocabulary():
     table = text[text.index("## One parameter vocabulary"):]
     for name in [*VOCABULARY, *RETIRED, *RETIRED_IN_DISTILLATION]:
         assert re.search(rf"`{name}`", table), f"docs/contributing.md's vocabulary table misses {name}"
+
+
+def test_callers_that_add_a_quiet_default_translate_first():
+    """evaluate's quiet default (progress=False) must not meet a retired `verbose` as 'both names'."""
+    from waferscope.evaluate.detection import _maker
+
+    with pytest.warns(FutureWarning, match="verbose is now called progress"):
+        det = _maker("pattern_stats", {"verbose": True})()
+    assert det.progress is True

@@ -283,7 +283,8 @@ class DistilledStudentClassifier(TorchClassifier):
         elif self.teacher:
             teacher = load_run(self.teacher, kind="classifier")
         else:
-            params = dict(self.teacher_params or {})
+            # teacher_params in today's names first (a saved run's may say size=): setdefault must see them
+            params = registry.get(self.teacher_name, "classifier").translate_params(dict(self.teacher_params or {}))
             params.setdefault("input_size", self.input_size)
             params.setdefault("encoding", self.encoding)
             params.setdefault("seed", self.seed)
