@@ -14,8 +14,15 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 STAMP=.venv/.waferscope-setup
 WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
+warm_kernels() {
+  # numba compiles the feature kernels once per machine (and after they change): here, with a word,
+  # rather than silently inside a user's first command
+  echo "setup: loading the compiled feature kernels (~20 s the first time on a machine)"
+  python -m waferscope.features.fast
+}
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && python -c "import waferscope, torch" 2>/dev/null; then
   echo "setup: .venv is up to date (pyproject.toml unchanged since the last install)"
+  warm_kernels
   exit 0
 fi
 START=$SECONDS
@@ -27,4 +34,5 @@ echo "setup: installing waferscope and its dependencies (scikit-learn, scikit-im
      "dask, matplotlib, ...; ~1 GB): a few minutes on a first install"
 pip install --progress-bar on -e ".[test]"
 echo "$WANT" > "$STAMP"
+warm_kernels
 echo "setup: done in $((SECONDS - START)) s"

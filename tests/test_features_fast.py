@@ -94,10 +94,11 @@ def _fab_maps():
 
 
 def test_compiled_extended_features_equal_the_definition():
-    from waferscope.features.fast import extended_batch
+    from waferscope.features.fast import extended_batch, pattern_batch
 
     maps = _fab_maps()
     fast = extended_batch(maps)
+    np.testing.assert_array_equal(pattern_batch(maps), fast[:, 59:])  # the pattern set: the same pass, no Radon
     reference = np.stack([hc.extended_features(m) for m in maps])
     names = hc.feature_names("extended")
     # the local fail rate is a ratio of counts here, float32 box filters in the reference

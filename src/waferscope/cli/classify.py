@@ -27,11 +27,12 @@ from waferscope.errors import ConfigError, DataError
 app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-pattern classifiers.")
 
 RUN_OPTION = typer.Option(None, "--run", help="Classifier run directory (default: a bundled model)")
-BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'cnn_distilled' (default; cnn_fine "
-                              "distilled from gbm, ~7,000 wafers/s on 2 CPU cores; 8,000-9,000 as an INT8 "
-                              "ONNX export), 'cnn_gradcam' (the same network trained so that its Grad-CAM "
-                              "sits on the pattern, the model `explain` uses; less accurate) or 'gbm' "
-                              "(gradient-boosted trees, ~250 wafers/s, the most accurate)")
+BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'gbm' (default; gradient-boosted trees "
+                              "on 120 compiled wafer features, the most accurate, ~8,000 wafers/s on 2 CPU cores "
+                              "for WM-811K-size maps, slower on large grids), 'cnn_distilled' (cnn_fine distilled "
+                              "from gbm, ~7,000 wafers/s at any grid size; 8,000-9,000 as an INT8 ONNX export; "
+                              "the --engine dask default) or 'cnn_gradcam' (the same network trained so that its "
+                              "Grad-CAM sits on the pattern, the model `explain` uses; less accurate)")
 PRIOR_OPTION = typer.Option("balanced", "--prior", help="Class mix of these wafers: 'balanced' (the model's "
                             "own, default), 'wm811k' (85 % none, like a fab's stream), 'estimate' (learnt "
                             "from these maps without labels), 'Center=3,none=85,...' or a .json file")

@@ -249,6 +249,25 @@ def grid_radon_summary(fail, cos_a, sin_a, pool_edges, n_bins):  # pragma: no co
 
 
 @njit(cache=True, nogil=True)
+def neighbour_counts(fail, die, r, c):  # pragma: no cover - compiled
+    """(failing, die) cells among the 8 neighbours of (r, c) of two same-shape 2-D masks (outside: none)."""
+    h, w = fail.shape
+    nf = 0
+    nd = 0
+    for dr in range(-1, 2):
+        for dc in range(-1, 2):
+            if dr == 0 and dc == 0:
+                continue
+            rr, cc = r + dr, c + dc
+            if 0 <= rr < h and 0 <= cc < w:
+                if fail[rr, cc]:
+                    nf += 1
+                if die[rr, cc]:
+                    nd += 1
+    return nf, nd
+
+
+@njit(cache=True, nogil=True)
 def grid_local(fail_frac, nodie_frac, fail, die, k, dy, dx, radius):  # pragma: no cover - compiled
     """Neighbourhood statistics of the ``grid`` features for a batch of (N, S, S) maps: per map
     (fail cells with ≥ 1 failing 8-neighbour, with ≥ 3, the sum over fail cells of their neighbours'
@@ -282,16 +301,7 @@ def grid_local(fail_frac, nodie_frac, fail, die, k, dy, dx, radius):  # pragma: 
         for r in range(s):
             for c in range(s):
                 if fail[m, r, c]:
-                    nb = 0
-                    nd = 0
-                    for dr in range(-1, 2):
-                        for dc in range(-1, 2):
-                            if dr == 0 and dc == 0:
-                                continue
-                            rr, cc = r + dr, c + dc
-                            if 0 <= rr < s and 0 <= cc < s:
-                                nb += fail[m, rr, cc]
-                                nd += die[m, rr, cc]
+                    nb, nd = neighbour_counts(fail[m], die[m], r, c)
                     if nb >= 1:
                         stats[m, 0] += 1
                     if nb >= 3:

@@ -32,10 +32,11 @@ import numpy as np
 from numba import njit
 
 from waferscope.features import pattern_stats, shape
-from waferscope.features._kernels import _PERIMETER_WEIGHTS, region_counts
+from waferscope.features._kernels import _PERIMETER_WEIGHTS, neighbour_counts, region_counts
 from waferscope.features.handcrafted import N_RADON, _band_edges, _radon_geometry, _resample_cubic
 
 N_EXTENDED = 120
+N_PATTERN = 61  # the pattern statistics and shape features, the last 61 of the 120
 
 
 @lru_cache(maxsize=64)
@@ -103,21 +104,24 @@ def _footprints_locked(wafer: np.ndarray, tables: tuple) -> tuple[np.ndarray, np
 
 def extended_features_fast(wafer: np.ndarray) -> np.ndarray:
     """The 120 ``extended`` features of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
-    wafer = np.ascontiguousarray(wafer, dtype=np.uint8)
-    out = np.empty(N_EXTENDED)
-    tables = shape_tables(*wafer.shape)
-    _extended(wafer, *tables, *radon_footprints(wafer, tables), _PERIMETER_WEIGHTS, out)
-    return out
+    return extended_batch([wafer])[0]
 
 
-def extended_batch(maps: Sequence[np.ndarray]) -> np.ndarray:
-    """(N, 120) features of a list of maps."""
-    out = np.empty((len(maps), N_EXTENDED))
+def extended_batch(maps: Sequence[np.ndarray], full: bool = True) -> np.ndarray:
+    """(N, 120) features of a list of maps; ``full=False``: only the 61 ``pattern`` features (N, 61)
+    (the last 61 of the 120; no Radon transform)."""
+    out = np.zeros((len(maps), N_EXTENDED))
     for i, m in enumerate(maps):
         m = np.ascontiguousarray(m, dtype=np.uint8)
         tables = shape_tables(*m.shape)
-        _extended(m, *tables, *radon_footprints(m, tables), _PERIMETER_WEIGHTS, out[i])
-    return out
+        footprints = radon_footprints(m, tables) if full else _NO_FOOTPRINTS
+        _extended(m, *tables, *footprints, _PERIMETER_WEIGHTS, full, out[i])
+    return out if full else out[:, N_EXTENDED - N_PATTERN:]
+
+
+def pattern_batch(maps: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, 61) ``pattern`` features (pattern statistics + shape) of a list of maps."""
+    return extended_batch(maps, full=False)
 
 
 # ---- compiled parts ------------------------------------------------------------------------------
@@ -159,35 +163,41 @@ def _label(mask, eight, labels, sizes_out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _axes(labels, k, box):  # pragma: no cover - compiled
-    """(n, mean row, mean col, minor sd, major sd) of the cells labelled ``k`` inside ``box`` (r0, r1,
-    c0, c1): np.cov-style (ddof 1) principal standard deviations, 0 below 3 cells."""
+def _moments(labels, k, box):  # pragma: no cover - compiled
+    """(n, mean row, mean col, Σ(r−r̄)², Σ(r−r̄)(c−c̄), Σ(c−c̄)²) of the cells labelled ``k`` inside
+    ``box`` (r0, r1, c0, c1): the members are gathered once, then centred in a second pass (as
+    ``np.cov`` does: no cancellation for thin clusters)."""
+    rows = np.empty((box[1] - box[0]) * (box[3] - box[2]))
+    cols = np.empty_like(rows)
     n = 0
-    sr = 0.0
-    sc = 0.0
     for r in range(box[0], box[1]):
         for c in range(box[2], box[3]):
             if labels[r, c] == k:
+                rows[n] = r
+                cols[n] = c
                 n += 1
-                sr += r
-                sc += c
-    mr, mc = sr / n, sc / n
+    mr = rows[:n].sum() / n
+    mc = cols[:n].sum() / n
+    srr = 0.0
+    src = 0.0
+    scc = 0.0
+    for q in range(n):
+        srr += (rows[q] - mr) * (rows[q] - mr)
+        src += (rows[q] - mr) * (cols[q] - mc)
+        scc += (cols[q] - mc) * (cols[q] - mc)
+    return n, mr, mc, srr, src, scc
+
+
+@njit(cache=True, nogil=True)
+def _axes(labels, k, box):  # pragma: no cover - compiled
+    """(n, mean row, mean col, minor sd, major sd) of the cells labelled ``k`` inside ``box``:
+    np.cov-style (ddof 1) principal standard deviations, 0 below 3 cells."""
+    n, mr, mc, srr, src, scc = _moments(labels, k, box)
     if n < 3:
         return n, mr, mc, 0.0, 0.0
-    a = 0.0
-    b = 0.0
-    cc_ = 0.0
-    for r in range(box[0], box[1]):
-        for c in range(box[2], box[3]):
-            if labels[r, c] == k:
-                a += (r - mr) * (r - mr)
-                b += (r - mr) * (c - mc)
-                cc_ += (c - mc) * (c - mc)
-    a /= n - 1
-    b /= n - 1
-    cc_ /= n - 1
-    half = (a + cc_) / 2
-    spread = math.hypot((a - cc_) / 2, b)
+    a, b, c = srr / (n - 1), src / (n - 1), scc / (n - 1)
+    half = (a + c) / 2
+    spread = math.hypot((a - c) / 2, b)
     return n, mr, mc, math.sqrt(max(half - spread, 0.0)), math.sqrt(max(half + spread, 0.0))
 
 
@@ -232,74 +242,66 @@ def _mean_std(values, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def _die_footprint(ca, sa, tx, ty, reach, py, px, size, weights):  # pragma: no cover - compiled
+    """A failing die at padded (py, px) in the warp of one angle: output point (x, y) samples the image
+    bilinearly at (row, col) = (−sin·x + cos·y + ty, cos·x + sin·y + tx), so the die weighs
+    (1 − |row − py|)(1 − |col − px|) there when both distances are below 1. Summed down each column
+    x of the few grid points around the die's inverse rotation: writes the weights of the first
+    column reached and the next two into ``weights`` and returns that first column."""
+    x0 = ca * (px - tx) - sa * (py - ty)
+    y0 = sa * (px - tx) + ca * (py - ty)
+    lo = max(math.ceil(x0 - reach), 0)
+    weights[0] = weights[1] = weights[2] = 0.0
+    for x in range(lo, min(math.floor(x0 + reach), size - 1) + 1):
+        acc = 0.0
+        for y in range(max(math.ceil(y0 - reach), 0), min(math.floor(y0 + reach), size - 1) + 1):
+            dr = abs(-sa * x + ca * y + ty - py)
+            dc = abs(ca * x + sa * y + tx - px)
+            if dr < 1.0 and dc < 1.0:
+                acc += (1.0 - dr) * (1.0 - dc)
+        weights[x - lo] = acc
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def _warp(ca, sa, center):  # pragma: no cover - compiled
+    # the translation of skimage's rotation about the centre, and how far a footprint reaches
+    return -center * (ca + sa - 1), -center * (ca - sa - 1), abs(ca) + abs(sa) + 1e-9
+
+
+@njit(cache=True, nogil=True)
 def _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
     """The (size, n_angles) sinogram of skimage's radon(circle=False) of the fail map, pushed from the
-    failing dies: output point (x, y) of angle i samples the padded image bilinearly at
-    (row, col) = (−sin·x + cos·y + ty, cos·x + sin·y + tx); a die at (py, px) gets the weight
-    (1 − |row − py|)(1 − |col − px|) when both distances are below 1. The candidate points are the
-    few grid points around the die's inverse rotation."""
+    failing dies (:func:`_die_footprint`), dies in raster order within every bin."""
     h, w = wafer.shape
     n_angles = cos_a.shape[0]
-    out = np.zeros((size, n_angles))
-    fr = np.empty(h * w, dtype=np.int64)
-    fc = np.empty(h * w, dtype=np.int64)
-    n = 0
-    for r in range(h):
-        for c in range(w):
-            if wafer[r, c] == 2:
-                fr[n] = r + pad_r
-                fc[n] = c + pad_c
-                n += 1
+    out = np.zeros((size + 2, n_angles))
+    weights = np.empty(3)
     for i in range(n_angles):
-        ca, sa = cos_a[i], sin_a[i]
-        tx = -center * (ca + sa - 1)
-        ty = -center * (ca - sa - 1)
-        reach = abs(ca) + abs(sa) + 1e-9
-        for k in range(n):
-            py = fr[k]
-            px = fc[k]
-            x0 = ca * (px - tx) - sa * (py - ty)
-            y0 = sa * (px - tx) + ca * (py - ty)
-            for x in range(max(math.ceil(x0 - reach), 0), min(math.floor(x0 + reach), size - 1) + 1):
-                acc = 0.0
-                for y in range(max(math.ceil(y0 - reach), 0), min(math.floor(y0 + reach), size - 1) + 1):
-                    dr = abs(-sa * x + ca * y + ty - py)
-                    dc = abs(ca * x + sa * y + tx - px)
-                    if dr < 1.0 and dc < 1.0:
-                        acc += (1.0 - dr) * (1.0 - dc)
-                out[x, i] += acc
-    return out
+        tx, ty, reach = _warp(cos_a[i], sin_a[i], center)
+        for r in range(h):
+            for c in range(w):
+                if wafer[r, c] == 2:
+                    x = _die_footprint(cos_a[i], sin_a[i], tx, ty, reach, r + pad_r, c + pad_c, size, weights)
+                    out[x, i] += weights[0]
+                    out[x + 1, i] += weights[1]
+                    out[x + 2, i] += weights[2]
+    return out[:size]
 
 
 @njit(cache=True, nogil=True)
 def _radon_footprints(h, w, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
-    """Per cell of an h×w grid and angle: the first sinogram bin its bilinear footprint reaches and
-    its weights in that bin and the next two — what :func:`_radon` computes for a failing die there,
-    stored once per grid shape, so a map's sinogram is a few additions per failing die and angle."""
+    """:func:`_die_footprint` of every cell of an h×w grid at every angle, stored once per grid shape,
+    so a map's sinogram is three additions per failing die and angle."""
     n_angles = cos_a.shape[0]
     first = np.zeros((h * w, n_angles), dtype=np.int32)
     weights = np.zeros((h * w, n_angles, 3))
     for i in range(n_angles):
-        ca, sa = cos_a[i], sin_a[i]
-        tx = -center * (ca + sa - 1)
-        ty = -center * (ca - sa - 1)
-        reach = abs(ca) + abs(sa) + 1e-9
+        tx, ty, reach = _warp(cos_a[i], sin_a[i], center)
         for r in range(h):
             for c in range(w):
-                py = r + pad_r
-                px = c + pad_c
-                x0 = ca * (px - tx) - sa * (py - ty)
-                y0 = sa * (px - tx) + ca * (py - ty)
-                lo = max(math.ceil(x0 - reach), 0)
-                first[r * w + c, i] = lo
-                for x in range(lo, min(math.floor(x0 + reach), size - 1) + 1):
-                    acc = 0.0
-                    for y in range(max(math.ceil(y0 - reach), 0), min(math.floor(y0 + reach), size - 1) + 1):
-                        dr = abs(-sa * x + ca * y + ty - py)
-                        dc = abs(ca * x + sa * y + tx - px)
-                        if dr < 1.0 and dc < 1.0:
-                            acc += (1.0 - dr) * (1.0 - dc)
-                    weights[r * w + c, i, x - lo] = acc
+                first[r * w + c, i] = _die_footprint(cos_a[i], sin_a[i], tx, ty, reach, r + pad_r, c + pad_c,
+                                                     size, weights[r * w + c, i])
     return first, weights
 
 
@@ -339,11 +341,8 @@ def _longest_run(hot):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, col_edges, pad_r, pad_c, size,
-              cos_a, sin_a, resample, k_window, footprint_first, footprint_weights, perimeter_weights, out):  # pragma: no cover - compiled
+              cos_a, sin_a, resample, k_window, footprint_first, footprint_weights, perimeter_weights, full, out):  # pragma: no cover - compiled
     h, w = wafer.shape
-    hw = h * w
-    diag = math.hypot(h, w)
-    diameter = max(h, w)
     n_on = 0
     n_fail = 0
     for r in range(h):
@@ -352,15 +351,25 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
                 n_on += 1
             if wafer[r, c] == 2:
                 n_fail += 1
-    n_on1 = max(n_on, 1)
-    rate = n_fail / n_on1
     fail = np.zeros((h, w), dtype=np.bool_)
     for r in range(h):
         for c in range(w):
             fail[r, c] = wafer[r, c] == 2
     labels = np.empty((h, w), dtype=np.int64)
-    sizes = np.empty(hw + 1, dtype=np.int64)
+    sizes = np.empty(h * w + 1, dtype=np.int64)
 
+    if full:  # the 59 handcrafted features; without them, only the 61 `pattern` ones (out[59:])
+        _handcrafted(wafer, fail, n_fail, labels, sizes, row_edges, col_edges, pad_r, pad_c, size, cos_a, sin_a,
+                     resample, footprint_first, footprint_weights, perimeter_weights, out)
+    _pattern(wafer, fail, n_fail, n_on, labels, sizes, ring5, dy, dx, radius, angle, ring10, sector, k_window, out)
+
+
+@njit(cache=True, nogil=True)
+def _handcrafted(wafer, fail, n_fail, labels, sizes, row_edges, col_edges, pad_r, pad_c, size, cos_a, sin_a,
+                 resample, footprint_first, footprint_weights, perimeter_weights, out):  # pragma: no cover - compiled
+    h, w = wafer.shape
+    hw = h * w
+    diag = math.hypot(h, w)
     # -- density (13): fail share ×100 in the 4 edge bands then the 3×3 central blocks
     j = 0
     for band in range(4):
@@ -411,16 +420,7 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
         box = _boxes(labels, n)[big]
         region = labels[box[0]:box[1], box[2]:box[3]] == big + 1
         hist, convex = region_counts(region)
-        area, mr, mc, _, _ = _axes(labels, big + 1, box)
-        mu20 = 0.0
-        mu02 = 0.0
-        mu11 = 0.0
-        for r in range(box[0], box[1]):
-            for c in range(box[2], box[3]):
-                if labels[r, c] == big + 1:
-                    mu20 += (r - mr) ** 2
-                    mu02 += (c - mc) ** 2
-                    mu11 += (r - mr) * (c - mc)
+        area, _, _, mu20, mu11, mu02 = _moments(labels, big + 1, box)
         ta, tb, td = mu02 / area, -mu11 / area, mu20 / area
         root = math.sqrt(4 * tb * tb + (ta - td) ** 2) / 2
         l1 = max((ta + td) / 2 + root, 0.0)
@@ -435,6 +435,15 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
         out[57] = 0.0 if l1 == 0 else math.sqrt(1 - l2 / l1)
         out[58] = area / convex
 
+
+
+@njit(cache=True, nogil=True)
+def _pattern(wafer, fail, n_fail, n_on, labels, sizes, ring5, dy, dx, radius, angle, ring10, sector, k_window,
+             out):  # pragma: no cover - compiled
+    h, w = wafer.shape
+    diameter = max(h, w)
+    n_on1 = max(n_on, 1)
+    rate = n_fail / n_on1
     # -- pattern statistics (15)
     ring_f = np.zeros(5)
     ring_d = np.zeros(5)
@@ -552,6 +561,7 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
         out[j + 2] = n_hot / 24
         out[j + 3] = _longest_run(hot) / 24
     # neighbourhood clustering and the denoised map
+    on = wafer > 0
     denoised = np.zeros((h, w), dtype=np.bool_)
     with1 = 0
     with3 = 0
@@ -561,18 +571,7 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
         for c in range(w):
             if wafer[r, c] != 2:
                 continue
-            nf = 0
-            nd = 0
-            for dr in range(-1, 2):
-                for dc in range(-1, 2):
-                    if dr == 0 and dc == 0:
-                        continue
-                    rr, cc = r + dr, c + dc
-                    if 0 <= rr < h and 0 <= cc < w:
-                        if wafer[rr, cc] == 2:
-                            nf += 1
-                        if wafer[rr, cc] > 0:
-                            nd += 1
+            nf, nd = neighbour_counts(fail, on, r, c)
             with1 += nf >= 1
             with3 += nf >= 3
             share += nf / max(nd, 1)
@@ -706,3 +705,22 @@ def _block_density(fail, r0, r1, c0, c1):  # pragma: no cover - compiled
         for c in range(c0, c1):
             s += fail[r, c]
     return 100.0 * (s / n)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel here and the canonical view's, on a few tiny
+    maps covering both Radon paths. The first time on a machine this takes ~20 s; scripts/setup.sh
+    calls it so that a user's first command does not."""
+    from waferscope.data.preprocess import canonical_map
+
+    rng = np.random.default_rng(0)
+    maps = [rng.choice(np.array([0, 1, 2], np.uint8), size=(9, 7), p=[0.2, 0.5, 0.3]) for _ in range(3)]
+    maps.append(np.full((5, 5), 2, np.uint8))  # every die failing: the footprint table pays at once
+    maps = [canonical_map(m) for m in maps]
+    extended_batch(maps)
+    extended_batch(maps)
+    pattern_batch(maps)
+
+
+if __name__ == "__main__":
+    warm_up()

@@ -3,7 +3,7 @@
 Why a second feature set. The ``extended`` features (:mod:`.handcrafted`, :mod:`.pattern_stats`,
 :mod:`.shape`) are computed map by map on each map's own die grid: ~1.3 ms of mostly per-call
 overhead per map (a Radon transform at max(H, W) angles, a dozen ``scipy.ndimage`` calls), so
-``gbm`` ran at ~700 wafers/s on 2 cores; and because their regions, windows and lengths are counted
+``gbm`` ran at ~700 wafers/s on 2 cores (since compiled: :mod:`.fast`); and because their regions, windows and lengths are counted
 in dies, the same wafer with every die split in four, or with a margin of no-die cells, gets other
 numbers (``evaluate robustness``: macro-F1 0.74 with dies split 2×2).
 

@@ -204,16 +204,22 @@ def _extended_fast(maps: Sequence[np.ndarray]) -> np.ndarray:
     return extended_batch(maps)
 
 
+def _pattern_fast(maps: Sequence[np.ndarray]) -> np.ndarray:
+    from waferscope.features.fast import pattern_batch
+
+    return pattern_batch(maps)
+
+
 # name → function of a (non-empty) list of maps returning their (N, F) features. ``extended`` runs
 # the compiled implementation (:mod:`.fast`, ~0.1 ms a map), which :func:`extended_features` — the
 # readable definition — matches up to rounding (tests/test_features_fast.py).
 FEATURE_SETS = {"wm811k": _per_map(wafer_features), "extended": _extended_fast,
-                "pattern": _per_map(pattern_shape_features), "grid": _grid}
+                "pattern": _pattern_fast, "grid": _grid}
 # Sets computed a whole batch at a time cost ~0.2 ms a map: worker chunks at least this large pay off.
 MIN_CHUNK = {"grid": 1024}
 # Sets whose work runs in compiled code that releases the GIL: threads, not worker processes (no
 # process start-up, no copy of the maps, one cache of per-shape tables).
-THREADED = {"extended"}
+THREADED = {"extended", "pattern"}
 
 
 def feature_names(feature_set: str = "wm811k") -> tuple[str, ...]:
