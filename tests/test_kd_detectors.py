@@ -18,10 +18,10 @@ from waferscope.models.detectors.stfpm.loss import stfpm_loss
 
 # Tiny, fast configurations: random-init teachers (no shipped weights needed), 16/32-px input, 1 epoch.
 TINY = {
-    "stfpm": dict(pretrained=None, input_size=16, epochs=1, batch_size=8),
-    "reverse_distillation": dict(pretrained=None, input_size=32, epochs=1, batch_size=8),
-    "reverse_distillation_convnext": dict(pretrained=None, input_size=32, epochs=1, batch_size=8),
-    "efficientad": dict(pretrained=None, input_size=16, epochs=1, batch_size=8),
+    "stfpm": dict(pretrained=None, input_size=16, epochs=1, batch_size=8, predict_batch_size=64),
+    "reverse_distillation": dict(pretrained=None, input_size=32, epochs=1, batch_size=8, predict_batch_size=64),
+    "reverse_distillation_convnext": dict(pretrained=None, input_size=32, epochs=1, batch_size=8, predict_batch_size=64),
+    "efficientad": dict(pretrained=None, input_size=16, epochs=1, batch_size=8, predict_batch_size=64),
 }
 
 

@@ -146,7 +146,7 @@ TORCH_MODELS = {  # name, kind -> tiny params (cf. tests/test_conformance.py's T
     ("multilabel_cnn", "classifier"): dict(epochs=2, input_size=16, batch_size=16, progress=False, width=4),
     ("ae_latent", "classifier"): dict(epochs=1, input_size=16, batch_size=16, progress=False, val_fraction=0.0,
                                       ae_epochs=2, latent_dim=8, ae_width=4, hidden=8),
-    ("autoencoder", "detector"): dict(input_size=16, base_channels=4, latent_dim=4, epochs=2, batch_size=8,
+    ("autoencoder", "detector"): dict(input_size=16, base_channels=4, latent_dim=4, epochs=2, batch_size=8, predict_batch_size=64,
                                       progress=False),
     ("reconpatch", "detector"): dict(backbone="resnet18", pretrained=None, input_size=16, embedding_dim=16,
                                      backbone_kwargs={"width": 0.25, "small_input": True}, coreset_ratio=0.5,
