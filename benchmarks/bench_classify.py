@@ -59,14 +59,14 @@ def main(argv=None) -> int:
         raise SystemExit("error: give --run or --bundled, not both")
     which = args.bundled or DEFAULT_FOR_LABELS
     clf = load_default(which) if args.run is None else load_run(args.run, kind="classifier")
-    clf.set_params(**{p: False for p in ("progress", "verbose") if p in clf.get_params()})  # no bars in the timing
+    clf.set_params(**{p: False for p in ("progress",) if p in clf.get_params()})  # no bars in the timing
     dev = load(args.dev)
     data = dev.subset(np.arange(args.n) % len(dev))
     warm = np.arange(min(2048, len(data)))
     assert len(clf.predict(data.subset(warm))) == len(warm)  # warm-up, and one label per map
     rate = best_rate(lambda: clf.predict(data), len(data), args.repeats, warmup=False)
     params = clf.get_params()
-    size = f"input {params['size']}px" if params.get("size") else "features of each map's own die grid"
+    size = f"input {params['input_size']}px" if params.get("input_size") else "features of each map's own die grid"
     print(f"model: {clf.registry_name} ({args.run or f'bundled: {which}'}), {size}, {clf.n_parameters():,} parameters")
     print(f"{environment_line(args.threads)}; {len(data):,} variable-size maps per pass")
     print(f"wafers/s: best {rate['best']:,.0f}, median {rate['median']:,.0f}")

@@ -1,7 +1,7 @@
 """End-to-end scoring throughput (wafers/s) of every registered detector.
 
 For each name in ``registry.available("detector")``: build it with its defaults (``epochs=1`` and
-``verbose=False`` when it has those parameters: training quality does not change scoring cost), fit
+``progress=False`` when it has those parameters: training quality does not change scoring cost), fit
 on 200 synthetic ``none`` maps, then time ``score()`` on N synthetic maps of realistic die grids —
 everything a user waits for: resize + onehot3, the network, map post-processing, upsampling back to
 each map's own H×W. One warm-up pass first. A detector that fails is reported and skipped.
@@ -39,12 +39,12 @@ def main() -> None:
         try:
             cls = registry.get(name, "detector")
             valid = set(cls._param_names())
-            params = {k: v for k, v in {"epochs": 1, "verbose": False}.items() if k in valid}
+            params = {k: v for k, v in {"epochs": 1, "progress": False}.items() if k in valid}
             det = cls(**params).fit(train, calibrate=False)  # speed of score(); no threshold needed
             det.score(test.subset(range(min(256, len(test)))))  # warm-up on a subset: a full pass is slow
             rate = best_rate(lambda: det.score(test), args.n, args.repeats, warmup=False)
             row = {"detector": name, "wafers_per_s": round(rate["best"], 1),
-                   "batch_size": getattr(det, "batch_size", None), "input_size": getattr(det, "input_size", None),
+                   "batch_size": getattr(det, "predict_batch_size", None), "input_size": getattr(det, "input_size", None),
                    "threads": args.threads, "n": args.n}
         except Exception as exc:  # one broken detector must not hide the others' numbers
             print(f"skip {name}: {type(exc).__name__}: {exc}", file=sys.stderr)

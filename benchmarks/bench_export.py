@@ -28,10 +28,10 @@ from waferscope.benchmark.measure import timed_passes
 TRAIN = {
     "kd_student": ("classification", "kd_student", {"epochs": 10, "progress": False,
                                                     "teacher_params": {"epochs": 8, "progress": False}}),
-    "patchcore": ("detection", "patchcore", {"verbose": False}),
-    "stfpm": ("detection", "stfpm", {"epochs": 4, "verbose": False}),
-    "reverse_distillation": ("detection", "reverse_distillation", {"epochs": 3, "verbose": False}),
-    "efficientad": ("detection", "efficientad", {"epochs": 4, "verbose": False}),
+    "patchcore": ("detection", "patchcore", {"progress": False}),
+    "stfpm": ("detection", "stfpm", {"epochs": 4, "progress": False}),
+    "reverse_distillation": ("detection", "reverse_distillation", {"epochs": 3, "progress": False}),
+    "efficientad": ("detection", "efficientad", {"epochs": 4, "progress": False}),
 }
 
 
@@ -119,7 +119,7 @@ def main() -> None:
         if not wanted("bundled_detector"):
             raise LookupError("not asked for (--only)")
         detector = runs.get("bundled_detector") and load_run(runs["bundled_detector"]) or load_default_detector("autoencoder")
-        detector.verbose = False
+        detector.progress = False
         models.append(("bundled_detector", "detection", detector))
     except Exception as exc:
         print(f"note: no bundled detector ({type(exc).__name__}: {exc})")

@@ -44,7 +44,7 @@ def main() -> None:
     speed_set = dev.subset(np.resize(np.arange(len(dev)), args.n))
     for name in args.models:
         det = registry.create(name, kind="detector", seed=args.seed, **overrides)
-        det.set_params(epochs=1, verbose=False).fit(normals, calibrate=False)
+        det.set_params(epochs=1, progress=False).fit(normals, calibrate=False)
         det.score(speed_set.subset(np.arange(min(64, len(speed_set)))))  # warm-up (and tracing)
         wall = best_rate(lambda: det.score(speed_set), len(speed_set), args.repeats, warmup=False)["best"]
         # The single-thread CPU-time rate hardly depends on the neighbours: 2 × it is what 2 idle

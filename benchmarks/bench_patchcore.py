@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    params = dict(CONFIGS[args.config], batch_size=args.batch_size, verbose=True)
+    params = dict(CONFIGS[args.config], predict_batch_size=args.batch_size, progress=True)
     out = {"threads": args.threads, "config": args.config, "detector": args.detector, "params": params}
 
     if not args.skip_throughput:

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
         maps, source = generate(args.n, seed=0).maps, "synthetic maps"
     data = WaferDataset.from_maps(maps, validate=False)
-    x_u8 = resize_maps(maps, int(model.size))
+    x_u8 = resize_maps(maps, int(model.input_size))
     x = model.encode_fast(x_u8)
     net = model.inference_network()
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         "from resized maps": best_rate(lambda: model._logits(x_u8), len(x), args.repeats),
         "from raw maps": best_rate(lambda: model.predict_proba(data), len(x), args.repeats),
     }
-    print(f"kd_student {getattr(model, 'arch', 'patchify')} width {model.width}, {model.n_parameters():,} parameters, {model.size}px input; "
+    print(f"kd_student {getattr(model, 'arch', 'patchify')} width {model.width}, {model.n_parameters():,} parameters, {model.input_size}px input; "
           f"{args.n:,} {source}")
     print(f"  {environment_line(args.threads)}; 'per CPU-s × {args.threads}' = what {args.threads} unshared core(s) would do")
     for name, rate in rates.items():

@@ -50,8 +50,9 @@ def main() -> None:
         except ValueError:
             params[k] = v
     cls = registry.get(args.detector, "detector")
-    if "verbose" in cls._param_names():
-        params.setdefault("verbose", False)
+    params = cls.translate_params(params)  # retired names → today's (before the default below)
+    if "progress" in cls._param_names():
+        params.setdefault("progress", False)
     normals = protocol_train_normals()
     t0 = time.perf_counter()
     det = cls(**params).fit(normals, calibrate=False)

@@ -11,7 +11,7 @@ from waferscope.errors import ConfigError, DataError
 from waferscope.models.classifiers.autoencoder_variants import (AELatentClassifier, ResidualCNNClassifier,
                                                                 build_autoencoder, train_autoencoder)
 
-SMALL = dict(size=16, epochs=1, batch_size=16, progress=False, val_fraction=0.0, ae_epochs=1, latent_dim=8,
+SMALL = dict(input_size=16, epochs=1, batch_size=16, progress=False, val_fraction=0.0, ae_epochs=1, latent_dim=8,
              ae_width=4)
 
 

@@ -28,7 +28,7 @@ def synth() -> WaferDataset:
 
 @pytest.mark.parametrize("name", ["cnn", "cnn_fine", "resnet18"])
 def test_network_classifiers_fit_predict_and_round_trip(name, synth, tmp_path):
-    params = {"epochs": 1, "size": 32, "progress": False, "batch_size": 32}
+    params = {"epochs": 1, "input_size": 32, "progress": False, "batch_size": 32}
     if name == "resnet18":
         params["width"] = 0.25
     clf = registry.create(name, "classifier", **params).fit(synth)
@@ -38,7 +38,7 @@ def test_network_classifiers_fit_predict_and_round_trip(name, synth, tmp_path):
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
     clf.save(tmp_path / "run")
     doc = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert doc["params"]["size"] == 32 and doc["params"]["encoding"] == "onehot3"
+    assert doc["params"]["input_size"] == 32 and doc["params"]["encoding"] == "onehot3"
     again = load_run(tmp_path / "run", kind="classifier")
     np.testing.assert_array_equal(again.predict_proba(synth), proba)
     assert list(again.predict(synth)) == list(clf.predict(synth))
@@ -49,7 +49,7 @@ def test_fine_head_keeps_full_resolution_and_folds_exactly(synth, relu_stride):
     """cnn_fine pools a map at the input size (48×48 at 48 px) while gradients are on (training,
     Grad-CAM); prediction skips that map and pools the linear levels from their means, and its
     BatchNorm-folded inference copy (nested Sequentials) returns the same logits."""
-    clf = registry.create("cnn_fine", "classifier", epochs=1, size=48, progress=False,
+    clf = registry.create("cnn_fine", "classifier", epochs=1, input_size=48, progress=False,
                           relu_stride=relu_stride).fit(synth)
     net = clf.network_.eval()
     seen = []
@@ -92,7 +92,7 @@ def test_fine_head_shortcut_is_exact_for_any_size_and_kernel(size, kernel, relu_
 def test_fine_head_runs_saved_before_relu_stride_keep_their_maths(synth, tmp_path):
     """Runs saved before ``relu_stride`` existed had the ReLU at S×S and the same weight names: they
     load as ``relu_stride=1`` and predict exactly what they predicted, not silently something else."""
-    clf = registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, relu_stride=1).fit(synth)
+    clf = registry.create("cnn_fine", "classifier", epochs=1, input_size=32, progress=False, relu_stride=1).fit(synth)
     clf.save(tmp_path / "run")
     doc = json.loads((tmp_path / "run" / "model.json").read_text())
     del doc["params"]["relu_stride"], doc["extras"]["head_design"]
@@ -108,7 +108,7 @@ def test_class_evidence_map_is_grad_cam(synth):
     from waferscope.explain.gradcam import GradCAM
     from waferscope.models.classifiers.cnn import class_evidence_map
 
-    clf = registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, dropout=0.0).fit(synth)
+    clf = registry.create("cnn_fine", "classifier", epochs=1, input_size=32, progress=False, dropout=0.0).fit(synth)
     net = clf.network_.eval()
     x = clf.to_tensor(synth)[:8]
     targets = torch.arange(8) % len(clf.classes_)
@@ -143,7 +143,7 @@ def test_localisation_loss_rewards_evidence_on_the_mask():
 def test_training_masks_turn_with_their_maps(synth):
     """With ``localise``, each batch's masks (in ``_batch_masks``) are its maps' masks after the same
     random rotation/flip: here the mask is exactly the failing dies, so it must equal the fail channel."""
-    clf = registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, batch_size=16)
+    clf = registry.create("cnn_fine", "classifier", epochs=1, input_size=32, progress=False, batch_size=16)
     fails = WaferDataset(maps=synth.maps, labels=synth.labels, meta=synth.meta,
                          masks=[m == 2 for m in synth.maps])
     clf._train_masks = clf._training_masks(fails)
@@ -163,25 +163,25 @@ def test_fine_head_rejects_bad_settings_before_training(bad, synth):
     from waferscope.errors import ConfigError
 
     with pytest.raises(ConfigError, match="input_kernel|localise|relu_stride"):
-        registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, **bad).fit(synth)
+        registry.create("cnn_fine", "classifier", epochs=1, input_size=32, progress=False, **bad).fit(synth)
 
 
 def test_localisation_term_changes_training(synth):
-    runs = [registry.create("cnn_fine", "classifier", epochs=1, size=32, progress=False, localise=w).fit(synth)
+    runs = [registry.create("cnn_fine", "classifier", epochs=1, input_size=32, progress=False, localise=w).fit(synth)
             for w in (0.0, 1.0)]
     assert runs[0].history_[0]["train_loss"] != runs[1].history_[0]["train_loss"]
 
 
 def test_training_is_deterministic(synth):
-    a = registry.create("cnn", "classifier", epochs=1, size=32, progress=False).fit(synth)
-    b = registry.create("cnn", "classifier", epochs=1, size=32, progress=False).fit(synth)
+    a = registry.create("cnn", "classifier", epochs=1, input_size=32, progress=False).fit(synth)
+    b = registry.create("cnn", "classifier", epochs=1, input_size=32, progress=False).fit(synth)
     np.testing.assert_array_equal(a.predict_proba(synth), b.predict_proba(synth))
 
 
 def test_classes_are_the_labels_seen_in_wm811k_order(synth):
     sub = synth.subset(np.isin(synth.labels, ["none", "Scratch", "Center"]))
     assert label_order(sub.labels) == ["Center", "Scratch", "none"]
-    clf = registry.create("cnn", "classifier", epochs=1, size=32, progress=False).fit(sub)
+    clf = registry.create("cnn", "classifier", epochs=1, input_size=32, progress=False).fit(sub)
     assert clf.classes_ == ["Center", "Scratch", "none"]
     assert label_order(np.array(["b", "a", ""])) == ["a", "b"]
 
@@ -190,7 +190,7 @@ def test_unlabelled_maps_are_skipped_and_all_unlabelled_is_an_error(synth, capsy
     labels = synth.labels.copy()
     labels[:5] = ""
     ds = WaferDataset(maps=synth.maps, labels=labels, meta=synth.meta)
-    registry.create("cnn", "classifier", epochs=1, size=32, progress=False).fit(ds)
+    registry.create("cnn", "classifier", epochs=1, input_size=32, progress=False).fit(ds)
     assert "skipping 5 unlabelled" in capsys.readouterr().err
     empty = WaferDataset(maps=synth.maps[:4], labels=np.array([""] * 4, dtype=object), meta=synth.meta.iloc[:4])
     with pytest.raises(DataError, match="no labelled maps"):
@@ -199,7 +199,7 @@ def test_unlabelled_maps_are_skipped_and_all_unlabelled_is_an_error(synth, capsy
 
 @pytest.mark.parametrize("mode", ["loss", "sampler", "none"])
 def test_imbalance_modes_train(mode, synth):
-    clf = registry.create("cnn", "classifier", epochs=1, size=32, progress=False, imbalance=mode, augment=False)
+    clf = registry.create("cnn", "classifier", epochs=1, input_size=32, progress=False, imbalance=mode, augment=False)
     assert clf.fit(synth).predict(synth).shape == (len(synth),)
 
 
@@ -214,7 +214,7 @@ def test_loss_hook_is_used(synth):
             calls.append(batch_x.shape)
             return super()._loss(logits, targets, batch_x)
 
-    Counting(size=16, epochs=1, progress=False, batch_size=16).fit(synth)
+    Counting(input_size=16, epochs=1, progress=False, batch_size=16).fit(synth)
     assert calls and calls[0][1:] == (3, 16, 16)
 
 
@@ -231,7 +231,7 @@ def test_svm_classifiers_round_trip_without_refit(synth, tmp_path):
 
 
 def test_load_refuses_a_detector_run_and_mismatched_weights(synth, tmp_path):
-    clf = registry.create("cnn", "classifier", epochs=1, size=32, progress=False).fit(synth)
+    clf = registry.create("cnn", "classifier", epochs=1, input_size=32, progress=False).fit(synth)
     clf.save(tmp_path / "run")
     doc = json.loads((tmp_path / "run" / "model.json").read_text())
     doc["kind"] = "detector"

@@ -26,14 +26,14 @@ def trained_run(tmp_path_factory):
     """One 1-epoch cnn run shared by the tests (trained through the CLI)."""
     run = tmp_path_factory.mktemp("runs") / "cnn"
     assert call("classify", "train", "--data", "synthetic:n=45,seed=1", "--data", "synthetic:n=27,seed=2",
-                "--model", "cnn", "--out", run, "--epochs", "1", "--set", "size=32", "--set", "progress=false") == 0
+                "--model", "cnn", "--out", run, "--epochs", "1", "--set", "input_size=32", "--set", "progress=false") == 0
     return run
 
 
 def test_train_writes_a_run(trained_run):
     doc = json.loads((trained_run / "model.json").read_text())
     assert doc["kind"] == "classifier" and doc["name"] == "cnn"
-    assert doc["params"]["epochs"] == 1 and doc["params"]["size"] == 32
+    assert doc["params"]["epochs"] == 1 and doc["params"]["input_size"] == 32
     assert (trained_run / "weights.safetensors").stat().st_size > 1000
 
 

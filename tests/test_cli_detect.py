@@ -12,7 +12,7 @@ from PIL import Image
 from clitools import call, invoke
 from waferscope.data.synthetic import generate
 
-FAST_AE = ["--model", "autoencoder", "--epochs", "2", "--set", "input_size=32", "--set", "verbose=false"]
+FAST_AE = ["--model", "autoencoder", "--epochs", "2", "--set", "input_size=32", "--set", "progress=false"]
 
 
 def run_cli(args, capsys):
@@ -202,7 +202,7 @@ def test_train_without_model_picks_the_image_detector_for_images(tmp_path, capsy
 
     _write_mvtec(tmp_path / "cat")
     code, err = run_cli(["detect", "train", "--data", tmp_path / "cat", "--out", tmp_path / "run",
-                         "--threshold", "none", "--set", "input_size=24", "--set", "verbose=false"], capsys)
+                         "--threshold", "none", "--set", "input_size=24", "--set", "progress=false"], capsys)
     assert code == 0, err
     doc = json.loads((tmp_path / "run" / "model.json").read_text())
     assert doc["name"] == image_detectors()[0] == "texture_padim"

@@ -32,6 +32,9 @@ Checks, per model (one fitted model per name, shared across checks by a module-s
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -45,10 +48,10 @@ from waferscope.errors import WaferscopeError
 # ---- the one place a model's tiny configuration lives --------------------------------------------
 # name -> constructor params that make the model fit in about a second on tiny data. What a model
 # accepts and offers is declared on its class (base.Tags, ``get_tags()``) and checked below.
-_NET = dict(epochs=1, size=16, batch_size=16, progress=False)
+_NET = dict(epochs=1, input_size=16, batch_size=16, progress=False)
 _AE = dict(val_fraction=0.0, ae_epochs=1, latent_dim=8, ae_width=4)
 _BANK = dict(backbone="resnet18", pretrained=None, backbone_kwargs={"width": 0.25, "small_input": True},
-             input_size=16, embedding_dim=16, coreset_ratio=0.5, batch_size=16, verbose=False)
+             input_size=16, embedding_dim=16, coreset_ratio=0.5, predict_batch_size=16, progress=False)
 TINY: dict[str, dict] = {
     # classifiers
     "ae_latent": dict(_NET, **_AE, hidden=8),
@@ -64,22 +67,23 @@ TINY: dict[str, dict] = {
     "svm-linear": dict(n_jobs=1, progress=False),
     "svm-rbf": dict(n_jobs=1, progress=False),
     # detectors
-    "autoencoder": dict(input_size=16, base_channels=4, latent_dim=4, epochs=1, train_batch_size=8, verbose=False),
-    "efficientad": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8, verbose=False),
+    "autoencoder": dict(input_size=16, base_channels=4, latent_dim=4, epochs=1, batch_size=8, predict_batch_size=64,
+                        progress=False),
+    "efficientad": dict(pretrained=None, input_size=16, epochs=1, batch_size=8, predict_batch_size=64, progress=False),
     "patchcore": dict(_BANK),
-    "pattern_contrast": dict(n_synthetic=18, max_iter=3, max_leaf_nodes=4, n_jobs=1, verbose=False),
-    "pattern_stats": dict(verbose=False),
+    "pattern_contrast": dict(n_synthetic=18, max_iter=3, max_leaf_nodes=4, n_jobs=1, progress=False),
+    "pattern_stats": dict(progress=False),
     "reconpatch": dict(_BANK, representation_dim=16, projection_dim=8, epochs=1, steps_per_epoch=2,
                        contrastive_batch_size=32),
-    "reverse_distillation": dict(pretrained=None, input_size=32, epochs=1, train_batch_size=8, n_blocks=1,
-                                 verbose=False),
-    "reverse_distillation_convnext": dict(pretrained=None, input_size=32, epochs=1, train_batch_size=8,
-                                          n_blocks=1, verbose=False),
-    "stfpm": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8, verbose=False),
+    "reverse_distillation": dict(pretrained=None, input_size=32, epochs=1, batch_size=8, predict_batch_size=64, n_blocks=1,
+                                 progress=False),
+    "reverse_distillation_convnext": dict(pretrained=None, input_size=32, epochs=1, batch_size=8, predict_batch_size=64,
+                                          n_blocks=1, progress=False),
+    "stfpm": dict(pretrained=None, input_size=16, epochs=1, batch_size=8, predict_batch_size=64, progress=False),
     "texture_contrast": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, memory_size=200, max_iter=3,
-                             max_leaf_nodes=4, verbose=False),
-    "texture_padim": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, grid=4, verbose=False),
-    "texture_knn": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, memory_size=200, verbose=False),
+                             max_leaf_nodes=4, progress=False),
+    "texture_padim": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, grid=4, progress=False),
+    "texture_knn": dict(input_size=24, sigmas=(1.0, 2.0), stride=2, memory_size=200, progress=False),
 }
 
 # The package's own models: other test modules register throw-away models (bench-test-*, export-test-*)
@@ -263,6 +267,50 @@ def test_save_load_round_trip(name, kind, fitted, data, tmp_path):
     if kind == "classifier":
         assert list(again.classes_) == list(est.classes_)
     _assert_same(_outputs(again, data["test"]), _outputs(est, data["test"]))
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_run_saved_under_old_parameter_names_loads_the_same(name, kind, fitted, data, tmp_path):
+    """A run saved before the one parameter vocabulary (issue 30) has the old names and no
+    ``params_vocabulary``: it loads, without a warning, to today's parameters and the same outputs."""
+    _, est, _, _ = fitted(name, kind)
+    est.save(tmp_path / "run")
+    path = tmp_path / "run" / "model.json"
+    doc = json.loads(path.read_text())
+    back = {new: old for old, new in type(est).param_renames().items()}  # today's name → the old one
+    doc["params"] = {back.get(k, k): v for k, v in doc["params"].items()}
+    del doc["params_vocabulary"]
+    path.write_text(json.dumps(doc))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # nothing a user of an old run can act on
+        again = load_run(tmp_path / "run", kind=kind)
+    assert _jsonable(again.get_params()) == _jsonable(est.get_params())
+    _assert_same(_outputs(again, data["test"]), _outputs(est, data["test"]))
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_parameters_use_the_one_vocabulary(name, kind):
+    """A concept several models share has one name (waferscope.vocabulary; docs/contributing.md);
+    an old name the model still accepts is translated, with a FutureWarning."""
+    from waferscope.vocabulary import RETIRED, RETIRED_IN_DISTILLATION
+
+    cls = registry.get(name, kind)
+    params = set(cls._param_names())
+    retired = {**RETIRED, **(RETIRED_IN_DISTILLATION if "teacher" in params else {})}
+    used = {old: new for old, new in retired.items() if old in params}
+    assert not used, f"{name} takes retired parameter names (old → vocabulary name): {used}"
+    assert "batch_size" not in params or "epochs" in params, \
+        f"{name}: batch_size is the training batch of a model that trains in steps; a scoring batch is predict_batch_size"
+    assert "teacher" not in params or kind == "classifier", \
+        f"{name}: teacher is a classifier to distil from; name a network to distil from `backbone`"
+    defaults = cls().get_params()
+    for old, new in cls.param_renames().items():
+        if old in params:  # a name whose meaning changed: tests/test_vocabulary.py checks it
+            continue
+        with pytest.warns(FutureWarning, match=f"{old} is now called {new}"):
+            assert cls(**{old: defaults[new]}).get_params() == defaults
+        with pytest.warns(FutureWarning, match=f"{old} is now called {new}"):
+            assert cls().set_params(**{old: defaults[new]}).get_params() == defaults
 
 
 @pytest.mark.parametrize("name,kind", MODELS, ids=IDS)

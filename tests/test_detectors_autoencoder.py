@@ -14,7 +14,7 @@ def test_fit_score_save_load(tmp_path):
     train = generate(60, seed=1, classes=["none"])
     test = WaferDataset.concat([generate(12, seed=2, classes=["none"]), generate(12, seed=3, classes=["Near-full"]),
                                 generate(12, seed=4, classes=["Edge-Ring"])])
-    det = AutoencoderDetector(input_size=32, epochs=6, verbose=False, seed=0).fit(train)
+    det = AutoencoderDetector(input_size=32, epochs=6, progress=False, seed=0).fit(train)
     res = det.score(test)
     assert [m.shape for m in res.maps] == [m.shape for m in test.maps]
     normal, anomalous = res.scores[:12], res.scores[12:]
@@ -29,6 +29,6 @@ def test_fit_score_save_load(tmp_path):
 def test_same_seed_same_scores():
     train = generate(30, seed=1, classes=["none"])
     test = generate(9, seed=2)
-    a = AutoencoderDetector(input_size=32, epochs=2, verbose=False).fit(train).score(test).scores
-    b = AutoencoderDetector(input_size=32, epochs=2, verbose=False).fit(train).score(test).scores
+    a = AutoencoderDetector(input_size=32, epochs=2, progress=False).fit(train).score(test).scores
+    b = AutoencoderDetector(input_size=32, epochs=2, progress=False).fit(train).score(test).scores
     np.testing.assert_array_equal(a, b)

@@ -80,10 +80,10 @@ def test_gaussian_blur_preserves_mass_and_peak_position():
 class _FailChannelDetector(TorchDetector):
     """Anomaly map = the fail channel; scores fall back to the masked map maximum."""
 
-    def __init__(self, input_size: int = 32, smoothing_sigma: float = 0.0, verbose: bool = False):
+    def __init__(self, input_size: int = 32, smoothing_sigma: float = 0.0, progress: bool = False):
         self.input_size = input_size
         self.smoothing_sigma = smoothing_sigma
-        self.verbose = verbose
+        self.progress = progress
 
     def fit(self, dataset, **kwargs):
         self.fitted_ = True
@@ -110,7 +110,7 @@ def test_fit_loop_is_seeded():
         torch.manual_seed(0)
         lin = torch.nn.Conv2d(3, 3, 1)
         hist = fit_loop(lin.parameters(), lambda b: ((lin(b) - b) ** 2).mean(), x, epochs=3, batch_size=4,
-                        lr=1e-2, seed=1, verbose=False)
+                        lr=1e-2, seed=1, progress=False)
         return hist, lin.weight.detach().clone()
 
     (h1, w1), (h2, w2) = run(), run()

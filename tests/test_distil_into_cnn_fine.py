@@ -14,7 +14,7 @@ from waferscope.errors import ConfigError, DataError
 from waferscope.models.classifiers.teachers import fitted_teacher, teacher_log_proba
 
 torch.set_num_threads(1)
-FAST = {"epochs": 1, "size": 32, "progress": False, "batch_size": 32}
+FAST = {"epochs": 1, "input_size": 32, "progress": False, "batch_size": 32}
 
 
 class RecordingTeacher:

@@ -13,7 +13,7 @@ from waferscope.models.classifiers.distill import (DistilledStudentClassifier, c
                                                    teacher_shaped_student)
 from waferscope.models.classifiers.losses import IGNORE, kd_loss
 
-SMALL = dict(size=16, epochs=1, batch_size=16, progress=False, val_fraction=0.0)
+SMALL = dict(input_size=16, epochs=1, batch_size=16, progress=False, val_fraction=0.0)
 
 
 def _logits(seed, n=6, c=4):
@@ -83,7 +83,7 @@ def test_fit_save_load_round_trip(tmp_path):
     transfer = generate(18, seed=1, size=(20, 20))
     transfer.labels[:] = ""
     teacher = CompactCNNClassifier(**SMALL).fit(data)
-    student = DistilledStudentClassifier(**SMALL, width=4, alpha=0.9, temperature=4.0).fit(
+    student = DistilledStudentClassifier(**SMALL, width=4, distil_alpha=0.9, distil_temperature=4.0).fit(
         data, teacher=teacher, transfer=transfer)
     assert student.transfer_size_ == 18
     assert student.history_[0]["train_loss"] > 0
@@ -109,7 +109,7 @@ def test_teacher_trained_on_the_fly_and_from_a_run(tmp_path):
 
 def test_teacher_with_another_input_size_is_refused():
     data = generate(18, seed=3, size=(20, 20))
-    teacher = CompactCNNClassifier(**{**SMALL, "size": 24}).fit(data)
+    teacher = CompactCNNClassifier(**{**SMALL, "input_size": 24}).fit(data)
     with pytest.raises(ConfigError, match="student"):
         DistilledStudentClassifier(**SMALL).fit(data, teacher=teacher)
 

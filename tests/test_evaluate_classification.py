@@ -204,8 +204,8 @@ def test_cross_set_scores_each_direction_on_all_of_the_other_set(tmp_path):
 
 
 # ---- student check ---------------------------------------------------------------------------------
-TINY_CNN = "cnn:size=16,epochs=4,width=4,progress=false"
-TINY_STUDENT = "kd_student:size=16,epochs=1,width=2,head=8,progress=false"
+TINY_CNN = "cnn:input_size=16,epochs=4,width=4,progress=false"
+TINY_STUDENT = "kd_student:input_size=16,epochs=1,width=2,head=8,progress=false"
 
 
 def test_student_retention_distils_each_folds_teacher(tmp_path):

@@ -129,7 +129,7 @@ def tiny_classifier(tmp_path_factory):
 
     torch.set_num_threads(1)
     train = generate(n=90, seed=3, classes=["Center", "Edge-Ring", "none"])
-    clf = CompactCNNClassifier(epochs=1, size=32, width=4, progress=False, val_fraction=0).fit(train)
+    clf = CompactCNNClassifier(epochs=1, input_size=32, width=4, progress=False, val_fraction=0).fit(train)
     run = tmp_path_factory.mktemp("runs") / "cnn"
     clf.save(run)
     return clf, run

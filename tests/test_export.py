@@ -29,8 +29,8 @@ def _net(out_ch: int) -> nn.Module:
 class TinyCNN(Classifier):
     _tags = {"onnx": True}  # a torch network_: exports like the package's CNNs
 
-    def __init__(self, size: int = SIZE, encoding: str = "onehot3"):
-        self.size = size
+    def __init__(self, input_size: int = SIZE, encoding: str = "onehot3"):
+        self.input_size = input_size
         self.encoding = encoding
 
     def fit(self, dataset, **kwargs):
@@ -39,7 +39,7 @@ class TinyCNN(Classifier):
         return self
 
     def predict_proba(self, dataset):
-        x = torch.from_numpy(encode(resize_maps(dataset.maps, self.size), self.encoding))
+        x = torch.from_numpy(encode(resize_maps(dataset.maps, self.input_size), self.encoding))
         with torch.no_grad():
             return torch.softmax(self.network_(x), 1).numpy()
 
@@ -62,7 +62,7 @@ class TinyDetector(TorchDetector):
         self.input_size = input_size
         self.smoothing_sigma = smoothing_sigma
         self.python_batch = python_batch
-        self.verbose = False
+        self.progress = False
 
     def fit(self, dataset, **kwargs):
         from waferscope.models.detectors.common import dataset_to_input
@@ -211,7 +211,7 @@ def test_stfpm_with_its_traced_scoring_copy_exports(tmp_path):
     from waferscope.export import OnnxModel, export_onnx
 
     torch.set_num_threads(1)
-    det = registry.create("stfpm", "detector", pretrained=None, epochs=1, verbose=False)
+    det = registry.create("stfpm", "detector", pretrained=None, epochs=1, progress=False)
     det.fit(generate(n=40, seed=1, classes=["none"]))
     test = generate(n=6, seed=2)
     path = export_onnx(det, tmp_path / "stfpm.onnx")
@@ -228,7 +228,7 @@ def test_bundled_autoencoder_exports_with_its_topk_score(tmp_path):
 
     torch.set_num_threads(1)
     det = load_default("autoencoder")
-    det.verbose = False
+    det.progress = False
     test = generate(n=24, seed=5)
     model = OnnxModel(export_onnx(det, tmp_path / "ae.onnx"))
     want, got = det.score(test), model.score(test)
@@ -248,7 +248,7 @@ def test_more_detectors_export(tmp_path, name, params):
     from waferscope.export import OnnxModel, export_onnx
 
     torch.set_num_threads(1)
-    det = registry.create(name, "detector", verbose=False, **params)
+    det = registry.create(name, "detector", progress=False, **params)
     det.fit(generate(n=40, seed=1, classes=["none"]))
     test = generate(n=19, seed=2)
     model = OnnxModel(export_onnx(det, tmp_path / f"{name}.onnx"))

@@ -139,7 +139,7 @@ def test_pattern_contrast_fit_score_save_load(tmp_path):
     train = generate(n=60, seed=41, classes=["none"])
     test = generate(n=90, seed=42)
     det = registry.create("pattern_contrast", "detector", n_synthetic=450, max_iter=60, n_jobs=1,
-                          verbose=False).fit(train)
+                          progress=False).fit(train)
     res = det.score(test)
     assert res.scores.shape == (90,) and np.isfinite(res.scores).all()
     assert roc_auc_score(~test.is_normal, res.scores) > 0.9
@@ -154,14 +154,14 @@ def test_pattern_contrast_fit_score_save_load(tmp_path):
     save_file(weights, tmp_path / "run" / "weights.safetensors")
     with pytest.raises(RunDirError, match="pattern_contrast state is damaged: no ring_baseline"):
         load_run(tmp_path / "run", kind="detector")
-    refit = registry.create("pattern_contrast", "detector", n_synthetic=450, max_iter=60, n_jobs=1, verbose=False)
+    refit = registry.create("pattern_contrast", "detector", n_synthetic=450, max_iter=60, n_jobs=1, progress=False)
     np.testing.assert_array_equal(refit.fit(train).score(test).scores, res.scores)   # seeded
 
 
 def test_pattern_contrast_scores_the_same_in_worker_processes():
     """A large set is scored in chunks by joblib workers (features, trees and maps); same output, same order."""
     det = registry.create("pattern_contrast", "detector", n_synthetic=90, max_iter=20, n_jobs=1,
-                          verbose=False).fit(generate(n=30, seed=41, classes=["none"]))
+                          progress=False).fit(generate(n=30, seed=41, classes=["none"]))
     test = generate(n=520, seed=43)  # two chunks of 256 and a rest
     serial = det.score(test)
     det.n_jobs = 2
@@ -173,17 +173,17 @@ def test_pattern_contrast_scores_the_same_in_worker_processes():
 
 
 def test_pattern_contrast_errors():
-    det = registry.create("pattern_contrast", "detector", n_synthetic=90, verbose=False)
+    det = registry.create("pattern_contrast", "detector", n_synthetic=90, progress=False)
     with pytest.raises(DataError, match="no normal samples"):
         det.fit(generate(n=20, seed=3, classes=["Center"]))
     images = WaferDataset.from_maps([np.zeros((20, 20, 3), np.uint8)] * 3, ["good"] * 3, kind="image")
     with pytest.raises(DataError, match="pattern_contrast models die-state wafer maps, not images"):
         det.fit(images)
     with pytest.raises(ConfigError, match="patterns must be"):
-        registry.create("pattern_contrast", "detector", n_synthetic=90, patterns="Center|Blob", verbose=False).fit(
+        registry.create("pattern_contrast", "detector", n_synthetic=90, patterns="Center|Blob", progress=False).fit(
             generate(n=10, seed=3, classes=["none"]))
     with pytest.raises(ConfigError, match="n_synthetic"):
-        registry.create("pattern_contrast", "detector", n_synthetic=3, verbose=False).fit(
+        registry.create("pattern_contrast", "detector", n_synthetic=3, progress=False).fit(
             generate(n=10, seed=3, classes=["none"]))
 
 

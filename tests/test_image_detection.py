@@ -68,7 +68,7 @@ def test_texture_knn_finds_blobs_and_localises_them():
     from sklearn.metrics import roc_auc_score
 
     train, test = _image_sets()
-    det = registry.create("texture_knn", "detector", input_size=48, memory_size=3000, verbose=False).fit(train)
+    det = registry.create("texture_knn", "detector", input_size=48, memory_size=3000, progress=False).fit(train)
     res = det.score(test)
     assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
     hits = [m.flat[int(np.argmax(a))] for a, m in zip(res.maps[6:], test.masks[6:])]
@@ -87,7 +87,7 @@ def test_image_detectors_are_declared_and_listed_in_refusals():
     assert default_detector_for("wafer", "autoencoder") == "autoencoder"
     train, _ = _image_sets()
     with pytest.raises(DataError, match="reconpatch"):
-        registry.create("pattern_stats", "detector", verbose=False).fit(train)
+        registry.create("pattern_stats", "detector", progress=False).fit(train)
 
 
 def test_image_protocol_pieces_on_tiny_textures(tmp_path):
@@ -108,7 +108,7 @@ def test_texture_contrast_finds_blobs():
 
     train, test = _image_sets()
     det = registry.create("texture_contrast", "detector", input_size=48, memory_size=2000, max_iter=30,
-                          anomalies_per_image=2, verbose=False).fit(train)
+                          anomalies_per_image=2, progress=False).fit(train)
     res = det.score(test)
     assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
     assert all(a.shape == im.shape and np.isfinite(a).all() for a, im in zip(res.maps, test.maps))
@@ -138,7 +138,7 @@ def test_texture_padim_calibration_finds_blobs_and_centres_normals(tmp_path):
 
     train, test = _image_sets()
     det = registry.create("texture_padim", "detector", input_size=32, sigmas=(1.0, 2.0), stride=2, grid=4,
-                          calibration_folds=3, verbose=False).fit(train)
+                          calibration_folds=3, progress=False).fit(train)
     assert det.cell_loc_.shape == (4, 4) and (det.cell_scale_ > 0).all() and (det.cell_loc_ > 0).all()
     res = det.score(test)
     assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
@@ -147,7 +147,7 @@ def test_texture_padim_calibration_finds_blobs_and_centres_normals(tmp_path):
     det.save(tmp_path / "run")
     np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, atol=1e-5)
     plain = registry.create("texture_padim", "detector", input_size=32, sigmas=(1.0, 2.0), stride=2, grid=4,
-                            verbose=False).fit(train).score(test)
+                            progress=False).fit(train).score(test)
     assert min(float(np.mean(m)) for m in plain.maps[:6]) > max(normal_means)
     with pytest.raises(ConfigError, match="calibration_folds"):
-        registry.create("texture_padim", "detector", calibration_folds=1, verbose=False).fit(train)
+        registry.create("texture_padim", "detector", calibration_folds=1, progress=False).fit(train)

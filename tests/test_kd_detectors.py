@@ -18,10 +18,10 @@ from waferscope.models.detectors.stfpm.loss import stfpm_loss
 
 # Tiny, fast configurations: random-init teachers (no shipped weights needed), 16/32-px input, 1 epoch.
 TINY = {
-    "stfpm": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8),
-    "reverse_distillation": dict(pretrained=None, input_size=32, epochs=1, train_batch_size=8),
-    "reverse_distillation_convnext": dict(pretrained=None, input_size=32, epochs=1, train_batch_size=8),
-    "efficientad": dict(pretrained=None, input_size=16, epochs=1, train_batch_size=8),
+    "stfpm": dict(pretrained=None, input_size=16, epochs=1, batch_size=8, predict_batch_size=64),
+    "reverse_distillation": dict(pretrained=None, input_size=32, epochs=1, batch_size=8, predict_batch_size=64),
+    "reverse_distillation_convnext": dict(pretrained=None, input_size=32, epochs=1, batch_size=8, predict_batch_size=64),
+    "efficientad": dict(pretrained=None, input_size=16, epochs=1, batch_size=8, predict_batch_size=64),
 }
 
 
@@ -34,7 +34,7 @@ def data():
 @pytest.fixture(scope="module")
 def fitted(data):
     train, _ = data
-    return {name: registry.create(name, kind="detector", verbose=False, **kw).fit(train) for name, kw in TINY.items()}
+    return {name: registry.create(name, kind="detector", progress=False, **kw).fit(train) for name, kw in TINY.items()}
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -59,8 +59,8 @@ def test_save_load_round_trip_identical_scores(fitted, data, tmp_path, name):
 
 def test_same_seed_same_scores(data):
     train, test = data
-    a = registry.create("stfpm", kind="detector", verbose=False, **TINY["stfpm"]).fit(train).score(test).scores
-    b = registry.create("stfpm", kind="detector", verbose=False, **TINY["stfpm"]).fit(train).score(test).scores
+    a = registry.create("stfpm", kind="detector", progress=False, **TINY["stfpm"]).fit(train).score(test).scores
+    b = registry.create("stfpm", kind="detector", progress=False, **TINY["stfpm"]).fit(train).score(test).scores
     np.testing.assert_array_equal(a, b)
 
 
@@ -70,7 +70,7 @@ def test_loss_decreases_over_a_few_steps(data, name):
     kw = dict(TINY[name], epochs=6)
     if name == "stfpm":
         kw.update(optimizer="adam", lr=1e-3)
-    det = registry.create(name, kind="detector", verbose=False, **kw).fit(train)
+    det = registry.create(name, kind="detector", progress=False, **kw).fit(train)
     assert det.loss_history_[-1] < det.loss_history_[0]
 
 
@@ -128,19 +128,19 @@ def test_hard_feature_loss_keeps_only_the_hardest_elements():
 def test_bad_configuration_is_a_config_error(data):
     train, _ = data
     with pytest.raises(ConfigError):
-        registry.create("stfpm", kind="detector", verbose=False, fusion="median", **TINY["stfpm"]).fit(train)
+        registry.create("stfpm", kind="detector", progress=False, fusion="median", **TINY["stfpm"]).fit(train)
     with pytest.raises(ConfigError):
-        registry.create("reverse_distillation", kind="detector", verbose=False, style="vit",
+        registry.create("reverse_distillation", kind="detector", progress=False, style="vit",
                         **TINY["reverse_distillation"]).fit(train)
     with pytest.raises(ConfigError):
-        registry.create("efficientad", kind="detector", verbose=False, penalty="imagenet",
+        registry.create("efficientad", kind="detector", progress=False, penalty="imagenet",
                         **TINY["efficientad"]).fit(train)
 
 
 def test_traced_inference_matches_eager(fitted, data):
     _, test = data
     det = fitted["reverse_distillation"]
-    eager = registry.create("reverse_distillation", kind="detector", verbose=False,
+    eager = registry.create("reverse_distillation", kind="detector", progress=False,
                             **dict(TINY["reverse_distillation"], jit=False))
     eager.model_, eager.loss_history_, eager.backbone_kwargs_ = det.model_, det.loss_history_, det.backbone_kwargs_
     np.testing.assert_allclose(eager.score(test).scores, det.score(test).scores, rtol=1e-4, atol=1e-5)

@@ -9,7 +9,7 @@ from waferscope.data.synthetic import generate
 from waferscope.errors import DataError
 from waferscope.models.classifiers.multilabel import MultiLabelCNNClassifier, multilabel_names, multilabel_report
 
-SMALL = dict(size=16, epochs=1, batch_size=16, progress=False, width=4)
+SMALL = dict(input_size=16, epochs=1, batch_size=16, progress=False, width=4)
 
 
 def test_report_on_known_predictions():

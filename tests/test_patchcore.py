@@ -15,7 +15,7 @@ from waferscope.models.detectors.patchcore.torch_model import (PatchEmbedding, c
                                                                nearest_memory, reweighted_image_score)
 
 SMALL = dict(backbone="resnet18", pretrained=None, backbone_kwargs={"width": 0.25, "small_input": True}, input_size=32, embedding_dim=32,
-             coreset_ratio=0.5, batch_size=16, verbose=False)
+             coreset_ratio=0.5, predict_batch_size=16, progress=False)
 
 
 def wafer(rng: np.random.Generator, size: int = 30, fail_rate: float = 0.03, blob: bool = False) -> np.ndarray:

@@ -48,7 +48,7 @@ def test_features_do_not_touch_the_input():
 def test_fit_score_save_load(tmp_path):
     train = generate(n=120, seed=21, classes=["none"])
     test = generate(n=90, seed=22)
-    det = registry.create("pattern_stats", "detector", verbose=False).fit(train)
+    det = registry.create("pattern_stats", "detector", progress=False).fit(train)
     res = det.score(test)
     assert res.scores.shape == (90,) and np.isfinite(res.scores).all()
     for m, a in zip(test.maps, res.maps):
@@ -60,12 +60,12 @@ def test_fit_score_save_load(tmp_path):
     np.testing.assert_array_equal(again.scores, res.scores)
     np.testing.assert_array_equal(again.maps[3], res.maps[3])
     # deterministic: a second fit gives the same numbers
-    np.testing.assert_array_equal(registry.create("pattern_stats", "detector", verbose=False).fit(train)
+    np.testing.assert_array_equal(registry.create("pattern_stats", "detector", progress=False).fit(train)
                                   .score(test).scores, res.scores)
 
 
 def test_errors():
-    det = registry.create("pattern_stats", "detector", verbose=False)
+    det = registry.create("pattern_stats", "detector", progress=False)
     with pytest.raises(DataError, match="no normal samples"):
         det.fit(generate(n=20, seed=3, classes=["Center"]))
     with pytest.raises(DataError, match="at least 2 normal maps"):
@@ -80,7 +80,7 @@ def test_run_with_another_feature_list_is_refused(tmp_path):
 
     from waferscope.errors import RunDirError
 
-    det = registry.create("pattern_stats", "detector", verbose=False).fit(generate(n=60, seed=21, classes=["none"]))
+    det = registry.create("pattern_stats", "detector", progress=False).fit(generate(n=60, seed=21, classes=["none"]))
     run = det.save(tmp_path / "run")
     doc = json.loads((run / "model.json").read_text())
     doc["extras"]["features"] = doc["extras"]["features"][:-1]

@@ -188,7 +188,7 @@ def test_cli_evaluate_multilabel_run_keeps_its_own_decision_and_refuses_a_prior(
     from waferscope.registry import create
 
     run = tmp_path / "ml"
-    create("multilabel_cnn", "classifier", epochs=1, size=32, progress=False).fit(
+    create("multilabel_cnn", "classifier", epochs=1, input_size=32, progress=False).fit(
         generate(36, seed=1, mixed=True)).save(run)
     code, _, err = invoke(capsys, "classify", "evaluate", "--run", run, "--data", "synthetic:n=18,seed=2,mixed=1",
                           "--out", tmp_path / "ev")

@@ -32,7 +32,7 @@ def test_fit_with_unlabelled_save_load(tmp_path):
     labelled = generate(27, seed=0, size=(20, 20))
     pool = generate(27, seed=1, size=(20, 20))
     pool.labels[:] = ""
-    model = PseudoLabelCNNClassifier(size=16, epochs=1, batch_size=16, progress=False, val_fraction=0.0, width=4,
+    model = PseudoLabelCNNClassifier(input_size=16, epochs=1, batch_size=16, progress=False, val_fraction=0.0, width=4,
                                      threshold=0.0, max_ratio=1.0).fit(labelled, unlabelled=pool)
     (log,) = model.pseudo_rounds_
     assert log["pool"] == 27 and 0 < log["pseudo_labelled"] <= 27

@@ -261,7 +261,7 @@ def test_echo_and_total_dies_are_bounded_before_the_model(tmp_path):
     big = {"maps": [np.ones((200, 200), int).tolist()] * 2}
     r = c.post("/v1/classify", json=big)
     assert_json_error(r, 413)
-    assert "max-dies" in r.json()["error"]
+    assert "max_dies" in r.json()["error"]
     # a large body asking for an echo stops being parsed at the first map over the echo limit
     parsed = []
     import waferscope.serve.app as serve_app
@@ -274,7 +274,7 @@ def test_echo_and_total_dies_are_bounded_before_the_model(tmp_path):
     finally:
         serve_app.DieCap.grid = real
     assert_json_error(r, 413)
-    assert "max-echo-dies" in r.json()["error"] and len(parsed) < 50
+    assert "max_echo_dies" in r.json()["error"] and len(parsed) < 50
 
 
 def test_cross_origin_uploads_are_refused(client, maps):

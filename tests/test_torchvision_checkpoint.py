@@ -32,7 +32,7 @@ def _run(name, layers, tmp_path, input_size=32):
     train = WaferDataset.from_maps(_images(6, 0), ["good"] * 6, kind="image", name="train")
     test = WaferDataset.from_maps(_images(3, 1), ["good", "x", "x"], kind="image", name="test")
     params = dict(backbone=name, pretrained=str(path), layers=layers, input_size=input_size, embedding_dim=16,
-                  coreset_ratio=0.5, batch_size=4, verbose=False)
+                  coreset_ratio=0.5, predict_batch_size=4, progress=False)
     det = registry.create("patchcore", "detector", **params).fit(train)
     # the backbone holds the saved tensors, not a fresh random init of another seed
     used = det.model_.extractor.backbone.state_dict()

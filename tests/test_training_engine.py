@@ -142,15 +142,15 @@ def test_early_stopping_needs_the_network():
 
 # ---- every torch model trains through the engine ---------------------------------------------------
 TORCH_MODELS = {  # name, kind -> tiny params (cf. tests/test_conformance.py's TINY)
-    ("cnn", "classifier"): dict(epochs=2, size=16, batch_size=16, progress=False, width=4),
-    ("multilabel_cnn", "classifier"): dict(epochs=2, size=16, batch_size=16, progress=False, width=4),
-    ("ae_latent", "classifier"): dict(epochs=1, size=16, batch_size=16, progress=False, val_fraction=0.0,
+    ("cnn", "classifier"): dict(epochs=2, input_size=16, batch_size=16, progress=False, width=4),
+    ("multilabel_cnn", "classifier"): dict(epochs=2, input_size=16, batch_size=16, progress=False, width=4),
+    ("ae_latent", "classifier"): dict(epochs=1, input_size=16, batch_size=16, progress=False, val_fraction=0.0,
                                       ae_epochs=2, latent_dim=8, ae_width=4, hidden=8),
-    ("autoencoder", "detector"): dict(input_size=16, base_channels=4, latent_dim=4, epochs=2, train_batch_size=8,
-                                      verbose=False),
+    ("autoencoder", "detector"): dict(input_size=16, base_channels=4, latent_dim=4, epochs=2, batch_size=8, predict_batch_size=64,
+                                      progress=False),
     ("reconpatch", "detector"): dict(backbone="resnet18", pretrained=None, input_size=16, embedding_dim=16,
                                      backbone_kwargs={"width": 0.25, "small_input": True}, coreset_ratio=0.5,
-                                     batch_size=16, verbose=False, representation_dim=16, projection_dim=8,
+                                     predict_batch_size=16, progress=False, representation_dim=16, projection_dim=8,
                                      epochs=2, steps_per_epoch=2, contrastive_batch_size=32),
 }
 

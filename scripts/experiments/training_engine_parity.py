@@ -44,7 +44,7 @@ def cases():
     mixed_odd = generate(218, seed=3, size=(24, 24), mixed=True)  # 196 training maps: 196 % 13 == 1
     normals = generate(40, seed=1, size=(24, 24), classes=["none"])
     test = generate(18, seed=2, size=(24, 24))
-    net = dict(size=16, batch_size=16, progress=False)
+    net = dict(input_size=16, batch_size=16, progress=False)
     yield "cnn (early stopping, patience 1)", "classifier", "cnn", dict(net, width=4, epochs=6, patience=1), train
     yield "cnn sampler", "classifier", "cnn", dict(net, width=4, epochs=2, imbalance="sampler"), train
     yield "cnn_fine localise (masks)", "classifier", "cnn_fine", dict(net, width=4, head=4, epochs=2), train
@@ -61,16 +61,16 @@ def cases():
                                                          teacher_params={"epochs": 1, "width": 4}), train
     yield "pseudo_label_cnn", "classifier", "pseudo_label_cnn", dict(net, width=4, epochs=2, rounds=1), train
     yield "autoencoder", "detector", "autoencoder", dict(input_size=16, base_channels=4, latent_dim=4, epochs=3,
-                                                         train_batch_size=8, verbose=False), normals
+                                                         batch_size=8, progress=False), normals
     yield "stfpm", "detector", "stfpm", dict(pretrained=None, input_size=16, epochs=2, train_batch_size=8,
-                                             verbose=False), normals
+                                             progress=False), normals
     yield "reverse_distillation", "detector", "reverse_distillation", dict(
-        pretrained=None, input_size=32, epochs=2, train_batch_size=8, n_blocks=1, verbose=False), normals
+        pretrained=None, input_size=32, epochs=2, train_batch_size=8, n_blocks=1, progress=False), normals
     yield "efficientad (20 epochs: lr/10 phase)", "detector", "efficientad", dict(
-        pretrained=None, input_size=16, epochs=20, train_batch_size=16, verbose=False), normals
+        pretrained=None, input_size=16, epochs=20, train_batch_size=16, progress=False), normals
     yield "reconpatch", "detector", "reconpatch", dict(
         backbone="resnet18", pretrained=None, backbone_kwargs={"width": 0.25, "small_input": True}, input_size=16,
-        embedding_dim=16, coreset_ratio=0.5, batch_size=16, verbose=False, representation_dim=16, projection_dim=8,
+        embedding_dim=16, coreset_ratio=0.5, predict_batch_size=16, progress=False, representation_dim=16, projection_dim=8,
         epochs=2, steps_per_epoch=3, contrastive_batch_size=32), normals
     yield test
 

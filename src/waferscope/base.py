@@ -26,6 +26,7 @@ import math
 import numbers
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import numpy as np
 from waferscope import __version__
 from waferscope.errors import ConfigError, RunDirError
 from waferscope.utils import replace_folder
+from waferscope.vocabulary import PARAMS_VOCABULARY
 
 RUN_FORMAT = 1
 MODEL_JSON = "model.json"
@@ -160,14 +162,16 @@ class Estimator:
     # bases, and over the constraints its constructor's annotations imply (see the module docstring).
     # The shared vocabulary: these names mean the same in every model that takes them.
     _parameter_constraints: dict[str, list] = {
-        "epochs": [Interval(int, 1)], "batch_size": [Interval(int, 1)], "train_batch_size": [Interval(int, 1)],
+        "epochs": [Interval(int, 1)], "batch_size": [Interval(int, 1)], "predict_batch_size": [Interval(int, 1)],
         "input_size": [Interval(int, 1)], "patience": [Interval(int, 0)], "seed": [Interval(int, 0)],
         "lr": [Interval(float, 0, None, closed="neither")], "learning_rate": [Interval(float, 0, None, closed="neither")],
         "weight_decay": [Interval(float, 0)], "l2_regularization": [Interval(float, 0)],
         "smoothing_sigma": [Interval(float, 0)], "max_iter": [Interval(int, 1)], "max_leaf_nodes": [Interval(int, 2)],
         "val_fraction": [Interval(float, 0, 1, closed="left")],
-        "validation_fraction": [Interval(float, 0, 1, closed="left")],
     }
+    # Old parameter names still accepted for one release (old → new, merged over the class's bases;
+    # an entry applies when the new name is one of the class's parameters): see waferscope.vocabulary.
+    renamed_params: dict[str, str] = {}
 
     # fit() keyword options the contract handles (popped before the model's own fit sees them)
     _after_fit_options: tuple[str, ...] = ()
@@ -178,6 +182,16 @@ class Estimator:
         # runs the family's _after_fit (a detector learns its threshold_) when it returns. Only the
         # outermost call does either: a subclass's fit calling super().fit() passes straight through.
         super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_contract_init", False):
+            # Old parameter names → today's, with a FutureWarning (inspect.signature follows
+            # __wrapped__, so get_params and the constraints still read the real signature).
+            @functools.wraps(init)
+            def contract_init(self, *args: Any, **kw: Any) -> None:
+                init(self, *args, **type(self).translate_params(kw))
+
+            contract_init._contract_init = True  # type: ignore[attr-defined]
+            cls.__init__ = contract_init  # type: ignore[method-assign]
         fit = cls.__dict__.get("fit")
         if fit is not None and not getattr(fit, "_contract_fit", False):
             @functools.wraps(fit)
@@ -243,6 +257,46 @@ class Estimator:
             self._check_param(name, getattr(self, name), constraints)
 
     @classmethod
+    def param_renames(cls) -> dict[str, str]:
+        """Old parameter name → today's, for the names this class still accepts (``renamed_params``
+        merged over its bases, where the new name is one of its parameters)."""
+        merged: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("renamed_params", {}))
+        names = set(cls._param_names())
+        return {old: new for old, new in merged.items() if new in names}
+
+    @classmethod
+    def translate_params(cls, params: dict[str, Any], saved_run: bool = False) -> dict[str, Any]:
+        """``params`` in today's names. An old name is renamed with a FutureWarning (silently for a run
+        saved before the rename: ``saved_run``). A name that is both old and current (a detector's
+        ``batch_size`` was its scoring batch and is now its training batch) keeps its old meaning
+        when the call is in the old vocabulary — a saved run, or arguments using another old name —
+        and its new meaning otherwise, with a note unless the new partner is given too."""
+        renames = cls.param_renames()
+        if not renames or not any(k in renames for k in params):
+            return params
+        names = set(cls._param_names())
+        model = cls.registry_name or cls.__name__
+        old_call = saved_run or any(k in renames and k not in names for k in params)
+        out: dict[str, Any] = {}
+        for k, v in params.items():
+            new = renames.get(k)
+            if new is None or (k in names and not old_call):
+                if new is not None and new not in params:
+                    warnings.warn(f"{model}: the meaning of {k} changed: what it set before is now {new} "
+                                  "(the parameter vocabulary is in docs/contributing.md)", FutureWarning, stacklevel=4)
+                out[k] = v
+                continue
+            if not saved_run:
+                if new in params and new not in renames:
+                    raise ConfigError(f"{model}: give {new} or its old name {k}, not both")
+                warnings.warn(f"{model}: parameter {k} is now called {new}; the old name will be removed",
+                              FutureWarning, stacklevel=4)
+            out[new] = v
+        return out
+
+    @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
         return [p.name for p in sig.parameters.values()
@@ -252,6 +306,7 @@ class Estimator:
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> "Estimator":
+        params = self.translate_params(params)
         constraints = self.parameter_constraints()
         for k, v in params.items():
             if k not in constraints:
@@ -314,6 +369,7 @@ class Estimator:
             "name": self.registry_name,
             "class": type(self).__name__,
             "params": _jsonable(self.get_params()),
+            "params_vocabulary": PARAMS_VOCABULARY,
             "extras": _jsonable(extras),
             **_jsonable(self._run_header()),
         }
@@ -359,6 +415,8 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
     # Options removed since the run was saved (measured as no help) are dropped if they were off;
     # a run that used one cannot be rebuilt faithfully and says so.
     params = dict(doc["params"])
+    if doc.get("params_vocabulary") != PARAMS_VOCABULARY:  # saved before the one vocabulary (issue 30)
+        params = cls.translate_params(params, saved_run=True)
     for name, off in getattr(cls, "removed_params", {}).items():
         if name in params:
             if params.pop(name) != off:
@@ -484,6 +542,9 @@ class Detector(Estimator):
 
     registry_kind = "detector"
     _after_fit_options = ("calibrate",)
+    # The detectors' names before the one vocabulary (issue 30): batch_size was the scoring batch
+    # and train_batch_size the training batch (see Estimator.translate_params for the overlap).
+    renamed_params = {"verbose": "progress", "batch_size": "predict_batch_size", "train_batch_size": "batch_size"}
 
     def fit(self, dataset, **kwargs) -> "Detector":
         raise NotImplementedError

@@ -75,10 +75,10 @@ def _rot90(x, k: int):
 
 
 def input_size(est) -> int:
-    for name in ("input_size", "size"):
-        if isinstance(getattr(est, name, None), int):
-            return int(getattr(est, name))
-    raise ExportError(f"{type(est).__name__} has no integer input size (size / input_size)")
+    size = est.get_params().get("input_size")
+    if not isinstance(size, int):
+        raise ExportError(f"{type(est).__name__} has no integer input_size")
+    return size
 
 
 def _module(est):
@@ -189,7 +189,7 @@ def graph_input(meta_or_est, maps) -> np.ndarray:
     from waferscope.data.preprocess import prepare_maps
 
     get = meta_or_est.get if isinstance(meta_or_est, dict) else (lambda k, d: getattr(meta_or_est, k, d))
-    size = int(get("size", None))
+    size = int(meta_or_est["size"]) if isinstance(meta_or_est, dict) else input_size(meta_or_est)
     return prepare_maps(list(maps), size, get("resample", "nearest"), get("orient", "none"))
 
 

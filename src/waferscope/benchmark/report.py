@@ -239,7 +239,8 @@ def _what_row_is(p: dict, data_desc: str) -> str:
     model; a row named like a bundled architecture says which bundled model differs from it."""
     n = f"{p['n_train']:,} " if p.get("n_train") else ""
     folds = f" (per fold, {p['n_folds']} folds)" if (p.get("n_folds") or 1) > 1 else ""
-    quiet = ("progress", "verbose", "n_jobs")  # how it ran, not what it is
+    # how it ran, not what it is ("verbose": the detectors' progress in results recorded before issue 30)
+    quiet = ("progress", "verbose", "n_jobs", "predict_batch_size")
     params = ", ".join(f"{k}={v}" for k, v in (p.get("params") or {}).items() if k not in quiet)
     text = (f"<code>{_esc(p.get('model') or p['method'])}</code>{' (' + _esc(params) + ')' if params else ''}, "
             f"trained here on {n}maps of {_esc(data_desc)}{folds}")

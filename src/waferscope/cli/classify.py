@@ -112,6 +112,7 @@ def train(
     if epochs is not None:
         params["epochs"] = epochs
     valid = set(cls._param_names())
+    params = cls.translate_params(params)  # retired names (one release): today's, with a note
     bad = sorted(set(params) - valid)
     if bad:
         if bad == ["epochs"]:

@@ -140,7 +140,9 @@ def method_file_stem(method: str) -> str:
 
 # Constructor parameters that change how a model reports progress or how many cores it uses, not
 # what it learns: left out of a cache's identity.
-NOT_RESULT_PARAMS = ("progress", "verbose", "n_jobs")
+NOT_RESULT_PARAMS = ("progress", "n_jobs")
+# classifier params renamed by the one vocabulary (the classes' renamed_params; no classifier takes an old name)
+_RENAMED_CLASSIFIER_PARAMS = {"size": "input_size", "alpha": "distil_alpha", "temperature": "distil_temperature"}
 
 
 def resolved_params(clf) -> dict:
@@ -168,7 +170,9 @@ def cached_record(cache: Path, params: dict, synthetic: int) -> dict | None:
     if not cache.exists():
         return None
     rec = json.loads(cache.read_text())
-    if rec.get("params", params) == params and rec.get("synthetic", synthetic) == synthetic:
+    # a cache written before the one parameter vocabulary (issue 30) names the same params the old way
+    made_with = {_RENAMED_CLASSIFIER_PARAMS.get(k, k): v for k, v in rec.get("params", params).items()}
+    if made_with == params and rec.get("synthetic", synthetic) == synthetic:
         return rec
     return None
 

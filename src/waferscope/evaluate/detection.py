@@ -132,7 +132,8 @@ def _maker(detector: str, params: dict) -> Callable[[], Any]:
     from waferscope import registry
 
     check_detector(detector)
-    params = {"verbose": False, **params}
+    # retired names → today's first, so the quiet default cannot meet an old `verbose`
+    params = {"progress": False, **registry.get(detector, "detector").translate_params(params)}
     return lambda: registry.create(detector, "detector", **params)
 
 
@@ -209,7 +210,8 @@ def leave_one_pattern_out(detector: str = "pattern_contrast", params: dict | Non
     rows = []
     for left_out in tqdm([None, *BASE_PATTERNS], desc="leave one pattern out", disable=not progress):
         patterns = None if left_out is None else [p for p in BASE_PATTERNS if p != left_out]
-        det = registry.create(detector, "detector", **{"verbose": False, **(params or {}), "patterns": patterns})
+        given = registry.get(detector, "detector").translate_params(dict(params or {}))
+        det = registry.create(detector, "detector", **{"progress": False, **given, "patterns": patterns})
         scores = det.fit(train, calibrate=False).score(test).scores
         per_class = per_class_auroc(scores, test)
         rows.append({"left_out": left_out or "none left out",

@@ -139,7 +139,7 @@ class Gate:
             return await _send_error(send, 403, f"cross-origin request refused ({foreign}): the service only "
                                      "takes uploads from its own page or from non-browser clients")
         max_body = limits.max_body_bytes
-        too_big = f"request body too large: the limit is {max_body} bytes (--max-body-bytes)"
+        too_big = f"request body too large: the limit is {max_body} bytes (limit max_body_bytes)"
         if scope.get("path") == LOT_UPLOAD_PATH:  # a whole file for the lot browser (serve/lotbrowser.py)
             max_body = limits.max_file_bytes
             too_big = f"file too large: the limit is {max_body} bytes (Limits.max_file_bytes)"
@@ -264,7 +264,7 @@ def fast_grids(raw: bytes, start: int, max_maps: int) -> tuple[list[np.ndarray],
         return None
     count = compact.count(b"]],[[") + 1
     if count > max_maps:
-        raise RequestError(f"too many maps: {count} in one request, the limit is {max_maps} (--max-maps); "
+        raise RequestError(f"too many maps: {count} in one request, the limit is {max_maps} (limit max_maps); "
                            "split the request", 413)
     grids = []
     for part in compact[3:-3].split(b"]],[["):
@@ -330,7 +330,7 @@ def loads_in_pieces(text: str, max_maps: int, on_grid=None, raw: bytes | None = 
                         items.append(item)
                         if len(items) > max_maps:
                             raise RequestError(f"too many maps: more than {max_maps} in one request, the limit "
-                                               f"is {max_maps} (--max-maps); split the request", 413)
+                                               f"is {max_maps} (limit max_maps); split the request", 413)
                         i = ws(i)
                         if expect(i, ",]") == "]":
                             i += 1
@@ -351,8 +351,8 @@ def loads_in_pieces(text: str, max_maps: int, on_grid=None, raw: bytes | None = 
 
 
 class DieCap:
-    """The dies one request may bring: ``--max-dies``, or less when the answer echoes every grid cell
-    (``?maps=1`` / ``?heatmap=1``: ``--max-echo-dies`` per echoed copy). Counted as maps are decoded."""
+    """The dies one request may bring: the ``max_dies`` limit, or less when the answer echoes every grid cell
+    (``?maps=1`` / ``?heatmap=1``: ``max_echo_dies`` per echoed copy). Counted as maps are decoded."""
 
     def __init__(self, limits: Limits, echo: int = 0):
         self.cap, self.echo_bound = limits.max_dies, False
@@ -368,8 +368,8 @@ class DieCap:
     def error(self) -> "RequestError":
         if self.echo_bound:
             return RequestError(f"the answer would echo more than {self.limits.max_echo_dies:,} grid cells "
-                                "(?maps=1 / ?heatmap=1, --max-echo-dies); send fewer or smaller maps", 413)
-        return RequestError(f"too many dies: more than {self.limits.max_dies:,} in one request (--max-dies); "
+                                "(?maps=1 / ?heatmap=1, limit max_echo_dies); send fewer or smaller maps", 413)
+        return RequestError(f"too many dies: more than {self.limits.max_dies:,} in one request (limit max_dies); "
                             "split the request", 413)
 
     def grid(self, grid) -> None:
@@ -400,7 +400,7 @@ def parse_json_maps(body: bytes, limits: Limits, echo: int = 0) -> MapBatch:
         raise RequestError('no maps: "maps" is an empty list')
     if len(maps) > limits.max_maps:
         raise RequestError(f"too many maps: {len(maps)} in one request, the limit is {limits.max_maps} "
-                           f"(--max-maps); split the request", 413)
+                           f"(limit max_maps); split the request", 413)
     if isinstance(maps[0], list) and maps[0] and not isinstance(maps[0][0], list):
         raise RequestError('"maps" must be a list of die grids, each a list of rows; to send one map, '
                            'wrap it: {"maps": [grid]}')
@@ -439,7 +439,7 @@ def parse_json_maps(body: bytes, limits: Limits, echo: int = 0) -> MapBatch:
 def _check_side(i: int, shape: tuple[int, int], limits: Limits) -> None:
     if max(shape) > limits.max_side:
         raise RequestError(f"map {i}: {shape[0]}×{shape[1]} dies is too large: the limit is "
-                           f"{limits.max_side} rows or columns (--max-side)", 413)
+                           f"{limits.max_side} rows or columns (limit max_side)", 413)
 
 
 def is_pickle(filename: str, head: bytes) -> bool:
@@ -772,11 +772,11 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     def check_echo(ds: MapBatch, want_heat: bool, want_maps: bool) -> None:
         if want_heat and len(ds) > limits.max_heatmap_maps:
             raise RequestError(f"too many maps for ?heatmap=1: {len(ds)}, the limit is {limits.max_heatmap_maps} "
-                               "(--max-heatmap-maps)", 413)
+                               "(limit max_heatmap_maps)", 413)
         echoed = sum(m.size for m in ds.maps) * (int(want_heat) + int(want_maps))
         if echoed > limits.max_echo_dies:
             raise RequestError(f"the answer would echo {echoed:,} grid cells (?maps=1 / ?heatmap=1), more than "
-                               f"{limits.max_echo_dies:,} (--max-echo-dies); send fewer or smaller maps", 413)
+                               f"{limits.max_echo_dies:,} (limit max_echo_dies); send fewer or smaller maps", 413)
 
     async def run(worker: Batcher, ds: MapBatch, fn, t0: float):
         deadline = t0 + limits.request_timeout
@@ -786,7 +786,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         except (asyncio.TimeoutError, DeadlineExceeded):
             fut.cancel()  # the worker drops the rest of it at the next chunk
             raise RequestError(f"the request took longer than its time budget of {limits.request_timeout:g} s "
-                               "(--request-timeout); retry later or send fewer maps", 503) from None
+                               "(limit request_timeout); retry later or send fewer maps", 503) from None
 
     def base_row(ds: MapBatch, i: int) -> dict:
         row: dict[str, Any] = {"id": ds.ids[i]}

@@ -315,7 +315,7 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
         maps = [session.dataset.maps[i] for i in part["order"]]
         if sum(m.size for m in maps) > limits.max_echo_dies:
             raise RequestError(f"this page would echo more than {limits.max_echo_dies:,} grid cells "
-                               "(--max-echo-dies); ask for a smaller ?limit=", 413)
+                               "(limit max_echo_dies); ask for a smaller ?limit=", 413)
         cols = ["id", "lot", "wafer_index", "dies", "fail_dies", "yield", "class", "confidence", "score", "anomalous"]
         cols += ["label"] if "label" in part else []
         rows = _json_safe(part[cols])

@@ -71,7 +71,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
                 return
             if self.cycle is None or not self.cycle.response_started:
                 self.transport.write(_raw_response(408, "Request Timeout", "the request did not arrive within "
-                                                   f"{limits.read_timeout:g} s (--read-timeout)"))
+                                                   f"{limits.read_timeout:g} s (limit read_timeout)"))
             self.transport.close()
 
         def connection_lost(self, exc) -> None:

@@ -110,7 +110,7 @@ class _AEClassifierBase(TorchClassifier):
     _tags = {"input_kinds": ("wafer",)}  # refuses images (a die-state autoencoder / stem / teacher)
     _parameter_constraints = {
         # the autoencoder halves the map three times and reconstructs die states
-        "size": [Interval(int, 8, None, multiple_of=8)], "encoding": [Options("onehot3")],
+        "input_size": [Interval(int, 8, None, multiple_of=8)], "encoding": [Options("onehot3")],
         "latent_dim": [Interval(int, 1)], "ae_width": [Interval(int, 1)], "ae_epochs": [Interval(int, 1)],
         "ae_data": [Options(*AE_DATA)], "hidden": [Interval(int, 1)]}
 
@@ -135,7 +135,7 @@ class _AEClassifierBase(TorchClassifier):
             if part is not None:
                 require_wafer_maps(part, self.registry_name or type(self).__name__)
         torch.manual_seed(self.seed)  # the autoencoder's initial weights too, not only its training
-        self.ae_ = build_autoencoder(self._in_chans(), int(self.size), self.latent_dim, self.ae_width)
+        self.ae_ = build_autoencoder(self._in_chans(), int(self.input_size), self.latent_dim, self.ae_width)
         self.ae_history_ = train_autoencoder(self.ae_, self._ae_training_maps(dataset, unlabelled), self.encoding,
                                              self.ae_epochs, seed=self.seed, progress=self.progress)
         return super().fit(dataset, **kwargs)
@@ -153,7 +153,7 @@ class _AEClassifierBase(TorchClassifier):
         return tensors, extras
 
     def _load_state(self, tensors, extras) -> None:
-        self.ae_ = build_autoencoder(channels_of(self.encoding), int(self.size), self.latent_dim, self.ae_width)
+        self.ae_ = build_autoencoder(channels_of(self.encoding), int(self.input_size), self.latent_dim, self.ae_width)
         self.ae_.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("ae.")})
         self.ae_.eval()
         for p in self.ae_.parameters():
@@ -172,12 +172,12 @@ def channels_of(encoding: str) -> int:
 class AELatentClassifier(_AEClassifierBase):
     """A classifier on the autoencoder's latent z only (the encoder is frozen unless ``finetune``)."""
 
-    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
+    def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
                  latent_dim: int = 64, ae_width: int = 16, ae_epochs: int = 10, ae_data: str = "all",
                  finetune: bool = False, hidden: int = 128):
-        super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
+        super().__init__(input_size=input_size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress)
         self.latent_dim = latent_dim
@@ -225,13 +225,13 @@ class ResidualCNNClassifier(_AEClassifierBase):
         "residual_mode": [Options("channel", "augment")], "ae_data": [Options(*AE_DATA), None],
         "p_augment": [Interval(float, 0, 1)]}
 
-    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
+    def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
                  width: int = 24, dropout: float = 0.2, residual_mode: str = "channel", latent_dim: int = 64,
                  ae_width: int = 16, ae_epochs: int = 10, ae_data: str | None = None, p_augment: float = 0.5,
                  residual_threshold: float = 0.5):
-        super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
+        super().__init__(input_size=input_size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress)
         self.width = width

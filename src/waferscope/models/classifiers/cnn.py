@@ -57,12 +57,12 @@ def compact_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, dropout: f
 class CompactCNNClassifier(TorchClassifier):
     """A small, fast wafer CNN trained from scratch."""
 
-    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
+    def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
                  tta: bool = False, width: int = 24, dropout: float = 0.2, resample: str = "nearest",
                  orient: str = "none"):
-        super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
+        super().__init__(input_size=input_size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta,
                          resample=resample, orient=orient)
@@ -302,7 +302,7 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         "distil_alpha": [Interval(float, 0, 1)], "distil_temperature": [Interval(float, 0, None, closed="neither")],
         "distil_synthetic": [Interval(int, 0)], "synthetic_profile": [Options(*PROFILES)]}
 
-    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 40, batch_size: int = 64,
+    def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 40, batch_size: int = 64,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 10, seed: int = 0, progress: bool = True,
                  tta: bool = False, width: int = 24, dropout: float = 0.2, head: int = 24, localise: float = 3.0,
@@ -310,7 +310,7 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
                  distil_alpha: float = 0.8, distil_temperature: float = 2.0, distil_synthetic: int = 0,
                  resample: str = "nearest", orient: str = "none", synthetic_profile: str = "wm811k",
                  distil_classes: str = ""):
-        super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
+        super().__init__(input_size=input_size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta,
                          width=width, dropout=dropout, resample=resample, orient=orient)
@@ -429,9 +429,9 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
                  for m, k in zip(dataset.maps, dataset.masks)]
         if getattr(self, "resample", "nearest") == "area":
             # the mask's share of each pixel, on the map's own crop: channel 1 of an area resample
-            return np.stack([area_resize_map(np.where(m != 0, 1 + (k > 0), 0).astype(np.uint8), int(self.size))[..., 2]
+            return np.stack([area_resize_map(np.where(m != 0, 1 + (k > 0), 0).astype(np.uint8), int(self.input_size))[..., 2]
                              for m, k in zip(dataset.maps, masks)])
-        return resize_maps(masks, int(self.size))
+        return resize_maps(masks, int(self.input_size))
 
     def _loss(self, logits, targets, batch_x):
         loss = super()._loss(logits, targets, batch_x)
@@ -452,11 +452,11 @@ class ResNet18Classifier(TorchClassifier):
 
     _parameter_constraints = {"width": [Interval(float, 0, None, closed="neither")]}
 
-    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 15, batch_size: int = 64,
+    def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 15, batch_size: int = 64,
                  lr: float = 2e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 5, seed: int = 0, progress: bool = True,
                  tta: bool = False, width: float = 0.25):
-        super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
+        super().__init__(input_size=input_size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress, tta=tta)
         self.width = width

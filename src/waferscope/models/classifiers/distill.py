@@ -234,25 +234,27 @@ class DistilledStudentClassifier(TorchClassifier):
     # Options measured as no help and removed (name → the value that meant "off"): runs saved with
     # them off still load.
     removed_params = {"transfer_synthetic": 0, "noisy_copies": 0, "init_from_teacher": False}
+    # Names before the one parameter vocabulary (issue 30), still accepted for one release.
+    renamed_params = {"alpha": "distil_alpha", "temperature": "distil_temperature"}
 
     _tags = {"input_kinds": ("wafer",)}  # refuses images (a die-state autoencoder / stem / teacher)
     _parameter_constraints = {
-        "alpha": [Interval(float, 0, 1)], "temperature": [Interval(float, 0, None, closed="neither")],
+        "distil_alpha": [Interval(float, 0, 1)], "distil_temperature": [Interval(float, 0, None, closed="neither")],
         "arch": [Options("cnn", "patchify", "separable")],
         "transfer_ratio": [Interval(float, 0), None]}
 
-    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 120, batch_size: int = 128,
+    def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 120, batch_size: int = 128,
                  lr: float = 4e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 120, seed: int = 0, progress: bool = True,
-                 width: int = 7, alpha: float = 0.9, temperature: float = 4.0, teacher: str | None = None,
+                 width: int = 7, distil_alpha: float = 0.9, distil_temperature: float = 4.0, teacher: str | None = None,
                  teacher_name: str = "cnn", teacher_params: dict | None = None, use_transfer: bool = True,
                  transfer_ratio: float | None = None, arch: str = "patchify", head: int = 128):
-        super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
+        super().__init__(input_size=input_size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress)
         self.width = width
-        self.alpha = alpha
-        self.temperature = temperature
+        self.distil_alpha = distil_alpha
+        self.distil_temperature = distil_temperature
         self.teacher = teacher
         self.teacher_name = teacher_name
         self.teacher_params = teacher_params
@@ -281,18 +283,19 @@ class DistilledStudentClassifier(TorchClassifier):
         elif self.teacher:
             teacher = load_run(self.teacher, kind="classifier")
         else:
-            params = dict(self.teacher_params or {})
-            params.setdefault("size", self.size)
+            # teacher_params in today's names first (a saved run's may say size=): setdefault must see them
+            params = registry.get(self.teacher_name, "classifier").translate_params(dict(self.teacher_params or {}))
+            params.setdefault("input_size", self.input_size)
             params.setdefault("encoding", self.encoding)
             params.setdefault("seed", self.seed)
             params.setdefault("progress", self.progress)
             teacher = registry.create(self.teacher_name, "classifier", **params).fit(labelled)
-        if not hasattr(teacher, "network_"):
+        if not teacher.get_tags().gradcam:  # the declared capability of a network_ on this input (base.Tags)
             raise ConfigError(f"the teacher {type(teacher).__name__} is not a PyTorch classifier "
                               "(distillation needs its logits)")
-        if int(teacher.size) != int(self.size) or teacher.encoding != self.encoding:
-            raise ConfigError(f"the teacher reads {teacher.size}px {teacher.encoding} maps, the student "
-                              f"{self.size}px {self.encoding}: set the student's size/encoding to the teacher's")
+        if int(teacher.input_size) != int(self.input_size) or teacher.encoding != self.encoding:
+            raise ConfigError(f"the teacher reads {teacher.input_size}px {teacher.encoding} maps, the student "
+                              f"{self.input_size}px {self.encoding}: set the student's input_size/encoding to the teacher's")
         if list(teacher.classes_) != label_order(labelled.labels):
             raise DataError(f"the teacher knows classes {teacher.classes_}, the training labels are "
                             f"{label_order(labelled.labels)}")
@@ -337,7 +340,7 @@ class DistilledStudentClassifier(TorchClassifier):
                 x_extra = x_extra[np.sort(keep)]
             self._x_transfer = x_extra
         else:
-            self._x_transfer = np.zeros((0, int(self.size), int(self.size)), dtype=np.uint8)
+            self._x_transfer = np.zeros((0, int(self.input_size), int(self.input_size)), dtype=np.uint8)
         self._cache = None
         try:
             super().fit(labelled, **kwargs)
@@ -371,7 +374,7 @@ class DistilledStudentClassifier(TorchClassifier):
             yield self.encode_batch(xb, kind), torch.from_numpy(y_both[idx].astype(np.int64))
 
     def _loss(self, logits, targets, batch_x):
-        return kd_loss(logits, self._batch_teacher_logits, targets, self.alpha, self.temperature,
+        return kd_loss(logits, self._batch_teacher_logits, targets, self.distil_alpha, self.distil_temperature,
                        weight=self._loss_weight)
 
     # ---- fast inference: BatchNorm folded into the convolutions, channels-last, one-hot in torch ----

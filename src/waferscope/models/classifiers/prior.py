@@ -85,7 +85,7 @@ def parse_prior(spec: str, classes) -> np.ndarray | str | None:
         weights = {c: WM811K_LABELLED_COUNTS.get(c) for c in classes}
         missing = [c for c, w in weights.items() if w is None]
         if missing:
-            raise ConfigError(f"--prior wm811k: the WM-811K mix has no class {', '.join(missing)} "
+            raise ConfigError(f"prior 'wm811k': the WM-811K mix has no class {', '.join(missing)} "
                               f"(it knows {', '.join(WM811K_LABELLED_COUNTS)})")
     elif text.endswith(".json"):
         path = Path(text)
@@ -102,24 +102,24 @@ def parse_prior(spec: str, classes) -> np.ndarray | str | None:
         for part in text.split(","):
             name, sep, value = part.partition("=")
             if not sep or not name.strip():
-                raise ConfigError(f"--prior {spec!r}: expected Class=weight pairs separated by commas")
+                raise ConfigError(f"prior {spec!r}: expected Class=weight pairs separated by commas")
             weights[name.strip()] = value.strip()
     else:
-        raise ConfigError(f"--prior {spec!r}: expected one of {', '.join(PRIOR_SPECS)}, Class=weight pairs, "
+        raise ConfigError(f"prior {spec!r}: expected one of {', '.join(PRIOR_SPECS)}, Class=weight pairs, "
                           f"or a .json file")
     unknown = sorted(set(weights) - set(classes))
     missing = [c for c in classes if c not in weights]
     if unknown or missing:
-        raise ConfigError(f"--prior {spec!r}: "
+        raise ConfigError(f"prior {spec!r}: "
                           + (f"unknown class(es) {', '.join(unknown)}; " if unknown else "")
                           + (f"no weight for {', '.join(missing)}; " if missing else "")
                           + f"the model's classes are {', '.join(classes)}")
     try:
         vector = np.array([float(weights[c]) for c in classes])
     except (TypeError, ValueError):
-        raise ConfigError(f"--prior {spec!r}: every weight must be a number") from None
+        raise ConfigError(f"prior {spec!r}: every weight must be a number") from None
     if not np.all(np.isfinite(vector)) or (vector < 0).any() or vector.sum() <= 0:
-        raise ConfigError(f"--prior {spec!r}: weights must be finite, non-negative and not all zero")
+        raise ConfigError(f"prior {spec!r}: weights must be finite, non-negative and not all zero")
     return vector / vector.sum()
 
 
@@ -136,7 +136,7 @@ def estimate_prior(proba: np.ndarray, base: np.ndarray, max_iter: int = 1000,
     """EM estimate of the class mix of the maps behind ``proba`` (no labels): (prior, iterations)."""
     proba = np.asarray(proba, np.float64)
     if len(proba) == 0:
-        raise ConfigError("--prior estimate needs at least one map")
+        raise ConfigError("prior 'estimate' needs at least one map")
     prior = np.asarray(base, np.float64).copy()
     for step in range(1, max_iter + 1):
         updated = adjust_to_prior(proba, base, prior).mean(0)

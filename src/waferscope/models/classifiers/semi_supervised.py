@@ -62,12 +62,12 @@ class PseudoLabelCNNClassifier(CompactCNNClassifier):
         "threshold": [Interval(float, 0, 1)], "rounds": [Interval(int, 1)],
         "max_ratio": [Interval(float, 0, None, closed="neither")]}
 
-    def __init__(self, size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
+    def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
                  tta: bool = False, width: int = 24, dropout: float = 0.2, threshold: float = 0.95, rounds: int = 1,
                  max_ratio: float = 3.0):
-        super().__init__(size=size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
+        super().__init__(input_size=input_size, encoding=encoding, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, imbalance=imbalance, augment=augment,
                          val_fraction=val_fraction, patience=patience, seed=seed, progress=progress,
                          tta=tta, width=width, dropout=dropout)

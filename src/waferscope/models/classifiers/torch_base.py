@@ -3,7 +3,7 @@
 A subclass provides only :meth:`TorchClassifier.build_network` ``(in_chans, n_classes) → nn.Module``.
 Everything else is here:
 
-- preprocessing: ``resample`` to ``size``×``size`` then ``encoding`` (``onehot3`` by default: the
+- preprocessing: ``resample`` to ``input_size``×``input_size`` then ``encoding`` (``onehot3`` by default: the
   3-channel no-die / pass / fail input every backbone accepts); all three are constructor params, so a
   saved run reproduces its own preprocessing. ``resample="nearest"`` (the default, and what every run
   saved before it existed used) samples one die per pixel; ``"area"`` crops the map to its dies and
@@ -58,8 +58,10 @@ class TorchClassifier(Classifier):
     """Base of the PyTorch classifiers; see the module docstring."""
 
     _tags = {"onnx": True, "gradcam": True, "input_kinds": ("wafer", "image")}
+    # Names before the one parameter vocabulary (issue 30), still accepted for one release.
+    renamed_params = {"size": "input_size"}
     _parameter_constraints = {
-        "size": [Interval(int, 1)], "encoding": [Options(*ENCODINGS)], "imbalance": [Options(*IMBALANCE_MODES)],
+        "input_size": [Interval(int, 1)], "encoding": [Options(*ENCODINGS)], "imbalance": [Options(*IMBALANCE_MODES)],
         "resample": [Options(*RESAMPLE)], "orient": [Options(*ORIENT)], "width": [Interval(int, 1)],
         "dropout": [Interval(float, 0, 1, closed="left")], "head": [Interval(int, 1)]}
 
@@ -69,11 +71,11 @@ class TorchClassifier(Classifier):
             return "it was trained with imbalance='none', so its probabilities carry its training set's class mix"
         return None
 
-    def __init__(self, size: int = 64, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
+    def __init__(self, input_size: int = 64, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 2e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
                  val_fraction: float = 0.1, patience: int = 6, seed: int = 0, progress: bool = True,
                  tta: bool = False, resample: str = "nearest", orient: str = "none"):
-        self.size = size
+        self.input_size = input_size
         self.encoding = encoding
         self.epochs = epochs
         self.batch_size = batch_size
@@ -101,7 +103,7 @@ class TorchClassifier(Classifier):
         """(N, size, size) uint8 die states (or (N, size, size[, C]) uint8 pixels for images); a wafer
         map with a die value other than 0/1/2 is a clear DataError (the resize could drop it silently)."""
         if dataset.kind != "wafer":
-            return resample_maps(dataset.maps, int(self.size))
+            return resample_maps(dataset.maps, int(self.input_size))
         validate_wafer_maps(dataset.maps, dataset.name)
         resample = getattr(self, "resample", "nearest")
         if resample not in RESAMPLE:
@@ -112,7 +114,7 @@ class TorchClassifier(Classifier):
         orient = getattr(self, "orient", "none")
         if orient not in ORIENT:
             raise ConfigError(f"{type(self).__name__} orient must be one of {', '.join(ORIENT)}, got {orient!r}")
-        return prepare_maps(dataset.maps, int(self.size), resample, orient)
+        return prepare_maps(dataset.maps, int(self.input_size), resample, orient)
 
     def encode_batch(self, batch: np.ndarray, kind: str = "wafer"):
         """A resized uint8 batch → the float32 network input tensor (N, C, size, size)."""
@@ -143,7 +145,7 @@ class TorchClassifier(Classifier):
         from waferscope.data.preprocess import area_to_die_grid, canonical_views, undo_view
         from waferscope.explain.gradcam import to_die_grid
 
-        x = resample_maps(dataset.maps, int(self.size), resample)
+        x = resample_maps(dataset.maps, int(self.input_size), resample)
         ks = canonical_views(x) if orient == "canonical" else np.zeros(len(x), np.intp)
         out = []
         for h, k, m in zip(heat, ks, dataset.maps):

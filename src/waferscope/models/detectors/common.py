@@ -247,7 +247,7 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabl
 
 def fit_loop(params, step: Callable[[torch.Tensor], torch.Tensor], inputs: np.ndarray, *, epochs: int,
              batch_size: int, lr: float, seed: int, augment: bool = True, weight_decay: float = 0.0,
-             optimizer: torch.optim.Optimizer | None = None, desc: str = "train", verbose: bool = True,
+             optimizer: torch.optim.Optimizer | None = None, desc: str = "train", progress: bool = True,
              modules: Iterable[torch.nn.Module] = ()) -> list[float]:
     """Minimise ``step(batch) -> loss`` over ``inputs`` (N, C, S, S) with the training engine
     (:func:`waferscope.models.training.fit_loop`); returns the per-epoch mean loss.
@@ -269,7 +269,7 @@ def fit_loop(params, step: Callable[[torch.Tensor], torch.Tensor], inputs: np.nd
     def loss_of(x: torch.Tensor):
         return step(x), len(x)
 
-    return engine_fit_loop(list(modules), batches, loss_of, epochs=epochs, optimizer=opt, progress=verbose,
+    return engine_fit_loop(list(modules), batches, loss_of, epochs=epochs, optimizer=opt, progress=progress,
                            desc=desc).losses
 
 
@@ -407,14 +407,14 @@ class TorchDetector(Detector):
     with maps (B, h, w) at any resolution. ``score`` batches the data under ``torch.inference_mode``,
     post-processes the maps (see the module docstring) and, when a subclass returns no scores, scores
     each sample with ``_image_scores`` (default: the maximum of its post-processed map). Subclasses need attributes ``input_size``,
-    ``batch_size`` (inference batch), ``smoothing_sigma`` and ``verbose`` (set them as constructor
+    ``predict_batch_size`` (inference batch), ``smoothing_sigma`` and ``progress`` (set them as constructor
     parameters, or rely on these class defaults).
     """
 
     input_size: int = 64
-    batch_size: int = 64
+    predict_batch_size: int = 64
     smoothing_sigma: float = 4.0
-    verbose: bool = True
+    progress: bool = True
     # Declared capabilities (base.Tags; see image_detectors): the torch detectors take images and export
     # to ONNX; image_rank orders them for `detect train` on images (lower = better measured on real
     # images, docs/detection.md).
@@ -448,8 +448,8 @@ class TorchDetector(Detector):
         scores = np.empty(n, dtype=np.float64)
         maps = torch.empty((n, size, size), dtype=torch.float32)
         with torch.inference_mode():
-            slices = list(batch_slices(n, int(self.batch_size)))
-            for sl in progress(slices, desc=f"score {self.registry_name}", enabled=bool(self.verbose) and len(slices) > 4):
+            slices = list(batch_slices(n, int(self.predict_batch_size)))
+            for sl in progress(slices, desc=f"score {self.registry_name}", enabled=bool(self.progress) and len(slices) > 4):
                 x = torch.from_numpy(np.ascontiguousarray(inputs[sl]))
                 s, raw = self._predict_batch(x)
                 v = None if valid is None else valid[sl]

@@ -46,22 +46,22 @@ class AutoencoderDetector(TorchDetector):
         "topk_fraction": [Interval(float, 0, 1, closed="right")]}
 
     def __init__(self, input_size: int = 64, base_channels: int = 32, latent_dim: int = 16, epochs: int = 30,
-                 train_batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 1e-5, augment: bool = True,
-                 topk_fraction: float = 0.02, smoothing_sigma: float = 16.0, batch_size: int = 256, seed: int = 0,
-                 verbose: bool = True):
+                 batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 1e-5, augment: bool = True,
+                 topk_fraction: float = 0.02, smoothing_sigma: float = 16.0, predict_batch_size: int = 256, seed: int = 0,
+                 progress: bool = True):
         self.input_size = input_size
         self.base_channels = base_channels
         self.latent_dim = latent_dim
         self.epochs = epochs
-        self.train_batch_size = train_batch_size
+        self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
         self.augment = augment
         self.topk_fraction = topk_fraction
         self.smoothing_sigma = smoothing_sigma
-        self.batch_size = batch_size
+        self.predict_batch_size = predict_batch_size
         self.seed = seed
-        self.verbose = verbose
+        self.progress = progress
 
     def _build(self, mode: str) -> ConvAutoencoder:
         return ConvAutoencoder(self.input_size, 3, 1 if mode == "wafer" else 3, self.base_channels, self.latent_dim)
@@ -81,9 +81,9 @@ class AutoencoderDetector(TorchDetector):
         torch.manual_seed(self.seed)
         model = self._build(mode)
         history = fit_loop(model.parameters(), lambda x: self._loss(model, x, mode), inputs, epochs=int(self.epochs),
-                           batch_size=int(self.train_batch_size), lr=float(self.lr), seed=int(self.seed),
+                           batch_size=int(self.batch_size), lr=float(self.lr), seed=int(self.seed),
                            augment=bool(self.augment) and mode == "wafer", weight_decay=float(self.weight_decay),
-                           desc="train autoencoder", verbose=bool(self.verbose), modules=[model])
+                           desc="train autoencoder", progress=bool(self.progress), modules=[model])
         self.model_ = _for_inference(model)
         self.mode_ = mode
         self.train_loss_ = [round(float(h), 6) for h in history]

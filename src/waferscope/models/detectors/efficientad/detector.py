@@ -47,55 +47,58 @@ class EfficientADDetector(FastInferenceMixin, TorchDetector):
 
     _label = "EfficientAD"
     _arch_key = "teacher_kwargs"
+    # The teacher network is a backbone (as STFPM's and RD's are): `teacher` names a classifier to
+    # distil from elsewhere. Old names still accepted for one release (issue 30).
+    renamed_params = {"teacher": "backbone", "validation_fraction": "val_fraction"}
 
     _parameter_constraints = {
         "penalty": [Options(*PENALTIES)], "hard_quantile": [Interval(float, 0, 1)],
         "q_a": [Interval(float, 0, 1)], "q_b": [Interval(float, 0, 1)]}
 
-    def __init__(self, teacher: str = "pdn_small", pretrained: str | None = "wafer", input_size: int = 32,
-                 epochs: int = 10, train_batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-5,
+    def __init__(self, backbone: str = "pdn_small", pretrained: str | None = "wafer", input_size: int = 32,
+                 epochs: int = 10, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-5,
                  hard_quantile: float = 0.999, penalty: str = "noise", q_a: float = 0.9, q_b: float = 0.995,
-                 validation_fraction: float = 0.1, augment: bool = True, smoothing_sigma: float = 0.0,
-                 batch_size: int = 128, jit: bool = True, seed: int = 0, verbose: bool = True):
-        self.teacher = teacher
+                 val_fraction: float = 0.1, augment: bool = True, smoothing_sigma: float = 0.0,
+                 predict_batch_size: int = 128, jit: bool = True, seed: int = 0, progress: bool = True):
+        self.backbone = backbone
         self.pretrained = pretrained
         self.input_size = input_size
         self.epochs = epochs
-        self.train_batch_size = train_batch_size
+        self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
         self.hard_quantile = hard_quantile
         self.penalty = penalty
         self.q_a = q_a
         self.q_b = q_b
-        self.validation_fraction = validation_fraction
+        self.val_fraction = val_fraction
         self.augment = augment
         self.smoothing_sigma = smoothing_sigma
-        self.batch_size = batch_size
+        self.predict_batch_size = predict_batch_size
         self.jit = jit
         self.seed = seed
-        self.verbose = verbose
+        self.progress = progress
 
     def _build(self, kwargs: dict, load_teacher: bool) -> EfficientADModel:
         if self.penalty not in PENALTIES:
             raise ConfigError(f"unknown penalty {self.penalty!r}; choose one of {', '.join(PENALTIES)}")
-        teacher = build_backbone(self.teacher, self.pretrained, kwargs, load=load_teacher)
+        teacher = build_backbone(self.backbone, self.pretrained, kwargs, load=load_teacher)
         size = int(self.input_size)
         with torch.no_grad():
             out = teacher.eval()(torch.zeros(1, 3, size, size))
         channels, grid = out.shape[1], out.shape[-1]
         student_kwargs = dict(kwargs, out_channels=2 * channels)
-        student = create_backbone(self.teacher, **student_kwargs)
+        student = create_backbone(self.backbone, **student_kwargs)
         return EfficientADModel(teacher, student, AutoEncoder(size, grid, channels), channels)
 
     def fit(self, dataset, **kwargs) -> "EfficientADDetector":
         normals = training_normals(dataset)
         rng = seed_everything(self.seed)
-        arch = backbone_kwargs(self.teacher, self.pretrained)
+        arch = backbone_kwargs(self.backbone, self.pretrained)
         model = self._build(arch, load_teacher=True)
         inputs = dataset_to_input(normals, int(self.input_size))
         order = rng.permutation(len(inputs))
-        n_val = int(round(len(inputs) * float(self.validation_fraction))) if len(inputs) > 1 else 0
+        n_val = int(round(len(inputs) * float(self.val_fraction))) if len(inputs) > 1 else 0
         val, train = inputs[order[:n_val]], inputs[order[n_val:]]
         if n_val == 0:
             val = train  # too few samples to hold any out: quantiles from the training maps
@@ -119,8 +122,8 @@ class EfficientADDetector(FastInferenceMixin, TorchDetector):
 
         epochs = int(self.epochs)
         main = max(1, int(round(0.95 * epochs))) if epochs > 1 else epochs
-        common = dict(batch_size=int(self.train_batch_size), lr=self.lr, augment=self.augment, optimizer=opt,
-                      verbose=bool(self.verbose), modules=[model])
+        common = dict(batch_size=int(self.batch_size), lr=self.lr, augment=self.augment, optimizer=opt,
+                      progress=bool(self.progress), modules=[model])
         history = fit_loop(params, step, train, epochs=main, seed=self.seed, desc="fit efficientad", **common)
         if epochs - main > 0:  # the paper's lr × 0.1 for the last 5 % of the steps
             for group in opt.param_groups:

@@ -84,8 +84,8 @@ class PatchCoreDetector(TorchDetector):
                  backbone_kwargs: dict | None = None, layers: Sequence[str] = ("layer2", "layer3"),
                  input_size: int = 64, patch_size: int = 3, embedding_dim: int = 128,
                  coreset_ratio: float = 0.1, max_memory_mb: float = 200.0, coreset_projection_dim: int = 128,
-                 max_train_patches: int = 400_000, num_neighbors: int = 9, batch_size: int = 64,
-                 smoothing_sigma: float = 4.0, seed: int = 0, verbose: bool = True):
+                 max_train_patches: int = 400_000, num_neighbors: int = 9, predict_batch_size: int = 64,
+                 smoothing_sigma: float = 4.0, seed: int = 0, progress: bool = True):
         self.backbone = backbone
         self.pretrained = pretrained
         self.backbone_kwargs = backbone_kwargs
@@ -98,10 +98,10 @@ class PatchCoreDetector(TorchDetector):
         self.coreset_projection_dim = coreset_projection_dim
         self.max_train_patches = max_train_patches
         self.num_neighbors = num_neighbors
-        self.batch_size = batch_size
+        self.predict_batch_size = predict_batch_size
         self.smoothing_sigma = smoothing_sigma
         self.seed = seed
-        self.verbose = verbose
+        self.progress = progress
 
     # ---- model construction ----------------------------------------------------------------------
     def _build_model(self, load_weights: bool = True) -> PatchCoreModel:
@@ -143,7 +143,7 @@ class PatchCoreDetector(TorchDetector):
     def _iter_inputs(self, dataset, desc: str):
         size = int(self.input_size)
         chunks = list(batch_slices(len(dataset), _CHUNK))
-        for sl in progress(chunks, desc=desc, enabled=bool(self.verbose) and len(chunks) > 1):
+        for sl in progress(chunks, desc=desc, enabled=bool(self.progress) and len(chunks) > 1):
             part = dataset.subset(np.arange(sl.start, sl.stop))
             yield sl, part, dataset_to_input(part, size)
 
@@ -159,7 +159,7 @@ class PatchCoreDetector(TorchDetector):
         patches = torch.empty((n * per_wafer, int(self.embedding_dim)), dtype=torch.float32)
         with torch.inference_mode():
             for sl, _, inputs in self._iter_inputs(normals, "patchcore features"):
-                for b in batch_slices(len(inputs), int(self.batch_size)):
+                for b in batch_slices(len(inputs), int(self.predict_batch_size)):
                     x = torch.from_numpy(np.ascontiguousarray(inputs[b]))
                     emb = self.model_(x).flatten(2).transpose(1, 2)  # (B, P, D)
                     if per_wafer < grid_patches:  # seeded random positions per wafer
@@ -174,7 +174,7 @@ class PatchCoreDetector(TorchDetector):
         t1 = time.perf_counter()
         if n_select < len(patches):
             idx = k_center_greedy(patches, n_select, int(self.coreset_projection_dim) or None, int(self.seed),
-                                  progress=bool(self.verbose))
+                                  progress=bool(self.progress))
             bank = patches[idx].clone()
         else:
             bank = patches.clone()

@@ -61,7 +61,7 @@ class PatternContrastDetector(Detector):
         the boosting settings (scikit-learn's names).
     seed
         seeds the synthetic maps and the trees.
-    n_jobs, verbose
+    n_jobs, progress
         feature-extraction processes; progress bars.
     """
 
@@ -69,7 +69,7 @@ class PatternContrastDetector(Detector):
 
     def __init__(self, n_synthetic: int = 7500, patterns: str | list[str] | None = None, max_iter: int = 300,
                  learning_rate: float = 0.05, max_leaf_nodes: int = 15, l2_regularization: float = 1.0,
-                 seed: int = 0, n_jobs: int = -1, verbose: bool = True):
+                 seed: int = 0, n_jobs: int = -1, progress: bool = True):
         self.n_synthetic = n_synthetic
         self.patterns = patterns
         self.max_iter = max_iter
@@ -78,10 +78,10 @@ class PatternContrastDetector(Detector):
         self.l2_regularization = l2_regularization
         self.seed = seed
         self.n_jobs = n_jobs
-        self.verbose = verbose
+        self.progress = progress
 
     def _features(self, maps) -> np.ndarray:
-        return extract_features(maps, n_jobs=self.n_jobs, progress=bool(self.verbose), feature_set=FEATURE_SET)
+        return extract_features(maps, n_jobs=self.n_jobs, progress=bool(self.progress), feature_set=FEATURE_SET)
 
     def fit(self, dataset, **kwargs) -> "PatternContrastDetector":
         from waferscope.data.synthetic import generate
@@ -94,7 +94,7 @@ class PatternContrastDetector(Detector):
         train = WaferDataset.concat([normals, synthetic], name="pattern_contrast training")
         anomalous = ~train.is_normal
         self.trees_ = fit_trees(self._features(train.maps), anomalous, self.max_iter, self.learning_rate,
-                                self.max_leaf_nodes, self.l2_regularization, self.seed, progress=bool(self.verbose))
+                                self.max_leaf_nodes, self.l2_regularization, self.seed, progress=bool(self.progress))
         self.ring_baseline_ = ring_baseline(normals.maps)
         self.n_train_ = len(normals)
         return self
@@ -120,7 +120,7 @@ class PatternContrastDetector(Detector):
         # Features, trees and anomaly maps all in the workers: the main process would otherwise add a
         # serial fifth to the time while they idle (docs/detection.md, throughput).
         parts = map_chunks(partial(_score_chunk, trees=self.trees_, baseline=self.ring_baseline_), maps,
-                           self.n_jobs, bool(self.verbose))
+                           self.n_jobs, bool(self.progress))
         return DetectionResult(scores=np.concatenate([scores for scores, _ in parts]),
                                maps=[m for _, chunk_maps in parts for m in chunk_maps])
 

@@ -34,22 +34,22 @@ class PatternStatsDetector(Detector):
 
     shrinkage
         None: Ledoit-Wolf's optimal shrinkage of the covariance (default); a number in [0, 1] fixes it.
-    verbose
+    progress
         a progress bar over large sets.
     """
 
     _parameter_constraints = {"shrinkage": [Interval(float, 0, 1), None]}
 
-    def __init__(self, shrinkage: float | None = None, verbose: bool = True):
+    def __init__(self, shrinkage: float | None = None, progress: bool = True):
         self.shrinkage = shrinkage
-        self.verbose = verbose
+        self.progress = progress
 
     def _statistics(self, maps, desc: str, per_map) -> np.ndarray:
         """(N, len(FEATURE_NAMES)) statistics of ``maps``. Each map's local fail rate is computed once
         and also handed to ``per_map(wafer, local_rate)`` (ring baseline at fit, anomaly map at scoring)."""
         feats = np.zeros((len(maps), len(FEATURE_NAMES)))
         chunks = list(batch_slices(len(maps), _CHUNK))
-        for sl in progress(chunks, desc=desc, enabled=bool(self.verbose) and len(chunks) > 4):
+        for sl in progress(chunks, desc=desc, enabled=bool(self.progress) and len(chunks) > 4):
             for i in range(sl.start, sl.stop):
                 wafer = np.asarray(maps[i])
                 local = local_fail_rate(wafer)

@@ -51,8 +51,8 @@ class ReConPatchDetector(PatchCoreDetector):
                  backbone_kwargs: dict | None = None, layers: Sequence[str] = ("layer2", "layer3"),
                  input_size: int = 64, patch_size: int = 3, embedding_dim: int = 128,
                  coreset_ratio: float = 0.1, max_memory_mb: float = 200.0, coreset_projection_dim: int = 128,
-                 max_train_patches: int = 400_000, num_neighbors: int = 9, batch_size: int = 64,
-                 smoothing_sigma: float = 4.0, seed: int = 0, verbose: bool = True,
+                 max_train_patches: int = 400_000, num_neighbors: int = 9, predict_batch_size: int = 64,
+                 smoothing_sigma: float = 4.0, seed: int = 0, progress: bool = True,
                  representation_dim: int = 128, projection_dim: int = 64, sigma: float = 1.0,
                  alpha: float = 0.5, k_contextual: int = 5, margin: float = 1.0, ema_momentum: float = 0.99,
                  epochs: int = 5, lr: float = 1e-3, weight_decay: float = 1e-2,
@@ -62,8 +62,8 @@ class ReConPatchDetector(PatchCoreDetector):
                          input_size=input_size, patch_size=patch_size, embedding_dim=embedding_dim,
                          coreset_ratio=coreset_ratio, max_memory_mb=max_memory_mb,
                          coreset_projection_dim=coreset_projection_dim, max_train_patches=max_train_patches,
-                         num_neighbors=num_neighbors, batch_size=batch_size, smoothing_sigma=smoothing_sigma,
-                         seed=seed, verbose=verbose)
+                         num_neighbors=num_neighbors, predict_batch_size=predict_batch_size, smoothing_sigma=smoothing_sigma,
+                         seed=seed, progress=progress)
         self.representation_dim = representation_dim
         self.projection_dim = projection_dim
         self.sigma = sigma
@@ -96,7 +96,7 @@ class ReConPatchDetector(PatchCoreDetector):
             batch_size=int(self.contrastive_batch_size), lr=float(self.lr), weight_decay=float(self.weight_decay),
             sigma=float(self.sigma), alpha=float(self.alpha), k_contextual=int(self.k_contextual),
             margin=float(self.margin), ema_momentum=float(self.ema_momentum),
-            steps_per_epoch=self.steps_per_epoch, seed=int(self.seed), progress=bool(self.verbose))
+            steps_per_epoch=self.steps_per_epoch, seed=int(self.seed), progress=bool(self.progress))
         with torch.inference_mode():
             return torch.cat([self._transform(patches[i:i + 65536]) for i in range(0, len(patches), 65536)])
 

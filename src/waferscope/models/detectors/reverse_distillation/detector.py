@@ -37,9 +37,9 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  layers: Sequence[str] = ("layer1", "layer2", "layer3"), style: str = "resnet",
                  n_blocks: int = 2, feature_norm: str = "none", input_size: int = 64, epochs: int = 6,
-                 train_batch_size: int = 16, lr: float = 0.005, betas: Sequence[float] = (0.5, 0.999),
+                 batch_size: int = 16, lr: float = 0.005, betas: Sequence[float] = (0.5, 0.999),
                  weight_decay: float = 0.0, augment: bool = True, smoothing_sigma: float = 4.0,
-                 batch_size: int = 256, jit: bool = True, seed: int = 0, verbose: bool = True):
+                 predict_batch_size: int = 256, jit: bool = True, seed: int = 0, progress: bool = True):
         self.backbone = backbone
         self.pretrained = pretrained
         self.layers = layers
@@ -48,16 +48,16 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
         self.feature_norm = feature_norm
         self.input_size = input_size
         self.epochs = epochs
-        self.train_batch_size = train_batch_size
+        self.batch_size = batch_size
         self.lr = lr
         self.betas = betas
         self.weight_decay = weight_decay
         self.augment = augment
         self.smoothing_sigma = smoothing_sigma
-        self.batch_size = batch_size
+        self.predict_batch_size = predict_batch_size
         self.jit = jit
         self.seed = seed
-        self.verbose = verbose
+        self.progress = progress
 
     def _build(self, kwargs: dict, load_teacher: bool) -> ReverseDistillationModel:
         if self.style not in STYLES:
@@ -88,9 +88,9 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
         def step(x: torch.Tensor) -> torch.Tensor:
             return reverse_distillation_loss(*model.features(x))
 
-        self.loss_history_ = fit_loop(params, step, inputs, epochs=int(self.epochs), batch_size=int(self.train_batch_size),
+        self.loss_history_ = fit_loop(params, step, inputs, epochs=int(self.epochs), batch_size=int(self.batch_size),
                                       lr=self.lr, seed=self.seed, augment=self.augment, optimizer=opt,
-                                      desc=f"fit {self.registry_name}", verbose=bool(self.verbose), modules=[model])
+                                      desc=f"fit {self.registry_name}", progress=bool(self.progress), modules=[model])
         self.backbone_kwargs_ = arch
         self.model_ = model.eval()
         self._fast_model = None
@@ -110,9 +110,9 @@ class ReverseDistillationConvNeXtDetector(ReverseDistillationDetector):
     def __init__(self, backbone: str = "wafer_convnext", pretrained: str | None = "wafer",
                  layers: Sequence[str] = ("stage1", "stage2", "stage3"), style: str = "resnet",
                  n_blocks: int = 2, feature_norm: str = "none", input_size: int = 64, epochs: int = 6,
-                 train_batch_size: int = 16, lr: float = 0.005, betas: Sequence[float] = (0.5, 0.999),
+                 batch_size: int = 16, lr: float = 0.005, betas: Sequence[float] = (0.5, 0.999),
                  weight_decay: float = 0.0, augment: bool = True, smoothing_sigma: float = 4.0,
-                 batch_size: int = 256, jit: bool = True, seed: int = 0, verbose: bool = True):
+                 predict_batch_size: int = 256, jit: bool = True, seed: int = 0, progress: bool = True):
         super().__init__(backbone, pretrained, layers, style, n_blocks, feature_norm, input_size, epochs,
-                         train_batch_size, lr, betas, weight_decay, augment, smoothing_sigma, batch_size, jit,
-                         seed, verbose)
+                         batch_size, lr, betas, weight_decay, augment, smoothing_sigma, predict_batch_size, jit,
+                         seed, progress)

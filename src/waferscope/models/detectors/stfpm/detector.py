@@ -121,27 +121,27 @@ class STFPMDetector(FastInferenceMixin, TorchDetector):
 
     def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
                  layers: Sequence[str] = ("layer1", "layer2", "layer3"), fusion: str = "product",
-                 input_size: int = 64, epochs: int = 8, train_batch_size: int = 32, optimizer: str = "sgd",
+                 input_size: int = 64, epochs: int = 8, batch_size: int = 32, optimizer: str = "sgd",
                  lr: float = 0.4, momentum: float = 0.9, weight_decay: float = 1e-4, augment: bool = True,
-                 smoothing_sigma: float = 0.0, batch_size: int = 256, jit: bool = True, seed: int = 0,
-                 verbose: bool = True):
+                 smoothing_sigma: float = 0.0, predict_batch_size: int = 256, jit: bool = True, seed: int = 0,
+                 progress: bool = True):
         self.backbone = backbone
         self.pretrained = pretrained
         self.layers = layers
         self.fusion = fusion
         self.input_size = input_size
         self.epochs = epochs
-        self.train_batch_size = train_batch_size
+        self.batch_size = batch_size
         self.optimizer = optimizer
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.augment = augment
         self.smoothing_sigma = smoothing_sigma
-        self.batch_size = batch_size
+        self.predict_batch_size = predict_batch_size
         self.jit = jit
         self.seed = seed
-        self.verbose = verbose
+        self.progress = progress
 
     def _build(self, kwargs: dict, load_teacher: bool) -> STFPMModel:
         if self.fusion not in FUSIONS:
@@ -168,9 +168,9 @@ class STFPMDetector(FastInferenceMixin, TorchDetector):
         def step(x: torch.Tensor) -> torch.Tensor:
             return stfpm_loss(*model.features(x))
 
-        self.loss_history_ = fit_loop(params, step, inputs, epochs=int(self.epochs), batch_size=int(self.train_batch_size),
+        self.loss_history_ = fit_loop(params, step, inputs, epochs=int(self.epochs), batch_size=int(self.batch_size),
                                       lr=self.lr, seed=self.seed, augment=self.augment, optimizer=opt,
-                                      desc="fit stfpm", verbose=bool(self.verbose), modules=[model])
+                                      desc="fit stfpm", progress=bool(self.progress), modules=[model])
         self.backbone_kwargs_ = arch
         self.model_ = model.eval()
         self._fast_model = None

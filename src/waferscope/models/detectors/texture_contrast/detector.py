@@ -65,7 +65,7 @@ class TextureContrastDetector(Detector):
                  stride: int = 4, anomalies_per_image: int = 1, scar_fraction: float = 0.3, max_rows: int = 200_000,
                  knn_feature: bool = True, memory_size: int = 10000, max_iter: int = 200,
                  learning_rate: float = 0.1, max_leaf_nodes: int = 31, l2_regularization: float = 0.0,
-                 smoothing_sigma: float = 4.0, batch_size: int = 32, seed: int = 0, verbose: bool = True):
+                 smoothing_sigma: float = 4.0, predict_batch_size: int = 32, seed: int = 0, progress: bool = True):
         self.input_size = input_size
         self.sigmas = sigmas
         self.energy_window = energy_window
@@ -80,9 +80,9 @@ class TextureContrastDetector(Detector):
         self.max_leaf_nodes = max_leaf_nodes
         self.l2_regularization = l2_regularization
         self.smoothing_sigma = smoothing_sigma
-        self.batch_size = batch_size
+        self.predict_batch_size = predict_batch_size
         self.seed = seed
-        self.verbose = verbose
+        self.progress = progress
 
     # ---- features -----------------------------------------------------------------------------
     def _check(self) -> None:
@@ -104,9 +104,9 @@ class TextureContrastDetector(Detector):
         """(N, C', h, w): filter bank, the same minus the image's mean over its cells, (+ kNN distance)."""
         bank = self._bank()
         out = []
-        slices = list(batch_slices(len(x), int(self.batch_size)))
+        slices = list(batch_slices(len(x), int(self.predict_batch_size)))
         with torch.inference_mode():
-            for sl in progress(slices, desc=desc, enabled=bool(self.verbose) and len(slices) > 4):
+            for sl in progress(slices, desc=desc, enabled=bool(self.progress) and len(slices) > 4):
                 f = bank(torch.from_numpy(np.ascontiguousarray(x[sl])))
                 c = cells[sl][:, None].float()
                 mean = (f * c).sum((2, 3), keepdim=True) / c.sum((2, 3), keepdim=True).clamp_min(1)
@@ -129,7 +129,7 @@ class TextureContrastDetector(Detector):
         if self.knn_feature:
             with torch.inference_mode():
                 f = torch.cat([self._bank()(torch.from_numpy(canvas.x[sl]))
-                               for sl in batch_slices(len(canvas.x), int(self.batch_size))])
+                               for sl in batch_slices(len(canvas.x), int(self.predict_batch_size))])
             rows = f.permute(0, 2, 3, 1)[cells]
             self.mean_ = rows.mean(0)
             self.scale_ = rows.std(0).clamp_min(1e-6)

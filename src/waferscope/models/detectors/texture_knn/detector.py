@@ -60,8 +60,8 @@ class TextureKNNDetector(Detector):
 
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
                  stride: int = 4, memory_size: int = 10000, normalise: str = "image", border: int = 0,
-                 smoothing_sigma: float = 4.0, top_fraction: float = 0.0, batch_size: int = 32, seed: int = 0,
-                 verbose: bool = True):
+                 smoothing_sigma: float = 4.0, top_fraction: float = 0.0, predict_batch_size: int = 32, seed: int = 0,
+                 progress: bool = True):
         self.input_size = input_size
         self.sigmas = sigmas
         self.energy_window = energy_window
@@ -71,9 +71,9 @@ class TextureKNNDetector(Detector):
         self.border = border
         self.smoothing_sigma = smoothing_sigma
         self.top_fraction = top_fraction
-        self.batch_size = batch_size
+        self.predict_batch_size = predict_batch_size
         self.seed = seed
-        self.verbose = verbose
+        self.progress = progress
 
     def _check(self) -> None:
         if self.normalise not in ("image", "dataset"):
@@ -89,9 +89,9 @@ class TextureKNNDetector(Detector):
     def _features(self, canvas, desc: str) -> torch.Tensor:
         bank = self._bank()
         out = []
-        slices = list(batch_slices(len(canvas.x), int(self.batch_size)))
+        slices = list(batch_slices(len(canvas.x), int(self.predict_batch_size)))
         with torch.inference_mode():
-            for sl in progress(slices, desc=desc, enabled=bool(self.verbose) and len(slices) > 4):
+            for sl in progress(slices, desc=desc, enabled=bool(self.progress) and len(slices) > 4):
                 out.append(bank(torch.from_numpy(canvas.x[sl])))
         if not out:
             s = int(self.input_size) // int(self.stride)
@@ -136,7 +136,7 @@ class TextureKNNDetector(Detector):
         msq = (self.memory_ ** 2).sum(1)
         out = torch.empty((len(feats), size, size))
         with torch.inference_mode():
-            for sl in batch_slices(len(feats), int(self.batch_size)):
+            for sl in batch_slices(len(feats), int(self.predict_batch_size)):
                 f = (feats[sl] - self.mean_[None, :, None, None]) / self.scale_[None, :, None, None]
                 d = distance_maps(f, self.memory_, msq)
                 d = F.interpolate(d[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]

@@ -63,7 +63,7 @@ class TexturePaDiMDetector(Detector):
 
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
                  stride: int = 4, grid: int = 32, shrinkage: float = 0.01, calibration_folds: int = 0,
-                 smoothing_sigma: float = 4.0, batch_size: int = 32, verbose: bool = True):
+                 smoothing_sigma: float = 4.0, predict_batch_size: int = 32, progress: bool = True):
         self.input_size = input_size
         self.sigmas = sigmas
         self.energy_window = energy_window
@@ -72,8 +72,8 @@ class TexturePaDiMDetector(Detector):
         self.shrinkage = shrinkage
         self.calibration_folds = calibration_folds
         self.smoothing_sigma = smoothing_sigma
-        self.batch_size = batch_size
-        self.verbose = verbose
+        self.predict_batch_size = predict_batch_size
+        self.progress = progress
 
     def _check(self) -> None:
         if int(self.input_size) < 8 or int(self.stride) < 1 or int(self.grid) < 1:
@@ -89,9 +89,9 @@ class TexturePaDiMDetector(Detector):
         canvas = image_canvas(dataset, int(self.input_size), "image")
         bank = FilterBank(self.sigmas, int(self.energy_window), int(self.stride)).eval()
         out = []
-        slices = list(batch_slices(len(canvas.x), int(self.batch_size)))
+        slices = list(batch_slices(len(canvas.x), int(self.predict_batch_size)))
         with torch.inference_mode():
-            for sl in progress(slices, desc=desc, enabled=bool(self.verbose) and len(slices) > 4):
+            for sl in progress(slices, desc=desc, enabled=bool(self.progress) and len(slices) > 4):
                 out.append(to_grid(bank(torch.from_numpy(canvas.x[sl])), canvas.boxes[sl], int(self.stride),
                                    int(self.grid)))
         return canvas, (torch.cat(out) if out else None)
