@@ -85,3 +85,22 @@ def parse_params(pairs) -> dict:
         except ValueError:
             out[key.strip()] = value
     return out
+
+
+_POOLS: dict = {}
+
+
+def shared_pool(n_jobs: int = -1):
+    """One long-lived thread pool per worker count (joblib's ``n_jobs`` convention: -1 = every core),
+    shared by the compiled kernels that release the GIL (features, tree walks). Creating threads per
+    call cost more than a small batch's work; a service calls these for every request batch."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from joblib import effective_n_jobs
+
+    workers = max(1, effective_n_jobs(n_jobs))
+    with _POOLS.setdefault("lock", threading.Lock()):
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="waferscope")
+        return _POOLS[workers]
