@@ -138,9 +138,7 @@ def retrieval_folds(dataset, methods=("metric", "lda", "features", "cnn", "raw",
                                   seed=seed).fit(ds.subset(arch))
                 order = exact_ranking(emb.transform(ds.subset(qry)), emb.transform(ds.subset(arch)))
             elif m in SUPERVISED:  # fitted on the archive folds' wafers and labels only
-                emb = make_embedding(m)
-                if hasattr(emb, "seed"):
-                    emb.seed = seed
+                emb = make_embedding(m, seed=seed)
                 emb.fit(None, raw=cache["feat"][arch], labels=labels[arch])
                 order = exact_ranking(emb.transform(None, raw=cache["feat"][qry]), emb.transform(None, raw=cache["feat"][arch]))
             elif m == "features":

@@ -209,6 +209,10 @@ class LdaEmbedding(FeatureEmbedding):
 
     name = "lda"
 
+    def __init__(self, n_jobs: int = -1, progress: bool = False, seed: int = 0):
+        super().__init__(n_jobs=n_jobs, progress=progress)
+        self.seed = seed  # LDA draws nothing; taken so that every supervised embedding is built alike
+
     def fit(self, dataset, raw: np.ndarray | None = None, labels=None) -> "LdaEmbedding":
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 

@@ -65,6 +65,8 @@ class MetricHead:
         import torch
         from torch import nn
 
+        from waferscope.models.training import fit_loop
+
         x = np.asarray(x, dtype=np.float32)
         classes, y = np.unique(np.asarray(labels).astype(str), return_inverse=True)
         if len(classes) < 2 or len(x) < 4:
@@ -77,22 +79,19 @@ class MetricHead:
         per_epoch = -(-len(x) // self.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, total_steps=self.epochs * per_epoch)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-        epochs = range(self.epochs)
-        if self.progress:
-            from tqdm import tqdm
 
-            epochs = tqdm(epochs, desc="metric head", unit="epoch")
-        net.train()
-        for _ in epochs:
+        def batches(epoch):  # a fresh order and fresh feature noise every epoch, from the seeded generator
             perm = torch.randperm(len(xt), generator=gen)
             for s in range(0, len(xt), self.batch_size):
                 idx = perm[s:s + self.batch_size]
-                xb = xt[idx] + self.noise * torch.randn(len(idx), xt.shape[1], generator=gen)
-                loss = supcon_loss(nn.functional.normalize(net(xb), dim=1), yt[idx], self.temperature)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
+                yield xt[idx] + self.noise * torch.randn(len(idx), xt.shape[1], generator=gen), yt[idx]
+
+        def step(batch):
+            xb, yb = batch
+            return supcon_loss(nn.functional.normalize(net(xb), dim=1), yb, self.temperature), len(xb)
+
+        fit_loop(net, batches, step, epochs=self.epochs, optimizer=opt, schedule=sched, progress=bool(self.progress),
+                 desc="metric head")
         self.w1_, self.b1_ = net[0].weight.detach().numpy().copy(), net[0].bias.detach().numpy().copy()
         self.w2_, self.b2_ = net[3].weight.detach().numpy().copy(), net[3].bias.detach().numpy().copy()
         return self
