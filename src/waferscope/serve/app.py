@@ -53,21 +53,13 @@ from waferscope.data.dataset import WaferDataset, validate_map
 from waferscope.data.limits import LoadLimits
 from waferscope.errors import WaferscopeError
 from waferscope.serve.batcher import Batcher, DeadlineExceeded, MapBatch, QueueFull, ServiceStopped
+from waferscope.serve.inference import RequestError, _within
 from waferscope.serve.schemas import ClassifyResponse, ErrorResponse, Limits, MapsRequest, ScoreResponse, SearchResponse
 
 log = logging.getLogger("waferscope.serve")
 LOT_UPLOAD_PATH = "/v1/lots"  # the lot browser's file upload: its own body limit (Limits.max_file_bytes)
 PICKLE_REFUSAL = ("pickle uploads are refused: unpickling runs arbitrary code. Convert the file once with "
                   "`waferscope data import FILE.pkl --out FILE.parquet` and upload the Parquet file")
-
-
-class RequestError(Exception):
-    """A bad request: answered with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 # ---- the gate: every request passes here first ---------------------------------------------------
@@ -514,15 +506,6 @@ async def read_multipart_file(request) -> tuple[str, bytes]:
     data = await upload.read()
     await form.close()
     return upload.filename or "upload", data
-
-
-async def _within(fut, seconds: float):
-    """``await fut`` with a time limit (TimeoutError). asyncio.timeout (3.11+) costs one timer handle;
-    wait_for adds a future and callbacks per request."""
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(seconds):
-            return await fut
-    return await asyncio.wait_for(fut, seconds)
 
 
 _ERROR_STATUS = {RequestError: None, ServiceStopped: 503, QueueFull: 503, WaferscopeError: 400}
