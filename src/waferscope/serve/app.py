@@ -34,9 +34,7 @@ import logging
 import os
 import re
 import tempfile
-import threading
 import time
-from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -52,22 +50,15 @@ from waferscope import __version__
 from waferscope.data.dataset import WaferDataset, validate_map
 from waferscope.data.limits import LoadLimits
 from waferscope.errors import WaferscopeError
-from waferscope.serve.batcher import Batcher, DeadlineExceeded, MapBatch, QueueFull, ServiceStopped
+from waferscope.serve.batcher import MapBatch, QueueFull, ServiceStopped
+from waferscope.serve.inference import MAX_K, Inference, RequestError
+from waferscope.serve.inference import _within  # noqa: F401  (moved with the deadlines; kept importable from here)
 from waferscope.serve.schemas import ClassifyResponse, ErrorResponse, Limits, MapsRequest, ScoreResponse, SearchResponse
 
 log = logging.getLogger("waferscope.serve")
 LOT_UPLOAD_PATH = "/v1/lots"  # the lot browser's file upload: its own body limit (Limits.max_file_bytes)
 PICKLE_REFUSAL = ("pickle uploads are refused: unpickling runs arbitrary code. Convert the file once with "
                   "`waferscope data import FILE.pkl --out FILE.parquet` and upload the Parquet file")
-
-
-class RequestError(Exception):
-    """A bad request: answered with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 # ---- the gate: every request passes here first ---------------------------------------------------
@@ -516,15 +507,6 @@ async def read_multipart_file(request) -> tuple[str, bytes]:
     return upload.filename or "upload", data
 
 
-async def _within(fut, seconds: float):
-    """``await fut`` with a time limit (TimeoutError). asyncio.timeout (3.11+) costs one timer handle;
-    wait_for adds a future and callbacks per request."""
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(seconds):
-            return await fut
-    return await asyncio.wait_for(fut, seconds)
-
-
 _ERROR_STATUS = {RequestError: None, ServiceStopped: 503, QueueFull: 503, WaferscopeError: 400}
 
 
@@ -656,67 +638,19 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     it explains the class the label model chose, so the heat always answers "where is that class?".
     ``open_set``: the classifier run's open-set model (:func:`waferscope.search.discover.load_open_set`)
     for ``/v1/classify?abstain=1`` (None: that flag answers 409)."""
-    from waferscope.serve.memory import Trimmer
-
-    limits = limits or Limits()
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    classes = [str(c) for c in classifier.classes_]
-    heat_model = explainer if explainer is not None else classifier
-    has_gradcam = heat_model.get_tags().gradcam
-    batch = max_batch or limits.max_batch
-    trimmer = Trimmer()
-    big_dies = 1 << 20  # after a request this large, give freed memory back once things are quiet
-
-    def after_job(dies: int) -> None:
-        if dies >= big_dies:
-            trimmer.request()
-
-    def classify_batch(ds: WaferDataset) -> list:
-        return list(np.asarray(classifier.predict_proba(ds), dtype=np.float64))
-
-    def classify_with_heat(ds: WaferDataset) -> list:
-        from waferscope.explain import explain
-
-        proba = classify_batch(ds)  # the same probabilities as without ?heatmap (and as the CLI)
-        if explainer is None:
-            heat = explain(classifier, ds, progress=False).heat
-        else:  # the explainer's Grad-CAM of the class the label model chose
-            chosen = np.asarray(classes, dtype=object)[np.asarray(proba).argmax(1)]
-            heat = explain(explainer, replace(ds, labels=chosen.astype(str)), progress=False, target="label").heat
-        return list(zip(proba, heat))
-
-    def classify_open(ds: WaferDataset) -> list:
-        # the scorer reads the model's own probabilities (what it was calibrated on) and the maps
-        proba = np.asarray(classifier.predict_proba(ds), dtype=np.float64)
-        score, names = open_set.abstain(ds, proba)
-        return list(zip(proba, score, names))
-
-    def score_batch(ds: WaferDataset) -> list:
-        res = detector.score(ds)
-        return list(zip(np.asarray(res.scores, dtype=np.float64), res.maps))
-
-    common = dict(chunk_maps=limits.chunk_maps, max_queued_dies=limits.max_queued_dies, after_job=after_job)
-    clf_worker = Batcher(classify_batch, batch, "classifier", **common)
-    det_worker = Batcher(score_batch, batch, "detector", **common)
-    search_index = index  # the name `index` is taken by the page route below
-    # similar-wafer search: the worker embeds (the costly part, batched like the models); the graph
-    # lookup runs under a lock because faiss's search parameters live on the shared index object
-    search_worker = (Batcher(lambda ds: list(search_index.embed(ds)), batch, "search", **common)
-                     if search_index is not None else None)
-    search_lock = threading.Lock()
-    mode = detector.trained_input_kind()
+    # everything about the models (workers, limits, deadlines, rows) is in the inference layer; the
+    # routes below only read requests, parse their query flags and answer
+    inference = Inference(classifier, detector, threshold=threshold, limits=limits, threads=threads,
+                          max_batch=max_batch, index=index, index_source=index_source, explainer=explainer,
+                          open_set=open_set)
+    limits = inference.limits
+    classes, has_gradcam = inference.classes, inference.has_gradcam
     heavy = asyncio.Semaphore(2)  # large bodies parsed / files loaded at once: bounds their transient memory
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
-        clf_worker.close()  # finish the batch in flight, then stop the threads
-        det_worker.close()
-        if search_worker is not None:
-            search_worker.close()
+        inference.close()
 
     app = FastAPI(title="waferscope", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Wafer-map defect classification and anomaly scoring (docs/serve.md).")
@@ -769,34 +703,6 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         q = request.query_params
         return flag(q.get("heatmap"), "heatmap"), flag(q.get("maps"), "maps")
 
-    def check_echo(ds: MapBatch, want_heat: bool, want_maps: bool) -> None:
-        if want_heat and len(ds) > limits.max_heatmap_maps:
-            raise RequestError(f"too many maps for ?heatmap=1: {len(ds)}, the limit is {limits.max_heatmap_maps} "
-                               "(limit max_heatmap_maps)", 413)
-        echoed = sum(m.size for m in ds.maps) * (int(want_heat) + int(want_maps))
-        if echoed > limits.max_echo_dies:
-            raise RequestError(f"the answer would echo {echoed:,} grid cells (?maps=1 / ?heatmap=1), more than "
-                               f"{limits.max_echo_dies:,} (limit max_echo_dies); send fewer or smaller maps", 413)
-
-    async def run(worker: Batcher, ds: MapBatch, fn, t0: float):
-        deadline = t0 + limits.request_timeout
-        fut = worker.submit(ds, fn, deadline)
-        try:
-            return await _within(asyncio.wrap_future(fut), max(0.0, deadline - time.monotonic()))
-        except (asyncio.TimeoutError, DeadlineExceeded):
-            fut.cancel()  # the worker drops the rest of it at the next chunk
-            raise RequestError(f"the request took longer than its time budget of {limits.request_timeout:g} s "
-                               "(limit request_timeout); retry later or send fewer maps", 503) from None
-
-    def base_row(ds: MapBatch, i: int) -> dict:
-        row: dict[str, Any] = {"id": ds.ids[i]}
-        if ds.lots[i] is not None:
-            row["lot"] = ds.lots[i]
-        return row
-
-    def on_big_answer():
-        trimmer.request()
-
     doc_responses = {400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
                      415: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
     body_doc = {"requestBody": {"content": {
@@ -823,36 +729,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         t0 = time.monotonic()
         want_heat, want_maps = flags(request)
         want_open = bool(request.scope.get("query_string")) and flag(request.query_params.get("abstain"), "abstain")
-        if want_open and open_set is None:  # before reading the body
-            raise RequestError("this classifier has no open-set scorer, so it cannot abstain: serve a run trained "
-                               "with `waferscope classify train --open-set`", 409)
-        if want_open and want_heat:
-            raise RequestError("?abstain=1 and ?heatmap=1 cannot be combined; ask for one of them")
-        if want_heat and not has_gradcam:
-            raise RequestError(f"this classifier ({classifier.registry_name}) is not a neural network, so it has "
-                               "no Grad-CAM heat map; serve a cnn classifier for ?heatmap=1")
+        inference.check_classify(want_heat, want_open)  # before reading the body
         ds = await read_maps(request, int(want_heat) + int(want_maps))
-        check_echo(ds, want_heat, want_maps)
-        out = await run(clf_worker, ds, classify_with_heat if want_heat else classify_open if want_open else None, t0)
-        rows, big = [], ([] if (want_heat or want_maps) else None)
-        for i, item in enumerate(out):
-            proba, heat = item if want_heat else (item, None)
-            open_score = None
-            if want_open:
-                proba, open_score, name = item
-            row = base_row(ds, i)
-            row["class"] = classes[int(np.argmax(proba))] if open_score is None else str(name)
-            row["probabilities"] = {c: float(p) for c, p in zip(classes, proba)}
-            if open_score is not None:
-                row["open_set_score"] = round(float(open_score), 6)
-            rows.append(row)
-            if big is not None:
-                big.append(([("map", ("grid", ds.maps[i]))] if want_maps else [])
-                           + ([("heatmap", ("float", heat, 4))] if want_heat else []))
-        head = {"model": classifier.registry_name, "classes": classes}
-        if want_open:
-            head["open_set"] = {"threshold": round(open_set.scorer.threshold_, 6), "parts": list(open_set.scorer.parts)}
-        return answer(head, rows, big, on_big_answer)
+        head, rows, big = await inference.classify(ds, t0, want_heat, want_maps, want_open)
+        return answer(head, rows, big, inference.on_big_answer)
 
     @app.post("/v1/score", response_model=ScoreResponse, responses=doc_responses,
               openapi_extra=query_doc("1: anomaly map per wafer"))
@@ -860,29 +740,12 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         """Anomaly score of every map (higher = more anomalous) and, with a threshold, is_anomalous."""
         t0 = time.monotonic()
         want_heat, want_maps = flags(request)
-        if mode == "image":
-            raise RequestError("this detector was trained on images; the service sends it wafer maps")
+        inference.check_score()
         ds = await read_maps(request, int(want_heat) + int(want_maps))
-        check_echo(ds, want_heat, want_maps)
-        out = await run(det_worker, ds, None, t0)
-        rows, big = [], ([] if (want_heat or want_maps) else None)
-        for i, (s, amap) in enumerate(out):
-            row = base_row(ds, i)
-            row["score"] = float(s) if np.isfinite(s) else None
-            if threshold is not None:
-                row["is_anomalous"] = bool(s >= threshold)
-            rows.append(row)
-            if big is not None:
-                big.append(([("map", ("grid", ds.maps[i]))] if want_maps else [])
-                           + ([("heatmap", ("float", amap, 6))] if want_heat else []))
-        return answer({"model": detector.registry_name, "threshold": threshold}, rows, big, on_big_answer)
+        head, rows, big = await inference.score(ds, t0, want_heat, want_maps)
+        return answer(head, rows, big, inference.on_big_answer)
 
-    max_k = 100
-
-    def index_info() -> dict | None:
-        if search_index is None:
-            return None
-        return {"embedding": search_index.embedding_.name, "wafers": len(search_index), "source": index_source}
+    max_k = MAX_K
 
     @app.post("/v1/search", response_model=SearchResponse, responses={**doc_responses, 409: {"model": ErrorResponse}},
               openapi_extra={**body_doc, "parameters": [
@@ -893,34 +756,15 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     async def search(request: Request):
         """The k archive wafers most like each map: their ids, lots, classes and distances."""
         t0 = time.monotonic()
-        if search_index is None:  # before reading the body: no point receiving maps nobody can look up
-            raise RequestError("this service has no similarity index: start it with `waferscope serve --index DIR` "
-                               "(an index from `waferscope index build`)", 409)
+        inference.check_search()
         raw_k = request.query_params.get("k", "10")
         if not re.fullmatch(r"[0-9]{1,4}", raw_k) or not 1 <= int(raw_k) <= max_k:
             raise RequestError(f"?k= must be an integer from 1 to {max_k}, got {raw_k[:20]!r}")
         k = int(raw_k)
         want_maps = flag(request.query_params.get("maps"), "maps")  # the neighbours' stored thumbnails
         ds = await read_maps(request, 0)
-        vectors = np.asarray(await run(search_worker, ds, None, t0), dtype=np.float32)
-
-        def lookup():
-            with search_lock:
-                return search_index.query_vectors(vectors, k)
-
-        pos, dist = await run_in_threadpool(lookup)
-        rows = []
-        for i in range(len(ds)):
-            row = base_row(ds, i)
-            row["neighbours"] = [{"id": str(search_index.ids_[p]), "lot": str(search_index.lots_[p]),
-                                  "class": str(search_index.labels_[p]), "distance": round(float(d), 6)}
-                                 for p, d in zip(pos[i], dist[i]) if p >= 0]
-            if want_maps:  # small fixed-size thumbnails (the index's thumb_size², e.g. 32 × 32 die states)
-                for n, p in zip(row["neighbours"], [p for p in pos[i] if p >= 0]):
-                    thumb = search_index.thumbnail(int(p))
-                    n["map"] = None if thumb is None else thumb.tolist()
-            rows.append(row)
-        return answer({"index": index_info(), "k": k}, rows, None, on_big_answer)
+        head, rows, big = await inference.search(ds, t0, k, want_maps, run_in_threadpool)
+        return answer(head, rows, big, inference.on_big_answer)
 
     def direct(endpoint):
         """``endpoint`` as a raw ASGI handler for the Gate's fast path: the same code and answers as
@@ -937,7 +781,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
 
     from waferscope.serve.lotbrowser import add_lot_routes
 
-    add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det_worker)
+    add_lot_routes(app, limits, classifier, detector, threshold, inference.clf_worker, inference.det_worker)
 
     @app.get("/health")
     def health():
@@ -951,10 +795,11 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                 "classifier": {**_model_info(classifier, classifier_source, classifier_run), "classes": classes,
                                "gradcam": has_gradcam, "gradcam_from": explainer_source or classifier_source},
                 "detector": {**_model_info(detector, detector_source, detector_run), "threshold": threshold},
-                "index": index_info(),
+                "index": inference.index_info(),
                 "limits": limits.as_dict(), "torch_threads": torch.get_num_threads(), "rss_bytes": _rss_bytes(),
                 "cpu_seconds": round(time.process_time(), 3),  # the server's CPU so far: benchmarks read CPU per wafer
-                "queued_dies": {"classifier": clf_worker.queued_dies, "detector": det_worker.queued_dies}}
+                "queued_dies": {"classifier": inference.clf_worker.queued_dies,
+                                "detector": inference.det_worker.queued_dies}}
 
     page = resources.files("waferscope.serve").joinpath("page.html").read_text(encoding="utf-8")
     docs_page = resources.files("waferscope.serve").joinpath("docs.html").read_text(encoding="utf-8")
