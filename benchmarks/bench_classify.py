@@ -59,7 +59,8 @@ def main(argv=None) -> int:
         raise SystemExit("error: give --run or --bundled, not both")
     which = args.bundled or DEFAULT_FOR_LABELS
     clf = load_default(which) if args.run is None else load_run(args.run, kind="classifier")
-    clf.set_params(**{p: False for p in ("progress",) if p in clf.get_params()})  # no bars in the timing
+    if "progress" in clf.get_params():
+        clf.set_params(progress=False)  # no bars in the timing
     dev = load(args.dev)
     data = dev.subset(np.arange(args.n) % len(dev))
     warm = np.arange(min(2048, len(data)))

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -88,19 +89,19 @@ def parse_params(pairs) -> dict:
 
 
 _POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
 
 
 def shared_pool(n_jobs: int = -1):
     """One long-lived thread pool per worker count (joblib's ``n_jobs`` convention: -1 = every core),
     shared by the compiled kernels that release the GIL (features, tree walks). Creating threads per
     call cost more than a small batch's work; a service calls these for every request batch."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from joblib import effective_n_jobs
 
     workers = max(1, effective_n_jobs(n_jobs))
-    with _POOLS.setdefault("lock", threading.Lock()):
+    with _POOLS_LOCK:
         if workers not in _POOLS:
             _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="waferscope")
         return _POOLS[workers]

@@ -60,7 +60,8 @@ def resolve_models(run: Optional[Path], bundled: Optional[str], classifier_run: 
     clf, clf_dir, clf_source = load_model_described(classifier_run, classifier, "classifier", DEFAULT_FOR_LABELS)
     det, det_dir, det_source = load_model_described(detector_run, detector, "detector")
     for model in (clf, det):  # no progress bars per request on the server's stderr
-        model.set_params(**{p: False for p in ("progress",) if p in model.get_params()})
+        if "progress" in model.get_params():
+            model.set_params(progress=False)
     # A bundled label model other than the explanation one gets its heat maps from cnn_gradcam, the
     # network trained so that its Grad-CAM sits on the pattern (a run of the user's own explains itself).
     explainer, explainer_source = None, ""

@@ -351,6 +351,15 @@ def canonicalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, ks
 
 
+@lru_cache(maxsize=1)
+def _view_rules() -> np.ndarray:
+    """(8, 4) int64: how each view's moments follow from the map's (:func:`_moment_weights`; the same
+    for every size), as the compiled key wants them."""
+    rules = np.asarray(_moment_weights(2)[1], np.int64)
+    rules.setflags(write=False)
+    return rules
+
+
 def canonical_map(m: np.ndarray) -> np.ndarray:
     """A map on its own die grid, cropped to its dies' bounding box and turned into its canonical view
     (the same rule as :func:`canonical_views`: fail-weighted moments, then die-weighted moments, then
@@ -359,8 +368,7 @@ def canonical_map(m: np.ndarray) -> np.ndarray:
     from waferscope.features._kernels import canonical_choice
 
     m = np.ascontiguousarray(m, dtype=np.uint8)
-    _, rules = _moment_weights(2)  # how each view's moments follow from the map's (any size)
-    r0, r1, c0, c1, best = canonical_choice(m, np.asarray(rules, np.int64))
+    r0, r1, c0, c1, best = canonical_choice(m, _view_rules())
     m = m[r0:r1, c0:c1]
     tied = np.flatnonzero(best)
     if len(tied) == 1:

@@ -10,10 +10,9 @@ the Radon sinogram, sector and neighbour statistics — runs in one numba functi
 what depends only on the grid's shape (radii, angles, rings, sectors, the Radon angles and the cubic
 resampling as a matrix) is computed once per shape and cached.
 
-The numbers equal the reference up to float rounding (sums in another order), not bit for bit, so a
-model must be trained on the features of the implementation it predicts with: the ``gbm`` parameter
-``features_impl`` records which (``"fast"`` for models trained since 2026-12-06, ``"reference"``
-for the runs saved before).
+The numbers equal the reference up to float rounding (sums in another order; the local fail rate a
+count ratio instead of float32 box filters), not bit for bit: ``extract_features`` computes the
+``extended`` and ``pattern`` sets here, and the bundled ``gbm`` was retrained on them (2026-12-06).
 
 The Radon transform (skimage's ``radon(circle=False)`` at ``max(H, W)`` angles) is computed from the
 failing dies alone: each failing die's bilinear footprint, pushed through every rotation, lands in
@@ -140,7 +139,6 @@ def _label(mask, eight, labels, sizes_out):  # pragma: no cover - compiled
                 continue
             n += 1
             labels[r0, c0] = n
-            top = 0
             stack[0] = r0 * w + c0
             top = 1
             size = 0
@@ -345,16 +343,14 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
     h, w = wafer.shape
     n_on = 0
     n_fail = 0
+    fail = np.zeros((h, w), dtype=np.bool_)
     for r in range(h):
         for c in range(w):
             if wafer[r, c] > 0:
                 n_on += 1
             if wafer[r, c] == 2:
                 n_fail += 1
-    fail = np.zeros((h, w), dtype=np.bool_)
-    for r in range(h):
-        for c in range(w):
-            fail[r, c] = wafer[r, c] == 2
+                fail[r, c] = True
     labels = np.empty((h, w), dtype=np.int64)
     sizes = np.empty(h * w + 1, dtype=np.int64)
 
@@ -413,10 +409,7 @@ def _handcrafted(wafer, fail, n_fail, labels, sizes, row_edges, col_edges, pad_r
             out[53 + k] = 0.0
     else:
         n = _label(fail, False, labels, sizes)
-        big = 0
-        for k in range(1, n):
-            if sizes[k] > sizes[big]:
-                big = k
+        big = np.argmax(sizes[:n])  # the first largest, as max() over regionprops picks it
         box = _boxes(labels, n)[big]
         region = labels[box[0]:box[1], box[2]:box[3]] == big + 1
         hist, convex = region_counts(region)
@@ -434,7 +427,6 @@ def _handcrafted(wafer, fail, n_fail, labels, sizes, row_edges, col_edges, pad_r
         out[56] = 4 * math.sqrt(l2) / diag
         out[57] = 0.0 if l1 == 0 else math.sqrt(1 - l2 / l1)
         out[58] = area / convex
-
 
 
 @njit(cache=True, nogil=True)
@@ -469,8 +461,9 @@ def _pattern(wafer, fail, n_fail, n_on, labels, sizes, ring5, dy, dx, radius, an
             out[68] = 0.0
             out[69] = cnt / diameter
         boundary = 0
-        for r in range(h):
-            for c in range(w):
+        b = boxes8[first]
+        for r in range(b[0], b[1]):
+            for c in range(b[2], b[3]):
                 if labels[r, c] == first + 1 and (
                         r == 0 or c == 0 or r == h - 1 or c == w - 1 or labels[r - 1, c] != first + 1
                         or labels[r + 1, c] != first + 1 or labels[r, c - 1] != first + 1
@@ -657,10 +650,7 @@ def _pattern(wafer, fail, n_fail, n_on, labels, sizes, ring5, dy, dx, radius, an
     if nd_ == 0:
         out[j] = out[j + 1] = out[j + 2] = out[j + 3] = 0.0
     else:
-        big = 0
-        for k in range(1, nd_):
-            if sizes[k] > sizes[big]:
-                big = k
+        big = np.argmax(sizes[:nd_])  # the first largest
         s_r = 0.0
         for r in range(h):
             for c in range(w):

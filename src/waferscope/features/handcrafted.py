@@ -292,10 +292,12 @@ MIN_THREAD_CHUNK = 16  # maps per thread task at least (a task costs ~0.1 ms to 
 def _in_threads(fn, maps: list, n_jobs: int, progress: bool, chunk_size: int) -> list:
     """:func:`map_chunks` in this process's shared thread pool: even a service's 64-map batch is split
     over the cores (one chunk per worker, at most ``chunk_size`` maps each)."""
+    from joblib import effective_n_jobs
+
     from waferscope.utils import shared_pool
 
     pool = shared_pool(n_jobs)
-    size = max(MIN_THREAD_CHUNK, min(chunk_size, -(-len(maps) // pool._max_workers)))
+    size = max(MIN_THREAD_CHUNK, min(chunk_size, -(-len(maps) // max(1, effective_n_jobs(n_jobs)))))
     chunks = [maps[i:i + size] for i in range(0, len(maps), size)]
     futures = [pool.submit(fn, c) for c in chunks]
     return [f.result() for f in _progress(futures, progress)]
