@@ -110,15 +110,21 @@ def test_open_set_folds_on_synthetic_lots(lots):
     assert summarise_open_set(table)["hidden"].tolist() == ["Donut", "mean"]
 
 
+def _discover_without_donut(lots, tmp_path, capsys, abstain_rate: str):
+    """`waferscope discover` on the lots into tmp_path/d, fitted on every class but Donut."""
+    from waferscope.data.io_parquet import write_parquet
+
+    write_parquet(lots, tmp_path / "archive.parquet")
+    write_parquet(lots.subset(lots.labels != "Donut"), tmp_path / "known.parquet")
+    return invoke(capsys, "discover", "--data", tmp_path / "archive.parquet", "--fit-data",
+                  tmp_path / "known.parquet", "--out", tmp_path / "d", "--min-cluster-size", "3",
+                  "--abstain-rate", abstain_rate, "--threads", "1")
+
+
 def test_cli_discover_writes_the_page(lots, tmp_path, capsys):
     from waferscope.data.io_parquet import write_parquet
 
-    known = lots.subset(lots.labels != "Donut")
-    write_parquet(lots, tmp_path / "archive.parquet")
-    write_parquet(known, tmp_path / "known.parquet")
-    code, text, err = invoke(capsys, "discover", "--data", tmp_path / "archive.parquet", "--fit-data",
-                             tmp_path / "known.parquet", "--out", tmp_path / "d", "--min-cluster-size", "3",
-                             "--abstain-rate", "0.1", "--threads", "1")
+    code, text, err = _discover_without_donut(lots, tmp_path, capsys, "0.1")
     assert code == 0, err
     assert "fit no known class" in text
     page = (tmp_path / "d" / "index.html").read_text()
@@ -185,14 +191,8 @@ def test_train_open_set_then_predict_abstains(lots, tmp_path, capsys):
 
 def test_train_takes_a_discovered_cluster_as_a_new_class(lots, tmp_path, capsys):
     from waferscope.base import load_run
-    from waferscope.data.io_parquet import write_parquet
 
-    known = lots.subset(lots.labels != "Donut")
-    write_parquet(lots, tmp_path / "archive.parquet")
-    write_parquet(known, tmp_path / "known.parquet")
-    code, _, err = invoke(capsys, "discover", "--data", tmp_path / "archive.parquet", "--fit-data",
-                          tmp_path / "known.parquet", "--out", tmp_path / "d", "--min-cluster-size", "3",
-                          "--abstain-rate", "0.3", "--threads", "1")
+    code, _, err = _discover_without_donut(lots, tmp_path, capsys, "0.3")
     assert code == 0, err
     wafers = _csv(tmp_path / "d" / "wafers.csv")
     clusters = sorted({int(r["cluster"]) for r in wafers} - {-1})
