@@ -4,6 +4,7 @@
     python benchmarks/bench_classify.py --bundled gbm   # another bundled one
     python benchmarks/bench_classify.py --run RUN --threads 1 --n 5000
     python benchmarks/bench_classify.py --bundled gbm --profile  # where a feature model's time goes
+    python benchmarks/bench_classify.py --grid-sizes 50 100 200 300  # cost vs grid size, clean wafers
 
 The maps are the real dev maps (22×24 to 51×50 dies in the stored set) repeated to ``--n``, held
 in a WaferDataset as any loader returns them; the timed call is ``classifier.predict(dataset)``
@@ -36,7 +37,12 @@ def main(argv=None) -> int:
     add_speed_arguments(ap, n=20000, repeats=5)
     ap.add_argument("--dev", default=DEV, help="the maps to time (default: the shared WM-811K dev maps)")
     ap.add_argument("--profile", action="store_true", help="CPU time per map of each step of gbm (one thread)")
+    ap.add_argument("--grid-sizes", type=int, nargs="+", metavar="DIES",
+                    help="instead: ms per map on clean round wafers this many dies across (1 %% and 5 %% random "
+                         "fails, 20 wafers each, one thread; no shared data needed)")
     args = ap.parse_args(argv)
+    if args.grid_sizes:
+        return grid_sizes(args)
     if args.dev == DEV:  # a fresh clone has no ../shared: say so, not a traceback
         from waferscope.data.paths import SharedDataMissing, require_shared
 
@@ -112,6 +118,34 @@ def profile(args) -> int:
         print(f"  {name:22s} {ms:7.3f} ms/map")
     print(f"  {'total':22s} {total:7.3f} ms/map: at most {1e3 / total:,.0f} wafers/s per core, {2e3 / total:,.0f} on 2")
     print(f"  (the readable reference features: {ms_ref * len(maps) / 200:7.3f} ms/map)")
+    return 0
+
+
+def grid_sizes(args) -> int:
+    """How the model's cost grows with the grid: ms per map (wall, one thread, after a warm-up pass over
+    the same maps) on clean round wafers of each size, as ``evaluate robustness`` draws them."""
+    import time
+
+    import numpy as np
+
+    from waferscope.base import load_run
+    from waferscope.benchmark.measure import environment_line
+    from waferscope.data import WaferDataset
+    from waferscope.evaluate.robustness import clean_wafers
+    from waferscope.models.classifiers import DEFAULT_FOR_LABELS, load_default
+
+    clf = load_default(args.bundled or DEFAULT_FOR_LABELS) if args.run is None else load_run(args.run, kind="classifier")
+    params = clf.get_params()
+    clf.set_params(**{k: v for k, v in (("progress", False), ("n_jobs", 1)) if k in params})
+    print(f"model: {clf.registry_name}; {environment_line(1)}; clean round wafers, 20 per size and rate")
+    rng = np.random.default_rng(0)
+    for side in args.grid_sizes:
+        for rate in (0.01, 0.05):
+            data = WaferDataset.from_maps(clean_wafers(20, side, side, rng=rng, rate=rate))
+            clf.predict(data)  # warm-up: compiled kernels, per-shape tables
+            t0 = time.perf_counter()
+            clf.predict(data)
+            print(f"  {side:4d} across, {rate:.0%} fails: {1e3 * (time.perf_counter() - t0) / len(data):7.2f} ms/map")
     return 0
 
 

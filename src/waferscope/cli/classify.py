@@ -30,7 +30,7 @@ RUN_OPTION = typer.Option(None, "--run", help="Classifier run directory (default
 BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'gbm' (default; gradient-boosted trees "
                               "on 120 compiled wafer features, the most accurate, ~8,000 wafers/s on 2 CPU cores "
                               "for WM-811K-size maps, slower on large grids), 'cnn_distilled' (cnn_fine distilled "
-                              "from gbm, ~7,000 wafers/s at any grid size; 8,000-9,000 as an INT8 ONNX export; "
+                              "from gbm, ~7,000 wafers/s, its cost growing little with the grid; 8,000-9,000 as an INT8 ONNX export; "
                               "the --engine dask default) or 'cnn_gradcam' (the same network trained so that its "
                               "Grad-CAM sits on the pattern, the model `explain` uses; less accurate)")
 PRIOR_OPTION = typer.Option("balanced", "--prior", help="Class mix of these wafers: 'balanced' (the model's "
