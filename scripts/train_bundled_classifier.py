@@ -9,6 +9,8 @@ src/waferscope/weights/classifier_cnn_gradcam/, the accurate one (``gbm``) in cl
         --set teacher=bundled:gbm distil_synthetic=6000 epochs=20 localise=0 resample=area \
         orient=canonical synthetic_profile=fab 'distil_classes=Center|Donut|Edge-Loc|Edge-Ring|Loc|Loc|Near-full|Random|Scratch|none|none' \
         --out src/waferscope/weights/classifier_cnn_distilled  # the distilled one (after the accurate one)
+    python scripts/train_bundled_classifier.py --model ensemble \
+        --out src/waferscope/weights/classifier_ensemble  # gbm + cnn_distilled averaged (no training)
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
 
 Since 2026-12-06 (issue 27) the distilled network reads ``resample=area`` input (every pixel the
@@ -65,6 +67,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[], help="model parameters as name=value (experiments)")
     args = ap.parse_args(argv)
+
+    if args.model == "ensemble":  # the bundled average of two bundled models: assembled, not trained
+        from waferscope.models.classifiers.ensemble import EnsembleClassifier
+
+        EnsembleClassifier.from_members(["bundled:gbm", "bundled:cnn_distilled"]).save(args.out, overwrite=True)
+        print(f"wrote {args.out}: the mean of the bundled gbm and cnn_distilled (stored by name)")
+        return 0
 
     import torch
 

@@ -58,6 +58,8 @@ TINY: dict[str, dict] = {
     "cnn": dict(_NET, width=4),
     "cnn_fine": dict(_NET, width=4, head=4),
     "cnn_residual": dict(_NET, **_AE, width=4),
+    "ensemble": dict(members=["gbm:max_iter=3,max_leaf_nodes=4,n_jobs=1", "extra_trees:n_estimators=5,n_jobs=1"],
+                     progress=False),
     "extra_trees": dict(n_estimators=5, n_jobs=1, progress=False),
     "gbm": dict(max_iter=3, max_leaf_nodes=4, n_jobs=1, progress=False),
     "kd_student": dict(_NET, width=4, head=8, teacher_params={"epochs": 1, "width": 4}),

@@ -406,11 +406,22 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
     """Load any saved estimator; with ``kind`` set, refuse a run of another kind."""
     from safetensors.torch import load_file
 
-    from waferscope import registry
-
     doc = read_run_header(run_dir)
     if kind is not None and doc.get("kind") != kind:
         raise RunDirError(f"this run holds a {doc.get('kind')} ({doc.get('name')}), not a {kind}", run_dir)
+    wpath = Path(run_dir) / WEIGHTS
+    try:
+        tensors = load_file(str(wpath)) if wpath.exists() else {}
+    except Exception as exc:  # safetensors raises several types for a corrupt file
+        raise RunDirError(f"{WEIGHTS} is corrupt ({exc})", run_dir) from None
+    return estimator_from_saved(doc, tensors, Path(run_dir))
+
+
+def estimator_from_saved(doc: dict[str, Any], tensors: dict[str, Any], run_dir: Path) -> Estimator:
+    """Rebuild an estimator from its saved header ``doc`` (name, kind, params, extras) and tensors:
+    :func:`load_run`'s work after reading the files, also used for the members of an ensemble."""
+    from waferscope import registry
+
     cls = registry.get(doc["name"], doc["kind"])
     # Options removed since the run was saved (measured as no help) are dropped if they were off;
     # a run that used one cannot be rebuilt faithfully and says so.
@@ -427,13 +438,8 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
     for name, before in getattr(cls, "params_before", {}).items():
         params.setdefault(name, before)
     est = cls(**params)
-    wpath = Path(run_dir) / WEIGHTS
-    try:
-        tensors = load_file(str(wpath)) if wpath.exists() else {}
-    except Exception as exc:  # safetensors raises several types for a corrupt file
-        raise RunDirError(f"{WEIGHTS} is corrupt ({exc})", run_dir) from None
     est._load_state(tensors, doc.get("extras", {}))
-    est._load_run_header(doc, Path(run_dir))
+    est._load_run_header(doc, run_dir)
     return est
 
 

@@ -58,3 +58,14 @@ def get(name: str, kind: str) -> Callable[..., Any]:
 
 def create(name: str, kind: str, **params: Any) -> Any:
     return get(name, kind)(**params)
+
+
+def parse_spec(spec: str, kind: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:param=value,param=value`` → (registered name, constructor overrides); values
+    are parsed as JSON when they are (``3``, ``false``, ``[1, 2]``). An unknown name is a ConfigError."""
+    from waferscope.utils import parse_params
+
+    name, _, params = spec.partition(":")
+    if name not in available(kind):
+        raise ConfigError(f"unknown {kind} {name!r}; `waferscope models` lists them")
+    return name, parse_params([kv for kv in params.split(",") if kv])

@@ -28,8 +28,9 @@ app = typer.Typer(no_args_is_help=True, help="Train, evaluate and apply defect-p
 
 RUN_OPTION = typer.Option(None, "--run", help="Classifier run directory (default: a bundled model)")
 BUNDLED_OPTION = typer.Option(None, "--bundled", help="Without --run: 'gbm' (default; gradient-boosted trees "
-                              "on 120 compiled wafer features, the most accurate, ~8,000 wafers/s on 2 CPU cores "
-                              "for WM-811K-size maps, slower on large grids), 'cnn_distilled' (cnn_fine distilled "
+                              "on 120 compiled wafer features, ~8,000 wafers/s on 2 CPU cores "
+                              "for WM-811K-size maps, slower on large grids), 'ensemble' (the mean of gbm and "
+                              "cnn_distilled: the most accurate, about half the speed), 'cnn_distilled' (cnn_fine distilled "
                               "from gbm, ~7,000 wafers/s, its cost growing little with the grid; 8,000-9,000 as an INT8 ONNX export; "
                               "the --engine dask default) or 'cnn_gradcam' (the same network trained so that its "
                               "Grad-CAM sits on the pattern, the model `explain` uses; less accurate)")

@@ -105,13 +105,8 @@ def lot_folds(labels, groups, n_splits: int = N_FOLDS, seed: int = 0) -> list[tu
 def parse_method(method: str) -> tuple[str, dict]:
     """``name`` or ``name:param=value,param=value`` → (registry name, constructor overrides)."""
     from waferscope import registry
-    from waferscope.errors import ConfigError
-    from waferscope.utils import parse_params
 
-    name, _, spec = method.partition(":")
-    if name not in registry.available("classifier"):
-        raise ConfigError(f"unknown classifier {name!r}; `waferscope models` lists them")
-    return name, parse_params([kv for kv in spec.split(",") if kv])
+    return registry.parse_spec(method, "classifier")
 
 
 def lot_subsample(train_idx: np.ndarray, groups, fraction: float, seed: int) -> np.ndarray:
