@@ -46,7 +46,8 @@ WEIGHTS = "weights.safetensors"
 # ---- parameter constraints ----------------------------------------------------------------------
 class Interval:
     """A number of type ``kind`` (int or float; bools are refused) within ``[low, high]`` (None =
-    unbounded; ``closed`` says which ends are included), optionally a multiple of ``multiple_of``."""
+    unbounded; ``closed`` says which ends are included), optionally a multiple of ``multiple_of``.
+    """
 
     def __init__(self, kind: type, low: float | None = None, high: float | None = None, closed: str = "both",
                  multiple_of: int | None = None):
@@ -117,7 +118,8 @@ _SEQUENCE = _Type("a list or tuple", list, tuple)
 
 def _annotation_constraints(annotation: Any) -> list | None:
     """The constraints an annotation string (``from __future__ import annotations``) implies, or None
-    when it says nothing this module understands."""
+    when it says nothing this module understands.
+    """
     if not isinstance(annotation, str):
         return None
     out: list = []
@@ -144,7 +146,8 @@ def _allowed(value: Any, constraints: list) -> bool:
 class Tags:
     """What a model class accepts and offers (after scikit-learn's estimator tags). Callers ask
     ``est.get_tags()`` instead of probing attributes; tests/test_conformance.py checks every claim
-    against behaviour. A class declares only what differs from its bases, in ``_tags``."""
+    against behaviour. A class declares only what differs from its bases, in ``_tags``.
+    """
 
     input_kinds: tuple[str, ...] = ("wafer",)  # "wafer": die-state maps (0/1/2); "image": RGB/grey images
     needs_labels: bool = False  # fit needs class labels (classifiers); detectors fit on normal samples
@@ -225,7 +228,8 @@ class Estimator:
 
     def trained_input_kind(self) -> str | None:
         """The kind of data ("wafer" or "image") a fitted model was trained on, for models that can
-        take both and record it (as ``mode_`` or ``input_kind_``); None when not recorded."""
+        take both and record it (as ``mode_`` or ``input_kind_``); None when not recorded.
+        """
         kind = getattr(self, "mode_", None) or getattr(self, "input_kind_", None)
         return kind if kind in ("wafer", "image") else None
 
@@ -237,7 +241,8 @@ class Estimator:
     @classmethod
     def parameter_constraints(cls) -> dict[str, list | None]:
         """Each constructor parameter → its allowed alternatives (None: not declared; the
-        conformance test requires every parameter of a registered model to be declared)."""
+        conformance test requires every parameter of a registered model to be declared).
+        """
         declared: dict[str, list] = {}
         for klass in reversed(cls.__mro__):
             declared.update(vars(klass).get("_parameter_constraints", {}))
@@ -259,7 +264,8 @@ class Estimator:
     @classmethod
     def param_renames(cls) -> dict[str, str]:
         """Old parameter name → today's, for the names this class still accepts (``renamed_params``
-        merged over its bases, where the new name is one of its parameters)."""
+        merged over its bases, where the new name is one of its parameters).
+        """
         merged: dict[str, str] = {}
         for klass in reversed(cls.__mro__):
             merged.update(vars(klass).get("renamed_params", {}))
@@ -272,7 +278,8 @@ class Estimator:
         saved before the rename: ``saved_run``). A name that is both old and current (a detector's
         ``batch_size`` was its scoring batch and is now its training batch) keeps its old meaning
         when the call is in the old vocabulary — a saved run, or arguments using another old name —
-        and its new meaning otherwise, with a note unless the new partner is given too."""
+        and its new meaning otherwise, with a note unless the new partner is given too.
+        """
         renames = cls.param_renames()
         if not renames or not any(k in renames for k in params):
             return params
@@ -350,7 +357,8 @@ class Estimator:
         """Write the run directory atomically: a temp folder renamed into place when complete.
 
         An existing non-empty ``run_dir`` is replaced only with ``overwrite=True``: a trained model is
-        often the result of hours, and a typo in a path must not erase it."""
+        often the result of hours, and a typo in a path must not erase it.
+        """
         self._check_fitted()
         if not overwrite and Path(run_dir).exists() and (not Path(run_dir).is_dir() or any(Path(run_dir).iterdir())):
             raise RunDirError("already exists and is not empty; save(..., overwrite=True) replaces it", run_dir)
@@ -440,7 +448,8 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
 def resolve_bundled_name(bundled: dict[str, Path], which: str, kind: str,
                          aliases: dict[str, str] | None = None) -> str:
     """The current name of a bundled model: ``which`` itself, or the model an old name (an alias)
-    stands for, with a FutureWarning (the CLI shows it as a note). An unknown name is a clear error."""
+    stands for, with a FutureWarning (the CLI shows it as a note). An unknown name is a clear error.
+    """
     import warnings
 
     aliases = aliases or {}
@@ -458,7 +467,8 @@ def load_bundled(bundled: dict[str, Path], which: str, kind: str,
                  aliases: dict[str, str] | None = None) -> Estimator:
     """One of the models shipped with waferscope: ``bundled`` maps a name (``gbm``,
     ``pattern_contrast``, …) to its run directory inside the package, ``aliases`` old names to new
-    ones; an unknown name or a missing model is a clear error."""
+    ones; an unknown name or a missing model is a clear error.
+    """
     which = resolve_bundled_name(bundled, which, kind, aliases)
     if not (Path(bundled[which]) / MODEL_JSON).is_file():
         raise RunDirError(f"the bundled {kind} {which!r} is not installed (no {MODEL_JSON}); load a run "
@@ -502,7 +512,8 @@ class Classifier(Estimator):
 
     def heat_to_die_grids(self, heat: np.ndarray, dataset) -> list[np.ndarray] | None:
         """Grad-CAM heat at the network's input resolution mapped back to each wafer's die grid, for
-        a network whose input is not the plain nearest resize; None: the plain mapping applies."""
+        a network whose input is not the plain nearest resize; None: the plain mapping applies.
+        """
         return None
 
 

@@ -185,7 +185,8 @@ def probe_maps(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def graph_input(meta_or_est, maps) -> np.ndarray:
     """Maps (any grid) → the graph's uint8 input: the model's resample and orientation
-    (``metadata`` keys or estimator attributes; plain models: the nearest resize)."""
+    (``metadata`` keys or estimator attributes; plain models: the nearest resize).
+    """
     from waferscope.data.preprocess import prepare_maps
 
     get = meta_or_est.get if isinstance(meta_or_est, dict) else (lambda k, d: getattr(meta_or_est, k, d))
@@ -310,7 +311,8 @@ class _Calibration:
 
 def quantize(src: str | Path, dst: str | Path, mode: str = "static", calibration=None) -> Path:
     """INT8 copy of an exported model. ``static``: QDQ int8 weights and activations, ranges calibrated
-    on ``calibration`` (a WaferDataset); ``dynamic``: int8 weights, activations quantized on the fly."""
+    on ``calibration`` (a WaferDataset); ``dynamic``: int8 weights, activations quantized on the fly.
+    """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -391,7 +393,8 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", int8: st
 # ---- inference --------------------------------------------------------------------------------
 class OnnxModel:
     """An exported model run by onnxruntime, with the estimator's prediction methods:
-    ``predict_proba`` / ``predict`` for classifiers, ``score`` (also ``predict``) for detectors."""
+    ``predict_proba`` / ``predict`` for classifiers, ``score`` (also ``predict``) for detectors.
+    """
 
     def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 256):
         import onnxruntime as ort

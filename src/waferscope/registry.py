@@ -1,9 +1,9 @@
 """Create models by name (after timm's registry), so configs and the CLI need no if-chains.
 
-    @register("cnn", kind="classifier")
-    class CompactCNNClassifier(Classifier): ...
+@register("cnn", kind="classifier")
+class CompactCNNClassifier(Classifier): ...
 
-    create("cnn", kind="classifier", epochs=5)
+create("cnn", kind="classifier", epochs=5)
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def torch_modules(est: Any) -> list:
 
 def count_parameters(est: Any) -> int:
     """Parameters of every torch module the estimator holds (each counted once); for models without
-    torch modules, the number of values in the arrays it saves (an SVM's support vectors...)."""
+    torch modules, the number of values in the arrays it saves (an SVM's support vectors...).
+    """
     mods = torch_modules(est)
     if mods:
         seen: dict[int, int] = {}
@@ -162,7 +163,8 @@ def timed_passes(fn: Callable[[], object], repeats: int) -> tuple[list[float], l
 
     Wall-clock seconds measure the share of the machine a run got; CPU seconds (all threads of this
     process) do not depend on the neighbours, so on a shared machine both are reported. No warm-up:
-    the caller warms up on what it chooses (a small subset, or one full pass)."""
+    the caller warms up on what it chooses (a small subset, or one full pass).
+    """
     walls, cpus = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -174,7 +176,8 @@ def timed_passes(fn: Callable[[], object], repeats: int) -> tuple[list[float], l
 
 def best_rate(fn: Callable[[], object], n: int, repeats: int, warmup: bool = True) -> dict[str, float]:
     """Items per second of ``fn`` (which handles ``n`` items): best and median wall-clock rate and
-    the best rate per CPU-second, over ``repeats`` passes after one warm-up pass (``warmup``)."""
+    the best rate per CPU-second, over ``repeats`` passes after one warm-up pass (``warmup``).
+    """
     if warmup:
         fn()  # allocator, thread pool, caches
     walls, cpus = timed_passes(fn, repeats)
@@ -184,7 +187,8 @@ def best_rate(fn: Callable[[], object], n: int, repeats: int, warmup: bool = Tru
 
 def add_speed_arguments(parser, n: int, threads: int = 2, repeats: int = 3) -> None:
     """The options every speed script takes: ``--n`` items, ``--threads`` torch threads,
-    ``--repeats`` timed passes (``--repeat`` is accepted too: older commands in the docs use it)."""
+    ``--repeats`` timed passes (``--repeat`` is accepted too: older commands in the docs use it).
+    """
     parser.add_argument("--n", type=int, default=n, help=f"items per timed pass (default {n})")
     parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
     parser.add_argument("--repeats", "--repeat", dest="repeats", type=int, default=repeats,
@@ -207,7 +211,8 @@ def environment_line(threads: int) -> str:
 
 def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
     """``rows`` as a Markdown table; ``columns`` maps a row key to its header (numbers right-aligned,
-    rates above 100 without decimals)."""
+    rates above 100 without decimals).
+    """
     def cell(v):
         if isinstance(v, float):
             return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"

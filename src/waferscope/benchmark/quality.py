@@ -1,5 +1,6 @@
 """Quality figures of one cell, rounded to a fixed precision so reruns are byte-identical,
-plus the small artefacts the report draws (confusion matrix, ROC/PR points, example maps)."""
+plus the small artefacts the report draws (confusion matrix, ROC/PR points, example maps).
+"""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def class_mix_quality(y_true, proba: np.ndarray, classes, estimator) -> dict:
     """Macro-F1 as if the test maps came in the class mix of the labelled WM-811K maps (85 % ``none``;
     :func:`~waferscope.metrics.classification.class_mix_macro_f1`), without (``macro_f1_wm811k_mix``)
     and with (``…_prior``) the ``--prior wm811k`` correction. Only when the test set has every WM-811K
-    class; the prior column stays empty for a model that refuses a prior."""
+    class; the prior column stays empty for a model that refuses a prior.
+    """
     from waferscope.errors import ConfigError
     from waferscope.metrics.classification import class_mix_macro_f1
     from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS, apply_prior
@@ -91,7 +93,8 @@ def _curve(x: np.ndarray, y: np.ndarray) -> dict:
 
 def _pixel_arrays(result: DetectionResult, test: WaferDataset):
     """Flattened (truth, score) over the dies of maps that have a ground-truth mask; normal maps
-    without a mask count as all-normal."""
+    without a mask count as all-normal.
+    """
     truths, scores = [], []
     if test.masks is None:
         return None, None

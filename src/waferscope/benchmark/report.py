@@ -144,7 +144,8 @@ def _mean_by_method(task: str, records: list[dict], dataset: str) -> list[dict]:
 # ---- sections ---------------------------------------------------------------------------------
 def _table(doc: dict, task: str) -> str:
     """Two tables: quality (deterministic) and speed/size/memory (measured), so the timing columns are
-    not off-screen to the right of 20 quality columns."""
+    not off-screen to the right of 20 quality columns.
+    """
     rows = [r for r in doc["rows"] if r["task"] == task]
     other = DETECTION_ONLY if task == "classification" else CLASSIFICATION_ONLY
     qcols = [c for c in doc["quality_columns"] if c not in ("task", "model", "n_test") and c not in other
@@ -236,7 +237,8 @@ def _pareto(pts: list[dict]) -> list[dict]:
 
 def _what_row_is(p: dict, data_desc: str) -> str:
     """What a row's model is: trained by this benchmark (on how many maps of which data), not a bundled
-    model; a row named like a bundled architecture says which bundled model differs from it."""
+    model; a row named like a bundled architecture says which bundled model differs from it.
+    """
     n = f"{p['n_train']:,} " if p.get("n_train") else ""
     folds = f" (per fold, {p['n_folds']} folds)" if (p.get("n_folds") or 1) > 1 else ""
     # how it ran, not what it is ("verbose": the detectors' progress in results recorded before issue 30)
@@ -270,7 +272,8 @@ def bundled_of_model(model: str | None) -> list[str]:
 
 def _decision_tree(task: str, pts: list[dict], batch: int = 0, data_desc: str = "") -> str:
     """Seed 001's 'which method for which need' tree, each leaf picked from the measured numbers;
-    every leaf says what its model is and gives each number with its unit."""
+    every leaf says what its model is and gives each number with its unit.
+    """
     label = HEADLINE[task][1]
     best = max(pts, key=lambda p: p["quality"])
     fastest = max(pts, key=lambda p: p["throughput"])

@@ -1,5 +1,6 @@
 """Pieces every command group shares: reading several data specs, `--set key=value` options,
-atomic text output and loading the classifier a command acts on."""
+atomic text output and loading the classifier a command acts on.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ MAX_DIES_OPTION = typer.Option(2_000_000_000, "--max-dies", min=1, help="Refuse 
 def load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None,
               columns: Optional[str] = None, max_dies: Optional[int] = None):
     """Load one spec, or concatenate several into one data set (``pass_bins``, ``retest``, ``columns``:
-    see ``load``; ``max_dies``: the LoadLimits bound on each spec's dies)."""
+    see ``load``; ``max_dies``: the LoadLimits bound on each spec's dies).
+    """
     from waferscope.data import load
     from waferscope.data.dataset import WaferDataset
     from waferscope.data.limits import DEFAULT_LIMITS
@@ -65,7 +67,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def load_model(run: Optional[Path], bundled: Optional[str], kind: str, default: Optional[str] = None):
     """(model, its run directory): the ``kind`` in ``run``, or a bundled one (``bundled`` if given,
-    else ``default``, else the package's default) when no run is given. Giving both is an error."""
+    else ``default``, else the package's default) when no run is given. Giving both is an error.
+    """
     model, run_dir, _ = load_model_described(run, bundled, kind, default)
     return model, run_dir
 
@@ -73,7 +76,8 @@ def load_model(run: Optional[Path], bundled: Optional[str], kind: str, default: 
 def load_model_described(run: Optional[Path], bundled: Optional[str], kind: str,
                          default: Optional[str] = None):
     """:func:`load_model` plus how to name the model in outputs: the run directory, or
-    ``bundled (<current name>)`` — resolved once, so every output names the model that ran."""
+    ``bundled (<current name>)`` — resolved once, so every output names the model that ran.
+    """
     from waferscope.base import load_run, resolve_bundled_name
 
     if run is not None and bundled is not None:
@@ -96,7 +100,8 @@ def load_model_described(run: Optional[Path], bundled: Optional[str], kind: str,
 
 def load_classifier(run: Optional[Path], bundled: Optional[str], default: str):
     """The classifier in a run directory, or a bundled one: ``bundled`` if given, else ``default``
-    (``classify`` and ``explain`` default to different ones; see ``models.classifiers.BUNDLED``)."""
+    (``classify`` and ``explain`` default to different ones; see ``models.classifiers.BUNDLED``).
+    """
     return load_model(run, bundled, "classifier", default)[0]
 
 

@@ -79,7 +79,8 @@ def _select_split(dataset, split: str, auto: str, where: str):
 
 def read_threshold(run_dir: Path) -> dict | None:
     """A run's decision threshold as {"threshold": value, "method": ...} without loading its
-    weights (kept for callers of the old threshold.json reader; a loaded detector has threshold_)."""
+    weights (kept for callers of the old threshold.json reader; a loaded detector has threshold_).
+    """
     from waferscope.base import read_run_header, read_threshold_json
 
     doc = read_run_header(run_dir)
@@ -131,7 +132,8 @@ def train(
 ) -> None:
     """Fit a detector on the normal maps of the data and save it as a run directory.
 
-    Normal maps are those labelled none (good for images); unlabelled known-good wafers need --normal."""
+    Normal maps are those labelled none (good for images); unlabelled known-good wafers need --normal.
+    """
     from waferscope import registry
     from waferscope.models.detectors.common import default_detector_for, training_normals
 
@@ -322,7 +324,8 @@ def _plot_curves(y: np.ndarray, s: np.ndarray, path: Path, title: str) -> None:
 
 def _plot_overlays(dataset, result, path: Path, n: int) -> None:
     """One map per anomalous class (its highest score), the highest-scoring normal and the
-    lowest-scoring anomalous map; anomaly maps share one colour scale so they compare."""
+    lowest-scoring anomalous map; anomaly maps share one colour scale so they compare.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

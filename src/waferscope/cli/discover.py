@@ -1,5 +1,6 @@
 """`waferscope discover`: cluster the wafers no known class fits into candidate new patterns
-(:mod:`waferscope.search.discover`). Thin: parse, call the library, write the page."""
+(:mod:`waferscope.search.discover`). Thin: parse, call the library, write the page.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def discover_cmd(
     threads: int = typer.Option(2, "--threads", min=1),
 ) -> None:
     """Find candidate new patterns: the archive wafers that fit none of the known classes (open-set
-    abstention), clustered with HDBSCAN, as per-cluster montages with their lots on an HTML page."""
+    abstention), clustered with HDBSCAN, as per-cluster montages with their lots on an HTML page.
+    """
     from waferscope.cli.search import _threads, _wafers
     from waferscope.search.discover import discover, write_discovery
 

@@ -1,6 +1,7 @@
 """The ``--engine`` options of ``classify predict`` and ``detect score``: the command's own
 single-process path, or :func:`waferscope.scale.run_partitions` over Parquet partitions on Dask.
-Option checks and their ``--flag`` wording live here; the library names parameters."""
+Option checks and their ``--flag`` wording live here; the library names parameters.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def run_cli(model, data: list[str], out: Path, engine: str, scheduler: str | Non
     single-process CSV path should run, else what the partitioned run wrote.
 
     ``refused`` maps each option the user gave that has no meaning on the partitioned path to the
-    reason; ``options`` go to :func:`run_partitions` (``prior``, ``threshold``, ``maps``)."""
+    reason; ``options`` go to :func:`run_partitions` (``prior``, ``threshold``, ``maps``).
+    """
     if engine not in ("local", "dask"):
         raise ConfigError(f"unknown --engine {engine!r}: expected local or dask")
     if engine == "local":

@@ -1,5 +1,6 @@
 """`waferscope evaluate` sub-commands for detection, explanation and synthetic-data protocols
-(:mod:`waferscope.evaluate.detection`, :mod:`.explanations`, :mod:`.synthetic`). Thin: parse, call, write."""
+(:mod:`waferscope.evaluate.detection`, :mod:`.explanations`, :mod:`.synthetic`). Thin: parse, call, write.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def detector(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Append the result as one JSON line to this file"),
 ) -> None:
     """The detector dev protocol: train on real normals, test on the other normals vs every defect
-    (--images: the same on a real MVTec-layout image folder)."""
+    (--images: the same on a real MVTec-layout image folder).
+    """
     from waferscope.benchmark.measure import append_json_line
     from waferscope.evaluate import detection as ev
 

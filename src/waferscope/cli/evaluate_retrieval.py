@@ -44,7 +44,8 @@ def open_set(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-task table and summary as JSON here"),
 ) -> None:
     """Leave one class out on lot-grouped real folds: AUROC of unknown-vs-known, known-class macro-F1
-    with and without abstention, and how well the hidden class is rediscovered as a cluster."""
+    with and without abstention, and how well the hidden class is rediscovered as a cluster.
+    """
     from waferscope.cli.common import load_data
     from waferscope.cli.search import _threads
     from waferscope.evaluate.open_set import open_set_folds, summarise_open_set
@@ -95,7 +96,8 @@ def retrieval(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-fold table and summary as JSON here"),
 ) -> None:
     """Precision@k and mAP of similar-wafer retrieval on lot-grouped real folds (queries from held-out
-    lots, same class = relevant, `none` queries apart), per embedding and the Wu 2015 baseline."""
+    lots, same class = relevant, `none` queries apart), per embedding and the Wu 2015 baseline.
+    """
     from waferscope.cli.common import load_data
     from waferscope.cli.search import _threads
     from waferscope.evaluate import retrieval as ev

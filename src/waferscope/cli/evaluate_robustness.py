@@ -1,5 +1,6 @@
 """`waferscope evaluate robustness`: the bundled models against what fab wafers vary in
-(:mod:`waferscope.evaluate.robustness`). Thin: parse, call, write."""
+(:mod:`waferscope.evaluate.robustness`). Thin: parse, call, write.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def robustness(
     out: Path = typer.Option(Path("results/robustness"), "--out", help="Folder for robustness.csv, .md and .png"),
 ) -> None:
     """Clean-wafer false alarms and real-dev macro-F1 under grid size, die aspect, yield, rotation/flip,
-    margins, clipping, edge exclusion and input format, per bundled model (or --run)."""
+    margins, clipping, edge exclusion and input format, per bundled model (or --run).
+    """
     import dataclasses
 
     import torch

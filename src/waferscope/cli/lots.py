@@ -46,7 +46,8 @@ def load_lots_data(specs: List[str], pass_bins: Optional[str]):
 
 def resolve_models(runs: List[Path], bundled: List[str]) -> dict:
     """Classifier and detector (+ threshold and how to name them) from ``--run``/``--bundled``;
-    the bundled defaults fill in a kind nobody named."""
+    the bundled defaults fill in a kind nobody named.
+    """
     from waferscope.base import read_run_header
     from waferscope.cli.common import load_model_described
     from waferscope.models.classifiers import BUNDLED as CLF_BUNDLED, BUNDLED_ALIASES as CLF_ALIASES

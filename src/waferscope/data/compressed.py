@@ -94,7 +94,8 @@ class _Bounded(io.RawIOBase):
 def open_binary(path: str | Path, limits: LoadLimits | None = None) -> BinaryIO:
     """A buffered binary stream of the file's content, decompressed if it is compressed.
 
-    Use as a context manager. Reading past ``limits.max_decompressed_bytes`` raises DataError."""
+    Use as a context manager. Reading past ``limits.max_decompressed_bytes`` raises DataError.
+    """
     path = Path(path)
     limits = resolve_limits(limits)
     kind = compression_of(path)

@@ -63,7 +63,8 @@ class LoadLimits:
 class DieBudget:
     """Adds up the dies a load is about to allocate; raises once ``max_dies`` would be passed.
 
-    Call :meth:`add` with each map's shape *before* allocating it (it also checks ``max_side``)."""
+    Call :meth:`add` with each map's shape *before* allocating it (it also checks ``max_side``).
+    """
 
     def __init__(self, limits: LoadLimits, path: str | Path | None):
         self.limits, self.path, self.total, self.maps = limits, path, 0, 0
@@ -88,7 +89,8 @@ UNLIMITED = LoadLimits(max_maps=None, max_side=None, max_dies=None, max_decompre
 def read_npy_header(f):
     """``(shape, dtype)`` from the header of an ``.npy`` stream at its start, reading no data (so a
     loader can check the stated size before numpy allocates it); None for a format version other than
-    1.0/2.0 (numpy's own reader then decides). ValueError/EOFError for a malformed header."""
+    1.0/2.0 (numpy's own reader then decides). ValueError/EOFError for a malformed header.
+    """
     from numpy.lib import format as npformat
 
     version = npformat.read_magic(f)

@@ -86,7 +86,8 @@ def _sniff_text(head: bytes, suffix: str) -> str | None:
 
 def sniff_format(path: Path, limits: LoadLimits | None = None) -> str:
     """'parquet', 'npz', 'npy', 'pickle', 'mvtec', 'folders', 'stdf', 'e142', 'g85', 'klarf',
-    'dielist' — or a DataError saying why not. Compressed files are sniffed by their content."""
+    'dielist' — or a DataError saying why not. Compressed files are sniffed by their content.
+    """
     from waferscope.data.compressed import inner_suffix, peek
 
     if path.is_dir():
@@ -137,7 +138,8 @@ def load(spec: str | Path, pass_bins=None, limits: LoadLimits | None = None, ret
     """The data set at ``spec``; ``pass_bins`` (see the module docstring) applies to fab formats,
     ``columns`` to CSV die lists, ``limits`` to everything read from a file; ``retest`` ("last"
     default, "first", "worst"): which result of an STDF die probed twice without a retest flag is
-    kept (other sources ignore it)."""
+    kept (other sources ignore it).
+    """
     limits = resolve_limits(limits)
     dataset = _load(spec, pass_bins, limits, retest, columns)
     # the loaders refuse oversize input before allocating; this catches any that cannot know sizes early

@@ -81,7 +81,8 @@ N_FOLDS = 5
 
 def pool_sets(sets: dict):
     """Pool named labelled sets (name → WaferDataset) into one, with set-qualified lot groups
-    (``"dev:LOT"``) so that lots of different files never merge, and the set name of every map."""
+    (``"dev:LOT"``) so that lots of different files never merge, and the set name of every map.
+    """
     from waferscope.data import WaferDataset
     from waferscope.errors import DataError
 
@@ -164,7 +165,8 @@ def cached_record(cache: Path, params: dict, synthetic: int) -> dict | None:
     """The record in ``cache`` if it was made with these parameters and synthetic count, else None.
 
     A cache made under other defaults (e.g. before a default changed) is stale and is refit; caches
-    written before params were recorded carry none and are trusted."""
+    written before params were recorded carry none and are trusted.
+    """
     import json
 
     if not cache.exists():
@@ -181,7 +183,8 @@ def fit_and_predict(method: str, train, test, seed: int = 0, fit_kwargs: dict | 
                     save_to: Path | None = None) -> dict:
     """Fit ``method`` on ``train``; its test probabilities, classes, parameters, size and timings as a
     JSON-able record. ``fit_kwargs`` go to ``fit`` (e.g. a fitted ``teacher``); ``save_to`` also saves
-    the fitted model there (a run directory)."""
+    the fitted model there (a run directory).
+    """
     import time
 
     from waferscope import registry
@@ -216,7 +219,8 @@ def write_record(cache: Path, rec: dict) -> dict:
 
 def fold_train_test(pooled, folds, fold: int, synthetic: int, fraction: float = 1.0, groups=None):
     """(training set, test set) of lot fold ``fold``: its training lots (``fraction`` < 1: that part of
-    them, whole lots seeded by the fold; needs ``groups``) + ``generate(synthetic, seed=1000 + fold)``."""
+    them, whole lots seeded by the fold; needs ``groups``) + ``generate(synthetic, seed=1000 + fold)``.
+    """
     from waferscope.data import WaferDataset
     from waferscope.data.synthetic import generate
 
@@ -232,7 +236,8 @@ def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Pa
                  fraction: float = 1.0, groups=None, save_to: Path | None = None) -> dict:
     """Fit ``method`` on fold ``fold``'s training set (:func:`fold_train_test`) and cache its test-fold
     probabilities under ``work``. With ``save_to``, the fitted model is also kept there (and a cached
-    record without that model is refit)."""
+    record without that model is refit).
+    """
     cache = fold_cache(work, method, fold, fraction)
     rec = cached_record(cache, method_params(method, seed), synthetic)
     if rec is not None and (save_to is None or (Path(save_to) / "model.json").is_file()):
@@ -245,7 +250,8 @@ def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Pa
 
 def lot_kfold_report(records: list[dict], pooled, set_of) -> dict:
     """Pooled macro-F1 (every map tested once), per-fold spread, per-class F1, macro-F1 per set.
-    ``records`` are one method's fold records, or an ensemble's (probabilities already averaged)."""
+    ``records`` are one method's fold records, or an ensemble's (probabilities already averaged).
+    """
     from sklearn.metrics import f1_score
 
     y = pooled.labels.astype(str)
@@ -293,7 +299,8 @@ def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic
               work: str | Path = "results/lot_kfold", seed: int = 0, progress=None,
               fraction: float = 1.0) -> dict[str, dict]:
     """The lot-grouped protocol for each method (``a+b`` averages members' probabilities): name → report.
-    ``fraction`` < 1 trains each fold on that part of its real training lots (test folds unchanged)."""
+    ``fraction`` < 1 trains each fold on that part of its real training lots (test folds unchanged).
+    """
     pooled, set_of, groups = pool_sets(sets)
     all_folds = lot_folds(pooled.labels, groups)
     work = Path(work)
@@ -321,7 +328,8 @@ def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic
 
 def learning_curve(method: str, sets: dict, fractions: Iterable[float], **kwargs) -> list[tuple[float, dict]]:
     """The lot protocol of ``method`` at each training fraction: [(fraction, report)], reports as
-    :func:`lot_kfold`'s plus ``n_real_train`` (mean real training maps per fold)."""
+    :func:`lot_kfold`'s plus ``n_real_train`` (mean real training maps per fold).
+    """
     return [(f, lot_kfold([method], sets, fraction=f, **kwargs)[method]) for f in fractions]
 
 
@@ -357,7 +365,8 @@ def cross_set(method: str, sets: dict, *, synthetic: int = 1500, work: str | Pat
               seed: int = 0, progress=None) -> dict[str, dict]:
     """How much each set adds: for each ordered pair of the two sets, ``method`` trained on one
     (+ ``generate(synthetic, seed=1000)``) and scored on all of the other. "A->B" → score_predictions'
-    report; each direction cached under ``work``."""
+    report; each direction cached under ``work``.
+    """
     from waferscope.data import WaferDataset
     from waferscope.data.synthetic import generate
     from waferscope.errors import ConfigError

@@ -181,7 +181,8 @@ def evaluate_detector(detector: str, params: dict | None = None, protocol: Proto
 
 def check_pattern_detector(detector: str) -> None:
     """A clear error, before any data is read, unless ``detector`` is registered and simulates
-    defects (takes a ``patterns`` parameter), as :func:`leave_one_pattern_out` needs."""
+    defects (takes a ``patterns`` parameter), as :func:`leave_one_pattern_out` needs.
+    """
     from waferscope import registry
 
     check_detector(detector)
@@ -266,7 +267,8 @@ def baseline_pixel_zscore(train, test, size: int = 64):
     and std, then its per-pixel |z| against the mean and std of the normal training images at the
     same pixel; score = the maximum |z|, map = |z| upsampled to the image's H×W. (On magnetic_tile
     this definition gives the issue's 0.698; the mean |z| instead gives 0.59, without the per-image
-    standardisation 0.53–0.59.)"""
+    standardisation 0.53–0.59.)
+    """
     import torch
     from torch.nn import functional as F
 
@@ -350,7 +352,8 @@ def evaluate_images(detector: str, params: dict | None = None, root=None, kfold:
 
 def image_examples_png(result, test, path, per_class: int = 2, seed: int = 0) -> None:
     """A PNG of defective test images (``per_class`` of each defect, seeded): image, anomaly map with
-    its maximum marked (+ if inside the mask, x if not), and the ground-truth mask outline."""
+    its maximum marked (+ if inside the mask, x if not), and the ground-truth mask outline.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

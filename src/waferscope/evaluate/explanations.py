@@ -36,7 +36,8 @@ LOCAL_CLASSES = ["Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Scratch"]
 
 def oracle_heat(region: wd.WaferDataset, cells: int) -> list[np.ndarray]:
     """The region mask as seen by a ``cells``×``cells`` feature map of a 48-px input: resized to 48
-    px, averaged over cells, resampled back to the die grid like a Grad-CAM map."""
+    px, averaged over cells, resampled back to the die grid like a Grad-CAM map.
+    """
     import torch.nn.functional as F
 
     from waferscope.data.preprocess import resize_maps
@@ -53,7 +54,8 @@ def oracle_heat(region: wd.WaferDataset, cells: int) -> list[np.ndarray]:
 def classify_denoised(clf, local, explanation) -> dict:
     """The classifier's accuracy and macro-F1 (over the six localised classes) on the raw maps and
     on the same maps after Grad-CAM (Otsu), median and connected-component denoising: does removing
-    the fails each filter calls noise keep the pattern recognisable?"""
+    the fails each filter calls noise keep the pattern recognisable?
+    """
     from sklearn.metrics import accuracy_score, f1_score
 
     from waferscope.data.dataset import WaferDataset

@@ -26,7 +26,8 @@ from waferscope.evaluate.classification import N_FOLDS, average_records, fold_ca
 
 def fold_records(method: str, work: str | Path) -> list[dict]:
     """The 5 cached lot-fold records of ``method`` (``a+b`` averages members); a DataError naming
-    ``work`` when a fold was not run."""
+    ``work`` when a fold was not run.
+    """
     import json
 
     from waferscope.errors import DataError
@@ -44,7 +45,8 @@ def fold_records(method: str, work: str | Path) -> list[dict]:
 
 def pooled_predictions(method: str, work: str | Path, n_maps: int) -> tuple[list[str], np.ndarray]:
     """(classes, probabilities of every pooled map) from the 5 cached lot folds of ``method``
-    (``a+b`` averages members); a DataError naming ``work`` when a fold was not run."""
+    (``a+b`` averages members); a DataError naming ``work`` when a fold was not run.
+    """
     from waferscope.errors import DataError
 
     recs = fold_records(method, work)
@@ -59,7 +61,8 @@ def pooled_predictions(method: str, work: str | Path, n_maps: int) -> tuple[list
 
 def per_class_f1(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     """F1 of each class 0..n-1 from integer labels (scikit-learn's arithmetic, fast enough for
-    thousands of scorings; 0 where a class has no support and no prediction)."""
+    thousands of scorings; 0 where a class has no support and no prediction).
+    """
     cm = np.bincount(truth * n + pred, minlength=n * n).reshape(n, n)
     tp = np.diag(cm).astype(np.float64)
     denom = cm.sum(0) + cm.sum(1)
@@ -79,7 +82,8 @@ def mixes(classes: list[str], y: np.ndarray) -> dict[str, np.ndarray]:
 
 def score_mix(classes, y, proba, mix, draws: int, size: int, seed: int) -> dict:
     """``draws`` samples of ``size`` maps in the proportions ``mix`` (each class drawn with
-    replacement from its own predictions), scored balanced / given / estimate."""
+    replacement from its own predictions), scored balanced / given / estimate.
+    """
     from waferscope.models.classifiers.prior import adjust_to_prior, estimate_prior, estimated_target
 
     rng = np.random.default_rng(seed)
@@ -117,7 +121,8 @@ def score_mix(classes, y, proba, mix, draws: int, size: int, seed: int) -> dict:
 def prior_shift(method: str, labels, work: str | Path, draws: int = 20, size: int = 20_000,
                 seed: int = 0) -> dict[str, dict]:
     """Mix name → :func:`score_mix` report for ``method``'s cached lot-fold predictions of the pooled
-    maps whose labels are ``labels`` (the ``dev`` mix is the pooled sets' own)."""
+    maps whose labels are ``labels`` (the ``dev`` mix is the pooled sets' own).
+    """
     y = np.asarray(labels).astype(str)
     classes, proba = pooled_predictions(method, work, len(y))
     return {name: score_mix(classes, y, proba, mix, draws, size, seed) for name, mix in mixes(classes, y).items()}
@@ -125,7 +130,8 @@ def prior_shift(method: str, labels, work: str | Path, draws: int = 20, size: in
 
 def out_of_fold_temperature(method: str, labels, work: str | Path) -> float:
     """The temperature (:func:`~waferscope.models.classifiers.prior.fit_temperature`) of ``method``'s
-    pooled out-of-fold predictions: the calibration to store with a model trained on all the maps."""
+    pooled out-of-fold predictions: the calibration to store with a model trained on all the maps.
+    """
     from waferscope.models.classifiers.prior import fit_temperature
 
     y = np.asarray(labels).astype(str)
@@ -138,7 +144,8 @@ def prior_shift_folds(method: str, labels, work: str | Path, draws: int = 10, si
     """Mix name → per-fold :func:`score_mix` reports, each fold's own held-out maps drawn in the mix
     (``dev``: the pooled sets' own mix), plus ``min_gain`` (the smallest estimate − balanced macro-F1
     over the folds), ``mix_error`` (the folds' mean total-variation distance of the full EM mix from
-    the drawn one) and, with ``calibrate``, each fold's temperature (fitted on the other folds)."""
+    the drawn one) and, with ``calibrate``, each fold's temperature (fitted on the other folds).
+    """
     from waferscope.models.classifiers.prior import apply_temperature, fit_temperature
 
     y = np.asarray(labels).astype(str)
@@ -182,7 +189,8 @@ def plot_errors(method: str, pooled, work: str | Path, out: str | Path, pairs: i
                 per_pair: int = 8) -> list[tuple[tuple[str, str], int]]:
     """Draw the first ``per_pair`` maps (pooled order) of each of the ``pairs`` most frequent
     confusions to the PNG ``out`` (atomically); returns [((label, prediction), count)]. A DataError
-    when there is no error to draw."""
+    when there is no error to draw.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -43,7 +43,8 @@ def open_set_folds(dataset, n_splits: int = 5, seed: int = 0, abstain_rate: floa
     """One row per (fold, hidden class); see the module docstring. ``features``: precomputed
     ``extended`` features of ``dataset.labelled()`` (else computed here). ``parts``: the scorer's parts
     (default :data:`~waferscope.search.open_set.DEFAULT_PARTS`); HDBSCAN's ``min_cluster_size``,
-    ``min_samples``, ``selection``: None takes :mod:`waferscope.search.open_set`'s measured defaults."""
+    ``min_samples``, ``selection``: None takes :mod:`waferscope.search.open_set`'s measured defaults.
+    """
     from sklearn.metrics import f1_score, roc_auc_score
 
     from waferscope.data.preprocess import grouped_stratified_kfold

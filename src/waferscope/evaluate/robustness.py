@@ -82,7 +82,8 @@ SMALL = Settings(n_clean=12, n_dev=27, sizes=(20, 100), dev_splits=(2,), aspects
 # ---- clean wafers and transforms ---------------------------------------------------------------
 def clean_wafer(rows: int, cols: int, rate: float, rng: np.random.Generator) -> np.ndarray:
     """A perfectly round wafer on a rows×cols grid (die centres inside the inscribed ellipse) with
-    random fail dies at ``rate``."""
+    random fail dies at ``rate``.
+    """
     r = (np.arange(rows) + 0.5 - rows / 2) / (rows / 2)
     c = (np.arange(cols) + 0.5 - cols / 2) / (cols / 2)
     on = r[:, None] ** 2 + c[None, :] ** 2 <= 1.0
@@ -108,7 +109,8 @@ def add_fails(m: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarra
 
 def add_margin(m: np.ndarray, spec: str) -> np.ndarray:
     """``even:K`` K no-die cells on every side; ``offcentre:P%`` P % of the extent on the top and
-    left only."""
+    left only.
+    """
     kind, _, amount = spec.partition(":")
     if kind == "even":
         return np.pad(m, int(amount))
@@ -128,7 +130,8 @@ def clip_rows(m: np.ndarray, share: float) -> np.ndarray:
 
 def exclude_edge(m: np.ndarray, rings: int) -> np.ndarray:
     """Remove the outer ``rings`` rings of dies (chessboard distance to a no-die cell or the grid
-    edge), as an edge-exclusion zone that is not tested; the grid keeps its size."""
+    edge), as an edge-exclusion zone that is not tested; the grid keeps its size.
+    """
     from scipy import ndimage
 
     on = np.pad(m > 0, 1)
@@ -139,7 +142,8 @@ def exclude_edge(m: np.ndarray, rings: int) -> np.ndarray:
 # ---- format writers (small: enough for the loaders to read the map back) ------------------------
 def write_csv(path: Path, maps: list[np.ndarray]) -> None:
     """CSV die list, one wafer per map: x = column, y up (the die-list convention: row 0 is the largest
-    y, see docs/data.md), bin 1 pass, bin 3 fail."""
+    y, see docs/data.md), bin 1 pass, bin 3 fail.
+    """
     lines = ["lot,wafer,x,y,bin"]
     for i, m in enumerate(maps):
         top = m.shape[0] - 1
@@ -151,7 +155,8 @@ def write_csv(path: Path, maps: list[np.ndarray]) -> None:
 def write_stdf(path: Path, maps: list[np.ndarray]) -> None:
     """STDF V4, little-endian, no WCR (so y grows down the wafer: row = Y_COORD), by the package's
     :class:`~waferscope.data.loaders.stdf_writer.StdfWriter`: FAR, MIR, then per wafer WIR, a PIR/PRR
-    pair per die (HARD_BIN 1 or 3; PART_FLG bit 3 on a failing die), WRR; MRR."""
+    pair per die (HARD_BIN 1 or 3; PART_FLG bit 3 on a failing die), WRR; MRR.
+    """
     from waferscope.data.loaders.stdf_writer import StdfWriter
 
     with open(path, "wb") as fh:
@@ -171,7 +176,8 @@ def write_stdf(path: Path, maps: list[np.ndarray]) -> None:
 
 def write_klarf(path: Path, m: np.ndarray, wafer_id: str = "W0000") -> None:
     """KLARF 1.2 of one wafer: every die in the SampleTestPlan (XINDEX = column, YINDEX up: KLARF's
-    die indices grow upwards, so row 0 is the largest YINDEX), one defect on every failing die."""
+    die indices grow upwards, so row 0 is the largest YINDEX), one defect on every failing die.
+    """
     top = m.shape[0] - 1
     plan = [(int(c), top - int(r)) for r, c in zip(*np.nonzero(m))]
     fails = [(int(c), top - int(r)) for r, c in zip(*np.nonzero(m == 2))]
@@ -208,7 +214,8 @@ E142_ORIGINS = {"UpperLeft": ("DownRight", False, False), "LowerLeft": ("UpRight
 
 def _drawing(m: np.ndarray, orientation: int) -> np.ndarray:
     """The stored (notch-down) map turned clockwise so that the notch sits at ``orientation`` degrees
-    clockwise from the bottom: the drawing a G85/E142 file with that Orientation holds."""
+    clockwise from the bottom: the drawing a G85/E142 file with that Orientation holds.
+    """
     if orientation % 90:
         raise ConfigError(f"orientation must be a multiple of 90 degrees, got {orientation}")
     return np.rot90(m, -(orientation // 90) % 4)  # k < 0 turns clockwise
@@ -221,7 +228,8 @@ def write_g85(path: Path, m: np.ndarray, wafer_id: str = "W0000", orientation: i
     the first code of the first row), a ``<Bin>`` per code (001 Pass, 003 Fail, with its count) and the
     ``<Data>`` rows in CDATA, three-digit codes separated by a space. The rows are the drawing, top row
     first (G85 has no axis attribute), seen with the notch at ``orientation`` degrees clockwise from
-    the bottom: 0 writes the stored map as it is."""
+    the bottom: 0 writes the stored map as it is.
+    """
     draw = _drawing(m, orientation)
     rows, cols = draw.shape
     n_pass, n_fail = int((m == 1).sum()), int((m == 2).sum())
@@ -253,7 +261,8 @@ def write_e142(path: Path, m: np.ndarray, wafer_id: str = "W0000", orientation: 
     separators. The rows are numbered from the ``origin`` corner (``UpperLeft`` with AxisDirection
     ``DownRight``: top row first, the usual wafer-sort layout; ``LowerLeft``/``UpRight`` bottom row
     first; …Right origins run right to left), seen with the notch at ``orientation`` degrees clockwise
-    from the bottom."""
+    from the bottom.
+    """
     if origin not in E142_ORIGINS:
         raise ConfigError(f"E142 origin must be one of {', '.join(E142_ORIGINS)}, got {origin!r}")
     axis, bottom_first, right_to_left = E142_ORIGINS[origin]
@@ -354,7 +363,8 @@ class Model:
 
 def bundled_models(names: Iterable[str] = (), runs: Iterable[Path] = ()) -> list[Model]:
     """The bundled classifiers and detectors (``names`` restricts them; both kinds' names are
-    accepted) and run directories; a detector without a stored threshold is a clear error."""
+    accepted) and run directories; a detector without a stored threshold is a clear error.
+    """
     from waferscope.base import load_run
     from waferscope.models import classifiers, detectors
 
@@ -416,7 +426,8 @@ def _levels(settings: Settings, factor: str) -> list:
 
 def transform(factor: str, level, m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One map under a factor's level (for ``size``: ``dev_splitK``; ``aspect``: > 1 repeats rows,
-    < 1 columns)."""
+    < 1 columns).
+    """
     if factor == "size":
         k = int(str(level).removeprefix("dev_split"))
         return split_dies(m, k, k)
@@ -512,7 +523,8 @@ def run(models: list[Model], settings: Settings = FULL, seed: int = 0, dev_path:
     AUROC), ``dev_agreement`` (share of dev maps with the untransformed map's prediction),
     ``map_identical`` / ``map_identical_sym`` (format factor: maps read back equal to the written ones,
     exactly / up to a rotation or flip), ``n_clean``, ``n_dev``, ``note``. A ``reference`` row per
-    model holds the untransformed figures."""
+    model holds the untransformed figures.
+    """
     bad = sorted(set(settings.factors) - set(FACTORS))
     if bad:
         raise ConfigError(f"unknown robustness factor(s) {', '.join(bad)}; choose from {', '.join(FACTORS)}")
@@ -564,7 +576,8 @@ def _same_output(model: Model, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ---- reports -------------------------------------------------------------------------------------
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per model: the worst clean false-alarm over the size and format levels, the mean dev
-    agreement over the orientation levels (the issue's acceptance figures)."""
+    agreement over the orientation levels (the issue's acceptance figures).
+    """
     out = []
     for name, g in table.groupby("model", sort=False):
         sz = g[g.factor.isin(["size", "format"])]

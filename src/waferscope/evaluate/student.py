@@ -52,7 +52,8 @@ def student_cache(work: Path, teacher: str, student: str, fold: int, n_unlabelle
 def run_student_fold(teacher: str, student: str, fold: int, pooled, folds, synthetic: int, work: Path,
                      seed: int = 0, unlabelled=None) -> tuple[dict, dict]:
     """(teacher record, student record) of one lot fold, fitted or read from the caches.
-    ``unlabelled`` maps (a WaferDataset) join the student's training set only, as transfer maps."""
+    ``unlabelled`` maps (a WaferDataset) join the student's training set only, as transfer maps.
+    """
     from waferscope.base import load_run
     from waferscope.data import WaferDataset
 
@@ -80,7 +81,8 @@ def student_retention(teacher: str, student: str, sets: dict, *, folds=range(N_F
                       unlabelled=None) -> dict:
     """The student check on the lot protocol: per-fold and pooled macro-F1 of both, retention,
     parameter counts and their ratio, agreement with the teacher, test-fold wafers/s.
-    ``unlabelled`` (a WaferDataset of maps without labels) joins every fold's student training set."""
+    ``unlabelled`` (a WaferDataset of maps without labels) joins every fold's student training set.
+    """
     from waferscope.errors import DataError
 
     parse_method(teacher)

@@ -1,10 +1,10 @@
 """Explain a fitted classifier's decisions on a data set, score the explanations, denoise maps.
 
-    exp = explain(classifier, dataset, method="gradcam")
-    exp.heat[i]            # heat map at wafer i's own die resolution, in [0, 1]
-    localisation_table(exp, dataset)           # energy inside the mask, pointing game (needs masks)
-    denoised = denoise(dataset, exp, "otsu")   # a WaferDataset with the irrelevant fails removed
-    denoising_table(dataset, exp)              # Grad-CAM vs median vs components, die-level F1
+exp = explain(classifier, dataset, method="gradcam")
+exp.heat[i]            # heat map at wafer i's own die resolution, in [0, 1]
+localisation_table(exp, dataset)           # energy inside the mask, pointing game (needs masks)
+denoised = denoise(dataset, exp, "otsu")   # a WaferDataset with the irrelevant fails removed
+denoising_table(dataset, exp)              # Grad-CAM vs median vs components, die-level F1
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def denoise(dataset: WaferDataset, explanation: Explanation, threshold: str | fl
 def denoising_table(dataset: WaferDataset, explanation: Explanation, threshold: str | float = "otsu",
                     classes: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Die-level precision/recall/F1/IoU against the masks for Grad-CAM, median and component
-    filters, and for the raw map (no denoising), per wafer."""
+    filters, and for the raw map (no denoising), per wafer.
+    """
     _need_masks(dataset, "denoising evaluation")
     methods = {
         "raw": lambda m, h: m,
@@ -171,7 +172,8 @@ def denoising_table(dataset: WaferDataset, explanation: Explanation, threshold: 
 def picture_sample(dataset: WaferDataset, explanation: Explanation, n: int, seed: int = 0) -> list[int]:
     """Up to ``n`` wafers to draw, spread over the classes: taken in turn from each class (the label,
     or the predicted class of an unlabelled wafer), in a seeded random order within a class. The
-    first ``n`` rows of a class-sorted folder would all be one class. Returned grouped by class."""
+    first ``n`` rows of a class-sorted folder would all be one class. Returned grouped by class.
+    """
     rng = np.random.default_rng(seed)
     labels = np.asarray(dataset.labels).astype(str)
     groups = np.where(labels != "", labels, np.asarray(explanation.predicted).astype(str))

@@ -36,7 +36,8 @@ def radon_splat(fail_rows, fail_cols, pad_r, pad_c, size, cos_a, sin_a, center):
     column x is the sum of those samples down y. Only points whose sample touches a failing die are
     non-zero: found from the dies (the inverse rotation of each, and the few grid points around
     it), then each is sampled with the same arithmetic and summed in the same order (y upwards;
-    adding the skipped zeros changes nothing)."""
+    adding the skipped zeros changes nothing).
+    """
     n_angles = cos_a.shape[0]
     out = np.zeros((size, n_angles))
     grid = np.zeros((size, size), dtype=np.bool_)
@@ -101,7 +102,8 @@ def region_counts(region):  # pragma: no cover - compiled
     (a bool crop holding one region). The codes are scikit-image's ``perimeter``: a border cell
     (one 4-neighbour erosion removes) scores 1 + 2 per border 4-neighbour + 10 per border diagonal
     neighbour; the caller weighs the histogram as it does (``histogram @ weights``), so the sum is
-    rounded in the same order."""
+    rounded in the same order.
+    """
     h, w = region.shape
     hist = np.zeros(50, dtype=np.int64)
     for r in range(h):
@@ -204,7 +206,8 @@ def grid_radon_summary(fail, cos_a, sin_a, pool_edges, n_bins):  # pragma: no co
 
     Each failing cell's centre is projected on every direction and its fraction split linearly
     between the two nearest offset bins (what the sparse projection matrix did, without building it);
-    only cells with failing dies cost anything."""
+    only cells with failing dies cost anything.
+    """
     n, size = fail.shape[0], fail.shape[1]
     n_angles = cos_a.shape[0]
     k_bins = pool_edges.shape[0] - 1
@@ -274,7 +277,8 @@ def grid_local(fail_frac, nodie_frac, fail, die, k, dy, dx, radius):  # pragma: 
     fail share, denoised cells, the highest fail share of a k×k window centred on a die cell, then
     the fail-fraction-weighted sums of dy, dx, r, r² and the die-fraction-weighted sum of r), and
     the (N, S, S) denoised mask (fail cells with ≥ 2 failing neighbours). Every sum runs over the
-    cells in one fixed order, so a map gets the same numbers alone or in any batch."""
+    cells in one fixed order, so a map gets the same numbers alone or in any batch.
+    """
     n, s = fail.shape[0], fail.shape[1]
     stats = np.zeros((n, 10))
     denoised = np.zeros((n, s, s), dtype=np.bool_)
@@ -328,7 +332,8 @@ def canonical_choice(m, rules):  # pragma: no cover - compiled
     of a die-state map and the views k (a bool mask of 8) whose key is the largest. The key of view k
     is (its fail-weighted row, column and row×column moments, then the same die-weighted), computed
     from the cropped map's moments about its centre with ``rules[k]`` = (source of the view's row
-    moment, its sign, the same for the column); odd integer coordinates keep every value exact."""
+    moment, its sign, the same for the column); odd integer coordinates keep every value exact.
+    """
     h, w = m.shape
     r0, r1, c0, c1 = h, 0, w, 0
     for r in range(h):

@@ -41,7 +41,8 @@ N_PATTERN = 61  # the pattern statistics and shape features, the last 61 of the 
 @lru_cache(maxsize=64)
 def _resample_matrix(n: int) -> np.ndarray:
     """(N_RADON, n) matrix M with M @ v == the cubic resampling of v to N_RADON points (it is linear in
-    v: the not-a-knot spline's coefficients are a linear solve on the values)."""
+    v: the not-a-knot spline's coefficients are a linear solve on the values).
+    """
     return np.stack([_resample_cubic(e) for e in np.eye(max(n, 1))[:n]], axis=1) if n else np.zeros((N_RADON, 0))
 
 
@@ -61,7 +62,8 @@ _lock = threading.Lock()
 @lru_cache(maxsize=64)
 def shape_tables(h: int, w: int) -> tuple:
     """Everything of the 120 features that depends only on the grid's shape except the Radon
-    footprints (cached for the 64 most recent shapes: about 60 bytes per cell)."""
+    footprints (cached for the 64 most recent shapes: about 60 bytes per cell).
+    """
     ring5 = pattern_stats._grid(h, w)[0].reshape(h, w).astype(np.int64)
     dy, dx, radius, angle, ring10, sector = shape._geometry(h, w)
     pad_r, pad_c, size, cos_a, sin_a = _radon_geometry(h, w)
@@ -108,7 +110,8 @@ def extended_features_fast(wafer: np.ndarray) -> np.ndarray:
 
 def extended_batch(maps: Sequence[np.ndarray], full: bool = True) -> np.ndarray:
     """(N, 120) features of a list of maps; ``full=False``: only the 61 ``pattern`` features (N, 61)
-    (the last 61 of the 120; no Radon transform)."""
+    (the last 61 of the 120; no Radon transform).
+    """
     out = np.zeros((len(maps), N_EXTENDED))
     for i, m in enumerate(maps):
         m = np.ascontiguousarray(m, dtype=np.uint8)
@@ -128,7 +131,8 @@ def pattern_batch(maps: Sequence[np.ndarray]) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def _label(mask, eight, labels, sizes_out):  # pragma: no cover - compiled
     """Connected components of ``mask`` numbered 1.. in raster order of their first cell (as
-    ``scipy.ndimage.label`` numbers them); writes ``labels`` (H, W) and the sizes, returns n."""
+    ``scipy.ndimage.label`` numbers them); writes ``labels`` (H, W) and the sizes, returns n.
+    """
     h, w = mask.shape
     labels[:, :] = 0
     stack = np.empty(h * w, dtype=np.int64)
@@ -164,7 +168,8 @@ def _label(mask, eight, labels, sizes_out):  # pragma: no cover - compiled
 def _moments(labels, k, box):  # pragma: no cover - compiled
     """(n, mean row, mean col, Σ(r−r̄)², Σ(r−r̄)(c−c̄), Σ(c−c̄)²) of the cells labelled ``k`` inside
     ``box`` (r0, r1, c0, c1): the members are gathered once, then centred in a second pass (as
-    ``np.cov`` does: no cancellation for thin clusters)."""
+    ``np.cov`` does: no cancellation for thin clusters).
+    """
     rows = np.empty((box[1] - box[0]) * (box[3] - box[2]))
     cols = np.empty_like(rows)
     n = 0
@@ -189,7 +194,8 @@ def _moments(labels, k, box):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def _axes(labels, k, box):  # pragma: no cover - compiled
     """(n, mean row, mean col, minor sd, major sd) of the cells labelled ``k`` inside ``box``:
-    np.cov-style (ddof 1) principal standard deviations, 0 below 3 cells."""
+    np.cov-style (ddof 1) principal standard deviations, 0 below 3 cells.
+    """
     n, mr, mc, srr, src, scc = _moments(labels, k, box)
     if n < 3:
         return n, mr, mc, 0.0, 0.0
@@ -245,7 +251,8 @@ def _die_footprint(ca, sa, tx, ty, reach, py, px, size, weights):  # pragma: no 
     bilinearly at (row, col) = (−sin·x + cos·y + ty, cos·x + sin·y + tx), so the die weighs
     (1 − |row − py|)(1 − |col − px|) there when both distances are below 1. Summed down each column
     x of the few grid points around the die's inverse rotation: writes the weights of the first
-    column reached and the next two into ``weights`` and returns that first column."""
+    column reached and the next two into ``weights`` and returns that first column.
+    """
     x0 = ca * (px - tx) - sa * (py - ty)
     y0 = sa * (px - tx) + ca * (py - ty)
     lo = max(math.ceil(x0 - reach), 0)
@@ -270,7 +277,8 @@ def _warp(ca, sa, center):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
     """The (size, n_angles) sinogram of skimage's radon(circle=False) of the fail map, pushed from the
-    failing dies (:func:`_die_footprint`), dies in raster order within every bin."""
+    failing dies (:func:`_die_footprint`), dies in raster order within every bin.
+    """
     h, w = wafer.shape
     n_angles = cos_a.shape[0]
     out = np.zeros((size + 2, n_angles))
@@ -290,7 +298,8 @@ def _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover
 @njit(cache=True, nogil=True)
 def _radon_footprints(h, w, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
     """:func:`_die_footprint` of every cell of an h×w grid at every angle, stored once per grid shape,
-    so a map's sinogram is three additions per failing die and angle."""
+    so a map's sinogram is three additions per failing die and angle.
+    """
     n_angles = cos_a.shape[0]
     first = np.zeros((h * w, n_angles), dtype=np.int32)
     weights = np.zeros((h * w, n_angles, 3))
@@ -700,7 +709,8 @@ def _block_density(fail, r0, r1, c0, c1):  # pragma: no cover - compiled
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel here and the canonical view's, on a few tiny
     maps covering both Radon paths. The first time on a machine this takes ~20 s; scripts/setup.sh
-    calls it so that a user's first command does not."""
+    calls it so that a user's first command does not.
+    """
     from waferscope.data.preprocess import canonical_map
 
     rng = np.random.default_rng(0)

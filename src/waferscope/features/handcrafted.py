@@ -68,7 +68,8 @@ def _resample_cubic(values: np.ndarray, n: int = N_RADON) -> np.ndarray:
 @lru_cache(maxsize=64)
 def _radon_geometry(h: int, w: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
     """Padding, padded side and the per-angle cos / sin of ``skimage.transform.radon(circle=False)``
-    for an h × w map at max(h, w) angles (scalar np.cos / np.sin, as it calls them)."""
+    for an h × w map at max(h, w) angles (scalar np.cos / np.sin, as it calls them).
+    """
     diagonal = np.sqrt(2) * max(h, w)
     pad = [int(np.ceil(diagonal - s)) for s in (h, w)]
     pad_before = [(s + p) // 2 - s // 2 for s, p in zip((h, w), pad)]
@@ -81,7 +82,8 @@ def _radon_geometry(h: int, w: int) -> tuple[int, int, int, np.ndarray, np.ndarr
 
 def radon_sinogram(fail: np.ndarray) -> np.ndarray:
     """The sinogram ``skimage.transform.radon(fail, theta=max(H, W) angles in [0°, 180°), circle=False)``
-    of a boolean fail map, from the failing dies alone (:func:`~waferscope.features._kernels.radon_splat`)."""
+    of a boolean fail map, from the failing dies alone (:func:`~waferscope.features._kernels.radon_splat`).
+    """
     from waferscope.features._kernels import radon_splat
 
     pad_r, pad_c, size, cos_a, sin_a = _radon_geometry(*fail.shape)
@@ -96,13 +98,15 @@ def _radon_summary(sinogram: np.ndarray) -> np.ndarray:
 
 def radon_features(wafer: np.ndarray) -> np.ndarray:
     """20 resampled row means then 20 resampled row standard deviations of the fail-die sinogram
-    (the :func:`radon_features_reference` numbers, up to float rounding, at a fraction of the cost)."""
+    (the :func:`radon_features_reference` numbers, up to float rounding, at a fraction of the cost).
+    """
     return _radon_summary(radon_sinogram(np.asarray(wafer) == 2))
 
 
 def radon_features_reference(wafer: np.ndarray) -> np.ndarray:
     """:func:`radon_features` with scikit-image's Radon transform and scipy's cubic interpolation: the
-    definition, kept as the reference the tests hold the fast path to."""
+    definition, kept as the reference the tests hold the fast path to.
+    """
     from skimage.transform import radon
 
     fail = (np.asarray(wafer) == 2).astype(np.float64)  # a new array: the caller's map is untouched
@@ -173,7 +177,8 @@ def pattern_shape_features(wafer: np.ndarray, local_rate: np.ndarray | None = No
     transform, so about 4× cheaper than ``extended``). ``local_rate``: the map's local fail rate when
     the caller has it already (see :func:`~waferscope.features.pattern_stats.pattern_features`).
     Imported here, not at the top, so that loading this module (every CLI start) does not pull in
-    scipy.ndimage."""
+    scipy.ndimage.
+    """
     from waferscope.features.pattern_stats import pattern_features
     from waferscope.features.shape import shape_features
 
@@ -270,7 +275,8 @@ def map_chunks(fn, maps: list, n_jobs: int = -1, progress: bool = False, chunk_s
     """``[fn(chunk), …]`` over consecutive chunks of ``maps``, in order: in ``n_jobs`` worker processes
     (joblib; ``fn`` must be picklable) — or threads, when ``fn`` releases the GIL — when there are at
     least two chunks' worth, else one call here. The shared runner of the feature extraction and of
-    the feature detectors' per-map work."""
+    the feature detectors' per-map work.
+    """
     if threads and n_jobs != 1 and len(maps) >= 2 * MIN_THREAD_CHUNK:
         return _in_threads(fn, maps, n_jobs, progress, chunk_size)
     if len(maps) < 2 * chunk_size or n_jobs == 1:
@@ -291,7 +297,8 @@ MIN_THREAD_CHUNK = 16  # maps per thread task at least (a task costs ~0.1 ms to 
 
 def _in_threads(fn, maps: list, n_jobs: int, progress: bool, chunk_size: int) -> list:
     """:func:`map_chunks` in this process's shared thread pool: even a service's 64-map batch is split
-    over the cores (one chunk per worker, at most ``chunk_size`` maps each)."""
+    over the cores (one chunk per worker, at most ``chunk_size`` maps each).
+    """
     from joblib import effective_n_jobs
 
     from waferscope.utils import shared_pool

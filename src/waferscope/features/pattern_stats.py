@@ -59,7 +59,8 @@ def local_fail_rate(wafer: np.ndarray) -> np.ndarray:
 
 def principal_axes(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float]:
     """Standard deviations along the minor and major principal axes of a set of die positions
-    (0, 0 for fewer than 3 dies)."""
+    (0, 0 for fewer than 3 dies).
+    """
     if len(rows) < 3:
         return 0.0, 0.0
     minor, major = np.sqrt(np.clip(np.linalg.eigvalsh(np.cov(np.stack([rows, cols]).astype(np.float64))), 0, None))

@@ -64,7 +64,8 @@ def _check_predictions(dataset, predictions: pd.DataFrame | None) -> pd.DataFram
 
 def time_column(meta: pd.DataFrame, column: str | None = None) -> str | None:
     """The metadata column that orders lots in time: ``column`` (ConfigError when it is missing),
-    else the first of :data:`TIME_COLUMNS` present, else None (order of first appearance)."""
+    else the first of :data:`TIME_COLUMNS` present, else None (order of first appearance).
+    """
     if column is not None:
         if column not in meta:
             raise ConfigError(f"no time column {column!r} in the metadata; it has: {', '.join(map(str, meta.columns))}")
@@ -75,7 +76,8 @@ def time_column(meta: pd.DataFrame, column: str | None = None) -> str | None:
 def lot_order(dataset, column: str | None = None) -> list[str]:
     """The lots in time order: by the earliest value of the time column (:func:`time_column`) over
     each lot's wafers — numbers as they are, anything else parsed as a date — lots without a time
-    last; ties and the no-time-column case by order of first appearance in the data."""
+    last; ties and the no-time-column case by order of first appearance in the data.
+    """
     lots = lot_names(dataset)
     first = pd.Series(np.arange(len(lots))).groupby(lots).min()
     col = time_column(dataset.meta, column)
@@ -99,7 +101,8 @@ def lot_order(dataset, column: str | None = None) -> list[str]:
 
 def wafer_classes(dataset, predictions: pd.DataFrame | None = None) -> tuple[np.ndarray | None, str | None]:
     """(class of each wafer, "" when unknown; where it came from: ``"predicted"`` / ``"label"``),
-    or (None, None) when there are neither predictions nor labels."""
+    or (None, None) when there are neither predictions nor labels.
+    """
     if predictions is not None and "predicted" in predictions:
         return predictions["predicted"].fillna("").astype(str).to_numpy(dtype=object), "predicted"
     if dataset.is_labelled.any():
@@ -109,7 +112,8 @@ def wafer_classes(dataset, predictions: pd.DataFrame | None = None) -> tuple[np.
 
 def wafer_table(dataset, predictions: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per wafer: id, lot, wafer_index, rows, cols, dies, pass_dies, fail_dies, yield and,
-    when known, class, score, anomalous."""
+    when known, class, score, anomalous.
+    """
     _check_wafers(dataset)
     predictions = _check_predictions(dataset, predictions)
     n = len(dataset)
@@ -140,7 +144,8 @@ def lot_summary(dataset, predictions: pd.DataFrame | None = None, *, time: str |
     """One row per lot, in time order (:func:`lot_order`): lot, order (1 = first), wafers, dies,
     pass_dies, fail_dies, yield (pooled dies), wafer_yield_min / wafer_yield_median, and when known
     ``classified`` (wafers with a class), ``share_<class>`` per class, ``top_class``,
-    ``anomalous_share`` and ``score_mean``. ``wafers``: :func:`wafer_table`'s result, if at hand."""
+    ``anomalous_share`` and ``score_mean``. ``wafers``: :func:`wafer_table`'s result, if at hand.
+    """
     table = wafer_table(dataset, predictions) if wafers is None else wafers
     order = lot_order(dataset, time)
     g = table.groupby("lot", sort=False)
@@ -179,7 +184,8 @@ class LotStack:
     """Per-die fail frequency across one lot's wafers on a common canvas (see :mod:`.geometry`).
 
     ``tested[r, c]``: wafers with a die (pass or fail) at that cell; ``fails[r, c]``: those failing;
-    ``frequency = fails / tested`` (NaN where no wafer has a die)."""
+    ``frequency = fails / tested`` (NaN where no wafer has a die).
+    """
 
     lot: str
     wafers: int
@@ -200,7 +206,8 @@ class LotStack:
 
 def _origins(meta: pd.DataFrame) -> np.ndarray | None:
     """(N, 2) float origins (:data:`ORIGIN_COLUMNS`), NaN where a wafer lacks an integer one; None
-    when the metadata has no such columns."""
+    when the metadata has no such columns.
+    """
     if not all(c in meta for c in ORIGIN_COLUMNS):
         return None
     vals = meta[list(ORIGIN_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, copy=True)
@@ -227,9 +234,10 @@ def stack_maps(maps: list[np.ndarray], origins: np.ndarray | None = None, lot: s
 
 
 def lot_stacks(dataset, lots: Iterable[str] | None = None, progress: bool = False) -> dict[str, LotStack]:
-    """lot → its :class:`LotStack` (all lots in time order, or those named in the order given). Origins from the
+    """Lot → its :class:`LotStack` (all lots in time order, or those named in the order given). Origins from the
     metadata (:data:`~waferscope.lots.geometry.ORIGIN_COLUMNS`) are used for a lot when all its
-    wafers have them; otherwise its wafers are centred."""
+    wafers have them; otherwise its wafers are centred.
+    """
     import sys
 
     from tqdm.auto import tqdm
@@ -257,7 +265,8 @@ def zone_yield(dataset, *, rings: int = 3, edge_width: int = 1, progress: bool =
     """Yield per lot and zone (:func:`waferscope.lots.geometry.zone_masks`), pooled over the lot's
     dies in the zone: columns lot, kind (``ring``/``quadrant``/``edge``), zone, rho_from, rho_to
     (rings only), dies, pass_dies, fail_dies, yield. Lots in ``order`` (default :func:`lot_order`),
-    zones in a fixed order; a lot row with no die in a zone has yield NaN."""
+    zones in a fixed order; a lot row with no die in a zone has yield NaN.
+    """
     import sys
 
     from tqdm.auto import tqdm
@@ -301,7 +310,8 @@ def zone_yield(dataset, *, rings: int = 3, edge_width: int = 1, progress: bool =
 def wafer_bins(dataset) -> list[np.ndarray | None] | None:
     """Each wafer's bin codes, from ``dataset.attrs["bins"]`` (wafer id → integer array of the
     map's shape, :data:`NO_BIN` = -1 where there is no die), or None when the data has no bins.
-    A wafer missing from the dict has None; a wrong shape or type is a DataError naming the wafer."""
+    A wafer missing from the dict has None; a wrong shape or type is a DataError naming the wafer.
+    """
     bins = dataset.attrs.get(BINS_ATTR)
     if not bins:
         return None
@@ -325,7 +335,8 @@ def bin_pareto(dataset, *, fail_only: bool = True, order: list[str] | None = Non
     """Bin Pareto per lot: columns lot, rank (1 = most dies), bin, bin_name, dies, share (of the lot's
     counted dies), cum_share. Counted dies: the failing ones (map state 2; ``fail_only=False``: all
     dies), each under its bin code from :func:`wafer_bins`. Bins sorted by count, ties by bin code.
-    Empty (same columns) when the data has no bins."""
+    Empty (same columns) when the data has no bins.
+    """
     _check_wafers(dataset)
     cols = ["lot", "rank", "bin", "bin_name", "dies", "share", "cum_share"]
     bins = wafer_bins(dataset)
@@ -366,7 +377,8 @@ def bin_pareto(dataset, *, fail_only: bool = True, order: list[str] | None = Non
 def p_chart(counts: np.ndarray, n: np.ndarray, sigma: float = 3.0) -> dict[str, np.ndarray | float]:
     """p-chart of proportions ``counts / n`` per subgroup (lot): centre line ``p̄ = Σcounts / Σn``,
     ``σ_i = sqrt(p̄(1 - p̄) / n_i)``, limits ``p̄ ± sigma·σ_i`` clipped to [0, 1]; a lot is out of
-    control when its p is strictly above the upper or below the lower limit."""
+    control when its p is strictly above the upper or below the lower limit.
+    """
     counts, n = np.asarray(counts, np.float64), np.asarray(n, np.float64)
     if (n <= 0).any():
         raise ValueError("every subgroup needs n ≥ 1")
@@ -384,7 +396,8 @@ def signature_trend(dataset, predictions: pd.DataFrame | None = None, *, sigma: 
     """Share of each class (and of anomalous wafers, signature ``anomalous``) per lot in time order,
     with p-chart limits (:func:`p_chart`) over the lots with at least ``min_wafers`` classified
     wafers. Columns: lot, order, signature, n, count, p, p_bar, sigma, lcl, ucl, out_of_control
-    (``high``/``low``/""). Empty when there are neither classes nor anomaly flags."""
+    (``high``/``low``/""). Empty when there are neither classes nor anomaly flags.
+    """
     if sigma <= 0:
         raise ConfigError(f"the control limits need sigma > 0, got {sigma}")
     table = wafer_table(dataset, predictions) if wafers is None else wafers
@@ -437,7 +450,8 @@ def analyse(dataset, predictions: pd.DataFrame | None = None, *, rings: int = 3,
     signatures ("Center high, anomalous low"). ``map_lots``: stack the maps of that many lots (None =
     all), chosen by ``map_by``: ``"wafers"`` (the most wafers first) or ``"yield"`` (the lowest yield
     first among lots with ≥ ``min_wafers`` wafers); ties by time order, drawn in time order.
-    ``min_wafers`` also limits the trend's lots (:func:`signature_trend`)."""
+    ``min_wafers`` also limits the trend's lots (:func:`signature_trend`).
+    """
     _check_wafers(dataset)
     predictions = _check_predictions(dataset, predictions)
     if map_by not in MAP_BY:

@@ -1,6 +1,7 @@
 """Per-wafer predictions for the lot views: the class a classifier gives each wafer (the highest
 probability, as ``waferscope classify predict`` with its default prior writes it) and the anomaly
-score a detector gives it, flagged anomalous at the detector run's threshold."""
+score a detector gives it, flagged anomalous at the detector run's threshold.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def predict_wafers(dataset, classifier=None, detector=None, threshold: float | N
     """DataFrame with one row per wafer (the data set's order): ``id``, and with a classifier
     ``predicted`` and ``confidence`` (its probability), with a detector ``score`` and, when a
     ``threshold`` is given, ``anomalous`` (score ≥ threshold). Runs in batches of ``batch_size``
-    wafers so that a progress bar can follow a large file."""
+    wafers so that a progress bar can follow a large file.
+    """
     from tqdm.auto import tqdm
 
     from waferscope.errors import DataError

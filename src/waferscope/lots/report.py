@@ -51,7 +51,8 @@ def file_stem(lot: str, taken: set[str]) -> str:
 
 def shared_scale(stacks: dict[str, LotStack]) -> float:
     """The colour-scale top shared by every stacked map: the largest fail frequency of any drawn lot,
-    rounded up to a multiple of 0.05 (at least 0.05), so colours compare across lots."""
+    rounded up to a multiple of 0.05 (at least 0.05), so colours compare across lots.
+    """
     top = max((s.max_frequency for s in stacks.values()), default=0.0)
     return max(0.05, math.ceil(top / 0.05 - 1e-9) * 0.05)
 
@@ -144,7 +145,8 @@ def zone_totals(zones: pd.DataFrame) -> pd.DataFrame:
 
 def plot_zone_yield(zones: pd.DataFrame, path: Path, lots: list[str]) -> Path:
     """Heat map of zone yield: a row for all lots pooled, then one per lot in ``lots``; one column per
-    zone (rings centre → edge, quadrants, edge band / inner); each cell written in %."""
+    zone (rings centre → edge, quadrants, edge band / inner); each cell written in %.
+    """
     plt = _plt()
     table = pd.concat([zone_totals(zones), zones[zones["lot"].isin(lots)]], ignore_index=True)
     table["col"] = table["zone"]
@@ -189,7 +191,8 @@ def pareto_totals(pareto: pd.DataFrame) -> pd.DataFrame:
 
 def plot_pareto(pareto: pd.DataFrame, path: Path, lots: list[str], top: int = 10, per_row: int = 3) -> Path | None:
     """Bar chart of the ``top`` fail bins (dies) with the cumulative share as a line: a first panel
-    pooled over all lots, then one per lot in ``lots`` that has counted dies (None when none has)."""
+    pooled over all lots, then one per lot in ``lots`` that has counted dies (None when none has).
+    """
     lots = [x for x in lots if (pareto["lot"] == x).any()]
     if not lots:
         return None
@@ -223,7 +226,8 @@ def plot_pareto(pareto: pd.DataFrame, path: Path, lots: list[str], top: int = 10
 def plot_trend(trend: pd.DataFrame, path: Path, per_row: int = 3) -> Path | None:
     """One p-chart per signature seen in some lot: each lot's share (points, time order), the centre
     line p̄ and the ±σ limits (steps, they move with each lot's size); out-of-control lots ringed in
-    vermillion. None when no signature is seen."""
+    vermillion. None when no signature is seen.
+    """
     # a signature no charted lot shows (p̄ = 0) is a flat line at 0: left out (trend.csv keeps it)
     seen = trend.groupby("signature", sort=False)["count"].sum()
     sigs = [s for s in dict.fromkeys(trend["signature"]) if seen[s] > 0]
@@ -326,7 +330,8 @@ _SOURCES = {"predicted": "the classifier's predictions", "label": "the data's ow
 
 def render_html(report: LotReport, images: dict[str, str], map_files: dict[str, str], notes: list[str]) -> str:
     """The index page: settings, lot summary, stacked maps, zone yield, Pareto and trend (images by
-    relative path, tables inline)."""
+    relative path, tables inline).
+    """
     s = report.settings
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lots: {esc(str(s.get('data')))}</title>"
@@ -391,7 +396,8 @@ def write_report(report: LotReport, out: str | Path, *, overwrite: bool = False,
                  progress: bool = False) -> Path:
     """Write ``out/``: summary.csv, wafers.csv, zones.csv, pareto.csv, trend.csv, stacked_maps.png,
     maps/<lot>.png, zones.png, pareto.png (with bins), trend.png (with classes or flags) and
-    index.html. Built in a temp folder beside ``out`` and renamed into place when complete."""
+    index.html. Built in a temp folder beside ``out`` and renamed into place when complete.
+    """
     from tqdm.auto import tqdm
 
     out = Path(out)

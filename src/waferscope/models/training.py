@@ -47,7 +47,8 @@ __all__ = ["seed_everything", "index_batches", "one_cycle", "EMA", "EarlyStoppin
 
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed torch's global generator (initial weights, dropout) and return a numpy generator for
-    everything else a model draws (shuffling, augmentation). Call it once, before building the network."""
+    everything else a model draws (shuffling, augmentation). Call it once, before building the network.
+    """
     torch.manual_seed(int(seed))
     return np.random.default_rng(int(seed))
 
@@ -55,7 +56,8 @@ def seed_everything(seed: int) -> np.random.Generator:
 def index_batches(order: np.ndarray, batch_size: int, *, min_size: int = 1) -> Iterator[np.ndarray]:
     """Consecutive slices of ``order`` of ``batch_size`` indices; a last, shorter slice is kept only
     when it has ``min_size`` or more (2 for BatchNorm, which cannot normalise one sample;
-    ``batch_size`` to keep full batches only)."""
+    ``batch_size`` to keep full batches only).
+    """
     for start in range(0, len(order), int(batch_size)):
         idx = order[start:start + int(batch_size)]
         if len(idx) >= min_size:
@@ -100,7 +102,8 @@ class EMA:
 class EarlyStopping:
     """After every epoch ``validate()`` scores the model (higher is better); the best epoch's weights
     are kept and restored at the end, and training stops once ``patience`` epochs in a row brought
-    no better score. The score goes into the epoch's history entry as ``name``."""
+    no better score. The score goes into the epoch's history entry as ``name``.
+    """
 
     validate: Callable[[], float]
     patience: int
@@ -112,7 +115,8 @@ class FitResult:
     """What :func:`fit_loop` returns. ``history``: one dict per epoch run (``epoch``, ``train_loss``
     — the sample-weighted mean loss of its steps — and the early-stopping score); ``best_epoch``:
     the epoch whose weights the modules hold (the last one without early stopping);
-    ``stopped_early``: whether patience ran out before ``epochs``."""
+    ``stopped_early``: whether patience ran out before ``epochs``.
+    """
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0

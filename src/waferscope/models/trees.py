@@ -83,7 +83,8 @@ def flatten_trees(model) -> dict[str, np.ndarray]:
 
 def check_trees(trees: dict[str, np.ndarray], n_features: int) -> None:
     """Raise ValueError unless the arrays form trees a walk can follow (a damaged or foreign run
-    file would otherwise fail deep inside numpy indexing)."""
+    file would otherwise fail deep inside numpy indexing).
+    """
     missing = [k for k in STATE_ARRAYS if k not in trees]
     if missing:
         raise ValueError(f"missing tree arrays: {', '.join(missing)}")
@@ -111,7 +112,8 @@ def check_node_indices(trees: dict[str, np.ndarray], inner: np.ndarray, n_featur
 
 def load_trees(tensors, n_features: int, owner: str) -> dict[str, np.ndarray]:
     """The tree arrays of a saved run (``tensors`` as read from safetensors), checked by
-    :func:`check_trees`; a RunDirError naming ``owner`` when they are missing or damaged."""
+    :func:`check_trees`; a RunDirError naming ``owner`` when they are missing or damaged.
+    """
     from waferscope.errors import RunDirError
 
     trees = {k: tensors[k].numpy() for k in STATE_ARRAYS if k in tensors}

@@ -33,7 +33,8 @@ class OpenSetModel:
     """The pieces that decide ``unknown``: the ``metric`` embedding (and its feature standardisation),
     the fitted :class:`~waferscope.search.open_set.OpenSetScorer`, the classifier whose probabilities
     it reads (a per-fold stand-in, or None when bound to a saved classifier run that supplies them),
-    and the bundled detector's name when the scorer uses the ``detector`` part."""
+    and the bundled detector's name when the scorer uses the ``detector`` part.
+    """
 
     embedding: object  # a fitted MetricEmbedding
     scorer: object  # fitted OpenSetScorer
@@ -42,7 +43,8 @@ class OpenSetModel:
 
     def signals(self, feat: np.ndarray, proba: np.ndarray | None = None, maps=None) -> dict:
         """The scorer's inputs for wafers with raw ``extended`` features ``feat`` (``proba``: the
-        classifier's probabilities; computed with :attr:`classifier` when not given)."""
+        classifier's probabilities; computed with :attr:`classifier` when not given).
+        """
         from waferscope.search.embed import FeatureEmbedding
 
         if proba is None:
@@ -66,7 +68,8 @@ class OpenSetModel:
 
     def abstain(self, dataset, proba: np.ndarray, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(open-set scores, class names with ``unknown``) of a data set's wafers given the classifier's
-        own probabilities ``proba`` (the ones the scorer was calibrated on)."""
+        own probabilities ``proba`` (the ones the scorer was calibrated on).
+        """
         from waferscope.features.handcrafted import extract_features
 
         if dataset.kind != "wafer":
@@ -88,7 +91,8 @@ def _detector_scores(name: str | None, maps) -> np.ndarray:
 
 def open_set_split(labels, lots, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(training, calibration) positions: a lot-grouped, class-stratified 80/20 split (without lot
-    names, or with fewer than five lots, each wafer is its own group)."""
+    names, or with fewer than five lots, each wafer is its own group).
+    """
     from waferscope.data.preprocess import grouped_stratified_kfold
 
     labels = np.asarray(labels).astype(str)
@@ -102,7 +106,8 @@ def open_set_split(labels, lots, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 def fit_scorer(feat_tr, labels_tr, feat_cal, proba_cal, classes, seed: int = 0, abstain_rate: float = 0.05,
                parts: tuple[str, ...] | None = None, maps_cal=None, detector: str | None = None) -> OpenSetModel:
     """The embedding trained on the training part and the scorer calibrated on the calibration part's
-    classifier probabilities ``proba_cal`` (columns in ``classes`` order); no classifier attached."""
+    classifier probabilities ``proba_cal`` (columns in ``classes`` order); no classifier attached.
+    """
     from waferscope.search.embed import MetricEmbedding
     from waferscope.search.open_set import DEFAULT_PARTS, OpenSetScorer
 
@@ -124,7 +129,8 @@ def fit_open_set(feat: np.ndarray, labels, lots, seed: int = 0, abstain_rate: fl
                  parts: tuple[str, ...] | None = None, maps=None) -> OpenSetModel:
     """Train the open-set model on labelled wafers' ``extended`` features (:func:`open_set_split`
     into training and calibration): the metric head and a gradient-boosted stand-in classifier on the
-    training part, the scorer calibrated on the other. ``maps``: the wafers (for a ``detector`` part)."""
+    training part, the scorer calibrated on the other. ``maps``: the wafers (for a ``detector`` part).
+    """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     labels = np.asarray(labels).astype(str)
@@ -144,7 +150,8 @@ def train_with_open_set(classifier, dataset, seed: int = 0, abstain_rate: float 
     """Fit ``classifier`` (an unfitted waferscope classifier) and an open-set model for it: the
     labelled wafers are split by lot (:func:`open_set_split`); the classifier and the metric head
     learn from the training lots (and any unlabelled wafers), the scorer is calibrated on the
-    classifier's probabilities for the held-out lots. Returns (fitted classifier, OpenSetModel)."""
+    classifier's probabilities for the held-out lots. Returns (fitted classifier, OpenSetModel).
+    """
     from waferscope.features.handcrafted import extract_features
 
     if dataset.kind != "wafer":  # the scorer reads wafer features; before any training
@@ -192,7 +199,8 @@ def has_open_set(run_dir) -> bool:
 
 def load_open_set(run_dir: Path, classes=None) -> OpenSetModel:
     """The open-set model saved with a classifier run (:func:`save_open_set`); one clear error when the
-    run has none, is damaged, or was fitted for other classes or another feature set."""
+    run has none, is damaged, or was fitted for other classes or another feature set.
+    """
     from safetensors.numpy import load_file
 
     from waferscope.features.handcrafted import feature_names
@@ -232,7 +240,8 @@ def discover(archive, fit_on=None, seed: int = 0, abstain_rate: float = 0.05, mi
     """Per archive wafer: id, lot, label, predicted class (``unknown`` when abstained), open-set score
     and cluster (-1: not abstained or in no cluster). The known classes are learnt from ``fit_on``
     (default: the archive's own labelled wafers). HDBSCAN settings: ``None`` takes the measured
-    defaults of :mod:`waferscope.search.open_set`."""
+    defaults of :mod:`waferscope.search.open_set`.
+    """
     from waferscope.features.handcrafted import extract_features
     from waferscope.search import open_set as os_
 
@@ -291,7 +300,8 @@ def _montage(maps, titles, path: Path, cols: int = 8) -> None:
 
 def write_discovery(archive, table: pd.DataFrame, out: Path, per_cluster: int = 24) -> Path:
     """``out``/wafers.csv (the abstained wafers), wafers.parquet (their maps), clusters.csv,
-    cluster_K.png and index.html."""
+    cluster_K.png and index.html.
+    """
     def write_text_atomic(path: Path, text: str) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
@@ -338,7 +348,8 @@ def write_discovery(archive, table: pd.DataFrame, out: Path, per_cluster: int = 
 
 def cluster_as_class(folder: Path, cluster: int, name: str):
     """The wafers of discovered cluster ``cluster`` in a :func:`write_discovery` folder, labelled
-    ``name`` (a new class to train on). One clear error for a missing folder or cluster."""
+    ``name`` (a new class to train on). One clear error for a missing folder or cluster.
+    """
     from waferscope.data import load
 
     folder = Path(folder)

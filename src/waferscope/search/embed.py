@@ -118,7 +118,8 @@ class RawEmbedding:
 
 class CnnEmbedding:
     """The bundled CNN's penultimate layer: the input of its last ``nn.Linear`` (``fc``), caught by a
-    forward pre-hook so the network code stays untouched."""
+    forward pre-hook so the network code stays untouched.
+    """
 
     name = "cnn"
 
@@ -205,7 +206,8 @@ def _labelled_features(emb, dataset, raw, labels, what: str):
 
 class LdaEmbedding(FeatureEmbedding):
     """The standardised features projected by linear discriminant analysis (sklearn's, fitted on the
-    labelled wafers); the projection is kept as plain arrays (``xbar``, ``scalings``), no pickle."""
+    labelled wafers); the projection is kept as plain arrays (``xbar``, ``scalings``), no pickle.
+    """
 
     name = "lda"
 

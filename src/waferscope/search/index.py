@@ -37,7 +37,8 @@ _FILES = ("index.json", "vectors.faiss", "ids.npy", "lots.npy", "labels.npy", "e
 
 def embedding_signature(embedding) -> str:
     """What the vectors mean, as a short hash: the embedding's name, parameters and what else fixes
-    its output (``signature_extra``: the feature names, the bundled network's weights)."""
+    its output (``signature_extra``: the feature names, the bundled network's weights).
+    """
     parts = [embedding.name, json.dumps(embedding.state()[1], sort_keys=True), embedding.signature_extra()]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -88,7 +89,8 @@ class WaferIndex:
 
     def build(self, dataset, fit_on=None) -> "WaferIndex":
         """A new index of ``dataset``; the embedding learns what it needs (standardisation, a
-        supervised projection) from ``fit_on`` (default: ``dataset`` itself, e.g. its labelled wafers)."""
+        supervised projection) from ``fit_on`` (default: ``dataset`` itself, e.g. its labelled wafers).
+        """
         if not len(dataset):
             raise DataError("cannot build an index of an empty data set", dataset.name)
         self.embedding_ = self._new_embedding().fit(dataset if fit_on is None else fit_on)
@@ -144,7 +146,8 @@ class WaferIndex:
     def query(self, dataset, k: int = 10) -> dict:
         """The ``k`` nearest archive wafers of every wafer in ``dataset``: a dict of (Q, k) arrays
         ``positions``, ``ids``, ``lots``, ``labels``, ``distances`` (missing neighbours: position -1,
-        id "" and distance inf)."""
+        id "" and distance inf).
+        """
         pos, dist = self.query_vectors(self.embed(dataset), k)
         ok = pos >= 0
         safe = np.where(ok, pos, 0)

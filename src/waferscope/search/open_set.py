@@ -95,7 +95,8 @@ PARTS = {"doubt": (("proba",), _doubt), "metric_knn": (("proba", "metric"), _met
 class OpenSetScorer:
     """``fit(train, train_labels, cal, classes)`` → self (``train``/``cal``: signal dicts);
     ``score(signals)`` → open-set scores (higher: less like any known class);
-    ``predict(signals)`` → class names with ``unknown`` where the score passes the threshold."""
+    ``predict(signals)`` → class names with ``unknown`` where the score passes the threshold.
+    """
 
     def __init__(self, k: int = 10, parts: tuple[str, ...] = DEFAULT_PARTS, weights: tuple[float, ...] | None = None,
                  abstain_rate: float = 0.05, seed: int = 0):
@@ -223,7 +224,8 @@ def discover_clusters(vectors: np.ndarray, min_cluster_size: int = MIN_CLUSTER_S
 
 def best_cluster(clusters: np.ndarray, is_target: np.ndarray) -> dict:
     """The discovered cluster that best matches a hidden class (highest F1 of cluster vs class):
-    its purity (share of its wafers of the class), recall (share of the class's wafers in it), size."""
+    its purity (share of its wafers of the class), recall (share of the class's wafers in it), size.
+    """
     clusters = np.asarray(clusters)
     is_target = np.asarray(is_target, dtype=bool)
     best = {"cluster": None, "purity": 0.0, "recall": 0.0, "size": 0, "f1": 0.0}

@@ -192,7 +192,8 @@ def _is_json(headers: dict) -> bool:
 async def _send_error(send, status: int, message: str, retry_after: int | None = None, close: bool = False) -> None:
     """``close``: for a body the service will not read (too large, or unframed): closing is cheaper
     than discarding it. Otherwise the connection stays usable and uvicorn discards the unread body,
-    so the client reads the answer instead of a reset."""
+    so the client reads the answer instead of a reset.
+    """
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if retry_after is not None:
@@ -210,7 +211,8 @@ _LIMIT_WORDS = re.compile(r"\((max_maps|max_side|max_dies|max_decompressed_bytes
 
 def check_ids(ids: list, n: int, where: str = '"ids"') -> list[str]:
     """Ids as short, encodable text (a lone surrogate such as "\ud800" cannot be written as UTF-8:
-    it would fail later, in the answer, for every request of its batch)."""
+    it would fail later, in the answer, for every request of its batch).
+    """
     if not isinstance(ids, list) or len(ids) != n:
         raise RequestError(f'{where} must be a list of {n} strings, one per map')
     out = []
@@ -245,7 +247,8 @@ def fast_grids(raw: bytes, start: int, max_maps: int) -> tuple[list[np.ndarray],
     after it; None when it is anything but a list of grids of die states 0/1/2 (the JSON decoder then
     takes it, with its error messages). Exact: each grid is accepted only if its text (white space
     removed) is byte for byte that of a grid of single digits 0-2. ~5× faster than json + np.asarray, which for small requests
-    cost as much as the model."""
+    cost as much as the model.
+    """
     end = raw.find(b"]]]", start)
     if end < 0:
         return None
@@ -279,7 +282,8 @@ def loads_in_pieces(text: str, max_maps: int, on_grid=None, raw: bytes | None = 
     GIL for a second, freezing the event loop even from a worker thread; one grid at a time, other
     threads run between grids. ``on_grid(grid)`` sees each map as it is decoded (and may refuse it:
     a die cap stops the parse at the first map over it, not after the whole body). ``raw``: the body's
-    bytes when it is ASCII (string and byte positions then agree): :func:`fast_grids` is tried first."""
+    bytes when it is ASCII (string and byte positions then agree): :func:`fast_grids` is tried first.
+    """
     def ws(i: int) -> int:
         return _WS.match(text, i).end()
 
@@ -343,7 +347,8 @@ def loads_in_pieces(text: str, max_maps: int, on_grid=None, raw: bytes | None = 
 
 class DieCap:
     """The dies one request may bring: the ``max_dies`` limit, or less when the answer echoes every grid cell
-    (``?maps=1`` / ``?heatmap=1``: ``max_echo_dies`` per echoed copy). Counted as maps are decoded."""
+    (``?maps=1`` / ``?heatmap=1``: ``max_echo_dies`` per echoed copy). Counted as maps are decoded.
+    """
 
     def __init__(self, limits: Limits, echo: int = 0):
         self.cap, self.echo_bound = limits.max_dies, False
@@ -373,7 +378,8 @@ class DieCap:
 def parse_json_maps(body: bytes, limits: Limits, echo: int = 0) -> MapBatch:
     """``{"maps": [...], "ids": [...]}`` → validated maps, or a RequestError naming the problem.
     A large body's maps are decoded one by one (:func:`loads_in_pieces`); ``echo``: copies of each
-    grid the answer will hold (bounds the dies, see :class:`DieCap`)."""
+    grid the answer will hold (bounds the dies, see :class:`DieCap`).
+    """
     try:
         doc = loads_in_pieces(body.decode("utf-8"), limits.max_maps, DieCap(limits, echo).grid,
                               body if body.isascii() else None)
@@ -440,7 +446,8 @@ def is_pickle(filename: str, head: bytes) -> bool:
 
 def load_limits(limits: Limits, echo: int = 0) -> LoadLimits:
     """The service's request limits as the loaders' LoadLimits: checked from each file's headers
-    before the maps are allocated."""
+    before the maps are allocated.
+    """
     return LoadLimits(max_maps=limits.max_maps, max_side=limits.max_side, max_dies=DieCap(limits, echo).cap,
                       max_decompressed_bytes=limits.max_decompressed_bytes)
 
@@ -455,7 +462,8 @@ def load_upload(filename: str, data: bytes, limits: Limits, echo: int = 0) -> Ma
 
 def load_upload_dataset(filename: str, data: bytes, limits: LoadLimits) -> tuple[WaferDataset, str]:
     """(the upload as a WaferDataset, the user's file name): written to a private temp file, loaded
-    with waferscope.data.load within ``limits``, deleted; never unpickled."""
+    with waferscope.data.load within ``limits``, deleted; never unpickled.
+    """
     from waferscope.data import load
     from waferscope.data.load import sniff_format
 
@@ -494,7 +502,8 @@ def load_upload_dataset(filename: str, data: bytes, limits: LoadLimits) -> tuple
 # ---- the app ------------------------------------------------------------------------------------
 async def read_multipart_file(request) -> tuple[str, bytes]:
     """The one file of a multipart upload (field ``file``): its name and bytes. A malformed upload or
-    a missing file is a :class:`RequestError` (shared by the model routes and the lot browser)."""
+    a missing file is a :class:`RequestError` (shared by the model routes and the lot browser).
+    """
     try:
         form = await request.form(max_files=1, max_fields=8)
     except Exception as exc:  # starlette's MultiPartException and friends: a malformed upload
@@ -563,7 +572,8 @@ def grid_json(m: np.ndarray) -> bytes:
 
 def float_grid_json(a: np.ndarray, decimals: int) -> bytes:
     """A float grid as JSON, one row at a time (each row a short call: the event loop is never held
-    for a whole heat map)."""
+    for a whole heat map).
+    """
     a = np.round(np.asarray(a, dtype=np.float64), decimals)
     a = np.where(np.isfinite(a), a, 0.0)
     return b"[" + b",".join(json.dumps(row.tolist()).encode() for row in a) + b"]"
@@ -581,7 +591,8 @@ def _head_prefix(head_json: str) -> bytes:  # the same few heads (model, classes
 def encode_answer(head: dict, rows: list[dict], big: list[list[tuple[str, Any]]] | None, batch_bytes: int = 1 << 18):
     """The answer ``{**head, "wafers": [...]}`` as chunks of bytes. ``big[i]`` lists the grids of
     wafer ``i`` to add (name, ``("grid", array)`` or ``("float", array, decimals)``). ASCII-only JSON:
-    it can always be written, whatever text a file's ids hold."""
+    it can always be written, whatever text a file's ids hold.
+    """
     prefix = _head_prefix(json.dumps(head))
     out = [prefix]
     size = len(prefix)
@@ -606,7 +617,8 @@ def encode_answer(head: dict, rows: list[dict], big: list[list[tuple[str, Any]]]
 
 def answer(head: dict, rows: list[dict], big, on_done=None) -> Response:
     """Small answers are built at once; large ones (echoed grids, many wafers) stream, each chunk
-    built in a worker thread, so a 500 MB answer neither blocks the event loop nor sits in memory."""
+    built in a worker thread, so a 500 MB answer neither blocks the event loop nor sits in memory.
+    """
     if not big and len(rows) <= SMALL_ANSWER_MAPS:
         return Response(b"".join(encode_answer(head, rows, None)), media_type="application/json")
 
@@ -637,7 +649,8 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     would not (the bundled default: its heat is not trained to sit on the pattern, docs/explain.md);
     it explains the class the label model chose, so the heat always answers "where is that class?".
     ``open_set``: the classifier run's open-set model (:func:`waferscope.search.discover.load_open_set`)
-    for ``/v1/classify?abstain=1`` (None: that flag answers 409)."""
+    for ``/v1/classify?abstain=1`` (None: that flag answers 409).
+    """
     # everything about the models (workers, limits, deadlines, rows) is in the inference layer; the
     # routes below only read requests, parse their query flags and answer
     inference = Inference(classifier, detector, threshold=threshold, limits=limits, threads=threads,
@@ -768,7 +781,8 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
 
     def direct(endpoint):
         """``endpoint`` as a raw ASGI handler for the Gate's fast path: the same code and answers as
-        through FastAPI (its errors mapped by the same :func:`_error_response`)."""
+        through FastAPI (its errors mapped by the same :func:`_error_response`).
+        """
         async def handler(scope, receive, send):
             try:
                 response = await endpoint(Request(scope, receive))
@@ -811,7 +825,8 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs():
         """The API reference, rendered from /openapi.json by a self-contained page (no CDN: it works
-        on an air-gapped network)."""
+        on an air-gapped network).
+        """
         return HTMLResponse(docs_page)
 
     return app

@@ -3,7 +3,8 @@ batch workers (:mod:`.batcher`), the limits that bound an answer, each request's
 choice between plain classification, Grad-CAM heat maps and open-set abstention, and builds the rows
 every model route answers with. :mod:`.app` only reads requests, parses their query flags, calls
 this and turns its rows into responses: kept apart so the model side can be read (and changed)
-without the web framework's types in the way."""
+without the web framework's types in the way.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ class RequestError(Exception):
 
 async def _within(fut, seconds: float):
     """``await fut`` with a time limit (TimeoutError). asyncio.timeout (3.11+) costs one timer handle;
-    wait_for adds a future and callbacks per request."""
+    wait_for adds a future and callbacks per request.
+    """
     if hasattr(asyncio, "timeout"):
         async with asyncio.timeout(seconds):
             return await fut
@@ -45,7 +47,8 @@ class Inference:
     :func:`waferscope.serve.app.create_app`'s). Each model is run by one worker thread that batches
     the queued requests; :meth:`close` stops them. Each ``classify``/``score``/``search`` returns
     ``(head, rows, big)`` for :func:`waferscope.serve.app.answer`, and every refusal is a
-    :class:`RequestError`."""
+    :class:`RequestError`.
+    """
 
     def __init__(self, classifier, detector, *, threshold: float | None = None, limits: Limits | None = None,
                  threads: int | None = None, max_batch: int | None = None, index=None, index_source: str = "",
@@ -148,7 +151,8 @@ class Inference:
 
     async def run(self, worker: Batcher, ds: MapBatch, fn, t0: float):
         """``ds`` through ``worker`` (``fn`` instead of its default), within the request's time budget
-        counted from ``t0``."""
+        counted from ``t0``.
+        """
         deadline = t0 + self.limits.request_timeout
         fut = worker.submit(ds, fn, deadline)
         try:
@@ -174,7 +178,8 @@ class Inference:
 
     async def classify(self, ds: MapBatch, t0: float, want_heat: bool, want_maps: bool, want_open: bool):
         """Class and probabilities of every map (``want_heat``: Grad-CAM; ``want_open``: 'unknown' for
-        a wafer of no known class)."""
+        a wafer of no known class).
+        """
         classes = self.classes
         self.check_echo(ds, want_heat, want_maps)
         fn = self.classify_with_heat if want_heat else self.classify_open if want_open else None
@@ -219,7 +224,8 @@ class Inference:
 
     async def search(self, ds: MapBatch, t0: float, k: int, want_maps: bool, to_thread):
         """The ``k`` archive wafers most like each map (``want_maps``: their stored thumbnails).
-        ``to_thread`` runs the graph lookup off the event loop (the web framework's thread pool)."""
+        ``to_thread`` runs the graph lookup off the event loop (the web framework's thread pool).
+        """
         search_index = self.search_index
         vectors = np.asarray(await self.run(self.search_worker, ds, None, t0), dtype=np.float32)
 

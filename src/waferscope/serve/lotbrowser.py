@@ -130,7 +130,8 @@ class Store:
 
 def predict_in_background(session: Session, clf_worker, det_worker, threshold: float | None, classes) -> None:
     """Classes then anomaly scores of every wafer, ``CHUNK`` at a time, through the service's model
-    workers (the same models and batching as /v1/classify and /v1/score)."""
+    workers (the same models and batching as /v1/classify and /v1/score).
+    """
     from waferscope.serve.batcher import MapBatch
 
     ds = session.dataset
@@ -290,7 +291,8 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
     @app.post(LOT_UPLOAD_PATH, include_in_schema=True, summary="Open a whole file in the lot browser")
     async def lots_open(request: Request):
         """Upload one file (multipart ``file``, any format the service reads, not pickle); it is held
-        server-side and paged by the GET routes below. Limits: ``max_file_*``."""
+        server-side and paged by the GET routes below. Limits: ``max_file_*``.
+        """
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "multipart/form-data":
             raise RequestError('POST /v1/lots takes multipart/form-data with one file in the field "file"', 415)

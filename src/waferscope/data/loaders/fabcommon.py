@@ -90,7 +90,8 @@ def _parse_bin_list(text: str, option: str) -> frozenset:
 
 def parse_bin_mapping(value, option: str = "pass_bins") -> BinMapping | None:
     """``None`` → None (the format's default); a string ``"1,2"`` / ``"1,2/3-9"``, an int, an
-    iterable of ints or a :class:`BinMapping` → a BinMapping (DataError when malformed)."""
+    iterable of ints or a :class:`BinMapping` → a BinMapping (DataError when malformed).
+    """
     if value is None or isinstance(value, BinMapping):
         return value
     if isinstance(value, (int, np.integer)):
@@ -125,7 +126,8 @@ def dies_to_grid(dies: Sequence[tuple[int, int, int, str]], path: Path, wafer: s
 
     ``where`` ("line 17", "record 42") names the die in the error for a die reported twice.
     ``budget`` (a :class:`~waferscope.data.limits.DieBudget`) is charged with the grid's shape
-    before the grid is allocated."""
+    before the grid is allocated.
+    """
     if not dies:
         raise DataError(f"wafer {wafer!r}: no dies", path)
     xs = np.fromiter((d[0] for d in dies), np.int64, len(dies))
@@ -155,7 +157,8 @@ def orient_grid(grid: np.ndarray, *, y_up: bool, x_right: bool = True, notch: st
     ``y_up``: the file's positive y points up the wafer (as seen with the file's own notch position);
     ``x_right``: positive x points right; ``notch``: where the notch/flat is in that same view
     (``"down"``, ``"up"``, ``"left"``, ``"right"``). The map is flipped so that y grows upwards and x
-    to the right, then rotated so that the notch is at the bottom."""
+    to the right, then rotated so that the notch is at the bottom.
+    """
     if notch not in NOTCH_SIDES:
         raise ValueError(f"notch must be one of {NOTCH_SIDES}, got {notch!r}")
     out = grid[::-1] if y_up else grid
@@ -176,7 +179,8 @@ def grid_origin(x_min: int, y_min: int, x_max: int, y_max: int, *, y_up: bool, x
     column directions are fixed unit steps in (x, y) for a given orientation: a wafer-fixed row
     coordinate is ``R(x, y) = dr · (x, y)`` and column ``C(x, y) = dc · (x, y)``; element [0, 0] is
     one of the raw corners. Wafers of one file (one orientation) thus share the frame, and the
-    same physical die lands on the same (row, col) whatever part of the wafer each map covers."""
+    same physical die lands on the same (row, col) whatever part of the wafer each map covers.
+    """
     kw = dict(y_up=y_up, x_right=x_right, notch=notch)
     dx = orient_grid(np.array([[0, 1], [0, 1]]), **kw)  # unit steps, turned as the map is
     dy = orient_grid(np.array([[0, 0], [1, 1]]), **kw)
@@ -189,7 +193,8 @@ def grid_origin(x_min: int, y_min: int, x_max: int, y_max: int, *, y_up: bool, x
 
 def origin_columns(origins: list[tuple[int, int] | None]) -> dict:
     """The ``origin_row``/``origin_col`` metadata columns (NaN where a map has none), or {} when no
-    map has one."""
+    map has one.
+    """
     if not any(o is not None for o in origins):
         return {}
     return {"origin_row": [float("nan") if o is None else o[0] for o in origins],
@@ -199,7 +204,8 @@ def origin_columns(origins: list[tuple[int, int] | None]) -> dict:
 def bins_attrs(ids: list[str], codes: list[np.ndarray | None], names: dict | None = None) -> dict:
     """``dataset.attrs`` entries for the lot views' bin Pareto (:data:`waferscope.lots.BINS_ATTR`):
     ``{"bins": {wafer id: int32 codes of the map's shape, -1 where no die}, "bin_names": {...}}``;
-    {} when no map has codes."""
+    {} when no map has codes.
+    """
     kept = {i: c for i, c in zip(ids, codes) if c is not None}
     if not kept:
         return {}
@@ -214,7 +220,8 @@ NOTCH_WORDS = {"down": "down", "bottom": "down", "up": "up", "top": "up", "left"
 
 def notch_from_angle(angle: float, zero: str = "down") -> str:
     """A notch/flat angle in degrees, measured clockwise (as drawn) from ``zero`` (the side angle 0
-    means), → ``"down"``/``"left"``/``"up"``/``"right"``. ValueError unless a multiple of 90°."""
+    means), → ``"down"``/``"left"``/``"up"``/``"right"``. ValueError unless a multiple of 90°.
+    """
     order = ["down", "left", "up", "right"]  # clockwise, as seen on the drawing
     quarter, rest = divmod(float(angle) % 360, 90)
     if rest:
@@ -229,7 +236,8 @@ def oriented_pitch(pitch_x, pitch_y, notch: str) -> tuple:
 
 def pitch_columns(pitches: list[tuple]) -> dict:
     """The ``die_pitch_x``/``die_pitch_y`` metadata columns when any map states its die size
-    (``(x, y)`` per map, in the file's units, after :func:`oriented_pitch`; NaN where unknown)."""
+    (``(x, y)`` per map, in the file's units, after :func:`oriented_pitch`; NaN where unknown).
+    """
     if not any(px and py for px, py in pitches):
         return {}
     return {"die_pitch_x": [float(px) if px and py else float("nan") for px, py in pitches],
@@ -244,7 +252,8 @@ def wafer_number(wafer_id: str, fallback: int) -> int:
 
 def fab_meta(path: Path, lots: Iterable[str], wafer_ids: Iterable[str], fmt: str, **extra) -> dict:
     """Metadata columns of a fab-format data set: ``id`` = ``<lot>-<wafer id>`` (made unique),
-    ``lot``, ``wafer_index`` (number in the wafer id), ``wafer_id``, ``source``, ``format``."""
+    ``lot``, ``wafer_index`` (number in the wafer id), ``wafer_id``, ``source``, ``format``.
+    """
     lots, wafer_ids = [str(v) for v in lots], [str(v) for v in wafer_ids]
     ids, seen = [], {}
     for i, (lot, wid) in enumerate(zip(lots, wafer_ids)):
@@ -271,7 +280,8 @@ def split_row(text: str, bin_type: str, columns: int | None = None) -> list[str]
       the column count, else the BinType's own width (Ascii 1, HexaDecimal 2, Integer2 4). A Decimal
       row without separators and without a column count is one code.
     ASCII rows keep spaces as codes when the row is exactly ``columns`` characters long (a space may
-    be a bin code there); only line breaks and the surrounding indentation of CDATA go."""
+    be a bin code there); only line breaks and the surrounding indentation of CDATA go.
+    """
     kind = bin_type.lower()
     if kind == "ascii":
         raw = text.strip("\r\n")
@@ -317,7 +327,8 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, q
     ``{where}/{row_tag}[r]`` (from 1). ``null_bin`` None: the file names no null bin (every code is
     a die). ``budget`` is charged with the map's shape before the grid is allocated.
     ``codes_out``: a list that gets the map's bin codes appended (int32 of the grid's shape, -1
-    where there is no die; an ASCII code is its character's code point, see :func:`code_number`)."""
+    where there is no die; an ASCII code is its character's code point, see :func:`code_number`).
+    """
     if bin_type.lower() not in BIN_TYPES:
         raise DataError(f"{where}: unknown BinType {bin_type!r} (expected Ascii, Decimal, HexaDecimal or "
                         "Integer2)", path)
@@ -370,13 +381,15 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, q
 
 def code_number(code) -> int:
     """A decoded bin code as the integer the bin Pareto counts: numbers as they are, an ASCII code
-    (a one-character string) as its code point (``"A"`` → 65; :func:`code_names` names it back)."""
+    (a one-character string) as its code point (``"A"`` → 65; :func:`code_names` names it back).
+    """
     return ord(code) if isinstance(code, str) else int(code)
 
 
 def code_names(qualities: dict, names: dict | None = None) -> dict:
     """``{code number: name}`` for the Pareto: the file's bin name/description when it gives one,
-    else for ASCII codes the character itself (``'A'``)."""
+    else for ASCII codes the character itself (``'A'``).
+    """
     out = {}
     for code in qualities:
         name = (names or {}).get(code)
@@ -405,7 +418,8 @@ def read_text(path: Path, limits=None) -> str:
 
 def parse_xml(path: Path, limits=None):
     """The root element, through defusedxml (a map file from outside must not expand entities or
-    fetch URLs) and through compression; one DataError (with XML line/column) when malformed."""
+    fetch URLs) and through compression; one DataError (with XML line/column) when malformed.
+    """
     from xml.etree.ElementTree import ParseError
 
     import defusedxml.ElementTree as SafeET

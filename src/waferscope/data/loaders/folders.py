@@ -48,7 +48,7 @@ def _palettes() -> dict[str, np.ndarray]:
 
 
 def _colormap_luts() -> dict[str, np.ndarray]:
-    """name → (N, 3) 0-255 colours of each colour map in :data:`COLORMAPS` (matplotlib imported once)."""
+    """Name → (N, 3) 0-255 colours of each colour map in :data:`COLORMAPS` (matplotlib imported once)."""
     if not _LUTS:
         import matplotlib
 
@@ -60,7 +60,8 @@ def _colormap_luts() -> dict[str, np.ndarray]:
 
 def _colormap_positions(colours: np.ndarray) -> dict[str, np.ndarray]:
     """For every colour map in which each of ``colours`` appears (within :data:`TOLERANCE`) at a
-    distinct place: name → the colours' positions along it (0..1)."""
+    distinct place: name → the colours' positions along it (0..1).
+    """
     found = {}
     for name, lut in _colormap_luts().items():
         dist = np.abs(colours[:, None, :] - lut[None, :, :]).max(axis=2)  # (colours, N)
@@ -72,7 +73,8 @@ def _colormap_positions(colours: np.ndarray) -> dict[str, np.ndarray]:
 
 def _corner_colour(codes: np.ndarray) -> int | None:
     """The colour of the four corner pixels when they agree: on a wafer map (a disc in its bounding box)
-    the corners lie outside the wafer, so that colour is 'no die'."""
+    the corners lie outside the wafer, so that colour is 'no die'.
+    """
     corners = {int(codes[0, 0]), int(codes[0, -1]), int(codes[-1, 0]), int(codes[-1, -1])}
     return corners.pop() if len(corners) == 1 else None
 
@@ -82,7 +84,8 @@ def _states_from_colormaps(colours: np.ndarray, codes: np.ndarray, path: Path) -
     DataError when the colours fit colour maps that disagree. Three colours = low/mid/high value =
     no die/pass/fail: the middle colour along the colour map is 'pass'; the corner colour (outside
     the wafer) tells which end is 'no die', so reversed maps (``jet_r``, ``Greys`` vs ``gray``) read
-    right; without such a corner, the colour map's own direction does (low end = no die)."""
+    right; without such a corner, the colour map's own direction does (low end = no die).
+    """
     found = _colormap_positions(colours)
     if not found:
         return None
@@ -201,7 +204,8 @@ def load_class_folders(root: str | Path) -> WaferDataset:
 
 def load_npy_stack(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
     """One ``.npy`` file: an N×H×W stack of maps (unlabelled) or a single H×W map. The npy header
-    (shape, dtype) is checked against ``limits`` before the data is read."""
+    (shape, dtype) is checked against ``limits`` before the data is read.
+    """
     from waferscope.data.limits import resolve_limits
 
     path = Path(path)
@@ -219,7 +223,8 @@ def load_npy_stack(path: str | Path, limits: LoadLimits | None = None) -> WaferD
 
 def _check_npy_header(path: Path, limits: LoadLimits) -> None:
     """Refuse a stack whose header states more maps, a larger side or more dies than ``limits``
-    allow, or more data than the file holds, before numpy allocates it."""
+    allow, or more data than the file holds, before numpy allocates it.
+    """
     try:
         with open(path, "rb") as f:
             header = read_npy_header(f)

@@ -33,7 +33,8 @@ _INDEX_MODULE_OF = {"RangeIndex": "range", "MultiIndex": "multi", "CategoricalIn
 
 class _BlockManagerShim:
     """pandas ≤ 1.x pickled BlockManager with an argument-less NEWOBJ and a __setstate__ tuple;
-    today's BlockManager cannot be created without arguments."""
+    today's BlockManager cannot be created without arguments.
+    """
 
     def __new__(cls, *args, **kwargs):
         from pandas.core.internals import BlockManager
@@ -97,7 +98,8 @@ class RefusedGlobal(pickle.UnpicklingError):
 
 class LegacyUnpickler(pickle.Unpickler):
     """The C unpickler (fast: find_class runs once per distinct name), with legacy renames and an
-    allow-list of what may be constructed."""
+    allow-list of what may be constructed.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         import _compat_pickle  # Python 2 names (__builtin__, copy_reg) → Python 3, as fix_imports does
@@ -179,7 +181,8 @@ class _Reduce:
 class _Fresh(tuple):
     """A tuple made on the fly by a __reduce__ (an array's state, its shape). Python 2's cPickle did
     not memoise objects with a reference count below 2, so these (and the data strings inside)
-    never entered the memo: an unpickler frees them as soon as the array is built."""
+    never entered the memo: an unpickler frees them as soon as the array is built.
+    """
 
 
 class _LegacyPickler(pickle._Pickler):  # the Python pickler: its dispatch table can be extended
@@ -251,7 +254,7 @@ def _legacy_dtype(dtype: np.dtype) -> "_Build":
 
 
 def _legacy_array(arr: np.ndarray) -> _Reduce | _NewObj:
-    """ndarray the way numpy 1.x under Python 2 pickled it (numpy.core.multiarray._reconstruct)."""
+    """Ndarray the way numpy 1.x under Python 2 pickled it (numpy.core.multiarray._reconstruct)."""
     arr = np.asarray(arr)
     descr = _legacy_dtype(arr.dtype)
     if arr.dtype.kind == "O":

@@ -78,7 +78,8 @@ _PRR_HEAD_BE = struct.Struct(">BBBHHHhh")
 
 def looks_like_stdf(head: bytes) -> bool:
     """A FAR record first: REC_LEN 2 in either byte order, REC_TYP 0, REC_SUB 10. ``head``: the
-    first bytes of the (decompressed) content, so a compressed STDF is recognised through it."""
+    first bytes of the (decompressed) content, so a compressed STDF is recognised through it.
+    """
     return len(head) >= 4 and head[:2] in (b"\x02\x00", b"\x00\x02") and head[2:4] == b"\x00\x0a"
 
 
@@ -131,7 +132,8 @@ def orientation_of(wcr: _Wcr | None) -> tuple[dict, str]:
 
     POS_X ``L``/``R``: the direction positive x points; POS_Y ``U``/``D``: positive y; WF_FLAT
     ``U``/``D``/``L``/``R``: where the flat/notch is, in the same view. A blank (the spec's
-    "unknown"), a missing WCR or any other letter falls back to x right, y down, flat down."""
+    "unknown"), a missing WCR or any other letter falls back to x right, y down, flat down.
+    """
     notes = []
 
     def pick(value: str, allowed: str, default: str, name: str) -> str:
@@ -372,7 +374,8 @@ def _count_check(w: _Wafer, mapping_given: bool) -> str:
     """'' when the WRR counts agree with the dies read, else what differs (kept as metadata).
 
     PART_CNT may count every touch-down (re-probes included) or every die, GOOD_CNT the passing
-    touch-downs or the dies passing in the end: testers differ, so either reading agrees."""
+    touch-downs or the dies passing in the end: testers differ, so either reading agrees.
+    """
     if not w.closed:
         return "no WRR (run cut short)"
     notes = []
@@ -387,7 +390,8 @@ def _count_check(w: _Wafer, mapping_given: bool) -> str:
 def load_stdf(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None,
               retest: str | None = "last") -> WaferDataset:
     """The wafer maps of an STDF V4 file (plain or gzip/bzip2/xz/zip-compressed); see the module
-    docstring for the records read, ``pass_bins`` and ``retest``."""
+    docstring for the records read, ``pass_bins`` and ``retest``.
+    """
     from waferscope.data.compressed import open_binary
 
     path = Path(path)

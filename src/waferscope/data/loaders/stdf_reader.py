@@ -47,7 +47,8 @@ CODE = {name: (typ << 8) | sub for (typ, sub), name in RECORD_NAMES.items()}
 
 def record_label(number: int | None, typ: int | None, sub: int | None, offset: int) -> str:
     """``record 29 (MPR 15/15) at byte 4,812`` — how every error names a record (the type is left
-    out when the header itself is cut off, the number when it cannot be counted)."""
+    out when the header itself is cut off, the number when it cannot be counted).
+    """
     what = f"record {number:,}" if number is not None else "record"
     if typ is not None:
         what += f" ({RECORD_NAMES.get((typ, sub), 'unknown type')} {typ}/{sub})"
@@ -71,7 +72,8 @@ class StdfStream:
 
     ``stream``: any binary file object (``read``); ``path``: named in errors; ``reopen``: a
     callable giving the same content from its start again, used only to number the record an
-    error is about (the walk does not count records: that would cost a tenth of its speed)."""
+    error is about (the walk does not count records: that would cost a tenth of its speed).
+    """
 
     def __init__(self, stream: BinaryIO, path: str | Path, reopen: Callable[[], BinaryIO] | None = None,
                  chunk: int = CHUNK):
@@ -99,7 +101,8 @@ class StdfStream:
     # ---- errors ----------------------------------------------------------------------------------
     def number_at(self, offset: int) -> int | None:
         """The number (FAR = 1) of the record whose header starts at ``offset``: the headers are
-        walked again from the start (only on the way to an error). None without ``reopen``."""
+        walked again from the start (only on the way to an error). None without ``reopen``.
+        """
         if self._reopen is None:
             return None
         little = self.byte_order == "<"
@@ -134,7 +137,8 @@ class StdfStream:
         """``(offset, REC_TYP, REC_SUB, body)`` of each record whose (REC_TYP, REC_SUB) is in
         ``wanted``, in file order (``Record(*item)`` names the fields); every other record is
         skipped by its REC_LEN. A file that ends inside a record header or body is an error
-        naming that record. Can be called once."""
+        naming that record. Can be called once.
+        """
         codes = frozenset((t << 8) | s for t, s in wanted)
         skip = 15 if all(t != 15 for t, _ in wanted) else -1  # PTR/MPR/FTR: most of a file, tested first
         little = self.byte_order == "<"
@@ -192,7 +196,8 @@ class Fields:
     """Sequential decoder of one record's fields (STDF V4 data types), in the file's byte order.
 
     Each getter returns ``None`` once the record has ended (a trailing optional field the writer
-    left out); :meth:`need` turns that into an error for a required field."""
+    left out); :meth:`need` turns that into an error for a required field.
+    """
 
     __slots__ = ("body", "pos", "order", "record", "stream")
 

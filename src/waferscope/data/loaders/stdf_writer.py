@@ -162,7 +162,8 @@ def _die_block_dtype(order: str, n_ptr: int, mpr_results: int) -> np.dtype:
 def die_blocks(x, y, hard_bins, rng: np.random.Generator, order: str = "<", n_ptr: int = 12,
                mpr_results: int = 4, part_flg=None) -> bytes:
     """The records of these dies (PIR, PTRs, MPR, PRR each), built as one numpy array: a fast path
-    for large generated files. ``part_flg``: per die (default: bit 3 set where the bin is not 1)."""
+    for large generated files. ``part_flg``: per die (default: bit 3 set where the bin is not 1).
+    """
     n = len(x)
     dt = _die_block_dtype(order, n_ptr, mpr_results)
     a = np.zeros(n, dt)
@@ -190,7 +191,8 @@ def write_probe_lot(fh: BinaryIO, n_wafers: int, diameter: int, seed: int = 0, o
     WIR, a first die with full PTRs, PIR/PTR…/MPR/PRR per die, re-probes of ``reprobe_rate`` of the
     dies at the end without a retest flag, DTRs, WRR; then TSR, HBR, SBR, PCR, MRR), streamed
     to ``fh`` one wafer at a time. Returns what was written per wafer: ``dies``, ``fails`` (final,
-    last result wins), ``prrs``, ``reprobed``."""
+    last result wins), ``prrs``, ``reprobed``.
+    """
     rng = np.random.default_rng(seed)
     w = StdfWriter(fh, order)
     w.far(), w.atr(), w.mir(lot), w.sdr((1,))

@@ -119,7 +119,8 @@ def die_radius(g: Geometry, dies: float) -> float:
 def background(g: Geometry, d: Draws) -> np.ndarray:
     """Random fails of a normal wafer, as measured on the real `none` dev wafers: a per-wafer base
     rate (3–12 % of dies fail), smooth process gradients, ~3× more fails on the outermost ring,
-    often a few extra fails at the very centre, and a few tiny clusters of 1–5 dies."""
+    often a few extra fails at the very centre, and a few tiny clusters of 1–5 dies.
+    """
     base = d.tri(0.005, 0.085)
     amp = d(0.0, 0.7)
     p = base * np.clip(1.0 + amp * smooth_field(g, d, 3), 0.15, 3.0)
@@ -159,7 +160,8 @@ def _neighbourhood(g: Geometry, cell: int, k: int) -> np.ndarray:
 # ---- single patterns ----------------------------------------------------------------------------
 def center(g: Geometry, d: Draws) -> np.ndarray:
     """A blob at the centre; usually a small dense core in a broad sparse halo, as on real Center
-    wafers (largest fail cluster 8–27 dies, median 13, yet 11 % of all dies fail on average)."""
+    wafers (largest fail cluster 8–27 dies, median 13, yet 11 % of all dies fail on average).
+    """
     cu, cv = d.in_disk(0.08)
     core_r = die_radius(g, d(1.6, 4.5))
     dist = _blob_distance(g, d, cu, cv, core_r, 1.3, d(0.0, 0.15))
@@ -190,7 +192,8 @@ def donut(g: Geometry, d: Draws) -> np.ndarray:
 
 def _angular(g: Geometry, d: Draws, cos_half_lo: float, cos_half_hi: float):
     """0 outside a random arc seen from the centre, rising to 1 in its middle; and the arc's
-    middle direction as a wafer point (u, v) on the unit circle."""
+    middle direction as a wafer point (u, v) on the unit circle.
+    """
     a, b = d.direction()
     cos_dir = g.cos_t * a + g.sin_t * b
     cos_half = d(cos_half_lo, cos_half_hi)
@@ -201,7 +204,8 @@ def _satellites(g: Geometry, d: Draws, p: np.ndarray, cu: float, cv: float, spre
                 n: int) -> np.ndarray:
     """Add ``n`` small dense clusters (2–5 dies across) within ``spread`` of (cu, cv): real Loc,
     Edge-Loc and Center wafers carry more mid-size fail clusters than normal ones (6–15-die
-    clusters per wafer: ~1.1–1.3 vs 0.2)."""
+    clusters per wafer: ~1.1–1.3 vs 0.2).
+    """
     for _ in range(n):
         du, dv = d.in_disk(spread)
         dist = _blob_distance(g, d, cu + du, cv + dv, die_radius(g, d(1.0, 2.5)), 1.8, 0.0)
@@ -211,7 +215,8 @@ def _satellites(g: Geometry, d: Draws, p: np.ndarray, cu: float, cv: float, spre
 
 def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
     """A crescent hugging the rim (deepest in its middle, 1–6 dies deep, 25–130° long) or a compact
-    cluster cut by the rim: many real Edge-Loc defects are chunky blobs at the edge, not arcs."""
+    cluster cut by the rim: many real Edge-Loc defects are chunky blobs at the edge, not arcs.
+    """
     if d.chance(EDGE_BLOB_P):
         a, b = d.direction()
         r0 = d(0.97, 1.1)  # centred on or beyond the rim: most of the cluster lies on the rim
@@ -254,7 +259,8 @@ def loc(g: Geometry, d: Draws) -> np.ndarray:
     dense core in a sparse halo, or a patch of dense fragments. Real Loc clusters are mostly blobs
     (largest cluster's axis ratio ≈ 2; ~20 % are thick streaks, ~3 dies wide), larger than
     scratches (largest cluster 9–60 dies, median ≈ 21), and range from 2×2 squares to irregular
-    patches of bars and blocks."""
+    patches of bars and blocks.
+    """
     p = None
     for _ in range(1 + (d() < 0.35) + (d() < 0.12)):
         cu, cv = d.in_disk(0.92)

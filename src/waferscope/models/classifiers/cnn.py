@@ -164,7 +164,8 @@ def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: in
 def _upsample_mean_weights(sizes: tuple[int, ...]):
     """(sizes[0],) weights: the mean of a chain of 1-D linear upsamples (align_corners=False)
     from ``sizes[0]`` cells through ``sizes[1:]``, as a weighting of the first level's cells;
-    None when they are uniform (then the mean is the plain mean)."""
+    None when they are uniform (then the mean is the plain mean).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -180,7 +181,8 @@ def mean_of_upsampled(g, sizes):
     """The spatial mean of ``g`` bilinearly upsampled (align_corners=False) to each size in
     ``sizes`` in turn (square maps), without building the upsampled maps: a bilinear upsample is
     separable and linear, so the mean is a fixed weighting of ``g``'s cells — uniform for exact 2×
-    steps, the bundled model's case."""
+    steps, the bundled model's case.
+    """
     wr = _upsample_mean_weights((g.shape[-2], *sizes)) if sizes else None
     wc = _upsample_mean_weights((g.shape[-1], *sizes)) if sizes else None
     if wr is None and wc is None:

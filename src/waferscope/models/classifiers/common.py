@@ -25,7 +25,8 @@ def label_order(labels: np.ndarray) -> list[str]:
 
 def require_wafer_maps(dataset, who: str) -> None:
     """A clear DataError unless ``dataset`` holds valid die-state wafer maps (for models that read die
-    states only: images, or a die value other than 0/1/2, are refused before any numpy/torch work)."""
+    states only: images, or a die value other than 0/1/2, are refused before any numpy/torch work).
+    """
     from waferscope.data.dataset import validate_wafer_maps
 
     if dataset.kind != "wafer":
@@ -35,7 +36,8 @@ def require_wafer_maps(dataset, who: str) -> None:
 
 def labelled_for_training(dataset, who: str = "classifier"):
     """The labelled part of a data set; unlabelled maps are skipped with a note on stderr. Wafer maps
-    must hold die states 0/1/2 only (a clear DataError otherwise)."""
+    must hold die states 0/1/2 only (a clear DataError otherwise).
+    """
     from waferscope.data.dataset import validate_wafer_maps
 
     if dataset.kind == "wafer":

@@ -78,7 +78,8 @@ def compact_student(in_chans: int, n_classes: int, width: int = 7, head: int = 0
 def wide_head(c_in: int, head: int) -> list:
     """``head`` > 0: a 1×1 Conv-BN-ReLU expansion to ``head`` channels before the global pool (as in
     MobileNetV3's last stage): the pooled features become a wide non-linear summary of the small
-    last feature map for ~(c_in + 11)·head parameters and almost no compute (it runs on 3×3 cells)."""
+    last feature map for ~(c_in + 11)·head parameters and almost no compute (it runs on 3×3 cells).
+    """
     from torch import nn
 
     if not head:
@@ -119,7 +120,8 @@ def teacher_shaped_student(in_chans: int, n_classes: int, width: int = 7, encodi
 def separable_student(in_chans: int, n_classes: int, width: int = 18, encoding: str = "onehot3"):
     """The teacher's layout (widths w, 2w, 4w, 4w; strides 2, 2, 2, 1) with depthwise-separable 3×3
     convolutions after the stem: ~2.5× the channels of :func:`teacher_shaped_student` for the same
-    parameters. At w = 18: 11,439 parameters on 9 classes."""
+    parameters. At w = 18: 11,439 parameters on 9 classes.
+    """
     from torch import nn
 
     w = int(width)
@@ -149,7 +151,8 @@ def _no_die_pad_class():
 
     class NoDiePad(nn.Module):
         """Pads a map by ``pad`` pixels of "no die": channel ``no_die_channel`` = 1 and the others 0
-        (one-hot3); ``None``: zeros (encodings whose no-die state is the zero vector, raw die states)."""
+        (one-hot3); ``None``: zeros (encodings whose no-die state is the zero vector, raw die states).
+        """
 
         def __init__(self, pad: int, no_die_channel: int | None = 0):
             super().__init__()
@@ -381,7 +384,8 @@ class DistilledStudentClassifier(TorchClassifier):
     def inference_network(self):
         """An eval-only copy of the student for prediction: every Conv→BatchNorm pair fused, channels-last,
         and (one-hot input) a stem that reads the raw die states, see :class:`_DieStateStem`. It takes
-        :meth:`encode_fast`'s input and returns the same logits as ``network_``."""
+        :meth:`encode_fast`'s input and returns the same logits as ``network_``.
+        """
         import copy
 
         import torch

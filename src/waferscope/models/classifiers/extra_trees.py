@@ -27,7 +27,8 @@ FOREST_ARRAYS = ("feature", "threshold", "left", "right", "value", "roots")
 
 def flatten_forest(forest) -> dict[str, np.ndarray]:
     """The trees of a fitted scikit-learn forest as flat arrays (global node indices, ``left`` -1 at
-    a leaf, ``value`` each node's class fractions)."""
+    a leaf, ``value`` each node's class fractions).
+    """
     parts = {k: [] for k in FOREST_ARRAYS[:-1]}
     roots, offset = [], 0
     for est in forest.estimators_:
@@ -48,7 +49,8 @@ def flatten_forest(forest) -> dict[str, np.ndarray]:
 
 def forest_proba(trees: dict[str, np.ndarray], x: np.ndarray, chunk: int = 256) -> np.ndarray:
     """The mean over trees of the leaf class fractions each row of ``x`` reaches (scikit-learn's
-    forest ``predict_proba``); rows are compared in float32, as scikit-learn does."""
+    forest ``predict_proba``); rows are compared in float32, as scikit-learn does.
+    """
     x = np.asarray(x, dtype=np.float32)
     out = np.zeros((len(x), trees["value"].shape[1]))
     for i in range(0, len(x), chunk):

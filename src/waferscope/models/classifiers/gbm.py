@@ -86,7 +86,8 @@ class GradientBoostingClassifier(Classifier):
     def set_temperature(self, temperature: float) -> "GradientBoostingClassifier":
         """Calibrate the probabilities: ``predict_proba`` returns ``softmax(scores / temperature)``
         (the arg-max is unchanged). Fit it on out-of-fold predictions
-        (:func:`waferscope.models.classifiers.prior.fit_temperature`); it is saved with the model."""
+        (:func:`waferscope.models.classifiers.prior.fit_temperature`); it is saved with the model.
+        """
         self._check_fitted()
         temperature = float(temperature)
         if not np.isfinite(temperature) or temperature <= 0:

@@ -48,7 +48,8 @@ def multilabel_names(y: np.ndarray, patterns=BASE_PATTERNS) -> np.ndarray:
 
 def _val_split(strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified by label combination when every combination can be; otherwise a seeded random split
-    (38 combinations do not all fit into a small validation set)."""
+    (38 combinations do not all fit into a small validation set).
+    """
     try:
         return stratified_split(strata, fraction, seed)
     except ValueError:
@@ -134,7 +135,8 @@ class MultiLabelCNNClassifier(TorchClassifier):
 
     def export_module(self):
         """The ONNX graph's network: one-hot input → the 8 sigmoid pattern probabilities (the generic
-        classifier graph would apply a softmax)."""
+        classifier graph would apply a softmax).
+        """
         import torch
 
         return torch.nn.Sequential(self.network_, torch.nn.Sigmoid()).eval()

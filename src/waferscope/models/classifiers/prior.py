@@ -64,7 +64,8 @@ def model_prior(classifier) -> np.ndarray:
 
     Raises ConfigError when the model says its probabilities are not class-balanced posteriors
     (``Classifier.prior_refusal``: the SVMs, multi-label heads, a network trained with
-    ``imbalance="none"``)."""
+    ``imbalance="none"``).
+    """
     refusal = getattr(classifier, "prior_refusal", None)
     if refusal:
         name = getattr(classifier, "registry_name", None) or type(classifier).__name__
@@ -149,7 +150,8 @@ def estimate_prior(proba: np.ndarray, base: np.ndarray, max_iter: int = 1000,
 def estimated_target(proba: np.ndarray, base: np.ndarray, none_index: int | None) -> np.ndarray:
     """The mix ``--prior estimate`` moves to: EM's share of ``none`` (class ``none_index``), the other
     classes sharing the rest in the proportions of ``base`` (the full EM mix when there is no none
-    class). See the module docstring for why."""
+    class). See the module docstring for why.
+    """
     estimated, _ = estimate_prior(proba, base)
     if none_index is None:
         return estimated
@@ -164,7 +166,8 @@ def estimated_target(proba: np.ndarray, base: np.ndarray, none_index: int | None
 def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T that makes ``softmax(log(proba) / T)`` fit integer ``labels`` best (least
     log-loss; Guo et al. 2017, "On calibration of modern neural networks"). Fit it on held-out
-    predictions (e.g. the lot-grouped folds' out-of-fold ones), never on the training maps."""
+    predictions (e.g. the lot-grouped folds' out-of-fold ones), never on the training maps.
+    """
     from scipy.optimize import minimize_scalar
 
     logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-300, 1.0))
@@ -192,7 +195,8 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
 @dataclass(frozen=True)
 class PriorShift:
     """A ``--prior`` resolved for one model: the mix its probabilities assume (``base``) and the mix
-    to move them to (``target``: a vector over the model's classes, or ``"estimate"``)."""
+    to move them to (``target``: a vector over the model's classes, or ``"estimate"``).
+    """
 
     base: np.ndarray
     target: np.ndarray | str
@@ -204,14 +208,16 @@ class PriorShift:
 
     def fixed(self, proba: np.ndarray) -> "PriorShift":
         """This shift with its target fixed: for ``"estimate"``, the mix estimated from ``proba``
-        (so it can be applied to parts of that batch, e.g. one partition at a time)."""
+        (so it can be applied to parts of that batch, e.g. one partition at a time).
+        """
         if not self.estimates:
             return self
         return PriorShift(self.base, estimated_target(proba, self.base, self.none_index), self.none_index)
 
     def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the probabilities under the target mix, the target mix used — estimated from ``proba``
-        itself for ``"estimate"``)."""
+        itself for ``"estimate"``).
+        """
         target = self.fixed(proba).target
         return adjust_to_prior(proba, self.base, target), target
 
@@ -219,7 +225,8 @@ class PriorShift:
 def resolve_prior(classifier, spec: str | None) -> PriorShift | None:
     """``spec`` checked against ``classifier``: None when it changes nothing (``balanced``), else the
     shift to apply. A malformed spec, or a model that cannot take a prior, raises ConfigError here,
-    so callers resolve before reading and scoring maps."""
+    so callers resolve before reading and scoring maps.
+    """
     target = None if spec is None else parse_prior(spec, classifier.classes_)
     classes = list(classifier.classes_)
     return None if target is None else PriorShift(model_prior(classifier), target,
@@ -228,6 +235,7 @@ def resolve_prior(classifier, spec: str | None) -> PriorShift | None:
 
 def apply_prior(classifier, proba: np.ndarray, spec: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     """``classifier``'s probabilities moved to the class mix ``spec``: (probabilities, the prior used,
-    or None when nothing changed)."""
+    or None when nothing changed).
+    """
     shift = resolve_prior(classifier, spec)
     return (proba, None) if shift is None else shift.apply(proba)

@@ -101,7 +101,8 @@ class TorchClassifier(Classifier):
 
     def resize(self, dataset) -> np.ndarray:
         """(N, size, size) uint8 die states (or (N, size, size[, C]) uint8 pixels for images); a wafer
-        map with a die value other than 0/1/2 is a clear DataError (the resize could drop it silently)."""
+        map with a die value other than 0/1/2 is a clear DataError (the resize could drop it silently).
+        """
         if dataset.kind != "wafer":
             return resample_maps(dataset.maps, int(self.input_size))
         validate_wafer_maps(dataset.maps, dataset.name)
@@ -138,7 +139,8 @@ class TorchClassifier(Classifier):
 
     def heat_to_die_grids(self, heat: np.ndarray, dataset) -> list[np.ndarray] | None:
         """(N, S, S) maps computed on the network input (Grad-CAM) → each wafer's own die grid, for an
-        input other than the plain nearest resize (None: the caller's nearest mapping applies)."""
+        input other than the plain nearest resize (None: the caller's nearest mapping applies).
+        """
         resample, orient = getattr(self, "resample", "nearest"), getattr(self, "orient", "none")
         if dataset.kind != "wafer" or (resample == "nearest" and orient == "none"):
             return None
@@ -166,7 +168,8 @@ class TorchClassifier(Classifier):
     def _loss(self, logits, targets, batch_x):
         """The training loss of one batch (subclasses add terms, e.g. a distillation term on batch_x):
         class-weighted cross-entropy, or with a teacher's soft targets (:meth:`_soft_targets`) the
-        distillation loss :func:`~waferscope.models.classifiers.losses.kd_loss`."""
+        distillation loss :func:`~waferscope.models.classifiers.losses.kd_loss`.
+        """
         import torch.nn.functional as F
 
         if getattr(self, "_batch_soft", None) is not None:
@@ -177,7 +180,8 @@ class TorchClassifier(Classifier):
     def _training_masks(self, dataset) -> np.ndarray | None:
         """Per-die masks resized like the maps, (N, size, size) uint8, for a loss that uses them;
         None (the default) trains without. While training, each batch's masks, turned with their
-        maps, are in ``self._batch_masks`` when :meth:`_loss` runs."""
+        maps, are in ``self._batch_masks`` when :meth:`_loss` runs.
+        """
         return None
 
     def _soft_targets(self, dataset) -> np.ndarray | None:
@@ -186,12 +190,14 @@ class TorchClassifier(Classifier):
         distillation term in :meth:`_loss`; None (the default) trains on the labels alone. A subclass
         that returns them defines ``distil_alpha`` and ``distil_temperature``. They follow their maps
         through batching; a rotated or flipped map keeps its targets (its class does not change under
-        the 8 symmetries of the square)."""
+        the 8 symmetries of the square).
+        """
         return None
 
     def _epoch_order(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The order of one epoch's training maps: class-balanced draws with replacement when
-        imbalance == "sampler", else a shuffle."""
+        imbalance == "sampler", else a shuffle.
+        """
         if self.imbalance == "sampler":
             p = self._class_weights(y, len(self.classes_))[y].astype(np.float64)
             return rng.choice(len(y), size=len(y), replace=True, p=p / p.sum())
@@ -237,7 +243,8 @@ class TorchClassifier(Classifier):
 
     def _validation_split(self, dataset, y_all: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
         """(training, validation) indices: stratified, ``val_fraction`` of the maps; early stopping
-        needs a few maps of every class, so a tiny set trains on everything, all epochs."""
+        needs a few maps of every class, so a tiny set trains on everything, all epochs.
+        """
         if self.val_fraction > 0 and len(y_all) * self.val_fraction >= 2 * n_classes:
             return stratified_split(dataset.labels.astype(str), test_size=self.val_fraction, seed=self.seed)
         return np.arange(len(y_all)), np.arange(0)
@@ -258,7 +265,8 @@ class TorchClassifier(Classifier):
     def fit(self, dataset, **kwargs) -> "TorchClassifier":
         """Train with :func:`waferscope.models.training.fit_loop`: AdamW, a one-cycle learning rate,
         early stopping on the validation split (best epoch restored); the loss and batches are
-        :meth:`_loss` and :meth:`_train_batches`."""
+        :meth:`_loss` and :meth:`_train_batches`.
+        """
         import torch
 
         if self.imbalance not in IMBALANCE_MODES:
@@ -313,7 +321,8 @@ class TorchClassifier(Classifier):
     def inference_network(self):
         """An eval-only copy of ``network_`` for prediction: Conv→BatchNorm pairs of a sequential
         network folded together, channels-last memory layout (faster convolutions on CPU).
-        It returns the same logits as ``network_`` up to float rounding."""
+        It returns the same logits as ``network_`` up to float rounding.
+        """
         import torch
         from torch import nn
         from torch.nn.utils.fusion import fuse_conv_bn_eval

@@ -78,7 +78,8 @@ def training_normals(dataset, where: str | None = None, all_normal: bool = False
 
     ``all_normal=True``: the caller vouches that every sample is normal (e.g. a fab's known-good
     wafers, which carry no label): unlabelled samples are taken as normal (``none`` for wafer maps,
-    ``good`` for images); a sample labelled with a defect class contradicts that and is an error."""
+    ``good`` for images); a sample labelled with a defect class contradicts that and is an error.
+    """
     if len(dataset) == 0:
         raise DataError("the training set is empty", where or dataset.name)
     if all_normal:
@@ -104,7 +105,8 @@ def training_normals(dataset, where: str | None = None, all_normal: bool = False
 
 def image_detectors() -> list[str]:
     """Registered detectors that take images (their tags' ``input_kinds``), best first by
-    their declared ``image_rank`` (lower is better; measured on real images, docs/detection.md)."""
+    their declared ``image_rank`` (lower is better; measured on real images, docs/detection.md).
+    """
     from waferscope import registry
 
     names = [n for n in registry.available("detector") if "image" in registry.get(n, "detector").get_tags().input_kinds]
@@ -113,7 +115,8 @@ def image_detectors() -> list[str]:
 
 def default_detector_for(kind: str, wafer_default: str) -> str:
     """The detector ``detect train`` uses without a model name: for images the best-ranked image
-    detector (:func:`image_detectors`), for wafer maps ``wafer_default``."""
+    detector (:func:`image_detectors`), for wafer maps ``wafer_default``.
+    """
     if kind == "image":
         names = image_detectors()
         if names:
@@ -123,7 +126,8 @@ def default_detector_for(kind: str, wafer_default: str) -> str:
 
 def require_wafer_maps(dataset, detector: str) -> None:
     """A clear DataError when a die-statistics detector is given images instead of wafer maps, or
-    maps with die values other than 0/1/2."""
+    maps with die values other than 0/1/2.
+    """
     if dataset.kind != "wafer":
         raise DataError(f"{detector} models die-state wafer maps, not images; detectors that take images: "
                         f"{', '.join(image_detectors())}", dataset.name)
@@ -154,7 +158,8 @@ def _grey(img: np.ndarray) -> np.ndarray:
 
 def _reflect_pad(t: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
     """Reflect padding of any width (in rounds: one round pads at most side - 1 px); a side of one
-    pixel is replicated."""
+    pixel is replicated.
+    """
     while top or bottom or left or right:
         h, w = t.shape[-2:]
         if (h == 1 and (top or bottom)) or (w == 1 and (left or right)):
@@ -213,7 +218,8 @@ def image_canvas(dataset, size: int, normalise: str = "image", stats: tuple[floa
 
 def canvas_maps_to_input(maps: torch.Tensor, canvas: ImageCanvas, dataset) -> list[np.ndarray]:
     """(N, S, S) maps on the canvas → each sample's own H×W: the image box, upsampled bilinearly;
-    pixels outside ``valid`` (the border frame, off-wafer) are 0."""
+    pixels outside ``valid`` (the border frame, off-wafer) are 0.
+    """
     out = []
     for i, (top, left, nh, nw) in enumerate(canvas.boxes):
         m = maps[i] * torch.from_numpy(canvas.valid[i]).to(maps.dtype)
@@ -238,7 +244,7 @@ def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
-    """tqdm to stderr, silent when disabled or when stderr is not a terminal and the job is short."""
+    """Tqdm to stderr, silent when disabled or when stderr is not a terminal and the job is short."""
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False,
