@@ -117,8 +117,9 @@ _SEQUENCE = _Type("a list or tuple", list, tuple)
 
 
 def _annotation_constraints(annotation: Any) -> list | None:
-    """The constraints an annotation string (``from __future__ import annotations``) implies, or None
-    when it says nothing this module understands.
+    """The constraints an annotation string (``from __future__ import annotations``) implies.
+
+    Or None when it says nothing this module understands.
     """
     if not isinstance(annotation, str):
         return None
@@ -144,9 +145,11 @@ def _allowed(value: Any, constraints: list) -> bool:
 # ---- declared capabilities ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tags:
-    """What a model class accepts and offers (after scikit-learn's estimator tags). Callers ask
-    ``est.get_tags()`` instead of probing attributes; tests/test_conformance.py checks every claim
-    against behaviour. A class declares only what differs from its bases, in ``_tags``.
+    """What a model class accepts and offers (after scikit-learn's estimator tags).
+
+    Callers ask ``est.get_tags()`` instead of probing attributes; tests/test_conformance.py checks
+    every claim against behaviour. A class declares only what differs from its bases, in
+    ``_tags``.
     """
 
     input_kinds: tuple[str, ...] = ("wafer",)  # "wafer": die-state maps (0/1/2); "image": RGB/grey images
@@ -227,8 +230,10 @@ class Estimator:
         return Tags(**merged)
 
     def trained_input_kind(self) -> str | None:
-        """The kind of data ("wafer" or "image") a fitted model was trained on, for models that can
-        take both and record it (as ``mode_`` or ``input_kind_``); None when not recorded.
+        """The kind of data ("wafer" or "image") a fitted model was trained on.
+
+        For models that can take both and record it (as ``mode_`` or ``input_kind_``);
+        None when not recorded.
         """
         kind = getattr(self, "mode_", None) or getattr(self, "input_kind_", None)
         return kind if kind in ("wafer", "image") else None
@@ -263,8 +268,10 @@ class Estimator:
 
     @classmethod
     def param_renames(cls) -> dict[str, str]:
-        """Old parameter name → today's, for the names this class still accepts (``renamed_params``
-        merged over its bases, where the new name is one of its parameters).
+        """Old parameter name → today's.
+
+        For the names this class still accepts (``renamed_params`` merged over its
+        bases, where the new name is one of its parameters).
         """
         merged: dict[str, str] = {}
         for klass in reversed(cls.__mro__):
@@ -274,11 +281,13 @@ class Estimator:
 
     @classmethod
     def translate_params(cls, params: dict[str, Any], saved_run: bool = False) -> dict[str, Any]:
-        """``params`` in today's names. An old name is renamed with a FutureWarning (silently for a run
-        saved before the rename: ``saved_run``). A name that is both old and current (a detector's
-        ``batch_size`` was its scoring batch and is now its training batch) keeps its old meaning
-        when the call is in the old vocabulary — a saved run, or arguments using another old name —
-        and its new meaning otherwise, with a note unless the new partner is given too.
+        """``params`` in today's names.
+
+        An old name is renamed with a FutureWarning (silently for a run saved before the rename:
+        ``saved_run``). A name that is both old and current (a detector's ``batch_size`` was its
+        scoring batch and is now its training batch) keeps its old meaning when the call is in the
+        old vocabulary — a saved run, or arguments using another old name — and its new meaning
+        otherwise, with a note unless the new partner is given too.
         """
         renames = cls.param_renames()
         if not renames or not any(k in renames for k in params):
@@ -447,8 +456,10 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
 
 def resolve_bundled_name(bundled: dict[str, Path], which: str, kind: str,
                          aliases: dict[str, str] | None = None) -> str:
-    """The current name of a bundled model: ``which`` itself, or the model an old name (an alias)
-    stands for, with a FutureWarning (the CLI shows it as a note). An unknown name is a clear error.
+    """The current name of a bundled model.
+
+    ``which`` itself, or the model an old name (an alias) stands for, with a FutureWarning (the CLI
+    shows it as a note). An unknown name is a clear error.
     """
     import warnings
 
@@ -465,9 +476,11 @@ def resolve_bundled_name(bundled: dict[str, Path], which: str, kind: str,
 
 def load_bundled(bundled: dict[str, Path], which: str, kind: str,
                  aliases: dict[str, str] | None = None) -> Estimator:
-    """One of the models shipped with waferscope: ``bundled`` maps a name (``gbm``,
-    ``pattern_contrast``, …) to its run directory inside the package, ``aliases`` old names to new
-    ones; an unknown name or a missing model is a clear error.
+    """One of the models shipped with waferscope.
+
+    ``bundled`` maps a name (``gbm``, ``pattern_contrast``, …) to its run directory inside the
+    package, ``aliases`` old names to new ones; an unknown name or a missing model is a clear
+    error.
     """
     which = resolve_bundled_name(bundled, which, kind, aliases)
     if not (Path(bundled[which]) / MODEL_JSON).is_file():
@@ -511,8 +524,10 @@ class Classifier(Estimator):
         return np.asarray(self.classes_, dtype=object)[proba.argmax(1)]
 
     def heat_to_die_grids(self, heat: np.ndarray, dataset) -> list[np.ndarray] | None:
-        """Grad-CAM heat at the network's input resolution mapped back to each wafer's die grid, for
-        a network whose input is not the plain nearest resize; None: the plain mapping applies.
+        """Grad-CAM heat at the network's input resolution mapped back to each wafer's die grid.
+
+        For a network whose input is not the plain nearest resize; None: the plain mapping
+        applies.
         """
         return None
 
@@ -541,8 +556,9 @@ def read_threshold_json(run_dir: str | Path) -> dict | None:
 
 
 class Detector(Estimator):
-    """fit(dataset) on normal samples only; score(dataset) → DetectionResult; predict(dataset) →
-    decisions (True = anomalous: score >= ``threshold_``).
+    """fit(dataset) on normal samples only; score(dataset) → DetectionResult.
+
+    predict(dataset) → decisions (True = anomalous: score >= ``threshold_``).
 
     The decision threshold is learned state of the model (after pyod's ``threshold_`` and
     anomalib's post-processor): ``fit`` ends by :meth:`calibrate` with the default rule, unless

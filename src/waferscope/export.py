@@ -1,5 +1,4 @@
-"""Deployment: export a trained classifier or detector to ONNX (optionally INT8) and run it with
-onnxruntime.
+"""Deployment: export a trained classifier or detector to ONNX (optionally INT8) and run it with onnxruntime.
 
 The exported graph starts after the resize: its input ``maps`` is an (N, S, S) ``uint8`` batch of
 die states (0 no die, 1 pass, 2 fail) at the model's input size S, so a deployment only needs the
@@ -184,8 +183,10 @@ def probe_maps(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def graph_input(meta_or_est, maps) -> np.ndarray:
-    """Maps (any grid) → the graph's uint8 input: the model's resample and orientation
-    (``metadata`` keys or estimator attributes; plain models: the nearest resize).
+    """Maps (any grid) → the graph's uint8 input.
+
+    The model's resample and orientation (``metadata`` keys or estimator attributes;
+    plain models: the nearest resize).
     """
     from waferscope.data.preprocess import prepare_maps
 
@@ -310,8 +311,10 @@ class _Calibration:
 
 
 def quantize(src: str | Path, dst: str | Path, mode: str = "static", calibration=None) -> Path:
-    """INT8 copy of an exported model. ``static``: QDQ int8 weights and activations, ranges calibrated
-    on ``calibration`` (a WaferDataset); ``dynamic``: int8 weights, activations quantized on the fly.
+    """INT8 copy of an exported model.
+
+    ``static``: QDQ int8 weights and activations, ranges calibrated on ``calibration`` (a
+    WaferDataset); ``dynamic``: int8 weights, activations quantized on the fly.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -392,7 +395,8 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", int8: st
 
 # ---- inference --------------------------------------------------------------------------------
 class OnnxModel:
-    """An exported model run by onnxruntime, with the estimator's prediction methods:
+    """An exported model run by onnxruntime, with the estimator's prediction methods.
+
     ``predict_proba`` / ``predict`` for classifiers, ``score`` (also ``predict``) for detectors.
     """
 

@@ -126,9 +126,10 @@ def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset,
 
 
 def _kfold_threshold_f1(config, method, train, result, test, seed, n_folds) -> tuple[float, dict, float]:
-    """Seed 004's rule: per fold of the normal training maps, fit on the rest and take the highest
-    held-out score; the threshold is the mean over folds; F1 of the test maps at that threshold
-    (and the report's record of it, and the threshold itself).
+    """Seed 004's rule: per fold of the normal training maps, fit on the rest and take the highest held-out score.
+
+    The threshold is the mean over folds; F1 of the test maps at that threshold (and the
+    report's record of it, and the threshold itself).
     """
     normal = train.normal()
     maxima = []
@@ -154,8 +155,10 @@ def _speed(config: BenchmarkConfig, est, test: WaferDataset, task: str) -> dict:
 
 
 def _classification_examples(config: BenchmarkConfig, est, test: WaferDataset) -> list[dict]:
-    """The first test map of each class with the prediction, and a Grad-CAM map when the model is a
-    torch network and :mod:`waferscope.explain` is installed (else no overlay).
+    """The first test map of each class with the prediction.
+
+    And a Grad-CAM map when the model is a torch network and :mod:`waferscope.explain` is
+    installed (else no overlay).
     """
     picks = [int(np.flatnonzero(test.labels == c)[0]) for c in sorted(set(test.labels.astype(str)))]
     picks = picks[: config.examples]
@@ -183,7 +186,8 @@ GRADCAM_MAX_MAPS = 300
 
 
 def _gradcam_quality(config: BenchmarkConfig, est, test: WaferDataset) -> dict:
-    """Seed 002's figures where the test maps have ground-truth pattern masks (synthetic maps):
+    """Seed 002's figures where the test maps have ground-truth pattern masks (synthetic maps).
+
     Grad-CAM energy inside the mask, pointing-game hit rate, and the die-level F1 of Grad-CAM
     denoising (fails kept where the heat is relevant) against the mask, with the median filter's
     F1 as the baseline. Over up to GRADCAM_MAX_MAPS defect maps, in order.

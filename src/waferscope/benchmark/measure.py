@@ -78,8 +78,10 @@ def torch_modules(est: Any) -> list:
 
 
 def count_parameters(est: Any) -> int:
-    """Parameters of every torch module the estimator holds (each counted once); for models without
-    torch modules, the number of values in the arrays it saves (an SVM's support vectors...).
+    """Parameters of every torch module the estimator holds (each counted once).
+
+    For models without torch modules, the number of values in the arrays it saves (an SVM's
+    support vectors...).
     """
     mods = torch_modules(est)
     if mods:
@@ -175,8 +177,10 @@ def timed_passes(fn: Callable[[], object], repeats: int) -> tuple[list[float], l
 
 
 def best_rate(fn: Callable[[], object], n: int, repeats: int, warmup: bool = True) -> dict[str, float]:
-    """Items per second of ``fn`` (which handles ``n`` items): best and median wall-clock rate and
-    the best rate per CPU-second, over ``repeats`` passes after one warm-up pass (``warmup``).
+    """Items per second of ``fn`` (which handles ``n`` items).
+
+    Best and median wall-clock rate and the best rate per CPU-second, over ``repeats`` passes
+    after one warm-up pass (``warmup``).
     """
     if warmup:
         fn()  # allocator, thread pool, caches
@@ -186,8 +190,10 @@ def best_rate(fn: Callable[[], object], n: int, repeats: int, warmup: bool = Tru
 
 
 def add_speed_arguments(parser, n: int, threads: int = 2, repeats: int = 3) -> None:
-    """The options every speed script takes: ``--n`` items, ``--threads`` torch threads,
-    ``--repeats`` timed passes (``--repeat`` is accepted too: older commands in the docs use it).
+    """The options every speed script takes.
+
+    ``--n`` items, ``--threads`` torch threads, ``--repeats`` timed passes (``--repeat`` is
+    accepted too: older commands in the docs use it).
     """
     parser.add_argument("--n", type=int, default=n, help=f"items per timed pass (default {n})")
     parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
@@ -210,8 +216,10 @@ def environment_line(threads: int) -> str:
 
 
 def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
-    """``rows`` as a Markdown table; ``columns`` maps a row key to its header (numbers right-aligned,
-    rates above 100 without decimals).
+    """``rows`` as a Markdown table.
+
+    ``columns`` maps a row key to its header (numbers right-aligned, rates above 100 without
+    decimals).
     """
     def cell(v):
         if isinstance(v, float):

@@ -1,5 +1,6 @@
-"""Quality figures of one cell, rounded to a fixed precision so reruns are byte-identical,
-plus the small artefacts the report draws (confusion matrix, ROC/PR points, example maps).
+"""Quality figures of one cell, rounded to a fixed precision so reruns are byte-identical.
+
+Plus the small artefacts the report draws (confusion matrix, ROC/PR points, example maps).
 """
 
 from __future__ import annotations

@@ -143,8 +143,9 @@ def _mean_by_method(task: str, records: list[dict], dataset: str) -> list[dict]:
 
 # ---- sections ---------------------------------------------------------------------------------
 def _table(doc: dict, task: str) -> str:
-    """Two tables: quality (deterministic) and speed/size/memory (measured), so the timing columns are
-    not off-screen to the right of 20 quality columns.
+    """Two tables: quality (deterministic) and speed/size/memory (measured).
+
+    So the timing columns are not off-screen to the right of 20 quality columns.
     """
     rows = [r for r in doc["rows"] if r["task"] == task]
     other = DETECTION_ONLY if task == "classification" else CLASSIFICATION_ONLY
@@ -236,8 +237,9 @@ def _pareto(pts: list[dict]) -> list[dict]:
 
 
 def _what_row_is(p: dict, data_desc: str) -> str:
-    """What a row's model is: trained by this benchmark (on how many maps of which data), not a bundled
-    model; a row named like a bundled architecture says which bundled model differs from it.
+    """What a row's model is: trained by this benchmark (on how many maps of which data), not a bundled model.
+
+    A row named like a bundled architecture says which bundled model differs from it.
     """
     n = f"{p['n_train']:,} " if p.get("n_train") else ""
     folds = f" (per fold, {p['n_folds']} folds)" if (p.get("n_folds") or 1) > 1 else ""
@@ -271,8 +273,9 @@ def bundled_of_model(model: str | None) -> list[str]:
 
 
 def _decision_tree(task: str, pts: list[dict], batch: int = 0, data_desc: str = "") -> str:
-    """Seed 001's 'which method for which need' tree, each leaf picked from the measured numbers;
-    every leaf says what its model is and gives each number with its unit.
+    """Seed 001's 'which method for which need' tree, each leaf picked from the measured numbers.
+
+    Every leaf says what its model is and gives each number with its unit.
     """
     label = HEADLINE[task][1]
     best = max(pts, key=lambda p: p["quality"])

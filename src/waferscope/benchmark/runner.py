@@ -64,8 +64,10 @@ def _log(msg: str) -> None:
 
 
 class _Heartbeat:
-    """Logs the current step of a cell with its elapsed time every ``every`` seconds, so a cell that
-    trains for a quarter of an hour (models run with progress bars off) does not look hung.
+    """Logs the current step of a cell with its elapsed time every ``every`` seconds.
+
+    So a cell that trains for a quarter of an hour (models run with progress bars off) does
+    not look hung.
     """
 
     def __init__(self, log, tag: str, every: float = 30.0):
@@ -100,8 +102,9 @@ def _duration(seconds: float) -> str:
 
 
 def load_average() -> list[float] | None:
-    """The 1-, 5- and 15-minute load averages (None where the OS has none): recorded beside timings,
-    which on a shared machine depend on it.
+    """The 1-, 5- and 15-minute load averages (None where the OS has none).
+
+    Recorded beside timings, which on a shared machine depend on it.
     """
     try:
         return [round(x, 2) for x in os.getloadavg()]

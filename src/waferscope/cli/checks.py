@@ -1,7 +1,9 @@
-"""Checks a command runs on its paths BEFORE any work: an output that cannot be written (an existing
-folder where a file goes, a file where a folder goes, an unwritable place, a run directory that would
-be overwritten) and a shared default input that is not on this machine. Each fails as one ConfigError
-naming the option, instead of a traceback after minutes of work.
+"""Checks a command runs on its paths BEFORE any work.
+
+An output that cannot be written (an existing folder where a file goes, a file where a folder goes,
+an unwritable place, a run directory that would be overwritten) and a shared default input that is
+not on this machine. Each fails as one ConfigError naming the option, instead of a traceback after
+minutes of work.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ def check_run_dir(path: Path, overwrite: bool, option: str = "--out") -> None:
 
 
 def shared_default(given: Optional[Path], default: Path, option: str, own: str) -> Path:
-    """``given``, or the shared ``default`` when it exists; else a ConfigError saying what the data is, where
-    it is looked for and how to pass one's own (``own``: e.g. "--dev FILE: labelled maps with lot names").
+    """``given``, or the shared ``default`` when it exists.
+
+    Else a ConfigError saying what the data is, where it is looked for and how to pass one's own (``own``:
+    e.g. "--dev FILE: labelled maps with lot names").
     """
     if given is not None:
         return given

@@ -58,8 +58,9 @@ def report_prior(shift, prior: str, classes, used, n_maps: int) -> None:
 
 
 def check_training_labels(dataset, where: str, extra: tuple[str, ...] = ()) -> None:
-    """Wafer-map training labels must be WM-811K class names, names given with --add-class (``extra``),
-    or empty = unlabelled.
+    """Wafer-map training labels must be WM-811K class names, names given with --add-class (``extra``).
+
+    Or empty = unlabelled.
     """
     from waferscope.data.classes import CLASSES, UNLABELLED
 

@@ -1,5 +1,7 @@
-"""Pieces every command group shares: reading several data specs, `--set key=value` options,
-atomic text output and loading the classifier a command acts on.
+"""Pieces every command group shares.
+
+Reading several data specs, `--set key=value` options, atomic text output and loading the
+classifier a command acts on.
 """
 
 from __future__ import annotations
@@ -66,8 +68,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def load_model(run: Optional[Path], bundled: Optional[str], kind: str, default: Optional[str] = None):
-    """(model, its run directory): the ``kind`` in ``run``, or a bundled one (``bundled`` if given,
-    else ``default``, else the package's default) when no run is given. Giving both is an error.
+    """(model, its run directory).
+
+    The ``kind`` in ``run``, or a bundled one (``bundled`` if given, else ``default``, else the
+    package's default) when no run is given. Giving both is an error.
     """
     model, run_dir, _ = load_model_described(run, bundled, kind, default)
     return model, run_dir
@@ -75,8 +79,10 @@ def load_model(run: Optional[Path], bundled: Optional[str], kind: str, default: 
 
 def load_model_described(run: Optional[Path], bundled: Optional[str], kind: str,
                          default: Optional[str] = None):
-    """:func:`load_model` plus how to name the model in outputs: the run directory, or
-    ``bundled (<current name>)`` — resolved once, so every output names the model that ran.
+    """:func:`load_model` plus how to name the model in outputs.
+
+    The run directory, or ``bundled (<current name>)`` — resolved once, so every output
+    names the model that ran.
     """
     from waferscope.base import load_run, resolve_bundled_name
 
@@ -99,8 +105,10 @@ def load_model_described(run: Optional[Path], bundled: Optional[str], kind: str,
 
 
 def load_classifier(run: Optional[Path], bundled: Optional[str], default: str):
-    """The classifier in a run directory, or a bundled one: ``bundled`` if given, else ``default``
-    (``classify`` and ``explain`` default to different ones; see ``models.classifiers.BUNDLED``).
+    """The classifier in a run directory, or a bundled one.
+
+    ``bundled`` if given, else ``default`` (``classify`` and ``explain`` default to different
+    ones; see ``models.classifiers.BUNDLED``).
     """
     return load_model(run, bundled, "classifier", default)[0]
 

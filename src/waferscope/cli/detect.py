@@ -323,8 +323,10 @@ def _plot_curves(y: np.ndarray, s: np.ndarray, path: Path, title: str) -> None:
 
 
 def _plot_overlays(dataset, result, path: Path, n: int) -> None:
-    """One map per anomalous class (its highest score), the highest-scoring normal and the
-    lowest-scoring anomalous map; anomaly maps share one colour scale so they compare.
+    """One map per anomalous class (its highest score).
+
+    The highest-scoring normal and the lowest-scoring anomalous map; anomaly maps share
+    one colour scale so they compare.
     """
     import matplotlib
 

@@ -33,8 +33,10 @@ def discover_cmd(
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     threads: int = typer.Option(2, "--threads", min=1),
 ) -> None:
-    """Find candidate new patterns: the archive wafers that fit none of the known classes (open-set
-    abstention), clustered with HDBSCAN, as per-cluster montages with their lots on an HTML page.
+    """Find candidate new patterns.
+
+    The archive wafers that fit none of the known classes (open-set abstention), clustered with
+    HDBSCAN, as per-cluster montages with their lots on an HTML page.
     """
     from waferscope.cli.search import _threads, _wafers
     from waferscope.search.discover import discover, write_discovery

@@ -43,8 +43,10 @@ def open_set(
     threads: int = typer.Option(2, "--threads", min=1),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-task table and summary as JSON here"),
 ) -> None:
-    """Leave one class out on lot-grouped real folds: AUROC of unknown-vs-known, known-class macro-F1
-    with and without abstention, and how well the hidden class is rediscovered as a cluster.
+    """Leave one class out on lot-grouped real folds.
+
+    AUROC of unknown-vs-known, known-class macro-F1 with and without abstention, and how well
+    the hidden class is rediscovered as a cluster.
     """
     from waferscope.cli.common import load_data
     from waferscope.cli.search import _threads

@@ -1,4 +1,6 @@
-"""`waferscope evaluate robustness`: the bundled models against what fab wafers vary in
+"""`waferscope evaluate robustness`.
+
+The bundled models against what fab wafers vary in
 (:mod:`waferscope.evaluate.robustness`). Thin: parse, call, write.
 """
 
@@ -32,8 +34,9 @@ def robustness(
     threads: int = typer.Option(2, "--threads", min=1, help="torch threads"),
     out: Path = typer.Option(Path("results/robustness"), "--out", help="Folder for robustness.csv, .md and .png"),
 ) -> None:
-    """Clean-wafer false alarms and real-dev macro-F1 under grid size, die aspect, yield, rotation/flip,
-    margins, clipping, edge exclusion and input format, per bundled model (or --run).
+    """Clean-wafer false alarms and real-dev macro-F1 under grid size, die aspect, yield, rotation/flip, margins.
+
+    Clipping, edge exclusion and input format, per bundled model (or --run).
     """
     import dataclasses
 

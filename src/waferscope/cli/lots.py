@@ -1,4 +1,5 @@
-"""`waferscope lots`: the lot views of one or more wafer-map files (waferscope.lots) as CSV tables,
+"""`waferscope lots`: the lot views of one or more wafer-map files (waferscope.lots) as CSV tables.
+
 PNG figures and one HTML page in a folder.
 
 Each wafer is classified with a classifier and scored with a detector unless ``--no-predict``:
@@ -45,8 +46,9 @@ def load_lots_data(specs: List[str], pass_bins: Optional[str]):
 
 
 def resolve_models(runs: List[Path], bundled: List[str]) -> dict:
-    """Classifier and detector (+ threshold and how to name them) from ``--run``/``--bundled``;
-    the bundled defaults fill in a kind nobody named.
+    """Classifier and detector (+ threshold and how to name them) from ``--run``/``--bundled``.
+
+    The bundled defaults fill in a kind nobody named.
     """
     from waferscope.base import read_run_header
     from waferscope.cli.common import load_model_described

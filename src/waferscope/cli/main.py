@@ -51,9 +51,11 @@ discover.register(app)  # `discover` (clusters of wafers no known class fits)
 
 
 def _plain_metavars(command) -> None:
-    """Help placeholders a user can read: typer shows the Python type (``<list[str]>``, ``<bool>`` for a
-    flag); this names each value after its option (``--data DATA``) and shows nothing for flags. Also
-    orders the sub-commands by :data:`WORKFLOW`.
+    """Help placeholders a user can read.
+
+    Typer shows the Python type (``<list[str]>``, ``<bool>`` for a flag); this names each value after
+    its option (``--data DATA``) and shows nothing for flags. Also orders the sub-commands by
+    :data:`WORKFLOW`.
     """
     for param in getattr(command, "params", []):
         if getattr(param, "is_flag", False):
@@ -132,8 +134,10 @@ def _main() -> None:
 
 
 def _usage_error_types() -> tuple[type, ...]:
-    """The ClickException classes a usage error can be: typer >= 0.2x raises those of its vendored
-    copy of click (``typer._click``), older typer those of click itself.
+    """The ClickException classes a usage error can be.
+
+    Typer >= 0.2x raises those of its vendored copy of click (``typer._click``), older
+    typer those of click itself.
     """
     import importlib
 

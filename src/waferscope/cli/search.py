@@ -1,5 +1,7 @@
-"""`waferscope index build` and `waferscope search`: find the archive wafers most like a query
-(:mod:`waferscope.search`). Thin: parse, call the library, write a CSV and a PNG montage.
+"""`waferscope index build` and `waferscope search`.
+
+Find the archive wafers most like a query (:mod:`waferscope.search`). Thin: parse, call the
+library, write a CSV and a PNG montage.
 """
 
 from __future__ import annotations
@@ -76,8 +78,10 @@ def search_cmd(
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     threads: int = typer.Option(2, "--threads", min=1),
 ) -> None:
-    """The k archive wafers most like each query wafer: neighbours.csv (query id, rank, neighbour id,
-    lot, distance, class) and neighbours.png (each query beside its neighbours).
+    """The k archive wafers most like each query wafer.
+
+    neighbours.csv (query id, rank, neighbour id, lot, distance, class) and neighbours.png
+    (each query beside its neighbours).
     """
     from waferscope.search import WaferIndex
     from waferscope.search.montage import search_montage

@@ -221,9 +221,10 @@ class WaferDataset:
 
 
 def validate_wafer_maps(maps: Sequence[np.ndarray], where: str | None = None) -> None:
-    """Raise the clear DataError of :func:`validate_map` for the first map that is not a 2-D grid of
-    die states 0/1/2. Models call this on what they are given, since a WaferDataset built directly
-    (not through ``from_maps``) is not validated; the common case (uint8, max ≤ 2) costs one max.
+    """Raise the clear DataError of :func:`validate_map` for the first map that is not a 2-D grid of die states 0/1/2.
+
+    Models call this on what they are given, since a WaferDataset built directly (not through
+    ``from_maps``) is not validated; the common case (uint8, max ≤ 2) costs one max.
     """
     for i, m in enumerate(maps):
         if not (isinstance(m, np.ndarray) and m.ndim == 2 and m.dtype == np.uint8 and m.size

@@ -87,9 +87,11 @@ UNLIMITED = LoadLimits(max_maps=None, max_side=None, max_dies=None, max_decompre
 
 
 def read_npy_header(f):
-    """``(shape, dtype)`` from the header of an ``.npy`` stream at its start, reading no data (so a
-    loader can check the stated size before numpy allocates it); None for a format version other than
-    1.0/2.0 (numpy's own reader then decides). ValueError/EOFError for a malformed header.
+    """``(shape, dtype)`` from the header of an ``.npy`` stream at its start.
+
+    Reading no data (so a loader can check the stated size before numpy allocates it); None for a
+    format version other than 1.0/2.0 (numpy's own reader then decides). ValueError/EOFError for a
+    malformed header.
     """
     from numpy.lib import format as npformat
 

@@ -1,4 +1,6 @@
-"""One entry point for every data source: ``load(spec)`` detects the format and returns a
+"""One entry point for every data source.
+
+``load(spec)`` detects the format and returns a
 :class:`~waferscope.data.dataset.WaferDataset`.
 
 A spec is ``synthetic:n=…,seed=…[,mixed=1]`` or a path:
@@ -85,8 +87,9 @@ def _sniff_text(head: bytes, suffix: str) -> str | None:
 
 
 def sniff_format(path: Path, limits: LoadLimits | None = None) -> str:
-    """'parquet', 'npz', 'npy', 'pickle', 'mvtec', 'folders', 'stdf', 'e142', 'g85', 'klarf',
-    'dielist' — or a DataError saying why not. Compressed files are sniffed by their content.
+    """'parquet', 'npz', 'npy', 'pickle', 'mvtec', 'folders', 'stdf', 'e142', 'g85', 'klarf', 'dielist'.
+
+    Or a DataError saying why not. Compressed files are sniffed by their content.
     """
     from waferscope.data.compressed import inner_suffix, peek
 
@@ -135,7 +138,8 @@ def sniff_format(path: Path, limits: LoadLimits | None = None) -> str:
 
 def load(spec: str | Path, pass_bins=None, limits: LoadLimits | None = None, retest: str | None = None,
          columns=None) -> WaferDataset:
-    """The data set at ``spec``; ``pass_bins`` (see the module docstring) applies to fab formats,
+    """The data set at ``spec``; ``pass_bins`` (see the module docstring) applies to fab formats.
+
     ``columns`` to CSV die lists, ``limits`` to everything read from a file; ``retest`` ("last"
     default, "first", "worst"): which result of an STDF die probed twice without a retest flag is
     kept (other sources ignore it).

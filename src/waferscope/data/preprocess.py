@@ -134,8 +134,9 @@ def stratified_kfold(labels: np.ndarray, n_splits: int = 5, seed: int = 0) -> It
 
 def grouped_stratified_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int = 5,
                              seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Seeded stratified K-fold that keeps every group (e.g. a wafer lot) on one side of each split,
-    so maps of one lot never sit in training and test at once.
+    """Seeded stratified K-fold that keeps every group (e.g. a wafer lot) on one side of each split.
+
+    So maps of one lot never sit in training and test at once.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -162,8 +163,7 @@ AREA_LEVELS = 255  # fractions are stored as uint8 k/255 (7 KB per 48×48 map in
 
 
 def die_bbox(m: np.ndarray) -> tuple[int, int, int, int]:
-    """(r0, r1, c0, c1): the rows r0:r1 and columns c0:c1 holding every die of a map (the whole map
-    when it has none).
+    """(r0, r1, c0, c1): the rows r0:r1 and columns c0:c1 holding every die of a map (the whole map when it has none).
     """
     on = np.asarray(m) != 0
     rows = np.flatnonzero(on.any(1))
@@ -175,10 +175,11 @@ def die_bbox(m: np.ndarray) -> tuple[int, int, int, int]:
 
 @lru_cache(maxsize=4096)
 def area_overlap(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) integer overlaps: input cell h spans [h·n_out, (h+1)·n_out) and output cell i
-    spans [i·n_in, (i+1)·n_in) on a common integer axis, so every weight is exact and the weights of
-    a mirrored axis are the mirrored weights (a flipped map resamples to the flipped result, bit for bit).
-    Each row sums to n_in.
+    """(n_out, n_in) integer overlaps.
+
+    Input cell h spans [h·n_out, (h+1)·n_out) and output cell i spans [i·n_in, (i+1)·n_in) on a common
+    integer axis, so every weight is exact and the weights of a mirrored axis are the mirrored weights (a
+    flipped map resamples to the flipped result, bit for bit). Each row sums to n_in.
     """
     h = np.arange(n_in, dtype=np.int64)
     i = np.arange(n_out, dtype=np.int64)
@@ -206,8 +207,10 @@ def _area_counts(stack: np.ndarray, size: int) -> np.ndarray:
 
 
 def area_resize_map(m: np.ndarray, size: int) -> np.ndarray:
-    """One die map → (size, size, 3) uint8: per output cell the no-die, pass and fail fractions of
-    the cells it covers (×255, rounded half up), after cropping to the dies' bounding box.
+    """One die map → (size, size, 3) uint8.
+
+    Per output cell the no-die, pass and fail fractions of the cells it covers (×255,
+    rounded half up), after cropping to the dies' bounding box.
 
     Exact: the overlaps are integers and so is every sum of their products, so the same bytes come
     out on every machine and thread count, and a rotated or flipped map gives the rotated or flipped
@@ -218,8 +221,9 @@ def area_resize_map(m: np.ndarray, size: int) -> np.ndarray:
 
 
 def area_resize_maps(maps: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Every map → (N, size, size, 3) uint8 fractions (see :func:`area_resize_map`); maps whose
-    cropped grids share a shape are resampled together.
+    """Every map → (N, size, size, 3) uint8 fractions (see :func:`area_resize_map`).
+
+    Maps whose cropped grids share a shape are resampled together.
     """
     out = np.empty((len(maps), size, size, 3), np.uint8)
     groups: dict[tuple[int, int], list[int]] = {}
@@ -236,8 +240,10 @@ def area_resize_maps(maps: Sequence[np.ndarray], size: int) -> np.ndarray:
 
 
 def resample_maps(maps: Sequence[np.ndarray], size: int, resample: str = "nearest") -> np.ndarray:
-    """The CNN input before encoding: (N, S, S) uint8 die states (``nearest``) or (N, S, S, 3) uint8
-    no-die/pass/fail fractions (``area``).
+    """The CNN input before encoding.
+
+    (N, S, S) uint8 die states (``nearest``) or (N, S, S, 3) uint8 no-die/pass/fail fractions
+    (``area``).
     """
     if resample == "nearest":
         return resize_maps(maps, size)
@@ -247,8 +253,10 @@ def resample_maps(maps: Sequence[np.ndarray], size: int, resample: str = "neares
 
 
 def encode_area(batch: np.ndarray, encoding: str = "onehot3") -> np.ndarray:
-    """(N, S, S, 3) uint8 fractions → float32 (N, C, S, S): ``onehot3`` all three channels, ``onehot``
-    pass and fail (the area averages of those encodings).
+    """(N, S, S, 3) uint8 fractions → float32 (N, C, S, S).
+
+    ``onehot3`` all three channels, ``onehot`` pass and fail (the area averages of those
+    encodings).
     """
     x = np.moveaxis(batch, -1, 1).astype(np.float32) * (1.0 / AREA_LEVELS)
     if encoding == "onehot3":
@@ -259,8 +267,10 @@ def encode_area(batch: np.ndarray, encoding: str = "onehot3") -> np.ndarray:
 
 
 def area_to_die_grid(heat: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """An S×S heat map of an area-resampled map → the map's own (H, W) die grid: each die gets the
-    overlap-weighted mean of the output cells that covered it; cells outside the dies' bounding box 0.
+    """An S×S heat map of an area-resampled map → the map's own (H, W) die grid.
+
+    Each die gets the overlap-weighted mean of the output cells that covered it; cells outside the
+    dies' bounding box 0.
     """
     r0, r1, c0, c1 = die_bbox(m)
     s = heat.shape[0]
@@ -283,9 +293,10 @@ ORIENT = ("none", "canonical")
 
 @lru_cache(maxsize=16)
 def _moment_weights(size: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """(S², 3) float64 weights (row, column, row×column coordinates, odd integers centred on the
-    map) and, per view k, how its row/column moments follow from the map's: (source of its row
-    moment 0 = row, 1 = column; its sign; the same for its column moment).
+    """(S², 3) float64 weights (row, column, row×column coordinates, odd integers centred on the map) and, per view k.
+
+    How its row/column moments follow from the map's: (source of its row moment 0 = row, 1 =
+    column; its sign; the same for its column moment).
     """
     a = (2 * np.arange(size) - (size - 1)).astype(np.float64)
     rr, cc = np.meshgrid(a, a, indexing="ij")
@@ -314,7 +325,8 @@ def _moment_weights(size: int) -> tuple[np.ndarray, list[tuple[int, int, int, in
 
 
 def canonical_views(x: np.ndarray) -> np.ndarray:
-    """(N,) index k (as in :func:`dihedral`) of each map's canonical view, for a resampled batch:
+    """(N,) index k (as in :func:`dihedral`) of each map's canonical view, for a resampled batch.
+
     (N, S, S) die states or (N, S, S, 3) area fractions.
     """
     n, size = len(x), x.shape[1]
@@ -363,8 +375,9 @@ def canonicalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def _view_rules() -> np.ndarray:
-    """(8, 4) int64: how each view's moments follow from the map's (:func:`_moment_weights`; the same
-    for every size), as the compiled key wants them.
+    """(8, 4) int64: how each view's moments follow from the map's (:func:`_moment_weights`; the same for every size).
+
+    As the compiled key wants them.
     """
     rules = np.asarray(_moment_weights(2)[1], np.int64)
     rules.setflags(write=False)
@@ -372,10 +385,12 @@ def _view_rules() -> np.ndarray:
 
 
 def canonical_map(m: np.ndarray) -> np.ndarray:
-    """A map on its own die grid, cropped to its dies' bounding box and turned into its canonical view
-    (the same rule as :func:`canonical_views`: fail-weighted moments, then die-weighted moments, then
-    the bytes). Every rotation/flip of a map, and the map with any margin of no-die cells, give the
-    same array. For models that read the native grid (the ``gbm`` features); ~5 µs a map.
+    """A map on its own die grid.
+
+    Cropped to its dies' bounding box and turned into its canonical view (the same rule as
+    :func:`canonical_views`: fail-weighted moments, then die-weighted moments, then the bytes). Every
+    rotation/flip of a map, and the map with any margin of no-die cells, give the same array. For
+    models that read the native grid (the ``gbm`` features); ~5 µs a map.
     """
     from waferscope.features._kernels import canonical_choice
 

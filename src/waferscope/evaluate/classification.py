@@ -80,8 +80,10 @@ N_FOLDS = 5
 
 
 def pool_sets(sets: dict):
-    """Pool named labelled sets (name → WaferDataset) into one, with set-qualified lot groups
-    (``"dev:LOT"``) so that lots of different files never merge, and the set name of every map.
+    """Pool named labelled sets (name → WaferDataset) into one.
+
+    With set-qualified lot groups (``"dev:LOT"``) so that lots of different files never merge,
+    and the set name of every map.
     """
     from waferscope.data import WaferDataset
     from waferscope.errors import DataError
@@ -181,9 +183,10 @@ def cached_record(cache: Path, params: dict, synthetic: int) -> dict | None:
 
 def fit_and_predict(method: str, train, test, seed: int = 0, fit_kwargs: dict | None = None,
                     save_to: Path | None = None) -> dict:
-    """Fit ``method`` on ``train``; its test probabilities, classes, parameters, size and timings as a
-    JSON-able record. ``fit_kwargs`` go to ``fit`` (e.g. a fitted ``teacher``); ``save_to`` also saves
-    the fitted model there (a run directory).
+    """Fit ``method`` on ``train``; its test probabilities, classes, parameters, size and timings as a JSON-able record.
+
+    ``fit_kwargs`` go to ``fit`` (e.g. a fitted ``teacher``); ``save_to`` also saves the fitted model
+    there (a run directory).
     """
     import time
 
@@ -218,8 +221,10 @@ def write_record(cache: Path, rec: dict) -> dict:
 
 
 def fold_train_test(pooled, folds, fold: int, synthetic: int, fraction: float = 1.0, groups=None):
-    """(training set, test set) of lot fold ``fold``: its training lots (``fraction`` < 1: that part of
-    them, whole lots seeded by the fold; needs ``groups``) + ``generate(synthetic, seed=1000 + fold)``.
+    """(training set, test set) of lot fold ``fold``.
+
+    Its training lots (``fraction`` < 1: that part of them, whole lots seeded by the fold; needs
+    ``groups``) + ``generate(synthetic, seed=1000 + fold)``.
     """
     from waferscope.data import WaferDataset
     from waferscope.data.synthetic import generate
@@ -250,6 +255,7 @@ def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Pa
 
 def lot_kfold_report(records: list[dict], pooled, set_of) -> dict:
     """Pooled macro-F1 (every map tested once), per-fold spread, per-class F1, macro-F1 per set.
+
     ``records`` are one method's fold records, or an ensemble's (probabilities already averaged).
     """
     from sklearn.metrics import f1_score
@@ -299,6 +305,7 @@ def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic
               work: str | Path = "results/lot_kfold", seed: int = 0, progress=None,
               fraction: float = 1.0) -> dict[str, dict]:
     """The lot-grouped protocol for each method (``a+b`` averages members' probabilities): name → report.
+
     ``fraction`` < 1 trains each fold on that part of its real training lots (test folds unchanged).
     """
     pooled, set_of, groups = pool_sets(sets)
@@ -327,8 +334,10 @@ def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic
 
 
 def learning_curve(method: str, sets: dict, fractions: Iterable[float], **kwargs) -> list[tuple[float, dict]]:
-    """The lot protocol of ``method`` at each training fraction: [(fraction, report)], reports as
-    :func:`lot_kfold`'s plus ``n_real_train`` (mean real training maps per fold).
+    """The lot protocol of ``method`` at each training fraction.
+
+    [(fraction, report)], reports as :func:`lot_kfold`'s plus ``n_real_train`` (mean real
+    training maps per fold).
     """
     return [(f, lot_kfold([method], sets, fraction=f, **kwargs)[method]) for f in fractions]
 
@@ -363,9 +372,10 @@ def plot_learning_curve(points: list[tuple[float, dict]], method: str, out: str 
 
 def cross_set(method: str, sets: dict, *, synthetic: int = 1500, work: str | Path = "results/lot_kfold",
               seed: int = 0, progress=None) -> dict[str, dict]:
-    """How much each set adds: for each ordered pair of the two sets, ``method`` trained on one
-    (+ ``generate(synthetic, seed=1000)``) and scored on all of the other. "A->B" → score_predictions'
-    report; each direction cached under ``work``.
+    """How much each set adds: for each ordered pair of the two sets.
+
+    ``method`` trained on one (+ ``generate(synthetic, seed=1000)``) and scored on all of the other.
+    "A->B" → score_predictions' report; each direction cached under ``work``.
     """
     from waferscope.data import WaferDataset
     from waferscope.data.synthetic import generate

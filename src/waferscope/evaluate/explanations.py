@@ -1,5 +1,7 @@
-"""Explanation quality on synthetic maps with masks (docs/explain.md): Grad-CAM / Grad-CAM++ / LayerCAM
-localisation, denoising F1, the detectors' anomaly maps beside them.
+"""Explanation quality on synthetic maps with masks (docs/explain.md).
+
+Grad-CAM / Grad-CAM++ / LayerCAM localisation, denoising F1, the detectors' anomaly maps beside
+them.
 
 Data: synthetic maps with die-level masks (`waferscope.data.synthetic.generate(n, seed)`), which
 the bundled classifier never saw (it was trained on other seeds). Writes per-class localisation
@@ -35,8 +37,10 @@ LOCAL_CLASSES = ["Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Scratch"]
 
 
 def oracle_heat(region: wd.WaferDataset, cells: int) -> list[np.ndarray]:
-    """The region mask as seen by a ``cells``×``cells`` feature map of a 48-px input: resized to 48
-    px, averaged over cells, resampled back to the die grid like a Grad-CAM map.
+    """The region mask as seen by a ``cells``×``cells`` feature map of a 48-px input.
+
+    Resized to 48 px, averaged over cells, resampled back to the die grid like a Grad-CAM
+    map.
     """
     import torch.nn.functional as F
 

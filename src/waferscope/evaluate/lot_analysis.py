@@ -25,8 +25,9 @@ from waferscope.evaluate.classification import N_FOLDS, average_records, fold_ca
 
 
 def fold_records(method: str, work: str | Path) -> list[dict]:
-    """The 5 cached lot-fold records of ``method`` (``a+b`` averages members); a DataError naming
-    ``work`` when a fold was not run.
+    """The 5 cached lot-fold records of ``method`` (``a+b`` averages members).
+
+    A DataError naming ``work`` when a fold was not run.
     """
     import json
 
@@ -141,10 +142,12 @@ def out_of_fold_temperature(method: str, labels, work: str | Path) -> float:
 
 def prior_shift_folds(method: str, labels, work: str | Path, draws: int = 10, size: int = 2_000, seed: int = 0,
                       calibrate: bool = False) -> dict[str, dict]:
-    """Mix name → per-fold :func:`score_mix` reports, each fold's own held-out maps drawn in the mix
-    (``dev``: the pooled sets' own mix), plus ``min_gain`` (the smallest estimate − balanced macro-F1
-    over the folds), ``mix_error`` (the folds' mean total-variation distance of the full EM mix from
-    the drawn one) and, with ``calibrate``, each fold's temperature (fitted on the other folds).
+    """Mix name → per-fold :func:`score_mix` reports.
+
+    Each fold's own held-out maps drawn in the mix (``dev``: the pooled sets' own mix), plus
+    ``min_gain`` (the smallest estimate − balanced macro-F1 over the folds), ``mix_error`` (the
+    folds' mean total-variation distance of the full EM mix from the drawn one) and, with
+    ``calibrate``, each fold's temperature (fitted on the other folds).
     """
     from waferscope.models.classifiers.prior import apply_temperature, fit_temperature
 

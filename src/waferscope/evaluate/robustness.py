@@ -108,8 +108,7 @@ def add_fails(m: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarra
 
 
 def add_margin(m: np.ndarray, spec: str) -> np.ndarray:
-    """``even:K`` K no-die cells on every side; ``offcentre:P%`` P % of the extent on the top and
-    left only.
+    """``even:K`` K no-die cells on every side; ``offcentre:P%`` P % of the extent on the top and left only.
     """
     kind, _, amount = spec.partition(":")
     if kind == "even":
@@ -129,8 +128,9 @@ def clip_rows(m: np.ndarray, share: float) -> np.ndarray:
 
 
 def exclude_edge(m: np.ndarray, rings: int) -> np.ndarray:
-    """Remove the outer ``rings`` rings of dies (chessboard distance to a no-die cell or the grid
-    edge), as an edge-exclusion zone that is not tested; the grid keeps its size.
+    """Remove the outer ``rings`` rings of dies (chessboard distance to a no-die cell or the grid edge).
+
+    As an edge-exclusion zone that is not tested; the grid keeps its size.
     """
     from scipy import ndimage
 
@@ -141,8 +141,10 @@ def exclude_edge(m: np.ndarray, rings: int) -> np.ndarray:
 
 # ---- format writers (small: enough for the loaders to read the map back) ------------------------
 def write_csv(path: Path, maps: list[np.ndarray]) -> None:
-    """CSV die list, one wafer per map: x = column, y up (the die-list convention: row 0 is the largest
-    y, see docs/data.md), bin 1 pass, bin 3 fail.
+    """CSV die list, one wafer per map.
+
+    X = column, y up (the die-list convention: row 0 is the largest y, see docs/data.md), bin 1
+    pass, bin 3 fail.
     """
     lines = ["lot,wafer,x,y,bin"]
     for i, m in enumerate(maps):
@@ -153,9 +155,10 @@ def write_csv(path: Path, maps: list[np.ndarray]) -> None:
 
 
 def write_stdf(path: Path, maps: list[np.ndarray]) -> None:
-    """STDF V4, little-endian, no WCR (so y grows down the wafer: row = Y_COORD), by the package's
-    :class:`~waferscope.data.loaders.stdf_writer.StdfWriter`: FAR, MIR, then per wafer WIR, a PIR/PRR
-    pair per die (HARD_BIN 1 or 3; PART_FLG bit 3 on a failing die), WRR; MRR.
+    """STDF V4, little-endian, no WCR (so y grows down the wafer: row = Y_COORD).
+
+    By the package's :class:`~waferscope.data.loaders.stdf_writer.StdfWriter`: FAR, MIR, then per
+    wafer WIR, a PIR/PRR pair per die (HARD_BIN 1 or 3; PART_FLG bit 3 on a failing die), WRR; MRR.
     """
     from waferscope.data.loaders.stdf_writer import StdfWriter
 
@@ -222,13 +225,14 @@ def _drawing(m: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def write_g85(path: Path, m: np.ndarray, wafer_id: str = "W0000", orientation: int = 0) -> None:
-    """SEMI G85 map XML of one wafer, laid out as map servers and the ``g85`` package write it: a
-    ``<Maps>`` root holding the wafer's ``<Map>`` (namespace ``http://www.semi.org``), one ``<Device>``
-    with ``BinType="Decimal"``, ``NullBin="255"``, Rows/Columns, ``OriginLocation="2"`` (upper left,
-    the first code of the first row), a ``<Bin>`` per code (001 Pass, 003 Fail, with its count) and the
-    ``<Data>`` rows in CDATA, three-digit codes separated by a space. The rows are the drawing, top row
-    first (G85 has no axis attribute), seen with the notch at ``orientation`` degrees clockwise from
-    the bottom: 0 writes the stored map as it is.
+    """SEMI G85 map XML of one wafer, laid out as map servers and the ``g85`` package write it.
+
+    A ``<Maps>`` root holding the wafer's ``<Map>`` (namespace ``http://www.semi.org``), one
+    ``<Device>`` with ``BinType="Decimal"``, ``NullBin="255"``, Rows/Columns, ``OriginLocation="2"``
+    (upper left, the first code of the first row), a ``<Bin>`` per code (001 Pass, 003 Fail, with its
+    count) and the ``<Data>`` rows in CDATA, three-digit codes separated by a space. The rows are the
+    drawing, top row first (G85 has no axis attribute), seen with the notch at ``orientation`` degrees
+    clockwise from the bottom: 0 writes the stored map as it is.
     """
     draw = _drawing(m, orientation)
     rows, cols = draw.shape
@@ -253,15 +257,16 @@ def write_g85(path: Path, m: np.ndarray, wafer_id: str = "W0000", orientation: i
 
 def write_e142(path: Path, m: np.ndarray, wafer_id: str = "W0000", orientation: int = 0,
                origin: str = "UpperLeft") -> None:
-    """SEMI E142 substrate-map XML of one wafer, laid out as wafer-sort map writers produce it
-    (E142-1 V1005 namespace): a top wafer layout with a child device layout whose ``Dimension`` is the
-    grid, the Substrate with its LotId, and a SubstrateMap with a ``SortGrade`` overlay whose
-    ``BinCodeMap`` (``BinType="HexaDecimal"``, ``NullBin="FF"``, BinDefinitions 01 Pass and 03 Fail
-    with their counts) holds one ``<BinCode>`` element per row, two hex digits per die without
-    separators. The rows are numbered from the ``origin`` corner (``UpperLeft`` with AxisDirection
-    ``DownRight``: top row first, the usual wafer-sort layout; ``LowerLeft``/``UpRight`` bottom row
-    first; …Right origins run right to left), seen with the notch at ``orientation`` degrees clockwise
-    from the bottom.
+    """SEMI E142 substrate-map XML of one wafer.
+
+    Laid out as wafer-sort map writers produce it (E142-1 V1005 namespace): a top wafer layout with a
+    child device layout whose ``Dimension`` is the grid, the Substrate with its LotId, and a
+    SubstrateMap with a ``SortGrade`` overlay whose ``BinCodeMap`` (``BinType="HexaDecimal"``,
+    ``NullBin="FF"``, BinDefinitions 01 Pass and 03 Fail with their counts) holds one ``<BinCode>``
+    element per row, two hex digits per die without separators. The rows are numbered from the
+    ``origin`` corner (``UpperLeft`` with AxisDirection ``DownRight``: top row first, the usual
+    wafer-sort layout; ``LowerLeft``/``UpRight`` bottom row first; …Right origins run right to left),
+    seen with the notch at ``orientation`` degrees clockwise from the bottom.
     """
     if origin not in E142_ORIGINS:
         raise ConfigError(f"E142 origin must be one of {', '.join(E142_ORIGINS)}, got {origin!r}")
@@ -425,8 +430,7 @@ def _levels(settings: Settings, factor: str) -> list:
 
 
 def transform(factor: str, level, m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One map under a factor's level (for ``size``: ``dev_splitK``; ``aspect``: > 1 repeats rows,
-    < 1 columns).
+    """One map under a factor's level (for ``size``: ``dev_splitK``; ``aspect``: > 1 repeats rows, < 1 columns).
     """
     if factor == "size":
         k = int(str(level).removeprefix("dev_split"))
@@ -517,13 +521,14 @@ def _dev_metric(model: Model, labels: np.ndarray, out: np.ndarray) -> float:
 
 def run(models: list[Model], settings: Settings = FULL, seed: int = 0, dev_path: Path | None = None,
         progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """The robustness table: one row per (model, factor, level). Columns: ``clean_false_alarm``,
-    ``clean_agreement`` (share of clean wafers whose decision is the one of the same wafer
-    untransformed, or read from npy for the format factor), ``dev_metric`` (macro-F1; a detector's
-    AUROC), ``dev_agreement`` (share of dev maps with the untransformed map's prediction),
-    ``map_identical`` / ``map_identical_sym`` (format factor: maps read back equal to the written ones,
-    exactly / up to a rotation or flip), ``n_clean``, ``n_dev``, ``note``. A ``reference`` row per
-    model holds the untransformed figures.
+    """The robustness table: one row per (model, factor, level).
+
+    Columns: ``clean_false_alarm``, ``clean_agreement`` (share of clean wafers whose decision is the
+    one of the same wafer untransformed, or read from npy for the format factor), ``dev_metric``
+    (macro-F1; a detector's AUROC), ``dev_agreement`` (share of dev maps with the untransformed map's
+    prediction), ``map_identical`` / ``map_identical_sym`` (format factor: maps read back equal to the
+    written ones, exactly / up to a rotation or flip), ``n_clean``, ``n_dev``, ``note``. A
+    ``reference`` row per model holds the untransformed figures.
     """
     bad = sorted(set(settings.factors) - set(FACTORS))
     if bad:
@@ -575,8 +580,9 @@ def _same_output(model: Model, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # ---- reports -------------------------------------------------------------------------------------
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per model: the worst clean false-alarm over the size and format levels, the mean dev
-    agreement over the orientation levels (the issue's acceptance figures).
+    """Per model: the worst clean false-alarm over the size and format levels.
+
+    The mean dev agreement over the orientation levels (the issue's acceptance figures).
     """
     out = []
     for name, g in table.groupby("model", sort=False):

@@ -52,6 +52,7 @@ def student_cache(work: Path, teacher: str, student: str, fold: int, n_unlabelle
 def run_student_fold(teacher: str, student: str, fold: int, pooled, folds, synthetic: int, work: Path,
                      seed: int = 0, unlabelled=None) -> tuple[dict, dict]:
     """(teacher record, student record) of one lot fold, fitted or read from the caches.
+
     ``unlabelled`` maps (a WaferDataset) join the student's training set only, as transfer maps.
     """
     from waferscope.base import load_run
@@ -79,9 +80,11 @@ def run_student_fold(teacher: str, student: str, fold: int, pooled, folds, synth
 def student_retention(teacher: str, student: str, sets: dict, *, folds=range(N_FOLDS), synthetic: int = 1500,
                       work: str | Path = "results/lot_kfold", seed: int = 0, progress=None,
                       unlabelled=None) -> dict:
-    """The student check on the lot protocol: per-fold and pooled macro-F1 of both, retention,
-    parameter counts and their ratio, agreement with the teacher, test-fold wafers/s.
-    ``unlabelled`` (a WaferDataset of maps without labels) joins every fold's student training set.
+    """The student check on the lot protocol.
+
+    Per-fold and pooled macro-F1 of both, retention, parameter counts and their ratio, agreement
+    with the teacher, test-fold wafers/s. ``unlabelled`` (a WaferDataset of maps without labels)
+    joins every fold's student training set.
     """
     from waferscope.errors import DataError
 

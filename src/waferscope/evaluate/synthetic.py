@@ -1,5 +1,7 @@
-"""How real the synthetic maps are: a CNN trained on synthetic maps only, scored on real wafers
-(:func:`realism_check`), and synthetic-vs-real statistics and figures (:func:`compare_to_real`).
+"""How real the synthetic maps are.
+
+A CNN trained on synthetic maps only, scored on real wafers (:func:`realism_check`), and
+synthetic-vs-real statistics and figures (:func:`compare_to_real`).
 
 If the generator's classes look like the real ones, a classifier that never saw a real wafer still
 classifies real wafers well; docs/synthetic.md's acceptance is macro-F1 >= 0.80 on the 2,892 real
@@ -39,8 +41,9 @@ def _real_maps(real):
 
 
 def small_cnn(n_classes: int, width: int = 16, grid: int = 4) -> nn.Module:
-    """Four conv blocks (the first three halve the map) and a linear head on the flattened grid×grid map:
-    flattening (not global pooling) keeps *where* the fails are, which separates Center, Loc,
+    """Four conv blocks (the first three halve the map) and a linear head on the flattened grid×grid map.
+
+    Flattening (not global pooling) keeps *where* the fails are, which separates Center, Loc,
     Edge-Loc and Edge-Ring.
     """
     layers, c_in = [], 3
@@ -58,8 +61,9 @@ def to_input(maps, size: int) -> np.ndarray:
 
 
 def flip_dies(maps, max_rate: float, rng: np.random.Generator) -> list[np.ndarray]:
-    """Die noise: on each map flip a random share (drawn uniformly in [0, max_rate]) of its dies
-    pass <-> fail, so the CNN does not lean on the exact background fail rate of the generator.
+    """Die noise: on each map flip a random share (drawn uniformly in [0, max_rate]) of its dies pass <-> fail.
+
+    So the CNN does not lean on the exact background fail rate of the generator.
     """
     out = []
     for m, rate in zip(maps, rng.uniform(0.0, max_rate, len(maps))):
@@ -238,9 +242,11 @@ def _ring(m: np.ndarray) -> np.ndarray:
 
 
 def cluster_stats(m: np.ndarray) -> tuple[float, float, float, float]:
-    """Shape of a wafer's largest 8-connected fail cluster: (dies, axis ratio, share of its dies on
-    the outer two rings, distance of its centroid from the wafer centre). The area and axis ratio
-    use interior dies only (ring >= 2), so a fail-dense rim does not merge into one cluster.
+    """Shape of a wafer's largest 8-connected fail cluster.
+
+    (dies, axis ratio, share of its dies on the outer two rings, distance of its centroid from
+    the wafer centre). The area and axis ratio use interior dies only (ring >= 2), so a
+    fail-dense rim does not merge into one cluster.
     """
     from scipy import ndimage  # noqa: F401
     from skimage.measure import label, regionprops
@@ -383,8 +389,9 @@ def _save(fig, path: Path) -> None:
 
 
 def compare_to_real(real=None, n: int = 4500, seed: int = 0, img_dir: str | Path | None = None) -> str:
-    """Synthetic ``generate(n, seed)`` vs the real labelled maps ``real`` (default the dev maps):
-    per-class fail rates, rim and neighbour statistics, grid sizes and cluster shapes as a Markdown
+    """Synthetic ``generate(n, seed)`` vs the real labelled maps ``real`` (default the dev maps).
+
+    Per-class fail rates, rim and neighbour statistics, grid sizes and cluster shapes as a Markdown
     table; with ``img_dir`` also synthetic_vs_real.png, synthetic_sizes.png and synthetic_montage.png.
     """
     import matplotlib

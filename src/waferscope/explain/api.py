@@ -149,8 +149,9 @@ def denoise(dataset: WaferDataset, explanation: Explanation, threshold: str | fl
 
 def denoising_table(dataset: WaferDataset, explanation: Explanation, threshold: str | float = "otsu",
                     classes: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Die-level precision/recall/F1/IoU against the masks for Grad-CAM, median and component
-    filters, and for the raw map (no denoising), per wafer.
+    """Die-level precision/recall/F1/IoU against the masks for Grad-CAM, median and component filters.
+
+    And for the raw map (no denoising), per wafer.
     """
     _need_masks(dataset, "denoising evaluation")
     methods = {
@@ -170,9 +171,11 @@ def denoising_table(dataset: WaferDataset, explanation: Explanation, threshold: 
 
 
 def picture_sample(dataset: WaferDataset, explanation: Explanation, n: int, seed: int = 0) -> list[int]:
-    """Up to ``n`` wafers to draw, spread over the classes: taken in turn from each class (the label,
-    or the predicted class of an unlabelled wafer), in a seeded random order within a class. The
-    first ``n`` rows of a class-sorted folder would all be one class. Returned grouped by class.
+    """Up to ``n`` wafers to draw, spread over the classes.
+
+    Taken in turn from each class (the label, or the predicted class of an unlabelled wafer), in
+    a seeded random order within a class. The first ``n`` rows of a class-sorted folder would
+    all be one class. Returned grouped by class.
     """
     rng = np.random.default_rng(seed)
     labels = np.asarray(dataset.labels).astype(str)

@@ -1,5 +1,4 @@
-"""Grad-CAM (Selvaraju et al. 2017), Grad-CAM++ (Chattopadhay et al. 2018) and LayerCAM
-(Jiang et al. 2021), batched.
+"""Grad-CAM (Selvaraju et al. 2017), Grad-CAM++ (Chattopadhay et al. 2018) and LayerCAM (Jiang et al. 2021), batched.
 
 Both weight the activations ``A`` of a convolutional layer by the gradient of the class score:
 Grad-CAM with the spatial mean of the gradient, Grad-CAM++ with pixel-wise weights that favour
@@ -42,8 +41,9 @@ def conv_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.M
 
 
 def find_target_layer(model: nn.Module, example: torch.Tensor, min_size: int = 4) -> str:
-    """The network's declared ``explain_layer`` if it has one (e.g. ``cnn_fine``'s die-resolution
-    map), else the name of the last Conv2d whose output is at least ``min_size`` on each side.
+    """The network's declared ``explain_layer`` if it has one (e.g. ``cnn_fine``'s die-resolution map).
+
+    Else the name of the last Conv2d whose output is at least ``min_size`` on each side.
     """
     declared = getattr(model, "explain_layer", None)
     if declared is not None and declared in dict(model.named_modules()):
@@ -126,8 +126,10 @@ def _pixels_to_dies(n_dies: int, size: int) -> np.ndarray:
 
 
 def to_die_grid(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """One S×S heat map → the wafer's own die grid: each die gets the mean heat of the pixels
-    that showed it to the network (see :func:`_pixels_to_dies`).
+    """One S×S heat map → the wafer's own die grid.
+
+    Each die gets the mean heat of the pixels that showed it to the network (see
+    :func:`_pixels_to_dies`).
     """
     rows = _pixels_to_dies(int(shape[0]), cam.shape[0])
     cols = _pixels_to_dies(int(shape[1]), cam.shape[1])

@@ -1,6 +1,7 @@
-"""The 120 ``extended`` features in one compiled pass per map: the same definitions as
-:mod:`.handcrafted`, :mod:`.pattern_stats` and :mod:`.shape` (which stay as the readable reference the
-tests hold this to), at about a tenth of their cost.
+"""The 120 ``extended`` features in one compiled pass per map.
+
+The same definitions as :mod:`.handcrafted`, :mod:`.pattern_stats` and :mod:`.shape` (which stay as
+the readable reference the tests hold this to), at about a tenth of their cost.
 
 Why a second implementation: the reference spends most of its ~2 ms per map in Python and in small
 numpy / scipy / scikit-image calls (a hundred of them per map), not in arithmetic, which caps the
@@ -109,8 +110,9 @@ def extended_features_fast(wafer: np.ndarray) -> np.ndarray:
 
 
 def extended_batch(maps: Sequence[np.ndarray], full: bool = True) -> np.ndarray:
-    """(N, 120) features of a list of maps; ``full=False``: only the 61 ``pattern`` features (N, 61)
-    (the last 61 of the 120; no Radon transform).
+    """(N, 120) features of a list of maps; ``full=False``.
+
+    Only the 61 ``pattern`` features (N, 61) (the last 61 of the 120; no Radon transform).
     """
     out = np.zeros((len(maps), N_EXTENDED))
     for i, m in enumerate(maps):
@@ -193,7 +195,8 @@ def _moments(labels, k, box):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _axes(labels, k, box):  # pragma: no cover - compiled
-    """(n, mean row, mean col, minor sd, major sd) of the cells labelled ``k`` inside ``box``:
+    """(n, mean row, mean col, minor sd, major sd) of the cells labelled ``k`` inside ``box``.
+
     np.cov-style (ddof 1) principal standard deviations, 0 below 3 cells.
     """
     n, mr, mc, srr, src, scc = _moments(labels, k, box)
@@ -247,11 +250,13 @@ def _mean_std(values, n):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _die_footprint(ca, sa, tx, ty, reach, py, px, size, weights):  # pragma: no cover - compiled
-    """A failing die at padded (py, px) in the warp of one angle: output point (x, y) samples the image
-    bilinearly at (row, col) = (−sin·x + cos·y + ty, cos·x + sin·y + tx), so the die weighs
-    (1 − |row − py|)(1 − |col − px|) there when both distances are below 1. Summed down each column
-    x of the few grid points around the die's inverse rotation: writes the weights of the first
-    column reached and the next two into ``weights`` and returns that first column.
+    """A failing die at padded (py, px) in the warp of one angle.
+
+    Output point (x, y) samples the image bilinearly at (row, col) = (−sin·x + cos·y + ty, cos·x +
+    sin·y + tx), so the die weighs (1 − |row − py|)(1 − |col − px|) there when both distances are
+    below 1. Summed down each column x of the few grid points around the die's inverse rotation:
+    writes the weights of the first column reached and the next two into ``weights`` and returns
+    that first column.
     """
     x0 = ca * (px - tx) - sa * (py - ty)
     y0 = sa * (px - tx) + ca * (py - ty)
@@ -276,8 +281,10 @@ def _warp(ca, sa, center):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
-    """The (size, n_angles) sinogram of skimage's radon(circle=False) of the fail map, pushed from the
-    failing dies (:func:`_die_footprint`), dies in raster order within every bin.
+    """The (size, n_angles) sinogram of skimage's radon(circle=False) of the fail map.
+
+    Pushed from the failing dies (:func:`_die_footprint`), dies in raster order within every
+    bin.
     """
     h, w = wafer.shape
     n_angles = cos_a.shape[0]
@@ -297,8 +304,9 @@ def _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover
 
 @njit(cache=True, nogil=True)
 def _radon_footprints(h, w, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
-    """:func:`_die_footprint` of every cell of an h×w grid at every angle, stored once per grid shape,
-    so a map's sinogram is three additions per failing die and angle.
+    """:func:`_die_footprint` of every cell of an h×w grid at every angle, stored once per grid shape.
+
+    So a map's sinogram is three additions per failing die and angle.
     """
     n_angles = cos_a.shape[0]
     first = np.zeros((h * w, n_angles), dtype=np.int32)
@@ -707,9 +715,10 @@ def _block_density(fail, r0, r1, c0, c1):  # pragma: no cover - compiled
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) every kernel here and the canonical view's, on a few tiny
-    maps covering both Radon paths. The first time on a machine this takes ~20 s; scripts/setup.sh
-    calls it so that a user's first command does not.
+    """Compile (or load from numba's cache) every kernel here and the canonical view's.
+
+    On a few tiny maps covering both Radon paths. The first time on a machine this takes ~20 s;
+    scripts/setup.sh calls it so that a user's first command does not.
     """
     from waferscope.data.preprocess import canonical_map
 

@@ -179,6 +179,7 @@ def _clusters(mask: np.ndarray, layout: dict) -> dict:
 def grid_features_prepared(x: np.ndarray, fail_mask: np.ndarray | None = None,
                            die_mask: np.ndarray | None = None) -> np.ndarray:
     """(N, S, S, 3) uint8 no-die / pass / fail fractions (×255, canonical view) → (N, F) float64.
+
     ``fail_mask`` / ``die_mask``: the (N, S, S) fail / die cells, when not "at least half" of x's.
     """
     from waferscope.features._kernels import grid_local, grid_radon_summary

@@ -104,8 +104,9 @@ def radon_features(wafer: np.ndarray) -> np.ndarray:
 
 
 def radon_features_reference(wafer: np.ndarray) -> np.ndarray:
-    """:func:`radon_features` with scikit-image's Radon transform and scipy's cubic interpolation: the
-    definition, kept as the reference the tests hold the fast path to.
+    """:func:`radon_features` with scikit-image's Radon transform and scipy's cubic interpolation.
+
+    The definition, kept as the reference the tests hold the fast path to.
     """
     from skimage.transform import radon
 
@@ -118,12 +119,13 @@ def radon_features_reference(wafer: np.ndarray) -> np.ndarray:
 
 
 def geometry_features(wafer: np.ndarray) -> np.ndarray:
-    """Normalised shape of the largest 4-connected failing region (zeros when nothing fails): the
-    :func:`geometry_features_reference` numbers, bit for bit (the trees split on exact training
-    values, and the perimeter and axis lengths take few distinct values, so one ulp moves a map to
-    the other side of a split). The perimeter codes and the convex area come from one compiled
-    pass (:func:`~waferscope.features._kernels.region_counts`); the moments go through the same
-    scikit-image functions, in the same order, as ``regionprops``.
+    """Normalised shape of the largest 4-connected failing region (zeros when nothing fails).
+
+    The :func:`geometry_features_reference` numbers, bit for bit (the trees split on exact
+    training values, and the perimeter and axis lengths take few distinct values, so one ulp moves
+    a map to the other side of a split). The perimeter codes and the convex area come from one
+    compiled pass (:func:`~waferscope.features._kernels.region_counts`); the moments go through
+    the same scikit-image functions, in the same order, as ``regionprops``.
     """
     from scipy import ndimage
     from skimage.measure import inertia_tensor, inertia_tensor_eigvals, moments, moments_central
@@ -173,11 +175,12 @@ def wafer_features(wafer: np.ndarray) -> np.ndarray:
 
 
 def pattern_shape_features(wafer: np.ndarray, local_rate: np.ndarray | None = None) -> np.ndarray:
-    """The 61 ``pattern`` features: the 15 pattern statistics and the 46 shape features (no Radon
-    transform, so about 4× cheaper than ``extended``). ``local_rate``: the map's local fail rate when
-    the caller has it already (see :func:`~waferscope.features.pattern_stats.pattern_features`).
-    Imported here, not at the top, so that loading this module (every CLI start) does not pull in
-    scipy.ndimage.
+    """The 61 ``pattern`` features.
+
+    The 15 pattern statistics and the 46 shape features (no Radon transform, so about 4× cheaper than
+    ``extended``). ``local_rate``: the map's local fail rate when the caller has it already (see
+    :func:`~waferscope.features.pattern_stats.pattern_features`). Imported here, not at the top, so
+    that loading this module (every CLI start) does not pull in scipy.ndimage.
     """
     from waferscope.features.pattern_stats import pattern_features
     from waferscope.features.shape import shape_features
@@ -249,8 +252,9 @@ def _chunk(maps: Sequence[np.ndarray], feature_set: str = "wm811k") -> np.ndarra
 
 def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: bool = False,
                      chunk_size: int = 256, feature_set: str = "wm811k") -> np.ndarray:
-    """(N, F) float64 features (F = 59 for ``"wm811k"``, 120 for ``"extended"``, 61 for ``"pattern"``);
-    chunks of maps go to ``n_jobs`` worker processes (joblib) for large sets.
+    """(N, F) float64 features (F = 59 for ``"wm811k"``, 120 for ``"extended"``, 61 for ``"pattern"``).
+
+    Chunks of maps go to ``n_jobs`` worker processes (joblib) for large sets.
 
     Below a few hundred maps the start-up of workers is not worth it and the work stays in this
     process (``extended``, compiled, runs ~0.1 ms a map, in threads).
@@ -272,10 +276,11 @@ IN_PROCESS_STEP = 64  # maps per progress step when the work stays in this proce
 
 def map_chunks(fn, maps: list, n_jobs: int = -1, progress: bool = False, chunk_size: int = 256,
                threads: bool = False) -> list:
-    """``[fn(chunk), …]`` over consecutive chunks of ``maps``, in order: in ``n_jobs`` worker processes
-    (joblib; ``fn`` must be picklable) — or threads, when ``fn`` releases the GIL — when there are at
-    least two chunks' worth, else one call here. The shared runner of the feature extraction and of
-    the feature detectors' per-map work.
+    """``[fn(chunk), …]`` over consecutive chunks of ``maps``, in order.
+
+    In ``n_jobs`` worker processes (joblib; ``fn`` must be picklable) — or threads, when ``fn``
+    releases the GIL — when there are at least two chunks' worth, else one call here. The shared
+    runner of the feature extraction and of the feature detectors' per-map work.
     """
     if threads and n_jobs != 1 and len(maps) >= 2 * MIN_THREAD_CHUNK:
         return _in_threads(fn, maps, n_jobs, progress, chunk_size)
@@ -296,8 +301,10 @@ MIN_THREAD_CHUNK = 16  # maps per thread task at least (a task costs ~0.1 ms to 
 
 
 def _in_threads(fn, maps: list, n_jobs: int, progress: bool, chunk_size: int) -> list:
-    """:func:`map_chunks` in this process's shared thread pool: even a service's 64-map batch is split
-    over the cores (one chunk per worker, at most ``chunk_size`` maps each).
+    """:func:`map_chunks` in this process's shared thread pool.
+
+    Even a service's 64-map batch is split over the cores (one chunk per worker, at most
+    ``chunk_size`` maps each).
     """
     from joblib import effective_n_jobs
 

@@ -68,8 +68,10 @@ def principal_axes(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float]:
 
 
 def cluster_axes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per cluster 1..n of a label image: the standard deviations along its minor and major principal
-    axes (0 below 3 dies). :func:`principal_axes` of every cluster at once, equal to it up to rounding.
+    """Per cluster 1..n of a label image.
+
+    The standard deviations along its minor and major principal axes (0 below 3 dies).
+    :func:`principal_axes` of every cluster at once, equal to it up to rounding.
 
     Why not a loop over clusters: a noisy wafer has hundreds, and per-cluster ``np.cov`` calls were a
     third of the feature time. Per-cluster sums (``np.bincount``), centred in a second pass as

@@ -65,8 +65,9 @@ _KERNEL = np.ones((3, 3), dtype=np.int16)
 
 @lru_cache(maxsize=1024)
 def _geometry(h: int, w: int):
-    """Per cell of an h×w grid: normalised offsets dy, dx, radius, angle, ring, and the annulus-sector
-    index annulus × N_SECTORS + sector (cached per shape).
+    """Per cell of an h×w grid: normalised offsets dy, dx, radius, angle, ring.
+
+    And the annulus-sector index annulus × N_SECTORS + sector (cached per shape).
     """
     yy, xx = np.mgrid[:h, :w]
     dy, dx = (yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2)

@@ -29,9 +29,10 @@ def accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
 
 
 def class_mix_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], mix: dict[str, float]) -> float | None:
-    """Macro-F1 as if the test maps came in class mix ``mix`` ({class: count or share}): each map is
-    weighted by its class's share of ``mix`` over its share of the test set. None unless the test set
-    has every class of ``mix`` (and nothing else) to re-weight.
+    """Macro-F1 as if the test maps came in class mix ``mix`` ({class: count or share}).
+
+    Each map is weighted by its class's share of ``mix`` over its share of the test set. None unless
+    the test set has every class of ``mix`` (and nothing else) to re-weight.
     """
     y_true, y_pred = np.asarray(y_true, dtype=str), np.asarray(y_pred, dtype=str)
     classes = [str(c) for c in mix]

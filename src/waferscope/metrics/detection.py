@@ -154,9 +154,10 @@ def _pixel_items(maps, dataset):
 
 
 def _bin_edges(items, n_bins: int, sample_per_map: int = 4096) -> np.ndarray:
-    """Bin edges at quantiles of a deterministic subsample of the valid pixels of every map, so
-    each bin holds about the same share of pixels (linear bins would put most normal pixels in a
-    few bins when the scores have a long tail).
+    """Bin edges at quantiles of a deterministic subsample of the valid pixels of every map.
+
+    So each bin holds about the same share of pixels (linear bins would put most normal pixels
+    in a few bins when the scores have a long tail).
     """
     sample = []
     for amap, _, valid in items:
@@ -277,8 +278,10 @@ def threshold_quantile(normal_scores: np.ndarray, q: float = 0.99) -> float:
 
 def threshold_kfold_mean_of_max(make_detector: Callable[[], object], normals, n_splits: int = 5,
                                 seed: int = 0) -> dict:
-    """K-fold mean-of-max threshold: per fold fit a fresh detector on the other normals, take the
-    maximum score on the held-out normals; the threshold is the mean over folds.
+    """K-fold mean-of-max threshold.
+
+    Per fold fit a fresh detector on the other normals, take the maximum score on the
+    held-out normals; the threshold is the mean over folds.
     """
     from sklearn.model_selection import KFold
 

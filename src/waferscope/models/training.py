@@ -54,9 +54,10 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def index_batches(order: np.ndarray, batch_size: int, *, min_size: int = 1) -> Iterator[np.ndarray]:
-    """Consecutive slices of ``order`` of ``batch_size`` indices; a last, shorter slice is kept only
-    when it has ``min_size`` or more (2 for BatchNorm, which cannot normalise one sample;
-    ``batch_size`` to keep full batches only).
+    """Consecutive slices of ``order`` of ``batch_size`` indices.
+
+    A last, shorter slice is kept only when it has ``min_size`` or more (2 for BatchNorm,
+    which cannot normalise one sample; ``batch_size`` to keep full batches only).
     """
     for start in range(0, len(order), int(batch_size)):
         idx = order[start:start + int(batch_size)]
@@ -71,9 +72,11 @@ def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int,
 
 
 class EMA:
-    """An exponential moving average of a module's parameters: after every step
-    ``average = decay · average + (1 − decay) · weights`` (buffers are not averaged: a BatchNorm's
-    statistics of the averaged weights have to be recomputed, e.g. with ``torch.optim.swa_utils.update_bn``).
+    """An exponential moving average of a module's parameters.
+
+    After every step ``average = decay · average + (1 − decay) · weights`` (buffers are not averaged: a
+    BatchNorm's statistics of the averaged weights have to be recomputed, e.g. with
+    ``torch.optim.swa_utils.update_bn``).
 
     ``from_start=True``: the average starts at the module's weights as they are now (a *target*
     network that trails the trained one from its initialisation, as ReConPatch and BYOL use);
@@ -100,9 +103,11 @@ class EMA:
 
 @dataclass
 class EarlyStopping:
-    """After every epoch ``validate()`` scores the model (higher is better); the best epoch's weights
-    are kept and restored at the end, and training stops once ``patience`` epochs in a row brought
-    no better score. The score goes into the epoch's history entry as ``name``.
+    """After every epoch ``validate()`` scores the model (higher is better).
+
+    The best epoch's weights are kept and restored at the end, and training stops once
+    ``patience`` epochs in a row brought no better score. The score goes into the epoch's history
+    entry as ``name``.
     """
 
     validate: Callable[[], float]
@@ -112,10 +117,12 @@ class EarlyStopping:
 
 @dataclass
 class FitResult:
-    """What :func:`fit_loop` returns. ``history``: one dict per epoch run (``epoch``, ``train_loss``
-    — the sample-weighted mean loss of its steps — and the early-stopping score); ``best_epoch``:
-    the epoch whose weights the modules hold (the last one without early stopping);
-    ``stopped_early``: whether patience ran out before ``epochs``.
+    """What :func:`fit_loop` returns.
+
+    ``history``: one dict per epoch run (``epoch``, ``train_loss`` — the sample-weighted mean
+    loss of its steps — and the early-stopping score); ``best_epoch``: the epoch whose weights
+    the modules hold (the last one without early stopping); ``stopped_early``: whether patience
+    ran out before ``epochs``.
     """
 
     history: list[dict] = field(default_factory=list)

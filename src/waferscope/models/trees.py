@@ -111,8 +111,9 @@ def check_node_indices(trees: dict[str, np.ndarray], inner: np.ndarray, n_featur
 
 
 def load_trees(tensors, n_features: int, owner: str) -> dict[str, np.ndarray]:
-    """The tree arrays of a saved run (``tensors`` as read from safetensors), checked by
-    :func:`check_trees`; a RunDirError naming ``owner`` when they are missing or damaged.
+    """The tree arrays of a saved run (``tensors`` as read from safetensors), checked by :func:`check_trees`.
+
+    A RunDirError naming ``owner`` when they are missing or damaged.
     """
     from waferscope.errors import RunDirError
 

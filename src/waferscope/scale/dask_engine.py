@@ -74,9 +74,11 @@ def _session(onnx_bytes: bytes):
 
 
 class ScaleRun(NamedTuple):
-    """What a partitioned run wrote: the result files, the rows scored, the class mix the
-    probabilities were moved to (``prior=``; None without one), how many scores reached
-    ``threshold=`` (None without one).
+    """What a partitioned run wrote.
+
+    The result files, the rows scored, the class mix the probabilities were moved to
+    (``prior=``; None without one), how many scores reached ``threshold=`` (None without
+    one).
     """
 
     files: list[Path]
@@ -177,8 +179,10 @@ def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STRE
 
 
 def reprior_partition(src: str, out_dir: str, shift) -> tuple[str, int]:
-    """Second pass of ``prior="estimate"``: a partition's raw results with the probabilities moved
-    to ``shift``'s (now fixed) class mix, written to ``out_dir`` under the same name.
+    """Second pass of ``prior="estimate"``.
+
+    A partition's raw results with the probabilities moved to ``shift``'s (now fixed) class
+    mix, written to ``out_dir`` under the same name.
     """
     import pyarrow.parquet as pq
 
@@ -200,8 +204,7 @@ def _probabilities(files: list[Path]) -> np.ndarray:
 
 
 def check_out(out: Path, overwrite: bool, name: str = "out") -> None:
-    """Refuse a bad output folder (parameter ``name``: out or maps) before any cluster is started
-    or model exported.
+    """Refuse a bad output folder (parameter ``name``: out or maps) before any cluster is started or model exported.
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{name} must be a directory", out)
@@ -210,8 +213,10 @@ def check_out(out: Path, overwrite: bool, name: str = "out") -> None:
 
 
 def _staging_dir(target: Path) -> Path:
-    """A hidden, empty folder beside ``target`` on the same file system: the workers write there and
-    the finished folder is renamed to ``target``, so ``target`` never holds a partial result.
+    """A hidden, empty folder beside ``target`` on the same file system.
+
+    The workers write there and the finished folder is renamed to ``target``, so ``target``
+    never holds a partial result.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     # os.mkdir, not tempfile.mkdtemp: mkdtemp's mode 0700 would outlive the rename; this gets the umask's.
@@ -228,8 +233,10 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 def _remove_staging(path: Path, settle: float) -> None:
-    """Remove a failed run's staging folder. A Dask task already running when the run failed cannot
-    be stopped and may still be writing into it, so look again for ``settle`` seconds.
+    """Remove a failed run's staging folder.
+
+    A Dask task already running when the run failed cannot be stopped and may still be
+    writing into it, so look again for ``settle`` seconds.
     """
     deadline = time.monotonic() + settle
     while True:
@@ -253,8 +260,10 @@ def _client(scheduler: str | None, workers: int, timeout: float):
 
 
 def _run_tasks(client, fn, arg_lists: list[tuple]) -> list:
-    """``fn(*args)`` for each args: a loop here (no client), else one Dask task each; on a failure
-    the other tasks are cancelled before the error goes up.
+    """``fn(*args)`` for each args.
+
+    A loop here (no client), else one Dask task each; on a failure the other tasks are
+    cancelled before the error goes up.
     """
     if client is None:
         return [fn(*args) for args in arg_lists]
@@ -267,8 +276,10 @@ def _run_tasks(client, fn, arg_lists: list[tuple]) -> list:
 
 
 def _map_names(files: list[Path]) -> list[list[str]]:
-    """The anomaly-map file name of every row, per partition: named over the whole archive in
-    partition order, as the single-process scoring names them over its one data set.
+    """The anomaly-map file name of every row, per partition.
+
+    Named over the whole archive in partition order, as the single-process scoring names
+    them over its one data set.
     """
     from waferscope.data.io_parquet import read_ids
 

@@ -30,10 +30,12 @@ DISCOVERED_MAPS = "wafers.parquet"  # in a `discover` folder: the abstained wafe
 
 @dataclass
 class OpenSetModel:
-    """The pieces that decide ``unknown``: the ``metric`` embedding (and its feature standardisation),
-    the fitted :class:`~waferscope.search.open_set.OpenSetScorer`, the classifier whose probabilities
-    it reads (a per-fold stand-in, or None when bound to a saved classifier run that supplies them),
-    and the bundled detector's name when the scorer uses the ``detector`` part.
+    """The pieces that decide ``unknown``.
+
+    The ``metric`` embedding (and its feature standardisation), the fitted
+    :class:`~waferscope.search.open_set.OpenSetScorer`, the classifier whose probabilities it reads
+    (a per-fold stand-in, or None when bound to a saved classifier run that supplies them), and the
+    bundled detector's name when the scorer uses the ``detector`` part.
     """
 
     embedding: object  # a fitted MetricEmbedding
@@ -90,8 +92,10 @@ def _detector_scores(name: str | None, maps) -> np.ndarray:
 
 
 def open_set_split(labels, lots, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(training, calibration) positions: a lot-grouped, class-stratified 80/20 split (without lot
-    names, or with fewer than five lots, each wafer is its own group).
+    """(training, calibration) positions.
+
+    A lot-grouped, class-stratified 80/20 split (without lot names, or with fewer than five
+    lots, each wafer is its own group).
     """
     from waferscope.data.preprocess import grouped_stratified_kfold
 
@@ -147,10 +151,12 @@ def fit_open_set(feat: np.ndarray, labels, lots, seed: int = 0, abstain_rate: fl
 
 def train_with_open_set(classifier, dataset, seed: int = 0, abstain_rate: float = 0.05, n_jobs: int = -1,
                         progress: bool = False):
-    """Fit ``classifier`` (an unfitted waferscope classifier) and an open-set model for it: the
-    labelled wafers are split by lot (:func:`open_set_split`); the classifier and the metric head
-    learn from the training lots (and any unlabelled wafers), the scorer is calibrated on the
-    classifier's probabilities for the held-out lots. Returns (fitted classifier, OpenSetModel).
+    """Fit ``classifier`` (an unfitted waferscope classifier) and an open-set model for it.
+
+    The labelled wafers are split by lot (:func:`open_set_split`); the classifier and the metric
+    head learn from the training lots (and any unlabelled wafers), the scorer is calibrated on
+    the classifier's probabilities for the held-out lots. Returns (fitted classifier,
+    OpenSetModel).
     """
     from waferscope.features.handcrafted import extract_features
 
@@ -198,8 +204,10 @@ def has_open_set(run_dir) -> bool:
 
 
 def load_open_set(run_dir: Path, classes=None) -> OpenSetModel:
-    """The open-set model saved with a classifier run (:func:`save_open_set`); one clear error when the
-    run has none, is damaged, or was fitted for other classes or another feature set.
+    """The open-set model saved with a classifier run (:func:`save_open_set`).
+
+    One clear error when the run has none, is damaged, or was fitted for other classes or
+    another feature set.
     """
     from safetensors.numpy import load_file
 
@@ -237,10 +245,11 @@ def load_open_set(run_dir: Path, classes=None) -> OpenSetModel:
 def discover(archive, fit_on=None, seed: int = 0, abstain_rate: float = 0.05, min_cluster_size: int | None = None,
              n_jobs: int = -1, progress: bool = False, min_samples: int | None = None,
              selection: str | None = None) -> pd.DataFrame:
-    """Per archive wafer: id, lot, label, predicted class (``unknown`` when abstained), open-set score
-    and cluster (-1: not abstained or in no cluster). The known classes are learnt from ``fit_on``
-    (default: the archive's own labelled wafers). HDBSCAN settings: ``None`` takes the measured
-    defaults of :mod:`waferscope.search.open_set`.
+    """Per archive wafer: id, lot, label, predicted class (``unknown`` when abstained).
+
+    Open-set score and cluster (-1: not abstained or in no cluster). The known classes are learnt
+    from ``fit_on`` (default: the archive's own labelled wafers). HDBSCAN settings: ``None`` takes
+    the measured defaults of :mod:`waferscope.search.open_set`.
     """
     from waferscope.features.handcrafted import extract_features
     from waferscope.search import open_set as os_
@@ -299,7 +308,8 @@ def _montage(maps, titles, path: Path, cols: int = 8) -> None:
 
 
 def write_discovery(archive, table: pd.DataFrame, out: Path, per_cluster: int = 24) -> Path:
-    """``out``/wafers.csv (the abstained wafers), wafers.parquet (their maps), clusters.csv,
+    """``out``/wafers.csv (the abstained wafers), wafers.parquet (their maps), clusters.csv.
+
     cluster_K.png and index.html.
     """
     def write_text_atomic(path: Path, text: str) -> None:
@@ -347,8 +357,10 @@ def write_discovery(archive, table: pd.DataFrame, out: Path, per_cluster: int = 
 
 
 def cluster_as_class(folder: Path, cluster: int, name: str):
-    """The wafers of discovered cluster ``cluster`` in a :func:`write_discovery` folder, labelled
-    ``name`` (a new class to train on). One clear error for a missing folder or cluster.
+    """The wafers of discovered cluster ``cluster`` in a :func:`write_discovery` folder.
+
+    Labelled ``name`` (a new class to train on). One clear error for a missing folder or
+    cluster.
     """
     from waferscope.data import load
 

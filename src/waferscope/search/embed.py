@@ -117,8 +117,10 @@ class RawEmbedding:
 
 
 class CnnEmbedding:
-    """The bundled CNN's penultimate layer: the input of its last ``nn.Linear`` (``fc``), caught by a
-    forward pre-hook so the network code stays untouched.
+    """The bundled CNN's penultimate layer.
+
+    The input of its last ``nn.Linear`` (``fc``), caught by a forward pre-hook so the network
+    code stays untouched.
     """
 
     name = "cnn"
@@ -205,8 +207,9 @@ def _labelled_features(emb, dataset, raw, labels, what: str):
 
 
 class LdaEmbedding(FeatureEmbedding):
-    """The standardised features projected by linear discriminant analysis (sklearn's, fitted on the
-    labelled wafers); the projection is kept as plain arrays (``xbar``, ``scalings``), no pickle.
+    """The standardised features projected by linear discriminant analysis (sklearn's, fitted on the labelled wafers).
+
+    The projection is kept as plain arrays (``xbar``, ``scalings``), no pickle.
     """
 
     name = "lda"

@@ -1,5 +1,4 @@
-"""``WaferIndex``: an approximate-nearest-neighbour index of wafer embeddings with their ids, lots
-and classes.
+"""``WaferIndex``: an approximate-nearest-neighbour index of wafer embeddings with their ids, lots and classes.
 
 The ANN structure is faiss's HNSW graph (``IndexHNSWFlat``, Euclidean): it needs no training pass,
 so wafers can be added at any time (:meth:`WaferIndex.add`), and it is saved in faiss's own file
@@ -36,8 +35,10 @@ _FILES = ("index.json", "vectors.faiss", "ids.npy", "lots.npy", "labels.npy", "e
 
 
 def embedding_signature(embedding) -> str:
-    """What the vectors mean, as a short hash: the embedding's name, parameters and what else fixes
-    its output (``signature_extra``: the feature names, the bundled network's weights).
+    """What the vectors mean, as a short hash.
+
+    The embedding's name, parameters and what else fixes its output (``signature_extra``:
+    the feature names, the bundled network's weights).
     """
     parts = [embedding.name, json.dumps(embedding.state()[1], sort_keys=True), embedding.signature_extra()]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -88,8 +89,10 @@ class WaferIndex:
         return index
 
     def build(self, dataset, fit_on=None) -> "WaferIndex":
-        """A new index of ``dataset``; the embedding learns what it needs (standardisation, a
-        supervised projection) from ``fit_on`` (default: ``dataset`` itself, e.g. its labelled wafers).
+        """A new index of ``dataset``.
+
+        The embedding learns what it needs (standardisation, a supervised projection) from ``fit_on``
+        (default: ``dataset`` itself, e.g. its labelled wafers).
         """
         if not len(dataset):
             raise DataError("cannot build an index of an empty data set", dataset.name)
@@ -144,9 +147,10 @@ class WaferIndex:
         return pos, np.sqrt(np.maximum(dist, 0.0))
 
     def query(self, dataset, k: int = 10) -> dict:
-        """The ``k`` nearest archive wafers of every wafer in ``dataset``: a dict of (Q, k) arrays
-        ``positions``, ``ids``, ``lots``, ``labels``, ``distances`` (missing neighbours: position -1,
-        id "" and distance inf).
+        """The ``k`` nearest archive wafers of every wafer in ``dataset``.
+
+        A dict of (Q, k) arrays ``positions``, ``ids``, ``lots``, ``labels``, ``distances`` (missing
+        neighbours: position -1, id "" and distance inf).
         """
         pos, dist = self.query_vectors(self.embed(dataset), k)
         ok = pos >= 0

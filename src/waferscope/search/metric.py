@@ -27,8 +27,9 @@ _KEYS = ("head_w1", "head_b1", "head_w2", "head_b2")
 
 
 def supcon_loss(emb, labels, temperature: float = 0.1):
-    """Supervised contrastive loss of L2-normalised embeddings ``emb`` (B, D) with integer ``labels``
-    (B,): mean over anchors that have a positive of -mean log p(positive | anchor).
+    """Supervised contrastive loss of L2-normalised embeddings ``emb`` (B, D) with integer ``labels`` (B,).
+
+    Mean over anchors that have a positive of -mean log p(positive | anchor).
     """
     import torch
 
@@ -125,6 +126,7 @@ class MetricHead:
 
 def load_bundled_head(folder: Path = BUNDLED_HEAD):
     """(head, feature mean, feature std) shipped with waferscope (scripts/train_search_head.py).
+
     Refused when it was trained on another feature set than this waferscope computes.
     """
     from safetensors.numpy import load_file

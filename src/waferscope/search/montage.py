@@ -1,5 +1,6 @@
-"""The PNG of a search: one row per query, the query map first, then its neighbours, each titled with
-its lot, distance and (if known) class.
+"""The PNG of a search: one row per query, the query map first, then its neighbours, each titled with its lot.
+
+Distance and (if known) class.
 """
 
 from __future__ import annotations

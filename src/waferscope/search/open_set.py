@@ -1,5 +1,6 @@
-"""Open set: let a classifier abstain (``unknown``) on a wafer that fits none of its classes, and
-cluster the abstained wafers into candidate new patterns (issue #31).
+"""Open set: let a classifier abstain (``unknown``) on a wafer that fits none of its classes.
+
+And cluster the abstained wafers into candidate new patterns (issue #31).
 
 :class:`OpenSetScorer` combines signs that a wafer is of no known class (its *parts*, :data:`PARTS`):
 
@@ -93,7 +94,8 @@ PARTS = {"doubt": (("proba",), _doubt), "metric_knn": (("proba", "metric"), _met
 
 
 class OpenSetScorer:
-    """``fit(train, train_labels, cal, classes)`` → self (``train``/``cal``: signal dicts);
+    """``fit(train, train_labels, cal, classes)`` → self (``train``/``cal``: signal dicts).
+
     ``score(signals)`` → open-set scores (higher: less like any known class);
     ``predict(signals)`` → class names with ``unknown`` where the score passes the threshold.
     """
@@ -223,8 +225,9 @@ def discover_clusters(vectors: np.ndarray, min_cluster_size: int = MIN_CLUSTER_S
 
 
 def best_cluster(clusters: np.ndarray, is_target: np.ndarray) -> dict:
-    """The discovered cluster that best matches a hidden class (highest F1 of cluster vs class):
-    its purity (share of its wafers of the class), recall (share of the class's wafers in it), size.
+    """The discovered cluster that best matches a hidden class (highest F1 of cluster vs class).
+
+    Its purity (share of its wafers of the class), recall (share of the class's wafers in it), size.
     """
     clusters = np.asarray(clusters)
     is_target = np.asarray(is_target, dtype=bool)

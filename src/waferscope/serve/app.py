@@ -190,9 +190,10 @@ def _is_json(headers: dict) -> bool:
 
 
 async def _send_error(send, status: int, message: str, retry_after: int | None = None, close: bool = False) -> None:
-    """``close``: for a body the service will not read (too large, or unframed): closing is cheaper
-    than discarding it. Otherwise the connection stays usable and uvicorn discards the unread body,
-    so the client reads the answer instead of a reset.
+    """``close``: for a body the service will not read (too large, or unframed): closing is cheaper than discarding it.
+
+    Otherwise the connection stays usable and uvicorn discards the unread body, so the client reads
+    the answer instead of a reset.
     """
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -243,11 +244,11 @@ def _grid_layout(rows: int, width: int) -> bytes:
 
 
 def fast_grids(raw: bytes, start: int, max_maps: int) -> tuple[list[np.ndarray], int] | None:
-    """The ``"maps"`` list at ``raw[start]`` decoded with bytes operations and numpy, and the index
-    after it; None when it is anything but a list of grids of die states 0/1/2 (the JSON decoder then
-    takes it, with its error messages). Exact: each grid is accepted only if its text (white space
-    removed) is byte for byte that of a grid of single digits 0-2. ~5× faster than json + np.asarray, which for small requests
-    cost as much as the model.
+    """The ``"maps"`` list at ``raw[start]`` decoded with bytes operations and numpy, and the index after it.
+
+    None when it is anything but a list of grids of die states 0/1/2 (the JSON decoder then takes it, with its error
+    messages). Exact: each grid is accepted only if its text (white space removed) is byte for byte that of a grid of
+    single digits 0-2. ~5× faster than json + np.asarray, which for small requests cost as much as the model.
     """
     end = raw.find(b"]]]", start)
     if end < 0:
@@ -346,8 +347,10 @@ def loads_in_pieces(text: str, max_maps: int, on_grid=None, raw: bytes | None = 
 
 
 class DieCap:
-    """The dies one request may bring: the ``max_dies`` limit, or less when the answer echoes every grid cell
-    (``?maps=1`` / ``?heatmap=1``: ``max_echo_dies`` per echoed copy). Counted as maps are decoded.
+    """The dies one request may bring.
+
+    The ``max_dies`` limit, or less when the answer echoes every grid cell (``?maps=1`` /
+    ``?heatmap=1``: ``max_echo_dies`` per echoed copy). Counted as maps are decoded.
     """
 
     def __init__(self, limits: Limits, echo: int = 0):
@@ -377,6 +380,7 @@ class DieCap:
 
 def parse_json_maps(body: bytes, limits: Limits, echo: int = 0) -> MapBatch:
     """``{"maps": [...], "ids": [...]}`` → validated maps, or a RequestError naming the problem.
+
     A large body's maps are decoded one by one (:func:`loads_in_pieces`); ``echo``: copies of each
     grid the answer will hold (bounds the dies, see :class:`DieCap`).
     """
@@ -445,8 +449,9 @@ def is_pickle(filename: str, head: bytes) -> bool:
 
 
 def load_limits(limits: Limits, echo: int = 0) -> LoadLimits:
-    """The service's request limits as the loaders' LoadLimits: checked from each file's headers
-    before the maps are allocated.
+    """The service's request limits as the loaders' LoadLimits.
+
+    Checked from each file's headers before the maps are allocated.
     """
     return LoadLimits(max_maps=limits.max_maps, max_side=limits.max_side, max_dies=DieCap(limits, echo).cap,
                       max_decompressed_bytes=limits.max_decompressed_bytes)
@@ -461,8 +466,10 @@ def load_upload(filename: str, data: bytes, limits: Limits, echo: int = 0) -> Ma
 
 
 def load_upload_dataset(filename: str, data: bytes, limits: LoadLimits) -> tuple[WaferDataset, str]:
-    """(the upload as a WaferDataset, the user's file name): written to a private temp file, loaded
-    with waferscope.data.load within ``limits``, deleted; never unpickled.
+    """(the upload as a WaferDataset, the user's file name).
+
+    Written to a private temp file, loaded with waferscope.data.load within ``limits``,
+    deleted; never unpickled.
     """
     from waferscope.data import load
     from waferscope.data.load import sniff_format
@@ -501,8 +508,10 @@ def load_upload_dataset(filename: str, data: bytes, limits: LoadLimits) -> tuple
 
 # ---- the app ------------------------------------------------------------------------------------
 async def read_multipart_file(request) -> tuple[str, bytes]:
-    """The one file of a multipart upload (field ``file``): its name and bytes. A malformed upload or
-    a missing file is a :class:`RequestError` (shared by the model routes and the lot browser).
+    """The one file of a multipart upload (field ``file``): its name and bytes.
+
+    A malformed upload or a missing file is a :class:`RequestError` (shared by the model routes
+    and the lot browser).
     """
     try:
         form = await request.form(max_files=1, max_fields=8)
@@ -589,9 +598,10 @@ def _head_prefix(head_json: str) -> bytes:  # the same few heads (model, classes
 
 
 def encode_answer(head: dict, rows: list[dict], big: list[list[tuple[str, Any]]] | None, batch_bytes: int = 1 << 18):
-    """The answer ``{**head, "wafers": [...]}`` as chunks of bytes. ``big[i]`` lists the grids of
-    wafer ``i`` to add (name, ``("grid", array)`` or ``("float", array, decimals)``). ASCII-only JSON:
-    it can always be written, whatever text a file's ids hold.
+    """The answer ``{**head, "wafers": [...]}`` as chunks of bytes.
+
+    ``big[i]`` lists the grids of wafer ``i`` to add (name, ``("grid", array)`` or ``("float", array,
+    decimals)``). ASCII-only JSON: it can always be written, whatever text a file's ids hold.
     """
     prefix = _head_prefix(json.dumps(head))
     out = [prefix]
@@ -616,8 +626,10 @@ def encode_answer(head: dict, rows: list[dict], big: list[list[tuple[str, Any]]]
 
 
 def answer(head: dict, rows: list[dict], big, on_done=None) -> Response:
-    """Small answers are built at once; large ones (echoed grids, many wafers) stream, each chunk
-    built in a worker thread, so a 500 MB answer neither blocks the event loop nor sits in memory.
+    """Small answers are built at once.
+
+    Large ones (echoed grids, many wafers) stream, each chunk built in a worker thread, so a 500
+    MB answer neither blocks the event loop nor sits in memory.
     """
     if not big and len(rows) <= SMALL_ANSWER_MAPS:
         return Response(b"".join(encode_answer(head, rows, None)), media_type="application/json")
@@ -780,8 +792,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         return answer(head, rows, big, inference.on_big_answer)
 
     def direct(endpoint):
-        """``endpoint`` as a raw ASGI handler for the Gate's fast path: the same code and answers as
-        through FastAPI (its errors mapped by the same :func:`_error_response`).
+        """``endpoint`` as a raw ASGI handler for the Gate's fast path.
+
+        The same code and answers as through FastAPI (its errors mapped by the same
+        :func:`_error_response`).
         """
         async def handler(scope, receive, send):
             try:

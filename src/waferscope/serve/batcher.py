@@ -51,9 +51,11 @@ class DeadlineExceeded(RuntimeError):
 
 @dataclass
 class MapBatch:
-    """The maps of one request, validated. Plain lists, not a WaferDataset: building a data set
-    (a pandas frame) costs ~1 ms, more than the model spends on one map, so the worker builds one
-    per inference batch instead of one per request.
+    """The maps of one request, validated.
+
+    Plain lists, not a WaferDataset: building a data set (a pandas frame) costs ~1 ms, more than
+    the model spends on one map, so the worker builds one per inference batch instead of one per
+    request.
     """
 
     maps: list  # uint8 die grids

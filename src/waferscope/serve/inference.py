@@ -1,9 +1,10 @@
-"""The service's inference layer, without HTTP: :class:`Inference` holds the served models, their
-batch workers (:mod:`.batcher`), the limits that bound an answer, each request's time budget, the
-choice between plain classification, Grad-CAM heat maps and open-set abstention, and builds the rows
-every model route answers with. :mod:`.app` only reads requests, parses their query flags, calls
-this and turns its rows into responses: kept apart so the model side can be read (and changed)
-without the web framework's types in the way.
+"""The service's inference layer, without HTTP.
+
+:class:`Inference` holds the served models, their batch workers (:mod:`.batcher`), the limits that
+bound an answer, each request's time budget, the choice between plain classification, Grad-CAM heat
+maps and open-set abstention, and builds the rows every model route answers with. :mod:`.app` only
+reads requests, parses their query flags, calls this and turns its rows into responses: kept apart
+so the model side can be read (and changed) without the web framework's types in the way.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class RequestError(Exception):
 
 
 async def _within(fut, seconds: float):
-    """``await fut`` with a time limit (TimeoutError). asyncio.timeout (3.11+) costs one timer handle;
+    """``await fut`` with a time limit (TimeoutError). asyncio.timeout (3.11+) costs one timer handle.
+
     wait_for adds a future and callbacks per request.
     """
     if hasattr(asyncio, "timeout"):
@@ -150,8 +152,9 @@ class Inference:
                                f"{limits.max_echo_dies:,} (limit max_echo_dies); send fewer or smaller maps", 413)
 
     async def run(self, worker: Batcher, ds: MapBatch, fn, t0: float):
-        """``ds`` through ``worker`` (``fn`` instead of its default), within the request's time budget
-        counted from ``t0``.
+        """``ds`` through ``worker`` (``fn`` instead of its default).
+
+        Within the request's time budget counted from ``t0``.
         """
         deadline = t0 + self.limits.request_timeout
         fut = worker.submit(ds, fn, deadline)
@@ -224,6 +227,7 @@ class Inference:
 
     async def search(self, ds: MapBatch, t0: float, k: int, want_maps: bool, to_thread):
         """The ``k`` archive wafers most like each map (``want_maps``: their stored thumbnails).
+
         ``to_thread`` runs the graph lookup off the event loop (the web framework's thread pool).
         """
         search_index = self.search_index

@@ -1,5 +1,6 @@
-"""The page's lot browser: one uploaded file held server-side and served in pages, so that a file of
-any size (a day's production, 100,000 wafers) opens at once and pages smoothly.
+"""The page's lot browser: one uploaded file held server-side and served in pages.
+
+So that a file of any size (a day's production, 100,000 wafers) opens at once and pages smoothly.
 
     POST /v1/lots                       multipart ``file`` → a session: id, lot summary, progress
     GET  /v1/lots/{id}                  lot summary (waferscope.lots.lot_summary) + progress
@@ -129,8 +130,10 @@ class Store:
 
 
 def predict_in_background(session: Session, clf_worker, det_worker, threshold: float | None, classes) -> None:
-    """Classes then anomaly scores of every wafer, ``CHUNK`` at a time, through the service's model
-    workers (the same models and batching as /v1/classify and /v1/score).
+    """Classes then anomaly scores of every wafer, ``CHUNK`` at a time.
+
+    Through the service's model workers (the same models and batching as /v1/classify and
+    /v1/score).
     """
     from waferscope.serve.batcher import MapBatch
 
@@ -290,8 +293,9 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
 
     @app.post(LOT_UPLOAD_PATH, include_in_schema=True, summary="Open a whole file in the lot browser")
     async def lots_open(request: Request):
-        """Upload one file (multipart ``file``, any format the service reads, not pickle); it is held
-        server-side and paged by the GET routes below. Limits: ``max_file_*``.
+        """Upload one file (multipart ``file``, any format the service reads, not pickle).
+
+        It is held server-side and paged by the GET routes below. Limits: ``max_file_*``.
         """
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "multipart/form-data":

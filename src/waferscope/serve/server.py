@@ -1,5 +1,4 @@
-"""Running the app under uvicorn with connection hygiene: how ``waferscope serve`` (and the tests)
-start it.
+"""Running the app under uvicorn with connection hygiene: how ``waferscope serve`` (and the tests) start it.
 
 uvicorn on its own never closes a connection that has not finished sending its request: 200 idle
 sockets or 50 half-sent headers stay open for good, and llhttp accepts headers of any size. The

@@ -22,8 +22,9 @@ def is_flat_npz(keys: list[str]) -> bool:
 
 
 def load_flat_npz(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
-    """Sizes come first: the npy headers of ``shapes``/``maps_flat``/``labels`` give the map count and
-    the total, ``shapes`` (N×2, small) each map's extent; all are checked against ``limits`` before
+    """Sizes come first: the npy headers of ``shapes``/``maps_flat``/``labels`` give the map count and the total.
+
+    ``shapes`` (N×2, small) each map's extent; all are checked against ``limits`` before
     ``maps_flat`` is inflated, and inflation itself is capped (see :func:`read_member`).
     """
     path = Path(path)
@@ -86,10 +87,11 @@ def _member_name(z: zipfile.ZipFile, key: str) -> str | None:
 
 
 def npz_headers(z: zipfile.ZipFile, path: Path, limits: LoadLimits) -> dict[str, tuple[tuple, np.dtype]]:
-    """``{key: (shape, dtype)}`` of every member, read from the npy headers alone (a few hundred bytes
-    each), so sizes are known before any array is inflated. Object arrays are refused here: reading
-    them would unpickle. A member whose zip entry states more than ``max_decompressed_bytes`` is
-    refused too (the cap is enforced again while inflating, since a zip header can lie).
+    """``{key: (shape, dtype)}`` of every member, read from the npy headers alone (a few hundred bytes each).
+
+    So sizes are known before any array is inflated. Object arrays are refused here: reading them
+    would unpickle. A member whose zip entry states more than ``max_decompressed_bytes`` is refused
+    too (the cap is enforced again while inflating, since a zip header can lie).
     """
     out = {}
     cap = limits.max_decompressed_bytes

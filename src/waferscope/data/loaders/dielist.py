@@ -1,5 +1,6 @@
-"""CSV die list: one row per die, a header naming the columns; a file may hold many wafers of many
-lots. Rows are grouped into wafers by ``(lot, wafer)`` in the order wafers first appear.
+"""CSV die list: one row per die, a header naming the columns; a file may hold many wafers of many lots.
+
+Rows are grouped into wafers by ``(lot, wafer)`` in the order wafers first appear.
 
 Columns are found by name, case-insensitively, among the common aliases real exports use (first
 match wins, in this order):

@@ -1,5 +1,7 @@
-"""SEMI E142 substrate-map XML (root ``<MapData>``), walked with the standard library's ElementTree
-through ``defusedxml`` and through compression: no kept Python reader for E142 exists.
+"""SEMI E142 substrate-map XML (root ``<MapData>``).
+
+Walked with the standard library's ElementTree through ``defusedxml`` and through compression:
+no kept Python reader for E142 exists.
 
 Read: ``Layouts/Layout`` (``LayoutId``, ``Dimension X=columns Y=rows``, ``DeviceSize`` or else
 ``StepSize`` X/Y → ``die_pitch_x``/``die_pitch_y``), ``Substrates/Substrate`` (``SubstrateId``,

@@ -1,5 +1,7 @@
-"""What every fab wafer-map reader (STDF, SEMI E142, SEMI G85, KLARF, CSV die list) shares: the
-pass/fail bin mapping, turning a list of dies into a die-state grid, and the metadata columns.
+"""What every fab wafer-map reader (STDF, SEMI E142, SEMI G85, KLARF, CSV die list) shares.
+
+The pass/fail bin mapping, turning a list of dies into a die-state grid, and the metadata
+columns.
 
 Bin mapping (``load(path, pass_bins=...)``, CLI ``--pass-bins``), one syntax for every format:
 
@@ -89,8 +91,10 @@ def _parse_bin_list(text: str, option: str) -> frozenset:
 
 
 def parse_bin_mapping(value, option: str = "pass_bins") -> BinMapping | None:
-    """``None`` → None (the format's default); a string ``"1,2"`` / ``"1,2/3-9"``, an int, an
-    iterable of ints or a :class:`BinMapping` → a BinMapping (DataError when malformed).
+    """``None`` → None (the format's default).
+
+    A string ``"1,2"`` / ``"1,2/3-9"``, an int, an iterable of ints or a
+    :class:`BinMapping` → a BinMapping (DataError when malformed).
     """
     if value is None or isinstance(value, BinMapping):
         return value
@@ -170,10 +174,11 @@ def orient_grid(grid: np.ndarray, *, y_up: bool, x_right: bool = True, notch: st
 
 def grid_origin(x_min: int, y_min: int, x_max: int, y_max: int, *, y_up: bool, x_right: bool = True,
                 notch: str = "down") -> tuple[int, int]:
-    """``(origin_row, origin_col)`` of a map built by :func:`dies_to_grid` from dies spanning
-    ``x_min..x_max``, ``y_min..y_max`` and turned by :func:`orient_grid` with the same arguments:
-    the wafer-fixed die coordinate of the stored map's element ``[0, 0]``, in the stored orientation
-    (rows grow down, columns right), as :data:`waferscope.lots.ORIGIN_COLUMNS` defines it.
+    """``(origin_row, origin_col)`` of a map built by :func:`dies_to_grid` from dies spanning ``x_min..x_max``.
+
+    ``y_min..y_max`` and turned by :func:`orient_grid` with the same arguments: the wafer-fixed die
+    coordinate of the stored map's element ``[0, 0]``, in the stored orientation (rows grow down,
+    columns right), as :data:`waferscope.lots.ORIGIN_COLUMNS` defines it.
 
     The stored grid is the raw ``[y - y_min, x - x_min]`` grid flipped and turned, so its row and
     column directions are fixed unit steps in (x, y) for a given orientation: a wafer-fixed row
@@ -192,8 +197,7 @@ def grid_origin(x_min: int, y_min: int, x_max: int, y_max: int, *, y_up: bool, x
 
 
 def origin_columns(origins: list[tuple[int, int] | None]) -> dict:
-    """The ``origin_row``/``origin_col`` metadata columns (NaN where a map has none), or {} when no
-    map has one.
+    """The ``origin_row``/``origin_col`` metadata columns (NaN where a map has none), or {} when no map has one.
     """
     if not any(o is not None for o in origins):
         return {}
@@ -202,7 +206,8 @@ def origin_columns(origins: list[tuple[int, int] | None]) -> dict:
 
 
 def bins_attrs(ids: list[str], codes: list[np.ndarray | None], names: dict | None = None) -> dict:
-    """``dataset.attrs`` entries for the lot views' bin Pareto (:data:`waferscope.lots.BINS_ATTR`):
+    """``dataset.attrs`` entries for the lot views' bin Pareto (:data:`waferscope.lots.BINS_ATTR`).
+
     ``{"bins": {wafer id: int32 codes of the map's shape, -1 where no die}, "bin_names": {...}}``;
     {} when no map has codes.
     """
@@ -219,8 +224,9 @@ NOTCH_WORDS = {"down": "down", "bottom": "down", "up": "up", "top": "up", "left"
 
 
 def notch_from_angle(angle: float, zero: str = "down") -> str:
-    """A notch/flat angle in degrees, measured clockwise (as drawn) from ``zero`` (the side angle 0
-    means), → ``"down"``/``"left"``/``"up"``/``"right"``. ValueError unless a multiple of 90°.
+    """A notch/flat angle in degrees, measured clockwise (as drawn) from ``zero`` (the side angle 0 means).
+
+    → ``"down"``/``"left"``/``"up"``/``"right"``. ValueError unless a multiple of 90°.
     """
     order = ["down", "left", "up", "right"]  # clockwise, as seen on the drawing
     quarter, rest = divmod(float(angle) % 360, 90)
@@ -251,8 +257,10 @@ def wafer_number(wafer_id: str, fallback: int) -> int:
 
 
 def fab_meta(path: Path, lots: Iterable[str], wafer_ids: Iterable[str], fmt: str, **extra) -> dict:
-    """Metadata columns of a fab-format data set: ``id`` = ``<lot>-<wafer id>`` (made unique),
-    ``lot``, ``wafer_index`` (number in the wafer id), ``wafer_id``, ``source``, ``format``.
+    """Metadata columns of a fab-format data set.
+
+    ``id`` = ``<lot>-<wafer id>`` (made unique), ``lot``, ``wafer_index`` (number in the
+    wafer id), ``wafer_id``, ``source``, ``format``.
     """
     lots, wafer_ids = [str(v) for v in lots], [str(v) for v in wafer_ids]
     ids, seen = [], {}
@@ -321,13 +329,15 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, q
                      mapping: BinMapping | None, path: Path, where: str,
                      expected_shape: tuple[int | None, int | None], row_tag: str = "row", budget=None,
                      codes_out: list | None = None) -> np.ndarray:
-    """Rows of bin codes → die states. ``qualities``: decoded bin code → the file's BinQuality
-    (used when ``mapping`` is None: Pass → pass, Fail → fail, any other quality → no die).
-    ``where`` is the map's element path in errors (``Maps/Map[2]/Device[1]``); row ``r`` is named
-    ``{where}/{row_tag}[r]`` (from 1). ``null_bin`` None: the file names no null bin (every code is
-    a die). ``budget`` is charged with the map's shape before the grid is allocated.
-    ``codes_out``: a list that gets the map's bin codes appended (int32 of the grid's shape, -1
-    where there is no die; an ASCII code is its character's code point, see :func:`code_number`).
+    """Rows of bin codes → die states.
+
+    ``qualities``: decoded bin code → the file's BinQuality (used when ``mapping`` is None: Pass →
+    pass, Fail → fail, any other quality → no die). ``where`` is the map's element path in errors
+    (``Maps/Map[2]/Device[1]``); row ``r`` is named ``{where}/{row_tag}[r]`` (from 1). ``null_bin``
+    None: the file names no null bin (every code is a die). ``budget`` is charged with the map's
+    shape before the grid is allocated. ``codes_out``: a list that gets the map's bin codes
+    appended (int32 of the grid's shape, -1 where there is no die; an ASCII code is its character's
+    code point, see :func:`code_number`).
     """
     if bin_type.lower() not in BIN_TYPES:
         raise DataError(f"{where}: unknown BinType {bin_type!r} (expected Ascii, Decimal, HexaDecimal or "
@@ -380,15 +390,19 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, q
 
 
 def code_number(code) -> int:
-    """A decoded bin code as the integer the bin Pareto counts: numbers as they are, an ASCII code
-    (a one-character string) as its code point (``"A"`` → 65; :func:`code_names` names it back).
+    """A decoded bin code as the integer the bin Pareto counts.
+
+    Numbers as they are, an ASCII code (a one-character string) as its code point (``"A"`` → 65;
+    :func:`code_names` names it back).
     """
     return ord(code) if isinstance(code, str) else int(code)
 
 
 def code_names(qualities: dict, names: dict | None = None) -> dict:
-    """``{code number: name}`` for the Pareto: the file's bin name/description when it gives one,
-    else for ASCII codes the character itself (``'A'``).
+    """``{code number: name}`` for the Pareto.
+
+    The file's bin name/description when it gives one, else for ASCII codes the character
+    itself (``'A'``).
     """
     out = {}
     for code in qualities:

@@ -59,8 +59,9 @@ def _colormap_luts() -> dict[str, np.ndarray]:
 
 
 def _colormap_positions(colours: np.ndarray) -> dict[str, np.ndarray]:
-    """For every colour map in which each of ``colours`` appears (within :data:`TOLERANCE`) at a
-    distinct place: name → the colours' positions along it (0..1).
+    """For every colour map in which each of ``colours`` appears (within :data:`TOLERANCE`) at a distinct place.
+
+    Name → the colours' positions along it (0..1).
     """
     found = {}
     for name, lut in _colormap_luts().items():
@@ -72,15 +73,18 @@ def _colormap_positions(colours: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _corner_colour(codes: np.ndarray) -> int | None:
-    """The colour of the four corner pixels when they agree: on a wafer map (a disc in its bounding box)
-    the corners lie outside the wafer, so that colour is 'no die'.
+    """The colour of the four corner pixels when they agree.
+
+    On a wafer map (a disc in its bounding box) the corners lie outside the wafer, so that colour
+    is 'no die'.
     """
     corners = {int(codes[0, 0]), int(codes[0, -1]), int(codes[-1, 0]), int(codes[-1, -1])}
     return corners.pop() if len(corners) == 1 else None
 
 
 def _states_from_colormaps(colours: np.ndarray, codes: np.ndarray, path: Path) -> np.ndarray | None:
-    """Die state per colour for a map drawn with a matplotlib colour map, None when none matches;
+    """Die state per colour for a map drawn with a matplotlib colour map, None when none matches.
+
     DataError when the colours fit colour maps that disagree. Three colours = low/mid/high value =
     no die/pass/fail: the middle colour along the colour map is 'pass'; the corner colour (outside
     the wafer) tells which end is 'no die', so reversed maps (``jet_r``, ``Greys`` vs ``gray``) read
@@ -203,8 +207,9 @@ def load_class_folders(root: str | Path) -> WaferDataset:
 
 
 def load_npy_stack(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
-    """One ``.npy`` file: an N×H×W stack of maps (unlabelled) or a single H×W map. The npy header
-    (shape, dtype) is checked against ``limits`` before the data is read.
+    """One ``.npy`` file: an N×H×W stack of maps (unlabelled) or a single H×W map.
+
+    The npy header (shape, dtype) is checked against ``limits`` before the data is read.
     """
     from waferscope.data.limits import resolve_limits
 
@@ -222,8 +227,9 @@ def load_npy_stack(path: str | Path, limits: LoadLimits | None = None) -> WaferD
 
 
 def _check_npy_header(path: Path, limits: LoadLimits) -> None:
-    """Refuse a stack whose header states more maps, a larger side or more dies than ``limits``
-    allow, or more data than the file holds, before numpy allocates it.
+    """Refuse a stack whose header states more maps, a larger side or more dies than ``limits`` allow.
+
+    Or more data than the file holds, before numpy allocates it.
     """
     try:
         with open(path, "rb") as f:

@@ -136,8 +136,10 @@ class _Lot:
 
 
 def _defect_rows(rec: _Record, columns: list, path: Path) -> list[tuple[list, int]]:
-    """DefectList values → rows (values, line). One row per line when every line holds at least
-    the spec's column count (IMAGELIST may add values); else consecutive chunks of exactly N.
+    """DefectList values → rows (values, line).
+
+    One row per line when every line holds at least the spec's column count (IMAGELIST may
+    add values); else consecutive chunks of exactly N.
     """
     n = len(columns)
     by_line: dict[int, list] = {}
@@ -278,8 +280,10 @@ def _parse(text: str, path: Path, limits: LoadLimits) -> _Lot:
 
 
 def _timestamp(rec: _Record) -> str:
-    """``ResultTimestamp mm-dd-yy hh:mm:ss`` (KLARF 1.x) → ``yyyy-mm-ddThh:mm:ss``; "" when it is
-    not in that form (the time only orders lots: an unreadable one is left out, not guessed).
+    """``ResultTimestamp mm-dd-yy hh:mm:ss`` (KLARF 1.x) → ``yyyy-mm-ddThh:mm:ss``.
+
+    "" when it is not in that form (the time only orders lots: an unreadable one is left out,
+    not guessed).
     """
     m = re.match(r"^(\d{1,2})-(\d{1,2})-(\d{2}|\d{4})$", rec.values[0][0]) if rec.values else None
     t = re.match(r"^(\d{1,2}):(\d{2}):(\d{2})$", rec.values[1][0]) if len(rec.values) > 1 else None

@@ -32,8 +32,9 @@ _INDEX_MODULE_OF = {"RangeIndex": "range", "MultiIndex": "multi", "CategoricalIn
 
 
 class _BlockManagerShim:
-    """pandas ≤ 1.x pickled BlockManager with an argument-less NEWOBJ and a __setstate__ tuple;
-    today's BlockManager cannot be created without arguments.
+    """pandas ≤ 1.x pickled BlockManager with an argument-less NEWOBJ and a __setstate__ tuple.
+
+    Today's BlockManager cannot be created without arguments.
     """
 
     def __new__(cls, *args, **kwargs):
@@ -97,8 +98,9 @@ class RefusedGlobal(pickle.UnpicklingError):
 
 
 class LegacyUnpickler(pickle.Unpickler):
-    """The C unpickler (fast: find_class runs once per distinct name), with legacy renames and an
-    allow-list of what may be constructed.
+    """The C unpickler (fast: find_class runs once per distinct name).
+
+    With legacy renames and an allow-list of what may be constructed.
     """
 
     def find_class(self, module: str, name: str) -> Any:
@@ -179,9 +181,11 @@ class _Reduce:
 
 
 class _Fresh(tuple):
-    """A tuple made on the fly by a __reduce__ (an array's state, its shape). Python 2's cPickle did
-    not memoise objects with a reference count below 2, so these (and the data strings inside)
-    never entered the memo: an unpickler frees them as soon as the array is built.
+    """A tuple made on the fly by a __reduce__ (an array's state, its shape).
+
+    Python 2's cPickle did not memoise objects with a reference count below 2, so these (and
+    the data strings inside) never entered the memo: an unpickler frees them as soon as the
+    array is built.
     """
 
 

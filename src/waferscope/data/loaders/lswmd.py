@@ -59,8 +59,10 @@ PROGRESS_MIN_BYTES = 64 << 20  # show an unpickling progress bar for files above
 
 
 class _CountingReader(io.RawIOBase):
-    """A raw file that advances a progress bar. Wrapped in a 1 MB BufferedReader, so the C
-    unpickler calls back into Python once per megabyte, not once per opcode.
+    """A raw file that advances a progress bar.
+
+    Wrapped in a 1 MB BufferedReader, so the C unpickler calls back into Python once per
+    megabyte, not once per opcode.
     """
 
     def __init__(self, raw, bar):
@@ -134,8 +136,10 @@ def _column(df: pd.DataFrame, name: str, default, n: int) -> np.ndarray:
 
 def iter_lswmd(path: str | Path, batch_size: int = 8192, frame: pd.DataFrame | None = None,
                importing: bool = False, progress: bool | None = None) -> tuple[int, Iterator[WaferDataset]]:
-    """(row count, iterator of WaferDataset batches). Frees the source maps batch by batch.
-    ``progress``: unpickling progress bar (None = only for files over 64 MB).
+    """(row count, iterator of WaferDataset batches).
+
+    Frees the source maps batch by batch. ``progress``: unpickling progress bar (None =
+    only for files over 64 MB).
     """
     path = Path(path)
     df = read_lswmd_frame(path, importing, progress) if frame is None else frame

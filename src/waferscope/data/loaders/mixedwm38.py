@@ -1,6 +1,7 @@
-"""MixedWM38 (Wang et al., 2020) ``Wafer_Map_Datasets.npz``: ``arr_0`` N×52×52 die maps, ``arr_1``
-N×8 one-hot multi-labels over :data:`BASE_PATTERNS` (Center, Donut, Edge-Loc, Edge-Ring, Loc,
-Near-full, Scratch, Random).
+"""MixedWM38 (Wang et al., 2020) ``Wafer_Map_Datasets.npz``.
+
+``arr_0`` N×52×52 die maps, ``arr_1`` N×8 one-hot multi-labels over :data:`BASE_PATTERNS`
+(Center, Donut, Edge-Loc, Edge-Ring, Loc, Near-full, Scratch, Random).
 
 Single-label policy (the same naming the synthetic generator uses for its mixes): no pattern set
 → ``none``; exactly one → that pattern's WM-811K name; several → the set patterns joined with

@@ -77,8 +77,10 @@ _PRR_HEAD_BE = struct.Struct(">BBBHHHhh")
 
 
 def looks_like_stdf(head: bytes) -> bool:
-    """A FAR record first: REC_LEN 2 in either byte order, REC_TYP 0, REC_SUB 10. ``head``: the
-    first bytes of the (decompressed) content, so a compressed STDF is recognised through it.
+    """A FAR record first: REC_LEN 2 in either byte order, REC_TYP 0, REC_SUB 10.
+
+    ``head``: the first bytes of the (decompressed) content, so a compressed STDF is
+    recognised through it.
     """
     return len(head) >= 4 and head[:2] in (b"\x02\x00", b"\x00\x02") and head[2:4] == b"\x00\x0a"
 
@@ -389,8 +391,9 @@ def _count_check(w: _Wafer, mapping_given: bool) -> str:
 
 def load_stdf(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None,
               retest: str | None = "last") -> WaferDataset:
-    """The wafer maps of an STDF V4 file (plain or gzip/bzip2/xz/zip-compressed); see the module
-    docstring for the records read, ``pass_bins`` and ``retest``.
+    """The wafer maps of an STDF V4 file (plain or gzip/bzip2/xz/zip-compressed).
+
+    See the module docstring for the records read, ``pass_bins`` and ``retest``.
     """
     from waferscope.data.compressed import open_binary
 

@@ -46,8 +46,10 @@ CODE = {name: (typ << 8) | sub for (typ, sub), name in RECORD_NAMES.items()}
 
 
 def record_label(number: int | None, typ: int | None, sub: int | None, offset: int) -> str:
-    """``record 29 (MPR 15/15) at byte 4,812`` — how every error names a record (the type is left
-    out when the header itself is cut off, the number when it cannot be counted).
+    """``record 29 (MPR 15/15) at byte 4,812``.
+
+    How every error names a record (the type is left out when the header itself is cut
+    off, the number when it cannot be counted).
     """
     what = f"record {number:,}" if number is not None else "record"
     if typ is not None:
@@ -67,8 +69,10 @@ class Record(NamedTuple):
 
 
 class StdfStream:
-    """Records of one STDF V4 stream. The FAR is read on construction (``cpu_type``,
-    ``byte_order``); :meth:`records` then walks the rest once.
+    """Records of one STDF V4 stream.
+
+    The FAR is read on construction (``cpu_type``, ``byte_order``); :meth:`records` then
+    walks the rest once.
 
     ``stream``: any binary file object (``read``); ``path``: named in errors; ``reopen``: a
     callable giving the same content from its start again, used only to number the record an
@@ -100,8 +104,10 @@ class StdfStream:
 
     # ---- errors ----------------------------------------------------------------------------------
     def number_at(self, offset: int) -> int | None:
-        """The number (FAR = 1) of the record whose header starts at ``offset``: the headers are
-        walked again from the start (only on the way to an error). None without ``reopen``.
+        """The number (FAR = 1) of the record whose header starts at ``offset``.
+
+        The headers are walked again from the start (only on the way to an error). None
+        without ``reopen``.
         """
         if self._reopen is None:
             return None
@@ -134,10 +140,11 @@ class StdfStream:
 
     # ---- the walk ----------------------------------------------------------------------------------
     def records(self, wanted: set[tuple[int, int]] | frozenset) -> Iterator[tuple[int, int, int, bytes]]:
-        """``(offset, REC_TYP, REC_SUB, body)`` of each record whose (REC_TYP, REC_SUB) is in
-        ``wanted``, in file order (``Record(*item)`` names the fields); every other record is
-        skipped by its REC_LEN. A file that ends inside a record header or body is an error
-        naming that record. Can be called once.
+        """``(offset, REC_TYP, REC_SUB, body)`` of each record whose (REC_TYP, REC_SUB) is in ``wanted``.
+
+        In file order (``Record(*item)`` names the fields); every other record is skipped by
+        its REC_LEN. A file that ends inside a record header or body is an error naming that
+        record. Can be called once.
         """
         codes = frozenset((t << 8) | s for t, s in wanted)
         skip = 15 if all(t != 15 for t, _ in wanted) else -1  # PTR/MPR/FTR: most of a file, tested first

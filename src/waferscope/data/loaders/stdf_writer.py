@@ -161,8 +161,10 @@ def _die_block_dtype(order: str, n_ptr: int, mpr_results: int) -> np.dtype:
 
 def die_blocks(x, y, hard_bins, rng: np.random.Generator, order: str = "<", n_ptr: int = 12,
                mpr_results: int = 4, part_flg=None) -> bytes:
-    """The records of these dies (PIR, PTRs, MPR, PRR each), built as one numpy array: a fast path
-    for large generated files. ``part_flg``: per die (default: bit 3 set where the bin is not 1).
+    """The records of these dies (PIR, PTRs, MPR, PRR each), built as one numpy array.
+
+    A fast path for large generated files. ``part_flg``: per die (default: bit 3 set where the
+    bin is not 1).
     """
     n = len(x)
     dt = _die_block_dtype(order, n_ptr, mpr_results)

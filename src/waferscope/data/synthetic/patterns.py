@@ -117,9 +117,11 @@ def die_radius(g: Geometry, dies: float) -> float:
 
 
 def background(g: Geometry, d: Draws) -> np.ndarray:
-    """Random fails of a normal wafer, as measured on the real `none` dev wafers: a per-wafer base
-    rate (3–12 % of dies fail), smooth process gradients, ~3× more fails on the outermost ring,
-    often a few extra fails at the very centre, and a few tiny clusters of 1–5 dies.
+    """Random fails of a normal wafer, as measured on the real `none` dev wafers.
+
+    A per-wafer base rate (3–12 % of dies fail), smooth process gradients, ~3× more fails on
+    the outermost ring, often a few extra fails at the very centre, and a few tiny clusters of
+    1–5 dies.
     """
     base = d.tri(0.005, 0.085)
     amp = d(0.0, 0.7)
@@ -159,8 +161,10 @@ def _neighbourhood(g: Geometry, cell: int, k: int) -> np.ndarray:
 
 # ---- single patterns ----------------------------------------------------------------------------
 def center(g: Geometry, d: Draws) -> np.ndarray:
-    """A blob at the centre; usually a small dense core in a broad sparse halo, as on real Center
-    wafers (largest fail cluster 8–27 dies, median 13, yet 11 % of all dies fail on average).
+    """A blob at the centre; usually a small dense core in a broad sparse halo.
+
+    As on real Center wafers (largest fail cluster 8–27 dies, median 13, yet 11 % of all dies
+    fail on average).
     """
     cu, cv = d.in_disk(0.08)
     core_r = die_radius(g, d(1.6, 4.5))
@@ -191,8 +195,9 @@ def donut(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def _angular(g: Geometry, d: Draws, cos_half_lo: float, cos_half_hi: float):
-    """0 outside a random arc seen from the centre, rising to 1 in its middle; and the arc's
-    middle direction as a wafer point (u, v) on the unit circle.
+    """0 outside a random arc seen from the centre, rising to 1 in its middle.
+
+    And the arc's middle direction as a wafer point (u, v) on the unit circle.
     """
     a, b = d.direction()
     cos_dir = g.cos_t * a + g.sin_t * b
@@ -202,9 +207,10 @@ def _angular(g: Geometry, d: Draws, cos_half_lo: float, cos_half_hi: float):
 
 def _satellites(g: Geometry, d: Draws, p: np.ndarray, cu: float, cv: float, spread: float,
                 n: int) -> np.ndarray:
-    """Add ``n`` small dense clusters (2–5 dies across) within ``spread`` of (cu, cv): real Loc,
-    Edge-Loc and Center wafers carry more mid-size fail clusters than normal ones (6–15-die
-    clusters per wafer: ~1.1–1.3 vs 0.2).
+    """Add ``n`` small dense clusters (2–5 dies across) within ``spread`` of (cu, cv).
+
+    Real Loc, Edge-Loc and Center wafers carry more mid-size fail clusters than normal ones
+    (6–15-die clusters per wafer: ~1.1–1.3 vs 0.2).
     """
     for _ in range(n):
         du, dv = d.in_disk(spread)
@@ -255,11 +261,12 @@ def _block(g: Geometry, cu: float, cv: float, h: float, w: float) -> np.ndarray:
 
 
 def loc(g: Geometry, d: Draws) -> np.ndarray:
-    """One to three clusters off the centre: a dense block, small and dense, larger and sparser, a
-    dense core in a sparse halo, or a patch of dense fragments. Real Loc clusters are mostly blobs
-    (largest cluster's axis ratio ≈ 2; ~20 % are thick streaks, ~3 dies wide), larger than
-    scratches (largest cluster 9–60 dies, median ≈ 21), and range from 2×2 squares to irregular
-    patches of bars and blocks.
+    """One to three clusters off the centre.
+
+    A dense block, small and dense, larger and sparser, a dense core in a sparse halo, or a patch
+    of dense fragments. Real Loc clusters are mostly blobs (largest cluster's axis ratio ≈ 2; ~20
+    % are thick streaks, ~3 dies wide), larger than scratches (largest cluster 9–60 dies, median ≈
+    21), and range from 2×2 squares to irregular patches of bars and blocks.
     """
     p = None
     for _ in range(1 + (d() < 0.35) + (d() < 0.12)):

@@ -39,8 +39,10 @@ def wafer_weights_info(name: str) -> dict:
 
 
 def create_backbone(name: str, pretrained: str | Path | bool | None = None, **kwargs) -> nn.Module:
-    """Build backbone ``name``; ``pretrained`` is None (random init), ``"wafer"`` (shipped wafer-domain
-    weights) or a local checkpoint path. ImageNet weights are never downloaded.
+    """Build backbone ``name``; ``pretrained`` is None (random init).
+
+    ``"wafer"`` (shipped wafer-domain weights) or a local checkpoint path. ImageNet weights are
+    never downloaded.
     """
     factory = registry.get(name, "backbone")
     if pretrained in (None, False, "", "none"):

@@ -1,5 +1,7 @@
-"""Convolutional classifiers: a compact wafer CNN (``cnn``), the same CNN with a die-resolution head
-(``cnn_fine``, the bundled model) and a ResNet-18 (``resnet18``).
+"""Convolutional classifiers.
+
+A compact wafer CNN (``cnn``), the same CNN with a die-resolution head (``cnn_fine``, the bundled
+model) and a ResNet-18 (``resnet18``).
 
 Both take the 3-channel ``onehot3`` wafer encoding. ``cnn`` is sized for throughput: stride-2
 convolutions halve the map from the first layer on, so a 48×48 wafer costs about 6 M multiply-adds

@@ -35,8 +35,9 @@ def require_wafer_maps(dataset, who: str) -> None:
 
 
 def labelled_for_training(dataset, who: str = "classifier"):
-    """The labelled part of a data set; unlabelled maps are skipped with a note on stderr. Wafer maps
-    must hold die states 0/1/2 only (a clear DataError otherwise).
+    """The labelled part of a data set; unlabelled maps are skipped with a note on stderr.
+
+    Wafer maps must hold die states 0/1/2 only (a clear DataError otherwise).
     """
     from waferscope.data.dataset import validate_wafer_maps
 

@@ -88,8 +88,10 @@ def wide_head(c_in: int, head: int) -> list:
 
 
 def teacher_shaped_student(in_chans: int, n_classes: int, width: int = 7, encoding: str = "onehot3"):
-    """The ``cnn`` teacher's layout at a reduced width: 3×3 convs of widths w, 2w, 4w (stride 2) and 4w
-    (stride 1), global average pool, linear (no dropout: soft targets regularise enough).
+    """The ``cnn`` teacher's layout at a reduced width.
+
+    3×3 convs of widths w, 2w, 4w (stride 2) and 4w (stride 1), global average pool, linear (no
+    dropout: soft targets regularise enough).
 
     Same inductive bias as the teacher (same receptive fields, same down-sampling), so the student can
     imitate the teacher's function rather than approximate it with a different one. The map is padded
@@ -150,8 +152,10 @@ def _no_die_pad_class():
     from torch import nn
 
     class NoDiePad(nn.Module):
-        """Pads a map by ``pad`` pixels of "no die": channel ``no_die_channel`` = 1 and the others 0
-        (one-hot3); ``None``: zeros (encodings whose no-die state is the zero vector, raw die states).
+        """Pads a map by ``pad`` pixels of "no die".
+
+        Channel ``no_die_channel`` = 1 and the others 0 (one-hot3); ``None``: zeros (encodings whose
+        no-die state is the zero vector, raw die states).
         """
 
         def __init__(self, pad: int, no_die_channel: int | None = 0):
@@ -382,9 +386,11 @@ class DistilledStudentClassifier(TorchClassifier):
 
     # ---- fast inference: BatchNorm folded into the convolutions, channels-last, one-hot in torch ----
     def inference_network(self):
-        """An eval-only copy of the student for prediction: every Conv→BatchNorm pair fused, channels-last,
-        and (one-hot input) a stem that reads the raw die states, see :class:`_DieStateStem`. It takes
-        :meth:`encode_fast`'s input and returns the same logits as ``network_``.
+        """An eval-only copy of the student for prediction.
+
+        Every Conv→BatchNorm pair fused, channels-last, and (one-hot input) a stem that reads the raw
+        die states, see :class:`_DieStateStem`. It takes :meth:`encode_fast`'s input and returns the
+        same logits as ``network_``.
         """
         import copy
 

@@ -84,8 +84,10 @@ class GradientBoostingClassifier(Classifier):
         return self
 
     def set_temperature(self, temperature: float) -> "GradientBoostingClassifier":
-        """Calibrate the probabilities: ``predict_proba`` returns ``softmax(scores / temperature)``
-        (the arg-max is unchanged). Fit it on out-of-fold predictions
+        """Calibrate the probabilities.
+
+        ``predict_proba`` returns ``softmax(scores / temperature)`` (the arg-max is unchanged).
+        Fit it on out-of-fold predictions
         (:func:`waferscope.models.classifiers.prior.fit_temperature`); it is saved with the model.
         """
         self._check_fitted()

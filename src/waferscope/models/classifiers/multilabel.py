@@ -47,8 +47,10 @@ def multilabel_names(y: np.ndarray, patterns=BASE_PATTERNS) -> np.ndarray:
 
 
 def _val_split(strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified by label combination when every combination can be; otherwise a seeded random split
-    (38 combinations do not all fit into a small validation set).
+    """Stratified by label combination when every combination can be.
+
+    Otherwise a seeded random split (38 combinations do not all fit into a small validation
+    set).
     """
     try:
         return stratified_split(strata, fraction, seed)

@@ -148,9 +148,11 @@ def estimate_prior(proba: np.ndarray, base: np.ndarray, max_iter: int = 1000,
 
 
 def estimated_target(proba: np.ndarray, base: np.ndarray, none_index: int | None) -> np.ndarray:
-    """The mix ``--prior estimate`` moves to: EM's share of ``none`` (class ``none_index``), the other
-    classes sharing the rest in the proportions of ``base`` (the full EM mix when there is no none
-    class). See the module docstring for why.
+    """The mix ``--prior estimate`` moves to.
+
+    EM's share of ``none`` (class ``none_index``), the other classes sharing the rest in the
+    proportions of ``base`` (the full EM mix when there is no none class). See the module
+    docstring for why.
     """
     estimated, _ = estimate_prior(proba, base)
     if none_index is None:
@@ -194,8 +196,10 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PriorShift:
-    """A ``--prior`` resolved for one model: the mix its probabilities assume (``base``) and the mix
-    to move them to (``target``: a vector over the model's classes, or ``"estimate"``).
+    """A ``--prior`` resolved for one model.
+
+    The mix its probabilities assume (``base``) and the mix to move them to (``target``: a
+    vector over the model's classes, or ``"estimate"``).
     """
 
     base: np.ndarray
@@ -207,8 +211,10 @@ class PriorShift:
         return isinstance(self.target, str)
 
     def fixed(self, proba: np.ndarray) -> "PriorShift":
-        """This shift with its target fixed: for ``"estimate"``, the mix estimated from ``proba``
-        (so it can be applied to parts of that batch, e.g. one partition at a time).
+        """This shift with its target fixed.
+
+        For ``"estimate"``, the mix estimated from ``proba`` (so it can be applied to
+        parts of that batch, e.g. one partition at a time).
         """
         if not self.estimates:
             return self
@@ -223,9 +229,10 @@ class PriorShift:
 
 
 def resolve_prior(classifier, spec: str | None) -> PriorShift | None:
-    """``spec`` checked against ``classifier``: None when it changes nothing (``balanced``), else the
-    shift to apply. A malformed spec, or a model that cannot take a prior, raises ConfigError here,
-    so callers resolve before reading and scoring maps.
+    """``spec`` checked against ``classifier``: None when it changes nothing (``balanced``), else the shift to apply.
+
+    A malformed spec, or a model that cannot take a prior, raises ConfigError here, so callers
+    resolve before reading and scoring maps.
     """
     target = None if spec is None else parse_prior(spec, classifier.classes_)
     classes = list(classifier.classes_)
@@ -234,8 +241,9 @@ def resolve_prior(classifier, spec: str | None) -> PriorShift | None:
 
 
 def apply_prior(classifier, proba: np.ndarray, spec: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """``classifier``'s probabilities moved to the class mix ``spec``: (probabilities, the prior used,
-    or None when nothing changed).
+    """``classifier``'s probabilities moved to the class mix ``spec``.
+
+    (probabilities, the prior used, or None when nothing changed).
     """
     shift = resolve_prior(classifier, spec)
     return (proba, None) if shift is None else shift.apply(proba)

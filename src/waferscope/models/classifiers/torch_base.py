@@ -100,8 +100,10 @@ class TorchClassifier(Classifier):
         return 3 if kind == "image" else channels(self.encoding)
 
     def resize(self, dataset) -> np.ndarray:
-        """(N, size, size) uint8 die states (or (N, size, size[, C]) uint8 pixels for images); a wafer
-        map with a die value other than 0/1/2 is a clear DataError (the resize could drop it silently).
+        """(N, size, size) uint8 die states (or (N, size, size[, C]) uint8 pixels for images).
+
+        A wafer map with a die value other than 0/1/2 is a clear DataError (the resize could drop it
+        silently).
         """
         if dataset.kind != "wafer":
             return resample_maps(dataset.maps, int(self.input_size))
@@ -138,8 +140,10 @@ class TorchClassifier(Classifier):
         return torch.from_numpy(encode(batch, self.encoding))
 
     def heat_to_die_grids(self, heat: np.ndarray, dataset) -> list[np.ndarray] | None:
-        """(N, S, S) maps computed on the network input (Grad-CAM) → each wafer's own die grid, for an
-        input other than the plain nearest resize (None: the caller's nearest mapping applies).
+        """(N, S, S) maps computed on the network input (Grad-CAM) → each wafer's own die grid.
+
+        For an input other than the plain nearest resize (None: the caller's nearest mapping
+        applies).
         """
         resample, orient = getattr(self, "resample", "nearest"), getattr(self, "orient", "none")
         if dataset.kind != "wafer" or (resample == "nearest" and orient == "none"):
@@ -166,8 +170,9 @@ class TorchClassifier(Classifier):
         return w.astype(np.float32)
 
     def _loss(self, logits, targets, batch_x):
-        """The training loss of one batch (subclasses add terms, e.g. a distillation term on batch_x):
-        class-weighted cross-entropy, or with a teacher's soft targets (:meth:`_soft_targets`) the
+        """The training loss of one batch (subclasses add terms, e.g. a distillation term on batch_x).
+
+        Class-weighted cross-entropy, or with a teacher's soft targets (:meth:`_soft_targets`) the
         distillation loss :func:`~waferscope.models.classifiers.losses.kd_loss`.
         """
         import torch.nn.functional as F
@@ -178,7 +183,8 @@ class TorchClassifier(Classifier):
         return F.cross_entropy(logits, targets, weight=self._loss_weight)
 
     def _training_masks(self, dataset) -> np.ndarray | None:
-        """Per-die masks resized like the maps, (N, size, size) uint8, for a loss that uses them;
+        """Per-die masks resized like the maps, (N, size, size) uint8, for a loss that uses them.
+
         None (the default) trains without. While training, each batch's masks, turned with their
         maps, are in ``self._batch_masks`` when :meth:`_loss` runs.
         """
@@ -195,8 +201,10 @@ class TorchClassifier(Classifier):
         return None
 
     def _epoch_order(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The order of one epoch's training maps: class-balanced draws with replacement when
-        imbalance == "sampler", else a shuffle.
+        """The order of one epoch's training maps.
+
+        Class-balanced draws with replacement when imbalance == "sampler", else a
+        shuffle.
         """
         if self.imbalance == "sampler":
             p = self._class_weights(y, len(self.classes_))[y].astype(np.float64)
@@ -242,8 +250,10 @@ class TorchClassifier(Classifier):
         return dataset, classes, np.array([index[c] for c in dataset.labels.astype(str)], dtype=np.int64)
 
     def _validation_split(self, dataset, y_all: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-        """(training, validation) indices: stratified, ``val_fraction`` of the maps; early stopping
-        needs a few maps of every class, so a tiny set trains on everything, all epochs.
+        """(training, validation) indices.
+
+        Stratified, ``val_fraction`` of the maps; early stopping needs a few maps of
+        every class, so a tiny set trains on everything, all epochs.
         """
         if self.val_fraction > 0 and len(y_all) * self.val_fraction >= 2 * n_classes:
             return stratified_split(dataset.labels.astype(str), test_size=self.val_fraction, seed=self.seed)
@@ -263,9 +273,10 @@ class TorchClassifier(Classifier):
         return macro_f1(y.astype(str), pred.astype(str))
 
     def fit(self, dataset, **kwargs) -> "TorchClassifier":
-        """Train with :func:`waferscope.models.training.fit_loop`: AdamW, a one-cycle learning rate,
-        early stopping on the validation split (best epoch restored); the loss and batches are
-        :meth:`_loss` and :meth:`_train_batches`.
+        """Train with :func:`waferscope.models.training.fit_loop`.
+
+        AdamW, a one-cycle learning rate, early stopping on the validation split (best epoch
+        restored); the loss and batches are :meth:`_loss` and :meth:`_train_batches`.
         """
         import torch
 
@@ -319,9 +330,11 @@ class TorchClassifier(Classifier):
 
     # ---- inference -------------------------------------------------------------------------------
     def inference_network(self):
-        """An eval-only copy of ``network_`` for prediction: Conv→BatchNorm pairs of a sequential
-        network folded together, channels-last memory layout (faster convolutions on CPU).
-        It returns the same logits as ``network_`` up to float rounding.
+        """An eval-only copy of ``network_`` for prediction.
+
+        Conv→BatchNorm pairs of a sequential network folded together, channels-last memory
+        layout (faster convolutions on CPU). It returns the same logits as ``network_`` up
+        to float rounding.
         """
         import torch
         from torch import nn

@@ -104,8 +104,10 @@ def training_normals(dataset, where: str | None = None, all_normal: bool = False
 
 
 def image_detectors() -> list[str]:
-    """Registered detectors that take images (their tags' ``input_kinds``), best first by
-    their declared ``image_rank`` (lower is better; measured on real images, docs/detection.md).
+    """Registered detectors that take images (their tags' ``input_kinds``).
+
+    Best first by their declared ``image_rank`` (lower is better; measured on real images,
+    docs/detection.md).
     """
     from waferscope import registry
 
@@ -114,8 +116,10 @@ def image_detectors() -> list[str]:
 
 
 def default_detector_for(kind: str, wafer_default: str) -> str:
-    """The detector ``detect train`` uses without a model name: for images the best-ranked image
-    detector (:func:`image_detectors`), for wafer maps ``wafer_default``.
+    """The detector ``detect train`` uses without a model name.
+
+    For images the best-ranked image detector (:func:`image_detectors`), for wafer maps
+    ``wafer_default``.
     """
     if kind == "image":
         names = image_detectors()
@@ -125,8 +129,9 @@ def default_detector_for(kind: str, wafer_default: str) -> str:
 
 
 def require_wafer_maps(dataset, detector: str) -> None:
-    """A clear DataError when a die-statistics detector is given images instead of wafer maps, or
-    maps with die values other than 0/1/2.
+    """A clear DataError when a die-statistics detector is given images instead of wafer maps.
+
+    Or maps with die values other than 0/1/2.
     """
     if dataset.kind != "wafer":
         raise DataError(f"{detector} models die-state wafer maps, not images; detectors that take images: "
@@ -157,8 +162,7 @@ def _grey(img: np.ndarray) -> np.ndarray:
 
 
 def _reflect_pad(t: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Reflect padding of any width (in rounds: one round pads at most side - 1 px); a side of one
-    pixel is replicated.
+    """Reflect padding of any width (in rounds: one round pads at most side - 1 px); a side of one pixel is replicated.
     """
     while top or bottom or left or right:
         h, w = t.shape[-2:]
@@ -217,8 +221,10 @@ def image_canvas(dataset, size: int, normalise: str = "image", stats: tuple[floa
 
 
 def canvas_maps_to_input(maps: torch.Tensor, canvas: ImageCanvas, dataset) -> list[np.ndarray]:
-    """(N, S, S) maps on the canvas → each sample's own H×W: the image box, upsampled bilinearly;
-    pixels outside ``valid`` (the border frame, off-wafer) are 0.
+    """(N, S, S) maps on the canvas → each sample's own H×W.
+
+    The image box, upsampled bilinearly; pixels outside ``valid`` (the border frame,
+    off-wafer) are 0.
     """
     out = []
     for i, (top, left, nh, nw) in enumerate(canvas.boxes):

@@ -1,5 +1,7 @@
-"""EfficientAD detector (``efficientad``): PDN-S teacher distilled from the wafer backbone, PDN student,
-autoencoder, quantile-normalised map average.
+"""EfficientAD detector (``efficientad``).
+
+PDN-S teacher distilled from the wafer backbone, PDN student, autoencoder, quantile-normalised map
+average.
 
 Differences from the paper, each forced by the wafer domain (see docs/detection_kd.md):
 

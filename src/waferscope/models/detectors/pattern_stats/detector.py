@@ -45,8 +45,10 @@ class PatternStatsDetector(Detector):
         self.progress = progress
 
     def _statistics(self, maps, desc: str, per_map) -> np.ndarray:
-        """(N, len(FEATURE_NAMES)) statistics of ``maps``. Each map's local fail rate is computed once
-        and also handed to ``per_map(wafer, local_rate)`` (ring baseline at fit, anomaly map at scoring).
+        """(N, len(FEATURE_NAMES)) statistics of ``maps``.
+
+        Each map's local fail rate is computed once and also handed to ``per_map(wafer, local_rate)``
+        (ring baseline at fit, anomaly map at scoring).
         """
         feats = np.zeros((len(maps), len(FEATURE_NAMES)))
         chunks = list(batch_slices(len(maps), _CHUNK))

@@ -1,6 +1,8 @@
-"""Reverse-distillation detectors: ``reverse_distillation`` (wafer ResNet-18 teacher) and
-``reverse_distillation_convnext`` (wafer ConvNeXt teacher; ConvNeXt-block bottleneck/decoder and
-per-channel feature standardisation are options, measured in docs/detection_kd.md).
+"""Reverse-distillation detectors.
+
+``reverse_distillation`` (wafer ResNet-18 teacher) and ``reverse_distillation_convnext`` (wafer
+ConvNeXt teacher; ConvNeXt-block bottleneck/decoder and per-channel feature standardisation are
+options, measured in docs/detection_kd.md).
 
 Training follows the paper (Adam, lr 0.005, betas (0.5, 0.999)); the anomaly map is the sum over the
 three scales of 1 − cos, upsampled, Gaussian-smoothed (σ = 4 px per 256 px, the paper's σ = 4), and

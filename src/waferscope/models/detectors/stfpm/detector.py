@@ -65,9 +65,11 @@ def frozen_for_inference(model: torch.nn.Module, input_size: int) -> torch.jit.S
 
 
 class FastInferenceMixin:
-    """What the KD detectors share: ``_predict_batch`` through a traced, frozen copy of ``model_``
-    when ``jit`` is set, and persistence of ``model_`` with the architecture it was built from
-    (stored under ``_arch_key``; ``_build(arch, load_teacher=False)`` rebuilds it for loading).
+    """What the KD detectors share.
+
+    ``_predict_batch`` through a traced, frozen copy of ``model_`` when ``jit`` is set, and
+    persistence of ``model_`` with the architecture it was built from (stored under
+    ``_arch_key``; ``_build(arch, load_teacher=False)`` rebuilds it for loading).
     """
 
     _fast_model = None

@@ -80,8 +80,9 @@ def draem_anomaly(img: np.ndarray, others: list[np.ndarray], rng: np.random.Gene
 
 def scar_anomaly(img: np.ndarray, rng: np.random.Generator,
                  valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(augmented image, mask): CutPaste-scar — a thin rotated strip of the image, intensity
-    jittered, pasted at another place.
+    """(augmented image, mask): CutPaste-scar.
+
+    A thin rotated strip of the image, intensity jittered, pasted at another place.
     """
     h, w = img.shape
     length = rng.uniform(0.1, 0.5) * max(h, w)
