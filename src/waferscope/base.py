@@ -117,7 +117,7 @@ _SEQUENCE = _Type("a list or tuple", list, tuple)
 
 
 def _annotation_constraints(annotation: Any) -> list | None:
-    """The constraints an annotation string (``from __future__ import annotations``) implies.
+    """Return the constraints an annotation string (``from __future__ import annotations``) implies.
 
     Or None when it says nothing this module understands.
     """
@@ -218,19 +218,19 @@ class Estimator:
             cls.fit = contract_fit  # type: ignore[method-assign]
 
     def _after_fit(self, dataset: Any, **options: Any) -> None:
-        """Called once when the outermost fit() returns (see __init_subclass__)."""
+        """Run once when the outermost fit() returns (see __init_subclass__)."""
 
     # ---- capabilities ---------------------------------------------------------------------------
     @classmethod
     def get_tags(cls) -> Tags:
-        """The class's declared capabilities: its ``_tags`` merged over its bases'."""
+        """Return the class's declared capabilities: its ``_tags`` merged over its bases'."""
         merged: dict[str, Any] = {}
         for klass in reversed(cls.__mro__):
             merged.update(vars(klass).get("_tags", {}))
         return Tags(**merged)
 
     def trained_input_kind(self) -> str | None:
-        """The kind of data ("wafer" or "image") a fitted model was trained on.
+        """Return the kind of data ("wafer" or "image") a fitted model was trained on.
 
         For models that can take both and record it (as ``mode_`` or ``input_kind_``);
         None when not recorded.
@@ -239,7 +239,7 @@ class Estimator:
         return kind if kind in ("wafer", "image") else None
 
     def export_module(self) -> Any:
-        """A torch module export_onnx should trace instead of the model's own network, or None."""
+        """Return a torch module export_onnx should trace instead of the model's own network, or None."""
         return None
 
     # ---- configuration --------------------------------------------------------------------------
@@ -456,7 +456,7 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
 
 def resolve_bundled_name(bundled: dict[str, Path], which: str, kind: str,
                          aliases: dict[str, str] | None = None) -> str:
-    """The current name of a bundled model.
+    """Return the current name of a bundled model.
 
     ``which`` itself, or the model an old name (an alias) stands for, with a FutureWarning (the CLI
     shows it as a note). An unknown name is a clear error.
@@ -543,7 +543,7 @@ THRESHOLD_RULES = ("auto", "quantile", "best_f1", "kfold")
 
 
 def read_threshold_json(run_dir: str | Path) -> dict | None:
-    """An older run's ``threshold.json`` ({"threshold": float, "method": str, ...}), or None."""
+    """Return an older run's ``threshold.json`` ({"threshold": float, "method": str, ...}), or None."""
     path = Path(run_dir) / THRESHOLD_JSON
     if not path.is_file():
         return None

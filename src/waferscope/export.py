@@ -183,7 +183,7 @@ def probe_maps(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def graph_input(meta_or_est, maps) -> np.ndarray:
-    """Maps (any grid) → the graph's uint8 input.
+    """Map (any grid) → the graph's uint8 input.
 
     The model's resample and orientation (``metadata`` keys or estimator attributes;
     plain models: the nearest resize).
@@ -379,7 +379,7 @@ def read_metadata(path: str | Path) -> dict:
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", int8: str | None = None,
                calibration=None) -> Path:
-    """The ``waferscope export`` command: a run directory → an ONNX file (INT8 with ``int8``)."""
+    """Return the ``waferscope export`` command: a run directory → an ONNX file (INT8 with ``int8``)."""
     if fmt != "onnx":
         raise ConfigError(f"unknown export format {fmt!r}; supported: onnx")
     est = load_run(run_dir)

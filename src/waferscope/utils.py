@@ -48,7 +48,7 @@ def replace_folder(tmp: Path, dest: Path) -> None:
 
 
 def anomaly_map_names(ids) -> list[str]:
-    """The ``<name>.npy`` file of each sample's anomaly map (``detect score --maps``).
+    """Return the ``<name>.npy`` file of each sample's anomaly map (``detect score --maps``).
 
     The id made file-safe; a name met again gets ``_2``, ``_3``, … in the order of ``ids``.
     """

@@ -59,7 +59,7 @@ class DatasetSpec:
         return [s for s in (self.data, self.train, self.test) if s is not None]
 
     def protocol(self) -> dict:
-        """What decides which maps train and test (part of every cell's cache key)."""
+        """Return what decides which maps train and test (part of every cell's cache key)."""
         out: dict[str, Any] = {}
         if self.data is not None:
             out = {"kfold": self.kfold} if self.kfold else {"split": self.split}

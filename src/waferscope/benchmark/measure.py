@@ -65,7 +65,7 @@ def peak_rss_mb() -> float | None:
 
 
 def torch_modules(est: Any) -> list:
-    """The nn.Module attributes of an estimator (``network_``, ``teacher_``, lists of them...)."""
+    """Return the nn.Module attributes of an estimator (``network_``, ``teacher_``, lists of them...)."""
     import torch
 
     found = []
@@ -190,7 +190,7 @@ def best_rate(fn: Callable[[], object], n: int, repeats: int, warmup: bool = Tru
 
 
 def add_speed_arguments(parser, n: int, threads: int = 2, repeats: int = 3) -> None:
-    """The options every speed script takes.
+    """Add the options every speed script takes.
 
     ``--n`` items, ``--threads`` torch threads, ``--repeats`` timed passes (``--repeat`` is
     accepted too: older commands in the docs use it).

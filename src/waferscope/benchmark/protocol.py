@@ -77,7 +77,7 @@ def load_dataset(spec: DatasetSpec, tasks: list[str] | str, config_path) -> Load
 
 
 def folds(loaded: LoadedDataset, seed: int) -> list[tuple[WaferDataset, WaferDataset]]:
-    """The (train, test) pairs of one cell; for detection the caller keeps train's normal maps."""
+    """Return the (train, test) pairs of one cell; for detection the caller keeps train's normal maps."""
     from waferscope.data.preprocess import stratified_kfold, stratified_split
 
     spec = loaded.spec

@@ -152,7 +152,7 @@ def f1_at(y: np.ndarray, scores: np.ndarray, threshold: float) -> float:
 
 
 def detection_examples(result: DetectionResult, test: WaferDataset, k: int) -> list[dict]:
-    """A fixed choice of test maps (defects first, then normal ones) with their anomaly maps."""
+    """Return a fixed choice of test maps (defects first, then normal ones) with their anomaly maps."""
     if k <= 0:
         return []
     defect = np.flatnonzero(~test.is_normal)

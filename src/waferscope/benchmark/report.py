@@ -98,7 +98,7 @@ def _wafer_rgb(m) -> np.ndarray:
 
 
 def _heat_on_wafer(heat, wafer):
-    """A heat map resampled to the wafer's die grid, masked off the wafer (transparent there)."""
+    """Return a heat map resampled to the wafer's die grid, masked off the wafer (transparent there)."""
     if heat is None:
         return None
     m = np.asarray(wafer)
@@ -237,7 +237,7 @@ def _pareto(pts: list[dict]) -> list[dict]:
 
 
 def _what_row_is(p: dict, data_desc: str) -> str:
-    """What a row's model is: trained by this benchmark (on how many maps of which data), not a bundled model.
+    """Return what a row's model is: trained by this benchmark (on how many maps of which data), not a bundled model.
 
     A row named like a bundled architecture says which bundled model differs from it.
     """
@@ -256,7 +256,7 @@ def _what_row_is(p: dict, data_desc: str) -> str:
 
 
 def bundled_of_model(model: str | None) -> list[str]:
-    """The bundled models (classifiers and detectors) whose registered model is ``model``."""
+    """Return the bundled models (classifiers and detectors) whose registered model is ``model``."""
     if not model:
         return []
     from waferscope.models import classifiers, detectors
@@ -439,7 +439,7 @@ def _environment(manifest: dict, records: list[dict]) -> str:
 
 
 def _data_desc(manifest: dict, ds: str) -> str:
-    """A data set in words: its name and what it holds, e.g. 'synthetic (train: synthetic:n=1350,seed=1)'."""
+    """Return a data set in words: its name and what it holds, e.g. 'synthetic (train: synthetic:n=1350,seed=1)'."""
     d = manifest["datasets"].get(ds, {})
     sources, parts = d.get("sources") or [], list(d.get("parts") or {})
     if sources and len(sources) == len(parts) and "train" in parts:

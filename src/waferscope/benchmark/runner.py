@@ -102,7 +102,7 @@ def _duration(seconds: float) -> str:
 
 
 def load_average() -> list[float] | None:
-    """The 1-, 5- and 15-minute load averages (None where the OS has none).
+    """Return the 1-, 5- and 15-minute load averages (None where the OS has none).
 
     Recorded beside timings, which on a shared machine depend on it.
     """

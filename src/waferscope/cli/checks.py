@@ -16,7 +16,7 @@ from waferscope.errors import ConfigError
 
 
 def _writable_ancestor(path: Path, option: str) -> None:
-    """The nearest existing ancestor of ``path`` must be a folder this process can write into."""
+    """Require the nearest existing ancestor of ``path`` to be a folder this process can write into."""
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent

@@ -105,7 +105,7 @@ def load_model_described(run: Optional[Path], bundled: Optional[str], kind: str,
 
 
 def load_classifier(run: Optional[Path], bundled: Optional[str], default: str):
-    """The classifier in a run directory, or a bundled one.
+    """Return the classifier in a run directory, or a bundled one.
 
     ``bundled`` if given, else ``default`` (``classify`` and ``explain`` default to different
     ones; see ``models.classifiers.BUNDLED``).
@@ -132,7 +132,7 @@ COLUMNS_REFUSED = ("it names the columns of CSV die lists, and Parquet partition
 
 def fab_options_refused(pass_bins: Optional[str], retest: Optional[str] = None,
                         columns: Optional[str] = None) -> Optional[dict]:
-    """The fab-file options given, with the reason the Dask path refuses each (None: none given)."""
+    """Return the fab-file options given, with the reason the Dask path refuses each (None: none given)."""
     given = {"--pass-bins": (pass_bins, PASS_BINS_REFUSED), "--retest": (retest, RETEST_REFUSED),
              "--columns": (columns, COLUMNS_REFUSED)}
     return {opt: why for opt, (value, why) in given.items() if value is not None} or None

@@ -45,7 +45,7 @@ def _load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Option
 
 
 def _load_detector(run: Optional[Path], bundled: Optional[str]):
-    """The detector a command scores with: ``--run``, ``--bundled``, or the bundled default."""
+    """Return the detector a command scores with: ``--run``, ``--bundled``, or the bundled default."""
     return load_model_described(run, bundled, "detector")
 
 
@@ -78,7 +78,7 @@ def _select_split(dataset, split: str, auto: str, where: str):
 
 
 def read_threshold(run_dir: Path) -> dict | None:
-    """A run's decision threshold as {"threshold": value, "method": ...} without loading its
+    """Return a run's decision threshold as {"threshold": value, "method": ...} without loading its
     weights (kept for callers of the old threshold.json reader; a loaded detector has threshold_).
     """
     from waferscope.base import read_run_header, read_threshold_json
@@ -91,7 +91,7 @@ def read_threshold(run_dir: Path) -> dict | None:
 
 
 def _threshold(det) -> dict | None:
-    """The detector's own decision threshold as {"threshold": value, "method": ...}, or None."""
+    """Return the detector's own decision threshold as {"threshold": value, "method": ...}, or None."""
     if det.threshold_ is None:
         return None
     return {"threshold": det.threshold_, "method": det.threshold_info_.get("method", "")}
@@ -294,7 +294,7 @@ def score(
 
 
 def _score_summary(scored: str, above: Optional[int], thr: Optional[dict], wrote: str, maps: Optional[Path]) -> str:
-    """The last line of ``detect score``, on both engines."""
+    """Return the last line of ``detect score``, on both engines."""
     return (f"scored {scored}" + (f", {above} above the run's threshold {thr['threshold']:.6g}" if thr else "")
             + f"; wrote {wrote}" + (f" and maps in {maps}" if maps else ""))
 

@@ -30,7 +30,7 @@ def _check_out(out: Path, overwrite: bool, option: str) -> None:
 
 def run_cli(model, data: list[str], out: Path, engine: str, scheduler: str | None, workers: int,
             overwrite: bool, refused: dict[str, str] | None = None, **options) -> ScaleRun | None:
-    """The ``--engine`` part of ``classify predict`` / ``detect score``.
+    """Return the ``--engine`` part of ``classify predict`` / ``detect score``.
 
     None when the command's own single-process CSV path should run, else what the partitioned
     run wrote.

@@ -39,7 +39,7 @@ def detector(
     threads: int = typer.Option(2, "--threads", min=1),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Append the result as one JSON line to this file"),
 ) -> None:
-    """The detector dev protocol.
+    """Run the detector dev protocol.
 
     Train on real normals, test on the other normals vs every defect (--images: the same on
     a real MVTec-layout image folder).

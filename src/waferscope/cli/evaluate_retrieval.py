@@ -15,7 +15,7 @@ METHODS = ("metric", "lda", "features", "cnn", "raw", "wu2015", "cnn_fold")
 
 
 def _shared_default_sets() -> list[str]:
-    """The shared wm811k_dev.npz + wm811k_dev2.npz, or one error naming what they are and how to pass one's own."""
+    """Return the shared wm811k_dev.npz + wm811k_dev2.npz, or one error naming what they are and how to pass one's own."""
     from waferscope.cli.checks import shared_default
     from waferscope.data.paths import DEV2_MAPS, DEV_MAPS
 

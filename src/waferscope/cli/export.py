@@ -11,7 +11,7 @@ from waferscope.errors import ConfigError
 
 
 def bundled_run_dir(name: str) -> Path:
-    """The run directory of a bundled classifier or detector.
+    """Return the run directory of a bundled classifier or detector.
 
     By its current name (the names of the two kinds do not overlap; the old adjective names
     do, so no aliases here).
@@ -54,7 +54,7 @@ def export(
 
 
 def describe_export(path: Path, calibration: Optional[str]) -> str:
-    """What a deployment must know, read back from the file's own metadata.
+    """Return what a deployment must know, read back from the file's own metadata.
 
     The input layout, the outputs, and whether INT8 was applied (and calibrated on what).
     """

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
 
 def load_lots_data(specs: List[str], pass_bins: Optional[str]):
-    """The files as one data set; their bin codes (``attrs["bins"]``, keyed by wafer id) merged."""
+    """Return the files as one data set; their bin codes (``attrs["bins"]``, keyed by wafer id) merged."""
     from waferscope.data import load
     from waferscope.data.dataset import WaferDataset
     from waferscope.lots import BIN_NAMES_ATTR, BINS_ATTR

@@ -84,7 +84,7 @@ def _plain_metavars(command) -> None:
 
 
 def build_command():
-    """The click command behind ``app`` with readable help (see :func:`_plain_metavars`)."""
+    """Return the click command behind ``app`` with readable help (see :func:`_plain_metavars`)."""
     command = typer.main.get_command(app)
     _plain_metavars(command)
     return command
@@ -94,7 +94,7 @@ _SHOWWARNING = warnings.showwarning
 
 
 def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
-    """The library's FutureWarnings (an old bundled name, ...) as one ``note:`` line; others as usual."""
+    """Show the library's FutureWarnings (an old bundled name, ...) as one ``note:`` line; others as usual."""
     if issubclass(category, FutureWarning):
         typer.echo(f"note: {message}", err=True)
     else:
@@ -134,7 +134,7 @@ def _main() -> None:
 
 
 def _usage_error_types() -> tuple[type, ...]:
-    """The ClickException classes a usage error can be.
+    """Return the ClickException classes a usage error can be.
 
     Typer >= 0.2x raises those of its vendored copy of click (``typer._click``), older
     typer those of click itself.

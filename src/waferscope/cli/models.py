@@ -23,7 +23,7 @@ def plain_text(doc: str) -> str:
 
 
 def _summary(obj) -> str:
-    """The first sentence of the docstring's first paragraph (which may span lines), in plain text."""
+    """Return the first sentence of the docstring's first paragraph (which may span lines), in plain text."""
     paragraph = " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split())
     if paragraph:
         text = plain_text(paragraph).replace(" (see the module docstring)", "")

@@ -78,7 +78,7 @@ def search_cmd(
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     threads: int = typer.Option(2, "--threads", min=1),
 ) -> None:
-    """The k archive wafers most like each query wafer.
+    """Find the k archive wafers most like each query wafer.
 
     neighbours.csv (query id, rank, neighbour id, lot, distance, class) and neighbours.png
     (each query beside its neighbours).

@@ -188,7 +188,7 @@ class WaferDataset:
         )
 
     def summary(self) -> dict:
-        """Counts per class, map sizes and fail rates: what `waferscope data info` prints."""
+        """Return counts per class, map sizes and fail rates: what `waferscope data info` prints."""
         shapes = self.shapes
         per_class: dict[str, dict] = {}
         rates = self.fail_rates() if self.kind == "wafer" else None

@@ -289,7 +289,7 @@ def _complete_meta(meta: pd.DataFrame, n: int, source: str) -> pd.DataFrame:
 
 
 def read_parquet(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
-    """The whole file as one WaferDataset.
+    """Return the whole file as one WaferDataset.
 
     Its size checked against ``limits`` before the maps are decoded
     (:func:`check_parquet_limits`), and the decoded bytes counted row group by row group.
@@ -378,7 +378,7 @@ def iter_parquet(path: str | Path, batch_size: int = DEFAULT_ROW_GROUP) -> Itera
 
 
 def read_ids(path: str | Path) -> list[str]:
-    """The sample ids of a file, as read_parquet / iter_parquet give them, without reading the maps."""
+    """Return the sample ids of a file, as read_parquet / iter_parquet give them, without reading the maps."""
     path = Path(path)
     pf = _open(path)
     try:

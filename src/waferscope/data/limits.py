@@ -56,7 +56,7 @@ class LoadLimits:
                             f"{self.max_side} rows or columns (max_side)", path)
 
     def budget(self, path: str | Path | None) -> "DieBudget":
-        """A running total of dies for one load."""
+        """Return a running total of dies for one load."""
         return DieBudget(self, path)
 
 

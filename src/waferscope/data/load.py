@@ -138,7 +138,7 @@ def sniff_format(path: Path, limits: LoadLimits | None = None) -> str:
 
 def load(spec: str | Path, pass_bins=None, limits: LoadLimits | None = None, retest: str | None = None,
          columns=None) -> WaferDataset:
-    """The data set at ``spec``; ``pass_bins`` (see the module docstring) applies to fab formats.
+    """Return the data set at ``spec``; ``pass_bins`` (see the module docstring) applies to fab formats.
 
     ``columns`` to CSV die lists, ``limits`` to everything read from a file; ``retest`` ("last"
     default, "first", "worst"): which result of an STDF die probed twice without a retest flag is
@@ -185,7 +185,7 @@ def _load(spec: str | Path, pass_bins, limits: LoadLimits, retest: str | None = 
 
 
 def _load_inflated(fmt: str, path: Path, limits: LoadLimits) -> WaferDataset:
-    """A compressed Parquet/npz/npy/pickle: inflate (bounded) into a temporary file and read that."""
+    """Return a compressed Parquet/npz/npy/pickle: inflate (bounded) into a temporary file and read that."""
     import os
     import shutil
     import tempfile

@@ -92,7 +92,7 @@ def encode_images(batch: np.ndarray) -> np.ndarray:
 
 
 def dihedral(batch: np.ndarray, k: int, axes: tuple[int, int] = (-2, -1)) -> np.ndarray:
-    """The k-th of the 8 rotations/flips of a square (k in 0..7)."""
+    """Return the k-th of the 8 rotations/flips of a square (k in 0..7)."""
     out = np.rot90(batch, k % 4, axes=axes)
     if k >= 4:
         out = np.flip(out, axis=axes[1])
@@ -240,7 +240,7 @@ def area_resize_maps(maps: Sequence[np.ndarray], size: int) -> np.ndarray:
 
 
 def resample_maps(maps: Sequence[np.ndarray], size: int, resample: str = "nearest") -> np.ndarray:
-    """The CNN input before encoding.
+    """Return the CNN input before encoding.
 
     (N, S, S) uint8 die states (``nearest``) or (N, S, S, 3) uint8 no-die/pass/fail fractions
     (``area``).
@@ -267,7 +267,7 @@ def encode_area(batch: np.ndarray, encoding: str = "onehot3") -> np.ndarray:
 
 
 def area_to_die_grid(heat: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """An S×S heat map of an area-resampled map → the map's own (H, W) die grid.
+    """Return an S×S heat map of an area-resampled map → the map's own (H, W) die grid.
 
     Each die gets the overlap-weighted mean of the output cells that covered it; cells outside the
     dies' bounding box 0.
@@ -385,7 +385,7 @@ def _view_rules() -> np.ndarray:
 
 
 def canonical_map(m: np.ndarray) -> np.ndarray:
-    """A map on its own die grid.
+    """Return a map on its own die grid.
 
     Cropped to its dies' bounding box and turned into its canonical view (the same rule as
     :func:`canonical_views`: fail-weighted moments, then die-weighted moments, then the bytes). Every
@@ -405,7 +405,7 @@ def canonical_map(m: np.ndarray) -> np.ndarray:
 
 
 def undo_view(heat: np.ndarray, k: int) -> np.ndarray:
-    """An S×S map computed on view k of a map, turned back onto the map itself."""
+    """Return an S×S map computed on view k of a map, turned back onto the map itself."""
     for j in range(8):
         if np.array_equal(dihedral(dihedral(np.arange(4).reshape(2, 2), k), j), np.arange(4).reshape(2, 2)):
             return np.ascontiguousarray(dihedral(heat, j))
@@ -413,7 +413,7 @@ def undo_view(heat: np.ndarray, k: int) -> np.ndarray:
 
 
 def prepare_maps(maps: Sequence[np.ndarray], size: int, resample: str = "nearest", orient: str = "none") -> np.ndarray:
-    """The whole CNN input preparation before encoding: resample, then the canonical orientation."""
+    """Return the whole CNN input preparation before encoding: resample, then the canonical orientation."""
     x = resample_maps(maps, size, resample)
     if orient == "none":
         return x

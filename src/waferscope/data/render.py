@@ -24,7 +24,7 @@ STATE_NAMES = ("no die", "pass", "fail")
 
 
 def render_map(m: np.ndarray, scale: int = 1, palette: np.ndarray = PALETTE) -> np.ndarray:
-    """An H×W die-state map → (H·scale)×(W·scale)×3 uint8 RGB.
+    """Return an H×W die-state map → (H·scale)×(W·scale)×3 uint8 RGB.
 
     Images (H×W or H×W×3) are returned as RGB unchanged apart from the upscaling.
     """
@@ -67,7 +67,7 @@ def _class_order(labels: np.ndarray) -> list[str]:
 
 
 def montage_per_class(dataset, path: str | Path, per_class: int = 8, seed: int = 0, title: str | None = None) -> Path:
-    """A grid: one row per class (WM-811K order first), up to ``per_class`` random maps per row.
+    """Return a grid: one row per class (WM-811K order first), up to ``per_class`` random maps per row.
 
     Row titles with class counts, and a legend of the die-state colours. Written atomically.
     """

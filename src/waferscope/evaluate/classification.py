@@ -22,7 +22,7 @@ def map_key(wafer: np.ndarray) -> bytes:
 
 
 def unseen_subset(sample, seen_sets: Iterable):
-    """The maps of ``sample`` that occur in none of ``seen_sets`` (WaferDatasets)."""
+    """Return the maps of ``sample`` that occur in none of ``seen_sets`` (WaferDatasets)."""
     seen = {map_key(m) for ds in seen_sets for m in ds.maps}
     keep = np.flatnonzero([map_key(m) not in seen for m in sample.maps])
     return sample.subset(keep)
@@ -99,7 +99,7 @@ def pool_sets(sets: dict):
 
 
 def lot_folds(labels, groups, n_splits: int = N_FOLDS, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The protocol's folds: stratified by class, every lot on one side (seeded)."""
+    """Return the protocol's folds: stratified by class, every lot on one side (seeded)."""
     from waferscope.data.preprocess import grouped_stratified_kfold
 
     return list(grouped_stratified_kfold(labels, groups, n_splits, seed=seed))
@@ -118,7 +118,7 @@ def parse_method(method: str) -> tuple[str, dict]:
 
 
 def lot_subsample(train_idx: np.ndarray, groups, fraction: float, seed: int) -> np.ndarray:
-    """A seeded part of ``train_idx`` made of WHOLE lots: ``round(fraction * n_lots)`` of its lots (at least one)."""
+    """Return a seeded part of ``train_idx`` made of WHOLE lots: ``round(fraction * n_lots)`` of its lots (at least one)."""
     from waferscope.errors import ConfigError
 
     if not 0 < fraction <= 1:
@@ -131,13 +131,13 @@ def lot_subsample(train_idx: np.ndarray, groups, fraction: float, seed: int) -> 
 
 
 def fold_cache(work: Path, method: str, fold: int, fraction: float = 1.0) -> Path:
-    """The cache file of one (method, training fraction, fold); fraction 1 is the plain protocol's."""
+    """Return the cache file of one (method, training fraction, fold); fraction 1 is the plain protocol's."""
     tag = "" if fraction == 1 else f"_frac{fraction:g}"
     return Path(work) / f"{method_file_stem(method)}{tag}_fold{fold}.json"
 
 
 def method_file_stem(method: str) -> str:
-    """A method spec as a file name (a run-directory teacher may hold slashes)."""
+    """Return a method spec as a file name (a run-directory teacher may hold slashes)."""
     return method.replace("/", "_")
 
 
@@ -156,7 +156,7 @@ def resolved_params(clf) -> dict:
 
 
 def method_params(method: str, seed: int = 0) -> dict:
-    """The resolved parameters ``method`` stands for today (defaults included)."""
+    """Return the resolved parameters ``method`` stands for today (defaults included)."""
     from waferscope import registry
 
     name, params = parse_method(method)
@@ -164,7 +164,7 @@ def method_params(method: str, seed: int = 0) -> dict:
 
 
 def cached_record(cache: Path, params: dict, synthetic: int) -> dict | None:
-    """The record in ``cache`` if it was made with these parameters and synthetic count, else None.
+    """Return the record in ``cache`` if it was made with these parameters and synthetic count, else None.
 
     A cache made under other defaults (e.g. before a default changed) is stale and is refit; caches
     written before params were recorded carry none and are trusted.
@@ -287,7 +287,7 @@ def lot_kfold_report(records: list[dict], pooled, set_of) -> dict:
 
 
 def average_records(members: list[list[dict]]) -> list[dict]:
-    """An ensemble's fold records: the members' cached test probabilities averaged per fold."""
+    """Return an ensemble's fold records: the members' cached test probabilities averaged per fold."""
     from waferscope.errors import ConfigError
 
     out = []
@@ -304,7 +304,7 @@ def average_records(members: list[list[dict]]) -> list[dict]:
 def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic: int = 1500,
               work: str | Path = "results/lot_kfold", seed: int = 0, progress=None,
               fraction: float = 1.0) -> dict[str, dict]:
-    """The lot-grouped protocol for each method (``a+b`` averages members' probabilities): name → report.
+    """Return the lot-grouped protocol for each method (``a+b`` averages members' probabilities): name → report.
 
     ``fraction`` < 1 trains each fold on that part of its real training lots (test folds unchanged).
     """
@@ -334,7 +334,7 @@ def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic
 
 
 def learning_curve(method: str, sets: dict, fractions: Iterable[float], **kwargs) -> list[tuple[float, dict]]:
-    """The lot protocol of ``method`` at each training fraction.
+    """Return the lot protocol of ``method`` at each training fraction.
 
     [(fraction, report)], reports as :func:`lot_kfold`'s plus ``n_real_train`` (mean real
     training maps per fold).

@@ -76,7 +76,7 @@ def protocol_named(name: str, **overrides: Any) -> Protocol:
 
 
 def load_dev(spec=None):
-    """The real labelled dev maps (``spec`` or the shared ``wm811k_dev.npz``), with normals and defects."""
+    """Return the real labelled dev maps (``spec`` or the shared ``wm811k_dev.npz``), with normals and defects."""
     from waferscope.data import load
     from waferscope.data.paths import DEV_MAPS
 
@@ -118,7 +118,7 @@ def check_detector(detector: str) -> None:
 
 
 def _fit_and_score(make, train, test):
-    """A fresh detector fitted on ``train`` and its scores on ``test``, with both wall times (s)."""
+    """Return a fresh detector fitted on ``train`` and its scores on ``test``, with both wall times (s)."""
     det = make()
     t0 = time.perf_counter()
     det.fit(train, calibrate=False)  # the protocol scores only: fit_s stays the fit's own time
@@ -180,7 +180,7 @@ def evaluate_detector(detector: str, params: dict | None = None, protocol: Proto
 
 
 def check_pattern_detector(detector: str) -> None:
-    """A clear error, before any data is read.
+    """Raise a clear error, before any data is read.
 
     Unless ``detector`` is registered and simulates defects (takes a ``patterns``
     parameter), as :func:`leave_one_pattern_out` needs.
@@ -265,7 +265,7 @@ def _grey_squares(dataset, size: int) -> np.ndarray:
 
 
 def baseline_pixel_zscore(train, test, size: int = 64):
-    """The trivial baseline of issue 29.
+    """Return the trivial baseline of issue 29.
 
     Each image squashed to size², standardised by its own mean and std, then its per-pixel |z|
     against the mean and std of the normal training images at the same pixel; score = the maximum
@@ -317,7 +317,7 @@ def max_in_mask_rate(maps, test) -> float | None:
 
 def evaluate_images(detector: str, params: dict | None = None, root=None, kfold: bool = True, n_splits: int = 5,
                     seed: int = 0, baselines: bool = True, data=None, img_path=None) -> dict:
-    """The real-image protocol: fit ``detector`` on train/good.
+    """Return the real-image protocol: fit ``detector`` on train/good.
 
     Score test/ (image AUROC/AUPR, pixel AUROC, AUPRO in bounded memory, per-defect AUROC,
     max-in-mask rate, fit time, images/s), and with ``kfold`` seed 004's threshold protocol: K-fold
@@ -357,7 +357,7 @@ def evaluate_images(detector: str, params: dict | None = None, root=None, kfold:
 
 
 def image_examples_png(result, test, path, per_class: int = 2, seed: int = 0) -> None:
-    """A PNG of defective test images (``per_class`` of each defect, seeded).
+    """Write a PNG of defective test images (``per_class`` of each defect, seeded).
 
     Image, anomaly map with its maximum marked (+ if inside the mask, x if not), and the
     ground-truth mask outline.

@@ -37,7 +37,7 @@ LOCAL_CLASSES = ["Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Scratch"]
 
 
 def oracle_heat(region: wd.WaferDataset, cells: int) -> list[np.ndarray]:
-    """The region mask as seen by a ``cells``×``cells`` feature map of a 48-px input.
+    """Return the region mask as seen by a ``cells``×``cells`` feature map of a 48-px input.
 
     Resized to 48 px, averaged over cells, resampled back to the die grid like a Grad-CAM
     map.
@@ -56,7 +56,7 @@ def oracle_heat(region: wd.WaferDataset, cells: int) -> list[np.ndarray]:
 
 
 def classify_denoised(clf, local, explanation) -> dict:
-    """The classifier's accuracy and macro-F1 (over the six localised classes) on the raw maps and
+    """Return the classifier's accuracy and macro-F1 (over the six localised classes) on the raw maps and
     on the same maps after Grad-CAM (Otsu), median and connected-component denoising: does removing
     the fails each filter calls noise keep the pattern recognisable?
     """
@@ -179,7 +179,7 @@ def evaluate_explanations(clf, n: int = 900, seed: int = 11, detectors=(), dev=N
 
 
 def summary_text(result: dict) -> str:
-    """The tables of :func:`evaluate_explanations` as text (what the docs quote)."""
+    """Return the tables of :func:`evaluate_explanations` as text (what the docs quote)."""
     import json
 
     t = result["tables"]

@@ -25,7 +25,7 @@ from waferscope.evaluate.classification import N_FOLDS, average_records, fold_ca
 
 
 def fold_records(method: str, work: str | Path) -> list[dict]:
-    """The 5 cached lot-fold records of ``method`` (``a+b`` averages members).
+    """Return the 5 cached lot-fold records of ``method`` (``a+b`` averages members).
 
     A DataError naming ``work`` when a fold was not run.
     """
@@ -71,7 +71,7 @@ def per_class_f1(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
 
 
 def mixes(classes: list[str], y: np.ndarray) -> dict[str, np.ndarray]:
-    """The class mixes of the analysis, as proportions over ``classes``."""
+    """Return the class mixes of the analysis, as proportions over ``classes``."""
     from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS
 
     own = np.array([np.mean(y == c) for c in classes])
@@ -130,7 +130,7 @@ def prior_shift(method: str, labels, work: str | Path, draws: int = 20, size: in
 
 
 def out_of_fold_temperature(method: str, labels, work: str | Path) -> float:
-    """The temperature (:func:`~waferscope.models.classifiers.prior.fit_temperature`) of ``method``'s
+    """Return the temperature (:func:`~waferscope.models.classifiers.prior.fit_temperature`) of ``method``'s
     pooled out-of-fold predictions: the calibration to store with a model trained on all the maps.
     """
     from waferscope.models.classifiers.prior import fit_temperature

@@ -84,7 +84,7 @@ def normalised_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def wu2015_rank(q_feat, a_feat, q_maps, a_maps, top_n: int = 50) -> np.ndarray:
-    """The Wu 2015 similarity ranking.
+    """Return the Wu 2015 similarity ranking.
 
     Euclidean top-``top_n`` on (standardised) Radon + geometry features, those re-ranked by
     descending 2-D normalised correlation of the resized fail maps, then the rest of the archive
@@ -175,7 +175,7 @@ def summarise(per_fold: pd.DataFrame) -> pd.DataFrame:
 
 def ann_speed(archive_vectors: np.ndarray, query_vectors: np.ndarray, k: int = 10, m: int = 32,
               ef_construction: int = 80, ef_search: int = 64) -> dict:
-    """The HNSW index of :class:`waferscope.search.WaferIndex` against exact search on the same vectors.
+    """Return the HNSW index of :class:`waferscope.search.WaferIndex` against exact search on the same vectors.
 
     Build wafers/s, recall@k of the exact k nearest, one-query-at-a-time latency p50/p99 (ms), and
     the index's bytes per wafer (faiss's serialised size). Embedding time is not included.

@@ -81,7 +81,7 @@ SMALL = Settings(n_clean=12, n_dev=27, sizes=(20, 100), dev_splits=(2,), aspects
 
 # ---- clean wafers and transforms ---------------------------------------------------------------
 def clean_wafer(rows: int, cols: int, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """A perfectly round wafer on a rows×cols grid (die centres inside the inscribed ellipse) with
+    """Return a perfectly round wafer on a rows×cols grid (die centres inside the inscribed ellipse) with
     random fail dies at ``rate``.
     """
     r = (np.arange(rows) + 0.5 - rows / 2) / (rows / 2)
@@ -216,7 +216,7 @@ E142_ORIGINS = {"UpperLeft": ("DownRight", False, False), "LowerLeft": ("UpRight
 
 
 def _drawing(m: np.ndarray, orientation: int) -> np.ndarray:
-    """The stored (notch-down) map turned clockwise so that the notch sits at ``orientation`` degrees
+    """Return the stored (notch-down) map turned clockwise so that the notch sits at ``orientation`` degrees
     clockwise from the bottom: the drawing a G85/E142 file with that Orientation holds.
     """
     if orientation % 90:
@@ -367,7 +367,7 @@ class Model:
 
 
 def bundled_models(names: Iterable[str] = (), runs: Iterable[Path] = ()) -> list[Model]:
-    """The bundled classifiers and detectors (``names`` restricts them; both kinds' names are
+    """Return the bundled classifiers and detectors (``names`` restricts them; both kinds' names are
     accepted) and run directories; a detector without a stored threshold is a clear error.
     """
     from waferscope.base import load_run
@@ -405,7 +405,7 @@ def bundled_models(names: Iterable[str] = (), runs: Iterable[Path] = ()) -> list
 
 # ---- the suite -----------------------------------------------------------------------------------
 def dev_sample(path: Path | None, n: int, seed: int) -> WaferDataset | None:
-    """A class-stratified sample of about ``n`` labelled real dev maps (None when the file is missing)."""
+    """Return a class-stratified sample of about ``n`` labelled real dev maps (None when the file is missing)."""
     from waferscope.data import load
     from waferscope.data.paths import DEV_MAPS
 
@@ -521,7 +521,7 @@ def _dev_metric(model: Model, labels: np.ndarray, out: np.ndarray) -> float:
 
 def run(models: list[Model], settings: Settings = FULL, seed: int = 0, dev_path: Path | None = None,
         progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """The robustness table: one row per (model, factor, level).
+    """Return the robustness table: one row per (model, factor, level).
 
     Columns: ``clean_false_alarm``, ``clean_agreement`` (share of clean wafers whose decision is the
     one of the same wafer untransformed, or read from npy for the format factor), ``dev_metric``

@@ -80,7 +80,7 @@ def run_student_fold(teacher: str, student: str, fold: int, pooled, folds, synth
 def student_retention(teacher: str, student: str, sets: dict, *, folds=range(N_FOLDS), synthetic: int = 1500,
                       work: str | Path = "results/lot_kfold", seed: int = 0, progress=None,
                       unlabelled=None) -> dict:
-    """The student check on the lot protocol.
+    """Return the student check on the lot protocol.
 
     Per-fold and pooled macro-F1 of both, retention, parameter counts and their ratio, agreement
     with the teacher, test-fold wafers/s. ``unlabelled`` (a WaferDataset of maps without labels)

@@ -191,7 +191,7 @@ def realism_check(n: int = 45000, seed: int = 0, size: int = 48, epochs: int = 6
 
 
 def realism_summary(result: dict) -> str:
-    """The per-class report, the confusion matrix and the headline line of :func:`realism_check`."""
+    """Return the per-class report, the confusion matrix and the headline line of :func:`realism_check`."""
     lines = [result["report"], "confusion (rows real, cols predicted): " + " ".join(c[:6] for c in CLASSES)]
     lines += [f"{c:>10s} " + " ".join(f"{v:6d}" for v in row) for c, row in zip(CLASSES, result["confusion"])]
     single = "" if not result["args"]["tta"] else f" (8-fold dihedral average; single view {result['macro_f1_single_view']:.3f})"

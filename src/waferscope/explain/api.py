@@ -192,7 +192,7 @@ def picture_sample(dataset: WaferDataset, explanation: Explanation, n: int, seed
 
 
 def overlay_figure(dataset: WaferDataset, explanation: Explanation, index: list[int], path, denoised=None):
-    """A PNG grid: each wafer, its heat map over the wafer, and (optionally) the denoised map."""
+    """Return a PNG grid: each wafer, its heat map over the wafer, and (optionally) the denoised map."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)

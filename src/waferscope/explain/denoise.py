@@ -23,7 +23,7 @@ from waferscope.errors import ConfigError
 
 
 def relevance_threshold(heat: np.ndarray, candidates: np.ndarray, threshold: str | float = "otsu") -> float:
-    """The heat value above which a die counts as relevant.
+    """Return the heat value above which a die counts as relevant.
 
     ``"otsu"`` splits the heat values of the candidate dies in two by Otsu's method; a float q in
     (0, 1) keeps the top (1 − q) share of them; ``"q0.8"`` is the same as 0.8.

@@ -41,7 +41,7 @@ def conv_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.M
 
 
 def find_target_layer(model: nn.Module, example: torch.Tensor, min_size: int = 4) -> str:
-    """The network's declared ``explain_layer`` if it has one (e.g. ``cnn_fine``'s die-resolution map).
+    """Return the network's declared ``explain_layer`` if it has one (e.g. ``cnn_fine``'s die-resolution map).
 
     Else the name of the last Conv2d whose output is at least ``min_size`` on each side.
     """
@@ -75,7 +75,7 @@ class GradCAM:
         return modules[self.target_layer]
 
     def __call__(self, x: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (cams (N, H, W) float32 in [0, 1] at the input's resolution, logits (N, C))."""
+        """Return (cams (N, H, W) float32 in [0, 1] at the input's resolution, logits (N, C))."""
         self.model.eval()
         layer = self._layer(x)
         store: dict[str, torch.Tensor] = {}

@@ -201,7 +201,7 @@ def _convex_area(region, h, w):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def grid_radon_summary(fail, cos_a, sin_a, pool_edges, n_bins):  # pragma: no cover - compiled
-    """The ``grid`` Radon features of a batch.
+    """Return the ``grid`` Radon features of a batch.
 
     (N, S, S) uint8 fail fractions (×255) → (N, 2·K) float64, the mean over angles of each
     projection offset, then the standard deviation over angles, each averaged into the K bins

@@ -76,7 +76,7 @@ def shape_tables(h: int, w: int) -> tuple:
 
 
 def radon_footprints(wafer: np.ndarray, tables: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """The shape's Radon footprints when they are (or now become) worth keeping, else empty arrays."""
+    """Return the shape's Radon footprints when they are (or now become) worth keeping, else empty arrays."""
     with _lock:  # feature threads share the cache
         return _footprints_locked(wafer, tables)
 
@@ -105,7 +105,7 @@ def _footprints_locked(wafer: np.ndarray, tables: tuple) -> tuple[np.ndarray, np
 
 
 def extended_features_fast(wafer: np.ndarray) -> np.ndarray:
-    """The 120 ``extended`` features of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
+    """Return the 120 ``extended`` features of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
     return extended_batch([wafer])[0]
 
 
@@ -132,7 +132,7 @@ def pattern_batch(maps: Sequence[np.ndarray]) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _label(mask, eight, labels, sizes_out):  # pragma: no cover - compiled
-    """Connected components of ``mask`` numbered 1.. in raster order of their first cell (as
+    """Return the connected components of ``mask`` numbered 1.. in raster order of their first cell (as
     ``scipy.ndimage.label`` numbers them); writes ``labels`` (H, W) and the sizes, returns n.
     """
     h, w = mask.shape
@@ -250,7 +250,7 @@ def _mean_std(values, n):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _die_footprint(ca, sa, tx, ty, reach, py, px, size, weights):  # pragma: no cover - compiled
-    """A failing die at padded (py, px) in the warp of one angle.
+    """Return a failing die at padded (py, px) in the warp of one angle.
 
     Output point (x, y) samples the image bilinearly at (row, col) = (−sin·x + cos·y + ty, cos·x +
     sin·y + tx), so the die weighs (1 − |row − py|)(1 − |col − px|) there when both distances are
@@ -281,7 +281,7 @@ def _warp(ca, sa, center):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
-    """The (size, n_angles) sinogram of skimage's radon(circle=False) of the fail map.
+    """Return the (size, n_angles) sinogram of skimage's radon(circle=False) of the fail map.
 
     Pushed from the failing dies (:func:`_die_footprint`), dies in raster order within every
     bin.

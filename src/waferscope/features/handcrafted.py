@@ -67,7 +67,7 @@ def _resample_cubic(values: np.ndarray, n: int = N_RADON) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _radon_geometry(h: int, w: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
-    """Padding, padded side and the per-angle cos / sin of ``skimage.transform.radon(circle=False)``
+    """Return the padding, padded side and the per-angle cos / sin of ``skimage.transform.radon(circle=False)``
     for an h × w map at max(h, w) angles (scalar np.cos / np.sin, as it calls them).
     """
     diagonal = np.sqrt(2) * max(h, w)
@@ -81,7 +81,7 @@ def _radon_geometry(h: int, w: int) -> tuple[int, int, int, np.ndarray, np.ndarr
 
 
 def radon_sinogram(fail: np.ndarray) -> np.ndarray:
-    """The sinogram ``skimage.transform.radon(fail, theta=max(H, W) angles in [0°, 180°), circle=False)``
+    """Return the sinogram ``skimage.transform.radon(fail, theta=max(H, W) angles in [0°, 180°), circle=False)``
     of a boolean fail map, from the failing dies alone (:func:`~waferscope.features._kernels.radon_splat`).
     """
     from waferscope.features._kernels import radon_splat
@@ -154,7 +154,7 @@ def geometry_features(wafer: np.ndarray) -> np.ndarray:
 
 
 def geometry_features_reference(wafer: np.ndarray) -> np.ndarray:
-    """The definition of :func:`geometry_features` (``skimage.measure.regionprops``), the tests' reference."""
+    """Return the definition of :func:`geometry_features` (``skimage.measure.regionprops``), the tests' reference."""
     from skimage.measure import label, regionprops
 
     fail = np.asarray(wafer) == 2
@@ -175,7 +175,7 @@ def wafer_features(wafer: np.ndarray) -> np.ndarray:
 
 
 def pattern_shape_features(wafer: np.ndarray, local_rate: np.ndarray | None = None) -> np.ndarray:
-    """The 61 ``pattern`` features.
+    """Return the 61 ``pattern`` features.
 
     The 15 pattern statistics and the 46 shape features (no Radon transform, so about 4× cheaper than
     ``extended``). ``local_rate``: the map's local fail rate when the caller has it already (see
@@ -189,12 +189,12 @@ def pattern_shape_features(wafer: np.ndarray, local_rate: np.ndarray | None = No
 
 
 def extended_features(wafer: np.ndarray) -> np.ndarray:
-    """The 120 ``extended`` features: these 59 followed by the 61 ``pattern`` features."""
+    """Return the 120 ``extended`` features: these 59 followed by the 61 ``pattern`` features."""
     return np.concatenate([wafer_features(wafer), pattern_shape_features(wafer)])
 
 
 def _per_map(one):
-    """A feature set computed map by map, as a function of a list of maps."""
+    """Return a feature set computed map by map, as a function of a list of maps."""
     def batch(maps: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([one(m) for m in maps])
     return batch

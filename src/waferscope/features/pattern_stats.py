@@ -58,7 +58,7 @@ def local_fail_rate(wafer: np.ndarray) -> np.ndarray:
 
 
 def principal_axes(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float]:
-    """Standard deviations along the minor and major principal axes of a set of die positions
+    """Return the standard deviations along the minor and major principal axes of a set of die positions
     (0, 0 for fewer than 3 dies).
     """
     if len(rows) < 3:
@@ -111,7 +111,7 @@ def _cluster_shape(rows: np.ndarray, cols: np.ndarray, member: np.ndarray, h: in
 
 
 def pattern_features(wafer: np.ndarray, local_rate: np.ndarray | None = None) -> np.ndarray:
-    """The :data:`FEATURE_NAMES` statistics of one (H, W) die-state map (0 no die, 1 pass, 2 fail).
+    """Return the :data:`FEATURE_NAMES` statistics of one (H, W) die-state map (0 no die, 1 pass, 2 fail).
 
     ``local_rate``: the map's :func:`local_fail_rate` when the caller already has it (the detector
     reuses it for the anomaly map), computed here otherwise.

@@ -105,7 +105,7 @@ def _sector_stats(fail, on, annulus_sector, threshold) -> list[float]:
 
 
 def shape_features(wafer: np.ndarray) -> np.ndarray:
-    """The :data:`FEATURE_NAMES` of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
+    """Return the :data:`FEATURE_NAMES` of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
     wafer = np.asarray(wafer)
     h, w = wafer.shape
     dy, dx, radius, angle, ring, annulus_sector = _geometry(h, w)

@@ -65,7 +65,7 @@ def _check_predictions(dataset, predictions: pd.DataFrame | None) -> pd.DataFram
 
 
 def time_column(meta: pd.DataFrame, column: str | None = None) -> str | None:
-    """The metadata column that orders lots in time.
+    """Return the metadata column that orders lots in time.
 
     ``column`` (ConfigError when it is missing), else the first of :data:`TIME_COLUMNS`
     present, else None (order of first appearance).
@@ -78,7 +78,7 @@ def time_column(meta: pd.DataFrame, column: str | None = None) -> str | None:
 
 
 def lot_order(dataset, column: str | None = None) -> list[str]:
-    """The lots in time order: by the earliest value of the time column (:func:`time_column`) over each lot's wafers.
+    """Return the lots in time order: by the earliest value of the time column (:func:`time_column`) over each lot's wafers.
 
     Numbers as they are, anything else parsed as a date — lots without a time last; ties and the
     no-time-column case by order of first appearance in the data.

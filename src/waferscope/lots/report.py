@@ -41,7 +41,7 @@ def _plt():
 
 
 def file_stem(lot: str, taken: set[str]) -> str:
-    """A file-safe name for ``lot``, unique among ``taken`` (which it joins)."""
+    """Return a file-safe name for ``lot``, unique among ``taken`` (which it joins)."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", lot).strip("._") or "lot"
     name, k = base, 1
     while name in taken:
@@ -52,7 +52,7 @@ def file_stem(lot: str, taken: set[str]) -> str:
 
 
 def shared_scale(stacks: dict[str, LotStack]) -> float:
-    """The colour-scale top shared by every stacked map.
+    """Return the colour-scale top shared by every stacked map.
 
     The largest fail frequency of any drawn lot, rounded up to a multiple of 0.05 (at least
     0.05), so colours compare across lots.
@@ -136,7 +136,7 @@ def plot_stack_gallery(stacks: dict[str, LotStack], path: Path, vmax: float, sum
 
 
 def zone_totals(zones: pd.DataFrame) -> pd.DataFrame:
-    """The zone table pooled over every lot (lot ``(all lots)``), same columns."""
+    """Return the zone table pooled over every lot (lot ``(all lots)``), same columns."""
     keys = ["kind", "zone"]
     g = zones.groupby(keys, sort=False)
     out = g[["dies", "pass_dies", "fail_dies"]].sum().reset_index()
@@ -185,7 +185,7 @@ def plot_zone_yield(zones: pd.DataFrame, path: Path, lots: list[str]) -> Path:
 
 
 def pareto_totals(pareto: pd.DataFrame) -> pd.DataFrame:
-    """The Pareto pooled over every lot (lot ``(all lots)``), same columns."""
+    """Return the Pareto pooled over every lot (lot ``(all lots)``), same columns."""
     g = pareto.groupby("bin", sort=False).agg(dies=("dies", "sum"), bin_name=("bin_name", "first")).reset_index()
     g = g.sort_values(["dies", "bin"], ascending=[False, True], kind="stable")
     g["share"] = g["dies"] / g["dies"].sum()
@@ -315,7 +315,7 @@ def _fmt(col: str, v) -> tuple[str, str]:
 
 
 def html_table(df: pd.DataFrame, max_rows: int = MAX_HTML_ROWS, row_class=None) -> str:
-    """A sortable HTML table of ``df`` (at most ``max_rows`` rows), values escaped."""
+    """Return a sortable HTML table of ``df`` (at most ``max_rows`` rows), values escaped."""
     cols = list(df.columns)
     text_cols = {c for c in cols if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])}
     head = "".join(f'<th class="{"t" if c in text_cols else ""}">{html.escape(str(c))}</th>' for c in cols)
@@ -338,7 +338,7 @@ _SOURCES = {"predicted": "the classifier's predictions", "label": "the data's ow
 
 
 def render_html(report: LotReport, images: dict[str, str], map_files: dict[str, str], notes: list[str]) -> str:
-    """The index page: settings, lot summary, stacked maps, zone yield.
+    """Return the index page: settings, lot summary, stacked maps, zone yield.
 
     Pareto and trend (images by relative path, tables inline).
     """

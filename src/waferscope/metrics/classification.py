@@ -45,7 +45,7 @@ def class_mix_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], mix: dict[s
 
 
 def _labels(y_true: Sequence[str], classes: Sequence[str] | None) -> list[str]:
-    """The classes that count in the averages: those given, restricted to ones present in y_true.
+    """Return the classes that count in the averages: those given, restricted to ones present in y_true.
 
     A class the model knows but the test set lacks has no recall to measure; counting it as F1 = 0
     would punish the model for the data set's make-up.

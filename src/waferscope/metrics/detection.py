@@ -48,7 +48,7 @@ def prf_at(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, flo
 
 
 def best_f1(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """The threshold maximising F1 (``score >= threshold`` → anomalous) and its precision/recall/F1."""
+    """Return the threshold maximising F1 (``score >= threshold`` → anomalous) and its precision/recall/F1."""
     from sklearn.metrics import precision_recall_curve
 
     precision, recall, thresholds = precision_recall_curve(y, scores)
@@ -270,7 +270,7 @@ def threshold_best_f1(y: np.ndarray, scores: np.ndarray) -> float:
 
 
 def threshold_quantile(normal_scores: np.ndarray, q: float = 0.99) -> float:
-    """The q-quantile of scores of normal samples (expected false-positive rate ≈ 1 - q)."""
+    """Return the q-quantile of scores of normal samples (expected false-positive rate ≈ 1 - q)."""
     if len(normal_scores) == 0:
         raise DataError("a quantile threshold needs scores of normal samples")
     return float(np.quantile(np.asarray(normal_scores, dtype=np.float64), q))

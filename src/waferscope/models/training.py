@@ -66,7 +66,7 @@ def index_batches(order: np.ndarray, batch_size: int, *, min_size: int = 1) -> I
 
 
 def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, pct_start: float = 0.15):
-    """The one-cycle learning rate (linear warm-up for ``pct_start`` of the steps, then cosine decay)."""
+    """Return the one-cycle learning rate (linear warm-up for ``pct_start`` of the steps, then cosine decay)."""
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=int(total_steps),
                                                pct_start=pct_start)
 

@@ -50,7 +50,7 @@ def fit_trees(x: np.ndarray, y: np.ndarray, max_iter: int, learning_rate: float,
 
 
 def flatten_trees(model) -> dict[str, np.ndarray]:
-    """The fitted trees of a scikit-learn ``HistGradientBoostingClassifier`` as flat arrays.
+    """Return the fitted trees of a scikit-learn ``HistGradientBoostingClassifier`` as flat arrays.
 
     Nodes of all trees are concatenated; ``left``/``right`` are global node indices, ``roots`` the
     first node of each tree and ``tree_class`` the class whose score the tree adds to. Categorical
@@ -111,7 +111,7 @@ def check_node_indices(trees: dict[str, np.ndarray], inner: np.ndarray, n_featur
 
 
 def load_trees(tensors, n_features: int, owner: str) -> dict[str, np.ndarray]:
-    """The tree arrays of a saved run (``tensors`` as read from safetensors), checked by :func:`check_trees`.
+    """Return the tree arrays of a saved run (``tensors`` as read from safetensors), checked by :func:`check_trees`.
 
     A RunDirError naming ``owner`` when they are missing or damaged.
     """

@@ -31,7 +31,7 @@ _SESSIONS: dict[str, object] = {}  # per worker process: model digest -> OnnxMod
 
 
 def list_partitions(spec: str) -> list[Path]:
-    """A directory (its *.parquet), a glob, or one file; sorted so output order is stable."""
+    """Return a directory (its *.parquet), a glob, or one file; sorted so output order is stable."""
     p = Path(spec)
     if p.is_dir():
         files = sorted(p.glob("*.parquet"))
@@ -47,7 +47,7 @@ def list_partitions(spec: str) -> list[Path]:
 
 
 def export_model_bytes(model) -> bytes:
-    """The ONNX bytes of an estimator (exported and verified now) or of an exported .onnx file."""
+    """Return the ONNX bytes of an estimator (exported and verified now) or of an exported .onnx file."""
     from waferscope.export import export_onnx, read_metadata
 
     if isinstance(model, (str, Path)):
@@ -98,7 +98,7 @@ def _class_columns(classes, proba: np.ndarray) -> dict:
 
 def _result_table(model, ds, shift=None, threshold: float | None = None, map_dir: str | None = None,
                   map_names: list[str] | None = None):
-    """The result rows of one batch; writes its anomaly maps to ``map_dir``/``map_names`` when given."""
+    """Return the result rows of one batch; writes its anomaly maps to ``map_dir``/``map_names`` when given."""
     import pyarrow as pa
 
     cols = {"id": pa.array(ds.ids.astype(str)),
@@ -196,7 +196,7 @@ def reprior_partition(src: str, out_dir: str, shift) -> tuple[str, int]:
 
 
 def _probabilities(files: list[Path]) -> np.ndarray:
-    """The p_<class> columns of result files, stacked in file order."""
+    """Return the p_<class> columns of result files, stacked in file order."""
     import pyarrow.parquet as pq
 
     cols = [c for c in pq.read_schema(files[0]).names if c.startswith("p_")]
@@ -213,7 +213,7 @@ def check_out(out: Path, overwrite: bool, name: str = "out") -> None:
 
 
 def _staging_dir(target: Path) -> Path:
-    """A hidden, empty folder beside ``target`` on the same file system.
+    """Return a hidden, empty folder beside ``target`` on the same file system.
 
     The workers write there and the finished folder is renamed to ``target``, so ``target``
     never holds a partial result.
@@ -276,7 +276,7 @@ def _run_tasks(client, fn, arg_lists: list[tuple]) -> list:
 
 
 def _map_names(files: list[Path]) -> list[list[str]]:
-    """The anomaly-map file name of every row, per partition.
+    """Return the anomaly-map file name of every row, per partition.
 
     Named over the whole archive in partition order, as the single-process scoring names
     them over its one data set.

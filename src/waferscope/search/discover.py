@@ -44,7 +44,7 @@ class OpenSetModel:
     detector: str | None = None
 
     def signals(self, feat: np.ndarray, proba: np.ndarray | None = None, maps=None) -> dict:
-        """The scorer's inputs for wafers with raw ``extended`` features ``feat`` (``proba``: the
+        """Return the scorer's inputs for wafers with raw ``extended`` features ``feat`` (``proba``: the
         classifier's probabilities; computed with :attr:`classifier` when not given).
         """
         from waferscope.search.embed import FeatureEmbedding
@@ -109,7 +109,7 @@ def open_set_split(labels, lots, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 def fit_scorer(feat_tr, labels_tr, feat_cal, proba_cal, classes, seed: int = 0, abstain_rate: float = 0.05,
                parts: tuple[str, ...] | None = None, maps_cal=None, detector: str | None = None) -> OpenSetModel:
-    """The embedding trained on the training part and the scorer calibrated on the calibration part's
+    """Return the embedding trained on the training part and the scorer calibrated on the calibration part's
     classifier probabilities ``proba_cal`` (columns in ``classes`` order); no classifier attached.
     """
     from waferscope.search.embed import MetricEmbedding
@@ -204,7 +204,7 @@ def has_open_set(run_dir) -> bool:
 
 
 def load_open_set(run_dir: Path, classes=None) -> OpenSetModel:
-    """The open-set model saved with a classifier run (:func:`save_open_set`).
+    """Return the open-set model saved with a classifier run (:func:`save_open_set`).
 
     One clear error when the run has none, is damaged, or was fitted for other classes or
     another feature set.
@@ -357,7 +357,7 @@ def write_discovery(archive, table: pd.DataFrame, out: Path, per_cluster: int = 
 
 
 def cluster_as_class(folder: Path, cluster: int, name: str):
-    """The wafers of discovered cluster ``cluster`` in a :func:`write_discovery` folder.
+    """Return the wafers of discovered cluster ``cluster`` in a :func:`write_discovery` folder.
 
     Labelled ``name`` (a new class to train on). One clear error for a missing folder or
     cluster.

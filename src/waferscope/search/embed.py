@@ -175,7 +175,7 @@ class CnnEmbedding:
         return {}, {"bundled": self.bundled, "dihedral": bool(self.dihedral)}
 
     def signature_extra(self) -> str:
-        """The bundled weights' hash: new weights shipped with a later waferscope mean new vectors."""
+        """Return the bundled weights' hash: new weights shipped with a later waferscope mean new vectors."""
         import hashlib
 
         from waferscope.models.classifiers import BUNDLED, BUNDLED_ALIASES

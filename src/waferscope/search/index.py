@@ -35,7 +35,7 @@ _FILES = ("index.json", "vectors.faiss", "ids.npy", "lots.npy", "labels.npy", "e
 
 
 def embedding_signature(embedding) -> str:
-    """What the vectors mean, as a short hash.
+    """Return what the vectors mean, as a short hash.
 
     The embedding's name, parameters and what else fixes its output (``signature_extra``:
     the feature names, the bundled network's weights).
@@ -89,7 +89,7 @@ class WaferIndex:
         return index
 
     def build(self, dataset, fit_on=None) -> "WaferIndex":
-        """A new index of ``dataset``.
+        """Return a new index of ``dataset``.
 
         The embedding learns what it needs (standardisation, a supervised projection) from ``fit_on``
         (default: ``dataset`` itself, e.g. its labelled wafers).
@@ -147,7 +147,7 @@ class WaferIndex:
         return pos, np.sqrt(np.maximum(dist, 0.0))
 
     def query(self, dataset, k: int = 10) -> dict:
-        """The ``k`` nearest archive wafers of every wafer in ``dataset``.
+        """Return the ``k`` nearest archive wafers of every wafer in ``dataset``.
 
         A dict of (Q, k) arrays ``positions``, ``ids``, ``lots``, ``labels``, ``distances`` (missing
         neighbours: position -1, id "" and distance inf).
@@ -160,7 +160,7 @@ class WaferIndex:
                 "distances": np.where(ok, dist, np.inf)}
 
     def thumbnail(self, position: int):
-        """The stored small map of archive wafer ``position`` (None without thumbnails or for -1)."""
+        """Return the stored small map of archive wafer ``position`` (None without thumbnails or for -1)."""
         if position < 0 or not self.thumb_size:
             return None
         return np.asarray(self.thumbs_[position])

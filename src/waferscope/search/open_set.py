@@ -116,7 +116,7 @@ class OpenSetScorer:
         self.seed = seed
 
     def needs(self) -> set[str]:
-        """The signals :meth:`score` reads."""
+        """Return the signals :meth:`score` reads."""
         return {n for p in self.parts for n in PARTS[p][0]}
 
     def _check(self, signals: dict, where: str) -> None:
@@ -225,7 +225,7 @@ def discover_clusters(vectors: np.ndarray, min_cluster_size: int = MIN_CLUSTER_S
 
 
 def best_cluster(clusters: np.ndarray, is_target: np.ndarray) -> dict:
-    """The discovered cluster that best matches a hidden class (highest F1 of cluster vs class).
+    """Return the discovered cluster that best matches a hidden class (highest F1 of cluster vs class).
 
     Its purity (share of its wafers of the class), recall (share of the class's wafers in it), size.
     """

@@ -239,12 +239,12 @@ _STATES_TO_D = bytes(ord("d") if chr(b) in "012" else b if chr(b) in ",[]" else 
 
 @functools.lru_cache(maxsize=512)
 def _grid_layout(rows: int, width: int) -> bytes:
-    """The text of a rows × width grid without its outer brackets, every die state written "d"."""
+    """Return the text of a rows × width grid without its outer brackets, every die state written "d"."""
     return b"],[".join([b",".join([b"d"] * width)] * rows)
 
 
 def fast_grids(raw: bytes, start: int, max_maps: int) -> tuple[list[np.ndarray], int] | None:
-    """The ``"maps"`` list at ``raw[start]`` decoded with bytes operations and numpy, and the index after it.
+    """Return the ``"maps"`` list at ``raw[start]`` decoded with bytes operations and numpy, and the index after it.
 
     None when it is anything but a list of grids of die states 0/1/2 (the JSON decoder then takes it, with its error
     messages). Exact: each grid is accepted only if its text (white space removed) is byte for byte that of a grid of
@@ -379,7 +379,7 @@ class DieCap:
 
 
 def parse_json_maps(body: bytes, limits: Limits, echo: int = 0) -> MapBatch:
-    """``{"maps": [...], "ids": [...]}`` → validated maps, or a RequestError naming the problem.
+    """Return ``{"maps": [...], "ids": [...]}`` → validated maps, or a RequestError naming the problem.
 
     A large body's maps are decoded one by one (:func:`loads_in_pieces`); ``echo``: copies of each
     grid the answer will hold (bounds the dies, see :class:`DieCap`).
@@ -449,7 +449,7 @@ def is_pickle(filename: str, head: bytes) -> bool:
 
 
 def load_limits(limits: Limits, echo: int = 0) -> LoadLimits:
-    """The service's request limits as the loaders' LoadLimits.
+    """Return the service's request limits as the loaders' LoadLimits.
 
     Checked from each file's headers before the maps are allocated.
     """
@@ -466,7 +466,7 @@ def load_upload(filename: str, data: bytes, limits: Limits, echo: int = 0) -> Ma
 
 
 def load_upload_dataset(filename: str, data: bytes, limits: LoadLimits) -> tuple[WaferDataset, str]:
-    """(the upload as a WaferDataset, the user's file name).
+    """Return (the upload as a WaferDataset, the user's file name).
 
     Written to a private temp file, loaded with waferscope.data.load within ``limits``,
     deleted; never unpickled.
@@ -508,7 +508,7 @@ def load_upload_dataset(filename: str, data: bytes, limits: LoadLimits) -> tuple
 
 # ---- the app ------------------------------------------------------------------------------------
 async def read_multipart_file(request) -> tuple[str, bytes]:
-    """The one file of a multipart upload (field ``file``): its name and bytes.
+    """Return the one file of a multipart upload (field ``file``): its name and bytes.
 
     A malformed upload or a missing file is a :class:`RequestError` (shared by the model routes
     and the lot browser).
@@ -529,7 +529,7 @@ _ERROR_STATUS = {RequestError: None, ServiceStopped: 503, QueueFull: 503, Wafers
 
 
 def _error_response(exc: Exception) -> JSONResponse:
-    """The JSON answer to a request that failed with one of the :data:`_ERROR_STATUS` exceptions."""
+    """Return the JSON answer to a request that failed with one of the :data:`_ERROR_STATUS` exceptions."""
     if isinstance(exc, RequestError):
         return JSONResponse({"error": exc.message}, status_code=exc.status)
     status = next(code for kind, code in _ERROR_STATUS.items() if isinstance(exc, kind))
@@ -568,7 +568,7 @@ SMALL_ANSWER_MAPS = 256  # answers without echoed grids up to this size are buil
 
 
 def grid_json(m: np.ndarray) -> bytes:
-    """A uint8 die grid (0/1/2) as JSON rows, built with numpy (a 512×512 grid in ~1 ms, no Python ints)."""
+    """Return a uint8 die grid (0/1/2) as JSON rows, built with numpy (a 512×512 grid in ~1 ms, no Python ints)."""
     h, w = m.shape
     buf = np.empty((h, 2 * w + 2), np.uint8)
     buf[:, 0] = ord("[")
@@ -580,7 +580,7 @@ def grid_json(m: np.ndarray) -> bytes:
 
 
 def float_grid_json(a: np.ndarray, decimals: int) -> bytes:
-    """A float grid as JSON, one row at a time (each row a short call: the event loop is never held
+    """Return a float grid as JSON, one row at a time (each row a short call: the event loop is never held
     for a whole heat map).
     """
     a = np.round(np.asarray(a, dtype=np.float64), decimals)
@@ -598,7 +598,7 @@ def _head_prefix(head_json: str) -> bytes:  # the same few heads (model, classes
 
 
 def encode_answer(head: dict, rows: list[dict], big: list[list[tuple[str, Any]]] | None, batch_bytes: int = 1 << 18):
-    """The answer ``{**head, "wafers": [...]}`` as chunks of bytes.
+    """Return the answer ``{**head, "wafers": [...]}`` as chunks of bytes.
 
     ``big[i]`` lists the grids of wafer ``i`` to add (name, ``("grid", array)`` or ``("float", array,
     decimals)``). ASCII-only JSON: it can always be written, whatever text a file's ids hold.
@@ -648,7 +648,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                classifier_run=None, detector_run=None, threshold: float | None = None, limits: Limits | None = None,
                threads: int | None = None, max_batch: int | None = None, allowed_origins: tuple[str, ...] = (),
                index=None, index_source: str = "", explainer=None, explainer_source: str = "", open_set=None):
-    """A FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
+    """Return a FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
     ``detector`` (fitted :class:`~waferscope.base.Detector`; ``threshold`` its decision threshold,
     normally ``detector.threshold_``, or None). ``*_source`` say where each came from (shown by /health),
     ``*_run`` are their run directories (for the version that trained them). Each model is loaded once
@@ -779,7 +779,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                   {"name": "maps", "in": "query", "required": False, "schema": {"type": "string"},
                    "description": "1: each neighbour's stored thumbnail too"}]})
     async def search(request: Request):
-        """The k archive wafers most like each map: their ids, lots, classes and distances."""
+        """Return the k archive wafers most like each map: their ids, lots, classes and distances."""
         t0 = time.monotonic()
         inference.check_search()
         raw_k = request.query_params.get("k", "10")
@@ -838,7 +838,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs():
-        """The API reference, rendered from /openapi.json by a self-contained page (no CDN: it works
+        """Return the API reference, rendered from /openapi.json by a self-contained page (no CDN: it works
         on an air-gapped network).
         """
         return HTMLResponse(docs_page)

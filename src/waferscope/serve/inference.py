@@ -226,7 +226,7 @@ class Inference:
         return {"model": self.detector.registry_name, "threshold": threshold}, rows, big
 
     async def search(self, ds: MapBatch, t0: float, k: int, want_maps: bool, to_thread):
-        """The ``k`` archive wafers most like each map (``want_maps``: their stored thumbnails).
+        """Return the ``k`` archive wafers most like each map (``want_maps``: their stored thumbnails).
 
         ``to_thread`` runs the graph lookup off the event loop (the web framework's thread pool).
         """

@@ -69,7 +69,7 @@ class Session:
         self.opened = time.monotonic()
 
     def frame(self) -> pd.DataFrame:
-        """The wafer table with the predictions so far (``class`` "" and score NaN until then)."""
+        """Return the wafer table with the predictions so far (``class`` "" and score NaN until then)."""
         t = self.table.copy()
         t["class"] = self.predicted
         t["confidence"] = self.confidence
@@ -175,7 +175,7 @@ def predict_in_background(session: Session, clf_worker, det_worker, threshold: f
 
 
 def _json_safe(frame: pd.DataFrame) -> list[dict]:
-    """Records with NaN → null and numpy scalars → Python."""
+    """Convert records for JSON: NaN → null and numpy scalars → Python."""
     return [{k: (None if isinstance(v, float) and not np.isfinite(v) else
                  v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
             for row in frame.to_dict(orient="records")]
@@ -197,7 +197,7 @@ def _number(q, name: str):
 
 
 def filtered(session: Session, q) -> pd.DataFrame:
-    """The wafer table filtered and sorted by the query (see the module docstring)."""
+    """Return the wafer table filtered and sorted by the query (see the module docstring)."""
     from waferscope.serve.app import RequestError
 
     t = session.frame()
@@ -229,7 +229,7 @@ def filtered(session: Session, q) -> pd.DataFrame:
 
 
 def _counts(t: pd.DataFrame) -> dict:
-    """What the status line says about the wafers a filter selects."""
+    """Return what the status line says about the wafers a filter selects."""
     dies, passes = int(t["dies"].sum()), int(t["pass_dies"].sum())
     return {"wafers": int(len(t)), "lots": int(t["lot"].nunique()), "classified": int((t["class"] != "").sum()),
             "scored": int(t["score"].notna().sum()), "anomalous": int((t["anomalous"] == 1).sum()),

@@ -39,7 +39,7 @@ def _raw_response(status: int, reason: str, message: str) -> bytes:
 
 
 def guarded_protocol(limits: ConnectionLimits) -> type:
-    """An HttpToolsProtocol subclass enforcing ``limits.read_timeout`` and ``limits.max_header_bytes``."""
+    """Return an HttpToolsProtocol subclass enforcing ``limits.read_timeout`` and ``limits.max_header_bytes``."""
 
     class GuardedHttpTools(HttpToolsProtocol):
         def connection_made(self, transport) -> None:

@@ -156,7 +156,7 @@ def dies_to_grid(dies: Sequence[tuple[int, int, int, str]], path: Path, wafer: s
 
 
 def orient_grid(grid: np.ndarray, *, y_up: bool, x_right: bool = True, notch: str = "down") -> np.ndarray:
-    """A raw ``[y - min(y), x - min(x)]`` grid → the stored orientation (notch down, front view).
+    """Return a raw ``[y - min(y), x - min(x)]`` grid → the stored orientation (notch down, front view).
 
     ``y_up``: the file's positive y points up the wafer (as seen with the file's own notch position);
     ``x_right``: positive x points right; ``notch``: where the notch/flat is in that same view
@@ -197,7 +197,7 @@ def grid_origin(x_min: int, y_min: int, x_max: int, y_max: int, *, y_up: bool, x
 
 
 def origin_columns(origins: list[tuple[int, int] | None]) -> dict:
-    """The ``origin_row``/``origin_col`` metadata columns (NaN where a map has none), or {} when no map has one.
+    """Return the ``origin_row``/``origin_col`` metadata columns (NaN where a map has none), or {} when no map has one.
     """
     if not any(o is not None for o in origins):
         return {}
@@ -224,7 +224,7 @@ NOTCH_WORDS = {"down": "down", "bottom": "down", "up": "up", "top": "up", "left"
 
 
 def notch_from_angle(angle: float, zero: str = "down") -> str:
-    """A notch/flat angle in degrees, measured clockwise (as drawn) from ``zero`` (the side angle 0 means).
+    """Return a notch/flat angle in degrees, measured clockwise (as drawn) from ``zero`` (the side angle 0 means).
 
     → ``"down"``/``"left"``/``"up"``/``"right"``. ValueError unless a multiple of 90°.
     """
@@ -236,12 +236,12 @@ def notch_from_angle(angle: float, zero: str = "down") -> str:
 
 
 def oriented_pitch(pitch_x, pitch_y, notch: str) -> tuple:
-    """The die pitch after :func:`orient_grid` with ``notch``: a quarter turn swaps width and height."""
+    """Return the die pitch after :func:`orient_grid` with ``notch``: a quarter turn swaps width and height."""
     return (pitch_y, pitch_x) if notch in ("left", "right") else (pitch_x, pitch_y)
 
 
 def pitch_columns(pitches: list[tuple]) -> dict:
-    """The ``die_pitch_x``/``die_pitch_y`` metadata columns when any map states its die size
+    """Return the ``die_pitch_x``/``die_pitch_y`` metadata columns when any map states its die size
     (``(x, y)`` per map, in the file's units, after :func:`oriented_pitch`; NaN where unknown).
     """
     if not any(px and py for px, py in pitches):
@@ -251,7 +251,7 @@ def pitch_columns(pitches: list[tuple]) -> dict:
 
 
 def wafer_number(wafer_id: str, fallback: int) -> int:
-    """The number in a wafer id ("W07" → 7, "LOT1-12" → 12); ``fallback`` when there is none."""
+    """Return the number in a wafer id ("W07" → 7, "LOT1-12" → 12); ``fallback`` when there is none."""
     digits = re.findall(r"\d+", wafer_id)
     return int(digits[-1]) if digits else fallback
 
@@ -314,7 +314,7 @@ def split_row(text: str, bin_type: str, columns: int | None = None) -> list[str]
 
 
 def decode_code(token: str, bin_type: str):
-    """A bin code as an int (Decimal, HexaDecimal, Integer2) or a 1-char str (ASCII); ValueError."""
+    """Return a bin code as an int (Decimal, HexaDecimal, Integer2) or a 1-char str (ASCII); ValueError."""
     kind = bin_type.lower()
     if kind == "ascii":
         return token
@@ -390,7 +390,7 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, q
 
 
 def code_number(code) -> int:
-    """A decoded bin code as the integer the bin Pareto counts.
+    """Return a decoded bin code as the integer the bin Pareto counts.
 
     Numbers as they are, an ASCII code (a one-character string) as its code point (``"A"`` → 65;
     :func:`code_names` names it back).
@@ -418,7 +418,7 @@ def code_names(qualities: dict, names: dict | None = None) -> dict:
 
 
 def read_text(path: Path, limits=None) -> str:
-    """The whole (decompressed, bounded by ``limits.max_decompressed_bytes``) file as text."""
+    """Return the whole (decompressed, bounded by ``limits.max_decompressed_bytes``) file as text."""
     from waferscope.data.compressed import open_binary
 
     with open_binary(path, limits) as fh:
@@ -431,7 +431,7 @@ def read_text(path: Path, limits=None) -> str:
 
 
 def parse_xml(path: Path, limits=None):
-    """The root element, through defusedxml (a map file from outside must not expand entities or
+    """Return the root element, through defusedxml (a map file from outside must not expand entities or
     fetch URLs) and through compression; one DataError (with XML line/column) when malformed.
     """
     from xml.etree.ElementTree import ParseError
@@ -451,7 +451,7 @@ def parse_xml(path: Path, limits=None):
 
 
 def xml_local(tag: str) -> str:
-    """An element's name without its namespace."""
+    """Return an element's name without its namespace."""
     return tag.rsplit("}", 1)[-1]
 
 
@@ -460,7 +460,7 @@ def xml_children(element, name: str) -> list:
 
 
 def xml_attr(element, name: str):
-    """An attribute by its local name, any case (writers differ: ``LotId``/``LotID``), else None."""
+    """Return an attribute by its local name, any case (writers differ: ``LotId``/``LotID``), else None."""
     want = name.lower()
     for key, value in element.attrib.items():
         if xml_local(key).lower() == want:
@@ -469,7 +469,7 @@ def xml_attr(element, name: str):
 
 
 def xml_number(element, name: str, path: Path, where: str, kind=int):
-    """A numeric attribute (None when absent or empty); DataError naming the element when not a number."""
+    """Return a numeric attribute (None when absent or empty); DataError naming the element when not a number."""
     value = xml_attr(element, name)
     if value is None or not str(value).strip():
         return None

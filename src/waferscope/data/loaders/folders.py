@@ -73,7 +73,7 @@ def _colormap_positions(colours: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _corner_colour(codes: np.ndarray) -> int | None:
-    """The colour of the four corner pixels when they agree.
+    """Return the colour of the four corner pixels when they agree.
 
     On a wafer map (a disc in its bounding box) the corners lie outside the wafer, so that colour
     is 'no die'.
@@ -122,7 +122,7 @@ def _states_from_colormaps(colours: np.ndarray, codes: np.ndarray, path: Path) -
 
 
 def _upscale_factor(codes: np.ndarray) -> int:
-    """The integer s such that the map is made of s×s blocks (1 when it is not)."""
+    """Return the integer s such that the map is made of s×s blocks (1 when it is not)."""
     if len(np.unique(codes)) < 2:
         return 1
     g = 0
@@ -134,7 +134,7 @@ def _upscale_factor(codes: np.ndarray) -> int:
 
 
 def decode_png_map(path: str | Path) -> np.ndarray:
-    """A rendered wafer-map PNG → H×W uint8 die states, or a DataError naming the colours."""
+    """Return a rendered wafer-map PNG → H×W uint8 die states, or a DataError naming the colours."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)

@@ -74,7 +74,7 @@ class _Record:
 
 
 def _records(text: str, path: Path) -> Iterator[_Record]:
-    """The file's records; each value keeps the line it is on."""
+    """Return the file's records; each value keeps the line it is on."""
     current: _Record | None = None
     for lineno, line in enumerate(text.splitlines(), 1):
         for m in _TOKEN.finditer(line):

@@ -190,7 +190,7 @@ def iter_lswmd(path: str | Path, batch_size: int = 8192, frame: pd.DataFrame | N
 
 
 def load_lswmd(path: str | Path) -> WaferDataset:
-    """The whole file as one WaferDataset (the maps are the unpickled arrays, not copies)."""
+    """Return the whole file as one WaferDataset (the maps are the unpickled arrays, not copies)."""
     path = Path(path)
     n, it = iter_lswmd(path, batch_size=65536)
     parts = list(it)

@@ -104,7 +104,7 @@ class StdfStream:
 
     # ---- errors ----------------------------------------------------------------------------------
     def number_at(self, offset: int) -> int | None:
-        """The number (FAR = 1) of the record whose header starts at ``offset``.
+        """Return the number (FAR = 1) of the record whose header starts at ``offset``.
 
         The headers are walked again from the start (only on the way to an error). None
         without ``reopen``.
@@ -135,7 +135,7 @@ class StdfStream:
         return record_label(self.number_at(offset), typ, sub, offset)
 
     def error(self, rec: Record, problem: str) -> DataError:
-        """A DataError naming ``rec`` by number, type and offset."""
+        """Return a DataError naming ``rec`` by number, type and offset."""
         return DataError(f"{self.label(rec.offset, rec.typ, rec.sub)}: {problem}", self.path)
 
     # ---- the walk ----------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ class StdfWriter:
 
     def ptr(self, test_num: int, result: float, head: int = 1, site: int = 1, failed: bool = False,
             text: str | None = None, lo: float = 0.0, hi: float = 1.0, units: str = "V"):
-        """A parametric result; with ``text`` the first-occurrence form carrying the limits and units."""
+        """Return a parametric result; with ``text`` the first-occurrence form carrying the limits and units."""
         body = self.pack("IBBBBf", test_num, head, site, 0x80 if failed else 0, 0, result)
         if text is not None:
             # ALARM_ID, OPT_FLAG (0x0E: RES_SCAL and limits valid, no spec limits), scales, limits, UNITS
@@ -161,7 +161,7 @@ def _die_block_dtype(order: str, n_ptr: int, mpr_results: int) -> np.dtype:
 
 def die_blocks(x, y, hard_bins, rng: np.random.Generator, order: str = "<", n_ptr: int = 12,
                mpr_results: int = 4, part_flg=None) -> bytes:
-    """The records of these dies (PIR, PTRs, MPR, PRR each), built as one numpy array.
+    """Return the records of these dies (PIR, PTRs, MPR, PRR each), built as one numpy array.
 
     A fast path for large generated files. ``part_flg``: per die (default: bit 3 set where the
     bin is not 1).
@@ -189,7 +189,7 @@ def die_blocks(x, y, hard_bins, rng: np.random.Generator, order: str = "<", n_pt
 def write_probe_lot(fh: BinaryIO, n_wafers: int, diameter: int, seed: int = 0, order: str = "<", n_ptr: int = 12,
                     mpr_results: int = 4, reprobe_rate: float = 0.01, dtr_per_wafer: int = 3,
                     lot: str = "BENCHLOT", wcr: dict | None = None) -> dict:
-    """A probe-test lot in the usual record order (FAR, ATR, MIR, SDR, PMR, PGR, WCR, then per wafer
+    """Return a probe-test lot in the usual record order (FAR, ATR, MIR, SDR, PMR, PGR, WCR, then per wafer
     WIR, a first die with full PTRs, PIR/PTR…/MPR/PRR per die, re-probes of ``reprobe_rate`` of the
     dies at the end without a retest flag, DTRs, WRR; then TSR, HBR, SBR, PCR, MRR), streamed
     to ``fh`` one wafer at a time. Returns what was written per wafer: ``dies``, ``fails`` (final,

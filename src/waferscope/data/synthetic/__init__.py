@@ -60,7 +60,7 @@ _SHORT = {"Center": "C", "Donut": "D", "Edge-Loc": "EL", "Edge-Ring": "ER", "Loc
 
 
 def _mixed_classes() -> tuple[str, ...]:
-    """The 38 MixedWM38 classes: normal, 8 singles, and the 29 2–4-pattern mixes of C, D, EL, ER, L.
+    """Return the 38 MixedWM38 classes: normal, 8 singles, and the 29 2–4-pattern mixes of C, D, EL, ER, L.
 
     S where Center excludes Donut and Edge-Loc excludes Edge-Ring.
     """
@@ -92,7 +92,7 @@ def _sum3(d: Draws) -> float:
 
 @lru_cache(maxsize=1)
 def product_catalogue() -> tuple[tuple[int, int, int, int, int], ...]:
-    """A fixed catalogue of die-grid "products" (rows, cols, edge level, flat side, flat depth).
+    """Return a fixed catalogue of die-grid "products" (rows, cols, edge level, flat side, flat depth).
 
     Real fabs run a limited set of products, each with its own grid (the dev maps use 21 grids,
     the full WM-811K a few hundred). Drawing each wafer's grid from a fixed catalogue keeps the
@@ -205,7 +205,7 @@ def _pair_up(g, fail: np.ndarray, share: float, axis: int, rng: np.random.Genera
 
 
 def _clean_background(g, d: Draws) -> np.ndarray:
-    """A fab's clean wafer: 0–3 % random fails (a fifth with none at all), no failing rim.
+    """Return a fab's clean wafer: 0–3 % random fails (a fifth with none at all), no failing rim.
 
     Sometimes a gentle process gradient.
     """

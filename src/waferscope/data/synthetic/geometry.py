@@ -60,7 +60,7 @@ def _poly_basis(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=2048)
 def geometry(rows: int, cols: int, edge: int = 2, flat: int = -1, flat_depth: int = 0) -> Geometry:
-    """Cached geometry of a rows×cols die grid.
+    """Return the cached geometry of a rows×cols die grid.
 
     ``edge`` indexes :data:`EDGE_LEVELS`; ``flat`` indexes :data:`FLAT_SIDES` (-1 = no flat).
     """

@@ -55,7 +55,7 @@ class Draws:
         return min(int(self() * n), n - 1)
 
     def direction(self) -> tuple[float, float]:
-        """A uniformly random unit vector (a, b), without trigonometry (rejection from the square)."""
+        """Return a uniformly random unit vector (a, b), without trigonometry (rejection from the square)."""
         while True:
             a, b = self(-1.0, 1.0), self(-1.0, 1.0)
             r2 = a * a + b * b
@@ -64,7 +64,7 @@ class Draws:
                 return a / r, b / r
 
     def in_disk(self, radius: float) -> tuple[float, float]:
-        """A uniformly random point of the disk of that radius."""
+        """Return a uniformly random point of the disk of that radius."""
         while True:
             a, b = self(-1.0, 1.0), self(-1.0, 1.0)
             if a * a + b * b <= 1.0:
@@ -72,7 +72,7 @@ class Draws:
 
 
 def smooth_field(g: Geometry, d: Draws, terms: int = 3) -> np.ndarray:
-    """A random smooth field over the wafer (sum of a few random low-order polynomials), ~[-1, 1]."""
+    """Return a random smooth field over the wafer (sum of a few random low-order polynomials), ~[-1, 1]."""
     k = g.basis.shape[0]
     out = d(-1.0, 1.0) * g.basis[d.index(k)]
     for _ in range(terms - 1):
@@ -112,7 +112,7 @@ CENTRE_BUMP_R = (0.15, 0.4)
 
 # ---- background ---------------------------------------------------------------------------------
 def die_radius(g: Geometry, dies: float) -> float:
-    """A length of ``dies`` die pitches in wafer coordinates (mean of both grid directions)."""
+    """Return a length of ``dies`` die pitches in wafer coordinates (mean of both grid directions)."""
     return dies * 4.0 / (g.rows + g.cols)
 
 
@@ -161,7 +161,7 @@ def _neighbourhood(g: Geometry, cell: int, k: int) -> np.ndarray:
 
 # ---- single patterns ----------------------------------------------------------------------------
 def center(g: Geometry, d: Draws) -> np.ndarray:
-    """A blob at the centre; usually a small dense core in a broad sparse halo.
+    """Return a blob at the centre; usually a small dense core in a broad sparse halo.
 
     As on real Center wafers (largest fail cluster 8–27 dies, median 13, yet 11 % of all dies
     fail on average).
@@ -220,7 +220,7 @@ def _satellites(g: Geometry, d: Draws, p: np.ndarray, cu: float, cv: float, spre
 
 
 def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
-    """A crescent hugging the rim (deepest in its middle, 1–6 dies deep, 25–130° long) or a compact
+    """Return a crescent hugging the rim (deepest in its middle, 1–6 dies deep, 25–130° long) or a compact
     cluster cut by the rim: many real Edge-Loc defects are chunky blobs at the edge, not arcs.
     """
     if d.chance(EDGE_BLOB_P):
@@ -240,7 +240,7 @@ def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def edge_ring(g: Geometry, d: Draws) -> np.ndarray:
-    """The outermost 1–3 rings of dies, often not all the way round."""
+    """Return the outermost 1–3 rings of dies, often not all the way round."""
     width = d.low(0.7, 2.2)
     band = np.clip(width - g.ring, 0.0, 1.0)
     # Coverage around the rim: real Edge-Ring wafers fail on ~45 % of the rim, usually one side

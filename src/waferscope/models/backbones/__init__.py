@@ -31,7 +31,7 @@ def wafer_weights_path(name: str) -> Path:
 
 
 def wafer_weights_info(name: str) -> dict:
-    """The JSON that describes the shipped weights: construction kwargs and training provenance."""
+    """Return the JSON that describes the shipped weights: construction kwargs and training provenance."""
     path = wafer_weights_path(name).with_suffix(".json")
     if not path.is_file():
         return {}

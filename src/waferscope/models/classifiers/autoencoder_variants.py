@@ -56,7 +56,7 @@ def _ae_modules(in_chans: int, size: int, latent_dim: int, width: int):
 
 
 def build_autoencoder(in_chans: int = 3, size: int = 48, latent_dim: int = 64, width: int = 16):
-    """Encoder (3 stride-2 convs → linear → z) and mirrored decoder (→ per-die die-state logits)."""
+    """Return the encoder (3 stride-2 convs → linear → z) and mirrored decoder (→ per-die die-state logits)."""
     from torch import nn
 
     class ConvAutoencoder(nn.Module):

@@ -180,7 +180,7 @@ def _upsample_mean_weights(sizes: tuple[int, ...]):
 
 
 def mean_of_upsampled(g, sizes):
-    """The spatial mean of ``g`` bilinearly upsampled (align_corners=False) to each size in
+    """Return the spatial mean of ``g`` bilinearly upsampled (align_corners=False) to each size in
     ``sizes`` in turn (square maps), without building the upsampled maps: a bilinear upsample is
     separable and linear, so the mean is a fixed weighting of ``g``'s cells — uniform for exact 2×
     steps, the bundled model's case.

@@ -88,7 +88,7 @@ def wide_head(c_in: int, head: int) -> list:
 
 
 def teacher_shaped_student(in_chans: int, n_classes: int, width: int = 7, encoding: str = "onehot3"):
-    """The ``cnn`` teacher's layout at a reduced width.
+    """Return the ``cnn`` teacher's layout at a reduced width.
 
     3×3 convs of widths w, 2w, 4w (stride 2) and 4w (stride 1), global average pool, linear (no
     dropout: soft targets regularise enough).
@@ -120,7 +120,7 @@ def teacher_shaped_student(in_chans: int, n_classes: int, width: int = 7, encodi
 
 
 def separable_student(in_chans: int, n_classes: int, width: int = 18, encoding: str = "onehot3"):
-    """The teacher's layout (widths w, 2w, 4w, 4w; strides 2, 2, 2, 1) with depthwise-separable 3×3
+    """Return the teacher's layout (widths w, 2w, 4w, 4w; strides 2, 2, 2, 1) with depthwise-separable 3×3
     convolutions after the stem: ~2.5× the channels of :func:`teacher_shaped_student` for the same
     parameters. At w = 18: 11,439 parameters on 9 classes.
     """
@@ -178,7 +178,7 @@ def _no_die_pad_class():
 
 
 def NoDiePad(pad: int, no_die_channel: int | None = 0):  # noqa: N802 (a module factory, used like a class)
-    """An ``nn.Module`` padding a map with "no die" pixels (see ``_no_die_pad_class``)."""
+    """Return an ``nn.Module`` padding a map with "no die" pixels (see ``_no_die_pad_class``)."""
     return _no_die_pad_class()(pad, no_die_channel)
 
 
@@ -386,7 +386,7 @@ class DistilledStudentClassifier(TorchClassifier):
 
     # ---- fast inference: BatchNorm folded into the convolutions, channels-last, one-hot in torch ----
     def inference_network(self):
-        """An eval-only copy of the student for prediction.
+        """Return an eval-only copy of the student for prediction.
 
         Every Conv→BatchNorm pair fused, channels-last, and (one-hot input) a stem that reads the raw
         die states, see :class:`_DieStateStem`. It takes :meth:`encode_fast`'s input and returns the
@@ -428,7 +428,7 @@ class DistilledStudentClassifier(TorchClassifier):
                 and tuple(first.padding) == (0, 0))
 
     def encode_fast(self, x_u8: np.ndarray):
-        """The input of :meth:`inference_network`: (N, 1, S, S) float die states (or the usual encoding)."""
+        """Return the input of :meth:`inference_network`: (N, 1, S, S) float die states (or the usual encoding)."""
         import torch
 
         if not self._die_state_input():

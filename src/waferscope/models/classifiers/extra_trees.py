@@ -26,7 +26,7 @@ FOREST_ARRAYS = ("feature", "threshold", "left", "right", "value", "roots")
 
 
 def flatten_forest(forest) -> dict[str, np.ndarray]:
-    """The trees of a fitted scikit-learn forest as flat arrays (global node indices, ``left`` -1 at
+    """Return the trees of a fitted scikit-learn forest as flat arrays (global node indices, ``left`` -1 at
     a leaf, ``value`` each node's class fractions).
     """
     parts = {k: [] for k in FOREST_ARRAYS[:-1]}
@@ -48,7 +48,7 @@ def flatten_forest(forest) -> dict[str, np.ndarray]:
 
 
 def forest_proba(trees: dict[str, np.ndarray], x: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """The mean over trees of the leaf class fractions each row of ``x`` reaches (scikit-learn's
+    """Return the mean over trees of the leaf class fractions each row of ``x`` reaches (scikit-learn's
     forest ``predict_proba``); rows are compared in float32, as scikit-learn does.
     """
     x = np.asarray(x, dtype=np.float32)
@@ -116,7 +116,7 @@ class ExtraTreesClassifier(GradientBoostingClassifier):
         return forest_proba(self.trees_, x)
 
     def n_parameters(self) -> int:
-        """Stored numbers: per node a feature, threshold and one fraction per class."""
+        """Return the stored numbers: per node a feature, threshold and one fraction per class."""
         self._check_fitted()
         return int(len(self.trees_["feature"]) * (2 + len(self.classes_)))
 

@@ -109,7 +109,7 @@ class GradientBoostingClassifier(Classifier):
         return softmax(self.decision_function(self.features(dataset)) / getattr(self, "temperature_", 1.0), axis=1)
 
     def n_parameters(self) -> int:
-        """Stored numbers that define the model: per node a feature, threshold and leaf value."""
+        """Return the stored numbers that define the model: per node a feature, threshold and leaf value."""
         self._check_fitted()
         return int(3 * len(self.trees_["feature"]))
 

@@ -122,7 +122,7 @@ class MultiLabelCNNClassifier(TorchClassifier):
         return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=self._loss_weight)
 
     def _validation_score(self, x_u8: np.ndarray, y: np.ndarray, kind: str) -> float:
-        """The mean per-pattern F1 of the thresholded sigmoids."""
+        """Return the mean per-pattern F1 of the thresholded sigmoids."""
         import torch
 
         pred = torch.sigmoid(self._logits(x_u8, kind)).numpy() >= self.threshold
@@ -136,7 +136,7 @@ class MultiLabelCNNClassifier(TorchClassifier):
         return torch.sigmoid(self._logits(self.resize(dataset), dataset.kind).float()).numpy()
 
     def export_module(self):
-        """The ONNX graph's network: one-hot input → the 8 sigmoid pattern probabilities (the generic
+        """Return the ONNX graph's network: one-hot input → the 8 sigmoid pattern probabilities (the generic
         classifier graph would apply a softmax).
         """
         import torch

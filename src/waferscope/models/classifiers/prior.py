@@ -60,7 +60,7 @@ MIN_MAPS_TO_ESTIMATE = 200
 
 
 def model_prior(classifier) -> np.ndarray:
-    """The class mix ``classifier``'s probabilities assume: uniform for a class-balanced model.
+    """Return the class mix ``classifier``'s probabilities assume: uniform for a class-balanced model.
 
     Raises ConfigError when the model says its probabilities are not class-balanced posteriors
     (``Classifier.prior_refusal``: the SVMs, multi-label heads, a network trained with
@@ -75,7 +75,7 @@ def model_prior(classifier) -> np.ndarray:
 
 
 def parse_prior(spec: str, classes) -> np.ndarray | str | None:
-    """A prior spec → a probability vector over ``classes``, ``"estimate"``, or None (``balanced``)."""
+    """Return a prior spec → a probability vector over ``classes``, ``"estimate"``, or None (``balanced``)."""
     classes = list(classes)
     text = str(spec).strip()
     if text in ("", "balanced"):
@@ -148,7 +148,7 @@ def estimate_prior(proba: np.ndarray, base: np.ndarray, max_iter: int = 1000,
 
 
 def estimated_target(proba: np.ndarray, base: np.ndarray, none_index: int | None) -> np.ndarray:
-    """The mix ``--prior estimate`` moves to.
+    """Return the mix ``--prior estimate`` moves to.
 
     EM's share of ``none`` (class ``none_index``), the other classes sharing the rest in the
     proportions of ``base`` (the full EM mix when there is no none class). See the module
@@ -166,7 +166,7 @@ def estimated_target(proba: np.ndarray, base: np.ndarray, none_index: int | None
 
 
 def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T that makes ``softmax(log(proba) / T)`` fit integer ``labels`` best (least
+    """Return the temperature T that makes ``softmax(log(proba) / T)`` fit integer ``labels`` best (least
     log-loss; Guo et al. 2017, "On calibration of modern neural networks"). Fit it on held-out
     predictions (e.g. the lot-grouped folds' out-of-fold ones), never on the training maps.
     """
@@ -211,7 +211,7 @@ class PriorShift:
         return isinstance(self.target, str)
 
     def fixed(self, proba: np.ndarray) -> "PriorShift":
-        """This shift with its target fixed.
+        """Return this shift with its target fixed.
 
         For ``"estimate"``, the mix estimated from ``proba`` (so it can be applied to
         parts of that batch, e.g. one partition at a time).
@@ -221,7 +221,7 @@ class PriorShift:
         return PriorShift(self.base, estimated_target(proba, self.base, self.none_index), self.none_index)
 
     def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the probabilities under the target mix, the target mix used — estimated from ``proba``
+        """Return (the probabilities under the target mix, the target mix used — estimated from ``proba``
         itself for ``"estimate"``).
         """
         target = self.fixed(proba).target

@@ -11,7 +11,7 @@ from waferscope.errors import DataError
 
 
 def fitted_teacher(spec: str, labelled, seed: int = 0, progress: bool = False):
-    """A fitted classifier to distil from, named by ``spec``.
+    """Return a fitted classifier to distil from, named by ``spec``.
 
     A run directory, ``bundled:cnn_gradcam`` / ``bundled:gbm``, or a registered classifier name
     (then trained on ``labelled`` first, with its defaults and ``seed``). Any classifier can

@@ -120,7 +120,7 @@ class TorchClassifier(Classifier):
         return prepare_maps(dataset.maps, int(self.input_size), resample, orient)
 
     def encode_batch(self, batch: np.ndarray, kind: str = "wafer"):
-        """A resized uint8 batch → the float32 network input tensor (N, C, size, size)."""
+        """Return a resized uint8 batch → the float32 network input tensor (N, C, size, size)."""
         import torch
 
         if kind == "image":
@@ -160,7 +160,7 @@ class TorchClassifier(Classifier):
         return out
 
     def to_tensor(self, dataset):
-        """The whole data set as network input (for explanations and exports)."""
+        """Return the whole data set as network input (for explanations and exports)."""
         return self.encode_batch(self.resize(dataset), dataset.kind)
 
     # ---- training --------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ class TorchClassifier(Classifier):
         return w.astype(np.float32)
 
     def _loss(self, logits, targets, batch_x):
-        """The training loss of one batch (subclasses add terms, e.g. a distillation term on batch_x).
+        """Return the training loss of one batch (subclasses add terms, e.g. a distillation term on batch_x).
 
         Class-weighted cross-entropy, or with a teacher's soft targets (:meth:`_soft_targets`) the
         distillation loss :func:`~waferscope.models.classifiers.losses.kd_loss`.
@@ -201,7 +201,7 @@ class TorchClassifier(Classifier):
         return None
 
     def _epoch_order(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The order of one epoch's training maps.
+        """Return the order of one epoch's training maps.
 
         Class-balanced draws with replacement when imbalance == "sampler", else a
         shuffle.
@@ -212,7 +212,7 @@ class TorchClassifier(Classifier):
         return rng.permutation(len(y))
 
     def _targets(self, y: np.ndarray):
-        """A batch's targets as the tensor :meth:`_loss` takes (class indices here)."""
+        """Return a batch's targets as the tensor :meth:`_loss` takes (class indices here)."""
         import torch
 
         return torch.from_numpy(y.astype(np.int64))
@@ -260,7 +260,7 @@ class TorchClassifier(Classifier):
         return np.arange(len(y_all)), np.arange(0)
 
     def _imbalance_weights(self, y: np.ndarray):
-        """The loss's class weights when imbalance == "loss"."""
+        """Return the loss's class weights when imbalance == "loss"."""
         import torch
 
         return torch.from_numpy(self._class_weights(y, len(self.classes_)))
@@ -330,7 +330,7 @@ class TorchClassifier(Classifier):
 
     # ---- inference -------------------------------------------------------------------------------
     def inference_network(self):
-        """An eval-only copy of ``network_`` for prediction.
+        """Return an eval-only copy of ``network_`` for prediction.
 
         Conv→BatchNorm pairs of a sequential network folded together, channels-last memory
         layout (faster convolutions on CPU). It returns the same logits as ``network_`` up

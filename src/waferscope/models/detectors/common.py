@@ -74,7 +74,7 @@ def wafer_valid_masks(dataset, size: int) -> np.ndarray | None:
 
 
 def training_normals(dataset, where: str | None = None, all_normal: bool = False):
-    """The normal samples (label ``none`` or ``good``) a detector trains on, or a clear DataError.
+    """Return the normal samples (label ``none`` or ``good``) a detector trains on, or a clear DataError.
 
     ``all_normal=True``: the caller vouches that every sample is normal (e.g. a fab's known-good
     wafers, which carry no label): unlabelled samples are taken as normal (``none`` for wafer maps,
@@ -104,7 +104,7 @@ def training_normals(dataset, where: str | None = None, all_normal: bool = False
 
 
 def image_detectors() -> list[str]:
-    """Registered detectors that take images (their tags' ``input_kinds``).
+    """Return the registered detectors that take images (their tags' ``input_kinds``).
 
     Best first by their declared ``image_rank`` (lower is better; measured on real images,
     docs/detection.md).
@@ -116,7 +116,7 @@ def image_detectors() -> list[str]:
 
 
 def default_detector_for(kind: str, wafer_default: str) -> str:
-    """The detector ``detect train`` uses without a model name.
+    """Return the detector ``detect train`` uses without a model name.
 
     For images the best-ranked image detector (:func:`image_detectors`), for wafer maps
     ``wafer_default``.
@@ -129,7 +129,7 @@ def default_detector_for(kind: str, wafer_default: str) -> str:
 
 
 def require_wafer_maps(dataset, detector: str) -> None:
-    """A clear DataError when a die-statistics detector is given images instead of wafer maps.
+    """Raise a clear DataError when a die-statistics detector is given images instead of wafer maps.
 
     Or maps with die values other than 0/1/2.
     """

@@ -25,7 +25,7 @@ def quantile_normalise(maps: torch.Tensor, q_a: torch.Tensor | float, q_b: torch
 
 
 def map_quantiles(maps: torch.Tensor, q_a: float = 0.9, q_b: float = 0.995) -> tuple[float, float]:
-    """The q_a and q_b quantiles of every pixel value of a stack of validation maps."""
+    """Return the q_a and q_b quantiles of every pixel value of a stack of validation maps."""
     flat = maps.detach().flatten().double()
     qs = torch.quantile(flat, torch.tensor([q_a, q_b], dtype=flat.dtype)) if flat.numel() < 2 ** 24 else \
         torch.from_numpy(__import__("numpy").quantile(flat.numpy(), [q_a, q_b]))

@@ -116,7 +116,7 @@ class PatchCoreDetector(TorchDetector):
         return model.eval()
 
     def _backbone_state(self) -> dict[str, torch.Tensor]:
-        """The backbone tensors the feature layers depend on (everything before the deepest layer's successors)."""
+        """Return the backbone tensors the feature layers depend on (everything before the deepest layer's successors)."""
         net = self.model_.extractor.backbone
         order = [name for name, _ in net.named_children()]
         deepest = max(order.index(layer.split(".")[0]) for layer in self.layers if layer.split(".")[0] in order)

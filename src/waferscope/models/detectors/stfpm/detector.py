@@ -23,12 +23,12 @@ from waferscope.registry import register
 
 
 def backbone_kwargs(name: str, pretrained) -> dict:
-    """Construction kwargs of a backbone (those recorded beside shipped wafer weights, if used)."""
+    """Return the construction kwargs of a backbone (those recorded beside shipped wafer weights, if used)."""
     return dict(wafer_weights_info(name).get("kwargs", {})) if pretrained in (True, "wafer") else {}
 
 
 def build_backbone(name: str, pretrained, kwargs: dict | None = None, load: bool = True) -> torch.nn.Module:
-    """The backbone, with its pretrained weights when ``load`` (a reloaded run restores them itself)."""
+    """Return the backbone, with its pretrained weights when ``load`` (a reloaded run restores them itself)."""
     kwargs = backbone_kwargs(name, pretrained) if kwargs is None else kwargs
     if load and pretrained not in (None, False, "", "none"):
         return create_backbone(name, pretrained=pretrained, **kwargs)
@@ -36,7 +36,7 @@ def build_backbone(name: str, pretrained, kwargs: dict | None = None, load: bool
 
 
 def feature_pyramid(backbone: torch.nn.Module, layers: Sequence[str], frozen: bool) -> torch.nn.Module:
-    """A module returning the list of the named layers' maps."""
+    """Return a module returning the list of the named layers' maps."""
 
     class Pyramid(torch.nn.Module):
         def __init__(self):

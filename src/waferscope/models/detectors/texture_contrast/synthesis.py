@@ -52,7 +52,7 @@ def perlin_mask(shape: tuple[int, int], rng: np.random.Generator, min_pixels: in
 
 
 def _source(img: np.ndarray, others: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """A foreign texture for the mask: another normal image transformed, or Perlin texture."""
+    """Return a foreign texture for the mask: another normal image transformed, or Perlin texture."""
     kind = rng.integers(0, 3)
     if kind == 0 and others:
         src = others[int(rng.integers(0, len(others)))]
