@@ -163,8 +163,7 @@ AREA_LEVELS = 255  # fractions are stored as uint8 k/255 (7 KB per 48×48 map in
 
 
 def die_bbox(m: np.ndarray) -> tuple[int, int, int, int]:
-    """(r0, r1, c0, c1): the rows r0:r1 and columns c0:c1 holding every die of a map (the whole map when it has none).
-    """
+    """(r0, r1, c0, c1): the rows r0:r1 and columns c0:c1 holding every die of a map (the whole map when it has none)."""
     on = np.asarray(m) != 0
     rows = np.flatnonzero(on.any(1))
     if not len(rows):

@@ -108,8 +108,7 @@ def add_fails(m: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarra
 
 
 def add_margin(m: np.ndarray, spec: str) -> np.ndarray:
-    """``even:K`` K no-die cells on every side; ``offcentre:P%`` P % of the extent on the top and left only.
-    """
+    """``even:K`` K no-die cells on every side; ``offcentre:P%`` P % of the extent on the top and left only."""
     kind, _, amount = spec.partition(":")
     if kind == "even":
         return np.pad(m, int(amount))
@@ -430,8 +429,7 @@ def _levels(settings: Settings, factor: str) -> list:
 
 
 def transform(factor: str, level, m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One map under a factor's level (for ``size``: ``dev_splitK``; ``aspect``: > 1 repeats rows, < 1 columns).
-    """
+    """One map under a factor's level (for ``size``: ``dev_splitK``; ``aspect``: > 1 repeats rows, < 1 columns)."""
     if factor == "size":
         k = int(str(level).removeprefix("dev_split"))
         return split_dies(m, k, k)

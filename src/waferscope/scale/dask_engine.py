@@ -204,8 +204,7 @@ def _probabilities(files: list[Path]) -> np.ndarray:
 
 
 def check_out(out: Path, overwrite: bool, name: str = "out") -> None:
-    """Refuse a bad output folder (parameter ``name``: out or maps) before any cluster is started or model exported.
-    """
+    """Refuse a bad output folder (parameter ``name``: out or maps) before any cluster is started or model exported."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{name} must be a directory", out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:

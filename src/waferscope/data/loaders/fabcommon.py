@@ -197,8 +197,7 @@ def grid_origin(x_min: int, y_min: int, x_max: int, y_max: int, *, y_up: bool, x
 
 
 def origin_columns(origins: list[tuple[int, int] | None]) -> dict:
-    """Return the ``origin_row``/``origin_col`` metadata columns (NaN where a map has none), or {} when no map has one.
-    """
+    """Return the ``origin_row``/``origin_col`` metadata columns (NaN where a map has none), or {} when no map has one."""
     if not any(o is not None for o in origins):
         return {}
     return {"origin_row": [float("nan") if o is None else o[0] for o in origins],

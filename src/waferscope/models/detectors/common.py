@@ -162,8 +162,7 @@ def _grey(img: np.ndarray) -> np.ndarray:
 
 
 def _reflect_pad(t: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Reflect padding of any width (in rounds: one round pads at most side - 1 px); a side of one pixel is replicated.
-    """
+    """Reflect padding of any width (in rounds: one round pads at most side - 1 px); a side of one pixel is replicated."""
     while top or bottom or left or right:
         h, w = t.shape[-2:]
         if (h == 1 and (top or bottom)) or (w == 1 and (left or right)):
