@@ -45,8 +45,10 @@ WEIGHTS = "weights.safetensors"
 
 # ---- parameter constraints ----------------------------------------------------------------------
 class Interval:
-    """A number of type ``kind`` (int or float; bools are refused) within ``[low, high]`` (None =
-    unbounded; ``closed`` says which ends are included), optionally a multiple of ``multiple_of``.
+    """A number of type ``kind`` (int or float; bools are refused) within ``[low, high]``.
+
+    None = unbounded; ``closed`` says which ends are included, optionally a multiple of
+    ``multiple_of``.
     """
 
     def __init__(self, kind: type, low: float | None = None, high: float | None = None, closed: str = "both",
@@ -245,8 +247,10 @@ class Estimator:
     # ---- configuration --------------------------------------------------------------------------
     @classmethod
     def parameter_constraints(cls) -> dict[str, list | None]:
-        """Each constructor parameter → its allowed alternatives (None: not declared; the
-        conformance test requires every parameter of a registered model to be declared).
+        """Return each constructor parameter → its allowed alternatives.
+
+        None: not declared; the conformance test requires every parameter of a registered model to
+        be declared.
         """
         declared: dict[str, list] = {}
         for klass in reversed(cls.__mro__):
@@ -588,7 +592,9 @@ class Detector(Estimator):
 
     def calibrate(self, dataset, rule: str = "auto", q: float = 0.99, folds: int = 5,
                   seed: int = 0) -> "Detector":
-        """Learn ``threshold_`` (score >= threshold_ → anomalous) from ``dataset`` by ``rule``:
+        """Learn ``threshold_`` (score >= threshold_ → anomalous) from ``dataset`` by ``rule``.
+
+        ``rule`` is one of:
 
         - ``"quantile"``: the ``q``-quantile of the normal samples' scores (expected false-positive
           rate about 1 - q; optimistic on the training normals, which a detector scores low);

@@ -43,10 +43,12 @@ def classification_quality(y_true, y_pred, classes) -> tuple[dict, dict]:
 
 
 def class_mix_quality(y_true, proba: np.ndarray, classes, estimator) -> dict:
-    """Macro-F1 as if the test maps came in the class mix of the labelled WM-811K maps (85 % ``none``;
-    :func:`~waferscope.metrics.classification.class_mix_macro_f1`), without (``macro_f1_wm811k_mix``)
-    and with (``…_prior``) the ``--prior wm811k`` correction. Only when the test set has every WM-811K
-    class; the prior column stays empty for a model that refuses a prior.
+    """Return macro-F1 as if the test maps came in the class mix of the labelled WM-811K maps.
+
+    85 % ``none``; :func:`~waferscope.metrics.classification.class_mix_macro_f1`, without
+    (``macro_f1_wm811k_mix``) and with (``…_prior``) the ``--prior wm811k`` correction. Only when
+    the test set has every WM-811K class; the prior column stays empty for a model that refuses a
+    prior.
     """
     from waferscope.errors import ConfigError
     from waferscope.metrics.classification import class_mix_macro_f1
@@ -93,8 +95,9 @@ def _curve(x: np.ndarray, y: np.ndarray) -> dict:
 
 
 def _pixel_arrays(result: DetectionResult, test: WaferDataset):
-    """Flattened (truth, score) over the dies of maps that have a ground-truth mask; normal maps
-    without a mask count as all-normal.
+    """Return flattened (truth, score) over the dies of maps that have a ground-truth mask.
+
+    Normal maps without a mask count as all-normal.
     """
     truths, scores = [], []
     if test.masks is None:

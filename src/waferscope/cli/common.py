@@ -37,8 +37,10 @@ MAX_DIES_OPTION = typer.Option(2_000_000_000, "--max-dies", min=1, help="Refuse 
 
 def load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None,
               columns: Optional[str] = None, max_dies: Optional[int] = None):
-    """Load one spec, or concatenate several into one data set (``pass_bins``, ``retest``, ``columns``:
-    see ``load``; ``max_dies``: the LoadLimits bound on each spec's dies).
+    """Load one spec, or concatenate several into one data set.
+
+    ``pass_bins``, ``retest``, ``columns``: see ``load``; ``max_dies``: the LoadLimits bound on
+    each spec's dies.
     """
     from waferscope.data import load
     from waferscope.data.dataset import WaferDataset

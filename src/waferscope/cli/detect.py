@@ -78,8 +78,9 @@ def _select_split(dataset, split: str, auto: str, where: str):
 
 
 def read_threshold(run_dir: Path) -> dict | None:
-    """Return a run's decision threshold as {"threshold": value, "method": ...} without loading its
-    weights (kept for callers of the old threshold.json reader; a loaded detector has threshold_).
+    """Return a run's decision threshold as {"threshold": value, "method": ...} without loading its weights.
+
+    Kept for callers of the old threshold.json reader; a loaded detector has threshold_.
     """
     from waferscope.base import read_run_header, read_threshold_json
 

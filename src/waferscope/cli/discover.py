@@ -1,5 +1,6 @@
-"""`waferscope discover`: cluster the wafers no known class fits into candidate new patterns
-(:mod:`waferscope.search.discover`). Thin: parse, call the library, write the page.
+"""`waferscope discover`: cluster the wafers no known class fits into candidate new patterns.
+
+The library is :mod:`waferscope.search.discover`; this is thin: parse, call the library, write the page.
 """
 
 from __future__ import annotations

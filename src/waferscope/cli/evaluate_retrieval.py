@@ -97,8 +97,10 @@ def retrieval(
     threads: int = typer.Option(2, "--threads", min=1),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-fold table and summary as JSON here"),
 ) -> None:
-    """Precision@k and mAP of similar-wafer retrieval on lot-grouped real folds (queries from held-out
-    lots, same class = relevant, `none` queries apart), per embedding and the Wu 2015 baseline.
+    """Measure precision@k and mAP of similar-wafer retrieval on lot-grouped real folds.
+
+    Queries from held-out lots, same class = relevant, `none` queries apart, per embedding and the
+    Wu 2015 baseline.
     """
     from waferscope.cli.common import load_data
     from waferscope.cli.search import _threads

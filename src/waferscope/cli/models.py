@@ -33,8 +33,10 @@ def _summary(obj) -> str:
 
 
 def model_table() -> list[dict]:
-    """One row per registered classifier/detector/backbone and per bundled model (name, kind,
-    summary; bundled rows also the registered model they are and whether they are a default).
+    """Return one row per registered classifier/detector/backbone and per bundled model.
+
+    Name, kind, summary; bundled rows also the registered model they are and whether they are a
+    default.
     """
     from waferscope import registry
     from waferscope.models import classifiers, detectors

@@ -45,9 +45,10 @@ def render_map(m: np.ndarray, scale: int = 1, palette: np.ndarray = PALETTE) -> 
 
 
 def die_aspect(meta, i: int) -> float:
-    """Height/width of one die of map ``i`` from its ``die_pitch_x``/``die_pitch_y`` metadata (the
-    pitch a fab file states, e.g. KLARF DiePitch, G85 DeviceSizeX/Y, E142 DeviceSize); 1 (square)
-    when unknown.
+    """Return the height/width of one die of map ``i`` from its ``die_pitch_x``/``die_pitch_y`` metadata.
+
+    The pitch a fab file states, e.g. KLARF DiePitch, G85 DeviceSizeX/Y, E142 DeviceSize; 1
+    (square) when unknown.
     """
     if meta is None or "die_pitch_x" not in meta or "die_pitch_y" not in meta:
         return 1.0

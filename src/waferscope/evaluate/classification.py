@@ -239,9 +239,10 @@ def fold_train_test(pooled, folds, fold: int, synthetic: int, fraction: float = 
 
 def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Path, seed: int = 0,
                  fraction: float = 1.0, groups=None, save_to: Path | None = None) -> dict:
-    """Fit ``method`` on fold ``fold``'s training set (:func:`fold_train_test`) and cache its test-fold
-    probabilities under ``work``. With ``save_to``, the fitted model is also kept there (and a cached
-    record without that model is refit).
+    """Fit ``method`` on fold ``fold``'s training set and cache its test-fold probabilities under ``work``.
+
+    The training set is :func:`fold_train_test`'s. With ``save_to``, the fitted model is also kept there (and a cached record without that model is
+    refit).
     """
     cache = fold_cache(work, method, fold, fraction)
     rec = cached_record(cache, method_params(method, seed), synthetic)

@@ -56,9 +56,11 @@ def oracle_heat(region: wd.WaferDataset, cells: int) -> list[np.ndarray]:
 
 
 def classify_denoised(clf, local, explanation) -> dict:
-    """Return the classifier's accuracy and macro-F1 (over the six localised classes) on the raw maps and
-    on the same maps after Grad-CAM (Otsu), median and connected-component denoising: does removing
-    the fails each filter calls noise keep the pattern recognisable?
+    """Return the classifier's accuracy and macro-F1 on the raw maps and on denoised ones.
+
+    Over the six localised classes, on the raw maps and on the same maps after Grad-CAM (Otsu),
+    median and connected-component denoising: does removing the fails each filter calls noise keep
+    the pattern recognisable?
     """
     from sklearn.metrics import accuracy_score, f1_score
 

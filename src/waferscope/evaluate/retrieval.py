@@ -108,8 +108,9 @@ def _wu_columns() -> np.ndarray:
 def retrieval_folds(dataset, methods=("metric", "lda", "features", "cnn", "raw", "wu2015"), n_splits: int = 5, k: int = 10,
                     seed: int = 0, progress: bool = False, n_jobs: int = -1, cnn_epochs: int = 15,
                     max_folds: int | None = None) -> pd.DataFrame:
-    """Per (method, fold) precision@k and mAP on lot-grouped folds of the labelled wafers of
-    ``dataset`` (needs a ``lot`` column); see the module docstring.
+    """Return per (method, fold) precision@k and mAP on lot-grouped folds.
+
+    Of the labelled wafers of ``dataset`` (needs a ``lot`` column); see the module docstring.
     """
     from waferscope.data.preprocess import grouped_stratified_kfold, resize_maps
     from waferscope.features.handcrafted import extract_features

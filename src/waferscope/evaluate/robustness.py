@@ -81,8 +81,9 @@ SMALL = Settings(n_clean=12, n_dev=27, sizes=(20, 100), dev_splits=(2,), aspects
 
 # ---- clean wafers and transforms ---------------------------------------------------------------
 def clean_wafer(rows: int, cols: int, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Return a perfectly round wafer on a rows×cols grid (die centres inside the inscribed ellipse) with
-    random fail dies at ``rate``.
+    """Return a perfectly round wafer on a rows×cols grid with random fail dies at ``rate``.
+
+    The dies are those whose centres lie inside the inscribed ellipse.
     """
     r = (np.arange(rows) + 0.5 - rows / 2) / (rows / 2)
     c = (np.arange(cols) + 0.5 - cols / 2) / (cols / 2)
@@ -177,8 +178,10 @@ def write_stdf(path: Path, maps: list[np.ndarray]) -> None:
 
 
 def write_klarf(path: Path, m: np.ndarray, wafer_id: str = "W0000") -> None:
-    """KLARF 1.2 of one wafer: every die in the SampleTestPlan (XINDEX = column, YINDEX up: KLARF's
-    die indices grow upwards, so row 0 is the largest YINDEX), one defect on every failing die.
+    """Return KLARF 1.2 text of one wafer.
+
+    Every die in the SampleTestPlan (XINDEX = column, YINDEX up: KLARF's die indices grow upwards,
+    so row 0 is the largest YINDEX), one defect on every failing die.
     """
     top = m.shape[0] - 1
     plan = [(int(c), top - int(r)) for r, c in zip(*np.nonzero(m))]
@@ -215,8 +218,10 @@ E142_ORIGINS = {"UpperLeft": ("DownRight", False, False), "LowerLeft": ("UpRight
 
 
 def _drawing(m: np.ndarray, orientation: int) -> np.ndarray:
-    """Return the stored (notch-down) map turned clockwise so that the notch sits at ``orientation`` degrees
-    clockwise from the bottom: the drawing a G85/E142 file with that Orientation holds.
+    """Return the stored (notch-down) map turned clockwise so that the notch sits at ``orientation``.
+
+    ``orientation`` is in degrees clockwise from the bottom: the result is the drawing a G85/E142
+    file with that Orientation holds.
     """
     if orientation % 90:
         raise ConfigError(f"orientation must be a multiple of 90 degrees, got {orientation}")
@@ -366,8 +371,10 @@ class Model:
 
 
 def bundled_models(names: Iterable[str] = (), runs: Iterable[Path] = ()) -> list[Model]:
-    """Return the bundled classifiers and detectors (``names`` restricts them; both kinds' names are
-    accepted) and run directories; a detector without a stored threshold is a clear error.
+    """Return the bundled classifiers and detectors and their run directories.
+
+    ``names`` restricts them (both kinds' names are accepted); a detector without a stored threshold
+    is a clear error.
     """
     from waferscope.base import load_run
     from waferscope.models import classifiers, detectors

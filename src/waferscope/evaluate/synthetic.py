@@ -86,8 +86,10 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def realism_check(n: int = 45000, seed: int = 0, size: int = 48, epochs: int = 6, width: int = 24, grid: int = 6,
                   batch: int = 128, lr: float = 3e-3, fresh_per_epoch: bool = True, ema: float = 0.0,
                   die_noise: float = 0.0, real=None, tta: bool = True, progress: bool = True) -> dict:
-    """Train :func:`small_cnn` on ``n`` synthetic maps per epoch (class-balanced) and score it on the
-    real labelled maps ``real`` (a load() spec or a WaferDataset; default the dev maps).
+    """Train :func:`small_cnn` on ``n`` synthetic maps per epoch and score it on real labelled maps.
+
+    The synthetic maps are class-balanced; ``real`` is a load() spec or a WaferDataset (default: the
+    dev maps).
 
     ``fresh_per_epoch``: every epoch draws new maps (seed + EPOCH_SEED_STRIDE × epoch); ``ema``: score
     an exponential moving average of the weights (decay per step; 0 = off); ``die_noise``: flip up to

@@ -29,8 +29,10 @@ from numba import njit
 
 @njit(cache=True, nogil=True)
 def radon_splat(fail_rows, fail_cols, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
-    """Sinogram (size × n_angles) of the padded square image whose 1-cells are the failing dies at
-    (fail_rows + pad_r, fail_cols + pad_c), bit for bit as scikit-image's ``radon`` computes it.
+    """Return the sinogram (size × n_angles) of the padded square image of the failing dies.
+
+    The failing dies sit at (fail_rows + pad_r, fail_cols + pad_c); the result is bit for bit what
+    scikit-image's ``radon`` computes.
 
     Its warp of angle i samples the image at (col, row) = (cos·x + sin·y + tx, −sin·x + cos·y + ty)
     for every output point (x, y), bilinearly from the floor / ceil neighbours, and the sinogram
@@ -99,9 +101,10 @@ def _cross(ox, oy, ax, ay, bx, by):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def region_counts(region):  # pragma: no cover - compiled
-    """(histogram of the 4-neighbour perimeter codes, convex area) of the True cells of ``region``
-    (a bool crop holding one region). The codes are scikit-image's ``perimeter``: a border cell
-    (one 4-neighbour erosion removes) scores 1 + 2 per border 4-neighbour + 10 per border diagonal
+    """Return (histogram of the 4-neighbour perimeter codes, convex area) of the True cells of ``region``.
+
+    A bool crop holding one region. The codes are scikit-image's ``perimeter``: a border cell (one
+    4-neighbour erosion removes) scores 1 + 2 per border 4-neighbour + 10 per border diagonal
     neighbour; the caller weighs the histogram as it does (``histogram @ weights``), so the sum is
     rounded in the same order.
     """

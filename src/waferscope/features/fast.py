@@ -41,8 +41,9 @@ N_PATTERN = 61  # the pattern statistics and shape features, the last 61 of the 
 
 @lru_cache(maxsize=64)
 def _resample_matrix(n: int) -> np.ndarray:
-    """(N_RADON, n) matrix M with M @ v == the cubic resampling of v to N_RADON points (it is linear in
-    v: the not-a-knot spline's coefficients are a linear solve on the values).
+    """Return the (N_RADON, n) matrix M with M @ v == the cubic resampling of v to N_RADON points.
+
+    It is linear in v: the not-a-knot spline's coefficients are a linear solve on the values.
     """
     return np.stack([_resample_cubic(e) for e in np.eye(max(n, 1))[:n]], axis=1) if n else np.zeros((N_RADON, 0))
 
@@ -62,8 +63,9 @@ _lock = threading.Lock()
 
 @lru_cache(maxsize=64)
 def shape_tables(h: int, w: int) -> tuple:
-    """Everything of the 120 features that depends only on the grid's shape except the Radon
-    footprints (cached for the 64 most recent shapes: about 60 bytes per cell).
+    """Return what the 120 features need that depends only on the grid's shape, except Radon footprints.
+
+    Cached for the 64 most recent shapes: about 60 bytes per cell.
     """
     ring5 = pattern_stats._grid(h, w)[0].reshape(h, w).astype(np.int64)
     dy, dx, radius, angle, ring10, sector = shape._geometry(h, w)
@@ -132,8 +134,9 @@ def pattern_batch(maps: Sequence[np.ndarray]) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _label(mask, eight, labels, sizes_out):  # pragma: no cover - compiled
-    """Return the connected components of ``mask`` numbered 1.. in raster order of their first cell (as
-    ``scipy.ndimage.label`` numbers them); writes ``labels`` (H, W) and the sizes, returns n.
+    """Return the number of connected components of ``mask``, numbered 1.. in raster order of their first cell.
+
+    As ``scipy.ndimage.label`` numbers them; writes ``labels`` (H, W) and the sizes, returns n.
     """
     h, w = mask.shape
     labels[:, :] = 0
@@ -168,9 +171,10 @@ def _label(mask, eight, labels, sizes_out):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _moments(labels, k, box):  # pragma: no cover - compiled
-    """(n, mean row, mean col, Σ(r−r̄)², Σ(r−r̄)(c−c̄), Σ(c−c̄)²) of the cells labelled ``k`` inside
-    ``box`` (r0, r1, c0, c1): the members are gathered once, then centred in a second pass (as
-    ``np.cov`` does: no cancellation for thin clusters).
+    """Return (n, mean row, mean col, Σ(r−r̄)², Σ(r−r̄)(c−c̄), Σ(c−c̄)²) of the cells ``k`` in ``box``.
+
+    ``box`` is (r0, r1, c0, c1): the members are gathered once, then centred in a second pass (as ``np.cov``
+    does: no cancellation for thin clusters).
     """
     rows = np.empty((box[1] - box[0]) * (box[3] - box[2]))
     cols = np.empty_like(rows)

@@ -67,8 +67,9 @@ def _resample_cubic(values: np.ndarray, n: int = N_RADON) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _radon_geometry(h: int, w: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
-    """Return the padding, padded side and the per-angle cos / sin of ``skimage.transform.radon(circle=False)``
-    for an h × w map at max(h, w) angles (scalar np.cos / np.sin, as it calls them).
+    """Return the padding, padded side and per-angle cos / sin of ``skimage.transform.radon(circle=False)``.
+
+    For an h × w map at max(h, w) angles (scalar np.cos / np.sin, as it calls them).
     """
     diagonal = np.sqrt(2) * max(h, w)
     pad = [int(np.ceil(diagonal - s)) for s in (h, w)]
@@ -81,8 +82,10 @@ def _radon_geometry(h: int, w: int) -> tuple[int, int, int, np.ndarray, np.ndarr
 
 
 def radon_sinogram(fail: np.ndarray) -> np.ndarray:
-    """Return the sinogram ``skimage.transform.radon(fail, theta=max(H, W) angles in [0°, 180°), circle=False)``
-    of a boolean fail map, from the failing dies alone (:func:`~waferscope.features._kernels.radon_splat`).
+    """Return the sinogram of a boolean fail map, from the failing dies alone.
+
+    As ``skimage.transform.radon(fail, theta=max(H, W) angles in [0°, 180°), circle=False)``
+    computes it (:func:`~waferscope.features._kernels.radon_splat`).
     """
     from waferscope.features._kernels import radon_splat
 
@@ -97,8 +100,9 @@ def _radon_summary(sinogram: np.ndarray) -> np.ndarray:
 
 
 def radon_features(wafer: np.ndarray) -> np.ndarray:
-    """20 resampled row means then 20 resampled row standard deviations of the fail-die sinogram
-    (the :func:`radon_features_reference` numbers, up to float rounding, at a fraction of the cost).
+    """Return 20 resampled row means then 20 resampled row standard deviations of the fail-die sinogram.
+
+    The :func:`radon_features_reference` numbers, up to float rounding, at a fraction of the cost.
     """
     return _radon_summary(radon_sinogram(np.asarray(wafer) == 2))
 

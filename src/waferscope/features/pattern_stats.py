@@ -58,8 +58,9 @@ def local_fail_rate(wafer: np.ndarray) -> np.ndarray:
 
 
 def principal_axes(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float]:
-    """Return the standard deviations along the minor and major principal axes of a set of die positions
-    (0, 0 for fewer than 3 dies).
+    """Return the standard deviations along the minor and major principal axes of a set of die positions.
+
+    (0, 0) for fewer than 3 dies.
     """
     if len(rows) < 3:
         return 0.0, 0.0

@@ -320,9 +320,11 @@ def zone_yield(dataset, *, rings: int = 3, edge_width: int = 1, progress: bool =
 
 # ---- bin Pareto ---------------------------------------------------------------------------------
 def wafer_bins(dataset) -> list[np.ndarray | None] | None:
-    """Each wafer's bin codes, from ``dataset.attrs["bins"]`` (wafer id → integer array of the
-    map's shape, :data:`NO_BIN` = -1 where there is no die), or None when the data has no bins.
-    A wafer missing from the dict has None; a wrong shape or type is a DataError naming the wafer.
+    """Return each wafer's bin codes, from ``dataset.attrs["bins"]``, or None when the data has no bins.
+
+    The attribute maps a wafer id to an integer array of the map's shape (:data:`NO_BIN` = -1 where
+    there is no die). A wafer missing from the dict has None; a wrong shape or type is a DataError
+    naming the wafer.
     """
     bins = dataset.attrs.get(BINS_ATTR)
     if not bins:

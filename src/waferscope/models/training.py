@@ -46,8 +46,10 @@ __all__ = ["seed_everything", "index_batches", "one_cycle", "EMA", "EarlyStoppin
 
 
 def seed_everything(seed: int) -> np.random.Generator:
-    """Seed torch's global generator (initial weights, dropout) and return a numpy generator for
-    everything else a model draws (shuffling, augmentation). Call it once, before building the network.
+    """Seed torch's global generator and return a numpy generator for everything else a model draws.
+
+    The torch generator draws initial weights and dropout, the numpy one shuffling and augmentation.
+    Call it once, before building the network.
     """
     torch.manual_seed(int(seed))
     return np.random.default_rng(int(seed))

@@ -82,8 +82,9 @@ def flatten_trees(model) -> dict[str, np.ndarray]:
 
 
 def check_trees(trees: dict[str, np.ndarray], n_features: int) -> None:
-    """Raise ValueError unless the arrays form trees a walk can follow (a damaged or foreign run
-    file would otherwise fail deep inside numpy indexing).
+    """Raise ValueError unless the arrays form trees a walk can follow.
+
+    A damaged or foreign run file would otherwise fail deep inside numpy indexing.
     """
     missing = [k for k in STATE_ARRAYS if k not in trees]
     if missing:

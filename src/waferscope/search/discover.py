@@ -44,8 +44,9 @@ class OpenSetModel:
     detector: str | None = None
 
     def signals(self, feat: np.ndarray, proba: np.ndarray | None = None, maps=None) -> dict:
-        """Return the scorer's inputs for wafers with raw ``extended`` features ``feat`` (``proba``: the
-        classifier's probabilities; computed with :attr:`classifier` when not given).
+        """Return the scorer's inputs for wafers with raw ``extended`` features ``feat``.
+
+        ``proba``: the classifier's probabilities; computed with :attr:`classifier` when not given.
         """
         from waferscope.search.embed import FeatureEmbedding
 
@@ -69,8 +70,9 @@ class OpenSetModel:
 
 
     def abstain(self, dataset, proba: np.ndarray, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """(open-set scores, class names with ``unknown``) of a data set's wafers given the classifier's
-        own probabilities ``proba`` (the ones the scorer was calibrated on).
+        """Return (open-set scores, class names with ``unknown``) of a data set's wafers.
+
+        Given the classifier's own probabilities ``proba`` (the ones the scorer was calibrated on).
         """
         from waferscope.features.handcrafted import extract_features
 
@@ -109,8 +111,10 @@ def open_set_split(labels, lots, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 def fit_scorer(feat_tr, labels_tr, feat_cal, proba_cal, classes, seed: int = 0, abstain_rate: float = 0.05,
                parts: tuple[str, ...] | None = None, maps_cal=None, detector: str | None = None) -> OpenSetModel:
-    """Return the embedding trained on the training part and the scorer calibrated on the calibration part's
-    classifier probabilities ``proba_cal`` (columns in ``classes`` order); no classifier attached.
+    """Return the embedding and the calibrated scorer, with no classifier attached.
+
+    The embedding is trained on the training part; the scorer is calibrated on the calibration
+    part's classifier probabilities ``proba_cal`` (columns in ``classes`` order).
     """
     from waferscope.search.embed import MetricEmbedding
     from waferscope.search.open_set import DEFAULT_PARTS, OpenSetScorer
@@ -131,9 +135,11 @@ def _standardised(emb, feat):
 
 def fit_open_set(feat: np.ndarray, labels, lots, seed: int = 0, abstain_rate: float = 0.05,
                  parts: tuple[str, ...] | None = None, maps=None) -> OpenSetModel:
-    """Train the open-set model on labelled wafers' ``extended`` features (:func:`open_set_split`
-    into training and calibration): the metric head and a gradient-boosted stand-in classifier on the
-    training part, the scorer calibrated on the other. ``maps``: the wafers (for a ``detector`` part).
+    """Train the open-set model on labelled wafers' ``extended`` features.
+
+    :func:`open_set_split` into training and calibration: the metric head and a gradient-boosted
+    stand-in classifier on the training part, the scorer calibrated on the other. ``maps``: the
+    wafers (for a ``detector`` part).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
 

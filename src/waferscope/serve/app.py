@@ -211,8 +211,10 @@ _LIMIT_WORDS = re.compile(r"\((max_maps|max_side|max_dies|max_decompressed_bytes
 
 
 def check_ids(ids: list, n: int, where: str = '"ids"') -> list[str]:
-    """Ids as short, encodable text (a lone surrogate such as "\ud800" cannot be written as UTF-8:
-    it would fail later, in the answer, for every request of its batch).
+    """Return ids as short, encodable text.
+
+    A lone surrogate such as "\ud800" cannot be written as UTF-8: it would fail later, in the
+    answer, for every request of its batch.
     """
     if not isinstance(ids, list) or len(ids) != n:
         raise RequestError(f'{where} must be a list of {n} strings, one per map')
@@ -278,12 +280,14 @@ def fast_grids(raw: bytes, start: int, max_maps: int) -> tuple[list[np.ndarray],
 
 
 def loads_in_pieces(text: str, max_maps: int, on_grid=None, raw: bytes | None = None) -> Any:
-    """``json.loads(text)``, except that the elements of a top-level ``"maps"`` list are decoded one
-    at a time (and no more than ``max_maps + 1`` of them). One ``json.loads`` of a 32 MB body holds the
-    GIL for a second, freezing the event loop even from a worker thread; one grid at a time, other
+    """Return ``json.loads(text)``, decoding the elements of a top-level ``"maps"`` list one at a time.
+
+    At most ``max_maps + 1`` of them are decoded. One ``json.loads`` of a 32 MB body holds the GIL
+    for a second, freezing the event loop even from a worker thread; one grid at a time, other
     threads run between grids. ``on_grid(grid)`` sees each map as it is decoded (and may refuse it:
-    a die cap stops the parse at the first map over it, not after the whole body). ``raw``: the body's
-    bytes when it is ASCII (string and byte positions then agree): :func:`fast_grids` is tried first.
+    a die cap stops the parse at the first map over it, not after the whole body). ``raw``: the
+    body's bytes when it is ASCII (string and byte positions then agree): :func:`fast_grids` is
+    tried first.
     """
     def ws(i: int) -> int:
         return _WS.match(text, i).end()
@@ -580,8 +584,9 @@ def grid_json(m: np.ndarray) -> bytes:
 
 
 def float_grid_json(a: np.ndarray, decimals: int) -> bytes:
-    """Return a float grid as JSON, one row at a time (each row a short call: the event loop is never held
-    for a whole heat map).
+    """Return a float grid as JSON, one row at a time.
+
+    Each row a short call: the event loop is never held for a whole heat map.
     """
     a = np.round(np.asarray(a, dtype=np.float64), decimals)
     a = np.where(np.isfinite(a), a, 0.0)
@@ -648,20 +653,22 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                classifier_run=None, detector_run=None, threshold: float | None = None, limits: Limits | None = None,
                threads: int | None = None, max_batch: int | None = None, allowed_origins: tuple[str, ...] = (),
                index=None, index_source: str = "", explainer=None, explainer_source: str = "", open_set=None):
-    """Return a FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
-    ``detector`` (fitted :class:`~waferscope.base.Detector`; ``threshold`` its decision threshold,
-    normally ``detector.threshold_``, or None). ``*_source`` say where each came from (shown by /health),
-    ``*_run`` are their run directories (for the version that trained them). Each model is loaded once
-    by the caller and run by one worker thread that batches the queued requests (:mod:`.batcher`).
-    ``threads`` sets torch's intra-op threads (default: leave torch's setting). ``allowed_origins``:
-    browser origins besides the service's own that may POST (e.g. a proxy's public address).
-    ``index``: a loaded :class:`~waferscope.search.WaferIndex` for ``/v1/search`` (None: that route
-    answers 409), ``index_source`` where it came from.
-    ``explainer``: a network whose Grad-CAM draws the ``?heatmap=1`` maps when the label model's own
-    would not (the bundled default: its heat is not trained to sit on the pattern, docs/explain.md);
-    it explains the class the label model chose, so the heat always answers "where is that class?".
-    ``open_set``: the classifier run's open-set model (:func:`waferscope.search.discover.load_open_set`)
-    for ``/v1/classify?abstain=1`` (None: that flag answers 409).
+    """Return a FastAPI app serving ``classifier`` and ``detector``.
+
+    ``classifier`` is a fitted :class:`~waferscope.base.Classifier`, ``detector`` a fitted
+    :class:`~waferscope.base.Detector` (``threshold`` its decision threshold, normally
+    ``detector.threshold_``, or None). ``*_source`` say where each came from (shown by /health),
+    ``*_run`` are their run directories (for the version that trained them). Each model is loaded
+    once by the caller and run by one worker thread that batches the queued requests
+    (:mod:`.batcher`). ``threads`` sets torch's intra-op threads (default: leave torch's setting).
+    ``allowed_origins``: browser origins besides the service's own that may POST (e.g. a proxy's
+    public address). ``index``: a loaded :class:`~waferscope.search.WaferIndex` for ``/v1/search``
+    (None: that route answers 409), ``index_source`` where it came from. ``explainer``: a network
+    whose Grad-CAM draws the ``?heatmap=1`` maps when the label model's own would not (the bundled
+    default: its heat is not trained to sit on the pattern, docs/explain.md); it explains the class
+    the label model chose, so the heat always answers "where is that class?". ``open_set``: the
+    classifier run's open-set model (:func:`waferscope.search.discover.load_open_set`) for
+    ``/v1/classify?abstain=1`` (None: that flag answers 409).
     """
     # everything about the models (workers, limits, deadlines, rows) is in the inference layer; the
     # routes below only read requests, parse their query flags and answer
@@ -838,8 +845,9 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs():
-        """Return the API reference, rendered from /openapi.json by a self-contained page (no CDN: it works
-        on an air-gapped network).
+        """Return the API reference, rendered from /openapi.json by a self-contained page.
+
+        No CDN: it works on an air-gapped network.
         """
         return HTMLResponse(docs_page)
 

@@ -45,11 +45,12 @@ async def _within(fut, seconds: float):
 
 
 class Inference:
-    """The models behind the service and what each model route computes (arguments as
-    :func:`waferscope.serve.app.create_app`'s). Each model is run by one worker thread that batches
-    the queued requests; :meth:`close` stops them. Each ``classify``/``score``/``search`` returns
-    ``(head, rows, big)`` for :func:`waferscope.serve.app.answer`, and every refusal is a
-    :class:`RequestError`.
+    """The models behind the service and what each model route computes.
+
+    Arguments as :func:`waferscope.serve.app.create_app`'s. Each model is run by one worker thread
+    that batches the queued requests; :meth:`close` stops them. Each
+    ``classify``/``score``/``search`` returns ``(head, rows, big)`` for
+    :func:`waferscope.serve.app.answer`, and every refusal is a :class:`RequestError`.
     """
 
     def __init__(self, classifier, detector, *, threshold: float | None = None, limits: Limits | None = None,
@@ -180,8 +181,9 @@ class Inference:
                 "source": self.index_source}
 
     async def classify(self, ds: MapBatch, t0: float, want_heat: bool, want_maps: bool, want_open: bool):
-        """Class and probabilities of every map (``want_heat``: Grad-CAM; ``want_open``: 'unknown' for
-        a wafer of no known class).
+        """Return the class and probabilities of every map.
+
+        ``want_heat``: Grad-CAM; ``want_open``: 'unknown' for a wafer of no known class.
         """
         classes = self.classes
         self.check_echo(ds, want_heat, want_maps)

@@ -126,8 +126,10 @@ def array_nbytes(shape: tuple, dtype: np.dtype) -> int:
 
 def read_member(z: zipfile.ZipFile, key: str, header: tuple[tuple, np.dtype], path: Path,
                 limits: LoadLimits) -> np.ndarray:
-    """One member's array, inflating at most its header's stated size (+ the header itself) and never
-    more than ``max_decompressed_bytes``; numpy allocates the stated shape, which the caller bounded.
+    """Return one member's array, inflating at most its header's stated size (+ the header itself).
+
+    And never more than ``max_decompressed_bytes``; numpy allocates the stated shape, which the
+    caller bounded.
     """
     from waferscope.data.compressed import _Bounded
 

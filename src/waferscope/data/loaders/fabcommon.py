@@ -240,8 +240,10 @@ def oriented_pitch(pitch_x, pitch_y, notch: str) -> tuple:
 
 
 def pitch_columns(pitches: list[tuple]) -> dict:
-    """Return the ``die_pitch_x``/``die_pitch_y`` metadata columns when any map states its die size
-    (``(x, y)`` per map, in the file's units, after :func:`oriented_pitch`; NaN where unknown).
+    """Return the ``die_pitch_x``/``die_pitch_y`` metadata columns when any map states its die size.
+
+    A pitch is ``(x, y)`` per map, in the file's units, after :func:`oriented_pitch`; NaN where
+    unknown.
     """
     if not any(px and py for px, py in pitches):
         return {}
@@ -430,8 +432,10 @@ def read_text(path: Path, limits=None) -> str:
 
 
 def parse_xml(path: Path, limits=None):
-    """Return the root element, through defusedxml (a map file from outside must not expand entities or
-    fetch URLs) and through compression; one DataError (with XML line/column) when malformed.
+    """Return the root element, through defusedxml and through compression.
+
+    A map file from outside must not expand entities or fetch URLs (hence defusedxml). One
+    DataError (with XML line/column) when malformed.
     """
     from xml.etree.ElementTree import ParseError
 

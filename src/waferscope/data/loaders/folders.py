@@ -1,5 +1,7 @@
-"""Folders of wafer maps: ``<root>/<class>/*.npy`` (2-D die-state arrays) and ``<root>/<class>/*.png``
-(rendered maps), plus a single ``.npy`` stack (N×H×W, unlabelled).
+"""Folders of wafer maps, and a single ``.npy`` stack (N×H×W, unlabelled).
+
+The folders are ``<root>/<class>/*.npy`` (2-D die-state arrays) and ``<root>/<class>/*.png``
+(rendered maps).
 
 PNG maps are decoded to die states 0/1/2 by colour: first against waferscope's own
 :data:`~waferscope.data.render.PALETTE` and raw grey values 0/1/2; otherwise, for 2 or 3 colours,

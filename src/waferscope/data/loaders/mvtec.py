@@ -1,4 +1,6 @@
-"""Ordinary images in the MVTec-AD layout (one category folder)::
+"""Ordinary images in the MVTec-AD layout (one category folder).
+
+The layout::
 
     <root>/train/good/*.png                 normal training images
     <root>/test/good/*.png                  normal test images

@@ -189,11 +189,13 @@ def die_blocks(x, y, hard_bins, rng: np.random.Generator, order: str = "<", n_pt
 def write_probe_lot(fh: BinaryIO, n_wafers: int, diameter: int, seed: int = 0, order: str = "<", n_ptr: int = 12,
                     mpr_results: int = 4, reprobe_rate: float = 0.01, dtr_per_wafer: int = 3,
                     lot: str = "BENCHLOT", wcr: dict | None = None) -> dict:
-    """Return a probe-test lot in the usual record order (FAR, ATR, MIR, SDR, PMR, PGR, WCR, then per wafer
-    WIR, a first die with full PTRs, PIR/PTR…/MPR/PRR per die, re-probes of ``reprobe_rate`` of the
-    dies at the end without a retest flag, DTRs, WRR; then TSR, HBR, SBR, PCR, MRR), streamed
-    to ``fh`` one wafer at a time. Returns what was written per wafer: ``dies``, ``fails`` (final,
-    last result wins), ``prrs``, ``reprobed``.
+    """Return a probe-test lot in the usual record order.
+
+    FAR, ATR, MIR, SDR, PMR, PGR, WCR, then per wafer WIR, a first die with full PTRs,
+    PIR/PTR…/MPR/PRR per die, re-probes of ``reprobe_rate`` of the dies at the end without a retest
+    flag, DTRs, WRR; then TSR, HBR, SBR, PCR, MRR, streamed to ``fh`` one wafer at a time. Returns
+    what was written per wafer: ``dies``, ``fails`` (final, last result wins), ``prrs``,
+    ``reprobed``.
     """
     rng = np.random.default_rng(seed)
     w = StdfWriter(fh, order)

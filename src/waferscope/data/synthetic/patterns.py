@@ -220,8 +220,10 @@ def _satellites(g: Geometry, d: Draws, p: np.ndarray, cu: float, cv: float, spre
 
 
 def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
-    """Return a crescent hugging the rim (deepest in its middle, 1–6 dies deep, 25–130° long) or a compact
-    cluster cut by the rim: many real Edge-Loc defects are chunky blobs at the edge, not arcs.
+    """Return a crescent hugging the rim or a compact cluster cut by the rim.
+
+    The crescent is deepest in its middle, 1–6 dies deep, 25–130° long; many real Edge-Loc defects
+    are chunky blobs at the edge, not arcs.
     """
     if d.chance(EDGE_BLOB_P):
         a, b = d.direction()

@@ -164,9 +164,10 @@ def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: in
 
 @lru_cache(maxsize=32)
 def _upsample_mean_weights(sizes: tuple[int, ...]):
-    """(sizes[0],) weights: the mean of a chain of 1-D linear upsamples (align_corners=False)
-    from ``sizes[0]`` cells through ``sizes[1:]``, as a weighting of the first level's cells;
-    None when they are uniform (then the mean is the plain mean).
+    """Return the (sizes[0],) weights of the mean of a chain of 1-D linear upsamples.
+
+    The chain (align_corners=False) goes from ``sizes[0]`` cells through ``sizes[1:]``; the weights
+    are over the first level's cells. None when they are uniform (then the mean is the plain mean).
     """
     import torch
     import torch.nn.functional as F
@@ -180,10 +181,11 @@ def _upsample_mean_weights(sizes: tuple[int, ...]):
 
 
 def mean_of_upsampled(g, sizes):
-    """Return the spatial mean of ``g`` bilinearly upsampled (align_corners=False) to each size in
-    ``sizes`` in turn (square maps), without building the upsampled maps: a bilinear upsample is
-    separable and linear, so the mean is a fixed weighting of ``g``'s cells — uniform for exact 2×
-    steps, the bundled model's case.
+    """Return the spatial mean of ``g`` bilinearly upsampled (align_corners=False) to each size in ``sizes``.
+
+    In turn (square maps), without building the upsampled maps: a bilinear upsample is separable and
+    linear, so the mean is a fixed weighting of ``g``'s cells — uniform for exact 2× steps, the
+    bundled model's case.
     """
     wr = _upsample_mean_weights((g.shape[-2], *sizes)) if sizes else None
     wc = _upsample_mean_weights((g.shape[-1], *sizes)) if sizes else None
@@ -194,8 +196,10 @@ def mean_of_upsampled(g, sizes):
 
 
 def mean_of_projection(projection, x):
-    """``projection(x).mean((2, 3))`` for a stride-1 ``Conv2d`` (zero padding) followed by
-    per-channel affine layers (eval-mode BatchNorm), without the full-size output.
+    """Return ``projection(x).mean((2, 3))`` without the full-size output.
+
+    For a stride-1 ``Conv2d`` (zero padding) followed by per-channel affine layers (eval-mode
+    BatchNorm).
 
     The spatial mean of a convolution is the kernel applied to the sums of the input over its
     shifted windows. With padding, kernel tap (i, j) sees every input cell except a few border rows

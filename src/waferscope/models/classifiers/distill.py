@@ -76,9 +76,11 @@ def compact_student(in_chans: int, n_classes: int, width: int = 7, head: int = 0
 
 
 def wide_head(c_in: int, head: int) -> list:
-    """``head`` > 0: a 1×1 Conv-BN-ReLU expansion to ``head`` channels before the global pool (as in
-    MobileNetV3's last stage): the pooled features become a wide non-linear summary of the small
-    last feature map for ~(c_in + 11)·head parameters and almost no compute (it runs on 3×3 cells).
+    """Return the layers of a wide head: a 1×1 Conv-BN-ReLU expansion to ``head`` channels before the pool.
+
+    None ([]) when ``head`` is 0. As in MobileNetV3's last stage, the pooled features become a wide
+    non-linear summary of the small last feature map for ~(c_in + 11)·head parameters and almost no
+    compute (it runs on 3×3 cells).
     """
     from torch import nn
 
@@ -120,9 +122,10 @@ def teacher_shaped_student(in_chans: int, n_classes: int, width: int = 7, encodi
 
 
 def separable_student(in_chans: int, n_classes: int, width: int = 18, encoding: str = "onehot3"):
-    """Return the teacher's layout (widths w, 2w, 4w, 4w; strides 2, 2, 2, 1) with depthwise-separable 3×3
-    convolutions after the stem: ~2.5× the channels of :func:`teacher_shaped_student` for the same
-    parameters. At w = 18: 11,439 parameters on 9 classes.
+    """Return a student in the teacher's layout with depthwise-separable 3×3 convolutions after the stem.
+
+    Widths w, 2w, 4w, 4w; strides 2, 2, 2, 1: ~2.5× the channels of :func:`teacher_shaped_student`
+    for the same parameters. At w = 18: 11,439 parameters on 9 classes.
     """
     from torch import nn
 

@@ -26,8 +26,9 @@ FOREST_ARRAYS = ("feature", "threshold", "left", "right", "value", "roots")
 
 
 def flatten_forest(forest) -> dict[str, np.ndarray]:
-    """Return the trees of a fitted scikit-learn forest as flat arrays (global node indices, ``left`` -1 at
-    a leaf, ``value`` each node's class fractions).
+    """Return the trees of a fitted scikit-learn forest as flat arrays.
+
+    Global node indices, ``left`` -1 at a leaf, ``value`` each node's class fractions.
     """
     parts = {k: [] for k in FOREST_ARRAYS[:-1]}
     roots, offset = [], 0
@@ -48,8 +49,9 @@ def flatten_forest(forest) -> dict[str, np.ndarray]:
 
 
 def forest_proba(trees: dict[str, np.ndarray], x: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """Return the mean over trees of the leaf class fractions each row of ``x`` reaches (scikit-learn's
-    forest ``predict_proba``); rows are compared in float32, as scikit-learn does.
+    """Return the mean over trees of the leaf class fractions each row of ``x`` reaches.
+
+    Scikit-learn's forest ``predict_proba``; rows are compared in float32, as scikit-learn does.
     """
     x = np.asarray(x, dtype=np.float32)
     out = np.zeros((len(x), trees["value"].shape[1]))

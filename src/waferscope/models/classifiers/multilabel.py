@@ -136,8 +136,9 @@ class MultiLabelCNNClassifier(TorchClassifier):
         return torch.sigmoid(self._logits(self.resize(dataset), dataset.kind).float()).numpy()
 
     def export_module(self):
-        """Return the ONNX graph's network: one-hot input → the 8 sigmoid pattern probabilities (the generic
-        classifier graph would apply a softmax).
+        """Return the ONNX graph's network: one-hot input → the 8 sigmoid pattern probabilities.
+
+        The generic classifier graph would apply a softmax.
         """
         import torch
 

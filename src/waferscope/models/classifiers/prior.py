@@ -166,8 +166,9 @@ def estimated_target(proba: np.ndarray, base: np.ndarray, none_index: int | None
 
 
 def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
-    """Return the temperature T that makes ``softmax(log(proba) / T)`` fit integer ``labels`` best (least
-    log-loss; Guo et al. 2017, "On calibration of modern neural networks"). Fit it on held-out
+    """Return the temperature T that makes ``softmax(log(proba) / T)`` fit integer ``labels`` best.
+
+    Least log-loss; Guo et al. 2017, "On calibration of modern neural networks". Fit it on held-out
     predictions (e.g. the lot-grouped folds' out-of-fold ones), never on the training maps.
     """
     from scipy.optimize import minimize_scalar
@@ -221,8 +222,9 @@ class PriorShift:
         return PriorShift(self.base, estimated_target(proba, self.base, self.none_index), self.none_index)
 
     def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (the probabilities under the target mix, the target mix used — estimated from ``proba``
-        itself for ``"estimate"``).
+        """Return (the probabilities under the target mix, the target mix used).
+
+        The target mix is estimated from ``proba`` itself for ``"estimate"``.
         """
         target = self.fixed(proba).target
         return adjust_to_prior(proba, self.base, target), target
@@ -243,7 +245,7 @@ def resolve_prior(classifier, spec: str | None) -> PriorShift | None:
 def apply_prior(classifier, proba: np.ndarray, spec: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     """``classifier``'s probabilities moved to the class mix ``spec``.
 
-    (probabilities, the prior used, or None when nothing changed).
+    Returns (probabilities, the prior used, or None when nothing changed).
     """
     shift = resolve_prior(classifier, spec)
     return (proba, None) if shift is None else shift.apply(proba)

@@ -191,12 +191,13 @@ class TorchClassifier(Classifier):
         return None
 
     def _soft_targets(self, dataset) -> np.ndarray | None:
-        """(N, n_classes) float32 log-probabilities of a teacher for every map of ``dataset`` (the maps
-        ``fit`` trains on, its validation split left out; columns in ``self.classes_`` order), for a
-        distillation term in :meth:`_loss`; None (the default) trains on the labels alone. A subclass
-        that returns them defines ``distil_alpha`` and ``distil_temperature``. They follow their maps
-        through batching; a rotated or flipped map keeps its targets (its class does not change under
-        the 8 symmetries of the square).
+        """Return (N, n_classes) float32 log-probabilities of a teacher for every map of ``dataset``.
+
+        The maps ``fit`` trains on, its validation split left out; columns in ``self.classes_``
+        order, for a distillation term in :meth:`_loss`; None (the default) trains on the labels
+        alone. A subclass that returns them defines ``distil_alpha`` and ``distil_temperature``.
+        They follow their maps through batching; a rotated or flipped map keeps its targets (its
+        class does not change under the 8 symmetries of the square).
         """
         return None
 

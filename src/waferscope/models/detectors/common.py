@@ -260,8 +260,9 @@ def fit_loop(params, step: Callable[[torch.Tensor], torch.Tensor], inputs: np.nd
              batch_size: int, lr: float, seed: int, augment: bool = True, weight_decay: float = 0.0,
              optimizer: torch.optim.Optimizer | None = None, desc: str = "train", progress: bool = True,
              modules: Iterable[torch.nn.Module] = ()) -> list[float]:
-    """Minimise ``step(batch) -> loss`` over ``inputs`` (N, C, S, S) with the training engine
-    (:func:`waferscope.models.training.fit_loop`); returns the per-epoch mean loss.
+    """Minimise ``step(batch) -> loss`` over ``inputs`` (N, C, S, S) with the training engine.
+
+    :func:`waferscope.models.training.fit_loop`; returns the per-epoch mean loss.
 
     What the detectors share is their batches: every epoch a seeded shuffle of ``inputs`` (seeded
     here, from ``seed``), each batch with an independent random rotation/flip per sample when

@@ -1,5 +1,6 @@
-"""ReConPatch (Hyun et al., "ReConPatch: Contrastive Patch Representation Learning for Industrial
-Anomaly Detection", WACV 2024).
+"""ReConPatch (Hyun et al., WACV 2024).
+
+"ReConPatch: Contrastive Patch Representation Learning for Industrial Anomaly Detection", WACV 2024.
 
 PatchCore with one extra step: before the memory bank is built, a linear representation layer (with
 a linear projection head used only for training) is trained on the normal patch features with the
