@@ -170,7 +170,66 @@ def channels_of(encoding: str) -> int:
 
 @register("ae_latent", kind="classifier")
 class AELatentClassifier(_AEClassifierBase):
-    """A classifier on the autoencoder's latent z only (the encoder is frozen unless ``finetune``)."""
+    """A classifier on the autoencoder's latent z only (the encoder is frozen unless ``finetune``).
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    latent_dim
+        Size of the autoencoder's latent vector z.
+    ae_width
+        Channels of the autoencoder's first convolution (doubled per stage).
+    ae_epochs
+        Passes of the autoencoder's own training, before the classifier's.
+    ae_data
+        ``"all"`` (every map, any label) or ``"normal"`` (normal maps only): what the autoencoder is trained on.
+    finetune
+        Train the encoder with the classifier (default: frozen).
+    hidden
+        Units of the MLP's hidden layer on z.
+
+    Attributes
+    ----------
+    ae_
+        The fitted autoencoder (``torch.nn.Module``).
+    ae_history_
+        Per-epoch autoencoder training loss.
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    train_seconds_
+        Wall-clock seconds the training took.
+    """
 
     def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
@@ -219,7 +278,74 @@ class AELatentClassifier(_AEClassifierBase):
 
 @register("cnn_residual", kind="classifier")
 class ResidualCNNClassifier(_AEClassifierBase):
-    """The compact ``cnn`` helped by the autoencoder's residual map (extra channel or augmentation)."""
+    """The compact ``cnn`` helped by the autoencoder's residual map (extra channel or augmentation).
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    width
+        Channels of the first stage (later stages are multiples of it).
+    dropout
+        Dropout before the final linear layer.
+    residual_mode
+        ``"channel"`` (the residual map is an extra input channel) or ``"augment"`` (it only shapes training
+        batches).
+    latent_dim
+        Size of the autoencoder's latent vector z.
+    ae_width
+        Channels of the autoencoder's first convolution (doubled per stage).
+    ae_epochs
+        Passes of the autoencoder's own training, before the classifier's.
+    ae_data
+        ``"all"`` or ``"normal"``: what the autoencoder is trained on; None: ``"normal"`` for the channel mode,
+        ``"all"`` for augment.
+    p_augment
+        Chance that a training map is augmented (``residual_mode="augment"``).
+    residual_threshold
+        Residual below which a failing die counts as explained (and is turned to pass by the augmentation).
+
+    Attributes
+    ----------
+    ae_
+        The fitted autoencoder (``torch.nn.Module``).
+    ae_history_
+        Per-epoch autoencoder training loss.
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    train_seconds_
+        Wall-clock seconds the training took.
+    """
 
     _parameter_constraints = {
         "residual_mode": [Options("channel", "augment")], "ae_data": [Options(*AE_DATA), None],

@@ -57,7 +57,61 @@ def compact_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, dropout: f
 
 @register("cnn", kind="classifier")
 class CompactCNNClassifier(TorchClassifier):
-    """A small, fast wafer CNN trained from scratch."""
+    """A small, fast wafer CNN trained from scratch.
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    tta
+        Average the prediction over the 8 rotations/flips of each map.
+    width
+        Channels of the first stage (later stages are multiples of it).
+    dropout
+        Dropout before the final linear layer.
+    resample
+        ``"nearest"`` (one die per pixel) or ``"area"`` (each pixel the no-die / pass / fail fractions of the
+        dies it covers).
+    orient
+        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+
+    Attributes
+    ----------
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    train_seconds_
+        Wall-clock seconds the training took.
+    """
 
     def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
@@ -303,6 +357,84 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
     across, clean wafers with 0–3 % fails, edge exclusion...), which learn from their own labels
     (the teacher labels the rest); ``distil_classes`` ("|"-separated, repeats weight) is the class
     cycle of those maps (default: every training class once).
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    tta
+        Average the prediction over the 8 rotations/flips of each map.
+    width
+        Channels of the first stage (later stages are multiples of it).
+    dropout
+        Dropout before the final linear layer.
+    head
+        Channels of the S×S map the classifier pools.
+    localise
+        Weight of :func:`localisation_loss` (Grad-CAM against per-die masks) for maps that carry masks; 0: off.
+    input_kernel
+        Side of the projection of the input itself into the head (odd: 1, 3, ...).
+    relu_stride
+        Head level (stride 1, 2 or 4) of its one ReLU.
+    teacher
+        A classifier to distil from: a run directory, ``bundled:gbm`` or a classifier name (then trained on the
+        same maps first); None: labels alone.
+    distil_alpha
+        Weight of the distillation term against the label term.
+    distil_temperature
+        Softmax temperature of the distillation term.
+    distil_synthetic
+        Extra synthetic maps the teacher labels for the student (0: none).
+    resample
+        ``"nearest"`` (one die per pixel) or ``"area"`` (each pixel the no-die / pass / fail fractions of the
+        dies it covers).
+    orient
+        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+    synthetic_profile
+        Profile of those synthetic maps (``"wm811k"`` or ``"fab"``, see
+        :func:`~waferscope.data.synthetic.generate`).
+    distil_classes
+        Class cycle of the synthetic maps (``"|"``-separated, a repeat weights a class; "": every training class
+        once).
+
+    Attributes
+    ----------
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    distilled_from_
+        The teacher the network was distilled from (None: trained on the labels alone).
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    train_seconds_
+        Wall-clock seconds the training took.
     """
 
     _parameter_constraints = {
@@ -456,6 +588,52 @@ class ResNet18Classifier(TorchClassifier):
 
     The defaults (48-px input, a quarter of the usual channel counts: 16/32/64/128) keep a 5-fold
     evaluation within CPU reach; ``width=1.0`` gives torchvision's channel counts.
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    tta
+        Average the prediction over the 8 rotations/flips of each map.
+    width
+        Fraction of ResNet-18's usual channel counts (1.0: torchvision's).
+
+    Attributes
+    ----------
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    train_seconds_
+        Wall-clock seconds the training took.
     """
 
     _parameter_constraints = {"width": [Interval(float, 0, None, closed="neither")]}

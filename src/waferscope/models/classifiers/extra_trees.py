@@ -71,7 +71,32 @@ def forest_proba(trees: dict[str, np.ndarray], x: np.ndarray, chunk: int = 256) 
 
 @register("extra_trees", kind="classifier")
 class ExtraTreesClassifier(GradientBoostingClassifier):
-    """Extremely-randomised trees on the extended wafer features (see the module docstring)."""
+    """Extremely-randomised trees on the extended wafer features (see the module docstring).
+
+    Parameters
+    ----------
+    feature_set
+        The wafer features the model reads (:data:`waferscope.features.FEATURE_SETS`).
+    n_estimators
+        Trees in the forest.
+    max_features
+        Features tried per split, as scikit-learn takes it (``"sqrt"``, ``"log2"``, a count or a share).
+    seed
+        Seeds every random draw of ``fit``.
+    n_jobs
+        Processes for feature extraction and for the tree walk.
+    progress
+        Progress bars on stderr.
+    orient
+        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+
+    Attributes
+    ----------
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    trees_
+        The forest's trees as flat arrays (each node's class fractions at the leaves).
+    """
 
     # set_temperature is inherited from gbm, but the forest's averaged votes are not rescaled by it
     _tags = {"temperature": False}

@@ -45,6 +45,36 @@ class GradientBoostingClassifier(Classifier):
     ``max_leaf_nodes=31`` (since 2026-12-03): 0.9202 ± 0.004 lot-grouped macro-F1 against 0.9195 ±
     0.006 with 15 leaves (docs/classification_real.md); within the fold spread, but never worse on
     the pooled figure, and the trees stay small (about 4 MB).
+
+    Parameters
+    ----------
+    feature_set
+        The wafer features the model reads (:data:`waferscope.features.FEATURE_SETS`).
+    max_iter
+        Boosting iterations (trees per class).
+    learning_rate
+        Boosting shrinkage (scikit-learn's name).
+    max_leaf_nodes
+        Leaves per tree.
+    l2_regularization
+        L2 regularisation of the leaf values.
+    seed
+        Seeds every random draw of ``fit``.
+    n_jobs
+        Processes for feature extraction and for the tree walk.
+    progress
+        Progress bars on stderr.
+    orient
+        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+
+    Attributes
+    ----------
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    temperature_
+        Softmax temperature of the probabilities (1.0 until :meth:`set_temperature`).
+    trees_
+        The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """
 
     _tags = {"temperature": True}

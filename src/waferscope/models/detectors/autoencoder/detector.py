@@ -41,7 +41,53 @@ def _for_inference(model: ConvAutoencoder) -> ConvAutoencoder:
 
 @register("autoencoder", kind="detector")
 class AutoencoderDetector(TorchDetector):
-    """Convolutional autoencoder on the one-hot die grid; the anomaly map is its reconstruction error."""
+    """Convolutional autoencoder on the one-hot die grid; the anomaly map is its reconstruction error.
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input (S×S) each map or image is resized to.
+    base_channels
+        Channels of the first convolution (doubled per stage).
+    latent_dim
+        Size of the bottleneck.
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Learning rate of the optimiser.
+    weight_decay
+        Weight decay of the optimiser.
+    augment
+        Random rotations/flips of the training inputs.
+    topk_fraction
+        Share of the highest map pixels averaged for the image score.
+    smoothing_sigma
+        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    seed
+        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    mode_
+        ``"wafer"`` or ``"image"``: the kind of data fitted on.
+    model_
+        The fitted network that scores (``torch.nn.Module``).
+    n_train_
+        Number of normal training samples.
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
+    train_loss_
+        Per-epoch mean training loss.
+    """
 
     _parameter_constraints = {
         "input_size": [Interval(int, 16, None, multiple_of=16)],  # four stride-2 stages

@@ -32,10 +32,32 @@ _CHUNK = 1024  # maps per progress step
 class PatternStatsDetector(Detector):
     """Mahalanobis distance of wafer pattern statistics to those of normal maps.
 
+    Parameters
+    ----------
     shrinkage
         None: Ledoit-Wolf's optimal shrinkage of the covariance (default); a number in [0, 1] fixes it.
     progress
-        a progress bar over large sets.
+        A progress bar over large sets.
+
+    Attributes
+    ----------
+    location_
+        Location of the shrunk covariance of the standardised statistics.
+    mean_
+        Mean of each pattern statistic over the normal maps.
+    n_train_
+        Number of normal training samples.
+    precision_
+        Precision matrix of that covariance (the Mahalanobis metric).
+    ring_baseline_
+        Mean local fail rate of the normal maps' dies in each radial ring.
+    scale_
+        Standard deviation of each statistic (1 where constant).
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _parameter_constraints = {"shrinkage": [Interval(float, 0, 1), None]}

@@ -115,7 +115,59 @@ def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where
 
 @register("stfpm", kind="detector")
 class STFPMDetector(FastInferenceMixin, TorchDetector):
-    """STFPM (Wang et al. 2021): a student regresses a frozen teacher's feature pyramid; the gap is the map."""
+    """STFPM (Wang et al. 2021): a student regresses a frozen teacher's feature pyramid; the gap is the map.
+
+    Parameters
+    ----------
+    backbone
+        Name of a registered backbone network (the frozen teacher).
+    pretrained
+        ``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local checkpoint path.
+    layers
+        Backbone layers whose features are used.
+    fusion
+        ``"product"``, ``"mean"`` or ``"max"``: how the per-layer distance maps are combined.
+    input_size
+        Side in pixels of the square network input (S×S) each map or image is resized to.
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    optimizer
+        ``"sgd"`` or ``"adam"``.
+    lr
+        Learning rate of the optimiser.
+    momentum
+        SGD momentum.
+    weight_decay
+        Weight decay of the optimiser.
+    augment
+        Random rotations/flips of the training inputs.
+    smoothing_sigma
+        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    jit
+        Score through a traced, frozen TorchScript copy of the network (faster on CPU, same outputs).
+    seed
+        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    backbone_kwargs_
+        Construction kwargs of the backbone, recorded so a saved run rebuilds it.
+    loss_history_
+        Per-epoch mean training loss.
+    model_
+        The fitted network that scores (``torch.nn.Module``).
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
+    """
 
     _label = "STFPM"
 
