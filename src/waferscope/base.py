@@ -57,6 +57,7 @@ class Interval:
         self.kind, self.low, self.high, self.closed, self.multiple_of = kind, low, high, closed, multiple_of
 
     def accepts(self, value: Any) -> bool:
+        """Return whether ``value`` is a number of this kind within the bounds."""
         if isinstance(value, (bool, np.bool_)):
             return False
         if not isinstance(value, numbers.Integral if self.kind is int else numbers.Real):
@@ -68,6 +69,7 @@ class Interval:
         return lo_ok and hi_ok and (self.multiple_of is None or value % self.multiple_of == 0)
 
     def __str__(self) -> str:
+        """Describe the allowed values in words, for error messages."""
         what = "an int" if self.kind is int else "a number"
         if self.low is None and self.high is None:
             bounds = ""
@@ -89,9 +91,11 @@ class Options:
         self.values = values
 
     def accepts(self, value: Any) -> bool:
+        """Return whether ``value`` is one of the allowed values (same type and equal)."""
         return any(type(value) is type(v) and value == v for v in self.values)
 
     def __str__(self) -> str:
+        """Describe the allowed values in words, for error messages."""
         return "one of " + ", ".join(repr(v) for v in self.values)
 
 
@@ -163,6 +167,11 @@ class Tags:
 
 
 class Estimator:
+    """Base of every model: the configuration in the constructor, learned state in ``_``-suffixed attributes.
+
+    See the module docstring for the contract (``get_params`` / ``clone`` / ``save`` / :func:`load_run`).
+    """
+
     registry_name: str = ""
     registry_kind: str = ""
     _tags: dict[str, Any] = {}
@@ -185,6 +194,7 @@ class Estimator:
     _after_fit_options: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap a subclass's ``__init__`` and ``fit`` in the contract (parameter checks, the after-fit step)."""
         # Every fit() validates the parameters first, as scikit-learn's _fit_context does, so that
         # no model needs to remember to (a bad value deep in training would be a traceback), and
         # runs the family's _after_fit (a detector learns its threshold_) when it returns. Only the
@@ -323,9 +333,11 @@ class Estimator:
                 if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
     def get_params(self) -> dict[str, Any]:
+        """Return the constructor parameters by name, as stored."""
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> "Estimator":
+        """Set parameters by name (old names translated), each checked against its constraints; return ``self``."""
         params = self.translate_params(params)
         constraints = self.parameter_constraints()
         for k, v in params.items():
@@ -338,14 +350,17 @@ class Estimator:
         return self
 
     def clone(self) -> "Estimator":
+        """Return an unfitted twin with the same parameters."""
         return type(self)(**self.get_params())
 
     def __repr__(self) -> str:
+        """Show the class and its parameters."""
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
     @property
     def is_fitted(self) -> bool:
+        """Return whether the model holds learned state (a public attribute ending in ``_``)."""
         return any(k.endswith("_") and not k.startswith("_") for k in vars(self))
 
     def _check_fitted(self) -> None:
@@ -405,6 +420,7 @@ class Estimator:
 
 
 def read_run_header(run_dir: str | Path) -> dict[str, Any]:
+    """Return the parsed ``model.json`` of a run directory, with a clear error when it is missing or damaged."""
     run_dir = Path(run_dir)
     path = run_dir / MODEL_JSON
     if not run_dir.is_dir():
@@ -518,12 +534,15 @@ class Classifier(Estimator):
     prior_refusal: str | None = None
 
     def fit(self, dataset, **kwargs) -> "Classifier":
+        """Fit on the labelled maps of ``dataset``; return ``self``."""
         raise NotImplementedError
 
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the (N, n_classes) class probabilities of every map, columns in ``classes_`` order."""
         raise NotImplementedError
 
     def predict(self, dataset) -> np.ndarray:
+        """Return the most probable class of every map."""
         proba = self.predict_proba(dataset)
         return np.asarray(self.classes_, dtype=object)[proba.argmax(1)]
 
@@ -538,6 +557,8 @@ class Classifier(Estimator):
 
 @dataclass
 class DetectionResult:
+    """What a detector's ``score`` returns: one anomaly score and one anomaly map per sample."""
+
     scores: np.ndarray  # (N,) image-level anomaly score, higher = more anomalous
     maps: list[np.ndarray]  # per sample, an anomaly map at the input's own H×W (float32)
 
@@ -578,9 +599,11 @@ class Detector(Estimator):
     renamed_params = {"verbose": "progress", "batch_size": "predict_batch_size", "train_batch_size": "batch_size"}
 
     def fit(self, dataset, **kwargs) -> "Detector":
+        """Fit on the normal samples of ``dataset``; return ``self``."""
         raise NotImplementedError
 
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and anomaly map of every sample."""
         raise NotImplementedError
 
     # ---- the decision ---------------------------------------------------------------------------

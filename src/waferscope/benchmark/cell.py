@@ -26,6 +26,7 @@ SEED_PARAMS = ("seed", "random_state")
 
 
 def make_estimator(method: MethodSpec, kind: str, seed: int):
+    """Return the estimator of a benchmark method, seeded with the cell's seed unless the config pins one."""
     cls = registry.get(method.model, kind)
     params = dict(method.params)
     names = cls._param_names()
@@ -47,6 +48,7 @@ def _fit(est, train: WaferDataset, task: str):
 
 def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset, seed: int, run_dir: Path,
              progress=None) -> dict:
+    """Fit and measure one (method, data set, seed) cell; return its record (quality, speed, size, memory)."""
     task, kind = method.task, method.kind
     measure.reset_peak_rss()
     rss0 = measure.rss_mb()

@@ -43,6 +43,8 @@ REPORT_KEYS = {"examples", "gradcam"}
 
 @dataclass
 class DatasetSpec:
+    """A data set of the benchmark config: one source the protocol splits, or a fixed train / test pair."""
+
     name: str
     data: str | None = None  # one source split by the protocol
     train: str | None = None  # or a fixed train / test pair
@@ -56,6 +58,7 @@ class DatasetSpec:
 
     @property
     def sources(self) -> list[str]:
+        """Return the data specs this data set reads."""
         return [s for s in (self.data, self.train, self.test) if s is not None]
 
     def protocol(self) -> dict:
@@ -72,6 +75,8 @@ class DatasetSpec:
 
 @dataclass
 class MethodSpec:
+    """A method of the benchmark config: a registered model with its parameters."""
+
     name: str
     model: str
     params: dict[str, Any]
@@ -80,11 +85,14 @@ class MethodSpec:
 
     @property
     def kind(self) -> str:
+        """Return the registry kind (classifier or detector) of the method's task."""
         return TASKS[self.task]
 
 
 @dataclass
 class BenchmarkConfig:
+    """A parsed, validated benchmark config (see :func:`load_config`)."""
+
     path: Path
     task: str
     name: str
@@ -108,6 +116,7 @@ class BenchmarkConfig:
 
     @property
     def active_datasets(self) -> list[DatasetSpec]:
+        """Return the data sets whose files exist."""
         return [d for d in self.datasets if not d.missing]
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 
 def seed_everything(seed: int, threads: int) -> None:
+    """Seed Python, numpy and torch and set torch's thread count."""
     import torch
 
     random.seed(seed)
@@ -51,11 +52,13 @@ def reset_peak_rss() -> bool:
 
 
 def rss_mb() -> float | None:
+    """Return this process's resident memory in MB (None where /proc is missing)."""
     kb = _status_kb("VmRSS")
     return None if kb is None else kb / 1024
 
 
 def peak_rss_mb() -> float | None:
+    """Return this process's peak resident memory in MB (None where unknown)."""
     kb = _status_kb("VmHWM")
     if kb is None:
         import resource
@@ -98,6 +101,7 @@ def count_parameters(est: Any) -> int:
 
 
 def dir_bytes(path: str | Path) -> int:
+    """Return the total size in bytes of the files under ``path``."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
@@ -123,6 +127,7 @@ def throughput(call: Callable[[Any], Any], batches: list, n: int) -> float:
 
 
 def environment(threads: int) -> dict:
+    """Return the machine and library versions a benchmark ran with."""
     import platform
 
     import sklearn
@@ -202,6 +207,7 @@ def add_speed_arguments(parser, n: int, threads: int = 2, repeats: int = 3) -> N
 
 
 def load_average() -> float:
+    """Return the 1-minute load average (None where the OS has none)."""
     try:
         return float(os.getloadavg()[0])
     except (OSError, AttributeError):

@@ -20,6 +20,7 @@ DETECTION_COLUMNS = ["image_auroc", "image_aupr", "image_f1", "pixel_auroc", "pi
 
 
 def rnd(x) -> float | None:
+    """Round a figure to the fixed precision of the results (None stays None)."""
     if x is None:
         return None
     x = float(x)
@@ -28,6 +29,7 @@ def rnd(x) -> float | None:
 
 # ---- classification --------------------------------------------------------------------------
 def classification_quality(y_true, y_pred, classes) -> tuple[dict, dict]:
+    """Return the classification figures of one cell (macro-F1, accuracy, ...) and its extras (confusion matrix)."""
     from sklearn.metrics import confusion_matrix, f1_score
 
     y_true, y_pred = np.asarray(y_true, dtype=str), np.asarray(y_pred, dtype=str)
@@ -118,6 +120,7 @@ def _pixel_arrays(result: DetectionResult, test: WaferDataset):
 
 
 def detection_quality(result: DetectionResult, test: WaferDataset) -> tuple[dict, dict]:
+    """Return the detection figures of one cell (AUROC, AUPR, F1, ...) and its extras (curves)."""
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     y = ~test.is_normal
@@ -149,6 +152,7 @@ def detection_quality(result: DetectionResult, test: WaferDataset) -> tuple[dict
 
 
 def f1_at(y: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    """Return the F1 of the decisions ``scores > threshold``."""
     from sklearn.metrics import f1_score
 
     return float(f1_score(y, scores > threshold, zero_division=0))

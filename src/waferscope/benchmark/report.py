@@ -112,6 +112,7 @@ def _heat_on_wafer(heat, wafer):
 
 # ---- data -------------------------------------------------------------------------------------
 def load_benchmark(out: Path) -> tuple[dict, list[dict]]:
+    """Return a benchmark folder's results.json and its per-cell records."""
     doc = json.loads((out / "results.json").read_text())
     records = []
     for cell in doc["cells"]:
@@ -471,6 +472,7 @@ th{background:#f3f5f8} .t{background:#fbf8ef;color:#555} table.env td,table.env 
 
 
 def render_report(out: Path) -> str:
+    """Return the HTML report page of a benchmark folder."""
     doc, all_records = load_benchmark(out)
     manifest = doc["manifest"]
     datasets = list(manifest["datasets"])
@@ -509,6 +511,7 @@ def render_report(out: Path) -> str:
 
 
 def write_report(out: str | Path) -> Path:
+    """Write the HTML report of a benchmark folder (atomically); return its path."""
     out = Path(out)
     page = render_report(out)
     with atomic_path(out / "index.html") as tmp:

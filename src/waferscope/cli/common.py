@@ -62,6 +62,7 @@ def parse_set(pairs: List[str]) -> dict:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temp file renamed into place)."""
     from waferscope.utils import atomic_path
 
     with atomic_path(path) as tmp:

@@ -15,6 +15,7 @@ from waferscope.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope discover`` to ``app``."""
     app.command("discover")(discover_cmd)
 
 

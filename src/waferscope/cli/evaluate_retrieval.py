@@ -24,6 +24,7 @@ def _shared_default_sets() -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope evaluate retrieval`` and ``evaluate open-set`` to ``app``."""
     app.command("retrieval")(retrieval)
     app.command("open-set")(open_set)
 

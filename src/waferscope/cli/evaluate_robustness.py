@@ -65,4 +65,5 @@ def robustness(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope evaluate robustness`` to ``app``."""
     app.command("robustness")(robustness)

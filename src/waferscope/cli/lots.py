@@ -21,6 +21,7 @@ from waferscope.errors import ConfigError, DataError
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope lots`` to ``app``."""
     app.command("lots")(lots_cmd)
 
 

@@ -102,6 +102,7 @@ def _show_note(message, category, filename, lineno, file=None, line=None) -> Non
 
 
 def main() -> None:
+    """Run the command line, showing the library's FutureWarnings as ``note:`` lines."""
     with warnings.catch_warnings():
         warnings.simplefilter("always", FutureWarning)
         warnings.showwarning = _show_note

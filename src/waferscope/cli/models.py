@@ -11,6 +11,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope models`` to ``app``."""
     app.command("models")(models_cmd)
 
 

@@ -20,6 +20,7 @@ index_app = typer.Typer(no_args_is_help=True, help="Similarity-search indexes of
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope index`` and ``waferscope search`` to ``app``."""
     app.add_typer(index_app, name="index")
     app.command("search")(search_cmd)
 

@@ -240,6 +240,7 @@ def _binary_views(column: pa.ChunkedArray | pa.Array, sizes: np.ndarray, what: s
 
 
 def table_to_dataset(table: pa.Table, path: Path, name: str | None = None) -> WaferDataset:
+    """Decode an Arrow table in waferscope's Parquet layout into a WaferDataset."""
     n = table.num_rows
     cols = set(table.column_names)
     rows = table.column("rows").to_numpy().astype(np.int64)
@@ -389,4 +390,5 @@ def read_ids(path: str | Path) -> list[str]:
 
 
 def parquet_count(path: str | Path) -> int:
+    """Return the number of maps in a Parquet file, from its metadata alone."""
     return _open(Path(path)).metadata.num_rows

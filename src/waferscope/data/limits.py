@@ -39,6 +39,7 @@ class LoadLimits:
     max_decompressed_bytes: int | None = 8 << 30
 
     def __post_init__(self):
+        """Check that every limit is a positive integer or None."""
         for name in ("max_maps", "max_side", "max_dies", "max_decompressed_bytes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -70,6 +71,7 @@ class DieBudget:
         self.limits, self.path, self.total, self.maps = limits, path, 0, 0
 
     def add(self, shape, where: str = "map") -> None:
+        """Charge the budget with a map of ``shape`` (checked against the per-map limits first)."""
         self.limits.check_shape(shape, self.path, where)
         n = 1
         for s in shape:
@@ -106,4 +108,5 @@ def read_npy_header(f):
 
 
 def resolve_limits(limits: LoadLimits | None) -> LoadLimits:
+    """Return ``limits``, or the default limits when None."""
     return DEFAULT_LIMITS if limits is None else limits

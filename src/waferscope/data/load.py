@@ -53,6 +53,7 @@ BINARY_FORMATS = ("parquet", "npz", "npy", "pickle")  # need a seekable file: in
 
 
 def parse_synthetic_spec(spec: str) -> dict:
+    """Parse a ``synthetic:n=...,seed=...`` spec into :func:`~waferscope.data.synthetic.generate`'s arguments."""
     body = spec.split(":", 1)[1]
     out: dict = {}
     for part in filter(None, body.split(",")):

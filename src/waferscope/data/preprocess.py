@@ -20,6 +20,7 @@ ENCODINGS = ("onehot", "single", "onehot3")
 
 @lru_cache(maxsize=4096)
 def nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Return, for each of ``n_out`` cells, the index of the nearest of ``n_in`` source cells (centre sampling)."""
     # Sample at pixel centres: output pixel j covers input coordinate (j + 0.5) * n_in / n_out.
     idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp)
     return np.minimum(idx, n_in - 1)
@@ -78,6 +79,7 @@ def encode(batch: np.ndarray, encoding: str = "onehot") -> np.ndarray:
 
 
 def channels(encoding: str) -> int:
+    """Return the input channels of ``encoding``."""
     return {"onehot": 2, "onehot3": 3, "single": 1}[encoding]
 
 

@@ -18,6 +18,7 @@ REQUIRED = ("maps_flat", "shapes", "labels")
 
 
 def is_flat_npz(keys: list[str]) -> bool:
+    """Return whether an npz's members are those of the flat dev-set layout."""
     return all(k in keys for k in REQUIRED)
 
 
@@ -118,6 +119,7 @@ def npz_headers(z: zipfile.ZipFile, path: Path, limits: LoadLimits) -> dict[str,
 
 
 def array_nbytes(shape: tuple, dtype: np.dtype) -> int:
+    """Return the bytes an array of ``shape`` and ``dtype`` takes."""
     n = 1
     for s in shape:
         n *= int(s)

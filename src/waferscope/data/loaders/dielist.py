@@ -59,6 +59,7 @@ PASS_WORDS = {"p": PASS, "pass": PASS, "1": PASS, "true": PASS, "good": PASS, "g
 
 
 def header_columns(first_line: str) -> list[str]:
+    """Return the lower-cased column names of a CSV header line."""
     return [c.strip().strip('"').lower() for c in first_line.split(",")]
 
 
@@ -102,6 +103,7 @@ def find_columns(names: list[str], columns: dict) -> dict:
 
 
 def looks_like_dielist(first_line: str) -> bool:
+    """Return whether a CSV header names die coordinates and a bin or pass/fail column."""
     found = find_columns(header_columns(first_line), {})
     return {"x", "y"} <= set(found) and ("bin" in found or "pass_fail" in found)
 
@@ -122,6 +124,7 @@ def _integer(text: str, what: str, path: Path, line: int) -> int:
 
 def load_dielist(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None,
                  columns=None) -> WaferDataset:
+    """Read a CSV die list (see the module docstring): one map per (lot, wafer)."""
     from waferscope.data.compressed import open_binary
 
     path = Path(path)

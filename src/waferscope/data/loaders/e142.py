@@ -79,6 +79,7 @@ def _pitch(layout) -> tuple:
 
 
 def load_e142(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
+    """Read the wafer maps of a SEMI E142 XML file."""
     path = Path(path)
     limits = resolve_limits(limits)
     root = parse_xml(path, limits)

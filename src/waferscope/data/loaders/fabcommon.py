@@ -58,6 +58,7 @@ class BinMapping:
 
     @property
     def strict(self) -> bool:
+        """Return whether the mapping names fail bins too (any other bin is then an error)."""
         return self.fail_bins is not None
 
     def state(self, bin_code) -> int:
@@ -69,6 +70,7 @@ class BinMapping:
         raise KeyError(bin_code)
 
     def describe(self) -> str:
+        """Describe the mapping as ``--pass-bins`` text."""
         text = ",".join(map(str, sorted(self.pass_bins)))
         return text + ("/" + ",".join(map(str, sorted(self.fail_bins))) if self.strict else "")
 
@@ -118,6 +120,7 @@ def parse_bin_mapping(value, option: str = "pass_bins") -> BinMapping | None:
 
 
 def map_bin(mapping: BinMapping, bin_code, path: Path, where: str) -> int:
+    """Return the die state of ``bin_code``; a DataError naming the file and location when it is unmapped."""
     try:
         return mapping.state(bin_code)
     except KeyError:
@@ -459,6 +462,7 @@ def xml_local(tag: str) -> str:
 
 
 def xml_children(element, name: str) -> list:
+    """Return the child elements of ``element`` named ``name`` (any namespace)."""
     return [c for c in element if xml_local(c.tag) == name]
 
 

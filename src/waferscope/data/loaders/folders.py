@@ -180,6 +180,7 @@ def decode_png_map(path: str | Path) -> np.ndarray:
 
 
 def load_npy_map(path: Path) -> np.ndarray:
+    """Load one ``.npy`` map; a DataError naming the file when it cannot be read."""
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:  # ValueError for object arrays / bad header, EOFError when truncated
@@ -188,6 +189,7 @@ def load_npy_map(path: Path) -> np.ndarray:
 
 
 def load_class_folders(root: str | Path) -> WaferDataset:
+    """Read ``<root>/<class>/*.npy`` / ``*.png`` folders into a labelled data set."""
     root = Path(root)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     maps, labels, ids = [], [], []

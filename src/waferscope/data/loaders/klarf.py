@@ -335,6 +335,7 @@ def _dies_on_wafer(lot: _Lot, wafer: _Wafer, path: Path) -> list[tuple[int, int]
 
 
 def load_klarf(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
+    """Read the wafer maps of a KLARF file."""
     path = Path(path)
     limits = resolve_limits(limits)
     lot = _parse(read_text(path, limits), path, limits)

@@ -104,6 +104,7 @@ class LegacyUnpickler(pickle.Unpickler):
     """
 
     def find_class(self, module: str, name: str) -> Any:
+        """Resolve a pickled class: legacy names renamed, and only what the allow-list names constructed."""
         import _compat_pickle  # Python 2 names (__builtin__, copy_reg) → Python 3, as fix_imports does
 
         if (module, name) in _compat_pickle.NAME_MAPPING:
@@ -338,6 +339,7 @@ def dump_legacy_dataframe(df: pd.DataFrame, fileobj) -> None:
 
 
 def dumps_legacy_dataframe(df: pd.DataFrame) -> bytes:
+    """Return the legacy pickle of ``df`` as bytes (for tests and fixtures)."""
     buf = io.BytesIO()
     dump_legacy_dataframe(df, buf)
     return buf.getvalue()

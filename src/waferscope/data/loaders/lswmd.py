@@ -44,6 +44,7 @@ _warned = False
 
 
 def warn_pickle_once(path: Path, importing: bool = False) -> None:
+    """Warn once per process that a pickle is read (it is trusted data)."""
     global _warned
     if _warned:
         return

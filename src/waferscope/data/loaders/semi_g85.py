@@ -54,6 +54,7 @@ def _maps_of(root, path: Path) -> list[tuple[str, object]]:
 
 
 def load_g85(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
+    """Read the wafer maps of a SEMI G85 XML file."""
     path = Path(path)
     limits = resolve_limits(limits)
     root = parse_xml(path, limits)

@@ -58,6 +58,8 @@ def record_label(number: int | None, typ: int | None, sub: int | None, offset: i
 
 
 class Record(NamedTuple):
+    """One STDF record header: where it is and its type."""
+
     offset: int   # byte offset of the header in the (decompressed) stream
     typ: int
     sub: int
@@ -65,6 +67,7 @@ class Record(NamedTuple):
 
     @property
     def name(self) -> str:
+        """Return the record's name (FAR, PRR, ...)."""
         return RECORD_NAMES.get((self.typ, self.sub), "unknown type")
 
 
@@ -132,6 +135,7 @@ class StdfStream:
                 base, buf, pos = base + pos, buf[pos:] + more, 0
 
     def label(self, offset: int, typ: int | None, sub: int | None) -> str:
+        """Return a record's label for error messages (its number, type and offset)."""
         return record_label(self.number_at(offset), typ, sub, offset)
 
     def error(self, rec: Record, problem: str) -> DataError:
@@ -220,23 +224,29 @@ class Fields:
         return value
 
     def u1(self):
+        """Read a U*1 field (None past the record's end)."""
         return self._num("B", 1)
 
     def u2(self):
+        """Read a U*2 field (None past the record's end)."""
         return self._num("H", 2)
 
     def u4(self):
+        """Read a U*4 field (None past the record's end)."""
         return self._num("I", 4)
 
     def i2(self):
+        """Read an I*2 field (None past the record's end)."""
         return self._num("h", 2)
 
     def r4(self):
+        """Read an R*4 field (None past the record's end or when not IEEE)."""
         value = self._num("f", 4)
         # CPU_TYPE 0 (VAX) stores R*4 in VAX F-floating, not IEEE: not decoded, reported as unknown
         return None if value is None or self.stream.cpu_type == 0 else value
 
     def c1(self) -> str | None:
+        """Read a C*1 field (None past the record's end)."""
         if self.pos >= len(self.body):
             return None
         self.pos += 1
@@ -255,6 +265,7 @@ class Fields:
         return self.body[start:self.pos].decode("latin-1").replace("\x00", "").strip()
 
     def need(self, value, name: str):
+        """Return ``value``, or raise a clear error that the record ends before field ``name``."""
         if value is None:
             raise self.stream.error(self.record, f"the record ends before its {name} field")
         return value

@@ -27,6 +27,8 @@ FLAT_SIDES = ("top", "bottom", "left", "right")
 
 @dataclass(frozen=True)
 class Geometry:
+    """The die grid of a synthetic wafer: which cells hold a die, their wafer coordinates, radii and rings."""
+
     rows: int
     cols: int
     template: np.ndarray  # uint8 (rows*cols,): 1 where a die exists, 0 elsewhere
@@ -42,6 +44,7 @@ class Geometry:
 
     @property
     def n_dies(self) -> int:
+        """Return the number of dies."""
         return len(self.on_index)
 
 

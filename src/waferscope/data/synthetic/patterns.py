@@ -33,6 +33,7 @@ class Draws:
         self.i = 0
 
     def __call__(self, lo: float = 0.0, hi: float = 1.0) -> float:
+        """Return a uniform draw in [lo, hi) from the buffered generator."""
         if self.i >= len(self.buf):
             self.buf = self.rng.random(64).tolist()
             self.i = 0
@@ -49,9 +50,11 @@ class Draws:
         return lo + (hi - lo) * self() * self()
 
     def chance(self, p: float) -> bool:
+        """Return True with probability ``p``."""
         return self() < p
 
     def index(self, n: int) -> int:
+        """Return a uniform random index in [0, n)."""
         return min(int(self() * n), n - 1)
 
     def direction(self) -> tuple[float, float]:
@@ -177,6 +180,7 @@ def center(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def donut(g: Geometry, d: Draws) -> np.ndarray:
+    """Return the fail probabilities of a Donut: a ring around a (slightly off-centre) point."""
     cu, cv = d.in_disk(0.1)
     du = g.u - cu
     dv = g.v - cv
@@ -310,6 +314,7 @@ def loc(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def near_full(g: Geometry, d: Draws) -> np.ndarray:
+    """Return the fail probabilities of a Near-full map: most dies fail, sometimes a region still passes."""
     p = d(0.75, 0.99) * np.clip(1.0 + d(0.0, 0.3) * smooth_field(g, d, 2), 0.0, 1.0)
     if d.chance(0.5):  # a region that still passes
         cu, cv = d.in_disk(0.9)
@@ -319,6 +324,7 @@ def near_full(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def random_pattern(g: Geometry, d: Draws) -> np.ndarray:
+    """Return the fail probabilities of a Random map: a high fail rate modulated by a smooth field."""
     level = d(0.27, 0.65)
     return level * np.clip(1.0 + d(0.0, 0.5) * smooth_field(g, d, 3), 0.2, 2.0)
 
