@@ -74,6 +74,7 @@ def _rot90(x, k: int):
 
 
 def input_size(est) -> int:
+    """Return the estimator's integer ``input_size``; an ExportError when it has none."""
     size = est.get_params().get("input_size")
     if not isinstance(size, int):
         raise ExportError(f"{type(est).__name__} has no integer input_size")
@@ -161,6 +162,7 @@ def _module(est):
 
 
 def metadata(est) -> dict:
+    """Return the metadata to store in an exported graph (kind, name, input size, encoding, classes, version)."""
     from waferscope import __version__
 
     doc = {"kind": est.registry_kind, "name": est.registry_name, "size": input_size(est),
@@ -365,6 +367,7 @@ def quantize(src: str | Path, dst: str | Path, mode: str = "static", calibration
 
 
 def read_metadata(path: str | Path) -> dict:
+    """Return the waferscope metadata of an exported ``.onnx`` file."""
     import onnx
 
     try:
@@ -432,11 +435,13 @@ class OnnxModel:
         return resize_maps(dataset.maps, self.size)
 
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the class probabilities of every map from the exported classifier."""
         if self.kind != "classifier":
             raise ExportError(f"{self.path.name} holds a detector: use score()")
         return self.run_maps(self._resized(dataset))[0]
 
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and map of every map from the exported detector."""
         from waferscope.models.detectors.common import maps_to_input_resolution
 
         if self.kind != "detector":
@@ -445,6 +450,7 @@ class OnnxModel:
         return DetectionResult(scores=scores.astype(np.float64), maps=maps_to_input_resolution(maps, dataset))
 
     def predict(self, dataset):
+        """Return the predicted classes (a classifier) or the detection result (a detector)."""
         if self.kind == "detector":
             return self.score(dataset)
         return np.asarray(self.classes_, dtype=object)[self.predict_proba(dataset).argmax(1)]

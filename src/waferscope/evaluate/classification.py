@@ -210,6 +210,7 @@ def fit_and_predict(method: str, train, test, seed: int = 0, fit_kwargs: dict | 
 
 
 def write_record(cache: Path, rec: dict) -> dict:
+    """Write a fold record to ``cache`` as JSON (atomically); return it."""
     import json
 
     from waferscope.utils import atomic_path

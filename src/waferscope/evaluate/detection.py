@@ -70,6 +70,7 @@ CONFIGS: dict[str, tuple[str, dict, str]] = {
 
 
 def protocol_named(name: str, **overrides: Any) -> Protocol:
+    """Return the protocol ``name`` with ``overrides`` applied; a ConfigError for an unknown name."""
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
     return replace(PROTOCOLS[name], **{k: v for k, v in overrides.items() if v is not None})
@@ -111,6 +112,7 @@ def _rounded(metrics: dict) -> dict:
 
 
 def check_detector(detector: str) -> None:
+    """Raise a ConfigError unless ``detector`` is a registered detector."""
     from waferscope import registry
 
     if detector not in registry.available("detector"):

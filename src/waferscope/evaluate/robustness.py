@@ -94,6 +94,7 @@ def clean_wafer(rows: int, cols: int, rate: float, rng: np.random.Generator) -> 
 
 
 def clean_wafers(n: int, rows: int, cols: int, rng: np.random.Generator, rate: float | None = None) -> list[np.ndarray]:
+    """Return ``n`` clean round wafers on a rows×cols grid (fail rate drawn from CLEAN_RATE unless ``rate``)."""
     return [clean_wafer(rows, cols, rng.uniform(*CLEAN_RATE) if rate is None else rate, rng) for _ in range(n)]
 
 
@@ -103,6 +104,7 @@ def split_dies(m: np.ndarray, k_rows: int, k_cols: int) -> np.ndarray:
 
 
 def add_fails(m: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Return ``m`` with each passing die turned to fail with probability ``rate``."""
     out = m.copy()
     out[(m == 1) & (rng.random(m.shape) < rate)] = 2
     return out
@@ -340,10 +342,12 @@ def roundtrip(maps: list[np.ndarray], fmt: str, folder: Path) -> list[np.ndarray
 
 
 def same_map(a: np.ndarray, b: np.ndarray) -> bool:
+    """Return whether two maps are identical (shape and every die)."""
     return a.shape == b.shape and bool((a == b).all())
 
 
 def same_up_to_symmetry(a: np.ndarray, b: np.ndarray) -> bool:
+    """Return whether ``a`` is one of the 8 rotations/flips of ``b``."""
     return any(same_map(np.ascontiguousarray(dihedral(a, k)), b) for k in range(8))
 
 
@@ -358,6 +362,7 @@ class Model:
     threshold: float | None = None
 
     def outputs(self, maps: list[np.ndarray]) -> np.ndarray:
+        """Return the model's output for each map: the predicted class, or the anomaly score."""
         ds = WaferDataset.from_maps(maps, validate=False)
         if self.kind == "classifier":
             proba = self.est.predict_proba(ds)
@@ -365,6 +370,7 @@ class Model:
         return np.asarray(self.est.score(ds).scores, dtype=np.float64)
 
     def alarms(self, out: np.ndarray) -> np.ndarray:
+        """Return which outputs are alarms: a class other than normal, or a score above the threshold."""
         if self.kind == "classifier":
             return out.astype(str) != NORMAL
         return out > self.threshold
@@ -600,6 +606,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
+    """Return the robustness table as Markdown."""
     cols = ["model", "factor", "level", "clean_false_alarm", "clean_agreement", "dev_metric", "dev_agreement",
             "map_identical", "map_identical_sym", "note"]
     head = "| " + " | ".join(cols) + " |\n| " + " | ".join("---" for _ in cols) + " |\n"
@@ -664,6 +671,7 @@ def write_reports(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
 
 
 def to_markdown_summary(s: pd.DataFrame) -> str:
+    """Return the robustness summary (worst cases per model) as Markdown."""
     head = ("| model | kind | worst clean false-alarm (size, format) | min dev agreement under rotation/flip |\n"
             "| --- | --- | ---: | ---: |\n")
     return head + "".join(f"| {r.model} | {r.kind} | {r.worst_clean_false_alarm_size_format:.3f} | "

@@ -41,10 +41,12 @@ def check_student(method: str) -> None:
 
 
 def teacher_dir(work: Path, teacher: str, fold: int) -> Path:
+    """Return the folder of the teacher model fitted on fold ``fold``."""
     return Path(work) / "models" / fold_cache(work, teacher, fold).stem
 
 
 def student_cache(work: Path, teacher: str, student: str, fold: int, n_unlabelled: int = 0) -> Path:
+    """Return the cache file of a student distilled from ``teacher`` on fold ``fold``."""
     tag = f"+{n_unlabelled}unlabelled" if n_unlabelled else ""
     return fold_cache(work, f"{student}@{teacher}{tag}", fold)
 

@@ -57,6 +57,7 @@ def small_cnn(n_classes: int, width: int = 16, grid: int = 4) -> nn.Module:
 
 
 def to_input(maps, size: int) -> np.ndarray:
+    """Return maps resized to ``size`` and one-hot encoded (the small CNN's input)."""
     return encode(resize_maps(maps, size), "onehot3")
 
 
@@ -80,6 +81,7 @@ EPOCH_SEED_STRIDE = 100_000
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
+    """Return the synthetic-data seed of epoch ``epoch``."""
     return seed + EPOCH_SEED_STRIDE * epoch
 
 
@@ -269,6 +271,7 @@ def cluster_stats(m: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def shape_table(real, syn) -> str:
+    """Return the Markdown table comparing cluster shapes of real and synthetic maps per class."""
     lines = ["| class | largest interior cluster, dies: median (q10–q90) real / syn | its axis ratio (median) real / syn "
              "| largest cluster's share on the outer 2 rings (median) real / syn | its centre radius (median) real / syn |",
              "|---|---|---|---|---|"]
@@ -288,6 +291,7 @@ def shape_table(real, syn) -> str:
 
 
 def class_table(real, syn) -> str:
+    """Return the Markdown table comparing fail rates of real and synthetic maps per class."""
     rr, sr = real.fail_rates(), syn.fail_rates()
     lines = ["| class | n real | real fail rate mean / median / q10–q90 | synthetic mean / median / q10–q90 "
              "| rim fail real / syn (median) | P(f|nbr f) real / syn | rows×cols median real / syn |",
@@ -312,6 +316,7 @@ def class_table(real, syn) -> str:
 
 
 def distribution_figure(real, syn, path: Path) -> None:
+    """Draw the fail-rate distributions of real and synthetic maps per class to ``path``."""
     rr, sr = real.fail_rates(), syn.fail_rates()
     classes = [c for c in CLASSES if (real.labels == c).any()]
     import matplotlib.pyplot as plt
@@ -345,6 +350,7 @@ def distribution_figure(real, syn, path: Path) -> None:
 
 
 def size_figure(real, syn, path: Path) -> None:
+    """Draw the grid sizes of real and synthetic maps to ``path``."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
@@ -359,6 +365,7 @@ def size_figure(real, syn, path: Path) -> None:
 
 
 def montage(real, syn, path: Path, per_class: int = 6, seed: int = 0) -> None:
+    """Draw a montage of ``per_class`` real and synthetic maps of each class to ``path``."""
     rng = np.random.default_rng(seed)
     classes = [c for c in CLASSES if (real.labels == c).any()]
     import matplotlib.pyplot as plt

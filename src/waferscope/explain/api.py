@@ -28,6 +28,8 @@ NON_LOCAL_CLASSES = ("Random", "Near-full", "none")
 
 @dataclass
 class Explanation:
+    """What :func:`explain` returns: the predicted classes, probabilities and one heat map per wafer."""
+
     method: str
     target_layer: str
     classes: list[str]
@@ -128,6 +130,7 @@ def localisation_table(heat: list[np.ndarray], dataset: WaferDataset, source: st
 
 
 def summarise_localisation(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the localisation table summarised per (source, class): wafers, mean energy in the mask, pointing game."""
     if table.empty:
         return table
     aggs = {"wafers": ("id", "size"), "energy_in_mask": ("energy_in_mask", "mean")}
@@ -138,6 +141,7 @@ def summarise_localisation(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def denoise(dataset: WaferDataset, explanation: Explanation, threshold: str | float = "otsu") -> WaferDataset:
+    """Return the maps with the fails outside the explanation's heat (thresholded) turned to pass."""
     if dataset.kind != "wafer":
         raise DataError("denoising works on wafer maps, not images", dataset.name)
     maps = [denoise_gradcam(m, h, threshold) for m, h in zip(dataset.maps, explanation.heat)]

@@ -51,6 +51,7 @@ def denoise_gradcam(wafer: np.ndarray, heat: np.ndarray, threshold: str | float 
 
 
 def denoise_median(wafer: np.ndarray, size: int = 3) -> np.ndarray:
+    """Return the map with the fails a ``size``×``size`` median filter removes turned to pass."""
     fail = ndimage.median_filter((wafer == FAIL).astype(np.uint8), size=size, mode="constant") > 0
     out = wafer.copy()
     out[wafer == FAIL] = PASS
@@ -59,6 +60,7 @@ def denoise_median(wafer: np.ndarray, size: int = 3) -> np.ndarray:
 
 
 def denoise_components(wafer: np.ndarray, min_size: int = 6) -> np.ndarray:
+    """Return the map with fail clusters smaller than ``min_size`` dies turned to pass."""
     fail = wafer == FAIL
     kept = remove_small_objects(fail, max_size=min_size - 1, connectivity=2) if min_size > 1 else fail
     out = wafer.copy()

@@ -205,10 +205,12 @@ class LotStack:
 
     @property
     def frequency(self) -> np.ndarray:
+        """Return the fail frequency of every die position (NaN where no wafer has a die)."""
         return np.divide(self.fails, self.tested, out=np.full(self.fails.shape, np.nan), where=self.tested > 0)
 
     @property
     def max_frequency(self) -> float:
+        """Return the highest fail frequency (0 when no die was tested)."""
         f = self.frequency
         return float(np.nanmax(f)) if np.isfinite(f).any() else 0.0
 

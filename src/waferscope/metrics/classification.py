@@ -17,14 +17,17 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 
 def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str] | None = None) -> float:
+    """Return the macro-averaged F1 over ``classes`` (default: the classes present in ``y_true``)."""
     return float(f1_score(y_true, y_pred, labels=_labels(y_true, classes), average="macro", zero_division=0))
 
 
 def weighted_f1(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str] | None = None) -> float:
+    """Return the support-weighted F1 over ``classes`` (default: the classes present in ``y_true``)."""
     return float(f1_score(y_true, y_pred, labels=_labels(y_true, classes), average="weighted", zero_division=0))
 
 
 def accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
+    """Return the share of correct predictions."""
     return float(accuracy_score(np.asarray(y_true, dtype=str), np.asarray(y_pred, dtype=str)))
 
 

@@ -61,6 +61,7 @@ def best_f1(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 
 
 def image_metrics(y: np.ndarray, scores: np.ndarray, threshold: float | None = None) -> dict[str, float]:
+    """Return image AUROC and AUPR (and precision, recall and F1 at ``threshold`` when given)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     y = np.asarray(y).astype(np.int64)
@@ -77,6 +78,7 @@ def image_metrics(y: np.ndarray, scores: np.ndarray, threshold: float | None = N
 
 
 def pixel_auroc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Return the pixel-level AUROC of flattened scores against the ground truth."""
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(truth.astype(np.int64), scores))
@@ -266,6 +268,7 @@ def pixel_metrics(maps: list[np.ndarray], dataset, exact: bool | None = None) ->
 
 # ---- thresholds ---------------------------------------------------------------------------------
 def threshold_best_f1(y: np.ndarray, scores: np.ndarray) -> float:
+    """Return the threshold that maximises F1 on labels ``y``."""
     return best_f1(y, scores)["threshold"]
 
 

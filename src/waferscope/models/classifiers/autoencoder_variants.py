@@ -163,6 +163,7 @@ class _AEClassifierBase(TorchClassifier):
 
 
 def channels_of(encoding: str) -> int:
+    """Return the input channels of ``encoding``."""
     from waferscope.data.preprocess import channels
 
     return channels(encoding)
@@ -247,6 +248,7 @@ class AELatentClassifier(_AEClassifierBase):
         self.hidden = hidden
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network: the autoencoder's encoder (frozen unless ``finetune``) and an MLP on z."""
         import copy
 
         from torch import nn
@@ -371,6 +373,7 @@ class ResidualCNNClassifier(_AEClassifierBase):
         self.residual_threshold = residual_threshold
 
     def fit(self, dataset, unlabelled=None, **kwargs):
+        """Fit as the other torch classifiers; ``unlabelled`` maps only train the autoencoder."""
         if self.residual_mode not in ("channel", "augment"):
             raise ValueError(f"residual_mode must be 'channel' or 'augment', got {self.residual_mode!r}")
         chosen = self.ae_data
@@ -382,6 +385,7 @@ class ResidualCNNClassifier(_AEClassifierBase):
             self.ae_data = chosen
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network: the compact CNN with the residual as an extra channel (or plain, for augment)."""
         import torch
         from torch import nn
 

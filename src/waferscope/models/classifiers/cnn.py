@@ -126,6 +126,7 @@ class CompactCNNClassifier(TorchClassifier):
         self.dropout = dropout
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network (:func:`compact_wafer_cnn`)."""
         return compact_wafer_cnn(in_chans, n_classes, self.width, self.dropout)
 
 
@@ -466,10 +467,12 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         self.distil_classes = distil_classes
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network (:func:`fine_head_wafer_cnn`)."""
         return fine_head_wafer_cnn(in_chans, n_classes, self.width, self.head, self.dropout, self.input_kernel,
                                    self.relu_stride)
 
     def fit(self, dataset, teacher=None, **kwargs) -> "FineHeadCNNClassifier":
+        """Fit on the labelled maps, distilling ``teacher`` (a fitted classifier) or the ``teacher`` parameter when given."""
         if not float(self.localise) >= 0:
             raise ConfigError(f"cnn_fine localise must be a weight >= 0, got {self.localise!r}")
         self._teacher = None
@@ -648,6 +651,7 @@ class ResNet18Classifier(TorchClassifier):
         self.width = width
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network (a small-input ResNet-18)."""
         from waferscope.models.backbones.resnet import resnet18
 
         return resnet18(num_classes=n_classes, width=self.width, small_input=True, in_channels=in_chans)

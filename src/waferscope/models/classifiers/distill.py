@@ -223,6 +223,7 @@ class _DieStateStem:
 
 
 def count_parameters(net) -> int:
+    """Return the number of parameters of a network."""
     return int(sum(p.numel() for p in net.parameters()))
 
 
@@ -341,6 +342,7 @@ class DistilledStudentClassifier(TorchClassifier):
         self.head = head
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the student network of ``arch``."""
         if self.arch == "cnn":
             return teacher_shaped_student(in_chans, n_classes, self.width, self.encoding)
         if self.arch == "patchify":
@@ -399,6 +401,7 @@ class DistilledStudentClassifier(TorchClassifier):
 
     # ---- training --------------------------------------------------------------------------------
     def fit(self, dataset, teacher=None, transfer=None, **kwargs) -> "DistilledStudentClassifier":
+        """Fit the student on the teacher's soft targets; ``teacher`` / ``transfer`` override the parameters."""
         if dataset.kind != "wafer":
             raise DataError(f"{dataset.name}: kd_student distils wafer maps, not images")
         labelled = dataset.labelled()
@@ -517,6 +520,7 @@ class DistilledStudentClassifier(TorchClassifier):
 
     # ---- persistence: the teacher is not needed to predict, only its size is recorded ------------
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the class probabilities of every map (wafer maps only)."""
         if dataset.kind != "wafer":  # fit refuses images; the die-state stem cannot read them either
             raise DataError(f"{dataset.name}: kd_student reads die-state wafer maps, not images")
         return super().predict_proba(dataset)

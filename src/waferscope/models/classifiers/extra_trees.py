@@ -116,6 +116,7 @@ class ExtraTreesClassifier(GradientBoostingClassifier):
         self.progress = progress
 
     def fit(self, dataset, **kwargs) -> "ExtraTreesClassifier":
+        """Fit the forest on the features of the labelled maps; return ``self``."""
         from sklearn.ensemble import ExtraTreesClassifier as SkExtraTrees
 
         dataset = labelled_for_training(dataset, type(self).__name__)
@@ -132,6 +133,7 @@ class ExtraTreesClassifier(GradientBoostingClassifier):
         return self
 
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the forest's class probabilities of every map."""
         self._check_fitted()
         if len(dataset) == 0:
             return np.zeros((0, len(self.classes_)))

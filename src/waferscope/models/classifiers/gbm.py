@@ -95,6 +95,7 @@ class GradientBoostingClassifier(Classifier):
         self.progress = progress
 
     def features(self, dataset) -> np.ndarray:
+        """Return the ``feature_set`` features of every map (wafer maps only)."""
         require_wafer_maps(dataset, self.registry_name or type(self).__name__)
         maps = dataset.maps
         validate_wafer_maps(maps)  # die states 0/1/2 only, before the canonical view casts to uint8
@@ -103,6 +104,7 @@ class GradientBoostingClassifier(Classifier):
         return extract_features(maps, n_jobs=self.n_jobs, progress=self.progress, feature_set=self.feature_set)
 
     def fit(self, dataset, **kwargs) -> "GradientBoostingClassifier":
+        """Fit the boosted trees on the features of the labelled maps; return ``self``."""
         dataset = labelled_for_training(dataset, type(self).__name__)
         classes = label_order(dataset.labels)
         index = {c: i for i, c in enumerate(classes)}
@@ -133,6 +135,7 @@ class GradientBoostingClassifier(Classifier):
         return tree_scores(self.trees_, x, n_jobs=self.n_jobs)
 
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the class probabilities of every map (at ``temperature_``)."""
         self._check_fitted()
         if len(dataset) == 0:
             return np.zeros((0, len(self.classes_)))

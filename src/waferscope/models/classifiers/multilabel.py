@@ -130,6 +130,7 @@ class MultiLabelCNNClassifier(TorchClassifier):
         self.threshold = threshold
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network (:func:`compact_wafer_cnn` with one output per pattern)."""
         return compact_wafer_cnn(in_chans, n_classes, self.width, self.dropout)
 
     # Training is the single-label base's (training.fit_loop: AdamW, one-cycle LR, rotations/flips,

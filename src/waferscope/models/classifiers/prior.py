@@ -209,6 +209,7 @@ class PriorShift:
 
     @property
     def estimates(self) -> bool:
+        """Return whether the target mix is estimated from the probabilities."""
         return isinstance(self.target, str)
 
     def fixed(self, proba: np.ndarray) -> "PriorShift":

@@ -140,6 +140,7 @@ class PseudoLabelCNNClassifier(CompactCNNClassifier):
         return np.stack(views, axis=1)
 
     def fit(self, dataset, unlabelled: WaferDataset | None = None, **kwargs) -> "PseudoLabelCNNClassifier":
+        """Fit on the labelled maps, then self-train on pseudo-labelled ``unlabelled`` maps for ``rounds``."""
         if dataset.kind != "wafer":
             raise DataError(f"{dataset.name}: pseudo_label_cnn takes wafer maps, not images")
         labelled = dataset.labelled()
@@ -170,6 +171,7 @@ class PseudoLabelCNNClassifier(CompactCNNClassifier):
         return self
 
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the class probabilities of every map (wafer maps only)."""
         require_wafer_maps(dataset, "pseudo_label_cnn")
         return super().predict_proba(dataset)
 

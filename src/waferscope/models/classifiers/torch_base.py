@@ -67,6 +67,7 @@ class TorchClassifier(Classifier):
 
     @property
     def prior_refusal(self) -> str | None:
+        """Return why a class-mix prior must not be applied to this model, or None."""
         if self.imbalance == "none":
             return "it was trained with imbalance='none', so its probabilities carry its training set's class mix"
         return None
@@ -93,6 +94,7 @@ class TorchClassifier(Classifier):
 
     # ---- what subclasses provide -----------------------------------------------------------------
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network ``(in_chans, n_classes) → nn.Module`` (each subclass provides it)."""
         raise NotImplementedError
 
     # ---- preprocessing ---------------------------------------------------------------------------
@@ -400,6 +402,7 @@ class TorchClassifier(Classifier):
         return total / 8.0
 
     def n_parameters(self) -> int:
+        """Return the number of parameters of the fitted network."""
         self._check_fitted()
         return int(sum(p.numel() for p in self.network_.parameters()))
 
