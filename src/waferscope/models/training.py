@@ -95,6 +95,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:
+        """Update the moving average of the weights with ``module``'s."""
         for avg, p in zip(self.module.parameters(), module.parameters()):
             if self.updates == 0:
                 avg.copy_(p)
@@ -133,6 +134,7 @@ class FitResult:
 
     @property
     def losses(self) -> list[float]:
+        """Return the training loss of every epoch."""
         return [entry["train_loss"] for entry in self.history]
 
 

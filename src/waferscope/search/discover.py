@@ -206,6 +206,7 @@ def save_open_set(model: OpenSetModel, run_dir: Path) -> None:
 
 
 def has_open_set(run_dir) -> bool:
+    """Return whether a classifier run has an open-set model beside it."""
     return run_dir is not None and (Path(run_dir) / OPEN_SET_JSON).is_file()
 
 

@@ -129,10 +129,12 @@ class WaferIndex:
             raise ConfigError("the index is empty: build() it first")
 
     def __len__(self) -> int:
+        """Return the number of indexed wafers."""
         return int(self.index_.ntotal) if hasattr(self, "index_") else 0
 
     # ---- querying --------------------------------------------------------------------------------
     def embed(self, dataset) -> np.ndarray:
+        """Return the embedding vectors of every wafer."""
         self._check_built()
         return self.embedding_.transform(dataset)
 
@@ -167,6 +169,7 @@ class WaferIndex:
 
     # ---- persistence -----------------------------------------------------------------------------
     def header(self) -> dict:
+        """Return the index's header: the embedding's name, state and signature, the waferscope version."""
         import waferscope
 
         arrays, extras = self.embedding_.state()
@@ -208,6 +211,7 @@ class WaferIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> "WaferIndex":
+        """Load an index folder written by :meth:`save`."""
         import faiss
 
         from waferscope.search.embed import EMBEDDINGS

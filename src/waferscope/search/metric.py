@@ -64,6 +64,7 @@ class MetricHead:
         self.progress = progress
 
     def fit(self, x: np.ndarray, labels) -> "MetricHead":
+        """Train the metric head on features ``x`` with class ``labels``; return ``self``."""
         import torch
         from torch import nn
 
@@ -99,6 +100,7 @@ class MetricHead:
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Return the head's unit-norm vectors of ``x``."""
         import torch
 
         with torch.no_grad():
@@ -107,10 +109,12 @@ class MetricHead:
             return torch.nn.functional.normalize(e, dim=1).numpy().astype(np.float32)
 
     def arrays(self) -> dict:
+        """Return the head's weights by name."""
         return dict(zip(_KEYS, (self.w1_, self.b1_, self.w2_, self.b2_)))
 
     @classmethod
     def from_arrays(cls, arrays) -> "MetricHead":
+        """Rebuild a fitted head from :meth:`arrays`; a clear error when one is missing."""
         try:
             w1, b1, w2, b2 = (np.asarray(arrays[k], dtype=np.float32) for k in _KEYS)
         except KeyError as exc:

@@ -131,6 +131,7 @@ class OpenSetScorer:
         return np.stack([PARTS[p][1](self, signals) for p in self.parts], axis=1)
 
     def fit(self, train: dict, train_labels, cal: dict, classes) -> "OpenSetScorer":
+        """Learn the reference sets from ``train`` and calibrate the parts on ``cal``; return ``self``."""
         needed = {"metric_knn": "metric", "feature_knn": "features"}
         missing = sorted(v for k, v in needed.items() if k in self.parts and train.get(v) is None)
         if missing:
@@ -163,10 +164,12 @@ class OpenSetScorer:
         return np.stack([_ecdf(cal[:, j], raw[:, j]) for j in range(len(self.parts))], axis=1)
 
     def score(self, signals: dict) -> np.ndarray:
+        """Return the open-set score of every wafer (weighted sum of the parts' ranks)."""
         w = np.ones(len(self.parts)) if self.weights is None else np.asarray(self.weights, dtype=np.float64)
         return (self.ranks(signals) * w).sum(axis=1) / w.sum()
 
     def predict(self, signals: dict, score: np.ndarray | None = None) -> np.ndarray:
+        """Return the predicted class of every wafer, ``unknown`` where the score is over the threshold."""
         names = self.classes_[np.asarray(signals["proba"]).argmax(axis=1)].astype(object)
         score = self.score(signals) if score is None else score
         names[score > self.threshold_] = UNKNOWN
@@ -174,6 +177,7 @@ class OpenSetScorer:
 
     # -- persistence: plain arrays + JSON ---------------------------------------------------------
     def state(self) -> tuple[dict, dict]:
+        """Return the (arrays, extras) to save."""
         arrays = {"cal_parts": self.cal_parts_.astype(np.float64), "feature_refs": self.feature_refs_,
                   **{f"class_{i}": v for i, v in enumerate(self.class_vectors_)}}
         extras = {"k": self.k, "parts": list(self.parts), "weights": None if self.weights is None else list(self.weights),
@@ -183,6 +187,7 @@ class OpenSetScorer:
 
     @classmethod
     def from_state(cls, arrays: dict, extras: dict, where="open-set scorer") -> "OpenSetScorer":
+        """Rebuild a fitted scorer from :meth:`state`; a clear error naming ``where`` when damaged."""
         try:
             self = cls(k=int(extras["k"]), parts=tuple(extras["parts"]), weights=extras.get("weights"),
                        abstain_rate=float(extras["abstain_rate"]), seed=int(extras.get("seed", 0)))

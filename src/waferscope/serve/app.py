@@ -89,6 +89,7 @@ class Gate:
         self.body_bytes = 0
 
     async def __call__(self, scope, receive, send):
+        """Handle one ASGI call: an HTTP request goes through this layer's checks (see the class docstring) first."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = False
@@ -364,11 +365,13 @@ class DieCap:
         self.limits, self.echo, self.total = limits, echo, 0
 
     def add(self, n: int) -> None:
+        """Count ``n`` more dies; a RequestError once over the cap."""
         self.total += n
         if self.total > self.cap:
             raise self.error()
 
     def error(self) -> "RequestError":
+        """Return the RequestError that names the limit the request went over."""
         if self.echo_bound:
             return RequestError(f"the answer would echo more than {self.limits.max_echo_dies:,} grid cells "
                                 "(?maps=1 / ?heatmap=1, limit max_echo_dies); send fewer or smaller maps", 413)
@@ -376,6 +379,7 @@ class DieCap:
                             "split the request", 413)
 
     def grid(self, grid) -> None:
+        """Count the dies of a grid (an array or nested lists)."""
         if isinstance(grid, np.ndarray):
             self.add(grid.size)
         elif isinstance(grid, list) and grid and isinstance(grid[0], list):

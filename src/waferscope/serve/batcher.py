@@ -63,6 +63,7 @@ class MapBatch:
     lots: list  # str or None per map
 
     def __len__(self) -> int:
+        """Return the number of maps."""
         return len(self.maps)
 
 
@@ -108,10 +109,12 @@ class Batcher:
 
     @property
     def queued_dies(self) -> int:
+        """Return the dies waiting in the queue."""
         return self._queued
 
     def submit(self, dataset: MapBatch, fn: Callable[[WaferDataset], list] | None = None,
                deadline: float | None = None) -> Future:
+        """Queue ``dataset`` for the worker; return a future of its results."""
         # After close() no thread reads the queue: a job put there would wait forever, so refuse it.
         if self._closed:
             raise ServiceStopped("the service is shutting down")
@@ -128,6 +131,7 @@ class Batcher:
         return job.future
 
     def close(self) -> None:
+        """Stop the worker after the batch in flight."""
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout=10)

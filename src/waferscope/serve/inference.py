@@ -83,23 +83,28 @@ class Inference:
         self.mode = detector.trained_input_kind()
 
     def close(self) -> None:
+        """Stop the worker threads after the batches in flight."""
         self.clf_worker.close()  # finish the batch in flight, then stop the threads
         self.det_worker.close()
         if self.search_worker is not None:
             self.search_worker.close()
 
     def after_job(self, dies: int) -> None:
+        """Request a memory trim after a large job."""
         if dies >= self.big_dies:
             self.trimmer.request()
 
     def on_big_answer(self) -> None:
+        """Request a memory trim after a large answer."""
         self.trimmer.request()
 
     # ---- what the workers run, one batch at a time ------------------------------------------------
     def classify_batch(self, ds: WaferDataset) -> list:
+        """Return the class probabilities of every map."""
         return list(np.asarray(self.classifier.predict_proba(ds), dtype=np.float64))
 
     def classify_with_heat(self, ds: WaferDataset) -> list:
+        """Return the class probabilities and Grad-CAM heat of every map."""
         from waferscope.explain import explain
 
         proba = self.classify_batch(ds)  # the same probabilities as without ?heatmap (and as the CLI)
@@ -112,12 +117,14 @@ class Inference:
         return list(zip(proba, heat))
 
     def classify_open(self, ds: WaferDataset) -> list:
+        """Return the class probabilities, open-set score and class (or ``unknown``) of every map."""
         # the scorer reads the model's own probabilities (what it was calibrated on) and the maps
         proba = np.asarray(self.classifier.predict_proba(ds), dtype=np.float64)
         score, names = self.open_set.abstain(ds, proba)
         return list(zip(proba, score, names))
 
     def score_batch(self, ds: WaferDataset) -> list:
+        """Return the anomaly score and map of every map."""
         res = self.detector.score(ds)
         return list(zip(np.asarray(res.scores, dtype=np.float64), res.maps))
 
@@ -134,15 +141,18 @@ class Inference:
                                "has no Grad-CAM heat map; serve a cnn classifier for ?heatmap=1")
 
     def check_score(self) -> None:
+        """Raise a RequestError when the detector cannot score wafer maps."""
         if self.mode == "image":
             raise RequestError("this detector was trained on images; the service sends it wafer maps")
 
     def check_search(self) -> None:
+        """Raise a RequestError when the service has no similar-wafer index."""
         if self.search_index is None:  # before reading the body: no point receiving maps nobody can look up
             raise RequestError("this service has no similarity index: start it with `waferscope serve --index DIR` "
                                "(an index from `waferscope index build`)", 409)
 
     def check_echo(self, ds: MapBatch, want_heat: bool, want_maps: bool) -> None:
+        """Raise a RequestError when echoing the maps or heat maps would go over the limits."""
         limits = self.limits
         if want_heat and len(ds) > limits.max_heatmap_maps:
             raise RequestError(f"too many maps for ?heatmap=1: {len(ds)}, the limit is {limits.max_heatmap_maps} "
@@ -169,12 +179,14 @@ class Inference:
     # ---- the answers' rows ------------------------------------------------------------------------
     @staticmethod
     def base_row(ds: MapBatch, i: int) -> dict:
+        """Return the start of an answer row: the map's id and lot."""
         row: dict[str, Any] = {"id": ds.ids[i]}
         if ds.lots[i] is not None:
             row["lot"] = ds.lots[i]
         return row
 
     def index_info(self) -> dict | None:
+        """Return what /health says about the index (None without one)."""
         if self.search_index is None:
             return None
         return {"embedding": self.search_index.embedding_.name, "wafers": len(self.search_index),

@@ -80,6 +80,7 @@ class Session:
         return t
 
     def summary(self) -> pd.DataFrame:
+        """Return the lot summary of the predictions so far (recomputed at most every 5× its own cost)."""
         from waferscope import lots
 
         key = (self.classified, self.scored)
@@ -98,6 +99,7 @@ class Session:
         return self._summary
 
     def progress(self) -> dict:
+        """Return how far the predictions are."""
         n = len(self.dataset)
         return {"wafers": n, "classified": int(self.classified), "scored": int(self.scored),
                 "done": self.classified >= n and self.scored >= n, "error": self.error}
@@ -112,6 +114,7 @@ class Store:
         self.lock = threading.Lock()
 
     def add(self, session: Session) -> None:
+        """Add a session, dropping (and stopping) the oldest over ``size``."""
         with self.lock:
             self.sessions[session.id] = session
             while len(self.sessions) > self.size:
@@ -119,6 +122,7 @@ class Store:
                 old.stopped = True
 
     def get(self, sid: str) -> Session:
+        """Return session ``sid``; a RequestError when there is none (unknown, or dropped as the oldest)."""
         from waferscope.serve.app import RequestError
 
         with self.lock:

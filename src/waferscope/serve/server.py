@@ -26,6 +26,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 @dataclass(frozen=True)
 class ConnectionLimits:
+    """Limits on connections the HTTP server enforces (timeouts, sizes, counts)."""
+
     read_timeout: float = 10.0  # s from a request's first byte (or the connection's start) to its end
     keep_alive: float = 5.0  # s an idle keep-alive connection stays open
     max_header_bytes: int = 16 * 1024  # request line + headers
@@ -103,6 +105,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
 
 def uvicorn_config(app, host: str, port: int, limits: ConnectionLimits | None = None, *, access_log: bool = False,
                    log_level: str = "warning"):
+    """Return the uvicorn config that serves ``app`` with ``limits``."""
     import uvicorn
 
     limits = limits or ConnectionLimits()

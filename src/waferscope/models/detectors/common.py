@@ -244,6 +244,7 @@ def canvas_maps_to_input(maps: torch.Tensor, canvas: ImageCanvas, dataset) -> li
 
 
 def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
+    """Yield consecutive slices of ``batch_size`` of ``range(n)``."""
     for start in range(0, n, batch_size):
         yield slice(start, min(n, start + batch_size))
 
@@ -471,6 +472,7 @@ class TorchDetector(Detector):
         return scores, maps
 
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and map of every sample (see :meth:`score_input`)."""
         size = int(self.input_size)
         inputs = dataset_to_input(dataset, size)
         scores, maps = self.score_input(inputs, wafer_valid_masks(dataset, size))

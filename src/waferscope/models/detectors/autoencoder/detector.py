@@ -124,6 +124,7 @@ class AutoencoderDetector(TorchDetector):
         return F.mse_loss(torch.sigmoid(out), x)
 
     def fit(self, dataset, **kwargs) -> "AutoencoderDetector":
+        """Fit the autoencoder to reconstruct the normal samples of ``dataset``; return ``self``."""
         normals = training_normals(dataset)
         mode = "image" if dataset.kind == "image" else "wafer"
         inputs = dataset_to_input(normals, int(self.input_size))

@@ -12,10 +12,12 @@ import torch.nn.functional as F
 
 
 def st_map(teacher: torch.Tensor, student_st: torch.Tensor) -> torch.Tensor:
+    """Return the student–teacher map: the squared difference averaged over channels."""
     return (teacher - student_st).pow(2).mean(1)
 
 
 def ae_map(autoencoder: torch.Tensor, student_ae: torch.Tensor) -> torch.Tensor:
+    """Return the autoencoder–student map: the squared difference averaged over channels."""
     return (autoencoder - student_ae).pow(2).mean(1)
 
 
@@ -33,4 +35,5 @@ def map_quantiles(maps: torch.Tensor, q_a: float = 0.9, q_b: float = 0.995) -> t
 
 
 def to_input_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Return (N, h, w) maps resized bilinearly to ``size``."""
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]

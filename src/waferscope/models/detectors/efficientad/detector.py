@@ -148,6 +148,7 @@ class EfficientADDetector(FastInferenceMixin, TorchDetector):
         return EfficientADModel(teacher, student, AutoEncoder(size, grid, channels), channels)
 
     def fit(self, dataset, **kwargs) -> "EfficientADDetector":
+        """Fit the student and the autoencoder on the normal samples of ``dataset``; return ``self``."""
         normals = training_normals(dataset)
         rng = seed_everything(self.seed)
         arch = backbone_kwargs(self.backbone, self.pretrained)

@@ -45,6 +45,7 @@ class PatchCoreModel(torch.nn.Module):
         self.embed = PatchEmbedding(layer_channels, embedding_dim, patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the patch embeddings of a batch."""
         feats = self.extractor(x)
         return self.embed(list(feats.values()))
 
@@ -178,6 +179,7 @@ class PatchCoreDetector(TorchDetector):
             yield sl, part, dataset_to_input(part, size)
 
     def fit(self, dataset, **kwargs) -> "PatchCoreDetector":
+        """Build the memory bank from the normal samples of ``dataset``; return ``self``."""
         self._check_params()
         normals = training_normals(dataset)
         t0 = time.perf_counter()

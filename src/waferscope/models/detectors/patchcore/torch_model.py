@@ -52,6 +52,7 @@ class PatchEmbedding(nn.Module):
                              persistent=False)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Return the locally averaged, channel-pooled patch features of the layers' maps."""
         grid = features[0].shape[-2:]
         pad = self.patch_size // 2
         parts = []

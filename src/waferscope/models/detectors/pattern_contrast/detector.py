@@ -100,6 +100,7 @@ class PatternContrastDetector(Detector):
         return extract_features(maps, n_jobs=self.n_jobs, progress=bool(self.progress), feature_set=FEATURE_SET)
 
     def fit(self, dataset, **kwargs) -> "PatternContrastDetector":
+        """Fit the trees on the normal maps against simulated defects; return ``self``."""
         from waferscope.data.synthetic import generate
 
         require_wafer_maps(dataset, "pattern_contrast")
@@ -127,6 +128,7 @@ class PatternContrastDetector(Detector):
         return [*chosen, NORMAL]
 
     def score(self, dataset) -> DetectionResult:
+        """Return the defect probability and excess-fail map of every map."""
         self._check_fitted()
         require_wafer_maps(dataset, "pattern_contrast")
         if len(dataset) == 0:

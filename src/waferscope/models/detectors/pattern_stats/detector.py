@@ -83,6 +83,7 @@ class PatternStatsDetector(Detector):
         return feats
 
     def fit(self, dataset, **kwargs) -> "PatternStatsDetector":
+        """Fit the statistics' Gaussian on the normal maps of ``dataset``; return ``self``."""
         from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
         require_wafer_maps(dataset, "pattern_stats")
@@ -117,6 +118,7 @@ class PatternStatsDetector(Detector):
         return excess_fail_map(wafer, self.ring_baseline_, local_rate)
 
     def score(self, dataset) -> DetectionResult:
+        """Return the Mahalanobis distance and excess-fail map of every map."""
         self._check_fitted()
         require_wafer_maps(dataset, "pattern_stats")
         maps: list[np.ndarray] = []

@@ -130,6 +130,7 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
         return ReverseDistillationModel(encoder, channels, self.style, int(self.n_blocks), self.feature_norm)
 
     def fit(self, dataset, **kwargs) -> "ReverseDistillationDetector":
+        """Fit the bottleneck and decoder on the normal samples of ``dataset``; return ``self``."""
         normals = training_normals(dataset)
         seed_everything(self.seed)
         arch = backbone_kwargs(self.backbone, self.pretrained)

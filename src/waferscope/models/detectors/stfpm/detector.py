@@ -101,10 +101,12 @@ class FastInferenceMixin:
 
 
 def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Return detached copies of a module's state tensors."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``tensors`` into ``model``; a RunDirError naming ``where`` when they do not fit."""
     from waferscope.errors import RunDirError
 
     try:
@@ -207,6 +209,7 @@ class STFPMDetector(FastInferenceMixin, TorchDetector):
                           feature_pyramid(student, self.layers, frozen=False), self.fusion)
 
     def fit(self, dataset, **kwargs) -> "STFPMDetector":
+        """Fit the student on the normal samples of ``dataset``; return ``self``."""
         normals = training_normals(dataset)
         seed_everything(self.seed)
         arch = backbone_kwargs(self.backbone, self.pretrained)

@@ -151,6 +151,7 @@ class TextureContrastDetector(Detector):
 
     # ---- fit ----------------------------------------------------------------------------------
     def fit(self, dataset, **kwargs) -> "TextureContrastDetector":
+        """Fit the trees on normal image positions against synthetic anomalies; return ``self``."""
         self._check()
         normals = training_normals(dataset)
         rng = seed_everything(int(self.seed))
@@ -212,6 +213,7 @@ class TextureContrastDetector(Detector):
 
     # ---- score --------------------------------------------------------------------------------
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and map of every image."""
         self._check_fitted()
         size = int(self.input_size)
         canvas = image_canvas(dataset, size, "image")

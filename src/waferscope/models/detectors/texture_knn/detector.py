@@ -131,6 +131,7 @@ class TextureKNNDetector(Detector):
         return image_canvas(dataset, int(self.input_size), self.normalise, stats, int(self.border))
 
     def fit(self, dataset, **kwargs) -> "TextureKNNDetector":
+        """Build the memory of normal patch features; return ``self``."""
         self._check()
         normals = training_normals(dataset)
         rng = seed_everything(int(self.seed))
@@ -172,6 +173,7 @@ class TextureKNNDetector(Detector):
         return out
 
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and map of every image."""
         self._check_fitted()
         canvas = self._canvas(dataset)
         maps = self._maps(canvas)

@@ -127,6 +127,7 @@ class TexturePaDiMDetector(Detector):
         return canvas, (torch.cat(out) if out else None)
 
     def fit(self, dataset, **kwargs) -> "TexturePaDiMDetector":
+        """Fit the per-cell Gaussians on the normal images; return ``self``."""
         self._check()
         normals = training_normals(dataset)
         if len(normals) < 2:
@@ -167,6 +168,7 @@ class TexturePaDiMDetector(Detector):
         return (feats - self.channel_mean_[None, :, None, None]) / self.channel_scale_[None, :, None, None]
 
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and map of every image."""
         self._check_fitted()
         if len(dataset) == 0:
             return DetectionResult(scores=np.zeros(0), maps=[])
