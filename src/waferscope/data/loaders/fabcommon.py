@@ -346,12 +346,7 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, q
     if bin_type.lower() not in BIN_TYPES:
         raise DataError(f"{where}: unknown BinType {bin_type!r} (expected Ascii, Decimal, HexaDecimal or "
                         "Integer2)", path)
-    null = None
-    if null_bin is not None:
-        try:
-            null = decode_code(null_bin.strip() if bin_type.lower() != "ascii" else null_bin, bin_type)
-        except ValueError as exc:
-            raise DataError(f"{where}: NullBin {null_bin!r}: {exc}", path) from None
+    null = _null_code(null_bin, bin_type, where, path)
     if mapping is not None and bin_type.lower() == "ascii":
         raise DataError(f"{where}: pass bins are numbers, but this map's BinType is ASCII; leave the "
                         "pass-bin option unset to use the file's own BinQuality", path)
@@ -372,25 +367,41 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, q
         if len(tokens) != width:
             raise DataError(f"{where}/{row_tag}[{r}]: {len(tokens)} dies, expected {width}"
                             + (" (the header's column count)" if exp_cols is not None else " (as row 1)"), path)
-        out = grid[r - 1]
-        for c, token in enumerate(tokens, 1):
-            try:
-                code = decode_code(token, bin_type)
-            except ValueError:
-                raise DataError(f"{where}/{row_tag}[{r}], column {c}: bin code {token!r} is not a "
-                                f"{BIN_TYPES[bin_type.lower()]} code", path) from None
-            if code == null:
-                out[c - 1] = 0
-            elif mapping is not None:
-                out[c - 1] = map_bin(mapping, code, path, f"{where}/{row_tag}[{r}], column {c}")
-            else:
-                quality = str(qualities.get(code, "fail")).lower()
-                out[c - 1] = PASS if quality == "pass" else FAIL if quality == "fail" else 0
-            if codes is not None and out[c - 1]:
-                codes[r - 1, c - 1] = code_number(code)
+        _decode_row(tokens, grid[r - 1], None if codes is None else codes[r - 1], bin_type, null, qualities,
+                    mapping, path, f"{where}/{row_tag}[{r}]")
     if codes_out is not None:
         codes_out.append(codes)
     return grid
+
+
+def _null_code(null_bin: str | None, bin_type: str, where: str, path: Path):
+    """Return the decoded NullBin code, or None when the file names no null bin."""
+    if null_bin is None:
+        return None
+    try:
+        return decode_code(null_bin.strip() if bin_type.lower() != "ascii" else null_bin, bin_type)
+    except ValueError as exc:
+        raise DataError(f"{where}: NullBin {null_bin!r}: {exc}", path) from None
+
+
+def _decode_row(tokens: list, out: np.ndarray, codes: np.ndarray | None, bin_type: str, null, qualities: dict,
+                mapping: BinMapping | None, path: Path, row_where: str) -> None:
+    """Write one row's die states into ``out`` (and its bin codes into ``codes``); see :func:`bin_rows_to_grid`."""
+    for c, token in enumerate(tokens, 1):
+        try:
+            code = decode_code(token, bin_type)
+        except ValueError:
+            raise DataError(f"{row_where}, column {c}: bin code {token!r} is not a "
+                            f"{BIN_TYPES[bin_type.lower()]} code", path) from None
+        if code == null:
+            out[c - 1] = 0
+        elif mapping is not None:
+            out[c - 1] = map_bin(mapping, code, path, f"{row_where}, column {c}")
+        else:
+            quality = str(qualities.get(code, "fail")).lower()
+            out[c - 1] = PASS if quality == "pass" else FAIL if quality == "fail" else 0
+        if codes is not None and out[c - 1]:
+            codes[c - 1] = code_number(code)
 
 
 def code_number(code) -> int:
