@@ -188,19 +188,24 @@ class StdfStream:
                     pos = end
             more = read(chunk)
             if not more:
-                rest = n - pos
                 self.bytes_read = base + pos
-                if rest == 0 or not buf[pos:].strip(b"\x00"):  # some writers pad the file's end with NULs
-                    return
-                if rest < 4:
-                    raise DataError(f"{self.label(base + pos, None, None)}: truncated record header ({rest} of "
-                                    "4 bytes at the end of the file)", self.path)
-                length = buf[pos] | buf[pos + 1] << 8 if little else buf[pos] << 8 | buf[pos + 1]
-                raise DataError(f"{self.label(base + pos, buf[pos + 2], buf[pos + 3])}: truncated: REC_LEN says "
-                                f"{length:,} bytes, {rest - 4:,} remain in the file", self.path)
+                self._check_end(buf, pos, base, little)
+                return
             base += pos
             buf = buf[pos:] + more
             pos = 0
+
+    def _check_end(self, buf: bytes, pos: int, base: int, little: bool) -> None:
+        """At the end of the file: accept what is left after ``pos`` (nothing, or NUL padding), or name the cut record."""
+        rest = len(buf) - pos
+        if rest == 0 or not buf[pos:].strip(b"\x00"):  # some writers pad the file's end with NULs
+            return
+        if rest < 4:
+            raise DataError(f"{self.label(base + pos, None, None)}: truncated record header ({rest} of "
+                            "4 bytes at the end of the file)", self.path)
+        length = buf[pos] | buf[pos + 1] << 8 if little else buf[pos] << 8 | buf[pos + 1]
+        raise DataError(f"{self.label(base + pos, buf[pos + 2], buf[pos + 3])}: truncated: REC_LEN says "
+                        f"{length:,} bytes, {rest - 4:,} remain in the file", self.path)
 
 
 class Fields:
