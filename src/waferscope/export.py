@@ -82,7 +82,6 @@ def input_size(est) -> int:
 
 
 def _module(est):
-    import torch
     from torch import nn
 
     # What cannot export is said first (a tree or SVM model has no input size either, which would
@@ -93,34 +92,48 @@ def _module(est):
     if est.registry_kind == "classifier" and not isinstance(custom or getattr(est, "network_", None), nn.Module):
         raise ExportError(f"{est.registry_name}: only torch classifiers (with a network_) export to ONNX")
     size = input_size(est)
-
     if est.registry_kind == "classifier":
-        encoding = getattr(est, "encoding", "onehot3")
-        net = custom or getattr(est, "network_", None)
-        # The plain network_, not a model's own fast inference copy (whose input may differ, e.g. the
-        # KD student's die-state stem): onnxruntime folds Conv-BN and fuses the one-hot itself.
-        views = 8 if getattr(est, "tta", False) else 1  # test-time augmentation: the 8 rotations/flips
+        return _classifier_graph(est, custom), ["probabilities"], size
+    return _detector_graph(est, custom, size), ["scores", "anomaly_maps"], size
 
-        class ClassifierGraph(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = net
 
-            def one_view(self, x):
-                out = self.net(x)
-                return out if custom is not None else torch.softmax(out.float(), dim=1)
+def _classifier_graph(est, custom):
+    """Return the module an exported classifier runs: one-hot input → probabilities (averaged over views with tta)."""
+    import torch
+    from torch import nn
 
-            def forward(self, maps):
-                x = _onehot(maps, encoding)  # (N, C, S, S): the views below turn the last two axes
-                if views == 1:
-                    return self.one_view(x)
-                total = 0
-                for k in range(8):  # as preprocess.dihedral: rot90 k % 4 times, then flip if k ≥ 4
-                    view = _rot90(x, k % 4)
-                    total = total + self.one_view(torch.flip(view, dims=(-1,)) if k >= 4 else view)
-                return total / 8.0
+    encoding = getattr(est, "encoding", "onehot3")
+    net = custom or getattr(est, "network_", None)
+    # The plain network_, not a model's own fast inference copy (whose input may differ, e.g. the
+    # KD student's die-state stem): onnxruntime folds Conv-BN and fuses the one-hot itself.
+    views = 8 if getattr(est, "tta", False) else 1  # test-time augmentation: the 8 rotations/flips
 
-        return ClassifierGraph().eval(), ["probabilities"], size
+    class ClassifierGraph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def one_view(self, x):
+            out = self.net(x)
+            return out if custom is not None else torch.softmax(out.float(), dim=1)
+
+        def forward(self, maps):
+            x = _onehot(maps, encoding)  # (N, C, S, S): the views below turn the last two axes
+            if views == 1:
+                return self.one_view(x)
+            total = 0
+            for k in range(8):  # as preprocess.dihedral: rot90 k % 4 times, then flip if k ≥ 4
+                view = _rot90(x, k % 4)
+                total = total + self.one_view(torch.flip(view, dims=(-1,)) if k >= 4 else view)
+            return total / 8.0
+
+    return ClassifierGraph().eval()
+
+
+def _detector_graph(est, custom, size: int):
+    """Return the module an exported detector runs: die states → (scores, post-processed anomaly maps)."""
+    import torch
+    from torch import nn
 
     if getattr(est, "jit", False):
         # Trace the eager network, not the detector's own TorchScript copy (which cannot be traced
@@ -158,7 +171,7 @@ def _module(est):
                 scores = est._image_scores_t(amap, valid)
             return scores.float(), amap
 
-    return DetectorGraph().eval(), ["scores", "anomaly_maps"], size
+    return DetectorGraph().eval()
 
 
 def metadata(est) -> dict:
