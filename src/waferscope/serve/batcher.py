@@ -162,6 +162,18 @@ class Batcher:
 
     def _step(self, active: deque) -> bool:
         """One model call; True once the worker is told to stop."""
+        if self._take(active):
+            return True
+        self._drop_expired(active)
+        if not active:
+            return False
+        parts = self._pick(active)
+        self._run(parts)
+        self._rotate(active, parts)
+        return False
+
+    def _take(self, active: deque) -> bool:
+        """Move the queued jobs to ``active`` (waiting for one when none is active); True on the stop signal."""
         if not active:
             item = self._queue.get()
         else:
@@ -179,6 +191,10 @@ class Batcher:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 item = None
+        return False
+
+    def _drop_expired(self, active: deque) -> None:
+        """Fail the jobs past their deadline and remove every dead job from ``active``."""
         now = time.monotonic()
         for job in list(active):
             if not job.dead() and now > job.deadline:
@@ -186,10 +202,9 @@ class Batcher:
             if job.dead():
                 active.remove(job)
                 self._release(job)
-        if not active:
-            return False
-        parts = self._pick(active)
-        self._run(parts)
+
+    def _rotate(self, active: deque, parts: list) -> None:
+        """After a call: answer the finished jobs and put the ones served behind the ones that waited."""
         served = {id(j) for j, _, _ in parts}
         finished = []
         for job, _, _ in parts:
@@ -209,7 +224,6 @@ class Batcher:
             self._release(job)
             if self.after_job is not None:
                 self.after_job(job.dies)
-        return False
 
     def _pick(self, active: deque) -> list[tuple[_Job, int, int]]:
         """(job, start, stop) chunks for the next model call."""
