@@ -159,7 +159,7 @@ def _speed(config: BenchmarkConfig, est, test: WaferDataset, task: str) -> dict:
 def _classification_examples(config: BenchmarkConfig, est, test: WaferDataset) -> list[dict]:
     """Return the first test map of each class with the prediction.
 
-    And a Grad-CAM map when the model is a torch network and :mod:`waferscope.explain` is
+    Each with a Grad-CAM map when the model is a torch network and :mod:`waferscope.explain` is
     installed (else no overlay).
     """
     picks = [int(np.flatnonzero(test.labels == c)[0]) for c in sorted(set(test.labels.astype(str)))]

@@ -155,7 +155,7 @@ def denoising_table(dataset: WaferDataset, explanation: Explanation, threshold: 
                     classes: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Die-level precision/recall/F1/IoU against the masks for Grad-CAM, median and component filters.
 
-    And for the raw map (no denoising), per wafer.
+    Also for the raw map (no denoising); one row per wafer.
     """
     _need_masks(dataset, "denoising evaluation")
     methods = {

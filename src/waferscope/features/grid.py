@@ -130,7 +130,7 @@ def _circular_run(hot: np.ndarray) -> np.ndarray:
 def _clusters(mask: np.ndarray, layout: dict) -> dict:
     """Label the 8-connected clusters of every map of an (N, S, S) boolean stack in one call.
 
-    And return per-cluster statistics with the map each cluster belongs to, ordered by (map, size
+    Returns per-cluster statistics with the map each cluster belongs to, ordered by (map, size
     descending, raster position) — so the first cluster of each map is its largest.
     """
     from scipy import ndimage

@@ -67,7 +67,7 @@ _KERNEL = np.ones((3, 3), dtype=np.int16)
 def _geometry(h: int, w: int):
     """Per cell of an h×w grid: normalised offsets dy, dx, radius, angle, ring.
 
-    And the annulus-sector index annulus × N_SECTORS + sector (cached per shape).
+    Also the annulus-sector index annulus × N_SECTORS + sector. Cached per shape.
     """
     yy, xx = np.mgrid[:h, :w]
     dy, dx = (yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2)

@@ -130,7 +130,7 @@ def read_member(z: zipfile.ZipFile, key: str, header: tuple[tuple, np.dtype], pa
                 limits: LoadLimits) -> np.ndarray:
     """Return one member's array, inflating at most its header's stated size (+ the header itself).
 
-    And never more than ``max_decompressed_bytes``; numpy allocates the stated shape, which the
+    Never more than ``max_decompressed_bytes`` either; numpy allocates the stated shape, which the
     caller bounded.
     """
     from waferscope.data.compressed import _Bounded

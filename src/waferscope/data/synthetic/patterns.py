@@ -201,7 +201,7 @@ def donut(g: Geometry, d: Draws) -> np.ndarray:
 def _angular(g: Geometry, d: Draws, cos_half_lo: float, cos_half_hi: float):
     """0 outside a random arc seen from the centre, rising to 1 in its middle.
 
-    And the arc's middle direction as a wafer point (u, v) on the unit circle.
+    Also returns the arc's middle direction as a wafer point (u, v) on the unit circle.
     """
     a, b = d.direction()
     cos_dir = g.cos_t * a + g.sin_t * b
