@@ -28,6 +28,8 @@ Checks, per model (one fitted model per name, shared across checks by a module-s
   ONNX (below) exports with parity where declared;
 - ONNX export: where supported, the exported graph reproduces the model within export.py's own
   tolerance; where not, ``export_onnx`` raises a clear ExportError.
+- docstrings: the class's own docstring has numpy ``Parameters`` and ``Attributes`` sections naming
+  every constructor parameter (and no other) and every learned attribute the tiny fit sets.
 """
 
 from __future__ import annotations
@@ -554,3 +556,50 @@ def test_detector_threshold_rules(name, kind, fitted, data, tmp_path):
     assert twin.threshold_ == threshold_best_f1(y, np.asarray(twin.score(mixed.subset(idx)).scores))
     with pytest.raises(ConfigError, match="rule"):
         twin.calibrate(mixed, rule="median")
+
+
+# ---- docstrings (issue 30 item 7): what help(Model) shows names every parameter and learned attribute
+def _doc_section(cls, title: str) -> set[str] | None:
+    """The entry names of numpy-style section ``title`` of the class's own docstring (None: no such section).
+
+    An entry is a line at the section's indentation (``name`` or ``a, b, c``, optionally ``: type``);
+    its description is indented below it.
+    """
+    import inspect
+
+    doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+    lines = doc.splitlines()
+    starts = [i for i in range(len(lines) - 1)
+              if lines[i].strip() and set(lines[i + 1].strip()) == {"-"} and not lines[i].startswith(" ")]
+    for k, i in enumerate(starts):
+        if lines[i].strip() != title:
+            continue
+        end = starts[k + 1] if k + 1 < len(starts) else len(lines)
+        names = set()
+        for line in lines[i + 2:end]:
+            if line.strip() and not line.startswith((" ", "\t")):
+                names.update(n.strip() for n in line.split(":")[0].split(",") if n.strip())
+        return names
+    return None
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_docstring_lists_every_parameter(name, kind):
+    cls = registry.get(name, kind)
+    listed = _doc_section(cls, "Parameters")
+    assert listed is not None, f"{cls.__qualname__}'s docstring has no 'Parameters' section (numpy style)"
+    params = set(cls._param_names())
+    assert not params - listed, f"{cls.__qualname__}'s docstring misses parameters {sorted(params - listed)}"
+    assert not listed - params, f"{cls.__qualname__}'s docstring lists parameters it does not take: {sorted(listed - params)}"
+
+
+@pytest.mark.parametrize("name,kind", MODELS, ids=IDS)
+def test_docstring_lists_every_learned_attribute(name, kind, fitted):
+    _, est, _, added = fitted(name, kind)
+    cls = type(est)
+    listed = _doc_section(cls, "Attributes")
+    assert listed is not None, f"{cls.__qualname__}'s docstring has no 'Attributes' section (numpy style)"
+    learned = {a for a in added if not a.startswith("_") and a.endswith("_")}
+    assert not learned - listed, f"{cls.__qualname__}'s docstring misses learned attributes {sorted(learned - listed)}"
+    not_learned = sorted(a for a in listed if not a.endswith("_"))
+    assert not not_learned, f"{cls.__qualname__}'s Attributes names non-learned attributes (no trailing _): {not_learned}"

@@ -45,8 +45,11 @@ WEIGHTS = "weights.safetensors"
 
 # ---- parameter constraints ----------------------------------------------------------------------
 class Interval:
-    """A number of type ``kind`` (int or float; bools are refused) within ``[low, high]`` (None =
-    unbounded; ``closed`` says which ends are included), optionally a multiple of ``multiple_of``."""
+    """A number of type ``kind`` (int or float; bools are refused) within ``[low, high]``.
+
+    None = unbounded; ``closed`` says which ends are included, optionally a multiple of
+    ``multiple_of``.
+    """
 
     def __init__(self, kind: type, low: float | None = None, high: float | None = None, closed: str = "both",
                  multiple_of: int | None = None):
@@ -54,6 +57,7 @@ class Interval:
         self.kind, self.low, self.high, self.closed, self.multiple_of = kind, low, high, closed, multiple_of
 
     def accepts(self, value: Any) -> bool:
+        """Return whether ``value`` is a number of this kind within the bounds."""
         if isinstance(value, (bool, np.bool_)):
             return False
         if not isinstance(value, numbers.Integral if self.kind is int else numbers.Real):
@@ -65,6 +69,7 @@ class Interval:
         return lo_ok and hi_ok and (self.multiple_of is None or value % self.multiple_of == 0)
 
     def __str__(self) -> str:
+        """Describe the allowed values in words, for error messages."""
         what = "an int" if self.kind is int else "a number"
         if self.low is None and self.high is None:
             bounds = ""
@@ -86,9 +91,11 @@ class Options:
         self.values = values
 
     def accepts(self, value: Any) -> bool:
+        """Return whether ``value`` is one of the allowed values (same type and equal)."""
         return any(type(value) is type(v) and value == v for v in self.values)
 
     def __str__(self) -> str:
+        """Describe the allowed values in words, for error messages."""
         return "one of " + ", ".join(repr(v) for v in self.values)
 
 
@@ -116,8 +123,10 @@ _SEQUENCE = _Type("a list or tuple", list, tuple)
 
 
 def _annotation_constraints(annotation: Any) -> list | None:
-    """The constraints an annotation string (``from __future__ import annotations``) implies, or None
-    when it says nothing this module understands."""
+    """Return the constraints an annotation string (``from __future__ import annotations``) implies.
+
+    Or None when it says nothing this module understands.
+    """
     if not isinstance(annotation, str):
         return None
     out: list = []
@@ -142,9 +151,12 @@ def _allowed(value: Any, constraints: list) -> bool:
 # ---- declared capabilities ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tags:
-    """What a model class accepts and offers (after scikit-learn's estimator tags). Callers ask
-    ``est.get_tags()`` instead of probing attributes; tests/test_conformance.py checks every claim
-    against behaviour. A class declares only what differs from its bases, in ``_tags``."""
+    """What a model class accepts and offers (after scikit-learn's estimator tags).
+
+    Callers ask ``est.get_tags()`` instead of probing attributes; tests/test_conformance.py checks
+    every claim against behaviour. A class declares only what differs from its bases, in
+    ``_tags``.
+    """
 
     input_kinds: tuple[str, ...] = ("wafer",)  # "wafer": die-state maps (0/1/2); "image": RGB/grey images
     needs_labels: bool = False  # fit needs class labels (classifiers); detectors fit on normal samples
@@ -155,6 +167,11 @@ class Tags:
 
 
 class Estimator:
+    """Base of every model: the configuration in the constructor, learned state in ``_``-suffixed attributes.
+
+    See the module docstring for the contract (``get_params`` / ``clone`` / ``save`` / :func:`load_run`).
+    """
+
     registry_name: str = ""
     registry_kind: str = ""
     _tags: dict[str, Any] = {}
@@ -177,6 +194,7 @@ class Estimator:
     _after_fit_options: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap a subclass's ``__init__`` and ``fit`` in the contract (parameter checks, the after-fit step)."""
         # Every fit() validates the parameters first, as scikit-learn's _fit_context does, so that
         # no model needs to remember to (a bad value deep in training would be a traceback), and
         # runs the family's _after_fit (a detector learns its threshold_) when it returns. Only the
@@ -212,32 +230,38 @@ class Estimator:
             cls.fit = contract_fit  # type: ignore[method-assign]
 
     def _after_fit(self, dataset: Any, **options: Any) -> None:
-        """Called once when the outermost fit() returns (see __init_subclass__)."""
+        """Run once when the outermost fit() returns (see __init_subclass__)."""
 
     # ---- capabilities ---------------------------------------------------------------------------
     @classmethod
     def get_tags(cls) -> Tags:
-        """The class's declared capabilities: its ``_tags`` merged over its bases'."""
+        """Return the class's declared capabilities: its ``_tags`` merged over its bases'."""
         merged: dict[str, Any] = {}
         for klass in reversed(cls.__mro__):
             merged.update(vars(klass).get("_tags", {}))
         return Tags(**merged)
 
     def trained_input_kind(self) -> str | None:
-        """The kind of data ("wafer" or "image") a fitted model was trained on, for models that can
-        take both and record it (as ``mode_`` or ``input_kind_``); None when not recorded."""
+        """Return the kind of data ("wafer" or "image") a fitted model was trained on.
+
+        For models that can take both and record it (as ``mode_`` or ``input_kind_``);
+        None when not recorded.
+        """
         kind = getattr(self, "mode_", None) or getattr(self, "input_kind_", None)
         return kind if kind in ("wafer", "image") else None
 
     def export_module(self) -> Any:
-        """A torch module export_onnx should trace instead of the model's own network, or None."""
+        """Return a torch module export_onnx should trace instead of the model's own network, or None."""
         return None
 
     # ---- configuration --------------------------------------------------------------------------
     @classmethod
     def parameter_constraints(cls) -> dict[str, list | None]:
-        """Each constructor parameter → its allowed alternatives (None: not declared; the
-        conformance test requires every parameter of a registered model to be declared)."""
+        """Return each constructor parameter → its allowed alternatives.
+
+        None: not declared; the conformance test requires every parameter of a registered model to
+        be declared.
+        """
         declared: dict[str, list] = {}
         for klass in reversed(cls.__mro__):
             declared.update(vars(klass).get("_parameter_constraints", {}))
@@ -258,8 +282,11 @@ class Estimator:
 
     @classmethod
     def param_renames(cls) -> dict[str, str]:
-        """Old parameter name → today's, for the names this class still accepts (``renamed_params``
-        merged over its bases, where the new name is one of its parameters)."""
+        """Old parameter name → today's.
+
+        For the names this class still accepts (``renamed_params`` merged over its
+        bases, where the new name is one of its parameters).
+        """
         merged: dict[str, str] = {}
         for klass in reversed(cls.__mro__):
             merged.update(vars(klass).get("renamed_params", {}))
@@ -268,11 +295,14 @@ class Estimator:
 
     @classmethod
     def translate_params(cls, params: dict[str, Any], saved_run: bool = False) -> dict[str, Any]:
-        """``params`` in today's names. An old name is renamed with a FutureWarning (silently for a run
-        saved before the rename: ``saved_run``). A name that is both old and current (a detector's
-        ``batch_size`` was its scoring batch and is now its training batch) keeps its old meaning
-        when the call is in the old vocabulary — a saved run, or arguments using another old name —
-        and its new meaning otherwise, with a note unless the new partner is given too."""
+        """``params`` in today's names.
+
+        An old name is renamed with a FutureWarning (silently for a run saved before the rename:
+        ``saved_run``). A name that is both old and current (a detector's ``batch_size`` was its
+        scoring batch and is now its training batch) keeps its old meaning when the call is in the
+        old vocabulary — a saved run, or arguments using another old name — and its new meaning
+        otherwise, with a note unless the new partner is given too.
+        """
         renames = cls.param_renames()
         if not renames or not any(k in renames for k in params):
             return params
@@ -303,9 +333,11 @@ class Estimator:
                 if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
     def get_params(self) -> dict[str, Any]:
+        """Return the constructor parameters by name, as stored."""
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params: Any) -> "Estimator":
+        """Set parameters by name (old names translated), each checked against its constraints; return ``self``."""
         params = self.translate_params(params)
         constraints = self.parameter_constraints()
         for k, v in params.items():
@@ -318,14 +350,17 @@ class Estimator:
         return self
 
     def clone(self) -> "Estimator":
+        """Return an unfitted twin with the same parameters."""
         return type(self)(**self.get_params())
 
     def __repr__(self) -> str:
+        """Show the class and its parameters."""
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
     @property
     def is_fitted(self) -> bool:
+        """Return whether the model holds learned state (a public attribute ending in ``_``)."""
         return any(k.endswith("_") and not k.startswith("_") for k in vars(self))
 
     def _check_fitted(self) -> None:
@@ -350,7 +385,8 @@ class Estimator:
         """Write the run directory atomically: a temp folder renamed into place when complete.
 
         An existing non-empty ``run_dir`` is replaced only with ``overwrite=True``: a trained model is
-        often the result of hours, and a typo in a path must not erase it."""
+        often the result of hours, and a typo in a path must not erase it.
+        """
         self._check_fitted()
         if not overwrite and Path(run_dir).exists() and (not Path(run_dir).is_dir() or any(Path(run_dir).iterdir())):
             raise RunDirError("already exists and is not empty; save(..., overwrite=True) replaces it", run_dir)
@@ -384,6 +420,7 @@ class Estimator:
 
 
 def read_run_header(run_dir: str | Path) -> dict[str, Any]:
+    """Return the parsed ``model.json`` of a run directory, with a clear error when it is missing or damaged."""
     run_dir = Path(run_dir)
     path = run_dir / MODEL_JSON
     if not run_dir.is_dir():
@@ -445,8 +482,11 @@ def estimator_from_saved(doc: dict[str, Any], tensors: dict[str, Any], run_dir: 
 
 def resolve_bundled_name(bundled: dict[str, Path], which: str, kind: str,
                          aliases: dict[str, str] | None = None) -> str:
-    """The current name of a bundled model: ``which`` itself, or the model an old name (an alias)
-    stands for, with a FutureWarning (the CLI shows it as a note). An unknown name is a clear error."""
+    """Return the current name of a bundled model.
+
+    ``which`` itself, or the model an old name (an alias) stands for, with a FutureWarning (the CLI
+    shows it as a note). An unknown name is a clear error.
+    """
     import warnings
 
     aliases = aliases or {}
@@ -462,9 +502,12 @@ def resolve_bundled_name(bundled: dict[str, Path], which: str, kind: str,
 
 def load_bundled(bundled: dict[str, Path], which: str, kind: str,
                  aliases: dict[str, str] | None = None) -> Estimator:
-    """One of the models shipped with waferscope: ``bundled`` maps a name (``gbm``,
-    ``pattern_contrast``, …) to its run directory inside the package, ``aliases`` old names to new
-    ones; an unknown name or a missing model is a clear error."""
+    """One of the models shipped with waferscope.
+
+    ``bundled`` maps a name (``gbm``, ``pattern_contrast``, …) to its run directory inside the
+    package, ``aliases`` old names to new ones; an unknown name or a missing model is a clear
+    error.
+    """
     which = resolve_bundled_name(bundled, which, kind, aliases)
     if not (Path(bundled[which]) / MODEL_JSON).is_file():
         raise RunDirError(f"the bundled {kind} {which!r} is not installed (no {MODEL_JSON}); load a run "
@@ -497,23 +540,31 @@ class Classifier(Estimator):
     prior_refusal: str | None = None
 
     def fit(self, dataset, **kwargs) -> "Classifier":
+        """Fit on the labelled maps of ``dataset``; return ``self``."""
         raise NotImplementedError
 
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the (N, n_classes) class probabilities of every map, columns in ``classes_`` order."""
         raise NotImplementedError
 
     def predict(self, dataset) -> np.ndarray:
+        """Return the most probable class of every map."""
         proba = self.predict_proba(dataset)
         return np.asarray(self.classes_, dtype=object)[proba.argmax(1)]
 
     def heat_to_die_grids(self, heat: np.ndarray, dataset) -> list[np.ndarray] | None:
-        """Grad-CAM heat at the network's input resolution mapped back to each wafer's die grid, for
-        a network whose input is not the plain nearest resize; None: the plain mapping applies."""
+        """Grad-CAM heat at the network's input resolution mapped back to each wafer's die grid.
+
+        For a network whose input is not the plain nearest resize; None: the plain mapping
+        applies.
+        """
         return None
 
 
 @dataclass
 class DetectionResult:
+    """What a detector's ``score`` returns: one anomaly score and one anomaly map per sample."""
+
     scores: np.ndarray  # (N,) image-level anomaly score, higher = more anomalous
     maps: list[np.ndarray]  # per sample, an anomaly map at the input's own H×W (float32)
 
@@ -523,7 +574,7 @@ THRESHOLD_RULES = ("auto", "quantile", "best_f1", "kfold")
 
 
 def read_threshold_json(run_dir: str | Path) -> dict | None:
-    """An older run's ``threshold.json`` ({"threshold": float, "method": str, ...}), or None."""
+    """Return an older run's ``threshold.json`` ({"threshold": float, "method": str, ...}), or None."""
     path = Path(run_dir) / THRESHOLD_JSON
     if not path.is_file():
         return None
@@ -536,8 +587,9 @@ def read_threshold_json(run_dir: str | Path) -> dict | None:
 
 
 class Detector(Estimator):
-    """fit(dataset) on normal samples only; score(dataset) → DetectionResult; predict(dataset) →
-    decisions (True = anomalous: score >= ``threshold_``).
+    """fit(dataset) on normal samples only; score(dataset) → DetectionResult.
+
+    predict(dataset) → decisions (True = anomalous: score >= ``threshold_``).
 
     The decision threshold is learned state of the model (after pyod's ``threshold_`` and
     anomalib's post-processor): ``fit`` ends by :meth:`calibrate` with the default rule, unless
@@ -553,9 +605,11 @@ class Detector(Estimator):
     renamed_params = {"verbose": "progress", "batch_size": "predict_batch_size", "train_batch_size": "batch_size"}
 
     def fit(self, dataset, **kwargs) -> "Detector":
+        """Fit on the normal samples of ``dataset``; return ``self``."""
         raise NotImplementedError
 
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and anomaly map of every sample."""
         raise NotImplementedError
 
     # ---- the decision ---------------------------------------------------------------------------
@@ -567,7 +621,9 @@ class Detector(Estimator):
 
     def calibrate(self, dataset, rule: str = "auto", q: float = 0.99, folds: int = 5,
                   seed: int = 0) -> "Detector":
-        """Learn ``threshold_`` (score >= threshold_ → anomalous) from ``dataset`` by ``rule``:
+        """Learn ``threshold_`` (score >= threshold_ → anomalous) from ``dataset`` by ``rule``.
+
+        ``rule`` is one of:
 
         - ``"quantile"``: the ``q``-quantile of the normal samples' scores (expected false-positive
           rate about 1 - q; optimistic on the training normals, which a detector scores low);

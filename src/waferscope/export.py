@@ -1,5 +1,4 @@
-"""Deployment: export a trained classifier or detector to ONNX (optionally INT8) and run it with
-onnxruntime.
+"""Deployment: export a trained classifier or detector to ONNX (optionally INT8) and run it with onnxruntime.
 
 The exported graph starts after the resize: its input ``maps`` is an (N, S, S) ``uint8`` batch of
 die states (0 no die, 1 pass, 2 fail) at the model's input size S, so a deployment only needs the
@@ -75,6 +74,7 @@ def _rot90(x, k: int):
 
 
 def input_size(est) -> int:
+    """Return the estimator's integer ``input_size``; an ExportError when it has none."""
     size = est.get_params().get("input_size")
     if not isinstance(size, int):
         raise ExportError(f"{type(est).__name__} has no integer input_size")
@@ -82,7 +82,6 @@ def input_size(est) -> int:
 
 
 def _module(est):
-    import torch
     from torch import nn
 
     # What cannot export is said first (a tree or SVM model has no input size either, which would
@@ -93,34 +92,48 @@ def _module(est):
     if est.registry_kind == "classifier" and not isinstance(custom or getattr(est, "network_", None), nn.Module):
         raise ExportError(f"{est.registry_name}: only torch classifiers (with a network_) export to ONNX")
     size = input_size(est)
-
     if est.registry_kind == "classifier":
-        encoding = getattr(est, "encoding", "onehot3")
-        net = custom or getattr(est, "network_", None)
-        # The plain network_, not a model's own fast inference copy (whose input may differ, e.g. the
-        # KD student's die-state stem): onnxruntime folds Conv-BN and fuses the one-hot itself.
-        views = 8 if getattr(est, "tta", False) else 1  # test-time augmentation: the 8 rotations/flips
+        return _classifier_graph(est, custom), ["probabilities"], size
+    return _detector_graph(est, custom, size), ["scores", "anomaly_maps"], size
 
-        class ClassifierGraph(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = net
 
-            def one_view(self, x):
-                out = self.net(x)
-                return out if custom is not None else torch.softmax(out.float(), dim=1)
+def _classifier_graph(est, custom):
+    """Return the module an exported classifier runs: one-hot input → probabilities (averaged over views with tta)."""
+    import torch
+    from torch import nn
 
-            def forward(self, maps):
-                x = _onehot(maps, encoding)  # (N, C, S, S): the views below turn the last two axes
-                if views == 1:
-                    return self.one_view(x)
-                total = 0
-                for k in range(8):  # as preprocess.dihedral: rot90 k % 4 times, then flip if k ≥ 4
-                    view = _rot90(x, k % 4)
-                    total = total + self.one_view(torch.flip(view, dims=(-1,)) if k >= 4 else view)
-                return total / 8.0
+    encoding = getattr(est, "encoding", "onehot3")
+    net = custom or getattr(est, "network_", None)
+    # The plain network_, not a model's own fast inference copy (whose input may differ, e.g. the
+    # KD student's die-state stem): onnxruntime folds Conv-BN and fuses the one-hot itself.
+    views = 8 if getattr(est, "tta", False) else 1  # test-time augmentation: the 8 rotations/flips
 
-        return ClassifierGraph().eval(), ["probabilities"], size
+    class ClassifierGraph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def one_view(self, x):
+            out = self.net(x)
+            return out if custom is not None else torch.softmax(out.float(), dim=1)
+
+        def forward(self, maps):
+            x = _onehot(maps, encoding)  # (N, C, S, S): the views below turn the last two axes
+            if views == 1:
+                return self.one_view(x)
+            total = 0
+            for k in range(8):  # as preprocess.dihedral: rot90 k % 4 times, then flip if k ≥ 4
+                view = _rot90(x, k % 4)
+                total = total + self.one_view(torch.flip(view, dims=(-1,)) if k >= 4 else view)
+            return total / 8.0
+
+    return ClassifierGraph().eval()
+
+
+def _detector_graph(est, custom, size: int):
+    """Return the module an exported detector runs: die states → (scores, post-processed anomaly maps)."""
+    import torch
+    from torch import nn
 
     if getattr(est, "jit", False):
         # Trace the eager network, not the detector's own TorchScript copy (which cannot be traced
@@ -158,10 +171,11 @@ def _module(est):
                 scores = est._image_scores_t(amap, valid)
             return scores.float(), amap
 
-    return DetectorGraph().eval(), ["scores", "anomaly_maps"], size
+    return DetectorGraph().eval()
 
 
 def metadata(est) -> dict:
+    """Return the metadata to store in an exported graph (kind, name, input size, encoding, classes, version)."""
     from waferscope import __version__
 
     doc = {"kind": est.registry_kind, "name": est.registry_name, "size": input_size(est),
@@ -184,8 +198,11 @@ def probe_maps(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def graph_input(meta_or_est, maps) -> np.ndarray:
-    """Maps (any grid) → the graph's uint8 input: the model's resample and orientation
-    (``metadata`` keys or estimator attributes; plain models: the nearest resize)."""
+    """Map (any grid) → the graph's uint8 input.
+
+    The model's resample and orientation (``metadata`` keys or estimator attributes;
+    plain models: the nearest resize).
+    """
     from waferscope.data.preprocess import prepare_maps
 
     get = meta_or_est.get if isinstance(meta_or_est, dict) else (lambda k, d: getattr(meta_or_est, k, d))
@@ -309,8 +326,11 @@ class _Calibration:
 
 
 def quantize(src: str | Path, dst: str | Path, mode: str = "static", calibration=None) -> Path:
-    """INT8 copy of an exported model. ``static``: QDQ int8 weights and activations, ranges calibrated
-    on ``calibration`` (a WaferDataset); ``dynamic``: int8 weights, activations quantized on the fly."""
+    """INT8 copy of an exported model.
+
+    ``static``: QDQ int8 weights and activations, ranges calibrated on ``calibration`` (a
+    WaferDataset); ``dynamic``: int8 weights, activations quantized on the fly.
+    """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -360,6 +380,7 @@ def quantize(src: str | Path, dst: str | Path, mode: str = "static", calibration
 
 
 def read_metadata(path: str | Path) -> dict:
+    """Return the waferscope metadata of an exported ``.onnx`` file."""
     import onnx
 
     try:
@@ -374,7 +395,7 @@ def read_metadata(path: str | Path) -> dict:
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", int8: str | None = None,
                calibration=None) -> Path:
-    """The ``waferscope export`` command: a run directory → an ONNX file (INT8 with ``int8``)."""
+    """Return the ``waferscope export`` command: a run directory → an ONNX file (INT8 with ``int8``)."""
     if fmt != "onnx":
         raise ConfigError(f"unknown export format {fmt!r}; supported: onnx")
     est = load_run(run_dir)
@@ -390,8 +411,10 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "onnx", int8: st
 
 # ---- inference --------------------------------------------------------------------------------
 class OnnxModel:
-    """An exported model run by onnxruntime, with the estimator's prediction methods:
-    ``predict_proba`` / ``predict`` for classifiers, ``score`` (also ``predict``) for detectors."""
+    """An exported model run by onnxruntime, with the estimator's prediction methods.
+
+    ``predict_proba`` / ``predict`` for classifiers, ``score`` (also ``predict``) for detectors.
+    """
 
     def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 256):
         import onnxruntime as ort
@@ -425,11 +448,13 @@ class OnnxModel:
         return resize_maps(dataset.maps, self.size)
 
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the class probabilities of every map from the exported classifier."""
         if self.kind != "classifier":
             raise ExportError(f"{self.path.name} holds a detector: use score()")
         return self.run_maps(self._resized(dataset))[0]
 
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and map of every map from the exported detector."""
         from waferscope.models.detectors.common import maps_to_input_resolution
 
         if self.kind != "detector":
@@ -438,6 +463,7 @@ class OnnxModel:
         return DetectionResult(scores=scores.astype(np.float64), maps=maps_to_input_resolution(maps, dataset))
 
     def predict(self, dataset):
+        """Return the predicted classes (a classifier) or the detection result (a detector)."""
         if self.kind == "detector":
             return self.score(dataset)
         return np.asarray(self.classes_, dtype=object)[self.predict_proba(dataset).argmax(1)]

@@ -1,9 +1,9 @@
 """Create models by name (after timm's registry), so configs and the CLI need no if-chains.
 
-    @register("cnn", kind="classifier")
-    class CompactCNNClassifier(Classifier): ...
+@register("cnn", kind="classifier")
+class CompactCNNClassifier(Classifier): ...
 
-    create("cnn", kind="classifier", epochs=5)
+create("cnn", kind="classifier", epochs=5)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ _PROVIDERS = {
 
 
 def register(name: str, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Return a decorator that registers a class under ``name`` for ``kind``."""
     def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
         table = _REGISTRY.setdefault(kind, {})
         if name in table and table[name] is not obj:
@@ -46,10 +47,12 @@ def _load(kind: str) -> dict[str, Callable[..., Any]]:
 
 
 def available(kind: str) -> list[str]:
+    """Return the registered names of ``kind``, sorted."""
     return sorted(_load(kind))
 
 
 def get(name: str, kind: str) -> Callable[..., Any]:
+    """Return the class registered under ``name``; a ConfigError listing the names when unknown."""
     table = _load(kind)
     if name not in table:
         raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table)) or 'none'}")
@@ -57,6 +60,7 @@ def get(name: str, kind: str) -> Callable[..., Any]:
 
 
 def create(name: str, kind: str, **params: Any) -> Any:
+    """Return a new instance of the model ``name`` built with ``params``."""
     return get(name, kind)(**params)
 
 

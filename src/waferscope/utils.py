@@ -30,8 +30,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def replace_folder(tmp: Path, dest: Path) -> None:
-    """Put the finished folder ``tmp`` at ``dest``: an existing ``dest`` is moved aside first and removed
-    only once ``tmp`` stands in its place, so ``dest`` is never half old, half new."""
+    """Put the finished folder ``tmp`` at ``dest``.
+
+    An existing ``dest`` is moved aside first and removed only once ``tmp`` stands in its place,
+    so ``dest`` is never half old, half new.
+    """
     import shutil
 
     if dest.exists():
@@ -45,8 +48,10 @@ def replace_folder(tmp: Path, dest: Path) -> None:
 
 
 def anomaly_map_names(ids) -> list[str]:
-    """The ``<name>.npy`` file of each sample's anomaly map (``detect score --maps``): the id made
-    file-safe; a name met again gets ``_2``, ``_3``, … in the order of ``ids``."""
+    """Return the ``<name>.npy`` file of each sample's anomaly map (``detect score --maps``).
+
+    The id made file-safe; a name met again gets ``_2``, ``_3``, … in the order of ``ids``.
+    """
     seen: dict[str, int] = {}
     names = []
     for sample_id in ids:
@@ -70,8 +75,11 @@ def save_npy(path: str | Path, array) -> None:
 
 
 def parse_params(pairs) -> dict:
-    """``["key=value", ...]`` → model parameters, each value parsed as JSON when it is (``3`` → 3,
-    ``false`` → False, ``[1, 2]`` → a list) and kept as a string otherwise."""
+    """``["key=value", ...]`` → model parameters.
+
+    Each value parsed as JSON when it is (``3`` → 3, ``false`` → False, ``[1, 2]`` → a
+    list) and kept as a string otherwise.
+    """
     import json
 
     from waferscope.errors import ConfigError
@@ -93,9 +101,11 @@ _POOLS_LOCK = threading.Lock()
 
 
 def shared_pool(n_jobs: int = -1):
-    """One long-lived thread pool per worker count (joblib's ``n_jobs`` convention: -1 = every core),
-    shared by the compiled kernels that release the GIL (features, tree walks). Creating threads per
-    call cost more than a small batch's work; a service calls these for every request batch."""
+    """One long-lived thread pool per worker count (joblib's ``n_jobs`` convention: -1 = every core).
+
+    Shared by the compiled kernels that release the GIL (features, tree walks). Creating threads per
+    call cost more than a small batch's work; a service calls these for every request batch.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from joblib import effective_n_jobs

@@ -26,6 +26,7 @@ SEED_PARAMS = ("seed", "random_state")
 
 
 def make_estimator(method: MethodSpec, kind: str, seed: int):
+    """Return the estimator of a benchmark method, seeded with the cell's seed unless the config pins one."""
     cls = registry.get(method.model, kind)
     params = dict(method.params)
     names = cls._param_names()
@@ -47,6 +48,7 @@ def _fit(est, train: WaferDataset, task: str):
 
 def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset, seed: int, run_dir: Path,
              progress=None) -> dict:
+    """Fit and measure one (method, data set, seed) cell; return its record (quality, speed, size, memory)."""
     task, kind = method.task, method.kind
     measure.reset_peak_rss()
     rss0 = measure.rss_mb()
@@ -126,9 +128,11 @@ def run_cell(config: BenchmarkConfig, method: MethodSpec, loaded: LoadedDataset,
 
 
 def _kfold_threshold_f1(config, method, train, result, test, seed, n_folds) -> tuple[float, dict, float]:
-    """Seed 004's rule: per fold of the normal training maps, fit on the rest and take the highest
-    held-out score; the threshold is the mean over folds; F1 of the test maps at that threshold
-    (and the report's record of it, and the threshold itself)."""
+    """Seed 004's rule: per fold of the normal training maps, fit on the rest and take the highest held-out score.
+
+    The threshold is the mean over folds; F1 of the test maps at that threshold (and the
+    report's record of it, and the threshold itself).
+    """
     normal = train.normal()
     maxima = []
     for tr, va in normal_folds(normal, n_folds, seed):
@@ -153,8 +157,11 @@ def _speed(config: BenchmarkConfig, est, test: WaferDataset, task: str) -> dict:
 
 
 def _classification_examples(config: BenchmarkConfig, est, test: WaferDataset) -> list[dict]:
-    """The first test map of each class with the prediction, and a Grad-CAM map when the model is a
-    torch network and :mod:`waferscope.explain` is installed (else no overlay)."""
+    """Return the first test map of each class with the prediction.
+
+    Each with a Grad-CAM map when the model is a torch network and :mod:`waferscope.explain` is
+    installed (else no overlay).
+    """
     picks = [int(np.flatnonzero(test.labels == c)[0]) for c in sorted(set(test.labels.astype(str)))]
     picks = picks[: config.examples]
     if not picks:
@@ -181,10 +188,12 @@ GRADCAM_MAX_MAPS = 300
 
 
 def _gradcam_quality(config: BenchmarkConfig, est, test: WaferDataset) -> dict:
-    """Seed 002's figures where the test maps have ground-truth pattern masks (synthetic maps):
+    """Seed 002's figures where the test maps have ground-truth pattern masks (synthetic maps).
+
     Grad-CAM energy inside the mask, pointing-game hit rate, and the die-level F1 of Grad-CAM
     denoising (fails kept where the heat is relevant) against the mask, with the median filter's
-    F1 as the baseline. Over up to GRADCAM_MAX_MAPS defect maps, in order."""
+    F1 as the baseline. Over up to GRADCAM_MAX_MAPS defect maps, in order.
+    """
     if not (config.gradcam and est.get_tags().gradcam) or test.masks is None:
         return {}
     try:

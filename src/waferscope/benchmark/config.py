@@ -43,6 +43,8 @@ REPORT_KEYS = {"examples", "gradcam"}
 
 @dataclass
 class DatasetSpec:
+    """A data set of the benchmark config: one source the protocol splits, or a fixed train / test pair."""
+
     name: str
     data: str | None = None  # one source split by the protocol
     train: str | None = None  # or a fixed train / test pair
@@ -56,10 +58,11 @@ class DatasetSpec:
 
     @property
     def sources(self) -> list[str]:
+        """Return the data specs this data set reads."""
         return [s for s in (self.data, self.train, self.test) if s is not None]
 
     def protocol(self) -> dict:
-        """What decides which maps train and test (part of every cell's cache key)."""
+        """Return what decides which maps train and test (part of every cell's cache key)."""
         out: dict[str, Any] = {}
         if self.data is not None:
             out = {"kfold": self.kfold} if self.kfold else {"split": self.split}
@@ -72,6 +75,8 @@ class DatasetSpec:
 
 @dataclass
 class MethodSpec:
+    """A method of the benchmark config: a registered model with its parameters."""
+
     name: str
     model: str
     params: dict[str, Any]
@@ -80,11 +85,14 @@ class MethodSpec:
 
     @property
     def kind(self) -> str:
+        """Return the registry kind (classifier or detector) of the method's task."""
         return TASKS[self.task]
 
 
 @dataclass
 class BenchmarkConfig:
+    """A parsed, validated benchmark config (see :func:`load_config`)."""
+
     path: Path
     task: str
     name: str
@@ -108,6 +116,7 @@ class BenchmarkConfig:
 
     @property
     def active_datasets(self) -> list[DatasetSpec]:
+        """Return the data sets whose files exist."""
         return [d for d in self.datasets if not d.missing]
 
 
@@ -159,6 +168,14 @@ def _parse_dataset(path: Path, name: str, body: Any) -> DatasetSpec:
     if not isinstance(exclude, list) or not all(isinstance(c, str) for c in exclude):
         raise _err(path, f"{where}.exclude must be a list of class names, got {exclude!r}")
     ds.exclude = list(exclude)
+    has_data = _parse_sources(path, where, body, ds)
+    _parse_protocol(path, where, body.get("protocol", {}) or {}, ds, has_data)
+    _check_files(path, where, ds)
+    return ds
+
+
+def _parse_sources(path: Path, where: str, body: dict, ds: DatasetSpec) -> bool:
+    """Set ``ds``'s data / train / test sources; return True for one ``data`` source, False for a pair."""
     has_data, has_pair = "data" in body, ("train" in body or "test" in body)
     if has_data == has_pair:
         raise _err(path, f"{where}: give either 'data' (split by the protocol) or both 'train' and 'test'")
@@ -167,13 +184,17 @@ def _parse_dataset(path: Path, name: str, body: Any) -> DatasetSpec:
     for key in ("data", "train", "test"):
         if key in body:
             setattr(ds, key, _resolve_source(path, f"{where}.{key}", body[key]))
-    protocol = body.get("protocol", {}) or {}
+    return has_data
+
+
+def _parse_protocol(path: Path, where: str, protocol: Any, ds: DatasetSpec, has_data: bool) -> None:
+    """Set ``ds``'s split / kfold / threshold_folds from its ``protocol`` mapping."""
     if not isinstance(protocol, dict):
         raise _err(path, f"{where}.protocol must be a mapping such as {{split: 0.25}} or {{kfold: 5}}")
     _check_keys(path, f"{where}.protocol", protocol, PROTOCOL_KEYS)
     if "split" in protocol and "kfold" in protocol:
         raise _err(path, f"{where}.protocol: choose split or kfold, not both")
-    if has_pair and ("split" in protocol or "kfold" in protocol):
+    if not has_data and ("split" in protocol or "kfold" in protocol):
         raise _err(path, f"{where}.protocol: split/kfold need 'data'; this data set has a fixed train/test pair")
     if "kfold" in protocol:
         ds.kfold = _positive_int(path, f"{where}.protocol.kfold", protocol["kfold"])
@@ -188,12 +209,15 @@ def _parse_dataset(path: Path, name: str, body: Any) -> DatasetSpec:
         ds.threshold_folds = _positive_int(path, f"{where}.protocol.threshold_folds", protocol["threshold_folds"])
         if ds.threshold_folds < 2:
             raise _err(path, f"{where}.protocol.threshold_folds must be at least 2")
+
+
+def _check_files(path: Path, where: str, ds: DatasetSpec) -> None:
+    """Refuse a missing data file, or record it in ``ds.missing`` when the data set is optional."""
     for src in ds.sources:
         if not src.startswith("synthetic:") and not Path(src).exists():
             if not ds.optional:
                 raise _err(path, f"{where}: data file not found: {src} (add 'optional: true' to skip it when absent)")
             ds.missing.append(src)
-    return ds
 
 
 def _parse_method(path: Path, name: str, body: Any, default_task: str) -> MethodSpec:

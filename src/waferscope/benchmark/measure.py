@@ -21,6 +21,7 @@ import numpy as np
 
 
 def seed_everything(seed: int, threads: int) -> None:
+    """Seed Python, numpy and torch and set torch's thread count."""
     import torch
 
     random.seed(seed)
@@ -51,11 +52,13 @@ def reset_peak_rss() -> bool:
 
 
 def rss_mb() -> float | None:
+    """Return this process's resident memory in MB (None where /proc is missing)."""
     kb = _status_kb("VmRSS")
     return None if kb is None else kb / 1024
 
 
 def peak_rss_mb() -> float | None:
+    """Return this process's peak resident memory in MB (None where unknown)."""
     kb = _status_kb("VmHWM")
     if kb is None:
         import resource
@@ -65,7 +68,7 @@ def peak_rss_mb() -> float | None:
 
 
 def torch_modules(est: Any) -> list:
-    """The nn.Module attributes of an estimator (``network_``, ``teacher_``, lists of them...)."""
+    """Return the nn.Module attributes of an estimator (``network_``, ``teacher_``, lists of them...)."""
     import torch
 
     found = []
@@ -78,8 +81,11 @@ def torch_modules(est: Any) -> list:
 
 
 def count_parameters(est: Any) -> int:
-    """Parameters of every torch module the estimator holds (each counted once); for models without
-    torch modules, the number of values in the arrays it saves (an SVM's support vectors...)."""
+    """Parameters of every torch module the estimator holds (each counted once).
+
+    For models without torch modules, the number of values in the arrays it saves (an SVM's
+    support vectors...).
+    """
     mods = torch_modules(est)
     if mods:
         seen: dict[int, int] = {}
@@ -95,6 +101,7 @@ def count_parameters(est: Any) -> int:
 
 
 def dir_bytes(path: str | Path) -> int:
+    """Return the total size in bytes of the files under ``path``."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
@@ -120,6 +127,7 @@ def throughput(call: Callable[[Any], Any], batches: list, n: int) -> float:
 
 
 def environment(threads: int) -> dict:
+    """Return the machine and library versions a benchmark ran with."""
     import platform
 
     import sklearn
@@ -162,7 +170,8 @@ def timed_passes(fn: Callable[[], object], repeats: int) -> tuple[list[float], l
 
     Wall-clock seconds measure the share of the machine a run got; CPU seconds (all threads of this
     process) do not depend on the neighbours, so on a shared machine both are reported. No warm-up:
-    the caller warms up on what it chooses (a small subset, or one full pass)."""
+    the caller warms up on what it chooses (a small subset, or one full pass).
+    """
     walls, cpus = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -173,8 +182,11 @@ def timed_passes(fn: Callable[[], object], repeats: int) -> tuple[list[float], l
 
 
 def best_rate(fn: Callable[[], object], n: int, repeats: int, warmup: bool = True) -> dict[str, float]:
-    """Items per second of ``fn`` (which handles ``n`` items): best and median wall-clock rate and
-    the best rate per CPU-second, over ``repeats`` passes after one warm-up pass (``warmup``)."""
+    """Items per second of ``fn`` (which handles ``n`` items).
+
+    Best and median wall-clock rate and the best rate per CPU-second, over ``repeats`` passes
+    after one warm-up pass (``warmup``).
+    """
     if warmup:
         fn()  # allocator, thread pool, caches
     walls, cpus = timed_passes(fn, repeats)
@@ -183,8 +195,11 @@ def best_rate(fn: Callable[[], object], n: int, repeats: int, warmup: bool = Tru
 
 
 def add_speed_arguments(parser, n: int, threads: int = 2, repeats: int = 3) -> None:
-    """The options every speed script takes: ``--n`` items, ``--threads`` torch threads,
-    ``--repeats`` timed passes (``--repeat`` is accepted too: older commands in the docs use it)."""
+    """Add the options every speed script takes.
+
+    ``--n`` items, ``--threads`` torch threads, ``--repeats`` timed passes (``--repeat`` is
+    accepted too: older commands in the docs use it).
+    """
     parser.add_argument("--n", type=int, default=n, help=f"items per timed pass (default {n})")
     parser.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
     parser.add_argument("--repeats", "--repeat", dest="repeats", type=int, default=repeats,
@@ -192,6 +207,7 @@ def add_speed_arguments(parser, n: int, threads: int = 2, repeats: int = 3) -> N
 
 
 def load_average() -> float:
+    """Return the 1-minute load average (None where the OS has none)."""
     try:
         return float(os.getloadavg()[0])
     except (OSError, AttributeError):
@@ -206,8 +222,11 @@ def environment_line(threads: int) -> str:
 
 
 def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
-    """``rows`` as a Markdown table; ``columns`` maps a row key to its header (numbers right-aligned,
-    rates above 100 without decimals)."""
+    """``rows`` as a Markdown table.
+
+    ``columns`` maps a row key to its header (numbers right-aligned, rates above 100 without
+    decimals).
+    """
     def cell(v):
         if isinstance(v, float):
             return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"

@@ -19,6 +19,7 @@ from waferscope.errors import ConfigError, WaferscopeError
 
 
 def fingerprint(ds: WaferDataset) -> str:
+    """Return a SHA-256 fingerprint of a data set's maps and labels (part of every cell's cache key)."""
     h = hashlib.sha256()
     h.update(f"{ds.kind}:{len(ds)}".encode())
     for m in ds.maps:
@@ -33,19 +34,24 @@ def fingerprint(ds: WaferDataset) -> str:
 
 @dataclass
 class LoadedDataset:
+    """A benchmark data set loaded: its spec, its parts and their fingerprint."""
+
     spec: DatasetSpec
     parts: dict[str, WaferDataset]  # "data" or "train"/"test"
     fingerprint: str
 
     @property
     def name(self) -> str:
+        """Return the data set's name."""
         return self.spec.name
 
     def describe(self) -> dict:
+        """Return the size and class counts of each part."""
         return {name: {"n": len(ds), "classes": ds.class_counts()} for name, ds in self.parts.items()}
 
 
 def load_dataset(spec: DatasetSpec, tasks: list[str] | str, config_path) -> LoadedDataset:
+    """Load the parts of a data set spec that ``tasks`` need."""
     from waferscope.data import load
 
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
@@ -77,7 +83,7 @@ def load_dataset(spec: DatasetSpec, tasks: list[str] | str, config_path) -> Load
 
 
 def folds(loaded: LoadedDataset, seed: int) -> list[tuple[WaferDataset, WaferDataset]]:
-    """The (train, test) pairs of one cell; for detection the caller keeps train's normal maps."""
+    """Return the (train, test) pairs of one cell; for detection the caller keeps train's normal maps."""
     from waferscope.data.preprocess import stratified_kfold, stratified_split
 
     spec = loaded.spec

@@ -1,5 +1,7 @@
-"""Quality figures of one cell, rounded to a fixed precision so reruns are byte-identical,
-plus the small artefacts the report draws (confusion matrix, ROC/PR points, example maps)."""
+"""Quality figures of one cell, rounded to a fixed precision so reruns are byte-identical.
+
+Plus the small artefacts the report draws (confusion matrix, ROC/PR points, example maps).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ DETECTION_COLUMNS = ["image_auroc", "image_aupr", "image_f1", "pixel_auroc", "pi
 
 
 def rnd(x) -> float | None:
+    """Round a figure to the fixed precision of the results (None stays None)."""
     if x is None:
         return None
     x = float(x)
@@ -26,6 +29,7 @@ def rnd(x) -> float | None:
 
 # ---- classification --------------------------------------------------------------------------
 def classification_quality(y_true, y_pred, classes) -> tuple[dict, dict]:
+    """Return the classification figures of one cell (macro-F1, accuracy, ...) and its extras (confusion matrix)."""
     from sklearn.metrics import confusion_matrix, f1_score
 
     y_true, y_pred = np.asarray(y_true, dtype=str), np.asarray(y_pred, dtype=str)
@@ -41,10 +45,13 @@ def classification_quality(y_true, y_pred, classes) -> tuple[dict, dict]:
 
 
 def class_mix_quality(y_true, proba: np.ndarray, classes, estimator) -> dict:
-    """Macro-F1 as if the test maps came in the class mix of the labelled WM-811K maps (85 % ``none``;
-    :func:`~waferscope.metrics.classification.class_mix_macro_f1`), without (``macro_f1_wm811k_mix``)
-    and with (``…_prior``) the ``--prior wm811k`` correction. Only when the test set has every WM-811K
-    class; the prior column stays empty for a model that refuses a prior."""
+    """Return macro-F1 as if the test maps came in the class mix of the labelled WM-811K maps.
+
+    85 % ``none``; :func:`~waferscope.metrics.classification.class_mix_macro_f1`, without
+    (``macro_f1_wm811k_mix``) and with (``…_prior``) the ``--prior wm811k`` correction. Only when
+    the test set has every WM-811K class; the prior column stays empty for a model that refuses a
+    prior.
+    """
     from waferscope.errors import ConfigError
     from waferscope.metrics.classification import class_mix_macro_f1
     from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS, apply_prior
@@ -90,8 +97,10 @@ def _curve(x: np.ndarray, y: np.ndarray) -> dict:
 
 
 def _pixel_arrays(result: DetectionResult, test: WaferDataset):
-    """Flattened (truth, score) over the dies of maps that have a ground-truth mask; normal maps
-    without a mask count as all-normal."""
+    """Return flattened (truth, score) over the dies of maps that have a ground-truth mask.
+
+    Normal maps without a mask count as all-normal.
+    """
     truths, scores = [], []
     if test.masks is None:
         return None, None
@@ -111,6 +120,7 @@ def _pixel_arrays(result: DetectionResult, test: WaferDataset):
 
 
 def detection_quality(result: DetectionResult, test: WaferDataset) -> tuple[dict, dict]:
+    """Return the detection figures of one cell (AUROC, AUPR, F1, ...) and its extras (curves)."""
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     y = ~test.is_normal
@@ -142,13 +152,14 @@ def detection_quality(result: DetectionResult, test: WaferDataset) -> tuple[dict
 
 
 def f1_at(y: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    """Return the F1 of the decisions ``scores > threshold``."""
     from sklearn.metrics import f1_score
 
     return float(f1_score(y, scores > threshold, zero_division=0))
 
 
 def detection_examples(result: DetectionResult, test: WaferDataset, k: int) -> list[dict]:
-    """A fixed choice of test maps (defects first, then normal ones) with their anomaly maps."""
+    """Return a fixed choice of test maps (defects first, then normal ones) with their anomaly maps."""
     if k <= 0:
         return []
     defect = np.flatnonzero(~test.is_normal)

@@ -98,7 +98,7 @@ def _wafer_rgb(m) -> np.ndarray:
 
 
 def _heat_on_wafer(heat, wafer):
-    """A heat map resampled to the wafer's die grid, masked off the wafer (transparent there)."""
+    """Return a heat map resampled to the wafer's die grid, masked off the wafer (transparent there)."""
     if heat is None:
         return None
     m = np.asarray(wafer)
@@ -112,6 +112,7 @@ def _heat_on_wafer(heat, wafer):
 
 # ---- data -------------------------------------------------------------------------------------
 def load_benchmark(out: Path) -> tuple[dict, list[dict]]:
+    """Return a benchmark folder's results.json and its per-cell records."""
     doc = json.loads((out / "results.json").read_text())
     records = []
     for cell in doc["cells"]:
@@ -143,8 +144,10 @@ def _mean_by_method(task: str, records: list[dict], dataset: str) -> list[dict]:
 
 # ---- sections ---------------------------------------------------------------------------------
 def _table(doc: dict, task: str) -> str:
-    """Two tables: quality (deterministic) and speed/size/memory (measured), so the timing columns are
-    not off-screen to the right of 20 quality columns."""
+    """Two tables: quality (deterministic) and speed/size/memory (measured).
+
+    So the timing columns are not off-screen to the right of 20 quality columns.
+    """
     rows = [r for r in doc["rows"] if r["task"] == task]
     other = DETECTION_ONLY if task == "classification" else CLASSIFICATION_ONLY
     qcols = [c for c in doc["quality_columns"] if c not in ("task", "model", "n_test") and c not in other
@@ -235,8 +238,10 @@ def _pareto(pts: list[dict]) -> list[dict]:
 
 
 def _what_row_is(p: dict, data_desc: str) -> str:
-    """What a row's model is: trained by this benchmark (on how many maps of which data), not a bundled
-    model; a row named like a bundled architecture says which bundled model differs from it."""
+    """Return what a row's model is: trained by this benchmark (on how many maps of which data), not a bundled model.
+
+    A row named like a bundled architecture says which bundled model differs from it.
+    """
     n = f"{p['n_train']:,} " if p.get("n_train") else ""
     folds = f" (per fold, {p['n_folds']} folds)" if (p.get("n_folds") or 1) > 1 else ""
     # how it ran, not what it is ("verbose": the detectors' progress in results recorded before issue 30)
@@ -252,7 +257,7 @@ def _what_row_is(p: dict, data_desc: str) -> str:
 
 
 def bundled_of_model(model: str | None) -> list[str]:
-    """The bundled models (classifiers and detectors) whose registered model is ``model``."""
+    """Return the bundled models (classifiers and detectors) whose registered model is ``model``."""
     if not model:
         return []
     from waferscope.models import classifiers, detectors
@@ -269,8 +274,10 @@ def bundled_of_model(model: str | None) -> list[str]:
 
 
 def _decision_tree(task: str, pts: list[dict], batch: int = 0, data_desc: str = "") -> str:
-    """Seed 001's 'which method for which need' tree, each leaf picked from the measured numbers;
-    every leaf says what its model is and gives each number with its unit."""
+    """Seed 001's 'which method for which need' tree, each leaf picked from the measured numbers.
+
+    Every leaf says what its model is and gives each number with its unit.
+    """
     label = HEADLINE[task][1]
     best = max(pts, key=lambda p: p["quality"])
     fastest = max(pts, key=lambda p: p["throughput"])
@@ -433,7 +440,7 @@ def _environment(manifest: dict, records: list[dict]) -> str:
 
 
 def _data_desc(manifest: dict, ds: str) -> str:
-    """A data set in words: its name and what it holds, e.g. 'synthetic (train: synthetic:n=1350,seed=1)'."""
+    """Return a data set in words: its name and what it holds, e.g. 'synthetic (train: synthetic:n=1350,seed=1)'."""
     d = manifest["datasets"].get(ds, {})
     sources, parts = d.get("sources") or [], list(d.get("parts") or {})
     if sources and len(sources) == len(parts) and "train" in parts:
@@ -465,6 +472,7 @@ th{background:#f3f5f8} .t{background:#fbf8ef;color:#555} table.env td,table.env 
 
 
 def render_report(out: Path) -> str:
+    """Return the HTML report page of a benchmark folder."""
     doc, all_records = load_benchmark(out)
     manifest = doc["manifest"]
     datasets = list(manifest["datasets"])
@@ -503,6 +511,7 @@ def render_report(out: Path) -> str:
 
 
 def write_report(out: str | Path) -> Path:
+    """Write the HTML report of a benchmark folder (atomically); return its path."""
     out = Path(out)
     page = render_report(out)
     with atomic_path(out / "index.html") as tmp:

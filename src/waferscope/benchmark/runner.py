@@ -43,10 +43,12 @@ TIMING_COLUMNS = ["size_bytes", "train_s", "train_cpu_s", "latency_ms", "through
 
 
 def sha(obj) -> str:
+    """Return a short SHA-256 of a JSON-able object."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cell_key(config: BenchmarkConfig, method, loaded: LoadedDataset, seed: int) -> str:
+    """Return the cache key of a cell: everything that decides its result."""
     return sha({"format": CACHE_FORMAT, "task": method.task, "model": method.model, "params": method.params,
                 "dataset": loaded.fingerprint, "protocol": loaded.spec.protocol(), "seed": seed,
                 "threads": config.threads, "examples": config.examples, "gradcam": config.gradcam,
@@ -64,8 +66,11 @@ def _log(msg: str) -> None:
 
 
 class _Heartbeat:
-    """Logs the current step of a cell with its elapsed time every ``every`` seconds, so a cell that
-    trains for a quarter of an hour (models run with progress bars off) does not look hung."""
+    """Logs the current step of a cell with its elapsed time every ``every`` seconds.
+
+    So a cell that trains for a quarter of an hour (models run with progress bars off) does
+    not look hung.
+    """
 
     def __init__(self, log, tag: str, every: float = 30.0):
         import threading
@@ -99,8 +104,10 @@ def _duration(seconds: float) -> str:
 
 
 def load_average() -> list[float] | None:
-    """The 1-, 5- and 15-minute load averages (None where the OS has none): recorded beside timings,
-    which on a shared machine depend on it."""
+    """Return the 1-, 5- and 15-minute load averages (None where the OS has none).
+
+    Recorded beside timings, which on a shared machine depend on it.
+    """
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):
@@ -109,6 +116,7 @@ def load_average() -> list[float] | None:
 
 def run_benchmark(config_path: str | Path, out_dir: str | Path, force: bool = False, report: bool = True,
                   log=_log, heartbeat: float = 30.0) -> dict:
+    """Run every cell of a benchmark config (cached cells are reused), write the results and the report."""
     config = load_config(config_path)  # every config problem surfaces here, before any data or training
     out = Path(out_dir)
     for d in config.datasets:
@@ -185,6 +193,7 @@ class BenchmarkIncomplete(WaferscopeError):
 
 # ---- tables -----------------------------------------------------------------------------------
 def quality_columns(records: list[dict]) -> list[str]:
+    """Return the quality columns of the tasks present in ``records``."""
     tasks = {r.get("task", "classification") for r in records}
     cols = (CLASSIFICATION_COLUMNS if "classification" in tasks else []) + (DETECTION_COLUMNS if "detection" in tasks else [])
     cols += [c for c in OPTIONAL_COLUMNS if any(c in r["quality"] for r in records)]
@@ -195,6 +204,7 @@ def quality_columns(records: list[dict]) -> list[str]:
 
 
 def flat_row(rec: dict, qcols: list[str]) -> dict:
+    """Return one flat results row of a cell record."""
     row = {c: rec.get(c) for c in ID_COLUMNS}
     q = rec["quality"]
     for c in qcols:
@@ -224,6 +234,7 @@ def _csv(rows: list[dict], cols: list[str]) -> str:
 
 
 def write_results(out: Path, records: list[dict], manifest: dict) -> None:
+    """Write results.json, results.csv and results.md (atomically)."""
     qcols = quality_columns(records)
     rows = [flat_row(r, qcols) for r in records]
     all_cols = ID_COLUMNS + qcols + MODEL_COLUMNS + TIMING_COLUMNS
@@ -237,6 +248,7 @@ def write_results(out: Path, records: list[dict], manifest: dict) -> None:
 
 
 def results_markdown(rows: list[dict], qcols: list[str], manifest: dict) -> str:
+    """Return the results table as Markdown, with the config and data fingerprints."""
     lines = [f"# Benchmark `{manifest['name']}`", "",
              f"Config SHA-256 `{manifest['config_sha256'][:16]}`; data fingerprints: "
              + ", ".join(f"{k} `{v['fingerprint']}`" for k, v in manifest["datasets"].items()), ""]

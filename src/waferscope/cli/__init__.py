@@ -1,0 +1,1 @@
+"""The ``waferscope`` command line: one module per command group, all thin over the library."""

@@ -1,7 +1,10 @@
-"""Checks a command runs on its paths BEFORE any work: an output that cannot be written (an existing
-folder where a file goes, a file where a folder goes, an unwritable place, a run directory that would
-be overwritten) and a shared default input that is not on this machine. Each fails as one ConfigError
-naming the option, instead of a traceback after minutes of work."""
+"""Checks a command runs on its paths BEFORE any work.
+
+An output that cannot be written (an existing folder where a file goes, a file where a folder goes,
+an unwritable place, a run directory that would be overwritten) and a shared default input that is
+not on this machine. Each fails as one ConfigError naming the option, instead of a traceback after
+minutes of work.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from waferscope.errors import ConfigError
 
 
 def _writable_ancestor(path: Path, option: str) -> None:
-    """The nearest existing ancestor of ``path`` must be a folder this process can write into."""
+    """Require the nearest existing ancestor of ``path`` to be a folder this process can write into."""
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
@@ -46,8 +49,11 @@ def check_run_dir(path: Path, overwrite: bool, option: str = "--out") -> None:
 
 
 def shared_default(given: Optional[Path], default: Path, option: str, own: str) -> Path:
-    """``given``, or the shared ``default`` when it exists; else a ConfigError saying what the data is, where
-    it is looked for and how to pass one's own (``own``: e.g. "--dev FILE: labelled maps with lot names")."""
+    """``given``, or the shared ``default`` when it exists.
+
+    Else a ConfigError saying what the data is, where it is looked for and how to pass one's own (``own``:
+    e.g. "--dev FILE: labelled maps with lot names").
+    """
     if given is not None:
         return given
     if not default.exists():

@@ -49,7 +49,7 @@ def note_small_estimate(shift, n_maps: int) -> None:
 
 
 def report_prior(shift, prior: str, classes, used, n_maps: int) -> None:
-    """The class mix ``predict`` moved the probabilities to (and the small-batch note for ``estimate``)."""
+    """Print the class mix ``predict`` moved the probabilities to (and the small-batch note for ``estimate``)."""
     note_small_estimate(shift, n_maps)
     if shift.estimates:  # measured on the lot-grouped folds (docs/classification_real.md, "Class mix")
         typer.echo("warning: --prior estimate moves only the share of none; on lot-disjoint real maps it raised "
@@ -59,8 +59,10 @@ def report_prior(shift, prior: str, classes, used, n_maps: int) -> None:
 
 
 def check_training_labels(dataset, where: str, extra: tuple[str, ...] = ()) -> None:
-    """Wafer-map training labels must be WM-811K class names, names given with --add-class (``extra``),
-    or empty = unlabelled."""
+    """Wafer-map training labels must be WM-811K class names, names given with --add-class (``extra``).
+
+    Or empty = unlabelled.
+    """
     from waferscope.data.classes import CLASSES, UNLABELLED
 
     if dataset.kind != "wafer":

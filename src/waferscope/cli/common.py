@@ -1,5 +1,8 @@
-"""Pieces every command group shares: reading several data specs, `--set key=value` options,
-atomic text output and loading the classifier a command acts on."""
+"""Pieces every command group shares.
+
+Reading several data specs, `--set key=value` options, atomic text output and loading the
+classifier a command acts on.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +37,11 @@ MAX_DIES_OPTION = typer.Option(2_000_000_000, "--max-dies", min=1, help="Refuse 
 
 def load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Optional[str] = None,
               columns: Optional[str] = None, max_dies: Optional[int] = None):
-    """Load one spec, or concatenate several into one data set (``pass_bins``, ``retest``, ``columns``:
-    see ``load``; ``max_dies``: the LoadLimits bound on each spec's dies)."""
+    """Load one spec, or concatenate several into one data set.
+
+    ``pass_bins``, ``retest``, ``columns``: see ``load``; ``max_dies``: the LoadLimits bound on
+    each spec's dies.
+    """
     from waferscope.data import load
     from waferscope.data.dataset import WaferDataset
     from waferscope.data.limits import DEFAULT_LIMITS
@@ -56,6 +62,7 @@ def parse_set(pairs: List[str]) -> dict:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temp file renamed into place)."""
     from waferscope.utils import atomic_path
 
     with atomic_path(path) as tmp:
@@ -64,16 +71,22 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def load_model(run: Optional[Path], bundled: Optional[str], kind: str, default: Optional[str] = None):
-    """(model, its run directory): the ``kind`` in ``run``, or a bundled one (``bundled`` if given,
-    else ``default``, else the package's default) when no run is given. Giving both is an error."""
+    """(model, its run directory).
+
+    The ``kind`` in ``run``, or a bundled one (``bundled`` if given, else ``default``, else the
+    package's default) when no run is given. Giving both is an error.
+    """
     model, run_dir, _ = load_model_described(run, bundled, kind, default)
     return model, run_dir
 
 
 def load_model_described(run: Optional[Path], bundled: Optional[str], kind: str,
                          default: Optional[str] = None):
-    """:func:`load_model` plus how to name the model in outputs: the run directory, or
-    ``bundled (<current name>)`` — resolved once, so every output names the model that ran."""
+    """:func:`load_model` plus how to name the model in outputs.
+
+    The run directory, or ``bundled (<current name>)`` — resolved once, so every output
+    names the model that ran.
+    """
     from waferscope.base import load_run, resolve_bundled_name
 
     if run is not None and bundled is not None:
@@ -95,8 +108,11 @@ def load_model_described(run: Optional[Path], bundled: Optional[str], kind: str,
 
 
 def load_classifier(run: Optional[Path], bundled: Optional[str], default: str):
-    """The classifier in a run directory, or a bundled one: ``bundled`` if given, else ``default``
-    (``classify`` and ``explain`` default to different ones; see ``models.classifiers.BUNDLED``)."""
+    """Return the classifier in a run directory, or a bundled one.
+
+    ``bundled`` if given, else ``default`` (``classify`` and ``explain`` default to different
+    ones; see ``models.classifiers.BUNDLED``).
+    """
     return load_model(run, bundled, "classifier", default)[0]
 
 
@@ -119,7 +135,7 @@ COLUMNS_REFUSED = ("it names the columns of CSV die lists, and Parquet partition
 
 def fab_options_refused(pass_bins: Optional[str], retest: Optional[str] = None,
                         columns: Optional[str] = None) -> Optional[dict]:
-    """The fab-file options given, with the reason the Dask path refuses each (None: none given)."""
+    """Return the fab-file options given, with the reason the Dask path refuses each (None: none given)."""
     given = {"--pass-bins": (pass_bins, PASS_BINS_REFUSED), "--retest": (retest, RETEST_REFUSED),
              "--columns": (columns, COLUMNS_REFUSED)}
     return {opt: why for opt, (value, why) in given.items() if value is not None} or None

@@ -72,7 +72,7 @@ def info(
     retest: Optional[str] = typer.Option(None, "--retest", help=RETEST_HELP),
     columns: Optional[str] = typer.Option(None, "--columns", help=COLUMNS_HELP),
 ) -> None:
-    """Counts per class, map sizes and fail rates."""
+    """Show counts per class, map sizes and fail rates."""
     from waferscope.data import load
 
     _plain_warnings()

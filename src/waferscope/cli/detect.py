@@ -45,7 +45,7 @@ def _load_data(specs: List[str], pass_bins: Optional[str] = None, retest: Option
 
 
 def _load_detector(run: Optional[Path], bundled: Optional[str]):
-    """The detector a command scores with: ``--run``, ``--bundled``, or the bundled default."""
+    """Return the detector a command scores with: ``--run``, ``--bundled``, or the bundled default."""
     return load_model_described(run, bundled, "detector")
 
 
@@ -78,8 +78,10 @@ def _select_split(dataset, split: str, auto: str, where: str):
 
 
 def read_threshold(run_dir: Path) -> dict | None:
-    """A run's decision threshold as {"threshold": value, "method": ...} without loading its
-    weights (kept for callers of the old threshold.json reader; a loaded detector has threshold_)."""
+    """Return a run's decision threshold as {"threshold": value, "method": ...} without loading its weights.
+
+    Kept for callers of the old threshold.json reader; a loaded detector has threshold_.
+    """
     from waferscope.base import read_run_header, read_threshold_json
 
     doc = read_run_header(run_dir)
@@ -90,7 +92,7 @@ def read_threshold(run_dir: Path) -> dict | None:
 
 
 def _threshold(det) -> dict | None:
-    """The detector's own decision threshold as {"threshold": value, "method": ...}, or None."""
+    """Return the detector's own decision threshold as {"threshold": value, "method": ...}, or None."""
     if det.threshold_ is None:
         return None
     return {"threshold": det.threshold_, "method": det.threshold_info_.get("method", "")}
@@ -131,7 +133,8 @@ def train(
 ) -> None:
     """Fit a detector on the normal maps of the data and save it as a run directory.
 
-    Normal maps are those labelled none (good for images); unlabelled known-good wafers need --normal."""
+    Normal maps are those labelled none (good for images); unlabelled known-good wafers need --normal.
+    """
     from waferscope import registry
     from waferscope.models.detectors.common import default_detector_for, training_normals
 
@@ -292,7 +295,7 @@ def score(
 
 
 def _score_summary(scored: str, above: Optional[int], thr: Optional[dict], wrote: str, maps: Optional[Path]) -> str:
-    """The last line of ``detect score``, on both engines."""
+    """Return the last line of ``detect score``, on both engines."""
     return (f"scored {scored}" + (f", {above} above the run's threshold {thr['threshold']:.6g}" if thr else "")
             + f"; wrote {wrote}" + (f" and maps in {maps}" if maps else ""))
 
@@ -321,8 +324,11 @@ def _plot_curves(y: np.ndarray, s: np.ndarray, path: Path, title: str) -> None:
 
 
 def _plot_overlays(dataset, result, path: Path, n: int) -> None:
-    """One map per anomalous class (its highest score), the highest-scoring normal and the
-    lowest-scoring anomalous map; anomaly maps share one colour scale so they compare."""
+    """One map per anomalous class (its highest score).
+
+    The highest-scoring normal and the lowest-scoring anomalous map; anomaly maps share
+    one colour scale so they compare.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

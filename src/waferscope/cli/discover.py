@@ -1,5 +1,7 @@
-"""`waferscope discover`: cluster the wafers no known class fits into candidate new patterns
-(:mod:`waferscope.search.discover`). Thin: parse, call the library, write the page."""
+"""`waferscope discover`: cluster the wafers no known class fits into candidate new patterns.
+
+The library is :mod:`waferscope.search.discover`; this is thin: parse, call the library, write the page.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from waferscope.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope discover`` to ``app``."""
     app.command("discover")(discover_cmd)
 
 
@@ -32,8 +35,11 @@ def discover_cmd(
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     threads: int = typer.Option(2, "--threads", min=1),
 ) -> None:
-    """Find candidate new patterns: the archive wafers that fit none of the known classes (open-set
-    abstention), clustered with HDBSCAN, as per-cluster montages with their lots on an HTML page."""
+    """Find candidate new patterns.
+
+    The archive wafers that fit none of the known classes (open-set abstention), clustered with
+    HDBSCAN, as per-cluster montages with their lots on an HTML page.
+    """
     from waferscope.cli.search import _threads, _wafers
     from waferscope.search.discover import discover, write_discovery
 

@@ -1,6 +1,9 @@
-"""The ``--engine`` options of ``classify predict`` and ``detect score``: the command's own
-single-process path, or :func:`waferscope.scale.run_partitions` over Parquet partitions on Dask.
-Option checks and their ``--flag`` wording live here; the library names parameters."""
+"""The ``--engine`` options of ``classify predict`` and ``detect score``.
+
+The command's own single-process path, or :func:`waferscope.scale.run_partitions` over Parquet
+partitions on Dask. Option checks and their ``--flag`` wording live here; the library names
+parameters.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +30,14 @@ def _check_out(out: Path, overwrite: bool, option: str) -> None:
 
 def run_cli(model, data: list[str], out: Path, engine: str, scheduler: str | None, workers: int,
             overwrite: bool, refused: dict[str, str] | None = None, **options) -> ScaleRun | None:
-    """The ``--engine`` part of ``classify predict`` / ``detect score``: None when the command's own
-    single-process CSV path should run, else what the partitioned run wrote.
+    """Return the ``--engine`` part of ``classify predict`` / ``detect score``.
+
+    None when the command's own single-process CSV path should run, else what the partitioned
+    run wrote.
 
     ``refused`` maps each option the user gave that has no meaning on the partitioned path to the
-    reason; ``options`` go to :func:`run_partitions` (``prior``, ``threshold``, ``maps``)."""
+    reason; ``options`` go to :func:`run_partitions` (``prior``, ``threshold``, ``maps``).
+    """
     if engine not in ("local", "dask"):
         raise ConfigError(f"unknown --engine {engine!r}: expected local or dask")
     if engine == "local":

@@ -13,6 +13,7 @@ app = typer.Typer(no_args_is_help=True, help="Evaluation protocols: real-data k-
 
 
 def register_all() -> None:
+    """Add every ``waferscope evaluate`` sub-command."""
     from waferscope.cli import evaluate_classification, evaluate_detection, evaluate_retrieval, evaluate_robustness
 
     evaluate_classification.register(app)

@@ -80,7 +80,7 @@ def classifiers(
 
 
 def _sets_and_threads(dev: Optional[Path], dev2: Optional[Path], threads: int) -> dict:
-    """The two labelled sets (default: the shared files), after setting torch's thread count."""
+    """Return the two labelled sets (default: the shared files), after setting torch's thread count."""
     import torch
 
     from waferscope.data import load
@@ -157,7 +157,7 @@ def prior_shift(
     calibrate: bool = typer.Option(False, "--calibrate", help="With --per-fold: first calibrate each fold's "
                                    "probabilities by a temperature fitted on the other folds"),
 ) -> None:
-    """The cached held-out lot-fold predictions re-drawn in other class mixes, scored balanced / given / estimate."""
+    """Re-draw the cached held-out lot-fold predictions in other class mixes, scored balanced / given / estimate."""
     import json
 
     from waferscope.evaluate import classification as ev

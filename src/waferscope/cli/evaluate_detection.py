@@ -1,5 +1,8 @@
-"""`waferscope evaluate` sub-commands for detection, explanation and synthetic-data protocols
-(:mod:`waferscope.evaluate.detection`, :mod:`.explanations`, :mod:`.synthetic`). Thin: parse, call, write."""
+"""`waferscope evaluate` sub-commands for detection.
+
+Explanation and synthetic-data protocols (:mod:`waferscope.evaluate.detection`, :mod:`.explanations`,
+:mod:`.synthetic`). Thin: parse, call, write.
+"""
 
 from __future__ import annotations
 
@@ -36,8 +39,11 @@ def detector(
     threads: int = typer.Option(2, "--threads", min=1),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Append the result as one JSON line to this file"),
 ) -> None:
-    """The detector dev protocol: train on real normals, test on the other normals vs every defect
-    (--images: the same on a real MVTec-layout image folder)."""
+    """Run the detector dev protocol.
+
+    Train on real normals, test on the other normals vs every defect (--images: the same on
+    a real MVTec-layout image folder).
+    """
     from waferscope.benchmark.measure import append_json_line
     from waferscope.evaluate import detection as ev
 

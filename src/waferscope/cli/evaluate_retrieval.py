@@ -15,7 +15,7 @@ METHODS = ("metric", "lda", "features", "cnn", "raw", "wu2015", "cnn_fold")
 
 
 def _shared_default_sets() -> list[str]:
-    """The shared wm811k_dev.npz + wm811k_dev2.npz, or one error naming what they are and how to pass one's own."""
+    """Return the shared wm811k_dev.npz + wm811k_dev2.npz, or one error naming what they are and how to pass one's own."""
     from waferscope.cli.checks import shared_default
     from waferscope.data.paths import DEV2_MAPS, DEV_MAPS
 
@@ -24,6 +24,7 @@ def _shared_default_sets() -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope evaluate retrieval`` and ``evaluate open-set`` to ``app``."""
     app.command("retrieval")(retrieval)
     app.command("open-set")(open_set)
 
@@ -43,8 +44,11 @@ def open_set(
     threads: int = typer.Option(2, "--threads", min=1),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-task table and summary as JSON here"),
 ) -> None:
-    """Leave one class out on lot-grouped real folds: AUROC of unknown-vs-known, known-class macro-F1
-    with and without abstention, and how well the hidden class is rediscovered as a cluster."""
+    """Leave one class out on lot-grouped real folds.
+
+    AUROC of unknown-vs-known, known-class macro-F1 with and without abstention, and how well
+    the hidden class is rediscovered as a cluster.
+    """
     from waferscope.cli.common import load_data
     from waferscope.cli.search import _threads
     from waferscope.evaluate.open_set import open_set_folds, summarise_open_set
@@ -94,8 +98,11 @@ def retrieval(
     threads: int = typer.Option(2, "--threads", min=1),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-fold table and summary as JSON here"),
 ) -> None:
-    """Precision@k and mAP of similar-wafer retrieval on lot-grouped real folds (queries from held-out
-    lots, same class = relevant, `none` queries apart), per embedding and the Wu 2015 baseline."""
+    """Measure precision@k and mAP of similar-wafer retrieval on lot-grouped real folds.
+
+    Queries from held-out lots, same class = relevant, `none` queries apart, per embedding and the
+    Wu 2015 baseline.
+    """
     from waferscope.cli.common import load_data
     from waferscope.cli.search import _threads
     from waferscope.evaluate import retrieval as ev

@@ -1,5 +1,8 @@
-"""`waferscope evaluate robustness`: the bundled models against what fab wafers vary in
-(:mod:`waferscope.evaluate.robustness`). Thin: parse, call, write."""
+"""`waferscope evaluate robustness`.
+
+The bundled models against what fab wafers vary in
+(:mod:`waferscope.evaluate.robustness`). Thin: parse, call, write.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +34,10 @@ def robustness(
     threads: int = typer.Option(2, "--threads", min=1, help="torch threads"),
     out: Path = typer.Option(Path("results/robustness"), "--out", help="Folder for robustness.csv, .md and .png"),
 ) -> None:
-    """Clean-wafer false alarms and real-dev macro-F1 under grid size, die aspect, yield, rotation/flip,
-    margins, clipping, edge exclusion and input format, per bundled model (or --run)."""
+    """Clean-wafer false alarms and real-dev macro-F1 under grid size, die aspect, yield, rotation/flip, margins.
+
+    Clipping, edge exclusion and input format, per bundled model (or --run).
+    """
     import dataclasses
 
     import torch
@@ -60,4 +65,5 @@ def robustness(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope evaluate robustness`` to ``app``."""
     app.command("robustness")(robustness)

@@ -13,6 +13,7 @@ from waferscope.cli.common import DATA_HELP, load_model_described
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope explain`` and ``waferscope atlas`` to ``app``."""
     app.command("explain")(explain_cmd)
     app.command("atlas")(atlas_cmd)
 

@@ -11,8 +11,11 @@ from waferscope.errors import ConfigError
 
 
 def bundled_run_dir(name: str) -> Path:
-    """The run directory of a bundled classifier or detector, by its current name (the names of the
-    two kinds do not overlap; the old adjective names do, so no aliases here)."""
+    """Return the run directory of a bundled classifier or detector.
+
+    By its current name (the names of the two kinds do not overlap; the old adjective names
+    do, so no aliases here).
+    """
     from waferscope.base import resolve_bundled_name
     from waferscope.models.classifiers import BUNDLED as CLASSIFIERS
     from waferscope.models.detectors import BUNDLED as DETECTORS
@@ -51,8 +54,10 @@ def export(
 
 
 def describe_export(path: Path, calibration: Optional[str]) -> str:
-    """What a deployment must know, read back from the file's own metadata: the input layout, the
-    outputs, and whether INT8 was applied (and calibrated on what)."""
+    """Return what a deployment must know, read back from the file's own metadata.
+
+    The input layout, the outputs, and whether INT8 was applied (and calibrated on what).
+    """
     from waferscope.export import read_metadata
 
     meta = read_metadata(path)

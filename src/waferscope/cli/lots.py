@@ -1,4 +1,5 @@
-"""`waferscope lots`: the lot views of one or more wafer-map files (waferscope.lots) as CSV tables,
+"""`waferscope lots`: the lot views of one or more wafer-map files (waferscope.lots) as CSV tables.
+
 PNG figures and one HTML page in a folder.
 
 Each wafer is classified with a classifier and scored with a detector unless ``--no-predict``:
@@ -20,11 +21,12 @@ from waferscope.errors import ConfigError, DataError
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope lots`` to ``app``."""
     app.command("lots")(lots_cmd)
 
 
 def load_lots_data(specs: List[str], pass_bins: Optional[str]):
-    """The files as one data set; their bin codes (``attrs["bins"]``, keyed by wafer id) merged."""
+    """Return the files as one data set; their bin codes (``attrs["bins"]``, keyed by wafer id) merged."""
     from waferscope.data import load
     from waferscope.data.dataset import WaferDataset
     from waferscope.lots import BIN_NAMES_ATTR, BINS_ATTR
@@ -45,8 +47,10 @@ def load_lots_data(specs: List[str], pass_bins: Optional[str]):
 
 
 def resolve_models(runs: List[Path], bundled: List[str]) -> dict:
-    """Classifier and detector (+ threshold and how to name them) from ``--run``/``--bundled``;
-    the bundled defaults fill in a kind nobody named."""
+    """Classifier and detector (+ threshold and how to name them) from ``--run``/``--bundled``.
+
+    The bundled defaults fill in a kind nobody named.
+    """
     from waferscope.base import read_run_header
     from waferscope.cli.common import load_model_described
     from waferscope.models.classifiers import BUNDLED as CLF_BUNDLED, BUNDLED_ALIASES as CLF_ALIASES

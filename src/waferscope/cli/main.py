@@ -51,9 +51,12 @@ discover.register(app)  # `discover` (clusters of wafers no known class fits)
 
 
 def _plain_metavars(command) -> None:
-    """Help placeholders a user can read: typer shows the Python type (``<list[str]>``, ``<bool>`` for a
-    flag); this names each value after its option (``--data DATA``) and shows nothing for flags. Also
-    orders the sub-commands by :data:`WORKFLOW`."""
+    """Help placeholders a user can read.
+
+    Typer shows the Python type (``<list[str]>``, ``<bool>`` for a flag); this names each value after
+    its option (``--data DATA``) and shows nothing for flags. Also orders the sub-commands by
+    :data:`WORKFLOW`.
+    """
     for param in getattr(command, "params", []):
         if getattr(param, "is_flag", False):
             param.metavar = ""
@@ -81,7 +84,7 @@ def _plain_metavars(command) -> None:
 
 
 def build_command():
-    """The click command behind ``app`` with readable help (see :func:`_plain_metavars`)."""
+    """Return the click command behind ``app`` with readable help (see :func:`_plain_metavars`)."""
     command = typer.main.get_command(app)
     _plain_metavars(command)
     return command
@@ -91,7 +94,7 @@ _SHOWWARNING = warnings.showwarning
 
 
 def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
-    """The library's FutureWarnings (an old bundled name, ...) as one ``note:`` line; others as usual."""
+    """Show the library's FutureWarnings (an old bundled name, ...) as one ``note:`` line; others as usual."""
     if issubclass(category, FutureWarning):
         typer.echo(f"note: {message}", err=True)
     else:
@@ -99,6 +102,7 @@ def _show_note(message, category, filename, lineno, file=None, line=None) -> Non
 
 
 def main() -> None:
+    """Run the command line, showing the library's FutureWarnings as ``note:`` lines."""
     with warnings.catch_warnings():
         warnings.simplefilter("always", FutureWarning)
         warnings.showwarning = _show_note
@@ -131,8 +135,11 @@ def _main() -> None:
 
 
 def _usage_error_types() -> tuple[type, ...]:
-    """The ClickException classes a usage error can be: typer >= 0.2x raises those of its vendored
-    copy of click (``typer._click``), older typer those of click itself."""
+    """Return the ClickException classes a usage error can be.
+
+    Typer >= 0.2x raises those of its vendored copy of click (``typer._click``), older
+    typer those of click itself.
+    """
     import importlib
 
     types = []

@@ -11,6 +11,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope models`` to ``app``."""
     app.command("models")(models_cmd)
 
 
@@ -23,7 +24,7 @@ def plain_text(doc: str) -> str:
 
 
 def _summary(obj) -> str:
-    """The first sentence of the docstring's first paragraph (which may span lines), in plain text."""
+    """Return the first sentence of the docstring's first paragraph (which may span lines), in plain text."""
     paragraph = " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split())
     if paragraph:
         text = plain_text(paragraph).replace(" (see the module docstring)", "")
@@ -33,8 +34,11 @@ def _summary(obj) -> str:
 
 
 def model_table() -> list[dict]:
-    """One row per registered classifier/detector/backbone and per bundled model (name, kind,
-    summary; bundled rows also the registered model they are and whether they are a default)."""
+    """Return one row per registered classifier/detector/backbone and per bundled model.
+
+    Name, kind, summary; bundled rows also the registered model they are and whether they are a
+    default.
+    """
     from waferscope import registry
     from waferscope.models import classifiers, detectors
 

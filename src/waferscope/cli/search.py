@@ -1,5 +1,8 @@
-"""`waferscope index build` and `waferscope search`: find the archive wafers most like a query
-(:mod:`waferscope.search`). Thin: parse, call the library, write a CSV and a PNG montage."""
+"""`waferscope index build` and `waferscope search`.
+
+Find the archive wafers most like a query (:mod:`waferscope.search`). Thin: parse, call the
+library, write a CSV and a PNG montage.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ index_app = typer.Typer(no_args_is_help=True, help="Similarity-search indexes of
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope index`` and ``waferscope search`` to ``app``."""
     app.add_typer(index_app, name="index")
     app.command("search")(search_cmd)
 
@@ -75,8 +79,11 @@ def search_cmd(
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     threads: int = typer.Option(2, "--threads", min=1),
 ) -> None:
-    """The k archive wafers most like each query wafer: neighbours.csv (query id, rank, neighbour id,
-    lot, distance, class) and neighbours.png (each query beside its neighbours)."""
+    """Find the k archive wafers most like each query wafer.
+
+    neighbours.csv (query id, rank, neighbour id, lot, distance, class) and neighbours.png
+    (each query beside its neighbours).
+    """
     from waferscope.search import WaferIndex
     from waferscope.search.montage import search_montage
 

@@ -22,6 +22,7 @@ from waferscope.errors import ConfigError, RunDirError
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``waferscope serve`` to ``app``."""
     app.command("serve")(serve_cmd)
 
 

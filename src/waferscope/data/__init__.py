@@ -1,5 +1,4 @@
-"""Wafer-map data: the dataset container, loaders behind one entry point, the synthetic generator
-and preprocessing."""
+"""Wafer-map data: the dataset container, loaders behind one entry point, the synthetic generator and preprocessing."""
 
 from waferscope.data.classes import BASE_PATTERNS, CLASSES, NORMAL
 from waferscope.data.dataset import WaferDataset, validate_map

@@ -49,7 +49,7 @@ def compression_of(path: str | Path) -> str | None:
 
 
 def _zip_member(path: Path) -> str | None:
-    """The one non-directory member of a zip that is not an npz archive, else None."""
+    """Return the one non-directory member of a zip that is not an npz archive, else None."""
     try:
         with zipfile.ZipFile(path) as z:
             names = [i.filename for i in z.infolist() if not i.is_dir()]
@@ -92,9 +92,10 @@ class _Bounded(io.RawIOBase):
 
 
 def open_binary(path: str | Path, limits: LoadLimits | None = None) -> BinaryIO:
-    """A buffered binary stream of the file's content, decompressed if it is compressed.
+    """Return a buffered binary stream of the file's content, decompressed if it is compressed.
 
-    Use as a context manager. Reading past ``limits.max_decompressed_bytes`` raises DataError."""
+    Use as a context manager. Reading past ``limits.max_decompressed_bytes`` raises DataError.
+    """
     path = Path(path)
     limits = resolve_limits(limits)
     kind = compression_of(path)
@@ -114,13 +115,13 @@ def open_binary(path: str | Path, limits: LoadLimits | None = None) -> BinaryIO:
 
 
 def peek(path: str | Path, n: int = 4096, limits: LoadLimits | None = None) -> bytes:
-    """The first ``n`` bytes of the (decompressed) content."""
+    """Return the first ``n`` bytes of the (decompressed) content."""
     with open_binary(path, limits) as f:
         return f.read(n)
 
 
 def inner_suffix(path: str | Path) -> str:
-    """The suffix that names the inner format: ``lot.stdf.gz`` → ``.stdf``; ``x.zip`` → its member's."""
+    """Return the suffix that names the inner format: ``lot.stdf.gz`` → ``.stdf``; ``x.zip`` → its member's."""
     path = Path(path)
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in (".gz", ".gzip", ".bz2", ".xz", ".zip") and len(suffixes) > 1:

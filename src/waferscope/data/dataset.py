@@ -54,6 +54,8 @@ def validate_map(m: np.ndarray, where: str | None = None, index: int | None = No
 
 @dataclass
 class WaferDataset:
+    """Wafer maps (or images) with labels and per-sample metadata: what every loader returns and every model takes."""
+
     maps: list[np.ndarray]
     labels: np.ndarray  # str, "" = unlabelled
     meta: pd.DataFrame
@@ -79,6 +81,7 @@ class WaferDataset:
         validate: bool = True,
         where: str | None = None,
     ) -> "WaferDataset":
+        """Build a data set from maps and labels; ``validate`` checks each map first (a clear DataError)."""
         maps = list(maps)
         if validate:
             maps = [validate_map(m, where, i, kind) for i, m in enumerate(maps)]
@@ -113,12 +116,15 @@ class WaferDataset:
 
     # ---- views ----------------------------------------------------------------------------------
     def __len__(self) -> int:
+        """Return the number of samples."""
         return len(self.maps)
 
     def __repr__(self) -> str:
+        """Show the name, kind, size and class counts."""
         return f"WaferDataset(name={self.name!r}, kind={self.kind!r}, n={len(self)}, classes={self.class_counts()})"
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "WaferDataset":
+        """Return the samples at ``index`` (integer positions or a boolean mask) as a new data set."""
         idx = np.asarray(index)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
@@ -135,28 +141,35 @@ class WaferDataset:
 
     @property
     def ids(self) -> np.ndarray:
+        """Return the sample ids."""
         return self.meta["id"].to_numpy()
 
     @property
     def is_labelled(self) -> np.ndarray:
+        """Return a boolean mask of the labelled samples."""
         return self.labels != UNLABELLED
 
     @property
     def is_normal(self) -> np.ndarray:
+        """Return a boolean mask of the normal samples."""
         return np.isin(self.labels, list(NORMAL_LABELS))
 
     def normal(self) -> "WaferDataset":
+        """Return the normal samples."""
         return self.subset(self.is_normal)
 
     def labelled(self) -> "WaferDataset":
+        """Return the labelled samples."""
         return self.subset(self.is_labelled)
 
     def class_counts(self) -> dict[str, int]:
+        """Return the number of samples of each label ("(unlabelled)" for none)."""
         vals, counts = np.unique(self.labels.astype(str), return_counts=True)
         return {str(v) if v else "(unlabelled)": int(c) for v, c in zip(vals, counts)}
 
     @property
     def shapes(self) -> np.ndarray:
+        """Return the (N, 2) array of map heights and widths."""
         return np.array([m.shape[:2] for m in self.maps], dtype=np.int64).reshape(-1, 2)
 
     def fail_rates(self) -> np.ndarray:
@@ -169,6 +182,7 @@ class WaferDataset:
 
     @staticmethod
     def concat(parts: Sequence["WaferDataset"], name: str | None = None) -> "WaferDataset":
+        """Concatenate data sets of one kind (empty ones skipped); a DataError when nothing is left."""
         parts = [p for p in parts if len(p)]
         if not parts:
             raise DataError("nothing to concatenate: every data set is empty")
@@ -188,7 +202,7 @@ class WaferDataset:
         )
 
     def summary(self) -> dict:
-        """Counts per class, map sizes and fail rates: what `waferscope data info` prints."""
+        """Return counts per class, map sizes and fail rates: what `waferscope data info` prints."""
         shapes = self.shapes
         per_class: dict[str, dict] = {}
         rates = self.fail_rates() if self.kind == "wafer" else None
@@ -221,9 +235,11 @@ class WaferDataset:
 
 
 def validate_wafer_maps(maps: Sequence[np.ndarray], where: str | None = None) -> None:
-    """Raise the clear DataError of :func:`validate_map` for the first map that is not a 2-D grid of
-    die states 0/1/2. Models call this on what they are given, since a WaferDataset built directly
-    (not through ``from_maps``) is not validated; the common case (uint8, max ≤ 2) costs one max."""
+    """Raise the clear DataError of :func:`validate_map` for the first map that is not a 2-D grid of die states 0/1/2.
+
+    Models call this on what they are given, since a WaferDataset built directly (not through
+    ``from_maps``) is not validated; the common case (uint8, max ≤ 2) costs one max.
+    """
     for i, m in enumerate(maps):
         if not (isinstance(m, np.ndarray) and m.ndim == 2 and m.dtype == np.uint8 and m.size
                 and m.max() <= 2):
@@ -231,4 +247,5 @@ def validate_wafer_maps(maps: Sequence[np.ndarray], where: str | None = None) ->
 
 
 def check_die_states(values: Iterable[int]) -> bool:
+    """Return whether every value is a die state (0, 1 or 2)."""
     return set(int(v) for v in values) <= set(DIE_STATES)

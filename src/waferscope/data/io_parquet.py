@@ -208,8 +208,11 @@ def _file_info(pf: pq.ParquetFile, path: Path) -> dict:
 
 def _binary_views(column: pa.ChunkedArray | pa.Array, sizes: np.ndarray, what: str, path: Path,
                   max_value: int | None = None) -> list[np.ndarray | None]:
-    """Split an Arrow binary column into per-row uint8 arrays; each Arrow chunk is copied once into
-    one writable buffer that its rows share (no per-row allocation, no read-only views)."""
+    """Split an Arrow binary column into per-row uint8 arrays.
+
+    Each Arrow chunk is copied once into one writable buffer that its rows share (no per-row
+    allocation, no read-only views).
+    """
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     out: list[np.ndarray | None] = []
     for arr in chunks:
@@ -237,6 +240,7 @@ def _binary_views(column: pa.ChunkedArray | pa.Array, sizes: np.ndarray, what: s
 
 
 def table_to_dataset(table: pa.Table, path: Path, name: str | None = None) -> WaferDataset:
+    """Decode an Arrow table in waferscope's Parquet layout into a WaferDataset."""
     n = table.num_rows
     cols = set(table.column_names)
     rows = table.column("rows").to_numpy().astype(np.int64)
@@ -286,8 +290,11 @@ def _complete_meta(meta: pd.DataFrame, n: int, source: str) -> pd.DataFrame:
 
 
 def read_parquet(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
-    """The whole file as one WaferDataset, its size checked against ``limits`` before the maps are
-    decoded (:func:`check_parquet_limits`), and the decoded bytes counted row group by row group."""
+    """Return the whole file as one WaferDataset.
+
+    Its size checked against ``limits`` before the maps are decoded
+    (:func:`check_parquet_limits`), and the decoded bytes counted row group by row group.
+    """
     path = Path(path)
     limits = resolve_limits(limits)
     pf = _open(path)
@@ -312,10 +319,13 @@ def read_parquet(path: str | Path, limits: LoadLimits | None = None) -> WaferDat
 
 
 def check_parquet_limits(pf: pq.ParquetFile, path: Path, limits: LoadLimits) -> None:
-    """Refuse a file over ``limits`` from what it states, before any map is decoded: the row count
-    (footer), each map's rows×cols×channels (three small integer columns, read alone), the bytes the
-    row groups state once uncompressed, and the ``map`` column's stated size against what those
-    shapes need (a file whose shapes understate its maps is refused here, not after decoding)."""
+    """Refuse a file over ``limits`` from what it states, before any map is decoded.
+
+    The row count (footer), each map's rows×cols×channels (three small integer columns, read alone),
+    the bytes the row groups state once uncompressed, and the ``map`` column's stated size against
+    what those shapes need (a file whose shapes understate its maps is refused here, not after
+    decoding).
+    """
     md = pf.metadata
     limits.check_count(md.num_rows, path)
     cap = limits.max_decompressed_bytes
@@ -369,7 +379,7 @@ def iter_parquet(path: str | Path, batch_size: int = DEFAULT_ROW_GROUP) -> Itera
 
 
 def read_ids(path: str | Path) -> list[str]:
-    """The sample ids of a file, as read_parquet / iter_parquet give them, without reading the maps."""
+    """Return the sample ids of a file, as read_parquet / iter_parquet give them, without reading the maps."""
     path = Path(path)
     pf = _open(path)
     try:
@@ -380,4 +390,5 @@ def read_ids(path: str | Path) -> list[str]:
 
 
 def parquet_count(path: str | Path) -> int:
+    """Return the number of maps in a Parquet file, from its metadata alone."""
     return _open(Path(path)).metadata.num_rows

@@ -39,6 +39,7 @@ class LoadLimits:
     max_decompressed_bytes: int | None = 8 << 30
 
     def __post_init__(self):
+        """Check that every limit is a positive integer or None."""
         for name in ("max_maps", "max_side", "max_dies", "max_decompressed_bytes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -56,19 +57,21 @@ class LoadLimits:
                             f"{self.max_side} rows or columns (max_side)", path)
 
     def budget(self, path: str | Path | None) -> "DieBudget":
-        """A running total of dies for one load."""
+        """Return a running total of dies for one load."""
         return DieBudget(self, path)
 
 
 class DieBudget:
     """Adds up the dies a load is about to allocate; raises once ``max_dies`` would be passed.
 
-    Call :meth:`add` with each map's shape *before* allocating it (it also checks ``max_side``)."""
+    Call :meth:`add` with each map's shape *before* allocating it (it also checks ``max_side``).
+    """
 
     def __init__(self, limits: LoadLimits, path: str | Path | None):
         self.limits, self.path, self.total, self.maps = limits, path, 0, 0
 
     def add(self, shape, where: str = "map") -> None:
+        """Charge the budget with a map of ``shape`` (checked against the per-map limits first)."""
         self.limits.check_shape(shape, self.path, where)
         n = 1
         for s in shape:
@@ -86,9 +89,12 @@ UNLIMITED = LoadLimits(max_maps=None, max_side=None, max_dies=None, max_decompre
 
 
 def read_npy_header(f):
-    """``(shape, dtype)`` from the header of an ``.npy`` stream at its start, reading no data (so a
-    loader can check the stated size before numpy allocates it); None for a format version other than
-    1.0/2.0 (numpy's own reader then decides). ValueError/EOFError for a malformed header."""
+    """``(shape, dtype)`` from the header of an ``.npy`` stream at its start.
+
+    Reading no data (so a loader can check the stated size before numpy allocates it); None for a
+    format version other than 1.0/2.0 (numpy's own reader then decides). ValueError/EOFError for a
+    malformed header.
+    """
     from numpy.lib import format as npformat
 
     version = npformat.read_magic(f)
@@ -102,4 +108,5 @@ def read_npy_header(f):
 
 
 def resolve_limits(limits: LoadLimits | None) -> LoadLimits:
+    """Return ``limits``, or the default limits when None."""
     return DEFAULT_LIMITS if limits is None else limits

@@ -1,4 +1,6 @@
-"""One entry point for every data source: ``load(spec)`` detects the format and returns a
+"""One entry point for every data source.
+
+``load(spec)`` detects the format and returns a
 :class:`~waferscope.data.dataset.WaferDataset`.
 
 A spec is ``synthetic:n=…,seed=…[,mixed=1]`` or a path:
@@ -51,6 +53,7 @@ BINARY_FORMATS = ("parquet", "npz", "npy", "pickle")  # need a seekable file: in
 
 
 def parse_synthetic_spec(spec: str) -> dict:
+    """Parse a ``synthetic:n=...,seed=...`` spec into :func:`~waferscope.data.synthetic.generate`'s arguments."""
     body = spec.split(":", 1)[1]
     out: dict = {}
     for part in filter(None, body.split(",")):
@@ -85,8 +88,10 @@ def _sniff_text(head: bytes, suffix: str) -> str | None:
 
 
 def sniff_format(path: Path, limits: LoadLimits | None = None) -> str:
-    """'parquet', 'npz', 'npy', 'pickle', 'mvtec', 'folders', 'stdf', 'e142', 'g85', 'klarf',
-    'dielist' — or a DataError saying why not. Compressed files are sniffed by their content."""
+    """'parquet', 'npz', 'npy', 'pickle', 'mvtec', 'folders', 'stdf', 'e142', 'g85', 'klarf', 'dielist'.
+
+    Or a DataError saying why not. Compressed files are sniffed by their content.
+    """
     from waferscope.data.compressed import inner_suffix, peek
 
     if path.is_dir():
@@ -134,10 +139,12 @@ def sniff_format(path: Path, limits: LoadLimits | None = None) -> str:
 
 def load(spec: str | Path, pass_bins=None, limits: LoadLimits | None = None, retest: str | None = None,
          columns=None) -> WaferDataset:
-    """The data set at ``spec``; ``pass_bins`` (see the module docstring) applies to fab formats,
+    """Return the data set at ``spec``; ``pass_bins`` (see the module docstring) applies to fab formats.
+
     ``columns`` to CSV die lists, ``limits`` to everything read from a file; ``retest`` ("last"
     default, "first", "worst"): which result of an STDF die probed twice without a retest flag is
-    kept (other sources ignore it)."""
+    kept (other sources ignore it).
+    """
     limits = resolve_limits(limits)
     dataset = _load(spec, pass_bins, limits, retest, columns)
     # the loaders refuse oversize input before allocating; this catches any that cannot know sizes early
@@ -179,7 +186,7 @@ def _load(spec: str | Path, pass_bins, limits: LoadLimits, retest: str | None = 
 
 
 def _load_inflated(fmt: str, path: Path, limits: LoadLimits) -> WaferDataset:
-    """A compressed Parquet/npz/npy/pickle: inflate (bounded) into a temporary file and read that."""
+    """Return a compressed Parquet/npz/npy/pickle: inflate (bounded) into a temporary file and read that."""
     import os
     import shutil
     import tempfile

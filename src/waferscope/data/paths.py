@@ -41,8 +41,10 @@ class SharedDataMissing(ConfigError):
 
 
 def require_shared(path: Path, own: str) -> Path:
-    """``path`` when it exists, else :class:`SharedDataMissing` saying what it is, where it was looked
-    for and how to pass one's own instead (``own``, in the caller's terms)."""
+    """``path`` when it exists, else :class:`SharedDataMissing` saying what it is.
+
+    Where it was looked for and how to pass one's own instead (``own``, in the caller's terms).
+    """
     if not Path(path).exists():
         raise SharedDataMissing(f"{missing_shared_message(path)}. Or pass your own: {own}")
     return Path(path)

@@ -20,6 +20,7 @@ ENCODINGS = ("onehot", "single", "onehot3")
 
 @lru_cache(maxsize=4096)
 def nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Return, for each of ``n_out`` cells, the index of the nearest of ``n_in`` source cells (centre sampling)."""
     # Sample at pixel centres: output pixel j covers input coordinate (j + 0.5) * n_in / n_out.
     idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp)
     return np.minimum(idx, n_in - 1)
@@ -78,6 +79,7 @@ def encode(batch: np.ndarray, encoding: str = "onehot") -> np.ndarray:
 
 
 def channels(encoding: str) -> int:
+    """Return the input channels of ``encoding``."""
     return {"onehot": 2, "onehot3": 3, "single": 1}[encoding]
 
 
@@ -92,7 +94,7 @@ def encode_images(batch: np.ndarray) -> np.ndarray:
 
 
 def dihedral(batch: np.ndarray, k: int, axes: tuple[int, int] = (-2, -1)) -> np.ndarray:
-    """The k-th of the 8 rotations/flips of a square (k in 0..7)."""
+    """Return the k-th of the 8 rotations/flips of a square (k in 0..7)."""
     out = np.rot90(batch, k % 4, axes=axes)
     if k >= 4:
         out = np.flip(out, axis=axes[1])
@@ -134,8 +136,10 @@ def stratified_kfold(labels: np.ndarray, n_splits: int = 5, seed: int = 0) -> It
 
 def grouped_stratified_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int = 5,
                              seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Seeded stratified K-fold that keeps every group (e.g. a wafer lot) on one side of each split,
-    so maps of one lot never sit in training and test at once."""
+    """Seeded stratified K-fold that keeps every group (e.g. a wafer lot) on one side of each split.
+
+    So maps of one lot never sit in training and test at once.
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     labels = np.asarray(labels).astype(str)
@@ -161,8 +165,7 @@ AREA_LEVELS = 255  # fractions are stored as uint8 k/255 (7 KB per 48×48 map in
 
 
 def die_bbox(m: np.ndarray) -> tuple[int, int, int, int]:
-    """(r0, r1, c0, c1): the rows r0:r1 and columns c0:c1 holding every die of a map (the whole map
-    when it has none)."""
+    """(r0, r1, c0, c1): the rows r0:r1 and columns c0:c1 holding every die of a map (the whole map when it has none)."""
     on = np.asarray(m) != 0
     rows = np.flatnonzero(on.any(1))
     if not len(rows):
@@ -173,10 +176,12 @@ def die_bbox(m: np.ndarray) -> tuple[int, int, int, int]:
 
 @lru_cache(maxsize=4096)
 def area_overlap(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) integer overlaps: input cell h spans [h·n_out, (h+1)·n_out) and output cell i
-    spans [i·n_in, (i+1)·n_in) on a common integer axis, so every weight is exact and the weights of
-    a mirrored axis are the mirrored weights (a flipped map resamples to the flipped result, bit for bit).
-    Each row sums to n_in."""
+    """(n_out, n_in) integer overlaps.
+
+    Input cell h spans [h·n_out, (h+1)·n_out) and output cell i spans [i·n_in, (i+1)·n_in) on a common
+    integer axis, so every weight is exact and the weights of a mirrored axis are the mirrored weights (a
+    flipped map resamples to the flipped result, bit for bit). Each row sums to n_in.
+    """
     h = np.arange(n_in, dtype=np.int64)
     i = np.arange(n_out, dtype=np.int64)
     lo = np.maximum(h[None, :] * n_out, i[:, None] * n_in)
@@ -203,19 +208,24 @@ def _area_counts(stack: np.ndarray, size: int) -> np.ndarray:
 
 
 def area_resize_map(m: np.ndarray, size: int) -> np.ndarray:
-    """One die map → (size, size, 3) uint8: per output cell the no-die, pass and fail fractions of
-    the cells it covers (×255, rounded half up), after cropping to the dies' bounding box.
+    """One die map → (size, size, 3) uint8.
+
+    Per output cell the no-die, pass and fail fractions of the cells it covers (×255,
+    rounded half up), after cropping to the dies' bounding box.
 
     Exact: the overlaps are integers and so is every sum of their products, so the same bytes come
     out on every machine and thread count, and a rotated or flipped map gives the rotated or flipped
-    result."""
+    result.
+    """
     r0, r1, c0, c1 = die_bbox(m)
     return _area_counts(np.asarray(m)[None, r0:r1, c0:c1], size)[0]
 
 
 def area_resize_maps(maps: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Every map → (N, size, size, 3) uint8 fractions (see :func:`area_resize_map`); maps whose
-    cropped grids share a shape are resampled together."""
+    """Every map → (N, size, size, 3) uint8 fractions (see :func:`area_resize_map`).
+
+    Maps whose cropped grids share a shape are resampled together.
+    """
     out = np.empty((len(maps), size, size, 3), np.uint8)
     groups: dict[tuple[int, int], list[int]] = {}
     crops = []
@@ -231,8 +241,11 @@ def area_resize_maps(maps: Sequence[np.ndarray], size: int) -> np.ndarray:
 
 
 def resample_maps(maps: Sequence[np.ndarray], size: int, resample: str = "nearest") -> np.ndarray:
-    """The CNN input before encoding: (N, S, S) uint8 die states (``nearest``) or (N, S, S, 3) uint8
-    no-die/pass/fail fractions (``area``)."""
+    """Return the CNN input before encoding.
+
+    (N, S, S) uint8 die states (``nearest``) or (N, S, S, 3) uint8 no-die/pass/fail fractions
+    (``area``).
+    """
     if resample == "nearest":
         return resize_maps(maps, size)
     if resample == "area":
@@ -241,8 +254,11 @@ def resample_maps(maps: Sequence[np.ndarray], size: int, resample: str = "neares
 
 
 def encode_area(batch: np.ndarray, encoding: str = "onehot3") -> np.ndarray:
-    """(N, S, S, 3) uint8 fractions → float32 (N, C, S, S): ``onehot3`` all three channels, ``onehot``
-    pass and fail (the area averages of those encodings)."""
+    """(N, S, S, 3) uint8 fractions → float32 (N, C, S, S).
+
+    ``onehot3`` all three channels, ``onehot`` pass and fail (the area averages of those
+    encodings).
+    """
     x = np.moveaxis(batch, -1, 1).astype(np.float32) * (1.0 / AREA_LEVELS)
     if encoding == "onehot3":
         return np.ascontiguousarray(x)
@@ -252,8 +268,11 @@ def encode_area(batch: np.ndarray, encoding: str = "onehot3") -> np.ndarray:
 
 
 def area_to_die_grid(heat: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """An S×S heat map of an area-resampled map → the map's own (H, W) die grid: each die gets the
-    overlap-weighted mean of the output cells that covered it; cells outside the dies' bounding box 0."""
+    """Return an S×S heat map of an area-resampled map → the map's own (H, W) die grid.
+
+    Each die gets the overlap-weighted mean of the output cells that covered it; cells outside the
+    dies' bounding box 0.
+    """
     r0, r1, c0, c1 = die_bbox(m)
     s = heat.shape[0]
     wr, wc = area_overlap(r1 - r0, s), area_overlap(c1 - c0, s)
@@ -275,9 +294,11 @@ ORIENT = ("none", "canonical")
 
 @lru_cache(maxsize=16)
 def _moment_weights(size: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """(S², 3) float64 weights (row, column, row×column coordinates, odd integers centred on the
-    map) and, per view k, how its row/column moments follow from the map's: (source of its row
-    moment 0 = row, 1 = column; its sign; the same for its column moment)."""
+    """(S², 3) float64 weights (row, column, row×column coordinates, odd integers centred on the map) and, per view k.
+
+    How its row/column moments follow from the map's: (source of its row moment 0 = row, 1 =
+    column; its sign; the same for its column moment).
+    """
     a = (2 * np.arange(size) - (size - 1)).astype(np.float64)
     rr, cc = np.meshgrid(a, a, indexing="ij")
     w = np.stack([rr.ravel(), cc.ravel(), (rr * cc).ravel()], axis=1)
@@ -305,8 +326,10 @@ def _moment_weights(size: int) -> tuple[np.ndarray, list[tuple[int, int, int, in
 
 
 def canonical_views(x: np.ndarray) -> np.ndarray:
-    """(N,) index k (as in :func:`dihedral`) of each map's canonical view, for a resampled batch:
-    (N, S, S) die states or (N, S, S, 3) area fractions."""
+    """(N,) index k (as in :func:`dihedral`) of each map's canonical view, for a resampled batch.
+
+    (N, S, S) die states or (N, S, S, 3) area fractions.
+    """
     n, size = len(x), x.shape[1]
     if n == 0:
         return np.zeros(0, np.intp)
@@ -353,18 +376,23 @@ def canonicalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def _view_rules() -> np.ndarray:
-    """(8, 4) int64: how each view's moments follow from the map's (:func:`_moment_weights`; the same
-    for every size), as the compiled key wants them."""
+    """(8, 4) int64: how each view's moments follow from the map's (:func:`_moment_weights`; the same for every size).
+
+    As the compiled key wants them.
+    """
     rules = np.asarray(_moment_weights(2)[1], np.int64)
     rules.setflags(write=False)
     return rules
 
 
 def canonical_map(m: np.ndarray) -> np.ndarray:
-    """A map on its own die grid, cropped to its dies' bounding box and turned into its canonical view
-    (the same rule as :func:`canonical_views`: fail-weighted moments, then die-weighted moments, then
-    the bytes). Every rotation/flip of a map, and the map with any margin of no-die cells, give the
-    same array. For models that read the native grid (the ``gbm`` features); ~5 µs a map."""
+    """Return a map on its own die grid.
+
+    Cropped to its dies' bounding box and turned into its canonical view (the same rule as
+    :func:`canonical_views`: fail-weighted moments, then die-weighted moments, then the bytes). Every
+    rotation/flip of a map, and the map with any margin of no-die cells, give the same array. For
+    models that read the native grid (the ``gbm`` features); ~5 µs a map.
+    """
     from waferscope.features._kernels import canonical_choice
 
     m = np.ascontiguousarray(m, dtype=np.uint8)
@@ -378,7 +406,7 @@ def canonical_map(m: np.ndarray) -> np.ndarray:
 
 
 def undo_view(heat: np.ndarray, k: int) -> np.ndarray:
-    """An S×S map computed on view k of a map, turned back onto the map itself."""
+    """Return an S×S map computed on view k of a map, turned back onto the map itself."""
     for j in range(8):
         if np.array_equal(dihedral(dihedral(np.arange(4).reshape(2, 2), k), j), np.arange(4).reshape(2, 2)):
             return np.ascontiguousarray(dihedral(heat, j))
@@ -386,7 +414,7 @@ def undo_view(heat: np.ndarray, k: int) -> np.ndarray:
 
 
 def prepare_maps(maps: Sequence[np.ndarray], size: int, resample: str = "nearest", orient: str = "none") -> np.ndarray:
-    """The whole CNN input preparation before encoding: resample, then the canonical orientation."""
+    """Return the whole CNN input preparation before encoding: resample, then the canonical orientation."""
     x = resample_maps(maps, size, resample)
     if orient == "none":
         return x

@@ -24,8 +24,10 @@ STATE_NAMES = ("no die", "pass", "fail")
 
 
 def render_map(m: np.ndarray, scale: int = 1, palette: np.ndarray = PALETTE) -> np.ndarray:
-    """An H×W die-state map → (H·scale)×(W·scale)×3 uint8 RGB. Images (H×W or H×W×3) are
-    returned as RGB unchanged apart from the upscaling."""
+    """Return an H×W die-state map → (H·scale)×(W·scale)×3 uint8 RGB.
+
+    Images (H×W or H×W×3) are returned as RGB unchanged apart from the upscaling.
+    """
     arr = np.asarray(m)
     if arr.ndim == 3 and arr.shape[2] == 3:
         rgb = arr.astype(np.uint8, copy=False)
@@ -43,9 +45,11 @@ def render_map(m: np.ndarray, scale: int = 1, palette: np.ndarray = PALETTE) -> 
 
 
 def die_aspect(meta, i: int) -> float:
-    """Height/width of one die of map ``i`` from its ``die_pitch_x``/``die_pitch_y`` metadata (the
-    pitch a fab file states, e.g. KLARF DiePitch, G85 DeviceSizeX/Y, E142 DeviceSize); 1 (square)
-    when unknown."""
+    """Return the height/width of one die of map ``i`` from its ``die_pitch_x``/``die_pitch_y`` metadata.
+
+    The pitch a fab file states, e.g. KLARF DiePitch, G85 DeviceSizeX/Y, E142 DeviceSize; 1
+    (square) when unknown.
+    """
     if meta is None or "die_pitch_x" not in meta or "die_pitch_y" not in meta:
         return 1.0
     try:
@@ -64,8 +68,10 @@ def _class_order(labels: np.ndarray) -> list[str]:
 
 
 def montage_per_class(dataset, path: str | Path, per_class: int = 8, seed: int = 0, title: str | None = None) -> Path:
-    """A grid: one row per class (WM-811K order first), up to ``per_class`` random maps per row,
-    row titles with class counts, and a legend of the die-state colours. Written atomically."""
+    """Return a grid: one row per class (WM-811K order first), up to ``per_class`` random maps per row.
+
+    Row titles with class counts, and a legend of the die-state colours. Written atomically.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)

@@ -22,7 +22,7 @@ def map_key(wafer: np.ndarray) -> bytes:
 
 
 def unseen_subset(sample, seen_sets: Iterable):
-    """The maps of ``sample`` that occur in none of ``seen_sets`` (WaferDatasets)."""
+    """Return the maps of ``sample`` that occur in none of ``seen_sets`` (WaferDatasets)."""
     seen = {map_key(m) for ds in seen_sets for m in ds.maps}
     keep = np.flatnonzero([map_key(m) not in seen for m in sample.maps])
     return sample.subset(keep)
@@ -80,8 +80,11 @@ N_FOLDS = 5
 
 
 def pool_sets(sets: dict):
-    """Pool named labelled sets (name → WaferDataset) into one, with set-qualified lot groups
-    (``"dev:LOT"``) so that lots of different files never merge, and the set name of every map."""
+    """Pool named labelled sets (name → WaferDataset) into one.
+
+    With set-qualified lot groups (``"dev:LOT"``) so that lots of different files never merge,
+    and the set name of every map.
+    """
     from waferscope.data import WaferDataset
     from waferscope.errors import DataError
 
@@ -96,7 +99,7 @@ def pool_sets(sets: dict):
 
 
 def lot_folds(labels, groups, n_splits: int = N_FOLDS, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The protocol's folds: stratified by class, every lot on one side (seeded)."""
+    """Return the protocol's folds: stratified by class, every lot on one side (seeded)."""
     from waferscope.data.preprocess import grouped_stratified_kfold
 
     return list(grouped_stratified_kfold(labels, groups, n_splits, seed=seed))
@@ -110,7 +113,7 @@ def parse_method(method: str) -> tuple[str, dict]:
 
 
 def lot_subsample(train_idx: np.ndarray, groups, fraction: float, seed: int) -> np.ndarray:
-    """A seeded part of ``train_idx`` made of WHOLE lots: ``round(fraction * n_lots)`` of its lots (at least one)."""
+    """Return a seeded part of ``train_idx`` made of WHOLE lots: ``round(fraction * n_lots)`` of its lots (at least one)."""
     from waferscope.errors import ConfigError
 
     if not 0 < fraction <= 1:
@@ -123,13 +126,13 @@ def lot_subsample(train_idx: np.ndarray, groups, fraction: float, seed: int) -> 
 
 
 def fold_cache(work: Path, method: str, fold: int, fraction: float = 1.0) -> Path:
-    """The cache file of one (method, training fraction, fold); fraction 1 is the plain protocol's."""
+    """Return the cache file of one (method, training fraction, fold); fraction 1 is the plain protocol's."""
     tag = "" if fraction == 1 else f"_frac{fraction:g}"
     return Path(work) / f"{method_file_stem(method)}{tag}_fold{fold}.json"
 
 
 def method_file_stem(method: str) -> str:
-    """A method spec as a file name (a run-directory teacher may hold slashes)."""
+    """Return a method spec as a file name (a run-directory teacher may hold slashes)."""
     return method.replace("/", "_")
 
 
@@ -148,7 +151,7 @@ def resolved_params(clf) -> dict:
 
 
 def method_params(method: str, seed: int = 0) -> dict:
-    """The resolved parameters ``method`` stands for today (defaults included)."""
+    """Return the resolved parameters ``method`` stands for today (defaults included)."""
     from waferscope import registry
 
     name, params = parse_method(method)
@@ -156,10 +159,11 @@ def method_params(method: str, seed: int = 0) -> dict:
 
 
 def cached_record(cache: Path, params: dict, synthetic: int) -> dict | None:
-    """The record in ``cache`` if it was made with these parameters and synthetic count, else None.
+    """Return the record in ``cache`` if it was made with these parameters and synthetic count, else None.
 
     A cache made under other defaults (e.g. before a default changed) is stale and is refit; caches
-    written before params were recorded carry none and are trusted."""
+    written before params were recorded carry none and are trusted.
+    """
     import json
 
     if not cache.exists():
@@ -174,9 +178,11 @@ def cached_record(cache: Path, params: dict, synthetic: int) -> dict | None:
 
 def fit_and_predict(method: str, train, test, seed: int = 0, fit_kwargs: dict | None = None,
                     save_to: Path | None = None) -> dict:
-    """Fit ``method`` on ``train``; its test probabilities, classes, parameters, size and timings as a
-    JSON-able record. ``fit_kwargs`` go to ``fit`` (e.g. a fitted ``teacher``); ``save_to`` also saves
-    the fitted model there (a run directory)."""
+    """Fit ``method`` on ``train``; its test probabilities, classes, parameters, size and timings as a JSON-able record.
+
+    ``fit_kwargs`` go to ``fit`` (e.g. a fitted ``teacher``); ``save_to`` also saves the fitted model
+    there (a run directory).
+    """
     import time
 
     from waferscope import registry
@@ -199,6 +205,7 @@ def fit_and_predict(method: str, train, test, seed: int = 0, fit_kwargs: dict | 
 
 
 def write_record(cache: Path, rec: dict) -> dict:
+    """Write a fold record to ``cache`` as JSON (atomically); return it."""
     import json
 
     from waferscope.utils import atomic_path
@@ -210,8 +217,11 @@ def write_record(cache: Path, rec: dict) -> dict:
 
 
 def fold_train_test(pooled, folds, fold: int, synthetic: int, fraction: float = 1.0, groups=None):
-    """(training set, test set) of lot fold ``fold``: its training lots (``fraction`` < 1: that part of
-    them, whole lots seeded by the fold; needs ``groups``) + ``generate(synthetic, seed=1000 + fold)``."""
+    """(training set, test set) of lot fold ``fold``.
+
+    Its training lots (``fraction`` < 1: that part of them, whole lots seeded by the fold; needs
+    ``groups``) + ``generate(synthetic, seed=1000 + fold)``.
+    """
     from waferscope.data import WaferDataset
     from waferscope.data.synthetic import generate
 
@@ -225,9 +235,11 @@ def fold_train_test(pooled, folds, fold: int, synthetic: int, fraction: float = 
 
 def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Path, seed: int = 0,
                  fraction: float = 1.0, groups=None, save_to: Path | None = None) -> dict:
-    """Fit ``method`` on fold ``fold``'s training set (:func:`fold_train_test`) and cache its test-fold
-    probabilities under ``work``. With ``save_to``, the fitted model is also kept there (and a cached
-    record without that model is refit)."""
+    """Fit ``method`` on fold ``fold``'s training set and cache its test-fold probabilities under ``work``.
+
+    The training set is :func:`fold_train_test`'s. With ``save_to``, the fitted model is also kept there (and a cached record without that model is
+    refit).
+    """
     cache = fold_cache(work, method, fold, fraction)
     rec = cached_record(cache, method_params(method, seed), synthetic)
     if rec is not None and (save_to is None or (Path(save_to) / "model.json").is_file()):
@@ -240,7 +252,9 @@ def run_lot_fold(method: str, fold: int, pooled, folds, synthetic: int, work: Pa
 
 def lot_kfold_report(records: list[dict], pooled, set_of) -> dict:
     """Pooled macro-F1 (every map tested once), per-fold spread, per-class F1, macro-F1 per set.
-    ``records`` are one method's fold records, or an ensemble's (probabilities already averaged)."""
+
+    ``records`` are one method's fold records, or an ensemble's (probabilities already averaged).
+    """
     from sklearn.metrics import f1_score
 
     y = pooled.labels.astype(str)
@@ -270,7 +284,7 @@ def lot_kfold_report(records: list[dict], pooled, set_of) -> dict:
 
 
 def average_records(members: list[list[dict]]) -> list[dict]:
-    """An ensemble's fold records: the members' cached test probabilities averaged per fold."""
+    """Return an ensemble's fold records: the members' cached test probabilities averaged per fold."""
     from waferscope.errors import ConfigError
 
     out = []
@@ -287,8 +301,10 @@ def average_records(members: list[list[dict]]) -> list[dict]:
 def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic: int = 1500,
               work: str | Path = "results/lot_kfold", seed: int = 0, progress=None,
               fraction: float = 1.0) -> dict[str, dict]:
-    """The lot-grouped protocol for each method (``a+b`` averages members' probabilities): name → report.
-    ``fraction`` < 1 trains each fold on that part of its real training lots (test folds unchanged)."""
+    """Return the lot-grouped protocol for each method (``a+b`` averages members' probabilities): name → report.
+
+    ``fraction`` < 1 trains each fold on that part of its real training lots (test folds unchanged).
+    """
     pooled, set_of, groups = pool_sets(sets)
     all_folds = lot_folds(pooled.labels, groups)
     work = Path(work)
@@ -315,8 +331,11 @@ def lot_kfold(methods: list[str], sets: dict, *, folds=range(N_FOLDS), synthetic
 
 
 def learning_curve(method: str, sets: dict, fractions: Iterable[float], **kwargs) -> list[tuple[float, dict]]:
-    """The lot protocol of ``method`` at each training fraction: [(fraction, report)], reports as
-    :func:`lot_kfold`'s plus ``n_real_train`` (mean real training maps per fold)."""
+    """Return the lot protocol of ``method`` at each training fraction.
+
+    [(fraction, report)], reports as :func:`lot_kfold`'s plus ``n_real_train`` (mean real
+    training maps per fold).
+    """
     return [(f, lot_kfold([method], sets, fraction=f, **kwargs)[method]) for f in fractions]
 
 
@@ -350,9 +369,11 @@ def plot_learning_curve(points: list[tuple[float, dict]], method: str, out: str 
 
 def cross_set(method: str, sets: dict, *, synthetic: int = 1500, work: str | Path = "results/lot_kfold",
               seed: int = 0, progress=None) -> dict[str, dict]:
-    """How much each set adds: for each ordered pair of the two sets, ``method`` trained on one
-    (+ ``generate(synthetic, seed=1000)``) and scored on all of the other. "A->B" → score_predictions'
-    report; each direction cached under ``work``."""
+    """How much each set adds: for each ordered pair of the two sets.
+
+    ``method`` trained on one (+ ``generate(synthetic, seed=1000)``) and scored on all of the other.
+    "A->B" → score_predictions' report; each direction cached under ``work``.
+    """
     from waferscope.data import WaferDataset
     from waferscope.data.synthetic import generate
     from waferscope.errors import ConfigError

@@ -70,13 +70,14 @@ CONFIGS: dict[str, tuple[str, dict, str]] = {
 
 
 def protocol_named(name: str, **overrides: Any) -> Protocol:
+    """Return the protocol ``name`` with ``overrides`` applied; a ConfigError for an unknown name."""
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
     return replace(PROTOCOLS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def load_dev(spec=None):
-    """The real labelled dev maps (``spec`` or the shared ``wm811k_dev.npz``), with normals and defects."""
+    """Return the real labelled dev maps (``spec`` or the shared ``wm811k_dev.npz``), with normals and defects."""
     from waferscope.data import load
     from waferscope.data.paths import DEV_MAPS
 
@@ -111,6 +112,7 @@ def _rounded(metrics: dict) -> dict:
 
 
 def check_detector(detector: str) -> None:
+    """Raise a ConfigError unless ``detector`` is a registered detector."""
     from waferscope import registry
 
     if detector not in registry.available("detector"):
@@ -118,7 +120,7 @@ def check_detector(detector: str) -> None:
 
 
 def _fit_and_score(make, train, test):
-    """A fresh detector fitted on ``train`` and its scores on ``test``, with both wall times (s)."""
+    """Return a fresh detector fitted on ``train`` and its scores on ``test``, with both wall times (s)."""
     det = make()
     t0 = time.perf_counter()
     det.fit(train, calibrate=False)  # the protocol scores only: fit_s stays the fit's own time
@@ -180,8 +182,11 @@ def evaluate_detector(detector: str, params: dict | None = None, protocol: Proto
 
 
 def check_pattern_detector(detector: str) -> None:
-    """A clear error, before any data is read, unless ``detector`` is registered and simulates
-    defects (takes a ``patterns`` parameter), as :func:`leave_one_pattern_out` needs."""
+    """Raise a clear error, before any data is read.
+
+    Unless ``detector`` is registered and simulates defects (takes a ``patterns``
+    parameter), as :func:`leave_one_pattern_out` needs.
+    """
     from waferscope import registry
 
     check_detector(detector)
@@ -262,11 +267,14 @@ def _grey_squares(dataset, size: int) -> np.ndarray:
 
 
 def baseline_pixel_zscore(train, test, size: int = 64):
-    """The trivial baseline of issue 29: each image squashed to size², standardised by its own mean
-    and std, then its per-pixel |z| against the mean and std of the normal training images at the
-    same pixel; score = the maximum |z|, map = |z| upsampled to the image's H×W. (On magnetic_tile
-    this definition gives the issue's 0.698; the mean |z| instead gives 0.59, without the per-image
-    standardisation 0.53–0.59.)"""
+    """Return the trivial baseline of issue 29.
+
+    Each image squashed to size², standardised by its own mean and std, then its per-pixel |z|
+    against the mean and std of the normal training images at the same pixel; score = the maximum
+    |z|, map = |z| upsampled to the image's H×W. (On magnetic_tile this definition gives the
+    issue's 0.698; the mean |z| instead gives 0.59, without the per-image standardisation
+    0.53–0.59.)
+    """
     import torch
     from torch.nn import functional as F
 
@@ -311,11 +319,13 @@ def max_in_mask_rate(maps, test) -> float | None:
 
 def evaluate_images(detector: str, params: dict | None = None, root=None, kfold: bool = True, n_splits: int = 5,
                     seed: int = 0, baselines: bool = True, data=None, img_path=None) -> dict:
-    """The real-image protocol: fit ``detector`` on train/good, score test/ (image AUROC/AUPR, pixel
-    AUROC, AUPRO in bounded memory, per-defect AUROC, max-in-mask rate, fit time, images/s), and with
-    ``kfold`` seed 004's threshold protocol: K-fold mean-of-max threshold on the training normals
-    (each fold's detector fitted on the other folds), precision/recall/F1 at it on the test set.
-    ``baselines`` adds the pixel z-score and IsolationForest figures on the same split.
+    """Return the real-image protocol: fit ``detector`` on train/good.
+
+    Score test/ (image AUROC/AUPR, pixel AUROC, AUPRO in bounded memory, per-defect AUROC,
+    max-in-mask rate, fit time, images/s), and with ``kfold`` seed 004's threshold protocol: K-fold
+    mean-of-max threshold on the training normals (each fold's detector fitted on the other folds),
+    precision/recall/F1 at it on the test set. ``baselines`` adds the pixel z-score and
+    IsolationForest figures on the same split.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -349,8 +359,11 @@ def evaluate_images(detector: str, params: dict | None = None, root=None, kfold:
 
 
 def image_examples_png(result, test, path, per_class: int = 2, seed: int = 0) -> None:
-    """A PNG of defective test images (``per_class`` of each defect, seeded): image, anomaly map with
-    its maximum marked (+ if inside the mask, x if not), and the ground-truth mask outline."""
+    """Write a PNG of defective test images (``per_class`` of each defect, seeded).
+
+    Image, anomaly map with its maximum marked (+ if inside the mask, x if not), and the
+    ground-truth mask outline.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

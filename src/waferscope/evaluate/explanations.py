@@ -1,5 +1,7 @@
-"""Explanation quality on synthetic maps with masks (docs/explain.md): Grad-CAM / Grad-CAM++ / LayerCAM
-localisation, denoising F1, the detectors' anomaly maps beside them.
+"""Explanation quality on synthetic maps with masks (docs/explain.md).
+
+Grad-CAM / Grad-CAM++ / LayerCAM localisation, denoising F1, the detectors' anomaly maps beside
+them.
 
 Data: synthetic maps with die-level masks (`waferscope.data.synthetic.generate(n, seed)`), which
 the bundled classifier never saw (it was trained on other seeds). Writes per-class localisation
@@ -35,8 +37,11 @@ LOCAL_CLASSES = ["Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Scratch"]
 
 
 def oracle_heat(region: wd.WaferDataset, cells: int) -> list[np.ndarray]:
-    """The region mask as seen by a ``cells``×``cells`` feature map of a 48-px input: resized to 48
-    px, averaged over cells, resampled back to the die grid like a Grad-CAM map."""
+    """Return the region mask as seen by a ``cells``×``cells`` feature map of a 48-px input.
+
+    Resized to 48 px, averaged over cells, resampled back to the die grid like a Grad-CAM
+    map.
+    """
     import torch.nn.functional as F
 
     from waferscope.data.preprocess import resize_maps
@@ -51,9 +56,12 @@ def oracle_heat(region: wd.WaferDataset, cells: int) -> list[np.ndarray]:
 
 
 def classify_denoised(clf, local, explanation) -> dict:
-    """The classifier's accuracy and macro-F1 (over the six localised classes) on the raw maps and
-    on the same maps after Grad-CAM (Otsu), median and connected-component denoising: does removing
-    the fails each filter calls noise keep the pattern recognisable?"""
+    """Return the classifier's accuracy and macro-F1 on the raw maps and on denoised ones.
+
+    Over the six localised classes, on the raw maps and on the same maps after Grad-CAM (Otsu),
+    median and connected-component denoising: does removing the fails each filter calls noise keep
+    the pattern recognisable?
+    """
     from sklearn.metrics import accuracy_score, f1_score
 
     from waferscope.data.dataset import WaferDataset
@@ -173,7 +181,7 @@ def evaluate_explanations(clf, n: int = 900, seed: int = 11, detectors=(), dev=N
 
 
 def summary_text(result: dict) -> str:
-    """The tables of :func:`evaluate_explanations` as text (what the docs quote)."""
+    """Return the tables of :func:`evaluate_explanations` as text (what the docs quote)."""
     import json
 
     t = result["tables"]

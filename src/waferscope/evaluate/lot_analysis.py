@@ -1,5 +1,6 @@
-"""Analyses of the cached held-out predictions of the lot-grouped protocol
-(:func:`waferscope.evaluate.classification.lot_kfold`'s per-(method, fold) caches), no refitting:
+"""Analyses of the cached held-out predictions of the lot-grouped protocol, no refitting.
+
+They read :func:`waferscope.evaluate.classification.lot_kfold`'s per-(method, fold) caches:
 
 - :func:`prior_shift` — the pooled predictions re-drawn in other class mixes (``dev``, ``wm811k``,
   ``defects``, ``half-none``), each draw scored three ways (:mod:`waferscope.models.classifiers.prior`):
@@ -25,8 +26,10 @@ from waferscope.evaluate.classification import N_FOLDS, average_records, fold_ca
 
 
 def fold_records(method: str, work: str | Path) -> list[dict]:
-    """The 5 cached lot-fold records of ``method`` (``a+b`` averages members); a DataError naming
-    ``work`` when a fold was not run."""
+    """Return the 5 cached lot-fold records of ``method`` (``a+b`` averages members).
+
+    A DataError naming ``work`` when a fold was not run.
+    """
     import json
 
     from waferscope.errors import DataError
@@ -43,8 +46,10 @@ def fold_records(method: str, work: str | Path) -> list[dict]:
 
 
 def pooled_predictions(method: str, work: str | Path, n_maps: int) -> tuple[list[str], np.ndarray]:
-    """(classes, probabilities of every pooled map) from the 5 cached lot folds of ``method``
-    (``a+b`` averages members); a DataError naming ``work`` when a fold was not run."""
+    """Return (classes, probabilities of every pooled map) from the 5 cached lot folds of ``method``.
+
+    A ``method`` of ``a+b`` averages members; a DataError naming ``work`` when a fold was not run.
+    """
     from waferscope.errors import DataError
 
     recs = fold_records(method, work)
@@ -58,8 +63,11 @@ def pooled_predictions(method: str, work: str | Path, n_maps: int) -> tuple[list
 
 
 def per_class_f1(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """F1 of each class 0..n-1 from integer labels (scikit-learn's arithmetic, fast enough for
-    thousands of scorings; 0 where a class has no support and no prediction)."""
+    """Return the F1 of each class 0..n-1 from integer labels.
+
+    Scikit-learn's arithmetic, fast enough for thousands of scorings; 0 where a class has no
+    support and no prediction.
+    """
     cm = np.bincount(truth * n + pred, minlength=n * n).reshape(n, n)
     tp = np.diag(cm).astype(np.float64)
     denom = cm.sum(0) + cm.sum(1)
@@ -67,7 +75,7 @@ def per_class_f1(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
 
 
 def mixes(classes: list[str], y: np.ndarray) -> dict[str, np.ndarray]:
-    """The class mixes of the analysis, as proportions over ``classes``."""
+    """Return the class mixes of the analysis, as proportions over ``classes``."""
     from waferscope.models.classifiers.prior import WM811K_LABELLED_COUNTS
 
     own = np.array([np.mean(y == c) for c in classes])
@@ -78,8 +86,11 @@ def mixes(classes: list[str], y: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def score_mix(classes, y, proba, mix, draws: int, size: int, seed: int) -> dict:
-    """``draws`` samples of ``size`` maps in the proportions ``mix`` (each class drawn with
-    replacement from its own predictions), scored balanced / given / estimate."""
+    """Score ``draws`` samples of ``size`` maps in the proportions ``mix``.
+
+    Each class drawn with replacement from its own predictions, scored balanced / given /
+    estimate.
+    """
     from waferscope.models.classifiers.prior import adjust_to_prior, estimate_prior, estimated_target
 
     rng = np.random.default_rng(seed)
@@ -116,16 +127,21 @@ def score_mix(classes, y, proba, mix, draws: int, size: int, seed: int) -> dict:
 
 def prior_shift(method: str, labels, work: str | Path, draws: int = 20, size: int = 20_000,
                 seed: int = 0) -> dict[str, dict]:
-    """Mix name → :func:`score_mix` report for ``method``'s cached lot-fold predictions of the pooled
-    maps whose labels are ``labels`` (the ``dev`` mix is the pooled sets' own)."""
+    """Return mix name → :func:`score_mix` report for ``method``'s cached lot-fold predictions.
+
+    Of the pooled maps whose labels are ``labels`` (the ``dev`` mix is the pooled sets' own).
+    """
     y = np.asarray(labels).astype(str)
     classes, proba = pooled_predictions(method, work, len(y))
     return {name: score_mix(classes, y, proba, mix, draws, size, seed) for name, mix in mixes(classes, y).items()}
 
 
 def out_of_fold_temperature(method: str, labels, work: str | Path) -> float:
-    """The temperature (:func:`~waferscope.models.classifiers.prior.fit_temperature`) of ``method``'s
-    pooled out-of-fold predictions: the calibration to store with a model trained on all the maps."""
+    """Return the temperature of ``method``'s pooled out-of-fold predictions.
+
+    The temperature is :func:`~waferscope.models.classifiers.prior.fit_temperature`'s: the
+    calibration to store with a model trained on all the maps.
+    """
     from waferscope.models.classifiers.prior import fit_temperature
 
     y = np.asarray(labels).astype(str)
@@ -135,10 +151,13 @@ def out_of_fold_temperature(method: str, labels, work: str | Path) -> float:
 
 def prior_shift_folds(method: str, labels, work: str | Path, draws: int = 10, size: int = 2_000, seed: int = 0,
                       calibrate: bool = False) -> dict[str, dict]:
-    """Mix name → per-fold :func:`score_mix` reports, each fold's own held-out maps drawn in the mix
-    (``dev``: the pooled sets' own mix), plus ``min_gain`` (the smallest estimate − balanced macro-F1
-    over the folds), ``mix_error`` (the folds' mean total-variation distance of the full EM mix from
-    the drawn one) and, with ``calibrate``, each fold's temperature (fitted on the other folds)."""
+    """Mix name → per-fold :func:`score_mix` reports.
+
+    Each fold's own held-out maps drawn in the mix (``dev``: the pooled sets' own mix), plus
+    ``min_gain`` (the smallest estimate − balanced macro-F1 over the folds), ``mix_error`` (the
+    folds' mean total-variation distance of the full EM mix from the drawn one) and, with
+    ``calibrate``, each fold's temperature (fitted on the other folds).
+    """
     from waferscope.models.classifiers.prior import apply_temperature, fit_temperature
 
     y = np.asarray(labels).astype(str)
@@ -180,9 +199,11 @@ def confusions(method: str, pooled, work: str | Path) -> tuple[np.ndarray, Count
 
 def plot_errors(method: str, pooled, work: str | Path, out: str | Path, pairs: int = 6,
                 per_pair: int = 8) -> list[tuple[tuple[str, str], int]]:
-    """Draw the first ``per_pair`` maps (pooled order) of each of the ``pairs`` most frequent
-    confusions to the PNG ``out`` (atomically); returns [((label, prediction), count)]. A DataError
-    when there is no error to draw."""
+    """Draw the first ``per_pair`` maps of each of the ``pairs`` most frequent confusions to the PNG ``out``.
+
+    Maps in pooled order, the PNG written atomically; returns [((label, prediction), count)]. A
+    DataError when there is no error to draw.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -40,10 +40,13 @@ def open_set_folds(dataset, n_splits: int = 5, seed: int = 0, abstain_rate: floa
                    hidden: tuple[str, ...] | None = None, min_cluster_size: int | None = None, n_jobs: int = -1,
                    progress: bool = False, features: np.ndarray | None = None, parts: tuple[str, ...] | None = None,
                    min_samples: int | None = None, selection: str | None = None) -> pd.DataFrame:
-    """One row per (fold, hidden class); see the module docstring. ``features``: precomputed
-    ``extended`` features of ``dataset.labelled()`` (else computed here). ``parts``: the scorer's parts
-    (default :data:`~waferscope.search.open_set.DEFAULT_PARTS`); HDBSCAN's ``min_cluster_size``,
-    ``min_samples``, ``selection``: None takes :mod:`waferscope.search.open_set`'s measured defaults."""
+    """One row per (fold, hidden class); see the module docstring.
+
+    ``features``: precomputed ``extended`` features of ``dataset.labelled()`` (else computed here).
+    ``parts``: the scorer's parts (default :data:`~waferscope.search.open_set.DEFAULT_PARTS`);
+    HDBSCAN's ``min_cluster_size``, ``min_samples``, ``selection``: None takes
+    :mod:`waferscope.search.open_set`'s measured defaults.
+    """
     from sklearn.metrics import f1_score, roc_auc_score
 
     from waferscope.data.preprocess import grouped_stratified_kfold

@@ -32,8 +32,10 @@ def precision_at_k(relevant_sorted: np.ndarray, k: int) -> np.ndarray:
 
 
 def average_precision(relevant_sorted: np.ndarray) -> np.ndarray:
-    """Per query: the mean over relevant items of the precision at their rank, for a (Q, N) 0/1
-    ranking of the whole archive; 0 for a query with no relevant item."""
+    """Per query: the mean over relevant items of the precision at their rank.
+
+    For a (Q, N) 0/1 ranking of the whole archive; 0 for a query with no relevant item.
+    """
     rel = np.asarray(relevant_sorted, dtype=bool)
     hits = np.cumsum(rel, axis=1)
     ranks = np.arange(1, rel.shape[1] + 1)
@@ -70,8 +72,10 @@ def score_ranking(order: np.ndarray, query_labels: np.ndarray, archive_labels: n
 
 
 def normalised_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Zero-lag 2-D normalised correlation of each row of ``a`` (Q, P) with each row of ``b`` (N, P)
-    (flattened maps): the Pearson correlation of the die values."""
+    """Zero-lag 2-D normalised correlation of each row of ``a`` (Q, P) with each row of ``b`` (N, P) (flattened maps).
+
+    The Pearson correlation of the die values.
+    """
     def z(x):
         x = np.asarray(x, dtype=np.float64)
         x = x - x.mean(axis=1, keepdims=True)
@@ -80,9 +84,12 @@ def normalised_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def wu2015_rank(q_feat, a_feat, q_maps, a_maps, top_n: int = 50) -> np.ndarray:
-    """The Wu 2015 similarity ranking: Euclidean top-``top_n`` on (standardised) Radon + geometry
-    features, those re-ranked by descending 2-D normalised correlation of the resized fail maps,
-    then the rest of the archive in feature-distance order (so mAP sees a full ranking)."""
+    """Return the Wu 2015 similarity ranking.
+
+    Euclidean top-``top_n`` on (standardised) Radon + geometry features, those re-ranked by
+    descending 2-D normalised correlation of the resized fail maps, then the rest of the archive
+    in feature-distance order (so mAP sees a full ranking).
+    """
     order = exact_ranking(q_feat, a_feat)
     for i in range(len(order)):
         head = order[i, :top_n]
@@ -101,8 +108,10 @@ def _wu_columns() -> np.ndarray:
 def retrieval_folds(dataset, methods=("metric", "lda", "features", "cnn", "raw", "wu2015"), n_splits: int = 5, k: int = 10,
                     seed: int = 0, progress: bool = False, n_jobs: int = -1, cnn_epochs: int = 15,
                     max_folds: int | None = None) -> pd.DataFrame:
-    """Per (method, fold) precision@k and mAP on lot-grouped folds of the labelled wafers of
-    ``dataset`` (needs a ``lot`` column); see the module docstring."""
+    """Return per (method, fold) precision@k and mAP on lot-grouped folds.
+
+    Of the labelled wafers of ``dataset`` (needs a ``lot`` column); see the module docstring.
+    """
     from waferscope.data.preprocess import grouped_stratified_kfold, resize_maps
     from waferscope.features.handcrafted import extract_features
     from waferscope.search.embed import make_embedding
@@ -167,9 +176,11 @@ def summarise(per_fold: pd.DataFrame) -> pd.DataFrame:
 
 def ann_speed(archive_vectors: np.ndarray, query_vectors: np.ndarray, k: int = 10, m: int = 32,
               ef_construction: int = 80, ef_search: int = 64) -> dict:
-    """The HNSW index of :class:`waferscope.search.WaferIndex` against exact search on the same
-    vectors: build wafers/s, recall@k of the exact k nearest, one-query-at-a-time latency p50/p99
-    (ms), and the index's bytes per wafer (faiss's serialised size). Embedding time is not included."""
+    """Return the HNSW index of :class:`waferscope.search.WaferIndex` against exact search on the same vectors.
+
+    Build wafers/s, recall@k of the exact k nearest, one-query-at-a-time latency p50/p99 (ms), and
+    the index's bytes per wafer (faiss's serialised size). Embedding time is not included.
+    """
     import time
 
     import faiss
@@ -207,11 +218,14 @@ def ann_speed(archive_vectors: np.ndarray, query_vectors: np.ndarray, k: int = 1
 
 def synthetic_vectors(n: int, n_base: int = 2000, noise: float | None = None, seed: int = 0, progress: bool = False,
                       n_jobs: int = -1, embedding: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(archive, queries) vectors for the speed check: ``n_base`` synthetic wafers embedded with the
-    ``embedding`` (default: the index default), resampled to ``n`` rows plus Gaussian noise of
-    ``noise`` times the mean per-dimension spread (default 0.3), and 500 queries made the same way.
-    Embedding 10^5 real maps costs minutes to half an hour here; the resampling keeps the check short
-    while the vectors keep the embedding's cluster structure."""
+    """(archive, queries) vectors for the speed check.
+
+    ``n_base`` synthetic wafers embedded with the ``embedding`` (default: the index default),
+    resampled to ``n`` rows plus Gaussian noise of ``noise`` times the mean per-dimension spread
+    (default 0.3), and 500 queries made the same way. Embedding 10^5 real maps costs minutes to half
+    an hour here; the resampling keeps the check short while the vectors keep the embedding's cluster
+    structure.
+    """
     from waferscope.data.synthetic import generate
     from waferscope.search.embed import DEFAULT_EMBEDDING, make_embedding
 

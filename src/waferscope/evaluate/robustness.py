@@ -81,8 +81,10 @@ SMALL = Settings(n_clean=12, n_dev=27, sizes=(20, 100), dev_splits=(2,), aspects
 
 # ---- clean wafers and transforms ---------------------------------------------------------------
 def clean_wafer(rows: int, cols: int, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """A perfectly round wafer on a rows×cols grid (die centres inside the inscribed ellipse) with
-    random fail dies at ``rate``."""
+    """Return a perfectly round wafer on a rows×cols grid with random fail dies at ``rate``.
+
+    The dies are those whose centres lie inside the inscribed ellipse.
+    """
     r = (np.arange(rows) + 0.5 - rows / 2) / (rows / 2)
     c = (np.arange(cols) + 0.5 - cols / 2) / (cols / 2)
     on = r[:, None] ** 2 + c[None, :] ** 2 <= 1.0
@@ -92,6 +94,7 @@ def clean_wafer(rows: int, cols: int, rate: float, rng: np.random.Generator) -> 
 
 
 def clean_wafers(n: int, rows: int, cols: int, rng: np.random.Generator, rate: float | None = None) -> list[np.ndarray]:
+    """Return ``n`` clean round wafers on a rows×cols grid (fail rate drawn from CLEAN_RATE unless ``rate``)."""
     return [clean_wafer(rows, cols, rng.uniform(*CLEAN_RATE) if rate is None else rate, rng) for _ in range(n)]
 
 
@@ -101,14 +104,14 @@ def split_dies(m: np.ndarray, k_rows: int, k_cols: int) -> np.ndarray:
 
 
 def add_fails(m: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Return ``m`` with each passing die turned to fail with probability ``rate``."""
     out = m.copy()
     out[(m == 1) & (rng.random(m.shape) < rate)] = 2
     return out
 
 
 def add_margin(m: np.ndarray, spec: str) -> np.ndarray:
-    """``even:K`` K no-die cells on every side; ``offcentre:P%`` P % of the extent on the top and
-    left only."""
+    """``even:K`` K no-die cells on every side; ``offcentre:P%`` P % of the extent on the top and left only."""
     kind, _, amount = spec.partition(":")
     if kind == "even":
         return np.pad(m, int(amount))
@@ -127,8 +130,10 @@ def clip_rows(m: np.ndarray, share: float) -> np.ndarray:
 
 
 def exclude_edge(m: np.ndarray, rings: int) -> np.ndarray:
-    """Remove the outer ``rings`` rings of dies (chessboard distance to a no-die cell or the grid
-    edge), as an edge-exclusion zone that is not tested; the grid keeps its size."""
+    """Remove the outer ``rings`` rings of dies (chessboard distance to a no-die cell or the grid edge).
+
+    As an edge-exclusion zone that is not tested; the grid keeps its size.
+    """
     from scipy import ndimage
 
     on = np.pad(m > 0, 1)
@@ -138,8 +143,11 @@ def exclude_edge(m: np.ndarray, rings: int) -> np.ndarray:
 
 # ---- format writers (small: enough for the loaders to read the map back) ------------------------
 def write_csv(path: Path, maps: list[np.ndarray]) -> None:
-    """CSV die list, one wafer per map: x = column, y up (the die-list convention: row 0 is the largest
-    y, see docs/data.md), bin 1 pass, bin 3 fail."""
+    """CSV die list, one wafer per map.
+
+    X = column, y up (the die-list convention: row 0 is the largest y, see docs/data.md), bin 1
+    pass, bin 3 fail.
+    """
     lines = ["lot,wafer,x,y,bin"]
     for i, m in enumerate(maps):
         top = m.shape[0] - 1
@@ -149,9 +157,11 @@ def write_csv(path: Path, maps: list[np.ndarray]) -> None:
 
 
 def write_stdf(path: Path, maps: list[np.ndarray]) -> None:
-    """STDF V4, little-endian, no WCR (so y grows down the wafer: row = Y_COORD), by the package's
-    :class:`~waferscope.data.loaders.stdf_writer.StdfWriter`: FAR, MIR, then per wafer WIR, a PIR/PRR
-    pair per die (HARD_BIN 1 or 3; PART_FLG bit 3 on a failing die), WRR; MRR."""
+    """STDF V4, little-endian, no WCR (so y grows down the wafer: row = Y_COORD).
+
+    By the package's :class:`~waferscope.data.loaders.stdf_writer.StdfWriter`: FAR, MIR, then per
+    wafer WIR, a PIR/PRR pair per die (HARD_BIN 1 or 3; PART_FLG bit 3 on a failing die), WRR; MRR.
+    """
     from waferscope.data.loaders.stdf_writer import StdfWriter
 
     with open(path, "wb") as fh:
@@ -170,8 +180,11 @@ def write_stdf(path: Path, maps: list[np.ndarray]) -> None:
 
 
 def write_klarf(path: Path, m: np.ndarray, wafer_id: str = "W0000") -> None:
-    """KLARF 1.2 of one wafer: every die in the SampleTestPlan (XINDEX = column, YINDEX up: KLARF's
-    die indices grow upwards, so row 0 is the largest YINDEX), one defect on every failing die."""
+    """Return KLARF 1.2 text of one wafer.
+
+    Every die in the SampleTestPlan (XINDEX = column, YINDEX up: KLARF's die indices grow upwards,
+    so row 0 is the largest YINDEX), one defect on every failing die.
+    """
     top = m.shape[0] - 1
     plan = [(int(c), top - int(r)) for r, c in zip(*np.nonzero(m))]
     fails = [(int(c), top - int(r)) for r, c in zip(*np.nonzero(m == 2))]
@@ -207,21 +220,26 @@ E142_ORIGINS = {"UpperLeft": ("DownRight", False, False), "LowerLeft": ("UpRight
 
 
 def _drawing(m: np.ndarray, orientation: int) -> np.ndarray:
-    """The stored (notch-down) map turned clockwise so that the notch sits at ``orientation`` degrees
-    clockwise from the bottom: the drawing a G85/E142 file with that Orientation holds."""
+    """Return the stored (notch-down) map turned clockwise so that the notch sits at ``orientation``.
+
+    ``orientation`` is in degrees clockwise from the bottom: the result is the drawing a G85/E142
+    file with that Orientation holds.
+    """
     if orientation % 90:
         raise ConfigError(f"orientation must be a multiple of 90 degrees, got {orientation}")
     return np.rot90(m, -(orientation // 90) % 4)  # k < 0 turns clockwise
 
 
 def write_g85(path: Path, m: np.ndarray, wafer_id: str = "W0000", orientation: int = 0) -> None:
-    """SEMI G85 map XML of one wafer, laid out as map servers and the ``g85`` package write it: a
-    ``<Maps>`` root holding the wafer's ``<Map>`` (namespace ``http://www.semi.org``), one ``<Device>``
-    with ``BinType="Decimal"``, ``NullBin="255"``, Rows/Columns, ``OriginLocation="2"`` (upper left,
-    the first code of the first row), a ``<Bin>`` per code (001 Pass, 003 Fail, with its count) and the
-    ``<Data>`` rows in CDATA, three-digit codes separated by a space. The rows are the drawing, top row
-    first (G85 has no axis attribute), seen with the notch at ``orientation`` degrees clockwise from
-    the bottom: 0 writes the stored map as it is."""
+    """SEMI G85 map XML of one wafer, laid out as map servers and the ``g85`` package write it.
+
+    A ``<Maps>`` root holding the wafer's ``<Map>`` (namespace ``http://www.semi.org``), one
+    ``<Device>`` with ``BinType="Decimal"``, ``NullBin="255"``, Rows/Columns, ``OriginLocation="2"``
+    (upper left, the first code of the first row), a ``<Bin>`` per code (001 Pass, 003 Fail, with its
+    count) and the ``<Data>`` rows in CDATA, three-digit codes separated by a space. The rows are the
+    drawing, top row first (G85 has no axis attribute), seen with the notch at ``orientation`` degrees
+    clockwise from the bottom: 0 writes the stored map as it is.
+    """
     draw = _drawing(m, orientation)
     rows, cols = draw.shape
     n_pass, n_fail = int((m == 1).sum()), int((m == 2).sum())
@@ -245,15 +263,17 @@ def write_g85(path: Path, m: np.ndarray, wafer_id: str = "W0000", orientation: i
 
 def write_e142(path: Path, m: np.ndarray, wafer_id: str = "W0000", orientation: int = 0,
                origin: str = "UpperLeft") -> None:
-    """SEMI E142 substrate-map XML of one wafer, laid out as wafer-sort map writers produce it
-    (E142-1 V1005 namespace): a top wafer layout with a child device layout whose ``Dimension`` is the
-    grid, the Substrate with its LotId, and a SubstrateMap with a ``SortGrade`` overlay whose
-    ``BinCodeMap`` (``BinType="HexaDecimal"``, ``NullBin="FF"``, BinDefinitions 01 Pass and 03 Fail
-    with their counts) holds one ``<BinCode>`` element per row, two hex digits per die without
-    separators. The rows are numbered from the ``origin`` corner (``UpperLeft`` with AxisDirection
-    ``DownRight``: top row first, the usual wafer-sort layout; ``LowerLeft``/``UpRight`` bottom row
-    first; …Right origins run right to left), seen with the notch at ``orientation`` degrees clockwise
-    from the bottom."""
+    """SEMI E142 substrate-map XML of one wafer.
+
+    Laid out as wafer-sort map writers produce it (E142-1 V1005 namespace): a top wafer layout with a
+    child device layout whose ``Dimension`` is the grid, the Substrate with its LotId, and a
+    SubstrateMap with a ``SortGrade`` overlay whose ``BinCodeMap`` (``BinType="HexaDecimal"``,
+    ``NullBin="FF"``, BinDefinitions 01 Pass and 03 Fail with their counts) holds one ``<BinCode>``
+    element per row, two hex digits per die without separators. The rows are numbered from the
+    ``origin`` corner (``UpperLeft`` with AxisDirection ``DownRight``: top row first, the usual
+    wafer-sort layout; ``LowerLeft``/``UpRight`` bottom row first; …Right origins run right to left),
+    seen with the notch at ``orientation`` degrees clockwise from the bottom.
+    """
     if origin not in E142_ORIGINS:
         raise ConfigError(f"E142 origin must be one of {', '.join(E142_ORIGINS)}, got {origin!r}")
     axis, bottom_first, right_to_left = E142_ORIGINS[origin]
@@ -322,10 +342,12 @@ def roundtrip(maps: list[np.ndarray], fmt: str, folder: Path) -> list[np.ndarray
 
 
 def same_map(a: np.ndarray, b: np.ndarray) -> bool:
+    """Return whether two maps are identical (shape and every die)."""
     return a.shape == b.shape and bool((a == b).all())
 
 
 def same_up_to_symmetry(a: np.ndarray, b: np.ndarray) -> bool:
+    """Return whether ``a`` is one of the 8 rotations/flips of ``b``."""
     return any(same_map(np.ascontiguousarray(dihedral(a, k)), b) for k in range(8))
 
 
@@ -340,6 +362,7 @@ class Model:
     threshold: float | None = None
 
     def outputs(self, maps: list[np.ndarray]) -> np.ndarray:
+        """Return the model's output for each map: the predicted class, or the anomaly score."""
         ds = WaferDataset.from_maps(maps, validate=False)
         if self.kind == "classifier":
             proba = self.est.predict_proba(ds)
@@ -347,14 +370,18 @@ class Model:
         return np.asarray(self.est.score(ds).scores, dtype=np.float64)
 
     def alarms(self, out: np.ndarray) -> np.ndarray:
+        """Return which outputs are alarms: a class other than normal, or a score above the threshold."""
         if self.kind == "classifier":
             return out.astype(str) != NORMAL
         return out > self.threshold
 
 
 def bundled_models(names: Iterable[str] = (), runs: Iterable[Path] = ()) -> list[Model]:
-    """The bundled classifiers and detectors (``names`` restricts them; both kinds' names are
-    accepted) and run directories; a detector without a stored threshold is a clear error."""
+    """Return the bundled classifiers and detectors and their run directories.
+
+    ``names`` restricts them (both kinds' names are accepted); a detector without a stored threshold
+    is a clear error.
+    """
     from waferscope.base import load_run
     from waferscope.models import classifiers, detectors
 
@@ -390,7 +417,7 @@ def bundled_models(names: Iterable[str] = (), runs: Iterable[Path] = ()) -> list
 
 # ---- the suite -----------------------------------------------------------------------------------
 def dev_sample(path: Path | None, n: int, seed: int) -> WaferDataset | None:
-    """A class-stratified sample of about ``n`` labelled real dev maps (None when the file is missing)."""
+    """Return a class-stratified sample of about ``n`` labelled real dev maps (None when the file is missing)."""
     from waferscope.data import load
     from waferscope.data.paths import DEV_MAPS
 
@@ -415,8 +442,7 @@ def _levels(settings: Settings, factor: str) -> list:
 
 
 def transform(factor: str, level, m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One map under a factor's level (for ``size``: ``dev_splitK``; ``aspect``: > 1 repeats rows,
-    < 1 columns)."""
+    """One map under a factor's level (for ``size``: ``dev_splitK``; ``aspect``: > 1 repeats rows, < 1 columns)."""
     if factor == "size":
         k = int(str(level).removeprefix("dev_split"))
         return split_dies(m, k, k)
@@ -506,13 +532,15 @@ def _dev_metric(model: Model, labels: np.ndarray, out: np.ndarray) -> float:
 
 def run(models: list[Model], settings: Settings = FULL, seed: int = 0, dev_path: Path | None = None,
         progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """The robustness table: one row per (model, factor, level). Columns: ``clean_false_alarm``,
-    ``clean_agreement`` (share of clean wafers whose decision is the one of the same wafer
-    untransformed, or read from npy for the format factor), ``dev_metric`` (macro-F1; a detector's
-    AUROC), ``dev_agreement`` (share of dev maps with the untransformed map's prediction),
-    ``map_identical`` / ``map_identical_sym`` (format factor: maps read back equal to the written ones,
-    exactly / up to a rotation or flip), ``n_clean``, ``n_dev``, ``note``. A ``reference`` row per
-    model holds the untransformed figures."""
+    """Return the robustness table: one row per (model, factor, level).
+
+    Columns: ``clean_false_alarm``, ``clean_agreement`` (share of clean wafers whose decision is the
+    one of the same wafer untransformed, or read from npy for the format factor), ``dev_metric``
+    (macro-F1; a detector's AUROC), ``dev_agreement`` (share of dev maps with the untransformed map's
+    prediction), ``map_identical`` / ``map_identical_sym`` (format factor: maps read back equal to the
+    written ones, exactly / up to a rotation or flip), ``n_clean``, ``n_dev``, ``note``. A
+    ``reference`` row per model holds the untransformed figures.
+    """
     bad = sorted(set(settings.factors) - set(FACTORS))
     if bad:
         raise ConfigError(f"unknown robustness factor(s) {', '.join(bad)}; choose from {', '.join(FACTORS)}")
@@ -563,8 +591,10 @@ def _same_output(model: Model, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # ---- reports -------------------------------------------------------------------------------------
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per model: the worst clean false-alarm over the size and format levels, the mean dev
-    agreement over the orientation levels (the issue's acceptance figures)."""
+    """Per model: the worst clean false-alarm over the size and format levels.
+
+    The mean dev agreement over the orientation levels (the issue's acceptance figures).
+    """
     out = []
     for name, g in table.groupby("model", sort=False):
         sz = g[g.factor.isin(["size", "format"])]
@@ -576,6 +606,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
+    """Return the robustness table as Markdown."""
     cols = ["model", "factor", "level", "clean_false_alarm", "clean_agreement", "dev_metric", "dev_agreement",
             "map_identical", "map_identical_sym", "note"]
     head = "| " + " | ".join(cols) + " |\n| " + " | ".join("---" for _ in cols) + " |\n"
@@ -640,6 +671,7 @@ def write_reports(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
 
 
 def to_markdown_summary(s: pd.DataFrame) -> str:
+    """Return the robustness summary (worst cases per model) as Markdown."""
     head = ("| model | kind | worst clean false-alarm (size, format) | min dev agreement under rotation/flip |\n"
             "| --- | --- | ---: | ---: |\n")
     return head + "".join(f"| {r.model} | {r.kind} | {r.worst_clean_false_alarm_size_format:.3f} | "

@@ -41,10 +41,12 @@ def check_student(method: str) -> None:
 
 
 def teacher_dir(work: Path, teacher: str, fold: int) -> Path:
+    """Return the folder of the teacher model fitted on fold ``fold``."""
     return Path(work) / "models" / fold_cache(work, teacher, fold).stem
 
 
 def student_cache(work: Path, teacher: str, student: str, fold: int, n_unlabelled: int = 0) -> Path:
+    """Return the cache file of a student distilled from ``teacher`` on fold ``fold``."""
     tag = f"+{n_unlabelled}unlabelled" if n_unlabelled else ""
     return fold_cache(work, f"{student}@{teacher}{tag}", fold)
 
@@ -52,7 +54,9 @@ def student_cache(work: Path, teacher: str, student: str, fold: int, n_unlabelle
 def run_student_fold(teacher: str, student: str, fold: int, pooled, folds, synthetic: int, work: Path,
                      seed: int = 0, unlabelled=None) -> tuple[dict, dict]:
     """(teacher record, student record) of one lot fold, fitted or read from the caches.
-    ``unlabelled`` maps (a WaferDataset) join the student's training set only, as transfer maps."""
+
+    ``unlabelled`` maps (a WaferDataset) join the student's training set only, as transfer maps.
+    """
     from waferscope.base import load_run
     from waferscope.data import WaferDataset
 
@@ -78,9 +82,12 @@ def run_student_fold(teacher: str, student: str, fold: int, pooled, folds, synth
 def student_retention(teacher: str, student: str, sets: dict, *, folds=range(N_FOLDS), synthetic: int = 1500,
                       work: str | Path = "results/lot_kfold", seed: int = 0, progress=None,
                       unlabelled=None) -> dict:
-    """The student check on the lot protocol: per-fold and pooled macro-F1 of both, retention,
-    parameter counts and their ratio, agreement with the teacher, test-fold wafers/s.
-    ``unlabelled`` (a WaferDataset of maps without labels) joins every fold's student training set."""
+    """Return the student check on the lot protocol.
+
+    Per-fold and pooled macro-F1 of both, retention, parameter counts and their ratio, agreement
+    with the teacher, test-fold wafers/s. ``unlabelled`` (a WaferDataset of maps without labels)
+    joins every fold's student training set.
+    """
     from waferscope.errors import DataError
 
     parse_method(teacher)

@@ -1,5 +1,7 @@
-"""How real the synthetic maps are: a CNN trained on synthetic maps only, scored on real wafers
-(:func:`realism_check`), and synthetic-vs-real statistics and figures (:func:`compare_to_real`).
+"""How real the synthetic maps are.
+
+A CNN trained on synthetic maps only, scored on real wafers (:func:`realism_check`), and
+synthetic-vs-real statistics and figures (:func:`compare_to_real`).
 
 If the generator's classes look like the real ones, a classifier that never saw a real wafer still
 classifies real wafers well; docs/synthetic.md's acceptance is macro-F1 >= 0.80 on the 2,892 real
@@ -39,9 +41,11 @@ def _real_maps(real):
 
 
 def small_cnn(n_classes: int, width: int = 16, grid: int = 4) -> nn.Module:
-    """Four conv blocks (the first three halve the map) and a linear head on the flattened grid×grid map:
-    flattening (not global pooling) keeps *where* the fails are, which separates Center, Loc,
-    Edge-Loc and Edge-Ring."""
+    """Four conv blocks (the first three halve the map) and a linear head on the flattened grid×grid map.
+
+    Flattening (not global pooling) keeps *where* the fails are, which separates Center, Loc,
+    Edge-Loc and Edge-Ring.
+    """
     layers, c_in = [], 3
     for i, c in enumerate([width, 2 * width, 4 * width, 4 * width]):
         layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
@@ -53,12 +57,15 @@ def small_cnn(n_classes: int, width: int = 16, grid: int = 4) -> nn.Module:
 
 
 def to_input(maps, size: int) -> np.ndarray:
+    """Return maps resized to ``size`` and one-hot encoded (the small CNN's input)."""
     return encode(resize_maps(maps, size), "onehot3")
 
 
 def flip_dies(maps, max_rate: float, rng: np.random.Generator) -> list[np.ndarray]:
-    """Die noise: on each map flip a random share (drawn uniformly in [0, max_rate]) of its dies
-    pass <-> fail, so the CNN does not lean on the exact background fail rate of the generator."""
+    """Die noise: on each map flip a random share (drawn uniformly in [0, max_rate]) of its dies pass <-> fail.
+
+    So the CNN does not lean on the exact background fail rate of the generator.
+    """
     out = []
     for m, rate in zip(maps, rng.uniform(0.0, max_rate, len(maps))):
         flip = (m > 0) & (rng.random(m.shape) < rate)
@@ -74,14 +81,17 @@ EPOCH_SEED_STRIDE = 100_000
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
+    """Return the synthetic-data seed of epoch ``epoch``."""
     return seed + EPOCH_SEED_STRIDE * epoch
 
 
 def realism_check(n: int = 45000, seed: int = 0, size: int = 48, epochs: int = 6, width: int = 24, grid: int = 6,
                   batch: int = 128, lr: float = 3e-3, fresh_per_epoch: bool = True, ema: float = 0.0,
                   die_noise: float = 0.0, real=None, tta: bool = True, progress: bool = True) -> dict:
-    """Train :func:`small_cnn` on ``n`` synthetic maps per epoch (class-balanced) and score it on the
-    real labelled maps ``real`` (a load() spec or a WaferDataset; default the dev maps).
+    """Train :func:`small_cnn` on ``n`` synthetic maps per epoch and score it on real labelled maps.
+
+    The synthetic maps are class-balanced; ``real`` is a load() spec or a WaferDataset (default: the
+    dev maps).
 
     ``fresh_per_epoch``: every epoch draws new maps (seed + EPOCH_SEED_STRIDE × epoch); ``ema``: score
     an exponential moving average of the weights (decay per step; 0 = off); ``die_noise``: flip up to
@@ -185,7 +195,7 @@ def realism_check(n: int = 45000, seed: int = 0, size: int = 48, epochs: int = 6
 
 
 def realism_summary(result: dict) -> str:
-    """The per-class report, the confusion matrix and the headline line of :func:`realism_check`."""
+    """Return the per-class report, the confusion matrix and the headline line of :func:`realism_check`."""
     lines = [result["report"], "confusion (rows real, cols predicted): " + " ".join(c[:6] for c in CLASSES)]
     lines += [f"{c:>10s} " + " ".join(f"{v:6d}" for v in row) for c, row in zip(CLASSES, result["confusion"])]
     single = "" if not result["args"]["tta"] else f" (8-fold dihedral average; single view {result['macro_f1_single_view']:.3f})"
@@ -236,9 +246,12 @@ def _ring(m: np.ndarray) -> np.ndarray:
 
 
 def cluster_stats(m: np.ndarray) -> tuple[float, float, float, float]:
-    """Shape of a wafer's largest 8-connected fail cluster: (dies, axis ratio, share of its dies on
-    the outer two rings, distance of its centroid from the wafer centre). The area and axis ratio
-    use interior dies only (ring >= 2), so a fail-dense rim does not merge into one cluster."""
+    """Shape of a wafer's largest 8-connected fail cluster.
+
+    (dies, axis ratio, share of its dies on the outer two rings, distance of its centroid from
+    the wafer centre). The area and axis ratio use interior dies only (ring >= 2), so a
+    fail-dense rim does not merge into one cluster.
+    """
     from scipy import ndimage  # noqa: F401
     from skimage.measure import label, regionprops
 
@@ -258,6 +271,7 @@ def cluster_stats(m: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def shape_table(real, syn) -> str:
+    """Return the Markdown table comparing cluster shapes of real and synthetic maps per class."""
     lines = ["| class | largest interior cluster, dies: median (q10–q90) real / syn | its axis ratio (median) real / syn "
              "| largest cluster's share on the outer 2 rings (median) real / syn | its centre radius (median) real / syn |",
              "|---|---|---|---|---|"]
@@ -277,6 +291,7 @@ def shape_table(real, syn) -> str:
 
 
 def class_table(real, syn) -> str:
+    """Return the Markdown table comparing fail rates of real and synthetic maps per class."""
     rr, sr = real.fail_rates(), syn.fail_rates()
     lines = ["| class | n real | real fail rate mean / median / q10–q90 | synthetic mean / median / q10–q90 "
              "| rim fail real / syn (median) | P(f|nbr f) real / syn | rows×cols median real / syn |",
@@ -301,6 +316,7 @@ def class_table(real, syn) -> str:
 
 
 def distribution_figure(real, syn, path: Path) -> None:
+    """Draw the fail-rate distributions of real and synthetic maps per class to ``path``."""
     rr, sr = real.fail_rates(), syn.fail_rates()
     classes = [c for c in CLASSES if (real.labels == c).any()]
     import matplotlib.pyplot as plt
@@ -334,6 +350,7 @@ def distribution_figure(real, syn, path: Path) -> None:
 
 
 def size_figure(real, syn, path: Path) -> None:
+    """Draw the grid sizes of real and synthetic maps to ``path``."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
@@ -348,6 +365,7 @@ def size_figure(real, syn, path: Path) -> None:
 
 
 def montage(real, syn, path: Path, per_class: int = 6, seed: int = 0) -> None:
+    """Draw a montage of ``per_class`` real and synthetic maps of each class to ``path``."""
     rng = np.random.default_rng(seed)
     classes = [c for c in CLASSES if (real.labels == c).any()]
     import matplotlib.pyplot as plt
@@ -380,9 +398,11 @@ def _save(fig, path: Path) -> None:
 
 
 def compare_to_real(real=None, n: int = 4500, seed: int = 0, img_dir: str | Path | None = None) -> str:
-    """Synthetic ``generate(n, seed)`` vs the real labelled maps ``real`` (default the dev maps):
-    per-class fail rates, rim and neighbour statistics, grid sizes and cluster shapes as a Markdown
-    table; with ``img_dir`` also synthetic_vs_real.png, synthetic_sizes.png and synthetic_montage.png."""
+    """Synthetic ``generate(n, seed)`` vs the real labelled maps ``real`` (default the dev maps).
+
+    Per-class fail rates, rim and neighbour statistics, grid sizes and cluster shapes as a Markdown
+    table; with ``img_dir`` also synthetic_vs_real.png, synthetic_sizes.png and synthetic_montage.png.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

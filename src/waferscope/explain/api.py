@@ -1,10 +1,10 @@
 """Explain a fitted classifier's decisions on a data set, score the explanations, denoise maps.
 
-    exp = explain(classifier, dataset, method="gradcam")
-    exp.heat[i]            # heat map at wafer i's own die resolution, in [0, 1]
-    localisation_table(exp, dataset)           # energy inside the mask, pointing game (needs masks)
-    denoised = denoise(dataset, exp, "otsu")   # a WaferDataset with the irrelevant fails removed
-    denoising_table(dataset, exp)              # Grad-CAM vs median vs components, die-level F1
+exp = explain(classifier, dataset, method="gradcam")
+exp.heat[i]            # heat map at wafer i's own die resolution, in [0, 1]
+localisation_table(exp, dataset)           # energy inside the mask, pointing game (needs masks)
+denoised = denoise(dataset, exp, "otsu")   # a WaferDataset with the irrelevant fails removed
+denoising_table(dataset, exp)              # Grad-CAM vs median vs components, die-level F1
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ NON_LOCAL_CLASSES = ("Random", "Near-full", "none")
 
 @dataclass
 class Explanation:
+    """What :func:`explain` returns: the predicted classes, probabilities and one heat map per wafer."""
+
     method: str
     target_layer: str
     classes: list[str]
@@ -128,6 +130,7 @@ def localisation_table(heat: list[np.ndarray], dataset: WaferDataset, source: st
 
 
 def summarise_localisation(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the localisation table summarised per (source, class): wafers, mean energy in the mask, pointing game."""
     if table.empty:
         return table
     aggs = {"wafers": ("id", "size"), "energy_in_mask": ("energy_in_mask", "mean")}
@@ -138,6 +141,7 @@ def summarise_localisation(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def denoise(dataset: WaferDataset, explanation: Explanation, threshold: str | float = "otsu") -> WaferDataset:
+    """Return the maps with the fails outside the explanation's heat (thresholded) turned to pass."""
     if dataset.kind != "wafer":
         raise DataError("denoising works on wafer maps, not images", dataset.name)
     maps = [denoise_gradcam(m, h, threshold) for m, h in zip(dataset.maps, explanation.heat)]
@@ -149,8 +153,10 @@ def denoise(dataset: WaferDataset, explanation: Explanation, threshold: str | fl
 
 def denoising_table(dataset: WaferDataset, explanation: Explanation, threshold: str | float = "otsu",
                     classes: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Die-level precision/recall/F1/IoU against the masks for Grad-CAM, median and component
-    filters, and for the raw map (no denoising), per wafer."""
+    """Die-level precision/recall/F1/IoU against the masks for Grad-CAM, median and component filters.
+
+    Also for the raw map (no denoising); one row per wafer.
+    """
     _need_masks(dataset, "denoising evaluation")
     methods = {
         "raw": lambda m, h: m,
@@ -169,9 +175,12 @@ def denoising_table(dataset: WaferDataset, explanation: Explanation, threshold: 
 
 
 def picture_sample(dataset: WaferDataset, explanation: Explanation, n: int, seed: int = 0) -> list[int]:
-    """Up to ``n`` wafers to draw, spread over the classes: taken in turn from each class (the label,
-    or the predicted class of an unlabelled wafer), in a seeded random order within a class. The
-    first ``n`` rows of a class-sorted folder would all be one class. Returned grouped by class."""
+    """Up to ``n`` wafers to draw, spread over the classes.
+
+    Taken in turn from each class (the label, or the predicted class of an unlabelled wafer), in
+    a seeded random order within a class. The first ``n`` rows of a class-sorted folder would
+    all be one class. Returned grouped by class.
+    """
     rng = np.random.default_rng(seed)
     labels = np.asarray(dataset.labels).astype(str)
     groups = np.where(labels != "", labels, np.asarray(explanation.predicted).astype(str))
@@ -187,7 +196,7 @@ def picture_sample(dataset: WaferDataset, explanation: Explanation, n: int, seed
 
 
 def overlay_figure(dataset: WaferDataset, explanation: Explanation, index: list[int], path, denoised=None):
-    """A PNG grid: each wafer, its heat map over the wafer, and (optionally) the denoised map."""
+    """Return a PNG grid: each wafer, its heat map over the wafer, and (optionally) the denoised map."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)

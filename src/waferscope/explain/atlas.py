@@ -20,12 +20,15 @@ from waferscope.errors import DataError
 
 @dataclass
 class Atlas:
+    """Where each class's wafers fail: per-class fail shares on a common S×S canvas."""
+
     classes: list[str]
     fail_share: np.ndarray  # (n_classes, S, S): share of that class's wafers failing at (row, col)
     on_wafer_share: np.ndarray  # (n_classes, S, S): share of wafers with a die there
     counts: np.ndarray  # wafers per class
 
     def to_frame(self):
+        """Return the atlas as a long table (class, row, col, shares)."""
         import pandas as pd
 
         k, s, _ = self.fail_share.shape
@@ -43,6 +46,7 @@ class Atlas:
 
 
 def build_atlas(dataset: WaferDataset, size: int = 48) -> Atlas:
+    """Build the defect-location atlas of a labelled wafer-map data set at ``size``×``size``."""
     if dataset.kind != "wafer":
         raise DataError("the defect-location atlas needs wafer maps, not images", dataset.name)
     labels = dataset.labels.astype(str)
@@ -62,6 +66,7 @@ def build_atlas(dataset: WaferDataset, size: int = 48) -> Atlas:
 
 
 def plot_atlas(atlas: Atlas, path: str | Path) -> Path:
+    """Draw the atlas (one panel per class) to a PNG at ``path``; return it."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -23,7 +23,7 @@ from waferscope.errors import ConfigError
 
 
 def relevance_threshold(heat: np.ndarray, candidates: np.ndarray, threshold: str | float = "otsu") -> float:
-    """The heat value above which a die counts as relevant.
+    """Return the heat value above which a die counts as relevant.
 
     ``"otsu"`` splits the heat values of the candidate dies in two by Otsu's method; a float q in
     (0, 1) keeps the top (1 − q) share of them; ``"q0.8"`` is the same as 0.8.
@@ -51,6 +51,7 @@ def denoise_gradcam(wafer: np.ndarray, heat: np.ndarray, threshold: str | float 
 
 
 def denoise_median(wafer: np.ndarray, size: int = 3) -> np.ndarray:
+    """Return the map with the fails a ``size``×``size`` median filter removes turned to pass."""
     fail = ndimage.median_filter((wafer == FAIL).astype(np.uint8), size=size, mode="constant") > 0
     out = wafer.copy()
     out[wafer == FAIL] = PASS
@@ -59,6 +60,7 @@ def denoise_median(wafer: np.ndarray, size: int = 3) -> np.ndarray:
 
 
 def denoise_components(wafer: np.ndarray, min_size: int = 6) -> np.ndarray:
+    """Return the map with fail clusters smaller than ``min_size`` dies turned to pass."""
     fail = wafer == FAIL
     kept = remove_small_objects(fail, max_size=min_size - 1, connectivity=2) if min_size > 1 else fail
     out = wafer.copy()

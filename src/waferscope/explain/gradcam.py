@@ -1,5 +1,4 @@
-"""Grad-CAM (Selvaraju et al. 2017), Grad-CAM++ (Chattopadhay et al. 2018) and LayerCAM
-(Jiang et al. 2021), batched.
+"""Grad-CAM (Selvaraju et al. 2017), Grad-CAM++ (Chattopadhay et al. 2018) and LayerCAM (Jiang et al. 2021), batched.
 
 Both weight the activations ``A`` of a convolutional layer by the gradient of the class score:
 Grad-CAM with the spatial mean of the gradient, Grad-CAM++ with pixel-wise weights that favour
@@ -42,8 +41,10 @@ def conv_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.M
 
 
 def find_target_layer(model: nn.Module, example: torch.Tensor, min_size: int = 4) -> str:
-    """The network's declared ``explain_layer`` if it has one (e.g. ``cnn_fine``'s die-resolution
-    map), else the name of the last Conv2d whose output is at least ``min_size`` on each side."""
+    """Return the network's declared ``explain_layer`` if it has one (e.g. ``cnn_fine``'s die-resolution map).
+
+    Else the name of the last Conv2d whose output is at least ``min_size`` on each side.
+    """
     declared = getattr(model, "explain_layer", None)
     if declared is not None and declared in dict(model.named_modules()):
         return declared
@@ -74,7 +75,7 @@ class GradCAM:
         return modules[self.target_layer]
 
     def __call__(self, x: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (cams (N, H, W) float32 in [0, 1] at the input's resolution, logits (N, C))."""
+        """Return (cams (N, H, W) float32 in [0, 1] at the input's resolution, logits (N, C))."""
         self.model.eval()
         layer = self._layer(x)
         store: dict[str, torch.Tensor] = {}
@@ -125,8 +126,11 @@ def _pixels_to_dies(n_dies: int, size: int) -> np.ndarray:
 
 
 def to_die_grid(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """One S×S heat map → the wafer's own die grid: each die gets the mean heat of the pixels
-    that showed it to the network (see :func:`_pixels_to_dies`)."""
+    """One S×S heat map → the wafer's own die grid.
+
+    Each die gets the mean heat of the pixels that showed it to the network (see
+    :func:`_pixels_to_dies`).
+    """
     rows = _pixels_to_dies(int(shape[0]), cam.shape[0])
     cols = _pixels_to_dies(int(shape[1]), cam.shape[1])
     return (rows @ np.asarray(cam, np.float32) @ cols.T).astype(np.float32)

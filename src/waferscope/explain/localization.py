@@ -13,6 +13,7 @@ from scipy import ndimage
 
 
 def energy_in_mask(heat: np.ndarray, mask: np.ndarray, on_wafer: np.ndarray | None = None) -> float:
+    """Return the share of the (non-negative) heat inside ``mask`` (on the wafer only, when given)."""
     h = np.clip(heat, 0, None)
     if on_wafer is not None:
         h = np.where(on_wafer, h, 0.0)
@@ -21,6 +22,7 @@ def energy_in_mask(heat: np.ndarray, mask: np.ndarray, on_wafer: np.ndarray | No
 
 
 def pointing_hit(heat: np.ndarray, mask: np.ndarray, on_wafer: np.ndarray | None = None, tolerance: int = 1) -> bool:
+    """Return whether the heat's peak lies within ``tolerance`` dies of ``mask``."""
     h = np.where(on_wafer, heat, -np.inf) if on_wafer is not None else heat
     peak = np.unravel_index(int(np.argmax(h)), h.shape)
     target = mask.astype(bool)

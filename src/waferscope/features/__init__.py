@@ -1,0 +1,1 @@
+"""Wafer-map features: the handcrafted ones (density, geometry, Radon) and their compiled kernels."""

@@ -1,7 +1,8 @@
-"""Compiled (numba) kernels of the handcrafted features: the Radon sinogram and the geometry of the
-largest failing region, each the same numbers as the scikit-image reference in
-:mod:`waferscope.features.handcrafted` up to float rounding (tests/test_features_fast.py checks it
-on every real map), at a small fraction of the cost.
+"""Compiled (numba) kernels of the handcrafted features.
+
+The Radon sinogram and the geometry of the largest failing region, each the same numbers as the
+scikit-image reference in :mod:`waferscope.features.handcrafted` up to float rounding
+(tests/test_features_fast.py checks it on every real map), at a small fraction of the cost.
 
 Why not scikit-image: ``skimage.transform.radon`` warps the whole padded grid once per angle
 (``max(H, W)`` bilinear warps of a (√2·max(H, W))² image), and ``regionprops`` + its convex hull
@@ -28,15 +29,18 @@ from numba import njit
 
 @njit(cache=True, nogil=True)
 def radon_splat(fail_rows, fail_cols, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
-    """Sinogram (size × n_angles) of the padded square image whose 1-cells are the failing dies at
-    (fail_rows + pad_r, fail_cols + pad_c), bit for bit as scikit-image's ``radon`` computes it.
+    """Return the sinogram (size × n_angles) of the padded square image of the failing dies.
+
+    The failing dies sit at (fail_rows + pad_r, fail_cols + pad_c); the result is bit for bit what
+    scikit-image's ``radon`` computes.
 
     Its warp of angle i samples the image at (col, row) = (cos·x + sin·y + tx, −sin·x + cos·y + ty)
     for every output point (x, y), bilinearly from the floor / ceil neighbours, and the sinogram
     column x is the sum of those samples down y. Only points whose sample touches a failing die are
     non-zero: found from the dies (the inverse rotation of each, and the few grid points around
     it), then each is sampled with the same arithmetic and summed in the same order (y upwards;
-    adding the skipped zeros changes nothing)."""
+    adding the skipped zeros changes nothing).
+    """
     n_angles = cos_a.shape[0]
     out = np.zeros((size, n_angles))
     grid = np.zeros((size, size), dtype=np.bool_)
@@ -97,11 +101,13 @@ def _cross(ox, oy, ax, ay, bx, by):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def region_counts(region):  # pragma: no cover - compiled
-    """(histogram of the 4-neighbour perimeter codes, convex area) of the True cells of ``region``
-    (a bool crop holding one region). The codes are scikit-image's ``perimeter``: a border cell
-    (one 4-neighbour erosion removes) scores 1 + 2 per border 4-neighbour + 10 per border diagonal
+    """Return (histogram of the 4-neighbour perimeter codes, convex area) of the True cells of ``region``.
+
+    A bool crop holding one region. The codes are scikit-image's ``perimeter``: a border cell (one
+    4-neighbour erosion removes) scores 1 + 2 per border 4-neighbour + 10 per border diagonal
     neighbour; the caller weighs the histogram as it does (``histogram @ weights``), so the sum is
-    rounded in the same order."""
+    rounded in the same order.
+    """
     h, w = region.shape
     hist = np.zeros(50, dtype=np.int64)
     for r in range(h):
@@ -198,13 +204,16 @@ def _convex_area(region, h, w):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def grid_radon_summary(fail, cos_a, sin_a, pool_edges, n_bins):  # pragma: no cover - compiled
-    """The ``grid`` Radon features of a batch: (N, S, S) uint8 fail fractions (×255) → (N, 2·K) float64,
-    the mean over angles of each projection offset, then the standard deviation over angles, each
-    averaged into the K bins ``pool_edges[k]:pool_edges[k+1]`` of the offsets and divided by S.
+    """Return the ``grid`` Radon features of a batch.
+
+    (N, S, S) uint8 fail fractions (×255) → (N, 2·K) float64, the mean over angles of each
+    projection offset, then the standard deviation over angles, each averaged into the K bins
+    ``pool_edges[k]:pool_edges[k+1]`` of the offsets and divided by S.
 
     Each failing cell's centre is projected on every direction and its fraction split linearly
     between the two nearest offset bins (what the sparse projection matrix did, without building it);
-    only cells with failing dies cost anything."""
+    only cells with failing dies cost anything.
+    """
     n, size = fail.shape[0], fail.shape[1]
     n_angles = cos_a.shape[0]
     k_bins = pool_edges.shape[0] - 1
@@ -269,12 +278,14 @@ def neighbour_counts(fail, die, r, c):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def grid_local(fail_frac, nodie_frac, fail, die, k, dy, dx, radius):  # pragma: no cover - compiled
-    """Neighbourhood statistics of the ``grid`` features for a batch of (N, S, S) maps: per map
-    (fail cells with ≥ 1 failing 8-neighbour, with ≥ 3, the sum over fail cells of their neighbours'
-    fail share, denoised cells, the highest fail share of a k×k window centred on a die cell, then
-    the fail-fraction-weighted sums of dy, dx, r, r² and the die-fraction-weighted sum of r), and
-    the (N, S, S) denoised mask (fail cells with ≥ 2 failing neighbours). Every sum runs over the
-    cells in one fixed order, so a map gets the same numbers alone or in any batch."""
+    """Neighbourhood statistics of the ``grid`` features for a batch of (N, S, S) maps.
+
+    Per map (fail cells with ≥ 1 failing 8-neighbour, with ≥ 3, the sum over fail cells of their
+    neighbours' fail share, denoised cells, the highest fail share of a k×k window centred on a die
+    cell, then the fail-fraction-weighted sums of dy, dx, r, r² and the die-fraction-weighted sum of
+    r), and the (N, S, S) denoised mask (fail cells with ≥ 2 failing neighbours). Every sum runs
+    over the cells in one fixed order, so a map gets the same numbers alone or in any batch.
+    """
     n, s = fail.shape[0], fail.shape[1]
     stats = np.zeros((n, 10))
     denoised = np.zeros((n, s, s), dtype=np.bool_)
@@ -324,11 +335,14 @@ def grid_local(fail_frac, nodie_frac, fail, die, k, dy, dx, radius):  # pragma: 
 
 @njit(cache=True, nogil=True)
 def canonical_choice(m, rules):  # pragma: no cover - compiled
-    """For :func:`waferscope.data.preprocess.canonical_map`: the dies' bounding box (r0, r1, c0, c1)
-    of a die-state map and the views k (a bool mask of 8) whose key is the largest. The key of view k
-    is (its fail-weighted row, column and row×column moments, then the same die-weighted), computed
-    from the cropped map's moments about its centre with ``rules[k]`` = (source of the view's row
-    moment, its sign, the same for the column); odd integer coordinates keep every value exact."""
+    """For :func:`waferscope.data.preprocess.canonical_map`.
+
+    The dies' bounding box (r0, r1, c0, c1) of a die-state map and the views k (a bool mask of 8)
+    whose key is the largest. The key of view k is (its fail-weighted row, column and row×column
+    moments, then the same die-weighted), computed from the cropped map's moments about its centre
+    with ``rules[k]`` = (source of the view's row moment, its sign, the same for the column); odd
+    integer coordinates keep every value exact.
+    """
     h, w = m.shape
     r0, r1, c0, c1 = h, 0, w, 0
     for r in range(h):

@@ -1,6 +1,7 @@
-"""The 120 ``extended`` features in one compiled pass per map: the same definitions as
-:mod:`.handcrafted`, :mod:`.pattern_stats` and :mod:`.shape` (which stay as the readable reference the
-tests hold this to), at about a tenth of their cost.
+"""The 120 ``extended`` features in one compiled pass per map.
+
+The same definitions as :mod:`.handcrafted`, :mod:`.pattern_stats` and :mod:`.shape` (which stay as
+the readable reference the tests hold this to), at about a tenth of their cost.
 
 Why a second implementation: the reference spends most of its ~2 ms per map in Python and in small
 numpy / scipy / scikit-image calls (a hundred of them per map), not in arithmetic, which caps the
@@ -40,8 +41,10 @@ N_PATTERN = 61  # the pattern statistics and shape features, the last 61 of the 
 
 @lru_cache(maxsize=64)
 def _resample_matrix(n: int) -> np.ndarray:
-    """(N_RADON, n) matrix M with M @ v == the cubic resampling of v to N_RADON points (it is linear in
-    v: the not-a-knot spline's coefficients are a linear solve on the values)."""
+    """Return the (N_RADON, n) matrix M with M @ v == the cubic resampling of v to N_RADON points.
+
+    It is linear in v: the not-a-knot spline's coefficients are a linear solve on the values.
+    """
     return np.stack([_resample_cubic(e) for e in np.eye(max(n, 1))[:n]], axis=1) if n else np.zeros((N_RADON, 0))
 
 
@@ -60,8 +63,10 @@ _lock = threading.Lock()
 
 @lru_cache(maxsize=64)
 def shape_tables(h: int, w: int) -> tuple:
-    """Everything of the 120 features that depends only on the grid's shape except the Radon
-    footprints (cached for the 64 most recent shapes: about 60 bytes per cell)."""
+    """Return what the 120 features need that depends only on the grid's shape, except Radon footprints.
+
+    Cached for the 64 most recent shapes: about 60 bytes per cell.
+    """
     ring5 = pattern_stats._grid(h, w)[0].reshape(h, w).astype(np.int64)
     dy, dx, radius, angle, ring10, sector = shape._geometry(h, w)
     pad_r, pad_c, size, cos_a, sin_a = _radon_geometry(h, w)
@@ -73,7 +78,7 @@ def shape_tables(h: int, w: int) -> tuple:
 
 
 def radon_footprints(wafer: np.ndarray, tables: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """The shape's Radon footprints when they are (or now become) worth keeping, else empty arrays."""
+    """Return the shape's Radon footprints when they are (or now become) worth keeping, else empty arrays."""
     with _lock:  # feature threads share the cache
         return _footprints_locked(wafer, tables)
 
@@ -102,13 +107,15 @@ def _footprints_locked(wafer: np.ndarray, tables: tuple) -> tuple[np.ndarray, np
 
 
 def extended_features_fast(wafer: np.ndarray) -> np.ndarray:
-    """The 120 ``extended`` features of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
+    """Return the 120 ``extended`` features of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
     return extended_batch([wafer])[0]
 
 
 def extended_batch(maps: Sequence[np.ndarray], full: bool = True) -> np.ndarray:
-    """(N, 120) features of a list of maps; ``full=False``: only the 61 ``pattern`` features (N, 61)
-    (the last 61 of the 120; no Radon transform)."""
+    """(N, 120) features of a list of maps; ``full=False``.
+
+    Only the 61 ``pattern`` features (N, 61) (the last 61 of the 120; no Radon transform).
+    """
     out = np.zeros((len(maps), N_EXTENDED))
     for i, m in enumerate(maps):
         m = np.ascontiguousarray(m, dtype=np.uint8)
@@ -127,8 +134,10 @@ def pattern_batch(maps: Sequence[np.ndarray]) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _label(mask, eight, labels, sizes_out):  # pragma: no cover - compiled
-    """Connected components of ``mask`` numbered 1.. in raster order of their first cell (as
-    ``scipy.ndimage.label`` numbers them); writes ``labels`` (H, W) and the sizes, returns n."""
+    """Return the number of connected components of ``mask``, numbered 1.. in raster order of their first cell.
+
+    As ``scipy.ndimage.label`` numbers them; writes ``labels`` (H, W) and the sizes, returns n.
+    """
     h, w = mask.shape
     labels[:, :] = 0
     stack = np.empty(h * w, dtype=np.int64)
@@ -162,9 +171,11 @@ def _label(mask, eight, labels, sizes_out):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _moments(labels, k, box):  # pragma: no cover - compiled
-    """(n, mean row, mean col, Σ(r−r̄)², Σ(r−r̄)(c−c̄), Σ(c−c̄)²) of the cells labelled ``k`` inside
-    ``box`` (r0, r1, c0, c1): the members are gathered once, then centred in a second pass (as
-    ``np.cov`` does: no cancellation for thin clusters)."""
+    """Return (n, mean row, mean col, Σ(r−r̄)², Σ(r−r̄)(c−c̄), Σ(c−c̄)²) of the cells ``k`` in ``box``.
+
+    ``box`` is (r0, r1, c0, c1): the members are gathered once, then centred in a second pass (as ``np.cov``
+    does: no cancellation for thin clusters).
+    """
     rows = np.empty((box[1] - box[0]) * (box[3] - box[2]))
     cols = np.empty_like(rows)
     n = 0
@@ -188,8 +199,10 @@ def _moments(labels, k, box):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _axes(labels, k, box):  # pragma: no cover - compiled
-    """(n, mean row, mean col, minor sd, major sd) of the cells labelled ``k`` inside ``box``:
-    np.cov-style (ddof 1) principal standard deviations, 0 below 3 cells."""
+    """(n, mean row, mean col, minor sd, major sd) of the cells labelled ``k`` inside ``box``.
+
+    np.cov-style (ddof 1) principal standard deviations, 0 below 3 cells.
+    """
     n, mr, mc, srr, src, scc = _moments(labels, k, box)
     if n < 3:
         return n, mr, mc, 0.0, 0.0
@@ -241,11 +254,14 @@ def _mean_std(values, n):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _die_footprint(ca, sa, tx, ty, reach, py, px, size, weights):  # pragma: no cover - compiled
-    """A failing die at padded (py, px) in the warp of one angle: output point (x, y) samples the image
-    bilinearly at (row, col) = (−sin·x + cos·y + ty, cos·x + sin·y + tx), so the die weighs
-    (1 − |row − py|)(1 − |col − px|) there when both distances are below 1. Summed down each column
-    x of the few grid points around the die's inverse rotation: writes the weights of the first
-    column reached and the next two into ``weights`` and returns that first column."""
+    """Return a failing die at padded (py, px) in the warp of one angle.
+
+    Output point (x, y) samples the image bilinearly at (row, col) = (−sin·x + cos·y + ty, cos·x +
+    sin·y + tx), so the die weighs (1 − |row − py|)(1 − |col − px|) there when both distances are
+    below 1. Summed down each column x of the few grid points around the die's inverse rotation:
+    writes the weights of the first column reached and the next two into ``weights`` and returns
+    that first column.
+    """
     x0 = ca * (px - tx) - sa * (py - ty)
     y0 = sa * (px - tx) + ca * (py - ty)
     lo = max(math.ceil(x0 - reach), 0)
@@ -269,8 +285,11 @@ def _warp(ca, sa, center):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
-    """The (size, n_angles) sinogram of skimage's radon(circle=False) of the fail map, pushed from the
-    failing dies (:func:`_die_footprint`), dies in raster order within every bin."""
+    """Return the (size, n_angles) sinogram of skimage's radon(circle=False) of the fail map.
+
+    Pushed from the failing dies (:func:`_die_footprint`), dies in raster order within every
+    bin.
+    """
     h, w = wafer.shape
     n_angles = cos_a.shape[0]
     out = np.zeros((size + 2, n_angles))
@@ -289,8 +308,10 @@ def _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover
 
 @njit(cache=True, nogil=True)
 def _radon_footprints(h, w, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
-    """:func:`_die_footprint` of every cell of an h×w grid at every angle, stored once per grid shape,
-    so a map's sinogram is three additions per failing die and angle."""
+    """:func:`_die_footprint` of every cell of an h×w grid at every angle, stored once per grid shape.
+
+    So a map's sinogram is three additions per failing die and angle.
+    """
     n_angles = cos_a.shape[0]
     first = np.zeros((h * w, n_angles), dtype=np.int32)
     weights = np.zeros((h * w, n_angles, 3))
@@ -698,9 +719,11 @@ def _block_density(fail, r0, r1, c0, c1):  # pragma: no cover - compiled
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) every kernel here and the canonical view's, on a few tiny
-    maps covering both Radon paths. The first time on a machine this takes ~20 s; scripts/setup.sh
-    calls it so that a user's first command does not."""
+    """Compile (or load from numba's cache) every kernel here and the canonical view's.
+
+    On a few tiny maps covering both Radon paths. The first time on a machine this takes ~20 s;
+    scripts/setup.sh calls it so that a user's first command does not.
+    """
     from waferscope.data.preprocess import canonical_map
 
     rng = np.random.default_rng(0)

@@ -128,9 +128,11 @@ def _circular_run(hot: np.ndarray) -> np.ndarray:
 
 
 def _clusters(mask: np.ndarray, layout: dict) -> dict:
-    """Label the 8-connected clusters of every map of an (N, S, S) boolean stack in one call and return
-    per-cluster statistics with the map each cluster belongs to, ordered by (map, size descending,
-    raster position) — so the first cluster of each map is its largest."""
+    """Label the 8-connected clusters of every map of an (N, S, S) boolean stack in one call.
+
+    Returns per-cluster statistics with the map each cluster belongs to, ordered by (map, size
+    descending, raster position) — so the first cluster of each map is its largest.
+    """
     from scipy import ndimage
 
     size = mask.shape[1]
@@ -178,7 +180,9 @@ def _clusters(mask: np.ndarray, layout: dict) -> dict:
 def grid_features_prepared(x: np.ndarray, fail_mask: np.ndarray | None = None,
                            die_mask: np.ndarray | None = None) -> np.ndarray:
     """(N, S, S, 3) uint8 no-die / pass / fail fractions (×255, canonical view) → (N, F) float64.
-    ``fail_mask`` / ``die_mask``: the (N, S, S) fail / die cells, when not "at least half" of x's."""
+
+    ``fail_mask`` / ``die_mask``: the (N, S, S) fail / die cells, when not "at least half" of x's.
+    """
     from waferscope.features._kernels import grid_local, grid_radon_summary
 
     n, size = x.shape[0], x.shape[1]

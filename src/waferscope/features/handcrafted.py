@@ -67,8 +67,10 @@ def _resample_cubic(values: np.ndarray, n: int = N_RADON) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _radon_geometry(h: int, w: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
-    """Padding, padded side and the per-angle cos / sin of ``skimage.transform.radon(circle=False)``
-    for an h × w map at max(h, w) angles (scalar np.cos / np.sin, as it calls them)."""
+    """Return the padding, padded side and per-angle cos / sin of ``skimage.transform.radon(circle=False)``.
+
+    For an h × w map at max(h, w) angles (scalar np.cos / np.sin, as it calls them).
+    """
     diagonal = np.sqrt(2) * max(h, w)
     pad = [int(np.ceil(diagonal - s)) for s in (h, w)]
     pad_before = [(s + p) // 2 - s // 2 for s, p in zip((h, w), pad)]
@@ -80,8 +82,11 @@ def _radon_geometry(h: int, w: int) -> tuple[int, int, int, np.ndarray, np.ndarr
 
 
 def radon_sinogram(fail: np.ndarray) -> np.ndarray:
-    """The sinogram ``skimage.transform.radon(fail, theta=max(H, W) angles in [0°, 180°), circle=False)``
-    of a boolean fail map, from the failing dies alone (:func:`~waferscope.features._kernels.radon_splat`)."""
+    """Return the sinogram of a boolean fail map, from the failing dies alone.
+
+    As ``skimage.transform.radon(fail, theta=max(H, W) angles in [0°, 180°), circle=False)``
+    computes it (:func:`~waferscope.features._kernels.radon_splat`).
+    """
     from waferscope.features._kernels import radon_splat
 
     pad_r, pad_c, size, cos_a, sin_a = _radon_geometry(*fail.shape)
@@ -95,14 +100,18 @@ def _radon_summary(sinogram: np.ndarray) -> np.ndarray:
 
 
 def radon_features(wafer: np.ndarray) -> np.ndarray:
-    """20 resampled row means then 20 resampled row standard deviations of the fail-die sinogram
-    (the :func:`radon_features_reference` numbers, up to float rounding, at a fraction of the cost)."""
+    """Return 20 resampled row means then 20 resampled row standard deviations of the fail-die sinogram.
+
+    The :func:`radon_features_reference` numbers, up to float rounding, at a fraction of the cost.
+    """
     return _radon_summary(radon_sinogram(np.asarray(wafer) == 2))
 
 
 def radon_features_reference(wafer: np.ndarray) -> np.ndarray:
-    """:func:`radon_features` with scikit-image's Radon transform and scipy's cubic interpolation: the
-    definition, kept as the reference the tests hold the fast path to."""
+    """:func:`radon_features` with scikit-image's Radon transform and scipy's cubic interpolation.
+
+    The definition, kept as the reference the tests hold the fast path to.
+    """
     from skimage.transform import radon
 
     fail = (np.asarray(wafer) == 2).astype(np.float64)  # a new array: the caller's map is untouched
@@ -114,12 +123,13 @@ def radon_features_reference(wafer: np.ndarray) -> np.ndarray:
 
 
 def geometry_features(wafer: np.ndarray) -> np.ndarray:
-    """Normalised shape of the largest 4-connected failing region (zeros when nothing fails): the
-    :func:`geometry_features_reference` numbers, bit for bit (the trees split on exact training
-    values, and the perimeter and axis lengths take few distinct values, so one ulp moves a map to
-    the other side of a split). The perimeter codes and the convex area come from one compiled
-    pass (:func:`~waferscope.features._kernels.region_counts`); the moments go through the same
-    scikit-image functions, in the same order, as ``regionprops``.
+    """Normalised shape of the largest 4-connected failing region (zeros when nothing fails).
+
+    The :func:`geometry_features_reference` numbers, bit for bit (the trees split on exact
+    training values, and the perimeter and axis lengths take few distinct values, so one ulp moves
+    a map to the other side of a split). The perimeter codes and the convex area come from one
+    compiled pass (:func:`~waferscope.features._kernels.region_counts`); the moments go through
+    the same scikit-image functions, in the same order, as ``regionprops``.
     """
     from scipy import ndimage
     from skimage.measure import inertia_tensor, inertia_tensor_eigvals, moments, moments_central
@@ -148,7 +158,7 @@ def geometry_features(wafer: np.ndarray) -> np.ndarray:
 
 
 def geometry_features_reference(wafer: np.ndarray) -> np.ndarray:
-    """The definition of :func:`geometry_features` (``skimage.measure.regionprops``), the tests' reference."""
+    """Return the definition of :func:`geometry_features` (``skimage.measure.regionprops``), the tests' reference."""
     from skimage.measure import label, regionprops
 
     fail = np.asarray(wafer) == 2
@@ -169,11 +179,13 @@ def wafer_features(wafer: np.ndarray) -> np.ndarray:
 
 
 def pattern_shape_features(wafer: np.ndarray, local_rate: np.ndarray | None = None) -> np.ndarray:
-    """The 61 ``pattern`` features: the 15 pattern statistics and the 46 shape features (no Radon
-    transform, so about 4× cheaper than ``extended``). ``local_rate``: the map's local fail rate when
-    the caller has it already (see :func:`~waferscope.features.pattern_stats.pattern_features`).
-    Imported here, not at the top, so that loading this module (every CLI start) does not pull in
-    scipy.ndimage."""
+    """Return the 61 ``pattern`` features.
+
+    The 15 pattern statistics and the 46 shape features (no Radon transform, so about 4× cheaper than
+    ``extended``). ``local_rate``: the map's local fail rate when the caller has it already (see
+    :func:`~waferscope.features.pattern_stats.pattern_features`). Imported here, not at the top, so
+    that loading this module (every CLI start) does not pull in scipy.ndimage.
+    """
     from waferscope.features.pattern_stats import pattern_features
     from waferscope.features.shape import shape_features
 
@@ -181,12 +193,12 @@ def pattern_shape_features(wafer: np.ndarray, local_rate: np.ndarray | None = No
 
 
 def extended_features(wafer: np.ndarray) -> np.ndarray:
-    """The 120 ``extended`` features: these 59 followed by the 61 ``pattern`` features."""
+    """Return the 120 ``extended`` features: these 59 followed by the 61 ``pattern`` features."""
     return np.concatenate([wafer_features(wafer), pattern_shape_features(wafer)])
 
 
 def _per_map(one):
-    """A feature set computed map by map, as a function of a list of maps."""
+    """Return a feature set computed map by map, as a function of a list of maps."""
     def batch(maps: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack([one(m) for m in maps])
     return batch
@@ -244,8 +256,9 @@ def _chunk(maps: Sequence[np.ndarray], feature_set: str = "wm811k") -> np.ndarra
 
 def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: bool = False,
                      chunk_size: int = 256, feature_set: str = "wm811k") -> np.ndarray:
-    """(N, F) float64 features (F = 59 for ``"wm811k"``, 120 for ``"extended"``, 61 for ``"pattern"``);
-    chunks of maps go to ``n_jobs`` worker processes (joblib) for large sets.
+    """(N, F) float64 features (F = 59 for ``"wm811k"``, 120 for ``"extended"``, 61 for ``"pattern"``).
+
+    Chunks of maps go to ``n_jobs`` worker processes (joblib) for large sets.
 
     Below a few hundred maps the start-up of workers is not worth it and the work stays in this
     process (``extended``, compiled, runs ~0.1 ms a map, in threads).
@@ -267,10 +280,12 @@ IN_PROCESS_STEP = 64  # maps per progress step when the work stays in this proce
 
 def map_chunks(fn, maps: list, n_jobs: int = -1, progress: bool = False, chunk_size: int = 256,
                threads: bool = False) -> list:
-    """``[fn(chunk), …]`` over consecutive chunks of ``maps``, in order: in ``n_jobs`` worker processes
-    (joblib; ``fn`` must be picklable) — or threads, when ``fn`` releases the GIL — when there are at
-    least two chunks' worth, else one call here. The shared runner of the feature extraction and of
-    the feature detectors' per-map work."""
+    """``[fn(chunk), …]`` over consecutive chunks of ``maps``, in order.
+
+    In ``n_jobs`` worker processes (joblib; ``fn`` must be picklable) — or threads, when ``fn``
+    releases the GIL — when there are at least two chunks' worth, else one call here. The shared
+    runner of the feature extraction and of the feature detectors' per-map work.
+    """
     if threads and n_jobs != 1 and len(maps) >= 2 * MIN_THREAD_CHUNK:
         return _in_threads(fn, maps, n_jobs, progress, chunk_size)
     if len(maps) < 2 * chunk_size or n_jobs == 1:
@@ -290,8 +305,11 @@ MIN_THREAD_CHUNK = 16  # maps per thread task at least (a task costs ~0.1 ms to 
 
 
 def _in_threads(fn, maps: list, n_jobs: int, progress: bool, chunk_size: int) -> list:
-    """:func:`map_chunks` in this process's shared thread pool: even a service's 64-map batch is split
-    over the cores (one chunk per worker, at most ``chunk_size`` maps each)."""
+    """:func:`map_chunks` in this process's shared thread pool.
+
+    Even a service's 64-map batch is split over the cores (one chunk per worker, at most
+    ``chunk_size`` maps each).
+    """
     from joblib import effective_n_jobs
 
     from waferscope.utils import shared_pool

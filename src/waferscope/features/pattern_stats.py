@@ -58,8 +58,10 @@ def local_fail_rate(wafer: np.ndarray) -> np.ndarray:
 
 
 def principal_axes(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float]:
-    """Standard deviations along the minor and major principal axes of a set of die positions
-    (0, 0 for fewer than 3 dies)."""
+    """Return the standard deviations along the minor and major principal axes of a set of die positions.
+
+    (0, 0) for fewer than 3 dies.
+    """
     if len(rows) < 3:
         return 0.0, 0.0
     minor, major = np.sqrt(np.clip(np.linalg.eigvalsh(np.cov(np.stack([rows, cols]).astype(np.float64))), 0, None))
@@ -67,8 +69,10 @@ def principal_axes(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float]:
 
 
 def cluster_axes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per cluster 1..n of a label image: the standard deviations along its minor and major principal
-    axes (0 below 3 dies). :func:`principal_axes` of every cluster at once, equal to it up to rounding.
+    """Per cluster 1..n of a label image.
+
+    The standard deviations along its minor and major principal axes (0 below 3 dies).
+    :func:`principal_axes` of every cluster at once, equal to it up to rounding.
 
     Why not a loop over clusters: a noisy wafer has hundreds, and per-cluster ``np.cov`` calls were a
     third of the feature time. Per-cluster sums (``np.bincount``), centred in a second pass as
@@ -108,7 +112,7 @@ def _cluster_shape(rows: np.ndarray, cols: np.ndarray, member: np.ndarray, h: in
 
 
 def pattern_features(wafer: np.ndarray, local_rate: np.ndarray | None = None) -> np.ndarray:
-    """The :data:`FEATURE_NAMES` statistics of one (H, W) die-state map (0 no die, 1 pass, 2 fail).
+    """Return the :data:`FEATURE_NAMES` statistics of one (H, W) die-state map (0 no die, 1 pass, 2 fail).
 
     ``local_rate``: the map's :func:`local_fail_rate` when the caller already has it (the detector
     reuses it for the anomaly map), computed here otherwise.

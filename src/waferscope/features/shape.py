@@ -65,8 +65,10 @@ _KERNEL = np.ones((3, 3), dtype=np.int16)
 
 @lru_cache(maxsize=1024)
 def _geometry(h: int, w: int):
-    """Per cell of an h×w grid: normalised offsets dy, dx, radius, angle, ring, and the annulus-sector
-    index annulus × N_SECTORS + sector (cached per shape)."""
+    """Per cell of an h×w grid: normalised offsets dy, dx, radius, angle, ring.
+
+    Also the annulus-sector index annulus × N_SECTORS + sector. Cached per shape.
+    """
     yy, xx = np.mgrid[:h, :w]
     dy, dx = (yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2)
     radius, angle = np.hypot(dy, dx), np.arctan2(dy, dx)
@@ -103,7 +105,7 @@ def _sector_stats(fail, on, annulus_sector, threshold) -> list[float]:
 
 
 def shape_features(wafer: np.ndarray) -> np.ndarray:
-    """The :data:`FEATURE_NAMES` of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
+    """Return the :data:`FEATURE_NAMES` of one (H, W) die-state map (0 no die, 1 pass, 2 fail)."""
     wafer = np.asarray(wafer)
     h, w = wafer.shape
     dy, dx, radius, angle, ring, annulus_sector = _geometry(h, w)

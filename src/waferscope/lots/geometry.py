@@ -1,5 +1,7 @@
-"""Die geometry shared by the lot views: where a wafer's die area is, how wafers of one lot are
-laid on top of each other, and which zone (ring, quadrant, edge band) each die falls in.
+"""Die geometry shared by the lot views.
+
+Where a wafer's die area is, how wafers of one lot are laid on top of each other, and which
+zone (ring, quadrant, edge band) each die falls in.
 
 All of it works on the stored orientation (front view, notch down, row 0 at the top; see
 :mod:`waferscope.data.loaders.fabcommon`), on die indices, never on physical millimetres.
@@ -70,8 +72,10 @@ class Placement:
 
 
 def placements(maps: list[np.ndarray], origins: np.ndarray | None = None) -> tuple[list[Placement], tuple[int, int], str]:
-    """(placement of each map, canvas shape, rule used: ``"origin"`` or ``"centre"``); see the module
-    docstring. ``origins`` is an (N, 2) array of (origin_row, origin_col), or None."""
+    """(placement of each map, canvas shape, rule used: ``"origin"`` or ``"centre"``); see the module docstring.
+
+    ``origins`` is an (N, 2) array of (origin_row, origin_col), or None.
+    """
     boxes = [die_box(m) for m in maps]
     placed = [b for b in boxes if b is not None]
     if not placed:
@@ -116,9 +120,12 @@ def zone_names(rings: int) -> list[tuple[str, str]]:
 
 
 def zone_ids(on: np.ndarray, rings: int = 3, edge_width: int = 1) -> np.ndarray:
-    """(3, H, W) int array for the die area ``on`` (bool H×W): per position its ring, quadrant and
-    edge/inner zone as indices into :func:`zone_names` (one layer per kind), −1 where there is no
-    die. Depends on the die area only, so wafers of one product share it."""
+    """(3, H, W) int array for the die area ``on`` (bool H×W).
+
+    Per position its ring, quadrant and edge/inner zone as indices into :func:`zone_names` (one
+    layer per kind), −1 where there is no die. Depends on the die area only, so wafers of one
+    product share it.
+    """
     from scipy import ndimage
 
     if rings < 1:
@@ -143,9 +150,12 @@ def zone_ids(on: np.ndarray, rings: int = 3, edge_width: int = 1) -> np.ndarray:
 
 
 def zone_masks(m: np.ndarray, rings: int = 3, edge_width: int = 1) -> dict[tuple[str, str], np.ndarray]:
-    """(kind, zone) → bool mask of the dies of map ``m`` in that zone; kinds ``ring`` (``ring 1`` ..
-    ``ring K``), ``quadrant`` (:data:`QUADRANTS`) and ``edge`` (``edge``, ``inner``). Each kind
-    partitions the die area. Empty dict for a map without dies."""
+    """(kind, zone) → bool mask of the dies of map ``m`` in that zone.
+
+    Kinds ``ring`` (``ring 1`` .. ``ring K``), ``quadrant`` (:data:`QUADRANTS`) and ``edge``
+    (``edge``, ``inner``). Each kind partitions the die area. Empty dict for a map without
+    dies.
+    """
     on = np.asarray(m) != 0
     if not on.any():
         return {}

@@ -1,6 +1,9 @@
-"""Per-wafer predictions for the lot views: the class a classifier gives each wafer (the highest
-probability, as ``waferscope classify predict`` with its default prior writes it) and the anomaly
-score a detector gives it, flagged anomalous at the detector run's threshold."""
+"""Per-wafer predictions for the lot views.
+
+The class a classifier gives each wafer (the highest probability, as ``waferscope classify
+predict`` with its default prior writes it) and the anomaly score a detector gives it, flagged
+anomalous at the detector run's threshold.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +15,12 @@ import pandas as pd
 
 def predict_wafers(dataset, classifier=None, detector=None, threshold: float | None = None, *,
                    batch_size: int = 2048, progress: bool = False) -> pd.DataFrame:
-    """DataFrame with one row per wafer (the data set's order): ``id``, and with a classifier
-    ``predicted`` and ``confidence`` (its probability), with a detector ``score`` and, when a
-    ``threshold`` is given, ``anomalous`` (score ≥ threshold). Runs in batches of ``batch_size``
-    wafers so that a progress bar can follow a large file."""
+    """DataFrame with one row per wafer (the data set's order).
+
+    ``id``, and with a classifier ``predicted`` and ``confidence`` (its probability), with a
+    detector ``score`` and, when a ``threshold`` is given, ``anomalous`` (score ≥ threshold).
+    Runs in batches of ``batch_size`` wafers so that a progress bar can follow a large file.
+    """
     from tqdm.auto import tqdm
 
     from waferscope.errors import DataError

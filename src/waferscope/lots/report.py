@@ -1,4 +1,6 @@
-"""Writers for the lot views: PNG figures, CSV tables and one HTML page, all from a
+"""Writers for the lot views.
+
+PNG figures, CSV tables and one HTML page, all from a
 :class:`~waferscope.lots.analysis.LotReport` (the computing is in :mod:`.analysis`).
 
 :func:`write_report` fills a temp folder beside ``out`` and renames it into place when complete,
@@ -39,7 +41,7 @@ def _plt():
 
 
 def file_stem(lot: str, taken: set[str]) -> str:
-    """A file-safe name for ``lot``, unique among ``taken`` (which it joins)."""
+    """Return a file-safe name for ``lot``, unique among ``taken`` (which it joins)."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", lot).strip("._") or "lot"
     name, k = base, 1
     while name in taken:
@@ -50,8 +52,11 @@ def file_stem(lot: str, taken: set[str]) -> str:
 
 
 def shared_scale(stacks: dict[str, LotStack]) -> float:
-    """The colour-scale top shared by every stacked map: the largest fail frequency of any drawn lot,
-    rounded up to a multiple of 0.05 (at least 0.05), so colours compare across lots."""
+    """Return the colour-scale top shared by every stacked map.
+
+    The largest fail frequency of any drawn lot, rounded up to a multiple of 0.05 (at least
+    0.05), so colours compare across lots.
+    """
     top = max((s.max_frequency for s in stacks.values()), default=0.0)
     return max(0.05, math.ceil(top / 0.05 - 1e-9) * 0.05)
 
@@ -131,7 +136,7 @@ def plot_stack_gallery(stacks: dict[str, LotStack], path: Path, vmax: float, sum
 
 
 def zone_totals(zones: pd.DataFrame) -> pd.DataFrame:
-    """The zone table pooled over every lot (lot ``(all lots)``), same columns."""
+    """Return the zone table pooled over every lot (lot ``(all lots)``), same columns."""
     keys = ["kind", "zone"]
     g = zones.groupby(keys, sort=False)
     out = g[["dies", "pass_dies", "fail_dies"]].sum().reset_index()
@@ -143,8 +148,11 @@ def zone_totals(zones: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_zone_yield(zones: pd.DataFrame, path: Path, lots: list[str]) -> Path:
-    """Heat map of zone yield: a row for all lots pooled, then one per lot in ``lots``; one column per
-    zone (rings centre → edge, quadrants, edge band / inner); each cell written in %."""
+    """Heat map of zone yield: a row for all lots pooled, then one per lot in ``lots``.
+
+    One column per zone (rings centre → edge, quadrants, edge band / inner); each cell written
+    in %.
+    """
     plt = _plt()
     table = pd.concat([zone_totals(zones), zones[zones["lot"].isin(lots)]], ignore_index=True)
     table["col"] = table["zone"]
@@ -177,7 +185,7 @@ def plot_zone_yield(zones: pd.DataFrame, path: Path, lots: list[str]) -> Path:
 
 
 def pareto_totals(pareto: pd.DataFrame) -> pd.DataFrame:
-    """The Pareto pooled over every lot (lot ``(all lots)``), same columns."""
+    """Return the Pareto pooled over every lot (lot ``(all lots)``), same columns."""
     g = pareto.groupby("bin", sort=False).agg(dies=("dies", "sum"), bin_name=("bin_name", "first")).reset_index()
     g = g.sort_values(["dies", "bin"], ascending=[False, True], kind="stable")
     g["share"] = g["dies"] / g["dies"].sum()
@@ -188,8 +196,11 @@ def pareto_totals(pareto: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_pareto(pareto: pd.DataFrame, path: Path, lots: list[str], top: int = 10, per_row: int = 3) -> Path | None:
-    """Bar chart of the ``top`` fail bins (dies) with the cumulative share as a line: a first panel
-    pooled over all lots, then one per lot in ``lots`` that has counted dies (None when none has)."""
+    """Bar chart of the ``top`` fail bins (dies) with the cumulative share as a line.
+
+    A first panel pooled over all lots, then one per lot in ``lots`` that has counted dies (None
+    when none has).
+    """
     lots = [x for x in lots if (pareto["lot"] == x).any()]
     if not lots:
         return None
@@ -221,9 +232,11 @@ def plot_pareto(pareto: pd.DataFrame, path: Path, lots: list[str], top: int = 10
 
 
 def plot_trend(trend: pd.DataFrame, path: Path, per_row: int = 3) -> Path | None:
-    """One p-chart per signature seen in some lot: each lot's share (points, time order), the centre
-    line p̄ and the ±σ limits (steps, they move with each lot's size); out-of-control lots ringed in
-    vermillion. None when no signature is seen."""
+    """One p-chart per signature seen in some lot.
+
+    Each lot's share (points, time order), the centre line p̄ and the ±σ limits (steps, they move
+    with each lot's size); out-of-control lots ringed in vermillion. None when no signature is seen.
+    """
     # a signature no charted lot shows (p̄ = 0) is a flat line at 0: left out (trend.csv keeps it)
     seen = trend.groupby("signature", sort=False)["count"].sum()
     sigs = [s for s in dict.fromkeys(trend["signature"]) if seen[s] > 0]
@@ -302,7 +315,7 @@ def _fmt(col: str, v) -> tuple[str, str]:
 
 
 def html_table(df: pd.DataFrame, max_rows: int = MAX_HTML_ROWS, row_class=None) -> str:
-    """A sortable HTML table of ``df`` (at most ``max_rows`` rows), values escaped."""
+    """Return a sortable HTML table of ``df`` (at most ``max_rows`` rows), values escaped."""
     cols = list(df.columns)
     text_cols = {c for c in cols if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])}
     head = "".join(f'<th class="{"t" if c in text_cols else ""}">{html.escape(str(c))}</th>' for c in cols)
@@ -325,8 +338,10 @@ _SOURCES = {"predicted": "the classifier's predictions", "label": "the data's ow
 
 
 def render_html(report: LotReport, images: dict[str, str], map_files: dict[str, str], notes: list[str]) -> str:
-    """The index page: settings, lot summary, stacked maps, zone yield, Pareto and trend (images by
-    relative path, tables inline)."""
+    """Return the index page: settings, lot summary, stacked maps, zone yield.
+
+    Pareto and trend (images by relative path, tables inline).
+    """
     s = report.settings
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>lots: {esc(str(s.get('data')))}</title>"
@@ -389,9 +404,11 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
 
 def write_report(report: LotReport, out: str | Path, *, overwrite: bool = False, notes: list[str] | None = None,
                  progress: bool = False) -> Path:
-    """Write ``out/``: summary.csv, wafers.csv, zones.csv, pareto.csv, trend.csv, stacked_maps.png,
-    maps/<lot>.png, zones.png, pareto.png (with bins), trend.png (with classes or flags) and
-    index.html. Built in a temp folder beside ``out`` and renamed into place when complete."""
+    """Write ``out/``: summary.csv, wafers.csv, zones.csv, pareto.csv, trend.csv, stacked_maps.png, maps/<lot>.png.
+
+    zones.png, pareto.png (with bins), trend.png (with classes or flags) and index.html.
+    Built in a temp folder beside ``out`` and renamed into place when complete.
+    """
     from tqdm.auto import tqdm
 
     out = Path(out)

@@ -17,21 +17,26 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 
 def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str] | None = None) -> float:
+    """Return the macro-averaged F1 over ``classes`` (default: the classes present in ``y_true``)."""
     return float(f1_score(y_true, y_pred, labels=_labels(y_true, classes), average="macro", zero_division=0))
 
 
 def weighted_f1(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str] | None = None) -> float:
+    """Return the support-weighted F1 over ``classes`` (default: the classes present in ``y_true``)."""
     return float(f1_score(y_true, y_pred, labels=_labels(y_true, classes), average="weighted", zero_division=0))
 
 
 def accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
+    """Return the share of correct predictions."""
     return float(accuracy_score(np.asarray(y_true, dtype=str), np.asarray(y_pred, dtype=str)))
 
 
 def class_mix_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], mix: dict[str, float]) -> float | None:
-    """Macro-F1 as if the test maps came in class mix ``mix`` ({class: count or share}): each map is
-    weighted by its class's share of ``mix`` over its share of the test set. None unless the test set
-    has every class of ``mix`` (and nothing else) to re-weight."""
+    """Macro-F1 as if the test maps came in class mix ``mix`` ({class: count or share}).
+
+    Each map is weighted by its class's share of ``mix`` over its share of the test set. None unless
+    the test set has every class of ``mix`` (and nothing else) to re-weight.
+    """
     y_true, y_pred = np.asarray(y_true, dtype=str), np.asarray(y_pred, dtype=str)
     classes = [str(c) for c in mix]
     if set(y_true.tolist()) != set(classes):
@@ -43,7 +48,7 @@ def class_mix_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], mix: dict[s
 
 
 def _labels(y_true: Sequence[str], classes: Sequence[str] | None) -> list[str]:
-    """The classes that count in the averages: those given, restricted to ones present in y_true.
+    """Return the classes that count in the averages: those given, restricted to ones present in y_true.
 
     A class the model knows but the test set lacks has no recall to measure; counting it as F1 = 0
     would punish the model for the data set's make-up.

@@ -48,7 +48,7 @@ def prf_at(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, flo
 
 
 def best_f1(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """The threshold maximising F1 (``score >= threshold`` → anomalous) and its precision/recall/F1."""
+    """Return the threshold maximising F1 (``score >= threshold`` → anomalous) and its precision/recall/F1."""
     from sklearn.metrics import precision_recall_curve
 
     precision, recall, thresholds = precision_recall_curve(y, scores)
@@ -61,6 +61,7 @@ def best_f1(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 
 
 def image_metrics(y: np.ndarray, scores: np.ndarray, threshold: float | None = None) -> dict[str, float]:
+    """Return image AUROC and AUPR (and precision, recall and F1 at ``threshold`` when given)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     y = np.asarray(y).astype(np.int64)
@@ -77,6 +78,7 @@ def image_metrics(y: np.ndarray, scores: np.ndarray, threshold: float | None = N
 
 
 def pixel_auroc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Return the pixel-level AUROC of flattened scores against the ground truth."""
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(truth.astype(np.int64), scores))
@@ -154,9 +156,11 @@ def _pixel_items(maps, dataset):
 
 
 def _bin_edges(items, n_bins: int, sample_per_map: int = 4096) -> np.ndarray:
-    """Bin edges at quantiles of a deterministic subsample of the valid pixels of every map, so
-    each bin holds about the same share of pixels (linear bins would put most normal pixels in a
-    few bins when the scores have a long tail)."""
+    """Bin edges at quantiles of a deterministic subsample of the valid pixels of every map.
+
+    So each bin holds about the same share of pixels (linear bins would put most normal pixels
+    in a few bins when the scores have a long tail).
+    """
     sample = []
     for amap, _, valid in items:
         v = np.asarray(amap if valid is None else amap[valid]).ravel()
@@ -264,11 +268,12 @@ def pixel_metrics(maps: list[np.ndarray], dataset, exact: bool | None = None) ->
 
 # ---- thresholds ---------------------------------------------------------------------------------
 def threshold_best_f1(y: np.ndarray, scores: np.ndarray) -> float:
+    """Return the threshold that maximises F1 on labels ``y``."""
     return best_f1(y, scores)["threshold"]
 
 
 def threshold_quantile(normal_scores: np.ndarray, q: float = 0.99) -> float:
-    """The q-quantile of scores of normal samples (expected false-positive rate ≈ 1 - q)."""
+    """Return the q-quantile of scores of normal samples (expected false-positive rate ≈ 1 - q)."""
     if len(normal_scores) == 0:
         raise DataError("a quantile threshold needs scores of normal samples")
     return float(np.quantile(np.asarray(normal_scores, dtype=np.float64), q))
@@ -276,8 +281,11 @@ def threshold_quantile(normal_scores: np.ndarray, q: float = 0.99) -> float:
 
 def threshold_kfold_mean_of_max(make_detector: Callable[[], object], normals, n_splits: int = 5,
                                 seed: int = 0) -> dict:
-    """K-fold mean-of-max threshold: per fold fit a fresh detector on the other normals, take the
-    maximum score on the held-out normals; the threshold is the mean over folds."""
+    """K-fold mean-of-max threshold.
+
+    Per fold fit a fresh detector on the other normals, take the maximum score on the
+    held-out normals; the threshold is the mean over folds.
+    """
     from sklearn.model_selection import KFold
 
     from waferscope.base import Detector

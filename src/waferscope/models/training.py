@@ -46,16 +46,21 @@ __all__ = ["seed_everything", "index_batches", "one_cycle", "EMA", "EarlyStoppin
 
 
 def seed_everything(seed: int) -> np.random.Generator:
-    """Seed torch's global generator (initial weights, dropout) and return a numpy generator for
-    everything else a model draws (shuffling, augmentation). Call it once, before building the network."""
+    """Seed torch's global generator and return a numpy generator for everything else a model draws.
+
+    The torch generator draws initial weights and dropout, the numpy one shuffling and augmentation.
+    Call it once, before building the network.
+    """
     torch.manual_seed(int(seed))
     return np.random.default_rng(int(seed))
 
 
 def index_batches(order: np.ndarray, batch_size: int, *, min_size: int = 1) -> Iterator[np.ndarray]:
-    """Consecutive slices of ``order`` of ``batch_size`` indices; a last, shorter slice is kept only
-    when it has ``min_size`` or more (2 for BatchNorm, which cannot normalise one sample;
-    ``batch_size`` to keep full batches only)."""
+    """Consecutive slices of ``order`` of ``batch_size`` indices.
+
+    A last, shorter slice is kept only when it has ``min_size`` or more (2 for BatchNorm,
+    which cannot normalise one sample; ``batch_size`` to keep full batches only).
+    """
     for start in range(0, len(order), int(batch_size)):
         idx = order[start:start + int(batch_size)]
         if len(idx) >= min_size:
@@ -63,15 +68,17 @@ def index_batches(order: np.ndarray, batch_size: int, *, min_size: int = 1) -> I
 
 
 def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, pct_start: float = 0.15):
-    """The one-cycle learning rate (linear warm-up for ``pct_start`` of the steps, then cosine decay)."""
+    """Return the one-cycle learning rate (linear warm-up for ``pct_start`` of the steps, then cosine decay)."""
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=int(total_steps),
                                                pct_start=pct_start)
 
 
 class EMA:
-    """An exponential moving average of a module's parameters: after every step
-    ``average = decay · average + (1 − decay) · weights`` (buffers are not averaged: a BatchNorm's
-    statistics of the averaged weights have to be recomputed, e.g. with ``torch.optim.swa_utils.update_bn``).
+    """An exponential moving average of a module's parameters.
+
+    After every step ``average = decay · average + (1 − decay) · weights`` (buffers are not averaged: a
+    BatchNorm's statistics of the averaged weights have to be recomputed, e.g. with
+    ``torch.optim.swa_utils.update_bn``).
 
     ``from_start=True``: the average starts at the module's weights as they are now (a *target*
     network that trails the trained one from its initialisation, as ReConPatch and BYOL use);
@@ -88,6 +95,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:
+        """Update the moving average of the weights with ``module``'s."""
         for avg, p in zip(self.module.parameters(), module.parameters()):
             if self.updates == 0:
                 avg.copy_(p)
@@ -98,9 +106,12 @@ class EMA:
 
 @dataclass
 class EarlyStopping:
-    """After every epoch ``validate()`` scores the model (higher is better); the best epoch's weights
-    are kept and restored at the end, and training stops once ``patience`` epochs in a row brought
-    no better score. The score goes into the epoch's history entry as ``name``."""
+    """After every epoch ``validate()`` scores the model (higher is better).
+
+    The best epoch's weights are kept and restored at the end, and training stops once
+    ``patience`` epochs in a row brought no better score. The score goes into the epoch's history
+    entry as ``name``.
+    """
 
     validate: Callable[[], float]
     patience: int
@@ -109,10 +120,13 @@ class EarlyStopping:
 
 @dataclass
 class FitResult:
-    """What :func:`fit_loop` returns. ``history``: one dict per epoch run (``epoch``, ``train_loss``
-    — the sample-weighted mean loss of its steps — and the early-stopping score); ``best_epoch``:
-    the epoch whose weights the modules hold (the last one without early stopping);
-    ``stopped_early``: whether patience ran out before ``epochs``."""
+    """What :func:`fit_loop` returns.
+
+    ``history``: one dict per epoch run (``epoch``, ``train_loss`` — the sample-weighted mean
+    loss of its steps — and the early-stopping score); ``best_epoch``: the epoch whose weights
+    the modules hold (the last one without early stopping); ``stopped_early``: whether patience
+    ran out before ``epochs``.
+    """
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
@@ -120,6 +134,7 @@ class FitResult:
 
     @property
     def losses(self) -> list[float]:
+        """Return the training loss of every epoch."""
         return [entry["train_loss"] for entry in self.history]
 
 

@@ -50,7 +50,7 @@ def fit_trees(x: np.ndarray, y: np.ndarray, max_iter: int, learning_rate: float,
 
 
 def flatten_trees(model) -> dict[str, np.ndarray]:
-    """The fitted trees of a scikit-learn ``HistGradientBoostingClassifier`` as flat arrays.
+    """Return the fitted trees of a scikit-learn ``HistGradientBoostingClassifier`` as flat arrays.
 
     Nodes of all trees are concatenated; ``left``/``right`` are global node indices, ``roots`` the
     first node of each tree and ``tree_class`` the class whose score the tree adds to. Categorical
@@ -82,8 +82,10 @@ def flatten_trees(model) -> dict[str, np.ndarray]:
 
 
 def check_trees(trees: dict[str, np.ndarray], n_features: int) -> None:
-    """Raise ValueError unless the arrays form trees a walk can follow (a damaged or foreign run
-    file would otherwise fail deep inside numpy indexing)."""
+    """Raise ValueError unless the arrays form trees a walk can follow.
+
+    A damaged or foreign run file would otherwise fail deep inside numpy indexing.
+    """
     missing = [k for k in STATE_ARRAYS if k not in trees]
     if missing:
         raise ValueError(f"missing tree arrays: {', '.join(missing)}")
@@ -110,8 +112,10 @@ def check_node_indices(trees: dict[str, np.ndarray], inner: np.ndarray, n_featur
 
 
 def load_trees(tensors, n_features: int, owner: str) -> dict[str, np.ndarray]:
-    """The tree arrays of a saved run (``tensors`` as read from safetensors), checked by
-    :func:`check_trees`; a RunDirError naming ``owner`` when they are missing or damaged."""
+    """Return the tree arrays of a saved run (``tensors`` as read from safetensors), checked by :func:`check_trees`.
+
+    A RunDirError naming ``owner`` when they are missing or damaged.
+    """
     from waferscope.errors import RunDirError
 
     trees = {k: tensors[k].numpy() for k in STATE_ARRAYS if k in tensors}

@@ -31,7 +31,7 @@ _SESSIONS: dict[str, object] = {}  # per worker process: model digest -> OnnxMod
 
 
 def list_partitions(spec: str) -> list[Path]:
-    """A directory (its *.parquet), a glob, or one file; sorted so output order is stable."""
+    """Return a directory (its *.parquet), a glob, or one file; sorted so output order is stable."""
     p = Path(spec)
     if p.is_dir():
         files = sorted(p.glob("*.parquet"))
@@ -47,7 +47,7 @@ def list_partitions(spec: str) -> list[Path]:
 
 
 def export_model_bytes(model) -> bytes:
-    """The ONNX bytes of an estimator (exported and verified now) or of an exported .onnx file."""
+    """Return the ONNX bytes of an estimator (exported and verified now) or of an exported .onnx file."""
     from waferscope.export import export_onnx, read_metadata
 
     if isinstance(model, (str, Path)):
@@ -74,9 +74,12 @@ def _session(onnx_bytes: bytes):
 
 
 class ScaleRun(NamedTuple):
-    """What a partitioned run wrote: the result files, the rows scored, the class mix the
-    probabilities were moved to (``prior=``; None without one), how many scores reached
-    ``threshold=`` (None without one)."""
+    """What a partitioned run wrote.
+
+    The result files, the rows scored, the class mix the probabilities were moved to
+    (``prior=``; None without one), how many scores reached ``threshold=`` (None without
+    one).
+    """
 
     files: list[Path]
     rows: int
@@ -95,7 +98,7 @@ def _class_columns(classes, proba: np.ndarray) -> dict:
 
 def _result_table(model, ds, shift=None, threshold: float | None = None, map_dir: str | None = None,
                   map_names: list[str] | None = None):
-    """The result rows of one batch; writes its anomaly maps to ``map_dir``/``map_names`` when given."""
+    """Return the result rows of one batch; writes its anomaly maps to ``map_dir``/``map_names`` when given."""
     import pyarrow as pa
 
     cols = {"id": pa.array(ds.ids.astype(str)),
@@ -151,7 +154,8 @@ def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STRE
     """Score one Parquet partition, streaming it in batches; returns (result file, rows).
 
     ``shift``: a fixed class-prior shift (``PriorShift``) for the probabilities; ``threshold``: adds
-    ``anomalous``; ``map_dir`` + ``map_names`` (one file name per row): the anomaly maps."""
+    ``anomalous``; ``map_dir`` + ``map_names`` (one file name per row): the anomaly maps.
+    """
     from waferscope.data.io_parquet import iter_parquet
 
     model = _session(onnx_bytes)
@@ -175,8 +179,11 @@ def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STRE
 
 
 def reprior_partition(src: str, out_dir: str, shift) -> tuple[str, int]:
-    """Second pass of ``prior="estimate"``: a partition's raw results with the probabilities moved
-    to ``shift``'s (now fixed) class mix, written to ``out_dir`` under the same name."""
+    """Second pass of ``prior="estimate"``.
+
+    A partition's raw results with the probabilities moved to ``shift``'s (now fixed) class
+    mix, written to ``out_dir`` under the same name.
+    """
     import pyarrow.parquet as pq
 
     table = pq.read_table(src)
@@ -189,7 +196,7 @@ def reprior_partition(src: str, out_dir: str, shift) -> tuple[str, int]:
 
 
 def _probabilities(files: list[Path]) -> np.ndarray:
-    """The p_<class> columns of result files, stacked in file order."""
+    """Return the p_<class> columns of result files, stacked in file order."""
     import pyarrow.parquet as pq
 
     cols = [c for c in pq.read_schema(files[0]).names if c.startswith("p_")]
@@ -197,8 +204,7 @@ def _probabilities(files: list[Path]) -> np.ndarray:
 
 
 def check_out(out: Path, overwrite: bool, name: str = "out") -> None:
-    """Refuse a bad output folder (parameter ``name``: out or maps) before any cluster is started
-    or model exported."""
+    """Refuse a bad output folder (parameter ``name``: out or maps) before any cluster is started or model exported."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{name} must be a directory", out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -206,8 +212,11 @@ def check_out(out: Path, overwrite: bool, name: str = "out") -> None:
 
 
 def _staging_dir(target: Path) -> Path:
-    """A hidden, empty folder beside ``target`` on the same file system: the workers write there and
-    the finished folder is renamed to ``target``, so ``target`` never holds a partial result."""
+    """Return a hidden, empty folder beside ``target`` on the same file system.
+
+    The workers write there and the finished folder is renamed to ``target``, so ``target``
+    never holds a partial result.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     # os.mkdir, not tempfile.mkdtemp: mkdtemp's mode 0700 would outlive the rename; this gets the umask's.
     path = target.parent / f".{target.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -223,8 +232,11 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 def _remove_staging(path: Path, settle: float) -> None:
-    """Remove a failed run's staging folder. A Dask task already running when the run failed cannot
-    be stopped and may still be writing into it, so look again for ``settle`` seconds."""
+    """Remove a failed run's staging folder.
+
+    A Dask task already running when the run failed cannot be stopped and may still be
+    writing into it, so look again for ``settle`` seconds.
+    """
     deadline = time.monotonic() + settle
     while True:
         shutil.rmtree(path, ignore_errors=True)
@@ -247,8 +259,11 @@ def _client(scheduler: str | None, workers: int, timeout: float):
 
 
 def _run_tasks(client, fn, arg_lists: list[tuple]) -> list:
-    """``fn(*args)`` for each args: a loop here (no client), else one Dask task each; on a failure
-    the other tasks are cancelled before the error goes up."""
+    """``fn(*args)`` for each args.
+
+    A loop here (no client), else one Dask task each; on a failure the other tasks are
+    cancelled before the error goes up.
+    """
     if client is None:
         return [fn(*args) for args in arg_lists]
     futures = [client.submit(fn, *args, pure=False) for args in arg_lists]
@@ -260,8 +275,11 @@ def _run_tasks(client, fn, arg_lists: list[tuple]) -> list:
 
 
 def _map_names(files: list[Path]) -> list[list[str]]:
-    """The anomaly-map file name of every row, per partition: named over the whole archive in
-    partition order, as the single-process scoring names them over its one data set."""
+    """Return the anomaly-map file name of every row, per partition.
+
+    Named over the whole archive in partition order, as the single-process scoring names
+    them over its one data set.
+    """
     from waferscope.data.io_parquet import read_ids
 
     ids = [read_ids(f) for f in files]
@@ -283,7 +301,8 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
 
     The workers write into hidden folders beside ``out`` and ``maps`` that are renamed to them when
     every partition is done (so both must be on a file system the workers see): ``out`` and ``maps``
-    appear complete or not at all, and a failed run leaves an existing ``overwrite`` target as it was."""
+    appear complete or not at all, and a failed run leaves an existing ``overwrite`` target as it was.
+    """
     if engine not in ("local", "dask"):
         raise ConfigError(f"unknown engine {engine!r}: expected 'local' or 'dask'")
     files = list_partitions(data)

@@ -30,10 +30,13 @@ DISCOVERED_MAPS = "wafers.parquet"  # in a `discover` folder: the abstained wafe
 
 @dataclass
 class OpenSetModel:
-    """The pieces that decide ``unknown``: the ``metric`` embedding (and its feature standardisation),
-    the fitted :class:`~waferscope.search.open_set.OpenSetScorer`, the classifier whose probabilities
-    it reads (a per-fold stand-in, or None when bound to a saved classifier run that supplies them),
-    and the bundled detector's name when the scorer uses the ``detector`` part."""
+    """The pieces that decide ``unknown``.
+
+    The ``metric`` embedding (and its feature standardisation), the fitted
+    :class:`~waferscope.search.open_set.OpenSetScorer`, the classifier whose probabilities it reads
+    (a per-fold stand-in, or None when bound to a saved classifier run that supplies them), and the
+    bundled detector's name when the scorer uses the ``detector`` part.
+    """
 
     embedding: object  # a fitted MetricEmbedding
     scorer: object  # fitted OpenSetScorer
@@ -41,8 +44,10 @@ class OpenSetModel:
     detector: str | None = None
 
     def signals(self, feat: np.ndarray, proba: np.ndarray | None = None, maps=None) -> dict:
-        """The scorer's inputs for wafers with raw ``extended`` features ``feat`` (``proba``: the
-        classifier's probabilities; computed with :attr:`classifier` when not given)."""
+        """Return the scorer's inputs for wafers with raw ``extended`` features ``feat``.
+
+        ``proba``: the classifier's probabilities; computed with :attr:`classifier` when not given.
+        """
         from waferscope.search.embed import FeatureEmbedding
 
         if proba is None:
@@ -65,8 +70,10 @@ class OpenSetModel:
 
 
     def abstain(self, dataset, proba: np.ndarray, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """(open-set scores, class names with ``unknown``) of a data set's wafers given the classifier's
-        own probabilities ``proba`` (the ones the scorer was calibrated on)."""
+        """Return (open-set scores, class names with ``unknown``) of a data set's wafers.
+
+        Given the classifier's own probabilities ``proba`` (the ones the scorer was calibrated on).
+        """
         from waferscope.features.handcrafted import extract_features
 
         if dataset.kind != "wafer":
@@ -87,8 +94,11 @@ def _detector_scores(name: str | None, maps) -> np.ndarray:
 
 
 def open_set_split(labels, lots, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(training, calibration) positions: a lot-grouped, class-stratified 80/20 split (without lot
-    names, or with fewer than five lots, each wafer is its own group)."""
+    """(training, calibration) positions.
+
+    A lot-grouped, class-stratified 80/20 split (without lot names, or with fewer than five
+    lots, each wafer is its own group).
+    """
     from waferscope.data.preprocess import grouped_stratified_kfold
 
     labels = np.asarray(labels).astype(str)
@@ -101,8 +111,11 @@ def open_set_split(labels, lots, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 def fit_scorer(feat_tr, labels_tr, feat_cal, proba_cal, classes, seed: int = 0, abstain_rate: float = 0.05,
                parts: tuple[str, ...] | None = None, maps_cal=None, detector: str | None = None) -> OpenSetModel:
-    """The embedding trained on the training part and the scorer calibrated on the calibration part's
-    classifier probabilities ``proba_cal`` (columns in ``classes`` order); no classifier attached."""
+    """Return the embedding and the calibrated scorer, with no classifier attached.
+
+    The embedding is trained on the training part; the scorer is calibrated on the calibration
+    part's classifier probabilities ``proba_cal`` (columns in ``classes`` order).
+    """
     from waferscope.search.embed import MetricEmbedding
     from waferscope.search.open_set import DEFAULT_PARTS, OpenSetScorer
 
@@ -122,9 +135,12 @@ def _standardised(emb, feat):
 
 def fit_open_set(feat: np.ndarray, labels, lots, seed: int = 0, abstain_rate: float = 0.05,
                  parts: tuple[str, ...] | None = None, maps=None) -> OpenSetModel:
-    """Train the open-set model on labelled wafers' ``extended`` features (:func:`open_set_split`
-    into training and calibration): the metric head and a gradient-boosted stand-in classifier on the
-    training part, the scorer calibrated on the other. ``maps``: the wafers (for a ``detector`` part)."""
+    """Train the open-set model on labelled wafers' ``extended`` features.
+
+    :func:`open_set_split` into training and calibration: the metric head and a gradient-boosted
+    stand-in classifier on the training part, the scorer calibrated on the other. ``maps``: the
+    wafers (for a ``detector`` part).
+    """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     labels = np.asarray(labels).astype(str)
@@ -141,10 +157,13 @@ def fit_open_set(feat: np.ndarray, labels, lots, seed: int = 0, abstain_rate: fl
 
 def train_with_open_set(classifier, dataset, seed: int = 0, abstain_rate: float = 0.05, n_jobs: int = -1,
                         progress: bool = False):
-    """Fit ``classifier`` (an unfitted waferscope classifier) and an open-set model for it: the
-    labelled wafers are split by lot (:func:`open_set_split`); the classifier and the metric head
-    learn from the training lots (and any unlabelled wafers), the scorer is calibrated on the
-    classifier's probabilities for the held-out lots. Returns (fitted classifier, OpenSetModel)."""
+    """Fit ``classifier`` (an unfitted waferscope classifier) and an open-set model for it.
+
+    The labelled wafers are split by lot (:func:`open_set_split`); the classifier and the metric
+    head learn from the training lots (and any unlabelled wafers), the scorer is calibrated on
+    the classifier's probabilities for the held-out lots. Returns (fitted classifier,
+    OpenSetModel).
+    """
     from waferscope.features.handcrafted import extract_features
 
     if dataset.kind != "wafer":  # the scorer reads wafer features; before any training
@@ -187,12 +206,16 @@ def save_open_set(model: OpenSetModel, run_dir: Path) -> None:
 
 
 def has_open_set(run_dir) -> bool:
+    """Return whether a classifier run has an open-set model beside it."""
     return run_dir is not None and (Path(run_dir) / OPEN_SET_JSON).is_file()
 
 
 def load_open_set(run_dir: Path, classes=None) -> OpenSetModel:
-    """The open-set model saved with a classifier run (:func:`save_open_set`); one clear error when the
-    run has none, is damaged, or was fitted for other classes or another feature set."""
+    """Return the open-set model saved with a classifier run (:func:`save_open_set`).
+
+    One clear error when the run has none, is damaged, or was fitted for other classes or
+    another feature set.
+    """
     from safetensors.numpy import load_file
 
     from waferscope.features.handcrafted import feature_names
@@ -229,10 +252,12 @@ def load_open_set(run_dir: Path, classes=None) -> OpenSetModel:
 def discover(archive, fit_on=None, seed: int = 0, abstain_rate: float = 0.05, min_cluster_size: int | None = None,
              n_jobs: int = -1, progress: bool = False, min_samples: int | None = None,
              selection: str | None = None) -> pd.DataFrame:
-    """Per archive wafer: id, lot, label, predicted class (``unknown`` when abstained), open-set score
-    and cluster (-1: not abstained or in no cluster). The known classes are learnt from ``fit_on``
-    (default: the archive's own labelled wafers). HDBSCAN settings: ``None`` takes the measured
-    defaults of :mod:`waferscope.search.open_set`."""
+    """Per archive wafer: id, lot, label, predicted class (``unknown`` when abstained).
+
+    Open-set score and cluster (-1: not abstained or in no cluster). The known classes are learnt
+    from ``fit_on`` (default: the archive's own labelled wafers). HDBSCAN settings: ``None`` takes
+    the measured defaults of :mod:`waferscope.search.open_set`.
+    """
     from waferscope.features.handcrafted import extract_features
     from waferscope.search import open_set as os_
 
@@ -290,8 +315,10 @@ def _montage(maps, titles, path: Path, cols: int = 8) -> None:
 
 
 def write_discovery(archive, table: pd.DataFrame, out: Path, per_cluster: int = 24) -> Path:
-    """``out``/wafers.csv (the abstained wafers), wafers.parquet (their maps), clusters.csv,
-    cluster_K.png and index.html."""
+    """``out``/wafers.csv (the abstained wafers), wafers.parquet (their maps), clusters.csv.
+
+    cluster_K.png and index.html.
+    """
     def write_text_atomic(path: Path, text: str) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
@@ -337,8 +364,11 @@ def write_discovery(archive, table: pd.DataFrame, out: Path, per_cluster: int = 
 
 
 def cluster_as_class(folder: Path, cluster: int, name: str):
-    """The wafers of discovered cluster ``cluster`` in a :func:`write_discovery` folder, labelled
-    ``name`` (a new class to train on). One clear error for a missing folder or cluster."""
+    """Return the wafers of discovered cluster ``cluster`` in a :func:`write_discovery` folder.
+
+    Labelled ``name`` (a new class to train on). One clear error for a missing folder or
+    cluster.
+    """
     from waferscope.data import load
 
     folder = Path(folder)

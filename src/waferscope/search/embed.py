@@ -39,6 +39,8 @@ def _wafer_maps(dataset, what: str):
 
 
 class FeatureEmbedding:
+    """The extended handcrafted features, standardised on the archive."""
+
     name = "features"
 
     def __init__(self, n_jobs: int = -1, progress: bool = False):
@@ -63,6 +65,7 @@ class FeatureEmbedding:
         self._memo = None
 
     def fit(self, dataset, raw: np.ndarray | None = None) -> "FeatureEmbedding":
+        """Learn the features' mean and standard deviation; return ``self``."""
         x = self._raw(dataset) if raw is None else raw
         self.mean_ = x.mean(axis=0)
         std = x.std(axis=0)
@@ -70,55 +73,69 @@ class FeatureEmbedding:
         return self
 
     def transform(self, dataset, raw: np.ndarray | None = None) -> np.ndarray:
+        """Return the standardised features of every wafer."""
         x = self._raw(dataset) if raw is None else raw
         z = (x - self.mean_) / self.std_
         # a feature far outside the archive's range (a huge cluster count) must not swamp the rest
         return np.clip(z, -8.0, 8.0).astype(np.float32)
 
     def state(self):
+        """Return the (arrays, extras) to save."""
         return {"mean": self.mean_, "std": self.std_}, {}
 
     def signature_extra(self) -> str:
+        """Return what else defines the vectors: the feature names."""
         from waferscope.features.handcrafted import feature_names
 
         return ",".join(feature_names("extended"))  # a new feature set silently changes every vector
 
     @classmethod
     def from_state(cls, arrays, extras) -> "FeatureEmbedding":
+        """Rebuild a fitted embedding from :meth:`state`."""
         self = cls()
         self.mean_, self.std_ = np.asarray(arrays["mean"], float), np.asarray(arrays["std"], float)
         return self
 
 
 class RawEmbedding:
+    """The fail-die map itself, nearest-resized to ``size``×``size``."""
+
     name = "raw"
 
     def __init__(self, size: int = 32):
         self.size = int(size)
 
     def fit(self, dataset) -> "RawEmbedding":
+        """Learn nothing; return ``self``."""
         return self
 
     def transform(self, dataset) -> np.ndarray:
+        """Return the resized fail-die maps, flattened."""
         from waferscope.data.preprocess import resize_maps
 
         maps = _wafer_maps(dataset, "the raw embedding")
         return (resize_maps(maps, self.size) == 2).reshape(len(maps), -1).astype(np.float32)
 
     def state(self):
+        """Return the (arrays, extras) to save."""
         return {}, {"size": self.size}
 
     def signature_extra(self) -> str:
+        """Return what else defines the vectors."""
         return "fail-die nearest resize"
 
     @classmethod
     def from_state(cls, arrays, extras) -> "RawEmbedding":
+        """Rebuild the embedding from :meth:`state`."""
         return cls(size=int(extras.get("size", 32)))
 
 
 class CnnEmbedding:
-    """The bundled CNN's penultimate layer: the input of its last ``nn.Linear`` (``fc``), caught by a
-    forward pre-hook so the network code stays untouched."""
+    """The bundled CNN's penultimate layer.
+
+    The input of its last ``nn.Linear`` (``fc``), caught by a forward pre-hook so the network
+    code stays untouched.
+    """
 
     name = "cnn"
 
@@ -136,9 +153,11 @@ class CnnEmbedding:
         return model
 
     def fit(self, dataset) -> "CnnEmbedding":
+        """Learn nothing (the network is bundled); return ``self``."""
         return self
 
     def transform(self, dataset) -> np.ndarray:
+        """Return the network's unit-norm penultimate features of every wafer (averaged over the 8 views when ``dihedral``)."""
         import torch
         from torch import nn
 
@@ -169,10 +188,11 @@ class CnnEmbedding:
         return (total / np.maximum(norm, 1e-12)).astype(np.float32)
 
     def state(self):
+        """Return the (arrays, extras) to save."""
         return {}, {"bundled": self.bundled, "dihedral": bool(self.dihedral)}
 
     def signature_extra(self) -> str:
-        """The bundled weights' hash: new weights shipped with a later waferscope mean new vectors."""
+        """Return the bundled weights' hash: new weights shipped with a later waferscope mean new vectors."""
         import hashlib
 
         from waferscope.models.classifiers import BUNDLED, BUNDLED_ALIASES
@@ -187,6 +207,7 @@ class CnnEmbedding:
 
     @classmethod
     def from_state(cls, arrays, extras) -> "CnnEmbedding":
+        """Rebuild the embedding from :meth:`state`."""
         return cls(bundled=str(extras.get("bundled", "cnn_distilled")), dihedral=bool(extras.get("dihedral", True)))
 
 
@@ -204,8 +225,10 @@ def _labelled_features(emb, dataset, raw, labels, what: str):
 
 
 class LdaEmbedding(FeatureEmbedding):
-    """The standardised features projected by linear discriminant analysis (sklearn's, fitted on the
-    labelled wafers); the projection is kept as plain arrays (``xbar``, ``scalings``), no pickle."""
+    """The standardised features projected by linear discriminant analysis (sklearn's, fitted on the labelled wafers).
+
+    The projection is kept as plain arrays (``xbar``, ``scalings``), no pickle.
+    """
 
     name = "lda"
 
@@ -214,6 +237,7 @@ class LdaEmbedding(FeatureEmbedding):
         self.seed = seed  # LDA draws nothing; taken so that every supervised embedding is built alike
 
     def fit(self, dataset, raw: np.ndarray | None = None, labels=None) -> "LdaEmbedding":
+        """Fit the standardisation and the discriminant projection on the labelled wafers; return ``self``."""
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
         raw, labels = _labelled_features(self, dataset, raw, labels, "lda")
@@ -224,14 +248,17 @@ class LdaEmbedding(FeatureEmbedding):
         return self
 
     def transform(self, dataset, raw: np.ndarray | None = None) -> np.ndarray:
+        """Return the projected features of every wafer."""
         z = super().transform(dataset, raw=raw).astype(np.float64)
         return ((z - self.xbar_) @ self.scalings_).astype(np.float32)
 
     def state(self):
+        """Return the (arrays, extras) to save."""
         return {"mean": self.mean_, "std": self.std_, "xbar": self.xbar_, "scalings": self.scalings_}, {}
 
     @classmethod
     def from_state(cls, arrays, extras) -> "LdaEmbedding":
+        """Rebuild a fitted embedding from :meth:`state`."""
         self = super().from_state(arrays, extras)
         self.xbar_, self.scalings_ = np.asarray(arrays["xbar"], float), np.asarray(arrays["scalings"], float)
         return self
@@ -258,6 +285,7 @@ class MetricEmbedding(FeatureEmbedding):
         self.epochs = epochs
 
     def fit(self, dataset, raw: np.ndarray | None = None, labels=None) -> "MetricEmbedding":
+        """Fit the standardisation and the metric head (or take the bundled head); return ``self``."""
         from waferscope.search.metric import MetricHead, load_bundled_head
 
         use_labels = self.source == "labels"
@@ -277,13 +305,16 @@ class MetricEmbedding(FeatureEmbedding):
         return self
 
     def transform(self, dataset, raw: np.ndarray | None = None) -> np.ndarray:
+        """Return the metric head's vectors of every wafer."""
         return self.head_.transform(super().transform(dataset, raw=raw))
 
     def state(self):
+        """Return the (arrays, extras) to save."""
         return {"mean": self.mean_, "std": self.std_, **self.head_.arrays()}, {"fitted_on": self.fitted_on_}
 
     @classmethod
     def from_state(cls, arrays, extras) -> "MetricEmbedding":
+        """Rebuild a fitted embedding from :meth:`state`."""
         from waferscope.search.metric import MetricHead
 
         self = super().from_state(arrays, extras)
@@ -302,6 +333,7 @@ DEFAULT_EMBEDDING = "metric"
 
 
 def make_embedding(name: str, **params):
+    """Return a new embedding ``name`` built with ``params``; a ConfigError listing the names when unknown."""
     try:
         return EMBEDDINGS[name](**params)
     except KeyError:

@@ -1,5 +1,4 @@
-"""``WaferIndex``: an approximate-nearest-neighbour index of wafer embeddings with their ids, lots
-and classes.
+"""``WaferIndex``: an approximate-nearest-neighbour index of wafer embeddings with their ids, lots and classes.
 
 The ANN structure is faiss's HNSW graph (``IndexHNSWFlat``, Euclidean): it needs no training pass,
 so wafers can be added at any time (:meth:`WaferIndex.add`), and it is saved in faiss's own file
@@ -36,8 +35,11 @@ _FILES = ("index.json", "vectors.faiss", "ids.npy", "lots.npy", "labels.npy", "e
 
 
 def embedding_signature(embedding) -> str:
-    """What the vectors mean, as a short hash: the embedding's name, parameters and what else fixes
-    its output (``signature_extra``: the feature names, the bundled network's weights)."""
+    """Return what the vectors mean, as a short hash.
+
+    The embedding's name, parameters and what else fixes its output (``signature_extra``:
+    the feature names, the bundled network's weights).
+    """
     parts = [embedding.name, json.dumps(embedding.state()[1], sort_keys=True), embedding.signature_extra()]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -87,8 +89,11 @@ class WaferIndex:
         return index
 
     def build(self, dataset, fit_on=None) -> "WaferIndex":
-        """A new index of ``dataset``; the embedding learns what it needs (standardisation, a
-        supervised projection) from ``fit_on`` (default: ``dataset`` itself, e.g. its labelled wafers)."""
+        """Return a new index of ``dataset``.
+
+        The embedding learns what it needs (standardisation, a supervised projection) from ``fit_on``
+        (default: ``dataset`` itself, e.g. its labelled wafers).
+        """
         if not len(dataset):
             raise DataError("cannot build an index of an empty data set", dataset.name)
         self.embedding_ = self._new_embedding().fit(dataset if fit_on is None else fit_on)
@@ -124,10 +129,12 @@ class WaferIndex:
             raise ConfigError("the index is empty: build() it first")
 
     def __len__(self) -> int:
+        """Return the number of indexed wafers."""
         return int(self.index_.ntotal) if hasattr(self, "index_") else 0
 
     # ---- querying --------------------------------------------------------------------------------
     def embed(self, dataset) -> np.ndarray:
+        """Return the embedding vectors of every wafer."""
         self._check_built()
         return self.embedding_.transform(dataset)
 
@@ -142,9 +149,11 @@ class WaferIndex:
         return pos, np.sqrt(np.maximum(dist, 0.0))
 
     def query(self, dataset, k: int = 10) -> dict:
-        """The ``k`` nearest archive wafers of every wafer in ``dataset``: a dict of (Q, k) arrays
-        ``positions``, ``ids``, ``lots``, ``labels``, ``distances`` (missing neighbours: position -1,
-        id "" and distance inf)."""
+        """Return the ``k`` nearest archive wafers of every wafer in ``dataset``.
+
+        A dict of (Q, k) arrays ``positions``, ``ids``, ``lots``, ``labels``, ``distances`` (missing
+        neighbours: position -1, id "" and distance inf).
+        """
         pos, dist = self.query_vectors(self.embed(dataset), k)
         ok = pos >= 0
         safe = np.where(ok, pos, 0)
@@ -153,13 +162,14 @@ class WaferIndex:
                 "distances": np.where(ok, dist, np.inf)}
 
     def thumbnail(self, position: int):
-        """The stored small map of archive wafer ``position`` (None without thumbnails or for -1)."""
+        """Return the stored small map of archive wafer ``position`` (None without thumbnails or for -1)."""
         if position < 0 or not self.thumb_size:
             return None
         return np.asarray(self.thumbs_[position])
 
     # ---- persistence -----------------------------------------------------------------------------
     def header(self) -> dict:
+        """Return the index's header: the embedding's name, state and signature, the waferscope version."""
         import waferscope
 
         arrays, extras = self.embedding_.state()
@@ -201,6 +211,7 @@ class WaferIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> "WaferIndex":
+        """Load an index folder written by :meth:`save`."""
         import faiss
 
         from waferscope.search.embed import EMBEDDINGS

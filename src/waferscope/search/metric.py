@@ -27,8 +27,10 @@ _KEYS = ("head_w1", "head_b1", "head_w2", "head_b2")
 
 
 def supcon_loss(emb, labels, temperature: float = 0.1):
-    """Supervised contrastive loss of L2-normalised embeddings ``emb`` (B, D) with integer ``labels``
-    (B,): mean over anchors that have a positive of -mean log p(positive | anchor)."""
+    """Supervised contrastive loss of L2-normalised embeddings ``emb`` (B, D) with integer ``labels`` (B,).
+
+    Mean over anchors that have a positive of -mean log p(positive | anchor).
+    """
     import torch
 
     sim = emb @ emb.T / temperature
@@ -62,6 +64,7 @@ class MetricHead:
         self.progress = progress
 
     def fit(self, x: np.ndarray, labels) -> "MetricHead":
+        """Train the metric head on features ``x`` with class ``labels``; return ``self``."""
         import torch
         from torch import nn
 
@@ -97,6 +100,7 @@ class MetricHead:
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Return the head's unit-norm vectors of ``x``."""
         import torch
 
         with torch.no_grad():
@@ -105,10 +109,12 @@ class MetricHead:
             return torch.nn.functional.normalize(e, dim=1).numpy().astype(np.float32)
 
     def arrays(self) -> dict:
+        """Return the head's weights by name."""
         return dict(zip(_KEYS, (self.w1_, self.b1_, self.w2_, self.b2_)))
 
     @classmethod
     def from_arrays(cls, arrays) -> "MetricHead":
+        """Rebuild a fitted head from :meth:`arrays`; a clear error when one is missing."""
         try:
             w1, b1, w2, b2 = (np.asarray(arrays[k], dtype=np.float32) for k in _KEYS)
         except KeyError as exc:
@@ -124,7 +130,9 @@ class MetricHead:
 
 def load_bundled_head(folder: Path = BUNDLED_HEAD):
     """(head, feature mean, feature std) shipped with waferscope (scripts/train_search_head.py).
-    Refused when it was trained on another feature set than this waferscope computes."""
+
+    Refused when it was trained on another feature set than this waferscope computes.
+    """
     from safetensors.numpy import load_file
 
     from waferscope.features.handcrafted import feature_names

@@ -1,5 +1,7 @@
-"""The PNG of a search: one row per query, the query map first, then its neighbours, each titled with
-its lot, distance and (if known) class."""
+"""The PNG of a search: one row per query, the query map first, then its neighbours, each titled with its lot.
+
+Distance and (if known) class.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +14,11 @@ from waferscope.utils import atomic_path
 
 def search_montage(query_maps, query_ids, neighbour_maps, result: dict, path: str | Path,
                    max_rows: int = 20, max_cols: int = 10, query_labels=None) -> Path:
-    """``neighbour_maps[i][j]``: the map of query i's j-th neighbour (None when the index has no map
-    for it, e.g. a position -1). At most ``max_rows`` queries and ``max_cols`` neighbours are drawn."""
+    """Draw each query wafer beside its neighbours' maps to the PNG ``path``.
+
+    ``neighbour_maps[i][j]``: the map of query i's j-th neighbour (None when the index has no map
+    for it, e.g. a position -1). At most ``max_rows`` queries and ``max_cols`` neighbours are drawn.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)

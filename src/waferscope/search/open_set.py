@@ -1,5 +1,6 @@
-"""Open set: let a classifier abstain (``unknown``) on a wafer that fits none of its classes, and
-cluster the abstained wafers into candidate new patterns (issue #31).
+"""Open set: let a classifier abstain (``unknown``) on a wafer that fits none of its classes.
+
+And cluster the abstained wafers into candidate new patterns (issue #31).
 
 :class:`OpenSetScorer` combines signs that a wafer is of no known class (its *parts*, :data:`PARTS`):
 
@@ -93,9 +94,11 @@ PARTS = {"doubt": (("proba",), _doubt), "metric_knn": (("proba", "metric"), _met
 
 
 class OpenSetScorer:
-    """``fit(train, train_labels, cal, classes)`` → self (``train``/``cal``: signal dicts);
+    """``fit(train, train_labels, cal, classes)`` → self (``train``/``cal``: signal dicts).
+
     ``score(signals)`` → open-set scores (higher: less like any known class);
-    ``predict(signals)`` → class names with ``unknown`` where the score passes the threshold."""
+    ``predict(signals)`` → class names with ``unknown`` where the score passes the threshold.
+    """
 
     def __init__(self, k: int = 10, parts: tuple[str, ...] = DEFAULT_PARTS, weights: tuple[float, ...] | None = None,
                  abstain_rate: float = 0.05, seed: int = 0):
@@ -113,7 +116,7 @@ class OpenSetScorer:
         self.seed = seed
 
     def needs(self) -> set[str]:
-        """The signals :meth:`score` reads."""
+        """Return the signals :meth:`score` reads."""
         return {n for p in self.parts for n in PARTS[p][0]}
 
     def _check(self, signals: dict, where: str) -> None:
@@ -128,6 +131,7 @@ class OpenSetScorer:
         return np.stack([PARTS[p][1](self, signals) for p in self.parts], axis=1)
 
     def fit(self, train: dict, train_labels, cal: dict, classes) -> "OpenSetScorer":
+        """Learn the reference sets from ``train`` and calibrate the parts on ``cal``; return ``self``."""
         needed = {"metric_knn": "metric", "feature_knn": "features"}
         missing = sorted(v for k, v in needed.items() if k in self.parts and train.get(v) is None)
         if missing:
@@ -160,10 +164,12 @@ class OpenSetScorer:
         return np.stack([_ecdf(cal[:, j], raw[:, j]) for j in range(len(self.parts))], axis=1)
 
     def score(self, signals: dict) -> np.ndarray:
+        """Return the open-set score of every wafer (weighted sum of the parts' ranks)."""
         w = np.ones(len(self.parts)) if self.weights is None else np.asarray(self.weights, dtype=np.float64)
         return (self.ranks(signals) * w).sum(axis=1) / w.sum()
 
     def predict(self, signals: dict, score: np.ndarray | None = None) -> np.ndarray:
+        """Return the predicted class of every wafer, ``unknown`` where the score is over the threshold."""
         names = self.classes_[np.asarray(signals["proba"]).argmax(axis=1)].astype(object)
         score = self.score(signals) if score is None else score
         names[score > self.threshold_] = UNKNOWN
@@ -171,6 +177,7 @@ class OpenSetScorer:
 
     # -- persistence: plain arrays + JSON ---------------------------------------------------------
     def state(self) -> tuple[dict, dict]:
+        """Return the (arrays, extras) to save."""
         arrays = {"cal_parts": self.cal_parts_.astype(np.float64), "feature_refs": self.feature_refs_,
                   **{f"class_{i}": v for i, v in enumerate(self.class_vectors_)}}
         extras = {"k": self.k, "parts": list(self.parts), "weights": None if self.weights is None else list(self.weights),
@@ -180,6 +187,7 @@ class OpenSetScorer:
 
     @classmethod
     def from_state(cls, arrays: dict, extras: dict, where="open-set scorer") -> "OpenSetScorer":
+        """Rebuild a fitted scorer from :meth:`state`; a clear error naming ``where`` when damaged."""
         try:
             self = cls(k=int(extras["k"]), parts=tuple(extras["parts"]), weights=extras.get("weights"),
                        abstain_rate=float(extras["abstain_rate"]), seed=int(extras.get("seed", 0)))
@@ -222,8 +230,10 @@ def discover_clusters(vectors: np.ndarray, min_cluster_size: int = MIN_CLUSTER_S
 
 
 def best_cluster(clusters: np.ndarray, is_target: np.ndarray) -> dict:
-    """The discovered cluster that best matches a hidden class (highest F1 of cluster vs class):
-    its purity (share of its wafers of the class), recall (share of the class's wafers in it), size."""
+    """Return the discovered cluster that best matches a hidden class (highest F1 of cluster vs class).
+
+    Its purity (share of its wafers of the class), recall (share of the class's wafers in it), size.
+    """
     clusters = np.asarray(clusters)
     is_target = np.asarray(is_target, dtype=bool)
     best = {"cluster": None, "purity": 0.0, "recall": 0.0, "size": 0, "f1": 0.0}

@@ -89,6 +89,7 @@ class Gate:
         self.body_bytes = 0
 
     async def __call__(self, scope, receive, send):
+        """Handle one ASGI call: an HTTP request goes through this layer's checks (see the class docstring) first."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = False
@@ -190,9 +191,11 @@ def _is_json(headers: dict) -> bool:
 
 
 async def _send_error(send, status: int, message: str, retry_after: int | None = None, close: bool = False) -> None:
-    """``close``: for a body the service will not read (too large, or unframed): closing is cheaper
-    than discarding it. Otherwise the connection stays usable and uvicorn discards the unread body,
-    so the client reads the answer instead of a reset."""
+    """``close``: for a body the service will not read (too large, or unframed): closing is cheaper than discarding it.
+
+    Otherwise the connection stays usable and uvicorn discards the unread body, so the client reads
+    the answer instead of a reset.
+    """
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if retry_after is not None:
@@ -209,8 +212,11 @@ _LIMIT_WORDS = re.compile(r"\((max_maps|max_side|max_dies|max_decompressed_bytes
 
 
 def check_ids(ids: list, n: int, where: str = '"ids"') -> list[str]:
-    """Ids as short, encodable text (a lone surrogate such as "\ud800" cannot be written as UTF-8:
-    it would fail later, in the answer, for every request of its batch)."""
+    """Return ids as short, encodable text.
+
+    A lone surrogate such as "\ud800" cannot be written as UTF-8: it would fail later, in the
+    answer, for every request of its batch.
+    """
     if not isinstance(ids, list) or len(ids) != n:
         raise RequestError(f'{where} must be a list of {n} strings, one per map')
     out = []
@@ -236,16 +242,17 @@ _STATES_TO_D = bytes(ord("d") if chr(b) in "012" else b if chr(b) in ",[]" else 
 
 @functools.lru_cache(maxsize=512)
 def _grid_layout(rows: int, width: int) -> bytes:
-    """The text of a rows × width grid without its outer brackets, every die state written "d"."""
+    """Return the text of a rows × width grid without its outer brackets, every die state written "d"."""
     return b"],[".join([b",".join([b"d"] * width)] * rows)
 
 
 def fast_grids(raw: bytes, start: int, max_maps: int) -> tuple[list[np.ndarray], int] | None:
-    """The ``"maps"`` list at ``raw[start]`` decoded with bytes operations and numpy, and the index
-    after it; None when it is anything but a list of grids of die states 0/1/2 (the JSON decoder then
-    takes it, with its error messages). Exact: each grid is accepted only if its text (white space
-    removed) is byte for byte that of a grid of single digits 0-2. ~5× faster than json + np.asarray, which for small requests
-    cost as much as the model."""
+    """Return the ``"maps"`` list at ``raw[start]`` decoded with bytes operations and numpy, and the index after it.
+
+    None when it is anything but a list of grids of die states 0/1/2 (the JSON decoder then takes it, with its error
+    messages). Exact: each grid is accepted only if its text (white space removed) is byte for byte that of a grid of
+    single digits 0-2. ~5× faster than json + np.asarray, which for small requests cost as much as the model.
+    """
     end = raw.find(b"]]]", start)
     if end < 0:
         return None
@@ -274,12 +281,15 @@ def fast_grids(raw: bytes, start: int, max_maps: int) -> tuple[list[np.ndarray],
 
 
 def loads_in_pieces(text: str, max_maps: int, on_grid=None, raw: bytes | None = None) -> Any:
-    """``json.loads(text)``, except that the elements of a top-level ``"maps"`` list are decoded one
-    at a time (and no more than ``max_maps + 1`` of them). One ``json.loads`` of a 32 MB body holds the
-    GIL for a second, freezing the event loop even from a worker thread; one grid at a time, other
+    """Return ``json.loads(text)``, decoding the elements of a top-level ``"maps"`` list one at a time.
+
+    At most ``max_maps + 1`` of them are decoded. One ``json.loads`` of a 32 MB body holds the GIL
+    for a second, freezing the event loop even from a worker thread; one grid at a time, other
     threads run between grids. ``on_grid(grid)`` sees each map as it is decoded (and may refuse it:
-    a die cap stops the parse at the first map over it, not after the whole body). ``raw``: the body's
-    bytes when it is ASCII (string and byte positions then agree): :func:`fast_grids` is tried first."""
+    a die cap stops the parse at the first map over it, not after the whole body). ``raw``: the
+    body's bytes when it is ASCII (string and byte positions then agree): :func:`fast_grids` is
+    tried first.
+    """
     def ws(i: int) -> int:
         return _WS.match(text, i).end()
 
@@ -342,8 +352,11 @@ def loads_in_pieces(text: str, max_maps: int, on_grid=None, raw: bytes | None = 
 
 
 class DieCap:
-    """The dies one request may bring: the ``max_dies`` limit, or less when the answer echoes every grid cell
-    (``?maps=1`` / ``?heatmap=1``: ``max_echo_dies`` per echoed copy). Counted as maps are decoded."""
+    """The dies one request may bring.
+
+    The ``max_dies`` limit, or less when the answer echoes every grid cell (``?maps=1`` /
+    ``?heatmap=1``: ``max_echo_dies`` per echoed copy). Counted as maps are decoded.
+    """
 
     def __init__(self, limits: Limits, echo: int = 0):
         self.cap, self.echo_bound = limits.max_dies, False
@@ -352,11 +365,13 @@ class DieCap:
         self.limits, self.echo, self.total = limits, echo, 0
 
     def add(self, n: int) -> None:
+        """Count ``n`` more dies; a RequestError once over the cap."""
         self.total += n
         if self.total > self.cap:
             raise self.error()
 
     def error(self) -> "RequestError":
+        """Return the RequestError that names the limit the request went over."""
         if self.echo_bound:
             return RequestError(f"the answer would echo more than {self.limits.max_echo_dies:,} grid cells "
                                 "(?maps=1 / ?heatmap=1, limit max_echo_dies); send fewer or smaller maps", 413)
@@ -364,6 +379,7 @@ class DieCap:
                             "split the request", 413)
 
     def grid(self, grid) -> None:
+        """Count the dies of a grid (an array or nested lists)."""
         if isinstance(grid, np.ndarray):
             self.add(grid.size)
         elif isinstance(grid, list) and grid and isinstance(grid[0], list):
@@ -371,9 +387,11 @@ class DieCap:
 
 
 def parse_json_maps(body: bytes, limits: Limits, echo: int = 0) -> MapBatch:
-    """``{"maps": [...], "ids": [...]}`` → validated maps, or a RequestError naming the problem.
+    """Return ``{"maps": [...], "ids": [...]}`` → validated maps, or a RequestError naming the problem.
+
     A large body's maps are decoded one by one (:func:`loads_in_pieces`); ``echo``: copies of each
-    grid the answer will hold (bounds the dies, see :class:`DieCap`)."""
+    grid the answer will hold (bounds the dies, see :class:`DieCap`).
+    """
     try:
         doc = loads_in_pieces(body.decode("utf-8"), limits.max_maps, DieCap(limits, echo).grid,
                               body if body.isascii() else None)
@@ -439,8 +457,10 @@ def is_pickle(filename: str, head: bytes) -> bool:
 
 
 def load_limits(limits: Limits, echo: int = 0) -> LoadLimits:
-    """The service's request limits as the loaders' LoadLimits: checked from each file's headers
-    before the maps are allocated."""
+    """Return the service's request limits as the loaders' LoadLimits.
+
+    Checked from each file's headers before the maps are allocated.
+    """
     return LoadLimits(max_maps=limits.max_maps, max_side=limits.max_side, max_dies=DieCap(limits, echo).cap,
                       max_decompressed_bytes=limits.max_decompressed_bytes)
 
@@ -454,8 +474,11 @@ def load_upload(filename: str, data: bytes, limits: Limits, echo: int = 0) -> Ma
 
 
 def load_upload_dataset(filename: str, data: bytes, limits: LoadLimits) -> tuple[WaferDataset, str]:
-    """(the upload as a WaferDataset, the user's file name): written to a private temp file, loaded
-    with waferscope.data.load within ``limits``, deleted; never unpickled."""
+    """Return (the upload as a WaferDataset, the user's file name).
+
+    Written to a private temp file, loaded with waferscope.data.load within ``limits``,
+    deleted; never unpickled.
+    """
     from waferscope.data import load
     from waferscope.data.load import sniff_format
 
@@ -493,8 +516,11 @@ def load_upload_dataset(filename: str, data: bytes, limits: LoadLimits) -> tuple
 
 # ---- the app ------------------------------------------------------------------------------------
 async def read_multipart_file(request) -> tuple[str, bytes]:
-    """The one file of a multipart upload (field ``file``): its name and bytes. A malformed upload or
-    a missing file is a :class:`RequestError` (shared by the model routes and the lot browser)."""
+    """Return the one file of a multipart upload (field ``file``): its name and bytes.
+
+    A malformed upload or a missing file is a :class:`RequestError` (shared by the model routes
+    and the lot browser).
+    """
     try:
         form = await request.form(max_files=1, max_fields=8)
     except Exception as exc:  # starlette's MultiPartException and friends: a malformed upload
@@ -511,7 +537,7 @@ _ERROR_STATUS = {RequestError: None, ServiceStopped: 503, QueueFull: 503, Wafers
 
 
 def _error_response(exc: Exception) -> JSONResponse:
-    """The JSON answer to a request that failed with one of the :data:`_ERROR_STATUS` exceptions."""
+    """Return the JSON answer to a request that failed with one of the :data:`_ERROR_STATUS` exceptions."""
     if isinstance(exc, RequestError):
         return JSONResponse({"error": exc.message}, status_code=exc.status)
     status = next(code for kind, code in _ERROR_STATUS.items() if isinstance(exc, kind))
@@ -550,7 +576,7 @@ SMALL_ANSWER_MAPS = 256  # answers without echoed grids up to this size are buil
 
 
 def grid_json(m: np.ndarray) -> bytes:
-    """A uint8 die grid (0/1/2) as JSON rows, built with numpy (a 512×512 grid in ~1 ms, no Python ints)."""
+    """Return a uint8 die grid (0/1/2) as JSON rows, built with numpy (a 512×512 grid in ~1 ms, no Python ints)."""
     h, w = m.shape
     buf = np.empty((h, 2 * w + 2), np.uint8)
     buf[:, 0] = ord("[")
@@ -562,8 +588,10 @@ def grid_json(m: np.ndarray) -> bytes:
 
 
 def float_grid_json(a: np.ndarray, decimals: int) -> bytes:
-    """A float grid as JSON, one row at a time (each row a short call: the event loop is never held
-    for a whole heat map)."""
+    """Return a float grid as JSON, one row at a time.
+
+    Each row a short call: the event loop is never held for a whole heat map.
+    """
     a = np.round(np.asarray(a, dtype=np.float64), decimals)
     a = np.where(np.isfinite(a), a, 0.0)
     return b"[" + b",".join(json.dumps(row.tolist()).encode() for row in a) + b"]"
@@ -579,9 +607,11 @@ def _head_prefix(head_json: str) -> bytes:  # the same few heads (model, classes
 
 
 def encode_answer(head: dict, rows: list[dict], big: list[list[tuple[str, Any]]] | None, batch_bytes: int = 1 << 18):
-    """The answer ``{**head, "wafers": [...]}`` as chunks of bytes. ``big[i]`` lists the grids of
-    wafer ``i`` to add (name, ``("grid", array)`` or ``("float", array, decimals)``). ASCII-only JSON:
-    it can always be written, whatever text a file's ids hold."""
+    """Return the answer ``{**head, "wafers": [...]}`` as chunks of bytes.
+
+    ``big[i]`` lists the grids of wafer ``i`` to add (name, ``("grid", array)`` or ``("float", array,
+    decimals)``). ASCII-only JSON: it can always be written, whatever text a file's ids hold.
+    """
     prefix = _head_prefix(json.dumps(head))
     out = [prefix]
     size = len(prefix)
@@ -605,8 +635,11 @@ def encode_answer(head: dict, rows: list[dict], big: list[list[tuple[str, Any]]]
 
 
 def answer(head: dict, rows: list[dict], big, on_done=None) -> Response:
-    """Small answers are built at once; large ones (echoed grids, many wafers) stream, each chunk
-    built in a worker thread, so a 500 MB answer neither blocks the event loop nor sits in memory."""
+    """Small answers are built at once.
+
+    Large ones (echoed grids, many wafers) stream, each chunk built in a worker thread, so a 500
+    MB answer neither blocks the event loop nor sits in memory.
+    """
     if not big and len(rows) <= SMALL_ANSWER_MAPS:
         return Response(b"".join(encode_answer(head, rows, None)), media_type="application/json")
 
@@ -624,20 +657,23 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                classifier_run=None, detector_run=None, threshold: float | None = None, limits: Limits | None = None,
                threads: int | None = None, max_batch: int | None = None, allowed_origins: tuple[str, ...] = (),
                index=None, index_source: str = "", explainer=None, explainer_source: str = "", open_set=None):
-    """A FastAPI app serving ``classifier`` (fitted :class:`~waferscope.base.Classifier`) and
-    ``detector`` (fitted :class:`~waferscope.base.Detector`; ``threshold`` its decision threshold,
-    normally ``detector.threshold_``, or None). ``*_source`` say where each came from (shown by /health),
-    ``*_run`` are their run directories (for the version that trained them). Each model is loaded once
-    by the caller and run by one worker thread that batches the queued requests (:mod:`.batcher`).
-    ``threads`` sets torch's intra-op threads (default: leave torch's setting). ``allowed_origins``:
-    browser origins besides the service's own that may POST (e.g. a proxy's public address).
-    ``index``: a loaded :class:`~waferscope.search.WaferIndex` for ``/v1/search`` (None: that route
-    answers 409), ``index_source`` where it came from.
-    ``explainer``: a network whose Grad-CAM draws the ``?heatmap=1`` maps when the label model's own
-    would not (the bundled default: its heat is not trained to sit on the pattern, docs/explain.md);
-    it explains the class the label model chose, so the heat always answers "where is that class?".
-    ``open_set``: the classifier run's open-set model (:func:`waferscope.search.discover.load_open_set`)
-    for ``/v1/classify?abstain=1`` (None: that flag answers 409)."""
+    """Return a FastAPI app serving ``classifier`` and ``detector``.
+
+    ``classifier`` is a fitted :class:`~waferscope.base.Classifier`, ``detector`` a fitted
+    :class:`~waferscope.base.Detector` (``threshold`` its decision threshold, normally
+    ``detector.threshold_``, or None). ``*_source`` say where each came from (shown by /health),
+    ``*_run`` are their run directories (for the version that trained them). Each model is loaded
+    once by the caller and run by one worker thread that batches the queued requests
+    (:mod:`.batcher`). ``threads`` sets torch's intra-op threads (default: leave torch's setting).
+    ``allowed_origins``: browser origins besides the service's own that may POST (e.g. a proxy's
+    public address). ``index``: a loaded :class:`~waferscope.search.WaferIndex` for ``/v1/search``
+    (None: that route answers 409), ``index_source`` where it came from. ``explainer``: a network
+    whose Grad-CAM draws the ``?heatmap=1`` maps when the label model's own would not (the bundled
+    default: its heat is not trained to sit on the pattern, docs/explain.md); it explains the class
+    the label model chose, so the heat always answers "where is that class?". ``open_set``: the
+    classifier run's open-set model (:func:`waferscope.search.discover.load_open_set`) for
+    ``/v1/classify?abstain=1`` (None: that flag answers 409).
+    """
     # everything about the models (workers, limits, deadlines, rows) is in the inference layer; the
     # routes below only read requests, parse their query flags and answer
     inference = Inference(classifier, detector, threshold=threshold, limits=limits, threads=threads,
@@ -754,7 +790,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                   {"name": "maps", "in": "query", "required": False, "schema": {"type": "string"},
                    "description": "1: each neighbour's stored thumbnail too"}]})
     async def search(request: Request):
-        """The k archive wafers most like each map: their ids, lots, classes and distances."""
+        """Return the k archive wafers most like each map: their ids, lots, classes and distances."""
         t0 = time.monotonic()
         inference.check_search()
         raw_k = request.query_params.get("k", "10")
@@ -767,8 +803,11 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         return answer(head, rows, big, inference.on_big_answer)
 
     def direct(endpoint):
-        """``endpoint`` as a raw ASGI handler for the Gate's fast path: the same code and answers as
-        through FastAPI (its errors mapped by the same :func:`_error_response`)."""
+        """``endpoint`` as a raw ASGI handler for the Gate's fast path.
+
+        The same code and answers as through FastAPI (its errors mapped by the same
+        :func:`_error_response`).
+        """
         async def handler(scope, receive, send):
             try:
                 response = await endpoint(Request(scope, receive))
@@ -810,8 +849,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs():
-        """The API reference, rendered from /openapi.json by a self-contained page (no CDN: it works
-        on an air-gapped network)."""
+        """Return the API reference, rendered from /openapi.json by a self-contained page.
+
+        No CDN: it works on an air-gapped network.
+        """
         return HTMLResponse(docs_page)
 
     return app

@@ -51,15 +51,19 @@ class DeadlineExceeded(RuntimeError):
 
 @dataclass
 class MapBatch:
-    """The maps of one request, validated. Plain lists, not a WaferDataset: building a data set
-    (a pandas frame) costs ~1 ms, more than the model spends on one map, so the worker builds one
-    per inference batch instead of one per request."""
+    """The maps of one request, validated.
+
+    Plain lists, not a WaferDataset: building a data set (a pandas frame) costs ~1 ms, more than
+    the model spends on one map, so the worker builds one per inference batch instead of one per
+    request.
+    """
 
     maps: list  # uint8 die grids
     ids: list[str]
     lots: list  # str or None per map
 
     def __len__(self) -> int:
+        """Return the number of maps."""
         return len(self.maps)
 
 
@@ -105,10 +109,12 @@ class Batcher:
 
     @property
     def queued_dies(self) -> int:
+        """Return the dies waiting in the queue."""
         return self._queued
 
     def submit(self, dataset: MapBatch, fn: Callable[[WaferDataset], list] | None = None,
                deadline: float | None = None) -> Future:
+        """Queue ``dataset`` for the worker; return a future of its results."""
         # After close() no thread reads the queue: a job put there would wait forever, so refuse it.
         if self._closed:
             raise ServiceStopped("the service is shutting down")
@@ -125,6 +131,7 @@ class Batcher:
         return job.future
 
     def close(self) -> None:
+        """Stop the worker after the batch in flight."""
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout=10)
@@ -155,6 +162,18 @@ class Batcher:
 
     def _step(self, active: deque) -> bool:
         """One model call; True once the worker is told to stop."""
+        if self._take(active):
+            return True
+        self._drop_expired(active)
+        if not active:
+            return False
+        parts = self._pick(active)
+        self._run(parts)
+        self._rotate(active, parts)
+        return False
+
+    def _take(self, active: deque) -> bool:
+        """Move the queued jobs to ``active`` (waiting for one when none is active); True on the stop signal."""
         if not active:
             item = self._queue.get()
         else:
@@ -172,6 +191,10 @@ class Batcher:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 item = None
+        return False
+
+    def _drop_expired(self, active: deque) -> None:
+        """Fail the jobs past their deadline and remove every dead job from ``active``."""
         now = time.monotonic()
         for job in list(active):
             if not job.dead() and now > job.deadline:
@@ -179,10 +202,9 @@ class Batcher:
             if job.dead():
                 active.remove(job)
                 self._release(job)
-        if not active:
-            return False
-        parts = self._pick(active)
-        self._run(parts)
+
+    def _rotate(self, active: deque, parts: list) -> None:
+        """After a call: answer the finished jobs and put the ones served behind the ones that waited."""
         served = {id(j) for j, _, _ in parts}
         finished = []
         for job, _, _ in parts:
@@ -202,7 +224,6 @@ class Batcher:
             self._release(job)
             if self.after_job is not None:
                 self.after_job(job.dies)
-        return False
 
     def _pick(self, active: deque) -> list[tuple[_Job, int, int]]:
         """(job, start, stop) chunks for the next model call."""

@@ -1,9 +1,11 @@
-"""The service's inference layer, without HTTP: :class:`Inference` holds the served models, their
-batch workers (:mod:`.batcher`), the limits that bound an answer, each request's time budget, the
-choice between plain classification, Grad-CAM heat maps and open-set abstention, and builds the rows
-every model route answers with. :mod:`.app` only reads requests, parses their query flags, calls
-this and turns its rows into responses: kept apart so the model side can be read (and changed)
-without the web framework's types in the way."""
+"""The service's inference layer, without HTTP.
+
+:class:`Inference` holds the served models, their batch workers (:mod:`.batcher`), the limits that
+bound an answer, each request's time budget, the choice between plain classification, Grad-CAM heat
+maps and open-set abstention, and builds the rows every model route answers with. :mod:`.app` only
+reads requests, parses their query flags, calls this and turns its rows into responses: kept apart
+so the model side can be read (and changed) without the web framework's types in the way.
+"""
 
 from __future__ import annotations
 
@@ -32,8 +34,10 @@ class RequestError(Exception):
 
 
 async def _within(fut, seconds: float):
-    """``await fut`` with a time limit (TimeoutError). asyncio.timeout (3.11+) costs one timer handle;
-    wait_for adds a future and callbacks per request."""
+    """``await fut`` with a time limit (TimeoutError). asyncio.timeout (3.11+) costs one timer handle.
+
+    wait_for adds a future and callbacks per request.
+    """
     if hasattr(asyncio, "timeout"):
         async with asyncio.timeout(seconds):
             return await fut
@@ -41,11 +45,13 @@ async def _within(fut, seconds: float):
 
 
 class Inference:
-    """The models behind the service and what each model route computes (arguments as
-    :func:`waferscope.serve.app.create_app`'s). Each model is run by one worker thread that batches
-    the queued requests; :meth:`close` stops them. Each ``classify``/``score``/``search`` returns
-    ``(head, rows, big)`` for :func:`waferscope.serve.app.answer`, and every refusal is a
-    :class:`RequestError`."""
+    """The models behind the service and what each model route computes.
+
+    Arguments as :func:`waferscope.serve.app.create_app`'s. Each model is run by one worker thread
+    that batches the queued requests; :meth:`close` stops them. Each
+    ``classify``/``score``/``search`` returns ``(head, rows, big)`` for
+    :func:`waferscope.serve.app.answer`, and every refusal is a :class:`RequestError`.
+    """
 
     def __init__(self, classifier, detector, *, threshold: float | None = None, limits: Limits | None = None,
                  threads: int | None = None, max_batch: int | None = None, index=None, index_source: str = "",
@@ -77,23 +83,28 @@ class Inference:
         self.mode = detector.trained_input_kind()
 
     def close(self) -> None:
+        """Stop the worker threads after the batches in flight."""
         self.clf_worker.close()  # finish the batch in flight, then stop the threads
         self.det_worker.close()
         if self.search_worker is not None:
             self.search_worker.close()
 
     def after_job(self, dies: int) -> None:
+        """Request a memory trim after a large job."""
         if dies >= self.big_dies:
             self.trimmer.request()
 
     def on_big_answer(self) -> None:
+        """Request a memory trim after a large answer."""
         self.trimmer.request()
 
     # ---- what the workers run, one batch at a time ------------------------------------------------
     def classify_batch(self, ds: WaferDataset) -> list:
+        """Return the class probabilities of every map."""
         return list(np.asarray(self.classifier.predict_proba(ds), dtype=np.float64))
 
     def classify_with_heat(self, ds: WaferDataset) -> list:
+        """Return the class probabilities and Grad-CAM heat of every map."""
         from waferscope.explain import explain
 
         proba = self.classify_batch(ds)  # the same probabilities as without ?heatmap (and as the CLI)
@@ -106,12 +117,14 @@ class Inference:
         return list(zip(proba, heat))
 
     def classify_open(self, ds: WaferDataset) -> list:
+        """Return the class probabilities, open-set score and class (or ``unknown``) of every map."""
         # the scorer reads the model's own probabilities (what it was calibrated on) and the maps
         proba = np.asarray(self.classifier.predict_proba(ds), dtype=np.float64)
         score, names = self.open_set.abstain(ds, proba)
         return list(zip(proba, score, names))
 
     def score_batch(self, ds: WaferDataset) -> list:
+        """Return the anomaly score and map of every map."""
         res = self.detector.score(ds)
         return list(zip(np.asarray(res.scores, dtype=np.float64), res.maps))
 
@@ -128,15 +141,18 @@ class Inference:
                                "has no Grad-CAM heat map; serve a cnn classifier for ?heatmap=1")
 
     def check_score(self) -> None:
+        """Raise a RequestError when the detector cannot score wafer maps."""
         if self.mode == "image":
             raise RequestError("this detector was trained on images; the service sends it wafer maps")
 
     def check_search(self) -> None:
+        """Raise a RequestError when the service has no similar-wafer index."""
         if self.search_index is None:  # before reading the body: no point receiving maps nobody can look up
             raise RequestError("this service has no similarity index: start it with `waferscope serve --index DIR` "
                                "(an index from `waferscope index build`)", 409)
 
     def check_echo(self, ds: MapBatch, want_heat: bool, want_maps: bool) -> None:
+        """Raise a RequestError when echoing the maps or heat maps would go over the limits."""
         limits = self.limits
         if want_heat and len(ds) > limits.max_heatmap_maps:
             raise RequestError(f"too many maps for ?heatmap=1: {len(ds)}, the limit is {limits.max_heatmap_maps} "
@@ -147,8 +163,10 @@ class Inference:
                                f"{limits.max_echo_dies:,} (limit max_echo_dies); send fewer or smaller maps", 413)
 
     async def run(self, worker: Batcher, ds: MapBatch, fn, t0: float):
-        """``ds`` through ``worker`` (``fn`` instead of its default), within the request's time budget
-        counted from ``t0``."""
+        """``ds`` through ``worker`` (``fn`` instead of its default).
+
+        Within the request's time budget counted from ``t0``.
+        """
         deadline = t0 + self.limits.request_timeout
         fut = worker.submit(ds, fn, deadline)
         try:
@@ -161,20 +179,24 @@ class Inference:
     # ---- the answers' rows ------------------------------------------------------------------------
     @staticmethod
     def base_row(ds: MapBatch, i: int) -> dict:
+        """Return the start of an answer row: the map's id and lot."""
         row: dict[str, Any] = {"id": ds.ids[i]}
         if ds.lots[i] is not None:
             row["lot"] = ds.lots[i]
         return row
 
     def index_info(self) -> dict | None:
+        """Return what /health says about the index (None without one)."""
         if self.search_index is None:
             return None
         return {"embedding": self.search_index.embedding_.name, "wafers": len(self.search_index),
                 "source": self.index_source}
 
     async def classify(self, ds: MapBatch, t0: float, want_heat: bool, want_maps: bool, want_open: bool):
-        """Class and probabilities of every map (``want_heat``: Grad-CAM; ``want_open``: 'unknown' for
-        a wafer of no known class)."""
+        """Return the class and probabilities of every map.
+
+        ``want_heat``: Grad-CAM; ``want_open``: 'unknown' for a wafer of no known class.
+        """
         classes = self.classes
         self.check_echo(ds, want_heat, want_maps)
         fn = self.classify_with_heat if want_heat else self.classify_open if want_open else None
@@ -218,8 +240,10 @@ class Inference:
         return {"model": self.detector.registry_name, "threshold": threshold}, rows, big
 
     async def search(self, ds: MapBatch, t0: float, k: int, want_maps: bool, to_thread):
-        """The ``k`` archive wafers most like each map (``want_maps``: their stored thumbnails).
-        ``to_thread`` runs the graph lookup off the event loop (the web framework's thread pool)."""
+        """Return the ``k`` archive wafers most like each map (``want_maps``: their stored thumbnails).
+
+        ``to_thread`` runs the graph lookup off the event loop (the web framework's thread pool).
+        """
         search_index = self.search_index
         vectors = np.asarray(await self.run(self.search_worker, ds, None, t0), dtype=np.float32)
 

@@ -1,5 +1,6 @@
-"""The page's lot browser: one uploaded file held server-side and served in pages, so that a file of
-any size (a day's production, 100,000 wafers) opens at once and pages smoothly.
+"""The page's lot browser: one uploaded file held server-side and served in pages.
+
+So that a file of any size (a day's production, 100,000 wafers) opens at once and pages smoothly.
 
     POST /v1/lots                       multipart ``file`` → a session: id, lot summary, progress
     GET  /v1/lots/{id}                  lot summary (waferscope.lots.lot_summary) + progress
@@ -68,7 +69,7 @@ class Session:
         self.opened = time.monotonic()
 
     def frame(self) -> pd.DataFrame:
-        """The wafer table with the predictions so far (``class`` "" and score NaN until then)."""
+        """Return the wafer table with the predictions so far (``class`` "" and score NaN until then)."""
         t = self.table.copy()
         t["class"] = self.predicted
         t["confidence"] = self.confidence
@@ -79,6 +80,7 @@ class Session:
         return t
 
     def summary(self) -> pd.DataFrame:
+        """Return the lot summary of the predictions so far (recomputed at most every 5× its own cost)."""
         from waferscope import lots
 
         key = (self.classified, self.scored)
@@ -97,6 +99,7 @@ class Session:
         return self._summary
 
     def progress(self) -> dict:
+        """Return how far the predictions are."""
         n = len(self.dataset)
         return {"wafers": n, "classified": int(self.classified), "scored": int(self.scored),
                 "done": self.classified >= n and self.scored >= n, "error": self.error}
@@ -111,6 +114,7 @@ class Store:
         self.lock = threading.Lock()
 
     def add(self, session: Session) -> None:
+        """Add a session, dropping (and stopping) the oldest over ``size``."""
         with self.lock:
             self.sessions[session.id] = session
             while len(self.sessions) > self.size:
@@ -118,6 +122,7 @@ class Store:
                 old.stopped = True
 
     def get(self, sid: str) -> Session:
+        """Return session ``sid``; a RequestError when there is none (unknown, or dropped as the oldest)."""
         from waferscope.serve.app import RequestError
 
         with self.lock:
@@ -129,8 +134,11 @@ class Store:
 
 
 def predict_in_background(session: Session, clf_worker, det_worker, threshold: float | None, classes) -> None:
-    """Classes then anomaly scores of every wafer, ``CHUNK`` at a time, through the service's model
-    workers (the same models and batching as /v1/classify and /v1/score)."""
+    """Classes then anomaly scores of every wafer, ``CHUNK`` at a time.
+
+    Through the service's model workers (the same models and batching as /v1/classify and
+    /v1/score).
+    """
     from waferscope.serve.batcher import MapBatch
 
     ds = session.dataset
@@ -171,7 +179,7 @@ def predict_in_background(session: Session, clf_worker, det_worker, threshold: f
 
 
 def _json_safe(frame: pd.DataFrame) -> list[dict]:
-    """Records with NaN → null and numpy scalars → Python."""
+    """Convert records for JSON: NaN → null and numpy scalars → Python."""
     return [{k: (None if isinstance(v, float) and not np.isfinite(v) else
                  v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
             for row in frame.to_dict(orient="records")]
@@ -193,7 +201,7 @@ def _number(q, name: str):
 
 
 def filtered(session: Session, q) -> pd.DataFrame:
-    """The wafer table filtered and sorted by the query (see the module docstring)."""
+    """Return the wafer table filtered and sorted by the query (see the module docstring)."""
     from waferscope.serve.app import RequestError
 
     t = session.frame()
@@ -225,7 +233,7 @@ def filtered(session: Session, q) -> pd.DataFrame:
 
 
 def _counts(t: pd.DataFrame) -> dict:
-    """What the status line says about the wafers a filter selects."""
+    """Return what the status line says about the wafers a filter selects."""
     dies, passes = int(t["dies"].sum()), int(t["pass_dies"].sum())
     return {"wafers": int(len(t)), "lots": int(t["lot"].nunique()), "classified": int((t["class"] != "").sum()),
             "scored": int(t["score"].notna().sum()), "anomalous": int((t["anomalous"] == 1).sum()),
@@ -289,8 +297,10 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
 
     @app.post(LOT_UPLOAD_PATH, include_in_schema=True, summary="Open a whole file in the lot browser")
     async def lots_open(request: Request):
-        """Upload one file (multipart ``file``, any format the service reads, not pickle); it is held
-        server-side and paged by the GET routes below. Limits: ``max_file_*``."""
+        """Upload one file (multipart ``file``, any format the service reads, not pickle).
+
+        It is held server-side and paged by the GET routes below. Limits: ``max_file_*``.
+        """
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "multipart/form-data":
             raise RequestError('POST /v1/lots takes multipart/form-data with one file in the field "file"', 415)

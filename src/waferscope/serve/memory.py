@@ -43,6 +43,7 @@ def configure() -> bool:
 
 
 def trim() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``; nothing elsewhere)."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
@@ -57,6 +58,7 @@ class Trimmer:
         threading.Thread(target=self._loop, name="waferscope-trim", daemon=True).start()
 
     def request(self) -> None:
+        """Ask for a trim once no request came for ``quiet_s``."""
         self._last = time.monotonic()
         self._event.set()
 

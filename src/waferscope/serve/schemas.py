@@ -40,6 +40,7 @@ class Limits:
     max_page_maps: int = 500  # wafers per page of GET /v1/lots/{id}/wafers (maps echoed: max_echo_dies too)
 
     def as_dict(self) -> dict:
+        """Return the limits as a dict."""
         return asdict(self)
 
 
@@ -51,6 +52,8 @@ class MapsRequest(BaseModel):
 
 
 class ClassifiedWafer(BaseModel):
+    """One classified wafer."""
+
     id: str
     lot: Optional[str] = None
     class_: str = Field(..., alias="class")
@@ -62,6 +65,8 @@ class ClassifiedWafer(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
+    """The answer of /v1/classify."""
+
     model: str
     classes: List[str]
     open_set: Optional[Dict[str, object]] = Field(None, description="With ?abstain=1: the scorer's threshold and parts")
@@ -69,6 +74,8 @@ class ClassifyResponse(BaseModel):
 
 
 class ScoredWafer(BaseModel):
+    """One scored wafer."""
+
     id: str
     lot: Optional[str] = None
     score: float
@@ -78,12 +85,16 @@ class ScoredWafer(BaseModel):
 
 
 class ScoreResponse(BaseModel):
+    """The answer of /v1/score."""
+
     model: str
     threshold: Optional[float]
     wafers: List[ScoredWafer]
 
 
 class Neighbour(BaseModel):
+    """One similar archive wafer."""
+
     id: str = Field(..., description="The archive wafer's id")
     lot: str = Field(..., description="Its lot (empty when the archive had none)")
     class_: str = Field(..., alias="class", description="Its label in the archive (empty: unlabelled)")
@@ -93,16 +104,22 @@ class Neighbour(BaseModel):
 
 
 class SearchedWafer(BaseModel):
+    """One query wafer and its similar archive wafers."""
+
     id: str
     lot: Optional[str] = None
     neighbours: List[Neighbour]
 
 
 class SearchResponse(BaseModel):
+    """The answer of /v1/search."""
+
     index: Dict[str, object] = Field(..., description="The index served: embedding, wafers, source")
     k: int
     wafers: List[SearchedWafer]
 
 
 class ErrorResponse(BaseModel):
+    """An error answer."""
+
     error: str

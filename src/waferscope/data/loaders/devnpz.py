@@ -18,13 +18,16 @@ REQUIRED = ("maps_flat", "shapes", "labels")
 
 
 def is_flat_npz(keys: list[str]) -> bool:
+    """Return whether an npz's members are those of the flat dev-set layout."""
     return all(k in keys for k in REQUIRED)
 
 
 def load_flat_npz(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
-    """Sizes come first: the npy headers of ``shapes``/``maps_flat``/``labels`` give the map count and
-    the total, ``shapes`` (N×2, small) each map's extent; all are checked against ``limits`` before
-    ``maps_flat`` is inflated, and inflation itself is capped (see :func:`read_member`)."""
+    """Sizes come first: the npy headers of ``shapes``/``maps_flat``/``labels`` give the map count and the total.
+
+    ``shapes`` (N×2, small) each map's extent; all are checked against ``limits`` before
+    ``maps_flat`` is inflated, and inflation itself is capped (see :func:`read_member`).
+    """
     path = Path(path)
     limits = resolve_limits(limits)
     try:
@@ -85,10 +88,12 @@ def _member_name(z: zipfile.ZipFile, key: str) -> str | None:
 
 
 def npz_headers(z: zipfile.ZipFile, path: Path, limits: LoadLimits) -> dict[str, tuple[tuple, np.dtype]]:
-    """``{key: (shape, dtype)}`` of every member, read from the npy headers alone (a few hundred bytes
-    each), so sizes are known before any array is inflated. Object arrays are refused here: reading
-    them would unpickle. A member whose zip entry states more than ``max_decompressed_bytes`` is
-    refused too (the cap is enforced again while inflating, since a zip header can lie)."""
+    """``{key: (shape, dtype)}`` of every member, read from the npy headers alone (a few hundred bytes each).
+
+    So sizes are known before any array is inflated. Object arrays are refused here: reading them
+    would unpickle. A member whose zip entry states more than ``max_decompressed_bytes`` is refused
+    too (the cap is enforced again while inflating, since a zip header can lie).
+    """
     out = {}
     cap = limits.max_decompressed_bytes
     for info in z.infolist():
@@ -114,6 +119,7 @@ def npz_headers(z: zipfile.ZipFile, path: Path, limits: LoadLimits) -> dict[str,
 
 
 def array_nbytes(shape: tuple, dtype: np.dtype) -> int:
+    """Return the bytes an array of ``shape`` and ``dtype`` takes."""
     n = 1
     for s in shape:
         n *= int(s)
@@ -122,8 +128,11 @@ def array_nbytes(shape: tuple, dtype: np.dtype) -> int:
 
 def read_member(z: zipfile.ZipFile, key: str, header: tuple[tuple, np.dtype], path: Path,
                 limits: LoadLimits) -> np.ndarray:
-    """One member's array, inflating at most its header's stated size (+ the header itself) and never
-    more than ``max_decompressed_bytes``; numpy allocates the stated shape, which the caller bounded."""
+    """Return one member's array, inflating at most its header's stated size (+ the header itself).
+
+    Never more than ``max_decompressed_bytes`` either; numpy allocates the stated shape, which the
+    caller bounded.
+    """
     from waferscope.data.compressed import _Bounded
 
     nbytes = array_nbytes(*header)

@@ -1,5 +1,6 @@
-"""CSV die list: one row per die, a header naming the columns; a file may hold many wafers of many
-lots. Rows are grouped into wafers by ``(lot, wafer)`` in the order wafers first appear.
+"""CSV die list: one row per die, a header naming the columns; a file may hold many wafers of many lots.
+
+Rows are grouped into wafers by ``(lot, wafer)`` in the order wafers first appear.
 
 Columns are found by name, case-insensitively, among the common aliases real exports use (first
 match wins, in this order):
@@ -58,6 +59,7 @@ PASS_WORDS = {"p": PASS, "pass": PASS, "1": PASS, "true": PASS, "good": PASS, "g
 
 
 def header_columns(first_line: str) -> list[str]:
+    """Return the lower-cased column names of a CSV header line."""
     return [c.strip().strip('"').lower() for c in first_line.split(",")]
 
 
@@ -101,6 +103,7 @@ def find_columns(names: list[str], columns: dict) -> dict:
 
 
 def looks_like_dielist(first_line: str) -> bool:
+    """Return whether a CSV header names die coordinates and a bin or pass/fail column."""
     found = find_columns(header_columns(first_line), {})
     return {"x", "y"} <= set(found) and ("bin" in found or "pass_fail" in found)
 
@@ -119,8 +122,59 @@ def _integer(text: str, what: str, path: Path, line: int) -> int:
                         f"line {line}: {what} is empty", path) from None
 
 
+def _read_header(reader, wanted: dict, pass_bins: BinMapping | None, path: Path) -> tuple[list[str], dict]:
+    """Return the header row and the column of each role in it; a DataError for a missing role."""
+    header = next(reader, None)
+    if header is None:
+        raise DataError("the file is empty", path)
+    names = [h.strip().lower() for h in header]
+    try:
+        col = find_columns(names, wanted)
+    except KeyError as exc:
+        raise DataError(f"line 1: {exc.args[0]} ({', '.join(header)})", path) from None
+    missing = [r for r in ("x", "y") if r not in col] + ([] if "bin" in col or "pass_fail" in col else ["bin"])
+    if missing:
+        raise DataError(f"line 1: the header lacks column(s) {', '.join(missing)} (looked for "
+                        + "; ".join(f"{r}: {', '.join(ALIASES[r][:4])}…" for r in missing)
+                        + "; name them with the columns option, e.g. x=DIE_X,y=DIE_Y,bin=HBIN)", path)
+    if "bin" not in col and pass_bins is not None:
+        raise DataError("pass bins were given but the file has no bin column (only "
+                        f"{header[col['pass_fail']]!r})", path)
+    return header, col
+
+
+def _die_state(row: list[str], col: dict, header: list[str], mapping: BinMapping, path: Path,
+               line: int) -> tuple[int | None, int]:
+    """Return (bin code or None, die state) of one row, from its bin or its pass/fail word."""
+    if "bin" in col:
+        code = _integer(row[col["bin"]], header[col["bin"]], path, line)
+        return code, map_bin(mapping, code, path, f"line {line}")
+    word = row[col["pass_fail"]].strip().lower()
+    if word not in PASS_WORDS:
+        raise DataError(f"line {line}: {header[col['pass_fail']]} {row[col['pass_fail']]!r} is not "
+                        "P/F, PASS/FAIL, 1/0, TRUE/FALSE or GOOD/BAD", path)
+    return None, PASS_WORDS[word]
+
+
+def _grids(wafers: dict, bins: dict | None, y_up: bool, budget, path: Path) -> tuple[list, list, list]:
+    """Return each wafer's oriented map, its grid origin and (with ``bins``) its grid of bin codes."""
+    maps, origins, codes = [], [], []
+    for key, dies in wafers.items():
+        grid = dies_to_grid(dies, path, key[1] or path.stem, budget=budget)
+        xs = np.fromiter((d[0] for d in dies), np.int64, len(dies))
+        ys = np.fromiter((d[1] for d in dies), np.int64, len(dies))
+        maps.append(orient_grid(grid, y_up=y_up))
+        origins.append(grid_origin(int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()), y_up=y_up))
+        if bins is not None:  # the lot views' bin Pareto: every die's code, on the same grid
+            raw = np.full(grid.shape, -1, np.int32)
+            raw[ys - ys.min(), xs - xs.min()] = np.asarray(bins[key], np.int64)
+            codes.append(orient_grid(raw, y_up=y_up))
+    return maps, origins, codes
+
+
 def load_dielist(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None,
                  columns=None) -> WaferDataset:
+    """Read a CSV die list (see the module docstring): one map per (lot, wafer)."""
     from waferscope.data.compressed import open_binary
 
     path = Path(path)
@@ -134,42 +188,18 @@ def load_dielist(path: str | Path, pass_bins: BinMapping | None = None, limits: 
         with open_binary(path, limits) as raw, \
                 io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:  # spreadsheet exports add a BOM
             reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise DataError("the file is empty", path)
-            names = [h.strip().lower() for h in header]
-            try:
-                col = find_columns(names, wanted)
-            except KeyError as exc:
-                raise DataError(f"line 1: {exc.args[0]} ({', '.join(header)})", path) from None
-            missing = [r for r in ("x", "y") if r not in col] + ([] if "bin" in col or "pass_fail" in col else ["bin"])
-            if missing:
-                raise DataError(f"line 1: the header lacks column(s) {', '.join(missing)} (looked for "
-                                + "; ".join(f"{r}: {', '.join(ALIASES[r][:4])}…" for r in missing)
-                                + "; name them with the columns option, e.g. x=DIE_X,y=DIE_Y,bin=HBIN)", path)
-            if "bin" not in col and pass_bins is not None:
-                raise DataError("pass bins were given but the file has no bin column (only "
-                                f"{header[col['pass_fail']]!r})", path)
+            header, col = _read_header(reader, wanted, pass_bins, path)
             for row in reader:
                 line = reader.line_num
                 if not any(cell.strip() for cell in row):
                     continue  # blank lines (often one at the end) carry no die
-                if len(row) < len(names):
-                    raise DataError(f"line {line}: {len(row)} fields, the header has {len(names)}", path)
+                if len(row) < len(header):
+                    raise DataError(f"line {line}: {len(row)} fields, the header has {len(header)}", path)
                 lot = row[col["lot"]].strip() if "lot" in col else ""
                 wafer = row[col["wafer"]].strip() if "wafer" in col else ""
                 x = _integer(row[col["x"]], header[col["x"]], path, line)
                 y = _integer(row[col["y"]], header[col["y"]], path, line)
-                code = None
-                if "bin" in col:
-                    code = _integer(row[col["bin"]], header[col["bin"]], path, line)
-                    state = map_bin(mapping, code, path, f"line {line}")
-                else:
-                    word = row[col["pass_fail"]].strip().lower()
-                    if word not in PASS_WORDS:
-                        raise DataError(f"line {line}: {header[col['pass_fail']]} {row[col['pass_fail']]!r} is not "
-                                        "P/F, PASS/FAIL, 1/0, TRUE/FALSE or GOOD/BAD", path)
-                    state = PASS_WORDS[word]
+                code, state = _die_state(row, col, header, mapping, path, line)
                 dies = wafers.get((lot, wafer))
                 if dies is None:
                     dies = wafers[(lot, wafer)] = []
@@ -187,17 +217,7 @@ def load_dielist(path: str | Path, pass_bins: BinMapping | None = None, limits: 
         raise DataError("no die rows after the header", path)
     y_up = wanted.get("y_axis", "up").lower() == "up"
     budget = limits.budget(path)  # each wafer's coordinate span is charged before its grid is allocated
-    maps, origins, codes = [], [], []
-    for key, dies in wafers.items():
-        grid = dies_to_grid(dies, path, key[1] or path.stem, budget=budget)
-        xs = np.fromiter((d[0] for d in dies), np.int64, len(dies))
-        ys = np.fromiter((d[1] for d in dies), np.int64, len(dies))
-        maps.append(orient_grid(grid, y_up=y_up))
-        origins.append(grid_origin(int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()), y_up=y_up))
-        if "bin" in col:  # the lot views' bin Pareto: every die's code, on the same grid
-            raw = np.full(grid.shape, -1, np.int32)
-            raw[ys - ys.min(), xs - xs.min()] = np.asarray(bins[key], np.int64)
-            codes.append(orient_grid(raw, y_up=y_up))
+    maps, origins, codes = _grids(wafers, bins if "bin" in col else None, y_up, budget, path)
     extra = origin_columns(origins)
     if "time" in col:
         extra["start_time"] = [times.get(k, "") for k in wafers]

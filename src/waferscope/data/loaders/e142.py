@@ -1,5 +1,7 @@
-"""SEMI E142 substrate-map XML (root ``<MapData>``), walked with the standard library's ElementTree
-through ``defusedxml`` and through compression: no kept Python reader for E142 exists.
+"""SEMI E142 substrate-map XML (root ``<MapData>``).
+
+Walked with the standard library's ElementTree through ``defusedxml`` and through compression:
+no kept Python reader for E142 exists.
 
 Read: ``Layouts/Layout`` (``LayoutId``, ``Dimension X=columns Y=rows``, ``DeviceSize`` or else
 ``StepSize`` X/Y → ``die_pitch_x``/``die_pitch_y``), ``Substrates/Substrate`` (``SubstrateId``,
@@ -77,6 +79,7 @@ def _pitch(layout) -> tuple:
 
 
 def load_e142(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
+    """Read the wafer maps of a SEMI E142 XML file."""
     path = Path(path)
     limits = resolve_limits(limits)
     root = parse_xml(path, limits)

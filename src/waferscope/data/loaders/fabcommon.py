@@ -1,5 +1,7 @@
-"""What every fab wafer-map reader (STDF, SEMI E142, SEMI G85, KLARF, CSV die list) shares: the
-pass/fail bin mapping, turning a list of dies into a die-state grid, and the metadata columns.
+"""What every fab wafer-map reader (STDF, SEMI E142, SEMI G85, KLARF, CSV die list) shares.
+
+The pass/fail bin mapping, turning a list of dies into a die-state grid, and the metadata
+columns.
 
 Bin mapping (``load(path, pass_bins=...)``, CLI ``--pass-bins``), one syntax for every format:
 
@@ -56,6 +58,7 @@ class BinMapping:
 
     @property
     def strict(self) -> bool:
+        """Return whether the mapping names fail bins too (any other bin is then an error)."""
         return self.fail_bins is not None
 
     def state(self, bin_code) -> int:
@@ -67,6 +70,7 @@ class BinMapping:
         raise KeyError(bin_code)
 
     def describe(self) -> str:
+        """Describe the mapping as ``--pass-bins`` text."""
         text = ",".join(map(str, sorted(self.pass_bins)))
         return text + ("/" + ",".join(map(str, sorted(self.fail_bins))) if self.strict else "")
 
@@ -89,8 +93,11 @@ def _parse_bin_list(text: str, option: str) -> frozenset:
 
 
 def parse_bin_mapping(value, option: str = "pass_bins") -> BinMapping | None:
-    """``None`` → None (the format's default); a string ``"1,2"`` / ``"1,2/3-9"``, an int, an
-    iterable of ints or a :class:`BinMapping` → a BinMapping (DataError when malformed)."""
+    """``None`` → None (the format's default).
+
+    A string ``"1,2"`` / ``"1,2/3-9"``, an int, an iterable of ints or a
+    :class:`BinMapping` → a BinMapping (DataError when malformed).
+    """
     if value is None or isinstance(value, BinMapping):
         return value
     if isinstance(value, (int, np.integer)):
@@ -113,6 +120,7 @@ def parse_bin_mapping(value, option: str = "pass_bins") -> BinMapping | None:
 
 
 def map_bin(mapping: BinMapping, bin_code, path: Path, where: str) -> int:
+    """Return the die state of ``bin_code``; a DataError naming the file and location when it is unmapped."""
     try:
         return mapping.state(bin_code)
     except KeyError:
@@ -125,7 +133,8 @@ def dies_to_grid(dies: Sequence[tuple[int, int, int, str]], path: Path, wafer: s
 
     ``where`` ("line 17", "record 42") names the die in the error for a die reported twice.
     ``budget`` (a :class:`~waferscope.data.limits.DieBudget`) is charged with the grid's shape
-    before the grid is allocated."""
+    before the grid is allocated.
+    """
     if not dies:
         raise DataError(f"wafer {wafer!r}: no dies", path)
     xs = np.fromiter((d[0] for d in dies), np.int64, len(dies))
@@ -150,12 +159,13 @@ def dies_to_grid(dies: Sequence[tuple[int, int, int, str]], path: Path, wafer: s
 
 
 def orient_grid(grid: np.ndarray, *, y_up: bool, x_right: bool = True, notch: str = "down") -> np.ndarray:
-    """A raw ``[y - min(y), x - min(x)]`` grid → the stored orientation (notch down, front view).
+    """Return a raw ``[y - min(y), x - min(x)]`` grid → the stored orientation (notch down, front view).
 
     ``y_up``: the file's positive y points up the wafer (as seen with the file's own notch position);
     ``x_right``: positive x points right; ``notch``: where the notch/flat is in that same view
     (``"down"``, ``"up"``, ``"left"``, ``"right"``). The map is flipped so that y grows upwards and x
-    to the right, then rotated so that the notch is at the bottom."""
+    to the right, then rotated so that the notch is at the bottom.
+    """
     if notch not in NOTCH_SIDES:
         raise ValueError(f"notch must be one of {NOTCH_SIDES}, got {notch!r}")
     out = grid[::-1] if y_up else grid
@@ -167,16 +177,18 @@ def orient_grid(grid: np.ndarray, *, y_up: bool, x_right: bool = True, notch: st
 
 def grid_origin(x_min: int, y_min: int, x_max: int, y_max: int, *, y_up: bool, x_right: bool = True,
                 notch: str = "down") -> tuple[int, int]:
-    """``(origin_row, origin_col)`` of a map built by :func:`dies_to_grid` from dies spanning
-    ``x_min..x_max``, ``y_min..y_max`` and turned by :func:`orient_grid` with the same arguments:
-    the wafer-fixed die coordinate of the stored map's element ``[0, 0]``, in the stored orientation
-    (rows grow down, columns right), as :data:`waferscope.lots.ORIGIN_COLUMNS` defines it.
+    """``(origin_row, origin_col)`` of a map built by :func:`dies_to_grid` from dies spanning ``x_min..x_max``.
+
+    ``y_min..y_max`` and turned by :func:`orient_grid` with the same arguments: the wafer-fixed die
+    coordinate of the stored map's element ``[0, 0]``, in the stored orientation (rows grow down,
+    columns right), as :data:`waferscope.lots.ORIGIN_COLUMNS` defines it.
 
     The stored grid is the raw ``[y - y_min, x - x_min]`` grid flipped and turned, so its row and
     column directions are fixed unit steps in (x, y) for a given orientation: a wafer-fixed row
     coordinate is ``R(x, y) = dr · (x, y)`` and column ``C(x, y) = dc · (x, y)``; element [0, 0] is
     one of the raw corners. Wafers of one file (one orientation) thus share the frame, and the
-    same physical die lands on the same (row, col) whatever part of the wafer each map covers."""
+    same physical die lands on the same (row, col) whatever part of the wafer each map covers.
+    """
     kw = dict(y_up=y_up, x_right=x_right, notch=notch)
     dx = orient_grid(np.array([[0, 1], [0, 1]]), **kw)  # unit steps, turned as the map is
     dy = orient_grid(np.array([[0, 0], [1, 1]]), **kw)
@@ -188,8 +200,7 @@ def grid_origin(x_min: int, y_min: int, x_max: int, y_max: int, *, y_up: bool, x
 
 
 def origin_columns(origins: list[tuple[int, int] | None]) -> dict:
-    """The ``origin_row``/``origin_col`` metadata columns (NaN where a map has none), or {} when no
-    map has one."""
+    """Return the ``origin_row``/``origin_col`` metadata columns (NaN where a map has none), or {} when no map has one."""
     if not any(o is not None for o in origins):
         return {}
     return {"origin_row": [float("nan") if o is None else o[0] for o in origins],
@@ -197,9 +208,11 @@ def origin_columns(origins: list[tuple[int, int] | None]) -> dict:
 
 
 def bins_attrs(ids: list[str], codes: list[np.ndarray | None], names: dict | None = None) -> dict:
-    """``dataset.attrs`` entries for the lot views' bin Pareto (:data:`waferscope.lots.BINS_ATTR`):
+    """``dataset.attrs`` entries for the lot views' bin Pareto (:data:`waferscope.lots.BINS_ATTR`).
+
     ``{"bins": {wafer id: int32 codes of the map's shape, -1 where no die}, "bin_names": {...}}``;
-    {} when no map has codes."""
+    {} when no map has codes.
+    """
     kept = {i: c for i, c in zip(ids, codes) if c is not None}
     if not kept:
         return {}
@@ -213,8 +226,10 @@ NOTCH_WORDS = {"down": "down", "bottom": "down", "up": "up", "top": "up", "left"
 
 
 def notch_from_angle(angle: float, zero: str = "down") -> str:
-    """A notch/flat angle in degrees, measured clockwise (as drawn) from ``zero`` (the side angle 0
-    means), → ``"down"``/``"left"``/``"up"``/``"right"``. ValueError unless a multiple of 90°."""
+    """Return a notch/flat angle in degrees, measured clockwise (as drawn) from ``zero`` (the side angle 0 means).
+
+    → ``"down"``/``"left"``/``"up"``/``"right"``. ValueError unless a multiple of 90°.
+    """
     order = ["down", "left", "up", "right"]  # clockwise, as seen on the drawing
     quarter, rest = divmod(float(angle) % 360, 90)
     if rest:
@@ -223,13 +238,16 @@ def notch_from_angle(angle: float, zero: str = "down") -> str:
 
 
 def oriented_pitch(pitch_x, pitch_y, notch: str) -> tuple:
-    """The die pitch after :func:`orient_grid` with ``notch``: a quarter turn swaps width and height."""
+    """Return the die pitch after :func:`orient_grid` with ``notch``: a quarter turn swaps width and height."""
     return (pitch_y, pitch_x) if notch in ("left", "right") else (pitch_x, pitch_y)
 
 
 def pitch_columns(pitches: list[tuple]) -> dict:
-    """The ``die_pitch_x``/``die_pitch_y`` metadata columns when any map states its die size
-    (``(x, y)`` per map, in the file's units, after :func:`oriented_pitch`; NaN where unknown)."""
+    """Return the ``die_pitch_x``/``die_pitch_y`` metadata columns when any map states its die size.
+
+    A pitch is ``(x, y)`` per map, in the file's units, after :func:`oriented_pitch`; NaN where
+    unknown.
+    """
     if not any(px and py for px, py in pitches):
         return {}
     return {"die_pitch_x": [float(px) if px and py else float("nan") for px, py in pitches],
@@ -237,14 +255,17 @@ def pitch_columns(pitches: list[tuple]) -> dict:
 
 
 def wafer_number(wafer_id: str, fallback: int) -> int:
-    """The number in a wafer id ("W07" → 7, "LOT1-12" → 12); ``fallback`` when there is none."""
+    """Return the number in a wafer id ("W07" → 7, "LOT1-12" → 12); ``fallback`` when there is none."""
     digits = re.findall(r"\d+", wafer_id)
     return int(digits[-1]) if digits else fallback
 
 
 def fab_meta(path: Path, lots: Iterable[str], wafer_ids: Iterable[str], fmt: str, **extra) -> dict:
-    """Metadata columns of a fab-format data set: ``id`` = ``<lot>-<wafer id>`` (made unique),
-    ``lot``, ``wafer_index`` (number in the wafer id), ``wafer_id``, ``source``, ``format``."""
+    """Metadata columns of a fab-format data set.
+
+    ``id`` = ``<lot>-<wafer id>`` (made unique), ``lot``, ``wafer_index`` (number in the
+    wafer id), ``wafer_id``, ``source``, ``format``.
+    """
     lots, wafer_ids = [str(v) for v in lots], [str(v) for v in wafer_ids]
     ids, seen = [], {}
     for i, (lot, wid) in enumerate(zip(lots, wafer_ids)):
@@ -271,7 +292,8 @@ def split_row(text: str, bin_type: str, columns: int | None = None) -> list[str]
       the column count, else the BinType's own width (Ascii 1, HexaDecimal 2, Integer2 4). A Decimal
       row without separators and without a column count is one code.
     ASCII rows keep spaces as codes when the row is exactly ``columns`` characters long (a space may
-    be a bin code there); only line breaks and the surrounding indentation of CDATA go."""
+    be a bin code there); only line breaks and the surrounding indentation of CDATA go.
+    """
     kind = bin_type.lower()
     if kind == "ascii":
         raw = text.strip("\r\n")
@@ -296,7 +318,7 @@ def split_row(text: str, bin_type: str, columns: int | None = None) -> list[str]
 
 
 def decode_code(token: str, bin_type: str):
-    """A bin code as an int (Decimal, HexaDecimal, Integer2) or a 1-char str (ASCII); ValueError."""
+    """Return a bin code as an int (Decimal, HexaDecimal, Integer2) or a 1-char str (ASCII); ValueError."""
     kind = bin_type.lower()
     if kind == "ascii":
         return token
@@ -311,22 +333,20 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, q
                      mapping: BinMapping | None, path: Path, where: str,
                      expected_shape: tuple[int | None, int | None], row_tag: str = "row", budget=None,
                      codes_out: list | None = None) -> np.ndarray:
-    """Rows of bin codes → die states. ``qualities``: decoded bin code → the file's BinQuality
-    (used when ``mapping`` is None: Pass → pass, Fail → fail, any other quality → no die).
-    ``where`` is the map's element path in errors (``Maps/Map[2]/Device[1]``); row ``r`` is named
-    ``{where}/{row_tag}[r]`` (from 1). ``null_bin`` None: the file names no null bin (every code is
-    a die). ``budget`` is charged with the map's shape before the grid is allocated.
-    ``codes_out``: a list that gets the map's bin codes appended (int32 of the grid's shape, -1
-    where there is no die; an ASCII code is its character's code point, see :func:`code_number`)."""
+    """Rows of bin codes → die states.
+
+    ``qualities``: decoded bin code → the file's BinQuality (used when ``mapping`` is None: Pass →
+    pass, Fail → fail, any other quality → no die). ``where`` is the map's element path in errors
+    (``Maps/Map[2]/Device[1]``); row ``r`` is named ``{where}/{row_tag}[r]`` (from 1). ``null_bin``
+    None: the file names no null bin (every code is a die). ``budget`` is charged with the map's
+    shape before the grid is allocated. ``codes_out``: a list that gets the map's bin codes
+    appended (int32 of the grid's shape, -1 where there is no die; an ASCII code is its character's
+    code point, see :func:`code_number`).
+    """
     if bin_type.lower() not in BIN_TYPES:
         raise DataError(f"{where}: unknown BinType {bin_type!r} (expected Ascii, Decimal, HexaDecimal or "
                         "Integer2)", path)
-    null = None
-    if null_bin is not None:
-        try:
-            null = decode_code(null_bin.strip() if bin_type.lower() != "ascii" else null_bin, bin_type)
-        except ValueError as exc:
-            raise DataError(f"{where}: NullBin {null_bin!r}: {exc}", path) from None
+    null = _null_code(null_bin, bin_type, where, path)
     if mapping is not None and bin_type.lower() == "ascii":
         raise DataError(f"{where}: pass bins are numbers, but this map's BinType is ASCII; leave the "
                         "pass-bin option unset to use the file's own BinQuality", path)
@@ -347,36 +367,58 @@ def bin_rows_to_grid(rows: Sequence[str], bin_type: str, null_bin: str | None, q
         if len(tokens) != width:
             raise DataError(f"{where}/{row_tag}[{r}]: {len(tokens)} dies, expected {width}"
                             + (" (the header's column count)" if exp_cols is not None else " (as row 1)"), path)
-        out = grid[r - 1]
-        for c, token in enumerate(tokens, 1):
-            try:
-                code = decode_code(token, bin_type)
-            except ValueError:
-                raise DataError(f"{where}/{row_tag}[{r}], column {c}: bin code {token!r} is not a "
-                                f"{BIN_TYPES[bin_type.lower()]} code", path) from None
-            if code == null:
-                out[c - 1] = 0
-            elif mapping is not None:
-                out[c - 1] = map_bin(mapping, code, path, f"{where}/{row_tag}[{r}], column {c}")
-            else:
-                quality = str(qualities.get(code, "fail")).lower()
-                out[c - 1] = PASS if quality == "pass" else FAIL if quality == "fail" else 0
-            if codes is not None and out[c - 1]:
-                codes[r - 1, c - 1] = code_number(code)
+        _decode_row(tokens, grid[r - 1], None if codes is None else codes[r - 1], bin_type, null, qualities,
+                    mapping, path, f"{where}/{row_tag}[{r}]")
     if codes_out is not None:
         codes_out.append(codes)
     return grid
 
 
+def _null_code(null_bin: str | None, bin_type: str, where: str, path: Path):
+    """Return the decoded NullBin code, or None when the file names no null bin."""
+    if null_bin is None:
+        return None
+    try:
+        return decode_code(null_bin.strip() if bin_type.lower() != "ascii" else null_bin, bin_type)
+    except ValueError as exc:
+        raise DataError(f"{where}: NullBin {null_bin!r}: {exc}", path) from None
+
+
+def _decode_row(tokens: list, out: np.ndarray, codes: np.ndarray | None, bin_type: str, null, qualities: dict,
+                mapping: BinMapping | None, path: Path, row_where: str) -> None:
+    """Write one row's die states into ``out`` (and its bin codes into ``codes``); see :func:`bin_rows_to_grid`."""
+    for c, token in enumerate(tokens, 1):
+        try:
+            code = decode_code(token, bin_type)
+        except ValueError:
+            raise DataError(f"{row_where}, column {c}: bin code {token!r} is not a "
+                            f"{BIN_TYPES[bin_type.lower()]} code", path) from None
+        if code == null:
+            out[c - 1] = 0
+        elif mapping is not None:
+            out[c - 1] = map_bin(mapping, code, path, f"{row_where}, column {c}")
+        else:
+            quality = str(qualities.get(code, "fail")).lower()
+            out[c - 1] = PASS if quality == "pass" else FAIL if quality == "fail" else 0
+        if codes is not None and out[c - 1]:
+            codes[c - 1] = code_number(code)
+
+
 def code_number(code) -> int:
-    """A decoded bin code as the integer the bin Pareto counts: numbers as they are, an ASCII code
-    (a one-character string) as its code point (``"A"`` → 65; :func:`code_names` names it back)."""
+    """Return a decoded bin code as the integer the bin Pareto counts.
+
+    Numbers as they are, an ASCII code (a one-character string) as its code point (``"A"`` → 65;
+    :func:`code_names` names it back).
+    """
     return ord(code) if isinstance(code, str) else int(code)
 
 
 def code_names(qualities: dict, names: dict | None = None) -> dict:
-    """``{code number: name}`` for the Pareto: the file's bin name/description when it gives one,
-    else for ASCII codes the character itself (``'A'``)."""
+    """``{code number: name}`` for the Pareto.
+
+    The file's bin name/description when it gives one, else for ASCII codes the character
+    itself (``'A'``).
+    """
     out = {}
     for code in qualities:
         name = (names or {}).get(code)
@@ -391,7 +433,7 @@ def code_names(qualities: dict, names: dict | None = None) -> dict:
 
 
 def read_text(path: Path, limits=None) -> str:
-    """The whole (decompressed, bounded by ``limits.max_decompressed_bytes``) file as text."""
+    """Return the whole (decompressed, bounded by ``limits.max_decompressed_bytes``) file as text."""
     from waferscope.data.compressed import open_binary
 
     with open_binary(path, limits) as fh:
@@ -404,8 +446,11 @@ def read_text(path: Path, limits=None) -> str:
 
 
 def parse_xml(path: Path, limits=None):
-    """The root element, through defusedxml (a map file from outside must not expand entities or
-    fetch URLs) and through compression; one DataError (with XML line/column) when malformed."""
+    """Return the root element, through defusedxml and through compression.
+
+    A map file from outside must not expand entities or fetch URLs (hence defusedxml). One
+    DataError (with XML line/column) when malformed.
+    """
     from xml.etree.ElementTree import ParseError
 
     import defusedxml.ElementTree as SafeET
@@ -423,16 +468,17 @@ def parse_xml(path: Path, limits=None):
 
 
 def xml_local(tag: str) -> str:
-    """An element's name without its namespace."""
+    """Return an element's name without its namespace."""
     return tag.rsplit("}", 1)[-1]
 
 
 def xml_children(element, name: str) -> list:
+    """Return the child elements of ``element`` named ``name`` (any namespace)."""
     return [c for c in element if xml_local(c.tag) == name]
 
 
 def xml_attr(element, name: str):
-    """An attribute by its local name, any case (writers differ: ``LotId``/``LotID``), else None."""
+    """Return an attribute by its local name, any case (writers differ: ``LotId``/``LotID``), else None."""
     want = name.lower()
     for key, value in element.attrib.items():
         if xml_local(key).lower() == want:
@@ -441,7 +487,7 @@ def xml_attr(element, name: str):
 
 
 def xml_number(element, name: str, path: Path, where: str, kind=int):
-    """A numeric attribute (None when absent or empty); DataError naming the element when not a number."""
+    """Return a numeric attribute (None when absent or empty); DataError naming the element when not a number."""
     value = xml_attr(element, name)
     if value is None or not str(value).strip():
         return None

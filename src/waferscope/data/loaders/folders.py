@@ -1,5 +1,7 @@
-"""Folders of wafer maps: ``<root>/<class>/*.npy`` (2-D die-state arrays) and ``<root>/<class>/*.png``
-(rendered maps), plus a single ``.npy`` stack (N×H×W, unlabelled).
+"""Folders of wafer maps, and a single ``.npy`` stack (N×H×W, unlabelled).
+
+The folders are ``<root>/<class>/*.npy`` (2-D die-state arrays) and ``<root>/<class>/*.png``
+(rendered maps).
 
 PNG maps are decoded to die states 0/1/2 by colour: first against waferscope's own
 :data:`~waferscope.data.render.PALETTE` and raw grey values 0/1/2; otherwise, for 2 or 3 colours,
@@ -48,7 +50,7 @@ def _palettes() -> dict[str, np.ndarray]:
 
 
 def _colormap_luts() -> dict[str, np.ndarray]:
-    """name → (N, 3) 0-255 colours of each colour map in :data:`COLORMAPS` (matplotlib imported once)."""
+    """Name → (N, 3) 0-255 colours of each colour map in :data:`COLORMAPS` (matplotlib imported once)."""
     if not _LUTS:
         import matplotlib
 
@@ -59,8 +61,10 @@ def _colormap_luts() -> dict[str, np.ndarray]:
 
 
 def _colormap_positions(colours: np.ndarray) -> dict[str, np.ndarray]:
-    """For every colour map in which each of ``colours`` appears (within :data:`TOLERANCE`) at a
-    distinct place: name → the colours' positions along it (0..1)."""
+    """For every colour map in which each of ``colours`` appears (within :data:`TOLERANCE`) at a distinct place.
+
+    Name → the colours' positions along it (0..1).
+    """
     found = {}
     for name, lut in _colormap_luts().items():
         dist = np.abs(colours[:, None, :] - lut[None, :, :]).max(axis=2)  # (colours, N)
@@ -71,18 +75,23 @@ def _colormap_positions(colours: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _corner_colour(codes: np.ndarray) -> int | None:
-    """The colour of the four corner pixels when they agree: on a wafer map (a disc in its bounding box)
-    the corners lie outside the wafer, so that colour is 'no die'."""
+    """Return the colour of the four corner pixels when they agree.
+
+    On a wafer map (a disc in its bounding box) the corners lie outside the wafer, so that colour
+    is 'no die'.
+    """
     corners = {int(codes[0, 0]), int(codes[0, -1]), int(codes[-1, 0]), int(codes[-1, -1])}
     return corners.pop() if len(corners) == 1 else None
 
 
 def _states_from_colormaps(colours: np.ndarray, codes: np.ndarray, path: Path) -> np.ndarray | None:
-    """Die state per colour for a map drawn with a matplotlib colour map, None when none matches;
+    """Die state per colour for a map drawn with a matplotlib colour map, None when none matches.
+
     DataError when the colours fit colour maps that disagree. Three colours = low/mid/high value =
     no die/pass/fail: the middle colour along the colour map is 'pass'; the corner colour (outside
     the wafer) tells which end is 'no die', so reversed maps (``jet_r``, ``Greys`` vs ``gray``) read
-    right; without such a corner, the colour map's own direction does (low end = no die)."""
+    right; without such a corner, the colour map's own direction does (low end = no die).
+    """
     found = _colormap_positions(colours)
     if not found:
         return None
@@ -115,7 +124,7 @@ def _states_from_colormaps(colours: np.ndarray, codes: np.ndarray, path: Path) -
 
 
 def _upscale_factor(codes: np.ndarray) -> int:
-    """The integer s such that the map is made of s×s blocks (1 when it is not)."""
+    """Return the integer s such that the map is made of s×s blocks (1 when it is not)."""
     if len(np.unique(codes)) < 2:
         return 1
     g = 0
@@ -127,7 +136,7 @@ def _upscale_factor(codes: np.ndarray) -> int:
 
 
 def decode_png_map(path: str | Path) -> np.ndarray:
-    """A rendered wafer-map PNG → H×W uint8 die states, or a DataError naming the colours."""
+    """Return a rendered wafer-map PNG → H×W uint8 die states, or a DataError naming the colours."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -171,6 +180,7 @@ def decode_png_map(path: str | Path) -> np.ndarray:
 
 
 def load_npy_map(path: Path) -> np.ndarray:
+    """Load one ``.npy`` map; a DataError naming the file when it cannot be read."""
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:  # ValueError for object arrays / bad header, EOFError when truncated
@@ -179,6 +189,7 @@ def load_npy_map(path: Path) -> np.ndarray:
 
 
 def load_class_folders(root: str | Path) -> WaferDataset:
+    """Read ``<root>/<class>/*.npy`` / ``*.png`` folders into a labelled data set."""
     root = Path(root)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     maps, labels, ids = [], [], []
@@ -200,8 +211,10 @@ def load_class_folders(root: str | Path) -> WaferDataset:
 
 
 def load_npy_stack(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
-    """One ``.npy`` file: an N×H×W stack of maps (unlabelled) or a single H×W map. The npy header
-    (shape, dtype) is checked against ``limits`` before the data is read."""
+    """One ``.npy`` file: an N×H×W stack of maps (unlabelled) or a single H×W map.
+
+    The npy header (shape, dtype) is checked against ``limits`` before the data is read.
+    """
     from waferscope.data.limits import resolve_limits
 
     path = Path(path)
@@ -218,8 +231,10 @@ def load_npy_stack(path: str | Path, limits: LoadLimits | None = None) -> WaferD
 
 
 def _check_npy_header(path: Path, limits: LoadLimits) -> None:
-    """Refuse a stack whose header states more maps, a larger side or more dies than ``limits``
-    allow, or more data than the file holds, before numpy allocates it."""
+    """Refuse a stack whose header states more maps, a larger side or more dies than ``limits`` allow.
+
+    Or more data than the file holds, before numpy allocates it.
+    """
     try:
         with open(path, "rb") as f:
             header = read_npy_header(f)

@@ -74,7 +74,7 @@ class _Record:
 
 
 def _records(text: str, path: Path) -> Iterator[_Record]:
-    """The file's records; each value keeps the line it is on."""
+    """Return the file's records; each value keeps the line it is on."""
     current: _Record | None = None
     for lineno, line in enumerate(text.splitlines(), 1):
         for m in _TOKEN.finditer(line):
@@ -136,8 +136,11 @@ class _Lot:
 
 
 def _defect_rows(rec: _Record, columns: list, path: Path) -> list[tuple[list, int]]:
-    """DefectList values → rows (values, line). One row per line when every line holds at least
-    the spec's column count (IMAGELIST may add values); else consecutive chunks of exactly N."""
+    """DefectList values → rows (values, line).
+
+    One row per line when every line holds at least the spec's column count (IMAGELIST may
+    add values); else consecutive chunks of exactly N.
+    """
     n = len(columns)
     by_line: dict[int, list] = {}
     for v in rec.values:
@@ -151,134 +154,208 @@ def _defect_rows(rec: _Record, columns: list, path: Path) -> list[tuple[list, in
     return [(rec.values[i:i + n], rec.values[i][1]) for i in range(0, len(rec.values), n)]
 
 
+def _check_version(rec: _Record, path: Path) -> None:
+    """Refuse a file whose first record is not a KLARF 1.x ``FileVersion``."""
+    key = rec.keyword.lower()
+    if key == "record":
+        raise DataError(f"line {rec.line}: only KLARF 1.1/1.2 files can be read (this is a KLARF 1.8 "
+                        "'Record FileRecord' file)", path)
+    if key != "fileversion":
+        raise DataError(f"line {rec.line}: a KLARF file starts with FileVersion, not {rec.keyword!r}", path)
+    major = _need(rec, 1, path)[0][0]
+    if major != "1":
+        raise DataError(f"line {rec.line}: only KLARF 1.1/1.2 files can be read (FileVersion "
+                        f"{' '.join(v[0] for v in rec.values)})", path)
+
+
+class _Parser:
+    """One pass over a KLARF file's records after its FileVersion: one handler per keyword.
+
+    Keywords no handler knows are skipped. ``wafer`` is the wafer the records belong to (the last
+    WaferID); a plan or centre given before any WaferID (in the lot header) serves the wafers after it.
+    """
+
+    def __init__(self, path: Path, limits: LoadLimits):
+        self.path, self.limits = path, limits
+        self.lot = _Lot()
+        self.wafer: _Wafer | None = None
+        self.columns: list[str] | None = None
+        self.summary_columns: list[str] | None = None
+        self.last_plan: list | None = None
+        self.first_plan: list | None = None
+        self.lot_centre: tuple | None = None
+        self.handlers = {
+            "lotid": self._lot_id, "resulttimestamp": self._result_timestamp, "stepid": self._step_id,
+            "diepitch": self._die_pitch, "dieorigin": self._die_origin, "samplesize": self._sample_size,
+            "orientationmarklocation": self._mark_location, "sampleorientationmarktype": self._mark_type,
+            "waferid": self._wafer_id, "samplecenterlocation": self._centre, "slot": self._slot,
+            "sampletestplan": self._test_plan, "defectrecordspec": self._defect_spec, "defectlist": self._defect_list,
+            "summaryspec": self._summary_spec, "summarylist": self._summary_list,
+        }
+
+    def feed(self, rec: _Record) -> None:
+        """Apply one record."""
+        handler = self.handlers.get(rec.keyword.lower())
+        if handler is not None:
+            handler(rec)
+
+    def finish(self) -> _Lot:
+        """Return the lot, each wafer before the file's first plan given that plan (as klarf-reader did)."""
+        for w in self.lot.wafers:
+            if w.plan is None:
+                w.plan = self.first_plan
+        return self.lot
+
+    # ---- the lot header ----------------------------------------------------------------------------
+    def _pair(self, rec: _Record, what: str) -> tuple:
+        v = _need(rec, 2, self.path)
+        return _num(v[0], self.path, f"{what} x"), _num(v[1], self.path, f"{what} y")
+
+    def _lot_id(self, rec: _Record) -> None:
+        self.lot.lot_id = _need(rec, 1, self.path)[0][0].strip()
+
+    def _result_timestamp(self, rec: _Record) -> None:
+        self.lot.timestamp = _timestamp(rec)
+
+    def _step_id(self, rec: _Record) -> None:
+        self.lot.step_id = _need(rec, 1, self.path)[0][0].strip()
+
+    def _die_pitch(self, rec: _Record) -> None:
+        self.lot.pitch = self._pair(rec, "DiePitch")
+
+    def _die_origin(self, rec: _Record) -> None:
+        self.lot.origin = self._pair(rec, "DieOrigin")
+
+    def _sample_size(self, rec: _Record) -> None:
+        v = _need(rec, 2, self.path)  # SampleSize <shape code> <diameter mm>
+        self.lot.diameter_mm = _num(v[1], self.path, "SampleSize diameter")
+
+    def _mark_location(self, rec: _Record) -> None:
+        mark = _need(rec, 1, self.path)[0][0].upper()
+        if mark not in _MARKS:
+            raise DataError(f"line {rec.line}: OrientationMarkLocation {mark!r} is not UP, DOWN, LEFT or RIGHT",
+                            self.path)
+        self.lot.mark = _MARKS[mark]
+
+    def _mark_type(self, rec: _Record) -> None:
+        self.lot.mark_type = _need(rec, 1, self.path)[0][0].upper()
+
+    # ---- wafers ------------------------------------------------------------------------------------
+    def _wafer_id(self, rec: _Record) -> None:
+        self.wafer = _Wafer(_need(rec, 1, self.path)[0][0].strip(), rec.line, plan=self.last_plan,
+                            centre=self.lot_centre)
+        self.lot.wafers.append(self.wafer)
+        self.limits.check_count(len(self.lot.wafers), self.path, "wafers")
+
+    def _current_wafer(self, rec: _Record) -> _Wafer:
+        if self.wafer is None:
+            raise DataError(f"line {rec.line}: {rec.keyword} before any WaferID", self.path)
+        return self.wafer
+
+    def _centre(self, rec: _Record) -> None:
+        centre = self._pair(rec, "SampleCenterLocation")
+        if self.wafer is None:  # some writers give it once, in the lot header
+            self.lot_centre = centre
+        else:
+            self.wafer.centre = centre
+
+    def _slot(self, rec: _Record) -> None:
+        wafer = self._current_wafer(rec)
+        wafer.slot = _num(_need(rec, 1, self.path)[0], self.path, "Slot", int)
+
+    def _test_plan(self, rec: _Record) -> None:
+        path = self.path
+        v = _need(rec, 1, path)
+        n = _num(v[0], path, "SampleTestPlan count", int)
+        if len(v) - 1 != 2 * n:
+            raise DataError(f"line {rec.line}: SampleTestPlan says {n} dies but lists "
+                            f"{(len(v) - 1) / 2:g}", path)
+        plan = [(_num(v[i], path, "SampleTestPlan XINDEX", int), _num(v[i + 1], path, "SampleTestPlan YINDEX", int))
+                for i in range(1, len(v), 2)]
+        seen: dict = {}
+        for i, die in enumerate(plan):
+            if die in seen:
+                raise DataError(f"line {v[1 + 2 * i][1]}: SampleTestPlan: die ({die[0]}, {die[1]}) is listed "
+                                "twice", path)
+            seen[die] = i
+        if self.wafer is not None:
+            self.wafer.plan = plan
+        self.last_plan = plan  # a plan before any WaferID (in the lot header) serves the wafers after it
+        self.first_plan = self.first_plan or plan
+
+    # ---- defects -----------------------------------------------------------------------------------
+    def _defect_spec(self, rec: _Record) -> None:
+        v = _need(rec, 1, self.path)
+        n = _num(v[0], self.path, "DefectRecordSpec count", int)
+        columns = [c[0].upper() for c in v[1:]]
+        self.columns = columns
+        if len(columns) != n:
+            raise DataError(f"line {rec.line}: DefectRecordSpec says {n} columns but names {len(columns)}", self.path)
+        missing = [c for c in ("XINDEX", "YINDEX") if c not in columns]
+        if missing:
+            raise DataError(f"line {rec.line}: DefectRecordSpec lacks column(s) {', '.join(missing)}", self.path)
+
+    def _defect_list(self, rec: _Record) -> None:
+        path = self.path
+        wafer = self._current_wafer(rec)
+        if wafer.defect_line is not None:
+            raise DataError(f"line {rec.line}: a second DefectList for wafer {wafer.id!r} (first at line "
+                            f"{wafer.defect_line})", path)
+        wafer.defect_line = rec.line
+        if not rec.values:
+            return
+        columns = self.columns
+        if columns is None:
+            raise DataError(f"line {rec.line}: DefectList before any DefectRecordSpec", path)
+        ix, iy = columns.index("XINDEX"), columns.index("YINDEX")
+        ic = columns.index("CLASSNUMBER") if "CLASSNUMBER" in columns else None
+        iid = columns.index("DEFECTID") if "DEFECTID" in columns else None
+        for values, line in _defect_rows(rec, columns, path):
+            did = values[iid][0] if iid is not None else str(len(wafer.defects) + 1)
+            wafer.defects.append((_num(values[ix], path, "XINDEX", int), _num(values[iy], path, "YINDEX", int),
+                                  _num(values[ic], path, "CLASSNUMBER", int) if ic is not None else None,
+                                  f"line {line}: wafer {wafer.id!r}: defect {did}"))
+
+    def _summary_spec(self, rec: _Record) -> None:
+        v = _need(rec, 1, self.path)
+        self.summary_columns = [c[0].upper() for c in v[1:]]
+
+    def _summary_list(self, rec: _Record) -> None:
+        wafer = self._current_wafer(rec)
+        columns = self.summary_columns
+        if not columns or "NDEFECT" not in columns or not rec.values:
+            return
+        n = len(columns)
+        if len(rec.values) % n:
+            raise DataError(f"line {rec.line}: SummaryList holds {len(rec.values)} values, not a whole number "
+                            f"of {n}-column rows (SummarySpec)", self.path)
+        k = columns.index("NDEFECT")
+        wafer.summary_count = (wafer.summary_count or 0) + sum(
+            _num(rec.values[i + k], self.path, "SummaryList NDEFECT", int) for i in range(0, len(rec.values), n))
+        wafer.summary_line = rec.line
+
+
 def _parse(text: str, path: Path, limits: LoadLimits) -> _Lot:
-    lot = _Lot()
-    wafer: _Wafer | None = None
-    columns: list[str] | None = None
-    summary_columns: list[str] | None = None
-    last_plan: list | None = None
-    first_plan: list | None = None
-    lot_centre: tuple | None = None
+    """Read the lot of a KLARF 1.x text: its header, wafers, plans and defect rows (see :class:`_Parser`)."""
+    parser = _Parser(path, limits)
     first = True
     for rec in _records(text, path):
-        key = rec.keyword.lower()
         if first:
             first = False
-            if key == "record":
-                raise DataError(f"line {rec.line}: only KLARF 1.1/1.2 files can be read (this is a KLARF 1.8 "
-                                "'Record FileRecord' file)", path)
-            if key != "fileversion":
-                raise DataError(f"line {rec.line}: a KLARF file starts with FileVersion, not {rec.keyword!r}", path)
-            major = _need(rec, 1, path)[0][0]
-            if major != "1":
-                raise DataError(f"line {rec.line}: only KLARF 1.1/1.2 files can be read (FileVersion "
-                                f"{' '.join(v[0] for v in rec.values)})", path)
+            _check_version(rec, path)
             continue
-        if key == "lotid":
-            lot.lot_id = _need(rec, 1, path)[0][0].strip()
-        elif key == "resulttimestamp":
-            lot.timestamp = _timestamp(rec)
-        elif key == "stepid":
-            lot.step_id = _need(rec, 1, path)[0][0].strip()
-        elif key == "diepitch":
-            v = _need(rec, 2, path)
-            lot.pitch = (_num(v[0], path, "DiePitch x"), _num(v[1], path, "DiePitch y"))
-        elif key == "dieorigin":
-            v = _need(rec, 2, path)
-            lot.origin = (_num(v[0], path, "DieOrigin x"), _num(v[1], path, "DieOrigin y"))
-        elif key == "samplesize":
-            v = _need(rec, 2, path)  # SampleSize <shape code> <diameter mm>
-            lot.diameter_mm = _num(v[1], path, "SampleSize diameter")
-        elif key == "orientationmarklocation":
-            mark = _need(rec, 1, path)[0][0].upper()
-            if mark not in _MARKS:
-                raise DataError(f"line {rec.line}: OrientationMarkLocation {mark!r} is not UP, DOWN, LEFT or RIGHT", path)
-            lot.mark = _MARKS[mark]
-        elif key == "sampleorientationmarktype":
-            lot.mark_type = _need(rec, 1, path)[0][0].upper()
-        elif key == "waferid":
-            wafer = _Wafer(_need(rec, 1, path)[0][0].strip(), rec.line, plan=last_plan, centre=lot_centre)
-            lot.wafers.append(wafer)
-            limits.check_count(len(lot.wafers), path, "wafers")
-        elif key == "samplecenterlocation" and wafer is None:  # some writers give it once, in the lot header
-            v = _need(rec, 2, path)
-            lot_centre = (_num(v[0], path, "SampleCenterLocation x"), _num(v[1], path, "SampleCenterLocation y"))
-        elif key in ("slot", "defectlist", "summarylist") and wafer is None:
-            raise DataError(f"line {rec.line}: {rec.keyword} before any WaferID", path)
-        elif key == "slot":
-            wafer.slot = _num(_need(rec, 1, path)[0], path, "Slot", int)
-        elif key == "samplecenterlocation":
-            v = _need(rec, 2, path)
-            wafer.centre = (_num(v[0], path, "SampleCenterLocation x"), _num(v[1], path, "SampleCenterLocation y"))
-        elif key == "sampletestplan":
-            v = _need(rec, 1, path)
-            n = _num(v[0], path, "SampleTestPlan count", int)
-            if len(v) - 1 != 2 * n:
-                raise DataError(f"line {rec.line}: SampleTestPlan says {n} dies but lists "
-                                f"{(len(v) - 1) / 2:g}", path)
-            plan = [(_num(v[i], path, "SampleTestPlan XINDEX", int), _num(v[i + 1], path, "SampleTestPlan YINDEX", int))
-                    for i in range(1, len(v), 2)]
-            seen: dict = {}
-            for i, die in enumerate(plan):
-                if die in seen:
-                    raise DataError(f"line {v[1 + 2 * i][1]}: SampleTestPlan: die ({die[0]}, {die[1]}) is listed "
-                                    "twice", path)
-                seen[die] = i
-            if wafer is not None:
-                wafer.plan = plan
-            last_plan = plan  # a plan before any WaferID (in the lot header) serves the wafers after it
-            first_plan = first_plan or plan
-        elif key == "defectrecordspec":
-            v = _need(rec, 1, path)
-            n = _num(v[0], path, "DefectRecordSpec count", int)
-            columns = [c[0].upper() for c in v[1:]]
-            if len(columns) != n:
-                raise DataError(f"line {rec.line}: DefectRecordSpec says {n} columns but names {len(columns)}", path)
-            missing = [c for c in ("XINDEX", "YINDEX") if c not in columns]
-            if missing:
-                raise DataError(f"line {rec.line}: DefectRecordSpec lacks column(s) {', '.join(missing)}", path)
-        elif key == "defectlist":
-            if wafer.defect_line is not None:
-                raise DataError(f"line {rec.line}: a second DefectList for wafer {wafer.id!r} (first at line "
-                                f"{wafer.defect_line})", path)
-            wafer.defect_line = rec.line
-            if not rec.values:
-                continue
-            if columns is None:
-                raise DataError(f"line {rec.line}: DefectList before any DefectRecordSpec", path)
-            ix, iy = columns.index("XINDEX"), columns.index("YINDEX")
-            ic = columns.index("CLASSNUMBER") if "CLASSNUMBER" in columns else None
-            iid = columns.index("DEFECTID") if "DEFECTID" in columns else None
-            for values, line in _defect_rows(rec, columns, path):
-                did = values[iid][0] if iid is not None else str(len(wafer.defects) + 1)
-                wafer.defects.append((_num(values[ix], path, "XINDEX", int), _num(values[iy], path, "YINDEX", int),
-                                      _num(values[ic], path, "CLASSNUMBER", int) if ic is not None else None,
-                                      f"line {line}: wafer {wafer.id!r}: defect {did}"))
-        elif key == "summaryspec":
-            v = _need(rec, 1, path)
-            summary_columns = [c[0].upper() for c in v[1:]]
-        elif key == "summarylist":
-            if not summary_columns or "NDEFECT" not in summary_columns or not rec.values:
-                continue
-            n = len(summary_columns)
-            if len(rec.values) % n:
-                raise DataError(f"line {rec.line}: SummaryList holds {len(rec.values)} values, not a whole number "
-                                f"of {n}-column rows (SummarySpec)", path)
-            k = summary_columns.index("NDEFECT")
-            wafer.summary_count = (wafer.summary_count or 0) + sum(
-                _num(rec.values[i + k], path, "SummaryList NDEFECT", int) for i in range(0, len(rec.values), n))
-            wafer.summary_line = rec.line
+        parser.feed(rec)
     if first:
         raise DataError("the file is empty", path)
-    for w in lot.wafers:  # a wafer before the file's first plan: that plan (as klarf-reader did)
-        if w.plan is None:
-            w.plan = first_plan
-    return lot
+    return parser.finish()
 
 
 def _timestamp(rec: _Record) -> str:
-    """``ResultTimestamp mm-dd-yy hh:mm:ss`` (KLARF 1.x) → ``yyyy-mm-ddThh:mm:ss``; "" when it is
-    not in that form (the time only orders lots: an unreadable one is left out, not guessed)."""
+    """``ResultTimestamp mm-dd-yy hh:mm:ss`` (KLARF 1.x) → ``yyyy-mm-ddThh:mm:ss``.
+
+    "" when it is not in that form (the time only orders lots: an unreadable one is left out,
+    not guessed).
+    """
     m = re.match(r"^(\d{1,2})-(\d{1,2})-(\d{2}|\d{4})$", rec.values[0][0]) if rec.values else None
     t = re.match(r"^(\d{1,2}):(\d{2}):(\d{2})$", rec.values[1][0]) if len(rec.values) > 1 else None
     if not m:
@@ -329,6 +406,7 @@ def _dies_on_wafer(lot: _Lot, wafer: _Wafer, path: Path) -> list[tuple[int, int]
 
 
 def load_klarf(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
+    """Read the wafer maps of a KLARF file."""
     path = Path(path)
     limits = resolve_limits(limits)
     lot = _parse(read_text(path, limits), path, limits)

@@ -32,8 +32,10 @@ _INDEX_MODULE_OF = {"RangeIndex": "range", "MultiIndex": "multi", "CategoricalIn
 
 
 class _BlockManagerShim:
-    """pandas ≤ 1.x pickled BlockManager with an argument-less NEWOBJ and a __setstate__ tuple;
-    today's BlockManager cannot be created without arguments."""
+    """pandas ≤ 1.x pickled BlockManager with an argument-less NEWOBJ and a __setstate__ tuple.
+
+    Today's BlockManager cannot be created without arguments.
+    """
 
     def __new__(cls, *args, **kwargs):
         from pandas.core.internals import BlockManager
@@ -96,10 +98,13 @@ class RefusedGlobal(pickle.UnpicklingError):
 
 
 class LegacyUnpickler(pickle.Unpickler):
-    """The C unpickler (fast: find_class runs once per distinct name), with legacy renames and an
-    allow-list of what may be constructed."""
+    """The C unpickler (fast: find_class runs once per distinct name).
+
+    With legacy renames and an allow-list of what may be constructed.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
+        """Resolve a pickled class: legacy names renamed, and only what the allow-list names constructed."""
         import _compat_pickle  # Python 2 names (__builtin__, copy_reg) → Python 3, as fix_imports does
 
         if (module, name) in _compat_pickle.NAME_MAPPING:
@@ -177,9 +182,12 @@ class _Reduce:
 
 
 class _Fresh(tuple):
-    """A tuple made on the fly by a __reduce__ (an array's state, its shape). Python 2's cPickle did
-    not memoise objects with a reference count below 2, so these (and the data strings inside)
-    never entered the memo: an unpickler frees them as soon as the array is built."""
+    """A tuple made on the fly by a __reduce__ (an array's state, its shape).
+
+    Python 2's cPickle did not memoise objects with a reference count below 2, so these (and
+    the data strings inside) never entered the memo: an unpickler frees them as soon as the
+    array is built.
+    """
 
 
 class _LegacyPickler(pickle._Pickler):  # the Python pickler: its dispatch table can be extended
@@ -251,7 +259,7 @@ def _legacy_dtype(dtype: np.dtype) -> "_Build":
 
 
 def _legacy_array(arr: np.ndarray) -> _Reduce | _NewObj:
-    """ndarray the way numpy 1.x under Python 2 pickled it (numpy.core.multiarray._reconstruct)."""
+    """Ndarray the way numpy 1.x under Python 2 pickled it (numpy.core.multiarray._reconstruct)."""
     arr = np.asarray(arr)
     descr = _legacy_dtype(arr.dtype)
     if arr.dtype.kind == "O":
@@ -331,6 +339,7 @@ def dump_legacy_dataframe(df: pd.DataFrame, fileobj) -> None:
 
 
 def dumps_legacy_dataframe(df: pd.DataFrame) -> bytes:
+    """Return the legacy pickle of ``df`` as bytes (for tests and fixtures)."""
     buf = io.BytesIO()
     dump_legacy_dataframe(df, buf)
     return buf.getvalue()

@@ -44,6 +44,7 @@ _warned = False
 
 
 def warn_pickle_once(path: Path, importing: bool = False) -> None:
+    """Warn once per process that a pickle is read (it is trusted data)."""
     global _warned
     if _warned:
         return
@@ -59,8 +60,11 @@ PROGRESS_MIN_BYTES = 64 << 20  # show an unpickling progress bar for files above
 
 
 class _CountingReader(io.RawIOBase):
-    """A raw file that advances a progress bar. Wrapped in a 1 MB BufferedReader, so the C
-    unpickler calls back into Python once per megabyte, not once per opcode."""
+    """A raw file that advances a progress bar.
+
+    Wrapped in a 1 MB BufferedReader, so the C unpickler calls back into Python once per
+    megabyte, not once per opcode.
+    """
 
     def __init__(self, raw, bar):
         self.raw, self.bar = raw, bar
@@ -133,8 +137,11 @@ def _column(df: pd.DataFrame, name: str, default, n: int) -> np.ndarray:
 
 def iter_lswmd(path: str | Path, batch_size: int = 8192, frame: pd.DataFrame | None = None,
                importing: bool = False, progress: bool | None = None) -> tuple[int, Iterator[WaferDataset]]:
-    """(row count, iterator of WaferDataset batches). Frees the source maps batch by batch.
-    ``progress``: unpickling progress bar (None = only for files over 64 MB)."""
+    """(row count, iterator of WaferDataset batches).
+
+    Frees the source maps batch by batch. ``progress``: unpickling progress bar (None =
+    only for files over 64 MB).
+    """
     path = Path(path)
     df = read_lswmd_frame(path, importing, progress) if frame is None else frame
     n = len(df)
@@ -184,7 +191,7 @@ def iter_lswmd(path: str | Path, batch_size: int = 8192, frame: pd.DataFrame | N
 
 
 def load_lswmd(path: str | Path) -> WaferDataset:
-    """The whole file as one WaferDataset (the maps are the unpickled arrays, not copies)."""
+    """Return the whole file as one WaferDataset (the maps are the unpickled arrays, not copies)."""
     path = Path(path)
     n, it = iter_lswmd(path, batch_size=65536)
     parts = list(it)

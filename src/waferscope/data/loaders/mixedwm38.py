@@ -1,6 +1,7 @@
-"""MixedWM38 (Wang et al., 2020) ``Wafer_Map_Datasets.npz``: ``arr_0`` N×52×52 die maps, ``arr_1``
-N×8 one-hot multi-labels over :data:`BASE_PATTERNS` (Center, Donut, Edge-Loc, Edge-Ring, Loc,
-Near-full, Scratch, Random).
+"""MixedWM38 (Wang et al., 2020) ``Wafer_Map_Datasets.npz``.
+
+``arr_0`` N×52×52 die maps, ``arr_1`` N×8 one-hot multi-labels over :data:`BASE_PATTERNS`
+(Center, Donut, Edge-Loc, Edge-Ring, Loc, Near-full, Scratch, Random).
 
 Single-label policy (the same naming the synthetic generator uses for its mixes): no pattern set
 → ``none``; exactly one → that pattern's WM-811K name; several → the set patterns joined with
@@ -25,15 +26,18 @@ MAPS_KEY, LABELS_KEY = "arr_0", "arr_1"
 
 
 def is_mixedwm38(keys: list[str]) -> bool:
+    """Return whether an npz's members are MixedWM38's."""
     return MAPS_KEY in keys and LABELS_KEY in keys
 
 
 def multilabel_name(row: np.ndarray) -> str:
+    """Return the class name of a MixedWM38 label row (patterns joined by "+", or the normal class)."""
     on = [p for p, v in zip(BASE_PATTERNS, row) if v]
     return "+".join(on) if on else NORMAL
 
 
 def load_mixedwm38(path: str | Path, limits: LoadLimits | None = None) -> WaferDataset:
+    """Read a MixedWM38 npz (multi-label wafer maps)."""
     path = Path(path)
     limits = resolve_limits(limits)
     from waferscope.data.loaders.devnpz import npz_headers, read_member

@@ -1,4 +1,6 @@
-"""Ordinary images in the MVTec-AD layout (one category folder)::
+"""Ordinary images in the MVTec-AD layout (one category folder).
+
+The layout::
 
     <root>/train/good/*.png                 normal training images
     <root>/test/good/*.png                  normal test images
@@ -25,6 +27,7 @@ GOOD = "good"
 
 
 def looks_like_mvtec(root: Path) -> bool:
+    """Return whether ``root`` has the MVTec-AD folders."""
     return any((root / d).is_dir() for d in LAYOUT_DIRS)
 
 
@@ -59,6 +62,7 @@ def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def load_mvtec(root: str | Path) -> WaferDataset:
+    """Read one MVTec-AD category folder (see the module docstring)."""
     root = Path(root)
     train_good = root / "train" / GOOD
     if not train_good.is_dir() or not _images(train_good):

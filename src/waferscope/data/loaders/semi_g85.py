@@ -1,6 +1,7 @@
-"""SEMI G85 XML wafer maps: root ``<Map>`` (one wafer, the common case) or ``<Maps>`` holding one
-``<Map>`` per wafer; walked with the standard library's ElementTree through ``defusedxml`` (a map
-file from outside must not be able to expand entities or fetch URLs), through compression.
+"""SEMI G85 XML wafer maps: root ``<Map>`` (one wafer, the common case) or ``<Maps>`` holding one ``<Map>`` per wafer.
+
+Walked with the standard library's ElementTree through ``defusedxml`` (a map file from outside
+must not be able to expand entities or fetch URLs), through compression.
 
 Read: ``Map`` ``SubstrateId`` (or ``WaferId``) → ``wafer_id``; each ``Device`` is one map:
 ``BinType`` (Ascii, Decimal, HexaDecimal, Integer2), ``NullBin``, ``Rows``/``Columns`` (checked
@@ -53,6 +54,7 @@ def _maps_of(root, path: Path) -> list[tuple[str, object]]:
 
 
 def load_g85(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None) -> WaferDataset:
+    """Read the wafer maps of a SEMI G85 XML file."""
     path = Path(path)
     limits = resolve_limits(limits)
     root = parse_xml(path, limits)

@@ -77,8 +77,11 @@ _PRR_HEAD_BE = struct.Struct(">BBBHHHhh")
 
 
 def looks_like_stdf(head: bytes) -> bool:
-    """A FAR record first: REC_LEN 2 in either byte order, REC_TYP 0, REC_SUB 10. ``head``: the
-    first bytes of the (decompressed) content, so a compressed STDF is recognised through it."""
+    """Tell whether the content starts with a FAR record: REC_LEN 2 in either byte order, REC_TYP 0, REC_SUB 10.
+
+    ``head``: the first bytes of the (decompressed) content, so a compressed STDF is
+    recognised through it.
+    """
     return len(head) >= 4 and head[:2] in (b"\x02\x00", b"\x00\x02") and head[2:4] == b"\x00\x0a"
 
 
@@ -131,7 +134,8 @@ def orientation_of(wcr: _Wcr | None) -> tuple[dict, str]:
 
     POS_X ``L``/``R``: the direction positive x points; POS_Y ``U``/``D``: positive y; WF_FLAT
     ``U``/``D``/``L``/``R``: where the flat/notch is, in the same view. A blank (the spec's
-    "unknown"), a missing WCR or any other letter falls back to x right, y down, flat down."""
+    "unknown"), a missing WCR or any other letter falls back to x right, y down, flat down.
+    """
     notes = []
 
     def pick(value: str, allowed: str, default: str, name: str) -> str:
@@ -233,7 +237,7 @@ class _Collector:
             return map_bin(self.mapping, hard_bin, self.path, self.stream.label(rec.offset, rec.typ, rec.sub))
 
     def _short_prr(self, rec: Record):
-        """A PRR whose REC_LEN ends before Y_COORD: decode what is there, name what is missing."""
+        """Decode a PRR whose REC_LEN ends before Y_COORD: what is there, naming what is missing."""
         f = Fields(rec, self.stream)
         head = f.need(f.u1(), "HEAD_NUM")
         f.u1()  # SITE_NUM
@@ -255,7 +259,7 @@ class _Collector:
             self.bin_names[kind].setdefault(int(number), name)
 
     def _wafer_for_orphan(self, rec: Record, head: int) -> _Wafer:
-        """The wafer a PRR belongs to when no WIR is open for its head."""
+        """Return the wafer a PRR belongs to when no WIR is open for its head."""
         if len(self.open) == 1:  # one wafer under test: some testers number heads differently in PRR and WIR
             return next(iter(self.open.values()))
         if self.open:
@@ -319,7 +323,7 @@ class _Collector:
 
     # ---- grids -------------------------------------------------------------------------------------
     def _close(self, wafer: _Wafer) -> None:
-        """The wafer's raw ``[y - min y, x - min x]`` grid, bounded before it is allocated."""
+        """Build the wafer's raw ``[y - min y, x - min x]`` grid, bounded before it is allocated."""
         def where() -> str:  # numbering a record re-reads the file: only on the way to an error
             rec = wafer.opened_by
             return f"wafer {wafer.wafer_id!r} (opened by {self.stream.label(rec.offset, rec.typ, rec.sub)})"
@@ -372,7 +376,8 @@ def _count_check(w: _Wafer, mapping_given: bool) -> str:
     """'' when the WRR counts agree with the dies read, else what differs (kept as metadata).
 
     PART_CNT may count every touch-down (re-probes included) or every die, GOOD_CNT the passing
-    touch-downs or the dies passing in the end: testers differ, so either reading agrees."""
+    touch-downs or the dies passing in the end: testers differ, so either reading agrees.
+    """
     if not w.closed:
         return "no WRR (run cut short)"
     notes = []
@@ -386,8 +391,10 @@ def _count_check(w: _Wafer, mapping_given: bool) -> str:
 
 def load_stdf(path: str | Path, pass_bins: BinMapping | None = None, limits: LoadLimits | None = None,
               retest: str | None = "last") -> WaferDataset:
-    """The wafer maps of an STDF V4 file (plain or gzip/bzip2/xz/zip-compressed); see the module
-    docstring for the records read, ``pass_bins`` and ``retest``."""
+    """Return the wafer maps of an STDF V4 file (plain or gzip/bzip2/xz/zip-compressed).
+
+    See the module docstring for the records read, ``pass_bins`` and ``retest``.
+    """
     from waferscope.data.compressed import open_binary
 
     path = Path(path)
@@ -437,7 +444,7 @@ def load_stdf(path: str | Path, pass_bins: BinMapping | None = None, limits: Loa
 
 
 def _time(seconds: int) -> str:
-    """An STDF U4 time (seconds since 1970) as ``yyyy-mm-ddThh:mm:ss``; "" for 0/missing."""
+    """Return an STDF U4 time (seconds since 1970) as ``yyyy-mm-ddThh:mm:ss``; "" for 0/missing."""
     import datetime
 
     if not seconds or seconds == MISSING_U4:

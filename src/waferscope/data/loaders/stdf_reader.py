@@ -46,8 +46,11 @@ CODE = {name: (typ << 8) | sub for (typ, sub), name in RECORD_NAMES.items()}
 
 
 def record_label(number: int | None, typ: int | None, sub: int | None, offset: int) -> str:
-    """``record 29 (MPR 15/15) at byte 4,812`` — how every error names a record (the type is left
-    out when the header itself is cut off, the number when it cannot be counted)."""
+    """``record 29 (MPR 15/15) at byte 4,812``.
+
+    How every error names a record (the type is left out when the header itself is cut
+    off, the number when it cannot be counted).
+    """
     what = f"record {number:,}" if number is not None else "record"
     if typ is not None:
         what += f" ({RECORD_NAMES.get((typ, sub), 'unknown type')} {typ}/{sub})"
@@ -55,6 +58,8 @@ def record_label(number: int | None, typ: int | None, sub: int | None, offset: i
 
 
 class Record(NamedTuple):
+    """One STDF record header: where it is and its type."""
+
     offset: int   # byte offset of the header in the (decompressed) stream
     typ: int
     sub: int
@@ -62,16 +67,20 @@ class Record(NamedTuple):
 
     @property
     def name(self) -> str:
+        """Return the record's name (FAR, PRR, ...)."""
         return RECORD_NAMES.get((self.typ, self.sub), "unknown type")
 
 
 class StdfStream:
-    """Records of one STDF V4 stream. The FAR is read on construction (``cpu_type``,
-    ``byte_order``); :meth:`records` then walks the rest once.
+    """Records of one STDF V4 stream.
+
+    The FAR is read on construction (``cpu_type``, ``byte_order``); :meth:`records` then
+    walks the rest once.
 
     ``stream``: any binary file object (``read``); ``path``: named in errors; ``reopen``: a
     callable giving the same content from its start again, used only to number the record an
-    error is about (the walk does not count records: that would cost a tenth of its speed)."""
+    error is about (the walk does not count records: that would cost a tenth of its speed).
+    """
 
     def __init__(self, stream: BinaryIO, path: str | Path, reopen: Callable[[], BinaryIO] | None = None,
                  chunk: int = CHUNK):
@@ -98,8 +107,11 @@ class StdfStream:
 
     # ---- errors ----------------------------------------------------------------------------------
     def number_at(self, offset: int) -> int | None:
-        """The number (FAR = 1) of the record whose header starts at ``offset``: the headers are
-        walked again from the start (only on the way to an error). None without ``reopen``."""
+        """Return the number (FAR = 1) of the record whose header starts at ``offset``.
+
+        The headers are walked again from the start (only on the way to an error). None
+        without ``reopen``.
+        """
         if self._reopen is None:
             return None
         little = self.byte_order == "<"
@@ -123,18 +135,21 @@ class StdfStream:
                 base, buf, pos = base + pos, buf[pos:] + more, 0
 
     def label(self, offset: int, typ: int | None, sub: int | None) -> str:
+        """Return a record's label for error messages (its number, type and offset)."""
         return record_label(self.number_at(offset), typ, sub, offset)
 
     def error(self, rec: Record, problem: str) -> DataError:
-        """A DataError naming ``rec`` by number, type and offset."""
+        """Return a DataError naming ``rec`` by number, type and offset."""
         return DataError(f"{self.label(rec.offset, rec.typ, rec.sub)}: {problem}", self.path)
 
     # ---- the walk ----------------------------------------------------------------------------------
     def records(self, wanted: set[tuple[int, int]] | frozenset) -> Iterator[tuple[int, int, int, bytes]]:
-        """``(offset, REC_TYP, REC_SUB, body)`` of each record whose (REC_TYP, REC_SUB) is in
-        ``wanted``, in file order (``Record(*item)`` names the fields); every other record is
-        skipped by its REC_LEN. A file that ends inside a record header or body is an error
-        naming that record. Can be called once."""
+        """``(offset, REC_TYP, REC_SUB, body)`` of each record whose (REC_TYP, REC_SUB) is in ``wanted``.
+
+        In file order (``Record(*item)`` names the fields); every other record is skipped by
+        its REC_LEN. A file that ends inside a record header or body is an error naming that
+        record. Can be called once.
+        """
         codes = frozenset((t << 8) | s for t, s in wanted)
         skip = 15 if all(t != 15 for t, _ in wanted) else -1  # PTR/MPR/FTR: most of a file, tested first
         little = self.byte_order == "<"
@@ -173,26 +188,32 @@ class StdfStream:
                     pos = end
             more = read(chunk)
             if not more:
-                rest = n - pos
                 self.bytes_read = base + pos
-                if rest == 0 or not buf[pos:].strip(b"\x00"):  # some writers pad the file's end with NULs
-                    return
-                if rest < 4:
-                    raise DataError(f"{self.label(base + pos, None, None)}: truncated record header ({rest} of "
-                                    "4 bytes at the end of the file)", self.path)
-                length = buf[pos] | buf[pos + 1] << 8 if little else buf[pos] << 8 | buf[pos + 1]
-                raise DataError(f"{self.label(base + pos, buf[pos + 2], buf[pos + 3])}: truncated: REC_LEN says "
-                                f"{length:,} bytes, {rest - 4:,} remain in the file", self.path)
+                self._check_end(buf, pos, base, little)
+                return
             base += pos
             buf = buf[pos:] + more
             pos = 0
+
+    def _check_end(self, buf: bytes, pos: int, base: int, little: bool) -> None:
+        """At the end of the file: accept what is left after ``pos`` (nothing, or NUL padding), or name the cut record."""
+        rest = len(buf) - pos
+        if rest == 0 or not buf[pos:].strip(b"\x00"):  # some writers pad the file's end with NULs
+            return
+        if rest < 4:
+            raise DataError(f"{self.label(base + pos, None, None)}: truncated record header ({rest} of "
+                            "4 bytes at the end of the file)", self.path)
+        length = buf[pos] | buf[pos + 1] << 8 if little else buf[pos] << 8 | buf[pos + 1]
+        raise DataError(f"{self.label(base + pos, buf[pos + 2], buf[pos + 3])}: truncated: REC_LEN says "
+                        f"{length:,} bytes, {rest - 4:,} remain in the file", self.path)
 
 
 class Fields:
     """Sequential decoder of one record's fields (STDF V4 data types), in the file's byte order.
 
     Each getter returns ``None`` once the record has ended (a trailing optional field the writer
-    left out); :meth:`need` turns that into an error for a required field."""
+    left out); :meth:`need` turns that into an error for a required field.
+    """
 
     __slots__ = ("body", "pos", "order", "record", "stream")
 
@@ -208,23 +229,29 @@ class Fields:
         return value
 
     def u1(self):
+        """Read a U*1 field (None past the record's end)."""
         return self._num("B", 1)
 
     def u2(self):
+        """Read a U*2 field (None past the record's end)."""
         return self._num("H", 2)
 
     def u4(self):
+        """Read a U*4 field (None past the record's end)."""
         return self._num("I", 4)
 
     def i2(self):
+        """Read an I*2 field (None past the record's end)."""
         return self._num("h", 2)
 
     def r4(self):
+        """Read an R*4 field (None past the record's end or when not IEEE)."""
         value = self._num("f", 4)
         # CPU_TYPE 0 (VAX) stores R*4 in VAX F-floating, not IEEE: not decoded, reported as unknown
         return None if value is None or self.stream.cpu_type == 0 else value
 
     def c1(self) -> str | None:
+        """Read a C*1 field (None past the record's end)."""
         if self.pos >= len(self.body):
             return None
         self.pos += 1
@@ -243,6 +270,7 @@ class Fields:
         return self.body[start:self.pos].decode("latin-1").replace("\x00", "").strip()
 
     def need(self, value, name: str):
+        """Return ``value``, or raise a clear error that the record ends before field ``name``."""
         if value is None:
             raise self.stream.error(self.record, f"the record ends before its {name} field")
         return value

@@ -25,58 +25,71 @@ class StdfWriter:
 
     # ---- encoding helpers -----------------------------------------------------------------------
     def pack(self, fmt: str, *values) -> bytes:
+        """Pack ``values`` in the writer's byte order."""
         return struct.pack(self.order + fmt, *values)
 
     @staticmethod
     def cn(text: str) -> bytes:
+        """Return ``text`` as an STDF C*n field (length byte, Latin-1)."""
         raw = text.encode("latin-1")[:255]
         return bytes([len(raw)]) + raw
 
     def record(self, typ: int, sub: int, body: bytes) -> bytes:
+        """Write one record; return its bytes."""
         data = self.pack("HBB", len(body), typ, sub) + body
         self.fh.write(data)
         return data
 
     # ---- records ----------------------------------------------------------------------------------
     def far(self):
+        """Write the FAR (file attributes) record."""
         return self.record(0, 10, bytes([2 if self.order == "<" else 1, 4]))
 
     def atr(self, text: str = "waferscope test writer"):
+        """Write an ATR (audit trail) record."""
         return self.record(0, 20, self.pack("I", 1_700_000_000) + self.cn(text))
 
     def mir(self, lot: str, part: str = "PART-A", job: str = "job"):
+        """Write the MIR (master information) record."""
         body = self.pack("IIBcccHc", 1_700_000_000, 1_700_000_100, 1, b"P", b" ", b" ", 65535, b" ")
         body += self.cn(lot) + self.cn(part) + self.cn("node1") + self.cn("TESTER") + self.cn(job) + self.cn("1")
         return self.record(1, 10, body)
 
     def sdr(self, sites: Iterable[int] = (1,)):
+        """Write an SDR (site description) record."""
         sites = list(sites)
         body = self.pack("BBB", 1, 1, len(sites)) + bytes(sites) + self.cn("HANDLER") + self.cn("h1")
         return self.record(1, 80, body)
 
     def pmr(self, index: int, name: str):
+        """Write a PMR (pin map) record."""
         body = self.pack("HHH", index, 0, 1) + self.cn(name) + self.cn(name) + self.pack("BB", 1, 1)
         return self.record(1, 60, body)
 
     def pgr(self, index: int, name: str, pins: Iterable[int]):
+        """Write a PGR (pin group) record."""
         pins = list(pins)
         body = self.pack("H", index) + self.cn(name) + self.pack("H", len(pins)) + self.pack(f"{len(pins)}H", *pins)
         return self.record(1, 62, body)
 
     def wcr(self, pos_x: str = " ", pos_y: str = " ", flat: str = " ", die_wid: float = 0.0, die_ht: float = 0.0,
             units: int = 0, size: float = 200.0, center=(-32768, -32768)):
+        """Write the WCR (wafer configuration) record."""
         body = self.pack("fffBchhcc", size, die_ht, die_wid, units, flat.encode(), center[0], center[1],
                          pos_x.encode(), pos_y.encode())
         return self.record(2, 30, body)
 
     def wir(self, wafer_id: str, head: int = 1):
+        """Write a WIR (wafer information) record."""
         return self.record(2, 10, self.pack("BBI", head, 255, 1_700_000_200) + self.cn(wafer_id))
 
     def wrr(self, wafer_id: str, part_cnt: int, good_cnt: int, head: int = 1, retest_cnt: int = 0):
+        """Write a WRR (wafer results) record."""
         body = self.pack("BBIIIIII", head, 255, 1_700_000_900, part_cnt, retest_cnt, 0, good_cnt, 0) + self.cn(wafer_id)
         return self.record(2, 20, body)
 
     def pir(self, head: int = 1, site: int = 1):
+        """Write a PIR (part information) record."""
         return self.record(5, 10, self.pack("BB", head, site))
 
     def prr(self, x: int, y: int, hard_bin: int, soft_bin: int | None = None, part_flg: int | None = None,
@@ -91,7 +104,7 @@ class StdfWriter:
 
     def ptr(self, test_num: int, result: float, head: int = 1, site: int = 1, failed: bool = False,
             text: str | None = None, lo: float = 0.0, hi: float = 1.0, units: str = "V"):
-        """A parametric result; with ``text`` the first-occurrence form carrying the limits and units."""
+        """Return a parametric result; with ``text`` the first-occurrence form carrying the limits and units."""
         body = self.pack("IBBBBf", test_num, head, site, 0x80 if failed else 0, 0, result)
         if text is not None:
             # ALARM_ID, OPT_FLAG (0x0E: RES_SCAL and limits valid, no spec limits), scales, limits, UNITS
@@ -99,35 +112,44 @@ class StdfWriter:
         return self.record(15, 10, body)
 
     def mpr(self, test_num: int, results: Iterable[float], head: int = 1, site: int = 1):
+        """Write an MPR (multiple-result parametric) record."""
         results = list(results)
         body = self.pack("IBBBBHH", test_num, head, site, 0, 0, 0, len(results))
         body += self.pack(f"{len(results)}f", *results)
         return self.record(15, 15, body)
 
     def ftr(self, test_num: int, head: int = 1, site: int = 1, failed: bool = False):
+        """Write an FTR (functional test) record."""
         return self.record(15, 20, self.pack("IBBB", test_num, head, site, 0x80 if failed else 0))
 
     def dtr(self, text: str):
+        """Write a DTR (datalog text) record."""
         return self.record(50, 30, self.cn(text))
 
     def gdr(self, *values: int):
+        """Write a GDR (generic data) record of I*4 values."""
         body = self.pack("H", len(values)) + b"".join(bytes([6]) + self.pack("i", v) for v in values)  # 6 = I*4
         return self.record(50, 10, body)
 
     def tsr(self, test_num: int, name: str, execs: int, fails: int, head: int = 255, site: int = 0):
+        """Write a TSR (test synopsis) record."""
         body = self.pack("BBcIIII", head, site, b"P", test_num, execs, fails, 0) + self.cn(name)
         return self.record(10, 30, body)
 
     def hbr(self, bin_num: int, count: int, pf: str, name: str = "", head: int = 255, site: int = 0):
+        """Write an HBR (hardware bin) record."""
         return self.record(1, 40, self.pack("BBHIc", head, site, bin_num, count, pf.encode()) + self.cn(name))
 
     def sbr(self, bin_num: int, count: int, pf: str, name: str = "", head: int = 255, site: int = 0):
+        """Write an SBR (software bin) record."""
         return self.record(1, 50, self.pack("BBHIc", head, site, bin_num, count, pf.encode()) + self.cn(name))
 
     def pcr(self, parts: int, good: int, retests: int = 0, head: int = 255, site: int = 0):
+        """Write a PCR (part count) record."""
         return self.record(1, 30, self.pack("BBIIIII", head, site, parts, retests, 0, good, 0))
 
     def mrr(self):
+        """Write the MRR (master results) record."""
         return self.record(1, 20, self.pack("Ic", 1_700_001_000, b" ") + self.cn("") + self.cn(""))
 
 
@@ -161,8 +183,11 @@ def _die_block_dtype(order: str, n_ptr: int, mpr_results: int) -> np.dtype:
 
 def die_blocks(x, y, hard_bins, rng: np.random.Generator, order: str = "<", n_ptr: int = 12,
                mpr_results: int = 4, part_flg=None) -> bytes:
-    """The records of these dies (PIR, PTRs, MPR, PRR each), built as one numpy array: a fast path
-    for large generated files. ``part_flg``: per die (default: bit 3 set where the bin is not 1)."""
+    """Return the records of these dies (PIR, PTRs, MPR, PRR each), built as one numpy array.
+
+    A fast path for large generated files. ``part_flg``: per die (default: bit 3 set where the
+    bin is not 1).
+    """
     n = len(x)
     dt = _die_block_dtype(order, n_ptr, mpr_results)
     a = np.zeros(n, dt)
@@ -186,11 +211,14 @@ def die_blocks(x, y, hard_bins, rng: np.random.Generator, order: str = "<", n_pt
 def write_probe_lot(fh: BinaryIO, n_wafers: int, diameter: int, seed: int = 0, order: str = "<", n_ptr: int = 12,
                     mpr_results: int = 4, reprobe_rate: float = 0.01, dtr_per_wafer: int = 3,
                     lot: str = "BENCHLOT", wcr: dict | None = None) -> dict:
-    """A probe-test lot in the usual record order (FAR, ATR, MIR, SDR, PMR, PGR, WCR, then per wafer
-    WIR, a first die with full PTRs, PIR/PTR…/MPR/PRR per die, re-probes of ``reprobe_rate`` of the
-    dies at the end without a retest flag, DTRs, WRR; then TSR, HBR, SBR, PCR, MRR), streamed
-    to ``fh`` one wafer at a time. Returns what was written per wafer: ``dies``, ``fails`` (final,
-    last result wins), ``prrs``, ``reprobed``."""
+    """Return a probe-test lot in the usual record order.
+
+    FAR, ATR, MIR, SDR, PMR, PGR, WCR, then per wafer WIR, a first die with full PTRs,
+    PIR/PTR…/MPR/PRR per die, re-probes of ``reprobe_rate`` of the dies at the end without a retest
+    flag, DTRs, WRR; then TSR, HBR, SBR, PCR, MRR, streamed to ``fh`` one wafer at a time. Returns
+    what was written per wafer: ``dies``, ``fails`` (final, last result wins), ``prrs``,
+    ``reprobed``.
+    """
     rng = np.random.default_rng(seed)
     w = StdfWriter(fh, order)
     w.far(), w.atr(), w.mir(lot), w.sdr((1,))

@@ -13,8 +13,11 @@ from waferscope.data.load import load, sniff_format
 
 def iter_batches(spec: str | Path, batch_size: int = 8192, progress: bool = True,
                  pass_bins=None, retest: str | None = None, columns=None) -> tuple[int, Iterator[WaferDataset]]:
-    """(total rows, batches). Pickles and Parquet files stream; other sources load then split
-    (``pass_bins``: the fab formats' bin mapping, see :func:`waferscope.data.load`)."""
+    """(total rows, batches).
+
+    Pickles and Parquet files stream; other sources load then split (``pass_bins``: the
+    fab formats' bin mapping, see :func:`waferscope.data.load`).
+    """
     spec_s = str(spec)
     if not spec_s.startswith("synthetic:"):
         path = Path(spec_s).expanduser()

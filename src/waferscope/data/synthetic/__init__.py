@@ -60,8 +60,10 @@ _SHORT = {"Center": "C", "Donut": "D", "Edge-Loc": "EL", "Edge-Ring": "ER", "Loc
 
 
 def _mixed_classes() -> tuple[str, ...]:
-    """The 38 MixedWM38 classes: normal, 8 singles, and the 29 2–4-pattern mixes of C, D, EL, ER,
-    L, S where Center excludes Donut and Edge-Loc excludes Edge-Ring."""
+    """Return the 38 MixedWM38 classes: normal, 8 singles, and the 29 2–4-pattern mixes of C, D, EL, ER, L.
+
+    S where Center excludes Donut and Edge-Loc excludes Edge-Ring.
+    """
     combinable = [p for p in BASE_PATTERNS if p in _SHORT]
     out = [NORMAL, *BASE_PATTERNS]
     for k in (2, 3, 4):
@@ -90,7 +92,7 @@ def _sum3(d: Draws) -> float:
 
 @lru_cache(maxsize=1)
 def product_catalogue() -> tuple[tuple[int, int, int, int, int], ...]:
-    """A fixed catalogue of die-grid "products" (rows, cols, edge level, flat side, flat depth).
+    """Return a fixed catalogue of die-grid "products" (rows, cols, edge level, flat side, flat depth).
 
     Real fabs run a limited set of products, each with its own grid (the dev maps use 21 grids,
     the full WM-811K a few hundred). Drawing each wafer's grid from a fixed catalogue keeps the
@@ -122,9 +124,12 @@ FAB_DIAMETER = (20.0, 300.0)
 
 @lru_cache(maxsize=1)
 def fab_catalogue() -> tuple[tuple[int, int, int, int, int], ...]:
-    """Fab products (rows, cols, edge level, flat side, flat depth): dies across log-uniform over
-    :data:`FAB_DIAMETER`, die aspect log-uniform 0.5–2 (rows/cols), as in the wm811k catalogue
-    otherwise. A fixed catalogue keeps the geometry cache bounded (a 300×300 geometry is ~10 MB)."""
+    """Fab products (rows, cols, edge level, flat side, flat depth).
+
+    Dies across log-uniform over :data:`FAB_DIAMETER`, die aspect log-uniform 0.5–2 (rows/cols),
+    as in the wm811k catalogue otherwise. A fixed catalogue keeps the geometry cache bounded (a
+    300×300 geometry is ~10 MB).
+    """
     d = Draws(np.random.default_rng([20261206, 27]))
     lo, hi = FAB_DIAMETER
     out = []
@@ -182,8 +187,11 @@ def _parse_classes(classes, mixed: bool) -> tuple[str, ...]:
 
 
 def _pair_up(g, fail: np.ndarray, share: float, axis: int, rng: np.random.Generator) -> np.ndarray:
-    """Make a share of background fails two dies long: real normal wafers show adjacent fail
-    pairs (multi-site probing), P(fail | neighbour fails) ≈ 0.12 vs 0.07 overall."""
+    """Make a share of background fails two dies long.
+
+    Real normal wafers show adjacent fail pairs (multi-site probing), P(fail | neighbour
+    fails) ≈ 0.12 vs 0.07 overall.
+    """
     cells = g.on_index[fail]
     cells = cells[rng.random(len(cells)) < share]
     if axis == 0:
@@ -197,8 +205,10 @@ def _pair_up(g, fail: np.ndarray, share: float, axis: int, rng: np.random.Genera
 
 
 def _clean_background(g, d: Draws) -> np.ndarray:
-    """A fab's clean wafer: 0–3 % random fails (a fifth with none at all), no failing rim, sometimes a
-    gentle process gradient."""
+    """Return a fab's clean wafer: 0–3 % random fails (a fifth with none at all), no failing rim.
+
+    Sometimes a gentle process gradient.
+    """
     base = 0.0 if d.chance(0.2) else d(0.0, 0.03)
     p = np.full(g.n_dies, base)
     if d.chance(0.5):
@@ -209,8 +219,10 @@ def _clean_background(g, d: Draws) -> np.ndarray:
 
 
 def _fab_frame(m: np.ndarray, mask: np.ndarray, d: Draws, rng: np.random.Generator, pattern: bool):
-    """Edge exclusion, a (possibly uneven) margin of no-die cells and a clipped side, each with some
-    chance. A change that would take away more than a third of the pattern's dies is skipped."""
+    """Edge exclusion, a (possibly uneven) margin of no-die cells and a clipped side, each with some chance.
+
+    A change that would take away more than a third of the pattern's dies is skipped.
+    """
     def keeps_pattern(new_mask) -> bool:
         return not pattern or np.count_nonzero(new_mask) >= max(MIN_PATTERN_DIES, 2 * np.count_nonzero(mask) // 3)
 

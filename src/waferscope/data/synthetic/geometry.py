@@ -27,6 +27,8 @@ FLAT_SIDES = ("top", "bottom", "left", "right")
 
 @dataclass(frozen=True)
 class Geometry:
+    """The die grid of a synthetic wafer: which cells hold a die, their wafer coordinates, radii and rings."""
+
     rows: int
     cols: int
     template: np.ndarray  # uint8 (rows*cols,): 1 where a die exists, 0 elsewhere
@@ -42,6 +44,7 @@ class Geometry:
 
     @property
     def n_dies(self) -> int:
+        """Return the number of dies."""
         return len(self.on_index)
 
 
@@ -60,7 +63,7 @@ def _poly_basis(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=2048)
 def geometry(rows: int, cols: int, edge: int = 2, flat: int = -1, flat_depth: int = 0) -> Geometry:
-    """Cached geometry of a rows×cols die grid.
+    """Return the cached geometry of a rows×cols die grid.
 
     ``edge`` indexes :data:`EDGE_LEVELS`; ``flat`` indexes :data:`FLAT_SIDES` (-1 = no flat).
     """

@@ -33,6 +33,7 @@ class Draws:
         self.i = 0
 
     def __call__(self, lo: float = 0.0, hi: float = 1.0) -> float:
+        """Return a uniform draw in [lo, hi) from the buffered generator."""
         if self.i >= len(self.buf):
             self.buf = self.rng.random(64).tolist()
             self.i = 0
@@ -49,13 +50,15 @@ class Draws:
         return lo + (hi - lo) * self() * self()
 
     def chance(self, p: float) -> bool:
+        """Return True with probability ``p``."""
         return self() < p
 
     def index(self, n: int) -> int:
+        """Return a uniform random index in [0, n)."""
         return min(int(self() * n), n - 1)
 
     def direction(self) -> tuple[float, float]:
-        """A uniformly random unit vector (a, b), without trigonometry (rejection from the square)."""
+        """Return a uniformly random unit vector (a, b), without trigonometry (rejection from the square)."""
         while True:
             a, b = self(-1.0, 1.0), self(-1.0, 1.0)
             r2 = a * a + b * b
@@ -64,7 +67,7 @@ class Draws:
                 return a / r, b / r
 
     def in_disk(self, radius: float) -> tuple[float, float]:
-        """A uniformly random point of the disk of that radius."""
+        """Return a uniformly random point of the disk of that radius."""
         while True:
             a, b = self(-1.0, 1.0), self(-1.0, 1.0)
             if a * a + b * b <= 1.0:
@@ -72,7 +75,7 @@ class Draws:
 
 
 def smooth_field(g: Geometry, d: Draws, terms: int = 3) -> np.ndarray:
-    """A random smooth field over the wafer (sum of a few random low-order polynomials), ~[-1, 1]."""
+    """Return a random smooth field over the wafer (sum of a few random low-order polynomials), ~[-1, 1]."""
     k = g.basis.shape[0]
     out = d(-1.0, 1.0) * g.basis[d.index(k)]
     for _ in range(terms - 1):
@@ -112,14 +115,17 @@ CENTRE_BUMP_R = (0.15, 0.4)
 
 # ---- background ---------------------------------------------------------------------------------
 def die_radius(g: Geometry, dies: float) -> float:
-    """A length of ``dies`` die pitches in wafer coordinates (mean of both grid directions)."""
+    """Return a length of ``dies`` die pitches in wafer coordinates (mean of both grid directions)."""
     return dies * 4.0 / (g.rows + g.cols)
 
 
 def background(g: Geometry, d: Draws) -> np.ndarray:
-    """Random fails of a normal wafer, as measured on the real `none` dev wafers: a per-wafer base
-    rate (3–12 % of dies fail), smooth process gradients, ~3× more fails on the outermost ring,
-    often a few extra fails at the very centre, and a few tiny clusters of 1–5 dies."""
+    """Random fails of a normal wafer, as measured on the real `none` dev wafers.
+
+    A per-wafer base rate (3–12 % of dies fail), smooth process gradients, ~3× more fails on
+    the outermost ring, often a few extra fails at the very centre, and a few tiny clusters of
+    1–5 dies.
+    """
     base = d.tri(0.005, 0.085)
     amp = d(0.0, 0.7)
     p = base * np.clip(1.0 + amp * smooth_field(g, d, 3), 0.15, 3.0)
@@ -158,8 +164,11 @@ def _neighbourhood(g: Geometry, cell: int, k: int) -> np.ndarray:
 
 # ---- single patterns ----------------------------------------------------------------------------
 def center(g: Geometry, d: Draws) -> np.ndarray:
-    """A blob at the centre; usually a small dense core in a broad sparse halo, as on real Center
-    wafers (largest fail cluster 8–27 dies, median 13, yet 11 % of all dies fail on average)."""
+    """Return a blob at the centre; usually a small dense core in a broad sparse halo.
+
+    As on real Center wafers (largest fail cluster 8–27 dies, median 13, yet 11 % of all dies
+    fail on average).
+    """
     cu, cv = d.in_disk(0.08)
     core_r = die_radius(g, d(1.6, 4.5))
     dist = _blob_distance(g, d, cu, cv, core_r, 1.3, d(0.0, 0.15))
@@ -171,6 +180,7 @@ def center(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def donut(g: Geometry, d: Draws) -> np.ndarray:
+    """Return the fail probabilities of a Donut: a ring around a (slightly off-centre) point."""
     cu, cv = d.in_disk(0.1)
     du = g.u - cu
     dv = g.v - cv
@@ -189,8 +199,10 @@ def donut(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def _angular(g: Geometry, d: Draws, cos_half_lo: float, cos_half_hi: float):
-    """0 outside a random arc seen from the centre, rising to 1 in its middle; and the arc's
-    middle direction as a wafer point (u, v) on the unit circle."""
+    """0 outside a random arc seen from the centre, rising to 1 in its middle.
+
+    Also returns the arc's middle direction as a wafer point (u, v) on the unit circle.
+    """
     a, b = d.direction()
     cos_dir = g.cos_t * a + g.sin_t * b
     cos_half = d(cos_half_lo, cos_half_hi)
@@ -199,9 +211,11 @@ def _angular(g: Geometry, d: Draws, cos_half_lo: float, cos_half_hi: float):
 
 def _satellites(g: Geometry, d: Draws, p: np.ndarray, cu: float, cv: float, spread: float,
                 n: int) -> np.ndarray:
-    """Add ``n`` small dense clusters (2–5 dies across) within ``spread`` of (cu, cv): real Loc,
-    Edge-Loc and Center wafers carry more mid-size fail clusters than normal ones (6–15-die
-    clusters per wafer: ~1.1–1.3 vs 0.2)."""
+    """Add ``n`` small dense clusters (2–5 dies across) within ``spread`` of (cu, cv).
+
+    Real Loc, Edge-Loc and Center wafers carry more mid-size fail clusters than normal ones
+    (6–15-die clusters per wafer: ~1.1–1.3 vs 0.2).
+    """
     for _ in range(n):
         du, dv = d.in_disk(spread)
         dist = _blob_distance(g, d, cu + du, cv + dv, die_radius(g, d(1.0, 2.5)), 1.8, 0.0)
@@ -210,8 +224,11 @@ def _satellites(g: Geometry, d: Draws, p: np.ndarray, cu: float, cv: float, spre
 
 
 def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
-    """A crescent hugging the rim (deepest in its middle, 1–6 dies deep, 25–130° long) or a compact
-    cluster cut by the rim: many real Edge-Loc defects are chunky blobs at the edge, not arcs."""
+    """Return a crescent hugging the rim or a compact cluster cut by the rim.
+
+    The crescent is deepest in its middle, 1–6 dies deep, 25–130° long; many real Edge-Loc defects
+    are chunky blobs at the edge, not arcs.
+    """
     if d.chance(EDGE_BLOB_P):
         a, b = d.direction()
         r0 = d(0.97, 1.1)  # centred on or beyond the rim: most of the cluster lies on the rim
@@ -229,7 +246,7 @@ def edge_loc(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def edge_ring(g: Geometry, d: Draws) -> np.ndarray:
-    """The outermost 1–3 rings of dies, often not all the way round."""
+    """Return the outermost 1–3 rings of dies, often not all the way round."""
     width = d.low(0.7, 2.2)
     band = np.clip(width - g.ring, 0.0, 1.0)
     # Coverage around the rim: real Edge-Ring wafers fail on ~45 % of the rim, usually one side
@@ -250,11 +267,13 @@ def _block(g: Geometry, cu: float, cv: float, h: float, w: float) -> np.ndarray:
 
 
 def loc(g: Geometry, d: Draws) -> np.ndarray:
-    """One to three clusters off the centre: a dense block, small and dense, larger and sparser, a
-    dense core in a sparse halo, or a patch of dense fragments. Real Loc clusters are mostly blobs
-    (largest cluster's axis ratio ≈ 2; ~20 % are thick streaks, ~3 dies wide), larger than
-    scratches (largest cluster 9–60 dies, median ≈ 21), and range from 2×2 squares to irregular
-    patches of bars and blocks."""
+    """One to three clusters off the centre.
+
+    A dense block, small and dense, larger and sparser, a dense core in a sparse halo, or a patch
+    of dense fragments. Real Loc clusters are mostly blobs (largest cluster's axis ratio ≈ 2; ~20
+    % are thick streaks, ~3 dies wide), larger than scratches (largest cluster 9–60 dies, median ≈
+    21), and range from 2×2 squares to irregular patches of bars and blocks.
+    """
     p = None
     for _ in range(1 + (d() < 0.35) + (d() < 0.12)):
         cu, cv = d.in_disk(0.92)
@@ -295,6 +314,7 @@ def loc(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def near_full(g: Geometry, d: Draws) -> np.ndarray:
+    """Return the fail probabilities of a Near-full map: most dies fail, sometimes a region still passes."""
     p = d(0.75, 0.99) * np.clip(1.0 + d(0.0, 0.3) * smooth_field(g, d, 2), 0.0, 1.0)
     if d.chance(0.5):  # a region that still passes
         cu, cv = d.in_disk(0.9)
@@ -304,6 +324,7 @@ def near_full(g: Geometry, d: Draws) -> np.ndarray:
 
 
 def random_pattern(g: Geometry, d: Draws) -> np.ndarray:
+    """Return the fail probabilities of a Random map: a high fail rate modulated by a smooth field."""
     level = d(0.27, 0.65)
     return level * np.clip(1.0 + d(0.0, 0.5) * smooth_field(g, d, 3), 0.2, 2.0)
 

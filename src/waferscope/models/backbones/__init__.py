@@ -31,7 +31,7 @@ def wafer_weights_path(name: str) -> Path:
 
 
 def wafer_weights_info(name: str) -> dict:
-    """The JSON that describes the shipped weights: construction kwargs and training provenance."""
+    """Return the JSON that describes the shipped weights: construction kwargs and training provenance."""
     path = wafer_weights_path(name).with_suffix(".json")
     if not path.is_file():
         return {}
@@ -39,8 +39,11 @@ def wafer_weights_info(name: str) -> dict:
 
 
 def create_backbone(name: str, pretrained: str | Path | bool | None = None, **kwargs) -> nn.Module:
-    """Build backbone ``name``; ``pretrained`` is None (random init), ``"wafer"`` (shipped wafer-domain
-    weights) or a local checkpoint path. ImageNet weights are never downloaded."""
+    """Build backbone ``name``; ``pretrained`` is None (random init).
+
+    ``"wafer"`` (shipped wafer-domain weights) or a local checkpoint path. ImageNet weights are
+    never downloaded.
+    """
     factory = registry.get(name, "backbone")
     if pretrained in (None, False, "", "none"):
         return factory(**kwargs)

@@ -30,6 +30,7 @@ class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over channels of an (N, C, H, W) tensor."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise each position's channels."""
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
@@ -54,6 +55,8 @@ def stochastic_depth(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class CNBlock(nn.Module):
+    """ConvNeXt block: depthwise 7×7 convolution, LayerNorm, inverted MLP, layer scale and a residual."""
+
     def __init__(self, dim: int, layer_scale: float = 1e-6, stochastic_depth_prob: float = 0.0):
         super().__init__()
         self.block = nn.Sequential(
@@ -69,11 +72,14 @@ class CNBlock(nn.Module):
         self.stochastic_depth_prob = stochastic_depth_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block with its residual (and stochastic depth while training)."""
         out = self.layer_scale * self.block(x)
         return x + stochastic_depth(out, self.stochastic_depth_prob, self.training)
 
 
 class ConvNeXt(nn.Module):
+    """ConvNeXt (Liu et al. 2022), torchvision's layout, with an optional small-input stem."""
+
     def __init__(self, dims: Sequence[int], depths: Sequence[int], stochastic_depth_prob: float = 0.0,
                  layer_scale: float = 1e-6, num_classes: int = 1000, stem_stride: int = 4, in_channels: int = 3):
         super().__init__()
@@ -108,26 +114,31 @@ class ConvNeXt(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the last stage's feature map."""
         return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the class logits."""
         return self.classifier(self.avgpool(self.features(x)))
 
 
 @register("convnext_tiny", kind="backbone")
 def convnext_tiny(**kwargs) -> ConvNeXt:
+    """Return ConvNeXt-T."""
     kwargs.setdefault("stochastic_depth_prob", 0.1)
     return ConvNeXt([96, 192, 384, 768], [3, 3, 9, 3], **kwargs)
 
 
 @register("convnext_small", kind="backbone")
 def convnext_small(**kwargs) -> ConvNeXt:
+    """Return ConvNeXt-S."""
     kwargs.setdefault("stochastic_depth_prob", 0.4)
     return ConvNeXt([96, 192, 384, 768], [3, 3, 27, 3], **kwargs)
 
 
 @register("convnext_base", kind="backbone")
 def convnext_base(**kwargs) -> ConvNeXt:
+    """Return ConvNeXt-B."""
     kwargs.setdefault("stochastic_depth_prob", 0.5)
     return ConvNeXt([128, 256, 512, 1024], [3, 3, 27, 3], **kwargs)
 
@@ -138,6 +149,7 @@ WAFER_CONVNEXT_CONFIG = {"dims": [32, 64, 128, 256], "depths": [2, 2, 4, 2], "st
 
 @register("wafer_convnext", kind="backbone")
 def wafer_convnext(**kwargs) -> ConvNeXt:
+    """Return the small ConvNeXt the shipped wafer-domain weights are for."""
     cfg = dict(WAFER_CONVNEXT_CONFIG)
     cfg.update(kwargs)
     return ConvNeXt(**cfg)

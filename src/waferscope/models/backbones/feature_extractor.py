@@ -27,6 +27,7 @@ class _Done(Exception):
 
 
 def resolve_layer_name(backbone: nn.Module, name: str) -> str:
+    """Return the module path of layer ``name`` in ``backbone`` (a stage alias resolved)."""
     aliases = getattr(backbone, "stage_modules", None)
     if aliases and name in aliases:
         return f"features.{aliases[name]}"
@@ -34,6 +35,8 @@ def resolve_layer_name(backbone: nn.Module, name: str) -> str:
 
 
 class FeatureExtractor(nn.Module):
+    """Intermediate feature maps of a backbone, by layer name, via forward hooks (optionally frozen)."""
+
     def __init__(self, backbone: nn.Module, layers: Sequence[str] = ("layer2", "layer3"),
                  input_norm: str | None = None, frozen: bool = True):
         super().__init__()
@@ -74,12 +77,14 @@ class FeatureExtractor(nn.Module):
         return hook
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
+        """Set the training mode; a frozen backbone stays in eval mode."""
         super().train(mode)
         if self.frozen:
             self.backbone.eval()  # a frozen extractor keeps its BatchNorm statistics
         return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return the feature maps of the chosen layers for a batch ``x``."""
         if self.input_norm == "imagenet":
             x = (x - self.mean) / self.std
         self._outputs = {}

@@ -27,6 +27,7 @@ def _ch(c: int, width: float) -> int:
 
 @register("pdn_small", kind="backbone")
 def pdn_small(out_channels: int = 384, padding: bool = True, width: float = 1.0, in_channels: int = 3) -> nn.Sequential:
+    """Return EfficientAD's small patch description network (PDN-S)."""
     p = 1 if padding else 0
     c1, c2 = _ch(128, width), _ch(256, width)
     return nn.Sequential(
@@ -41,6 +42,7 @@ def pdn_small(out_channels: int = 384, padding: bool = True, width: float = 1.0,
 
 @register("pdn_medium", kind="backbone")
 def pdn_medium(out_channels: int = 384, padding: bool = True, width: float = 1.0, in_channels: int = 3) -> nn.Sequential:
+    """Return EfficientAD's medium patch description network (PDN-M)."""
     p = 1 if padding else 0
     c1, c2 = _ch(256, width), _ch(512, width)
     return nn.Sequential(

@@ -37,6 +37,8 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
+    """ResNet basic block: two 3×3 convolutions and a residual."""
+
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
@@ -53,6 +55,7 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block with its residual."""
         identity = x
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -62,6 +65,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """ResNet bottleneck block: 1×1, 3×3 and 1×1 convolutions and a residual."""
+
     # torchvision's v1.5 bottleneck: the stride sits on the 3×3 convolution.
     expansion = 4
 
@@ -80,6 +85,7 @@ class Bottleneck(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block with its residual."""
         identity = x
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
@@ -90,6 +96,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    """ResNet (He et al. 2016), torchvision's layout, with width scaling and an optional small-input stem."""
+
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int], num_classes: int = 1000,
                  zero_init_residual: bool = False, groups: int = 1, width_per_group: int = 64,
                  width: float = 1.0, small_input: bool = False, in_channels: int = 3):
@@ -143,34 +151,41 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the stem's output (convolution, BatchNorm, ReLU, max-pool)."""
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the last stage's feature map."""
         x = self.stem(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the class logits."""
         x = self.avgpool(self.forward_features(x))
         return self.fc(torch.flatten(x, 1))
 
 
 @register("resnet18", kind="backbone")
 def resnet18(**kwargs) -> ResNet:
+    """Return ResNet-18."""
     return ResNet(BasicBlock, [2, 2, 2, 2], **kwargs)
 
 
 @register("resnet34", kind="backbone")
 def resnet34(**kwargs) -> ResNet:
+    """Return ResNet-34."""
     return ResNet(BasicBlock, [3, 4, 6, 3], **kwargs)
 
 
 @register("resnet50", kind="backbone")
 def resnet50(**kwargs) -> ResNet:
+    """Return ResNet-50."""
     return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
 
 
 @register("wide_resnet50_2", kind="backbone")
 def wide_resnet50_2(**kwargs) -> ResNet:
+    """Return Wide ResNet-50-2."""
     kwargs.setdefault("width_per_group", 64 * 2)
     return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
 
@@ -185,6 +200,7 @@ WAFER_RESNET18_CONFIG = {"width": 0.5, "small_input": False}
 
 @register("wafer_resnet18", kind="backbone")
 def wafer_resnet18(**kwargs) -> ResNet:
+    """Return the small ResNet-18 the shipped wafer-domain weights are for."""
     cfg = dict(WAFER_RESNET18_CONFIG)
     cfg.update(kwargs)
     return ResNet(BasicBlock, [2, 2, 2, 2], **cfg)

@@ -48,8 +48,7 @@ DEFAULT_FOR_EXPLANATIONS = "cnn_gradcam"
 
 
 def load_default(which: str = DEFAULT_FOR_LABELS):
-    """A classifier shipped with waferscope, by name (:data:`BUNDLED`; old names in
-    :data:`BUNDLED_ALIASES` still work)."""
+    """Return a classifier shipped with waferscope, by name (:data:`BUNDLED`; old names in :data:`BUNDLED_ALIASES` still work)."""
     from waferscope.base import load_bundled
 
     return load_bundled(BUNDLED, which, "classifier", aliases=BUNDLED_ALIASES)

@@ -56,7 +56,7 @@ def _ae_modules(in_chans: int, size: int, latent_dim: int, width: int):
 
 
 def build_autoencoder(in_chans: int = 3, size: int = 48, latent_dim: int = 64, width: int = 16):
-    """Encoder (3 stride-2 convs → linear → z) and mirrored decoder (→ per-die die-state logits)."""
+    """Return the encoder (3 stride-2 convs → linear → z) and mirrored decoder (→ per-die die-state logits)."""
     from torch import nn
 
     class ConvAutoencoder(nn.Module):
@@ -163,6 +163,7 @@ class _AEClassifierBase(TorchClassifier):
 
 
 def channels_of(encoding: str) -> int:
+    """Return the input channels of ``encoding``."""
     from waferscope.data.preprocess import channels
 
     return channels(encoding)
@@ -170,7 +171,66 @@ def channels_of(encoding: str) -> int:
 
 @register("ae_latent", kind="classifier")
 class AELatentClassifier(_AEClassifierBase):
-    """A classifier on the autoencoder's latent z only (the encoder is frozen unless ``finetune``)."""
+    """A classifier on the autoencoder's latent z only (the encoder is frozen unless ``finetune``).
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    latent_dim
+        Size of the autoencoder's latent vector z.
+    ae_width
+        Channels of the autoencoder's first convolution (doubled per stage).
+    ae_epochs
+        Passes of the autoencoder's own training, before the classifier's.
+    ae_data
+        ``"all"`` (every map, any label) or ``"normal"`` (normal maps only): what the autoencoder is trained on.
+    finetune
+        Train the encoder with the classifier (default: frozen).
+    hidden
+        Units of the MLP's hidden layer on z.
+
+    Attributes
+    ----------
+    ae_
+        The fitted autoencoder (``torch.nn.Module``).
+    ae_history_
+        Per-epoch autoencoder training loss.
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    train_seconds_
+        Wall-clock seconds the training took.
+    """
 
     def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
@@ -188,6 +248,7 @@ class AELatentClassifier(_AEClassifierBase):
         self.hidden = hidden
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network: the autoencoder's encoder (frozen unless ``finetune``) and an MLP on z."""
         import copy
 
         from torch import nn
@@ -219,7 +280,74 @@ class AELatentClassifier(_AEClassifierBase):
 
 @register("cnn_residual", kind="classifier")
 class ResidualCNNClassifier(_AEClassifierBase):
-    """The compact ``cnn`` helped by the autoencoder's residual map (extra channel or augmentation)."""
+    """The compact ``cnn`` helped by the autoencoder's residual map (extra channel or augmentation).
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    width
+        Channels of the first stage (later stages are multiples of it).
+    dropout
+        Dropout before the final linear layer.
+    residual_mode
+        ``"channel"`` (the residual map is an extra input channel) or ``"augment"`` (it only shapes training
+        batches).
+    latent_dim
+        Size of the autoencoder's latent vector z.
+    ae_width
+        Channels of the autoencoder's first convolution (doubled per stage).
+    ae_epochs
+        Passes of the autoencoder's own training, before the classifier's.
+    ae_data
+        ``"all"`` or ``"normal"``: what the autoencoder is trained on; None: ``"normal"`` for the channel mode,
+        ``"all"`` for augment.
+    p_augment
+        Chance that a training map is augmented (``residual_mode="augment"``).
+    residual_threshold
+        Residual below which a failing die counts as explained (and is turned to pass by the augmentation).
+
+    Attributes
+    ----------
+    ae_
+        The fitted autoencoder (``torch.nn.Module``).
+    ae_history_
+        Per-epoch autoencoder training loss.
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    train_seconds_
+        Wall-clock seconds the training took.
+    """
 
     _parameter_constraints = {
         "residual_mode": [Options("channel", "augment")], "ae_data": [Options(*AE_DATA), None],
@@ -245,6 +373,7 @@ class ResidualCNNClassifier(_AEClassifierBase):
         self.residual_threshold = residual_threshold
 
     def fit(self, dataset, unlabelled=None, **kwargs):
+        """Fit as the other torch classifiers; ``unlabelled`` maps only train the autoencoder."""
         if self.residual_mode not in ("channel", "augment"):
             raise ValueError(f"residual_mode must be 'channel' or 'augment', got {self.residual_mode!r}")
         chosen = self.ae_data
@@ -256,6 +385,7 @@ class ResidualCNNClassifier(_AEClassifierBase):
             self.ae_data = chosen
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network: the compact CNN with the residual as an extra channel (or plain, for augment)."""
         import torch
         from torch import nn
 

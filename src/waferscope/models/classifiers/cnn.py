@@ -1,5 +1,7 @@
-"""Convolutional classifiers: a compact wafer CNN (``cnn``), the same CNN with a die-resolution head
-(``cnn_fine``, the bundled model) and a ResNet-18 (``resnet18``).
+"""Convolutional classifiers.
+
+A compact wafer CNN (``cnn``), the same CNN with a die-resolution head (``cnn_fine``, the bundled
+model) and a ResNet-18 (``resnet18``).
 
 Both take the 3-channel ``onehot3`` wafer encoding. ``cnn`` is sized for throughput: stride-2
 convolutions halve the map from the first layer on, so a 48×48 wafer costs about 6 M multiply-adds
@@ -55,7 +57,61 @@ def compact_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, dropout: f
 
 @register("cnn", kind="classifier")
 class CompactCNNClassifier(TorchClassifier):
-    """A small, fast wafer CNN trained from scratch."""
+    """A small, fast wafer CNN trained from scratch.
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    tta
+        Average the prediction over the 8 rotations/flips of each map.
+    width
+        Channels of the first stage (later stages are multiples of it).
+    dropout
+        Dropout before the final linear layer.
+    resample
+        ``"nearest"`` (one die per pixel) or ``"area"`` (each pixel the no-die / pass / fail fractions of the
+        dies it covers).
+    orient
+        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+
+    Attributes
+    ----------
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    train_seconds_
+        Wall-clock seconds the training took.
+    """
 
     def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
                  lr: float = 3e-3, weight_decay: float = 1e-4, imbalance: str = "loss", augment: bool = True,
@@ -70,6 +126,7 @@ class CompactCNNClassifier(TorchClassifier):
         self.dropout = dropout
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network (:func:`compact_wafer_cnn`)."""
         return compact_wafer_cnn(in_chans, n_classes, self.width, self.dropout)
 
 
@@ -162,9 +219,11 @@ def fine_head_wafer_cnn(in_chans: int, n_classes: int, width: int = 24, head: in
 
 @lru_cache(maxsize=32)
 def _upsample_mean_weights(sizes: tuple[int, ...]):
-    """(sizes[0],) weights: the mean of a chain of 1-D linear upsamples (align_corners=False)
-    from ``sizes[0]`` cells through ``sizes[1:]``, as a weighting of the first level's cells;
-    None when they are uniform (then the mean is the plain mean)."""
+    """Return the (sizes[0],) weights of the mean of a chain of 1-D linear upsamples.
+
+    The chain (align_corners=False) goes from ``sizes[0]`` cells through ``sizes[1:]``; the weights
+    are over the first level's cells. None when they are uniform (then the mean is the plain mean).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -177,10 +236,12 @@ def _upsample_mean_weights(sizes: tuple[int, ...]):
 
 
 def mean_of_upsampled(g, sizes):
-    """The spatial mean of ``g`` bilinearly upsampled (align_corners=False) to each size in
-    ``sizes`` in turn (square maps), without building the upsampled maps: a bilinear upsample is
-    separable and linear, so the mean is a fixed weighting of ``g``'s cells — uniform for exact 2×
-    steps, the bundled model's case."""
+    """Return the spatial mean of ``g`` bilinearly upsampled (align_corners=False) to each size in ``sizes``.
+
+    In turn (square maps), without building the upsampled maps: a bilinear upsample is separable and
+    linear, so the mean is a fixed weighting of ``g``'s cells — uniform for exact 2× steps, the
+    bundled model's case.
+    """
     wr = _upsample_mean_weights((g.shape[-2], *sizes)) if sizes else None
     wc = _upsample_mean_weights((g.shape[-1], *sizes)) if sizes else None
     if wr is None and wc is None:
@@ -190,8 +251,10 @@ def mean_of_upsampled(g, sizes):
 
 
 def mean_of_projection(projection, x):
-    """``projection(x).mean((2, 3))`` for a stride-1 ``Conv2d`` (zero padding) followed by
-    per-channel affine layers (eval-mode BatchNorm), without the full-size output.
+    """Return ``projection(x).mean((2, 3))`` without the full-size output.
+
+    For a stride-1 ``Conv2d`` (zero padding) followed by per-channel affine layers (eval-mode
+    BatchNorm).
 
     The spatial mean of a convolution is the kernel applied to the sums of the input over its
     shifted windows. With padding, kernel tap (i, j) sees every input cell except a few border rows
@@ -295,6 +358,84 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
     across, clean wafers with 0–3 % fails, edge exclusion...), which learn from their own labels
     (the teacher labels the rest); ``distil_classes`` ("|"-separated, repeats weight) is the class
     cycle of those maps (default: every training class once).
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    tta
+        Average the prediction over the 8 rotations/flips of each map.
+    width
+        Channels of the first stage (later stages are multiples of it).
+    dropout
+        Dropout before the final linear layer.
+    head
+        Channels of the S×S map the classifier pools.
+    localise
+        Weight of :func:`localisation_loss` (Grad-CAM against per-die masks) for maps that carry masks; 0: off.
+    input_kernel
+        Side of the projection of the input itself into the head (odd: 1, 3, ...).
+    relu_stride
+        Head level (stride 1, 2 or 4) of its one ReLU.
+    teacher
+        A classifier to distil from: a run directory, ``bundled:gbm`` or a classifier name (then trained on the
+        same maps first); None: labels alone.
+    distil_alpha
+        Weight of the distillation term against the label term.
+    distil_temperature
+        Softmax temperature of the distillation term.
+    distil_synthetic
+        Extra synthetic maps the teacher labels for the student (0: none).
+    resample
+        ``"nearest"`` (one die per pixel) or ``"area"`` (each pixel the no-die / pass / fail fractions of the
+        dies it covers).
+    orient
+        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+    synthetic_profile
+        Profile of those synthetic maps (``"wm811k"`` or ``"fab"``, see
+        :func:`~waferscope.data.synthetic.generate`).
+    distil_classes
+        Class cycle of the synthetic maps (``"|"``-separated, a repeat weights a class; "": every training class
+        once).
+
+    Attributes
+    ----------
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    distilled_from_
+        The teacher the network was distilled from (None: trained on the labels alone).
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    train_seconds_
+        Wall-clock seconds the training took.
     """
 
     _parameter_constraints = {
@@ -326,10 +467,12 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
         self.distil_classes = distil_classes
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network (:func:`fine_head_wafer_cnn`)."""
         return fine_head_wafer_cnn(in_chans, n_classes, self.width, self.head, self.dropout, self.input_kernel,
                                    self.relu_stride)
 
     def fit(self, dataset, teacher=None, **kwargs) -> "FineHeadCNNClassifier":
+        """Fit on the labelled maps, distilling ``teacher`` (a fitted classifier) or the ``teacher`` parameter when given."""
         if not float(self.localise) >= 0:
             raise ConfigError(f"cnn_fine localise must be a weight >= 0, got {self.localise!r}")
         self._teacher = None
@@ -448,6 +591,52 @@ class ResNet18Classifier(TorchClassifier):
 
     The defaults (48-px input, a quarter of the usual channel counts: 16/32/64/128) keep a 5-fold
     evaluation within CPU reach; ``width=1.0`` gives torchvision's channel counts.
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    tta
+        Average the prediction over the 8 rotations/flips of each map.
+    width
+        Fraction of ResNet-18's usual channel counts (1.0: torchvision's).
+
+    Attributes
+    ----------
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    train_seconds_
+        Wall-clock seconds the training took.
     """
 
     _parameter_constraints = {"width": [Interval(float, 0, None, closed="neither")]}
@@ -462,6 +651,7 @@ class ResNet18Classifier(TorchClassifier):
         self.width = width
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network (a small-input ResNet-18)."""
         from waferscope.models.backbones.resnet import resnet18
 
         return resnet18(num_classes=n_classes, width=self.width, small_input=True, in_channels=in_chans)

@@ -16,7 +16,7 @@ from waferscope.errors import DataError
 
 
 def label_order(labels: np.ndarray) -> list[str]:
-    """The classes a model learns: the labels seen, in WM-811K order when they are WM-811K names."""
+    """Return the classes a model learns: the labels seen, in WM-811K order when they are WM-811K names."""
     seen = sorted(set(np.asarray(labels, dtype=str).tolist()) - {UNLABELLED})
     if set(seen) <= set(CLASSES):
         return [c for c in CLASSES if c in seen]
@@ -24,8 +24,11 @@ def label_order(labels: np.ndarray) -> list[str]:
 
 
 def require_wafer_maps(dataset, who: str) -> None:
-    """A clear DataError unless ``dataset`` holds valid die-state wafer maps (for models that read die
-    states only: images, or a die value other than 0/1/2, are refused before any numpy/torch work)."""
+    """Raise a clear DataError unless ``dataset`` holds valid die-state wafer maps.
+
+    For models that read die states only: images, or a die value other than 0/1/2, are refused
+    before any numpy/torch work.
+    """
     from waferscope.data.dataset import validate_wafer_maps
 
     if dataset.kind != "wafer":
@@ -34,8 +37,10 @@ def require_wafer_maps(dataset, who: str) -> None:
 
 
 def labelled_for_training(dataset, who: str = "classifier"):
-    """The labelled part of a data set; unlabelled maps are skipped with a note on stderr. Wafer maps
-    must hold die states 0/1/2 only (a clear DataError otherwise)."""
+    """Return the labelled part of a data set; unlabelled maps are skipped with a note on stderr.
+
+    Wafer maps must hold die states 0/1/2 only (a clear DataError otherwise).
+    """
     from waferscope.data.dataset import validate_wafer_maps
 
     if dataset.kind == "wafer":

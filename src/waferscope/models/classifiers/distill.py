@@ -76,9 +76,12 @@ def compact_student(in_chans: int, n_classes: int, width: int = 7, head: int = 0
 
 
 def wide_head(c_in: int, head: int) -> list:
-    """``head`` > 0: a 1×1 Conv-BN-ReLU expansion to ``head`` channels before the global pool (as in
-    MobileNetV3's last stage): the pooled features become a wide non-linear summary of the small
-    last feature map for ~(c_in + 11)·head parameters and almost no compute (it runs on 3×3 cells)."""
+    """Return the layers of a wide head: a 1×1 Conv-BN-ReLU expansion to ``head`` channels before the pool.
+
+    None ([]) when ``head`` is 0. As in MobileNetV3's last stage, the pooled features become a wide
+    non-linear summary of the small last feature map for ~(c_in + 11)·head parameters and almost no
+    compute (it runs on 3×3 cells).
+    """
     from torch import nn
 
     if not head:
@@ -87,8 +90,10 @@ def wide_head(c_in: int, head: int) -> list:
 
 
 def teacher_shaped_student(in_chans: int, n_classes: int, width: int = 7, encoding: str = "onehot3"):
-    """The ``cnn`` teacher's layout at a reduced width: 3×3 convs of widths w, 2w, 4w (stride 2) and 4w
-    (stride 1), global average pool, linear (no dropout: soft targets regularise enough).
+    """Return the ``cnn`` teacher's layout at a reduced width.
+
+    3×3 convs of widths w, 2w, 4w (stride 2) and 4w (stride 1), global average pool, linear (no
+    dropout: soft targets regularise enough).
 
     Same inductive bias as the teacher (same receptive fields, same down-sampling), so the student can
     imitate the teacher's function rather than approximate it with a different one. The map is padded
@@ -117,9 +122,11 @@ def teacher_shaped_student(in_chans: int, n_classes: int, width: int = 7, encodi
 
 
 def separable_student(in_chans: int, n_classes: int, width: int = 18, encoding: str = "onehot3"):
-    """The teacher's layout (widths w, 2w, 4w, 4w; strides 2, 2, 2, 1) with depthwise-separable 3×3
-    convolutions after the stem: ~2.5× the channels of :func:`teacher_shaped_student` for the same
-    parameters. At w = 18: 11,439 parameters on 9 classes."""
+    """Return a student in the teacher's layout with depthwise-separable 3×3 convolutions after the stem.
+
+    Widths w, 2w, 4w, 4w; strides 2, 2, 2, 1: ~2.5× the channels of :func:`teacher_shaped_student`
+    for the same parameters. At w = 18: 11,439 parameters on 9 classes.
+    """
     from torch import nn
 
     w = int(width)
@@ -148,8 +155,11 @@ def _no_die_pad_class():
     from torch import nn
 
     class NoDiePad(nn.Module):
-        """Pads a map by ``pad`` pixels of "no die": channel ``no_die_channel`` = 1 and the others 0
-        (one-hot3); ``None``: zeros (encodings whose no-die state is the zero vector, raw die states)."""
+        """Pads a map by ``pad`` pixels of "no die".
+
+        Channel ``no_die_channel`` = 1 and the others 0 (one-hot3); ``None``: zeros (encodings whose
+        no-die state is the zero vector, raw die states).
+        """
 
         def __init__(self, pad: int, no_die_channel: int | None = 0):
             super().__init__()
@@ -171,7 +181,7 @@ def _no_die_pad_class():
 
 
 def NoDiePad(pad: int, no_die_channel: int | None = 0):  # noqa: N802 (a module factory, used like a class)
-    """An ``nn.Module`` padding a map with "no die" pixels (see ``_no_die_pad_class``)."""
+    """Return an ``nn.Module`` padding a map with "no die" pixels (see ``_no_die_pad_class``)."""
     return _no_die_pad_class()(pad, no_die_channel)
 
 
@@ -213,6 +223,7 @@ class _DieStateStem:
 
 
 def count_parameters(net) -> int:
+    """Return the number of parameters of a network."""
     return int(sum(p.numel() for p in net.parameters()))
 
 
@@ -229,6 +240,73 @@ class DistilledStudentClassifier(TorchClassifier):
     lot-grouped protocol (``waferscope evaluate student cnn kd_student``) they keep 98.4 % of the
     ``cnn`` teacher's macro-F1 where 60 epochs kept 97.9 % and 60 epochs with the 1,534 unlabelled
     real maps as transfer maps 97.3 % (docs/classification_real.md, "Student check").
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    width
+        Channels of the first stage (later stages are multiples of it).
+    distil_alpha
+        Weight of the distillation term against the label term.
+    distil_temperature
+        Softmax temperature of the distillation term.
+    teacher
+        A run directory of a fitted classifier to distil from; None: train ``teacher_name`` on the same maps
+        first.
+    teacher_name
+        Registered classifier trained as the teacher when ``teacher`` is None.
+    teacher_params
+        Constructor parameters of that teacher.
+    use_transfer
+        Also distil on the unlabelled maps of the training set (the teacher labels them).
+    transfer_ratio
+        At most this many transfer maps per labelled map (None: all of them).
+    arch
+        Student architecture: ``"patchify"`` (:func:`compact_student`), ``"cnn"`` or ``"separable"``.
+    head
+        Channels of the 1×1 expansion before the global pool (0: none).
+
+    Attributes
+    ----------
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    teacher_parameters_
+        Parameter count of the teacher's network.
+    train_seconds_
+        Wall-clock seconds the training took.
+    transfer_size_
+        Transfer maps (unlabelled) the teacher labelled for the student.
     """
 
     # Options measured as no help and removed (name → the value that meant "off"): runs saved with
@@ -264,6 +342,7 @@ class DistilledStudentClassifier(TorchClassifier):
         self.head = head
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the student network of ``arch``."""
         if self.arch == "cnn":
             return teacher_shaped_student(in_chans, n_classes, self.width, self.encoding)
         if self.arch == "patchify":
@@ -322,6 +401,7 @@ class DistilledStudentClassifier(TorchClassifier):
 
     # ---- training --------------------------------------------------------------------------------
     def fit(self, dataset, teacher=None, transfer=None, **kwargs) -> "DistilledStudentClassifier":
+        """Fit the student on the teacher's soft targets; ``teacher`` / ``transfer`` override the parameters."""
         if dataset.kind != "wafer":
             raise DataError(f"{dataset.name}: kd_student distils wafer maps, not images")
         labelled = dataset.labelled()
@@ -379,9 +459,12 @@ class DistilledStudentClassifier(TorchClassifier):
 
     # ---- fast inference: BatchNorm folded into the convolutions, channels-last, one-hot in torch ----
     def inference_network(self):
-        """An eval-only copy of the student for prediction: every Conv→BatchNorm pair fused, channels-last,
-        and (one-hot input) a stem that reads the raw die states, see :class:`_DieStateStem`. It takes
-        :meth:`encode_fast`'s input and returns the same logits as ``network_``."""
+        """Return an eval-only copy of the student for prediction.
+
+        Every Conv→BatchNorm pair fused, channels-last, and (one-hot input) a stem that reads the raw
+        die states, see :class:`_DieStateStem`. It takes :meth:`encode_fast`'s input and returns the
+        same logits as ``network_``.
+        """
         import copy
 
         import torch
@@ -418,7 +501,7 @@ class DistilledStudentClassifier(TorchClassifier):
                 and tuple(first.padding) == (0, 0))
 
     def encode_fast(self, x_u8: np.ndarray):
-        """The input of :meth:`inference_network`: (N, 1, S, S) float die states (or the usual encoding)."""
+        """Return the input of :meth:`inference_network`: (N, 1, S, S) float die states (or the usual encoding)."""
         import torch
 
         if not self._die_state_input():
@@ -437,6 +520,7 @@ class DistilledStudentClassifier(TorchClassifier):
 
     # ---- persistence: the teacher is not needed to predict, only its size is recorded ------------
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the class probabilities of every map (wafer maps only)."""
         if dataset.kind != "wafer":  # fit refuses images; the die-state stem cannot read them either
             raise DataError(f"{dataset.name}: kd_student reads die-state wafer maps, not images")
         return super().predict_proba(dataset)

@@ -26,8 +26,10 @@ FOREST_ARRAYS = ("feature", "threshold", "left", "right", "value", "roots")
 
 
 def flatten_forest(forest) -> dict[str, np.ndarray]:
-    """The trees of a fitted scikit-learn forest as flat arrays (global node indices, ``left`` -1 at
-    a leaf, ``value`` each node's class fractions)."""
+    """Return the trees of a fitted scikit-learn forest as flat arrays.
+
+    Global node indices, ``left`` -1 at a leaf, ``value`` each node's class fractions.
+    """
     parts = {k: [] for k in FOREST_ARRAYS[:-1]}
     roots, offset = [], 0
     for est in forest.estimators_:
@@ -47,8 +49,10 @@ def flatten_forest(forest) -> dict[str, np.ndarray]:
 
 
 def forest_proba(trees: dict[str, np.ndarray], x: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """The mean over trees of the leaf class fractions each row of ``x`` reaches (scikit-learn's
-    forest ``predict_proba``); rows are compared in float32, as scikit-learn does."""
+    """Return the mean over trees of the leaf class fractions each row of ``x`` reaches.
+
+    Scikit-learn's forest ``predict_proba``; rows are compared in float32, as scikit-learn does.
+    """
     x = np.asarray(x, dtype=np.float32)
     out = np.zeros((len(x), trees["value"].shape[1]))
     for i in range(0, len(x), chunk):
@@ -67,7 +71,32 @@ def forest_proba(trees: dict[str, np.ndarray], x: np.ndarray, chunk: int = 256) 
 
 @register("extra_trees", kind="classifier")
 class ExtraTreesClassifier(GradientBoostingClassifier):
-    """Extremely-randomised trees on the extended wafer features (see the module docstring)."""
+    """Extremely-randomised trees on the extended wafer features (see the module docstring).
+
+    Parameters
+    ----------
+    feature_set
+        The wafer features the model reads (:data:`waferscope.features.FEATURE_SETS`).
+    n_estimators
+        Trees in the forest.
+    max_features
+        Features tried per split, as scikit-learn takes it (``"sqrt"``, ``"log2"``, a count or a share).
+    seed
+        Seeds every random draw of ``fit``.
+    n_jobs
+        Processes for feature extraction and for the tree walk.
+    progress
+        Progress bars on stderr.
+    orient
+        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+
+    Attributes
+    ----------
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    trees_
+        The forest's trees as flat arrays (each node's class fractions at the leaves).
+    """
 
     # set_temperature is inherited from gbm, but the forest's averaged votes are not rescaled by it
     _tags = {"temperature": False}
@@ -87,6 +116,7 @@ class ExtraTreesClassifier(GradientBoostingClassifier):
         self.progress = progress
 
     def fit(self, dataset, **kwargs) -> "ExtraTreesClassifier":
+        """Fit the forest on the features of the labelled maps; return ``self``."""
         from sklearn.ensemble import ExtraTreesClassifier as SkExtraTrees
 
         dataset = labelled_for_training(dataset, type(self).__name__)
@@ -103,6 +133,7 @@ class ExtraTreesClassifier(GradientBoostingClassifier):
         return self
 
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the forest's class probabilities of every map."""
         self._check_fitted()
         if len(dataset) == 0:
             return np.zeros((0, len(self.classes_)))
@@ -114,7 +145,7 @@ class ExtraTreesClassifier(GradientBoostingClassifier):
         return forest_proba(self.trees_, x)
 
     def n_parameters(self) -> int:
-        """Stored numbers: per node a feature, threshold and one fraction per class."""
+        """Return the stored numbers: per node a feature, threshold and one fraction per class."""
         self._check_fitted()
         return int(len(self.trees_["feature"]) * (2 + len(self.classes_)))
 

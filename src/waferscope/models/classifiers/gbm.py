@@ -45,6 +45,36 @@ class GradientBoostingClassifier(Classifier):
     ``max_leaf_nodes=31`` (since 2026-12-03): 0.9202 ± 0.004 lot-grouped macro-F1 against 0.9195 ±
     0.006 with 15 leaves (docs/classification_real.md); within the fold spread, but never worse on
     the pooled figure, and the trees stay small (about 4 MB).
+
+    Parameters
+    ----------
+    feature_set
+        The wafer features the model reads (:data:`waferscope.features.FEATURE_SETS`).
+    max_iter
+        Boosting iterations (trees per class).
+    learning_rate
+        Boosting shrinkage (scikit-learn's name).
+    max_leaf_nodes
+        Leaves per tree.
+    l2_regularization
+        L2 regularisation of the leaf values.
+    seed
+        Seeds every random draw of ``fit``.
+    n_jobs
+        Processes for feature extraction and for the tree walk.
+    progress
+        Progress bars on stderr.
+    orient
+        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+
+    Attributes
+    ----------
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    temperature_
+        Softmax temperature of the probabilities (1.0 until :meth:`set_temperature`).
+    trees_
+        The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """
 
     _tags = {"temperature": True}
@@ -65,6 +95,7 @@ class GradientBoostingClassifier(Classifier):
         self.progress = progress
 
     def features(self, dataset) -> np.ndarray:
+        """Return the ``feature_set`` features of every map (wafer maps only)."""
         require_wafer_maps(dataset, self.registry_name or type(self).__name__)
         maps = dataset.maps
         validate_wafer_maps(maps)  # die states 0/1/2 only, before the canonical view casts to uint8
@@ -73,6 +104,7 @@ class GradientBoostingClassifier(Classifier):
         return extract_features(maps, n_jobs=self.n_jobs, progress=self.progress, feature_set=self.feature_set)
 
     def fit(self, dataset, **kwargs) -> "GradientBoostingClassifier":
+        """Fit the boosted trees on the features of the labelled maps; return ``self``."""
         dataset = labelled_for_training(dataset, type(self).__name__)
         classes = label_order(dataset.labels)
         index = {c: i for i, c in enumerate(classes)}
@@ -84,9 +116,12 @@ class GradientBoostingClassifier(Classifier):
         return self
 
     def set_temperature(self, temperature: float) -> "GradientBoostingClassifier":
-        """Calibrate the probabilities: ``predict_proba`` returns ``softmax(scores / temperature)``
-        (the arg-max is unchanged). Fit it on out-of-fold predictions
-        (:func:`waferscope.models.classifiers.prior.fit_temperature`); it is saved with the model."""
+        """Calibrate the probabilities.
+
+        ``predict_proba`` returns ``softmax(scores / temperature)`` (the arg-max is unchanged).
+        Fit it on out-of-fold predictions
+        (:func:`waferscope.models.classifiers.prior.fit_temperature`); it is saved with the model.
+        """
         self._check_fitted()
         temperature = float(temperature)
         if not np.isfinite(temperature) or temperature <= 0:
@@ -100,13 +135,14 @@ class GradientBoostingClassifier(Classifier):
         return tree_scores(self.trees_, x, n_jobs=self.n_jobs)
 
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the class probabilities of every map (at ``temperature_``)."""
         self._check_fitted()
         if len(dataset) == 0:
             return np.zeros((0, len(self.classes_)))
         return softmax(self.decision_function(self.features(dataset)) / getattr(self, "temperature_", 1.0), axis=1)
 
     def n_parameters(self) -> int:
-        """Stored numbers that define the model: per node a feature, threshold and leaf value."""
+        """Return the stored numbers that define the model: per node a feature, threshold and leaf value."""
         self._check_fitted()
         return int(3 * len(self.trees_["feature"]))
 

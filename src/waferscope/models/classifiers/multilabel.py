@@ -47,8 +47,11 @@ def multilabel_names(y: np.ndarray, patterns=BASE_PATTERNS) -> np.ndarray:
 
 
 def _val_split(strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified by label combination when every combination can be; otherwise a seeded random split
-    (38 combinations do not all fit into a small validation set)."""
+    """Stratified by label combination when every combination can be.
+
+    Otherwise a seeded random split (38 combinations do not all fit into a small validation
+    set).
+    """
     try:
         return stratified_split(strata, fraction, seed)
     except ValueError:
@@ -59,7 +62,56 @@ def _val_split(strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarr
 
 @register("multilabel_cnn", kind="classifier")
 class MultiLabelCNNClassifier(TorchClassifier):
-    """The compact ``cnn`` with 8 sigmoid heads over BASE_PATTERNS, trained with BCE on ``multilabels``."""
+    """The compact ``cnn`` with 8 sigmoid heads over BASE_PATTERNS, trained with BCE on ``multilabels``.
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    width
+        Channels of the first stage (later stages are multiples of it).
+    dropout
+        Dropout before the final linear layer.
+    threshold
+        Probability at or above which ``predict`` reports a pattern.
+
+    Attributes
+    ----------
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    train_seconds_
+        Wall-clock seconds the training took.
+    """
 
     prior_refusal = "multilabel_cnn scores each pattern on its own (sigmoid heads), not one class of several"
 
@@ -78,6 +130,7 @@ class MultiLabelCNNClassifier(TorchClassifier):
         self.threshold = threshold
 
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network (:func:`compact_wafer_cnn` with one output per pattern)."""
         return compact_wafer_cnn(in_chans, n_classes, self.width, self.dropout)
 
     # Training is the single-label base's (training.fit_loop: AdamW, one-cycle LR, rotations/flips,
@@ -119,7 +172,7 @@ class MultiLabelCNNClassifier(TorchClassifier):
         return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=self._loss_weight)
 
     def _validation_score(self, x_u8: np.ndarray, y: np.ndarray, kind: str) -> float:
-        """The mean per-pattern F1 of the thresholded sigmoids."""
+        """Return the mean per-pattern F1 of the thresholded sigmoids."""
         import torch
 
         pred = torch.sigmoid(self._logits(x_u8, kind)).numpy() >= self.threshold
@@ -133,8 +186,10 @@ class MultiLabelCNNClassifier(TorchClassifier):
         return torch.sigmoid(self._logits(self.resize(dataset), dataset.kind).float()).numpy()
 
     def export_module(self):
-        """The ONNX graph's network: one-hot input → the 8 sigmoid pattern probabilities (the generic
-        classifier graph would apply a softmax)."""
+        """Return the ONNX graph's network: one-hot input → the 8 sigmoid pattern probabilities.
+
+        The generic classifier graph would apply a softmax.
+        """
         import torch
 
         return torch.nn.Sequential(self.network_, torch.nn.Sigmoid()).eval()

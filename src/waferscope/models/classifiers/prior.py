@@ -60,11 +60,12 @@ MIN_MAPS_TO_ESTIMATE = 200
 
 
 def model_prior(classifier) -> np.ndarray:
-    """The class mix ``classifier``'s probabilities assume: uniform for a class-balanced model.
+    """Return the class mix ``classifier``'s probabilities assume: uniform for a class-balanced model.
 
     Raises ConfigError when the model says its probabilities are not class-balanced posteriors
     (``Classifier.prior_refusal``: the SVMs, multi-label heads, a network trained with
-    ``imbalance="none"``)."""
+    ``imbalance="none"``).
+    """
     refusal = getattr(classifier, "prior_refusal", None)
     if refusal:
         name = getattr(classifier, "registry_name", None) or type(classifier).__name__
@@ -74,7 +75,7 @@ def model_prior(classifier) -> np.ndarray:
 
 
 def parse_prior(spec: str, classes) -> np.ndarray | str | None:
-    """A prior spec → a probability vector over ``classes``, ``"estimate"``, or None (``balanced``)."""
+    """Return a prior spec → a probability vector over ``classes``, ``"estimate"``, or None (``balanced``)."""
     classes = list(classes)
     text = str(spec).strip()
     if text in ("", "balanced"):
@@ -147,9 +148,12 @@ def estimate_prior(proba: np.ndarray, base: np.ndarray, max_iter: int = 1000,
 
 
 def estimated_target(proba: np.ndarray, base: np.ndarray, none_index: int | None) -> np.ndarray:
-    """The mix ``--prior estimate`` moves to: EM's share of ``none`` (class ``none_index``), the other
-    classes sharing the rest in the proportions of ``base`` (the full EM mix when there is no none
-    class). See the module docstring for why."""
+    """Return the mix ``--prior estimate`` moves to.
+
+    EM's share of ``none`` (class ``none_index``), the other classes sharing the rest in the
+    proportions of ``base`` (the full EM mix when there is no none class). See the module
+    docstring for why.
+    """
     estimated, _ = estimate_prior(proba, base)
     if none_index is None:
         return estimated
@@ -162,9 +166,11 @@ def estimated_target(proba: np.ndarray, base: np.ndarray, none_index: int | None
 
 
 def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T that makes ``softmax(log(proba) / T)`` fit integer ``labels`` best (least
-    log-loss; Guo et al. 2017, "On calibration of modern neural networks"). Fit it on held-out
-    predictions (e.g. the lot-grouped folds' out-of-fold ones), never on the training maps."""
+    """Return the temperature T that makes ``softmax(log(proba) / T)`` fit integer ``labels`` best.
+
+    Least log-loss; Guo et al. 2017, "On calibration of modern neural networks". Fit it on held-out
+    predictions (e.g. the lot-grouped folds' out-of-fold ones), never on the training maps.
+    """
     from scipy.optimize import minimize_scalar
 
     logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-300, 1.0))
@@ -191,8 +197,11 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PriorShift:
-    """A ``--prior`` resolved for one model: the mix its probabilities assume (``base``) and the mix
-    to move them to (``target``: a vector over the model's classes, or ``"estimate"``)."""
+    """A ``--prior`` resolved for one model.
+
+    The mix its probabilities assume (``base``) and the mix to move them to (``target``: a
+    vector over the model's classes, or ``"estimate"``).
+    """
 
     base: np.ndarray
     target: np.ndarray | str
@@ -200,26 +209,34 @@ class PriorShift:
 
     @property
     def estimates(self) -> bool:
+        """Return whether the target mix is estimated from the probabilities."""
         return isinstance(self.target, str)
 
     def fixed(self, proba: np.ndarray) -> "PriorShift":
-        """This shift with its target fixed: for ``"estimate"``, the mix estimated from ``proba``
-        (so it can be applied to parts of that batch, e.g. one partition at a time)."""
+        """Return this shift with its target fixed.
+
+        For ``"estimate"``, the mix estimated from ``proba`` (so it can be applied to
+        parts of that batch, e.g. one partition at a time).
+        """
         if not self.estimates:
             return self
         return PriorShift(self.base, estimated_target(proba, self.base, self.none_index), self.none_index)
 
     def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the probabilities under the target mix, the target mix used — estimated from ``proba``
-        itself for ``"estimate"``)."""
+        """Return (the probabilities under the target mix, the target mix used).
+
+        The target mix is estimated from ``proba`` itself for ``"estimate"``.
+        """
         target = self.fixed(proba).target
         return adjust_to_prior(proba, self.base, target), target
 
 
 def resolve_prior(classifier, spec: str | None) -> PriorShift | None:
-    """``spec`` checked against ``classifier``: None when it changes nothing (``balanced``), else the
-    shift to apply. A malformed spec, or a model that cannot take a prior, raises ConfigError here,
-    so callers resolve before reading and scoring maps."""
+    """``spec`` checked against ``classifier``: None when it changes nothing (``balanced``), else the shift to apply.
+
+    A malformed spec, or a model that cannot take a prior, raises ConfigError here, so callers
+    resolve before reading and scoring maps.
+    """
     target = None if spec is None else parse_prior(spec, classifier.classes_)
     classes = list(classifier.classes_)
     return None if target is None else PriorShift(model_prior(classifier), target,
@@ -227,7 +244,9 @@ def resolve_prior(classifier, spec: str | None) -> PriorShift | None:
 
 
 def apply_prior(classifier, proba: np.ndarray, spec: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """``classifier``'s probabilities moved to the class mix ``spec``: (probabilities, the prior used,
-    or None when nothing changed)."""
+    """``classifier``'s probabilities moved to the class mix ``spec``.
+
+    Returns (probabilities, the prior used, or None when nothing changed).
+    """
     shift = resolve_prior(classifier, spec)
     return (proba, None) if shift is None else shift.apply(proba)

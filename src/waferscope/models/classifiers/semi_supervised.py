@@ -55,7 +55,64 @@ def select_pseudo_labels(view_proba: np.ndarray, threshold: float, labelled_coun
 
 @register("pseudo_label_cnn", kind="classifier")
 class PseudoLabelCNNClassifier(CompactCNNClassifier):
-    """The compact ``cnn`` self-trained on confident, rotation-consistent pseudo-labels."""
+    """The compact ``cnn`` self-trained on confident, rotation-consistent pseudo-labels.
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input each map is resampled to.
+    encoding
+        How die states become input channels (``onehot3``: no-die / pass / fail channels).
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Peak learning rate of AdamW's one-cycle schedule.
+    weight_decay
+        AdamW weight decay.
+    imbalance
+        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
+    augment
+        Random rotations/flips of the training maps (the 8 symmetries of the square).
+    val_fraction
+        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
+    patience
+        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
+    seed
+        Seeds every random draw of ``fit``.
+    progress
+        Progress bars on stderr.
+    tta
+        Average the prediction over the 8 rotations/flips of each map.
+    width
+        Channels of the first stage (later stages are multiples of it).
+    dropout
+        Dropout before the final linear layer.
+    threshold
+        Mean top-class probability over the 8 views a pseudo-label needs.
+    rounds
+        Self-training rounds.
+    max_ratio
+        At most this many pseudo-labels per class and round, as a multiple of the class's labelled count.
+
+    Attributes
+    ----------
+    best_epoch_
+        The epoch whose weights were kept.
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    history_
+        Per-epoch training record (loss, validation score).
+    in_chans_
+        Input channels the network was built for (3 for images).
+    network_
+        The fitted network (``torch.nn.Module``).
+    pseudo_rounds_
+        Per round: the pseudo-labels taken (counts per class).
+    train_seconds_
+        Wall-clock seconds the training took.
+    """
 
     _tags = {"input_kinds": ("wafer",)}  # refuses images (a die-state autoencoder / stem / teacher)
     _parameter_constraints = {
@@ -83,6 +140,7 @@ class PseudoLabelCNNClassifier(CompactCNNClassifier):
         return np.stack(views, axis=1)
 
     def fit(self, dataset, unlabelled: WaferDataset | None = None, **kwargs) -> "PseudoLabelCNNClassifier":
+        """Fit on the labelled maps, then self-train on pseudo-labelled ``unlabelled`` maps for ``rounds``."""
         if dataset.kind != "wafer":
             raise DataError(f"{dataset.name}: pseudo_label_cnn takes wafer maps, not images")
         labelled = dataset.labelled()
@@ -113,6 +171,7 @@ class PseudoLabelCNNClassifier(CompactCNNClassifier):
         return self
 
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the class probabilities of every map (wafer maps only)."""
         require_wafer_maps(dataset, "pseudo_label_cnn")
         return super().predict_proba(dataset)
 

@@ -123,7 +123,30 @@ class _SVMClassifier(Classifier):
 
 @register("svm-linear", kind="classifier")
 class LinearSVMClassifier(_SVMClassifier):
-    """Linear-kernel one-vs-one SVM on the 59 handcrafted features."""
+    """Linear-kernel one-vs-one SVM on the 59 handcrafted features.
+
+    Parameters
+    ----------
+    C
+        SVM regularisation (larger: less).
+    gamma
+        Kernel coefficient (scikit-learn's; unused by the linear kernel).
+    seed
+        Seeds every random draw of ``fit``.
+    n_jobs
+        Processes for feature extraction.
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    scaler_
+        Feature standardiser fitted on the training maps.
+    svc_
+        The fitted scikit-learn ``SVC``.
+    """
 
     kernel = "linear"
 
@@ -134,6 +157,29 @@ class LinearSVMClassifier(_SVMClassifier):
 
 @register("svm-rbf", kind="classifier")
 class RBFSVMClassifier(_SVMClassifier):
-    """RBF-kernel one-vs-one SVM on the 59 handcrafted features."""
+    """RBF-kernel one-vs-one SVM on the 59 handcrafted features.
+
+    Parameters
+    ----------
+    C
+        SVM regularisation (larger: less).
+    gamma
+        RBF kernel coefficient (``"scale"``, ``"auto"`` or a number).
+    seed
+        Seeds every random draw of ``fit``.
+    n_jobs
+        Processes for feature extraction.
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    classes_
+        Class names, in the order of the ``predict_proba`` columns.
+    scaler_
+        Feature standardiser fitted on the training maps.
+    svc_
+        The fitted scikit-learn ``SVC``.
+    """
 
     kernel = "rbf"

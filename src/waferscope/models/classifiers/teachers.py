@@ -11,9 +11,12 @@ from waferscope.errors import DataError
 
 
 def fitted_teacher(spec: str, labelled, seed: int = 0, progress: bool = False):
-    """A fitted classifier to distil from, named by ``spec``: a run directory, ``bundled:cnn_gradcam`` /
-    ``bundled:gbm``, or a registered classifier name (then trained on ``labelled`` first, with its
-    defaults and ``seed``). Any classifier can teach: only its ``predict_proba`` is used."""
+    """Return a fitted classifier to distil from, named by ``spec``.
+
+    A run directory, ``bundled:cnn_gradcam`` / ``bundled:gbm``, or a registered classifier name
+    (then trained on ``labelled`` first, with its defaults and ``seed``). Any classifier can
+    teach: only its ``predict_proba`` is used.
+    """
     from waferscope import registry
     from waferscope.base import load_run
 
@@ -30,9 +33,12 @@ def fitted_teacher(spec: str, labelled, seed: int = 0, progress: bool = False):
 
 
 def teacher_log_proba(teacher, dataset, classes: list[str]) -> np.ndarray:
-    """(N, len(classes)) float32 log-probabilities of ``teacher`` for ``dataset``, columns in the
-    student's ``classes`` order (classes the student does not learn are dropped and the rest
-    renormalised); a student class the teacher does not know is a clear error."""
+    """(N, len(classes)) float32 log-probabilities of ``teacher`` for ``dataset``.
+
+    Columns in the student's ``classes`` order (classes the student does not learn are
+    dropped and the rest renormalised); a student class the teacher does not know is a clear
+    error.
+    """
     missing = sorted(set(classes) - set(teacher.classes_))
     if missing:
         raise DataError(f"the teacher ({type(teacher).__name__}) does not know class(es) {', '.join(missing)} "
@@ -44,9 +50,11 @@ def teacher_log_proba(teacher, dataset, classes: list[str]) -> np.ndarray:
 
 
 def label_log_proba(labels, classes: list[str], smoothing: float = 0.05) -> np.ndarray:
-    """(N, len(classes)) float32 log-probabilities of label-smoothed one-hot targets: soft targets for
-    maps a teacher does not see (``1 - smoothing`` on the label, the rest spread evenly); an unknown
-    label is a clear error."""
+    """(N, len(classes)) float32 log-probabilities of label-smoothed one-hot targets.
+
+    Soft targets for maps a teacher does not see (``1 - smoothing`` on the label, the rest spread
+    evenly); an unknown label is a clear error.
+    """
     index = {c: i for i, c in enumerate(classes)}
     missing = sorted(set(map(str, labels)) - set(index))
     if missing:

@@ -67,6 +67,7 @@ class TorchClassifier(Classifier):
 
     @property
     def prior_refusal(self) -> str | None:
+        """Return why a class-mix prior must not be applied to this model, or None."""
         if self.imbalance == "none":
             return "it was trained with imbalance='none', so its probabilities carry its training set's class mix"
         return None
@@ -93,6 +94,7 @@ class TorchClassifier(Classifier):
 
     # ---- what subclasses provide -----------------------------------------------------------------
     def build_network(self, in_chans: int, n_classes: int):
+        """Return the network ``(in_chans, n_classes) → nn.Module`` (each subclass provides it)."""
         raise NotImplementedError
 
     # ---- preprocessing ---------------------------------------------------------------------------
@@ -100,8 +102,11 @@ class TorchClassifier(Classifier):
         return 3 if kind == "image" else channels(self.encoding)
 
     def resize(self, dataset) -> np.ndarray:
-        """(N, size, size) uint8 die states (or (N, size, size[, C]) uint8 pixels for images); a wafer
-        map with a die value other than 0/1/2 is a clear DataError (the resize could drop it silently)."""
+        """(N, size, size) uint8 die states (or (N, size, size[, C]) uint8 pixels for images).
+
+        A wafer map with a die value other than 0/1/2 is a clear DataError (the resize could drop it
+        silently).
+        """
         if dataset.kind != "wafer":
             return resample_maps(dataset.maps, int(self.input_size))
         validate_wafer_maps(dataset.maps, dataset.name)
@@ -117,7 +122,7 @@ class TorchClassifier(Classifier):
         return prepare_maps(dataset.maps, int(self.input_size), resample, orient)
 
     def encode_batch(self, batch: np.ndarray, kind: str = "wafer"):
-        """A resized uint8 batch → the float32 network input tensor (N, C, size, size)."""
+        """Return a resized uint8 batch → the float32 network input tensor (N, C, size, size)."""
         import torch
 
         if kind == "image":
@@ -137,8 +142,11 @@ class TorchClassifier(Classifier):
         return torch.from_numpy(encode(batch, self.encoding))
 
     def heat_to_die_grids(self, heat: np.ndarray, dataset) -> list[np.ndarray] | None:
-        """(N, S, S) maps computed on the network input (Grad-CAM) → each wafer's own die grid, for an
-        input other than the plain nearest resize (None: the caller's nearest mapping applies)."""
+        """(N, S, S) maps computed on the network input (Grad-CAM) → each wafer's own die grid.
+
+        For an input other than the plain nearest resize (None: the caller's nearest mapping
+        applies).
+        """
         resample, orient = getattr(self, "resample", "nearest"), getattr(self, "orient", "none")
         if dataset.kind != "wafer" or (resample == "nearest" and orient == "none"):
             return None
@@ -154,7 +162,7 @@ class TorchClassifier(Classifier):
         return out
 
     def to_tensor(self, dataset):
-        """The whole data set as network input (for explanations and exports)."""
+        """Return the whole data set as network input (for explanations and exports)."""
         return self.encode_batch(self.resize(dataset), dataset.kind)
 
     # ---- training --------------------------------------------------------------------------------
@@ -164,9 +172,11 @@ class TorchClassifier(Classifier):
         return w.astype(np.float32)
 
     def _loss(self, logits, targets, batch_x):
-        """The training loss of one batch (subclasses add terms, e.g. a distillation term on batch_x):
-        class-weighted cross-entropy, or with a teacher's soft targets (:meth:`_soft_targets`) the
-        distillation loss :func:`~waferscope.models.classifiers.losses.kd_loss`."""
+        """Return the training loss of one batch (subclasses add terms, e.g. a distillation term on batch_x).
+
+        Class-weighted cross-entropy, or with a teacher's soft targets (:meth:`_soft_targets`) the
+        distillation loss :func:`~waferscope.models.classifiers.losses.kd_loss`.
+        """
         import torch.nn.functional as F
 
         if getattr(self, "_batch_soft", None) is not None:
@@ -175,30 +185,37 @@ class TorchClassifier(Classifier):
         return F.cross_entropy(logits, targets, weight=self._loss_weight)
 
     def _training_masks(self, dataset) -> np.ndarray | None:
-        """Per-die masks resized like the maps, (N, size, size) uint8, for a loss that uses them;
+        """Per-die masks resized like the maps, (N, size, size) uint8, for a loss that uses them.
+
         None (the default) trains without. While training, each batch's masks, turned with their
-        maps, are in ``self._batch_masks`` when :meth:`_loss` runs."""
+        maps, are in ``self._batch_masks`` when :meth:`_loss` runs.
+        """
         return None
 
     def _soft_targets(self, dataset) -> np.ndarray | None:
-        """(N, n_classes) float32 log-probabilities of a teacher for every map of ``dataset`` (the maps
-        ``fit`` trains on, its validation split left out; columns in ``self.classes_`` order), for a
-        distillation term in :meth:`_loss`; None (the default) trains on the labels alone. A subclass
-        that returns them defines ``distil_alpha`` and ``distil_temperature``. They follow their maps
-        through batching; a rotated or flipped map keeps its targets (its class does not change under
-        the 8 symmetries of the square)."""
+        """Return (N, n_classes) float32 log-probabilities of a teacher for every map of ``dataset``.
+
+        The maps ``fit`` trains on, its validation split left out; columns in ``self.classes_``
+        order, for a distillation term in :meth:`_loss`; None (the default) trains on the labels
+        alone. A subclass that returns them defines ``distil_alpha`` and ``distil_temperature``.
+        They follow their maps through batching; a rotated or flipped map keeps its targets (its
+        class does not change under the 8 symmetries of the square).
+        """
         return None
 
     def _epoch_order(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The order of one epoch's training maps: class-balanced draws with replacement when
-        imbalance == "sampler", else a shuffle."""
+        """Return the order of one epoch's training maps.
+
+        Class-balanced draws with replacement when imbalance == "sampler", else a
+        shuffle.
+        """
         if self.imbalance == "sampler":
             p = self._class_weights(y, len(self.classes_))[y].astype(np.float64)
             return rng.choice(len(y), size=len(y), replace=True, p=p / p.sum())
         return rng.permutation(len(y))
 
     def _targets(self, y: np.ndarray):
-        """A batch's targets as the tensor :meth:`_loss` takes (class indices here)."""
+        """Return a batch's targets as the tensor :meth:`_loss` takes (class indices here)."""
         import torch
 
         return torch.from_numpy(y.astype(np.int64))
@@ -236,14 +253,17 @@ class TorchClassifier(Classifier):
         return dataset, classes, np.array([index[c] for c in dataset.labels.astype(str)], dtype=np.int64)
 
     def _validation_split(self, dataset, y_all: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-        """(training, validation) indices: stratified, ``val_fraction`` of the maps; early stopping
-        needs a few maps of every class, so a tiny set trains on everything, all epochs."""
+        """(training, validation) indices.
+
+        Stratified, ``val_fraction`` of the maps; early stopping needs a few maps of
+        every class, so a tiny set trains on everything, all epochs.
+        """
         if self.val_fraction > 0 and len(y_all) * self.val_fraction >= 2 * n_classes:
             return stratified_split(dataset.labels.astype(str), test_size=self.val_fraction, seed=self.seed)
         return np.arange(len(y_all)), np.arange(0)
 
     def _imbalance_weights(self, y: np.ndarray):
-        """The loss's class weights when imbalance == "loss"."""
+        """Return the loss's class weights when imbalance == "loss"."""
         import torch
 
         return torch.from_numpy(self._class_weights(y, len(self.classes_)))
@@ -256,9 +276,11 @@ class TorchClassifier(Classifier):
         return macro_f1(y.astype(str), pred.astype(str))
 
     def fit(self, dataset, **kwargs) -> "TorchClassifier":
-        """Train with :func:`waferscope.models.training.fit_loop`: AdamW, a one-cycle learning rate,
-        early stopping on the validation split (best epoch restored); the loss and batches are
-        :meth:`_loss` and :meth:`_train_batches`."""
+        """Train with :func:`waferscope.models.training.fit_loop`.
+
+        AdamW, a one-cycle learning rate, early stopping on the validation split (best epoch
+        restored); the loss and batches are :meth:`_loss` and :meth:`_train_batches`.
+        """
         import torch
 
         if self.imbalance not in IMBALANCE_MODES:
@@ -311,9 +333,12 @@ class TorchClassifier(Classifier):
 
     # ---- inference -------------------------------------------------------------------------------
     def inference_network(self):
-        """An eval-only copy of ``network_`` for prediction: Conv→BatchNorm pairs of a sequential
-        network folded together, channels-last memory layout (faster convolutions on CPU).
-        It returns the same logits as ``network_`` up to float rounding."""
+        """Return an eval-only copy of ``network_`` for prediction.
+
+        Conv→BatchNorm pairs of a sequential network folded together, channels-last memory
+        layout (faster convolutions on CPU). It returns the same logits as ``network_`` up
+        to float rounding.
+        """
         import torch
         from torch import nn
         from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -377,6 +402,7 @@ class TorchClassifier(Classifier):
         return total / 8.0
 
     def n_parameters(self) -> int:
+        """Return the number of parameters of the fitted network."""
         self._check_fitted()
         return int(sum(p.numel() for p in self.network_.parameters()))
 

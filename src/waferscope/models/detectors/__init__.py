@@ -32,8 +32,7 @@ BUNDLED_SUMMARY = {"pattern_contrast": "trees: your normal maps vs simulated def
 
 
 def load_default(which: str = DEFAULT_DETECTOR):
-    """A detector shipped with waferscope, by name (:data:`BUNDLED`; old names in
-    :data:`BUNDLED_ALIASES` still work)."""
+    """Return a detector shipped with waferscope, by name (:data:`BUNDLED`; old names in :data:`BUNDLED_ALIASES` still work)."""
     from waferscope.base import load_bundled
 
     return load_bundled(BUNDLED, which, "detector", aliases=BUNDLED_ALIASES)

@@ -74,11 +74,12 @@ def wafer_valid_masks(dataset, size: int) -> np.ndarray | None:
 
 
 def training_normals(dataset, where: str | None = None, all_normal: bool = False):
-    """The normal samples (label ``none`` or ``good``) a detector trains on, or a clear DataError.
+    """Return the normal samples (label ``none`` or ``good``) a detector trains on, or a clear DataError.
 
     ``all_normal=True``: the caller vouches that every sample is normal (e.g. a fab's known-good
     wafers, which carry no label): unlabelled samples are taken as normal (``none`` for wafer maps,
-    ``good`` for images); a sample labelled with a defect class contradicts that and is an error."""
+    ``good`` for images); a sample labelled with a defect class contradicts that and is an error.
+    """
     if len(dataset) == 0:
         raise DataError("the training set is empty", where or dataset.name)
     if all_normal:
@@ -103,8 +104,11 @@ def training_normals(dataset, where: str | None = None, all_normal: bool = False
 
 
 def image_detectors() -> list[str]:
-    """Registered detectors that take images (their tags' ``input_kinds``), best first by
-    their declared ``image_rank`` (lower is better; measured on real images, docs/detection.md)."""
+    """Return the registered detectors that take images (their tags' ``input_kinds``).
+
+    Best first by their declared ``image_rank`` (lower is better; measured on real images,
+    docs/detection.md).
+    """
     from waferscope import registry
 
     names = [n for n in registry.available("detector") if "image" in registry.get(n, "detector").get_tags().input_kinds]
@@ -112,8 +116,11 @@ def image_detectors() -> list[str]:
 
 
 def default_detector_for(kind: str, wafer_default: str) -> str:
-    """The detector ``detect train`` uses without a model name: for images the best-ranked image
-    detector (:func:`image_detectors`), for wafer maps ``wafer_default``."""
+    """Return the detector ``detect train`` uses without a model name.
+
+    For images the best-ranked image detector (:func:`image_detectors`), for wafer maps
+    ``wafer_default``.
+    """
     if kind == "image":
         names = image_detectors()
         if names:
@@ -122,8 +129,10 @@ def default_detector_for(kind: str, wafer_default: str) -> str:
 
 
 def require_wafer_maps(dataset, detector: str) -> None:
-    """A clear DataError when a die-statistics detector is given images instead of wafer maps, or
-    maps with die values other than 0/1/2."""
+    """Raise a clear DataError when a die-statistics detector is given images instead of wafer maps.
+
+    Or maps with die values other than 0/1/2.
+    """
     if dataset.kind != "wafer":
         raise DataError(f"{detector} models die-state wafer maps, not images; detectors that take images: "
                         f"{', '.join(image_detectors())}", dataset.name)
@@ -153,8 +162,7 @@ def _grey(img: np.ndarray) -> np.ndarray:
 
 
 def _reflect_pad(t: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Reflect padding of any width (in rounds: one round pads at most side - 1 px); a side of one
-    pixel is replicated."""
+    """Reflect padding of any width (in rounds: one round pads at most side - 1 px); a side of one pixel is replicated."""
     while top or bottom or left or right:
         h, w = t.shape[-2:]
         if (h == 1 and (top or bottom)) or (w == 1 and (left or right)):
@@ -212,8 +220,11 @@ def image_canvas(dataset, size: int, normalise: str = "image", stats: tuple[floa
 
 
 def canvas_maps_to_input(maps: torch.Tensor, canvas: ImageCanvas, dataset) -> list[np.ndarray]:
-    """(N, S, S) maps on the canvas → each sample's own H×W: the image box, upsampled bilinearly;
-    pixels outside ``valid`` (the border frame, off-wafer) are 0."""
+    """(N, S, S) maps on the canvas → each sample's own H×W.
+
+    The image box, upsampled bilinearly; pixels outside ``valid`` (the border frame,
+    off-wafer) are 0.
+    """
     out = []
     for i, (top, left, nh, nw) in enumerate(canvas.boxes):
         m = maps[i] * torch.from_numpy(canvas.valid[i]).to(maps.dtype)
@@ -233,12 +244,13 @@ def canvas_maps_to_input(maps: torch.Tensor, canvas: ImageCanvas, dataset) -> li
 
 
 def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
+    """Yield consecutive slices of ``batch_size`` of ``range(n)``."""
     for start in range(0, n, batch_size):
         yield slice(start, min(n, start + batch_size))
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool = True):
-    """tqdm to stderr, silent when disabled or when stderr is not a terminal and the job is short."""
+    """Tqdm to stderr, silent when disabled or when stderr is not a terminal and the job is short."""
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False,
@@ -249,8 +261,9 @@ def fit_loop(params, step: Callable[[torch.Tensor], torch.Tensor], inputs: np.nd
              batch_size: int, lr: float, seed: int, augment: bool = True, weight_decay: float = 0.0,
              optimizer: torch.optim.Optimizer | None = None, desc: str = "train", progress: bool = True,
              modules: Iterable[torch.nn.Module] = ()) -> list[float]:
-    """Minimise ``step(batch) -> loss`` over ``inputs`` (N, C, S, S) with the training engine
-    (:func:`waferscope.models.training.fit_loop`); returns the per-epoch mean loss.
+    """Minimise ``step(batch) -> loss`` over ``inputs`` (N, C, S, S) with the training engine.
+
+    :func:`waferscope.models.training.fit_loop`; returns the per-epoch mean loss.
 
     What the detectors share is their batches: every epoch a seeded shuffle of ``inputs`` (seeded
     here, from ``seed``), each batch with an independent random rotation/flip per sample when
@@ -459,6 +472,7 @@ class TorchDetector(Detector):
         return scores, maps
 
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and map of every sample (see :meth:`score_input`)."""
         size = int(self.input_size)
         inputs = dataset_to_input(dataset, size)
         scores, maps = self.score_input(inputs, wafer_valid_masks(dataset, size))

@@ -31,14 +31,63 @@ from waferscope.registry import register
 
 
 def _for_inference(model: ConvAutoencoder) -> ConvAutoencoder:
-    """Eval mode, channels-last memory: CPU convolutions, above all the decoder's transposed ones,
-    run ~1.4× faster on NHWC tensors (measured on the bundled model, 256 wafers of 64 px, 1 thread)."""
+    """Eval mode, channels-last memory.
+
+    CPU convolutions, above all the decoder's transposed ones, run ~1.4× faster on NHWC tensors
+    (measured on the bundled model, 256 wafers of 64 px, 1 thread).
+    """
     return model.eval().to(memory_format=torch.channels_last)
 
 
 @register("autoencoder", kind="detector")
 class AutoencoderDetector(TorchDetector):
-    """Convolutional autoencoder on the one-hot die grid; the anomaly map is its reconstruction error."""
+    """Convolutional autoencoder on the one-hot die grid; the anomaly map is its reconstruction error.
+
+    Parameters
+    ----------
+    input_size
+        Side in pixels of the square network input (S×S) each map or image is resized to.
+    base_channels
+        Channels of the first convolution (doubled per stage).
+    latent_dim
+        Size of the bottleneck.
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Learning rate of the optimiser.
+    weight_decay
+        Weight decay of the optimiser.
+    augment
+        Random rotations/flips of the training inputs.
+    topk_fraction
+        Share of the highest map pixels averaged for the image score.
+    smoothing_sigma
+        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    seed
+        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    mode_
+        ``"wafer"`` or ``"image"``: the kind of data fitted on.
+    model_
+        The fitted network that scores (``torch.nn.Module``).
+    n_train_
+        Number of normal training samples.
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
+    train_loss_
+        Per-epoch mean training loss.
+    """
 
     _parameter_constraints = {
         "input_size": [Interval(int, 16, None, multiple_of=16)],  # four stride-2 stages
@@ -75,6 +124,7 @@ class AutoencoderDetector(TorchDetector):
         return F.mse_loss(torch.sigmoid(out), x)
 
     def fit(self, dataset, **kwargs) -> "AutoencoderDetector":
+        """Fit the autoencoder to reconstruct the normal samples of ``dataset``; return ``self``."""
         normals = training_normals(dataset)
         mode = "image" if dataset.kind == "image" else "wafer"
         inputs = dataset_to_input(normals, int(self.input_size))

@@ -25,6 +25,8 @@ def _up(cin: int, cout: int) -> nn.Sequential:
 
 
 class ConvAutoencoder(nn.Module):
+    """Convolutional autoencoder: stride-2 encoder, a dense bottleneck and a mirrored decoder."""
+
     def __init__(self, input_size: int = 64, in_channels: int = 3, out_channels: int = 1, base_channels: int = 32,
                  latent_dim: int = 64):
         super().__init__()
@@ -41,11 +43,14 @@ class ConvAutoencoder(nn.Module):
                                      nn.ConvTranspose2d(c[0], out_channels, 4, stride=2, padding=1))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the latent vectors of a batch."""
         return self.to_latent(torch.flatten(self.encoder(x), 1))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Return the reconstructions of latent vectors."""
         h = self.from_latent(z).view(-1, self.bottleneck_channels, self.grid, self.grid)
         return self.decoder(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the reconstruction of a batch."""
         return self.decode(self.encode(x))

@@ -1,5 +1,7 @@
-"""EfficientAD detector (``efficientad``): PDN-S teacher distilled from the wafer backbone, PDN student,
-autoencoder, quantile-normalised map average.
+"""EfficientAD detector (``efficientad``).
+
+PDN-S teacher distilled from the wafer backbone, PDN student, autoencoder, quantile-normalised map
+average.
 
 Differences from the paper, each forced by the wafer domain (see docs/detection_kd.md):
 
@@ -43,7 +45,61 @@ def noise_images(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
 
 @register("efficientad", kind="detector")
 class EfficientADDetector(FastInferenceMixin, TorchDetector):
-    """EfficientAD (Batzner et al. 2024): a PDN student and an autoencoder regress a frozen PDN teacher."""
+    """EfficientAD (Batzner et al. 2024): a PDN student and an autoencoder regress a frozen PDN teacher.
+
+    Parameters
+    ----------
+    backbone
+        Registered PDN backbone the teacher is taken from.
+    pretrained
+        ``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local checkpoint path.
+    input_size
+        Side in pixels of the square network input (S×S) each map or image is resized to.
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Learning rate of the optimiser.
+    weight_decay
+        Weight decay of the optimiser.
+    hard_quantile
+        Quantile above which a teacher–student feature distance counts in the hard-feature loss.
+    penalty
+        ``"noise"`` (penalise the student on die-state noise images) or ``"none"``.
+    q_a
+        Lower quantile of the map normalisation (the paper's 0.9).
+    q_b
+        Upper quantile of the map normalisation (the paper's 0.995).
+    val_fraction
+        Share of the normal maps held out to measure those quantiles.
+    augment
+        Random rotations/flips of the training inputs.
+    smoothing_sigma
+        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    jit
+        Score through a traced, frozen TorchScript copy of the network (faster on CPU, same outputs).
+    seed
+        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    loss_history_
+        Per-epoch mean training loss.
+    model_
+        The fitted network that scores (``torch.nn.Module``).
+    teacher_kwargs_
+        Construction kwargs of the teacher PDN, recorded so a saved run rebuilds it.
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
+    """
 
     _label = "EfficientAD"
     _arch_key = "teacher_kwargs"
@@ -92,6 +148,7 @@ class EfficientADDetector(FastInferenceMixin, TorchDetector):
         return EfficientADModel(teacher, student, AutoEncoder(size, grid, channels), channels)
 
     def fit(self, dataset, **kwargs) -> "EfficientADDetector":
+        """Fit the student and the autoencoder on the normal samples of ``dataset``; return ``self``."""
         normals = training_normals(dataset)
         rng = seed_everything(self.seed)
         arch = backbone_kwargs(self.backbone, self.pretrained)

@@ -18,6 +18,8 @@ from waferscope.models.detectors.efficientad.anomaly_map import ae_map, quantile
 
 
 class AutoEncoder(nn.Module):
+    """EfficientAD's autoencoder: strided convolutions to a latent, bilinear upsampling convolutions back."""
+
     def __init__(self, input_size: int, output_size: int, out_channels: int, in_channels: int = 3,
                  latent: int = 64, hidden: int = 64, dropout: float = 0.2):
         super().__init__()
@@ -45,6 +47,7 @@ class AutoEncoder(nn.Module):
         self.output_size = output_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the autoencoder's output feature maps for a batch."""
         z = self.encoder(x)
         for size, conv in zip(self.sizes, self.up_convs):
             z = conv(F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False))
@@ -52,6 +55,8 @@ class AutoEncoder(nn.Module):
 
 
 class EfficientADModel(nn.Module):
+    """The teacher (frozen, normalised), student and autoencoder of EfficientAD."""
+
     def __init__(self, teacher: nn.Module, student: nn.Module, autoencoder: nn.Module, channels: int):
         super().__init__()
         self.teacher = teacher.eval()
@@ -66,12 +71,14 @@ class EfficientADModel(nn.Module):
         self.register_buffer("quantiles", torch.tensor([0.0, 1.0, 0.0, 1.0]))  # st_a, st_b, ae_a, ae_b
 
     def train(self, mode: bool = True) -> "EfficientADModel":
+        """Set the training mode; the frozen teacher stays in eval mode."""
         super().train(mode)
         self.teacher.eval()
         return self
 
     @torch.no_grad()
     def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the teacher's features, normalised by its training-set channel statistics."""
         return (self.teacher(x) - self.teacher_mean) / self.teacher_std
 
     def raw_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ BYTES_PER_MB = 1_000_000
 
 def coreset_size(n_candidates: int, dim: int, ratio: float, max_memory_mb: float | None = None,
                  bytes_per_value: int = 4) -> int:
-    """Number of memory-bank rows: ``ratio × n_candidates``, capped by the memory budget, at least 1."""
+    """Return the number of memory-bank rows: ``ratio × n_candidates``, capped by the memory budget, at least 1."""
     if not 0 < ratio <= 1:
         raise ConfigError(f"coreset ratio must be in (0, 1], got {ratio}")
     n = max(1, int(math.ceil(ratio * n_candidates)))
@@ -40,14 +40,14 @@ def coreset_size(n_candidates: int, dim: int, ratio: float, max_memory_mb: float
 
 
 def gaussian_projection(in_dim: int, out_dim: int, seed: int = 0) -> torch.Tensor:
-    """A seeded (in_dim, out_dim) Gaussian projection matrix scaled to preserve distances on average."""
+    """Return a seeded (in_dim, out_dim) Gaussian projection matrix scaled to preserve distances on average."""
     gen = torch.Generator().manual_seed(int(seed))
     return torch.randn(in_dim, out_dim, generator=gen) / math.sqrt(out_dim)
 
 
 def k_center_greedy(features: torch.Tensor | np.ndarray, n_select: int, projection_dim: int | None = 128,
                     seed: int = 0, progress: bool = False) -> torch.Tensor:
-    """Indices (n_select,) of a greedy k-center coreset of ``features`` (N, D).
+    """Return the indices (n_select,) of a greedy k-center coreset of ``features`` (N, D).
 
     Starts from one seeded random row, then repeatedly adds the row whose distance to the nearest
     selected row is largest. With ``projection_dim`` (< D) distances are measured after a seeded

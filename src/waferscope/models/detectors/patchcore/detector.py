@@ -45,6 +45,7 @@ class PatchCoreModel(torch.nn.Module):
         self.embed = PatchEmbedding(layer_channels, embedding_dim, patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the patch embeddings of a batch."""
         feats = self.extractor(x)
         return self.embed(list(feats.values()))
 
@@ -53,25 +54,55 @@ class PatchCoreModel(torch.nn.Module):
 class PatchCoreDetector(TorchDetector):
     """Memory-bank anomaly detector on locally aware patch features of a frozen CNN.
 
-    backbone / pretrained / backbone_kwargs
-        any registered backbone (default ``wafer_resnet18`` with the shipped wafer-domain weights: on
+    Parameters
+    ----------
+    backbone, pretrained, backbone_kwargs
+        Any registered backbone (default ``wafer_resnet18`` with the shipped wafer-domain weights: on
         the real dev maps it beat random-init ResNet-18 and WRN-50-2 and is faster, configs/seed004.yaml;
         also ``resnet18``, ``wide_resnet50_2``...);
         ``pretrained`` = None (seeded random init), ``"wafer"`` (shipped wafer-domain weights) or a
         local torchvision checkpoint path; ``backbone_kwargs`` go to the constructor (``width``,
         ``small_input`` for ResNets).
     layers, patch_size, embedding_dim
-        feature layers (paper: layer2+layer3), neighbourhood of the local average (paper: 3) and the
+        Feature layers (paper: layer2+layer3), neighbourhood of the local average (paper: 3) and the
         channel-pooled patch-feature size.
     coreset_ratio, max_memory_mb, coreset_projection_dim
-        memory bank = greedy coreset of ``coreset_ratio`` × the candidate patches (paper: 1–10 %),
+        Memory bank = greedy coreset of ``coreset_ratio`` × the candidate patches (paper: 1–10 %),
         never more rows than fit in ``max_memory_mb`` (float32); distances for the greedy selection are
         measured after a seeded Gaussian projection to ``coreset_projection_dim`` dims.
     max_train_patches
-        candidate patches before the coreset: when wafers × patches-per-wafer exceeds it, each wafer
+        Candidate patches before the coreset: when wafers × patches-per-wafer exceeds it, each wafer
         contributes a seeded random subset of ``max(1, max_train_patches // n_wafers)`` positions.
     num_neighbors
-        b of eq. 7 (paper: 9); 1 turns re-weighting off (score = largest patch distance).
+        The b of eq. 7 (paper: 9); 1 turns re-weighting off (score = largest patch distance).
+    input_size
+        Side in pixels of the square network input each map or image is resized to.
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    smoothing_sigma
+        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
+    seed
+        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    fit_info_
+        Figures of the fit (candidate patches, memory-bank rows and MB, seconds).
+    grid_
+        (h, w) of the patch-feature grid.
+    memory_bank_
+        The coreset of normal patch features (rows × ``embedding_dim``).
+    memory_sq_norm_
+        Squared norms of the memory-bank rows.
+    model_
+        The fitted network that scores (``torch.nn.Module``).
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _parameter_constraints = {
@@ -116,7 +147,7 @@ class PatchCoreDetector(TorchDetector):
         return model.eval()
 
     def _backbone_state(self) -> dict[str, torch.Tensor]:
-        """The backbone tensors the feature layers depend on (everything before the deepest layer's successors)."""
+        """Return the backbone tensors the feature layers depend on (everything before the deepest layer's successors)."""
         net = self.model_.extractor.backbone
         order = [name for name, _ in net.named_children()]
         deepest = max(order.index(layer.split(".")[0]) for layer in self.layers if layer.split(".")[0] in order)
@@ -148,6 +179,7 @@ class PatchCoreDetector(TorchDetector):
             yield sl, part, dataset_to_input(part, size)
 
     def fit(self, dataset, **kwargs) -> "PatchCoreDetector":
+        """Build the memory bank from the normal samples of ``dataset``; return ``self``."""
         self._check_params()
         normals = training_normals(dataset)
         t0 = time.perf_counter()

@@ -25,7 +25,7 @@ _CHUNK_VALUES = 8_000_000
 
 
 def channel_pooling_matrix(layer_channels: Sequence[int], embedding_dim: int) -> torch.Tensor:
-    """The (sum(C_l), D) linear map equal to PatchCore's two adaptive average poolings over channels.
+    """Return the (sum(C_l), D) linear map equal to PatchCore's two adaptive average poolings over channels.
 
     Each layer's C_l channels are pooled (or repeated) to the widest layer's width, the layers are
     concatenated and the result is pooled to ``embedding_dim``.
@@ -52,6 +52,7 @@ class PatchEmbedding(nn.Module):
                              persistent=False)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Return the locally averaged, channel-pooled patch features of the layers' maps."""
         grid = features[0].shape[-2:]
         pad = self.patch_size // 2
         parts = []

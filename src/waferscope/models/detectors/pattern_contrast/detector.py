@@ -51,18 +51,34 @@ def _score_chunk(maps, trees, baseline) -> tuple[np.ndarray, list[np.ndarray]]:
 class PatternContrastDetector(Detector):
     """Gradient-boosted trees separating normal maps from generator-simulated defects.
 
+    Parameters
+    ----------
     n_synthetic
-        synthetic maps added at fit, the generator's classes in equal shares (by default its 8 defect
+        Synthetic maps added at fit, the generator's classes in equal shares (by default its 8 defect
         patterns and its normal wafers, so 8/9 defects and 1/9 normal).
     patterns
-        the defect patterns to simulate (``"|"``-separated or a list of WM-811K names; None = all 8).
+        The defect patterns to simulate (``"|"``-separated or a list of WM-811K names; None = all 8).
         Leaving one out measures how the detector does on a defect type it never saw simulated.
     max_iter, learning_rate, max_leaf_nodes, l2_regularization
-        the boosting settings (scikit-learn's names).
+        The boosting settings (scikit-learn's names).
     seed
-        seeds the synthetic maps and the trees.
+        Seeds the synthetic maps and the trees.
     n_jobs, progress
-        feature-extraction processes; progress bars.
+        Feature-extraction processes; progress bars.
+
+    Attributes
+    ----------
+    n_train_
+        Number of normal training samples.
+    ring_baseline_
+        Mean local fail rate of the normal maps' dies in each radial ring.
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
+    trees_
+        The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """
 
     _parameter_constraints = {"n_synthetic": [Interval(int, 1)]}
@@ -84,6 +100,7 @@ class PatternContrastDetector(Detector):
         return extract_features(maps, n_jobs=self.n_jobs, progress=bool(self.progress), feature_set=FEATURE_SET)
 
     def fit(self, dataset, **kwargs) -> "PatternContrastDetector":
+        """Fit the trees on the normal maps against simulated defects; return ``self``."""
         from waferscope.data.synthetic import generate
 
         require_wafer_maps(dataset, "pattern_contrast")
@@ -111,6 +128,7 @@ class PatternContrastDetector(Detector):
         return [*chosen, NORMAL]
 
     def score(self, dataset) -> DetectionResult:
+        """Return the defect probability and excess-fail map of every map."""
         self._check_fitted()
         require_wafer_maps(dataset, "pattern_contrast")
         if len(dataset) == 0:

@@ -32,10 +32,32 @@ _CHUNK = 1024  # maps per progress step
 class PatternStatsDetector(Detector):
     """Mahalanobis distance of wafer pattern statistics to those of normal maps.
 
+    Parameters
+    ----------
     shrinkage
         None: Ledoit-Wolf's optimal shrinkage of the covariance (default); a number in [0, 1] fixes it.
     progress
-        a progress bar over large sets.
+        A progress bar over large sets.
+
+    Attributes
+    ----------
+    location_
+        Location of the shrunk covariance of the standardised statistics.
+    mean_
+        Mean of each pattern statistic over the normal maps.
+    n_train_
+        Number of normal training samples.
+    precision_
+        Precision matrix of that covariance (the Mahalanobis metric).
+    ring_baseline_
+        Mean local fail rate of the normal maps' dies in each radial ring.
+    scale_
+        Standard deviation of each statistic (1 where constant).
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _parameter_constraints = {"shrinkage": [Interval(float, 0, 1), None]}
@@ -45,8 +67,11 @@ class PatternStatsDetector(Detector):
         self.progress = progress
 
     def _statistics(self, maps, desc: str, per_map) -> np.ndarray:
-        """(N, len(FEATURE_NAMES)) statistics of ``maps``. Each map's local fail rate is computed once
-        and also handed to ``per_map(wafer, local_rate)`` (ring baseline at fit, anomaly map at scoring)."""
+        """(N, len(FEATURE_NAMES)) statistics of ``maps``.
+
+        Each map's local fail rate is computed once and also handed to ``per_map(wafer, local_rate)``
+        (ring baseline at fit, anomaly map at scoring).
+        """
         feats = np.zeros((len(maps), len(FEATURE_NAMES)))
         chunks = list(batch_slices(len(maps), _CHUNK))
         for sl in progress(chunks, desc=desc, enabled=bool(self.progress) and len(chunks) > 4):
@@ -58,6 +83,7 @@ class PatternStatsDetector(Detector):
         return feats
 
     def fit(self, dataset, **kwargs) -> "PatternStatsDetector":
+        """Fit the statistics' Gaussian on the normal maps of ``dataset``; return ``self``."""
         from sklearn.covariance import LedoitWolf, ShrunkCovariance
 
         require_wafer_maps(dataset, "pattern_stats")
@@ -92,6 +118,7 @@ class PatternStatsDetector(Detector):
         return excess_fail_map(wafer, self.ring_baseline_, local_rate)
 
     def score(self, dataset) -> DetectionResult:
+        """Return the Mahalanobis distance and excess-fail map of every map."""
         self._check_fitted()
         require_wafer_maps(dataset, "pattern_stats")
         maps: list[np.ndarray] = []

@@ -1,5 +1,6 @@
-"""ReConPatch (Hyun et al., "ReConPatch: Contrastive Patch Representation Learning for Industrial
-Anomaly Detection", WACV 2024).
+"""ReConPatch (Hyun et al., WACV 2024).
+
+"ReConPatch: Contrastive Patch Representation Learning for Industrial Anomaly Detection", WACV 2024.
 
 PatchCore with one extra step: before the memory bank is built, a linear representation layer (with
 a linear projection head used only for training) is trained on the normal patch features with the
@@ -27,17 +28,73 @@ from waferscope.registry import register
 
 @register("reconpatch", kind="detector")
 class ReConPatchDetector(PatchCoreDetector):
-    """PatchCore on contrastively modulated patch features. Extra parameters:
+    """PatchCore on contrastively modulated patch features.
 
+    Parameters
+    ----------
     representation_dim, projection_dim
-        output of the linear representation layer (memory-bank space) and of the projection head.
+        Output of the linear representation layer (memory-bank space) and of the projection head.
     sigma, alpha, k_contextual, margin, ema_momentum
         Gaussian-kernel width of the pairwise similarity, weight α of pairwise vs contextual
         similarity, neighbourhood size k of the contextual similarity, margin m of the relaxed
         contrastive loss, momentum of the EMA target network.
     epochs, lr, weight_decay, contrastive_batch_size, steps_per_epoch, contrastive_patches
-        training schedule (AdamW); each step draws ``contrastive_batch_size`` patches from a seeded
+        Training schedule (AdamW); each step draws ``contrastive_batch_size`` patches from a seeded
         random subset of ``contrastive_patches`` candidate patches.
+    backbone
+        Name of a registered backbone (the frozen feature extractor), as PatchCore's.
+    pretrained
+        ``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local checkpoint path.
+    backbone_kwargs
+        Keyword arguments of the backbone's constructor (``width``, ``small_input`` for ResNets).
+    layers
+        Backbone layers whose features are used.
+    input_size
+        Side in pixels of the square network input each map or image is resized to.
+    patch_size
+        Neighbourhood of the local average of the features (PatchCore's 3).
+    embedding_dim
+        Channel-pooled patch-feature size (the modulation network's input).
+    coreset_ratio
+        Memory bank = greedy coreset of this share of the candidate patches.
+    max_memory_mb
+        Never more memory-bank rows than fit in this many MB (float32).
+    coreset_projection_dim
+        Dimensions of the seeded Gaussian projection the greedy selection measures distances in.
+    max_train_patches
+        Candidate patches before the coreset (a seeded subset of positions per wafer beyond it).
+    num_neighbors
+        b of PatchCore's eq. 7 (1: no re-weighting, the score is the largest patch distance).
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    smoothing_sigma
+        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
+    seed
+        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    fit_info_
+        Figures of the fit (candidate patches, memory-bank rows and MB, seconds).
+    grid_
+        (h, w) of the patch-feature grid.
+    loss_history_
+        Per-epoch mean training loss.
+    memory_bank_
+        The coreset of modulated normal patch features (rows × ``representation_dim``).
+    memory_sq_norm_
+        Squared norms of the memory-bank rows.
+    model_
+        The fitted network that scores (``torch.nn.Module``).
+    modulation_
+        The trained representation network applied to patch features.
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _parameter_constraints = {

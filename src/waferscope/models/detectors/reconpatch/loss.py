@@ -23,11 +23,13 @@ import torch
 
 
 def squared_distances(z: torch.Tensor) -> torch.Tensor:
+    """Return the (N, N) squared Euclidean distances between the rows of ``z``."""
     sq = (z * z).sum(1)
     return (sq[:, None] + sq[None, :] - 2.0 * (z @ z.t())).clamp_min(0)
 
 
 def pairwise_similarity(z: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Return the Gaussian-kernel pairwise similarity of the rows of ``z``."""
     return torch.exp(-squared_distances(z) / sigma)
 
 
@@ -41,6 +43,7 @@ def knn_mask(d2: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def contextual_similarity(z: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """Return the contextual similarity: the overlap of the rows' ``k``-nearest-neighbour sets."""
     d2 = squared_distances(z)
     neigh = knn_mask(d2, k)
     overlap = (neigh @ neigh.t()) / neigh.sum(1, keepdim=True)  # |N(i) ∩ N(j)| / |N(i)|
@@ -52,10 +55,12 @@ def contextual_similarity(z: torch.Tensor, k: int = 5) -> torch.Tensor:
 
 
 def mixed_similarity(z_target: torch.Tensor, sigma: float = 1.0, alpha: float = 0.5, k: int = 5) -> torch.Tensor:
+    """Return the ``alpha``-weighted mix of pairwise and contextual similarity."""
     return alpha * pairwise_similarity(z_target, sigma) + (1.0 - alpha) * contextual_similarity(z_target, k)
 
 
 def relaxed_contrastive_loss(z: torch.Tensor, similarity: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Return ReConPatch's relaxed contrastive loss of ``z`` under the target ``similarity``."""
     n = len(z)
     off_diag = ~torch.eye(n, dtype=torch.bool)
     # sqrt has an infinite gradient at 0: clamp before, and leave the diagonal (distance 0) out.

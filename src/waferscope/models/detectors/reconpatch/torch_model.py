@@ -16,6 +16,8 @@ from waferscope.models.training import EMA, fit_loop, seed_everything
 
 
 class ModulationNetwork(nn.Module):
+    """ReConPatch's modulation network: a linear representation layer and a projection head."""
+
     def __init__(self, in_dim: int, representation_dim: int, projection_dim: int):
         super().__init__()
         self.representation = nn.Linear(in_dim, representation_dim)
@@ -28,6 +30,7 @@ class ModulationNetwork(nn.Module):
                 self.representation.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (representation, projection) of patch features ``x``."""
         h = self.representation(x)
         return h, self.projection(h)
 

@@ -1,6 +1,8 @@
-"""Reverse-distillation detectors: ``reverse_distillation`` (wafer ResNet-18 teacher) and
-``reverse_distillation_convnext`` (wafer ConvNeXt teacher; ConvNeXt-block bottleneck/decoder and
-per-channel feature standardisation are options, measured in docs/detection_kd.md).
+"""Reverse-distillation detectors.
+
+``reverse_distillation`` (wafer ResNet-18 teacher) and ``reverse_distillation_convnext`` (wafer
+ConvNeXt teacher; ConvNeXt-block bottleneck/decoder and per-channel feature standardisation are
+options, measured in docs/detection_kd.md).
 
 Training follows the paper (Adam, lr 0.005, betas (0.5, 0.999)); the anomaly map is the sum over the
 three scales of 1 − cos, upsampled, Gaussian-smoothed (σ = 4 px per 256 px, the paper's σ = 4), and
@@ -27,7 +29,62 @@ from waferscope.registry import register
 
 @register("reverse_distillation", kind="detector")
 class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
-    """Reverse Distillation (Deng & Li 2022): a decoder student rebuilds a frozen encoder's features."""
+    """Reverse Distillation (Deng & Li 2022): a decoder student rebuilds a frozen encoder's features.
+
+    Parameters
+    ----------
+    backbone
+        Name of a registered backbone network (the frozen teacher).
+    pretrained
+        ``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local checkpoint path.
+    layers
+        Backbone layers whose features are used.
+    style
+        ``"resnet"`` (basic-block bottleneck and decoder) or ``"convnext"`` (LayerNorm ConvNeXt blocks).
+    n_blocks
+        Blocks per decoder stage.
+    feature_norm
+        ``"none"``, ``"layernorm"`` or ``"channel"``: how teacher and student features are normalised before
+        comparing.
+    input_size
+        Side in pixels of the square network input (S×S) each map or image is resized to.
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Learning rate of the optimiser.
+    betas
+        Adam's betas.
+    weight_decay
+        Weight decay of the optimiser.
+    augment
+        Random rotations/flips of the training inputs.
+    smoothing_sigma
+        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    jit
+        Score through a traced, frozen TorchScript copy of the network (faster on CPU, same outputs).
+    seed
+        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    backbone_kwargs_
+        Construction kwargs of the backbone, recorded so a saved run rebuilds it.
+    loss_history_
+        Per-epoch mean training loss.
+    model_
+        The fitted network that scores (``torch.nn.Module``).
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
+    """
 
     _label = "reverse-distillation"
 
@@ -73,6 +130,7 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
         return ReverseDistillationModel(encoder, channels, self.style, int(self.n_blocks), self.feature_norm)
 
     def fit(self, dataset, **kwargs) -> "ReverseDistillationDetector":
+        """Fit the bottleneck and decoder on the normal samples of ``dataset``; return ``self``."""
         normals = training_normals(dataset)
         seed_everything(self.seed)
         arch = backbone_kwargs(self.backbone, self.pretrained)
@@ -105,6 +163,60 @@ class ReverseDistillationConvNeXtDetector(ReverseDistillationDetector):
     Defaults are the best of the measured variants (docs/detection_kd.md): raw stage outputs, a
     BatchNorm/basic-block bottleneck and decoder, the paper's Adam settings. ``style="convnext"``
     (LayerNorm ConvNeXt-block bottleneck/decoder) and ``feature_norm="channel"`` measured worse.
+
+    Parameters
+    ----------
+    backbone
+        Name of a registered backbone network (the frozen teacher).
+    pretrained
+        ``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local checkpoint path.
+    layers
+        Backbone layers whose features are used.
+    style
+        ``"resnet"`` (basic-block bottleneck and decoder) or ``"convnext"`` (LayerNorm ConvNeXt blocks).
+    n_blocks
+        Blocks per decoder stage.
+    feature_norm
+        ``"none"``, ``"layernorm"`` or ``"channel"``: how teacher and student features are normalised before
+        comparing.
+    input_size
+        Side in pixels of the square network input (S×S) each map or image is resized to.
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    lr
+        Learning rate of the optimiser.
+    betas
+        Adam's betas.
+    weight_decay
+        Weight decay of the optimiser.
+    augment
+        Random rotations/flips of the training inputs.
+    smoothing_sigma
+        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    jit
+        Score through a traced, frozen TorchScript copy of the network (faster on CPU, same outputs).
+    seed
+        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    backbone_kwargs_
+        Construction kwargs of the backbone, recorded so a saved run rebuilds it.
+    loss_history_
+        Per-epoch mean training loss.
+    model_
+        The fitted network that scores (``torch.nn.Module``).
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
     """
 
     def __init__(self, backbone: str = "wafer_convnext", pretrained: str | None = "wafer",

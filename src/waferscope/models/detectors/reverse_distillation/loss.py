@@ -21,4 +21,5 @@ def cosine_distance_map(encoder_feature: torch.Tensor, decoder_feature: torch.Te
 
 def reverse_distillation_loss(encoder_features: Sequence[torch.Tensor],
                               decoder_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Return the reverse-distillation loss: the mean cosine distance summed over the layers."""
     return sum(cosine_distance_map(e, d).mean() for e, d in zip(encoder_features, decoder_features))

@@ -30,6 +30,7 @@ FEATURE_NORMS = ("none", "layernorm", "channel")
 
 # ---- ResNet-style blocks ----------------------------------------------------------------------------
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    """Return a 3×3 convolution without bias."""
     return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
 
 
@@ -45,6 +46,7 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block with its residual."""
         idt = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + idt)
@@ -64,12 +66,14 @@ class DeBasicBlock(nn.Module):
             self.upsample = nn.Sequential(up, nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the (upsampling) block with its residual."""
         idt = x if self.upsample is None else self.upsample(x)
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + idt)
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 2) -> nn.Sequential:
+    """Return a 3×3 convolution, BatchNorm and ReLU."""
     return nn.Sequential(conv3x3(cin, cout, stride), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
@@ -78,6 +82,7 @@ class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an (B, C, H, W) map, as ConvNeXt uses between stages."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise each position's channels."""
         return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
 
 
@@ -93,6 +98,7 @@ class ConvNeXtBlock(nn.Module):
         self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block with its residual."""
         y = self.dwconv(x).permute(0, 2, 3, 1)
         y = self.pwconv2(F.gelu(self.pwconv1(self.norm(y))))
         return x + (self.gamma * y).permute(0, 3, 1, 2)
@@ -130,6 +136,7 @@ class OCBE(nn.Module):
             raise ValueError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Return the one-class bottleneck embedding of the encoder's feature maps."""
         f1, f2, f3 = feats
         if self.style == "convnext":
             f3 = self.fuse3(f3)
@@ -154,6 +161,7 @@ class Decoder(nn.Module):
         self.stages = nn.ModuleList(stages)
 
     def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """Return the decoder's feature maps, shallowest last."""
         outs = []
         for stage in self.stages:
             z = stage(z)
@@ -179,12 +187,14 @@ class FeatureNorm(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, feats_batches: Sequence[Sequence[torch.Tensor]]) -> None:
+        """Measure each layer's per-channel mean and std on training batches (``mode="channel"``)."""
         for i in range(len(feats_batches[0])):
             flat = torch.cat([b[i].transpose(0, 1).flatten(1) for b in feats_batches], 1)
             getattr(self, f"mean{i}").copy_(flat.mean(1))
             getattr(self, f"std{i}").copy_(flat.std(1).clamp_min(1e-4))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Return the teacher maps normalised by ``mode``."""
         if self.mode == "none":
             return list(feats)
         if self.mode == "layernorm":
@@ -194,6 +204,8 @@ class FeatureNorm(nn.Module):
 
 
 class ReverseDistillationModel(nn.Module):
+    """Reverse distillation: a frozen encoder, a trainable bottleneck and a decoder that rebuilds its features."""
+
     def __init__(self, encoder: nn.Module, channels: Sequence[int], style: str = "resnet", n_blocks: int = 2,
                  feature_norm: str = "none"):
         super().__init__()
@@ -205,12 +217,14 @@ class ReverseDistillationModel(nn.Module):
         self.decoder = Decoder(channels, style, n_blocks)
 
     def train(self, mode: bool = True) -> "ReverseDistillationModel":
+        """Set the training mode; the frozen encoder stays in eval mode."""
         super().train(mode)
         self.encoder.eval()
         return self
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the encoder's feature maps."""
         return list(self.encoder(x))
 
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -220,5 +234,6 @@ class ReverseDistillationModel(nn.Module):
         return self.feature_norm(enc), dec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the anomaly map of a batch at the input's resolution."""
         enc, dec = self.features(x)
         return anomaly_map(enc, dec, tuple(x.shape[-2:]))

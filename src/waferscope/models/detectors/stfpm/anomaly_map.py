@@ -16,6 +16,7 @@ FUSIONS = ("product", "mean", "max")
 
 
 def fuse_maps(maps: Sequence[torch.Tensor], fusion: str = "product") -> torch.Tensor:
+    """Combine per-layer maps: their product, mean or maximum."""
     stacked = torch.stack(list(maps))
     if fusion == "product":
         return stacked.prod(0)

@@ -23,12 +23,12 @@ from waferscope.registry import register
 
 
 def backbone_kwargs(name: str, pretrained) -> dict:
-    """Construction kwargs of a backbone (those recorded beside shipped wafer weights, if used)."""
+    """Return the construction kwargs of a backbone (those recorded beside shipped wafer weights, if used)."""
     return dict(wafer_weights_info(name).get("kwargs", {})) if pretrained in (True, "wafer") else {}
 
 
 def build_backbone(name: str, pretrained, kwargs: dict | None = None, load: bool = True) -> torch.nn.Module:
-    """The backbone, with its pretrained weights when ``load`` (a reloaded run restores them itself)."""
+    """Return the backbone, with its pretrained weights when ``load`` (a reloaded run restores them itself)."""
     kwargs = backbone_kwargs(name, pretrained) if kwargs is None else kwargs
     if load and pretrained not in (None, False, "", "none"):
         return create_backbone(name, pretrained=pretrained, **kwargs)
@@ -36,7 +36,7 @@ def build_backbone(name: str, pretrained, kwargs: dict | None = None, load: bool
 
 
 def feature_pyramid(backbone: torch.nn.Module, layers: Sequence[str], frozen: bool) -> torch.nn.Module:
-    """A module returning the list of the named layers' maps."""
+    """Return a module returning the list of the named layers' maps."""
 
     class Pyramid(torch.nn.Module):
         def __init__(self):
@@ -65,9 +65,12 @@ def frozen_for_inference(model: torch.nn.Module, input_size: int) -> torch.jit.S
 
 
 class FastInferenceMixin:
-    """What the KD detectors share: ``_predict_batch`` through a traced, frozen copy of ``model_``
-    when ``jit`` is set, and persistence of ``model_`` with the architecture it was built from
-    (stored under ``_arch_key``; ``_build(arch, load_teacher=False)`` rebuilds it for loading)."""
+    """What the KD detectors share.
+
+    ``_predict_batch`` through a traced, frozen copy of ``model_`` when ``jit`` is set, and
+    persistence of ``model_`` with the architecture it was built from (stored under
+    ``_arch_key``; ``_build(arch, load_teacher=False)`` rebuilds it for loading).
+    """
 
     _fast_model = None
     _arch_key = "backbone_kwargs"
@@ -98,10 +101,12 @@ class FastInferenceMixin:
 
 
 def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Return detached copies of a module's state tensors."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``tensors`` into ``model``; a RunDirError naming ``where`` when they do not fit."""
     from waferscope.errors import RunDirError
 
     try:
@@ -112,7 +117,59 @@ def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where
 
 @register("stfpm", kind="detector")
 class STFPMDetector(FastInferenceMixin, TorchDetector):
-    """STFPM (Wang et al. 2021): a student regresses a frozen teacher's feature pyramid; the gap is the map."""
+    """STFPM (Wang et al. 2021): a student regresses a frozen teacher's feature pyramid; the gap is the map.
+
+    Parameters
+    ----------
+    backbone
+        Name of a registered backbone network (the frozen teacher).
+    pretrained
+        ``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local checkpoint path.
+    layers
+        Backbone layers whose features are used.
+    fusion
+        ``"product"``, ``"mean"`` or ``"max"``: how the per-layer distance maps are combined.
+    input_size
+        Side in pixels of the square network input (S×S) each map or image is resized to.
+    epochs
+        Passes over the training data.
+    batch_size
+        Samples per training step.
+    optimizer
+        ``"sgd"`` or ``"adam"``.
+    lr
+        Learning rate of the optimiser.
+    momentum
+        SGD momentum.
+    weight_decay
+        Weight decay of the optimiser.
+    augment
+        Random rotations/flips of the training inputs.
+    smoothing_sigma
+        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    jit
+        Score through a traced, frozen TorchScript copy of the network (faster on CPU, same outputs).
+    seed
+        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    backbone_kwargs_
+        Construction kwargs of the backbone, recorded so a saved run rebuilds it.
+    loss_history_
+        Per-epoch mean training loss.
+    model_
+        The fitted network that scores (``torch.nn.Module``).
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
+    """
 
     _label = "STFPM"
 
@@ -152,6 +209,7 @@ class STFPMDetector(FastInferenceMixin, TorchDetector):
                           feature_pyramid(student, self.layers, frozen=False), self.fusion)
 
     def fit(self, dataset, **kwargs) -> "STFPMDetector":
+        """Fit the student on the normal samples of ``dataset``; return ``self``."""
         normals = training_normals(dataset)
         seed_everything(self.seed)
         arch = backbone_kwargs(self.backbone, self.pretrained)

@@ -20,4 +20,5 @@ def layer_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor
 
 
 def stfpm_loss(teacher_features: Sequence[torch.Tensor], student_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Return the STFPM loss: the per-layer feature distance averaged, summed over the layers."""
     return sum(layer_distance(t, s).mean() for t, s in zip(teacher_features, student_features))

@@ -20,11 +20,13 @@ class STFPMModel(nn.Module):
         self.fusion = fusion
 
     def train(self, mode: bool = True) -> "STFPMModel":
+        """Set the training mode; the frozen teacher stays in eval mode."""
         super().train(mode)
         self.teacher.eval()  # frozen: its BatchNorm statistics must not drift
         return self
 
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Return (teacher, student) feature pyramids of a batch."""
         with torch.no_grad():
             t = list(self.teacher(x))
         return t, list(self.student(x))

@@ -38,19 +38,51 @@ from waferscope.registry import register
 class TextureContrastDetector(Detector):
     """Gradient-boosted trees on filter-bank features: normal image patches vs synthetic anomalies.
 
+    Parameters
+    ----------
     input_size, sigmas, energy_window, stride
-        canvas size (longer side, aspect kept) and the filter bank (see ``texture_knn``).
+        Canvas size (longer side, aspect kept) and the filter bank (see ``texture_knn``).
     anomalies_per_image
-        augmented copies of each normal training image (each a DRAEM Perlin anomaly or a CutPaste scar).
+        Augmented copies of each normal training image (each a DRAEM Perlin anomaly or a CutPaste scar).
     scar_fraction
-        share of the copies that get a scar instead of a Perlin anomaly.
+        Share of the copies that get a scar instead of a Perlin anomaly.
     max_rows
-        training rows (feature positions) kept, half normal and half anomalous at most (seeded).
+        Training rows (feature positions) kept, half normal and half anomalous at most (seeded).
     knn_feature, memory_size
-        add each position's distance to its nearest normal training position (a memory of
+        Add each position's distance to its nearest normal training position (a memory of
         ``memory_size`` rows, as ``texture_knn``) as one more feature.
     max_iter, learning_rate, max_leaf_nodes, l2_regularization
-        the trees (scikit-learn HistGradientBoostingClassifier, balanced classes, no early stopping).
+        The trees (scikit-learn HistGradientBoostingClassifier, balanced classes, no early stopping).
+    smoothing_sigma
+        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    seed
+        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    input_kind_
+        ``"wafer"`` or ``"image"``: the kind of data fitted on (the other kind is refused).
+    mean_
+        Per-feature mean of the normal memory rows (``knn_feature``).
+    memory_
+        Standardised normal positions for the nearest-neighbour feature (None without ``knn_feature``).
+    n_features_
+        Features per position the trees read.
+    n_train_
+        Number of normal training samples.
+    scale_
+        Per-feature standard deviation of those rows.
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
+    trees_
+        The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """
 
     _tags = {"input_kinds": ("wafer", "image")}
@@ -119,6 +151,7 @@ class TextureContrastDetector(Detector):
 
     # ---- fit ----------------------------------------------------------------------------------
     def fit(self, dataset, **kwargs) -> "TextureContrastDetector":
+        """Fit the trees on normal image positions against synthetic anomalies; return ``self``."""
         self._check()
         normals = training_normals(dataset)
         rng = seed_everything(int(self.seed))
@@ -180,6 +213,7 @@ class TextureContrastDetector(Detector):
 
     # ---- score --------------------------------------------------------------------------------
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and map of every image."""
         self._check_fitted()
         size = int(self.input_size)
         canvas = image_canvas(dataset, size, "image")

@@ -52,7 +52,7 @@ def perlin_mask(shape: tuple[int, int], rng: np.random.Generator, min_pixels: in
 
 
 def _source(img: np.ndarray, others: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """A foreign texture for the mask: another normal image transformed, or Perlin texture."""
+    """Return a foreign texture for the mask: another normal image transformed, or Perlin texture."""
     kind = rng.integers(0, 3)
     if kind == 0 and others:
         src = others[int(rng.integers(0, len(others)))]
@@ -80,8 +80,10 @@ def draem_anomaly(img: np.ndarray, others: list[np.ndarray], rng: np.random.Gene
 
 def scar_anomaly(img: np.ndarray, rng: np.random.Generator,
                  valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(augmented image, mask): CutPaste-scar — a thin rotated strip of the image, intensity
-    jittered, pasted at another place."""
+    """(augmented image, mask): CutPaste-scar.
+
+    A thin rotated strip of the image, intensity jittered, pasted at another place.
+    """
     h, w = img.shape
     length = rng.uniform(0.1, 0.5) * max(h, w)
     width = rng.uniform(1.0, max(2.0, 0.02 * max(h, w)))

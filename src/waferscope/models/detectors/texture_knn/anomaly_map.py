@@ -8,8 +8,10 @@ from waferscope.models.detectors.patchcore.torch_model import nearest_memory
 
 
 def distance_maps(features: torch.Tensor, memory: torch.Tensor, memory_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, C, h, w) standardised features → (B, h, w) nearest-neighbour distance maps (PatchCore's
-    blocked distance computation, never a full queries × memory matrix)."""
+    """Map (B, C, h, w) standardised features → (B, h, w) nearest-neighbour distance maps.
+
+    PatchCore's blocked distance computation, never a full queries × memory matrix.
+    """
     b, c, h, w = features.shape
     q = features.permute(0, 2, 3, 1).reshape(-1, c)
     d, _ = nearest_memory(q, memory, k=1, memory_sq_norm=memory_sq)

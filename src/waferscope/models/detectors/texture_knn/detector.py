@@ -36,18 +36,46 @@ from waferscope.registry import register
 class TextureKNNDetector(Detector):
     """Nearest-neighbour distance of filter-bank patch features to those of normal images.
 
+    Parameters
+    ----------
     input_size
-        the longer side of each image on the network canvas (aspect kept, reflect-padded square).
+        The longer side of each image on the network canvas (aspect kept, reflect-padded square).
     sigmas, energy_window, stride
-        the Gaussian scales (px on the canvas), the local-energy window and the feature stride.
+        The Gaussian scales (px on the canvas), the local-energy window and the feature stride.
     memory_size
-        normal patch features kept (seeded random sample of all valid training positions).
+        Normal patch features kept (seeded random sample of all valid training positions).
     normalise
         ``"image"`` (each image's own mean/std: robust to lighting) or ``"dataset"``.
     border
-        px of each image's edge (on the canvas) left out of scoring: a frame that is not inspected.
+        Px of each image's edge (on the canvas) left out of scoring: a frame that is not inspected.
     smoothing_sigma, top_fraction
-        map smoothing (px per 256 px) and the share of the highest map pixels averaged for the score.
+        Map smoothing (px per 256 px) and the share of the highest map pixels averaged for the score.
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    seed
+        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    input_kind_
+        ``"wafer"`` or ``"image"``: the kind of data fitted on (the other kind is refused).
+    mean_
+        Per-feature mean of the normal training positions.
+    memory_
+        The standardised normal patch features (``memory_size`` rows).
+    n_train_
+        Number of normal training samples.
+    scale_
+        Per-feature standard deviation of those positions.
+    stats_
+        Mean and standard deviation of the training pixels (``normalise="dataset"``; (0, 1) otherwise).
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _tags = {"input_kinds": ("wafer", "image")}
@@ -103,6 +131,7 @@ class TextureKNNDetector(Detector):
         return image_canvas(dataset, int(self.input_size), self.normalise, stats, int(self.border))
 
     def fit(self, dataset, **kwargs) -> "TextureKNNDetector":
+        """Build the memory of normal patch features; return ``self``."""
         self._check()
         normals = training_normals(dataset)
         rng = seed_everything(int(self.seed))
@@ -144,6 +173,7 @@ class TextureKNNDetector(Detector):
         return out
 
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and map of every image."""
         self._check_fitted()
         canvas = self._canvas(dataset)
         maps = self._maps(canvas)

@@ -48,6 +48,7 @@ class FilterBank(nn.Module):
 
     @property
     def out_channels(self) -> int:
+        """Return the number of feature channels."""
         return 6 * len(self.sigmas) * (2 if self.energy_window > 0 else 1)
 
     @staticmethod
@@ -57,6 +58,7 @@ class FilterBank(nn.Module):
         return F.conv2d(F.pad(x, (rx, rx, 0, 0), mode="reflect"), kx.view(1, 1, 1, -1))
 
     def responses(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the Gaussian derivative filter responses of a batch."""
         out = []
         for i in range(len(self.sigmas)):
             g, d1, d2 = getattr(self, f"g{i}"), getattr(self, f"d1_{i}"), getattr(self, f"d2_{i}")
@@ -67,6 +69,7 @@ class FilterBank(nn.Module):
         return torch.cat(out, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the filter-bank features of a batch (responses and local energies, at ``stride``)."""
         f = self.responses(x)
         if self.energy_window > 0:
             k = self.energy_window

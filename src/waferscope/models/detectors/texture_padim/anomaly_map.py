@@ -7,8 +7,11 @@ from torch.nn import functional as F
 
 
 def to_grid(features: torch.Tensor, boxes, stride: int, grid: int) -> torch.Tensor:
-    """(N, C, h, w) canvas features → (N, C, grid, grid): each image's own box, resampled bilinearly,
-    so a cell means the same *relative* place of every image whatever its size or aspect ratio."""
+    """(N, C, h, w) canvas features → (N, C, grid, grid).
+
+    Each image's own box, resampled bilinearly, so a cell means the same *relative* place of
+    every image whatever its size or aspect ratio.
+    """
     out = torch.empty((len(features), features.shape[1], grid, grid), dtype=features.dtype)
     for i, (top, left, nh, nw) in enumerate(boxes):
         r0, c0 = top // stride, left // stride
@@ -19,9 +22,12 @@ def to_grid(features: torch.Tensor, boxes, stride: int, grid: int) -> torch.Tens
 
 
 def from_grid(maps: torch.Tensor, boxes, size: int, sigma: float = 0.0) -> torch.Tensor:
-    """(N, grid, grid) → (N, size, size) canvas maps: each map stretched back onto its image box and
-    smoothed there (Gaussian σ px, reflect padding at the box edge, so the edge is not pulled towards
-    the empty canvas); 0 outside the box (the canvas padding is never scored)."""
+    """(N, grid, grid) → (N, size, size) canvas maps.
+
+    Each map stretched back onto its image box and smoothed there (Gaussian σ px, reflect padding at
+    the box edge, so the edge is not pulled towards the empty canvas); 0 outside the box (the canvas
+    padding is never scored).
+    """
     from waferscope.models.detectors.common import gaussian_blur
 
     out = torch.zeros((len(maps), size, size), dtype=maps.dtype)

@@ -37,12 +37,14 @@ from waferscope.registry import register
 class TexturePaDiMDetector(Detector):
     """Per-relative-position Gaussian of filter-bank features of normal images (Mahalanobis map).
 
+    Parameters
+    ----------
     input_size, sigmas, energy_window, stride
-        canvas size (longer side, aspect kept) and the filter bank (see ``texture_knn``).
+        Canvas size (longer side, aspect kept) and the filter bank (see ``texture_knn``).
     grid
-        the lattice of relative positions (grid × grid Gaussians).
+        The lattice of relative positions (grid × grid Gaussians).
     shrinkage
-        covariance regularisation: ``cov + shrinkage · mean(diag cov) · I`` per cell (PaDiM adds
+        Covariance regularisation: ``cov + shrinkage · mean(diag cov) · I`` per cell (PaDiM adds
         0.01·I); needed because the training images are few for C×C covariances.
     calibration_folds
         0: the map is the Mahalanobis distance itself. k ≥ 2: each cell's distance is turned into a
@@ -51,7 +53,35 @@ class TexturePaDiMDetector(Detector):
         is poorly captured (the image edges, few effective samples) otherwise dominate the map
         maximum; learned from normals only.
     smoothing_sigma
-        map smoothing, px per 256 px of canvas.
+        Map smoothing, px per 256 px of canvas.
+    predict_batch_size
+        Samples per forward pass when scoring (speed and memory only, not results).
+    progress
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    cell_loc_
+        Per-cell location of the held-out distances (``calibration_folds``; 0 otherwise).
+    cell_scale_
+        Per-cell scale of the held-out distances (1 without calibration).
+    channel_mean_
+        Per-channel mean of the normal features.
+    channel_scale_
+        Per-channel standard deviation of those features.
+    input_kind_
+        ``"wafer"`` or ``"image"``: the kind of data fitted on (the other kind is refused).
+    mean_
+        Per-cell mean of the standardised features (grid × grid Gaussians).
+    n_train_
+        Number of normal training samples.
+    precision_
+        Per-cell precision matrix (the Mahalanobis metric).
+    threshold_
+        Decision threshold: a score >= ``threshold_`` is anomalous
+        (:meth:`~waferscope.base.Detector.calibrate`).
+    threshold_info_
+        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _tags = {"input_kinds": ("wafer", "image")}
@@ -97,6 +127,7 @@ class TexturePaDiMDetector(Detector):
         return canvas, (torch.cat(out) if out else None)
 
     def fit(self, dataset, **kwargs) -> "TexturePaDiMDetector":
+        """Fit the per-cell Gaussians on the normal images; return ``self``."""
         self._check()
         normals = training_normals(dataset)
         if len(normals) < 2:
@@ -137,6 +168,7 @@ class TexturePaDiMDetector(Detector):
         return (feats - self.channel_mean_[None, :, None, None]) / self.channel_scale_[None, :, None, None]
 
     def score(self, dataset) -> DetectionResult:
+        """Return the anomaly score and map of every image."""
         self._check_fitted()
         if len(dataset) == 0:
             return DetectionResult(scores=np.zeros(0), maps=[])
