@@ -455,8 +455,10 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> Estimator:
 
 
 def estimator_from_saved(doc: dict[str, Any], tensors: dict[str, Any], run_dir: Path) -> Estimator:
-    """Rebuild an estimator from its saved header ``doc`` (name, kind, params, extras) and tensors:
-    :func:`load_run`'s work after reading the files, also used for the members of an ensemble."""
+    """Rebuild an estimator from its saved header ``doc`` (name, kind, params, extras) and tensors.
+
+    This is :func:`load_run`'s work after reading the files, also used for the members of an ensemble.
+    """
     from waferscope import registry
 
     cls = registry.get(doc["name"], doc["kind"])

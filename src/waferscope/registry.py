@@ -65,8 +65,11 @@ def create(name: str, kind: str, **params: Any) -> Any:
 
 
 def parse_spec(spec: str, kind: str) -> tuple[str, dict[str, Any]]:
-    """``name`` or ``name:param=value,param=value`` → (registered name, constructor overrides); values
-    are parsed as JSON when they are (``3``, ``false``, ``[1, 2]``). An unknown name is a ConfigError."""
+    """Split ``name`` or ``name:param=value,...`` into (registered name, constructor overrides).
+
+    Values are parsed as JSON when they are (``3``, ``false``, ``[1, 2]``). An unknown name is a
+    ConfigError.
+    """
     from waferscope.utils import parse_params
 
     name, _, params = spec.partition(":")

@@ -66,6 +66,7 @@ class EnsembleClassifier(Classifier):
         self.progress = progress
 
     def validate_params(self) -> None:
+        """Check the parameters, and that every member spec names a classifier that can be trained here."""
         super().validate_params()
         from waferscope import registry
 
@@ -93,13 +94,14 @@ class EnsembleClassifier(Classifier):
         return cls(**params)
 
     def fit(self, dataset, **kwargs) -> "EnsembleClassifier":
+        """Fit every member on ``dataset`` (in the order of ``members``); ``kwargs`` go to each member's fit."""
         members = [self._make_member(spec).fit(dataset, **kwargs) for spec in self.members]
         self._set_members(members, [None] * len(members))
         return self
 
     @classmethod
     def from_members(cls, members: list[Classifier | str]) -> "EnsembleClassifier":
-        """An ensemble of already fitted classifiers (or ``"bundled:NAME"`` names) without training."""
+        """Assemble an ensemble of already fitted classifiers (or ``"bundled:NAME"`` names), without training."""
         from waferscope.models.classifiers import load_default
 
         fitted, sources = [], []
@@ -130,6 +132,7 @@ class EnsembleClassifier(Classifier):
 
     @property
     def prior_refusal(self) -> str | None:  # type: ignore[override]
+        """Why a class prior cannot move these probabilities: the first member's reason, or None."""
         # a class prior moves the average only if it may move every member's probabilities
         for m in getattr(self, "members_", []):
             if m.prior_refusal:
@@ -137,14 +140,11 @@ class EnsembleClassifier(Classifier):
         return None
 
     def predict_proba(self, dataset) -> np.ndarray:
+        """Return the mean of the members' probabilities, one column per class of ``classes_``."""
         self._check_fitted()
         if len(dataset) == 0:
             return np.zeros((0, len(self.classes_)))
         return np.mean([np.asarray(m.predict_proba(dataset), dtype=np.float64) for m in self.members_], axis=0)
-
-    def n_parameters(self) -> int:
-        self._check_fitted()
-        return int(sum(m.n_parameters() for m in self.members_ if hasattr(m, "n_parameters")))
 
     # ---- persistence: each member's tensors under "m<i>/", its header in extras ----------------------
     def _state(self):
