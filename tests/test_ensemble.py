@@ -75,3 +75,10 @@ def test_members_must_share_classes(data):
                         progress=False).fit(data[0].subset(np.flatnonzero(keep)))
     with pytest.raises(ConfigError, match="different classes"):
         EnsembleClassifier.from_members([a, b])
+
+
+def test_progress_reaches_the_members(fitted):
+    fitted.set_params(progress=True)
+    assert all(m.progress for m in fitted.members_)
+    fitted.set_params(progress=False)
+    assert not any(m.progress for m in fitted.members_)

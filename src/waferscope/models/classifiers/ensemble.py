@@ -120,6 +120,18 @@ class EnsembleClassifier(Classifier):
         est._set_members(fitted, sources)
         return est
 
+    def set_params(self, **params) -> "EnsembleClassifier":
+        """Set parameters; ``progress`` also reaches the fitted members (no bars from inside a quiet ensemble)."""
+        super().set_params(**params)
+        if "progress" in params:
+            self._members_progress()
+        return self
+
+    def _members_progress(self) -> None:
+        for m in getattr(self, "members_", []):
+            if "progress" in m.get_params():
+                m.set_params(progress=self.progress)
+
     def _set_members(self, members: list[Classifier], sources: list[str | None]) -> None:
         classes = [list(map(str, m.classes_)) for m in members]
         if any(c != classes[0] for c in classes):
@@ -129,6 +141,7 @@ class EnsembleClassifier(Classifier):
         self.members_ = members
         self.sources_ = list(sources)
         self.classes_ = classes[0]
+        self._members_progress()
 
     @property
     def prior_refusal(self) -> str | None:  # type: ignore[override]
@@ -145,6 +158,11 @@ class EnsembleClassifier(Classifier):
         if len(dataset) == 0:
             return np.zeros((0, len(self.classes_)))
         return np.mean([np.asarray(m.predict_proba(dataset), dtype=np.float64) for m in self.members_], axis=0)
+
+    def n_parameters(self) -> int:
+        """Return the number of stored parameters of all members together."""
+        self._check_fitted()
+        return int(sum(m.n_parameters() for m in self.members_))
 
     # ---- persistence: each member's tensors under "m<i>/", its header in extras ----------------------
     def _state(self):
