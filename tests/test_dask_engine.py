@@ -440,3 +440,69 @@ def test_open_set_with_a_detector_is_refused(open_set_run, detector_onnx, partit
     with pytest.raises(WaferscopeError, match="goes with a classifier"):
         run_partitions(detector_onnx, str(partitions), tmp_path / "out", open_set=load_open_set(open_set_run))
     assert not (tmp_path / "out").exists()
+
+
+# ---- the similar-wafer index of a partitioned archive, embedded on Dask workers ----
+def _index_vectors(index) -> np.ndarray:
+    return index.index_.reconstruct_n(0, len(index))
+
+
+def test_index_built_on_dask_equals_the_plain_build(partitions, cluster, tmp_path, capsys):
+    """`index build --engine dask`: the same wafers, vectors and neighbours as the single-process build
+    of the same partitions (the metric head learnt from the same labelled wafers), and `--add` on
+    Dask grows it like the plain --add."""
+    from clitools import invoke
+
+    from waferscope.data import load
+    from waferscope.search import WaferIndex
+
+    files = list_partitions(str(partitions))
+    code, _, err = invoke(capsys, "index", "build", *_plain_data(partitions), "--out", tmp_path / "plain",
+                          "--exact", "--threads", "1")
+    assert code == 0, err
+    code, text, err = invoke(capsys, "index", "build", "--data", partitions, "--out", tmp_path / "dask", "--exact",
+                             "--engine", "dask", "--scheduler", cluster.scheduler_address, "--threads", "1")
+    assert code == 0, err
+    assert f"embedded {6 * PARTS} wafers from {PARTS} partitions on Dask" in text
+    plain, dask = WaferIndex.load(tmp_path / "plain"), WaferIndex.load(tmp_path / "dask")
+    assert plain.ids_.tolist() == dask.ids_.tolist() and plain.lots_.tolist() == dask.lots_.tolist()
+    assert plain.labels_.tolist() == dask.labels_.tolist()
+    np.testing.assert_array_equal(plain.thumbs_, dask.thumbs_)
+    assert plain.header()["embedding_signature"] == dask.header()["embedding_signature"]
+    np.testing.assert_allclose(_index_vectors(plain), _index_vectors(dask), atol=1e-5)
+    queries = load(str(files[0]))
+    a, b = plain.query(queries, 5), dask.query(queries, 5)
+    assert a["ids"].tolist() == b["ids"].tolist()
+    # incremental add on Dask: the same as the plain --add
+    extra = tmp_path / "more"
+    extra.mkdir()
+    write_parquet(generate(5, seed=77), extra / "part-new.parquet")
+    code, _, err = invoke(capsys, "index", "build", "--data", extra / "part-new.parquet", "--out", tmp_path / "plain",
+                          "--add", "--threads", "1")
+    assert code == 0, err
+    code, _, err = invoke(capsys, "index", "build", "--data", extra, "--out", tmp_path / "dask", "--add",
+                          "--engine", "dask", "--scheduler", cluster.scheduler_address, "--threads", "1")
+    assert code == 0, err
+    plain, dask = WaferIndex.load(tmp_path / "plain"), WaferIndex.load(tmp_path / "dask")
+    assert len(plain) == len(dask) == 6 * PARTS + 5 and plain.ids_.tolist() == dask.ids_.tolist()
+    np.testing.assert_allclose(_index_vectors(plain), _index_vectors(dask), atol=1e-5)
+
+
+def test_index_on_dask_bad_input_is_one_clear_error(partitions, cluster, tmp_path, capsys):
+    from clitools import invoke
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "part-0.parquet").write_bytes(b"not parquet")
+    code, _, err = invoke(capsys, "index", "build", "--data", bad, "--out", tmp_path / "i", "--engine", "dask",
+                          "--scheduler", cluster.scheduler_address)
+    assert code == 2 and "part-0.parquet" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "i").exists()
+    # --add to something that is not an index: refused before any worker is asked
+    (tmp_path / "notindex").mkdir()
+    code, _, err = invoke(capsys, "index", "build", "--data", partitions, "--out", tmp_path / "notindex", "--add",
+                          "--engine", "dask", "--scheduler", cluster.scheduler_address)
+    assert code == 2 and "not a waferscope index folder" in err
+    code, _, err = invoke(capsys, "index", "build", "--data", partitions, "--data", partitions, "--out",
+                          tmp_path / "j", "--engine", "dask", "--scheduler", cluster.scheduler_address)
+    assert code == 2 and "one --data" in err
