@@ -292,3 +292,26 @@ def test_bundled_default_has_a_scorer_and_abstains(lots, tmp_path, capsys):
     r = client.post("/v1/classify?abstain=1", json={"maps": [m.tolist() for m in lots.maps[:8]]})
     assert r.status_code == 200, r.text
     assert [w["class"] for w in r.json()["wafers"]] == [o["predicted"] for o in opened[:8]]
+
+
+def test_crossfit_calibrates_on_out_of_fold_wafers(lots):
+    """crossfit_open_set (a classifier trained on every lot): each calibration value comes from models
+    that never saw its wafer, the references are the share one fold's models had, and a class no
+    fold learnt still scores higher than the known ones."""
+    from waferscope import registry
+    from waferscope.search.discover import crossfit_open_set
+
+    known = lots.subset(lots.labels != "Donut")
+    fit = lambda ds: registry.create("gbm", "classifier", max_iter=10, n_jobs=1, progress=False).fit(ds)  # noqa: E731
+    final = fit(known)
+    model = crossfit_open_set(fit, known, final.classes_, n_splits=3, n_jobs=1, abstain_rate=0.1)
+    scorer = model.scorer
+    assert scorer.cal_parts_.shape == (len(known), 3) and np.isfinite(scorer.cal_parts_).all()
+    assert len(scorer.feature_refs_) == sum(len(v) for v in scorer.class_vectors_) == round(len(known) * 2 / 3)
+    cal_scores = scorer._combine(scorer._rank(scorer.cal_parts_))
+    assert np.mean(cal_scores > scorer.threshold_) == pytest.approx(0.1, abs=0.03)
+    score, _ = model.abstain(lots, final.predict_proba(lots))
+    donut = lots.labels == "Donut"
+    assert score[donut].mean() > score[~donut].mean() + 0.1
+    with pytest.raises(ConfigError, match="learnt classes"):
+        crossfit_open_set(fit, known, list(final.classes_)[::-1], n_splits=3, n_jobs=1)
