@@ -12,6 +12,15 @@ src/waferscope/weights/classifier_cnn_gradcam/, the accurate one (``gbm``) in cl
     python scripts/train_bundled_classifier.py --model ensemble \
         --out src/waferscope/weights/classifier_ensemble  # gbm + cnn_distilled averaged (no training)
     python scripts/train_bundled_classifier.py --out /tmp/check --synthetic 2000
+    python scripts/train_bundled_classifier.py --model gbm --threads 1 --open-set \
+        --out src/waferscope/weights/classifier_gbm   # its open-set scorer (after the model; rerun after a retrain)
+
+``--open-set`` does not train the model at ``--out``: it fits the open-set scorer saved beside it
+(``open_set.json`` + ``open_set.safetensors``, what ``classify predict --abstain`` and
+``/v1/classify?abstain=1`` read) by cross-fitting (``waferscope.search.discover.crossfit_open_set``):
+the same recipe (the saved model's parameters and temperature, the same synthetic maps and real
+sets) is trained 5 times, each time without one lot-grouped fold of the real maps, and that fold's
+open-set parts are computed with the models that never saw it. The model itself is not touched.
 
 Since 2026-12-06 (issue 27) the distilled network reads ``resample=area`` input (every pixel the
 no-die / pass / fail fractions of the dies it covers, after cropping to the dies, so a 300-across
@@ -66,6 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[], help="model parameters as name=value (experiments)")
+    ap.add_argument("--open-set", action="store_true",
+                    help="fit the open-set scorer of the model already at --out (cross-fitted; the model is not retrained)")
     args = ap.parse_args(argv)
 
     if args.model == "ensemble":  # the bundled average of two bundled models: assembled, not trained
@@ -88,6 +99,8 @@ def main(argv=None) -> int:
     parts.append(load(args.dev))
     if args.dev2:
         parts.append(load(args.dev2))
+    if args.open_set:
+        return fit_open_set(args, parts)
     data = WaferDataset.concat(parts, name="synthetic+wm811k_dev" + ("+wm811k_dev2" if args.dev2 else ""))
     t0 = time.perf_counter()
     clf = registry.create(args.model, "classifier", seed=args.seed,
@@ -96,6 +109,35 @@ def main(argv=None) -> int:
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"trained {args.model} on {len(data)} maps in {time.perf_counter() - t0:.0f}s "
           f"(best epoch {getattr(clf, 'best_epoch_', '-')}); wrote {args.out} ({size / 1e6:.2f} MB)")
+    return 0
+
+
+def fit_open_set(args, parts) -> int:
+    """The open-set scorer of the model at ``args.out``, cross-fitted on the same data (module docstring)."""
+    from waferscope import registry
+    from waferscope.base import load_run
+    from waferscope.data import WaferDataset
+    from waferscope.search.discover import OPEN_SET_ARRAYS, OPEN_SET_JSON, crossfit_open_set, save_open_set
+
+    final = load_run(args.out, kind="classifier")
+    params = {**final.get_params(), "progress": False}
+    temperature = getattr(final, "temperature_", None)
+
+    def fit_classifier(train):
+        clf = registry.create(final.registry_name, "classifier", **params).fit(train)
+        if temperature is not None:  # the saved model's out-of-fold temperature, so the probabilities match
+            clf.set_temperature(temperature)
+        return clf
+
+    synthetic = parts[0] if args.synthetic else None
+    real = WaferDataset.concat(parts[1:] if args.synthetic else parts, name="wm811k")
+    t0 = time.perf_counter()
+    model = crossfit_open_set(fit_classifier, real, final.classes_, extra=synthetic, seed=args.seed, progress=True)
+    save_open_set(model, args.out)
+    size = sum((args.out / n).stat().st_size for n in (OPEN_SET_JSON, OPEN_SET_ARRAYS))
+    print(f"cross-fitted the open-set scorer of {final.registry_name} on {int(real.is_labelled.sum())} real maps "
+          f"(+ {0 if synthetic is None else len(synthetic)} synthetic) in {time.perf_counter() - t0:.0f}s: threshold "
+          f"{model.scorer.threshold_:.4f}; wrote {args.out}/{OPEN_SET_JSON} + {OPEN_SET_ARRAYS} ({size / 1e6:.2f} MB)")
     return 0
 
 

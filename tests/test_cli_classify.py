@@ -147,7 +147,8 @@ def test_accurate_bundled_model_and_bundled_option_errors(tmp_path, monkeypatch,
     from waferscope.errors import ConfigError
     from waferscope.models.classifiers import BUNDLED, load_default
 
-    assert sum(p.stat().st_size for p in BUNDLED["gbm"].iterdir()) < 5_000_000
+    # the trees; its open-set scorer (open_set.*, ~2.9 MB) is capped by tests/test_open_set.py
+    assert sum(p.stat().st_size for p in BUNDLED["gbm"].iterdir() if not p.name.startswith("open_set")) < 5_000_000
     clf = load_default("gbm")
     assert clf.registry_name == "gbm" and clf.classes_ == list(CLASSES)
     ds = generate(n=45, seed=77)

@@ -376,3 +376,133 @@ def test_estimate_failure_in_the_second_pass_leaves_nothing(classifier_onnx, par
     with pytest.raises(OSError, match="disk full"):
         run_partitions(classifier_onnx, str(partitions), tmp_path / "out", prior=shift)
     assert not (tmp_path / "out").exists()
+
+
+# ---- --abstain on Dask: the open-set scorer runs on the workers, with the same answers ----
+@pytest.fixture(scope="module")
+def open_set_run(classifier, tmp_path_factory) -> Path:
+    """The bundled network as a run directory with an open-set scorer calibrated for it on synthetic
+    maps (its own probabilities on other maps than the scorer's references): what
+    `classify train --open-set` would save, made in a second."""
+    from waferscope.data import WaferDataset
+    from waferscope.features.handcrafted import extract_features
+    from waferscope.search.discover import fit_scorer, save_open_set
+
+    ref, cal = generate(72, seed=50), generate(36, seed=51)
+    feat = extract_features(WaferDataset.concat([ref, cal]).maps, n_jobs=1, progress=False, feature_set="extended")
+    model = fit_scorer(feat[:72], ref.labels.astype(str), feat[72:], classifier.predict_proba(cal),
+                       classifier.classes_, abstain_rate=0.2)
+    run = tmp_path_factory.mktemp("osrun") / "cnn"
+    classifier.save(run)
+    save_open_set(model, run)
+    return run
+
+
+def test_abstain_on_dask_equals_the_plain_csv(open_set_run, partitions, cluster, tmp_path, capsys):
+    """`classify predict --abstain --engine dask`: the workers compute the features and the open-set
+    score; the same 'unknown' answers and scores as the single-process CSV, also after --prior."""
+    from clitools import invoke
+
+    for prior in ("", "estimate"):
+        extra = ("--prior", prior) if prior else ()
+        code, _, err = invoke(capsys, "classify", "predict", *_plain_data(partitions), "--out", tmp_path / f"p{prior}.csv",
+                              "--run", open_set_run, "--abstain", *extra)
+        assert code == 0, err
+        code, _, err = invoke(capsys, "classify", "predict", *_dask(partitions, cluster, tmp_path / f"d{prior}"),
+                              "--run", open_set_run, "--abstain", *extra)
+        assert code == 0, err
+        plain = pd.read_csv(tmp_path / f"p{prior}.csv")
+        dask = _read_all((tmp_path / f"d{prior}").iterdir())
+        assert plain["id"].tolist() == dask["id"].tolist()
+        assert plain["predicted"].tolist() == dask["predicted"].tolist()
+        unknown = int((dask["predicted"] == "unknown").sum())
+        assert 0 < unknown < len(dask)  # the check below means something: some abstained, some not
+        assert f"abstained on {unknown} of {len(dask)} maps" in err
+        np.testing.assert_allclose(plain["open_set_score"], dask["open_set_score"], atol=1e-4)
+    # without --abstain on the same run: no score column, no 'unknown'
+    code, _, err = invoke(capsys, "classify", "predict", *_dask(partitions, cluster, tmp_path / "n"), "--run", open_set_run)
+    assert code == 0, err
+    closed = _read_all((tmp_path / "n").iterdir())
+    assert "open_set_score" not in closed and "unknown" not in set(closed["predicted"])
+
+
+def test_abstain_on_dask_without_a_scorer_is_one_clear_error(partitions, cluster, tmp_path, capsys):
+    from clitools import invoke
+
+    code, _, err = invoke(capsys, "classify", "predict", *_dask(partitions, cluster, tmp_path / "d"), "--abstain")
+    assert code == 2 and "no open-set scorer" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_open_set_with_a_detector_is_refused(open_set_run, detector_onnx, partitions, tmp_path):
+    from waferscope.search.discover import load_open_set
+
+    with pytest.raises(WaferscopeError, match="goes with a classifier"):
+        run_partitions(detector_onnx, str(partitions), tmp_path / "out", open_set=load_open_set(open_set_run))
+    assert not (tmp_path / "out").exists()
+
+
+# ---- the similar-wafer index of a partitioned archive, embedded on Dask workers ----
+def _index_vectors(index) -> np.ndarray:
+    return index.index_.reconstruct_n(0, len(index))
+
+
+def test_index_built_on_dask_equals_the_plain_build(partitions, cluster, tmp_path, capsys):
+    """`index build --engine dask`: the same wafers, vectors and neighbours as the single-process build
+    of the same partitions (the metric head learnt from the same labelled wafers), and `--add` on
+    Dask grows it like the plain --add."""
+    from clitools import invoke
+
+    from waferscope.data import load
+    from waferscope.search import WaferIndex
+
+    files = list_partitions(str(partitions))
+    code, _, err = invoke(capsys, "index", "build", *_plain_data(partitions), "--out", tmp_path / "plain",
+                          "--exact", "--threads", "1")
+    assert code == 0, err
+    code, text, err = invoke(capsys, "index", "build", "--data", partitions, "--out", tmp_path / "dask", "--exact",
+                             "--engine", "dask", "--scheduler", cluster.scheduler_address, "--threads", "1")
+    assert code == 0, err
+    assert f"embedded {6 * PARTS} wafers from {PARTS} partitions on Dask" in text
+    plain, dask = WaferIndex.load(tmp_path / "plain"), WaferIndex.load(tmp_path / "dask")
+    assert plain.ids_.tolist() == dask.ids_.tolist() and plain.lots_.tolist() == dask.lots_.tolist()
+    assert plain.labels_.tolist() == dask.labels_.tolist()
+    np.testing.assert_array_equal(plain.thumbs_, dask.thumbs_)
+    assert plain.header()["embedding_signature"] == dask.header()["embedding_signature"]
+    np.testing.assert_allclose(_index_vectors(plain), _index_vectors(dask), atol=1e-5)
+    queries = load(str(files[0]))
+    a, b = plain.query(queries, 5), dask.query(queries, 5)
+    assert a["ids"].tolist() == b["ids"].tolist()
+    # incremental add on Dask: the same as the plain --add
+    extra = tmp_path / "more"
+    extra.mkdir()
+    write_parquet(generate(5, seed=77), extra / "part-new.parquet")
+    code, _, err = invoke(capsys, "index", "build", "--data", extra / "part-new.parquet", "--out", tmp_path / "plain",
+                          "--add", "--threads", "1")
+    assert code == 0, err
+    code, _, err = invoke(capsys, "index", "build", "--data", extra, "--out", tmp_path / "dask", "--add",
+                          "--engine", "dask", "--scheduler", cluster.scheduler_address, "--threads", "1")
+    assert code == 0, err
+    plain, dask = WaferIndex.load(tmp_path / "plain"), WaferIndex.load(tmp_path / "dask")
+    assert len(plain) == len(dask) == 6 * PARTS + 5 and plain.ids_.tolist() == dask.ids_.tolist()
+    np.testing.assert_allclose(_index_vectors(plain), _index_vectors(dask), atol=1e-5)
+
+
+def test_index_on_dask_bad_input_is_one_clear_error(partitions, cluster, tmp_path, capsys):
+    from clitools import invoke
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "part-0.parquet").write_bytes(b"not parquet")
+    code, _, err = invoke(capsys, "index", "build", "--data", bad, "--out", tmp_path / "i", "--engine", "dask",
+                          "--scheduler", cluster.scheduler_address)
+    assert code == 2 and "part-0.parquet" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "i").exists()
+    # --add to something that is not an index: refused before any worker is asked
+    (tmp_path / "notindex").mkdir()
+    code, _, err = invoke(capsys, "index", "build", "--data", partitions, "--out", tmp_path / "notindex", "--add",
+                          "--engine", "dask", "--scheduler", cluster.scheduler_address)
+    assert code == 2 and "not a waferscope index folder" in err
+    code, _, err = invoke(capsys, "index", "build", "--data", partitions, "--data", partitions, "--out",
+                          tmp_path / "j", "--engine", "dask", "--scheduler", cluster.scheduler_address)
+    assert code == 2 and "one --data" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,67 @@ def test_service_abstains_with_the_runs_scorer(lots):
     # a service whose classifier has no scorer: 409, one JSON error
     r = TestClient(default_app()).post("/v1/classify?abstain=1", json={"maps": donut})
     assert r.status_code == 409 and "open-set" in r.json()["error"]
+
+
+def test_bundled_default_has_a_scorer_and_abstains(lots, tmp_path, capsys):
+    """The bundled gbm ships a cross-fitted open-set scorer (scripts/train_bundled_classifier.py
+    --open-set): `classify predict --abstain` works with the bundled default, changes no closed-set
+    answer, answers 'unknown' exactly above the threshold, and the scorer stays small on disk."""
+    import warnings
+
+    from waferscope.data.io_parquet import write_parquet
+    from waferscope.models.classifiers import BUNDLED, DEFAULT_FOR_LABELS
+    from waferscope.search.discover import OPEN_SET_ARRAYS, OPEN_SET_JSON, load_open_set
+
+    run = Path(BUNDLED[DEFAULT_FOR_LABELS])
+    size = sum((run / n).stat().st_size for n in (OPEN_SET_JSON, OPEN_SET_ARRAYS))
+    assert size < 4_000_000, size
+    model = load_open_set(run)
+    write_parquet(lots, tmp_path / "all.parquet")
+    code, _, err = invoke(capsys, "classify", "predict", "--data", tmp_path / "all.parquet", "--abstain",
+                          "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    code, _, err = invoke(capsys, "classify", "predict", "--data", tmp_path / "all.parquet", "--out", tmp_path / "q.csv")
+    assert code == 0, err
+    opened, closed = _csv(tmp_path / "p.csv"), _csv(tmp_path / "q.csv")
+    assert [r["id"] for r in opened] == [r["id"] for r in closed]
+    threshold = model.scorer.threshold_
+    for o, c in zip(opened, closed):
+        assert o["predicted"] in (c["predicted"], "unknown")
+        score = float(o["open_set_score"])  # written with 4 decimals
+        if abs(score - threshold) > 1e-4:
+            assert (o["predicted"] == "unknown") == (score > threshold)
+    assert 0 < sum(o["predicted"] == "unknown" for o in opened) < len(opened)
+    # the service started on the bundled default answers ?abstain=1 with it
+    warnings.filterwarnings("ignore", message=".*httpx2.*")
+    from fastapi.testclient import TestClient
+
+    from servetools import default_app
+
+    client = TestClient(default_app(open_set=model))
+    r = client.post("/v1/classify?abstain=1", json={"maps": [m.tolist() for m in lots.maps[:8]]})
+    assert r.status_code == 200, r.text
+    assert [w["class"] for w in r.json()["wafers"]] == [o["predicted"] for o in opened[:8]]
+
+
+def test_crossfit_calibrates_on_out_of_fold_wafers(lots):
+    """crossfit_open_set (a classifier trained on every lot): each calibration value comes from models
+    that never saw its wafer, the references are the share one fold's models had, and a class no
+    fold learnt still scores higher than the known ones."""
+    from waferscope import registry
+    from waferscope.search.discover import crossfit_open_set
+
+    known = lots.subset(lots.labels != "Donut")
+    fit = lambda ds: registry.create("gbm", "classifier", max_iter=10, n_jobs=1, progress=False).fit(ds)  # noqa: E731
+    final = fit(known)
+    model = crossfit_open_set(fit, known, final.classes_, n_splits=3, n_jobs=1, abstain_rate=0.1)
+    scorer = model.scorer
+    assert scorer.cal_parts_.shape == (len(known), 3) and np.isfinite(scorer.cal_parts_).all()
+    assert len(scorer.feature_refs_) == sum(len(v) for v in scorer.class_vectors_) == round(len(known) * 2 / 3)
+    cal_scores = scorer._combine(scorer._rank(scorer.cal_parts_))
+    assert np.mean(cal_scores > scorer.threshold_) == pytest.approx(0.1, abs=0.03)
+    score, _ = model.abstain(lots, final.predict_proba(lots))
+    donut = lots.labels == "Donut"
+    assert score[donut].mean() > score[~donut].mean() + 0.1
+    with pytest.raises(ConfigError, match="learnt classes"):
+        crossfit_open_set(fit, known, list(final.classes_)[::-1], n_splits=3, n_jobs=1)

@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from servetools import default_app, running_server
@@ -363,3 +364,81 @@ def test_detail_panel_lists_similar_archive_wafers_and_their_lots(tmp_path):
                 page.locator("#detail").screenshot(path=str(SCREENSHOT.with_name("serve_similar.png")))
         finally:
             browser.close()
+
+
+def test_open_set_switch_shows_unknown_wafers(tmp_path):
+    """A served run with an open-set scorer: the page offers an 'unknown' switch; on, the cards, the
+    class filter and the detail panel show 'unknown' exactly for the wafers /v1/classify?abstain=1
+    answers so, with the open-set score; off, the closed-set classes come back."""
+    sync_playwright = _browser_or_skip()
+    from fastapi.testclient import TestClient
+
+    import waferscope.data as wd
+    from waferscope import registry
+    from waferscope.data import WaferDataset
+    from waferscope.data.io_parquet import write_parquet
+    from waferscope.models.detectors import load_default
+    from waferscope.search.discover import train_with_open_set
+    from waferscope.serve import create_app
+
+    lots = WaferDataset.concat([wd.load(f"synthetic:n=27,seed={s}") for s in range(5)])
+    known = lots.subset(lots.labels != "Donut")
+    clf, model = train_with_open_set(registry.get("gbm", "classifier")(max_iter=20, n_jobs=1, progress=False), known,
+                                     abstain_rate=0.1)
+    query = lots.subset(np.flatnonzero(lots.meta["lot"].to_numpy() == lots.meta["lot"].iloc[0])[:27])
+    path = tmp_path / "query.parquet"
+    write_parquet(query, path)
+    app = create_app(clf, load_default(), open_set=model)
+    answer = TestClient(app).post("/v1/classify?abstain=1", json={"maps": [m.tolist() for m in query.maps]}).json()
+    expected = [w["class"] for w in answer["wafers"]]
+    assert 0 < expected.count("unknown") < len(expected)  # the check means something
+    closed = [clf.classes_[int(np.argmax(p))] for p in clf.predict_proba(query)]
+    with running_server(app) as url, sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            _open(page, url, path, len(query))
+            assert page.is_visible("#abstain-box")
+            page.wait_for_function(f"Number(document.body.dataset.classified) >= {len(query)}", timeout=30000)
+            page.wait_for_function("document.querySelectorAll('.wafer[data-class=\"\"]').length === 0", timeout=20000)
+            assert [c["cls"] for c in _cards(page)] == closed  # switch off: the closed-set classes
+            page.check("#abstain")
+            page.wait_for_function("document.querySelectorAll('.wafer[data-class=\"unknown\"]').length > 0", timeout=20000)
+            cards = _cards(page)
+            assert [c["id"] for c in cards] == list(query.ids)
+            assert [c["cls"] for c in cards] == expected
+            assert "unknown" in page.inner_text("#legend") and "unknown (no known class fits)" in page.inner_text("#status")
+            # the class filter offers 'unknown' and keeps only those wafers
+            page.select_option("#f-class", "unknown")
+            page.wait_for_function(f"document.querySelectorAll('.wafer').length === {expected.count('unknown')}",
+                                   timeout=20000)
+            assert {c["cls"] for c in _cards(page)} == {"unknown"}
+            # the detail panel: the open-set score against the threshold
+            page.click(".wafer")
+            page.wait_for_selector("#detail[data-ready='1']", timeout=20000)
+            text = page.inner_text("#detail-open")
+            assert "open-set score" in text and "unknown, no known class fits" in text
+            assert page.inner_text("#detail-class").startswith("unknown (closest known class")
+            # switch off: the filter falls back to any class, the closed-set classes return
+            page.uncheck("#abstain")
+            page.wait_for_function(f"document.querySelectorAll('.wafer').length === {len(query)} && "
+                                   "document.querySelectorAll('.wafer[data-class=\"unknown\"]').length === 0", timeout=20000)
+            assert [c["cls"] for c in _cards(page)] == closed
+            assert not errors, errors
+            if os.environ.get("WAFERSCOPE_SCREENSHOT"):
+                page.check("#abstain")
+                page.wait_for_function("document.querySelectorAll('.wafer[data-class=\"unknown\"]').length > 0")
+                page.screenshot(path=str(SCREENSHOT.with_name("serve_unknown.png")), full_page=False)
+        finally:
+            browser.close()
+    # without a scorer: the switch stays hidden, and ?abstain=1 on the wafer route is refused (409)
+    plain = create_app(clf, load_default())
+    client = TestClient(plain)
+    assert client.get("/health").json()["classifier"]["open_set"] is None
+    with open(path, "rb") as fh:
+        sid = client.post("/v1/lots", files={"file": ("q.parquet", fh)}).json()["id"]
+    r = client.get(f"/v1/lots/{sid}/wafers?abstain=1")
+    assert r.status_code == 409 and "open-set" in r.json()["error"]
+    assert client.get(f"/v1/lots/{sid}/wafers?abstain=2").status_code == 400

@@ -239,14 +239,16 @@ def predict(
     if abstain:  # the scorer saved with the run, checked before any map is read
         from waferscope.search.discover import load_open_set
 
-        if engine != "local":
-            raise ConfigError("--abstain runs with --engine local only (the open-set scorer is not in the Dask path)")
         open_set = load_open_set(run_dir, clf.classes_)
     scaled = run_cli(clf, data, out, engine, scheduler, workers, overwrite,
-                     fab_options_refused(pass_bins, retest, columns), prior=shift)
+                     fab_options_refused(pass_bins, retest, columns), prior=shift,
+                     **({} if open_set is None else {"open_set": open_set}))
     if scaled is not None:
         if shift is not None:
             report_prior(shift, prior, clf.classes_, scaled.prior_used, scaled.rows)
+        if scaled.unknown is not None:
+            typer.echo(f"abstained on {scaled.unknown} of {scaled.rows} maps (predicted 'unknown', open-set threshold "
+                       f"{open_set.scorer.threshold_:.4f}; column open_set_score)", err=True)
         typer.echo(f"classified {scaled.rows} maps in {len(scaled.files)} partitions with Dask ({described}"
                    f"{'' if default == DEFAULT_FOR_LABELS or run or bundled else f': {DEFAULT_FOR_LABELS}, the default, does not export to ONNX'}); "
                    f"wrote {out}/ (one .parquet per partition)", err=True)

@@ -13,7 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from waferscope.cli.common import DATA_HELP, PASS_BINS_HELP, load_data, write_text_atomic
+from waferscope.cli.common import (DATA_HELP, PASS_BINS_HELP, PASS_BINS_REFUSED, SCHEDULER_OPTION, WORKERS_OPTION,
+                                   load_data, write_text_atomic)
 from waferscope.errors import ConfigError, DataError
 
 index_app = typer.Typer(no_args_is_help=True, help="Similarity-search indexes of wafer archives.")
@@ -49,13 +50,24 @@ def build_cmd(
                                        "a smaller index, but the montage shows only the queries"),
     pass_bins: Optional[str] = typer.Option(None, "--pass-bins", help=PASS_BINS_HELP),
     threads: int = typer.Option(2, "--threads", min=1),
+    engine: str = typer.Option("local", "--engine", help="local: this process; dask: --data is one folder/glob of "
+                               ".parquet partitions, each embedded by a Dask task, the graph built here"),
+    scheduler: Optional[str] = SCHEDULER_OPTION,
+    workers: int = WORKERS_OPTION,
 ) -> None:
     """Embed an archive of wafer maps and write a nearest-neighbour index of it (ids, lots, classes kept)."""
     from waferscope.search import EMBEDDINGS, WaferIndex
 
     if embedding is not None and embedding not in EMBEDDINGS:
         raise ConfigError(f"--embedding must be one of {sorted(EMBEDDINGS)}, got {embedding!r}")
+    if engine not in ("local", "dask"):
+        raise ConfigError(f"unknown --engine {engine!r}: expected local or dask")
     _threads(threads)
+    if engine == "dask":
+        _build_on_dask(data, out, add, embedding, fit_data, exact, no_thumbnails, pass_bins, scheduler, workers)
+        return
+    if scheduler:
+        raise ConfigError("--scheduler goes with --engine dask")
     ds = _wafers(data, pass_bins, "--data")
     if add:
         if embedding is not None or exact or no_thumbnails or fit_data:
@@ -68,6 +80,29 @@ def build_cmd(
     index.save(out)
     fitted = getattr(index.embedding_, "fitted_on_", "")
     typer.echo(f"index {out}: {len(index)} wafers, embedding {index.embedding_.name} ({index.index_.d} dims"
+               + (f", fitted on {fitted})" if fitted else ")"))
+
+
+def _build_on_dask(data, out, add, embedding, fit_data, exact, no_thumbnails, pass_bins, scheduler, workers) -> None:
+    from waferscope.scale import build_index_partitions
+
+    if pass_bins:
+        raise ConfigError(f"--pass-bins does not apply with --engine dask: {PASS_BINS_REFUSED}")
+    if len(data) != 1:
+        raise ConfigError("--engine dask takes one --data: a folder of .parquet partitions, a glob or one file")
+    params = {}
+    if add:
+        if embedding is not None or exact or no_thumbnails or fit_data:
+            raise ConfigError("--add keeps the index's own settings: drop --embedding/--exact/--no-thumbnails/--fit-data")
+    else:
+        params = {"embedding": embedding, "exact": exact, "thumb_size": 0 if no_thumbnails else 32}
+    fit_on = _wafers(fit_data, pass_bins, "--fit-data") if fit_data else None
+    run = build_index_partitions(data[0], out, engine="dask", scheduler=scheduler, workers=workers, add=add,
+                                 fit_on=fit_on, progress=True, **params)
+    index = run.index
+    fitted = getattr(index.embedding_, "fitted_on_", "")
+    typer.echo(f"index {out}: {'added' if add else 'embedded'} {run.added} wafers from {run.partitions} partitions "
+               f"on Dask; {len(index)} wafers, embedding {index.embedding_.name} ({index.index_.d} dims"
                + (f", fitted on {fitted})" if fitted else ")"))
 
 

@@ -76,15 +76,16 @@ def _session(onnx_bytes: bytes):
 class ScaleRun(NamedTuple):
     """What a partitioned run wrote.
 
-    The result files, the rows scored, the class mix the probabilities were moved to
-    (``prior=``; None without one), how many scores reached ``threshold=`` (None without
-    one).
+    The result files, the rows scored, the class mix the probabilities were moved to (``prior=``;
+    None without one), how many scores reached ``threshold=`` (None without one), how many wafers the
+    open-set model abstained on (``open_set=``).
     """
 
     files: list[Path]
     rows: int
     prior_used: np.ndarray | None = None
     above: int | None = None
+    unknown: int | None = None  # with open_set=: wafers answered 'unknown'
 
 
 def _class_columns(classes, proba: np.ndarray) -> dict:
@@ -97,8 +98,13 @@ def _class_columns(classes, proba: np.ndarray) -> dict:
 
 
 def _result_table(model, ds, shift=None, threshold: float | None = None, map_dir: str | None = None,
-                  map_names: list[str] | None = None):
-    """Return the result rows of one batch; writes its anomaly maps to ``map_dir``/``map_names`` when given."""
+                  map_names: list[str] | None = None, open_set=None):
+    """Return the result rows of one batch; writes its anomaly maps to ``map_dir``/``map_names`` when given.
+
+    ``open_set``: an open-set model (:class:`waferscope.search.discover.OpenSetModel`) that reads the
+    classifier's own probabilities: ``predicted`` is ``unknown`` where it abstains, and an
+    ``open_set_score`` column is added.
+    """
     import pyarrow as pa
 
     cols = {"id": pa.array(ds.ids.astype(str)),
@@ -109,9 +115,16 @@ def _result_table(model, ds, shift=None, threshold: float | None = None, map_dir
         cols["wafer_index"] = pa.array(pd.to_numeric(ds.meta["wafer_index"], errors="coerce").to_numpy(np.float64))
     if model.kind == "classifier":
         proba = model.predict_proba(ds)
+        own = proba  # what an open-set scorer was calibrated on (before any prior shift)
         if shift is not None:  # a fixed target mix: per row, so per partition = over the whole archive
             proba = shift.apply(proba)[0]
         cols.update(_class_columns(model.classes_, proba))
+        if open_set is not None:
+            from waferscope.search.open_set import UNKNOWN
+
+            score, names = open_set.abstain(ds, own, n_jobs=1)  # one task per worker core: no inner threads
+            cols["predicted"] = pa.array(np.where(names == UNKNOWN, UNKNOWN, cols["predicted"].to_numpy(False)))
+            cols["open_set_score"] = pa.array(np.asarray(score, dtype=np.float64))
         return pa.table(cols)
     result = model.score(ds)
     cols["score"] = pa.array(result.scores.astype(np.float64))
@@ -150,11 +163,12 @@ def _write_atomic(final: Path, tables) -> int:
 
 def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STREAM_BATCH, shift=None,
                     threshold: float | None = None, map_dir: str | None = None,
-                    map_names: list[str] | None = None) -> tuple[str, int]:
+                    map_names: list[str] | None = None, open_set=None) -> tuple[str, int]:
     """Score one Parquet partition, streaming it in batches; returns (result file, rows).
 
     ``shift``: a fixed class-prior shift (``PriorShift``) for the probabilities; ``threshold``: adds
-    ``anomalous``; ``map_dir`` + ``map_names`` (one file name per row): the anomaly maps.
+    ``anomalous``; ``map_dir`` + ``map_names`` (one file name per row): the anomaly maps;
+    ``open_set``: 'unknown' where the open-set model abstains, and ``open_set_score``.
     """
     from waferscope.data.io_parquet import iter_parquet
 
@@ -166,7 +180,7 @@ def score_partition(onnx_bytes: bytes, src: str, out_dir: str, batch: int = STRE
             if len(ds):
                 names = None if map_names is None else map_names[done:done + len(ds)]
                 done += len(ds)
-                yield _result_table(model, ds, shift, threshold, map_dir, names)
+                yield _result_table(model, ds, shift, threshold, map_dir, names, open_set)
 
     final = Path(out_dir) / Path(src).name
     try:
@@ -186,10 +200,19 @@ def reprior_partition(src: str, out_dir: str, shift) -> tuple[str, int]:
     """
     import pyarrow.parquet as pq
 
+    from waferscope.search.open_set import UNKNOWN
+
     table = pq.read_table(src)
     classes = [c[2:] for c in table.column_names if c.startswith("p_")]
     proba = np.column_stack([table.column(f"p_{c}").to_numpy() for c in classes])
+    abstained = None
+    if "open_set_score" in table.column_names:  # abstention read the model's own probabilities: it stays
+        abstained = table.column("predicted").to_numpy(zero_copy_only=False) == UNKNOWN
     for name, col in _class_columns(classes, shift.apply(proba)[0]).items():
+        if name == "predicted" and abstained is not None:
+            import pyarrow as pa
+
+            col = pa.array(np.where(abstained, UNKNOWN, col.to_numpy(False)))
         table = table.set_column(table.column_names.index(name), name, col)
     final = Path(out_dir) / Path(src).name
     return str(final), _write_atomic(final, [table])
@@ -287,9 +310,41 @@ def _map_names(files: list[Path]) -> list[list[str]]:
     return [[next(names) for _ in part] for part in ids]
 
 
+def _check_targets(out: Path, maps, overwrite: bool) -> tuple[Path, Path | None]:
+    """Refuse an ``out`` (and ``maps``) that would overwrite without ``overwrite``, or overlap."""
+    check_out(out, overwrite)
+    if maps is not None:
+        maps = Path(maps)
+        check_out(maps, overwrite, "maps")
+        if maps.resolve() == out.resolve() or out.resolve() in maps.resolve().parents:
+            raise ConfigError("maps must not be out or inside it (out holds one .parquet per partition)", maps)
+    return out, maps
+
+
+def _check_open_set(model, open_set) -> None:
+    """Refuse an open-set model that does not go with ``model`` (not a classifier, other classes)."""
+    from waferscope.export import read_metadata
+
+    meta = read_metadata(model) if isinstance(model, (str, Path)) else \
+        {"kind": model.registry_kind, "classes": [str(c) for c in getattr(model, "classes_", [])]}
+    if meta.get("kind") != "classifier":
+        raise ConfigError(f"open_set= goes with a classifier; this model is a {meta.get('kind')}")
+    classes = [str(c) for c in meta.get("classes") or []]
+    if [str(c) for c in open_set.scorer.classes_] != classes:
+        raise ConfigError(f"the open-set scorer knows classes {list(open_set.scorer.classes_)}, the model {classes}")
+
+
+def _count(results, column: str, value) -> int:
+    """Count the rows of the written result files whose ``column`` equals ``value``."""
+    import pyarrow.parquet as pq
+
+    return sum(int((pq.read_table(r[0], columns=[column]).column(0).to_numpy(False) == value).sum())
+               for r in results)
+
+
 def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler: str | None = None,
                    workers: int = 2, overwrite: bool = False, timeout: float = 10.0, prior=None,
-                   threshold: float | None = None, maps: Path | None = None) -> ScaleRun:
+                   threshold: float | None = None, maps: Path | None = None, open_set=None) -> ScaleRun:
     """Score every partition of ``data`` into ``out`` (one file per partition).
 
     ``model`` is an estimator that exports to ONNX, or the path of a `waferscope export` file.
@@ -297,7 +352,9 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
     learns the mix from all partitions at once (a first pass writes the raw probabilities, the mix is
     estimated here, a second pass writes the adjusted results).
     ``threshold``: a detector's scores get an ``anomalous`` column. ``maps``: a detector's
-    anomaly maps, ``<id>.npy`` (float32).
+    anomaly maps, ``<id>.npy`` (float32). ``open_set``: a classifier's open-set model
+    (:func:`waferscope.search.discover.load_open_set`): ``predicted`` is ``unknown`` for a wafer of no
+    known class and ``open_set_score`` is added (the workers compute the wafer features it reads).
 
     The workers write into hidden folders beside ``out`` and ``maps`` that are renamed to them when
     every partition is done (so both must be on a file system the workers see): ``out`` and ``maps``
@@ -309,13 +366,9 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         raise DataError("two partitions share a file name; results are named after their input", data)
-    out = Path(out)
-    check_out(out, overwrite)
-    if maps is not None:
-        maps = Path(maps)
-        check_out(maps, overwrite, "maps")
-        if maps.resolve() == out.resolve() or out.resolve() in maps.resolve().parents:
-            raise ConfigError("maps must not be out or inside it (out holds one .parquet per partition)", maps)
+    out, maps = _check_targets(Path(out), maps, overwrite)
+    if open_set is not None:
+        _check_open_set(model, open_set)
     onnx_bytes = export_model_bytes(model)
     client = cluster = None
     if engine == "dask":
@@ -324,6 +377,8 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
     try:
         staging = _staging_dir(out)
         blob = onnx_bytes if client is None else client.scatter(onnx_bytes, broadcast=True)
+        # the open-set model travels once per worker too (plain arrays and a small torch head)
+        scorer = open_set if client is None or open_set is None else client.scatter(open_set, broadcast=True)
         estimate = prior is not None and prior.estimates
         first_out = staging / ".raw" if estimate else staging
         first_out.mkdir(exist_ok=True)
@@ -333,7 +388,7 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
             maps_staging = _staging_dir(maps)
         results = _run_tasks(client, score_partition, [
             (blob, str(f), str(first_out), STREAM_BATCH, None if estimate else prior, threshold,
-             None if maps_staging is None else str(maps_staging), n) for f, n in zip(files, map_names)])
+             None if maps_staging is None else str(maps_staging), n, scorer) for f, n in zip(files, map_names)])
         used = None if prior is None else prior.target
         if estimate:  # the whole archive's probabilities are small: n × classes floats
             raw = [Path(r[0]) for r in results]
@@ -341,12 +396,12 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
             used = fixed.target
             results = _run_tasks(client, reprior_partition, [(str(r), str(staging), fixed) for r in raw])
             shutil.rmtree(first_out)
-        above = None
-        if threshold is not None:
-            import pyarrow.parquet as pq
+        above = None if threshold is None else _count(results, "anomalous", True)
+        unknown = None
+        if open_set is not None:
+            from waferscope.search.open_set import UNKNOWN
 
-            above = sum(int(pq.read_table(r[0], columns=["anomalous"]).column(0).to_numpy().sum())
-                        for r in results)
+            unknown = _count(results, "predicted", UNKNOWN)
         _publish(staging, out)
         staging = None
         if maps_staging is not None:
@@ -362,4 +417,4 @@ def run_partitions(model, data: str, out: Path, engine: str = "local", scheduler
         if cluster is not None:
             cluster.close()
     files_written = [out / Path(r[0]).name for r in results]
-    return ScaleRun(files_written, sum(r[1] for r in results), used, above)
+    return ScaleRun(files_written, sum(r[1] for r in results), used, above, unknown)

@@ -184,6 +184,56 @@ def train_with_open_set(classifier, dataset, seed: int = 0, abstain_rate: float 
     return classifier, model
 
 
+def crossfit_open_set(fit_classifier, dataset, classes, extra=None, n_splits: int = 5, seed: int = 0,
+                      abstain_rate: float = 0.05, n_jobs: int = -1, progress: bool = False) -> OpenSetModel:
+    """Fit an open-set model for a classifier trained on all labelled wafers, by cross-fitting.
+
+    The classifier was already trained on *all* of ``dataset``'s labelled wafers
+    (plus ``extra``, e.g. synthetic maps with no lots), so that no held-out lot is left to calibrate
+    on: the calibration is cross-fitted instead. The labelled wafers are split into ``n_splits``
+    lot-grouped, class-stratified folds; for each fold ``fit_classifier(training data)`` (the same
+    recipe on the other folds + ``extra``) and the metric head learn without it, and the scorer's raw
+    parts of its wafers (its out-of-fold calibration values) are computed with those models. The
+    saved model has the metric head trained on all the labelled wafers and, as references, a seeded
+    class-stratified ``(n_splits - 1) / n_splits`` share of them: as many as each fold's models had, so
+    the kNN distances at prediction time are on the scale they were calibrated on.
+    ``classes``: the final classifier's classes (every fold's classifier must give the same).
+    """
+    from waferscope.data import WaferDataset
+    from waferscope.data.preprocess import grouped_stratified_kfold
+    from waferscope.features.handcrafted import extract_features
+    from waferscope.search.embed import MetricEmbedding
+    from waferscope.search.open_set import DEFAULT_PARTS, OpenSetScorer
+
+    classes = [str(c) for c in classes]
+    lab = np.flatnonzero(dataset.is_labelled)
+    labels = dataset.labels[lab].astype(str)
+    lots = (dataset.meta["lot"].fillna("").astype(str).to_numpy()[lab] if "lot" in dataset.meta
+            else np.full(len(lab), ""))
+    groups = np.where(lots == "", np.char.add("wafer-", np.arange(len(lab)).astype(str)), lots)
+    feat = extract_features(dataset.subset(lab).maps, n_jobs=n_jobs, progress=progress, feature_set="extended")
+    cal_parts = np.full((len(lab), len(DEFAULT_PARTS)), np.nan)
+    for f, (tr, te) in enumerate(grouped_stratified_kfold(labels, groups, n_splits=n_splits, seed=seed)):
+        train = dataset.subset(lab[tr])
+        clf = fit_classifier(train if extra is None else WaferDataset.concat([extra, train]))
+        if [str(c) for c in clf.classes_] != classes:
+            raise ConfigError(f"fold {f}: the classifier learnt classes {list(clf.classes_)}, not {classes}")
+        fold = fit_scorer(feat[tr], labels[tr], feat[te], clf.predict_proba(dataset.subset(lab[te])), classes,
+                          seed=seed, abstain_rate=abstain_rate)
+        cal_parts[te] = fold.scorer.cal_parts_
+        if progress:
+            print(f"open-set cross-fit: fold {f + 1}/{n_splits} done ({len(te)} calibration wafers)", flush=True)
+    # references: the share of the labelled wafers one fold's models had (stratified, seeded)
+    refs = next(iter(grouped_stratified_kfold(labels, np.arange(len(lab)).astype(str), n_splits=n_splits,
+                                              seed=seed)))[0]
+    emb = MetricEmbedding(source="labels", seed=seed).fit(None, raw=feat, labels=labels)
+    scorer = OpenSetScorer(parts=DEFAULT_PARTS, abstain_rate=abstain_rate, seed=seed)
+    train = {"metric": emb.transform(None, raw=feat[refs]), "features": _standardised(emb, feat[refs])}
+    scorer.fit_references(train, labels[refs], classes)
+    scorer.calibrate(cal_parts)
+    return OpenSetModel(emb, scorer, None, None)
+
+
 def save_open_set(model: OpenSetModel, run_dir: Path) -> None:
     """Write the scorer and its embedding beside a classifier run's model.json (plain arrays + JSON)."""
     from safetensors.numpy import save_file

@@ -96,15 +96,24 @@ class WaferIndex:
         """
         if not len(dataset):
             raise DataError("cannot build an index of an empty data set", dataset.name)
-        self.embedding_ = self._new_embedding().fit(dataset if fit_on is None else fit_on)
-        vectors = self.embedding_.transform(dataset)
-        getattr(self.embedding_, "forget", lambda: None)()  # an index must not keep its archive alive
-        self.index_ = self._new_faiss(vectors.shape[1])
+        embedding = self._new_embedding().fit(dataset if fit_on is None else fit_on)
+        vectors = embedding.transform(dataset)
+        self.start(embedding, vectors.shape[1])
+        self._add_vectors(vectors, dataset)
+        return self
+
+    def start(self, embedding, dim: int) -> "WaferIndex":
+        """Return an empty index for the vectors of a fitted ``embedding`` (``dim`` numbers each).
+
+        Fill it with :meth:`add_embedded` (e.g. vectors computed elsewhere: :mod:`waferscope.scale.index`).
+        """
+        getattr(embedding, "forget", lambda: None)()  # an index must not keep its archive alive
+        self.embedding_ = embedding
+        self.index_ = self._new_faiss(int(dim))
         self.ids_ = np.empty(0, dtype=str)
         self.lots_ = np.empty(0, dtype=str)
         self.labels_ = np.empty(0, dtype=str)
         self.thumbs_ = np.zeros((0, self.thumb_size, self.thumb_size), dtype=np.uint8)
-        self._add_vectors(vectors, dataset)
         return self
 
     def add(self, dataset) -> "WaferIndex":
@@ -115,14 +124,37 @@ class WaferIndex:
         return self
 
     def _add_vectors(self, vectors: np.ndarray, dataset) -> None:
-        self.index_.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        self.ids_ = np.concatenate([self.ids_, dataset.ids.astype(str)]).astype(str)
-        self.lots_ = np.concatenate([self.lots_, _column(dataset, "lot")]).astype(str)
-        self.labels_ = np.concatenate([self.labels_, dataset.labels.astype(str)]).astype(str)
+        self.add_embedded(vectors, *self.wafer_columns(dataset))
+
+    def wafer_columns(self, dataset) -> tuple:
+        """(ids, lots, labels, thumbnails or None) of a data set's wafers, as the index keeps them."""
+        thumbs = None
         if self.thumb_size:
             from waferscope.data.preprocess import resize_maps
 
-            self.thumbs_ = np.concatenate([self.thumbs_, resize_maps(dataset.maps, int(self.thumb_size))])
+            thumbs = resize_maps(dataset.maps, int(self.thumb_size))
+        return dataset.ids.astype(str), _column(dataset, "lot").astype(str), dataset.labels.astype(str), thumbs
+
+    def add_embedded(self, vectors: np.ndarray, ids, lots, labels, thumbs=None) -> "WaferIndex":
+        """Add wafers whose vectors were computed already (by this index's embedding).
+
+        With their ids, lots, classes and (when the index keeps them) ``thumb_size``² thumbnails.
+        """
+        self._check_built()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n = len(vectors)
+        if vectors.ndim != 2 or vectors.shape[1] != self.index_.d or not len(ids) == len(lots) == len(labels) == n:
+            raise ConfigError(f"{n} vectors of shape {vectors.shape[1:]} for an index of dimension {self.index_.d} "
+                              f"with {len(ids)} ids, {len(lots)} lots, {len(labels)} labels")
+        if self.thumb_size and (thumbs is None or len(thumbs) != n):
+            raise ConfigError("this index keeps a thumbnail of every wafer: give one per vector")
+        self.index_.add(vectors)
+        self.ids_ = np.concatenate([self.ids_, np.asarray(ids).astype(str)]).astype(str)
+        self.lots_ = np.concatenate([self.lots_, np.asarray(lots).astype(str)]).astype(str)
+        self.labels_ = np.concatenate([self.labels_, np.asarray(labels).astype(str)]).astype(str)
+        if self.thumb_size:
+            self.thumbs_ = np.concatenate([self.thumbs_, np.asarray(thumbs, dtype=np.uint8)])
+        return self
 
     def _check_built(self) -> None:
         if not hasattr(self, "index_"):

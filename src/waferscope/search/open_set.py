@@ -131,7 +131,15 @@ class OpenSetScorer:
         return np.stack([PARTS[p][1](self, signals) for p in self.parts], axis=1)
 
     def fit(self, train: dict, train_labels, cal: dict, classes) -> "OpenSetScorer":
-        """Learn the reference sets from ``train`` and calibrate the parts on ``cal``; return ``self``."""
+        """Learn the references from ``train`` and the calibration and threshold from ``cal``; return ``self``.
+
+        ``train``: signals of known wafers the models trained on; ``cal``: of known wafers they did not.
+        """
+        self.fit_references(train, train_labels, classes)
+        return self.calibrate(self.raw_parts(cal))
+
+    def fit_references(self, train: dict, train_labels, classes) -> "OpenSetScorer":
+        """Learn the known wafers the kNN parts measure distances to (no calibration yet: :meth:`calibrate`)."""
         needed = {"metric_knn": "metric", "feature_knn": "features"}
         missing = sorted(v for k, v in needed.items() if k in self.parts and train.get(v) is None)
         if missing:
@@ -151,22 +159,39 @@ class OpenSetScorer:
             self.feature_refs_ = feats
         else:
             self.feature_refs_ = np.zeros((0, 1), np.float32)
-        self.cal_parts_ = self.raw_parts(cal)
-        self.threshold_ = (float(np.quantile(self.score(cal), 1 - self.abstain_rate)) if self.abstain_rate > 0
-                           else float("inf"))
         return self
 
-    def ranks(self, signals: dict) -> np.ndarray:
-        """(N, parts) each part's rank among the calibration wafers (0..1)."""
-        raw = self.raw_parts(signals)
+    def calibrate(self, cal_parts: np.ndarray) -> "OpenSetScorer":
+        """Set the calibration and the threshold from raw part values (N, parts) of unseen known wafers.
+
+        The wafers are known ones the models did not train on: :meth:`fit` passes the calibration
+        wafers' parts; a cross-fitted scorer (:func:`waferscope.search.discover.crossfit_open_set`)
+        passes out-of-fold ones.
+        """
+        cal_parts = np.asarray(cal_parts, dtype=np.float64)
+        if cal_parts.ndim != 2 or cal_parts.shape[1] != len(self.parts) or not len(cal_parts):
+            raise ConfigError(f"calibration parts must be (wafers, {len(self.parts)}), got {cal_parts.shape}")
+        self.cal_parts_ = cal_parts
+        self.threshold_ = (float(np.quantile(self._combine(self._rank(cal_parts)), 1 - self.abstain_rate))
+                           if self.abstain_rate > 0 else float("inf"))
+        return self
+
+    def _rank(self, raw: np.ndarray) -> np.ndarray:
         cal = np.where(np.isfinite(self.cal_parts_), self.cal_parts_, np.finfo(np.float64).max)
         raw = np.where(np.isfinite(raw), raw, np.finfo(np.float64).max)
         return np.stack([_ecdf(cal[:, j], raw[:, j]) for j in range(len(self.parts))], axis=1)
 
+    def _combine(self, ranks: np.ndarray) -> np.ndarray:
+        w = np.ones(len(self.parts)) if self.weights is None else np.asarray(self.weights, dtype=np.float64)
+        return (ranks * w).sum(axis=1) / w.sum()
+
+    def ranks(self, signals: dict) -> np.ndarray:
+        """(N, parts) each part's rank among the calibration wafers (0..1)."""
+        return self._rank(self.raw_parts(signals))
+
     def score(self, signals: dict) -> np.ndarray:
         """Return the open-set score of every wafer (weighted sum of the parts' ranks)."""
-        w = np.ones(len(self.parts)) if self.weights is None else np.asarray(self.weights, dtype=np.float64)
-        return (self.ranks(signals) * w).sum(axis=1) / w.sum()
+        return self._combine(self.ranks(signals))
 
     def predict(self, signals: dict, score: np.ndarray | None = None) -> np.ndarray:
         """Return the predicted class of every wafer, ``unknown`` where the score is over the threshold."""

@@ -820,7 +820,8 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
 
     from waferscope.serve.lotbrowser import add_lot_routes
 
-    add_lot_routes(app, limits, classifier, detector, threshold, inference.clf_worker, inference.det_worker)
+    add_lot_routes(app, limits, classifier, detector, threshold, inference.clf_worker, inference.det_worker,
+                   classify_open=inference.classify_open if open_set is not None else None)
 
     @app.get("/health")
     def health():
@@ -832,7 +833,11 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         return {"status": "ok", "waferscope_version": __version__, "torch_version": torch.__version__,
                 "python_version": platform.python_version(),
                 "classifier": {**_model_info(classifier, classifier_source, classifier_run), "classes": classes,
-                               "gradcam": has_gradcam, "gradcam_from": explainer_source or classifier_source},
+                               "gradcam": has_gradcam, "gradcam_from": explainer_source or classifier_source,
+                               # the run's open-set scorer (what ?abstain=1 uses), or null
+                               "open_set": None if open_set is None else {
+                                   "threshold": round(open_set.scorer.threshold_, 6),
+                                   "parts": list(open_set.scorer.parts)}},
                 "detector": {**_model_info(detector, detector_source, detector_run), "threshold": threshold},
                 "index": inference.index_info(),
                 "limits": limits.as_dict(), "torch_threads": torch.get_num_threads(), "rss_bytes": _rss_bytes(),

@@ -6,8 +6,8 @@ So that a file of any size (a day's production, 100,000 wafers) opens at once an
     GET  /v1/lots/{id}                  lot summary (waferscope.lots.lot_summary) + progress
     GET  /v1/lots/{id}/wafers           one page of wafers (maps included): ?lot=&class=&anomalous=
                                         &min_score=&max_score=&min_yield=&max_yield=&q=&sort=&desc=
-                                        &offset=&limit=  (limit ≤ Limits.max_page_maps, echoed dies
-                                        ≤ Limits.max_echo_dies); ``counts`` describe the whole filter
+                                        &offset=&limit=&abstain=  (limit ≤ Limits.max_page_maps, echoed
+                                        dies ≤ Limits.max_echo_dies); ``counts`` describe the whole filter
     GET  /v1/lots/{id}/lot?lot=NAME     that lot's stacked map, bin Pareto and zone yield
     GET  /v1/lots/{id}/lots.csv         the lot table as CSV
     GET  /v1/lots/{id}/wafers.csv       the filtered wafer table as CSV (same filters as /wafers)
@@ -19,6 +19,11 @@ the maps are allocated), at most ``max_lot_sessions`` files are held (the oldest
 classes and anomaly scores are filled in the background through the service's own model workers
 (so page requests and other clients take turns with them), a chunk at a time: the lot table shows
 how far they are.
+
+When the served classifier has an open-set scorer (a run trained with ``--open-set``), the background
+classification also scores every wafer with it (``open_set_score``, ``unknown``: 1.0 when the scorer
+abstains); ``?abstain=1`` on the wafer routes reads ``class`` as ``unknown`` for those wafers (so the
+class filter, the sort and the CSV see it), without it the closed-set class stays.
 """
 
 from __future__ import annotations
@@ -40,13 +45,13 @@ from waferscope.data.limits import LoadLimits
 
 log = logging.getLogger("waferscope.serve")
 CHUNK = 512  # wafers per background model call: small enough that other requests get turns
-SORT_KEYS = ("order", "id", "lot", "yield", "fail_dies", "score", "class", "confidence")
+SORT_KEYS = ("order", "id", "lot", "yield", "fail_dies", "score", "class", "confidence", "open_set_score")
 
 
 class Session:
     """One uploaded file: the data set, lots' wafer table and the predictions filled in so far."""
 
-    def __init__(self, name: str, dataset, classes: list[str]):
+    def __init__(self, name: str, dataset, classes: list[str], has_open_set: bool = False):
         from waferscope import lots
 
         self.id = secrets.token_urlsafe(12)
@@ -59,22 +64,33 @@ class Session:
         self.confidence = np.full(n, np.nan)
         self.score = np.full(n, np.nan)
         self.anomalous = np.full(n, np.nan)  # 1.0 / 0.0 once scored (NaN: not yet; lot means skip it)
+        self.open_score = np.full(n, np.nan)  # with an open-set scorer: its score, and 1.0 where it abstains
+        self.unknown = np.full(n, np.nan)
         self.classified = self.scored = 0
         self.error: str | None = None
         self.stopped = False
         self.classes = classes
+        self.has_open_set = has_open_set
         self.lock = threading.Lock()
         self._summary_key, self._summary, self._next_summary = None, None, 0.0
         self._lot_cache: dict = {}
         self.opened = time.monotonic()
 
-    def frame(self) -> pd.DataFrame:
-        """Return the wafer table with the predictions so far (``class`` "" and score NaN until then)."""
+    def frame(self, abstain: bool = False) -> pd.DataFrame:
+        """Return the wafer table with the predictions so far (``class`` "" and score NaN until then).
+
+        ``abstain``: ``class`` is ``unknown`` where the open-set scorer abstained.
+        """
+        from waferscope.search.open_set import UNKNOWN
+
         t = self.table.copy()
-        t["class"] = self.predicted
+        t["class"] = np.where(self.unknown == 1.0, UNKNOWN, self.predicted) if abstain else self.predicted
         t["confidence"] = self.confidence
         t["score"] = self.score
         t["anomalous"] = self.anomalous
+        if self.has_open_set:
+            t["open_set_score"] = self.open_score
+            t["unknown"] = self.unknown
         if self.label is not None:
             t["label"] = self.label
         return t
@@ -133,11 +149,13 @@ class Store:
         return s
 
 
-def predict_in_background(session: Session, clf_worker, det_worker, threshold: float | None, classes) -> None:
+def predict_in_background(session: Session, clf_worker, det_worker, threshold: float | None, classes,
+                          classify_open=None) -> None:
     """Classes then anomaly scores of every wafer, ``CHUNK`` at a time.
 
     Through the service's model workers (the same models and batching as /v1/classify and
-    /v1/score).
+    /v1/score). ``classify_open``: the classifier worker's open-set function (as
+    /v1/classify?abstain=1), also giving each wafer's open-set score and whether it abstains.
     """
     from waferscope.serve.batcher import MapBatch
 
@@ -152,15 +170,22 @@ def predict_in_background(session: Session, clf_worker, det_worker, threshold: f
                     return
                 e = min(n, s + CHUNK)
                 batch = MapBatch(ds.maps[s:e], ids[s:e], [None] * (e - s))
+                fn = classify_open if kind == "classify" else None
                 while True:
                     try:
-                        out = worker.submit(batch).result()
+                        out = worker.submit(batch, fn).result()
                         break
                     except Exception as exc:  # a full queue: other clients first, then retry
                         if type(exc).__name__ != "QueueFull":
                             raise
                         time.sleep(0.5)
                 if kind == "classify":
+                    if classify_open is not None:  # (proba, open-set score, class or 'unknown') per wafer
+                        from waferscope.search.open_set import UNKNOWN
+
+                        session.open_score[s:e] = [float(x[1]) for x in out]
+                        session.unknown[s:e] = [float(x[2] == UNKNOWN) for x in out]
+                        out = [x[0] for x in out]
                     proba = np.asarray(out, dtype=np.float64)
                     session.predicted[s:e] = names[proba.argmax(1)]
                     session.confidence[s:e] = proba.max(1)
@@ -204,7 +229,13 @@ def filtered(session: Session, q) -> pd.DataFrame:
     """Return the wafer table filtered and sorted by the query (see the module docstring)."""
     from waferscope.serve.app import RequestError
 
-    t = session.frame()
+    abstain = q.get("abstain")
+    if abstain not in (None, "", "0", "1"):
+        raise RequestError(f"?abstain= must be 0 or 1, got {abstain!r}")
+    if abstain == "1" and not session.has_open_set:
+        raise RequestError("this classifier has no open-set scorer, so it cannot abstain: serve a run trained "
+                           "with `waferscope classify train --open-set`", 409)
+    t = session.frame(abstain=abstain == "1")
     lot = q.get("lot")
     if lot:
         t = t[t["lot"] == lot]
@@ -227,6 +258,8 @@ def filtered(session: Session, q) -> pd.DataFrame:
     key = q.get("sort") or "order"
     if key not in SORT_KEYS:
         raise RequestError(f"?sort= must be one of {', '.join(SORT_KEYS)}, got {key!r}")
+    if key not in t:  # open_set_score without a scorer
+        raise RequestError(f"?sort={key}: this classifier has no open-set scorer", 409)
     desc = q.get("desc") in ("1", "true")
     # NaN (not yet scored / no dies) last either way; ties in file order
     return t.sort_values([key, "order"], ascending=[not desc, True], na_position="last", kind="stable")
@@ -235,9 +268,12 @@ def filtered(session: Session, q) -> pd.DataFrame:
 def _counts(t: pd.DataFrame) -> dict:
     """Return what the status line says about the wafers a filter selects."""
     dies, passes = int(t["dies"].sum()), int(t["pass_dies"].sum())
-    return {"wafers": int(len(t)), "lots": int(t["lot"].nunique()), "classified": int((t["class"] != "").sum()),
-            "scored": int(t["score"].notna().sum()), "anomalous": int((t["anomalous"] == 1).sum()),
-            "yield": passes / dies if dies else None}
+    out = {"wafers": int(len(t)), "lots": int(t["lot"].nunique()), "classified": int((t["class"] != "").sum()),
+           "scored": int(t["score"].notna().sum()), "anomalous": int((t["anomalous"] == 1).sum()),
+           "yield": passes / dies if dies else None}
+    if "unknown" in t:
+        out["unknown"] = int((t["unknown"] == 1).sum())
+    return out
 
 
 def lot_views(session: Session, lot: str) -> dict:
@@ -268,8 +304,12 @@ def lot_views(session: Session, lot: str) -> dict:
     return out
 
 
-def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det_worker) -> None:
-    """Mount the lot browser's routes on ``app`` (create_app calls this once)."""
+def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det_worker, classify_open=None) -> None:
+    """Mount the lot browser's routes on ``app`` (create_app calls this once).
+
+    ``classify_open``: the classifier worker's open-set function when the classifier has a scorer
+    (None: no abstention).
+    """
     from waferscope.serve.app import (LOT_UPLOAD_PATH, RequestError, grid_json, load_upload_dataset,
                                        read_multipart_file)
 
@@ -282,16 +322,17 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
     def open_file(filename: str, data: bytes) -> Session:
         with loading:
             dataset, name = load_upload_dataset(filename, data, file_limits)
-        session = Session(name, dataset, classes)
+        session = Session(name, dataset, classes, has_open_set=classify_open is not None)
         store.add(session)
         threading.Thread(target=predict_in_background, name=f"lots-{session.id[:6]}", daemon=True,
-                         args=(session, clf_worker, det_worker, threshold, classes)).start()
+                         args=(session, clf_worker, det_worker, threshold, classes, classify_open)).start()
         return session
 
     def head(session: Session) -> dict:
         summary = session.summary()
         return {"id": session.id, "name": session.name, "classes": classes, "threshold": threshold,
                 "progress": session.progress(), "has_bins": bool(session.dataset.attrs.get("bins")),
+                "open_set": session.has_open_set,
                 "labelled": session.label is not None, "counts": _counts(session.frame()),
                 "lots": _json_safe(summary)}
 
@@ -327,6 +368,7 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
             raise RequestError(f"this page would echo more than {limits.max_echo_dies:,} grid cells "
                                "(limit max_echo_dies); ask for a smaller ?limit=", 413)
         cols = ["id", "lot", "wafer_index", "dies", "fail_dies", "yield", "class", "confidence", "score", "anomalous"]
+        cols += ["open_set_score", "unknown"] if "unknown" in part else []
         cols += ["label"] if "label" in part else []
         rows = _json_safe(part[cols])
         # the maps as compact JSON grids, spliced in (json.dumps of nested lists is the slow part)
@@ -337,6 +379,8 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
                json.dumps(session.progress()).encode(), b',"wafers":[']
         for k, (row, m) in enumerate(zip(rows, maps)):
             row["anomalous"] = None if row["anomalous"] is None else bool(row["anomalous"])
+            if "unknown" in row:
+                row["unknown"] = None if row["unknown"] is None else bool(row["unknown"])
             text = json.dumps(row, ensure_ascii=False).encode()
             out += [b"," if k else b"", text[:-1], b',"map":', grid_json(m), b"}"]
         out.append(b"]}")
@@ -371,4 +415,6 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
         session = store.get(sid)
         frame = await run_in_threadpool(filtered, session, request.query_params)
         frame = frame.drop(columns=["order"]).assign(anomalous=lambda f: f["anomalous"].map({1.0: True, 0.0: False}))
+        if "unknown" in frame:
+            frame["unknown"] = frame["unknown"].map({1.0: True, 0.0: False})
         return csv_response(frame, f"{session.name}_wafers")
