@@ -7,8 +7,11 @@ the `uneven` defects (broad bands of another grinding texture / brightness):
   energy      log of squared fine-scale responses (σ 1, 2: Gx², Gy², |H|²) smoothed at σ_L,
               relative to the image's own mean log energy (the texture's local strength and
               direction against the image's global level).
-They enter either the same Gaussian ("joint", grid 32) or a second, coarser Gaussian ("block",
-grid 16; map = sqrt(D_base² + D_large²), i.e. the joint Gaussian with a block-diagonal covariance).
+They enter either the same Gaussian ("J32": joint, at --grid) or a second Gaussian ("B16" / "B32":
+grid 16 / --grid; map = sqrt(D_base² + D_large²), i.e. the joint Gaussian with a block-diagonal
+covariance). "A" is the filter bank alone; "*_nb1" scores each cell by its nearest Gaussian within
+±1 cell (misalignment tolerance); "*_cal" is the per-cell calibration (``calibration_folds=5``).
+``--stride`` / ``--grid`` set the cell size (4 / 32 was the default, 2 / 64 is now).
 
 Selection protocol (no test labels): fit on 80 % of the training normals, score the other 20 % and
 one synthetic anomalous copy of each (the package's DRAEM / CutPaste-scar synthesis of
@@ -16,7 +19,8 @@ texture_contrast, inside the image box); the variant with the best validation fi
 adopted. Test figures of every variant are printed too and are reported as exploration.
 
 Run from the worktree root:
-``PYTHONPATH=src python scripts/experiments/texture_padim_channels.py [--only A,J16]``
+``PYTHONPATH=src python scripts/experiments/texture_padim_channels.py [--stride 2 --grid 64] [--only A,A_cal]``
+(features are cached in /tmp/img29; stride 1 / grid 128 needs ~9 GB of memory, use ``--no-large``).
 """
 
 import argparse
@@ -58,11 +62,11 @@ def synth_val(x, boxes, valid):
     rng = np.random.default_rng(29)
     xs, ms = [], []
     for i in range(len(x)):
-        img, (t, l, h, w) = x[i, 0], boxes[i]
+        img, (t, left, h, w) = x[i, 0], boxes[i]
         others = [x[j, 0] for j in rng.choice(len(x), 3, replace=False)]
         aug, m = (draem_anomaly(img, others, rng, valid[i]) if i % 2 == 0 else scar_anomaly(img, rng, valid[i]))
-        box = torch.from_numpy(np.ascontiguousarray(aug[t:t + h, l:l + w]))[None, None]
-        xs.append(_reflect_pad(box, t, S - h - t, l, S - w - l)[0].numpy())
+        box = torch.from_numpy(np.ascontiguousarray(aug[t:t + h, left:left + w]))[None, None]
+        xs.append(_reflect_pad(box, t, S - h - t, left, S - w - left)[0].numpy())
         ms.append(m)
     return np.stack(xs).astype(np.float32), np.stack(ms)
 
