@@ -98,7 +98,8 @@ def test_image_protocol_pieces_on_tiny_textures(tmp_path):
                           n_splits=3, img_path=tmp_path / "maps.png")
     assert (tmp_path / "maps.png").stat().st_size > 1000
     assert row["test"]["image_auroc"] >= 0.9 and "pixel_auroc" in row["test"] and "aupro" in row["test"]
-    assert 0.0 <= row["max_in_mask"] <= 1.0
+    assert 0.0 <= row["max_in_mask"] <= 1.0 and list(row["max_in_mask_per_class"]) == ["blob"]
+    assert row["max_in_mask_per_class"]["blob"] == pytest.approx(row["max_in_mask"], abs=1e-3)  # one class
     assert len(row["kfold_threshold"]["per_fold"]) == 3 and "f1" in row["test_at_kfold_threshold"]
     assert "image_auroc" in row["baseline_pixel_zscore"] and "image_auroc" in row["baseline_isolation_forest"]
 
@@ -147,7 +148,69 @@ def test_texture_padim_calibration_finds_blobs_and_centres_normals(tmp_path):
     det.save(tmp_path / "run")
     np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, atol=1e-5)
     plain = registry.create("texture_padim", "detector", input_size=32, sigmas=(1.0, 2.0), stride=2, grid=4,
-                            progress=False).fit(train).score(test)
+                            calibration_folds=0, progress=False).fit(train).score(test)
     assert min(float(np.mean(m)) for m in plain.maps[:6]) > max(normal_means)
     with pytest.raises(ConfigError, match="calibration_folds"):
         registry.create("texture_padim", "detector", calibration_folds=1, progress=False).fit(train)
+
+
+def _banded(n, seed, band=False, shape=(40, 40)):
+    """Vertical-streak textures; ``band`` makes a horizontal band of rows 10–21 streak 3× stronger
+    (a broad region of another texture, like magnetic tile's `uneven`), returned with its mask."""
+    rng = np.random.default_rng(seed)
+    imgs, masks = [], []
+    for _ in range(n):
+        streaks = rng.normal(0, 0.05, shape[1])[None, :] + rng.normal(0, 0.01, shape)
+        m = np.zeros(shape, bool)
+        if band:
+            m[10:22] = True
+            streaks = np.where(m, 3 * streaks, streaks)
+        imgs.append(np.clip((0.5 + streaks) * 255, 0, 255).astype(np.uint8))
+        masks.append(m)
+    return imgs, masks
+
+
+def test_large_scale_channels_are_relative_to_the_image_and_see_bands():
+    from waferscope.models.detectors.texture_padim.features import large_scale_channels
+
+    imgs, masks = _banded(1, 0, band=True)
+    x = torch.from_numpy(imgs[0].astype(np.float32) / 255)[None, None]
+    x = (x - x.mean()) / x.std()
+    f = large_scale_channels(x, [(0, 0, 40, 40)], (1.0, 2.0), (4.0,))
+    assert f.shape == (1, 7, 40, 40)
+    np.testing.assert_allclose(f.mean((2, 3)).numpy(), 0, atol=1e-4)  # minus the image's own level
+    gx_energy = f[0, 1].numpy()  # σ=1 Gx²: the vertical streaks' strength
+    assert gx_energy[12:20].mean() > gx_energy[28:].mean() + 1.0  # log energy, ~ln 9 higher in the band
+    brighter = large_scale_channels(x + 1.0, [(0, 0, 40, 40)], (1.0, 2.0), (4.0,))
+    # a brighter exposure: brightness and gradient energies unchanged (the Hessian ones are left out:
+    # the truncated second-derivative kernels are not exactly zero-sum; canvases have mean 0 anyway)
+    keep = [0, 1, 2, 4, 5]
+    np.testing.assert_allclose(brighter[:, keep].numpy(), f[:, keep].numpy(), atol=1e-3)
+
+
+def test_texture_padim_large_sigmas_find_bands_and_reload(tmp_path):
+    """large_sigmas: the band of stronger texture is found per image and per pixel (the plain filter
+    bank sees its local texture too, so both detect it; the large-scale channels must not hurt), the
+    run reloads with the same scores, and a non-positive σ is one ConfigError."""
+    from sklearn.metrics import roc_auc_score
+
+    from waferscope.base import load_run
+    from waferscope.errors import ConfigError
+
+    tr, _ = _banded(16, 0)
+    good, _ = _banded(6, 1)
+    bad, masks = _banded(6, 2, band=True)
+    train = WaferDataset.from_maps(tr, ["good"] * 16, kind="image", name="train")
+    test = WaferDataset.from_maps(good + bad, ["good"] * 6 + ["band"] * 6, masks=[None] * 6 + masks,
+                                  kind="image", name="test")
+    det = registry.create("texture_padim", "detector", input_size=40, sigmas=(1.0, 2.0), stride=2, grid=8,
+                          large_sigmas=(4.0,), progress=False).fit(train)
+    assert det.mean_.shape == (64, 24 + 7)  # 12 filter-bank channels + energy per σ, and 7 large-scale
+    res = det.score(test)
+    assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
+    pix = np.concatenate([m.ravel() for m in res.maps[6:]])
+    assert roc_auc_score(np.concatenate([m.ravel() for m in masks]), pix) >= 0.8
+    det.save(tmp_path / "run")
+    np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, rtol=1e-5)
+    with pytest.raises(ConfigError, match="large_sigmas"):
+        registry.create("texture_padim", "detector", large_sigmas=(0.0,), progress=False).fit(train)

@@ -304,17 +304,30 @@ def baseline_isolation_forest(train, test, size: int = 32, seed: int = 0) -> np.
     return -forest.score_samples(x_te)
 
 
+def _max_in_mask_hits(maps, test) -> list[tuple[str, bool]]:
+    """(defect label, map maximum inside the mask) of every defective test image with a mask."""
+    if test.masks is None:
+        return []
+    return [(str(label), bool(mask.flat[int(np.argmax(amap))]))
+            for amap, mask, normal, label in zip(maps, test.masks, test.is_normal, test.labels)
+            if not normal and mask is not None and mask.any()]
+
+
 def max_in_mask_rate(maps, test) -> float | None:
     """Share of defective test images with a mask whose anomaly-map maximum lies inside the mask."""
-    if test.masks is None:
-        return None
-    hits, n = 0, 0
-    for amap, mask, normal in zip(maps, test.masks, test.is_normal):
-        if normal or mask is None or not mask.any():
-            continue
-        n += 1
-        hits += bool(mask.flat[int(np.argmax(amap))])
-    return hits / n if n else None
+    hits = _max_in_mask_hits(maps, test)
+    return sum(h for _, h in hits) / len(hits) if hits else None
+
+
+def max_in_mask_per_class(maps, test) -> dict[str, float]:
+    """Return :func:`max_in_mask_rate` per defect label.
+
+    Where the maximum misses tells which defects lose to the part's own structure: edges, corners.
+    """
+    per: dict[str, list[bool]] = {}
+    for label, hit in _max_in_mask_hits(maps, test):
+        per.setdefault(label, []).append(hit)
+    return {label: round(sum(h) / len(h), 3) for label, h in sorted(per.items())}
 
 
 def evaluate_images(detector: str, params: dict | None = None, root=None, kfold: bool = True, n_splits: int = 5,
@@ -342,7 +355,8 @@ def evaluate_images(detector: str, params: dict | None = None, root=None, kfold:
            "n_test": len(test), "fit_s": round(fit_s, 1), "score_images_per_s": round(len(test) / max(score_s, 1e-9), 1),
            "metrics_s": round(metrics_s, 1), "test": _rounded(metrics),
            "test_auroc_per_class": {c: round(v, 4) for c, v in per_class_auroc(res.scores, test).items()},
-           "max_in_mask": max_in_mask_rate(res.maps, test)}
+           "max_in_mask": max_in_mask_rate(res.maps, test),
+           "max_in_mask_per_class": max_in_mask_per_class(res.maps, test)}
     if img_path is not None:
         image_examples_png(res, test, img_path)
     if kfold:
