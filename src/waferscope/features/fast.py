@@ -16,7 +16,12 @@ count ratio instead of float32 box filters), not bit for bit: ``extract_features
 
 The Radon transform (skimage's ``radon(circle=False)`` at ``max(H, W)`` angles) is computed from the
 failing dies alone: each failing die's bilinear footprint, pushed through every rotation, lands in
-at most three sinogram bins per angle (the sum down the rotated column of the warp's samples).
+at most three sinogram bins per angle (the sum down the rotated column of the warp's samples). Per
+angle, the footprints of all failing dies are computed in one branch-free loop over the dies (a
+fixed 3 × 3 candidate grid points each, so the compiler vectorises it across dies), then added to
+the sinogram in raster order: ~6 ns a die and angle, as cheap as reading a precomputed per-shape
+table of them was (tables cost 28 bytes per cell and angle, so large grids and many shapes never
+fit), and the same numbers bit for bit.
 """
 
 from __future__ import annotations
@@ -38,67 +43,54 @@ N_EXTENDED = 120
 N_PATTERN = 61  # the pattern statistics and shape features, the last 61 of the 120
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _resample_matrix(n: int) -> np.ndarray:
     """(N_RADON, n) matrix M with M @ v == the cubic resampling of v to N_RADON points (it is linear in
     v: the not-a-knot spline's coefficients are a linear solve on the values)."""
     return np.stack([_resample_cubic(e) for e in np.eye(max(n, 1))[:n]], axis=1) if n else np.zeros((N_RADON, 0))
 
 
-# The Radon footprints of a shape take 28 bytes per cell and angle (4 MB for a 50 × 50 grid at 50
-# angles; a 300-across grid would need 760 MB), and building them costs as much as pushing a map whose
-# every die fails. So a shape gets them once the maps seen of it have had that many failing dies in
-# all (they then pay for themselves), only up to FOOTPRINT_MAX_ENTRIES cell-angles, and the cache of
-# them is bounded by bytes. Either way the numbers are the same, bit for bit.
-FOOTPRINT_MAX_ENTRIES = 1_500_000
-FOOTPRINT_CACHE_BYTES = 256 * 2**20
-_footprints: OrderedDict = OrderedDict()
-_fails_seen: dict = {}
-_NO_FOOTPRINTS = (np.zeros((0, 1), dtype=np.int32), np.zeros((0, 1, 3)))
+# What depends only on the grid's shape, kept for the shapes seen most recently up to a byte budget
+# (not a count: a stream of many small shapes — a fab's products, the synthetic maps — must not
+# rebuild them map after map, ~40 µs each, while a few 300-across grids take ~2 MB each).
+SHAPE_CACHE_BYTES = 64 * 2**20
+_shape_cache: OrderedDict = OrderedDict()
+_shape_cache_bytes = 0
 _lock = threading.Lock()
 
 
-@lru_cache(maxsize=64)
 def shape_tables(h: int, w: int) -> tuple:
-    """Everything of the 120 features that depends only on the grid's shape except the Radon
-    footprints (cached for the 64 most recent shapes: about 60 bytes per cell)."""
-    ring5 = pattern_stats._grid(h, w)[0].reshape(h, w).astype(np.int64)
+    """Everything of the 120 features that depends only on the grid's shape (~40 bytes per cell),
+    cached (:data:`SHAPE_CACHE_BYTES`); feature threads share the cache."""
+    global _shape_cache_bytes
+    key = (h, w)
+    with _lock:
+        tables = _shape_cache.get(key)
+        if tables is not None:
+            _shape_cache.move_to_end(key)
+            return tables
+    tables = _shape_tables(h, w)  # outside the lock: two threads may both build it, the same numbers
+    size = sum(t.nbytes for t in tables if isinstance(t, np.ndarray))
+    with _lock:
+        if key not in _shape_cache:
+            _shape_cache[key] = tables
+            _shape_cache_bytes += size
+        while len(_shape_cache) > 1 and _shape_cache_bytes > SHAPE_CACHE_BYTES:
+            _, old = _shape_cache.popitem(last=False)
+            _shape_cache_bytes -= sum(t.nbytes for t in old if isinstance(t, np.ndarray))
+    return tables
+
+
+def _shape_tables(h: int, w: int) -> tuple:
+    # Ring and sector indices as int8 (at most 72 values): the same indexing at a fifth of the bytes.
+    ring5 = pattern_stats._grid(h, w)[0].reshape(h, w).astype(np.int8)
     dy, dx, radius, angle, ring10, sector = shape._geometry(h, w)
     pad_r, pad_c, size, cos_a, sin_a = _radon_geometry(h, w)
     return (ring5, np.ascontiguousarray(dy), np.ascontiguousarray(dx), np.ascontiguousarray(radius),
-            np.ascontiguousarray(angle), ring10.astype(np.int64), sector.astype(np.int64),
+            np.ascontiguousarray(angle), ring10.astype(np.int8), sector.astype(np.int8),
             _band_edges(h).astype(np.int64), _band_edges(w).astype(np.int64),
             int(pad_r), int(pad_c), int(size), cos_a, sin_a, _resample_matrix(size),
             int(pattern_stats.window(h, w)))
-
-
-def radon_footprints(wafer: np.ndarray, tables: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """The shape's Radon footprints when they are (or now become) worth keeping, else empty arrays."""
-    with _lock:  # feature threads share the cache
-        return _footprints_locked(wafer, tables)
-
-
-def _footprints_locked(wafer: np.ndarray, tables: tuple) -> tuple[np.ndarray, np.ndarray]:
-    key = wafer.shape
-    if key in _footprints:
-        _footprints.move_to_end(key)
-        return _footprints[key]
-    h, w = key
-    pad_r, pad_c, size, cos_a, sin_a = tables[9:14]
-    if h * w * len(cos_a) > FOOTPRINT_MAX_ENTRIES:
-        return _NO_FOOTPRINTS
-    if len(_fails_seen) > 10_000:  # a stream of ever-new shapes: forget, rather than grow
-        _fails_seen.clear()
-    seen = _fails_seen.get(key, 0) + int(np.count_nonzero(wafer == 2))
-    _fails_seen[key] = seen
-    if seen < h * w:
-        return _NO_FOOTPRINTS
-    footprints = _radon_footprints(h, w, pad_r, pad_c, size, cos_a, sin_a, float(size // 2))
-    _footprints[key] = footprints
-    while len(_footprints) > 1 and sum(f.nbytes + g.nbytes for f, g in _footprints.values()) > FOOTPRINT_CACHE_BYTES:
-        evicted, _ = _footprints.popitem(last=False)
-        _fails_seen[evicted] = 0  # it must pay for itself again: many large shapes would otherwise rebuild in turn
-    return footprints
 
 
 def extended_features_fast(wafer: np.ndarray) -> np.ndarray:
@@ -112,9 +104,7 @@ def extended_batch(maps: Sequence[np.ndarray], full: bool = True) -> np.ndarray:
     out = np.zeros((len(maps), N_EXTENDED))
     for i, m in enumerate(maps):
         m = np.ascontiguousarray(m, dtype=np.uint8)
-        tables = shape_tables(*m.shape)
-        footprints = radon_footprints(m, tables) if full else _NO_FOOTPRINTS
-        _extended(m, *tables, *footprints, _PERIMETER_WEIGHTS, full, out[i])
+        _extended(m, *shape_tables(*m.shape), _PERIMETER_WEIGHTS, full, out[i])
     return out if full else out[:, N_EXTENDED - N_PATTERN:]
 
 
@@ -240,87 +230,80 @@ def _mean_std(values, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _die_footprint(ca, sa, tx, ty, reach, py, px, size, weights):  # pragma: no cover - compiled
-    """A failing die at padded (py, px) in the warp of one angle: output point (x, y) samples the image
-    bilinearly at (row, col) = (−sin·x + cos·y + ty, cos·x + sin·y + tx), so the die weighs
-    (1 − |row − py|)(1 − |col − px|) there when both distances are below 1. Summed down each column
-    x of the few grid points around the die's inverse rotation: writes the weights of the first
-    column reached and the next two into ``weights`` and returns that first column."""
-    x0 = ca * (px - tx) - sa * (py - ty)
-    y0 = sa * (px - tx) + ca * (py - ty)
-    lo = max(math.ceil(x0 - reach), 0)
-    weights[0] = weights[1] = weights[2] = 0.0
-    for x in range(lo, min(math.floor(x0 + reach), size - 1) + 1):
-        acc = 0.0
-        for y in range(max(math.ceil(y0 - reach), 0), min(math.floor(y0 + reach), size - 1) + 1):
-            dr = abs(-sa * x + ca * y + ty - py)
-            dc = abs(ca * x + sa * y + tx - px)
-            if dr < 1.0 and dc < 1.0:
-                acc += (1.0 - dr) * (1.0 - dc)
-        weights[x - lo] = acc
-    return lo
+def _footprints(ca, sa, center, size, rows, cols, first, weights):  # pragma: no cover - compiled
+    """The bilinear footprints of the dies at padded (rows[k], cols[k]) in the warp of one angle.
 
+    Output point (x, y) samples the image bilinearly at (row, col) = (−sin·x + cos·y + ty,
+    cos·x + sin·y + tx), so a die weighs (1 − |row − py|)(1 − |col − px|) there when both distances
+    are below 1. Summed down each column x (y upwards) over the grid points around the die's inverse
+    rotation (x0, y0): writes the first column reached, ``first[k]``, and the weights of it and the
+    next two, ``weights[:, k]``.
 
-@njit(cache=True, nogil=True)
-def _warp(ca, sa, center):  # pragma: no cover - compiled
-    # the translation of skimage's rotation about the centre, and how far a footprint reaches
-    return -center * (ca + sa - 1), -center * (ca - sa - 1), abs(ca) + abs(sa) + 1e-9
+    The rotated unit square reaches |cos| + |sin| ≤ √2 from (x0, y0), so 3 × 3 candidate points
+    from the first ones in reach cover it. The loop is the same for every die — no branch on which
+    candidates are in reach — so it vectorises across dies: a candidate beyond the reach is more
+    than 1e-9 outside the square, its distances round to ≥ 1 and it adds an exact 0.0 (as skipping
+    it did); a column beyond the grid (x ≥ size) lands in the caller's two spare ones. Only points
+    below the grid (y ≥ size) must be masked: they do not exist in the warp's output."""
+    tx = -center * (ca + sa - 1)  # the translation of skimage's rotation about the centre
+    ty = -center * (ca - sa - 1)
+    reach = abs(ca) + abs(sa) + 1e-9  # (a hair more, so rounding never drops an edge point)
+    for k in range(rows.shape[0]):
+        py = rows[k]
+        px = cols[k]
+        x0 = ca * (px - tx) - sa * (py - ty)
+        y0 = sa * (px - tx) + ca * (py - ty)
+        # (a first column at or past the grid's edge would hold only zeros: start at its last column,
+        # so the three additions stay inside the caller's two spare ones)
+        lo = min(max(math.ceil(x0 - reach), 0), size - 1)
+        y_lo = max(math.ceil(y0 - reach), 0)
+        y_hi = min(math.floor(y0 + reach), size - 1)
+        first[k] = lo
+        for j in range(3):
+            x = lo + j
+            acc = 0.0
+            for q in range(3):
+                y = y_lo + q
+                dr = abs(-sa * x + ca * y + ty - py)
+                dc = abs(ca * x + sa * y + tx - px)
+                # (1 − dr)(1 − dc) when both are below 1, else an exact +0.0 (adding it changes nothing)
+                v = max(1.0 - dr, 0.0) * max(1.0 - dc, 0.0)
+                acc += v if y <= y_hi else 0.0
+            weights[j, k] = acc
 
 
 @njit(cache=True, nogil=True)
 def _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
-    """The (size, n_angles) sinogram of skimage's radon(circle=False) of the fail map, pushed from the
-    failing dies (:func:`_die_footprint`), dies in raster order within every bin."""
+    """The sinogram of skimage's radon(circle=False) of the fail map, transposed: (n_angles, size + 2),
+    the last two columns spare. Pushed from the failing dies (:func:`_footprints`), every bin summing
+    its dies' weights in raster order."""
     h, w = wafer.shape
-    n_angles = cos_a.shape[0]
-    out = np.zeros((size + 2, n_angles))
-    weights = np.empty(3)
-    for i in range(n_angles):
-        tx, ty, reach = _warp(cos_a[i], sin_a[i], center)
-        for r in range(h):
-            for c in range(w):
-                if wafer[r, c] == 2:
-                    x = _die_footprint(cos_a[i], sin_a[i], tx, ty, reach, r + pad_r, c + pad_c, size, weights)
-                    out[x, i] += weights[0]
-                    out[x + 1, i] += weights[1]
-                    out[x + 2, i] += weights[2]
-    return out[:size]
-
-
-@njit(cache=True, nogil=True)
-def _radon_footprints(h, w, pad_r, pad_c, size, cos_a, sin_a, center):  # pragma: no cover - compiled
-    """:func:`_die_footprint` of every cell of an h×w grid at every angle, stored once per grid shape,
-    so a map's sinogram is three additions per failing die and angle."""
-    n_angles = cos_a.shape[0]
-    first = np.zeros((h * w, n_angles), dtype=np.int32)
-    weights = np.zeros((h * w, n_angles, 3))
-    for i in range(n_angles):
-        tx, ty, reach = _warp(cos_a[i], sin_a[i], center)
-        for r in range(h):
-            for c in range(w):
-                first[r * w + c, i] = _die_footprint(cos_a[i], sin_a[i], tx, ty, reach, r + pad_r, c + pad_c,
-                                                     size, weights[r * w + c, i])
-    return first, weights
-
-
-@njit(cache=True, nogil=True)
-def _radon_from_footprints(wafer, first, weights, size):  # pragma: no cover - compiled
-    # the same additions as _radon, in the same order for every bin (dies in raster order), so the
-    # two give the same numbers bit for bit; adding the unused zero weights changes nothing
-    h, w = wafer.shape
-    n_angles = first.shape[1]
-    out = np.zeros((size + 2, n_angles))
+    n = 0
     for r in range(h):
         for c in range(w):
-            if wafer[r, c] != 2:
-                continue
-            cell = r * w + c
-            for i in range(n_angles):
-                x = first[cell, i]
-                out[x, i] += weights[cell, i, 0]
-                out[x + 1, i] += weights[cell, i, 1]
-                out[x + 2, i] += weights[cell, i, 2]
-    return out[:size]
+            n += wafer[r, c] == 2
+    rows = np.empty(n)
+    cols = np.empty(n)
+    n = 0
+    for r in range(h):
+        for c in range(w):
+            if wafer[r, c] == 2:
+                rows[n] = r + pad_r
+                cols[n] = c + pad_c
+                n += 1
+    n_angles = cos_a.shape[0]
+    out = np.zeros((n_angles, size + 2))
+    first = np.empty(n, dtype=np.int64)
+    weights = np.empty((3, n))
+    for i in range(n_angles):
+        _footprints(cos_a[i], sin_a[i], center, size, rows, cols, first, weights)
+        bins = out[i]
+        for k in range(n):  # a separate loop: the additions are what cannot be vectorised
+            x = first[k]
+            bins[x] += weights[0, k]
+            bins[x + 1] += weights[1, k]
+            bins[x + 2] += weights[2, k]
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -339,7 +322,7 @@ def _longest_run(hot):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, col_edges, pad_r, pad_c, size,
-              cos_a, sin_a, resample, k_window, footprint_first, footprint_weights, perimeter_weights, full, out):  # pragma: no cover - compiled
+              cos_a, sin_a, resample, k_window, perimeter_weights, full, out):  # pragma: no cover - compiled
     h, w = wafer.shape
     n_on = 0
     n_fail = 0
@@ -356,13 +339,13 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
 
     if full:  # the 59 handcrafted features; without them, only the 61 `pattern` ones (out[59:])
         _handcrafted(wafer, fail, n_fail, labels, sizes, row_edges, col_edges, pad_r, pad_c, size, cos_a, sin_a,
-                     resample, footprint_first, footprint_weights, perimeter_weights, out)
+                     resample, perimeter_weights, out)
     _pattern(wafer, fail, n_fail, n_on, labels, sizes, ring5, dy, dx, radius, angle, ring10, sector, k_window, out)
 
 
 @njit(cache=True, nogil=True)
 def _handcrafted(wafer, fail, n_fail, labels, sizes, row_edges, col_edges, pad_r, pad_c, size, cos_a, sin_a,
-                 resample, footprint_first, footprint_weights, perimeter_weights, out):  # pragma: no cover - compiled
+                 resample, perimeter_weights, out):  # pragma: no cover - compiled
     h, w = wafer.shape
     hw = h * w
     diag = math.hypot(h, w)
@@ -385,15 +368,12 @@ def _handcrafted(wafer, fail, n_fail, labels, sizes, row_edges, col_edges, pad_r
             j += 1
 
     # -- radon (40): row means then row standard deviations of the sinogram, cubic-resampled, ÷100
-    if footprint_first.shape[0] == hw:
-        sino = _radon_from_footprints(wafer, footprint_first, footprint_weights, size)
-    else:
-        sino = _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, float(size // 2))
+    sino = _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, float(size // 2))
     n_angles = cos_a.shape[0]
     means = np.empty(size)
     stds = np.empty(size)
     for x in range(size):
-        means[x], stds[x] = _mean_std(sino[x], n_angles)
+        means[x], stds[x] = _mean_std(sino[:, x], n_angles)
     for k in range(resample.shape[0]):
         sm = 0.0
         ss = 0.0
@@ -699,15 +679,14 @@ def _block_density(fail, r0, r1, c0, c1):  # pragma: no cover - compiled
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel here and the canonical view's, on a few tiny
-    maps covering both Radon paths. The first time on a machine this takes ~20 s; scripts/setup.sh
-    calls it so that a user's first command does not."""
+    maps. The first time on a machine this takes ~20 s; scripts/setup.sh calls it so that a user's
+    first command does not."""
     from waferscope.data.preprocess import canonical_map
 
     rng = np.random.default_rng(0)
     maps = [rng.choice(np.array([0, 1, 2], np.uint8), size=(9, 7), p=[0.2, 0.5, 0.3]) for _ in range(3)]
-    maps.append(np.full((5, 5), 2, np.uint8))  # every die failing: the footprint table pays at once
+    maps.append(np.full((5, 5), 2, np.uint8))  # every die failing
     maps = [canonical_map(m) for m in maps]
-    extended_batch(maps)
     extended_batch(maps)
     pattern_batch(maps)
 
