@@ -104,6 +104,8 @@ def extended_batch(maps: Sequence[np.ndarray], full: bool = True) -> np.ndarray:
     out = np.zeros((len(maps), N_EXTENDED))
     for i, m in enumerate(maps):
         m = np.ascontiguousarray(m, dtype=np.uint8)
+        if m.size >= 2**31:  # the kernels index cells with int32 (loaders stop maps far smaller)
+            raise ValueError(f"map {i}: {m.shape} has more than 2**31 cells")
         _extended(m, *shape_tables(*m.shape), _PERIMETER_WEIGHTS, full, out[i])
     return out if full else out[:, N_EXTENDED - N_PATTERN:]
 
@@ -122,7 +124,7 @@ def _label(mask, eight, labels, sizes_out, boxes_out):  # pragma: no cover - com
     (r0, r1, c0, c1: rows r0:r1, columns c0:c1), returns n."""
     h, w = mask.shape
     labels[:, :] = 0
-    stack = np.empty(h * w, dtype=np.int64)
+    stack = np.empty(h * w, dtype=np.int32)
     n = 0
     for r0 in range(h):
         for c0 in range(w):
@@ -319,8 +321,8 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
     # fails and dies (block densities, the local fail rate), the fails and dies per ring and sector,
     # and the radius / offset sums, added in the same order as when each had its own pass.
     fail = np.zeros((h, w), dtype=np.bool_)
-    ii_f = np.zeros((h + 1, w + 1), dtype=np.int64)
-    ii_d = np.zeros((h + 1, w + 1), dtype=np.int64)
+    ii_f = np.zeros((h + 1, w + 1), dtype=np.int32)
+    ii_d = np.zeros((h + 1, w + 1), dtype=np.int32)
     tally = np.zeros((2, 87))  # fails (row 0) and dies (row 1): 5 rings, then 10 rings, then 72 sectors
     r_fail = np.empty(h * w)  # the fails' radii, raster order
     n_on = 0
@@ -352,9 +354,11 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
                 n_fail += 1
             ii_f[r + 1, c + 1] = ii_f[r, c + 1] + acc_f
             ii_d[r + 1, c + 1] = ii_d[r, c + 1] + acc_d
-    labels = np.empty((h, w), dtype=np.int64)
-    sizes = np.empty(h * w + 1, dtype=np.int64)
-    boxes = np.empty((h * w + 1, 4), dtype=np.int64)
+    # int32 and no more rows than components can be (4-connected: every other cell at most): a few MB
+    # more per map on a 300-across grid made glibc hand the memory back and fault it in again every map
+    labels = np.empty((h, w), dtype=np.int32)
+    sizes = np.empty((h * w + 1) // 2 + 1, dtype=np.int32)
+    boxes = np.empty(((h * w + 1) // 2 + 1, 4), dtype=np.int32)
 
     if full:  # the 59 handcrafted features; without them, only the 61 `pattern` ones (out[59:])
         _handcrafted(wafer, fail, n_fail, ii_f, labels, sizes, boxes, row_edges, col_edges, pad_r, pad_c, size, cos_a,
@@ -390,10 +394,20 @@ def _handcrafted(wafer, fail, n_fail, ii_f, labels, sizes, boxes, row_edges, col
     # -- radon (40): row means then row standard deviations of the sinogram, cubic-resampled, ÷100
     sino = _radon(wafer, pad_r, pad_c, size, cos_a, sin_a, float(size // 2))
     n_angles = cos_a.shape[0]
-    means = np.empty(size)
-    stds = np.empty(size)
+    # every column's mean and population standard deviation over the angles, two passes as numpy's
+    # (:func:`_mean_std`), the angles in the same order but row by row (contiguous, vectorised)
+    means = np.zeros(size)
+    stds = np.zeros(size)
+    for i in range(n_angles):
+        for x in range(size):
+            means[x] += sino[i, x]
     for x in range(size):
-        means[x], stds[x] = _mean_std(sino[:, x], n_angles)
+        means[x] = means[x] / max(n_angles, 1)  # (no angle at all: zeros, as _mean_std gives)
+    for i in range(n_angles):
+        for x in range(size):
+            stds[x] += (sino[i, x] - means[x]) ** 2
+    for x in range(size):
+        stds[x] = math.sqrt(stds[x] / max(n_angles, 1))
     for k in range(resample.shape[0]):
         sm = 0.0
         ss = 0.0
