@@ -114,8 +114,8 @@ def test_compiled_extended_features_equal_the_definition():
 
 
 def test_compiled_features_on_large_grids_equal_the_definition():
-    """Grids of 250 dies across and more (a fab's), with fails in the corners too, where the Radon
-    footprints reach past the padded grid's edge."""
+    """Grids of 250 dies across and more (a fab's): random fails, fails in the corners (where the Radon
+    footprints reach past the padded grid's edge) and an edge ring."""
     from skimage.transform import radon
 
     from waferscope.evaluate.robustness import clean_wafers
@@ -125,7 +125,10 @@ def test_compiled_features_on_large_grids_equal_the_definition():
     maps = clean_wafers(1, 250, 250, rng=rng, rate=0.03) + clean_wafers(1, 260, 231, rng=rng, rate=0.2)
     corners = rng.choice(np.array([1, 2], np.uint8), size=(250, 250), p=[0.9, 0.1])
     corners[[0, 0, -1, -1], [0, -1, 0, -1]] = 2
-    maps.append(corners)
+    ring = maps[0].copy()  # one large connected region: an edge ring (its hull, boxes, moments)
+    yy, xx = np.mgrid[:250, :250]
+    ring[(ring > 0) & (np.hypot(yy - 124.5, xx - 124.5) > 100)] = 2
+    maps += [corners, ring]
     for m in maps:  # the sinogram itself, against scikit-image's
         tables = fast.shape_tables(*m.shape)
         pad_r, pad_c, size, cos_a, sin_a = tables[9:14]
