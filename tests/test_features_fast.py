@@ -113,31 +113,50 @@ def test_compiled_extended_features_equal_the_definition():
     assert len(differs) <= len(maps) // 50
 
 
-def test_radon_footprints_give_the_same_numbers_as_pushing_dies(monkeypatch):
+def test_compiled_features_on_large_grids_equal_the_definition():
+    """Grids of 250 dies across and more (a fab's): random fails, fails in the corners (where the Radon
+    footprints reach past the padded grid's edge) and an edge ring."""
+    from skimage.transform import radon
+
+    from waferscope.evaluate.robustness import clean_wafers
     from waferscope.features import fast
 
-    maps = [np.asarray(m) for m in generate(40, seed=13, profile="fab").maps] + _maps()[:20]
-    monkeypatch.setattr(fast, "FOOTPRINT_MAX_ENTRIES", 0)  # never a table: every die pushed
-    pushed = fast.extended_batch(maps)
-    monkeypatch.setattr(fast, "FOOTPRINT_MAX_ENTRIES", 10**9)
-    monkeypatch.setattr(fast, "_footprints", type(fast._footprints)())
-    monkeypatch.setattr(fast, "_fails_seen", {m.shape: 10**9 for m in maps})  # a table for every shape
-    tabled = fast.extended_batch(maps)
-    assert len(fast._footprints) > 0
-    np.testing.assert_array_equal(tabled, pushed)
+    rng = np.random.default_rng(4)
+    maps = clean_wafers(1, 250, 250, rng=rng, rate=0.03) + clean_wafers(1, 260, 231, rng=rng, rate=0.2)
+    corners = rng.choice(np.array([1, 2], np.uint8), size=(250, 250), p=[0.9, 0.1])
+    corners[[0, 0, -1, -1], [0, -1, 0, -1]] = 2
+    ring = maps[0].copy()  # one large connected region: an edge ring (its hull, boxes, moments)
+    yy, xx = np.mgrid[:250, :250]
+    ring[(ring > 0) & (np.hypot(yy - 124.5, xx - 124.5) > 100)] = 2
+    maps += [corners, ring]
+    for m in maps:  # the sinogram itself, against scikit-image's
+        tables = fast.shape_tables(*m.shape)
+        pad_r, pad_c, size, cos_a, sin_a = tables[9:14]
+        pushed = fast._radon(m, pad_r, pad_c, size, cos_a, sin_a, float(size // 2))[:, :size].T
+        theta = np.linspace(0.0, 180.0, max(m.shape), endpoint=False)
+        np.testing.assert_allclose(pushed, radon((m == 2).astype(float), theta=theta, circle=False), rtol=0, atol=1e-9)
+    got = fast.extended_batch(maps)
+    want = np.stack([hc.extended_features(m) for m in maps])
+    names = hc.feature_names("extended")
+    local = [names.index("stats_local_max"), names.index("stats_local_excess")]  # count ratio vs float32 filters
+    np.testing.assert_allclose(got[:, local], want[:, local], rtol=0, atol=1e-6)
+    rest = np.setdiff1d(np.arange(len(names)), local)
+    np.testing.assert_allclose(got[:, rest], want[:, rest], rtol=1e-9, atol=1e-12)
 
 
-def test_footprint_cache_is_bounded_by_bytes(monkeypatch):
+def test_shape_tables_cache_is_bounded_by_bytes(monkeypatch):
     from waferscope.features import fast
 
-    monkeypatch.setattr(fast, "FOOTPRINT_CACHE_BYTES", 2 * 2**20)
-    monkeypatch.setattr(fast, "_footprints", type(fast._footprints)())
-    monkeypatch.setattr(fast, "_fails_seen", {})
-    for side in (20, 24, 28, 32):
-        m = np.full((side, side), 2, np.uint8)  # all dies fail: the table pays off at once
-        fast.extended_features_fast(m)
-    held = sum(f.nbytes + g.nbytes for f, g in fast._footprints.values())
-    assert 0 < held <= 2 * 2**20 and (32, 32) in fast._footprints
+    monkeypatch.setattr(fast, "SHAPE_CACHE_BYTES", 3 * 2**19)  # 1.5 MB: the tables of 60..140 across take 2
+    monkeypatch.setattr(fast, "_shape_cache", type(fast._shape_cache)())
+    monkeypatch.setattr(fast, "_shape_cache_bytes", 0)
+    sides = (60, 80, 100, 120, 140)
+    for side in sides:
+        fast.extended_features_fast(np.full((side, side), 2, np.uint8))
+    held = sum(t.nbytes for tables in fast._shape_cache.values() for t in tables if isinstance(t, np.ndarray))
+    assert held == fast._shape_cache_bytes and 0 < held <= 3 * 2**19
+    assert (140, 140) in fast._shape_cache and (60, 60) not in fast._shape_cache  # the oldest went first
+    assert fast.shape_tables(140, 140) is fast._shape_cache[(140, 140)]
 
 
 def test_threaded_features_and_tree_walk_equal_one_thread():

@@ -189,16 +189,25 @@ def _convex_area(region, h, w):  # pragma: no cover - compiled
         hull[k, 0], hull[k, 1] = pts[i, 0], pts[i, 1]
         k += 1
     m = k - 1  # the last point repeats the first
+    # The die centres (2r, 2c) inside or on the hull: those with cross(edge j, centre) >= 0 for every
+    # edge. Along a row each edge's condition is linear in c, so it bounds c from one side; the row's
+    # count is the integer interval left by all of them, found in exact integer arithmetic
+    # (the same set as testing every cell, at h·m instead of h·w·m operations).
     count = 0
     for r in range(h):
-        for c in range(w):
-            inside = True
-            for j in range(m):
-                if _cross(hull[j, 0], hull[j, 1], hull[j + 1, 0], hull[j + 1, 1], 2 * r, 2 * c) < 0:
-                    inside = False
-                    break
-            if inside:
-                count += 1
+        c_lo, c_hi = 0, w - 1
+        for j in range(m):
+            o0, o1 = hull[j, 0], hull[j, 1]
+            d0, d1 = hull[j + 1, 0] - o0, hull[j + 1, 1] - o1
+            rhs = d1 * (2 * r - o0)  # the condition: d0 · (2c − o1) >= rhs
+            if d0 > 0:  # 2c − o1 >= ⌈rhs / d0⌉
+                t = o1 - (-rhs // d0)
+                c_lo = max(c_lo, -(-t // 2))
+            elif d0 < 0:  # 2c − o1 <= ⌊rhs / d0⌋
+                c_hi = min(c_hi, (o1 + rhs // d0) // 2)
+            elif rhs > 0:  # an edge along the row's direction with the row outside it
+                c_hi = -1
+        count += max(c_hi - c_lo + 1, 0)
     return count
 
 
