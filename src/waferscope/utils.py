@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import functools
 import tempfile
 import threading
 from pathlib import Path
@@ -100,6 +101,18 @@ _POOLS: dict = {}
 _POOLS_LOCK = threading.Lock()
 
 
+@functools.lru_cache(maxsize=None)
+def n_workers(n_jobs: int = -1) -> int:
+    """Return the number of workers joblib's ``n_jobs`` convention means here (-1 = every core), at least 1.
+
+    Cached: joblib reads the cgroup files to count the cores on every call, a cost a service paid on
+    every request batch, three times.
+    """
+    from joblib import effective_n_jobs
+
+    return max(1, effective_n_jobs(n_jobs))
+
+
 def shared_pool(n_jobs: int = -1):
     """One long-lived thread pool per worker count (joblib's ``n_jobs`` convention: -1 = every core).
 
@@ -108,9 +121,7 @@ def shared_pool(n_jobs: int = -1):
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from joblib import effective_n_jobs
-
-    workers = max(1, effective_n_jobs(n_jobs))
+    workers = n_workers(n_jobs)
     with _POOLS_LOCK:
         if workers not in _POOLS:
             _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="waferscope")

@@ -310,12 +310,10 @@ def _in_threads(fn, maps: list, n_jobs: int, progress: bool, chunk_size: int) ->
     Even a service's 64-map batch is split over the cores (one chunk per worker, at most
     ``chunk_size`` maps each).
     """
-    from joblib import effective_n_jobs
-
-    from waferscope.utils import shared_pool
+    from waferscope.utils import n_workers, shared_pool
 
     pool = shared_pool(n_jobs)
-    size = max(MIN_THREAD_CHUNK, min(chunk_size, -(-len(maps) // max(1, effective_n_jobs(n_jobs)))))
+    size = max(MIN_THREAD_CHUNK, min(chunk_size, -(-len(maps) // n_workers(n_jobs))))
     chunks = [maps[i:i + size] for i in range(0, len(maps), size)]
     futures = [pool.submit(fn, c) for c in chunks]
     return [f.result() for f in _progress(futures, progress)]

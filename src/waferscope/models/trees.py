@@ -166,11 +166,10 @@ def tree_scores(trees: dict[str, np.ndarray], x: np.ndarray, n_jobs: int = 1) ->
     n_classes = len(trees["baseline"])
     args = (trees["feature"], trees["threshold"], trees["missing_left"], trees["left"], trees["right"],
             trees["is_leaf"], trees["value"], trees["roots"], trees["tree_class"], n_classes)
-    from joblib import effective_n_jobs
+    from waferscope.utils import n_workers, shared_pool
 
-    workers = min(effective_n_jobs(n_jobs), len(x) // PARALLEL_ROWS)
+    workers = min(n_workers(n_jobs), len(x) // PARALLEL_ROWS)
     if workers > 1:
-        from waferscope.utils import shared_pool
 
         blocks = np.array_split(np.arange(len(x)), workers)
         scores = np.concatenate(list(shared_pool(n_jobs).map(lambda b: _walk(x[b[0]:b[-1] + 1], *args), blocks)))

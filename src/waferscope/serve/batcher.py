@@ -277,11 +277,12 @@ class Batcher:
         maps = [m for j, a, b in parts for m in j.dataset.maps[a:b]]
         ids = [i for j, a, b in parts for i in j.dataset.ids[a:b]]
         n = len(maps)
-        # every metadata column at once, and the data set built directly: from_maps would copy the
-        # frame, add missing columns one by one and re-type the ids (~1.7 ms a batch against ~0.5 ms,
-        # more than the classifier spends on a few maps). Maps and ids were validated when parsed.
-        meta = pd.DataFrame({"id": ids, "lot": [""] * n, "wafer_index": np.full(n, np.nan),
-                             "die_size": np.full(n, np.nan), "split": [""] * n, "source": ["request"] * n})
+        # The data set built directly, with the one metadata column a model's prediction may read (the
+        # ids; the other columns only matter to training): from_maps would copy the frame, add missing
+        # columns one by one and re-type the ids (~1.7 ms a batch), and six columns of inferred
+        # strings cost ~0.25 ms — on the one thread every request's Python work shares, more than
+        # the classifier spends on a few maps. Maps and ids were validated when parsed.
+        meta = pd.DataFrame({"id": np.array(ids, dtype=object)}, copy=False)
         ds = WaferDataset(maps=maps, labels=np.full(n, UNLABELLED, dtype=object), meta=meta, name="request")
         out = list(parts[0][0].fn(ds))
         if len(out) != len(maps):

@@ -29,7 +29,6 @@ import numpy as np
 from scipy.special import softmax
 
 from waferscope.base import Classifier, Options
-from waferscope.data.dataset import validate_wafer_maps
 from waferscope.data.preprocess import ORIENT, canonical_map
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import FEATURE_SETS, extract_features, feature_names
@@ -97,9 +96,9 @@ class GradientBoostingClassifier(Classifier):
 
     def features(self, dataset) -> np.ndarray:
         """Return the ``feature_set`` features of every map (wafer maps only)."""
+        # die states 0/1/2 only (a clear DataError), before the canonical view casts to uint8
         require_wafer_maps(dataset, self.registry_name or type(self).__name__)
         maps = dataset.maps
-        validate_wafer_maps(maps)  # die states 0/1/2 only, before the canonical view casts to uint8
         if self.orient == "canonical" and self.feature_set != "grid":  # grid features orient themselves
             maps = [canonical_map(m) for m in maps]
         return extract_features(maps, n_jobs=self.n_jobs, progress=self.progress, feature_set=self.feature_set)
