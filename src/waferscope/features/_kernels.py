@@ -144,7 +144,7 @@ def _edge_midpoints(pts, n, r, c):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _convex_area(region, h, w):  # pragma: no cover - compiled
+def _convex_area(region, h, w):  # pragma: no cover - compiled  # noqa: C901 - a compiled scan of the region, kept whole: its sums' order is what the bit-for-bit tests hold
     # Candidate points: the four edge midpoints of the first and last cell of every row and column
     # (only those can be on the hull), in doubled coordinates so that every test below is exact.
     pts = np.empty((8 * (h + w), 2), dtype=np.int64)
@@ -343,7 +343,7 @@ def grid_local(fail_frac, nodie_frac, fail, die, k, dy, dx, radius):  # pragma: 
 
 
 @njit(cache=True, nogil=True)
-def canonical_choice(m, rules):  # pragma: no cover - compiled
+def canonical_choice(m, rules):  # pragma: no cover - compiled  # noqa: C901 - a compiled scan comparing the 8 views cell by cell, stopping at the first difference
     """For :func:`waferscope.data.preprocess.canonical_map`.
 
     The dies' bounding box (r0, r1, c0, c1) of a die-state map and the views k (a bool mask of 8)

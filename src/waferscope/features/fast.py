@@ -384,7 +384,7 @@ def _extended(wafer, ring5, dy, dx, radius, angle, ring10, sector, row_edges, co
 
 
 @njit(cache=True, nogil=True)
-def _handcrafted(wafer, fail, n_fail, ii_f, labels, sizes, boxes, row_edges, col_edges, pad_r, pad_c, size, cos_a, sin_a,
+def _handcrafted(wafer, fail, n_fail, ii_f, labels, sizes, boxes, row_edges, col_edges, pad_r, pad_c, size, cos_a, sin_a,  # noqa: C901 - one compiled pass per map, kept whole: its sums' order is what the bit-for-bit tests hold
                  resample, perimeter_weights, out):  # pragma: no cover - compiled
     h, w = wafer.shape
     hw = h * w
@@ -460,7 +460,7 @@ def _handcrafted(wafer, fail, n_fail, ii_f, labels, sizes, boxes, row_edges, col
 
 
 @njit(cache=True, nogil=True)
-def _pattern(wafer, fail, n_fail, n_on, ii_f, ii_d, tally, s_on, s_dy, s_dx, r_fail, labels, sizes, boxes,
+def _pattern(wafer, fail, n_fail, n_on, ii_f, ii_d, tally, s_on, s_dy, s_dx, r_fail, labels, sizes, boxes,  # noqa: C901 - one compiled pass per map, kept whole: its sums' order is what the bit-for-bit tests hold
              radius, angle, k_window, out):  # pragma: no cover - compiled
     h, w = wafer.shape
     diameter = max(h, w)

@@ -290,65 +290,70 @@ def loads_in_pieces(text: str, max_maps: int, on_grid=None, raw: bytes | None = 
     body's bytes when it is ASCII (string and byte positions then agree): :func:`fast_grids` is
     tried first.
     """
-    def ws(i: int) -> int:
-        return _WS.match(text, i).end()
-
-    def expect(i: int, chars: str) -> str:
-        if i >= len(text) or text[i] not in chars:
-            raise ValueError(f"expected {' or '.join(repr(c) for c in chars)} at character {i}")
-        return text[i]
-
-    i = ws(0)
+    i = _ws(text, 0)
     if text[i:i + 1] != "{":
         return json.loads(text)  # not an object: json names the problem, the caller refuses it
     doc: dict = {}
-    i = ws(i + 1)
+    i = _ws(text, i + 1)
     if text[i:i + 1] == "}":
         i += 1
     else:
         while True:
-            expect(i, '"')
+            _expect(text, i, '"')
             key, i = _DECODER.raw_decode(text, i)
-            i = ws(i)
-            expect(i, ":")
-            i = ws(i + 1)
-            fast = fast_grids(raw, i, max_maps) if raw is not None and key == "maps" and text[i:i + 1] == "[" else None
+            i = _ws(text, i)
+            _expect(text, i, ":")
+            i = _ws(text, i + 1)
+            is_maps = key == "maps" and text[i:i + 1] == "["
+            fast = fast_grids(raw, i, max_maps) if raw is not None and is_maps else None
             if fast is not None:
                 value, i = fast
                 if on_grid is not None:
                     for grid in value:
                         on_grid(grid)
-            elif key == "maps" and text[i:i + 1] == "[":
-                items: list = []
-                i = ws(i + 1)
-                if text[i:i + 1] == "]":
-                    i += 1
-                else:
-                    while True:
-                        item, i = _DECODER.raw_decode(text, i)
-                        if on_grid is not None:
-                            on_grid(item)
-                        items.append(item)
-                        if len(items) > max_maps:
-                            raise RequestError(f"too many maps: more than {max_maps} in one request, the limit "
-                                               f"is {max_maps} (limit max_maps); split the request", 413)
-                        i = ws(i)
-                        if expect(i, ",]") == "]":
-                            i += 1
-                            break
-                        i = ws(i + 1)
-                value = items
+            elif is_maps:
+                value, i = _decode_maps(text, i, max_maps, on_grid)
             else:
                 value, i = _DECODER.raw_decode(text, i)
             doc[key] = value
-            i = ws(i)
-            if expect(i, ",}") == "}":
+            i = _ws(text, i)
+            if _expect(text, i, ",}") == "}":
                 i += 1
                 break
-            i = ws(i + 1)
-    if ws(i) != len(text):
+            i = _ws(text, i + 1)
+    if _ws(text, i) != len(text):
         raise ValueError(f"extra data at character {i}")
     return doc
+
+
+def _ws(text: str, i: int) -> int:
+    return _WS.match(text, i).end()
+
+
+def _expect(text: str, i: int, chars: str) -> str:
+    if i >= len(text) or text[i] not in chars:
+        raise ValueError(f"expected {' or '.join(repr(c) for c in chars)} at character {i}")
+    return text[i]
+
+
+def _decode_maps(text: str, i: int, max_maps: int, on_grid) -> tuple[list, int]:
+    """Decode the list of maps starting at ``text[i] == "["`` one element at a time; return it and the end."""
+    items: list = []
+    i = _ws(text, i + 1)
+    if text[i:i + 1] == "]":
+        return items, i + 1
+    while True:
+        item, i = _DECODER.raw_decode(text, i)
+        if on_grid is not None:
+            on_grid(item)
+        items.append(item)
+        if len(items) > max_maps:
+            raise RequestError(f"too many maps: more than {max_maps} in one request, the limit "
+                               f"is {max_maps} (limit max_maps); split the request", 413)
+        i = _ws(text, i)
+        if _expect(text, i, ",]") == "]":
+            return items, i + 1
+        i = _ws(text, i + 1)
 
 
 class DieCap:
@@ -675,13 +680,11 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     ``/v1/classify?abstain=1`` (None: that flag answers 409).
     """
     # everything about the models (workers, limits, deadlines, rows) is in the inference layer; the
-    # routes below only read requests, parse their query flags and answer
+    # routes only read requests, parse their query flags and answer
     inference = Inference(classifier, detector, threshold=threshold, limits=limits, threads=threads,
                           max_batch=max_batch, index=index, index_source=index_source, explainer=explainer,
                           open_set=open_set)
     limits = inference.limits
-    classes, has_gradcam = inference.classes, inference.has_gradcam
-    heavy = asyncio.Semaphore(2)  # large bodies parsed / files loaded at once: bounds their transient memory
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -691,9 +694,29 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     app = FastAPI(title="waferscope", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Wafer-map defect classification and anomaly scoring (docs/serve.md).")
     app.state.limits = limits
-    fast: dict = {}  # the model endpoints, called by the Gate directly (filled below)
+    fast: dict = {}  # the model endpoints, called by the Gate directly (filled by _add_model_routes)
     app.add_middleware(Gate, limits=limits, allowed_origins=tuple(allowed_origins), fast=fast)
+    _add_error_handlers(app)
+    _add_model_routes(app, inference, fast)
 
+    from waferscope.serve.lotbrowser import add_lot_routes
+
+    add_lot_routes(app, limits, classifier, detector, threshold, inference.clf_worker, inference.det_worker,
+                   classify_open=inference.classify_open if open_set is not None else None)
+    health_info = {"classifier": {**_model_info(classifier, classifier_source, classifier_run),
+                                  "classes": inference.classes, "gradcam": inference.has_gradcam,
+                                  "gradcam_from": explainer_source or classifier_source,
+                                  # the run's open-set scorer (what ?abstain=1 uses), or null
+                                  "open_set": None if open_set is None else {
+                                      "threshold": round(open_set.scorer.threshold_, 6),
+                                      "parts": list(open_set.scorer.parts)}},
+                   "detector": {**_model_info(detector, detector_source, detector_run), "threshold": threshold}}
+    _add_info_routes(app, inference, health_info)
+    return app
+
+
+def _add_error_handlers(app) -> None:
+    """Answer every known error, FastAPI's validation errors and HTTP errors as one JSON ``{"error": …}``."""
     async def _mapped_error(_request, exc: Exception):
         return _error_response(exc)
 
@@ -710,6 +733,64 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     async def _http_error(_request, exc: StarletteHTTPException):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
+
+def _flag(value: str | None, name: str) -> bool:
+    """Read a 0/1 query flag (absent = 0); anything else is a RequestError naming it."""
+    if value is None or value in ("0", "false", "no", ""):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise RequestError(f"?{name}= must be 0 or 1, got {value!r}")
+
+
+def _flags(request: Request) -> tuple[bool, bool]:
+    """Return ?heatmap= and ?maps= (most requests have no query string: nothing to parse)."""
+    if not request.scope.get("query_string"):
+        return False, False
+    q = request.query_params
+    return _flag(q.get("heatmap"), "heatmap"), _flag(q.get("maps"), "maps")
+
+
+def _direct(endpoint):
+    """Return ``endpoint`` as a raw ASGI handler for the Gate's fast path.
+
+    The same code and answers as through FastAPI (its errors mapped by the same
+    :func:`_error_response`).
+    """
+    async def handler(scope, receive, send):
+        try:
+            response = await endpoint(Request(scope, receive))
+        except tuple(_ERROR_STATUS) as exc:
+            response = _error_response(exc)
+        await response(scope, receive, send)
+    return handler
+
+
+def _body_doc() -> dict:
+    return {"requestBody": {"content": {
+        "application/json": {"schema": MapsRequest.model_json_schema()},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
+    }}}
+
+
+def _query_doc(heat: str) -> dict:
+    # the query flags are read from request.query_params by hand and only described here: FastAPI's
+    # per-request parameter solving costs as much as the model does for a 1-map request
+    return {**_body_doc(), "parameters": [
+        {"name": "heatmap", "in": "query", "required": False, "description": heat, "schema": {"type": "string"}},
+        {"name": "maps", "in": "query", "required": False, "description": "1: echo each die grid",
+         "schema": {"type": "string"}}]}
+
+
+_DOC_RESPONSES = {400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                  415: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+
+def _add_model_routes(app, inference: Inference, fast: dict) -> None:
+    """Mount /v1/classify, /v1/score and /v1/search; put the first two in ``fast`` for the Gate."""
+    limits = inference.limits
+    heavy = asyncio.Semaphore(2)  # large bodies parsed / files loaded at once: bounds their transient memory
+
     async def read_maps(request: Request, echo: int) -> MapBatch:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
@@ -725,57 +806,28 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         raise RequestError(f"unsupported Content-Type {ctype or '(none)'!r}: send application/json "
                            '{"maps": [...]} or multipart/form-data with a "file" field', 415)
 
-    def flag(value: str | None, name: str) -> bool:
-        if value is None or value in ("0", "false", "no", ""):
-            return False
-        if value in ("1", "true", "yes"):
-            return True
-        raise RequestError(f"?{name}= must be 0 or 1, got {value!r}")
-
-    def flags(request: Request) -> tuple[bool, bool]:
-        """?heatmap= and ?maps= (most requests have no query string: nothing to parse)."""
-        if not request.scope.get("query_string"):
-            return False, False
-        q = request.query_params
-        return flag(q.get("heatmap"), "heatmap"), flag(q.get("maps"), "maps")
-
-    doc_responses = {400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-                     415: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
-    body_doc = {"requestBody": {"content": {
-        "application/json": {"schema": MapsRequest.model_json_schema()},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
-    }}}
-
-    def query_doc(heat: str) -> dict:
-        # the query flags are read from request.query_params by hand and only described here: FastAPI's
-        # per-request parameter solving costs as much as the model does for a 1-map request
-        return {**body_doc, "parameters": [
-            {"name": "heatmap", "in": "query", "required": False, "description": heat, "schema": {"type": "string"}},
-            {"name": "maps", "in": "query", "required": False, "description": "1: echo each die grid",
-             "schema": {"type": "string"}}]}
-
-    @app.post("/v1/classify", response_model=ClassifyResponse, responses=doc_responses,
-              openapi_extra={**query_doc("1: Grad-CAM per wafer"), "parameters": [
-                  *query_doc("")["parameters"],
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=_DOC_RESPONSES,
+              openapi_extra={**_query_doc("1: Grad-CAM per wafer"), "parameters": [
+                  *_query_doc("")["parameters"],
                   {"name": "abstain", "in": "query", "required": False, "schema": {"type": "string"},
                    "description": "1: 'unknown' for a wafer of no known class, with its open_set_score (a run "
                    "trained with --open-set)"}]})
     async def classify(request: Request):
         """Class and class probabilities of every map."""
         t0 = time.monotonic()
-        want_heat, want_maps = flags(request)
-        want_open = bool(request.scope.get("query_string")) and flag(request.query_params.get("abstain"), "abstain")
+        want_heat, want_maps = _flags(request)
+        want_open = bool(request.scope.get("query_string")) and _flag(request.query_params.get("abstain"), "abstain")
         inference.check_classify(want_heat, want_open)  # before reading the body
         ds = await read_maps(request, int(want_heat) + int(want_maps))
         head, rows, big = await inference.classify(ds, t0, want_heat, want_maps, want_open)
         return answer(head, rows, big, inference.on_big_answer)
 
-    @app.post("/v1/score", response_model=ScoreResponse, responses=doc_responses,
-              openapi_extra=query_doc("1: anomaly map per wafer"))
+    @app.post("/v1/score", response_model=ScoreResponse, responses=_DOC_RESPONSES,
+              openapi_extra=_query_doc("1: anomaly map per wafer"))
     async def score(request: Request):
         """Anomaly score of every map (higher = more anomalous) and, with a threshold, is_anomalous."""
         t0 = time.monotonic()
-        want_heat, want_maps = flags(request)
+        want_heat, want_maps = _flags(request)
         inference.check_score()
         ds = await read_maps(request, int(want_heat) + int(want_maps))
         head, rows, big = await inference.score(ds, t0, want_heat, want_maps)
@@ -783,8 +835,8 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
 
     max_k = MAX_K
 
-    @app.post("/v1/search", response_model=SearchResponse, responses={**doc_responses, 409: {"model": ErrorResponse}},
-              openapi_extra={**body_doc, "parameters": [
+    @app.post("/v1/search", response_model=SearchResponse, responses={**_DOC_RESPONSES, 409: {"model": ErrorResponse}},
+              openapi_extra={**_body_doc(), "parameters": [
                   {"name": "k", "in": "query", "required": False, "schema": {"type": "integer"},
                    "description": f"neighbours per map, 1-{max_k} (default 10)"},
                   {"name": "maps", "in": "query", "required": False, "schema": {"type": "string"},
@@ -797,32 +849,16 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         if not re.fullmatch(r"[0-9]{1,4}", raw_k) or not 1 <= int(raw_k) <= max_k:
             raise RequestError(f"?k= must be an integer from 1 to {max_k}, got {raw_k[:20]!r}")
         k = int(raw_k)
-        want_maps = flag(request.query_params.get("maps"), "maps")  # the neighbours' stored thumbnails
+        want_maps = _flag(request.query_params.get("maps"), "maps")  # the neighbours' stored thumbnails
         ds = await read_maps(request, 0)
         head, rows, big = await inference.search(ds, t0, k, want_maps, run_in_threadpool)
         return answer(head, rows, big, inference.on_big_answer)
 
-    def direct(endpoint):
-        """``endpoint`` as a raw ASGI handler for the Gate's fast path.
+    fast["/v1/classify"], fast["/v1/score"] = _direct(classify), _direct(score)
 
-        The same code and answers as through FastAPI (its errors mapped by the same
-        :func:`_error_response`).
-        """
-        async def handler(scope, receive, send):
-            try:
-                response = await endpoint(Request(scope, receive))
-            except tuple(_ERROR_STATUS) as exc:
-                response = _error_response(exc)
-            await response(scope, receive, send)
-        return handler
 
-    fast["/v1/classify"], fast["/v1/score"] = direct(classify), direct(score)
-
-    from waferscope.serve.lotbrowser import add_lot_routes
-
-    add_lot_routes(app, limits, classifier, detector, threshold, inference.clf_worker, inference.det_worker,
-                   classify_open=inference.classify_open if open_set is not None else None)
-
+def _add_info_routes(app, inference: Inference, models: dict) -> None:
+    """Mount /health (``models``: what it says about the classifier and detector), the page and /docs."""
     @app.get("/health")
     def health():
         """Liveness, the models served, versions, limits, queue and the server's resident memory."""
@@ -831,16 +867,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         import torch
 
         return {"status": "ok", "waferscope_version": __version__, "torch_version": torch.__version__,
-                "python_version": platform.python_version(),
-                "classifier": {**_model_info(classifier, classifier_source, classifier_run), "classes": classes,
-                               "gradcam": has_gradcam, "gradcam_from": explainer_source or classifier_source,
-                               # the run's open-set scorer (what ?abstain=1 uses), or null
-                               "open_set": None if open_set is None else {
-                                   "threshold": round(open_set.scorer.threshold_, 6),
-                                   "parts": list(open_set.scorer.parts)}},
-                "detector": {**_model_info(detector, detector_source, detector_run), "threshold": threshold},
+                "python_version": platform.python_version(), **models,
                 "index": inference.index_info(),
-                "limits": limits.as_dict(), "torch_threads": torch.get_num_threads(), "rss_bytes": _rss_bytes(),
+                "limits": inference.limits.as_dict(), "torch_threads": torch.get_num_threads(),
+                "rss_bytes": _rss_bytes(),
                 "cpu_seconds": round(time.process_time(), 3),  # the server's CPU so far: benchmarks read CPU per wafer
                 "queued_dies": {"classifier": inference.clf_worker.queued_dies,
                                 "detector": inference.det_worker.queued_dies}}
@@ -859,5 +889,3 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
         No CDN: it works on an air-gapped network.
         """
         return HTMLResponse(docs_page)
-
-    return app

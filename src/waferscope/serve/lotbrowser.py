@@ -310,8 +310,7 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
     ``classify_open``: the classifier worker's open-set function when the classifier has a scorer
     (None: no abstention).
     """
-    from waferscope.serve.app import (LOT_UPLOAD_PATH, RequestError, grid_json, load_upload_dataset,
-                                       read_multipart_file)
+    from waferscope.serve.app import LOT_UPLOAD_PATH, RequestError, load_upload_dataset, read_multipart_file
 
     store = Store(limits.max_lot_sessions)
     classes = [str(c) for c in classifier.classes_]
@@ -354,42 +353,10 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
     async def lots_head(sid: str):
         return JSONResponse(await run_in_threadpool(head, store.get(sid)))
 
-    def page(session: Session, q) -> bytes:
-        t = filtered(session, q)
-        offset = int(_number(q, "offset") or 0)
-        limit = int(_number(q, "limit") or min(100, limits.max_page_maps))
-        if offset < 0 or limit < 1:
-            raise RequestError("?offset= must be ≥ 0 and ?limit= ≥ 1")
-        if limit > limits.max_page_maps:
-            raise RequestError(f"?limit={limit}: at most {limits.max_page_maps} wafers per page (max_page_maps)", 413)
-        part = t.iloc[offset:offset + limit]
-        maps = [session.dataset.maps[i] for i in part["order"]]
-        if sum(m.size for m in maps) > limits.max_echo_dies:
-            raise RequestError(f"this page would echo more than {limits.max_echo_dies:,} grid cells "
-                               "(limit max_echo_dies); ask for a smaller ?limit=", 413)
-        cols = ["id", "lot", "wafer_index", "dies", "fail_dies", "yield", "class", "confidence", "score", "anomalous"]
-        cols += ["open_set_score", "unknown"] if "unknown" in part else []
-        cols += ["label"] if "label" in part else []
-        rows = _json_safe(part[cols])
-        # the maps as compact JSON grids, spliced in (json.dumps of nested lists is the slow part)
-        import json
-
-        out = [b'{"total":', str(len(t)).encode(), b',"offset":', str(offset).encode(), b',"limit":',
-               str(limit).encode(), b',"counts":', json.dumps(_counts(t)).encode(), b',"progress":',
-               json.dumps(session.progress()).encode(), b',"wafers":[']
-        for k, (row, m) in enumerate(zip(rows, maps)):
-            row["anomalous"] = None if row["anomalous"] is None else bool(row["anomalous"])
-            if "unknown" in row:
-                row["unknown"] = None if row["unknown"] is None else bool(row["unknown"])
-            text = json.dumps(row, ensure_ascii=False).encode()
-            out += [b"," if k else b"", text[:-1], b',"map":', grid_json(m), b"}"]
-        out.append(b"]}")
-        return b"".join(out)
-
     @app.get("/v1/lots/{sid}/wafers", summary="One page of an opened file's wafers (filtered, sorted)")
     async def lots_wafers(sid: str, request: Request):
         session = store.get(sid)
-        body = await run_in_threadpool(page, session, request.query_params)
+        body = await run_in_threadpool(_wafer_page, session, request.query_params, limits)
         return Response(body, media_type="application/json")
 
     @app.get("/v1/lots/{sid}/lot", summary="Stacked map, bin Pareto and zone yield of one lot")
@@ -397,18 +364,11 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
         session = store.get(sid)
         return JSONResponse(await run_in_threadpool(lot_views, session, lot))
 
-    def csv_response(frame: pd.DataFrame, name: str) -> Response:
-        buf = io.StringIO()
-        frame.to_csv(buf, index=False, float_format="%.6g")
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80] or "table"
-        return Response(buf.getvalue(), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{safe}.csv"'})
-
     @app.get("/v1/lots/{sid}/lots.csv", summary="The lot table as CSV")
     async def lots_csv(sid: str):
         session = store.get(sid)
         frame = await run_in_threadpool(session.summary)
-        return csv_response(frame, f"{session.name}_lots")
+        return _csv_response(frame, f"{session.name}_lots")
 
     @app.get("/v1/lots/{sid}/wafers.csv", summary="The filtered wafer table as CSV")
     async def wafers_csv(sid: str, request: Request):
@@ -417,4 +377,49 @@ def add_lot_routes(app, limits, classifier, detector, threshold, clf_worker, det
         frame = frame.drop(columns=["order"]).assign(anomalous=lambda f: f["anomalous"].map({1.0: True, 0.0: False}))
         if "unknown" in frame:
             frame["unknown"] = frame["unknown"].map({1.0: True, 0.0: False})
-        return csv_response(frame, f"{session.name}_wafers")
+        return _csv_response(frame, f"{session.name}_wafers")
+
+
+def _wafer_page(session: Session, q, limits) -> bytes:
+    """Return one page of the session's filtered, sorted wafers as JSON bytes, each with its grid."""
+    import json
+
+    from waferscope.serve.app import RequestError, grid_json
+
+    t = filtered(session, q)
+    offset = int(_number(q, "offset") or 0)
+    limit = int(_number(q, "limit") or min(100, limits.max_page_maps))
+    if offset < 0 or limit < 1:
+        raise RequestError("?offset= must be ≥ 0 and ?limit= ≥ 1")
+    if limit > limits.max_page_maps:
+        raise RequestError(f"?limit={limit}: at most {limits.max_page_maps} wafers per page (max_page_maps)", 413)
+    part = t.iloc[offset:offset + limit]
+    maps = [session.dataset.maps[i] for i in part["order"]]
+    if sum(m.size for m in maps) > limits.max_echo_dies:
+        raise RequestError(f"this page would echo more than {limits.max_echo_dies:,} grid cells "
+                           "(limit max_echo_dies); ask for a smaller ?limit=", 413)
+    cols = ["id", "lot", "wafer_index", "dies", "fail_dies", "yield", "class", "confidence", "score", "anomalous"]
+    cols += ["open_set_score", "unknown"] if "unknown" in part else []
+    cols += ["label"] if "label" in part else []
+    rows = _json_safe(part[cols])
+    # the maps as compact JSON grids, spliced in (json.dumps of nested lists is the slow part)
+    out = [b'{"total":', str(len(t)).encode(), b',"offset":', str(offset).encode(), b',"limit":',
+           str(limit).encode(), b',"counts":', json.dumps(_counts(t)).encode(), b',"progress":',
+           json.dumps(session.progress()).encode(), b',"wafers":[']
+    for k, (row, m) in enumerate(zip(rows, maps)):
+        row["anomalous"] = None if row["anomalous"] is None else bool(row["anomalous"])
+        if "unknown" in row:
+            row["unknown"] = None if row["unknown"] is None else bool(row["unknown"])
+        text = json.dumps(row, ensure_ascii=False).encode()
+        out += [b"," if k else b"", text[:-1], b',"map":', grid_json(m), b"}"]
+    out.append(b"]}")
+    return b"".join(out)
+
+
+def _csv_response(frame: pd.DataFrame, name: str) -> Response:
+    """Return ``frame`` as a CSV download named after ``name`` (made safe for a file name)."""
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, float_format="%.6g")
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80] or "table"
+    return Response(buf.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{safe}.csv"'})
