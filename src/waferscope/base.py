@@ -381,6 +381,16 @@ class Estimator:
     def _load_state(self, tensors: dict[str, Any], extras: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def _saved(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return (tensors, header) as a run stores them: what :func:`estimator_from_saved` rebuilds from.
+
+        :meth:`save` writes them as a run directory; an ensemble keeps its members' inside its own run.
+        """
+        tensors, extras = self._state()
+        return tensors, {"kind": self.registry_kind, "name": self.registry_name, "class": type(self).__name__,
+                         "params": _jsonable(self.get_params()), "params_vocabulary": PARAMS_VOCABULARY,
+                         "extras": _jsonable(extras), **_jsonable(self._run_header())}
+
     def save(self, run_dir: str | Path, overwrite: bool = False) -> Path:
         """Write the run directory atomically: a temp folder renamed into place when complete.
 
@@ -395,20 +405,10 @@ class Estimator:
 
         run_dir = Path(run_dir)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        tensors, extras = self._state()
+        tensors, header = self._saved()
         tensors = {k: (torch.as_tensor(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
                    .detach().cpu().contiguous() for k, v in tensors.items()}
-        doc = {
-            "waferscope_run_format": RUN_FORMAT,
-            "waferscope_version": __version__,
-            "kind": self.registry_kind,
-            "name": self.registry_name,
-            "class": type(self).__name__,
-            "params": _jsonable(self.get_params()),
-            "params_vocabulary": PARAMS_VOCABULARY,
-            "extras": _jsonable(extras),
-            **_jsonable(self._run_header()),
-        }
+        doc = {"waferscope_run_format": RUN_FORMAT, "waferscope_version": __version__, **header}
         tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
         try:
             save_file(tensors, str(tmp / WEIGHTS))

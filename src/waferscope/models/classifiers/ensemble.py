@@ -166,18 +166,14 @@ class EnsembleClassifier(Classifier):
 
     # ---- persistence: each member's tensors under "m<i>/", its header in extras ----------------------
     def _state(self):
-        from waferscope.base import PARAMS_VOCABULARY, _jsonable
-
         tensors, docs = {}, []
         for i, (m, source) in enumerate(zip(self.members_, self.sources_)):
             if source is not None:
                 docs.append({"bundled": source[len(BUNDLED_PREFIX):]})
                 continue
-            t, extras = m._state()
+            t, doc = m._saved()  # the same header a member's own run would have
             tensors.update({f"m{i}/{k}": v for k, v in t.items()})
-            docs.append({"kind": m.registry_kind, "name": m.registry_name, "params": _jsonable(m.get_params()),
-                         "params_vocabulary": PARAMS_VOCABULARY, "extras": _jsonable(extras),
-                         **_jsonable(m._run_header())})
+            docs.append(doc)
         return tensors, {"classes": list(self.classes_), "members": docs}
 
     def _load_state(self, tensors, extras) -> None:
