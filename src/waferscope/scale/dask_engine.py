@@ -281,16 +281,24 @@ def _client(scheduler: str | None, workers: int, timeout: float):
     return Client(cluster), cluster
 
 
-def _run_tasks(client, fn, arg_lists: list[tuple]) -> list:
-    """``fn(*args)`` for each args.
+def _run_tasks(client, fn, arg_lists: list[tuple], progress: bool = False, what: str = "partitions") -> list:
+    """``fn(*args)`` for each args, results in the order of ``arg_lists``.
 
     A loop here (no client), else one Dask task each; on a failure the other tasks are
-    cancelled before the error goes up.
+    cancelled before the error goes up. ``progress``: a bar (``what``) over the finished tasks.
     """
+    from tqdm.auto import tqdm
+
     if client is None:
-        return [fn(*args) for args in arg_lists]
+        return [fn(*args) for args in tqdm(arg_lists, desc=what, unit="partition", disable=not progress)]
     futures = [client.submit(fn, *args, pure=False) for args in arg_lists]
     try:
+        if progress:
+            from distributed import as_completed
+
+            with tqdm(total=len(futures), desc=what, unit="partition") as bar:
+                for _ in as_completed(futures):
+                    bar.update()
         return client.gather(futures)
     except BaseException:
         client.cancel(futures)  # the other partitions stop before the output is removed

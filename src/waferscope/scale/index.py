@@ -99,25 +99,6 @@ def _worker_copy(index):
     return light
 
 
-def _run_with_progress(client, fn, arg_lists: list[tuple], progress: bool, what: str) -> list:
-    """:func:`~waferscope.scale.dask_engine._run_tasks` with a bar over the finished partitions."""
-    from tqdm.auto import tqdm
-
-    if client is None:
-        return [fn(*args) for args in tqdm(arg_lists, desc=what, unit="partition", disable=not progress)]
-    from distributed import as_completed
-
-    futures = [client.submit(fn, *args, pure=False) for args in arg_lists]
-    try:
-        with tqdm(total=len(futures), desc=what, unit="partition", disable=not progress) as bar:
-            for _ in as_completed(futures):
-                bar.update()
-        return client.gather(futures)
-    except BaseException:
-        client.cancel(futures)  # the other partitions stop before the error goes up
-        raise
-
-
 def build_index_partitions(data: str, out, engine: str = "local", scheduler: str | None = None, workers: int = 2,
                            timeout: float = 10.0, add: bool = False, fit_on=None, progress: bool = False,
                            **index_params) -> IndexRun:
@@ -162,8 +143,7 @@ def build_index_partitions(data: str, out, engine: str = "local", scheduler: str
             index = _fit(index, fit_on)
         remote = _worker_copy(index)
         shipped = remote if client is None else client.scatter(remote, broadcast=True)
-        results = _run_with_progress(client, embed_partition, [(shipped, str(f)) for f in files], progress,
-                                     "embedding")
+        results = _run_tasks(client, embed_partition, [(shipped, str(f)) for f in files], progress, "embedding")
     finally:
         if client is not None:
             client.close()
