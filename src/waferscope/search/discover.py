@@ -48,15 +48,13 @@ class OpenSetModel:
 
         ``proba``: the classifier's probabilities; computed with :attr:`classifier` when not given.
         """
-        from waferscope.search.embed import FeatureEmbedding
-
         if proba is None:
             proba = self.classifier.predict_proba(feat)
         need = self.scorer.needs()
         sig = {"proba": np.asarray(proba, dtype=np.float64),
                "metric": self.embedding.transform(None, raw=feat) if "metric" in need else None,
                # the embedding's own standardisation (fitted on the training part), clipped like it
-               "features": FeatureEmbedding.transform(self.embedding, None, raw=feat) if "features" in need else None,
+               "features": _standardised(self.embedding, feat) if "features" in need else None,
                "detector": None}
         if "detector" in need:
             sig["detector"] = _detector_scores(self.detector, maps)
@@ -122,7 +120,7 @@ def fit_scorer(feat_tr, labels_tr, feat_cal, proba_cal, classes, seed: int = 0, 
     emb = MetricEmbedding(source="labels", seed=seed).fit(None, raw=feat_tr, labels=labels_tr)
     scorer = OpenSetScorer(parts=parts or DEFAULT_PARTS, abstain_rate=abstain_rate, seed=seed)
     model = OpenSetModel(emb, scorer, None, detector)
-    train = {"metric": emb.transform(None, raw=feat_tr), "features": _standardised(emb, feat_tr)}
+    train = _reference_signals(emb, feat_tr)
     scorer.fit(train, labels_tr, model.signals(feat_cal, proba_cal, maps_cal), [str(c) for c in classes])
     return model
 
@@ -131,6 +129,11 @@ def _standardised(emb, feat):
     from waferscope.search.embed import FeatureEmbedding
 
     return FeatureEmbedding.transform(emb, None, raw=feat)
+
+
+def _reference_signals(emb, feat) -> dict:
+    """Return the signals the scorer's kNN parts measure distances to: metric vectors, standardised features."""
+    return {"metric": emb.transform(None, raw=feat), "features": _standardised(emb, feat)}
 
 
 def fit_open_set(feat: np.ndarray, labels, lots, seed: int = 0, abstain_rate: float = 0.05,
@@ -228,7 +231,7 @@ def crossfit_open_set(fit_classifier, dataset, classes, extra=None, n_splits: in
                                               seed=seed)))[0]
     emb = MetricEmbedding(source="labels", seed=seed).fit(None, raw=feat, labels=labels)
     scorer = OpenSetScorer(parts=DEFAULT_PARTS, abstain_rate=abstain_rate, seed=seed)
-    train = {"metric": emb.transform(None, raw=feat[refs]), "features": _standardised(emb, feat[refs])}
+    train = _reference_signals(emb, feat[refs])
     scorer.fit_references(train, labels[refs], classes)
     scorer.calibrate(cal_parts)
     return OpenSetModel(emb, scorer, None, None)
