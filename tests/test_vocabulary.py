@@ -92,3 +92,46 @@ def test_callers_that_add_a_quiet_default_translate_first():
     with pytest.warns(FutureWarning, match="verbose is now called progress"):
         det = _maker("pattern_stats", {"verbose": True})()
     assert det.progress is True
+
+
+def test_shared_docstring_entries_are_filled_in_and_own_descriptions_kept():
+    from waferscope.vocabulary import DOCSTRINGS, fill_docstring
+
+    doc = '''Summary.
+
+    Parameters
+    ----------
+    epochs, seed,
+    progress
+    seed
+        This model's own meaning.
+
+    Attributes
+    ----------
+    classes_
+    '''
+    filled = fill_docstring(doc, "Toy")
+    assert f"epochs\n    {DOCSTRINGS['epochs']}\nseed\n    {DOCSTRINGS['seed']}\nprogress\n    {DOCSTRINGS['progress']}" in filled
+    assert "seed\n    This model's own meaning." in filled
+    assert f"classes_\n    {DOCSTRINGS['classes_']}" in filled
+    with pytest.raises(ValueError, match="Toy: Parameters entry 'no_such_thing' has no description"):
+        fill_docstring("S.\n\nParameters\n----------\nno_such_thing\n", "Toy")
+
+
+def test_help_of_every_model_describes_every_entry():
+    """After filling, no Parameters/Attributes entry of a registered model is left without a description."""
+    import inspect
+
+    from waferscope import registry
+
+    for kind in ("classifier", "detector"):
+        for name in registry.available(kind):
+            lines = inspect.cleandoc(registry.get(name, kind).__doc__ or "").splitlines()
+            section = None
+            for i, line in enumerate(lines):
+                nxt = lines[i + 1] if i + 1 < len(lines) else ""
+                if line.strip() and set(nxt.strip()) == {"-"}:
+                    section = line.strip()
+                elif section in ("Parameters", "Attributes") and line.strip() and not line.startswith(" ") \
+                        and set(line.strip()) != {"-"}:
+                    assert nxt.startswith(" "), f"{name} ({kind}): {section} entry {line.strip()!r} has no description"

@@ -36,7 +36,7 @@ import numpy as np
 from waferscope import __version__
 from waferscope.errors import ConfigError, RunDirError
 from waferscope.utils import replace_folder
-from waferscope.vocabulary import PARAMS_VOCABULARY
+from waferscope.vocabulary import PARAMS_VOCABULARY, fill_docstring
 
 RUN_FORMAT = 1
 MODEL_JSON = "model.json"
@@ -200,6 +200,8 @@ class Estimator:
         # runs the family's _after_fit (a detector learns its threshold_) when it returns. Only the
         # outermost call does either: a subclass's fit calling super().fit() passes straight through.
         super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("__doc__"):  # shared parameter/attribute descriptions live once, in the vocabulary
+            cls.__doc__ = fill_docstring(cls.__doc__, cls.__qualname__)
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "_contract_init", False):
             # Old parameter names → today's, with a FutureWarning (inspect.signature follows

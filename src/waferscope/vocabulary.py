@@ -40,3 +40,95 @@ RETIRED_IN_DISTILLATION: dict[str, str] = {"alpha": "distil_alpha", "temperature
 
 # model.json's "params_vocabulary": runs saved without it (before the rename) are translated on load
 PARAMS_VOCABULARY = 2
+
+# name → its numpy-docstring description, for parameters and learned attributes (``_``-suffixed) that
+# many models share with the same meaning. A model's docstring names them without a description, several
+# to an entry line ("epochs, batch_size, lr"); Estimator.__init_subclass__ fills the descriptions in
+# (:func:`fill_docstring`), so help(Model) is complete and the text lives once. A model whose use of
+# a name differs writes its own description under it, which is then kept.
+DOCSTRINGS: dict[str, str] = {
+    # torch training
+    "input_size": "Side in pixels of the square network input each map is resampled to.",
+    "encoding": "How die states become input channels (``onehot3``: no-die / pass / fail channels).",
+    "epochs": "Passes over the training data.",
+    "batch_size": "Samples per training step.",
+    "lr": "Peak learning rate of AdamW's one-cycle schedule.",
+    "weight_decay": "AdamW weight decay.",
+    "imbalance": '``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or '
+                 '``"none"``.',
+    "augment": "Random rotations/flips of the training maps (the 8 symmetries of the square).",
+    "val_fraction": "Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.",
+    "patience": "Epochs without a better validation macro-F1 before training stops (the best weights are kept).",
+    "tta": "Average the prediction over the 8 rotations/flips of each map.",
+    "width": "Channels of the first stage (later stages are multiples of it).",
+    "dropout": "Dropout before the final linear layer.",
+    "resample": '``"nearest"`` (one die per pixel) or ``"area"`` (each pixel the no-die / pass / fail '
+                "fractions of the dies it covers).",
+    "orient": '``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical '
+              "rotation/flip).",
+    "predict_batch_size": "Samples per forward pass when scoring (speed and memory only, not results).",
+    "seed": "Seeds every random draw of ``fit``.",
+    "progress": "Progress bars on stderr.",
+    "distil_alpha": "Weight of the distillation term against the label term.",
+    "distil_temperature": "Softmax temperature of the distillation term.",
+    # detectors on networks
+    "pretrained": '``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local '
+                  "checkpoint path.",
+    "layers": "Backbone layers whose features are used.",
+    "smoothing_sigma": "Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).",
+    "jit": "Score through a traced, frozen TorchScript copy of the network (faster on CPU, same outputs).",
+    # learned state
+    "classes_": "Class names, in the order of the ``predict_proba`` columns.",
+    "best_epoch_": "The epoch whose weights were kept.",
+    "history_": "Per-epoch training record (loss, validation score).",
+    "in_chans_": "Input channels the network was built for (3 for images).",
+    "network_": "The fitted network (``torch.nn.Module``).",
+    "train_seconds_": "Wall-clock seconds the training took.",
+    "threshold_": "Decision threshold: a score >= ``threshold_`` is anomalous "
+                  "(:meth:`~waferscope.base.Detector.predict`).",
+    "threshold_info_": "How ``threshold_`` was learned (the rule and its figures).",
+    "model_": "The fitted network that scores (``torch.nn.Module``).",
+    "n_train_": "Number of normal training samples.",
+    "loss_history_": "Per-epoch mean training loss.",
+    "backbone_kwargs_": "Construction kwargs of the backbone, recorded so a saved run rebuilds it.",
+    "input_kind_": '``"wafer"`` or ``"image"``: the kind of data fitted on (the other kind is refused).',
+}
+
+_FILLED_SECTIONS = ("Parameters", "Attributes")
+
+
+def fill_docstring(doc: str | None, owner: str = "") -> str | None:
+    """Return ``doc`` with the shared descriptions of :data:`DOCSTRINGS` filled into its numpy sections.
+
+    In a ``Parameters`` or ``Attributes`` section, an entry line with nothing indented under it (one
+    name, or several separated by commas) becomes one entry per name with its shared description;
+    entries that have their own description are kept as written.
+
+    Raises
+    ------
+    ValueError
+        An entry without a description names something :data:`DOCSTRINGS` does not describe
+        (``owner`` names the class in the message).
+    """
+    import inspect
+
+    if not doc:
+        return doc
+    lines = inspect.cleandoc(doc).splitlines()
+    out: list[str] = []
+    section = None
+    for i, line in enumerate(lines):
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.strip() and not line.startswith(" ") and set(nxt.strip()) == {"-"}:
+            section = line.strip()
+        is_entry = section in _FILLED_SECTIONS and line.strip() and not line.startswith(" ") \
+            and set(line.strip()) != {"-"} and line.strip() != section
+        if is_entry and not nxt.startswith(" "):  # an entry with no description of its own
+            for name in (n.strip() for n in line.split(",") if n.strip()):
+                if name not in DOCSTRINGS:
+                    raise ValueError(f"{owner or 'a docstring'}: {section} entry {name!r} has no description "
+                                     "and waferscope.vocabulary.DOCSTRINGS has none to fill in")
+                out += [name, f"    {DOCSTRINGS[name]}"]
+            continue
+        out.append(line)
+    return "\n".join(out)

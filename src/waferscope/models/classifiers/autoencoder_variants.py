@@ -175,30 +175,8 @@ class AELatentClassifier(_AEClassifierBase):
 
     Parameters
     ----------
-    input_size
-        Side in pixels of the square network input each map is resampled to.
-    encoding
-        How die states become input channels (``onehot3``: no-die / pass / fail channels).
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
-    lr
-        Peak learning rate of AdamW's one-cycle schedule.
-    weight_decay
-        AdamW weight decay.
-    imbalance
-        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
-    augment
-        Random rotations/flips of the training maps (the 8 symmetries of the square).
-    val_fraction
-        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
-    patience
-        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
-    seed
-        Seeds every random draw of ``fit``.
-    progress
-        Progress bars on stderr.
+    input_size, encoding, epochs, batch_size, lr, weight_decay, imbalance, augment, val_fraction, patience,
+    seed, progress
     latent_dim
         Size of the autoencoder's latent vector z.
     ae_width
@@ -218,18 +196,7 @@ class AELatentClassifier(_AEClassifierBase):
         The fitted autoencoder (``torch.nn.Module``).
     ae_history_
         Per-epoch autoencoder training loss.
-    best_epoch_
-        The epoch whose weights were kept.
-    classes_
-        Class names, in the order of the ``predict_proba`` columns.
-    history_
-        Per-epoch training record (loss, validation score).
-    in_chans_
-        Input channels the network was built for (3 for images).
-    network_
-        The fitted network (``torch.nn.Module``).
-    train_seconds_
-        Wall-clock seconds the training took.
+    best_epoch_, classes_, history_, in_chans_, network_, train_seconds_
     """
 
     def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 30, batch_size: int = 128,
@@ -284,34 +251,8 @@ class ResidualCNNClassifier(_AEClassifierBase):
 
     Parameters
     ----------
-    input_size
-        Side in pixels of the square network input each map is resampled to.
-    encoding
-        How die states become input channels (``onehot3``: no-die / pass / fail channels).
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
-    lr
-        Peak learning rate of AdamW's one-cycle schedule.
-    weight_decay
-        AdamW weight decay.
-    imbalance
-        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
-    augment
-        Random rotations/flips of the training maps (the 8 symmetries of the square).
-    val_fraction
-        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
-    patience
-        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
-    seed
-        Seeds every random draw of ``fit``.
-    progress
-        Progress bars on stderr.
-    width
-        Channels of the first stage (later stages are multiples of it).
-    dropout
-        Dropout before the final linear layer.
+    input_size, encoding, epochs, batch_size, lr, weight_decay, imbalance, augment, val_fraction, patience,
+    seed, progress, width, dropout
     residual_mode
         ``"channel"`` (the residual map is an extra input channel) or ``"augment"`` (it only shapes training
         batches).
@@ -335,18 +276,7 @@ class ResidualCNNClassifier(_AEClassifierBase):
         The fitted autoencoder (``torch.nn.Module``).
     ae_history_
         Per-epoch autoencoder training loss.
-    best_epoch_
-        The epoch whose weights were kept.
-    classes_
-        Class names, in the order of the ``predict_proba`` columns.
-    history_
-        Per-epoch training record (loss, validation score).
-    in_chans_
-        Input channels the network was built for (3 for images).
-    network_
-        The fitted network (``torch.nn.Module``).
-    train_seconds_
-        Wall-clock seconds the training took.
+    best_epoch_, classes_, history_, in_chans_, network_, train_seconds_
     """
 
     _parameter_constraints = {

@@ -61,56 +61,12 @@ class CompactCNNClassifier(TorchClassifier):
 
     Parameters
     ----------
-    input_size
-        Side in pixels of the square network input each map is resampled to.
-    encoding
-        How die states become input channels (``onehot3``: no-die / pass / fail channels).
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
-    lr
-        Peak learning rate of AdamW's one-cycle schedule.
-    weight_decay
-        AdamW weight decay.
-    imbalance
-        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
-    augment
-        Random rotations/flips of the training maps (the 8 symmetries of the square).
-    val_fraction
-        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
-    patience
-        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
-    seed
-        Seeds every random draw of ``fit``.
-    progress
-        Progress bars on stderr.
-    tta
-        Average the prediction over the 8 rotations/flips of each map.
-    width
-        Channels of the first stage (later stages are multiples of it).
-    dropout
-        Dropout before the final linear layer.
-    resample
-        ``"nearest"`` (one die per pixel) or ``"area"`` (each pixel the no-die / pass / fail fractions of the
-        dies it covers).
-    orient
-        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+    input_size, encoding, epochs, batch_size, lr, weight_decay, imbalance, augment, val_fraction, patience,
+    seed, progress, tta, width, dropout, resample, orient
 
     Attributes
     ----------
-    best_epoch_
-        The epoch whose weights were kept.
-    classes_
-        Class names, in the order of the ``predict_proba`` columns.
-    history_
-        Per-epoch training record (loss, validation score).
-    in_chans_
-        Input channels the network was built for (3 for images).
-    network_
-        The fitted network (``torch.nn.Module``).
-    train_seconds_
-        Wall-clock seconds the training took.
+    best_epoch_, classes_, history_, in_chans_, network_, train_seconds_
     """
 
     def __init__(self, input_size: int = 48, encoding: str = "onehot3", epochs: int = 25, batch_size: int = 64,
@@ -361,36 +317,8 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
 
     Parameters
     ----------
-    input_size
-        Side in pixels of the square network input each map is resampled to.
-    encoding
-        How die states become input channels (``onehot3``: no-die / pass / fail channels).
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
-    lr
-        Peak learning rate of AdamW's one-cycle schedule.
-    weight_decay
-        AdamW weight decay.
-    imbalance
-        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
-    augment
-        Random rotations/flips of the training maps (the 8 symmetries of the square).
-    val_fraction
-        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
-    patience
-        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
-    seed
-        Seeds every random draw of ``fit``.
-    progress
-        Progress bars on stderr.
-    tta
-        Average the prediction over the 8 rotations/flips of each map.
-    width
-        Channels of the first stage (later stages are multiples of it).
-    dropout
-        Dropout before the final linear layer.
+    input_size, encoding, epochs, batch_size, lr, weight_decay, imbalance, augment, val_fraction, patience,
+    seed, progress, tta, width, dropout
     head
         Channels of the S×S map the classifier pools.
     localise
@@ -402,17 +330,10 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
     teacher
         A classifier to distil from: a run directory, ``bundled:gbm`` or a classifier name (then trained on the
         same maps first); None: labels alone.
-    distil_alpha
-        Weight of the distillation term against the label term.
-    distil_temperature
-        Softmax temperature of the distillation term.
+    distil_alpha, distil_temperature
     distil_synthetic
         Extra synthetic maps the teacher labels for the student (0: none).
-    resample
-        ``"nearest"`` (one die per pixel) or ``"area"`` (each pixel the no-die / pass / fail fractions of the
-        dies it covers).
-    orient
-        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+    resample, orient
     synthetic_profile
         Profile of those synthetic maps (``"wm811k"`` or ``"fab"``, see
         :func:`~waferscope.data.synthetic.generate`).
@@ -422,20 +343,10 @@ class FineHeadCNNClassifier(CompactCNNClassifier):
 
     Attributes
     ----------
-    best_epoch_
-        The epoch whose weights were kept.
-    classes_
-        Class names, in the order of the ``predict_proba`` columns.
+    best_epoch_, classes_
     distilled_from_
         The teacher the network was distilled from (None: trained on the labels alone).
-    history_
-        Per-epoch training record (loss, validation score).
-    in_chans_
-        Input channels the network was built for (3 for images).
-    network_
-        The fitted network (``torch.nn.Module``).
-    train_seconds_
-        Wall-clock seconds the training took.
+    history_, in_chans_, network_, train_seconds_
     """
 
     _parameter_constraints = {
@@ -594,49 +505,14 @@ class ResNet18Classifier(TorchClassifier):
 
     Parameters
     ----------
-    input_size
-        Side in pixels of the square network input each map is resampled to.
-    encoding
-        How die states become input channels (``onehot3``: no-die / pass / fail channels).
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
-    lr
-        Peak learning rate of AdamW's one-cycle schedule.
-    weight_decay
-        AdamW weight decay.
-    imbalance
-        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
-    augment
-        Random rotations/flips of the training maps (the 8 symmetries of the square).
-    val_fraction
-        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
-    patience
-        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
-    seed
-        Seeds every random draw of ``fit``.
-    progress
-        Progress bars on stderr.
-    tta
-        Average the prediction over the 8 rotations/flips of each map.
+    input_size, encoding, epochs, batch_size, lr, weight_decay, imbalance, augment, val_fraction, patience,
+    seed, progress, tta
     width
         Fraction of ResNet-18's usual channel counts (1.0: torchvision's).
 
     Attributes
     ----------
-    best_epoch_
-        The epoch whose weights were kept.
-    classes_
-        Class names, in the order of the ``predict_proba`` columns.
-    history_
-        Per-epoch training record (loss, validation score).
-    in_chans_
-        Input channels the network was built for (3 for images).
-    network_
-        The fitted network (``torch.nn.Module``).
-    train_seconds_
-        Wall-clock seconds the training took.
+    best_epoch_, classes_, history_, in_chans_, network_, train_seconds_
     """
 
     _parameter_constraints = {"width": [Interval(float, 0, None, closed="neither")]}

@@ -243,36 +243,8 @@ class DistilledStudentClassifier(TorchClassifier):
 
     Parameters
     ----------
-    input_size
-        Side in pixels of the square network input each map is resampled to.
-    encoding
-        How die states become input channels (``onehot3``: no-die / pass / fail channels).
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
-    lr
-        Peak learning rate of AdamW's one-cycle schedule.
-    weight_decay
-        AdamW weight decay.
-    imbalance
-        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
-    augment
-        Random rotations/flips of the training maps (the 8 symmetries of the square).
-    val_fraction
-        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
-    patience
-        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
-    seed
-        Seeds every random draw of ``fit``.
-    progress
-        Progress bars on stderr.
-    width
-        Channels of the first stage (later stages are multiples of it).
-    distil_alpha
-        Weight of the distillation term against the label term.
-    distil_temperature
-        Softmax temperature of the distillation term.
+    input_size, encoding, epochs, batch_size, lr, weight_decay, imbalance, augment, val_fraction, patience,
+    seed, progress, width, distil_alpha, distil_temperature
     teacher
         A run directory of a fitted classifier to distil from; None: train ``teacher_name`` on the same maps
         first.
@@ -291,20 +263,10 @@ class DistilledStudentClassifier(TorchClassifier):
 
     Attributes
     ----------
-    best_epoch_
-        The epoch whose weights were kept.
-    classes_
-        Class names, in the order of the ``predict_proba`` columns.
-    history_
-        Per-epoch training record (loss, validation score).
-    in_chans_
-        Input channels the network was built for (3 for images).
-    network_
-        The fitted network (``torch.nn.Module``).
+    best_epoch_, classes_, history_, in_chans_, network_
     teacher_parameters_
         Parameter count of the teacher's network.
     train_seconds_
-        Wall-clock seconds the training took.
     transfer_size_
         Transfer maps (unlabelled) the teacher labelled for the student.
     """

@@ -82,18 +82,13 @@ class ExtraTreesClassifier(GradientBoostingClassifier):
     max_features
         Features tried per split, as scikit-learn takes it (``"sqrt"``, ``"log2"``, a count or a share).
     seed
-        Seeds every random draw of ``fit``.
     n_jobs
         Processes for feature extraction and for the tree walk.
-    progress
-        Progress bars on stderr.
-    orient
-        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+    progress, orient
 
     Attributes
     ----------
     classes_
-        Class names, in the order of the ``predict_proba`` columns.
     trees_
         The forest's trees as flat arrays (each node's class fractions at the leaves).
     """

@@ -59,18 +59,13 @@ class GradientBoostingClassifier(Classifier):
     l2_regularization
         L2 regularisation of the leaf values.
     seed
-        Seeds every random draw of ``fit``.
     n_jobs
         Processes for feature extraction and for the tree walk.
-    progress
-        Progress bars on stderr.
-    orient
-        ``"none"`` (maps as given) or ``"canonical"`` (each map first turned into its canonical rotation/flip).
+    progress, orient
 
     Attributes
     ----------
     classes_
-        Class names, in the order of the ``predict_proba`` columns.
     temperature_
         Softmax temperature of the probabilities (1.0 until :meth:`set_temperature`).
     trees_

@@ -59,36 +59,8 @@ class PseudoLabelCNNClassifier(CompactCNNClassifier):
 
     Parameters
     ----------
-    input_size
-        Side in pixels of the square network input each map is resampled to.
-    encoding
-        How die states become input channels (``onehot3``: no-die / pass / fail channels).
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
-    lr
-        Peak learning rate of AdamW's one-cycle schedule.
-    weight_decay
-        AdamW weight decay.
-    imbalance
-        ``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or ``"none"``.
-    augment
-        Random rotations/flips of the training maps (the 8 symmetries of the square).
-    val_fraction
-        Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.
-    patience
-        Epochs without a better validation macro-F1 before training stops (the best weights are kept).
-    seed
-        Seeds every random draw of ``fit``.
-    progress
-        Progress bars on stderr.
-    tta
-        Average the prediction over the 8 rotations/flips of each map.
-    width
-        Channels of the first stage (later stages are multiples of it).
-    dropout
-        Dropout before the final linear layer.
+    input_size, encoding, epochs, batch_size, lr, weight_decay, imbalance, augment, val_fraction, patience,
+    seed, progress, tta, width, dropout
     threshold
         Mean top-class probability over the 8 views a pseudo-label needs.
     rounds
@@ -98,20 +70,10 @@ class PseudoLabelCNNClassifier(CompactCNNClassifier):
 
     Attributes
     ----------
-    best_epoch_
-        The epoch whose weights were kept.
-    classes_
-        Class names, in the order of the ``predict_proba`` columns.
-    history_
-        Per-epoch training record (loss, validation score).
-    in_chans_
-        Input channels the network was built for (3 for images).
-    network_
-        The fitted network (``torch.nn.Module``).
+    best_epoch_, classes_, history_, in_chans_, network_
     pseudo_rounds_
         Per round: the pseudo-labels taken (counts per class).
     train_seconds_
-        Wall-clock seconds the training took.
     """
 
     _tags = {"input_kinds": ("wafer",)}  # refuses images (a die-state autoencoder / stem / teacher)

@@ -132,16 +132,13 @@ class LinearSVMClassifier(_SVMClassifier):
     gamma
         Kernel coefficient (scikit-learn's; unused by the linear kernel).
     seed
-        Seeds every random draw of ``fit``.
     n_jobs
         Processes for feature extraction.
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
     classes_
-        Class names, in the order of the ``predict_proba`` columns.
     scaler_
         Feature standardiser fitted on the training maps.
     svc_
@@ -166,16 +163,13 @@ class RBFSVMClassifier(_SVMClassifier):
     gamma
         RBF kernel coefficient (``"scale"``, ``"auto"`` or a number).
     seed
-        Seeds every random draw of ``fit``.
     n_jobs
         Processes for feature extraction.
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
     classes_
-        Class names, in the order of the ``predict_proba`` columns.
     scaler_
         Feature standardiser fitted on the training maps.
     svc_

@@ -51,10 +51,7 @@ class AutoencoderDetector(TorchDetector):
         Channels of the first convolution (doubled per stage).
     latent_dim
         Size of the bottleneck.
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
+    epochs, batch_size
     lr
         Learning rate of the optimiser.
     weight_decay
@@ -64,27 +61,20 @@ class AutoencoderDetector(TorchDetector):
     topk_fraction
         Share of the highest map pixels averaged for the image score.
     smoothing_sigma
-        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
     predict_batch_size
-        Samples per forward pass when scoring (speed and memory only, not results).
     seed
         Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
     mode_
         ``"wafer"`` or ``"image"``: the kind of data fitted on.
-    model_
-        The fitted network that scores (``torch.nn.Module``).
-    n_train_
-        Number of normal training samples.
+    model_, n_train_
     threshold_
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     train_loss_
         Per-epoch mean training loss.
     """

@@ -52,13 +52,9 @@ class EfficientADDetector(FastInferenceMixin, TorchDetector):
     backbone
         Registered PDN backbone the teacher is taken from.
     pretrained
-        ``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local checkpoint path.
     input_size
         Side in pixels of the square network input (S×S) each map or image is resized to.
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
+    epochs, batch_size
     lr
         Learning rate of the optimiser.
     weight_decay
@@ -76,29 +72,21 @@ class EfficientADDetector(FastInferenceMixin, TorchDetector):
     augment
         Random rotations/flips of the training inputs.
     smoothing_sigma
-        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
     predict_batch_size
-        Samples per forward pass when scoring (speed and memory only, not results).
     jit
-        Score through a traced, frozen TorchScript copy of the network (faster on CPU, same outputs).
     seed
         Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
-    loss_history_
-        Per-epoch mean training loss.
-    model_
-        The fitted network that scores (``torch.nn.Module``).
+    loss_history_, model_
     teacher_kwargs_
         Construction kwargs of the teacher PDN, recorded so a saved run rebuilds it.
     threshold_
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _label = "EfficientAD"

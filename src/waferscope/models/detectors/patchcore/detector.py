@@ -78,13 +78,10 @@ class PatchCoreDetector(TorchDetector):
     input_size
         Side in pixels of the square network input each map or image is resized to.
     predict_batch_size
-        Samples per forward pass when scoring (speed and memory only, not results).
     smoothing_sigma
-        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
     seed
         Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
@@ -97,12 +94,10 @@ class PatchCoreDetector(TorchDetector):
     memory_sq_norm_
         Squared norms of the memory-bank rows.
     model_
-        The fitted network that scores (``torch.nn.Module``).
     threshold_
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _parameter_constraints = {

@@ -69,14 +69,12 @@ class PatternContrastDetector(Detector):
     Attributes
     ----------
     n_train_
-        Number of normal training samples.
     ring_baseline_
         Mean local fail rate of the normal maps' dies in each radial ring.
     threshold_
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     trees_
         The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """

@@ -46,7 +46,6 @@ class PatternStatsDetector(Detector):
     mean_
         Mean of each pattern statistic over the normal maps.
     n_train_
-        Number of normal training samples.
     precision_
         Precision matrix of that covariance (the Mahalanobis metric).
     ring_baseline_
@@ -57,7 +56,6 @@ class PatternStatsDetector(Detector):
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _parameter_constraints = {"shrinkage": [Interval(float, 0, 1), None]}

@@ -44,11 +44,9 @@ class ReConPatchDetector(PatchCoreDetector):
     backbone
         Name of a registered backbone (the frozen feature extractor), as PatchCore's.
     pretrained
-        ``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local checkpoint path.
     backbone_kwargs
         Keyword arguments of the backbone's constructor (``width``, ``small_input`` for ResNets).
     layers
-        Backbone layers whose features are used.
     input_size
         Side in pixels of the square network input each map or image is resized to.
     patch_size
@@ -66,13 +64,10 @@ class ReConPatchDetector(PatchCoreDetector):
     num_neighbors
         b of PatchCore's eq. 7 (1: no re-weighting, the score is the largest patch distance).
     predict_batch_size
-        Samples per forward pass when scoring (speed and memory only, not results).
     smoothing_sigma
-        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
     seed
         Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
@@ -81,20 +76,17 @@ class ReConPatchDetector(PatchCoreDetector):
     grid_
         (h, w) of the patch-feature grid.
     loss_history_
-        Per-epoch mean training loss.
     memory_bank_
         The coreset of modulated normal patch features (rows × ``representation_dim``).
     memory_sq_norm_
         Squared norms of the memory-bank rows.
     model_
-        The fitted network that scores (``torch.nn.Module``).
     modulation_
         The trained representation network applied to patch features.
     threshold_
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _parameter_constraints = {

@@ -35,10 +35,7 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
     ----------
     backbone
         Name of a registered backbone network (the frozen teacher).
-    pretrained
-        ``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local checkpoint path.
-    layers
-        Backbone layers whose features are used.
+    pretrained, layers
     style
         ``"resnet"`` (basic-block bottleneck and decoder) or ``"convnext"`` (LayerNorm ConvNeXt blocks).
     n_blocks
@@ -48,10 +45,7 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
         comparing.
     input_size
         Side in pixels of the square network input (S×S) each map or image is resized to.
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
+    epochs, batch_size
     lr
         Learning rate of the optimiser.
     betas
@@ -61,29 +55,19 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
     augment
         Random rotations/flips of the training inputs.
     smoothing_sigma
-        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
     predict_batch_size
-        Samples per forward pass when scoring (speed and memory only, not results).
     jit
-        Score through a traced, frozen TorchScript copy of the network (faster on CPU, same outputs).
     seed
         Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
-    backbone_kwargs_
-        Construction kwargs of the backbone, recorded so a saved run rebuilds it.
-    loss_history_
-        Per-epoch mean training loss.
-    model_
-        The fitted network that scores (``torch.nn.Module``).
+    backbone_kwargs_, loss_history_, model_
     threshold_
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _label = "reverse-distillation"
@@ -168,10 +152,7 @@ class ReverseDistillationConvNeXtDetector(ReverseDistillationDetector):
     ----------
     backbone
         Name of a registered backbone network (the frozen teacher).
-    pretrained
-        ``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local checkpoint path.
-    layers
-        Backbone layers whose features are used.
+    pretrained, layers
     style
         ``"resnet"`` (basic-block bottleneck and decoder) or ``"convnext"`` (LayerNorm ConvNeXt blocks).
     n_blocks
@@ -181,10 +162,7 @@ class ReverseDistillationConvNeXtDetector(ReverseDistillationDetector):
         comparing.
     input_size
         Side in pixels of the square network input (S×S) each map or image is resized to.
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
+    epochs, batch_size
     lr
         Learning rate of the optimiser.
     betas
@@ -194,29 +172,19 @@ class ReverseDistillationConvNeXtDetector(ReverseDistillationDetector):
     augment
         Random rotations/flips of the training inputs.
     smoothing_sigma
-        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
     predict_batch_size
-        Samples per forward pass when scoring (speed and memory only, not results).
     jit
-        Score through a traced, frozen TorchScript copy of the network (faster on CPU, same outputs).
     seed
         Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
-    backbone_kwargs_
-        Construction kwargs of the backbone, recorded so a saved run rebuilds it.
-    loss_history_
-        Per-epoch mean training loss.
-    model_
-        The fitted network that scores (``torch.nn.Module``).
+    backbone_kwargs_, loss_history_, model_
     threshold_
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     """
 
     def __init__(self, backbone: str = "wafer_convnext", pretrained: str | None = "wafer",

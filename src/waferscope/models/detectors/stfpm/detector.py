@@ -123,18 +123,12 @@ class STFPMDetector(FastInferenceMixin, TorchDetector):
     ----------
     backbone
         Name of a registered backbone network (the frozen teacher).
-    pretrained
-        ``"wafer"`` (the shipped wafer-domain weights), None (seeded random init) or a local checkpoint path.
-    layers
-        Backbone layers whose features are used.
+    pretrained, layers
     fusion
         ``"product"``, ``"mean"`` or ``"max"``: how the per-layer distance maps are combined.
     input_size
         Side in pixels of the square network input (S×S) each map or image is resized to.
-    epochs
-        Passes over the training data.
-    batch_size
-        Samples per training step.
+    epochs, batch_size
     optimizer
         ``"sgd"`` or ``"adam"``.
     lr
@@ -146,29 +140,19 @@ class STFPMDetector(FastInferenceMixin, TorchDetector):
     augment
         Random rotations/flips of the training inputs.
     smoothing_sigma
-        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
     predict_batch_size
-        Samples per forward pass when scoring (speed and memory only, not results).
     jit
-        Score through a traced, frozen TorchScript copy of the network (faster on CPU, same outputs).
     seed
         Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
-    backbone_kwargs_
-        Construction kwargs of the backbone, recorded so a saved run rebuilds it.
-    loss_history_
-        Per-epoch mean training loss.
-    model_
-        The fitted network that scores (``torch.nn.Module``).
+    backbone_kwargs_, loss_history_, model_
     threshold_
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _label = "STFPM"

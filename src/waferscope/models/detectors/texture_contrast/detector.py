@@ -54,18 +54,14 @@ class TextureContrastDetector(Detector):
     max_iter, learning_rate, max_leaf_nodes, l2_regularization
         The trees (scikit-learn HistGradientBoostingClassifier, balanced classes, no early stopping).
     smoothing_sigma
-        Gaussian smoothing of the anomaly maps, σ in px per 256 px of input (0: none).
     predict_batch_size
-        Samples per forward pass when scoring (speed and memory only, not results).
     seed
         Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
     input_kind_
-        ``"wafer"`` or ``"image"``: the kind of data fitted on (the other kind is refused).
     mean_
         Per-feature mean of the normal memory rows (``knn_feature``).
     memory_
@@ -73,14 +69,12 @@ class TextureContrastDetector(Detector):
     n_features_
         Features per position the trees read.
     n_train_
-        Number of normal training samples.
     scale_
         Per-feature standard deviation of those rows.
     threshold_
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     trees_
         The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """

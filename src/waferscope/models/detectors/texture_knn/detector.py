@@ -51,22 +51,18 @@ class TextureKNNDetector(Detector):
     smoothing_sigma, top_fraction
         Map smoothing (px per 256 px) and the share of the highest map pixels averaged for the score.
     predict_batch_size
-        Samples per forward pass when scoring (speed and memory only, not results).
     seed
         Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
     input_kind_
-        ``"wafer"`` or ``"image"``: the kind of data fitted on (the other kind is refused).
     mean_
         Per-feature mean of the normal training positions.
     memory_
         The standardised normal patch features (``memory_size`` rows).
     n_train_
-        Number of normal training samples.
     scale_
         Per-feature standard deviation of those positions.
     stats_
@@ -75,7 +71,6 @@ class TextureKNNDetector(Detector):
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _tags = {"input_kinds": ("wafer", "image")}
