@@ -439,6 +439,8 @@ def test_open_set_switch_shows_unknown_wafers(tmp_path):
     assert client.get("/health").json()["classifier"]["open_set"] is None
     with open(path, "rb") as fh:
         sid = client.post("/v1/lots", files={"file": ("q.parquet", fh)}).json()["id"]
-    r = client.get(f"/v1/lots/{sid}/wafers?abstain=1")
-    assert r.status_code == 409 and "open-set" in r.json()["error"]
+    for flag in ("1", "true", "yes"):  # the same flag values as /v1/classify?abstain=
+        r = client.get(f"/v1/lots/{sid}/wafers?abstain={flag}")
+        assert r.status_code == 409 and "open-set" in r.json()["error"]
+    assert client.get(f"/v1/lots/{sid}/wafers?abstain=no").status_code == 200
     assert client.get(f"/v1/lots/{sid}/wafers?abstain=2").status_code == 400

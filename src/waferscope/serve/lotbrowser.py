@@ -227,15 +227,13 @@ def _number(q, name: str):
 
 def filtered(session: Session, q) -> pd.DataFrame:
     """Return the wafer table filtered and sorted by the query (see the module docstring)."""
-    from waferscope.serve.app import RequestError
+    from waferscope.serve.app import RequestError, _flag
 
-    abstain = q.get("abstain")
-    if abstain not in (None, "", "0", "1"):
-        raise RequestError(f"?abstain= must be 0 or 1, got {abstain!r}")
-    if abstain == "1" and not session.has_open_set:
+    abstain = _flag(q.get("abstain"), "abstain")  # the JSON API's flag reader: 0/1, false/true, no/yes
+    if abstain and not session.has_open_set:
         raise RequestError("this classifier has no open-set scorer, so it cannot abstain: serve a run trained "
                            "with `waferscope classify train --open-set`", 409)
-    t = session.frame(abstain=abstain == "1")
+    t = session.frame(abstain=abstain)
     lot = q.get("lot")
     if lot:
         t = t[t["lot"] == lot]
