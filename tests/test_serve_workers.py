@@ -297,6 +297,15 @@ def test_serve_with_two_workers(models, parquet_bytes):
                 np.testing.assert_array_equal([list(w["probabilities"].values()) for w in got], want)
                 pids.add(c.get("/health").json()["pid"])
         assert len(pids) == 2, "every connection went to one worker"
+        # torch in a forked worker: Grad-CAM (the explainer network) answers in both
+        heat_pids = set()
+        for _ in range(8):
+            with httpx.Client(base_url=url, timeout=60) as c:
+                heat = c.post("/v1/classify?heatmap=1", json={"maps": body["maps"][:2]})
+                assert heat.status_code == 200, heat.text
+                assert np.asarray(heat.json()["wafers"][0]["heatmap"]).shape == ds.maps[0].shape
+                heat_pids.add(c.get("/health").json()["pid"])
+        assert len(heat_pids) == 2
         # an uploaded file is paged through either worker
         r = httpx.post(url + "/v1/lots", files={"file": ("day.parquet", parquet_bytes)}, timeout=60)
         assert r.status_code == 200, r.text

@@ -153,6 +153,8 @@ def serve_cmd(
     from waferscope.serve.workers import default_workers
 
     n_workers = workers or default_workers()
+    if n_workers > 1 and not hasattr(os, "fork"):
+        raise ConfigError("--workers above 1 needs fork(), which this platform lacks; use --workers 1")
     cores = max(1, os.cpu_count() or 1)
     # every core, divided among the workers: one process on 2 threads beat 1 thread on 2 cores
     # (bench_serve --suite, idle, 2026-12-06: 1-map 1,586-1,750 vs 1,397-1,633 wafers/s, 64-map

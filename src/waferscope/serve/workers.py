@@ -46,8 +46,11 @@ def default_workers() -> int:
     """Return the worker count ``waferscope serve`` uses by default: one per usable core, at most 4.
 
     More than 4 workers keep gaining throughput only with as many free cores, and each costs its own
-    Python objects (~100-200 MB once warm; the models' arrays stay shared).
+    Python objects (~100-200 MB once warm; the models' arrays stay shared). One where processes cannot
+    fork (Windows).
     """
+    if not hasattr(os, "fork"):
+        return 1
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -165,8 +168,15 @@ class LotForward:
         if declared is not None and declared.isdigit() and int(declared) > self.max_file_bytes:
             return await _send_error(send, 413, f"file too large: the limit is {self.max_file_bytes} bytes "
                                      "(Limits.max_file_bytes)", close=True)
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self._forward(scope, receive, send, headers)
+            await self._forward(scope, receive, tracked_send, headers)
         except _ClientGone:
             return
         except _TooLarge:  # a chunked body that never said its size: stopped here at the limit
@@ -178,6 +188,8 @@ class LotForward:
             if not isinstance(exc, httpx.TransportError):
                 raise
             log.warning("forwarding %s to the lot browser's worker failed: %s", path, type(exc).__name__)
+            if started:  # cut mid-answer: the client sees a short body and a closed connection
+                return
             await _send_error(send, 503, "the lot browser's worker is unavailable (restarting?); retry shortly",
                               retry_after=1)
 
