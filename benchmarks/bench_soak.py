@@ -149,6 +149,19 @@ async def raw_attacks(host: str, port: int) -> dict:
 
 
 # ---- the run ------------------------------------------------------------------------------------------
+async def warm_every_worker(url: str, path: str, body: bytes) -> None:
+    """POST ``body`` to ``path`` on fresh connections until every worker process has answered it once."""
+    workers = httpx.get(url + "/health", timeout=30).json().get("workers", 1)
+    warmed: set = set()
+    for _ in range(16 * workers):
+        async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+            r = await c.post(path, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 200, r.text[:300]
+            warmed.add((await c.get("/health")).json().get("pid"))
+        if len(warmed) >= workers:
+            return
+
+
 async def soak(url: str, pid: int, args) -> dict:
     from urllib.parse import urlsplit
 
@@ -162,12 +175,11 @@ async def soak(url: str, pid: int, args) -> dict:
     hostile = attacks(ds.maps, big_legal)
     # "idle" = the service after it has answered each kind of legal request once (lazy imports, torch's
     # buffers and one-off caches are then in place), 5 s later; the cold RSS is reported beside it
+    # (with several worker processes, in each of them: fresh connections until every worker has answered)
     rss_cold = server_rss(pid)
-    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
-        for ep in ("/v1/classify", "/v1/score"):
-            for body, q in ((small[0], ""), (big64[0], ""), (big64[0], "?heatmap=1"), (big_legal, "?maps=1")):
-                r = await c.post(ep + q, content=body, headers={"content-type": "application/json"})
-                assert r.status_code == 200, r.text[:300]
+    for ep in ("/v1/classify", "/v1/score"):
+        for body, q in ((small[0], ""), (big64[0], ""), (big64[0], "?heatmap=1"), (big_legal, "?maps=1")):
+            await warm_every_worker(url, ep + q, body)
     await asyncio.sleep(5)
     rss_idle = server_rss(pid)
     t_start = time.monotonic()
