@@ -48,11 +48,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(threads: int | None, workers: int | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "waferscope.cli.main", "serve", "--port", str(port)]
     if threads:
         cmd += ["--threads", str(threads)]
+    if workers:
+        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180  # a loaded 2-core machine can take a minute just to import torch
@@ -145,13 +147,15 @@ def bodies_for(maps_per_request: int, seed: int) -> list[bytes]:
 
 
 def suite(args) -> int:
-    proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args.threads)
+    proc, url = (None, args.url.rstrip("/")) if args.url else start_server(args.threads, args.workers)
     rows = []
     try:
         health = httpx.get(url + "/health", timeout=10).json()
         threads = health.get("torch_threads") or 1
+        workers = health.get("workers") or 1
         load0 = os.getloadavg()
-        cli = cli_rates(threads, args.seed)
+        # the CLI on every core, as `classify predict` runs (the server's threads are per worker)
+        cli = cli_rates(threads * workers, args.seed)
         for endpoint, k in (("classify", 1), ("classify", 64), ("score", 1)):
             bodies = bodies_for(k, args.seed)
             eps = [f"/v1/{endpoint}"]
@@ -171,6 +175,7 @@ def suite(args) -> int:
                          "overhead_cpu_ms_per_wafer": None if srv_ms is None else srv_ms - cli[endpoint + "_cpu_ms"],
                          "client_cpu_ms_per_wafer": 1000 * client_cpu / res["wafers"]})
         rss_end = rss(url)
+        pss_end = httpx.get(url + "/health", timeout=10).json().get("pss_bytes")
     finally:
         if proc is not None:
             proc.terminate()
@@ -178,9 +183,12 @@ def suite(args) -> int:
     out = {"utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "loadavg_start": load0,
            "loadavg_end": os.getloadavg(), "cpus": os.cpu_count(), "concurrency": args.concurrency,
            "classifier": health["classifier"]["name"], "detector": health["detector"]["name"],
-           "torch_threads": threads, "server_rss_mb_end": round(rss_end / 2**20, 1), "rows": rows}
+           "torch_threads": threads, "workers": workers, "server_rss_mb_end": round(rss_end / 2**20, 1),
+           "server_pss_mb_end": None if pss_end is None else round(pss_end / 2**20, 1), "rows": rows}
     print(f"{out['utc']}, load average {load0[0]:.2f} → {out['loadavg_end'][0]:.2f} on {out['cpus']} CPUs, "
-          f"{args.concurrency} clients, classifier {out['classifier']}, detector {out['detector']}, {threads} torch thread(s)")
+          f"{args.concurrency} clients, classifier {out['classifier']}, detector {out['detector']}, {workers} worker "
+          f"process(es) of {threads} model thread(s); server memory at the end: RSS {out['server_rss_mb_end']} MB"
+          + ("" if pss_end is None else f" summed over its processes, PSS {out['server_pss_mb_end']} MB"))
     print(f"{'endpoint':<10}{'maps/req':>9}{'service w/s':>13}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CLI w/s':>10}"
           f"{'ratio':>7}   CPU ms/wafer: server (model alone, overhead), client")
     for r in rows:
@@ -202,7 +210,8 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--maps-per-request", type=int, default=1)
     ap.add_argument("--endpoint", choices=["classify", "score", "both"], default="both")
-    ap.add_argument("--threads", type=int, help="--threads of the server it starts (default: the server's, every core)")
+    ap.add_argument("--threads", type=int, help="--threads of the server it starts (default: the server's)")
+    ap.add_argument("--workers", type=int, help="--workers of the server it starts (default: the server's, one per core)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--suite", action="store_true", help="the issue #28 targets + the CLI's rates in one run")
@@ -222,7 +231,7 @@ def main(argv=None) -> int:
     if args.url:
         url = args.url.rstrip("/")
     else:
-        proc, url = start_server(args.threads)
+        proc, url = start_server(args.threads, args.workers)
     try:
         health = httpx.get(url + "/health", timeout=10).json()
         # warm-up: the first calls allocate torch's buffers; memory is measured after them

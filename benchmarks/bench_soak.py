@@ -14,7 +14,8 @@ It starts `waferscope serve` on a free 127.0.0.1 port (traffic never leaves loop
   ``?heatmap=1`` request, a cross-origin upload, 1 MB of headers, 50 idle and 20 half-sent
   connections (held until the server closes them); each hostile answer's status and time are kept.
 
-The server's RSS (``/proc/PID/status``, sampled every 2 s, not through the server) is recorded during
+The server's RSS (``/proc/PID/status``, summed over its worker processes, sampled every 2 s, not
+through the server) is recorded during
 the load and for ``--settle`` seconds after it; the report gives the honest clients' errors (goal 0)
 and p50/p99, each attack's worst answer time, and RSS idle / peak / end of load / after settling
 (goal: back within 20 % of idle), and writes ``OUT.json`` and ``OUT.png`` (RSS over time).
@@ -47,11 +48,20 @@ MB = 1 << 20
 
 
 def server_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """The RSS of the server process and its children (``--workers`` > 1: the supervisor and its workers,
+    pages they share counted in each)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    total = 0
+    for p in [pid, *map(int, children)]:
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                total += next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
+        except OSError:  # a worker that just exited (and is being replaced)
+            pass
+    return total
 
 
 # ---- hostile payloads ---------------------------------------------------------------------------------
@@ -139,6 +149,19 @@ async def raw_attacks(host: str, port: int) -> dict:
 
 
 # ---- the run ------------------------------------------------------------------------------------------
+async def warm_every_worker(url: str, path: str, body: bytes) -> None:
+    """POST ``body`` to ``path`` on fresh connections until every worker process has answered it once."""
+    workers = httpx.get(url + "/health", timeout=30).json().get("workers", 1)
+    warmed: set = set()
+    for _ in range(16 * workers):
+        async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+            r = await c.post(path, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 200, r.text[:300]
+            warmed.add((await c.get("/health")).json().get("pid"))
+        if len(warmed) >= workers:
+            return
+
+
 async def soak(url: str, pid: int, args) -> dict:
     from urllib.parse import urlsplit
 
@@ -152,12 +175,11 @@ async def soak(url: str, pid: int, args) -> dict:
     hostile = attacks(ds.maps, big_legal)
     # "idle" = the service after it has answered each kind of legal request once (lazy imports, torch's
     # buffers and one-off caches are then in place), 5 s later; the cold RSS is reported beside it
+    # (with several worker processes, in each of them: fresh connections until every worker has answered)
     rss_cold = server_rss(pid)
-    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
-        for ep in ("/v1/classify", "/v1/score"):
-            for body, q in ((small[0], ""), (big64[0], ""), (big64[0], "?heatmap=1"), (big_legal, "?maps=1")):
-                r = await c.post(ep + q, content=body, headers={"content-type": "application/json"})
-                assert r.status_code == 200, r.text[:300]
+    for ep in ("/v1/classify", "/v1/score"):
+        for body, q in ((small[0], ""), (big64[0], ""), (big64[0], "?heatmap=1"), (big_legal, "?maps=1")):
+            await warm_every_worker(url, ep + q, body)
     await asyncio.sleep(5)
     rss_idle = server_rss(pid)
     t_start = time.monotonic()
@@ -259,13 +281,14 @@ def main(argv=None) -> int:
     ap.add_argument("--settle", type=float, default=60.0, help="seconds of quiet after the load (RSS keeps being sampled)")
     ap.add_argument("--clients", type=int, default=8, help="honest clients")
     ap.add_argument("--threads", type=int, help="--threads of the server")
+    ap.add_argument("--workers", type=int, help="--workers of the server (default: the server's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="soak", help="writes OUT.json and OUT.png")
     args = ap.parse_args(argv)
     if args.minutes <= 0 or args.minutes > 120:
         raise SystemExit("error: --minutes must be in (0, 120]")
 
-    proc, url = start_server(args.threads)
+    proc, url = start_server(args.threads, args.workers)
     try:
         time.sleep(2)  # let the server settle before the idle RSS is read
         load0 = os.getloadavg()

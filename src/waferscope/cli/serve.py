@@ -100,7 +100,8 @@ def serve_cmd(
     detector: Optional[str] = typer.Option(None, "--detector", help="Bundled detector name (default: the `detect` default)"),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (no authentication: keep it on loopback or behind a proxy)"),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: every core)"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Model threads per worker process (default: the cores divided among the workers)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=64, help="Server processes sharing the port (default: one per core, at most 4)"),
     max_maps: int = typer.Option(1024, "--max-maps", min=1, help="Maps per request"),
     max_side: int = typer.Option(512, "--max-side", min=1, help="Rows or columns of one map"),
     max_body_bytes: int = typer.Option(32 * 1024 * 1024, "--max-body-bytes", min=1024, metavar="BYTES", help="Request body bytes (JSON or upload)"),
@@ -149,27 +150,52 @@ def serve_cmd(
                     max_heatmap_maps=max_heatmap_maps, max_dies=max_dies, max_echo_dies=max_echo_dies,
                     max_decompressed_bytes=max_decompressed_old or max_decompressed_bytes, request_timeout=request_timeout,
                     max_queued_dies=max_queued_dies, max_inflight=max_inflight)
-    app = create_app(models["classifier"], models["detector"], classifier_source=models["classifier_source"],
-                     detector_source=models["detector_source"], classifier_run=models["classifier_run"],
-                     detector_run=models["detector_run"], threshold=models["threshold"], limits=limits,
-                     # every core: since the request path got lean (JSON requests skip the router), torch
-                     # on 2 threads beats 1 on 2 cores for small and large requests alike (bench_serve
-                     # --suite, idle, 2026-12-06: 1-map 1,586-1,750 vs 1,397-1,633 wafers/s, 64-map
-                     # 3,437 vs 2,499-2,540; the score endpoint unchanged)
-                     threads=threads or max(1, os.cpu_count() or 1), allowed_origins=tuple(allow_origin),
-                     index=wafer_index, index_source=str(index) if index is not None else "",
-                     explainer=models["explainer"], explainer_source=models["explainer_source"], open_set=open_set)
+    from waferscope.serve.workers import default_workers
+
+    n_workers = workers or default_workers()
+    if n_workers > 1 and not hasattr(os, "fork"):
+        raise ConfigError("--workers above 1 needs fork(), which this platform lacks; use --workers 1")
+    cores = max(1, os.cpu_count() or 1)
+    # every core, divided among the workers: one process on 2 threads beat 1 thread on 2 cores
+    # (bench_serve --suite, idle, 2026-12-06: 1-map 1,586-1,750 vs 1,397-1,633 wafers/s, 64-map
+    # 3,437 vs 2,499-2,540); with N workers each runs its models on cores / N threads
+    threads = threads or max(1, cores // n_workers)
+    if n_workers > 1:
+        for model in (models["classifier"], models["detector"], models["explainer"]):
+            if model is not None and "n_jobs" in model.get_params():  # feature and tree-walk threads
+                model.set_params(n_jobs=threads)
+
+    def make_app(processes=None, lot_socket=None):
+        return create_app(models["classifier"], models["detector"], classifier_source=models["classifier_source"],
+                          detector_source=models["detector_source"], classifier_run=models["classifier_run"],
+                          detector_run=models["detector_run"], threshold=models["threshold"], limits=limits,
+                          threads=threads, allowed_origins=tuple(allow_origin),
+                          index=wafer_index, index_source=str(index) if index is not None else "",
+                          explainer=models["explainer"], explainer_source=models["explainer_source"],
+                          open_set=open_set, processes=processes, lot_socket=lot_socket)
+
     typer.echo(f"waferscope serve: classifier {models['classifier'].registry_name} ({models['classifier_source']}), "
                f"detector {models['detector'].registry_name} ({models['detector_source']}); "
-               f"http://{host}:{port}/", err=True)
-    # one process, one event loop: the models live in this process and their worker threads batch
-    # the requests; more uvicorn workers would load a copy of every model per worker
+               f"{n_workers} worker process(es), {threads} model thread(s) each; http://{host}:{port}/", err=True)
     conn = ConnectionLimits(read_timeout=read_timeout, keep_alive=keep_alive, max_header_bytes=max_header_bytes,
                             max_connections=max_connections)
     # The ~270,000 objects of the loaded libraries and models never die: frozen, the collector's rare
-    # full passes skip them (one pass over them takes a few hundred ms and stalls every request in flight)
+    # full passes skip them (one pass over them takes a few hundred ms and stalls every request in
+    # flight), and forked workers share their pages instead of copying them when it would touch them
     import gc
 
     gc.collect()
     gc.freeze()
-    uvicorn.Server(uvicorn_config(app, host, port, conn, access_log=access_log)).run()
+    if n_workers == 1:  # one process, one event loop: the models' worker threads batch the requests
+        uvicorn.Server(uvicorn_config(make_app(), host, port, conn, access_log=access_log)).run()
+        return
+    from waferscope.serve.workers import serve_workers
+
+    # several processes on one port (waferscope/serve/workers.py): the models loaded once here, each
+    # worker forked with them builds its own app, batch threads and event loop
+    def run_app(app, sockets):
+        uvicorn.Server(uvicorn_config(app, host, port, conn, access_log=access_log)).run(sockets=sockets)
+
+    status = serve_workers(lambda k, table, lot_socket: make_app(table, lot_socket), run_app, host, port, n_workers)
+    if status:
+        raise typer.Exit(status)

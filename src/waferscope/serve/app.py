@@ -661,7 +661,8 @@ def answer(head: dict, rows: list[dict], big, on_done=None) -> Response:
 def create_app(classifier, detector, *, classifier_source: str = "", detector_source: str = "",
                classifier_run=None, detector_run=None, threshold: float | None = None, limits: Limits | None = None,
                threads: int | None = None, max_batch: int | None = None, allowed_origins: tuple[str, ...] = (),
-               index=None, index_source: str = "", explainer=None, explainer_source: str = "", open_set=None):
+               index=None, index_source: str = "", explainer=None, explainer_source: str = "", open_set=None,
+               processes=None, lot_socket: str | None = None):
     """Return a FastAPI app serving ``classifier`` and ``detector``.
 
     ``classifier`` is a fitted :class:`~waferscope.base.Classifier`, ``detector`` a fitted
@@ -677,7 +678,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     default: its heat is not trained to sit on the pattern, docs/explain.md); it explains the class
     the label model chose, so the heat always answers "where is that class?". ``open_set``: the
     classifier run's open-set model (:func:`waferscope.search.discover.load_open_set`) for
-    ``/v1/classify?abstain=1`` (None: that flag answers 409).
+    ``/v1/classify?abstain=1`` (None: that flag answers 409). ``processes``: with several server processes
+    (:mod:`.workers`), their :class:`~waferscope.serve.workers.ProcessTable`, so that /health reports the whole
+    service's CPU time and memory; ``lot_socket``: the Unix socket of the worker that owns the lot browser,
+    where this app forwards every ``/v1/lots`` request (None: it holds the lots itself).
     """
     # everything about the models (workers, limits, deadlines, rows) is in the inference layer; the
     # routes only read requests, parse their query flags and answer
@@ -696,6 +700,10 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
     app.state.limits = limits
     fast: dict = {}  # the model endpoints, called by the Gate directly (filled by _add_model_routes)
     app.add_middleware(Gate, limits=limits, allowed_origins=tuple(allowed_origins), fast=fast)
+    if lot_socket is not None:  # added last, so outermost: lot requests stream to their owner past the Gate
+        from waferscope.serve.workers import LotForward
+
+        app.add_middleware(LotForward, socket_path=lot_socket, max_file_bytes=limits.max_file_bytes)
     _add_error_handlers(app)
     _add_model_routes(app, inference, fast)
 
@@ -711,7 +719,7 @@ def create_app(classifier, detector, *, classifier_source: str = "", detector_so
                                       "threshold": round(open_set.scorer.threshold_, 6),
                                       "parts": list(open_set.scorer.parts)}},
                    "detector": {**_model_info(detector, detector_source, detector_run), "threshold": threshold}}
-    _add_info_routes(app, inference, health_info)
+    _add_info_routes(app, inference, health_info, processes)
     return app
 
 
@@ -857,8 +865,12 @@ def _add_model_routes(app, inference: Inference, fast: dict) -> None:
     fast["/v1/classify"], fast["/v1/score"] = _direct(classify), _direct(score)
 
 
-def _add_info_routes(app, inference: Inference, models: dict) -> None:
-    """Mount /health (``models``: what it says about the classifier and detector), the page and /docs."""
+def _add_info_routes(app, inference: Inference, models: dict, processes=None) -> None:
+    """Mount /health (``models``: what it says about the classifier and detector), the page and /docs.
+
+    ``processes``: the service's :class:`~waferscope.serve.workers.ProcessTable` when it runs several
+    processes (their CPU time and memory summed), else None (this process's).
+    """
     @app.get("/health")
     def health():
         """Liveness, the models served, versions, limits, queue and the server's resident memory."""
@@ -866,12 +878,17 @@ def _add_info_routes(app, inference: Inference, models: dict) -> None:
 
         import torch
 
+        if processes is None:
+            usage = {"workers": 1, "pid": os.getpid(), "rss_bytes": _rss_bytes(), "cpu_seconds": round(time.process_time(), 3)}
+        else:  # every process of the service: RSS summed (shared pages in each), PSS (shared pages split)
+            usage = {"workers": processes.workers, "pid": os.getpid(), **processes.memory(),
+                     "cpu_seconds": round(processes.cpu_seconds(), 3)}
         return {"status": "ok", "waferscope_version": __version__, "torch_version": torch.__version__,
                 "python_version": platform.python_version(), **models,
                 "index": inference.index_info(),
                 "limits": inference.limits.as_dict(), "torch_threads": torch.get_num_threads(),
-                "rss_bytes": _rss_bytes(),
-                "cpu_seconds": round(time.process_time(), 3),  # the server's CPU so far: benchmarks read CPU per wafer
+                # the server's memory and CPU so far (benchmarks read CPU per wafer from it)
+                **usage,
                 "queued_dies": {"classifier": inference.clf_worker.queued_dies,
                                 "detector": inference.det_worker.queued_dies}}
 
