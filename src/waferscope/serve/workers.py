@@ -5,10 +5,11 @@ Why: in one process the event loop's work per request (HTTP, JSON, batching: ~0.
 clients kept 1.07 of 2 cores busy (docs/serve.md, "Load test"). N processes, each with its own event
 loop, batch workers and models, let one's HTTP work run beside another's model batch.
 
-How: the supervisor (this module's :func:`serve_workers`) loads the models once, binds the listening
-socket and forks the workers, which inherit both: the models' arrays are shared copy-on-write
-(:func:`gc.freeze` before the fork keeps the collector from touching the loaded objects' pages), and
-the kernel hands each new connection to whichever worker accepts it first. Nothing may start a
+How: the supervisor (this module's :func:`serve_workers`) loads the models once, binds one listening
+socket per worker on the same port (SO_REUSEPORT: the kernel spreads new connections evenly, see
+:func:`_listeners`) and forks the workers, which inherit both: the models' arrays are shared
+copy-on-write (:func:`gc.freeze` before the fork keeps the collector from touching the loaded objects'
+pages). Nothing may start a
 thread before the fork (a forked child has only the forking thread, and a lock some other thread held
 stays locked for good): each worker builds its app — and so its batch threads — after it.
 
