@@ -15,6 +15,10 @@ that other per-cell calibrations can be tried:
   ms      mean of z at (stride 2, grid 64) upsampled and z at (stride 1, grid 128)  — multi-scale
   *_s4    the same map smoothed with σ = 4 canvas px instead of 2
 
+``val_edge`` rows: the same normals against a second anomaly set made to look like the test split's
+misses (thin dark curves for hairline cracks, half-disk chips at the box edge for breaks;
+:func:`synth_edge`) — designed from the defect types' descriptions, not fitted to test labels.
+
 Besides image AUROC, pixel AUROC and max-in-mask (per synthetic type), ``max_at_edge`` is the share
 of anomalous validation maps whose maximum lies within 3 px of the image box edge while the mask does
 not reach that band (the failure of break / crack on the test split).
@@ -55,6 +59,39 @@ def synth_val(x, boxes, valid):
         others = [x[j, 0] for j in rng.choice(len(x), 3, replace=False)]
         aug, m = (draem_anomaly(img, others, rng, valid[i]) if i % 2 == 0 else scar_anomaly(img, rng, valid[i]))
         box = torch.from_numpy(np.ascontiguousarray(aug[t:t + h, left:left + w]))[None, None]
+        xs.append(_reflect_pad(box, t, S - h - t, left, S - w - left)[0].numpy())
+        ms.append(m)
+    return np.stack(xs).astype(np.float32), np.stack(ms)
+
+
+def synth_edge(x, boxes, valid):
+    """A second validation set aimed at the test split's misses (hairline cracks, edge chips), one copy
+    of each held-out normal (seeded): half a thin dark curve (a smooth random walk of 15–40 px, ~2 px
+    wide, darkened by 0.8–2 canvas std) anywhere in the box, half an edge chip (a half-disk of radius
+    3–8 px on a random side of the box set to the image's darkest level, like a missing piece)."""
+    rng = np.random.default_rng(31)
+    xs, ms = [], []
+    yy, xx = np.mgrid[:S, :S]
+    for i in range(len(x)):
+        img, (t, left, h, w) = x[i, 0].copy(), boxes[i]
+        m = np.zeros((S, S), bool)
+        if i % 2 == 0:
+            py, px = rng.uniform(t + 4, t + h - 4), rng.uniform(left + 4, left + w - 4)
+            ang = rng.uniform(0, 2 * np.pi)
+            for _ in range(int(rng.integers(15, 41))):
+                m |= (yy - py) ** 2 + (xx - px) ** 2 <= 1.0
+                ang += rng.normal(0, 0.25)
+                py, px = np.clip(py + np.sin(ang), t, t + h - 1), np.clip(px + np.cos(ang), left, left + w - 1)
+            img[m] -= rng.uniform(0.8, 2.0)
+        else:
+            r = rng.uniform(3, 8)
+            side = int(rng.integers(4))
+            cy, cx = ((t, rng.uniform(left, left + w)), (t + h - 1, rng.uniform(left, left + w)),
+                      (rng.uniform(t, t + h), left), (rng.uniform(t, t + h), left + w - 1))[side]
+            m = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & valid[i].astype(bool)
+            img[m] = img[valid[i].astype(bool)].min()
+        m &= valid[i].astype(bool)
+        box = torch.from_numpy(np.ascontiguousarray(img[t:t + h, left:left + w]))[None, None]
         xs.append(_reflect_pad(box, t, S - h - t, left, S - w - left)[0].numpy())
         ms.append(m)
     return np.stack(xs).astype(np.float32), np.stack(ms)
@@ -102,7 +139,7 @@ def up(cell, g):
     return F.interpolate(cell[:, None], size=(g, g), mode="bilinear", align_corners=False)[:, 0]
 
 
-def report(name, cell, boxes, masks, valid, normal, labels, sigma):
+def report(name, cell, boxes, masks, valid, normal, labels, sigma, split="val"):
     maps = from_grid(cell, boxes, S, sigma).numpy()
     v, m = valid.astype(bool), masks > 0
     sc = np.array([maps[i][v[i]].max() for i in range(len(maps))])
@@ -119,7 +156,7 @@ def report(name, cell, boxes, masks, valid, normal, labels, sigma):
         if not (m[i] & band).any():
             edge.append(band.flat[am])
     allhit = np.concatenate([np.array(h) for h in hit.values()])
-    print(json.dumps({"split": "val", "variant": name, "image_auroc": round(roc_auc_score(~normal, sc), 4),
+    print(json.dumps({"split": split, "variant": name, "image_auroc": round(roc_auc_score(~normal, sc), 4),
                       "pixel_auroc": round(roc_auc_score(m[v], maps[v]), 4),
                       "max_in_mask": round(float(allhit.mean()), 3),
                       "mim_per_type": {k: round(float(np.mean(h)), 3) for k, h in hit.items()},
@@ -131,14 +168,18 @@ def main():
     val, fitidx = np.sort(perm[: len(perm) // 5]), np.sort(perm[len(perm) // 5:])
     btr = d["btr"]
     xa, ma = synth_val(d["xtr"][val], [tuple(btr[i]) for i in val], d["vtr"][val])
-    xv = np.concatenate([d["xtr"][val], xa])
-    bv = np.concatenate([btr[val], btr[val]])
+    xe, me = synth_edge(d["xtr"][val], [tuple(btr[i]) for i in val], d["vtr"][val])
     n = len(val)
-    masks = np.concatenate([np.zeros_like(ma), ma])
+    # scored together: normals, the third round's anomalies, the edge / crack anomalies
+    xv = np.concatenate([d["xtr"][val], xa, xe])
+    bv = np.concatenate([btr[val]] * 3)
+    boxes = [tuple(b) for b in btr[val]] * 2
     valid = np.concatenate([d["vtr"][val]] * 2)
     normal = np.r_[np.ones(n, bool), np.zeros(n, bool)]
-    labels = np.array(["good"] * n + ["draem", "scar"] * (n // 2) + ["draem"] * (n % 2))
-    boxes = [tuple(b) for b in bv]
+    sets = {"val": (np.concatenate([np.zeros_like(ma), ma]), np.array(["good"] * n + ["draem", "scar"] * (n // 2)
+                                                                      + ["draem"] * (n % 2)), slice(n, 2 * n)),
+            "val_edge": (np.concatenate([np.zeros_like(me), me]), np.array(["good"] * n + ["crack", "chip"] * (n // 2)
+                                                                           + ["crack"] * (n % 2)), slice(2 * n, 3 * n))}
     z = {}
     for stride, g in ((2, 64), (1, 128)):
         held, dv = fit_and_score(d["xtr"][fitidx], btr[fitidx], xv, bv, stride, g)
@@ -151,11 +192,14 @@ def main():
         zmax = zz / zmax_held.clamp_min(float(zmax_held.median()))
         for name, cell in ((f"z_g{g}", zz), (f"zq_g{g}", zq), (f"zmax_g{g}", zmax)):
             for sig, suffix in ((2.0, ""), (4.0, "_s4")):
-                report(name + suffix, cell, boxes, masks, valid, normal, labels, sig)
+                for split, (masks, labels, sl) in sets.items():
+                    c = torch.cat([cell[:n], cell[sl]])
+                    report(name + suffix, c, boxes, masks, valid, normal, labels, sig, split)
         del held, dv
     ms = (up(z[64], 128) + z[128]) / 2
     for sig, suffix in ((2.0, ""), (4.0, "_s4")):
-        report("ms" + suffix, ms, boxes, masks, valid, normal, labels, sig)
+        for split, (masks, labels, sl) in sets.items():
+            report("ms" + suffix, torch.cat([ms[:n], ms[sl]]), boxes, masks, valid, normal, labels, sig, split)
 
 
 if __name__ == "__main__":

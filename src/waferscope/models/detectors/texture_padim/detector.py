@@ -209,8 +209,10 @@ class TexturePaDiMDetector(Detector):
         return self
 
     def _gaussians(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-cell mean (G·G, C) and regularised precision (G·G, C, C) of (N, C, G, G) features
-        (already standardised; for the experiment scripts, which hold their features)."""
+        """Return per-cell mean (G·G, C) and regularised precision (G·G, C, C) of (N, C, G, G) features.
+
+        Features already standardised; for the experiment scripts, which hold their features.
+        """
         m = CellMoments(CellMoments.shift_from(feats[:1]))
         m.add(feats)
         c = feats.shape[1]

@@ -61,9 +61,11 @@ class CellMoments:
         self.n += b
 
     def __add__(self, other: "CellMoments") -> "CellMoments":
+        """Return the moments of both sample sets (same shift)."""
         return self._combine(other, 1.0)
 
     def __sub__(self, other: "CellMoments") -> "CellMoments":
+        """Return the moments of this set without ``other``'s samples (a subset of it, same shift)."""
         return self._combine(other, -1.0)
 
     def _combine(self, other: "CellMoments", sign: float) -> "CellMoments":
@@ -87,10 +89,9 @@ class CellMoments:
 
     def gaussians(self, channel_mean: torch.Tensor, channel_scale: torch.Tensor,
                   shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-cell mean (G·G, C) and regularised precision (G·G, C, C), float32, of the features
-        standardised by ``channel_mean`` / ``channel_scale``.
+        """Return per-cell mean (G·G, C) and regularised precision (G·G, C, C), float32.
 
-        Covariance unbiased (n − 1); ridge ``shrinkage · mean(diag cov) · I`` per cell, as PaDiM's.
+        Of the features standardised by ``channel_mean`` / ``channel_scale``. Covariance unbiased (n − 1); ridge ``shrinkage · mean(diag cov) · I`` per cell, as PaDiM's.
         """
         if self.n < 2:
             raise ValueError("a covariance needs at least 2 samples")
