@@ -214,3 +214,62 @@ def test_texture_padim_large_sigmas_find_bands_and_reload(tmp_path):
     np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, rtol=1e-5)
     with pytest.raises(ConfigError, match="large_sigmas"):
         registry.create("texture_padim", "detector", large_sigmas=(0.0,), progress=False).fit(train)
+
+
+def _padim_reference(feats, shrinkage, folds):
+    """The in-memory PaDiM fit the streaming one replaces: all features at once, float64 per cell."""
+    cm, cs = feats.mean((0, 2, 3)), feats.std((0, 2, 3)).clamp_min(1e-6)
+    z = (feats - cm[None, :, None, None]) / cs[None, :, None, None]
+    n, c, g, _ = z.shape
+
+    def gaussians(zz):
+        x = zz.double().permute(2, 3, 0, 1).reshape(g * g, len(zz), c)
+        mean = x.mean(1)
+        d = x - mean[:, None]
+        cov = d.transpose(1, 2) @ d / (len(zz) - 1)
+        ridge = shrinkage * cov.diagonal(dim1=1, dim2=2).mean(1)
+        return mean.float(), torch.linalg.inv(cov + ridge[:, None, None] * torch.eye(c, dtype=cov.dtype)).float()
+
+    from waferscope.models.detectors.texture_padim.anomaly_map import mahalanobis_maps
+
+    held = torch.empty(n, g, g)
+    for fold in folds:
+        rest = np.setdiff1d(np.arange(n), fold)
+        held[fold] = mahalanobis_maps(z[fold], *gaussians(z[rest])).sqrt()
+    return cm, cs, *gaussians(z), held.mean(0), held.std(0)
+
+
+def test_texture_padim_streaming_fit_equals_the_in_memory_fit():
+    """fit accumulates per-cell moments batch by batch (batches of 5 cut across the 3 calibration
+    folds): the same channel statistics, Gaussians and calibration as the in-memory fit, to float
+    tolerance; scores do not depend on the batch size."""
+    train, test = _image_sets()
+    kw = dict(input_size=32, sigmas=(1.0, 2.0), stride=2, grid=4, calibration_folds=3, progress=False)
+    det = registry.create("texture_padim", "detector", predict_batch_size=5, **kw).fit(train)
+    feats = torch.cat([f for *_, f in det._batches(train, "")])
+    folds = np.array_split(np.random.default_rng(0).permutation(len(train)), 3)
+    ref = _padim_reference(feats, 0.01, folds)
+    got = (det.channel_mean_, det.channel_scale_, det.mean_, det.precision_, det.cell_loc_, det.cell_scale_)
+    for name, a, b in zip(["channel_mean", "channel_scale", "mean", "precision", "cell_loc", "cell_scale"], got, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4 * float(b.abs().max()), err_msg=name)
+    one_batch = registry.create("texture_padim", "detector", predict_batch_size=64, **kw).fit(train)
+    np.testing.assert_allclose(one_batch.score(test).scores, det.score(test).scores, rtol=1e-4)
+
+
+def test_cell_moments_stay_exact_far_from_zero():
+    """The sums are shifted: features with a mean 10⁹ times their spread keep their covariance (plain
+    Σxxᵀ − ΣxΣxᵀ/n would lose it all to float64 rounding)."""
+    from waferscope.models.detectors.texture_padim.gaussians import CellMoments
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(1e9, 1.0, (40, 3, 2, 2)))
+    m = CellMoments(CellMoments.shift_from(x[:7]))
+    for part in torch.split(x, 7):
+        m.add(part)
+    mean, prec = m.gaussians(torch.zeros(3), torch.ones(3), 1e-9)
+    xs = x.double().permute(2, 3, 0, 1).reshape(4, 40, 3)
+    d = xs - xs.mean(1, keepdim=True)
+    cov = d.transpose(1, 2) @ d / 39
+    np.testing.assert_allclose(torch.linalg.inv(prec.double()).numpy(), cov.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(mean.double().numpy(), xs.mean(1).numpy(), rtol=1e-6)
+    ch_mean, ch_std = m.channel_stats()
+    np.testing.assert_allclose(ch_std.numpy(), x.double().std((0, 2, 3)).numpy(), rtol=1e-4)

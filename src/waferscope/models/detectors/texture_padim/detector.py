@@ -32,6 +32,7 @@ from waferscope.models.detectors.common import (batch_slices, canvas_maps_to_inp
 from waferscope.models.detectors.texture_knn.torch_model import FilterBank
 from waferscope.models.detectors.texture_padim.anomaly_map import from_grid, mahalanobis_maps, to_grid
 from waferscope.models.detectors.texture_padim.features import LARGE_FINE_SIGMAS, large_scale_channels
+from waferscope.models.detectors.texture_padim.gaussians import CellMoments
 from waferscope.registry import register
 
 
@@ -44,10 +45,12 @@ class TexturePaDiMDetector(Detector):
     input_size, sigmas, energy_window, stride
         Canvas size (longer side, aspect kept) and the filter bank (see ``texture_knn``).
     grid
-        The lattice of relative positions (grid × grid Gaussians). Stride 2 / grid 64 (one cell per
-        2 canvas px) replaced stride 4 / grid 32: small defects (hairline cracks, edge chips) get
-        cells of their own size (chosen on a validation split of training normals plus synthetic
-        anomalies, docs/detection.md "Third round").
+        The lattice of relative positions (grid × grid Gaussians). Stride 1 / grid 128 (one Gaussian
+        per canvas pixel) replaced stride 2 / grid 64, which had replaced stride 4 / grid 32: small
+        defects (hairline cracks, edge chips) get cells of their own size (chosen on a validation
+        split of training normals plus synthetic anomalies, docs/detection.md "Third round"; adopted
+        in the fourth round once the streaming fit made its memory independent of the number of
+        images: ~1.7 GB peak at fit on 666 tiles, an 87 MB run).
     large_sigmas
         Coarse σ (canvas px) of extra large-scale channels: brightness and log texture energy
         smoothed at each σ, relative to the image's own level (:mod:`.features`), for defects that
@@ -65,7 +68,8 @@ class TexturePaDiMDetector(Detector):
     smoothing_sigma
         Map smoothing, px per 256 px of canvas.
     predict_batch_size
-        Samples per forward pass when scoring (speed and memory only, not results).
+        Images per batch when fitting and scoring (speed and memory only, not results beyond float
+        rounding): features are computed and consumed one batch at a time.
     progress
         Progress bars on stderr.
 
@@ -102,7 +106,7 @@ class TexturePaDiMDetector(Detector):
         "grid": [Interval(int, 1)], "shrinkage": [Interval(float, 0)], "calibration_folds": [Interval(int, 0)]}
 
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
-                 stride: int = 2, grid: int = 64, shrinkage: float = 0.01, large_sigmas: Sequence[float] = (),
+                 stride: int = 1, grid: int = 128, shrinkage: float = 0.01, large_sigmas: Sequence[float] = (),
                  calibration_folds: int = 5,
                  smoothing_sigma: float = 4.0, predict_batch_size: int = 32, progress: bool = True):
         self.input_size = input_size
@@ -129,64 +133,90 @@ class TexturePaDiMDetector(Detector):
         if int(self.calibration_folds) == 1 or int(self.calibration_folds) < 0:
             raise ConfigError(f"calibration_folds must be 0 (off) or ≥ 2, got {self.calibration_folds}")
 
-    def _grid_features(self, dataset, desc: str):
-        canvas = image_canvas(dataset, int(self.input_size), "image")
+    def _batches(self, dataset, desc: str, index=None):
+        """Yield (indices, sub-dataset, canvas, (B, C, grid, grid) features) batch by batch.
+
+        Over ``index`` (positions in ``dataset``; all by default). One batch of canvases and
+        features is alive at a time, so neither fit nor score holds the whole set's features.
+        """
         bank = FilterBank(self.sigmas, int(self.energy_window), int(self.stride)).eval()
-        out = []
-        slices = list(batch_slices(len(canvas.x), int(self.predict_batch_size)))
-        with torch.inference_mode():
-            for sl in progress(slices, desc=desc, enabled=bool(self.progress) and len(slices) > 4):
-                x, boxes = torch.from_numpy(canvas.x[sl]), canvas.boxes[sl]
-                f = to_grid(bank(x), boxes, int(self.stride), int(self.grid))
-                if list(self.large_sigmas):
-                    large = large_scale_channels(x, boxes, LARGE_FINE_SIGMAS, [float(s) for s in self.large_sigmas])
-                    f = torch.cat([f, to_grid(large, boxes, 1, int(self.grid))], 1)
-                out.append(f)
-        return canvas, (torch.cat(out) if out else None)
+        index = np.arange(len(dataset)) if index is None else np.asarray(index)
+        slices = list(batch_slices(len(index), int(self.predict_batch_size)))
+        for sl in progress(slices, desc=desc, enabled=bool(self.progress) and len(slices) > 4):
+            idx = index[sl]
+            part = dataset.subset(idx)
+            canvas = image_canvas(part, int(self.input_size), "image")
+            x, boxes = torch.from_numpy(canvas.x), canvas.boxes
+            f = to_grid(bank(x), boxes, int(self.stride), int(self.grid))
+            if list(self.large_sigmas):
+                large = large_scale_channels(x, boxes, LARGE_FINE_SIGMAS, [float(s) for s in self.large_sigmas])
+                f = torch.cat([f, to_grid(large, boxes, 1, int(self.grid))], 1)
+            yield idx, part, canvas, f
 
     def fit(self, dataset, **kwargs) -> "TexturePaDiMDetector":
-        """Fit the per-cell Gaussians on the normal images; return ``self``."""
+        """Fit the per-cell Gaussians on the normal images; return ``self``.
+
+        Streaming: per-cell moments are accumulated batch by batch (:class:`.gaussians.CellMoments`),
+        so memory does not grow with the number of images; the calibration takes a second pass of
+        feature extraction (each fold's images scored by the Gaussians of the other folds).
+        """
         self._check()
         normals = training_normals(dataset)
-        if len(normals) < 2:
-            raise DataError(f"texture_padim needs at least 2 normal images for a covariance, got {len(normals)}",
-                            dataset.name)
-        _, feats = self._grid_features(normals, "texture_padim fit")
-        # channels standardised over all cells first: the filter responses differ in scale by orders
-        # of magnitude, and the ridge below is relative to the mean variance
-        self.channel_mean_ = feats.mean((0, 2, 3))
-        self.channel_scale_ = feats.std((0, 2, 3)).clamp_min(1e-6)
-        feats = self._standardise(feats)
-        self.mean_, self.precision_ = self._gaussians(feats)
-        k = min(int(self.calibration_folds), len(normals) // 3)  # each fit needs ≥ 2 images
-        if k >= 2:
-            rng = np.random.default_rng(0)
-            held = torch.empty(len(feats), *feats.shape[2:])
-            for fold in np.array_split(rng.permutation(len(feats)), k):
-                rest = np.setdiff1d(np.arange(len(feats)), fold)
-                held[fold] = mahalanobis_maps(feats[fold], *self._gaussians(feats[rest])).sqrt()
-            self.cell_loc_, self.cell_scale_ = held.mean(0), held.std(0).clamp_min(1e-6)
-        else:
-            self.cell_loc_, self.cell_scale_ = torch.zeros(feats.shape[2:]), torch.ones(feats.shape[2:])
-        self.n_train_ = len(normals)
+        n = len(normals)
+        if n < 2:
+            raise DataError(f"texture_padim needs at least 2 normal images for a covariance, got {n}", dataset.name)
+        k = min(int(self.calibration_folds), n // 3)  # each fit needs ≥ 2 images
+        folds = np.array_split(np.random.default_rng(0).permutation(n), k) if k >= 2 else [np.arange(n)]
+        fold_of = np.empty(n, np.int64)
+        for j, fold in enumerate(folds):
+            fold_of[fold] = j
+        with torch.no_grad():
+            moments: list[CellMoments] = []
+            for idx, _, _, f in self._batches(normals, "texture_padim fit"):
+                if not moments:  # the first batch's per-cell mean: the shift of every fold's sums
+                    moments = [CellMoments(CellMoments.shift_from(f)) for _ in folds]
+                for j in np.unique(fold_of[idx]):
+                    moments[j].add(f[torch.from_numpy(fold_of[idx] == j)])
+            total = moments[0]
+            for m in moments[1:]:
+                total = total + m
+            # channels standardised over all cells first: the filter responses differ in scale by
+            # orders of magnitude, and the ridge is relative to the mean variance
+            self.channel_mean_, scale = total.channel_stats()
+            self.channel_scale_ = scale.clamp_min(1e-6)
+            self.mean_, self.precision_ = total.gaussians(self.channel_mean_, self.channel_scale_,
+                                                          float(self.shrinkage))
+            g = int(self.grid)
+            if k >= 2:
+                s1 = torch.zeros(g, g, dtype=torch.float64)
+                s2 = torch.zeros(g, g, dtype=torch.float64)
+                for j, fold in enumerate(folds):
+                    held_out = (total - moments[j]).gaussians(self.channel_mean_, self.channel_scale_,
+                                                              float(self.shrinkage))
+                    moments[j] = None  # type: ignore[call-overload]  # its memory back before the next fold
+                    for _, _, _, f in self._batches(normals, f"texture_padim calibration {j + 1}/{k}",
+                                                    np.sort(fold)):
+                        d = mahalanobis_maps(self._standardise(f), *held_out).sqrt().double()
+                        s1 += d.sum(0)
+                        s2 += (d * d).sum(0)
+                loc = s1 / n
+                var = ((s2 - n * loc * loc) / (n - 1)).clamp_min(0)
+                self.cell_loc_, self.cell_scale_ = loc.float(), var.sqrt().float().clamp_min(1e-6)
+            else:
+                self.cell_loc_, self.cell_scale_ = torch.zeros(g, g), torch.ones(g, g)
+        self.n_train_ = n
         self.input_kind_ = normals.kind  # `detect score` refuses the other kind (cli/detect._check_kind)
         return self
 
     def _gaussians(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-cell mean (G·G, C) and regularised precision (G·G, C, C) of (N, C, G, G) features."""
-        means, precisions = [], []
-        # a few grid rows at a time, so the float64 copies below stay within ~64 MB whatever the grid
-        rows = max(1, int(64e6 // (8 * len(feats) * feats.shape[1] * feats.shape[3])))
-        for r in range(0, feats.shape[2], rows):
-            x = feats[:, :, r:r + rows].double().permute(2, 3, 0, 1).reshape(-1, len(feats), feats.shape[1])
-            mean = x.mean(1)  # (cells, C) of x: (cells, N, C)
-            d = x - mean[:, None]
-            cov = d.transpose(1, 2) @ d / (len(feats) - 1)
-            ridge = float(self.shrinkage) * cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-8)
-            cov = cov + ridge[:, None, None] * torch.eye(cov.shape[-1], dtype=cov.dtype)
-            means.append(mean.float())
-            precisions.append(torch.linalg.inv(cov).float())
-        return torch.cat(means), torch.cat(precisions)
+        """Return per-cell mean (G·G, C) and regularised precision (G·G, C, C) of (N, C, G, G) features.
+
+        Features already standardised; for the experiment scripts, which hold their features.
+        """
+        m = CellMoments(CellMoments.shift_from(feats[:1]))
+        m.add(feats)
+        c = feats.shape[1]
+        return m.gaussians(torch.zeros(c), torch.ones(c), float(self.shrinkage))
 
     def _standardise(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats - self.channel_mean_[None, :, None, None]) / self.channel_scale_[None, :, None, None]
@@ -196,13 +226,17 @@ class TexturePaDiMDetector(Detector):
         self._check_fitted()
         if len(dataset) == 0:
             return DetectionResult(scores=np.zeros(0), maps=[])
-        canvas, feats = self._grid_features(dataset, "score texture_padim")
         size = int(self.input_size)
-        cell = mahalanobis_maps(self._standardise(feats), self.mean_, self.precision_).sqrt()
-        cell = (cell - self.cell_loc_) / self.cell_scale_
-        maps = from_grid(cell, canvas.boxes, size, float(self.smoothing_sigma) * size / 256.0)
-        scores = masked_max(maps, canvas.valid)
-        return DetectionResult(scores=scores, maps=canvas_maps_to_input(maps, canvas, dataset))
+        sigma = float(self.smoothing_sigma) * size / 256.0
+        scores, maps = [], []
+        with torch.no_grad():  # batch by batch: memory bounded by predict_batch_size, not by the set
+            for _, part, canvas, f in self._batches(dataset, "score texture_padim"):
+                cell = mahalanobis_maps(self._standardise(f), self.mean_, self.precision_).sqrt()
+                cell = (cell - self.cell_loc_) / self.cell_scale_
+                m = from_grid(cell, canvas.boxes, size, sigma)
+                scores.append(masked_max(m, canvas.valid))
+                maps += canvas_maps_to_input(m, canvas, part)
+        return DetectionResult(scores=np.concatenate(scores), maps=maps)
 
     def _state(self):
         return ({"mean": self.mean_, "precision": self.precision_, "channel_mean": self.channel_mean_,
