@@ -71,7 +71,6 @@ class TexturePaDiMDetector(Detector):
         Images per batch when fitting and scoring (speed and memory only, not results beyond float
         rounding): features are computed and consumed one batch at a time.
     progress
-        Progress bars on stderr.
 
     Attributes
     ----------
@@ -84,18 +83,15 @@ class TexturePaDiMDetector(Detector):
     channel_scale_
         Per-channel standard deviation of those features.
     input_kind_
-        ``"wafer"`` or ``"image"``: the kind of data fitted on (the other kind is refused).
     mean_
         Per-cell mean of the standardised features (grid × grid Gaussians).
     n_train_
-        Number of normal training samples.
     precision_
         Per-cell precision matrix (the Mahalanobis metric).
     threshold_
         Decision threshold: a score >= ``threshold_`` is anomalous
         (:meth:`~waferscope.base.Detector.calibrate`).
     threshold_info_
-        How ``threshold_`` was learned (the rule and its figures).
     """
 
     _tags = {"input_kinds": ("wafer", "image")}
