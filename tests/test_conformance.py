@@ -512,6 +512,21 @@ def test_temperature_where_declared(name, kind, fitted, data, tmp_path):
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("name,kind", [p for p in models("wafer_features") if p.values[1] == "classifier"
+                                         and tag(p.values[0], "wafer_features")])
+def test_wafer_features_where_declared(name, kind, fitted, data):
+    """A model that offers its wafer features: predict_proba is exactly its features → probabilities."""
+    from waferscope.features.handcrafted import extract_features
+
+    _, est, _, _ = fitted(name, kind)
+    test = data["test"]
+    feat = est.features(test)
+    np.testing.assert_array_equal(est.proba_from_features(feat), est.predict_proba(test))
+    feature_set, orient = est.feature_view()
+    # the view names them: anyone computing that view gets the same rows
+    np.testing.assert_array_equal(extract_features(test.maps, n_jobs=1, feature_set=feature_set, orient=orient), feat)
+
+
 # ---- detectors own their decision ----------------------------------------------------------------
 DETECTORS = [p for p in models("threshold") if p.values[1] == "detector"]
 

@@ -315,3 +315,61 @@ def test_crossfit_calibrates_on_out_of_fold_wafers(lots):
     assert score[donut].mean() > score[~donut].mean() + 0.1
     with pytest.raises(ConfigError, match="learnt classes"):
         crossfit_open_set(fit, known, list(final.classes_)[::-1], n_splits=3, n_jobs=1)
+
+
+def test_scorer_reads_the_canonical_view_and_reuses_the_classifiers_features(lots, tmp_path, monkeypatch):
+    """The scorer's wafer features are those of each map's canonical view, the ones gbm computes: with
+    gbm they are computed once (gbm's serve both), the answer is the same as computing them twice,
+    and a turned/flipped wafer gets the same score. A classifier on another view: the scorer computes
+    its own. The view is saved with the scorer; a format-1 scorer reads the maps as given."""
+    from waferscope import registry
+    from waferscope.errors import DataError
+    from waferscope.features.handcrafted import extract_features
+    from waferscope.search import discover
+    from waferscope.search.discover import OPEN_SET_JSON, load_open_set, save_open_set, train_with_open_set
+
+    known = lots.subset(lots.labels != "Donut")
+    clf, model = train_with_open_set(registry.get("gbm", "classifier")(max_iter=10, n_jobs=1, progress=False), known,
+                                     abstain_rate=0.1, n_jobs=1)
+    assert model.orient == "canonical" and clf.feature_view() == model.feature_view() == ("extended", "canonical")
+    test = lots.subset(np.arange(0, len(lots), 3))
+    np.testing.assert_array_equal(model.features(test.maps, n_jobs=1), clf.features(test))
+    proba = clf.predict_proba(test)
+    twice = model.abstain(test, proba)
+    calls = []
+    monkeypatch.setattr(discover, "open_set_features", lambda *a, **k: calls.append(1) or extract_features(
+        *a, feature_set="extended", **k))
+    own, score, names = model.classify(clf, test)
+    assert not calls, "the scorer extracted the features gbm had just computed"
+    np.testing.assert_array_equal(own, proba)
+    np.testing.assert_array_equal(score, twice[0])
+    np.testing.assert_array_equal(names, twice[1])
+    # every rotation/flip of the wafers: the same scores (canonical view, and gbm's call is invariant too)
+    turned = WaferDataset.from_maps([np.rot90(m, 1 + i % 3) if i % 2 else m[:, ::-1] for i, m in enumerate(test.maps)])
+    np.testing.assert_allclose(model.classify(clf, turned)[1], score, atol=1e-12)
+    # a classifier reading the maps as given: the scorer computes its own (canonical) features, same answer
+    plain = registry.get("gbm", "classifier")(max_iter=10, n_jobs=1, progress=False, orient="none").fit(known)
+    p2, s2, _ = model.classify(plain, test)
+    assert calls and np.allclose(p2, plain.predict_proba(test))
+    np.testing.assert_array_equal(s2, model.abstain(test, p2)[0])
+    with pytest.raises(ConfigError, match="features per wafer"):
+        model.abstain(test, proba, features=np.zeros((len(test), 7)))
+    # saved: the view travels; a format-1 scorer (before the view was recorded) reads the maps as given
+    save_open_set(model, tmp_path)
+    again = load_open_set(tmp_path, clf.classes_)
+    assert again.orient == "canonical"
+    np.testing.assert_array_equal(again.classify(clf, test)[1], score)
+    doc = json.loads((tmp_path / OPEN_SET_JSON).read_text())
+    assert doc["waferscope_open_set_format"] == 2 and doc["orient"] == "canonical"
+    old = {k: v for k, v in doc.items() if k != "orient"} | {"waferscope_open_set_format": 1}
+    (tmp_path / OPEN_SET_JSON).write_text(json.dumps(old))
+    legacy = load_open_set(tmp_path, clf.classes_)
+    assert legacy.orient == "none"
+    np.testing.assert_array_equal(legacy.features(test.maps, n_jobs=1),
+                                  extract_features(test.maps, n_jobs=1, feature_set="extended"))
+    (tmp_path / OPEN_SET_JSON).write_text(json.dumps(doc | {"orient": "sideways"}))
+    with pytest.raises(DataError, match="orient"):
+        load_open_set(tmp_path)
+    (tmp_path / OPEN_SET_JSON).write_text(json.dumps(doc | {"waferscope_open_set_format": 3}))
+    with pytest.raises(DataError, match="format"):
+        load_open_set(tmp_path)

@@ -164,6 +164,9 @@ class Tags:
     onnx: bool = False  # waferscope.export.export_onnx writes a graph that reproduces the model
     gradcam: bool = False  # waferscope.explain.explain gives Grad-CAM heat maps (a network_ and to_tensor)
     temperature: bool = False  # set_temperature(t) stores a calibration temperature in the run
+    # predict_proba(ds) == proba_from_features(features(ds)), with feature_view() naming the rows'
+    # (feature set, orientation): a caller that needs the same wafer features reuses them
+    wafer_features: bool = False
 
 
 class Estimator:

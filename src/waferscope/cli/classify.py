@@ -256,8 +256,10 @@ def predict(
     dataset = load_data(data, pass_bins, retest, columns, max_dies)
     if len(dataset) == 0:
         raise DataError("no maps to classify", ", ".join(data))
-    proba = clf.predict_proba(dataset)
-    own = proba  # the model's own probabilities: what an open-set scorer was calibrated on
+    if open_set is None:
+        proba = clf.predict_proba(dataset)
+    else:  # the scorer reads the model's own probabilities (what it was calibrated on), before any prior
+        proba, score, names = open_set.classify(clf, dataset)
     if shift is not None:
         proba, used_prior = shift.apply(proba)
         report_prior(shift, prior, clf.classes_, used_prior, len(dataset))
@@ -267,7 +269,6 @@ def predict(
     if open_set is not None:
         from waferscope.search.open_set import UNKNOWN
 
-        score, names = open_set.abstain(dataset, own)
         pred[names == UNKNOWN] = UNKNOWN
         extra_head, extra = ["open_set_score"], [[f"{s:.4f}"] for s in score]
     buf = io.StringIO()

@@ -6,7 +6,8 @@ on what remains, so ``c`` is a pattern nobody has named yet. The archive's known
 again by lot into a training part (80 %) and a calibration part (20 %):
 
 - classifier: gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``, 100 rounds)
-  on the 120 ``extended`` wafer features of the training part (a stand-in for the bundled ``gbm``,
+  on the 120 ``extended`` wafer features (of each map's canonical view, as the bundled ``gbm`` and the
+  scorer compute them) of the training part (a stand-in for the bundled ``gbm``,
   which cannot be retrained per fold here in reasonable time);
 - embedding: the search ``metric`` head fitted on the training part's labels;
 - :class:`~waferscope.search.open_set.OpenSetScorer` calibrated on the calibration part
@@ -42,7 +43,8 @@ def open_set_folds(dataset, n_splits: int = 5, seed: int = 0, abstain_rate: floa
                    min_samples: int | None = None, selection: str | None = None) -> pd.DataFrame:
     """One row per (fold, hidden class); see the module docstring.
 
-    ``features``: precomputed ``extended`` features of ``dataset.labelled()`` (else computed here).
+    ``features``: precomputed open-set features of ``dataset.labelled()``
+    (:func:`~waferscope.search.discover.open_set_features`: ``extended``, canonical view; else computed here).
     ``parts``: the scorer's parts (default :data:`~waferscope.search.open_set.DEFAULT_PARTS`);
     HDBSCAN's ``min_cluster_size``, ``min_samples``, ``selection``: None takes
     :mod:`waferscope.search.open_set`'s measured defaults.
@@ -50,8 +52,7 @@ def open_set_folds(dataset, n_splits: int = 5, seed: int = 0, abstain_rate: floa
     from sklearn.metrics import f1_score, roc_auc_score
 
     from waferscope.data.preprocess import grouped_stratified_kfold
-    from waferscope.features.handcrafted import extract_features
-    from waferscope.search.discover import fit_open_set
+    from waferscope.search.discover import fit_open_set, open_set_features
     from waferscope.search.open_set import best_cluster, discover_clusters
 
     ds = dataset.labelled()
@@ -61,8 +62,7 @@ def open_set_folds(dataset, n_splits: int = 5, seed: int = 0, abstain_rate: floa
     if (lots == "").all():
         raise DataError("open-set folds are grouped by lot; this data set has no lot names", dataset.name)
     labels = ds.labels.astype(str)
-    feat = extract_features(ds.maps, n_jobs=n_jobs, progress=progress, feature_set="extended") \
-        if features is None else np.asarray(features)
+    feat = open_set_features(ds.maps, n_jobs=n_jobs, progress=progress) if features is None else np.asarray(features)
     hidden = tuple(hidden) if hidden else tuple(c for c in np.unique(labels) if c != NONE_CLASS)
     tasks = []
     for fold, (arch, qry) in enumerate(grouped_stratified_kfold(labels, lots, n_splits=n_splits, seed=seed)):

@@ -255,21 +255,33 @@ def _chunk(maps: Sequence[np.ndarray], feature_set: str = "wm811k") -> np.ndarra
 
 
 def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: bool = False,
-                     chunk_size: int = 256, feature_set: str = "wm811k") -> np.ndarray:
+                     chunk_size: int = 256, feature_set: str = "wm811k", orient: str = "none") -> np.ndarray:
     """(N, F) float64 features (F = 59 for ``"wm811k"``, 120 for ``"extended"``, 61 for ``"pattern"``).
 
     Chunks of maps go to ``n_jobs`` worker processes (joblib) for large sets.
 
     Below a few hundred maps the start-up of workers is not worth it and the work stays in this
     process (``extended``, compiled, runs ~0.1 ms a map, in threads).
+
+    ``orient``: ``"none"`` (each map as given) or ``"canonical"`` (each map first cropped to its dies
+    and turned into its canonical rotation/flip, :func:`waferscope.data.preprocess.canonical_map`: the
+    same numbers for every rotation/flip and margin). The ``grid`` features orient themselves, so it
+    does not apply to them. The one place the view is applied, so the features of a model that reads
+    the canonical view (``gbm``) and of anything reusing them (the open-set scorer) are the same.
     """
     from functools import partial
 
     from waferscope.data.dataset import validate_wafer_maps
+    from waferscope.data.preprocess import ORIENT, canonical_map
+    from waferscope.errors import ConfigError
 
+    if orient not in ORIENT:
+        raise ConfigError(f"orient must be one of {', '.join(ORIENT)}, got {orient!r}")
     maps = list(maps)
     feature_names(feature_set)  # reject an unknown set before any work
     validate_wafer_maps(maps)  # die states 0/1/2 only: a clear DataError, not a failure deep in skimage
+    if orient == "canonical" and feature_set != "grid":  # after the check: the view casts to uint8
+        maps = [canonical_map(m) for m in maps]
     chunk_size = max(chunk_size, MIN_CHUNK.get(feature_set, 0))
     return np.concatenate(map_chunks(partial(_chunk, feature_set=feature_set), maps, n_jobs, progress, chunk_size,
                                      threads=feature_set in THREADED))

@@ -114,15 +114,16 @@ def _result_table(model, ds, shift=None, threshold: float | None = None, map_dir
     if "wafer_index" in ds.meta:
         cols["wafer_index"] = pa.array(pd.to_numeric(ds.meta["wafer_index"], errors="coerce").to_numpy(np.float64))
     if model.kind == "classifier":
-        proba = model.predict_proba(ds)
-        own = proba  # what an open-set scorer was calibrated on (before any prior shift)
+        if open_set is None:
+            proba = model.predict_proba(ds)
+        else:  # on the model's own probabilities, before any prior shift; one task per core: no inner threads
+            proba, score, names = open_set.classify(model, ds, n_jobs=1)
         if shift is not None:  # a fixed target mix: per row, so per partition = over the whole archive
             proba = shift.apply(proba)[0]
         cols.update(_class_columns(model.classes_, proba))
         if open_set is not None:
             from waferscope.search.open_set import UNKNOWN
 
-            score, names = open_set.abstain(ds, own, n_jobs=1)  # one task per worker core: no inner threads
             cols["predicted"] = pa.array(np.where(names == UNKNOWN, UNKNOWN, cols["predicted"].to_numpy(False)))
             cols["open_set_score"] = pa.array(np.asarray(score, dtype=np.float64))
         return pa.table(cols)

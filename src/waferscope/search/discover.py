@@ -24,7 +24,16 @@ from waferscope.utils import atomic_path
 
 OPEN_SET_JSON = "open_set.json"  # beside a classifier run's model.json: the abstention travels with the model
 OPEN_SET_ARRAYS = "open_set.safetensors"
-OPEN_SET_FORMAT = 1
+# 2 (2026-12-06): the scorer's features are computed on a named view of each map (``orient`` in the JSON;
+# "canonical", the view the bundled gbm reads, for every scorer fitted since). Format 1 files were
+# fitted on the maps as given and still load as such; a waferscope that knows only format 1 refuses a
+# format 2 file rather than feed it the wrong view.
+OPEN_SET_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+# the view of each map the scorer's wafer features are computed on: the canonical rotation/flip, as
+# the default classifier gbm computes them, so that the scorer reuses gbm's features instead of
+# extracting them a second time (OpenSetModel.classify)
+FEATURE_ORIENT = "canonical"
 DISCOVERED_MAPS = "wafers.parquet"  # in a `discover` folder: the abstained wafers, row for row with wafers.csv
 
 
@@ -34,17 +43,28 @@ class OpenSetModel:
 
     The ``metric`` embedding (and its feature standardisation), the fitted
     :class:`~waferscope.search.open_set.OpenSetScorer`, the classifier whose probabilities it reads
-    (a per-fold stand-in, or None when bound to a saved classifier run that supplies them), and the
-    bundled detector's name when the scorer uses the ``detector`` part.
+    (a per-fold stand-in, or None when bound to a saved classifier run that supplies them), the
+    bundled detector's name when the scorer uses the ``detector`` part, and the view of each map its
+    ``extended`` wafer features are computed on (``orient``: ``"canonical"``, or ``"none"`` for
+    scorers saved before 2026-12-06).
     """
 
     embedding: object  # a fitted MetricEmbedding
     scorer: object  # fitted OpenSetScorer
     classifier: object = None  # sklearn classifier on the raw features, or None (a run's classifier)
     detector: str | None = None
+    orient: str = FEATURE_ORIENT
+
+    def feature_view(self) -> tuple[str, str]:
+        """Return (feature set, orientation) of the wafer features the scorer reads."""
+        return "extended", self.orient
+
+    def features(self, maps, n_jobs: int = -1, progress: bool = False) -> np.ndarray:
+        """Return the wafer features the scorer reads, of ``maps`` (:meth:`feature_view`)."""
+        return open_set_features(maps, n_jobs=n_jobs, progress=progress, orient=self.orient)
 
     def signals(self, feat: np.ndarray, proba: np.ndarray | None = None, maps=None) -> dict:
-        """Return the scorer's inputs for wafers with raw ``extended`` features ``feat``.
+        """Return the scorer's inputs for wafers with raw wafer features ``feat`` (:meth:`features`).
 
         ``proba``: the classifier's probabilities; computed with :attr:`classifier` when not given.
         """
@@ -61,24 +81,49 @@ class OpenSetModel:
         return sig
 
     def score(self, feat: np.ndarray, proba: np.ndarray | None = None, maps=None):
-        """(open-set scores, predictions with ``unknown``, signals) of wafers with raw features ``feat``."""
+        """(open-set scores, predictions with ``unknown``, signals) of wafers with raw features ``feat`` (:meth:`features`)."""
         sig = self.signals(feat, proba, maps)
         score = self.scorer.score(sig)
         return score, self.scorer.predict(sig, score).astype(str), sig
 
-
-    def abstain(self, dataset, proba: np.ndarray, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def abstain(self, dataset, proba: np.ndarray, n_jobs: int = 1,
+                features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return (open-set scores, class names with ``unknown``) of a data set's wafers.
 
         Given the classifier's own probabilities ``proba`` (the ones the scorer was calibrated on).
+        ``features``: the wafers' features in :meth:`feature_view` when already computed (else here).
         """
-        from waferscope.features.handcrafted import extract_features
-
         if dataset.kind != "wafer":
             raise DataError(f"the open-set scorer reads wafer maps; this data set holds {dataset.kind}s", dataset.name)
-        feat = extract_features(dataset.maps, n_jobs=n_jobs, progress=False, feature_set="extended")
-        score, names, _ = self.score(feat, proba, maps=dataset if "detector" in self.scorer.parts else None)
+        if features is None:
+            features = self.features(dataset.maps, n_jobs=n_jobs)
+        elif np.shape(features) != (len(dataset), len(self.embedding.mean_)):
+            raise ConfigError(f"the open-set scorer reads {len(self.embedding.mean_)} features per wafer for "
+                              f"{len(dataset)} wafers; was given an array of shape {np.shape(features)}")
+        score, names, _ = self.score(features, proba, maps=dataset if "detector" in self.scorer.parts else None)
         return score, names
+
+    def classify(self, classifier, dataset, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (the classifier's own probabilities, open-set scores, class names with ``unknown``).
+
+        When the classifier reads the very wafer features the scorer reads (its tags offer
+        ``wafer_features`` and its :meth:`feature_view` is this model's: the bundled ``gbm``), they
+        are computed once and serve both; otherwise each computes what it needs.
+        """
+        if dataset.kind != "wafer":  # before the classifier's work
+            raise DataError(f"the open-set scorer reads wafer maps; this data set holds {dataset.kind}s", dataset.name)
+        from waferscope.base import Estimator
+
+        feat = None
+        # (an ONNX export on the Dask workers is no Estimator: it declares nothing)
+        if (isinstance(classifier, Estimator) and classifier.get_tags().wafer_features
+                and tuple(classifier.feature_view()) == self.feature_view()):
+            feat = classifier.features(dataset)
+            proba = classifier.proba_from_features(feat)
+        else:
+            proba = classifier.predict_proba(dataset)
+        score, names = self.abstain(dataset, proba, n_jobs=n_jobs, features=feat)
+        return proba, score, names
 
 
 def _detector_scores(name: str | None, maps) -> np.ndarray:
@@ -89,6 +134,13 @@ def _detector_scores(name: str | None, maps) -> np.ndarray:
         raise ConfigError("the open-set scorer's detector part needs the wafer maps")
     ds = maps if isinstance(maps, WaferDataset) else WaferDataset.from_maps(list(maps))
     return np.asarray(load_default(name or "pattern_contrast").score(ds).scores, dtype=np.float64)
+
+
+def open_set_features(maps, n_jobs: int = -1, progress: bool = False, orient: str = FEATURE_ORIENT) -> np.ndarray:
+    """Return the ``extended`` wafer features an open-set model reads (on the ``orient`` view of each map)."""
+    from waferscope.features.handcrafted import extract_features
+
+    return extract_features(maps, n_jobs=n_jobs, progress=progress, feature_set="extended", orient=orient)
 
 
 def open_set_split(labels, lots, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +219,6 @@ def train_with_open_set(classifier, dataset, seed: int = 0, abstain_rate: float 
     the classifier's probabilities for the held-out lots. Returns (fitted classifier,
     OpenSetModel).
     """
-    from waferscope.features.handcrafted import extract_features
 
     if dataset.kind != "wafer":  # the scorer reads wafer features; before any training
         raise DataError(f"an open-set scorer reads wafer maps; this data set holds {dataset.kind}s", dataset.name)
@@ -180,7 +231,7 @@ def train_with_open_set(classifier, dataset, seed: int = 0, abstain_rate: float 
     cal = lab[cal_l]
     fit_idx = np.setdiff1d(np.arange(len(dataset)), cal)
     classifier.fit(dataset.subset(fit_idx))
-    feat = extract_features(dataset.subset(lab).maps, n_jobs=n_jobs, progress=progress, feature_set="extended")
+    feat = open_set_features(dataset.subset(lab).maps, n_jobs=n_jobs, progress=progress)
     proba_cal = classifier.predict_proba(dataset.subset(cal))
     model = fit_scorer(feat[tr_l], labels[lab][tr_l], feat[cal_l], proba_cal, classifier.classes_, seed=seed,
                        abstain_rate=abstain_rate)
@@ -204,7 +255,6 @@ def crossfit_open_set(fit_classifier, dataset, classes, extra=None, n_splits: in
     """
     from waferscope.data import WaferDataset
     from waferscope.data.preprocess import grouped_stratified_kfold
-    from waferscope.features.handcrafted import extract_features
     from waferscope.search.embed import MetricEmbedding
     from waferscope.search.open_set import DEFAULT_PARTS, OpenSetScorer
 
@@ -214,7 +264,7 @@ def crossfit_open_set(fit_classifier, dataset, classes, extra=None, n_splits: in
     lots = (dataset.meta["lot"].fillna("").astype(str).to_numpy()[lab] if "lot" in dataset.meta
             else np.full(len(lab), ""))
     groups = np.where(lots == "", np.char.add("wafer-", np.arange(len(lab)).astype(str)), lots)
-    feat = extract_features(dataset.subset(lab).maps, n_jobs=n_jobs, progress=progress, feature_set="extended")
+    feat = open_set_features(dataset.subset(lab).maps, n_jobs=n_jobs, progress=progress)
     cal_parts = np.full((len(lab), len(DEFAULT_PARTS)), np.nan)
     for f, (tr, te) in enumerate(grouped_stratified_kfold(labels, groups, n_splits=n_splits, seed=seed)):
         train = dataset.subset(lab[tr])
@@ -251,7 +301,7 @@ def save_open_set(model: OpenSetModel, run_dir: Path) -> None:
               **{f"embedding.{k}": np.ascontiguousarray(v) for k, v in e_arrays.items()}}
     doc = {"waferscope_open_set_format": OPEN_SET_FORMAT, "waferscope_version": __version__,
            "scorer": s_extras, "embedding": {"name": model.embedding.name, **e_extras},
-           "detector": model.detector, "feature_names": list(feature_names("extended"))}
+           "detector": model.detector, "feature_names": list(feature_names("extended")), "orient": model.orient}
     with atomic_path(run_dir / OPEN_SET_ARRAYS) as tmp:
         save_file(arrays, str(tmp))
     with atomic_path(run_dir / OPEN_SET_JSON) as tmp:
@@ -285,8 +335,15 @@ def load_open_set(run_dir: Path, classes=None) -> OpenSetModel:
         arrays = load_file(str(run_dir / OPEN_SET_ARRAYS))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read the open-set scorer: {exc}", path) from None
-    if not isinstance(doc, dict) or doc.get("waferscope_open_set_format") != OPEN_SET_FORMAT:
-        raise DataError(f"not an open-set scorer of format {OPEN_SET_FORMAT}; retrain the run with --open-set", path)
+    if not isinstance(doc, dict) or doc.get("waferscope_open_set_format") not in READABLE_FORMATS:
+        raise DataError(f"not an open-set scorer of format {' or '.join(map(str, READABLE_FORMATS))}; retrain the run "
+                        "with --open-set", path)
+    # format 1 scorers were fitted on the maps as given
+    orient = doc.get("orient", "none") if doc["waferscope_open_set_format"] >= 2 else "none"
+    from waferscope.data.preprocess import ORIENT
+
+    if orient not in ORIENT:
+        raise DataError(f"damaged open-set scorer: orient {orient!r} is none of {', '.join(ORIENT)}", path)
     if doc.get("feature_names") != list(feature_names("extended")):
         raise ConfigError(f"{path}: the open-set scorer was fitted on another feature set than this waferscope "
                           "computes; retrain the run with --open-set")
@@ -299,7 +356,7 @@ def load_open_set(run_dir: Path, classes=None) -> OpenSetModel:
     if classes is not None and list(scorer.classes_) != [str(c) for c in classes]:
         raise ConfigError(f"{path}: the open-set scorer knows classes {list(scorer.classes_)}, the classifier "
                           f"{[str(c) for c in classes]}; retrain the run with --open-set")
-    return OpenSetModel(emb, scorer, None, doc.get("detector"))
+    return OpenSetModel(emb, scorer, None, doc.get("detector"), orient)
 
 
 def discover(archive, fit_on=None, seed: int = 0, abstain_rate: float = 0.05, min_cluster_size: int | None = None,
@@ -311,19 +368,18 @@ def discover(archive, fit_on=None, seed: int = 0, abstain_rate: float = 0.05, mi
     from ``fit_on`` (default: the archive's own labelled wafers). HDBSCAN settings: ``None`` takes
     the measured defaults of :mod:`waferscope.search.open_set`.
     """
-    from waferscope.features.handcrafted import extract_features
     from waferscope.search import open_set as os_
 
     if archive.kind != "wafer":
         raise DataError(f"discover needs wafer maps; this data set holds {archive.kind}s", archive.name)
-    feat = extract_features(archive.maps, n_jobs=n_jobs, progress=progress, feature_set="extended")
+    feat = open_set_features(archive.maps, n_jobs=n_jobs, progress=progress)
     if fit_on is None:
         keep = archive.is_labelled
         fit_feat, fit_labels = feat[keep], archive.labels[keep]
         fit_lots = archive.meta["lot"].fillna("").astype(str).to_numpy()[keep]
     else:
         fit_on = fit_on.labelled()
-        fit_feat = extract_features(fit_on.maps, n_jobs=n_jobs, progress=progress, feature_set="extended")
+        fit_feat = open_set_features(fit_on.maps, n_jobs=n_jobs, progress=progress)
         fit_labels, fit_lots = fit_on.labels, fit_on.meta["lot"].fillna("").astype(str).to_numpy()
     model = fit_open_set(fit_feat, fit_labels, fit_lots, seed=seed, abstain_rate=abstain_rate)
     score, pred, _ = model.score(feat, maps=archive if "detector" in model.scorer.parts else None)

@@ -118,9 +118,9 @@ class Inference:
 
     def classify_open(self, ds: WaferDataset) -> list:
         """Return the class probabilities, open-set score and class (or ``unknown``) of every map."""
-        # the scorer reads the model's own probabilities (what it was calibrated on) and the maps
-        proba = np.asarray(self.classifier.predict_proba(ds), dtype=np.float64)
-        score, names = self.open_set.abstain(ds, proba)
+        # the scorer reads the model's own probabilities (what it was calibrated on) and the maps; the
+        # wafer features are computed once when the classifier reads the scorer's (the bundled gbm)
+        proba, score, names = self.open_set.classify(self.classifier, ds)
         return list(zip(proba, score, names))
 
     def score_batch(self, ds: WaferDataset) -> list:

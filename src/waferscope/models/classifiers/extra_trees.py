@@ -132,7 +132,12 @@ class ExtraTreesClassifier(GradientBoostingClassifier):
         self._check_fitted()
         if len(dataset) == 0:
             return np.zeros((0, len(self.classes_)))
-        return forest_proba(self.trees_, self.features(dataset))
+        return self.proba_from_features(self.features(dataset))
+
+    def proba_from_features(self, x: np.ndarray) -> np.ndarray:
+        """Return the forest's class probabilities of feature rows ``x`` (from :meth:`features`)."""
+        self._check_fitted()
+        return forest_proba(self.trees_, x)
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
         """Class fractions of feature rows ``x`` (the forest has no other score)."""

@@ -29,7 +29,7 @@ import numpy as np
 from scipy.special import softmax
 
 from waferscope.base import Classifier, Options
-from waferscope.data.preprocess import ORIENT, canonical_map
+from waferscope.data.preprocess import ORIENT
 from waferscope.errors import RunDirError
 from waferscope.features.handcrafted import FEATURE_SETS, extract_features, feature_names
 from waferscope.models.classifiers.common import label_order, labelled_for_training, require_wafer_maps
@@ -72,7 +72,7 @@ class GradientBoostingClassifier(Classifier):
         The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """
 
-    _tags = {"temperature": True}
+    _tags = {"temperature": True, "wafer_features": True}
     _parameter_constraints = {"feature_set": [Options(*FEATURE_SETS)], "orient": [Options(*ORIENT)]}
     params_before = {"orient": "none"}  # runs saved before the option existed read the map as given
 
@@ -93,10 +93,17 @@ class GradientBoostingClassifier(Classifier):
         """Return the ``feature_set`` features of every map (wafer maps only)."""
         # die states 0/1/2 only (a clear DataError), before the canonical view casts to uint8
         require_wafer_maps(dataset, self.registry_name or type(self).__name__)
-        maps = dataset.maps
-        if self.orient == "canonical" and self.feature_set != "grid":  # grid features orient themselves
-            maps = [canonical_map(m) for m in maps]
-        return extract_features(maps, n_jobs=self.n_jobs, progress=self.progress, feature_set=self.feature_set)
+        return extract_features(dataset.maps, n_jobs=self.n_jobs, progress=self.progress,
+                                feature_set=self.feature_set, orient=self.orient)
+
+    def feature_view(self) -> tuple[str, str]:
+        """Return (feature set, orientation) of the rows :meth:`features` gives.
+
+        Another part reading the same wafer features (an open-set scorer) can reuse them
+        rather than compute them again.
+        """
+        # grid features orient themselves: the same numbers whatever ``orient`` says
+        return self.feature_set, ("canonical" if self.feature_set == "grid" else self.orient)
 
     def fit(self, dataset, **kwargs) -> "GradientBoostingClassifier":
         """Fit the boosted trees on the features of the labelled maps; return ``self``."""
@@ -134,7 +141,12 @@ class GradientBoostingClassifier(Classifier):
         self._check_fitted()
         if len(dataset) == 0:
             return np.zeros((0, len(self.classes_)))
-        return softmax(self.decision_function(self.features(dataset)) / getattr(self, "temperature_", 1.0), axis=1)
+        return self.proba_from_features(self.features(dataset))
+
+    def proba_from_features(self, x: np.ndarray) -> np.ndarray:
+        """Return the class probabilities of feature rows ``x`` (from :meth:`features`; at ``temperature_``)."""
+        self._check_fitted()
+        return softmax(self.decision_function(x) / getattr(self, "temperature_", 1.0), axis=1)
 
     def n_parameters(self) -> int:
         """Return the stored numbers that define the model: per node a feature, threshold and leaf value."""
