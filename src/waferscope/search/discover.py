@@ -219,7 +219,6 @@ def train_with_open_set(classifier, dataset, seed: int = 0, abstain_rate: float 
     the classifier's probabilities for the held-out lots. Returns (fitted classifier,
     OpenSetModel).
     """
-
     if dataset.kind != "wafer":  # the scorer reads wafer features; before any training
         raise DataError(f"an open-set scorer reads wafer maps; this data set holds {dataset.kind}s", dataset.name)
     lab = np.flatnonzero(dataset.is_labelled)
