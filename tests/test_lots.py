@@ -56,6 +56,14 @@ def test_summary_takes_predictions_over_labels(three_wafers):
         lots.lot_summary(three_wafers, pred.head(3))
 
 
+def test_summary_of_wafers_none_of_them_classified_yet(three_wafers):
+    """A class column with no class in it (a lot browser's first summary): no class mix, no crash."""
+    table = lots.wafer_table(three_wafers).assign(**{"class": ""})
+    s = lots.lot_summary(three_wafers, wafers=table).set_index("lot")
+    assert s["classified"].tolist() == [0, 0] and s["top_class"].tolist() == ["", ""]
+    assert not [c for c in s if c.startswith("share_")]
+
+
 def test_lot_order_time_column_then_first_appearance():
     maps = [FULL5] * 5
     ds = _ds(maps, ["L1", "L2", "L1", "L3", "L4"],

@@ -170,8 +170,9 @@ def lot_summary(dataset, predictions: pd.DataFrame | None = None, *, time: str |
         out["classified"] = n_cls
         for c in sorted(counts.columns):
             out[f"share_{c}"] = np.divide(counts[c], n_cls, out=np.full(len(out), np.nan), where=n_cls > 0)
-        top = counts.idxmax(axis=1).where(n_cls > 0, "")
-        out["top_class"] = top
+        # no classified wafer at all: no column to take the maximum of
+        out["top_class"] = counts.idxmax(axis=1).where(n_cls > 0, "") if counts.shape[1] else ""
+
     if "anomalous" in table:
         out["anomalous_share"] = g["anomalous"].mean()
     if "score" in table:

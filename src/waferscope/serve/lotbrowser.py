@@ -41,6 +41,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from waferscope.data.classes import UNLABELLED
 from waferscope.data.limits import LoadLimits
 
 log = logging.getLogger("waferscope.serve")
@@ -60,7 +61,7 @@ class Session:
         self.table = lots.wafer_table(dataset)  # id, lot, wafer_index, rows, cols, dies, pass/fail, yield
         self.table["order"] = np.arange(n)
         self.label = dataset.labels.astype(str) if dataset.is_labelled.any() else None
-        self.predicted = np.full(n, "", dtype=object)
+        self.predicted = np.full(n, UNLABELLED, dtype=object)
         self.confidence = np.full(n, np.nan)
         self.score = np.full(n, np.nan)
         self.anomalous = np.full(n, np.nan)  # 1.0 / 0.0 once scored (NaN: not yet; lot means skip it)
@@ -107,7 +108,9 @@ class Session:
         if stale:
             t0 = time.monotonic()
             frame = self.frame()
-            if not self.classified:  # no class yet: lot_summary's class mix needs at least one
+            # decided on the frame itself, not on self.classified: the background predictions may
+            # have moved on between the two reads (a frame with no class yet and a count above 0)
+            if not (frame["class"] != UNLABELLED).any():  # no class yet: lot_summary's class mix needs at least one
                 frame = frame.drop(columns=["class"])
             out = lots.lot_summary(self.dataset, wafers=frame)
             self._summary_key, self._summary = key, out
