@@ -56,3 +56,13 @@ def running_server(app, conn=None):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_lot_done(client, sid: str, timeout: float = 60, poll: float = 0.2) -> dict:
+    """Poll ``GET /v1/lots/SID`` until its background predictions are done (or ``timeout``); return the head."""
+    deadline = time.monotonic() + timeout
+    while True:
+        head = client.get(f"/v1/lots/{sid}").json()
+        if head["progress"]["done"] or time.monotonic() > deadline:
+            return head
+        time.sleep(poll)

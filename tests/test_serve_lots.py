@@ -5,7 +5,6 @@ cross-origin refusal, pickle refusal, dropped sessions)."""
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,7 @@ from fastapi.testclient import TestClient
 
 import fabfiles as ff
 from lotfiles import multi_lot
-from servetools import default_app
+from servetools import default_app, wait_lot_done
 from waferscope import lots
 from waferscope.serve.schemas import Limits
 
@@ -44,21 +43,12 @@ def _open(client, name, data, **kw):
     return client.post("/v1/lots", files={"file": (name, data)}, **kw)
 
 
-def _wait(client, sid, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        head = client.get(f"/v1/lots/{sid}").json()
-        if head["progress"]["done"] or time.monotonic() > deadline:
-            return head
-        time.sleep(0.3)
-
-
 def test_lot_summary_pages_filters_and_csv_are_the_librarys(client, small_app, parquet_bytes):
     ds, data = parquet_bytes
     r = _open(client, "day.parquet", data)
     assert r.status_code == 200, r.text
     sid = r.json()["id"]
-    head = _wait(client, sid)
+    head = wait_lot_done(client, sid)
     assert head["progress"] == {"wafers": 100, "classified": 100, "scored": 100, "done": True, "error": None}
     got = pd.DataFrame(head["lots"])
     want = lots.lot_summary(ds)

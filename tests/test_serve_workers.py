@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lotfiles import multi_lot
-from servetools import free_port
+from servetools import free_port, wait_lot_done
 from waferscope.serve.schemas import Limits
 from waferscope.serve.workers import LotForward, ProcessTable
 
@@ -69,15 +69,6 @@ def _uds_server(app, path: str):
     return server, thread
 
 
-def _wait_done(client, sid, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        head = client.get(f"/v1/lots/{sid}").json()
-        if head["progress"]["done"] or time.monotonic() > deadline:
-            return head
-        time.sleep(0.2)
-
-
 def test_lot_routes_are_forwarded_to_the_worker_that_holds_them(models, parquet_bytes, tmp_path):
     limits = Limits(max_file_bytes=2_000_000, max_lot_sessions=2)
     path = str(tmp_path / "lots.sock")
@@ -88,7 +79,7 @@ def test_lot_routes_are_forwarded_to_the_worker_that_holds_them(models, parquet_
             r = fwd.post("/v1/lots", files={"file": ("day.parquet", parquet_bytes)})
             assert r.status_code == 200, r.text
             sid = r.json()["id"]
-            head = _wait_done(fwd, sid)  # the scoring ran in the owner: its own client sees the same file
+            head = wait_lot_done(fwd, sid)  # the scoring ran in the owner: its own client sees the same file
             assert head["progress"] == direct.get(f"/v1/lots/{sid}").json()["progress"]
             assert head["progress"]["classified"] == 60
             for route in (f"/v1/lots/{sid}/wafers?limit=7&sort=score&desc=1", f"/v1/lots/{sid}/lots.csv",
@@ -228,12 +219,7 @@ def test_workers_share_the_port_lots_go_to_worker_0_and_a_dead_worker_is_replace
             assert time.monotonic() < deadline, "the killed worker was not replaced"
         children = [int(p) for p in _children(proc.pid)]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        code = _stop(proc)
     log = proc.stderr.read().decode()
     assert code == 0 and "worker" in log and "starting it again" in log, log
     time.sleep(0.2)
@@ -316,15 +302,20 @@ def test_serve_with_two_workers(models, parquet_bytes):
                 assert page.status_code == 200 and len(page.json()["wafers"]) == 5
     finally:
         workers = [int(p) for p in _children(proc.pid)]
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        code = _stop(proc)
     assert code == 0
     time.sleep(0.2)
     assert not [p for p in workers if Path(f"/proc/{p}").exists()], "a worker outlived the service"
+
+
+def _stop(proc, timeout: float = 30) -> int:
+    """SIGTERM the service and return its exit status (killed, and the test failed, if it hangs)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
 
 
 def _children(pid: int) -> list[str]:
