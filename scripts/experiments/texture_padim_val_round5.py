@@ -18,6 +18,18 @@ Variants (``--variant``), each the 36 filter-bank channels plus:
   coh       ``ridge`` plus structure-tensor coherence ((μ₁−μ₂)/(μ₁+μ₂))² at derivative σ = 1,
             integration σ = 2 (how one-directional the local texture is; 3 channels)
   fine      no new kind: σ = 0.7 added to the bank's scales (48 channels)
+  orient8   elongated line filters: the second derivative across a line of an anisotropic Gaussian
+            (σ = 0.8 px across, 3 px along, zero-mean), 8 orientations 22.5° apart, each its own
+            channel — integrates ~7 px *along* a crack, which a round σ = 1 filter does not; the
+            per-position Gaussian keeps the streaks' own direction apart from a crack's (8 channels)
+  orient_max  the same 8 responses maximised over orientation (1 channel)
+  orient8_long  ``orient8`` with σ = 6 px along the line (integrates ~14 px of a crack)
+  sep       a *second* per-cell Gaussian on the two ``ridge`` channels alone, calibrated the same
+            way, its z map combined with the bank's: ``sep_mean`` (mean of the two z maps) and
+            ``sep_max`` (their maximum) — in one 38-dimensional Mahalanobis distance a deviation of
+            one channel is diluted by the 37 others' normal spread; apart, it is not
+  sep_o8    the same with the 8 ``orient8`` channels as the second Gaussian (``sep_o8_mean`` /
+            ``sep_o8_max``)
 
 Every added channel gets the bank's 3×3 mean (its "locally aware" step) before the grid.
 
@@ -60,9 +72,27 @@ def eig(a, b, c):
     return m + r, m - r
 
 
+def oriented_kernels(s_across=0.8, s_along=3.0, n=8):
+    """(n, 1, k, k) zero-mean kernels: σ_across²·∂²/∂v² of an anisotropic Gaussian, v ⟂ the line."""
+    r = int(np.ceil(3 * s_along))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
+    ks = []
+    for t in np.arange(n) * np.pi / n:
+        u, v = xx * np.cos(t) + yy * np.sin(t), -xx * np.sin(t) + yy * np.cos(t)
+        g = np.exp(-u ** 2 / (2 * s_along ** 2) - v ** 2 / (2 * s_across ** 2))
+        k = (v ** 2 / s_across ** 2 - 1) * g / g.sum()
+        ks.append(k - k.mean())
+    return torch.from_numpy(np.stack(ks)[:, None].astype(np.float32))
+
+
 def extra_channels(x, variant):
     out = []
-    if variant in ("ridge", "ridge_e", "coh"):
+    if variant in ("orient8", "orient_max", "orient8_long", "sep_o8"):
+        k = oriented_kernels(s_along=6.0 if variant == "orient8_long" else 3.0)
+        r = k.shape[-1] // 2
+        o = F.conv2d(F.pad(x, (r,) * 4, mode="reflect"), k)
+        out.append(o.amax(1, keepdim=True) if variant == "orient_max" else o)
+    if variant in ("ridge", "ridge_e", "coh", "sep"):
         for s in (0.7, 1.0):
             lp, _ = eig(*hessian(x, s))
             out.append(lp)
@@ -92,8 +122,11 @@ def make_features(variant):
             for s in range(0, len(x), 32):
                 xb = torch.from_numpy(x[s:s + 32])
                 bx = [tuple(b) for b in boxes[s:s + 32]]
-                f = to_grid(bank(xb), bx, stride, g)
                 e = extra_channels(xb, variant)
+                if variant in ("sep", "sep_o8"):  # the line channels alone (their own Gaussian)
+                    yield s, to_grid(e, bx, 1, g)
+                    continue
+                f = to_grid(bank(xb), bx, stride, g)
                 if e is not None:
                     f = torch.cat([f, to_grid(e, bx, 1, g)], 1)
                 yield s, f
@@ -102,7 +135,7 @@ def make_features(variant):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", default="base", choices=["base", "ridge", "ridge_pm", "ridge_e", "coh", "fine"])
+    ap.add_argument("--variant", default="base", choices=["base", "ridge", "ridge_pm", "ridge_e", "coh", "fine", "sep", "orient8", "orient_max", "orient8_long", "sep_o8"])
     variant = ap.parse_args().variant
     r4.features = make_features(variant)  # fit_and_score looks it up in its module
     d = r4.d
@@ -119,16 +152,23 @@ def main():
     bv = np.concatenate([btr[val]] * 4)
     held, dv = r4.fit_and_score(d["xtr"][fitidx], btr[fitidx], xv, bv, 1, 128)
     z = (dv - held.mean(0)) / held.std(0).clamp_min(1e-6)
+    maps = {variant: z}
+    if variant in ("sep", "sep_o8"):
+        r4.features = make_features("base")
+        held, dv = r4.fit_and_score(d["xtr"][fitidx], btr[fitidx], xv, bv, 1, 128)
+        zb = (dv - held.mean(0)) / held.std(0).clamp_min(1e-6)
+        maps = {f"{variant}_lines_only": z, f"{variant}_mean": (z + zb) / 2, f"{variant}_max": torch.maximum(z, zb)}
     boxes, valid = bval * 2, np.concatenate([d["vtr"][val]] * 2)
     normal = np.r_[np.ones(n, bool), np.zeros(n, bool)]
     good = ["good"] * n
     sets = {"val": (ma, ["draem", "scar"], 1), "val_edge": (me, ["crack", "chip"], 2),
             "val_edge_faint": (mf, ["crack", "chip"], 3)}
-    for split, (m, kinds, k) in sets.items():
-        labels = np.array(good + (kinds * n)[:n])
-        report_masks = np.concatenate([np.zeros_like(m), m])
-        r4.report(variant, torch.cat([z[:n], z[k * n:(k + 1) * n]]), boxes, report_masks, valid, normal, labels,
-                  2.0, split)
+    for name, z in maps.items():
+        for split, (m, kinds, k) in sets.items():
+            labels = np.array(good + (kinds * n)[:n])
+            report_masks = np.concatenate([np.zeros_like(m), m])
+            r4.report(name, torch.cat([z[:n], z[k * n:(k + 1) * n]]), boxes, report_masks, valid, normal, labels,
+                      2.0, split)
 
 
 if __name__ == "__main__":
