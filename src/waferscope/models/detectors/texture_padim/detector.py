@@ -42,8 +42,12 @@ class TexturePaDiMDetector(Detector):
 
     Parameters
     ----------
-    input_size, sigmas, energy_window, stride
+    input_size, energy_window, stride
         Canvas size (longer side, aspect kept) and the filter bank (see ``texture_knn``).
+    sigmas
+        The filter bank's scales (canvas px). σ = 0.7 joined 1, 2, 4 in the fifth round: finer
+        derivative responses describe faint hairline cracks that the coarser ones leave within the
+        normal variation (chosen on the validation split, docs/detection.md "Fifth round").
     grid
         The lattice of relative positions (grid × grid Gaussians). Stride 1 / grid 128 (one Gaussian
         per canvas pixel) replaced stride 2 / grid 64, which had replaced stride 4 / grid 32: small
@@ -101,7 +105,7 @@ class TexturePaDiMDetector(Detector):
         "input_size": [Interval(int, 8)], "energy_window": [Interval(int, 1)], "stride": [Interval(int, 1)],
         "grid": [Interval(int, 1)], "shrinkage": [Interval(float, 0)], "calibration_folds": [Interval(int, 0)]}
 
-    def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
+    def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (0.7, 1.0, 2.0, 4.0), energy_window: int = 7,
                  stride: int = 1, grid: int = 128, shrinkage: float = 0.01, large_sigmas: Sequence[float] = (),
                  calibration_folds: int = 5,
                  smoothing_sigma: float = 4.0, predict_batch_size: int = 32, progress: bool = True):
