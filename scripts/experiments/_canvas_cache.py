@@ -46,3 +46,24 @@ def per_class_auroc(scores, normal, labels):
         y = np.r_[np.zeros(normal.sum()), np.ones((labels == c).sum())]
         out[c] = round(roc_auc_score(y, np.r_[scores[normal], scores[labels == c]]), 3)
     return out
+
+
+def synth_val(x, boxes, valid, size=128):
+    """One synthetic anomalous copy of each held-out normal canvas (seeded 29): half DRAEM Perlin-masked
+    foreign texture, half CutPaste scar, inside the image box; the padding re-reflected from the new box.
+
+    The validation anomalies of the texture_padim rounds (third round on; the scripts beside this file).
+    """
+    from waferscope.models.detectors.common import _reflect_pad
+    from waferscope.models.detectors.texture_contrast.synthesis import draem_anomaly, scar_anomaly
+
+    rng = np.random.default_rng(29)
+    xs, ms = [], []
+    for i in range(len(x)):
+        img, (t, left, h, w) = x[i, 0], boxes[i]
+        others = [x[j, 0] for j in rng.choice(len(x), 3, replace=False)]
+        aug, m = (draem_anomaly(img, others, rng, valid[i]) if i % 2 == 0 else scar_anomaly(img, rng, valid[i]))
+        box = torch.from_numpy(np.ascontiguousarray(aug[t:t + h, left:left + w]))[None, None]
+        xs.append(_reflect_pad(box, t, size - h - t, left, size - w - left)[0].numpy())
+        ms.append(m)
+    return np.stack(xs).astype(np.float32), np.stack(ms)

@@ -32,8 +32,6 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from waferscope.models.detectors.common import _reflect_pad
-from waferscope.models.detectors.texture_contrast.synthesis import draem_anomaly, scar_anomaly
 from waferscope.models.detectors.texture_knn.torch_model import FilterBank
 from waferscope.models.detectors.texture_padim.anomaly_map import from_grid, mahalanobis_maps, to_grid
 from waferscope.models.detectors.texture_padim.detector import TexturePaDiMDetector
@@ -49,26 +47,13 @@ p.add_argument("--no-large", action="store_true", help="base filter bank only (v
 a = p.parse_args()
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _canvas_cache import canvas_cache, per_class_auroc  # noqa: E402
+from _canvas_cache import canvas_cache, per_class_auroc, synth_val  # noqa: E402
 
 S, STRIDE, G = 128, a.stride, a.grid
 d = canvas_cache(S)
 bank = FilterBank((1.0, 2.0, 4.0), 7, STRIDE).eval()
 
 
-def synth_val(x, boxes, valid):
-    """One synthetic anomalous copy of each held-out normal (seeded): half DRAEM Perlin-masked foreign
-    texture, half CutPaste scar, inside the image box; the padding re-reflected from the new box."""
-    rng = np.random.default_rng(29)
-    xs, ms = [], []
-    for i in range(len(x)):
-        img, (t, left, h, w) = x[i, 0], boxes[i]
-        others = [x[j, 0] for j in rng.choice(len(x), 3, replace=False)]
-        aug, m = (draem_anomaly(img, others, rng, valid[i]) if i % 2 == 0 else scar_anomaly(img, rng, valid[i]))
-        box = torch.from_numpy(np.ascontiguousarray(aug[t:t + h, left:left + w]))[None, None]
-        xs.append(_reflect_pad(box, t, S - h - t, left, S - w - left)[0].numpy())
-        ms.append(m)
-    return np.stack(xs).astype(np.float32), np.stack(ms)
 
 
 def all_features(x, boxes):

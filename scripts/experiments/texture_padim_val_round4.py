@@ -37,13 +37,12 @@ from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 
 from waferscope.models.detectors.common import _reflect_pad
-from waferscope.models.detectors.texture_contrast.synthesis import draem_anomaly, scar_anomaly
 from waferscope.models.detectors.texture_knn.torch_model import FilterBank
 from waferscope.models.detectors.texture_padim.anomaly_map import from_grid, mahalanobis_maps, to_grid
 from waferscope.models.detectors.texture_padim.gaussians import CellMoments
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _canvas_cache import canvas_cache  # noqa: E402
+from _canvas_cache import canvas_cache, synth_val  # noqa: E402
 
 torch.set_num_threads(1)
 S = 128
@@ -54,18 +53,6 @@ CRACK_DARK, CRACK_R2 = ((0.3, 0.8), 0.5) if FAINT else ((0.8, 2.0), 1.0)
 d = canvas_cache(S)
 
 
-def synth_val(x, boxes, valid):
-    """The third round's validation anomalies (same seed, same recipe)."""
-    rng = np.random.default_rng(29)
-    xs, ms = [], []
-    for i in range(len(x)):
-        img, (t, left, h, w) = x[i, 0], boxes[i]
-        others = [x[j, 0] for j in rng.choice(len(x), 3, replace=False)]
-        aug, m = (draem_anomaly(img, others, rng, valid[i]) if i % 2 == 0 else scar_anomaly(img, rng, valid[i]))
-        box = torch.from_numpy(np.ascontiguousarray(aug[t:t + h, left:left + w]))[None, None]
-        xs.append(_reflect_pad(box, t, S - h - t, left, S - w - left)[0].numpy())
-        ms.append(m)
-    return np.stack(xs).astype(np.float32), np.stack(ms)
 
 
 def synth_edge(x, boxes, valid):
