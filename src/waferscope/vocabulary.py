@@ -56,7 +56,7 @@ DOCSTRINGS: dict[str, str] = {
     "weight_decay": "AdamW weight decay.",
     "imbalance": '``"loss"`` (class-weighted cross-entropy), ``"sampler"`` (class-balanced sampling) or '
                  '``"none"``.',
-    "augment": "Random rotations/flips of the training maps (the 8 symmetries of the square).",
+    "augment": "Random rotations/flips of the training inputs (the 8 symmetries of the square).",
     "val_fraction": "Share of the training maps held out (stratified, seeded) for early stopping on macro-F1.",
     "patience": "Epochs without a better validation macro-F1 before training stops (the best weights are kept).",
     "tta": "Average the prediction over the 8 rotations/flips of each map.",
@@ -85,7 +85,8 @@ DOCSTRINGS: dict[str, str] = {
     "network_": "The fitted network (``torch.nn.Module``).",
     "train_seconds_": "Wall-clock seconds the training took.",
     "threshold_": "Decision threshold: a score >= ``threshold_`` is anomalous "
-                  "(:meth:`~waferscope.base.Detector.predict`).",
+                  "(:meth:`~waferscope.base.Detector.calibrate` learns it, "
+                  ":meth:`~waferscope.base.Detector.predict` applies it).",
     "threshold_info_": "How ``threshold_`` was learned (the rule and its figures).",
     "model_": "The fitted network that scores (``torch.nn.Module``).",
     "n_train_": "Number of normal training samples.",

@@ -57,24 +57,18 @@ class AutoencoderDetector(TorchDetector):
     weight_decay
         Weight decay of the optimiser.
     augment
-        Random rotations/flips of the training inputs.
+        Random rotations/flips of the training inputs (the 8 symmetries of the square), for wafer maps
+        only: images are not augmented.
     topk_fraction
         Share of the highest map pixels averaged for the image score.
-    smoothing_sigma
-    predict_batch_size
-    seed
-        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
-    progress
+    smoothing_sigma, predict_batch_size, seed, progress
 
     Attributes
     ----------
     mode_
         ``"wafer"`` or ``"image"``: the kind of data fitted on.
     model_, n_train_
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    threshold_, threshold_info_
     train_loss_
         Per-epoch mean training loss.
     """

@@ -69,24 +69,14 @@ class EfficientADDetector(FastInferenceMixin, TorchDetector):
         Upper quantile of the map normalisation (the paper's 0.995).
     val_fraction
         Share of the normal maps held out to measure those quantiles.
-    augment
-        Random rotations/flips of the training inputs.
-    smoothing_sigma
-    predict_batch_size
-    jit
-    seed
-        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
-    progress
+    augment, smoothing_sigma, predict_batch_size, jit, seed, progress
 
     Attributes
     ----------
     loss_history_, model_
     teacher_kwargs_
         Construction kwargs of the teacher PDN, recorded so a saved run rebuilds it.
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    threshold_, threshold_info_
     """
 
     _label = "EfficientAD"

@@ -77,11 +77,7 @@ class PatchCoreDetector(TorchDetector):
         The b of eq. 7 (paper: 9); 1 turns re-weighting off (score = largest patch distance).
     input_size
         Side in pixels of the square network input each map or image is resized to.
-    predict_batch_size
-    smoothing_sigma
-    seed
-        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
-    progress
+    predict_batch_size, smoothing_sigma, seed, progress
 
     Attributes
     ----------
@@ -93,11 +89,7 @@ class PatchCoreDetector(TorchDetector):
         The coreset of normal patch features (rows × ``embedding_dim``).
     memory_sq_norm_
         Squared norms of the memory-bank rows.
-    model_
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    model_, threshold_, threshold_info_
     """
 
     _parameter_constraints = {

@@ -71,10 +71,7 @@ class PatternContrastDetector(Detector):
     n_train_
     ring_baseline_
         Mean local fail rate of the normal maps' dies in each radial ring.
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    threshold_, threshold_info_
     trees_
         The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """

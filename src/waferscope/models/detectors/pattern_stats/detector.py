@@ -52,10 +52,7 @@ class PatternStatsDetector(Detector):
         Mean local fail rate of the normal maps' dies in each radial ring.
     scale_
         Standard deviation of each statistic (1 where constant).
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    threshold_, threshold_info_
     """
 
     _parameter_constraints = {"shrinkage": [Interval(float, 0, 1), None]}

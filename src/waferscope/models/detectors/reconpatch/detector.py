@@ -63,11 +63,7 @@ class ReConPatchDetector(PatchCoreDetector):
         Candidate patches before the coreset (a seeded subset of positions per wafer beyond it).
     num_neighbors
         b of PatchCore's eq. 7 (1: no re-weighting, the score is the largest patch distance).
-    predict_batch_size
-    smoothing_sigma
-    seed
-        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
-    progress
+    predict_batch_size, smoothing_sigma, seed, progress
 
     Attributes
     ----------
@@ -83,10 +79,7 @@ class ReConPatchDetector(PatchCoreDetector):
     model_
     modulation_
         The trained representation network applied to patch features.
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    threshold_, threshold_info_
     """
 
     _parameter_constraints = {

@@ -52,22 +52,12 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
         Adam's betas.
     weight_decay
         Weight decay of the optimiser.
-    augment
-        Random rotations/flips of the training inputs.
-    smoothing_sigma
-    predict_batch_size
-    jit
-    seed
-        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
-    progress
+    augment, smoothing_sigma, predict_batch_size, jit, seed, progress
 
     Attributes
     ----------
     backbone_kwargs_, loss_history_, model_
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    threshold_, threshold_info_
     """
 
     _label = "reverse-distillation"
@@ -169,22 +159,12 @@ class ReverseDistillationConvNeXtDetector(ReverseDistillationDetector):
         Adam's betas.
     weight_decay
         Weight decay of the optimiser.
-    augment
-        Random rotations/flips of the training inputs.
-    smoothing_sigma
-    predict_batch_size
-    jit
-    seed
-        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
-    progress
+    augment, smoothing_sigma, predict_batch_size, jit, seed, progress
 
     Attributes
     ----------
     backbone_kwargs_, loss_history_, model_
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    threshold_, threshold_info_
     """
 
     def __init__(self, backbone: str = "wafer_convnext", pretrained: str | None = "wafer",

@@ -137,22 +137,12 @@ class STFPMDetector(FastInferenceMixin, TorchDetector):
         SGD momentum.
     weight_decay
         Weight decay of the optimiser.
-    augment
-        Random rotations/flips of the training inputs.
-    smoothing_sigma
-    predict_batch_size
-    jit
-    seed
-        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
-    progress
+    augment, smoothing_sigma, predict_batch_size, jit, seed, progress
 
     Attributes
     ----------
     backbone_kwargs_, loss_history_, model_
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    threshold_, threshold_info_
     """
 
     _label = "STFPM"

@@ -53,11 +53,7 @@ class TextureContrastDetector(Detector):
         ``memory_size`` rows, as ``texture_knn``) as one more feature.
     max_iter, learning_rate, max_leaf_nodes, l2_regularization
         The trees (scikit-learn HistGradientBoostingClassifier, balanced classes, no early stopping).
-    smoothing_sigma
-    predict_batch_size
-    seed
-        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
-    progress
+    smoothing_sigma, predict_batch_size, seed, progress
 
     Attributes
     ----------
@@ -71,10 +67,7 @@ class TextureContrastDetector(Detector):
     n_train_
     scale_
         Per-feature standard deviation of those rows.
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    threshold_, threshold_info_
     trees_
         The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """

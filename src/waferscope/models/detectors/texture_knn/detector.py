@@ -50,10 +50,7 @@ class TextureKNNDetector(Detector):
         Px of each image's edge (on the canvas) left out of scoring: a frame that is not inspected.
     smoothing_sigma, top_fraction
         Map smoothing (px per 256 px) and the share of the highest map pixels averaged for the score.
-    predict_batch_size
-    seed
-        Seeds every random draw of ``fit`` (initial weights, batch order, augmentation).
-    progress
+    predict_batch_size, seed, progress
 
     Attributes
     ----------
@@ -67,10 +64,7 @@ class TextureKNNDetector(Detector):
         Per-feature standard deviation of those positions.
     stats_
         Mean and standard deviation of the training pixels (``normalise="dataset"``; (0, 1) otherwise).
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    threshold_, threshold_info_
     """
 
     _tags = {"input_kinds": ("wafer", "image")}

@@ -92,10 +92,7 @@ class TexturePaDiMDetector(Detector):
     n_train_
     precision_
         Per-cell precision matrix (the Mahalanobis metric).
-    threshold_
-        Decision threshold: a score >= ``threshold_`` is anomalous
-        (:meth:`~waferscope.base.Detector.calibrate`).
-    threshold_info_
+    threshold_, threshold_info_
     """
 
     _tags = {"input_kinds": ("wafer", "image")}
