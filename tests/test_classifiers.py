@@ -259,3 +259,16 @@ def test_report_dict_and_confusion_png(tmp_path):
     png = save_confusion_matrix_png(rep["confusion_matrix"], rep["classes"], tmp_path / "cm.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["cm.png"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("name", ["gbm", "svm-rbf"])
+def test_feature_classifiers_refuse_a_bad_die_state_naming_the_data_set(name, synth):
+    # A data set built directly (not through from_maps) is not validated: the model checks the die
+    # states once, in the feature extraction, and the error names the data set and the map.
+    clf = registry.create(name, "classifier", progress=False).fit(synth)
+    bad = [m.copy() for m in synth.maps[:3]]
+    bad[1][bad[1] == 1] = 3
+    ds = WaferDataset(maps=bad, labels=synth.labels[:3], meta=synth.meta.iloc[:3], name="lot7.csv")
+    with pytest.raises(DataError, match="die values must be") as err:
+        clf.predict(ds)
+    assert "lot7.csv" in str(err.value) and "1" in str(err.value)

@@ -255,7 +255,8 @@ def _chunk(maps: Sequence[np.ndarray], feature_set: str = "wm811k") -> np.ndarra
 
 
 def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: bool = False,
-                     chunk_size: int = 256, feature_set: str = "wm811k", orient: str = "none") -> np.ndarray:
+                     chunk_size: int = 256, feature_set: str = "wm811k", orient: str = "none",
+                     where: str | None = None) -> np.ndarray:
     """(N, F) float64 features (F = 59 for ``"wm811k"``, 120 for ``"extended"``, 61 for ``"pattern"``).
 
     Chunks of maps go to ``n_jobs`` worker processes (joblib) for large sets.
@@ -268,6 +269,9 @@ def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: boo
     same numbers for every rotation/flip and margin). The ``grid`` features orient themselves, so it
     does not apply to them. The one place the view is applied, so the features of a model that reads
     the canonical view (``gbm``) and of anything reusing them (the open-set scorer) are the same.
+
+    ``where``: the file or data set the maps came from, named in the error for a map that is not a
+    grid of die states 0/1/2.
     """
     from functools import partial
 
@@ -279,7 +283,7 @@ def extract_features(maps: Sequence[np.ndarray], n_jobs: int = -1, progress: boo
         raise ConfigError(f"orient must be one of {', '.join(ORIENT)}, got {orient!r}")
     maps = list(maps)
     feature_names(feature_set)  # reject an unknown set before any work
-    validate_wafer_maps(maps)  # die states 0/1/2 only: a clear DataError, not a failure deep in skimage
+    validate_wafer_maps(maps, where)  # die states 0/1/2 only: a clear DataError, not a failure deep in skimage
     if orient == "canonical" and feature_set != "grid":  # after the check: the view casts to uint8
         maps = [canonical_map(m) for m in maps]
     chunk_size = max(chunk_size, MIN_CHUNK.get(feature_set, 0))

@@ -23,17 +23,20 @@ def label_order(labels: np.ndarray) -> list[str]:
     return seen
 
 
-def require_wafer_maps(dataset, who: str) -> None:
+def require_wafer_maps(dataset, who: str, states: bool = True) -> None:
     """Raise a clear DataError unless ``dataset`` holds valid die-state wafer maps.
 
     For models that read die states only: images, or a die value other than 0/1/2, are refused
-    before any numpy/torch work.
+    before any numpy/torch work. ``states=False`` checks the kind only, for callers whose next step
+    (:func:`waferscope.features.handcrafted.extract_features` with ``where=``) checks the die states
+    itself with the same message, so the maps are not walked twice.
     """
     from waferscope.data.dataset import validate_wafer_maps
 
     if dataset.kind != "wafer":
         raise DataError(f"{who} reads die-state wafer maps, not images", dataset.name)
-    validate_wafer_maps(dataset.maps, dataset.name)
+    if states:
+        validate_wafer_maps(dataset.maps, dataset.name)
 
 
 def labelled_for_training(dataset, who: str = "classifier"):

@@ -91,10 +91,11 @@ class GradientBoostingClassifier(Classifier):
 
     def features(self, dataset) -> np.ndarray:
         """Return the ``feature_set`` features of every map (wafer maps only)."""
-        # die states 0/1/2 only (a clear DataError), before the canonical view casts to uint8
-        require_wafer_maps(dataset, self.registry_name or type(self).__name__)
+        # images refused here; extract_features checks the die states (0/1/2, naming the data set)
+        # before the canonical view casts to uint8
+        require_wafer_maps(dataset, self.registry_name or type(self).__name__, states=False)
         return extract_features(dataset.maps, n_jobs=self.n_jobs, progress=self.progress,
-                                feature_set=self.feature_set, orient=self.orient)
+                                feature_set=self.feature_set, orient=self.orient, where=dataset.name)
 
     def feature_view(self) -> tuple[str, str]:
         """Return (feature set, orientation) of the rows :meth:`features` gives.

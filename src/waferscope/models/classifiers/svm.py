@@ -55,8 +55,8 @@ class _SVMClassifier(Classifier):
                    decision_function_shape="ovo", probability=True, random_state=self.seed)
 
     def features(self, dataset) -> np.ndarray:
-        require_wafer_maps(dataset, self.registry_name or type(self).__name__)
-        return extract_features(dataset.maps, n_jobs=self.n_jobs, progress=self.progress)
+        require_wafer_maps(dataset, self.registry_name or type(self).__name__, states=False)  # states: below
+        return extract_features(dataset.maps, n_jobs=self.n_jobs, progress=self.progress, where=dataset.name)
 
     def fit(self, dataset, **kwargs) -> "_SVMClassifier":
         from sklearn.preprocessing import StandardScaler

@@ -26,7 +26,6 @@ import numpy as np
 
 from waferscope.base import DetectionResult, Detector, Interval
 from waferscope.data import WaferDataset
-from waferscope.data.dataset import validate_wafer_maps
 from waferscope.errors import ConfigError, RunDirError
 from waferscope.features.handcrafted import extract_features, feature_names, map_chunks
 from waferscope.features.pattern_stats import local_fail_rate
@@ -128,8 +127,7 @@ class PatternContrastDetector(Detector):
         require_wafer_maps(dataset, "pattern_contrast")
         if len(dataset) == 0:
             return DetectionResult(scores=np.zeros(0), maps=[])
-        maps = list(dataset.maps)
-        validate_wafer_maps(maps)
+        maps = list(dataset.maps)  # die states checked above (require_wafer_maps)
         # Features, trees and anomaly maps all in the workers: the main process would otherwise add a
         # serial fifth to the time while they idle (docs/detection.md, throughput).
         parts = map_chunks(partial(_score_chunk, trees=self.trees_, baseline=self.ring_baseline_), maps,
