@@ -13,6 +13,11 @@ Fit: coordinate ascent on a grid (each class's offset in turn over ``-GRID..GRID
 0: ``none``). ``ridge`` from a small set is either fixed, or chosen inside the four training folds
 by leave-one-fold-out (the ``inner`` rows: fully nested).
 
+For combinations of two or more members it also chooses member weights, nested the same way: the
+point of a 0.1-step grid on the simplex with the best macro-F1 on the other four folds, for the
+weighted mean of probabilities and for the weighted mean of log-probabilities (``--no-offsets``: only
+these rows and the plain arg-max).
+
 Members are fold caches of `waferscope evaluate classifiers` (``--work``; names as in
 ensemble_members.py: the file-name prefix before ``_fold``); a ``+``-joined combo averages them.
 
