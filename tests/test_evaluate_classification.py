@@ -129,6 +129,17 @@ def test_lot_fold_cache_is_refit_when_the_models_params_changed(tmp_path):
     assert ev.run_lot_fold(TINY_GBM, 0, pooled, folds, 0, tmp_path)["proba"] == rec["proba"]
     assert json.loads(cache.read_text())["params"] == rec["params"]
 
+def test_a_seed_in_the_method_spec_wins_over_the_protocols(tmp_path):
+    """'name:seed=1' runs a second seed of a recipe (its own cache), not a duplicate-argument error."""
+    a, _ = _labelled_set(tmp_path, "dev", 45, 1, 9)
+    b, _ = _labelled_set(tmp_path, "dev2", 45, 2, 9)
+    pooled, _, groups = ev.pool_sets({"dev": a, "dev2": b})
+    folds = ev.lot_folds(pooled.labels, groups)
+    assert ev.method_params(f"{TINY_GBM},seed=7")["seed"] == 7 and ev.method_params(TINY_GBM)["seed"] == 0
+    rec = ev.run_lot_fold(f"{TINY_GBM},seed=7", 0, pooled, folds, 0, tmp_path)
+    assert rec["params"]["seed"] == 7
+
+
 def test_cli_classifiers(capsys, tmp_path):
     _, a = _labelled_set(tmp_path, "dev", 45, 1, 9)
     _, b = _labelled_set(tmp_path, "dev2", 45, 2, 9)

@@ -155,7 +155,7 @@ def method_params(method: str, seed: int = 0) -> dict:
     from waferscope import registry
 
     name, params = parse_method(method)
-    return resolved_params(registry.create(name, "classifier", seed=seed, **params))
+    return resolved_params(registry.create(name, "classifier", **{"seed": seed, **params}))
 
 
 def cached_record(cache: Path, params: dict, synthetic: int) -> dict | None:
@@ -188,7 +188,8 @@ def fit_and_predict(method: str, train, test, seed: int = 0, fit_kwargs: dict | 
     from waferscope import registry
 
     name, params = parse_method(method)
-    clf = registry.create(name, "classifier", seed=seed, **params)
+    # a seed in the spec ("cnn_fine:seed=1": a second seed of a recipe) wins over the protocol's
+    clf = registry.create(name, "classifier", **{"seed": seed, **params})
     resolved = resolved_params(clf)
     t0 = time.perf_counter()
     clf.fit(train, **(fit_kwargs or {}))
