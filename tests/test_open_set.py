@@ -373,3 +373,53 @@ def test_scorer_reads_the_canonical_view_and_reuses_the_classifiers_features(lot
     (tmp_path / OPEN_SET_JSON).write_text(json.dumps(doc | {"waferscope_open_set_format": 3}))
     with pytest.raises(DataError, match="format"):
         load_open_set(tmp_path)
+
+
+def test_shape_and_relative_parts():
+    """``shape_knn`` sees a shape no known class has in the few shape columns (drowned out in the full
+    feature distance); ``relative_knn`` judges a distance against the chosen class's own spread."""
+    from waferscope.errors import DataError
+    from waferscope.features.handcrafted import feature_names
+    from waferscope.search.open_set import SHAPE_FEATURES
+
+    rng = np.random.default_rng(3)
+    names = feature_names("extended")
+    cols = [names.index(n) for n in SHAPE_FEATURES]
+    tight = np.zeros(len(names))
+    tight[0] = 5.0
+
+    def wafers(n, cls):  # class 0 tight around `tight`, class 1 loose around 0
+        return rng.normal(0, 1, (n, len(names))) * (0.2 if cls == 0 else 1.0) + (tight if cls == 0 else 0)
+
+    x_tr = np.vstack([wafers(200, 0), wafers(200, 1)])
+    y_tr = np.r_[np.zeros(200), np.ones(200)].astype(int).astype(str)
+    x_cal = np.vstack([wafers(100, 0), wafers(100, 1)])
+    onehot = lambda x: np.stack([x[:, 0] > 2.5, x[:, 0] <= 2.5], 1).astype(float) * 0.98 + 0.01  # noqa: E731
+
+    def sig(x):
+        return {"proba": onehot(x), "features": x}
+
+    scorer = OpenSetScorer(parts=("shape_knn", "relative_knn", "feature_knn")).fit({"features": x_tr}, y_tr, sig(x_cal), ["0", "1"])
+    # a loose-class wafer whose six shape columns sit where no training wafer has them
+    odd = wafers(50, 1)
+    odd[:, cols] += 6.0
+    plain = wafers(50, 1)
+    shape_rank = scorer.ranks(sig(np.vstack([plain, odd])))[:, 0]
+    assert roc_auc_score(np.r_[np.zeros(50), np.ones(50)], shape_rank) > 0.95
+    # the same absolute step (3 in one column) is far for the tight class, ordinary for the loose one
+    step = np.zeros(len(names))
+    step[5] = 3.0
+    raw = scorer.raw_parts(sig(np.vstack([wafers(50, 0) + step, wafers(50, 1) + step])))
+    rel, absolute = raw[:, 1], raw[:, 2]
+    assert rel[:50].mean() > 1.3 * rel[50:].mean() and absolute[:50].mean() < absolute[50:].mean()
+    # the state round-trips; a state without the reference labels the parts need is refused
+    arrays, extras = scorer.state()
+    again = OpenSetScorer.from_state(arrays, json.loads(json.dumps(extras)))
+    np.testing.assert_array_equal(again.score(sig(odd)), scorer.score(sig(odd)))
+    del arrays["feature_ref_labels"]
+    with pytest.raises(DataError, match="reference labels"):
+        OpenSetScorer.from_state(arrays, extras)
+    with pytest.raises(ConfigError, match="extended wafer features"):  # too few feature columns
+        scorer.score(sig(x_cal[:, :20]))
+    with pytest.raises(ConfigError, match="shape_features"):
+        OpenSetScorer(shape_features=("no_such_feature",))
