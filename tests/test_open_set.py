@@ -38,7 +38,9 @@ def test_scorer_flags_a_class_it_never_saw():
     def sig(x):
         return {"proba": proba(x), "metric": x, "features": x}
 
-    s = OpenSetScorer(abstain_rate=0.05).fit({"metric": x_tr, "features": x_tr}, y_tr.astype(str), sig(x_cal),
+    # (toy features: the parts that read no named extended feature columns)
+    s = OpenSetScorer(abstain_rate=0.05, parts=("doubt", "metric_knn", "feature_knn")).fit(
+        {"metric": x_tr, "features": x_tr}, y_tr.astype(str), sig(x_cal),
                                              ["0", "1", "2"])
     assert ((s.score(sig(x_cal)) > s.threshold_).mean()) == pytest.approx(0.05, abs=0.02)
     score = s.score(sig(np.vstack([x_known, x_new])))
@@ -52,6 +54,10 @@ def test_scorer_flags_a_class_it_never_saw():
     arrays, extras = s.state()
     again = OpenSetScorer.from_state(arrays, json.loads(json.dumps(extras)))
     np.testing.assert_array_equal(again.score(sig(x_new)), s.score(sig(x_new)))
+    # a state saved before shape_knn / relative_knn (format 2: no reference labels, no shape names) still loads
+    old = OpenSetScorer.from_state({k: v for k, v in arrays.items() if not k.startswith("feature_ref_")},
+                                   {k: v for k, v in extras.items() if k != "shape_features"})
+    np.testing.assert_array_equal(old.score(sig(x_new)), s.score(sig(x_new)))
     with pytest.raises(ConfigError):
         OpenSetScorer(abstain_rate=1.5)
     with pytest.raises(ConfigError, match="unknown open-set part"):
@@ -267,6 +273,9 @@ def test_bundled_default_has_a_scorer_and_abstains(lots, tmp_path, capsys):
     size = sum((run / n).stat().st_size for n in (OPEN_SET_JSON, OPEN_SET_ARRAYS))
     assert size < 4_000_000, size
     model = load_open_set(run)
+    from waferscope.search.open_set import DEFAULT_PARTS
+
+    assert model.scorer.parts == DEFAULT_PARTS, "refit the bundled scorer after changing the default parts"
     write_parquet(lots, tmp_path / "all.parquet")
     code, _, err = invoke(capsys, "classify", "predict", "--data", tmp_path / "all.parquet", "--abstain",
                           "--out", tmp_path / "p.csv")
@@ -306,8 +315,12 @@ def test_crossfit_calibrates_on_out_of_fold_wafers(lots):
     final = fit(known)
     model = crossfit_open_set(fit, known, final.classes_, n_splits=3, n_jobs=1, abstain_rate=0.1)
     scorer = model.scorer
-    assert scorer.cal_parts_.shape == (len(known), 3) and np.isfinite(scorer.cal_parts_).all()
+    from waferscope.search.open_set import DEFAULT_PARTS
+
+    assert scorer.cal_parts_.shape == (len(known), len(DEFAULT_PARTS)) and np.isfinite(scorer.cal_parts_).all()
     assert len(scorer.feature_refs_) == sum(len(v) for v in scorer.class_vectors_) == round(len(known) * 2 / 3)
+    # the references' classes (for relative_knn / shape_knn) are those of the class vectors
+    assert np.bincount(scorer.feature_ref_labels_).tolist() == [len(v) for v in scorer.class_vectors_]
     cal_scores = scorer._combine(scorer._rank(scorer.cal_parts_))
     assert np.mean(cal_scores > scorer.threshold_) == pytest.approx(0.1, abs=0.03)
     score, _ = model.abstain(lots, final.predict_proba(lots))
@@ -360,7 +373,7 @@ def test_scorer_reads_the_canonical_view_and_reuses_the_classifiers_features(lot
     assert again.orient == "canonical"
     np.testing.assert_array_equal(again.classify(clf, test)[1], score)
     doc = json.loads((tmp_path / OPEN_SET_JSON).read_text())
-    assert doc["waferscope_open_set_format"] == 2 and doc["orient"] == "canonical"
+    assert doc["waferscope_open_set_format"] == 3 and doc["orient"] == "canonical"
     old = {k: v for k, v in doc.items() if k != "orient"} | {"waferscope_open_set_format": 1}
     (tmp_path / OPEN_SET_JSON).write_text(json.dumps(old))
     legacy = load_open_set(tmp_path, clf.classes_)
@@ -370,6 +383,56 @@ def test_scorer_reads_the_canonical_view_and_reuses_the_classifiers_features(lot
     (tmp_path / OPEN_SET_JSON).write_text(json.dumps(doc | {"orient": "sideways"}))
     with pytest.raises(DataError, match="orient"):
         load_open_set(tmp_path)
-    (tmp_path / OPEN_SET_JSON).write_text(json.dumps(doc | {"waferscope_open_set_format": 3}))
+    (tmp_path / OPEN_SET_JSON).write_text(json.dumps(doc | {"waferscope_open_set_format": 4}))
     with pytest.raises(DataError, match="format"):
         load_open_set(tmp_path)
+
+
+def test_shape_and_relative_parts():
+    """``shape_knn`` sees a shape no known class has in the few shape columns (drowned out in the full
+    feature distance); ``relative_knn`` judges a distance against the chosen class's own spread."""
+    from waferscope.errors import DataError
+    from waferscope.features.handcrafted import feature_names
+    from waferscope.search.open_set import SHAPE_FEATURES
+
+    rng = np.random.default_rng(3)
+    names = feature_names("extended")
+    cols = [names.index(n) for n in SHAPE_FEATURES]
+    tight = np.zeros(len(names))
+    tight[0] = 5.0
+
+    def wafers(n, cls):  # class 0 tight around `tight`, class 1 loose around 0
+        return rng.normal(0, 1, (n, len(names))) * (0.2 if cls == 0 else 1.0) + (tight if cls == 0 else 0)
+
+    x_tr = np.vstack([wafers(200, 0), wafers(200, 1)])
+    y_tr = np.r_[np.zeros(200), np.ones(200)].astype(int).astype(str)
+    x_cal = np.vstack([wafers(100, 0), wafers(100, 1)])
+    onehot = lambda x: np.stack([x[:, 0] > 2.5, x[:, 0] <= 2.5], 1).astype(float) * 0.98 + 0.01  # noqa: E731
+
+    def sig(x):
+        return {"proba": onehot(x), "features": x}
+
+    scorer = OpenSetScorer(parts=("shape_knn", "relative_knn", "feature_knn")).fit({"features": x_tr}, y_tr, sig(x_cal), ["0", "1"])
+    # a loose-class wafer whose six shape columns sit where no training wafer has them
+    odd = wafers(50, 1)
+    odd[:, cols] += 6.0
+    plain = wafers(50, 1)
+    shape_rank = scorer.ranks(sig(np.vstack([plain, odd])))[:, 0]
+    assert roc_auc_score(np.r_[np.zeros(50), np.ones(50)], shape_rank) > 0.95
+    # the same absolute step (3 in one column) is far for the tight class, ordinary for the loose one
+    step = np.zeros(len(names))
+    step[5] = 3.0
+    raw = scorer.raw_parts(sig(np.vstack([wafers(50, 0) + step, wafers(50, 1) + step])))
+    rel, absolute = raw[:, 1], raw[:, 2]
+    assert rel[:50].mean() > 1.3 * rel[50:].mean() and absolute[:50].mean() < absolute[50:].mean()
+    # the state round-trips; a state without the reference labels the parts need is refused
+    arrays, extras = scorer.state()
+    again = OpenSetScorer.from_state(arrays, json.loads(json.dumps(extras)))
+    np.testing.assert_array_equal(again.score(sig(odd)), scorer.score(sig(odd)))
+    del arrays["feature_ref_labels"]
+    with pytest.raises(DataError, match="reference labels"):
+        OpenSetScorer.from_state(arrays, extras)
+    with pytest.raises(ConfigError, match="extended wafer features"):  # too few feature columns
+        scorer.score(sig(x_cal[:, :20]))
+    with pytest.raises(ConfigError, match="shape_features"):
+        OpenSetScorer(shape_features=("no_such_feature",))

@@ -28,8 +28,12 @@ OPEN_SET_ARRAYS = "open_set.safetensors"
 # "canonical", the view the bundled gbm reads, for every scorer fitted since). Format 1 files were
 # fitted on the maps as given and still load as such; a waferscope that knows only format 1 refuses a
 # format 2 file rather than feed it the wrong view.
-OPEN_SET_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+# 3 (2026-12-06, later): the default parts add shape_knn and relative_knn, whose references carry their class
+# (scorer.feature_ref_labels) and local spread (scorer.feature_ref_spread); formats 1 and 2 still load (their
+# parts need neither), a waferscope that knows only 1-2 refuses a format 3 file instead of failing on a part
+# it does not know.
+OPEN_SET_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 # the view of each map the scorer's wafer features are computed on: the canonical rotation/flip, as
 # the default classifier gbm computes them, so that the scorer reuses gbm's features instead of
 # extracting them a second time (OpenSetModel.classify)

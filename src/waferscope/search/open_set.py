@@ -12,9 +12,21 @@ And cluster the abstained wafers into candidate new patterns (issue #31).
   training wafers of any class. The metric embedding is trained to pull the known classes together
   and so folds an unseen pattern onto one of them; the plain features keep what that training threw
   away (measured on lot-grouped folds: +0.03 mean leave-one-class-out AUROC, docs/search.md);
+- ``shape_knn``: the distance in a few shape descriptors of the wafer's largest fail cluster (its size,
+  radial position, elongation, angular concentration, the longest run of hot outer sectors — ring-ness —
+  and the longest cluster's thinness: :data:`SHAPE_FEATURES`, standardised) to the ``k`` nearest known
+  training wafers of the nearest class. Each hidden class is odd in a shape sense that the classifier
+  and the metric head fold away (a scratch thinner, a ring more closed, a blob more central than any
+  known wafer of its look-alike class);
+- ``relative_knn``: the distance in the standardised features to the ``k`` nearest training wafers of
+  the class the classifier chose, divided by those neighbours' own mean distance to their ``k`` nearest
+  of the class: a distance relative to the class's local density (a tight class makes a small absolute
+  distance suspect, a loose one forgives a large one);
 - ``detector``: an anomaly detector's score (the bundled ``pattern_contrast``). Available, but off by
   default: measured, it lowers the AUROC (a detector tells defects from clean wafers, and most known
   wafers are defects too), and a logistic combination fitted with held-out classes gives it ~0 weight.
+
+Default parts: :data:`DEFAULT_PARTS` (all but ``detector``).
 
 Each part is turned into a rank against a calibration set of known wafers the models did not train on
 (its empirical CDF there, so the parts live on one 0..1 scale whatever their units), and the open-set
@@ -37,7 +49,14 @@ from waferscope.errors import ConfigError, DataError
 
 UNKNOWN = "unknown"
 SIGNALS = ("proba", "metric", "features", "detector")
-DEFAULT_PARTS = ("doubt", "metric_knn", "feature_knn")
+# doubt + metric_knn + feature_knn until 2026-12-06 ~13:40; shape_knn and relative_knn joined after the fourth
+# screen (fold 0, confirmed once on lot-grouped folds 1-4: mean leave-one-class-out AUROC 0.860 -> 0.879,
+# known-class macro-F1 with abstention -0.017 of the closed-set model; docs/search.md)
+DEFAULT_PARTS = ("doubt", "metric_knn", "feature_knn", "relative_knn", "shape_knn")
+# the shape descriptors of ``shape_knn``, by their names in the ``extended`` wafer features (the
+# ``features`` signal): six of the 14 screened (docs/search.md "Fourth screen")
+SHAPE_FEATURES = ("stats_largest_size", "stats_largest_radius", "stats_largest_elongation",
+                  "largest_angle_concentration", "outer_hot_run", "longest_thinness")
 # the most training wafers kept as feature-space references (a seeded sample beyond): bounds the
 # scorer's size and the per-wafer distance cost
 MAX_FEATURE_REFS = 6000
@@ -49,21 +68,33 @@ def _ecdf(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.searchsorted(ref, np.asarray(values, dtype=np.float64), side="right") / max(len(ref), 1)
 
 
-def _knn_mean(queries: np.ndarray, ref: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-    """Mean Euclidean distance of each query to its ``k`` nearest rows of ``ref`` (chunked: bounded memory)."""
+def _knn_mean(queries: np.ndarray, ref: np.ndarray, k: int, chunk: int = 2048, skip_self: bool = False,
+              with_index: bool = False):
+    """Mean Euclidean distance of each query to its ``k`` nearest rows of ``ref`` (chunked: bounded memory).
+
+    ``skip_self``: the queries are ``ref`` itself, each row's own zero distance left out.
+    ``with_index``: also return the (N, k) positions of the neighbours in ``ref``.
+    """
     queries = np.asarray(queries, dtype=np.float32)
     ref = np.asarray(ref, dtype=np.float32)
     out = np.full(len(queries), np.inf)
-    if not len(ref):
-        return out
-    kk = min(k, len(ref))
+    kk = min(k, len(ref) - int(skip_self))
+    index = np.zeros((len(queries), max(kk, 0)), dtype=np.int64)
+    if kk < 1:
+        return (out, index) if with_index else out
     rr = (ref ** 2).sum(1)[None, :]
     for s in range(0, len(queries), chunk):
         q = queries[s:s + chunk]
         d2 = np.maximum((q ** 2).sum(1)[:, None] - 2 * q @ ref.T + rr, 0)
-        near = np.partition(d2, kk - 1, axis=1)[:, :kk]
-        out[s:s + chunk] = np.sqrt(near).mean(axis=1)
-    return out
+        if skip_self:
+            d2[np.arange(len(q)), np.arange(s, s + len(q))] = np.inf
+        if with_index:
+            near = np.argpartition(d2, kk - 1, axis=1)[:, :kk]
+            out[s:s + chunk] = np.sqrt(np.take_along_axis(d2, near, axis=1)).mean(axis=1)
+            index[s:s + chunk] = near
+        else:
+            out[s:s + chunk] = np.sqrt(np.partition(d2, kk - 1, axis=1)[:, :kk]).mean(axis=1)
+    return (out, index) if with_index else out
 
 
 def _doubt(scorer, s):
@@ -84,13 +115,42 @@ def _feature_knn(scorer, s):
     return _knn_mean(s["features"], scorer.feature_refs_, scorer.k)
 
 
+def _shape_knn(scorer, s):
+    cols = scorer.shape_columns_
+    feats = np.asarray(s["features"], dtype=np.float32)
+    if feats.shape[1] <= max(cols):
+        raise ConfigError(f"the open-set part shape_knn reads the extended wafer features ({max(cols) + 1} or more "
+                          f"columns); the features given have {feats.shape[1]}")
+    shapes, refs = feats[:, cols], scorer.feature_refs_[:, cols]
+    dist = np.full(len(feats), np.inf)
+    for c in range(len(scorer.classes_)):  # the nearest class: a shape none of the known classes has
+        dist = np.minimum(dist, _knn_mean(shapes, refs[scorer.feature_ref_labels_ == c], scorer.k))
+    return dist
+
+
+def _relative_knn(scorer, s):
+    chosen = np.asarray(s["proba"]).argmax(axis=1)
+    feats = np.asarray(s["features"], dtype=np.float32)
+    ratio = np.full(len(feats), np.inf)
+    for c in np.unique(chosen):
+        sel, mine = chosen == c, np.flatnonzero(scorer.feature_ref_labels_ == c)
+        dist, near = _knn_mean(feats[sel], scorer.feature_refs_[mine], scorer.k, with_index=True)
+        if near.shape[1]:
+            own = scorer.feature_ref_spread_[mine][near].mean(axis=1)
+            ratio[sel] = dist / np.maximum(own, 1e-6)
+    return ratio
+
+
 def _detector(scorer, s):
     return np.asarray(s["detector"], dtype=np.float64)
 
 
 # part name → (signals it needs, function(scorer, signals) → raw value per wafer, higher = stranger)
 PARTS = {"doubt": (("proba",), _doubt), "metric_knn": (("proba", "metric"), _metric_knn),
-         "feature_knn": (("features",), _feature_knn), "detector": (("detector",), _detector)}
+         "feature_knn": (("features",), _feature_knn), "shape_knn": (("features",), _shape_knn),
+         "relative_knn": (("proba", "features"), _relative_knn), "detector": (("detector",), _detector)}
+# the parts that measure distances to the training wafers' standardised features (feature_refs_)
+FEATURE_PARTS = ("feature_knn", "shape_knn", "relative_knn")
 
 
 class OpenSetScorer:
@@ -101,7 +161,7 @@ class OpenSetScorer:
     """
 
     def __init__(self, k: int = 10, parts: tuple[str, ...] = DEFAULT_PARTS, weights: tuple[float, ...] | None = None,
-                 abstain_rate: float = 0.05, seed: int = 0):
+                 abstain_rate: float = 0.05, seed: int = 0, shape_features: tuple[str, ...] = SHAPE_FEATURES):
         if not 0 <= abstain_rate < 1:
             raise ConfigError(f"abstain_rate must be in [0, 1), got {abstain_rate!r}")
         bad = sorted(set(parts) - set(PARTS))
@@ -114,6 +174,14 @@ class OpenSetScorer:
         self.weights = weights
         self.abstain_rate = abstain_rate
         self.seed = seed
+        self.shape_features = tuple(shape_features)
+        from waferscope.features.handcrafted import feature_names
+
+        names = {n: i for i, n in enumerate(feature_names("extended"))}
+        bad = sorted(set(self.shape_features) - set(names))
+        if bad or not self.shape_features:
+            raise ConfigError(f"shape_features must name extended wafer features; unknown: {bad}")
+        self.shape_columns_ = [names[n] for n in self.shape_features]
 
     def needs(self) -> set[str]:
         """Return the signals :meth:`score` reads."""
@@ -140,8 +208,8 @@ class OpenSetScorer:
 
     def fit_references(self, train: dict, train_labels, classes) -> "OpenSetScorer":
         """Learn the known wafers the kNN parts measure distances to (no calibration yet: :meth:`calibrate`)."""
-        needed = {"metric_knn": "metric", "feature_knn": "features"}
-        missing = sorted(v for k, v in needed.items() if k in self.parts and train.get(v) is None)
+        needed = {"metric_knn": "metric", **{p: "features" for p in FEATURE_PARTS}}
+        missing = sorted({v for k, v in needed.items() if k in self.parts and train.get(v) is None})
         if missing:
             raise ConfigError(f"the open-set scorer needs {', '.join(missing)} for the training wafers")
         self.classes_ = np.asarray([str(c) for c in classes])
@@ -151,14 +219,23 @@ class OpenSetScorer:
             self.class_vectors_ = [vectors[labels == c] for c in self.classes_]
         else:
             self.class_vectors_ = [np.zeros((0, 1), np.float32) for _ in self.classes_]
-        if "feature_knn" in self.parts:
+        self.feature_refs_ = np.zeros((0, 1), np.float32)
+        self.feature_ref_labels_ = np.zeros(0, np.int64)
+        self.feature_ref_spread_ = np.zeros(0, np.float32)
+        if set(FEATURE_PARTS) & set(self.parts):
             feats = np.asarray(train["features"], dtype=np.float32)
+            index = {c: i for i, c in enumerate(self.classes_)}
+            codes = np.asarray([index.get(c, -1) for c in labels], dtype=np.int64)
             if len(feats) > MAX_FEATURE_REFS:
                 keep = np.sort(np.random.default_rng(self.seed).choice(len(feats), MAX_FEATURE_REFS, replace=False))
-                feats = feats[keep]
-            self.feature_refs_ = feats
-        else:
-            self.feature_refs_ = np.zeros((0, 1), np.float32)
+                feats, codes = feats[keep], codes[keep]
+            self.feature_refs_, self.feature_ref_labels_ = feats, codes
+            if "relative_knn" in self.parts:  # each reference's own kNN distance within its class
+                spread = np.zeros(len(feats), np.float32)
+                for c in range(len(self.classes_)):
+                    mine = np.flatnonzero(codes == c)
+                    spread[mine] = _knn_mean(feats[mine], feats[mine], self.k, skip_self=True)
+                self.feature_ref_spread_ = np.where(np.isfinite(spread), spread, 0).astype(np.float32)
         return self
 
     def calibrate(self, cal_parts: np.ndarray) -> "OpenSetScorer":
@@ -204,10 +281,11 @@ class OpenSetScorer:
     def state(self) -> tuple[dict, dict]:
         """Return the (arrays, extras) to save."""
         arrays = {"cal_parts": self.cal_parts_.astype(np.float64), "feature_refs": self.feature_refs_,
+                  "feature_ref_labels": self.feature_ref_labels_, "feature_ref_spread": self.feature_ref_spread_,
                   **{f"class_{i}": v for i, v in enumerate(self.class_vectors_)}}
         extras = {"k": self.k, "parts": list(self.parts), "weights": None if self.weights is None else list(self.weights),
                   "abstain_rate": self.abstain_rate, "seed": self.seed, "classes": self.classes_.tolist(),
-                  "threshold": self.threshold_}
+                  "threshold": self.threshold_, "shape_features": list(self.shape_features)}
         return arrays, extras
 
     @classmethod
@@ -215,17 +293,28 @@ class OpenSetScorer:
         """Rebuild a fitted scorer from :meth:`state`; a clear error naming ``where`` when damaged."""
         try:
             self = cls(k=int(extras["k"]), parts=tuple(extras["parts"]), weights=extras.get("weights"),
-                       abstain_rate=float(extras["abstain_rate"]), seed=int(extras.get("seed", 0)))
+                       abstain_rate=float(extras["abstain_rate"]), seed=int(extras.get("seed", 0)),
+                       shape_features=tuple(extras.get("shape_features", SHAPE_FEATURES)))
             self.classes_ = np.asarray([str(c) for c in extras["classes"]])
             self.threshold_ = float(extras["threshold"])
             self.cal_parts_ = np.asarray(arrays["cal_parts"], dtype=np.float64)
             self.feature_refs_ = np.asarray(arrays["feature_refs"], dtype=np.float32)
+            # scorers saved before shape_knn / relative_knn have no reference labels (and need none)
+            self.feature_ref_labels_ = np.asarray(arrays.get("feature_ref_labels", np.zeros(0)), dtype=np.int64)
+            self.feature_ref_spread_ = np.asarray(arrays.get("feature_ref_spread", np.zeros(0)), dtype=np.float32)
             self.class_vectors_ = [np.asarray(arrays[f"class_{i}"], dtype=np.float32) for i in range(len(self.classes_))]
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"damaged open-set scorer state: {exc}", where) from None
         if self.cal_parts_.ndim != 2 or self.cal_parts_.shape[1] != len(self.parts):
             raise DataError(f"damaged open-set scorer state: calibration parts of shape {self.cal_parts_.shape} "
                             f"for {len(self.parts)} parts", where)
+        labelled = {"shape_knn", "relative_knn"} & set(self.parts)
+        if labelled and len(self.feature_ref_labels_) != len(self.feature_refs_):
+            raise DataError(f"damaged open-set scorer state: {len(self.feature_ref_labels_)} reference labels for "
+                            f"{len(self.feature_refs_)} feature references", where)
+        if "relative_knn" in self.parts and len(self.feature_ref_spread_) != len(self.feature_refs_):
+            raise DataError(f"damaged open-set scorer state: {len(self.feature_ref_spread_)} reference spreads for "
+                            f"{len(self.feature_refs_)} feature references", where)
         return self
 
 
