@@ -135,3 +135,27 @@ def test_help_of_every_model_describes_every_entry():
                 elif section in ("Parameters", "Attributes") and line.strip() and not line.startswith(" ") \
                         and set(line.strip()) != {"-"}:
                     assert nxt.startswith(" "), f"{name} ({kind}): {section} entry {line.strip()!r} has no description"
+
+
+def test_a_familys_descriptions_are_inherited_and_win_over_the_vocabulary():
+    """A base class's ``_docstrings`` describe its members' bare entries, before DOCSTRINGS does."""
+    from waferscope.base import Detector
+    from waferscope.vocabulary import DOCSTRINGS
+
+    class Family(Detector):
+        _docstrings = {"lr": "Learning rate of the family's optimiser."}
+
+    class Member(Family):
+        """Summary.
+
+        Parameters
+        ----------
+        lr, seed
+        """
+
+    assert "lr\n    Learning rate of the family's optimiser." in Member.__doc__
+    assert DOCSTRINGS["lr"] not in Member.__doc__ and f"seed\n    {DOCSTRINGS['seed']}" in Member.__doc__
+    # the real families: the detectors' lr is not the CNN classifiers' one-cycle lr; RD-ConvNeXt says RD's
+    rd_cnx = registry.get("reverse_distillation_convnext", "detector").__doc__
+    assert "lr\n    Learning rate of the optimiser." in rd_cnx and "betas\n    Adam's betas." in rd_cnx
+    assert "svc_\n    The fitted scikit-learn ``SVC``." in registry.get("svm-linear", "classifier").__doc__

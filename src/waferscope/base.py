@@ -204,7 +204,10 @@ class Estimator:
         # outermost call does either: a subclass's fit calling super().fit() passes straight through.
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("__doc__"):  # shared parameter/attribute descriptions live once, in the vocabulary
-            cls.__doc__ = fill_docstring(cls.__doc__, cls.__qualname__)
+            family: dict[str, str] = {}  # or in the family's base class (merged over the bases, like _tags)
+            for klass in reversed(cls.__mro__):
+                family.update(vars(klass).get("_docstrings", {}))
+            cls.__doc__ = fill_docstring(cls.__doc__, cls.__qualname__, family)
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "_contract_init", False):
             # Old parameter names → today's, with a FutureWarning (inspect.signature follows

@@ -45,7 +45,10 @@ PARAMS_VOCABULARY = 2
 # many models share with the same meaning. A model's docstring names them without a description, several
 # to an entry line ("epochs, batch_size, lr"); Estimator.__init_subclass__ fills the descriptions in
 # (:func:`fill_docstring`), so help(Model) is complete and the text lives once. A model whose use of
-# a name differs writes its own description under it, which is then kept.
+# a name differs writes its own description under it, which is then kept. A family of models whose use
+# of a name differs from this table's but is the same across the family (the detectors' ``lr``, the
+# autoencoder classifiers' ``ae_*``) says it once in its base class's ``_docstrings``, which its members
+# inherit (merged over the bases like ``_tags``) and which wins over this table.
 DOCSTRINGS: dict[str, str] = {
     # torch training
     "input_size": "Side in pixels of the square network input each map is resampled to.",
@@ -93,17 +96,20 @@ DOCSTRINGS: dict[str, str] = {
     "loss_history_": "Per-epoch mean training loss.",
     "backbone_kwargs_": "Construction kwargs of the backbone, recorded so a saved run rebuilds it.",
     "input_kind_": '``"wafer"`` or ``"image"``: the kind of data fitted on (the other kind is refused).',
+    "trees_": "The fitted trees as flat arrays (:mod:`waferscope.models.trees`).",
+    "ring_baseline_": "Mean local fail rate of the normal maps' dies in each radial ring.",
 }
 
 _FILLED_SECTIONS = ("Parameters", "Attributes")
 
 
-def fill_docstring(doc: str | None, owner: str = "") -> str | None:
+def fill_docstring(doc: str | None, owner: str = "", family: dict[str, str] | None = None) -> str | None:
     """Return ``doc`` with the shared descriptions of :data:`DOCSTRINGS` filled into its numpy sections.
 
     In a ``Parameters`` or ``Attributes`` section, an entry line with nothing indented under it (one
     name, or several separated by commas) becomes one entry per name with its shared description;
-    entries that have their own description are kept as written.
+    entries that have their own description are kept as written. ``family``: the descriptions of the
+    model's family (its bases' ``_docstrings``), used before :data:`DOCSTRINGS`.
 
     Raises
     ------
@@ -115,6 +121,7 @@ def fill_docstring(doc: str | None, owner: str = "") -> str | None:
 
     if not doc:
         return doc
+    described = {**DOCSTRINGS, **(family or {})}
     lines = inspect.cleandoc(doc).splitlines()
     out: list[str] = []
     section = None
@@ -126,10 +133,11 @@ def fill_docstring(doc: str | None, owner: str = "") -> str | None:
             and set(line.strip()) != {"-"} and line.strip() != section
         if is_entry and not nxt.startswith(" "):  # an entry with no description of its own
             for name in (n.strip() for n in line.split(",") if n.strip()):
-                if name not in DOCSTRINGS:
+                if name not in described:
                     raise ValueError(f"{owner or 'a docstring'}: {section} entry {name!r} has no description "
-                                     "and waferscope.vocabulary.DOCSTRINGS has none to fill in")
-                out += [name, f"    {DOCSTRINGS[name]}"]
+                                     "and neither its family's _docstrings nor waferscope.vocabulary.DOCSTRINGS "
+                                     "has one to fill in")
+                out += [name, f"    {described[name]}"]
             continue
         out.append(line)
     return "\n".join(out)

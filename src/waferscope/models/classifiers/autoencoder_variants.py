@@ -105,6 +105,14 @@ def train_autoencoder(ae, x_u8: np.ndarray, encoding: str = "onehot3", epochs: i
 class _AEClassifierBase(TorchClassifier):
     """Shared: train the autoencoder on the chosen maps before the classifier's own training."""
 
+    _docstrings = {
+        "latent_dim": "Size of the autoencoder's latent vector z.",
+        "ae_width": "Channels of the autoencoder's first convolution (doubled per stage).",
+        "ae_epochs": "Passes of the autoencoder's own training, before the classifier's.",
+        "ae_": "The fitted autoencoder (``torch.nn.Module``).",
+        "ae_history_": "Per-epoch autoencoder training loss.",
+    }
+
     ae_default_data = "all"
 
     _tags = {"input_kinds": ("wafer",)}  # refuses images (a die-state autoencoder / stem / teacher)
@@ -178,11 +186,8 @@ class AELatentClassifier(_AEClassifierBase):
     input_size, encoding, epochs, batch_size, lr, weight_decay, imbalance, augment, val_fraction, patience,
     seed, progress
     latent_dim
-        Size of the autoencoder's latent vector z.
     ae_width
-        Channels of the autoencoder's first convolution (doubled per stage).
     ae_epochs
-        Passes of the autoencoder's own training, before the classifier's.
     ae_data
         ``"all"`` (every map, any label) or ``"normal"`` (normal maps only): what the autoencoder is trained on.
     finetune
@@ -193,9 +198,7 @@ class AELatentClassifier(_AEClassifierBase):
     Attributes
     ----------
     ae_
-        The fitted autoencoder (``torch.nn.Module``).
     ae_history_
-        Per-epoch autoencoder training loss.
     best_epoch_, classes_, history_, in_chans_, network_, train_seconds_
     """
 
@@ -257,11 +260,8 @@ class ResidualCNNClassifier(_AEClassifierBase):
         ``"channel"`` (the residual map is an extra input channel) or ``"augment"`` (it only shapes training
         batches).
     latent_dim
-        Size of the autoencoder's latent vector z.
     ae_width
-        Channels of the autoencoder's first convolution (doubled per stage).
     ae_epochs
-        Passes of the autoencoder's own training, before the classifier's.
     ae_data
         ``"all"`` or ``"normal"``: what the autoencoder is trained on; None: ``"normal"`` for the channel mode,
         ``"all"`` for augment.
@@ -273,9 +273,7 @@ class ResidualCNNClassifier(_AEClassifierBase):
     Attributes
     ----------
     ae_
-        The fitted autoencoder (``torch.nn.Module``).
     ae_history_
-        Per-epoch autoencoder training loss.
     best_epoch_, classes_, history_, in_chans_, network_, train_seconds_
     """
 

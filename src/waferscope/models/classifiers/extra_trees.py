@@ -76,14 +76,12 @@ class ExtraTreesClassifier(GradientBoostingClassifier):
     Parameters
     ----------
     feature_set
-        The wafer features the model reads (:data:`waferscope.features.FEATURE_SETS`).
     n_estimators
         Trees in the forest.
     max_features
         Features tried per split, as scikit-learn takes it (``"sqrt"``, ``"log2"``, a count or a share).
     seed
     n_jobs
-        Processes for feature extraction and for the tree walk.
     progress, orient
 
     Attributes

@@ -49,7 +49,6 @@ class GradientBoostingClassifier(Classifier):
     Parameters
     ----------
     feature_set
-        The wafer features the model reads (:data:`waferscope.features.FEATURE_SETS`).
     max_iter
         Boosting iterations (trees per class).
     learning_rate
@@ -60,7 +59,6 @@ class GradientBoostingClassifier(Classifier):
         L2 regularisation of the leaf values.
     seed
     n_jobs
-        Processes for feature extraction and for the tree walk.
     progress, orient
 
     Attributes
@@ -69,8 +67,12 @@ class GradientBoostingClassifier(Classifier):
     temperature_
         Softmax temperature of the probabilities (1.0 until :meth:`set_temperature`).
     trees_
-        The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """
+
+    _docstrings = {  # shared with extra_trees
+        "feature_set": "The wafer features the model reads (:data:`waferscope.features.FEATURE_SETS`).",
+        "n_jobs": "Processes for feature extraction and for the tree walk.",
+    }
 
     _tags = {"temperature": True, "wafer_features": True}
     _parameter_constraints = {"feature_set": [Options(*FEATURE_SETS)], "orient": [Options(*ORIENT)]}

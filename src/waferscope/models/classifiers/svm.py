@@ -26,6 +26,11 @@ _SVC_ARRAYS = ("support_", "support_vectors_", "_n_support", "_dual_coef_", "_in
 
 class _SVMClassifier(Classifier):
     kernel = "rbf"
+    _docstrings = {  # shared by svm-linear and svm-rbf
+        "n_jobs": "Processes for feature extraction.",
+        "scaler_": "Feature standardiser fitted on the training maps.",
+        "svc_": "The fitted scikit-learn ``SVC``.",
+    }
     # libsvm fits its Platt scaling pairwise and without the class weights; on the WM-811K mix the
     # prior correction lowered svm-rbf's macro-F1 0.647 → 0.601 (docs/classification.md).
     prior_refusal = ("the SVMs' Platt-scaled probabilities are not class-balanced posteriors "
@@ -133,16 +138,13 @@ class LinearSVMClassifier(_SVMClassifier):
         Kernel coefficient (scikit-learn's; unused by the linear kernel).
     seed
     n_jobs
-        Processes for feature extraction.
     progress
 
     Attributes
     ----------
     classes_
     scaler_
-        Feature standardiser fitted on the training maps.
     svc_
-        The fitted scikit-learn ``SVC``.
     """
 
     kernel = "linear"
@@ -164,16 +166,13 @@ class RBFSVMClassifier(_SVMClassifier):
         RBF kernel coefficient (``"scale"``, ``"auto"`` or a number).
     seed
     n_jobs
-        Processes for feature extraction.
     progress
 
     Attributes
     ----------
     classes_
     scaler_
-        Feature standardiser fitted on the training maps.
     svc_
-        The fitted scikit-learn ``SVC``.
     """
 
     kernel = "rbf"

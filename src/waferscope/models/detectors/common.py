@@ -424,6 +424,13 @@ class TorchDetector(Detector):
     parameters, or rely on these class defaults).
     """
 
+    # the network detectors' shared parameter descriptions (waferscope.vocabulary.fill_docstring)
+    _docstrings = {
+        "input_size": "Side in pixels of the square network input (S×S) each map or image is resized to.",
+        "lr": "Learning rate of the optimiser.",
+        "weight_decay": "Weight decay of the optimiser.",
+    }
+
     input_size: int = 64
     predict_batch_size: int = 64
     smoothing_sigma: float = 4.0

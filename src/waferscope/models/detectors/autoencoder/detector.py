@@ -46,16 +46,13 @@ class AutoencoderDetector(TorchDetector):
     Parameters
     ----------
     input_size
-        Side in pixels of the square network input (S×S) each map or image is resized to.
     base_channels
         Channels of the first convolution (doubled per stage).
     latent_dim
         Size of the bottleneck.
     epochs, batch_size
     lr
-        Learning rate of the optimiser.
     weight_decay
-        Weight decay of the optimiser.
     augment
         Random rotations/flips of the training inputs (the 8 symmetries of the square), for wafer maps
         only: images are not augmented.

@@ -53,12 +53,9 @@ class EfficientADDetector(FastInferenceMixin, TorchDetector):
         Registered PDN backbone the teacher is taken from.
     pretrained
     input_size
-        Side in pixels of the square network input (S×S) each map or image is resized to.
     epochs, batch_size
     lr
-        Learning rate of the optimiser.
     weight_decay
-        Weight decay of the optimiser.
     hard_quantile
         Quantile above which a teacher–student feature distance counts in the hard-feature loss.
     penalty

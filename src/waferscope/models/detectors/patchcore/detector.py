@@ -76,21 +76,23 @@ class PatchCoreDetector(TorchDetector):
     num_neighbors
         The b of eq. 7 (paper: 9); 1 turns re-weighting off (score = largest patch distance).
     input_size
-        Side in pixels of the square network input each map or image is resized to.
     predict_batch_size, smoothing_sigma, seed, progress
 
     Attributes
     ----------
     fit_info_
-        Figures of the fit (candidate patches, memory-bank rows and MB, seconds).
     grid_
-        (h, w) of the patch-feature grid.
     memory_bank_
         The coreset of normal patch features (rows × ``embedding_dim``).
     memory_sq_norm_
-        Squared norms of the memory-bank rows.
     model_, threshold_, threshold_info_
     """
+
+    _docstrings = {  # shared with ReConPatch
+        "fit_info_": "Figures of the fit (candidate patches, memory-bank rows and MB, seconds).",
+        "grid_": "(h, w) of the patch-feature grid.",
+        "memory_sq_norm_": "Squared norms of the memory-bank rows.",
+    }
 
     _parameter_constraints = {
         "patch_size": [Interval(int, 1)], "embedding_dim": [Interval(int, 1)],

@@ -69,10 +69,8 @@ class PatternContrastDetector(Detector):
     ----------
     n_train_
     ring_baseline_
-        Mean local fail rate of the normal maps' dies in each radial ring.
     threshold_, threshold_info_
     trees_
-        The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """
 
     _parameter_constraints = {"n_synthetic": [Interval(int, 1)]}

@@ -49,7 +49,6 @@ class PatternStatsDetector(Detector):
     precision_
         Precision matrix of that covariance (the Mahalanobis metric).
     ring_baseline_
-        Mean local fail rate of the normal maps' dies in each radial ring.
     scale_
         Standard deviation of each statistic (1 where constant).
     threshold_, threshold_info_

@@ -48,7 +48,6 @@ class ReConPatchDetector(PatchCoreDetector):
         Keyword arguments of the backbone's constructor (``width``, ``small_input`` for ResNets).
     layers
     input_size
-        Side in pixels of the square network input each map or image is resized to.
     patch_size
         Neighbourhood of the local average of the features (PatchCore's 3).
     embedding_dim
@@ -68,14 +67,11 @@ class ReConPatchDetector(PatchCoreDetector):
     Attributes
     ----------
     fit_info_
-        Figures of the fit (candidate patches, memory-bank rows and MB, seconds).
     grid_
-        (h, w) of the patch-feature grid.
     loss_history_
     memory_bank_
         The coreset of modulated normal patch features (rows × ``representation_dim``).
     memory_sq_norm_
-        Squared norms of the memory-bank rows.
     model_
     modulation_
         The trained representation network applied to patch features.

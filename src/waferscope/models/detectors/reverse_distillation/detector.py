@@ -34,24 +34,15 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
     Parameters
     ----------
     backbone
-        Name of a registered backbone network (the frozen teacher).
     pretrained, layers
     style
-        ``"resnet"`` (basic-block bottleneck and decoder) or ``"convnext"`` (LayerNorm ConvNeXt blocks).
     n_blocks
-        Blocks per decoder stage.
     feature_norm
-        ``"none"``, ``"layernorm"`` or ``"channel"``: how teacher and student features are normalised before
-        comparing.
     input_size
-        Side in pixels of the square network input (S×S) each map or image is resized to.
     epochs, batch_size
     lr
-        Learning rate of the optimiser.
     betas
-        Adam's betas.
     weight_decay
-        Weight decay of the optimiser.
     augment, smoothing_sigma, predict_batch_size, jit, seed, progress
 
     Attributes
@@ -59,6 +50,15 @@ class ReverseDistillationDetector(FastInferenceMixin, TorchDetector):
     backbone_kwargs_, loss_history_, model_
     threshold_, threshold_info_
     """
+
+    _docstrings = {  # shared with RD-ConvNeXt
+        "backbone": "Name of a registered backbone network (the frozen teacher).",
+        "style": '``"resnet"`` (basic-block bottleneck and decoder) or ``"convnext"`` (LayerNorm ConvNeXt blocks).',
+        "n_blocks": "Blocks per decoder stage.",
+        "feature_norm": '``"none"``, ``"layernorm"`` or ``"channel"``: how teacher and student features are '
+                        "normalised before comparing.",
+        "betas": "Adam's betas.",
+    }
 
     _label = "reverse-distillation"
 
@@ -140,25 +140,8 @@ class ReverseDistillationConvNeXtDetector(ReverseDistillationDetector):
 
     Parameters
     ----------
-    backbone
-        Name of a registered backbone network (the frozen teacher).
-    pretrained, layers
-    style
-        ``"resnet"`` (basic-block bottleneck and decoder) or ``"convnext"`` (LayerNorm ConvNeXt blocks).
-    n_blocks
-        Blocks per decoder stage.
-    feature_norm
-        ``"none"``, ``"layernorm"`` or ``"channel"``: how teacher and student features are normalised before
-        comparing.
-    input_size
-        Side in pixels of the square network input (S×S) each map or image is resized to.
-    epochs, batch_size
-    lr
-        Learning rate of the optimiser.
-    betas
-        Adam's betas.
-    weight_decay
-        Weight decay of the optimiser.
+    backbone, pretrained, layers, style, n_blocks, feature_norm
+    input_size, epochs, batch_size, lr, betas, weight_decay
     augment, smoothing_sigma, predict_batch_size, jit, seed, progress
 
     Attributes

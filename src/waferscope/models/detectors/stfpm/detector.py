@@ -127,16 +127,13 @@ class STFPMDetector(FastInferenceMixin, TorchDetector):
     fusion
         ``"product"``, ``"mean"`` or ``"max"``: how the per-layer distance maps are combined.
     input_size
-        Side in pixels of the square network input (S×S) each map or image is resized to.
     epochs, batch_size
     optimizer
         ``"sgd"`` or ``"adam"``.
     lr
-        Learning rate of the optimiser.
     momentum
         SGD momentum.
     weight_decay
-        Weight decay of the optimiser.
     augment, smoothing_sigma, predict_batch_size, jit, seed, progress
 
     Attributes

@@ -69,7 +69,6 @@ class TextureContrastDetector(Detector):
         Per-feature standard deviation of those rows.
     threshold_, threshold_info_
     trees_
-        The fitted trees as flat arrays (:mod:`waferscope.models.trees`).
     """
 
     _tags = {"input_kinds": ("wafer", "image")}
