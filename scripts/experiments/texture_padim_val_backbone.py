@@ -37,13 +37,13 @@ BACKBONES = {"formula": ("formula_resnet18", "formula"), "wafer": ("wafer_resnet
              "random": ("formula_resnet18", None)}
 
 
-def make_features(variant, k):
+def make_features(variant, k, upsample=1):
     ext, pick = None, None
     if variant != "fine":
         name, pretrained = BACKBONES[variant]
         torch.manual_seed(0)
         ext = FeatureExtractor(create_backbone(name, pretrained=pretrained), layers=("layer2", "layer3")).eval()
-        total = sum(c for c, _, _ in ext.feature_info(r4.S).values())
+        total = sum(c for c, _, _ in ext.feature_info(r4.S * upsample).values())
         pick = torch.from_numpy(np.sort(np.random.default_rng(0).choice(total, size=k, replace=False)))
 
     def features(x, boxes, stride, g):
@@ -54,9 +54,12 @@ def make_features(variant, k):
                 bx = [tuple(b) for b in boxes[s:s + 32]]
                 f = to_grid(bank(xb), bx, stride, g)
                 if ext is not None:
-                    l2, l3 = ext((xb * 0.25 + 0.5).expand(-1, 3, -1, -1)).values()
+                    xin = (xb * 0.25 + 0.5).expand(-1, 3, -1, -1)
+                    if upsample > 1:  # a finer backbone grid: layer2 at 8 / upsample canvas px
+                        xin = F.interpolate(xin, scale_factor=upsample, mode="bilinear", align_corners=False)
+                    l2, l3 = ext(xin).values()
                     e = torch.cat([l2, F.interpolate(l3, size=l2.shape[-2:], mode="bilinear", align_corners=False)], 1)
-                    f = torch.cat([f, to_grid(e[:, pick], bx, r4.S // l2.shape[-1], g)], 1)
+                    f = torch.cat([f, to_grid(e[:, pick], bx, max(1, r4.S // l2.shape[-1]), g)], 1)
                 yield s, f
     return features
 
@@ -65,8 +68,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", default="formula", choices=["fine", *BACKBONES])
     ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--upsample", type=int, default=1, help="backbone input = the canvas upsampled by this factor")
     a = ap.parse_args()
-    r4.features = make_features(a.variant, a.k)
+    r4.features = make_features(a.variant, a.k, a.upsample)
     d = r4.d
     perm = np.random.default_rng(0).permutation(len(d["xtr"]))
     val, fitidx = np.sort(perm[: len(perm) // 5]), np.sort(perm[len(perm) // 5:])
@@ -84,7 +88,7 @@ def main():
     boxes, valid = bval * 2, np.concatenate([d["vtr"][val]] * 2)
     normal = np.r_[np.ones(n, bool), np.zeros(n, bool)]
     good = ["good"] * n
-    name = a.variant if a.variant == "fine" else f"{a.variant}_k{a.k}"
+    name = a.variant if a.variant == "fine" else f"{a.variant}_k{a.k}" + (f"_up{a.upsample}" if a.upsample > 1 else "")
     sets = {"val": (ma, ["draem", "scar"], 1), "val_edge": (me, ["crack", "chip"], 2),
             "val_edge_faint": (mf, ["crack", "chip"], 3)}
     for split, (m, kinds, kk) in sets.items():

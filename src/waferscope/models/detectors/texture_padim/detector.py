@@ -83,6 +83,7 @@ class TexturePaDiMDetector(Detector):
     predict_batch_size
         Images per batch when fitting and scoring (speed and memory only, not results beyond float
         rounding): features are computed and consumed one batch at a time.
+    seed
     progress
 
     Attributes
