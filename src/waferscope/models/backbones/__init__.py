@@ -3,6 +3,7 @@
     create_backbone("resnet18")                          # random init, torchvision layout
     create_backbone("resnet18", pretrained="~/r18.pth")  # a torchvision checkpoint from a local file
     create_backbone("wafer_resnet18", pretrained="wafer")  # the wafer-domain weights shipped in the package
+    create_backbone("formula_resnet18", pretrained="formula")  # grey-texture weights learned on procedural images
 
 Every backbone is also in the registry under kind ``"backbone"`` (``registry.available("backbone")``).
 """
@@ -22,7 +23,12 @@ from waferscope.models.backbones.checkpoint import load_checkpoint, read_state_d
 from waferscope.models.backbones.feature_extractor import FeatureExtractor
 
 __all__ = ["create_backbone", "FeatureExtractor", "load_checkpoint", "read_state_dict", "save_checkpoint",
-           "wafer_weights_path", "wafer_weights_info"]
+           "wafer_weights_path", "wafer_weights_info", "shipped_backbones", "SHIPPED_DOMAINS"]
+
+
+# Weights shipped inside the package, by domain (the ``pretrained=`` value that asks for them). Each
+# file's JSON says its domain; files written before the field existed are wafer weights.
+SHIPPED_DOMAINS = ("wafer", "formula")
 
 
 def wafer_weights_path(name: str) -> Path:
@@ -38,20 +44,32 @@ def wafer_weights_info(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def shipped_backbones(domain: str = "wafer") -> list[str]:
+    """Names of the backbones whose ``domain`` weights ship in the package (``pretrained=domain``)."""
+    folder = wafer_weights_path("x").parent
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.safetensors")
+                  if registry.available("backbone") and p.stem in registry.available("backbone")
+                  and wafer_weights_info(p.stem).get("domain", "wafer") == domain)
+
+
 def create_backbone(name: str, pretrained: str | Path | bool | None = None, **kwargs) -> nn.Module:
     """Build backbone ``name``; ``pretrained`` is None (random init).
 
-    ``"wafer"`` (shipped wafer-domain weights) or a local checkpoint path. ImageNet weights are
-    never downloaded.
+    ``"wafer"`` (shipped wafer-domain weights), ``"formula"`` (shipped weights learned on procedural
+    grey images, for ``formula_resnet18``) or a local checkpoint path. ImageNet weights are never
+    downloaded.
     """
     factory = registry.get(name, "backbone")
     if pretrained in (None, False, "", "none"):
         return factory(**kwargs)
-    if pretrained in (True, "wafer"):
+    if pretrained is True or pretrained in SHIPPED_DOMAINS:
+        domain = "wafer" if pretrained is True else str(pretrained)
         path = wafer_weights_path(name)
-        if not path.is_file():
-            shipped = sorted(p.stem for p in path.parent.glob("*.safetensors")) if path.parent.is_dir() else []
-            raise ConfigError(f"no wafer-pretrained weights are shipped for backbone {name!r}; "
+        if not path.is_file() or wafer_weights_info(name).get("domain", "wafer") != domain:
+            shipped = shipped_backbones(domain)
+            raise ConfigError(f"no {domain}-pretrained weights are shipped for backbone {name!r}; "
                               f"shipped: {', '.join(shipped) or 'none'}")
         cfg = dict(wafer_weights_info(name).get("kwargs", {}))
         cfg.update(kwargs)

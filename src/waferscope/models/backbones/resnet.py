@@ -24,7 +24,7 @@ from torch import nn
 from waferscope.registry import register
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "wide_resnet50_2",
-           "wafer_resnet18"]
+           "wafer_resnet18", "FormulaResNet", "formula_resnet18"]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -204,3 +204,35 @@ def wafer_resnet18(**kwargs) -> ResNet:
     cfg = dict(WAFER_RESNET18_CONFIG)
     cfg.update(kwargs)
     return ResNet(BasicBlock, [2, 2, 2, 2], **cfg)
+
+
+class FormulaResNet(ResNet):
+    """ResNet whose stem first standardises each input image by its own mean and standard deviation.
+
+    The formula-pretrained weights (``scripts/pretrain_formula_backbone.py``) were learned on
+    procedural images of arbitrary brightness and contrast; standardising inside the network makes the
+    features independent of how a detector scales its input (``[0, 1]`` grey replicated to 3
+    channels, or an already z-scored canvas) and of the lighting of each shot. It has no parameters,
+    so the state-dict keys stay torchvision's.
+    """
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise each image (over channels and pixels), then the usual stem."""
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True)
+        return super().stem((x - mean) / (std + 1e-5))
+
+
+# The formula-driven backbone shipped with waferscope: the same ResNet-18 at half width as the wafer
+# backbone (so the two compare weights for weights, not architectures), with per-image input
+# standardisation. Trained on procedurally generated grey textures only (docs/detection.md,
+# "A formula-driven image backbone").
+FORMULA_RESNET18_CONFIG = {"width": 0.5, "small_input": False}
+
+
+@register("formula_resnet18", kind="backbone")
+def formula_resnet18(**kwargs) -> FormulaResNet:
+    """Return the small, input-standardising ResNet-18 the shipped formula-driven weights are for."""
+    cfg = dict(FORMULA_RESNET18_CONFIG)
+    cfg.update(kwargs)
+    return FormulaResNet(BasicBlock, [2, 2, 2, 2], **cfg)

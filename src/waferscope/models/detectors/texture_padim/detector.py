@@ -71,15 +71,27 @@ class TexturePaDiMDetector(Detector):
         maximum into the synthetic defect for 79 % of images instead of 76 %, the rest unchanged).
     smoothing_sigma
         Map smoothing, px per 256 px of canvas.
+    backbone, pretrained, backbone_layers, backbone_input_size, backbone_channels, filter_bank
+        Optional learned channels (PaDiM's own features): ``backbone`` a registered backbone name
+        (None: none), ``pretrained`` its weights (None: seeded random init, ``"wafer"``/``"formula"``:
+        shipped weights, or a local checkpoint), computed on a canvas of ``backbone_input_size`` px
+        (the same aspect-kept, per-image standardised canvas, mapped to ~[0, 1] as ``z / 4 + 0.5``,
+        grey in 3 channels); the deeper layers upsampled to the first one's size and concatenated
+        (PaDiM), then a seeded random subset of ``backbone_channels`` of them kept (PaDiM's random
+        dimensionality reduction; 0 keeps all). ``filter_bank=False`` leaves the filter bank out
+        (the Gaussians then live on the backbone channels alone).
     predict_batch_size
         Images per batch when fitting and scoring (speed and memory only, not results beyond float
         rounding): features are computed and consumed one batch at a time.
+    seed
     progress
 
     Attributes
     ----------
     cell_loc_
         Per-cell location of the held-out distances (``calibration_folds``; 0 otherwise).
+    backbone_index_
+        The backbone channels kept (``backbone_channels``), or None.
     cell_scale_
         Per-cell scale of the held-out distances (1 without calibration).
     channel_mean_
@@ -105,7 +117,10 @@ class TexturePaDiMDetector(Detector):
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (0.7, 1.0, 2.0, 4.0), energy_window: int = 7,
                  stride: int = 1, grid: int = 128, shrinkage: float = 0.01, large_sigmas: Sequence[float] = (),
                  calibration_folds: int = 5,
-                 smoothing_sigma: float = 4.0, predict_batch_size: int = 32, progress: bool = True):
+                 smoothing_sigma: float = 4.0, backbone: str | None = None, pretrained: str | None = None,
+                 backbone_layers: Sequence[str] = ("layer2", "layer3"), backbone_input_size: int = 256,
+                 backbone_channels: int = 100, filter_bank: bool = True, seed: int = 0,
+                 predict_batch_size: int = 32, progress: bool = True):
         self.input_size = input_size
         self.sigmas = sigmas
         self.energy_window = energy_window
@@ -115,6 +130,13 @@ class TexturePaDiMDetector(Detector):
         self.large_sigmas = large_sigmas
         self.calibration_folds = calibration_folds
         self.smoothing_sigma = smoothing_sigma
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.backbone_layers = backbone_layers
+        self.backbone_input_size = backbone_input_size
+        self.backbone_channels = backbone_channels
+        self.filter_bank = filter_bank
+        self.seed = seed
         self.predict_batch_size = predict_batch_size
         self.progress = progress
 
@@ -129,6 +151,52 @@ class TexturePaDiMDetector(Detector):
             raise ConfigError(f"large_sigmas must be positive, got {self.large_sigmas}")
         if int(self.calibration_folds) == 1 or int(self.calibration_folds) < 0:
             raise ConfigError(f"calibration_folds must be 0 (off) or ≥ 2, got {self.calibration_folds}")
+        if not self.filter_bank and not self.backbone:
+            raise ConfigError("texture_padim needs features: filter_bank=True or a backbone")
+        if self.backbone and (not list(self.backbone_layers) or int(self.backbone_input_size) < 8
+                              or int(self.backbone_channels) < 0):
+            raise ConfigError("backbone_layers must name at least one layer, backbone_input_size be ≥ 8 "
+                              "and backbone_channels ≥ 0")
+
+    # ---- optional backbone channels ----------------------------------------------------------------
+    def _extractor(self, state: dict | None = None):
+        """Return the frozen feature extractor of ``backbone`` (built once; from ``state`` when reloading a run)."""
+        if getattr(self, "_extractor_cache", None) is None:
+            from waferscope.models.backbones import FeatureExtractor, create_backbone
+
+            torch.manual_seed(int(self.seed))  # a random-init backbone is reproducible from the seed
+            net = create_backbone(self.backbone, pretrained=None if state is not None else self.pretrained)
+            if state is not None:
+                net.load_state_dict(state, strict=False)
+            self._extractor_cache = FeatureExtractor(net, layers=tuple(self.backbone_layers)).eval()
+        return self._extractor_cache
+
+    def _backbone_grid(self, part) -> torch.Tensor:
+        """(B, C, grid, grid) backbone channels of a sub-dataset (PaDiM's concatenated layers)."""
+        size = int(self.backbone_input_size)
+        canvas = image_canvas(part, size, "image")
+        # the canvas is z-scored per image; z / 4 + 0.5 puts it in about the [0, 1] range the image
+        # detectors feed their backbones (a backbone that standardises its input is unaffected)
+        x = (torch.from_numpy(canvas.x) * 0.25 + 0.5).expand(-1, 3, -1, -1)
+        feats = list(self._extractor()(x).values())
+        h = feats[0].shape[-1]
+        f = torch.cat([feats[0]] + [torch.nn.functional.interpolate(m, size=feats[0].shape[-2:], mode="bilinear",
+                                                                    align_corners=False) for m in feats[1:]], 1)
+        if self.backbone_index_ is not None:
+            f = f[:, self.backbone_index_]
+        return to_grid(f, canvas.boxes, max(1, size // h), int(self.grid))
+
+    def _choose_backbone_channels(self) -> None:
+        self._extractor_cache = None
+        self.backbone_index_ = None
+        if not self.backbone:
+            return
+        info = self._extractor().feature_info(int(self.backbone_input_size))
+        total = sum(info[name][0] for name in self.backbone_layers)
+        k = int(self.backbone_channels)
+        if 0 < k < total:
+            pick = np.sort(np.random.default_rng(int(self.seed)).choice(total, size=k, replace=False))
+            self.backbone_index_ = torch.from_numpy(pick)
 
     def _batches(self, dataset, desc: str, index=None):
         """Yield (indices, sub-dataset, canvas, (B, C, grid, grid) features) batch by batch.
@@ -144,11 +212,13 @@ class TexturePaDiMDetector(Detector):
             part = dataset.subset(idx)
             canvas = image_canvas(part, int(self.input_size), "image")
             x, boxes = torch.from_numpy(canvas.x), canvas.boxes
-            f = to_grid(bank(x), boxes, int(self.stride), int(self.grid))
+            parts = [to_grid(bank(x), boxes, int(self.stride), int(self.grid))] if self.filter_bank else []
             if list(self.large_sigmas):
                 large = large_scale_channels(x, boxes, LARGE_FINE_SIGMAS, [float(s) for s in self.large_sigmas])
-                f = torch.cat([f, to_grid(large, boxes, 1, int(self.grid))], 1)
-            yield idx, part, canvas, f
+                parts.append(to_grid(large, boxes, 1, int(self.grid)))
+            if self.backbone:
+                parts.append(self._backbone_grid(part))
+            yield idx, part, canvas, torch.cat(parts, 1)
 
     def fit(self, dataset, **kwargs) -> "TexturePaDiMDetector":
         """Fit the per-cell Gaussians on the normal images; return ``self``.
@@ -167,6 +237,7 @@ class TexturePaDiMDetector(Detector):
         fold_of = np.empty(n, np.int64)
         for j, fold in enumerate(folds):
             fold_of[fold] = j
+        self._choose_backbone_channels()
         with torch.no_grad():
             moments: list[CellMoments] = []
             for idx, _, _, f in self._batches(normals, "texture_padim fit"):
@@ -236,8 +307,13 @@ class TexturePaDiMDetector(Detector):
         return DetectionResult(scores=np.concatenate(scores), maps=maps)
 
     def _state(self):
-        return ({"mean": self.mean_, "precision": self.precision_, "channel_mean": self.channel_mean_,
-                 "channel_scale": self.channel_scale_, "cell_loc": self.cell_loc_, "cell_scale": self.cell_scale_}, {"n_train": self.n_train_, "input_kind": self.input_kind_})
+        tensors = {"mean": self.mean_, "precision": self.precision_, "channel_mean": self.channel_mean_,
+                   "channel_scale": self.channel_scale_, "cell_loc": self.cell_loc_, "cell_scale": self.cell_scale_}
+        if self.backbone:  # the backbone's tensors travel with the run (a local checkpoint may be gone)
+            tensors.update({f"backbone.{k}": v for k, v in self._extractor().backbone.state_dict().items()})
+            if self.backbone_index_ is not None:
+                tensors["backbone_index"] = self.backbone_index_
+        return tensors, {"n_train": self.n_train_, "input_kind": self.input_kind_}
 
     def _load_state(self, tensors, extras) -> None:
         try:
@@ -252,3 +328,7 @@ class TexturePaDiMDetector(Detector):
         self.cell_scale_ = tensors.get("cell_scale", torch.ones(side, side))
         self.n_train_ = int(extras.get("n_train", 0))
         self.input_kind_ = str(extras.get("input_kind", "image"))
+        self._extractor_cache = None
+        self.backbone_index_ = tensors.get("backbone_index")
+        if self.backbone:
+            self._extractor({k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")})
