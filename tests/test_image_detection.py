@@ -317,3 +317,23 @@ def test_texture_padim_fine_canvas_channels_fit_score_and_reload(tmp_path):
         registry.create("texture_padim", "detector", fine_factor=1, progress=False).fit(train)
     with pytest.raises(ConfigError, match="fine_pool"):
         registry.create("texture_padim", "detector", fine_pool="median", progress=False).fit(train)
+
+
+def test_texture_padim_run_saved_before_fine_factor_loads_without_fine_channels(tmp_path):
+    """A run saved before ``fine_factor`` existed (its params lack it) reloads with the fine canvas
+    off — the default's extra channels would not match its Gaussians — and scores as before."""
+    import json
+
+    from waferscope.base import load_run
+
+    train, test = _image_sets()
+    det = registry.create("texture_padim", "detector", input_size=24, sigmas=(1.0, 2.0), stride=2, grid=4,
+                          fine_factor=0, calibration_folds=0, progress=False).fit(train)
+    det.save(tmp_path / "run")
+    header = next(p for p in (tmp_path / "run").iterdir() if p.suffix == ".json")
+    doc = json.loads(header.read_text())
+    doc["params"].pop("fine_factor")
+    header.write_text(json.dumps(doc))
+    old = load_run(tmp_path / "run")
+    assert old.fine_factor == 0
+    np.testing.assert_allclose(old.score(test).scores, det.score(test).scores, rtol=1e-5)

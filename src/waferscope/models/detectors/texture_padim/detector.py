@@ -107,6 +107,8 @@ class TexturePaDiMDetector(Detector):
 
     _tags = {"input_kinds": ("wafer", "image")}
     image_rank = 1
+    # runs saved before the finer canvas existed (sixth round) had no fine channels in their Gaussians
+    params_before = {"fine_factor": 0}
 
     _parameter_constraints = {
         "input_size": [Interval(int, 8)], "energy_window": [Interval(int, 1)], "stride": [Interval(int, 1)],
