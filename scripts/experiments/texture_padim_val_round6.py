@@ -392,7 +392,6 @@ def main():
     features = make_features(variant, d)
     w0, c0 = time.time(), time.process_time()
     held, dv, t_fit, _ = fit_and_score(features, fitidx, validx)
-    torch.save({"held": held, "dv": dv}, f"/tmp/r6_{variant}_dist.pt")  # for the map-level (edge) variants
     z = (dv - held.mean(0)) / held.std(0).clamp_min(1e-6)
     nimg = len(validx)
     cost = {"fit_cpu_s": round(t_fit - c0, 1), "score_cpu_s": round(time.process_time() - t_fit, 1),
