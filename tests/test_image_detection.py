@@ -204,7 +204,7 @@ def test_texture_padim_large_sigmas_find_bands_and_reload(tmp_path):
     test = WaferDataset.from_maps(good + bad, ["good"] * 6 + ["band"] * 6, masks=[None] * 6 + masks,
                                   kind="image", name="test")
     det = registry.create("texture_padim", "detector", input_size=40, sigmas=(1.0, 2.0), stride=2, grid=8,
-                          large_sigmas=(4.0,), progress=False).fit(train)
+                          fine_factor=0, large_sigmas=(4.0,), progress=False).fit(train)
     assert det.mean_.shape == (64, 24 + 7)  # 12 filter-bank channels + energy per σ, and 7 large-scale
     res = det.score(test)
     assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
@@ -273,3 +273,67 @@ def test_cell_moments_stay_exact_far_from_zero():
     np.testing.assert_allclose(mean.double().numpy(), xs.mean(1).numpy(), rtol=1e-6)
     ch_mean, ch_std = m.channel_stats()
     np.testing.assert_allclose(ch_std.numpy(), x.double().std((0, 2, 3)).numpy(), rtol=1e-4)
+
+
+def test_fine_channels_pool_a_finer_canvas_onto_the_grid():
+    """fine_channels: a 1 px dark line on a 64 px canvas, pooled 2 × 2 onto a 32 grid — max pooling
+    keeps the line's full second-derivative response (signed), the mean halves it; shapes and energies."""
+    from waferscope.models.detectors.texture_padim.features import fine_channels, pool_cells
+
+    x = torch.zeros(1, 1, 64, 64)
+    x[0, 0, :, 33] = -1.0  # a vertical line on an odd column: split across two cells by mean pooling
+    mx = fine_channels(x, [(0, 0, 64, 64)], (0.7,), 13, 2, 32, "max")
+    av = fine_channels(x, [(0, 0, 64, 64)], (0.7,), 13, 2, 32, "avg")
+    en = fine_channels(x, [(0, 0, 64, 64)], (0.7,), 13, 2, 32, "energy")
+    assert mx.shape == av.shape == en.shape == (1, 12, 32, 32)
+    gxx = 3  # per σ: G, Gx, Gy, Gxx, Gyy, Gxy; a dark vertical line is a positive Gxx ridge
+    assert mx[0, gxx, 16, 16] > 1.5 * av[0, gxx, 16, 16] > 0
+    assert (en[0, 1:6] >= 0).all() and en[0, gxx, 16, 16] > 0.5 * mx[0, gxx, 16, 16]
+    np.testing.assert_allclose(mx[0, 6:].numpy(), av[0, 6:].numpy())  # energies are pooled by the mean
+    t = torch.tensor([[[[1.0, -3.0], [2.0, 0.0]]]])
+    assert pool_cells(t, 2, "max").item() == -3.0 and pool_cells(t, 2, "avg").item() == 0.0
+    assert abs(pool_cells(t, 2, "energy").item() - (14 / 4) ** 0.5) < 1e-6
+
+
+def test_texture_padim_fine_canvas_channels_fit_score_and_reload(tmp_path):
+    """fine_factor: the finer canvas's channels join the Gaussian (12 per fine σ), blobs are still
+    found, the run reloads with the same scores, and a factor of 1 or an unknown pooling is one
+    ConfigError each."""
+    from sklearn.metrics import roc_auc_score
+
+    from waferscope.base import load_run
+    from waferscope.errors import ConfigError
+
+    train, test = _image_sets()
+    det = registry.create("texture_padim", "detector", input_size=24, sigmas=(2.0,), stride=2, grid=6,
+                          fine_factor=2, fine_sigmas=(0.7, 1.0), fine_pool="energy", calibration_folds=3,
+                          progress=False).fit(train)
+    assert det.mean_.shape == (36, 12 + 24)
+    res = det.score(test)
+    assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
+    det.save(tmp_path / "run")
+    np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, rtol=1e-5)
+    with pytest.raises(ConfigError, match="fine_factor"):
+        registry.create("texture_padim", "detector", fine_factor=1, progress=False).fit(train)
+    with pytest.raises(ConfigError, match="fine_pool"):
+        registry.create("texture_padim", "detector", fine_pool="median", progress=False).fit(train)
+
+
+def test_texture_padim_run_saved_before_fine_factor_loads_without_fine_channels(tmp_path):
+    """A run saved before ``fine_factor`` existed (its params lack it) reloads with the fine canvas
+    off — the default's extra channels would not match its Gaussians — and scores as before."""
+    import json
+
+    from waferscope.base import load_run
+
+    train, test = _image_sets()
+    det = registry.create("texture_padim", "detector", input_size=24, sigmas=(1.0, 2.0), stride=2, grid=4,
+                          fine_factor=0, calibration_folds=0, progress=False).fit(train)
+    det.save(tmp_path / "run")
+    header = next(p for p in (tmp_path / "run").iterdir() if p.suffix == ".json")
+    doc = json.loads(header.read_text())
+    doc["params"].pop("fine_factor")
+    header.write_text(json.dumps(doc))
+    old = load_run(tmp_path / "run")
+    assert old.fine_factor == 0
+    np.testing.assert_allclose(old.score(test).scores, det.score(test).scores, rtol=1e-5)

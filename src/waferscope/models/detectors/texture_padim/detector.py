@@ -31,7 +31,7 @@ from waferscope.models.detectors.common import (batch_slices, canvas_maps_to_inp
                                                 progress, training_normals)
 from waferscope.models.detectors.texture_knn.torch_model import FilterBank
 from waferscope.models.detectors.texture_padim.anomaly_map import from_grid, mahalanobis_maps, to_grid
-from waferscope.models.detectors.texture_padim.features import LARGE_FINE_SIGMAS, large_scale_channels
+from waferscope.models.detectors.texture_padim.features import LARGE_FINE_SIGMAS, fine_channels, large_scale_channels
 from waferscope.models.detectors.texture_padim.gaussians import CellMoments
 from waferscope.registry import register
 
@@ -45,9 +45,9 @@ class TexturePaDiMDetector(Detector):
     input_size, energy_window, stride
         Canvas size (longer side, aspect kept) and the filter bank (see ``texture_knn``).
     sigmas
-        The filter bank's scales (canvas px). σ = 0.7 joined 1, 2, 4 in the fifth round: finer
-        derivative responses describe faint hairline cracks that the coarser ones leave within the
-        normal variation (chosen on the validation split, docs/detection.md "Fifth round").
+        The filter bank's scales on the main canvas (px). σ = 2, 4 since the sixth round, the finer
+        ones coming from the finer canvas (``fine_factor``); before it σ = 0.7, 1, 2, 4 (fifth round)
+        and 1, 2, 4 (docs/detection.md "Fifth round", "Sixth round").
     grid
         The lattice of relative positions (grid × grid Gaussians). Stride 1 / grid 128 (one Gaussian
         per canvas pixel) replaced stride 2 / grid 64, which had replaced stride 4 / grid 32: small
@@ -55,6 +55,16 @@ class TexturePaDiMDetector(Detector):
         split of training normals plus synthetic anomalies, docs/detection.md "Third round"; adopted
         in the fourth round once the streaming fit made its memory independent of the number of
         images: ~1.7 GB peak at fit on 666 tiles, an 87 MB run).
+    fine_factor, fine_sigmas, fine_pool
+        The finest scales, from a *finer* canvas: the six derivatives per σ in ``fine_sigmas`` (px of
+        that canvas) and their local energies, on a canvas ``fine_factor`` × ``input_size`` px,
+        resampled to a (fine_factor·grid)² lattice and pooled fine_factor × fine_factor onto the grid
+        by ``fine_pool`` (``"energy"``: root mean square, the order-0 response by its mean; ``"max"``:
+        the signed response of largest magnitude; ``"avg"``) (:func:`.features.fine_channels`).
+        Hairline cracks a few native px wide are sub-pixel on the 128 px canvas; at 256 px their
+        responses are taken before the pooling. Default (sixth round, chosen on a validation split
+        with cracks drawn at native resolution): σ = 0.7, 1 at 256 px, energy pooling, beside the
+        main canvas's σ = 2, 4 — they replace the 128 px canvas's σ = 0.7, 1. 0: none.
     large_sigmas
         Coarse σ (canvas px) of extra large-scale channels: brightness and log texture energy
         smoothed at each σ, relative to the image's own level (:mod:`.features`), for defects that
@@ -78,8 +88,8 @@ class TexturePaDiMDetector(Detector):
         (the same aspect-kept, per-image standardised canvas, mapped to ~[0, 1] as ``z / 4 + 0.5``,
         grey in 3 channels); the deeper layers upsampled to the first one's size and concatenated
         (PaDiM), then a seeded random subset of ``backbone_channels`` of them kept (PaDiM's random
-        dimensionality reduction; 0 keeps all). ``filter_bank=False`` leaves the filter bank out
-        (the Gaussians then live on the backbone channels alone).
+        dimensionality reduction; 0 keeps all). ``filter_bank=False`` leaves the filter bank out,
+        its finer-canvas scales included (the Gaussians then live on the backbone channels alone).
     predict_batch_size
         Images per batch when fitting and scoring (speed and memory only, not results beyond float
         rounding): features are computed and consumed one batch at a time.
@@ -109,13 +119,17 @@ class TexturePaDiMDetector(Detector):
 
     _tags = {"input_kinds": ("wafer", "image")}
     image_rank = 1
+    # runs saved before the finer canvas existed (sixth round) had no fine channels in their Gaussians
+    params_before = {"fine_factor": 0}
 
     _parameter_constraints = {
         "input_size": [Interval(int, 8)], "energy_window": [Interval(int, 1)], "stride": [Interval(int, 1)],
-        "grid": [Interval(int, 1)], "shrinkage": [Interval(float, 0)], "calibration_folds": [Interval(int, 0)]}
+        "grid": [Interval(int, 1)], "shrinkage": [Interval(float, 0)], "calibration_folds": [Interval(int, 0)],
+        "fine_factor": [Interval(int, 0)]}
 
-    def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (0.7, 1.0, 2.0, 4.0), energy_window: int = 7,
-                 stride: int = 1, grid: int = 128, shrinkage: float = 0.01, large_sigmas: Sequence[float] = (),
+    def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (2.0, 4.0), energy_window: int = 7,
+                 stride: int = 1, grid: int = 128, shrinkage: float = 0.01, fine_factor: int = 2,
+                 fine_sigmas: Sequence[float] = (0.7, 1.0), fine_pool: str = "energy", large_sigmas: Sequence[float] = (),
                  calibration_folds: int = 5,
                  smoothing_sigma: float = 4.0, backbone: str | None = None, pretrained: str | None = None,
                  backbone_layers: Sequence[str] = ("layer2", "layer3"), backbone_input_size: int = 256,
@@ -127,6 +141,9 @@ class TexturePaDiMDetector(Detector):
         self.stride = stride
         self.grid = grid
         self.shrinkage = shrinkage
+        self.fine_factor = fine_factor
+        self.fine_sigmas = fine_sigmas
+        self.fine_pool = fine_pool
         self.large_sigmas = large_sigmas
         self.calibration_folds = calibration_folds
         self.smoothing_sigma = smoothing_sigma
@@ -147,6 +164,12 @@ class TexturePaDiMDetector(Detector):
             raise ConfigError(f"shrinkage must be positive, got {self.shrinkage}")
         if not list(self.sigmas) or min(float(s) for s in self.sigmas) <= 0:
             raise ConfigError(f"sigmas must be positive, got {self.sigmas}")
+        if int(self.fine_factor) == 1 or int(self.fine_factor) < 0:
+            raise ConfigError(f"fine_factor must be 0 (off) or ≥ 2, got {self.fine_factor}")
+        if int(self.fine_factor) and (not list(self.fine_sigmas) or min(float(s) for s in self.fine_sigmas) <= 0):
+            raise ConfigError(f"fine_sigmas must be positive, got {self.fine_sigmas}")
+        if self.fine_pool not in ("max", "energy", "avg"):
+            raise ConfigError(f"fine_pool must be 'max', 'energy' or 'avg', got {self.fine_pool!r}")
         if list(self.large_sigmas) and min(float(s) for s in self.large_sigmas) <= 0:
             raise ConfigError(f"large_sigmas must be positive, got {self.large_sigmas}")
         if int(self.calibration_folds) == 1 or int(self.calibration_folds) < 0:
@@ -212,7 +235,16 @@ class TexturePaDiMDetector(Detector):
             part = dataset.subset(idx)
             canvas = image_canvas(part, int(self.input_size), "image")
             x, boxes = torch.from_numpy(canvas.x), canvas.boxes
-            parts = [to_grid(bank(x), boxes, int(self.stride), int(self.grid))] if self.filter_bank else []
+            parts = []
+            if self.filter_bank:
+                parts.append(to_grid(bank(x), boxes, int(self.stride), int(self.grid)))
+                if int(self.fine_factor):  # the finest scales from a k× canvas, pooled onto the grid
+                    k = int(self.fine_factor)
+                    fine = image_canvas(part, k * int(self.input_size), "image")
+                    parts.append(fine_channels(torch.from_numpy(fine.x), fine.boxes,
+                                               [float(s) for s in self.fine_sigmas],
+                                               k * int(self.energy_window) - (k - 1), k, int(self.grid),
+                                               str(self.fine_pool)))
             if list(self.large_sigmas):
                 large = large_scale_channels(x, boxes, LARGE_FINE_SIGMAS, [float(s) for s in self.large_sigmas])
                 parts.append(to_grid(large, boxes, 1, int(self.grid)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from torch.nn import functional as F
 
 from waferscope.models.detectors.common import gaussian_blur
 from waferscope.models.detectors.texture_knn.torch_model import FilterBank
@@ -54,3 +55,47 @@ def large_scale_channels(x: torch.Tensor, boxes, fine_sigmas: Sequence[float],
     for i, (top, left, nh, nw) in enumerate(boxes):
         f[i] -= f[i, :, top:top + nh, left:left + nw].mean((1, 2))[:, None, None]
     return f
+
+
+def pool_cells(x: torch.Tensor, k: int, how: str) -> torch.Tensor:
+    """(B, C, k·G, k·G) → (B, C, G, G) over k × k blocks.
+
+    ``"avg"`` the mean; ``"max"`` the signed value of largest magnitude (a thin line's response
+    survives whole instead of being averaged with the texture beside it); ``"energy"`` the root mean
+    square (signless).
+    """
+    if how == "avg":
+        return F.avg_pool2d(x, k)
+    if how == "energy":
+        return F.avg_pool2d(x * x, k).sqrt()
+    mx, mn = F.max_pool2d(x, k), -F.max_pool2d(-x, k)
+    return torch.where(mx.abs() >= mn.abs(), mx, mn)
+
+
+def fine_channels(x: torch.Tensor, boxes, sigmas: Sequence[float], energy_window: int, factor: int, grid: int,
+                  pool: str) -> torch.Tensor:
+    """Filter-bank channels of a finer canvas, pooled onto the ``grid`` of relative positions.
+
+    (B, 1, S', S') canvases at ``factor`` × the main canvas's size → (B, 12·len(sigmas), grid, grid):
+    per σ the six Gaussian derivatives (pooled by ``pool``; under ``"energy"`` the order-0 one, a grey
+    level, by its mean) and
+    their local energies (window ``energy_window`` px of this canvas, pooled by the mean), then the
+    bank's 3 × 3 mean. Hairline cracks a few native px wide are sub-pixel on the main canvas; here
+    they are still resolved when the responses are taken.
+    """
+    from waferscope.models.detectors.texture_knn.torch_model import FilterBank
+    from waferscope.models.detectors.texture_padim.anomaly_map import to_grid
+
+    r = FilterBank(sigmas, 0, 1).to(x.dtype).responses(x)
+    k, w = int(factor), int(energy_window)
+    # the w × w mean of |r| as two 1-D means (the same numbers as one 2-D mean, w/2 × fewer operations)
+    e = F.avg_pool2d(F.pad(r.abs(), (w // 2,) * 4, mode="reflect"), (w, 1), 1)
+    e = F.avg_pool2d(e, (1, w), 1)
+    rg = to_grid(r, boxes, 1, k * grid)
+    order0 = torch.zeros(rg.shape[1], dtype=torch.bool)
+    order0[::6] = True
+    pooled = pool_cells(rg, k, pool)
+    if pool == "energy":
+        pooled = torch.where(order0[None, :, None, None], F.avg_pool2d(rg, k), pooled)
+    f = torch.cat([pooled, F.avg_pool2d(to_grid(e, boxes, 1, k * grid), k)], 1)
+    return F.avg_pool2d(F.pad(f, (1, 1, 1, 1), mode="reflect"), 3, 1)
