@@ -106,3 +106,18 @@ def test_patchcore_and_texture_padim_fit_with_it(tmp_path):
     np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, rtol=1e-5)
     with pytest.raises(ConfigError, match="needs features"):
         registry.create("texture_padim", "detector", filter_bank=False, progress=False).fit(train)
+
+
+def test_wafer_weights_on_images_get_one_piece_of_advice():
+    """A backbone detector fitted on images with the wafer-map weights is told what works for images."""
+    import warnings
+
+    from waferscope.errors import AdviceWarning
+
+    train, _ = _sets()
+    with pytest.warns(AdviceWarning, match="patchcore: fitted on images with the wafer-map backbone.*formula"):
+        registry.create("patchcore", "detector", input_size=32, progress=False).fit(train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AdviceWarning)  # the formula weights, or wafer maps: no advice
+        registry.create("patchcore", "detector", backbone="formula_resnet18", pretrained="formula",
+                        input_size=32, progress=False).fit(train)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from waferscope import __version__
-from waferscope.errors import ConfigError, RunDirError
+from waferscope.errors import AdviceWarning, ConfigError, RunDirError
 from waferscope.utils import replace_folder
 from waferscope.vocabulary import PARAMS_VOCABULARY, fill_docstring
 
@@ -624,6 +624,13 @@ class Detector(Estimator):
 
     # ---- the decision ---------------------------------------------------------------------------
     def _after_fit(self, dataset: Any, calibrate: bool = True) -> None:
+        if getattr(dataset, "kind", None) == "image" and getattr(self, "pretrained", None) == "wafer":
+            # The wafer-domain weights describe three-state maps, not grey-level texture: on real
+            # device images these detectors scored below a pixel z-score (docs/detection.md).
+            warnings.warn(f"{self.registry_name or type(self).__name__}: fitted on images with the wafer-map "
+                          "backbone weights (pretrained='wafer'), which do not describe grey-level texture; for "
+                          "images use the texture_padim detector, or on a ResNet backbone "
+                          "backbone='formula_resnet18', pretrained='formula' (docs/detection.md, device images)", AdviceWarning, stacklevel=3)
         if calibrate:
             self.calibrate(dataset)
         else:

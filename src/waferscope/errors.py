@@ -29,3 +29,7 @@ class ConfigError(WaferscopeError):
 
 class RunDirError(WaferscopeError):
     """A run directory that is missing, of another model type, or from an incompatible version."""
+
+
+class AdviceWarning(UserWarning):
+    """Advice on a choice that works but is known to do poorly (the CLI shows it as a ``note:`` line)."""

@@ -13,7 +13,7 @@ import warnings
 import typer
 
 from waferscope.cli import benchmark, classify, data, detect, discover, evaluate, explain, export, lots, models, search, serve
-from waferscope.errors import WaferscopeError
+from waferscope.errors import AdviceWarning, WaferscopeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Wafer-map defect analysis: classify, detect anomalies, explain, benchmark.")
@@ -94,8 +94,8 @@ _SHOWWARNING = warnings.showwarning
 
 
 def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
-    """Show the library's FutureWarnings (an old bundled name, ...) as one ``note:`` line; others as usual."""
-    if issubclass(category, FutureWarning):
+    """Show the library's FutureWarnings (an old bundled name, ...) and advice as one ``note:`` line; others as usual."""
+    if issubclass(category, (FutureWarning, AdviceWarning)):
         typer.echo(f"note: {message}", err=True)
     else:
         _SHOWWARNING(message, category, filename, lineno, file, line)
@@ -105,6 +105,7 @@ def main() -> None:
     """Run the command line, showing the library's FutureWarnings as ``note:`` lines."""
     with warnings.catch_warnings():
         warnings.simplefilter("always", FutureWarning)
+        warnings.simplefilter("always", AdviceWarning)
         warnings.showwarning = _show_note
         _main()
 
