@@ -37,9 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from waferscope.models.backbones import create_backbone
+from waferscope.models.backbones.checkpoint import write_shipped_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("iso", "streak", "grating", "lines", "leaves")
@@ -363,26 +361,14 @@ def main() -> None:
             print(json.dumps(h), file=sys.stderr, flush=True)
     t_train = time.perf_counter() - t0
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()
+    state = {k: v for k, v in net.state_dict().items()
              if not k.startswith("fc.")}  # the 1000-way fc was never trained: not shipped
-    from safetensors.torch import save_file
-
-    wpath = args.out / "formula_resnet18.safetensors"
-    tmp = wpath.with_name(f".{wpath.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "arch": "formula_resnet18", "domain": "formula"})
-    os.replace(tmp, wpath)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
     info = {
         "backbone": "formula_resnet18",
         "domain": "formula",
         "kwargs": {},
         "head": "none shipped (fc.* left at its initialisation; feature extraction never uses it)",
         "input": {"size": args.size, "channels": "grey replicated to 3", "normalisation": "per image, inside the network"},
-        "weights_dtype": "float16 (loaded into float32 parameters)",
         "training": {
             "data": f"procedural grey images made on the fly ({', '.join(FAMILIES)}), torch.Generator seed {args.seed}; "
                     f"held-out 1,024 images from seed {10_000 + args.seed}",
@@ -393,14 +379,9 @@ def main() -> None:
             "seconds_train": round(t_train, 1), "seconds_generating_images": round(t_gen, 1), "history": history,
         },
         "metrics": {k: v for k, v in history[-1].items() if k.startswith("held_out")},
-        "provenance": {"script": "scripts/pretrain_formula_backbone.py", "git_commit": commit,
-                       "torch": torch.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} cores"},
-        "command": "python scripts/pretrain_formula_backbone.py " + " ".join(sys.argv[1:]),
     }
-    jpath = wpath.with_suffix(".json")
-    tmp = jpath.with_name(f".{jpath.name}.tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, jpath)
+    wpath, jpath = write_shipped_weights(state, args.out, "formula_resnet18", info,
+                                         "scripts/pretrain_formula_backbone.py", metadata={"domain": "formula"})
     print(f"wrote {wpath} ({wpath.stat().st_size / 1e6:.1f} MB) and {jpath}", file=sys.stderr)
 
 

@@ -17,10 +17,6 @@ measured metrics and timings).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +28,7 @@ from waferscope.data import preprocess
 from waferscope.data.classes import BASE_PATTERNS
 from waferscope.data.synthetic import generate
 from waferscope.models.backbones import create_backbone
+from waferscope.models.backbones.checkpoint import write_shipped_weights
 from waferscope.models.training import fit_loop, index_batches, one_cycle, seed_everything
 from waferscope.data.paths import DEV_MAPS
 
@@ -129,24 +126,11 @@ def main() -> None:
         metrics["real_dev_per_pattern_auroc"] = {k: round(v, 4) for k, v in per.items()}
         print(f"real dev (transfer check): macro AUROC {dev_auroc:.4f} {per}", file=sys.stderr)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    from safetensors.torch import save_file
-
-    wpath = args.out / f"{args.arch}.safetensors"
-    tmp = wpath.with_name(f".{wpath.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "arch": args.arch})
-    os.replace(tmp, wpath)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
     info = {
         "backbone": args.arch,
         "kwargs": {"num_classes": len(BASE_PATTERNS)},
         "head": {"outputs": list(BASE_PATTERNS), "activation": "sigmoid (multi-label)"},
         "input": {"size": args.size, "encoding": "onehot3 (no-die, pass, fail)", "resize": "nearest"},
-        "weights_dtype": "float16 (loaded into float32 parameters)",
         "training": {
             "data": f"synthetic only: generate({args.n_mixed}, seed={1000 + args.seed}, mixed=True) + "
                     f"generate({args.n_single}, seed={2000 + args.seed}); held-out generate(2000, seed={9000 + args.seed}, mixed=True)",
@@ -156,14 +140,9 @@ def main() -> None:
             "seconds_data": round(t_data, 1), "seconds_train": round(t_train, 1), "history": history,
         },
         "metrics": metrics,
-        "provenance": {"script": "scripts/pretrain_wafer_backbone.py", "git_commit": commit,
-                       "torch": torch.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} cores"},
-        "command": "python scripts/pretrain_wafer_backbone.py " + " ".join(sys.argv[1:]),
     }
-    jpath = wpath.with_suffix(".json")
-    tmp = jpath.with_name(f".{jpath.name}.tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, jpath)
+    wpath, jpath = write_shipped_weights(model.state_dict(), args.out, args.arch, info,
+                                         "scripts/pretrain_wafer_backbone.py")
     print(f"wrote {wpath} ({wpath.stat().st_size / 1e6:.1f} MB) and {jpath}", file=sys.stderr)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from waferscope import registry
-from waferscope.data.dataset import WaferDataset
+from imagetools import image_sets
 from waferscope.errors import ConfigError
 from waferscope.models.backbones import (FeatureExtractor, create_backbone, read_state_dict, shipped_backbones,
                                          wafer_weights_info, wafer_weights_path)
@@ -57,43 +57,16 @@ def test_wrong_domain_is_a_clear_error():
         create_backbone("formula_resnet18", pretrained="wafer")
 
 
-def _tiles(n, seed, defect=False, shape=(36, 48)):
-    """Streaked grey tiles; ``defect`` adds a dark blob (and its mask)."""
-    rng = np.random.default_rng(seed)
-    imgs, masks = [], []
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    for _ in range(n):
-        base = 0.5 + 0.15 * np.sin(xx * 0.9 + 0.2 * yy + rng.uniform(0, 6)) + rng.normal(0, 0.03, shape)
-        m = np.zeros(shape, bool)
-        if defect:
-            cy, cx = rng.integers(10, shape[0] - 10), rng.integers(10, shape[1] - 10)
-            m = (yy - cy) ** 2 + (xx - cx) ** 2 <= 12
-            base = np.where(m, 0.05, base)
-        imgs.append(np.clip(base * 255, 0, 255).astype(np.uint8))
-        masks.append(m)
-    return imgs, masks
-
-
-def _sets():
-    tr, _ = _tiles(12, 0)
-    good, _ = _tiles(5, 1)
-    bad, masks = _tiles(5, 2, defect=True)
-    train = WaferDataset.from_maps(tr, ["good"] * 12, kind="image", name="train")
-    test = WaferDataset.from_maps(good + bad, ["good"] * 5 + ["blob"] * 5, masks=[None] * 5 + masks,
-                                  kind="image", name="test")
-    return train, test
-
-
 def test_patchcore_and_texture_padim_fit_with_it(tmp_path):
     from sklearn.metrics import roc_auc_score
 
     from waferscope.base import load_run
 
-    train, test = _sets()
+    train, test = image_sets(n_test=5)
     pc = registry.create("patchcore", "detector", backbone="formula_resnet18", pretrained="formula",
                          input_size=64, progress=False).fit(train)
     res = pc.score(test)
-    assert res.maps[0].shape == (36, 48) and np.isfinite(res.scores).all()
+    assert res.maps[0].shape == (30, 44) and np.isfinite(res.scores).all()
     assert roc_auc_score(~test.is_normal, res.scores) >= 0.8
     # texture_padim on the backbone's channels alone (PaDiM's features), then reloaded from its run
     tp = registry.create("texture_padim", "detector", input_size=32, grid=8, backbone="formula_resnet18",
@@ -114,7 +87,7 @@ def test_wafer_weights_on_images_get_one_piece_of_advice():
 
     from waferscope.errors import AdviceWarning
 
-    train, _ = _sets()
+    train, _ = image_sets(n_test=5)
     with pytest.warns(AdviceWarning, match="patchcore: fitted on images with the wafer-map backbone.*formula"):
         registry.create("patchcore", "detector", input_size=32, progress=False).fit(train)
     with warnings.catch_warnings():

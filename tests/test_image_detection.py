@@ -8,35 +8,9 @@ import pytest
 import torch
 
 from waferscope import registry
+from imagetools import image_sets
 from waferscope.data.dataset import WaferDataset
 from waferscope.errors import DataError
-
-
-def _textures(n, seed, defect=False, shape=(30, 44)):
-    """Grey stripe textures with random brightness; ``defect`` adds a dark blob (and its mask)."""
-    rng = np.random.default_rng(seed)
-    imgs, masks = [], []
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    for _ in range(n):
-        base = 0.5 + 0.2 * np.sin(xx * 1.3 + rng.uniform(0, 6)) + rng.normal(0, 0.03, shape) + rng.uniform(-0.1, 0.1)
-        m = np.zeros(shape, bool)
-        if defect:
-            cy, cx = rng.integers(8, shape[0] - 8), rng.integers(8, shape[1] - 8)
-            m = (yy - cy) ** 2 + (xx - cx) ** 2 <= 9
-            base = np.where(m, 0.05, base)
-        imgs.append(np.clip(base * 255, 0, 255).astype(np.uint8))
-        masks.append(m)
-    return imgs, masks
-
-
-def _image_sets():
-    tr, _ = _textures(12, 0)
-    good, _ = _textures(6, 1)
-    bad, masks = _textures(6, 2, defect=True)
-    train = WaferDataset.from_maps(tr, ["good"] * 12, kind="image", name="train")
-    test = WaferDataset.from_maps(good + bad, ["good"] * 6 + ["blob"] * 6, masks=[None] * 6 + masks,
-                                  kind="image", name="test")
-    return train, test
 
 
 def test_canvas_keeps_aspect_and_pads_by_reflection():
@@ -67,7 +41,7 @@ def test_thin_image_pads_in_rounds():
 def test_texture_knn_finds_blobs_and_localises_them():
     from sklearn.metrics import roc_auc_score
 
-    train, test = _image_sets()
+    train, test = image_sets()
     det = registry.create("texture_knn", "detector", input_size=48, memory_size=3000, progress=False).fit(train)
     res = det.score(test)
     assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
@@ -85,15 +59,15 @@ def test_image_detectors_are_declared_and_listed_in_refusals():
     assert "pattern_contrast" not in names and "pattern_stats" not in names
     assert default_detector_for("image", "pattern_contrast") == names[0]
     assert default_detector_for("wafer", "autoencoder") == "autoencoder"
-    train, _ = _image_sets()
+    train, _ = image_sets()
     with pytest.raises(DataError, match="reconpatch"):
         registry.create("pattern_stats", "detector", progress=False).fit(train)
 
 
-def test_image_protocol_pieces_on_tiny_textures(tmp_path):
+def test_image_protocol_pieces_on_tinytextures(tmp_path):
     from waferscope.evaluate.detection import evaluate_images
 
-    train, test = _image_sets()
+    train, test = image_sets()
     row = evaluate_images("texture_knn", {"input_size": 32, "memory_size": 500}, data=(train, test), kfold=True,
                           n_splits=3, img_path=tmp_path / "maps.png")
     assert (tmp_path / "maps.png").stat().st_size > 1000
@@ -107,7 +81,7 @@ def test_image_protocol_pieces_on_tiny_textures(tmp_path):
 def test_texture_contrast_finds_blobs():
     from sklearn.metrics import roc_auc_score
 
-    train, test = _image_sets()
+    train, test = image_sets()
     det = registry.create("texture_contrast", "detector", input_size=48, memory_size=2000, max_iter=30,
                           anomalies_per_image=2, progress=False).fit(train)
     res = det.score(test)
@@ -137,7 +111,7 @@ def test_texture_padim_calibration_finds_blobs_and_centres_normals(tmp_path):
     from waferscope.base import load_run
     from waferscope.errors import ConfigError
 
-    train, test = _image_sets()
+    train, test = image_sets()
     det = registry.create("texture_padim", "detector", input_size=32, sigmas=(1.0, 2.0), stride=2, grid=4,
                           calibration_folds=3, progress=False).fit(train)
     assert det.cell_loc_.shape == (4, 4) and (det.cell_scale_ > 0).all() and (det.cell_loc_ > 0).all()
@@ -243,7 +217,7 @@ def test_texture_padim_streaming_fit_equals_the_in_memory_fit():
     """fit accumulates per-cell moments batch by batch (batches of 5 cut across the 3 calibration
     folds): the same channel statistics, Gaussians and calibration as the in-memory fit, to float
     tolerance; scores do not depend on the batch size."""
-    train, test = _image_sets()
+    train, test = image_sets()
     kw = dict(input_size=32, sigmas=(1.0, 2.0), stride=2, grid=4, calibration_folds=3, progress=False)
     det = registry.create("texture_padim", "detector", predict_batch_size=5, **kw).fit(train)
     feats = torch.cat([f for *_, f in det._batches(train, "")])
@@ -304,7 +278,7 @@ def test_texture_padim_fine_canvas_channels_fit_score_and_reload(tmp_path):
     from waferscope.base import load_run
     from waferscope.errors import ConfigError
 
-    train, test = _image_sets()
+    train, test = image_sets()
     det = registry.create("texture_padim", "detector", input_size=24, sigmas=(2.0,), stride=2, grid=6,
                           fine_factor=2, fine_sigmas=(0.7, 1.0), fine_pool="energy", calibration_folds=3,
                           progress=False).fit(train)
@@ -326,7 +300,7 @@ def test_texture_padim_run_saved_before_fine_factor_loads_without_fine_channels(
 
     from waferscope.base import load_run
 
-    train, test = _image_sets()
+    train, test = image_sets()
     det = registry.create("texture_padim", "detector", input_size=24, sigmas=(1.0, 2.0), stride=2, grid=4,
                           fine_factor=0, calibration_folds=0, progress=False).fit(train)
     det.save(tmp_path / "run")

@@ -99,3 +99,43 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def write_shipped_weights(state: dict[str, torch.Tensor], out_dir: str | Path, arch: str, info: dict,
+                          script: str, metadata: dict[str, str] | None = None) -> tuple[Path, Path]:
+    """Write weights the package ships: ``<out_dir>/<arch>.safetensors`` (float16) and ``<arch>.json``.
+
+    The JSON is ``info`` plus where the weights came from (``script``, git commit, torch, machine, the
+    command line). Each file is written under a temporary name, then renamed. For the pretraining
+    scripts (``scripts/pretrain_*_backbone.py``).
+    """
+    import json
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    wpath = out_dir / f"{arch}.safetensors"
+    tmp = wpath.with_name(f".{wpath.name}.tmp")
+    save_file(half, str(tmp), metadata={"format": "pt", "arch": arch, **(metadata or {})})
+    os.replace(tmp, wpath)
+    try:
+        # the checkout this code runs from (empty when installed without git)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    doc = {**info, "weights_dtype": "float16 (loaded into float32 parameters)",
+           "provenance": {"script": script, "git_commit": commit, "torch": torch.__version__,
+                          "machine": f"{platform.machine()}, {os.cpu_count()} cores"},
+           "command": f"python {script} " + " ".join(sys.argv[1:])}
+    jpath = wpath.with_suffix(".json")
+    tmp = jpath.with_name(f".{jpath.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, jpath)
+    return wpath, jpath

@@ -201,9 +201,7 @@ WAFER_RESNET18_CONFIG = {"width": 0.5, "small_input": False}
 @register("wafer_resnet18", kind="backbone")
 def wafer_resnet18(**kwargs) -> ResNet:
     """Return the small ResNet-18 the shipped wafer-domain weights are for."""
-    cfg = dict(WAFER_RESNET18_CONFIG)
-    cfg.update(kwargs)
-    return ResNet(BasicBlock, [2, 2, 2, 2], **cfg)
+    return ResNet(BasicBlock, [2, 2, 2, 2], **{**WAFER_RESNET18_CONFIG, **kwargs})
 
 
 class FormulaResNet(ResNet):
@@ -227,12 +225,10 @@ class FormulaResNet(ResNet):
 # backbone (so the two compare weights for weights, not architectures), with per-image input
 # standardisation. Trained on procedurally generated grey textures only (docs/detection.md,
 # "A formula-driven image backbone").
-FORMULA_RESNET18_CONFIG = {"width": 0.5, "small_input": False}
+FORMULA_RESNET18_CONFIG = WAFER_RESNET18_CONFIG
 
 
 @register("formula_resnet18", kind="backbone")
 def formula_resnet18(**kwargs) -> FormulaResNet:
     """Return the small, input-standardising ResNet-18 the shipped formula-driven weights are for."""
-    cfg = dict(FORMULA_RESNET18_CONFIG)
-    cfg.update(kwargs)
-    return FormulaResNet(BasicBlock, [2, 2, 2, 2], **cfg)
+    return FormulaResNet(BasicBlock, [2, 2, 2, 2], **{**FORMULA_RESNET18_CONFIG, **kwargs})
