@@ -94,3 +94,18 @@ def test_wafer_weights_on_images_get_one_piece_of_advice():
         warnings.simplefilter("error", AdviceWarning)  # the formula weights, or wafer maps: no advice
         registry.create("patchcore", "detector", backbone="formula_resnet18", pretrained="formula",
                         input_size=32, progress=False).fit(train)
+
+
+def test_cli_shows_the_advice_as_a_note(capsys, tmp_path):
+    from PIL import Image
+
+    from clitools import invoke
+    from imagetools import textures
+
+    (tmp_path / "parts" / "train" / "good").mkdir(parents=True)
+    for i, im in enumerate(textures(6, 0)[0]):
+        Image.fromarray(im).save(tmp_path / "parts" / "train" / "good" / f"{i}.png")
+    code, _, err = invoke(capsys, "detect", "train", "--data", str(tmp_path / "parts"), "--model", "patchcore",
+                          "--set", "input_size=32", "--set", "progress=false", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "note: patchcore: fitted on images with the wafer-map backbone weights" in err
