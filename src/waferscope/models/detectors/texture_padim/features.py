@@ -23,7 +23,8 @@ import torch
 from torch.nn import functional as F
 
 from waferscope.models.detectors.common import gaussian_blur
-from waferscope.models.detectors.texture_knn.torch_model import FilterBank
+from waferscope.models.detectors.texture_knn.torch_model import FilterBank, local_energy
+from waferscope.models.detectors.texture_padim.anomaly_map import to_grid
 
 # the fine scales whose energy is measured: the grinding / polishing texture lives at 1–2 px of the
 # canvas; coarser responses are already smooth and are in the filter bank itself
@@ -83,14 +84,9 @@ def fine_channels(x: torch.Tensor, boxes, sigmas: Sequence[float], energy_window
     bank's 3 × 3 mean. Hairline cracks a few native px wide are sub-pixel on the main canvas; here
     they are still resolved when the responses are taken.
     """
-    from waferscope.models.detectors.texture_knn.torch_model import FilterBank
-    from waferscope.models.detectors.texture_padim.anomaly_map import to_grid
-
     r = FilterBank(sigmas, 0, 1).to(x.dtype).responses(x)
-    k, w = int(factor), int(energy_window)
-    # the w × w mean of |r| as two 1-D means (the same numbers as one 2-D mean, w/2 × fewer operations)
-    e = F.avg_pool2d(F.pad(r.abs(), (w // 2,) * 4, mode="reflect"), (w, 1), 1)
-    e = F.avg_pool2d(e, (1, w), 1)
+    k = int(factor)
+    e = local_energy(r, energy_window)
     rg = to_grid(r, boxes, 1, k * grid)
     order0 = torch.zeros(rg.shape[1], dtype=torch.bool)
     order0[::6] = True
