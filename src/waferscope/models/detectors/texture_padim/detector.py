@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from waferscope.base import DetectionResult, Detector, Interval
+from waferscope.base import DetectionResult, Detector, Interval, Options
 from waferscope.errors import ConfigError, DataError, RunDirError
 from waferscope.models.detectors.common import (batch_slices, canvas_maps_to_input, image_canvas, masked_max,
                                                 progress, training_normals)
@@ -125,7 +125,7 @@ class TexturePaDiMDetector(Detector):
     _parameter_constraints = {
         "input_size": [Interval(int, 8)], "energy_window": [Interval(int, 1)], "stride": [Interval(int, 1)],
         "grid": [Interval(int, 1)], "shrinkage": [Interval(float, 0)], "calibration_folds": [Interval(int, 0)],
-        "fine_factor": [Interval(int, 0)]}
+        "fine_factor": [Interval(int, 0)], "fine_pool": [Options("max", "energy", "avg")]}
 
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (2.0, 4.0), energy_window: int = 7,
                  stride: int = 1, grid: int = 128, shrinkage: float = 0.01, fine_factor: int = 2,
@@ -168,8 +168,6 @@ class TexturePaDiMDetector(Detector):
             raise ConfigError(f"fine_factor must be 0 (off) or ≥ 2, got {self.fine_factor}")
         if int(self.fine_factor) and (not list(self.fine_sigmas) or min(float(s) for s in self.fine_sigmas) <= 0):
             raise ConfigError(f"fine_sigmas must be positive, got {self.fine_sigmas}")
-        if self.fine_pool not in ("max", "energy", "avg"):
-            raise ConfigError(f"fine_pool must be 'max', 'energy' or 'avg', got {self.fine_pool!r}")
         if list(self.large_sigmas) and min(float(s) for s in self.large_sigmas) <= 0:
             raise ConfigError(f"large_sigmas must be positive, got {self.large_sigmas}")
         if int(self.calibration_folds) == 1 or int(self.calibration_folds) < 0:
