@@ -49,9 +49,9 @@ def shipped_backbones(domain: str = "wafer") -> list[str]:
     folder = wafer_weights_path("x").parent
     if not folder.is_dir():
         return []
+    known = set(registry.available("backbone"))
     return sorted(p.stem for p in folder.glob("*.safetensors")
-                  if registry.available("backbone") and p.stem in registry.available("backbone")
-                  and wafer_weights_info(p.stem).get("domain", "wafer") == domain)
+                  if p.stem in known and wafer_weights_info(p.stem).get("domain", "wafer") == domain)
 
 
 def create_backbone(name: str, pretrained: str | Path | bool | None = None, **kwargs) -> nn.Module:
@@ -67,12 +67,12 @@ def create_backbone(name: str, pretrained: str | Path | bool | None = None, **kw
     if pretrained is True or pretrained in SHIPPED_DOMAINS:
         domain = "wafer" if pretrained is True else str(pretrained)
         path = wafer_weights_path(name)
-        if not path.is_file() or wafer_weights_info(name).get("domain", "wafer") != domain:
+        info = wafer_weights_info(name)  # {} when there is none
+        if not path.is_file() or info.get("domain", "wafer") != domain:
             shipped = shipped_backbones(domain)
             raise ConfigError(f"no {domain}-pretrained weights are shipped for backbone {name!r}; "
                               f"shipped: {', '.join(shipped) or 'none'}")
-        cfg = dict(wafer_weights_info(name).get("kwargs", {}))
-        cfg.update(kwargs)
+        cfg = {**info.get("kwargs", {}), **kwargs}
         return load_checkpoint(factory(**cfg), path, drop_head=True)
     if pretrained == "imagenet":
         raise ConfigError("ImageNet weights cannot be downloaded here: save a torchvision checkpoint to a "
