@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from waferscope.models.detectors.common import _reflect_pad
 from waferscope.models.detectors.texture_knn.torch_model import FilterBank
 from waferscope.models.detectors.texture_padim.anomaly_map import from_grid, mahalanobis_maps, to_grid
-from waferscope.models.detectors.texture_padim.gaussians import CellMoments
+from waferscope.models.detectors.texture_padim.gaussians import fold_moments
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _canvas_cache import canvas_cache, synth_val  # noqa: E402
@@ -102,16 +102,8 @@ def fit_and_score(xf, bf, xv, bv, stride, g):
     fold_of = np.empty(n, np.int64)
     for j, f in enumerate(folds):
         fold_of[f] = j
-    mom = []
-    for s, f in features(xf, bf, stride, g):
-        if not mom:
-            mom = [CellMoments(CellMoments.shift_from(f)) for _ in folds]
-        idx = np.arange(s, s + len(f))
-        for j in np.unique(fold_of[idx]):
-            mom[j].add(f[torch.from_numpy(fold_of[idx] == j)])
-    total = mom[0]
-    for m in mom[1:]:
-        total = total + m
+    mom = fold_moments(((np.arange(s, s + len(f)), f) for s, f in features(xf, bf, stride, g)), fold_of, len(folds))
+    total = sum(mom[1:], mom[0])
     cm, cs = total.channel_stats()
     cs = cs.clamp_min(1e-6)
     std = lambda f: (f - cm[None, :, None, None]) / cs[None, :, None, None]  # noqa: E731

@@ -69,7 +69,7 @@ from waferscope.models.detectors.texture_contrast.synthesis import draem_anomaly
 from waferscope.models.detectors.texture_knn.torch_model import FilterBank
 from waferscope.models.detectors.texture_padim.anomaly_map import from_grid, mahalanobis_maps, to_grid
 from waferscope.models.detectors.texture_padim.features import LARGE_FINE_SIGMAS, large_scale_channels
-from waferscope.models.detectors.texture_padim.gaussians import CellMoments
+from waferscope.models.detectors.texture_padim.gaussians import fold_moments
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -293,16 +293,8 @@ def fit_and_score(features, fitidx, validx):
     fold_of = np.empty(n, np.int64)
     for j, f in enumerate(folds):
         fold_of[f] = j
-    mom = []
-    for s, f in features(fitidx):
-        if not mom:
-            mom = [CellMoments(CellMoments.shift_from(f)) for _ in folds]
-        idx = np.arange(s, s + len(f))
-        for j in np.unique(fold_of[idx]):
-            mom[j].add(f[torch.from_numpy(fold_of[idx] == j)])
-    total = mom[0]
-    for m in mom[1:]:
-        total = total + m
+    mom = fold_moments(((np.arange(s, s + len(f)), f) for s, f in features(fitidx)), fold_of, len(folds))
+    total = sum(mom[1:], mom[0])
     cm, cs = total.channel_stats()
     cs = cs.clamp_min(1e-6)
     std = lambda f: (f - cm[None, :, None, None]) / cs[None, :, None, None]  # noqa: E731

@@ -32,7 +32,7 @@ from waferscope.models.detectors.common import (batch_slices, canvas_maps_to_inp
 from waferscope.models.detectors.texture_knn.torch_model import FilterBank
 from waferscope.models.detectors.texture_padim.anomaly_map import from_grid, mahalanobis_maps, to_grid
 from waferscope.models.detectors.texture_padim.features import LARGE_FINE_SIGMAS, fine_channels, large_scale_channels
-from waferscope.models.detectors.texture_padim.gaussians import CellMoments
+from waferscope.models.detectors.texture_padim.gaussians import CellMoments, fold_moments
 from waferscope.registry import register
 
 
@@ -269,15 +269,9 @@ class TexturePaDiMDetector(Detector):
             fold_of[fold] = j
         self._choose_backbone_channels()
         with torch.no_grad():
-            moments: list[CellMoments] = []
-            for idx, _, _, f in self._batches(normals, "texture_padim fit"):
-                if not moments:  # the first batch's per-cell mean: the shift of every fold's sums
-                    moments = [CellMoments(CellMoments.shift_from(f)) for _ in folds]
-                for j in np.unique(fold_of[idx]):
-                    moments[j].add(f[torch.from_numpy(fold_of[idx] == j)])
-            total = moments[0]
-            for m in moments[1:]:
-                total = total + m
+            moments = fold_moments(((idx, f) for idx, _, _, f in self._batches(normals, "texture_padim fit")),
+                                   fold_of, len(folds))
+            total = sum(moments[1:], moments[0])
             # channels standardised over all cells first: the filter responses differ in scale by
             # orders of magnitude, and the ridge is relative to the mean variance
             self.channel_mean_, scale = total.channel_stats()

@@ -14,6 +14,9 @@ fold's moments — no second fit over the other folds' features.
 
 from __future__ import annotations
 
+from typing import Iterable
+
+import numpy as np
 import torch
 
 # float64 elements per temporary block (~32 MB), whatever the grid and batch
@@ -111,3 +114,19 @@ class CellMoments:
             means[sl] = ((self.shift[sl] + s1 / self.n - cm) / cs).float()
             precisions[sl] = torch.linalg.inv(cov + ridge[:, None, None] * eye).float()
         return means, precisions
+
+
+def fold_moments(batches: Iterable[tuple[np.ndarray, torch.Tensor]], fold_of: np.ndarray,
+                 n_folds: int) -> list[CellMoments]:
+    """Return each fold's :class:`CellMoments` of a stream of (sample positions, (B, C, G, G) features).
+
+    ``fold_of[i]``: the fold of sample ``i``. The first batch's per-cell mean is every fold's shift,
+    so the folds' moments add up (``sum(moments[1:], moments[0])`` is the whole set's).
+    """
+    moments: list[CellMoments] = []
+    for idx, f in batches:
+        if not moments:
+            moments = [CellMoments(CellMoments.shift_from(f)) for _ in range(n_folds)]
+        for j in np.unique(fold_of[idx]):
+            moments[j].add(f[torch.from_numpy(fold_of[idx] == j)])
+    return moments
