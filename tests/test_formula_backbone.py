@@ -79,6 +79,10 @@ def test_patchcore_and_texture_padim_fit_with_it(tmp_path):
     np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, rtol=1e-5)
     with pytest.raises(ConfigError, match="needs features"):
         registry.create("texture_padim", "detector", filter_bank=False, progress=False).fit(train)
+    for bad in ({"backbone_layers": ()}, {"backbone_input_size": 4}, {"backbone_channels": -1}):
+        with pytest.raises(ConfigError, match="backbone_layers must name at least one layer"):
+            registry.create("texture_padim", "detector", backbone="formula_resnet18", progress=False,
+                            **bad).fit(train)
 
 
 def test_wafer_weights_on_images_get_one_piece_of_advice():
