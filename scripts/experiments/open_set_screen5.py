@@ -54,6 +54,11 @@ known-class macro-F1 gap (open - closed, 5 % abstention) >= -0.020. If both pass
 (fewer parts, one list of descriptors) unless E beats it by >= 0.005 mean AUROC. If neither passes,
 nothing in the package changes. Whether the issue's 0.90 bar is met is reported either way; it is
 not part of the rule.
+
+RESULT (added after the run, 16:19 UTC; folds 1-4 run once): default 0.8798 / 0.8838 / 0.8698 / 0.8819
+(mean 0.879, as the command); D1 0.8899 / 0.8956 / 0.8839 / 0.8933, mean 0.8907, F1 gap -0.013;
+E 0.8902 / 0.8973 / 0.8860 / 0.8978, mean 0.8928, F1 gap -0.016. Both pass; E - D1 = 0.002 < 0.005:
+D1 adopted (``shape_tail`` = tail14_top3). Below the issue's 0.90.
 """
 
 from __future__ import annotations
