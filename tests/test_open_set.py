@@ -68,7 +68,8 @@ def test_scorer_flags_a_class_it_never_saw():
 
 def test_feature_distance_catches_what_a_confident_classifier_hides():
     """A new class the classifier maps confidently onto a known one: doubt alone cannot see it, the
-    feature-space distance part can (why ``feature_knn`` is in the default parts)."""
+    feature-space distance part can (why ``feature_knn`` was in the default parts until the fifth screen,
+    where ``relative_knn`` and ``shape_tail`` took over what it saw)."""
     rng = np.random.default_rng(2)
     x_tr = rng.normal(0, 1, (300, 6))
     y_tr = (x_tr[:, 0] > 0).astype(int).astype(str)
@@ -373,7 +374,7 @@ def test_scorer_reads_the_canonical_view_and_reuses_the_classifiers_features(lot
     assert again.orient == "canonical"
     np.testing.assert_array_equal(again.classify(clf, test)[1], score)
     doc = json.loads((tmp_path / OPEN_SET_JSON).read_text())
-    assert doc["waferscope_open_set_format"] == 3 and doc["orient"] == "canonical"
+    assert doc["waferscope_open_set_format"] == 4 and doc["orient"] == "canonical"
     old = {k: v for k, v in doc.items() if k != "orient"} | {"waferscope_open_set_format": 1}
     (tmp_path / OPEN_SET_JSON).write_text(json.dumps(old))
     legacy = load_open_set(tmp_path, clf.classes_)
@@ -383,7 +384,7 @@ def test_scorer_reads_the_canonical_view_and_reuses_the_classifiers_features(lot
     (tmp_path / OPEN_SET_JSON).write_text(json.dumps(doc | {"orient": "sideways"}))
     with pytest.raises(DataError, match="orient"):
         load_open_set(tmp_path)
-    (tmp_path / OPEN_SET_JSON).write_text(json.dumps(doc | {"waferscope_open_set_format": 4}))
+    (tmp_path / OPEN_SET_JSON).write_text(json.dumps(doc | {"waferscope_open_set_format": 5}))
     with pytest.raises(DataError, match="format"):
         load_open_set(tmp_path)
 
@@ -436,3 +437,57 @@ def test_shape_and_relative_parts():
         scorer.score(sig(x_cal[:, :20]))
     with pytest.raises(ConfigError, match="shape_features"):
         OpenSetScorer(shape_features=("no_such_feature",))
+
+
+def test_shape_tail_sees_a_few_extreme_descriptors_of_the_chosen_class():
+    """``shape_tail``: a wafer ordinary for its chosen class in all but three of the tail descriptors, and
+    extreme there, is flagged, though its distance over all 120 features hardly moves; the part only
+    compares with the chosen class's wafers (what is ordinary for class 1 is extreme for class 0)."""
+    from waferscope.features.handcrafted import feature_names
+    from waferscope.search.open_set import TAIL_FEATURES, TAIL_TOP
+
+    rng = np.random.default_rng(5)
+    names = feature_names("extended")
+    cols = [names.index(n) for n in TAIL_FEATURES]
+
+    def wafers(n, cls):  # two classes apart in column 0; class 1's tail columns sit 4 higher
+        x = rng.normal(0, 1, (n, len(names)))
+        x[:, 0] += 5.0 * (cls == 0)
+        x[:, cols] += 4.0 * (cls == 1)
+        return x
+
+    onehot = lambda x: np.stack([x[:, 0] > 2.5, x[:, 0] <= 2.5], 1).astype(float) * 0.98 + 0.01  # noqa: E731
+
+    def sig(x):
+        return {"proba": onehot(x), "features": x}
+
+    x_tr = np.vstack([wafers(300, 0), wafers(300, 1)])
+    y_tr = np.r_[np.zeros(300), np.ones(300)].astype(int).astype(str)
+    scorer = OpenSetScorer(parts=("shape_tail", "feature_knn")).fit(
+        {"features": x_tr}, y_tr, sig(np.vstack([wafers(100, 0), wafers(100, 1)])), ["0", "1"])
+    odd = wafers(60, 0)
+    odd[:, cols[:3]] += 3.0  # three descriptors beyond almost every class-0 wafer
+    plain = wafers(60, 0)
+    y = np.r_[np.zeros(60), np.ones(60)]
+    ranks = scorer.ranks(sig(np.vstack([plain, odd])))
+    assert roc_auc_score(y, ranks[:, 0]) > 0.95 and roc_auc_score(y, ranks[:, 1]) < 0.90
+    raw = scorer.raw_parts(sig(odd))[:, 0]
+    # finite even beyond every reference: at most TAIL_TOP * -log(2 / (n + 2)) for n = 300 references of the class
+    assert np.isfinite(raw).all() and raw.max() <= TAIL_TOP * np.log(302 / 2) + 1e-9
+    # class 1's ordinary tail values are extreme against class 0: the part reads the chosen class only
+    as_class_0 = wafers(60, 1)
+    as_class_0[:, 0] += 5.0  # the classifier calls them class 0
+    assert scorer.raw_parts(sig(as_class_0))[:, 0].min() > np.quantile(scorer.raw_parts(sig(plain))[:, 0], 0.9)
+    # the state round-trips (descriptors and how many add up); a state from before the part loads with the defaults
+    arrays, extras = scorer.state()
+    assert extras["tail_features"] == list(TAIL_FEATURES) and extras["tail_top"] == TAIL_TOP
+    again = OpenSetScorer.from_state(arrays, json.loads(json.dumps(extras)))
+    np.testing.assert_array_equal(again.score(sig(odd)), scorer.score(sig(odd)))
+    old = {k: v for k, v in extras.items() if k not in ("tail_features", "tail_top")}
+    np.testing.assert_array_equal(OpenSetScorer.from_state(arrays, old).score(sig(odd)), scorer.score(sig(odd)))
+    with pytest.raises(ConfigError, match="extended wafer features"):  # too few feature columns
+        scorer.score(sig(plain[:, :20]))
+    with pytest.raises(ConfigError, match="tail_features"):
+        OpenSetScorer(tail_features=("no_such_feature",))
+    with pytest.raises(ConfigError, match="tail_top"):
+        OpenSetScorer(tail_top=0)

@@ -37,8 +37,8 @@ def open_set(
     hidden: Optional[str] = typer.Option(None, "--hidden", help="Comma list of classes to hide in turn (default: "
                                          "every class but none)"),
     parts: Optional[str] = typer.Option(None, "--parts", help="Comma list of the open-set score's parts (default: "
-                                        "doubt, metric_knn, feature_knn, relative_knn, shape_knn; also: detector, the "
-                                        "bundled pattern_contrast; docs/search.md)"),
+                                        "doubt, metric_knn, relative_knn, shape_knn, shape_tail; also: feature_knn; "
+                                        "detector, the bundled pattern_contrast; docs/search.md)"),
     abstain_rate: float = typer.Option(0.05, "--abstain-rate", min=0.0, max=0.5,
                                        help="Share of known calibration wafers the threshold sets aside"),
     seed: int = typer.Option(0, "--seed"),

@@ -32,8 +32,11 @@ OPEN_SET_ARRAYS = "open_set.safetensors"
 # (scorer.feature_ref_labels) and local spread (scorer.feature_ref_spread); formats 1 and 2 still load (their
 # parts need neither), a waferscope that knows only 1-2 refuses a format 3 file instead of failing on a part
 # it does not know.
-OPEN_SET_FORMAT = 3
-READABLE_FORMATS = (1, 2, 3)
+# 4 (2026-12-06, evening): the default parts swap feature_knn for shape_tail (fifth screen), which reads the
+# same references and records its descriptors (scorer "tail_features", "tail_top"); formats 1-3 still load, a
+# waferscope that knows only 1-3 refuses a format 4 file instead of failing on a part it does not know.
+OPEN_SET_FORMAT = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 # the view of each map the scorer's wafer features are computed on: the canonical rotation/flip, as
 # the default classifier gbm computes them, so that the scorer reuses gbm's features instead of
 # extracting them a second time (OpenSetModel.classify)

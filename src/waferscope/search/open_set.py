@@ -11,7 +11,9 @@ And cluster the abstained wafers into candidate new patterns (issue #31).
 - ``feature_knn``: the distance in the standardised wafer features to the ``k`` nearest known
   training wafers of any class. The metric embedding is trained to pull the known classes together
   and so folds an unseen pattern onto one of them; the plain features keep what that training threw
-  away (measured on lot-grouped folds: +0.03 mean leave-one-class-out AUROC, docs/search.md);
+  away (measured on lot-grouped folds: +0.03 mean leave-one-class-out AUROC, docs/search.md; out of the
+  default since the fifth screen, where ``relative_knn`` and ``shape_tail`` see what it saw at a lower
+  cost in known-class F1);
 - ``shape_knn``: the distance in a few shape descriptors of the wafer's largest fail cluster (its size,
   radial position, elongation, angular concentration, the longest run of hot outer sectors — ring-ness —
   and the longest cluster's thinness: :data:`SHAPE_FEATURES`, standardised) to the ``k`` nearest known
@@ -22,11 +24,20 @@ And cluster the abstained wafers into candidate new patterns (issue #31).
   the class the classifier chose, divided by those neighbours' own mean distance to their ``k`` nearest
   of the class: a distance relative to the class's local density (a tight class makes a small absolute
   distance suspect, a loose one forgives a large one);
+- ``shape_tail``: how *unusual* the wafer's shape descriptors are among the known wafers of the class the
+  classifier chose, one descriptor at a time: for each of :data:`TAIL_FEATURES` (14 descriptors of the
+  largest fail cluster: size, radial position and extent, elongation, length, compactness, angular
+  concentration, box fill, thinness, hot outer / middle sector runs, fail rate, spread of fail radii) the
+  two-sided empirical tail probability of its value among those wafers, and the part is the sum of the
+  ``tail_top`` (3) largest ``-log`` tails. A hidden ring classified as Edge-Loc, a scratch classified as
+  Loc, are ordinary in most columns and extreme in a few (a run of hot outer sectors no Edge-Loc wafer
+  has, a thinness no Loc has): a kNN distance over all columns dilutes that, a per-column tail does not
+  (fifth screen, docs/search.md);
 - ``detector``: an anomaly detector's score (the bundled ``pattern_contrast``). Available, but off by
   default: measured, it lowers the AUROC (a detector tells defects from clean wafers, and most known
   wafers are defects too), and a logistic combination fitted with held-out classes gives it ~0 weight.
 
-Default parts: :data:`DEFAULT_PARTS` (all but ``detector``).
+Default parts: :data:`DEFAULT_PARTS` (``feature_knn`` and ``detector`` are available, not in the default).
 
 Each part is turned into a rank against a calibration set of known wafers the models did not train on
 (its empirical CDF there, so the parts live on one 0..1 scale whatever their units), and the open-set
@@ -51,12 +62,22 @@ UNKNOWN = "unknown"
 SIGNALS = ("proba", "metric", "features", "detector")
 # doubt + metric_knn + feature_knn until 2026-12-06 ~13:40; shape_knn and relative_knn joined after the fourth
 # screen (fold 0, confirmed once on lot-grouped folds 1-4: mean leave-one-class-out AUROC 0.860 -> 0.879,
-# known-class macro-F1 with abstention -0.017 of the closed-set model; docs/search.md)
-DEFAULT_PARTS = ("doubt", "metric_knn", "feature_knn", "relative_knn", "shape_knn")
+# known-class macro-F1 with abstention -0.017 of the closed-set model); shape_tail replaced feature_knn
+# after the fifth (fold 0, confirmed once on folds 1-4: 0.879 -> 0.891, F1 gap -0.013; docs/search.md)
+DEFAULT_PARTS = ("doubt", "metric_knn", "relative_knn", "shape_knn", "shape_tail")
 # the shape descriptors of ``shape_knn``, by their names in the ``extended`` wafer features (the
 # ``features`` signal): six of the 14 screened (docs/search.md "Fourth screen")
 SHAPE_FEATURES = ("stats_largest_size", "stats_largest_radius", "stats_largest_elongation",
                   "largest_angle_concentration", "outer_hot_run", "longest_thinness")
+# the descriptors of ``shape_tail``, by their names in the ``extended`` features: the 14 shape descriptors
+# of the fourth screen (docs/search.md "Fifth screen")
+TAIL_FEATURES = ("stats_largest_size", "stats_largest_radius", "stats_largest_elongation", "stats_largest_length",
+                 "stats_largest_compactness", "largest_r_min", "largest_r_max", "largest_angle_concentration",
+                 "largest_box_fill", "longest_thinness", "outer_hot_run", "middle_hot_run", "stats_fail_rate",
+                 "fail_radius_spread")
+# how many of the most surprising descriptors ``shape_tail`` adds up (a few: one odd column is often noise,
+# all 14 dilute the odd ones again)
+TAIL_TOP = 3
 # the most training wafers kept as feature-space references (a seeded sample beyond): bounds the
 # scorer's size and the per-wafer distance cost
 MAX_FEATURE_REFS = 6000
@@ -117,12 +138,8 @@ def _feature_knn(scorer, s):
 
 def _shape_knn(scorer, s):
     cols = scorer.shape_columns_
-    feats = np.asarray(s["features"], dtype=np.float32)
-    if feats.shape[1] <= max(cols):
-        raise ConfigError(f"the open-set part shape_knn reads the extended wafer features ({max(cols) + 1} or more "
-                          f"columns); the features given have {feats.shape[1]}")
-    shapes, refs = feats[:, cols], scorer.feature_refs_[:, cols]
-    dist = np.full(len(feats), np.inf)
+    shapes, refs = _columns(s["features"], cols, "shape_knn"), scorer.feature_refs_[:, cols]
+    dist = np.full(len(shapes), np.inf)
     for c in range(len(scorer.classes_)):  # the nearest class: a shape none of the known classes has
         dist = np.minimum(dist, _knn_mean(shapes, refs[scorer.feature_ref_labels_ == c], scorer.k))
     return dist
@@ -141,6 +158,42 @@ def _relative_knn(scorer, s):
     return ratio
 
 
+def _neg_log_tails(values: np.ndarray, refs: np.ndarray) -> np.ndarray:
+    """(N, F) ``-log`` of each value's two-sided empirical tail probability among the reference column.
+
+    Smoothed (+1 / +2) so that a value beyond every reference gets a finite, size-aware surprise.
+    """
+    refs = np.sort(refs, axis=0)
+    n = len(refs)
+    out = np.empty(values.shape, dtype=np.float64)
+    for j in range(values.shape[1]):
+        below = (np.searchsorted(refs[:, j], values[:, j], side="right") + 1) / (n + 2)
+        above = (n - np.searchsorted(refs[:, j], values[:, j], side="left") + 1) / (n + 2)
+        out[:, j] = -np.log(np.minimum(1.0, 2 * np.minimum(below, above)))
+    return out
+
+
+def _shape_tail(scorer, s):
+    cols = scorer.tail_columns_
+    chosen = np.asarray(s["proba"]).argmax(axis=1)
+    feats = _columns(s["features"], cols, "shape_tail")
+    surprise = np.full(len(feats), np.inf)  # a class with no reference wafer: nothing is ordinary for it
+    for c in np.unique(chosen):
+        sel, mine = chosen == c, scorer.feature_ref_labels_ == c
+        if mine.any():
+            tails = _neg_log_tails(feats[sel], scorer.feature_refs_[mine][:, cols])
+            surprise[sel] = np.sort(tails, axis=1)[:, -scorer.tail_top:].sum(axis=1)
+    return surprise
+
+
+def _columns(features, cols, part: str) -> np.ndarray:
+    feats = np.asarray(features, dtype=np.float32)
+    if feats.shape[1] <= max(cols):
+        raise ConfigError(f"the open-set part {part} reads the extended wafer features ({max(cols) + 1} or more "
+                          f"columns); the features given have {feats.shape[1]}")
+    return feats[:, cols]
+
+
 def _detector(scorer, s):
     return np.asarray(s["detector"], dtype=np.float64)
 
@@ -148,9 +201,12 @@ def _detector(scorer, s):
 # part name → (signals it needs, function(scorer, signals) → raw value per wafer, higher = stranger)
 PARTS = {"doubt": (("proba",), _doubt), "metric_knn": (("proba", "metric"), _metric_knn),
          "feature_knn": (("features",), _feature_knn), "shape_knn": (("features",), _shape_knn),
-         "relative_knn": (("proba", "features"), _relative_knn), "detector": (("detector",), _detector)}
-# the parts that measure distances to the training wafers' standardised features (feature_refs_)
-FEATURE_PARTS = ("feature_knn", "shape_knn", "relative_knn")
+         "relative_knn": (("proba", "features"), _relative_knn), "shape_tail": (("proba", "features"), _shape_tail),
+         "detector": (("detector",), _detector)}
+# the parts that compare with the training wafers' standardised features (feature_refs_)
+FEATURE_PARTS = ("feature_knn", "shape_knn", "relative_knn", "shape_tail")
+# ... and those that need the references' classes (feature_ref_labels_)
+LABELLED_PARTS = ("shape_knn", "relative_knn", "shape_tail")
 
 
 class OpenSetScorer:
@@ -161,7 +217,8 @@ class OpenSetScorer:
     """
 
     def __init__(self, k: int = 10, parts: tuple[str, ...] = DEFAULT_PARTS, weights: tuple[float, ...] | None = None,
-                 abstain_rate: float = 0.05, seed: int = 0, shape_features: tuple[str, ...] = SHAPE_FEATURES):
+                 abstain_rate: float = 0.05, seed: int = 0, shape_features: tuple[str, ...] = SHAPE_FEATURES,
+                 tail_features: tuple[str, ...] = TAIL_FEATURES, tail_top: int = TAIL_TOP):
         if not 0 <= abstain_rate < 1:
             raise ConfigError(f"abstain_rate must be in [0, 1), got {abstain_rate!r}")
         bad = sorted(set(parts) - set(PARTS))
@@ -175,13 +232,19 @@ class OpenSetScorer:
         self.abstain_rate = abstain_rate
         self.seed = seed
         self.shape_features = tuple(shape_features)
+        self.tail_features = tuple(tail_features)
         from waferscope.features.handcrafted import feature_names
 
         names = {n: i for i, n in enumerate(feature_names("extended"))}
-        bad = sorted(set(self.shape_features) - set(names))
-        if bad or not self.shape_features:
-            raise ConfigError(f"shape_features must name extended wafer features; unknown: {bad}")
+        for what, chosen in (("shape_features", self.shape_features), ("tail_features", self.tail_features)):
+            bad = sorted(set(chosen) - set(names))
+            if bad or not chosen:
+                raise ConfigError(f"{what} must name extended wafer features; unknown: {bad}")
+        if not 1 <= int(tail_top) <= len(self.tail_features):
+            raise ConfigError(f"tail_top must be 1..{len(self.tail_features)} (the tail features), got {tail_top!r}")
+        self.tail_top = int(tail_top)
         self.shape_columns_ = [names[n] for n in self.shape_features]
+        self.tail_columns_ = [names[n] for n in self.tail_features]
 
     def needs(self) -> set[str]:
         """Return the signals :meth:`score` reads."""
@@ -285,7 +348,8 @@ class OpenSetScorer:
                   **{f"class_{i}": v for i, v in enumerate(self.class_vectors_)}}
         extras = {"k": self.k, "parts": list(self.parts), "weights": None if self.weights is None else list(self.weights),
                   "abstain_rate": self.abstain_rate, "seed": self.seed, "classes": self.classes_.tolist(),
-                  "threshold": self.threshold_, "shape_features": list(self.shape_features)}
+                  "threshold": self.threshold_, "shape_features": list(self.shape_features),
+                  "tail_features": list(self.tail_features), "tail_top": self.tail_top}
         return arrays, extras
 
     @classmethod
@@ -294,7 +358,9 @@ class OpenSetScorer:
         try:
             self = cls(k=int(extras["k"]), parts=tuple(extras["parts"]), weights=extras.get("weights"),
                        abstain_rate=float(extras["abstain_rate"]), seed=int(extras.get("seed", 0)),
-                       shape_features=tuple(extras.get("shape_features", SHAPE_FEATURES)))
+                       shape_features=tuple(extras.get("shape_features", SHAPE_FEATURES)),
+                       tail_features=tuple(extras.get("tail_features", TAIL_FEATURES)),
+                       tail_top=int(extras.get("tail_top", TAIL_TOP)))
             self.classes_ = np.asarray([str(c) for c in extras["classes"]])
             self.threshold_ = float(extras["threshold"])
             self.cal_parts_ = np.asarray(arrays["cal_parts"], dtype=np.float64)
@@ -308,7 +374,7 @@ class OpenSetScorer:
         if self.cal_parts_.ndim != 2 or self.cal_parts_.shape[1] != len(self.parts):
             raise DataError(f"damaged open-set scorer state: calibration parts of shape {self.cal_parts_.shape} "
                             f"for {len(self.parts)} parts", where)
-        labelled = {"shape_knn", "relative_knn"} & set(self.parts)
+        labelled = set(LABELLED_PARTS) & set(self.parts)
         if labelled and len(self.feature_ref_labels_) != len(self.feature_refs_):
             raise DataError(f"damaged open-set scorer state: {len(self.feature_ref_labels_)} reference labels for "
                             f"{len(self.feature_refs_)} feature references", where)
