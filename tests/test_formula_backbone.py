@@ -86,18 +86,18 @@ def test_patchcore_and_texture_padim_fit_with_it(tmp_path):
 
 
 def test_wafer_weights_on_images_get_one_piece_of_advice():
-    """A backbone detector fitted on images with the wafer-map weights is told what works for images."""
+    """A backbone detector fitted on images with the wafer-map weights chosen explicitly is told what works for images."""
     import warnings
 
     from waferscope.errors import AdviceWarning
 
     train, _ = image_sets(n_test=5)
+    # the wafer backbone named explicitly: its pretrained="auto" resolves to the wafer weights
     with pytest.warns(AdviceWarning, match="patchcore: fitted on images with the wafer-map backbone.*formula"):
-        registry.create("patchcore", "detector", input_size=32, progress=False).fit(train)
+        registry.create("patchcore", "detector", backbone="wafer_resnet18", input_size=32, progress=False).fit(train)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", AdviceWarning)  # the formula weights, or wafer maps: no advice
-        registry.create("patchcore", "detector", backbone="formula_resnet18", pretrained="formula",
-                        input_size=32, progress=False).fit(train)
+        warnings.simplefilter("error", AdviceWarning)  # the default (formula weights on images): no advice
+        registry.create("patchcore", "detector", input_size=32, progress=False).fit(train)
 
 
 def test_cli_shows_the_advice_as_a_note(capsys, tmp_path):
@@ -110,6 +110,6 @@ def test_cli_shows_the_advice_as_a_note(capsys, tmp_path):
     for i, im in enumerate(textures(6, 0)[0]):
         Image.fromarray(im).save(tmp_path / "parts" / "train" / "good" / f"{i}.png")
     code, _, err = invoke(capsys, "detect", "train", "--data", str(tmp_path / "parts"), "--model", "patchcore",
-                          "--set", "input_size=32", "--set", "progress=false", "--out", str(tmp_path / "run"))
+                          "--set", "pretrained=wafer", "--set", "backbone=wafer_resnet18", "--set", "input_size=32", "--set", "progress=false", "--out", str(tmp_path / "run"))
     assert code == 0, err
     assert "note: patchcore: fitted on images with the wafer-map backbone weights" in err

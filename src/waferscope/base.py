@@ -624,7 +624,9 @@ class Detector(Estimator):
 
     # ---- the decision ---------------------------------------------------------------------------
     def _after_fit(self, dataset: Any, calibrate: bool = True) -> None:
-        if getattr(dataset, "kind", None) == "image" and getattr(self, "pretrained", None) == "wafer":
+        # the weights in use: as resolved at fit where the default depends on the data kind (backbone="auto")
+        pretrained = getattr(self, "resolved_", {}).get("pretrained", getattr(self, "pretrained", None))
+        if getattr(dataset, "kind", None) == "image" and pretrained == "wafer":
             # The wafer-domain weights describe three-state maps, not grey-level texture: on real
             # device images these detectors scored below a pixel z-score (docs/detection.md).
             warnings.warn(f"{self.registry_name or type(self).__name__}: fitted on images with the wafer-map "

@@ -74,8 +74,9 @@ def _rot90(x, k: int):
 
 
 def input_size(est) -> int:
-    """Return the estimator's integer ``input_size``; an ExportError when it has none."""
-    size = est.get_params().get("input_size")
+    """Return the estimator's integer ``input_size`` (as resolved at fit); an ExportError when it has none."""
+    # a detector whose input size depends on the data kind resolved it at fit (network_input_size)
+    size = est.network_input_size() if hasattr(est, "network_input_size") else est.get_params().get("input_size")
     if not isinstance(size, int):
         raise ExportError(f"{type(est).__name__} has no integer input_size")
     return size

@@ -4,6 +4,7 @@
     create_backbone("resnet18", pretrained="~/r18.pth")  # a torchvision checkpoint from a local file
     create_backbone("wafer_resnet18", pretrained="wafer")  # the wafer-domain weights shipped in the package
     create_backbone("formula_resnet18", pretrained="formula")  # grey-texture weights learned on procedural images
+    resolve_backbone("auto", "auto", kind="image")       # ("formula_resnet18", "formula"): the default by data kind
 
 Every backbone is also in the registry under kind ``"backbone"`` (``registry.available("backbone")``).
 """
@@ -23,7 +24,8 @@ from waferscope.models.backbones.checkpoint import load_checkpoint, read_state_d
 from waferscope.models.backbones.feature_extractor import FeatureExtractor
 
 __all__ = ["create_backbone", "FeatureExtractor", "load_checkpoint", "read_state_dict", "save_checkpoint",
-           "wafer_weights_path", "wafer_weights_info", "shipped_backbones", "SHIPPED_DOMAINS"]
+           "wafer_weights_path", "wafer_weights_info", "shipped_backbones", "SHIPPED_DOMAINS", "AUTO",
+           "AUTO_BACKBONES", "shipped_domain", "resolve_backbone"]
 
 
 # Weights shipped inside the package, by domain (the ``pretrained=`` value that asks for them). Each
@@ -52,6 +54,48 @@ def shipped_backbones(domain: str = "wafer") -> list[str]:
     known = set(registry.available("backbone"))
     return sorted(p.stem for p in folder.glob("*.safetensors")
                   if p.stem in known and wafer_weights_info(p.stem).get("domain", "wafer") == domain)
+
+
+# ---- the default backbone by data kind ------------------------------------------------------------
+AUTO = "auto"
+
+# What ``backbone="auto"`` means, by the family of network a detector is built around and the kind of
+# data it is fitted on. Wafer maps: the shipped wafer-domain networks, with which every wafer-map result
+# was measured (so "auto" on wafer maps is exactly the former default). Images: the formula-driven
+# ResNet-18, which beat the wafer weights and a random initialisation on every detector measured on
+# device images (docs/detection.md, "A formula-driven image backbone"). No ConvNeXt was pre-trained on
+# formula images, so that family has no image entry (its detector takes wafer maps only).
+AUTO_BACKBONES: dict[str, dict[str, str]] = {
+    "resnet": {"wafer": "wafer_resnet18", "image": "formula_resnet18"},
+    "convnext": {"wafer": "wafer_convnext"},
+}
+
+
+def shipped_domain(name: str) -> str | None:
+    """Return the domain of the weights shipped for backbone ``name`` ("wafer", "formula"), or None if none ship."""
+    if not wafer_weights_path(name).is_file():
+        return None
+    return wafer_weights_info(name).get("domain", "wafer")
+
+
+def resolve_backbone(backbone: str, pretrained: str | Path | bool | None, kind: str,
+                     family: str = "resnet") -> tuple[str, str | Path | bool | None]:
+    """Return ``(backbone, pretrained)`` with ``"auto"`` resolved for data of ``kind`` ("wafer" or "image").
+
+    ``backbone="auto"`` is :data:`AUTO_BACKBONES` ``[family][kind]``; ``pretrained="auto"`` is the
+    weights shipped for the (resolved) backbone, or None (seeded random init) when none ship. Any
+    other value is the caller's choice and is returned unchanged. A detector stores the result as
+    learned state, so a reloaded run never resolves again.
+    """
+    if backbone == AUTO:
+        options = AUTO_BACKBONES.get(family, {})
+        if kind not in options:
+            raise ConfigError(f"backbone='auto' has no {family} backbone for {kind} data (it has one for "
+                              f"{', '.join(options) or 'none'}); name a registered backbone")
+        backbone = options[kind]
+    if isinstance(pretrained, str) and pretrained == AUTO:
+        pretrained = shipped_domain(backbone)
+    return backbone, pretrained
 
 
 def create_backbone(name: str, pretrained: str | Path | bool | None = None, **kwargs) -> nn.Module:

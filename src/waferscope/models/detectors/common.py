@@ -444,6 +444,10 @@ class TorchDetector(Detector):
     def _predict_batch(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         raise NotImplementedError
 
+    def network_input_size(self) -> int:
+        """Side S of the S×S network input (a detector whose default depends on the data kind resolves it at fit)."""
+        return int(self.input_size)
+
     def _image_scores_t(self, maps: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Image scores from post-processed (N, S, S) maps when _predict_batch returns none.
 
@@ -480,7 +484,7 @@ class TorchDetector(Detector):
 
     def score(self, dataset) -> DetectionResult:
         """Return the anomaly score and map of every sample (see :meth:`score_input`)."""
-        size = int(self.input_size)
+        size = self.network_input_size()
         inputs = dataset_to_input(dataset, size)
         scores, maps = self.score_input(inputs, wafer_valid_masks(dataset, size))
         return DetectionResult(scores=scores, maps=maps_to_input_resolution(maps, dataset))

@@ -22,6 +22,7 @@ import torch
 
 from waferscope.errors import ConfigError, RunDirError
 from waferscope.models.backbones import FeatureExtractor, create_backbone
+from waferscope.models.detectors.kind_defaults import KindDefaults
 from waferscope.models.detectors.common import (TorchDetector, batch_slices, dataset_to_input,
                                                 maps_to_input_resolution, progress, training_normals,
                                                 wafer_valid_masks)
@@ -51,23 +52,25 @@ class PatchCoreModel(torch.nn.Module):
 
 
 @register("patchcore", kind="detector")
-class PatchCoreDetector(TorchDetector):
+class PatchCoreDetector(KindDefaults, TorchDetector):
     """Memory-bank anomaly detector on locally aware patch features of a frozen CNN.
 
     Parameters
     ----------
     backbone, pretrained, backbone_kwargs
-        Any registered backbone (default ``wafer_resnet18`` with the shipped wafer-domain weights: on
-        the real dev maps it beat random-init ResNet-18 and WRN-50-2 and is faster, configs/seed004.yaml;
-        also ``resnet18``, ``wide_resnet50_2``...);
-        ``pretrained`` = None (seeded random init), ``"wafer"`` (shipped wafer-domain weights) or a
-        local torchvision checkpoint path; ``backbone_kwargs`` go to the constructor (``width``,
-        ``small_input`` for ResNets).
+        Any registered backbone. ``"auto"`` (default): by the data fitted, ``wafer_resnet18`` with the
+        shipped wafer-domain weights for wafer maps (on the real dev maps it beat random-init ResNet-18
+        and WRN-50-2 and is faster, configs/seed004.yaml) and ``formula_resnet18`` with the shipped
+        formula-driven weights for images (docs/detection.md); also ``resnet18``,
+        ``wide_resnet50_2``... ``pretrained`` = ``"auto"`` (the weights shipped for the backbone, else
+        random init), None (seeded random init), ``"wafer"``, ``"formula"`` or a local torchvision
+        checkpoint path; ``backbone_kwargs`` go to the constructor (``width``, ``small_input`` for ResNets).
     layers, patch_size, embedding_dim
         Feature layers (paper: layer2+layer3), neighbourhood of the local average (paper: 3) and the
         channel-pooled patch-feature size.
     coreset_ratio, max_memory_mb, coreset_projection_dim
-        Memory bank = greedy coreset of ``coreset_ratio`` × the candidate patches (paper: 1–10 %),
+        Memory bank = greedy coreset of ``coreset_ratio`` × the candidate patches (paper: 1–10 %; None:
+        10 % for wafer maps, 1 % for images, the setting measured there),
         never more rows than fit in ``max_memory_mb`` (float32); distances for the greedy selection are
         measured after a seeded Gaussian projection to ``coreset_projection_dim`` dims.
     max_train_patches
@@ -76,10 +79,12 @@ class PatchCoreDetector(TorchDetector):
     num_neighbors
         The b of eq. 7 (paper: 9); 1 turns re-weighting off (score = largest patch distance).
     input_size
+        None: 64 for wafer maps, 128 for images (the size the image backbones were measured at).
     predict_batch_size, smoothing_sigma, seed, progress
 
     Attributes
     ----------
+    resolved_
     fit_info_
     grid_
     memory_bank_
@@ -94,16 +99,22 @@ class PatchCoreDetector(TorchDetector):
         "memory_sq_norm_": "Squared norms of the memory-bank rows.",
     }
 
+    # None = by the kind of data fitted (KindDefaults); docs/detection.md, "Backbone detectors on images"
+    _kind_defaults = {"input_size": {"wafer": 64, "image": 128}, "coreset_ratio": {"wafer": 0.1, "image": 0.01}}
+    # Rank among the image detectors (common.image_detectors), by image AUROC on the magnetic tile test
+    # split with the defaults: 0.775, after texture_padim, before texture_contrast (docs/detection.md).
+    image_rank = 3
+
     _parameter_constraints = {
         "patch_size": [Interval(int, 1)], "embedding_dim": [Interval(int, 1)],
-        "coreset_ratio": [Interval(float, 0, 1, closed="right")],
+        "coreset_ratio": [Interval(float, 0, 1, closed="right"), None], "input_size": [Interval(int, 1), None],
         "max_memory_mb": [Interval(float, 0, None, closed="neither")], "coreset_projection_dim": [Interval(int, 1)],
         "max_train_patches": [Interval(int, 1)], "num_neighbors": [Interval(int, 1)]}
 
-    def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
+    def __init__(self, backbone: str = "auto", pretrained: str | None = "auto",
                  backbone_kwargs: dict | None = None, layers: Sequence[str] = ("layer2", "layer3"),
-                 input_size: int = 64, patch_size: int = 3, embedding_dim: int = 128,
-                 coreset_ratio: float = 0.1, max_memory_mb: float = 200.0, coreset_projection_dim: int = 128,
+                 input_size: int | None = None, patch_size: int = 3, embedding_dim: int = 128,
+                 coreset_ratio: float | None = None, max_memory_mb: float = 200.0, coreset_projection_dim: int = 128,
                  max_train_patches: int = 400_000, num_neighbors: int = 9, predict_batch_size: int = 64,
                  smoothing_sigma: float = 4.0, seed: int = 0, progress: bool = True):
         self.backbone = backbone
@@ -127,9 +138,9 @@ class PatchCoreDetector(TorchDetector):
     def _build_model(self, load_weights: bool = True) -> PatchCoreModel:
         torch.manual_seed(int(self.seed))  # a random-init backbone is reproducible from the seed
         kwargs = dict(self.backbone_kwargs or {})
-        net = create_backbone(self.backbone, pretrained=self.pretrained if load_weights else None, **kwargs)
+        net = create_backbone(self._p("backbone"), pretrained=self._p("pretrained") if load_weights else None, **kwargs)
         extractor = FeatureExtractor(net, layers=tuple(self.layers))
-        info = extractor.feature_info(int(self.input_size))
+        info = extractor.feature_info(self.network_input_size())
         channels = [info[name][0] for name in self.layers]
         model = PatchCoreModel(extractor, channels, int(self.embedding_dim), int(self.patch_size))
         self.grid_ = tuple(info[self.layers[0]][1:])
@@ -161,7 +172,7 @@ class PatchCoreDetector(TorchDetector):
             raise ConfigError(f"max_train_patches must be ≥ 1, got {self.max_train_patches}")
 
     def _iter_inputs(self, dataset, desc: str):
-        size = int(self.input_size)
+        size = self.network_input_size()
         chunks = list(batch_slices(len(dataset), _CHUNK))
         for sl in progress(chunks, desc=desc, enabled=bool(self.progress) and len(chunks) > 1):
             part = dataset.subset(np.arange(sl.start, sl.stop))
@@ -172,6 +183,7 @@ class PatchCoreDetector(TorchDetector):
         self._check_params()
         normals = training_normals(dataset)
         t0 = time.perf_counter()
+        self._resolve(normals.kind)
         self.model_ = self._build_model()
         rng = np.random.default_rng(int(self.seed))
         n = len(normals)
@@ -191,7 +203,7 @@ class PatchCoreDetector(TorchDetector):
         t_features = time.perf_counter() - t0
         patches = self._fit_transform(patches)
         dim = patches.shape[1]
-        n_select = coreset_size(len(patches), dim, float(self.coreset_ratio), self.max_memory_mb)
+        n_select = coreset_size(len(patches), dim, float(self._p("coreset_ratio")), self.max_memory_mb)
         t1 = time.perf_counter()
         if n_select < len(patches):
             idx = k_center_greedy(patches, n_select, int(self.coreset_projection_dim) or None, int(self.seed),
@@ -233,7 +245,7 @@ class PatchCoreDetector(TorchDetector):
         self._check_fitted()
         scores = np.empty(len(dataset), dtype=np.float64)
         maps: list[np.ndarray] = []
-        size = int(self.input_size)
+        size = self.network_input_size()
         for sl, part, inputs in self._iter_inputs(dataset, "patchcore score"):
             s, m = self.score_input(inputs, wafer_valid_masks(part, size))
             scores[sl] = s
@@ -244,11 +256,12 @@ class PatchCoreDetector(TorchDetector):
     def _state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         tensors = {"memory_bank": self.memory_bank_}
         tensors.update(self._backbone_state())
-        return tensors, {"fit_info": self.fit_info_}
+        return tensors, {"fit_info": self.fit_info_, "resolved": self.resolved_}
 
     def _load_state(self, tensors: dict[str, Any], extras: dict[str, Any]) -> None:
         if "memory_bank" not in tensors:
             raise RunDirError("weights.safetensors has no memory_bank: not a patchcore run")
+        self._restore_resolved(extras)
         self.model_ = self._build_model(load_weights=False)
         net = self.model_.extractor.backbone
         state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}

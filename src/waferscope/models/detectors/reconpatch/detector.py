@@ -42,18 +42,21 @@ class ReConPatchDetector(PatchCoreDetector):
         Training schedule (AdamW); each step draws ``contrastive_batch_size`` patches from a seeded
         random subset of ``contrastive_patches`` candidate patches.
     backbone
-        Name of a registered backbone (the frozen feature extractor), as PatchCore's.
+        Name of a registered backbone (the frozen feature extractor), as PatchCore's (``"auto"``: by
+        the data kind fitted, as PatchCore's).
     pretrained
     backbone_kwargs
         Keyword arguments of the backbone's constructor (``width``, ``small_input`` for ResNets).
     layers
     input_size
+        None: 64 for wafer maps, 128 for images, as PatchCore's.
     patch_size
         Neighbourhood of the local average of the features (PatchCore's 3).
     embedding_dim
         Channel-pooled patch-feature size (the modulation network's input).
     coreset_ratio
-        Memory bank = greedy coreset of this share of the candidate patches.
+        Memory bank = greedy coreset of this share of the candidate patches (None: 10 % for wafer
+        maps, 1 % for images, as PatchCore's).
     max_memory_mb
         Never more memory-bank rows than fit in this many MB (float32).
     coreset_projection_dim
@@ -66,6 +69,7 @@ class ReConPatchDetector(PatchCoreDetector):
 
     Attributes
     ----------
+    resolved_
     fit_info_
     grid_
     loss_history_
@@ -78,6 +82,10 @@ class ReConPatchDetector(PatchCoreDetector):
     threshold_, threshold_info_
     """
 
+    # Rank among the image detectors by image AUROC on magnetic tile with the defaults (0.752;
+    # docs/detection.md): after PatchCore, before texture_contrast.
+    image_rank = 4
+
     _parameter_constraints = {
         "representation_dim": [Interval(int, 1)], "projection_dim": [Interval(int, 1)],
         "sigma": [Interval(float, 0, None, closed="neither")], "alpha": [Interval(float, 0, 1)],
@@ -85,10 +93,10 @@ class ReConPatchDetector(PatchCoreDetector):
         "contrastive_batch_size": [Interval(int, 1)], "steps_per_epoch": [Interval(int, 1), None],
         "contrastive_patches": [Interval(int, 1)]}
 
-    def __init__(self, backbone: str = "wafer_resnet18", pretrained: str | None = "wafer",
+    def __init__(self, backbone: str = "auto", pretrained: str | None = "auto",
                  backbone_kwargs: dict | None = None, layers: Sequence[str] = ("layer2", "layer3"),
-                 input_size: int = 64, patch_size: int = 3, embedding_dim: int = 128,
-                 coreset_ratio: float = 0.1, max_memory_mb: float = 200.0, coreset_projection_dim: int = 128,
+                 input_size: int | None = None, patch_size: int = 3, embedding_dim: int = 128,
+                 coreset_ratio: float | None = None, max_memory_mb: float = 200.0, coreset_projection_dim: int = 128,
                  max_train_patches: int = 400_000, num_neighbors: int = 9, predict_batch_size: int = 64,
                  smoothing_sigma: float = 4.0, seed: int = 0, progress: bool = True,
                  representation_dim: int = 128, projection_dim: int = 64, sigma: float = 1.0,
