@@ -52,16 +52,19 @@ def test_wafer_maps_default_is_the_former_default_exactly():
 
 def test_images_get_the_formula_backbone_and_explicit_values_win(tmp_path):
     train, test = image_sets(n_train=8, n_test=3)
-    det = registry.create("stfpm", "detector", epochs=1, progress=False).fit(train)
-    assert det.resolved_ == {"kind": "image", "backbone": "formula_resnet18", "pretrained": "formula", "input_size": 128}
+    det = registry.create("patchcore", "detector", progress=False).fit(train)
+    assert det.resolved_ == {"kind": "image", "backbone": "formula_resnet18", "pretrained": "formula",
+                             "input_size": 128, "coreset_ratio": 0.01}
     assert det.get_params()["backbone"] == "auto" and det.get_params()["input_size"] is None  # params stay as given
-    teacher = det.model_.teacher.extractor.backbone.conv1.weight
     from waferscope.models.backbones import create_backbone
 
-    torch.testing.assert_close(teacher, create_backbone("formula_resnet18", pretrained="formula").conv1.weight)
+    torch.testing.assert_close(det.model_.extractor.backbone.conv1.weight,
+                               create_backbone("formula_resnet18", pretrained="formula").conv1.weight)
     # explicit values win on images: another backbone (no shipped weights: random init), another size
-    mine = registry.create("stfpm", "detector", backbone="resnet18", input_size=32, epochs=1, progress=False).fit(train)
-    assert mine.resolved_ == {"kind": "image", "backbone": "resnet18", "pretrained": None, "input_size": 32}
+    mine = registry.create("patchcore", "detector", backbone="resnet18", input_size=32, coreset_ratio=0.5,
+                           progress=False).fit(train)
+    assert mine.resolved_ == {"kind": "image", "backbone": "resnet18", "pretrained": None, "input_size": 32,
+                              "coreset_ratio": 0.5}
     assert mine.score(test).maps[0].shape == (30, 44)
 
 
@@ -98,11 +101,12 @@ def test_a_run_saved_before_the_auto_defaults_still_loads(tmp_path):
     np.testing.assert_allclose(back.score(test).scores, det.score(test).scores, rtol=1e-5)
 
 
-def test_convnext_reverse_distillation_refuses_images_naming_the_image_detectors():
+@pytest.mark.parametrize("name", ["reverse_distillation_convnext", "stfpm"])
+def test_detectors_below_the_image_baseline_refuse_images_naming_the_image_detectors(name):
     train, test = image_sets(n_train=4, n_test=2)
-    with pytest.raises(DataError, match="reverse_distillation_convnext.*not images.*texture_padim.*patchcore"):
-        registry.create("reverse_distillation_convnext", "detector", progress=False).fit(train)
+    with pytest.raises(DataError, match=f"{name}.*not images.*texture_padim.*patchcore"):
+        registry.create(name, "detector", progress=False).fit(train)
     from waferscope.models.detectors.common import image_detectors
 
-    assert "reverse_distillation_convnext" not in image_detectors()
-    assert {"patchcore", "reconpatch", "stfpm", "reverse_distillation"} <= set(image_detectors())
+    assert name not in image_detectors()
+    assert {"patchcore", "reconpatch", "reverse_distillation"} <= set(image_detectors())

@@ -54,7 +54,7 @@ def test_image_detectors_are_declared_and_listed_in_refusals():
     from waferscope.models.detectors.common import default_detector_for, image_detectors
 
     names = image_detectors()
-    for n in ("texture_knn", "patchcore", "reconpatch", "stfpm", "autoencoder"):
+    for n in ("texture_knn", "patchcore", "reconpatch", "autoencoder"):
         assert n in names
     assert "pattern_contrast" not in names and "pattern_stats" not in names
     assert default_detector_for("image", "pattern_contrast") == names[0]
