@@ -356,3 +356,49 @@ def test_texture_padim_run_saved_before_fine_factor_loads_without_fine_channels(
     old = load_run(tmp_path / "run")
     assert old.fine_factor == 0
     np.testing.assert_allclose(old.score(test).scores, det.score(test).scores, rtol=1e-5)
+
+
+def test_autoencoder_images_on_the_canvas_calibrated_per_pixel(tmp_path):
+    """Images: grey aspect-kept canvas, one-channel reconstruction, each pixel's residual a z-score against
+    held-out normals (new normals average near 0, blobs stand out and are localised); the run reloads."""
+    from sklearn.metrics import roc_auc_score
+
+    from waferscope.base import load_run
+
+    train, test = image_sets(n_train=20)
+    det = registry.create("autoencoder", "detector", input_size=32, base_channels=8, epochs=15, batch_size=8,
+                          progress=False).fit(train)
+    assert det.image_input_ == "canvas" and det.pixel_loc_.shape == (32, 32) and (det.pixel_scale_ > 0).all()
+    assert det.model_.encoder[0][0].in_channels == 1
+    res = det.score(test)
+    assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
+    assert np.mean([m.flat[int(np.argmax(a))] for a, m in zip(res.maps[6:], test.masks[6:])]) >= 0.8
+    assert abs(np.mean([float(np.mean(m)) for m in res.maps[:6]])) < 1.5
+    assert all(a.shape == im.shape for a, im in zip(res.maps, test.maps))
+    det.save(tmp_path / "run")
+    np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, rtol=1e-5)
+
+
+def test_efficientad_images_use_the_formula_teacher_on_the_canvas(tmp_path):
+    """pretrained='auto': images get EfficientAD's PDN-S distilled from the formula backbone (the shipped
+    file's tensors), at image_size on the canvas; maps at native size; the run reloads; wafer maps keep
+    the wafer teacher."""
+    from safetensors.torch import load_file
+
+    from waferscope.base import load_run
+    from waferscope.data.synthetic import generate
+    from waferscope.models.detectors.efficientad.detector import formula_teacher_path
+
+    train, test = image_sets()
+    det = registry.create("efficientad", "detector", image_size=32, epochs=1, batch_size=4, progress=False)
+    res = det.fit(train).score(test)
+    assert det.input_kind_ == "image" and det.net_size_ == 32
+    shipped = load_file(str(formula_teacher_path()))
+    for k, v in det.model_.teacher.state_dict().items():
+        torch.testing.assert_close(v, shipped[k].float())
+    assert np.all(np.isfinite(res.scores)) and all(a.shape == im.shape for a, im in zip(res.maps, test.maps))
+    det.save(tmp_path / "run")
+    np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, rtol=1e-5)
+    wafer = registry.create("efficientad", "detector", epochs=1, batch_size=8, progress=False)
+    wafer.fit(generate(12, seed=1, classes=["none"]))
+    assert wafer.input_kind_ == "wafer" and wafer.teacher_kwargs_["out_channels"] == 192
