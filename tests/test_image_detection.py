@@ -379,26 +379,17 @@ def test_autoencoder_images_on_the_canvas_calibrated_per_pixel(tmp_path):
     np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, rtol=1e-5)
 
 
-def test_efficientad_images_use_the_formula_teacher_on_the_canvas(tmp_path):
-    """pretrained='auto': images get EfficientAD's PDN-S distilled from the formula backbone (the shipped
-    file's tensors), at image_size on the canvas; maps at native size; the run reloads; wafer maps keep
-    the wafer teacher."""
-    from safetensors.torch import load_file
-
-    from waferscope.base import load_run
+def test_efficientad_refuses_images_naming_the_image_detectors():
+    """EfficientAD scored below the pixel z-score baseline on device images with either teacher: it takes
+    wafer maps only, and says which detectors take images (fit, and score with a wafer-fitted model)."""
     from waferscope.data.synthetic import generate
-    from waferscope.models.detectors.efficientad.detector import formula_teacher_path
+    from waferscope.models.detectors.common import image_detectors
 
+    assert "efficientad" not in image_detectors() and "autoencoder" in image_detectors()
     train, test = image_sets()
-    det = registry.create("efficientad", "detector", image_size=32, epochs=1, batch_size=4, progress=False)
-    res = det.fit(train).score(test)
-    assert det.input_kind_ == "image" and det.net_size_ == 32
-    shipped = load_file(str(formula_teacher_path()))
-    for k, v in det.model_.teacher.state_dict().items():
-        torch.testing.assert_close(v, shipped[k].float())
-    assert np.all(np.isfinite(res.scores)) and all(a.shape == im.shape for a, im in zip(res.maps, test.maps))
-    det.save(tmp_path / "run")
-    np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, rtol=1e-5)
-    wafer = registry.create("efficientad", "detector", epochs=1, batch_size=8, progress=False)
-    wafer.fit(generate(12, seed=1, classes=["none"]))
-    assert wafer.input_kind_ == "wafer" and wafer.teacher_kwargs_["out_channels"] == 192
+    det = registry.create("efficientad", "detector", pretrained=None, input_size=16, epochs=1, progress=False)
+    with pytest.raises(DataError, match="texture_knn"):
+        det.fit(train)
+    det.fit(generate(12, seed=1, size=(24, 24), classes=["none"]))
+    with pytest.raises(DataError, match="texture_padim"):
+        det.score(test)
