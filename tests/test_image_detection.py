@@ -42,12 +42,57 @@ def test_texture_knn_finds_blobs_and_localises_them():
     from sklearn.metrics import roc_auc_score
 
     train, test = image_sets()
-    det = registry.create("texture_knn", "detector", input_size=48, memory_size=3000, progress=False).fit(train)
+    det = registry.create("texture_knn", "detector", input_size=48, memory_size=3000, position="free",
+                          progress=False).fit(train)
     res = det.score(test)
     assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
     hits = [m.flat[int(np.argmax(a))] for a, m in zip(res.maps[6:], test.masks[6:])]
     assert np.mean(hits) >= 0.8
     assert all(a.shape == im.shape for a, im in zip(res.maps, test.maps))
+
+
+def _spot(n, seed, row, col, shape=(32, 48)):
+    """Noisy grey images with one bright 4×4 spot whose place is (row, col) ± 1 px: a framed part's feature."""
+    rng = np.random.default_rng(seed)
+    imgs = []
+    for _ in range(n):
+        img = 0.4 + rng.normal(0, 0.03, shape)
+        r, c = row + rng.integers(-1, 2), col + rng.integers(-1, 2)
+        img[r:r + 4, c:c + 4] = 0.9
+        imgs.append(np.clip(img * 255, 0, 255).astype(np.uint8))
+    return imgs
+
+
+def test_texture_knn_relative_search_finds_a_feature_out_of_place(tmp_path):
+    """position='relative' (the default for images): a spot that every normal image has at the top left
+    is anomalous at the bottom right — the position-free search finds that patch in its memory and
+    cannot tell; the per-cell calibration centres new normal images near 0; the run reloads; wafer maps
+    keep the position-free search."""
+    from sklearn.metrics import roc_auc_score
+
+    from waferscope.base import load_run
+    from waferscope.data.synthetic import generate
+
+    train = WaferDataset.from_maps(_spot(16, 0, 6, 8), ["good"] * 16, kind="image", name="train")
+    moved = _spot(6, 2, 22, 36)
+    masks = [np.zeros((32, 48), bool) for _ in moved]
+    for m in masks:
+        m[20:28, 34:42] = True
+    test = WaferDataset.from_maps(_spot(6, 1, 6, 8) + moved, ["good"] * 6 + ["moved"] * 6,
+                                  masks=[None] * 6 + masks, kind="image", name="test")
+    det = registry.create("texture_knn", "detector", input_size=48, sigmas=(1.0, 2.0), grid=12, progress=False)
+    res = det.fit(train).score(test)
+    assert det.position_ == "relative" and det.memory_.shape[0] == 16 and det.cell_loc_.shape == (12, 12)
+    assert roc_auc_score(~test.is_normal, res.scores) == 1.0
+    assert np.mean([m.flat[int(np.argmax(a))] for a, m in zip(res.maps[6:], masks)]) >= 0.8
+    assert abs(np.mean([float(np.mean(m)) for m in res.maps[:6]])) < 1.5  # z-scores, not raw distances
+    free = registry.create("texture_knn", "detector", input_size=48, sigmas=(1.0, 2.0), position="free",
+                           progress=False).fit(train).score(test)
+    assert roc_auc_score(~test.is_normal, free.scores) < 0.8
+    det.save(tmp_path / "run")
+    np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, rtol=1e-5)
+    wafer = registry.create("texture_knn", "detector", input_size=24, stride=2, memory_size=200, progress=False)
+    assert wafer.fit(generate(12, seed=1, size=(24, 24), classes=["none"])).position_ == "free"
 
 
 def test_image_detectors_are_declared_and_listed_in_refusals():
@@ -311,3 +356,40 @@ def test_texture_padim_run_saved_before_fine_factor_loads_without_fine_channels(
     old = load_run(tmp_path / "run")
     assert old.fine_factor == 0
     np.testing.assert_allclose(old.score(test).scores, det.score(test).scores, rtol=1e-5)
+
+
+def test_autoencoder_images_on_the_canvas_calibrated_per_pixel(tmp_path):
+    """Images: grey aspect-kept canvas, one-channel reconstruction, each pixel's residual a z-score against
+    held-out normals (new normals average near 0, blobs stand out and are localised); the run reloads."""
+    from sklearn.metrics import roc_auc_score
+
+    from waferscope.base import load_run
+
+    train, test = image_sets(n_train=20)
+    det = registry.create("autoencoder", "detector", input_size=32, base_channels=8, epochs=15, batch_size=8,
+                          progress=False).fit(train)
+    assert det.image_input_ == "canvas" and det.pixel_loc_.shape == (32, 32) and (det.pixel_scale_ > 0).all()
+    assert det.model_.encoder[0][0].in_channels == 1
+    res = det.score(test)
+    assert roc_auc_score(~test.is_normal, res.scores) >= 0.9
+    assert np.mean([m.flat[int(np.argmax(a))] for a, m in zip(res.maps[6:], test.masks[6:])]) >= 0.8
+    assert abs(np.mean([float(np.mean(m)) for m in res.maps[:6]])) < 1.5
+    assert all(a.shape == im.shape for a, im in zip(res.maps, test.maps))
+    det.save(tmp_path / "run")
+    np.testing.assert_allclose(load_run(tmp_path / "run").score(test).scores, res.scores, rtol=1e-5)
+
+
+def test_efficientad_refuses_images_naming_the_image_detectors():
+    """EfficientAD scored below the pixel z-score baseline on device images with either teacher: it takes
+    wafer maps only, and says which detectors take images (fit, and score with a wafer-fitted model)."""
+    from waferscope.data.synthetic import generate
+    from waferscope.models.detectors.common import image_detectors
+
+    assert "efficientad" not in image_detectors() and "autoencoder" in image_detectors()
+    train, test = image_sets()
+    det = registry.create("efficientad", "detector", pretrained=None, input_size=16, epochs=1, progress=False)
+    with pytest.raises(DataError, match="texture_knn"):
+        det.fit(train)
+    det.fit(generate(12, seed=1, size=(24, 24), classes=["none"]))
+    with pytest.raises(DataError, match="texture_padim"):
+        det.score(test)

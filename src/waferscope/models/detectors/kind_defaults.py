@@ -44,7 +44,7 @@ class KindDefaults:
         return out
 
     def _p(self, name: str) -> Any:
-        """The value in use of parameter ``name``: resolved (once fitted or during fit), else as set."""
+        """Return the value in use of parameter ``name``: resolved (once fitted or during fit), else as set."""
         resolved = self.__dict__.get("resolved_")
         if resolved is not None and name in resolved:
             return resolved[name]

@@ -4,8 +4,22 @@ PatchCore (Roth et al., CVPR 2022) scores a test patch by its distance to the ne
 a memory bank; its strength comes from ImageNet features, which cannot be had offline, and a
 backbone trained on three-state wafer maps does not describe grey-level texture. Here the features
 are a fixed Gaussian-derivative filter bank with local energy (:mod:`.torch_model`), so the detector
-needs no download and no training loop: fitting = computing the normal images' patch features and
-keeping a seeded random ``memory_size`` of them.
+needs no download and no training loop: fitting = computing the normal images' patch features.
+
+Where the nearest normal patch is looked for (``position``):
+
+- ``"free"`` (PatchCore's): anywhere; the memory is a seeded random ``memory_size`` of all valid
+  training positions;
+- ``"relative"`` (the position-aware search of PNI, Bae et al. ICCV 2023, with positions relative to
+  the image box as ``texture_padim`` models them): the features are resampled onto a ``grid`` × ``grid``
+  grid of each image's own box, and a cell's nearest normal patch is looked for at the same cell ± ``radius``
+  cells of every memory image (up to ``memory_images`` normal images). With ``cell_calibration`` each cell's
+  distance becomes a z-score against the memory images' own nearest distances there, each image left out
+  of its own search (as ``texture_padim``'s per-cell calibration: a cell whose normal patches vary
+  a lot is not an anomaly for that alone);
+- ``"auto"``: relative for images (parts photographed in the same framing: on the magnetic tile set the
+  position-free search scored 0.63 image AUROC, below a pixel z-score), free for wafer maps (their
+  behaviour as before; the relative search was not measured on them).
 
 Images are handled as images (:func:`~waferscope.models.detectors.common.image_canvas`): grey, aspect
 ratio kept (longer side = ``input_size``), each image standardised by its own mean/std (or the
@@ -24,11 +38,12 @@ import torch
 from torch.nn import functional as F
 
 from waferscope.base import DetectionResult, Detector, Interval, Options
-from waferscope.errors import ConfigError, RunDirError
+from waferscope.errors import ConfigError, DataError, RunDirError
 from waferscope.models.detectors.common import (batch_slices, canvas_maps_to_input, gaussian_blur, image_canvas,
                                                 masked_topk_mean, progress, seed_everything, training_normals)
-from waferscope.models.detectors.texture_knn.anomaly_map import distance_maps
+from waferscope.models.detectors.texture_knn.anomaly_map import cell_distance_maps, distance_maps
 from waferscope.models.detectors.texture_knn.torch_model import FilterBank
+from waferscope.models.detectors.texture_padim.anomaly_map import from_grid, to_grid
 from waferscope.registry import register
 
 
@@ -43,7 +58,19 @@ class TextureKNNDetector(Detector):
     sigmas, energy_window, stride
         The Gaussian scales (px on the canvas), the local-energy window and the feature stride.
     memory_size
-        Normal patch features kept (seeded random sample of all valid training positions).
+        ``position="free"``: normal patch features kept (seeded random sample of all valid training positions).
+    position
+        ``"relative"`` (nearest normal patch at the same place of the image box), ``"free"`` (anywhere) or
+        ``"auto"`` (relative for images, free for wafer maps).
+    grid, radius
+        ``position="relative"``: the relative grid (cells per side of the image box) and how many cells
+        around the same cell the search reaches.
+    memory_images
+        ``position="relative"``: normal images kept (seeded random subset when there are more); the
+        memory holds grid² × channels values per image.
+    cell_calibration
+        ``position="relative"``: each cell's distance as a z-score against the memory images' own
+        leave-one-image-out nearest distances there.
     normalise
         ``"image"`` (each image's own mean/std: robust to lighting) or ``"dataset"``.
     border
@@ -54,11 +81,17 @@ class TextureKNNDetector(Detector):
 
     Attributes
     ----------
+    cell_loc_, cell_scale_
+        Per-cell location and scale of the leave-one-image-out distances (relative, calibrated; 0 and 1
+        otherwise).
     input_kind_
     mean_
         Per-feature mean of the normal training positions.
     memory_
-        The standardised normal patch features (``memory_size`` rows).
+        The standardised normal patch features: ``memory_size`` rows (free), or (images, C, grid, grid)
+        (relative).
+    position_
+        The search used (``"relative"`` or ``"free"``; ``position="auto"`` resolved by the data kind).
     n_train_
     scale_
         Per-feature standard deviation of those positions.
@@ -68,15 +101,20 @@ class TextureKNNDetector(Detector):
     """
 
     _tags = {"input_kinds": ("wafer", "image")}
-    image_rank = 10
+    # First among the image detectors: the best image and pixel AUROC measured on real device images
+    # (magnetic tile 0.955 / 0.793 against texture_padim's 0.893 / 0.763; texture_padim localises
+    # better, docs/detection.md), so `detect train` on an image folder picks it.
+    image_rank = 1
 
     _parameter_constraints = {
         "input_size": [Interval(int, 8)], "energy_window": [Interval(int, 1)], "stride": [Interval(int, 1)],
         "memory_size": [Interval(int, 1)], "normalise": [Options("image", "dataset")], "border": [Interval(int, 0)],
-        "top_fraction": [Interval(float, 0, 1)]}
+        "top_fraction": [Interval(float, 0, 1)], "position": [Options("auto", "relative", "free")],
+        "grid": [Interval(int, 1)], "radius": [Interval(int, 0)], "memory_images": [Interval(int, 2)]}
 
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
-                 stride: int = 4, memory_size: int = 10000, normalise: str = "image", border: int = 0,
+                 stride: int = 4, memory_size: int = 10000, position: str = "auto", grid: int = 32, radius: int = 1,
+                 memory_images: int = 1000, cell_calibration: bool = True, normalise: str = "image", border: int = 0,
                  smoothing_sigma: float = 4.0, top_fraction: float = 0.0, predict_batch_size: int = 32, seed: int = 0,
                  progress: bool = True):
         self.input_size = input_size
@@ -84,6 +122,11 @@ class TextureKNNDetector(Detector):
         self.energy_window = energy_window
         self.stride = stride
         self.memory_size = memory_size
+        self.position = position
+        self.grid = grid
+        self.radius = radius
+        self.memory_images = memory_images
+        self.cell_calibration = cell_calibration
         self.normalise = normalise
         self.border = border
         self.smoothing_sigma = smoothing_sigma
@@ -130,9 +173,19 @@ class TextureKNNDetector(Detector):
             self.stats_ = np.array([vals.mean(), vals.std()], np.float64)
         else:
             self.stats_ = np.array([0.0, 1.0])
+        self.position_ = self.position if self.position != "auto" else \
+            ("relative" if normals.kind == "image" else "free")
+        if self.position_ == "relative":
+            self._fit_relative(normals, rng)
+        else:
+            self._fit_free(normals, rng)
+        self.n_train_ = len(normals)
+        self.input_kind_ = normals.kind  # `detect score` refuses the other kind (cli/detect._check_kind)
+        return self
+
+    def _fit_free(self, normals, rng) -> None:
         canvas = self._canvas(normals)
         feats = self._features(canvas, "texture_knn fit")
-        n, c, h, w = feats.shape
         # only positions whose stride cell lies inside the image: the padded mirror is not new data
         valid = F.avg_pool2d(torch.from_numpy(canvas.valid).float()[:, None], int(self.stride))[:, 0] > 0.5
         rows = feats.permute(0, 2, 3, 1)[valid]
@@ -142,13 +195,45 @@ class TextureKNNDetector(Detector):
         self.scale_ = rows.std(0).clamp_min(1e-6)
         keep = rng.permutation(len(rows))[: int(self.memory_size)]
         self.memory_ = ((rows[torch.from_numpy(np.sort(keep))] - self.mean_) / self.scale_).contiguous()
-        self.n_train_ = len(normals)
-        self.input_kind_ = normals.kind  # `detect score` refuses the other kind (cli/detect._check_kind)
-        return self
+        self.cell_loc_, self.cell_scale_ = torch.zeros(()), torch.ones(())
+
+    def _fit_relative(self, normals, rng) -> None:
+        n = len(normals)
+        if n < 2:
+            raise DataError(f"texture_knn with position='relative' needs at least 2 normal images, got {n}",
+                            normals.name)
+        if n > int(self.memory_images):  # bounded memory: a seeded subset of the normal images
+            normals = normals.subset(np.sort(rng.permutation(n)[: int(self.memory_images)]))
+        feats = self._grid_features(normals, "texture_knn fit")
+        self.mean_ = feats.mean((0, 2, 3))
+        self.scale_ = feats.std((0, 2, 3)).clamp_min(1e-6)
+        self.memory_ = self._standardise(feats).contiguous()
+        g = int(self.grid)
+        if self.cell_calibration:
+            with torch.inference_mode():
+                held = cell_distance_maps(self.memory_, self.memory_, int(self.radius),
+                                          exclude=torch.arange(len(self.memory_)))
+            self.cell_loc_, self.cell_scale_ = held.mean(0), held.std(0).clamp_min(1e-6)
+        else:
+            self.cell_loc_, self.cell_scale_ = torch.zeros(g, g), torch.ones(g, g)
+
+    def _standardise(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.mean_[None, :, None, None]) / self.scale_[None, :, None, None]
+
+    def _grid_features(self, dataset, desc: str, canvas=None) -> torch.Tensor:
+        """(N, C, grid, grid) features of each image's own box (relative positions)."""
+        canvas = canvas if canvas is not None else self._canvas(dataset)
+        return to_grid(self._features(canvas, desc), canvas.boxes, int(self.stride), int(self.grid))
 
     def _maps(self, canvas) -> torch.Tensor:
-        feats = self._features(canvas, "score texture_knn")
         size = int(self.input_size)
+        sigma = float(self.smoothing_sigma) * size / 256.0
+        if self.position_ == "relative":
+            cells = self._standardise(self._grid_features(None, "score texture_knn", canvas))
+            with torch.inference_mode():
+                d = cell_distance_maps(cells, self.memory_, int(self.radius))
+            return from_grid((d - self.cell_loc_) / self.cell_scale_, canvas.boxes, size, sigma)
+        feats = self._features(canvas, "score texture_knn")
         if len(feats) == 0:
             return torch.zeros((0, size, size))
         msq = (self.memory_ ** 2).sum(1)
@@ -158,25 +243,30 @@ class TextureKNNDetector(Detector):
                 f = (feats[sl] - self.mean_[None, :, None, None]) / self.scale_[None, :, None, None]
                 d = distance_maps(f, self.memory_, msq)
                 d = F.interpolate(d[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-                out[sl] = gaussian_blur(d, float(self.smoothing_sigma) * size / 256.0)
+                out[sl] = gaussian_blur(d, sigma)
         return out
 
     def score(self, dataset) -> DetectionResult:
         """Return the anomaly score and map of every image."""
         self._check_fitted()
-        canvas = self._canvas(dataset)
-        maps = self._maps(canvas)
-        valid = canvas.valid
-        if len(maps) == 0:
+        if len(dataset) == 0:
             return DetectionResult(scores=np.zeros(0), maps=[])
-        frac = float(self.top_fraction)
-        scores = masked_topk_mean(maps, valid, frac) if frac > 0 else \
-            masked_topk_mean(maps, valid, 1e-12)  # 1e-12 → one pixel: the maximum over valid pixels
-        return DetectionResult(scores=scores, maps=canvas_maps_to_input(maps, canvas, dataset))
+        scores, maps = [], []
+        frac = float(self.top_fraction) if float(self.top_fraction) > 0 else 1e-12  # 1e-12 → one pixel: the maximum
+        # batch by batch: the canvas, features and distance temporaries bounded by predict_batch_size
+        slices = list(batch_slices(len(dataset), int(self.predict_batch_size)))
+        for sl in progress(slices, desc="score texture_knn", enabled=bool(self.progress) and len(slices) > 4):
+            part = dataset.subset(np.arange(sl.start, sl.stop))
+            canvas = self._canvas(part)
+            m = self._maps(canvas)
+            scores.append(masked_topk_mean(m, canvas.valid, frac))
+            maps += canvas_maps_to_input(m, canvas, part)
+        return DetectionResult(scores=np.concatenate(scores), maps=maps)
 
     def _state(self):
         return ({"memory": self.memory_, "mean": self.mean_, "scale": self.scale_,
-                 "stats": torch.as_tensor(self.stats_)}, {"n_train": self.n_train_, "input_kind": self.input_kind_})
+                 "stats": torch.as_tensor(self.stats_), "cell_loc": self.cell_loc_, "cell_scale": self.cell_scale_},
+                {"n_train": self.n_train_, "input_kind": self.input_kind_, "position": self.position_})
 
     def _load_state(self, tensors, extras) -> None:
         try:
@@ -186,3 +276,7 @@ class TextureKNNDetector(Detector):
             raise RunDirError(f"texture_knn run without the {exc.args[0]!r} tensor") from None
         self.n_train_ = int(extras.get("n_train", 0))
         self.input_kind_ = str(extras.get("input_kind", "image"))
+        # runs saved before the relative search existed searched anywhere, uncalibrated
+        self.position_ = str(extras.get("position", "free"))
+        self.cell_loc_ = tensors.get("cell_loc", torch.zeros(()))
+        self.cell_scale_ = tensors.get("cell_scale", torch.ones(()))

@@ -118,7 +118,7 @@ class TexturePaDiMDetector(Detector):
     """
 
     _tags = {"input_kinds": ("wafer", "image")}
-    image_rank = 1
+    image_rank = 2  # after texture_knn on image AUROC; better at putting the map maximum on the defect
     # runs saved before the finer canvas existed (sixth round) had no fine channels in their Gaussians
     params_before = {"fine_factor": 0}
 
