@@ -20,7 +20,7 @@ Rules (A = padim map, B = knn map, per-cell z; A', B' in held-out image-score z 
   max_score   image score max(max A', max B');   map max(A', B')
   knn_score   image score max B (the kNN's own); map A (the Gaussian's own)
 
-Adoption rule (written 16:35 UTC, before any result of this script), validation only: a rule passes if
+Adoption rule (written 16:25 UTC, before any result of this script), validation only: a rule passes if
 on every one of the four sets its image AUROC >= knn - 0.01, its pixel AUROC >= max(knn, padim) - 0.01
 and its max in mask >= padim - 0.02. Among passing rules, the highest mean image AUROC over the four
 sets. If none passes, no test run of a fusion.
