@@ -26,7 +26,15 @@ and its max in mask >= padim - 0.02. Among passing rules, the highest mean image
 sets. If none passes, no test run of a fusion.
 
 ``OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/experiments/texture_knn_padim_fusion.py --split val --detector knn``
-(then ``--detector texture`` with ``texture_padim_fusion.py``, then ``--fuse``.)
+(then ``--detector texture`` with ``texture_padim_fusion.py``, then ``--fuse``.) Result: no rule passed.
+
+Second screen (``--detector knn_g64``, ``--compare``): the ``texture_knn`` screen's grid-64 candidate
+(``grid=64, stride=2, radius=0``), which localised better on that screen's validation split (max in
+mask 0.735 vs 0.644) but lost its tie-break, on this split's four native-resolution sets. Adoption rule
+(written 17:03 UTC, before any result of it): it replaces the default (grid 32, stride 4, radius 1) if
+its max in mask averaged over the four sets is >= the default's + 0.05, and on every set its image
+AUROC and pixel AUROC are >= the default's - 0.01. Only then is the test split run, once, through the
+CLI (``evaluate detector --images --detector texture_knn --set grid=64 --set stride=2 --set radius=0``).
 """
 
 import argparse
@@ -62,7 +70,21 @@ def knn_held_scores(det, normals):
     return masked_max(maps, canvas.valid)
 
 
-def run_knn(split):
+KNN_VARIANTS = {"knn": {}, "knn_g64": {"grid": 64, "stride": 2, "radius": 0}}
+
+
+def compare():
+    """The second screen: ``knn_g64`` against the default ``knn`` on the four validation sets."""
+    a = dict(np.load(tf.cache("val", "knn")))
+    b = dict(np.load(tf.cache("val", "knn_g64")))
+    base = tf.val_report("knn", *fused(a, a, "knn"), a)
+    cand = tf.val_report("knn_g64", *fused(a, b, "knn"), a)
+    gain = np.mean([cand[s]["max_in_mask"] - base[s]["max_in_mask"] for s in tf.SETS])
+    ok = gain >= 0.05 and all(cand[s][m] >= base[s][m] - 0.01 for s in tf.SETS for m in ("image_auroc", "pixel_auroc"))
+    print(json.dumps({"max_in_mask_gain": round(float(gain), 3), "passes": bool(ok)}), flush=True)
+
+
+def run_knn(split, name="knn"):
     from waferscope.evaluate.detection import load_image_set
     from waferscope.models.detectors.common import image_canvas
     from waferscope.registry import create
@@ -75,7 +97,7 @@ def run_knn(split):
     else:
         fit, ev = load_image_set()
         extra = {}
-    det = create(name="texture_knn", kind="detector", progress=False)
+    det = create(name="texture_knn", kind="detector", progress=False, **KNN_VARIANTS[name])
     c0 = time.process_time()
     det.fit(fit)
     assert det.position_ == "relative" and len(det.memory_) == len(fit), "every fit image must be in the memory"
@@ -85,10 +107,10 @@ def run_knn(split):
     maps = torch.cat([det._maps(det._canvas(ev.subset(np.arange(s, min(s + 32, len(ev))))))
                       for s in range(0, len(ev), 32)]).numpy()
     c2 = time.process_time()
-    np.savez(tf.cache(split, "knn") + ".tmp.npz", maps=maps.astype(np.float32), held=held,
+    np.savez(tf.cache(split, name) + ".tmp.npz", maps=maps.astype(np.float32), held=held,
              valid=canvas.valid, boxes=np.array(canvas.boxes), **extra)
-    os.replace(tf.cache(split, "knn") + ".tmp.npz", tf.cache(split, "knn"))
-    print(json.dumps({"detector": "knn", "split": split, "fit_cpu_s": round(c1 - c0, 1), "score_cpu_s": round(c2 - c1, 1),
+    os.replace(tf.cache(split, name) + ".tmp.npz", tf.cache(split, name))
+    print(json.dumps({"detector": name, "split": split, "fit_cpu_s": round(c1 - c0, 1), "score_cpu_s": round(c2 - c1, 1),
                       "wall_s": round(time.time() - w0, 1),
                       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
                       "load_end": os.getloadavg()}), flush=True)
@@ -152,12 +174,15 @@ def fuse_test(rules):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--split", choices=("val", "test"), default="val")
-    ap.add_argument("--detector", choices=("knn",))
+    ap.add_argument("--detector", choices=tuple(KNN_VARIANTS))
     ap.add_argument("--fuse", action="store_true")
+    ap.add_argument("--compare", action="store_true", help="second screen: knn_g64 against knn (validation)")
     ap.add_argument("--rule", action="append", help="test split: the rule chosen on validation (repeatable)")
     args = ap.parse_args()
     if args.detector:
-        run_knn(args.split)
+        run_knn(args.split, args.detector)
+    if args.compare:
+        compare()
     if args.fuse:
         if args.split == "val":
             fuse_val()
