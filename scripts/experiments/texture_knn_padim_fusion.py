@@ -31,7 +31,7 @@ sets. If none passes, no test run of a fusion.
 Second screen (``--detector knn_g64``, ``--compare``): the ``texture_knn`` screen's grid-64 candidate
 (``grid=64, stride=2, radius=0``), which localised better on that screen's validation split (max in
 mask 0.735 vs 0.644) but lost its tie-break, on this split's four native-resolution sets. Adoption rule
-(written 17:03 UTC, before any result of it): it replaces the default (grid 32, stride 4, radius 1) if
+(written 17:01 UTC, before any result of it): it replaces the default (grid 32, stride 4, radius 1) if
 its max in mask averaged over the four sets is >= the default's + 0.05, and on every set its image
 AUROC and pixel AUROC are >= the default's - 0.01. Only then is the test split run, once, through the
 CLI (``evaluate detector --images --detector texture_knn --set grid=64 --set stride=2 --set radius=0``).
