@@ -151,24 +151,7 @@ def fuse_val():
 
 
 def fuse_test(rules):
-    from waferscope.base import DetectionResult
-    from waferscope.evaluate.detection import load_image_set, max_in_mask_per_class, max_in_mask_rate, per_class_auroc
-    from waferscope.metrics.detection import evaluate_detection
-    from waferscope.models.detectors.common import canvas_maps_to_input, image_canvas
-
-    a, b = dict(np.load(tf.cache("test", "texture"))), dict(np.load(tf.cache("test", "knn")))
-    _, test = load_image_set()
-    canvas = image_canvas(test, S, "image")
-    for rule in rules:
-        sc, maps = fused(a, b, rule)
-        res = DetectionResult(scores=sc.astype(np.float64),
-                              maps=canvas_maps_to_input(torch.from_numpy(maps.astype(np.float32)), canvas, test))
-        met = evaluate_detection(res, test)
-        print(json.dumps({"rule": rule, "image_auroc": round(met["image_auroc"], 4),
-                          "pixel_auroc": round(met["pixel_auroc"], 4), "aupro": round(met["aupro"], 4),
-                          "max_in_mask": round(max_in_mask_rate(res.maps, test), 3),
-                          "auroc_per_class": {k: round(v, 3) for k, v in per_class_auroc(res.scores, test).items()},
-                          "max_in_mask_per_class": max_in_mask_per_class(res.maps, test)}), flush=True)
+    tf.fuse_test(rules, other="knn", fuse=fused)
 
 
 def main():

@@ -261,17 +261,18 @@ def fuse_val():
         print(json.dumps({"chosen": chosen}), flush=True)
 
 
-def fuse_test(rules):
+def fuse_test(rules, other="backbone", fuse=None):
+    """Test-split figures of ``rules`` from the caches of ``texture`` and ``other`` (fused by ``fuse``)."""
     from waferscope.base import DetectionResult
     from waferscope.evaluate.detection import load_image_set, max_in_mask_per_class, max_in_mask_rate, per_class_auroc
     from waferscope.metrics.detection import evaluate_detection
     from waferscope.models.detectors.common import canvas_maps_to_input, image_canvas
 
-    a, b = dict(np.load(cache("test", "texture"))), dict(np.load(cache("test", "backbone")))
+    a, b = dict(np.load(cache("test", "texture"))), dict(np.load(cache("test", other)))
     _, test = load_image_set()
     canvas = image_canvas(test, S, "image")
     for rule in rules:
-        sc, maps = fused(a, b, rule)
+        sc, maps = (fuse or fused)(a, b, rule)
         res = DetectionResult(scores=sc.astype(np.float64),
                               maps=canvas_maps_to_input(torch.from_numpy(maps.astype(np.float32)), canvas, test))
         met = evaluate_detection(res, test)
