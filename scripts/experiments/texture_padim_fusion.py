@@ -74,8 +74,11 @@ def cache(split, name):
     return f"/tmp/waferscope_fusion_{split}_{name}.npz"
 
 
-def val_data():
-    """(fit normals, evaluation set, canvas masks per set) of the sixth round's validation split."""
+def val_data(seed0=61):
+    """(fit normals, evaluation set, canvas masks per set) of the sixth round's validation split.
+
+    ``seed0`` seeds the four anomaly sets (seed0 … seed0 + 3); 61 is the sixth round's draw.
+    """
     import pandas as pd
 
     import texture_padim_val_round6 as r6
@@ -88,7 +91,7 @@ def val_data():
     val, fitidx = np.sort(perm[: len(perm) // 5]), np.sort(perm[len(perm) // 5:])
     greys = [r6.grey(m) for m in train.maps]
     imgs, masks_by_set = [greys[i] for i in val], {}
-    for name, seed in (("nat_val", 61), ("nat_crack", 62), ("nat_chip", 63), ("nat_band", 64)):
+    for name, seed in zip(("nat_val", "nat_crack", "nat_chip", "nat_band"), range(seed0, seed0 + 4)):
         rng = np.random.default_rng(seed)  # the same draws, in the same order, as round 6's build()
         ms = []
         for _ in range(2):
