@@ -40,7 +40,7 @@ Result: it localised better (+0.059) but lost 0.048 band image AUROC; not adopte
 Third screen (``--draw 71``: a FRESH draw of the four anomaly sets, seeds 71-74, the same held-out
 normals; ``--detector knn`` and ``--detector knn_g64`` on it, then ``--two-grid``): the image score of
 the default grid-32 search with the map of the grid-64 search (both calibrated per cell), designed
-after the second screen, so judged on a draw it has not seen. Adoption rule (written 17:25 UTC, before
+after the second screen, so judged on a draw it has not seen. Adoption rule (written 17:24 UTC, before
 any result on the fresh draw): adopt (a ``map_grid`` option, default 64 for images) if on the fresh
 draw its max in mask averaged over the four sets is >= the default's + 0.04 and its pixel AUROC on
 every set >= the default's - 0.01 (image AUROC is the default's by construction). Only then the test
