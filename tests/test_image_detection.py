@@ -95,6 +95,32 @@ def test_texture_knn_relative_search_finds_a_feature_out_of_place(tmp_path):
     assert wafer.fit(generate(12, seed=1, size=(24, 24), classes=["none"])).position_ == "free"
 
 
+def test_texture_knn_map_search_draws_the_map_and_leaves_the_scores(tmp_path):
+    """The finer map search (map_grid) changes the maps, never the image scores (the coarse search's);
+    it localises the moved spot; map_grid=None is the coarse search's own map; the run reloads both."""
+    from waferscope.base import load_run
+
+    train = WaferDataset.from_maps(_spot(16, 0, 6, 8), ["good"] * 16, kind="image", name="train")
+    moved = _spot(4, 2, 22, 36)
+    test = WaferDataset.from_maps(_spot(3, 1, 6, 8) + moved, ["good"] * 3 + ["moved"] * 4, kind="image", name="test")
+    common = dict(input_size=48, sigmas=(1.0, 2.0), grid=12, progress=False)
+    fine = registry.create("texture_knn", "detector", map_grid=24, map_stride=2, map_radius=0, **common).fit(train)
+    coarse = registry.create("texture_knn", "detector", map_grid=None, **common).fit(train)
+    a, b = fine.score(test), coarse.score(test)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert fine.map_search_["memory"].shape[-2:] == (24, 24) and coarse.map_search_ is None
+    assert not all(np.allclose(x, y) for x, y in zip(a.maps, b.maps))
+    for m in a.maps[3:]:  # the maximum of the fine map on the moved spot (rows 22-26, cols 36-40 of 32 x 48)
+        r, c = np.unravel_index(int(np.argmax(m)), m.shape)
+        assert 18 <= r <= 30 and 32 <= c <= 44
+    fine.save(tmp_path / "fine")
+    coarse.save(tmp_path / "coarse")
+    for run, res in ((tmp_path / "fine", a), (tmp_path / "coarse", b)):
+        back = load_run(run).score(test)
+        np.testing.assert_allclose(back.scores, res.scores, rtol=1e-5)
+        np.testing.assert_allclose(np.stack(back.maps), np.stack(res.maps), rtol=1e-4, atol=1e-5)
+
+
 def test_image_detectors_are_declared_and_listed_in_refusals():
     from waferscope.models.detectors.common import default_detector_for, image_detectors
 

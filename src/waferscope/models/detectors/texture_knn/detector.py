@@ -71,6 +71,12 @@ class TextureKNNDetector(Detector):
     cell_calibration
         ``position="relative"``: each cell's distance as a z-score against the memory images' own
         leave-one-image-out nearest distances there.
+    map_grid, map_stride, map_radius
+        ``position="relative"``: a second, finer search of the same kind (its own grid, feature stride
+        and radius, its own calibration) that draws the anomaly map, while the image score stays the
+        maximum of the ``grid`` search's map: the coarse search ranks images best, the fine one puts
+        the map's maximum on the defect more often (docs/detection.md). ``map_grid=None``: the map is
+        the ``grid`` search's own.
     normalise
         ``"image"`` (each image's own mean/std: robust to lighting) or ``"dataset"``.
     border
@@ -90,6 +96,8 @@ class TextureKNNDetector(Detector):
     memory_
         The standardised normal patch features: ``memory_size`` rows (free), or (images, C, grid, grid)
         (relative).
+    map_search_
+        The map search's tensors (``mean``, ``scale``, ``memory``, ``cell_loc``, ``cell_scale``), or None.
     position_
         The search used (``"relative"`` or ``"free"``; ``position="auto"`` resolved by the data kind).
     n_train_
@@ -110,11 +118,13 @@ class TextureKNNDetector(Detector):
         "input_size": [Interval(int, 8)], "energy_window": [Interval(int, 1)], "stride": [Interval(int, 1)],
         "memory_size": [Interval(int, 1)], "normalise": [Options("image", "dataset")], "border": [Interval(int, 0)],
         "top_fraction": [Interval(float, 0, 1)], "position": [Options("auto", "relative", "free")],
-        "grid": [Interval(int, 1)], "radius": [Interval(int, 0)], "memory_images": [Interval(int, 2)]}
+        "grid": [Interval(int, 1)], "radius": [Interval(int, 0)], "memory_images": [Interval(int, 2)],
+        "map_grid": [Interval(int, 1), None], "map_stride": [Interval(int, 1)], "map_radius": [Interval(int, 0)]}
 
     def __init__(self, input_size: int = 128, sigmas: Sequence[float] = (1.0, 2.0, 4.0), energy_window: int = 7,
                  stride: int = 4, memory_size: int = 10000, position: str = "auto", grid: int = 32, radius: int = 1,
-                 memory_images: int = 1000, cell_calibration: bool = True, normalise: str = "image", border: int = 0,
+                 memory_images: int = 1000, cell_calibration: bool = True, map_grid: int | None = 64, map_stride: int = 2,
+                 map_radius: int = 0, normalise: str = "image", border: int = 0,
                  smoothing_sigma: float = 4.0, top_fraction: float = 0.0, predict_batch_size: int = 32, seed: int = 0,
                  progress: bool = True):
         self.input_size = input_size
@@ -127,6 +137,9 @@ class TextureKNNDetector(Detector):
         self.radius = radius
         self.memory_images = memory_images
         self.cell_calibration = cell_calibration
+        self.map_grid = map_grid
+        self.map_stride = map_stride
+        self.map_radius = map_radius
         self.normalise = normalise
         self.border = border
         self.smoothing_sigma = smoothing_sigma
@@ -143,18 +156,18 @@ class TextureKNNDetector(Detector):
         if not list(self.sigmas) or min(float(s) for s in self.sigmas) <= 0:
             raise ConfigError(f"sigmas must be positive, got {self.sigmas}")
 
-    def _bank(self) -> FilterBank:
-        return FilterBank(self.sigmas, int(self.energy_window), int(self.stride)).eval()
+    def _bank(self, stride: int | None = None) -> FilterBank:
+        return FilterBank(self.sigmas, int(self.energy_window), int(self.stride if stride is None else stride)).eval()
 
-    def _features(self, canvas, desc: str) -> torch.Tensor:
-        bank = self._bank()
+    def _features(self, canvas, desc: str, stride: int | None = None) -> torch.Tensor:
+        bank = self._bank(stride)
         out = []
         slices = list(batch_slices(len(canvas.x), int(self.predict_batch_size)))
         with torch.inference_mode():
             for sl in progress(slices, desc=desc, enabled=bool(self.progress) and len(slices) > 4):
                 out.append(bank(torch.from_numpy(canvas.x[sl])))
         if not out:
-            s = int(self.input_size) // int(self.stride)
+            s = int(self.input_size) // int(self.stride if stride is None else stride)
             return torch.zeros((0, bank.out_channels, s, s))
         return torch.cat(out)
 
@@ -204,35 +217,43 @@ class TextureKNNDetector(Detector):
                             normals.name)
         if n > int(self.memory_images):  # bounded memory: a seeded subset of the normal images
             normals = normals.subset(np.sort(rng.permutation(n)[: int(self.memory_images)]))
-        feats = self._grid_features(normals, "texture_knn fit")
-        self.mean_ = feats.mean((0, 2, 3))
-        self.scale_ = feats.std((0, 2, 3)).clamp_min(1e-6)
-        self.memory_ = self._standardise(feats).contiguous()
-        g = int(self.grid)
+        canvas = self._canvas(normals)
+        main = self._fit_search(canvas, int(self.stride), int(self.grid), int(self.radius), "texture_knn fit")
+        self.mean_, self.scale_, self.memory_ = main["mean"], main["scale"], main["memory"]
+        self.cell_loc_, self.cell_scale_ = main["cell_loc"], main["cell_scale"]
+        self.map_search_ = None if self.map_grid is None else \
+            self._fit_search(canvas, int(self.map_stride), int(self.map_grid), int(self.map_radius), "texture_knn map fit")
+
+    def _fit_search(self, canvas, stride: int, grid: int, radius: int, desc: str) -> dict[str, torch.Tensor]:
+        """One relative search over the canvas's images: standardised memory and per-cell calibration."""
+        feats = to_grid(self._features(canvas, desc, stride), canvas.boxes, stride, grid)
+        mean, scale = feats.mean((0, 2, 3)), feats.std((0, 2, 3)).clamp_min(1e-6)
+        memory = ((feats - mean[None, :, None, None]) / scale[None, :, None, None]).contiguous()
         if self.cell_calibration:
             with torch.inference_mode():
-                held = cell_distance_maps(self.memory_, self.memory_, int(self.radius),
-                                          exclude=torch.arange(len(self.memory_)))
-            self.cell_loc_, self.cell_scale_ = held.mean(0), held.std(0).clamp_min(1e-6)
+                held = cell_distance_maps(memory, memory, radius, exclude=torch.arange(len(memory)))
+            loc, sc = held.mean(0), held.std(0).clamp_min(1e-6)
         else:
-            self.cell_loc_, self.cell_scale_ = torch.zeros(g, g), torch.ones(g, g)
+            loc, sc = torch.zeros(grid, grid), torch.ones(grid, grid)
+        return {"mean": mean, "scale": scale, "memory": memory, "cell_loc": loc, "cell_scale": sc}
 
-    def _standardise(self, feats: torch.Tensor) -> torch.Tensor:
-        return (feats - self.mean_[None, :, None, None]) / self.scale_[None, :, None, None]
-
-    def _grid_features(self, dataset, desc: str, canvas=None) -> torch.Tensor:
-        """(N, C, grid, grid) features of each image's own box (relative positions)."""
-        canvas = canvas if canvas is not None else self._canvas(dataset)
-        return to_grid(self._features(canvas, desc), canvas.boxes, int(self.stride), int(self.grid))
+    def _search_maps(self, canvas, search: dict[str, torch.Tensor], stride: int, grid: int, radius: int) -> torch.Tensor:
+        """(N, S, S) canvas maps of one relative search (per-cell z of the nearest-patch distance)."""
+        size = int(self.input_size)
+        feats = to_grid(self._features(canvas, "score texture_knn", stride), canvas.boxes, stride, grid)
+        cells = (feats - search["mean"][None, :, None, None]) / search["scale"][None, :, None, None]
+        with torch.inference_mode():
+            d = cell_distance_maps(cells, search["memory"], radius)
+        return from_grid((d - search["cell_loc"]) / search["cell_scale"], canvas.boxes, size,
+                         float(self.smoothing_sigma) * size / 256.0)
 
     def _maps(self, canvas) -> torch.Tensor:
         size = int(self.input_size)
         sigma = float(self.smoothing_sigma) * size / 256.0
         if self.position_ == "relative":
-            cells = self._standardise(self._grid_features(None, "score texture_knn", canvas))
-            with torch.inference_mode():
-                d = cell_distance_maps(cells, self.memory_, int(self.radius))
-            return from_grid((d - self.cell_loc_) / self.cell_scale_, canvas.boxes, size, sigma)
+            main = {"mean": self.mean_, "scale": self.scale_, "memory": self.memory_, "cell_loc": self.cell_loc_,
+                    "cell_scale": self.cell_scale_}
+            return self._search_maps(canvas, main, int(self.stride), int(self.grid), int(self.radius))
         feats = self._features(canvas, "score texture_knn")
         if len(feats) == 0:
             return torch.zeros((0, size, size))
@@ -260,13 +281,18 @@ class TextureKNNDetector(Detector):
             canvas = self._canvas(part)
             m = self._maps(canvas)
             scores.append(masked_topk_mean(m, canvas.valid, frac))
+            if getattr(self, "map_search_", None) is not None:  # the finer search draws the map
+                m = self._search_maps(canvas, self.map_search_, int(self.map_stride), int(self.map_grid),
+                                      int(self.map_radius))
             maps += canvas_maps_to_input(m, canvas, part)
         return DetectionResult(scores=np.concatenate(scores), maps=maps)
 
     def _state(self):
-        return ({"memory": self.memory_, "mean": self.mean_, "scale": self.scale_,
-                 "stats": torch.as_tensor(self.stats_), "cell_loc": self.cell_loc_, "cell_scale": self.cell_scale_},
-                {"n_train": self.n_train_, "input_kind": self.input_kind_, "position": self.position_})
+        tensors = {"memory": self.memory_, "mean": self.mean_, "scale": self.scale_,
+                   "stats": torch.as_tensor(self.stats_), "cell_loc": self.cell_loc_, "cell_scale": self.cell_scale_}
+        if getattr(self, "map_search_", None) is not None:
+            tensors.update({f"map_{k}": v for k, v in self.map_search_.items()})
+        return tensors, {"n_train": self.n_train_, "input_kind": self.input_kind_, "position": self.position_}
 
     def _load_state(self, tensors, extras) -> None:
         try:
@@ -280,3 +306,6 @@ class TextureKNNDetector(Detector):
         self.position_ = str(extras.get("position", "free"))
         self.cell_loc_ = tensors.get("cell_loc", torch.zeros(()))
         self.cell_scale_ = tensors.get("cell_scale", torch.ones(()))
+        # runs saved before the map search (or with map_grid=None) draw the map with the scoring search
+        keys = ("mean", "scale", "memory", "cell_loc", "cell_scale")
+        self.map_search_ = {k: tensors[f"map_{k}"] for k in keys} if "map_memory" in tensors else None
