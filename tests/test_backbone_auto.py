@@ -89,8 +89,8 @@ def test_reload_uses_the_saved_resolution(name, tmp_path):
 def test_a_run_saved_before_the_auto_defaults_still_loads(tmp_path):
     """Runs written before had every value explicit in their params and no ``resolved`` extras."""
     train = generate(12, seed=1, size=(24, 24), classes=["none"])
-    det = registry.create("stfpm", "detector", backbone="wafer_resnet18", pretrained="wafer", input_size=32,
-                          epochs=1, progress=False).fit(train)
+    det = registry.create("reverse_distillation", "detector", backbone="wafer_resnet18", pretrained="wafer",
+                          input_size=32, epochs=1, progress=False).fit(train)
     det.save(tmp_path / "run")
     doc = json.loads((tmp_path / "run" / "model.json").read_text())
     del doc["extras"]["resolved"]

@@ -140,7 +140,6 @@ class STFPMDetector(KindDefaults, FastInferenceMixin, TorchDetector):
     fusion
         ``"product"``, ``"mean"`` or ``"max"``: how the per-layer distance maps are combined.
     input_size
-        None: 64 (wafer maps; STFPM refuses images: below the pixel z-score baseline on them).
     epochs, batch_size
     optimizer
         ``"sgd"`` or ``"adam"``.
@@ -157,8 +156,8 @@ class STFPMDetector(KindDefaults, FastInferenceMixin, TorchDetector):
     """
 
     _label = "STFPM"
-    # None = by the kind of data fitted (KindDefaults); docs/detection.md, "Backbone detectors on images"
-    _kind_defaults = {"input_size": {"wafer": 64}}
+    # wafer maps only (below): nothing but the backbone depends on the data kind
+    _kind_defaults = {}
     # Wafer maps only: on device images (magnetic tile) STFPM scored 0.677 image AUROC even on the formula
     # backbone, below a pixel z-score (0.698), and no setting screened on validation (epochs, 256 px,
     # layers, fusion, smoothing, aspect-kept input) lifted it (docs/detection.md); a detector that loses
@@ -166,12 +165,11 @@ class STFPMDetector(KindDefaults, FastInferenceMixin, TorchDetector):
     _tags = {"input_kinds": ("wafer",)}
 
     _parameter_constraints = {
-        "input_size": [Interval(int, 1), None], "fusion": [Options(*FUSIONS)], "optimizer": [Options("sgd", "adam")],
-        "momentum": [Interval(float, 0, 1)]}
+        "fusion": [Options(*FUSIONS)], "optimizer": [Options("sgd", "adam")], "momentum": [Interval(float, 0, 1)]}
 
     def __init__(self, backbone: str = "auto", pretrained: str | None = "auto",
                  layers: Sequence[str] = ("layer1", "layer2", "layer3"), fusion: str = "product",
-                 input_size: int | None = None, epochs: int = 8, batch_size: int = 32, optimizer: str = "sgd",
+                 input_size: int = 64, epochs: int = 8, batch_size: int = 32, optimizer: str = "sgd",
                  lr: float = 0.4, momentum: float = 0.9, weight_decay: float = 1e-4, augment: bool = True,
                  smoothing_sigma: float = 0.0, predict_batch_size: int = 256, jit: bool = True, seed: int = 0,
                  progress: bool = True):
