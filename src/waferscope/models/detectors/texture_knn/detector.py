@@ -209,6 +209,7 @@ class TextureKNNDetector(Detector):
         keep = rng.permutation(len(rows))[: int(self.memory_size)]
         self.memory_ = ((rows[torch.from_numpy(np.sort(keep))] - self.mean_) / self.scale_).contiguous()
         self.cell_loc_, self.cell_scale_ = torch.zeros(()), torch.ones(())
+        self.map_search_ = None
 
     def _fit_relative(self, normals, rng) -> None:
         n = len(normals)
@@ -281,7 +282,7 @@ class TextureKNNDetector(Detector):
             canvas = self._canvas(part)
             m = self._maps(canvas)
             scores.append(masked_topk_mean(m, canvas.valid, frac))
-            if getattr(self, "map_search_", None) is not None:  # the finer search draws the map
+            if self.map_search_ is not None:  # the finer search draws the map
                 m = self._search_maps(canvas, self.map_search_, int(self.map_stride), int(self.map_grid),
                                       int(self.map_radius))
             maps += canvas_maps_to_input(m, canvas, part)
@@ -290,7 +291,7 @@ class TextureKNNDetector(Detector):
     def _state(self):
         tensors = {"memory": self.memory_, "mean": self.mean_, "scale": self.scale_,
                    "stats": torch.as_tensor(self.stats_), "cell_loc": self.cell_loc_, "cell_scale": self.cell_scale_}
-        if getattr(self, "map_search_", None) is not None:
+        if self.map_search_ is not None:
             tensors.update({f"map_{k}": v for k, v in self.map_search_.items()})
         return tensors, {"n_train": self.n_train_, "input_kind": self.input_kind_, "position": self.position_}
 
