@@ -96,24 +96,9 @@ def build():
     greys = [r6.grey(m) for m in train.maps]
     imgs = [greys[i] for i in fitidx] + [greys[i] for i in val]
     masks = [np.zeros(g.shape, bool) for g in imgs]
-    for name, seed in (("nat_val", 61), ("nat_crack", 62), ("nat_chip", 63), ("nat_band", 64)):
-        rng = np.random.default_rng(seed)
-        k = 0
-        for _ in range(2):
-            for i in val:  # the same draws, in the same order, as round 6's build()
-                g = greys[i]
-                if name == "nat_val":
-                    others = [greys[j] for j in rng.choice(val, 3, replace=False)]
-                    aug, m = r6.nat_general(g, others, rng, k)
-                elif name == "nat_crack":
-                    aug, m = r6.nat_crack(g, rng)
-                elif name == "nat_band":
-                    aug, m = r6.nat_band(g, rng)
-                else:
-                    aug, m = r6.nat_chip(g, rng)
-                imgs.append(aug)
-                masks.append(m)
-                k += 1
+    for augs, ms in r6.native_sets(greys, val).values():  # the same draws, in the same order, as round 6's
+        imgs += augs
+        masks += ms
     u8 = [np.clip(np.rint(im), 0, 255).astype(np.uint8) for im in imgs]
     np.savez(CACHE, n_fit=len(fitidx), n_val=len(val), shapes=np.array([im.shape for im in u8]),
              flat=np.concatenate([im.ravel() for im in u8]), mflat=np.concatenate([m.ravel() for m in masks]))

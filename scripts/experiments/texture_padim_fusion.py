@@ -91,23 +91,8 @@ def val_data(seed0=61):
     val, fitidx = np.sort(perm[: len(perm) // 5]), np.sort(perm[len(perm) // 5:])
     greys = [r6.grey(m) for m in train.maps]
     imgs, masks_by_set = [greys[i] for i in val], {}
-    for name, seed in zip(("nat_val", "nat_crack", "nat_chip", "nat_band"), range(seed0, seed0 + 4)):
-        rng = np.random.default_rng(seed)  # the same draws, in the same order, as round 6's build()
-        ms = []
-        for _ in range(2):
-            for i in val:
-                g = greys[i]
-                if name == "nat_val":
-                    others = [greys[j] for j in rng.choice(val, 3, replace=False)]
-                    aug, m = r6.nat_general(g, others, rng, len(ms))
-                elif name == "nat_crack":
-                    aug, m = r6.nat_crack(g, rng)
-                elif name == "nat_band":
-                    aug, m = r6.nat_band(g, rng)
-                else:
-                    aug, m = r6.nat_chip(g, rng)
-                imgs.append(aug.astype(np.float32))
-                ms.append(m)
+    for name, (augs, ms) in r6.native_sets(greys, val, seed0).items():  # round 6's draws when seed0 = 61
+        imgs += [a.astype(np.float32) for a in augs]
         masks_by_set[name] = ms
 
     def ds(maps, labels):

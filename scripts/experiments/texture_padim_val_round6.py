@@ -183,20 +183,17 @@ def canvas_masks(masks, boxes, thr):
     return out
 
 
-def build():
-    """Canvases (128 and 256) of the fit normals, held-out normals and the three native anomaly sets."""
-    from waferscope.evaluate.detection import load_image_set
+def native_sets(greys, val, seed0=61):
+    """The four anomaly sets drawn at native resolution on the held-out normals ``val``, two per image.
 
-    train, _ = load_image_set()
-    perm = np.random.default_rng(0).permutation(len(train))
-    val, fitidx = np.sort(perm[: len(perm) // 5]), np.sort(perm[len(perm) // 5:])
-    greys = [grey(m) for m in train.maps]
-    imgs = [greys[i] for i in fitidx] + [greys[i] for i in val]
-    masks_by_set = {}
-    for name, seed in (("nat_val", 61), ("nat_crack", 62), ("nat_chip", 63), ("nat_band", 64)):
+    ``{name: (images, masks)}`` for nat_val, nat_crack, nat_chip, nat_band, seeded ``seed0`` … ``seed0 + 3``
+    (61: this round's draw; the later screens reuse it, and draw afresh with another ``seed0``).
+    """
+    out = {}
+    for name, seed in zip(("nat_val", "nat_crack", "nat_chip", "nat_band"), range(seed0, seed0 + 4)):
         rng = np.random.default_rng(seed)
-        ms = []
-        for k in range(2):
+        augs, ms = [], []
+        for _ in range(2):
             for i in val:
                 g = greys[i]
                 if name == "nat_val":
@@ -208,8 +205,24 @@ def build():
                     aug, m = nat_band(g, rng)
                 else:
                     aug, m = nat_chip(g, rng)
-                imgs.append(aug.astype(np.float32))
+                augs.append(aug)
                 ms.append(m)
+        out[name] = (augs, ms)
+    return out
+
+
+def build():
+    """Canvases (128 and 256) of the fit normals, held-out normals and the three native anomaly sets."""
+    from waferscope.evaluate.detection import load_image_set
+
+    train, _ = load_image_set()
+    perm = np.random.default_rng(0).permutation(len(train))
+    val, fitidx = np.sort(perm[: len(perm) // 5]), np.sort(perm[len(perm) // 5:])
+    greys = [grey(m) for m in train.maps]
+    imgs = [greys[i] for i in fitidx] + [greys[i] for i in val]
+    masks_by_set = {}
+    for name, (augs, ms) in native_sets(greys, val).items():
+        imgs += [a.astype(np.float32) for a in augs]
         masks_by_set[name] = ms
     out = {"nfit": len(fitidx), "nval": len(val)}
     for size in (128, 256):
