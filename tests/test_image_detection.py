@@ -95,6 +95,13 @@ def test_texture_knn_relative_search_finds_a_feature_out_of_place(tmp_path):
     assert wafer.fit(generate(12, seed=1, size=(24, 24), classes=["none"])).position_ == "free"
 
 
+def test_texture_knn_relative_search_needs_two_normal_images():
+    """One normal image cannot be its own leave-one-image-out reference: one DataError naming the data."""
+    one = WaferDataset.from_maps(_spot(1, 0, 6, 8), ["good"], kind="image", name="one_tile")
+    with pytest.raises(DataError, match="one_tile.*at least 2 normal images|at least 2 normal images.*one_tile"):
+        registry.create("texture_knn", "detector", input_size=48, grid=12, progress=False).fit(one)
+
+
 def test_texture_knn_map_search_draws_the_map_and_leaves_the_scores(tmp_path):
     """The finer map search (map_grid) changes the maps, never the image scores (the coarse search's);
     it localises the moved spot; map_grid=None is the coarse search's own map; the run reloads both."""
